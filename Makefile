@@ -1,0 +1,64 @@
+# Raftport build. `make` builds build/raftport, build/tctl, build/tsh.
+# `make test` installs what is missing, builds, and runs every test.
+# `make demo` starts a local 3-node auth cluster; `make demo-stop` stops it.
+
+CC       ?= cc
+BUILD    ?= build
+PKGS     := raft libuv openssl lmdb msgpack yaml-0.1 libargon2
+DEPS_OK  := $(shell scripts/install-deps.sh >&2 && echo ok)
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-prototypes
+CFLAGS   ?= -O2 -g
+ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -D_GNU_SOURCE -I. $(PKG_CFLAGS)
+LDLIBS   := $(PKG_LIBS) -lpthread
+TEST_LIBS := -lcriterion
+
+LIB_SRCS := $(wildcard lib/*.c raft/*.c state/*.c auth/*.c proxy/*.c agent/*.c)
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh
+TESTLIB_SRCS := $(wildcard tests/lib/*.c)
+TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(BUILD)/obj/%.o)
+TEST_SRCS := $(wildcard tests/test_*.c)
+TESTS    := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+JEPSEN_SRCS := $(wildcard jepsen/*.c)
+
+.PHONY: all test unit-test asan demo demo-stop clean format
+all: $(TOOLS) $(TESTS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libraftport.a: $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/%: $(BUILD)/obj/tools/%.o $(BUILD)/libraftport.a
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libraftport.a $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTLIB_OBJS) $(BUILD)/libraftport.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(TESTLIB_OBJS) $(BUILD)/libraftport.a $(LDLIBS) $(TEST_LIBS)
+
+# Each test binary runs on its own; integration tests find the daemons in $(BUILD).
+test: all
+	@RP_BUILD=$(abspath $(BUILD)) scripts/run-tests.sh $(TESTS)
+
+asan:
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+
+demo: all
+	@scripts/demo.sh start
+
+demo-stop:
+	@scripts/demo.sh stop
+
+format:
+	clang-format -i $(wildcard */*.c */*.h tests/lib/*.c tests/lib/*.h)
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,108 @@
+/* auth/auth.h: the auth service and its API.
+ *
+ * An auth server runs one Raft member (raft/), the replicated state (state/),
+ * and the auth API: TLS 1.3 on auth_service.listen_addr, frames of a 4-byte
+ * length and a msgpack map (lib/conn.h). A request is
+ *
+ *   {"m": method, ...arguments}
+ *
+ * and every answer is {"ok": true, ...results} or
+ * {"ok": false, "code": "<rp_strerror name>", "error": "<message>"}.
+ *
+ * Methods (arguments -> results):
+ *   ping      {}                               -> {cluster_name, server_id, ca_pin, leader_id,
+ *                                                  auth_servers: [api addr...]}
+ *   get       {kind, name, stale?}             -> {res, rev}
+ *   list      {kind?, prefix?, limit?, stale?} -> {items: [res...], rev}
+ *   put|create|update {res, rid}               -> {rev}
+ *   cas       {res, rev, rid}                  -> {rev}        (conflict: current_rev)
+ *   delete    {kind, name, rid}                -> {rev}
+ *   cdelete   {kind, name, rev, rid}           -> {rev}
+ *   batch     {ops: [cmd...], rid}             -> {rev}        (failure: failed_op)
+ *   watch     {kinds?, prefix?, start_rev?}    -> a stream of {ev, rev, kind?, name?, res?}
+ *             with ev one of init_put, init_done, put, delete, reinit
+ *   status    {}                               -> tctl status document
+ *   member_status {}                           -> this server's own Raft view
+ *   token_add {type, ttl_ms}                   -> {token, type, expires, ca_pin}
+ *   join      {token, type, host_id, nodename, raft_id, raft_addr, api_addr,
+ *              host_pubkey, admin_pubkey}      -> {host_cert, admin_cert, ca_cert, cluster_name}
+ *   member_rm {id}                             -> {}
+ *
+ * Reads are linearizable unless "stale" is true (they then answer from local
+ * state and say the revision they read at). Writes and linearizable reads that
+ * reach a follower are forwarded to the leader. A write whose outcome is unknown
+ * (leadership lost after submission) answers code "outcome_unknown": retrying
+ * with the same rid is safe.
+ *
+ * Authorization: a connection without a client certificate may only ping and
+ * join; identities with the Admin or Auth system role may do everything; Proxy
+ * and Node identities may read and watch. */
+#ifndef RP_AUTH_H
+#define RP_AUTH_H
+
+#include <msgpack.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lib/buf.h"
+#include "lib/config.h"
+
+/* ---- data_dir layout ---------------------------------------------------- */
+
+#define AUTH_KEYS_DIR "keys"
+#define AUTH_RAFT_DIR "raft"
+#define AUTH_STATE_DIR "state"
+
+/* Kinds the auth service keeps in the replicated state. */
+#define AUTH_KIND_AUTH_SERVER "auth_server"
+#define AUTH_KIND_CA "cert_authority"
+#define AUTH_KIND_TOKEN "token"
+#define AUTH_KIND_CLUSTER_NAME "cluster_name"
+
+/* ---- the server ------------------------------------------------------- */
+
+struct auth_server;
+
+/* Bootstraps or joins as @cfg says (on first start), opens state and Raft, and
+ * starts serving the API. Returns once the API listens. */
+int auth_server_start(struct auth_server **out, const struct rp_config *cfg);
+/* Graceful stop: stops accepting, hands leadership over, closes everything. */
+void auth_server_stop(struct auth_server *s);
+
+/* ---- the client ------------------------------------------------------- */
+
+struct auth_client;
+
+/* A client that talks to any of @addrs (and to every auth server it learns about
+ * from ping), with the identity in @ctx. Takes a reference on @ctx. */
+int auth_client_new(struct auth_client **out, SSL_CTX *ctx, const char *const *addrs,
+                    size_t n_addrs);
+void auth_client_free(struct auth_client *c);
+/* Per-call deadline, covering retries across servers (default 15 s). */
+void auth_client_set_timeout(struct auth_client *c, int timeout_ms);
+
+/* Sends request @req (an encoded msgpack map) and waits for the answer, failing
+ * over to the next server on connection errors and "not_leader"/"unavailable".
+ * Returns 0 if the answer was {"ok": true}, else the answer's error code with
+ * rp_errmsg() set to its message (or a transport error). *resp holds the decoded
+ * answer when there was one (error answers too, e.g. for current_rev); the caller
+ * always calls msgpack_unpacked_destroy(resp) afterwards, whatever the result. */
+int auth_client_call(struct auth_client *c, const void *req, size_t len, msgpack_unpacked *resp);
+
+/* Opens a dedicated connection for a watch stream on the first reachable server.
+ * Then auth_watch_next reads one event map at a time (@ev: destroy it after each call). */
+struct auth_watch;
+int auth_client_watch(struct auth_client *c, const void *req, size_t len, struct auth_watch **out);
+int auth_watch_next(struct auth_watch *w, msgpack_unpacked *ev, int timeout_ms);
+void auth_watch_close(struct auth_watch *w);
+
+/* Loads the identity a local tool uses: @data_dir/keys/admin.{crt,key} and ca.crt. */
+int auth_load_admin_ctx(const char *data_dir, SSL_CTX **out);
+/* Loads an identity file pair (cert, key) and a CA file. */
+int auth_load_client_ctx(const char *cert, const char *key, const char *ca, SSL_CTX **out);
+
+/* A new request id: 16 random bytes as hex. */
+void auth_new_rid(char out[33]);
+
+#endif

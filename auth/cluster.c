@@ -1,0 +1,781 @@
+/* auth/cluster.c: cluster-level methods: ping, status, tokens, join,
+ * membership, and the leader's bootstrap and expiry duties. */
+#include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth/internal.h"
+#include "lib/errors.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+#include "lib/util.h"
+
+#define PEER_STATUS_TIMEOUT_MS 1000
+#define TOKEN_MAX_TTL_MS (48ull * 3600 * 1000)
+
+/* ---- resources ---------------------------------------------------------- */
+
+/* Starts a resource map; the caller then packs the spec value. */
+static void pack_resource_head(msgpack_packer *pk, const char *kind, const char *version,
+                               const char *name, uint64_t expires)
+{
+    msgpack_pack_map(pk, 4);
+    rp_mp_kv_str(pk, "kind", kind);
+    rp_mp_kv_str(pk, "version", version);
+    rp_mp_pack_str(pk, "metadata");
+    msgpack_pack_map(pk, expires ? 2 : 1);
+    rp_mp_kv_str(pk, "name", name);
+    if (expires)
+        rp_mp_kv_u64(pk, "expires", expires);
+    rp_mp_pack_str(pk, "spec");
+}
+
+static void pack_auth_server(msgpack_packer *pk, const char *host_id, const char *nodename,
+                             uint64_t raft_id, const char *raft_addr, const char *api_addr)
+{
+    pack_resource_head(pk, AUTH_KIND_AUTH_SERVER, "v2", host_id, 0);
+    msgpack_pack_map(pk, 4);
+    rp_mp_kv_str(pk, "hostname", nodename);
+    rp_mp_kv_u64(pk, "raft_id", raft_id);
+    rp_mp_kv_str(pk, "raft_addr", raft_addr);
+    rp_mp_kv_str(pk, "api_addr", api_addr);
+}
+
+/* Proposes a batch of already-encoded "put" ops under request id @rid. */
+static int propose_puts(struct auth_server *s, const char *rid, const struct rp_buf *ops,
+                        uint32_t n_ops)
+{
+    struct rp_buf cmd;
+    struct state_result res;
+    struct state_cmd c = {.op = "batch", .rid = rid, .ops = ops->data, .ops_len = ops->len,
+                          .n_ops = n_ops};
+    rp_buf_init(&cmd);
+    int rv = state_cmd_encode(&c, &cmd);
+    if (rv == 0)
+        rv = auth_propose(s, cmd.data, cmd.len, &res);
+    rp_buf_free(&cmd);
+    if (rv == 0 && res.code != 0)
+        rv = rp_err(res.code, "%s", res.message);
+    return rv;
+}
+
+/* Appends a put sub-command whose resource the callback packs. */
+static int append_put(struct rp_buf *ops, const struct rp_buf *res)
+{
+    struct state_cmd c = {.op = "put", .res = res->data, .res_len = res->len};
+    return state_cmd_encode(&c, ops);
+}
+
+static const char *public_api_addr(const struct rp_config *cfg)
+{
+    return cfg->auth_public_addr ? cfg->auth_public_addr : cfg->auth_listen_addr;
+}
+
+int auth_bootstrap_write(struct auth_server *s)
+{
+    struct rp_buf ops, res;
+    char *ca_pem = NULL, *key_pem = NULL;
+    char rid[96];
+    msgpack_packer pk;
+    int rv;
+    rp_buf_init(&ops);
+    rp_buf_init(&res);
+    if ((rv = rp_tls_cert_to_pem(s->id.ca_cert, &ca_pem)) != 0 ||
+        (rv = rp_tls_key_to_pem(s->id.ca_key_pending, &key_pem)) != 0)
+        goto out;
+
+    rp_mp_packer_init(&pk, &res);
+    pack_resource_head(&pk, AUTH_KIND_CLUSTER_NAME, "v2", "cluster-name", 0);
+    msgpack_pack_map(&pk, 1);
+    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+    if ((rv = append_put(&ops, &res)) != 0)
+        goto out;
+
+    rp_buf_reset(&res);
+    pack_resource_head(&pk, AUTH_KIND_CA, "v2", "tls", 0);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "type", "tls");
+    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+    rp_mp_pack_str(&pk, "active_keys");
+    msgpack_pack_map(&pk, 1);
+    rp_mp_pack_str(&pk, "tls");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 2);
+    rp_mp_kv_str(&pk, "cert", ca_pem);
+    rp_mp_kv_str(&pk, "key", key_pem);
+    if ((rv = append_put(&ops, &res)) != 0)
+        goto out;
+
+    rp_buf_reset(&res);
+    pack_auth_server(&pk, s->id.host_id, s->cfg->nodename, s->cfg->raft_id,
+                     s->cfg->raft_listen_addr, public_api_addr(s->cfg));
+    if ((rv = append_put(&ops, &res)) != 0)
+        goto out;
+
+    snprintf(rid, sizeof rid, "bootstrap-%.60s", s->id.host_id);
+    rv = propose_puts(s, rid, &ops, 3);
+    if (rv == 0) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s/ca.key.bootstrap", s->data_dir, AUTH_KEYS_DIR);
+        unlink(path);
+        EVP_PKEY_free(s->id.ca_key_pending);
+        s->id.ca_key_pending = NULL;
+        rp_info("auth", "bootstrap records written: cluster %s, TLS CA, auth server %s",
+                s->id.cluster_name, s->id.host_id);
+    }
+out:
+    if (key_pem) {
+        OPENSSL_cleanse(key_pem, strlen(key_pem));
+        free(key_pem);
+    }
+    free(ca_pem);
+    rp_buf_free(&ops);
+    /* The buffer held the CA key. */
+    if (res.data)
+        OPENSSL_cleanse(res.data, res.cap);
+    rp_buf_free(&res);
+    return rv;
+}
+
+int auth_expire_due(struct auth_server *s)
+{
+    uint64_t next = 0, now = rp_now_ms();
+    int rv = state_next_expiry(s->state, &next);
+    if (rv != 0 || next == 0 || next > now)
+        return rv;
+    struct rp_buf cmd;
+    struct state_result res;
+    struct state_cmd c = {.op = "expire", .before = now};
+    rp_buf_init(&cmd);
+    rv = state_cmd_encode(&c, &cmd);
+    if (rv == 0)
+        rv = auth_propose(s, cmd.data, cmd.len, &res);
+    rp_buf_free(&cmd);
+    if (rv == 0 && res.n_changed > 0)
+        rp_info("auth", "expired %u resources", res.n_changed);
+    return rv;
+}
+
+/* ---- the CA ------------------------------------------------------------- */
+
+static int load_ca_key(struct auth_server *s, EVP_PKEY **out)
+{
+    struct rp_buf res;
+    uint64_t rev = 0;
+    msgpack_unpacked u;
+    rp_buf_init(&res);
+    int rv = state_get(s->state, AUTH_KIND_CA, "tls", &res, &rev);
+    if (rv != 0) {
+        rp_buf_free(&res);
+        return rp_err(RP_EUNAVAILABLE, "the cluster TLS CA is not in the state yet");
+    }
+    pthread_mutex_lock(&s->ca_mu);
+    if (s->ca_key != NULL && s->ca_key_rev == rev) {
+        EVP_PKEY_up_ref(s->ca_key);
+        *out = s->ca_key;
+        pthread_mutex_unlock(&s->ca_mu);
+        rp_buf_free(&res);
+        return 0;
+    }
+    pthread_mutex_unlock(&s->ca_mu);
+    rv = rp_mp_parse(res.data, res.len, &u);
+    if (rv == 0) {
+        const msgpack_object *keys = rp_mp_get(rp_mp_get(&u.data, "spec"), "active_keys");
+        const msgpack_object *tls = rp_mp_get(keys, "tls");
+        const char *pem;
+        size_t n;
+        EVP_PKEY *key = NULL;
+        if (tls == NULL || tls->type != MSGPACK_OBJECT_ARRAY || tls->via.array.size == 0)
+            rv = rp_err(RP_EINVAL, "cert_authority/tls has no active TLS key");
+        else if ((rv = rp_mp_get_str(&tls->via.array.ptr[0], "key", &pem, &n)) == 0)
+            rv = rp_tls_key_from_pem(pem, n, &key);
+        if (rv == 0) {
+            pthread_mutex_lock(&s->ca_mu);
+            EVP_PKEY_free(s->ca_key);
+            s->ca_key = key;
+            s->ca_key_rev = rev;
+            EVP_PKEY_up_ref(key);
+            *out = key;
+            pthread_mutex_unlock(&s->ca_mu);
+        }
+        msgpack_unpacked_destroy(&u);
+    }
+    OPENSSL_cleanse(res.data, res.cap);
+    rp_buf_free(&res);
+    return rv;
+}
+
+int auth_sign_identity(struct auth_server *s, EVP_PKEY *pub, const struct rp_identity *ident,
+                       const char *const *sans, size_t n_sans, long ttl_s, X509 **out)
+{
+    EVP_PKEY *ca_key = NULL;
+    int rv = load_ca_key(s, &ca_key);
+    if (rv != 0)
+        return rv;
+    rv = rp_tls_issue(ca_key, s->id.ca_cert, pub, ident, sans, n_sans, ttl_s, out);
+    EVP_PKEY_free(ca_key);
+    return rv;
+}
+
+/* ---- ping and status ---------------------------------------------------- */
+
+struct addr_list {
+    char addrs[RP_MAX_MEMBERS][64];
+    uint64_t ids[RP_MAX_MEMBERS];
+    unsigned n;
+};
+
+static int collect_addr_cb(void *arg, const void *res, size_t len)
+{
+    struct addr_list *al = arg;
+    msgpack_unpacked u;
+    if (al->n >= RP_MAX_MEMBERS || rp_mp_parse(res, len, &u) != 0)
+        return 0;
+    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
+    const char *a;
+    size_t n;
+    uint64_t id = 0;
+    if (rp_mp_get_str(spec, "api_addr", &a, &n) == 0 && n < 64 &&
+        rp_mp_get_u64(spec, "raft_id", &id) == 0) {
+        memcpy(al->addrs[al->n], a, n);
+        al->addrs[al->n][n] = '\0';
+        al->ids[al->n] = id;
+        al->n++;
+    }
+    msgpack_unpacked_destroy(&u);
+    return 0;
+}
+
+int auth_h_ping(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    struct addr_list al = {.n = 0};
+    struct rp_node_status st;
+    int rv = rp_node_status(s->node, &st);
+    if (rv != 0)
+        return rv;
+    state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, collect_addr_cb, &al, NULL);
+    msgpack_packer pk;
+    auth_reply_ok_begin(&pk, out, 7);
+    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+    rp_mp_kv_str(&pk, "server_id", s->id.host_id);
+    rp_mp_kv_u64(&pk, "raft_id", s->cfg->raft_id);
+    rp_mp_kv_str(&pk, "ca_pin", s->id.ca_pin);
+    rp_mp_kv_u64(&pk, "leader_id", st.leader_id);
+    rp_mp_kv_str(&pk, "version", AUTH_VERSION);
+    rp_mp_pack_str(&pk, "auth_servers");
+    msgpack_pack_array(&pk, al.n);
+    for (unsigned i = 0; i < al.n; i++)
+        rp_mp_pack_str(&pk, al.addrs[i]);
+    return 0;
+}
+
+int auth_h_member_status(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    struct rp_node_status st;
+    uint64_t free_b = 0, total_b = 0;
+    int rv = rp_node_status(s->node, &st);
+    if (rv != 0)
+        return rv;
+    rp_disk_free(s->data_dir, &free_b, &total_b);
+    msgpack_packer pk;
+    auth_reply_ok_begin(&pk, out, 10);
+    rp_mp_kv_u64(&pk, "id", st.id);
+    rp_mp_kv_str(&pk, "state", rp_raft_state_name(st.state));
+    rp_mp_kv_bool(&pk, "ready", st.ready);
+    rp_mp_kv_u64(&pk, "term", st.term);
+    rp_mp_kv_u64(&pk, "leader_id", st.leader_id);
+    rp_mp_kv_u64(&pk, "last_applied", st.last_applied);
+    rp_mp_kv_u64(&pk, "commit_index", st.commit_index);
+    rp_mp_kv_u64(&pk, "last_index", st.last_index);
+    rp_mp_kv_u64(&pk, "disk_free", free_b);
+    rp_mp_kv_u64(&pk, "disk_total", total_b);
+    return 0;
+}
+
+struct peer_probe {
+    struct auth_server *srv;
+    char addr[64];
+    bool ok;
+    char state[16];
+    uint64_t term, leader_id, last_applied, disk_free;
+    pthread_t thread;
+};
+
+static void *probe_main(void *arg)
+{
+    struct peer_probe *p = arg;
+    struct rp_conn c;
+    struct rp_buf req, resp;
+    msgpack_packer pk;
+    msgpack_unpacked u;
+    rp_buf_init(&req);
+    rp_buf_init(&resp);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 1);
+    rp_mp_kv_str(&pk, "m", "member_status");
+    if (rp_conn_dial(&c, p->srv->peer_ctx, p->addr, PEER_STATUS_TIMEOUT_MS) != 0)
+        goto out;
+    rp_conn_set_timeout(&c, PEER_STATUS_TIMEOUT_MS);
+    if (rp_conn_write_frame(&c, req.data, req.len) == 0 && rp_conn_read_frame(&c, &resp) == 0 &&
+        rp_mp_parse(resp.data, resp.len, &u) == 0) {
+        bool ok = false;
+        const char *st;
+        size_t n;
+        rp_mp_get_bool(&u.data, "ok", &ok);
+        if (ok && rp_mp_get_str(&u.data, "state", &st, &n) == 0 && n < sizeof p->state) {
+            memcpy(p->state, st, n);
+            p->state[n] = '\0';
+            rp_mp_get_u64(&u.data, "term", &p->term);
+            rp_mp_get_u64(&u.data, "leader_id", &p->leader_id);
+            rp_mp_get_u64(&u.data, "last_applied", &p->last_applied);
+            rp_mp_get_u64(&u.data, "disk_free", &p->disk_free);
+            p->ok = true;
+        }
+        msgpack_unpacked_destroy(&u);
+    }
+    rp_conn_close(&c);
+out:
+    rp_buf_free(&req);
+    rp_buf_free(&resp);
+    return NULL;
+}
+
+int auth_h_status(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    struct rp_node_status st;
+    struct addr_list al = {.n = 0};
+    struct peer_probe probes[RP_MAX_MEMBERS];
+    uint64_t free_b = 0;
+    int rv = rp_node_status(s->node, &st);
+    if (rv != 0)
+        return rv;
+    rp_disk_free(s->data_dir, &free_b, NULL);
+    state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, collect_addr_cb, &al, NULL);
+
+    memset(probes, 0, sizeof probes);
+    for (unsigned i = 0; i < st.n_members; i++) {
+        struct peer_probe *p = &probes[i];
+        p->srv = s;
+        if (st.members[i].id == st.id) {
+            p->ok = true;
+            snprintf(p->state, sizeof p->state, "%s", rp_raft_state_name(st.state));
+            p->term = st.term;
+            p->leader_id = st.leader_id;
+            p->last_applied = st.last_applied;
+            p->disk_free = free_b;
+            continue;
+        }
+        for (unsigned j = 0; j < al.n; j++) {
+            if (al.ids[j] == st.members[i].id)
+                snprintf(p->addr, sizeof p->addr, "%s", al.addrs[j]);
+        }
+        if (p->addr[0] && pthread_create(&p->thread, NULL, probe_main, p) != 0)
+            p->addr[0] = '\0';
+    }
+    uint64_t term = st.term, leader = st.leader_id;
+    for (unsigned i = 0; i < st.n_members; i++) {
+        struct peer_probe *p = &probes[i];
+        if (st.members[i].id != st.id && p->addr[0])
+            pthread_join(p->thread, NULL);
+        if (p->ok && p->term > term)
+            term = p->term;
+        if (p->ok && strcmp(p->state, "leader") == 0) {
+            leader = st.members[i].id;
+            term = p->term;
+        }
+    }
+
+    msgpack_packer pk;
+    auth_reply_ok_begin(&pk, out, 5);
+    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+    rp_mp_kv_str(&pk, "ca_pin", s->id.ca_pin);
+    rp_mp_kv_u64(&pk, "leader_id", leader);
+    rp_mp_kv_u64(&pk, "term", term);
+    rp_mp_pack_str(&pk, "members");
+    msgpack_pack_array(&pk, st.n_members);
+    for (unsigned i = 0; i < st.n_members; i++) {
+        const struct rp_member *m = &st.members[i];
+        struct peer_probe *p = &probes[i];
+        uint64_t applied = p->ok ? p->last_applied : m->match_index;
+        msgpack_pack_map(&pk, 8);
+        rp_mp_kv_u64(&pk, "id", m->id);
+        rp_mp_kv_str(&pk, "address", m->address);
+        rp_mp_kv_str(&pk, "role", rp_member_role_name(m->role));
+        rp_mp_kv_str(&pk, "state", p->ok ? p->state : "unreachable");
+        rp_mp_kv_u64(&pk, "last_applied", applied);
+        /* Extra fields for the text view; tctl's JSON keeps only the documented ones. */
+        rp_mp_kv_str(&pk, "api_address", m->id == st.id ? public_api_addr(s->cfg) : p->addr);
+        rp_mp_kv_u64(&pk, "disk_free", p->ok ? p->disk_free : 0);
+        rp_mp_kv_bool(&pk, "reachable", p->ok);
+    }
+    return 0;
+}
+
+/* ---- tokens ------------------------------------------------------------- */
+
+static const char *token_role(const char *type)
+{
+    if (strcmp(type, "auth") == 0)
+        return RP_ROLE_AUTH;
+    if (strcmp(type, "node") == 0)
+        return RP_ROLE_NODE;
+    if (strcmp(type, "proxy") == 0)
+        return RP_ROLE_PROXY;
+    return NULL;
+}
+
+int auth_h_token_add(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    char type[16], token[33], rid[33];
+    uint64_t ttl = 30 * 60 * 1000;
+    int rv = auth_arg_str(r->args, "type", type, sizeof type, true);
+    if (rv != 0)
+        return rv;
+    const char *role = token_role(type);
+    if (role == NULL)
+        return rp_err(RP_EINVAL, "unknown token type '%s', expected auth, node or proxy", type);
+    rv = rp_mp_get_u64(r->args, "ttl_ms", &ttl);
+    if (rv == RP_EINVAL)
+        return rv;
+    if (ttl < 1000 || ttl > TOKEN_MAX_TTL_MS)
+        return rp_err(RP_EINVAL, "token ttl must be between 1s and 48h");
+    if (!auth_is_leader(s)) {
+        if (r->from_peer)
+            return rp_err(RP_ENOTLEADER, "not the leader");
+        return auth_forward(s, r->raw, r->raw_len, out);
+    }
+    if ((rv = rp_random_hex(token, 16)) != 0)
+        return rv;
+    uint64_t expires = rp_now_ms() + ttl;
+    struct rp_buf res, cmd;
+    msgpack_packer pk;
+    struct state_result sr;
+    rp_buf_init(&res);
+    rp_buf_init(&cmd);
+    rp_mp_packer_init(&pk, &res);
+    pack_resource_head(&pk, AUTH_KIND_TOKEN, "v2", token, expires);
+    msgpack_pack_map(&pk, 2);
+    rp_mp_pack_str(&pk, "roles");
+    msgpack_pack_array(&pk, 1);
+    rp_mp_pack_str(&pk, role);
+    rp_mp_kv_str(&pk, "join_method", "token");
+    auth_new_rid(rid);
+    struct state_cmd c = {.op = "create", .rid = rid, .res = res.data, .res_len = res.len};
+    rv = state_cmd_encode(&c, &cmd);
+    if (rv == 0)
+        rv = auth_propose(s, cmd.data, cmd.len, &sr);
+    if (rv == 0 && sr.code != 0)
+        rv = rp_err(sr.code, "%s", sr.message);
+    rp_buf_free(&res);
+    rp_buf_free(&cmd);
+    if (rv != 0)
+        return rv;
+    rp_info("auth", "join token of type %s created by %s, expires in %llus", type,
+            r->caller ? r->caller->name : "?", (unsigned long long)(ttl / 1000));
+    auth_reply_ok_begin(&pk, out, 4);
+    rp_mp_kv_str(&pk, "token", token);
+    rp_mp_kv_str(&pk, "type", type);
+    rp_mp_kv_u64(&pk, "expires", expires);
+    rp_mp_kv_str(&pk, "ca_pin", s->id.ca_pin);
+    return 0;
+}
+
+/* ---- join --------------------------------------------------------------- */
+
+static bool valid_host_id(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++) {
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '.' && *s != '_')
+            return false;
+    }
+    return true;
+}
+
+/* Checks the token: present, of @role, not expired. Every failure is the same
+ * answer to the caller (no oracle); the log says which. */
+static int check_token(struct auth_server *s, const char *token, const char *role,
+                       const char *who)
+{
+    struct rp_buf res;
+    msgpack_unpacked u;
+    const char *why = NULL;
+    rp_buf_init(&res);
+    int rv = rp_node_barrier(s->node, AUTH_READ_TIMEOUT_MS);
+    if (rv != 0) {
+        rp_buf_free(&res);
+        return rp_err(rv, "checking join token: %s", rp_errmsg());
+    }
+    if (state_get(s->state, AUTH_KIND_TOKEN, token, &res, NULL) != 0) {
+        why = "no such token";
+    } else if (rp_mp_parse(res.data, res.len, &u) != 0) {
+        why = "stored token is malformed";
+    } else {
+        uint64_t expires = 0;
+        rp_mp_get_u64(rp_mp_get(&u.data, "metadata"), "expires", &expires);
+        const msgpack_object *roles = rp_mp_get(rp_mp_get(&u.data, "spec"), "roles");
+        bool has = false;
+        if (roles && roles->type == MSGPACK_OBJECT_ARRAY) {
+            for (uint32_t i = 0; i < roles->via.array.size; i++)
+                has = has || rp_mp_str_eq(&roles->via.array.ptr[i], role);
+        }
+        if (expires != 0 && expires <= rp_now_ms())
+            why = "token expired";
+        else if (!has)
+            why = "token is of another type";
+        msgpack_unpacked_destroy(&u);
+    }
+    rp_buf_free(&res);
+    if (why != NULL) {
+        rp_warn("auth", "join refused for %s: %s", who, why);
+        return rp_err(RP_EDENIED, "join refused: the token is invalid, expired, or not for this role");
+    }
+    return 0;
+}
+
+/* Extracts the host part of "host:port" into @out. */
+static void host_of(const char *addr, char *out, size_t outlen)
+{
+    const char *colon = strrchr(addr, ':');
+    size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
+    if (n > 0 && addr[0] == '[' && addr[n - 1] == ']') {
+        addr++;
+        n -= 2;
+    }
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, addr, n);
+    out[n] = '\0';
+}
+
+int auth_h_join(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    char token[80], type[16], host_id[64], nodename[256], raft_addr[64], api_addr[64];
+    char host_pub_pem[1024], admin_pub_pem[1024], who[700];
+    uint64_t raft_id = 0;
+    int rv;
+    if ((rv = auth_arg_str(r->args, "token", token, sizeof token, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "type", type, sizeof type, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "host_id", host_id, sizeof host_id, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "nodename", nodename, sizeof nodename, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "host_pubkey", host_pub_pem, sizeof host_pub_pem, true)) != 0)
+        return rv;
+    const char *role = token_role(type);
+    if (role == NULL)
+        return rp_err(RP_EINVAL, "unknown join type '%s', expected auth, node or proxy", type);
+    if (!valid_host_id(host_id) || !valid_host_id(nodename))
+        return rp_err(RP_EINVAL, "host_id and nodename may hold only letters, digits, '.', '-', '_'");
+    bool is_auth = strcmp(type, "auth") == 0;
+    if (is_auth) {
+        if ((rv = auth_arg_str(r->args, "raft_addr", raft_addr, sizeof raft_addr, true)) != 0 ||
+            (rv = auth_arg_str(r->args, "api_addr", api_addr, sizeof api_addr, true)) != 0 ||
+            (rv = auth_arg_str(r->args, "admin_pubkey", admin_pub_pem, sizeof admin_pub_pem,
+                               true)) != 0)
+            return rv;
+        if (rp_mp_get_u64(r->args, "raft_id", &raft_id) != 0 || raft_id == 0)
+            return rp_err(RP_EINVAL, "argument 'raft_id' (a positive integer) is required");
+        if (rp_check_hostport(raft_addr) != 0 || rp_check_hostport(api_addr) != 0)
+            return rp_err(RP_EINVAL, "join: %s", rp_errmsg());
+    }
+    snprintf(who, sizeof who, "%s (%s, type %s, from %s)", nodename, host_id, type, r->conn->peer);
+
+    if (!auth_is_leader(s)) {
+        if (r->from_peer)
+            return rp_err(RP_ENOTLEADER, "not the leader");
+        return auth_forward(s, r->raw, r->raw_len, out);
+    }
+    if ((rv = check_token(s, token, role, who)) != 0)
+        return rv;
+
+    EVP_PKEY *host_pub = NULL, *admin_pub = NULL;
+    X509 *host_cert = NULL, *admin_cert = NULL;
+    char *host_pem = NULL, *admin_pem = NULL, *ca_pem = NULL;
+    bool already_member = false;
+    if ((rv = rp_tls_pubkey_from_pem(host_pub_pem, strlen(host_pub_pem), &host_pub)) != 0)
+        goto out;
+    if (is_auth) {
+        if ((rv = rp_tls_pubkey_from_pem(admin_pub_pem, strlen(admin_pub_pem), &admin_pub)) != 0)
+            goto out;
+        struct rp_node_status st;
+        if ((rv = rp_node_status(s->node, &st)) != 0)
+            goto out;
+        for (unsigned i = 0; i < st.n_members; i++) {
+            const struct rp_member *m = &st.members[i];
+            bool same_id = m->id == raft_id, same_addr = strcmp(m->address, raft_addr) == 0;
+            if (same_id && same_addr) {
+                already_member = true; /* a retried join whose answer was lost */
+            } else if (same_id || same_addr) {
+                rv = rp_err(RP_EEXISTS, "raft id %llu or address %s is already used by member %llu (%s)",
+                            (unsigned long long)raft_id, raft_addr, (unsigned long long)m->id,
+                            m->address);
+                goto out;
+            }
+        }
+    }
+
+    char api_host[64], raft_host[64];
+    const char *sans[4];
+    size_t n_sans = 0;
+    sans[n_sans++] = nodename;
+    if (is_auth) {
+        host_of(api_addr, api_host, sizeof api_host);
+        host_of(raft_addr, raft_host, sizeof raft_host);
+        sans[n_sans++] = api_host;
+        if (strcmp(raft_host, api_host) != 0)
+            sans[n_sans++] = raft_host;
+    }
+    char *groups[1] = {(char *)role};
+    struct rp_identity hid = {.name = host_id, .groups = groups, .n_groups = 1,
+                              .cluster = s->id.cluster_name};
+    /* Host identities are long-lived, renewed by CA rotation (Teleport does the same). */
+    if ((rv = auth_sign_identity(s, host_pub, &hid, sans, n_sans, 10L * 365 * 86400, &host_cert)) != 0)
+        goto out;
+    if (is_auth) {
+        char *admin_groups[1] = {RP_ROLE_ADMIN};
+        char admin_name[300];
+        snprintf(admin_name, sizeof admin_name, "admin@%s", nodename);
+        struct rp_identity aid = {.name = admin_name, .groups = admin_groups, .n_groups = 1,
+                                  .cluster = s->id.cluster_name};
+        if ((rv = auth_sign_identity(s, admin_pub, &aid, NULL, 0, 10L * 365 * 86400, &admin_cert)) != 0)
+            goto out;
+    }
+
+    if (is_auth && !already_member) {
+        struct rp_buf res, ops;
+        char rid[96];
+        msgpack_packer pk;
+        rp_buf_init(&res);
+        rp_buf_init(&ops);
+        rp_mp_packer_init(&pk, &res);
+        pack_auth_server(&pk, host_id, nodename, raft_id, raft_addr, api_addr);
+        rv = append_put(&ops, &res);
+        snprintf(rid, sizeof rid, "join-%.60s-%llu", host_id, (unsigned long long)raft_id);
+        if (rv == 0)
+            rv = propose_puts(s, rid, &ops, 1);
+        rp_buf_free(&res);
+        rp_buf_free(&ops);
+        if (rv != 0)
+            goto out;
+        /* One membership change at a time: wait out a promotion in flight. */
+        uint64_t deadline = rp_mono_ms() + 15000;
+        do {
+            rv = rp_node_add(s->node, raft_id, raft_addr, 5000);
+            if (rv != RP_EBUSY)
+                break;
+            struct timespec ts = {0, 100 * 1000000L};
+            nanosleep(&ts, NULL);
+        } while (rp_mono_ms() < deadline);
+        if (rv != 0)
+            goto out;
+        rp_info("auth", "auth server %s joined as spare %llu at %s; it becomes a voter once caught up",
+                who, (unsigned long long)raft_id, raft_addr);
+    } else {
+        rp_info("auth", "%s joined", who);
+    }
+
+    if ((rv = rp_tls_cert_to_pem(host_cert, &host_pem)) != 0 ||
+        (admin_cert && (rv = rp_tls_cert_to_pem(admin_cert, &admin_pem)) != 0) ||
+        (rv = rp_tls_cert_to_pem(s->id.ca_cert, &ca_pem)) != 0)
+        goto out;
+    msgpack_packer pk;
+    auth_reply_ok_begin(&pk, out, 4);
+    rp_mp_kv_str(&pk, "host_cert", host_pem);
+    rp_mp_kv_str(&pk, "admin_cert", admin_pem);
+    rp_mp_kv_str(&pk, "ca_cert", ca_pem);
+    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+out:
+    EVP_PKEY_free(host_pub);
+    EVP_PKEY_free(admin_pub);
+    X509_free(host_cert);
+    X509_free(admin_cert);
+    free(host_pem);
+    free(admin_pem);
+    free(ca_pem);
+    return rv;
+}
+
+/* ---- membership --------------------------------------------------------- */
+
+struct name_by_id {
+    uint64_t id;
+    char names[4][256];
+    unsigned n;
+};
+
+static int name_by_id_cb(void *arg, const void *res, size_t len)
+{
+    struct name_by_id *nb = arg;
+    struct state_res_meta meta;
+    msgpack_unpacked u;
+    if (nb->n >= 4 || state_resource_check(res, len, &meta) != 0 || rp_mp_parse(res, len, &u) != 0)
+        return 0;
+    uint64_t id = 0;
+    if (rp_mp_get_u64(rp_mp_get(&u.data, "spec"), "raft_id", &id) == 0 && id == nb->id &&
+        meta.name_len < 256) {
+        memcpy(nb->names[nb->n], meta.name, meta.name_len);
+        nb->names[nb->n][meta.name_len] = '\0';
+        nb->n++;
+    }
+    msgpack_unpacked_destroy(&u);
+    return 0;
+}
+
+int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    uint64_t id = 0;
+    if (rp_mp_get_u64(r->args, "id", &id) != 0 || id == 0)
+        return rp_err(RP_EINVAL, "argument 'id' (the member's raft id) is required");
+    if (!auth_is_leader(s)) {
+        if (r->from_peer)
+            return rp_err(RP_ENOTLEADER, "not the leader");
+        return auth_forward(s, r->raw, r->raw_len, out);
+    }
+    struct rp_node_status st;
+    int rv = rp_node_status(s->node, &st);
+    if (rv != 0)
+        return rv;
+    bool found = false;
+    unsigned voters = 0;
+    for (unsigned i = 0; i < st.n_members; i++) {
+        found = found || st.members[i].id == id;
+        voters += st.members[i].role == RP_MEMBER_VOTER;
+    }
+    if (!found)
+        return rp_err(RP_ENOTFOUND, "no member with raft id %llu", (unsigned long long)id);
+    if (voters <= 1 && st.n_members <= 1)
+        return rp_err(RP_EINVAL, "refusing to remove the last member of the cluster");
+    rv = rp_node_remove(s->node, id, 10000);
+    if (rv != 0)
+        return rv;
+    rp_info("auth", "member %llu removed by %s", (unsigned long long)id,
+            r->caller ? r->caller->name : "?");
+    /* Its record goes too, so that nobody forwards to it any more. If this server just
+     * removed itself it no longer leads; the next leader keeps the stale record,
+     * which only costs a failed probe in status. */
+    struct name_by_id nb = {.id = id, .n = 0};
+    state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, name_by_id_cb, &nb, NULL);
+    for (unsigned i = 0; i < nb.n && auth_is_leader(s); i++) {
+        struct rp_buf cmd;
+        struct state_result sr;
+        char rid[33];
+        auth_new_rid(rid);
+        struct state_cmd c = {.op = "delete", .rid = rid, .kind = AUTH_KIND_AUTH_SERVER,
+                              .name = nb.names[i]};
+        rp_buf_init(&cmd);
+        if (state_cmd_encode(&c, &cmd) == 0)
+            auth_propose(s, cmd.data, cmd.len, &sr);
+        rp_buf_free(&cmd);
+    }
+    msgpack_packer pk;
+    auth_reply_ok_begin(&pk, out, 0);
+    return 0;
+}

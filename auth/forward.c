@@ -1,0 +1,161 @@
+/* auth/forward.c: followers pass writes and linearizable reads to the leader
+ * over a small pool of mutually authenticated connections. */
+#include <stdio.h>
+#include <string.h>
+
+#include "auth/internal.h"
+#include "lib/errors.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+
+#define FORWARD_TIMEOUT_MS 15000
+
+bool auth_is_leader(struct auth_server *s)
+{
+    return rp_node_is_leader(s->node);
+}
+
+struct find_addr {
+    uint64_t id;
+    char *out;
+    size_t outlen;
+    bool found;
+};
+
+static int find_addr_cb(void *arg, const void *res, size_t len)
+{
+    struct find_addr *fa = arg;
+    msgpack_unpacked u;
+    if (rp_mp_parse(res, len, &u) != 0)
+        return 0;
+    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
+    uint64_t rid = 0;
+    const char *a;
+    size_t an;
+    if (rp_mp_get_u64(spec, "raft_id", &rid) == 0 && rid == fa->id &&
+        rp_mp_get_str(spec, "api_addr", &a, &an) == 0 && an < fa->outlen) {
+        memcpy(fa->out, a, an);
+        fa->out[an] = '\0';
+        fa->found = true;
+    }
+    msgpack_unpacked_destroy(&u);
+    return fa->found ? 1 : 0;
+}
+
+int auth_api_addr_of(struct auth_server *s, uint64_t id, char *out, size_t outlen)
+{
+    struct find_addr fa = {id, out, outlen, false};
+    state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, find_addr_cb, &fa, NULL);
+    if (!fa.found)
+        return rp_err(RP_ENOTFOUND, "no auth_server record for raft id %llu",
+                      (unsigned long long)id);
+    return 0;
+}
+
+void auth_forward_reset(struct auth_server *s)
+{
+    pthread_mutex_lock(&s->fwd_mu);
+    for (int i = 0; i < AUTH_FWD_POOL; i++) {
+        if (s->fwd[i].open && !s->fwd[i].in_use) {
+            rp_conn_close(&s->fwd[i].conn);
+            s->fwd[i].open = false;
+        }
+    }
+    pthread_mutex_unlock(&s->fwd_mu);
+}
+
+/* Takes an idle pooled connection to @addr, or reserves a slot for a new one.
+ * Returns the slot, -1 if the pool is exhausted. *fresh says whether to dial. */
+static int pool_take(struct auth_server *s, const char *addr, bool *fresh)
+{
+    int slot = -1;
+    pthread_mutex_lock(&s->fwd_mu);
+    for (int i = 0; i < AUTH_FWD_POOL; i++) {
+        struct auth_fwd_conn *f = &s->fwd[i];
+        if (f->in_use)
+            continue;
+        if (f->open && strcmp(f->addr, addr) == 0) {
+            slot = i;
+            *fresh = false;
+            break;
+        }
+        if (slot < 0 || (s->fwd[slot].open && !f->open))
+            slot = i;
+    }
+    if (slot >= 0) {
+        struct auth_fwd_conn *f = &s->fwd[slot];
+        f->in_use = true;
+        if (f->open && strcmp(f->addr, addr) != 0) {
+            rp_conn_close(&f->conn); /* an old leader's connection */
+            f->open = false;
+        }
+        *fresh = !f->open;
+        snprintf(f->addr, sizeof f->addr, "%s", addr);
+    }
+    pthread_mutex_unlock(&s->fwd_mu);
+    return slot;
+}
+
+static void pool_give(struct auth_server *s, int slot, bool keep)
+{
+    pthread_mutex_lock(&s->fwd_mu);
+    struct auth_fwd_conn *f = &s->fwd[slot];
+    if (!keep && f->open) {
+        rp_conn_close(&f->conn);
+        f->open = false;
+    }
+    f->in_use = false;
+    pthread_mutex_unlock(&s->fwd_mu);
+}
+
+int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_buf *out)
+{
+    struct rp_node_status st;
+    char addr[64];
+    int rv = rp_node_status(s->node, &st);
+    if (rv != 0)
+        return rv;
+    if (st.leader_id == 0 || st.leader_id == st.id)
+        return rp_err(RP_EUNAVAILABLE, "no auth server leads right now (election in progress)");
+    rv = auth_api_addr_of(s, st.leader_id, addr, sizeof addr);
+    if (rv != 0)
+        return rp_err(RP_EUNAVAILABLE, "leader %llu: %s", (unsigned long long)st.leader_id,
+                      rp_errmsg());
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool fresh;
+        int slot = pool_take(s, addr, &fresh);
+        if (slot < 0)
+            return rp_err(RP_EBUSY, "too many requests being forwarded to the leader");
+        struct auth_fwd_conn *f = &s->fwd[slot];
+        if (fresh) {
+            rv = rp_conn_dial(&f->conn, s->peer_ctx, addr, 3000);
+            if (rv != 0) {
+                pool_give(s, slot, false);
+                return rp_err(RP_EUNAVAILABLE, "forwarding to leader %s: %s", addr, rp_errmsg());
+            }
+            f->open = true;
+            rp_conn_set_timeout(&f->conn, FORWARD_TIMEOUT_MS);
+        }
+        rv = rp_conn_write_frame(&f->conn, raw, len);
+        if (rv != 0) {
+            pool_give(s, slot, false);
+            if (!fresh)
+                continue; /* the pooled connection had gone stale: nothing was sent */
+            return rp_err(RP_EUNAVAILABLE, "forwarding to leader %s: %s", addr, rp_errmsg());
+        }
+        rv = rp_conn_read_frame(&f->conn, out);
+        if (rv != 0) {
+            pool_give(s, slot, false);
+            if (!fresh && rv == RP_ECLOSED)
+                continue; /* closed before answering: the leader closed an idle connection */
+            return rp_err(RP_EUNKNOWN,
+                          "leader %s did not answer (%s): a write may or may not have been "
+                          "applied; retry with the same request id",
+                          addr, rp_errmsg());
+        }
+        pool_give(s, slot, true);
+        return 0;
+    }
+    return rp_err(RP_EUNAVAILABLE, "forwarding to leader %s failed twice", addr);
+}

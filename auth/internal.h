@@ -1,0 +1,133 @@
+/* auth/internal.h: what the files of auth/ share; not part of the public API. */
+#ifndef RP_AUTH_INTERNAL_H
+#define RP_AUTH_INTERNAL_H
+
+#include <msgpack.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "auth/auth.h"
+#include "lib/conn.h"
+#include "lib/tls.h"
+#include "raft/rp_raft.h"
+#include "state/state.h"
+
+#define AUTH_VERSION "0.1.0"
+#define AUTH_APPLY_TIMEOUT_MS 10000
+#define AUTH_READ_TIMEOUT_MS 5000
+#define AUTH_IDLE_TIMEOUT_MS 300000
+#define AUTH_MAX_CONNS 1024
+
+/* This server's keys and certificates, as kept in data_dir/keys. */
+struct auth_identity {
+    char host_id[64];
+    char cluster_name[256];
+    char ca_pin[80];
+    X509 *ca_cert;
+    X509 *host_cert;
+    EVP_PKEY *host_key;
+    EVP_PKEY *ca_key_pending; /* bootstrap only: CA key not yet written to the state */
+    bool bootstrapped_here;
+};
+
+struct auth_fwd_conn {
+    struct rp_conn conn;
+    char addr[64];
+    bool in_use;
+    bool open;
+};
+
+#define AUTH_FWD_POOL 8
+
+struct auth_server {
+    const struct rp_config *cfg;
+    char data_dir[1024];
+    struct auth_identity id;
+    SSL_CTX *api_ctx;     /* server side of the API: client certs optional */
+    SSL_CTX *raft_srv_ctx;/* server side of Raft peers: client certs required */
+    SSL_CTX *peer_ctx;    /* client side towards other auth servers (our Auth identity) */
+    struct state *state;
+    struct raft_fsm *fsm;
+    struct rp_node *node;
+    int listen_fd;
+    pthread_t accept_thread;
+    pthread_t duty_thread;
+    atomic_bool stopping;
+    atomic_int n_conns;
+    pthread_mutex_t conns_mu;
+    pthread_cond_t conns_cv;
+    int conn_fds[AUTH_MAX_CONNS];
+
+    pthread_mutex_t fwd_mu;
+    struct auth_fwd_conn fwd[AUTH_FWD_POOL];
+
+    /* Cached CA private key for signing (reloaded when the stored revision changes). */
+    pthread_mutex_t ca_mu;
+    EVP_PKEY *ca_key;
+    uint64_t ca_key_rev;
+    bool low_disk_warned;
+};
+
+/* A request being served: the decoded map and who sent it. */
+struct auth_req {
+    struct auth_server *srv;
+    const msgpack_object *args;
+    const void *raw;   /* the request frame, for forwarding */
+    size_t raw_len;
+    struct rp_identity *caller; /* NULL: no client certificate */
+    bool from_peer;   /* caller is another auth server */
+    struct rp_conn *conn;
+};
+
+/* Answers. Each handler writes exactly one answer map into @out. */
+void auth_reply_error(struct rp_buf *out, int code, const char *msg);
+/* Starts an ok answer with @n_extra more key/value pairs to follow. */
+void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extra);
+
+/* Handlers (auth/store_api.c, auth/cluster.c). Return 0 when @out holds the answer;
+ * a negative code means "answer with this error and rp_errmsg()". */
+int auth_h_get(struct auth_req *r, struct rp_buf *out);
+int auth_h_list(struct auth_req *r, struct rp_buf *out);
+int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out);
+int auth_h_watch(struct auth_req *r); /* streams until the client leaves */
+int auth_h_ping(struct auth_req *r, struct rp_buf *out);
+int auth_h_status(struct auth_req *r, struct rp_buf *out);
+int auth_h_member_status(struct auth_req *r, struct rp_buf *out);
+int auth_h_token_add(struct auth_req *r, struct rp_buf *out);
+int auth_h_join(struct auth_req *r, struct rp_buf *out);
+int auth_h_member_rm(struct auth_req *r, struct rp_buf *out);
+
+/* Proposes @cmd through Raft on this (leader) server after the disk-space check. */
+int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct state_result *res);
+/* Forwards the raw request to the leader and copies its answer into @out.
+ * RP_ENOTLEADER/RP_EUNAVAILABLE when no leader is known or reachable. */
+int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_buf *out);
+/* True if this server may serve leader-only work now; false means forward. */
+bool auth_is_leader(struct auth_server *s);
+/* API address ("ip:port") of the auth server with Raft id @id, from the state. */
+int auth_api_addr_of(struct auth_server *s, uint64_t id, char *out, size_t outlen);
+/* Closes pooled forwarding connections (on leader change / stop). */
+void auth_forward_reset(struct auth_server *s);
+
+/* Identity files (auth/identity.c). */
+int auth_identity_load(struct auth_identity *id, const char *data_dir);
+int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
+int auth_identity_join(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
+void auth_identity_free(struct auth_identity *id);
+/* Writes the CA, the auth_server record and the cluster name to the state once this
+ * bootstrap server leads (auth/cluster.c). */
+int auth_bootstrap_write(struct auth_server *s);
+/* Proposes expiry of everything whose time has come (leader only). */
+int auth_expire_due(struct auth_server *s);
+
+/* Signs an X.509 identity with the cluster CA held in the state. */
+int auth_sign_identity(struct auth_server *s, EVP_PKEY *pub, const struct rp_identity *ident,
+                       const char *const *sans, size_t n_sans, long ttl_s, X509 **out);
+
+/* Small parsing helpers for request arguments. */
+int auth_arg_str(const msgpack_object *args, const char *key, char *out, size_t outlen,
+                 bool required);
+
+#endif

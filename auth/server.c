@@ -1,0 +1,470 @@
+/* auth/server.c: the auth API server: start-up, the accept loop, one thread
+ * per connection, request dispatch and authorization. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "auth/internal.h"
+#include "lib/errors.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+#include "lib/util.h"
+
+void auth_reply_error(struct rp_buf *out, int code, const char *msg)
+{
+    msgpack_packer pk;
+    rp_buf_reset(out);
+    rp_mp_packer_init(&pk, out);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_bool(&pk, "ok", false);
+    rp_mp_kv_str(&pk, "code", rp_strerror(code));
+    rp_mp_kv_str(&pk, "error", msg && *msg ? msg : rp_strerror(code));
+}
+
+void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extra)
+{
+    rp_buf_reset(out);
+    rp_mp_packer_init(pk, out);
+    msgpack_pack_map(pk, 1 + n_extra);
+    rp_mp_kv_bool(pk, "ok", true);
+}
+
+int auth_arg_str(const msgpack_object *args, const char *key, char *out, size_t outlen,
+                 bool required)
+{
+    const char *s;
+    size_t n;
+    int rv = rp_mp_get_str(args, key, &s, &n);
+    if (rv == RP_ENOTFOUND) {
+        out[0] = '\0';
+        return required ? rp_err(RP_EINVAL, "argument '%s' is required", key) : 0;
+    }
+    if (rv != 0)
+        return rv;
+    if (n >= outlen)
+        return rp_err(RP_EINVAL, "argument '%s' is %zu bytes, at most %zu allowed", key, n,
+                      outlen - 1);
+    if (memchr(s, '\0', n) != NULL)
+        return rp_err(RP_EINVAL, "argument '%s' contains a NUL byte", key);
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return 0;
+}
+
+/* ---- authorization ------------------------------------------------------ */
+
+enum access { ACCESS_ANON, ACCESS_READ, ACCESS_ALL };
+
+struct method {
+    const char *name;
+    enum access need;
+};
+
+static const struct method methods[] = {
+    {"ping", ACCESS_ANON},       {"join", ACCESS_ANON},      {"get", ACCESS_READ},
+    {"list", ACCESS_READ},       {"watch", ACCESS_READ},     {"member_status", ACCESS_READ},
+    {"status", ACCESS_READ},     {"put", ACCESS_ALL},        {"create", ACCESS_ALL},
+    {"update", ACCESS_ALL},      {"cas", ACCESS_ALL},        {"delete", ACCESS_ALL},
+    {"cdelete", ACCESS_ALL},     {"batch", ACCESS_ALL},      {"token_add", ACCESS_ALL},
+    {"member_rm", ACCESS_ALL},
+};
+
+static enum access caller_access(const struct rp_identity *id)
+{
+    if (id == NULL)
+        return ACCESS_ANON;
+    if (rp_identity_has_group(id, RP_ROLE_ADMIN) || rp_identity_has_group(id, RP_ROLE_AUTH))
+        return ACCESS_ALL;
+    if (rp_identity_has_group(id, RP_ROLE_PROXY) || rp_identity_has_group(id, RP_ROLE_NODE))
+        return ACCESS_READ;
+    return ACCESS_ANON;
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+/* Serves one request frame; writes the answer into @out. Returns 1 if the
+ * connection was turned into a watch stream (and is finished), 0 otherwise. */
+static int serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identity *caller,
+                       const struct rp_buf *frame, struct rp_buf *out)
+{
+    msgpack_unpacked msg;
+    int rv = rp_mp_parse(frame->data, frame->len, &msg);
+    if (rv != 0) {
+        auth_reply_error(out, RP_EINVAL, rp_errmsg());
+        return 0;
+    }
+    const msgpack_object *args = &msg.data;
+    char m[32];
+    if (args->type != MSGPACK_OBJECT_MAP) {
+        auth_reply_error(out, RP_EINVAL, "request must be a map with a method \"m\"");
+        goto done;
+    }
+    if (auth_arg_str(args, "m", m, sizeof m, true) != 0) {
+        auth_reply_error(out, RP_EINVAL, rp_errmsg());
+        goto done;
+    }
+    const struct method *meth = NULL;
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        if (strcmp(methods[i].name, m) == 0)
+            meth = &methods[i];
+    }
+    if (meth == NULL) {
+        char msgbuf[96];
+        snprintf(msgbuf, sizeof msgbuf, "unknown method '%s'", m);
+        auth_reply_error(out, RP_EINVAL, msgbuf);
+        goto done;
+    }
+    if (caller_access(caller) < meth->need) {
+        char msgbuf[256];
+        snprintf(msgbuf, sizeof msgbuf, "%s: %s is not allowed to call %s",
+                 caller ? "access denied" : "access denied (no client certificate)",
+                 caller ? caller->name : "anonymous", m);
+        rp_warn("auth", "denied %s from %s (%s)", m, c->peer, caller ? caller->name : "anonymous");
+        auth_reply_error(out, RP_EDENIED, msgbuf);
+        goto done;
+    }
+    struct auth_req r = {
+        .srv = s,
+        .args = args,
+        .raw = frame->data,
+        .raw_len = frame->len,
+        .caller = caller,
+        .from_peer = caller && rp_identity_has_group(caller, RP_ROLE_AUTH),
+        .conn = c,
+    };
+    rp_err_clear();
+    if (strcmp(m, "watch") == 0) {
+        rv = auth_h_watch(&r);
+        msgpack_unpacked_destroy(&msg);
+        return 1;
+    }
+    if (strcmp(m, "ping") == 0)
+        rv = auth_h_ping(&r, out);
+    else if (strcmp(m, "get") == 0)
+        rv = auth_h_get(&r, out);
+    else if (strcmp(m, "list") == 0)
+        rv = auth_h_list(&r, out);
+    else if (strcmp(m, "status") == 0)
+        rv = auth_h_status(&r, out);
+    else if (strcmp(m, "member_status") == 0)
+        rv = auth_h_member_status(&r, out);
+    else if (strcmp(m, "token_add") == 0)
+        rv = auth_h_token_add(&r, out);
+    else if (strcmp(m, "join") == 0)
+        rv = auth_h_join(&r, out);
+    else if (strcmp(m, "member_rm") == 0)
+        rv = auth_h_member_rm(&r, out);
+    else
+        rv = auth_h_write(&r, m, out);
+    if (rv != 0)
+        auth_reply_error(out, rv, rp_errmsg());
+done:
+    msgpack_unpacked_destroy(&msg);
+    return 0;
+}
+
+struct conn_arg {
+    struct auth_server *srv;
+    int fd;
+    int slot;
+};
+
+static void *conn_main(void *arg)
+{
+    struct conn_arg *ca = arg;
+    struct auth_server *s = ca->srv;
+    struct rp_conn c;
+    struct rp_identity ident;
+    struct rp_identity *caller = NULL;
+    struct rp_buf frame, out;
+    rp_buf_init(&frame);
+    rp_buf_init(&out);
+
+    int rv = rp_conn_accept(&c, s->api_ctx, ca->fd, AUTH_READ_TIMEOUT_MS);
+    if (rv != 0) {
+        rp_info("auth", "api connection refused: %s", rp_errmsg());
+        goto out;
+    }
+    if (rp_tls_peer_identity(c.ssl, &ident) == 0)
+        caller = &ident;
+    rp_conn_set_timeout(&c, AUTH_IDLE_TIMEOUT_MS);
+    while (!atomic_load(&s->stopping)) {
+        rv = rp_conn_read_frame(&c, &frame);
+        if (rv == RP_ECLOSED || rv == RP_ETIMEDOUT)
+            break;
+        if (rv != 0) {
+            /* Oversized or broken frame: say why once, then drop the connection. */
+            rp_warn("auth", "api connection %s: closing: %s", c.peer, rp_errmsg());
+            auth_reply_error(&out, rv, rp_errmsg());
+            rp_conn_set_timeout(&c, 1000);
+            rp_conn_write_frame(&c, out.data, out.len);
+            break;
+        }
+        if (serve_frame(s, &c, caller, &frame, &out) == 1)
+            break;
+        if (rp_conn_write_frame(&c, out.data, out.len) != 0)
+            break;
+        /* Keep big answers from pinning memory for an idle connection. */
+        if (out.cap > (1u << 20))
+            rp_buf_free(&out);
+    }
+    if (caller)
+        rp_identity_free(caller);
+    rp_conn_close(&c);
+out:
+    rp_buf_free(&frame);
+    rp_buf_free(&out);
+    pthread_mutex_lock(&s->conns_mu);
+    s->conn_fds[ca->slot] = -1;
+    atomic_fetch_sub(&s->n_conns, 1);
+    pthread_cond_broadcast(&s->conns_cv);
+    pthread_mutex_unlock(&s->conns_mu);
+    free(ca);
+    return NULL;
+}
+
+static void *accept_main(void *arg)
+{
+    struct auth_server *s = arg;
+    while (!atomic_load(&s->stopping)) {
+        struct pollfd pfd = {.fd = s->listen_fd, .events = POLLIN};
+        int n = poll(&pfd, 1, 200);
+        if (n <= 0)
+            continue;
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                rp_warn("auth", "accept: %s", strerror(errno));
+            continue;
+        }
+        pthread_mutex_lock(&s->conns_mu);
+        int slot = -1;
+        for (int i = 0; i < AUTH_MAX_CONNS; i++) {
+            if (s->conn_fds[i] == -1) {
+                slot = i;
+                break;
+            }
+        }
+        if (slot < 0) {
+            pthread_mutex_unlock(&s->conns_mu);
+            rp_warn("auth", "refusing connection: %d connections already open", AUTH_MAX_CONNS);
+            close(fd);
+            continue;
+        }
+        s->conn_fds[slot] = fd;
+        atomic_fetch_add(&s->n_conns, 1);
+        pthread_mutex_unlock(&s->conns_mu);
+
+        struct conn_arg *ca = malloc(sizeof *ca);
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        if (ca == NULL || (ca->srv = s, ca->fd = fd, ca->slot = slot,
+                           pthread_create(&t, &attr, conn_main, ca) != 0)) {
+            free(ca);
+            close(fd);
+            pthread_mutex_lock(&s->conns_mu);
+            s->conn_fds[slot] = -1;
+            atomic_fetch_sub(&s->n_conns, 1);
+            pthread_mutex_unlock(&s->conns_mu);
+        }
+        pthread_attr_destroy(&attr);
+    }
+    return NULL;
+}
+
+/* Leader duties that need no client: writing the bootstrap records, proposing
+ * expiry, watching free disk space. */
+static void *duty_main(void *arg)
+{
+    struct auth_server *s = arg;
+    uint64_t last_expire = 0;
+    while (!atomic_load(&s->stopping)) {
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        if (!auth_is_leader(s))
+            continue;
+        if (s->id.ca_key_pending != NULL) {
+            if (auth_bootstrap_write(s) != 0)
+                rp_warn("auth", "writing bootstrap records: %s (will retry)", rp_errmsg());
+        }
+        uint64_t now = rp_mono_ms();
+        if (now - last_expire >= 1000) {
+            last_expire = now;
+            if (auth_expire_due(s) != 0)
+                rp_warn("auth", "expiry: %s", rp_errmsg());
+        }
+    }
+    return NULL;
+}
+
+static struct raft_fsm *make_fsm(void *arg, struct raft *r)
+{
+    struct auth_server *s = arg;
+    s->fsm = calloc(1, sizeof *s->fsm);
+    if (s->fsm)
+        state_fsm_init(s->fsm, s->state, r);
+    return s->fsm;
+}
+
+static int make_contexts(struct auth_server *s)
+{
+    s->api_ctx = rp_tls_server_ctx(s->id.ca_cert, s->id.host_cert, s->id.host_key, 0);
+    s->raft_srv_ctx = rp_tls_server_ctx(s->id.ca_cert, s->id.host_cert, s->id.host_key, 1);
+    s->peer_ctx = rp_tls_client_ctx(s->id.ca_cert, s->id.host_cert, s->id.host_key);
+    if (!s->api_ctx || !s->raft_srv_ctx || !s->peer_ctx)
+        return rp_err(RP_ETLS, "building TLS contexts: %s", rp_errmsg());
+    return 0;
+}
+
+int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
+{
+    struct auth_server *s = calloc(1, sizeof *s);
+    char path[1200];
+    int rv;
+    if (s == NULL)
+        return rp_err(RP_ENOMEM, "auth server");
+    s->cfg = cfg;
+    s->listen_fd = -1;
+    snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
+    pthread_mutex_init(&s->conns_mu, NULL);
+    pthread_cond_init(&s->conns_cv, NULL);
+    pthread_mutex_init(&s->fwd_mu, NULL);
+    pthread_mutex_init(&s->ca_mu, NULL);
+    for (int i = 0; i < AUTH_MAX_CONNS; i++)
+        s->conn_fds[i] = -1;
+
+    rv = rp_mkdir_p(s->data_dir, 0700);
+    if (rv != 0)
+        goto err;
+    snprintf(path, sizeof path, "%s/%s/host.crt", s->data_dir, AUTH_KEYS_DIR);
+    if (rp_file_exists(path)) {
+        rv = auth_identity_load(&s->id, s->data_dir);
+    } else if (cfg->join_token != NULL) {
+        rv = auth_identity_join(&s->id, cfg, s->data_dir);
+    } else {
+        rv = auth_identity_bootstrap(&s->id, cfg, s->data_dir);
+    }
+    if (rv != 0)
+        goto err;
+    rp_info("auth", "cluster %s, host id %s, raft id %llu, CA pin %s", s->id.cluster_name,
+            s->id.host_id, (unsigned long long)cfg->raft_id, s->id.ca_pin);
+    rv = make_contexts(s);
+    if (rv != 0)
+        goto err;
+
+    snprintf(path, sizeof path, "%s/%s", s->data_dir, AUTH_STATE_DIR);
+    if ((rv = rp_mkdir_p(path, 0700)) != 0)
+        goto err;
+    rv = state_open(&s->state, path, NULL);
+    if (rv != 0)
+        goto err;
+    snprintf(path, sizeof path, "%s/%s", s->data_dir, AUTH_RAFT_DIR);
+    if ((rv = rp_mkdir_p(path, 0700)) != 0)
+        goto err;
+
+    /* Listen before Raft starts so that a joining peer's API is up as soon as the
+     * leader starts promoting it. */
+    s->listen_fd = rp_listen_tcp(cfg->auth_listen_addr, 128);
+    if (s->listen_fd < 0) {
+        rv = s->listen_fd;
+        goto err;
+    }
+
+    struct rp_node_config nc = {
+        .id = cfg->raft_id,
+        .address = cfg->raft_listen_addr,
+        .dir = path,
+        .election_timeout_ms = cfg->election_timeout_ms,
+        .heartbeat_timeout_ms = cfg->heartbeat_timeout_ms,
+        .snapshot_threshold = cfg->snapshot_threshold,
+        .snapshot_trailing = cfg->snapshot_trailing,
+        .server_ctx = s->raft_srv_ctx,
+        .client_ctx = s->peer_ctx,
+        .bootstrap = s->id.bootstrapped_here,
+        .make_fsm = make_fsm,
+        .make_fsm_arg = s,
+    };
+    rv = rp_node_start(&s->node, &nc);
+    if (rv != 0)
+        goto err;
+
+    if (pthread_create(&s->accept_thread, NULL, accept_main, s) != 0) {
+        rv = rp_err(RP_ENOMEM, "cannot start the accept thread");
+        goto err_node;
+    }
+    if (pthread_create(&s->duty_thread, NULL, duty_main, s) != 0) {
+        atomic_store(&s->stopping, true);
+        pthread_join(s->accept_thread, NULL);
+        rv = rp_err(RP_ENOMEM, "cannot start the duty thread");
+        goto err_node;
+    }
+    rp_info("auth", "auth API listening on %s, raft peers on %s", cfg->auth_listen_addr,
+            cfg->raft_listen_addr);
+    *out = s;
+    return 0;
+
+err_node:
+    rp_node_stop(s->node);
+err:
+    {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", rp_errmsg());
+        if (s->listen_fd >= 0)
+            close(s->listen_fd);
+        if (s->state)
+            state_close(s->state);
+        free(s->fsm);
+        SSL_CTX_free(s->api_ctx);
+        SSL_CTX_free(s->raft_srv_ctx);
+        SSL_CTX_free(s->peer_ctx);
+        auth_identity_free(&s->id);
+        free(s);
+        rp_err(rv, "%s", msg);
+    }
+    return rv;
+}
+
+void auth_server_stop(struct auth_server *s)
+{
+    atomic_store(&s->stopping, true);
+    pthread_join(s->accept_thread, NULL);
+    pthread_join(s->duty_thread, NULL);
+    close(s->listen_fd);
+    /* Wake connection threads blocked in reads; they exit and free themselves. */
+    pthread_mutex_lock(&s->conns_mu);
+    for (int i = 0; i < AUTH_MAX_CONNS; i++) {
+        if (s->conn_fds[i] >= 0)
+            shutdown(s->conn_fds[i], SHUT_RDWR);
+    }
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 5;
+    while (atomic_load(&s->n_conns) > 0) {
+        if (pthread_cond_timedwait(&s->conns_cv, &s->conns_mu, &dl) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&s->conns_mu);
+    rp_node_stop(s->node);
+    auth_forward_reset(s);
+    if (atomic_load(&s->n_conns) == 0) {
+        state_close(s->state);
+        free(s->fsm);
+        SSL_CTX_free(s->api_ctx);
+        SSL_CTX_free(s->raft_srv_ctx);
+        SSL_CTX_free(s->peer_ctx);
+        EVP_PKEY_free(s->ca_key);
+        auth_identity_free(&s->id);
+        free(s);
+    } else {
+        /* A connection thread is stuck; leave the memory to the exiting process. */
+        rp_warn("auth", "%d connections did not close in time", atomic_load(&s->n_conns));
+    }
+}

@@ -1,0 +1,346 @@
+/* auth/store_api.c: the resource methods of the auth API: get, list, the
+ * writes, and watch streams. */
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "auth/internal.h"
+#include "lib/errors.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+#include "lib/util.h"
+
+static void copy_state_result(void *arg, void *fsm_result)
+{
+    if (fsm_result != NULL)
+        memcpy(arg, fsm_result, sizeof(struct state_result));
+}
+
+int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct state_result *res)
+{
+    uint64_t free_bytes = 0;
+    if (rp_disk_free(s->data_dir, &free_bytes, NULL) == 0 && free_bytes < s->cfg->min_free_disk) {
+        if (!s->low_disk_warned)
+            rp_error("auth", "refusing writes: %s has %llu MB free, below min_free_disk %llu MB",
+                     s->data_dir, (unsigned long long)(free_bytes >> 20),
+                     (unsigned long long)(s->cfg->min_free_disk >> 20));
+        s->low_disk_warned = true;
+        return rp_err(RP_ENOSPC,
+                      "auth server data_dir has %llu MB free, below auth_service.min_free_disk "
+                      "(%llu MB): writes are refused until space is freed",
+                      (unsigned long long)(free_bytes >> 20),
+                      (unsigned long long)(s->cfg->min_free_disk >> 20));
+    }
+    s->low_disk_warned = false;
+    int rv = state_command_check(cmd, len);
+    if (rv != 0)
+        return rv;
+    memset(res, 0, sizeof *res);
+    res->code = RP_EUNKNOWN;
+    rv = rp_node_apply(s->node, cmd, len, AUTH_APPLY_TIMEOUT_MS, copy_state_result, res);
+    if (rv == RP_EUNKNOWN)
+        return rp_err(RP_EUNKNOWN,
+                      "leadership changed before the write was confirmed: it may or may not "
+                      "have been applied; retry with the same request id");
+    return rv;
+}
+
+/* Reads need the leader unless the caller asked for a stale read. Returns 1 if
+ * the request was forwarded (answer in @out), 0 to serve locally, <0 on error. */
+static int route_read(struct auth_req *r, struct rp_buf *out)
+{
+    bool stale = false;
+    rp_mp_get_bool(r->args, "stale", &stale);
+    if (stale)
+        return 0;
+    if (!auth_is_leader(r->srv)) {
+        if (r->from_peer)
+            return rp_err(RP_ENOTLEADER, "not the leader");
+        int rv = auth_forward(r->srv, r->raw, r->raw_len, out);
+        return rv == 0 ? 1 : rv;
+    }
+    int rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
+    if (rv != 0)
+        return rp_err(rv, "linearizable read: %s", rp_errmsg());
+    return 0;
+}
+
+int auth_h_get(struct auth_req *r, struct rp_buf *out)
+{
+    char kind[64], name[256];
+    int rv;
+    if ((rv = auth_arg_str(r->args, "kind", kind, sizeof kind, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0)
+        return rv;
+    rv = route_read(r, out);
+    if (rv != 0)
+        return rv < 0 ? rv : 0;
+    struct rp_buf res;
+    uint64_t rev = 0;
+    rp_buf_init(&res);
+    rv = state_get(r->srv->state, kind, name, &res, &rev);
+    if (rv == RP_ENOTFOUND)
+        rv = rp_err(RP_ENOTFOUND, "%s/%s not found", kind, name);
+    if (rv == 0) {
+        msgpack_packer pk;
+        auth_reply_ok_begin(&pk, out, 2);
+        rp_mp_kv_raw(&pk, "res", res.data, res.len);
+        rp_mp_kv_u64(&pk, "rev", rev);
+    }
+    rp_buf_free(&res);
+    return rv;
+}
+
+struct list_ctx {
+    struct rp_buf items;
+    uint32_t n;
+};
+
+static int list_cb(void *arg, const void *res, size_t len)
+{
+    struct list_ctx *lc = arg;
+    lc->n++;
+    return rp_buf_append(&lc->items, res, len);
+}
+
+int auth_h_list(struct auth_req *r, struct rp_buf *out)
+{
+    char kind[64], prefix[256];
+    uint64_t limit = 0;
+    int rv;
+    if ((rv = auth_arg_str(r->args, "kind", kind, sizeof kind, false)) != 0 ||
+        (rv = auth_arg_str(r->args, "prefix", prefix, sizeof prefix, false)) != 0)
+        return rv;
+    rv = rp_mp_get_u64(r->args, "limit", &limit);
+    if (rv == RP_EINVAL)
+        return rv;
+    rv = route_read(r, out);
+    if (rv != 0)
+        return rv < 0 ? rv : 0;
+    struct list_ctx lc = {.n = 0};
+    uint64_t rev = 0;
+    rp_buf_init(&lc.items);
+    rv = state_list(r->srv->state, kind[0] ? kind : NULL, prefix[0] ? prefix : NULL,
+                    limit > 100000 ? 100000 : (unsigned)limit, list_cb, &lc, &rev);
+    if (rv == 0 && lc.items.len > RP_FRAME_MAX - 4096)
+        rv = rp_err(RP_ETOOBIG, "answer of %zu bytes exceeds the frame limit: use a limit or prefix",
+                    lc.items.len);
+    if (rv == 0) {
+        msgpack_packer pk;
+        auth_reply_ok_begin(&pk, out, 2);
+        rp_mp_pack_str(&pk, "items");
+        msgpack_pack_array(&pk, lc.n);
+        rp_buf_append(out, lc.items.data, lc.items.len);
+        rp_mp_kv_u64(&pk, "rev", rev);
+    }
+    rp_buf_free(&lc.items);
+    return rv;
+}
+
+/* Turns the request into a state command: the request map minus "m" is
+ * almost a command already, but we rebuild it so only known fields travel. */
+static int build_command(struct auth_req *r, const char *op, struct rp_buf *cmd)
+{
+    char rid[80], kind[64], name[256];
+    struct state_cmd c = {.op = op};
+    struct rp_buf res, ops;
+    int rv;
+    rp_buf_init(&res);
+    rp_buf_init(&ops);
+    if ((rv = auth_arg_str(r->args, "rid", rid, sizeof rid, false)) != 0)
+        goto out;
+    if (rid[0] == '\0')
+        auth_new_rid(rid); /* not retry-safe, but a client that sends no rid never retries */
+    c.rid = rid;
+    if (strcmp(op, "put") == 0 || strcmp(op, "create") == 0 || strcmp(op, "update") == 0 ||
+        strcmp(op, "cas") == 0) {
+        const msgpack_object *o = rp_mp_get(r->args, "res");
+        if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
+            rv = rp_err(RP_EINVAL, "argument 'res' (a resource map) is required for %s", op);
+            goto out;
+        }
+        if ((rv = rp_mp_pack_object(&res, o)) != 0)
+            goto out;
+        c.res = res.data;
+        c.res_len = res.len;
+    } else if (strcmp(op, "delete") == 0 || strcmp(op, "cdelete") == 0) {
+        if ((rv = auth_arg_str(r->args, "kind", kind, sizeof kind, true)) != 0 ||
+            (rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0)
+            goto out;
+        c.kind = kind;
+        c.name = name;
+    } else if (strcmp(op, "batch") == 0) {
+        const msgpack_object *o = rp_mp_get(r->args, "ops");
+        if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0) {
+            rv = rp_err(RP_EINVAL, "argument 'ops' (a non-empty array of commands) is required");
+            goto out;
+        }
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            if ((rv = rp_mp_pack_object(&ops, &o->via.array.ptr[i])) != 0)
+                goto out;
+        }
+        c.ops = ops.data;
+        c.ops_len = ops.len;
+        c.n_ops = o->via.array.size;
+    } else {
+        rv = rp_err(RP_EINVAL, "unknown write '%s'", op);
+        goto out;
+    }
+    if (strcmp(op, "cas") == 0 || strcmp(op, "cdelete") == 0) {
+        rv = rp_mp_get_u64(r->args, "rev", &c.rev);
+        if (rv != 0) {
+            rv = rp_err(RP_EINVAL, "argument 'rev' (expected revision) is required for %s", op);
+            goto out;
+        }
+    }
+    rv = state_cmd_encode(&c, cmd);
+out:
+    rp_buf_free(&res);
+    rp_buf_free(&ops);
+    return rv;
+}
+
+int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
+{
+    if (!auth_is_leader(r->srv)) {
+        if (r->from_peer)
+            return rp_err(RP_ENOTLEADER, "not the leader");
+        return auth_forward(r->srv, r->raw, r->raw_len, out);
+    }
+    struct rp_buf cmd;
+    struct state_result res;
+    rp_buf_init(&cmd);
+    int rv = build_command(r, op, &cmd);
+    if (rv == 0)
+        rv = auth_propose(r->srv, cmd.data, cmd.len, &res);
+    rp_buf_free(&cmd);
+    if (rv != 0)
+        return rv;
+    msgpack_packer pk;
+    if (res.code != 0) {
+        rp_buf_reset(out);
+        rp_mp_packer_init(&pk, out);
+        msgpack_pack_map(&pk, 6);
+        rp_mp_kv_bool(&pk, "ok", false);
+        rp_mp_kv_str(&pk, "code", rp_strerror(res.code));
+        rp_mp_kv_str(&pk, "error", res.message[0] ? res.message : rp_strerror(res.code));
+        rp_mp_kv_u64(&pk, "rev", res.revision);
+        rp_mp_kv_u64(&pk, "current_rev", res.current_rev);
+        rp_mp_kv_u64(&pk, "failed_op", res.failed_op);
+        return 0;
+    }
+    auth_reply_ok_begin(&pk, out, 2);
+    rp_mp_kv_u64(&pk, "rev", res.revision);
+    rp_mp_kv_u64(&pk, "changed", res.n_changed);
+    return 0;
+}
+
+static const char *event_name(enum state_event_type t)
+{
+    switch (t) {
+    case STATE_EV_INIT_PUT: return "init_put";
+    case STATE_EV_INIT_DONE: return "init_done";
+    case STATE_EV_PUT: return "put";
+    case STATE_EV_DELETE: return "delete";
+    case STATE_EV_REINIT: return "reinit";
+    }
+    return "unknown";
+}
+
+static int send_event(struct rp_conn *c, const struct state_event *ev, struct rp_buf *out)
+{
+    msgpack_packer pk;
+    bool has_res = ev->type == STATE_EV_INIT_PUT || ev->type == STATE_EV_PUT;
+    bool has_name = has_res || ev->type == STATE_EV_DELETE;
+    rp_buf_reset(out);
+    rp_mp_packer_init(&pk, out);
+    msgpack_pack_map(&pk, 3 + (has_name ? 2 : 0) + (has_res ? 1 : 0));
+    rp_mp_kv_bool(&pk, "ok", true);
+    rp_mp_kv_str(&pk, "ev", event_name(ev->type));
+    rp_mp_kv_u64(&pk, "rev", ev->revision);
+    if (has_name) {
+        rp_mp_kv_str(&pk, "kind", ev->kind);
+        rp_mp_kv_str(&pk, "name", ev->name);
+    }
+    if (has_res)
+        rp_mp_kv_raw(&pk, "res", ev->res.data, ev->res.len);
+    return rp_conn_write_frame(c, out->data, out->len);
+}
+
+int auth_h_watch(struct auth_req *r)
+{
+    struct state_watch_opts wo = {0};
+    const char *kinds[16];
+    char kind_store[16][64];
+    char prefix[256];
+    struct rp_buf out;
+    int rv;
+    rp_buf_init(&out);
+
+    const msgpack_object *k = rp_mp_get(r->args, "kinds");
+    if (k != NULL && k->type == MSGPACK_OBJECT_ARRAY) {
+        if (k->via.array.size > 16) {
+            rv = rp_err(RP_EINVAL, "at most 16 kinds per watch, got %u", k->via.array.size);
+            goto reply_err;
+        }
+        for (uint32_t i = 0; i < k->via.array.size; i++) {
+            const msgpack_object *o = &k->via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size >= 64) {
+                rv = rp_err(RP_EINVAL, "kinds[%u] must be a kind name of 1-63 bytes", i);
+                goto reply_err;
+            }
+            memcpy(kind_store[i], o->via.str.ptr, o->via.str.size);
+            kind_store[i][o->via.str.size] = '\0';
+            kinds[i] = kind_store[i];
+        }
+        wo.kinds = kinds;
+        wo.n_kinds = k->via.array.size;
+    } else if (k != NULL && k->type != MSGPACK_OBJECT_NIL) {
+        rv = rp_err(RP_EINVAL, "argument 'kinds' must be an array of kind names");
+        goto reply_err;
+    }
+    if ((rv = auth_arg_str(r->args, "prefix", prefix, sizeof prefix, false)) != 0)
+        goto reply_err;
+    wo.prefix = prefix[0] ? prefix : NULL;
+    rv = rp_mp_get_u64(r->args, "start_rev", &wo.start_rev);
+    if (rv == RP_EINVAL)
+        goto reply_err;
+
+    struct state_watch *w;
+    rv = state_watch_open(r->srv->state, &wo, &w);
+    if (rv != 0)
+        goto reply_err;
+    struct state_event ev;
+    state_event_init(&ev);
+    rp_conn_set_timeout(r->conn, AUTH_READ_TIMEOUT_MS);
+    while (!atomic_load(&r->srv->stopping)) {
+        rv = state_watch_next(w, &ev, 0);
+        if (rv == 0) {
+            bool last = ev.type == STATE_EV_REINIT;
+            rv = send_event(r->conn, &ev, &out);
+            state_event_free(&ev);
+            state_event_init(&ev);
+            if (rv != 0 || last)
+                break;
+            continue;
+        }
+        if (rv != RP_ETIMEDOUT)
+            break;
+        /* Nothing queued: wait for an event, for the client to go away, or for stop. */
+        struct pollfd pfd[2] = {{.fd = state_watch_fd(w), .events = POLLIN},
+                                {.fd = r->conn->fd, .events = POLLIN}};
+        int n = poll(pfd, 2, 500);
+        if (n > 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
+            break; /* a watcher sends nothing: readable means closed */
+    }
+    state_event_free(&ev);
+    state_watch_close(w);
+    rp_buf_free(&out);
+    return 0;
+
+reply_err:
+    auth_reply_error(&out, rv, rp_errmsg());
+    rp_conn_write_frame(r->conn, out.data, out.len);
+    rp_buf_free(&out);
+    return rv;
+}

@@ -1,0 +1,798 @@
+/* lib/config.c: raftport.yaml into struct rp_config.
+ *
+ * The file is parsed into a tree of rp_ynode first (lib/yaml.c), then walked with
+ * one table per section. A table lists every field its section accepts, so an
+ * unknown field is an error that can name the alternatives. Each value is checked
+ * where it is read, with the line it came from; rp_config_validate() repeats the
+ * format checks without lines (flags may have changed values since) and adds the
+ * rules that involve several fields. */
+#include "lib/config.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "lib/errors.h"
+#include "lib/log.h"
+#include "lib/util.h"
+#include "lib/yaml.h"
+
+#define MAX_NAME_LEN 253 /* a DNS name */
+#define MAX_TOKEN_LEN 1024
+
+static void die_oom(void)
+{
+    fputs("raftport: out of memory\n", stderr);
+    abort();
+}
+
+static char *dup_or_die(const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    char *copy = strdup(s);
+    if (copy == NULL)
+        die_oom();
+    return copy;
+}
+
+void rp_config_set(char **field, const char *value)
+{
+    char *copy = dup_or_die(value); /* before free: @value may be *@field */
+    free(*field);
+    *field = copy;
+}
+
+/* "0.0.0.0:3025" -> "127.0.0.1:3025", "[::]:3025" -> "[::1]:3025", others unchanged.
+ * Returns a malloc'd string or NULL. */
+static char *public_from_listen(const char *listen)
+{
+    char *out = NULL;
+    if (listen == NULL)
+        return NULL;
+    if (strncmp(listen, "0.0.0.0:", 8) == 0) {
+        if (asprintf(&out, "127.0.0.1:%s", listen + 8) < 0)
+            return NULL;
+        return out;
+    }
+    if (strncmp(listen, "[::]:", 5) == 0) {
+        if (asprintf(&out, "[::1]:%s", listen + 5) < 0)
+            return NULL;
+        return out;
+    }
+    return strdup(listen);
+}
+
+void rp_config_init(struct rp_config *c)
+{
+    char host[256];
+
+    memset(c, 0, sizeof(*c));
+    if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
+        strcpy(host, "localhost");
+    host[sizeof(host) - 1] = '\0';
+    c->nodename = dup_or_die(host);
+    c->data_dir = dup_or_die("/var/lib/raftport");
+    c->log_severity = dup_or_die("INFO");
+    c->auth_listen_addr = dup_or_die("0.0.0.0:3025");
+    c->auth_public_addr = public_from_listen(c->auth_listen_addr);
+    if (c->auth_public_addr == NULL)
+        die_oom();
+    c->min_free_disk = 64ull << 20;
+    c->raft_listen_addr = dup_or_die("0.0.0.0:3030");
+    c->election_timeout_ms = 1000;
+    c->heartbeat_timeout_ms = 100;
+    c->snapshot_threshold = 1024;
+    c->snapshot_trailing = 2048;
+    c->web_listen_addr = dup_or_die("0.0.0.0:3080");
+    c->tunnel_listen_addr = dup_or_die("0.0.0.0:3024");
+    c->proxy_listen_addr = dup_or_die("0.0.0.0:3023");
+    c->ssh_listen_addr = dup_or_die("0.0.0.0:3022");
+}
+
+static void free_labels(struct rp_config_label *labels, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(labels[i].name);
+        free(labels[i].value);
+    }
+    free(labels);
+}
+
+void rp_config_free(struct rp_config *c)
+{
+    char **strings[] = {
+        &c->path,          &c->nodename,          &c->data_dir,          &c->auth_server,
+        &c->ca_pin,        &c->join_token,        &c->log_severity,      &c->cluster_name,
+        &c->auth_listen_addr, &c->auth_public_addr, &c->raft_listen_addr, &c->web_listen_addr,
+        &c->tunnel_listen_addr, &c->proxy_listen_addr, &c->proxy_public_addr,
+        &c->ssh_listen_addr, &c->ssh_public_addr,
+    };
+    for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
+        free(*strings[i]);
+    free_labels(c->ssh_labels, c->ssh_n_labels);
+    memset(c, 0, sizeof(*c));
+}
+
+/* ---- sizes ---- */
+
+int rp_parse_size(const char *s, uint64_t *bytes)
+{
+    static const struct {
+        const char *unit;
+        uint64_t mult;
+    } units[] = {
+        {"", 1},
+        {"b", 1},
+        {"k", 1000},
+        {"kb", 1000},
+        {"kib", 1ull << 10},
+        {"m", 1000000},
+        {"mb", 1000000},
+        {"mib", 1ull << 20},
+        {"g", 1000000000},
+        {"gb", 1000000000},
+        {"gib", 1ull << 30},
+        {"t", 1000000000000ull},
+        {"tb", 1000000000000ull},
+        {"tib", 1ull << 40},
+    };
+    const char *p = s;
+    uint64_t v = 0;
+
+    if (s == NULL || !(*p >= '0' && *p <= '9'))
+        return rp_err(RP_EINVAL, "bad size '%s', expected an integer with an optional unit "
+                      "like 64MB, 1GiB, 512k", s != NULL ? s : "");
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return rp_err(RP_EINVAL, "size '%s' is too large", s);
+        v = v * 10 + d;
+    }
+    if (*p == ' ' && p[1] != '\0')
+        p++; /* "64 MB" reads as well as "64MB" */
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcasecmp(p, units[i].unit) != 0)
+            continue;
+        if (v > UINT64_MAX / units[i].mult)
+            return rp_err(RP_EINVAL, "size '%s' is too large", s);
+        *bytes = v * units[i].mult;
+        return 0;
+    }
+    return rp_err(RP_EINVAL, "bad size '%s': unknown unit, expected B, k/KB, KiB, M/MB, MiB, "
+                  "G/GB, GiB, T/TB or TiB", s);
+}
+
+/* ---- value formats, shared by the loader and rp_config_validate() ----
+ * Each returns NULL when @s is acceptable, else what was expected. */
+
+static bool is_name_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '.' || ch == '_' || ch == '-';
+}
+
+static const char *check_name(const char *s, const char *expected)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > MAX_NAME_LEN)
+        return expected;
+    for (size_t i = 0; i < n; i++)
+        if (!is_name_char(s[i]))
+            return expected;
+    return NULL;
+}
+
+static const char *check_nodename(const char *s)
+{
+    return check_name(s, "a node name of 1 to 253 characters from A-Z a-z 0-9 . _ -");
+}
+
+static const char *check_cluster_name(const char *s)
+{
+    return check_name(s, "a cluster name of 1 to 253 characters from A-Z a-z 0-9 . _ -");
+}
+
+static const char *check_dir(const char *s)
+{
+    if (s[0] == '\0' || strlen(s) >= PATH_MAX)
+        return "a directory path";
+    return NULL;
+}
+
+static const char *addr_expected = "host:port (IPv4 address, [IPv6 address] or DNS name; "
+                                   "port 1-65535)";
+
+static const char *check_addr(const char *s)
+{
+    if (rp_check_hostport(s) != 0)
+        return addr_expected;
+    if (s[0] == '[') {
+        /* rp_check_hostport() does not look inside the brackets. */
+        char host[INET6_ADDRSTRLEN + 1];
+        struct in6_addr a6;
+        size_t n = (size_t)(strchr(s, ']') - s - 1);
+        if (n >= sizeof(host))
+            return addr_expected;
+        memcpy(host, s + 1, n);
+        host[n] = '\0';
+        if (inet_pton(AF_INET6, host, &a6) != 1)
+            return addr_expected;
+    }
+    return NULL;
+}
+
+/* An address others dial: 0.0.0.0 and [::] only make sense to listen on. */
+static const char *check_public_addr(const char *s)
+{
+    if (check_addr(s) != NULL)
+        return addr_expected;
+    if (strncmp(s, "0.0.0.0:", 8) == 0 || strncmp(s, "[::]:", 5) == 0)
+        return "an address others can dial (not 0.0.0.0 or [::])";
+    return NULL;
+}
+
+static const char *check_raft_addr(const char *s)
+{
+    static const char *expected = "an IPv4 address and port like 10.0.0.1:3030 (Raft peers "
+                                  "are dialled by IPv4 address)";
+    const char *colon = strrchr(s, ':');
+    char host[INET_ADDRSTRLEN + 1];
+    struct in_addr a4;
+
+    if (colon == NULL || (size_t)(colon - s) >= sizeof(host) || rp_check_hostport(s) != 0)
+        return expected;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    if (inet_pton(AF_INET, host, &a4) != 1)
+        return expected;
+    return NULL;
+}
+
+static const char *check_ca_pin(const char *s)
+{
+    static const char *expected = "'sha256:' followed by 64 lower-case hex digits";
+    if (strncmp(s, "sha256:", 7) != 0 || strlen(s) != 7 + 64)
+        return expected;
+    for (const char *p = s + 7; *p != '\0'; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return expected;
+    return NULL;
+}
+
+static const char *check_token(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > MAX_TOKEN_LEN)
+        return "a join token (1 to 1024 printable characters, no spaces)";
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= ' ' || s[i] >= 0x7f)
+            return "a join token (1 to 1024 printable characters, no spaces)";
+    return NULL;
+}
+
+static const char *check_severity(const char *s)
+{
+    return rp_log_level_parse(s) < 0 ? "one of DEBUG, INFO, WARN, WARNING, ERROR" : NULL;
+}
+
+static const char *check_log_output(const char *s)
+{
+    return strcmp(s, "stderr") == 0 ? NULL : "'stderr' (the only log output supported for now)";
+}
+
+static const char *check_join_method(const char *s)
+{
+    return strcmp(s, "token") == 0 ? NULL : "'token' (the only join method supported for now)";
+}
+
+static const char *check_version(const char *s)
+{
+    return strcmp(s, "v3") == 0 ? NULL : "'v3'";
+}
+
+static bool label_name_ok(const char *s)
+{
+    if (s[0] == '\0' || strlen(s) > MAX_NAME_LEN)
+        return false;
+    for (; *s != '\0'; s++)
+        if (!is_name_char(*s) && *s != '/' && *s != ':' && *s != '*')
+            return false;
+    return true;
+}
+
+/* ---- the loader ---- */
+
+struct loader {
+    struct rp_config *c;
+    const char *file;
+};
+
+struct field;
+typedef int (*field_fn)(struct loader *ld, const struct field *f, const char *path,
+                        const struct rp_ynode *v);
+
+struct section {
+    const char *path; /* "auth_service.raft"; "" at the top level */
+    const struct field *fields; /* ends with a NULL name */
+};
+
+struct field {
+    const char *name;
+    field_fn parse;                     /* NULL for a nested section */
+    size_t off;                         /* where parse stores, in struct rp_config */
+    const char *(*check)(const char *); /* string fields: the format */
+    const struct section *sub;          /* nested section */
+};
+
+#define AT(member) offsetof(struct rp_config, member)
+
+static void *field_ptr(struct loader *ld, const struct field *f)
+{
+    return (char *)ld->c + f->off;
+}
+
+/* "FILE:LINE: PATH: expected EXPECTED, got 'VALUE'" for the value at @v. */
+static int type_error(struct loader *ld, const struct rp_ynode *v, const char *path,
+                      const char *expected)
+{
+    char got[300];
+
+    if (v->type == RP_Y_MAP)
+        snprintf(got, sizeof(got), "a map");
+    else if (v->type == RP_Y_SEQ)
+        snprintf(got, sizeof(got), "a list");
+    else if (v->value[0] == '\0' && !v->quoted)
+        snprintf(got, sizeof(got), "nothing");
+    else {
+        char ex[280];
+        rp_yaml_excerpt(v->value, ex, sizeof(ex));
+        snprintf(got, sizeof(got), "'%s'", ex);
+    }
+    return rp_err(RP_EINVAL, "%s:%d: %s: expected %s, got %s", ld->file, v->line, path, expected,
+                  got);
+}
+
+/* The text of a scalar that has one: not a map, list or null. */
+static int scalar_text(struct loader *ld, const struct rp_ynode *v, const char *path,
+                       const char *expected, const char **out)
+{
+    if (v->type != RP_Y_SCALAR || rp_ynode_is_null(v))
+        return type_error(ld, v, path, expected);
+    *out = v->value;
+    return 0;
+}
+
+static int parse_string(struct loader *ld, const struct field *f, const char *path,
+                        const struct rp_ynode *v)
+{
+    const char *s = NULL;
+    /* Asked with an empty string, every check answers what it expects. */
+    const char *expected = f->check("");
+    int rv = scalar_text(ld, v, path, expected != NULL ? expected : "a string", &s);
+    if (rv != 0)
+        return rv;
+    if ((expected = f->check(s)) != NULL)
+        return type_error(ld, v, path, expected);
+    if (f->off != (size_t)-1)
+        rp_config_set(field_ptr(ld, f), s);
+    return 0;
+}
+
+static int parse_severity(struct loader *ld, const struct field *f, const char *path,
+                          const struct rp_ynode *v)
+{
+    static const char *names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+    int rv = parse_string(ld, f, path, v); /* f->off is -1: checks only */
+    if (rv != 0)
+        return rv;
+    rp_config_set(&ld->c->log_severity, names[rp_log_level_parse(v->value)]);
+    return 0;
+}
+
+static int parse_bool(struct loader *ld, const struct field *f, const char *path,
+                      const struct rp_ynode *v)
+{
+    static const char *expected = "yes or no (or true/false, on/off)";
+    static const char *yes[] = {"yes", "true", "on"}, *no[] = {"no", "false", "off"};
+    const char *s = NULL;
+    int rv = scalar_text(ld, v, path, expected, &s);
+    if (rv != 0)
+        return rv;
+    /* Quoted "yes" is accepted too: Teleport's own examples write enabled: "yes". */
+    for (int i = 0; i < 3; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *(bool *)field_ptr(ld, f) = true;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *(bool *)field_ptr(ld, f) = false;
+            return 0;
+        }
+    }
+    return type_error(ld, v, path, expected);
+}
+
+static int parse_duration(struct loader *ld, const struct field *f, const char *path,
+                          const struct rp_ynode *v)
+{
+    static const char *expected = "a duration with a unit, like 100ms, 1s or 1m30s";
+    const char *s = NULL;
+    uint64_t ms;
+    int rv = scalar_text(ld, v, path, expected, &s);
+    if (rv != 0)
+        return rv;
+    /* rp_parse_duration_ms() reads a bare number as seconds; in a file that sits next
+     * to "100ms" values, "election_timeout: 1000" is far more likely to mean ms. */
+    if (strspn(s, "0123456789") == strlen(s) || rp_parse_duration_ms(s, &ms) != 0)
+        return type_error(ld, v, path, expected);
+    if (ms > UINT_MAX)
+        return type_error(ld, v, path, "a duration shorter than 49 days");
+    *(unsigned *)field_ptr(ld, f) = (unsigned)ms;
+    return 0;
+}
+
+static int parse_size(struct loader *ld, const struct field *f, const char *path,
+                      const struct rp_ynode *v)
+{
+    static const char *expected = "a size like 64MB, 1GiB or 1048576 (bytes)";
+    const char *s = NULL;
+    int rv = scalar_text(ld, v, path, expected, &s);
+    if (rv != 0)
+        return rv;
+    if (rp_parse_size(s, field_ptr(ld, f)) != 0)
+        return type_error(ld, v, path, expected);
+    return 0;
+}
+
+/* A positive decimal integer no larger than @max. */
+static int positive_int(struct loader *ld, const struct rp_ynode *v, const char *path,
+                        uint64_t max, uint64_t *out)
+{
+    static const char *expected = "a positive integer";
+    const char *s = NULL;
+    uint64_t n = 0;
+    int rv = scalar_text(ld, v, path, expected, &s);
+    if (rv != 0)
+        return rv;
+    if (*s == '\0')
+        return type_error(ld, v, path, expected);
+    for (const char *p = s; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9')
+            return type_error(ld, v, path, expected);
+        if (n > (max - (uint64_t)(*p - '0')) / 10) {
+            char what[64];
+            snprintf(what, sizeof(what), "a positive integer up to %llu",
+                     (unsigned long long)max);
+            return type_error(ld, v, path, what);
+        }
+        n = n * 10 + (uint64_t)(*p - '0');
+    }
+    if (n == 0)
+        return type_error(ld, v, path, expected);
+    *out = n;
+    return 0;
+}
+
+static int parse_u64(struct loader *ld, const struct field *f, const char *path,
+                     const struct rp_ynode *v)
+{
+    return positive_int(ld, v, path, UINT64_MAX, field_ptr(ld, f));
+}
+
+static int parse_unsigned(struct loader *ld, const struct field *f, const char *path,
+                          const struct rp_ynode *v)
+{
+    uint64_t n;
+    int rv = positive_int(ld, v, path, UINT_MAX, &n);
+    if (rv == 0)
+        *(unsigned *)field_ptr(ld, f) = (unsigned)n;
+    return rv;
+}
+
+static int parse_labels(struct loader *ld, const struct field *f, const char *path,
+                        const struct rp_ynode *v)
+{
+    static const char *expected = "a map of label names to values";
+    struct rp_config_label *labels = NULL;
+    size_t n = 0;
+
+    if (rp_ynode_is_null(v))
+        goto done; /* "labels:" with nothing: no labels */
+    if (v->type != RP_Y_MAP)
+        return type_error(ld, v, path, expected);
+    labels = calloc(v->n + 1, sizeof(*labels));
+    if (labels == NULL)
+        return rp_err(RP_ENOMEM, "%s: out of memory", ld->file);
+    for (; n < v->n; n++) {
+        const struct rp_ynode *val = v->vals[n];
+        char ex[280];
+        if (!label_name_ok(v->keys[n])) {
+            rp_yaml_excerpt(v->keys[n], ex, sizeof(ex));
+            free_labels(labels, n);
+            return rp_err(RP_EINVAL, "%s:%d: %s: bad label name '%s', expected 1 to 253 "
+                          "characters from A-Z a-z 0-9 / . _ : * -", ld->file, v->key_lines[n],
+                          path, ex);
+        }
+        if (val->type != RP_Y_SCALAR) {
+            char sub[300];
+            rp_yaml_excerpt(v->keys[n], ex, sizeof(ex));
+            snprintf(sub, sizeof(sub), "%s.%s", path, ex);
+            free_labels(labels, n);
+            return type_error(ld, val, sub, "a label value (a string)");
+        }
+        labels[n].name = strdup(v->keys[n]);
+        /* As in Teleport, "env:" or "env: ~" is the empty value. */
+        labels[n].value = strdup(rp_ynode_is_null(val) ? "" : val->value);
+        if (labels[n].name == NULL || labels[n].value == NULL) {
+            free_labels(labels, n + 1);
+            return rp_err(RP_ENOMEM, "%s: out of memory", ld->file);
+        }
+    }
+done:
+    free_labels(ld->c->ssh_labels, ld->c->ssh_n_labels);
+    ld->c->ssh_labels = labels;
+    ld->c->ssh_n_labels = n;
+    (void)f;
+    return 0;
+}
+
+static int walk_section(struct loader *ld, const struct section *sec, const struct rp_ynode *map,
+                        const char *path);
+
+static int parse_sub(struct loader *ld, const struct field *f, const char *path,
+                     const struct rp_ynode *v)
+{
+    return walk_section(ld, f->sub, v, path);
+}
+
+static const struct field join_fields[] = {
+    {"token_name", parse_string, AT(join_token), check_token, NULL},
+    {"method", parse_string, (size_t)-1, check_join_method, NULL},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section join_section = {"teleport.join_params", join_fields};
+
+static const struct field log_fields[] = {
+    {"output", parse_string, (size_t)-1, check_log_output, NULL},
+    {"severity", parse_severity, (size_t)-1, check_severity, NULL},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section log_section = {"teleport.log", log_fields};
+
+static const struct field teleport_fields[] = {
+    {"nodename", parse_string, AT(nodename), check_nodename, NULL},
+    {"data_dir", parse_string, AT(data_dir), check_dir, NULL},
+    {"auth_server", parse_string, AT(auth_server), check_addr, NULL},
+    {"ca_pin", parse_string, AT(ca_pin), check_ca_pin, NULL},
+    {"join_params", parse_sub, 0, NULL, &join_section},
+    {"log", parse_sub, 0, NULL, &log_section},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section teleport_section = {"teleport", teleport_fields};
+
+static const struct field raft_fields[] = {
+    {"id", parse_u64, AT(raft_id), NULL, NULL},
+    {"listen_addr", parse_string, AT(raft_listen_addr), check_raft_addr, NULL},
+    {"election_timeout", parse_duration, AT(election_timeout_ms), NULL, NULL},
+    {"heartbeat_timeout", parse_duration, AT(heartbeat_timeout_ms), NULL, NULL},
+    {"snapshot_threshold", parse_unsigned, AT(snapshot_threshold), NULL, NULL},
+    {"snapshot_trailing", parse_unsigned, AT(snapshot_trailing), NULL, NULL},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section raft_section = {"auth_service.raft", raft_fields};
+
+static const struct field auth_fields[] = {
+    {"enabled", parse_bool, AT(auth_enabled), NULL, NULL},
+    {"cluster_name", parse_string, AT(cluster_name), check_cluster_name, NULL},
+    {"listen_addr", parse_string, AT(auth_listen_addr), check_addr, NULL},
+    {"public_addr", parse_string, AT(auth_public_addr), check_public_addr, NULL},
+    {"min_free_disk", parse_size, AT(min_free_disk), NULL, NULL},
+    {"raft", parse_sub, 0, NULL, &raft_section},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section auth_section = {"auth_service", auth_fields};
+
+static const struct field proxy_fields[] = {
+    {"enabled", parse_bool, AT(proxy_enabled), NULL, NULL},
+    {"listen_addr", parse_string, AT(proxy_listen_addr), check_addr, NULL},
+    {"web_listen_addr", parse_string, AT(web_listen_addr), check_addr, NULL},
+    {"tunnel_listen_addr", parse_string, AT(tunnel_listen_addr), check_addr, NULL},
+    {"public_addr", parse_string, AT(proxy_public_addr), check_public_addr, NULL},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section proxy_section = {"proxy_service", proxy_fields};
+
+static const struct field ssh_fields[] = {
+    {"enabled", parse_bool, AT(ssh_enabled), NULL, NULL},
+    {"listen_addr", parse_string, AT(ssh_listen_addr), check_addr, NULL},
+    {"public_addr", parse_string, AT(ssh_public_addr), check_public_addr, NULL},
+    {"labels", parse_labels, 0, NULL, NULL},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section ssh_section = {"ssh_service", ssh_fields};
+
+static const struct field top_fields[] = {
+    {"version", parse_string, (size_t)-1, check_version, NULL},
+    {"teleport", parse_sub, 0, NULL, &teleport_section},
+    {"auth_service", parse_sub, 0, NULL, &auth_section},
+    {"proxy_service", parse_sub, 0, NULL, &proxy_section},
+    {"ssh_service", parse_sub, 0, NULL, &ssh_section},
+    {NULL, NULL, 0, NULL, NULL},
+};
+static const struct section top_section = {"", top_fields};
+
+static int unknown_field(struct loader *ld, const struct section *sec, const char *key, int line)
+{
+    char ex[200], names[300];
+    size_t o = 0;
+
+    rp_yaml_excerpt(key, ex, sizeof(ex));
+    names[0] = '\0';
+    for (const struct field *f = sec->fields; f->name != NULL; f++)
+        o += (size_t)snprintf(names + o, sizeof(names) - o, "%s%s", o ? ", " : "", f->name);
+    if (sec->path[0] == '\0')
+        return rp_err(RP_EINVAL, "%s:%d: unknown field '%s' at the top level, expected one of: %s",
+                      ld->file, line, ex, names);
+    return rp_err(RP_EINVAL, "%s:%d: unknown field '%s' in %s, expected one of: %s", ld->file,
+                  line, ex, sec->path, names);
+}
+
+static int walk_section(struct loader *ld, const struct section *sec, const struct rp_ynode *map,
+                        const char *path)
+{
+    if (rp_ynode_is_null(map))
+        return 0; /* "ssh_service:" with nothing under it */
+    if (map->type != RP_Y_MAP)
+        return type_error(ld, map, path[0] ? path : "the file", "a map of fields");
+    for (size_t i = 0; i < map->n; i++) {
+        const struct field *f = sec->fields;
+        while (f->name != NULL && strcmp(f->name, map->keys[i]) != 0)
+            f++;
+        if (f->name == NULL)
+            return unknown_field(ld, sec, map->keys[i], map->key_lines[i]);
+        char sub[128];
+        snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", f->name);
+        int rv = f->parse(ld, f, sub, map->vals[i]);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
+/* A service section that is present turns its service on, unless it says otherwise. */
+static void enable_present(const struct rp_ynode *root, const char *name, bool *enabled)
+{
+    const struct rp_ynode *sec = rp_ynode_get(root, name);
+    if (sec != NULL && rp_ynode_get(sec, "enabled") == NULL)
+        *enabled = true;
+}
+
+int rp_config_load(struct rp_config *c, const char *path)
+{
+    struct rp_ynode *root;
+    struct loader ld = {.c = c, .file = path};
+    int rv;
+
+    if ((rv = rp_yaml_parse_file(path, &root)) != 0)
+        return rv;
+    rp_config_set(&c->path, path);
+    if ((rv = walk_section(&ld, &top_section, root, "")) != 0)
+        goto out;
+    enable_present(root, "auth_service", &c->auth_enabled);
+    enable_present(root, "proxy_service", &c->proxy_enabled);
+    enable_present(root, "ssh_service", &c->ssh_enabled);
+    if (rp_ynode_get(rp_ynode_get(root, "auth_service"), "public_addr") == NULL) {
+        char *pub = public_from_listen(c->auth_listen_addr);
+        if (pub == NULL) {
+            rv = rp_err(RP_ENOMEM, "%s: out of memory", path);
+            goto out;
+        }
+        free(c->auth_public_addr);
+        c->auth_public_addr = pub;
+    }
+out:
+    rp_ynode_free(root);
+    return rv;
+}
+
+/* ---- cross-field rules ---- */
+
+static int check_field(const char *path, const char *value, const char *(*check)(const char *))
+{
+    const char *expected;
+    char ex[280];
+
+    if (value == NULL)
+        return rp_err(RP_EINVAL, "%s is not set, expected %s", path, check(""));
+    if ((expected = check(value)) == NULL)
+        return 0;
+    rp_yaml_excerpt(value, ex, sizeof(ex));
+    return rp_err(RP_EINVAL, "%s: expected %s, got '%s'", path, expected, ex);
+}
+
+static int check_optional(const char *path, const char *value, const char *(*check)(const char *))
+{
+    return value == NULL ? 0 : check_field(path, value, check);
+}
+
+int rp_config_validate(const struct rp_config *c)
+{
+    int rv;
+
+#define CHECK(call)                                                                            \
+    do {                                                                                       \
+        if ((rv = (call)) != 0)                                                                \
+            return rv;                                                                         \
+    } while (0)
+
+    CHECK(check_field("teleport.nodename", c->nodename, check_nodename));
+    CHECK(check_field("teleport.data_dir", c->data_dir, check_dir));
+    CHECK(check_field("teleport.log.severity", c->log_severity, check_severity));
+    CHECK(check_optional("teleport.auth_server", c->auth_server, check_addr));
+    CHECK(check_optional("teleport.ca_pin", c->ca_pin, check_ca_pin));
+    CHECK(check_optional("teleport.join_params.token_name", c->join_token, check_token));
+    if (c->join_token != NULL && c->ca_pin == NULL)
+        return rp_err(RP_EINVAL, "teleport.ca_pin is required with teleport.join_params."
+                      "token_name: a joining server checks the cluster's CA against it");
+    if (c->join_token != NULL && c->auth_server == NULL)
+        return rp_err(RP_EINVAL, "teleport.auth_server is required with teleport.join_params."
+                      "token_name: it is the auth server to join through");
+
+    if (c->auth_enabled) {
+        if (c->raft_id == 0)
+            return rp_err(RP_EINVAL, "auth_service.raft.id is required when auth_service is "
+                          "enabled");
+        /* A joining auth server learns the cluster name from the cluster it joins. */
+        if (c->cluster_name == NULL && c->join_token == NULL)
+            return rp_err(RP_EINVAL, "auth_service.cluster_name is required to bootstrap a new "
+                          "cluster (an auth server joining with teleport.join_params learns it "
+                          "from the cluster)");
+        CHECK(check_optional("auth_service.cluster_name", c->cluster_name, check_cluster_name));
+        CHECK(check_field("auth_service.listen_addr", c->auth_listen_addr, check_addr));
+        CHECK(check_field("auth_service.public_addr", c->auth_public_addr, check_public_addr));
+        CHECK(check_field("auth_service.raft.listen_addr", c->raft_listen_addr,
+                          check_raft_addr));
+        if (c->election_timeout_ms == 0 || c->heartbeat_timeout_ms == 0)
+            return rp_err(RP_EINVAL, "auth_service.raft.election_timeout and heartbeat_timeout "
+                          "must be greater than zero");
+        if (c->heartbeat_timeout_ms >= c->election_timeout_ms)
+            return rp_err(RP_EINVAL, "auth_service.raft.heartbeat_timeout (%ums) must be "
+                          "shorter than election_timeout (%ums)", c->heartbeat_timeout_ms,
+                          c->election_timeout_ms);
+        if (c->snapshot_threshold == 0)
+            return rp_err(RP_EINVAL, "auth_service.raft.snapshot_threshold must be a positive "
+                          "integer");
+        if (c->snapshot_trailing < c->snapshot_threshold)
+            return rp_err(RP_EINVAL, "auth_service.raft.snapshot_trailing (%u) must be at least "
+                          "snapshot_threshold (%u)", c->snapshot_trailing,
+                          c->snapshot_threshold);
+    }
+    if (c->proxy_enabled) {
+        CHECK(check_field("proxy_service.listen_addr", c->proxy_listen_addr, check_addr));
+        CHECK(check_field("proxy_service.web_listen_addr", c->web_listen_addr, check_addr));
+        CHECK(check_field("proxy_service.tunnel_listen_addr", c->tunnel_listen_addr,
+                          check_addr));
+        CHECK(check_optional("proxy_service.public_addr", c->proxy_public_addr,
+                             check_public_addr));
+    }
+    if (c->ssh_enabled) {
+        CHECK(check_field("ssh_service.listen_addr", c->ssh_listen_addr, check_addr));
+        CHECK(check_optional("ssh_service.public_addr", c->ssh_public_addr, check_public_addr));
+        for (size_t i = 0; i < c->ssh_n_labels; i++)
+            if (c->ssh_labels[i].name == NULL || !label_name_ok(c->ssh_labels[i].name) ||
+                c->ssh_labels[i].value == NULL)
+                return rp_err(RP_EINVAL, "ssh_service.labels: label %zu: expected a name of 1 "
+                              "to 253 characters from A-Z a-z 0-9 / . _ : * - and a value", i);
+    }
+    /* Proxies and nodes talk to auth; in a process without auth they must know where. */
+    if ((c->proxy_enabled || c->ssh_enabled) && !c->auth_enabled && c->auth_server == NULL)
+        return rp_err(RP_EINVAL, "teleport.auth_server is required when proxy_service or "
+                      "ssh_service runs without auth_service");
+#undef CHECK
+    return 0;
+}

@@ -1,0 +1,110 @@
+/* lib/config.h: raftport.yaml, the daemon's configuration.
+ *
+ * Section and field names follow teleport.yaml wherever Teleport has the field:
+ *
+ *   version: v3
+ *   teleport:
+ *     nodename: auth1
+ *     data_dir: /var/lib/raftport
+ *     auth_server: 127.0.0.1:3025        # an auth server to join through / talk to
+ *     ca_pin: sha256:...                 # pin of the cluster TLS CA (joining only)
+ *     join_params: {token_name: <token>, method: token}
+ *     log: {output: stderr, severity: INFO}
+ *   auth_service:
+ *     enabled: yes
+ *     cluster_name: example.raftport
+ *     listen_addr: 127.0.0.1:3025
+ *     public_addr: 127.0.0.1:3025        # what others dial (default: listen_addr)
+ *     min_free_disk: 256MB               # refuse writes below this
+ *     raft:
+ *       id: 1
+ *       listen_addr: 127.0.0.1:3030
+ *       election_timeout: 1s
+ *       heartbeat_timeout: 100ms
+ *       snapshot_threshold: 1024
+ *       snapshot_trailing: 2048
+ *   proxy_service:
+ *     enabled: no
+ *     listen_addr: 0.0.0.0:3023          # SSH proxy
+ *     web_listen_addr: 0.0.0.0:3080
+ *     tunnel_listen_addr: 0.0.0.0:3024
+ *     public_addr: proxy.example.com:3080
+ *   ssh_service:
+ *     enabled: no
+ *     listen_addr: 0.0.0.0:3022
+ *     public_addr: node1.example.com:3022
+ *     labels: {env: dev}
+ *
+ * docs/configuration.md is the reference for every field.
+ * Unknown fields are errors, not silently ignored. */
+#ifndef RP_CONFIG_H
+#define RP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One static label: a name matching [A-Za-z0-9/._:*-]+ and any string value. */
+struct rp_config_label {
+    char *name;
+    char *value;
+};
+
+struct rp_config {
+    char *path;              /* file it came from (NULL when built from flags only) */
+    /* teleport: */
+    char *nodename;          /* default: gethostname() */
+    char *data_dir;          /* default: /var/lib/raftport */
+    char *auth_server;       /* host:port */
+    char *ca_pin;            /* "sha256:<64 hex>" */
+    char *join_token;        /* join_params.token_name */
+    char *log_severity;      /* default "INFO" */
+    /* auth_service: */
+    bool auth_enabled;
+    char *cluster_name;
+    char *auth_listen_addr;  /* default 0.0.0.0:3025 */
+    char *auth_public_addr;  /* default: auth_listen_addr (0.0.0.0 replaced by 127.0.0.1,
+                              * [::] by [::1]), derived when the file has no public_addr */
+    uint64_t min_free_disk;  /* bytes; default 64 MiB */
+    uint64_t raft_id;        /* required when auth is enabled */
+    char *raft_listen_addr;  /* default 0.0.0.0:3030; must be an IPv4 "a.b.c.d:port" */
+    unsigned election_timeout_ms;  /* default 1000 */
+    unsigned heartbeat_timeout_ms; /* default 100 */
+    unsigned snapshot_threshold;   /* default 1024 */
+    unsigned snapshot_trailing;    /* default 2048; must be >= threshold */
+    /* proxy_service / ssh_service. A service section present in the file turns the
+     * service on unless it says "enabled: no"; an absent section leaves it off. */
+    bool proxy_enabled;
+    char *web_listen_addr;   /* default 0.0.0.0:3080 */
+    char *tunnel_listen_addr;/* default 0.0.0.0:3024 */
+    char *proxy_listen_addr; /* proxy_service.listen_addr (SSH proxy); default 0.0.0.0:3023 */
+    char *proxy_public_addr; /* proxy_service.public_addr; NULL unless set */
+    bool ssh_enabled;
+    char *ssh_listen_addr;   /* default 0.0.0.0:3022 */
+    char *ssh_public_addr;   /* ssh_service.public_addr; NULL unless set */
+    struct rp_config_label *ssh_labels; /* ssh_service.labels, in file order */
+    size_t ssh_n_labels;
+};
+
+/* Defaults. Allocation failure aborts: a process that cannot allocate a few strings
+ * at start-up has nothing better to do. */
+void rp_config_init(struct rp_config *c);
+/* Loads @path over the defaults. RP_EINVAL/RP_EIO/RP_ENOMEM; rp_errmsg() reads
+ * "FILE:LINE: what is wrong, what was expected". On error @c holds a mix of
+ * defaults and values read, and is still valid to rp_config_free(). */
+int rp_config_load(struct rp_config *c, const char *path);
+/* Checks every field's format and the cross-field rules after flags were applied
+ * (ids, addresses, trailing >= threshold, joining needs ca_pin and auth_server).
+ * RP_EINVAL with a message naming the field, as "auth_service.raft.id ...". */
+int rp_config_validate(const struct rp_config *c);
+/* Replaces a string field (frees the old value; @value may be NULL or the old value
+ * itself). Allocation failure aborts. */
+void rp_config_set(char **field, const char *value);
+void rp_config_free(struct rp_config *c);
+
+/* Parses "64MB", "1GiB", "512k", plain bytes: an integer with an optional unit,
+ * case-insensitive: B; k/KB = 1000, KiB = 1024; M/MB, MiB; G/GB, GiB; T/TB, TiB.
+ * RP_EINVAL (with a message) on anything else or on overflow of 64 bits. */
+int rp_parse_size(const char *s, uint64_t *bytes);
+
+#endif

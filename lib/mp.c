@@ -1,0 +1,266 @@
+/* lib/mp.c: msgpack helpers, and the structural check every untrusted
+ * msgpack message passes before msgpack-c allocates anything for it. */
+#include "lib/mp.h"
+
+#include <string.h>
+
+#include "lib/errors.h"
+
+static int buf_write(void *data, const char *p, size_t n)
+{
+    return rp_buf_append(data, p, n) == 0 ? 0 : -1;
+}
+
+void rp_mp_packer_init(msgpack_packer *pk, struct rp_buf *b)
+{
+    msgpack_packer_init(pk, b, buf_write);
+}
+
+void rp_mp_pack_strn(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+void rp_mp_pack_str(msgpack_packer *pk, const char *s)
+{
+    if (s == NULL)
+        msgpack_pack_nil(pk);
+    else
+        rp_mp_pack_strn(pk, s, strlen(s));
+}
+
+void rp_mp_kv_str(msgpack_packer *pk, const char *key, const char *val)
+{
+    rp_mp_pack_str(pk, key);
+    rp_mp_pack_str(pk, val);
+}
+
+void rp_mp_kv_u64(msgpack_packer *pk, const char *key, uint64_t val)
+{
+    rp_mp_pack_str(pk, key);
+    msgpack_pack_uint64(pk, val);
+}
+
+void rp_mp_kv_i64(msgpack_packer *pk, const char *key, int64_t val)
+{
+    rp_mp_pack_str(pk, key);
+    msgpack_pack_int64(pk, val);
+}
+
+void rp_mp_kv_bool(msgpack_packer *pk, const char *key, bool val)
+{
+    rp_mp_pack_str(pk, key);
+    if (val)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+void rp_mp_kv_raw(msgpack_packer *pk, const char *key, const void *raw, size_t n)
+{
+    rp_mp_pack_str(pk, key);
+    /* The packer's callback appends bytes as they are: raw msgpack goes straight in. */
+    pk->callback(pk->data, raw, n);
+}
+
+/* Reads a big-endian length of @width bytes. */
+static int read_len(struct rp_rd *r, int width, uint64_t *n)
+{
+    int rv;
+    if (width == 1) {
+        uint8_t v;
+        rv = rp_rd_u8(r, &v);
+        *n = v;
+    } else if (width == 2) {
+        uint16_t v;
+        rv = rp_rd_be16(r, &v);
+        *n = v;
+    } else {
+        uint32_t v;
+        rv = rp_rd_be32(r, &v);
+        *n = v;
+    }
+    return rv;
+}
+
+int rp_mp_validate(const void *data, size_t len)
+{
+    struct rp_rd r;
+    /* pending[d] = objects still to read at depth d. */
+    uint64_t pending[RP_MP_MAX_DEPTH + 1];
+    int depth = 0;
+    rp_rd_init(&r, data, len);
+    pending[0] = 1;
+    while (depth >= 0) {
+        if (pending[depth] == 0) {
+            depth--;
+            continue;
+        }
+        pending[depth]--;
+        size_t at = r.off;
+        uint8_t t;
+        if (rp_rd_u8(&r, &t) != 0)
+            return rp_err(RP_EINVAL, "msgpack truncated at offset %zu of %zu", at, len);
+        uint64_t n = 0;       /* payload bytes to skip */
+        uint64_t children = 0;
+        int rv = 0;
+        if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
+            n = 0;
+        } else if (t >= 0x80 && t <= 0x8f) {
+            children = 2u * (t & 0x0f);
+        } else if (t >= 0x90 && t <= 0x9f) {
+            children = t & 0x0f;
+        } else if (t >= 0xa0 && t <= 0xbf) {
+            n = t & 0x1f;
+        } else {
+            switch (t) {
+            case 0xc4: case 0xd9: rv = read_len(&r, 1, &n); break;
+            case 0xc5: case 0xda: rv = read_len(&r, 2, &n); break;
+            case 0xc6: case 0xdb: rv = read_len(&r, 4, &n); break;
+            case 0xc7: rv = read_len(&r, 1, &n); n += 1; break;
+            case 0xc8: rv = read_len(&r, 2, &n); n += 1; break;
+            case 0xc9: rv = read_len(&r, 4, &n); n += 1; break;
+            case 0xca: n = 4; break;
+            case 0xcb: n = 8; break;
+            case 0xcc: case 0xd0: n = 1; break;
+            case 0xcd: case 0xd1: n = 2; break;
+            case 0xce: case 0xd2: n = 4; break;
+            case 0xcf: case 0xd3: n = 8; break;
+            case 0xd4: n = 2; break;
+            case 0xd5: n = 3; break;
+            case 0xd6: n = 5; break;
+            case 0xd7: n = 9; break;
+            case 0xd8: n = 17; break;
+            case 0xdc: rv = read_len(&r, 2, &children); break;
+            case 0xdd: rv = read_len(&r, 4, &children); break;
+            case 0xde: rv = read_len(&r, 2, &children); children *= 2; break;
+            case 0xdf: rv = read_len(&r, 4, &children); children *= 2; break;
+            default:
+                return rp_err(RP_EINVAL, "msgpack: invalid type byte 0x%02x at offset %zu", t, at);
+            }
+        }
+        if (rv != 0)
+            return rp_err(RP_EINVAL, "msgpack truncated at offset %zu of %zu", at, len);
+        if (n > rp_rd_left(&r))
+            return rp_err(RP_EINVAL,
+                          "msgpack: value at offset %zu declares %llu bytes, only %zu left", at,
+                          (unsigned long long)n, rp_rd_left(&r));
+        rp_rd_skip(&r, (size_t)n);
+        if (children > 0) {
+            /* Every element takes at least one byte: refuse counts the bytes cannot hold. */
+            if (children > rp_rd_left(&r))
+                return rp_err(RP_EINVAL,
+                              "msgpack: container at offset %zu declares %llu elements, only %zu "
+                              "bytes left",
+                              at, (unsigned long long)children, rp_rd_left(&r));
+            if (depth == RP_MP_MAX_DEPTH)
+                return rp_err(RP_EINVAL, "msgpack: nesting deeper than %d at offset %zu",
+                              RP_MP_MAX_DEPTH, at);
+            pending[++depth] = children;
+        }
+    }
+    if (rp_rd_left(&r) != 0)
+        return rp_err(RP_EINVAL, "msgpack: %zu trailing bytes after the object", rp_rd_left(&r));
+    return 0;
+}
+
+int rp_mp_parse(const void *data, size_t len, msgpack_unpacked *out)
+{
+    int rv = rp_mp_validate(data, len);
+    if (rv != 0)
+        return rv;
+    msgpack_unpacked_init(out);
+    size_t off = 0;
+    msgpack_unpack_return ret = msgpack_unpack_next(out, data, len, &off);
+    if (ret != MSGPACK_UNPACK_SUCCESS || off != len) {
+        msgpack_unpacked_destroy(out);
+        return rp_err(ret == MSGPACK_UNPACK_NOMEM_ERROR ? RP_ENOMEM : RP_EINVAL,
+                      "msgpack: cannot decode message of %zu bytes", len);
+    }
+    return 0;
+}
+
+const msgpack_object *rp_mp_get(const msgpack_object *map, const char *key)
+{
+    if (map == NULL || map->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    size_t klen = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+            memcmp(k->via.str.ptr, key, klen) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+int rp_mp_get_str(const msgpack_object *map, const char *key, const char **s, size_t *n)
+{
+    const msgpack_object *o = rp_mp_get(map, key);
+    if (o == NULL || o->type == MSGPACK_OBJECT_NIL)
+        return rp_err(RP_ENOTFOUND, "field '%s' is missing", key);
+    if (o->type != MSGPACK_OBJECT_STR)
+        return rp_err(RP_EINVAL, "field '%s' must be a string", key);
+    *s = o->via.str.ptr;
+    *n = o->via.str.size;
+    return 0;
+}
+
+int rp_mp_get_u64(const msgpack_object *map, const char *key, uint64_t *v)
+{
+    const msgpack_object *o = rp_mp_get(map, key);
+    if (o == NULL || o->type == MSGPACK_OBJECT_NIL)
+        return rp_err(RP_ENOTFOUND, "field '%s' is missing", key);
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return rp_err(RP_EINVAL, "field '%s' must be a non-negative integer", key);
+    *v = o->via.u64;
+    return 0;
+}
+
+int rp_mp_get_bool(const msgpack_object *map, const char *key, bool *v)
+{
+    const msgpack_object *o = rp_mp_get(map, key);
+    if (o == NULL || o->type == MSGPACK_OBJECT_NIL)
+        return rp_err(RP_ENOTFOUND, "field '%s' is missing", key);
+    if (o->type != MSGPACK_OBJECT_BOOLEAN)
+        return rp_err(RP_EINVAL, "field '%s' must be a boolean", key);
+    *v = o->via.boolean;
+    return 0;
+}
+
+int rp_mp_get_strdup(const msgpack_object *map, const char *key, char **out)
+{
+    const char *s;
+    size_t n;
+    int rv = rp_mp_get_str(map, key, &s, &n);
+    if (rv != 0)
+        return rv;
+    if (memchr(s, '\0', n) != NULL)
+        return rp_err(RP_EINVAL, "field '%s' contains a NUL byte", key);
+    char *c = malloc(n + 1);
+    if (c == NULL)
+        return rp_err(RP_ENOMEM, "copying field '%s'", key);
+    memcpy(c, s, n);
+    c[n] = '\0';
+    *out = c;
+    return 0;
+}
+
+bool rp_mp_str_eq(const msgpack_object *o, const char *s)
+{
+    size_t n = strlen(s);
+    return o != NULL && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+           memcmp(o->via.str.ptr, s, n) == 0;
+}
+
+int rp_mp_pack_object(struct rp_buf *b, const msgpack_object *o)
+{
+    msgpack_packer pk;
+    rp_mp_packer_init(&pk, b);
+    size_t before = b->len;
+    if (msgpack_pack_object(&pk, *o) != 0)
+        return rp_err(RP_ENOMEM, "re-encoding msgpack object");
+    (void)before;
+    return 0;
+}

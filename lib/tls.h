@@ -1,0 +1,98 @@
+/* lib/tls.h: keys, the cluster TLS CA, X.509 identities and mutual-TLS contexts.
+ *
+ * Every internal connection is TLS 1.3 with both sides' certificates checked
+ * against the cluster TLS CA. Keys are ECDSA P-256. An identity is encoded in
+ * the certificate subject as Teleport does: CN = user or host id, O = roles or
+ * system role, L = logins; the cluster name sits in the private-arc extension
+ * 1.3.9999.1.7 and route-to-cluster in StreetAddress.
+ *
+ * Objects returned here are the caller's: EVP_PKEY_free / X509_free /
+ * SSL_CTX_free / rp_identity_free them. */
+#ifndef RP_TLS_H
+#define RP_TLS_H
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <stddef.h>
+
+/* System roles carried in O for hosts. */
+#define RP_ROLE_AUTH "Auth"
+#define RP_ROLE_PROXY "Proxy"
+#define RP_ROLE_NODE "Node"
+#define RP_ROLE_ADMIN "Admin"
+
+struct rp_identity {
+    char *name;           /* CN: user name or host id */
+    char **groups;        /* O: roles, or the system role */
+    size_t n_groups;
+    char **logins;        /* L: logins (users) */
+    size_t n_logins;
+    char *cluster;        /* 1.3.9999.1.7 extension: the issuing cluster, NULL if absent */
+    char *route_cluster;  /* StreetAddress: cluster to route to, NULL if absent */
+    long long not_after;  /* seconds since the epoch (filled by rp_identity_from_cert) */
+};
+
+void rp_identity_free(struct rp_identity *id);
+/* True if @id carries @group in O. */
+int rp_identity_has_group(const struct rp_identity *id, const char *group);
+
+/* A fresh ECDSA P-256 key, or NULL (rp_errmsg says why). */
+EVP_PKEY *rp_tls_keygen(void);
+
+/* Self-signed CA for @cluster (CN = @cluster), valid 10 years. */
+int rp_tls_ca_create(const char *cluster, EVP_PKEY **key_out, X509 **cert_out);
+
+/* Signs a certificate for @pubkey carrying @id, valid from one minute ago for @ttl_s
+ * seconds, with the given DNS names / IP addresses as subjectAltName (either may be
+ * NULL). Usable for both TLS client and server auth. */
+int rp_tls_issue(EVP_PKEY *ca_key, X509 *ca_cert, EVP_PKEY *pubkey, const struct rp_identity *id,
+                 const char *const *sans, size_t n_sans, long ttl_s, X509 **out);
+
+/* Reads the identity back out of a certificate (the inverse of rp_tls_issue). */
+int rp_identity_from_cert(X509 *cert, struct rp_identity *out);
+
+/* "sha256:<64 hex>" of the CA's DER SubjectPublicKeyInfo into @out (>= 72 bytes). */
+int rp_tls_ca_pin(X509 *ca, char *out, size_t outlen);
+
+/* PEM files. Keys are written mode 0600 (write to a temp file, fsync, rename). */
+int rp_tls_write_key(const char *path, EVP_PKEY *key);
+int rp_tls_write_cert(const char *path, X509 *cert);
+int rp_tls_read_key(const char *path, EVP_PKEY **out);
+int rp_tls_read_cert(const char *path, X509 **out);
+
+/* PEM in memory (for the wire). The *_to_pem return malloc'd NUL-terminated strings. */
+int rp_tls_key_to_pem(EVP_PKEY *key, char **out);
+int rp_tls_pubkey_to_pem(EVP_PKEY *key, char **out);
+int rp_tls_cert_to_pem(X509 *cert, char **out);
+int rp_tls_key_from_pem(const char *pem, size_t n, EVP_PKEY **out);
+int rp_tls_pubkey_from_pem(const char *pem, size_t n, EVP_PKEY **out);
+int rp_tls_cert_from_pem(const char *pem, size_t n, X509 **out);
+
+/* TLS 1.3 only. The server context sends @cert with @ca as chain and asks for a
+ * client certificate, which must chain to @ca when presented; with @require_client
+ * a client without one fails the handshake. The client context verifies the
+ * server against @ca (no host name check: identity is checked from the
+ * certificate's subject by the caller) and presents @cert/@key when non-NULL. */
+SSL_CTX *rp_tls_server_ctx(X509 *ca, X509 *cert, EVP_PKEY *key, int require_client);
+SSL_CTX *rp_tls_client_ctx(X509 *ca, X509 *cert, EVP_PKEY *key);
+/* A client context that checks nothing, for the one moment a joining server has only
+ * a CA pin: the caller must then compare rp_tls_ca_pin() of the chain's CA with the pin
+ * and verify the server certificate against that CA before sending anything secret. */
+SSL_CTX *rp_tls_client_ctx_pinned(void);
+
+/* For a connection made with rp_tls_client_ctx_pinned(): finds in the server's chain
+ * the self-signed CA certificate whose rp_tls_ca_pin() equals @pin ("sha256:<hex>"),
+ * checks that it is a CA, that the server's leaf certificate was issued and signed by
+ * it, and that both are within their validity. On success *@ca_out (if non-NULL) is
+ * the CA certificate (the caller's: X509_free it). RP_ETLS otherwise, with
+ * "CA pin mismatch: server presented sha256:..., expected sha256:..." when no
+ * certificate matches; RP_EINVAL for a malformed @pin. */
+int rp_tls_check_pin(SSL *ssl, const char *pin, X509 **ca_out);
+
+/* Identity of the peer of an established connection, or RP_EDENIED if it showed no
+ * certificate or its certificate did not verify against the CA (so on a pinned,
+ * unverified connection this refuses: read the leaf with rp_identity_from_cert after
+ * rp_tls_check_pin instead). */
+int rp_tls_peer_identity(SSL *ssl, struct rp_identity *out);
+
+#endif

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test binary given, then prints one closing line "N passed, N failed".
+# Unit tests run with Criterion's parallel workers; integration tests (test_int_*),
+# which start clusters of real processes, run one test at a time.
+set -uo pipefail
+
+passed=0; failed=0; bad=()
+for t in "$@"; do
+  name=$(basename "$t")
+  jobs=2
+  case "$name" in test_int_*|test_raft_*) jobs=1 ;; esac
+  echo "== $name"
+  out=$("$t" --jobs="$jobs" --full-stats 2>&1); rc=$?
+  printf '%s\n' "$out" | grep -vE '^\[----\]|^\[RUN ' | tail -n 40
+  line=$(printf '%s\n' "$out" | grep -E 'Synthesis: Tested:' | tail -1)
+  p=$(printf '%s' "$line" | sed -nE 's/.*Passing: ([0-9]+).*/\1/p')
+  f=$(printf '%s' "$line" | sed -nE 's/.*Failing: ([0-9]+).*/\1/p')
+  c=$(printf '%s' "$line" | sed -nE 's/.*Crashing: ([0-9]+).*/\1/p')
+  p=${p:-0}; f=${f:-0}; c=${c:-0}
+  if [ -z "$line" ] || [ "$rc" -ne 0 ]; then
+    # A binary that died without a synthesis counts as one failure at least.
+    [ $((f + c)) -eq 0 ] && f=1
+    bad+=("$name")
+  fi
+  passed=$((passed + p)); failed=$((failed + f + c))
+done
+echo
+[ ${#bad[@]} -gt 0 ] && echo "failing test binaries: ${bad[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

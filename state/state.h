@@ -1,0 +1,362 @@
+/* state/state.h: the replicated state machine.
+ *
+ * Resources live in one LMDB environment that only the state machine writes.
+ * A resource is a msgpack map in Teleport's shape:
+ *
+ *   { "kind": str, "version": str,
+ *     "metadata": { "name": str, "labels": {str: str}, "expires": u64 ms (0/absent = never),
+ *                   "revision": u64 },
+ *     "spec": any }
+ *
+ * The state layer reads kind, name, expires and sets revision; it treats spec
+ * as opaque. A command is a msgpack map carried in one Raft log entry:
+ *
+ *   { "op": "put" | "create" | "update" | "cas" | "delete" | "cdelete" | "batch" | "expire",
+ *     "rid": str,            client request id, 1..64 bytes (required except for expire)
+ *     "res": resource,       put, create, update, cas
+ *     "kind": str, "name": str,   delete, cdelete
+ *     "rev": u64,            expected revision for cas and cdelete
+ *     "ops": [command...],   batch: put/create/update/cas/delete/cdelete without rid,
+ *                            all applied or none
+ *     "before": u64 ms }     expire: delete everything whose expires is in (0, before)
+ *
+ * The revision of a change is the Raft index of the entry that made it. A
+ * retried command (same rid) returns the first result and changes nothing.
+ * Apply never reads the clock: time enters only as the "before" field.
+ *
+ * Precise rules (what apply and state_command_check enforce):
+ *   - A command map holds only the fields its op uses; any other field, a
+ *     duplicate key or a field of the wrong type makes it RP_EINVAL.
+ *   - kind: 1..63 bytes of [a-z0-9_]. name: 1..255 bytes, no NUL or other
+ *     control byte (< 0x20, 0x7f). rid: 1..64 bytes, same byte rule as name.
+ *   - res: a map with "kind" (str), "metadata" (map) with "name" (str); optional
+ *     "version" (str, 1..32 bytes), "metadata.labels" (map str -> str, at most
+ *     STATE_MAX_LABELS), "metadata.expires" and "metadata.revision" (non-negative
+ *     integers; nil = absent). Other fields are kept as they are. The stored copy
+ *     has metadata.revision set to the revision of the change.
+ *   - put writes; create fails with RP_EEXISTS if present; update fails with
+ *     RP_ENOTFOUND if absent; delete fails with RP_ENOTFOUND if absent.
+ *   - cas: "rev" is required. rev == 0 means "must be absent" (a create that
+ *     reports RP_ECONFLICT, not RP_EEXISTS, when present). rev > 0 means "must be
+ *     stored at exactly this revision": RP_ENOTFOUND if absent, RP_ECONFLICT if
+ *     stored at another revision.
+ *   - cdelete: "rev" is required and >= 1; RP_ENOTFOUND if absent, RP_ECONFLICT
+ *     if stored at another revision.
+ *   - batch: 1..STATE_MAX_BATCH ops, no rid inside, no nested batch, no expire.
+ *     Ops run in order, each seeing the effect of the ones before it.
+ *   - expire: deletes every resource with 0 < expires < before; rid optional.
+ *   - The whole command is at most STATE_MAX_COMMAND bytes.
+ *   - Request ids are remembered (with the result) for rid_keep revisions:
+ *     a command with a rid seen at revision r is a retry while its own index is
+ *     < r + rid_keep. Every result is remembered, failures included, except
+ *     RP_EINVAL for a malformed command. rid_keep must be the same on every
+ *     server of a cluster (it decides what is stored, so also snapshot bytes).
+ *
+ * Threading: state_apply and the raft FSM callbacks run on the Raft loop thread;
+ * reads (state_get, state_list), watches and command encoding are safe from any
+ * thread (LMDB read transactions, MDB_NOTLS).
+ *
+ * Memory: every pointer argument is borrowed for the duration of the call unless
+ * its comment says otherwise; functions that fill a struct rp_buf append to it. */
+#ifndef RP_STATE_H
+#define RP_STATE_H
+
+#include <raft.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/buf.h"
+
+/* Limits enforced on every command. */
+#define STATE_MAX_COMMAND (16u << 20) /* bytes in one command (one Raft entry) */
+#define STATE_MAX_BATCH 1024          /* ops in one batch */
+#define STATE_MAX_LABELS 256          /* labels on one resource */
+#define STATE_RID_MAX 64              /* bytes in a request id */
+#define STATE_KIND_MAX 63
+#define STATE_NAME_MAX 255
+
+struct state;
+
+struct state_opts {
+    size_t map_size;          /* LMDB map size; 0 = 1 GiB */
+    unsigned watch_queue_len; /* events a watcher may fall behind by; 0 = 4096 */
+    unsigned event_ring_len;  /* recent events kept for resuming watches; 0 = 8192 */
+    unsigned rid_keep;        /* request ids remembered for this many revisions; 0 = 100000 */
+};
+
+/* Opens (creating if needed) the environment in directory @dir (@opts may be NULL
+ * for the defaults). The caller owns *@out and frees it with state_close. Files
+ * are created 0600. If the machine went down (not just the process) while the
+ * environment was open, its contents are discarded at open: they were written
+ * without fsync, and Raft restores them from its snapshot and log (see store.c). */
+int state_open(struct state **out, const char *dir, const struct state_opts *opts);
+/* Syncs and closes. Every watch must have been closed first, and no snapshot may
+ * be in flight (raft closed). */
+void state_close(struct state *s);
+
+/* Outcome of one command. For batch, failed_op is the index of the first op
+ * that failed (code != 0) and nothing was changed. */
+struct state_result {
+    int code;            /* 0, RP_EEXISTS, RP_ENOTFOUND, RP_ECONFLICT, RP_EINVAL */
+    uint64_t revision;   /* revision the command produced (or, on failure, the index it was applied at) */
+    uint64_t current_rev;/* on RP_ECONFLICT (and RP_EEXISTS): the revision actually stored (0 if absent) */
+    uint32_t failed_op;  /* batch only */
+    uint32_t n_changed;  /* resources written or deleted */
+    char message[160];   /* human-readable detail on failure */
+};
+
+/* Applies the command @cmd at Raft index @index. Never fails for a bad command:
+ * a malformed or failing command yields res->code != 0 and changes nothing but
+ * the applied index. Returns non-zero only on an LMDB error (disk) or when out of
+ * memory, in which case nothing is committed. Deterministic: same commands, same
+ * indexes, same bytes. An @index at or below the applied index is not applied
+ * again: @res gets the result remembered under the command's rid if there is one,
+ * else code 0 with a message saying it was skipped. @cmd is borrowed; @res is
+ * filled in full. Loop thread only (one writer). */
+int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
+                struct state_result *res);
+
+/* Fills @fsm (version 3) to drive @s from raft @r: apply takes the entry index as
+ * r->last_applied + 1; *result points to a struct state_result owned by @s that
+ * is valid only until the next apply (the apply callback runs synchronously right
+ * after, so it copies it). Snapshots pin an LMDB read transaction on the loop
+ * thread and serialise it on a thread-pool thread; restore replaces the contents
+ * in one write transaction. */
+void state_fsm_init(struct raft_fsm *fsm, struct state *s, struct raft *r);
+
+/* Highest index applied (0 if none). */
+uint64_t state_applied_index(struct state *s);
+
+/* Reads. @rev_out (may be NULL) receives the applied index the read transaction saw.
+ * state_get appends the stored resource (msgpack) to @out; RP_ENOTFOUND if absent,
+ * RP_EINVAL for a malformed kind or name. */
+int state_get(struct state *s, const char *kind, const char *name, struct rp_buf *out,
+              uint64_t *rev_out);
+/* Calls @cb for each resource of @kind (all kinds if NULL) whose name starts with
+ * @prefix (NULL = all), in name order, at most @limit (0 = no limit); @cb returning
+ * non-zero stops the walk and that value is returned. With @kind NULL the order is
+ * by kind, then name. @res passed to @cb points into the database and is valid
+ * only during the call. */
+typedef int (*state_list_cb)(void *arg, const void *res, size_t len);
+int state_list(struct state *s, const char *kind, const char *prefix, unsigned limit,
+               state_list_cb cb, void *arg, uint64_t *rev_out);
+
+/* Earliest "expires" among stored resources (0 if none expire). */
+int state_next_expiry(struct state *s, uint64_t *expires_ms);
+
+/* Structural check of a resource; fills the borrowed pointers (they point into
+ * @res). Message (rp_errmsg) names the field. */
+struct state_res_meta {
+    const char *kind; size_t kind_len;
+    const char *name; size_t name_len;
+    uint64_t expires;
+    uint64_t revision;
+};
+int state_resource_check(const void *res, size_t len, struct state_res_meta *meta);
+
+/* Full validation of a command (what apply would accept), without applying it. */
+int state_command_check(const void *cmd, size_t len);
+
+/* ---- Watches ---------------------------------------------------------- */
+
+enum state_event_type {
+    STATE_EV_INIT_PUT = 1, /* one resource of the initial snapshot */
+    STATE_EV_INIT_DONE,    /* snapshot complete (or resumed without one); revision = start point */
+    STATE_EV_PUT,          /* a resource was written at revision */
+    STATE_EV_DELETE,       /* kind/name was deleted at revision */
+    STATE_EV_REINIT,       /* watcher fell behind; revision = last one delivered; watch is over */
+};
+
+struct state_event {
+    enum state_event_type type;
+    uint64_t revision;   /* INIT_PUT: the resource's revision; see the types above for the rest */
+    char kind[64];
+    char name[256];
+    struct rp_buf res; /* resource bytes for INIT_PUT and PUT (owned by the event) */
+};
+/* Initialise before the first state_watch_next; free once done. An event may be
+ * passed to state_watch_next again: its buffer is reused. */
+void state_event_init(struct state_event *ev);
+void state_event_free(struct state_event *ev);
+
+struct state_watch_opts {
+    const char *const *kinds; /* NULL or n_kinds == 0: every kind */
+    size_t n_kinds;
+    const char *prefix;       /* name prefix, NULL = all */
+    uint64_t start_rev;       /* 0: init snapshot of the current state. Otherwise resume
+                                 after start_rev if the recent-event ring still covers it
+                                 (no INIT_PUTs, just INIT_DONE), else an init snapshot. */
+};
+struct state_watch;
+
+/* @opts is copied. The caller owns *@out and frees it with state_watch_close.
+ * Events come in revision order; the events of one revision (a batch, an expire)
+ * come together, in op order. A watcher whose queue overflows gets the events
+ * of every revision it received in full, then REINIT with the last of those
+ * revisions (the INIT_DONE revision if none), then RP_ECLOSED; it never gets
+ * part of a revision. A restore (snapshot install) ends every watch the same way. */
+int state_watch_open(struct state *s, const struct state_watch_opts *opts, struct state_watch **out);
+/* Waits up to @timeout_ms (-1 forever, 0 = do not wait) for the next event. 0 and
+ * fills @ev; RP_ETIMEDOUT; RP_ECLOSED after REINIT has been returned or after
+ * state_watch_cancel. One thread at a time per watch. */
+int state_watch_next(struct state_watch *w, struct state_event *ev, int timeout_ms);
+/* A file descriptor that is readable while an event is ready (for poll()). */
+int state_watch_fd(struct state_watch *w);
+/* Wakes a blocked state_watch_next with RP_ECLOSED; safe from any thread. */
+void state_watch_cancel(struct state_watch *w);
+void state_watch_close(struct state_watch *w);
+
+/* ---- Command encoding (for clients of the state machine) -------------- */
+
+/* Appends a command map to @out; fields left NULL/0 are omitted, except "rev",
+ * which is always written for cas and cdelete (cas with rev 0 = must be absent).
+ * For batch, @ops holds already-encoded sub-commands concatenated, @n_ops of them
+ * (so state_cmd_encode of a sub-command can append to the ops buffer). @res must
+ * be one msgpack object. Does not check what apply checks: see state_command_check. */
+struct state_cmd {
+    const char *op;
+    const char *rid;
+    const void *res; size_t res_len;
+    const char *kind;
+    const char *name;
+    uint64_t rev;
+    uint64_t before;
+    const void *ops; size_t ops_len; uint32_t n_ops;
+};
+int state_cmd_encode(const struct state_cmd *cmd, struct rp_buf *out);
+
+/* Appends to @out a copy of @res with metadata.revision set to @rev (added at the
+ * end of metadata if absent). RP_EINVAL if @res fails state_resource_check. */
+int state_resource_with_revision(const void *res, size_t len, uint64_t rev, struct rp_buf *out);
+
+/* ---- Internal: shared by state/*.c only --------------------------------- */
+/* Compiled only where STATE_INTERNAL is defined before including this header
+ * (the files of state/). Nothing outside state/ may use it. */
+#ifdef STATE_INTERNAL
+#include <lmdb.h>
+#include <msgpack.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* Named databases of the environment, in snapshot order. */
+enum {
+    STATE__DB_RES,    /* kind \0 name -> be64 revision, be64 expires, resource msgpack */
+    STATE__DB_EXP,    /* be64 expires, kind \0 name -> "" (only expires > 0) */
+    STATE__DB_RID,    /* rid -> be64 revision, encoded struct state_result */
+    STATE__DB_RIDREV, /* be64 revision, rid -> "" (to prune request ids by age) */
+    STATE__DB_META,   /* "applied_index" -> be64 */
+    STATE__N_DBS
+};
+extern const char *const state__db_names[STATE__N_DBS];
+
+#define STATE__KEY_MAX (STATE_KIND_MAX + 1 + STATE_NAME_MAX)
+#define STATE__VAL_HDR 16 /* be64 revision, be64 expires before the resource bytes */
+
+/* One change, shared by the recent-event ring and the watchers' queues. @refs is
+ * only touched under the hub mutex. */
+struct state__ev {
+    unsigned refs;
+    enum state_event_type type; /* STATE_EV_PUT or STATE_EV_DELETE */
+    uint64_t revision;
+    uint8_t *alloc;             /* owned; the resource is alloc[res_off .. res_off + res_len) */
+    size_t res_off, res_len;
+    uint8_t kind_len;
+    uint16_t name_len;
+    char key[];                 /* kind \0 name \0 */
+};
+
+struct state__hub {
+    pthread_mutex_t mu;
+    struct state_watch *watchers; /* doubly linked through prev/next */
+    struct state__ev **ring;      /* recent events, oldest at ring_head */
+    unsigned ring_cap, ring_head, ring_len;
+    uint64_t ring_floor; /* every event with a revision above this is in the ring */
+    uint64_t published;  /* index of the last entry published */
+};
+
+struct state {
+    MDB_env *env;
+    MDB_dbi dbi[STATE__N_DBS];
+    struct state_opts opts;  /* defaults filled in */
+    char *dir;
+    _Atomic uint64_t applied; /* cached meta applied index (written by the loop thread) */
+    struct raft *raft;        /* set by state_fsm_init */
+    struct state_result last_result; /* what the FSM apply hands to raft */
+    MDB_txn *snap_txn;        /* read txn pinned by an in-flight snapshot (loop thread) */
+    struct state__ev **pending; /* events of the entry being applied, published after commit */
+    size_t n_pending, cap_pending;
+    struct state__hub hub;
+};
+
+enum state__op {
+    STATE__OP_PUT = 1,
+    STATE__OP_CREATE,
+    STATE__OP_UPDATE,
+    STATE__OP_CAS,
+    STATE__OP_DELETE,
+    STATE__OP_CDELETE,
+    STATE__OP_BATCH,
+    STATE__OP_EXPIRE,
+};
+
+/* A validated command; every pointer borrows from the parsed msgpack object. */
+struct state__cmd {
+    enum state__op op;
+    const char *rid; /* NULL if absent */
+    size_t rid_len;
+    const msgpack_object *res;    /* put, create, update, cas */
+    struct state_res_meta meta;   /* kind/name (and expires for res) of the target */
+    uint64_t rev;                 /* cas, cdelete */
+    const msgpack_object *ops;    /* batch: array of validated sub-commands */
+    uint64_t before;              /* expire */
+};
+
+bool state__kind_ok(const char *kind, size_t n);
+bool state__name_ok(const char *name, size_t n);
+/* Validates @o as a command (sub-command of a batch if @in_batch). 0, or RP_EINVAL
+ * with a message naming the field written to @msg. */
+int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *c, char *msg,
+                     size_t msglen);
+int state__res_check(const msgpack_object *res, struct state_res_meta *meta, char *msg,
+                     size_t msglen);
+/* Appends @res re-encoded with metadata.revision = @rev. */
+int state__res_pack(struct rp_buf *b, const msgpack_object *res, uint64_t rev);
+/* Writes kind \0 name into @key (STATE__KEY_MAX bytes); returns its length. */
+size_t state__res_key(uint8_t *key, const char *kind, size_t kind_len, const char *name,
+                      size_t name_len);
+/* Splits a resources key; false if it is not kind \0 name with both valid. */
+bool state__split_key(const uint8_t *key, size_t len, const char **kind, size_t *kind_len,
+                      const char **name, size_t *name_len);
+
+/* Encoded result kept per request id (after the be64 revision). */
+int state__result_encode(const struct state_result *r, struct rp_buf *b);
+int state__result_decode(const uint8_t *p, size_t n, uint64_t revision, struct state_result *r);
+
+void state__put_be64(uint8_t *p, uint64_t v);
+uint64_t state__get_be64(const uint8_t *p);
+/* Maps an LMDB return code to RP_ENOSPC/RP_ENOMEM/RP_EIO with a message. */
+int state__lmdb_err(int rc, const char *what);
+/* Reads the applied index stored in @txn (0 if none). */
+int state__read_applied(struct state *s, MDB_txn *txn, uint64_t *out);
+
+/* Events. state__ev_new takes ownership of @alloc (freed on failure too). */
+struct state__ev *state__ev_new(enum state_event_type type, uint64_t revision, const char *kind,
+                                size_t kind_len, const char *name, size_t name_len,
+                                uint8_t *alloc, size_t res_off, size_t res_len);
+void state__ev_free(struct state__ev *ev);
+int state__hub_init(struct state__hub *h, unsigned ring_cap, uint64_t applied);
+void state__hub_close(struct state__hub *h);
+/* Publishes @n events of entry @index (ownership moves to the hub). */
+void state__hub_publish(struct state *s, struct state__ev **evs, size_t n, uint64_t index);
+/* After a restore: forget the ring, end every watch with REINIT. */
+void state__hub_reset(struct state *s, uint64_t applied);
+
+/* Snapshots. encode: serialises every database of @txn into a raft_malloc'd buffer.
+ * restore: validates all of @buf first, then replaces the contents in one write txn;
+ * on error nothing changed. Neither takes ownership of @buf. */
+int state__snapshot_encode(struct state *s, MDB_txn *txn, void **out, size_t *len);
+int state__snapshot_restore(struct state *s, const void *buf, size_t len);
+#endif /* STATE_INTERNAL */
+
+#endif

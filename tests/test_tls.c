@@ -1,0 +1,846 @@
+/* tests/test_tls.c: the cluster CA, issued identities, pins, PEM files and the
+ * mutual-TLS contexts, over real TLS on 127.0.0.1. */
+#include <criterion/criterion.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "lib/conn.h"
+#include "lib/errors.h"
+#include "lib/tls.h"
+
+/* ---- helpers ----------------------------------------------------------------------- */
+
+struct pki {
+    EVP_PKEY *ca_key;
+    X509 *ca;
+};
+
+static void pki_new(struct pki *p, const char *cluster)
+{
+    cr_assert_eq(rp_tls_ca_create(cluster, &p->ca_key, &p->ca), 0, "%s", rp_errmsg());
+}
+
+static void pki_free(struct pki *p)
+{
+    EVP_PKEY_free(p->ca_key);
+    X509_free(p->ca);
+}
+
+/* A key and a certificate for @name with system role @role, from @p. */
+static void pki_issue(struct pki *p, const char *name, const char *role, EVP_PKEY **key, X509 **cert)
+{
+    char *groups[] = {(char *)role};
+    struct rp_identity id = {.name = (char *)name, .groups = groups, .n_groups = 1,
+                             .cluster = "example.com"};
+    const char *sans[] = {"localhost", "127.0.0.1"};
+    *key = rp_tls_keygen();
+    cr_assert_not_null(*key, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_issue(p->ca_key, p->ca, *key, &id, sans, 2, 3600, cert), 0, "%s",
+                 rp_errmsg());
+}
+
+/* One TLS server connection on 127.0.0.1:<free port>, accepted in a thread. */
+struct server {
+    int lfd;
+    char addr[64];
+    SSL_CTX *ctx;
+    pthread_t th;
+    int accept_rv;
+    char accept_err[512];
+    int id_rv;
+    struct rp_identity id;
+    int echo; /* read one frame and send it back */
+};
+
+static void *server_main(void *arg)
+{
+    struct server *s = arg;
+    struct pollfd p = {.fd = s->lfd, .events = POLLIN};
+    if (poll(&p, 1, 5000) != 1) {
+        s->accept_rv = RP_ETIMEDOUT;
+        return NULL;
+    }
+    int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+        s->accept_rv = RP_EIO;
+        return NULL;
+    }
+    struct rp_conn c;
+    s->accept_rv = rp_conn_accept(&c, s->ctx, fd, 5000);
+    snprintf(s->accept_err, sizeof s->accept_err, "%s", rp_errmsg());
+    if (s->accept_rv == 0) {
+        s->id_rv = rp_tls_peer_identity(c.ssl, &s->id);
+        if (s->echo) {
+            struct rp_buf b;
+            rp_buf_init(&b);
+            rp_conn_set_timeout(&c, 5000);
+            if (rp_conn_read_frame(&c, &b) == 0)
+                rp_conn_write_frame(&c, b.data, b.len);
+            rp_buf_free(&b);
+        }
+    }
+    rp_conn_close(&c);
+    return NULL;
+}
+
+static void server_start(struct server *s, SSL_CTX *ctx, int echo)
+{
+    memset(s, 0, sizeof *s);
+    s->ctx = ctx;
+    s->echo = echo;
+    s->lfd = rp_listen_tcp("127.0.0.1:0", 16);
+    cr_assert_geq(s->lfd, 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_sock_local_addr(s->lfd, s->addr, sizeof s->addr), 0);
+    cr_assert_eq(pthread_create(&s->th, NULL, server_main, s), 0);
+}
+
+static void server_join(struct server *s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10;
+    cr_assert_eq(pthread_timedjoin_np(s->th, NULL, &ts), 0, "server thread did not finish");
+    close(s->lfd);
+    rp_identity_free(&s->id);
+}
+
+/* Dials @s with @ctx, sends one frame, expects it back; returns the first error. */
+static int client_roundtrip(struct server *s, SSL_CTX *ctx)
+{
+    struct rp_conn c;
+    int rv = rp_conn_dial(&c, ctx, s->addr, 5000);
+    if (rv != 0)
+        return rv;
+    rp_conn_set_timeout(&c, 5000);
+    struct rp_buf b;
+    rp_buf_init(&b);
+    rv = rp_conn_write_frame(&c, "ping", 4);
+    if (rv == 0)
+        rv = rp_conn_read_frame(&c, &b);
+    if (rv == 0 && (b.len != 4 || memcmp(b.data, "ping", 4) != 0))
+        rv = RP_EPROTO;
+    rp_buf_free(&b);
+    rp_conn_close(&c);
+    return rv;
+}
+
+/* Runs @cmd in a shell and returns the first line of its output. */
+static void run_capture(const char *cmd, char *out, size_t outlen)
+{
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f);
+    out[0] = '\0';
+    if (fgets(out, (int)outlen, f) == NULL)
+        out[0] = '\0';
+    cr_assert_eq(pclose(f), 0, "command failed: %s", cmd);
+    out[strcspn(out, "\n")] = '\0';
+}
+
+static void tmpdir(char *out, size_t outlen)
+{
+    snprintf(out, outlen, "/tmp/rp_test_tls.XXXXXX");
+    cr_assert_not_null(mkdtemp(out));
+}
+
+static void rmtree(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* ---- CA and issuance --------------------------------------------------------------- */
+
+Test(tls, ca_is_self_signed_ca_for_cluster)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    cr_assert_eq(X509_check_ca(p.ca), 1);
+    cr_assert_eq(X509_self_signed(p.ca, 1), 1);
+    cr_assert_eq(X509_check_private_key(p.ca, p.ca_key), 1);
+    cr_assert_eq(X509_get_version(p.ca), X509_VERSION_3);
+
+    char buf[256];
+    X509_NAME *n = X509_get_subject_name(p.ca);
+    cr_assert_gt(X509_NAME_get_text_by_NID(n, NID_commonName, buf, sizeof buf), 0);
+    cr_assert_str_eq(buf, "example.com");
+    cr_assert_gt(X509_NAME_get_text_by_NID(n, NID_organizationName, buf, sizeof buf), 0);
+    cr_assert_str_eq(buf, "example.com");
+
+    /* keyCertSign + cRLSign, basicConstraints critical, an SKID. */
+    cr_assert_eq(X509_get_key_usage(p.ca) & (KU_KEY_CERT_SIGN | KU_CRL_SIGN),
+                 KU_KEY_CERT_SIGN | KU_CRL_SIGN);
+    int crit = -1;
+    BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(p.ca, NID_basic_constraints, &crit, NULL);
+    cr_assert_not_null(bc);
+    cr_assert(bc->ca);
+    cr_assert_eq(crit, 1);
+    BASIC_CONSTRAINTS_free(bc);
+    cr_assert_not_null(X509_get0_subject_key_id(p.ca));
+
+    /* ~10 years, 128-bit serial. */
+    int days = 0, secs = 0;
+    cr_assert(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(p.ca), X509_get0_notAfter(p.ca)));
+    cr_assert(days >= 3650 && days <= 3670, "CA valid for %d days", days);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(p.ca), NULL);
+    cr_assert_gt(BN_num_bits(bn), 120);
+    BN_free(bn);
+
+    /* Two CAs never share a serial or a key. */
+    struct pki q;
+    pki_new(&q, "example.com");
+    cr_assert_neq(ASN1_INTEGER_cmp(X509_get0_serialNumber(p.ca), X509_get0_serialNumber(q.ca)), 0);
+    cr_assert_neq(EVP_PKEY_eq(p.ca_key, q.ca_key), 1);
+    pki_free(&q);
+    pki_free(&p);
+}
+
+Test(tls, ca_create_refuses_bad_cluster_name)
+{
+    EVP_PKEY *k = NULL;
+    X509 *x = NULL;
+    cr_assert_eq(rp_tls_ca_create("", &k, &x), RP_EINVAL);
+    cr_assert_eq(rp_tls_ca_create("bad\nname", &k, &x), RP_EINVAL);
+    cr_assert_null(k);
+    cr_assert_null(x);
+}
+
+Test(tls, issued_identity_round_trips)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char *groups[] = {"admin", "dev", "auditor"};
+    char *logins[] = {"root", "ubuntu", "élodie"};
+    struct rp_identity id = {.name = "alice@example.com", .groups = groups, .n_groups = 3,
+                             .logins = logins, .n_logins = 3, .cluster = "example.com",
+                             .route_cluster = "leaf.example.com"};
+    const char *sans[] = {"auth.example.com", "127.0.0.1", "::1"};
+    EVP_PKEY *k = rp_tls_keygen();
+    X509 *x = NULL;
+    time_t before = time(NULL);
+    cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, k, &id, sans, 3, 7200, &x), 0, "%s", rp_errmsg());
+
+    struct rp_identity got;
+    cr_assert_eq(rp_identity_from_cert(x, &got), 0, "%s", rp_errmsg());
+    cr_assert_str_eq(got.name, "alice@example.com");
+    cr_assert_eq(got.n_groups, 3);
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_str_eq(got.groups[i], groups[i]);
+    cr_assert_eq(got.n_logins, 3);
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_str_eq(got.logins[i], logins[i]);
+    cr_assert_str_eq(got.cluster, "example.com");
+    cr_assert_str_eq(got.route_cluster, "leaf.example.com");
+    cr_assert(got.not_after >= before + 7200 && got.not_after <= time(NULL) + 7200,
+              "not_after %lld", got.not_after);
+    cr_assert(rp_identity_has_group(&got, "dev"));
+    cr_assert_not(rp_identity_has_group(&got, "Dev"));
+    rp_identity_free(&got);
+    cr_assert_null(got.name);
+
+    /* The cluster is a subject attribute under 1.3.9999.1.7, as a UTF8String. */
+    ASN1_OBJECT *oid = OBJ_txt2obj("1.3.9999.1.7", 1);
+    X509_NAME *n = X509_get_subject_name(x);
+    int at = X509_NAME_get_index_by_OBJ(n, oid, -1);
+    cr_assert_geq(at, 0);
+    cr_assert_eq(ASN1_STRING_type(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, at))),
+                 V_ASN1_UTF8STRING);
+    ASN1_OBJECT_free(oid);
+
+    /* Issued by the CA, leaf, usable for both TLS ends, SANs as given. */
+    cr_assert_eq(X509_verify(x, p.ca_key), 1);
+    cr_assert_eq(X509_check_issued(p.ca, x), X509_V_OK);
+    cr_assert_eq(X509_check_ca(x), 0);
+    cr_assert_eq(X509_get_extended_key_usage(x) & (XKU_SSL_SERVER | XKU_SSL_CLIENT),
+                 XKU_SSL_SERVER | XKU_SSL_CLIENT);
+    cr_assert(X509_get_key_usage(x) & KU_DIGITAL_SIGNATURE);
+    cr_assert_not_null(X509_get0_authority_key_id(x));
+    cr_assert_eq(X509_check_host(x, "auth.example.com", 0, 0, NULL), 1);
+    cr_assert_eq(X509_check_ip_asc(x, "127.0.0.1", 0), 1);
+    cr_assert_eq(X509_check_ip_asc(x, "::1", 0), 1);
+    cr_assert_neq(X509_check_host(x, "127.0.0.1", 0, 0, NULL), 1);
+    int days = 0, secs = 0;
+    cr_assert(ASN1_TIME_diff(&days, &secs, X509_get0_notBefore(x), X509_get0_notAfter(x)));
+    cr_assert_eq(days * 86400 + secs, 7200 + 60);
+
+    /* And it chains to the CA in a store holding only the CA. */
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_add_cert(st, p.ca);
+    X509_STORE_CTX *sc = X509_STORE_CTX_new();
+    X509_STORE_CTX_init(sc, st, x, NULL);
+    X509_STORE_CTX_set_purpose(sc, X509_PURPOSE_SSL_CLIENT);
+    cr_assert_eq(X509_verify_cert(sc), 1, "%s",
+                 X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)));
+    X509_STORE_CTX_free(sc);
+    X509_STORE_free(st);
+
+    X509_free(x);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+Test(tls, identity_without_optional_fields_reads_back_null)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    struct rp_identity id = {.name = "host-1"};
+    EVP_PKEY *k = rp_tls_keygen();
+    X509 *x = NULL;
+    cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, k, &id, NULL, 0, 60, &x), 0, "%s", rp_errmsg());
+    struct rp_identity got;
+    cr_assert_eq(rp_identity_from_cert(x, &got), 0, "%s", rp_errmsg());
+    cr_assert_str_eq(got.name, "host-1");
+    cr_assert_eq(got.n_groups, 0);
+    cr_assert_eq(got.n_logins, 0);
+    cr_assert_null(got.cluster);
+    cr_assert_null(got.route_cluster);
+    rp_identity_free(&got);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+Test(tls, issue_refuses_what_it_could_not_read_back)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    EVP_PKEY *k = rp_tls_keygen();
+    X509 *x = NULL;
+    char *bad_group[] = {"ok", "with\ttab"};
+    char *empty_login[] = {""};
+    struct rp_identity ids[] = {
+        {.name = NULL},
+        {.name = ""},
+        {.name = "line\nbreak"},
+        {.name = "bad\xff utf8"},
+        {.name = "x", .groups = bad_group, .n_groups = 2},
+        {.name = "x", .logins = empty_login, .n_logins = 1},
+        {.name = "x", .cluster = "c\x7f"},
+    };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, k, &ids[i], NULL, 0, 60, &x), RP_EINVAL,
+                     "identity %zu accepted", i);
+        cr_assert_null(x);
+    }
+    struct rp_identity ok = {.name = "x"};
+    const char *bad_san[] = {"host name"};
+    cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, k, &ok, bad_san, 1, 60, &x), RP_EINVAL);
+    cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, k, &ok, NULL, 0, 0, &x), RP_EINVAL);
+    /* A CA key that is not the CA certificate's. */
+    cr_assert_eq(rp_tls_issue(k, p.ca, k, &ok, NULL, 0, 60, &x), RP_EINVAL);
+    cr_assert_null(x);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+/* A certificate signed by @p whose subject has one entry @nid = @v (@n bytes, @type). */
+static X509 *crafted_cert(struct pki *p, int nid, int type, const char *v, int n)
+{
+    X509 *x = X509_new();
+    X509_set_version(x, X509_VERSION_3);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+    X509_NAME *name = X509_get_subject_name(x);
+    if (nid != NID_commonName)
+        X509_NAME_add_entry_by_NID(name, NID_commonName, MBSTRING_UTF8, (unsigned char *)"ok", -1,
+                                   -1, 0);
+    X509_NAME_ENTRY *e = X509_NAME_ENTRY_create_by_NID(NULL, nid, type, (unsigned char *)v, n);
+    cr_assert_not_null(e);
+    cr_assert(X509_NAME_add_entry(name, e, -1, 0), "nid %d type %d n %d: %s", nid, type, n,
+              ERR_error_string(ERR_peek_last_error(), NULL));
+    X509_NAME_ENTRY_free(e);
+    X509_set_issuer_name(x, X509_get_subject_name(p->ca));
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, p->ca_key);
+    cr_assert_gt(X509_sign(x, p->ca_key, EVP_sha256()), 0, "nid %d type %d n %d: %s", nid, type, n,
+                 ERR_error_string(ERR_peek_last_error(), NULL));
+    return x;
+}
+
+Test(tls, identity_parsing_refuses_hostile_subjects)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char longname[400];
+    memset(longname, 'a', sizeof longname);
+    struct {
+        int nid, type;
+        const char *v;
+        int n;
+        const char *why;
+    } cases[] = {
+        {NID_commonName, V_ASN1_UTF8STRING, "adm\0in", 6, "NUL in CN"},
+        {NID_commonName, V_ASN1_UTF8STRING, "adm\nin", 6, "newline in CN"},
+        {NID_organizationName, V_ASN1_UTF8STRING, "adm\0in", 6, "NUL in O"},
+        {NID_localityName, V_ASN1_UTF8STRING, "ro\x1bot", 5, "escape in L"},
+        {NID_commonName, V_ASN1_UTF8STRING, longname, (int)sizeof longname, "400-byte CN"},
+        /* (Malformed UTF-8 never gets this far: OpenSSL will not encode or decode a
+         * name holding it.) A C1 control character is well-formed but refused. */
+        {NID_commonName, V_ASN1_UTF8STRING, "nel\xc2\x85x", 6, "C1 control in CN"},
+        {NID_commonName, V_ASN1_BMPSTRING, "\0a\0d\0m\0i\0n", 10, "CN as BMPString"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        X509 *x = crafted_cert(&p, cases[i].nid, cases[i].type, cases[i].v, cases[i].n);
+        struct rp_identity got;
+        memset(&got, 0xa5, sizeof got);
+        int rv = rp_identity_from_cert(x, &got);
+        cr_assert_eq(rv, RP_EINVAL, "%s accepted", cases[i].why);
+        cr_assert_neq(strlen(rp_errmsg()), 0);
+        X509_free(x);
+    }
+
+    /* Two CNs are ambiguous: refused. */
+    X509 *x = crafted_cert(&p, NID_organizationName, MBSTRING_UTF8, "admin", -1);
+    X509_NAME_add_entry_by_NID(X509_get_subject_name(x), NID_commonName, MBSTRING_UTF8,
+                               (unsigned char *)"root", -1, -1, 0);
+    struct rp_identity got;
+    cr_assert_eq(rp_identity_from_cert(x, &got), RP_EINVAL);
+    cr_assert(strstr(rp_errmsg(), "more than one CN") != NULL, "%s", rp_errmsg());
+    X509_free(x);
+
+    /* No CN at all. */
+    x = X509_new();
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    cr_assert_eq(rp_identity_from_cert(x, &got), RP_EINVAL);
+    X509_free(x);
+    pki_free(&p);
+}
+
+/* ---- pins, PEM, files -------------------------------------------------------------- */
+
+Test(tls, ca_pin_is_stable_and_matches_openssl_cli)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char pin[80], pin2[80];
+    cr_assert_eq(rp_tls_ca_pin(p.ca, pin, sizeof pin), 0, "%s", rp_errmsg());
+    cr_assert_eq(strlen(pin), 71);
+    cr_assert_eq(strncmp(pin, "sha256:", 7), 0);
+    cr_assert_eq(rp_tls_ca_pin(p.ca, pin2, 71), RP_EINVAL);
+
+    char *pem = NULL;
+    cr_assert_eq(rp_tls_cert_to_pem(p.ca, &pem), 0);
+    X509 *back = NULL;
+    cr_assert_eq(rp_tls_cert_from_pem(pem, strlen(pem), &back), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_ca_pin(back, pin2, sizeof pin2), 0);
+    cr_assert_str_eq(pin, pin2);
+    free(pem);
+    X509_free(back);
+
+    char dir[64], path[128], cmd[512], out[256];
+    tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/ca.pem", dir);
+    cr_assert_eq(rp_tls_write_cert(path, p.ca), 0, "%s", rp_errmsg());
+    snprintf(cmd, sizeof cmd,
+             "openssl x509 -in '%s' -pubkey -noout | openssl pkey -pubin -outform der | sha256sum",
+             path);
+    run_capture(cmd, out, sizeof out);
+    out[64] = '\0';
+    cr_assert_str_eq(pin + 7, out, "ours %s, openssl %s", pin + 7, out);
+    rmtree(dir);
+    pki_free(&p);
+}
+
+Test(tls, key_file_is_0600_and_reads_back)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char dir[64], kpath[128], cpath[128];
+    tmpdir(dir, sizeof dir);
+    snprintf(kpath, sizeof kpath, "%s/ca.key", dir);
+    snprintf(cpath, sizeof cpath, "%s/ca.crt", dir);
+    mode_t old = umask(0);
+    cr_assert_eq(rp_tls_write_key(kpath, p.ca_key), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_write_cert(cpath, p.ca), 0, "%s", rp_errmsg());
+    umask(old);
+    struct stat st;
+    cr_assert_eq(stat(kpath, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 0600, "key mode %o", st.st_mode & 07777);
+    cr_assert_eq(stat(cpath, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 0644, "cert mode %o", st.st_mode & 07777);
+
+    /* Overwriting keeps 0600 and leaves no temp file behind. */
+    cr_assert_eq(rp_tls_write_key(kpath, p.ca_key), 0, "%s", rp_errmsg());
+    cr_assert_eq(stat(kpath, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 0600);
+    char cmd[256], out[64];
+    snprintf(cmd, sizeof cmd, "ls -A '%s' | wc -l", dir);
+    run_capture(cmd, out, sizeof out);
+    cr_assert_str_eq(out, "2");
+
+    EVP_PKEY *k = NULL;
+    X509 *x = NULL;
+    cr_assert_eq(rp_tls_read_key(kpath, &k), 0, "%s", rp_errmsg());
+    cr_assert_eq(EVP_PKEY_eq(k, p.ca_key), 1);
+    cr_assert_eq(rp_tls_read_cert(cpath, &x), 0, "%s", rp_errmsg());
+    cr_assert_eq(X509_cmp(x, p.ca), 0);
+    EVP_PKEY_free(k);
+    X509_free(x);
+
+    /* Errors name the path and the problem. */
+    char missing[160];
+    snprintf(missing, sizeof missing, "%s/nope.key", dir);
+    cr_assert_eq(rp_tls_read_key(missing, &k), RP_ENOTFOUND);
+    cr_assert(strstr(rp_errmsg(), missing) != NULL, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_read_key(cpath, &k), RP_EINVAL); /* a cert is not a key */
+    cr_assert(strstr(rp_errmsg(), cpath) != NULL, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_read_cert(kpath, &x), RP_EINVAL);
+    cr_assert(strstr(rp_errmsg(), kpath) != NULL, "%s", rp_errmsg());
+    rmtree(dir);
+    pki_free(&p);
+}
+
+Test(tls, pem_round_trips_and_refuses_other_key_types)
+{
+    EVP_PKEY *k = rp_tls_keygen();
+    char *pem = NULL, *pub = NULL;
+    cr_assert_eq(rp_tls_key_to_pem(k, &pem), 0);
+    cr_assert_eq(rp_tls_pubkey_to_pem(k, &pub), 0);
+    cr_assert(strstr(pem, "PRIVATE KEY") != NULL);
+    cr_assert(strstr(pub, "PUBLIC KEY") != NULL);
+    EVP_PKEY *k2 = NULL, *p2 = NULL;
+    cr_assert_eq(rp_tls_key_from_pem(pem, strlen(pem), &k2), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_pubkey_from_pem(pub, strlen(pub), &p2), 0, "%s", rp_errmsg());
+    cr_assert_eq(EVP_PKEY_eq(k, k2), 1);
+    cr_assert_eq(EVP_PKEY_eq(k, p2), 1);
+    /* Truncated PEM and garbage. */
+    cr_assert_eq(rp_tls_key_from_pem(pem, strlen(pem) / 2, &k2), RP_EINVAL);
+    cr_assert_eq(rp_tls_cert_from_pem("garbage", 7, NULL), RP_EINVAL);
+    cr_assert_eq(rp_tls_pubkey_from_pem("", 0, &p2), RP_EINVAL);
+    free(pem);
+    free(pub);
+    EVP_PKEY_free(k2);
+    EVP_PKEY_free(p2);
+
+    /* P-384 and Ed25519 keys are not ours. */
+    EVP_PKEY *other[] = {EVP_EC_gen("P-384"), EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")};
+    for (size_t i = 0; i < 2; i++) {
+        cr_assert_not_null(other[i]);
+        cr_assert_eq(rp_tls_pubkey_to_pem(other[i], &pub), 0);
+        cr_assert_eq(rp_tls_pubkey_from_pem(pub, strlen(pub), &p2), RP_EINVAL);
+        cr_assert(strstr(rp_errmsg(), "P-256") != NULL, "%s", rp_errmsg());
+        free(pub);
+        EVP_PKEY_free(other[i]);
+    }
+    EVP_PKEY_free(k);
+}
+
+/* ---- mutual TLS ---------------------------------------------------------------------- */
+
+struct two_ends {
+    struct pki p;
+    EVP_PKEY *skey, *ckey;
+    X509 *scert, *ccert;
+};
+
+static void two_ends_new(struct two_ends *t)
+{
+    pki_new(&t->p, "example.com");
+    pki_issue(&t->p, "auth-1", RP_ROLE_AUTH, &t->skey, &t->scert);
+    pki_issue(&t->p, "node-1", RP_ROLE_NODE, &t->ckey, &t->ccert);
+}
+
+static void two_ends_free(struct two_ends *t)
+{
+    EVP_PKEY_free(t->skey);
+    EVP_PKEY_free(t->ckey);
+    X509_free(t->scert);
+    X509_free(t->ccert);
+    pki_free(&t->p);
+}
+
+Test(tls, mtls_handshake_with_same_ca_carries_identities, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    SSL_CTX *sctx = rp_tls_server_ctx(t.p.ca, t.scert, t.skey, 1);
+    SSL_CTX *cctx = rp_tls_client_ctx(t.p.ca, t.ccert, t.ckey);
+    cr_assert_not_null(sctx, "%s", rp_errmsg());
+    cr_assert_not_null(cctx, "%s", rp_errmsg());
+
+    struct server s;
+    server_start(&s, sctx, 1);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, cctx, s.addr, 5000), 0, "%s", rp_errmsg());
+    cr_assert_eq(strcmp(SSL_get_version(c.ssl), "TLSv1.3"), 0);
+    cr_assert_not(SSL_session_reused(c.ssl));
+    struct rp_identity sid;
+    cr_assert_eq(rp_tls_peer_identity(c.ssl, &sid), 0, "%s", rp_errmsg());
+    cr_assert_str_eq(sid.name, "auth-1");
+    cr_assert(rp_identity_has_group(&sid, RP_ROLE_AUTH));
+    cr_assert_str_eq(sid.cluster, "example.com");
+    rp_identity_free(&sid);
+    cr_assert_eq(rp_conn_set_timeout(&c, 5000), 0);
+    cr_assert_eq(rp_conn_write_frame(&c, "hello", 5), 0, "%s", rp_errmsg());
+    struct rp_buf b;
+    rp_buf_init(&b);
+    cr_assert_eq(rp_conn_read_frame(&c, &b), 0, "%s", rp_errmsg());
+    cr_assert_eq(b.len, 5);
+    rp_buf_free(&b);
+    rp_conn_close(&c);
+    rp_conn_close(&c); /* idempotent */
+    cr_assert_eq(c.fd, -1);
+
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10;
+    cr_assert_eq(pthread_timedjoin_np(s.th, NULL, &ts), 0);
+    cr_assert_eq(s.accept_rv, 0, "%s", s.accept_err);
+    cr_assert_eq(s.id_rv, 0);
+    cr_assert_str_eq(s.id.name, "node-1");
+    cr_assert(rp_identity_has_group(&s.id, RP_ROLE_NODE));
+    rp_identity_free(&s.id);
+    close(s.lfd);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    two_ends_free(&t);
+}
+
+Test(tls, client_cert_from_other_ca_is_refused, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    struct pki other;
+    pki_new(&other, "example.com"); /* same name, different key */
+    EVP_PKEY *k;
+    X509 *x;
+    pki_issue(&other, "node-1", RP_ROLE_ADMIN, &k, &x);
+
+    SSL_CTX *sctx = rp_tls_server_ctx(t.p.ca, t.scert, t.skey, 1);
+    SSL_CTX *cctx = rp_tls_client_ctx(t.p.ca, x, k);
+    cr_assert_not_null(cctx, "%s", rp_errmsg());
+    struct server s;
+    server_start(&s, sctx, 1);
+    /* TLS 1.3: the client's handshake may complete before the server's verdict, which
+     * then arrives as an alert on the first read. Either way no frame comes back. */
+    int rv = client_roundtrip(&s, cctx);
+    cr_assert_neq(rv, 0);
+    server_join(&s);
+    cr_assert_eq(s.accept_rv, RP_ETLS, "server accepted: %d", s.accept_rv);
+    cr_assert(strstr(s.accept_err, "certificate") != NULL, "%s", s.accept_err);
+
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    EVP_PKEY_free(k);
+    X509_free(x);
+    pki_free(&other);
+    two_ends_free(&t);
+}
+
+Test(tls, server_cert_from_other_ca_is_refused_by_client, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    struct pki other;
+    pki_new(&other, "example.com");
+    EVP_PKEY *k;
+    X509 *x;
+    pki_issue(&other, "auth-1", RP_ROLE_AUTH, &k, &x);
+    SSL_CTX *sctx = rp_tls_server_ctx(other.ca, x, k, 0);
+    SSL_CTX *cctx = rp_tls_client_ctx(t.p.ca, t.ccert, t.ckey);
+    struct server s;
+    server_start(&s, sctx, 0);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, cctx, s.addr, 5000), RP_ETLS);
+    cr_assert(strstr(rp_errmsg(), "certificate verify failed") != NULL, "%s", rp_errmsg());
+    cr_assert(strstr(rp_errmsg(), s.addr) != NULL, "%s", rp_errmsg());
+    rp_conn_close(&c); /* harmless after a failed dial */
+    server_join(&s);
+    cr_assert_neq(s.accept_rv, 0);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    EVP_PKEY_free(k);
+    X509_free(x);
+    pki_free(&other);
+    two_ends_free(&t);
+}
+
+Test(tls, expired_client_cert_is_refused, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    /* Move the client certificate's notAfter into the past and re-sign it. */
+    X509_gmtime_adj(X509_getm_notAfter(t.ccert), -10);
+    cr_assert_gt(X509_sign(t.ccert, t.p.ca_key, EVP_sha256()), 0);
+    SSL_CTX *sctx = rp_tls_server_ctx(t.p.ca, t.scert, t.skey, 1);
+    SSL_CTX *cctx = rp_tls_client_ctx(t.p.ca, t.ccert, t.ckey);
+    struct server s;
+    server_start(&s, sctx, 1);
+    cr_assert_neq(client_roundtrip(&s, cctx), 0);
+    server_join(&s);
+    cr_assert_eq(s.accept_rv, RP_ETLS);
+    cr_assert(strstr(s.accept_err, "expired") != NULL, "%s", s.accept_err);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    two_ends_free(&t);
+}
+
+Test(tls, client_without_cert_refused_when_required, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    SSL_CTX *sctx = rp_tls_server_ctx(t.p.ca, t.scert, t.skey, 1);
+    SSL_CTX *cctx = rp_tls_client_ctx(t.p.ca, NULL, NULL);
+    cr_assert_not_null(cctx, "%s", rp_errmsg());
+    struct server s;
+    server_start(&s, sctx, 1);
+    cr_assert_neq(client_roundtrip(&s, cctx), 0);
+    server_join(&s);
+    cr_assert_eq(s.accept_rv, RP_ETLS);
+    cr_assert(strstr(s.accept_err, "certificate") != NULL, "%s", s.accept_err);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    two_ends_free(&t);
+}
+
+Test(tls, client_without_cert_accepted_when_optional_but_has_no_identity, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    SSL_CTX *sctx = rp_tls_server_ctx(t.p.ca, t.scert, t.skey, 0);
+    SSL_CTX *cctx = rp_tls_client_ctx(t.p.ca, NULL, NULL);
+    struct server s;
+    server_start(&s, sctx, 1);
+    cr_assert_eq(client_roundtrip(&s, cctx), 0, "%s", rp_errmsg());
+    server_join(&s);
+    cr_assert_eq(s.accept_rv, 0, "%s", s.accept_err);
+    cr_assert_eq(s.id_rv, RP_EDENIED);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    two_ends_free(&t);
+}
+
+Test(tls, pinned_client_accepts_right_pin_and_refuses_wrong_one, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    char pin[80];
+    cr_assert_eq(rp_tls_ca_pin(t.p.ca, pin, sizeof pin), 0);
+    SSL_CTX *sctx = rp_tls_server_ctx(t.p.ca, t.scert, t.skey, 0);
+    SSL_CTX *pctx = rp_tls_client_ctx_pinned();
+    cr_assert_not_null(pctx, "%s", rp_errmsg());
+
+    /* Right pin: the CA comes back, the leaf reads as the auth server. */
+    struct server s;
+    server_start(&s, sctx, 1);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, pctx, s.addr, 5000), 0, "%s", rp_errmsg());
+    X509 *ca = NULL;
+    cr_assert_eq(rp_tls_check_pin(c.ssl, pin, &ca), 0, "%s", rp_errmsg());
+    cr_assert_eq(X509_cmp(ca, t.p.ca), 0);
+    X509_free(ca);
+    /* Upper-case hex is the same pin. */
+    char upper[80];
+    snprintf(upper, sizeof upper, "%s", pin);
+    for (char *q = upper + 7; *q; q++)
+        if (*q >= 'a' && *q <= 'f')
+            *q = (char)(*q - 'a' + 'A');
+    cr_assert_eq(rp_tls_check_pin(c.ssl, upper, NULL), 0, "%s", rp_errmsg());
+    /* Unverified connection: no identity from rp_tls_peer_identity. */
+    struct rp_identity id;
+    cr_assert_eq(rp_tls_peer_identity(c.ssl, &id), RP_EDENIED);
+    struct rp_identity leaf;
+    cr_assert_eq(rp_identity_from_cert(SSL_get0_peer_certificate(c.ssl), &leaf), 0);
+    cr_assert_str_eq(leaf.name, "auth-1");
+    rp_identity_free(&leaf);
+
+    /* Wrong pin: refused, saying both. */
+    char wrong[80];
+    snprintf(wrong, sizeof wrong, "sha256:%064d", 0);
+    ca = NULL;
+    cr_assert_eq(rp_tls_check_pin(c.ssl, wrong, &ca), RP_ETLS);
+    cr_assert_null(ca);
+    char want[256];
+    snprintf(want, sizeof want, "CA pin mismatch: server presented %s, expected %s", pin, wrong);
+    cr_assert_str_eq(rp_errmsg(), want);
+    cr_assert_eq(rp_tls_check_pin(c.ssl, "sha256:abc", NULL), RP_EINVAL);
+    cr_assert_eq(rp_conn_set_timeout(&c, 5000), 0);
+    cr_assert_eq(rp_conn_write_frame(&c, "x", 1), 0);
+    struct rp_buf b;
+    rp_buf_init(&b);
+    cr_assert_eq(rp_conn_read_frame(&c, &b), 0, "%s", rp_errmsg());
+    rp_buf_free(&b);
+    rp_conn_close(&c);
+    server_join(&s);
+    cr_assert_eq(s.accept_rv, 0, "%s", s.accept_err);
+
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(pctx);
+    two_ends_free(&t);
+}
+
+Test(tls, pinned_client_refuses_leaf_not_signed_by_pinned_ca, .timeout = 30)
+{
+    /* A server that forwards the real CA as chain but holds a leaf from another CA. */
+    struct two_ends t;
+    two_ends_new(&t);
+    struct pki other;
+    pki_new(&other, "example.com");
+    EVP_PKEY *k;
+    X509 *x;
+    pki_issue(&other, "auth-1", RP_ROLE_AUTH, &k, &x);
+    SSL_CTX *sctx = SSL_CTX_new(TLS_server_method());
+    cr_assert_eq(SSL_CTX_use_certificate(sctx, x), 1);
+    cr_assert_eq(SSL_CTX_use_PrivateKey(sctx, k), 1);
+    cr_assert_eq(SSL_CTX_add1_chain_cert(sctx, t.p.ca), 1);
+    char pin[80];
+    cr_assert_eq(rp_tls_ca_pin(t.p.ca, pin, sizeof pin), 0);
+    SSL_CTX *pctx = rp_tls_client_ctx_pinned();
+    struct server s;
+    server_start(&s, sctx, 0);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, pctx, s.addr, 5000), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_check_pin(c.ssl, pin, NULL), RP_ETLS);
+    cr_assert(strstr(rp_errmsg(), "not issued") != NULL || strstr(rp_errmsg(), "signature") != NULL,
+              "%s", rp_errmsg());
+    rp_conn_close(&c);
+    server_join(&s);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(pctx);
+    EVP_PKEY_free(k);
+    X509_free(x);
+    pki_free(&other);
+    two_ends_free(&t);
+}
+
+Test(tls, tls12_client_is_refused, .timeout = 30)
+{
+    struct two_ends t;
+    two_ends_new(&t);
+    SSL_CTX *sctx = rp_tls_server_ctx(t.p.ca, t.scert, t.skey, 0);
+    SSL_CTX *old = SSL_CTX_new(TLS_client_method());
+    cr_assert_eq(SSL_CTX_set_max_proto_version(old, TLS1_2_VERSION), 1);
+    SSL_CTX_set_verify(old, SSL_VERIFY_NONE, NULL);
+    struct server s;
+    server_start(&s, sctx, 0);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, old, s.addr, 5000), RP_ETLS);
+    cr_assert(strstr(rp_errmsg(), "protocol version") != NULL, "%s", rp_errmsg());
+    server_join(&s);
+    cr_assert_eq(s.accept_rv, RP_ETLS);
+    cr_assert(strstr(s.accept_err, "protocol") != NULL, "%s", s.accept_err);
+    SSL_CTX_free(old);
+
+    /* And the openssl CLI agrees. */
+    server_start(&s, sctx, 0);
+    char cmd[256], out[64];
+    snprintf(cmd, sizeof cmd,
+             "openssl s_client -tls1_2 -connect %s </dev/null >/dev/null 2>&1; echo $?", s.addr);
+    run_capture(cmd, out, sizeof out);
+    cr_assert_str_neq(out, "0");
+    server_join(&s);
+    cr_assert_eq(s.accept_rv, RP_ETLS);
+    SSL_CTX_free(sctx);
+    two_ends_free(&t);
+}

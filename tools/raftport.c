@@ -1,0 +1,189 @@
+/* tools/raftport.c: the Raftport daemon.
+ *
+ *   raftport start -c FILE [flags]   run the roles the configuration enables
+ *   raftport version
+ *
+ * Flags override the file. SIGTERM and SIGINT stop the daemon gracefully (a
+ * leading auth server hands leadership over first). */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth/auth.h"
+#include "lib/config.h"
+#include "lib/errors.h"
+#include "lib/log.h"
+
+#define RAFTPORT_VERSION "0.1.0"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: raftport start -c FILE [flags]\n"
+            "       raftport version\n"
+            "\n"
+            "Flags of start (each overrides the configuration file):\n"
+            "  -c, --config FILE        configuration file (YAML)\n"
+            "      --roles LIST         roles to run; only 'auth' exists in this version\n"
+            "      --nodename NAME      teleport.nodename\n"
+            "      --data-dir DIR       teleport.data_dir\n"
+            "      --auth-server ADDR   teleport.auth_server: a member to join through\n"
+            "      --token TOKEN        teleport.join_params.token_name: join with this token\n"
+            "      --ca-pin PIN         teleport.ca_pin: sha256:<hex> of the cluster CA\n"
+            "      --cluster-name NAME  auth_service.cluster_name (bootstrap only)\n"
+            "      --listen-addr ADDR   auth_service.listen_addr (auth API)\n"
+            "      --raft-id N          auth_service.raft.id\n"
+            "      --raft-addr ADDR     auth_service.raft.listen_addr\n"
+            "  -d, --debug              log at DEBUG level\n");
+}
+
+static int cmd_start(int argc, char **argv)
+{
+    enum { O_ROLES = 256, O_NODENAME, O_DATA_DIR, O_AUTH_SERVER, O_TOKEN, O_CA_PIN,
+           O_CLUSTER, O_LISTEN, O_RAFT_ID, O_RAFT_ADDR };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"debug", no_argument, NULL, 'd'},
+        {"roles", required_argument, NULL, O_ROLES},
+        {"nodename", required_argument, NULL, O_NODENAME},
+        {"data-dir", required_argument, NULL, O_DATA_DIR},
+        {"auth-server", required_argument, NULL, O_AUTH_SERVER},
+        {"token", required_argument, NULL, O_TOKEN},
+        {"ca-pin", required_argument, NULL, O_CA_PIN},
+        {"cluster-name", required_argument, NULL, O_CLUSTER},
+        {"listen-addr", required_argument, NULL, O_LISTEN},
+        {"raft-id", required_argument, NULL, O_RAFT_ID},
+        {"raft-addr", required_argument, NULL, O_RAFT_ADDR},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct rp_config cfg;
+    const char *path = NULL;
+    bool debug = false;
+    int c;
+    rp_config_init(&cfg);
+    /* First pass: find the file, which the flags then override. */
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:dh", opts, NULL)) != -1) {
+        if (c == 'c')
+            path = optarg;
+        else if (c == 'h') {
+            usage(stdout);
+            return 0;
+        } else if (c == '?') {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "raftport start: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (path != NULL && rp_config_load(&cfg, path) != 0) {
+        fprintf(stderr, "raftport: %s\n", rp_errmsg());
+        rp_config_free(&cfg);
+        return 1;
+    }
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:dh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': debug = true; break;
+        case O_ROLES:
+            if (strcmp(optarg, "auth") != 0) {
+                fprintf(stderr, "raftport: --roles=%s: only the auth role exists in this version\n",
+                        optarg);
+                rp_config_free(&cfg);
+                return 2;
+            }
+            cfg.auth_enabled = true;
+            break;
+        case O_NODENAME: rp_config_set(&cfg.nodename, optarg); break;
+        case O_DATA_DIR: rp_config_set(&cfg.data_dir, optarg); break;
+        case O_AUTH_SERVER: rp_config_set(&cfg.auth_server, optarg); break;
+        case O_TOKEN: rp_config_set(&cfg.join_token, optarg); break;
+        case O_CA_PIN: rp_config_set(&cfg.ca_pin, optarg); break;
+        case O_CLUSTER: rp_config_set(&cfg.cluster_name, optarg); break;
+        case O_LISTEN: rp_config_set(&cfg.auth_listen_addr, optarg); break;
+        case O_RAFT_ADDR: rp_config_set(&cfg.raft_listen_addr, optarg); break;
+        case O_RAFT_ID: {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || v == 0) {
+                fprintf(stderr, "raftport: --raft-id=%s: expected a positive integer\n", optarg);
+                rp_config_free(&cfg);
+                return 2;
+            }
+            cfg.raft_id = v;
+            break;
+        }
+        default: break;
+        }
+    }
+    if (rp_config_validate(&cfg) != 0) {
+        fprintf(stderr, "raftport: %s%s%s\n", path ? path : "", path ? ": " : "", rp_errmsg());
+        rp_config_free(&cfg);
+        return 1;
+    }
+    int level = rp_log_level_parse(cfg.log_severity ? cfg.log_severity : "info");
+    rp_log_set_level(debug ? RP_LOG_DEBUG : level < 0 ? RP_LOG_INFO : (enum rp_log_level)level);
+    rp_log_set_prefix(cfg.nodename);
+    if (cfg.proxy_enabled || cfg.ssh_enabled) {
+        fprintf(stderr, "raftport: proxy_service and ssh_service are not part of this version; "
+                        "set enabled: no\n");
+        rp_config_free(&cfg);
+        return 1;
+    }
+    if (!cfg.auth_enabled) {
+        fprintf(stderr, "raftport: no role enabled: set auth_service.enabled: yes\n");
+        rp_config_free(&cfg);
+        return 1;
+    }
+
+    /* Signals are taken by sigwait below, never by a worker thread. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct auth_server *srv;
+    if (auth_server_start(&srv, &cfg) != 0) {
+        rp_error("main", "cannot start the auth service: %s", rp_errmsg());
+        rp_config_free(&cfg);
+        return 1;
+    }
+    rp_info("main", "raftport %s started (pid %d)", RAFTPORT_VERSION, (int)getpid());
+    int sig = 0;
+    sigwait(&set, &sig);
+    rp_info("main", "received %s, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    auth_server_stop(srv);
+    rp_info("main", "stopped");
+    rp_config_free(&cfg);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "start") == 0)
+        return cmd_start(argc - 1, argv + 1);
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+        printf("raftport %s\n", RAFTPORT_VERSION);
+        return 0;
+    }
+    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "raftport: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,536 @@
+/* tools/tctl.c: the administrator's tool.
+ *
+ *   tctl [-c CONFIG] [--auth-server ADDR] COMMAND [--format=text|json]
+ *
+ * Run on an auth host with -c, it uses that host's admin identity from
+ * data_dir and talks to the local auth server first, failing over to the
+ * other members. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth/auth.h"
+#include "lib/config.h"
+#include "lib/errors.h"
+#include "lib/json.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+#include "lib/util.h"
+
+enum format { FMT_TEXT, FMT_JSON };
+
+struct tctl {
+    struct rp_config cfg;
+    const char *config_path;
+    const char *auth_server;
+    enum format format;
+    uint64_t ttl_ms;
+    const char *type;
+    bool stale;
+    struct auth_client *client;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tctl [-c CONFIG] [--auth-server ADDR] COMMAND [flags]\n"
+            "\n"
+            "Commands:\n"
+            "  status                       cluster, CA pin, Raft members and their state\n"
+            "  tokens add --type=TYPE       create a join token (auth, node or proxy) [--ttl=30m]\n"
+            "  tokens ls                    list join tokens\n"
+            "  tokens rm TOKEN              delete a join token\n"
+            "  auth members ls              list the auth servers of the Raft group\n"
+            "  auth members rm ID           remove auth server ID from the Raft group\n"
+            "  get KIND[/NAME]              print resources [--stale]\n"
+            "  version\n"
+            "\n"
+            "Flags:\n"
+            "  -c, --config FILE   the auth server's raftport.yaml (its data_dir holds the identity)\n"
+            "      --auth-server   address of an auth server (default: from the config)\n"
+            "      --format        text (default) or json\n");
+}
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "tctl: %s: %s\n", what, rp_errmsg());
+    return 1;
+}
+
+static char *local_addr(const char *listen)
+{
+    /* A wildcard listener is reached on loopback from the same host. */
+    char *a = strdup(listen);
+    if (a && strncmp(a, "0.0.0.0:", 8) == 0) {
+        char *b = malloc(strlen(a) + 3);
+        if (b)
+            sprintf(b, "127.0.0.1:%s", a + 8);
+        free(a);
+        a = b;
+    }
+    return a;
+}
+
+static int connect_client(struct tctl *t)
+{
+    SSL_CTX *ctx = NULL;
+    const char *addrs[3];
+    size_t n = 0;
+    char *local = NULL;
+    if (t->config_path == NULL) {
+        rp_err(RP_EINVAL, "no identity: run tctl on an auth host with -c CONFIG");
+        return fail("connect");
+    }
+    if (rp_config_load(&t->cfg, t->config_path) != 0) {
+        fprintf(stderr, "tctl: %s\n", rp_errmsg());
+        return 1;
+    }
+    if (auth_load_admin_ctx(t->cfg.data_dir, &ctx) != 0)
+        return fail("loading the admin identity (has this auth server started once?)");
+    if (t->auth_server)
+        addrs[n++] = t->auth_server;
+    if (t->cfg.auth_enabled) {
+        local = local_addr(t->cfg.auth_public_addr ? t->cfg.auth_public_addr
+                                                   : t->cfg.auth_listen_addr);
+        addrs[n++] = local;
+    }
+    if (t->cfg.auth_server)
+        addrs[n++] = t->cfg.auth_server;
+    int rv = auth_client_new(&t->client, ctx, addrs, n);
+    SSL_CTX_free(ctx);
+    free(local);
+    if (rv != 0)
+        return fail("connect");
+    return 0;
+}
+
+/* Sends a request built by the caller; prints the error and returns 1 on failure. */
+static int call(struct tctl *t, struct rp_buf *req, msgpack_unpacked *resp, const char *what)
+{
+    int rv = auth_client_call(t->client, req->data, req->len, resp);
+    rp_buf_free(req);
+    if (rv != 0) {
+        fprintf(stderr, "tctl: %s: %s (%s)\n", what, rp_errmsg(), rp_strerror(rv));
+        msgpack_unpacked_destroy(resp);
+        return 1;
+    }
+    return 0;
+}
+
+static void print_json(const msgpack_object *o)
+{
+    struct rp_buf out;
+    rp_buf_init(&out);
+    rp_json_from_mp(&out, o, 2);
+    fwrite(out.data, 1, out.len, stdout);
+    fputc('\n', stdout);
+    rp_buf_free(&out);
+}
+
+/* Copies a string field for printing ("" if absent). */
+static const char *field(const msgpack_object *map, const char *key, char *buf, size_t n)
+{
+    const char *s;
+    size_t len;
+    if (rp_mp_get_str(map, key, &s, &len) != 0)
+        return "";
+    snprintf(buf, n, "%.*s", (int)len, s);
+    return buf;
+}
+
+static uint64_t ufield(const msgpack_object *map, const char *key)
+{
+    uint64_t v = 0;
+    rp_mp_get_u64(map, key, &v);
+    return v;
+}
+
+static void human_bytes(uint64_t b, char *out, size_t n)
+{
+    if (b >= (1ull << 30))
+        snprintf(out, n, "%.1f GiB", (double)b / (1ull << 30));
+    else
+        snprintf(out, n, "%.1f MiB", (double)b / (1ull << 20));
+}
+
+static int cmd_status(struct tctl *t)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 1);
+    rp_mp_kv_str(&pk, "m", "status");
+    if (call(t, &req, &resp, "status") != 0)
+        return 1;
+    const msgpack_object *st = &resp.data;
+    const msgpack_object *members = rp_mp_get(st, "members");
+    uint32_t nm = members && members->type == MSGPACK_OBJECT_ARRAY ? members->via.array.size : 0;
+    char b1[256], b2[128];
+    if (t->format == FMT_JSON) {
+        /* Exactly the documented fields, so that scripts can rely on them. */
+        struct rp_buf doc;
+        rp_buf_init(&doc);
+        rp_mp_packer_init(&pk, &doc);
+        msgpack_pack_map(&pk, 5);
+        rp_mp_kv_str(&pk, "cluster_name", field(st, "cluster_name", b1, sizeof b1));
+        rp_mp_kv_str(&pk, "ca_pin", field(st, "ca_pin", b2, sizeof b2));
+        rp_mp_kv_u64(&pk, "leader_id", ufield(st, "leader_id"));
+        rp_mp_kv_u64(&pk, "term", ufield(st, "term"));
+        rp_mp_pack_str(&pk, "members");
+        msgpack_pack_array(&pk, nm);
+        for (uint32_t i = 0; i < nm; i++) {
+            const msgpack_object *m = &members->via.array.ptr[i];
+            char a[128], r[32], s[32];
+            msgpack_pack_map(&pk, 5);
+            rp_mp_kv_u64(&pk, "id", ufield(m, "id"));
+            rp_mp_kv_str(&pk, "address", field(m, "address", a, sizeof a));
+            rp_mp_kv_str(&pk, "role", field(m, "role", r, sizeof r));
+            rp_mp_kv_str(&pk, "state", field(m, "state", s, sizeof s));
+            rp_mp_kv_u64(&pk, "last_applied", ufield(m, "last_applied"));
+        }
+        msgpack_unpacked out;
+        if (rp_mp_parse(doc.data, doc.len, &out) == 0) {
+            print_json(&out.data);
+            msgpack_unpacked_destroy(&out);
+        }
+        rp_buf_free(&doc);
+        msgpack_unpacked_destroy(&resp);
+        return 0;
+    }
+    printf("Cluster:  %s\n", field(st, "cluster_name", b1, sizeof b1));
+    printf("CA pin:   %s\n", field(st, "ca_pin", b1, sizeof b1));
+    uint64_t leader = ufield(st, "leader_id");
+    if (leader)
+        printf("Leader:   %" PRIu64 " (term %" PRIu64 ")\n", leader, ufield(st, "term"));
+    else
+        printf("Leader:   none (term %" PRIu64 "): no quorum, or an election is running\n",
+               ufield(st, "term"));
+    printf("\n%-4s %-21s %-21s %-8s %-12s %-13s %s\n", "ID", "Raft address", "API address",
+           "Role", "State", "Last applied", "Disk free");
+    for (uint32_t i = 0; i < nm; i++) {
+        const msgpack_object *m = &members->via.array.ptr[i];
+        char a[128], api[128], r[32], s[32], disk[32];
+        bool reachable = false;
+        rp_mp_get_bool(m, "reachable", &reachable);
+        if (reachable)
+            human_bytes(ufield(m, "disk_free"), disk, sizeof disk);
+        else
+            snprintf(disk, sizeof disk, "-");
+        printf("%-4" PRIu64 " %-21s %-21s %-8s %-12s %-13" PRIu64 " %s\n", ufield(m, "id"),
+               field(m, "address", a, sizeof a), field(m, "api_address", api, sizeof api),
+               field(m, "role", r, sizeof r), field(m, "state", s, sizeof s),
+               ufield(m, "last_applied"), disk);
+    }
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
+static int cmd_tokens_add(struct tctl *t)
+{
+    if (t->type == NULL) {
+        fprintf(stderr, "tctl tokens add: --type is required (auth, node or proxy)\n");
+        return 2;
+    }
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "m", "token_add");
+    rp_mp_kv_str(&pk, "type", t->type);
+    rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_ms);
+    if (call(t, &req, &resp, "tokens add") != 0)
+        return 1;
+    char token[80], type[16], pin[96], when[40];
+    field(&resp.data, "token", token, sizeof token);
+    field(&resp.data, "type", type, sizeof type);
+    field(&resp.data, "ca_pin", pin, sizeof pin);
+    uint64_t expires = ufield(&resp.data, "expires");
+    rp_format_time(expires, when, sizeof when);
+    if (t->format == FMT_JSON) {
+        struct rp_buf out;
+        rp_buf_init(&out);
+        rp_buf_append_str(&out, "{\"token\": ");
+        rp_json_str(&out, token, strlen(token));
+        rp_buf_append_str(&out, ", \"type\": ");
+        rp_json_str(&out, type, strlen(type));
+        rp_buf_printf(&out, ", \"expires\": \"%s\", \"ca_pin\": ", when);
+        rp_json_str(&out, pin, strlen(pin));
+        rp_buf_append_str(&out, "}\n");
+        fwrite(out.data, 1, out.len, stdout);
+        rp_buf_free(&out);
+    } else {
+        char ttl[32];
+        const char *server = t->auth_server ? t->auth_server
+                                            : (t->cfg.auth_public_addr ? t->cfg.auth_public_addr
+                                                                       : t->cfg.auth_listen_addr);
+        rp_format_duration(t->ttl_ms, ttl, sizeof ttl);
+        printf("The invite token: %s\n", token);
+        printf("This token will expire in %s (at %s).\n\n", ttl, when);
+        if (strcmp(type, "auth") == 0) {
+            printf("Run this on the new auth server, with its own raft id and addresses in its\n"
+                   "config file, to join the cluster:\n\n");
+            printf("> raftport start -c /path/to/raftport.yaml --token=%s --ca-pin=%s "
+                   "--auth-server=%s\n",
+                   token, pin, server);
+        } else {
+            printf("Give it to the new %s with the CA pin and an auth server address:\n\n", type);
+            printf("  token:       %s\n  ca_pin:      %s\n  auth_server: %s\n", token, pin, server);
+        }
+    }
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
+static int list_kind(struct tctl *t, const char *kind, msgpack_unpacked *resp)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, t->stale ? 3 : 2);
+    rp_mp_kv_str(&pk, "m", "list");
+    rp_mp_kv_str(&pk, "kind", kind);
+    if (t->stale)
+        rp_mp_kv_bool(&pk, "stale", true);
+    return call(t, &req, resp, "list");
+}
+
+static int cmd_tokens_ls(struct tctl *t)
+{
+    msgpack_unpacked resp;
+    if (list_kind(t, "token", &resp) != 0)
+        return 1;
+    const msgpack_object *items = rp_mp_get(&resp.data, "items");
+    uint32_t n = items && items->type == MSGPACK_OBJECT_ARRAY ? items->via.array.size : 0;
+    struct rp_buf out;
+    rp_buf_init(&out);
+    if (t->format == FMT_JSON)
+        rp_buf_append_str(&out, "[");
+    else
+        rp_buf_printf(&out, "%-34s %-6s %s\n", "Token", "Type", "Expiry Time (UTC)");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *it = &items->via.array.ptr[i];
+        const msgpack_object *md = rp_mp_get(it, "metadata");
+        const msgpack_object *roles = rp_mp_get(rp_mp_get(it, "spec"), "roles");
+        char name[128], when[40], type[16] = "";
+        field(md, "name", name, sizeof name);
+        rp_format_time(ufield(md, "expires"), when, sizeof when);
+        if (roles && roles->type == MSGPACK_OBJECT_ARRAY && roles->via.array.size > 0 &&
+            roles->via.array.ptr[0].type == MSGPACK_OBJECT_STR) {
+            const msgpack_object *r = &roles->via.array.ptr[0];
+            snprintf(type, sizeof type, "%.*s", (int)r->via.str.size, r->via.str.ptr);
+            for (char *p = type; *p; p++)
+                *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+        }
+        if (t->format == FMT_JSON) {
+            rp_buf_append_str(&out, i ? ",\n  {\"token\": " : "\n  {\"token\": ");
+            rp_json_str(&out, name, strlen(name));
+            rp_buf_append_str(&out, ", \"type\": ");
+            rp_json_str(&out, type, strlen(type));
+            rp_buf_printf(&out, ", \"expires\": \"%s\"}", when);
+        } else {
+            rp_buf_printf(&out, "%-34s %-6s %s\n", name, type, when);
+        }
+    }
+    if (t->format == FMT_JSON)
+        rp_buf_append_str(&out, n ? "\n]\n" : "]\n");
+    fwrite(out.data, 1, out.len, stdout);
+    rp_buf_free(&out);
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
+static int delete_resource(struct tctl *t, const char *kind, const char *name)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    char rid[33];
+    auth_new_rid(rid);
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 4);
+    rp_mp_kv_str(&pk, "m", "delete");
+    rp_mp_kv_str(&pk, "kind", kind);
+    rp_mp_kv_str(&pk, "name", name);
+    rp_mp_kv_str(&pk, "rid", rid);
+    if (call(t, &req, &resp, "rm") != 0)
+        return 1;
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
+static int cmd_members_rm(struct tctl *t, const char *id_s)
+{
+    char *end;
+    unsigned long long id = strtoull(id_s, &end, 10);
+    if (*id_s == '\0' || *end != '\0' || id == 0) {
+        fprintf(stderr, "tctl auth members rm: '%s' is not a member id (a positive integer)\n",
+                id_s);
+        return 2;
+    }
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 2);
+    rp_mp_kv_str(&pk, "m", "member_rm");
+    rp_mp_kv_u64(&pk, "id", id);
+    if (call(t, &req, &resp, "auth members rm") != 0)
+        return 1;
+    msgpack_unpacked_destroy(&resp);
+    printf("Auth server %llu has been removed from the cluster.\n", id);
+    return 0;
+}
+
+static int cmd_get(struct tctl *t, const char *what)
+{
+    char kind[64], name[256] = "";
+    const char *slash = strchr(what, '/');
+    size_t kl = slash ? (size_t)(slash - what) : strlen(what);
+    if (kl == 0 || kl >= sizeof kind || (slash && strlen(slash + 1) >= sizeof name)) {
+        fprintf(stderr, "tctl get: expected KIND or KIND/NAME, got '%s'\n", what);
+        return 2;
+    }
+    memcpy(kind, what, kl);
+    kind[kl] = '\0';
+    if (slash)
+        snprintf(name, sizeof name, "%s", slash + 1);
+    msgpack_unpacked resp;
+    if (name[0]) {
+        struct rp_buf req;
+        msgpack_packer pk;
+        rp_buf_init(&req);
+        rp_mp_packer_init(&pk, &req);
+        msgpack_pack_map(&pk, t->stale ? 4 : 3);
+        rp_mp_kv_str(&pk, "m", "get");
+        rp_mp_kv_str(&pk, "kind", kind);
+        rp_mp_kv_str(&pk, "name", name);
+        if (t->stale)
+            rp_mp_kv_bool(&pk, "stale", true);
+        if (call(t, &req, &resp, "get") != 0)
+            return 1;
+        print_json(rp_mp_get(&resp.data, "res"));
+    } else {
+        if (list_kind(t, kind, &resp) != 0)
+            return 1;
+        print_json(rp_mp_get(&resp.data, "items"));
+    }
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"auth-server", required_argument, NULL, O_AUTH},
+        {"format", required_argument, NULL, O_FORMAT},
+        {"ttl", required_argument, NULL, O_TTL},
+        {"type", required_argument, NULL, O_TYPE},
+        {"stale", no_argument, NULL, O_STALE},
+        {"debug", no_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct tctl t = {.format = FMT_TEXT, .ttl_ms = 30 * 60 * 1000};
+    int c;
+    rp_config_init(&t.cfg);
+    rp_log_set_level(RP_LOG_WARN);
+    while ((c = getopt_long(argc, argv, "c:f:dh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': t.config_path = optarg; break;
+        case O_AUTH:
+            if (rp_check_hostport(optarg) != 0) {
+                fprintf(stderr, "tctl: --auth-server: %s\n", rp_errmsg());
+                return 2;
+            }
+            t.auth_server = optarg;
+            break;
+        case 'f':
+        case O_FORMAT:
+            if (strcmp(optarg, "json") == 0)
+                t.format = FMT_JSON;
+            else if (strcmp(optarg, "text") == 0)
+                t.format = FMT_TEXT;
+            else {
+                fprintf(stderr, "tctl: --format=%s: expected text or json\n", optarg);
+                return 2;
+            }
+            break;
+        case O_TTL:
+            if (rp_parse_duration_ms(optarg, &t.ttl_ms) != 0) {
+                fprintf(stderr, "tctl: --ttl: %s\n", rp_errmsg());
+                return 2;
+            }
+            break;
+        case O_TYPE: t.type = optarg; break;
+        case O_STALE: t.stale = true; break;
+        case 'd': rp_log_set_level(RP_LOG_DEBUG); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    int nargs = argc - optind;
+    char **args = argv + optind;
+    if (nargs == 0) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(args[0], "version") == 0) {
+        printf("tctl 0.1.0\n");
+        return 0;
+    }
+    int rv;
+    bool known = (strcmp(args[0], "status") == 0 && nargs == 1) ||
+                 (strcmp(args[0], "tokens") == 0 && nargs >= 2) ||
+                 (strcmp(args[0], "auth") == 0 && nargs >= 3 && strcmp(args[1], "members") == 0) ||
+                 (strcmp(args[0], "get") == 0 && nargs == 2);
+    if (!known) {
+        fprintf(stderr, "tctl: unknown command or wrong arguments: '%s'\n", args[0]);
+        usage(stderr);
+        return 2;
+    }
+    if (connect_client(&t) != 0) {
+        rp_config_free(&t.cfg);
+        return 1;
+    }
+    if (strcmp(args[0], "status") == 0) {
+        rv = cmd_status(&t);
+    } else if (strcmp(args[0], "get") == 0) {
+        rv = cmd_get(&t, args[1]);
+    } else if (strcmp(args[0], "tokens") == 0) {
+        if (strcmp(args[1], "add") == 0 && nargs == 2)
+            rv = cmd_tokens_add(&t);
+        else if (strcmp(args[1], "ls") == 0 && nargs == 2)
+            rv = cmd_tokens_ls(&t);
+        else if (strcmp(args[1], "rm") == 0 && nargs == 3) {
+            rv = delete_resource(&t, "token", args[2]);
+            if (rv == 0)
+                printf("Token %s has been deleted.\n", args[2]);
+        } else {
+            fprintf(stderr, "tctl tokens: expected add --type=TYPE, ls, or rm TOKEN\n");
+            rv = 2;
+        }
+    } else {
+        if (strcmp(args[2], "rm") == 0 && nargs == 4)
+            rv = cmd_members_rm(&t, args[3]);
+        else if (strcmp(args[2], "ls") == 0 && nargs == 3)
+            rv = cmd_status(&t);
+        else {
+            fprintf(stderr, "tctl auth members: expected ls, or rm ID\n");
+            rv = 2;
+        }
+    }
+    auth_client_free(t.client);
+    rp_config_free(&t.cfg);
+    return rv;
+}
