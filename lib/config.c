@@ -67,6 +67,17 @@ static char *public_from_listen(const char *listen)
     return strdup(listen);
 }
 
+void rp_config_finish(struct rp_config *c)
+{
+    if (c->auth_public_addr_set || c->auth_listen_addr == NULL)
+        return;
+    char *pub = public_from_listen(c->auth_listen_addr);
+    if (pub == NULL)
+        die_oom();
+    free(c->auth_public_addr);
+    c->auth_public_addr = pub;
+}
+
 void rp_config_init(struct rp_config *c)
 {
     char host[256];
@@ -79,9 +90,7 @@ void rp_config_init(struct rp_config *c)
     c->data_dir = dup_or_die("/var/lib/raftport");
     c->log_severity = dup_or_die("INFO");
     c->auth_listen_addr = dup_or_die("0.0.0.0:3025");
-    c->auth_public_addr = public_from_listen(c->auth_listen_addr);
-    if (c->auth_public_addr == NULL)
-        die_oom();
+    rp_config_finish(c);
     c->min_free_disk = 64ull << 20;
     c->raft_listen_addr = dup_or_die("0.0.0.0:3030");
     c->election_timeout_ms = 1000;
@@ -106,11 +115,23 @@ static void free_labels(struct rp_config_label *labels, size_t n)
 void rp_config_free(struct rp_config *c)
 {
     char **strings[] = {
-        &c->path,          &c->nodename,          &c->data_dir,          &c->auth_server,
-        &c->ca_pin,        &c->join_token,        &c->log_severity,      &c->cluster_name,
-        &c->auth_listen_addr, &c->auth_public_addr, &c->raft_listen_addr, &c->web_listen_addr,
-        &c->tunnel_listen_addr, &c->proxy_listen_addr, &c->proxy_public_addr,
-        &c->ssh_listen_addr, &c->ssh_public_addr,
+        &c->path,
+        &c->nodename,
+        &c->data_dir,
+        &c->auth_server,
+        &c->ca_pin,
+        &c->join_token,
+        &c->log_severity,
+        &c->cluster_name,
+        &c->auth_listen_addr,
+        &c->auth_public_addr,
+        &c->raft_listen_addr,
+        &c->web_listen_addr,
+        &c->tunnel_listen_addr,
+        &c->proxy_listen_addr,
+        &c->proxy_public_addr,
+        &c->ssh_listen_addr,
+        &c->ssh_public_addr,
     };
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
         free(*strings[i]);
@@ -145,8 +166,10 @@ int rp_parse_size(const char *s, uint64_t *bytes)
     uint64_t v = 0;
 
     if (s == NULL || !(*p >= '0' && *p <= '9'))
-        return rp_err(RP_EINVAL, "bad size '%s', expected an integer with an optional unit "
-                      "like 64MB, 1GiB, 512k", s != NULL ? s : "");
+        return rp_err(RP_EINVAL,
+                      "bad size '%s', expected an integer with an optional unit "
+                      "like 64MB, 1GiB, 512k",
+                      s != NULL ? s : "");
     for (; *p >= '0' && *p <= '9'; p++) {
         unsigned d = (unsigned)(*p - '0');
         if (v > (UINT64_MAX - d) / 10)
@@ -163,8 +186,10 @@ int rp_parse_size(const char *s, uint64_t *bytes)
         *bytes = v * units[i].mult;
         return 0;
     }
-    return rp_err(RP_EINVAL, "bad size '%s': unknown unit, expected B, k/KB, KiB, M/MB, MiB, "
-                  "G/GB, GiB, T/TB or TiB", s);
+    return rp_err(RP_EINVAL,
+                  "bad size '%s': unknown unit, expected B, k/KB, KiB, M/MB, MiB, "
+                  "G/GB, GiB, T/TB or TiB",
+                  s);
 }
 
 /* ---- value formats, shared by the loader and rp_config_validate() ----
@@ -310,6 +335,7 @@ static bool label_name_ok(const char *s)
 struct loader {
     struct rp_config *c;
     const char *file;
+    bool secret; /* the field being read is a secret (type_error does not quote it) */
 };
 
 struct field;
@@ -317,19 +343,21 @@ typedef int (*field_fn)(struct loader *ld, const struct field *f, const char *pa
                         const struct rp_ynode *v);
 
 struct section {
-    const char *path; /* "auth_service.raft"; "" at the top level */
+    const char *path;           /* "auth_service.raft"; "" at the top level */
     const struct field *fields; /* ends with a NULL name */
 };
 
 struct field {
     const char *name;
-    field_fn parse;                     /* NULL for a nested section */
+    field_fn parse;                     /* reads and stores the value */
     size_t off;                         /* where parse stores, in struct rp_config */
     const char *(*check)(const char *); /* string fields: the format */
-    const struct section *sub;          /* nested section */
+    const struct section *sub;          /* for parse_sub: the nested section */
+    bool secret;                        /* never echo the value in a message */
 };
 
 #define AT(member) offsetof(struct rp_config, member)
+#define NOT_STORED SIZE_MAX /* .off of a field that is checked, not stored */
 
 static void *field_ptr(struct loader *ld, const struct field *f)
 {
@@ -342,7 +370,10 @@ static int type_error(struct loader *ld, const struct rp_ynode *v, const char *p
 {
     char got[300];
 
-    if (v->type == RP_Y_MAP)
+    if (v->type == RP_Y_SCALAR && v->value[0] != '\0' && ld->secret)
+        snprintf(got, sizeof(got), "a value of %zu bytes (not shown: it is a secret)",
+                 strlen(v->value));
+    else if (v->type == RP_Y_MAP)
         snprintf(got, sizeof(got), "a map");
     else if (v->type == RP_Y_SEQ)
         snprintf(got, sizeof(got), "a list");
@@ -357,7 +388,7 @@ static int type_error(struct loader *ld, const struct rp_ynode *v, const char *p
                   got);
 }
 
-/* The text of a scalar that has one: not a map, list or null. */
+/* The text of @v, which must be a scalar and not null. */
 static int scalar_text(struct loader *ld, const struct rp_ynode *v, const char *path,
                        const char *expected, const char **out)
 {
@@ -378,7 +409,7 @@ static int parse_string(struct loader *ld, const struct field *f, const char *pa
         return rv;
     if ((expected = f->check(s)) != NULL)
         return type_error(ld, v, path, expected);
-    if (f->off != (size_t)-1)
+    if (f->off != NOT_STORED)
         rp_config_set(field_ptr(ld, f), s);
     return 0;
 }
@@ -387,7 +418,7 @@ static int parse_severity(struct loader *ld, const struct field *f, const char *
                           const struct rp_ynode *v)
 {
     static const char *names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
-    int rv = parse_string(ld, f, path, v); /* f->off is -1: checks only */
+    int rv = parse_string(ld, f, path, v); /* NOT_STORED: checks only */
     if (rv != 0)
         return rv;
     rp_config_set(&ld->c->log_severity, names[rp_log_level_parse(v->value)]);
@@ -450,8 +481,8 @@ static int parse_size(struct loader *ld, const struct field *f, const char *path
 }
 
 /* A positive decimal integer no larger than @max. */
-static int positive_int(struct loader *ld, const struct rp_ynode *v, const char *path,
-                        uint64_t max, uint64_t *out)
+static int positive_int(struct loader *ld, const struct rp_ynode *v, const char *path, uint64_t max,
+                        uint64_t *out)
 {
     static const char *expected = "a positive integer";
     const char *s = NULL;
@@ -466,8 +497,7 @@ static int positive_int(struct loader *ld, const struct rp_ynode *v, const char 
             return type_error(ld, v, path, expected);
         if (n > (max - (uint64_t)(*p - '0')) / 10) {
             char what[64];
-            snprintf(what, sizeof(what), "a positive integer up to %llu",
-                     (unsigned long long)max);
+            snprintf(what, sizeof(what), "a positive integer up to %llu", (unsigned long long)max);
             return type_error(ld, v, path, what);
         }
         n = n * 10 + (uint64_t)(*p - '0');
@@ -514,9 +544,10 @@ static int parse_labels(struct loader *ld, const struct field *f, const char *pa
         if (!label_name_ok(v->keys[n])) {
             rp_yaml_excerpt(v->keys[n], ex, sizeof(ex));
             free_labels(labels, n);
-            return rp_err(RP_EINVAL, "%s:%d: %s: bad label name '%s', expected 1 to 253 "
-                          "characters from A-Z a-z 0-9 / . _ : * -", ld->file, v->key_lines[n],
-                          path, ex);
+            return rp_err(RP_EINVAL,
+                          "%s:%d: %s: bad label name '%s', expected 1 to 253 "
+                          "characters from A-Z a-z 0-9 / . _ : * -",
+                          ld->file, v->key_lines[n], path, ex);
         }
         if (val->type != RP_Y_SCALAR) {
             char sub[300];
@@ -537,7 +568,6 @@ done:
     free_labels(ld->c->ssh_labels, ld->c->ssh_n_labels);
     ld->c->ssh_labels = labels;
     ld->c->ssh_n_labels = n;
-    (void)f;
     return 0;
 }
 
@@ -551,78 +581,109 @@ static int parse_sub(struct loader *ld, const struct field *f, const char *path,
 }
 
 static const struct field join_fields[] = {
-    {"token_name", parse_string, AT(join_token), check_token, NULL},
-    {"method", parse_string, (size_t)-1, check_join_method, NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "token_name",
+     .parse = parse_string,
+     .off = AT(join_token),
+     .check = check_token,
+     .secret = true},
+    {.name = "method", .parse = parse_string, .off = NOT_STORED, .check = check_join_method},
+    {.name = NULL},
 };
 static const struct section join_section = {"teleport.join_params", join_fields};
 
 static const struct field log_fields[] = {
-    {"output", parse_string, (size_t)-1, check_log_output, NULL},
-    {"severity", parse_severity, (size_t)-1, check_severity, NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "output", .parse = parse_string, .off = NOT_STORED, .check = check_log_output},
+    {.name = "severity", .parse = parse_severity, .off = NOT_STORED, .check = check_severity},
+    {.name = NULL},
 };
 static const struct section log_section = {"teleport.log", log_fields};
 
 static const struct field teleport_fields[] = {
-    {"nodename", parse_string, AT(nodename), check_nodename, NULL},
-    {"data_dir", parse_string, AT(data_dir), check_dir, NULL},
-    {"auth_server", parse_string, AT(auth_server), check_addr, NULL},
-    {"ca_pin", parse_string, AT(ca_pin), check_ca_pin, NULL},
-    {"join_params", parse_sub, 0, NULL, &join_section},
-    {"log", parse_sub, 0, NULL, &log_section},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "nodename", .parse = parse_string, .off = AT(nodename), .check = check_nodename},
+    {.name = "data_dir", .parse = parse_string, .off = AT(data_dir), .check = check_dir},
+    {.name = "auth_server", .parse = parse_string, .off = AT(auth_server), .check = check_addr},
+    {.name = "ca_pin", .parse = parse_string, .off = AT(ca_pin), .check = check_ca_pin},
+    {.name = "join_params", .parse = parse_sub, .sub = &join_section},
+    {.name = "log", .parse = parse_sub, .sub = &log_section},
+    {.name = NULL},
 };
 static const struct section teleport_section = {"teleport", teleport_fields};
 
 static const struct field raft_fields[] = {
-    {"id", parse_u64, AT(raft_id), NULL, NULL},
-    {"listen_addr", parse_string, AT(raft_listen_addr), check_raft_addr, NULL},
-    {"election_timeout", parse_duration, AT(election_timeout_ms), NULL, NULL},
-    {"heartbeat_timeout", parse_duration, AT(heartbeat_timeout_ms), NULL, NULL},
-    {"snapshot_threshold", parse_unsigned, AT(snapshot_threshold), NULL, NULL},
-    {"snapshot_trailing", parse_unsigned, AT(snapshot_trailing), NULL, NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "id", .parse = parse_u64, .off = AT(raft_id)},
+    {.name = "listen_addr",
+     .parse = parse_string,
+     .off = AT(raft_listen_addr),
+     .check = check_raft_addr},
+    {.name = "election_timeout", .parse = parse_duration, .off = AT(election_timeout_ms)},
+    {.name = "heartbeat_timeout", .parse = parse_duration, .off = AT(heartbeat_timeout_ms)},
+    {.name = "snapshot_threshold", .parse = parse_unsigned, .off = AT(snapshot_threshold)},
+    {.name = "snapshot_trailing", .parse = parse_unsigned, .off = AT(snapshot_trailing)},
+    {.name = NULL},
 };
 static const struct section raft_section = {"auth_service.raft", raft_fields};
 
 static const struct field auth_fields[] = {
-    {"enabled", parse_bool, AT(auth_enabled), NULL, NULL},
-    {"cluster_name", parse_string, AT(cluster_name), check_cluster_name, NULL},
-    {"listen_addr", parse_string, AT(auth_listen_addr), check_addr, NULL},
-    {"public_addr", parse_string, AT(auth_public_addr), check_public_addr, NULL},
-    {"min_free_disk", parse_size, AT(min_free_disk), NULL, NULL},
-    {"raft", parse_sub, 0, NULL, &raft_section},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "enabled", .parse = parse_bool, .off = AT(auth_enabled)},
+    {.name = "cluster_name",
+     .parse = parse_string,
+     .off = AT(cluster_name),
+     .check = check_cluster_name},
+    {.name = "listen_addr",
+     .parse = parse_string,
+     .off = AT(auth_listen_addr),
+     .check = check_addr},
+    {.name = "public_addr",
+     .parse = parse_string,
+     .off = AT(auth_public_addr),
+     .check = check_public_addr},
+    {.name = "min_free_disk", .parse = parse_size, .off = AT(min_free_disk)},
+    {.name = "raft", .parse = parse_sub, .sub = &raft_section},
+    {.name = NULL},
 };
 static const struct section auth_section = {"auth_service", auth_fields};
 
 static const struct field proxy_fields[] = {
-    {"enabled", parse_bool, AT(proxy_enabled), NULL, NULL},
-    {"listen_addr", parse_string, AT(proxy_listen_addr), check_addr, NULL},
-    {"web_listen_addr", parse_string, AT(web_listen_addr), check_addr, NULL},
-    {"tunnel_listen_addr", parse_string, AT(tunnel_listen_addr), check_addr, NULL},
-    {"public_addr", parse_string, AT(proxy_public_addr), check_public_addr, NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "enabled", .parse = parse_bool, .off = AT(proxy_enabled)},
+    {.name = "listen_addr",
+     .parse = parse_string,
+     .off = AT(proxy_listen_addr),
+     .check = check_addr},
+    {.name = "web_listen_addr",
+     .parse = parse_string,
+     .off = AT(web_listen_addr),
+     .check = check_addr},
+    {.name = "tunnel_listen_addr",
+     .parse = parse_string,
+     .off = AT(tunnel_listen_addr),
+     .check = check_addr},
+    {.name = "public_addr",
+     .parse = parse_string,
+     .off = AT(proxy_public_addr),
+     .check = check_public_addr},
+    {.name = NULL},
 };
 static const struct section proxy_section = {"proxy_service", proxy_fields};
 
 static const struct field ssh_fields[] = {
-    {"enabled", parse_bool, AT(ssh_enabled), NULL, NULL},
-    {"listen_addr", parse_string, AT(ssh_listen_addr), check_addr, NULL},
-    {"public_addr", parse_string, AT(ssh_public_addr), check_public_addr, NULL},
-    {"labels", parse_labels, 0, NULL, NULL},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "enabled", .parse = parse_bool, .off = AT(ssh_enabled)},
+    {.name = "listen_addr", .parse = parse_string, .off = AT(ssh_listen_addr), .check = check_addr},
+    {.name = "public_addr",
+     .parse = parse_string,
+     .off = AT(ssh_public_addr),
+     .check = check_public_addr},
+    {.name = "labels", .parse = parse_labels},
+    {.name = NULL},
 };
 static const struct section ssh_section = {"ssh_service", ssh_fields};
 
 static const struct field top_fields[] = {
-    {"version", parse_string, (size_t)-1, check_version, NULL},
-    {"teleport", parse_sub, 0, NULL, &teleport_section},
-    {"auth_service", parse_sub, 0, NULL, &auth_section},
-    {"proxy_service", parse_sub, 0, NULL, &proxy_section},
-    {"ssh_service", parse_sub, 0, NULL, &ssh_section},
-    {NULL, NULL, 0, NULL, NULL},
+    {.name = "version", .parse = parse_string, .off = NOT_STORED, .check = check_version},
+    {.name = "teleport", .parse = parse_sub, .sub = &teleport_section},
+    {.name = "auth_service", .parse = parse_sub, .sub = &auth_section},
+    {.name = "proxy_service", .parse = parse_sub, .sub = &proxy_section},
+    {.name = "ssh_service", .parse = parse_sub, .sub = &ssh_section},
+    {.name = NULL},
 };
 static const struct section top_section = {"", top_fields};
 
@@ -638,8 +699,8 @@ static int unknown_field(struct loader *ld, const struct section *sec, const cha
     if (sec->path[0] == '\0')
         return rp_err(RP_EINVAL, "%s:%d: unknown field '%s' at the top level, expected one of: %s",
                       ld->file, line, ex, names);
-    return rp_err(RP_EINVAL, "%s:%d: unknown field '%s' in %s, expected one of: %s", ld->file,
-                  line, ex, sec->path, names);
+    return rp_err(RP_EINVAL, "%s:%d: unknown field '%s' in %s, expected one of: %s", ld->file, line,
+                  ex, sec->path, names);
 }
 
 static int walk_section(struct loader *ld, const struct section *sec, const struct rp_ynode *map,
@@ -657,7 +718,9 @@ static int walk_section(struct loader *ld, const struct section *sec, const stru
             return unknown_field(ld, sec, map->keys[i], map->key_lines[i]);
         char sub[128];
         snprintf(sub, sizeof(sub), "%s%s%s", path, path[0] ? "." : "", f->name);
+        ld->secret = f->secret;
         int rv = f->parse(ld, f, sub, map->vals[i]);
+        ld->secret = false;
         if (rv != 0)
             return rv;
     }
@@ -686,15 +749,9 @@ int rp_config_load(struct rp_config *c, const char *path)
     enable_present(root, "auth_service", &c->auth_enabled);
     enable_present(root, "proxy_service", &c->proxy_enabled);
     enable_present(root, "ssh_service", &c->ssh_enabled);
-    if (rp_ynode_get(rp_ynode_get(root, "auth_service"), "public_addr") == NULL) {
-        char *pub = public_from_listen(c->auth_listen_addr);
-        if (pub == NULL) {
-            rv = rp_err(RP_ENOMEM, "%s: out of memory", path);
-            goto out;
-        }
-        free(c->auth_public_addr);
-        c->auth_public_addr = pub;
-    }
+    if (rp_ynode_get(rp_ynode_get(root, "auth_service"), "public_addr") != NULL)
+        c->auth_public_addr_set = true;
+    rp_config_finish(c);
 out:
     rp_ynode_free(root);
     return rv;
@@ -724,10 +781,10 @@ int rp_config_validate(const struct rp_config *c)
 {
     int rv;
 
-#define CHECK(call)                                                                            \
-    do {                                                                                       \
-        if ((rv = (call)) != 0)                                                                \
-            return rv;                                                                         \
+#define CHECK(call)                                                                                \
+    do {                                                                                           \
+        if ((rv = (call)) != 0)                                                                    \
+            return rv;                                                                             \
     } while (0)
 
     CHECK(check_field("teleport.nodename", c->nodename, check_nodename));
@@ -735,50 +792,54 @@ int rp_config_validate(const struct rp_config *c)
     CHECK(check_field("teleport.log.severity", c->log_severity, check_severity));
     CHECK(check_optional("teleport.auth_server", c->auth_server, check_addr));
     CHECK(check_optional("teleport.ca_pin", c->ca_pin, check_ca_pin));
-    CHECK(check_optional("teleport.join_params.token_name", c->join_token, check_token));
+    if (c->join_token != NULL && check_token(c->join_token) != NULL)
+        return rp_err(RP_EINVAL,
+                      "teleport.join_params.token_name: expected %s (the value is not "
+                      "shown: it is a secret)",
+                      check_token(""));
     if (c->join_token != NULL && c->ca_pin == NULL)
         return rp_err(RP_EINVAL, "teleport.ca_pin is required with teleport.join_params."
-                      "token_name: a joining server checks the cluster's CA against it");
+                                 "token_name: a joining server checks the cluster's CA against it");
     if (c->join_token != NULL && c->auth_server == NULL)
         return rp_err(RP_EINVAL, "teleport.auth_server is required with teleport.join_params."
-                      "token_name: it is the auth server to join through");
+                                 "token_name: it is the auth server to join through");
 
     if (c->auth_enabled) {
         if (c->raft_id == 0)
             return rp_err(RP_EINVAL, "auth_service.raft.id is required when auth_service is "
-                          "enabled");
+                                     "enabled");
         /* A joining auth server learns the cluster name from the cluster it joins. */
         if (c->cluster_name == NULL && c->join_token == NULL)
-            return rp_err(RP_EINVAL, "auth_service.cluster_name is required to bootstrap a new "
+            return rp_err(RP_EINVAL,
+                          "auth_service.cluster_name is required to bootstrap a new "
                           "cluster (an auth server joining with teleport.join_params learns it "
                           "from the cluster)");
         CHECK(check_optional("auth_service.cluster_name", c->cluster_name, check_cluster_name));
         CHECK(check_field("auth_service.listen_addr", c->auth_listen_addr, check_addr));
         CHECK(check_field("auth_service.public_addr", c->auth_public_addr, check_public_addr));
-        CHECK(check_field("auth_service.raft.listen_addr", c->raft_listen_addr,
-                          check_raft_addr));
+        CHECK(check_field("auth_service.raft.listen_addr", c->raft_listen_addr, check_raft_addr));
         if (c->election_timeout_ms == 0 || c->heartbeat_timeout_ms == 0)
             return rp_err(RP_EINVAL, "auth_service.raft.election_timeout and heartbeat_timeout "
-                          "must be greater than zero");
+                                     "must be greater than zero");
         if (c->heartbeat_timeout_ms >= c->election_timeout_ms)
-            return rp_err(RP_EINVAL, "auth_service.raft.heartbeat_timeout (%ums) must be "
-                          "shorter than election_timeout (%ums)", c->heartbeat_timeout_ms,
-                          c->election_timeout_ms);
+            return rp_err(RP_EINVAL,
+                          "auth_service.raft.heartbeat_timeout (%ums) must be "
+                          "shorter than election_timeout (%ums)",
+                          c->heartbeat_timeout_ms, c->election_timeout_ms);
         if (c->snapshot_threshold == 0)
             return rp_err(RP_EINVAL, "auth_service.raft.snapshot_threshold must be a positive "
-                          "integer");
+                                     "integer");
         if (c->snapshot_trailing < c->snapshot_threshold)
-            return rp_err(RP_EINVAL, "auth_service.raft.snapshot_trailing (%u) must be at least "
-                          "snapshot_threshold (%u)", c->snapshot_trailing,
-                          c->snapshot_threshold);
+            return rp_err(RP_EINVAL,
+                          "auth_service.raft.snapshot_trailing (%u) must be at least "
+                          "snapshot_threshold (%u)",
+                          c->snapshot_trailing, c->snapshot_threshold);
     }
     if (c->proxy_enabled) {
         CHECK(check_field("proxy_service.listen_addr", c->proxy_listen_addr, check_addr));
         CHECK(check_field("proxy_service.web_listen_addr", c->web_listen_addr, check_addr));
-        CHECK(check_field("proxy_service.tunnel_listen_addr", c->tunnel_listen_addr,
-                          check_addr));
-        CHECK(check_optional("proxy_service.public_addr", c->proxy_public_addr,
-                             check_public_addr));
+        CHECK(check_field("proxy_service.tunnel_listen_addr", c->tunnel_listen_addr, check_addr));
+        CHECK(check_optional("proxy_service.public_addr", c->proxy_public_addr, check_public_addr));
     }
     if (c->ssh_enabled) {
         CHECK(check_field("ssh_service.listen_addr", c->ssh_listen_addr, check_addr));
@@ -786,13 +847,15 @@ int rp_config_validate(const struct rp_config *c)
         for (size_t i = 0; i < c->ssh_n_labels; i++)
             if (c->ssh_labels[i].name == NULL || !label_name_ok(c->ssh_labels[i].name) ||
                 c->ssh_labels[i].value == NULL)
-                return rp_err(RP_EINVAL, "ssh_service.labels: label %zu: expected a name of 1 "
-                              "to 253 characters from A-Z a-z 0-9 / . _ : * - and a value", i);
+                return rp_err(RP_EINVAL,
+                              "ssh_service.labels: label %zu: expected a name of 1 "
+                              "to 253 characters from A-Z a-z 0-9 / . _ : * - and a value",
+                              i);
     }
     /* Proxies and nodes talk to auth; in a process without auth they must know where. */
     if ((c->proxy_enabled || c->ssh_enabled) && !c->auth_enabled && c->auth_server == NULL)
         return rp_err(RP_EINVAL, "teleport.auth_server is required when proxy_service or "
-                      "ssh_service runs without auth_service");
+                                 "ssh_service runs without auth_service");
 #undef CHECK
     return 0;
 }

@@ -64,7 +64,8 @@ struct rp_config {
     char *cluster_name;
     char *auth_listen_addr;  /* default 0.0.0.0:3025 */
     char *auth_public_addr;  /* default: auth_listen_addr (0.0.0.0 replaced by 127.0.0.1,
-                              * [::] by [::1]), derived when the file has no public_addr */
+                              * [::] by [::1]) unless auth_public_addr_set */
+    bool auth_public_addr_set; /* public_addr came from the file (or a flag: set it then) */
     uint64_t min_free_disk;  /* bytes; default 64 MiB */
     uint64_t raft_id;        /* required when auth is enabled */
     char *raft_listen_addr;  /* default 0.0.0.0:3030; must be an IPv4 "a.b.c.d:port" */
@@ -93,6 +94,10 @@ void rp_config_init(struct rp_config *c);
  * "FILE:LINE: what is wrong, what was expected". On error @c holds a mix of
  * defaults and values read, and is still valid to rp_config_free(). */
 int rp_config_load(struct rp_config *c, const char *path);
+/* Completes @c after flags were applied: re-derives auth_public_addr from
+ * auth_listen_addr unless auth_public_addr_set. Call it before rp_config_validate()
+ * when a flag may have changed auth_listen_addr. Allocation failure aborts. */
+void rp_config_finish(struct rp_config *c);
 /* Checks every field's format and the cross-field rules after flags were applied
  * (ids, addresses, trailing >= threshold, joining needs ca_pin and auth_server).
  * RP_EINVAL with a message naming the field, as "auth_service.raft.id ...". */

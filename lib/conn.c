@@ -173,7 +173,8 @@ int rp_addr_parse(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
         if (colon == NULL)
             return rp_err(RP_EINVAL, "address \"%s\" has no port, want host:port", addr);
         if (strchr(addr, ':') != colon)
-            return rp_err(RP_EINVAL, "address \"%s\": put an IPv6 host in brackets, [::1]:port", addr);
+            return rp_err(RP_EINVAL, "address \"%s\": put an IPv6 host in brackets, [::1]:port",
+                          addr);
         size_t hl = (size_t)(colon - addr);
         if (hl == 0 || hl >= sizeof host)
             return rp_err(RP_EINVAL, "address \"%s\" has no host, want host:port", addr);
@@ -210,8 +211,8 @@ int rp_addr_parse(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
         s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     } else if (inet_pton(AF_INET, host, &s4->sin_addr) != 1) {
         return rp_err(RP_EINVAL,
-                      "address \"%s\": host \"%s\" is not an IPv4 address, [IPv6] or localhost", addr,
-                      host);
+                      "address \"%s\": host \"%s\" is not an IPv4 address, [IPv6] or localhost",
+                      addr, host);
     }
     s4->sin_family = AF_INET;
     s4->sin_port = htons((uint16_t)port);
@@ -564,7 +565,8 @@ static int read_full(struct rp_conn *c, uint8_t *p, size_t n, int started)
         if (eof && !mid)
             return rp_err(RP_ECLOSED, "%s closed the connection", c->peer);
         if (eof)
-            return rp_err(RP_EIO, "%s closed the connection in the middle of a frame (%zu of %zu bytes)",
+            return rp_err(RP_EIO,
+                          "%s closed the connection in the middle of a frame (%zu of %zu bytes)",
                           c->peer, got, n);
         return rp_err(RP_EIO, "reading from %s: %s", c->peer, why);
     }
@@ -588,8 +590,8 @@ int rp_conn_read_frame(struct rp_conn *c, struct rp_buf *out)
     }
     if (len > max) {
         conn_break(c);
-        return rp_err(RP_ETOOBIG, "%s sent a frame of %u bytes, limit %zu: connection closed", c->peer,
-                      len, max);
+        return rp_err(RP_ETOOBIG, "%s sent a frame of %u bytes, limit %zu: connection closed",
+                      c->peer, len, max);
     }
     if ((rv = rp_buf_reserve(out, len)) != 0) {
         conn_break(c);
@@ -628,7 +630,8 @@ int rp_conn_write_frame(struct rp_conn *c, const void *p, size_t n)
     if (n == 0 || p == NULL)
         return rp_err(RP_EINVAL, "refusing to send an empty frame to %s", c->peer);
     if (n > max || n > UINT32_MAX)
-        return rp_err(RP_ETOOBIG, "frame of %zu bytes to %s exceeds the limit %zu", n, c->peer, max);
+        return rp_err(RP_ETOOBIG, "frame of %zu bytes to %s exceeds the limit %zu", n, c->peer,
+                      max);
     /* Header and the start of the body share one record; a large body follows. */
     uint8_t first[SMALL_WRITE];
     size_t head = n < sizeof first - 4 ? n : sizeof first - 4;

@@ -51,10 +51,14 @@ int rp_error_from_name(const char *name)
 
 int rp_err(int code, const char *fmt, ...)
 {
+    /* Format into a local buffer first: callers often wrap the previous message,
+     * rp_err(code, "context: %s", rp_errmsg()), which reads the buffer we write. */
+    char tmp[sizeof errmsg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errmsg, sizeof errmsg, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(errmsg, tmp, sizeof errmsg);
     return code;
 }
 

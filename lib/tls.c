@@ -46,6 +46,15 @@ static int ssl_err(int code, const char *what)
     return rp_err(code, "%s: %s", what, reason);
 }
 
+/* Prefixes this thread's current message with @ctx ("@ctx: <message>"). The message
+ * is copied first: rp_err must not format from its own buffer. */
+static int err_ctx(int code, const char *ctx)
+{
+    char prev[512];
+    snprintf(prev, sizeof prev, "%s", rp_errmsg());
+    return rp_err(code, "%s: %s", ctx, prev);
+}
+
 /* ---- the cluster-name OID ---------------------------------------------------------- */
 
 #define OID_TELEPORT_CLUSTER "1.3.9999.1.7"
@@ -116,8 +125,8 @@ static int check_id_string(const char *what, const char *s, size_t n)
     if (memchr(s, '\0', n) != NULL)
         return rp_err(RP_EINVAL, "identity %s contains a NUL byte", what);
     if (!utf8_clean((const unsigned char *)s, n))
-        return rp_err(RP_EINVAL, "identity %s is not clean UTF-8 (control character or bad encoding)",
-                      what);
+        return rp_err(RP_EINVAL,
+                      "identity %s is not clean UTF-8 (control character or bad encoding)", what);
     return 0;
 }
 
@@ -178,14 +187,18 @@ static int check_key_type(EVP_PKEY *k, const char *what)
 
 static int set_random_serial(X509 *x)
 {
+    /* 128 random bits as a positive INTEGER (at most 17 DER octets, within
+     * RFC 5280's 20); zero is not a valid serial, so draw again. */
     unsigned char b[16];
-    if (RAND_bytes(b, sizeof b) != 1)
-        return ssl_err(RP_ETLS, "random serial");
-    b[0] &= 0x7f; /* positive */
-    b[0] |= 0x40; /* and always 16 bytes long, never zero */
-    BIGNUM *bn = BN_bin2bn(b, sizeof b, NULL);
-    if (bn == NULL)
-        return ssl_err(RP_ENOMEM, "serial");
+    BIGNUM *bn = NULL;
+    do {
+        BN_free(bn);
+        if (RAND_bytes(b, sizeof b) != 1)
+            return ssl_err(RP_ETLS, "random serial");
+        bn = BN_bin2bn(b, sizeof b, NULL);
+        if (bn == NULL)
+            return ssl_err(RP_ENOMEM, "serial");
+    } while (BN_is_zero(bn));
     ASN1_INTEGER *ai = BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
     BN_free(bn);
     if (ai == NULL)
@@ -307,7 +320,8 @@ static int add_sans(X509 *x, const char *const *sans, size_t n)
                          (*p == '*' && p == s && p[1] == '.');
                 if (!ok) {
                     GENERAL_NAME_free(g);
-                    rv = rp_err(RP_EINVAL, "subjectAltName \"%.64s\" is neither an IP address nor a DNS name",
+                    rv = rp_err(RP_EINVAL,
+                                "subjectAltName \"%.64s\" is neither an IP address nor a DNS name",
                                 s);
                     goto out;
                 }
@@ -408,8 +422,8 @@ int rp_tls_issue(EVP_PKEY *ca_key, X509 *ca_cert, EVP_PKEY *pubkey, const struct
             rv = ssl_err(RP_ETLS, "OID " OID_TELEPORT_CLUSTER);
             goto err;
         }
-        if (!X509_NAME_add_entry_by_OBJ(name, oid, MBSTRING_UTF8, (const unsigned char *)id->cluster,
-                                        -1, -1, 0)) {
+        if (!X509_NAME_add_entry_by_OBJ(name, oid, MBSTRING_UTF8,
+                                        (const unsigned char *)id->cluster, -1, -1, 0)) {
             rv = ssl_err(RP_ETLS, "building the subject");
             goto err;
         }
@@ -424,7 +438,8 @@ int rp_tls_issue(EVP_PKEY *ca_key, X509 *ca_cert, EVP_PKEY *pubkey, const struct
     X509V3_CTX ctx;
     X509V3_set_ctx(&ctx, ca_cert, x, NULL, NULL, 0);
     if ((rv = add_ext_conf(x, &ctx, NID_basic_constraints, "critical,CA:FALSE")) != 0 ||
-        (rv = add_ext_conf(x, &ctx, NID_key_usage, "critical,digitalSignature,keyAgreement")) != 0 ||
+        (rv = add_ext_conf(x, &ctx, NID_key_usage, "critical,digitalSignature,keyAgreement")) !=
+            0 ||
         (rv = add_ext_conf(x, &ctx, NID_ext_key_usage, "serverAuth,clientAuth")) != 0 ||
         (rv = add_ext_conf(x, &ctx, NID_authority_key_identifier, "keyid:always")) != 0)
         goto err;
@@ -461,7 +476,9 @@ static int entry_string(X509_NAME_ENTRY *e, const char *what, char **out)
     if (rv != 0) {
         OPENSSL_free(u);
         /* Reword: this string came from a certificate, not from our caller. */
-        return rp_err(rv, "certificate %s refused: %s", what, rp_errmsg());
+        char ctx[64];
+        snprintf(ctx, sizeof ctx, "certificate %s refused", what);
+        return err_ctx(rv, ctx);
     }
     char *s = strndup((const char *)u, (size_t)n);
     OPENSSL_free(u);
@@ -539,7 +556,8 @@ int rp_identity_from_cert(X509 *cert, struct rp_identity *out)
                 goto err;
         } else if (OBJ_cmp(obj, oid) == 0) {
             if (id.cluster != NULL) {
-                rv = rp_err(RP_EINVAL, "certificate subject has more than one " OID_TELEPORT_CLUSTER);
+                rv = rp_err(RP_EINVAL,
+                            "certificate subject has more than one " OID_TELEPORT_CLUSTER);
                 goto err;
             }
             if ((rv = entry_string(e, "cluster (" OID_TELEPORT_CLUSTER ")", &id.cluster)) != 0)
@@ -706,6 +724,13 @@ int rp_tls_cert_from_pem(const char *pem, size_t n, X509 **out)
     return 0;
 }
 
+static int path_err(int code, const char *what, const char *path)
+{
+    char ctx[512];
+    snprintf(ctx, sizeof ctx, "%s %s", what, path);
+    return err_ctx(code, ctx);
+}
+
 /* ---- files ----------------------------------------------------------------------------- */
 
 int rp_tls_write_key(const char *path, EVP_PKEY *key)
@@ -738,12 +763,12 @@ int rp_tls_read_key(const char *path, EVP_PKEY **out)
     size_t n = 0;
     int rv = rp_read_file(path, PEM_FILE_MAX, &pem, &n);
     if (rv != 0)
-        return rp_err(rv, "reading key %s: %s", path, rp_errmsg());
+        return err_ctx(rv, "reading key");
     rv = rp_tls_key_from_pem(pem, n, out);
     OPENSSL_cleanse(pem, n);
     free(pem);
     if (rv != 0)
-        return rp_err(rv, "key file %s: %s", path, rp_errmsg());
+        return path_err(rv, "key file", path);
     return 0;
 }
 
@@ -753,11 +778,11 @@ int rp_tls_read_cert(const char *path, X509 **out)
     size_t n = 0;
     int rv = rp_read_file(path, PEM_FILE_MAX, &pem, &n);
     if (rv != 0)
-        return rp_err(rv, "reading certificate %s: %s", path, rp_errmsg());
+        return err_ctx(rv, "reading certificate");
     rv = rp_tls_cert_from_pem(pem, n, out);
     free(pem);
     if (rv != 0)
-        return rp_err(rv, "certificate file %s: %s", path, rp_errmsg());
+        return path_err(rv, "certificate file", path);
     return 0;
 }
 
@@ -826,8 +851,8 @@ SSL_CTX *rp_tls_server_ctx(X509 *ca, X509 *cert, EVP_PKEY *key, int require_clie
         ssl_err(RP_ETLS, "client CA list");
         goto err;
     }
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (require_client ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
-                       NULL);
+    SSL_CTX_set_verify(
+        ctx, SSL_VERIFY_PEER | (require_client ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
     return ctx;
 err:
     SSL_CTX_free(ctx);
@@ -837,7 +862,8 @@ err:
 SSL_CTX *rp_tls_client_ctx(X509 *ca, X509 *cert, EVP_PKEY *key)
 {
     if (ca == NULL || (cert == NULL) != (key == NULL)) {
-        rp_err(RP_EINVAL, "client TLS context needs the CA, and a certificate with its key or neither");
+        rp_err(RP_EINVAL,
+               "client TLS context needs the CA, and a certificate with its key or neither");
         return NULL;
     }
     SSL_CTX *ctx = ctx_new(TLS_client_method());
@@ -914,10 +940,13 @@ int rp_tls_check_pin(SSL *ssl, const char *pin, X509 **ca_out)
     EVP_PKEY *capub = X509_get0_pubkey(ca);
     if (capub == NULL || X509_verify(leaf, capub) != 1) {
         ERR_clear_error();
-        return rp_err(RP_ETLS, "CA pin check: server certificate signature does not verify with the pinned CA");
+        return rp_err(
+            RP_ETLS,
+            "CA pin check: server certificate signature does not verify with the pinned CA");
     }
     if (!cert_time_ok(ca) || !cert_time_ok(leaf))
-        return rp_err(RP_ETLS, "CA pin check: server or CA certificate is expired or not yet valid");
+        return rp_err(RP_ETLS,
+                      "CA pin check: server or CA certificate is expired or not yet valid");
     if (ca_out != NULL) {
         if (!X509_up_ref(ca))
             return ssl_err(RP_ETLS, "X509_up_ref");

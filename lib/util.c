@@ -147,10 +147,13 @@ int rp_mkdir_p(const char *path, unsigned mode)
 
 int rp_write_file(const char *path, const void *p, size_t n, unsigned mode)
 {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
+    char tmp[4096], suffix[17];
+    /* A random suffix keeps concurrent writers of one path off each other's temp file. */
+    if (rp_random_hex(suffix, 8) != 0)
+        return rp_err(RP_EIO, "write %s: no randomness for the temp file name", path);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%s", path, suffix) >= (int)sizeof tmp)
         return rp_err(RP_EINVAL, "path too long: %s", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     if (fd < 0)
         return rp_err(RP_EIO, "create %s: %s", tmp, strerror(errno));
     /* The umask may have narrowed the mode; secrets want exactly 0600. */
@@ -175,6 +178,21 @@ int rp_write_file(const char *path, const void *p, size_t n, unsigned mode)
         int e = errno;
         unlink(tmp);
         return rp_err(RP_EIO, "rename %s to %s: %s", tmp, path, strerror(e));
+    }
+    /* The rename survives a crash only once the directory itself is synced. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash != NULL)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
     }
     return 0;
 fail : {

@@ -23,9 +23,9 @@
 /* One open map or sequence. */
 struct frame {
     struct rp_ynode *node;
-    size_t cap;     /* entries allocated in keys/key_lines/vals */
-    bool want_key;  /* map: the next node is a key */
-    size_t *index;  /* map: open-addressing table of (key position + 1), 0 = empty */
+    size_t cap;    /* entries allocated in keys/key_lines/vals */
+    bool want_key; /* map: the next node is a key */
+    size_t *index; /* map: open-addressing table of (key position + 1), 0 = empty */
     size_t index_cap;
 };
 
@@ -51,7 +51,7 @@ void rp_yaml_excerpt(const char *s, char *out, size_t outlen)
     static const char hex[] = "0123456789abcdef";
     size_t o = 0, i;
 
-    for (i = 0; s[i] != '\0' && i < 64; i++) {
+    for (i = 0; s[i] != '\0' && i < 100; i++) {
         unsigned char ch = (unsigned char)s[i];
         size_t need = (ch < 0x20 || ch >= 0x7f) ? 4 : 1;
         if (o + need + 4 > outlen) /* keep room for "..." and NUL */
@@ -204,8 +204,8 @@ static int map_add_key(struct builder *b, const char *key, int line)
     if (*slot != 0) {
         char ex[300];
         rp_yaml_excerpt(key, ex, sizeof(ex));
-        return rp_err(RP_EINVAL, "%s:%d: duplicate key '%s' (first at line %d)", b->name, line,
-                      ex, map->key_lines[*slot - 1]);
+        return rp_err(RP_EINVAL, "%s:%d: duplicate key '%s' (first at line %d)", b->name, line, ex,
+                      map->key_lines[*slot - 1]);
     }
     char *copy = strdup(key);
     if (copy == NULL)
@@ -321,8 +321,10 @@ static int on_collection_start(struct builder *b, const yaml_event_t *ev, enum r
     if (tag != NULL && strcmp((const char *)tag, std_tag) != 0 && strcmp((const char *)tag, "!"))
         return unsupported_tag(b, tag, m);
     if (b->depth == RP_YAML_MAX_DEPTH)
-        return rp_err(RP_EINVAL, "%s:%d: maps and lists nested deeper than %d levels are not "
-                      "supported", b->name, line_of(m), RP_YAML_MAX_DEPTH);
+        return rp_err(RP_EINVAL,
+                      "%s:%d: maps and lists nested deeper than %d levels are not "
+                      "supported",
+                      b->name, line_of(m), RP_YAML_MAX_DEPTH);
 
     struct rp_ynode *node = node_new(type, m);
     if (node == NULL)
@@ -343,8 +345,10 @@ static void on_collection_end(struct builder *b)
 static int on_document_start(struct builder *b, const yaml_event_t *ev)
 {
     if (!b->many && b->n_docs > 0)
-        return rp_err(RP_EINVAL, "%s:%d: found a second YAML document ('---'); only one is "
-                      "expected here", b->name, line_of(&ev->start_mark));
+        return rp_err(RP_EINVAL,
+                      "%s:%d: found a second YAML document ('---'); only one is "
+                      "expected here",
+                      b->name, line_of(&ev->start_mark));
     b->root = NULL;
     return 0;
 }
@@ -442,8 +446,10 @@ static int parse_stream(struct builder *b, const char *s, size_t n)
     int rv = 0;
 
     if (n > RP_YAML_MAX_BYTES)
-        return rp_err(RP_EINVAL, "%s: %zu bytes is larger than the %u MiB limit for a YAML "
-                      "document", b->name, n, RP_YAML_MAX_BYTES >> 20);
+        return rp_err(RP_EINVAL,
+                      "%s: %zu bytes is larger than the %u MiB limit for a YAML "
+                      "document",
+                      b->name, n, RP_YAML_MAX_BYTES >> 20);
     if (s == NULL)
         s = ""; /* libyaml asserts a non-NULL input */
     b->input = s;
@@ -547,8 +553,8 @@ static int read_limited(const char *path, char **out, size_t *len)
         if (n > RP_YAML_MAX_BYTES) {
             free(buf);
             close(fd);
-            return rp_err(RP_EINVAL, "%s: larger than the %u MiB limit for a YAML document",
-                          path, RP_YAML_MAX_BYTES >> 20);
+            return rp_err(RP_EINVAL, "%s: larger than the %u MiB limit for a YAML document", path,
+                          RP_YAML_MAX_BYTES >> 20);
         }
     }
     close(fd);

@@ -53,7 +53,7 @@ const struct rp_ynode *rp_ynode_get(const struct rp_ynode *map, const char *key)
 /* A scalar that reads as YAML null ("", "~", "null" unquoted). */
 bool rp_ynode_is_null(const struct rp_ynode *node);
 
-/* Copies @s into @out for quoting in an error message: at most 64 bytes of it,
+/* Copies @s into @out for quoting in an error message: at most 100 bytes of it,
  * control and non-ASCII bytes as \xNN, "..." appended when cut. @outlen >= 4. */
 void rp_yaml_excerpt(const char *s, char *out, size_t outlen);
 

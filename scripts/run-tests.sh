@@ -17,6 +17,11 @@ for t in "$@"; do
   f=$(printf '%s' "$line" | sed -nE 's/.*Failing: ([0-9]+).*/\1/p')
   c=$(printf '%s' "$line" | sed -nE 's/.*Crashing: ([0-9]+).*/\1/p')
   p=${p:-0}; f=${f:-0}; c=${c:-0}
+  # Criterion counts a test whose sanitizer reported an error (a leak at exit, say) as
+  # passed: a sanitizer report fails the binary here.
+  if printf '%s\n' "$out" | grep -qE 'ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:'; then
+    rc=1
+  fi
   if [ -z "$line" ] || [ "$rc" -ne 0 ]; then
     # A binary that died without a synthesis counts as one failure at least.
     [ $((f + c)) -eq 0 ] && f=1

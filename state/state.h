@@ -230,7 +230,7 @@ int state_cmd_encode(const struct state_cmd *cmd, struct rp_buf *out);
  * end of metadata if absent). RP_EINVAL if @res fails state_resource_check. */
 int state_resource_with_revision(const void *res, size_t len, uint64_t rev, struct rp_buf *out);
 
-/* ---- Internal: shared by state/*.c only --------------------------------- */
+/* ---- Internal: shared by the files of state/ only ----------------------- */
 /* Compiled only where STATE_INTERNAL is defined before including this header
  * (the files of state/). Nothing outside state/ may use it. */
 #ifdef STATE_INTERNAL
@@ -335,6 +335,10 @@ int state__result_decode(const uint8_t *p, size_t n, uint64_t revision, struct s
 
 void state__put_be64(uint8_t *p, uint64_t v);
 uint64_t state__get_be64(const uint8_t *p);
+/* Re-raises this thread's error message as @code, prefixed by the formatted
+ * @fmt ("prefix: message"); rp_err(code, "%s", rp_errmsg()) would format a
+ * buffer into itself. */
+int state__err_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Maps an LMDB return code to RP_ENOSPC/RP_ENOMEM/RP_EIO with a message. */
 int state__lmdb_err(int rc, const char *what);
 /* Reads the applied index stored in @txn (0 if none). */

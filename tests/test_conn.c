@@ -166,11 +166,26 @@ Test(conn, addr_parse_accepts_ipv4_localhost_and_bracketed_ipv6)
 
 Test(conn, addr_parse_refuses_everything_else)
 {
-    const char *bad[] = {"",           "1.2.3.4",       "1.2.3.4:",    ":5",
-                         "1.2.3.4:x",  "1.2.3.4:5x",    "1.2.3.4:-1",  "1.2.3.4:65536",
-                         "1.2.3.4:123456", "example.com:80", "::1:5",   "[::1]5",
-                         "[::1]",      "[]:5",          "[1.2.3.4]:5", "1.2.3:5",
-                         "256.1.1.1:5", "1.2.3.4 :5",   " 1.2.3.4:5",  "[::1%lo]:5",
+    const char *bad[] = {"",
+                         "1.2.3.4",
+                         "1.2.3.4:",
+                         ":5",
+                         "1.2.3.4:x",
+                         "1.2.3.4:5x",
+                         "1.2.3.4:-1",
+                         "1.2.3.4:65536",
+                         "1.2.3.4:123456",
+                         "example.com:80",
+                         "::1:5",
+                         "[::1]5",
+                         "[::1]",
+                         "[]:5",
+                         "[1.2.3.4]:5",
+                         "1.2.3:5",
+                         "256.1.1.1:5",
+                         "1.2.3.4 :5",
+                         " 1.2.3.4:5",
+                         "[::1%lo]:5",
                          "localhost:+5"};
     struct sockaddr_storage ss;
     socklen_t len;
@@ -260,8 +275,7 @@ Test(conn, accept_times_out_when_client_never_handshakes, .init = setup, .fini =
 
 /* ---- frames ----------------------------------------------------------------------- */
 
-Test(conn, frames_round_trip_small_and_one_mebibyte, .init = setup, .fini = teardown,
-     .timeout = 30)
+Test(conn, frames_round_trip_small_and_one_mebibyte, .init = setup, .fini = teardown, .timeout = 30)
 {
     struct pair p;
     pair_open(&p);
@@ -372,7 +386,10 @@ Test(conn, truncated_frame_is_eio_and_clean_close_is_eclosed, .init = setup, .fi
     struct rp_buf b;
     rp_buf_init(&b);
     /* 100 bytes announced, 10 sent, then close_notify. */
-    raw_write(&p.cli, "\0\0\0d" "0123456789", 14);
+    raw_write(&p.cli,
+              "\0\0\0d"
+              "0123456789",
+              14);
     rp_conn_close(&p.cli);
     cr_assert_eq(rp_conn_read_frame(&p.srv, &b), RP_EIO);
     cr_assert(strstr(rp_errmsg(), "middle of a frame") != NULL, "%s", rp_errmsg());
@@ -400,7 +417,10 @@ Test(conn, truncated_frame_is_eio_and_clean_close_is_eclosed, .init = setup, .fi
     cr_assert_eq(rp_conn_read_frame(&p.srv, &b), RP_ECLOSED, "%s", rp_errmsg());
     pair_close(&p);
     pair_open(&p);
-    raw_write(&p.cli, "\0\0\0d" "0123456789", 14);
+    raw_write(&p.cli,
+              "\0\0\0d"
+              "0123456789",
+              14);
     shutdown(p.cli.fd, SHUT_WR);
     cr_assert_eq(rp_conn_read_frame(&p.srv, &b), RP_EIO, "%s", rp_errmsg());
     pair_close(&p);
@@ -425,11 +445,31 @@ Test(conn, read_times_out_and_stays_usable_between_frames, .init = setup, .fini 
     cr_assert_eq(b.len, 4);
 
     /* Half a frame then silence: timeout, and the connection is done. */
-    raw_write(&p.cli, "\0\0\0\x10" "abc", 7);
+    raw_write(&p.cli,
+              "\0\0\0\x10"
+              "abc",
+              7);
     cr_assert_eq(rp_conn_read_frame(&p.srv, &b), RP_ETIMEDOUT);
     cr_assert(strstr(rp_errmsg(), "middle of a frame") != NULL, "%s", rp_errmsg());
     cr_assert_eq(rp_conn_read_frame(&p.srv, &b), RP_ECLOSED);
     rp_buf_free(&b);
+    pair_close(&p);
+}
+
+Test(conn, write_times_out_when_peer_does_not_read, .init = setup, .fini = teardown, .timeout = 30)
+{
+    struct pair p;
+    pair_open(&p);
+    /* 16 MiB cannot fit in the loopback socket buffers while the server sleeps. */
+    size_t n = RP_FRAME_MAX;
+    uint8_t *big = calloc(1, n);
+    cr_assert_eq(rp_conn_set_timeout(&p.cli, 300), 0);
+    int64_t t0 = now_ms();
+    cr_assert_eq(rp_conn_write_frame(&p.cli, big, n), RP_ETIMEDOUT, "%s", rp_errmsg());
+    cr_assert_lt(now_ms() - t0, 10000);
+    /* Part of a record went out: the stream is lost. */
+    cr_assert_eq(rp_conn_write_frame(&p.cli, "x", 1), RP_ECLOSED);
+    free(big);
     pair_close(&p);
 }
 

@@ -122,6 +122,7 @@ static int cmd_start(int argc, char **argv)
         default: break;
         }
     }
+    rp_config_finish(&cfg);
     if (rp_config_validate(&cfg) != 0) {
         fprintf(stderr, "raftport: %s%s%s\n", path ? path : "", path ? ": " : "", rp_errmsg());
         rp_config_free(&cfg);
@@ -133,6 +134,14 @@ static int cmd_start(int argc, char **argv)
     if (cfg.proxy_enabled || cfg.ssh_enabled) {
         fprintf(stderr, "raftport: proxy_service and ssh_service are not part of this version; "
                         "set enabled: no\n");
+        rp_config_free(&cfg);
+        return 1;
+    }
+    if (cfg.auth_enabled && strncmp(cfg.raft_listen_addr, "0.0.0.0:", 8) == 0) {
+        /* The Raft address is also what peers dial: it must name this host. */
+        fprintf(stderr, "raftport: auth_service.raft.listen_addr %s is not an address other "
+                        "auth servers can reach; give this host's IP address (e.g. 10.0.0.5:3030)\n",
+                cfg.raft_listen_addr);
         rp_config_free(&cfg);
         return 1;
     }

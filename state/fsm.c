@@ -1,0 +1,136 @@
+/* state/fsm.c: the glue that lets libraft 0.15 drive the state machine.
+ *
+ * apply: libraft applies entries in index order and advances last_applied only
+ * after apply returns (src/replication.c, replicationApply/applyCommand), so the
+ * entry's index is raft_last_applied(r) + 1. Barriers and configuration changes
+ * never reach us, which is why the stored applied index may trail raft's.
+ *
+ * The result: in 0.15 applyCommand calls fsm->apply and then, synchronously and
+ * before the next entry is applied, the leader's raft_apply callback with the
+ * result pointer. So a pointer to one struct owned by the state (overwritten by
+ * the next apply) is enough, and the callback copies it. (Later libraft versions
+ * queue the callbacks; moving to one of them means returning an allocated copy.)
+ *
+ * Snapshots (FSM version 3): snapshot() runs on the loop and only pins an LMDB
+ * read transaction; snapshot_async() serialises it on a thread-pool thread while
+ * the loop keeps applying; snapshot_finalize() back on the loop frees the buffer
+ * and ends the transaction, whether or not the snapshot was written. */
+#define STATE_INTERNAL
+#include "state/state.h"
+
+#include "lib/errors.h"
+#include "lib/log.h"
+
+static int raft_code(int rv)
+{
+    switch (rv) {
+    case RP_ENOMEM:
+        return RAFT_NOMEM;
+    case RP_ENOSPC:
+        return RAFT_NOSPACE;
+    case RP_EINVAL:
+        return RAFT_MALFORMED;
+    default:
+        return RAFT_IOERR;
+    }
+}
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    struct state *s = fsm->data;
+    uint64_t index = raft_last_applied(s->raft) + 1;
+    int rv = state_apply(s, index, buf->base, buf->len, &s->last_result);
+    if (rv != 0) {
+        /* Raft keeps the entry and retries it at the next commit. */
+        rp_error("state", "applying entry %llu: %s (will retry)", (unsigned long long)index,
+                 rp_errmsg());
+        return raft_code(rv);
+    }
+    *result = &s->last_result;
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct state *s = fsm->data;
+    *bufs = NULL;
+    *n_bufs = 0;
+    if (s->snap_txn != NULL)
+        return RAFT_BUSY;
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->snap_txn);
+    if (rc != 0) {
+        s->snap_txn = NULL;
+        rp_error("state", "snapshot: %s", mdb_strerror(rc));
+        return RAFT_IOERR;
+    }
+    return 0;
+}
+
+static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct state *s = fsm->data;
+    void *data;
+    size_t len;
+    if (s->snap_txn == NULL)
+        return RAFT_INVALID;
+    int rv = state__snapshot_encode(s, s->snap_txn, &data, &len);
+    if (rv != 0) {
+        rp_error("state", "snapshot: %s", rp_errmsg());
+        return raft_code(rv);
+    }
+    struct raft_buffer *b = raft_malloc(sizeof *b);
+    if (b == NULL) {
+        raft_free(data);
+        return RAFT_NOMEM;
+    }
+    b->base = data;
+    b->len = len;
+    *bufs = b;
+    *n_bufs = 1;
+    return 0;
+}
+
+static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[],
+                                 unsigned *n_bufs)
+{
+    struct state *s = fsm->data;
+    if (*bufs != NULL) {
+        for (unsigned i = 0; i < *n_bufs; i++)
+            raft_free((*bufs)[i].base);
+        raft_free(*bufs);
+    }
+    *bufs = NULL;
+    *n_bufs = 0;
+    if (s->snap_txn != NULL) {
+        mdb_txn_abort(s->snap_txn);
+        s->snap_txn = NULL;
+    }
+    return 0;
+}
+
+/* On success the buffer is ours to raft_free; on failure raft frees it. */
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    struct state *s = fsm->data;
+    int rv = state__snapshot_restore(s, buf->base, buf->len);
+    if (rv != 0) {
+        rp_error("state", "restoring a snapshot of %zu bytes: %s", buf->len, rp_errmsg());
+        return raft_code(rv);
+    }
+    rp_info("state", "restored a snapshot of %zu bytes at applied index %llu", buf->len,
+            (unsigned long long)state_applied_index(s));
+    raft_free(buf->base);
+    return 0;
+}
+
+void state_fsm_init(struct raft_fsm *fsm, struct state *s, struct raft *r)
+{
+    s->raft = r;
+    fsm->version = 3;
+    fsm->data = s;
+    fsm->apply = fsm_apply;
+    fsm->snapshot = fsm_snapshot;
+    fsm->restore = fsm_restore;
+    fsm->snapshot_finalize = fsm_snapshot_finalize;
+    fsm->snapshot_async = fsm_snapshot_async;
+}

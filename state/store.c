@@ -1,0 +1,378 @@
+/* state/store.c: the LMDB environment: opening it, closing it, and the reads.
+ *
+ * Durability. The environment is opened with MDB_NOSYNC: commits reach the OS
+ * page cache but are not fsynced. The Raft log is the durable record, and on
+ * every start libraft rebuilds the state machine from it: it restores the latest
+ * snapshot (our restore replaces every database in one transaction) and then
+ * re-applies the entries after it. Without a snapshot it re-applies from index 1
+ * onto what LMDB already holds; state_apply skips any index at or below the
+ * stored applied index (the applied index is written in the same transaction as
+ * the entry's changes, so LMDB always holds exactly the entries up to it). Either
+ * way LMDB ends up current, so losing its unsynced tail costs only re-applying.
+ *
+ * What NOSYNC does not survive is the machine going down (power, kernel): pages
+ * may reach the disk out of order and leave a torn B-tree, and a torn tree is not
+ * something restore can safely walk. A process crash (kill -9) is harmless, as
+ * the page cache still holds every write. So state_open writes a marker holding
+ * the kernel's boot id (fsynced, with its directory) before LMDB is touched, and
+ * state_close removes it after mdb_env_sync. A marker from another boot means
+ * the machine went down while we were open: the environment is discarded and
+ * Raft rebuilds it as above (snapshot + log, or the whole log when there is no
+ * snapshot, since the log is only ever truncated behind a snapshot). One caveat
+ * follows from skipping applied indexes: this directory must be wiped together
+ * with the Raft directory, never alone. */
+#define STATE_INTERNAL
+#include "state/state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/errors.h"
+#include "lib/log.h"
+
+const char *const state__db_names[STATE__N_DBS] = {"res", "exp", "rid", "ridrev", "meta"};
+
+static const char applied_key[] = "applied_index";
+
+#define MARKER "state.open"
+
+int state__lmdb_err(int rc, const char *what)
+{
+    if (rc == MDB_MAP_FULL)
+        return rp_err(RP_ENOSPC, "%s: the state database is full (raise map_size): %s", what,
+                      mdb_strerror(rc));
+    if (rc == ENOMEM)
+        return rp_err(RP_ENOMEM, "%s: %s", what, mdb_strerror(rc));
+    return rp_err(RP_EIO, "%s: %s", what, mdb_strerror(rc));
+}
+
+int state__read_applied(struct state *s, MDB_txn *txn, uint64_t *out)
+{
+    MDB_val k = {sizeof applied_key - 1, (void *)applied_key}, v;
+    int rc = mdb_get(txn, s->dbi[STATE__DB_META], &k, &v);
+    *out = 0;
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc != 0)
+        return state__lmdb_err(rc, "reading the applied index");
+    if (v.mv_size != 8)
+        return rp_err(RP_EIO, "stored applied index has %zu bytes, expected 8", v.mv_size);
+    *out = state__get_be64(v.mv_data);
+    return 0;
+}
+
+/* ---- Crash marker ------------------------------------------------------- */
+
+static void boot_id(char *out, size_t n)
+{
+    out[0] = '\0';
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+    if (f == NULL)
+        return;
+    if (fgets(out, (int)n, f) == NULL)
+        out[0] = '\0';
+    fclose(f);
+    out[strcspn(out, "\n")] = '\0';
+}
+
+static int path_in(char *out, size_t n, const char *dir, const char *file)
+{
+    if ((size_t)snprintf(out, n, "%s/%s", dir, file) >= n)
+        return rp_err(RP_EINVAL, "state directory path too long: %s", dir);
+    return 0;
+}
+
+/* Discards the environment if a marker from another boot says the machine went
+ * down while it was open, then writes this boot's marker durably. */
+static int check_and_mark(const char *dir)
+{
+    char path[4096], data[4096], lock[4096], now[64], was[64];
+    int rv;
+    if ((rv = path_in(path, sizeof path, dir, MARKER)) != 0 ||
+        (rv = path_in(data, sizeof data, dir, "data.mdb")) != 0 ||
+        (rv = path_in(lock, sizeof lock, dir, "lock.mdb")) != 0)
+        return rv;
+    boot_id(now, sizeof now);
+
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t r = read(fd, was, sizeof was - 1);
+        close(fd);
+        was[r > 0 ? r : 0] = '\0';
+        /* Without a boot id to compare, assume the worst. */
+        if (now[0] == '\0' || strcmp(was, now) != 0) {
+            rp_warn("state",
+                    "%s: the machine went down while the state was open (boot id %s, now %s); "
+                    "discarding it, Raft rebuilds it from its snapshot and log",
+                    dir, was[0] ? was : "?", now[0] ? now : "?");
+            if ((unlink(data) != 0 && errno != ENOENT) || (unlink(lock) != 0 && errno != ENOENT))
+                return rp_err(RP_EIO, "removing %s: %s", data, strerror(errno));
+        }
+    }
+
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return rp_err(RP_EIO, "create %s: %s", path, strerror(errno));
+    size_t len = strlen(now);
+    bool ok = write(fd, now, len) == (ssize_t)len && fsync(fd) == 0;
+    close(fd);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ok = ok && fsync(dfd) == 0;
+        close(dfd);
+    } else {
+        ok = false;
+    }
+    if (!ok)
+        return rp_err(RP_EIO, "writing %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* ---- Open / close ------------------------------------------------------- */
+
+static int open_dbs(struct state *s)
+{
+    MDB_txn *txn;
+    uint64_t applied;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc != 0)
+        return state__lmdb_err(rc, "opening the state databases");
+    for (int i = 0; i < STATE__N_DBS; i++) {
+        rc = mdb_dbi_open(txn, state__db_names[i], MDB_CREATE, &s->dbi[i]);
+        if (rc != 0) {
+            mdb_txn_abort(txn);
+            return state__lmdb_err(rc, "opening the state databases");
+        }
+    }
+    int rv = state__read_applied(s, txn, &applied);
+    if (rv != 0) {
+        mdb_txn_abort(txn);
+        return rv;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc != 0)
+        return state__lmdb_err(rc, "opening the state databases");
+    atomic_store(&s->applied, applied);
+    return 0;
+}
+
+int state_open(struct state **out, const char *dir, const struct state_opts *opts)
+{
+    struct state *s;
+    int rc, rv;
+
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return rp_err(RP_EIO, "create %s: %s", dir, strerror(errno));
+    s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return rp_err(RP_ENOMEM, "allocating the state");
+    if (opts != NULL)
+        s->opts = *opts;
+    if (s->opts.map_size == 0)
+        s->opts.map_size = (size_t)1 << 30;
+    if (s->opts.watch_queue_len == 0)
+        s->opts.watch_queue_len = 4096;
+    if (s->opts.event_ring_len == 0)
+        s->opts.event_ring_len = 8192;
+    if (s->opts.rid_keep == 0)
+        s->opts.rid_keep = 100000;
+    s->dir = strdup(dir);
+    if (s->dir == NULL) {
+        rv = rp_err(RP_ENOMEM, "allocating the state");
+        goto err;
+    }
+    if ((rv = check_and_mark(dir)) != 0)
+        goto err;
+
+    if ((rc = mdb_env_create(&s->env)) != 0) {
+        rv = state__lmdb_err(rc, "creating the LMDB environment");
+        goto err;
+    }
+    if ((rc = mdb_env_set_mapsize(s->env, s->opts.map_size)) != 0 ||
+        (rc = mdb_env_set_maxdbs(s->env, STATE__N_DBS)) != 0 ||
+        (rc = mdb_env_set_maxreaders(s->env, 1024)) != 0) {
+        rv = state__lmdb_err(rc, "configuring the LMDB environment");
+        goto err_after_env;
+    }
+    /* MDB_NOTLS: read transactions are handed between threads (snapshots, watch
+     * streams) and a thread may hold several. MDB_NOSYNC: see the top of this file. */
+    rc = mdb_env_open(s->env, dir, MDB_NOTLS | MDB_NOSYNC | MDB_NORDAHEAD, 0600);
+    if (rc != 0) {
+        rv = state__lmdb_err(rc, dir);
+        goto err_after_env;
+    }
+    int dead = 0;
+    mdb_reader_check(s->env, &dead);
+    if ((rv = open_dbs(s)) != 0)
+        goto err_after_env;
+    if ((rv = state__hub_init(&s->hub, s->opts.event_ring_len, atomic_load(&s->applied))) != 0)
+        goto err_after_env;
+    *out = s;
+    return 0;
+
+err_after_env:
+    mdb_env_close(s->env);
+err:
+    free(s->dir);
+    free(s);
+    return rv;
+}
+
+void state_close(struct state *s)
+{
+    if (s == NULL)
+        return;
+    if (s->hub.watchers != NULL)
+        rp_warn("state", "closing the state with watches still open");
+    if (s->snap_txn != NULL)
+        mdb_txn_abort(s->snap_txn);
+    for (size_t i = 0; i < s->n_pending; i++)
+        state__ev_free(s->pending[i]);
+    free(s->pending);
+    state__hub_close(&s->hub);
+    int rc = mdb_env_sync(s->env, 1);
+    mdb_env_close(s->env);
+    /* Only a synced environment may lose its marker. */
+    char path[4096];
+    if (rc == 0 && path_in(path, sizeof path, s->dir, MARKER) == 0)
+        unlink(path);
+    else if (rc != 0)
+        rp_warn("state", "%s: sync at close failed: %s", s->dir, mdb_strerror(rc));
+    free(s->dir);
+    free(s);
+}
+
+uint64_t state_applied_index(struct state *s)
+{
+    return atomic_load(&s->applied);
+}
+
+/* ---- Reads -------------------------------------------------------------- */
+
+static int begin_read(struct state *s, MDB_txn **txn, uint64_t *rev_out)
+{
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn);
+    if (rc != 0)
+        return state__lmdb_err(rc, "starting a read");
+    if (rev_out != NULL) {
+        int rv = state__read_applied(s, *txn, rev_out);
+        if (rv != 0) {
+            mdb_txn_abort(*txn);
+            return rv;
+        }
+    }
+    return 0;
+}
+
+int state_get(struct state *s, const char *kind, const char *name, struct rp_buf *out,
+              uint64_t *rev_out)
+{
+    uint8_t key[STATE__KEY_MAX];
+    size_t kl = strlen(kind), nl = strlen(name);
+    MDB_txn *txn;
+    if (!state__kind_ok(kind, kl))
+        return rp_err(RP_EINVAL, "kind '%.63s' is not 1-63 bytes of [a-z0-9_]", kind);
+    if (!state__name_ok(name, nl))
+        return rp_err(RP_EINVAL, "name is not 1-255 bytes without control characters");
+    int rv = begin_read(s, &txn, rev_out);
+    if (rv != 0)
+        return rv;
+    MDB_val k = {state__res_key(key, kind, kl, name, nl), key}, v;
+    int rc = mdb_get(txn, s->dbi[STATE__DB_RES], &k, &v);
+    if (rc == MDB_NOTFOUND)
+        rv = rp_err(RP_ENOTFOUND, "%s/%s not found", kind, name);
+    else if (rc != 0)
+        rv = state__lmdb_err(rc, "reading a resource");
+    else if (v.mv_size <= STATE__VAL_HDR)
+        rv = rp_err(RP_EIO, "%s/%s: stored value of %zu bytes is too short", kind, name,
+                    v.mv_size);
+    else
+        rv = rp_buf_append(out, (uint8_t *)v.mv_data + STATE__VAL_HDR,
+                           v.mv_size - STATE__VAL_HDR);
+    mdb_txn_abort(txn);
+    return rv;
+}
+
+static bool has_prefix(const uint8_t *p, size_t n, const uint8_t *pre, size_t pn)
+{
+    return n >= pn && memcmp(p, pre, pn) == 0;
+}
+
+int state_list(struct state *s, const char *kind, const char *prefix, unsigned limit,
+               state_list_cb cb, void *arg, uint64_t *rev_out)
+{
+    uint8_t start[STATE__KEY_MAX];
+    size_t start_len = 0, pl = prefix ? strlen(prefix) : 0;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    if (kind != NULL && !state__kind_ok(kind, strlen(kind)))
+        return rp_err(RP_EINVAL, "kind '%.63s' is not 1-63 bytes of [a-z0-9_]", kind);
+    if (pl > STATE_NAME_MAX)
+        return rp_err(RP_EINVAL, "name prefix longer than %d bytes", STATE_NAME_MAX);
+    /* With a kind, the range kind \0 prefix.. is contiguous. */
+    if (kind != NULL)
+        start_len = state__res_key(start, kind, strlen(kind), prefix ? prefix : "", pl);
+    int rv = begin_read(s, &txn, rev_out);
+    if (rv != 0)
+        return rv;
+    int rc = mdb_cursor_open(txn, s->dbi[STATE__DB_RES], &cur);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return state__lmdb_err(rc, "listing resources");
+    }
+    MDB_val k = {start_len, start}, v;
+    unsigned n = 0;
+    rc = mdb_cursor_get(cur, &k, &v, start_len ? MDB_SET_RANGE : MDB_FIRST);
+    for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (kind != NULL && !has_prefix(k.mv_data, k.mv_size, start, start_len))
+            break;
+        if (kind == NULL && pl > 0) {
+            const uint8_t *z = memchr(k.mv_data, '\0', k.mv_size);
+            if (z == NULL)
+                continue;
+            const uint8_t *nm = z + 1;
+            size_t nl = k.mv_size - (size_t)(nm - (const uint8_t *)k.mv_data);
+            if (!has_prefix(nm, nl, (const uint8_t *)prefix, pl))
+                continue;
+        }
+        if (v.mv_size <= STATE__VAL_HDR)
+            continue;
+        rv = cb(arg, (uint8_t *)v.mv_data + STATE__VAL_HDR, v.mv_size - STATE__VAL_HDR);
+        if (rv != 0)
+            break;
+        if (limit != 0 && ++n >= limit)
+            break;
+    }
+    if (rv == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        rv = state__lmdb_err(rc, "listing resources");
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return rv;
+}
+
+int state_next_expiry(struct state *s, uint64_t *expires_ms)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    *expires_ms = 0;
+    int rv = begin_read(s, &txn, NULL);
+    if (rv != 0)
+        return rv;
+    int rc = mdb_cursor_open(txn, s->dbi[STATE__DB_EXP], &cur);
+    if (rc == 0) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        if (rc == 0 && k.mv_size >= 8)
+            *expires_ms = state__get_be64(k.mv_data);
+        mdb_cursor_close(cur);
+    }
+    mdb_txn_abort(txn);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return state__lmdb_err(rc, "reading the next expiry");
+    return 0;
+}

@@ -1,0 +1,821 @@
+/* tests/test_state_watch.c: watch streams: init snapshot, ordering, filters,
+ * resuming from the ring, overflow, cancel, and a concurrent writer. */
+/* ---- Helpers (each state test file carries its own copy: tests/lib/ is not
+ * state's to add to; see state/README.md) ---------------------------------- */
+
+#include <criterion/criterion.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/buf.h"
+#include "lib/errors.h"
+#include "lib/mp.h"
+#include "state/state.h"
+
+static char tmpdir[64];
+static struct state *S;
+
+static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static __attribute__((unused)) void make_tmpdir(char *dir)
+{
+    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static __attribute__((unused)) void remove_tree(const char *dir)
+{
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static __attribute__((unused)) struct state *open_state_in(const char *dir, const struct state_opts *opts)
+{
+    struct state *s = NULL;
+    int rv = state_open(&s, dir, opts);
+    cr_assert_eq(rv, 0, "state_open: %s", rp_errmsg());
+    return s;
+}
+
+static __attribute__((unused)) void setup(void)
+{
+    make_tmpdir(tmpdir);
+    S = open_state_in(tmpdir, NULL);
+}
+
+static __attribute__((unused)) void teardown(void)
+{
+    state_close(S);
+    S = NULL;
+    remove_tree(tmpdir);
+}
+
+/* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
+static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name, uint64_t expires,
+                     const char *env, const char *spec)
+{
+    msgpack_packer pk;
+    rp_buf_init(b);
+    rp_mp_packer_init(&pk, b);
+    msgpack_pack_map(&pk, 4);
+    rp_mp_kv_str(&pk, "kind", kind);
+    rp_mp_kv_str(&pk, "version", "v2");
+    rp_mp_pack_str(&pk, "metadata");
+    msgpack_pack_map(&pk, 1 + (expires != 0) + (env != NULL));
+    rp_mp_kv_str(&pk, "name", name);
+    if (expires != 0)
+        rp_mp_kv_u64(&pk, "expires", expires);
+    if (env != NULL) {
+        rp_mp_pack_str(&pk, "labels");
+        msgpack_pack_map(&pk, 1);
+        rp_mp_kv_str(&pk, "env", env);
+    }
+    rp_mp_pack_str(&pk, "spec");
+    msgpack_pack_map(&pk, 1);
+    rp_mp_kv_str(&pk, "v", spec ? spec : "");
+}
+
+/* Encodes @c (with @res as a resource if non-NULL) into @out. */
+static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c, const struct rp_buf *res)
+{
+    rp_buf_init(out);
+    if (res != NULL) {
+        c.res = res->data;
+        c.res_len = res->len;
+    }
+    int rv = state_cmd_encode(&c, out);
+    cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
+}
+
+static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index, const void *cmd,
+                                        size_t len)
+{
+    struct state_result r;
+    int rv = state_apply(s, index, cmd, len, &r);
+    cr_assert_eq(rv, 0, "state_apply: %s", rp_errmsg());
+    return r;
+}
+
+static __attribute__((unused)) struct state_result apply_to(struct state *s, uint64_t index, struct state_cmd c,
+                                    const struct rp_buf *res)
+{
+    struct rp_buf cmd;
+    encode(&cmd, c, res);
+    struct state_result r = apply_raw_to(s, index, cmd.data, cmd.len);
+    rp_buf_free(&cmd);
+    return r;
+}
+
+static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c, const struct rp_buf *res)
+{
+    return apply_to(S, index, c, res);
+}
+
+/* put of kind/name with spec @spec under request id "r<index>". */
+static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index, const char *op,
+                                  const char *kind, const char *name, uint64_t expires,
+                                  const char *spec)
+{
+    struct rp_buf res;
+    char rid[32];
+    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
+    make_res(&res, kind, name, expires, NULL, spec);
+    struct state_result r = apply_to(s, index, (struct state_cmd){.op = op, .rid = rid}, &res);
+    rp_buf_free(&res);
+    return r;
+}
+
+static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind, const char *name,
+                               const char *spec)
+{
+    return put_to(S, index, "put", kind, name, 0, spec);
+}
+
+static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind, const char *name)
+{
+    char rid[32];
+    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
+    return apply_cmd(index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind,
+                                               .name = name},
+                     NULL);
+}
+
+/* Parses a stored resource and returns one field of metadata / spec. */
+static __attribute__((unused)) uint64_t res_revision(const struct rp_buf *b)
+{
+    msgpack_unpacked u;
+    uint64_t rev = 0;
+    cr_assert_eq(rp_mp_parse(b->data, b->len, &u), 0);
+    const msgpack_object *md = rp_mp_get(&u.data, "metadata");
+    cr_assert_eq(rp_mp_get_u64(md, "revision", &rev), 0);
+    msgpack_unpacked_destroy(&u);
+    return rev;
+}
+
+static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out, size_t outlen)
+{
+    msgpack_unpacked u;
+    const char *s;
+    size_t sl;
+    cr_assert_eq(rp_mp_parse(p, n, &u), 0);
+    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
+    cr_assert_eq(rp_mp_get_str(spec, "v", &s, &sl), 0);
+    snprintf(out, outlen, "%.*s", (int)sl, s);
+    msgpack_unpacked_destroy(&u);
+}
+
+/* 0 and the spec of kind/name, or the state_get error. */
+static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name, char *out,
+                       size_t outlen, uint64_t *rev)
+{
+    struct rp_buf b;
+    rp_buf_init(&b);
+    int rv = state_get(s, kind, name, &b, NULL);
+    if (rv == 0) {
+        res_spec(b.data, b.len, out, outlen);
+        if (rev != NULL)
+            *rev = res_revision(&b);
+    }
+    rp_buf_free(&b);
+    return rv;
+}
+
+static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out, size_t outlen, uint64_t *rev)
+{
+    return get_spec_in(S, kind, name, out, outlen, rev);
+}
+
+static __attribute__((unused)) int dump_cb(void *arg, const void *res, size_t len)
+{
+    struct rp_buf *b = arg;
+    rp_buf_put_be32(b, (uint32_t)len);
+    return rp_buf_append(b, res, len);
+}
+
+/* Every resource, length-prefixed, in key order. */
+static __attribute__((unused)) void dump(struct state *s, struct rp_buf *out)
+{
+    rp_buf_init(out);
+    cr_assert_eq(state_list(s, NULL, NULL, 0, dump_cb, out, NULL), 0);
+}
+
+static __attribute__((unused)) size_t count(struct state *s, const char *kind, const char *prefix)
+{
+    struct rp_buf b;
+    rp_buf_init(&b);
+    cr_assert_eq(state_list(s, kind, prefix, 0, dump_cb, &b, NULL), 0);
+    size_t n = 0;
+    struct rp_rd rd;
+    uint32_t l;
+    rp_rd_init(&rd, b.data, b.len);
+    while (rp_rd_be32(&rd, &l) == 0 && rp_rd_skip(&rd, l) == 0)
+        n++;
+    rp_buf_free(&b);
+    return n;
+}
+/* ---- End of helpers ------------------------------------------------------ */
+#include <poll.h>
+#include <pthread.h>
+#include <time.h>
+
+TestSuite(state_watch, .init = setup, .fini = teardown, .timeout = 120);
+
+static struct state_watch *watch(struct state *s, const char *const *kinds, size_t n_kinds,
+                                 const char *prefix, uint64_t start_rev)
+{
+    struct state_watch *w;
+    struct state_watch_opts o = {.kinds = kinds, .n_kinds = n_kinds, .prefix = prefix,
+                                 .start_rev = start_rev};
+    cr_assert_eq(state_watch_open(s, &o, &w), 0, "state_watch_open: %s", rp_errmsg());
+    return w;
+}
+
+/* Takes the next event and checks its type, revision (unless 0) and kind/name. */
+static void expect(struct state_watch *w, struct state_event *ev, enum state_event_type type,
+                   uint64_t rev, const char *kind, const char *name)
+{
+    int rv = state_watch_next(w, ev, 2000);
+    cr_assert_eq(rv, 0, "state_watch_next: %d %s", rv, rp_errmsg());
+    cr_assert_eq(ev->type, type, "type %d, want %d (rev %llu %s/%s)", ev->type, type,
+                 (unsigned long long)ev->revision, ev->kind, ev->name);
+    if (rev != 0)
+        cr_assert_eq(ev->revision, rev, "revision %llu, want %llu",
+                     (unsigned long long)ev->revision, (unsigned long long)rev);
+    if (kind != NULL) {
+        cr_assert_str_eq(ev->kind, kind);
+        cr_assert_str_eq(ev->name, name);
+    }
+}
+
+static void expect_nothing(struct state_watch *w, struct state_event *ev)
+{
+    cr_assert_eq(state_watch_next(w, ev, 0), RP_ETIMEDOUT);
+}
+
+Test(state_watch, init_snapshot_then_puts_and_deletes_in_order)
+{
+    put(1, "node", "b", "1");
+    put(2, "node", "a", "2");
+    put(3, "role", "r", "3");
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_PUT, 2, "node", "a");
+    char spec[8];
+    res_spec(ev.res.data, ev.res.len, spec, sizeof spec);
+    cr_assert_str_eq(spec, "2");
+    expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "b");
+    expect(w, &ev, STATE_EV_INIT_PUT, 3, "role", "r");
+    expect(w, &ev, STATE_EV_INIT_DONE, 3, NULL, NULL);
+    expect_nothing(w, &ev);
+
+    put(4, "node", "c", "4");
+    del(5, "node", "a");
+    put(6, "node", "b", "6");
+    expect(w, &ev, STATE_EV_PUT, 4, "node", "c");
+    res_spec(ev.res.data, ev.res.len, spec, sizeof spec);
+    cr_assert_str_eq(spec, "4");
+    struct state_res_meta m;
+    cr_assert_eq(state_resource_check(ev.res.data, ev.res.len, &m), 0);
+    cr_assert_eq(m.revision, 4);
+    expect(w, &ev, STATE_EV_DELETE, 5, "node", "a");
+    cr_assert_eq(ev.res.len, 0);
+    expect(w, &ev, STATE_EV_PUT, 6, "node", "b");
+    expect_nothing(w, &ev);
+    /* Failed commands produce no event. */
+    del(7, "node", "absent");
+    expect_nothing(w, &ev);
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+Test(state_watch, an_empty_state_gives_init_done_at_the_applied_index)
+{
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
+    cr_assert_eq(ev.revision, 0);
+    put(1, "node", "a", "1");
+    expect(w, &ev, STATE_EV_PUT, 1, "node", "a");
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+Test(state_watch, kinds_and_prefix_filter_the_snapshot_and_the_stream)
+{
+    put(1, "node", "web-1", "x");
+    put(2, "node", "db-1", "x");
+    put(3, "nodes", "web-2", "x");
+    put(4, "role", "web-3", "x");
+    put(5, "user", "web-4", "x");
+    const char *kinds[] = {"role", "node", "node"}; /* unsorted, with a duplicate */
+    struct state_watch *w = watch(S, kinds, 3, "web-", 0);
+    struct state_watch *all_web = watch(S, NULL, 0, "web-", 0);
+    struct state_watch *users = watch(S, (const char *[]){"user"}, 1, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "web-1");
+    expect(w, &ev, STATE_EV_INIT_PUT, 4, "role", "web-3");
+    expect(w, &ev, STATE_EV_INIT_DONE, 5, NULL, NULL);
+    expect(all_web, &ev, STATE_EV_INIT_PUT, 1, "node", "web-1");
+    expect(all_web, &ev, STATE_EV_INIT_PUT, 3, "nodes", "web-2");
+    expect(all_web, &ev, STATE_EV_INIT_PUT, 4, "role", "web-3");
+    expect(all_web, &ev, STATE_EV_INIT_PUT, 5, "user", "web-4");
+    expect(all_web, &ev, STATE_EV_INIT_DONE, 5, NULL, NULL);
+    expect(users, &ev, STATE_EV_INIT_PUT, 5, "user", "web-4");
+    expect(users, &ev, STATE_EV_INIT_DONE, 5, NULL, NULL);
+
+    put(6, "node", "db-2", "x");
+    put(7, "nodes", "web-5", "x");
+    put(8, "role", "web-6", "x");
+    del(9, "node", "web-1");
+    put(10, "user", "u", "x");
+    expect(w, &ev, STATE_EV_PUT, 8, "role", "web-6");
+    expect(w, &ev, STATE_EV_DELETE, 9, "node", "web-1");
+    expect_nothing(w, &ev);
+    expect(all_web, &ev, STATE_EV_PUT, 7, "nodes", "web-5");
+    expect(all_web, &ev, STATE_EV_PUT, 8, "role", "web-6");
+    expect(all_web, &ev, STATE_EV_DELETE, 9, "node", "web-1");
+    expect_nothing(all_web, &ev);
+    expect(users, &ev, STATE_EV_PUT, 10, "user", "u");
+    expect_nothing(users, &ev);
+    state_event_free(&ev);
+    state_watch_close(w);
+    state_watch_close(all_web);
+    state_watch_close(users);
+
+    /* A bad kind is refused. */
+    struct state_watch *bad;
+    struct state_watch_opts o = {.kinds = (const char *[]){"No"}, .n_kinds = 1};
+    cr_assert_eq(state_watch_open(S, &o, &bad), RP_EINVAL);
+}
+
+Test(state_watch, the_events_of_a_batch_share_its_revision_in_op_order)
+{
+    put(1, "node", "old", "x");
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "old");
+    expect(w, &ev, STATE_EV_INIT_DONE, 1, NULL, NULL);
+    struct rp_buf a, b, ops, cmd;
+    make_res(&a, "node", "z", 0, NULL, "x");
+    make_res(&b, "node", "a", 0, NULL, "x");
+    rp_buf_init(&ops);
+    struct state_cmd subs[] = {
+        {.op = "put", .res = a.data, .res_len = a.len},
+        {.op = "delete", .kind = "node", .name = "old"},
+        {.op = "create", .res = b.data, .res_len = b.len},
+    };
+    for (int i = 0; i < 3; i++)
+        state_cmd_encode(&subs[i], &ops);
+    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "b", .ops = ops.data,
+                                    .ops_len = ops.len, .n_ops = 3},
+           NULL);
+    cr_assert_eq(apply_raw_to(S, 2, cmd.data, cmd.len).code, 0);
+    expect(w, &ev, STATE_EV_PUT, 2, "node", "z");
+    expect(w, &ev, STATE_EV_DELETE, 2, "node", "old");
+    expect(w, &ev, STATE_EV_PUT, 2, "node", "a");
+    /* A failing batch publishes nothing. */
+    cr_assert_eq(apply_raw_to(S, 3, cmd.data, cmd.len).code, 0, "a retry: remembered result");
+    rp_buf_free(&cmd);
+    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "c", .ops = ops.data,
+                                    .ops_len = ops.len, .n_ops = 3},
+           NULL);
+    cr_assert_eq(apply_raw_to(S, 4, cmd.data, cmd.len).code, RP_ENOTFOUND);
+    expect_nothing(w, &ev);
+    rp_buf_free(&cmd);
+    rp_buf_free(&ops);
+    rp_buf_free(&a);
+    rp_buf_free(&b);
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+Test(state_watch, resume_from_the_ring_replays_without_an_init_snapshot)
+{
+    for (uint64_t i = 1; i <= 10; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "n%llu", (unsigned long long)i);
+        put(i, "node", name, "x");
+    }
+    struct state_watch *w = watch(S, NULL, 0, NULL, 7);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_DONE, 7, NULL, NULL);
+    expect(w, &ev, STATE_EV_PUT, 8, "node", "n8");
+    expect(w, &ev, STATE_EV_PUT, 9, "node", "n9");
+    expect(w, &ev, STATE_EV_PUT, 10, "node", "n10");
+    expect_nothing(w, &ev);
+    put(11, "node", "n11", "x");
+    expect(w, &ev, STATE_EV_PUT, 11, "node", "n11");
+    state_watch_close(w);
+
+    /* Resuming at the head: nothing to replay. */
+    w = watch(S, NULL, 0, NULL, 11);
+    expect(w, &ev, STATE_EV_INIT_DONE, 11, NULL, NULL);
+    expect_nothing(w, &ev);
+    put(12, "node", "n12", "x");
+    expect(w, &ev, STATE_EV_PUT, 12, "node", "n12");
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+Test(state_watch, resume_from_before_the_ring_falls_back_to_an_init_snapshot)
+{
+    state_close(S);
+    struct state_opts o = {.event_ring_len = 4};
+    S = open_state_in(tmpdir, &o);
+    for (uint64_t i = 1; i <= 10; i++)
+        put(i, "node", "same", "x");
+    struct state_event ev;
+    state_event_init(&ev);
+    /* The ring holds 7..10, so 6 is the oldest point it can resume from. */
+    struct state_watch *w = watch(S, NULL, 0, NULL, 6);
+    expect(w, &ev, STATE_EV_INIT_DONE, 6, NULL, NULL);
+    for (uint64_t r = 7; r <= 10; r++)
+        expect(w, &ev, STATE_EV_PUT, r, "node", "same");
+    state_watch_close(w);
+    w = watch(S, NULL, 0, NULL, 5);
+    expect(w, &ev, STATE_EV_INIT_PUT, 10, "node", "same");
+    expect(w, &ev, STATE_EV_INIT_DONE, 10, NULL, NULL);
+    expect_nothing(w, &ev);
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+Test(state_watch, overflow_ends_with_reinit_at_the_last_whole_revision)
+{
+    state_close(S);
+    struct state_opts o = {.watch_queue_len = 4};
+    S = open_state_in(tmpdir, &o);
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
+    put(1, "node", "a", "x");
+    put(2, "node", "b", "x");
+    /* A batch of three at revision 3: only one of its events fits. */
+    struct rp_buf r1, r2, r3, ops, cmd;
+    make_res(&r1, "node", "c", 0, NULL, "x");
+    make_res(&r2, "node", "d", 0, NULL, "x");
+    make_res(&r3, "node", "e", 0, NULL, "x");
+    rp_buf_init(&ops);
+    struct state_cmd subs[] = {{.op = "put", .res = r1.data, .res_len = r1.len},
+                               {.op = "put", .res = r2.data, .res_len = r2.len},
+                               {.op = "put", .res = r3.data, .res_len = r3.len}};
+    for (int i = 0; i < 3; i++)
+        state_cmd_encode(&subs[i], &ops);
+    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "b", .ops = ops.data,
+                                    .ops_len = ops.len, .n_ops = 3},
+           NULL);
+    cr_assert_eq(apply_raw_to(S, 3, cmd.data, cmd.len).code, 0);
+    put(4, "node", "f", "x");
+    expect(w, &ev, STATE_EV_PUT, 1, "node", "a");
+    expect(w, &ev, STATE_EV_PUT, 2, "node", "b");
+    expect(w, &ev, STATE_EV_REINIT, 2, NULL, NULL);
+    cr_assert_eq(state_watch_next(w, &ev, 0), RP_ECLOSED);
+    cr_assert_eq(state_watch_next(w, &ev, 100), RP_ECLOSED);
+    state_watch_close(w);
+
+    /* Resuming from the REINIT revision brings it back without a snapshot. */
+    w = watch(S, NULL, 0, NULL, 2);
+    expect(w, &ev, STATE_EV_INIT_DONE, 2, NULL, NULL);
+    expect(w, &ev, STATE_EV_PUT, 3, "node", "c");
+    expect(w, &ev, STATE_EV_PUT, 3, "node", "d");
+    expect(w, &ev, STATE_EV_PUT, 3, "node", "e");
+    expect(w, &ev, STATE_EV_PUT, 4, "node", "f");
+    expect_nothing(w, &ev);
+    state_watch_close(w);
+    rp_buf_free(&cmd);
+    rp_buf_free(&ops);
+    rp_buf_free(&r1);
+    rp_buf_free(&r2);
+    rp_buf_free(&r3);
+    state_event_free(&ev);
+}
+
+Test(state_watch, overflow_during_the_init_snapshot_still_delivers_it_then_reinit)
+{
+    state_close(S);
+    struct state_opts o = {.watch_queue_len = 2};
+    S = open_state_in(tmpdir, &o);
+    put(1, "node", "a", "x");
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    for (uint64_t i = 2; i <= 6; i++)
+        put(i, "node", "b", "x");
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "a");
+    expect(w, &ev, STATE_EV_INIT_DONE, 1, NULL, NULL);
+    expect(w, &ev, STATE_EV_PUT, 2, "node", "b");
+    expect(w, &ev, STATE_EV_PUT, 3, "node", "b");
+    expect(w, &ev, STATE_EV_REINIT, 3, NULL, NULL);
+    cr_assert_eq(state_watch_next(w, &ev, 0), RP_ECLOSED);
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+struct blocked {
+    struct state_watch *w;
+    int rv;
+    uint64_t took_ms;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void *block_in_next(void *arg)
+{
+    struct blocked *b = arg;
+    struct state_event ev;
+    state_event_init(&ev);
+    uint64_t t0 = now_ms();
+    b->rv = state_watch_next(b->w, &ev, -1);
+    b->took_ms = now_ms() - t0;
+    state_event_free(&ev);
+    return NULL;
+}
+
+Test(state_watch, cancel_wakes_a_blocked_next)
+{
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
+    struct blocked b = {.w = w, .rv = 1};
+    pthread_t t;
+    pthread_create(&t, NULL, block_in_next, &b);
+    usleep(200 * 1000);
+    state_watch_cancel(w);
+    pthread_join(t, NULL);
+    cr_assert_eq(b.rv, RP_ECLOSED);
+    cr_assert_geq(b.took_ms, 150, "it was blocked");
+    cr_assert_eq(state_watch_next(w, &ev, 0), RP_ECLOSED);
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+Test(state_watch, next_times_out_and_a_blocked_next_wakes_on_an_event)
+{
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
+    uint64_t t0 = now_ms();
+    cr_assert_eq(state_watch_next(w, &ev, 150), RP_ETIMEDOUT);
+    cr_assert_geq(now_ms() - t0, 140);
+    struct blocked b = {.w = w, .rv = 1};
+    pthread_t t;
+    pthread_create(&t, NULL, block_in_next, &b);
+    usleep(100 * 1000);
+    put(1, "node", "a", "x");
+    pthread_join(t, NULL);
+    cr_assert_eq(b.rv, 0);
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+static bool readable(struct state_watch *w)
+{
+    struct pollfd p = {.fd = state_watch_fd(w), .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+Test(state_watch, the_fd_is_readable_exactly_when_next_has_something)
+{
+    put(1, "node", "a", "x");
+    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    cr_assert(readable(w), "init pending");
+    expect(w, &ev, STATE_EV_INIT_PUT, 1, NULL, NULL);
+    cr_assert(readable(w));
+    expect(w, &ev, STATE_EV_INIT_DONE, 1, NULL, NULL);
+    expect_nothing(w, &ev);
+    cr_assert(!readable(w));
+    put(2, "node", "b", "x");
+    put(3, "node", "c", "x");
+    cr_assert(readable(w));
+    expect(w, &ev, STATE_EV_PUT, 2, NULL, NULL);
+    expect(w, &ev, STATE_EV_PUT, 3, NULL, NULL);
+    expect_nothing(w, &ev);
+    cr_assert(!readable(w));
+    state_watch_cancel(w);
+    cr_assert(readable(w));
+    cr_assert_eq(state_watch_next(w, &ev, 0), RP_ECLOSED);
+    cr_assert(readable(w), "stays readable once closed");
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+/* ---- A writer thread and watchers ------------------------------------------ */
+
+#define N_NAMES 40
+#define N_WRITES 3000
+
+struct writer {
+    struct state *s;
+    uint32_t changed[N_WRITES + 1]; /* index -> number of events it produced */
+};
+
+static void *write_loop(void *arg)
+{
+    struct writer *wr = arg;
+    srand(7);
+    for (uint64_t i = 1; i <= N_WRITES; i++) {
+        char name[16], spec[16], rid[16];
+        snprintf(name, sizeof name, "k%d", rand() % N_NAMES);
+        snprintf(spec, sizeof spec, "v%llu", (unsigned long long)i);
+        snprintf(rid, sizeof rid, "r%llu", (unsigned long long)i);
+        struct state_result r;
+        int kind = rand() % 10;
+        if (kind < 6) {
+            r = put_to(wr->s, i, "put", "node", name, 0, spec);
+        } else if (kind < 9) {
+            r = apply_to(wr->s, i,
+                         (struct state_cmd){.op = "delete", .rid = rid, .kind = "node",
+                                            .name = name},
+                         NULL);
+        } else {
+            struct rp_buf a, b, ops, cmd;
+            char name2[16];
+            snprintf(name2, sizeof name2, "k%d", rand() % N_NAMES);
+            make_res(&a, "node", name, 0, NULL, spec);
+            make_res(&b, "node", name2, 0, NULL, spec);
+            rp_buf_init(&ops);
+            struct state_cmd s1 = {.op = "put", .res = a.data, .res_len = a.len};
+            struct state_cmd s2 = {.op = "put", .res = b.data, .res_len = b.len};
+            state_cmd_encode(&s1, &ops);
+            state_cmd_encode(&s2, &ops);
+            encode(&cmd, (struct state_cmd){.op = "batch", .rid = rid, .ops = ops.data,
+                                            .ops_len = ops.len, .n_ops = 2},
+                   NULL);
+            r = apply_raw_to(wr->s, i, cmd.data, cmd.len);
+            rp_buf_free(&cmd);
+            rp_buf_free(&ops);
+            rp_buf_free(&a);
+            rp_buf_free(&b);
+        }
+        wr->changed[i] = r.code == 0 ? r.n_changed : 0;
+        if (i % 100 == 0)
+            usleep(1000);
+    }
+    return NULL;
+}
+
+struct reader {
+    struct state *s;
+    uint64_t start_rev;
+    uint64_t init_rev;
+    char specs[N_NAMES][16]; /* "" = absent */
+    uint64_t seen[N_WRITES + 1]; /* events per revision */
+    bool ok;
+    char why[200];
+};
+
+static int name_index(const char *name)
+{
+    return atoi(name + 1);
+}
+
+static void *read_loop(void *arg)
+{
+    struct reader *rd = arg;
+    struct state_watch *w;
+    struct state_watch_opts o = {.start_rev = rd->start_rev};
+    struct state_event ev;
+    uint64_t last = 0;
+    rd->ok = false;
+    if (state_watch_open(rd->s, &o, &w) != 0) {
+        snprintf(rd->why, sizeof rd->why, "open: %s", rp_errmsg());
+        return NULL;
+    }
+    state_event_init(&ev);
+    for (;;) {
+        int rv = state_watch_next(w, &ev, 5000);
+        if (rv != 0) {
+            snprintf(rd->why, sizeof rd->why, "next: %d after %llu", rv,
+                     (unsigned long long)last);
+            break;
+        }
+        if (ev.type == STATE_EV_INIT_PUT) {
+            res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
+            continue;
+        }
+        if (ev.type == STATE_EV_INIT_DONE) {
+            rd->init_rev = last = ev.revision;
+            if (last == N_WRITES) {
+                rd->ok = true;
+                break;
+            }
+            continue;
+        }
+        if (ev.type == STATE_EV_REINIT) {
+            snprintf(rd->why, sizeof rd->why, "reinit at %llu", (unsigned long long)ev.revision);
+            break;
+        }
+        if (ev.revision < last) {
+            snprintf(rd->why, sizeof rd->why, "revision %llu after %llu",
+                     (unsigned long long)ev.revision, (unsigned long long)last);
+            break;
+        }
+        /* Non-decreasing revisions: the events of one revision are contiguous. */
+        last = ev.revision;
+        rd->seen[ev.revision]++;
+        if (ev.type == STATE_EV_PUT)
+            res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
+        else
+            rd->specs[name_index(ev.name)][0] = '\0';
+        if (ev.revision == N_WRITES) {
+            /* The last entry may have more events (a batch): take those too. */
+            while (state_watch_next(w, &ev, 200) == 0) {
+                rd->seen[ev.revision]++;
+                if (ev.type == STATE_EV_PUT)
+                    res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
+                else
+                    rd->specs[name_index(ev.name)][0] = '\0';
+            }
+            rd->ok = true;
+            break;
+        }
+    }
+    state_event_free(&ev);
+    state_watch_close(w);
+    return NULL;
+}
+
+static void check_reader(struct reader *rd, struct writer *wr)
+{
+    cr_assert(rd->ok, "reader: %s", rd->why);
+    for (uint64_t i = rd->init_rev + 1; i <= N_WRITES; i++)
+        cr_assert_eq(rd->seen[i], wr->changed[i], "revision %llu: %llu events, %u changes",
+                     (unsigned long long)i, (unsigned long long)rd->seen[i], wr->changed[i]);
+    for (int n = 0; n < N_NAMES; n++) {
+        char name[16], spec[16];
+        snprintf(name, sizeof name, "k%d", n);
+        int rv = get_spec_in(wr->s, "node", name, spec, sizeof spec, NULL);
+        if (rv == RP_ENOTFOUND)
+            spec[0] = '\0';
+        cr_assert_str_eq(rd->specs[n], spec, "%s: watcher has '%s', state has '%s'", name,
+                         rd->specs[n], spec);
+    }
+}
+
+Test(state_watch, a_concurrent_writer_and_watchers_see_every_revision_once_in_order)
+{
+    state_close(S);
+    struct state_opts o = {.watch_queue_len = 100000, .event_ring_len = 100000};
+    S = open_state_in(tmpdir, &o);
+    static struct writer wr;
+    static struct reader from_start, mid_init, resumed;
+    memset(&wr, 0, sizeof wr);
+    wr.s = S;
+    memset(&from_start, 0, sizeof from_start);
+    from_start.s = S;
+    memset(&mid_init, 0, sizeof mid_init);
+    mid_init.s = S;
+    memset(&resumed, 0, sizeof resumed);
+    resumed.s = S;
+    pthread_t tw, t1, t2, t3;
+    pthread_create(&t1, NULL, read_loop, &from_start);
+    pthread_create(&tw, NULL, write_loop, &wr);
+    /* One joins while writes are under way (init snapshot racing the writer),
+     * one resumes from a revision it claims to have. */
+    while (state_applied_index(S) < N_WRITES / 3)
+        usleep(1000);
+    pthread_create(&t2, NULL, read_loop, &mid_init);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    pthread_join(tw, NULL);
+    check_reader(&from_start, &wr);
+    check_reader(&mid_init, &wr);
+    cr_assert(mid_init.init_rev > 0 && mid_init.init_rev < N_WRITES,
+              "the second watcher's snapshot raced the writer (init at %llu)",
+              (unsigned long long)mid_init.init_rev);
+
+    /* Resume at N_WRITES/2 with the state a watcher had then: replaying the
+     * ring from an empty map reproduces only the changed names, so compare the
+     * revisions seen. */
+    resumed.start_rev = N_WRITES / 2;
+    pthread_create(&t3, NULL, read_loop, &resumed);
+    pthread_join(t3, NULL);
+    cr_assert(resumed.ok, "%s", resumed.why);
+    cr_assert_eq(resumed.init_rev, N_WRITES / 2);
+    for (uint64_t i = N_WRITES / 2 + 1; i <= N_WRITES; i++)
+        cr_assert_eq(resumed.seen[i], from_start.seen[i], "revision %llu",
+                     (unsigned long long)i);
+}
