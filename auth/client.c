@@ -143,8 +143,10 @@ static int decode_answer(const struct rp_buf *frame, msgpack_unpacked *resp)
 
 static void learn_servers(struct auth_client *c);
 
+/* The answer is read into @frame, which @resp then references: a caller's answer
+ * must stay in a buffer that nothing else reuses until the caller is done with it. */
 static int call_once(struct auth_client *c, const void *req, size_t len, msgpack_unpacked *resp,
-                     uint64_t deadline)
+                     struct rp_buf *frame, uint64_t deadline)
 {
     uint64_t now = rp_mono_ms();
     int left = deadline > now ? (int)(deadline - now) : 1;
@@ -159,13 +161,13 @@ static int call_once(struct auth_client *c, const void *req, size_t len, msgpack
     rp_conn_set_timeout(&c->conn, left);
     rv = rp_conn_write_frame(&c->conn, req, len);
     if (rv == 0)
-        rv = rp_conn_read_frame(&c->conn, &c->frame);
+        rv = rp_conn_read_frame(&c->conn, frame);
     if (rv != 0) {
         rp_conn_close(&c->conn);
         c->open = false;
         return rp_err(RP_EUNAVAILABLE, "%s: %s", c->addrs[c->cur], rp_errmsg());
     }
-    return decode_answer(&c->frame, resp);
+    return decode_answer(frame, resp);
 }
 
 int auth_client_call(struct auth_client *c, const void *req, size_t len, msgpack_unpacked *resp)
@@ -177,7 +179,7 @@ int auth_client_call(struct auth_client *c, const void *req, size_t len, msgpack
     char last[512] = "";
     msgpack_unpacked_init(resp);
     for (;;) {
-        rv = call_once(c, req, len, resp, deadline);
+        rv = call_once(c, req, len, resp, &c->frame, deadline);
         if (rv == 0 && !c->learned)
             learn_servers(c);
         if (!retryable(rv))
@@ -205,16 +207,18 @@ int auth_client_call(struct auth_client *c, const void *req, size_t len, msgpack
 
 static void learn_servers(struct auth_client *c)
 {
-    struct rp_buf req;
+    struct rp_buf req, frame;
     msgpack_packer pk;
     msgpack_unpacked resp;
     c->learned = true;
     msgpack_unpacked_init(&resp);
     rp_buf_init(&req);
+    /* Not c->frame: the caller's answer still points into it. */
+    rp_buf_init(&frame);
     rp_mp_packer_init(&pk, &req);
     msgpack_pack_map(&pk, 1);
     rp_mp_kv_str(&pk, "m", "ping");
-    if (call_once(c, req.data, req.len, &resp, rp_mono_ms() + 2000) == 0) {
+    if (call_once(c, req.data, req.len, &resp, &frame, rp_mono_ms() + 2000) == 0) {
         const msgpack_object *a = rp_mp_get(&resp.data, "auth_servers");
         if (a && a->type == MSGPACK_OBJECT_ARRAY) {
             for (uint32_t i = 0; i < a->via.array.size; i++) {
@@ -226,6 +230,7 @@ static void learn_servers(struct auth_client *c)
     }
     msgpack_unpacked_destroy(&resp);
     rp_buf_free(&req);
+    rp_buf_free(&frame);
 }
 
 struct auth_watch {

@@ -114,7 +114,7 @@ int auth_bootstrap_write(struct auth_server *s)
     if ((rv = append_put(&ops, &res)) != 0)
         goto out;
 
-    snprintf(rid, sizeof rid, "bootstrap-%.60s", s->id.host_id);
+    snprintf(rid, sizeof rid, "bootstrap-%.40s", s->id.host_id);
     rv = propose_puts(s, rid, &ops, 3);
     if (rv == 0) {
         char path[1200];
@@ -657,7 +657,7 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         rp_mp_packer_init(&pk, &res);
         pack_auth_server(&pk, host_id, nodename, raft_id, raft_addr, api_addr);
         rv = append_put(&ops, &res);
-        snprintf(rid, sizeof rid, "join-%.60s-%llu", host_id, (unsigned long long)raft_id);
+        snprintf(rid, sizeof rid, "join-%.36s-%llu", host_id, (unsigned long long)raft_id);
         if (rv == 0)
             rv = propose_puts(s, rid, &ops, 1);
         rp_buf_free(&res);

@@ -90,6 +90,7 @@ int rp_mp_validate(const void *data, size_t len)
     /* pending[d] = objects still to read at depth d. */
     uint64_t pending[RP_MP_MAX_DEPTH + 1];
     int depth = 0;
+    uint64_t elements = 0;
     rp_rd_init(&r, data, len);
     pending[0] = 1;
     while (depth >= 0) {
@@ -154,6 +155,12 @@ int rp_mp_validate(const void *data, size_t len)
                               "msgpack: container at offset %zu declares %llu elements, only %zu "
                               "bytes left",
                               at, (unsigned long long)children, rp_rd_left(&r));
+            /* msgpack-c spends about 24 bytes per element: cap the total so that a
+             * message cannot make it allocate many times its own size. */
+            elements += children;
+            if (elements > RP_MP_MAX_ELEMENTS)
+                return rp_err(RP_EINVAL, "msgpack: more than %u elements in one message",
+                              RP_MP_MAX_ELEMENTS);
             if (depth == RP_MP_MAX_DEPTH)
                 return rp_err(RP_EINVAL, "msgpack: nesting deeper than %d at offset %zu",
                               RP_MP_MAX_DEPTH, at);

@@ -3,7 +3,8 @@
  * Decoding untrusted bytes always starts with rp_mp_parse(), which first walks
  * the bytes with the bounded reader and refuses anything whose declared
  * array/map/string sizes exceed what is actually there, nests deeper than
- * RP_MP_MAX_DEPTH, or has trailing bytes, before msgpack-c allocates. */
+ * RP_MP_MAX_DEPTH, holds more than RP_MP_MAX_ELEMENTS elements in all, or has
+ * trailing bytes, before msgpack-c allocates. */
 #ifndef RP_MP_H
 #define RP_MP_H
 
@@ -14,6 +15,7 @@
 #include "lib/buf.h"
 
 #define RP_MP_MAX_DEPTH 32
+#define RP_MP_MAX_ELEMENTS (1u << 20) /* array elements plus map keys and values */
 
 /* A packer that appends to @b. */
 void rp_mp_packer_init(msgpack_packer *pk, struct rp_buf *b);

@@ -961,7 +961,13 @@ static int node_open(struct rp_node *n)
 
     rv = raft_start(r);
     if (rv != 0) {
-        start_failed(n, raft_rv_to_rp(rv), "raft_start: %s", raft_errmsg(r));
+        /* libraft does not always carry the I/O layer's reason up: look there. */
+        const char *why = raft_errmsg(r);
+        if (why == NULL || why[0] == '\0')
+            why = n->io.errmsg;
+        if (why == NULL || why[0] == '\0')
+            why = n->transport.errmsg;
+        start_failed(n, raft_rv_to_rp(rv), "raft_start: %s", why[0] ? why : raft_strerror(rv));
         goto err_raft;
     }
     uv_prepare_start(&n->monitor, on_monitor);
@@ -1094,7 +1100,6 @@ int rp_node_start(struct rp_node **out, const struct rp_node_config *cfg)
     if (rv != 0) {
         pthread_join(n->thread, NULL);
         rv = rp_err(rv, "raft node %llu: %s", (unsigned long long)cfg->id, n->start_err);
-        rp_error("raft", "%s", rp_errmsg());
         node_free(n);
         return rv;
     }

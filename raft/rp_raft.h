@@ -27,8 +27,21 @@
  * handshake the transport checks that the peer certificate carries RP_ROLE_AUTH
  * in O and refuses the connection (logged with the peer address and the reason)
  * otherwise; no byte of a refused connection reaches libraft. */
+/*
+ * Call on the thread that runs @loop, before raft_uv_init(). Both directions check
+ * the peer: the connecting side checks the server's certificate too. The inbound
+ * side also reads a preamble (our own, bounded: magic, version, raft id, address)
+ * and hands libraft the peer's claimed id and address only once everything above
+ * passed. Handshakes run on one small thread per connection under a deadline
+ * (default 5 s); the loop thread never does TLS. The thread running @loop must
+ * have SIGPIPE blocked or ignored (rp_node's loop thread does).
+ * Returns 0, RP_EINVAL or RP_ENOMEM/RP_EIO. */
 int rp_raft_tls_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, SSL_CTX *server_ctx,
                                SSL_CTX *client_ctx);
+/* Releases the transport, like raft_uv_tcp_close(): call once raft_close()'s
+ * callback has run (raft closes the transport through its close method first).
+ * If it was never closed that way, this closes it and the memory is released
+ * while @loop runs on; keep @t alive until then. */
 void rp_raft_tls_transport_close(struct raft_uv_transport *t);
 
 /* Optional extra check of a peer, run on the transport's connection thread after
@@ -84,34 +97,57 @@ struct rp_node_config {
 };
 
 /* Starts the node on its own loop thread and returns once raft_start has run.
- * After election the leader issues a barrier; rp_node_is_ready_leader() is false
- * until it completes. A leader also runs the membership reconciler: any spare
- * is promoted to voter (catch-up first), one change at a time, retried on failure. */
+ * After election the leader issues a barrier; status.ready is false until it
+ * completes. A leader also runs the membership reconciler (every 300 ms): a spare
+ * becomes a standby at once (replicated to, no vote), and a standby becomes a
+ * voter once it has answered recently and is within 128 entries of the log (libraft
+ * then runs its catch-up rounds), so an unreachable server never joins the quorum
+ * and never blocks other changes. One change at a time, retried on failure, each
+ * step logged. RP_EINVAL for a bad config (message says which field), else the
+ * error of the step that failed. Pre-vote is on; catch-up is raised to 100 rounds
+ * of up to 50 s. */
 int rp_node_start(struct rp_node **out, const struct rp_node_config *cfg);
 
 /* Graceful stop: if leader and another voter exists, transfers leadership first
- * (bounded by the election timeout), then closes raft and joins the loop thread. */
+ * (to a voter heard from recently and up to date; bounded by twice the election
+ * timeout), then closes raft and joins the loop thread. Callers still waiting get
+ * RP_ECLOSED (or RP_EUNKNOWN for writes already submitted). Call once; @n is freed. */
 void rp_node_stop(struct rp_node *n);
 
-/* Proposes @len bytes (copied) and waits up to @timeout_ms for the entry to be
- * applied locally. On success returns 0 and copies what the FSM returned through
- * @copy_result(arg, fsm_result) on the loop thread. Errors: RP_ENOTLEADER (not
- * submitted: safe to send elsewhere), RP_EUNKNOWN (submitted, then leadership was
- * lost or the deadline passed: the entry may still commit), RP_ECLOSED when stopping. */
+/* Proposes @len bytes (copied) and waits up to @timeout_ms (<= 0: no deadline)
+ * for the entry to be applied locally. On success returns 0 and copies what the FSM
+ * returned through @copy_result(arg, fsm_result) on the loop thread (@copy_result
+ * may be NULL; it is not called once the caller has given up, so @arg may live on
+ * the caller's stack). Errors: RP_ENOTLEADER (not submitted: safe to send
+ * elsewhere; also while a leadership transfer runs), RP_EUNKNOWN (submitted, then
+ * leadership was lost or the deadline passed: the entry may still commit),
+ * RP_ECLOSED when stopping. */
 int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms,
                   void (*copy_result)(void *arg, void *fsm_result), void *arg);
 
 /* Linearizable read fence: returns 0 once this server is leader and a barrier
  * issued after the call has been applied locally (concurrent callers share one
- * barrier). RP_ENOTLEADER, RP_ETIMEDOUT, RP_EUNKNOWN otherwise. */
+ * barrier; callers arriving while one is in flight wait for the next). Before the
+ * post-election barrier has applied, callers wait for it and the next one.
+ * RP_ENOTLEADER (not leader, transfer running, or leadership lost before the
+ * barrier applied), RP_ETIMEDOUT (deadline; <= 0: none), RP_ECLOSED when stopping,
+ * RP_EUNKNOWN for any other failure. */
 int rp_node_barrier(struct rp_node *n, int timeout_ms);
 
 /* Membership (leader only, else RP_ENOTLEADER). add puts @id in as a spare; the
  * reconciler promotes it once it is reachable. RP_EBUSY while another change is in
- * flight, RP_EEXISTS if the id or address is already a member. */
+ * flight (the reconciler's promotions included: retry), RP_EEXISTS if the id or
+ * address is already a member, RP_EINVAL for id 0 or an address that is not
+ * host:port under 64 bytes. Both return once the new configuration has committed;
+ * RP_EUNKNOWN if leadership was lost or the deadline passed first (the change may
+ * still take effect). remove: RP_ENOTFOUND if @id is not a member; removing the
+ * leader itself makes it step down once committed. */
 int rp_node_add(struct rp_node *n, uint64_t id, const char *address, int timeout_ms);
 int rp_node_remove(struct rp_node *n, uint64_t id, int timeout_ms);
-/* Transfers leadership to @id (0 = any up-to-date voter); waits for the outcome. */
+/* Transfers leadership to @id (0 = any up-to-date voter); waits for the outcome:
+ * 0 once this server no longer leads, RP_ETIMEDOUT if libraft gave up (after an
+ * election timeout) or the deadline passed, RP_ENOTFOUND if @id is not another
+ * voter (or, for 0, there is none), RP_EBUSY if a transfer is running. */
 int rp_node_transfer(struct rp_node *n, uint64_t id, int timeout_ms);
 
 enum rp_member_role { RP_MEMBER_VOTER, RP_MEMBER_STANDBY, RP_MEMBER_SPARE };
@@ -140,12 +176,13 @@ struct rp_node_status {
     struct rp_member members[RP_MAX_MEMBERS];
 };
 
-/* A consistent copy taken on the loop thread. */
+/* A consistent copy taken on the loop thread (waits up to 5 s for it).
+ * RP_ECLOSED when stopping, RP_ETIMEDOUT if the loop did not answer. */
 int rp_node_status(struct rp_node *n, struct rp_node_status *out);
 
 bool rp_node_is_leader(struct rp_node *n); /* cheap, possibly stale */
 
-/* Counters of the node's peer transport (any thread). */
+/* Counters of the node's peer transport (any thread, while the node runs). */
 void rp_node_transport_stats(struct rp_node *n, struct rp_raft_transport_stats *out);
 
 const char *rp_raft_state_name(int state); /* "leader", "follower", "candidate", "unavailable" */

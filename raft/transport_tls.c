@@ -1274,7 +1274,6 @@ static int tr_listen(struct raft_uv_transport *t, raft_uv_accept_cb cb)
 
 sys_err:
     snprintf(t->errmsg, sizeof t->errmsg, "listen on %.200s: %s", addr, strerror(errno));
-    rp_error("raft", "raft peer listener: %s", t->errmsg);
     if (fd >= 0)
         close(fd);
     if (res != NULL)

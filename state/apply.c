@@ -148,8 +148,8 @@ static int delete_resource(struct apply *a, const char *kind, size_t kind_len, c
         if (rv != 0)
             return rv;
     }
-    return push_event(a->s, state__ev_new(STATE_EV_DELETE, a->index, kind, kind_len, name,
-                                          name_len, NULL, 0, 0));
+    return push_event(
+        a->s, state__ev_new(STATE_EV_DELETE, a->index, kind, kind_len, name, name_len, NULL, 0, 0));
 }
 
 /* One put/create/update/cas/delete/cdelete. Returns <0 only for LMDB/memory
@@ -302,8 +302,8 @@ static int exec_expire(struct apply *a, const struct state__cmd *c, struct state
 
 /* ---- Request ids -------------------------------------------------------- */
 
-static int rid_lookup(struct state *s, MDB_txn *txn, const char *rid, size_t rid_len,
-                      bool *found, struct state_result *res)
+static int rid_lookup(struct state *s, MDB_txn *txn, const char *rid, size_t rid_len, bool *found,
+                      struct state_result *res)
 {
     MDB_val k = {rid_len, (void *)rid}, v;
     int rc = mdb_get(txn, s->dbi[STATE__DB_RID], &k, &v);
@@ -462,7 +462,11 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
     if (len > STATE_MAX_COMMAND) {
         res->code = RP_EINVAL;
         set_msg(res, "command of %zu bytes exceeds the limit of %u", len, STATE_MAX_COMMAND);
-    } else if (rp_mp_parse(cmd, len, &u) != 0) {
+    } else if ((rv = rp_mp_parse(cmd, len, &u)) != 0) {
+        /* Out of memory is this replica's problem, not the command's: fail the
+         * apply (raft retries) rather than record an outcome others differ on. */
+        if (rv == RP_ENOMEM)
+            return rv;
         res->code = RP_EINVAL;
         set_msg(res, "command: %s", rp_errmsg());
     } else {

@@ -118,8 +118,7 @@ static bool is_nil(const msgpack_object *o)
 
 /* Every key a string, no key twice, at most @max of them. Quadratic, which is why
  * the maps it sees are capped. */
-static int check_keys(const msgpack_object *m, uint32_t max, const char *what, char *msg,
-                      size_t n)
+static int check_keys(const msgpack_object *m, uint32_t max, const char *what, char *msg, size_t n)
 {
     uint32_t size = m->via.map.size;
     if (size > max)
@@ -139,8 +138,8 @@ static int check_keys(const msgpack_object *m, uint32_t max, const char *what, c
     return 0;
 }
 
-static int get_u64_opt(const msgpack_object *map, const char *key, const char *what,
-                       uint64_t *v, char *msg, size_t n)
+static int get_u64_opt(const msgpack_object *map, const char *key, const char *what, uint64_t *v,
+                       char *msg, size_t n)
 {
     const msgpack_object *o = rp_mp_get(map, key);
     *v = 0;
@@ -202,11 +201,10 @@ int state__res_check(const msgpack_object *res, struct state_res_meta *meta, cha
                              "res.metadata.labels: expected a map of non-empty string to string");
         }
     }
-    if ((rv = get_u64_opt(md, "expires", "res.metadata.expires", &meta->expires, msg, msglen)) !=
-        0)
+    if ((rv = get_u64_opt(md, "expires", "res.metadata.expires", &meta->expires, msg, msglen)) != 0)
         return rv;
-    if ((rv = get_u64_opt(md, "revision", "res.metadata.revision", &meta->revision, msg,
-                          msglen)) != 0)
+    if ((rv = get_u64_opt(md, "revision", "res.metadata.revision", &meta->revision, msg, msglen)) !=
+        0)
         return rv;
 
     meta->kind = kind->via.str.ptr;
@@ -307,8 +305,7 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
         }
         if (f == sizeof fields / sizeof fields[0])
             return failf(msg, msglen, "command: unknown field '%.*s'",
-                         (int)(key->via.str.size > 20 ? 20 : key->via.str.size),
-                         key->via.str.ptr);
+                         (int)(key->via.str.size > 20 ? 20 : key->via.str.size), key->via.str.ptr);
         if (!(ops[k].allowed & fields[f].bit))
             return failf(msg, msglen, "%s: not a field of op '%s'", fields[f].name, ops[k].name);
     }
@@ -316,7 +313,8 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
     const msgpack_object *rid = rp_mp_get(o, "rid");
     if (!is_nil(rid)) {
         if (in_batch)
-            return failf(msg, msglen, "rid: not allowed inside a batch (the batch's rid covers it)");
+            return failf(msg, msglen,
+                         "rid: not allowed inside a batch (the batch's rid covers it)");
         if (rid->type != MSGPACK_OBJECT_STR ||
             !printable_ok(rid->via.str.ptr, rid->via.str.size, STATE_RID_MAX))
             return failf(msg, msglen,
@@ -375,8 +373,9 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
     if (c->op == STATE__OP_CAS || c->op == STATE__OP_CDELETE) {
         const msgpack_object *rev = rp_mp_get(o, "rev");
         if (is_nil(rev) || rev->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-            return failf(msg, msglen, "rev: expected the revision to compare (a non-negative "
-                                      "integer, 0 = must be absent)");
+            return failf(msg, msglen,
+                         "rev: expected the revision to compare (a non-negative "
+                         "integer, 0 = must be absent)");
         c->rev = rev->via.u64;
         if (c->op == STATE__OP_CDELETE && c->rev == 0)
             return failf(msg, msglen, "rev: cdelete needs a revision >= 1");
@@ -512,6 +511,18 @@ int state_cmd_encode(const struct state_cmd *cmd, struct rp_buf *out)
         return rp_err(RP_ENOMEM, "encoding a command");
     }
     return 0;
+}
+
+size_t state__unpad(const uint8_t *p, size_t len)
+{
+    if (len == 0 || rp_mp_validate(p, len) == 0)
+        return len;
+    /* msgpack is prefix-free: at most one of these lengths is a whole object. */
+    for (size_t pad = 1; pad <= 7 && pad <= len && p[len - pad] == 0; pad++) {
+        if (rp_mp_validate(p, len - pad) == 0)
+            return len - pad;
+    }
+    return len;
 }
 
 /* ---- Results remembered per request id ---------------------------------- */

@@ -14,7 +14,18 @@
  * Snapshots (FSM version 3): snapshot() runs on the loop and only pins an LMDB
  * read transaction; snapshot_async() serialises it on a thread-pool thread while
  * the loop keeps applying; snapshot_finalize() back on the loop frees the buffer
- * and ends the transaction, whether or not the snapshot was written. */
+ * and ends the transaction, whether or not the snapshot was written.
+ *
+ * Turning async on. libraft 0.15's raft_uv_init and its fixture set
+ * io->version = 1 while implementing io->async_work, and raft_init rejects an FSM
+ * with snapshot_async unless io->version >= 2 ("async snapshot requires
+ * io->version > 1 and async_work method"). So state_fsm_init leaves
+ * snapshot_async NULL, and the first apply (raft is initialised by then, and it
+ * is on the loop thread, never inside a snapshot) sets it when the io has
+ * async_work. libraft reads fsm->snapshot_async in takeSnapshot each time it
+ * snapshots, so the choice holds from the next snapshot on. While it is NULL,
+ * snapshot() does the whole job itself (raft treats the FSM as synchronous). The
+ * mode never changes between a snapshot() and the matching finalize. */
 #define STATE_INTERNAL
 #include "state/state.h"
 
@@ -35,11 +46,19 @@ static int raft_code(int rv)
     }
 }
 
+static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs);
+
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     struct state *s = fsm->data;
+    if (!s->async_checked) {
+        s->async_checked = true;
+        if (s->raft->io != NULL && s->raft->io->async_work != NULL)
+            fsm->snapshot_async = fsm_snapshot_async;
+    }
     uint64_t index = raft_last_applied(s->raft) + 1;
-    int rv = state_apply(s, index, buf->base, buf->len, &s->last_result);
+    size_t len = state__unpad(buf->base, buf->len);
+    int rv = state_apply(s, index, buf->base, len, &s->last_result);
     if (rv != 0) {
         /* Raft keeps the entry and retries it at the next commit. */
         rp_error("state", "applying entry %llu: %s (will retry)", (unsigned long long)index,
@@ -49,6 +68,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     *result = &s->last_result;
     return 0;
 }
+
+static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[],
+                                 unsigned *n_bufs);
 
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
@@ -63,7 +85,13 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
         rp_error("state", "snapshot: %s", mdb_strerror(rc));
         return RAFT_IOERR;
     }
-    return 0;
+    if (fsm->snapshot_async != NULL)
+        return 0;
+    /* Synchronous mode: the buffers are expected now. */
+    int rv = fsm_snapshot_async(fsm, bufs, n_bufs);
+    if (rv != 0)
+        fsm_snapshot_finalize(fsm, bufs, n_bufs);
+    return rv;
 }
 
 static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
@@ -90,8 +118,7 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], 
     return 0;
 }
 
-static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[],
-                                 unsigned *n_bufs)
+static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct state *s = fsm->data;
     if (*bufs != NULL) {
@@ -126,11 +153,12 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 void state_fsm_init(struct raft_fsm *fsm, struct state *s, struct raft *r)
 {
     s->raft = r;
+    s->async_checked = false;
     fsm->version = 3;
     fsm->data = s;
     fsm->apply = fsm_apply;
     fsm->snapshot = fsm_snapshot;
     fsm->restore = fsm_restore;
     fsm->snapshot_finalize = fsm_snapshot_finalize;
-    fsm->snapshot_async = fsm_snapshot_async;
+    fsm->snapshot_async = NULL; /* see the top of this file */
 }

@@ -100,15 +100,16 @@ void state_close(struct state *s);
 struct state_result {
     int code;            /* 0, RP_EEXISTS, RP_ENOTFOUND, RP_ECONFLICT, RP_EINVAL */
     uint64_t revision;   /* revision the command produced (or, on failure, the index it was applied at) */
-    uint64_t current_rev;/* on RP_ECONFLICT (and RP_EEXISTS): the revision actually stored (0 if absent) */
+    uint64_t current_rev;/* on RP_ECONFLICT, RP_EEXISTS: the revision stored (0 if absent) */
     uint32_t failed_op;  /* batch only */
     uint32_t n_changed;  /* resources written or deleted */
     char message[160];   /* human-readable detail on failure */
 };
 
 /* Applies the command @cmd at Raft index @index. Never fails for a bad command:
- * a malformed or failing command yields res->code != 0 and changes nothing but
- * the applied index. Returns non-zero only on an LMDB error (disk) or when out of
+ * a malformed or failing command yields res->code != 0 and changes no resource
+ * (only the applied index, and for a failing command with a rid, the result
+ * remembered under it). Returns non-zero only on an LMDB error (disk) or when out of
  * memory, in which case nothing is committed. Deterministic: same commands, same
  * indexes, same bytes. An @index at or below the applied index is not applied
  * again: @res gets the result remembered under the command's rid if there is one,
@@ -122,7 +123,23 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
  * is valid only until the next apply (the apply callback runs synchronously right
  * after, so it copies it). Snapshots pin an LMDB read transaction on the loop
  * thread and serialise it on a thread-pool thread; restore replaces the contents
- * in one write transaction. */
+ * in one write transaction. @fsm, @s and @r must outlive raft; @r need not be
+ * initialised yet. One FSM per state.
+ *
+ * libraft 0.15 quirk: raft_uv_init (and the test fixture) set io->version = 1
+ * although they implement async_work, and raft_init refuses an FSM whose
+ * snapshot_async is set unless io->version >= 2. So @fsm starts without
+ * snapshot_async (raft_init accepts it with any io) and the first apply turns it
+ * on when r->io->async_work exists. Until then, or with an io without it,
+ * snapshots are serialised on the loop thread: slower, same bytes.
+ *
+ * Second 0.15 quirk: libraft's segment files are only read back correctly when
+ * every entry's length is a multiple of 8 (canonical/raft#180, #304; seen here
+ * too: unpadded entries, snapshot, restart -> raft_start fails with "load closed
+ * segment ...: entries batch 2 ...: short read"). So whoever calls raft_apply
+ * must pad the command with zero bytes to a multiple of 8 (STATE_ENTRY_LEN), and
+ * this FSM's apply strips that padding before state_apply. */
+#define STATE_ENTRY_LEN(len) (((len) + 7) / 8 * 8)
 void state_fsm_init(struct raft_fsm *fsm, struct state *s, struct raft *r);
 
 /* Highest index applied (0 if none). */
@@ -282,6 +299,7 @@ struct state {
     char *dir;
     _Atomic uint64_t applied; /* cached meta applied index (written by the loop thread) */
     struct raft *raft;        /* set by state_fsm_init */
+    bool async_checked;       /* fsm.c: snapshot mode decided (first apply) */
     struct state_result last_result; /* what the FSM apply hands to raft */
     MDB_txn *snap_txn;        /* read txn pinned by an in-flight snapshot (loop thread) */
     struct state__ev **pending; /* events of the entry being applied, published after commit */
@@ -328,6 +346,12 @@ size_t state__res_key(uint8_t *key, const char *kind, size_t kind_len, const cha
 /* Splits a resources key; false if it is not kind \0 name with both valid. */
 bool state__split_key(const uint8_t *key, size_t len, const char **kind, size_t *kind_len,
                       const char **name, size_t *name_len);
+
+/* The length of the command in a Raft entry of @len bytes: the entry may end
+ * with up to 7 zero bytes of padding (see state_fsm_init). Exactly one length in
+ * [len - 7, len] can hold one whole msgpack object, so the answer is unique;
+ * @len when none does (the parse then reports the problem). */
+size_t state__unpad(const uint8_t *p, size_t len);
 
 /* Encoded result kept per request id (after the be64 revision). */
 int state__result_encode(const struct state_result *r, struct rp_buf *b);

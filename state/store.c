@@ -289,11 +289,9 @@ int state_get(struct state *s, const char *kind, const char *name, struct rp_buf
     else if (rc != 0)
         rv = state__lmdb_err(rc, "reading a resource");
     else if (v.mv_size <= STATE__VAL_HDR)
-        rv = rp_err(RP_EIO, "%s/%s: stored value of %zu bytes is too short", kind, name,
-                    v.mv_size);
+        rv = rp_err(RP_EIO, "%s/%s: stored value of %zu bytes is too short", kind, name, v.mv_size);
     else
-        rv = rp_buf_append(out, (uint8_t *)v.mv_data + STATE__VAL_HDR,
-                           v.mv_size - STATE__VAL_HDR);
+        rv = rp_buf_append(out, (uint8_t *)v.mv_data + STATE__VAL_HDR, v.mv_size - STATE__VAL_HDR);
     mdb_txn_abort(txn);
     return rv;
 }

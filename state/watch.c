@@ -72,8 +72,8 @@ struct state_watch {
 /* ---- Events ------------------------------------------------------------- */
 
 struct state__ev *state__ev_new(enum state_event_type type, uint64_t revision, const char *kind,
-                                size_t kind_len, const char *name, size_t name_len,
-                                uint8_t *alloc, size_t res_off, size_t res_len)
+                                size_t kind_len, const char *name, size_t name_len, uint8_t *alloc,
+                                size_t res_off, size_t res_len)
 {
     struct state__ev *ev = malloc(sizeof *ev + kind_len + 1 + name_len + 1);
     if (ev == NULL) {
@@ -189,8 +189,9 @@ static bool matches(const struct state_watch *w, const struct state__ev *ev)
 {
     if (!kind_wanted(w, ev->key))
         return false;
-    return w->prefix_len == 0 || (ev->name_len >= w->prefix_len &&
-                                  memcmp(ev->key + ev->kind_len + 1, w->prefix, w->prefix_len) == 0);
+    return w->prefix_len == 0 ||
+           (ev->name_len >= w->prefix_len &&
+            memcmp(ev->key + ev->kind_len + 1, w->prefix, w->prefix_len) == 0);
 }
 
 static void q_push(struct state_watch *w, struct state__ev *ev)
@@ -357,8 +358,8 @@ static void set_first_seek(struct state_watch *w)
     w->seek_len = 0;
     if (w->n_kinds > 0) {
         const char *k = w->kinds[w->kind_idx];
-        w->seek_len = state__res_key(w->seek, k, strlen(k), w->prefix ? w->prefix : "",
-                                     w->prefix_len);
+        w->seek_len =
+            state__res_key(w->seek, k, strlen(k), w->prefix ? w->prefix : "", w->prefix_len);
     }
 }
 
@@ -394,13 +395,15 @@ static void end_init(struct state_watch *w)
     w->txn = NULL;
 }
 
-int state_watch_open(struct state *s, const struct state_watch_opts *opts,
-                     struct state_watch **out)
+int state_watch_open(struct state *s, const struct state_watch_opts *opts, struct state_watch **out)
 {
+    static const struct state_watch_opts defaults = {0};
     struct state_watch *w = calloc(1, sizeof *w);
     int rv;
     if (w == NULL)
         return rp_err(RP_ENOMEM, "allocating a watch");
+    if (opts == NULL)
+        opts = &defaults;
     w->s = s;
     w->efd = -1;
     if ((rv = copy_filter(w, opts)) != 0)

@@ -205,3 +205,19 @@ Test(errors, wrapping_the_previous_message_is_safe)
     cr_assert_str_eq(rp_errmsg(), "saving: disk on fire");
     cr_assert_eq(rp_error_from_name(rp_strerror(RP_ECONFLICT)), RP_ECONFLICT);
 }
+
+Test(msgpack, element_budget_is_enforced)
+{
+    /* 1.5M nils in one array: small on the wire, ~36 MB once unpacked. */
+    size_t n = 1500000;
+    uint8_t *p = malloc(5 + n);
+    p[0] = 0xdd;
+    p[1] = (uint8_t)(n >> 24);
+    p[2] = (uint8_t)(n >> 16);
+    p[3] = (uint8_t)(n >> 8);
+    p[4] = (uint8_t)n;
+    memset(p + 5, 0xc0, n);
+    cr_assert_eq(rp_mp_validate(p, 5 + n), RP_EINVAL);
+    cr_assert(strstr(rp_errmsg(), "elements") != NULL, "%s", rp_errmsg());
+    free(p);
+}

@@ -2,10 +2,15 @@
  * bootstrap and restart, leader-only operations, barrier batching, outcomes
  * without quorum, membership errors, and catch-up by snapshot. */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lib/errors.h"
 #include "raft/rp_raft.h"
@@ -161,6 +166,7 @@ Test(raft_node, concurrent_barriers_share_raft_barriers, .fini = teardown, .time
     pthread_barrier_destroy(&start);
     struct rp_node_status after = status_of(0);
     uint64_t entries = after.last_index - before.last_index;
+    cr_log_info("%d concurrent barriers appended %llu entries", N, (unsigned long long)entries);
     cr_assert_geq(entries, 1);
     cr_assert_lt(entries, N, "%d concurrent callers appended %llu barrier entries", N,
                  (unsigned long long)entries);
@@ -257,6 +263,9 @@ Test(raft_node, restarted_follower_catches_up_by_snapshot, .fini = teardown, .ti
     rt_cluster_init(&C, 3, "snapshot");
     C.threshold = 16;
     C.trailing = 32;
+    /* 1 MiB snapshots: the install goes through the TLS pump in many pieces. */
+    for (unsigned i = 0; i < 3; i++)
+        C.nodes[i].fsm.pad = 1 << 20;
     unsigned l = start_cluster(3);
     for (uint64_t i = 1; i <= 20; i++)
         cr_assert_eq(rt_apply_u64(C.nodes[l].node, i, 5000, NULL), 0, "%s", rp_errmsg());
@@ -284,4 +293,51 @@ Test(raft_node, restarted_follower_catches_up_by_snapshot, .fini = teardown, .ti
     pthread_mutex_unlock(&C.nodes[f].fsm.mu);
     cr_assert_gt(restored, 20, "the follower was sent a snapshot (restored count %llu)",
                  (unsigned long long)restored);
+}
+
+Test(raft_node, start_fails_cleanly_on_bad_config_or_busy_port, .fini = teardown, .timeout = 60)
+{
+    rt_cluster_init(&C, 1, "badstart");
+    struct rt_node *nd = &C.nodes[0];
+    struct rp_node *n = NULL;
+    struct rp_node_config cfg = {
+        .id = 1,
+        .address = nd->addr,
+        .dir = "/nonexistent/raft",
+        .election_timeout_ms = 600,
+        .heartbeat_timeout_ms = 60,
+        .snapshot_threshold = 64,
+        .snapshot_trailing = 128,
+        .server_ctx = nd->server_ctx,
+        .client_ctx = nd->client_ctx,
+        .bootstrap = true,
+        .make_fsm = rt_make_fsm,
+        .make_fsm_arg = &nd->fsm,
+    };
+    cr_assert_eq(rp_node_start(&n, &cfg), RP_EINVAL);
+    cr_assert_null(n);
+    cr_assert(strstr(rp_errmsg(), "/nonexistent/raft") != NULL, "%s", rp_errmsg());
+    cfg.dir = nd->dir;
+    cfg.snapshot_trailing = 10;
+    cr_assert_eq(rp_node_start(&n, &cfg), RP_EINVAL, "trailing < threshold");
+    cfg.snapshot_trailing = 128;
+    cfg.id = 0;
+    cr_assert_eq(rp_node_start(&n, &cfg), RP_EINVAL, "id 0");
+    cfg.id = 1;
+
+    /* The peer port is taken: start fails with a message, leaving nothing behind. */
+    int busy = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(nd->addr, ':') + 1))};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(busy, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(listen(busy, 1), 0);
+    int rv = rp_node_start(&n, &cfg);
+    cr_assert_neq(rv, 0, "start on a busy port must fail");
+    cr_assert_null(n);
+    cr_log_info("busy port: %s: %s", rp_strerror(rv), rp_errmsg());
+    close(busy);
+
+    /* And the same dir starts fine afterwards. */
+    cr_assert_eq(rp_node_start(&nd->node, &cfg), 0, "%s", rp_errmsg());
+    cr_assert_eq(rt_wait_leader(&C, 10000), 0);
 }

@@ -18,7 +18,8 @@
 static char tmpdir[64];
 static struct state *S;
 
-static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag,
+                                            struct FTW *ftw)
 {
     (void)sb;
     (void)flag;
@@ -26,18 +27,25 @@ static __attribute__((unused)) int rm_entry(const char *path, const struct stat 
     return remove(path);
 }
 
-static __attribute__((unused)) void make_tmpdir(char *dir)
-{
-    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
-
 static __attribute__((unused)) void remove_tree(const char *dir)
 {
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static __attribute__((unused)) struct state *open_state_in(const char *dir, const struct state_opts *opts)
+/* Every directory made is removed at teardown, even when the test failed. */
+static char made_dirs[16][64];
+static int n_made;
+
+static __attribute__((unused)) void make_tmpdir(char *dir)
+{
+    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_lt(n_made, 16);
+    strcpy(made_dirs[n_made++], dir);
+}
+
+static __attribute__((unused)) struct state *open_state_in(const char *dir,
+                                                           const struct state_opts *opts)
 {
     struct state *s = NULL;
     int rv = state_open(&s, dir, opts);
@@ -55,12 +63,14 @@ static __attribute__((unused)) void teardown(void)
 {
     state_close(S);
     S = NULL;
-    remove_tree(tmpdir);
+    for (int i = 0; i < n_made; i++)
+        remove_tree(made_dirs[i]);
+    n_made = 0;
 }
 
 /* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
-static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name, uint64_t expires,
-                     const char *env, const char *spec)
+static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name,
+                                             uint64_t expires, const char *env, const char *spec)
 {
     msgpack_packer pk;
     rp_buf_init(b);
@@ -84,7 +94,8 @@ static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind,
 }
 
 /* Encodes @c (with @res as a resource if non-NULL) into @out. */
-static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c, const struct rp_buf *res)
+static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c,
+                                           const struct rp_buf *res)
 {
     rp_buf_init(out);
     if (res != NULL) {
@@ -95,8 +106,8 @@ static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd 
     cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
 }
 
-static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index, const void *cmd,
-                                        size_t len)
+static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index,
+                                                                const void *cmd, size_t len)
 {
     struct state_result r;
     int rv = state_apply(s, index, cmd, len, &r);
@@ -104,8 +115,8 @@ static __attribute__((unused)) struct state_result apply_raw_to(struct state *s,
     return r;
 }
 
-static __attribute__((unused)) struct state_result apply_to(struct state *s, uint64_t index, struct state_cmd c,
-                                    const struct rp_buf *res)
+static __attribute__((unused)) struct state_result
+apply_to(struct state *s, uint64_t index, struct state_cmd c, const struct rp_buf *res)
 {
     struct rp_buf cmd;
     encode(&cmd, c, res);
@@ -114,15 +125,17 @@ static __attribute__((unused)) struct state_result apply_to(struct state *s, uin
     return r;
 }
 
-static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c, const struct rp_buf *res)
+static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c,
+                                                             const struct rp_buf *res)
 {
     return apply_to(S, index, c, res);
 }
 
 /* put of kind/name with spec @spec under request id "r<index>". */
-static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index, const char *op,
-                                  const char *kind, const char *name, uint64_t expires,
-                                  const char *spec)
+static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index,
+                                                          const char *op, const char *kind,
+                                                          const char *name, uint64_t expires,
+                                                          const char *spec)
 {
     struct rp_buf res;
     char rid[32];
@@ -133,19 +146,19 @@ static __attribute__((unused)) struct state_result put_to(struct state *s, uint6
     return r;
 }
 
-static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind, const char *name,
-                               const char *spec)
+static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind,
+                                                       const char *name, const char *spec)
 {
     return put_to(S, index, "put", kind, name, 0, spec);
 }
 
-static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind, const char *name)
+static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind,
+                                                       const char *name)
 {
     char rid[32];
     snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    return apply_cmd(index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind,
-                                               .name = name},
-                     NULL);
+    return apply_cmd(
+        index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind, .name = name}, NULL);
 }
 
 /* Parses a stored resource and returns one field of metadata / spec. */
@@ -173,8 +186,8 @@ static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out,
 }
 
 /* 0 and the spec of kind/name, or the state_get error. */
-static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name, char *out,
-                       size_t outlen, uint64_t *rev)
+static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name,
+                                               char *out, size_t outlen, uint64_t *rev)
 {
     struct rp_buf b;
     rp_buf_init(&b);
@@ -188,7 +201,8 @@ static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind
     return rv;
 }
 
-static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out, size_t outlen, uint64_t *rev)
+static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out,
+                                            size_t outlen, uint64_t *rev)
 {
     return get_spec_in(S, kind, name, out, outlen, rev);
 }
@@ -299,9 +313,11 @@ static void batch_of(struct rp_buf *cmd, const char *rid, struct state_cmd *subs
     rp_buf_init(&ops);
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(state_cmd_encode(&subs[i], &ops), 0);
-    encode(cmd, (struct state_cmd){.op = "batch", .rid = rid, .ops = ops.data, .ops_len = ops.len,
-                                   .n_ops = (uint32_t)n},
-           NULL);
+    encode(
+        cmd,
+        (struct state_cmd){
+            .op = "batch", .rid = rid, .ops = ops.data, .ops_len = ops.len, .n_ops = (uint32_t)n},
+        NULL);
     rp_buf_free(&ops);
 }
 
@@ -416,8 +432,7 @@ Test(state_apply, expire_deletes_exactly_those_expiring_before_t)
     struct state_watch_opts wo = {.start_rev = 5};
     cr_assert_eq(state_watch_open(S, &wo, &w), 0, "%s", rp_errmsg());
 
-    struct state_result r =
-        apply_cmd(6, (struct state_cmd){.op = "expire", .before = 200}, NULL);
+    struct state_result r = apply_cmd(6, (struct state_cmd){.op = "expire", .before = 200}, NULL);
     cr_assert_eq(r.code, 0, "%s", r.message);
     cr_assert_eq(r.n_changed, 2);
     char spec[16];
@@ -603,8 +618,9 @@ Test(state_apply, random_corruption_of_commands_never_crashes_apply)
     state_cmd_encode(&sub, &ops);
     sub = (struct state_cmd){.op = "cdelete", .kind = "node", .name = "n1", .rev = 3};
     state_cmd_encode(&sub, &ops);
-    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "r", .ops = ops.data,
-                                    .ops_len = ops.len, .n_ops = 2},
+    encode(&cmd,
+           (struct state_cmd){
+               .op = "batch", .rid = "r", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
            NULL);
     srand(99);
     uint64_t index = 1;

@@ -17,7 +17,8 @@
 static char tmpdir[64];
 static struct state *S;
 
-static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag,
+                                            struct FTW *ftw)
 {
     (void)sb;
     (void)flag;
@@ -25,18 +26,25 @@ static __attribute__((unused)) int rm_entry(const char *path, const struct stat 
     return remove(path);
 }
 
-static __attribute__((unused)) void make_tmpdir(char *dir)
-{
-    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
-
 static __attribute__((unused)) void remove_tree(const char *dir)
 {
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static __attribute__((unused)) struct state *open_state_in(const char *dir, const struct state_opts *opts)
+/* Every directory made is removed at teardown, even when the test failed. */
+static char made_dirs[16][64];
+static int n_made;
+
+static __attribute__((unused)) void make_tmpdir(char *dir)
+{
+    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_lt(n_made, 16);
+    strcpy(made_dirs[n_made++], dir);
+}
+
+static __attribute__((unused)) struct state *open_state_in(const char *dir,
+                                                           const struct state_opts *opts)
 {
     struct state *s = NULL;
     int rv = state_open(&s, dir, opts);
@@ -54,12 +62,14 @@ static __attribute__((unused)) void teardown(void)
 {
     state_close(S);
     S = NULL;
-    remove_tree(tmpdir);
+    for (int i = 0; i < n_made; i++)
+        remove_tree(made_dirs[i]);
+    n_made = 0;
 }
 
 /* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
-static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name, uint64_t expires,
-                     const char *env, const char *spec)
+static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name,
+                                             uint64_t expires, const char *env, const char *spec)
 {
     msgpack_packer pk;
     rp_buf_init(b);
@@ -83,7 +93,8 @@ static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind,
 }
 
 /* Encodes @c (with @res as a resource if non-NULL) into @out. */
-static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c, const struct rp_buf *res)
+static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c,
+                                           const struct rp_buf *res)
 {
     rp_buf_init(out);
     if (res != NULL) {
@@ -94,8 +105,8 @@ static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd 
     cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
 }
 
-static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index, const void *cmd,
-                                        size_t len)
+static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index,
+                                                                const void *cmd, size_t len)
 {
     struct state_result r;
     int rv = state_apply(s, index, cmd, len, &r);
@@ -103,8 +114,8 @@ static __attribute__((unused)) struct state_result apply_raw_to(struct state *s,
     return r;
 }
 
-static __attribute__((unused)) struct state_result apply_to(struct state *s, uint64_t index, struct state_cmd c,
-                                    const struct rp_buf *res)
+static __attribute__((unused)) struct state_result
+apply_to(struct state *s, uint64_t index, struct state_cmd c, const struct rp_buf *res)
 {
     struct rp_buf cmd;
     encode(&cmd, c, res);
@@ -113,15 +124,17 @@ static __attribute__((unused)) struct state_result apply_to(struct state *s, uin
     return r;
 }
 
-static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c, const struct rp_buf *res)
+static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c,
+                                                             const struct rp_buf *res)
 {
     return apply_to(S, index, c, res);
 }
 
 /* put of kind/name with spec @spec under request id "r<index>". */
-static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index, const char *op,
-                                  const char *kind, const char *name, uint64_t expires,
-                                  const char *spec)
+static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index,
+                                                          const char *op, const char *kind,
+                                                          const char *name, uint64_t expires,
+                                                          const char *spec)
 {
     struct rp_buf res;
     char rid[32];
@@ -132,19 +145,19 @@ static __attribute__((unused)) struct state_result put_to(struct state *s, uint6
     return r;
 }
 
-static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind, const char *name,
-                               const char *spec)
+static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind,
+                                                       const char *name, const char *spec)
 {
     return put_to(S, index, "put", kind, name, 0, spec);
 }
 
-static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind, const char *name)
+static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind,
+                                                       const char *name)
 {
     char rid[32];
     snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    return apply_cmd(index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind,
-                                               .name = name},
-                     NULL);
+    return apply_cmd(
+        index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind, .name = name}, NULL);
 }
 
 /* Parses a stored resource and returns one field of metadata / spec. */
@@ -172,8 +185,8 @@ static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out,
 }
 
 /* 0 and the spec of kind/name, or the state_get error. */
-static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name, char *out,
-                       size_t outlen, uint64_t *rev)
+static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name,
+                                               char *out, size_t outlen, uint64_t *rev)
 {
     struct rp_buf b;
     rp_buf_init(&b);
@@ -187,7 +200,8 @@ static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind
     return rv;
 }
 
-static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out, size_t outlen, uint64_t *rev)
+static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out,
+                                            size_t outlen, uint64_t *rev)
 {
     return get_spec_in(S, kind, name, out, outlen, rev);
 }
@@ -230,8 +244,8 @@ static struct state_result cas(uint64_t index, const char *name, uint64_t rev, c
     char rid[32];
     snprintf(rid, sizeof rid, "cas%llu", (unsigned long long)index);
     make_res(&res, "node", name, 0, NULL, spec);
-    struct state_result r = apply_cmd(index, (struct state_cmd){.op = "cas", .rid = rid, .rev = rev},
-                                      &res);
+    struct state_result r =
+        apply_cmd(index, (struct state_cmd){.op = "cas", .rid = rid, .rev = rev}, &res);
     rp_buf_free(&res);
     return r;
 }
@@ -240,9 +254,10 @@ static struct state_result cdelete(uint64_t index, const char *name, uint64_t re
 {
     char rid[32];
     snprintf(rid, sizeof rid, "cdel%llu", (unsigned long long)index);
-    return apply_cmd(index, (struct state_cmd){.op = "cdelete", .rid = rid, .kind = "node",
-                                               .name = name, .rev = rev},
-                     NULL);
+    return apply_cmd(
+        index,
+        (struct state_cmd){.op = "cdelete", .rid = rid, .kind = "node", .name = name, .rev = rev},
+        NULL);
 }
 
 Test(state_cas, cas_succeeds_on_the_stored_revision)
@@ -337,8 +352,9 @@ Test(state_cas, a_conflict_inside_a_batch_undoes_the_whole_batch)
     };
     for (int i = 0; i < 2; i++)
         cr_assert_eq(state_cmd_encode(&subs[i], &ops), 0);
-    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "b", .ops = ops.data,
-                                    .ops_len = ops.len, .n_ops = 2},
+    encode(&cmd,
+           (struct state_cmd){
+               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
            NULL);
     struct state_result r = apply_raw_to(S, 3, cmd.data, cmd.len);
     cr_assert_eq(r.code, RP_ECONFLICT);

@@ -18,7 +18,8 @@
 static char tmpdir[64];
 static struct state *S;
 
-static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag,
+                                            struct FTW *ftw)
 {
     (void)sb;
     (void)flag;
@@ -26,18 +27,25 @@ static __attribute__((unused)) int rm_entry(const char *path, const struct stat 
     return remove(path);
 }
 
-static __attribute__((unused)) void make_tmpdir(char *dir)
-{
-    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
-
 static __attribute__((unused)) void remove_tree(const char *dir)
 {
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static __attribute__((unused)) struct state *open_state_in(const char *dir, const struct state_opts *opts)
+/* Every directory made is removed at teardown, even when the test failed. */
+static char made_dirs[16][64];
+static int n_made;
+
+static __attribute__((unused)) void make_tmpdir(char *dir)
+{
+    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_lt(n_made, 16);
+    strcpy(made_dirs[n_made++], dir);
+}
+
+static __attribute__((unused)) struct state *open_state_in(const char *dir,
+                                                           const struct state_opts *opts)
 {
     struct state *s = NULL;
     int rv = state_open(&s, dir, opts);
@@ -55,12 +63,14 @@ static __attribute__((unused)) void teardown(void)
 {
     state_close(S);
     S = NULL;
-    remove_tree(tmpdir);
+    for (int i = 0; i < n_made; i++)
+        remove_tree(made_dirs[i]);
+    n_made = 0;
 }
 
 /* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
-static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name, uint64_t expires,
-                     const char *env, const char *spec)
+static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name,
+                                             uint64_t expires, const char *env, const char *spec)
 {
     msgpack_packer pk;
     rp_buf_init(b);
@@ -84,7 +94,8 @@ static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind,
 }
 
 /* Encodes @c (with @res as a resource if non-NULL) into @out. */
-static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c, const struct rp_buf *res)
+static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c,
+                                           const struct rp_buf *res)
 {
     rp_buf_init(out);
     if (res != NULL) {
@@ -95,8 +106,8 @@ static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd 
     cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
 }
 
-static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index, const void *cmd,
-                                        size_t len)
+static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index,
+                                                                const void *cmd, size_t len)
 {
     struct state_result r;
     int rv = state_apply(s, index, cmd, len, &r);
@@ -104,8 +115,8 @@ static __attribute__((unused)) struct state_result apply_raw_to(struct state *s,
     return r;
 }
 
-static __attribute__((unused)) struct state_result apply_to(struct state *s, uint64_t index, struct state_cmd c,
-                                    const struct rp_buf *res)
+static __attribute__((unused)) struct state_result
+apply_to(struct state *s, uint64_t index, struct state_cmd c, const struct rp_buf *res)
 {
     struct rp_buf cmd;
     encode(&cmd, c, res);
@@ -114,15 +125,17 @@ static __attribute__((unused)) struct state_result apply_to(struct state *s, uin
     return r;
 }
 
-static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c, const struct rp_buf *res)
+static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c,
+                                                             const struct rp_buf *res)
 {
     return apply_to(S, index, c, res);
 }
 
 /* put of kind/name with spec @spec under request id "r<index>". */
-static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index, const char *op,
-                                  const char *kind, const char *name, uint64_t expires,
-                                  const char *spec)
+static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index,
+                                                          const char *op, const char *kind,
+                                                          const char *name, uint64_t expires,
+                                                          const char *spec)
 {
     struct rp_buf res;
     char rid[32];
@@ -133,19 +146,19 @@ static __attribute__((unused)) struct state_result put_to(struct state *s, uint6
     return r;
 }
 
-static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind, const char *name,
-                               const char *spec)
+static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind,
+                                                       const char *name, const char *spec)
 {
     return put_to(S, index, "put", kind, name, 0, spec);
 }
 
-static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind, const char *name)
+static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind,
+                                                       const char *name)
 {
     char rid[32];
     snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    return apply_cmd(index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind,
-                                               .name = name},
-                     NULL);
+    return apply_cmd(
+        index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind, .name = name}, NULL);
 }
 
 /* Parses a stored resource and returns one field of metadata / spec. */
@@ -173,8 +186,8 @@ static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out,
 }
 
 /* 0 and the spec of kind/name, or the state_get error. */
-static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name, char *out,
-                       size_t outlen, uint64_t *rev)
+static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name,
+                                               char *out, size_t outlen, uint64_t *rev)
 {
     struct rp_buf b;
     rp_buf_init(&b);
@@ -188,7 +201,8 @@ static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind
     return rv;
 }
 
-static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out, size_t outlen, uint64_t *rev)
+static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out,
+                                            size_t outlen, uint64_t *rev)
 {
     return get_spec_in(S, kind, name, out, outlen, rev);
 }
@@ -232,8 +246,8 @@ static struct state_watch *watch(struct state *s, const char *const *kinds, size
                                  const char *prefix, uint64_t start_rev)
 {
     struct state_watch *w;
-    struct state_watch_opts o = {.kinds = kinds, .n_kinds = n_kinds, .prefix = prefix,
-                                 .start_rev = start_rev};
+    struct state_watch_opts o = {
+        .kinds = kinds, .n_kinds = n_kinds, .prefix = prefix, .start_rev = start_rev};
     cr_assert_eq(state_watch_open(s, &o, &w), 0, "state_watch_open: %s", rp_errmsg());
     return w;
 }
@@ -378,8 +392,9 @@ Test(state_watch, the_events_of_a_batch_share_its_revision_in_op_order)
     };
     for (int i = 0; i < 3; i++)
         state_cmd_encode(&subs[i], &ops);
-    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "b", .ops = ops.data,
-                                    .ops_len = ops.len, .n_ops = 3},
+    encode(&cmd,
+           (struct state_cmd){
+               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
            NULL);
     cr_assert_eq(apply_raw_to(S, 2, cmd.data, cmd.len).code, 0);
     expect(w, &ev, STATE_EV_PUT, 2, "node", "z");
@@ -388,8 +403,9 @@ Test(state_watch, the_events_of_a_batch_share_its_revision_in_op_order)
     /* A failing batch publishes nothing. */
     cr_assert_eq(apply_raw_to(S, 3, cmd.data, cmd.len).code, 0, "a retry: remembered result");
     rp_buf_free(&cmd);
-    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "c", .ops = ops.data,
-                                    .ops_len = ops.len, .n_ops = 3},
+    encode(&cmd,
+           (struct state_cmd){
+               .op = "batch", .rid = "c", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
            NULL);
     cr_assert_eq(apply_raw_to(S, 4, cmd.data, cmd.len).code, RP_ENOTFOUND);
     expect_nothing(w, &ev);
@@ -475,8 +491,9 @@ Test(state_watch, overflow_ends_with_reinit_at_the_last_whole_revision)
                                {.op = "put", .res = r3.data, .res_len = r3.len}};
     for (int i = 0; i < 3; i++)
         state_cmd_encode(&subs[i], &ops);
-    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "b", .ops = ops.data,
-                                    .ops_len = ops.len, .n_ops = 3},
+    encode(&cmd,
+           (struct state_cmd){
+               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
            NULL);
     cr_assert_eq(apply_raw_to(S, 3, cmd.data, cmd.len).code, 0);
     put(4, "node", "f", "x");
@@ -646,10 +663,9 @@ static void *write_loop(void *arg)
         if (kind < 6) {
             r = put_to(wr->s, i, "put", "node", name, 0, spec);
         } else if (kind < 9) {
-            r = apply_to(wr->s, i,
-                         (struct state_cmd){.op = "delete", .rid = rid, .kind = "node",
-                                            .name = name},
-                         NULL);
+            r = apply_to(
+                wr->s, i,
+                (struct state_cmd){.op = "delete", .rid = rid, .kind = "node", .name = name}, NULL);
         } else {
             struct rp_buf a, b, ops, cmd;
             char name2[16];
@@ -661,8 +677,9 @@ static void *write_loop(void *arg)
             struct state_cmd s2 = {.op = "put", .res = b.data, .res_len = b.len};
             state_cmd_encode(&s1, &ops);
             state_cmd_encode(&s2, &ops);
-            encode(&cmd, (struct state_cmd){.op = "batch", .rid = rid, .ops = ops.data,
-                                            .ops_len = ops.len, .n_ops = 2},
+            encode(&cmd,
+                   (struct state_cmd){
+                       .op = "batch", .rid = rid, .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
                    NULL);
             r = apply_raw_to(wr->s, i, cmd.data, cmd.len);
             rp_buf_free(&cmd);
@@ -681,7 +698,7 @@ struct reader {
     struct state *s;
     uint64_t start_rev;
     uint64_t init_rev;
-    char specs[N_NAMES][16]; /* "" = absent */
+    char specs[N_NAMES][16];     /* "" = absent */
     uint64_t seen[N_WRITES + 1]; /* events per revision */
     bool ok;
     char why[200];
@@ -708,8 +725,7 @@ static void *read_loop(void *arg)
     for (;;) {
         int rv = state_watch_next(w, &ev, 5000);
         if (rv != 0) {
-            snprintf(rd->why, sizeof rd->why, "next: %d after %llu", rv,
-                     (unsigned long long)last);
+            snprintf(rd->why, sizeof rd->why, "next: %d after %llu", rv, (unsigned long long)last);
             break;
         }
         if (ev.type == STATE_EV_INIT_PUT) {
@@ -816,6 +832,5 @@ Test(state_watch, a_concurrent_writer_and_watchers_see_every_revision_once_in_or
     cr_assert(resumed.ok, "%s", resumed.why);
     cr_assert_eq(resumed.init_rev, N_WRITES / 2);
     for (uint64_t i = N_WRITES / 2 + 1; i <= N_WRITES; i++)
-        cr_assert_eq(resumed.seen[i], from_start.seen[i], "revision %llu",
-                     (unsigned long long)i);
+        cr_assert_eq(resumed.seen[i], from_start.seen[i], "revision %llu", (unsigned long long)i);
 }

@@ -224,8 +224,11 @@ bool node_log_contains(int i, const char *needle)
     return found;
 }
 
+static void free_last_call_client(void);
+
 void cluster_teardown(void)
 {
+    free_last_call_client();
     if (g_writer.running) {
         struct cl_writer_stats st;
         cl_writer_stop(&st);
@@ -1047,13 +1050,23 @@ struct auth_client *node_client(int i)
     return c;
 }
 
+/* The answer of node_call points into its client's buffer: the client lives until
+ * the next node_call (or teardown). */
+static struct auth_client *g_last_call_client;
+
+static void free_last_call_client(void)
+{
+    auth_client_free(g_last_call_client);
+    g_last_call_client = NULL;
+}
+
 int node_call(int i, const void *req, size_t len, msgpack_unpacked *resp, int timeout_ms)
 {
+    free_last_call_client();
     struct auth_client *c = node_client(i);
     auth_client_set_timeout(c, timeout_ms > 0 ? timeout_ms : 10000);
-    int rv = auth_client_call(c, req, len, resp);
-    auth_client_free(c);
-    return rv;
+    g_last_call_client = c;
+    return auth_client_call(c, req, len, resp);
 }
 
 void cl_req_put(struct rp_buf *out, const char *kind, const char *name, const char *value,

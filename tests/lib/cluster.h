@@ -209,7 +209,8 @@ SSL_CTX *node_admin_ctx(int i);
 struct auth_client *node_client(int i);
 /* One request on a fresh client pinned to node @i (so the answer comes from node @i
  * itself or from what node @i forwarded). Returns auth_client_call's result; @resp is
- * always to be destroyed by the caller. @timeout_ms 0: 10 s. */
+ * always to be destroyed by the caller, and is valid until the next node_call (it
+ * points into the client's buffer, which lives until then). @timeout_ms 0: 10 s. */
 int node_call(int i, const void *req, size_t len, msgpack_unpacked *resp, int timeout_ms);
 
 /* Request builders: encoded msgpack maps appended to @out (rp_buf_init'ed). */

@@ -150,21 +150,29 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
+static uint8_t pad_byte(size_t i)
+{
+    return (uint8_t)((i * 31 + 7) & 0xff);
+}
+
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct rt_fsm *f = fsm->data;
     struct raft_buffer *b = raft_malloc(sizeof *b);
     if (b == NULL)
         return RAFT_NOMEM;
-    b->base = raft_malloc(16);
+    b->len = 16 + f->pad;
+    b->base = raft_malloc(b->len);
     if (b->base == NULL) {
         raft_free(b);
         return RAFT_NOMEM;
     }
-    b->len = 16;
+    uint8_t *p = b->base;
+    for (size_t i = 0; i < f->pad; i++)
+        p[16 + i] = pad_byte(i);
     pthread_mutex_lock(&f->mu);
-    put_u64(b->base, f->count);
-    put_u64((uint8_t *)b->base + 8, f->sum);
+    put_u64(p, f->count);
+    put_u64(p + 8, f->sum);
     f->snapshots++;
     pthread_mutex_unlock(&f->mu);
     *bufs = b;
@@ -175,11 +183,16 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
     struct rt_fsm *f = fsm->data;
-    if (buf->len != 16)
+    const uint8_t *p = buf->base;
+    if (buf->len != 16 + f->pad)
         return RAFT_MALFORMED;
+    for (size_t i = 0; i < f->pad; i++) {
+        if (p[16 + i] != pad_byte(i))
+            return RAFT_MALFORMED;
+    }
     pthread_mutex_lock(&f->mu);
-    f->count = get_u64(buf->base);
-    f->sum = get_u64((uint8_t *)buf->base + 8);
+    f->count = get_u64(p);
+    f->sum = get_u64(p + 8);
     f->restores++;
     f->last_restored_count = f->count;
     pthread_mutex_unlock(&f->mu);
@@ -242,6 +255,19 @@ int rt_apply_u64(struct rp_node *n, uint64_t v, int timeout_ms, uint64_t *result
 
 /* ---- clusters ----------------------------------------------------------------- */
 
+int rt_check_cn_is_node_id(void *arg, const struct rp_identity *peer, uint64_t raft_id,
+                           const char *address, bool inbound)
+{
+    char want[32];
+    (void)arg;
+    snprintf(want, sizeof want, "node-%llu", (unsigned long long)raft_id);
+    if (peer->name == NULL || strcmp(peer->name, want) != 0)
+        return rp_err(RP_EDENIED, "certificate CN=%s may not act as raft id %llu (%s, %s)",
+                      peer->name ? peer->name : "?", (unsigned long long)raft_id, address,
+                      inbound ? "inbound" : "outbound");
+    return 0;
+}
+
 void rt_cluster_init(struct rt_cluster *c, unsigned n, const char *cluster_name)
 {
     const char *lvl = getenv("RP_LOG");
@@ -287,6 +313,8 @@ int rt_node_start(struct rt_cluster *c, unsigned i, bool bootstrap)
         .bootstrap = bootstrap,
         .make_fsm = rt_make_fsm,
         .make_fsm_arg = &nd->fsm,
+        .peer_check = c->peer_check,
+        .peer_check_arg = c->peer_check_arg,
     };
     return rp_node_start(&nd->node, &cfg);
 }

@@ -50,6 +50,7 @@ struct rt_fsm {
     uint64_t snapshots;
     uint64_t restores;
     uint64_t last_restored_count;
+    size_t pad; /* extra patterned bytes per snapshot (checked on restore) */
 };
 
 void rt_fsm_init(struct rt_fsm *f);
@@ -84,7 +85,14 @@ struct rt_cluster {
     unsigned heartbeat_ms;
     unsigned threshold;
     unsigned trailing;
+    rp_raft_peer_check_fn peer_check; /* passed to every node started */
+    void *peer_check_arg;
 };
+
+/* A peer check binding raft ids to certificates: the peer's CN must be
+ * "node-<raft id>". */
+int rt_check_cn_is_node_id(void *arg, const struct rp_identity *peer, uint64_t raft_id,
+                           const char *address, bool inbound);
 
 /* Ports, dirs, certificates (CN node-<id>, O Auth) for @n nodes with ids 1..n;
  * none started. Timeouts default to 600/60 ms, snapshots to 64/128. */
