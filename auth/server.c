@@ -305,6 +305,46 @@ static void *duty_main(void *arg)
     return NULL;
 }
 
+struct raft_id_owner {
+    uint64_t raft_id;
+    char host_id[64];
+    bool found;
+};
+
+static int raft_id_owner_cb(void *arg, const void *res, size_t len)
+{
+    struct raft_id_owner *o = arg;
+    struct state_res_meta meta;
+    msgpack_unpacked u;
+    if (state_resource_check(res, len, &meta) != 0 || rp_mp_parse(res, len, &u) != 0)
+        return 0;
+    uint64_t id = 0;
+    if (rp_mp_get_u64(rp_mp_get(&u.data, "spec"), "raft_id", &id) == 0 && id == o->raft_id &&
+        meta.name_len < sizeof o->host_id) {
+        memcpy(o->host_id, meta.name, meta.name_len);
+        o->host_id[meta.name_len] = '\0';
+        o->found = true;
+    }
+    msgpack_unpacked_destroy(&u);
+    return o->found ? 1 : 0;
+}
+
+/* Raft peers must carry the Auth role (checked by the transport) and, when the
+ * state knows which host holds @raft_id, be that host: a stolen or re-issued Auth
+ * certificate cannot speak for another member. A raft id with no record yet (a
+ * server joining, before it has caught up) is let through on the role alone. */
+static int peer_check(void *arg, const struct rp_identity *peer, uint64_t raft_id,
+                      const char *address, bool inbound)
+{
+    struct auth_server *s = arg;
+    struct raft_id_owner o = {.raft_id = raft_id, .found = false};
+    state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, raft_id_owner_cb, &o, NULL);
+    if (o.found && strcmp(o.host_id, peer->name) != 0)
+        return rp_err(RP_EDENIED, "raft id %llu belongs to host %s, but the peer at %s is %s",
+                      (unsigned long long)raft_id, o.host_id, address, peer->name);
+    return 0;
+}
+
 static struct raft_fsm *make_fsm(void *arg, struct raft *r)
 {
     struct auth_server *s = arg;
@@ -391,6 +431,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
         .bootstrap = s->id.bootstrapped_here,
         .make_fsm = make_fsm,
         .make_fsm_arg = s,
+        .peer_check = peer_check,
+        .peer_check_arg = s,
     };
     rv = rp_node_start(&s->node, &nc);
     if (rv != 0)

@@ -212,12 +212,17 @@ static int req_submit_wait(struct rp_node *n, struct node_req *q, int timeout_ms
                            const char *what, struct rp_node_status *status_out)
 {
     int rv;
+    /* From the loop thread (an FSM callback, copy_result) this would wait on
+     * itself forever. */
+    bool on_loop = pthread_equal(pthread_self(), n->thread);
     pthread_mutex_lock(&n->mu);
-    if (n->stopping) {
+    if (n->stopping || on_loop) {
         pthread_mutex_unlock(&n->mu);
         q->refs = 1; /* the loop never saw it */
         pthread_mutex_lock(&q->mu);
         req_unref_locked(q);
+        if (on_loop)
+            return rp_err(RP_EINVAL, "%s called from the raft loop thread", what);
         return rp_err(RP_ECLOSED, "raft node %llu is stopping", (unsigned long long)n->id);
     }
     q->next = NULL;
@@ -463,7 +468,8 @@ static void reconcile(struct rp_node *n)
             role = RAFT_VOTER;
         } else if (now >= n->standby_log_at) {
             n->standby_log_at = now + 10000;
-            rp_info("raft", "node %llu: standby %llu (%s) not promoted yet: match index %llu of %llu%s",
+            rp_info("raft",
+                    "node %llu: standby %llu (%s) not promoted yet: match index %llu of %llu%s",
                     (unsigned long long)n->id, (unsigned long long)c->servers[i].id,
                     c->servers[i].address, (unsigned long long)p->match_index,
                     (unsigned long long)last, p->recent_recv ? "" : ", not heard from recently");
@@ -478,8 +484,8 @@ static void reconcile(struct rp_node *n)
     n->change.data = n;
     int rv = raft_assign(r, &n->change, target->id, role, on_change_done);
     if (rv != 0) {
-        rp_warn("raft", "node %llu: %s: %s (will retry)", (unsigned long long)n->id,
-                n->change_desc, raft_errmsg(r));
+        rp_warn("raft", "node %llu: %s: %s (will retry)", (unsigned long long)n->id, n->change_desc,
+                raft_errmsg(r));
         n->reconcile_not_before = now + RECONCILE_RETRY_MS;
         return;
     }
@@ -496,8 +502,8 @@ static void on_apply_done(struct raft_apply *req, int status, void *result)
     if (status == 0)
         req_finish(q, 0, result, NULL);
     else
-        req_finish(q, RP_EUNKNOWN, NULL,
-                   "entry submitted but its outcome is unknown: %s", raft_strerror(status));
+        req_finish(q, RP_EUNKNOWN, NULL, "entry submitted but its outcome is unknown: %s",
+                   raft_strerror(status));
 }
 
 static void on_stop_timer(uv_timer_t *t);
@@ -553,8 +559,8 @@ static void fill_status(struct rp_node *n, struct rp_node_status *s)
                   : srv->role == RAFT_STANDBY ? RP_MEMBER_STANDBY
                                               : RP_MEMBER_SPARE;
         if (s->state == RAFT_LEADER && r->leader_state.progress != NULL)
-            m->match_index = srv->id == n->id ? raft_last_index(r)
-                                              : r->leader_state.progress[i].match_index;
+            m->match_index =
+                srv->id == n->id ? raft_last_index(r) : r->leader_state.progress[i].match_index;
         s->n_members++;
     }
 }
@@ -564,7 +570,8 @@ static void dispatch_membership(struct rp_node *n, struct node_req *q)
     struct raft *r = &n->raft;
     int rv;
     if (raft_state(r) != RAFT_LEADER) {
-        req_finish(q, RP_ENOTLEADER, NULL, "node %llu is not the leader", (unsigned long long)n->id);
+        req_finish(q, RP_ENOTLEADER, NULL, "node %llu is not the leader",
+                   (unsigned long long)n->id);
         return;
     }
     if (n->change_busy || r->configuration_uncommitted_index != 0 ||
@@ -1127,8 +1134,11 @@ int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms
     struct node_req *q = req_new(REQ_APPLY);
     if (q == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
-    /* raft_malloc(0) may return NULL: always allocate at least one byte. */
-    q->buf.base = raft_malloc(len > 0 ? len : 1);
+    /* libraft 0.15's segment loader cannot read back entries whose length is not a
+     * multiple of 8 (canonical/raft#180, #304: "short read" at raft_start), so every
+     * entry is padded with zero bytes to the next multiple of 8 (at least 8). */
+    size_t padded = len == 0 ? 8 : (len + 7) / 8 * 8;
+    q->buf.base = raft_malloc(padded);
     if (q->buf.base == NULL) {
         q->refs = 1;
         pthread_mutex_lock(&q->mu);
@@ -1137,7 +1147,8 @@ int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms
     }
     if (len > 0)
         memcpy(q->buf.base, buf, len);
-    q->buf.len = len;
+    memset((char *)q->buf.base + len, 0, padded - len);
+    q->buf.len = padded;
     q->copy_result = copy_result;
     q->copy_arg = arg;
     return req_submit_wait(n, q, timeout_ms, RP_EUNKNOWN, "apply", NULL);
@@ -1151,8 +1162,8 @@ int rp_node_barrier(struct rp_node *n, int timeout_ms)
     return req_submit_wait(n, q, timeout_ms, RP_ETIMEDOUT, "barrier", NULL);
 }
 
-static int membership_call(struct rp_node *n, enum req_type type, uint64_t id,
-                           const char *address, int timeout_ms, const char *what)
+static int membership_call(struct rp_node *n, enum req_type type, uint64_t id, const char *address,
+                           int timeout_ms, const char *what)
 {
     struct node_req *q = req_new(type);
     if (q == NULL)

@@ -114,6 +114,9 @@ int rp_node_start(struct rp_node **out, const struct rp_node_config *cfg);
  * RP_ECLOSED (or RP_EUNKNOWN for writes already submitted). Call once; @n is freed. */
 void rp_node_stop(struct rp_node *n);
 
+/* The calls below block and may be made from any thread except the node's own
+ * loop thread (FSM callbacks, copy_result), where they fail with RP_EINVAL. */
+
 /* Proposes @len bytes (copied) and waits up to @timeout_ms (<= 0: no deadline)
  * for the entry to be applied locally. On success returns 0 and copies what the FSM
  * returned through @copy_result(arg, fsm_result) on the loop thread (@copy_result
@@ -121,7 +124,8 @@ void rp_node_stop(struct rp_node *n);
  * the caller's stack). Errors: RP_ENOTLEADER (not submitted: safe to send
  * elsewhere; also while a leadership transfer runs), RP_EUNKNOWN (submitted, then
  * leadership was lost or the deadline passed: the entry may still commit),
- * RP_ECLOSED when stopping. */
+ * RP_ECLOSED when stopping. The entry is padded with zero bytes to a multiple of
+ * 8 (a libraft 0.15 segment quirk): the FSM must ignore trailing zero bytes. */
 int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms,
                   void (*copy_result)(void *arg, void *fsm_result), void *arg);
 

@@ -57,9 +57,9 @@
 #define ACK_LEN 5
 
 #define DEFAULT_HANDSHAKE_MS 5000
-#define LINGER_MS 10000          /* half-closed connection must finish within this */
+#define LINGER_MS 10000 /* half-closed connection must finish within this */
 #define PUMP_BUF (64 * 1024)
-#define MAX_HANDSHAKING 32       /* inbound connections not yet past the preamble */
+#define MAX_HANDSHAKING 32 /* inbound connections not yet past the preamble */
 #define MAX_CONNS 256
 #define THREAD_STACK (512 * 1024)
 #define REFUSE_LOG_WINDOW_MS 10000
@@ -151,8 +151,7 @@ static void stat_inc(uint64_t *p)
 /* ---- small helpers ------------------------------------------------------ */
 
 /* Splits "host:port" or "[v6]:port" into @host and @port. */
-static int split_hostport(const char *addr, char *host, size_t hostlen, char *port,
-                          size_t portlen)
+static int split_hostport(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
 {
     const char *colon;
     const char *h = addr;
@@ -176,11 +175,19 @@ static int split_hostport(const char *addr, char *host, size_t hostlen, char *po
     host[hl] = '\0';
     const char *p = colon + 1;
     size_t pl = strlen(p);
-    if (pl == 0 || pl >= portlen || strspn(p, "0123456789") != pl || atoi(p) < 1 ||
-        atoi(p) > 65535)
+    if (pl == 0 || pl >= portlen || strspn(p, "0123456789") != pl || atoi(p) < 1 || atoi(p) > 65535)
         return rp_err(RP_EINVAL, "address \"%s\": bad port", addr);
     memcpy(port, p, pl + 1);
     return 0;
+}
+
+/* Prefixes this thread's error message with @what (copying it first: rp_err
+ * writes into the buffer rp_errmsg() points at). */
+static int err_wrap(int code, const char *what)
+{
+    char inner[256];
+    snprintf(inner, sizeof inner, "%s", rp_errmsg());
+    return rp_err(code, "%s: %s", what, inner);
 }
 
 static void format_sockaddr(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen)
@@ -220,7 +227,8 @@ static int wait_fd(struct conn *c, int fd, short events, uint64_t deadline)
         uint64_t now = rp_mono_ms();
         if (now >= deadline)
             return rp_err(RP_ETIMEDOUT, "handshake timed out after %u ms", c->tr->handshake_ms);
-        struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = c->tr->stop_fd, .events = POLLIN}};
+        struct pollfd p[2] = {{.fd = fd, .events = events},
+                              {.fd = c->tr->stop_fd, .events = POLLIN}};
         int n = poll(p, 2, (int)(deadline - now));
         if (n < 0) {
             if (errno == EINTR)
@@ -346,10 +354,10 @@ static int check_peer_identity(struct conn *c, raft_id id, const char *address)
     memset(&ident, 0, sizeof ident);
     rv = rp_tls_peer_identity(c->ssl, &ident);
     if (rv != 0)
-        return rp_err(RP_EDENIED, "no usable certificate: %s", rp_errmsg());
+        return err_wrap(RP_EDENIED, "no usable certificate");
     if (!rp_identity_has_group(&ident, RP_ROLE_AUTH)) {
-        rv = rp_err(RP_EDENIED, "certificate (CN=%s) has no %s role",
-                    ident.name ? ident.name : "?", RP_ROLE_AUTH);
+        rv = rp_err(RP_EDENIED, "certificate (CN=%s) has no %s role", ident.name ? ident.name : "?",
+                    RP_ROLE_AUTH);
         goto out;
     }
     if (c->tr->check != NULL) {
@@ -575,10 +583,10 @@ static int inbound_identity_and_preamble(struct conn *c, uint64_t deadline)
     memset(&ident, 0, sizeof ident);
     rv = rp_tls_peer_identity(c->ssl, &ident);
     if (rv != 0)
-        return rp_err(RP_EDENIED, "no usable certificate: %s", rp_errmsg());
+        return err_wrap(RP_EDENIED, "no usable certificate");
     if (!rp_identity_has_group(&ident, RP_ROLE_AUTH)) {
-        rv = rp_err(RP_EDENIED, "certificate (CN=%s) has no %s role",
-                    ident.name ? ident.name : "?", RP_ROLE_AUTH);
+        rv = rp_err(RP_EDENIED, "certificate (CN=%s) has no %s role", ident.name ? ident.name : "?",
+                    RP_ROLE_AUTH);
         goto out;
     }
 
@@ -631,7 +639,7 @@ static int inbound_identity_and_preamble(struct conn *c, uint64_t deadline)
         char host[ADDR_MAX + 1], port[8];
         rv = split_hostport(c->peer_addr, host, sizeof host, port, sizeof port);
         if (rv != 0) {
-            rv = rp_err(RP_EPROTO, "preamble: %s", rp_errmsg());
+            rv = err_wrap(RP_EPROTO, "preamble");
             goto out;
         }
     }
@@ -679,10 +687,10 @@ struct half {
  * way, shutdown(SHUT_WR) the other); anything else tears both down. */
 static void pump(struct conn *c)
 {
-    struct half a = {0}; /* TLS -> libraft */
-    struct half b = {0}; /* libraft -> TLS */
-    bool t_eof = false, u_eof = false;     /* read side finished */
-    bool u_shut = false, t_shut = false;   /* EOF passed on */
+    struct half a = {0};                 /* TLS -> libraft */
+    struct half b = {0};                 /* libraft -> TLS */
+    bool t_eof = false, u_eof = false;   /* read side finished */
+    bool u_shut = false, t_shut = false; /* EOF passed on */
     uint64_t linger_deadline = 0;
     const char *why = NULL;
     char reason[256];
@@ -993,8 +1001,8 @@ static void deliver_handshake(struct tr *tr, struct conn *c)
         if (stream == NULL)
             return; /* the thread sees the pipe close and exits */
         stat_inc(&tr->n_accepted);
-        rp_debug("raft", "raft peer %llu (%s) connected from %s",
-                 (unsigned long long)c->peer_id, c->peer_addr, c->net_addr);
+        rp_debug("raft", "raft peer %llu (%s) connected from %s", (unsigned long long)c->peer_id,
+                 c->peer_addr, c->net_addr);
         tr->accept_cb(tr->t, c->peer_id, c->peer_addr, stream);
         return;
     }

@@ -92,8 +92,7 @@ Test(raft_node, single_node_bootstraps_applies_and_replays_after_restart, .fini 
     cr_assert_eq(sum, 55);
 }
 
-Test(raft_node, followers_refuse_leader_operations_with_not_leader, .fini = teardown,
-     .timeout = 60)
+Test(raft_node, followers_refuse_leader_operations_with_not_leader, .fini = teardown, .timeout = 60)
 {
     rt_cluster_init(&C, 2, "follower");
     start_cluster(2);
@@ -172,8 +171,7 @@ Test(raft_node, concurrent_barriers_share_raft_barriers, .fini = teardown, .time
                  (unsigned long long)entries);
 }
 
-Test(raft_node, writes_without_quorum_are_unknown_and_changes_busy, .fini = teardown,
-     .timeout = 90)
+Test(raft_node, writes_without_quorum_are_unknown_and_changes_busy, .fini = teardown, .timeout = 90)
 {
     rt_cluster_init(&C, 2, "quorum");
     /* A long election timeout keeps the isolated leader in office for a while. */
@@ -327,7 +325,8 @@ Test(raft_node, start_fails_cleanly_on_bad_config_or_busy_port, .fini = teardown
 
     /* The peer port is taken: start fails with a message, leaving nothing behind. */
     int busy = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(nd->addr, ':') + 1))};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(strrchr(nd->addr, ':') + 1))};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     cr_assert_eq(bind(busy, (struct sockaddr *)&sa, sizeof sa), 0);
     cr_assert_eq(listen(busy, 1), 0);

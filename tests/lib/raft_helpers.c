@@ -33,12 +33,11 @@ void rt_pki_free(struct rt_pki *p)
     p->ca = NULL;
 }
 
-void rt_pki_issue(struct rt_pki *p, const char *name, const char *role, EVP_PKEY **key,
-                  X509 **cert)
+void rt_pki_issue(struct rt_pki *p, const char *name, const char *role, EVP_PKEY **key, X509 **cert)
 {
     char *groups[] = {(char *)role};
-    struct rp_identity id = {.name = (char *)name, .groups = groups, .n_groups = 1,
-                             .cluster = "raft-test"};
+    struct rp_identity id = {
+        .name = (char *)name, .groups = groups, .n_groups = 1, .cluster = "raft-test"};
     const char *sans[] = {"localhost", "127.0.0.1"};
     *key = rp_tls_keygen();
     cr_assert_not_null(*key, "%s", rp_errmsg());
@@ -271,8 +270,9 @@ int rt_check_cn_is_node_id(void *arg, const struct rp_identity *peer, uint64_t r
 void rt_cluster_init(struct rt_cluster *c, unsigned n, const char *cluster_name)
 {
     const char *lvl = getenv("RP_LOG");
-    rp_log_set_level(lvl && rp_log_level_parse(lvl) >= 0 ? (enum rp_log_level)rp_log_level_parse(lvl)
-                                                         : RP_LOG_WARN);
+    rp_log_set_level(lvl && rp_log_level_parse(lvl) >= 0
+                         ? (enum rp_log_level)rp_log_level_parse(lvl)
+                         : RP_LOG_WARN);
     memset(c, 0, sizeof *c);
     cr_assert_leq(n, RT_MAX_NODES);
     c->n = n;
