@@ -27,20 +27,26 @@ JEPSEN_SRCS := $(wildcard jepsen/*.c)
 .PHONY: all test unit-test asan demo demo-stop clean format
 all: $(TOOLS) $(TESTS)
 
+# V=1 shows the full command lines.
+Q := $(if $(V),,@)
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libraftport.a: $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/%: $(BUILD)/obj/tools/%.o $(BUILD)/libraftport.a
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libraftport.a $(LDLIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libraftport.a $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTLIB_OBJS) $(BUILD)/libraftport.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(TESTLIB_OBJS) $(BUILD)/libraftport.a $(LDLIBS) $(TEST_LIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TESTLIB_OBJS) $(BUILD)/libraftport.a $(LDLIBS) $(TEST_LIBS)
 
 # Each test binary runs on its own; integration tests find the daemons in $(BUILD).
 test: all

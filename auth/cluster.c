@@ -354,6 +354,14 @@ int auth_h_status(struct auth_req *r, struct rp_buf *out)
     int rv = rp_node_status(s->node, &st);
     if (rv != 0)
         return rv;
+    /* Members in id order, so that every server lists them alike. */
+    for (unsigned i = 1; i < st.n_members; i++) {
+        for (unsigned j = i; j > 0 && st.members[j - 1].id > st.members[j].id; j--) {
+            struct rp_member tmp = st.members[j];
+            st.members[j] = st.members[j - 1];
+            st.members[j - 1] = tmp;
+        }
+    }
     rp_disk_free(s->data_dir, &free_b, NULL);
     state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, collect_addr_cb, &al, NULL);
 

@@ -4,13 +4,20 @@
 # which start clusters of real processes, run one test at a time.
 set -uo pipefail
 
+# Output goes to a file, not a pipe, so that a stray process holding the test's
+# stdout cannot stall the run; a binary that hangs is stopped after TEST_TIMEOUT s.
+TEST_TIMEOUT=${TEST_TIMEOUT:-900}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 passed=0; failed=0; bad=()
 for t in "$@"; do
   name=$(basename "$t")
   jobs=2
   case "$name" in test_int_*|test_raft_*) jobs=1 ;; esac
   echo "== $name"
-  out=$("$t" --jobs="$jobs" --full-stats 2>&1); rc=$?
+  timeout -k 10 "$TEST_TIMEOUT" "$t" --jobs="$jobs" >"$tmp/out" 2>&1; rc=$?
+  [ "$rc" -eq 124 ] && echo "$name: timed out after ${TEST_TIMEOUT}s" >>"$tmp/out"
+  out=$(cat "$tmp/out")
   printf '%s\n' "$out" | grep -vE '^\[----\]|^\[RUN ' | tail -n 40
   line=$(printf '%s\n' "$out" | grep -E 'Synthesis: Tested:' | tail -1)
   p=$(printf '%s' "$line" | sed -nE 's/.*Passing: ([0-9]+).*/\1/p')

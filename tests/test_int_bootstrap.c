@@ -11,7 +11,7 @@
 #include "lib/errors.h"
 #include "tests/lib/cluster.h"
 
-TestSuite(int_bootstrap, .init = cluster_setup, .fini = cluster_teardown, .timeout = 90);
+TestSuite(int_bootstrap, .init = cluster_setup, .fini = cluster_teardown, .timeout = 60);
 
 /* Status as seen from every running node: @n voters, one leader, the others
  * followers, the cluster's name and pin. */
@@ -20,8 +20,8 @@ static void assert_healthy_everywhere(int n)
     for (int i = 1; i <= n; i++) {
         struct cl_status st;
         cr_assert_eq(cluster_status(i, &st), 0, "tctl status on auth%d failed", i);
-        cr_assert_eq(st.n_members, (unsigned)n, "auth%d sees %u members, want %d", i,
-                     st.n_members, n);
+        cr_assert_eq(st.n_members, (unsigned)n, "auth%d sees %u members, want %d", i, st.n_members,
+                     n);
         cr_assert_eq(cl_status_count_role(&st, "voter"), (unsigned)n, "auth%d: not all voters", i);
         cr_assert_str_eq(st.cluster_name, CL->cluster_name);
         cr_assert_str_eq(st.ca_pin, CL->ca_pin, "auth%d reports another CA pin", i);
@@ -31,8 +31,8 @@ static void assert_healthy_everywhere(int n)
             const struct cl_member *m = &st.members[k];
             cr_assert(m->id >= 1 && m->id <= (uint64_t)n, "unexpected member id %llu",
                       (unsigned long long)m->id);
-            cr_assert_str_eq(m->address, CL->nodes[m->id].raft_addr,
-                             "member %llu's address", (unsigned long long)m->id);
+            cr_assert_str_eq(m->address, CL->nodes[m->id].raft_addr, "member %llu's address",
+                             (unsigned long long)m->id);
             leaders += strcmp(m->state, "leader") == 0;
             followers += strcmp(m->state, "follower") == 0;
         }
@@ -114,7 +114,7 @@ static void openssl_pin(const char *cert, char *out, size_t outlen)
     cr_assert(got != NULL && rc == 0, "`%s` failed (%d)", cmd, rc);
     line[strcspn(line, " \n")] = '\0';
     cr_assert_eq(strlen(line), 64, "sha256sum printed '%s'", line);
-    snprintf(out, outlen, "sha256:%s", line);
+    snprintf(out, outlen, "sha256:%.64s", line);
 }
 
 Test(int_bootstrap, ca_pin_matches_openssl_and_key_files_are_mode_0600)

@@ -11,7 +11,7 @@
 #include "lib/errors.h"
 #include "tests/lib/cluster.h"
 
-TestSuite(int_failover, .init = cluster_setup, .fini = cluster_teardown, .timeout = 90);
+TestSuite(int_failover, .init = cluster_setup, .fini = cluster_teardown, .timeout = 60);
 
 struct leader_wait {
     int ask;

@@ -9,7 +9,7 @@
 #include "lib/errors.h"
 #include "tests/lib/cluster.h"
 
-TestSuite(int_membership, .init = cluster_setup, .fini = cluster_teardown, .timeout = 90);
+TestSuite(int_membership, .init = cluster_setup, .fini = cluster_teardown, .timeout = 60);
 
 /* A put then a linearizable get through node @via, each on a fresh client. */
 static void put_and_check(int via, const char *name)
@@ -75,8 +75,7 @@ Test(int_membership, removed_follower_leaves_and_a_fresh_node_joins_as_voter_und
     cr_assert_eq(rc, 0, "tctl auth members rm %s: exit %d", id, rc);
     free(out);
     struct members_arg two = {.ask = tool, .n = 2, .absent = victim_id};
-    cr_assert(wait_until(10000, members_are, &two), "status never showed 2 members without %s",
-              id);
+    cr_assert(wait_until(10000, members_are, &two), "status never showed 2 members without %s", id);
     put_and_check(li, "m-after-rm");
     /* The removed server is no member any more; an operator stops it. */
     int st = node_term(victim, 10000);

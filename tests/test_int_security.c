@@ -17,7 +17,7 @@
 #include "lib/tls.h"
 #include "tests/lib/cluster.h"
 
-TestSuite(int_security, .init = cluster_setup, .fini = cluster_teardown, .timeout = 90);
+TestSuite(int_security, .init = cluster_setup, .fini = cluster_teardown, .timeout = 60);
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -54,8 +54,8 @@ static SSL_CTX *ctx_with_foreign_cert(const char *role)
         /* Same cluster name as the real one: only the signature differs. */
         cr_assert_eq(rp_tls_ca_create(CL->cluster_name, &ca_key, &ca), 0, "%s", rp_errmsg());
         char *groups[] = {(char *)role};
-        struct rp_identity id = {.name = "intruder", .groups = groups, .n_groups = 1,
-                                 .cluster = CL->cluster_name};
+        struct rp_identity id = {
+            .name = "intruder", .groups = groups, .n_groups = 1, .cluster = CL->cluster_name};
         const char *sans[] = {"127.0.0.1"};
         cr_assert_eq(rp_tls_issue(ca_key, ca, key, &id, sans, 1, 3600, &cert), 0, "%s",
                      rp_errmsg());
@@ -200,8 +200,8 @@ Test(int_security, certificate_of_another_ca_is_refused_on_api_and_raft_ports)
     cr_assert_eq(rv, 0, "control: admin ping on the API port: %s", rp_errmsg());
     /* On the Raft port an accepted peer is waited on for its preamble. */
     rv = probe(host, raft, NULL, 1500, &frame);
-    cr_assert_eq(rv, RP_ETIMEDOUT, "control: host cert on the Raft port: %s (%s)",
-                 rp_strerror(rv), rp_errmsg());
+    cr_assert_eq(rv, RP_ETIMEDOUT, "control: host cert on the Raft port: %s (%s)", rp_strerror(rv),
+                 rp_errmsg());
 
     SSL_CTX *foreign_admin = ctx_with_foreign_cert(RP_ROLE_ADMIN);
     SSL_CTX *foreign_auth = ctx_with_foreign_cert(RP_ROLE_AUTH);
@@ -247,8 +247,8 @@ Test(int_security, client_without_certificate_may_only_ping_and_join)
     cr_assert(rv == 0 && ok, "anonymous ping: %s %s", rp_strerror(rv), code);
 
     /* Everything else is answered access_denied, on the same connection. */
-    static const char *const denied[] = {"status", "member_status", "list", "token_add",
-                                         "member_rm", "watch"};
+    static const char *const denied[] = {"status",    "member_status", "list",
+                                         "token_add", "member_rm",     "watch"};
     rp_buf_reset(&req);
     cl_req_get(&req, "cert_authority", "tls", false);
     rv = exchange(&c, req.data, req.len, &ok, code, sizeof code);
@@ -433,8 +433,8 @@ static void assert_bad_header_refused(uint32_t len)
         cr_log_info("header 0x%08x: answered %s", len, code);
         /* Then the connection is closed. */
         rv = rp_conn_read_frame(&c, &frame);
-        cr_assert(rv == RP_ECLOSED || rv == RP_EIO, "header 0x%08x: connection left open (%s)",
-                  len, rp_strerror(rv));
+        cr_assert(rv == RP_ECLOSED || rv == RP_EIO, "header 0x%08x: connection left open (%s)", len,
+                  rp_strerror(rv));
     } else {
         cr_log_info("header 0x%08x: connection closed (%s)", len, rp_strerror(rv));
     }
@@ -466,8 +466,8 @@ Test(int_security, malformed_msgpack_frame_gets_an_error_and_the_server_stays_he
     static const uint8_t no_method[] = {0x81, 0xa1, 'x', 0x01};
     static const uint8_t method_int[] = {0x81, 0xa1, 'm', 0x05};
     static const uint8_t unknown_method[] = {0x81, 0xa1, 'm', 0xa3, 'f', 'o', 'o'};
-    static const uint8_t dup_key[] = {0x82, 0xa1, 'm', 0xa3, 'g', 'e', 't', 0xa1, 'm',
-                                      0xa4, 'p', 'i', 'n', 'g'};
+    static const uint8_t dup_key[] = {0x82, 0xa1, 'm',  0xa3, 'g', 'e', 't',
+                                      0xa1, 'm',  0xa4, 'p',  'i', 'n', 'g'};
     struct {
         const char *what;
         const uint8_t *p;
@@ -546,11 +546,21 @@ static void pack_random(msgpack_packer *pk, unsigned *seed, int depth)
     unsigned t = rnd(seed, depth > 2 ? 7 : 9);
     char s[400];
     switch (t) {
-    case 0: msgpack_pack_nil(pk); break;
-    case 1: rnd(seed, 2) ? msgpack_pack_true(pk) : msgpack_pack_false(pk); break;
-    case 2: msgpack_pack_int64(pk, (int64_t)rand_r(seed) - RAND_MAX / 2); break;
-    case 3: msgpack_pack_uint64(pk, ((uint64_t)rand_r(seed) << 33) ^ (uint64_t)rand_r(seed)); break;
-    case 4: msgpack_pack_double(pk, (double)rand_r(seed) / 7.0); break;
+    case 0:
+        msgpack_pack_nil(pk);
+        break;
+    case 1:
+        rnd(seed, 2) ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+        break;
+    case 2:
+        msgpack_pack_int64(pk, (int64_t)rand_r(seed) - RAND_MAX / 2);
+        break;
+    case 3:
+        msgpack_pack_uint64(pk, ((uint64_t)rand_r(seed) << 33) ^ (uint64_t)rand_r(seed));
+        break;
+    case 4:
+        msgpack_pack_double(pk, (double)rand_r(seed) / 7.0);
+        break;
     case 5: {
         unsigned n = rnd(seed, 4) == 0 ? 300 : rnd(seed, 24);
         for (unsigned i = 0; i < n; i++)
@@ -574,7 +584,7 @@ static void pack_random(msgpack_packer *pk, unsigned *seed, int depth)
         break;
     }
     default: {
-        static const char *const keys[] = {"kind", "name", "metadata", "spec", "version",
+        static const char *const keys[] = {"kind",   "name",    "metadata", "spec", "version",
                                            "labels", "expires", "revision", "x"};
         unsigned n = rnd(seed, 4);
         msgpack_pack_map(pk, n);
@@ -591,14 +601,13 @@ static void pack_random(msgpack_packer *pk, unsigned *seed, int depth)
  * the membership or turn the connection into a stream are left out. */
 static void random_request(struct rp_buf *out, unsigned *seed)
 {
-    static const char *const methods[] = {"ping", "get", "list", "put", "create", "update",
-                                          "cas", "delete", "cdelete", "batch", "status",
-                                          "member_status", "token_add", "join", "nope"};
-    static const char *const args[] = {"kind", "name", "res", "rid", "rev", "ops",
-                                       "stale", "prefix", "limit", "type", "ttl_ms",
-                                       "token", "host_id", "nodename", "raft_id",
-                                       "raft_addr", "api_addr", "host_pubkey",
-                                       "admin_pubkey", "start_rev", "m"};
+    static const char *const methods[] = {
+        "ping",    "get",   "list",   "put",           "create",    "update", "cas", "delete",
+        "cdelete", "batch", "status", "member_status", "token_add", "join",   "nope"};
+    static const char *const args[] = {
+        "kind",    "name",      "res",      "rid",         "rev",          "ops",       "stale",
+        "prefix",  "limit",     "type",     "ttl_ms",      "token",        "host_id",   "nodename",
+        "raft_id", "raft_addr", "api_addr", "host_pubkey", "admin_pubkey", "start_rev", "m"};
     msgpack_packer pk;
     rp_mp_packer_init(&pk, out);
     unsigned n = rnd(seed, 6);

@@ -12,7 +12,7 @@
 #include "lib/mp.h"
 #include "tests/lib/cluster.h"
 
-TestSuite(int_snapshot, .init = cluster_setup, .fini = cluster_teardown, .timeout = 90);
+TestSuite(int_snapshot, .init = cluster_setup, .fini = cluster_teardown, .timeout = 60);
 
 #define N_RES 400
 
@@ -129,15 +129,19 @@ Test(int_snapshot, follower_back_after_400_writes_catches_up_by_snapshot)
     uint64_t t0 = cl_now_ms();
     write_many(li, N_RES, "a");
     uint64_t write_ms = cl_now_ms() - t0;
-    cr_assert_gt(snapshot_files(li), 0,
-                 "leader took no snapshot after %d writes with threshold 64", N_RES);
+    cr_assert_gt(snapshot_files(li), 0, "leader took no snapshot after %d writes with threshold 64",
+                 N_RES);
 
     node_restart(f);
     struct has_all_arg a = {.node = f, .n = N_RES, .tag = "a"};
     cr_assert(wait_until(30000, has_all_pred, &a), "restarted follower: %s", a.why);
     uint64_t catch_ms = cl_now_ms() - t0 - write_ms;
-    /* Its log could not have supplied the entries: it holds a snapshot now. */
+    /* The leader's log could not have supplied the entries: the follower holds a
+     * snapshot now, and its state machine restored one (it had none of its own:
+     * it stopped long before its first snapshot threshold). */
     cr_assert_gt(snapshot_files(f), 0, "auth%d has no snapshot after catching up", f);
+    cr_assert(node_log_contains(f, "restored a snapshot"),
+              "auth%d caught up without restoring a snapshot", f);
     cr_assert_neq(cluster_wait_ready(li, 3, 0, 15000), 0);
     /* And it keeps following: one more write reaches it. */
     cr_assert_eq(node_put(li, "snap", "snap-late", "late"), 0, "%s", rp_errmsg());

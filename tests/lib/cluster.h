@@ -4,7 +4,7 @@
  * One cluster per test, kept in a process-wide singleton (a Criterion test runs
  * in its own worker process). Use it through a fixture:
  *
- *   TestSuite(failover, .init = cluster_setup, .fini = cluster_teardown, .timeout = 90);
+ *   TestSuite(failover, .init = cluster_setup, .fini = cluster_teardown, .timeout = 60);
  *
  *   Test(failover, new_leader_after_kill9) {
  *       cluster_start(3);
@@ -50,17 +50,17 @@ struct cl_opts {
 struct cl_node {
     bool used;
     uint64_t raft_id;
-    pid_t pid;              /* 0 when not running */
-    int last_status;        /* wait status of the last exit (valid when exited) */
-    bool exited;            /* the last run has been reaped */
-    char name[32];          /* "authN": nodename and file stem */
-    char dir[512];          /* data_dir */
-    char cfg[512];          /* config file */
-    char log[512];          /* log file */
-    char api_addr[64];      /* 127.0.0.1:port */
+    pid_t pid;         /* 0 when not running */
+    int last_status;   /* wait status of the last exit (valid when exited) */
+    bool exited;       /* the last run has been reaped */
+    char name[32];     /* "authN": nodename and file stem */
+    char dir[512];     /* data_dir */
+    char cfg[512];     /* config file */
+    char log[512];     /* log file */
+    char api_addr[64]; /* 127.0.0.1:port */
     char raft_addr[64];
-    char token[128];        /* join token ("" for the bootstrap node) */
-    char auth_server[64];   /* where it joins through */
+    char token[128];      /* join token ("" for the bootstrap node) */
+    char auth_server[64]; /* where it joins through */
 };
 
 struct cluster {
@@ -79,7 +79,8 @@ extern struct cluster *CL;
 
 void cluster_setup(void);
 void cluster_teardown(void);
-/* Marks the running test as passed (its temp dir is then removed at teardown). */
+/* Marks the running test as passed (its temp dir is then removed at teardown).
+ * Fails the test instead if a daemon's log holds a sanitizer report (make asan). */
 void cluster_pass(void);
 struct cl_opts *cluster_opts(void);
 /* Shorthand for the snapshot options. */
@@ -124,9 +125,9 @@ bool node_log_contains(int i, const char *needle);
 /* ---- commands ----------------------------------------------------------------------- */
 
 struct cl_run {
-    int status;   /* exit code, or -1 if killed / timed out */
-    char *out;    /* stdout, NUL-terminated (free it) */
-    char *err;    /* stderr */
+    int status; /* exit code, or -1 if killed / timed out */
+    char *out;  /* stdout, NUL-terminated (free it) */
+    char *err;  /* stderr */
 };
 
 /* Runs @argv (NULL-terminated) with a deadline; captures stdout and stderr. */
@@ -145,10 +146,10 @@ struct cl_json {
     enum cl_jtype type;
     bool b;
     double num;
-    uint64_t u;        /* numbers that are non-negative integers */
+    uint64_t u; /* numbers that are non-negative integers */
     char *str;
-    size_t n;          /* items of an array or object */
-    char **keys;       /* object keys */
+    size_t n;    /* items of an array or object */
+    char **keys; /* object keys */
     struct cl_json *items;
 };
 
@@ -226,11 +227,9 @@ int cl_get(struct auth_client *c, const char *kind, const char *name, bool stale
            size_t valuelen);
 /* The same, on a fresh client pinned to node @i. */
 int node_put(int i, const char *kind, const char *name, const char *value);
-int node_get(int i, const char *kind, const char *name, bool stale, char *value,
-             size_t valuelen);
+int node_get(int i, const char *kind, const char *name, bool stale, char *value, size_t valuelen);
 /* Polls stale reads on node @i until @kind/@name holds @value; true if it did in time. */
-bool node_wait_value(int i, const char *kind, const char *name, const char *value,
-                     int timeout_ms);
+bool node_wait_value(int i, const char *kind, const char *name, const char *value, int timeout_ms);
 
 /* A string field of a decoded answer into @out ("" if absent). */
 const char *cl_mp_str(const msgpack_object *map, const char *key, char *out, size_t outlen);
@@ -240,7 +239,7 @@ const char *cl_mp_str(const msgpack_object *map, const char *key, char *out, siz
 #define CL_WRITER_MAX 100000
 
 struct cl_writer_stats {
-    unsigned attempted;       /* puts "<prefix>-0" .. "<prefix>-(attempted-1)" */
+    unsigned attempted; /* puts "<prefix>-0" .. "<prefix>-(attempted-1)" */
     unsigned ok;
     unsigned failed;
     char first_error[256];
