@@ -22,10 +22,16 @@ TESTLIB_SRCS := $(wildcard tests/lib/*.c)
 TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS    := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
-JEPSEN_SRCS := $(wildcard jepsen/*.c)
+# jepsen/: checkers and harness in build/libjepsen.a; each jepsen/main_NAME.c is the
+# program build/jepsen-NAME (e.g. main_check.c -> build/jepsen-check).
+JEPSEN_LIB_SRCS := $(filter-out jepsen/main_%.c,$(wildcard jepsen/*.c))
+JEPSEN_LIB_OBJS := $(JEPSEN_LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+JEPSEN_PROGS := $(patsubst jepsen/main_%.c,$(BUILD)/jepsen-%,$(wildcard jepsen/main_*.c))
 
-.PHONY: all test unit-test asan demo demo-stop clean format
-all: $(TOOLS) $(TESTS)
+.PHONY: all test asan demo demo-stop clean format
+# Keep the objects of tools and tests (make would delete them as intermediates).
+.PRECIOUS: $(BUILD)/obj/%.o
+all: $(TOOLS) $(JEPSEN_PROGS) $(TESTS)
 
 # V=1 shows the full command lines.
 Q := $(if $(V),,@)
@@ -43,10 +49,18 @@ $(BUILD)/%: $(BUILD)/obj/tools/%.o $(BUILD)/libraftport.a
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libraftport.a $(LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTLIB_OBJS) $(BUILD)/libraftport.a
+$(BUILD)/libjepsen.a: $(JEPSEN_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/jepsen-%: $(BUILD)/obj/jepsen/main_%.o $(BUILD)/libjepsen.a $(BUILD)/libraftport.a
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libjepsen.a $(BUILD)/libraftport.a $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTLIB_OBJS) $(BUILD)/libjepsen.a $(BUILD)/libraftport.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LINK    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TESTLIB_OBJS) $(BUILD)/libraftport.a $(LDLIBS) $(TEST_LIBS)
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TESTLIB_OBJS) $(BUILD)/libjepsen.a $(BUILD)/libraftport.a $(LDLIBS) $(TEST_LIBS)
 
 # Each test binary runs on its own; integration tests find the daemons in $(BUILD).
 test: all
