@@ -66,7 +66,8 @@ bool wait_until(int deadline_ms, bool (*pred)(void *arg), void *arg)
 
 /* ---- children ----------------------------------------------------------------------- */
 
-/* In a freshly forked child: die with the parent, default signal handling. */
+/* In a freshly forked child: die with the parent, default signal handling. Only
+ * async-signal-safe calls from here to exec, and no cr_* call (see node_spawn). */
 static void child_common(pid_t parent)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -378,7 +379,8 @@ pid_t node_spawn(int i)
     pid_t parent = getpid();
     fflush(NULL);
     pid_t pid = fork();
-    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    /* The child goes its own way before anything else: a Criterion assertion (even one
+     * that passes) talks to the runner, which a forked child must never do. */
     if (pid == 0) {
         child_common(parent);
         int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -392,7 +394,9 @@ pid_t node_spawn(int i)
         dprintf(2, "harness: exec %s: %s\n", exe, strerror(errno));
         _exit(127);
     }
+    int fork_errno = errno;
     close(fd);
+    cr_assert(pid > 0, "fork: %s", strerror(fork_errno));
     n->pid = pid;
     n->exited = false;
     n->last_status = 0;
