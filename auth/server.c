@@ -85,6 +85,16 @@ static enum access caller_access(const struct rp_identity *id)
     return ACCESS_ANON;
 }
 
+/* True unless the state says @host_id is no auth server of this cluster. */
+static bool auth_server_known(struct auth_server *s, const char *host_id)
+{
+    struct rp_buf rec;
+    rp_buf_init(&rec);
+    int rv = state_get(s->state, AUTH_KIND_AUTH_SERVER, host_id, &rec, NULL);
+    rp_buf_free(&rec);
+    return rv != RP_ENOTFOUND;
+}
+
 /* ---- dispatch ----------------------------------------------------------- */
 
 /* Serves one request frame; writes the answer into @out. Returns 1 if the
@@ -117,6 +127,14 @@ static int serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_ident
         char msgbuf[96];
         snprintf(msgbuf, sizeof msgbuf, "unknown method '%s'", m);
         auth_reply_error(out, RP_EINVAL, msgbuf);
+        goto done;
+    }
+    /* An auth server's certificate is long-lived; once the server is removed from the
+     * cluster its record goes, and so does what its certificate may do here. */
+    if (caller && rp_identity_has_group(caller, RP_ROLE_AUTH) && !auth_server_known(s, caller->name)) {
+        rp_warn("auth", "denied %s from %s: auth server %s is not a member of this cluster", m,
+                c->peer, caller->name);
+        auth_reply_error(out, RP_EDENIED, "access denied: this auth server is not a member of the cluster");
         goto done;
     }
     if (caller_access(caller) < meth->need) {
@@ -384,6 +402,19 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     rv = rp_mkdir_p(s->data_dir, 0700);
     if (rv != 0)
         goto err;
+    /* Take the ports before anything else, above all before joining: a server that
+     * joined and then found its port taken would leave an unreachable member behind. */
+    s->listen_fd = rp_listen_tcp(cfg->auth_listen_addr, 128);
+    if (s->listen_fd < 0) {
+        rv = rp_err(s->listen_fd, "auth_service.listen_addr: %s", rp_errmsg());
+        goto err;
+    }
+    int probe = rp_listen_tcp(cfg->raft_listen_addr, 1);
+    if (probe < 0) {
+        rv = rp_err(probe, "auth_service.raft.listen_addr: %s", rp_errmsg());
+        goto err;
+    }
+    close(probe); /* the Raft transport binds it again when Raft starts */
     snprintf(path, sizeof path, "%s/%s/host.crt", s->data_dir, AUTH_KEYS_DIR);
     if (rp_file_exists(path)) {
         rv = auth_identity_load(&s->id, s->data_dir);
@@ -409,14 +440,6 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     snprintf(path, sizeof path, "%s/%s", s->data_dir, AUTH_RAFT_DIR);
     if ((rv = rp_mkdir_p(path, 0700)) != 0)
         goto err;
-
-    /* Listen before Raft starts so that a joining peer's API is up as soon as the
-     * leader starts promoting it. */
-    s->listen_fd = rp_listen_tcp(cfg->auth_listen_addr, 128);
-    if (s->listen_fd < 0) {
-        rv = s->listen_fd;
-        goto err;
-    }
 
     struct rp_node_config nc = {
         .id = cfg->raft_id,

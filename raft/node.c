@@ -933,7 +933,10 @@ static int node_open(struct rp_node *n)
     }
     rv = raft_init(r, &n->io, n->fsm, n->id, n->address);
     if (rv != 0) {
-        start_failed(n, raft_rv_to_rp(rv), "raft_init: %s", raft_strerror(rv));
+        /* raft_errmsg says why (e.g. which FSM feature the I/O lacks); the code alone
+         * often reads "unknown error". */
+        const char *why = raft_errmsg(r);
+        start_failed(n, raft_rv_to_rp(rv), "raft_init: %s", why && why[0] ? why : raft_strerror(rv));
         goto err_loop;
     }
     n->raft_inited = true;
@@ -944,6 +947,12 @@ static int node_open(struct rp_node *n)
     raft_set_snapshot_threshold(r, n->snapshot_threshold);
     raft_set_snapshot_trailing(r, n->snapshot_trailing);
     raft_set_pre_vote(r, true);
+    /* A follower busy with its own snapshot refuses an InstallSnapshot (RAFT_BUSY);
+     * libraft's leader then waits this long before sending it again. The default 30 s
+     * stalls catch-up for that long; a few election timeouts still leave room for a
+     * large snapshot to travel on a LAN. */
+    unsigned snap_timeout = 5 * n->election_timeout_ms;
+    raft_set_install_snapshot_timeout(r, snap_timeout < 3000 ? 3000 : snap_timeout);
     raft_set_max_catch_up_rounds(r, MAX_CATCH_UP_ROUNDS);
     raft_set_max_catch_up_round_duration(r, MAX_CATCH_UP_ROUND_MS);
 

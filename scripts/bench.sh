@@ -80,14 +80,19 @@ trap 'log interrupted; exit 130' INT TERM
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # 12 ports in a row (3 API + 3 Raft for Raftport, 3 client + 3 peer for etcd) that
-# nothing listens on, starting at a random base.
+# no socket uses, at a random base below the kernel's ephemeral range (an outgoing
+# connection holding a port there would make bind fail later).
 pick_ports() {
-  local base tries=0 ok p
+  local base tries=0 ok p lo top
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  top=$(( (lo < 20000 ? 32768 : lo) - 20000 - 12 ))
   while :; do
-    base=$((20000 + (RANDOM % 2000) * 20))
+    base=$((20000 + (RANDOM * 20) % top))
     ok=1
     for p in $(seq "$base" $((base + 11))); do
-      if port_busy "$p"; then ok=0; break; fi
+      if port_busy "$p" || { command -v ss >/dev/null && [ -n "$(ss -Htan "( sport = :$p )")" ]; }; then
+        ok=0; break
+      fi
     done
     [ $ok = 1 ] && { echo "$base"; return 0; }
     tries=$((tries + 1))

@@ -13,7 +13,13 @@ API_PORTS=(3025 3125 3225)
 RAFT_PORTS=(3030 3130 3230)
 TCTL="$BUILD/tctl"
 
-running() { [ -f "$DEMO/auth$1.pid" ] && kill -0 "$(cat "$DEMO/auth$1.pid")" 2>/dev/null; }
+# Alive and not a zombie (kill -0 succeeds on a zombie that nobody reaped yet).
+running() {
+  local pid
+  [ -f "$DEMO/auth$1.pid" ] || return 1
+  pid=$(cat "$DEMO/auth$1.pid")
+  kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -119,7 +125,8 @@ stop() {
   for i in $(seq 1 $N); do
     if [ -f "$DEMO/auth$i.pid" ]; then
       pid=$(cat "$DEMO/auth$i.pid")
-      wait_for 10 bash -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
+      wait_for 10 bash -c "! kill -0 $pid 2>/dev/null || grep -q '^State:[[:space:]]*Z' /proc/$pid/status" ||
+        kill -KILL "$pid" 2>/dev/null || true
       rm -f "$DEMO/auth$i.pid"
     fi
   done

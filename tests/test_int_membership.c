@@ -82,6 +82,30 @@ Test(int_membership, removed_follower_leaves_and_a_fresh_node_joins_as_voter_und
     cr_assert_neq(st, -1, "removed auth%d did not stop on SIGTERM", victim);
     put_and_check(li, "m-after-stop");
 
+    /* Its long-lived Auth certificate no longer opens the API of the others. */
+    {
+        char crt[600], key[600], ca[600];
+        SSL_CTX *ctx = NULL;
+        snprintf(crt, sizeof crt, "%s/keys/host.crt", CL->nodes[victim].dir);
+        snprintf(key, sizeof key, "%s/keys/host.key", CL->nodes[victim].dir);
+        snprintf(ca, sizeof ca, "%s/keys/ca.crt", CL->nodes[victim].dir);
+        cr_assert_eq(auth_load_client_ctx(crt, key, ca, &ctx), 0, "%s", rp_errmsg());
+        const char *addr = CL->nodes[li].api_addr;
+        struct auth_client *c = NULL;
+        cr_assert_eq(auth_client_new(&c, ctx, &addr, 1), 0);
+        struct rp_buf req;
+        msgpack_unpacked resp;
+        rp_buf_init(&req);
+        cl_req_get(&req, "itest", "m-before", true);
+        int rv = auth_client_call(c, req.data, req.len, &resp);
+        cr_assert_eq(rv, RP_EDENIED, "a removed member's identity was answered with %s (%s)",
+                     rp_strerror(rv), rp_errmsg());
+        msgpack_unpacked_destroy(&resp);
+        rp_buf_free(&req);
+        auth_client_free(c);
+        SSL_CTX_free(ctx);
+    }
+
     /* A fresh server: new data dir, new ports, new raft id, new token. */
     int fresh = cluster_add_node(0);
     uint64_t fresh_id = CL->nodes[fresh].raft_id;

@@ -616,7 +616,7 @@ static enum jepsen_verdict check_generated(const struct jepsen_gen_opts *o, int6
     return v;
 }
 
-Test(jepsen_register, large_generated_history_is_valid_and_fast, .timeout = 120)
+Test(jepsen_register, large_generated_history_is_valid_and_fast)
 {
     struct jepsen_gen_opts o = {.seed = 7,
                                 .keys = 3,
@@ -630,7 +630,7 @@ Test(jepsen_register, large_generated_history_is_valid_and_fast, .timeout = 120)
     cr_assert_lt(s, 10.0, "took %.3f s", s);
 }
 
-Test(jepsen_register, large_generated_history_with_one_stale_read_is_invalid, .timeout = 120)
+Test(jepsen_register, large_generated_history_with_one_stale_read_is_invalid)
 {
     struct jepsen_gen_opts o = {.seed = 7,
                                 .keys = 3,
@@ -646,7 +646,7 @@ Test(jepsen_register, large_generated_history_with_one_stale_read_is_invalid, .t
     cr_assert_geq(mutated, 0);
 }
 
-Test(jepsen_register, generated_histories_over_many_seeds_get_the_right_verdict, .timeout = 120)
+Test(jepsen_register, generated_histories_over_many_seeds_get_the_right_verdict)
 {
     for (uint64_t seed = 1; seed <= 40; seed++) {
         struct jepsen_gen_opts o = {.seed = seed,
@@ -685,7 +685,7 @@ static char *hard_history(int n, const char *extra)
     return jsonl;
 }
 
-Test(jepsen_register, search_out_of_time_is_unknown, .timeout = 60)
+Test(jepsen_register, search_out_of_time_is_unknown)
 {
     char *jsonl = hard_history(24, "");
     struct jepsen_check_opts o = {.time_limit_s = 0.2};
@@ -702,7 +702,7 @@ Test(jepsen_register, search_out_of_time_is_unknown, .timeout = 60)
     free(jsonl);
 }
 
-Test(jepsen_register, search_out_of_memory_is_unknown, .timeout = 60)
+Test(jepsen_register, search_out_of_memory_is_unknown)
 {
     char *jsonl = hard_history(24, "");
     struct jepsen_check_opts o = {.time_limit_s = 60, .memory_limit = 1 << 20};
@@ -718,7 +718,7 @@ Test(jepsen_register, search_out_of_memory_is_unknown, .timeout = 60)
     free(jsonl);
 }
 
-Test(jepsen_register, unknown_key_with_an_invalid_key_is_invalid, .timeout = 60)
+Test(jepsen_register, unknown_key_with_an_invalid_key_is_invalid)
 {
     char *jsonl = hard_history(24, "90 invoke write 2 1\n"
                                    "90 ok write 2 1\n"
@@ -938,7 +938,7 @@ static void random_history(struct rng *r, int n_procs, int n_ops, struct rp_buf 
     }
 }
 
-Test(jepsen_register, agrees_with_brute_force_on_random_small_histories, .timeout = 300)
+Test(jepsen_register, agrees_with_brute_force_on_random_small_histories)
 {
     struct rng r = {88172645463325252ULL};
     struct bf b;
