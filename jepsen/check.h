@@ -69,7 +69,11 @@ struct jepsen_check_opts {
  * Report: {"valid", "model":"register", "key_count", "op_count", "ok_count",
  * "keys_invalid", "keys_unknown", "time_s", "anomaly": {...} (first invalid
  * key), "keys": [{"key", "valid", "ops", "ok", "fail", "info", "info_pruned",
- * "configs", "time_s", "reason"?, "anomaly"?}], "warnings"}. An anomaly names
+ * "configs", "time_s", "reason"?, "anomaly"?}], "warnings"}. Per key, "info"
+ * counts info and unfinished ops, "info_pruned" those of them dropped before
+ * the search (reads, and writes or cas whose value no op observed), "configs"
+ * the configurations the search memoized, "reason" why a key is unknown
+ * ("time limit" or "memory limit"). time_s excludes reading the file. An anomaly names
  * the key, "op" (the op whose completion the search could not get past, at the
  * deepest point it reached), "state" (the register there), "previous" (the
  * last op linearized there, null if none), "pending" (the ops it could have linearized next)
@@ -129,13 +133,13 @@ int jepsen_check_unique(const struct jepsen_history *h, const struct jepsen_chec
 
 struct jepsen_gen_opts {
     uint64_t seed;
-    unsigned keys;          /* independent registers, keys 0..keys-1 */
-    unsigned processes;     /* concurrent clients per key */
-    unsigned ops_per_key;   /* invocations per key */
-    double info_rate;       /* share of ops that end "info" (0..1) */
-    double fail_rate;       /* share of ops that end "fail" without effect (0..1) */
-    double late_rate;       /* share of info writes/cas that take effect long after */
-    int mutate;             /* 0: linearizable; 1: one ok read gets a stale value */
+    unsigned keys;        /* independent registers, keys 0..keys-1 */
+    unsigned processes;   /* concurrent clients per key */
+    unsigned ops_per_key; /* invocations per key */
+    double info_rate;     /* share of ops that end "info" (0..1) */
+    double fail_rate;     /* share of ops that end "fail" without effect (0..1) */
+    double late_rate;     /* share of info writes/cas that take effect long after */
+    int mutate;           /* 0: linearizable; 1: one ok read gets a stale value */
 };
 
 /* Simulates a linearizable register per key under concurrency and appends the

@@ -213,12 +213,10 @@ static int collect_op(struct reg_check *c, size_t i)
     else if (strcmp(inv->f, "cas") == 0)
         op.f = REG_CAS;
     else
-        return rp_err(RP_EINVAL,
-                      "line %zu: register model: f \"%.64s\" is not read, write or cas",
+        return rp_err(RP_EINVAL, "line %zu: register model: f \"%.64s\" is not read, write or cas",
                       inv->line, inv->f);
     if (inv->key == NULL)
-        return rp_err(RP_EINVAL, "line %zu: register model: %s without \"key\"", inv->line,
-                      inv->f);
+        return rp_err(RP_EINVAL, "line %zu: register model: %s without \"key\"", inv->line, inv->f);
     op.inv = i;
     op.comp = inv->peer;
 
@@ -247,8 +245,7 @@ static int collect_op(struct reg_check *c, size_t i)
         break;
     case REG_CAS:
         if (inv->value == NULL || inv->value->type != JEPSEN_JSON_ARRAY || inv->value->len != 2)
-            return rp_err(RP_EINVAL,
-                          "line %zu: register model: cas value must be [expected, new]",
+            return rp_err(RP_EINVAL, "line %zu: register model: cas value must be [expected, new]",
                           inv->line);
         rv = check_echo(inv, comp);
         if (rv == 0)
@@ -453,8 +450,8 @@ static int memo_add(struct search *s, uint32_t state)
     }
     if (s->n_memo == s->cap_memo) {
         size_t cap = s->cap_memo ? s->cap_memo * 2 : 1024;
-        if (s->n_memo >= UINT32_MAX - 1 || memo_bytes(s) + (cap - s->cap_memo) * sizeof *s->memo >
-                                                s->mem_limit)
+        if (s->n_memo >= UINT32_MAX - 1 ||
+            memo_bytes(s) + (cap - s->cap_memo) * sizeof *s->memo > s->mem_limit)
             return -1;
         struct memo_entry *m = realloc(s->memo, cap * sizeof *m);
         if (m == NULL)
@@ -711,13 +708,13 @@ static int search_init(struct search *s, const struct reg_check *c, const struct
     s->bits = calloc(s->nwords ? s->nwords : 1, sizeof *s->bits);
     s->stack = malloc((n ? n : 1) * sizeof *s->stack);
     int32_t *by_comp = malloc((n_ok ? n_ok : 1) * sizeof *by_comp);
-    if (s->ops == NULL || s->ent == NULL || s->inf == NULL || s->bits == NULL ||
-        s->stack == NULL || by_comp == NULL) {
+    if (s->ops == NULL || s->ent == NULL || s->inf == NULL || s->bits == NULL || s->stack == NULL ||
+        by_comp == NULL) {
         free(by_comp);
         return rp_err(RP_ENOMEM, "out of memory for a key of %zu ops", n);
     }
-    s->mem_fixed = n * (sizeof *s->ops + sizeof *s->stack + 2 * sizeof *s->ent) +
-                   s->nwords * sizeof *s->bits;
+    s->mem_fixed =
+        n * (sizeof *s->ops + sizeof *s->stack + 2 * sizeof *s->ent) + s->nwords * sizeof *s->bits;
 
     n = 0;
     size_t n_info = 0, m = 0;
@@ -782,8 +779,8 @@ static int append_op(const struct reg_check *c, const struct reg_op *op, struct 
         rv = append_value(c, op->a, out);
     }
     if (rv == 0)
-        rv = rp_buf_printf(out, ",\"type\":\"%s\",\"invoke_index\":%" PRId64, op->info ? "info" : "ok",
-                           inv->index);
+        rv = rp_buf_printf(out, ",\"type\":\"%s\",\"invoke_index\":%" PRId64,
+                           op->info ? "info" : "ok", inv->index);
     if (rv == 0) {
         if (op->comp == JEPSEN_NONE)
             rv = rp_buf_append_str(out, ",\"complete_index\":null}");
@@ -876,9 +873,12 @@ static int check_key(const struct reg_check *c, struct reg_key *k, uint64_t budg
 const char *jepsen_verdict_json(enum jepsen_verdict v)
 {
     switch (v) {
-    case JEPSEN_VALID: return "true";
-    case JEPSEN_INVALID: return "false";
-    default: return "\"unknown\"";
+    case JEPSEN_VALID:
+        return "true";
+    case JEPSEN_INVALID:
+        return "false";
+    default:
+        return "\"unknown\"";
     }
 }
 
@@ -969,10 +969,10 @@ int jepsen_check_register(const struct jepsen_history *h, const struct jepsen_ch
                           enum jepsen_verdict *verdict, struct rp_buf *report)
 {
     uint64_t start = now_ns();
-    double limit_s = opts != NULL && opts->time_limit_s > 0 ? opts->time_limit_s
-                                                            : JEPSEN_DEFAULT_TIME_LIMIT_S;
-    size_t mem_limit = opts != NULL && opts->memory_limit > 0 ? opts->memory_limit
-                                                              : JEPSEN_DEFAULT_MEMORY_LIMIT;
+    double limit_s =
+        opts != NULL && opts->time_limit_s > 0 ? opts->time_limit_s : JEPSEN_DEFAULT_TIME_LIMIT_S;
+    size_t mem_limit =
+        opts != NULL && opts->memory_limit > 0 ? opts->memory_limit : JEPSEN_DEFAULT_MEMORY_LIMIT;
     uint64_t limit_ns = (uint64_t)(limit_s * 1e9);
     struct reg_check c;
     int rv = 0;
@@ -1069,9 +1069,9 @@ struct gen_rec {
     uint8_t type;    /* enum jepsen_op_type */
     uint8_t f;       /* enum reg_f */
     unsigned key;
-    int64_t a, b;  /* write value; cas expected, new */
-    int64_t value; /* ok read: the value read */
-    int64_t stale; /* ok read: a value overwritten before it was invoked, or GEN_NULL */
+    int64_t a, b;     /* write value; cas expected, new */
+    int64_t value;    /* ok read: the value read */
+    int64_t stale;    /* ok read: a value overwritten before it was invoked, or GEN_NULL */
     bool after_write; /* ok read: some write had completed ok before it was invoked */
     const char *nemesis;
 };
@@ -1085,9 +1085,9 @@ struct gen_client {
     uint8_t f;
     int64_t a, b, value;
     bool cas_failed;
-    int64_t prev_done;  /* write/cas: value of the newest ok write done when invoked */
+    int64_t prev_done; /* write/cas: value of the newest ok write done when invoked */
     bool prev_valid;
-    int64_t stale;      /* read: the key's superseded value when invoked */
+    int64_t stale; /* read: the key's superseded value when invoked */
     bool after_write;
 };
 
@@ -1160,10 +1160,11 @@ static int gen_write(const struct gen *g, struct rp_buf *out)
                                i, t, r->nemesis);
             continue;
         }
-        rv = rp_buf_printf(out,
-                           "{\"index\":%zu,\"time\":%" PRIu64 ",\"type\":\"%s\",\"process\":%" PRId64
-                           ",\"f\":\"%s\",\"key\":%u,\"value\":",
-                           i, t, types[r->type], r->process, reg_f_names[r->f], r->key);
+        rv =
+            rp_buf_printf(out,
+                          "{\"index\":%zu,\"time\":%" PRIu64 ",\"type\":\"%s\",\"process\":%" PRId64
+                          ",\"f\":\"%s\",\"key\":%u,\"value\":",
+                          i, t, types[r->type], r->process, reg_f_names[r->f], r->key);
         if (rv != 0)
             break;
         if (r->f == REG_READ)
@@ -1212,8 +1213,7 @@ static int64_t gen_mutate(struct gen *g)
     return best == SIZE_MAX ? -1 : (int64_t)best;
 }
 
-int jepsen_gen_register(const struct jepsen_gen_opts *o, struct rp_buf *out,
-                        int64_t *mutated_index)
+int jepsen_gen_register(const struct jepsen_gen_opts *o, struct rp_buf *out, int64_t *mutated_index)
 {
     if (o->keys == 0 || o->processes == 0 || o->info_rate < 0 || o->info_rate > 1 ||
         o->fail_rate < 0 || o->fail_rate > 1 || o->late_rate < 0 || o->late_rate > 1)
@@ -1258,16 +1258,21 @@ int jepsen_gen_register(const struct jepsen_gen_opts *o, struct rp_buf *out,
         }
         if (clock % 5000 == 0) {
             struct gen_rec r = {.process = -1,
-                                .nemesis = (clock / 5000) % 2 ? "start-partition"
-                                                              : "stop-partition"};
+                                .nemesis =
+                                    (clock / 5000) % 2 ? "start-partition" : "stop-partition"};
             rv = gen_push(&g, &r);
             if (rv != 0)
                 break;
         }
         struct gen_client *c = &cl[gen_below(&rng, n_clients)];
         struct gen_key *k = &keys[c->key];
-        struct gen_rec r = {.process = c->process, .f = c->f, .key = c->key, .a = c->a,
-                            .b = c->b, .value = GEN_NULL, .stale = GEN_NULL};
+        struct gen_rec r = {.process = c->process,
+                            .f = c->f,
+                            .key = c->key,
+                            .a = c->a,
+                            .b = c->b,
+                            .value = GEN_NULL,
+                            .stale = GEN_NULL};
         switch (c->phase) {
         case GEN_IDLE: {
             if (k->left == 0)
@@ -1291,8 +1296,13 @@ int jepsen_gen_register(const struct jepsen_gen_opts *o, struct rp_buf *out,
             c->after_write = k->done_valid;
             c->phase = GEN_INVOKED;
             busy++;
-            r = (struct gen_rec){.process = c->process, .type = JEPSEN_INVOKE, .f = c->f,
-                                 .key = c->key, .a = c->a, .b = c->b, .value = GEN_NULL,
+            r = (struct gen_rec){.process = c->process,
+                                 .type = JEPSEN_INVOKE,
+                                 .f = c->f,
+                                 .key = c->key,
+                                 .a = c->a,
+                                 .b = c->b,
+                                 .value = GEN_NULL,
                                  .stale = GEN_NULL};
             rv = gen_push(&g, &r);
             continue;

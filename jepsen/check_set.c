@@ -21,11 +21,11 @@
 #define LIST_MAX 100
 
 struct set_elem {
-    size_t text_off, text_len; /* canonical JSON in set_check.text */
-    size_t inv;                /* history position of the add, JEPSEN_NONE if never added */
+    size_t text_off, text_len;   /* canonical JSON in set_check.text */
+    size_t inv;                  /* history position of the add, JEPSEN_NONE if never added */
     enum jepsen_op_type outcome; /* JEPSEN_OK, JEPSEN_FAIL or JEPSEN_INFO (also unfinished) */
-    size_t known_at;           /* position after which it is known present; SIZE_MAX if not */
-    size_t stamp;              /* last final read (1-based) that contained it */
+    size_t known_at;             /* position after which it is known present; SIZE_MAX if not */
+    size_t stamp;                /* last final read (1-based) that contained it */
     bool lost, unexpected, recovered;
 };
 

@@ -16,11 +16,11 @@
 #define CONSUMERS_MAX 8 /* ok consumers listed per duplicated item */
 
 struct item {
-    size_t text_off, text_len;       /* canonical JSON in unique_check.text */
-    size_t n_ok, n_info, n_fail;     /* consumptions by outcome (unfinished = info) */
-    size_t ok_inv[CONSUMERS_MAX];    /* history positions of the first ok consumes' invokes */
-    size_t first_ok_comp;            /* earliest ok consume completion, SIZE_MAX if none */
-    size_t created_comp;             /* earliest ok create completion, SIZE_MAX if none */
+    size_t text_off, text_len;    /* canonical JSON in unique_check.text */
+    size_t n_ok, n_info, n_fail;  /* consumptions by outcome (unfinished = info) */
+    size_t ok_inv[CONSUMERS_MAX]; /* history positions of the first ok consumes' invokes */
+    size_t first_ok_comp;         /* earliest ok consume completion, SIZE_MAX if none */
+    size_t created_comp;          /* earliest ok create completion, SIZE_MAX if none */
     bool create_attempted;
     bool in_final;
     bool duplicated, unexpected, resurrected, vanished, possible;
@@ -68,8 +68,7 @@ static int item_index(struct unique_check *c, const struct jepsen_json *v, size_
     return 0;
 }
 
-static int append_item_text(const struct unique_check *c, const struct item *it,
-                            struct rp_buf *out)
+static int append_item_text(const struct unique_check *c, const struct item *it, struct rp_buf *out)
 {
     return rp_buf_append(out, c->text.data + it->text_off, it->text_len);
 }
@@ -96,8 +95,7 @@ static int append_duplicated(const struct unique_check *c, struct rp_buf *out)
             rv = rp_buf_printf(out,
                                "%s{\"process\":%" PRId64 ",\"invoke_index\":%" PRId64
                                ",\"complete_index\":%" PRId64 "}",
-                               j > 0 ? "," : "", inv->process, inv->index,
-                               h->ops[inv->peer].index);
+                               j > 0 ? "," : "", inv->process, inv->index, h->ops[inv->peer].index);
         }
         if (rv == 0)
             rv = rp_buf_append_str(out, "]}");
@@ -247,8 +245,8 @@ int jepsen_check_unique(const struct jepsen_history *h, const struct jepsen_chec
         }
         if (rv == 0 && n_possible > 0) {
             rv = rp_buf_printf(report,
-                               "%s\"%zu items may have been consumed twice (info outcomes)\"",
-                               sep, n_possible);
+                               "%s\"%zu items may have been consumed twice (info outcomes)\"", sep,
+                               n_possible);
             sep = ",";
         }
         if (rv == 0 && h->reused_after_info > 0)

@@ -31,15 +31,15 @@ struct wevent {
 
 struct watcher {
     int64_t process;
-    size_t first_comp;         /* history position of its first completion with events */
-    struct wevent *init;       /* its snapshot */
+    size_t first_comp;   /* history position of its first completion with events */
+    struct wevent *init; /* its snapshot */
     size_t n_init, cap_init;
-    struct wevent *ev;         /* put and delete events, as received */
+    struct wevent *ev; /* put and delete events, as received */
     size_t n_ev, cap_ev;
-    int64_t start_rev;         /* the init_done revision */
-    int64_t last_rev;          /* newest change revision received, start_rev if none */
-    bool resumed;              /* init_done said "resumed": no snapshot, state unknown */
-    bool following;            /* every completion so far was ok */
+    int64_t start_rev; /* the init_done revision */
+    int64_t last_rev;  /* newest change revision received, start_rev if none */
+    bool resumed;      /* init_done said "resumed": no snapshot, state unknown */
+    bool following;    /* every completion so far was ok */
     bool has_init_done;
 };
 
@@ -60,9 +60,9 @@ static const char *const anomaly_names[] = {"reordered", "duplicated",        "d
 
 struct watch_check {
     const struct jepsen_history *h;
-    struct jepsen_map res_ids;     /* "kind\0name" -> resource id */
-    struct rp_buf res_text;        /* the names, back to back */
-    size_t *res_off;               /* resource i is res_text[res_off[i], res_off[i+1]) */
+    struct jepsen_map res_ids; /* "kind\0name" -> resource id */
+    struct rp_buf res_text;    /* the names, back to back */
+    size_t *res_off;           /* resource i is res_text[res_off[i], res_off[i+1]) */
     size_t n_res, cap_res;
     struct watcher *w;
     size_t n_w, cap_w;
@@ -185,8 +185,9 @@ static int read_completion(struct watch_check *c, size_t pos)
     size_t n = 0;
     if (events != NULL && events->type != JEPSEN_JSON_NULL) {
         if (events->type != JEPSEN_JSON_ARRAY)
-            return rp_err(RP_EINVAL, "line %zu: a watch completion's value must be an array of "
-                                     "events",
+            return rp_err(RP_EINVAL,
+                          "line %zu: a watch completion's value must be an array of "
+                          "events",
                           op->line);
         n = events->len;
     }
@@ -197,8 +198,9 @@ static int read_completion(struct watch_check *c, size_t pos)
         const struct jepsen_json *rev = jepsen_json_get(ev, "revision");
         const struct jepsen_json *kop = jepsen_json_get(ev, "op");
         if (rev == NULL || rev->type != JEPSEN_JSON_INT || rev->u.i < 0)
-            return rp_err(RP_EINVAL, "line %zu: watch event %zu: \"revision\" must be an integer "
-                                     ">= 0",
+            return rp_err(RP_EINVAL,
+                          "line %zu: watch event %zu: \"revision\" must be an integer "
+                          ">= 0",
                           op->line, i);
         struct wevent e = {.rev = rev->u.i, .comp = pos};
         if (jepsen_json_is_str(kop, "init"))
@@ -330,8 +332,7 @@ static int state_at(struct watch_check *c, const struct watcher *w, int64_t at, 
 }
 
 static int append_pairs_diff(const struct watch_check *c, const struct pair *mine, size_t n_mine,
-                             const struct pair *ref, size_t n_ref, struct rp_buf *out,
-                             bool *differ)
+                             const struct pair *ref, size_t n_ref, struct rp_buf *out, bool *differ)
 {
     /* Three lists: in @ref only ("missing"), in @mine only ("extra"), both
      * with different revisions ("different"). */
@@ -431,9 +432,9 @@ static int check_order(struct watch_check *c, const struct watcher *w)
             if (w->ev[j].op == e->op && w->ev[j].res == e->res) {
                 struct rp_buf *b = anomaly_item(c, A_DUPLICATED);
                 if (b != NULL) {
-                    rv = rp_buf_printf(b, "{\"process\":%" PRId64 ",\"revision\":%" PRId64
-                                          ",\"op\":\"%s\",",
-                                       w->process, e->rev, wop_names[e->op]);
+                    rv = rp_buf_printf(
+                        b, "{\"process\":%" PRId64 ",\"revision\":%" PRId64 ",\"op\":\"%s\",",
+                        w->process, e->rev, wop_names[e->op]);
                     if (rv == 0)
                         rv = append_res(c, e->res, b);
                     if (rv == 0)
@@ -483,8 +484,8 @@ static int watcher_revs(const struct watcher *w, int64_t **out, size_t *n_out)
  * any watcher saw (sorted, distinct). */
 static int check_divergence(struct watch_check *c, int64_t **all, size_t *n_all)
 {
-    struct jepsen_map first;  /* revision -> index in @groups */
-    struct rp_buf sigs, sig;  /* stored signatures; the one being built */
+    struct jepsen_map first; /* revision -> index in @groups */
+    struct rp_buf sigs, sig; /* stored signatures; the one being built */
     struct rev_group *groups = NULL;
     size_t n_groups = 0, cap_groups = 0;
     int rv = 0;
@@ -653,8 +654,7 @@ static int final_state(struct watch_check *c, const struct jepsen_op *op, int64_
 {
     const struct jepsen_json *r = jepsen_json_get(op->value, "revision");
     const struct jepsen_json *list = jepsen_json_get(op->value, "resources");
-    if (r == NULL || r->type != JEPSEN_JSON_INT || list == NULL ||
-        list->type != JEPSEN_JSON_ARRAY)
+    if (r == NULL || r->type != JEPSEN_JSON_INT || list == NULL || list->type != JEPSEN_JSON_ARRAY)
         return rp_err(RP_EINVAL,
                       "line %zu: watch model: the final read's value must be {\"revision\": int, "
                       "\"resources\": [...]}",
@@ -670,8 +670,9 @@ static int final_state(struct watch_check *c, const struct jepsen_op *op, int64_
         if (rv == 0)
             rv = event_str(res, "name", op->line, i, &name);
         if (rv == 0 && (rr == NULL || rr->type != JEPSEN_JSON_INT))
-            rv = rp_err(RP_EINVAL, "line %zu: final read resource %zu: \"revision\" must be an "
-                                   "integer",
+            rv = rp_err(RP_EINVAL,
+                        "line %zu: final read resource %zu: \"revision\" must be an "
+                        "integer",
                         op->line, i);
         if (rv == 0)
             rv = res_intern(c, kind->u.s, kind->len, name->u.s, name->len, &pairs[i].res);
@@ -682,8 +683,7 @@ static int final_state(struct watch_check *c, const struct jepsen_op *op, int64_
         qsort(pairs, list->len, sizeof *pairs, cmp_pair);
         for (size_t i = 1; rv == 0 && i < list->len; i++) {
             if (pairs[i].res == pairs[i - 1].res)
-                rv = rp_err(RP_EINVAL, "line %zu: the final read lists a resource twice",
-                            op->line);
+                rv = rp_err(RP_EINVAL, "line %zu: the final read lists a resource twice", op->line);
         }
     }
     if (rv != 0) {
@@ -714,8 +714,8 @@ static int check_final(struct watch_check *c, int64_t final_rev, const struct pa
         struct rp_buf item;
         rp_buf_init(&item);
         bool differ = false;
-        rv = rp_buf_printf(&item, "{\"process\":%" PRId64 ",\"last_revision\":%" PRId64,
-                           w->process, w->last_rev);
+        rv = rp_buf_printf(&item, "{\"process\":%" PRId64 ",\"last_revision\":%" PRId64, w->process,
+                           w->last_rev);
         if (rv == 0)
             rv = append_pairs_diff(c, mine, n_mine, ref, n_ref, &item, &differ);
         if (rv == 0 && differ) {
@@ -790,10 +790,10 @@ int jepsen_check_watch(const struct jepsen_history *h, const struct jepsen_check
             n_following += c.w[wi].following;
             n_resumed += c.w[wi].following && c.w[wi].resumed;
         }
-        enum jepsen_verdict v = n_bad > 0                         ? JEPSEN_INVALID
-                                : final == NULL || c.n_w == 0      ? JEPSEN_UNKNOWN
-                                : n_compared == 0                  ? JEPSEN_UNKNOWN
-                                                                   : JEPSEN_VALID;
+        enum jepsen_verdict v = n_bad > 0                     ? JEPSEN_INVALID
+                                : final == NULL || c.n_w == 0 ? JEPSEN_UNKNOWN
+                                : n_compared == 0             ? JEPSEN_UNKNOWN
+                                                              : JEPSEN_VALID;
         rv = rp_buf_printf(report,
                            "{\"valid\":%s,\"model\":\"watch\",\"watcher_count\":%zu,"
                            "\"following_count\":%zu,\"event_count\":%zu,\"revision_count\":%zu,"
@@ -803,8 +803,8 @@ int jepsen_check_watch(const struct jepsen_history *h, const struct jepsen_check
             rv = final != NULL ? rp_buf_printf(report, "%" PRId64, final_rev)
                                : rp_buf_append_str(report, "null");
         for (int k = 0; rv == 0 && k < A_KINDS; k++) {
-            rv = rp_buf_printf(report, ",\"%s_count\":%zu,\"%s\":[", anomaly_names[k],
-                               c.a[k].count, anomaly_names[k]);
+            rv = rp_buf_printf(report, ",\"%s_count\":%zu,\"%s\":[", anomaly_names[k], c.a[k].count,
+                               anomaly_names[k]);
             if (rv == 0 && c.a[k].list.len > 0)
                 rv = rp_buf_append(report, c.a[k].list.data, c.a[k].list.len);
             if (rv == 0)
@@ -822,9 +822,8 @@ int jepsen_check_watch(const struct jepsen_history *h, const struct jepsen_check
             sep = ",";
         }
         if (rv == 0 && final != NULL && c.n_w > 0 && n_compared == 0) {
-            rv = rp_buf_printf(report,
-                               "%s\"no watcher with a snapshot was still following at the end\"",
-                               sep);
+            rv = rp_buf_printf(
+                report, "%s\"no watcher with a snapshot was still following at the end\"", sep);
             sep = ",";
         }
         if (rv == 0 && n_resumed > 0) {

@@ -332,14 +332,30 @@ static int parse_escape(struct parser *p)
     int c = peek(p);
     char ch;
     switch (c) {
-    case '"': ch = '"'; break;
-    case '\\': ch = '\\'; break;
-    case '/': ch = '/'; break;
-    case 'b': ch = '\b'; break;
-    case 'f': ch = '\f'; break;
-    case 'n': ch = '\n'; break;
-    case 'r': ch = '\r'; break;
-    case 't': ch = '\t'; break;
+    case '"':
+        ch = '"';
+        break;
+    case '\\':
+        ch = '\\';
+        break;
+    case '/':
+        ch = '/';
+        break;
+    case 'b':
+        ch = '\b';
+        break;
+    case 'f':
+        ch = '\f';
+        break;
+    case 'n':
+        ch = '\n';
+        break;
+    case 'r':
+        ch = '\r';
+        break;
+    case 't':
+        ch = '\t';
+        break;
     case 'u': {
         next(p);
         uint32_t cp;
@@ -476,8 +492,8 @@ static int parse_number(struct parser *p, struct jepsen_json *out)
         for (size_t i = negative ? 1 : 0; i < n; i++) {
             uint64_t d = (uint64_t)(text[i] - '0');
             if (v > (limit - d) / 10) {
-                return rp_err(RP_EINVAL, "column %zu: integer %.*s%s overflows 64 bits",
-                              start + 1, (int)(n < 40 ? n : 40), text, n < 40 ? "" : "...");
+                return rp_err(RP_EINVAL, "column %zu: integer %.*s%s overflows 64 bits", start + 1,
+                              (int)(n < 40 ? n : 40), text, n < 40 ? "" : "...");
             }
             v = v * 10 + d;
         }
@@ -848,10 +864,14 @@ struct builder {
 static const char *type_name(enum jepsen_op_type t)
 {
     switch (t) {
-    case JEPSEN_INVOKE: return "invoke";
-    case JEPSEN_OK: return "ok";
-    case JEPSEN_FAIL: return "fail";
-    case JEPSEN_INFO: return "info";
+    case JEPSEN_INVOKE:
+        return "invoke";
+    case JEPSEN_OK:
+        return "ok";
+    case JEPSEN_FAIL:
+        return "fail";
+    case JEPSEN_INFO:
+        return "info";
     }
     return "?";
 }
@@ -958,8 +978,8 @@ static int builder_line(struct builder *b, const char *text, size_t len, size_t 
     } else if (proc->type == JEPSEN_JSON_INT && proc->u.i >= 0) {
         op.process = proc->u.i;
     } else {
-        return rp_err(RP_EINVAL,
-                      "line %zu: \"process\" must be an integer >= 0 or \"nemesis\"", line);
+        return rp_err(RP_EINVAL, "line %zu: \"process\" must be an integer >= 0 or \"nemesis\"",
+                      line);
     }
 
     const struct jepsen_json *f = jepsen_json_get(obj, "f");
@@ -992,8 +1012,7 @@ static int builder_line(struct builder *b, const char *text, size_t len, size_t 
         } else {
             if (ps->open == JEPSEN_NONE)
                 return rp_err(RP_EINVAL,
-                              "line %zu: \"%s\" for process %" PRId64
-                              ", which has no open invoke",
+                              "line %zu: \"%s\" for process %" PRId64 ", which has no open invoke",
                               line, type_name(op.type), op.process);
             struct jepsen_op *inv = &h->ops[ps->open];
             if (strcmp(inv->f, op.f) != 0)
@@ -1108,8 +1127,7 @@ int jepsen_history_read_file(const char *path, struct jepsen_history **out)
         size_t start = 0;
         for (;;) {
             const char *base = (const char *)pending.data;
-            const char *nl =
-                memchr(base + scan_from, '\n', pending.len - scan_from);
+            const char *nl = memchr(base + scan_from, '\n', pending.len - scan_from);
             if (nl == NULL)
                 break;
             size_t end = (size_t)(nl - base);

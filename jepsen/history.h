@@ -168,9 +168,9 @@ struct jepsen_op {
 struct jepsen_history {
     struct jepsen_op *ops; /* owned; in line order */
     size_t n_ops;
-    size_t reused_after_info;       /* invokes by a process whose previous op ended in info */
-    size_t first_reuse_line;        /* line of the first such invoke, 0 if none */
-    struct jepsen_arena arena;      /* owns every string and value of ops */
+    size_t reused_after_info;  /* invokes by a process whose previous op ended in info */
+    size_t first_reuse_line;   /* line of the first such invoke, 0 if none */
+    struct jepsen_arena arena; /* owns every string and value of ops */
 };
 
 /* Reads the history in file @path. The caller frees *@out with jepsen_history_free.

@@ -99,8 +99,8 @@ int main(int argc, char **argv)
             errno = 0;
             double t = strtod(v, &end);
             if (errno != 0 || end == v || *end != '\0' || !(t > 0) || !isfinite(t) || t > 1e7) {
-                fprintf(stderr, "jepsen-check: --time-limit: \"%s\" is not a number of seconds > 0\n",
-                        v);
+                fprintf(stderr,
+                        "jepsen-check: --time-limit: \"%s\" is not a number of seconds > 0\n", v);
                 return 2;
             }
             opts.time_limit_s = t;

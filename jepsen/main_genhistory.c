@@ -35,8 +35,8 @@ static int parse_uint(const char *opt, const char *s, unsigned long long max,
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno != 0 || end == s || *end != '\0' || s[0] == '-' || v > max) {
-        fprintf(stderr, "jepsen-genhistory: %s: \"%s\" is not an integer in [0, %llu]\n", opt,
-                s, max);
+        fprintf(stderr, "jepsen-genhistory: %s: \"%s\" is not an integer in [0, %llu]\n", opt, s,
+                max);
         return -1;
     }
     *out = v;

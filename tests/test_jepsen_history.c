@@ -69,7 +69,9 @@ static const struct jepsen_json *value_ok(const char *json, struct jepsen_histor
     return (*h)->ops[0].value;
 }
 
-#define L0 "{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":3,\"f\":\"write\",\"key\":\"k\",\"value\":1}\n"
+#define L0                                                                                         \
+    "{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":3,\"f\":\"write\",\"key\":\"k\","     \
+    "\"value\":1}\n"
 #define L1 "{\"index\":1,\"time\":5,\"type\":\"ok\",\"process\":3,\"f\":\"write\",\"value\":1}\n"
 
 /* ---- Fields and pairing ------------------------------------------------------- */
@@ -79,7 +81,7 @@ Test(jepsen_history, reads_fields_and_pairs_invoke_with_completion)
     struct jepsen_history *h =
         parse_ok(L0 "{\"index\":1,\"time\":2,\"type\":\"info\",\"process\":\"nemesis\","
                     "\"f\":\"start-partition\",\"value\":{\"n1\":[\"n2\"]}}\n"
-                 "{\"index\":2,\"time\":5,\"type\":\"ok\",\"process\":3,\"f\":\"write\"}\n");
+                    "{\"index\":2,\"time\":5,\"type\":\"ok\",\"process\":3,\"f\":\"write\"}\n");
     cr_assert_eq(h->n_ops, 3);
     const struct jepsen_op *inv = &h->ops[0], *nem = &h->ops[1], *ok = &h->ops[2];
     cr_assert_eq(inv->type, JEPSEN_INVOKE);
@@ -144,8 +146,8 @@ Test(jepsen_history, reuse_of_a_process_after_info_is_counted)
 
 Test(jepsen_history, unknown_fields_are_kept_in_the_object)
 {
-    struct jepsen_history *h = parse_ok(
-        "{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":1,\"f\":\"read\",\"node\":\"n3\"}");
+    struct jepsen_history *h = parse_ok("{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":1,"
+                                        "\"f\":\"read\",\"node\":\"n3\"}");
     cr_assert(jepsen_json_is_str(jepsen_json_get(h->ops[0].obj, "node"), "n3"));
     jepsen_history_free(h);
 }
@@ -169,7 +171,8 @@ Test(jepsen_history, missing_or_mistyped_fields_are_refused_with_the_line)
             "line 1: \"process\" must be");
     refused("{\"index\":0,\"time\":0,\"type\":\"invoke\",\"f\":\"w\"}",
             "line 1: \"process\" is missing");
-    refused("{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":1}", "line 1: \"f\" is missing");
+    refused("{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":1}",
+            "line 1: \"f\" is missing");
     refused("{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":1,\"f\":3}",
             "line 1: \"f\" must be a string");
     refused("[1,2]", "line 1: expected a JSON object");
@@ -262,9 +265,9 @@ Test(jepsen_history, malformed_json_is_refused_with_line_and_column)
 Test(jepsen_history, invalid_unicode_is_refused)
 {
     value_refused("\"\xff\"", "invalid UTF-8");
-    value_refused("\"\xc0\xaf\"", "invalid UTF-8");         /* overlong */
-    value_refused("\"\xed\xa0\x80\"", "invalid UTF-8");     /* encoded surrogate */
-    value_refused("\"\xe2\x82\"", "invalid UTF-8");         /* truncated */
+    value_refused("\"\xc0\xaf\"", "invalid UTF-8");     /* overlong */
+    value_refused("\"\xed\xa0\x80\"", "invalid UTF-8"); /* encoded surrogate */
+    value_refused("\"\xe2\x82\"", "invalid UTF-8");     /* truncated */
     value_refused("\"\\udc00\"", "lone low surrogate");
     value_refused("\"\\ud800x\"", "high surrogate not followed");
     value_refused("\"\\ud800\\u0041\"", "high surrogate not followed by a low surrogate");
@@ -366,8 +369,13 @@ Test(jepsen_history, file_is_streamed_line_by_line)
     cr_assert_geq(fd, 0);
     close(fd);
     /* Enough lines to cross several read chunks. */
-    struct jepsen_gen_opts o = {.seed = 3, .keys = 4, .processes = 5, .ops_per_key = 2000,
-                                .info_rate = 0.1, .fail_rate = 0.05, .late_rate = 0.5};
+    struct jepsen_gen_opts o = {.seed = 3,
+                                .keys = 4,
+                                .processes = 5,
+                                .ops_per_key = 2000,
+                                .info_rate = 0.1,
+                                .fail_rate = 0.05,
+                                .late_rate = 0.5};
     struct rp_buf text;
     rp_buf_init(&text);
     cr_assert_eq(jepsen_gen_register(&o, &text, NULL), 0);
@@ -394,7 +402,8 @@ Test(jepsen_history, file_errors_name_the_path_and_line)
     int fd = mkstemp(path);
     cr_assert_geq(fd, 0);
     close(fd);
-    const char *text = L0 L1 "{\"index\":2,\"time\":0,\"type\":\"ok\",\"process\":3,\"f\":\"write\"}\n";
+    const char *text =
+        L0 L1 "{\"index\":2,\"time\":0,\"type\":\"ok\",\"process\":3,\"f\":\"write\"}\n";
     write_file(path, text, strlen(text));
     struct jepsen_history *h = NULL;
     cr_assert_eq(jepsen_history_read_file(path, &h), RP_EINVAL);
@@ -436,7 +445,8 @@ Test(jepsen_history, canonical_json_ignores_member_order_and_spacing)
     rp_buf_init(&b);
     cr_assert_eq(jepsen_json_canonical(&x, &b), 0);
     rp_buf_append(&b, "", 1);
-    cr_assert_str_eq((const char *)b.data, "{\"a\":{\"c\":true,\"d\":null},\"b\":[1,2.5,\"\xc3\xa9\"]}");
+    cr_assert_str_eq((const char *)b.data,
+                     "{\"a\":{\"c\":true,\"d\":null},\"b\":[1,2.5,\"\xc3\xa9\"]}");
     rp_buf_free(&b);
     jepsen_arena_free(&a);
 }
@@ -462,4 +472,72 @@ Test(jepsen_history, map_interns_byte_strings)
     cr_assert_null(jepsen_map_find(&m, "key-5000", 8));
     cr_assert_eq(m.n, 5000);
     jepsen_map_free(&m);
+}
+
+/* ---- Robustness ---------------------------------------------------------------------- */
+
+typedef int (*checker_fn)(const struct jepsen_history *, const struct jepsen_check_opts *,
+                          enum jepsen_verdict *, struct rp_buf *);
+
+Test(jepsen_history, damaged_histories_are_refused_or_judged_never_crash)
+{
+    /* A small history of every model, then thousands of copies with a few
+     * bytes changed: the reader and every checker must answer 0 or RP_EINVAL. */
+    const char *base =
+        "{\"index\":0,\"time\":0,\"type\":\"invoke\",\"process\":1,\"f\":\"write\",\"key\":1,"
+        "\"value\":1}\n"
+        "{\"index\":1,\"time\":1,\"type\":\"ok\",\"process\":1,\"f\":\"write\",\"key\":1,\"value\":"
+        "1}\n"
+        "{\"index\":2,\"time\":2,\"type\":\"invoke\",\"process\":2,\"f\":\"cas\",\"key\":1,"
+        "\"value\":[1,2]}\n"
+        "{\"index\":3,\"time\":3,\"type\":\"info\",\"process\":2,\"f\":\"cas\",\"key\":1,\"value\":"
+        "[1,2]}\n"
+        "{\"index\":4,\"time\":4,\"type\":\"invoke\",\"process\":3,\"f\":\"add\",\"value\":\"x\"}\n"
+        "{\"index\":5,\"time\":5,\"type\":\"ok\",\"process\":3,\"f\":\"add\",\"value\":\"x\"}\n"
+        "{\"index\":6,\"time\":6,\"type\":\"invoke\",\"process\":4,\"f\":\"consume\",\"key\":\"t\"}"
+        "\n"
+        "{\"index\":7,\"time\":7,\"type\":\"ok\",\"process\":4,\"f\":\"consume\",\"key\":\"t\"}\n"
+        "{\"index\":8,\"time\":8,\"type\":\"invoke\",\"process\":5,\"f\":\"watch\",\"value\":null}"
+        "\n"
+        "{\"index\":9,\"time\":9,\"type\":\"ok\",\"process\":5,\"f\":\"watch\",\"value\":[{"
+        "\"revision\":0,"
+        "\"op\":\"init_done\"},{\"revision\":1,\"op\":\"put\",\"kind\":\"k\",\"name\":\"n\"}]}\n"
+        "{\"index\":10,\"time\":10,\"type\":\"invoke\",\"process\":6,\"f\":\"read\",\"key\":1,"
+        "\"value\":null}\n"
+        "{\"index\":11,\"time\":11,\"type\":\"ok\",\"process\":6,\"f\":\"read\",\"key\":1,"
+        "\"value\":2}\n";
+    checker_fn checkers[] = {jepsen_check_register, jepsen_check_set, jepsen_check_watch,
+                             jepsen_check_unique};
+    const char alphabet[] = "{}[]\",:0123456789-.eE \\u\n\xc3\xa9\x80tfnulrsa";
+    size_t len = strlen(base);
+    char *text = malloc(len + 1);
+    uint64_t s = 0x9e3779b97f4a7c15ULL;
+    int accepted = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        memcpy(text, base, len + 1);
+        int changes = 1 + iter % 4;
+        for (int c = 0; c < changes; c++) {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            text[s % len] = alphabet[(s >> 32) % (sizeof alphabet - 1)];
+        }
+        struct jepsen_history *h = NULL;
+        int rv = jepsen_history_parse(text, len, &h);
+        cr_assert(rv == 0 || rv == RP_EINVAL, "reader answered %d", rv);
+        if (rv != 0)
+            continue;
+        accepted++;
+        for (size_t k = 0; k < sizeof checkers / sizeof checkers[0]; k++) {
+            struct rp_buf report;
+            rp_buf_init(&report);
+            enum jepsen_verdict v;
+            rv = checkers[k](h, NULL, &v, &report);
+            cr_assert(rv == 0 || rv == RP_EINVAL, "checker %zu answered %d", k, rv);
+            rp_buf_free(&report);
+        }
+        jepsen_history_free(h);
+    }
+    cr_assert_gt(accepted, 100);
+    free(text);
 }

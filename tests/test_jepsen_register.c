@@ -853,8 +853,9 @@ static void random_history(struct rng *r, int n_procs, int n_ops, struct rp_buf 
             procs[p].b = 1 + (int)rnd(r, 3);
             if (procs[p].f == 1 && procs[p].a == BF_NULL)
                 procs[p].a = 1;
-            rp_buf_printf(jsonl, "{\"index\":%d,\"time\":%d,\"type\":\"invoke\",\"process\":%d,"
-                                 "\"f\":\"%s\",\"key\":0,\"value\":",
+            rp_buf_printf(jsonl,
+                          "{\"index\":%d,\"time\":%d,\"type\":\"invoke\",\"process\":%d,"
+                          "\"f\":\"%s\",\"key\":0,\"value\":",
                           pos, pos, procs[p].id, names[procs[p].f]);
             if (procs[p].f == 0)
                 val(jsonl, BF_NULL);
@@ -884,8 +885,9 @@ static void random_history(struct rng *r, int n_procs, int n_ops, struct rp_buf 
         unsigned x = rnd(r, 10);
         const char *type = x < 7 ? "ok" : x < 8 ? "fail" : "info";
         struct bf_op *o = &b->ops[procs[p].op];
-        rp_buf_printf(jsonl, "{\"index\":%d,\"time\":%d,\"type\":\"%s\",\"process\":%d,"
-                             "\"f\":\"%s\",\"key\":0,\"value\":",
+        rp_buf_printf(jsonl,
+                      "{\"index\":%d,\"time\":%d,\"type\":\"%s\",\"process\":%d,"
+                      "\"f\":\"%s\",\"key\":0,\"value\":",
                       pos, pos, type, procs[p].id, names[procs[p].f]);
         if (procs[p].f == 0) {
             /* Mostly a value that was just written, so that many histories are valid. */

@@ -144,7 +144,6 @@ static bool has_warning(const struct result *r, const char *prefix)
     return false;
 }
 
-
 /* ---- Valid histories -------------------------------------------------------- */
 
 Test(jepsen_set, acknowledged_adds_all_in_the_final_read_is_valid)
@@ -342,6 +341,7 @@ Test(jepsen_set, histories_that_do_not_fit_are_refused)
     refused_spec(jepsen_check_set, "0 invoke add _\n", "line 1: set model: add without \"value\"");
     refused_spec(jepsen_check_set, "0 invoke read _ null\n0 ok read _ {}\n",
                  "line 2: set model: an ok read's value must be an array");
-    refused_spec(jepsen_check_set, "0 invoke add \"s1\" 1\n0 ok add \"s1\" 1\n1 invoke add \"s2\" 2\n",
+    refused_spec(jepsen_check_set,
+                 "0 invoke add \"s1\" 1\n0 ok add \"s1\" 1\n1 invoke add \"s2\" 2\n",
                  "line 3: set model: key differs from the key at line 1");
 }

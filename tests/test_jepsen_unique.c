@@ -145,7 +145,6 @@ static bool has_warning(const struct result *r, const char *prefix)
     return false;
 }
 
-
 /* ---- Valid histories -------------------------------------------------------- */
 
 Test(jepsen_unique, each_item_consumed_once_is_valid)

@@ -145,23 +145,24 @@ static bool has_warning(const struct result *r, const char *prefix)
     return false;
 }
 
-
 /* Events and final reads, written without spaces (the spec splits on them). */
-#define EV(op, rev, name) "{\"revision\":" #rev ",\"op\":\"" op "\",\"kind\":\"role\",\"name\":\"" name "\"}"
+#define EV(op, rev, name)                                                                          \
+    "{\"revision\":" #rev ",\"op\":\"" op "\",\"kind\":\"role\",\"name\":\"" name "\"}"
 #define PUT(rev, name) EV("put", rev, name)
 #define DEL(rev, name) EV("delete", rev, name)
 #define INIT(rev, name) EV("init", rev, name)
 #define DONE(rev) "{\"revision\":" #rev ",\"op\":\"init_done\"}"
 #define RESUMED(rev) "{\"revision\":" #rev ",\"op\":\"init_done\",\"resumed\":true}"
 #define RES(rev, name) "{\"kind\":\"role\",\"name\":\"" name "\",\"revision\":" #rev "}"
-#define FINAL(rev, list) "3 invoke read _ null\n3 ok read _ {\"revision\":" #rev ",\"resources\":[" list "]}\n"
+#define FINAL(rev, list)                                                                           \
+    "3 invoke read _ null\n3 ok read _ {\"revision\":" #rev ",\"resources\":[" list "]}\n"
 
 /* Watcher 10 from the start, in two batches. */
-#define W10                                                                                     \
-    "10 invoke watch _ null\n"                                                                  \
-    "10 ok watch _ [" DONE(0) "," PUT(1, "a") "]\n"                                             \
-    "10 invoke watch _ null\n"                                                                  \
-    "10 ok watch _ [" PUT(2, "b") "," DEL(3, "a") "]\n"
+#define W10                                                                                        \
+    "10 invoke watch _ null\n"                                                                     \
+    "10 ok watch _ [" DONE(0) "," PUT(1, "a") "]\n"                                                \
+                                              "10 invoke watch _ null\n"                           \
+                                              "10 ok watch _ [" PUT(2, "b") "," DEL(3, "a") "]\n"
 
 /* ---- Valid histories -------------------------------------------------------- */
 
@@ -170,10 +171,11 @@ Test(jepsen_watch, watchers_that_agree_with_each_other_and_the_final_read_are_va
     struct result r;
     run_spec(jepsen_check_watch,
              W10 "11 invoke watch _ null\n"
-                 "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(2, "b") "," DEL(3, "a") "]\n"
-                 "n info start-partition _ null\n"
-                 "11 invoke watch _ null\n"
-                 "11 ok watch _ []\n" FINAL(3, RES(2, "b")),
+                 "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(2, "b") "," DEL(
+                     3, "a") "]\n"
+                             "n info start-partition _ null\n"
+                             "11 invoke watch _ null\n"
+                             "11 ok watch _ []\n" FINAL(3, RES(2, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_VALID, "%s", (const char *)r.text.data);
     cr_assert_eq(count(&r, "watcher_count"), 2);
@@ -190,10 +192,11 @@ Test(jepsen_watch, revision_numbers_may_skip)
     struct result r;
     run_spec(jepsen_check_watch,
              "10 invoke watch _ null\n"
-             "10 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(5, "b") "]\n"
-             "11 invoke watch _ null\n"
-             "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(5, "b") "]\n" FINAL(
-                 7, RES(1, "a") "," RES(5, "b")),
+             "10 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(
+                 5, "b") "]\n"
+                         "11 invoke watch _ null\n"
+                         "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(5, "b") "]\n" FINAL(
+                             7, RES(1, "a") "," RES(5, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_VALID, "%s", (const char *)r.text.data);
     result_free(&r);
@@ -204,10 +207,11 @@ Test(jepsen_watch, events_of_one_revision_come_together)
     struct result r;
     run_spec(jepsen_check_watch,
              "10 invoke watch _ null\n"
-             "10 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(1, "b") "]\n"
-             "11 invoke watch _ null\n"
-             "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(1, "b") "]\n" FINAL(
-                 1, RES(1, "a") "," RES(1, "b")),
+             "10 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(
+                 1, "b") "]\n"
+                         "11 invoke watch _ null\n"
+                         "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(1, "b") "]\n" FINAL(
+                             1, RES(1, "a") "," RES(1, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_VALID, "%s", (const char *)r.text.data);
     result_free(&r);
@@ -220,13 +224,15 @@ Test(jepsen_watch, watcher_that_ended_is_judged_up_to_its_end)
     struct result r;
     run_spec(jepsen_check_watch,
              W10 "11 invoke watch _ null\n"
-                 "11 ok watch _ [" DONE(0) "," PUT(1, "a") "]\n"
-                 "11 invoke watch _ null\n"
-                 "11 info watch _ null\n"
-                 "12 invoke watch _ null\n"
-                 "12 ok watch _ [" INIT(1, "a") "," DONE(1) "," PUT(2, "b") "]\n"
-                 "12 invoke watch _ null\n"
-                 "12 ok watch _ [" DEL(3, "a") "]\n" FINAL(3, RES(2, "b")),
+                 "11 ok watch _ [" DONE(0) "," PUT(
+                     1, "a") "]\n"
+                             "11 invoke watch _ null\n"
+                             "11 info watch _ null\n"
+                             "12 invoke watch _ null\n"
+                             "12 ok watch _ [" INIT(1, "a") "," DONE(1) "," PUT(
+                                 2, "b") "]\n"
+                                         "12 invoke watch _ null\n"
+                                         "12 ok watch _ [" DEL(3, "a") "]\n" FINAL(3, RES(2, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_VALID, "%s", (const char *)r.text.data);
     cr_assert_eq(count(&r, "watcher_count"), 3);
@@ -253,9 +259,9 @@ Test(jepsen_watch, watcher_missing_a_revision_has_a_gap)
 {
     struct result r;
     run_spec(jepsen_check_watch,
-             W10 "11 invoke watch _ null\n"
-                 "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," DEL(3, "a") "]\n" FINAL(
-                     3, RES(2, "b")),
+             W10
+             "11 invoke watch _ null\n"
+             "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," DEL(3, "a") "]\n" FINAL(3, RES(2, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_INVALID);
     field_is(&r, "gaps", "[{\"missing_revision\":2,\"process\":11}]");
@@ -268,9 +274,9 @@ Test(jepsen_watch, following_watcher_that_stopped_short_has_a_gap)
 {
     struct result r;
     run_spec(jepsen_check_watch,
-             W10 "11 invoke watch _ null\n"
-                 "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(2, "b") "]\n" FINAL(
-                     3, RES(2, "b")),
+             W10
+             "11 invoke watch _ null\n"
+             "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(2, "b") "]\n" FINAL(3, RES(2, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_INVALID);
     field_is(&r, "gaps", "[{\"missing_revision\":3,\"process\":11}]");
@@ -286,8 +292,8 @@ Test(jepsen_watch, revisions_going_back_are_reordered)
     struct result r;
     run_spec(jepsen_check_watch,
              W10 "11 invoke watch _ null\n"
-                 "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," DEL(3, "a") "," PUT(2, "b") "]\n" FINAL(
-                     3, RES(2, "b")),
+                 "11 ok watch _ [" DONE(0) "," PUT(1, "a") "," DEL(3, "a") "," PUT(
+                     2, "b") "]\n" FINAL(3, RES(2, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_INVALID);
     field_is(&r, "reordered", "[{\"after\":3,\"complete_index\":5,\"process\":11,\"revision\":2}]");
@@ -312,13 +318,15 @@ Test(jepsen_watch, event_delivered_twice_is_duplicated)
     run_spec(jepsen_check_watch,
              "10 invoke watch _ null\n"
              "10 ok watch _ [" DONE(0) "," PUT(1, "a") "]\n"
-             "10 invoke watch _ null\n"
-             "10 ok watch _ [" PUT(1, "a") "]\n" FINAL(1, RES(1, "a")),
+                                                       "10 invoke watch _ null\n"
+                                                       "10 ok watch _ [" PUT(1, "a") "]\n" FINAL(
+                                                           1, RES(1, "a")),
              &r);
     cr_assert_eq(r.v, JEPSEN_INVALID);
-    field_is(&r, "duplicated",
-             "[{\"complete_index\":3,\"kind\":\"role\",\"name\":\"a\",\"op\":\"put\",\"process\":10,"
-             "\"revision\":1}]");
+    field_is(
+        &r, "duplicated",
+        "[{\"complete_index\":3,\"kind\":\"role\",\"name\":\"a\",\"op\":\"put\",\"process\":10,"
+        "\"revision\":1}]");
     result_free(&r);
 }
 
@@ -327,9 +335,11 @@ Test(jepsen_watch, watchers_disagreeing_on_a_revision_diverge)
     struct result r;
     run_spec(jepsen_check_watch,
              "10 invoke watch _ null\n"
-             "10 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(1, "b") "]\n"
-             "11 invoke watch _ null\n"
-             "11 ok watch _ [" DONE(0) "," PUT(1, "a") "]\n" FINAL(1, RES(1, "a") "," RES(1, "b")),
+             "10 ok watch _ [" DONE(0) "," PUT(1, "a") "," PUT(
+                 1, "b") "]\n"
+                         "11 invoke watch _ null\n"
+                         "11 ok watch _ [" DONE(0) "," PUT(1, "a") "]\n" FINAL(
+                             1, RES(1, "a") "," RES(1, "b")),
              &r);
     cr_assert_eq(r.v, JEPSEN_INVALID);
     field_is(&r, "divergent", "[{\"other_process\":10,\"process\":11,\"revision\":1}]");
@@ -344,8 +354,8 @@ Test(jepsen_watch, state_that_differs_from_the_final_read_is_a_mismatch)
     cr_assert_eq(count(&r, "final_mismatch_count"), 1);
     const struct jepsen_json *m = &field(&r, "final_mismatch")->u.items[0];
     cr_assert_eq(jepsen_json_get(m, "missing_count")->u.i, 1);
-    cr_assert(jepsen_json_is_str(jepsen_json_get(&jepsen_json_get(m, "missing")->u.items[0], "name"),
-                                 "c"));
+    cr_assert(jepsen_json_is_str(
+        jepsen_json_get(&jepsen_json_get(m, "missing")->u.items[0], "name"), "c"));
     result_free(&r);
 
     run_spec(jepsen_check_watch, W10 FINAL(3, RES(7, "b")), &r);
@@ -361,9 +371,9 @@ Test(jepsen_watch, snapshot_that_differs_from_an_older_watcher_is_a_mismatch)
 {
     struct result r;
     run_spec(jepsen_check_watch,
-             W10 "12 invoke watch _ null\n"
-                 "12 ok watch _ [" INIT(2, "b") "," DONE(2) "," DEL(3, "a") "]\n" FINAL(
-                     3, RES(2, "b")),
+             W10
+             "12 invoke watch _ null\n"
+             "12 ok watch _ [" INIT(2, "b") "," DONE(2) "," DEL(3, "a") "]\n" FINAL(3, RES(2, "b")),
              &r);
     /* At revision 2 watcher 10 had a and b; 12's snapshot lacks a. */
     cr_assert_eq(r.v, JEPSEN_INVALID);
@@ -400,9 +410,10 @@ Test(jepsen_watch, histories_that_do_not_fit_are_refused)
     refused_spec(jepsen_check_watch,
                  "10 invoke watch _ null\n10 ok watch _ [{\"revision\":1,\"op\":\"touch\"}]\n",
                  "\"op\" must be init, init_done, put or delete");
-    refused_spec(jepsen_check_watch,
-                 "10 invoke watch _ null\n10 ok watch _ [" DONE(0) ",{\"revision\":1,\"op\":\"put\"}]\n",
-                 "line 2: watch event 1: \"kind\" must be a non-empty string");
+    refused_spec(
+        jepsen_check_watch,
+        "10 invoke watch _ null\n10 ok watch _ [" DONE(0) ",{\"revision\":1,\"op\":\"put\"}]\n",
+        "line 2: watch event 1: \"kind\" must be a non-empty string");
     refused_spec(jepsen_check_watch, "3 invoke read _ null\n3 ok read _ []\n",
                  "line 2: watch model: the final read's value must be");
     refused_spec(jepsen_check_watch, FINAL(1, RES(1, "a") "," RES(1, "a")),
