@@ -69,6 +69,18 @@ test: all
 asan:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
+# Fault injection (issue 4, in progress: register workload only). Needs root and nftables.
+JEPSEN_TIME  ?= 60
+JEPSEN_RATE  ?= 100
+JEPSEN_NODES ?= 5
+JEPSEN_SEED  ?= $(shell date +%s)
+.PHONY: jepsen
+jepsen: all
+	@rc=0; for n in partition kill pause all; do \
+	  $(BUILD)/jepsen-run --workload=register --nemesis=$$n --time=$(JEPSEN_TIME) \
+	    --rate=$(JEPSEN_RATE) --nodes=$(JEPSEN_NODES) --seed=$(JEPSEN_SEED) 2>>$(BUILD)/jepsen.log || rc=1; \
+	done; exit $$rc
+
 demo: all
 	@scripts/demo.sh start
 

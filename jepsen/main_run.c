@@ -1,0 +1,1349 @@
+/* jepsen/main_run.c: build/jepsen-run, one run of the fault-injection harness.
+ *
+ *   jepsen-run --workload=register --nemesis=none|partition|kill|pause|all
+ *              [--time=SECONDS] [--nodes=3|5] [--rate=OPS_PER_S] [--concurrency=N]
+ *              [--seed=N] [--name=NAME] [--store=DIR] [--keep-data]
+ *
+ * Builds a bridge rpj-br0 (10.77.0.1/24) and one network namespace rpj-nI per
+ * node (10.77.0.(10+I)/24 on a veth onto the bridge), runs `raftport start` in
+ * each namespace (API :3025, Raft :3030), bootstraps n1 and joins the others
+ * with auth tokens, then runs the workload's client threads in the root
+ * namespace against all nodes while the main thread injects faults. The
+ * history, node logs, results.json and latency.svg go to
+ * STORE/NAME/TIMESTAMP/. Everything (processes, namespaces, veths, bridge) is
+ * removed at the end, on failure and on SIGINT/SIGTERM; a stale setup left by
+ * a crashed run is removed first. Must run as root.
+ *
+ * Exit status: 0 valid, 1 invalid, 2 unknown or harness error, 130 interrupted. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth/auth.h"
+#include "jepsen/check.h"
+#include "jepsen/history.h"
+#include "jepsen/run.h"
+#include "lib/buf.h"
+#include "lib/errors.h"
+#include "lib/json.h"
+#include "lib/mp.h"
+#include "lib/util.h"
+
+#define MAX_NODES 5
+#define MAX_CLIENTS 64
+#define BRIDGE "rpj-br0"
+#define NS_FMT "rpj-n%d"
+#define VETH_FMT "rpj-v%d"
+#define API_PORT 3025
+#define RAFT_PORT 3030
+#define CALL_TIMEOUT_MS 1500
+#define OPS_PER_KEY 100
+#define CLIENTS_PER_KEY 5
+#define QUIET_MS 5000
+#define FAULT_MS 5000
+#define HEAL_MS 3000
+
+/* ---- options and global state ----------------------------------------------------- */
+
+static struct {
+    const char *workload, *nemesis, *name, *store;
+    int time_s, nodes, rate, concurrency;
+    uint64_t seed;
+    bool keep_data;
+} O = {"register", "partition", NULL, "jepsen/store", 60, 5, 100, 10, 0, false};
+
+struct node {
+    pid_t pid;
+    bool paused;
+    char addr[32]; /* API address */
+    char ip[20];
+    char dir[PATH_MAX - 64], cfg[PATH_MAX], log[PATH_MAX];
+};
+
+static struct node g_nodes[MAX_NODES + 1];
+static char g_exe_dir[PATH_MAX];
+static char g_run[PATH_MAX - 128];
+static volatile sig_atomic_t g_stop;
+static atomic_bool g_workload_stop;
+static uint64_t g_t0_ns;
+static SSL_CTX *g_ctx;
+static bool g_net_made;
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void msg(const char *fmt, ...)
+{
+    va_list ap;
+    double t = g_t0_ns ? (double)(mono_ns() - g_t0_ns) / 1e9 : 0.0;
+    fprintf(stderr, "jepsen-run [%7.2f] ", t);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* Sleeps @ms, waking early when interrupted. Returns false if the run is stopping. */
+static bool nap(unsigned ms)
+{
+    uint64_t end = mono_ns() + (uint64_t)ms * 1000000ull;
+    while (!g_stop) {
+        uint64_t now = mono_ns();
+        if (now >= end)
+            return true;
+        uint64_t left = end - now;
+        if (left > 50000000ull)
+            left = 50000000ull;
+        struct timespec ts = {0, (long)left};
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+/* xorshift64*, one per thread. */
+static uint64_t rnd(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 2685821657736338717ull;
+}
+
+static uint64_t g_nem_rng;
+
+/* Runs a shell command; returns its exit status (or -1). */
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    if (st == -1 || !WIFEXITED(st))
+        return -1;
+    return WEXITSTATUS(st);
+}
+
+/* ---- the history writer ----------------------------------------------------------- */
+
+static pthread_mutex_t g_hmu = PTHREAD_MUTEX_INITIALIZER;
+static FILE *g_hist;
+static int64_t g_index;
+
+/* One line; @process < 0 is the nemesis. @key_json, @value_json are JSON (NULL = omit);
+ * @error is a plain string (NULL = omit). The time is taken under the lock, so the
+ * times of the lines increase with their order. */
+static void hist_write(const char *type, int64_t process, const char *f, const char *key_json,
+                       const char *value_json, const char *error)
+{
+    struct rp_buf b;
+    rp_buf_init(&b);
+    pthread_mutex_lock(&g_hmu);
+    rp_buf_printf(&b, "{\"index\":%" PRId64 ",\"time\":%" PRIu64 ",\"type\":\"%s\",", g_index++,
+                  mono_ns() - g_t0_ns, type);
+    if (process < 0)
+        rp_buf_append_str(&b, "\"process\":\"nemesis\"");
+    else
+        rp_buf_printf(&b, "\"process\":%" PRId64, process);
+    rp_buf_printf(&b, ",\"f\":\"%s\"", f);
+    if (key_json)
+        rp_buf_printf(&b, ",\"key\":%s", key_json);
+    if (value_json)
+        rp_buf_printf(&b, ",\"value\":%s", value_json);
+    if (error) {
+        rp_buf_append_str(&b, ",\"error\":");
+        rp_json_str(&b, error, strlen(error));
+    }
+    rp_buf_append_str(&b, "}\n");
+    fwrite(b.data, 1, b.len, g_hist);
+    fflush(g_hist);
+    pthread_mutex_unlock(&g_hmu);
+    rp_buf_free(&b);
+}
+
+static void nemesis_op(const char *f, const char *value_json)
+{
+    hist_write("info", -1, f, NULL, value_json, NULL);
+    msg("nemesis %s %s", f, value_json);
+}
+
+/* ---- network namespaces ----------------------------------------------------------- */
+
+/* Kills (by pid) whatever still runs in our namespaces: daemons of a crashed run. */
+static void kill_ns_processes(int i)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "ip netns pids " NS_FMT " 2>/dev/null", i);
+    FILE *p = popen(cmd, "r");
+    if (p == NULL)
+        return;
+    long pid;
+    while (fscanf(p, "%ld", &pid) == 1) {
+        if (pid > 1 && pid != (long)getpid()) {
+            kill((pid_t)pid, SIGCONT);
+            kill((pid_t)pid, SIGKILL);
+        }
+    }
+    pclose(p);
+}
+
+/* Removes every namespace, veth and the bridge of ours; harmless when absent. */
+static void net_destroy(void)
+{
+    for (int i = 1; i <= MAX_NODES; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/run/netns/" NS_FMT, i);
+        if (access(path, F_OK) == 0) {
+            kill_ns_processes(i);
+            sh("ip netns del " NS_FMT " 2>/dev/null", i);
+        }
+        sh("ip link show " VETH_FMT " >/dev/null 2>&1 && ip link del " VETH_FMT " 2>/dev/null", i,
+           i);
+    }
+    sh("ip link show " BRIDGE " >/dev/null 2>&1 && ip link del " BRIDGE " 2>/dev/null");
+}
+
+static int net_create(int n)
+{
+    if (sh("ip link add " BRIDGE " type bridge && ip addr add 10.77.0.1/24 dev " BRIDGE
+           " && ip link set " BRIDGE " up") != 0)
+        return -1;
+    g_net_made = true;
+    for (int i = 1; i <= n; i++) {
+        if (sh("ip netns add " NS_FMT " && ip link add " VETH_FMT " type veth peer name eth0 netns " NS_FMT
+               " && ip link set " VETH_FMT " master " BRIDGE " up"
+               " && ip -n " NS_FMT " addr add 10.77.0.%d/24 dev eth0"
+               " && ip -n " NS_FMT " link set eth0 up && ip -n " NS_FMT " link set lo up",
+               i, i, i, i, i, 10 + i, i, i) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- nodes ------------------------------------------------------------------------- */
+
+static void write_config(int i, const char *token, const char *pin)
+{
+    struct node *n = &g_nodes[i];
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", n->cfg);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL) {
+        msg("%s: %s", tmp, strerror(errno));
+        exit(2);
+    }
+    fprintf(f, "version: v3\nteleport:\n  nodename: n%d\n  data_dir: %s\n", i, n->dir);
+    if (token) {
+        fprintf(f, "  auth_server: %s\n  ca_pin: %s\n", g_nodes[1].addr, pin);
+        fprintf(f, "  join_params:\n    token_name: %s\n    method: token\n", token);
+    }
+    fprintf(f, "  log:\n    output: stderr\n    severity: INFO\n");
+    fprintf(f, "auth_service:\n  enabled: yes\n  cluster_name: jepsen.raftport\n");
+    fprintf(f, "  listen_addr: %s\n  min_free_disk: 1MB\n", n->addr);
+    fprintf(f, "  raft:\n    id: %d\n    listen_addr: %s:%d\n", i, n->ip, RAFT_PORT);
+    fprintf(f, "    election_timeout: 1000ms\n    heartbeat_timeout: 100ms\n");
+    fprintf(f, "    snapshot_threshold: 1024\n    snapshot_trailing: 2048\n");
+    fclose(f);
+    rename(tmp, n->cfg);
+}
+
+/* Starts node @i inside its namespace. Called from the main thread only: the
+ * daemons have PR_SET_PDEATHSIG, which fires when the forking *thread* exits. */
+static int node_spawn(int i)
+{
+    struct node *n = &g_nodes[i];
+    char exe[PATH_MAX + 16], nspath[64];
+    snprintf(exe, sizeof exe, "%s/raftport", g_exe_dir);
+    snprintf(nspath, sizeof nspath, "/run/netns/" NS_FMT, i);
+    int fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int nsfd = open(nspath, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || nsfd < 0) {
+        msg("node n%d: %s: %s", i, fd < 0 ? n->log : nspath, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    dprintf(fd, "==== jepsen-run: starting n%d in " NS_FMT " ====\n", i, i);
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int s = 1; s < NSIG; s++) {
+            if (s != SIGKILL && s != SIGSTOP)
+                signal(s, SIG_DFL);
+        }
+        if (setns(nsfd, CLONE_NEWNET) != 0) {
+            dprintf(fd, "jepsen-run: setns %s: %s\n", nspath, strerror(errno));
+            _exit(126);
+        }
+        int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        dup2(devnull, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close_range(3, ~0U, 0);
+        char *argv[] = {"raftport", "start", "-c", n->cfg, NULL};
+        execv(exe, argv);
+        dprintf(2, "jepsen-run: exec %s: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    close(fd);
+    close(nsfd);
+    if (pid < 0)
+        return -1;
+    n->pid = pid;
+    n->paused = false;
+    return 0;
+}
+
+static void node_kill9(int i)
+{
+    struct node *n = &g_nodes[i];
+    if (n->pid <= 0)
+        return;
+    kill(n->pid, SIGKILL);
+    kill(n->pid, SIGCONT);
+    waitpid(n->pid, NULL, 0);
+    n->pid = 0;
+    n->paused = false;
+}
+
+static void kill_all_nodes(void)
+{
+    for (int i = 1; i <= MAX_NODES; i++)
+        node_kill9(i);
+}
+
+/* Reaps nodes that died on their own (reported in the log of the run). */
+static void reap_nodes(void)
+{
+    for (int i = 1; i <= O.nodes; i++) {
+        struct node *n = &g_nodes[i];
+        int st;
+        if (n->pid > 0 && waitpid(n->pid, &st, WNOHANG) == n->pid) {
+            msg("node n%d exited on its own (status 0x%x); see %s", i, st, n->log);
+            n->pid = 0;
+        }
+    }
+}
+
+/* ---- API calls --------------------------------------------------------------------- */
+
+static struct auth_client *client_for(int only_node, int timeout_ms)
+{
+    const char *addrs[MAX_NODES];
+    size_t na = 0;
+    for (int i = 1; i <= O.nodes; i++) {
+        if (only_node == 0 || only_node == i)
+            addrs[na++] = g_nodes[i].addr;
+    }
+    struct auth_client *c = NULL;
+    if (auth_client_new(&c, g_ctx, addrs, na) != 0)
+        return NULL;
+    auth_client_set_timeout(c, timeout_ms);
+    return c;
+}
+
+static int simple_call(struct auth_client *c, const char *method, msgpack_unpacked *resp)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 1);
+    rp_mp_kv_str(&pk, "m", method);
+    int rv = auth_client_call(c, req.data, req.len, resp);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* The node that says it leads with the highest term, 0 if none answers so. */
+static int find_leader(void)
+{
+    int best = 0;
+    uint64_t best_term = 0;
+    for (int i = 1; i <= O.nodes; i++) {
+        if (g_nodes[i].pid <= 0 || g_nodes[i].paused)
+            continue;
+        struct auth_client *c = client_for(i, 800);
+        if (c == NULL)
+            continue;
+        msgpack_unpacked resp;
+        uint64_t term = 0;
+        if (simple_call(c, "member_status", &resp) == 0 &&
+            rp_mp_str_eq(rp_mp_get(&resp.data, "state"), "leader") &&
+            rp_mp_get_u64(&resp.data, "term", &term) == 0 && term >= best_term) {
+            best = i;
+            best_term = term;
+        }
+        msgpack_unpacked_destroy(&resp);
+        auth_client_free(c);
+    }
+    return best;
+}
+
+/* True when the cluster status shows @want voters, a leader and nobody unreachable. */
+static bool cluster_ready(int want)
+{
+    struct auth_client *c = client_for(0, 2000);
+    if (c == NULL)
+        return false;
+    msgpack_unpacked resp;
+    bool ok = false;
+    uint64_t leader = 0;
+    if (simple_call(c, "status", &resp) == 0 &&
+        rp_mp_get_u64(&resp.data, "leader_id", &leader) == 0 && leader != 0) {
+        const msgpack_object *m = rp_mp_get(&resp.data, "members");
+        if (m && m->type == MSGPACK_OBJECT_ARRAY) {
+            int voters = 0, bad = 0;
+            for (uint32_t k = 0; k < m->via.array.size; k++) {
+                const msgpack_object *e = &m->via.array.ptr[k];
+                if (rp_mp_str_eq(rp_mp_get(e, "role"), "voter"))
+                    voters++;
+                if (rp_mp_str_eq(rp_mp_get(e, "state"), "unreachable"))
+                    bad++;
+            }
+            ok = voters == want && bad == 0;
+        }
+    }
+    msgpack_unpacked_destroy(&resp);
+    auth_client_free(c);
+    return ok;
+}
+
+static bool wait_ready(int want, int timeout_ms)
+{
+    uint64_t end = mono_ns() + (uint64_t)timeout_ms * 1000000ull;
+    while (!g_stop) {
+        if (cluster_ready(want))
+            return true;
+        if (mono_ns() >= end)
+            return false;
+        nap(200);
+    }
+    return false;
+}
+
+/* Bootstraps n1, joins the others one at a time, waits for every voter. */
+static int cluster_start(void)
+{
+    write_config(1, NULL, NULL);
+    if (node_spawn(1) != 0)
+        return -1;
+    char keys[PATH_MAX + 32];
+    snprintf(keys, sizeof keys, "%s/keys/admin.key", g_nodes[1].dir);
+    uint64_t end = mono_ns() + 30000000000ull;
+    while (!g_ctx) {
+        if (g_stop || mono_ns() > end) {
+            msg("n1 did not bootstrap (no %s); see %s", keys, g_nodes[1].log);
+            return -1;
+        }
+        if (rp_file_exists(keys) && auth_load_admin_ctx(g_nodes[1].dir, &g_ctx) != 0)
+            g_ctx = NULL;
+        if (!g_ctx)
+            nap(100);
+    }
+    if (!wait_ready(1, 30000)) {
+        msg("n1 did not become leader; see %s", g_nodes[1].log);
+        return -1;
+    }
+    for (int i = 2; i <= O.nodes; i++) {
+        struct auth_client *c = client_for(1, 10000);
+        struct rp_buf req;
+        msgpack_packer pk;
+        msgpack_unpacked resp;
+        rp_buf_init(&req);
+        rp_mp_packer_init(&pk, &req);
+        msgpack_pack_map(&pk, 3);
+        rp_mp_kv_str(&pk, "m", "token_add");
+        rp_mp_kv_str(&pk, "type", "auth");
+        rp_mp_kv_u64(&pk, "ttl_ms", 600000);
+        int rv = c ? auth_client_call(c, req.data, req.len, &resp) : RP_ENOMEM;
+        char token[256] = "", pin[256] = "";
+        const char *s;
+        size_t sn;
+        if (rv == 0 && rp_mp_get_str(&resp.data, "token", &s, &sn) == 0)
+            snprintf(token, sizeof token, "%.*s", (int)sn, s);
+        if (rv == 0 && rp_mp_get_str(&resp.data, "ca_pin", &s, &sn) == 0)
+            snprintf(pin, sizeof pin, "%.*s", (int)sn, s);
+        if (c)
+            msgpack_unpacked_destroy(&resp);
+        rp_buf_free(&req);
+        auth_client_free(c);
+        if (rv != 0 || !token[0] || !pin[0]) {
+            msg("token_add for n%d: %s (%s)", i, rp_strerror(rv), rp_errmsg());
+            return -1;
+        }
+        write_config(i, token, pin);
+        if (node_spawn(i) != 0)
+            return -1;
+        if (!wait_ready(i, 60000)) {
+            msg("n%d did not join as a voter in 60 s; see %s", i, g_nodes[i].log);
+            return -1;
+        }
+        msg("n%d is a voter", i);
+    }
+    return 0;
+}
+
+/* ---- nemeses ----------------------------------------------------------------------- */
+
+static bool g_grudge[MAX_NODES + 1][MAX_NODES + 1]; /* [a][b]: a drops packets from b */
+
+static void fw_heal(void)
+{
+    for (int a = 1; a <= O.nodes; a++)
+        sh("ip netns exec " NS_FMT " nft delete table inet rpj 2>/dev/null", a);
+}
+
+static int fw_apply(void)
+{
+    fw_heal();
+    int rv = 0;
+    for (int a = 1; a <= O.nodes; a++) {
+        char set[256] = "";
+        size_t len = 0;
+        for (int b = 1; b <= O.nodes; b++) {
+            if (g_grudge[a][b])
+                len += (size_t)snprintf(set + len, sizeof set - len, "%s%s", len ? ", " : "",
+                                        g_nodes[b].ip);
+        }
+        if (len == 0)
+            continue;
+        if (sh("ip netns exec " NS_FMT " nft 'add table inet rpj; add chain inet rpj input { type "
+               "filter hook input priority 0; policy accept; }; add rule inet rpj input ip saddr "
+               "{ %s } drop'",
+               a, set) != 0) {
+            msg("nft in " NS_FMT " failed", a);
+            rv = -1;
+        }
+    }
+    return rv;
+}
+
+/* Cuts every link between the nodes of @a and those of @b (both ways). */
+static void cut(const int *a, int na, const int *b, int nb)
+{
+    for (int x = 0; x < na; x++)
+        for (int y = 0; y < nb; y++)
+            g_grudge[a[x]][b[y]] = g_grudge[b[y]][a[x]] = true;
+}
+
+static void shuffled(int *p)
+{
+    for (int i = 0; i < O.nodes; i++)
+        p[i] = i + 1;
+    for (int i = O.nodes - 1; i > 0; i--) {
+        int j = (int)(rnd(&g_nem_rng) % (uint64_t)(i + 1));
+        int t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+    }
+}
+
+/* The JSON of the grudge: {"kind":K,"grudge":{"n1":["n2","n3"],...}}. */
+static void grudge_to_json(const char *kind, struct rp_buf *out)
+{
+    rp_buf_printf(out, "{\"kind\":\"%s\",\"grudge\":{", kind);
+    bool first = true;
+    for (int a = 1; a <= O.nodes; a++) {
+        bool any = false;
+        for (int b = 1; b <= O.nodes; b++) {
+            if (!g_grudge[a][b])
+                continue;
+            if (!any)
+                rp_buf_printf(out, "%s\"n%d\":[", first ? "" : ",", a);
+            rp_buf_printf(out, "%s\"n%d\"", any ? "," : "", b);
+            any = true;
+            first = false;
+        }
+        if (any)
+            rp_buf_append_str(out, "]");
+    }
+    rp_buf_append_str(out, "}}");
+}
+
+static void start_partition(void)
+{
+    static const char *kinds5[] = {"one", "halves", "leader", "ring", "bridge"};
+    static const char *kinds3[] = {"one", "halves", "leader", "bridge"};
+    const char *kind = O.nodes >= 5 ? kinds5[rnd(&g_nem_rng) % 5] : kinds3[rnd(&g_nem_rng) % 4];
+    memset(g_grudge, 0, sizeof g_grudge);
+    int p[MAX_NODES];
+    shuffled(p);
+    if (strcmp(kind, "leader") == 0) {
+        int l = find_leader();
+        if (l == 0)
+            kind = "one"; /* nobody leads right now: isolate a random node */
+        else
+            for (int i = 0; i < O.nodes; i++)
+                if (p[i] == l) {
+                    p[i] = p[0];
+                    p[0] = l;
+                }
+    }
+    if (strcmp(kind, "one") == 0 || strcmp(kind, "leader") == 0) {
+        cut(p, 1, p + 1, O.nodes - 1);
+    } else if (strcmp(kind, "halves") == 0) {
+        int h = O.nodes / 2;
+        cut(p, h, p + h, O.nodes - h);
+    } else if (strcmp(kind, "bridge") == 0) {
+        int h = O.nodes / 2; /* p[0..h-1] | p[h] bridge | p[h+1..] */
+        cut(p, h, p + h + 1, O.nodes - h - 1);
+    } else { /* ring, 5 nodes: each node sees itself and its two ring neighbours */
+        for (int i = 0; i < O.nodes; i++)
+            for (int d = 2; d <= O.nodes - 2; d++) {
+                int j = (i + d) % O.nodes;
+                g_grudge[p[i]][p[j]] = g_grudge[p[j]][p[i]] = true;
+            }
+    }
+    fw_apply();
+    struct rp_buf v;
+    rp_buf_init(&v);
+    grudge_to_json(kind, &v);
+    rp_buf_append(&v, "", 1);
+    nemesis_op("start-partition", (const char *)v.data);
+    rp_buf_free(&v);
+}
+
+static void stop_partition(void)
+{
+    fw_heal();
+    memset(g_grudge, 0, sizeof g_grudge);
+    nemesis_op("stop-partition", "\"healed\"");
+}
+
+static int g_fault_node; /* the node killed or paused by the current fault */
+
+static int pick_target(const char **kind)
+{
+    if (rnd(&g_nem_rng) % 2 == 0) {
+        int l = find_leader();
+        if (l) {
+            *kind = "leader";
+            return l;
+        }
+    }
+    *kind = "random";
+    return 1 + (int)(rnd(&g_nem_rng) % (uint64_t)O.nodes);
+}
+
+static void start_kill(void)
+{
+    const char *kind;
+    int i = pick_target(&kind);
+    node_kill9(i);
+    g_fault_node = i;
+    char v[96];
+    snprintf(v, sizeof v, "{\"kind\":\"%s\",\"nodes\":[\"n%d\"]}", kind, i);
+    nemesis_op("kill", v);
+}
+
+static void stop_kill(void)
+{
+    int i = g_fault_node;
+    if (i && g_nodes[i].pid <= 0)
+        node_spawn(i);
+    char v[64];
+    snprintf(v, sizeof v, "{\"nodes\":[\"n%d\"]}", i);
+    nemesis_op("start", v);
+}
+
+static void start_pause(void)
+{
+    const char *kind;
+    int i = pick_target(&kind);
+    if (g_nodes[i].pid > 0) {
+        kill(g_nodes[i].pid, SIGSTOP);
+        g_nodes[i].paused = true;
+    }
+    g_fault_node = i;
+    char v[96];
+    snprintf(v, sizeof v, "{\"kind\":\"%s\",\"nodes\":[\"n%d\"]}", kind, i);
+    nemesis_op("pause", v);
+}
+
+static void stop_pause(void)
+{
+    int i = g_fault_node;
+    if (i && g_nodes[i].pid > 0) {
+        kill(g_nodes[i].pid, SIGCONT);
+        g_nodes[i].paused = false;
+    }
+    char v[64];
+    snprintf(v, sizeof v, "{\"nodes\":[\"n%d\"]}", i);
+    nemesis_op("resume", v);
+}
+
+/* Heals everything: partitions, paused and dead nodes. */
+static void heal_all(void)
+{
+    fw_heal();
+    memset(g_grudge, 0, sizeof g_grudge);
+    for (int i = 1; i <= O.nodes; i++) {
+        if (g_nodes[i].pid > 0 && g_nodes[i].paused) {
+            kill(g_nodes[i].pid, SIGCONT);
+            g_nodes[i].paused = false;
+        }
+    }
+    reap_nodes();
+    for (int i = 1; i <= O.nodes; i++)
+        if (g_nodes[i].pid <= 0 && !g_stop)
+            node_spawn(i);
+}
+
+/* The main thread's schedule: quiet start, then fault/heal every few seconds until
+ * the workload's time is nearly up, then a final heal. */
+static void run_nemesis(uint64_t end_ns)
+{
+    if (!nap(QUIET_MS))
+        return;
+    int kind = 0; /* 1 partition, 2 kill, 3 pause */
+    while (!g_stop && mono_ns() + (uint64_t)(FAULT_MS + 1000) * 1000000ull < end_ns) {
+        if (strcmp(O.nemesis, "partition") == 0)
+            kind = 1;
+        else if (strcmp(O.nemesis, "kill") == 0)
+            kind = 2;
+        else if (strcmp(O.nemesis, "pause") == 0)
+            kind = 3;
+        else if (strcmp(O.nemesis, "all") == 0)
+            kind = 1 + (int)(rnd(&g_nem_rng) % 3);
+        else
+            return; /* none */
+        if (kind == 1)
+            start_partition();
+        else if (kind == 2)
+            start_kill();
+        else
+            start_pause();
+        nap(FAULT_MS);
+        if (kind == 1)
+            stop_partition();
+        else if (kind == 2)
+            stop_kill();
+        else
+            stop_pause();
+        reap_nodes();
+        nap(HEAL_MS);
+    }
+}
+
+/* ---- the register workload ---------------------------------------------------------- */
+
+struct key_group {
+    int key;
+    int ops;
+    bool known;
+    int64_t last; /* the last value an ok op saw or wrote, a guess for cas */
+};
+
+static pthread_mutex_t g_kmu = PTHREAD_MUTEX_INITIALIZER;
+static struct key_group g_groups[MAX_CLIENTS];
+static int g_next_key;
+static atomic_llong g_next_value;
+
+struct client_stats {
+    long ok, fail, info;
+};
+static struct client_stats g_cstats[MAX_CLIENTS];
+
+static void pack_res(msgpack_packer *pk, const char *name, int64_t value)
+{
+    rp_mp_pack_str(pk, "res");
+    msgpack_pack_map(pk, 4);
+    rp_mp_kv_str(pk, "kind", "jreg");
+    rp_mp_kv_str(pk, "version", "v1");
+    rp_mp_pack_str(pk, "metadata");
+    msgpack_pack_map(pk, 1);
+    rp_mp_kv_str(pk, "name", name);
+    rp_mp_pack_str(pk, "spec");
+    msgpack_pack_map(pk, 1);
+    rp_mp_kv_i64(pk, "value", value);
+}
+
+/* A linearizable get. 0 with *found, *value, *rev; else the error. */
+static int reg_get(struct auth_client *c, const char *name, bool *found, int64_t *value,
+                   uint64_t *rev)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "m", "get");
+    rp_mp_kv_str(&pk, "kind", "jreg");
+    rp_mp_kv_str(&pk, "name", name);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    *found = false;
+    if (rv == RP_ENOTFOUND) {
+        rv = 0;
+    } else if (rv == 0) {
+        const msgpack_object *res = rp_mp_get(&resp.data, "res");
+        const msgpack_object *v = rp_mp_get(rp_mp_get(res, "spec"), "value");
+        uint64_t r = 0;
+        if (v && (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                  v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) &&
+            rp_mp_get_u64(rp_mp_get(res, "metadata"), "revision", &r) == 0) {
+            *found = true;
+            *value = v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)v->via.u64 : v->via.i64;
+            *rev = r;
+        } else {
+            rv = rp_err(RP_EPROTO, "get answer without res.spec.value or metadata.revision");
+        }
+    }
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* put (rev 0 unused) or cas on revision @rev. */
+static int reg_write(struct auth_client *c, const char *name, int64_t value, bool cas, uint64_t rev)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    char rid[33];
+    auth_new_rid(rid);
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, cas ? 4 : 3);
+    rp_mp_kv_str(&pk, "m", cas ? "cas" : "put");
+    pack_res(&pk, name, value);
+    if (cas)
+        rp_mp_kv_u64(&pk, "rev", rev);
+    rp_mp_kv_str(&pk, "rid", rid);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* Errors after which a write definitely did not happen. The state machine's own
+ * answers (conflict, not_found, exists) are final even after the client retried
+ * (a retry with the same rid gets the first result). not_leader, unavailable and
+ * busy are NOT here: auth_client_call retries on them, and an earlier attempt of
+ * the same call may have been sent before its connection broke. */
+static bool definite_failure(int rv)
+{
+    return rv == RP_ECONFLICT || rv == RP_ENOTFOUND || rv == RP_EEXISTS || rv == RP_EDENIED ||
+           rv == RP_EINVAL || rv == RP_ETOOBIG;
+}
+
+static void errstr(int rv, char *out, size_t n)
+{
+    snprintf(out, n, "%s: %s", rp_strerror(rv), rp_errmsg());
+}
+
+static void *client_main(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    int64_t process = t;
+    uint64_t rng = jepsen_mix64(O.seed * 1000003u + (uint64_t)t + 1) | 1;
+    struct auth_client *c = client_for(0, CALL_TIMEOUT_MS);
+    struct client_stats *st = &g_cstats[t];
+    int group = t / CLIENTS_PER_KEY;
+    double mean_gap_s = (double)O.concurrency / (double)(O.rate > 0 ? O.rate : 1);
+    while (c && !atomic_load(&g_workload_stop) && !g_stop) {
+        pthread_mutex_lock(&g_kmu);
+        struct key_group *g = &g_groups[group];
+        if (g->ops >= OPS_PER_KEY) {
+            g->key = g_next_key++;
+            g->ops = 0;
+            g->known = false;
+        }
+        g->ops++;
+        int key = g->key;
+        bool known = g->known;
+        int64_t guess = g->last;
+        pthread_mutex_unlock(&g_kmu);
+        char name[32], key_json[40], val[64], err[600];
+        snprintf(name, sizeof name, "k%d", key);
+        snprintf(key_json, sizeof key_json, "\"k%d\"", key);
+        unsigned r = (unsigned)(rnd(&rng) % 10);
+        const char *f = r < 4 ? "read" : (r < 7 || !known) ? "write" : "cas";
+        const char *type = "ok";
+        bool learned = false;
+        int64_t learned_v = 0;
+        err[0] = '\0';
+        if (strcmp(f, "read") == 0) {
+            hist_write("invoke", process, f, key_json, "null", NULL);
+            bool found;
+            int64_t v = 0;
+            uint64_t rev;
+            int rv = reg_get(c, name, &found, &v, &rev);
+            if (rv == 0) {
+                if (found)
+                    snprintf(val, sizeof val, "%" PRId64, v);
+                else
+                    snprintf(val, sizeof val, "null");
+                learned = found;
+                learned_v = v;
+            } else {
+                type = "fail"; /* a read changes nothing: fail whatever the error */
+                snprintf(val, sizeof val, "null");
+                errstr(rv, err, sizeof err);
+            }
+        } else if (strcmp(f, "write") == 0) {
+            int64_t nv = (int64_t)atomic_fetch_add(&g_next_value, 1) + 1;
+            snprintf(val, sizeof val, "%" PRId64, nv);
+            hist_write("invoke", process, f, key_json, val, NULL);
+            int rv = reg_write(c, name, nv, false, 0);
+            if (rv == 0) {
+                learned = true;
+                learned_v = nv;
+            } else {
+                type = definite_failure(rv) ? "fail" : "info";
+                errstr(rv, err, sizeof err);
+            }
+        } else { /* cas [guess, nv]: get, compare, cas on the revision read */
+            int64_t nv = (int64_t)atomic_fetch_add(&g_next_value, 1) + 1;
+            snprintf(val, sizeof val, "[%" PRId64 ",%" PRId64 "]", guess, nv);
+            hist_write("invoke", process, f, key_json, val, NULL);
+            bool found;
+            int64_t cur = 0;
+            uint64_t rev = 0;
+            int rv = reg_get(c, name, &found, &cur, &rev);
+            if (rv != 0) {
+                type = "fail"; /* nothing was written */
+                errstr(rv, err, sizeof err);
+            } else if (!found || cur != guess) {
+                type = "fail";
+                if (found)
+                    snprintf(err, sizeof err, "mismatch: value is %" PRId64, cur);
+                else
+                    snprintf(err, sizeof err, "mismatch: register is empty");
+                learned = found;
+                learned_v = cur;
+            } else {
+                rv = reg_write(c, name, nv, true, rev);
+                if (rv == 0) {
+                    learned = true;
+                    learned_v = nv;
+                } else {
+                    type = definite_failure(rv) ? "fail" : "info";
+                    errstr(rv, err, sizeof err);
+                }
+            }
+        }
+        hist_write(type, process, f, key_json, val, err[0] ? err : NULL);
+        if (strcmp(type, "ok") == 0)
+            st->ok++;
+        else if (strcmp(type, "fail") == 0)
+            st->fail++;
+        else {
+            st->info++;
+            process += O.concurrency; /* may still take effect: a new process from here on */
+        }
+        if (learned) {
+            pthread_mutex_lock(&g_kmu);
+            if (g->key == key) {
+                g->known = true;
+                g->last = learned_v;
+            }
+            pthread_mutex_unlock(&g_kmu);
+        }
+        double u = (double)(rnd(&rng) >> 11) / 9007199254740992.0;
+        double gap = -jepsen_ln(1.0 - u) * mean_gap_s;
+        if (gap > 2.0)
+            gap = 2.0;
+        uint64_t end = mono_ns() + (uint64_t)(gap * 1e9);
+        while (!atomic_load(&g_workload_stop) && !g_stop && mono_ns() < end) {
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    auth_client_free(c);
+    return NULL;
+}
+
+/* ---- results ----------------------------------------------------------------------- */
+
+static const char *const log_marks[] = {"Assertion", "AddressSanitizer", "runtime error:",
+                                        "Segmentation fault", "panic", "FATAL"};
+
+/* Counts lines of the node logs with a crash mark; appends the first few to @out. */
+static long grep_logs(struct rp_buf *out)
+{
+    long hits = 0;
+    bool first = true;
+    rp_buf_append_str(out, "[");
+    for (int i = 1; i <= O.nodes; i++) {
+        FILE *f = fopen(g_nodes[i].log, "r");
+        if (f == NULL)
+            continue;
+        char line[2048];
+        while (fgets(line, sizeof line, f)) {
+            for (size_t k = 0; k < sizeof log_marks / sizeof log_marks[0]; k++) {
+                if (strstr(line, log_marks[k]) == NULL)
+                    continue;
+                if (hits++ < 10) {
+                    char tag[600];
+                    line[strcspn(line, "\n")] = '\0';
+                    snprintf(tag, sizeof tag, "n%d: %.500s", i, line);
+                    rp_buf_append_str(out, first ? "" : ",");
+                    rp_json_str(out, tag, strlen(tag));
+                    first = false;
+                }
+                break;
+            }
+        }
+        fclose(f);
+    }
+    rp_buf_append_str(out, "]");
+    return hits;
+}
+
+static enum jepsen_verdict worst(enum jepsen_verdict a, enum jepsen_verdict b)
+{
+    if (a == JEPSEN_INVALID || b == JEPSEN_INVALID)
+        return JEPSEN_INVALID;
+    if (a == JEPSEN_UNKNOWN || b == JEPSEN_UNKNOWN)
+        return JEPSEN_UNKNOWN;
+    return JEPSEN_VALID;
+}
+
+/* Checks the history, writes results.json and latency.svg; returns the verdict. */
+static enum jepsen_verdict write_results(const char *hist_path, bool interrupted,
+                                         const char *setup_error, char *summary, size_t slen)
+{
+    struct rp_buf r, rep, logs, svg;
+    rp_buf_init(&r);
+    rp_buf_init(&rep);
+    rp_buf_init(&logs);
+    rp_buf_init(&svg);
+    enum jepsen_verdict reg = JEPSEN_UNKNOWN, all;
+    struct jepsen_history *h = NULL;
+    char herr[512] = "";
+    long ok = 0, fail = 0, info = 0, nem = 0;
+    int rv = jepsen_history_read_file(hist_path, &h);
+    double check_s = 0;
+    if (rv != 0) {
+        snprintf(herr, sizeof herr, "reading the history: %s", rp_errmsg());
+    } else {
+        for (size_t i = 0; i < h->n_ops; i++) {
+            const struct jepsen_op *op = &h->ops[i];
+            if (op->nemesis)
+                nem++;
+            else if (op->type == JEPSEN_OK)
+                ok++;
+            else if (op->type == JEPSEN_FAIL)
+                fail++;
+            else if (op->type == JEPSEN_INFO)
+                info++;
+        }
+        struct jepsen_check_opts co = {.time_limit_s = 60.0};
+        uint64_t t0 = mono_ns();
+        rv = jepsen_check_register(h, &co, &reg, &rep);
+        check_s = (double)(mono_ns() - t0) / 1e9;
+        if (rv != 0) {
+            snprintf(herr, sizeof herr, "register checker: %s", rp_errmsg());
+            reg = JEPSEN_UNKNOWN;
+            rp_buf_reset(&rep);
+        }
+        char title[300];
+        snprintf(title, sizeof title, "%s: register, nemesis %s, %d nodes, %d s", O.name,
+                 O.nemesis, O.nodes, O.time_s);
+        if (jepsen_plot_latency(h, title, &svg) == 0) {
+            char p[PATH_MAX];
+            snprintf(p, sizeof p, "%s/latency.svg", g_run);
+            rp_write_file(p, svg.data, svg.len, 0644);
+        }
+    }
+    long log_hits = grep_logs(&logs);
+    enum jepsen_verdict stats = ok > 0 ? JEPSEN_VALID : JEPSEN_UNKNOWN;
+    enum jepsen_verdict logv = log_hits ? JEPSEN_INVALID : JEPSEN_VALID;
+    all = worst(worst(reg, stats), logv);
+    if (setup_error || interrupted || herr[0])
+        all = worst(all, JEPSEN_UNKNOWN);
+    rp_buf_printf(&r, "{\"valid\":%s,\"name\":", jepsen_verdict_json(all));
+    rp_json_str(&r, O.name, strlen(O.name));
+    rp_buf_printf(&r,
+                  ",\"workload\":\"%s\",\"nemesis\":\"%s\",\"nodes\":%d,\"time_s\":%d,"
+                  "\"rate\":%d,\"concurrency\":%d,\"seed\":%" PRIu64 ",\"interrupted\":%s",
+                  O.workload, O.nemesis, O.nodes, O.time_s, O.rate, O.concurrency, O.seed,
+                  interrupted ? "true" : "false");
+    if (setup_error) {
+        rp_buf_append_str(&r, ",\"setup_error\":");
+        rp_json_str(&r, setup_error, strlen(setup_error));
+    }
+    if (herr[0]) {
+        rp_buf_append_str(&r, ",\"history_error\":");
+        rp_json_str(&r, herr, strlen(herr));
+    }
+    rp_buf_printf(&r,
+                  ",\"checkers\":{\"stats\":{\"valid\":%s,\"ok\":%ld,\"fail\":%ld,\"info\":%ld,"
+                  "\"nemesis_ops\":%ld},\"logs\":{\"valid\":%s,\"matches\":%ld,\"lines\":",
+                  jepsen_verdict_json(stats), ok, fail, info, nem, jepsen_verdict_json(logv),
+                  log_hits);
+    rp_buf_append(&r, logs.data, logs.len);
+    rp_buf_printf(&r, "},\"register\":");
+    if (rep.len)
+        rp_buf_append(&r, rep.data, rep.len);
+    else
+        rp_buf_printf(&r, "{\"valid\":%s}", jepsen_verdict_json(reg));
+    rp_buf_printf(&r, "},\"check_s\":%.3f}\n", check_s);
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/results.json", g_run);
+    rp_write_file(p, r.data, r.len, 0644);
+    snprintf(summary, slen,
+             "jepsen-run %s: workload=register nemesis=%s nodes=%d time=%ds valid=%s "
+             "(register=%s stats=%s logs=%s) ok=%ld fail=%ld info=%ld nemesis=%ld check=%.2fs%s "
+             "dir=%s",
+             O.name, O.nemesis, O.nodes, O.time_s, jepsen_verdict_json(all),
+             jepsen_verdict_json(reg), jepsen_verdict_json(stats), jepsen_verdict_json(logv), ok,
+             fail, info, nem, check_s, interrupted ? " INTERRUPTED" : "", g_run);
+    jepsen_history_free(h);
+    rp_buf_free(&r);
+    rp_buf_free(&rep);
+    rp_buf_free(&logs);
+    rp_buf_free(&svg);
+    return all;
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static void teardown(void)
+{
+    kill_all_nodes();
+    net_destroy();
+    g_net_made = false;
+}
+
+static void usage(FILE *fp)
+{
+    fprintf(fp,
+            "usage: jepsen-run --workload=register --nemesis=none|partition|kill|pause|all\n"
+            "                  [--time=SECONDS (60)] [--nodes=3|5 (5)] [--rate=OPS_PER_S (100)]\n"
+            "                  [--concurrency=N (10)] [--seed=N (time)] [--name=NAME]\n"
+            "                  [--store=DIR (jepsen/store)] [--keep-data]\n"
+            "Runs as root. Results in STORE/NAME/TIMESTAMP/; exit 0 valid, 1 invalid, 2 unknown.\n");
+}
+
+static int parse_int(const char *s, int lo, int hi, const char *what)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "jepsen-run: --%s must be an integer in %d..%d\n", what, lo, hi);
+        exit(2);
+    }
+    return (int)v;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lopts[] = {
+        {"workload", required_argument, NULL, 'w'}, {"nemesis", required_argument, NULL, 'n'},
+        {"time", required_argument, NULL, 't'},     {"nodes", required_argument, NULL, 'N'},
+        {"rate", required_argument, NULL, 'r'},     {"concurrency", required_argument, NULL, 'c'},
+        {"seed", required_argument, NULL, 's'},     {"name", required_argument, NULL, 'a'},
+        {"store", required_argument, NULL, 'S'},    {"keep-data", no_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+    bool seed_set = false;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+        switch (ch) {
+        case 'w': O.workload = optarg; break;
+        case 'n': O.nemesis = optarg; break;
+        case 't': O.time_s = parse_int(optarg, 5, 86400, "time"); break;
+        case 'N': O.nodes = parse_int(optarg, 3, 5, "nodes"); break;
+        case 'r': O.rate = parse_int(optarg, 1, 100000, "rate"); break;
+        case 'c': O.concurrency = parse_int(optarg, 1, MAX_CLIENTS, "concurrency"); break;
+        case 's':
+            O.seed = strtoull(optarg, NULL, 10);
+            seed_set = true;
+            break;
+        case 'a': O.name = optarg; break;
+        case 'S': O.store = optarg; break;
+        case 'k': O.keep_data = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || strcmp(O.workload, "register") != 0 ||
+        (strcmp(O.nemesis, "none") && strcmp(O.nemesis, "partition") &&
+         strcmp(O.nemesis, "kill") && strcmp(O.nemesis, "pause") && strcmp(O.nemesis, "all")) ||
+        O.nodes == 4) {
+        if (strcmp(O.workload, "register") != 0)
+            fprintf(stderr, "jepsen-run: workload '%s' is not implemented yet (register only)\n",
+                    O.workload);
+        usage(stderr);
+        return 2;
+    }
+    if (geteuid() != 0) {
+        fprintf(stderr, "jepsen-run: needs root (network namespaces, nftables)\n");
+        return 2;
+    }
+    if (sh("command -v nft >/dev/null 2>&1") != 0 &&
+        strcmp(O.nemesis, "partition") == 0) {
+        fprintf(stderr, "jepsen-run: nft (Debian package nftables) is needed for partitions\n");
+        return 2;
+    }
+    if (!seed_set)
+        O.seed = (uint64_t)time(NULL);
+    g_nem_rng = jepsen_mix64(O.seed) | 1;
+    static char defname[64];
+    if (O.name == NULL) {
+        snprintf(defname, sizeof defname, "register-%s", O.nemesis);
+        O.name = defname;
+    }
+    /* Paths: the daemon next to us, the run directory absolute. */
+    char self[PATH_MAX];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (sl <= 0) {
+        perror("jepsen-run: /proc/self/exe");
+        return 2;
+    }
+    self[sl] = '\0';
+    *strrchr(self, '/') = '\0';
+    snprintf(g_exe_dir, sizeof g_exe_dir, "%s", self);
+    char cwd[PATH_MAX / 2], stamp[32];
+    if (getcwd(cwd, sizeof cwd) == NULL) {
+        perror("getcwd");
+        return 2;
+    }
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
+    if (O.store[0] == '/')
+        snprintf(g_run, sizeof g_run, "%.1500s/%.200s/%s", O.store, O.name, stamp);
+    else
+        snprintf(g_run, sizeof g_run, "%.1500s/%.1000s/%.200s/%s", cwd, O.store, O.name, stamp);
+    if (rp_mkdir_p(g_run, 0755) != 0) {
+        fprintf(stderr, "jepsen-run: %s: %s\n", g_run, rp_errmsg());
+        return 2;
+    }
+    {
+        char link[PATH_MAX];
+        snprintf(link, sizeof link, "%.1500s/%.1000s/%.200s/latest",
+                 O.store[0] == '/' ? "" : cwd, O.store, O.name);
+        unlink(link);
+        if (symlink(stamp, link) != 0)
+            msg("symlink %s: %s (only a convenience)", link, strerror(errno));
+    }
+    for (int i = 1; i <= MAX_NODES; i++) {
+        struct node *n = &g_nodes[i];
+        snprintf(n->ip, sizeof n->ip, "10.77.0.%d", 10 + i);
+        snprintf(n->addr, sizeof n->addr, "%s:%d", n->ip, API_PORT);
+        snprintf(n->dir, sizeof n->dir, "%s/n%d", g_run, i);
+        snprintf(n->cfg, sizeof n->cfg, "%s/n%d.yaml", g_run, i);
+        snprintf(n->log, sizeof n->log, "%s/n%d.log", g_run, i);
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    atexit(teardown);
+
+    char hist_path[PATH_MAX];
+    snprintf(hist_path, sizeof hist_path, "%s/history.jsonl", g_run);
+    g_hist = fopen(hist_path, "w");
+    if (g_hist == NULL) {
+        fprintf(stderr, "jepsen-run: %s: %s\n", hist_path, strerror(errno));
+        return 2;
+    }
+    g_t0_ns = mono_ns();
+    msg("run %s: workload=register nemesis=%s nodes=%d time=%ds rate=%d concurrency=%d seed=%" PRIu64,
+        O.name, O.nemesis, O.nodes, O.time_s, O.rate, O.concurrency, O.seed);
+    msg("dir %s", g_run);
+
+    /* A stale setup of a crashed run goes first. */
+    net_destroy();
+    const char *setup_error = NULL;
+    if (net_create(O.nodes) != 0)
+        setup_error = "creating the bridge and namespaces failed";
+    else if (cluster_start() != 0)
+        setup_error = g_stop ? "interrupted during setup" : "the cluster did not come up";
+    else
+        msg("cluster of %d voters is up; leader n%d", O.nodes, find_leader());
+
+    if (setup_error == NULL && !g_stop) {
+        /* Time zero of the history is the start of the workload. */
+        g_t0_ns = mono_ns();
+        uint64_t end_ns = g_t0_ns + (uint64_t)O.time_s * 1000000000ull;
+        for (int k = 0; k <= (O.concurrency - 1) / CLIENTS_PER_KEY; k++)
+            g_groups[k] = (struct key_group){.key = g_next_key++};
+        pthread_t th[MAX_CLIENTS];
+        int started = 0;
+        for (int t = 0; t < O.concurrency; t++) {
+            if (pthread_create(&th[t], NULL, client_main, (void *)(intptr_t)t) != 0)
+                break;
+            started++;
+        }
+        run_nemesis(end_ns);
+        heal_all();
+        nemesis_op("heal", "\"final heal: partitions removed, nodes resumed and restarted\"");
+        while (!g_stop && mono_ns() < end_ns)
+            nap(100);
+        atomic_store(&g_workload_stop, true);
+        for (int t = 0; t < started; t++)
+            pthread_join(th[t], NULL);
+        msg("workload stopped; cluster after final heal: %s",
+            g_stop ? "(interrupted)" : wait_ready(O.nodes, 20000) ? "all voters, leader elected" :
+                                                                     "NOT healthy within 20 s");
+    }
+    fclose(g_hist);
+    g_hist = NULL;
+    bool interrupted = g_stop != 0;
+    teardown();
+    msg("teardown done");
+    char summary[PATH_MAX + 512];
+    enum jepsen_verdict v = write_results(hist_path, interrupted, setup_error, summary,
+                                          sizeof summary);
+    if (setup_error)
+        msg("setup failed: %s", setup_error);
+    if (v == JEPSEN_VALID && !O.keep_data)
+        for (int i = 1; i <= O.nodes; i++)
+            sh("rm -rf '%s'", g_nodes[i].dir);
+    printf("%s\n", summary);
+    fflush(stdout);
+    if (g_ctx)
+        SSL_CTX_free(g_ctx);
+    if (interrupted)
+        return 130;
+    return setup_error ? 2 : (int)v;
+}
