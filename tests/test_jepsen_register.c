@@ -14,50 +14,9 @@
 #include "jepsen/history.h"
 #include "lib/buf.h"
 #include "lib/errors.h"
+#include "tests/lib/jepsen_helpers.h"
 
 /* ---- Helpers ------------------------------------------------------------ */
-
-/* Turns lines "PROCESS TYPE F [KEY [VALUE]]" into a JSON-lines history: "n" as
- * process is the nemesis, "_" leaves KEY out; index and time count up. */
-static char *spec_to_jsonl(const char *spec)
-{
-    struct rp_buf out;
-    rp_buf_init(&out);
-    int index = 0;
-    const char *p = spec;
-    while (*p != '\0') {
-        const char *nl = strchr(p, '\n');
-        size_t len = nl ? (size_t)(nl - p) : strlen(p);
-        char line[512];
-        cr_assert_lt(len, sizeof line);
-        memcpy(line, p, len);
-        line[len] = '\0';
-        p += len + (nl ? 1 : 0);
-        char *tok[5] = {0};
-        int n = 0;
-        for (char *save = NULL, *t = strtok_r(line, " ", &save); t && n < 5;
-             t = strtok_r(NULL, " ", &save))
-            tok[n++] = t;
-        if (n == 0)
-            continue;
-        cr_assert_geq(n, 3, "bad spec line");
-        rp_buf_printf(&out, "{\"index\":%d,\"time\":%d,\"type\":\"%s\",\"process\":", index,
-                      index * 1000, tok[1]);
-        if (strcmp(tok[0], "n") == 0)
-            rp_buf_append_str(&out, "\"nemesis\"");
-        else
-            rp_buf_append_str(&out, tok[0]);
-        rp_buf_printf(&out, ",\"f\":\"%s\"", tok[2]);
-        if (n > 3 && strcmp(tok[3], "_") != 0)
-            rp_buf_printf(&out, ",\"key\":%s", tok[3]);
-        if (n > 4)
-            rp_buf_printf(&out, ",\"value\":%s", tok[4]);
-        rp_buf_append_str(&out, "}\n");
-        index++;
-    }
-    rp_buf_append(&out, "", 1);
-    return (char *)rp_buf_steal(&out, NULL);
-}
 
 /* Checks @jsonl and returns the verdict; the report goes to @report (may be NULL). */
 static enum jepsen_verdict check_jsonl_opts(const char *jsonl, const struct jepsen_check_opts *o,
@@ -82,7 +41,7 @@ static enum jepsen_verdict check_jsonl_opts(const char *jsonl, const struct jeps
 
 static enum jepsen_verdict check_spec(const char *spec, struct rp_buf *report)
 {
-    char *jsonl = spec_to_jsonl(spec);
+    char *jsonl = jth_spec_to_jsonl(spec);
     enum jepsen_verdict v = check_jsonl_opts(jsonl, NULL, report);
     free(jsonl);
     return v;
@@ -120,12 +79,7 @@ static int64_t path_int(const struct jepsen_json *v, const char *a, const char *
 
 static bool has_warning(const struct jepsen_json *root, const char *prefix)
 {
-    const struct jepsen_json *w = path(root, "warnings", NULL);
-    for (size_t i = 0; i < w->len; i++) {
-        if (strncmp(w->u.items[i].u.s, prefix, strlen(prefix)) == 0)
-            return true;
-    }
-    return false;
+    return jth_warnings_have(path(root, "warnings", NULL), prefix);
 }
 
 /* ---- Basic verdicts ------------------------------------------------------ */
@@ -578,7 +532,7 @@ Test(jepsen_register, ops_that_do_not_fit_the_model_are_refused)
         "0 invoke write 1 1\n0 ok write 1 2\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        char *jsonl = spec_to_jsonl(bad[i]);
+        char *jsonl = jth_spec_to_jsonl(bad[i]);
         struct jepsen_history *h = NULL;
         cr_assert_eq(jepsen_history_parse(jsonl, strlen(jsonl), &h), 0);
         struct rp_buf r;
@@ -680,7 +634,7 @@ static char *hard_history(int n, const char *extra)
     rp_buf_printf(&spec, "%d invoke read 1 null\n%d ok read 1 999\n", n, n);
     rp_buf_append_str(&spec, extra);
     rp_buf_append(&spec, "", 1);
-    char *jsonl = spec_to_jsonl((const char *)spec.data);
+    char *jsonl = jth_spec_to_jsonl((const char *)spec.data);
     rp_buf_free(&spec);
     return jsonl;
 }

@@ -1,10 +1,6 @@
 /* tests/test_state_apply.c: applying commands: every op, idempotent retries,
  * request-id pruning, expiry, skipping re-applied indexes, malformed input. */
-/* ---- Helpers (each state test file carries its own copy: tests/lib/ is not
- * state's to add to; see state/README.md) ---------------------------------- */
-
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,260 +10,39 @@
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "state/state.h"
+#include "tests/lib/state_helpers.h"
 
-static char tmpdir[64];
-static struct state *S;
-
-static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag,
-                                            struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static __attribute__((unused)) void remove_tree(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Every directory made is removed at teardown, even when the test failed. */
-static char made_dirs[16][64];
-static int n_made;
-
-static __attribute__((unused)) void make_tmpdir(char *dir)
-{
-    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cr_assert_lt(n_made, 16);
-    strcpy(made_dirs[n_made++], dir);
-}
-
-static __attribute__((unused)) struct state *open_state_in(const char *dir,
-                                                           const struct state_opts *opts)
-{
-    struct state *s = NULL;
-    int rv = state_open(&s, dir, opts);
-    cr_assert_eq(rv, 0, "state_open: %s", rp_errmsg());
-    return s;
-}
-
-static __attribute__((unused)) void setup(void)
-{
-    make_tmpdir(tmpdir);
-    S = open_state_in(tmpdir, NULL);
-}
-
-static __attribute__((unused)) void teardown(void)
-{
-    state_close(S);
-    S = NULL;
-    for (int i = 0; i < n_made; i++)
-        remove_tree(made_dirs[i]);
-    n_made = 0;
-}
-
-/* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
-static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name,
-                                             uint64_t expires, const char *env, const char *spec)
-{
-    msgpack_packer pk;
-    rp_buf_init(b);
-    rp_mp_packer_init(&pk, b);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "version", "v2");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1 + (expires != 0) + (env != NULL));
-    rp_mp_kv_str(&pk, "name", name);
-    if (expires != 0)
-        rp_mp_kv_u64(&pk, "expires", expires);
-    if (env != NULL) {
-        rp_mp_pack_str(&pk, "labels");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "env", env);
-    }
-    rp_mp_pack_str(&pk, "spec");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "v", spec ? spec : "");
-}
-
-/* Encodes @c (with @res as a resource if non-NULL) into @out. */
-static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c,
-                                           const struct rp_buf *res)
-{
-    rp_buf_init(out);
-    if (res != NULL) {
-        c.res = res->data;
-        c.res_len = res->len;
-    }
-    int rv = state_cmd_encode(&c, out);
-    cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
-}
-
-static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index,
-                                                                const void *cmd, size_t len)
-{
-    struct state_result r;
-    int rv = state_apply(s, index, cmd, len, &r);
-    cr_assert_eq(rv, 0, "state_apply: %s", rp_errmsg());
-    return r;
-}
-
-static __attribute__((unused)) struct state_result
-apply_to(struct state *s, uint64_t index, struct state_cmd c, const struct rp_buf *res)
-{
-    struct rp_buf cmd;
-    encode(&cmd, c, res);
-    struct state_result r = apply_raw_to(s, index, cmd.data, cmd.len);
-    rp_buf_free(&cmd);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c,
-                                                             const struct rp_buf *res)
-{
-    return apply_to(S, index, c, res);
-}
-
-/* put of kind/name with spec @spec under request id "r<index>". */
-static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index,
-                                                          const char *op, const char *kind,
-                                                          const char *name, uint64_t expires,
-                                                          const char *spec)
-{
-    struct rp_buf res;
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    make_res(&res, kind, name, expires, NULL, spec);
-    struct state_result r = apply_to(s, index, (struct state_cmd){.op = op, .rid = rid}, &res);
-    rp_buf_free(&res);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind,
-                                                       const char *name, const char *spec)
-{
-    return put_to(S, index, "put", kind, name, 0, spec);
-}
-
-static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind,
-                                                       const char *name)
-{
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    return apply_cmd(
-        index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind, .name = name}, NULL);
-}
-
-/* Parses a stored resource and returns one field of metadata / spec. */
-static __attribute__((unused)) uint64_t res_revision(const struct rp_buf *b)
-{
-    msgpack_unpacked u;
-    uint64_t rev = 0;
-    cr_assert_eq(rp_mp_parse(b->data, b->len, &u), 0);
-    const msgpack_object *md = rp_mp_get(&u.data, "metadata");
-    cr_assert_eq(rp_mp_get_u64(md, "revision", &rev), 0);
-    msgpack_unpacked_destroy(&u);
-    return rev;
-}
-
-static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out, size_t outlen)
-{
-    msgpack_unpacked u;
-    const char *s;
-    size_t sl;
-    cr_assert_eq(rp_mp_parse(p, n, &u), 0);
-    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
-    cr_assert_eq(rp_mp_get_str(spec, "v", &s, &sl), 0);
-    snprintf(out, outlen, "%.*s", (int)sl, s);
-    msgpack_unpacked_destroy(&u);
-}
-
-/* 0 and the spec of kind/name, or the state_get error. */
-static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name,
-                                               char *out, size_t outlen, uint64_t *rev)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    int rv = state_get(s, kind, name, &b, NULL);
-    if (rv == 0) {
-        res_spec(b.data, b.len, out, outlen);
-        if (rev != NULL)
-            *rev = res_revision(&b);
-    }
-    rp_buf_free(&b);
-    return rv;
-}
-
-static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out,
-                                            size_t outlen, uint64_t *rev)
-{
-    return get_spec_in(S, kind, name, out, outlen, rev);
-}
-
-static __attribute__((unused)) int dump_cb(void *arg, const void *res, size_t len)
-{
-    struct rp_buf *b = arg;
-    rp_buf_put_be32(b, (uint32_t)len);
-    return rp_buf_append(b, res, len);
-}
-
-/* Every resource, length-prefixed, in key order. */
-static __attribute__((unused)) void dump(struct state *s, struct rp_buf *out)
-{
-    rp_buf_init(out);
-    cr_assert_eq(state_list(s, NULL, NULL, 0, dump_cb, out, NULL), 0);
-}
-
-static __attribute__((unused)) size_t count(struct state *s, const char *kind, const char *prefix)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    cr_assert_eq(state_list(s, kind, prefix, 0, dump_cb, &b, NULL), 0);
-    size_t n = 0;
-    struct rp_rd rd;
-    uint32_t l;
-    rp_rd_init(&rd, b.data, b.len);
-    while (rp_rd_be32(&rd, &l) == 0 && rp_rd_skip(&rd, l) == 0)
-        n++;
-    rp_buf_free(&b);
-    return n;
-}
-/* ---- End of helpers ------------------------------------------------------ */
-
-TestSuite(state_apply, .init = setup, .fini = teardown, .timeout = 60);
+TestSuite(state_apply, .init = sth_setup, .fini = sth_teardown, .timeout = 60);
 
 Test(state_apply, put_stores_the_resource_at_the_entry_index)
 {
-    struct state_result r = put(7, "node", "n1", "a");
+    struct state_result r = sth_put(7, "node", "n1", "a");
     cr_assert_eq(r.code, 0, "%s", r.message);
     cr_assert_eq(r.revision, 7);
     cr_assert_eq(r.n_changed, 1);
     char spec[16];
     uint64_t rev, read_at;
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, &rev), 0);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, &rev), 0);
     cr_assert_str_eq(spec, "a");
     cr_assert_eq(rev, 7, "metadata.revision is the index");
     struct rp_buf b;
     rp_buf_init(&b);
-    cr_assert_eq(state_get(S, "node", "n1", &b, &read_at), 0);
+    cr_assert_eq(state_get(sth_state, "node", "n1", &b, &read_at), 0);
     cr_assert_eq(read_at, 7);
     rp_buf_free(&b);
-    cr_assert_eq(state_applied_index(S), 7);
+    cr_assert_eq(state_applied_index(sth_state), 7);
     /* put replaces. */
-    r = put(8, "node", "n1", "b");
+    r = sth_put(8, "node", "n1", "b");
     cr_assert_eq(r.code, 0);
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, &rev), 0);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, &rev), 0);
     cr_assert_str_eq(spec, "b");
     cr_assert_eq(rev, 8);
 }
 
 Test(state_apply, create_on_present_fails_and_changes_nothing)
 {
-    cr_assert_eq(put_to(S, 1, "create", "node", "n1", 0, "a").code, 0);
-    struct state_result r = put_to(S, 2, "create", "node", "n1", 0, "b");
+    cr_assert_eq(sth_put_to(sth_state, 1, "create", "node", "n1", 0, "a").code, 0);
+    struct state_result r = sth_put_to(sth_state, 2, "create", "node", "n1", 0, "b");
     cr_assert_eq(r.code, RP_EEXISTS);
     cr_assert_eq(r.current_rev, 1);
     cr_assert_eq(r.revision, 2);
@@ -275,35 +50,35 @@ Test(state_apply, create_on_present_fails_and_changes_nothing)
     cr_assert_not_null(strstr(r.message, "node/n1 already exists"), "%s", r.message);
     char spec[16];
     uint64_t rev;
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, &rev), 0);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, &rev), 0);
     cr_assert_str_eq(spec, "a");
     cr_assert_eq(rev, 1);
-    cr_assert_eq(state_applied_index(S), 2, "the failed entry still advances the index");
+    cr_assert_eq(state_applied_index(sth_state), 2, "the failed entry still advances the index");
 }
 
 Test(state_apply, update_on_absent_fails_and_on_present_replaces)
 {
-    struct state_result r = put_to(S, 1, "update", "node", "n1", 0, "a");
+    struct state_result r = sth_put_to(sth_state, 1, "update", "node", "n1", 0, "a");
     cr_assert_eq(r.code, RP_ENOTFOUND);
     cr_assert_not_null(strstr(r.message, "does not exist"));
     char spec[16];
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
-    put(2, "node", "n1", "a");
-    r = put_to(S, 3, "update", "node", "n1", 0, "b");
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
+    sth_put(2, "node", "n1", "a");
+    r = sth_put_to(sth_state, 3, "update", "node", "n1", 0, "b");
     cr_assert_eq(r.code, 0);
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, NULL), 0);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, NULL), 0);
     cr_assert_str_eq(spec, "b");
 }
 
 Test(state_apply, delete_removes_and_delete_of_absent_is_not_found)
 {
-    put(1, "node", "n1", "a");
-    struct state_result r = del(2, "node", "n1");
+    sth_put(1, "node", "n1", "a");
+    struct state_result r = sth_del(2, "node", "n1");
     cr_assert_eq(r.code, 0);
     cr_assert_eq(r.n_changed, 1);
     char spec[16];
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
-    r = del(3, "node", "n1");
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
+    r = sth_del(3, "node", "n1");
     cr_assert_eq(r.code, RP_ENOTFOUND);
 }
 
@@ -313,7 +88,7 @@ static void batch_of(struct rp_buf *cmd, const char *rid, struct state_cmd *subs
     rp_buf_init(&ops);
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(state_cmd_encode(&subs[i], &ops), 0);
-    encode(
+    sth_encode(
         cmd,
         (struct state_cmd){
             .op = "batch", .rid = rid, .ops = ops.data, .ops_len = ops.len, .n_ops = (uint32_t)n},
@@ -324,9 +99,9 @@ static void batch_of(struct rp_buf *cmd, const char *rid, struct state_cmd *subs
 Test(state_apply, batch_is_all_or_nothing)
 {
     struct rp_buf a, b, cmd;
-    put(1, "node", "existing", "x");
-    make_res(&a, "node", "n1", 0, NULL, "a");
-    make_res(&b, "node", "existing", 0, NULL, "b");
+    sth_put(1, "node", "existing", "x");
+    sth_make_res(&a, "node", "n1", 0, NULL, "a");
+    sth_make_res(&b, "node", "existing", 0, NULL, "b");
     struct state_cmd subs[] = {
         {.op = "put", .res = a.data, .res_len = a.len},
         {.op = "delete", .kind = "node", .name = "existing"},
@@ -334,26 +109,26 @@ Test(state_apply, batch_is_all_or_nothing)
         {.op = "create", .res = b.data, .res_len = b.len}, /* fails: created just before */
     };
     batch_of(&cmd, "b1", subs, 4);
-    struct state_result r = apply_raw_to(S, 2, cmd.data, cmd.len);
+    struct state_result r = sth_apply_raw_to(sth_state, 2, cmd.data, cmd.len);
     cr_assert_eq(r.code, RP_EEXISTS);
     cr_assert_eq(r.failed_op, 3);
     cr_assert_eq(r.n_changed, 0);
     cr_assert_eq(r.current_rev, 2, "the batch's own create, seen by the later op");
     cr_assert_not_null(strstr(r.message, "ops[3]:"), "%s", r.message);
     char spec[16];
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
-    cr_assert_eq(get_spec("node", "existing", spec, sizeof spec, NULL), 0);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
+    cr_assert_eq(sth_get_spec("node", "existing", spec, sizeof spec, NULL), 0);
     cr_assert_str_eq(spec, "x");
-    cr_assert_eq(state_applied_index(S), 2);
+    cr_assert_eq(state_applied_index(sth_state), 2);
     rp_buf_free(&cmd);
 
     /* The first three alone succeed, each seeing the one before. */
     batch_of(&cmd, "b2", subs, 3);
-    r = apply_raw_to(S, 3, cmd.data, cmd.len);
+    r = sth_apply_raw_to(sth_state, 3, cmd.data, cmd.len);
     cr_assert_eq(r.code, 0, "%s", r.message);
     cr_assert_eq(r.n_changed, 3);
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, NULL), 0);
-    cr_assert_eq(get_spec("node", "existing", spec, sizeof spec, NULL), 0);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, NULL), 0);
+    cr_assert_eq(sth_get_spec("node", "existing", spec, sizeof spec, NULL), 0);
     cr_assert_str_eq(spec, "b");
     rp_buf_free(&cmd);
     rp_buf_free(&a);
@@ -363,55 +138,58 @@ Test(state_apply, batch_is_all_or_nothing)
 Test(state_apply, retry_with_the_same_rid_returns_the_first_result_and_changes_nothing)
 {
     struct rp_buf res1, res2;
-    make_res(&res1, "node", "n1", 0, NULL, "first");
-    make_res(&res2, "node", "n1", 0, NULL, "second");
-    struct state_result r1 = apply_cmd(5, (struct state_cmd){.op = "put", .rid = "req-1"}, &res1);
+    sth_make_res(&res1, "node", "n1", 0, NULL, "first");
+    sth_make_res(&res2, "node", "n1", 0, NULL, "second");
+    struct state_result r1 =
+        sth_apply_cmd(5, (struct state_cmd){.op = "put", .rid = "req-1"}, &res1);
     cr_assert_eq(r1.code, 0);
-    struct state_result r2 = apply_cmd(9, (struct state_cmd){.op = "put", .rid = "req-1"}, &res2);
+    struct state_result r2 =
+        sth_apply_cmd(9, (struct state_cmd){.op = "put", .rid = "req-1"}, &res2);
     cr_assert_eq(r2.code, 0);
     cr_assert_eq(r2.revision, 5, "the first result, with its revision");
     cr_assert_eq(r2.n_changed, 1);
     char spec[16];
     uint64_t rev;
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, &rev), 0);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, &rev), 0);
     cr_assert_str_eq(spec, "first");
     cr_assert_eq(rev, 5);
-    cr_assert_eq(state_applied_index(S), 9);
+    cr_assert_eq(state_applied_index(sth_state), 9);
     rp_buf_free(&res1);
     rp_buf_free(&res2);
 }
 
 Test(state_apply, a_failed_result_is_remembered_too)
 {
-    put(1, "node", "n1", "a");
+    sth_put(1, "node", "n1", "a");
     struct rp_buf res;
-    make_res(&res, "node", "n1", 0, NULL, "b");
-    struct state_result r = apply_cmd(2, (struct state_cmd){.op = "create", .rid = "c"}, &res);
+    sth_make_res(&res, "node", "n1", 0, NULL, "b");
+    struct state_result r = sth_apply_cmd(2, (struct state_cmd){.op = "create", .rid = "c"}, &res);
     cr_assert_eq(r.code, RP_EEXISTS);
-    del(3, "node", "n1");
+    sth_del(3, "node", "n1");
     /* The retry would now succeed, but a retry is not a new request. */
-    r = apply_cmd(4, (struct state_cmd){.op = "create", .rid = "c"}, &res);
+    r = sth_apply_cmd(4, (struct state_cmd){.op = "create", .rid = "c"}, &res);
     cr_assert_eq(r.code, RP_EEXISTS);
     cr_assert_eq(r.revision, 2);
     char spec[16];
-    cr_assert_eq(get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
+    cr_assert_eq(sth_get_spec("node", "n1", spec, sizeof spec, NULL), RP_ENOTFOUND);
     rp_buf_free(&res);
 }
 
 Test(state_apply, request_ids_are_forgotten_after_rid_keep_revisions)
 {
-    state_close(S);
+    state_close(sth_state);
     struct state_opts o = {.rid_keep = 10};
-    S = open_state_in(tmpdir, &o);
+    sth_state = sth_open_state_in(sth_tmpdir, &o);
     struct rp_buf res;
-    make_res(&res, "node", "n1", 0, NULL, "a");
-    cr_assert_eq(apply_cmd(1, (struct state_cmd){.op = "create", .rid = "old"}, &res).code, 0);
+    sth_make_res(&res, "node", "n1", 0, NULL, "a");
+    cr_assert_eq(sth_apply_cmd(1, (struct state_cmd){.op = "create", .rid = "old"}, &res).code, 0);
     /* At index 10 (< 1 + 10) it is still a retry. */
-    struct state_result r = apply_cmd(10, (struct state_cmd){.op = "create", .rid = "old"}, &res);
+    struct state_result r =
+        sth_apply_cmd(10, (struct state_cmd){.op = "create", .rid = "old"}, &res);
     cr_assert_eq(r.code, 0);
     cr_assert_eq(r.revision, 1);
     /* At index 11 it has been pruned: the create runs again and fails. */
-    r = apply_cmd(11, (struct state_cmd){.op = "create", .rid = "old"}, &res);
+    r = sth_apply_cmd(11, (struct state_cmd){.op = "create", .rid = "old"}, &res);
     cr_assert_eq(r.code, RP_EEXISTS);
     cr_assert_eq(r.revision, 11);
     rp_buf_free(&res);
@@ -419,29 +197,30 @@ Test(state_apply, request_ids_are_forgotten_after_rid_keep_revisions)
 
 Test(state_apply, expire_deletes_exactly_those_expiring_before_t)
 {
-    put_to(S, 1, "put", "token", "t100", 100, "x");
-    put_to(S, 2, "put", "token", "t200", 200, "x");
-    put_to(S, 3, "put", "token", "t300", 300, "x");
-    put_to(S, 4, "put", "token", "never", 0, "x");
-    put_to(S, 5, "put", "node", "n199", 199, "x");
+    sth_put_to(sth_state, 1, "put", "token", "t100", 100, "x");
+    sth_put_to(sth_state, 2, "put", "token", "t200", 200, "x");
+    sth_put_to(sth_state, 3, "put", "token", "t300", 300, "x");
+    sth_put_to(sth_state, 4, "put", "token", "never", 0, "x");
+    sth_put_to(sth_state, 5, "put", "node", "n199", 199, "x");
     uint64_t next;
-    cr_assert_eq(state_next_expiry(S, &next), 0);
+    cr_assert_eq(state_next_expiry(sth_state, &next), 0);
     cr_assert_eq(next, 100);
 
     struct state_watch *w;
     struct state_watch_opts wo = {.start_rev = 5};
-    cr_assert_eq(state_watch_open(S, &wo, &w), 0, "%s", rp_errmsg());
+    cr_assert_eq(state_watch_open(sth_state, &wo, &w), 0, "%s", rp_errmsg());
 
-    struct state_result r = apply_cmd(6, (struct state_cmd){.op = "expire", .before = 200}, NULL);
+    struct state_result r =
+        sth_apply_cmd(6, (struct state_cmd){.op = "expire", .before = 200}, NULL);
     cr_assert_eq(r.code, 0, "%s", r.message);
     cr_assert_eq(r.n_changed, 2);
     char spec[16];
-    cr_assert_eq(get_spec("token", "t100", spec, sizeof spec, NULL), RP_ENOTFOUND);
-    cr_assert_eq(get_spec("node", "n199", spec, sizeof spec, NULL), RP_ENOTFOUND);
-    cr_assert_eq(get_spec("token", "t200", spec, sizeof spec, NULL), 0, "200 is not < 200");
-    cr_assert_eq(get_spec("token", "t300", spec, sizeof spec, NULL), 0);
-    cr_assert_eq(get_spec("token", "never", spec, sizeof spec, NULL), 0);
-    cr_assert_eq(state_next_expiry(S, &next), 0);
+    cr_assert_eq(sth_get_spec("token", "t100", spec, sizeof spec, NULL), RP_ENOTFOUND);
+    cr_assert_eq(sth_get_spec("node", "n199", spec, sizeof spec, NULL), RP_ENOTFOUND);
+    cr_assert_eq(sth_get_spec("token", "t200", spec, sizeof spec, NULL), 0, "200 is not < 200");
+    cr_assert_eq(sth_get_spec("token", "t300", spec, sizeof spec, NULL), 0);
+    cr_assert_eq(sth_get_spec("token", "never", spec, sizeof spec, NULL), 0);
+    cr_assert_eq(state_next_expiry(sth_state, &next), 0);
     cr_assert_eq(next, 200);
 
     struct state_event ev;
@@ -463,68 +242,68 @@ Test(state_apply, expire_deletes_exactly_those_expiring_before_t)
     state_watch_close(w);
 
     /* Everything expiring goes, "never" stays. */
-    r = apply_cmd(7, (struct state_cmd){.op = "expire", .before = UINT64_MAX}, NULL);
+    r = sth_apply_cmd(7, (struct state_cmd){.op = "expire", .before = UINT64_MAX}, NULL);
     cr_assert_eq(r.n_changed, 2);
-    cr_assert_eq(count(S, NULL, NULL), 1);
-    cr_assert_eq(state_next_expiry(S, &next), 0);
+    cr_assert_eq(sth_count(sth_state, NULL, NULL), 1);
+    cr_assert_eq(state_next_expiry(sth_state, &next), 0);
     cr_assert_eq(next, 0);
 }
 
 Test(state_apply, rewriting_a_resource_moves_its_expiry)
 {
-    put_to(S, 1, "put", "token", "t", 100, "x");
-    put_to(S, 2, "put", "token", "t", 500, "y");
+    sth_put_to(sth_state, 1, "put", "token", "t", 100, "x");
+    sth_put_to(sth_state, 2, "put", "token", "t", 500, "y");
     uint64_t next;
-    cr_assert_eq(state_next_expiry(S, &next), 0);
+    cr_assert_eq(state_next_expiry(sth_state, &next), 0);
     cr_assert_eq(next, 500);
-    cr_assert_eq(apply_cmd(3, (struct state_cmd){.op = "expire", .before = 200}, NULL).n_changed,
-                 0);
-    put_to(S, 4, "put", "token", "t", 0, "z");
-    cr_assert_eq(state_next_expiry(S, &next), 0);
+    cr_assert_eq(
+        sth_apply_cmd(3, (struct state_cmd){.op = "expire", .before = 200}, NULL).n_changed, 0);
+    sth_put_to(sth_state, 4, "put", "token", "t", 0, "z");
+    cr_assert_eq(state_next_expiry(sth_state, &next), 0);
     cr_assert_eq(next, 0);
-    del(5, "node", "absent");
-    put_to(S, 6, "put", "token", "t", 50, "z");
-    del(7, "token", "t");
-    cr_assert_eq(state_next_expiry(S, &next), 0);
+    sth_del(5, "node", "absent");
+    sth_put_to(sth_state, 6, "put", "token", "t", 50, "z");
+    sth_del(7, "token", "t");
+    cr_assert_eq(state_next_expiry(sth_state, &next), 0);
     cr_assert_eq(next, 0, "deleting drops the expiry entry");
 }
 
 Test(state_apply, an_index_already_applied_is_skipped)
 {
-    struct state_result r = put(5, "node", "n1", "a");
+    struct state_result r = sth_put(5, "node", "n1", "a");
     cr_assert_eq(r.code, 0);
     struct rp_buf before, after;
-    dump(S, &before);
+    sth_dump(sth_state, &before);
     /* The same entry again (libraft re-applying its log after a restart). */
-    r = put(5, "node", "n1", "a");
+    r = sth_put(5, "node", "n1", "a");
     cr_assert_eq(r.code, 0);
     cr_assert_eq(r.revision, 5, "the remembered result of its rid");
     /* A different command at an old index changes nothing either. */
-    r = put(3, "node", "n2", "b");
+    r = sth_put(3, "node", "n2", "b");
     cr_assert_eq(r.code, 0);
     cr_assert_not_null(strstr(r.message, "already applied"), "%s", r.message);
-    dump(S, &after);
+    sth_dump(sth_state, &after);
     cr_assert_eq(before.len, after.len);
     cr_assert_eq(memcmp(before.data, after.data, before.len), 0);
-    cr_assert_eq(state_applied_index(S), 5);
+    cr_assert_eq(state_applied_index(sth_state), 5);
     rp_buf_free(&before);
     rp_buf_free(&after);
 }
 
 Test(state_apply, state_survives_close_and_reopen_and_replay_is_skipped)
 {
-    put(1, "node", "n1", "a");
-    put(2, "node", "n2", "b");
-    state_close(S);
-    S = open_state_in(tmpdir, NULL);
-    cr_assert_eq(state_applied_index(S), 2);
-    cr_assert_eq(count(S, "node", NULL), 2);
+    sth_put(1, "node", "n1", "a");
+    sth_put(2, "node", "n2", "b");
+    state_close(sth_state);
+    sth_state = sth_open_state_in(sth_tmpdir, NULL);
+    cr_assert_eq(state_applied_index(sth_state), 2);
+    cr_assert_eq(sth_count(sth_state, "node", NULL), 2);
     /* Replaying from index 1 (no snapshot yet) leaves it as it is. */
-    put(1, "node", "n1", "a");
-    cr_assert_eq(del(2, "node", "n2").code, 0);
-    cr_assert_eq(count(S, "node", NULL), 2);
-    cr_assert_eq(put(3, "node", "n3", "c").code, 0);
-    cr_assert_eq(count(S, "node", NULL), 3);
+    sth_put(1, "node", "n1", "a");
+    cr_assert_eq(sth_del(2, "node", "n2").code, 0);
+    cr_assert_eq(sth_count(sth_state, "node", NULL), 2);
+    cr_assert_eq(sth_put(3, "node", "n3", "c").code, 0);
+    cr_assert_eq(sth_count(sth_state, "node", NULL), 3);
 }
 
 static void write_marker(const char *dir, const char *content)
@@ -539,12 +318,12 @@ static void write_marker(const char *dir, const char *content)
 
 Test(state_apply, state_left_open_by_another_boot_is_discarded)
 {
-    put(1, "node", "n1", "a");
-    state_close(S);
-    write_marker(tmpdir, "00000000-0000-0000-0000-000000000000");
-    S = open_state_in(tmpdir, NULL);
-    cr_assert_eq(state_applied_index(S), 0);
-    cr_assert_eq(count(S, NULL, NULL), 0);
+    sth_put(1, "node", "n1", "a");
+    state_close(sth_state);
+    write_marker(sth_tmpdir, "00000000-0000-0000-0000-000000000000");
+    sth_state = sth_open_state_in(sth_tmpdir, NULL);
+    cr_assert_eq(state_applied_index(sth_state), 0);
+    cr_assert_eq(sth_count(sth_state, NULL, NULL), 0);
 }
 
 Test(state_apply, state_left_open_by_a_crashed_process_of_this_boot_is_kept)
@@ -556,55 +335,56 @@ Test(state_apply, state_left_open_by_a_crashed_process_of_this_boot_is_kept)
     cr_assert_not_null(fgets(id, sizeof id, f));
     fclose(f);
     id[strcspn(id, "\n")] = '\0';
-    put(1, "node", "n1", "a");
-    state_close(S);
-    write_marker(tmpdir, id);
-    S = open_state_in(tmpdir, NULL);
-    cr_assert_eq(state_applied_index(S), 1);
-    cr_assert_eq(count(S, NULL, NULL), 1);
+    sth_put(1, "node", "n1", "a");
+    state_close(sth_state);
+    write_marker(sth_tmpdir, id);
+    sth_state = sth_open_state_in(sth_tmpdir, NULL);
+    cr_assert_eq(state_applied_index(sth_state), 1);
+    cr_assert_eq(sth_count(sth_state, NULL, NULL), 1);
 }
 
 Test(state_apply, malformed_commands_change_only_the_applied_index)
 {
-    put(1, "node", "n1", "a");
+    sth_put(1, "node", "n1", "a");
     struct rp_buf before, after, b;
-    dump(S, &before);
+    sth_dump(sth_state, &before);
     uint64_t index = 2;
 
-    struct state_result r = apply_raw_to(S, index++, "\x93\x01", 2); /* truncated array */
+    struct state_result r =
+        sth_apply_raw_to(sth_state, index++, "\x93\x01", 2); /* truncated array */
     cr_assert_eq(r.code, RP_EINVAL);
     cr_assert_not_null(strstr(r.message, "command:"), "%s", r.message);
-    r = apply_raw_to(S, index++, "", 0);
+    r = sth_apply_raw_to(sth_state, index++, "", 0);
     cr_assert_eq(r.code, RP_EINVAL);
-    r = apply_raw_to(S, index++, "\xc1", 1);
+    r = sth_apply_raw_to(sth_state, index++, "\xc1", 1);
     cr_assert_eq(r.code, RP_EINVAL);
 
     struct rp_buf res;
-    make_res(&res, "Bad-Kind", "n", 0, NULL, "x");
-    encode(&b, (struct state_cmd){.op = "put", .rid = "x"}, &res);
-    r = apply_raw_to(S, index++, b.data, b.len);
+    sth_make_res(&res, "Bad-Kind", "n", 0, NULL, "x");
+    sth_encode(&b, (struct state_cmd){.op = "put", .rid = "x"}, &res);
+    r = sth_apply_raw_to(sth_state, index++, b.data, b.len);
     cr_assert_eq(r.code, RP_EINVAL);
     cr_assert_not_null(strstr(r.message, "res.kind"), "%s", r.message);
     /* Its rid was not remembered: a malformed command is no request. */
     rp_buf_free(&b);
     rp_buf_free(&res);
 
-    encode(&b, (struct state_cmd){.op = "delete", .rid = "d", .kind = "node"}, NULL);
-    r = apply_raw_to(S, index++, b.data, b.len);
+    sth_encode(&b, (struct state_cmd){.op = "delete", .rid = "d", .kind = "node"}, NULL);
+    r = sth_apply_raw_to(sth_state, index++, b.data, b.len);
     cr_assert_eq(r.code, RP_EINVAL);
     cr_assert_not_null(strstr(r.message, "name:"), "%s", r.message);
     rp_buf_free(&b);
 
     size_t n = STATE_MAX_COMMAND + 1;
     char *big = calloc(1, n);
-    r = apply_raw_to(S, index++, big, n);
+    r = sth_apply_raw_to(sth_state, index++, big, n);
     free(big);
     cr_assert_eq(r.code, RP_EINVAL);
 
-    dump(S, &after);
+    sth_dump(sth_state, &after);
     cr_assert_eq(before.len, after.len);
     cr_assert_eq(memcmp(before.data, after.data, before.len), 0);
-    cr_assert_eq(state_applied_index(S), index - 1);
+    cr_assert_eq(state_applied_index(sth_state), index - 1);
     rp_buf_free(&before);
     rp_buf_free(&after);
 }
@@ -612,16 +392,16 @@ Test(state_apply, malformed_commands_change_only_the_applied_index)
 Test(state_apply, random_corruption_of_commands_never_crashes_apply)
 {
     struct rp_buf res, ops, cmd;
-    make_res(&res, "node", "n1", 5, "prod", "spec");
+    sth_make_res(&res, "node", "n1", 5, "prod", "spec");
     rp_buf_init(&ops);
     struct state_cmd sub = {.op = "put", .res = res.data, .res_len = res.len};
     state_cmd_encode(&sub, &ops);
     sub = (struct state_cmd){.op = "cdelete", .kind = "node", .name = "n1", .rev = 3};
     state_cmd_encode(&sub, &ops);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "r", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
-           NULL);
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "r", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
+               NULL);
     srand(99);
     uint64_t index = 1;
     for (int i = 0; i < 3000; i++) {
@@ -631,8 +411,8 @@ Test(state_apply, random_corruption_of_commands_never_crashes_apply)
         for (int f = 0; f < flips; f++)
             copy[rand() % cmd.len] = (uint8_t)rand();
         struct state_result r;
-        cr_assert_eq(state_apply(S, index, copy, cmd.len, &r), 0, "%s", rp_errmsg());
-        cr_assert_eq(state_applied_index(S), index);
+        cr_assert_eq(state_apply(sth_state, index, copy, cmd.len, &r), 0, "%s", rp_errmsg());
+        cr_assert_eq(state_applied_index(sth_state), index);
         index++;
         free(copy);
     }
@@ -643,22 +423,22 @@ Test(state_apply, random_corruption_of_commands_never_crashes_apply)
 
 Test(state_apply, list_walks_a_kind_and_a_prefix_in_name_order)
 {
-    put(1, "node", "web-2", "a");
-    put(2, "node", "web-1", "a");
-    put(3, "node", "db-1", "a");
-    put(4, "nodes", "web-9", "a"); /* a kind that shares a prefix with "node" */
-    put(5, "role", "web-admin", "a");
-    cr_assert_eq(count(S, "node", NULL), 3);
-    cr_assert_eq(count(S, "node", "web-"), 2);
-    cr_assert_eq(count(S, "nodes", NULL), 1);
-    cr_assert_eq(count(S, NULL, "web-"), 4);
-    cr_assert_eq(count(S, NULL, NULL), 5);
-    cr_assert_eq(count(S, "user", NULL), 0);
+    sth_put(1, "node", "web-2", "a");
+    sth_put(2, "node", "web-1", "a");
+    sth_put(3, "node", "db-1", "a");
+    sth_put(4, "nodes", "web-9", "a"); /* a kind that shares a prefix with "node" */
+    sth_put(5, "role", "web-admin", "a");
+    cr_assert_eq(sth_count(sth_state, "node", NULL), 3);
+    cr_assert_eq(sth_count(sth_state, "node", "web-"), 2);
+    cr_assert_eq(sth_count(sth_state, "nodes", NULL), 1);
+    cr_assert_eq(sth_count(sth_state, NULL, "web-"), 4);
+    cr_assert_eq(sth_count(sth_state, NULL, NULL), 5);
+    cr_assert_eq(sth_count(sth_state, "user", NULL), 0);
 
     struct rp_buf b;
     uint64_t rev;
     rp_buf_init(&b);
-    cr_assert_eq(state_list(S, "node", "web", 0, dump_cb, &b, &rev), 0);
+    cr_assert_eq(state_list(sth_state, "node", "web", 0, sth_dump_cb, &b, &rev), 0);
     cr_assert_eq(rev, 5);
     struct rp_rd rd;
     uint32_t l;
@@ -673,21 +453,21 @@ Test(state_apply, list_walks_a_kind_and_a_prefix_in_name_order)
         cr_assert_eq(state_resource_check(p, l, &m), 0);
         cr_assert_eq(m.name_len, strlen(want[i]));
         cr_assert_eq(memcmp(m.name, want[i], m.name_len), 0);
-        res_spec(p, l, spec, sizeof spec);
+        sth_res_spec(p, l, spec, sizeof spec);
     }
     rp_buf_free(&b);
 
     /* limit, and a callback that stops the walk. */
     rp_buf_init(&b);
-    cr_assert_eq(state_list(S, NULL, NULL, 2, dump_cb, &b, NULL), 0);
+    cr_assert_eq(state_list(sth_state, NULL, NULL, 2, sth_dump_cb, &b, NULL), 0);
     rp_rd_init(&rd, b.data, b.len);
     int n = 0;
     while (rp_rd_be32(&rd, &l) == 0 && rp_rd_skip(&rd, l) == 0)
         n++;
     cr_assert_eq(n, 2);
     rp_buf_free(&b);
-    cr_assert_eq(state_list(S, "Bad", NULL, 0, dump_cb, &b, NULL), RP_EINVAL);
-    cr_assert_eq(state_get(S, "node", "", &b, NULL), RP_EINVAL);
+    cr_assert_eq(state_list(sth_state, "Bad", NULL, 0, sth_dump_cb, &b, NULL), RP_EINVAL);
+    cr_assert_eq(state_get(sth_state, "node", "", &b, NULL), RP_EINVAL);
 }
 
 static int stop_cb(void *arg, const void *res, size_t len)
@@ -699,33 +479,33 @@ static int stop_cb(void *arg, const void *res, size_t len)
 
 Test(state_apply, a_list_callback_can_stop_the_walk)
 {
-    put(1, "node", "a", "a");
-    put(2, "node", "b", "a");
-    put(3, "node", "c", "a");
+    sth_put(1, "node", "a", "a");
+    sth_put(2, "node", "b", "a");
+    sth_put(3, "node", "c", "a");
     int calls = 0;
-    cr_assert_eq(state_list(S, "node", NULL, 0, stop_cb, &calls, NULL), 42);
+    cr_assert_eq(state_list(sth_state, "node", NULL, 0, stop_cb, &calls, NULL), 42);
     cr_assert_eq(calls, 2);
 }
 
 Test(state_apply, same_commands_at_same_indexes_give_identical_contents)
 {
     char dir2[64];
-    make_tmpdir(dir2);
-    struct state *s2 = open_state_in(dir2, NULL);
-    struct state *both[] = {S, s2};
+    sth_make_tmpdir(dir2);
+    struct state *s2 = sth_open_state_in(dir2, NULL);
+    struct state *both[] = {sth_state, s2};
     for (int k = 0; k < 2; k++) {
-        put_to(both[k], 1, "put", "node", "n1", 10, "a");
-        put_to(both[k], 2, "create", "node", "n2", 0, "b");
-        put_to(both[k], 3, "create", "node", "n2", 0, "c");
-        apply_to(both[k], 4, (struct state_cmd){.op = "expire", .before = 11}, NULL);
+        sth_put_to(both[k], 1, "put", "node", "n1", 10, "a");
+        sth_put_to(both[k], 2, "create", "node", "n2", 0, "b");
+        sth_put_to(both[k], 3, "create", "node", "n2", 0, "c");
+        sth_apply_to(both[k], 4, (struct state_cmd){.op = "expire", .before = 11}, NULL);
     }
     struct rp_buf a, b;
-    dump(S, &a);
-    dump(s2, &b);
+    sth_dump(sth_state, &a);
+    sth_dump(s2, &b);
     cr_assert_eq(a.len, b.len);
     cr_assert_eq(memcmp(a.data, b.data, a.len), 0);
     rp_buf_free(&a);
     rp_buf_free(&b);
     state_close(s2);
-    remove_tree(dir2);
+    sth_remove_tree(dir2);
 }

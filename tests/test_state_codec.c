@@ -1,10 +1,6 @@
 /* tests/test_state_codec.c: commands and resources: encoding, and every way a
  * malformed one is refused (with a message naming the field) without a crash. */
-/* ---- Helpers (each state test file carries its own copy: tests/lib/ is not
- * state's to add to; see state/README.md) ---------------------------------- */
-
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,228 +10,7 @@
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "state/state.h"
-
-static char tmpdir[64];
-static struct state *S;
-
-static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag,
-                                            struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static __attribute__((unused)) void remove_tree(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Every directory made is removed at teardown, even when the test failed. */
-static char made_dirs[16][64];
-static int n_made;
-
-static __attribute__((unused)) void make_tmpdir(char *dir)
-{
-    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cr_assert_lt(n_made, 16);
-    strcpy(made_dirs[n_made++], dir);
-}
-
-static __attribute__((unused)) struct state *open_state_in(const char *dir,
-                                                           const struct state_opts *opts)
-{
-    struct state *s = NULL;
-    int rv = state_open(&s, dir, opts);
-    cr_assert_eq(rv, 0, "state_open: %s", rp_errmsg());
-    return s;
-}
-
-static __attribute__((unused)) void setup(void)
-{
-    make_tmpdir(tmpdir);
-    S = open_state_in(tmpdir, NULL);
-}
-
-static __attribute__((unused)) void teardown(void)
-{
-    state_close(S);
-    S = NULL;
-    for (int i = 0; i < n_made; i++)
-        remove_tree(made_dirs[i]);
-    n_made = 0;
-}
-
-/* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
-static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name,
-                                             uint64_t expires, const char *env, const char *spec)
-{
-    msgpack_packer pk;
-    rp_buf_init(b);
-    rp_mp_packer_init(&pk, b);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "version", "v2");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1 + (expires != 0) + (env != NULL));
-    rp_mp_kv_str(&pk, "name", name);
-    if (expires != 0)
-        rp_mp_kv_u64(&pk, "expires", expires);
-    if (env != NULL) {
-        rp_mp_pack_str(&pk, "labels");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "env", env);
-    }
-    rp_mp_pack_str(&pk, "spec");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "v", spec ? spec : "");
-}
-
-/* Encodes @c (with @res as a resource if non-NULL) into @out. */
-static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c,
-                                           const struct rp_buf *res)
-{
-    rp_buf_init(out);
-    if (res != NULL) {
-        c.res = res->data;
-        c.res_len = res->len;
-    }
-    int rv = state_cmd_encode(&c, out);
-    cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
-}
-
-static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index,
-                                                                const void *cmd, size_t len)
-{
-    struct state_result r;
-    int rv = state_apply(s, index, cmd, len, &r);
-    cr_assert_eq(rv, 0, "state_apply: %s", rp_errmsg());
-    return r;
-}
-
-static __attribute__((unused)) struct state_result
-apply_to(struct state *s, uint64_t index, struct state_cmd c, const struct rp_buf *res)
-{
-    struct rp_buf cmd;
-    encode(&cmd, c, res);
-    struct state_result r = apply_raw_to(s, index, cmd.data, cmd.len);
-    rp_buf_free(&cmd);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c,
-                                                             const struct rp_buf *res)
-{
-    return apply_to(S, index, c, res);
-}
-
-/* put of kind/name with spec @spec under request id "r<index>". */
-static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index,
-                                                          const char *op, const char *kind,
-                                                          const char *name, uint64_t expires,
-                                                          const char *spec)
-{
-    struct rp_buf res;
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    make_res(&res, kind, name, expires, NULL, spec);
-    struct state_result r = apply_to(s, index, (struct state_cmd){.op = op, .rid = rid}, &res);
-    rp_buf_free(&res);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind,
-                                                       const char *name, const char *spec)
-{
-    return put_to(S, index, "put", kind, name, 0, spec);
-}
-
-static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind,
-                                                       const char *name)
-{
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    return apply_cmd(
-        index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind, .name = name}, NULL);
-}
-
-/* Parses a stored resource and returns one field of metadata / spec. */
-static __attribute__((unused)) uint64_t res_revision(const struct rp_buf *b)
-{
-    msgpack_unpacked u;
-    uint64_t rev = 0;
-    cr_assert_eq(rp_mp_parse(b->data, b->len, &u), 0);
-    const msgpack_object *md = rp_mp_get(&u.data, "metadata");
-    cr_assert_eq(rp_mp_get_u64(md, "revision", &rev), 0);
-    msgpack_unpacked_destroy(&u);
-    return rev;
-}
-
-static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out, size_t outlen)
-{
-    msgpack_unpacked u;
-    const char *s;
-    size_t sl;
-    cr_assert_eq(rp_mp_parse(p, n, &u), 0);
-    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
-    cr_assert_eq(rp_mp_get_str(spec, "v", &s, &sl), 0);
-    snprintf(out, outlen, "%.*s", (int)sl, s);
-    msgpack_unpacked_destroy(&u);
-}
-
-/* 0 and the spec of kind/name, or the state_get error. */
-static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name,
-                                               char *out, size_t outlen, uint64_t *rev)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    int rv = state_get(s, kind, name, &b, NULL);
-    if (rv == 0) {
-        res_spec(b.data, b.len, out, outlen);
-        if (rev != NULL)
-            *rev = res_revision(&b);
-    }
-    rp_buf_free(&b);
-    return rv;
-}
-
-static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out,
-                                            size_t outlen, uint64_t *rev)
-{
-    return get_spec_in(S, kind, name, out, outlen, rev);
-}
-
-static __attribute__((unused)) int dump_cb(void *arg, const void *res, size_t len)
-{
-    struct rp_buf *b = arg;
-    rp_buf_put_be32(b, (uint32_t)len);
-    return rp_buf_append(b, res, len);
-}
-
-/* Every resource, length-prefixed, in key order. */
-static __attribute__((unused)) void dump(struct state *s, struct rp_buf *out)
-{
-    rp_buf_init(out);
-    cr_assert_eq(state_list(s, NULL, NULL, 0, dump_cb, out, NULL), 0);
-}
-
-static __attribute__((unused)) size_t count(struct state *s, const char *kind, const char *prefix)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    cr_assert_eq(state_list(s, kind, prefix, 0, dump_cb, &b, NULL), 0);
-    size_t n = 0;
-    struct rp_rd rd;
-    uint32_t l;
-    rp_rd_init(&rd, b.data, b.len);
-    while (rp_rd_be32(&rd, &l) == 0 && rp_rd_skip(&rd, l) == 0)
-        n++;
-    rp_buf_free(&b);
-    return n;
-}
-/* ---- End of helpers ------------------------------------------------------ */
+#include "tests/lib/state_helpers.h"
 
 /* A command map packed by hand, for shapes state_cmd_encode would not produce. */
 static void raw_cmd(struct rp_buf *b, const char *op, const char *rid, const char *extra_key)
@@ -264,10 +39,10 @@ static void expect_invalid(const struct rp_buf *b, const char *needle)
 Test(state_codec, every_op_round_trips_through_encode_and_check)
 {
     struct rp_buf res, cmd, ops;
-    make_res(&res, "node", "n1", 5, "prod", "x");
+    sth_make_res(&res, "node", "n1", 5, "prod", "x");
     const char *res_ops[] = {"put", "create", "update", "cas"};
     for (size_t i = 0; i < 4; i++) {
-        encode(&cmd, (struct state_cmd){.op = res_ops[i], .rid = "a", .rev = 0}, &res);
+        sth_encode(&cmd, (struct state_cmd){.op = res_ops[i], .rid = "a", .rev = 0}, &res);
         cr_assert_eq(state_command_check(cmd.data, cmd.len), 0, "%s: %s", res_ops[i], rp_errmsg());
         msgpack_unpacked u;
         cr_assert_eq(rp_mp_parse(cmd.data, cmd.len, &u), 0);
@@ -284,16 +59,17 @@ Test(state_codec, every_op_round_trips_through_encode_and_check)
         msgpack_unpacked_destroy(&u);
         rp_buf_free(&cmd);
     }
-    encode(&cmd, (struct state_cmd){.op = "delete", .rid = "a", .kind = "node", .name = "n1"},
-           NULL);
+    sth_encode(&cmd, (struct state_cmd){.op = "delete", .rid = "a", .kind = "node", .name = "n1"},
+               NULL);
     cr_assert_eq(state_command_check(cmd.data, cmd.len), 0, "%s", rp_errmsg());
     rp_buf_free(&cmd);
-    encode(&cmd,
-           (struct state_cmd){.op = "cdelete", .rid = "a", .kind = "node", .name = "n1", .rev = 7},
-           NULL);
+    sth_encode(
+        &cmd,
+        (struct state_cmd){.op = "cdelete", .rid = "a", .kind = "node", .name = "n1", .rev = 7},
+        NULL);
     cr_assert_eq(state_command_check(cmd.data, cmd.len), 0, "%s", rp_errmsg());
     rp_buf_free(&cmd);
-    encode(&cmd, (struct state_cmd){.op = "expire", .before = 1000}, NULL);
+    sth_encode(&cmd, (struct state_cmd){.op = "expire", .before = 1000}, NULL);
     cr_assert_eq(state_command_check(cmd.data, cmd.len), 0, "%s", rp_errmsg());
     rp_buf_free(&cmd);
 
@@ -303,10 +79,10 @@ Test(state_codec, every_op_round_trips_through_encode_and_check)
     cr_assert_eq(state_cmd_encode(&sub, &ops), 0);
     sub = (struct state_cmd){.op = "delete", .kind = "node", .name = "n2"};
     cr_assert_eq(state_cmd_encode(&sub, &ops), 0);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
-           NULL);
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
+               NULL);
     cr_assert_eq(state_command_check(cmd.data, cmd.len), 0, "%s", rp_errmsg());
     rp_buf_free(&cmd);
     rp_buf_free(&ops);
@@ -316,12 +92,12 @@ Test(state_codec, every_op_round_trips_through_encode_and_check)
 Test(state_codec, resource_with_revision_sets_revision_and_keeps_everything_else)
 {
     struct rp_buf res, out, again;
-    make_res(&res, "node", "n1", 99, "prod", "hello");
+    sth_make_res(&res, "node", "n1", 99, "prod", "hello");
     rp_buf_init(&out);
     cr_assert_eq(state_resource_with_revision(res.data, res.len, 42, &out), 0);
-    cr_assert_eq(res_revision(&out), 42);
+    cr_assert_eq(sth_res_revision(&out), 42);
     char spec[32];
-    res_spec(out.data, out.len, spec, sizeof spec);
+    sth_res_spec(out.data, out.len, spec, sizeof spec);
     cr_assert_str_eq(spec, "hello");
     struct state_res_meta meta;
     cr_assert_eq(state_resource_check(out.data, out.len, &meta), 0);
@@ -330,7 +106,7 @@ Test(state_codec, resource_with_revision_sets_revision_and_keeps_everything_else
     /* A present revision is replaced in place, not duplicated. */
     rp_buf_init(&again);
     cr_assert_eq(state_resource_with_revision(out.data, out.len, 43, &again), 0);
-    cr_assert_eq(res_revision(&again), 43);
+    cr_assert_eq(sth_res_revision(&again), 43);
     cr_assert_eq(again.len, out.len);
     rp_buf_free(&again);
     rp_buf_free(&out);
@@ -341,7 +117,7 @@ Test(state_codec, resource_check_meta_borrows_from_the_input)
 {
     struct rp_buf res;
     struct state_res_meta meta;
-    make_res(&res, "role", "admin", 0, NULL, "x");
+    sth_make_res(&res, "role", "admin", 0, NULL, "x");
     cr_assert_eq(state_resource_check(res.data, res.len, &meta), 0);
     const uint8_t *lo = res.data, *hi = res.data + res.len;
     cr_assert((const uint8_t *)meta.kind >= lo && (const uint8_t *)meta.kind < hi);
@@ -361,7 +137,7 @@ Test(state_codec, bad_kind_names_are_rejected_with_a_message)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct rp_buf res;
         struct state_res_meta meta;
-        make_res(&res, bad[i], "n", 0, NULL, "x");
+        sth_make_res(&res, bad[i], "n", 0, NULL, "x");
         cr_assert_eq(state_resource_check(res.data, res.len, &meta), RP_EINVAL, "kind '%s'",
                      bad[i]);
         cr_assert_not_null(strstr(rp_errmsg(), "res.kind"), "%s", rp_errmsg());
@@ -369,8 +145,8 @@ Test(state_codec, bad_kind_names_are_rejected_with_a_message)
     }
     struct rp_buf res;
     struct state_res_meta meta;
-    make_res(&res, "a23456789012345678901234567890123456789012345678901234567890123", "n", 0, NULL,
-             "x");
+    sth_make_res(&res, "a23456789012345678901234567890123456789012345678901234567890123", "n", 0,
+                 NULL, "x");
     cr_assert_eq(state_resource_check(res.data, res.len, &meta), 0, "63 bytes is fine");
     rp_buf_free(&res);
 }
@@ -384,7 +160,7 @@ Test(state_codec, bad_names_are_rejected_with_a_message)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct rp_buf res;
         struct state_res_meta meta;
-        make_res(&res, "node", bad[i], 0, NULL, "x");
+        sth_make_res(&res, "node", bad[i], 0, NULL, "x");
         cr_assert_eq(state_resource_check(res.data, res.len, &meta), RP_EINVAL, "name %zu", i);
         cr_assert_not_null(strstr(rp_errmsg(), "res.metadata.name"), "%s", rp_errmsg());
         rp_buf_free(&res);
@@ -404,7 +180,7 @@ Test(state_codec, bad_names_are_rejected_with_a_message)
     cr_assert_eq(state_resource_check(res.data, res.len, &meta), RP_EINVAL);
     rp_buf_free(&res);
     long_name[255] = '\0';
-    make_res(&res, "node", long_name, 0, NULL, "x");
+    sth_make_res(&res, "node", long_name, 0, NULL, "x");
     cr_assert_eq(state_resource_check(res.data, res.len, &meta), 0, "255 bytes is fine");
     rp_buf_free(&res);
 }
@@ -489,7 +265,8 @@ Test(state_codec, wrong_types_are_rejected_naming_the_field)
 Test(state_codec, malformed_msgpack_is_rejected)
 {
     struct rp_buf cmd;
-    encode(&cmd, (struct state_cmd){.op = "delete", .rid = "a", .kind = "node", .name = "n"}, NULL);
+    sth_encode(&cmd, (struct state_cmd){.op = "delete", .rid = "a", .kind = "node", .name = "n"},
+               NULL);
     /* Every truncation. */
     for (size_t n = 0; n < cmd.len; n++)
         cr_assert_eq(state_command_check(cmd.data, n), RP_EINVAL, "truncated to %zu", n);
@@ -561,16 +338,17 @@ Test(state_codec, unknown_misplaced_and_mistyped_fields_are_rejected)
     raw_cmd(&b, "cdelete", "r", NULL);
     expect_invalid(&b, "rev:");
     rp_buf_free(&b);
-    encode(&b, (struct state_cmd){.op = "cdelete", .rid = "r", .kind = "node", .name = "n"}, NULL);
+    sth_encode(&b, (struct state_cmd){.op = "cdelete", .rid = "r", .kind = "node", .name = "n"},
+               NULL);
     expect_invalid(&b, "cdelete needs a revision >= 1");
     rp_buf_free(&b);
-    encode(&b, (struct state_cmd){.op = "delete", .rid = "r", .kind = "No", .name = "n"}, NULL);
+    sth_encode(&b, (struct state_cmd){.op = "delete", .rid = "r", .kind = "No", .name = "n"}, NULL);
     expect_invalid(&b, "kind:");
     rp_buf_free(&b);
-    encode(&b, (struct state_cmd){.op = "put", .rid = "r"}, NULL);
+    sth_encode(&b, (struct state_cmd){.op = "put", .rid = "r"}, NULL);
     expect_invalid(&b, "res: missing");
     rp_buf_free(&b);
-    encode(&b, (struct state_cmd){.op = "expire"}, NULL);
+    sth_encode(&b, (struct state_cmd){.op = "expire"}, NULL);
     expect_invalid(&b, "before:");
     rp_buf_free(&b);
     /* A duplicated field in the command map. */
@@ -606,17 +384,19 @@ Test(state_codec, unknown_misplaced_and_mistyped_fields_are_rejected)
 Test(state_codec, request_ids_are_required_and_bounded)
 {
     struct rp_buf b;
-    encode(&b, (struct state_cmd){.op = "delete", .kind = "node", .name = "n"}, NULL);
+    sth_encode(&b, (struct state_cmd){.op = "delete", .kind = "node", .name = "n"}, NULL);
     expect_invalid(&b, "rid: missing");
     rp_buf_free(&b);
     char rid[80];
     memset(rid, 'x', 65);
     rid[65] = '\0';
-    encode(&b, (struct state_cmd){.op = "delete", .rid = rid, .kind = "node", .name = "n"}, NULL);
+    sth_encode(&b, (struct state_cmd){.op = "delete", .rid = rid, .kind = "node", .name = "n"},
+               NULL);
     expect_invalid(&b, "rid:");
     rp_buf_free(&b);
     rid[64] = '\0';
-    encode(&b, (struct state_cmd){.op = "delete", .rid = rid, .kind = "node", .name = "n"}, NULL);
+    sth_encode(&b, (struct state_cmd){.op = "delete", .rid = rid, .kind = "node", .name = "n"},
+               NULL);
     cr_assert_eq(state_command_check(b.data, b.len), 0, "64 bytes is fine: %s", rp_errmsg());
     rp_buf_free(&b);
 }
@@ -624,15 +404,15 @@ Test(state_codec, request_ids_are_required_and_bounded)
 Test(state_codec, batch_shape_is_checked)
 {
     struct rp_buf ops, cmd, res;
-    make_res(&res, "node", "n", 0, NULL, "x");
+    sth_make_res(&res, "node", "n", 0, NULL, "x");
     /* A rid inside. */
     rp_buf_init(&ops);
     struct state_cmd sub = {.op = "put", .rid = "inner", .res = res.data, .res_len = res.len};
     state_cmd_encode(&sub, &ops);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 1},
-           NULL);
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 1},
+               NULL);
     expect_invalid(&cmd, "ops[0]: rid: not allowed inside a batch");
     rp_buf_free(&cmd);
     rp_buf_free(&ops);
@@ -642,17 +422,18 @@ Test(state_codec, batch_shape_is_checked)
         rp_buf_init(&ops);
         sub = (struct state_cmd){.op = nested[i], .before = 5};
         state_cmd_encode(&sub, &ops);
-        encode(&cmd,
-               (struct state_cmd){
-                   .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 1},
-               NULL);
+        sth_encode(&cmd,
+                   (struct state_cmd){
+                       .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 1},
+                   NULL);
         expect_invalid(&cmd, "not allowed inside a batch");
         rp_buf_free(&cmd);
         rp_buf_free(&ops);
     }
     /* Empty, and a bad second op. */
-    encode(&cmd, (struct state_cmd){.op = "batch", .rid = "b", .ops = "", .ops_len = 0, .n_ops = 0},
-           NULL);
+    sth_encode(&cmd,
+               (struct state_cmd){.op = "batch", .rid = "b", .ops = "", .ops_len = 0, .n_ops = 0},
+               NULL);
     expect_invalid(&cmd, "ops: expected 1-");
     rp_buf_free(&cmd);
     rp_buf_init(&ops);
@@ -660,10 +441,10 @@ Test(state_codec, batch_shape_is_checked)
     state_cmd_encode(&sub, &ops);
     sub = (struct state_cmd){.op = "delete", .kind = "node"};
     state_cmd_encode(&sub, &ops);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
-           NULL);
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
+               NULL);
     expect_invalid(&cmd, "ops[1]: name:");
     rp_buf_free(&cmd);
     rp_buf_free(&ops);
@@ -673,8 +454,8 @@ Test(state_codec, batch_shape_is_checked)
 Test(state_codec, random_corruption_never_crashes_the_checker)
 {
     struct rp_buf res, cmd;
-    make_res(&res, "node", "n1", 5, "prod", "spec");
-    encode(&cmd, (struct state_cmd){.op = "cas", .rid = "r", .rev = 3}, &res);
+    sth_make_res(&res, "node", "n1", 5, "prod", "spec");
+    sth_encode(&cmd, (struct state_cmd){.op = "cas", .rid = "r", .rev = 3}, &res);
     srand(1234);
     for (int i = 0; i < 20000; i++) {
         uint8_t *copy = malloc(cmd.len);

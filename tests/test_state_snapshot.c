@@ -1,10 +1,6 @@
 /* tests/test_state_snapshot.c: snapshots (serialise, restore, malformed input) and
  * the FSM glue under libraft: its in-memory fixture and a real libuv node. */
-/* ---- Helpers (each state test file carries its own copy: tests/lib/ is not
- * state's to add to; see state/README.md) ---------------------------------- */
-
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,231 +10,10 @@
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "state/state.h"
-
-static char tmpdir[64];
-static struct state *S;
-
-static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag,
-                                            struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static __attribute__((unused)) void remove_tree(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Every directory made is removed at teardown, even when the test failed. */
-static char made_dirs[16][64];
-static int n_made;
-
-static __attribute__((unused)) void make_tmpdir(char *dir)
-{
-    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cr_assert_lt(n_made, 16);
-    strcpy(made_dirs[n_made++], dir);
-}
-
-static __attribute__((unused)) struct state *open_state_in(const char *dir,
-                                                           const struct state_opts *opts)
-{
-    struct state *s = NULL;
-    int rv = state_open(&s, dir, opts);
-    cr_assert_eq(rv, 0, "state_open: %s", rp_errmsg());
-    return s;
-}
-
-static __attribute__((unused)) void setup(void)
-{
-    make_tmpdir(tmpdir);
-    S = open_state_in(tmpdir, NULL);
-}
-
-static __attribute__((unused)) void teardown(void)
-{
-    state_close(S);
-    S = NULL;
-    for (int i = 0; i < n_made; i++)
-        remove_tree(made_dirs[i]);
-    n_made = 0;
-}
-
-/* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
-static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name,
-                                             uint64_t expires, const char *env, const char *spec)
-{
-    msgpack_packer pk;
-    rp_buf_init(b);
-    rp_mp_packer_init(&pk, b);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "version", "v2");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1 + (expires != 0) + (env != NULL));
-    rp_mp_kv_str(&pk, "name", name);
-    if (expires != 0)
-        rp_mp_kv_u64(&pk, "expires", expires);
-    if (env != NULL) {
-        rp_mp_pack_str(&pk, "labels");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "env", env);
-    }
-    rp_mp_pack_str(&pk, "spec");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "v", spec ? spec : "");
-}
-
-/* Encodes @c (with @res as a resource if non-NULL) into @out. */
-static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c,
-                                           const struct rp_buf *res)
-{
-    rp_buf_init(out);
-    if (res != NULL) {
-        c.res = res->data;
-        c.res_len = res->len;
-    }
-    int rv = state_cmd_encode(&c, out);
-    cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
-}
-
-static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index,
-                                                                const void *cmd, size_t len)
-{
-    struct state_result r;
-    int rv = state_apply(s, index, cmd, len, &r);
-    cr_assert_eq(rv, 0, "state_apply: %s", rp_errmsg());
-    return r;
-}
-
-static __attribute__((unused)) struct state_result
-apply_to(struct state *s, uint64_t index, struct state_cmd c, const struct rp_buf *res)
-{
-    struct rp_buf cmd;
-    encode(&cmd, c, res);
-    struct state_result r = apply_raw_to(s, index, cmd.data, cmd.len);
-    rp_buf_free(&cmd);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c,
-                                                             const struct rp_buf *res)
-{
-    return apply_to(S, index, c, res);
-}
-
-/* put of kind/name with spec @spec under request id "r<index>". */
-static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index,
-                                                          const char *op, const char *kind,
-                                                          const char *name, uint64_t expires,
-                                                          const char *spec)
-{
-    struct rp_buf res;
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    make_res(&res, kind, name, expires, NULL, spec);
-    struct state_result r = apply_to(s, index, (struct state_cmd){.op = op, .rid = rid}, &res);
-    rp_buf_free(&res);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind,
-                                                       const char *name, const char *spec)
-{
-    return put_to(S, index, "put", kind, name, 0, spec);
-}
-
-static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind,
-                                                       const char *name)
-{
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    return apply_cmd(
-        index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind, .name = name}, NULL);
-}
-
-/* Parses a stored resource and returns one field of metadata / spec. */
-static __attribute__((unused)) uint64_t res_revision(const struct rp_buf *b)
-{
-    msgpack_unpacked u;
-    uint64_t rev = 0;
-    cr_assert_eq(rp_mp_parse(b->data, b->len, &u), 0);
-    const msgpack_object *md = rp_mp_get(&u.data, "metadata");
-    cr_assert_eq(rp_mp_get_u64(md, "revision", &rev), 0);
-    msgpack_unpacked_destroy(&u);
-    return rev;
-}
-
-static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out, size_t outlen)
-{
-    msgpack_unpacked u;
-    const char *s;
-    size_t sl;
-    cr_assert_eq(rp_mp_parse(p, n, &u), 0);
-    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
-    cr_assert_eq(rp_mp_get_str(spec, "v", &s, &sl), 0);
-    snprintf(out, outlen, "%.*s", (int)sl, s);
-    msgpack_unpacked_destroy(&u);
-}
-
-/* 0 and the spec of kind/name, or the state_get error. */
-static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name,
-                                               char *out, size_t outlen, uint64_t *rev)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    int rv = state_get(s, kind, name, &b, NULL);
-    if (rv == 0) {
-        res_spec(b.data, b.len, out, outlen);
-        if (rev != NULL)
-            *rev = res_revision(&b);
-    }
-    rp_buf_free(&b);
-    return rv;
-}
-
-static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out,
-                                            size_t outlen, uint64_t *rev)
-{
-    return get_spec_in(S, kind, name, out, outlen, rev);
-}
-
-static __attribute__((unused)) int dump_cb(void *arg, const void *res, size_t len)
-{
-    struct rp_buf *b = arg;
-    rp_buf_put_be32(b, (uint32_t)len);
-    return rp_buf_append(b, res, len);
-}
-
-/* Every resource, length-prefixed, in key order. */
-static __attribute__((unused)) void dump(struct state *s, struct rp_buf *out)
-{
-    rp_buf_init(out);
-    cr_assert_eq(state_list(s, NULL, NULL, 0, dump_cb, out, NULL), 0);
-}
-
-static __attribute__((unused)) size_t count(struct state *s, const char *kind, const char *prefix)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    cr_assert_eq(state_list(s, kind, prefix, 0, dump_cb, &b, NULL), 0);
-    size_t n = 0;
-    struct rp_rd rd;
-    uint32_t l;
-    rp_rd_init(&rd, b.data, b.len);
-    while (rp_rd_be32(&rd, &l) == 0 && rp_rd_skip(&rd, l) == 0)
-        n++;
-    rp_buf_free(&b);
-    return n;
-}
-/* ---- End of helpers ------------------------------------------------------ */
+#include "tests/lib/state_helpers.h"
 #include <raft/fixture.h>
 
-TestSuite(state_snapshot, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(state_snapshot, .init = sth_setup, .fini = sth_teardown, .timeout = 120);
 
 /* A raft instance just real enough for the FSM outside a cluster: an io that
  * can run async work, and a last_applied. */
@@ -322,25 +97,25 @@ static int restore(struct state *s, const void *data, size_t len)
 static void fill(struct state *s)
 {
     struct rp_buf res, ops, cmd;
-    put_to(s, 1, "put", "node", "n1", 0, "a");
-    put_to(s, 2, "put", "token", "t1", 5000, "b");
-    put_to(s, 3, "create", "token", "t2", 7000, "c");
-    put_to(s, 4, "create", "token", "t2", 0, "dup"); /* fails, rid remembered */
-    put_to(s, 5, "put", "role", "admin", 0, "d");
-    apply_to(s, 6, (struct state_cmd){.op = "delete", .rid = "r6", .kind = "node", .name = "n1"},
-             NULL);
-    make_res(&res, "user", "alice", 9000, "prod", "e");
+    sth_put_to(s, 1, "put", "node", "n1", 0, "a");
+    sth_put_to(s, 2, "put", "token", "t1", 5000, "b");
+    sth_put_to(s, 3, "create", "token", "t2", 7000, "c");
+    sth_put_to(s, 4, "create", "token", "t2", 0, "dup"); /* fails, rid remembered */
+    sth_put_to(s, 5, "put", "role", "admin", 0, "d");
+    sth_apply_to(
+        s, 6, (struct state_cmd){.op = "delete", .rid = "r6", .kind = "node", .name = "n1"}, NULL);
+    sth_make_res(&res, "user", "alice", 9000, "prod", "e");
     rp_buf_init(&ops);
     struct state_cmd sub = {.op = "put", .res = res.data, .res_len = res.len};
     state_cmd_encode(&sub, &ops);
     sub = (struct state_cmd){.op = "delete", .kind = "role", .name = "admin"};
     state_cmd_encode(&sub, &ops);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "b7", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
-           NULL);
-    apply_raw_to(s, 7, cmd.data, cmd.len);
-    apply_raw_to(s, 8, "\xc1", 1); /* malformed: advances the index only */
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "b7", .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
+               NULL);
+    sth_apply_raw_to(s, 7, cmd.data, cmd.len);
+    sth_apply_raw_to(s, 8, "\xc1", 1); /* malformed: advances the index only */
     rp_buf_free(&cmd);
     rp_buf_free(&ops);
     rp_buf_free(&res);
@@ -349,8 +124,8 @@ static void fill(struct state *s)
 static void assert_same(struct state *a, struct state *b)
 {
     struct rp_buf da, db;
-    dump(a, &da);
-    dump(b, &db);
+    sth_dump(a, &da);
+    sth_dump(b, &db);
     cr_assert_eq(da.len, db.len, "listings differ in length: %zu vs %zu", da.len, db.len);
     cr_assert_eq(memcmp(da.data, db.data, da.len), 0, "listings differ");
     rp_buf_free(&da);
@@ -364,14 +139,14 @@ static void assert_same(struct state *a, struct state *b)
 
 Test(state_snapshot, restore_into_a_fresh_state_gives_identical_contents)
 {
-    fill(S);
+    fill(sth_state);
     size_t len, len2;
-    uint8_t *snap = take_snapshot(S, &len);
+    uint8_t *snap = take_snapshot(sth_state, &len);
     char dir2[64];
-    make_tmpdir(dir2);
-    struct state *s2 = open_state_in(dir2, NULL);
+    sth_make_tmpdir(dir2);
+    struct state *s2 = sth_open_state_in(dir2, NULL);
     cr_assert_eq(restore(s2, snap, len), 0, "%s", rp_errmsg());
-    assert_same(S, s2);
+    assert_same(sth_state, s2);
     cr_assert_eq(state_applied_index(s2), 8);
     /* And its own snapshot is the same bytes. */
     uint8_t *snap2 = take_snapshot(s2, &len2);
@@ -379,63 +154,65 @@ Test(state_snapshot, restore_into_a_fresh_state_gives_identical_contents)
     cr_assert_eq(memcmp(snap, snap2, len), 0);
     /* Request ids came along: a retry is answered from memory. */
     struct rp_buf dup;
-    make_res(&dup, "token", "t2", 0, NULL, "dup");
-    struct state_result r = apply_to(s2, 9, (struct state_cmd){.op = "create", .rid = "r4"}, &dup);
+    sth_make_res(&dup, "token", "t2", 0, NULL, "dup");
+    struct state_result r =
+        sth_apply_to(s2, 9, (struct state_cmd){.op = "create", .rid = "r4"}, &dup);
     rp_buf_free(&dup);
     cr_assert_eq(r.code, RP_EEXISTS);
     cr_assert_eq(r.revision, 4, "rid r4 remembered from index 4");
     /* Applying goes on from there; old indexes are skipped. */
-    cr_assert_eq(put_to(s2, 5, "put", "node", "late", 0, "x").code, 0);
+    cr_assert_eq(sth_put_to(s2, 5, "put", "node", "late", 0, "x").code, 0);
     char spec[8];
-    cr_assert_eq(get_spec_in(s2, "node", "late", spec, sizeof spec, NULL), RP_ENOTFOUND);
-    cr_assert_eq(put_to(s2, 10, "put", "node", "late", 0, "x").code, 0);
-    cr_assert_eq(get_spec_in(s2, "node", "late", spec, sizeof spec, NULL), 0);
+    cr_assert_eq(sth_get_spec_in(s2, "node", "late", spec, sizeof spec, NULL), RP_ENOTFOUND);
+    cr_assert_eq(sth_put_to(s2, 10, "put", "node", "late", 0, "x").code, 0);
+    cr_assert_eq(sth_get_spec_in(s2, "node", "late", spec, sizeof spec, NULL), 0);
     free(snap);
     free(snap2);
     state_close(s2);
-    remove_tree(dir2);
+    sth_remove_tree(dir2);
 }
 
 Test(state_snapshot, restore_replaces_whatever_was_there)
 {
     char dir2[64];
-    make_tmpdir(dir2);
-    struct state *s2 = open_state_in(dir2, NULL);
-    fill(S);
+    sth_make_tmpdir(dir2);
+    struct state *s2 = sth_open_state_in(dir2, NULL);
+    fill(sth_state);
     /* s2 is ahead, with other contents (a restart restoring an older snapshot). */
     for (uint64_t i = 1; i <= 20; i++)
-        put_to(s2, i, "put", "other", "x", i, "y");
+        sth_put_to(s2, i, "put", "other", "x", i, "y");
     size_t len;
-    uint8_t *snap = take_snapshot(S, &len);
+    uint8_t *snap = take_snapshot(sth_state, &len);
     cr_assert_eq(restore(s2, snap, len), 0, "%s", rp_errmsg());
-    assert_same(S, s2);
-    cr_assert_eq(count(s2, "other", NULL), 0);
+    assert_same(sth_state, s2);
+    cr_assert_eq(sth_count(s2, "other", NULL), 0);
     free(snap);
     state_close(s2);
-    remove_tree(dir2);
+    sth_remove_tree(dir2);
 }
 
 Test(state_snapshot, the_fsm_strips_the_zero_padding_of_raft_entries)
 {
     struct raft_fsm fsm;
-    put(1, "node", "seed", "x");
-    async_fsm(&fsm, S); /* fake raft, last_applied 0 */
+    sth_put(1, "node", "seed", "x");
+    async_fsm(&fsm, sth_state); /* fake raft, last_applied 0 */
     struct rp_buf res, cmd;
-    make_res(&res, "node", "n1", 0, NULL, "x");
+    sth_make_res(&res, "node", "n1", 0, NULL, "x");
     /* cas with rev 0 ends in a 0x00 byte: padding must not eat it. */
-    encode(&cmd, (struct state_cmd){.op = "cas", .rid = "c", .rev = 0}, &res);
+    sth_encode(&cmd, (struct state_cmd){.op = "cas", .rid = "c", .rev = 0}, &res);
     cr_assert_eq(cmd.data[cmd.len - 1], 0);
     for (size_t pad = 0; pad <= 8; pad++) {
         uint8_t *entry = calloc(1, cmd.len + pad);
         memcpy(entry, cmd.data, cmd.len);
         struct raft_buffer buf = {.base = entry, .len = cmd.len + pad};
         void *result;
-        fake_raft.last_applied = state_applied_index(S);
+        fake_raft.last_applied = state_applied_index(sth_state);
         cr_assert_eq(fsm.apply(&fsm, &buf, &result), 0);
         const struct state_result *r = result;
         if (pad <= 7) {
             cr_assert_eq(r->code, 0, "pad %zu: %s", pad, r->message);
-            cr_assert_eq(r->revision, pad == 0 ? state_applied_index(S) : 2, "pad %zu", pad);
+            cr_assert_eq(r->revision, pad == 0 ? state_applied_index(sth_state) : 2, "pad %zu",
+                         pad);
         } else {
             cr_assert_eq(r->code, RP_EINVAL, "8 zero bytes are not padding");
         }
@@ -447,9 +224,10 @@ Test(state_snapshot, the_fsm_strips_the_zero_padding_of_raft_entries)
 
 Test(state_snapshot, sync_and_async_modes_write_the_same_bytes)
 {
-    fill(S);
+    fill(sth_state);
     size_t la, lb;
-    uint8_t *a = take_snapshot_mode(S, &la, false), *b = take_snapshot_mode(S, &lb, true);
+    uint8_t *a = take_snapshot_mode(sth_state, &la, false),
+            *b = take_snapshot_mode(sth_state, &lb, true);
     cr_assert_eq(la, lb);
     cr_assert_eq(memcmp(a, b, la), 0);
     free(a);
@@ -459,18 +237,18 @@ Test(state_snapshot, sync_and_async_modes_write_the_same_bytes)
 Test(state_snapshot, replicas_applying_the_same_entries_have_identical_snapshots)
 {
     char dir2[64];
-    make_tmpdir(dir2);
-    struct state *s2 = open_state_in(dir2, NULL);
-    fill(S);
+    sth_make_tmpdir(dir2);
+    struct state *s2 = sth_open_state_in(dir2, NULL);
+    fill(sth_state);
     fill(s2);
     size_t la, lb;
-    uint8_t *a = take_snapshot(S, &la), *b = take_snapshot(s2, &lb);
+    uint8_t *a = take_snapshot(sth_state, &la), *b = take_snapshot(s2, &lb);
     cr_assert_eq(la, lb);
     cr_assert_eq(memcmp(a, b, la), 0);
     free(a);
     free(b);
     state_close(s2);
-    remove_tree(dir2);
+    sth_remove_tree(dir2);
 }
 
 Test(state_snapshot, a_snapshot_is_the_state_when_it_was_pinned)
@@ -478,31 +256,31 @@ Test(state_snapshot, a_snapshot_is_the_state_when_it_was_pinned)
     struct raft_fsm fsm;
     struct raft_buffer *bufs = NULL, *other = NULL;
     unsigned n = 0, n2 = 0;
-    put(1, "node", "a", "x");
-    async_fsm(&fsm, S);
+    sth_put(1, "node", "a", "x");
+    async_fsm(&fsm, sth_state);
     cr_assert_eq(fsm.snapshot(&fsm, &bufs, &n), 0);
     cr_assert_eq(fsm.snapshot(&fsm, &other, &n2), RAFT_BUSY, "one at a time");
     /* Applies go on while it is pinned; they are not in it. */
-    put(2, "node", "b", "x");
+    sth_put(2, "node", "b", "x");
     cr_assert_eq(fsm.snapshot_async(&fsm, &bufs, &n), 0);
     char dir2[64];
-    make_tmpdir(dir2);
-    struct state *s2 = open_state_in(dir2, NULL);
+    sth_make_tmpdir(dir2);
+    struct state *s2 = sth_open_state_in(dir2, NULL);
     cr_assert_eq(restore(s2, bufs[0].base, bufs[0].len), 0);
     cr_assert_eq(fsm.snapshot_finalize(&fsm, &bufs, &n), 0);
     cr_assert_eq(state_applied_index(s2), 1);
-    cr_assert_eq(count(s2, NULL, NULL), 1);
+    cr_assert_eq(sth_count(s2, NULL, NULL), 1);
     /* Finalized: a new one may start. */
     cr_assert_eq(fsm.snapshot(&fsm, &bufs, &n), 0);
     cr_assert_eq(fsm.snapshot_finalize(&fsm, &bufs, &n), 0, "finalize without async");
     /* Sync mode refuses a second one the same way. */
-    state_fsm_init(&fsm, S, NULL);
+    state_fsm_init(&fsm, sth_state, NULL);
     cr_assert_eq(fsm.snapshot(&fsm, &bufs, &n), 0);
     cr_assert_eq(n, 1);
     cr_assert_eq(fsm.snapshot(&fsm, &other, &n2), RAFT_BUSY);
     cr_assert_eq(fsm.snapshot_finalize(&fsm, &bufs, &n), 0);
     state_close(s2);
-    remove_tree(dir2);
+    sth_remove_tree(dir2);
 }
 
 /* ---- Malformed snapshots ------------------------------------------------ */
@@ -553,10 +331,10 @@ static void expect_refused(struct state *t, const uint8_t *p, size_t len, const 
 {
     struct rp_buf before, after;
     uint64_t applied = state_applied_index(t);
-    dump(t, &before);
+    sth_dump(t, &before);
     int rv = restore(t, p, len);
     cr_assert_neq(rv, 0, "%s: accepted", what);
-    dump(t, &after);
+    sth_dump(t, &after);
     cr_assert_eq(before.len, after.len, "%s: state changed", what);
     cr_assert_eq(memcmp(before.data, after.data, before.len), 0, "%s: state changed", what);
     cr_assert_eq(state_applied_index(t), applied);
@@ -566,13 +344,13 @@ static void expect_refused(struct state *t, const uint8_t *p, size_t len, const 
 
 Test(state_snapshot, malformed_snapshots_are_refused_and_change_nothing)
 {
-    fill(S);
+    fill(sth_state);
     size_t len;
-    uint8_t *snap = take_snapshot(S, &len);
+    uint8_t *snap = take_snapshot(sth_state, &len);
     char dir2[64];
-    make_tmpdir(dir2);
-    struct state *t = open_state_in(dir2, NULL);
-    put_to(t, 1, "put", "node", "keep", 0, "me");
+    sth_make_tmpdir(dir2);
+    struct state *t = sth_open_state_in(dir2, NULL);
+    sth_put_to(t, 1, "put", "node", "keep", 0, "me");
     uint8_t *p = malloc(len + 16);
 
     for (size_t n = 0; n < len; n += (n < 64 ? 1 : 7)) {
@@ -635,35 +413,35 @@ Test(state_snapshot, malformed_snapshots_are_refused_and_change_nothing)
 
     /* The restore of the intact snapshot still works afterwards. */
     cr_assert_eq(restore(t, snap, len), 0, "%s", rp_errmsg());
-    assert_same(S, t);
+    assert_same(sth_state, t);
     free(p);
     free(snap);
     state_close(t);
-    remove_tree(dir2);
+    sth_remove_tree(dir2);
 }
 
 Test(state_snapshot, a_restore_ends_every_watch_with_reinit)
 {
-    put(1, "node", "a", "x");
+    sth_put(1, "node", "a", "x");
     struct state_watch *w;
     struct state_watch_opts o = {0};
-    cr_assert_eq(state_watch_open(S, &o, &w), 0);
+    cr_assert_eq(state_watch_open(sth_state, &o, &w), 0);
     struct state_event ev;
     state_event_init(&ev);
     cr_assert_eq(state_watch_next(w, &ev, 1000), 0);
     cr_assert_eq(ev.type, STATE_EV_INIT_PUT);
     cr_assert_eq(state_watch_next(w, &ev, 1000), 0);
     cr_assert_eq(ev.type, STATE_EV_INIT_DONE);
-    put(2, "node", "b", "x");
+    sth_put(2, "node", "b", "x");
 
     char dir2[64];
-    make_tmpdir(dir2);
-    struct state *other = open_state_in(dir2, NULL);
+    sth_make_tmpdir(dir2);
+    struct state *other = sth_open_state_in(dir2, NULL);
     for (uint64_t i = 1; i <= 9; i++)
-        put_to(other, i, "put", "node", "z", 0, "y");
+        sth_put_to(other, i, "put", "node", "z", 0, "y");
     size_t len;
     uint8_t *snap = take_snapshot(other, &len);
-    cr_assert_eq(restore(S, snap, len), 0);
+    cr_assert_eq(restore(sth_state, snap, len), 0);
     cr_assert_eq(state_watch_next(w, &ev, 1000), 0);
     cr_assert_eq(ev.type, STATE_EV_PUT, "what was queued before the restore");
     cr_assert_eq(ev.revision, 2);
@@ -673,7 +451,7 @@ Test(state_snapshot, a_restore_ends_every_watch_with_reinit)
     cr_assert_eq(state_watch_next(w, &ev, 0), RP_ECLOSED);
     state_watch_close(w);
     /* A new watch sees the restored state. */
-    cr_assert_eq(state_watch_open(S, &o, &w), 0);
+    cr_assert_eq(state_watch_open(sth_state, &o, &w), 0);
     cr_assert_eq(state_watch_next(w, &ev, 1000), 0);
     cr_assert_eq(ev.type, STATE_EV_INIT_PUT);
     cr_assert_str_eq(ev.name, "z");
@@ -684,7 +462,7 @@ Test(state_snapshot, a_restore_ends_every_watch_with_reinit)
     state_event_free(&ev);
     free(snap);
     state_close(other);
-    remove_tree(dir2);
+    sth_remove_tree(dir2);
 }
 
 /* ---- The FSM under libraft's in-memory cluster --------------------------- */
@@ -726,7 +504,7 @@ static struct state_result propose(unsigned leader, struct state_cmd c, const st
 {
     struct rp_buf cmd;
     static struct proposal p;
-    encode(&cmd, c, res);
+    sth_encode(&cmd, c, res);
     memset(&p, 0, sizeof p);
     p.req.data = &p;
     p.s = FS[leader];
@@ -749,8 +527,8 @@ Test(state_snapshot, three_raft_servers_converge_and_a_lagging_one_catches_up_by
 {
     cr_assert_eq(raft_fixture_initialize(&F), 0);
     for (int i = 0; i < N_SERVERS; i++) {
-        make_tmpdir(fdirs[i]);
-        FS[i] = open_state_in(fdirs[i], NULL);
+        sth_make_tmpdir(fdirs[i]);
+        FS[i] = sth_open_state_in(fdirs[i], NULL);
         state_fsm_init(&FSM[i], FS[i], &F.servers[i].raft);
         cr_assert_eq(raft_fixture_grow(&F, &FSM[i]), 0);
         raft_set_snapshot_threshold(raft_fixture_get(&F, i), 8);
@@ -772,7 +550,7 @@ Test(state_snapshot, three_raft_servers_converge_and_a_lagging_one_catches_up_by
     for (int i = 0; i < 5; i++) {
         snprintf(name, sizeof name, "n%d", i);
         snprintf(rid, sizeof rid, "a%d", i);
-        make_res(&res, "node", name, 0, NULL, "v1");
+        sth_make_res(&res, "node", name, 0, NULL, "v1");
         struct state_result r =
             propose(leader, (struct state_cmd){.op = "create", .rid = rid}, &res);
         cr_assert_eq(r.code, 0, "%s", r.message);
@@ -780,7 +558,7 @@ Test(state_snapshot, three_raft_servers_converge_and_a_lagging_one_catches_up_by
         rp_buf_free(&res);
     }
     /* A failure travels back too. */
-    make_res(&res, "node", "n0", 0, NULL, "v2");
+    sth_make_res(&res, "node", "n0", 0, NULL, "v2");
     struct state_result r = propose(leader, (struct state_cmd){.op = "create", .rid = "dup"}, &res);
     cr_assert_eq(r.code, RP_EEXISTS);
     last = r.revision;
@@ -795,7 +573,7 @@ Test(state_snapshot, three_raft_servers_converge_and_a_lagging_one_catches_up_by
     for (int i = 0; i < 40; i++) {
         snprintf(name, sizeof name, "m%d", i % 7);
         snprintf(rid, sizeof rid, "b%d", i);
-        make_res(&res, "node", name, 0, NULL, rid);
+        sth_make_res(&res, "node", name, 0, NULL, rid);
         r = propose(leader, (struct state_cmd){.op = "put", .rid = rid}, &res);
         cr_assert_eq(r.code, 0, "%s", r.message);
         last = r.revision;
@@ -809,14 +587,14 @@ Test(state_snapshot, three_raft_servers_converge_and_a_lagging_one_catches_up_by
     cr_assert(raft_fixture_step_until_applied(&F, N_SERVERS, last, 10000));
     for (int i = 0; i < N_SERVERS; i++)
         assert_same(FS[leader], FS[i]);
-    cr_assert_eq(count(FS[lagger], "node", "m"), 7);
+    cr_assert_eq(sth_count(FS[lagger], "node", "m"), 7);
     for (int i = 0; i < N_SERVERS; i++)
         cr_assert_not_null(FSM[i].snapshot_async, "server %d: async snapshots on", i);
 
     raft_fixture_close(&F);
     for (int i = 0; i < N_SERVERS; i++) {
         state_close(FS[i]);
-        remove_tree(fdirs[i]);
+        sth_remove_tree(fdirs[i]);
     }
 }
 
@@ -924,8 +702,8 @@ static struct state_result uv_node_put(struct uv_node *n, int i)
     char name[16], rid[16];
     snprintf(name, sizeof name, "k%d", i % 5);
     snprintf(rid, sizeof rid, "u%d", i);
-    make_res(&res, "node", name, i % 3 ? 0 : 1000 + (uint64_t)i, NULL, rid);
-    encode(&cmd, (struct state_cmd){.op = "put", .rid = rid}, &res);
+    sth_make_res(&res, "node", name, i % 3 ? 0 : 1000 + (uint64_t)i, NULL, rid);
+    sth_encode(&cmd, (struct state_cmd){.op = "put", .rid = rid}, &res);
     struct uv_apply a = {.n = n};
     a.req.data = &a;
     /* libraft 0.15 needs entry lengths that are multiples of 8 (state.h). */
@@ -1005,7 +783,7 @@ static void restart_and_compare(const char *raft_dir, struct state *s, const cha
     cr_assert(uv_node_run_until(&n, applied_reaches, &applied), "replay stopped at %llu",
               (unsigned long long)state_applied_index(s));
     struct rp_buf got;
-    dump(s, &got);
+    sth_dump(s, &got);
     cr_assert_eq(got.len, want->len);
     cr_assert_eq(memcmp(got.data, want->data, got.len), 0);
     rp_buf_free(&got);
@@ -1016,9 +794,9 @@ Test(state_snapshot, a_libuv_node_snapshots_async_and_rebuilds_the_state_on_rest
 {
     static struct uv_node n;
     char raft_dir[64], addr[32];
-    make_tmpdir(raft_dir);
+    sth_make_tmpdir(raft_dir);
     snprintf(addr, sizeof addr, "127.0.0.1:%d", free_port());
-    uv_node_start(&n, raft_dir, S, addr, true);
+    uv_node_start(&n, raft_dir, sth_state, addr, true);
     cr_assert(uv_node_run_until(&n, is_leader, NULL), "no leader");
     struct state_result r = {0};
     for (int i = 0; i < 30; i++)
@@ -1026,22 +804,22 @@ Test(state_snapshot, a_libuv_node_snapshots_async_and_rebuilds_the_state_on_rest
     cr_assert_not_null(n.fsm.snapshot_async, "raft_uv has async_work: async snapshots on");
     raft_index want_snap = 16;
     cr_assert(uv_node_run_until(&n, snapshot_written, &want_snap), "no snapshot written");
-    uint64_t applied = state_applied_index(S);
+    uint64_t applied = state_applied_index(sth_state);
     cr_assert_eq(applied, r.revision);
     struct rp_buf want;
-    dump(S, &want);
+    sth_dump(sth_state, &want);
     uv_node_stop(&n);
 
     /* 1. Same LMDB: restore puts it back to the snapshot, the log replays the rest. */
-    restart_and_compare(raft_dir, S, addr, applied, &want);
+    restart_and_compare(raft_dir, sth_state, addr, applied, &want);
 
     /* 2. LMDB gone (as after a machine crash): snapshot + log rebuild it. */
-    state_close(S);
-    remove_tree(tmpdir);
-    S = open_state_in(tmpdir, NULL);
-    cr_assert_eq(state_applied_index(S), 0);
-    restart_and_compare(raft_dir, S, addr, applied, &want);
+    state_close(sth_state);
+    sth_remove_tree(sth_tmpdir);
+    sth_state = sth_open_state_in(sth_tmpdir, NULL);
+    cr_assert_eq(state_applied_index(sth_state), 0);
+    restart_and_compare(raft_dir, sth_state, addr, applied, &want);
 
     rp_buf_free(&want);
-    remove_tree(raft_dir);
+    sth_remove_tree(raft_dir);
 }

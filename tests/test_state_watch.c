@@ -1,10 +1,6 @@
 /* tests/test_state_watch.c: watch streams: init snapshot, ordering, filters,
  * resuming from the ring, overflow, cancel, and a concurrent writer. */
-/* ---- Helpers (each state test file carries its own copy: tests/lib/ is not
- * state's to add to; see state/README.md) ---------------------------------- */
-
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,233 +10,12 @@
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "state/state.h"
-
-static char tmpdir[64];
-static struct state *S;
-
-static __attribute__((unused)) int rm_entry(const char *path, const struct stat *sb, int flag,
-                                            struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static __attribute__((unused)) void remove_tree(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Every directory made is removed at teardown, even when the test failed. */
-static char made_dirs[16][64];
-static int n_made;
-
-static __attribute__((unused)) void make_tmpdir(char *dir)
-{
-    strcpy(dir, "/tmp/rp_state_test_XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cr_assert_lt(n_made, 16);
-    strcpy(made_dirs[n_made++], dir);
-}
-
-static __attribute__((unused)) struct state *open_state_in(const char *dir,
-                                                           const struct state_opts *opts)
-{
-    struct state *s = NULL;
-    int rv = state_open(&s, dir, opts);
-    cr_assert_eq(rv, 0, "state_open: %s", rp_errmsg());
-    return s;
-}
-
-static __attribute__((unused)) void setup(void)
-{
-    make_tmpdir(tmpdir);
-    S = open_state_in(tmpdir, NULL);
-}
-
-static __attribute__((unused)) void teardown(void)
-{
-    state_close(S);
-    S = NULL;
-    for (int i = 0; i < n_made; i++)
-        remove_tree(made_dirs[i]);
-    n_made = 0;
-}
-
-/* A resource: labels {"env": env} if env != NULL, spec {"v": spec}. */
-static __attribute__((unused)) void make_res(struct rp_buf *b, const char *kind, const char *name,
-                                             uint64_t expires, const char *env, const char *spec)
-{
-    msgpack_packer pk;
-    rp_buf_init(b);
-    rp_mp_packer_init(&pk, b);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "version", "v2");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1 + (expires != 0) + (env != NULL));
-    rp_mp_kv_str(&pk, "name", name);
-    if (expires != 0)
-        rp_mp_kv_u64(&pk, "expires", expires);
-    if (env != NULL) {
-        rp_mp_pack_str(&pk, "labels");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "env", env);
-    }
-    rp_mp_pack_str(&pk, "spec");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "v", spec ? spec : "");
-}
-
-/* Encodes @c (with @res as a resource if non-NULL) into @out. */
-static __attribute__((unused)) void encode(struct rp_buf *out, struct state_cmd c,
-                                           const struct rp_buf *res)
-{
-    rp_buf_init(out);
-    if (res != NULL) {
-        c.res = res->data;
-        c.res_len = res->len;
-    }
-    int rv = state_cmd_encode(&c, out);
-    cr_assert_eq(rv, 0, "state_cmd_encode: %s", rp_errmsg());
-}
-
-static __attribute__((unused)) struct state_result apply_raw_to(struct state *s, uint64_t index,
-                                                                const void *cmd, size_t len)
-{
-    struct state_result r;
-    int rv = state_apply(s, index, cmd, len, &r);
-    cr_assert_eq(rv, 0, "state_apply: %s", rp_errmsg());
-    return r;
-}
-
-static __attribute__((unused)) struct state_result
-apply_to(struct state *s, uint64_t index, struct state_cmd c, const struct rp_buf *res)
-{
-    struct rp_buf cmd;
-    encode(&cmd, c, res);
-    struct state_result r = apply_raw_to(s, index, cmd.data, cmd.len);
-    rp_buf_free(&cmd);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result apply_cmd(uint64_t index, struct state_cmd c,
-                                                             const struct rp_buf *res)
-{
-    return apply_to(S, index, c, res);
-}
-
-/* put of kind/name with spec @spec under request id "r<index>". */
-static __attribute__((unused)) struct state_result put_to(struct state *s, uint64_t index,
-                                                          const char *op, const char *kind,
-                                                          const char *name, uint64_t expires,
-                                                          const char *spec)
-{
-    struct rp_buf res;
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    make_res(&res, kind, name, expires, NULL, spec);
-    struct state_result r = apply_to(s, index, (struct state_cmd){.op = op, .rid = rid}, &res);
-    rp_buf_free(&res);
-    return r;
-}
-
-static __attribute__((unused)) struct state_result put(uint64_t index, const char *kind,
-                                                       const char *name, const char *spec)
-{
-    return put_to(S, index, "put", kind, name, 0, spec);
-}
-
-static __attribute__((unused)) struct state_result del(uint64_t index, const char *kind,
-                                                       const char *name)
-{
-    char rid[32];
-    snprintf(rid, sizeof rid, "r%llu", (unsigned long long)index);
-    return apply_cmd(
-        index, (struct state_cmd){.op = "delete", .rid = rid, .kind = kind, .name = name}, NULL);
-}
-
-/* Parses a stored resource and returns one field of metadata / spec. */
-static __attribute__((unused)) uint64_t res_revision(const struct rp_buf *b)
-{
-    msgpack_unpacked u;
-    uint64_t rev = 0;
-    cr_assert_eq(rp_mp_parse(b->data, b->len, &u), 0);
-    const msgpack_object *md = rp_mp_get(&u.data, "metadata");
-    cr_assert_eq(rp_mp_get_u64(md, "revision", &rev), 0);
-    msgpack_unpacked_destroy(&u);
-    return rev;
-}
-
-static __attribute__((unused)) void res_spec(const void *p, size_t n, char *out, size_t outlen)
-{
-    msgpack_unpacked u;
-    const char *s;
-    size_t sl;
-    cr_assert_eq(rp_mp_parse(p, n, &u), 0);
-    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
-    cr_assert_eq(rp_mp_get_str(spec, "v", &s, &sl), 0);
-    snprintf(out, outlen, "%.*s", (int)sl, s);
-    msgpack_unpacked_destroy(&u);
-}
-
-/* 0 and the spec of kind/name, or the state_get error. */
-static __attribute__((unused)) int get_spec_in(struct state *s, const char *kind, const char *name,
-                                               char *out, size_t outlen, uint64_t *rev)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    int rv = state_get(s, kind, name, &b, NULL);
-    if (rv == 0) {
-        res_spec(b.data, b.len, out, outlen);
-        if (rev != NULL)
-            *rev = res_revision(&b);
-    }
-    rp_buf_free(&b);
-    return rv;
-}
-
-static __attribute__((unused)) int get_spec(const char *kind, const char *name, char *out,
-                                            size_t outlen, uint64_t *rev)
-{
-    return get_spec_in(S, kind, name, out, outlen, rev);
-}
-
-static __attribute__((unused)) int dump_cb(void *arg, const void *res, size_t len)
-{
-    struct rp_buf *b = arg;
-    rp_buf_put_be32(b, (uint32_t)len);
-    return rp_buf_append(b, res, len);
-}
-
-/* Every resource, length-prefixed, in key order. */
-static __attribute__((unused)) void dump(struct state *s, struct rp_buf *out)
-{
-    rp_buf_init(out);
-    cr_assert_eq(state_list(s, NULL, NULL, 0, dump_cb, out, NULL), 0);
-}
-
-static __attribute__((unused)) size_t count(struct state *s, const char *kind, const char *prefix)
-{
-    struct rp_buf b;
-    rp_buf_init(&b);
-    cr_assert_eq(state_list(s, kind, prefix, 0, dump_cb, &b, NULL), 0);
-    size_t n = 0;
-    struct rp_rd rd;
-    uint32_t l;
-    rp_rd_init(&rd, b.data, b.len);
-    while (rp_rd_be32(&rd, &l) == 0 && rp_rd_skip(&rd, l) == 0)
-        n++;
-    rp_buf_free(&b);
-    return n;
-}
-/* ---- End of helpers ------------------------------------------------------ */
+#include "tests/lib/state_helpers.h"
 #include <poll.h>
 #include <pthread.h>
 #include <time.h>
 
-TestSuite(state_watch, .init = setup, .fini = teardown, .timeout = 120);
+TestSuite(state_watch, .init = sth_setup, .fini = sth_teardown, .timeout = 120);
 
 static struct state_watch *watch(struct state *s, const char *const *kinds, size_t n_kinds,
                                  const char *prefix, uint64_t start_rev)
@@ -276,26 +51,26 @@ static void expect_nothing(struct state_watch *w, struct state_event *ev)
 
 Test(state_watch, init_snapshot_then_puts_and_deletes_in_order)
 {
-    put(1, "node", "b", "1");
-    put(2, "node", "a", "2");
-    put(3, "role", "r", "3");
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    sth_put(1, "node", "b", "1");
+    sth_put(2, "node", "a", "2");
+    sth_put(3, "role", "r", "3");
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_PUT, 2, "node", "a");
     char spec[8];
-    res_spec(ev.res.data, ev.res.len, spec, sizeof spec);
+    sth_res_spec(ev.res.data, ev.res.len, spec, sizeof spec);
     cr_assert_str_eq(spec, "2");
     expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "b");
     expect(w, &ev, STATE_EV_INIT_PUT, 3, "role", "r");
     expect(w, &ev, STATE_EV_INIT_DONE, 3, NULL, NULL);
     expect_nothing(w, &ev);
 
-    put(4, "node", "c", "4");
-    del(5, "node", "a");
-    put(6, "node", "b", "6");
+    sth_put(4, "node", "c", "4");
+    sth_del(5, "node", "a");
+    sth_put(6, "node", "b", "6");
     expect(w, &ev, STATE_EV_PUT, 4, "node", "c");
-    res_spec(ev.res.data, ev.res.len, spec, sizeof spec);
+    sth_res_spec(ev.res.data, ev.res.len, spec, sizeof spec);
     cr_assert_str_eq(spec, "4");
     struct state_res_meta m;
     cr_assert_eq(state_resource_check(ev.res.data, ev.res.len, &m), 0);
@@ -305,7 +80,7 @@ Test(state_watch, init_snapshot_then_puts_and_deletes_in_order)
     expect(w, &ev, STATE_EV_PUT, 6, "node", "b");
     expect_nothing(w, &ev);
     /* Failed commands produce no event. */
-    del(7, "node", "absent");
+    sth_del(7, "node", "absent");
     expect_nothing(w, &ev);
     state_event_free(&ev);
     state_watch_close(w);
@@ -313,12 +88,12 @@ Test(state_watch, init_snapshot_then_puts_and_deletes_in_order)
 
 Test(state_watch, an_empty_state_gives_init_done_at_the_applied_index)
 {
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
     cr_assert_eq(ev.revision, 0);
-    put(1, "node", "a", "1");
+    sth_put(1, "node", "a", "1");
     expect(w, &ev, STATE_EV_PUT, 1, "node", "a");
     state_event_free(&ev);
     state_watch_close(w);
@@ -326,15 +101,15 @@ Test(state_watch, an_empty_state_gives_init_done_at_the_applied_index)
 
 Test(state_watch, kinds_and_prefix_filter_the_snapshot_and_the_stream)
 {
-    put(1, "node", "web-1", "x");
-    put(2, "node", "db-1", "x");
-    put(3, "nodes", "web-2", "x");
-    put(4, "role", "web-3", "x");
-    put(5, "user", "web-4", "x");
+    sth_put(1, "node", "web-1", "x");
+    sth_put(2, "node", "db-1", "x");
+    sth_put(3, "nodes", "web-2", "x");
+    sth_put(4, "role", "web-3", "x");
+    sth_put(5, "user", "web-4", "x");
     const char *kinds[] = {"role", "node", "node"}; /* unsorted, with a duplicate */
-    struct state_watch *w = watch(S, kinds, 3, "web-", 0);
-    struct state_watch *all_web = watch(S, NULL, 0, "web-", 0);
-    struct state_watch *users = watch(S, (const char *[]){"user"}, 1, NULL, 0);
+    struct state_watch *w = watch(sth_state, kinds, 3, "web-", 0);
+    struct state_watch *all_web = watch(sth_state, NULL, 0, "web-", 0);
+    struct state_watch *users = watch(sth_state, (const char *[]){"user"}, 1, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "web-1");
@@ -348,11 +123,11 @@ Test(state_watch, kinds_and_prefix_filter_the_snapshot_and_the_stream)
     expect(users, &ev, STATE_EV_INIT_PUT, 5, "user", "web-4");
     expect(users, &ev, STATE_EV_INIT_DONE, 5, NULL, NULL);
 
-    put(6, "node", "db-2", "x");
-    put(7, "nodes", "web-5", "x");
-    put(8, "role", "web-6", "x");
-    del(9, "node", "web-1");
-    put(10, "user", "u", "x");
+    sth_put(6, "node", "db-2", "x");
+    sth_put(7, "nodes", "web-5", "x");
+    sth_put(8, "role", "web-6", "x");
+    sth_del(9, "node", "web-1");
+    sth_put(10, "user", "u", "x");
     expect(w, &ev, STATE_EV_PUT, 8, "role", "web-6");
     expect(w, &ev, STATE_EV_DELETE, 9, "node", "web-1");
     expect_nothing(w, &ev);
@@ -370,20 +145,20 @@ Test(state_watch, kinds_and_prefix_filter_the_snapshot_and_the_stream)
     /* A bad kind is refused. */
     struct state_watch *bad;
     struct state_watch_opts o = {.kinds = (const char *[]){"No"}, .n_kinds = 1};
-    cr_assert_eq(state_watch_open(S, &o, &bad), RP_EINVAL);
+    cr_assert_eq(state_watch_open(sth_state, &o, &bad), RP_EINVAL);
 }
 
 Test(state_watch, the_events_of_a_batch_share_its_revision_in_op_order)
 {
-    put(1, "node", "old", "x");
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    sth_put(1, "node", "old", "x");
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "old");
     expect(w, &ev, STATE_EV_INIT_DONE, 1, NULL, NULL);
     struct rp_buf a, b, ops, cmd;
-    make_res(&a, "node", "z", 0, NULL, "x");
-    make_res(&b, "node", "a", 0, NULL, "x");
+    sth_make_res(&a, "node", "z", 0, NULL, "x");
+    sth_make_res(&b, "node", "a", 0, NULL, "x");
     rp_buf_init(&ops);
     struct state_cmd subs[] = {
         {.op = "put", .res = a.data, .res_len = a.len},
@@ -392,22 +167,23 @@ Test(state_watch, the_events_of_a_batch_share_its_revision_in_op_order)
     };
     for (int i = 0; i < 3; i++)
         state_cmd_encode(&subs[i], &ops);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
-           NULL);
-    cr_assert_eq(apply_raw_to(S, 2, cmd.data, cmd.len).code, 0);
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
+               NULL);
+    cr_assert_eq(sth_apply_raw_to(sth_state, 2, cmd.data, cmd.len).code, 0);
     expect(w, &ev, STATE_EV_PUT, 2, "node", "z");
     expect(w, &ev, STATE_EV_DELETE, 2, "node", "old");
     expect(w, &ev, STATE_EV_PUT, 2, "node", "a");
     /* A failing batch publishes nothing. */
-    cr_assert_eq(apply_raw_to(S, 3, cmd.data, cmd.len).code, 0, "a retry: remembered result");
+    cr_assert_eq(sth_apply_raw_to(sth_state, 3, cmd.data, cmd.len).code, 0,
+                 "a retry: remembered result");
     rp_buf_free(&cmd);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "c", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
-           NULL);
-    cr_assert_eq(apply_raw_to(S, 4, cmd.data, cmd.len).code, RP_ENOTFOUND);
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "c", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
+               NULL);
+    cr_assert_eq(sth_apply_raw_to(sth_state, 4, cmd.data, cmd.len).code, RP_ENOTFOUND);
     expect_nothing(w, &ev);
     rp_buf_free(&cmd);
     rp_buf_free(&ops);
@@ -422,9 +198,9 @@ Test(state_watch, resume_from_the_ring_replays_without_an_init_snapshot)
     for (uint64_t i = 1; i <= 10; i++) {
         char name[8];
         snprintf(name, sizeof name, "n%llu", (unsigned long long)i);
-        put(i, "node", name, "x");
+        sth_put(i, "node", name, "x");
     }
-    struct state_watch *w = watch(S, NULL, 0, NULL, 7);
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 7);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_DONE, 7, NULL, NULL);
@@ -432,15 +208,15 @@ Test(state_watch, resume_from_the_ring_replays_without_an_init_snapshot)
     expect(w, &ev, STATE_EV_PUT, 9, "node", "n9");
     expect(w, &ev, STATE_EV_PUT, 10, "node", "n10");
     expect_nothing(w, &ev);
-    put(11, "node", "n11", "x");
+    sth_put(11, "node", "n11", "x");
     expect(w, &ev, STATE_EV_PUT, 11, "node", "n11");
     state_watch_close(w);
 
     /* Resuming at the head: nothing to replay. */
-    w = watch(S, NULL, 0, NULL, 11);
+    w = watch(sth_state, NULL, 0, NULL, 11);
     expect(w, &ev, STATE_EV_INIT_DONE, 11, NULL, NULL);
     expect_nothing(w, &ev);
-    put(12, "node", "n12", "x");
+    sth_put(12, "node", "n12", "x");
     expect(w, &ev, STATE_EV_PUT, 12, "node", "n12");
     state_event_free(&ev);
     state_watch_close(w);
@@ -448,20 +224,20 @@ Test(state_watch, resume_from_the_ring_replays_without_an_init_snapshot)
 
 Test(state_watch, resume_from_before_the_ring_falls_back_to_an_init_snapshot)
 {
-    state_close(S);
+    state_close(sth_state);
     struct state_opts o = {.event_ring_len = 4};
-    S = open_state_in(tmpdir, &o);
+    sth_state = sth_open_state_in(sth_tmpdir, &o);
     for (uint64_t i = 1; i <= 10; i++)
-        put(i, "node", "same", "x");
+        sth_put(i, "node", "same", "x");
     struct state_event ev;
     state_event_init(&ev);
     /* The ring holds 7..10, so 6 is the oldest point it can resume from. */
-    struct state_watch *w = watch(S, NULL, 0, NULL, 6);
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 6);
     expect(w, &ev, STATE_EV_INIT_DONE, 6, NULL, NULL);
     for (uint64_t r = 7; r <= 10; r++)
         expect(w, &ev, STATE_EV_PUT, r, "node", "same");
     state_watch_close(w);
-    w = watch(S, NULL, 0, NULL, 5);
+    w = watch(sth_state, NULL, 0, NULL, 5);
     expect(w, &ev, STATE_EV_INIT_PUT, 10, "node", "same");
     expect(w, &ev, STATE_EV_INIT_DONE, 10, NULL, NULL);
     expect_nothing(w, &ev);
@@ -471,32 +247,32 @@ Test(state_watch, resume_from_before_the_ring_falls_back_to_an_init_snapshot)
 
 Test(state_watch, overflow_ends_with_reinit_at_the_last_whole_revision)
 {
-    state_close(S);
+    state_close(sth_state);
     struct state_opts o = {.watch_queue_len = 4};
-    S = open_state_in(tmpdir, &o);
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    sth_state = sth_open_state_in(sth_tmpdir, &o);
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
-    put(1, "node", "a", "x");
-    put(2, "node", "b", "x");
+    sth_put(1, "node", "a", "x");
+    sth_put(2, "node", "b", "x");
     /* A batch of three at revision 3: only one of its events fits. */
     struct rp_buf r1, r2, r3, ops, cmd;
-    make_res(&r1, "node", "c", 0, NULL, "x");
-    make_res(&r2, "node", "d", 0, NULL, "x");
-    make_res(&r3, "node", "e", 0, NULL, "x");
+    sth_make_res(&r1, "node", "c", 0, NULL, "x");
+    sth_make_res(&r2, "node", "d", 0, NULL, "x");
+    sth_make_res(&r3, "node", "e", 0, NULL, "x");
     rp_buf_init(&ops);
     struct state_cmd subs[] = {{.op = "put", .res = r1.data, .res_len = r1.len},
                                {.op = "put", .res = r2.data, .res_len = r2.len},
                                {.op = "put", .res = r3.data, .res_len = r3.len}};
     for (int i = 0; i < 3; i++)
         state_cmd_encode(&subs[i], &ops);
-    encode(&cmd,
-           (struct state_cmd){
-               .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
-           NULL);
-    cr_assert_eq(apply_raw_to(S, 3, cmd.data, cmd.len).code, 0);
-    put(4, "node", "f", "x");
+    sth_encode(&cmd,
+               (struct state_cmd){
+                   .op = "batch", .rid = "b", .ops = ops.data, .ops_len = ops.len, .n_ops = 3},
+               NULL);
+    cr_assert_eq(sth_apply_raw_to(sth_state, 3, cmd.data, cmd.len).code, 0);
+    sth_put(4, "node", "f", "x");
     expect(w, &ev, STATE_EV_PUT, 1, "node", "a");
     expect(w, &ev, STATE_EV_PUT, 2, "node", "b");
     expect(w, &ev, STATE_EV_REINIT, 2, NULL, NULL);
@@ -505,7 +281,7 @@ Test(state_watch, overflow_ends_with_reinit_at_the_last_whole_revision)
     state_watch_close(w);
 
     /* Resuming from the REINIT revision brings it back without a snapshot. */
-    w = watch(S, NULL, 0, NULL, 2);
+    w = watch(sth_state, NULL, 0, NULL, 2);
     expect(w, &ev, STATE_EV_INIT_DONE, 2, NULL, NULL);
     expect(w, &ev, STATE_EV_PUT, 3, "node", "c");
     expect(w, &ev, STATE_EV_PUT, 3, "node", "d");
@@ -523,13 +299,13 @@ Test(state_watch, overflow_ends_with_reinit_at_the_last_whole_revision)
 
 Test(state_watch, overflow_during_the_init_snapshot_still_delivers_it_then_reinit)
 {
-    state_close(S);
+    state_close(sth_state);
     struct state_opts o = {.watch_queue_len = 2};
-    S = open_state_in(tmpdir, &o);
-    put(1, "node", "a", "x");
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    sth_state = sth_open_state_in(sth_tmpdir, &o);
+    sth_put(1, "node", "a", "x");
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     for (uint64_t i = 2; i <= 6; i++)
-        put(i, "node", "b", "x");
+        sth_put(i, "node", "b", "x");
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_PUT, 1, "node", "a");
@@ -569,7 +345,7 @@ static void *block_in_next(void *arg)
 
 Test(state_watch, cancel_wakes_a_blocked_next)
 {
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
@@ -588,7 +364,7 @@ Test(state_watch, cancel_wakes_a_blocked_next)
 
 Test(state_watch, next_times_out_and_a_blocked_next_wakes_on_an_event)
 {
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
@@ -599,7 +375,7 @@ Test(state_watch, next_times_out_and_a_blocked_next_wakes_on_an_event)
     pthread_t t;
     pthread_create(&t, NULL, block_in_next, &b);
     usleep(100 * 1000);
-    put(1, "node", "a", "x");
+    sth_put(1, "node", "a", "x");
     pthread_join(t, NULL);
     cr_assert_eq(b.rv, 0);
     state_event_free(&ev);
@@ -614,8 +390,8 @@ static bool readable(struct state_watch *w)
 
 Test(state_watch, the_fd_is_readable_exactly_when_next_has_something)
 {
-    put(1, "node", "a", "x");
-    struct state_watch *w = watch(S, NULL, 0, NULL, 0);
+    sth_put(1, "node", "a", "x");
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
     struct state_event ev;
     state_event_init(&ev);
     cr_assert(readable(w), "init pending");
@@ -624,8 +400,8 @@ Test(state_watch, the_fd_is_readable_exactly_when_next_has_something)
     expect(w, &ev, STATE_EV_INIT_DONE, 1, NULL, NULL);
     expect_nothing(w, &ev);
     cr_assert(!readable(w));
-    put(2, "node", "b", "x");
-    put(3, "node", "c", "x");
+    sth_put(2, "node", "b", "x");
+    sth_put(3, "node", "c", "x");
     cr_assert(readable(w));
     expect(w, &ev, STATE_EV_PUT, 2, NULL, NULL);
     expect(w, &ev, STATE_EV_PUT, 3, NULL, NULL);
@@ -661,27 +437,28 @@ static void *write_loop(void *arg)
         struct state_result r;
         int kind = rand() % 10;
         if (kind < 6) {
-            r = put_to(wr->s, i, "put", "node", name, 0, spec);
+            r = sth_put_to(wr->s, i, "put", "node", name, 0, spec);
         } else if (kind < 9) {
-            r = apply_to(
+            r = sth_apply_to(
                 wr->s, i,
                 (struct state_cmd){.op = "delete", .rid = rid, .kind = "node", .name = name}, NULL);
         } else {
             struct rp_buf a, b, ops, cmd;
             char name2[16];
             snprintf(name2, sizeof name2, "k%d", rand() % N_NAMES);
-            make_res(&a, "node", name, 0, NULL, spec);
-            make_res(&b, "node", name2, 0, NULL, spec);
+            sth_make_res(&a, "node", name, 0, NULL, spec);
+            sth_make_res(&b, "node", name2, 0, NULL, spec);
             rp_buf_init(&ops);
             struct state_cmd s1 = {.op = "put", .res = a.data, .res_len = a.len};
             struct state_cmd s2 = {.op = "put", .res = b.data, .res_len = b.len};
             state_cmd_encode(&s1, &ops);
             state_cmd_encode(&s2, &ops);
-            encode(&cmd,
-                   (struct state_cmd){
-                       .op = "batch", .rid = rid, .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
-                   NULL);
-            r = apply_raw_to(wr->s, i, cmd.data, cmd.len);
+            sth_encode(
+                &cmd,
+                (struct state_cmd){
+                    .op = "batch", .rid = rid, .ops = ops.data, .ops_len = ops.len, .n_ops = 2},
+                NULL);
+            r = sth_apply_raw_to(wr->s, i, cmd.data, cmd.len);
             rp_buf_free(&cmd);
             rp_buf_free(&ops);
             rp_buf_free(&a);
@@ -729,7 +506,7 @@ static void *read_loop(void *arg)
             break;
         }
         if (ev.type == STATE_EV_INIT_PUT) {
-            res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
+            sth_res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
             continue;
         }
         if (ev.type == STATE_EV_INIT_DONE) {
@@ -753,7 +530,7 @@ static void *read_loop(void *arg)
         last = ev.revision;
         rd->seen[ev.revision]++;
         if (ev.type == STATE_EV_PUT)
-            res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
+            sth_res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
         else
             rd->specs[name_index(ev.name)][0] = '\0';
         if (ev.revision == N_WRITES) {
@@ -761,7 +538,7 @@ static void *read_loop(void *arg)
             while (state_watch_next(w, &ev, 200) == 0) {
                 rd->seen[ev.revision]++;
                 if (ev.type == STATE_EV_PUT)
-                    res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
+                    sth_res_spec(ev.res.data, ev.res.len, rd->specs[name_index(ev.name)], 16);
                 else
                     rd->specs[name_index(ev.name)][0] = '\0';
             }
@@ -783,7 +560,7 @@ static void check_reader(struct reader *rd, struct writer *wr)
     for (int n = 0; n < N_NAMES; n++) {
         char name[16], spec[16];
         snprintf(name, sizeof name, "k%d", n);
-        int rv = get_spec_in(wr->s, "node", name, spec, sizeof spec, NULL);
+        int rv = sth_get_spec_in(wr->s, "node", name, spec, sizeof spec, NULL);
         if (rv == RP_ENOTFOUND)
             spec[0] = '\0';
         cr_assert_str_eq(rd->specs[n], spec, "%s: watcher has '%s', state has '%s'", name,
@@ -793,25 +570,25 @@ static void check_reader(struct reader *rd, struct writer *wr)
 
 Test(state_watch, a_concurrent_writer_and_watchers_see_every_revision_once_in_order)
 {
-    state_close(S);
+    state_close(sth_state);
     struct state_opts o = {.watch_queue_len = 100000, .event_ring_len = 100000};
-    S = open_state_in(tmpdir, &o);
+    sth_state = sth_open_state_in(sth_tmpdir, &o);
     static struct writer wr;
     static struct reader from_start, mid_init, resumed;
     memset(&wr, 0, sizeof wr);
-    wr.s = S;
+    wr.s = sth_state;
     memset(&from_start, 0, sizeof from_start);
-    from_start.s = S;
+    from_start.s = sth_state;
     memset(&mid_init, 0, sizeof mid_init);
-    mid_init.s = S;
+    mid_init.s = sth_state;
     memset(&resumed, 0, sizeof resumed);
-    resumed.s = S;
+    resumed.s = sth_state;
     pthread_t tw, t1, t2, t3;
     pthread_create(&t1, NULL, read_loop, &from_start);
     pthread_create(&tw, NULL, write_loop, &wr);
     /* One joins while writes are under way (init snapshot racing the writer),
      * one resumes from a revision it claims to have. */
-    while (state_applied_index(S) < N_WRITES / 3)
+    while (state_applied_index(sth_state) < N_WRITES / 3)
         usleep(1000);
     pthread_create(&t2, NULL, read_loop, &mid_init);
     pthread_join(t1, NULL);
