@@ -17,7 +17,7 @@ TEST_LIBS := -lcriterion
 
 LIB_SRCS := $(wildcard lib/*.c raft/*.c state/*.c auth/*.c proxy/*.c agent/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
-TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh
+TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/rpbench
 TESTLIB_SRCS := $(wildcard tests/lib/*.c)
 TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
@@ -80,6 +80,11 @@ jepsen: all
 	  $(BUILD)/jepsen-run --workload=register --nemesis=$$n --time=$(JEPSEN_TIME) \
 	    --rate=$(JEPSEN_RATE) --nodes=$(JEPSEN_NODES) --seed=$(JEPSEN_SEED) 2>>$(BUILD)/jepsen.log || rc=1; \
 	done; exit $$rc
+
+# Raftport beside etcd 3.4 on this machine (installs etcd-server): docs/benchmarks.md.
+.PHONY: bench
+bench: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/rpbench
+	@BUILD=$(BUILD) scripts/bench.sh
 
 demo: all
 	@scripts/demo.sh start

@@ -95,8 +95,8 @@ void rp_config_init(struct rp_config *c)
     c->raft_listen_addr = dup_or_die("0.0.0.0:3030");
     c->election_timeout_ms = 1000;
     c->heartbeat_timeout_ms = 100;
-    c->snapshot_threshold = 1024;
-    c->snapshot_trailing = 2048;
+    c->snapshot_threshold = 8192; /* each snapshot stalls the loop ~30 ms: docs/benchmarks.md */
+    c->snapshot_trailing = 8192;
     c->web_listen_addr = dup_or_die("0.0.0.0:3080");
     c->tunnel_listen_addr = dup_or_die("0.0.0.0:3024");
     c->proxy_listen_addr = dup_or_die("0.0.0.0:3023");

@@ -21,8 +21,8 @@
  *       listen_addr: 127.0.0.1:3030
  *       election_timeout: 1s
  *       heartbeat_timeout: 100ms
- *       snapshot_threshold: 1024
- *       snapshot_trailing: 2048
+ *       snapshot_threshold: 8192
+ *       snapshot_trailing: 8192
  *   proxy_service:
  *     enabled: no
  *     listen_addr: 0.0.0.0:3023          # SSH proxy
@@ -72,7 +72,7 @@ struct rp_config {
     unsigned election_timeout_ms;  /* default 1000 */
     unsigned heartbeat_timeout_ms; /* default 100 */
     unsigned snapshot_threshold;   /* default 1024 */
-    unsigned snapshot_trailing;    /* default 2048; must be >= threshold */
+    unsigned snapshot_trailing;    /* default 8192; must be >= threshold */
     /* proxy_service / ssh_service. A service section present in the file turns the
      * service on unless it says "enabled: no"; an absent section leaves it off. */
     bool proxy_enabled;

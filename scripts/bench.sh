@@ -14,6 +14,8 @@
 #   BENCH_ETCD_TLS  1: etcd with mutual TLS 1.3 like Raftport; 0: plain HTTP  (1)
 #   BENCH_VALUE_SIZE (256)  BENCH_KEYS (10000)
 #   BENCH_TMPDIR    where the temp dir goes (/tmp)      BENCH_KEEP=1   keep it (logs, results)
+#   BENCH_RP_SNAPSHOT_THRESHOLD, BENCH_RP_SNAPSHOT_TRAILING: raft.snapshot_threshold and
+#                   raft.snapshot_trailing for the Raftport members (default: Raftport's defaults)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -147,6 +149,8 @@ rp_config() { # id [join_token ca_pin]
     echo "  raft:"
     echo "    id: $i"
     echo "    listen_addr: 127.0.0.1:${RP_RAFT[$((i-1))]}"
+    [ -z "${BENCH_RP_SNAPSHOT_THRESHOLD:-}" ] || echo "    snapshot_threshold: $BENCH_RP_SNAPSHOT_THRESHOLD"
+    [ -z "${BENCH_RP_SNAPSHOT_TRAILING:-}" ] || echo "    snapshot_trailing: $BENCH_RP_SNAPSHOT_TRAILING"
   } > "$DIR/auth$i.yaml"
 }
 
@@ -315,6 +319,7 @@ field() { # json-line key
 echo
 echo "Raftport $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs etcd $(etcd --version | sed -n 's/^etcd Version: //p'), 3 members each on 127.0.0.1, $(nproc) CPUs;"
 echo "${SECS}s per cell after ${WARMUP}s warm-up, ${VSIZE} B values, $KEYS keys, requests to: $TARGET;"
+echo "Raftport raft snapshot_threshold/trailing: ${BENCH_RP_SNAPSHOT_THRESHOLD:-default}/${BENCH_RP_SNAPSHOT_TRAILING:-default}; etcd: its defaults."
 echo "Raftport: mutual TLS 1.3; etcd: $([ "$ETCD_TLS" = 1 ] && echo 'mutual TLS 1.3' || echo 'plain TCP (no TLS)'), v3 JSON gateway, HTTP/1.1 keep-alive."
 echo "ratio = raftport ops/s / etcd ops/s; latencies in ms."
 echo

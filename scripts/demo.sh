@@ -49,8 +49,8 @@ write_config() { # id join_token ca_pin
     echo "    listen_addr: 127.0.0.1:${RAFT_PORTS[$((i-1))]}"
     echo "    election_timeout: 1s"
     echo "    heartbeat_timeout: 100ms"
-    echo "    snapshot_threshold: 1024"
-    echo "    snapshot_trailing: 2048"
+    echo "    snapshot_threshold: 8192"
+    echo "    snapshot_trailing: 8192"
   } > "$DEMO/auth$i.yaml.tmp"
   mv "$DEMO/auth$i.yaml.tmp" "$DEMO/auth$i.yaml"
 }

@@ -132,8 +132,8 @@ Test(config, defaults_are_set_by_init)
     cr_assert_str_eq(c.raft_listen_addr, "0.0.0.0:3030");
     cr_assert_eq(c.election_timeout_ms, 1000);
     cr_assert_eq(c.heartbeat_timeout_ms, 100);
-    cr_assert_eq(c.snapshot_threshold, 1024);
-    cr_assert_eq(c.snapshot_trailing, 2048);
+    cr_assert_eq(c.snapshot_threshold, 8192);
+    cr_assert_eq(c.snapshot_trailing, 8192);
     cr_assert(!c.proxy_enabled);
     cr_assert_str_eq(c.web_listen_addr, "0.0.0.0:3080");
     cr_assert_str_eq(c.tunnel_listen_addr, "0.0.0.0:3024");

@@ -32,7 +32,6 @@
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,7 +79,7 @@ struct bench {
     /* Raftport */
     struct rp_config cfg;
     SSL_CTX *rp_ctx;
-    char *rp_value;   /* value_size bytes, no NUL needed */
+    char *rp_value; /* value_size bytes, no NUL needed */
     /* etcd */
     SSL_CTX *etcd_ctx;
     char *etcd_value_b64; /* base64 of the value, NUL-terminated */
@@ -104,7 +103,7 @@ struct worker {
     size_t n_lat, cap_lat;
     uint64_t errors;
     char first_err[512];
-    /* fill: what this worker wrote and when it finished */
+    /* fill: when this worker wrote its last key */
     uint64_t fill_done_ns;
     /* clients */
     struct auth_client *rp;
@@ -158,7 +157,7 @@ struct http_conn {
     int fd;
     SSL *ssl;
     bool open;
-    uint8_t *in;   /* received, not yet consumed bytes: in[0..in_len) */
+    uint8_t *in; /* received, not yet consumed bytes: in[0..in_len) */
     size_t in_len, in_cap;
     struct rp_buf out;
 };
@@ -262,8 +261,7 @@ static int http_fill(struct http_conn *h, size_t limit)
     if (k == 0)
         return rp_err(RP_ECLOSED, "%s closed the connection", h->ep->addr);
     if (k < 0)
-        return rp_err(errno == EAGAIN ? RP_ETIMEDOUT : RP_EIO, "read from %s failed",
-                      h->ep->addr);
+        return rp_err(errno == EAGAIN ? RP_ETIMEDOUT : RP_EIO, "read from %s failed", h->ep->addr);
     h->in_len += (size_t)k;
     return 0;
 }
@@ -404,18 +402,18 @@ static int http_post(struct http_conn *h, const char *path, const char *json, si
             goto fail;
     }
     /* Status line: HTTP/1.x NNN ... */
-    if (hlen < 12 || memcmp(h->in, "HTTP/1.", 7) != 0 || h->in[8] != ' ' ||
-        h->in[9] < '1' || h->in[9] > '5' || h->in[10] < '0' || h->in[10] > '9' ||
-        h->in[11] < '0' || h->in[11] > '9') {
+    if (hlen < 12 || memcmp(h->in, "HTTP/1.", 7) != 0 || h->in[8] != ' ' || h->in[9] < '1' ||
+        h->in[9] > '5' || h->in[10] < '0' || h->in[10] > '9' || h->in[11] < '0' ||
+        h->in[11] > '9') {
         rv = rp_err(RP_EPROTO, "%s: not an HTTP/1.x status line", h->ep->addr);
         goto fail;
     }
     *status = (h->in[9] - '0') * 100 + (h->in[10] - '0') * 10 + (h->in[11] - '0');
     char v[64];
-    bool chunked = header_value(h, hlen, "Transfer-Encoding", v, sizeof v) &&
-                   strcasestr(v, "chunked") != NULL;
-    bool close_after = header_value(h, hlen, "Connection", v, sizeof v) &&
-                       strcasecmp(v, "close") == 0;
+    bool chunked =
+        header_value(h, hlen, "Transfer-Encoding", v, sizeof v) && strcasestr(v, "chunked") != NULL;
+    bool close_after =
+        header_value(h, hlen, "Connection", v, sizeof v) && strcasecmp(v, "close") == 0;
     size_t clen = 0;
     bool has_len = header_value(h, hlen, "Content-Length", v, sizeof v);
     if (has_len && parse_len(v, 10, &clen) != 0) {
@@ -439,8 +437,8 @@ static int http_post(struct http_conn *h, const char *path, const char *json, si
         http_consume(h, clen);
     } else {
         /* Neither: the body runs to EOF, which a keep-alive benchmark cannot use. */
-        rv = rp_err(RP_EPROTO, "%s: answer without Content-Length or chunked encoding",
-                    h->ep->addr);
+        rv =
+            rp_err(RP_EPROTO, "%s: answer without Content-Length or chunked encoding", h->ep->addr);
         goto fail;
     }
     if (close_after)
@@ -625,9 +623,8 @@ static void *worker_main(void *arg)
     if (b->op == OP_FILL) {
         for (uint32_t k = (uint32_t)w->idx; k < b->keys; k += (uint32_t)b->clients) {
             uint64_t t0 = now_ns();
-            int rv = b->sys == SYS_ETCD
-                         ? etcd_request(w, OP_FILL, k, &json, &body, err, sizeof err)
-                         : rp_request(w, OP_FILL, k, err, sizeof err);
+            int rv = b->sys == SYS_ETCD ? etcd_request(w, OP_FILL, k, &json, &body, err, sizeof err)
+                                        : rp_request(w, OP_FILL, k, err, sizeof err);
             if (rv == 0)
                 record_ok(w, now_ns() - t0);
             else
@@ -750,8 +747,10 @@ static int add_endpoint(struct bench *b, const char *s, size_t n, bool etcd)
             s += 7;
             n -= 7;
         } else {
-            return rp_err(RP_EINVAL, "etcd endpoint '%.*s': expected http://HOST:PORT or "
-                                     "https://HOST:PORT", (int)n, s);
+            return rp_err(RP_EINVAL,
+                          "etcd endpoint '%.*s': expected http://HOST:PORT or "
+                          "https://HOST:PORT",
+                          (int)n, s);
         }
         while (n > 0 && s[n - 1] == '/')
             n--;
@@ -804,25 +803,24 @@ static SSL_CTX *etcd_tls_ctx(const char *cacert, const char *cert, const char *k
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: rpbench -c CONFIG --op=OP --clients=N --duration=S [flags]\n"
-            "       rpbench --etcd=URL[,URL...] [--cacert=F --cert=F --key=F] --op=OP ...\n"
-            "\n"
-            "Ops: put, get (linearizable), get-stale (stale / serializable), fill (write every\n"
-            "key once, ignoring --duration). Prints one line of JSON.\n"
-            "\n"
-            "Flags:\n"
-            "  -c, --config FILE     an auth server's raftport.yaml (admin identity, address)\n"
-            "      --endpoints LIST  host:port[,host:port...] of auth servers; client i starts\n"
-            "                        at entry i mod n (default: the config's own address)\n"
-            "      --etcd URLS       benchmark etcd's v3 JSON gateway instead (client i uses\n"
-            "                        URL i mod n); https URLs use TLS 1.3 with the files below\n"
-            "      --cacert/--cert/--key FILE   etcd CA, client certificate and key (PEM)\n"
-            "      --clients N       concurrent clients, one connection each (default 1)\n"
-            "      --duration S      measured seconds (default 10)\n"
-            "      --warmup S        seconds run before measuring (default 1)\n"
-            "      --value-size B    bytes per value (default 256)\n"
-            "      --keys K          key space k0..k<K-1> (default 10000)\n");
+    fprintf(f, "usage: rpbench -c CONFIG --op=OP --clients=N --duration=S [flags]\n"
+               "       rpbench --etcd=URL[,URL...] [--cacert=F --cert=F --key=F] --op=OP ...\n"
+               "\n"
+               "Ops: put, get (linearizable), get-stale (stale / serializable), fill (write every\n"
+               "key once, ignoring --duration). Prints one line of JSON.\n"
+               "\n"
+               "Flags:\n"
+               "  -c, --config FILE     an auth server's raftport.yaml (admin identity, address)\n"
+               "      --endpoints LIST  host:port[,host:port...] of auth servers; client i starts\n"
+               "                        at entry i mod n (default: the config's own address)\n"
+               "      --etcd URLS       benchmark etcd's v3 JSON gateway instead (client i uses\n"
+               "                        URL i mod n); https URLs use TLS 1.3 with the files below\n"
+               "      --cacert/--cert/--key FILE   etcd CA, client certificate and key (PEM)\n"
+               "      --clients N       concurrent clients, one connection each (default 1)\n"
+               "      --duration S      measured seconds (default 10)\n"
+               "      --warmup S        seconds run before measuring (default 1)\n"
+               "      --value-size B    bytes per value (default 256)\n"
+               "      --keys K          key space k0..k<K-1> (default 10000)\n");
 }
 
 static int parse_double(const char *s, double *out)
@@ -847,8 +845,19 @@ static int parse_ulong(const char *s, unsigned long lo, unsigned long hi, unsign
 
 int main(int argc, char **argv)
 {
-    enum { O_OP = 256, O_CLIENTS, O_DURATION, O_WARMUP, O_VSIZE, O_KEYS, O_ENDPOINTS, O_ETCD,
-           O_CACERT, O_CERT, O_KEY };
+    enum {
+        O_OP = 256,
+        O_CLIENTS,
+        O_DURATION,
+        O_WARMUP,
+        O_VSIZE,
+        O_KEYS,
+        O_ENDPOINTS,
+        O_ETCD,
+        O_CACERT,
+        O_CERT,
+        O_KEY
+    };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"op", required_argument, NULL, O_OP},
@@ -865,8 +874,12 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct bench b = {.clients = 1, .duration_s = 10, .warmup_s = 1, .value_size = 256,
-                      .keys = 10000, .op_name = NULL};
+    struct bench b = {.clients = 1,
+                      .duration_s = 10,
+                      .warmup_s = 1,
+                      .value_size = 256,
+                      .keys = 10000,
+                      .op_name = NULL};
     const char *config_path = NULL, *endpoints = NULL, *etcd = NULL;
     const char *cacert = NULL, *cert = NULL, *key = NULL;
     unsigned long ul;
@@ -877,7 +890,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': config_path = optarg; break;
+        case 'c':
+            config_path = optarg;
+            break;
         case O_OP:
             b.op_name = optarg;
             if (strcmp(optarg, "put") == 0)
@@ -889,8 +904,7 @@ int main(int argc, char **argv)
             else if (strcmp(optarg, "fill") == 0)
                 b.op = OP_FILL;
             else {
-                fprintf(stderr, "rpbench: --op=%s: expected put, get, get-stale or fill\n",
-                        optarg);
+                fprintf(stderr, "rpbench: --op=%s: expected put, get, get-stale or fill\n", optarg);
                 return 2;
             }
             break;
@@ -924,13 +938,27 @@ int main(int argc, char **argv)
             }
             b.keys = (uint32_t)ul;
             break;
-        case O_ENDPOINTS: endpoints = optarg; break;
-        case O_ETCD: etcd = optarg; break;
-        case O_CACERT: cacert = optarg; break;
-        case O_CERT: cert = optarg; break;
-        case O_KEY: key = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case O_ENDPOINTS:
+            endpoints = optarg;
+            break;
+        case O_ETCD:
+            etcd = optarg;
+            break;
+        case O_CACERT:
+            cacert = optarg;
+            break;
+        case O_CERT:
+            cert = optarg;
+            break;
+        case O_KEY:
+            key = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind != argc || b.op_name == NULL || (etcd == NULL) == (config_path == NULL)) {
