@@ -499,6 +499,28 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (strcmp(args[0], "tokens") == 0 && strcmp(args[1], "add") == 0) {
+        /* Checked here too, so a typo is named even when no auth server answers. */
+        if (t.type == NULL || (strcmp(t.type, "auth") != 0 && strcmp(t.type, "node") != 0 &&
+                               strcmp(t.type, "proxy") != 0)) {
+            fprintf(stderr, "tctl tokens add: --type=%s: expected auth, node or proxy\n",
+                    t.type ? t.type : "");
+            return 2;
+        }
+        if (t.ttl_ms > 48ull * 3600 * 1000) {
+            fprintf(stderr, "tctl tokens add: --ttl: at most 48h\n");
+            return 2;
+        }
+    }
+    if (strcmp(args[0], "auth") == 0 && strcmp(args[2], "rm") == 0 && nargs == 4) {
+        char *end;
+        unsigned long long id = strtoull(args[3], &end, 10);
+        if (args[3][0] == '\0' || *end != '\0' || id == 0) {
+            fprintf(stderr, "tctl auth members rm: '%s' is not a member id (a positive integer)\n",
+                    args[3]);
+            return 2;
+        }
+    }
     if (connect_client(&t) != 0) {
         rp_config_free(&t.cfg);
         return 1;
