@@ -1,6 +1,6 @@
 /* jepsen/main_run.c: build/jepsen-run, one run of the fault-injection harness.
  *
- *   jepsen-run --workload=register --nemesis=none|partition|kill|pause|all
+ *   jepsen-run --workload=register|set|unique --nemesis=none|partition|kill|pause|all
  *              [--time=SECONDS] [--nodes=3|5] [--rate=OPS_PER_S] [--concurrency=N]
  *              [--seed=N] [--name=NAME] [--store=DIR] [--keep-data]
  *
@@ -778,11 +778,11 @@ struct client_stats {
 };
 static struct client_stats g_cstats[MAX_CLIENTS];
 
-static void pack_res(msgpack_packer *pk, const char *name, int64_t value)
+static void pack_res_kind(msgpack_packer *pk, const char *kind, const char *name, int64_t value)
 {
     rp_mp_pack_str(pk, "res");
     msgpack_pack_map(pk, 4);
-    rp_mp_kv_str(pk, "kind", "jreg");
+    rp_mp_kv_str(pk, "kind", kind);
     rp_mp_kv_str(pk, "version", "v1");
     rp_mp_pack_str(pk, "metadata");
     msgpack_pack_map(pk, 1);
@@ -840,7 +840,7 @@ static int reg_write(struct auth_client *c, const char *name, int64_t value, boo
     rp_mp_packer_init(&pk, &req);
     msgpack_pack_map(&pk, cas ? 4 : 3);
     rp_mp_kv_str(&pk, "m", cas ? "cas" : "put");
-    pack_res(&pk, name, value);
+    pack_res_kind(&pk, "jreg", name, value);
     if (cas)
         rp_mp_kv_u64(&pk, "rev", rev);
     rp_mp_kv_str(&pk, "rid", rid);
@@ -988,6 +988,321 @@ static void *client_main(void *arg)
     return NULL;
 }
 
+/* ---- the set and unique workloads ---------------------------------------------------- */
+
+#define UNIQUE_MAX_ITEMS 2000
+#define FINAL_READ_TRIES 5
+#define FINAL_PROCESS 1000000 /* process ids of the final reads and the setup creates */
+#define LIST_LIMIT 100000     /* the server caps a list at this many items */
+
+static atomic_llong g_next_elem;
+static int g_uniq_items; /* items u1..uN created before the clients start */
+
+/* Sleeps an exponential gap of mean @mean_gap_s (at most 2 s), until the workload stops. */
+static void client_gap(uint64_t *rng, double mean_gap_s)
+{
+    double u = (double)(rnd(rng) >> 11) / 9007199254740992.0;
+    double gap = -jepsen_ln(1.0 - u) * mean_gap_s;
+    if (gap > 2.0)
+        gap = 2.0;
+    uint64_t end = mono_ns() + (uint64_t)(gap * 1e9);
+    while (!atomic_load(&g_workload_stop) && !g_stop && mono_ns() < end) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* "create" of @kind/@name with spec {value: @value} and a fresh request id. */
+static int res_create(struct auth_client *c, const char *kind, const char *name, int64_t value)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    char rid[33];
+    auth_new_rid(rid);
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "m", "create");
+    pack_res_kind(&pk, kind, name, value);
+    rp_mp_kv_str(&pk, "rid", rid);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* A linearizable get of @kind/@name: 0 with *found and *rev (the resource's revision). */
+static int res_get_rev(struct auth_client *c, const char *kind, const char *name, bool *found,
+                       uint64_t *rev)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "m", "get");
+    rp_mp_kv_str(&pk, "kind", kind);
+    rp_mp_kv_str(&pk, "name", name);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    *found = false;
+    if (rv == RP_ENOTFOUND) {
+        rv = 0;
+    } else if (rv == 0) {
+        const msgpack_object *res = rp_mp_get(&resp.data, "res");
+        uint64_t r = 0;
+        if (rp_mp_get_u64(rp_mp_get(res, "metadata"), "revision", &r) == 0) {
+            *found = true;
+            *rev = r;
+        } else {
+            rv = rp_err(RP_EPROTO, "get answer without res.metadata.revision");
+        }
+    }
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* Conditional delete of @kind/@name at resource revision @rev, fresh request id. */
+static int res_cdelete(struct auth_client *c, const char *kind, const char *name, uint64_t rev)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    char rid[33];
+    auth_new_rid(rid);
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 5);
+    rp_mp_kv_str(&pk, "m", "cdelete");
+    rp_mp_kv_str(&pk, "kind", kind);
+    rp_mp_kv_str(&pk, "name", name);
+    rp_mp_kv_u64(&pk, "rev", rev);
+    rp_mp_kv_str(&pk, "rid", rid);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* Linearizable list of @kind names starting with @prefix; appends each name that starts
+ * with @prefix followed by digits to @out as JSON (",N" for the set when @as_int, else
+ * ",\"NAME\""), *@n counting them. When the answer is too big or hits the server's cap,
+ * lists prefix0..prefix9 instead (names are prefix + decimal digits). */
+static int list_names(struct auth_client *c, const char *kind, const char *prefix, bool as_int,
+                      struct rp_buf *out, size_t *n)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 4);
+    rp_mp_kv_str(&pk, "m", "list");
+    rp_mp_kv_str(&pk, "kind", kind);
+    rp_mp_kv_str(&pk, "prefix", prefix);
+    rp_mp_kv_u64(&pk, "limit", LIST_LIMIT);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    rp_buf_free(&req);
+    const msgpack_object *items = rv == 0 ? rp_mp_get(&resp.data, "items") : NULL;
+    if (rv == 0 && (items == NULL || items->type != MSGPACK_OBJECT_ARRAY))
+        rv = rp_err(RP_EPROTO, "list answer without items");
+    size_t pl = strlen(prefix);
+    if (rv == RP_ETOOBIG || (rv == 0 && items->via.array.size >= LIST_LIMIT)) {
+        msgpack_unpacked_destroy(&resp);
+        if (pl + 2 > 200)
+            return rp_err(RP_ETOOBIG, "list of %s/%s*: too big even split", kind, prefix);
+        for (int d = 0; d <= 9; d++) {
+            char sub[208];
+            snprintf(sub, sizeof sub, "%s%d", prefix, d);
+            rv = list_names(c, kind, sub, as_int, out, n);
+            if (rv != 0)
+                return rv;
+        }
+        return 0;
+    }
+    for (uint32_t k = 0; rv == 0 && k < items->via.array.size; k++) {
+        const char *s;
+        size_t sn;
+        if (rp_mp_get_str(rp_mp_get(&items->via.array.ptr[k], "metadata"), "name", &s, &sn) != 0) {
+            rv = rp_err(RP_EPROTO, "list item without metadata.name");
+            break;
+        }
+        /* The workload's names are a one-letter prefix and digits; skip anything else. */
+        bool digits = sn > 1 && sn < 20;
+        for (size_t j = 1; digits && j < sn; j++)
+            digits = s[j] >= '0' && s[j] <= '9';
+        if (!digits || sn < pl || memcmp(s, prefix, pl) != 0)
+            continue;
+        if (as_int)
+            rp_buf_printf(out, "%s%.*s", *n ? "," : "", (int)(sn - 1), s + 1);
+        else
+            rp_buf_printf(out, "%s\"%.*s\"", *n ? "," : "", (int)sn, s);
+        (*n)++;
+    }
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+/* The final read(s) after the heal: f "read", ok value = the array of elements (set,
+ * integers) or items (unique, "uN" strings) present; an error is a fail (a read
+ * changes nothing) and is retried as a new op, up to FINAL_READ_TRIES times. */
+static void final_read(const char *kind, const char *prefix, bool as_int)
+{
+    struct auth_client *c = client_for(0, 10000);
+    if (c == NULL) {
+        msg("final read: no client");
+        return;
+    }
+    for (int tries = 0; tries < FINAL_READ_TRIES && !g_stop; tries++) {
+        int64_t process = FINAL_PROCESS + tries;
+        struct rp_buf val;
+        rp_buf_init(&val);
+        size_t n = 0;
+        hist_write("invoke", process, "read", NULL, "null", NULL);
+        rp_buf_append_str(&val, "[");
+        int rv = list_names(c, kind, prefix, as_int, &val, &n);
+        rp_buf_append_str(&val, "]");
+        rp_buf_append(&val, "", 1);
+        if (rv == 0) {
+            hist_write("ok", process, "read", NULL, (const char *)val.data, NULL);
+            msg("final read of %s: %zu present", kind, n);
+            rp_buf_free(&val);
+            break;
+        }
+        char err[600];
+        errstr(rv, err, sizeof err);
+        hist_write("fail", process, "read", NULL, "null", err);
+        msg("final read of %s failed: %s", kind, err);
+        rp_buf_free(&val);
+        nap(1000);
+    }
+    auth_client_free(c);
+}
+
+/* set: each op adds a fresh element N (resource jset/eN, created with "create"). */
+static void *set_client_main(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    int64_t process = t;
+    uint64_t rng = jepsen_mix64(O.seed * 1000003u + (uint64_t)t + 1) | 1;
+    struct auth_client *c = client_for(0, CALL_TIMEOUT_MS);
+    struct client_stats *st = &g_cstats[t];
+    double mean_gap_s = (double)O.concurrency / (double)(O.rate > 0 ? O.rate : 1);
+    while (c && !atomic_load(&g_workload_stop) && !g_stop) {
+        int64_t e = (int64_t)atomic_fetch_add(&g_next_elem, 1) + 1;
+        char name[32], val[32], err[600] = "";
+        snprintf(name, sizeof name, "e%" PRId64, e);
+        snprintf(val, sizeof val, "%" PRId64, e);
+        hist_write("invoke", process, "add", NULL, val, NULL);
+        int rv = res_create(c, "jset", name, e);
+        const char *type = "ok";
+        if (rv != 0) {
+            type = definite_failure(rv) ? "fail" : "info";
+            errstr(rv, err, sizeof err);
+        }
+        hist_write(type, process, "add", NULL, val, err[0] ? err : NULL);
+        if (rv == 0)
+            st->ok++;
+        else if (type[0] == 'f')
+            st->fail++;
+        else {
+            st->info++;
+            process += O.concurrency;
+        }
+        client_gap(&rng, mean_gap_s);
+    }
+    auth_client_free(c);
+    return NULL;
+}
+
+/* unique, before the clients: creates items u1..uN, each recorded as f "create". */
+static int unique_setup(void)
+{
+    long n = (long)O.rate * O.time_s / 4;
+    if (n < 100)
+        n = 100;
+    if (n > UNIQUE_MAX_ITEMS)
+        n = UNIQUE_MAX_ITEMS;
+    struct auth_client *c = client_for(0, 5000);
+    if (c == NULL)
+        return -1;
+    int64_t process = FINAL_PROCESS + 100;
+    int ok = 0;
+    for (long i = 1; i <= n && !g_stop; i++) {
+        char name[32], key[40], err[600] = "";
+        snprintf(name, sizeof name, "u%ld", i);
+        snprintf(key, sizeof key, "\"u%ld\"", i);
+        hist_write("invoke", process, "create", key, NULL, NULL);
+        int rv = res_create(c, "juniq", name, i);
+        const char *type = rv == 0 ? "ok" : definite_failure(rv) ? "fail" : "info";
+        if (rv != 0)
+            errstr(rv, err, sizeof err);
+        hist_write(type, process, "create", key, NULL, err[0] ? err : NULL);
+        if (rv == 0)
+            ok++;
+        else if (type[0] == 'i')
+            process++;
+    }
+    auth_client_free(c);
+    g_uniq_items = (int)n;
+    msg("unique: created %d of %ld items", ok, n);
+    return ok > 0 ? 0 : -1;
+}
+
+/* unique: consume a random item: get its revision, then cdelete on that revision. */
+static void *unique_client_main(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    int64_t process = t;
+    uint64_t rng = jepsen_mix64(O.seed * 1000003u + (uint64_t)t + 1) | 1;
+    struct auth_client *c = client_for(0, CALL_TIMEOUT_MS);
+    struct client_stats *st = &g_cstats[t];
+    double mean_gap_s = (double)O.concurrency / (double)(O.rate > 0 ? O.rate : 1);
+    while (c && g_uniq_items > 0 && !atomic_load(&g_workload_stop) && !g_stop) {
+        /* Clients race: all pick among the same few items, a window that moves over
+         * the items during the run, so gets and cdeletes of one item overlap. */
+        double frac = (double)(mono_ns() - g_t0_ns) / ((double)O.time_s * 1e9);
+        long i = 1 + (long)(frac * g_uniq_items) + (long)(rnd(&rng) % 4);
+        if (rnd(&rng) % 5 == 0 || i > g_uniq_items)
+            i = 1 + (long)(rnd(&rng) % (uint64_t)g_uniq_items);
+        char name[32], key[40], err[600] = "";
+        snprintf(name, sizeof name, "u%ld", i);
+        snprintf(key, sizeof key, "\"u%ld\"", i);
+        hist_write("invoke", process, "consume", key, NULL, NULL);
+        bool found;
+        uint64_t rev = 0;
+        const char *type = "ok";
+        int rv = res_get_rev(c, "juniq", name, &found, &rev);
+        if (rv != 0) {
+            type = "fail"; /* nothing was written */
+            errstr(rv, err, sizeof err);
+        } else if (!found) {
+            type = "fail";
+            snprintf(err, sizeof err, "not_found: already consumed (get)");
+        } else {
+            rv = res_cdelete(c, "juniq", name, rev);
+            if (rv != 0) {
+                type = definite_failure(rv) ? "fail" : "info";
+                errstr(rv, err, sizeof err);
+            }
+        }
+        hist_write(type, process, "consume", key, NULL, err[0] ? err : NULL);
+        if (type[0] == 'o')
+            st->ok++;
+        else if (type[0] == 'f')
+            st->fail++;
+        else {
+            st->info++;
+            process += O.concurrency;
+        }
+        client_gap(&rng, mean_gap_s);
+    }
+    auth_client_free(c);
+    return NULL;
+}
+
 /* ---- results ----------------------------------------------------------------------- */
 
 static const char *const log_marks[] = {"Assertion", "AddressSanitizer", "runtime error:",
@@ -1065,16 +1380,21 @@ static enum jepsen_verdict write_results(const char *hist_path, bool interrupted
         }
         struct jepsen_check_opts co = {.time_limit_s = 60.0};
         uint64_t t0 = mono_ns();
-        rv = jepsen_check_register(h, &co, &reg, &rep);
+        if (strcmp(O.workload, "set") == 0)
+            rv = jepsen_check_set(h, &co, &reg, &rep);
+        else if (strcmp(O.workload, "unique") == 0)
+            rv = jepsen_check_unique(h, &co, &reg, &rep);
+        else
+            rv = jepsen_check_register(h, &co, &reg, &rep);
         check_s = (double)(mono_ns() - t0) / 1e9;
         if (rv != 0) {
-            snprintf(herr, sizeof herr, "register checker: %s", rp_errmsg());
+            snprintf(herr, sizeof herr, "%s checker: %s", O.workload, rp_errmsg());
             reg = JEPSEN_UNKNOWN;
             rp_buf_reset(&rep);
         }
         char title[300];
-        snprintf(title, sizeof title, "%s: register, nemesis %s, %d nodes, %d s", O.name,
-                 O.nemesis, O.nodes, O.time_s);
+        snprintf(title, sizeof title, "%s: %s, nemesis %s, %d nodes, %d s", O.name,
+                 O.workload, O.nemesis, O.nodes, O.time_s);
         if (jepsen_plot_latency(h, title, &svg) == 0) {
             char p[PATH_MAX];
             snprintf(p, sizeof p, "%s/latency.svg", g_run);
@@ -1108,7 +1428,7 @@ static enum jepsen_verdict write_results(const char *hist_path, bool interrupted
                   jepsen_verdict_json(stats), ok, fail, info, nem, jepsen_verdict_json(logv),
                   log_hits);
     rp_buf_append(&r, logs.data, logs.len);
-    rp_buf_printf(&r, "},\"register\":");
+    rp_buf_printf(&r, "},\"%s\":", O.workload);
     if (rep.len)
         rp_buf_append(&r, rep.data, rep.len);
     else
@@ -1118,11 +1438,11 @@ static enum jepsen_verdict write_results(const char *hist_path, bool interrupted
     snprintf(p, sizeof p, "%s/results.json", g_run);
     rp_write_file(p, r.data, r.len, 0644);
     snprintf(summary, slen,
-             "jepsen-run %s: workload=register nemesis=%s nodes=%d time=%ds valid=%s "
-             "(register=%s stats=%s logs=%s) ok=%ld fail=%ld info=%ld nemesis=%ld check=%.2fs%s "
+             "jepsen-run %s: workload=%s nemesis=%s nodes=%d time=%ds valid=%s "
+             "(%s=%s stats=%s logs=%s) ok=%ld fail=%ld info=%ld nemesis=%ld check=%.2fs%s "
              "dir=%s",
-             O.name, O.nemesis, O.nodes, O.time_s, jepsen_verdict_json(all),
-             jepsen_verdict_json(reg), jepsen_verdict_json(stats), jepsen_verdict_json(logv), ok,
+             O.name, O.workload, O.nemesis, O.nodes, O.time_s, jepsen_verdict_json(all),
+             O.workload, jepsen_verdict_json(reg), jepsen_verdict_json(stats), jepsen_verdict_json(logv), ok,
              fail, info, nem, check_s, interrupted ? " INTERRUPTED" : "", g_run);
     jepsen_history_free(h);
     rp_buf_free(&r);
@@ -1150,7 +1470,7 @@ static void teardown(void)
 static void usage(FILE *fp)
 {
     fprintf(fp,
-            "usage: jepsen-run --workload=register --nemesis=none|partition|kill|pause|all\n"
+            "usage: jepsen-run --workload=register|set|unique --nemesis=none|partition|kill|pause|all\n"
             "                  [--time=SECONDS (60)] [--nodes=3|5 (5)] [--rate=OPS_PER_S (100)]\n"
             "                  [--concurrency=N (10)] [--seed=N (time)] [--name=NAME]\n"
             "                  [--store=DIR (jepsen/store)] [--keep-data]\n"
@@ -1198,12 +1518,15 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (optind != argc || strcmp(O.workload, "register") != 0 ||
+    bool wl_ok = strcmp(O.workload, "register") == 0 || strcmp(O.workload, "set") == 0 ||
+                 strcmp(O.workload, "unique") == 0;
+    if (optind != argc || !wl_ok ||
         (strcmp(O.nemesis, "none") && strcmp(O.nemesis, "partition") &&
          strcmp(O.nemesis, "kill") && strcmp(O.nemesis, "pause") && strcmp(O.nemesis, "all")) ||
         O.nodes == 4) {
-        if (strcmp(O.workload, "register") != 0)
-            fprintf(stderr, "jepsen-run: workload '%s' is not implemented yet (register only)\n",
+        if (!wl_ok)
+            fprintf(stderr,
+                    "jepsen-run: workload '%s' is not implemented (register, set, unique)\n",
                     O.workload);
         usage(stderr);
         return 2;
@@ -1222,7 +1545,7 @@ int main(int argc, char **argv)
     g_nem_rng = jepsen_mix64(O.seed) | 1;
     static char defname[64];
     if (O.name == NULL) {
-        snprintf(defname, sizeof defname, "register-%s", O.nemesis);
+        snprintf(defname, sizeof defname, "%s-%s", O.workload, O.nemesis);
         O.name = defname;
     }
     /* Paths: the daemon next to us, the run directory absolute. */
@@ -1287,8 +1610,8 @@ int main(int argc, char **argv)
         return 2;
     }
     g_t0_ns = mono_ns();
-    msg("run %s: workload=register nemesis=%s nodes=%d time=%ds rate=%d concurrency=%d seed=%" PRIu64,
-        O.name, O.nemesis, O.nodes, O.time_s, O.rate, O.concurrency, O.seed);
+    msg("run %s: workload=%s nemesis=%s nodes=%d time=%ds rate=%d concurrency=%d seed=%" PRIu64,
+        O.name, O.workload, O.nemesis, O.nodes, O.time_s, O.rate, O.concurrency, O.seed);
     msg("dir %s", g_run);
 
     /* A stale setup of a crashed run goes first. */
@@ -1307,10 +1630,18 @@ int main(int argc, char **argv)
         uint64_t end_ns = g_t0_ns + (uint64_t)O.time_s * 1000000000ull;
         for (int k = 0; k <= (O.concurrency - 1) / CLIENTS_PER_KEY; k++)
             g_groups[k] = (struct key_group){.key = g_next_key++};
+        void *(*client_fn)(void *) = client_main;
+        bool is_set = strcmp(O.workload, "set") == 0, is_unique = strcmp(O.workload, "unique") == 0;
+        if (is_set)
+            client_fn = set_client_main;
+        else if (is_unique)
+            client_fn = unique_client_main;
+        if (is_unique && unique_setup() != 0)
+            msg("unique: no item could be created; the clients will do nothing");
         pthread_t th[MAX_CLIENTS];
         int started = 0;
         for (int t = 0; t < O.concurrency; t++) {
-            if (pthread_create(&th[t], NULL, client_main, (void *)(intptr_t)t) != 0)
+            if (pthread_create(&th[t], NULL, client_fn, (void *)(intptr_t)t) != 0)
                 break;
             started++;
         }
@@ -1325,6 +1656,16 @@ int main(int argc, char **argv)
         msg("workload stopped; cluster after final heal: %s",
             g_stop ? "(interrupted)" : wait_ready(O.nodes, 20000) ? "all voters, leader elected" :
                                                                      "NOT healthy within 20 s");
+        if ((is_set || is_unique) && !g_stop) {
+            /* The final read needs a leader: wait for one (wait_ready may have given up). */
+            uint64_t lend = mono_ns() + 20000000000ull;
+            while (!g_stop && find_leader() == 0 && mono_ns() < lend)
+                nap(200);
+            if (is_set)
+                final_read("jset", "e", true);
+            else
+                final_read("juniq", "u", false);
+        }
     }
     fclose(g_hist);
     g_hist = NULL;
