@@ -69,17 +69,18 @@ test: all
 asan:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
 
-# Fault injection (issue 4, in progress: register workload only). Needs root and nftables.
+# Fault injection (issue 4, in progress: register, set and unique workloads; partition,
+# kill and pause nemeses). Needs root and nftables. Results in jepsen/store/.
 JEPSEN_TIME  ?= 60
 JEPSEN_RATE  ?= 100
 JEPSEN_NODES ?= 5
 JEPSEN_SEED  ?= $(shell date +%s)
 .PHONY: jepsen
 jepsen: all
-	@rc=0; for n in partition kill pause all; do \
-	  $(BUILD)/jepsen-run --workload=register --nemesis=$$n --time=$(JEPSEN_TIME) \
+	@rc=0; for w in register set unique; do for n in partition kill pause all; do \
+	  $(BUILD)/jepsen-run --workload=$$w --nemesis=$$n --time=$(JEPSEN_TIME) \
 	    --rate=$(JEPSEN_RATE) --nodes=$(JEPSEN_NODES) --seed=$(JEPSEN_SEED) 2>>$(BUILD)/jepsen.log || rc=1; \
-	done; exit $$rc
+	done; done; exit $$rc
 
 # Raftport beside etcd 3.4 on this machine (installs etcd-server): docs/benchmarks.md.
 .PHONY: bench
