@@ -81,6 +81,9 @@ int auth_client_new(struct auth_client **out, SSL_CTX *ctx, const char *const *a
 void auth_client_free(struct auth_client *c);
 /* Per-call deadline, covering retries across servers (default 15 s). */
 void auth_client_set_timeout(struct auth_client *c, int timeout_ms);
+/* Makes the next call start at the first address given to auth_client_new (the
+ * client otherwise stays on the server it last reached). */
+void auth_client_rewind(struct auth_client *c);
 
 /* Sends request @req (an encoded msgpack map) and waits for the answer, failing
  * over to the next server on connection errors and "not_leader"/"unavailable".

@@ -88,6 +88,16 @@ void auth_client_set_timeout(struct auth_client *c, int timeout_ms)
     c->timeout_ms = timeout_ms;
 }
 
+void auth_client_rewind(struct auth_client *c)
+{
+    if (c->cur == 0)
+        return;
+    if (c->open)
+        rp_conn_close(&c->conn);
+    c->open = false;
+    c->cur = 0;
+}
+
 /* Dials @addr and checks that the server is an auth server of our cluster. */
 static int dial_auth(SSL_CTX *ctx, const char *addr, int timeout_ms, struct rp_conn *conn)
 {

@@ -510,10 +510,10 @@ void auth_server_stop(struct auth_server *s)
             shutdown(s->conn_fds[i], SHUT_RDWR);
     }
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
+    clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += 5;
     while (atomic_load(&s->n_conns) > 0) {
-        if (pthread_cond_timedwait(&s->conns_cv, &s->conns_mu, &dl) == ETIMEDOUT)
+        if (pthread_cond_clockwait(&s->conns_cv, &s->conns_mu, CLOCK_MONOTONIC, &dl) == ETIMEDOUT)
             break;
     }
     pthread_mutex_unlock(&s->conns_mu);

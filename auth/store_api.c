@@ -53,6 +53,13 @@ static int route_read(struct auth_req *r, struct rp_buf *out)
     rp_mp_get_bool(r->args, "stale", &stale);
     if (stale)
         return 0;
+#ifdef RP_TEST_STALE_READS
+    /* Test-only build (build/raftport-stale, never shipped): a follower answers
+     * from its own state without asking the leader. The Jepsen harness must
+     * catch this as non-linearizable (tests/test_jepsen_smoke.c). */
+    if (!auth_is_leader(r->srv))
+        return 0;
+#endif
     if (!auth_is_leader(r->srv)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");

@@ -1,8 +1,11 @@
 /* jepsen/main_run.c: build/jepsen-run, one run of the fault-injection harness.
  *
- *   jepsen-run --workload=register|set|unique --nemesis=none|partition|kill|pause|all
+ *   jepsen-run --workload=register|set|unique|watch --nemesis=LIST
  *              [--time=SECONDS] [--nodes=3|5] [--rate=OPS_PER_S] [--concurrency=N]
- *              [--seed=N] [--name=NAME] [--store=DIR] [--keep-data]
+ *              [--seed=N] [--name=NAME] [--store=DIR] [--daemon=PATH] [--keep-data]
+ *
+ * LIST is none, all, or a comma-separated list of partition, kill, pause,
+ * membership, clock and truncate.
  *
  * Builds a bridge rpj-br0 (10.77.0.1/24) and one network namespace rpj-nI per
  * node (10.77.0.(10+I)/24 on a veth onto the bridge), runs `raftport start` in
@@ -15,6 +18,7 @@
  * a crashed run is removed first. Must run as root.
  *
  * Exit status: 0 valid, 1 invalid, 2 unknown or harness error, 130 interrupted. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -45,8 +50,10 @@
 #include "lib/json.h"
 #include "lib/mp.h"
 #include "lib/util.h"
+#include "raft/rp_raft.h"
 
 #define MAX_NODES 5
+#define MAX_SLOTS (MAX_NODES + 1) /* one spare namespace for the membership nemesis */
 #define MAX_CLIENTS 64
 #define BRIDGE "rpj-br0"
 #define NS_FMT "rpj-n%d"
@@ -63,21 +70,41 @@
 /* ---- options and global state ----------------------------------------------------- */
 
 static struct {
-    const char *workload, *nemesis, *name, *store;
+    const char *workload, *nemesis, *name, *store, *daemon;
     int time_s, nodes, rate, concurrency;
     uint64_t seed;
     bool keep_data;
-} O = {"register", "partition", NULL, "jepsen/store", 60, 5, 100, 10, 0, false};
+} O = {"register", "partition", NULL, "jepsen/store", NULL, 60, 5, 100, 10, 0, false};
+
+enum {
+    NEM_PARTITION = 1 << 0,
+    NEM_KILL = 1 << 1,
+    NEM_PAUSE = 1 << 2,
+    NEM_MEMBERSHIP = 1 << 3,
+    NEM_CLOCK = 1 << 4,
+    NEM_TRUNCATE = 1 << 5,
+    NEM_KINDS = 6,
+    NEM_ALL = (1 << NEM_KINDS) - 1,
+};
+static const char *const nem_names[NEM_KINDS] = {"partition",  "kill",  "pause",
+                                                 "membership", "clock", "truncate"};
+static unsigned g_nem;   /* the NEM_* bits of --nemesis */
+static int g_nslots;     /* namespaces: the nodes, plus a spare with membership */
+static uint64_t g_next_raft_id = 100; /* raft ids of the nodes joined by the membership nemesis */
+#define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 struct node {
     pid_t pid;
     bool paused;
+    bool member;      /* part of the cluster (else a spare slot or removed) */
+    uint64_t raft_id; /* of the node now in this slot */
+    double skew_s;    /* clock offset given to libfaketime */
     char addr[32]; /* API address */
     char ip[20];
-    char dir[PATH_MAX - 64], cfg[PATH_MAX], log[PATH_MAX];
+    char dir[PATH_MAX - 64], cfg[PATH_MAX], log[PATH_MAX], clock[PATH_MAX];
 };
 
-static struct node g_nodes[MAX_NODES + 1];
+static struct node g_nodes[MAX_SLOTS + 1];
 static char g_exe_dir[PATH_MAX];
 static char g_run[PATH_MAX - 128];
 static volatile sig_atomic_t g_stop;
@@ -216,7 +243,7 @@ static void kill_ns_processes(int i)
 /* Removes every namespace, veth and the bridge of ours; harmless when absent. */
 static void net_destroy(void)
 {
-    for (int i = 1; i <= MAX_NODES; i++) {
+    for (int i = 1; i <= MAX_SLOTS; i++) {
         char path[64];
         snprintf(path, sizeof path, "/run/netns/" NS_FMT, i);
         if (access(path, F_OK) == 0) {
@@ -248,7 +275,7 @@ static int net_create(int n)
 
 /* ---- nodes ------------------------------------------------------------------------- */
 
-static void write_config(int i, const char *token, const char *pin)
+static void write_config(int i, const char *token, const char *pin, const char *join_addr)
 {
     struct node *n = &g_nodes[i];
     char tmp[PATH_MAX + 8];
@@ -260,13 +287,14 @@ static void write_config(int i, const char *token, const char *pin)
     }
     fprintf(f, "version: v3\nteleport:\n  nodename: n%d\n  data_dir: %s\n", i, n->dir);
     if (token) {
-        fprintf(f, "  auth_server: %s\n  ca_pin: %s\n", g_nodes[1].addr, pin);
+        fprintf(f, "  auth_server: %s\n  ca_pin: %s\n", join_addr, pin);
         fprintf(f, "  join_params:\n    token_name: %s\n    method: token\n", token);
     }
     fprintf(f, "  log:\n    output: stderr\n    severity: INFO\n");
     fprintf(f, "auth_service:\n  enabled: yes\n  cluster_name: jepsen.raftport\n");
     fprintf(f, "  listen_addr: %s\n  min_free_disk: 1MB\n", n->addr);
-    fprintf(f, "  raft:\n    id: %d\n    listen_addr: %s:%d\n", i, n->ip, RAFT_PORT);
+    fprintf(f, "  raft:\n    id: %" PRIu64 "\n    listen_addr: %s:%d\n", n->raft_id, n->ip,
+            RAFT_PORT);
     fprintf(f, "    election_timeout: 1000ms\n    heartbeat_timeout: 100ms\n");
     fprintf(f, "    snapshot_threshold: 1024\n    snapshot_trailing: 2048\n");
     fclose(f);
@@ -279,8 +307,33 @@ static int node_spawn(int i)
 {
     struct node *n = &g_nodes[i];
     char exe[PATH_MAX + 16], nspath[64];
-    snprintf(exe, sizeof exe, "%s/raftport", g_exe_dir);
+    if (O.daemon)
+        snprintf(exe, sizeof exe, "%s", O.daemon);
+    else
+        snprintf(exe, sizeof exe, "%s/raftport", g_exe_dir);
     snprintf(nspath, sizeof nspath, "/run/netns/" NS_FMT, i);
+    /* With the clock nemesis every daemon runs under libfaketime, which re-reads the
+     * node's offset file each second; the monotonic clock (Raft timers) stays true. */
+    static char *envp[512];
+    static char e_pre[64 + sizeof FAKETIME_LIB], e_file[PATH_MAX + 32];
+    size_t ne = 0;
+    extern char **environ;
+    for (char **e = environ; *e && ne < 500; e++) {
+        if (strncmp(*e, "LD_PRELOAD=", 11) != 0 && strncmp(*e, "FAKETIME", 8) != 0)
+            envp[ne++] = *e;
+    }
+    if (g_nem & NEM_CLOCK) {
+        char off[32];
+        snprintf(off, sizeof off, "%+.3f\n", n->skew_s);
+        rp_write_file(n->clock, off, strlen(off), 0644);
+        snprintf(e_pre, sizeof e_pre, "LD_PRELOAD=%s", FAKETIME_LIB);
+        snprintf(e_file, sizeof e_file, "FAKETIME_TIMESTAMP_FILE=%s", n->clock);
+        envp[ne++] = e_pre;
+        envp[ne++] = e_file;
+        envp[ne++] = "FAKETIME_CACHE_DURATION=1";
+        envp[ne++] = "DONT_FAKE_MONOTONIC=1";
+    }
+    envp[ne] = NULL;
     int fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     int nsfd = open(nspath, O_RDONLY | O_CLOEXEC);
     if (fd < 0 || nsfd < 0) {
@@ -314,7 +367,7 @@ static int node_spawn(int i)
         dup2(fd, 2);
         close_range(3, ~0U, 0);
         char *argv[] = {"raftport", "start", "-c", n->cfg, NULL};
-        execv(exe, argv);
+        execve(exe, argv, envp);
         dprintf(2, "jepsen-run: exec %s: %s\n", exe, strerror(errno));
         _exit(127);
     }
@@ -341,14 +394,14 @@ static void node_kill9(int i)
 
 static void kill_all_nodes(void)
 {
-    for (int i = 1; i <= MAX_NODES; i++)
+    for (int i = 1; i <= MAX_SLOTS; i++)
         node_kill9(i);
 }
 
 /* Reaps nodes that died on their own (reported in the log of the run). */
 static void reap_nodes(void)
 {
-    for (int i = 1; i <= O.nodes; i++) {
+    for (int i = 1; i <= g_nslots; i++) {
         struct node *n = &g_nodes[i];
         int st;
         if (n->pid > 0 && waitpid(n->pid, &st, WNOHANG) == n->pid) {
@@ -360,11 +413,26 @@ static void reap_nodes(void)
 
 /* ---- API calls --------------------------------------------------------------------- */
 
-static struct auth_client *client_for(int only_node, int timeout_ms)
+/* The members of the cluster now (slot numbers), in slot order; returns how many. */
+static int member_slots(int *p)
 {
-    const char *addrs[MAX_NODES];
+    int n = 0;
+    for (int i = 1; i <= g_nslots; i++)
+        if (g_nodes[i].member)
+            p[n++] = i;
+    return n;
+}
+
+/* A client of node @only_node alone, or (0) of every slot, starting at slot @home
+ * (0 = the first): a client that calls auth_client_rewind before each op keeps
+ * talking to its home node, as a Jepsen client is bound to one node, and fails
+ * over to the others only within an op. */
+static struct auth_client *client_home(int only_node, int home, int timeout_ms)
+{
+    const char *addrs[MAX_SLOTS];
     size_t na = 0;
-    for (int i = 1; i <= O.nodes; i++) {
+    for (int k = 0; k < g_nslots; k++) {
+        int i = 1 + (k + (home > 0 ? home - 1 : 0)) % g_nslots;
         if (only_node == 0 || only_node == i)
             addrs[na++] = g_nodes[i].addr;
     }
@@ -373,6 +441,11 @@ static struct auth_client *client_for(int only_node, int timeout_ms)
         return NULL;
     auth_client_set_timeout(c, timeout_ms);
     return c;
+}
+
+static struct auth_client *client_for(int only_node, int timeout_ms)
+{
+    return client_home(only_node, 0, timeout_ms);
 }
 
 static int simple_call(struct auth_client *c, const char *method, msgpack_unpacked *resp)
@@ -393,8 +466,8 @@ static int find_leader(void)
 {
     int best = 0;
     uint64_t best_term = 0;
-    for (int i = 1; i <= O.nodes; i++) {
-        if (g_nodes[i].pid <= 0 || g_nodes[i].paused)
+    for (int i = 1; i <= g_nslots; i++) {
+        if (g_nodes[i].pid <= 0 || g_nodes[i].paused || !g_nodes[i].member)
             continue;
         struct auth_client *c = client_for(i, 800);
         if (c == NULL)
@@ -455,12 +528,58 @@ static bool wait_ready(int want, int timeout_ms)
     return false;
 }
 
+/* A fresh auth join token and the CA pin, from any member. */
+static int new_join_token(char *token, size_t tn, char *pin, size_t pn)
+{
+    struct auth_client *c = client_for(0, 10000);
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "m", "token_add");
+    rp_mp_kv_str(&pk, "type", "auth");
+    rp_mp_kv_u64(&pk, "ttl_ms", 600000);
+    int rv = c ? auth_client_call(c, req.data, req.len, &resp) : RP_ENOMEM;
+    const char *s;
+    size_t sn;
+    token[0] = pin[0] = '\0';
+    if (rv == 0 && rp_mp_get_str(&resp.data, "token", &s, &sn) == 0)
+        snprintf(token, tn, "%.*s", (int)sn, s);
+    if (rv == 0 && rp_mp_get_str(&resp.data, "ca_pin", &s, &sn) == 0)
+        snprintf(pin, pn, "%.*s", (int)sn, s);
+    if (c)
+        msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    auth_client_free(c);
+    if (rv == 0 && (!token[0] || !pin[0]))
+        rv = rp_err(RP_EPROTO, "token_add answer without token or ca_pin");
+    return rv;
+}
+
+/* Starts slot @i as a new server with an empty data dir, joining through @via. */
+static int join_fresh(int i, int via)
+{
+    char token[256], pin[256];
+    int rv = new_join_token(token, sizeof token, pin, sizeof pin);
+    if (rv != 0) {
+        msg("token_add for n%d: %s (%s)", i, rp_strerror(rv), rp_errmsg());
+        return -1;
+    }
+    sh("rm -rf '%s'", g_nodes[i].dir);
+    write_config(i, token, pin, g_nodes[via].addr);
+    return node_spawn(i);
+}
+
 /* Bootstraps n1, joins the others one at a time, waits for every voter. */
 static int cluster_start(void)
 {
-    write_config(1, NULL, NULL);
+    g_nodes[1].raft_id = 1;
+    write_config(1, NULL, NULL, NULL);
     if (node_spawn(1) != 0)
         return -1;
+    g_nodes[1].member = true;
     char keys[PATH_MAX + 32];
     snprintf(keys, sizeof keys, "%s/keys/admin.key", g_nodes[1].dir);
     uint64_t end = mono_ns() + 30000000000ull;
@@ -479,35 +598,10 @@ static int cluster_start(void)
         return -1;
     }
     for (int i = 2; i <= O.nodes; i++) {
-        struct auth_client *c = client_for(1, 10000);
-        struct rp_buf req;
-        msgpack_packer pk;
-        msgpack_unpacked resp;
-        rp_buf_init(&req);
-        rp_mp_packer_init(&pk, &req);
-        msgpack_pack_map(&pk, 3);
-        rp_mp_kv_str(&pk, "m", "token_add");
-        rp_mp_kv_str(&pk, "type", "auth");
-        rp_mp_kv_u64(&pk, "ttl_ms", 600000);
-        int rv = c ? auth_client_call(c, req.data, req.len, &resp) : RP_ENOMEM;
-        char token[256] = "", pin[256] = "";
-        const char *s;
-        size_t sn;
-        if (rv == 0 && rp_mp_get_str(&resp.data, "token", &s, &sn) == 0)
-            snprintf(token, sizeof token, "%.*s", (int)sn, s);
-        if (rv == 0 && rp_mp_get_str(&resp.data, "ca_pin", &s, &sn) == 0)
-            snprintf(pin, sizeof pin, "%.*s", (int)sn, s);
-        if (c)
-            msgpack_unpacked_destroy(&resp);
-        rp_buf_free(&req);
-        auth_client_free(c);
-        if (rv != 0 || !token[0] || !pin[0]) {
-            msg("token_add for n%d: %s (%s)", i, rp_strerror(rv), rp_errmsg());
+        g_nodes[i].raft_id = (uint64_t)i;
+        if (join_fresh(i, 1) != 0)
             return -1;
-        }
-        write_config(i, token, pin);
-        if (node_spawn(i) != 0)
-            return -1;
+        g_nodes[i].member = true;
         if (!wait_ready(i, 60000)) {
             msg("n%d did not join as a voter in 60 s; see %s", i, g_nodes[i].log);
             return -1;
@@ -523,7 +617,7 @@ static bool g_grudge[MAX_NODES + 1][MAX_NODES + 1]; /* [a][b]: a drops packets f
 
 static void fw_heal(void)
 {
-    for (int a = 1; a <= O.nodes; a++)
+    for (int a = 1; a <= g_nslots; a++)
         sh("ip netns exec " NS_FMT " nft delete table inet rpj 2>/dev/null", a);
 }
 
@@ -531,10 +625,10 @@ static int fw_apply(void)
 {
     fw_heal();
     int rv = 0;
-    for (int a = 1; a <= O.nodes; a++) {
+    for (int a = 1; a <= g_nslots; a++) {
         char set[256] = "";
         size_t len = 0;
-        for (int b = 1; b <= O.nodes; b++) {
+        for (int b = 1; b <= g_nslots; b++) {
             if (g_grudge[a][b])
                 len += (size_t)snprintf(set + len, sizeof set - len, "%s%s", len ? ", " : "",
                                         g_nodes[b].ip);
@@ -560,11 +654,11 @@ static void cut(const int *a, int na, const int *b, int nb)
             g_grudge[a[x]][b[y]] = g_grudge[b[y]][a[x]] = true;
 }
 
+/* The members in random order (there are always O.nodes of them). */
 static void shuffled(int *p)
 {
-    for (int i = 0; i < O.nodes; i++)
-        p[i] = i + 1;
-    for (int i = O.nodes - 1; i > 0; i--) {
+    int n = member_slots(p);
+    for (int i = n - 1; i > 0; i--) {
         int j = (int)(rnd(&g_nem_rng) % (uint64_t)(i + 1));
         int t = p[i];
         p[i] = p[j];
@@ -577,9 +671,9 @@ static void grudge_to_json(const char *kind, struct rp_buf *out)
 {
     rp_buf_printf(out, "{\"kind\":\"%s\",\"grudge\":{", kind);
     bool first = true;
-    for (int a = 1; a <= O.nodes; a++) {
+    for (int a = 1; a <= g_nslots; a++) {
         bool any = false;
-        for (int b = 1; b <= O.nodes; b++) {
+        for (int b = 1; b <= g_nslots; b++) {
             if (!g_grudge[a][b])
                 continue;
             if (!any)
@@ -600,7 +694,7 @@ static void start_partition(void)
     static const char *kinds3[] = {"one", "halves", "leader", "bridge"};
     const char *kind = O.nodes >= 5 ? kinds5[rnd(&g_nem_rng) % 5] : kinds3[rnd(&g_nem_rng) % 4];
     memset(g_grudge, 0, sizeof g_grudge);
-    int p[MAX_NODES];
+    int p[MAX_SLOTS];
     shuffled(p);
     if (strcmp(kind, "leader") == 0) {
         int l = find_leader();
@@ -656,7 +750,9 @@ static int pick_target(const char **kind)
         }
     }
     *kind = "random";
-    return 1 + (int)(rnd(&g_nem_rng) % (uint64_t)O.nodes);
+    int p[MAX_SLOTS];
+    int n = member_slots(p);
+    return p[rnd(&g_nem_rng) % (uint64_t)n];
 }
 
 static void start_kill(void)
@@ -706,54 +802,248 @@ static void stop_pause(void)
     nemesis_op("resume", v);
 }
 
-/* Heals everything: partitions, paused and dead nodes. */
+/* ---- membership: a fresh server joins in the spare slot, then a voter is removed ---- */
+
+static int member_rm(uint64_t raft_id)
+{
+    struct auth_client *c = client_for(0, 15000);
+    if (c == NULL)
+        return RP_ENOMEM;
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 2);
+    rp_mp_kv_str(&pk, "m", "member_rm");
+    rp_mp_kv_u64(&pk, "id", raft_id);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    auth_client_free(c);
+    return rv;
+}
+
+/* Removes @raft_id, retrying an unknown outcome; 0 once it is gone. */
+static int member_rm_sure(uint64_t raft_id)
+{
+    int rv = -1;
+    for (int tries = 0; tries < 5 && !g_stop; tries++) {
+        rv = member_rm(raft_id);
+        if (rv == 0 || rv == RP_ENOTFOUND)
+            return 0;
+        msg("member_rm %" PRIu64 ": %s (%s); retrying", raft_id, rp_strerror(rv), rp_errmsg());
+        nap(1000);
+    }
+    return rv;
+}
+
+static void start_membership(void)
+{
+    int spare = 0;
+    for (int i = 1; i <= g_nslots && !spare; i++)
+        if (!g_nodes[i].member)
+            spare = i;
+    const char *kind;
+    int victim = pick_target(&kind);
+    int via = find_leader();
+    if (via == 0 || via == victim)
+        for (int i = 1; i <= g_nslots; i++)
+            if (g_nodes[i].member && g_nodes[i].pid > 0 && i != victim)
+                via = i;
+    struct node *f = &g_nodes[spare], *v = &g_nodes[victim];
+    char val[256];
+    f->raft_id = g_next_raft_id++;
+    f->skew_s = 0;
+    snprintf(val, sizeof val, "{\"kind\":\"%s\",\"add\":\"n%d\",\"add_raft_id\":%" PRIu64
+             ",\"remove\":\"n%d\",\"remove_raft_id\":%" PRIu64 "}",
+             kind, spare, f->raft_id, victim, v->raft_id);
+    nemesis_op("start-membership", val);
+    /* Join first, then remove: never fewer than O.nodes >= 3 voters. */
+    bool joined = join_fresh(spare, via) == 0;
+    if (joined) {
+        f->member = true;
+        joined = wait_ready(O.nodes + 1, 30000);
+    }
+    if (!joined) {
+        msg("membership: n%d (raft id %" PRIu64 ") did not become a voter; removing it again",
+            spare, f->raft_id);
+        node_kill9(spare);
+        if (f->member)
+            member_rm_sure(f->raft_id);
+        f->member = false;
+        nemesis_op("stop-membership", "{\"result\":\"join failed, the new server was removed\"}");
+        return;
+    }
+    int rv = member_rm_sure(v->raft_id);
+    if (rv != 0) {
+        msg("membership: removing n%d failed: %s (%s)", victim, rp_strerror(rv), rp_errmsg());
+        nemesis_op("stop-membership", "{\"result\":\"remove failed\"}");
+        return;
+    }
+    node_kill9(victim);
+    v->member = false;
+    sh("rm -rf '%s'", v->dir);
+    nemesis_op("stop-membership", "{\"result\":\"replaced\"}");
+}
+
+/* ---- clock: per-node offsets through libfaketime -------------------------------------- */
+
+/* Offsets stay within +-25 s: TLS certificates are backdated 60 s, and two nodes more
+ * than that apart would refuse each other's fresh certificates, which is TLS working. */
+static void set_skew(int i, double skew_s)
+{
+    struct node *n = &g_nodes[i];
+    char off[32];
+    n->skew_s = skew_s;
+    snprintf(off, sizeof off, "%+.3f\n", skew_s);
+    rp_write_file(n->clock, off, strlen(off), 0644);
+}
+
+static void start_clock(void)
+{
+    static const double mags[] = {0.05, 0.5, 2.0, 10.0, 25.0};
+    int p[MAX_SLOTS];
+    int n = member_slots(p);
+    bool all = rnd(&g_nem_rng) % 2 == 0; /* every node, or one */
+    struct rp_buf v;
+    rp_buf_init(&v);
+    rp_buf_printf(&v, "{\"kind\":\"%s\",\"offsets_s\":{", all ? "scatter" : "bump");
+    int first = (int)(rnd(&g_nem_rng) % (uint64_t)n);
+    bool sep = false;
+    for (int k = 0; k < n; k++) {
+        if (!all && k != first)
+            continue;
+        double m = mags[rnd(&g_nem_rng) % (sizeof mags / sizeof mags[0])];
+        double frac = (double)(rnd(&g_nem_rng) % 1000) / 1000.0;
+        double off = (rnd(&g_nem_rng) % 2 ? 1 : -1) * m * (0.5 + frac / 2);
+        set_skew(p[k], off);
+        rp_buf_printf(&v, "%s\"n%d\":%.3f", sep ? "," : "", p[k], off);
+        sep = true;
+    }
+    rp_buf_append_str(&v, "}}");
+    rp_buf_append(&v, "", 1);
+    nemesis_op("start-clock", (const char *)v.data);
+    rp_buf_free(&v);
+}
+
+static void reset_clocks(void)
+{
+    if (!(g_nem & NEM_CLOCK))
+        return;
+    for (int i = 1; i <= g_nslots; i++)
+        set_skew(i, 0);
+}
+
+static void stop_clock(void)
+{
+    reset_clocks();
+    nemesis_op("stop-clock", "\"every offset back to 0\"");
+}
+
+/* ---- truncate: kill one node, cut its newest open segment, restart it later ---------- */
+
+static void start_truncate(void)
+{
+    const char *kind;
+    int i = pick_target(&kind);
+    node_kill9(i);
+    g_fault_node = i;
+    /* The newest segment with data: the open segment whose last complete batch ends
+     * furthest in (libraft fills open-N in order and keeps at most a few). */
+    char dir[PATH_MAX], best[PATH_MAX] = "", val[PATH_MAX + 256];
+    snprintf(dir, sizeof dir, "%.*s/raft", (int)(sizeof dir - 6), g_nodes[i].dir);
+    unsigned long best_n = 0;
+    uint64_t best_end = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        unsigned long num;
+        if (sscanf(e->d_name, "open-%lu", &num) != 1)
+            continue;
+        char path[PATH_MAX + 300];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        struct rp_segment_scan sc;
+        if (fd >= 0 && fstat(fd, &st) == 0 &&
+            rp_raft_segment_scan(fd, (uint64_t)st.st_size, &sc) == 0 && sc.batches > 0 &&
+            num > best_n) {
+            best_n = num;
+            best_end = sc.complete_end;
+            snprintf(best, sizeof best, "%.*s", (int)sizeof best - 1, path);
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    if (d)
+        closedir(d);
+    if (best[0] == '\0') {
+        snprintf(val, sizeof val, "{\"kind\":\"%s\",\"nodes\":[\"n%d\"],\"truncated\":null}", kind,
+                 i);
+    } else {
+        /* Somewhere in the last 4 KiB of data (a batch is usually smaller). */
+        uint64_t span = best_end > 8 + 4096 ? 4096 : best_end - 8;
+        uint64_t to = best_end - 1 - rnd(&g_nem_rng) % (span ? span : 1);
+        if (truncate(best, (off_t)to) != 0)
+            msg("truncate %s: %s", best, strerror(errno));
+        snprintf(val, sizeof val,
+                 "{\"kind\":\"%s\",\"nodes\":[\"n%d\"],\"file\":\"%s\",\"from\":%" PRIu64
+                 ",\"to\":%" PRIu64 "}",
+                 kind, i, strrchr(best, '/') + 1, best_end, to);
+    }
+    nemesis_op("start-truncate", val);
+}
+
+static void stop_truncate(void)
+{
+    int i = g_fault_node;
+    if (i && g_nodes[i].pid <= 0 && g_nodes[i].member)
+        node_spawn(i);
+    char v[64];
+    snprintf(v, sizeof v, "{\"nodes\":[\"n%d\"]}", i);
+    nemesis_op("stop-truncate", v);
+}
+
+/* Heals everything: partitions, clocks, paused and dead nodes. */
 static void heal_all(void)
 {
     fw_heal();
     memset(g_grudge, 0, sizeof g_grudge);
-    for (int i = 1; i <= O.nodes; i++) {
+    reset_clocks();
+    for (int i = 1; i <= g_nslots; i++) {
         if (g_nodes[i].pid > 0 && g_nodes[i].paused) {
             kill(g_nodes[i].pid, SIGCONT);
             g_nodes[i].paused = false;
         }
     }
     reap_nodes();
-    for (int i = 1; i <= O.nodes; i++)
-        if (g_nodes[i].pid <= 0 && !g_stop)
+    for (int i = 1; i <= g_nslots; i++)
+        if (g_nodes[i].member && g_nodes[i].pid <= 0 && !g_stop)
             node_spawn(i);
 }
 
-/* The main thread's schedule: quiet start, then fault/heal every few seconds until
- * the workload's time is nearly up, then a final heal. */
+/* The main thread's schedule: quiet start, then one fault of a kind picked among
+ * --nemesis every few seconds until the workload's time is nearly up, then a final
+ * heal (by the caller). */
 static void run_nemesis(uint64_t end_ns)
 {
-    if (!nap(QUIET_MS))
+    static void (*const start[NEM_KINDS])(void) = {start_partition, start_kill, start_pause,
+                                                   start_membership, start_clock, start_truncate};
+    static void (*const stop[NEM_KINDS])(void) = {stop_partition, stop_kill, stop_pause,
+                                                  NULL, stop_clock, stop_truncate};
+    int kinds[NEM_KINDS], nk = 0;
+    for (int k = 0; k < NEM_KINDS; k++)
+        if (g_nem & (1u << k))
+            kinds[nk++] = k;
+    if (nk == 0 || !nap(QUIET_MS))
         return;
-    int kind = 0; /* 1 partition, 2 kill, 3 pause */
     while (!g_stop && mono_ns() + (uint64_t)(FAULT_MS + 1000) * 1000000ull < end_ns) {
-        if (strcmp(O.nemesis, "partition") == 0)
-            kind = 1;
-        else if (strcmp(O.nemesis, "kill") == 0)
-            kind = 2;
-        else if (strcmp(O.nemesis, "pause") == 0)
-            kind = 3;
-        else if (strcmp(O.nemesis, "all") == 0)
-            kind = 1 + (int)(rnd(&g_nem_rng) % 3);
-        else
-            return; /* none */
-        if (kind == 1)
-            start_partition();
-        else if (kind == 2)
-            start_kill();
-        else
-            start_pause();
+        int k = kinds[rnd(&g_nem_rng) % (uint64_t)nk];
+        start[k]();
         nap(FAULT_MS);
-        if (kind == 1)
-            stop_partition();
-        else if (kind == 2)
-            stop_kill();
-        else
-            stop_pause();
+        if (stop[k])
+            stop[k]();
         reap_nodes();
         nap(HEAL_MS);
     }
@@ -886,7 +1176,7 @@ static void *client_main(void *arg)
     int t = (int)(intptr_t)arg;
     int64_t process = t;
     uint64_t rng = jepsen_mix64(O.seed * 1000003u + (uint64_t)t + 1) | 1;
-    struct auth_client *c = client_for(0, CALL_TIMEOUT_MS);
+    struct auth_client *c = client_home(0, 1 + t % O.nodes, CALL_TIMEOUT_MS);
     struct client_stats *st = &g_cstats[t];
     int group = t / CLIENTS_PER_KEY;
     double mean_gap_s = (double)O.concurrency / (double)(O.rate > 0 ? O.rate : 1);
@@ -903,6 +1193,7 @@ static void *client_main(void *arg)
         bool known = g->known;
         int64_t guess = g->last;
         pthread_mutex_unlock(&g_kmu);
+        auth_client_rewind(c); /* each op starts at the client's home node */
         char name[32], key_json[40], val[64], err[600];
         snprintf(name, sizeof name, "k%d", key);
         snprintf(key_json, sizeof key_json, "\"k%d\"", key);
@@ -1297,6 +1588,289 @@ static void *unique_client_main(void *arg)
     return NULL;
 }
 
+/* ---- the watch workload ------------------------------------------------------------ */
+
+#define WATCH_KEYS 40
+#define WATCH_BATCH_MS 300
+#define WATCH_KIND "jwatch"
+
+static int g_n_watchers;                        /* client threads 0..g_n_watchers-1 watch */
+static atomic_bool g_watch_stop;                /* set after the final read */
+static _Atomic int64_t g_watch_seen[MAX_CLIENTS]; /* newest revision each watcher has, -1: none */
+
+/* put (with @value) or delete of jwatch/@name; *rev gets the revision on success. */
+static int watch_write(struct auth_client *c, bool del, const char *name, int64_t value,
+                       uint64_t *rev)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    char rid[33];
+    auth_new_rid(rid);
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, del ? 4 : 3);
+    rp_mp_kv_str(&pk, "m", del ? "delete" : "put");
+    if (del) {
+        rp_mp_kv_str(&pk, "kind", WATCH_KIND);
+        rp_mp_kv_str(&pk, "name", name);
+    } else {
+        pack_res_kind(&pk, WATCH_KIND, name, value);
+    }
+    rp_mp_kv_str(&pk, "rid", rid);
+    int rv = auth_client_call(c, req.data, req.len, &resp);
+    *rev = 0;
+    if (rv == 0)
+        rp_mp_get_u64(&resp.data, "rev", rev);
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* Writers: put or delete a random one of WATCH_KEYS resources (ignored by the checker,
+ * kept in the history to read alongside the events). */
+static void *watch_writer_main(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    int64_t process = t;
+    uint64_t rng = jepsen_mix64(O.seed * 1000003u + (uint64_t)t + 1) | 1;
+    struct auth_client *c = client_home(0, 1 + t % O.nodes, CALL_TIMEOUT_MS);
+    struct client_stats *st = &g_cstats[t];
+    int writers = O.concurrency - g_n_watchers;
+    double mean_gap_s = (double)writers / (double)(O.rate > 0 ? O.rate : 1);
+    while (c && !atomic_load(&g_workload_stop) && !g_stop) {
+        auth_client_rewind(c);
+        int k = (int)(rnd(&rng) % WATCH_KEYS);
+        bool del = rnd(&rng) % 4 == 0;
+        int64_t v = (int64_t)atomic_fetch_add(&g_next_value, 1) + 1;
+        char name[32], key[40], val[32], err[600] = "";
+        snprintf(name, sizeof name, "w%d", k);
+        snprintf(key, sizeof key, "\"w%d\"", k);
+        snprintf(val, sizeof val, del ? "null" : "%" PRId64, v);
+        hist_write("invoke", process, del ? "delete" : "put", key, val, NULL);
+        uint64_t rev;
+        int rv = watch_write(c, del, name, v, &rev);
+        const char *type = "ok";
+        if (rv != 0) {
+            type = definite_failure(rv) ? "fail" : "info";
+            errstr(rv, err, sizeof err);
+        }
+        hist_write(type, process, del ? "delete" : "put", key, val, err[0] ? err : NULL);
+        count_outcome(st, type, &process);
+        client_gap(&rng, mean_gap_s);
+    }
+    auth_client_free(c);
+    return NULL;
+}
+
+static int watch_open(struct auth_client *c, struct auth_watch **w)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 2);
+    rp_mp_kv_str(&pk, "m", "watch");
+    rp_mp_pack_str(&pk, "kinds");
+    msgpack_pack_array(&pk, 1);
+    rp_mp_pack_str(&pk, WATCH_KIND);
+    int rv = auth_client_watch(c, req.data, req.len, w);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* Appends one API event to the JSON array @out in the checker's shape (see
+ * jepsen/history.h). 1 when it ends the stream (reinit), <0 for an event the
+ * checker cannot take. */
+static int watch_event_json(const msgpack_object *ev, struct rp_buf *out, bool first,
+                            uint64_t *rev, char *err, size_t errn)
+{
+    const char *e;
+    size_t en;
+    if (rp_mp_get_str(ev, "ev", &e, &en) != 0 || rp_mp_get_u64(ev, "rev", rev) != 0) {
+        snprintf(err, errn, "event without ev or rev");
+        return -1;
+    }
+    static const struct {
+        const char *api, *op;
+    } map[] = {{"init_put", "init"}, {"init_done", "init_done"}, {"put", "put"},
+               {"delete", "delete"}};
+    const char *op = NULL;
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (strlen(map[i].api) == en && memcmp(map[i].api, e, en) == 0)
+            op = map[i].op;
+    if (op == NULL) {
+        snprintf(err, errn, "watch ended: %.*s at revision %" PRIu64, (int)en, e, *rev);
+        return 1; /* reinit: the watcher fell behind or the state was restored */
+    }
+    rp_buf_printf(out, "%s{\"revision\":%" PRIu64 ",\"op\":\"%s\"", first ? "" : ",", *rev, op);
+    if (strcmp(op, "init_done") != 0) {
+        const char *k, *n;
+        size_t kn, nn;
+        if (rp_mp_get_str(ev, "kind", &k, &kn) != 0 || rp_mp_get_str(ev, "name", &n, &nn) != 0) {
+            snprintf(err, errn, "%s event without kind or name", op);
+            return -1;
+        }
+        rp_buf_append_str(out, ",\"kind\":");
+        rp_json_str(out, k, kn);
+        rp_buf_append_str(out, ",\"name\":");
+        rp_json_str(out, n, nn);
+    }
+    rp_buf_append_str(out, "}");
+    return 0;
+}
+
+/* Watchers: f "watch" ops of about WATCH_BATCH_MS each, the value the events received
+ * meanwhile. A broken or ended stream completes the op as fail (a watch changes
+ * nothing) and the thread goes on as a new process with a new watch. */
+static void *watcher_main(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    int64_t process = t;
+    struct auth_client *c = client_home(0, 1 + t % O.nodes, CALL_TIMEOUT_MS);
+    struct client_stats *st = &g_cstats[t];
+    struct auth_watch *w = NULL;
+    struct rp_buf val;
+    rp_buf_init(&val);
+    atomic_store(&g_watch_seen[t], -1);
+    while (c && !atomic_load(&g_watch_stop) && !g_stop) {
+        char err[600] = "";
+        const char *type = "ok";
+        hist_write("invoke", process, "watch", NULL, "null", NULL);
+        rp_buf_reset(&val);
+        rp_buf_append_str(&val, "[");
+        if (w == NULL) {
+            auth_client_rewind(c);
+            int rv = watch_open(c, &w);
+            if (rv != 0) {
+                w = NULL;
+                type = "fail";
+                errstr(rv, err, sizeof err);
+            }
+        }
+        uint64_t end = mono_ns() + WATCH_BATCH_MS * 1000000ull;
+        bool first = true;
+        while (w && !g_stop) {
+            uint64_t now = mono_ns();
+            if (now >= end || atomic_load(&g_watch_stop))
+                break;
+            int left = (int)((end - now) / 1000000ull);
+            msgpack_unpacked ev;
+            int rv = auth_watch_next(w, &ev, left < 50 ? 50 : left);
+            if (rv == RP_ETIMEDOUT) {
+                msgpack_unpacked_destroy(&ev);
+                break;
+            }
+            uint64_t rev = 0;
+            int er = rv == 0 ? watch_event_json(&ev.data, &val, first, &rev, err, sizeof err) : -1;
+            msgpack_unpacked_destroy(&ev);
+            if (rv != 0)
+                errstr(rv, err, sizeof err);
+            if (er != 0) {
+                type = "fail";
+                auth_watch_close(w);
+                w = NULL;
+                break;
+            }
+            first = false;
+            atomic_store(&g_watch_seen[t], (int64_t)rev);
+        }
+        rp_buf_append_str(&val, "]");
+        rp_buf_append(&val, "", 1);
+        hist_write(type, process, "watch", NULL, (const char *)val.data, err[0] ? err : NULL);
+        count_outcome(st, type, &process);
+        if (type[0] == 'f') {
+            atomic_store(&g_watch_seen[t], -1);
+            nap(100);
+        }
+    }
+    auth_watch_close(w);
+    rp_buf_free(&val);
+    auth_client_free(c);
+    return NULL;
+}
+
+/* After the writers stop: one last put (the sentinel) so that every watcher has a
+ * revision to reach, then the final read of everything of kind jwatch. */
+static void watch_final(void)
+{
+    struct auth_client *c = client_for(0, 10000);
+    if (c == NULL)
+        return;
+    uint64_t sentinel = 0;
+    for (int tries = 0; tries < FINAL_READ_TRIES && !g_stop && sentinel == 0; tries++) {
+        int64_t process = FINAL_PROCESS + 200 + tries;
+        char err[600] = "";
+        hist_write("invoke", process, "put", "\"sentinel\"", "0", NULL);
+        int rv = watch_write(c, false, "sentinel", 0, &sentinel);
+        const char *type = rv == 0 ? "ok" : definite_failure(rv) ? "fail" : "info";
+        if (rv != 0)
+            errstr(rv, err, sizeof err);
+        hist_write(type, process, "put", "\"sentinel\"", "0", err[0] ? err : NULL);
+    }
+    msg("watch: sentinel written at revision %" PRIu64 "; waiting for the watchers", sentinel);
+    uint64_t end = mono_ns() + 20000000000ull;
+    while (sentinel && !g_stop && mono_ns() < end) {
+        int behind = 0;
+        for (int t = 0; t < g_n_watchers; t++)
+            behind += atomic_load(&g_watch_seen[t]) < (int64_t)sentinel;
+        if (behind == 0)
+            break;
+        nap(100);
+    }
+    for (int tries = 0; tries < FINAL_READ_TRIES && !g_stop; tries++) {
+        int64_t process = FINAL_PROCESS + tries;
+        struct rp_buf req, val;
+        msgpack_packer pk;
+        msgpack_unpacked resp;
+        rp_buf_init(&req);
+        rp_buf_init(&val);
+        rp_mp_packer_init(&pk, &req);
+        msgpack_pack_map(&pk, 3);
+        rp_mp_kv_str(&pk, "m", "list");
+        rp_mp_kv_str(&pk, "kind", WATCH_KIND);
+        rp_mp_kv_u64(&pk, "limit", LIST_LIMIT);
+        hist_write("invoke", process, "read", NULL, "null", NULL);
+        int rv = auth_client_call(c, req.data, req.len, &resp);
+        uint64_t rev = 0;
+        const msgpack_object *items = rv == 0 ? rp_mp_get(&resp.data, "items") : NULL;
+        /* resp is destroyed below, before anything else looks at items */
+        if (rv == 0 && (items == NULL || items->type != MSGPACK_OBJECT_ARRAY ||
+                        rp_mp_get_u64(&resp.data, "rev", &rev) != 0))
+            rv = rp_err(RP_EPROTO, "list answer without items or rev");
+        rp_buf_printf(&val, "{\"revision\":%" PRIu64 ",\"resources\":[", rev);
+        for (uint32_t k = 0; rv == 0 && k < items->via.array.size; k++) {
+            const msgpack_object *md = rp_mp_get(&items->via.array.ptr[k], "metadata");
+            const char *n;
+            size_t nn;
+            uint64_t r = 0;
+            if (rp_mp_get_str(md, "name", &n, &nn) != 0 || rp_mp_get_u64(md, "revision", &r) != 0) {
+                rv = rp_err(RP_EPROTO, "list item without metadata.name or metadata.revision");
+                break;
+            }
+            rp_buf_printf(&val, "%s{\"kind\":\"" WATCH_KIND "\",\"name\":", k ? "," : "");
+            rp_json_str(&val, n, nn);
+            rp_buf_printf(&val, ",\"revision\":%" PRIu64 "}", r);
+        }
+        rp_buf_append_str(&val, "]}");
+        rp_buf_append(&val, "", 1);
+        msgpack_unpacked_destroy(&resp);
+        rp_buf_free(&req);
+        if (rv == 0) {
+            hist_write("ok", process, "read", NULL, (const char *)val.data, NULL);
+            msg("final read of %s at revision %" PRIu64, WATCH_KIND, rev);
+            rp_buf_free(&val);
+            break;
+        }
+        char err[600];
+        errstr(rv, err, sizeof err);
+        hist_write("fail", process, "read", NULL, "null", err);
+        rp_buf_free(&val);
+        nap(1000);
+    }
+    auth_client_free(c);
+}
+
 /* ---- results ----------------------------------------------------------------------- */
 
 static const char *const log_marks[] = {"Assertion", "AddressSanitizer", "runtime error:",
@@ -1308,7 +1882,7 @@ static long grep_logs(struct rp_buf *out)
     long hits = 0;
     bool first = true;
     rp_buf_append_str(out, "[");
-    for (int i = 1; i <= O.nodes; i++) {
+    for (int i = 1; i <= g_nslots; i++) {
         FILE *f = fopen(g_nodes[i].log, "r");
         if (f == NULL)
             continue;
@@ -1376,6 +1950,8 @@ static enum jepsen_verdict write_results(const char *hist_path, bool interrupted
         uint64_t t0 = mono_ns();
         if (strcmp(O.workload, "set") == 0)
             rv = jepsen_check_set(h, &co, &reg, &rep);
+        else if (strcmp(O.workload, "watch") == 0)
+            rv = jepsen_check_watch(h, &co, &reg, &rep);
         else if (strcmp(O.workload, "unique") == 0)
             rv = jepsen_check_unique(h, &co, &reg, &rep);
         else
@@ -1464,11 +2040,47 @@ static void teardown(void)
 static void usage(FILE *fp)
 {
     fprintf(fp,
-            "usage: jepsen-run --workload=register|set|unique --nemesis=none|partition|kill|pause|all\n"
+            "usage: jepsen-run --workload=register|set|unique|watch --nemesis=LIST\n"
             "                  [--time=SECONDS (60)] [--nodes=3|5 (5)] [--rate=OPS_PER_S (100)]\n"
             "                  [--concurrency=N (10)] [--seed=N (time)] [--name=NAME]\n"
-            "                  [--store=DIR (jepsen/store)] [--keep-data]\n"
+            "                  [--store=DIR (jepsen/store)] [--daemon=PATH] [--keep-data]\n"
+            "LIST: none, all, or a comma-separated list of partition, kill, pause, membership,\n"
+            "      clock (needs Debian's faketime) and truncate.\n"
             "Runs as root. Results in STORE/NAME/TIMESTAMP/; exit 0 valid, 1 invalid, 2 unknown.\n");
+}
+
+/* --nemesis: "none", "all" or names joined by commas. */
+static int parse_nemeses(const char *s, unsigned *mask)
+{
+    *mask = 0;
+    if (strcmp(s, "none") == 0)
+        return 0;
+    if (strcmp(s, "all") == 0) {
+        *mask = NEM_ALL;
+        return 0;
+    }
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int k = 0;
+        while (k < NEM_KINDS && strcmp(tok, nem_names[k]) != 0)
+            k++;
+        if (k == NEM_KINDS) {
+            fprintf(stderr,
+                    "jepsen-run: --nemesis: unknown nemesis '%s', expected none, all, or a "
+                    "comma-separated list of partition, kill, pause, membership, clock, "
+                    "truncate\n",
+                    tok);
+            return -1;
+        }
+        *mask |= 1u << k;
+    }
+    if (*mask == 0) {
+        fprintf(stderr, "jepsen-run: --nemesis is empty\n");
+        return -1;
+    }
+    return 0;
 }
 
 static int parse_int(const char *s, int lo, int hi, const char *what)
@@ -1490,6 +2102,7 @@ int main(int argc, char **argv)
         {"rate", required_argument, NULL, 'r'},     {"concurrency", required_argument, NULL, 'c'},
         {"seed", required_argument, NULL, 's'},     {"name", required_argument, NULL, 'a'},
         {"store", required_argument, NULL, 'S'},    {"keep-data", no_argument, NULL, 'k'},
+        {"daemon", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
     bool seed_set = false;
     int ch;
@@ -1508,31 +2121,62 @@ int main(int argc, char **argv)
         case 'a': O.name = optarg; break;
         case 'S': O.store = optarg; break;
         case 'k': O.keep_data = true; break;
+        case 'D': O.daemon = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     bool wl_ok = strcmp(O.workload, "register") == 0 || strcmp(O.workload, "set") == 0 ||
-                 strcmp(O.workload, "unique") == 0;
-    if (optind != argc || !wl_ok ||
-        (strcmp(O.nemesis, "none") && strcmp(O.nemesis, "partition") &&
-         strcmp(O.nemesis, "kill") && strcmp(O.nemesis, "pause") && strcmp(O.nemesis, "all")) ||
-        O.nodes == 4) {
-        if (!wl_ok)
-            fprintf(stderr,
-                    "jepsen-run: unknown workload '%s', expected register, set or unique\n",
-                    O.workload);
+                 strcmp(O.workload, "unique") == 0 || strcmp(O.workload, "watch") == 0;
+    if (!wl_ok)
+        fprintf(stderr,
+                "jepsen-run: unknown workload '%s', expected register, set, unique or watch\n",
+                O.workload);
+    if (O.nodes == 4)
+        fprintf(stderr, "jepsen-run: --nodes must be 3 or 5, got 4\n");
+    if (optind != argc)
+        fprintf(stderr, "jepsen-run: unexpected argument '%s'\n", argv[optind]);
+    if (optind != argc || !wl_ok || O.nodes == 4 || parse_nemeses(O.nemesis, &g_nem) != 0) {
         usage(stderr);
         return 2;
+    }
+    if (O.daemon && access(O.daemon, X_OK) != 0) {
+        fprintf(stderr, "jepsen-run: --daemon=%s: not an executable file\n", O.daemon);
+        return 2;
+    }
+    if ((g_nem & NEM_CLOCK) && access(FAKETIME_LIB, R_OK) != 0) {
+        fprintf(stderr, "jepsen-run: the clock nemesis needs %s (Debian package faketime)\n",
+                FAKETIME_LIB);
+        return 2;
+    }
+    g_nslots = O.nodes + ((g_nem & NEM_MEMBERSHIP) ? 1 : 0);
+    if (strcmp(O.workload, "watch") == 0) {
+        g_n_watchers = O.concurrency / 3 > 2 ? O.concurrency / 3 : 2;
+        if (O.concurrency < g_n_watchers + 1) {
+            fprintf(stderr, "jepsen-run: the watch workload needs --concurrency of 3 or more\n");
+            return 2;
+        }
     }
     if (geteuid() != 0) {
         fprintf(stderr, "jepsen-run: needs root (network namespaces, nftables)\n");
         return 2;
     }
-    if (sh("command -v nft >/dev/null 2>&1") != 0 &&
-        strcmp(O.nemesis, "partition") == 0) {
+    if (sh("command -v nft >/dev/null 2>&1") != 0 && (g_nem & NEM_PARTITION)) {
         fprintf(stderr, "jepsen-run: nft (Debian package nftables) is needed for partitions\n");
         return 2;
+    }
+    /* One run at a time on a machine: the bridge and namespace names are fixed. */
+    int lock_fd = open("/run/raftport-jepsen.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0) {
+        fprintf(stderr, "jepsen-run: /run/raftport-jepsen.lock: %s\n", strerror(errno));
+        return 2;
+    }
+    if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        fprintf(stderr, "jepsen-run: another jepsen-run is going on; waiting for it\n");
+        if (flock(lock_fd, LOCK_EX) != 0) {
+            fprintf(stderr, "jepsen-run: locking /run/raftport-jepsen.lock: %s\n", strerror(errno));
+            return 2;
+        }
     }
     if (!seed_set)
         O.seed = (uint64_t)time(NULL);
@@ -1577,8 +2221,9 @@ int main(int argc, char **argv)
         if (symlink(stamp, link) != 0)
             msg("symlink %s: %s (only a convenience)", link, strerror(errno));
     }
-    for (int i = 1; i <= MAX_NODES; i++) {
+    for (int i = 1; i <= MAX_SLOTS; i++) {
         struct node *n = &g_nodes[i];
+        snprintf(n->clock, sizeof n->clock, "%s/n%d.clock", g_run, i);
         snprintf(n->ip, sizeof n->ip, "10.77.0.%d", 10 + i);
         snprintf(n->addr, sizeof n->addr, "%s:%d", n->ip, API_PORT);
         snprintf(n->dir, sizeof n->dir, "%s/n%d", g_run, i);
@@ -1611,7 +2256,7 @@ int main(int argc, char **argv)
     /* A stale setup of a crashed run goes first. */
     net_destroy();
     const char *setup_error = NULL;
-    if (net_create(O.nodes) != 0)
+    if (net_create(g_nslots) != 0)
         setup_error = "creating the bridge and namespaces failed";
     else if (cluster_start() != 0)
         setup_error = g_stop ? "interrupted during setup" : "the cluster did not come up";
@@ -1626,6 +2271,7 @@ int main(int argc, char **argv)
             g_groups[k] = (struct key_group){.key = g_next_key++};
         void *(*client_fn)(void *) = client_main;
         bool is_set = strcmp(O.workload, "set") == 0, is_unique = strcmp(O.workload, "unique") == 0;
+        bool is_watch = strcmp(O.workload, "watch") == 0;
         if (is_set)
             client_fn = set_client_main;
         else if (is_unique)
@@ -1635,6 +2281,8 @@ int main(int argc, char **argv)
         pthread_t th[MAX_CLIENTS];
         int started = 0;
         for (int t = 0; t < O.concurrency; t++) {
+            if (is_watch)
+                client_fn = t < g_n_watchers ? watcher_main : watch_writer_main;
             if (pthread_create(&th[t], NULL, client_fn, (void *)(intptr_t)t) != 0)
                 break;
             started++;
@@ -1645,11 +2293,20 @@ int main(int argc, char **argv)
         while (!g_stop && mono_ns() < end_ns)
             nap(100);
         atomic_store(&g_workload_stop, true);
-        for (int t = 0; t < started; t++)
+        /* Watchers go on following until after the final read. */
+        int first_joined = is_watch ? (started < g_n_watchers ? started : g_n_watchers) : 0;
+        for (int t = first_joined; t < started; t++)
             pthread_join(th[t], NULL);
         msg("workload stopped; cluster after final heal: %s",
             g_stop ? "(interrupted)" : wait_ready(O.nodes, 20000) ? "all voters, leader elected" :
                                                                      "NOT healthy within 20 s");
+        if (is_watch) {
+            if (!g_stop)
+                watch_final();
+            atomic_store(&g_watch_stop, true);
+            for (int t = 0; t < first_joined; t++)
+                pthread_join(th[t], NULL);
+        }
         if ((is_set || is_unique) && !g_stop) {
             /* The final read needs a leader: wait for one (wait_ready may have given up). */
             uint64_t lend = mono_ns() + 20000000000ull;
@@ -1672,7 +2329,7 @@ int main(int argc, char **argv)
     if (setup_error)
         msg("setup failed: %s", setup_error);
     if (v == JEPSEN_VALID && !O.keep_data)
-        for (int i = 1; i <= O.nodes; i++)
+        for (int i = 1; i <= g_nslots; i++)
             sh("rm -rf '%s'", g_nodes[i].dir);
     printf("%s\n", summary);
     fflush(stdout);

@@ -143,11 +143,7 @@ static struct node_req *req_new(enum req_type type)
     q->type = type;
     q->refs = 2;
     pthread_mutex_init(&q->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&q->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&q->cond, NULL);
     return q;
 }
 
@@ -249,7 +245,10 @@ static int req_submit_wait(struct rp_node *n, struct node_req *q, int timeout_ms
     pthread_mutex_lock(&q->mu);
     while (!q->done) {
         if (timeout_ms > 0) {
-            int w = pthread_cond_timedwait(&q->cond, &q->mu, &deadline);
+            /* clockwait names the clock per call: libfaketime (the Jepsen clock
+             * nemesis) wraps pthread_cond_timedwait and, with the monotonic clock
+             * left alone, makes a monotonic condvar time out at once. */
+            int w = pthread_cond_clockwait(&q->cond, &q->mu, CLOCK_MONOTONIC, &deadline);
             if (w == ETIMEDOUT && !q->done) {
                 q->abandoned = true;
                 break;
@@ -919,6 +918,11 @@ static int node_open(struct rp_node *n)
     if (n->peer_check != NULL)
         rp_raft_tls_transport_set_peer_check(&n->transport, n->peer_check, n->peer_check_arg);
 
+    rv = rp_raft_repair_open_segments(n->dir);
+    if (rv != 0) {
+        start_failed(n, rv, "checking the open segments: %s", rp_errmsg());
+        goto err_loop;
+    }
     rv = raft_uv_init(&n->io, &n->loop, n->dir, &n->transport);
     if (rv != 0) {
         start_failed(n, RP_EIO, "raft_uv_init(%s): %s", n->dir, n->io.errmsg);

@@ -106,6 +106,23 @@ struct rp_node_config {
  * step logged. RP_EINVAL for a bad config (message says which field), else the
  * error of the step that failed. Pre-vote is on; catch-up is raised to 100 rounds
  * of up to 50 s. */
+/* ---- Open segments (raft/segments.c) ------------------------------------ */
+
+/* What a scan of one libraft open segment found. torn: the file ends before a
+ * batch, a batch header or the zeros after the last batch do (libraft 0.15
+ * aborts on such a file); complete_end: the offset just past the last complete
+ * batch (8 when there is none). */
+struct rp_segment_scan {
+    uint64_t complete_end;
+    uint64_t batches, entries;
+    bool torn;
+};
+int rp_raft_segment_scan(int fd, uint64_t size, struct rp_segment_scan *out);
+
+/* Cuts every torn open segment in @dir back to its last complete batch and
+ * zero-fills it, logging what was dropped. rp_node_start calls it. */
+int rp_raft_repair_open_segments(const char *dir);
+
 int rp_node_start(struct rp_node **out, const struct rp_node_config *cfg);
 
 /* Graceful stop: if leader and another voter exists, transfers leadership first

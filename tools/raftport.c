@@ -166,6 +166,10 @@ static int cmd_start(int argc, char **argv)
         return 1;
     }
     rp_info("main", "raftport %s started (pid %d)", RAFTPORT_VERSION, (int)getpid());
+#ifdef RP_TEST_STALE_READS
+    rp_warn("main", "TEST BUILD: followers answer reads from local state without a barrier "
+                    "(stale reads); never run this binary outside the Jepsen harness");
+#endif
     int sig = 0;
     sigwait(&set, &sig);
     rp_info("main", "received %s, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
