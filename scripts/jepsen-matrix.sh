@@ -8,7 +8,7 @@
 # JEPSEN_SEED (now), JEPSEN_WORKLOADS, JEPSEN_NEMESES (space-separated subsets).
 set -uo pipefail
 
-BUILD=${BUILD:-build}
+BUILD=$(cd "${BUILD:-build}" && pwd)
 TIME=${JEPSEN_TIME:-60}
 RATE=${JEPSEN_RATE:-100}
 NODES=${JEPSEN_NODES:-5}
@@ -46,7 +46,7 @@ for w in $WORKLOADS; do
 done
 
 # The harness must catch a real bug: followers answering reads from local state.
-line=$("$BUILD/jepsen-run" --daemon="$(pwd)/$BUILD/raftport-stale" --name=stale-reads \
+line=$("$BUILD/jepsen-run" --daemon="$BUILD/raftport-stale" --name=stale-reads \
          --workload=register --nemesis=partition --time="$TIME" --rate="$RATE" \
          --nodes="$NODES" --seed="$SEED" 2>>"$LOG")
 echo "$line"
