@@ -439,6 +439,10 @@ static int exec(struct apply *a, const struct state__cmd *c, struct state_result
         return exec_batch(a, c, res);
     case STATE__OP_EXPIRE:
         return exec_expire(a, c, res);
+    case STATE__OP_AUDIT:
+        return state__audit_apply(a->s, a->txn, c->events, &res->n_changed);
+    case STATE__OP_AUDIT_TRIM:
+        return state__audit_trim(a->s, a->txn, c->before, &res->n_changed);
     default:
         return exec_single(a, c, res);
     }

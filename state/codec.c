@@ -225,6 +225,7 @@ enum {
     F_REV = 1 << 5,
     F_OPS = 1 << 6,
     F_BEFORE = 1 << 7,
+    F_EVENTS = 1 << 8,
 };
 
 static const struct {
@@ -233,6 +234,7 @@ static const struct {
 } fields[] = {
     {"op", F_OP},     {"rid", F_RID}, {"res", F_RES}, {"kind", F_KIND},
     {"name", F_NAME}, {"rev", F_REV}, {"ops", F_OPS}, {"before", F_BEFORE},
+    {"events", F_EVENTS},
 };
 
 static const struct {
@@ -248,6 +250,8 @@ static const struct {
     {"cdelete", STATE__OP_CDELETE, F_OP | F_RID | F_KIND | F_NAME | F_REV},
     {"batch", STATE__OP_BATCH, F_OP | F_RID | F_OPS},
     {"expire", STATE__OP_EXPIRE, F_OP | F_RID | F_BEFORE},
+    {"audit", STATE__OP_AUDIT, F_OP | F_RID | F_EVENTS},
+    {"audit_trim", STATE__OP_AUDIT_TRIM, F_OP | F_RID | F_BEFORE},
 };
 
 static int parse_batch(const msgpack_object *arr, struct state__cmd *c, char *msg, size_t n)
@@ -281,7 +285,7 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
     if (is_nil(op) || op->type != MSGPACK_OBJECT_STR)
         return failf(msg, msglen,
                      "op: expected one of put, create, update, cas, delete, cdelete, batch, "
-                     "expire");
+                     "expire, audit, audit_trim");
     size_t k;
     for (k = 0; k < sizeof ops / sizeof ops[0]; k++) {
         if (rp_mp_str_eq(op, ops[k].name))
@@ -291,7 +295,8 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
         return failf(msg, msglen, "op: unknown op '%.*s'",
                      (int)(op->via.str.size > 20 ? 20 : op->via.str.size), op->via.str.ptr);
     c->op = ops[k].op;
-    if (in_batch && (c->op == STATE__OP_BATCH || c->op == STATE__OP_EXPIRE))
+    if (in_batch && (c->op == STATE__OP_BATCH || c->op == STATE__OP_EXPIRE ||
+                     c->op == STATE__OP_AUDIT || c->op == STATE__OP_AUDIT_TRIM))
         return failf(msg, msglen, "op: '%s' is not allowed inside a batch", ops[k].name);
 
     /* Only the fields this op uses: a misspelt or misplaced field is an error
@@ -321,7 +326,7 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
                          "rid: expected a request id of 1-64 bytes without control characters");
         c->rid = rid->via.str.ptr;
         c->rid_len = rid->via.str.size;
-    } else if (!in_batch && c->op != STATE__OP_EXPIRE) {
+    } else if (!in_batch && c->op != STATE__OP_EXPIRE && c->op != STATE__OP_AUDIT_TRIM) {
         return failf(msg, msglen, "rid: missing (every %s needs a request id)", ops[k].name);
     }
 
@@ -361,7 +366,17 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
             return rv;
         break;
     }
-    case STATE__OP_EXPIRE: {
+    case STATE__OP_AUDIT: {
+        const msgpack_object *events = rp_mp_get(o, "events");
+        if (is_nil(events))
+            return failf(msg, msglen, "events: missing (audit needs an array of events)");
+        if ((rv = state__audit_check(events, msg, msglen)) != 0)
+            return rv;
+        c->events = events;
+        break;
+    }
+    case STATE__OP_EXPIRE:
+    case STATE__OP_AUDIT_TRIM: {
         const msgpack_object *before = rp_mp_get(o, "before");
         if (is_nil(before) || before->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
             return failf(msg, msglen, "before: expected a time in ms (a non-negative integer)");
@@ -482,7 +497,8 @@ int state_cmd_encode(const struct state_cmd *cmd, struct rp_buf *out)
     bool rev_always = strcmp(cmd->op, "cas") == 0 || strcmp(cmd->op, "cdelete") == 0;
     bool has_rev = rev_always || cmd->rev != 0;
     uint32_t n = 1 + (cmd->rid != NULL) + (cmd->res != NULL) + (cmd->kind != NULL) +
-                 (cmd->name != NULL) + has_rev + (cmd->ops != NULL) + (cmd->before != 0);
+                 (cmd->name != NULL) + has_rev + (cmd->ops != NULL) + (cmd->before != 0) +
+                 (cmd->events != NULL);
     size_t start = out->len;
     msgpack_packer pk;
     int rv = 0;
@@ -506,6 +522,11 @@ int state_cmd_encode(const struct state_cmd *cmd, struct rp_buf *out)
     }
     if (cmd->before != 0)
         rp_mp_kv_u64(&pk, "before", cmd->before);
+    if (cmd->events != NULL) {
+        rp_mp_pack_str(&pk, "events");
+        rv |= msgpack_pack_array(&pk, cmd->n_events);
+        rv |= rp_buf_append(out, cmd->events, cmd->events_len);
+    }
     if (rv != 0) {
         out->len = start;
         return rp_err(RP_ENOMEM, "encoding a command");

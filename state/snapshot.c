@@ -4,8 +4,8 @@
  * it, records in key order:
  *
  *   "RPSTSNAP"            magic, 8 bytes
- *   be32 version (1)
- *   be32 number of databases (5), then for each, in state__db_names order:
+ *   be32 version (2: with the audit databases)
+ *   be32 number of databases (7), then for each, in state__db_names order:
  *     u8 name length, name
  *     be64 number of records, then for each: be32 key length, key,
  *                                            be32 value length, value
@@ -23,7 +23,7 @@
 #include "lib/mp.h"
 
 static const uint8_t magic[8] = {'R', 'P', 'S', 'T', 'S', 'N', 'A', 'P'};
-#define SNAP_VERSION 1
+#define SNAP_VERSION 2
 #define LMDB_KEY_MAX 511 /* mdb_env_get_maxkeysize with the default build */
 
 static uint64_t fnv1a64(const uint8_t *p, size_t n)
@@ -212,6 +212,9 @@ static int check_record(int db, const uint8_t *k, size_t kl, const uint8_t *v, s
             return rp_err(RP_EINVAL, "malformed request id index entry");
         c->ridrev++;
         return 0;
+    case STATE__DB_AUDIT:
+    case STATE__DB_AUDIT_IDX:
+        return state__audit_check_record(db == STATE__DB_AUDIT_IDX, k, kl, v, vl);
     case STATE__DB_META:
         if (kl != strlen("applied_index") || memcmp(k, "applied_index", kl) != 0 || vl != 8)
             return rp_err(RP_EINVAL, "unknown meta entry");

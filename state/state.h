@@ -11,14 +11,19 @@
  * The state layer reads kind, name, expires and sets revision; it treats spec
  * as opaque. A command is a msgpack map carried in one Raft log entry:
  *
- *   { "op": "put" | "create" | "update" | "cas" | "delete" | "cdelete" | "batch" | "expire",
+ *   { "op": "put" | "create" | "update" | "cas" | "delete" | "cdelete" | "batch" | "expire"
+ *           | "audit" | "audit_trim",
  *     "rid": str,            client request id, 1..64 bytes (required except for expire)
  *     "res": resource,       put, create, update, cas
  *     "kind": str, "name": str,   delete, cdelete
  *     "rev": u64,            expected revision for cas and cdelete
  *     "ops": [command...],   batch: put/create/update/cas/delete/cdelete without rid,
  *                            all applied or none
- *     "before": u64 ms }     expire: delete everything whose expires is in (0, before)
+ *     "before": u64 ms,      expire: delete everything whose expires is in (0, before);
+ *                            audit_trim: drop audit events with time < before
+ *     "events": [event...] } audit: append events to the audit log (state/audit.c):
+ *                            maps with "event" (type), "code", "uid", "time" (u64 ms > 0),
+ *                            optional "user" and "sid" (indexed), any other fields
  *
  * The revision of a change is the Raft index of the entry that made it. A
  * retried command (same rid) returns the first result and changes nothing.
@@ -71,6 +76,7 @@
 /* Limits enforced on every command. */
 #define STATE_MAX_COMMAND (16u << 20) /* bytes in one command (one Raft entry) */
 #define STATE_MAX_BATCH 1024          /* ops in one batch */
+#define STATE_MAX_AUDIT 1024          /* events in one audit command */
 #define STATE_MAX_LABELS 256          /* labels on one resource */
 #define STATE_RID_MAX 64              /* bytes in a request id */
 #define STATE_KIND_MAX 63
@@ -158,6 +164,23 @@ int state_get(struct state *s, const char *kind, const char *name, struct rp_buf
 typedef int (*state_list_cb)(void *arg, const void *res, size_t len);
 int state_list(struct state *s, const char *kind, const char *prefix, unsigned limit,
                state_list_cb cb, void *arg, uint64_t *rev_out);
+/* As state_list for one @kind, restricted to names n with @from <= n < @to (byte
+ * order; either may be NULL for no bound). */
+int state_list_range(struct state *s, const char *kind, const char *prefix, const char *from,
+                     const char *to, unsigned limit, state_list_cb cb, void *arg,
+                     uint64_t *rev_out);
+
+/* The audit log (state/audit.c). Events with from_ms <= time < to_ms (to_ms 0: no
+ * bound) and, for each filter given, that field equal to it; oldest first unless
+ * newest_first; at most @limit (0: all). @cb gets each event as stored (msgpack). */
+struct state_audit_query {
+    uint64_t from_ms, to_ms;
+    const char *type, *user, *sid; /* NULL: any */
+    unsigned limit;
+    bool newest_first;
+};
+int state_audit_query(struct state *s, const struct state_audit_query *q, state_list_cb cb,
+                      void *arg, uint64_t *rev_out);
 
 /* Earliest "expires" among stored resources (0 if none expire). */
 int state_next_expiry(struct state *s, uint64_t *expires_ms);
@@ -240,6 +263,7 @@ struct state_cmd {
     uint64_t rev;
     uint64_t before;
     const void *ops; size_t ops_len; uint32_t n_ops;
+    const void *events; size_t events_len; uint32_t n_events; /* audit: encoded maps back to back */
 };
 int state_cmd_encode(const struct state_cmd *cmd, struct rp_buf *out);
 
@@ -263,6 +287,8 @@ enum {
     STATE__DB_RID,    /* rid -> be64 revision, encoded struct state_result */
     STATE__DB_RIDREV, /* be64 revision, rid -> "" (to prune request ids by age) */
     STATE__DB_META,   /* "applied_index" -> be64 */
+    STATE__DB_AUDIT,     /* be64 time, uid -> audit event (state/audit.c) */
+    STATE__DB_AUDIT_IDX, /* 'T'|'U'|'S' value \0 be64 time, uid -> "" */
     STATE__N_DBS
 };
 extern const char *const state__db_names[STATE__N_DBS];
@@ -316,6 +342,8 @@ enum state__op {
     STATE__OP_CDELETE,
     STATE__OP_BATCH,
     STATE__OP_EXPIRE,
+    STATE__OP_AUDIT,
+    STATE__OP_AUDIT_TRIM,
 };
 
 /* A validated command; every pointer borrows from the parsed msgpack object. */
@@ -327,8 +355,16 @@ struct state__cmd {
     struct state_res_meta meta;   /* kind/name (and expires for res) of the target */
     uint64_t rev;                 /* cas, cdelete */
     const msgpack_object *ops;    /* batch: array of validated sub-commands */
-    uint64_t before;              /* expire */
+    uint64_t before;              /* expire, audit_trim */
+    const msgpack_object *events; /* audit */
 };
+
+/* state/audit.c */
+int state__audit_check(const msgpack_object *events, char *msg, size_t msglen);
+int state__audit_apply(struct state *s, MDB_txn *txn, const msgpack_object *events,
+                       uint32_t *n_written);
+int state__audit_trim(struct state *s, MDB_txn *txn, uint64_t before, uint32_t *n_deleted);
+int state__audit_check_record(bool idx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl);
 
 bool state__kind_ok(const char *kind, size_t n);
 bool state__name_ok(const char *name, size_t n);

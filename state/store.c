@@ -35,7 +35,8 @@
 #include "lib/errors.h"
 #include "lib/log.h"
 
-const char *const state__db_names[STATE__N_DBS] = {"res", "exp", "rid", "ridrev", "meta"};
+const char *const state__db_names[STATE__N_DBS] = {"res",  "exp",  "rid",      "ridrev",
+                                                     "meta", "audit", "audit_idx"};
 
 static const char applied_key[] = "applied_index";
 
@@ -301,20 +302,43 @@ static bool has_prefix(const uint8_t *p, size_t n, const uint8_t *pre, size_t pn
     return n >= pn && memcmp(p, pre, pn) == 0;
 }
 
-int state_list(struct state *s, const char *kind, const char *prefix, unsigned limit,
-               state_list_cb cb, void *arg, uint64_t *rev_out)
+/* The walk behind state_list and state_list_range: names of @kind that start with
+ * @prefix and lie in [@from, @to) (NULL: unbounded). */
+static int list_impl(struct state *s, const char *kind, const char *prefix, const char *from,
+                     const char *to, unsigned limit, state_list_cb cb, void *arg,
+                     uint64_t *rev_out)
 {
-    uint8_t start[STATE__KEY_MAX];
-    size_t start_len = 0, pl = prefix ? strlen(prefix) : 0;
+    uint8_t start[STATE__KEY_MAX], end[STATE__KEY_MAX];
+    size_t start_len = 0, end_len = 0, kl = kind ? strlen(kind) : 0;
+    size_t pl = prefix ? strlen(prefix) : 0, fl = from ? strlen(from) : 0, tl = to ? strlen(to) : 0;
     MDB_txn *txn;
     MDB_cursor *cur;
-    if (kind != NULL && !state__kind_ok(kind, strlen(kind)))
+    if (kind != NULL && !state__kind_ok(kind, kl))
         return rp_err(RP_EINVAL, "kind '%.63s' is not 1-63 bytes of [a-z0-9_]", kind);
-    if (pl > STATE_NAME_MAX)
-        return rp_err(RP_EINVAL, "name prefix longer than %d bytes", STATE_NAME_MAX);
+    if (pl > STATE_NAME_MAX || fl > STATE_NAME_MAX || tl > STATE_NAME_MAX)
+        return rp_err(RP_EINVAL, "name prefix or bound longer than %d bytes", STATE_NAME_MAX);
+    if ((from || to) && kind == NULL)
+        return rp_err(RP_EINVAL, "a name range needs a kind");
     /* With a kind, the range kind \0 prefix.. is contiguous. */
-    if (kind != NULL)
-        start_len = state__res_key(start, kind, strlen(kind), prefix ? prefix : "", pl);
+    uint8_t pfx[STATE__KEY_MAX];
+    size_t pfx_len = 0;
+    if (kind != NULL) {
+        pfx_len = state__res_key(pfx, kind, kl, prefix ? prefix : "", pl);
+        memcpy(start, pfx, pfx_len);
+        start_len = pfx_len;
+        if (from) { /* start at the later of kind\0prefix and kind\0from */
+            uint8_t f[STATE__KEY_MAX];
+            size_t f_len = state__res_key(f, kind, kl, from, fl);
+            size_t m = f_len < pfx_len ? f_len : pfx_len;
+            int c = memcmp(f, pfx, m);
+            if (c > 0 || (c == 0 && f_len > pfx_len)) {
+                memcpy(start, f, f_len);
+                start_len = f_len;
+            }
+        }
+        if (to)
+            end_len = state__res_key(end, kind, kl, to, tl);
+    }
     int rv = begin_read(s, &txn, rev_out);
     if (rv != 0)
         return rv;
@@ -327,8 +351,14 @@ int state_list(struct state *s, const char *kind, const char *prefix, unsigned l
     unsigned n = 0;
     rc = mdb_cursor_get(cur, &k, &v, start_len ? MDB_SET_RANGE : MDB_FIRST);
     for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (kind != NULL && !has_prefix(k.mv_data, k.mv_size, start, start_len))
+        if (kind != NULL && !has_prefix(k.mv_data, k.mv_size, pfx, pfx_len))
             break;
+        if (end_len) {
+            size_t m = k.mv_size < end_len ? k.mv_size : end_len;
+            int c = memcmp(k.mv_data, end, m);
+            if (c > 0 || (c == 0 && k.mv_size >= end_len))
+                break;
+        }
         if (kind == NULL && pl > 0) {
             const uint8_t *z = memchr(k.mv_data, '\0', k.mv_size);
             if (z == NULL)
@@ -351,6 +381,21 @@ int state_list(struct state *s, const char *kind, const char *prefix, unsigned l
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
     return rv;
+}
+
+int state_list(struct state *s, const char *kind, const char *prefix, unsigned limit,
+               state_list_cb cb, void *arg, uint64_t *rev_out)
+{
+    return list_impl(s, kind, prefix, NULL, NULL, limit, cb, arg, rev_out);
+}
+
+int state_list_range(struct state *s, const char *kind, const char *prefix, const char *from,
+                     const char *to, unsigned limit, state_list_cb cb, void *arg,
+                     uint64_t *rev_out)
+{
+    if (kind == NULL)
+        return rp_err(RP_EINVAL, "a name range needs a kind");
+    return list_impl(s, kind, prefix, from, to, limit, cb, arg, rev_out);
 }
 
 int state_next_expiry(struct state *s, uint64_t *expires_ms)
