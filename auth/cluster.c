@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/audit.h"
 #include "auth/internal.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -456,7 +457,7 @@ int auth_h_token_add(struct auth_req *r, struct rp_buf *out)
     if (!auth_is_leader(s)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward(s, r->raw, r->raw_len, out);
+        return auth_forward_req(r, out);
     }
     if ((rv = rp_random_hex(token, 16)) != 0)
         return rv;
@@ -486,6 +487,14 @@ int auth_h_token_add(struct auth_req *r, struct rp_buf *out)
         return rv;
     rp_info("auth", "join token of type %s created by %s, expires in %llus", type,
             r->caller ? r->caller->name : "?", (unsigned long long)(ttl / 1000));
+    struct audit_event e;
+    const char *role_name = type;
+    audit_event_init(&e, "join_token.create", "TJT00I");
+    audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
+    audit_event_strs(&e, "roles", &role_name, 1);
+    audit_event_str(&e, "join_method", "token");
+    audit_event_u64(&e, "expires", expires);
+    audit_emit(s, &e, AUDIT_WAIT); /* a failure is logged by the audit log itself */
     auth_reply_ok_begin(&pk, out, 4);
     rp_mp_kv_str(&pk, "token", token);
     rp_mp_kv_str(&pk, "type", type);
@@ -509,6 +518,22 @@ static bool valid_host_id(const char *s)
 
 /* Checks the token: present, of @role, not expired. Every failure is the same
  * answer to the caller (no oracle); the log says which. */
+/* "instance.join" (our code TJ001I, TJ001E when refused): a server or agent joined. */
+static void audit_join(struct auth_server *s, const char *nodename, const char *host_id,
+                       const char *role, const char *remote, const char *error)
+{
+    struct audit_event e;
+    audit_event_init(&e, "instance.join", error ? "TJ001E" : "TJ001I");
+    audit_event_str(&e, "nodename", nodename);
+    audit_event_str(&e, "host_id", host_id);
+    audit_event_str(&e, "role", role);
+    audit_event_str(&e, "join_method", "token");
+    audit_event_str(&e, "addr.remote", remote);
+    audit_event_bool(&e, "success", error == NULL);
+    audit_event_str(&e, "error", error);
+    audit_emit(s, &e, error ? AUDIT_ASYNC : AUDIT_WAIT);
+}
+
 static int check_token(struct auth_server *s, const char *token, const char *role,
                        const char *who)
 {
@@ -593,15 +618,17 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         if (rp_check_hostport(raft_addr) != 0 || rp_check_hostport(api_addr) != 0)
             return rp_err(RP_EINVAL, "join: %s", rp_errmsg());
     }
-    snprintf(who, sizeof who, "%s (%s, type %s, from %s)", nodename, host_id, type, r->conn->peer);
+    snprintf(who, sizeof who, "%s (%s, type %s, from %s)", nodename, host_id, type, r->remote);
 
     if (!auth_is_leader(s)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward(s, r->raw, r->raw_len, out);
+        return auth_forward_req(r, out);
     }
-    if ((rv = check_token(s, token, role, who)) != 0)
+    if ((rv = check_token(s, token, role, who)) != 0) {
+        audit_join(s, nodename, host_id, role, r->remote, rp_errmsg());
         return rv;
+    }
 
     EVP_PKEY *host_pub = NULL, *admin_pub = NULL;
     X509 *host_cert = NULL, *admin_cert = NULL;
@@ -688,6 +715,7 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     } else {
         rp_info("auth", "%s joined", who);
     }
+    audit_join(s, nodename, host_id, role, r->remote, NULL);
 
     if ((rv = rp_tls_cert_to_pem(host_cert, &host_pem)) != 0 ||
         (admin_cert && (rv = rp_tls_cert_to_pem(admin_cert, &admin_pem)) != 0) ||
@@ -745,7 +773,7 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
     if (!auth_is_leader(s)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward(s, r->raw, r->raw_len, out);
+        return auth_forward_req(r, out);
     }
     struct rp_node_status st;
     int rv = rp_node_status(s->node, &st);
@@ -766,6 +794,11 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
         return rv;
     rp_info("auth", "member %llu removed by %s", (unsigned long long)id,
             r->caller ? r->caller->name : "?");
+    struct audit_event e;
+    audit_event_init(&e, "auth_server.remove", "TAS01I");
+    audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
+    audit_event_u64(&e, "raft_id", id);
+    audit_emit(s, &e, AUDIT_WAIT);
     /* Its record goes too, so that nobody forwards to it any more. If this server just
      * removed itself it no longer leads; the next leader keeps the stale record,
      * which only costs a failed probe in status. */

@@ -108,6 +108,47 @@ static void pool_give(struct auth_server *s, int slot, bool keep)
     pthread_mutex_unlock(&s->fwd_mu);
 }
 
+int auth_forward_req(struct auth_req *r, struct rp_buf *out)
+{
+    const msgpack_object *args = r->args;
+    const struct rp_identity *id = r->caller;
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    /* The original map minus any "_as" (a follower never passes one on), plus ours. */
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < args->via.map.size; i++)
+        n += !rp_mp_str_eq(&args->via.map.ptr[i].key, "_as");
+    msgpack_pack_map(&pk, n + 1);
+    for (uint32_t i = 0; i < args->via.map.size; i++) {
+        const msgpack_object_kv *kv = &args->via.map.ptr[i];
+        if (rp_mp_str_eq(&kv->key, "_as"))
+            continue;
+        msgpack_pack_object(&pk, kv->key);
+        msgpack_pack_object(&pk, kv->val);
+    }
+    rp_mp_pack_str(&pk, "_as");
+    msgpack_pack_map(&pk, id ? 6 : 1);
+    rp_mp_kv_str(&pk, "addr", r->remote);
+    if (id) {
+        rp_mp_kv_str(&pk, "name", id->name);
+        rp_mp_pack_str(&pk, "groups");
+        msgpack_pack_array(&pk, (uint32_t)id->n_groups);
+        for (size_t i = 0; i < id->n_groups; i++)
+            rp_mp_pack_str(&pk, id->groups[i]);
+        rp_mp_pack_str(&pk, "logins");
+        msgpack_pack_array(&pk, (uint32_t)id->n_logins);
+        for (size_t i = 0; i < id->n_logins; i++)
+            rp_mp_pack_str(&pk, id->logins[i]);
+        rp_mp_kv_str(&pk, "cluster", id->cluster);
+        rp_mp_kv_str(&pk, "route_cluster", id->route_cluster);
+    }
+    int rv = auth_forward(r->srv, req.data, req.len, out);
+    rp_buf_free(&req);
+    return rv;
+}
+
 int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_buf *out)
 {
     struct rp_node_status st;

@@ -68,6 +68,7 @@ struct auth_server {
     EVP_PKEY *ca_key;
     uint64_t ca_key_rev;
     bool low_disk_warned;
+    struct auth_audit *audit; /* auth/audit.c */
 };
 
 /* A request being served: the decoded map and who sent it. */
@@ -77,14 +78,28 @@ struct auth_req {
     const void *raw;   /* the request frame, for forwarding */
     size_t raw_len;
     struct rp_identity *caller; /* NULL: no client certificate */
-    bool from_peer;   /* caller is another auth server */
+    bool from_peer;   /* the connection is from another auth server */
     struct rp_conn *conn;
+    const char *remote; /* the original client's address (forwarded: as the follower saw it) */
 };
+
+/* Forwards @r to the leader on behalf of its caller: the request travels with an
+ * "_as" map naming the caller's identity and address, which the leader uses for
+ * authorization and the audit log when (and only when) the forwarding connection
+ * holds the Auth role. */
+int auth_forward_req(struct auth_req *r, struct rp_buf *out);
 
 /* Answers. Each handler writes exactly one answer map into @out. */
 void auth_reply_error(struct rp_buf *out, int code, const char *msg);
 /* Starts an ok answer with @n_extra more key/value pairs to follow. */
 void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extra);
+
+/* Reads need the leader unless the caller asked for a stale read: 1 if the request
+ * was forwarded (the leader's answer is in @out), 0 to serve locally (after a
+ * barrier on the leader), <0 on error. */
+int auth_route_read(struct auth_req *r, struct rp_buf *out);
+int auth_h_audit_append(struct auth_req *r, struct rp_buf *out); /* auth/audit.c */
+int auth_h_events(struct auth_req *r, struct rp_buf *out);
 
 /* Handlers (auth/store_api.c, auth/cluster.c). Return 0 when @out holds the answer;
  * a negative code means "answer with this error and rp_errmsg()". */

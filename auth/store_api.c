@@ -45,9 +45,7 @@ int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct stat
     return rv;
 }
 
-/* Reads need the leader unless the caller asked for a stale read. Returns 1 if
- * the request was forwarded (answer in @out), 0 to serve locally, <0 on error. */
-static int route_read(struct auth_req *r, struct rp_buf *out)
+int auth_route_read(struct auth_req *r, struct rp_buf *out)
 {
     bool stale = false;
     rp_mp_get_bool(r->args, "stale", &stale);
@@ -63,7 +61,7 @@ static int route_read(struct auth_req *r, struct rp_buf *out)
     if (!auth_is_leader(r->srv)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");
-        int rv = auth_forward(r->srv, r->raw, r->raw_len, out);
+        int rv = auth_forward_req(r, out);
         return rv == 0 ? 1 : rv;
     }
     int rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
@@ -79,7 +77,7 @@ int auth_h_get(struct auth_req *r, struct rp_buf *out)
     if ((rv = auth_arg_str(r->args, "kind", kind, sizeof kind, true)) != 0 ||
         (rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0)
         return rv;
-    rv = route_read(r, out);
+    rv = auth_route_read(r, out);
     if (rv != 0)
         return rv < 0 ? rv : 0;
     struct rp_buf res;
@@ -121,7 +119,7 @@ int auth_h_list(struct auth_req *r, struct rp_buf *out)
     rv = rp_mp_get_u64(r->args, "limit", &limit);
     if (rv == RP_EINVAL)
         return rv;
-    rv = route_read(r, out);
+    rv = auth_route_read(r, out);
     if (rv != 0)
         return rv < 0 ? rv : 0;
     struct list_ctx lc = {.n = 0};
@@ -212,7 +210,7 @@ int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
     if (!auth_is_leader(r->srv)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward(r->srv, r->raw, r->raw_len, out);
+        return auth_forward_req(r, out);
     }
     struct rp_buf cmd;
     struct state_result res;

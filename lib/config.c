@@ -92,6 +92,7 @@ void rp_config_init(struct rp_config *c)
     c->auth_listen_addr = dup_or_die("0.0.0.0:3025");
     rp_config_finish(c);
     c->min_free_disk = 64ull << 20;
+    c->audit_retention_ms = 8760ull * 3600 * 1000; /* one year, as Teleport keeps events */
     c->raft_listen_addr = dup_or_die("0.0.0.0:3030");
     c->election_timeout_ms = 1000;
     c->heartbeat_timeout_ms = 100;
@@ -448,22 +449,45 @@ static int parse_bool(struct loader *ld, const struct field *f, const char *path
     return type_error(ld, v, path, expected);
 }
 
-static int parse_duration(struct loader *ld, const struct field *f, const char *path,
-                          const struct rp_ynode *v)
+/* A duration with a unit into *@ms. */
+static int duration_ms(struct loader *ld, const char *path, const struct rp_ynode *v, uint64_t *ms)
 {
     static const char *expected = "a duration with a unit, like 100ms, 1s or 1m30s";
     const char *s = NULL;
-    uint64_t ms;
     int rv = scalar_text(ld, v, path, expected, &s);
     if (rv != 0)
         return rv;
     /* rp_parse_duration_ms() reads a bare number as seconds; in a file that sits next
      * to "100ms" values, "election_timeout: 1000" is far more likely to mean ms. */
-    if (strspn(s, "0123456789") == strlen(s) || rp_parse_duration_ms(s, &ms) != 0)
+    if (strspn(s, "0123456789") == strlen(s) || rp_parse_duration_ms(s, ms) != 0)
         return type_error(ld, v, path, expected);
+    return 0;
+}
+
+static int parse_duration(struct loader *ld, const struct field *f, const char *path,
+                          const struct rp_ynode *v)
+{
+    uint64_t ms;
+    int rv = duration_ms(ld, path, v, &ms);
+    if (rv != 0)
+        return rv;
     if (ms > UINT_MAX)
         return type_error(ld, v, path, "a duration shorter than 49 days");
     *(unsigned *)field_ptr(ld, f) = (unsigned)ms;
+    return 0;
+}
+
+/* Durations of days or years (e.g. audit retention: 8760h), in a uint64_t of ms. */
+static int parse_long_duration(struct loader *ld, const struct field *f, const char *path,
+                               const struct rp_ynode *v)
+{
+    uint64_t ms;
+    int rv = duration_ms(ld, path, v, &ms);
+    if (rv != 0)
+        return rv;
+    if (ms < 60000)
+        return type_error(ld, v, path, "a duration of at least 1m");
+    *(uint64_t *)field_ptr(ld, f) = ms;
     return 0;
 }
 
@@ -638,6 +662,7 @@ static const struct field auth_fields[] = {
      .off = AT(auth_public_addr),
      .check = check_public_addr},
     {.name = "min_free_disk", .parse = parse_size, .off = AT(min_free_disk)},
+    {.name = "audit_retention", .parse = parse_long_duration, .off = AT(audit_retention_ms)},
     {.name = "raft", .parse = parse_sub, .sub = &raft_section},
     {.name = NULL},
 };

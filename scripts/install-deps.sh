@@ -7,7 +7,7 @@ pkgs=(
   build-essential pkg-config
   libraft-dev libuv1-dev libssl-dev liblmdb-dev libmsgpack-dev
   libcriterion-dev libyaml-dev libargon2-dev libssh-dev
-  openssl iproute2 procps nftables faketime openssh-client openssh-server
+  openssl iproute2 procps nftables faketime openssh-client openssh-server oathtool
 )
 
 missing=()

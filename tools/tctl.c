@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "auth/audit.h"
 #include "auth/auth.h"
 #include "lib/config.h"
 #include "lib/errors.h"
@@ -29,6 +31,8 @@ struct tctl {
     uint64_t ttl_ms;
     const char *type;
     bool stale;
+    const char *since, *until, *user;
+    uint64_t limit;
     struct auth_client *client;
 };
 
@@ -45,6 +49,9 @@ static void usage(FILE *f)
             "  auth members ls              list the auth servers of the Raft group\n"
             "  auth members rm ID           remove auth server ID from the Raft group\n"
             "  get KIND[/NAME]              print resources [--stale]\n"
+            "  events ls                    search the audit log [--since=1h|TIME] [--until=TIME]\n"
+            "                               [--type=EVENT] [--user=NAME] [--limit=N (1000)]\n"
+            "                               [--stale: this server's copy, no leader needed]\n"
             "  version\n"
             "\n"
             "Flags:\n"
@@ -427,9 +434,110 @@ static int cmd_get(struct tctl *t, const char *what)
     return 0;
 }
 
+/* --since / --until: a duration back from now ("1h", "30m") or an RFC 3339 UTC
+ * time ("2026-11-25T14:00:00Z"); 0 with *ms set, 2 after printing the error. */
+static int parse_when(const char *flag, const char *s, uint64_t *ms)
+{
+    uint64_t d;
+    if (rp_parse_duration_ms(s, &d) == 0) {
+        uint64_t now = rp_now_ms();
+        *ms = d < now ? now - d : 1;
+        return 0;
+    }
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    unsigned frac = 0;
+    if (rest && *rest == '.') {
+        int digits = 0;
+        for (rest++; *rest >= '0' && *rest <= '9'; rest++, digits++)
+            if (digits < 3)
+                frac = frac * 10 + (unsigned)(*rest - '0');
+        for (; digits < 3; digits++)
+            frac *= 10;
+    }
+    if (rest == NULL || strcmp(rest, "Z") != 0) {
+        fprintf(stderr, "tctl events ls: %s=%s: expected a duration back from now (1h, 30m) or "
+                "a UTC time like 2026-11-25T14:00:00Z\n", flag, s);
+        return 2;
+    }
+    *ms = (uint64_t)timegm(&tm) * 1000 + frac;
+    return 0;
+}
+
+static int cmd_events_ls(struct tctl *t)
+{
+    uint64_t from = 0, to = 0;
+    if ((t->since && parse_when("--since", t->since, &from) != 0) ||
+        (t->until && parse_when("--until", t->until, &to) != 0))
+        return 2;
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 2 + (from != 0) + (to != 0) + (t->type != NULL) + (t->user != NULL) +
+                              t->stale);
+    rp_mp_kv_str(&pk, "m", "events");
+    if (t->stale)
+        rp_mp_kv_bool(&pk, "stale", true);
+    rp_mp_kv_u64(&pk, "limit", t->limit ? t->limit : 1000);
+    if (from)
+        rp_mp_kv_u64(&pk, "from", from);
+    if (to)
+        rp_mp_kv_u64(&pk, "to", to);
+    if (t->type)
+        rp_mp_kv_str(&pk, "type", t->type);
+    if (t->user)
+        rp_mp_kv_str(&pk, "user", t->user);
+    if (call(t, &req, &resp, "events ls") != 0)
+        return 1;
+    const msgpack_object *items = rp_mp_get(&resp.data, "items");
+    uint32_t n = items && items->type == MSGPACK_OBJECT_ARRAY ? items->via.array.size : 0;
+    struct rp_buf out;
+    rp_buf_init(&out);
+    if (t->format == FMT_JSON)
+        rp_buf_append_str(&out, "[");
+    else
+        rp_buf_printf(&out, "%-24s %-20s %-7s %-24s %s\n", "Time (UTC)", "Event", "Code", "User",
+                      "Details");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *ev = &items->via.array.ptr[i];
+        if (t->format == FMT_JSON) {
+            rp_buf_append_str(&out, i ? ",\n  " : "\n  ");
+            audit_event_to_json(ev, &out);
+            continue;
+        }
+        char when[40], type[72], code[20], user[128];
+        rp_format_time(ufield(ev, "time"), when, sizeof when);
+        const char *u = field(ev, "user", user, sizeof user);
+        rp_buf_printf(&out, "%-24s %-20s %-7s %-24s", when, field(ev, "event", type, sizeof type),
+                      field(ev, "code", code, sizeof code), u[0] ? u : "-");
+        /* Details: the event's other string and number fields, key=value. */
+        for (uint32_t k = 0; k < ev->via.map.size; k++) {
+            const msgpack_object_kv *kv = &ev->via.map.ptr[k];
+            static const char *skip[] = {"event", "code", "user", "time", "uid", "server_id"};
+            bool skipped = kv->key.type != MSGPACK_OBJECT_STR;
+            for (size_t j = 0; !skipped && j < sizeof skip / sizeof skip[0]; j++)
+                skipped = rp_mp_str_eq(&kv->key, skip[j]);
+            if (skipped)
+                continue;
+            rp_buf_printf(&out, " %.*s=", (int)kv->key.via.str.size, kv->key.via.str.ptr);
+            rp_json_from_mp(&out, &kv->val, 0);
+        }
+        rp_buf_append_str(&out, "\n");
+    }
+    if (t->format == FMT_JSON)
+        rp_buf_append_str(&out, n ? "\n]\n" : "]\n");
+    fwrite(out.data, 1, out.len, stdout);
+    rp_buf_free(&out);
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE };
+    enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE, O_SINCE, O_UNTIL, O_USER, O_LIMIT };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"auth-server", required_argument, NULL, O_AUTH},
@@ -437,6 +545,10 @@ int main(int argc, char **argv)
         {"ttl", required_argument, NULL, O_TTL},
         {"type", required_argument, NULL, O_TYPE},
         {"stale", no_argument, NULL, O_STALE},
+        {"since", required_argument, NULL, O_SINCE},
+        {"until", required_argument, NULL, O_UNTIL},
+        {"user", required_argument, NULL, O_USER},
+        {"limit", required_argument, NULL, O_LIMIT},
         {"debug", no_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -474,6 +586,19 @@ int main(int argc, char **argv)
             break;
         case O_TYPE: t.type = optarg; break;
         case O_STALE: t.stale = true; break;
+        case O_SINCE: t.since = optarg; break;
+        case O_UNTIL: t.until = optarg; break;
+        case O_USER: t.user = optarg; break;
+        case O_LIMIT: {
+            char *end;
+            t.limit = strtoull(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || t.limit == 0 || t.limit > 10000) {
+                fprintf(stderr, "tctl: --limit=%s: expected a number of events from 1 to 10000\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
         case 'd': rp_log_set_level(RP_LOG_DEBUG); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -493,7 +618,8 @@ int main(int argc, char **argv)
     bool known = (strcmp(args[0], "status") == 0 && nargs == 1) ||
                  (strcmp(args[0], "tokens") == 0 && nargs >= 2) ||
                  (strcmp(args[0], "auth") == 0 && nargs >= 3 && strcmp(args[1], "members") == 0) ||
-                 (strcmp(args[0], "get") == 0 && nargs == 2);
+                 (strcmp(args[0], "get") == 0 && nargs == 2) ||
+                 (strcmp(args[0], "events") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0);
     if (!known) {
         fprintf(stderr, "tctl: unknown command or wrong arguments: '%s'\n", args[0]);
         usage(stderr);
@@ -521,6 +647,12 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (strcmp(args[0], "events") == 0) {
+        uint64_t ms; /* flags checked before dialing, like the others */
+        if ((t.since && parse_when("--since", t.since, &ms) != 0) ||
+            (t.until && parse_when("--until", t.until, &ms) != 0))
+            return 2;
+    }
     if (connect_client(&t) != 0) {
         rp_config_free(&t.cfg);
         return 1;
@@ -529,6 +661,8 @@ int main(int argc, char **argv)
         rv = cmd_status(&t);
     } else if (strcmp(args[0], "get") == 0) {
         rv = cmd_get(&t, args[1]);
+    } else if (strcmp(args[0], "events") == 0) {
+        rv = cmd_events_ls(&t);
     } else if (strcmp(args[0], "tokens") == 0) {
         if (strcmp(args[1], "add") == 0 && nargs == 2)
             rv = cmd_tokens_add(&t);
