@@ -153,12 +153,18 @@ static int repair_one(const char *path, const char *dir_name)
         rv = rp_err(RP_EIO, "repairing %s: %s", path, strerror(errno));
         goto out;
     }
-    rp_warn("raft",
-            "%s/%s ended inside an entry batch (file %lld bytes, last complete batch ends at "
-            "%llu): cut there and zero-filled; %llu complete entries kept, the leader resends "
-            "the rest",
-            dir_name, strrchr(path, '/') + 1, (long long)st.st_size,
-            (unsigned long long)sc.complete_end, (unsigned long long)sc.entries);
+    if (sc.complete_end == (uint64_t)st.st_size)
+        rp_warn("raft",
+                "%s/%s ended right after its last batch (%llu entries), without the "
+                "zeros that mark the end: zero-filled, nothing dropped",
+                dir_name, strrchr(path, '/') + 1, (unsigned long long)sc.entries);
+    else
+        rp_warn("raft",
+                "%s/%s ended inside an entry batch (file %lld bytes, last complete batch ends at "
+                "%llu): cut there and zero-filled; %llu complete entries kept, the leader resends "
+                "the rest",
+                dir_name, strrchr(path, '/') + 1, (long long)st.st_size,
+                (unsigned long long)sc.complete_end, (unsigned long long)sc.entries);
 out:
     close(fd);
     return rv;
