@@ -100,6 +100,12 @@ void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extr
 int auth_route_read(struct auth_req *r, struct rp_buf *out);
 int auth_h_audit_append(struct auth_req *r, struct rp_buf *out); /* auth/audit.c */
 int auth_h_events(struct auth_req *r, struct rp_buf *out);
+/* auth/users.c */
+int auth_h_user_add(struct auth_req *r, struct rp_buf *out);
+int auth_h_user_update(struct auth_req *r, struct rp_buf *out);
+int auth_h_user_rm(struct auth_req *r, struct rp_buf *out);
+int auth_h_user_reset(struct auth_req *r, struct rp_buf *out);
+int auth_h_invite_redeem(struct auth_req *r, struct rp_buf *out);
 
 /* Handlers (auth/store_api.c, auth/cluster.c). Return 0 when @out holds the answer;
  * a negative code means "answer with this error and rp_errmsg()". */

@@ -73,6 +73,8 @@ static const struct method methods[] = {
     {"update", ACCESS_ALL},      {"cas", ACCESS_ALL},        {"delete", ACCESS_ALL},
     {"cdelete", ACCESS_ALL},     {"batch", ACCESS_ALL},      {"token_add", ACCESS_ALL},
     {"member_rm", ACCESS_ALL},   {"events", ACCESS_ALL},     {"audit_append", ACCESS_ALL},
+    {"user_add", ACCESS_ALL},    {"user_update", ACCESS_ALL}, {"user_rm", ACCESS_ALL},
+    {"user_reset", ACCESS_ALL},  {"invite_redeem", ACCESS_ANON},
 };
 
 static enum access caller_access(const struct rp_identity *id)
@@ -284,6 +286,16 @@ static int serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_ident
         rv = auth_h_events(&r, out);
     else if (strcmp(m, "audit_append") == 0)
         rv = auth_h_audit_append(&r, out);
+    else if (strcmp(m, "user_add") == 0)
+        rv = auth_h_user_add(&r, out);
+    else if (strcmp(m, "user_update") == 0)
+        rv = auth_h_user_update(&r, out);
+    else if (strcmp(m, "user_rm") == 0)
+        rv = auth_h_user_rm(&r, out);
+    else if (strcmp(m, "user_reset") == 0)
+        rv = auth_h_user_reset(&r, out);
+    else if (strcmp(m, "invite_redeem") == 0)
+        rv = auth_h_invite_redeem(&r, out);
     else
         rv = auth_h_write(&r, m, out);
     if (rv != 0)

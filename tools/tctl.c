@@ -32,6 +32,8 @@ struct tctl {
     const char *type;
     bool stale;
     const char *since, *until, *user;
+    const char *roles, *logins, *set_roles;
+    bool ttl_set;
     uint64_t limit;
     struct auth_client *client;
 };
@@ -49,6 +51,13 @@ static void usage(FILE *f)
             "  auth members ls              list the auth servers of the Raft group\n"
             "  auth members rm ID           remove auth server ID from the Raft group\n"
             "  get KIND[/NAME]              print resources [--stale]\n"
+            "  users add NAME --roles=R1,R2 [--logins=L1,L2] [--ttl=1h]\n"
+            "                               create a user; prints a one-time invite token\n"
+            "  users ls                     list users\n"
+            "  users rm NAME                delete a user\n"
+            "  users reset NAME [--ttl=1h]  drop the user's password and second factor; new invite\n"
+            "  users update NAME --set-roles=R1,R2\n"
+            "                               replace the user's roles\n"
             "  events ls                    search the audit log [--since=1h|TIME] [--until=TIME]\n"
             "                               [--type=EVENT] [--user=NAME] [--limit=N (1000)]\n"
             "                               [--stale: this server's copy, no leader needed]\n"
@@ -434,6 +443,140 @@ static int cmd_get(struct tctl *t, const char *what)
     return 0;
 }
 
+/* Packs "a,b,c" as an array of strings under @key; empty items are refused. */
+static int pack_list(msgpack_packer *pk, const char *key, const char *list, const char *flag)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", list);
+    const char *items[64];
+    size_t n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == 64) {
+            fprintf(stderr, "tctl: %s: at most 64 items\n", flag);
+            return 2;
+        }
+        items[n++] = tok;
+    }
+    if (n == 0 || strstr(list, ",,") || list[0] == ',' || list[strlen(list) - 1] == ',') {
+        fprintf(stderr, "tctl: %s=%s: expected a comma-separated list without empty items\n", flag,
+                list);
+        return 2;
+    }
+    rp_mp_pack_str(pk, key);
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        rp_mp_pack_str(pk, items[i]);
+    return 0;
+}
+
+static void print_invite(struct tctl *t, const char *verb, const msgpack_object *resp,
+                         const char *user)
+{
+    char token[64];
+    uint64_t expires = ufield(resp, "expires");
+    uint64_t ttl_min = (expires > rp_now_ms() ? expires - rp_now_ms() + 30000 : 0) / 60000;
+    field(resp, "token", token, sizeof token);
+    if (t->format == FMT_JSON) {
+        char when[40];
+        rp_format_time(expires, when, sizeof when);
+        printf("{\"user\": \"%s\", \"token\": \"%s\", \"expires\": \"%s\"}\n", user, token, when);
+        return;
+    }
+    printf("User \"%s\" has been %s but requires a password. Share this invite token with the "
+           "user to complete the setup; it can be used once, within %lluh%02llum:\n\n  %s\n",
+           user, verb, (unsigned long long)(ttl_min / 60), (unsigned long long)(ttl_min % 60),
+           token);
+}
+
+static int cmd_users(struct tctl *t, int nargs, char **args)
+{
+    const char *sub = args[1], *name = nargs >= 3 ? args[2] : NULL;
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    uint64_t ttl = t->ttl_set ? t->ttl_ms : 3600 * 1000;
+    int rv = 0;
+    if (strcmp(sub, "add") == 0) {
+        msgpack_pack_map(&pk, 4 + (t->logins != NULL));
+        rp_mp_kv_str(&pk, "m", "user_add");
+        rp_mp_kv_str(&pk, "name", name);
+        rp_mp_kv_u64(&pk, "ttl_ms", ttl);
+        rv = pack_list(&pk, "roles", t->roles, "--roles");
+        if (rv == 0 && t->logins)
+            rv = pack_list(&pk, "logins", t->logins, "--logins");
+    } else if (strcmp(sub, "reset") == 0) {
+        msgpack_pack_map(&pk, 3);
+        rp_mp_kv_str(&pk, "m", "user_reset");
+        rp_mp_kv_str(&pk, "name", name);
+        rp_mp_kv_u64(&pk, "ttl_ms", ttl);
+    } else if (strcmp(sub, "update") == 0) {
+        msgpack_pack_map(&pk, 3);
+        rp_mp_kv_str(&pk, "m", "user_update");
+        rp_mp_kv_str(&pk, "name", name);
+        rv = pack_list(&pk, "roles", t->set_roles, "--set-roles");
+    } else { /* rm */
+        msgpack_pack_map(&pk, 2);
+        rp_mp_kv_str(&pk, "m", "user_rm");
+        rp_mp_kv_str(&pk, "name", name);
+    }
+    if (rv != 0) {
+        rp_buf_free(&req);
+        return rv;
+    }
+    char what[32];
+    snprintf(what, sizeof what, "users %s", sub);
+    if (call(t, &req, &resp, what) != 0)
+        return 1;
+    if (strcmp(sub, "add") == 0)
+        print_invite(t, "created", &resp.data, name);
+    else if (strcmp(sub, "reset") == 0)
+        print_invite(t, "reset", &resp.data, name);
+    else if (strcmp(sub, "update") == 0)
+        printf("User %s has been updated: roles %s.\n", name, t->set_roles);
+    else
+        printf("User \"%s\" has been deleted.\n", name);
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
+static int cmd_users_ls(struct tctl *t)
+{
+    msgpack_unpacked resp;
+    if (list_kind(t, "user", &resp) != 0)
+        return 1;
+    const msgpack_object *items = rp_mp_get(&resp.data, "items");
+    uint32_t n = items && items->type == MSGPACK_OBJECT_ARRAY ? items->via.array.size : 0;
+    if (t->format == FMT_JSON) {
+        print_json(items);
+        msgpack_unpacked_destroy(&resp);
+        return 0;
+    }
+    struct rp_buf out;
+    rp_buf_init(&out);
+    rp_buf_printf(&out, "%-24s %s\n", "User", "Roles");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *it = &items->via.array.ptr[i];
+        char name[160];
+        field(rp_mp_get(it, "metadata"), "name", name, sizeof name);
+        rp_buf_printf(&out, "%-24s ", name);
+        const msgpack_object *roles = rp_mp_get(rp_mp_get(it, "spec"), "roles");
+        for (uint32_t k = 0; roles && roles->type == MSGPACK_OBJECT_ARRAY &&
+                             k < roles->via.array.size; k++) {
+            const msgpack_object *r = &roles->via.array.ptr[k];
+            if (r->type == MSGPACK_OBJECT_STR)
+                rp_buf_printf(&out, "%s%.*s", k ? "," : "", (int)r->via.str.size, r->via.str.ptr);
+        }
+        rp_buf_append_str(&out, "\n");
+    }
+    fwrite(out.data, 1, out.len, stdout);
+    rp_buf_free(&out);
+    msgpack_unpacked_destroy(&resp);
+    return 0;
+}
+
 /* --since / --until: a duration back from now ("1h", "30m") or an RFC 3339 UTC
  * time ("2026-11-25T14:00:00Z"); 0 with *ms set, 2 after printing the error. */
 static int parse_when(const char *flag, const char *s, uint64_t *ms)
@@ -537,7 +680,8 @@ static int cmd_events_ls(struct tctl *t)
 
 int main(int argc, char **argv)
 {
-    enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE, O_SINCE, O_UNTIL, O_USER, O_LIMIT };
+    enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE, O_SINCE, O_UNTIL, O_USER, O_LIMIT,
+           O_ROLES, O_LOGINS, O_SET_ROLES };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"auth-server", required_argument, NULL, O_AUTH},
@@ -549,6 +693,9 @@ int main(int argc, char **argv)
         {"until", required_argument, NULL, O_UNTIL},
         {"user", required_argument, NULL, O_USER},
         {"limit", required_argument, NULL, O_LIMIT},
+        {"roles", required_argument, NULL, O_ROLES},
+        {"logins", required_argument, NULL, O_LOGINS},
+        {"set-roles", required_argument, NULL, O_SET_ROLES},
         {"debug", no_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -583,10 +730,14 @@ int main(int argc, char **argv)
                 fprintf(stderr, "tctl: --ttl: %s\n", rp_errmsg());
                 return 2;
             }
+            t.ttl_set = true;
             break;
         case O_TYPE: t.type = optarg; break;
         case O_STALE: t.stale = true; break;
         case O_SINCE: t.since = optarg; break;
+        case O_ROLES: t.roles = optarg; break;
+        case O_LOGINS: t.logins = optarg; break;
+        case O_SET_ROLES: t.set_roles = optarg; break;
         case O_UNTIL: t.until = optarg; break;
         case O_USER: t.user = optarg; break;
         case O_LIMIT: {
@@ -619,7 +770,11 @@ int main(int argc, char **argv)
                  (strcmp(args[0], "tokens") == 0 && nargs >= 2) ||
                  (strcmp(args[0], "auth") == 0 && nargs >= 3 && strcmp(args[1], "members") == 0) ||
                  (strcmp(args[0], "get") == 0 && nargs == 2) ||
-                 (strcmp(args[0], "events") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0);
+                 (strcmp(args[0], "events") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
+                 (strcmp(args[0], "users") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
+                 (strcmp(args[0], "users") == 0 && nargs == 3 &&
+                  (strcmp(args[1], "add") == 0 || strcmp(args[1], "rm") == 0 ||
+                   strcmp(args[1], "reset") == 0 || strcmp(args[1], "update") == 0));
     if (!known) {
         fprintf(stderr, "tctl: unknown command or wrong arguments: '%s'\n", args[0]);
         usage(stderr);
@@ -647,6 +802,21 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (strcmp(args[0], "users") == 0 && nargs == 3) {
+        if (strcmp(args[1], "add") == 0 && t.roles == NULL) {
+            fprintf(stderr, "tctl users add: --roles is required (e.g. --roles=access)\n");
+            return 2;
+        }
+        if (strcmp(args[1], "update") == 0 && t.set_roles == NULL) {
+            fprintf(stderr, "tctl users update: --set-roles=R1,R2 is required\n");
+            return 2;
+        }
+        if ((strcmp(args[1], "add") == 0 || strcmp(args[1], "reset") == 0) && t.ttl_set &&
+            (t.ttl_ms < 60000 || t.ttl_ms > 48ull * 3600 * 1000)) {
+            fprintf(stderr, "tctl users %s: --ttl: between 1m and 48h\n", args[1]);
+            return 2;
+        }
+    }
     if (strcmp(args[0], "events") == 0) {
         uint64_t ms; /* flags checked before dialing, like the others */
         if ((t.since && parse_when("--since", t.since, &ms) != 0) ||
@@ -663,6 +833,8 @@ int main(int argc, char **argv)
         rv = cmd_get(&t, args[1]);
     } else if (strcmp(args[0], "events") == 0) {
         rv = cmd_events_ls(&t);
+    } else if (strcmp(args[0], "users") == 0) {
+        rv = nargs == 2 ? cmd_users_ls(&t) : cmd_users(&t, nargs, args);
     } else if (strcmp(args[0], "tokens") == 0) {
         if (strcmp(args[1], "add") == 0 && nargs == 2)
             rv = cmd_tokens_add(&t);

