@@ -613,7 +613,7 @@ static int cluster_start(void)
 
 /* ---- nemeses ----------------------------------------------------------------------- */
 
-static bool g_grudge[MAX_NODES + 1][MAX_NODES + 1]; /* [a][b]: a drops packets from b */
+static bool g_grudge[MAX_SLOTS + 1][MAX_SLOTS + 1]; /* [a][b]: a drops packets from b */
 
 static void fw_heal(void)
 {
