@@ -83,6 +83,20 @@ struct auth_req {
     const char *remote; /* the original client's address (forwarded: as the follower saw it) */
 };
 
+/* True for identities with the Admin or Auth system role (auth/server.c). */
+bool auth_caller_is_admin(const struct rp_identity *id);
+
+/* auth/secrets.c: what a caller may read of a resource of @kind. */
+enum auth_view {
+    AUTH_VIEW_NONE,     /* not at all: hidden from lists, denied to get */
+    AUTH_VIEW_REDACTED, /* without private keys */
+    AUTH_VIEW_FULL,
+};
+enum auth_view auth_view_of(const struct rp_identity *caller, const char *kind, size_t kind_len,
+                            bool with_secrets);
+/* Appends @res as @view allows (nothing for AUTH_VIEW_NONE). */
+int auth_view_append(enum auth_view view, const void *res, size_t len, struct rp_buf *out);
+
 /* Forwards @r to the leader on behalf of its caller: the request travels with an
  * "_as" map naming the caller's identity and address, which the leader uses for
  * authorization and the audit log when (and only when) the forwarding connection

@@ -88,6 +88,11 @@ static enum access caller_access(const struct rp_identity *id)
     return ACCESS_ANON;
 }
 
+bool auth_caller_is_admin(const struct rp_identity *id)
+{
+    return caller_access(id) == ACCESS_ALL;
+}
+
 /* True unless the state says @host_id is no auth server of this cluster. */
 static bool auth_server_known(struct auth_server *s, const char *host_id)
 {

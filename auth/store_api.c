@@ -1,6 +1,7 @@
 /* auth/store_api.c: the resource methods of the auth API: get, list, the
  * writes, and watch streams. */
 #include <poll.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -80,32 +81,54 @@ int auth_h_get(struct auth_req *r, struct rp_buf *out)
     rv = auth_route_read(r, out);
     if (rv != 0)
         return rv < 0 ? rv : 0;
-    struct rp_buf res;
+    bool with_secrets = false;
+    rp_mp_get_bool(r->args, "with_secrets", &with_secrets);
+    enum auth_view view = auth_view_of(r->caller, kind, strlen(kind), with_secrets);
+    if (view == AUTH_VIEW_NONE)
+        return rp_err(RP_EDENIED, "%s resources hold secrets: %s", kind,
+                      auth_caller_is_admin(r->caller) ? "ask with --with-secrets"
+                                                      : "not readable with this identity");
+    struct rp_buf res, shown;
     uint64_t rev = 0;
     rp_buf_init(&res);
+    rp_buf_init(&shown);
     rv = state_get(r->srv->state, kind, name, &res, &rev);
     if (rv == RP_ENOTFOUND)
         rv = rp_err(RP_ENOTFOUND, "%s/%s not found", kind, name);
+    if (rv == 0)
+        rv = auth_view_append(view, res.data, res.len, &shown);
     if (rv == 0) {
         msgpack_packer pk;
         auth_reply_ok_begin(&pk, out, 2);
-        rp_mp_kv_raw(&pk, "res", res.data, res.len);
+        rp_mp_kv_raw(&pk, "res", shown.data, shown.len);
         rp_mp_kv_u64(&pk, "rev", rev);
     }
+    if (res.data)
+        OPENSSL_cleanse(res.data, res.cap);
     rp_buf_free(&res);
+    rp_buf_free(&shown);
     return rv;
 }
 
 struct list_ctx {
     struct rp_buf items;
     uint32_t n;
+    const struct rp_identity *caller;
+    bool with_secrets;
 };
 
 static int list_cb(void *arg, const void *res, size_t len)
 {
     struct list_ctx *lc = arg;
+    struct state_res_meta meta;
+    int rv = state_resource_check(res, len, &meta);
+    if (rv != 0)
+        return rv;
+    enum auth_view view = auth_view_of(lc->caller, meta.kind, meta.kind_len, lc->with_secrets);
+    if (view == AUTH_VIEW_NONE)
+        return 0;
     lc->n++;
-    return rp_buf_append(&lc->items, res, len);
+    return auth_view_append(view, res, len, &lc->items);
 }
 
 int auth_h_list(struct auth_req *r, struct rp_buf *out)
@@ -122,8 +145,13 @@ int auth_h_list(struct auth_req *r, struct rp_buf *out)
     rv = auth_route_read(r, out);
     if (rv != 0)
         return rv < 0 ? rv : 0;
-    struct list_ctx lc = {.n = 0};
+    struct list_ctx lc = {.n = 0, .caller = r->caller};
     uint64_t rev = 0;
+    rp_mp_get_bool(r->args, "with_secrets", &lc.with_secrets);
+    if (kind[0] && auth_view_of(r->caller, kind, strlen(kind), lc.with_secrets) == AUTH_VIEW_NONE)
+        return rp_err(RP_EDENIED, "%s resources hold secrets: %s", kind,
+                      auth_caller_is_admin(r->caller) ? "ask with --with-secrets"
+                                                      : "not readable with this identity");
     rp_buf_init(&lc.items);
     rv = state_list(r->srv->state, kind[0] ? kind : NULL, prefix[0] ? prefix : NULL,
                     limit > 100000 ? 100000 : (unsigned)limit, list_cb, &lc, &rev);
@@ -322,6 +350,29 @@ int auth_h_watch(struct auth_req *r)
         rv = state_watch_next(w, &ev, 0);
         if (rv == 0) {
             bool last = ev.type == STATE_EV_REINIT;
+            bool named = ev.type == STATE_EV_INIT_PUT || ev.type == STATE_EV_PUT ||
+                         ev.type == STATE_EV_DELETE;
+            enum auth_view view =
+                named ? auth_view_of(r->caller, ev.kind, strlen(ev.kind), false) : AUTH_VIEW_FULL;
+            if (view == AUTH_VIEW_NONE) { /* secrets: not even that they changed */
+                state_event_free(&ev);
+                state_event_init(&ev);
+                continue;
+            }
+            if (view == AUTH_VIEW_REDACTED && ev.res.len > 0) {
+                struct rp_buf red;
+                rp_buf_init(&red);
+                if (auth_view_append(view, ev.res.data, ev.res.len, &red) == 0) {
+                    OPENSSL_cleanse(ev.res.data, ev.res.cap);
+                    rp_buf_free(&ev.res);
+                    ev.res = red;
+                } else {
+                    rp_buf_free(&red);
+                    state_event_free(&ev);
+                    state_event_init(&ev);
+                    continue;
+                }
+            }
             rv = send_event(r->conn, &ev, &out);
             state_event_free(&ev);
             state_event_init(&ev);

@@ -695,3 +695,107 @@ Test(int_security, a_thousand_random_garbage_frames_do_not_crash_the_server)
     cr_assert_eq(cluster_wait_ready(1, 1, 0, 5000), 1);
     cluster_pass();
 }
+
+/* One request with @ctx on node @i; the answer frame into @ans (parsed into @u). */
+static void call_as(SSL_CTX *ctx, int i, const struct rp_buf *req, struct rp_buf *ans,
+                    msgpack_unpacked *u)
+{
+    rp_buf_reset(ans);
+    cr_assert_eq(probe(ctx, CL->nodes[i].api_addr, req, 5000, ans), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_mp_parse(ans->data, ans->len, u), 0);
+}
+
+static bool frame_has(const struct rp_buf *f, const char *needle)
+{
+    return memmem(f->data, f->len, needle, strlen(needle)) != NULL;
+}
+
+Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
+{
+    cluster_start(1);
+    char token[64];
+    add_token("node", "10m", token, sizeof token);
+    struct rp_buf req, ans;
+    msgpack_unpacked u;
+    rp_buf_init(&req);
+    rp_buf_init(&ans);
+
+    /* Admin: the CA without its key, unless asked. */
+    SSL_CTX *admin = node_admin_ctx(1);
+    cl_req_get(&req, "cert_authority", "tls", false);
+    /* The bootstrap records follow the first election by a moment. */
+    uint64_t deadline = cl_now_ms() + 10000;
+    call_as(admin, 1, &req, &ans, &u);
+    while (rp_mp_get(&u.data, "res") == NULL && cl_now_ms() < deadline) {
+        msgpack_unpacked_destroy(&u);
+        cl_sleep_ms(100);
+        call_as(admin, 1, &req, &ans, &u);
+    }
+    char code[64], err[256];
+    cr_assert(rp_mp_get(&u.data, "res") != NULL, "admin get cert_authority/tls: %s %s",
+              cl_mp_str(&u.data, "code", code, sizeof code),
+              cl_mp_str(&u.data, "error", err, sizeof err));
+    cr_assert(!frame_has(&ans, "PRIVATE KEY"), "the CA key went out without --with-secrets");
+    msgpack_unpacked_destroy(&u);
+    rp_buf_reset(&req);
+    msgpack_packer pk;
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 4);
+    rp_mp_kv_str(&pk, "m", "get");
+    rp_mp_kv_str(&pk, "kind", "cert_authority");
+    rp_mp_kv_str(&pk, "name", "tls");
+    rp_mp_kv_bool(&pk, "with_secrets", true);
+    call_as(admin, 1, &req, &ans, &u);
+    cr_assert(frame_has(&ans, "PRIVATE KEY"), "with_secrets: the admin gets the CA key");
+    /* With that key, mint a genuine Node identity of this cluster. */
+    const msgpack_object *tls = rp_mp_get(rp_mp_get(rp_mp_get(&u.data, "res"), "spec"), "active_keys");
+    tls = rp_mp_get(tls, "tls");
+    cr_assert(tls && tls->type == MSGPACK_OBJECT_ARRAY && tls->via.array.size == 1);
+    char *key_pem = NULL;
+    cr_assert_eq(rp_mp_get_strdup(&tls->via.array.ptr[0], "key", &key_pem), 0);
+    msgpack_unpacked_destroy(&u);
+    EVP_PKEY *ca_key = NULL, *node_key = rp_tls_keygen();
+    cr_assert_eq(rp_tls_key_from_pem(key_pem, strlen(key_pem), &ca_key), 0, "%s", rp_errmsg());
+    free(key_pem);
+    X509 *ca = read_cert(1, "ca.crt"), *cert = NULL;
+    char *groups[] = {"Node"};
+    struct rp_identity id = {.name = "node-7", .groups = groups, .n_groups = 1,
+                             .cluster = CL->cluster_name};
+    cr_assert_eq(rp_tls_issue(ca_key, ca, node_key, &id, NULL, 0, 3600, &cert), 0, "%s",
+                 rp_errmsg());
+    SSL_CTX *node = rp_tls_client_ctx(ca, cert, node_key);
+    cr_assert_not_null(node);
+
+    /* The node reads the CA without its key, even when it asks for secrets. */
+    call_as(node, 1, &req, &ans, &u);
+    cr_assert(rp_mp_get(&u.data, "res") != NULL, "a node may read the CA's public part");
+    cr_assert(!frame_has(&ans, "PRIVATE KEY"), "a node got the CA's private key");
+    msgpack_unpacked_destroy(&u);
+    /* Tokens: denied by name, absent from lists of everything. */
+    rp_buf_reset(&req);
+    cl_req_get(&req, "token", token, false);
+    call_as(node, 1, &req, &ans, &u);
+    cr_assert(rp_mp_str_eq(rp_mp_get(&u.data, "code"), "access_denied"), "a node read a join token");
+    msgpack_unpacked_destroy(&u);
+    rp_buf_reset(&req);
+    cl_req_simple(&req, "list");
+    call_as(node, 1, &req, &ans, &u);
+    cr_assert(rp_mp_get(&u.data, "items") != NULL);
+    cr_assert(!frame_has(&ans, token), "a node listed a join token");
+    cr_assert(!frame_has(&ans, "PRIVATE KEY"), "a node listed the CA key");
+    msgpack_unpacked_destroy(&u);
+    /* The admin's list of everything shows the token but not the CA key. */
+    call_as(admin, 1, &req, &ans, &u);
+    cr_assert(frame_has(&ans, token) && !frame_has(&ans, "PRIVATE KEY"));
+    msgpack_unpacked_destroy(&u);
+
+    SSL_CTX_free(admin);
+    SSL_CTX_free(node);
+    EVP_PKEY_free(ca_key);
+    EVP_PKEY_free(node_key);
+    X509_free(ca);
+    X509_free(cert);
+    rp_buf_free(&req);
+    rp_buf_free(&ans);
+    cluster_pass();
+}

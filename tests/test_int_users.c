@@ -84,7 +84,7 @@ static bool has_secret(int i, const char *user)
     char *out = NULL;
     char what[160];
     snprintf(what, sizeof what, "user_secret/%s", user);
-    int rv = run_tctl(i, &out, "get", what, NULL);
+    int rv = run_tctl(i, &out, "get", what, "--with-secrets", NULL);
     bool yes = rv == 0 && strstr(out, "$argon2id$v=19$") != NULL;
     free(out);
     return yes;
@@ -144,7 +144,7 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
               "a wrong one-time code: %s", code);
     redeem(2, tok, "correct horse battery staple", b32, totp, code, sizeof code);
     cr_assert_str_eq(code, "", "redeeming with TOTP: %s", code);
-    out = tctl_ok(1, "get", "user_secret/joe", NULL, NULL, NULL);
+    out = tctl_ok(1, "get", "user_secret/joe", "--with-secrets", NULL, NULL);
     cr_assert(strstr(out, "totp_secret") != NULL, "%s", out);
     free(out);
 

@@ -30,7 +30,7 @@ struct tctl {
     enum format format;
     uint64_t ttl_ms;
     const char *type;
-    bool stale;
+    bool stale, with_secrets;
     const char *since, *until, *user;
     const char *roles, *logins, *set_roles;
     bool ttl_set;
@@ -50,7 +50,8 @@ static void usage(FILE *f)
             "  tokens rm TOKEN              delete a join token\n"
             "  auth members ls              list the auth servers of the Raft group\n"
             "  auth members rm ID           remove auth server ID from the Raft group\n"
-            "  get KIND[/NAME]              print resources [--stale]\n"
+            "  get KIND[/NAME]              print resources [--stale] [--with-secrets: private\n"
+            "                               keys and password hashes too]\n"
             "  users add NAME --roles=R1,R2 [--logins=L1,L2] [--ttl=1h]\n"
             "                               create a user; prints a one-time invite token\n"
             "  users ls                     list users\n"
@@ -309,11 +310,13 @@ static int list_kind(struct tctl *t, const char *kind, msgpack_unpacked *resp)
     msgpack_packer pk;
     rp_buf_init(&req);
     rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, t->stale ? 3 : 2);
+    msgpack_pack_map(&pk, 2 + t->stale + t->with_secrets);
     rp_mp_kv_str(&pk, "m", "list");
     rp_mp_kv_str(&pk, "kind", kind);
     if (t->stale)
         rp_mp_kv_bool(&pk, "stale", true);
+    if (t->with_secrets)
+        rp_mp_kv_bool(&pk, "with_secrets", true);
     return call(t, &req, resp, "list");
 }
 
@@ -425,12 +428,14 @@ static int cmd_get(struct tctl *t, const char *what)
         msgpack_packer pk;
         rp_buf_init(&req);
         rp_mp_packer_init(&pk, &req);
-        msgpack_pack_map(&pk, t->stale ? 4 : 3);
+        msgpack_pack_map(&pk, 3 + t->stale + t->with_secrets);
         rp_mp_kv_str(&pk, "m", "get");
         rp_mp_kv_str(&pk, "kind", kind);
         rp_mp_kv_str(&pk, "name", name);
         if (t->stale)
             rp_mp_kv_bool(&pk, "stale", true);
+        if (t->with_secrets)
+            rp_mp_kv_bool(&pk, "with_secrets", true);
         if (call(t, &req, &resp, "get") != 0)
             return 1;
         print_json(rp_mp_get(&resp.data, "res"));
@@ -681,7 +686,7 @@ static int cmd_events_ls(struct tctl *t)
 int main(int argc, char **argv)
 {
     enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE, O_SINCE, O_UNTIL, O_USER, O_LIMIT,
-           O_ROLES, O_LOGINS, O_SET_ROLES };
+           O_ROLES, O_LOGINS, O_SET_ROLES, O_WITH_SECRETS };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"auth-server", required_argument, NULL, O_AUTH},
@@ -696,6 +701,7 @@ int main(int argc, char **argv)
         {"roles", required_argument, NULL, O_ROLES},
         {"logins", required_argument, NULL, O_LOGINS},
         {"set-roles", required_argument, NULL, O_SET_ROLES},
+        {"with-secrets", no_argument, NULL, O_WITH_SECRETS},
         {"debug", no_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -738,6 +744,7 @@ int main(int argc, char **argv)
         case O_ROLES: t.roles = optarg; break;
         case O_LOGINS: t.logins = optarg; break;
         case O_SET_ROLES: t.set_roles = optarg; break;
+        case O_WITH_SECRETS: t.with_secrets = true; break;
         case O_UNTIL: t.until = optarg; break;
         case O_USER: t.user = optarg; break;
         case O_LIMIT: {
