@@ -114,6 +114,10 @@ void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extr
 int auth_route_read(struct auth_req *r, struct rp_buf *out);
 int auth_h_audit_append(struct auth_req *r, struct rp_buf *out); /* auth/audit.c */
 int auth_h_events(struct auth_req *r, struct rp_buf *out);
+/* auth/ssh_ca.c: the user and host SSH CAs (leader duty creates missing ones). */
+int auth_ssh_cas_ensure(struct auth_server *s);
+int auth_ssh_ca_key(struct auth_server *s, const char *type, EVP_PKEY **key);
+int auth_h_sign_host(struct auth_req *r, struct rp_buf *out);
 /* auth/users.c */
 int auth_h_user_add(struct auth_req *r, struct rp_buf *out);
 int auth_h_user_update(struct auth_req *r, struct rp_buf *out);

@@ -74,7 +74,7 @@ static const struct method methods[] = {
     {"cdelete", ACCESS_ALL},     {"batch", ACCESS_ALL},      {"token_add", ACCESS_ALL},
     {"member_rm", ACCESS_ALL},   {"events", ACCESS_ALL},     {"audit_append", ACCESS_ALL},
     {"user_add", ACCESS_ALL},    {"user_update", ACCESS_ALL}, {"user_rm", ACCESS_ALL},
-    {"user_reset", ACCESS_ALL},  {"invite_redeem", ACCESS_ANON},
+    {"user_reset", ACCESS_ALL},  {"invite_redeem", ACCESS_ANON}, {"sign_host", ACCESS_ALL},
 };
 
 static enum access caller_access(const struct rp_identity *id)
@@ -301,6 +301,8 @@ static int serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_ident
         rv = auth_h_user_reset(&r, out);
     else if (strcmp(m, "invite_redeem") == 0)
         rv = auth_h_invite_redeem(&r, out);
+    else if (strcmp(m, "sign_host") == 0)
+        rv = auth_h_sign_host(&r, out);
     else
         rv = auth_h_write(&r, m, out);
     if (rv != 0)
@@ -429,14 +431,22 @@ static void *duty_main(void *arg)
 {
     struct auth_server *s = arg;
     uint64_t last_expire = 0, last_trim = 0;
+    bool ssh_cas_ok = false;
     while (!atomic_load(&s->stopping)) {
         struct timespec ts = {0, 200 * 1000000L};
         nanosleep(&ts, NULL);
-        if (!auth_is_leader(s))
+        if (!auth_is_leader(s)) {
+            ssh_cas_ok = false;
             continue;
+        }
         if (s->id.ca_key_pending != NULL) {
             if (auth_bootstrap_write(s) != 0)
                 rp_warn("auth", "writing bootstrap records: %s (will retry)", rp_errmsg());
+        } else if (!ssh_cas_ok) {
+            /* Once per leadership: create the SSH CAs if they are missing. */
+            ssh_cas_ok = auth_ssh_cas_ensure(s) == 0;
+            if (!ssh_cas_ok)
+                rp_warn("auth", "creating the SSH CAs: %s (will retry)", rp_errmsg());
         }
         uint64_t now = rp_mono_ms();
         if (now - last_expire >= 1000) {

@@ -19,6 +19,8 @@
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/mp.h"
+#include "lib/ssh_key.h"
+#include "lib/tls.h"
 #include "lib/util.h"
 
 enum format { FMT_TEXT, FMT_JSON };
@@ -33,6 +35,7 @@ struct tctl {
     bool stale, with_secrets;
     const char *since, *until, *user;
     const char *roles, *logins, *set_roles;
+    const char *sign_user, *sign_host, *sign_format, *out_path;
     bool ttl_set;
     uint64_t limit;
     struct auth_client *client;
@@ -59,6 +62,10 @@ static void usage(FILE *f)
             "  users reset NAME [--ttl=1h]  drop the user's password and second factor; new invite\n"
             "  users update NAME --set-roles=R1,R2\n"
             "                               replace the user's roles\n"
+            "  auth export --type=TYPE      public CA keys: user (TrustedUserCAKeys line), host\n"
+            "                               (@cert-authority known_hosts line) or tls (PEM)\n"
+            "  auth sign --host=NAME -o PATH [--format=openssh|file|tls] [--ttl=8760h]\n"
+            "                               a host key with its SSH (and X.509) certificate\n"
             "  events ls                    search the audit log [--since=1h|TIME] [--until=TIME]\n"
             "                               [--type=EVENT] [--user=NAME] [--limit=N (1000)]\n"
             "                               [--stale: this server's copy, no leader needed]\n"
@@ -582,6 +589,143 @@ static int cmd_users_ls(struct tctl *t)
     return 0;
 }
 
+/* The CA resource cert_authority/@type (public parts). */
+static int get_ca(struct tctl *t, const char *type, msgpack_unpacked *resp)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "m", "get");
+    rp_mp_kv_str(&pk, "kind", AUTH_KIND_CA);
+    rp_mp_kv_str(&pk, "name", type);
+    return call(t, &req, resp, "auth export");
+}
+
+static int cmd_auth_export(struct tctl *t)
+{
+    msgpack_unpacked resp;
+    const char *type = t->type;
+    if (get_ca(t, type, &resp) != 0)
+        return 1;
+    const msgpack_object *spec = rp_mp_get(rp_mp_get(&resp.data, "res"), "spec");
+    const msgpack_object *keys = rp_mp_get(rp_mp_get(spec, "active_keys"),
+                                           strcmp(type, "tls") == 0 ? "tls" : "ssh");
+    char cluster[256];
+    field(spec, "cluster_name", cluster, sizeof cluster);
+    int rv = 0;
+    for (uint32_t i = 0; keys && keys->type == MSGPACK_OBJECT_ARRAY && i < keys->via.array.size;
+         i++) {
+        const msgpack_object *k = &keys->via.array.ptr[i];
+        const char *s;
+        size_t n;
+        if (strcmp(type, "tls") == 0 && rp_mp_get_str(k, "cert", &s, &n) == 0)
+            printf("%.*s%s", (int)n, s, n && s[n - 1] == '\n' ? "" : "\n");
+        else if (strcmp(type, "user") == 0 && rp_mp_get_str(k, "public_key", &s, &n) == 0)
+            printf("%.*s user-ca@%s\n", (int)n, s, cluster);
+        else if (strcmp(type, "host") == 0 && rp_mp_get_str(k, "public_key", &s, &n) == 0)
+            printf("@cert-authority * %.*s host-ca@%s\n", (int)n, s, cluster);
+        else
+            rv = 1;
+    }
+    if (rv != 0 || keys == NULL)
+        fprintf(stderr, "tctl auth export: cert_authority/%s holds no %s key\n", type, type);
+    msgpack_unpacked_destroy(&resp);
+    return rv || keys == NULL;
+}
+
+/* Writes @data to @path with @mode, saying what it wrote. */
+static int write_out(const char *path, const char *data, unsigned mode)
+{
+    if (rp_write_file(path, data, strlen(data), mode) != 0) {
+        fprintf(stderr, "tctl auth sign: %s: %s\n", path, rp_errmsg());
+        return 1;
+    }
+    printf("  %s\n", path);
+    return 0;
+}
+
+static int cmd_auth_sign_host(struct tctl *t)
+{
+    const char *fmt = t->sign_format ? t->sign_format : "openssh";
+    EVP_PKEY *key = NULL;
+    char *priv = NULL, *pub = NULL, *tls_pub = NULL, *tls_key = NULL;
+    int rv = 1;
+    if (rp_ssh_keygen(RP_SSH_KEY_ED25519, &key) != 0 || rp_ssh_privkey_format(key, t->sign_host, &priv) != 0 ||
+        rp_ssh_pubkey_format(key, NULL, &pub) != 0 ||
+        (strcmp(fmt, "tls") == 0 &&
+         (rp_tls_pubkey_to_pem(key, &tls_pub) != 0 || rp_tls_key_to_pem(key, &tls_key) != 0))) {
+        fail("making a key");
+        goto out;
+    }
+    struct rp_buf req;
+    msgpack_packer pk;
+    msgpack_unpacked resp;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 6 + (tls_pub != NULL));
+    rp_mp_kv_str(&pk, "m", "sign_host");
+    rp_mp_kv_str(&pk, "host_id", t->sign_host);
+    rp_mp_kv_str(&pk, "nodename", t->sign_host);
+    rp_mp_kv_str(&pk, "role", "Node");
+    rp_mp_kv_str(&pk, "ssh_pubkey", pub);
+    rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_set ? t->ttl_ms : 8760ull * 3600 * 1000);
+    if (tls_pub)
+        rp_mp_kv_str(&pk, "tls_pubkey", tls_pub);
+    if (call(t, &req, &resp, "auth sign") != 0)
+        goto out;
+    char path[4096];
+    struct rp_buf cert;
+    rp_buf_init(&cert);
+    const char *s;
+    size_t n;
+    rp_mp_get_str(&resp.data, "ssh_cert", &s, &n);
+    rp_buf_printf(&cert, "%.*s\n", (int)n, s);
+    rp_buf_append(&cert, "", 1);
+    printf("The host certificate of %s was written to:\n", t->sign_host);
+    if (strcmp(fmt, "openssh") == 0) {
+        snprintf(path, sizeof path, "%s-cert.pub", t->out_path);
+        rv = write_out(t->out_path, priv, 0600) || write_out(path, (char *)cert.data, 0644);
+    } else if (strcmp(fmt, "file") == 0) {
+        struct rp_buf all;
+        rp_buf_init(&all);
+        rp_buf_printf(&all, "%s%s", priv, (char *)cert.data);
+        rp_buf_append(&all, "", 1);
+        rv = write_out(t->out_path, (char *)all.data, 0600);
+        OPENSSL_cleanse(all.data, all.cap);
+        rp_buf_free(&all);
+    } else { /* tls: PATH.key, PATH.crt, PATH.cas */
+        char a[4096], b[4096];
+        const char *tc, *ca;
+        size_t tn, cn;
+        rp_mp_get_str(&resp.data, "tls_cert", &tc, &tn);
+        rp_mp_get_str(&resp.data, "tls_ca", &ca, &cn);
+        char *tcs = strndup(tc, tn), *cas = strndup(ca, cn);
+        snprintf(path, sizeof path, "%s.key", t->out_path);
+        snprintf(a, sizeof a, "%s.crt", t->out_path);
+        snprintf(b, sizeof b, "%s.cas", t->out_path);
+        rv = write_out(path, tls_key, 0600) || write_out(a, tcs, 0644) || write_out(b, cas, 0644);
+        free(tcs);
+        free(cas);
+    }
+    rp_buf_free(&cert);
+    msgpack_unpacked_destroy(&resp);
+out:
+    if (priv) {
+        OPENSSL_cleanse(priv, strlen(priv));
+        free(priv);
+    }
+    if (tls_key) {
+        OPENSSL_cleanse(tls_key, strlen(tls_key));
+        free(tls_key);
+    }
+    free(pub);
+    free(tls_pub);
+    EVP_PKEY_free(key);
+    return rv;
+}
+
 /* --since / --until: a duration back from now ("1h", "30m") or an RFC 3339 UTC
  * time ("2026-11-25T14:00:00Z"); 0 with *ms set, 2 after printing the error. */
 static int parse_when(const char *flag, const char *s, uint64_t *ms)
@@ -686,7 +830,7 @@ static int cmd_events_ls(struct tctl *t)
 int main(int argc, char **argv)
 {
     enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE, O_SINCE, O_UNTIL, O_USER, O_LIMIT,
-           O_ROLES, O_LOGINS, O_SET_ROLES, O_WITH_SECRETS };
+           O_ROLES, O_LOGINS, O_SET_ROLES, O_WITH_SECRETS, O_SIGN_USER, O_SIGN_HOST };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"auth-server", required_argument, NULL, O_AUTH},
@@ -702,6 +846,9 @@ int main(int argc, char **argv)
         {"logins", required_argument, NULL, O_LOGINS},
         {"set-roles", required_argument, NULL, O_SET_ROLES},
         {"with-secrets", no_argument, NULL, O_WITH_SECRETS},
+        {"user", required_argument, NULL, O_USER},
+        {"host", required_argument, NULL, O_SIGN_HOST},
+        {"out", required_argument, NULL, 'o'},
         {"debug", no_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -710,7 +857,7 @@ int main(int argc, char **argv)
     int c;
     rp_config_init(&t.cfg);
     rp_log_set_level(RP_LOG_WARN);
-    while ((c = getopt_long(argc, argv, "c:f:dh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:f:o:dh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': t.config_path = optarg; break;
         case O_AUTH:
@@ -722,6 +869,10 @@ int main(int argc, char **argv)
             break;
         case 'f':
         case O_FORMAT:
+            t.sign_format = optarg; /* auth sign takes openssh, file or tls */
+            if (strcmp(optarg, "openssh") == 0 || strcmp(optarg, "file") == 0 ||
+                strcmp(optarg, "tls") == 0)
+                break;
             if (strcmp(optarg, "json") == 0)
                 t.format = FMT_JSON;
             else if (strcmp(optarg, "text") == 0)
@@ -745,6 +896,8 @@ int main(int argc, char **argv)
         case O_LOGINS: t.logins = optarg; break;
         case O_SET_ROLES: t.set_roles = optarg; break;
         case O_WITH_SECRETS: t.with_secrets = true; break;
+        case O_SIGN_HOST: t.sign_host = optarg; break;
+        case 'o': t.out_path = optarg; break;
         case O_UNTIL: t.until = optarg; break;
         case O_USER: t.user = optarg; break;
         case O_LIMIT: {
@@ -779,6 +932,8 @@ int main(int argc, char **argv)
                  (strcmp(args[0], "get") == 0 && nargs == 2) ||
                  (strcmp(args[0], "events") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
                  (strcmp(args[0], "users") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
+                 (strcmp(args[0], "auth") == 0 && nargs == 2 &&
+                  (strcmp(args[1], "export") == 0 || strcmp(args[1], "sign") == 0)) ||
                  (strcmp(args[0], "users") == 0 && nargs == 3 &&
                   (strcmp(args[1], "add") == 0 || strcmp(args[1], "rm") == 0 ||
                    strcmp(args[1], "reset") == 0 || strcmp(args[1], "update") == 0));
@@ -800,12 +955,33 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (strcmp(args[0], "auth") == 0 && strcmp(args[2], "rm") == 0 && nargs == 4) {
+    if (strcmp(args[0], "auth") == 0 && nargs == 4 && strcmp(args[2], "rm") == 0) {
         char *end;
         unsigned long long id = strtoull(args[3], &end, 10);
         if (args[3][0] == '\0' || *end != '\0' || id == 0) {
             fprintf(stderr, "tctl auth members rm: '%s' is not a member id (a positive integer)\n",
                     args[3]);
+            return 2;
+        }
+    }
+    if (strcmp(args[0], "auth") == 0 && nargs == 2 && strcmp(args[1], "export") == 0 &&
+        (t.type == NULL || (strcmp(t.type, "user") && strcmp(t.type, "host") && strcmp(t.type, "tls")))) {
+        fprintf(stderr, "tctl auth export: --type=%s: expected user, host or tls\n",
+                t.type ? t.type : "");
+        return 2;
+    }
+    if (strcmp(args[0], "auth") == 0 && nargs == 2 && strcmp(args[1], "sign") == 0) {
+        if ((t.sign_host == NULL) == (t.user == NULL)) {
+            fprintf(stderr, "tctl auth sign: give exactly one of --host=NAME or --user=NAME\n");
+            return 2;
+        }
+        if (t.out_path == NULL) {
+            fprintf(stderr, "tctl auth sign: -o PATH is required (where the key and certificates go)\n");
+            return 2;
+        }
+        if (t.user != NULL) {
+            fprintf(stderr, "tctl auth sign --user: not available yet: user certificates need the "
+                    "role engine (issue 5 in progress)\n");
             return 2;
         }
     }
@@ -840,6 +1016,8 @@ int main(int argc, char **argv)
         rv = cmd_get(&t, args[1]);
     } else if (strcmp(args[0], "events") == 0) {
         rv = cmd_events_ls(&t);
+    } else if (strcmp(args[0], "auth") == 0 && nargs == 2) {
+        rv = strcmp(args[1], "export") == 0 ? cmd_auth_export(&t) : cmd_auth_sign_host(&t);
     } else if (strcmp(args[0], "users") == 0) {
         rv = nargs == 2 ? cmd_users_ls(&t) : cmd_users(&t, nargs, args);
     } else if (strcmp(args[0], "tokens") == 0) {

@@ -1,0 +1,192 @@
+/* auth/rbac.h: Teleport's role resource and the access decisions made from it.
+ *
+ * Every service asks this module the same questions: may this user log in as L on a
+ * node with labels K=V? may they do verb V on resource kind R? which logins go into
+ * their certificate, and which session options apply? The answers follow Teleport's
+ * rules (../shared/reference/teleport-facts.md 3.1, 3.2):
+ *
+ *  - Nothing is allowed by default. Deny is checked first, in every role, and wins.
+ *  - SSH: a role denies login L on node N if L is among its deny.logins or if its
+ *    deny.node_labels match N (either is enough: deny is greedy). Otherwise access is
+ *    allowed only if ONE role both lists L in allow.logins and has allow.node_labels
+ *    matching N (logins and labels pair up per role).
+ *  - Label selectors: in allow, every key must match (AND across keys); in deny, any one
+ *    key matching is enough. A key's value list is an OR. '*': '*' matches every node,
+ *    even one without labels; key: '*' matches any value of a present key. A value with
+ *    '*' is a glob ('*' is its only special character); a value starting with '^' and
+ *    ending with '$' is a regular expression, matched unanchored like RE2 (so
+ *    '^a|b$' is '^a' or 'b$'); anything else matches exactly. An empty selector
+ *    matches nothing. Label keys are exact strings; a key of '*' must have the value '*'.
+ *  - Regular expressions are POSIX extended (glibc regcomp) with RE2's shorthands
+ *    translated: \d \D, \s \S \w \W \b \B, \n \t \r \f \v, and \d \s \w inside [...].
+ *    (?flags) and (?:...) groups, lazy quantifiers (*? +? ??), backreferences and other
+ *    escapes (\pL, \A, \z, \Q) are refused when the role is parsed.
+ *  - Rules: a role's deny rule matching (resource or '*', verb or '*') denies; else a
+ *    matching allow rule allows. A rule with a `where` condition is kept but not
+ *    evaluated here: in deny it applies unconditionally (fail closed), in allow it
+ *    grants nothing unconditional (rbac_check_rule says so in its reason).
+ *  - Templates in logins and label values: "{{internal.NAME}}" (NAME one of Teleport's
+ *    internal traits: logins, windows_logins, kubernetes_groups, kubernetes_users,
+ *    db_names, db_users, db_roles, aws_role_arns, azure_identities,
+ *    gcp_service_accounts, jwt, github_orgs), "{{external.NAME}}" or
+ *    external["NAME"], "{{email.local(VAR)}}", and
+ *    "{{regexp.replace(VAR, \"RE\", \"REPL\")}}" (REPL may use $1 / ${1}); literal
+ *    text may surround the braces ("adm-{{internal.logins}}"). Both namespaces look
+ *    up the user's traits by NAME. A template expands to one value per trait value; a
+ *    missing trait expands to nothing (the entry is dropped); email.local() drops
+ *    values that are not addresses, regexp.replace() drops values the RE does not
+ *    match. Expanded logins that are not valid Unix logins (empty, longer than 32
+ *    bytes, starting with '-', holding ':' or white space) are dropped. Label keys may
+ *    not hold templates.
+ *  - Certificate logins: the union of every role's expanded allow.logins, in role
+ *    order, minus every role's expanded deny.logins.
+ *  - Options combine to the most restrictive value: max_session_ttl the smallest set
+ *    (RBAC_DEFAULT_SESSION_TTL_MS, 12h, when no role sets one); forward_agent,
+ *    port_forwarding, permit_x11_forwarding, disconnect_expired_cert, pin_source_ip: OR
+ *    (port_forwarding defaults to true in a role that does not set it, as in
+ *    Teleport); ssh_file_copy: AND (default true); client_idle_timeout, max_sessions,
+ *    max_connections: the smallest non-zero; record_session.ssh: strict wins;
+ *    record_session.desktop: OR (default true); lock: strict wins;
+ *    require_session_mfa: the strongest; enhanced_recording: the union.
+ *
+ * The resource, as msgpack (lib/yaml_mp turns YAML into it):
+ *   {kind: role, version: v3..v8, metadata: {name, description, labels, namespace,
+ *    expires, revision}, spec: {options: {...}, allow: {...}, deny: {...}}}
+ * allow/deny hold logins, node_labels, rules ({resources, verbs, where}) and
+ * namespaces; the other Teleport conditions (app_labels, db_labels, kubernetes_labels,
+ * cluster_labels, windows_desktop_labels, db_service_labels, kubernetes_groups,
+ * kubernetes_users, kubernetes_resources, db_names, db_users, windows_desktop_logins,
+ * aws_role_arns, impersonate, request, review_requests, join_sessions,
+ * require_session_join) are checked for shape, kept and written back, but nothing
+ * here enforces them. node_labels_expression, rule `actions`, and options not listed
+ * in the facts (ssh_port_forwarding, cert_format, ...) are refused. Booleans in options
+ * also accept "yes"/"no"/"true"/"false"/"on"/"off", which YAML 1.1 (Teleport) reads
+ * as booleans. Durations are Go's ("8h", "30m", "1h30m", "1.5h", "90s"); 0 means unset.
+ *
+ * Version defaults (filled in at parse, so they show in the canonical form): v3 roles
+ * without allow.node_labels get {'*': '*'} if they have logins and {} otherwise, and
+ * '*': '*' for app/kubernetes/db labels; every version gets forward_agent false,
+ * port_forwarding true, ssh_file_copy true, record_session {default: best_effort,
+ * desktop: true}, enhanced_recording [command, network]. max_session_ttl is left unset
+ * (Teleport writes 30h there; leaving it unset keeps the 12h default of the options).
+ *
+ * Errors: RP_EINVAL with rp_errmsg() = "PATH: what is wrong, what was expected", PATH
+ * as lib/yaml_mp builds it ("spec.allow.node_labels.env"), so that rp_ymp_locate()
+ * can add "FILE:LINE: ". RP_ENOMEM on allocation failure. */
+#ifndef RP_AUTH_RBAC_H
+#define RP_AUTH_RBAC_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/buf.h"
+
+#define RBAC_DEFAULT_SESSION_TTL_MS (12ull * 3600 * 1000) /* CertDuration */
+#define RBAC_MIN_VERSION 3
+#define RBAC_MAX_VERSION 8
+
+/* A validated role. Opaque; immutable once parsed, so it may be shared by threads. */
+struct rbac_role;
+
+/* Parses and validates the role resource @res. On success *@out is the caller's
+ * (rbac_role_free it); on error *@out is NULL and rp_errmsg() names the field path. */
+int rbac_role_parse(const msgpack_object *res, struct rbac_role **out);
+/* The same from YAML text (one document) through lib/yaml and lib/yaml_mp; errors read
+ * "NAME:LINE: PATH: ...". */
+int rbac_role_parse_yaml(const char *name, const char *text, size_t n, struct rbac_role **out);
+void rbac_role_free(struct rbac_role *role); /* NULL is fine */
+
+const char *rbac_role_name(const struct rbac_role *role); /* borrowed from @role */
+int rbac_role_version(const struct rbac_role *role);      /* 3..8 */
+
+/* Appends the canonical msgpack form of @role to @out: every map's keys sorted (as
+ * `tctl get` prints them), defaults filled in, durations in Go's format ("8h0m0s"),
+ * a label with one value as a string and with several as a list. Parsing that form
+ * gives the same bytes again. */
+int rbac_role_pack(const struct rbac_role *role, struct rp_buf *out);
+/* Appends @role as the YAML document Teleport users expect (the canonical form). */
+int rbac_role_to_yaml(const struct rbac_role *role, struct rp_buf *out);
+
+/* The roles of one user with their traits expanded: what every check below reads. */
+struct rbac_set;
+
+/* Builds the set of @n_roles roles (borrowed: they must outlive the set) for a user
+ * with @traits: NULL, nil, or a map of trait name -> list of strings (a single string
+ * is taken as a one-item list). Expands every template. Returns 0, RP_ENOMEM, or
+ * RP_EINVAL if @traits has another shape or a trait value turns a label value into an
+ * invalid regular expression (message "role NAME: PATH: ..."), so a user whose traits
+ * cannot be applied is refused rather than given partial roles. */
+int rbac_set_new(struct rbac_role *const *roles, size_t n_roles, const msgpack_object *traits,
+                 struct rbac_set **out);
+void rbac_set_free(struct rbac_set *set); /* NULL is fine */
+
+struct rbac_label {
+    const char *name;
+    const char *value;
+};
+
+/* May the user log in as @login on a node with the @n_labels labels @labels (a key
+ * given twice: the first counts)? 0 if allowed; RP_EDENIED if not, with a reason in
+ * @why (@why_len bytes, may be 0): "role 'R' denies login 'L' (deny.logins)", "role
+ * 'R' denies nodes with labels env=prod (deny.node_labels)", or "no role allows login
+ * 'L' on a node with labels env=prod[ (role 'R' allows 'L' but its node_labels do not
+ * match)]". RP_EINVAL for an empty @login. */
+int rbac_check_ssh(const struct rbac_set *set, const char *login, const struct rbac_label *labels,
+                   size_t n_labels, char *why, size_t why_len);
+
+/* May the user do @verb ("list", "read", ...) on resources of kind @resource ("role",
+ * "token", ...)? 0 or RP_EDENIED with a reason naming the denying role and rule
+ * ("role 'R' denies delete on role (deny.rules[0])") or "no role allows VERB on
+ * RESOURCE". */
+int rbac_check_rule(const struct rbac_set *set, const char *resource, const char *verb, char *why,
+                    size_t why_len);
+
+/* The logins (SSH principals) for the user's certificate, deduplicated, in the order of
+ * the roles and of their lists. *@out is a malloc'd array of *@n malloc'd strings (NULL
+ * and 0 when there are none): free with rbac_logins_free. */
+int rbac_logins(const struct rbac_set *set, char ***out, size_t *n);
+void rbac_logins_free(char **logins, size_t n);
+
+enum rbac_record_mode { RBAC_RECORD_BEST_EFFORT, RBAC_RECORD_STRICT };
+enum rbac_lock_mode { RBAC_LOCK_UNSET, RBAC_LOCK_BEST_EFFORT, RBAC_LOCK_STRICT };
+enum rbac_mfa { RBAC_MFA_NO, RBAC_MFA_YES, RBAC_MFA_HARDWARE_KEY, RBAC_MFA_HARDWARE_KEY_TOUCH };
+enum {
+    RBAC_ENHANCED_COMMAND = 1,
+    RBAC_ENHANCED_DISK = 2,
+    RBAC_ENHANCED_NETWORK = 4,
+};
+
+/* The session options of a set, combined as described above. */
+struct rbac_options {
+    uint64_t max_session_ttl_ms;     /* > 0 */
+    uint64_t client_idle_timeout_ms; /* 0 = never */
+    uint32_t max_sessions;           /* 0 = no limit */
+    uint32_t max_connections;        /* 0 = no limit */
+    bool forward_agent;
+    bool port_forwarding;
+    bool ssh_file_copy;
+    bool disconnect_expired_cert;
+    bool permit_x11_forwarding;
+    bool pin_source_ip;
+    bool record_desktop;
+    enum rbac_record_mode record_ssh;
+    enum rbac_lock_mode lock; /* UNSET: the cluster's default applies */
+    enum rbac_mfa require_session_mfa;
+    unsigned enhanced_recording; /* RBAC_ENHANCED_* bits */
+};
+
+void rbac_options(const struct rbac_set *set, struct rbac_options *out);
+
+/* Teleport's preset roles, v7: "access" (logins {{internal.logins}} on every node,
+ * read events and one's own sessions), "editor" (read and write cluster
+ * configuration: users, roles, connectors, tokens, trusted clusters, locks, ...),
+ * "auditor" (read sessions and events; one random "no-login-<uuid>" login so that its
+ * certificates are never valid for a real account). NULL-terminated. */
+extern const char *const rbac_preset_names[];
+/* Appends the canonical msgpack resource of preset @name to @out, ready to be stored.
+ * RP_ENOTFOUND for another name. */
+int rbac_preset_pack(const char *name, struct rp_buf *out);
+
+#endif

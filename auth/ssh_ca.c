@@ -1,0 +1,262 @@
+/* auth/ssh_ca.c: the user and host SSH certificate authorities, and host
+ * certificates.
+ *
+ * Each CA is a resource cert_authority/user or cert_authority/host:
+ *
+ *   spec {type, cluster_name, rotation {state: "standby"},
+ *         active_keys {ssh: [{public_key: "ssh-ed25519 AAAA...", private_key: PEM}]}}
+ *
+ * The leader creates a missing one (Ed25519) with "create", so however many
+ * servers try at once, exactly one key becomes the CA. Readers other than
+ * Admin/Auth identities never see private_key (auth/secrets.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "auth/audit.h"
+#include "auth/internal.h"
+#include "lib/errors.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+#include "lib/ssh_cert.h"
+#include "lib/ssh_key.h"
+#include "lib/util.h"
+#include "state/state.h"
+
+#define HOST_CERT_DEFAULT_TTL_MS (365ull * 24 * 3600 * 1000)
+#define HOST_CERT_MAX_TTL_MS (5ull * 365 * 24 * 3600 * 1000)
+
+static int create_ca(struct auth_server *s, const char *type)
+{
+    EVP_PKEY *key = NULL;
+    char *priv = NULL, *pub = NULL, fp[128] = "";
+    struct rp_buf res, cmd;
+    rp_buf_init(&res);
+    rp_buf_init(&cmd);
+    int rv = rp_ssh_keygen(RP_SSH_KEY_ED25519, &key);
+    if (rv == 0)
+        rv = rp_ssh_privkey_format(key, type, &priv);
+    if (rv == 0)
+        rv = rp_ssh_pubkey_format(key, NULL, &pub);
+    if (rv == 0)
+        rv = rp_ssh_fingerprint(key, fp, sizeof fp);
+    if (rv == 0) {
+        msgpack_packer pk;
+        rp_mp_packer_init(&pk, &res);
+        msgpack_pack_map(&pk, 4);
+        rp_mp_kv_str(&pk, "kind", AUTH_KIND_CA);
+        rp_mp_kv_str(&pk, "version", "v2");
+        rp_mp_pack_str(&pk, "metadata");
+        msgpack_pack_map(&pk, 1);
+        rp_mp_kv_str(&pk, "name", type);
+        rp_mp_pack_str(&pk, "spec");
+        msgpack_pack_map(&pk, 4);
+        rp_mp_kv_str(&pk, "type", type);
+        rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+        rp_mp_pack_str(&pk, "rotation");
+        msgpack_pack_map(&pk, 1);
+        rp_mp_kv_str(&pk, "state", "standby");
+        rp_mp_pack_str(&pk, "active_keys");
+        msgpack_pack_map(&pk, 1);
+        rp_mp_pack_str(&pk, "ssh");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        rp_mp_kv_str(&pk, "public_key", pub);
+        rp_mp_kv_str(&pk, "private_key", priv);
+        char rid[33];
+        auth_new_rid(rid);
+        struct state_cmd c = {.op = "create", .rid = rid, .res = res.data, .res_len = res.len};
+        struct state_result sr;
+        rv = state_cmd_encode(&c, &cmd);
+        if (rv == 0)
+            rv = auth_propose(s, cmd.data, cmd.len, &sr);
+        if (rv == 0 && sr.code == RP_EEXISTS)
+            rv = 0; /* another leader made it first: theirs is the CA */
+        else if (rv == 0 && sr.code != 0)
+            rv = rp_err(sr.code, "%s", sr.message);
+        else if (rv == 0)
+            rp_info("auth", "created the %s SSH CA (ssh-ed25519 %s)", type, fp);
+    }
+    if (priv) {
+        OPENSSL_cleanse(priv, strlen(priv));
+        free(priv);
+    }
+    free(pub);
+    if (res.data)
+        OPENSSL_cleanse(res.data, res.cap);
+    if (cmd.data)
+        OPENSSL_cleanse(cmd.data, cmd.cap);
+    rp_buf_free(&res);
+    rp_buf_free(&cmd);
+    EVP_PKEY_free(key);
+    return rv;
+}
+
+int auth_ssh_cas_ensure(struct auth_server *s)
+{
+    static const char *const types[] = {"user", "host"};
+    for (size_t i = 0; i < 2; i++) {
+        struct rp_buf b;
+        rp_buf_init(&b);
+        int rv = state_get(s->state, AUTH_KIND_CA, types[i], &b, NULL);
+        rp_buf_free(&b);
+        if (rv == RP_ENOTFOUND)
+            rv = create_ca(s, types[i]);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
+int auth_ssh_ca_key(struct auth_server *s, const char *type, EVP_PKEY **key)
+{
+    struct rp_buf b;
+    msgpack_unpacked u;
+    rp_buf_init(&b);
+    int rv = state_get(s->state, AUTH_KIND_CA, type, &b, NULL);
+    if (rv == RP_ENOTFOUND)
+        rv = rp_err(RP_EUNAVAILABLE, "the %s SSH CA does not exist yet", type);
+    if (rv == 0 && (rv = rp_mp_parse(b.data, b.len, &u)) == 0) {
+        const msgpack_object *ssh =
+            rp_mp_get(rp_mp_get(rp_mp_get(&u.data, "spec"), "active_keys"), "ssh");
+        const char *pem;
+        size_t n;
+        if (ssh == NULL || ssh->type != MSGPACK_OBJECT_ARRAY || ssh->via.array.size == 0 ||
+            rp_mp_get_str(&ssh->via.array.ptr[0], "private_key", &pem, &n) != 0)
+            rv = rp_err(RP_EIO, "cert_authority/%s has no SSH private key", type);
+        else
+            rv = rp_ssh_privkey_parse(pem, n, key, NULL);
+        msgpack_unpacked_destroy(&u);
+    }
+    if (b.data)
+        OPENSSL_cleanse(b.data, b.cap);
+    rp_buf_free(&b);
+    return rv;
+}
+
+static void add_principal(char **list, size_t *n, size_t max, const char *fmt, const char *a,
+                          const char *b)
+{
+    char buf[600];
+    snprintf(buf, sizeof buf, fmt, a, b);
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(list[i], buf) == 0)
+            return;
+    if (*n < max && (list[*n] = strdup(buf)) != NULL)
+        (*n)++;
+}
+
+/* sign_host {host_id, nodename, role, ssh_pubkey, principals?[], ttl_ms?, tls_pubkey?}
+ *   -> {ssh_cert, tls_cert?, tls_ca?}
+ * Principals: host id, hostid.cluster, node name, nodename.cluster and the extra
+ * ones given (addresses); extensions x-teleport-role and x-teleport-authority. */
+int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    char host_id[128], nodename[256], role[16], publine[8192];
+    uint64_t ttl = HOST_CERT_DEFAULT_TTL_MS;
+    int rv;
+    if ((rv = auth_arg_str(r->args, "host_id", host_id, sizeof host_id, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "nodename", nodename, sizeof nodename, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "role", role, sizeof role, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "ssh_pubkey", publine, sizeof publine, true)) != 0)
+        return rv;
+    if (strcmp(role, "Node") != 0 && strcmp(role, "Proxy") != 0 && strcmp(role, "Auth") != 0)
+        return rp_err(RP_EINVAL, "role '%s': expected Node, Proxy or Auth", role);
+    if (rp_mp_get_u64(r->args, "ttl_ms", &ttl) == RP_EINVAL || ttl < 60000 ||
+        ttl > HOST_CERT_MAX_TTL_MS)
+        return rp_err(RP_EINVAL, "ttl must be between 1m and 5 years");
+    const msgpack_object *extra = rp_mp_get(r->args, "principals");
+    if (extra && (extra->type != MSGPACK_OBJECT_ARRAY || extra->via.array.size > 32))
+        return rp_err(RP_EINVAL, "principals: expected an array of at most 32 names");
+    EVP_PKEY *pub = NULL, *ca = NULL, *tls_pub = NULL;
+    X509 *tls_cert = NULL;
+    char *principals[40] = {0}, *line = NULL, *tls_pem = NULL, *ca_pem = NULL;
+    char tls_pub_pem[2048];
+    if ((rv = auth_arg_str(r->args, "tls_pubkey", tls_pub_pem, sizeof tls_pub_pem, false)) != 0)
+        return rv;
+    size_t np = 0;
+    struct rp_buf blob;
+    rp_buf_init(&blob);
+    if ((rv = rp_ssh_pubkey_parse(publine, &pub, NULL)) != 0) {
+        rv = rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
+        goto out;
+    }
+    const char *cluster = s->id.cluster_name;
+    add_principal(principals, &np, 40, "%s%s", host_id, "");
+    add_principal(principals, &np, 40, "%s.%s", host_id, cluster);
+    add_principal(principals, &np, 40, "%s%s", nodename, "");
+    add_principal(principals, &np, 40, "%s.%s", nodename, cluster);
+    for (uint32_t i = 0; extra && i < extra->via.array.size; i++) {
+        const msgpack_object *o = &extra->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253) {
+            rv = rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
+            goto out;
+        }
+        char p[256];
+        snprintf(p, sizeof p, "%.*s", (int)o->via.str.size, o->via.str.ptr);
+        add_principal(principals, &np, 40, "%s%s", p, "");
+    }
+    if ((rv = auth_ssh_ca_key(s, "host", &ca)) != 0)
+        goto out;
+    uint64_t now = rp_now_ms() / 1000;
+    struct rp_ssh_cert_opt exts[2] = {{"x-teleport-authority", (char *)cluster},
+                                      {"x-teleport-role", role}};
+    struct rp_ssh_cert cert = {
+        .type = RP_SSH_CERT_HOST,
+        .key = pub,
+        .key_id = host_id,
+        .principals = principals,
+        .n_principals = np,
+        .valid_after = now - 60, /* as for TLS: tolerate a little clock skew */
+        .valid_before = now + ttl / 1000,
+        .extensions = exts,
+        .n_extensions = 2,
+    };
+    if ((rv = rp_ssh_cert_sign(&cert, ca, &blob)) != 0 ||
+        (rv = rp_ssh_cert_format(blob.data, blob.len, nodename, &line)) != 0)
+        goto out;
+    if (tls_pub_pem[0]) {
+        /* The X.509 identity of the host: CN host id, O its system role. */
+        char *groups[1] = {role};
+        struct rp_identity hid = {.name = host_id, .groups = groups, .n_groups = 1,
+                                  .cluster = (char *)cluster};
+        if ((rv = rp_tls_pubkey_from_pem(tls_pub_pem, strlen(tls_pub_pem), &tls_pub)) != 0 ||
+            (rv = auth_sign_identity(s, tls_pub, &hid, (const char *const *)principals, np,
+                                     (long)(ttl / 1000), &tls_cert)) != 0 ||
+            (rv = rp_tls_cert_to_pem(tls_cert, &tls_pem)) != 0 ||
+            (rv = rp_tls_cert_to_pem(s->id.ca_cert, &ca_pem)) != 0)
+            goto out;
+    }
+    struct audit_event e;
+    audit_event_init(&e, "cert.create", "TC000I");
+    audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
+    audit_event_str(&e, "cert_type", "host");
+    audit_event_str(&e, "identity", host_id);
+    audit_event_str(&e, "nodename", nodename);
+    audit_event_str(&e, "role", role);
+    audit_event_u64(&e, "ttl_s", ttl / 1000);
+    if ((rv = audit_emit(s, &e, AUDIT_WAIT)) != 0)
+        goto out; /* no audit record, no certificate */
+    msgpack_packer pk;
+    auth_reply_ok_begin(&pk, out, tls_pem ? 3 : 1);
+    rp_mp_kv_str(&pk, "ssh_cert", line);
+    if (tls_pem) {
+        rp_mp_kv_str(&pk, "tls_cert", tls_pem);
+        rp_mp_kv_str(&pk, "tls_ca", ca_pem);
+    }
+out:
+    EVP_PKEY_free(tls_pub);
+    X509_free(tls_cert);
+    free(tls_pem);
+    free(ca_pem);
+    for (size_t i = 0; i < np; i++)
+        free(principals[i]);
+    free(line);
+    EVP_PKEY_free(pub);
+    EVP_PKEY_free(ca);
+    rp_buf_free(&blob);
+    return rv;
+}
