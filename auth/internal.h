@@ -118,6 +118,9 @@ int auth_h_events(struct auth_req *r, struct rp_buf *out);
 int auth_ssh_cas_ensure(struct auth_server *s);
 int auth_ssh_ca_key(struct auth_server *s, const char *type, EVP_PKEY **key);
 int auth_h_sign_host(struct auth_req *r, struct rp_buf *out);
+/* auth/certs.c */
+int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
+int auth_h_authenticate(struct auth_req *r, struct rp_buf *out);
 /* auth/users.c */
 int auth_h_user_add(struct auth_req *r, struct rp_buf *out);
 int auth_h_user_update(struct auth_req *r, struct rp_buf *out);

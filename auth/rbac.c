@@ -1923,7 +1923,8 @@ static int m_name(struct pctx *c, const msgpack_object *v, void *dst, const stru
     return 0;
 }
 
-/* description, namespace, expires, revision: strings; labels: map of strings; id: int. */
+/* description, namespace: strings; expires, revision: strings or (as stored) integers;
+ * labels: map of strings; id: int. */
 static int m_extra(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
     struct rbac_role *r = dst;
@@ -1945,6 +1946,8 @@ static int m_extra(struct pctx *c, const msgpack_object *v, void *dst, const str
     } else if (f->arg == 2) { /* id */
         if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
             return perr(c, "expected a non-negative integer, found %s", type_name(v));
+    } else if (f->arg == 3 && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        /* expires and revision as the store keeps them: integers (ms, Raft index) */
     } else {
         char *s = NULL;
         if ((rv = get_str(c, v, true, &s)) != 0)
@@ -1970,7 +1973,7 @@ static int m_extra(struct pctx *c, const msgpack_object *v, void *dst, const str
 static const struct field meta_fields[] = {
     {"name", m_name, 0},     {"description", m_extra, 0},
     {"labels", m_extra, 1},  {"namespace", m_extra, 0},
-    {"expires", m_extra, 0}, {"revision", m_extra, 0},
+    {"expires", m_extra, 3}, {"revision", m_extra, 3},
     {"id", m_extra, 2},      {NULL, NULL, 0},
 };
 

@@ -75,6 +75,7 @@ static const struct method methods[] = {
     {"member_rm", ACCESS_ALL},   {"events", ACCESS_ALL},     {"audit_append", ACCESS_ALL},
     {"user_add", ACCESS_ALL},    {"user_update", ACCESS_ALL}, {"user_rm", ACCESS_ALL},
     {"user_reset", ACCESS_ALL},  {"invite_redeem", ACCESS_ANON}, {"sign_host", ACCESS_ALL},
+    {"sign_user", ACCESS_ALL},   {"authenticate", ACCESS_ANON},
 };
 
 static enum access caller_access(const struct rp_identity *id)
@@ -303,6 +304,10 @@ static int serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_ident
         rv = auth_h_invite_redeem(&r, out);
     else if (strcmp(m, "sign_host") == 0)
         rv = auth_h_sign_host(&r, out);
+    else if (strcmp(m, "sign_user") == 0)
+        rv = auth_h_sign_user(&r, out);
+    else if (strcmp(m, "authenticate") == 0)
+        rv = auth_h_authenticate(&r, out);
     else
         rv = auth_h_write(&r, m, out);
     if (rv != 0)

@@ -17,6 +17,7 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
@@ -94,9 +95,44 @@ static int create_ca(struct auth_server *s, const char *type)
     return rv;
 }
 
+/* The preset roles (access, editor, auditor), created once like the CAs. */
+static int presets_ensure(struct auth_server *s)
+{
+    for (size_t i = 0; rbac_preset_names[i]; i++) {
+        struct rp_buf b, cmd;
+        rp_buf_init(&b);
+        rp_buf_init(&cmd);
+        int rv = state_get(s->state, "role", rbac_preset_names[i], &b, NULL);
+        if (rv == RP_ENOTFOUND) {
+            rp_buf_reset(&b);
+            char rid[33];
+            auth_new_rid(rid);
+            struct state_result sr;
+            rv = rbac_preset_pack(rbac_preset_names[i], &b);
+            struct state_cmd c = {.op = "create", .rid = rid, .res = b.data, .res_len = b.len};
+            if (rv == 0)
+                rv = state_cmd_encode(&c, &cmd);
+            if (rv == 0)
+                rv = auth_propose(s, cmd.data, cmd.len, &sr);
+            if (rv == 0 && sr.code != 0 && sr.code != RP_EEXISTS)
+                rv = rp_err(sr.code, "%s", sr.message);
+            if (rv == 0 && sr.code == 0)
+                rp_info("auth", "created the preset role %s", rbac_preset_names[i]);
+        }
+        rp_buf_free(&b);
+        rp_buf_free(&cmd);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
 int auth_ssh_cas_ensure(struct auth_server *s)
 {
     static const char *const types[] = {"user", "host"};
+    int prv = presets_ensure(s);
+    if (prv != 0)
+        return prv;
     for (size_t i = 0; i < 2; i++) {
         struct rp_buf b;
         rp_buf_init(&b);

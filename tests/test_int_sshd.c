@@ -520,3 +520,102 @@ Test(sshd, host_cert_from_another_ca_is_not_trusted)
     cl_run_free(&r);
     rp_buf_free(&cert);
 }
+
+/* ---- the whole chain: tctl auth export into sshd, tctl auth sign for ssh ------------- */
+
+static void setup_with_cluster(void)
+{
+    cluster_setup();
+    setup();
+}
+
+static void teardown_with_cluster(void)
+{
+    teardown();
+    cluster_teardown();
+}
+
+TestSuite(sshd_tctl, .init = setup_with_cluster, .fini = teardown_with_cluster, .timeout = 120);
+
+static bool preset_exists(void *arg)
+{
+    (void)arg;
+    char *out = NULL;
+    int rv = run_tctl(1, &out, "get", "role/access", NULL);
+    free(out);
+    return rv == 0;
+}
+
+/* `tctl auth sign --user=USER -o DIR/USER`; loads the key as "id" and returns the
+ * certificate blob in @cert. */
+static void tctl_sign_user(const char *user, struct rp_buf *cert)
+{
+    char path[512], u[64];
+    path_of(path, sizeof path, user);
+    snprintf(u, sizeof u, "--user=%s", user);
+    char *out = NULL;
+    cr_assert_eq(run_tctl(1, &out, "auth", "sign", u, "-o", path, "--ttl=1h", NULL), 0);
+    free(out);
+    size_t n;
+    char *key = NULL, *line = NULL, certpath[600];
+    cr_assert_eq(rp_read_file(path, 1 << 20, &key, &n), 0, "%s", rp_errmsg());
+    write_file("id", key, 0600);
+    snprintf(certpath, sizeof certpath, "%s-cert.pub", path);
+    cr_assert_eq(rp_read_file(certpath, 1 << 20, &line, &n), 0, "%s", rp_errmsg());
+    uint8_t *blob;
+    size_t blen;
+    char *comment = NULL;
+    line[strcspn(line, "\n")] = '\0';
+    cr_assert_eq(rp_ssh_line_split(line, &blob, &blen, &comment), 0, "%s", rp_errmsg());
+    rp_buf_init(cert);
+    rp_buf_append(cert, blob, blen);
+    free(blob);
+    free(comment);
+    free(key);
+    free(line);
+}
+
+Test(sshd_tctl, exported_user_ca_and_signed_certificate_log_in_to_a_stock_sshd)
+{
+    cluster_start(1);
+    cr_assert(wait_until(15000, preset_exists, NULL), "the preset role access never appeared");
+    char *out = NULL;
+    cr_assert_eq(run_tctl(1, &out, "users", "add", "alice", "--roles=access", "--logins=root", NULL), 0);
+    free(out);
+    cr_assert_eq(run_tctl(1, &out, "users", "add", "bob", "--roles=access", "--logins=ubuntu", NULL), 0);
+    free(out);
+    /* sshd trusts exactly what tctl exports. */
+    cr_assert_eq(run_tctl(1, &out, "auth", "export", "--type=user", NULL), 0);
+    cr_assert(strncmp(out, "ssh-ed25519 ", 12) == 0, "not a TrustedUserCAKeys line: %s", out);
+    write_file("user_ca.pub", out, 0644);
+    free(out);
+    start_sshd(false);
+
+    struct rp_buf cert;
+    struct cl_run r;
+    tctl_sign_user("alice", &cert);
+    ssh_login(&cert, NULL, &r);
+    char *log = read_log();
+    cr_assert(r.status == 0 && strcmp(r.out, "ok\n") == 0,
+              "alice (login root) did not get in: exit %d, %s\n%s", r.status, r.err, log);
+    cr_assert(strstr(log, "ID alice") != NULL, "sshd did not log alice's certificate:\n%s", log);
+    free(log);
+    cl_run_free(&r);
+
+    /* One byte of the signed part changed: refused. */
+    cert.data[cert.len / 2] ^= 0x01;
+    assert_login_denied(&cert, NULL);
+    rp_buf_free(&cert);
+
+    /* bob's roles give him ubuntu, not root. */
+    tctl_sign_user("bob", &cert);
+    assert_login_denied(&cert, "not a listed principal");
+    rp_buf_free(&cert);
+
+    /* The issuances are in the audit log. */
+    cr_assert_eq(run_tctl(1, &out, "events", "ls", "--type=cert.create", "--format=json", NULL), 0);
+    cr_assert(strstr(out, "\"identity\":\"alice\"") && strstr(out, "\"identity\":\"bob\""),
+              "cert.create events missing:\n%s", out);
+    free(out);
+    cluster_pass();
+}

@@ -64,8 +64,9 @@ static void usage(FILE *f)
             "                               replace the user's roles\n"
             "  auth export --type=TYPE      public CA keys: user (TrustedUserCAKeys line), host\n"
             "                               (@cert-authority known_hosts line) or tls (PEM)\n"
-            "  auth sign --host=NAME -o PATH [--format=openssh|file|tls] [--ttl=8760h]\n"
-            "                               a host key with its SSH (and X.509) certificate\n"
+            "  auth sign --user=NAME|--host=NAME -o PATH [--format=openssh|file|tls] [--ttl=D]\n"
+            "                               a key with its certificates (openssh: PATH and\n"
+            "                               PATH-cert.pub; tls: PATH.key, PATH.crt, PATH.cas)\n"
             "  events ls                    search the audit log [--since=1h|TIME] [--until=TIME]\n"
             "                               [--type=EVENT] [--user=NAME] [--limit=N (1000)]\n"
             "                               [--stale: this server's copy, no leader needed]\n"
@@ -646,15 +647,23 @@ static int write_out(const char *path, const char *data, unsigned mode)
     return 0;
 }
 
-static int cmd_auth_sign_host(struct tctl *t)
+/* tctl auth sign --user=NAME | --host=NAME: a fresh key (Ed25519; ECDSA P-256 for the
+ * tls format, which TLS libraries take more widely) and its certificates. */
+static int cmd_auth_sign(struct tctl *t)
 {
     const char *fmt = t->sign_format ? t->sign_format : "openssh";
+    bool user = t->user != NULL, want_tls = strcmp(fmt, "tls") == 0 || (user && strcmp(fmt, "file") == 0);
+    const char *who = user ? t->user : t->sign_host;
     EVP_PKEY *key = NULL;
     char *priv = NULL, *pub = NULL, *tls_pub = NULL, *tls_key = NULL;
     int rv = 1;
-    if (rp_ssh_keygen(RP_SSH_KEY_ED25519, &key) != 0 || rp_ssh_privkey_format(key, t->sign_host, &priv) != 0 ||
+    if (strcmp(fmt, "tls") == 0)
+        key = rp_tls_keygen();
+    else if (rp_ssh_keygen(RP_SSH_KEY_ED25519, &key) != 0)
+        key = NULL;
+    if (key == NULL || rp_ssh_privkey_format(key, who, &priv) != 0 ||
         rp_ssh_pubkey_format(key, NULL, &pub) != 0 ||
-        (strcmp(fmt, "tls") == 0 &&
+        (want_tls &&
          (rp_tls_pubkey_to_pem(key, &tls_pub) != 0 || rp_tls_key_to_pem(key, &tls_key) != 0))) {
         fail("making a key");
         goto out;
@@ -664,13 +673,21 @@ static int cmd_auth_sign_host(struct tctl *t)
     msgpack_unpacked resp;
     rp_buf_init(&req);
     rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 6 + (tls_pub != NULL));
-    rp_mp_kv_str(&pk, "m", "sign_host");
-    rp_mp_kv_str(&pk, "host_id", t->sign_host);
-    rp_mp_kv_str(&pk, "nodename", t->sign_host);
-    rp_mp_kv_str(&pk, "role", "Node");
+    if (user) {
+        msgpack_pack_map(&pk, 3 + t->ttl_set + (tls_pub != NULL));
+        rp_mp_kv_str(&pk, "m", "sign_user");
+        rp_mp_kv_str(&pk, "user", t->user);
+        if (t->ttl_set)
+            rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_ms);
+    } else {
+        msgpack_pack_map(&pk, 6 + (tls_pub != NULL));
+        rp_mp_kv_str(&pk, "m", "sign_host");
+        rp_mp_kv_str(&pk, "host_id", t->sign_host);
+        rp_mp_kv_str(&pk, "nodename", t->sign_host);
+        rp_mp_kv_str(&pk, "role", "Node");
+        rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_set ? t->ttl_ms : 8760ull * 3600 * 1000);
+    }
     rp_mp_kv_str(&pk, "ssh_pubkey", pub);
-    rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_set ? t->ttl_ms : 8760ull * 3600 * 1000);
     if (tls_pub)
         rp_mp_kv_str(&pk, "tls_pubkey", tls_pub);
     if (call(t, &req, &resp, "auth sign") != 0)
@@ -683,14 +700,21 @@ static int cmd_auth_sign_host(struct tctl *t)
     rp_mp_get_str(&resp.data, "ssh_cert", &s, &n);
     rp_buf_printf(&cert, "%.*s\n", (int)n, s);
     rp_buf_append(&cert, "", 1);
-    printf("The host certificate of %s was written to:\n", t->sign_host);
+    printf("The %s certificates of %s were written to:\n", user ? "user" : "host", who);
     if (strcmp(fmt, "openssh") == 0) {
         snprintf(path, sizeof path, "%s-cert.pub", t->out_path);
         rv = write_out(t->out_path, priv, 0600) || write_out(path, (char *)cert.data, 0644);
     } else if (strcmp(fmt, "file") == 0) {
+        /* One identity file: private key, SSH certificate, then for users the X.509
+         * certificate and the CA that signed it. */
         struct rp_buf all;
         rp_buf_init(&all);
         rp_buf_printf(&all, "%s%s", priv, (char *)cert.data);
+        const char *tc, *ca;
+        size_t tn, cn;
+        if (rp_mp_get_str(&resp.data, "tls_cert", &tc, &tn) == 0 &&
+            rp_mp_get_str(&resp.data, "tls_ca", &ca, &cn) == 0)
+            rp_buf_printf(&all, "%.*s%.*s", (int)tn, tc, (int)cn, ca);
         rp_buf_append(&all, "", 1);
         rv = write_out(t->out_path, (char *)all.data, 0600);
         OPENSSL_cleanse(all.data, all.cap);
@@ -979,11 +1003,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "tctl auth sign: -o PATH is required (where the key and certificates go)\n");
             return 2;
         }
-        if (t.user != NULL) {
-            fprintf(stderr, "tctl auth sign --user: not available yet: user certificates need the "
-                    "role engine (issue 5 in progress)\n");
-            return 2;
-        }
+
     }
     if (strcmp(args[0], "users") == 0 && nargs == 3) {
         if (strcmp(args[1], "add") == 0 && t.roles == NULL) {
@@ -1017,7 +1037,7 @@ int main(int argc, char **argv)
     } else if (strcmp(args[0], "events") == 0) {
         rv = cmd_events_ls(&t);
     } else if (strcmp(args[0], "auth") == 0 && nargs == 2) {
-        rv = strcmp(args[1], "export") == 0 ? cmd_auth_export(&t) : cmd_auth_sign_host(&t);
+        rv = strcmp(args[1], "export") == 0 ? cmd_auth_export(&t) : cmd_auth_sign(&t);
     } else if (strcmp(args[0], "users") == 0) {
         rv = nargs == 2 ? cmd_users_ls(&t) : cmd_users(&t, nargs, args);
     } else if (strcmp(args[0], "tokens") == 0) {

@@ -1,0 +1,478 @@
+/* auth/certs.c: user certificates, and logging in with a password.
+ *
+ * A user's certificates say what its roles allow, computed by auth/rbac.c from
+ * the roles stored now: the SSH principals are the allowed logins after trait
+ * expansion, the validity is capped by the smallest max_session_ttl, and the
+ * permit-* extensions follow the combined options. The X.509 certificate carries
+ * the same identity (CN user, O roles, L logins, cluster and route). No
+ * certificate leaves without its cert.create event in the replicated audit log. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "auth/audit.h"
+#include "auth/internal.h"
+#include "auth/rbac.h"
+#include "lib/errors.h"
+#include "lib/json.h"
+#include "lib/lockout.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+#include "lib/password.h"
+#include "lib/ssh_cert.h"
+#include "lib/ssh_key.h"
+#include "lib/tls.h"
+#include "lib/totp.h"
+#include "lib/util.h"
+#include "state/state.h"
+
+#define USER_DEFAULT_TTL_MS (12ull * 3600 * 1000)
+#define MAX_ROLES 64
+
+struct issued {
+    char *ssh_cert;
+    char *tls_cert;
+    char *tls_ca;
+    uint64_t expires_ms;
+};
+
+static void issued_free(struct issued *c)
+{
+    free(c->ssh_cert);
+    free(c->tls_cert);
+    free(c->tls_ca);
+    memset(c, 0, sizeof *c);
+}
+
+/* The user's stored resource, its roles parsed. */
+struct user_view {
+    struct rp_buf buf;
+    msgpack_unpacked u;
+    bool parsed;
+    struct rbac_role *roles[MAX_ROLES];
+    char *role_names[MAX_ROLES];
+    size_t n_roles;
+};
+
+static void user_view_free(struct user_view *v)
+{
+    for (size_t i = 0; i < v->n_roles; i++) {
+        rbac_role_free(v->roles[i]);
+        free(v->role_names[i]);
+    }
+    if (v->parsed)
+        msgpack_unpacked_destroy(&v->u);
+    rp_buf_free(&v->buf);
+}
+
+static int user_view_load(struct auth_server *s, const char *user, struct user_view *v)
+{
+    memset(v, 0, sizeof *v);
+    rp_buf_init(&v->buf);
+    int rv = state_get(s->state, "user", user, &v->buf, NULL);
+    if (rv == RP_ENOTFOUND)
+        return rp_err(RP_ENOTFOUND, "user '%s' does not exist", user);
+    if (rv != 0 || (rv = rp_mp_parse(v->buf.data, v->buf.len, &v->u)) != 0)
+        return rv;
+    v->parsed = true;
+    const msgpack_object *roles = rp_mp_get(rp_mp_get(&v->u.data, "spec"), "roles");
+    if (roles == NULL || roles->type != MSGPACK_OBJECT_ARRAY || roles->via.array.size == 0)
+        return rp_err(RP_EDENIED, "user '%s' has no roles", user);
+    for (uint32_t i = 0; i < roles->via.array.size && i < MAX_ROLES; i++) {
+        const msgpack_object *o = &roles->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR)
+            return rp_err(RP_EIO, "user '%s': spec.roles[%u] is not a string", user, i);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)o->via.str.size, o->via.str.ptr);
+        struct rp_buf rb;
+        msgpack_unpacked ru;
+        rp_buf_init(&rb);
+        rv = state_get(s->state, "role", name, &rb, NULL);
+        if (rv == RP_ENOTFOUND)
+            rv = rp_err(RP_EDENIED, "role '%s' of user '%s' does not exist", name, user);
+        if (rv == 0 && (rv = rp_mp_parse(rb.data, rb.len, &ru)) == 0) {
+            rv = rbac_role_parse(&ru.data, &v->roles[v->n_roles]);
+            if (rv != 0)
+                rv = rp_err(RP_EIO, "stored role '%s': %s", name, rp_errmsg());
+            msgpack_unpacked_destroy(&ru);
+        }
+        rp_buf_free(&rb);
+        if (rv != 0)
+            return rv;
+        v->role_names[v->n_roles++] = strdup(name);
+    }
+    return 0;
+}
+
+/* Issues the SSH certificate for @ssh_pub (and the X.509 one for @tls_pub if given). */
+static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP_PKEY *tls_pub,
+                 uint64_t want_ttl_ms, const char *caller, const char *remote, struct issued *out)
+{
+    struct user_view v;
+    struct rbac_set *set = NULL;
+    char **logins = NULL, *nologin[1] = {NULL};
+    size_t n_logins = 0;
+    EVP_PKEY *ca = NULL;
+    X509 *x = NULL;
+    struct rp_buf blob, roles_json, traits_json;
+    rp_buf_init(&blob);
+    rp_buf_init(&roles_json);
+    rp_buf_init(&traits_json);
+    memset(out, 0, sizeof *out);
+    int rv = user_view_load(s, user, &v);
+    const msgpack_object *traits = v.parsed ? rp_mp_get(rp_mp_get(&v.u.data, "spec"), "traits") : NULL;
+    if (rv == 0)
+        rv = rbac_set_new(v.roles, v.n_roles, traits, &set);
+    if (rv == 0)
+        rv = rbac_logins(set, &logins, &n_logins);
+    if (rv != 0)
+        goto out;
+    struct rbac_options opt;
+    rbac_options(set, &opt);
+    uint64_t ttl = want_ttl_ms ? want_ttl_ms : USER_DEFAULT_TTL_MS;
+    if (ttl > opt.max_session_ttl_ms)
+        ttl = opt.max_session_ttl_ms;
+    uint64_t now = rp_now_ms() / 1000;
+    out->expires_ms = (now + ttl / 1000) * 1000;
+
+    /* A certificate without principals is valid for every login: never issue one. */
+    char **principals = logins;
+    size_t np = n_logins;
+    if (np == 0) {
+        char id[40];
+        rp_random_hex(id, 16);
+        if (asprintf(&nologin[0], "-teleport-nologin-%s", id) < 0) {
+            rv = rp_err(RP_ENOMEM, "principal");
+            goto out;
+        }
+        principals = nologin;
+        np = 1;
+    }
+    rp_buf_append_str(&roles_json, "{\"version\":\"v1\",\"roles\":[");
+    for (size_t i = 0; i < v.n_roles; i++) {
+        rp_buf_append_str(&roles_json, i ? "," : "");
+        rp_json_str(&roles_json, v.role_names[i], strlen(v.role_names[i]));
+    }
+    rp_buf_append_str(&roles_json, "]}");
+    rp_buf_append(&roles_json, "", 1);
+    if (traits && traits->type == MSGPACK_OBJECT_MAP)
+        rp_json_from_mp(&traits_json, traits, 0);
+    else
+        rp_buf_append_str(&traits_json, "{}");
+    rp_buf_append(&traits_json, "", 1);
+
+    struct rp_ssh_cert_opt exts[8];
+    size_t ne = 0;
+    exts[ne++] = (struct rp_ssh_cert_opt){"permit-pty", ""};
+    if (opt.port_forwarding)
+        exts[ne++] = (struct rp_ssh_cert_opt){"permit-port-forwarding", ""};
+    if (opt.forward_agent)
+        exts[ne++] = (struct rp_ssh_cert_opt){"permit-agent-forwarding", ""};
+    if (opt.permit_x11_forwarding)
+        exts[ne++] = (struct rp_ssh_cert_opt){"permit-X11-forwarding", ""};
+    exts[ne++] = (struct rp_ssh_cert_opt){"teleport-roles", (char *)roles_json.data};
+    exts[ne++] = (struct rp_ssh_cert_opt){"teleport-traits", (char *)traits_json.data};
+    exts[ne++] = (struct rp_ssh_cert_opt){"teleport-route-to-cluster", s->id.cluster_name};
+    struct rp_ssh_cert cert = {
+        .type = RP_SSH_CERT_USER,
+        .key = ssh_pub,
+        .key_id = (char *)user,
+        .principals = principals,
+        .n_principals = np,
+        .valid_after = now - 60,
+        .valid_before = now + ttl / 1000,
+        .extensions = exts,
+        .n_extensions = ne,
+    };
+    if ((rv = auth_ssh_ca_key(s, "user", &ca)) != 0 || (rv = rp_ssh_cert_sign(&cert, ca, &blob)) != 0 ||
+        (rv = rp_ssh_cert_format(blob.data, blob.len, user, &out->ssh_cert)) != 0)
+        goto out;
+    if (tls_pub) {
+        struct rp_identity id = {.name = (char *)user,
+                                 .groups = v.role_names,
+                                 .n_groups = v.n_roles,
+                                 .logins = logins,
+                                 .n_logins = n_logins,
+                                 .cluster = s->id.cluster_name,
+                                 .route_cluster = s->id.cluster_name};
+        if ((rv = auth_sign_identity(s, tls_pub, &id, NULL, 0, (long)(ttl / 1000), &x)) != 0 ||
+            (rv = rp_tls_cert_to_pem(x, &out->tls_cert)) != 0 ||
+            (rv = rp_tls_cert_to_pem(s->id.ca_cert, &out->tls_ca)) != 0)
+            goto out;
+    }
+    struct audit_event e;
+    audit_event_init(&e, "cert.create", "TC000I");
+    audit_event_str(&e, "user", caller);
+    audit_event_str(&e, "identity", user);
+    audit_event_str(&e, "cert_type", "user");
+    audit_event_strs(&e, "roles", (const char *const *)v.role_names, v.n_roles);
+    audit_event_strs(&e, "logins", (const char *const *)principals, np);
+    audit_event_u64(&e, "ttl_s", ttl / 1000);
+    audit_event_str(&e, "addr.remote", remote);
+    rv = audit_emit(s, &e, AUDIT_WAIT); /* no audit record, no certificate */
+out:
+    if (rv != 0)
+        issued_free(out);
+    free(nologin[0]);
+    rbac_logins_free(logins, n_logins);
+    rbac_set_free(set);
+    user_view_free(&v);
+    EVP_PKEY_free(ca);
+    X509_free(x);
+    rp_buf_free(&blob);
+    rp_buf_free(&roles_json);
+    rp_buf_free(&traits_json);
+    return rv;
+}
+
+static void reply_issued(struct rp_buf *out, const struct issued *c)
+{
+    msgpack_packer pk;
+    auth_reply_ok_begin(&pk, out, c->tls_cert ? 4 : 2);
+    rp_mp_kv_str(&pk, "ssh_cert", c->ssh_cert);
+    rp_mp_kv_u64(&pk, "expires", c->expires_ms);
+    if (c->tls_cert) {
+        rp_mp_kv_str(&pk, "tls_cert", c->tls_cert);
+        rp_mp_kv_str(&pk, "tls_ca", c->tls_ca);
+    }
+}
+
+/* The public keys of a request: ssh_pubkey (an authorized_keys line), tls_pubkey (PEM). */
+static int request_keys(const msgpack_object *args, EVP_PKEY **ssh, EVP_PKEY **tls)
+{
+    char line[8192], pem[2048];
+    int rv;
+    *ssh = *tls = NULL;
+    if ((rv = auth_arg_str(args, "ssh_pubkey", line, sizeof line, true)) != 0 ||
+        (rv = auth_arg_str(args, "tls_pubkey", pem, sizeof pem, false)) != 0)
+        return rv;
+    if ((rv = rp_ssh_pubkey_parse(line, ssh, NULL)) != 0)
+        return rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
+    if (pem[0] && (rv = rp_tls_pubkey_from_pem(pem, strlen(pem), tls)) != 0) {
+        EVP_PKEY_free(*ssh);
+        *ssh = NULL;
+        return rp_err(rv, "tls_pubkey: %s", rp_errmsg());
+    }
+    return 0;
+}
+
+/* sign_user {user, ssh_pubkey, tls_pubkey?, ttl_ms?}: an administrator issues a user's
+ * certificates (tctl auth sign --user). */
+int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
+{
+    char user[160];
+    uint64_t ttl = 0;
+    EVP_PKEY *ssh = NULL, *tls = NULL;
+    int rv;
+    if ((rv = auth_arg_str(r->args, "user", user, sizeof user, true)) != 0)
+        return rv;
+    if (rp_mp_get_u64(r->args, "ttl_ms", &ttl) == RP_EINVAL || (ttl && ttl < 60000))
+        return rp_err(RP_EINVAL, "ttl must be at least 1m");
+    if ((rv = request_keys(r->args, &ssh, &tls)) != 0)
+        return rv;
+    if (!auth_is_leader(r->srv) && !r->from_peer) {
+        /* Any server could sign, but the audit record and the roles read must be
+         * current: the leader does it after a barrier. */
+        EVP_PKEY_free(ssh);
+        EVP_PKEY_free(tls);
+        return auth_forward_req(r, out);
+    }
+    struct issued c;
+    rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
+    if (rv == 0)
+        rv = issue(r->srv, user, ssh, tls, ttl, r->caller ? r->caller->name : "?", r->remote, &c);
+    if (rv == 0) {
+        reply_issued(out, &c);
+        issued_free(&c);
+    }
+    EVP_PKEY_free(ssh);
+    EVP_PKEY_free(tls);
+    return rv;
+}
+
+/* ---- logging in ------------------------------------------------------------- */
+
+static void audit_login(struct auth_server *s, const char *user, const char *remote,
+                        const char *error)
+{
+    struct audit_event e;
+    audit_event_init(&e, "user.login", error ? "T1000W" : "T1000I");
+    audit_event_str(&e, "user", user);
+    audit_event_str(&e, "method", "local");
+    audit_event_bool(&e, "success", error == NULL);
+    audit_event_str(&e, "error", error);
+    audit_event_str(&e, "addr.remote", remote);
+    audit_emit(s, &e, error ? AUDIT_ASYNC : AUDIT_WAIT);
+}
+
+/* Writes the lockout state (and TOTP step) back with a cas on the secret's revision;
+ * a conflict (two logins at once) is retried by the caller's next attempt. */
+static int save_secret(struct auth_server *s, const msgpack_object *secret, uint64_t rev,
+                       const struct rp_lockout *lk, uint64_t totp_step)
+{
+    struct rp_buf res, cmd;
+    msgpack_packer pk;
+    rp_buf_init(&res);
+    rp_buf_init(&cmd);
+    rp_mp_packer_init(&pk, &res);
+    const msgpack_object *spec = rp_mp_get(secret, "spec");
+    uint32_t keep = 0;
+    static const char *const ours[] = {"login_failures", "locked_until_ms", "last_failure_ms",
+                                       "totp_last_step"};
+    for (uint32_t i = 0; spec && i < spec->via.map.size; i++) {
+        bool mine = false;
+        for (size_t k = 0; k < 4; k++)
+            mine = mine || rp_mp_str_eq(&spec->via.map.ptr[i].key, ours[k]);
+        keep += !mine;
+    }
+    msgpack_pack_map(&pk, secret->via.map.size);
+    for (uint32_t i = 0; i < secret->via.map.size; i++) {
+        const msgpack_object_kv *kv = &secret->via.map.ptr[i];
+        msgpack_pack_object(&pk, kv->key);
+        if (!rp_mp_str_eq(&kv->key, "spec")) {
+            msgpack_pack_object(&pk, kv->val);
+            continue;
+        }
+        msgpack_pack_map(&pk, keep + RP_LOCKOUT_FIELDS + (totp_step ? 1 : 0));
+        for (uint32_t j = 0; j < spec->via.map.size; j++) {
+            const msgpack_object_kv *f = &spec->via.map.ptr[j];
+            bool mine = false;
+            for (size_t k = 0; k < 4; k++)
+                mine = mine || rp_mp_str_eq(&f->key, ours[k]);
+            if (mine)
+                continue;
+            msgpack_pack_object(&pk, f->key);
+            msgpack_pack_object(&pk, f->val);
+        }
+        rp_lockout_pack_fields(&pk, lk);
+        if (totp_step)
+            rp_mp_kv_u64(&pk, "totp_last_step", totp_step);
+    }
+    char rid[33];
+    auth_new_rid(rid);
+    struct state_cmd c = {.op = "cas", .rid = rid, .res = res.data, .res_len = res.len, .rev = rev};
+    struct state_result sr;
+    int rv = state_cmd_encode(&c, &cmd);
+    if (rv == 0)
+        rv = auth_propose(s, cmd.data, cmd.len, &sr);
+    if (rv == 0 && sr.code != 0)
+        rv = rp_err(sr.code, "%s", sr.message);
+    OPENSSL_cleanse(res.data, res.cap);
+    rp_buf_free(&res);
+    rp_buf_free(&cmd);
+    return rv;
+}
+
+/* authenticate {user, password, totp_code?, ssh_pubkey, tls_pubkey?, ttl_ms?}: anonymous
+ * callers log in. Wrong user, wrong password and wrong code are one answer; five
+ * failures lock the user for 30 minutes, and the lock is replicated. */
+int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
+{
+    struct auth_server *s = r->srv;
+    char user[160], code[16];
+    const char *pw;
+    size_t pwn;
+    uint64_t ttl = 0;
+    int rv;
+    if ((rv = auth_arg_str(r->args, "user", user, sizeof user, true)) != 0 ||
+        (rv = auth_arg_str(r->args, "totp_code", code, sizeof code, false)) != 0)
+        return rv;
+    if (rp_mp_get_str(r->args, "password", &pw, &pwn) != 0 || pwn == 0 || pwn > 1024)
+        return rp_err(RP_EINVAL, "argument 'password' is required");
+    if (rp_mp_get_u64(r->args, "ttl_ms", &ttl) == RP_EINVAL || (ttl && ttl < 60000))
+        return rp_err(RP_EINVAL, "ttl must be at least 1m");
+    if (!auth_is_leader(s)) {
+        if (r->from_peer)
+            return rp_err(RP_ENOTLEADER, "not the leader");
+        return auth_forward_req(r, out);
+    }
+    EVP_PKEY *ssh = NULL, *tls = NULL;
+    if ((rv = request_keys(r->args, &ssh, &tls)) != 0)
+        return rv;
+    if ((rv = rp_node_barrier(s->node, AUTH_READ_TIMEOUT_MS)) != 0)
+        goto out_keys;
+
+    struct rp_buf sb;
+    msgpack_unpacked su;
+    bool parsed = false;
+    uint64_t rev = 0, now = rp_now_ms(), step = 0;
+    struct rp_lockout lk = {0};
+    const char *hash = NULL, *why = NULL;
+    rp_buf_init(&sb);
+    if (state_get(s->state, "user_secret", user, &sb, NULL) == 0 &&
+        rp_mp_parse(sb.data, sb.len, &su) == 0) {
+        parsed = true;
+        const msgpack_object *spec = rp_mp_get(&su.data, "spec");
+        rp_mp_get_u64(rp_mp_get(&su.data, "metadata"), "revision", &rev);
+        rp_lockout_decode_fields(spec, &lk);
+        const char *h;
+        size_t hn;
+        if (rp_mp_get_str(spec, "password_hash", &h, &hn) == 0)
+            hash = strndup(h, hn);
+    }
+    uint64_t locked_ms = rp_lockout_is_locked(&lk, now);
+    char pwbuf[1032];
+    snprintf(pwbuf, sizeof pwbuf, "%.*s", (int)pwn, pw);
+    if (locked_ms) {
+        why = "user is locked after too many failed logins";
+    } else if (rp_password_verify(pwbuf, pwn, hash) != 0) {
+        why = "invalid user name or password"; /* the same when the user does not exist */
+    } else {
+        const msgpack_object *spec = rp_mp_get(&su.data, "spec");
+        const char *sec;
+        size_t secn;
+        if (rp_mp_get_str(spec, "totp_secret", &sec, &secn) == 0) {
+            uint8_t key[64];
+            size_t keylen = 0;
+            char b32[128];
+            uint64_t last = 0;
+            rp_mp_get_u64(spec, "totp_last_step", &last);
+            snprintf(b32, sizeof b32, "%.*s", (int)secn, sec);
+            if (!code[0])
+                why = "a one-time code (second factor) is required";
+            else if (rp_base32_decode(b32, key, sizeof key, &keylen) != 0 ||
+                     rp_totp_verify(key, keylen, code, now, last, &step) != 0)
+                why = "invalid one-time code";
+            OPENSSL_cleanse(key, sizeof key);
+        }
+    }
+    OPENSSL_cleanse(pwbuf, sizeof pwbuf);
+    if (why != NULL) {
+        if (parsed && !locked_ms) {
+            bool locked = rp_lockout_record_failure(&lk, now, NULL);
+            if (save_secret(s, &su.data, rev, &lk, 0) != 0)
+                rp_warn("auth", "recording a failed login of %s: %s", user, rp_errmsg());
+            if (locked)
+                rp_warn("auth", "user %s locked after %u failed logins", user, lk.failures);
+        }
+        audit_login(s, user, r->remote, why);
+        rv = locked_ms ? rp_err(RP_EDENIED, "%s; try again in %llu minutes", why,
+                                (unsigned long long)(locked_ms + 59999) / 60000)
+                       : rp_err(RP_EDENIED, "%s", why);
+        goto out;
+    }
+    if (lk.failures || step) {
+        rp_lockout_record_success(&lk);
+        if ((rv = save_secret(s, &su.data, rev, &lk, step)) != 0)
+            goto out; /* a TOTP step must be recorded before it is accepted: no replay */
+    }
+    struct issued c;
+    if ((rv = issue(s, user, ssh, tls, ttl, user, r->remote, &c)) != 0)
+        goto out;
+    audit_login(s, user, r->remote, NULL);
+    reply_issued(out, &c);
+    issued_free(&c);
+out:
+    free((char *)hash);
+    if (parsed)
+        msgpack_unpacked_destroy(&su);
+    if (sb.data)
+        OPENSSL_cleanse(sb.data, sb.cap);
+    rp_buf_free(&sb);
+out_keys:
+    EVP_PKEY_free(ssh);
+    EVP_PKEY_free(tls);
+    return rv;
+}
