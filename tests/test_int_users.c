@@ -11,6 +11,7 @@
 #include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
+#include "lib/ssh_key.h"
 #include "lib/totp.h"
 #include "lib/util.h"
 #include "tests/lib/cluster.h"
@@ -200,5 +201,110 @@ Test(int_users, an_invite_is_redeemed_once_even_when_two_race)
         cr_assert_eq(wins, 1, "round %d: %d redemptions succeeded (%s / %s)", round, wins, a.code,
                      b.code);
     }
+    cluster_pass();
+}
+
+/* authenticate on a connection without a client certificate: the answer's code
+ * ("" when ok) and, when ok, whether an SSH certificate came back. */
+static void login(int i, const char *user, const char *password, const char *totp, char *code,
+                  size_t codelen, bool *got_cert)
+{
+    EVP_PKEY *key = NULL;
+    char *pub = NULL;
+    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &key), 0);
+    cr_assert_eq(rp_ssh_pubkey_format(key, NULL, &pub), 0);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, ctx, CL->nodes[i].api_addr, 3000), 0, "%s", rp_errmsg());
+    SSL_CTX_free(ctx);
+    rp_conn_set_timeout(&c, 15000);
+    struct rp_buf req, ans;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_buf_init(&ans);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, totp ? 5 : 4);
+    rp_mp_kv_str(&pk, "m", "authenticate");
+    rp_mp_kv_str(&pk, "user", user);
+    rp_mp_kv_str(&pk, "password", password);
+    rp_mp_kv_str(&pk, "ssh_pubkey", pub);
+    if (totp)
+        rp_mp_kv_str(&pk, "totp_code", totp);
+    cr_assert_eq(rp_conn_write_frame(&c, req.data, req.len), 0);
+    cr_assert_eq(rp_conn_read_frame(&c, &ans), 0, "%s", rp_errmsg());
+    msgpack_unpacked u;
+    cr_assert_eq(rp_mp_parse(ans.data, ans.len, &u), 0);
+    bool ok = false;
+    rp_mp_get_bool(&u.data, "ok", &ok);
+    char cert[16] = "";
+    *got_cert = ok && strncmp(cl_mp_str(&u.data, "ssh_cert", cert, sizeof cert), "ssh-ed25519-cer",
+                              15) == 0;
+    if (ok)
+        code[0] = '\0';
+    else
+        cl_mp_str(&u.data, "code", code, codelen);
+    msgpack_unpacked_destroy(&u);
+    rp_conn_close(&c);
+    rp_buf_free(&req);
+    rp_buf_free(&ans);
+    free(pub);
+    EVP_PKEY_free(key);
+}
+
+Test(int_users, password_login_totp_and_lockout_after_five_failures)
+{
+    cluster_start(3);
+    char *out = NULL;
+    for (int k = 0; k < 100 && run_tctl(1, &out, "get", "role/access", NULL) != 0; k++) {
+        free(out);
+        out = NULL;
+        cl_sleep_ms(100);
+    }
+    free(out);
+    out = tctl_ok(1, "users", "add", "carol", "--roles=access", "--logins=root");
+    char tok[40], code[64];
+    token_from(out, tok, sizeof tok);
+    free(out);
+    uint8_t secret[20];
+    char b32[64], totp[8];
+    cr_assert_eq(rp_totp_generate_secret(secret), 0);
+    cr_assert_eq(rp_base32_encode(secret, sizeof secret, b32, sizeof b32), 0);
+    cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()), totp), 0);
+    redeem(1, tok, "carol's long password", b32, totp, code, sizeof code);
+    cr_assert_str_eq(code, "");
+
+    bool cert;
+    /* The code used at enrollment cannot be used again (replay). */
+    login(2, "carol", "carol's long password", totp, code, sizeof code, &cert);
+    cr_assert_str_eq(code, "access_denied", "a replayed one-time code was accepted");
+    login(2, "carol", "carol's long password", NULL, code, sizeof code, &cert);
+    cr_assert_str_eq(code, "access_denied", "no second factor given, yet logged in");
+    /* The next step's code works (a ±1 step window absorbs clock skew). */
+    cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()) + 1, totp), 0);
+    login(3, "carol", "carol's long password", totp, code, sizeof code, &cert);
+    cr_assert(code[0] == '\0' && cert, "a valid login failed: %s", code);
+
+    /* Unknown user and wrong password: the same answer. */
+    login(1, "nobody", "whatever password", NULL, code, sizeof code, &cert);
+    cr_assert_str_eq(code, "access_denied");
+    for (int k = 0; k < 5; k++) {
+        login(1 + k % 3, "carol", "not the password", totp, code, sizeof code, &cert);
+        cr_assert_str_eq(code, "access_denied");
+    }
+    /* Locked, on every server: even the right password and a fresh code are refused. */
+    cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()) + 1, totp), 0);
+    for (int i = 1; i <= 3; i++) {
+        login(i, "carol", "carol's long password", totp, code, sizeof code, &cert);
+        cr_assert(!cert && strcmp(code, "access_denied") == 0, "node %d let a locked user in", i);
+    }
+    out = tctl_ok(1, "events", "ls", "--type=user.login", "--format=json", NULL);
+    cr_assert(strstr(out, "\"T1000I\"") && strstr(out, "\"T1000W\"") &&
+                  strstr(out, "locked after too many failed logins"),
+              "login events:\n%s", out);
+    free(out);
+    out = tctl_ok(1, "get", "user_secret/carol", "--with-secrets", NULL, NULL);
+    cr_assert(strstr(out, "\"locked_until_ms\"") != NULL, "%s", out);
+    free(out);
     cluster_pass();
 }
