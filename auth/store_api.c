@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
@@ -192,7 +194,20 @@ static int build_command(struct auth_req *r, const char *op, struct rp_buf *cmd)
             rv = rp_err(RP_EINVAL, "argument 'res' (a resource map) is required for %s", op);
             goto out;
         }
-        if ((rv = rp_mp_pack_object(&res, o)) != 0)
+        /* Roles are checked by the one RBAC module and stored in its canonical form
+         * (Teleport's defaults filled in), so every server reads them the same way. */
+        if (rp_mp_str_eq(rp_mp_get(o, "kind"), "role")) {
+            struct rbac_role *role = NULL;
+            if ((rv = rbac_role_parse(o, &role)) != 0) {
+                rv = rp_err(RP_EINVAL, "role: %s", rp_errmsg());
+                goto out;
+            }
+            rv = rbac_role_pack(role, &res);
+            rbac_role_free(role);
+        } else {
+            rv = rp_mp_pack_object(&res, o);
+        }
+        if (rv != 0)
             goto out;
         c.res = res.data;
         c.res_len = res.len;
@@ -233,6 +248,39 @@ out:
     return rv;
 }
 
+/* Writes of roles, users and tokens through the generic API (tctl create / rm) are
+ * audited under Teleport's event names. */
+static void audit_write(struct auth_req *r, const char *op)
+{
+    const msgpack_object *res = rp_mp_get(r->args, "res");
+    const msgpack_object *kind = res ? rp_mp_get(res, "kind") : rp_mp_get(r->args, "kind");
+    const msgpack_object *name =
+        res ? rp_mp_get(rp_mp_get(res, "metadata"), "name") : rp_mp_get(r->args, "name");
+    bool del = strcmp(op, "delete") == 0 || strcmp(op, "cdelete") == 0;
+    const char *type = NULL, *code = NULL;
+    if (rp_mp_str_eq(kind, "role")) {
+        type = del ? "role.deleted" : "role.created";
+        code = del ? "T9001I" : "T9000I";
+    } else if (rp_mp_str_eq(kind, "user")) {
+        type = del ? "user.delete" : strcmp(op, "create") == 0 ? "user.create" : "user.update";
+        code = del ? "T1004I" : strcmp(op, "create") == 0 ? "T1002I" : "T1003I";
+    } else if (rp_mp_str_eq(kind, "token")) {
+        type = del ? "join_token.delete" : "join_token.create";
+        code = del ? "TJT01I" : "TJT00I";
+    } else {
+        return;
+    }
+    struct audit_event e;
+    char nm[256] = "";
+    if (name && name->type == MSGPACK_OBJECT_STR)
+        snprintf(nm, sizeof nm, "%.*s", (int)name->via.str.size, name->via.str.ptr);
+    audit_event_init(&e, type, code);
+    audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
+    audit_event_str(&e, "name", nm);
+    audit_event_str(&e, "addr.remote", r->remote);
+    audit_emit(r->srv, &e, AUDIT_WAIT);
+}
+
 int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
 {
     if (!auth_is_leader(r->srv)) {
@@ -262,6 +310,7 @@ int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
         rp_mp_kv_u64(&pk, "failed_op", res.failed_op);
         return 0;
     }
+    audit_write(r, op);
     auth_reply_ok_begin(&pk, out, 2);
     rp_mp_kv_u64(&pk, "rev", res.revision);
     rp_mp_kv_u64(&pk, "changed", res.n_changed);

@@ -332,7 +332,7 @@ static void assert_members_unchanged(void)
         cr_assert_not_null(cl_status_member(&st, id), "member %llu is gone",
                            (unsigned long long)id);
     char *out = NULL;
-    cr_assert_eq(run_tctl(1, &out, "get", "auth_server", NULL), 0);
+    cr_assert_eq(run_tctl(1, &out, "get", "auth_server", "--format=json", NULL), 0);
     struct cl_json *j = cl_json_parse(out);
     cr_assert(j != NULL && j->type == CLJ_ARR, "tctl get auth_server:\n%s", out);
     cr_assert_eq(j->n, 3, "%zu auth_server records, want 3", j->n);

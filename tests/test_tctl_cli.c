@@ -43,7 +43,7 @@ Test(tctl_cli, bad_duration_and_format_are_named)
     cl_run_free(&r);
     r = run("status", "--format=xml", NULL, NULL);
     cr_assert_eq(r.status, 2);
-    cr_assert(strstr(r.err, "expected text or json") != NULL, "%s", r.err);
+    cr_assert(strstr(r.err, "expected text, json or yaml") != NULL, "%s", r.err);
     cl_run_free(&r);
 }
 

@@ -22,8 +22,11 @@
 #include "lib/ssh_key.h"
 #include "lib/tls.h"
 #include "lib/util.h"
+#include "lib/yaml.h"
+#include "lib/yaml_mp.h"
+#include "auth/rbac.h"
 
-enum format { FMT_TEXT, FMT_JSON };
+enum format { FMT_DEFAULT, FMT_TEXT, FMT_JSON, FMT_YAML };
 
 struct tctl {
     struct rp_config cfg;
@@ -32,7 +35,7 @@ struct tctl {
     enum format format;
     uint64_t ttl_ms;
     const char *type;
-    bool stale, with_secrets;
+    bool stale, with_secrets, force;
     const char *since, *until, *user;
     const char *roles, *logins, *set_roles;
     const char *sign_user, *sign_host, *sign_format, *out_path;
@@ -53,8 +56,12 @@ static void usage(FILE *f)
             "  tokens rm TOKEN              delete a join token\n"
             "  auth members ls              list the auth servers of the Raft group\n"
             "  auth members rm ID           remove auth server ID from the Raft group\n"
-            "  get KIND[/NAME]              print resources [--stale] [--with-secrets: private\n"
-            "                               keys and password hashes too]\n"
+            "  get KIND[/NAME] | get all    print resources as YAML (--format=json|text)\n"
+            "                               [--stale] [--with-secrets: private keys and\n"
+            "                               password hashes too]\n"
+            "  create [-f] FILE.yaml        create the role, user and token resources of FILE\n"
+            "                               (-f: overwrite existing ones)\n"
+            "  rm KIND/NAME                 delete a role, user or token\n"
             "  users add NAME --roles=R1,R2 [--logins=L1,L2] [--ttl=1h]\n"
             "                               create a user; prints a one-time invite token\n"
             "  users ls                     list users\n"
@@ -417,13 +424,49 @@ static int cmd_members_rm(struct tctl *t, const char *id_s)
     return 0;
 }
 
+/* Prints resources (one object, or an array of them) as --format asks: YAML
+ * documents (the default, what tctl create reads back), JSON, or a table. */
+static void print_resources(struct tctl *t, const msgpack_object *o, bool *first_doc)
+{
+    if (o == NULL)
+        return;
+    if (t->format == FMT_JSON) {
+        print_json(o);
+        return;
+    }
+    uint32_t n = o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : 1;
+    struct rp_buf out;
+    rp_buf_init(&out);
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *res = o->type == MSGPACK_OBJECT_ARRAY ? &o->via.array.ptr[i] : o;
+        if (t->format == FMT_TEXT) {
+            char kind[64], name[256];
+            if (*first_doc)
+                rp_buf_printf(&out, "%-16s %s\n", "Kind", "Name");
+            rp_buf_printf(&out, "%-16s %s\n", field(res, "kind", kind, sizeof kind),
+                          field(rp_mp_get(res, "metadata"), "name", name, sizeof name));
+        } else {
+            rp_buf_append_str(&out, *first_doc ? "" : "---\n");
+            rp_ymp_to_yaml(&out, res);
+        }
+        *first_doc = false;
+    }
+    fwrite(out.data, 1, out.len, stdout);
+    rp_buf_free(&out);
+}
+
+/* The kinds `tctl get all` exports: what tctl create -f can restore on another
+ * cluster. Certificate authorities and auth servers belong to the cluster that
+ * made them and are left out. */
+static const char *const all_kinds[] = {"role", "user", "token", NULL};
+
 static int cmd_get(struct tctl *t, const char *what)
 {
     char kind[64], name[256] = "";
     const char *slash = strchr(what, '/');
     size_t kl = slash ? (size_t)(slash - what) : strlen(what);
     if (kl == 0 || kl >= sizeof kind || (slash && strlen(slash + 1) >= sizeof name)) {
-        fprintf(stderr, "tctl get: expected KIND or KIND/NAME, got '%s'\n", what);
+        fprintf(stderr, "tctl get: expected KIND, KIND/NAME or all, got '%s'\n", what);
         return 2;
     }
     memcpy(kind, what, kl);
@@ -431,6 +474,32 @@ static int cmd_get(struct tctl *t, const char *what)
     if (slash)
         snprintf(name, sizeof name, "%s", slash + 1);
     msgpack_unpacked resp;
+    bool first = true;
+    if (strcmp(kind, "all") == 0 && !slash) {
+        if (t->format == FMT_JSON)
+            printf("[\n");
+        for (size_t k = 0; all_kinds[k]; k++) {
+            if (list_kind(t, all_kinds[k], &resp) != 0)
+                return 1;
+            const msgpack_object *items = rp_mp_get(&resp.data, "items");
+            if (t->format == FMT_JSON) {
+                for (uint32_t i = 0; items && i < items->via.array.size; i++) {
+                    struct rp_buf j;
+                    rp_buf_init(&j);
+                    rp_json_from_mp(&j, &items->via.array.ptr[i], 2);
+                    printf("%s%.*s", first ? "" : ",\n", (int)j.len, (char *)j.data);
+                    first = false;
+                    rp_buf_free(&j);
+                }
+            } else {
+                print_resources(t, items, &first);
+            }
+            msgpack_unpacked_destroy(&resp);
+        }
+        if (t->format == FMT_JSON)
+            printf("\n]\n");
+        return 0;
+    }
     if (name[0]) {
         struct rp_buf req;
         msgpack_packer pk;
@@ -446,14 +515,135 @@ static int cmd_get(struct tctl *t, const char *what)
             rp_mp_kv_bool(&pk, "with_secrets", true);
         if (call(t, &req, &resp, "get") != 0)
             return 1;
-        print_json(rp_mp_get(&resp.data, "res"));
+        print_resources(t, rp_mp_get(&resp.data, "res"), &first);
     } else {
         if (list_kind(t, kind, &resp) != 0)
             return 1;
-        print_json(rp_mp_get(&resp.data, "items"));
+        print_resources(t, rp_mp_get(&resp.data, "items"), &first);
     }
     msgpack_unpacked_destroy(&resp);
     return 0;
+}
+
+/* tctl create [-f] FILE: every document is checked (kind, and roles by the RBAC
+ * module, with FILE:LINE in the message) before the first is sent. */
+static int cmd_create(struct tctl *t, const char *path)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (rp_read_file(path, RP_YAML_MAX_BYTES, &text, &len) != 0) {
+        fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+        return 1;
+    }
+    struct rp_ynode **docs = NULL;
+    size_t n_docs = 0;
+    int rv = rp_yaml_parse_all(path, text, len, &docs, &n_docs);
+    free(text);
+    if (rv != 0) {
+        fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+        return 1;
+    }
+    struct rp_buf *res = calloc(n_docs ? n_docs : 1, sizeof *res);
+    int status = 0;
+    size_t n_res = 0;
+    for (size_t i = 0; i < n_docs && status == 0; i++) {
+        if (docs[i]->type == RP_Y_MAP && docs[i]->n == 0)
+            continue; /* an empty document, e.g. after a trailing --- */
+        struct rp_ymp_lines lines;
+        rp_ymp_lines_init(&lines);
+        rp_buf_init(&res[n_res]);
+        msgpack_unpacked u;
+        if (rp_ymp_from_yaml(docs[i], path, &res[n_res], &lines) != 0 ||
+            rp_mp_parse(res[n_res].data, res[n_res].len, &u) != 0) {
+            fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+            status = 1;
+        } else {
+            const msgpack_object *kind = rp_mp_get(&u.data, "kind");
+            bool known = false;
+            for (size_t k = 0; all_kinds[k]; k++)
+                known = known || rp_mp_str_eq(kind, all_kinds[k]);
+            if (!known) {
+                char kb[64] = "";
+                field(&u.data, "kind", kb, sizeof kb);
+                rp_ymp_err(&lines, RP_EINVAL, "kind",
+                           kb[0] ? "unknown kind '%s', expected role, user or token"
+                                 : "missing%s, expected role, user or token",
+                           kb);
+                fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+                status = 1;
+            } else if (rp_mp_get(rp_mp_get(&u.data, "metadata"), "name") == NULL) {
+                rp_ymp_err(&lines, RP_EINVAL, "metadata.name", "missing, expected the name");
+                fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+                status = 1;
+            } else if (rp_mp_str_eq(kind, "role")) {
+                struct rbac_role *role = NULL;
+                if (rbac_role_parse(&u.data, &role) != 0) {
+                    rp_ymp_locate(&lines, RP_EINVAL);
+                    fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+                    status = 1;
+                }
+                rbac_role_free(role);
+            }
+            msgpack_unpacked_destroy(&u);
+            n_res++;
+        }
+        rp_ymp_lines_free(&lines);
+    }
+    rp_yaml_docs_free(docs, n_docs);
+    for (size_t i = 0; i < n_res && status == 0; i++) {
+        struct rp_buf req;
+        msgpack_packer pk;
+        msgpack_unpacked resp, u;
+        char rid[33], kind[64], name[256];
+        rp_mp_parse(res[i].data, res[i].len, &u);
+        field(&u.data, "kind", kind, sizeof kind);
+        field(rp_mp_get(&u.data, "metadata"), "name", name, sizeof name);
+        msgpack_unpacked_destroy(&u);
+        auth_new_rid(rid);
+        rp_buf_init(&req);
+        rp_mp_packer_init(&pk, &req);
+        msgpack_pack_map(&pk, 3);
+        rp_mp_kv_str(&pk, "m", t->force ? "put" : "create");
+        rp_mp_kv_raw(&pk, "res", res[i].data, res[i].len);
+        rp_mp_kv_str(&pk, "rid", rid);
+        rv = auth_client_call(t->client, req.data, req.len, &resp);
+        rp_buf_free(&req);
+        if (rv == RP_EEXISTS)
+            fprintf(stderr, "tctl create: %s %s already exists: use -f to overwrite it\n", kind, name);
+        else if (rv != 0)
+            fprintf(stderr, "tctl create: %s %s: %s (%s)\n", kind, name, rp_errmsg(),
+                    rp_strerror(rv));
+        else
+            printf("%s \"%s\" has been %s\n", kind, name, t->force ? "created or updated" : "created");
+        msgpack_unpacked_destroy(&resp);
+        if (rv != 0)
+            status = 1;
+    }
+    for (size_t i = 0; i < n_res; i++)
+        rp_buf_free(&res[i]);
+    free(res);
+    return status;
+}
+
+static int cmd_users(struct tctl *t, int nargs, char **args);
+
+static int cmd_rm(struct tctl *t, const char *what)
+{
+    const char *slash = strchr(what, '/');
+    if (slash == NULL || slash == what || slash[1] == '\0' || (size_t)(slash - what) >= 64) {
+        fprintf(stderr, "tctl rm: expected KIND/NAME (e.g. role/dev), got '%s'\n", what);
+        return 2;
+    }
+    char kind[64];
+    snprintf(kind, sizeof kind, "%.*s", (int)(slash - what), what);
+    if (strcmp(kind, "user") == 0) {
+        char *args[] = {"users", "rm", (char *)slash + 1};
+        return cmd_users(t, 3, args);
+    }
+    int rv = delete_resource(t, kind, slash + 1);
+    if (rv == 0)
+        printf("%s \"%s\" has been deleted\n", kind, slash + 1);
+    return rv;
 }
 
 /* Packs "a,b,c" as an array of strings under @key; empty items are refused. */
@@ -874,14 +1064,15 @@ int main(int argc, char **argv)
         {"host", required_argument, NULL, O_SIGN_HOST},
         {"out", required_argument, NULL, 'o'},
         {"debug", no_argument, NULL, 'd'},
+        {"force", no_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    struct tctl t = {.format = FMT_TEXT, .ttl_ms = 30 * 60 * 1000};
+    struct tctl t = {.format = FMT_DEFAULT, .ttl_ms = 30 * 60 * 1000};
     int c;
     rp_config_init(&t.cfg);
     rp_log_set_level(RP_LOG_WARN);
-    while ((c = getopt_long(argc, argv, "c:f:o:dh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:fo:dh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': t.config_path = optarg; break;
         case O_AUTH:
@@ -891,7 +1082,6 @@ int main(int argc, char **argv)
             }
             t.auth_server = optarg;
             break;
-        case 'f':
         case O_FORMAT:
             t.sign_format = optarg; /* auth sign takes openssh, file or tls */
             if (strcmp(optarg, "openssh") == 0 || strcmp(optarg, "file") == 0 ||
@@ -901,11 +1091,14 @@ int main(int argc, char **argv)
                 t.format = FMT_JSON;
             else if (strcmp(optarg, "text") == 0)
                 t.format = FMT_TEXT;
+            else if (strcmp(optarg, "yaml") == 0)
+                t.format = FMT_YAML;
             else {
-                fprintf(stderr, "tctl: --format=%s: expected text or json\n", optarg);
+                fprintf(stderr, "tctl: --format=%s: expected text, json or yaml\n", optarg);
                 return 2;
             }
             break;
+        case 'f': t.force = true; break;
         case O_TTL:
             if (rp_parse_duration_ms(optarg, &t.ttl_ms) != 0) {
                 fprintf(stderr, "tctl: --ttl: %s\n", rp_errmsg());
@@ -954,6 +1147,8 @@ int main(int argc, char **argv)
                  (strcmp(args[0], "tokens") == 0 && nargs >= 2) ||
                  (strcmp(args[0], "auth") == 0 && nargs >= 3 && strcmp(args[1], "members") == 0) ||
                  (strcmp(args[0], "get") == 0 && nargs == 2) ||
+                 (strcmp(args[0], "create") == 0 && nargs == 2) ||
+                 (strcmp(args[0], "rm") == 0 && nargs == 2) ||
                  (strcmp(args[0], "events") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
                  (strcmp(args[0], "users") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
                  (strcmp(args[0], "auth") == 0 && nargs == 2 &&
@@ -1034,6 +1229,10 @@ int main(int argc, char **argv)
         rv = cmd_status(&t);
     } else if (strcmp(args[0], "get") == 0) {
         rv = cmd_get(&t, args[1]);
+    } else if (strcmp(args[0], "create") == 0) {
+        rv = cmd_create(&t, args[1]);
+    } else if (strcmp(args[0], "rm") == 0) {
+        rv = cmd_rm(&t, args[1]);
     } else if (strcmp(args[0], "events") == 0) {
         rv = cmd_events_ls(&t);
     } else if (strcmp(args[0], "auth") == 0 && nargs == 2) {
