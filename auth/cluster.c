@@ -11,6 +11,7 @@
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
+#include "lib/ssh_key.h"
 #include "lib/util.h"
 
 #define PEER_STATUS_TIMEOUT_MS 1000
@@ -592,9 +593,13 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
 {
     struct auth_server *s = r->srv;
     char token[80], type[16], host_id[64], nodename[256], raft_addr[64], api_addr[64];
-    char host_pub_pem[1024], admin_pub_pem[1024], who[700];
+    char host_pub_pem[1024], admin_pub_pem[1024], who[700], ssh_pub_line[8192];
     uint64_t raft_id = 0;
     int rv;
+    char *ssh_cert = NULL, *user_ca = NULL, *host_ca = NULL;
+    EVP_PKEY *ssh_pub = NULL;
+    if ((rv = auth_arg_str(r->args, "ssh_pubkey", ssh_pub_line, sizeof ssh_pub_line, false)) != 0)
+        return rv;
     if ((rv = auth_arg_str(r->args, "token", token, sizeof token, true)) != 0 ||
         (rv = auth_arg_str(r->args, "type", type, sizeof type, true)) != 0 ||
         (rv = auth_arg_str(r->args, "host_id", host_id, sizeof host_id, true)) != 0 ||
@@ -722,12 +727,50 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         (rv = rp_tls_cert_to_pem(s->id.ca_cert, &ca_pem)) != 0)
         goto out;
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, 4);
+    /* Register-with-token for agents: their SSH host certificate and the CA public
+     * keys come with the X.509 identity. */
+    if (ssh_pub_line[0]) {
+        const char *extra[16];
+        char extra_buf[16][256];
+        size_t n_extra = 0;
+        const msgpack_object *ap = rp_mp_get(r->args, "principals");
+        for (uint32_t i = 0; ap && ap->type == MSGPACK_OBJECT_ARRAY && i < ap->via.array.size &&
+                             n_extra < 16;
+             i++) {
+            const msgpack_object *o = &ap->via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253) {
+                rv = rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
+                goto out;
+            }
+            snprintf(extra_buf[n_extra], sizeof extra_buf[n_extra], "%.*s",
+                     (int)o->via.str.size, o->via.str.ptr);
+            extra[n_extra] = extra_buf[n_extra];
+            n_extra++;
+        }
+        if ((rv = rp_ssh_pubkey_parse(ssh_pub_line, &ssh_pub, NULL)) != 0) {
+            rv = rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
+            goto out;
+        }
+        if ((rv = auth_sign_host_ssh(s, host_id, nodename, role, ssh_pub, extra, n_extra,
+                                     365ull * 24 * 3600 * 1000, &ssh_cert, NULL, NULL)) != 0 ||
+            (rv = auth_ssh_ca_public_lines(s, &user_ca, &host_ca)) != 0)
+            goto out;
+    }
+    auth_reply_ok_begin(&pk, out, ssh_cert ? 7 : 4);
     rp_mp_kv_str(&pk, "host_cert", host_pem);
     rp_mp_kv_str(&pk, "admin_cert", admin_pem);
     rp_mp_kv_str(&pk, "ca_cert", ca_pem);
     rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+    if (ssh_cert) {
+        rp_mp_kv_str(&pk, "ssh_cert", ssh_cert);
+        rp_mp_kv_str(&pk, "ssh_user_ca", user_ca);
+        rp_mp_kv_str(&pk, "ssh_host_ca", host_ca);
+    }
 out:
+    free(ssh_cert);
+    free(user_ca);
+    free(host_ca);
+    EVP_PKEY_free(ssh_pub);
     EVP_PKEY_free(host_pub);
     EVP_PKEY_free(admin_pub);
     X509_free(host_cert);

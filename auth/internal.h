@@ -118,6 +118,14 @@ int auth_h_events(struct auth_req *r, struct rp_buf *out);
 int auth_ssh_cas_ensure(struct auth_server *s);
 int auth_ssh_ca_key(struct auth_server *s, const char *type, EVP_PKEY **key);
 int auth_h_sign_host(struct auth_req *r, struct rp_buf *out);
+/* A host's SSH certificate: principals host id, hostid.cluster, node name,
+ * nodename.cluster and @extra; extensions x-teleport-role and x-teleport-authority.
+ * *@principals_out (if not NULL) gets the principals (free each and the array). */
+int auth_sign_host_ssh(struct auth_server *s, const char *host_id, const char *nodename,
+                       const char *role, EVP_PKEY *pub, const char *const *extra, size_t n_extra,
+                       uint64_t ttl_ms, char **line, char ***principals_out, size_t *n_out);
+/* The user and host CA public keys as authorized_keys lines (free both). */
+int auth_ssh_ca_public_lines(struct auth_server *s, char **user_ca, char **host_ca);
 /* auth/certs.c */
 int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
 int auth_h_authenticate(struct auth_req *r, struct rp_buf *out);

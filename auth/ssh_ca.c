@@ -184,6 +184,76 @@ static void add_principal(char **list, size_t *n, size_t max, const char *fmt, c
         (*n)++;
 }
 
+int auth_sign_host_ssh(struct auth_server *s, const char *host_id, const char *nodename,
+                       const char *role, EVP_PKEY *pub, const char *const *extra, size_t n_extra,
+                       uint64_t ttl_ms, char **line, char ***principals_out, size_t *n_out)
+{
+    char **principals = calloc(40, sizeof *principals);
+    size_t np = 0;
+    EVP_PKEY *ca = NULL;
+    struct rp_buf blob;
+    rp_buf_init(&blob);
+    if (principals == NULL)
+        return rp_err(RP_ENOMEM, "principals");
+    const char *cluster = s->id.cluster_name;
+    add_principal(principals, &np, 40, "%s%s", host_id, "");
+    add_principal(principals, &np, 40, "%s.%s", host_id, cluster);
+    add_principal(principals, &np, 40, "%s%s", nodename, "");
+    add_principal(principals, &np, 40, "%s.%s", nodename, cluster);
+    for (size_t i = 0; i < n_extra; i++)
+        add_principal(principals, &np, 40, "%s%s", extra[i], "");
+    int rv = auth_ssh_ca_key(s, "host", &ca);
+    if (rv == 0) {
+        uint64_t now = rp_now_ms() / 1000;
+        struct rp_ssh_cert_opt exts[2] = {{"x-teleport-authority", (char *)cluster},
+                                          {"x-teleport-role", (char *)role}};
+        struct rp_ssh_cert cert = {
+            .type = RP_SSH_CERT_HOST,
+            .key = pub,
+            .key_id = (char *)host_id,
+            .principals = principals,
+            .n_principals = np,
+            .valid_after = now - 60, /* as for TLS: tolerate a little clock skew */
+            .valid_before = now + ttl_ms / 1000,
+            .extensions = exts,
+            .n_extensions = 2,
+        };
+        if ((rv = rp_ssh_cert_sign(&cert, ca, &blob)) == 0)
+            rv = rp_ssh_cert_format(blob.data, blob.len, nodename, line);
+    }
+    EVP_PKEY_free(ca);
+    rp_buf_free(&blob);
+    if (rv == 0 && principals_out) {
+        *principals_out = principals;
+        *n_out = np;
+    } else {
+        for (size_t i = 0; i < np; i++)
+            free(principals[i]);
+        free(principals);
+    }
+    return rv;
+}
+
+int auth_ssh_ca_public_lines(struct auth_server *s, char **user_ca, char **host_ca)
+{
+    const char *types[2] = {"user", "host"};
+    char **outs[2] = {user_ca, host_ca};
+    *user_ca = *host_ca = NULL;
+    for (int i = 0; i < 2; i++) {
+        EVP_PKEY *k = NULL;
+        int rv = auth_ssh_ca_key(s, types[i], &k);
+        if (rv == 0)
+            rv = rp_ssh_pubkey_format(k, NULL, outs[i]);
+        EVP_PKEY_free(k);
+        if (rv != 0) {
+            free(*user_ca);
+            *user_ca = NULL;
+            return rv;
+        }
+    }
+    return 0;
+}
+
 /* sign_host {host_id, nodename, role, ssh_pubkey, principals?[], ttl_ms?, tls_pubkey?}
  *   -> {ssh_cert, tls_cert?, tls_ca?}
  * Principals: host id, hostid.cluster, node name, nodename.cluster and the extra
@@ -207,52 +277,32 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
     const msgpack_object *extra = rp_mp_get(r->args, "principals");
     if (extra && (extra->type != MSGPACK_OBJECT_ARRAY || extra->via.array.size > 32))
         return rp_err(RP_EINVAL, "principals: expected an array of at most 32 names");
-    EVP_PKEY *pub = NULL, *ca = NULL, *tls_pub = NULL;
+    EVP_PKEY *pub = NULL, *tls_pub = NULL;
     X509 *tls_cert = NULL;
-    char *principals[40] = {0}, *line = NULL, *tls_pem = NULL, *ca_pem = NULL;
+    char **principals = NULL, *line = NULL, *tls_pem = NULL, *ca_pem = NULL;
+    size_t np = 0;
+    const char *extras[32];
+    char extra_buf[32][256];
+    size_t n_extra = 0;
     char tls_pub_pem[2048];
+    const char *cluster = s->id.cluster_name;
     if ((rv = auth_arg_str(r->args, "tls_pubkey", tls_pub_pem, sizeof tls_pub_pem, false)) != 0)
         return rv;
-    size_t np = 0;
-    struct rp_buf blob;
-    rp_buf_init(&blob);
+    for (uint32_t i = 0; extra && i < extra->via.array.size; i++) {
+        const msgpack_object *o = &extra->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253)
+            return rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
+        snprintf(extra_buf[n_extra], sizeof extra_buf[n_extra], "%.*s", (int)o->via.str.size,
+                 o->via.str.ptr);
+        extras[n_extra] = extra_buf[n_extra];
+        n_extra++;
+    }
     if ((rv = rp_ssh_pubkey_parse(publine, &pub, NULL)) != 0) {
         rv = rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
         goto out;
     }
-    const char *cluster = s->id.cluster_name;
-    add_principal(principals, &np, 40, "%s%s", host_id, "");
-    add_principal(principals, &np, 40, "%s.%s", host_id, cluster);
-    add_principal(principals, &np, 40, "%s%s", nodename, "");
-    add_principal(principals, &np, 40, "%s.%s", nodename, cluster);
-    for (uint32_t i = 0; extra && i < extra->via.array.size; i++) {
-        const msgpack_object *o = &extra->via.array.ptr[i];
-        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253) {
-            rv = rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
-            goto out;
-        }
-        char p[256];
-        snprintf(p, sizeof p, "%.*s", (int)o->via.str.size, o->via.str.ptr);
-        add_principal(principals, &np, 40, "%s%s", p, "");
-    }
-    if ((rv = auth_ssh_ca_key(s, "host", &ca)) != 0)
-        goto out;
-    uint64_t now = rp_now_ms() / 1000;
-    struct rp_ssh_cert_opt exts[2] = {{"x-teleport-authority", (char *)cluster},
-                                      {"x-teleport-role", role}};
-    struct rp_ssh_cert cert = {
-        .type = RP_SSH_CERT_HOST,
-        .key = pub,
-        .key_id = host_id,
-        .principals = principals,
-        .n_principals = np,
-        .valid_after = now - 60, /* as for TLS: tolerate a little clock skew */
-        .valid_before = now + ttl / 1000,
-        .extensions = exts,
-        .n_extensions = 2,
-    };
-    if ((rv = rp_ssh_cert_sign(&cert, ca, &blob)) != 0 ||
-        (rv = rp_ssh_cert_format(blob.data, blob.len, nodename, &line)) != 0)
+    if ((rv = auth_sign_host_ssh(s, host_id, nodename, role, pub, extras, n_extra, ttl, &line,
+                                 &principals, &np)) != 0)
         goto out;
     if (tls_pub_pem[0]) {
         /* The X.509 identity of the host: CN host id, O its system role. */
@@ -290,9 +340,8 @@ out:
     free(ca_pem);
     for (size_t i = 0; i < np; i++)
         free(principals[i]);
+    free(principals);
     free(line);
     EVP_PKEY_free(pub);
-    EVP_PKEY_free(ca);
-    rp_buf_free(&blob);
     return rv;
 }

@@ -15,6 +15,8 @@
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "lib/tls.h"
+#include "lib/ssh_cert.h"
+#include "lib/ssh_key.h"
 #include "tests/lib/cluster.h"
 
 TestSuite(int_security, .init = cluster_setup, .fini = cluster_teardown, .timeout = 60);
@@ -796,6 +798,108 @@ Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
     X509_free(ca);
     X509_free(cert);
     rp_buf_free(&req);
+    rp_buf_free(&ans);
+    cluster_pass();
+}
+
+/* A join request of @type for host @host_id with fresh keys, without a client cert. */
+static void register_host(const char *token, const char *type, const char *host_id,
+                          struct rp_buf *ans, msgpack_unpacked *u, EVP_PKEY **ssh_key)
+{
+    EVP_PKEY *tls_key = rp_tls_keygen();
+    char *tls_pub = NULL, *ssh_pub = NULL;
+    cr_assert_eq(rp_tls_pubkey_to_pem(tls_key, &tls_pub), 0);
+    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, ssh_key), 0);
+    cr_assert_eq(rp_ssh_pubkey_format(*ssh_key, NULL, &ssh_pub), 0);
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 8);
+    rp_mp_kv_str(&pk, "m", "join");
+    rp_mp_kv_str(&pk, "token", token);
+    rp_mp_kv_str(&pk, "type", type);
+    rp_mp_kv_str(&pk, "host_id", host_id);
+    rp_mp_kv_str(&pk, "nodename", "web1");
+    rp_mp_kv_str(&pk, "host_pubkey", tls_pub);
+    rp_mp_kv_str(&pk, "ssh_pubkey", ssh_pub);
+    rp_mp_pack_str(&pk, "principals");
+    msgpack_pack_array(&pk, 1);
+    rp_mp_pack_str(&pk, "10.1.2.3");
+    SSL_CTX *anon = ctx_with_foreign_cert(NULL);
+    call_as(anon, 1, &req, ans, u);
+    SSL_CTX_free(anon);
+    rp_buf_free(&req);
+    free(tls_pub);
+    free(ssh_pub);
+    EVP_PKEY_free(tls_key);
+}
+
+static bool host_ca_exists(void *arg)
+{
+    (void)arg;
+    char *out = NULL;
+    int rv = run_tctl(1, &out, "get", "cert_authority/host", NULL);
+    free(out);
+    return rv == 0;
+}
+
+Test(int_security, a_node_registers_with_a_token_and_gets_its_ssh_host_certificate)
+{
+    cluster_start(1);
+    cr_assert(wait_until(15000, host_ca_exists, NULL), "the host SSH CA never appeared");
+    char node_token[64], proxy_token[64];
+    add_token("node", "10m", node_token, sizeof node_token);
+    add_token("proxy", "10m", proxy_token, sizeof proxy_token);
+    struct rp_buf ans;
+    msgpack_unpacked u;
+    EVP_PKEY *key = NULL;
+    rp_buf_init(&ans);
+
+    /* Wrong type: a proxy token does not make a node. */
+    register_host(proxy_token, "node", "host-1", &ans, &u, &key);
+    cr_assert(rp_mp_str_eq(rp_mp_get(&u.data, "code"), "access_denied"), "a proxy token made a node");
+    msgpack_unpacked_destroy(&u);
+    EVP_PKEY_free(key);
+
+    register_host(node_token, "node", "host-1", &ans, &u, &key);
+    char ssh_cert[4096], user_ca[512], host_ca[512], code[64];
+    cr_assert(rp_mp_get(&u.data, "host_cert") != NULL, "registration failed: %s",
+              cl_mp_str(&u.data, "error", code, sizeof code));
+    cl_mp_str(&u.data, "ssh_cert", ssh_cert, sizeof ssh_cert);
+    cl_mp_str(&u.data, "ssh_user_ca", user_ca, sizeof user_ca);
+    cl_mp_str(&u.data, "ssh_host_ca", host_ca, sizeof host_ca);
+    msgpack_unpacked_destroy(&u);
+    cr_assert(strncmp(user_ca, "ssh-ed25519 ", 12) == 0 && strncmp(host_ca, "ssh-ed25519 ", 12) == 0);
+
+    /* The host certificate: signed by the host CA, for the node's key, with its names. */
+    struct rp_ssh_cert cert;
+    char *comment = NULL;
+    cr_assert_eq(rp_ssh_cert_parse_line(ssh_cert, &cert, &comment), 0, "%s", rp_errmsg());
+    EVP_PKEY *host_ca_key = NULL;
+    cr_assert_eq(rp_ssh_pubkey_parse(host_ca, &host_ca_key, NULL), 0);
+    enum rp_ssh_cert_verdict why;
+    char want[128];
+    snprintf(want, sizeof want, "web1.%s", CL->cluster_name);
+    cr_assert_eq(rp_ssh_cert_check(&cert, host_ca_key, RP_SSH_CERT_HOST, (uint64_t)time(NULL),
+                                   want, &why), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_ssh_cert_check(&cert, host_ca_key, RP_SSH_CERT_HOST, (uint64_t)time(NULL),
+                                   "10.1.2.3", &why), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_ssh_cert_check(&cert, host_ca_key, RP_SSH_CERT_HOST, (uint64_t)time(NULL),
+                                   "host-1", &why), 0, "%s", rp_errmsg());
+    cr_assert_eq(EVP_PKEY_eq(cert.key, key), 1, "the certificate is for another key");
+    cr_assert_str_eq(rp_ssh_cert_opt_find(cert.extensions, cert.n_extensions, "x-teleport-role"),
+                     "Node");
+    rp_ssh_cert_free(&cert);
+    free(comment);
+    EVP_PKEY_free(host_ca_key);
+    EVP_PKEY_free(key);
+
+    /* The refusal is in the audit log. */
+    char *out = NULL;
+    cr_assert_eq(run_tctl(1, &out, "events", "ls", "--type=instance.join", "--format=json", NULL), 0);
+    cr_assert(strstr(out, "\"TJ001E\"") && strstr(out, "\"TJ001I\""), "%s", out);
+    free(out);
     rp_buf_free(&ans);
     cluster_pass();
 }
