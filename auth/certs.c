@@ -67,6 +67,22 @@ static void user_view_free(struct user_view *v)
     rp_buf_free(&v->buf);
 }
 
+int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **role)
+{
+    struct rp_buf rb;
+    msgpack_unpacked ru;
+    rp_buf_init(&rb);
+    int rv = state_get(s->state, "role", name, &rb, NULL);
+    if (rv == 0 && (rv = rp_mp_parse(rb.data, rb.len, &ru)) == 0) {
+        rv = rbac_role_parse(&ru.data, role);
+        if (rv != 0)
+            rv = rp_err(RP_EIO, "stored role '%s': %s", name, rp_errmsg());
+        msgpack_unpacked_destroy(&ru);
+    }
+    rp_buf_free(&rb);
+    return rv;
+}
+
 static int user_view_load(struct auth_server *s, const char *user, struct user_view *v)
 {
     memset(v, 0, sizeof *v);
@@ -86,19 +102,9 @@ static int user_view_load(struct auth_server *s, const char *user, struct user_v
             return rp_err(RP_EIO, "user '%s': spec.roles[%u] is not a string", user, i);
         char name[256];
         snprintf(name, sizeof name, "%.*s", (int)o->via.str.size, o->via.str.ptr);
-        struct rp_buf rb;
-        msgpack_unpacked ru;
-        rp_buf_init(&rb);
-        rv = state_get(s->state, "role", name, &rb, NULL);
+        rv = auth_role_load(s, name, &v->roles[v->n_roles]);
         if (rv == RP_ENOTFOUND)
             rv = rp_err(RP_EDENIED, "role '%s' of user '%s' does not exist", name, user);
-        if (rv == 0 && (rv = rp_mp_parse(rb.data, rb.len, &ru)) == 0) {
-            rv = rbac_role_parse(&ru.data, &v->roles[v->n_roles]);
-            if (rv != 0)
-                rv = rp_err(RP_EIO, "stored role '%s': %s", name, rp_errmsg());
-            msgpack_unpacked_destroy(&ru);
-        }
-        rp_buf_free(&rb);
         if (rv != 0)
             return rv;
         v->role_names[v->n_roles++] = strdup(name);

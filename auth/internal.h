@@ -127,6 +127,14 @@ int auth_sign_host_ssh(struct auth_server *s, const char *host_id, const char *n
 /* The user and host CA public keys as authorized_keys lines (free both). */
 int auth_ssh_ca_public_lines(struct auth_server *s, char **user_ca, char **host_ca);
 /* auth/certs.c */
+struct rbac_role;
+/* Parses stored role @name; RP_ENOTFOUND if there is none. */
+int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **role);
+/* auth/authz.c: whether a user identity (no system role) may make this request: its
+ * roles' rules decide. 0, or RP_EDENIED with the reason in rp_errmsg(). */
+int auth_authorize_user(struct auth_server *s, const struct rp_identity *id, const char *method,
+                        const msgpack_object *args);
+bool auth_is_user_identity(const struct rp_identity *id);
 int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
 int auth_h_authenticate(struct auth_req *r, struct rp_buf *out);
 /* auth/users.c */

@@ -245,7 +245,18 @@ static int serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_ident
     struct rp_identity *conn_caller = caller;
     if (as_used)
         caller = as_id.name ? &as_id : NULL;
-    if (caller_access(caller) < meth->need) {
+    /* A user's identity: its roles' rules decide, request by request. */
+    if (caller_access(caller) < meth->need && auth_is_user_identity(caller) &&
+        meth->need != ACCESS_ANON) {
+        if (auth_authorize_user(s, caller, m, args) != 0) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", rp_errmsg());
+            rp_warn("auth", "denied %s from %s (%s): %s", m, remote, caller->name, why);
+            audit_denial(s, caller, remote, m, why);
+            auth_reply_error(out, RP_EDENIED, why);
+            goto done;
+        }
+    } else if (caller_access(caller) < meth->need) {
         char msgbuf[256];
         snprintf(msgbuf, sizeof msgbuf, "%s: %s is not allowed to call %s",
                  caller ? "access denied" : "access denied (no client certificate)",

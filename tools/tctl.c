@@ -31,6 +31,7 @@ enum format { FMT_DEFAULT, FMT_TEXT, FMT_JSON, FMT_YAML };
 struct tctl {
     struct rp_config cfg;
     const char *config_path;
+    const char *identity; /* -i: an identity file from tctl auth sign --format=file */
     const char *auth_server;
     enum format format;
     uint64_t ttl_ms;
@@ -81,6 +82,8 @@ static void usage(FILE *f)
             "\n"
             "Flags:\n"
             "  -c, --config FILE   the auth server's raftport.yaml (its data_dir holds the identity)\n"
+            "  -i, --identity FILE a user's identity file (tctl auth sign --format=file); needs\n"
+            "                      --auth-server; the user's roles decide what it may do\n"
             "      --auth-server   address of an auth server (default: from the config)\n"
             "      --format        text (default) or json\n");
 }
@@ -105,12 +108,58 @@ static char *local_addr(const char *listen)
     return a;
 }
 
+/* A TLS client context from an identity file: the OpenSSH private key, then PEM
+ * certificates, the first ours and the rest the CA. */
+static int identity_ctx(const char *path, SSL_CTX **out)
+{
+    char *text = NULL;
+    size_t n = 0;
+    int rv = rp_read_file(path, 1 << 20, &text, &n);
+    if (rv != 0)
+        return rv;
+    EVP_PKEY *key = NULL;
+    X509 *cert = NULL, *ca = NULL;
+    const char *kb = strstr(text, "-----BEGIN OPENSSH PRIVATE KEY-----");
+    const char *ke = kb ? strstr(kb, "-----END OPENSSH PRIVATE KEY-----") : NULL;
+    const char *c1 = strstr(text, "-----BEGIN CERTIFICATE-----");
+    const char *c2 = c1 ? strstr(c1 + 1, "-----BEGIN CERTIFICATE-----") : NULL;
+    if (kb == NULL || ke == NULL || c1 == NULL || c2 == NULL) {
+        rv = rp_err(RP_EINVAL, "%s: not an identity file (expected an OpenSSH private key and two "
+                    "PEM certificates: make one with tctl auth sign --user=NAME --format=file)",
+                    path);
+    } else if ((rv = rp_ssh_privkey_parse(kb, (size_t)(ke - kb) + 33, &key, NULL)) != 0 ||
+               (rv = rp_tls_cert_from_pem(c1, (size_t)(c2 - c1), &cert)) != 0 ||
+               (rv = rp_tls_cert_from_pem(c2, strlen(c2), &ca)) != 0) {
+        rv = rp_err(rv, "%s: %s", path, rp_errmsg());
+    } else if ((*out = rp_tls_client_ctx(ca, cert, key)) == NULL) {
+        rv = rp_err(RP_ETLS, "%s: the key does not match the certificate", path);
+    }
+    OPENSSL_cleanse(text, n);
+    free(text);
+    EVP_PKEY_free(key);
+    X509_free(cert);
+    X509_free(ca);
+    return rv;
+}
+
 static int connect_client(struct tctl *t)
 {
     SSL_CTX *ctx = NULL;
     const char *addrs[3];
     size_t n = 0;
     char *local = NULL;
+    if (t->identity != NULL) {
+        if (t->auth_server == NULL) {
+            fprintf(stderr, "tctl: -i needs --auth-server=HOST:PORT\n");
+            return 2;
+        }
+        if (identity_ctx(t->identity, &ctx) != 0)
+            return fail("identity");
+        addrs[0] = t->auth_server;
+        int rv = auth_client_new(&t->client, ctx, addrs, 1);
+        SSL_CTX_free(ctx);
+        return rv != 0 ? fail("connect") : 0;
+    }
     if (t->config_path == NULL) {
         rp_err(RP_EINVAL, "no identity: run tctl on an auth host with -c CONFIG");
         return fail("connect");
@@ -837,8 +886,9 @@ static int write_out(const char *path, const char *data, unsigned mode)
     return 0;
 }
 
-/* tctl auth sign --user=NAME | --host=NAME: a fresh key (Ed25519; ECDSA P-256 for the
- * tls format, which TLS libraries take more widely) and its certificates. */
+/* tctl auth sign --user=NAME | --host=NAME: a fresh key (Ed25519; ECDSA P-256 when an
+ * X.509 certificate is wanted too, the key type of the cluster's TLS) and its
+ * certificates. */
 static int cmd_auth_sign(struct tctl *t)
 {
     const char *fmt = t->sign_format ? t->sign_format : "openssh";
@@ -847,7 +897,7 @@ static int cmd_auth_sign(struct tctl *t)
     EVP_PKEY *key = NULL;
     char *priv = NULL, *pub = NULL, *tls_pub = NULL, *tls_key = NULL;
     int rv = 1;
-    if (strcmp(fmt, "tls") == 0)
+    if (want_tls) /* one ECDSA P-256 key serves SSH and the cluster's TLS */
         key = rp_tls_keygen();
     else if (rp_ssh_keygen(RP_SSH_KEY_ED25519, &key) != 0)
         key = NULL;
@@ -1065,6 +1115,7 @@ int main(int argc, char **argv)
         {"out", required_argument, NULL, 'o'},
         {"debug", no_argument, NULL, 'd'},
         {"force", no_argument, NULL, 'f'},
+        {"identity", required_argument, NULL, 'i'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1072,7 +1123,7 @@ int main(int argc, char **argv)
     int c;
     rp_config_init(&t.cfg);
     rp_log_set_level(RP_LOG_WARN);
-    while ((c = getopt_long(argc, argv, "c:fo:dh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:fi:o:dh", opts, NULL)) != -1) {
         switch (c) {
         case 'c': t.config_path = optarg; break;
         case O_AUTH:
@@ -1099,6 +1150,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'f': t.force = true; break;
+        case 'i': t.identity = optarg; break;
         case O_TTL:
             if (rp_parse_duration_ms(optarg, &t.ttl_ms) != 0) {
                 fprintf(stderr, "tctl: --ttl: %s\n", rp_errmsg());
