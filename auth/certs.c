@@ -447,7 +447,8 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
     OPENSSL_cleanse(pwbuf, sizeof pwbuf);
     if (why != NULL) {
         if (parsed && !locked_ms) {
-            bool locked = rp_lockout_record_failure(&lk, now, NULL);
+            struct rp_lockout_policy pol = {s->cfg->max_login_attempts, s->cfg->lockout_ms};
+            bool locked = rp_lockout_record_failure(&lk, now, &pol);
             if (save_secret(s, &su.data, rev, &lk, 0) != 0)
                 rp_warn("auth", "recording a failed login of %s: %s", user, rp_errmsg());
             if (locked)

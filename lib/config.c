@@ -93,6 +93,8 @@ void rp_config_init(struct rp_config *c)
     rp_config_finish(c);
     c->min_free_disk = 64ull << 20;
     c->audit_retention_ms = 8760ull * 3600 * 1000; /* one year, as Teleport keeps events */
+    c->max_login_attempts = 5;
+    c->lockout_ms = 30 * 60 * 1000;
     c->raft_listen_addr = dup_or_die("0.0.0.0:3030");
     c->election_timeout_ms = 1000;
     c->heartbeat_timeout_ms = 100;
@@ -663,6 +665,8 @@ static const struct field auth_fields[] = {
      .check = check_public_addr},
     {.name = "min_free_disk", .parse = parse_size, .off = AT(min_free_disk)},
     {.name = "audit_retention", .parse = parse_long_duration, .off = AT(audit_retention_ms)},
+    {.name = "max_login_attempts", .parse = parse_unsigned, .off = AT(max_login_attempts)},
+    {.name = "lockout_duration", .parse = parse_duration, .off = AT(lockout_ms)},
     {.name = "raft", .parse = parse_sub, .sub = &raft_section},
     {.name = NULL},
 };
@@ -854,6 +858,11 @@ int rp_config_validate(const struct rp_config *c)
         if (c->snapshot_threshold == 0)
             return rp_err(RP_EINVAL, "auth_service.raft.snapshot_threshold must be a positive "
                                      "integer");
+        if (c->max_login_attempts == 0 || c->max_login_attempts > 1000)
+            return rp_err(RP_EINVAL, "auth_service.max_login_attempts (%u) must be 1 to 1000",
+                          c->max_login_attempts);
+        if (c->lockout_ms < 1000 || c->lockout_ms > 7u * 24 * 3600 * 1000)
+            return rp_err(RP_EINVAL, "auth_service.lockout_duration must be between 1s and 168h");
         if (c->snapshot_trailing < c->snapshot_threshold)
             return rp_err(RP_EINVAL,
                           "auth_service.raft.snapshot_trailing (%u) must be at least "

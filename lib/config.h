@@ -17,6 +17,8 @@
  *     public_addr: 127.0.0.1:3025        # what others dial (default: listen_addr)
  *     min_free_disk: 256MB               # refuse writes below this
  *     audit_retention: 8760h             # audit events older than this are dropped
+ *     max_login_attempts: 5              # failed logins that lock a user ...
+ *     lockout_duration: 30m              # ... for this long
  *     raft:
  *       id: 1
  *       listen_addr: 127.0.0.1:3030
@@ -69,6 +71,8 @@ struct rp_config {
     bool auth_public_addr_set; /* public_addr came from the file (or a flag: set it then) */
     uint64_t min_free_disk;  /* bytes; default 64 MiB */
     uint64_t audit_retention_ms; /* default one year */
+    unsigned max_login_attempts; /* default 5 */
+    unsigned lockout_ms;         /* default 30 minutes */
     uint64_t raft_id;        /* required when auth is enabled */
     char *raft_listen_addr;  /* default 0.0.0.0:3030; must be an IPv4 "a.b.c.d:port" */
     unsigned election_timeout_ms;  /* default 1000 */

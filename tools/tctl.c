@@ -236,6 +236,58 @@ static void human_bytes(uint64_t b, char *out, size_t n)
         snprintf(out, n, "%.1f MiB", (double)b / (1ull << 20));
 }
 
+static int get_ca(struct tctl *t, const char *type, msgpack_unpacked *resp);
+
+/* The certificate authorities: type, algorithm, fingerprint, rotation state. A CA
+ * that cannot be read is shown as such; status itself does not fail for it. */
+static void print_ca_table(struct tctl *t)
+{
+    static const char *const types[] = {"tls", "user", "host"};
+    printf("\n%-5s %-10s %-52s %s\n", "CA", "Algorithm", "Fingerprint", "Rotation");
+    for (size_t i = 0; i < 3; i++) {
+        msgpack_unpacked resp;
+        if (get_ca(t, types[i], &resp) != 0) {
+            printf("%-5s %-10s %-52s %s\n", types[i], "-", "(not readable)", "-");
+            continue;
+        }
+        const msgpack_object *spec = rp_mp_get(rp_mp_get(&resp.data, "res"), "spec");
+        const msgpack_object *keys = rp_mp_get(rp_mp_get(spec, "active_keys"), i ? "ssh" : "tls");
+        char fp[128] = "-", alg[16] = "-", rot[32] = "standby";
+        field(rp_mp_get(spec, "rotation"), "state", rot, sizeof rot);
+        if (rot[0] == '\0')
+            snprintf(rot, sizeof rot, "standby");
+        if (keys && keys->type == MSGPACK_OBJECT_ARRAY && keys->via.array.size > 0) {
+            const char *v;
+            size_t n;
+            const msgpack_object *k = &keys->via.array.ptr[0];
+            if (i == 0 && rp_mp_get_str(k, "cert", &v, &n) == 0) {
+                X509 *x = NULL;
+                if (rp_tls_cert_from_pem(v, n, &x) == 0) {
+                    unsigned char md[32];
+                    unsigned mdlen = 0;
+                    X509_digest(x, EVP_sha256(), md, &mdlen);
+                    int len = snprintf(fp, sizeof fp, "SHA256:");
+                    for (unsigned j = 0; j < 16 && len < (int)sizeof fp - 3; j++)
+                        len += snprintf(fp + len, sizeof fp - (size_t)len, "%02x", md[j]);
+                    snprintf(alg, sizeof alg, "ECDSA-P256");
+                    X509_free(x);
+                }
+            } else if (i > 0 && rp_mp_get_str(k, "public_key", &v, &n) == 0) {
+                char line[1024];
+                EVP_PKEY *pk = NULL;
+                snprintf(line, sizeof line, "%.*s", (int)n, v);
+                if (rp_ssh_pubkey_parse(line, &pk, NULL) == 0) {
+                    rp_ssh_fingerprint(pk, fp, sizeof fp);
+                    snprintf(alg, sizeof alg, "%s", EVP_PKEY_id(pk) == EVP_PKEY_ED25519 ? "Ed25519" : "other");
+                    EVP_PKEY_free(pk);
+                }
+            }
+        }
+        printf("%-5s %-10s %-52s %s\n", types[i], alg, fp, rot);
+        msgpack_unpacked_destroy(&resp);
+    }
+}
+
 static int cmd_status(struct tctl *t)
 {
     struct rp_buf req;
@@ -307,6 +359,7 @@ static int cmd_status(struct tctl *t)
                ufield(m, "last_applied"), disk);
     }
     msgpack_unpacked_destroy(&resp);
+    print_ca_table(t);
     return 0;
 }
 
