@@ -832,16 +832,30 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
         return rp_err(RP_ENOTFOUND, "no member with raft id %llu", (unsigned long long)id);
     if (voters <= 1 && st.n_members <= 1)
         return rp_err(RP_EINVAL, "refusing to remove the last member of the cluster");
-    rv = rp_node_remove(s->node, id, 10000);
-    if (rv != 0)
-        return rv;
-    rp_info("auth", "member %llu removed by %s", (unsigned long long)id,
-            r->caller ? r->caller->name : "?");
+    /* Audited first: a leader that removes itself can no longer write through Raft
+     * once the change commits (found by the Jepsen membership nemesis). A removal
+     * that then fails is recorded as a second, failed event. */
     struct audit_event e;
     audit_event_init(&e, "auth_server.remove", "TAS01I");
     audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
     audit_event_u64(&e, "raft_id", id);
-    audit_emit(s, &e, AUDIT_WAIT);
+    audit_event_str(&e, "addr.remote", r->remote);
+    if ((rv = audit_emit(s, &e, AUDIT_WAIT)) != 0)
+        return rv; /* no record, no removal */
+    rv = rp_node_remove(s->node, id, 10000);
+    if (rv != 0) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", rp_errmsg());
+        audit_event_init(&e, "auth_server.remove", "TAS01E");
+        audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
+        audit_event_u64(&e, "raft_id", id);
+        audit_event_bool(&e, "success", false);
+        audit_event_str(&e, "error", why);
+        audit_emit(s, &e, AUDIT_ASYNC);
+        return rp_err(rv, "%s", why);
+    }
+    rp_info("auth", "member %llu removed by %s", (unsigned long long)id,
+            r->caller ? r->caller->name : "?");
     /* Its record goes too, so that nobody forwards to it any more. If this server just
      * removed itself it no longer leads; the next leader keeps the stale record,
      * which only costs a failed probe in status. */
