@@ -318,10 +318,9 @@ static void audit_login(struct auth_server *s, const char *user, const char *rem
 static int save_secret(struct auth_server *s, const msgpack_object *secret, uint64_t rev,
                        const struct rp_lockout *lk, uint64_t totp_step)
 {
-    struct rp_buf res, cmd;
+    struct rp_buf res;
     msgpack_packer pk;
     rp_buf_init(&res);
-    rp_buf_init(&cmd);
     rp_mp_packer_init(&pk, &res);
     const msgpack_object *spec = rp_mp_get(secret, "spec");
     uint32_t keep = 0;
@@ -359,15 +358,9 @@ static int save_secret(struct auth_server *s, const msgpack_object *secret, uint
     char rid[33];
     auth_new_rid(rid);
     struct state_cmd c = {.op = "cas", .rid = rid, .res = res.data, .res_len = res.len, .rev = rev};
-    struct state_result sr;
-    int rv = state_cmd_encode(&c, &cmd);
-    if (rv == 0)
-        rv = auth_propose(s, cmd.data, cmd.len, &sr);
-    if (rv == 0 && sr.code != 0)
-        rv = rp_err(sr.code, "%s", sr.message);
+    int rv = auth_propose_cmd(s, &c, NULL);
     OPENSSL_cleanse(res.data, res.cap);
     rp_buf_free(&res);
-    rp_buf_free(&cmd);
     return rv;
 }
 

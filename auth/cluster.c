@@ -49,18 +49,9 @@ static void pack_auth_server(msgpack_packer *pk, const char *host_id, const char
 static int propose_puts(struct auth_server *s, const char *rid, const struct rp_buf *ops,
                         uint32_t n_ops)
 {
-    struct rp_buf cmd;
-    struct state_result res;
     struct state_cmd c = {.op = "batch", .rid = rid, .ops = ops->data, .ops_len = ops->len,
                           .n_ops = n_ops};
-    rp_buf_init(&cmd);
-    int rv = state_cmd_encode(&c, &cmd);
-    if (rv == 0)
-        rv = auth_propose(s, cmd.data, cmd.len, &res);
-    rp_buf_free(&cmd);
-    if (rv == 0 && res.code != 0)
-        rv = rp_err(res.code, "%s", res.message);
-    return rv;
+    return auth_propose_cmd(s, &c, NULL);
 }
 
 /* Appends a put sub-command whose resource the callback packs. */

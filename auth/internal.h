@@ -159,6 +159,10 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out);
 
 /* Proposes @cmd through Raft on this (leader) server after the disk-space check. */
 int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct state_result *res);
+/* Encodes @c and proposes it (auth_propose); a command that applied with an error
+ * (conflict, exists, ...) is returned as that error. @sr may be NULL. */
+struct state_cmd;
+int auth_propose_cmd(struct auth_server *s, const struct state_cmd *c, struct state_result *sr);
 /* Forwards the raw request to the leader and copies its answer into @out.
  * RP_ENOTLEADER/RP_EUNAVAILABLE when no leader is known or reachable. */
 int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_buf *out);

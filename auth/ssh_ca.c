@@ -33,9 +33,8 @@ static int create_ca(struct auth_server *s, const char *type)
 {
     EVP_PKEY *key = NULL;
     char *priv = NULL, *pub = NULL, fp[128] = "";
-    struct rp_buf res, cmd;
+    struct rp_buf res;
     rp_buf_init(&res);
-    rp_buf_init(&cmd);
     int rv = rp_ssh_keygen(RP_SSH_KEY_ED25519, &key);
     if (rv == 0)
         rv = rp_ssh_privkey_format(key, type, &priv);
@@ -69,14 +68,9 @@ static int create_ca(struct auth_server *s, const char *type)
         char rid[33];
         auth_new_rid(rid);
         struct state_cmd c = {.op = "create", .rid = rid, .res = res.data, .res_len = res.len};
-        struct state_result sr;
-        rv = state_cmd_encode(&c, &cmd);
-        if (rv == 0)
-            rv = auth_propose(s, cmd.data, cmd.len, &sr);
-        if (rv == 0 && sr.code == RP_EEXISTS)
+        rv = auth_propose_cmd(s, &c, NULL);
+        if (rv == RP_EEXISTS)
             rv = 0; /* another leader made it first: theirs is the CA */
-        else if (rv == 0 && sr.code != 0)
-            rv = rp_err(sr.code, "%s", sr.message);
         else if (rv == 0)
             rp_info("auth", "created the %s SSH CA (ssh-ed25519 %s)", type, fp);
     }
@@ -87,10 +81,7 @@ static int create_ca(struct auth_server *s, const char *type)
     free(pub);
     if (res.data)
         OPENSSL_cleanse(res.data, res.cap);
-    if (cmd.data)
-        OPENSSL_cleanse(cmd.data, cmd.cap);
     rp_buf_free(&res);
-    rp_buf_free(&cmd);
     EVP_PKEY_free(key);
     return rv;
 }
@@ -99,28 +90,23 @@ static int create_ca(struct auth_server *s, const char *type)
 static int presets_ensure(struct auth_server *s)
 {
     for (size_t i = 0; rbac_preset_names[i]; i++) {
-        struct rp_buf b, cmd;
+        struct rp_buf b;
         rp_buf_init(&b);
-        rp_buf_init(&cmd);
         int rv = state_get(s->state, "role", rbac_preset_names[i], &b, NULL);
         if (rv == RP_ENOTFOUND) {
             rp_buf_reset(&b);
             char rid[33];
             auth_new_rid(rid);
-            struct state_result sr;
             rv = rbac_preset_pack(rbac_preset_names[i], &b);
             struct state_cmd c = {.op = "create", .rid = rid, .res = b.data, .res_len = b.len};
             if (rv == 0)
-                rv = state_cmd_encode(&c, &cmd);
+                rv = auth_propose_cmd(s, &c, NULL);
             if (rv == 0)
-                rv = auth_propose(s, cmd.data, cmd.len, &sr);
-            if (rv == 0 && sr.code != 0 && sr.code != RP_EEXISTS)
-                rv = rp_err(sr.code, "%s", sr.message);
-            if (rv == 0 && sr.code == 0)
                 rp_info("auth", "created the preset role %s", rbac_preset_names[i]);
+            else if (rv == RP_EEXISTS)
+                rv = 0;
         }
         rp_buf_free(&b);
-        rp_buf_free(&cmd);
         if (rv != 0)
             return rv;
     }

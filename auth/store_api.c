@@ -48,6 +48,24 @@ int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct stat
     return rv;
 }
 
+int auth_propose_cmd(struct auth_server *s, const struct state_cmd *c, struct state_result *sr)
+{
+    struct state_result local;
+    struct rp_buf cmd;
+    if (sr == NULL)
+        sr = &local;
+    rp_buf_init(&cmd);
+    int rv = state_cmd_encode(c, &cmd);
+    if (rv == 0)
+        rv = auth_propose(s, cmd.data, cmd.len, sr);
+    if (cmd.data)
+        OPENSSL_cleanse(cmd.data, cmd.cap); /* commands may carry keys or hashes */
+    rp_buf_free(&cmd);
+    if (rv == 0 && sr->code != 0)
+        rv = rp_err(sr->code, "%s", sr->message[0] ? sr->message : rp_strerror(sr->code));
+    return rv;
+}
+
 int auth_route_read(struct auth_req *r, struct rp_buf *out)
 {
     bool stale = false;

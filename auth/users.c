@@ -140,16 +140,7 @@ static int propose_batch(struct auth_server *s, const struct rp_buf *ops, uint32
     auth_new_rid(rid);
     struct state_cmd c = {.op = "batch", .rid = rid, .ops = ops->data, .ops_len = ops->len,
                           .n_ops = n};
-    struct rp_buf cmd;
-    struct state_result sr;
-    rp_buf_init(&cmd);
-    int rv = state_cmd_encode(&c, &cmd);
-    if (rv == 0)
-        rv = auth_propose(s, cmd.data, cmd.len, &sr);
-    rp_buf_free(&cmd);
-    if (rv == 0 && sr.code != 0)
-        rv = rp_err(sr.code, "%s", sr.message);
-    return rv;
+    return auth_propose_cmd(s, &c, NULL);
 }
 
 /* A user_token resource for @user into @res; the token into @token. */

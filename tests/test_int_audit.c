@@ -133,26 +133,17 @@ Test(int_audit, every_event_once_in_order_on_every_server_after_a_leader_change)
     cluster_pass();
 }
 
-/* One request on a TLS connection without a client certificate. */
+/* One request without a client certificate; it must be refused. */
 static void anonymous_call(int i, const char *method)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    struct rp_conn c;
-    cr_assert_eq(rp_conn_dial(&c, ctx, CL->nodes[i].api_addr, 3000), 0, "%s", rp_errmsg());
-    SSL_CTX_free(ctx);
-    rp_conn_set_timeout(&c, 5000);
     struct rp_buf req, ans;
+    msgpack_unpacked u;
     rp_buf_init(&req);
     rp_buf_init(&ans);
     cl_req_simple(&req, method);
-    cr_assert_eq(rp_conn_write_frame(&c, req.data, req.len), 0);
-    cr_assert_eq(rp_conn_read_frame(&c, &ans), 0);
-    msgpack_unpacked u;
-    cr_assert_eq(rp_mp_parse(ans.data, ans.len, &u), 0);
+    node_call_anon(i, &req, &ans, &u);
     cr_assert(rp_mp_str_eq(rp_mp_get(&u.data, "code"), "access_denied"));
     msgpack_unpacked_destroy(&u);
-    rp_conn_close(&c);
     rp_buf_free(&req);
     rp_buf_free(&ans);
 }

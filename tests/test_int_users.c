@@ -36,12 +36,6 @@ static void token_from(const char *out, char *tok, size_t n)
 static void redeem(int i, const char *token, const char *password, const char *totp_secret,
                    const char *totp_code, char *code, size_t codelen)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    struct rp_conn c;
-    cr_assert_eq(rp_conn_dial(&c, ctx, CL->nodes[i].api_addr, 3000), 0, "%s", rp_errmsg());
-    SSL_CTX_free(ctx);
-    rp_conn_set_timeout(&c, 15000);
     struct rp_buf req, ans;
     msgpack_packer pk;
     rp_buf_init(&req);
@@ -55,10 +49,8 @@ static void redeem(int i, const char *token, const char *password, const char *t
         rp_mp_kv_str(&pk, "totp_secret", totp_secret);
         rp_mp_kv_str(&pk, "totp_code", totp_code);
     }
-    cr_assert_eq(rp_conn_write_frame(&c, req.data, req.len), 0);
-    cr_assert_eq(rp_conn_read_frame(&c, &ans), 0, "%s", rp_errmsg());
     msgpack_unpacked u;
-    cr_assert_eq(rp_mp_parse(ans.data, ans.len, &u), 0);
+    node_call_anon(i, &req, &ans, &u);
     bool ok = false;
     rp_mp_get_bool(&u.data, "ok", &ok);
     if (ok)
@@ -66,7 +58,6 @@ static void redeem(int i, const char *token, const char *password, const char *t
     else
         cl_mp_str(&u.data, "code", code, codelen);
     msgpack_unpacked_destroy(&u);
-    rp_conn_close(&c);
     rp_buf_free(&req);
     rp_buf_free(&ans);
 }
@@ -213,12 +204,6 @@ static void login(int i, const char *user, const char *password, const char *tot
     char *pub = NULL;
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &key), 0);
     cr_assert_eq(rp_ssh_pubkey_format(key, NULL, &pub), 0);
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    struct rp_conn c;
-    cr_assert_eq(rp_conn_dial(&c, ctx, CL->nodes[i].api_addr, 3000), 0, "%s", rp_errmsg());
-    SSL_CTX_free(ctx);
-    rp_conn_set_timeout(&c, 15000);
     struct rp_buf req, ans;
     msgpack_packer pk;
     rp_buf_init(&req);
@@ -231,10 +216,8 @@ static void login(int i, const char *user, const char *password, const char *tot
     rp_mp_kv_str(&pk, "ssh_pubkey", pub);
     if (totp)
         rp_mp_kv_str(&pk, "totp_code", totp);
-    cr_assert_eq(rp_conn_write_frame(&c, req.data, req.len), 0);
-    cr_assert_eq(rp_conn_read_frame(&c, &ans), 0, "%s", rp_errmsg());
     msgpack_unpacked u;
-    cr_assert_eq(rp_mp_parse(ans.data, ans.len, &u), 0);
+    node_call_anon(i, &req, &ans, &u);
     bool ok = false;
     rp_mp_get_bool(&u.data, "ok", &ok);
     char cert[16] = "";
@@ -245,7 +228,6 @@ static void login(int i, const char *user, const char *password, const char *tot
     else
         cl_mp_str(&u.data, "code", code, codelen);
     msgpack_unpacked_destroy(&u);
-    rp_conn_close(&c);
     rp_buf_free(&req);
     rp_buf_free(&ans);
     free(pub);

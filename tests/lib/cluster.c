@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "lib/buf.h"
+#include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
 
@@ -1126,6 +1127,23 @@ static void free_last_call_client(void)
 {
     auth_client_free(g_last_call_client);
     g_last_call_client = NULL;
+}
+
+void node_call_anon(int i, const struct rp_buf *req, struct rp_buf *ans, msgpack_unpacked *u)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    cr_assert_not_null(ctx);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    struct rp_conn c;
+    int rv = rp_conn_dial(&c, ctx, CL->nodes[i].api_addr, 3000);
+    SSL_CTX_free(ctx);
+    cr_assert_eq(rv, 0, "dial auth%d without a certificate: %s", i, rp_errmsg());
+    rp_conn_set_timeout(&c, 15000);
+    rp_buf_reset(ans);
+    cr_assert_eq(rp_conn_write_frame(&c, req->data, req->len), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_conn_read_frame(&c, ans), 0, "%s", rp_errmsg());
+    rp_conn_close(&c);
+    cr_assert_eq(rp_mp_parse(ans->data, ans->len, u), 0, "a malformed answer");
 }
 
 int node_call(int i, const void *req, size_t len, msgpack_unpacked *resp, int timeout_ms)

@@ -214,6 +214,11 @@ struct auth_client *node_client(int i);
  * points into the client's buffer, which lives until then). @timeout_ms 0: 10 s. */
 int node_call(int i, const void *req, size_t len, msgpack_unpacked *resp, int timeout_ms);
 
+/* One request on a new TLS connection to node @i without a client certificate (an
+ * anonymous caller: joins, invite redemption, password logins). The answer frame is
+ * read into @ans and parsed into @u, which the caller destroys. */
+void node_call_anon(int i, const struct rp_buf *req, struct rp_buf *ans, msgpack_unpacked *u);
+
 /* Request builders: encoded msgpack maps appended to @out (rp_buf_init'ed). */
 void cl_req_put(struct rp_buf *out, const char *kind, const char *name, const char *value,
                 const char *rid);
