@@ -82,11 +82,25 @@ static bool has_secret(int i, const char *user)
     return yes;
 }
 
+static bool presets_exist(void *arg)
+{
+    (void)arg;
+    char *out = NULL;
+    int rv = run_tctl(1, &out, "get", "role/editor", NULL);
+    free(out);
+    return rv == 0;
+}
+
+/* The preset roles (access, editor, auditor) follow the first election by a moment. */
+static void wait_presets(void)
+{
+    cr_assert(wait_until(15000, presets_exist, NULL), "the preset roles never appeared");
+}
+
 Test(int_users, add_redeem_update_reset_rm_with_audit)
 {
     cluster_start(3);
-    cr_assert_eq(node_put(1, "role", "access", "preset"), 0);
-    cr_assert_eq(node_put(1, "role", "editor", "preset"), 0);
+    wait_presets();
 
     /* Through a follower: forwarded, attributed to admin@auth2. */
     char *out = tctl_ok(2, "users", "add", "joe", "--roles=access", "--logins=root,ubuntu");
@@ -174,7 +188,7 @@ static void *race_main(void *arg)
 Test(int_users, an_invite_is_redeemed_once_even_when_two_race)
 {
     cluster_start(3);
-    cr_assert_eq(node_put(1, "role", "access", "preset"), 0);
+    wait_presets();
     for (int round = 0; round < 3; round++) {
         char name[16];
         snprintf(name, sizeof name, "racer%d", round);
@@ -237,14 +251,8 @@ static void login(int i, const char *user, const char *password, const char *tot
 Test(int_users, password_login_totp_and_lockout_after_five_failures)
 {
     cluster_start(3);
-    char *out = NULL;
-    for (int k = 0; k < 100 && run_tctl(1, &out, "get", "role/access", NULL) != 0; k++) {
-        free(out);
-        out = NULL;
-        cl_sleep_ms(100);
-    }
-    free(out);
-    out = tctl_ok(1, "users", "add", "carol", "--roles=access", "--logins=root");
+    wait_presets();
+    char *out = tctl_ok(1, "users", "add", "carol", "--roles=access", "--logins=root");
     char tok[40], code[64];
     token_from(out, tok, sizeof tok);
     free(out);
@@ -286,7 +294,7 @@ Test(int_users, password_login_totp_and_lockout_after_five_failures)
               "login events:\n%s", out);
     free(out);
     out = tctl_ok(1, "get", "user_secret/carol", "--with-secrets", NULL, NULL);
-    cr_assert(strstr(out, "\"locked_until_ms\"") != NULL, "%s", out);
+    cr_assert(strstr(out, "locked_until_ms:") != NULL, "%s", out);
     free(out);
     cluster_pass();
 }
