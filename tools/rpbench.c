@@ -20,7 +20,18 @@
  *   get        linearizable read of one key.
  *   get-stale  Raftport: get with stale: true; etcd: range with serializable: true.
  *   fill       writes every key once (k0 .. k<keys-1>, split between the threads),
- *              ignoring --duration, so that later gets find what they read. */
+ *              ignoring --duration, so that later gets find what they read.
+ *   issue      Raftport only: sign_user {user: --user, ssh_pubkey, tls_pubkey}, the
+ *              issuance of a user's SSH and X.509 certificates (auth/certs.c). Each
+ *              thread makes one Ed25519 SSH key and one ECDSA P-256 TLS key before
+ *              the run and sends the same request over and over (the server signs
+ *              anew each time and commits a cert.create audit event before it
+ *              answers). Only answers with ok and both certificates count.
+ *
+ * Failed requests are counted by error code ("errors_by_code" in the JSON). For
+ * issue, the JSON also says on which auth server (raft id) each client's connection
+ * ended up ("clients_on"): the client fails over to another server on "busy",
+ * "not_leader" and "unavailable", so clients can drift from where they started. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -48,6 +59,8 @@
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/mp.h"
+#include "lib/ssh_key.h"
+#include "lib/tls.h"
 #include "lib/util.h"
 
 #define MAX_CLIENTS 1024
@@ -55,8 +68,10 @@
 #define CALL_TIMEOUT_MS 10000
 #define HTTP_MAX_HEADER 16384
 #define HTTP_MAX_BODY (1u << 20)
+#define MAX_ERR_CODES 16
+#define MAX_RAFT_IDS 16
 
-enum op { OP_PUT, OP_GET, OP_GET_STALE, OP_FILL };
+enum op { OP_PUT, OP_GET, OP_GET_STALE, OP_FILL, OP_ISSUE };
 enum system { SYS_RAFTPORT, SYS_ETCD };
 
 struct endpoint {
@@ -79,7 +94,8 @@ struct bench {
     /* Raftport */
     struct rp_config cfg;
     SSL_CTX *rp_ctx;
-    char *rp_value; /* value_size bytes, no NUL needed */
+    char *rp_value;   /* value_size bytes, no NUL needed */
+    const char *user; /* issue: whose certificates */
     /* etcd */
     SSL_CTX *etcd_ctx;
     char *etcd_value_b64; /* base64 of the value, NUL-terminated */
@@ -103,6 +119,17 @@ struct worker {
     size_t n_lat, cap_lat;
     uint64_t errors;
     char first_err[512];
+    /* errors counted by code name (rp_strerror, or "no_certs" for issue) */
+    struct {
+        const char *code;
+        uint64_t n;
+    } err_codes[MAX_ERR_CODES];
+    size_t n_err_codes;
+    /* issue: the encoded sign_user request, built once; the raft id of the server the
+     * client's connection ended on (0: unknown) */
+    struct rp_buf issue_req;
+    uint64_t end_raft_id;
+    uint64_t ok_all; /* successful requests, warm-up and stragglers included */
     /* fill: when this worker wrote its last key */
     uint64_t fill_done_ns;
     /* clients */
@@ -143,10 +170,24 @@ static void record_ok(struct worker *w, uint64_t ns)
     w->lat[w->n_lat++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 }
 
-static void record_err(struct worker *w, const char *msg)
+/* @code: an error code name with static storage (rp_strerror's names, literals). */
+static void record_err(struct worker *w, const char *code, const char *msg)
 {
     if (w->errors++ == 0)
         snprintf(w->first_err, sizeof w->first_err, "%s", msg);
+    size_t i;
+    for (i = 0; i < w->n_err_codes; i++) {
+        if (strcmp(w->err_codes[i].code, code) == 0)
+            break;
+    }
+    if (i == w->n_err_codes) {
+        if (i == MAX_ERR_CODES)
+            i--; /* the last slot collects the rest */
+        else
+            w->n_err_codes++;
+        w->err_codes[i].code = code;
+    }
+    w->err_codes[i].n++;
 }
 
 /* ---- a minimal HTTP/1.1 client (keep-alive, optional TLS) ---------------------------- */
@@ -528,6 +569,80 @@ static int rp_request(struct worker *w, enum op op, uint32_t key, char *err, siz
     return rv;
 }
 
+/* Error code for an answer that was ok but lacked a certificate. */
+#define ERR_NO_CERTS 1
+
+/* One sign_user call with the worker's prepared request. 0 only for an ok answer
+ * that carries both an SSH and an X.509 certificate. */
+static int issue_request(struct worker *w, char *err, size_t errlen)
+{
+    msgpack_unpacked resp;
+    int rv = auth_client_call(w->rp, w->issue_req.data, w->issue_req.len, &resp);
+    if (rv != 0) {
+        snprintf(err, errlen, "%s: %s", rp_strerror(rv), rp_errmsg());
+    } else {
+        const char *ssh, *tls;
+        size_t sn = 0, tn = 0;
+        if (rp_mp_get_str(&resp.data, "ssh_cert", &ssh, &sn) != 0 || sn == 0 ||
+            rp_mp_get_str(&resp.data, "tls_cert", &tls, &tn) != 0 || tn == 0) {
+            snprintf(err, errlen, "no_certs: answer ok but without ssh_cert and tls_cert");
+            rv = ERR_NO_CERTS;
+        }
+    }
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+static const char *err_code_name(int rv)
+{
+    return rv == ERR_NO_CERTS ? "no_certs" : rp_strerror(rv);
+}
+
+/* issue: one SSH key and one TLS key for this thread, and the request carrying them. */
+static int issue_setup(struct worker *w)
+{
+    EVP_PKEY *ssh = NULL, *tls = NULL;
+    char *line = NULL, *pem = NULL;
+    int rv = rp_ssh_keygen(RP_SSH_KEY_ED25519, &ssh);
+    if (rv == 0)
+        rv = rp_ssh_pubkey_format(ssh, NULL, &line);
+    if (rv == 0 && (tls = rp_tls_keygen()) == NULL)
+        rv = RP_ETLS;
+    if (rv == 0)
+        rv = rp_tls_pubkey_to_pem(tls, &pem);
+    if (rv == 0) {
+        msgpack_packer pk;
+        rp_buf_reset(&w->issue_req);
+        rp_mp_packer_init(&pk, &w->issue_req);
+        msgpack_pack_map(&pk, 4);
+        rp_mp_kv_str(&pk, "m", "sign_user");
+        rp_mp_kv_str(&pk, "user", w->b->user);
+        rp_mp_kv_str(&pk, "ssh_pubkey", line);
+        rp_mp_kv_str(&pk, "tls_pubkey", pem);
+    } else {
+        rv = rp_err(rv, "making the client's keys: %s", rp_errmsg());
+    }
+    EVP_PKEY_free(ssh);
+    EVP_PKEY_free(tls);
+    free(line);
+    free(pem);
+    return rv;
+}
+
+/* issue: asks the server this client is connected to for its raft id. */
+static void note_server(struct worker *w)
+{
+    msgpack_unpacked resp;
+    msgpack_packer pk;
+    rp_buf_reset(&w->req);
+    rp_mp_packer_init(&pk, &w->req);
+    msgpack_pack_map(&pk, 1);
+    rp_mp_kv_str(&pk, "m", "ping");
+    if (auth_client_call(w->rp, w->req.data, w->req.len, &resp) == 0)
+        rp_mp_get_u64(&resp.data, "raft_id", &w->end_raft_id);
+    msgpack_unpacked_destroy(&resp);
+}
+
 static int etcd_request(struct worker *w, enum op op, uint32_t key, struct rp_buf *json,
                         struct rp_buf *body, char *err, size_t errlen)
 {
@@ -590,6 +705,8 @@ static int worker_setup(struct worker *w)
     int rv = auth_client_new(&w->rp, b->rp_ctx, addrs, b->n_endpoints);
     if (rv != 0)
         return rv;
+    if (b->op == OP_ISSUE && (rv = issue_setup(w)) != 0)
+        return rv;
     auth_client_set_timeout(w->rp, CALL_TIMEOUT_MS);
     /* Connect (TLS handshake and the client's server discovery) before timing. */
     msgpack_unpacked resp;
@@ -612,6 +729,7 @@ static void *worker_main(void *arg)
     rp_buf_init(&json);
     rp_buf_init(&body);
     rp_buf_init(&w->req);
+    rp_buf_init(&w->issue_req);
     w->setup_rv = worker_setup(w);
     if (w->setup_rv != 0)
         snprintf(w->setup_err, sizeof w->setup_err, "%s", rp_errmsg());
@@ -628,7 +746,7 @@ static void *worker_main(void *arg)
             if (rv == 0)
                 record_ok(w, now_ns() - t0);
             else
-                record_err(w, err);
+                record_err(w, err_code_name(rv), err);
         }
         w->fill_done_ns = now_ns();
         goto out;
@@ -639,17 +757,21 @@ static void *worker_main(void *arg)
         if (t0 >= b->measure_until_ns)
             break;
         uint32_t k = next_key(w);
-        int rv = b->sys == SYS_ETCD ? etcd_request(w, b->op, k, &json, &body, err, sizeof err)
-                                    : rp_request(w, b->op, k, err, sizeof err);
+        int rv = b->op == OP_ISSUE    ? issue_request(w, err, sizeof err)
+                 : b->sys == SYS_ETCD ? etcd_request(w, b->op, k, &json, &body, err, sizeof err)
+                                      : rp_request(w, b->op, k, err, sizeof err);
         uint64_t t1 = now_ns();
+        w->ok_all += rv == 0;
         /* Count what started in the window and finished in it. */
         if (t0 < b->measure_from_ns || t1 > b->measure_until_ns)
             continue;
         if (rv == 0)
             record_ok(w, t1 - t0);
         else
-            record_err(w, err);
+            record_err(w, err_code_name(rv), err);
     }
+    if (b->op == OP_ISSUE)
+        note_server(w);
 out:
     rp_buf_free(&json);
     rp_buf_free(&body);
@@ -709,6 +831,68 @@ static void report(struct bench *b, struct worker *ws, double elapsed_s)
                   b->value_size, b->keys, n, elapsed_s > 0 ? (double)n / elapsed_s : 0.0,
                   n ? sum / (double)n : 0.0, percentile(all, n, 0.50), percentile(all, n, 0.90),
                   percentile(all, n, 0.99), n ? all[n - 1] : 0, errors);
+    if (b->op == OP_ISSUE) {
+        uint64_t all_ok = 0;
+        for (int i = 0; i < b->clients; i++)
+            all_ok += ws[i].ok_all;
+        rp_buf_append_str(&out, ", \"user\": ");
+        rp_json_str(&out, b->user, strlen(b->user));
+        /* Every successful issuance, the warm-up's included: what the servers did. */
+        rp_buf_printf(&out, ", \"ops_all\": %" PRIu64, all_ok);
+    }
+    if (errors > 0) {
+        /* Merge the workers' counts by code. */
+        const char *codes[MAX_ERR_CODES * 4];
+        uint64_t counts[MAX_ERR_CODES * 4];
+        size_t nc = 0;
+        for (int i = 0; i < b->clients; i++) {
+            for (size_t j = 0; j < ws[i].n_err_codes; j++) {
+                size_t k;
+                for (k = 0; k < nc; k++)
+                    if (strcmp(codes[k], ws[i].err_codes[j].code) == 0)
+                        break;
+                if (k == nc) {
+                    if (nc == sizeof codes / sizeof codes[0]) {
+                        k = nc - 1; /* the last slot collects the rest */
+                    } else {
+                        codes[nc] = ws[i].err_codes[j].code;
+                        counts[nc++] = 0;
+                    }
+                }
+                counts[k] += ws[i].err_codes[j].n;
+            }
+        }
+        rp_buf_append_str(&out, ", \"errors_by_code\": {");
+        for (size_t k = 0; k < nc; k++) {
+            rp_buf_append_str(&out, k ? ", " : "");
+            rp_json_str(&out, codes[k], strlen(codes[k]));
+            rp_buf_printf(&out, ": %" PRIu64, counts[k]);
+        }
+        rp_buf_append_str(&out, "}");
+    }
+    if (b->op == OP_ISSUE) {
+        /* Where each client's connection was at the end (raft id; 0: no answer). */
+        uint64_t ids[MAX_RAFT_IDS];
+        unsigned cnt[MAX_RAFT_IDS];
+        size_t ni = 0;
+        for (int i = 0; i < b->clients; i++) {
+            size_t k;
+            for (k = 0; k < ni; k++)
+                if (ids[k] == ws[i].end_raft_id)
+                    break;
+            if (k == ni) {
+                if (ni == MAX_RAFT_IDS)
+                    continue;
+                ids[ni] = ws[i].end_raft_id;
+                cnt[ni++] = 0;
+            }
+            cnt[k]++;
+        }
+        rp_buf_append_str(&out, ", \"clients_on\": {");
+        for (size_t k = 0; k < ni; k++)
+            rp_buf_printf(&out, "%s\"%" PRIu64 "\": %u", k ? ", " : "", ids[k], cnt[k]);
+        rp_buf_append_str(&out, "}");
+    }
     if (first_err != NULL) {
         rp_buf_append_str(&out, ", \"first_error\": ");
         rp_json_str(&out, first_err, strlen(first_err));
@@ -807,7 +991,8 @@ static void usage(FILE *f)
                "       rpbench --etcd=URL[,URL...] [--cacert=F --cert=F --key=F] --op=OP ...\n"
                "\n"
                "Ops: put, get (linearizable), get-stale (stale / serializable), fill (write every\n"
-               "key once, ignoring --duration). Prints one line of JSON.\n"
+               "key once, ignoring --duration), issue (Raftport: sign_user, a user's SSH and\n"
+               "X.509 certificates). Prints one line of JSON.\n"
                "\n"
                "Flags:\n"
                "  -c, --config FILE     an auth server's raftport.yaml (admin identity, address)\n"
@@ -820,7 +1005,9 @@ static void usage(FILE *f)
                "      --duration S      measured seconds (default 10)\n"
                "      --warmup S        seconds run before measuring (default 1)\n"
                "      --value-size B    bytes per value (default 256)\n"
-               "      --keys K          key space k0..k<K-1> (default 10000)\n");
+               "      --keys K          key space k0..k<K-1> (default 10000)\n"
+               "      --user NAME       issue: the user whose certificates are signed (default\n"
+               "                        bench; it must exist, with roles)\n");
 }
 
 static int parse_double(const char *s, double *out)
@@ -856,7 +1043,8 @@ int main(int argc, char **argv)
         O_ETCD,
         O_CACERT,
         O_CERT,
-        O_KEY
+        O_KEY,
+        O_USER
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -871,6 +1059,7 @@ int main(int argc, char **argv)
         {"cacert", required_argument, NULL, O_CACERT},
         {"cert", required_argument, NULL, O_CERT},
         {"key", required_argument, NULL, O_KEY},
+        {"user", required_argument, NULL, O_USER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -879,7 +1068,8 @@ int main(int argc, char **argv)
                       .warmup_s = 1,
                       .value_size = 256,
                       .keys = 10000,
-                      .op_name = NULL};
+                      .op_name = NULL,
+                      .user = "bench"};
     const char *config_path = NULL, *endpoints = NULL, *etcd = NULL;
     const char *cacert = NULL, *cert = NULL, *key = NULL;
     unsigned long ul;
@@ -903,8 +1093,11 @@ int main(int argc, char **argv)
                 b.op = OP_GET_STALE;
             else if (strcmp(optarg, "fill") == 0)
                 b.op = OP_FILL;
+            else if (strcmp(optarg, "issue") == 0)
+                b.op = OP_ISSUE;
             else {
-                fprintf(stderr, "rpbench: --op=%s: expected put, get, get-stale or fill\n", optarg);
+                fprintf(stderr, "rpbench: --op=%s: expected put, get, get-stale, fill or issue\n",
+                        optarg);
                 return 2;
             }
             break;
@@ -953,6 +1146,13 @@ int main(int argc, char **argv)
         case O_KEY:
             key = optarg;
             break;
+        case O_USER:
+            if (optarg[0] == '\0' || strlen(optarg) >= 160) {
+                fprintf(stderr, "rpbench: --user: expected a user name\n");
+                return 2;
+            }
+            b.user = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -967,6 +1167,10 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (etcd != NULL && b.op == OP_ISSUE) {
+        fprintf(stderr, "rpbench: --op=issue is for Raftport only (-c CONFIG)\n");
+        return 2;
+    }
     if (etcd != NULL) {
         b.sys = SYS_ETCD;
         if (add_endpoints(&b, etcd, true) != 0) {
@@ -1078,6 +1282,7 @@ int main(int argc, char **argv)
         auth_client_free(ws[i].rp);
         http_free(ws[i].http);
         rp_buf_free(&ws[i].req);
+        rp_buf_free(&ws[i].issue_req);
         free(ws[i].lat);
     }
     pthread_barrier_destroy(&b.ready);
