@@ -26,16 +26,16 @@
 
 struct audit_item {
     struct rp_buf ev;
-    int *rv;    /* NULL for AUDIT_ASYNC */
-    bool *done; /* set under the mutex when the item's batch is over */
+    int *rv;            /* NULL for AUDIT_ASYNC */
+    bool *done;         /* set under the mutex when the item's batch is over */
+    pthread_cond_t *cv; /* the waiting emitter's own: only it wakes, not every waiter */
     struct audit_item *next;
 };
 
 struct auth_audit {
     struct auth_server *srv;
     pthread_mutex_t mu;
-    pthread_cond_t cv;      /* the batcher waits for work */
-    pthread_cond_t done_cv; /* emitters wait for their batch */
+    pthread_cond_t cv; /* the batcher waits for work */
     struct audit_item *head, *tail;
     size_t n_queued;
     bool stop, started;
@@ -232,12 +232,12 @@ static void *batcher_main(void *arg)
             if (batch->done) {
                 *batch->rv = rv;
                 *batch->done = true;
+                pthread_cond_signal(batch->cv);
             }
             rp_buf_free(&batch->ev);
             free(batch);
             batch = next;
         }
-        pthread_cond_broadcast(&a->done_cv);
     }
     pthread_mutex_unlock(&a->mu);
     rp_buf_free(&events);
@@ -262,6 +262,9 @@ int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mod
     }
     int result = 0;
     bool done = false;
+    pthread_cond_t cv;
+    if (mode == AUDIT_WAIT)
+        pthread_cond_init(&cv, NULL);
     pthread_mutex_lock(&a->mu);
     if (!a->started || a->stop) {
         rv = rp_err(RP_EUNAVAILABLE, "the audit log is not running");
@@ -271,6 +274,8 @@ int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mod
     }
     if (rv != 0) {
         pthread_mutex_unlock(&a->mu);
+        if (mode == AUDIT_WAIT)
+            pthread_cond_destroy(&cv);
         rp_buf_free(&it->ev);
         free(it);
         return rv;
@@ -278,6 +283,7 @@ int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mod
     if (mode == AUDIT_WAIT) {
         it->rv = &result;
         it->done = &done;
+        it->cv = &cv;
     }
     if (a->tail)
         a->tail->next = it;
@@ -287,8 +293,10 @@ int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mod
     a->n_queued++;
     pthread_cond_signal(&a->cv);
     while (mode == AUDIT_WAIT && !done)
-        pthread_cond_wait(&a->done_cv, &a->mu);
+        pthread_cond_wait(&cv, &a->mu);
     pthread_mutex_unlock(&a->mu);
+    if (mode == AUDIT_WAIT)
+        pthread_cond_destroy(&cv);
     if (result != 0)
         return rp_err(result, "audit event not written: %s", rp_strerror(result));
     return 0;
@@ -303,7 +311,6 @@ int audit_start(struct auth_server *s, uint64_t retention_ms)
     a->retention_ms = retention_ms ? retention_ms : AUDIT_DEFAULT_RETENTION_MS;
     pthread_mutex_init(&a->mu, NULL);
     pthread_cond_init(&a->cv, NULL);
-    pthread_cond_init(&a->done_cv, NULL);
     s->audit = a;
     if (pthread_create(&a->thread, NULL, batcher_main, a) != 0) {
         s->audit = NULL;
@@ -336,7 +343,6 @@ void audit_free(struct auth_server *s)
         return;
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->cv);
-    pthread_cond_destroy(&a->done_cv);
     s->audit = NULL;
     free(a);
 }

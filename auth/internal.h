@@ -67,6 +67,8 @@ struct auth_server {
     pthread_mutex_t ca_mu;
     EVP_PKEY *ca_key;
     uint64_t ca_key_rev;
+    EVP_PKEY *ssh_ca_key[2]; /* user, host (auth/ssh_ca.c), by resource revision */
+    uint64_t ssh_ca_rev[2];
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
 };

@@ -688,6 +688,8 @@ void auth_server_stop(struct auth_server *s)
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
         EVP_PKEY_free(s->ca_key);
+        EVP_PKEY_free(s->ssh_ca_key[0]);
+        EVP_PKEY_free(s->ssh_ca_key[1]);
         auth_identity_free(&s->id);
         free(s);
     } else {
