@@ -110,6 +110,6 @@ int auth_authorize_user(struct auth_server *s, const struct rp_identity *id, con
                     why);
     rbac_set_free(set);
     for (size_t i = 0; i < n; i++)
-        rbac_role_free(roles[i]);
+        auth_role_release(s, roles[i]);
     return rv;
 }

@@ -56,10 +56,10 @@ struct user_view {
     size_t n_roles;
 };
 
-static void user_view_free(struct user_view *v)
+static void user_view_free(struct auth_server *s, struct user_view *v)
 {
     for (size_t i = 0; i < v->n_roles; i++) {
-        rbac_role_free(v->roles[i]);
+        auth_role_release(s, v->roles[i]);
         free(v->role_names[i]);
     }
     if (v->parsed)
@@ -71,16 +71,85 @@ int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **r
 {
     struct rp_buf rb;
     msgpack_unpacked ru;
+    struct state_res_meta meta;
     rp_buf_init(&rb);
     int rv = state_get(s->state, "role", name, &rb, NULL);
-    if (rv == 0 && (rv = rp_mp_parse(rb.data, rb.len, &ru)) == 0) {
+    if (rv == 0)
+        rv = state_resource_check(rb.data, rb.len, &meta);
+    if (rv != 0) {
+        rp_buf_free(&rb);
+        return rv;
+    }
+    const size_t n_slots = sizeof s->roles / sizeof s->roles[0];
+    pthread_mutex_lock(&s->roles_mu);
+    for (size_t i = 0; i < n_slots; i++) {
+        struct auth_role_slot *e = &s->roles[i];
+        if (e->role && e->current && e->rev == meta.revision && strcmp(e->name, name) == 0) {
+            e->refs++;
+            *role = e->role;
+            pthread_mutex_unlock(&s->roles_mu);
+            rp_buf_free(&rb);
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&s->roles_mu);
+    if ((rv = rp_mp_parse(rb.data, rb.len, &ru)) == 0) {
         rv = rbac_role_parse(&ru.data, role);
         if (rv != 0)
             rv = rp_err(RP_EIO, "stored role '%s': %s", name, rp_errmsg());
         msgpack_unpacked_destroy(&ru);
     }
     rp_buf_free(&rb);
-    return rv;
+    if (rv != 0 || strlen(name) >= sizeof s->roles[0].name)
+        return rv;
+    /* Cache it: the older version of this role goes once nobody holds it. */
+    pthread_mutex_lock(&s->roles_mu);
+    struct auth_role_slot *free_slot = NULL;
+    for (size_t i = 0; i < n_slots; i++) {
+        struct auth_role_slot *e = &s->roles[i];
+        if (e->role && e->current && strcmp(e->name, name) == 0) {
+            e->current = false;
+            if (e->refs == 0) {
+                rbac_role_free(e->role);
+                e->role = NULL;
+            }
+        }
+        if (free_slot == NULL && (e->role == NULL || (e->refs == 0 && e->current))) {
+            if (e->role)
+                rbac_role_free(e->role); /* evict an unused cached role */
+            e->role = NULL;
+            free_slot = e;
+        }
+    }
+    if (free_slot) {
+        snprintf(free_slot->name, sizeof free_slot->name, "%s", name);
+        free_slot->rev = meta.revision;
+        free_slot->role = *role;
+        free_slot->refs = 1;
+        free_slot->current = true;
+    }
+    pthread_mutex_unlock(&s->roles_mu);
+    return 0; /* not cached when every slot is in use: auth_role_release frees it */
+}
+
+void auth_role_release(struct auth_server *s, struct rbac_role *role)
+{
+    if (role == NULL)
+        return;
+    pthread_mutex_lock(&s->roles_mu);
+    for (size_t i = 0; i < sizeof s->roles / sizeof s->roles[0]; i++) {
+        struct auth_role_slot *e = &s->roles[i];
+        if (e->role == role) {
+            if (--e->refs == 0 && !e->current) {
+                rbac_role_free(e->role);
+                e->role = NULL;
+            }
+            pthread_mutex_unlock(&s->roles_mu);
+            return;
+        }
+    }
+    pthread_mutex_unlock(&s->roles_mu);
+    rbac_role_free(role);
 }
 
 static int user_view_load(struct auth_server *s, const char *user, struct user_view *v)
@@ -224,7 +293,7 @@ out:
     free(nologin[0]);
     rbac_logins_free(logins, n_logins);
     rbac_set_free(set);
-    user_view_free(&v);
+    user_view_free(s, &v);
     EVP_PKEY_free(ca);
     X509_free(x);
     rp_buf_free(&blob);

@@ -69,6 +69,16 @@ struct auth_server {
     uint64_t ca_key_rev;
     EVP_PKEY *ssh_ca_key[2]; /* user, host (auth/ssh_ca.c), by resource revision */
     uint64_t ssh_ca_rev[2];
+    /* Parsed roles by name and revision (auth/certs.c), shared by reference count:
+     * a role is parsed once per change, not once per request. */
+    pthread_mutex_t roles_mu;
+    struct auth_role_slot {
+        char name[128];
+        uint64_t rev;
+        struct rbac_role *role;
+        unsigned refs;
+        bool current; /* still the cached version of its name */
+    } roles[32];
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
 };
@@ -130,8 +140,10 @@ int auth_sign_host_ssh(struct auth_server *s, const char *host_id, const char *n
 int auth_ssh_ca_public_lines(struct auth_server *s, char **user_ca, char **host_ca);
 /* auth/certs.c */
 struct rbac_role;
-/* Parses stored role @name; RP_ENOTFOUND if there is none. */
+/* Stored role @name, parsed (shared: give it back with auth_role_release, never
+ * rbac_role_free it); RP_ENOTFOUND if there is none. */
 int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **role);
+void auth_role_release(struct auth_server *s, struct rbac_role *role);
 /* auth/authz.c: whether a user identity (no system role) may make this request: its
  * roles' rules decide. 0, or RP_EDENIED with the reason in rp_errmsg(). */
 int auth_authorize_user(struct auth_server *s, const struct rp_identity *id, const char *method,

@@ -11,6 +11,7 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
@@ -552,6 +553,7 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     pthread_cond_init(&s->conns_cv, NULL);
     pthread_mutex_init(&s->fwd_mu, NULL);
     pthread_mutex_init(&s->ca_mu, NULL);
+    pthread_mutex_init(&s->roles_mu, NULL);
     for (int i = 0; i < AUTH_MAX_CONNS; i++)
         s->conn_fds[i] = -1;
 
@@ -688,6 +690,8 @@ void auth_server_stop(struct auth_server *s)
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
         EVP_PKEY_free(s->ca_key);
+        for (size_t i = 0; i < sizeof s->roles / sizeof s->roles[0]; i++)
+            rbac_role_free(s->roles[i].role);
         EVP_PKEY_free(s->ssh_ca_key[0]);
         EVP_PKEY_free(s->ssh_ca_key[1]);
         auth_identity_free(&s->id);

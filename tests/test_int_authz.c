@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/util.h"
 #include "tests/lib/cluster.h"
 
 TestSuite(int_authz, .init = cluster_setup, .fini = cluster_teardown, .timeout = 120);
@@ -91,5 +92,38 @@ Test(int_authz, roles_rules_decide_what_a_user_identity_may_do)
     cr_assert_eq(run_tctl(1, &out, "events", "ls", "--type=auth", "--format=json", NULL), 0);
     cr_assert(strstr(out, "\"user\":\"acc\"") && strstr(out, "\"user\":\"ed\""), "%s", out);
     free(out);
+    cluster_pass();
+}
+
+/* Roles are cached parsed by revision: a changed role takes effect at once. */
+Test(int_authz, a_changed_role_applies_to_the_next_request)
+{
+    cluster_start(1);
+    cr_assert(wait_until(15000, presets, NULL), "no preset roles");
+    static const char *const with =
+        "kind: role\nversion: v7\nmetadata:\n  name: ops\nspec:\n  allow:\n    rules:\n"
+        "    - resources: [user]\n      verbs: [list, read]\n";
+    static const char *const without =
+        "kind: role\nversion: v7\nmetadata:\n  name: ops\nspec:\n  allow:\n    rules:\n"
+        "    - resources: [role]\n      verbs: [list, read]\n";
+    char path[600], *out = NULL, *err = NULL;
+    snprintf(path, sizeof path, "%s/ops.yaml", CL->dir);
+    cr_assert_eq(rp_write_file(path, with, strlen(with), 0644), 0);
+    cr_assert_eq(run_tctl(1, &out, "create", path, NULL), 0);
+    free(out);
+    make_identity("op", "ops");
+    /* as_user talks to node 2; this cluster has one node. */
+    CL->nodes[2] = CL->nodes[1];
+    cr_assert_eq(as_user("op", &err, "users", "ls", NULL), 0, "%s", err);
+    free(err);
+    cr_assert_eq(rp_write_file(path, without, strlen(without), 0644), 0);
+    cr_assert_eq(run_tctl(1, &out, "create", "-f", path, NULL), 0);
+    free(out);
+    cr_assert_neq(as_user("op", &err, "users", "ls", NULL), 0, "the old role still applied");
+    cr_assert(strstr(err, "op may not list user") != NULL, "%s", err);
+    free(err);
+    cr_assert_eq(as_user("op", &err, "get", "role/ops", NULL), 0, "%s", err);
+    free(err);
+    memset(&CL->nodes[2], 0, sizeof CL->nodes[2]);
     cluster_pass();
 }
