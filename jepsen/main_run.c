@@ -2225,7 +2225,7 @@ int main(int argc, char **argv)
         struct node *n = &g_nodes[i];
         snprintf(n->clock, sizeof n->clock, "%s/n%d.clock", g_run, i);
         snprintf(n->ip, sizeof n->ip, "10.77.0.%d", 10 + i);
-        snprintf(n->addr, sizeof n->addr, "%s:%d", n->ip, API_PORT);
+        snprintf(n->addr, sizeof n->addr, "10.77.0.%d:%d", 10 + i, API_PORT);
         snprintf(n->dir, sizeof n->dir, "%s/n%d", g_run, i);
         snprintf(n->cfg, sizeof n->cfg, "%s/n%d.yaml", g_run, i);
         snprintf(n->log, sizeof n->log, "%s/n%d.log", g_run, i);
