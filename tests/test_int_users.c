@@ -190,7 +190,7 @@ Test(int_users, an_invite_is_redeemed_once_even_when_two_race)
     cluster_start(3);
     wait_presets();
     for (int round = 0; round < 3; round++) {
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "racer%d", round);
         char *out = tctl_ok(1, "users", "add", name, "--roles=access", NULL);
         struct race a = {.node = 1}, b = {.node = 2};

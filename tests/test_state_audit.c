@@ -82,7 +82,7 @@ static void seed(void)
     struct rp_buf b;
     rp_buf_init(&b);
     for (int i = 1; i <= 10; i++) {
-        char uid[8], sid[8];
+        char uid[16], sid[8];
         snprintf(uid, sizeof uid, "e%d", i);
         snprintf(sid, sizeof sid, "s1");
         pack_event(&b, (uint64_t)i * 1000, i % 2 ? "user.login" : "session.start", uid,
