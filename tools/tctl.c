@@ -1174,7 +1174,6 @@ int main(int argc, char **argv)
     };
     struct tctl t = {.format = FMT_DEFAULT, .ttl_ms = 30 * 60 * 1000};
     int c;
-    rp_config_init(&t.cfg);
     rp_log_set_level(RP_LOG_WARN);
     while ((c = getopt_long(argc, argv, "c:fi:o:dh", opts, NULL)) != -1) {
         switch (c) {
@@ -1326,6 +1325,8 @@ int main(int argc, char **argv)
             (t.until && parse_when("--until", t.until, &ms) != 0))
             return 2;
     }
+    /* Only now: every return above is a usage error, and must not leak the config. */
+    rp_config_init(&t.cfg);
     if (connect_client(&t) != 0) {
         rp_config_free(&t.cfg);
         return 1;
