@@ -18,9 +18,9 @@
 #include "lib/util.h"
 #include "state/state.h"
 
-#define BATCH_MAX_BYTES (8u << 20)  /* half the command limit: room for the envelope */
-#define COMMIT_DEADLINE_MS 10000    /* how long a batch keeps trying to find a leader */
-#define STOP_DEADLINE_MS 2000       /* at shutdown */
+#define BATCH_MAX_BYTES (8u << 20) /* half the command limit: room for the envelope */
+#define COMMIT_DEADLINE_MS 10000   /* how long a batch keeps trying to find a leader */
+#define STOP_DEADLINE_MS 2000      /* at shutdown */
 #define EVENTS_DEFAULT_LIMIT 1000
 #define EVENTS_MAX_LIMIT 10000
 
@@ -151,8 +151,11 @@ static int commit_batch(struct auth_audit *a, const struct rp_buf *events, uint3
     for (;;) {
         rp_buf_reset(&cmd);
         if (auth_is_leader(s)) {
-            struct state_cmd c = {.op = "audit", .rid = rid, .events = events->data,
-                                  .events_len = events->len, .n_events = n};
+            struct state_cmd c = {.op = "audit",
+                                  .rid = rid,
+                                  .events = events->data,
+                                  .events_len = events->len,
+                                  .n_events = n};
             struct state_result sr;
             rv = state_cmd_encode(&c, &cmd);
             if (rv == 0)
@@ -426,8 +429,11 @@ int auth_h_audit_append(struct auth_req *r, struct rp_buf *out)
     rp_buf_init(&cmd);
     for (uint32_t i = 0; i < evs->via.array.size && rv == 0; i++)
         rv = rp_mp_pack_object(&packed, &evs->via.array.ptr[i]);
-    struct state_cmd c = {.op = "audit", .rid = rid, .events = packed.data,
-                          .events_len = packed.len, .n_events = evs->via.array.size};
+    struct state_cmd c = {.op = "audit",
+                          .rid = rid,
+                          .events = packed.data,
+                          .events_len = packed.len,
+                          .n_events = evs->via.array.size};
     struct state_result sr;
     if (rv == 0)
         rv = state_cmd_encode(&c, &cmd);
@@ -455,7 +461,7 @@ static int events_cb(void *arg, const void *ev, size_t len)
     struct events_ctx *ec = arg;
     if (ec->items.len + len > RP_FRAME_MAX - 65536)
         return rp_err(RP_ETOOBIG, "the events found exceed one answer: narrow the query or "
-                      "lower the limit");
+                                  "lower the limit");
     ec->n++;
     return rp_buf_append(&ec->items, ev, len);
 }
@@ -475,10 +481,10 @@ int auth_h_events(struct auth_req *r, struct rp_buf *out)
         rp_mp_get_u64(r->args, "limit", &limit) == RP_EINVAL ||
         rp_mp_get_bool(r->args, "newest_first", &q.newest_first) == RP_EINVAL)
         return rp_err(RP_EINVAL, "from, to and limit must be non-negative integers (ms, count), "
-                      "newest_first a boolean");
+                                 "newest_first a boolean");
     if (limit > EVENTS_MAX_LIMIT)
-        return rp_err(RP_EINVAL, "limit %llu is above the maximum of %d",
-                      (unsigned long long)limit, EVENTS_MAX_LIMIT);
+        return rp_err(RP_EINVAL, "limit %llu is above the maximum of %d", (unsigned long long)limit,
+                      EVENTS_MAX_LIMIT);
     if (limit)
         q.limit = (unsigned)limit;
     q.type = type[0] ? type : NULL;

@@ -81,6 +81,13 @@ int auth_client_new(struct auth_client **out, SSL_CTX *ctx, const char *const *a
 void auth_client_free(struct auth_client *c);
 /* Per-call deadline, covering retries across servers (default 15 s). */
 void auth_client_set_timeout(struct auth_client *c, int timeout_ms);
+/* Appends an encoded get / list request to @out (for auth_client_call). @prefix NULL
+ * and @limit 0 mean none. */
+void auth_req_get(struct rp_buf *out, const char *kind, const char *name, bool stale,
+                  bool with_secrets);
+void auth_req_list(struct rp_buf *out, const char *kind, const char *prefix, uint64_t limit,
+                   bool stale, bool with_secrets);
+
 /* Makes the next call start at the first address given to auth_client_new (the
  * client otherwise stays on the server it last reached). */
 void auth_client_rewind(struct auth_client *c);

@@ -36,10 +36,10 @@ static void needs(const char *m, const msgpack_object *args, char *res, size_t n
     static const struct {
         const char *method, *resource, *verb;
     } fixed[] = {
-        {"events", "event", "list"},       {"token_add", "token", "create"},
-        {"user_add", "user", "create"},    {"user_update", "user", "update"},
-        {"user_reset", "user", "update"},  {"user_rm", "user", "delete"},
-        {"status", "cluster", "read"},     {"member_status", "cluster", "read"},
+        {"events", "event", "list"},      {"token_add", "token", "create"},
+        {"user_add", "user", "create"},   {"user_update", "user", "update"},
+        {"user_reset", "user", "update"}, {"user_rm", "user", "delete"},
+        {"status", "cluster", "read"},    {"member_status", "cluster", "read"},
     };
     res[0] = '\0';
     *verb = NULL;
@@ -77,13 +77,15 @@ int auth_authorize_user(struct auth_server *s, const struct rp_identity *id, con
     const char *verb;
     needs(method, args, resource, sizeof resource, &verb);
     if (verb == NULL)
-        return rp_err(RP_EDENIED, "access denied: %s is not allowed to call %s (not available to "
-                      "user identities)", id->name, method);
+        return rp_err(RP_EDENIED,
+                      "access denied: %s is not allowed to call %s (not available to "
+                      "user identities)",
+                      id->name, method);
     bool with_secrets = false;
     rp_mp_get_bool(args, "with_secrets", &with_secrets);
     if (with_secrets)
         return rp_err(RP_EDENIED, "access denied: user identities never receive secrets; use an "
-                      "auth server's admin identity");
+                                  "auth server's admin identity");
     struct rp_buf b;
     rp_buf_init(&b);
     int rv = state_get(s->state, "user", id->name, &b, NULL);

@@ -197,7 +197,8 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP
     rp_buf_init(&traits_json);
     memset(out, 0, sizeof *out);
     int rv = user_view_load(s, user, &v);
-    const msgpack_object *traits = v.parsed ? rp_mp_get(rp_mp_get(&v.u.data, "spec"), "traits") : NULL;
+    const msgpack_object *traits =
+        v.parsed ? rp_mp_get(rp_mp_get(&v.u.data, "spec"), "traits") : NULL;
     if (rv == 0)
         rv = rbac_set_new(v.roles, v.n_roles, traits, &set);
     if (rv == 0)
@@ -261,7 +262,8 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP
         .extensions = exts,
         .n_extensions = ne,
     };
-    if ((rv = auth_ssh_ca_key(s, "user", &ca)) != 0 || (rv = rp_ssh_cert_sign(&cert, ca, &blob)) != 0 ||
+    if ((rv = auth_ssh_ca_key(s, "user", &ca)) != 0 ||
+        (rv = rp_ssh_cert_sign(&cert, ca, &blob)) != 0 ||
         (rv = rp_ssh_cert_format(blob.data, blob.len, user, &out->ssh_cert)) != 0)
         goto out;
     if (tls_pub) {

@@ -88,6 +88,39 @@ void auth_client_set_timeout(struct auth_client *c, int timeout_ms)
     c->timeout_ms = timeout_ms;
 }
 
+void auth_req_get(struct rp_buf *out, const char *kind, const char *name, bool stale,
+                  bool with_secrets)
+{
+    msgpack_packer pk;
+    rp_mp_packer_init(&pk, out);
+    msgpack_pack_map(&pk, 3 + stale + with_secrets);
+    rp_mp_kv_str(&pk, "m", "get");
+    rp_mp_kv_str(&pk, "kind", kind);
+    rp_mp_kv_str(&pk, "name", name);
+    if (stale)
+        rp_mp_kv_bool(&pk, "stale", true);
+    if (with_secrets)
+        rp_mp_kv_bool(&pk, "with_secrets", true);
+}
+
+void auth_req_list(struct rp_buf *out, const char *kind, const char *prefix, uint64_t limit,
+                   bool stale, bool with_secrets)
+{
+    msgpack_packer pk;
+    rp_mp_packer_init(&pk, out);
+    msgpack_pack_map(&pk, 2 + (prefix != NULL) + (limit != 0) + stale + with_secrets);
+    rp_mp_kv_str(&pk, "m", "list");
+    rp_mp_kv_str(&pk, "kind", kind);
+    if (prefix)
+        rp_mp_kv_str(&pk, "prefix", prefix);
+    if (limit)
+        rp_mp_kv_u64(&pk, "limit", limit);
+    if (stale)
+        rp_mp_kv_bool(&pk, "stale", true);
+    if (with_secrets)
+        rp_mp_kv_bool(&pk, "with_secrets", true);
+}
+
 void auth_client_rewind(struct auth_client *c)
 {
     if (c->cur == 0)
@@ -162,8 +195,8 @@ static int call_once(struct auth_client *c, const void *req, size_t len, msgpack
     int left = deadline > now ? (int)(deadline - now) : 1;
     int rv;
     if (!c->open) {
-        rv = dial_auth(c->ctx, c->addrs[c->cur], left < CLIENT_DIAL_TIMEOUT_MS ? left : CLIENT_DIAL_TIMEOUT_MS,
-                       &c->conn);
+        rv = dial_auth(c->ctx, c->addrs[c->cur],
+                       left < CLIENT_DIAL_TIMEOUT_MS ? left : CLIENT_DIAL_TIMEOUT_MS, &c->conn);
         if (rv != 0)
             return rp_err(RP_EUNAVAILABLE, "%s: %s", c->addrs[c->cur], rp_errmsg());
         c->open = true;

@@ -316,8 +316,8 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
     if (tls_pub_pem[0]) {
         /* The X.509 identity of the host: CN host id, O its system role. */
         char *groups[1] = {role};
-        struct rp_identity hid = {.name = host_id, .groups = groups, .n_groups = 1,
-                                  .cluster = (char *)cluster};
+        struct rp_identity hid = {
+            .name = host_id, .groups = groups, .n_groups = 1, .cluster = (char *)cluster};
         if ((rv = rp_tls_pubkey_from_pem(tls_pub_pem, strlen(tls_pub_pem), &tls_pub)) != 0 ||
             (rv = auth_sign_identity(s, tls_pub, &hid, (const char *const *)principals, np,
                                      (long)(ttl / 1000), &tls_cert)) != 0 ||

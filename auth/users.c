@@ -41,8 +41,10 @@ static int check_user_name(const char *name)
     for (size_t i = 0; ok && i < n; i++)
         ok = isalnum((unsigned char)name[i]) || strchr("._@+-", name[i]) != NULL;
     if (!ok)
-        return rp_err(RP_EINVAL, "user name '%.64s': expected 1-%d letters, digits or ._@+- "
-                      "(not starting with - or .)", name, USER_NAME_MAX);
+        return rp_err(RP_EINVAL,
+                      "user name '%.64s': expected 1-%d letters, digits or ._@+- "
+                      "(not starting with - or .)",
+                      name, USER_NAME_MAX);
     return 0;
 }
 
@@ -54,8 +56,10 @@ static int check_login(const char *l, size_t n)
     for (size_t i = 0; ok && !tmpl && i < n; i++)
         ok = islower((unsigned char)l[i]) || isdigit((unsigned char)l[i]) || strchr("_.-", l[i]);
     if (!ok)
-        return rp_err(RP_EINVAL, "login '%.*s': expected a Unix user name (1-32 of a-z 0-9 _ . -) "
-                      "or a trait template like {{internal.logins}}", (int)(n > 40 ? 40 : n), l);
+        return rp_err(RP_EINVAL,
+                      "login '%.*s': expected a Unix user name (1-32 of a-z 0-9 _ . -) "
+                      "or a trait template like {{internal.logins}}",
+                      (int)(n > 40 ? 40 : n), l);
     return 0;
 }
 
@@ -94,7 +98,8 @@ static int check_roles_exist(struct auth_server *s, const msgpack_object *roles)
         int rv = state_get(s->state, "role", name, &b, NULL);
         rp_buf_free(&b);
         if (rv == RP_ENOTFOUND)
-            return rp_err(RP_ENOTFOUND, "role '%s' does not exist (tctl get role lists them)", name);
+            return rp_err(RP_ENOTFOUND, "role '%s' does not exist (tctl get role lists them)",
+                          name);
         if (rv != 0)
             return rv;
     }
@@ -128,8 +133,12 @@ static void pack_strs(msgpack_packer *pk, const msgpack_object *arr)
 static int add_op(struct rp_buf *ops, const char *op, const struct rp_buf *res, const char *kind,
                   const char *name, uint64_t rev)
 {
-    struct state_cmd c = {.op = op, .res = res ? res->data : NULL, .res_len = res ? res->len : 0,
-                          .kind = kind, .name = name, .rev = rev};
+    struct state_cmd c = {.op = op,
+                          .res = res ? res->data : NULL,
+                          .res_len = res ? res->len : 0,
+                          .kind = kind,
+                          .name = name,
+                          .rev = rev};
     return state_cmd_encode(&c, ops);
 }
 
@@ -138,8 +147,8 @@ static int propose_batch(struct auth_server *s, const struct rp_buf *ops, uint32
 {
     char rid[33];
     auth_new_rid(rid);
-    struct state_cmd c = {.op = "batch", .rid = rid, .ops = ops->data, .ops_len = ops->len,
-                          .n_ops = n};
+    struct state_cmd c = {
+        .op = "batch", .rid = rid, .ops = ops->data, .ops_len = ops->len, .n_ops = n};
     return auth_propose_cmd(s, &c, NULL);
 }
 
@@ -205,13 +214,13 @@ static int copy_str(const msgpack_object *map, const char *key, char *out, size_
     return 0;
 }
 
-#define LEADER_ONLY(r, out)                                                                    \
-    do {                                                                                       \
-        if (!auth_is_leader((r)->srv)) {                                                       \
-            if ((r)->from_peer)                                                                \
-                return rp_err(RP_ENOTLEADER, "not the leader");                                \
-            return auth_forward_req((r), (out));                                               \
-        }                                                                                      \
+#define LEADER_ONLY(r, out)                                                                        \
+    do {                                                                                           \
+        if (!auth_is_leader((r)->srv)) {                                                           \
+            if ((r)->from_peer)                                                                    \
+                return rp_err(RP_ENOTLEADER, "not the leader");                                    \
+            return auth_forward_req((r), (out));                                                   \
+        }                                                                                          \
     } while (0)
 
 int auth_h_user_add(struct auth_req *r, struct rp_buf *out)
@@ -539,7 +548,7 @@ int auth_h_invite_redeem(struct auth_req *r, struct rp_buf *out)
         }
         if ((rv = rp_totp_verify(secret, secret_len, code, rp_now_ms(), 0, &step)) != 0) {
             rv = rp_err(RP_EDENIED, "the one-time code does not match the new second factor: "
-                        "check the authenticator app's clock");
+                                    "check the authenticator app's clock");
             goto out;
         }
     }

@@ -88,8 +88,8 @@ enum {
 };
 static const char *const nem_names[NEM_KINDS] = {"partition",  "kill",  "pause",
                                                  "membership", "clock", "truncate"};
-static unsigned g_nem;   /* the NEM_* bits of --nemesis */
-static int g_nslots;     /* namespaces: the nodes, plus a spare with membership */
+static unsigned g_nem;                /* the NEM_* bits of --nemesis */
+static int g_nslots;                  /* namespaces: the nodes, plus a spare with membership */
 static uint64_t g_next_raft_id = 100; /* raft ids of the nodes joined by the membership nemesis */
 #define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
@@ -99,7 +99,7 @@ struct node {
     bool member;      /* part of the cluster (else a spare slot or removed) */
     uint64_t raft_id; /* of the node now in this slot */
     double skew_s;    /* clock offset given to libfaketime */
-    char addr[32]; /* API address */
+    char addr[32];    /* API address */
     char ip[20];
     char dir[PATH_MAX - 64], cfg[PATH_MAX], log[PATH_MAX], clock[PATH_MAX];
 };
@@ -263,8 +263,9 @@ static int net_create(int n)
         return -1;
     g_net_made = true;
     for (int i = 1; i <= n; i++) {
-        if (sh("ip netns add " NS_FMT " && ip link add " VETH_FMT " type veth peer name eth0 netns " NS_FMT
-               " && ip link set " VETH_FMT " master " BRIDGE " up"
+        if (sh("ip netns add " NS_FMT " && ip link add " VETH_FMT
+               " type veth peer name eth0 netns " NS_FMT " && ip link set " VETH_FMT
+               " master " BRIDGE " up"
                " && ip -n " NS_FMT " addr add 10.77.0.%d/24 dev eth0"
                " && ip -n " NS_FMT " link set eth0 up && ip -n " NS_FMT " link set lo up",
                i, i, i, i, i, 10 + i, i, i) != 0)
@@ -855,7 +856,8 @@ static void start_membership(void)
     char val[256];
     f->raft_id = g_next_raft_id++;
     f->skew_s = 0;
-    snprintf(val, sizeof val, "{\"kind\":\"%s\",\"add\":\"n%d\",\"add_raft_id\":%" PRIu64
+    snprintf(val, sizeof val,
+             "{\"kind\":\"%s\",\"add\":\"n%d\",\"add_raft_id\":%" PRIu64
              ",\"remove\":\"n%d\",\"remove_raft_id\":%" PRIu64 "}",
              kind, spare, f->raft_id, victim, v->raft_id);
     nemesis_op("start-membership", val);
@@ -1028,10 +1030,10 @@ static void heal_all(void)
  * heal (by the caller). */
 static void run_nemesis(uint64_t end_ns)
 {
-    static void (*const start[NEM_KINDS])(void) = {start_partition, start_kill, start_pause,
+    static void (*const start[NEM_KINDS])(void) = {start_partition,  start_kill,  start_pause,
                                                    start_membership, start_clock, start_truncate};
-    static void (*const stop[NEM_KINDS])(void) = {stop_partition, stop_kill, stop_pause,
-                                                  NULL, stop_clock, stop_truncate};
+    static void (*const stop[NEM_KINDS])(void) = {stop_partition, stop_kill,  stop_pause,
+                                                  NULL,           stop_clock, stop_truncate};
     int kinds[NEM_KINDS], nk = 0;
     for (int k = 0; k < NEM_KINDS; k++)
         if (g_nem & (1u << k))
@@ -1097,19 +1099,15 @@ static void pack_res_kind(msgpack_packer *pk, const char *kind, const char *name
     rp_mp_kv_i64(pk, "value", value);
 }
 
-/* A linearizable get. 0 with *found, *value, *rev; else the error. */
-static int reg_get(struct auth_client *c, const char *name, bool *found, int64_t *value,
-                   uint64_t *rev)
+/* A linearizable get of kind/name. 0 with *found and *rev, and *value (spec.value) if
+ * @value is not NULL; else the error. */
+static int res_get(struct auth_client *c, const char *kind, const char *name, bool *found,
+                   uint64_t *rev, int64_t *value)
 {
     struct rp_buf req;
-    msgpack_packer pk;
     msgpack_unpacked resp;
     rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", "jreg");
-    rp_mp_kv_str(&pk, "name", name);
+    auth_req_get(&req, kind, name, false, false);
     int rv = auth_client_call(c, req.data, req.len, &resp);
     *found = false;
     if (rv == RP_ENOTFOUND) {
@@ -1117,15 +1115,19 @@ static int reg_get(struct auth_client *c, const char *name, bool *found, int64_t
     } else if (rv == 0) {
         const msgpack_object *res = rp_mp_get(&resp.data, "res");
         const msgpack_object *v = rp_mp_get(rp_mp_get(res, "spec"), "value");
+        bool int_value = v && (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                               v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER);
         uint64_t r = 0;
-        if (v && (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
-                  v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) &&
+        if ((value == NULL || int_value) &&
             rp_mp_get_u64(rp_mp_get(res, "metadata"), "revision", &r) == 0) {
             *found = true;
-            *value = v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)v->via.u64 : v->via.i64;
             *rev = r;
+            if (value)
+                *value =
+                    v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)v->via.u64 : v->via.i64;
         } else {
-            rv = rp_err(RP_EPROTO, "get answer without res.spec.value or metadata.revision");
+            rv = rp_err(RP_EPROTO, "get answer without res.metadata.revision%s",
+                        value ? " or an integer res.spec.value" : "");
         }
     }
     msgpack_unpacked_destroy(&resp);
@@ -1171,6 +1173,30 @@ static void errstr(int rv, char *out, size_t n)
     snprintf(out, n, "%s: %s", rp_strerror(rv), rp_errmsg());
 }
 
+/* The history type of a write that returned @rv: ok, fail (it definitely did not
+ * happen) or info (it may have); the error text into @err for the last two. */
+static const char *write_outcome(int rv, char *err, size_t n)
+{
+    if (rv == 0)
+        return "ok";
+    errstr(rv, err, n);
+    return definite_failure(rv) ? "fail" : "info";
+}
+
+/* Sleeps an exponential gap of mean @mean_gap_s (at most 2 s), until the workload stops. */
+static void client_gap(uint64_t *rng, double mean_gap_s)
+{
+    double u = (double)(rnd(rng) >> 11) / 9007199254740992.0;
+    double gap = -jepsen_ln(1.0 - u) * mean_gap_s;
+    if (gap > 2.0)
+        gap = 2.0;
+    uint64_t end = mono_ns() + (uint64_t)(gap * 1e9);
+    while (!atomic_load(&g_workload_stop) && !g_stop && mono_ns() < end) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void *client_main(void *arg)
 {
     int t = (int)(intptr_t)arg;
@@ -1208,7 +1234,7 @@ static void *client_main(void *arg)
             bool found;
             int64_t v = 0;
             uint64_t rev;
-            int rv = reg_get(c, name, &found, &v, &rev);
+            int rv = res_get(c, "jreg", name, &found, &rev, &v);
             if (rv == 0) {
                 if (found)
                     snprintf(val, sizeof val, "%" PRId64, v);
@@ -1230,8 +1256,7 @@ static void *client_main(void *arg)
                 learned = true;
                 learned_v = nv;
             } else {
-                type = definite_failure(rv) ? "fail" : "info";
-                errstr(rv, err, sizeof err);
+                type = write_outcome(rv, err, sizeof err);
             }
         } else { /* cas [guess, nv]: get, compare, cas on the revision read */
             int64_t nv = (int64_t)atomic_fetch_add(&g_next_value, 1) + 1;
@@ -1240,7 +1265,7 @@ static void *client_main(void *arg)
             bool found;
             int64_t cur = 0;
             uint64_t rev = 0;
-            int rv = reg_get(c, name, &found, &cur, &rev);
+            int rv = res_get(c, "jreg", name, &found, &rev, &cur);
             if (rv != 0) {
                 type = "fail"; /* nothing was written */
                 errstr(rv, err, sizeof err);
@@ -1258,8 +1283,7 @@ static void *client_main(void *arg)
                     learned = true;
                     learned_v = nv;
                 } else {
-                    type = definite_failure(rv) ? "fail" : "info";
-                    errstr(rv, err, sizeof err);
+                    type = write_outcome(rv, err, sizeof err);
                 }
             }
         }
@@ -1273,15 +1297,7 @@ static void *client_main(void *arg)
             }
             pthread_mutex_unlock(&g_kmu);
         }
-        double u = (double)(rnd(&rng) >> 11) / 9007199254740992.0;
-        double gap = -jepsen_ln(1.0 - u) * mean_gap_s;
-        if (gap > 2.0)
-            gap = 2.0;
-        uint64_t end = mono_ns() + (uint64_t)(gap * 1e9);
-        while (!atomic_load(&g_workload_stop) && !g_stop && mono_ns() < end) {
-            struct timespec ts = {0, 10000000};
-            nanosleep(&ts, NULL);
-        }
+        client_gap(&rng, mean_gap_s);
     }
     auth_client_free(c);
     return NULL;
@@ -1296,20 +1312,6 @@ static void *client_main(void *arg)
 
 static atomic_llong g_next_elem;
 static int g_uniq_items; /* items u1..uN created before the clients start */
-
-/* Sleeps an exponential gap of mean @mean_gap_s (at most 2 s), until the workload stops. */
-static void client_gap(uint64_t *rng, double mean_gap_s)
-{
-    double u = (double)(rnd(rng) >> 11) / 9007199254740992.0;
-    double gap = -jepsen_ln(1.0 - u) * mean_gap_s;
-    if (gap > 2.0)
-        gap = 2.0;
-    uint64_t end = mono_ns() + (uint64_t)(gap * 1e9);
-    while (!atomic_load(&g_workload_stop) && !g_stop && mono_ns() < end) {
-        struct timespec ts = {0, 10000000};
-        nanosleep(&ts, NULL);
-    }
-}
 
 /* "create" of @kind/@name with spec {value: @value} and a fresh request id. */
 static int res_create(struct auth_client *c, const char *kind, const char *name, int64_t value)
@@ -1332,36 +1334,6 @@ static int res_create(struct auth_client *c, const char *kind, const char *name,
 }
 
 /* A linearizable get of @kind/@name: 0 with *found and *rev (the resource's revision). */
-static int res_get_rev(struct auth_client *c, const char *kind, const char *name, bool *found,
-                       uint64_t *rev)
-{
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "name", name);
-    int rv = auth_client_call(c, req.data, req.len, &resp);
-    *found = false;
-    if (rv == RP_ENOTFOUND) {
-        rv = 0;
-    } else if (rv == 0) {
-        const msgpack_object *res = rp_mp_get(&resp.data, "res");
-        uint64_t r = 0;
-        if (rp_mp_get_u64(rp_mp_get(res, "metadata"), "revision", &r) == 0) {
-            *found = true;
-            *rev = r;
-        } else {
-            rv = rp_err(RP_EPROTO, "get answer without res.metadata.revision");
-        }
-    }
-    msgpack_unpacked_destroy(&resp);
-    rp_buf_free(&req);
-    return rv;
-}
 
 /* Conditional delete of @kind/@name at resource revision @rev, fresh request id. */
 static int res_cdelete(struct auth_client *c, const char *kind, const char *name, uint64_t rev)
@@ -1393,15 +1365,9 @@ static int list_names(struct auth_client *c, const char *kind, const char *prefi
                       struct rp_buf *out, size_t *n)
 {
     struct rp_buf req;
-    msgpack_packer pk;
     msgpack_unpacked resp;
     rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "list");
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "prefix", prefix);
-    rp_mp_kv_u64(&pk, "limit", LIST_LIMIT);
+    auth_req_list(&req, kind, prefix, LIST_LIMIT, false, false);
     int rv = auth_client_call(c, req.data, req.len, &resp);
     rp_buf_free(&req);
     const msgpack_object *items = rv == 0 ? rp_mp_get(&resp.data, "items") : NULL;
@@ -1496,11 +1462,7 @@ static void *set_client_main(void *arg)
         snprintf(val, sizeof val, "%" PRId64, e);
         hist_write("invoke", process, "add", NULL, val, NULL);
         int rv = res_create(c, "jset", name, e);
-        const char *type = "ok";
-        if (rv != 0) {
-            type = definite_failure(rv) ? "fail" : "info";
-            errstr(rv, err, sizeof err);
-        }
+        const char *type = write_outcome(rv, err, sizeof err);
         hist_write(type, process, "add", NULL, val, err[0] ? err : NULL);
         count_outcome(st, type, &process);
         client_gap(&rng, mean_gap_s);
@@ -1528,9 +1490,7 @@ static int unique_setup(void)
         snprintf(key, sizeof key, "\"u%ld\"", i);
         hist_write("invoke", process, "create", key, NULL, NULL);
         int rv = res_create(c, "juniq", name, i);
-        const char *type = rv == 0 ? "ok" : definite_failure(rv) ? "fail" : "info";
-        if (rv != 0)
-            errstr(rv, err, sizeof err);
+        const char *type = write_outcome(rv, err, sizeof err);
         hist_write(type, process, "create", key, NULL, err[0] ? err : NULL);
         if (rv == 0)
             ok++;
@@ -1566,7 +1526,7 @@ static void *unique_client_main(void *arg)
         bool found;
         uint64_t rev = 0;
         const char *type = "ok";
-        int rv = res_get_rev(c, "juniq", name, &found, &rev);
+        int rv = res_get(c, "juniq", name, &found, &rev, NULL);
         if (rv != 0) {
             type = "fail"; /* nothing was written */
             errstr(rv, err, sizeof err);
@@ -1576,8 +1536,7 @@ static void *unique_client_main(void *arg)
         } else {
             rv = res_cdelete(c, "juniq", name, rev);
             if (rv != 0) {
-                type = definite_failure(rv) ? "fail" : "info";
-                errstr(rv, err, sizeof err);
+                type = write_outcome(rv, err, sizeof err);
             }
         }
         hist_write(type, process, "consume", key, NULL, err[0] ? err : NULL);
@@ -1594,8 +1553,8 @@ static void *unique_client_main(void *arg)
 #define WATCH_BATCH_MS 300
 #define WATCH_KIND "jwatch"
 
-static int g_n_watchers;                        /* client threads 0..g_n_watchers-1 watch */
-static atomic_bool g_watch_stop;                /* set after the final read */
+static int g_n_watchers;                          /* client threads 0..g_n_watchers-1 watch */
+static atomic_bool g_watch_stop;                  /* set after the final read */
 static _Atomic int64_t g_watch_seen[MAX_CLIENTS]; /* newest revision each watcher has, -1: none */
 
 /* put (with @value) or delete of jwatch/@name; *rev gets the revision on success. */
@@ -1650,11 +1609,7 @@ static void *watch_writer_main(void *arg)
         hist_write("invoke", process, del ? "delete" : "put", key, val, NULL);
         uint64_t rev;
         int rv = watch_write(c, del, name, v, &rev);
-        const char *type = "ok";
-        if (rv != 0) {
-            type = definite_failure(rv) ? "fail" : "info";
-            errstr(rv, err, sizeof err);
-        }
+        const char *type = write_outcome(rv, err, sizeof err);
         hist_write(type, process, del ? "delete" : "put", key, val, err[0] ? err : NULL);
         count_outcome(st, type, &process);
         client_gap(&rng, mean_gap_s);
@@ -1682,8 +1637,8 @@ static int watch_open(struct auth_client *c, struct auth_watch **w)
 /* Appends one API event to the JSON array @out in the checker's shape (see
  * jepsen/history.h). 1 when it ends the stream (reinit), <0 for an event the
  * checker cannot take. */
-static int watch_event_json(const msgpack_object *ev, struct rp_buf *out, bool first,
-                            uint64_t *rev, char *err, size_t errn)
+static int watch_event_json(const msgpack_object *ev, struct rp_buf *out, bool first, uint64_t *rev,
+                            char *err, size_t errn)
 {
     const char *e;
     size_t en;
@@ -1693,8 +1648,8 @@ static int watch_event_json(const msgpack_object *ev, struct rp_buf *out, bool f
     }
     static const struct {
         const char *api, *op;
-    } map[] = {{"init_put", "init"}, {"init_done", "init_done"}, {"put", "put"},
-               {"delete", "delete"}};
+    } map[] = {
+        {"init_put", "init"}, {"init_done", "init_done"}, {"put", "put"}, {"delete", "delete"}};
     const char *op = NULL;
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
         if (strlen(map[i].api) == en && memcmp(map[i].api, e, en) == 0)
@@ -1803,9 +1758,7 @@ static void watch_final(void)
         char err[600] = "";
         hist_write("invoke", process, "put", "\"sentinel\"", "0", NULL);
         int rv = watch_write(c, false, "sentinel", 0, &sentinel);
-        const char *type = rv == 0 ? "ok" : definite_failure(rv) ? "fail" : "info";
-        if (rv != 0)
-            errstr(rv, err, sizeof err);
+        const char *type = write_outcome(rv, err, sizeof err);
         hist_write(type, process, "put", "\"sentinel\"", "0", err[0] ? err : NULL);
     }
     msg("watch: sentinel written at revision %" PRIu64 "; waiting for the watchers", sentinel);
@@ -1821,15 +1774,10 @@ static void watch_final(void)
     for (int tries = 0; tries < FINAL_READ_TRIES && !g_stop; tries++) {
         int64_t process = FINAL_PROCESS + tries;
         struct rp_buf req, val;
-        msgpack_packer pk;
         msgpack_unpacked resp;
         rp_buf_init(&req);
         rp_buf_init(&val);
-        rp_mp_packer_init(&pk, &req);
-        msgpack_pack_map(&pk, 3);
-        rp_mp_kv_str(&pk, "m", "list");
-        rp_mp_kv_str(&pk, "kind", WATCH_KIND);
-        rp_mp_kv_u64(&pk, "limit", LIST_LIMIT);
+        auth_req_list(&req, WATCH_KIND, NULL, LIST_LIMIT, false, false);
         hist_write("invoke", process, "read", NULL, "null", NULL);
         int rv = auth_client_call(c, req.data, req.len, &resp);
         uint64_t rev = 0;
@@ -1873,8 +1821,8 @@ static void watch_final(void)
 
 /* ---- results ----------------------------------------------------------------------- */
 
-static const char *const log_marks[] = {"Assertion", "AddressSanitizer", "runtime error:",
-                                        "Segmentation fault", "panic", "FATAL"};
+static const char *const log_marks[] = {
+    "Assertion", "AddressSanitizer", "runtime error:", "Segmentation fault", "panic", "FATAL"};
 
 /* Counts lines of the node logs with a crash mark; appends the first few to @out. */
 static long grep_logs(struct rp_buf *out)
@@ -1963,8 +1911,8 @@ static enum jepsen_verdict write_results(const char *hist_path, bool interrupted
             rp_buf_reset(&rep);
         }
         char title[300];
-        snprintf(title, sizeof title, "%s: %s, nemesis %s, %d nodes, %d s", O.name,
-                 O.workload, O.nemesis, O.nodes, O.time_s);
+        snprintf(title, sizeof title, "%s: %s, nemesis %s, %d nodes, %d s", O.name, O.workload,
+                 O.nemesis, O.nodes, O.time_s);
         if (jepsen_plot_latency(h, title, &svg) == 0) {
             char p[PATH_MAX];
             snprintf(p, sizeof p, "%s/latency.svg", g_run);
@@ -2011,8 +1959,8 @@ static enum jepsen_verdict write_results(const char *hist_path, bool interrupted
              "jepsen-run %s: workload=%s nemesis=%s nodes=%d time=%ds valid=%s "
              "(%s=%s stats=%s logs=%s) ok=%ld fail=%ld info=%ld nemesis=%ld check=%.2fs%s "
              "dir=%s",
-             O.name, O.workload, O.nemesis, O.nodes, O.time_s, jepsen_verdict_json(all),
-             O.workload, jepsen_verdict_json(reg), jepsen_verdict_json(stats), jepsen_verdict_json(logv), ok,
+             O.name, O.workload, O.nemesis, O.nodes, O.time_s, jepsen_verdict_json(all), O.workload,
+             jepsen_verdict_json(reg), jepsen_verdict_json(stats), jepsen_verdict_json(logv), ok,
              fail, info, nem, check_s, interrupted ? " INTERRUPTED" : "", g_run);
     jepsen_history_free(h);
     rp_buf_free(&r);
@@ -2039,14 +1987,15 @@ static void teardown(void)
 
 static void usage(FILE *fp)
 {
-    fprintf(fp,
-            "usage: jepsen-run --workload=register|set|unique|watch --nemesis=LIST\n"
-            "                  [--time=SECONDS (60)] [--nodes=3|5 (5)] [--rate=OPS_PER_S (100)]\n"
-            "                  [--concurrency=N (10)] [--seed=N (time)] [--name=NAME]\n"
-            "                  [--store=DIR (jepsen/store)] [--daemon=PATH] [--keep-data]\n"
-            "LIST: none, all, or a comma-separated list of partition, kill, pause, membership,\n"
-            "      clock (needs Debian's faketime) and truncate.\n"
-            "Runs as root. Results in STORE/NAME/TIMESTAMP/; exit 0 valid, 1 invalid, 2 unknown.\n");
+    fprintf(
+        fp,
+        "usage: jepsen-run --workload=register|set|unique|watch --nemesis=LIST\n"
+        "                  [--time=SECONDS (60)] [--nodes=3|5 (5)] [--rate=OPS_PER_S (100)]\n"
+        "                  [--concurrency=N (10)] [--seed=N (time)] [--name=NAME]\n"
+        "                  [--store=DIR (jepsen/store)] [--daemon=PATH] [--keep-data]\n"
+        "LIST: none, all, or a comma-separated list of partition, kill, pause, membership,\n"
+        "      clock (needs Debian's faketime) and truncate.\n"
+        "Runs as root. Results in STORE/NAME/TIMESTAMP/; exit 0 valid, 1 invalid, 2 unknown.\n");
 }
 
 /* --nemesis: "none", "all" or names joined by commas. */
@@ -2096,34 +2045,63 @@ static int parse_int(const char *s, int lo, int hi, const char *what)
 
 int main(int argc, char **argv)
 {
-    static const struct option lopts[] = {
-        {"workload", required_argument, NULL, 'w'}, {"nemesis", required_argument, NULL, 'n'},
-        {"time", required_argument, NULL, 't'},     {"nodes", required_argument, NULL, 'N'},
-        {"rate", required_argument, NULL, 'r'},     {"concurrency", required_argument, NULL, 'c'},
-        {"seed", required_argument, NULL, 's'},     {"name", required_argument, NULL, 'a'},
-        {"store", required_argument, NULL, 'S'},    {"keep-data", no_argument, NULL, 'k'},
-        {"daemon", required_argument, NULL, 'D'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+    static const struct option lopts[] = {{"workload", required_argument, NULL, 'w'},
+                                          {"nemesis", required_argument, NULL, 'n'},
+                                          {"time", required_argument, NULL, 't'},
+                                          {"nodes", required_argument, NULL, 'N'},
+                                          {"rate", required_argument, NULL, 'r'},
+                                          {"concurrency", required_argument, NULL, 'c'},
+                                          {"seed", required_argument, NULL, 's'},
+                                          {"name", required_argument, NULL, 'a'},
+                                          {"store", required_argument, NULL, 'S'},
+                                          {"keep-data", no_argument, NULL, 'k'},
+                                          {"daemon", required_argument, NULL, 'D'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
     bool seed_set = false;
     int ch;
     while ((ch = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
         switch (ch) {
-        case 'w': O.workload = optarg; break;
-        case 'n': O.nemesis = optarg; break;
-        case 't': O.time_s = parse_int(optarg, 5, 86400, "time"); break;
-        case 'N': O.nodes = parse_int(optarg, 3, 5, "nodes"); break;
-        case 'r': O.rate = parse_int(optarg, 1, 100000, "rate"); break;
-        case 'c': O.concurrency = parse_int(optarg, 1, MAX_CLIENTS, "concurrency"); break;
+        case 'w':
+            O.workload = optarg;
+            break;
+        case 'n':
+            O.nemesis = optarg;
+            break;
+        case 't':
+            O.time_s = parse_int(optarg, 5, 86400, "time");
+            break;
+        case 'N':
+            O.nodes = parse_int(optarg, 3, 5, "nodes");
+            break;
+        case 'r':
+            O.rate = parse_int(optarg, 1, 100000, "rate");
+            break;
+        case 'c':
+            O.concurrency = parse_int(optarg, 1, MAX_CLIENTS, "concurrency");
+            break;
         case 's':
             O.seed = strtoull(optarg, NULL, 10);
             seed_set = true;
             break;
-        case 'a': O.name = optarg; break;
-        case 'S': O.store = optarg; break;
-        case 'k': O.keep_data = true; break;
-        case 'D': O.daemon = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'a':
+            O.name = optarg;
+            break;
+        case 'S':
+            O.store = optarg;
+            break;
+        case 'k':
+            O.keep_data = true;
+            break;
+        case 'D':
+            O.daemon = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     bool wl_ok = strcmp(O.workload, "register") == 0 || strcmp(O.workload, "set") == 0 ||
@@ -2215,8 +2193,8 @@ int main(int argc, char **argv)
     }
     {
         char link[PATH_MAX];
-        snprintf(link, sizeof link, "%.1500s/%.1000s/%.200s/latest",
-                 O.store[0] == '/' ? "" : cwd, O.store, O.name);
+        snprintf(link, sizeof link, "%.1500s/%.1000s/%.200s/latest", O.store[0] == '/' ? "" : cwd,
+                 O.store, O.name);
         unlink(link);
         if (symlink(stamp, link) != 0)
             msg("symlink %s: %s (only a convenience)", link, strerror(errno));
@@ -2297,9 +2275,10 @@ int main(int argc, char **argv)
         int first_joined = is_watch ? (started < g_n_watchers ? started : g_n_watchers) : 0;
         for (int t = first_joined; t < started; t++)
             pthread_join(th[t], NULL);
-        msg("workload stopped; cluster after final heal: %s",
-            g_stop ? "(interrupted)" : wait_ready(O.nodes, 20000) ? "all voters, leader elected" :
-                                                                     "NOT healthy within 20 s");
+        msg("workload stopped; cluster after final heal: %s", g_stop ? "(interrupted)"
+                                                              : wait_ready(O.nodes, 20000)
+                                                                  ? "all voters, leader elected"
+                                                                  : "NOT healthy within 20 s");
         if (is_watch) {
             if (!g_stop)
                 watch_final();
@@ -2324,8 +2303,8 @@ int main(int argc, char **argv)
     teardown();
     msg("teardown done");
     char summary[PATH_MAX + 512];
-    enum jepsen_verdict v = write_results(hist_path, interrupted, setup_error, summary,
-                                          sizeof summary);
+    enum jepsen_verdict v =
+        write_results(hist_path, interrupted, setup_error, summary, sizeof summary);
     if (setup_error)
         msg("setup failed: %s", setup_error);
     if (v == JEPSEN_VALID && !O.keep_data)

@@ -60,8 +60,10 @@ static int str_field(const msgpack_object *ev, const char *name, bool required, 
         return RP_EINVAL;
     }
     if (o->type != MSGPACK_OBJECT_STR || !text_ok(o->via.str.ptr, o->via.str.size, max)) {
-        snprintf(msg, msglen, "events[%u].%s: expected a string of 1-%zu bytes without control "
-                 "characters", i, name, max);
+        snprintf(msg, msglen,
+                 "events[%u].%s: expected a string of 1-%zu bytes without control "
+                 "characters",
+                 i, name, max);
         return RP_EINVAL;
     }
     *s = o->via.str.ptr;
@@ -276,8 +278,10 @@ int state_audit_query(struct state *s, const struct state_audit_query *q, state_
         tag = 'T', val = q->type;
     size_t vl = val ? strlen(val) : 0;
     if (val && !text_ok(val, vl, FIELD_MAX))
-        return rp_err(RP_EINVAL, "audit filter '%.40s': expected 1-%d bytes without control "
-                      "characters", val, FIELD_MAX);
+        return rp_err(RP_EINVAL,
+                      "audit filter '%.40s': expected 1-%d bytes without control "
+                      "characters",
+                      val, FIELD_MAX);
     uint64_t to = q->to_ms ? q->to_ms : UINT64_MAX;
     if (q->from_ms >= to)
         return 0;
@@ -313,7 +317,8 @@ int state_audit_query(struct state *s, const struct state_audit_query *q, state_
         /* Start at the first key >= hi and step back (or at the very last key). */
         k = (MDB_val){hi_len, hi};
         rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        rc = rc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : mdb_cursor_get(cur, &k, &v, MDB_LAST);
+        rc =
+            rc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_PREV) : mdb_cursor_get(cur, &k, &v, MDB_LAST);
         step = MDB_PREV;
     } else {
         rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);

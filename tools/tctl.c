@@ -47,45 +47,46 @@ struct tctl {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: tctl [-c CONFIG] [--auth-server ADDR] COMMAND [flags]\n"
-            "\n"
-            "Commands:\n"
-            "  status                       cluster, CA pin, Raft members and their state\n"
-            "  tokens add --type=TYPE       create a join token (auth, node or proxy) [--ttl=30m]\n"
-            "  tokens ls                    list join tokens\n"
-            "  tokens rm TOKEN              delete a join token\n"
-            "  auth members ls              list the auth servers of the Raft group\n"
-            "  auth members rm ID           remove auth server ID from the Raft group\n"
-            "  get KIND[/NAME] | get all    print resources as YAML (--format=json|text)\n"
-            "                               [--stale] [--with-secrets: private keys and\n"
-            "                               password hashes too]\n"
-            "  create [-f] FILE.yaml        create the role, user and token resources of FILE\n"
-            "                               (-f: overwrite existing ones)\n"
-            "  rm KIND/NAME                 delete a role, user or token\n"
-            "  users add NAME --roles=R1,R2 [--logins=L1,L2] [--ttl=1h]\n"
-            "                               create a user; prints a one-time invite token\n"
-            "  users ls                     list users\n"
-            "  users rm NAME                delete a user\n"
-            "  users reset NAME [--ttl=1h]  drop the user's password and second factor; new invite\n"
-            "  users update NAME --set-roles=R1,R2\n"
-            "                               replace the user's roles\n"
-            "  auth export --type=TYPE      public CA keys: user (TrustedUserCAKeys line), host\n"
-            "                               (@cert-authority known_hosts line) or tls (PEM)\n"
-            "  auth sign --user=NAME|--host=NAME -o PATH [--format=openssh|file|tls] [--ttl=D]\n"
-            "                               a key with its certificates (openssh: PATH and\n"
-            "                               PATH-cert.pub; tls: PATH.key, PATH.crt, PATH.cas)\n"
-            "  events ls                    search the audit log [--since=1h|TIME] [--until=TIME]\n"
-            "                               [--type=EVENT] [--user=NAME] [--limit=N (1000)]\n"
-            "                               [--stale: this server's copy, no leader needed]\n"
-            "  version\n"
-            "\n"
-            "Flags:\n"
-            "  -c, --config FILE   the auth server's raftport.yaml (its data_dir holds the identity)\n"
-            "  -i, --identity FILE a user's identity file (tctl auth sign --format=file); needs\n"
-            "                      --auth-server; the user's roles decide what it may do\n"
-            "      --auth-server   address of an auth server (default: from the config)\n"
-            "      --format        text (default) or json\n");
+    fprintf(
+        f,
+        "usage: tctl [-c CONFIG] [--auth-server ADDR] COMMAND [flags]\n"
+        "\n"
+        "Commands:\n"
+        "  status                       cluster, CA pin, Raft members and their state\n"
+        "  tokens add --type=TYPE       create a join token (auth, node or proxy) [--ttl=30m]\n"
+        "  tokens ls                    list join tokens\n"
+        "  tokens rm TOKEN              delete a join token\n"
+        "  auth members ls              list the auth servers of the Raft group\n"
+        "  auth members rm ID           remove auth server ID from the Raft group\n"
+        "  get KIND[/NAME] | get all    print resources as YAML (--format=json|text)\n"
+        "                               [--stale] [--with-secrets: private keys and\n"
+        "                               password hashes too]\n"
+        "  create [-f] FILE.yaml        create the role, user and token resources of FILE\n"
+        "                               (-f: overwrite existing ones)\n"
+        "  rm KIND/NAME                 delete a role, user or token\n"
+        "  users add NAME --roles=R1,R2 [--logins=L1,L2] [--ttl=1h]\n"
+        "                               create a user; prints a one-time invite token\n"
+        "  users ls                     list users\n"
+        "  users rm NAME                delete a user\n"
+        "  users reset NAME [--ttl=1h]  drop the user's password and second factor; new invite\n"
+        "  users update NAME --set-roles=R1,R2\n"
+        "                               replace the user's roles\n"
+        "  auth export --type=TYPE      public CA keys: user (TrustedUserCAKeys line), host\n"
+        "                               (@cert-authority known_hosts line) or tls (PEM)\n"
+        "  auth sign --user=NAME|--host=NAME -o PATH [--format=openssh|file|tls] [--ttl=D]\n"
+        "                               a key with its certificates (openssh: PATH and\n"
+        "                               PATH-cert.pub; tls: PATH.key, PATH.crt, PATH.cas)\n"
+        "  events ls                    search the audit log [--since=1h|TIME] [--until=TIME]\n"
+        "                               [--type=EVENT] [--user=NAME] [--limit=N (1000)]\n"
+        "                               [--stale: this server's copy, no leader needed]\n"
+        "  version\n"
+        "\n"
+        "Flags:\n"
+        "  -c, --config FILE   the auth server's raftport.yaml (its data_dir holds the identity)\n"
+        "  -i, --identity FILE a user's identity file (tctl auth sign --format=file); needs\n"
+        "                      --auth-server; the user's roles decide what it may do\n"
+        "      --auth-server   address of an auth server (default: from the config)\n"
+        "      --format        text (default) or json\n");
 }
 
 static int fail(const char *what)
@@ -124,7 +125,8 @@ static int identity_ctx(const char *path, SSL_CTX **out)
     const char *c1 = strstr(text, "-----BEGIN CERTIFICATE-----");
     const char *c2 = c1 ? strstr(c1 + 1, "-----BEGIN CERTIFICATE-----") : NULL;
     if (kb == NULL || ke == NULL || c1 == NULL || c2 == NULL) {
-        rv = rp_err(RP_EINVAL, "%s: not an identity file (expected an OpenSSH private key and two "
+        rv = rp_err(RP_EINVAL,
+                    "%s: not an identity file (expected an OpenSSH private key and two "
                     "PEM certificates: make one with tctl auth sign --user=NAME --format=file)",
                     path);
     } else if ((rv = rp_ssh_privkey_parse(kb, (size_t)(ke - kb) + 33, &key, NULL)) != 0 ||
@@ -173,8 +175,8 @@ static int connect_client(struct tctl *t)
     if (t->auth_server)
         addrs[n++] = t->auth_server;
     if (t->cfg.auth_enabled) {
-        local = local_addr(t->cfg.auth_public_addr ? t->cfg.auth_public_addr
-                                                   : t->cfg.auth_listen_addr);
+        local =
+            local_addr(t->cfg.auth_public_addr ? t->cfg.auth_public_addr : t->cfg.auth_listen_addr);
         addrs[n++] = local;
     }
     if (t->cfg.auth_server)
@@ -278,7 +280,8 @@ static void print_ca_table(struct tctl *t)
                 snprintf(line, sizeof line, "%.*s", (int)n, v);
                 if (rp_ssh_pubkey_parse(line, &pk, NULL) == 0) {
                     rp_ssh_fingerprint(pk, fp, sizeof fp);
-                    snprintf(alg, sizeof alg, "%s", EVP_PKEY_id(pk) == EVP_PKEY_ED25519 ? "Ed25519" : "other");
+                    snprintf(alg, sizeof alg, "%s",
+                             EVP_PKEY_id(pk) == EVP_PKEY_ED25519 ? "Ed25519" : "other");
                     EVP_PKEY_free(pk);
                 }
             }
@@ -342,8 +345,8 @@ static int cmd_status(struct tctl *t)
     else
         printf("Leader:   none (term %" PRIu64 "): no quorum, or an election is running\n",
                ufield(st, "term"));
-    printf("\n%-4s %-21s %-21s %-8s %-12s %-13s %s\n", "ID", "Raft address", "API address",
-           "Role", "State", "Last applied", "Disk free");
+    printf("\n%-4s %-21s %-21s %-8s %-12s %-13s %s\n", "ID", "Raft address", "API address", "Role",
+           "State", "Last applied", "Disk free");
     for (uint32_t i = 0; i < nm; i++) {
         const msgpack_object *m = &members->via.array.ptr[i];
         char a[128], api[128], r[32], s[32], disk[32];
@@ -424,16 +427,8 @@ static int cmd_tokens_add(struct tctl *t)
 static int list_kind(struct tctl *t, const char *kind, msgpack_unpacked *resp)
 {
     struct rp_buf req;
-    msgpack_packer pk;
     rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 2 + t->stale + t->with_secrets);
-    rp_mp_kv_str(&pk, "m", "list");
-    rp_mp_kv_str(&pk, "kind", kind);
-    if (t->stale)
-        rp_mp_kv_bool(&pk, "stale", true);
-    if (t->with_secrets)
-        rp_mp_kv_bool(&pk, "with_secrets", true);
+    auth_req_list(&req, kind, NULL, 0, t->stale, t->with_secrets);
     return call(t, &req, resp, "list");
 }
 
@@ -604,17 +599,8 @@ static int cmd_get(struct tctl *t, const char *what)
     }
     if (name[0]) {
         struct rp_buf req;
-        msgpack_packer pk;
         rp_buf_init(&req);
-        rp_mp_packer_init(&pk, &req);
-        msgpack_pack_map(&pk, 3 + t->stale + t->with_secrets);
-        rp_mp_kv_str(&pk, "m", "get");
-        rp_mp_kv_str(&pk, "kind", kind);
-        rp_mp_kv_str(&pk, "name", name);
-        if (t->stale)
-            rp_mp_kv_bool(&pk, "stale", true);
-        if (t->with_secrets)
-            rp_mp_kv_bool(&pk, "with_secrets", true);
+        auth_req_get(&req, kind, name, t->stale, t->with_secrets);
         if (call(t, &req, &resp, "get") != 0)
             return 1;
         print_resources(t, rp_mp_get(&resp.data, "res"), &first);
@@ -711,12 +697,14 @@ static int cmd_create(struct tctl *t, const char *path)
         rv = auth_client_call(t->client, req.data, req.len, &resp);
         rp_buf_free(&req);
         if (rv == RP_EEXISTS)
-            fprintf(stderr, "tctl create: %s %s already exists: use -f to overwrite it\n", kind, name);
+            fprintf(stderr, "tctl create: %s %s already exists: use -f to overwrite it\n", kind,
+                    name);
         else if (rv != 0)
             fprintf(stderr, "tctl create: %s %s: %s (%s)\n", kind, name, rp_errmsg(),
                     rp_strerror(rv));
         else
-            printf("%s \"%s\" has been %s\n", kind, name, t->force ? "created or updated" : "created");
+            printf("%s \"%s\" has been %s\n", kind, name,
+                   t->force ? "created or updated" : "created");
         msgpack_unpacked_destroy(&resp);
         if (rv != 0)
             status = 1;
@@ -868,8 +856,8 @@ static int cmd_users_ls(struct tctl *t)
         field(rp_mp_get(it, "metadata"), "name", name, sizeof name);
         rp_buf_printf(&out, "%-24s ", name);
         const msgpack_object *roles = rp_mp_get(rp_mp_get(it, "spec"), "roles");
-        for (uint32_t k = 0; roles && roles->type == MSGPACK_OBJECT_ARRAY &&
-                             k < roles->via.array.size; k++) {
+        for (uint32_t k = 0;
+             roles && roles->type == MSGPACK_OBJECT_ARRAY && k < roles->via.array.size; k++) {
             const msgpack_object *r = &roles->via.array.ptr[k];
             if (r->type == MSGPACK_OBJECT_STR)
                 rp_buf_printf(&out, "%s%.*s", k ? "," : "", (int)r->via.str.size, r->via.str.ptr);
@@ -886,13 +874,8 @@ static int cmd_users_ls(struct tctl *t)
 static int get_ca(struct tctl *t, const char *type, msgpack_unpacked *resp)
 {
     struct rp_buf req;
-    msgpack_packer pk;
     rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", AUTH_KIND_CA);
-    rp_mp_kv_str(&pk, "name", type);
+    auth_req_get(&req, AUTH_KIND_CA, type, false, false);
     return call(t, &req, resp, "auth export");
 }
 
@@ -903,8 +886,8 @@ static int cmd_auth_export(struct tctl *t)
     if (get_ca(t, type, &resp) != 0)
         return 1;
     const msgpack_object *spec = rp_mp_get(rp_mp_get(&resp.data, "res"), "spec");
-    const msgpack_object *keys = rp_mp_get(rp_mp_get(spec, "active_keys"),
-                                           strcmp(type, "tls") == 0 ? "tls" : "ssh");
+    const msgpack_object *keys =
+        rp_mp_get(rp_mp_get(spec, "active_keys"), strcmp(type, "tls") == 0 ? "tls" : "ssh");
     char cluster[256];
     field(spec, "cluster_name", cluster, sizeof cluster);
     int rv = 0;
@@ -945,7 +928,8 @@ static int write_out(const char *path, const char *data, unsigned mode)
 static int cmd_auth_sign(struct tctl *t)
 {
     const char *fmt = t->sign_format ? t->sign_format : "openssh";
-    bool user = t->user != NULL, want_tls = strcmp(fmt, "tls") == 0 || (user && strcmp(fmt, "file") == 0);
+    bool user = t->user != NULL,
+         want_tls = strcmp(fmt, "tls") == 0 || (user && strcmp(fmt, "file") == 0);
     const char *who = user ? t->user : t->sign_host;
     EVP_PKEY *key = NULL;
     char *priv = NULL, *pub = NULL, *tls_pub = NULL, *tls_key = NULL;
@@ -1066,8 +1050,10 @@ static int parse_when(const char *flag, const char *s, uint64_t *ms)
             frac *= 10;
     }
     if (rest == NULL || strcmp(rest, "Z") != 0) {
-        fprintf(stderr, "tctl events ls: %s=%s: expected a duration back from now (1h, 30m) or "
-                "a UTC time like 2026-11-25T14:00:00Z\n", flag, s);
+        fprintf(stderr,
+                "tctl events ls: %s=%s: expected a duration back from now (1h, 30m) or "
+                "a UTC time like 2026-11-25T14:00:00Z\n",
+                flag, s);
         return 2;
     }
     *ms = (uint64_t)timegm(&tm) * 1000 + frac;
@@ -1146,8 +1132,23 @@ static int cmd_events_ls(struct tctl *t)
 
 int main(int argc, char **argv)
 {
-    enum { O_AUTH = 256, O_FORMAT, O_TTL, O_TYPE, O_STALE, O_SINCE, O_UNTIL, O_USER, O_LIMIT,
-           O_ROLES, O_LOGINS, O_SET_ROLES, O_WITH_SECRETS, O_SIGN_USER, O_SIGN_HOST };
+    enum {
+        O_AUTH = 256,
+        O_FORMAT,
+        O_TTL,
+        O_TYPE,
+        O_STALE,
+        O_SINCE,
+        O_UNTIL,
+        O_USER,
+        O_LIMIT,
+        O_ROLES,
+        O_LOGINS,
+        O_SET_ROLES,
+        O_WITH_SECRETS,
+        O_SIGN_USER,
+        O_SIGN_HOST
+    };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"auth-server", required_argument, NULL, O_AUTH},
@@ -1177,7 +1178,9 @@ int main(int argc, char **argv)
     rp_log_set_level(RP_LOG_WARN);
     while ((c = getopt_long(argc, argv, "c:fi:o:dh", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': t.config_path = optarg; break;
+        case 'c':
+            t.config_path = optarg;
+            break;
         case O_AUTH:
             if (rp_check_hostport(optarg) != 0) {
                 fprintf(stderr, "tctl: --auth-server: %s\n", rp_errmsg());
@@ -1201,8 +1204,12 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'f': t.force = true; break;
-        case 'i': t.identity = optarg; break;
+        case 'f':
+            t.force = true;
+            break;
+        case 'i':
+            t.identity = optarg;
+            break;
         case O_TTL:
             if (rp_parse_duration_ms(optarg, &t.ttl_ms) != 0) {
                 fprintf(stderr, "tctl: --ttl: %s\n", rp_errmsg());
@@ -1210,17 +1217,39 @@ int main(int argc, char **argv)
             }
             t.ttl_set = true;
             break;
-        case O_TYPE: t.type = optarg; break;
-        case O_STALE: t.stale = true; break;
-        case O_SINCE: t.since = optarg; break;
-        case O_ROLES: t.roles = optarg; break;
-        case O_LOGINS: t.logins = optarg; break;
-        case O_SET_ROLES: t.set_roles = optarg; break;
-        case O_WITH_SECRETS: t.with_secrets = true; break;
-        case O_SIGN_HOST: t.sign_host = optarg; break;
-        case 'o': t.out_path = optarg; break;
-        case O_UNTIL: t.until = optarg; break;
-        case O_USER: t.user = optarg; break;
+        case O_TYPE:
+            t.type = optarg;
+            break;
+        case O_STALE:
+            t.stale = true;
+            break;
+        case O_SINCE:
+            t.since = optarg;
+            break;
+        case O_ROLES:
+            t.roles = optarg;
+            break;
+        case O_LOGINS:
+            t.logins = optarg;
+            break;
+        case O_SET_ROLES:
+            t.set_roles = optarg;
+            break;
+        case O_WITH_SECRETS:
+            t.with_secrets = true;
+            break;
+        case O_SIGN_HOST:
+            t.sign_host = optarg;
+            break;
+        case 'o':
+            t.out_path = optarg;
+            break;
+        case O_UNTIL:
+            t.until = optarg;
+            break;
+        case O_USER:
+            t.user = optarg;
+            break;
         case O_LIMIT: {
             char *end;
             t.limit = strtoull(optarg, &end, 10);
@@ -1231,9 +1260,15 @@ int main(int argc, char **argv)
             }
             break;
         }
-        case 'd': rp_log_set_level(RP_LOG_DEBUG); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'd':
+            rp_log_set_level(RP_LOG_DEBUG);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     int nargs = argc - optind;
@@ -1288,7 +1323,8 @@ int main(int argc, char **argv)
         }
     }
     if (strcmp(args[0], "auth") == 0 && nargs == 2 && strcmp(args[1], "export") == 0 &&
-        (t.type == NULL || (strcmp(t.type, "user") && strcmp(t.type, "host") && strcmp(t.type, "tls")))) {
+        (t.type == NULL ||
+         (strcmp(t.type, "user") && strcmp(t.type, "host") && strcmp(t.type, "tls")))) {
         fprintf(stderr, "tctl auth export: --type=%s: expected user, host or tls\n",
                 t.type ? t.type : "");
         return 2;
@@ -1299,10 +1335,10 @@ int main(int argc, char **argv)
             return 2;
         }
         if (t.out_path == NULL) {
-            fprintf(stderr, "tctl auth sign: -o PATH is required (where the key and certificates go)\n");
+            fprintf(stderr,
+                    "tctl auth sign: -o PATH is required (where the key and certificates go)\n");
             return 2;
         }
-
     }
     if (strcmp(args[0], "users") == 0 && nargs == 3) {
         if (strcmp(args[1], "add") == 0 && t.roles == NULL) {

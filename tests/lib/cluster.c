@@ -1182,14 +1182,7 @@ void cl_req_put(struct rp_buf *out, const char *kind, const char *name, const ch
 
 void cl_req_get(struct rp_buf *out, const char *kind, const char *name, bool stale)
 {
-    msgpack_packer pk;
-    rp_mp_packer_init(&pk, out);
-    msgpack_pack_map(&pk, stale ? 4 : 3);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "name", name);
-    if (stale)
-        rp_mp_kv_bool(&pk, "stale", true);
+    auth_req_get(out, kind, name, stale, false);
 }
 
 void cl_req_simple(struct rp_buf *out, const char *method)
