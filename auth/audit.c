@@ -29,6 +29,7 @@ struct audit_item {
     int *rv;            /* NULL for AUDIT_ASYNC */
     bool *done;         /* set under the mutex when the item's batch is over */
     pthread_cond_t *cv; /* the waiting emitter's own: only it wakes, not every waiter */
+    uint64_t term;      /* audit_emit_in_term: the term its batch must commit in */
     struct audit_item *next;
 };
 
@@ -137,7 +138,7 @@ static int answer_code(const struct rp_buf *ans)
 /* Commits @events (n encoded maps back to back) under one request id, as leader
  * or through the leader, retrying while leadership moves. */
 static int commit_batch(struct auth_audit *a, const struct rp_buf *events, uint32_t n,
-                        uint64_t deadline)
+                        uint64_t deadline, uint64_t *term)
 {
     struct auth_server *s = a->srv;
     char rid[40] = "audit-";
@@ -150,6 +151,7 @@ static int commit_batch(struct auth_audit *a, const struct rp_buf *events, uint3
     int rv;
     for (;;) {
         rp_buf_reset(&cmd);
+        *term = 0; /* forwarded batches commit in no term of ours */
         if (auth_is_leader(s)) {
             struct state_cmd c = {.op = "audit",
                                   .rid = rid,
@@ -159,7 +161,7 @@ static int commit_batch(struct auth_audit *a, const struct rp_buf *events, uint3
             struct state_result sr;
             rv = state_cmd_encode(&c, &cmd);
             if (rv == 0)
-                rv = auth_propose(s, cmd.data, cmd.len, &sr);
+                rv = auth_propose_term(s, cmd.data, cmd.len, &sr, term);
             if (rv == 0 && sr.code != 0)
                 rv = rp_err(sr.code, "%s", sr.message);
         } else {
@@ -220,7 +222,8 @@ static void *batcher_main(void *arg)
         for (struct audit_item *it = batch; it; it = it->next)
             rp_buf_append(&events, it->ev.data, it->ev.len);
         uint64_t deadline = rp_mono_ms() + (stopping ? STOP_DEADLINE_MS : COMMIT_DEADLINE_MS);
-        int rv = commit_batch(a, &events, n, deadline);
+        uint64_t term = 0;
+        int rv = commit_batch(a, &events, n, deadline, &term);
         if (rv != 0)
             rp_error("audit", "%u audit events could not be written: %s", n, rp_errmsg());
 
@@ -234,6 +237,8 @@ static void *batcher_main(void *arg)
             struct audit_item *next = batch->next;
             if (batch->done) {
                 *batch->rv = rv;
+                if (rv == 0 && batch->term != 0 && batch->term != term)
+                    *batch->rv = RP_ENOTLEADER;
                 *batch->done = true;
                 pthread_cond_signal(batch->cv);
             }
@@ -247,7 +252,7 @@ static void *batcher_main(void *arg)
     return NULL;
 }
 
-int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mode)
+static int emit(struct auth_server *s, struct audit_event *e, enum audit_mode mode, uint64_t term)
 {
     struct auth_audit *a = s->audit;
     if (a == NULL) {
@@ -287,6 +292,7 @@ int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mod
         it->rv = &result;
         it->done = &done;
         it->cv = &cv;
+        it->term = term;
     }
     if (a->tail)
         a->tail->next = it;
@@ -300,9 +306,21 @@ int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mod
     pthread_mutex_unlock(&a->mu);
     if (mode == AUDIT_WAIT)
         pthread_cond_destroy(&cv);
+    if (result != 0 && term != 0 && result == RP_ENOTLEADER)
+        return rp_err(result, "leadership moved while the request was served: retry");
     if (result != 0)
         return rp_err(result, "audit event not written: %s", rp_strerror(result));
     return 0;
+}
+
+int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mode)
+{
+    return emit(s, e, mode, 0);
+}
+
+int audit_emit_in_term(struct auth_server *s, struct audit_event *e, uint64_t term)
+{
+    return emit(s, e, AUDIT_WAIT, term);
 }
 
 int audit_start(struct auth_server *s, uint64_t retention_ms)

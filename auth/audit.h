@@ -56,6 +56,12 @@ enum audit_mode {
  * in the replicated log; RP_EUNAVAILABLE/RP_ETIMEDOUT/RP_EUNKNOWN when no leader
  * took it in time. With AUDIT_ASYNC: 0, or RP_EBUSY when the queue is full. */
 int audit_emit(struct auth_server *s, struct audit_event *e, enum audit_mode mode);
+/* AUDIT_WAIT, and the event must also commit in an entry this server appended as
+ * leader in @term: what was read from local state after rp_node_read_term()
+ * returned @term is then known to have been current (raft/rp_raft.h). If the event
+ * committed otherwise (leadership moved meanwhile), it stays in the log but the
+ * call fails with RP_ENOTLEADER: the caller must not act on what it read. */
+int audit_emit_in_term(struct auth_server *s, struct audit_event *e, uint64_t term);
 
 int audit_start(struct auth_server *s, uint64_t retention_ms);
 /* Flushes what is queued (briefly) and stops the batcher; emits fail from then on.

@@ -183,7 +183,8 @@ static int user_view_load(struct auth_server *s, const char *user, struct user_v
 
 /* Issues the SSH certificate for @ssh_pub (and the X.509 one for @tls_pub if given). */
 static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP_PKEY *tls_pub,
-                 uint64_t want_ttl_ms, const char *caller, const char *remote, struct issued *out)
+                 uint64_t want_ttl_ms, const char *caller, const char *remote, uint64_t term,
+                 struct issued *out)
 {
     struct user_view v;
     struct rbac_set *set = NULL;
@@ -288,7 +289,10 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP
     audit_event_strs(&e, "logins", (const char *const *)principals, np);
     audit_event_u64(&e, "ttl_s", ttl / 1000);
     audit_event_str(&e, "addr.remote", remote);
-    rv = audit_emit(s, &e, AUDIT_WAIT); /* no audit record, no certificate */
+    /* No audit record, no certificate; and the roles read above must have been
+     * current: @term is the leadership they were read under (0: read after a
+     * barrier of the caller's own). */
+    rv = term ? audit_emit_in_term(s, &e, term) : audit_emit(s, &e, AUDIT_WAIT);
 out:
     if (rv != 0)
         issued_free(out);
@@ -357,9 +361,11 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
         return auth_forward_req(r, out);
     }
     struct issued c;
-    rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
+    uint64_t term = rp_node_read_term(r->srv->node);
+    rv = term ? 0 : rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
     if (rv == 0)
-        rv = issue(r->srv, user, ssh, tls, ttl, r->caller ? r->caller->name : "?", r->remote, &c);
+        rv = issue(r->srv, user, ssh, tls, ttl, r->caller ? r->caller->name : "?", r->remote,
+                   term, &c);
     if (rv == 0) {
         reply_issued(out, &c);
         issued_free(&c);
@@ -530,7 +536,7 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
             goto out; /* a TOTP step must be recorded before it is accepted: no replay */
     }
     struct issued c;
-    if ((rv = issue(s, user, ssh, tls, ttl, user, r->remote, &c)) != 0)
+    if ((rv = issue(s, user, ssh, tls, ttl, user, r->remote, 0, &c)) != 0)
         goto out;
     audit_login(s, user, r->remote, NULL);
     reply_issued(out, &c);

@@ -173,6 +173,9 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out);
 
 /* Proposes @cmd through Raft on this (leader) server after the disk-space check. */
 int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct state_result *res);
+/* auth_propose, and the term this server appended and committed the entry in. */
+int auth_propose_term(struct auth_server *s, const void *cmd, size_t len,
+                      struct state_result *res, uint64_t *term);
 /* Encodes @c and proposes it (auth_propose); a command that applied with an error
  * (conflict, exists, ...) is returned as that error. @sr may be NULL. */
 struct state_cmd;

@@ -21,6 +21,12 @@ static void copy_state_result(void *arg, void *fsm_result)
 
 int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct state_result *res)
 {
+    return auth_propose_term(s, cmd, len, res, NULL);
+}
+
+int auth_propose_term(struct auth_server *s, const void *cmd, size_t len,
+                      struct state_result *res, uint64_t *term)
+{
     uint64_t free_bytes = 0;
     if (rp_disk_free(s->data_dir, &free_bytes, NULL) == 0 && free_bytes < s->cfg->min_free_disk) {
         if (!s->low_disk_warned)
@@ -40,7 +46,8 @@ int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct stat
         return rv;
     memset(res, 0, sizeof *res);
     res->code = RP_EUNKNOWN;
-    rv = rp_node_apply(s->node, cmd, len, AUTH_APPLY_TIMEOUT_MS, copy_state_result, res);
+    rv = rp_node_apply_term(s->node, cmd, len, AUTH_APPLY_TIMEOUT_MS, copy_state_result, res,
+                            term);
     if (rv == RP_EUNKNOWN)
         return rp_err(RP_EUNKNOWN,
                       "leadership changed before the write was confirmed: it may or may not "

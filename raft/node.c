@@ -57,6 +57,7 @@ struct node_req {
     /* apply */
     struct raft_apply apply;
     struct raft_buffer buf; /* owned until raft_apply takes it */
+    raft_term term;         /* the term the entry was appended in */
     void (*copy_result)(void *arg, void *fsm_result);
     void *copy_arg;
     /* add / remove / transfer */
@@ -113,6 +114,7 @@ struct rp_node {
     struct node_req *q_head, *q_tail;
 
     atomic_bool is_leader;
+    _Atomic uint64_t ready_term; /* leader_term once ready, else 0 */
 
     /* Loop thread only. */
     bool closing;      /* stop in progress: new requests get RP_ECLOSED */
@@ -205,7 +207,8 @@ static bool req_abandoned(struct node_req *q)
  * For REQ_STATUS, copies the status into @status_out. Consumes the caller's
  * reference. */
 static int req_submit_wait(struct rp_node *n, struct node_req *q, int timeout_ms, int timeout_rv,
-                           const char *what, struct rp_node_status *status_out)
+                           const char *what, struct rp_node_status *status_out,
+                           uint64_t *term_out)
 {
     int rv;
     /* From the loop thread (an FSM callback, copy_result) this would wait on
@@ -263,6 +266,8 @@ static int req_submit_wait(struct rp_node *n, struct node_req *q, int timeout_ms
             rp_err(rv, "%s", q->errmsg);
         if (rv == 0 && status_out != NULL)
             *status_out = q->status;
+        if (rv == 0 && term_out != NULL)
+            *term_out = q->term;
     } else {
         rv = rp_err(timeout_rv, "%s: no answer within %d ms", what, timeout_ms);
     }
@@ -365,6 +370,7 @@ static void on_barrier_done(struct raft_barrier *req, int status)
     if (status == 0) {
         if (!n->ready && raft_state(&n->raft) == RAFT_LEADER && b->term == n->leader_term) {
             n->ready = true;
+            atomic_store(&n->ready_term, (uint64_t)b->term);
             rp_info("raft", "node %llu: leader ready in term %llu (barrier applied at %llu)",
                     (unsigned long long)n->id, (unsigned long long)b->term,
                     (unsigned long long)req->index);
@@ -625,6 +631,7 @@ static void dispatch(struct rp_node *n, struct node_req *q)
     switch (q->type) {
     case REQ_APPLY:
         q->apply.data = q;
+        q->term = r->current_term; /* a leader appends in its current term */
         rv = raft_apply(r, &q->apply, &q->buf, 1, on_apply_done);
         if (rv != 0) {
             req_finish(q, raft_rv_to_rp(rv), NULL, "raft_apply: %s", raft_errmsg(r));
@@ -778,6 +785,7 @@ static void start_stop(struct rp_node *n)
     if (n->closing)
         return;
     n->closing = true;
+    atomic_store(&n->ready_term, 0);
     fail_list(&n->barrier_next, RP_ECLOSED, "raft node is stopping");
     if (raft_state(&n->raft) == RAFT_LEADER && has_other_voter(n)) {
         if (!n->transfer_busy) {
@@ -834,6 +842,7 @@ static void on_monitor(uv_prepare_t *h)
         if (n->leader_term != r->current_term) {
             n->leader_term = r->current_term;
             n->ready = false;
+            atomic_store(&n->ready_term, 0);
             rp_info("raft", "node %llu: became leader in term %llu", (unsigned long long)n->id,
                     (unsigned long long)r->current_term);
         }
@@ -848,6 +857,7 @@ static void on_monitor(uv_prepare_t *h)
         n->leader_term = 0;
     }
     n->ready = false;
+    atomic_store(&n->ready_term, 0);
     if (n->barrier_next != NULL)
         fail_list(&n->barrier_next, RP_ENOTLEADER, "leadership lost before the barrier was issued");
     raft_id lid = 0;
@@ -1144,6 +1154,13 @@ void rp_node_stop(struct rp_node *n)
 int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms,
                   void (*copy_result)(void *arg, void *fsm_result), void *arg)
 {
+    return rp_node_apply_term(n, buf, len, timeout_ms, copy_result, arg, NULL);
+}
+
+int rp_node_apply_term(struct rp_node *n, const void *buf, size_t len, int timeout_ms,
+                       void (*copy_result)(void *arg, void *fsm_result), void *arg,
+                       uint64_t *term_out)
+{
     struct node_req *q = req_new(REQ_APPLY);
     if (q == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
@@ -1164,7 +1181,7 @@ int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms
     q->buf.len = padded;
     q->copy_result = copy_result;
     q->copy_arg = arg;
-    return req_submit_wait(n, q, timeout_ms, RP_EUNKNOWN, "apply", NULL);
+    return req_submit_wait(n, q, timeout_ms, RP_EUNKNOWN, "apply", NULL, term_out);
 }
 
 int rp_node_barrier(struct rp_node *n, int timeout_ms)
@@ -1172,7 +1189,7 @@ int rp_node_barrier(struct rp_node *n, int timeout_ms)
     struct node_req *q = req_new(REQ_BARRIER);
     if (q == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
-    return req_submit_wait(n, q, timeout_ms, RP_ETIMEDOUT, "barrier", NULL);
+    return req_submit_wait(n, q, timeout_ms, RP_ETIMEDOUT, "barrier", NULL, NULL);
 }
 
 static int membership_call(struct rp_node *n, enum req_type type, uint64_t id, const char *address,
@@ -1186,7 +1203,7 @@ static int membership_call(struct rp_node *n, enum req_type type, uint64_t id, c
         snprintf(q->address, sizeof q->address, "%s", address);
     /* A change that timed out may still be applied: the outcome is unknown. */
     return req_submit_wait(n, q, timeout_ms, type == REQ_TRANSFER ? RP_ETIMEDOUT : RP_EUNKNOWN,
-                           what, NULL);
+                           what, NULL, NULL);
 }
 
 int rp_node_add(struct rp_node *n, uint64_t id, const char *address, int timeout_ms)
@@ -1216,7 +1233,12 @@ int rp_node_status(struct rp_node *n, struct rp_node_status *out)
     struct node_req *q = req_new(REQ_STATUS);
     if (q == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
-    return req_submit_wait(n, q, 5000, RP_ETIMEDOUT, "status", out);
+    return req_submit_wait(n, q, 5000, RP_ETIMEDOUT, "status", out, NULL);
+}
+
+uint64_t rp_node_read_term(struct rp_node *n)
+{
+    return atomic_load(&n->ready_term);
 }
 
 bool rp_node_is_leader(struct rp_node *n)

@@ -145,6 +145,19 @@ void rp_node_stop(struct rp_node *n);
  * 8 (a libraft 0.15 segment quirk): the FSM must ignore trailing zero bytes. */
 int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms,
                   void (*copy_result)(void *arg, void *fsm_result), void *arg);
+/* rp_node_apply, and on success also the term in which this server appended the
+ * entry as leader and saw it commit (@term_out may be NULL). */
+int rp_node_apply_term(struct rp_node *n, const void *buf, size_t len, int timeout_ms,
+                       void (*copy_result)(void *arg, void *fsm_result), void *arg,
+                       uint64_t *term_out);
+
+/* The term of this server's leadership once its post-election barrier has applied
+ * (every entry committed before the election is then applied here), else 0. Cheap
+ * and possibly stale: a read of local state made after this returned T is
+ * linearizable once an entry this server appended in term T commits (see
+ * rp_node_apply_term), because a newer leader could only have committed anything
+ * after a majority had moved past T, and that majority would refuse the entry. */
+uint64_t rp_node_read_term(struct rp_node *n);
 
 /* Linearizable read fence: returns 0 once this server is leader and a barrier
  * issued after the call has been applied locally (concurrent callers share one

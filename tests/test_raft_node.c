@@ -128,6 +128,56 @@ Test(raft_node, followers_refuse_leader_operations_with_not_leader, .fini = tear
     cr_assert(rt_wait_count(&C, 2, 5000));
 }
 
+static uint64_t apply_term_of(struct rp_node *n, uint64_t v)
+{
+    uint8_t b[8];
+    uint64_t result = 0, term = 0;
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(v >> (56 - 8 * i));
+    cr_assert_eq(rp_node_apply_term(n, b, sizeof b, 5000, rt_copy_u64, &result, &term), 0, "%s",
+                 rp_errmsg());
+    return term;
+}
+
+/* Polls until @n's read term is @want (the monitor updates it once per loop turn). */
+static bool read_term_becomes(struct rp_node *n, uint64_t want, int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        if (rp_node_read_term(n) == want)
+            return true;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return rp_node_read_term(n) == want;
+}
+
+/* Reads without a barrier rest on two facts (raft/rp_raft.h): the read term is the
+ * term of a ready leadership and 0 otherwise, and a write reports the term it was
+ * appended in, so a caller can tell whether its read and its write shared one
+ * leadership. */
+Test(raft_node, read_term_is_the_ready_leaders_term_and_writes_report_theirs, .fini = teardown,
+     .timeout = 60)
+{
+    rt_cluster_init(&C, 2, "readterm");
+    start_cluster(2);
+    struct rp_node *a = C.nodes[0].node, *b = C.nodes[1].node;
+    struct rp_node_status st = status_of(0);
+    cr_assert(read_term_becomes(a, st.term, 5000), "leader read term %llu, status term %llu",
+              (unsigned long long)rp_node_read_term(a), (unsigned long long)st.term);
+    cr_assert_eq(rp_node_read_term(b), 0, "a follower has no read term");
+    cr_assert_eq(apply_term_of(a, 3), st.term);
+
+    cr_assert_eq(rp_node_transfer(a, 2, 10000), 0, "%s", rp_errmsg());
+    cr_assert_eq(rt_wait_leader(&C, 10000), 1);
+    struct rp_node_status st2 = status_of(1);
+    cr_assert_gt(st2.term, st.term);
+    cr_assert(read_term_becomes(a, 0, 5000), "the old leader keeps read term %llu",
+              (unsigned long long)rp_node_read_term(a));
+    cr_assert(read_term_becomes(b, st2.term, 5000), "new leader read term %llu, term %llu",
+              (unsigned long long)rp_node_read_term(b), (unsigned long long)st2.term);
+    cr_assert_eq(apply_term_of(b, 4), st2.term, "an entry reports the term it was appended in");
+}
+
 struct barrier_arg {
     struct rp_node *n;
     pthread_barrier_t *start;
