@@ -277,7 +277,7 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP
                                  .route_cluster = s->id.cluster_name};
         if ((rv = auth_sign_identity(s, tls_pub, &id, NULL, 0, (long)(ttl / 1000), &x)) != 0 ||
             (rv = rp_tls_cert_to_pem(x, &out->tls_cert)) != 0 ||
-            (rv = rp_tls_cert_to_pem(s->id.ca_cert, &out->tls_ca)) != 0)
+            (rv = (out->tls_ca = strdup(s->id.ca_pem)) ? 0 : rp_err(RP_ENOMEM, "CA PEM")) != 0)
             goto out;
     }
     struct audit_event e;

@@ -52,6 +52,7 @@ static int write_small(const char *data_dir, const char *file, const char *text,
 void auth_identity_free(struct auth_identity *id)
 {
     X509_free(id->ca_cert);
+    free(id->ca_pem);
     X509_free(id->host_cert);
     EVP_PKEY_free(id->host_key);
     EVP_PKEY_free(id->ca_key_pending);
@@ -67,7 +68,8 @@ int auth_identity_load(struct auth_identity *id, const char *data_dir)
         (rv = read_small(data_dir, "cluster_name", id->cluster_name, sizeof id->cluster_name)) != 0)
         goto err;
     key_path(path, sizeof path, data_dir, "ca.crt");
-    if ((rv = rp_tls_read_cert(path, &id->ca_cert)) != 0)
+    if ((rv = rp_tls_read_cert(path, &id->ca_cert)) != 0 ||
+        (rv = rp_tls_cert_to_pem(id->ca_cert, &id->ca_pem)) != 0)
         goto err;
     key_path(path, sizeof path, data_dir, "host.crt");
     if ((rv = rp_tls_read_cert(path, &id->host_cert)) != 0)

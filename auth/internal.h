@@ -26,6 +26,7 @@ struct auth_identity {
     char cluster_name[256];
     char ca_pin[80];
     X509 *ca_cert;
+    char *ca_pem; /* ca_cert as PEM, for the answers that carry it */
     X509 *host_cert;
     EVP_PKEY *host_key;
     EVP_PKEY *ca_key_pending; /* bootstrap only: CA key not yet written to the state */

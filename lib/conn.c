@@ -384,6 +384,9 @@ static int conn_start_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server, int64_
         return rp_err(RP_ENOMEM, "%s: socket BIO failed", c->peer);
     }
     SSL_set_bio(c->ssl, b, b); /* takes @b */
+    /* One recv per request instead of two (record header, then body); nothing here
+     * polls the socket for frames, so data buffered in OpenSSL is never missed. */
+    SSL_set_read_ahead(c->ssl, 1);
     int rv = handshake(c, is_server, deadline);
     if (rv != 0) {
         /* A failed handshake has sent its alert; no close_notify after it. */
