@@ -181,42 +181,196 @@ static int user_view_load(struct auth_server *s, const char *user, struct user_v
     return 0;
 }
 
-/* Issues the SSH certificate for @ssh_pub (and the X.509 one for @tls_pub if given). */
-static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP_PKEY *tls_pub,
+/* ---- what a user's certificates say ------------------------------------------ */
+
+/* Computed from the user and its roles as stored when state_resources_changed() said
+ * @changed, and immutable from then on: a burst of logins by one user reads and
+ * evaluates its roles once, not once per certificate. */
+struct auth_issue_view {
+    char user[160];
+    uint64_t changed;
+    unsigned refs; /* under views_mu */
+    bool current;  /* still in s->views */
+    char **role_names;
+    size_t n_roles;
+    char **logins; /* after trait expansion; may be none */
+    size_t n_logins;
+    struct rbac_options opt;
+    char *roles_json;  /* the teleport-roles extension */
+    char *traits_json; /* the teleport-traits extension */
+};
+
+static void view_free(struct auth_issue_view *v)
+{
+    if (v == NULL)
+        return;
+    for (size_t i = 0; i < v->n_roles; i++)
+        free(v->role_names[i]);
+    free(v->role_names);
+    rbac_logins_free(v->logins, v->n_logins);
+    free(v->roles_json);
+    free(v->traits_json);
+    free(v);
+}
+
+void auth_issue_views_free(struct auth_server *s)
+{
+    for (size_t i = 0; i < sizeof s->views / sizeof s->views[0]; i++) {
+        view_free(s->views[i]);
+        s->views[i] = NULL;
+    }
+}
+
+static int view_build(struct auth_server *s, const char *user, uint64_t changed,
+                      struct auth_issue_view **out)
+{
+    struct user_view uv;
+    struct rbac_set *set = NULL;
+    struct rp_buf roles_json, traits_json;
+    rp_buf_init(&roles_json);
+    rp_buf_init(&traits_json);
+    struct auth_issue_view *v = calloc(1, sizeof *v);
+    int rv = v ? user_view_load(s, user, &uv) : rp_err(RP_ENOMEM, "issuance view");
+    if (v == NULL)
+        return rv;
+    const msgpack_object *traits =
+        uv.parsed ? rp_mp_get(rp_mp_get(&uv.u.data, "spec"), "traits") : NULL;
+    if (rv == 0)
+        rv = rbac_set_new(uv.roles, uv.n_roles, traits, &set);
+    if (rv == 0)
+        rv = rbac_logins(set, &v->logins, &v->n_logins);
+    if (rv != 0)
+        goto out;
+    rbac_options(set, &v->opt);
+    snprintf(v->user, sizeof v->user, "%s", user);
+    v->changed = changed;
+    if ((v->role_names = calloc(uv.n_roles, sizeof *v->role_names)) == NULL) {
+        rv = rp_err(RP_ENOMEM, "issuance view");
+        goto out;
+    }
+    rp_buf_append_str(&roles_json, "{\"version\":\"v1\",\"roles\":[");
+    for (size_t i = 0; i < uv.n_roles; i++) {
+        if ((v->role_names[i] = strdup(uv.role_names[i])) == NULL) {
+            rv = rp_err(RP_ENOMEM, "issuance view");
+            goto out;
+        }
+        v->n_roles++;
+        rp_buf_append_str(&roles_json, i ? "," : "");
+        rp_json_str(&roles_json, uv.role_names[i], strlen(uv.role_names[i]));
+    }
+    rp_buf_append_str(&roles_json, "]}");
+    if (traits && traits->type == MSGPACK_OBJECT_MAP)
+        rp_json_from_mp(&traits_json, traits, 0);
+    else
+        rp_buf_append_str(&traits_json, "{}");
+    if (rp_buf_append(&roles_json, "", 1) != 0 || rp_buf_append(&traits_json, "", 1) != 0 ||
+        (v->roles_json = strdup((char *)roles_json.data)) == NULL ||
+        (v->traits_json = strdup((char *)traits_json.data)) == NULL)
+        rv = rp_err(RP_ENOMEM, "issuance view");
+out:
+    rbac_set_free(set);
+    user_view_free(s, &uv);
+    rp_buf_free(&roles_json);
+    rp_buf_free(&traits_json);
+    if (rv != 0) {
+        view_free(v);
+        return rv;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The current view of @user (release it with view_release): cached, or built and
+ * cached. Errors (no such user, no roles) are not cached. */
+static int view_get(struct auth_server *s, const char *user, struct auth_issue_view **out)
+{
+    const size_t n_slots = sizeof s->views / sizeof s->views[0];
+    /* Read before the resources: a change landing meanwhile makes the view look older
+     * than it is, never newer. */
+    uint64_t changed = state_resources_changed(s->state);
+    pthread_mutex_lock(&s->views_mu);
+    for (size_t i = 0; i < n_slots; i++) {
+        struct auth_issue_view *v = s->views[i];
+        if (v && v->changed == changed && strcmp(v->user, user) == 0) {
+            v->refs++;
+            pthread_mutex_unlock(&s->views_mu);
+            *out = v;
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&s->views_mu);
+    struct auth_issue_view *v = NULL;
+    int rv = view_build(s, user, changed, &v);
+    if (rv != 0)
+        return rv;
+    v->refs = 1;
+    /* The slot: this user's older view, else an empty one, else one nobody holds
+     * (outdated ones first). With every slot held, the view is simply not cached. */
+    pthread_mutex_lock(&s->views_mu);
+    size_t pick = n_slots;
+    for (size_t i = 0; i < n_slots && pick == n_slots; i++)
+        if (s->views[i] && strcmp(s->views[i]->user, user) == 0)
+            pick = i;
+    for (size_t i = 0; i < n_slots && pick == n_slots; i++)
+        if (s->views[i] == NULL)
+            pick = i;
+    for (size_t i = 0; i < n_slots && pick == n_slots; i++)
+        if (s->views[i]->refs == 0 && s->views[i]->changed != changed)
+            pick = i;
+    for (size_t i = 0; i < n_slots && pick == n_slots; i++)
+        if (s->views[i]->refs == 0)
+            pick = i;
+    if (pick < n_slots) {
+        struct auth_issue_view *old = s->views[pick];
+        if (old) {
+            old->current = false;
+            if (old->refs == 0)
+                view_free(old);
+        }
+        s->views[pick] = v;
+        v->current = true;
+    }
+    pthread_mutex_unlock(&s->views_mu);
+    *out = v;
+    return 0;
+}
+
+static void view_release(struct auth_server *s, struct auth_issue_view *v)
+{
+    if (v == NULL)
+        return;
+    pthread_mutex_lock(&s->views_mu);
+    bool last = --v->refs == 0 && !v->current;
+    pthread_mutex_unlock(&s->views_mu);
+    if (last)
+        view_free(v);
+}
+
+/* Issues the SSH certificate for @ssh_pub (and the X.509 one for the P-256 key whose
+ * SubjectPublicKeyInfo is @tls_spki, if not NULL). */
+static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub,
+                 const unsigned char *tls_spki,
                  uint64_t want_ttl_ms, const char *caller, const char *remote, uint64_t term,
                  struct issued *out)
 {
-    struct user_view v;
-    struct rbac_set *set = NULL;
-    char **logins = NULL, *nologin[1] = {NULL};
-    size_t n_logins = 0;
+    struct auth_issue_view *v = NULL;
+    char *nologin[1] = {NULL};
     EVP_PKEY *ca = NULL;
-    X509 *x = NULL;
-    struct rp_buf blob, roles_json, traits_json;
+    struct rp_buf blob;
     rp_buf_init(&blob);
-    rp_buf_init(&roles_json);
-    rp_buf_init(&traits_json);
     memset(out, 0, sizeof *out);
-    int rv = user_view_load(s, user, &v);
-    const msgpack_object *traits =
-        v.parsed ? rp_mp_get(rp_mp_get(&v.u.data, "spec"), "traits") : NULL;
-    if (rv == 0)
-        rv = rbac_set_new(v.roles, v.n_roles, traits, &set);
-    if (rv == 0)
-        rv = rbac_logins(set, &logins, &n_logins);
+    int rv = view_get(s, user, &v);
     if (rv != 0)
         goto out;
-    struct rbac_options opt;
-    rbac_options(set, &opt);
     uint64_t ttl = want_ttl_ms ? want_ttl_ms : USER_DEFAULT_TTL_MS;
-    if (ttl > opt.max_session_ttl_ms)
-        ttl = opt.max_session_ttl_ms;
+    if (ttl > v->opt.max_session_ttl_ms)
+        ttl = v->opt.max_session_ttl_ms;
     uint64_t now = rp_now_ms() / 1000;
     out->expires_ms = (now + ttl / 1000) * 1000;
 
     /* A certificate without principals is valid for every login: never issue one. */
-    char **principals = logins;
-    size_t np = n_logins;
+    char **principals = v->logins;
+    size_t np = v->n_logins;
     if (np == 0) {
         char id[40];
         rp_random_hex(id, 16);
@@ -227,30 +381,17 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP
         principals = nologin;
         np = 1;
     }
-    rp_buf_append_str(&roles_json, "{\"version\":\"v1\",\"roles\":[");
-    for (size_t i = 0; i < v.n_roles; i++) {
-        rp_buf_append_str(&roles_json, i ? "," : "");
-        rp_json_str(&roles_json, v.role_names[i], strlen(v.role_names[i]));
-    }
-    rp_buf_append_str(&roles_json, "]}");
-    rp_buf_append(&roles_json, "", 1);
-    if (traits && traits->type == MSGPACK_OBJECT_MAP)
-        rp_json_from_mp(&traits_json, traits, 0);
-    else
-        rp_buf_append_str(&traits_json, "{}");
-    rp_buf_append(&traits_json, "", 1);
-
     struct rp_ssh_cert_opt exts[8];
     size_t ne = 0;
     exts[ne++] = (struct rp_ssh_cert_opt){"permit-pty", ""};
-    if (opt.port_forwarding)
+    if (v->opt.port_forwarding)
         exts[ne++] = (struct rp_ssh_cert_opt){"permit-port-forwarding", ""};
-    if (opt.forward_agent)
+    if (v->opt.forward_agent)
         exts[ne++] = (struct rp_ssh_cert_opt){"permit-agent-forwarding", ""};
-    if (opt.permit_x11_forwarding)
+    if (v->opt.permit_x11_forwarding)
         exts[ne++] = (struct rp_ssh_cert_opt){"permit-X11-forwarding", ""};
-    exts[ne++] = (struct rp_ssh_cert_opt){"teleport-roles", (char *)roles_json.data};
-    exts[ne++] = (struct rp_ssh_cert_opt){"teleport-traits", (char *)traits_json.data};
+    exts[ne++] = (struct rp_ssh_cert_opt){"teleport-roles", v->roles_json};
+    exts[ne++] = (struct rp_ssh_cert_opt){"teleport-traits", v->traits_json};
     exts[ne++] = (struct rp_ssh_cert_opt){"teleport-route-to-cluster", s->id.cluster_name};
     struct rp_ssh_cert cert = {
         .type = RP_SSH_CERT_USER,
@@ -267,16 +408,16 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP
         (rv = rp_ssh_cert_sign(&cert, ca, &blob)) != 0 ||
         (rv = rp_ssh_cert_format(blob.data, blob.len, user, &out->ssh_cert)) != 0)
         goto out;
-    if (tls_pub) {
+    if (tls_spki) {
         struct rp_identity id = {.name = (char *)user,
-                                 .groups = v.role_names,
-                                 .n_groups = v.n_roles,
-                                 .logins = logins,
-                                 .n_logins = n_logins,
+                                 .groups = v->role_names,
+                                 .n_groups = v->n_roles,
+                                 .logins = v->logins,
+                                 .n_logins = v->n_logins,
                                  .cluster = s->id.cluster_name,
                                  .route_cluster = s->id.cluster_name};
-        if ((rv = auth_sign_identity(s, tls_pub, &id, NULL, 0, (long)(ttl / 1000), &x)) != 0 ||
-            (rv = rp_tls_cert_to_pem(x, &out->tls_cert)) != 0 ||
+        if ((rv = auth_sign_identity(s, tls_spki, &id, NULL, 0, (long)(ttl / 1000),
+                                     &out->tls_cert)) != 0 ||
             (rv = (out->tls_ca = strdup(s->id.ca_pem)) ? 0 : rp_err(RP_ENOMEM, "CA PEM")) != 0)
             goto out;
     }
@@ -285,7 +426,7 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub, EVP
     audit_event_str(&e, "user", caller);
     audit_event_str(&e, "identity", user);
     audit_event_str(&e, "cert_type", "user");
-    audit_event_strs(&e, "roles", (const char *const *)v.role_names, v.n_roles);
+    audit_event_strs(&e, "roles", (const char *const *)v->role_names, v->n_roles);
     audit_event_strs(&e, "logins", (const char *const *)principals, np);
     audit_event_u64(&e, "ttl_s", ttl / 1000);
     audit_event_str(&e, "addr.remote", remote);
@@ -297,14 +438,9 @@ out:
     if (rv != 0)
         issued_free(out);
     free(nologin[0]);
-    rbac_logins_free(logins, n_logins);
-    rbac_set_free(set);
-    user_view_free(s, &v);
+    view_release(s, v);
     EVP_PKEY_free(ca);
-    X509_free(x);
     rp_buf_free(&blob);
-    rp_buf_free(&roles_json);
-    rp_buf_free(&traits_json);
     return rv;
 }
 
@@ -320,22 +456,24 @@ static void reply_issued(struct rp_buf *out, const struct issued *c)
     }
 }
 
-/* The public keys of a request: ssh_pubkey (an authorized_keys line), tls_pubkey (PEM). */
-static int request_keys(const msgpack_object *args, EVP_PKEY **ssh, EVP_PKEY **tls)
+/* The public keys of a request: ssh_pubkey (an authorized_keys line) and, optional,
+ * tls_pubkey (a P-256 PEM) as its SubjectPublicKeyInfo; *@tls is NULL without one and
+ * points into @spki otherwise. */
+static int request_keys(const msgpack_object *args, EVP_PKEY **ssh,
+                        unsigned char spki[RP_TLS_P256_SPKI_LEN], const unsigned char **tls)
 {
     char line[8192], pem[2048];
     int rv;
-    *ssh = *tls = NULL;
+    *ssh = NULL;
+    *tls = NULL;
     if ((rv = auth_arg_str(args, "ssh_pubkey", line, sizeof line, true)) != 0 ||
         (rv = auth_arg_str(args, "tls_pubkey", pem, sizeof pem, false)) != 0)
         return rv;
+    if (pem[0] && (rv = rp_tls_pubkey_spki(pem, strlen(pem), spki)) != 0)
+        return rp_err(rv, "tls_pubkey: %s", rp_errmsg());
     if ((rv = rp_ssh_pubkey_parse(line, ssh, NULL)) != 0)
         return rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
-    if (pem[0] && (rv = rp_tls_pubkey_from_pem(pem, strlen(pem), tls)) != 0) {
-        EVP_PKEY_free(*ssh);
-        *ssh = NULL;
-        return rp_err(rv, "tls_pubkey: %s", rp_errmsg());
-    }
+    *tls = pem[0] ? spki : NULL;
     return 0;
 }
 
@@ -345,19 +483,20 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
 {
     char user[160];
     uint64_t ttl = 0;
-    EVP_PKEY *ssh = NULL, *tls = NULL;
+    EVP_PKEY *ssh = NULL;
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    const unsigned char *tls = NULL;
     int rv;
     if ((rv = auth_arg_str(r->args, "user", user, sizeof user, true)) != 0)
         return rv;
     if (rp_mp_get_u64(r->args, "ttl_ms", &ttl) == RP_EINVAL || (ttl && ttl < 60000))
         return rp_err(RP_EINVAL, "ttl must be at least 1m");
-    if ((rv = request_keys(r->args, &ssh, &tls)) != 0)
+    if ((rv = request_keys(r->args, &ssh, spki, &tls)) != 0)
         return rv;
     if (!auth_is_leader(r->srv) && !r->from_peer) {
-        /* Any server could sign, but the audit record and the roles read must be
-         * current: the leader does it after a barrier. */
+        /* Any server could sign, but the audit record must go through the leader,
+         * and the roles read must be current: the leader does it. */
         EVP_PKEY_free(ssh);
-        EVP_PKEY_free(tls);
         return auth_forward_req(r, out);
     }
     struct issued c;
@@ -371,7 +510,6 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
         issued_free(&c);
     }
     EVP_PKEY_free(ssh);
-    EVP_PKEY_free(tls);
     return rv;
 }
 
@@ -464,8 +602,10 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
             return rp_err(RP_ENOTLEADER, "not the leader");
         return auth_forward_req(r, out);
     }
-    EVP_PKEY *ssh = NULL, *tls = NULL;
-    if ((rv = request_keys(r->args, &ssh, &tls)) != 0)
+    EVP_PKEY *ssh = NULL;
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    const unsigned char *tls = NULL;
+    if ((rv = request_keys(r->args, &ssh, spki, &tls)) != 0)
         return rv;
     if ((rv = rp_node_barrier(s->node, AUTH_READ_TIMEOUT_MS)) != 0)
         goto out_keys;
@@ -550,6 +690,5 @@ out:
     rp_buf_free(&sb);
 out_keys:
     EVP_PKEY_free(ssh);
-    EVP_PKEY_free(tls);
     return rv;
 }

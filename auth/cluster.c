@@ -204,14 +204,16 @@ static int load_ca_key(struct auth_server *s, EVP_PKEY **out)
     return rv;
 }
 
-int auth_sign_identity(struct auth_server *s, EVP_PKEY *pub, const struct rp_identity *ident,
-                       const char *const *sans, size_t n_sans, long ttl_s, X509 **out)
+int auth_sign_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P256_SPKI_LEN],
+                       const struct rp_identity *ident, const char *const *sans, size_t n_sans,
+                       long ttl_s, char **pem_out)
 {
     EVP_PKEY *ca_key = NULL;
     int rv = load_ca_key(s, &ca_key);
     if (rv != 0)
         return rv;
-    rv = rp_tls_issue(ca_key, s->id.ca_cert, pub, ident, sans, n_sans, ttl_s, out);
+    rv = rp_tls_issue_pem(ca_key, s->id.ca_cert, spki, RP_TLS_P256_SPKI_LEN, ident, sans, n_sans,
+                          ttl_s, pem_out);
     EVP_PKEY_free(ca_key);
     return rv;
 }
@@ -630,15 +632,18 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         return rv;
     }
 
-    EVP_PKEY *host_pub = NULL, *admin_pub = NULL;
-    X509 *host_cert = NULL, *admin_cert = NULL;
+    unsigned char host_spki[RP_TLS_P256_SPKI_LEN], admin_spki[RP_TLS_P256_SPKI_LEN];
     char *host_pem = NULL, *admin_pem = NULL, *ca_pem = NULL;
     bool already_member = false;
-    if ((rv = rp_tls_pubkey_from_pem(host_pub_pem, strlen(host_pub_pem), &host_pub)) != 0)
+    if ((rv = rp_tls_pubkey_spki(host_pub_pem, strlen(host_pub_pem), host_spki)) != 0) {
+        rv = rp_err(rv, "host_pubkey: %s", rp_errmsg());
         goto out;
+    }
     if (is_auth) {
-        if ((rv = rp_tls_pubkey_from_pem(admin_pub_pem, strlen(admin_pub_pem), &admin_pub)) != 0)
+        if ((rv = rp_tls_pubkey_spki(admin_pub_pem, strlen(admin_pub_pem), admin_spki)) != 0) {
+            rv = rp_err(rv, "admin_pubkey: %s", rp_errmsg());
             goto out;
+        }
         struct rp_node_status st;
         if ((rv = rp_node_status(s->node, &st)) != 0)
             goto out;
@@ -671,7 +676,7 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     struct rp_identity hid = {.name = host_id, .groups = groups, .n_groups = 1,
                               .cluster = s->id.cluster_name};
     /* Host identities are long-lived, renewed by CA rotation (Teleport does the same). */
-    if ((rv = auth_sign_identity(s, host_pub, &hid, sans, n_sans, 10L * 365 * 86400, &host_cert)) != 0)
+    if ((rv = auth_sign_identity(s, host_spki, &hid, sans, n_sans, 10L * 365 * 86400, &host_pem)) != 0)
         goto out;
     if (is_auth) {
         char *admin_groups[1] = {RP_ROLE_ADMIN};
@@ -679,7 +684,7 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         snprintf(admin_name, sizeof admin_name, "admin@%s", nodename);
         struct rp_identity aid = {.name = admin_name, .groups = admin_groups, .n_groups = 1,
                                   .cluster = s->id.cluster_name};
-        if ((rv = auth_sign_identity(s, admin_pub, &aid, NULL, 0, 10L * 365 * 86400, &admin_cert)) != 0)
+        if ((rv = auth_sign_identity(s, admin_spki, &aid, NULL, 0, 10L * 365 * 86400, &admin_pem)) != 0)
             goto out;
     }
 
@@ -717,10 +722,10 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     }
     audit_join(s, nodename, host_id, role, r->remote, NULL);
 
-    if ((rv = rp_tls_cert_to_pem(host_cert, &host_pem)) != 0 ||
-        (admin_cert && (rv = rp_tls_cert_to_pem(admin_cert, &admin_pem)) != 0) ||
-        (rv = rp_tls_cert_to_pem(s->id.ca_cert, &ca_pem)) != 0)
+    if ((ca_pem = strdup(s->id.ca_pem)) == NULL) {
+        rv = rp_err(RP_ENOMEM, "CA PEM");
         goto out;
+    }
     msgpack_packer pk;
     /* Register-with-token for agents: their SSH host certificate and the CA public
      * keys come with the X.509 identity. */
@@ -766,10 +771,6 @@ out:
     free(user_ca);
     free(host_ca);
     EVP_PKEY_free(ssh_pub);
-    EVP_PKEY_free(host_pub);
-    EVP_PKEY_free(admin_pub);
-    X509_free(host_cert);
-    X509_free(admin_cert);
     free(host_pem);
     free(admin_pem);
     free(ca_pem);

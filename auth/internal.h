@@ -80,6 +80,10 @@ struct auth_server {
         unsigned refs;
         bool current; /* still the cached version of its name */
     } roles[32];
+    /* What users' certificates say (auth/certs.c), computed once per change of any
+     * resource (state_resources_changed) and shared by reference count. */
+    pthread_mutex_t views_mu;
+    struct auth_issue_view *views[16];
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
 };
@@ -151,6 +155,8 @@ int auth_authorize_user(struct auth_server *s, const struct rp_identity *id, con
                         const msgpack_object *args);
 bool auth_is_user_identity(const struct rp_identity *id);
 int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
+struct auth_issue_view;
+void auth_issue_views_free(struct auth_server *s); /* at shutdown */
 int auth_h_authenticate(struct auth_req *r, struct rp_buf *out);
 /* auth/users.c */
 int auth_h_user_add(struct auth_req *r, struct rp_buf *out);
@@ -202,9 +208,12 @@ int auth_bootstrap_write(struct auth_server *s);
 /* Proposes expiry of everything whose time has come (leader only). */
 int auth_expire_due(struct auth_server *s);
 
-/* Signs an X.509 identity with the cluster CA held in the state. */
-int auth_sign_identity(struct auth_server *s, EVP_PKEY *pub, const struct rp_identity *ident,
-                       const char *const *sans, size_t n_sans, long ttl_s, X509 **out);
+/* Signs an X.509 identity with the cluster CA held in the state, for the P-256 key
+ * whose SubjectPublicKeyInfo is @spki (from rp_tls_pubkey_spki, which checked it);
+ * *@pem_out is the certificate as PEM (free it). */
+int auth_sign_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P256_SPKI_LEN],
+                       const struct rp_identity *ident, const char *const *sans, size_t n_sans,
+                       long ttl_s, char **pem_out);
 
 /* Small parsing helpers for request arguments. */
 int auth_arg_str(const msgpack_object *args, const char *key, char *out, size_t outlen,

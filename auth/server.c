@@ -554,6 +554,7 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     pthread_mutex_init(&s->fwd_mu, NULL);
     pthread_mutex_init(&s->ca_mu, NULL);
     pthread_mutex_init(&s->roles_mu, NULL);
+    pthread_mutex_init(&s->views_mu, NULL);
     for (int i = 0; i < AUTH_MAX_CONNS; i++)
         s->conn_fds[i] = -1;
 
@@ -692,6 +693,7 @@ void auth_server_stop(struct auth_server *s)
         EVP_PKEY_free(s->ca_key);
         for (size_t i = 0; i < sizeof s->roles / sizeof s->roles[0]; i++)
             rbac_role_free(s->roles[i].role);
+        auth_issue_views_free(s);
         EVP_PKEY_free(s->ssh_ca_key[0]);
         EVP_PKEY_free(s->ssh_ca_key[1]);
         auth_identity_free(&s->id);

@@ -286,8 +286,8 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
     const msgpack_object *extra = rp_mp_get(r->args, "principals");
     if (extra && (extra->type != MSGPACK_OBJECT_ARRAY || extra->via.array.size > 32))
         return rp_err(RP_EINVAL, "principals: expected an array of at most 32 names");
-    EVP_PKEY *pub = NULL, *tls_pub = NULL;
-    X509 *tls_cert = NULL;
+    EVP_PKEY *pub = NULL;
+    unsigned char tls_spki[RP_TLS_P256_SPKI_LEN];
     char **principals = NULL, *line = NULL, *tls_pem = NULL, *ca_pem = NULL;
     size_t np = 0;
     const char *extras[32];
@@ -318,12 +318,17 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
         char *groups[1] = {role};
         struct rp_identity hid = {
             .name = host_id, .groups = groups, .n_groups = 1, .cluster = (char *)cluster};
-        if ((rv = rp_tls_pubkey_from_pem(tls_pub_pem, strlen(tls_pub_pem), &tls_pub)) != 0 ||
-            (rv = auth_sign_identity(s, tls_pub, &hid, (const char *const *)principals, np,
-                                     (long)(ttl / 1000), &tls_cert)) != 0 ||
-            (rv = rp_tls_cert_to_pem(tls_cert, &tls_pem)) != 0 ||
-            (rv = rp_tls_cert_to_pem(s->id.ca_cert, &ca_pem)) != 0)
+        if ((rv = rp_tls_pubkey_spki(tls_pub_pem, strlen(tls_pub_pem), tls_spki)) != 0) {
+            rv = rp_err(rv, "tls_pubkey: %s", rp_errmsg());
             goto out;
+        }
+        if ((rv = auth_sign_identity(s, tls_spki, &hid, (const char *const *)principals, np,
+                                     (long)(ttl / 1000), &tls_pem)) != 0)
+            goto out;
+        if ((ca_pem = strdup(s->id.ca_pem)) == NULL) {
+            rv = rp_err(RP_ENOMEM, "CA PEM");
+            goto out;
+        }
     }
     struct audit_event e;
     audit_event_init(&e, "cert.create", "TC000I");
@@ -343,8 +348,6 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
         rp_mp_kv_str(&pk, "tls_ca", ca_pem);
     }
 out:
-    EVP_PKEY_free(tls_pub);
-    X509_free(tls_cert);
     free(tls_pem);
     free(ca_pem);
     for (size_t i = 0; i < np; i++)

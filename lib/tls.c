@@ -10,6 +10,7 @@
 
 #include <limits.h>
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ec.h>
@@ -185,6 +186,29 @@ static int check_key_type(EVP_PKEY *k, const char *what)
     return 0;
 }
 
+/* The DER prefix of every P-256 SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { ecPublicKey,
+ * prime256v1 }, BIT STRING (66 bytes: 0x00 then the 65-byte uncompressed point) }. */
+static const unsigned char P256_SPKI_PREFIX[26] = {
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
+
+/* P-256, made once: making the group anew costs several times what decoding a point
+ * does. Shared read-only by every thread (EC_KEY_set_group copies it, EC_POINT
+ * functions only read it). */
+static EC_GROUP *p256_group_v;
+static pthread_once_t p256_group_once = PTHREAD_ONCE_INIT;
+
+static void p256_group_init(void)
+{
+    p256_group_v = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+}
+
+static const EC_GROUP *p256_group(void)
+{
+    pthread_once(&p256_group_once, p256_group_init);
+    return p256_group_v;
+}
+
 /* ---- certificate building -------------------------------------------------------------- */
 
 static int set_random_serial(X509 *x)
@@ -289,65 +313,32 @@ err:
     return rv;
 }
 
-/* Adds @sans as subjectAltName: an entry that parses as an IPv4/IPv6 address is an
- * IP SAN, anything else must look like a DNS name (letters, digits, '-', '.', '_',
- * a leading "*." wildcard). */
-static int add_sans(X509 *x, const char *const *sans, size_t n)
+/* X.520 upper bounds (RFC 5280 appendix A), in characters, that OpenSSL's X509_NAME
+ * applied while leaf subjects were built with it: kept so that issuance refuses what
+ * it refused before. StreetAddress and the cluster attribute have none. */
+#define UB_COMMON_NAME 64
+#define UB_ORGANIZATION_NAME 64
+#define UB_LOCALITY_NAME 128
+
+/* Characters of a string already checked by utf8_clean: its non-continuation bytes. */
+static size_t utf8_chars(const char *s)
 {
-    if (n == 0)
-        return 0;
-    int rv = 0;
-    GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
-    if (gens == NULL)
-        return ssl_err(RP_ENOMEM, "subjectAltName");
-    for (size_t i = 0; i < n; i++) {
-        const char *s = sans[i];
-        if (s == NULL || s[0] == '\0' || strlen(s) > 253) {
-            rv = rp_err(RP_EINVAL, "subjectAltName %zu is empty or too long", i);
-            goto out;
-        }
-        GENERAL_NAME *g = GENERAL_NAME_new();
-        if (g == NULL) {
-            rv = ssl_err(RP_ENOMEM, "subjectAltName");
-            goto out;
-        }
-        ASN1_OCTET_STRING *ip = a2i_IPADDRESS(s);
-        if (ip != NULL) {
-            GENERAL_NAME_set0_value(g, GEN_IPADD, ip);
-        } else {
-            ERR_clear_error();
-            for (const char *p = s; *p; p++) {
-                int ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                         (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' ||
-                         (*p == '*' && p == s && p[1] == '.');
-                if (!ok) {
-                    GENERAL_NAME_free(g);
-                    rv = rp_err(RP_EINVAL,
-                                "subjectAltName \"%.64s\" is neither an IP address nor a DNS name",
-                                s);
-                    goto out;
-                }
-            }
-            ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
-            if (ia5 == NULL || !ASN1_STRING_set(ia5, s, -1)) {
-                ASN1_IA5STRING_free(ia5);
-                GENERAL_NAME_free(g);
-                rv = ssl_err(RP_ENOMEM, "subjectAltName");
-                goto out;
-            }
-            GENERAL_NAME_set0_value(g, GEN_DNS, ia5);
-        }
-        if (!sk_GENERAL_NAME_push(gens, g)) {
-            GENERAL_NAME_free(g);
-            rv = ssl_err(RP_ENOMEM, "subjectAltName");
-            goto out;
-        }
-    }
-    if (!X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 0, X509V3_ADD_REPLACE))
-        rv = ssl_err(RP_ETLS, "adding subjectAltName");
-out:
-    GENERAL_NAMES_free(gens);
-    return rv;
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xc0) != 0x80;
+    return n;
+}
+
+static int check_id_entry(const char *what, const char *s, size_t ub)
+{
+    int rv = check_id_string(what, s, strlen(s));
+    if (rv != 0)
+        return rv;
+    size_t chars = utf8_chars(s);
+    if (chars > ub)
+        return rp_err(RP_EINVAL, "identity %s is %zu characters, more than %zu (X.520 bound)", what,
+                      chars, ub);
+    return 0;
 }
 
 static int check_identity(const struct rp_identity *id)
@@ -355,7 +346,7 @@ static int check_identity(const struct rp_identity *id)
     int rv;
     if (id == NULL || id->name == NULL)
         return rp_err(RP_EINVAL, "identity has no name");
-    if ((rv = check_id_string("name", id->name, strlen(id->name))) != 0)
+    if ((rv = check_id_entry("name", id->name, UB_COMMON_NAME)) != 0)
         return rv;
     if (id->n_groups > ID_LIST_MAX || id->n_logins > ID_LIST_MAX)
         return rp_err(RP_EINVAL, "identity has %zu groups and %zu logins, limit %d each",
@@ -363,13 +354,13 @@ static int check_identity(const struct rp_identity *id)
     for (size_t i = 0; i < id->n_groups; i++) {
         if (id->groups[i] == NULL)
             return rp_err(RP_EINVAL, "identity group %zu is NULL", i);
-        if ((rv = check_id_string("group", id->groups[i], strlen(id->groups[i]))) != 0)
+        if ((rv = check_id_entry("group", id->groups[i], UB_ORGANIZATION_NAME)) != 0)
             return rv;
     }
     for (size_t i = 0; i < id->n_logins; i++) {
         if (id->logins[i] == NULL)
             return rp_err(RP_EINVAL, "identity login %zu is NULL", i);
-        if ((rv = check_id_string("login", id->logins[i], strlen(id->logins[i]))) != 0)
+        if ((rv = check_id_entry("login", id->logins[i], UB_LOCALITY_NAME)) != 0)
             return rv;
     }
     if (id->cluster && (rv = check_id_string("cluster", id->cluster, strlen(id->cluster))) != 0)
@@ -380,81 +371,477 @@ static int check_identity(const struct rp_identity *id)
     return 0;
 }
 
+/* ---- a DER writer ------------------------------------------------------------------------ */
+
+/* Leaf certificates are written as DER directly rather than through X509 objects:
+ * OpenSSL's generic ASN.1 machinery (names, public key, encoding the TBS twice, the
+ * frees) cost more than the ECDSA signature itself. A constructed value reserves the
+ * longest header it may need and closes the gap once its length is known; the
+ * memmoves are a few hundred bytes per certificate. */
+struct der {
+    unsigned char *p;
+    size_t len, cap;
+    int err; /* out of memory or a value over 4 GiB: the bytes are garbage */
+};
+
+#define DER_HDR_MAX 6 /* tag, 0x84, four length octets */
+
+static int der_reserve(struct der *d, size_t n)
+{
+    if (d->err)
+        return 0;
+    if (n <= d->cap - d->len)
+        return 1;
+    size_t cap = d->cap ? d->cap : 1024;
+    while (cap - d->len < n) {
+        if (cap > SIZE_MAX / 2) {
+            d->err = 1;
+            return 0;
+        }
+        cap *= 2;
+    }
+    unsigned char *np = realloc(d->p, cap);
+    if (np == NULL) {
+        d->err = 1;
+        return 0;
+    }
+    d->p = np;
+    d->cap = cap;
+    return 1;
+}
+
+static void der_raw(struct der *d, const void *b, size_t n)
+{
+    if (n > 0 && der_reserve(d, n)) {
+        memcpy(d->p + d->len, b, n);
+        d->len += n;
+    }
+}
+
+/* Octets of the DER length of @n: short form below 128, else 0x8k and k octets. */
+static size_t der_len_size(size_t n)
+{
+    return n < 0x80 ? 1 : n <= 0xff ? 2 : n <= 0xffff ? 3 : n <= 0xffffff ? 4 : 5;
+}
+
+static void der_put_len(unsigned char *out, size_t n, size_t size)
+{
+    if (size == 1) {
+        out[0] = (unsigned char)n;
+        return;
+    }
+    out[0] = (unsigned char)(0x80 | (size - 1));
+    for (size_t i = size - 1; i > 0; i--, n >>= 8)
+        out[i] = (unsigned char)(n & 0xff);
+}
+
+static void der_tlv(struct der *d, unsigned char tag, const void *v, size_t n)
+{
+    unsigned char h[DER_HDR_MAX];
+    if (n > 0xffffffffu) {
+        d->err = 1;
+        return;
+    }
+    size_t ls = der_len_size(n);
+    h[0] = tag;
+    der_put_len(h + 1, n, ls);
+    der_raw(d, h, 1 + ls);
+    der_raw(d, v, n);
+}
+
+/* Opens a constructed value; returns where it starts, for der_end. */
+static size_t der_begin(struct der *d, unsigned char tag)
+{
+    size_t at = d->len;
+    if (der_reserve(d, DER_HDR_MAX)) {
+        d->p[at] = tag;
+        d->len += DER_HDR_MAX;
+    }
+    return at;
+}
+
+static void der_end(struct der *d, size_t at)
+{
+    if (d->err)
+        return;
+    size_t body = d->len - at - DER_HDR_MAX;
+    if (body > 0xffffffffu) {
+        d->err = 1;
+        return;
+    }
+    size_t ls = der_len_size(body);
+    der_put_len(d->p + at + 1, body, ls);
+    memmove(d->p + at + 1 + ls, d->p + at + DER_HDR_MAX, body);
+    d->len = at + 1 + ls + body;
+}
+
+/* ---- leaf certificates --------------------------------------------------------------- */
+
+#define TAG_INTEGER 0x02
+#define TAG_BIT_STRING 0x03
+#define TAG_OCTET_STRING 0x04
+#define TAG_OID 0x06
+#define TAG_UTF8STRING 0x0c
+#define TAG_UTCTIME 0x17
+#define TAG_GENERALIZEDTIME 0x18
+#define TAG_SEQUENCE 0x30
+#define TAG_SET 0x31
+#define TAG_CTX0_PRIM 0x80 /* [0] IMPLICIT: AuthorityKeyIdentifier.keyIdentifier */
+#define TAG_GN_DNS 0x82    /* GeneralName dNSName [2] IMPLICIT IA5String */
+#define TAG_GN_IP 0x87     /* GeneralName iPAddress [7] IMPLICIT OCTET STRING */
+#define TAG_EXTENSIONS 0xa3
+
+/* [0] EXPLICIT INTEGER 2: version v3. */
+static const unsigned char DER_VERSION_V3[] = {0xa0, 0x03, 0x02, 0x01, 0x02};
+/* AlgorithmIdentifier ecdsa-with-SHA256 (1.2.840.10045.4.3.2), parameters absent. */
+static const unsigned char DER_ALG_ECDSA_SHA256[] = {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86,
+                                                     0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
+static const unsigned char OID_CN[] = {0x55, 0x04, 0x03};                  /* 2.5.4.3 */
+static const unsigned char OID_L[] = {0x55, 0x04, 0x07};                   /* 2.5.4.7 */
+static const unsigned char OID_STREET[] = {0x55, 0x04, 0x09};              /* 2.5.4.9 */
+static const unsigned char OID_O[] = {0x55, 0x04, 0x0a};                   /* 2.5.4.10 */
+static const unsigned char OID_CLUSTER[] = {0x2b, 0xce, 0x0f, 0x01, 0x07}; /* 1.3.9999.1.7 */
+static const unsigned char OID_SAN[] = {0x55, 0x1d, 0x11};                 /* 2.5.29.17 */
+static const unsigned char OID_AKID[] = {0x55, 0x1d, 0x23};                /* 2.5.29.35 */
+/* The extensions every leaf carries first, as add_leaf_exts made them with OpenSSL. */
+static const unsigned char DER_LEAF_EXTS[] = {
+    /* basicConstraints (2.5.29.19), critical: SEQUENCE {}, cA FALSE being the default */
+    0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x02, 0x30, 0x00,
+    /* keyUsage (2.5.29.15), critical: digitalSignature (bit 0) and keyAgreement (bit 4) */
+    0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x03, 0x88,
+    /* extKeyUsage (2.5.29.37): serverAuth (1.3.6.1.5.5.7.3.1), clientAuth (...3.2) */
+    0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d, 0x25, 0x04, 0x16, 0x30, 0x14, 0x06, 0x08, 0x2b, 0x06, 0x01,
+    0x05, 0x05, 0x07, 0x03, 0x01, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02};
+
+/* The latest instant a certificate time can name: 9999-12-31T23:59:59Z. */
+#define CERT_TIME_MAX 253402300799LL
+
+/* 128 random bits as a positive INTEGER (at most 17 DER octets, within RFC 5280's
+ * 20); zero is not a valid serial, so draw again. */
+static int put_serial(struct der *d)
+{
+    unsigned char b[17];
+    size_t i;
+    do {
+        if (RAND_bytes(b + 1, 16) != 1)
+            return ssl_err(RP_ETLS, "random serial");
+        for (i = 1; i < sizeof b && b[i] == 0; i++)
+            ;
+    } while (i == sizeof b);
+    /* Minimal DER: no leading zero octets but one before a set top bit, which
+     * would otherwise make the number negative. */
+    if (b[i] & 0x80)
+        b[--i] = 0;
+    der_tlv(d, TAG_INTEGER, b + i, sizeof b - i);
+    return 0;
+}
+
+static char *put2(char *s, int v)
+{
+    s[0] = (char)('0' + v / 10 % 10);
+    s[1] = (char)('0' + v % 10);
+    return s + 2;
+}
+
+/* RFC 5280 4.1.2.5: UTCTime for the years 1950 through 2049, GeneralizedTime
+ * otherwise. The caller keeps @t within years 1..9999. */
+static void put_time(struct der *d, long long t)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    char s[16], *e = s;
+    if (gmtime_r(&tt, &tm) == NULL) {
+        d->err = 1;
+        return;
+    }
+    int year = tm.tm_year + 1900;
+    int utc = year >= 1950 && year <= 2049;
+    if (!utc)
+        e = put2(e, year / 100);
+    e = put2(e, year % 100);
+    e = put2(e, tm.tm_mon + 1);
+    e = put2(e, tm.tm_mday);
+    e = put2(e, tm.tm_hour);
+    e = put2(e, tm.tm_min);
+    e = put2(e, tm.tm_sec);
+    *e++ = 'Z';
+    der_tlv(d, utc ? TAG_UTCTIME : TAG_GENERALIZEDTIME, s, (size_t)(e - s));
+}
+
+/* One single-valued RDN: SET { SEQUENCE { type, UTF8String value } }. */
+static void put_rdn(struct der *d, const unsigned char *oid, size_t oid_len, const char *v)
+{
+    size_t set = der_begin(d, TAG_SET);
+    size_t atv = der_begin(d, TAG_SEQUENCE);
+    der_tlv(d, TAG_OID, oid, oid_len);
+    der_tlv(d, TAG_UTF8STRING, v, strlen(v));
+    der_end(d, atv);
+    der_end(d, set);
+}
+
+/* The subject as Teleport encodes an identity, one RDN per attribute. */
+static void put_subject(struct der *d, const struct rp_identity *id)
+{
+    size_t name = der_begin(d, TAG_SEQUENCE);
+    put_rdn(d, OID_CN, sizeof OID_CN, id->name);
+    for (size_t i = 0; i < id->n_groups; i++)
+        put_rdn(d, OID_O, sizeof OID_O, id->groups[i]);
+    for (size_t i = 0; i < id->n_logins; i++)
+        put_rdn(d, OID_L, sizeof OID_L, id->logins[i]);
+    if (id->route_cluster)
+        put_rdn(d, OID_STREET, sizeof OID_STREET, id->route_cluster);
+    if (id->cluster)
+        put_rdn(d, OID_CLUSTER, sizeof OID_CLUSTER, id->cluster);
+    der_end(d, name);
+}
+
+/* subjectAltName from @sans: an entry that parses as an IPv4/IPv6 address is an IP
+ * SAN, anything else must look like a DNS name (letters, digits, '-', '.', '_', a
+ * leading "*." wildcard). */
+static int put_sans(struct der *d, const char *const *sans, size_t n)
+{
+    size_t ext = der_begin(d, TAG_SEQUENCE);
+    der_tlv(d, TAG_OID, OID_SAN, sizeof OID_SAN);
+    size_t os = der_begin(d, TAG_OCTET_STRING);
+    size_t gens = der_begin(d, TAG_SEQUENCE);
+    for (size_t i = 0; i < n; i++) {
+        const char *s = sans[i];
+        if (s == NULL || s[0] == '\0' || strlen(s) > 253)
+            return rp_err(RP_EINVAL, "subjectAltName %zu is empty or too long", i);
+        /* OpenSSL's parser, so that what counts as an address is what it was. */
+        ASN1_OCTET_STRING *ip = a2i_IPADDRESS(s);
+        if (ip != NULL) {
+            der_tlv(d, TAG_GN_IP, ASN1_STRING_get0_data(ip), (size_t)ASN1_STRING_length(ip));
+            ASN1_OCTET_STRING_free(ip);
+            continue;
+        }
+        ERR_clear_error();
+        for (const char *p = s; *p; p++) {
+            int ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                     (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' ||
+                     (*p == '*' && p == s && p[1] == '.');
+            if (!ok)
+                return rp_err(RP_EINVAL,
+                              "subjectAltName \"%.64s\" is neither an IP address nor a DNS name",
+                              s);
+        }
+        der_tlv(d, TAG_GN_DNS, s, strlen(s));
+    }
+    der_end(d, gens);
+    der_end(d, os);
+    der_end(d, ext);
+    return 0;
+}
+
+/* What both issuing functions check before building anything, @now being the time
+ * the certificate will be issued at. */
+static int issue_check(const char *fn, EVP_PKEY *ca_key, X509 *ca_cert,
+                       const struct rp_identity *id, const char *const *sans, size_t n_sans,
+                       long ttl_s, long long now)
+{
+    int rv;
+    if (ttl_s <= 0)
+        return rp_err(RP_EINVAL, "certificate ttl %ld must be positive", ttl_s);
+    if ((long long)ttl_s > CERT_TIME_MAX - now)
+        return rp_err(RP_EINVAL, "certificate ttl %ld reaches past the year 9999", ttl_s);
+    if (sans == NULL && n_sans > 0)
+        return rp_err(RP_EINVAL, "%s: %zu SANs but no array", fn, n_sans);
+    if ((rv = check_identity(id)) != 0)
+        return rv;
+    /* The signature algorithm written is ECDSA; the CA is P-256 like every key here. */
+    if (EVP_PKEY_get_base_id(ca_key) != EVP_PKEY_EC)
+        return rp_err(RP_EINVAL, "%s: the CA key is %s, not EC", fn,
+                      EVP_PKEY_get0_type_name(ca_key) ? EVP_PKEY_get0_type_name(ca_key) : "?");
+    if (X509_check_private_key(ca_cert, ca_key) != 1)
+        return ssl_err(RP_EINVAL, "CA key does not match the CA certificate");
+    return 0;
+}
+
+static int sign_sha256(EVP_PKEY *key, const unsigned char *m, size_t n, unsigned char *sig,
+                       size_t *siglen)
+{
+    EVP_MD_CTX *mc = EVP_MD_CTX_new();
+    int ok = mc != NULL && EVP_DigestSignInit(mc, NULL, EVP_sha256(), NULL, key) == 1 &&
+             EVP_DigestSign(mc, sig, siglen, m, n) == 1;
+    EVP_MD_CTX_free(mc);
+    return ok ? 0 : ssl_err(RP_ETLS, "signing the certificate");
+}
+
+/* The one leaf certificate builder: the DER Certificate for @spki (a P-256
+ * SubjectPublicKeyInfo) carrying @id, valid from @now - BACKDATE_S to @now + @ttl_s,
+ * signed by @ca_key, into @d. Byte for byte what OpenSSL's X509 objects produced
+ * before (tests/test_tls.c compares), so rp_identity_from_cert and peers read it
+ * alike. The caller has run issue_check. */
+static int leaf_der(EVP_PKEY *ca_key, X509 *ca_cert, const unsigned char *spki,
+                    const struct rp_identity *id, const char *const *sans, size_t n_sans,
+                    long ttl_s, long long now, struct der *d)
+{
+    int rv;
+    const ASN1_OCTET_STRING *skid = X509_get0_subject_key_id(ca_cert);
+    if (skid == NULL)
+        return rp_err(RP_ETLS, "the CA certificate has no subject key identifier");
+    /* The issuer is the CA's subject as encoded in the CA certificate, copied as is
+     * (X509_NAME keeps its DER, so this costs no encoding). */
+    const unsigned char *issuer = NULL;
+    size_t issuer_len = 0;
+    if (!X509_NAME_get0_der(X509_get_subject_name(ca_cert), &issuer, &issuer_len))
+        return ssl_err(RP_ETLS, "encoding the CA subject");
+
+    size_t cert = der_begin(d, TAG_SEQUENCE);
+    size_t tbs = der_begin(d, TAG_SEQUENCE);
+    der_raw(d, DER_VERSION_V3, sizeof DER_VERSION_V3);
+    if ((rv = put_serial(d)) != 0)
+        return rv;
+    der_raw(d, DER_ALG_ECDSA_SHA256, sizeof DER_ALG_ECDSA_SHA256);
+    der_raw(d, issuer, issuer_len);
+    size_t validity = der_begin(d, TAG_SEQUENCE);
+    put_time(d, now - BACKDATE_S);
+    put_time(d, now + ttl_s);
+    der_end(d, validity);
+    put_subject(d, id);
+    der_raw(d, spki, RP_TLS_P256_SPKI_LEN);
+
+    size_t x3 = der_begin(d, TAG_EXTENSIONS);
+    size_t exts = der_begin(d, TAG_SEQUENCE);
+    der_raw(d, DER_LEAF_EXTS, sizeof DER_LEAF_EXTS);
+    size_t akid = der_begin(d, TAG_SEQUENCE);
+    der_tlv(d, TAG_OID, OID_AKID, sizeof OID_AKID);
+    size_t akid_os = der_begin(d, TAG_OCTET_STRING);
+    size_t akid_seq = der_begin(d, TAG_SEQUENCE);
+    der_tlv(d, TAG_CTX0_PRIM, ASN1_STRING_get0_data(skid), (size_t)ASN1_STRING_length(skid));
+    der_end(d, akid_seq);
+    der_end(d, akid_os);
+    der_end(d, akid);
+    if (n_sans > 0 && (rv = put_sans(d, sans, n_sans)) != 0)
+        return rv;
+    der_end(d, exts);
+    der_end(d, x3);
+    der_end(d, tbs);
+    if (d->err)
+        return rp_err(RP_ENOMEM, "building the certificate");
+
+    unsigned char sig[160]; /* ECDSA signature DER: 72 octets for P-256, 139 for P-521 */
+    size_t siglen = sizeof sig;
+    if (EVP_PKEY_get_size(ca_key) > (int)sizeof sig)
+        return rp_err(RP_EINVAL, "CA key signatures of %d bytes are too large",
+                      EVP_PKEY_get_size(ca_key));
+    if ((rv = sign_sha256(ca_key, d->p + tbs, d->len - tbs, sig, &siglen)) != 0)
+        return rv;
+    der_raw(d, DER_ALG_ECDSA_SHA256, sizeof DER_ALG_ECDSA_SHA256);
+    size_t bits = der_begin(d, TAG_BIT_STRING);
+    der_raw(d, "", 1); /* no unused bits */
+    der_raw(d, sig, siglen);
+    der_end(d, bits);
+    der_end(d, cert);
+    if (d->err)
+        return rp_err(RP_ENOMEM, "building the certificate");
+    return 0;
+}
+
+/* "-----BEGIN @label-----\n", base64 in 64-character lines, "-----END @label-----\n". */
+static int der_to_pem(const unsigned char *der, size_t n, const char *label, char **out)
+{
+    size_t ll = strlen(label);
+    size_t lines = (n + 47) / 48;
+    size_t cap = 11 + ll + 6 + lines * 65 + 9 + ll + 6 + 1;
+    char *s = malloc(cap), *o = s;
+    if (s == NULL)
+        return rp_err(RP_ENOMEM, "%s to PEM", label);
+    o += sprintf(o, "-----BEGIN %s-----\n", label);
+    for (size_t i = 0; i < n; i += 48) {
+        size_t k = n - i < 48 ? n - i : 48;
+        o += EVP_EncodeBlock((unsigned char *)o, der + i, (int)k);
+        *o++ = '\n';
+    }
+    sprintf(o, "-----END %s-----\n", label);
+    *out = s;
+    return 0;
+}
+
+/* @k's SubjectPublicKeyInfo, which must be that of a P-256 key. Keys made by
+ * OpenSSL 3's providers (rp_tls_keygen) hand out their point directly, where
+ * i2d_PUBKEY would set up an encoder (~90 us); keys read by rp_tls_pubkey_from_pem
+ * are legacy EC_KEYs, which do not answer that parameter but encode cheaply. */
+static int pkey_spki(EVP_PKEY *k, unsigned char spki[RP_TLS_P256_SPKI_LEN])
+{
+    unsigned char pt[RP_TLS_P256_SPKI_LEN - sizeof P256_SPKI_PREFIX];
+    size_t n = 0;
+    int rv = check_key_type(k, "public key");
+    if (rv != 0)
+        return rv;
+    int got =
+        EVP_PKEY_get_octet_string_param(k, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, pt, sizeof pt, &n);
+    if (got == 1 && n == sizeof pt && pt[0] == 0x04) {
+        memcpy(spki, P256_SPKI_PREFIX, sizeof P256_SPKI_PREFIX);
+        memcpy(spki + sizeof P256_SPKI_PREFIX, pt, sizeof pt);
+        return 0;
+    }
+    ERR_clear_error();
+    unsigned char *der = NULL;
+    int len = i2d_PUBKEY(k, &der);
+    int ok = len == RP_TLS_P256_SPKI_LEN &&
+             memcmp(der, P256_SPKI_PREFIX, sizeof P256_SPKI_PREFIX) == 0 &&
+             der[sizeof P256_SPKI_PREFIX] == 0x04;
+    if (ok)
+        memcpy(spki, der, RP_TLS_P256_SPKI_LEN);
+    OPENSSL_free(der);
+    if (ok)
+        return 0;
+    if (len <= 0)
+        return ssl_err(RP_EINVAL, "encoding the public key");
+    return rp_err(RP_EINVAL,
+                  "public key is P-256 but not a named curve with an uncompressed point");
+}
+
 int rp_tls_issue(EVP_PKEY *ca_key, X509 *ca_cert, EVP_PKEY *pubkey, const struct rp_identity *id,
                  const char *const *sans, size_t n_sans, long ttl_s, X509 **out)
 {
     int rv;
     if (ca_key == NULL || ca_cert == NULL || pubkey == NULL || out == NULL)
         return rp_err(RP_EINVAL, "rp_tls_issue: missing CA key, CA certificate or public key");
-    if (ttl_s <= 0)
-        return rp_err(RP_EINVAL, "certificate ttl %ld must be positive", ttl_s);
-    if (sans == NULL && n_sans > 0)
-        return rp_err(RP_EINVAL, "rp_tls_issue: %zu SANs but no array", n_sans);
-    if ((rv = check_identity(id)) != 0)
+    long long now = (long long)time(NULL);
+    if ((rv = issue_check("rp_tls_issue", ca_key, ca_cert, id, sans, n_sans, ttl_s, now)) != 0)
         return rv;
-    if (X509_check_private_key(ca_cert, ca_key) != 1)
-        return ssl_err(RP_EINVAL, "CA key does not match the CA certificate");
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    if ((rv = pkey_spki(pubkey, spki)) != 0)
+        return rv;
+    struct der d = {0};
+    if ((rv = leaf_der(ca_key, ca_cert, spki, id, sans, n_sans, ttl_s, now, &d)) == 0) {
+        const unsigned char *p = d.p;
+        X509 *x = d2i_X509(NULL, &p, (long)d.len);
+        if (x == NULL)
+            rv = ssl_err(RP_ETLS, "reading back the certificate just built");
+        else
+            *out = x;
+    }
+    free(d.p);
+    return rv;
+}
 
-    X509 *x = X509_new();
-    if (x == NULL)
-        return ssl_err(RP_ENOMEM, "new certificate");
-    if (!X509_set_version(x, X509_VERSION_3)) {
-        rv = ssl_err(RP_ETLS, "version");
-        goto err;
-    }
-    if ((rv = set_random_serial(x)) != 0)
-        goto err;
-
-    X509_NAME *name = X509_get_subject_name(x);
-    if ((rv = name_add(name, NID_commonName, id->name)) != 0)
-        goto err;
-    for (size_t i = 0; i < id->n_groups; i++) {
-        if ((rv = name_add(name, NID_organizationName, id->groups[i])) != 0)
-            goto err;
-    }
-    for (size_t i = 0; i < id->n_logins; i++) {
-        if ((rv = name_add(name, NID_localityName, id->logins[i])) != 0)
-            goto err;
-    }
-    if (id->route_cluster && (rv = name_add(name, NID_streetAddress, id->route_cluster)) != 0)
-        goto err;
-    if (id->cluster) {
-        const ASN1_OBJECT *oid = cluster_oid();
-        if (oid == NULL) {
-            rv = ssl_err(RP_ETLS, "OID " OID_TELEPORT_CLUSTER);
-            goto err;
-        }
-        if (!X509_NAME_add_entry_by_OBJ(name, oid, MBSTRING_UTF8,
-                                        (const unsigned char *)id->cluster, -1, -1, 0)) {
-            rv = ssl_err(RP_ETLS, "building the subject");
-            goto err;
-        }
-    }
-    if (!X509_set_issuer_name(x, X509_get_subject_name(ca_cert)) || !X509_set_pubkey(x, pubkey)) {
-        rv = ssl_err(RP_ETLS, "issuer/public key");
-        goto err;
-    }
-    if ((rv = set_validity(x, -BACKDATE_S, ttl_s)) != 0)
-        goto err;
-
-    X509V3_CTX ctx;
-    X509V3_set_ctx(&ctx, ca_cert, x, NULL, NULL, 0);
-    if ((rv = add_ext_conf(x, &ctx, NID_basic_constraints, "critical,CA:FALSE")) != 0 ||
-        (rv = add_ext_conf(x, &ctx, NID_key_usage, "critical,digitalSignature,keyAgreement")) !=
-            0 ||
-        (rv = add_ext_conf(x, &ctx, NID_ext_key_usage, "serverAuth,clientAuth")) != 0 ||
-        (rv = add_ext_conf(x, &ctx, NID_authority_key_identifier, "keyid:always")) != 0)
-        goto err;
-    if ((rv = add_sans(x, sans, n_sans)) != 0)
-        goto err;
-    if (X509_sign(x, ca_key, EVP_sha256()) <= 0) {
-        rv = ssl_err(RP_ETLS, "signing the certificate");
-        goto err;
-    }
-    *out = x;
-    return 0;
-err:
-    X509_free(x);
+int rp_tls_issue_pem(EVP_PKEY *ca_key, X509 *ca_cert, const unsigned char *spki, size_t spki_len,
+                     const struct rp_identity *id, const char *const *sans, size_t n_sans,
+                     long ttl_s, char **pem_out)
+{
+    int rv;
+    if (ca_key == NULL || ca_cert == NULL || spki == NULL || pem_out == NULL)
+        return rp_err(RP_EINVAL,
+                      "rp_tls_issue_pem: missing CA key, CA certificate, public key or output");
+    /* The point itself was checked by rp_tls_pubkey_spki (checking it again would be
+     * a microsecond a certificate); this only keeps other bytes from being signed. */
+    if (spki_len != RP_TLS_P256_SPKI_LEN ||
+        memcmp(spki, P256_SPKI_PREFIX, sizeof P256_SPKI_PREFIX) != 0 ||
+        spki[sizeof P256_SPKI_PREFIX] != 0x04)
+        return rp_err(RP_EINVAL,
+                      "rp_tls_issue_pem: %zu bytes are not a P-256 SubjectPublicKeyInfo with an "
+                      "uncompressed point",
+                      spki_len);
+    long long now = (long long)time(NULL);
+    if ((rv = issue_check("rp_tls_issue_pem", ca_key, ca_cert, id, sans, n_sans, ttl_s, now)) != 0)
+        return rv;
+    struct der d = {0};
+    if ((rv = leaf_der(ca_key, ca_cert, spki, id, sans, n_sans, ttl_s, now, &d)) == 0)
+        rv = der_to_pem(d.p, d.len, "CERTIFICATE", pem_out);
+    free(d.p);
     return rv;
 }
 
@@ -695,12 +1082,6 @@ int rp_tls_key_from_pem(const char *pem, size_t n, EVP_PKEY **out)
     return 0;
 }
 
-/* The DER prefix of every P-256 SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { ecPublicKey,
- * prime256v1 }, BIT STRING (66 bytes: 0x00 then the 65-byte uncompressed point) }. */
-static const unsigned char P256_SPKI_PREFIX[26] = {
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
-    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00};
-
 /* P-256 keys, the only kind clients send, without OpenSSL 3's decoder set-up: that
  * took about 330 us a call (a third of a certificate issuance, measured with perf),
  * building the key from the point takes a few. EC_KEY is deprecated in OpenSSL 3 but
@@ -719,9 +1100,12 @@ static EVP_PKEY *p256_pubkey_fast(const char *pem, size_t n)
         return NULL;
     if (PEM_read_bio(b, &name, &hdr, &der, &len) == 1 && strcmp(name, "PUBLIC KEY") == 0 &&
         hdr[0] == '\0' && len == 91 && memcmp(der, P256_SPKI_PREFIX, 26) == 0) {
-        EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
-        if (ec && EC_KEY_oct2key(ec, der + 26, 65, NULL) == 1 && (k = EVP_PKEY_new()) != NULL &&
-            EVP_PKEY_assign_EC_KEY(k, ec) == 1) {
+        /* A copy of a group made once: making the group anew costs several times
+         * what decoding the point does. */
+        const EC_GROUP *g = p256_group();
+        EC_KEY *ec = g ? EC_KEY_new() : NULL;
+        if (ec && EC_KEY_set_group(ec, g) == 1 && EC_KEY_oct2key(ec, der + 26, 65, NULL) == 1 &&
+            (k = EVP_PKEY_new()) != NULL && EVP_PKEY_assign_EC_KEY(k, ec) == 1) {
             ec = NULL;
         } else {
             EVP_PKEY_free(k);
@@ -758,6 +1142,180 @@ int rp_tls_pubkey_from_pem(const char *pem, size_t n, EVP_PKEY **out)
         return rv;
     }
     *out = k;
+    return 0;
+}
+
+/* Longest public key PEM looked at: room for RSA keys, so that the error can say
+ * what the key is rather than only that it is too long. */
+#define PUBKEY_PEM_MAX 4096
+
+/* Value of a base64 character, -1 for anything else ('=' included). */
+static int b64_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* Strict base64: whole quanta, '=' only as the padding of the last, and no bits set
+ * past the data (one encoding per byte string). Returns the byte count, or -1. */
+static long b64_decode(const char *in, size_t n, unsigned char *out)
+{
+    size_t o = 0;
+    if (n == 0 || n % 4 != 0)
+        return -1;
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4], pad = 0;
+        for (int k = 0; k < 4; k++) {
+            v[k] = b64_val((unsigned char)in[i + k]);
+            if (v[k] < 0) {
+                /* Only "xx==" and "xxx=" in the final quantum. */
+                if (in[i + k] != '=' || i + 4 != n || k < 2 || (k == 2 && in[i + 3] != '='))
+                    return -1;
+                v[k] = 0;
+                pad++;
+            }
+        }
+        if ((pad == 1 && (v[2] & 0x03) != 0) || (pad == 2 && (v[1] & 0x0f) != 0))
+            return -1;
+        unsigned q =
+            (unsigned)v[0] << 18 | (unsigned)v[1] << 12 | (unsigned)v[2] << 6 | (unsigned)v[3];
+        out[o++] = (unsigned char)(q >> 16);
+        if (pad < 2)
+            out[o++] = (unsigned char)(q >> 8);
+        if (pad < 1)
+            out[o++] = (unsigned char)q;
+    }
+    return (long)o;
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Consumes a line end ("\n" or "\r\n") at *@p; false if there is none. */
+static int eat_eol(const char **p, const char *e)
+{
+    if (*p < e && **p == '\r')
+        (*p)++;
+    if (*p < e && **p == '\n') {
+        (*p)++;
+        return 1;
+    }
+    return 0;
+}
+
+/* Why a well-formed SubjectPublicKeyInfo that is not our 91-byte P-256 form was
+ * refused, in the words rp_tls_pubkey_from_pem uses. Error path only: the decoder
+ * is slow. */
+static int spki_refusal(const unsigned char *der, long n)
+{
+    const unsigned char *q = der;
+    EVP_PKEY *k = d2i_PUBKEY(NULL, &q, n);
+    if (k == NULL || q != der + n) {
+        EVP_PKEY_free(k);
+        ERR_clear_error();
+        return rp_err(RP_EINVAL, "public key PEM holds no readable SubjectPublicKeyInfo");
+    }
+    int rv = check_key_type(k, "public key");
+    EVP_PKEY_free(k);
+    if (rv != 0)
+        return rv;
+    return rp_err(RP_EINVAL,
+                  "public key is P-256 but not a named curve with an uncompressed point");
+}
+
+int rp_tls_pubkey_spki(const char *pem, size_t n, unsigned char spki[RP_TLS_P256_SPKI_LEN])
+{
+    static const char begin[] = "-----BEGIN ", dashes[] = "-----";
+    static const char end_line[] = "-----END PUBLIC KEY-----";
+    char b64[PUBKEY_PEM_MAX];
+    unsigned char der[PUBKEY_PEM_MAX / 4 * 3];
+    size_t nb = 0;
+    if (pem == NULL || spki == NULL || n == 0 || n > PUBKEY_PEM_MAX)
+        return rp_err(RP_EINVAL, "public key PEM is empty or too large (%zu bytes)", n);
+    const char *p = pem, *e = pem + n;
+    while (p < e && is_space(*p))
+        p++;
+    if ((size_t)(e - p) < sizeof begin - 1 || memcmp(p, begin, sizeof begin - 1) != 0)
+        return rp_err(RP_EINVAL, "public key PEM does not start with -----BEGIN");
+    p += sizeof begin - 1;
+    const char *label = p;
+    while (p < e && *p != '-' && *p != '\n')
+        p++;
+    size_t label_len = (size_t)(p - label);
+    if ((size_t)(e - p) < sizeof dashes - 1 || memcmp(p, dashes, sizeof dashes - 1) != 0)
+        return rp_err(RP_EINVAL, "public key PEM has a malformed BEGIN line");
+    if (label_len != 10 || memcmp(label, "PUBLIC KEY", 10) != 0) {
+        /* Named in the message only if printable: this text comes from the network. */
+        int show = label_len <= 40;
+        for (size_t i = 0; show && i < label_len; i++)
+            show = label[i] >= 0x20 && label[i] < 0x7f;
+        return rp_err(RP_EINVAL, "public key PEM holds a \"%.*s\" block, not PUBLIC KEY",
+                      show ? (int)label_len : 1, show ? label : "?");
+    }
+    p += sizeof dashes - 1;
+    if (!eat_eol(&p, e))
+        return rp_err(RP_EINVAL, "public key PEM has a malformed BEGIN line");
+
+    /* Body lines up to the END line. nb cannot overflow b64: it only holds bytes of @pem. */
+    while (p < e && *p != '-') {
+        const char *line = p, *nl = memchr(p, '\n', (size_t)(e - p));
+        const char *le = nl != NULL && nl > p && nl[-1] == '\r' ? nl - 1 : nl;
+        if (nl == NULL)
+            return rp_err(RP_EINVAL, "public key PEM is truncated (no END line)");
+        if (le == line)
+            return rp_err(RP_EINVAL, "public key PEM has an empty line in its body");
+        if (memchr(line, ':', (size_t)(le - line)) != NULL)
+            return rp_err(RP_EINVAL, "public key PEM has a header line, which is not allowed");
+        for (; p < le; p++) {
+            if (b64_val((unsigned char)*p) < 0 && *p != '=')
+                return rp_err(RP_EINVAL, "public key PEM has a byte 0x%02x that is not base64",
+                              (unsigned char)*p);
+            b64[nb++] = *p;
+        }
+        p = nl + 1;
+    }
+    if ((size_t)(e - p) < sizeof end_line - 1 || memcmp(p, end_line, sizeof end_line - 1) != 0)
+        return rp_err(RP_EINVAL, "public key PEM is truncated or its END line is not "
+                                 "\"-----END PUBLIC KEY-----\"");
+    p += sizeof end_line - 1;
+    if (p < e && !eat_eol(&p, e))
+        return rp_err(RP_EINVAL, "public key PEM has data after its END line");
+    while (p < e && is_space(*p))
+        p++;
+    if (p < e) {
+        if ((size_t)(e - p) >= sizeof begin - 1 && memcmp(p, begin, sizeof begin - 1) == 0)
+            return rp_err(RP_EINVAL, "public key PEM holds more than one PEM block");
+        return rp_err(RP_EINVAL, "public key PEM has data after its END line");
+    }
+
+    long len = b64_decode(b64, nb, der);
+    if (len < 0)
+        return rp_err(RP_EINVAL, "public key PEM body is not valid base64 (%zu characters)", nb);
+    if (len != RP_TLS_P256_SPKI_LEN ||
+        memcmp(der, P256_SPKI_PREFIX, sizeof P256_SPKI_PREFIX) != 0 ||
+        der[sizeof P256_SPKI_PREFIX] != 0x04)
+        return spki_refusal(der, len);
+    /* On the curve: a certificate for a point that is not would be signed nonsense,
+     * and peers doing ECDH with it could leak their key (invalid-curve attacks). */
+    const EC_GROUP *g = p256_group();
+    EC_POINT *pt = g ? EC_POINT_new(g) : NULL;
+    if (pt == NULL)
+        return ssl_err(RP_ENOMEM, "P-256 point");
+    int on = EC_POINT_oct2point(g, pt, der + sizeof P256_SPKI_PREFIX,
+                                RP_TLS_P256_SPKI_LEN - sizeof P256_SPKI_PREFIX, NULL) == 1;
+    EC_POINT_free(pt);
+    if (!on) {
+        ERR_clear_error();
+        return rp_err(RP_EINVAL, "public key point is not on the P-256 curve");
+    }
+    memcpy(spki, der, RP_TLS_P256_SPKI_LEN);
     return 0;
 }
 

@@ -42,11 +42,27 @@ EVP_PKEY *rp_tls_keygen(void);
 /* Self-signed CA for @cluster (CN = @cluster), valid 10 years. */
 int rp_tls_ca_create(const char *cluster, EVP_PKEY **key_out, X509 **cert_out);
 
-/* Signs a certificate for @pubkey carrying @id, valid from one minute ago for @ttl_s
- * seconds, with the given DNS names / IP addresses as subjectAltName (either may be
- * NULL). Usable for both TLS client and server auth. */
+/* Signs a certificate for @pubkey (EC P-256; other keys are refused) carrying @id,
+ * valid from one minute ago for @ttl_s seconds, with the given DNS names / IP
+ * addresses as subjectAltName (either may be NULL). Usable for both TLS client and
+ * server auth. The CA key must be the EC key of @ca_cert. Built by the same code as
+ * rp_tls_issue_pem, then parsed into an X509, which in OpenSSL 3.0 costs several times
+ * the building and signing (~150 us of public key decoder set-up): when the
+ * certificate only goes on the wire, use rp_tls_issue_pem. */
 int rp_tls_issue(EVP_PKEY *ca_key, X509 *ca_cert, EVP_PKEY *pubkey, const struct rp_identity *id,
                  const char *const *sans, size_t n_sans, long ttl_s, X509 **out);
+
+/* Length of the DER SubjectPublicKeyInfo of a P-256 key (uncompressed point). */
+#define RP_TLS_P256_SPKI_LEN 91
+
+/* The same certificate as rp_tls_issue, for the P-256 key whose SubjectPublicKeyInfo
+ * is @spki (@spki_len must be RP_TLS_P256_SPKI_LEN; take it from rp_tls_pubkey_spki,
+ * which checks the point), written straight to *@pem_out as a malloc'd
+ * "-----BEGIN CERTIFICATE-----" PEM string without building an X509: the cheap way to
+ * issue when the certificate only goes on the wire. */
+int rp_tls_issue_pem(EVP_PKEY *ca_key, X509 *ca_cert, const unsigned char *spki, size_t spki_len,
+                     const struct rp_identity *id, const char *const *sans, size_t n_sans,
+                     long ttl_s, char **pem_out);
 
 /* Reads the identity back out of a certificate (the inverse of rp_tls_issue). */
 int rp_identity_from_cert(X509 *cert, struct rp_identity *out);
@@ -67,6 +83,11 @@ int rp_tls_cert_to_pem(X509 *cert, char **out);
 int rp_tls_key_from_pem(const char *pem, size_t n, EVP_PKEY **out);
 int rp_tls_pubkey_from_pem(const char *pem, size_t n, EVP_PKEY **out);
 int rp_tls_cert_from_pem(const char *pem, size_t n, X509 **out);
+/* The SubjectPublicKeyInfo DER of the P-256 public key in @pem, which must be exactly
+ * one "PUBLIC KEY" block without headers (whitespace around it is allowed) holding a
+ * named-curve key whose uncompressed point is on the curve. RP_EINVAL, saying what was
+ * wrong, for anything else. Under half the cost of rp_tls_pubkey_from_pem: no EVP_PKEY. */
+int rp_tls_pubkey_spki(const char *pem, size_t n, unsigned char spki[RP_TLS_P256_SPKI_LEN]);
 
 /* TLS 1.3 only. The server context sends @cert with @ca as chain and asks for a
  * client certificate, which must chain to @ca when presented; with @require_client

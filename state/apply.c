@@ -516,6 +516,8 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
         goto err;
     }
     atomic_store(&s->applied, index);
+    if (s->n_pending > 0)
+        atomic_store(&s->resources_changed, index);
     if (parsed)
         msgpack_unpacked_destroy(&u);
     state__hub_publish(s, s->pending, s->n_pending, index);

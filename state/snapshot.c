@@ -325,6 +325,7 @@ int state__snapshot_restore(struct state *s, const void *data, size_t len)
     if ((rc = mdb_txn_commit(txn)) != 0)
         return state__lmdb_err(rc, "restore");
     atomic_store(&s->applied, applied);
+    atomic_store(&s->resources_changed, applied);
     state__hub_reset(s, applied);
     return 0;
 err:

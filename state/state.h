@@ -150,6 +150,11 @@ void state_fsm_init(struct raft_fsm *fsm, struct state *s, struct raft *r);
 
 /* Highest index applied (0 if none). */
 uint64_t state_applied_index(struct state *s);
+/* The index of the last applied entry that changed a resource (audit entries do not;
+ * a snapshot install counts as a change). It is stored after that entry's changes are
+ * readable and before its proposer is answered, so a cache computed from reads made
+ * after this returned R is current for as long as this still returns R. */
+uint64_t state_resources_changed(struct state *s);
 
 /* Reads. @rev_out (may be NULL) receives the applied index the read transaction saw.
  * state_get appends the stored resource (msgpack) to @out; RP_ENOTFOUND if absent,
@@ -324,6 +329,7 @@ struct state {
     struct state_opts opts;  /* defaults filled in */
     char *dir;
     _Atomic uint64_t applied; /* cached meta applied index (written by the loop thread) */
+    _Atomic uint64_t resources_changed; /* see state_resources_changed */
     struct raft *raft;        /* set by state_fsm_init */
     bool async_checked;       /* fsm.c: snapshot mode decided (first apply) */
     struct state_result last_result; /* what the FSM apply hands to raft */

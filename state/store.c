@@ -159,6 +159,7 @@ static int open_dbs(struct state *s)
     if (rc != 0)
         return state__lmdb_err(rc, "opening the state databases");
     atomic_store(&s->applied, applied);
+    atomic_store(&s->resources_changed, applied);
     return 0;
 }
 
@@ -251,6 +252,11 @@ void state_close(struct state *s)
 uint64_t state_applied_index(struct state *s)
 {
     return atomic_load(&s->applied);
+}
+
+uint64_t state_resources_changed(struct state *s)
+{
+    return atomic_load(&s->resources_changed);
 }
 
 /* ---- Reads -------------------------------------------------------------- */

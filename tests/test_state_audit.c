@@ -220,3 +220,32 @@ Test(state_audit, events_survive_a_snapshot_restore)
     expect_uids(c, "e10,e8,e6,e4,e2");
     state_close(other);
 }
+
+/* Caches of what resources say (auth/certs.c keeps users' issuance views) are keyed
+ * on state_resources_changed: resource writes move it, audit entries and writes that
+ * change nothing do not. */
+Test(state_audit, audit_entries_leave_resources_changed_alone)
+{
+    uint64_t before = state_resources_changed(sth_state);
+    struct state_result r = sth_put(50, "role", "dev", "v1");
+    cr_assert_eq(r.code, 0, "%s", r.message);
+    cr_assert_eq(state_resources_changed(sth_state), 50);
+    cr_assert_neq(before, 50);
+
+    struct rp_buf b;
+    rp_buf_init(&b);
+    pack_event(&b, 1000, "user.login", "rc1", "alice", NULL);
+    r = apply_events(51, &b, 1);
+    cr_assert_eq(r.code, 0, "%s", r.message);
+    cr_assert_eq(state_resources_changed(sth_state), 50, "an audit entry changes no resource");
+    rp_buf_free(&b);
+
+    struct state_cmd del = {.op = "delete", .rid = "d52", .kind = "role", .name = "ghost"};
+    r = sth_apply_cmd(52, del, NULL);
+    cr_assert_eq(r.code, RP_ENOTFOUND);
+    cr_assert_eq(state_resources_changed(sth_state), 50, "a failed delete changes nothing");
+
+    r = sth_del(53, "role", "dev");
+    cr_assert_eq(r.code, 0, "%s", r.message);
+    cr_assert_eq(state_resources_changed(sth_state), 53);
+}

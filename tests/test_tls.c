@@ -1,6 +1,8 @@
 /* tests/test_tls.c: the cluster CA, issued identities, pins, PEM files and the
  * mutual-TLS contexts, over real TLS on 127.0.0.1. */
 #include <criterion/criterion.h>
+#include <limits.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -18,6 +20,7 @@
 #include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/tls.h"
+#include "lib/util.h"
 
 /* ---- helpers ----------------------------------------------------------------------- */
 
@@ -474,6 +477,711 @@ Test(tls, issue_and_parse_from_many_threads, .timeout = 60)
     pki_free(&p);
 }
 
+/* ---- certificates written as DER (rp_tls_issue_pem) ------------------------------------ */
+
+/* The P-256 SubjectPublicKeyInfo of @k, through rp_tls_pubkey_spki as a server gets it. */
+static void spki_of(EVP_PKEY *k, unsigned char spki[RP_TLS_P256_SPKI_LEN])
+{
+    char *pub = NULL;
+    cr_assert_eq(rp_tls_pubkey_to_pem(k, &pub), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_pubkey_spki(pub, strlen(pub), spki), 0, "%s", rp_errmsg());
+    free(pub);
+}
+
+/* rp_tls_issue_pem for @k, parsed back; the PEM goes to *@pem_out when non-NULL. */
+static X509 *issue_pem_x509(struct pki *p, EVP_PKEY *k, const struct rp_identity *id,
+                            const char *const *sans, size_t n_sans, long ttl_s, char **pem_out)
+{
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    char *pem = NULL;
+    X509 *x = NULL;
+    spki_of(k, spki);
+    cr_assert_eq(
+        rp_tls_issue_pem(p->ca_key, p->ca, spki, sizeof spki, id, sans, n_sans, ttl_s, &pem), 0,
+        "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_cert_from_pem(pem, strlen(pem), &x), 0, "%s", rp_errmsg());
+    if (pem_out != NULL)
+        *pem_out = pem;
+    else
+        free(pem);
+    return x;
+}
+
+/* The TBSCertificate of @x, as the DER it was signed over. */
+static void tbs_of(X509 *x, unsigned char **out, size_t *outlen)
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    cr_assert_gt(n, 0);
+    const unsigned char *p = der, *tbs;
+    long len;
+    int tag, cls;
+    cr_assert_eq(ASN1_get_object(&p, &len, &tag, &cls, n) & 0x80, 0);
+    tbs = p;
+    cr_assert_eq(ASN1_get_object(&p, &len, &tag, &cls, n - (p - der)) & 0x80, 0);
+    *outlen = (size_t)(p - tbs) + (size_t)len;
+    *out = malloc(*outlen);
+    memcpy(*out, tbs, *outlen);
+    OPENSSL_free(der);
+}
+
+static void ext_conf(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
+{
+    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, ctx, nid, value);
+    cr_assert_not_null(e, "%s", value);
+    cr_assert(X509_add_ext(x, e, -1));
+    X509_EXTENSION_free(e);
+}
+
+/* The certificate rp_tls_issue built with OpenSSL's objects before it wrote DER itself,
+ * with @got's serial and validity, so that the two TBSCertificates must be equal. */
+static X509 *openssl_built(struct pki *p, X509 *got, EVP_PKEY *k, const struct rp_identity *id,
+                           const char *san_conf)
+{
+    X509 *r = X509_new();
+    cr_assert(X509_set_version(r, X509_VERSION_3));
+    cr_assert(X509_set_serialNumber(r, (ASN1_INTEGER *)X509_get0_serialNumber(got)));
+    cr_assert(X509_set_issuer_name(r, X509_get_subject_name(p->ca)));
+    cr_assert(X509_set1_notBefore(r, X509_get0_notBefore(got)));
+    cr_assert(X509_set1_notAfter(r, X509_get0_notAfter(got)));
+    X509_NAME *n = X509_get_subject_name(r);
+    const unsigned char *u = (const unsigned char *)id->name;
+    cr_assert(X509_NAME_add_entry_by_NID(n, NID_commonName, MBSTRING_UTF8, u, -1, -1, 0));
+    for (size_t i = 0; i < id->n_groups; i++)
+        cr_assert(X509_NAME_add_entry_by_NID(n, NID_organizationName, MBSTRING_UTF8,
+                                             (const unsigned char *)id->groups[i], -1, -1, 0));
+    for (size_t i = 0; i < id->n_logins; i++)
+        cr_assert(X509_NAME_add_entry_by_NID(n, NID_localityName, MBSTRING_UTF8,
+                                             (const unsigned char *)id->logins[i], -1, -1, 0));
+    if (id->route_cluster)
+        cr_assert(X509_NAME_add_entry_by_NID(n, NID_streetAddress, MBSTRING_UTF8,
+                                             (const unsigned char *)id->route_cluster, -1, -1, 0));
+    if (id->cluster) {
+        ASN1_OBJECT *oid = OBJ_txt2obj("1.3.9999.1.7", 1);
+        cr_assert(X509_NAME_add_entry_by_OBJ(n, oid, MBSTRING_UTF8,
+                                             (const unsigned char *)id->cluster, -1, -1, 0));
+        ASN1_OBJECT_free(oid);
+    }
+    cr_assert(X509_set_pubkey(r, k));
+    X509V3_CTX ctx;
+    X509V3_set_ctx(&ctx, p->ca, r, NULL, NULL, 0);
+    ext_conf(r, &ctx, NID_basic_constraints, "critical,CA:FALSE");
+    ext_conf(r, &ctx, NID_key_usage, "critical,digitalSignature,keyAgreement");
+    ext_conf(r, &ctx, NID_ext_key_usage, "serverAuth,clientAuth");
+    ext_conf(r, &ctx, NID_authority_key_identifier, "keyid:always");
+    if (san_conf != NULL)
+        ext_conf(r, &ctx, NID_subject_alt_name, san_conf);
+    cr_assert_gt(X509_sign(r, p->ca_key, EVP_sha256()), 0);
+    return r;
+}
+
+Test(tls, der_certificate_is_byte_identical_to_openssl_built_one)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char *groups[] = {"admin", "dev"};
+    char *logins[] = {"root", "élodie"};
+    struct rp_identity full = {.name = "alice@example.com",
+                               .groups = groups,
+                               .n_groups = 2,
+                               .logins = logins,
+                               .n_logins = 2,
+                               .cluster = "example.com",
+                               .route_cluster = "leaf.example.com"};
+    struct rp_identity bare = {.name = "host-1"};
+    const char *sans[] = {"auth.example.com", "127.0.0.1", "::1", "*.nodes.example.com"};
+    const char *san_conf = "DNS:auth.example.com,IP:127.0.0.1,IP:::1,DNS:*.nodes.example.com";
+    struct {
+        const struct rp_identity *id;
+        const char *const *sans;
+        size_t n_sans;
+        const char *san_conf;
+        long ttl;
+    } cases[] = {
+        {&full, sans, 4, san_conf, 3600},
+        {&bare, NULL, 0, NULL, 60},
+        {&full, NULL, 0, NULL, 40L * 366 * 86400}, /* GeneralizedTime notAfter */
+    };
+    EVP_PKEY *k = rp_tls_keygen();
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        /* Both builders' way in: the PEM one and rp_tls_issue. */
+        for (int via_x509 = 0; via_x509 < 2; via_x509++) {
+            X509 *got = NULL;
+            if (via_x509)
+                cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, k, cases[c].id, cases[c].sans,
+                                          cases[c].n_sans, cases[c].ttl, &got),
+                             0, "%s", rp_errmsg());
+            else
+                got = issue_pem_x509(&p, k, cases[c].id, cases[c].sans, cases[c].n_sans,
+                                     cases[c].ttl, NULL);
+            X509 *ref = openssl_built(&p, got, k, cases[c].id, cases[c].san_conf);
+            unsigned char *a, *b;
+            size_t an, bn;
+            tbs_of(got, &a, &an);
+            tbs_of(ref, &b, &bn);
+            cr_assert_eq(an, bn, "case %zu: TBS of %zu bytes, OpenSSL's %zu", c, an, bn);
+            cr_assert_eq(memcmp(a, b, an), 0, "case %zu (via X509 %d): TBS differs", c, via_x509);
+            /* And OpenSSL re-encodes what it parsed to the same bytes: canonical DER. */
+            unsigned char *re = NULL;
+            int rn = i2d_re_X509_tbs(got, &re);
+            cr_assert_eq((size_t)rn, an);
+            cr_assert_eq(memcmp(re, a, an), 0);
+            OPENSSL_free(re);
+            free(a);
+            free(b);
+            X509_free(ref);
+            X509_free(got);
+        }
+    }
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+static long long asn1_time_epoch(const ASN1_TIME *t)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    cr_assert(ASN1_TIME_to_tm(t, &tm));
+    return (long long)timegm(&tm);
+}
+
+Test(tls, der_certificate_round_trips_identity_sans_and_validity)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char *groups[] = {"admin", "dev", "auditor"};
+    char *logins[] = {"root", "ubuntu", "élodie"};
+    struct rp_identity id = {.name = "alice@example.com",
+                             .groups = groups,
+                             .n_groups = 3,
+                             .logins = logins,
+                             .n_logins = 3,
+                             .cluster = "example.com",
+                             .route_cluster = "leaf.example.com"};
+    const char *sans[] = {"auth.example.com", "10.1.2.3", "2001:db8::7"};
+    EVP_PKEY *k = rp_tls_keygen();
+    char *pem = NULL;
+    long long before = (long long)time(NULL);
+    X509 *x = issue_pem_x509(&p, k, &id, sans, 3, 7200, &pem);
+    long long after = (long long)time(NULL);
+
+    /* PEM as OpenSSL writes it: the same bytes as PEM_write_bio_X509 of the parsed copy. */
+    char *again = NULL;
+    cr_assert_eq(rp_tls_cert_to_pem(x, &again), 0);
+    cr_assert_str_eq(pem, again);
+    cr_assert_eq(strncmp(pem, "-----BEGIN CERTIFICATE-----\n", 28), 0);
+    free(again);
+
+    cr_assert_eq(X509_get_version(x), X509_VERSION_3);
+    cr_assert_eq(X509_verify(x, p.ca_key), 1);
+    cr_assert_eq(X509_check_issued(p.ca, x), X509_V_OK);
+    cr_assert_eq(EVP_PKEY_eq(X509_get0_pubkey(x), k), 1);
+    cr_assert_eq(X509_get_signature_nid(x), NID_ecdsa_with_SHA256);
+    cr_assert_eq(X509_NAME_cmp(X509_get_issuer_name(x), X509_get_subject_name(p.ca)), 0);
+
+    struct rp_identity got;
+    cr_assert_eq(rp_identity_from_cert(x, &got), 0, "%s", rp_errmsg());
+    cr_assert_str_eq(got.name, id.name);
+    cr_assert_eq(got.n_groups, 3);
+    cr_assert_eq(got.n_logins, 3);
+    for (size_t i = 0; i < 3; i++) {
+        cr_assert_str_eq(got.groups[i], groups[i]);
+        cr_assert_str_eq(got.logins[i], logins[i]);
+    }
+    cr_assert_str_eq(got.cluster, "example.com");
+    cr_assert_str_eq(got.route_cluster, "leaf.example.com");
+    rp_identity_free(&got);
+
+    /* Exactly the SANs given, in order: DNS as IA5String, IPs as 4 and 16 octets. */
+    GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    cr_assert_not_null(gens);
+    cr_assert_eq(sk_GENERAL_NAME_num(gens), 3);
+    GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, 0);
+    cr_assert_eq(g->type, GEN_DNS);
+    cr_assert_str_eq((const char *)ASN1_STRING_get0_data(g->d.dNSName), "auth.example.com");
+    g = sk_GENERAL_NAME_value(gens, 1);
+    cr_assert_eq(g->type, GEN_IPADD);
+    cr_assert_eq(ASN1_STRING_length(g->d.iPAddress), 4);
+    cr_assert_eq(memcmp(ASN1_STRING_get0_data(g->d.iPAddress), "\x0a\x01\x02\x03", 4), 0);
+    g = sk_GENERAL_NAME_value(gens, 2);
+    cr_assert_eq(g->type, GEN_IPADD);
+    cr_assert_eq(ASN1_STRING_length(g->d.iPAddress), 16);
+    cr_assert_eq(memcmp(ASN1_STRING_get0_data(g->d.iPAddress),
+                        "\x20\x01\x0d\xb8\0\0\0\0\0\0\0\0\0\0\0\x07", 16),
+                 0);
+    GENERAL_NAMES_free(gens);
+    cr_assert_eq(X509_check_host(x, "auth.example.com", 0, 0, NULL), 1);
+    cr_assert_eq(X509_check_ip_asc(x, "10.1.2.3", 0), 1);
+    cr_assert_eq(X509_check_ip_asc(x, "2001:db8::7", 0), 1);
+
+    /* Extensions: leaf, both TLS ends, the CA's key id. */
+    cr_assert_eq(X509_check_ca(x), 0);
+    cr_assert_eq(X509_get_key_usage(x), KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT);
+    cr_assert_eq(X509_get_extended_key_usage(x), XKU_SSL_SERVER | XKU_SSL_CLIENT);
+    cr_assert_eq(
+        ASN1_OCTET_STRING_cmp(X509_get0_authority_key_id(x), X509_get0_subject_key_id(p.ca)), 0);
+
+    /* Valid from a minute before issuance for the ttl, as UTCTime. */
+    long long nb = asn1_time_epoch(X509_get0_notBefore(x));
+    long long na = asn1_time_epoch(X509_get0_notAfter(x));
+    cr_assert(nb >= before - 60 && nb <= after - 60, "notBefore %lld, issued %lld..%lld", nb,
+              before, after);
+    cr_assert_eq(na - nb, 7200 + 60);
+    cr_assert_eq(ASN1_STRING_type(X509_get0_notBefore(x)), V_ASN1_UTCTIME);
+    cr_assert_eq(ASN1_STRING_type(X509_get0_notAfter(x)), V_ASN1_UTCTIME);
+
+    /* It chains to the CA for both purposes. */
+    int purposes[] = {X509_PURPOSE_SSL_CLIENT, X509_PURPOSE_SSL_SERVER};
+    for (int i = 0; i < 2; i++) {
+        X509_STORE *st = X509_STORE_new();
+        X509_STORE_add_cert(st, p.ca);
+        X509_STORE_CTX *sc = X509_STORE_CTX_new();
+        X509_STORE_CTX_init(sc, st, x, NULL);
+        X509_STORE_CTX_set_purpose(sc, purposes[i]);
+        cr_assert_eq(X509_verify_cert(sc), 1, "%s",
+                     X509_verify_cert_error_string(X509_STORE_CTX_get_error(sc)));
+        X509_STORE_CTX_free(sc);
+        X509_STORE_free(st);
+    }
+    free(pem);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+/* The serial's DER content octets in @x's TBSCertificate. */
+static void serial_octets(X509 *x, unsigned char *out, size_t *n)
+{
+    unsigned char *tbs;
+    size_t tn;
+    tbs_of(x, &tbs, &tn);
+    const unsigned char *p = tbs;
+    long len;
+    int tag, cls;
+    cr_assert_eq(ASN1_get_object(&p, &len, &tag, &cls, (long)tn) & 0x80, 0); /* TBS */
+    cr_assert_eq(memcmp(p, "\xa0\x03\x02\x01\x02", 5), 0);                   /* v3 */
+    p += 5;
+    cr_assert_eq(*p, V_ASN1_INTEGER);
+    cr_assert_eq(ASN1_get_object(&p, &len, &tag, &cls, (long)tn - (p - tbs)) & 0x80, 0);
+    cr_assert(len >= 1 && len <= 17, "serial of %ld octets", len);
+    memcpy(out, p, (size_t)len);
+    *n = (size_t)len;
+    free(tbs);
+}
+
+Test(tls, der_certificate_serials_are_random_positive_minimal)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    struct rp_identity id = {.name = "host-1"};
+    EVP_PKEY *k = rp_tls_keygen();
+    enum { N = 64 };
+    unsigned char serials[N][17];
+    size_t lens[N];
+    int padded = 0;
+    for (int i = 0; i < N; i++) {
+        X509 *x = issue_pem_x509(&p, k, &id, NULL, 0, 60, NULL);
+        serial_octets(x, serials[i], &lens[i]);
+        /* Minimal DER: a leading 0x00 only before a set top bit, none otherwise. */
+        if (serials[i][0] == 0) {
+            cr_assert(lens[i] >= 2 && (serials[i][1] & 0x80), "non-minimal serial");
+            padded++;
+        } else {
+            cr_assert_eq(serials[i][0] & 0x80, 0, "negative serial");
+            cr_assert_leq(lens[i], 16);
+        }
+        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+        cr_assert(!BN_is_zero(bn) && !BN_is_negative(bn) && BN_num_bits(bn) <= 128);
+        BN_free(bn);
+        for (int j = 0; j < i; j++)
+            cr_assert(lens[i] != lens[j] || memcmp(serials[i], serials[j], lens[i]) != 0,
+                      "serials %d and %d are equal", i, j);
+        X509_free(x);
+    }
+    /* Half of all 128-bit serials have the top bit set: 64 without one is 2^-64. */
+    cr_assert_gt(padded, 0);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+/* Seconds from now until @y-@mo-@d @h:00:00 UTC. */
+static long ttl_until(int y, int mo, int d, int h)
+{
+    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h};
+    return (long)(timegm(&tm) - time(NULL));
+}
+
+Test(tls, der_certificate_past_2049_uses_generalized_time)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    struct rp_identity id = {.name = "host-1", .cluster = "example.com"};
+    EVP_PKEY *k = rp_tls_keygen();
+    struct {
+        long ttl;
+        int type;
+        const char *prefix;
+    } cases[] = {
+        {ttl_until(2049, 12, 31, 23), V_ASN1_UTCTIME, "4912312"},
+        {ttl_until(2050, 1, 1, 1), V_ASN1_GENERALIZEDTIME, "205001010"},
+        {ttl_until(2197, 6, 1, 12), V_ASN1_GENERALIZEDTIME, "219706011"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        X509 *x = issue_pem_x509(&p, k, &id, NULL, 0, cases[i].ttl, NULL);
+        const ASN1_TIME *na = X509_get0_notAfter(x);
+        cr_assert_eq(ASN1_STRING_type(na), cases[i].type, "case %zu", i);
+        const char *s = (const char *)ASN1_STRING_get0_data(na);
+        cr_assert_eq(strncmp(s, cases[i].prefix, strlen(cases[i].prefix)), 0, "case %zu: %s", i, s);
+        cr_assert_eq((size_t)ASN1_STRING_length(na), cases[i].type == V_ASN1_UTCTIME ? 13u : 15u);
+        cr_assert_eq(ASN1_STRING_type(X509_get0_notBefore(x)), V_ASN1_UTCTIME);
+        cr_assert_eq(X509_verify(x, p.ca_key), 1);
+        struct rp_identity got;
+        cr_assert_eq(rp_identity_from_cert(x, &got), 0, "%s", rp_errmsg());
+        cr_assert_eq(got.not_after, asn1_time_epoch(na));
+        rp_identity_free(&got);
+        X509_free(x);
+    }
+    /* Nothing past 9999-12-31, and no overflow on the way. */
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    spki_of(k, spki);
+    char *pem = NULL;
+    long far[] = {ttl_until(10000, 1, 1, 0), LONG_MAX};
+    for (size_t i = 0; i < 2; i++) {
+        cr_assert_eq(
+            rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &id, NULL, 0, far[i], &pem),
+            RP_EINVAL);
+        cr_assert(strstr(rp_errmsg(), "9999") != NULL, "%s", rp_errmsg());
+    }
+    cr_assert_null(pem);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+Test(tls, der_certificate_passes_openssl_cli_verify)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char *groups[] = {"Node"};
+    struct rp_identity id = {
+        .name = "node-1", .groups = groups, .n_groups = 1, .cluster = "example.com"};
+    const char *sans[] = {"node-1.example.com", "192.0.2.1"};
+    EVP_PKEY *k = rp_tls_keygen();
+    char dir[64], ca[128], leaf[128], far[128], cmd[768], out[256];
+    tmpdir(dir, sizeof dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    snprintf(leaf, sizeof leaf, "%s/leaf.pem", dir);
+    snprintf(far, sizeof far, "%s/far.pem", dir);
+    cr_assert_eq(rp_tls_write_cert(ca, p.ca), 0, "%s", rp_errmsg());
+    char *pem = NULL;
+    X509 *x = issue_pem_x509(&p, k, &id, sans, 2, 3600, &pem);
+    cr_assert_eq(rp_write_file(leaf, pem, strlen(pem), 0644), 0, "%s", rp_errmsg());
+    free(pem);
+    X509_free(x);
+    x = issue_pem_x509(&p, k, &id, NULL, 0, ttl_until(2060, 1, 1, 0), &pem);
+    cr_assert_eq(rp_write_file(far, pem, strlen(pem), 0644), 0, "%s", rp_errmsg());
+    free(pem);
+    X509_free(x);
+
+    const char *purposes[] = {"sslclient", "sslserver"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "/usr/bin/openssl verify -CAfile '%s' -purpose %s '%s' '%s' 2>&1",
+                 ca, purposes[i], leaf, far);
+        run_capture(cmd, out, sizeof out);
+        char want[160];
+        snprintf(want, sizeof want, "%s: OK", leaf);
+        cr_assert_str_eq(out, want);
+    }
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/openssl x509 -in '%s' -noout -subject -nameopt RFC2253 2>&1", leaf);
+    run_capture(cmd, out, sizeof out);
+    cr_assert_str_eq(out, "subject=1.3.9999.1.7=#0C0B6578616D706C652E636F6D,O=Node,CN=node-1");
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/openssl x509 -in '%s' -noout -ext subjectAltName 2>&1 | tail -1", leaf);
+    run_capture(cmd, out, sizeof out);
+    cr_assert(strstr(out, "DNS:node-1.example.com, IP Address:192.0.2.1") != NULL, "%s", out);
+    rmtree(dir);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+Test(tls, der_certificate_refuses_bad_input)
+{
+    struct pki p, other;
+    pki_new(&p, "example.com");
+    pki_new(&other, "example.com");
+    EVP_PKEY *k = rp_tls_keygen();
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    spki_of(k, spki);
+    char *pem = NULL;
+    char *bad_group[] = {"ok", "with\ttab"};
+    char *empty_login[] = {""};
+    char *null_group[] = {NULL};
+    char cn65[66], cn64[65], l129[130];
+    memset(cn65, 'a', 65), cn65[65] = '\0';
+    memset(cn64, 'a', 64), cn64[64] = '\0';
+    memset(l129, 'l', 129), l129[129] = '\0';
+    char *long_login[] = {l129};
+    char *long_group[] = {cn65};
+    struct rp_identity ids[] = {
+        {.name = NULL},
+        {.name = ""},
+        {.name = "line\nbreak"},
+        {.name = "bad\xff utf8"},
+        {.name = "x", .groups = bad_group, .n_groups = 2},
+        {.name = "x", .groups = null_group, .n_groups = 1},
+        {.name = "x", .logins = empty_login, .n_logins = 1},
+        {.name = "x", .cluster = "c\x7f"},
+        {.name = "x", .route_cluster = "r\n"},
+        /* X.520 bounds, as OpenSSL's X509_NAME applied them. */
+        {.name = cn65},
+        {.name = "x", .groups = long_group, .n_groups = 1},
+        {.name = "x", .logins = long_login, .n_logins = 1},
+    };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        cr_assert_eq(
+            rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &ids[i], NULL, 0, 60, &pem),
+            RP_EINVAL, "identity %zu accepted", i);
+        cr_assert_neq(strlen(rp_errmsg()), 0);
+    }
+    struct rp_identity ok = {.name = cn64};
+    const char *bad_sans[][1] = {{"host name"}, {""}, {"a/b"}, {"x*.example.com"}};
+    for (size_t i = 0; i < sizeof bad_sans / sizeof bad_sans[0]; i++) {
+        cr_assert_eq(
+            rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &ok, bad_sans[i], 1, 60, &pem),
+            RP_EINVAL, "SAN \"%s\" accepted", bad_sans[i][0]);
+        cr_assert(strstr(rp_errmsg(), "subjectAltName") != NULL, "%s", rp_errmsg());
+    }
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &ok, NULL, 2, 60, &pem),
+                 RP_EINVAL);
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &ok, NULL, 0, 0, &pem),
+                 RP_EINVAL);
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &ok, NULL, 0, -5, &pem),
+                 RP_EINVAL);
+    /* A CA key that is not the CA certificate's. */
+    cr_assert_eq(rp_tls_issue_pem(other.ca_key, p.ca, spki, sizeof spki, &ok, NULL, 0, 60, &pem),
+                 RP_EINVAL);
+    cr_assert(strstr(rp_errmsg(), "does not match") != NULL, "%s", rp_errmsg());
+    /* Bytes that are not a P-256 SubjectPublicKeyInfo. */
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki - 1, &ok, NULL, 0, 60, &pem),
+                 RP_EINVAL);
+    unsigned char bad[RP_TLS_P256_SPKI_LEN];
+    memcpy(bad, spki, sizeof bad);
+    bad[20] ^= 1; /* the curve OID */
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, bad, sizeof bad, &ok, NULL, 0, 60, &pem),
+                 RP_EINVAL);
+    memcpy(bad, spki, sizeof bad);
+    bad[26] = 0x06; /* hybrid point form */
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, bad, sizeof bad, &ok, NULL, 0, 60, &pem),
+                 RP_EINVAL);
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, NULL, 0, &ok, NULL, 0, 60, &pem), RP_EINVAL);
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &ok, NULL, 0, 60, NULL),
+                 RP_EINVAL);
+    cr_assert_null(pem);
+    /* The 64-character CN is within bounds. */
+    cr_assert_eq(rp_tls_issue_pem(p.ca_key, p.ca, spki, sizeof spki, &ok, NULL, 0, 60, &pem), 0,
+                 "%s", rp_errmsg());
+    free(pem);
+    EVP_PKEY_free(k);
+    pki_free(&other);
+    pki_free(&p);
+}
+
+Test(tls, issue_takes_p256_keys_of_both_kinds_and_refuses_others)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    struct rp_identity id = {.name = "x"};
+    /* A provider key (rp_tls_keygen) and a legacy one (rp_tls_pubkey_from_pem). */
+    EVP_PKEY *k = rp_tls_keygen(), *legacy = NULL;
+    char *pub = NULL;
+    cr_assert_eq(rp_tls_pubkey_to_pem(k, &pub), 0);
+    cr_assert_eq(rp_tls_pubkey_from_pem(pub, strlen(pub), &legacy), 0, "%s", rp_errmsg());
+    free(pub);
+    EVP_PKEY *keys[] = {k, legacy};
+    for (int i = 0; i < 2; i++) {
+        X509 *x = NULL;
+        cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, keys[i], &id, NULL, 0, 60, &x), 0, "%s",
+                     rp_errmsg());
+        cr_assert_eq(EVP_PKEY_eq(X509_get0_pubkey(x), k), 1);
+        cr_assert_eq(X509_verify(x, p.ca_key), 1);
+        X509_free(x);
+    }
+    EVP_PKEY *other[] = {EVP_EC_gen("P-384"), EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")};
+    for (int i = 0; i < 2; i++) {
+        X509 *x = NULL;
+        cr_assert_eq(rp_tls_issue(p.ca_key, p.ca, other[i], &id, NULL, 0, 60, &x), RP_EINVAL);
+        cr_assert(strstr(rp_errmsg(), "P-256") != NULL, "%s", rp_errmsg());
+        cr_assert_null(x);
+        EVP_PKEY_free(other[i]);
+    }
+    EVP_PKEY_free(legacy);
+    EVP_PKEY_free(k);
+    pki_free(&p);
+}
+
+/* ---- P-256 public keys from PEM (rp_tls_pubkey_spki) ------------------------------------- */
+
+/* @der as a PEM block labelled @label, malloc'd. */
+static char *pem_block(const char *label, const unsigned char *der, long n)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    cr_assert(PEM_write_bio(b, label, "", der, n) > 0);
+    char *p = NULL;
+    long len = BIO_get_mem_data(b, &p);
+    char *s = strndup(p, (size_t)len);
+    BIO_free(b);
+    return s;
+}
+
+static char *pubkey_pem(EVP_PKEY *k)
+{
+    char *pub = NULL;
+    cr_assert_eq(rp_tls_pubkey_to_pem(k, &pub), 0, "%s", rp_errmsg());
+    if (pub == NULL)
+        abort(); /* (tells gcc's format checks it is not NULL below) */
+    return pub;
+}
+
+Test(tls, pubkey_spki_accepts_what_pubkey_to_pem_writes)
+{
+    for (int i = 0; i < 16; i++) {
+        EVP_PKEY *k = rp_tls_keygen();
+        char *pub = pubkey_pem(k);
+        unsigned char spki[RP_TLS_P256_SPKI_LEN], *der = NULL;
+        cr_assert_eq(rp_tls_pubkey_spki(pub, strlen(pub), spki), 0, "%s", rp_errmsg());
+        cr_assert_eq(i2d_PUBKEY(k, &der), RP_TLS_P256_SPKI_LEN);
+        cr_assert_eq(memcmp(spki, der, RP_TLS_P256_SPKI_LEN), 0);
+        OPENSSL_free(der);
+
+        /* CRLF line ends and whitespace around the block are fine; the length given is
+         * what counts, not a NUL. */
+        char crlf[512], *o = crlf;
+        o += sprintf(o, "\n  ");
+        for (const char *c = pub; *c; c++) {
+            if (*c == '\n')
+                *o++ = '\r';
+            *o++ = *c;
+        }
+        o += sprintf(o, "\r\n\t\n");
+        unsigned char spki2[RP_TLS_P256_SPKI_LEN];
+        cr_assert_eq(rp_tls_pubkey_spki(crlf, (size_t)(o - crlf), spki2), 0, "%s", rp_errmsg());
+        cr_assert_eq(memcmp(spki, spki2, sizeof spki), 0);
+        size_t n = strlen(pub);
+        pub[n - 1] = 'X'; /* past @n */
+        cr_assert_eq(rp_tls_pubkey_spki(pub, n - 1, spki2), 0, "%s", rp_errmsg());
+        free(pub);
+        EVP_PKEY_free(k);
+    }
+}
+
+Test(tls, pubkey_spki_refuses_anything_else)
+{
+    EVP_PKEY *k = rp_tls_keygen();
+    char *pub = pubkey_pem(k), *priv = NULL;
+    cr_assert_eq(rp_tls_key_to_pem(k, &priv), 0);
+    unsigned char *der = NULL;
+    int dn = i2d_PUBKEY(k, &der);
+    cr_assert_eq(dn, RP_TLS_P256_SPKI_LEN);
+
+    /* A point off the curve: one bit of y flipped. */
+    unsigned char off[RP_TLS_P256_SPKI_LEN];
+    memcpy(off, der, sizeof off);
+    off[sizeof off - 1] ^= 1;
+    char *off_pem = pem_block("PUBLIC KEY", off, sizeof off);
+    /* A compressed P-256 point. */
+    EVP_PKEY *kc = EVP_EC_gen("P-256");
+    cr_assert(EVP_PKEY_set_utf8_string_param(kc, "point-format", "compressed"));
+    unsigned char *cder = NULL;
+    int cn = i2d_PUBKEY(kc, &cder);
+    cr_assert_eq(cn, 59);
+    char *compressed = pem_block("PUBLIC KEY", cder, cn);
+    /* Other key types. */
+    EVP_PKEY *rsa = EVP_RSA_gen(1024), *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"),
+             *p384 = EVP_EC_gen("P-384");
+    cr_assert(rsa && ed && p384);
+    char *rsa_pem = pubkey_pem(rsa), *ed_pem = pubkey_pem(ed), *p384_pem = pubkey_pem(p384);
+    struct pki p;
+    pki_new(&p, "example.com");
+    char *cert_pem = NULL;
+    cr_assert_eq(rp_tls_cert_to_pem(p.ca, &cert_pem), 0);
+
+    /* Variations of the good PEM. */
+    size_t pn = strlen(pub);
+    char two[1024], hdr[1024], trail[1024], badchar[512], short1[512], short4[512];
+    snprintf(two, sizeof two, "%s%s", pub, pub);
+    snprintf(hdr, sizeof hdr, "-----BEGIN PUBLIC KEY-----\nProc-Type: 4,ENCRYPTED\n\n%s",
+             pub + strlen("-----BEGIN PUBLIC KEY-----\n"));
+    snprintf(trail, sizeof trail, "%sjunk\n", pub);
+    snprintf(badchar, sizeof badchar, "%s", pub);
+    badchar[40] = '*';
+    /* The body without its last character, then without its last four. */
+    const char *end = strstr(pub, "\n-----END");
+    cr_assert_not_null(end);
+    size_t body_end = (size_t)(end - pub);
+    snprintf(short1, sizeof short1, "%.*s%s", (int)body_end - 1, pub, end);
+    snprintf(short4, sizeof short4, "%.*s%s", (int)body_end - 4, pub, end);
+    /* The same bytes with bits set past the data in the last quantum ("xx=="): a
+     * second spelling of the key that strict base64 refuses. */
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char noncanon[512];
+    snprintf(noncanon, sizeof noncanon, "%s", pub);
+    char *last = noncanon + body_end - 3;
+    cr_assert_eq(memcmp(last + 1, "==", 2), 0, "%s", pub);
+    *last = b64[(strchr(b64, *last) - b64) ^ 1];
+
+    const char *esc = "-----BEGIN \x1b[2J-----\nAAAA\n-----END \x1b[2J-----\n";
+    struct {
+        const char *pem;
+        size_t n;
+        const char *why;
+    } cases[] = {
+        {"", 0, "empty"},
+        {"garbage", 7, "does not start with -----BEGIN"},
+        {pub, pn / 2, "truncated"},
+        {pub, pn - 3, "END line"},
+        {two, strlen(two), "more than one PEM block"},
+        {priv, strlen(priv), "\"PRIVATE KEY\" block"},
+        {cert_pem, strlen(cert_pem), "\"CERTIFICATE\" block"},
+        {esc, strlen(esc), "\"?\" block"}, /* not echoed into the message */
+        {hdr, strlen(hdr), "header"},
+        {trail, strlen(trail), "data after its END line"},
+        {badchar, strlen(badchar), "not base64"},
+        {short1, strlen(short1), "not valid base64"},
+        {short4, strlen(short4), "no readable SubjectPublicKeyInfo"},
+        {noncanon, strlen(noncanon), "not valid base64"},
+        {rsa_pem, strlen(rsa_pem), "RSA is not EC P-256"},
+        {ed_pem, strlen(ed_pem), "ED25519 is not EC P-256"},
+        {p384_pem, strlen(p384_pem), "secp384r1 is not P-256"},
+        {off_pem, strlen(off_pem), "not on the P-256 curve"},
+        {compressed, strlen(compressed), "uncompressed point"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        unsigned char spki[RP_TLS_P256_SPKI_LEN];
+        cr_assert_eq(rp_tls_pubkey_spki(cases[i].pem, cases[i].n, spki), RP_EINVAL,
+                     "case %zu (%s) accepted", i, cases[i].why);
+        cr_assert(strstr(rp_errmsg(), cases[i].why) != NULL, "case %zu: want \"%s\", got \"%s\"", i,
+                  cases[i].why, rp_errmsg());
+    }
+    /* Too large to be a public key PEM at all, and no key at all. */
+    char *big = malloc(8192);
+    memset(big, 'A', 8192);
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    cr_assert_eq(rp_tls_pubkey_spki(big, 8192, spki), RP_EINVAL);
+    cr_assert_eq(rp_tls_pubkey_spki(NULL, 10, spki), RP_EINVAL);
+    free(big);
+
+    free(cert_pem);
+    pki_free(&p);
+    free(rsa_pem), free(ed_pem), free(p384_pem);
+    EVP_PKEY_free(rsa), EVP_PKEY_free(ed), EVP_PKEY_free(p384), EVP_PKEY_free(kc);
+    free(compressed), free(off_pem);
+    OPENSSL_free(cder);
+    OPENSSL_free(der);
+    free(priv);
+    free(pub);
+    EVP_PKEY_free(k);
+}
+
 /* ---- pins, PEM, files -------------------------------------------------------------- */
 
 Test(tls, ca_pin_is_stable_and_matches_openssl_cli)
@@ -662,6 +1370,67 @@ Test(tls, mtls_handshake_with_same_ca_carries_identities, .timeout = 30)
     SSL_CTX_free(sctx);
     SSL_CTX_free(cctx);
     two_ends_free(&t);
+}
+
+/* The same handshake with both certificates written by rp_tls_issue_pem and read back
+ * from PEM, as clients of the auth server get them. */
+Test(tls, mtls_handshake_with_pem_issued_certs, .timeout = 30)
+{
+    struct pki p;
+    pki_new(&p, "example.com");
+    char *sgroups[] = {RP_ROLE_AUTH}, *cgroups[] = {"editor"}, *logins[] = {"root"};
+    struct rp_identity sid = {
+        .name = "auth-1", .groups = sgroups, .n_groups = 1, .cluster = "example.com"};
+    struct rp_identity cid = {.name = "alice",
+                              .groups = cgroups,
+                              .n_groups = 1,
+                              .logins = logins,
+                              .n_logins = 1,
+                              .cluster = "example.com",
+                              .route_cluster = "example.com"};
+    const char *sans[] = {"localhost", "127.0.0.1"};
+    EVP_PKEY *skey = rp_tls_keygen(), *ckey = rp_tls_keygen();
+    X509 *scert = issue_pem_x509(&p, skey, &sid, sans, 2, 3600, NULL);
+    X509 *ccert = issue_pem_x509(&p, ckey, &cid, NULL, 0, 3600, NULL);
+    SSL_CTX *sctx = rp_tls_server_ctx(p.ca, scert, skey, 1);
+    SSL_CTX *cctx = rp_tls_client_ctx(p.ca, ccert, ckey);
+    cr_assert_not_null(sctx, "%s", rp_errmsg());
+    cr_assert_not_null(cctx, "%s", rp_errmsg());
+    struct server s;
+    server_start(&s, sctx, 1);
+    struct rp_conn c;
+    cr_assert_eq(rp_conn_dial(&c, cctx, s.addr, 5000), 0, "%s", rp_errmsg());
+    struct rp_identity peer;
+    cr_assert_eq(rp_tls_peer_identity(c.ssl, &peer), 0, "%s", rp_errmsg());
+    cr_assert_str_eq(peer.name, "auth-1");
+    cr_assert(rp_identity_has_group(&peer, RP_ROLE_AUTH));
+    rp_identity_free(&peer);
+    cr_assert_eq(rp_conn_set_timeout(&c, 5000), 0);
+    cr_assert_eq(rp_conn_write_frame(&c, "hi", 2), 0, "%s", rp_errmsg());
+    struct rp_buf b;
+    rp_buf_init(&b);
+    cr_assert_eq(rp_conn_read_frame(&c, &b), 0, "%s", rp_errmsg());
+    rp_buf_free(&b);
+    rp_conn_close(&c);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10;
+    cr_assert_eq(pthread_timedjoin_np(s.th, NULL, &ts), 0);
+    cr_assert_eq(s.accept_rv, 0, "%s", s.accept_err);
+    cr_assert_eq(s.id_rv, 0);
+    cr_assert_str_eq(s.id.name, "alice");
+    cr_assert_eq(s.id.n_logins, 1);
+    cr_assert_str_eq(s.id.logins[0], "root");
+    cr_assert_str_eq(s.id.route_cluster, "example.com");
+    rp_identity_free(&s.id);
+    close(s.lfd);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    X509_free(scert);
+    X509_free(ccert);
+    EVP_PKEY_free(skey);
+    EVP_PKEY_free(ckey);
+    pki_free(&p);
 }
 
 Test(tls, client_cert_from_other_ca_is_refused, .timeout = 30)
