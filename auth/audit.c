@@ -24,12 +24,20 @@
 #define EVENTS_DEFAULT_LIMIT 1000
 #define EVENTS_MAX_LIMIT 10000
 
+/* An emitter waiting for its event's batch, on the emitter's stack. Its own mutex:
+ * the batcher wakes each waiter without holding the queue's lock, so a woken emitter
+ * never queues behind the batcher or the other emitters. */
+struct audit_waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done; /* under mu */
+    int rv;
+};
+
 struct audit_item {
     struct rp_buf ev;
-    int *rv;            /* NULL for AUDIT_ASYNC */
-    bool *done;         /* set under the mutex when the item's batch is over */
-    pthread_cond_t *cv; /* the waiting emitter's own: only it wakes, not every waiter */
-    uint64_t term;      /* audit_emit_in_term: the term its batch must commit in */
+    struct audit_waiter *w; /* NULL for AUDIT_ASYNC */
+    uint64_t term;          /* audit_emit_in_term: the term its batch must commit in */
     struct audit_item *next;
 };
 
@@ -233,19 +241,26 @@ static void *batcher_main(void *arg)
             a->st.events += n;
         else
             a->st.failed += n;
+        pthread_mutex_unlock(&a->mu);
         while (batch) {
             struct audit_item *next = batch->next;
-            if (batch->done) {
-                *batch->rv = rv;
+            struct audit_waiter *w = batch->w;
+            if (w) {
+                /* The waiter returns (and its stack goes) once it sees done: nothing
+                 * of it is touched after this unlock. */
+                pthread_mutex_lock(&w->mu);
+                w->rv = rv;
                 if (rv == 0 && batch->term != 0 && batch->term != term)
-                    *batch->rv = RP_ENOTLEADER;
-                *batch->done = true;
-                pthread_cond_signal(batch->cv);
+                    w->rv = RP_ENOTLEADER;
+                w->done = true;
+                pthread_cond_signal(&w->cv);
+                pthread_mutex_unlock(&w->mu);
             }
             rp_buf_free(&batch->ev);
             free(batch);
             batch = next;
         }
+        pthread_mutex_lock(&a->mu);
     }
     pthread_mutex_unlock(&a->mu);
     rp_buf_free(&events);
@@ -268,11 +283,11 @@ static int emit(struct auth_server *s, struct audit_event *e, enum audit_mode mo
         free(it);
         return rv;
     }
-    int result = 0;
-    bool done = false;
-    pthread_cond_t cv;
-    if (mode == AUDIT_WAIT)
-        pthread_cond_init(&cv, NULL);
+    struct audit_waiter w = {.done = false, .rv = 0};
+    if (mode == AUDIT_WAIT) {
+        pthread_mutex_init(&w.mu, NULL);
+        pthread_cond_init(&w.cv, NULL);
+    }
     pthread_mutex_lock(&a->mu);
     if (!a->started || a->stop) {
         rv = rp_err(RP_EUNAVAILABLE, "the audit log is not running");
@@ -282,16 +297,16 @@ static int emit(struct auth_server *s, struct audit_event *e, enum audit_mode mo
     }
     if (rv != 0) {
         pthread_mutex_unlock(&a->mu);
-        if (mode == AUDIT_WAIT)
-            pthread_cond_destroy(&cv);
+        if (mode == AUDIT_WAIT) {
+            pthread_cond_destroy(&w.cv);
+            pthread_mutex_destroy(&w.mu);
+        }
         rp_buf_free(&it->ev);
         free(it);
         return rv;
     }
     if (mode == AUDIT_WAIT) {
-        it->rv = &result;
-        it->done = &done;
-        it->cv = &cv;
+        it->w = &w;
         it->term = term;
     }
     if (a->tail)
@@ -301,11 +316,16 @@ static int emit(struct auth_server *s, struct audit_event *e, enum audit_mode mo
     a->tail = it;
     a->n_queued++;
     pthread_cond_signal(&a->cv);
-    while (mode == AUDIT_WAIT && !done)
-        pthread_cond_wait(&cv, &a->mu);
     pthread_mutex_unlock(&a->mu);
-    if (mode == AUDIT_WAIT)
-        pthread_cond_destroy(&cv);
+    if (mode != AUDIT_WAIT)
+        return 0;
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+        pthread_cond_wait(&w.cv, &w.mu);
+    int result = w.rv;
+    pthread_mutex_unlock(&w.mu);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
     if (result != 0 && term != 0 && result == RP_ENOTLEADER)
         return rp_err(result, "leadership moved while the request was served: retry");
     if (result != 0)
