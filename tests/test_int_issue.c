@@ -116,7 +116,7 @@ static void write_role(const char *name, const char *login)
     cr_assert_not_null(f);
     fputs(yaml, f);
     fclose(f);
-    cr_assert_eq(run_tctl(1, &out, "create", path, NULL), 0, "create %s: %s", name, out);
+    cr_assert_eq(run_tctl(1, &out, "create", "-f", path, NULL), 0, "create %s: %s", name, out);
     free(out);
 }
 
@@ -222,5 +222,51 @@ Test(int_issue, a_resumed_leader_never_signs_with_roles_changed_behind_it)
                 ok, ok_before, ok_after, failed);
     size_t events = cert_events(fresh, "alice");
     cr_assert_geq(events, ok, "%zu certificates but %zu cert.create events", ok, events);
+    cluster_pass();
+}
+
+/* One certificate on a fresh client pinned to node @i; its logins into @out. */
+static void sign_once(int i, const struct rp_buf *req, char *out, size_t n)
+{
+    msgpack_unpacked resp;
+    int rv = node_call(i, req->data, req->len, &resp, 0);
+    cr_assert_eq(rv, 0, "sign_user on node %d: %s", i, rp_errmsg());
+    cr_assert_eq(answer_logins(&resp.data, out, n), 0, "no readable tls_cert in the answer");
+    msgpack_unpacked_destroy(&resp);
+}
+
+/* The leader keeps what a user's certificates say until any resource changes: an
+ * edit of a role (not of the user) must show in the very next certificate, on the
+ * leader and through a follower, and so must a role's removal. */
+Test(int_issue, role_edits_show_in_the_next_certificate)
+{
+    cluster_start(3);
+    uint64_t lid = cluster_wait_ready(0, 3, 0, 20000);
+    cr_assert_neq(lid, 0, "no ready leader");
+    int leader = node_by_raft_id(lid), follower = leader == 1 ? 2 : 1;
+    char *out = NULL, logins[256];
+    write_role("ops", "ops-1");
+    write_role("dev", "dev-1");
+    cr_assert_eq(run_tctl(1, &out, "users", "add", "bob", "--roles=ops,dev", NULL), 0, "%s", out);
+    free(out);
+    struct rp_buf req;
+    build_request(&req, "bob");
+    for (int k = 0; k < 3; k++) { /* the second and third come from the cache */
+        sign_once(leader, &req, logins, sizeof logins);
+        cr_assert_str_eq(logins, "ops-1,dev-1");
+    }
+    write_role("ops", "ops-2");
+    sign_once(leader, &req, logins, sizeof logins);
+    cr_assert_str_eq(logins, "ops-2,dev-1", "the edited role is not in the next certificate");
+    sign_once(follower, &req, logins, sizeof logins);
+    cr_assert_str_eq(logins, "ops-2,dev-1");
+    cr_assert_eq(run_tctl(1, &out, "rm", "role/dev", NULL), 0, "%s", out);
+    free(out);
+    msgpack_unpacked resp;
+    int rv = node_call(leader, req.data, req.len, &resp, 0);
+    msgpack_unpacked_destroy(&resp);
+    cr_assert_eq(rv, RP_EDENIED, "a user whose role is gone gets no certificate (%s)",
+                 rp_strerror(rv));
+    rp_buf_free(&req);
     cluster_pass();
 }
