@@ -149,19 +149,38 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out)
     return rv;
 }
 
-int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_buf *out)
+/* The API address of leader @id, looked up in the auth_server records once per leader
+ * and per change of the records, not once per forwarded request. */
+static int leader_addr(struct auth_server *s, uint64_t id, char *addr, size_t n)
 {
-    struct rp_node_status st;
-    char addr[64];
-    int rv = rp_node_status(s->node, &st);
+    uint64_t changed = state_resources_changed(s->state);
+    pthread_mutex_lock(&s->fwd_mu);
+    bool hit = s->fwd_leader_id == id && s->fwd_leader_changed == changed;
+    if (hit)
+        snprintf(addr, n, "%s", s->fwd_leader_addr);
+    pthread_mutex_unlock(&s->fwd_mu);
+    if (hit)
+        return 0;
+    int rv = auth_api_addr_of(s, id, addr, n);
     if (rv != 0)
         return rv;
-    if (st.leader_id == 0 || st.leader_id == st.id)
+    pthread_mutex_lock(&s->fwd_mu);
+    s->fwd_leader_id = id;
+    s->fwd_leader_changed = changed;
+    snprintf(s->fwd_leader_addr, sizeof s->fwd_leader_addr, "%s", addr);
+    pthread_mutex_unlock(&s->fwd_mu);
+    return 0;
+}
+
+int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_buf *out)
+{
+    char addr[64];
+    uint64_t lid = rp_node_leader_id(s->node);
+    if (lid == 0 || lid == s->cfg->raft_id)
         return rp_err(RP_EUNAVAILABLE, "no auth server leads right now (election in progress)");
-    rv = auth_api_addr_of(s, st.leader_id, addr, sizeof addr);
+    int rv = leader_addr(s, lid, addr, sizeof addr);
     if (rv != 0)
-        return rp_err(RP_EUNAVAILABLE, "leader %llu: %s", (unsigned long long)st.leader_id,
-                      rp_errmsg());
+        return rp_err(RP_EUNAVAILABLE, "leader %llu: %s", (unsigned long long)lid, rp_errmsg());
 
     for (int attempt = 0; attempt < 2; attempt++) {
         bool fresh;

@@ -62,6 +62,10 @@ struct auth_server {
     int conn_fds[AUTH_MAX_CONNS];
 
     pthread_mutex_t fwd_mu;
+    /* The leader's API address as last looked up (under fwd_mu): good while the
+     * leader and the auth_server records (state_resources_changed) stay the same. */
+    uint64_t fwd_leader_id, fwd_leader_changed;
+    char fwd_leader_addr[64];
     struct auth_fwd_conn fwd[AUTH_FWD_POOL];
 
     /* Cached CA private key for signing (reloaded when the stored revision changes). */

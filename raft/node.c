@@ -115,6 +115,7 @@ struct rp_node {
 
     atomic_bool is_leader;
     _Atomic uint64_t ready_term; /* leader_term once ready, else 0 */
+    _Atomic uint64_t leader_id;  /* as the monitor last saw it, 0 if unknown */
 
     /* Loop thread only. */
     bool closing;      /* stop in progress: new requests get RP_ECLOSED */
@@ -839,6 +840,7 @@ static void on_monitor(uv_prepare_t *h)
     int state = raft_state(r);
     atomic_store(&n->is_leader, state == RAFT_LEADER);
     if (state == RAFT_LEADER) {
+        atomic_store(&n->leader_id, n->id);
         if (n->leader_term != r->current_term) {
             n->leader_term = r->current_term;
             n->ready = false;
@@ -863,6 +865,7 @@ static void on_monitor(uv_prepare_t *h)
     raft_id lid = 0;
     const char *laddr = NULL;
     raft_leader(r, &lid, &laddr);
+    atomic_store(&n->leader_id, (uint64_t)lid);
     if (lid != n->last_leader_seen) {
         n->last_leader_seen = lid;
         if (lid != 0)
@@ -1234,6 +1237,11 @@ int rp_node_status(struct rp_node *n, struct rp_node_status *out)
     if (q == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
     return req_submit_wait(n, q, 5000, RP_ETIMEDOUT, "status", out, NULL);
+}
+
+uint64_t rp_node_leader_id(struct rp_node *n)
+{
+    return atomic_load(&n->leader_id);
 }
 
 uint64_t rp_node_read_term(struct rp_node *n)

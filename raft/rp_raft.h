@@ -215,6 +215,7 @@ struct rp_node_status {
 int rp_node_status(struct rp_node *n, struct rp_node_status *out);
 
 bool rp_node_is_leader(struct rp_node *n); /* cheap, possibly stale */
+uint64_t rp_node_leader_id(struct rp_node *n); /* the same: who leads, 0 if unknown */
 
 /* Counters of the node's peer transport (any thread, while the node runs). */
 void rp_node_transport_stats(struct rp_node *n, struct rp_raft_transport_stats *out);
