@@ -491,14 +491,12 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
         return rv;
     if (rp_mp_get_u64(r->args, "ttl_ms", &ttl) == RP_EINVAL || (ttl && ttl < 60000))
         return rp_err(RP_EINVAL, "ttl must be at least 1m");
+    /* Any server could sign, but the audit record must go through the leader, and
+     * the roles read must be current: the leader does it, and checks the keys. */
+    if (!auth_is_leader(r->srv) && !r->from_peer)
+        return auth_forward_req(r, out);
     if ((rv = request_keys(r->args, &ssh, spki, &tls)) != 0)
         return rv;
-    if (!auth_is_leader(r->srv) && !r->from_peer) {
-        /* Any server could sign, but the audit record must go through the leader,
-         * and the roles read must be current: the leader does it. */
-        EVP_PKEY_free(ssh);
-        return auth_forward_req(r, out);
-    }
     struct issued c;
     uint64_t term = rp_node_read_term(r->srv->node);
     rv = term ? 0 : rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
