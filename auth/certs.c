@@ -346,10 +346,17 @@ static void view_release(struct auth_server *s, struct auth_issue_view *v)
         view_free(v);
 }
 
-/* Issues the SSH certificate for @ssh_pub (and the X.509 one for the P-256 key whose
- * SubjectPublicKeyInfo is @tls_spki, if not NULL). */
-static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub,
-                 const unsigned char *tls_spki,
+/* The public keys of a request, checked: the SSH key's blob, and the TLS key's
+ * SubjectPublicKeyInfo when the request has one. */
+struct req_keys {
+    uint8_t *ssh;
+    size_t ssh_len;
+    bool has_tls;
+    unsigned char tls[RP_TLS_P256_SPKI_LEN];
+};
+
+/* Issues the SSH certificate for @k's SSH key (and the X.509 one for its TLS key). */
+static int issue(struct auth_server *s, const char *user, const struct req_keys *k,
                  uint64_t want_ttl_ms, const char *caller, const char *remote, uint64_t term,
                  struct issued *out)
 {
@@ -395,7 +402,8 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub,
     exts[ne++] = (struct rp_ssh_cert_opt){"teleport-route-to-cluster", s->id.cluster_name};
     struct rp_ssh_cert cert = {
         .type = RP_SSH_CERT_USER,
-        .key = ssh_pub,
+        .key_blob = k->ssh,
+        .key_blob_len = k->ssh_len,
         .key_id = (char *)user,
         .principals = principals,
         .n_principals = np,
@@ -408,7 +416,7 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub,
         (rv = rp_ssh_cert_sign(&cert, ca, &blob)) != 0 ||
         (rv = rp_ssh_cert_format(blob.data, blob.len, user, &out->ssh_cert)) != 0)
         goto out;
-    if (tls_spki) {
+    if (k->has_tls) {
         struct rp_identity id = {.name = (char *)user,
                                  .groups = v->role_names,
                                  .n_groups = v->n_roles,
@@ -416,7 +424,7 @@ static int issue(struct auth_server *s, const char *user, EVP_PKEY *ssh_pub,
                                  .n_logins = v->n_logins,
                                  .cluster = s->id.cluster_name,
                                  .route_cluster = s->id.cluster_name};
-        if ((rv = auth_sign_identity(s, tls_spki, &id, NULL, 0, (long)(ttl / 1000),
+        if ((rv = auth_sign_identity(s, k->tls, &id, NULL, 0, (long)(ttl / 1000),
                                      &out->tls_cert)) != 0 ||
             (rv = (out->tls_ca = strdup(s->id.ca_pem)) ? 0 : rp_err(RP_ENOMEM, "CA PEM")) != 0)
             goto out;
@@ -456,24 +464,21 @@ static void reply_issued(struct rp_buf *out, const struct issued *c)
     }
 }
 
-/* The public keys of a request: ssh_pubkey (an authorized_keys line) and, optional,
- * tls_pubkey (a P-256 PEM) as its SubjectPublicKeyInfo; *@tls is NULL without one and
- * points into @spki otherwise. */
-static int request_keys(const msgpack_object *args, EVP_PKEY **ssh,
-                        unsigned char spki[RP_TLS_P256_SPKI_LEN], const unsigned char **tls)
+/* ssh_pubkey (an authorized_keys line) and, optional, tls_pubkey (a P-256 PEM). */
+static int request_keys(const msgpack_object *args, struct req_keys *k)
 {
     char line[8192], pem[2048];
+    enum rp_ssh_keytype type;
     int rv;
-    *ssh = NULL;
-    *tls = NULL;
+    memset(k, 0, sizeof *k);
     if ((rv = auth_arg_str(args, "ssh_pubkey", line, sizeof line, true)) != 0 ||
         (rv = auth_arg_str(args, "tls_pubkey", pem, sizeof pem, false)) != 0)
         return rv;
-    if (pem[0] && (rv = rp_tls_pubkey_spki(pem, strlen(pem), spki)) != 0)
+    if (pem[0] && (rv = rp_tls_pubkey_spki(pem, strlen(pem), k->tls)) != 0)
         return rp_err(rv, "tls_pubkey: %s", rp_errmsg());
-    if ((rv = rp_ssh_pubkey_parse(line, ssh, NULL)) != 0)
+    k->has_tls = pem[0] != '\0';
+    if ((rv = rp_ssh_pubkey_parse_blob(line, &k->ssh, &k->ssh_len, &type)) != 0)
         return rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
-    *tls = pem[0] ? spki : NULL;
     return 0;
 }
 
@@ -483,9 +488,7 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
 {
     char user[160];
     uint64_t ttl = 0;
-    EVP_PKEY *ssh = NULL;
-    unsigned char spki[RP_TLS_P256_SPKI_LEN];
-    const unsigned char *tls = NULL;
+    struct req_keys k;
     int rv;
     if ((rv = auth_arg_str(r->args, "user", user, sizeof user, true)) != 0)
         return rv;
@@ -495,19 +498,19 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
      * the roles read must be current: the leader does it, and checks the keys. */
     if (!auth_is_leader(r->srv) && !r->from_peer)
         return auth_forward_req(r, out);
-    if ((rv = request_keys(r->args, &ssh, spki, &tls)) != 0)
+    if ((rv = request_keys(r->args, &k)) != 0)
         return rv;
     struct issued c;
     uint64_t term = rp_node_read_term(r->srv->node);
     rv = term ? 0 : rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
     if (rv == 0)
-        rv = issue(r->srv, user, ssh, tls, ttl, r->caller ? r->caller->name : "?", r->remote,
+        rv = issue(r->srv, user, &k, ttl, r->caller ? r->caller->name : "?", r->remote,
                    term, &c);
     if (rv == 0) {
         reply_issued(out, &c);
         issued_free(&c);
     }
-    EVP_PKEY_free(ssh);
+    free(k.ssh);
     return rv;
 }
 
@@ -600,11 +603,11 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
             return rp_err(RP_ENOTLEADER, "not the leader");
         return auth_forward_req(r, out);
     }
-    EVP_PKEY *ssh = NULL;
-    unsigned char spki[RP_TLS_P256_SPKI_LEN];
-    const unsigned char *tls = NULL;
-    if ((rv = request_keys(r->args, &ssh, spki, &tls)) != 0)
+    struct req_keys k;
+    if ((rv = request_keys(r->args, &k)) != 0) {
+        free(k.ssh);
         return rv;
+    }
     if ((rv = rp_node_barrier(s->node, AUTH_READ_TIMEOUT_MS)) != 0)
         goto out_keys;
 
@@ -674,7 +677,7 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
             goto out; /* a TOTP step must be recorded before it is accepted: no replay */
     }
     struct issued c;
-    if ((rv = issue(s, user, ssh, tls, ttl, user, r->remote, 0, &c)) != 0)
+    if ((rv = issue(s, user, &k, ttl, user, r->remote, 0, &c)) != 0)
         goto out;
     audit_login(s, user, r->remote, NULL);
     reply_issued(out, &c);
@@ -687,6 +690,6 @@ out:
         OPENSSL_cleanse(sb.data, sb.cap);
     rp_buf_free(&sb);
 out_keys:
-    EVP_PKEY_free(ssh);
+    free(k.ssh);
     return rv;
 }

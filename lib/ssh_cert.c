@@ -129,7 +129,22 @@ int rp_ssh_cert_sign(const struct rp_ssh_cert *c, EVP_PKEY *ca, struct rp_buf *o
                       "certificate validity is empty: valid_after %llu is not before "
                       "valid_before %llu",
                       (unsigned long long)c->valid_after, (unsigned long long)c->valid_before);
-    rv = rp_ssh_key_type(c->key, &key_type);
+    /* The subject key's fields: from its blob (past the type name) or from the key. */
+    struct rp_rd kr;
+    memset(&kr, 0, sizeof kr);
+    if (c->key_blob != NULL) {
+        char *name = NULL;
+        bool is_cert = false;
+        rp_rd_init(&kr, c->key_blob, c->key_blob_len);
+        rv = rp_ssh_get_cstring(&kr, "key type", &name);
+        if (rv == 0)
+            rv = rp_ssh_key_type_from_name(name, &key_type, &is_cert);
+        if (rv == 0 && is_cert)
+            rv = rp_err(RP_EINVAL, "the subject key blob is a certificate");
+        free(name);
+    } else {
+        rv = rp_ssh_key_type(c->key, &key_type);
+    }
     if (rv != 0)
         return rp_err(rv, "certificate subject key: %s", rp_errmsg());
     rv = rp_ssh_key_type(ca, &ca_type);
@@ -151,7 +166,9 @@ int rp_ssh_cert_sign(const struct rp_ssh_cert *c, EVP_PKEY *ca, struct rp_buf *o
     if (rv == 0)
         rv = rp_ssh_put_string(&b, nonce, nonce_len);
     if (rv == 0)
-        rv = rp_ssh_key_put_fields(&b, c->key);
+        rv = c->key_blob ? rp_buf_append(&b, c->key_blob + (c->key_blob_len - rp_rd_left(&kr)),
+                                         rp_rd_left(&kr))
+                         : rp_ssh_key_put_fields(&b, c->key);
     if (rv == 0)
         rv = rp_buf_put_be64(&b, c->serial);
     if (rv == 0)

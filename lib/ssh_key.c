@@ -745,6 +745,47 @@ int rp_ssh_pubkey_format(EVP_PKEY *key, const char *comment, char **out)
     return rv;
 }
 
+int rp_ssh_pubkey_blob_check(const uint8_t *p, size_t n, enum rp_ssh_keytype *type)
+{
+    struct rp_rd r;
+    bool is_cert;
+    char *name = NULL;
+    const uint8_t *k;
+    size_t klen;
+    EVP_PKEY *key = NULL;
+    rp_rd_init(&r, p, n);
+    int rv = rp_ssh_get_cstring(&r, "key type", &name);
+    if (rv == 0)
+        rv = rp_ssh_key_type_from_name(name, type, &is_cert);
+    if (rv == 0 && is_cert)
+        rv = rp_err(RP_EINVAL, "blob is a %s certificate, expected a plain public key", name);
+    if (rv == 0 && *type == RP_SSH_KEY_ED25519) {
+        rv = rp_ssh_get_string(&r, "Ed25519 public key", &k, &klen);
+        if (rv == 0 && klen != 32)
+            rv = rp_err(RP_EINVAL, "Ed25519 public key is %zu bytes, expected 32", klen);
+    } else if (rv == 0) {
+        rv = rp_ssh_key_get_fields(&r, *type, &key); /* checks points and RSA sizes */
+        EVP_PKEY_free(key);
+    }
+    if (rv == 0 && rp_rd_left(&r) != 0)
+        rv = rp_err(RP_EINVAL, "%zu trailing bytes after the %s public key", rp_rd_left(&r), name);
+    free(name);
+    return rv;
+}
+
+int rp_ssh_pubkey_parse_blob(const char *line, uint8_t **blob, size_t *n,
+                             enum rp_ssh_keytype *type)
+{
+    int rv = rp_ssh_line_split(line, blob, n, NULL);
+    if (rv != 0)
+        return rv;
+    if ((rv = rp_ssh_pubkey_blob_check(*blob, *n, type)) != 0) {
+        free(*blob);
+        *blob = NULL;
+    }
+    return rv;
+}
+
 int rp_ssh_pubkey_parse(const char *line, EVP_PKEY **out, char **comment)
 {
     uint8_t *blob;

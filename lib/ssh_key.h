@@ -89,6 +89,13 @@ int rp_ssh_key_get_fields(struct rp_rd *r, enum rp_ssh_keytype type, EVP_PKEY **
 int rp_ssh_pubkey_to_blob(EVP_PKEY *key, struct rp_buf *out);
 /* Parses a public key blob; certificates and trailing bytes are refused. */
 int rp_ssh_pubkey_from_blob(const uint8_t *p, size_t n, EVP_PKEY **out);
+/* Checks a public key blob as rp_ssh_pubkey_from_blob does, without keeping a key:
+ * for Ed25519 there is nothing to build (any 32 bytes are taken, as OpenSSL takes
+ * them), so this costs nothing next to making an EVP_PKEY. */
+int rp_ssh_pubkey_blob_check(const uint8_t *p, size_t n, enum rp_ssh_keytype *type);
+/* rp_ssh_pubkey_parse, keeping the checked blob (malloc'd) instead of a key. */
+int rp_ssh_pubkey_parse_blob(const char *line, uint8_t **blob, size_t *n,
+                             enum rp_ssh_keytype *type);
 
 /* "TYPE BASE64 comment" (no newline) for @key; @comment may be NULL or "". */
 int rp_ssh_pubkey_format(EVP_PKEY *key, const char *comment, char **out);

@@ -1275,3 +1275,74 @@ Test(ssh_cert, random_damage_never_crashes_and_never_passes)
     for (int i = 0; i < 3; i++)
         EVP_PKEY_free(keys[i]);
 }
+
+/* The auth server signs from the checked public blob of the request's key, never
+ * building an EVP_PKEY for it: the certificate must be the very bytes a key-based
+ * signature gives, and the check must refuse what rp_ssh_pubkey_parse refuses. */
+Test(ssh_cert, certs_signed_from_a_key_blob_equal_those_from_the_key)
+{
+    EVP_PKEY *ca = gen(RP_SSH_KEY_ED25519); /* deterministic signatures: whole blobs compare */
+    uint8_t nonce[32];
+    memset(nonce, 7, sizeof nonce);
+    for (size_t s = 0; s < N_TYPES; s++) {
+        EVP_PKEY *key = gen(all_types[s]);
+        char *line = NULL;
+        uint8_t *kb = NULL;
+        size_t kn = 0;
+        enum rp_ssh_keytype t;
+        cr_assert_eq(rp_ssh_pubkey_format(key, "c", &line), 0);
+        cr_assert_eq(rp_ssh_pubkey_parse_blob(line, &kb, &kn, &t), 0, "%s", rp_errmsg());
+        cr_assert_eq(t, all_types[s]);
+        struct rp_ssh_cert by_key = user_template(key), by_blob = user_template(NULL);
+        by_key.nonce = by_blob.nonce = nonce;
+        by_key.nonce_len = by_blob.nonce_len = sizeof nonce;
+        by_blob.key_blob = kb;
+        by_blob.key_blob_len = kn;
+        struct rp_buf a, b;
+        sign_cert(&by_key, ca, &a);
+        sign_cert(&by_blob, ca, &b);
+        cr_assert_eq(a.len, b.len, "%s", rp_ssh_key_type_name(all_types[s]));
+        cr_assert_eq(memcmp(a.data, b.data, a.len), 0, "%s", rp_ssh_key_type_name(all_types[s]));
+        rp_buf_free(&a);
+        rp_buf_free(&b);
+        free(kb);
+        free(line);
+        EVP_PKEY_free(key);
+    }
+
+    /* Refused: a short Ed25519 key, trailing bytes, a certificate, an ECDSA point off
+     * the curve. */
+    struct rp_buf blob;
+    rp_buf_init(&blob);
+    uint8_t k31[31] = {1};
+    rp_ssh_put_cstring(&blob, "ssh-ed25519");
+    rp_ssh_put_string(&blob, k31, sizeof k31);
+    enum rp_ssh_keytype t;
+    cr_assert_eq(rp_ssh_pubkey_blob_check(blob.data, blob.len, &t), RP_EINVAL);
+    cr_assert(strstr(rp_errmsg(), "expected 32"), "%s", rp_errmsg());
+
+    rp_buf_reset(&blob);
+    uint8_t k32[32] = {2};
+    rp_ssh_put_cstring(&blob, "ssh-ed25519");
+    rp_ssh_put_string(&blob, k32, sizeof k32);
+    cr_assert_eq(rp_ssh_pubkey_blob_check(blob.data, blob.len, &t), 0, "%s", rp_errmsg());
+    rp_buf_append(&blob, "x", 1);
+    cr_assert_eq(rp_ssh_pubkey_blob_check(blob.data, blob.len, &t), RP_EINVAL);
+    cr_assert(strstr(rp_errmsg(), "trailing"), "%s", rp_errmsg());
+
+    struct rp_ssh_cert c = user_template(ca);
+    struct rp_buf cert;
+    sign_cert(&c, ca, &cert);
+    cr_assert_eq(rp_ssh_pubkey_blob_check(cert.data, cert.len, &t), RP_EINVAL);
+    cr_assert(strstr(rp_errmsg(), "certificate"), "%s", rp_errmsg());
+    rp_buf_free(&cert);
+
+    EVP_PKEY *ec = gen(RP_SSH_KEY_ECDSA_P256);
+    rp_buf_reset(&blob);
+    cr_assert_eq(rp_ssh_pubkey_to_blob(ec, &blob), 0);
+    blob.data[blob.len - 1] ^= 0x01; /* the point's last byte: off the curve */
+    cr_assert_eq(rp_ssh_pubkey_blob_check(blob.data, blob.len, &t), RP_EINVAL);
+    EVP_PKEY_free(ec);
+    rp_buf_free(&blob);
+    EVP_PKEY_free(ca);
+}
