@@ -75,107 +75,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=scripts/lib/rp-cluster.sh
+. scripts/lib/rp-cluster.sh
+BASE=$(pick_ports 6)
+RP_API=($((BASE)) $((BASE + 1)) $((BASE + 2)))
+RP_RAFT=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))
 
-# 6 ports in a row (3 API + 3 Raft) that no socket uses, at a random base between 20000
-# and the kernel's ephemeral range (an outgoing connection holding a port there would
-# make bind fail later); far from make demo's 3025-3230.
-pick_ports() {
-  local base tries=0 ok p lo top
-  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-  top=$(( (lo < 20000 ? 32768 : lo) - 20000 - 6 ))
-  while :; do
-    base=$((20000 + (RANDOM * 20) % top))
-    ok=1
-    for p in $(seq "$base" $((base + 5))); do
-      if port_busy "$p" || { command -v ss >/dev/null && [ -n "$(ss -Htan "( sport = :$p )")" ]; }; then
-        ok=0; break
-      fi
-    done
-    [ $ok = 1 ] && { echo "$base"; return 0; }
-    tries=$((tries + 1))
-    [ $tries -ge 50 ] && { log "found no 6 free ports in a row"; return 1; }
-  done
-}
-BASE=$(pick_ports)
-API=($((BASE)) $((BASE + 1)) $((BASE + 2)))
-RAFT=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))
+# ---- the cluster ----------------------------------------------------------------------
 
-# Polls "$@" until it succeeds or $1 seconds pass.
-wait_for() {
-  local secs=$1; shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.2
-  done
-}
+start_raftport
 
-die_with_logs() { # message, log files...
-  log "$1"; shift
-  for f in "$@"; do echo "--- $f" >&2; tail -n 20 "$f" >&2 || true; done
-  exit 1
-}
-
-# ---- the cluster (as scripts/demo.sh, with our ports and dir) ---------------------------
-
-config() { # id [join_token ca_pin]
-  local i=$1 token=${2:-} pin=${3:-}
-  {
-    echo "version: v3"
-    echo "teleport:"
-    echo "  nodename: auth$i"
-    echo "  data_dir: $DIR/auth$i"
-    if [ -n "$token" ]; then
-      echo "  auth_server: 127.0.0.1:${API[0]}"
-      echo "  ca_pin: $pin"
-      echo "  join_params:"
-      echo "    token_name: $token"
-      echo "    method: token"
-    fi
-    echo "  log:"
-    echo "    output: stderr"
-    echo "    severity: INFO"
-    echo "auth_service:"
-    echo "  enabled: yes"
-    echo "  cluster_name: bench.raftport"
-    echo "  listen_addr: 127.0.0.1:${API[$((i-1))]}"
-    echo "  raft:"
-    echo "    id: $i"
-    echo "    listen_addr: 127.0.0.1:${RAFT[$((i-1))]}"
-  } > "$DIR/auth$i.yaml"
-}
-
-start_member() {
-  "$RAFTPORT" start -c "$DIR/auth$1.yaml" >>"$DIR/auth$1.log" 2>&1 </dev/null &
-  PIDS+=($!)
-}
-
-ready() {
-  local js; js=$("$TCTL" -c "$DIR/auth1.yaml" status --format=json 2>/dev/null) || return 1
-  [ "$(grep -c '"role": "voter"' <<<"$js")" -eq "$N" ] && grep -q '"state": "leader"' <<<"$js" &&
-    ! grep -q '"state": "unreachable"' <<<"$js"
-}
-
-log "starting 3 auth servers in $DIR (API ports ${API[*]}, Raft ports ${RAFT[*]})"
-config 1
-start_member 1
-wait_for 20 "$TCTL" -c "$DIR/auth1.yaml" status || die_with_logs "auth1 did not come up" "$DIR/auth1.log"
-for i in $(seq 2 $N); do
-  js=$("$TCTL" -c "$DIR/auth1.yaml" tokens add --type=auth --ttl=10m --format=json)
-  token=$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")
-  pin=$(sed -nE 's/.*"ca_pin": "([^"]+)".*/\1/p' <<<"$js")
-  if [ -z "$token" ] || [ -z "$pin" ]; then
-    die_with_logs "tokens add gave no token or ca_pin: $js" "$DIR/auth1.log"
-  fi
-  config "$i" "$token" "$pin"
-  start_member "$i"
-done
-wait_for 40 ready || die_with_logs "the cluster did not reach $N voters and a leader" "$DIR"/auth*.log
-
-leader_id() {
-  "$TCTL" -c "$DIR/auth1.yaml" status --format=json | sed -nE 's/.*"leader_id": ([0-9]+).*/\1/p' | head -1
-}
 
 # ---- the user ------------------------------------------------------------------------
 
@@ -205,9 +114,9 @@ OSSL_P256=$(ossl_rate ecdsap256 'ecdsa \\(nistp256\\)')
 # ---- the runs ----------------------------------------------------------------------------
 
 if [ "$TARGET" = all ]; then
-  EPS="127.0.0.1:${API[0]},127.0.0.1:${API[1]},127.0.0.1:${API[2]}"
+  EPS="127.0.0.1:${RP_API[0]},127.0.0.1:${RP_API[1]},127.0.0.1:${RP_API[2]}"
 else
-  id=$(leader_id); EPS="127.0.0.1:${API[$((id-1))]}"
+  id=$(rp_leader_id); EPS="127.0.0.1:${RP_API[$((id-1))]}"
 fi
 RESULTS="$DIR/results.jsonl"
 : >"$RESULTS"
@@ -225,7 +134,7 @@ raft_index() { # the highest last_applied of the members, from tctl status
 }
 
 for c in $CLIENTS; do
-  LEADER=$(leader_id)
+  LEADER=$(rp_leader_id)
   log "issue, $c clients (leader: auth$LEADER, clients go to: $TARGET)"
   perf_now=0
   if [ "$PERF" = 1 ] && [ "$c" = "$last_c" ]; then

@@ -79,112 +79,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# 12 ports in a row (3 API + 3 Raft for Raftport, 3 client + 3 peer for etcd) that
-# no socket uses, at a random base below the kernel's ephemeral range (an outgoing
-# connection holding a port there would make bind fail later).
-pick_ports() {
-  local base tries=0 ok p lo top
-  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-  top=$(( (lo < 20000 ? 32768 : lo) - 20000 - 12 ))
-  while :; do
-    base=$((20000 + (RANDOM * 20) % top))
-    ok=1
-    for p in $(seq "$base" $((base + 11))); do
-      if port_busy "$p" || { command -v ss >/dev/null && [ -n "$(ss -Htan "( sport = :$p )")" ]; }; then
-        ok=0; break
-      fi
-    done
-    [ $ok = 1 ] && { echo "$base"; return 0; }
-    tries=$((tries + 1))
-    [ $tries -ge 50 ] && { log "found no 12 free ports in a row"; return 1; }
-  done
-}
-BASE=$(pick_ports)
+# shellcheck source=scripts/lib/rp-cluster.sh
+. scripts/lib/rp-cluster.sh
+RAFTPORT="$BUILD/raftport"
+# 12 ports in a row: 3 API + 3 Raft for Raftport, 3 client + 3 peer for etcd.
+BASE=$(pick_ports 12)
 RP_API=($((BASE)) $((BASE + 1)) $((BASE + 2)))
 RP_RAFT=($((BASE + 3)) $((BASE + 4)) $((BASE + 5)))
 ETCD_CLIENT=($((BASE + 6)) $((BASE + 7)) $((BASE + 8)))
 ETCD_PEER=($((BASE + 9)) $((BASE + 10)) $((BASE + 11)))
 
-# Polls "$@" until it succeeds or $1 seconds pass.
-wait_for() {
-  local secs=$1; shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.2
-  done
-}
+# ---- Raftport: 3 auth servers (scripts/lib/rp-cluster.sh) ----------------------------
 
-die_with_logs() { # message, log files...
-  log "$1"; shift
-  for f in "$@"; do echo "--- $f" >&2; tail -n 20 "$f" >&2 || true; done
-  exit 1
-}
-
-# ---- Raftport: 3 auth servers (as scripts/demo.sh, with our ports and dir) ----------------
-
-rp_config() { # id [join_token ca_pin]
-  local i=$1 token=${2:-} pin=${3:-}
-  {
-    echo "version: v3"
-    echo "teleport:"
-    echo "  nodename: auth$i"
-    echo "  data_dir: $DIR/auth$i"
-    if [ -n "$token" ]; then
-      echo "  auth_server: 127.0.0.1:${RP_API[0]}"
-      echo "  ca_pin: $pin"
-      echo "  join_params:"
-      echo "    token_name: $token"
-      echo "    method: token"
-    fi
-    echo "  log:"
-    echo "    output: stderr"
-    echo "    severity: INFO"
-    echo "auth_service:"
-    echo "  enabled: yes"
-    echo "  cluster_name: bench.raftport"
-    echo "  listen_addr: 127.0.0.1:${RP_API[$((i-1))]}"
-    echo "  raft:"
-    echo "    id: $i"
-    echo "    listen_addr: 127.0.0.1:${RP_RAFT[$((i-1))]}"
-    [ -z "${BENCH_RP_SNAPSHOT_THRESHOLD:-}" ] || echo "    snapshot_threshold: $BENCH_RP_SNAPSHOT_THRESHOLD"
-    [ -z "${BENCH_RP_SNAPSHOT_TRAILING:-}" ] || echo "    snapshot_trailing: $BENCH_RP_SNAPSHOT_TRAILING"
-  } > "$DIR/auth$i.yaml"
-}
-
-rp_start_member() {
-  "$BUILD/raftport" start -c "$DIR/auth$1.yaml" >>"$DIR/auth$1.log" 2>&1 </dev/null &
-  PIDS+=($!)
-}
-
-rp_ready() {
-  local js; js=$("$TCTL" -c "$DIR/auth1.yaml" status --format=json 2>/dev/null) || return 1
-  [ "$(grep -c '"role": "voter"' <<<"$js")" -eq "$N" ] && grep -q '"state": "leader"' <<<"$js" &&
-    ! grep -q '"state": "unreachable"' <<<"$js"
-}
-
-start_raftport() {
-  log "starting Raftport (API ports ${RP_API[*]}, Raft ports ${RP_RAFT[*]})"
-  rp_config 1
-  rp_start_member 1
-  wait_for 20 "$TCTL" -c "$DIR/auth1.yaml" status || die_with_logs "auth1 did not come up" "$DIR/auth1.log"
-  local i js token pin
-  for i in $(seq 2 $N); do
-    js=$("$TCTL" -c "$DIR/auth1.yaml" tokens add --type=auth --ttl=10m --format=json)
-    token=$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")
-    pin=$(sed -nE 's/.*"ca_pin": "([^"]+)".*/\1/p' <<<"$js")
-    rp_config "$i" "$token" "$pin"
-    rp_start_member "$i"
-  done
-  wait_for 40 rp_ready || die_with_logs "Raftport did not reach $N voters and a leader" "$DIR"/auth*.log
-}
+RP_EXTRA_RAFT_CONFIG=""
+[ -z "${BENCH_RP_SNAPSHOT_THRESHOLD:-}" ] ||
+  RP_EXTRA_RAFT_CONFIG+="    snapshot_threshold: $BENCH_RP_SNAPSHOT_THRESHOLD"$'\n'
+[ -z "${BENCH_RP_SNAPSHOT_TRAILING:-}" ] ||
+  RP_EXTRA_RAFT_CONFIG+="    snapshot_trailing: $BENCH_RP_SNAPSHOT_TRAILING"
+RP_EXTRA_RAFT_CONFIG=${RP_EXTRA_RAFT_CONFIG%$'\n'}
 
 # The API address of the Raftport leader (member i listens on RP_API[i-1]).
 rp_leader_api() {
   local id
-  id=$("$TCTL" -c "$DIR/auth1.yaml" status --format=json | sed -nE 's/.*"leader_id": ([0-9]+).*/\1/p')
+  id=$(rp_leader_id)
   [ -n "$id" ] && [ "$id" -ge 1 ] && [ "$id" -le $N ] || return 1
   echo "127.0.0.1:${RP_API[$((id-1))]}"
 }
