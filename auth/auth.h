@@ -27,16 +27,33 @@
  *   join      {token, type, host_id, nodename, raft_id, raft_addr, api_addr,
  *              host_pubkey, admin_pubkey}      -> {host_cert, admin_cert, ca_cert, cluster_name}
  *   member_rm {id}                             -> {}
+ *   user_add  {name, roles[], logins?[], ttl_ms?} -> {token, expires, user}  (an invite)
+ *   user_update {name, roles[]}                -> {}
+ *   user_rm   {name}                           -> {}
+ *   user_reset {name, ttl_ms?}                 -> {token, expires}         (a new invite)
+ *   invite_redeem {token, password, totp_secret?, totp_code?} -> {}
+ *   sign_user {user, ssh_pubkey, tls_pubkey?, ttl_ms?} -> {ssh_cert, expires, tls_cert?, tls_ca?}
+ *   authenticate {user, password, totp_code?, ssh_pubkey, tls_pubkey?, ttl_ms?} -> the same
+ *   sign_host {host_id, nodename, role, ssh_pubkey, principals?[], ttl_ms?, tls_pubkey?}
+ *                                              -> {ssh_cert, tls_cert?, tls_ca?}
+ *   events    {from?, to?, type?, user?, sid?, limit?, newest_first?, stale?} -> {items, rev}
+ *   audit_append {rid, events[]}               -> {rev}   (auth servers only, to the leader)
+ *
+ * ssh_pubkey is an authorized_keys line (Ed25519, ECDSA or RSA >= 2048 bits);
+ * tls_pubkey a "PUBLIC KEY" PEM of a P-256 key with an uncompressed point.
  *
  * Reads are linearizable unless "stale" is true (they then answer from local
  * state and say the revision they read at). Writes and linearizable reads that
  * reach a follower are forwarded to the leader. A write whose outcome is unknown
  * (leadership lost after submission) answers code "outcome_unknown": retrying
- * with the same rid is safe.
+ * with the same rid is safe. sign_user reads the user and roles without a barrier
+ * and answers only once its cert.create event committed in the term it read under
+ * (docs/design-decisions.md); else "not_leader", and the client retries.
  *
- * Authorization: a connection without a client certificate may only ping and
- * join; identities with the Admin or Auth system role may do everything; Proxy
- * and Node identities may read and watch. */
+ * Authorization: a connection without a client certificate may only ping, join,
+ * redeem an invite and authenticate; identities with the Admin or Auth system role
+ * may do everything; Proxy and Node identities may read and watch; user identities
+ * get what their roles' rules allow (auth/authz.c). */
 #ifndef RP_AUTH_H
 #define RP_AUTH_H
 
