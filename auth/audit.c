@@ -326,7 +326,7 @@ static int emit(struct auth_server *s, struct audit_event *e, enum audit_mode mo
     pthread_mutex_unlock(&w.mu);
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);
-    if (result != 0 && term != 0 && result == RP_ENOTLEADER)
+    if (term != 0 && result == RP_ENOTLEADER)
         return rp_err(result, "leadership moved while the request was served: retry");
     if (result != 0)
         return rp_err(result, "audit event not written: %s", rp_strerror(result));

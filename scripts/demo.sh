@@ -21,39 +21,19 @@ running() {
   kill -0 "$pid" 2>/dev/null && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
 }
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-write_config() { # id join_token ca_pin
-  local i=$1 token=${2:-} pin=${3:-}
-  {
-    echo "version: v3"
-    echo "teleport:"
-    echo "  nodename: auth$i"
-    echo "  data_dir: $DEMO/auth$i"
-    if [ -n "$token" ]; then
-      echo "  auth_server: 127.0.0.1:${API_PORTS[0]}"
-      echo "  ca_pin: $pin"
-      echo "  join_params:"
-      echo "    token_name: $token"
-      echo "    method: token"
-    fi
-    echo "  log:"
-    echo "    output: stderr"
-    echo "    severity: INFO"
-    echo "auth_service:"
-    echo "  enabled: yes"
-    echo "  cluster_name: demo.raftport"
-    echo "  listen_addr: 127.0.0.1:${API_PORTS[$((i-1))]}"
-    echo "  raft:"
-    echo "    id: $i"
-    echo "    listen_addr: 127.0.0.1:${RAFT_PORTS[$((i-1))]}"
-    echo "    election_timeout: 1s"
-    echo "    heartbeat_timeout: 100ms"
-    echo "    snapshot_threshold: 8192"
-    echo "    snapshot_trailing: 8192"
-  } > "$DEMO/auth$i.yaml.tmp"
-  mv "$DEMO/auth$i.yaml.tmp" "$DEMO/auth$i.yaml"
-}
+# Configs, port checks and polling shared with the benchmarks; the demo's own ports,
+# cluster name and Raft timings.
+log() { printf 'demo: %s\n' "$*" >&2; }
+DIR=$DEMO
+RP_API=("${API_PORTS[@]}")
+RP_RAFT=("${RAFT_PORTS[@]}")
+RP_CLUSTER_NAME=demo.raftport
+RP_EXTRA_RAFT_CONFIG="    election_timeout: 1s
+    heartbeat_timeout: 100ms
+    snapshot_threshold: 8192
+    snapshot_trailing: 8192"
+# shellcheck source=scripts/lib/rp-cluster.sh
+. scripts/lib/rp-cluster.sh
 
 start_member() {
   local i=$1
@@ -68,22 +48,6 @@ start_member() {
   echo $! > "$DEMO/auth$i.pid"
 }
 
-# Polls "$@" until it succeeds or $1 seconds pass.
-wait_for() {
-  local secs=$1; shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.2
-  done
-}
-
-cluster_ready() {
-  local js; js=$("$TCTL" -c "$DEMO/auth1.yaml" status --format=json 2>/dev/null) || return 1
-  [ "$(grep -c '"role": "voter"' <<<"$js")" -eq "$N" ] && grep -q '"state": "leader"' <<<"$js" &&
-    ! grep -q '"state": "unreachable"' <<<"$js"
-}
-
 any_status() {
   for i in $(seq 1 $N); do "$TCTL" -c "$DEMO/auth$i.yaml" status >/dev/null 2>&1 && return 0; done
   return 1
@@ -91,7 +55,7 @@ any_status() {
 
 start() {
   mkdir -p "$DEMO"
-  if [ ! -f "$DEMO/auth1.yaml" ]; then write_config 1; fi
+  if [ ! -f "$DEMO/auth1.yaml" ]; then rp_config 1; fi
   start_member 1
   if ! wait_for 20 any_status; then
     echo "demo: auth1 did not come up; see $DEMO/auth1.log" >&2; tail -n 20 "$DEMO/auth1.log" >&2; exit 1
@@ -101,11 +65,11 @@ start() {
       js=$("$TCTL" -c "$DEMO/auth1.yaml" tokens add --type=auth --ttl=10m --format=json)
       token=$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")
       pin=$(sed -nE 's/.*"ca_pin": "([^"]+)".*/\1/p' <<<"$js")
-      write_config "$i" "$token" "$pin"
+      rp_config "$i" "$token" "$pin"
     fi
     start_member "$i"
   done
-  if ! wait_for 30 cluster_ready; then
+  if ! wait_for 30 rp_ready; then
     echo "demo: the cluster did not reach $N voters and a leader in 30s; logs in $DEMO/" >&2
     "$TCTL" -c "$DEMO/auth1.yaml" status >&2 || true
     exit 1

@@ -40,6 +40,35 @@ static void pki_free(struct pki *p)
     X509_free(p->ca);
 }
 
+/* A user identity with every field set, for the round-trip tests. */
+static char *alice_groups[] = {"admin", "dev", "auditor"};
+static char *alice_logins[] = {"root", "ubuntu", "élodie"};
+
+static struct rp_identity alice_identity(void)
+{
+    return (struct rp_identity){.name = "alice@example.com",
+                                .groups = alice_groups,
+                                .n_groups = 3,
+                                .logins = alice_logins,
+                                .n_logins = 3,
+                                .cluster = "example.com",
+                                .route_cluster = "leaf.example.com"};
+}
+
+/* @got, read back from a certificate, is alice_identity() field for field. */
+static void assert_is_alice(const struct rp_identity *got)
+{
+    cr_assert_str_eq(got->name, "alice@example.com");
+    cr_assert_eq(got->n_groups, 3);
+    cr_assert_eq(got->n_logins, 3);
+    for (size_t i = 0; i < 3; i++) {
+        cr_assert_str_eq(got->groups[i], alice_groups[i]);
+        cr_assert_str_eq(got->logins[i], alice_logins[i]);
+    }
+    cr_assert_str_eq(got->cluster, "example.com");
+    cr_assert_str_eq(got->route_cluster, "leaf.example.com");
+}
+
 /* A key and a certificate for @name with system role @role, from @p. */
 static void pki_issue(struct pki *p, const char *name, const char *role, EVP_PKEY **key,
                       X509 **cert)
@@ -224,15 +253,7 @@ Test(tls, issued_identity_round_trips)
 {
     struct pki p;
     pki_new(&p, "example.com");
-    char *groups[] = {"admin", "dev", "auditor"};
-    char *logins[] = {"root", "ubuntu", "élodie"};
-    struct rp_identity id = {.name = "alice@example.com",
-                             .groups = groups,
-                             .n_groups = 3,
-                             .logins = logins,
-                             .n_logins = 3,
-                             .cluster = "example.com",
-                             .route_cluster = "leaf.example.com"};
+    struct rp_identity id = alice_identity();
     const char *sans[] = {"auth.example.com", "127.0.0.1", "::1"};
     EVP_PKEY *k = rp_tls_keygen();
     X509 *x = NULL;
@@ -241,15 +262,7 @@ Test(tls, issued_identity_round_trips)
 
     struct rp_identity got;
     cr_assert_eq(rp_identity_from_cert(x, &got), 0, "%s", rp_errmsg());
-    cr_assert_str_eq(got.name, "alice@example.com");
-    cr_assert_eq(got.n_groups, 3);
-    for (size_t i = 0; i < 3; i++)
-        cr_assert_str_eq(got.groups[i], groups[i]);
-    cr_assert_eq(got.n_logins, 3);
-    for (size_t i = 0; i < 3; i++)
-        cr_assert_str_eq(got.logins[i], logins[i]);
-    cr_assert_str_eq(got.cluster, "example.com");
-    cr_assert_str_eq(got.route_cluster, "leaf.example.com");
+    assert_is_alice(&got);
     cr_assert(got.not_after >= before + 7200 && got.not_after <= time(NULL) + 7200,
               "not_after %lld", got.not_after);
     cr_assert(rp_identity_has_group(&got, "dev"));
@@ -649,15 +662,7 @@ Test(tls, der_certificate_round_trips_identity_sans_and_validity)
 {
     struct pki p;
     pki_new(&p, "example.com");
-    char *groups[] = {"admin", "dev", "auditor"};
-    char *logins[] = {"root", "ubuntu", "élodie"};
-    struct rp_identity id = {.name = "alice@example.com",
-                             .groups = groups,
-                             .n_groups = 3,
-                             .logins = logins,
-                             .n_logins = 3,
-                             .cluster = "example.com",
-                             .route_cluster = "leaf.example.com"};
+    struct rp_identity id = alice_identity();
     const char *sans[] = {"auth.example.com", "10.1.2.3", "2001:db8::7"};
     EVP_PKEY *k = rp_tls_keygen();
     char *pem = NULL;
@@ -681,15 +686,7 @@ Test(tls, der_certificate_round_trips_identity_sans_and_validity)
 
     struct rp_identity got;
     cr_assert_eq(rp_identity_from_cert(x, &got), 0, "%s", rp_errmsg());
-    cr_assert_str_eq(got.name, id.name);
-    cr_assert_eq(got.n_groups, 3);
-    cr_assert_eq(got.n_logins, 3);
-    for (size_t i = 0; i < 3; i++) {
-        cr_assert_str_eq(got.groups[i], groups[i]);
-        cr_assert_str_eq(got.logins[i], logins[i]);
-    }
-    cr_assert_str_eq(got.cluster, "example.com");
-    cr_assert_str_eq(got.route_cluster, "leaf.example.com");
+    assert_is_alice(&got);
     rp_identity_free(&got);
 
     /* Exactly the SANs given, in order: DNS as IA5String, IPs as 4 and 16 octets. */

@@ -76,7 +76,8 @@ rp_config() {
     echo "    id: $i"
     echo "    listen_addr: 127.0.0.1:${RP_RAFT[$((i-1))]}"
     [ -z "${RP_EXTRA_RAFT_CONFIG:-}" ] || printf '%s\n' "$RP_EXTRA_RAFT_CONFIG"
-  } > "$DIR/auth$i.yaml"
+  } > "$DIR/auth$i.yaml.tmp"
+  mv "$DIR/auth$i.yaml.tmp" "$DIR/auth$i.yaml" # never a half-written config
 }
 
 rp_start_member() {
