@@ -104,7 +104,14 @@ struct auth_req {
     const char *remote; /* the original client's address (forwarded: as the follower saw it) */
 };
 
-/* True for identities with the Admin or Auth system role (auth/server.c). */
+/* Serves one request frame from connection @c (whose verified client identity is
+ * @caller, NULL for none) and writes the answer into @out (auth/dispatch.c).
+ * Returns 1 if the connection was turned into a watch stream (and is finished),
+ * 0 otherwise. */
+int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identity *caller,
+                     const struct rp_buf *frame, struct rp_buf *out);
+
+/* True for identities with the Admin or Auth system role (auth/dispatch.c). */
 bool auth_caller_is_admin(const struct rp_identity *id);
 
 /* auth/secrets.c: what a caller may read of a resource of @kind. */
