@@ -1,117 +1,150 @@
-/* auth/authz.c: what a user's identity may do on the auth API.
+/* auth/authz.c: who may call which method (auth/authz.h).
  *
- * System identities (Admin, Auth, Proxy, Node) have fixed rights (auth/server.c).
- * A user identity, an X.509 certificate from tctl auth sign or a login, names its
- * roles; each request is mapped to a (resource, verb) pair and checked against
- * the rules of those roles as stored now, deny rules first (auth/rbac.c). The
- * user must still exist: deleting a user cuts off its certificates at once. Users
- * never receive secrets (tokens, password hashes, CA private keys). */
+ * Anonymous callers get the methods marked anonymous. System identities get the
+ * methods whose row names their role: the role comes from the certificate's system
+ * role extension, never from a name. Users get what their roles' rules allow for
+ * the (resource, verb) the row names, deny rules first; they never receive secrets,
+ * and join tokens for auth servers are for admins alone. */
+#include "auth/authz.h"
+
 #include <stdio.h>
 #include <string.h>
 
-#include "auth/internal.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
-#include "lib/tls.h"
-#include "state/state.h"
 
-#define MAX_ROLES 64
-
-bool auth_is_user_identity(const struct rp_identity *id)
+static int deny(const struct rp_identity *caller, const char *method, const char *why)
 {
-    static const char *const system[] = {RP_ROLE_AUTH, RP_ROLE_PROXY, RP_ROLE_NODE, RP_ROLE_ADMIN};
-    if (id == NULL || id->name == NULL || id->n_groups == 0)
+    return rp_err(RP_EDENIED, "access denied: %s may not call %s: %s",
+                  caller ? caller->name : "anonymous", method, why);
+}
+
+/* The kind a request names: "kind", or the kind of its "res". */
+static bool request_kind(const msgpack_object *args, char *kind, size_t n)
+{
+    const msgpack_object *k = rp_mp_get(args, "kind");
+    if (k == NULL)
+        k = rp_mp_get(rp_mp_get(args, "res"), "kind");
+    if (k == NULL || k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0 ||
+        k->via.str.size >= n || memchr(k->via.str.ptr, '\0', k->via.str.size) != NULL)
         return false;
-    for (size_t i = 0; i < id->n_groups; i++)
-        for (size_t k = 0; k < 4; k++)
-            if (strcmp(id->groups[i], system[k]) == 0)
-                return false;
+    memcpy(kind, k->via.str.ptr, k->via.str.size);
+    kind[k->via.str.size] = '\0';
     return true;
 }
 
-/* The (resource, verb) a request needs; NULL resource: not for users at all. */
-static void needs(const char *m, const msgpack_object *args, char *res, size_t n, const char **verb)
+static int check_rule(const struct rp_identity *caller, const char *method,
+                      const struct rbac_set *roles, const char *resource, const char *verb)
 {
-    static const struct {
-        const char *method, *resource, *verb;
-    } fixed[] = {
-        {"events", "event", "list"},      {"token_add", "token", "create"},
-        {"user_add", "user", "create"},   {"user_update", "user", "update"},
-        {"user_reset", "user", "update"}, {"user_rm", "user", "delete"},
-        {"status", "cluster", "read"},    {"member_status", "cluster", "read"},
-    };
-    res[0] = '\0';
-    *verb = NULL;
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
-        if (strcmp(m, fixed[i].method) == 0) {
-            snprintf(res, n, "%s", fixed[i].resource);
-            *verb = fixed[i].verb;
-            return;
-        }
-    }
-    const msgpack_object *kind = NULL;
-    if (strcmp(m, "get") == 0 || strcmp(m, "list") == 0) {
-        kind = rp_mp_get(args, "kind");
-        *verb = strcmp(m, "get") == 0 ? "read" : "list";
-    } else if (strcmp(m, "put") == 0 || strcmp(m, "create") == 0) {
-        kind = rp_mp_get(rp_mp_get(args, "res"), "kind");
-        *verb = "create";
-    } else if (strcmp(m, "update") == 0 || strcmp(m, "cas") == 0) {
-        kind = rp_mp_get(rp_mp_get(args, "res"), "kind");
-        *verb = "update";
-    } else if (strcmp(m, "delete") == 0 || strcmp(m, "cdelete") == 0) {
-        kind = rp_mp_get(args, "kind");
-        *verb = "delete";
-    }
-    if (kind && kind->type == MSGPACK_OBJECT_STR && kind->via.str.size < n)
-        snprintf(res, n, "%.*s", (int)kind->via.str.size, kind->via.str.ptr);
-    else
-        *verb = NULL; /* a list of every kind, batches, watches, signing: admins only */
+    char why[512] = "";
+    if (roles == NULL || rbac_check_rule(roles, resource, verb, why, sizeof why) != 0)
+        return rp_err(RP_EDENIED, "access denied: %s may not %s %s (%s): %s", caller->name, verb,
+                      resource, method, why[0] ? why : "no role allows it");
+    return 0;
 }
 
-int auth_authorize_user(struct auth_server *s, const struct rp_identity *id, const char *method,
-                        const msgpack_object *args)
+/* A user's batch: each operation is checked as the write it is. "put" inside a batch
+ * needs both create and update, since which one it turns out to be is decided only
+ * when the batch applies. */
+static int check_batch(const struct rp_identity *caller, const struct rbac_set *roles,
+                       const msgpack_object *args)
 {
-    char resource[64];
-    const char *verb;
-    needs(method, args, resource, sizeof resource, &verb);
-    if (verb == NULL)
-        return rp_err(RP_EDENIED,
-                      "access denied: %s is not allowed to call %s (not available to "
-                      "user identities)",
-                      id->name, method);
+    const msgpack_object *ops = rp_mp_get(args, "ops");
+    if (ops == NULL || ops->type != MSGPACK_OBJECT_ARRAY)
+        return deny(caller, "batch", "expected 'ops', an array of writes");
+    for (uint32_t i = 0; i < ops->via.array.size; i++) {
+        const msgpack_object *op = &ops->via.array.ptr[i];
+        char kind[64], name[16];
+        const msgpack_object *o = rp_mp_get(op, "op");
+        if (o == NULL || o->type != MSGPACK_OBJECT_STR || o->via.str.size >= sizeof name ||
+            !request_kind(op, kind, sizeof kind))
+            return deny(caller, "batch", "each op needs an 'op' and a kind");
+        memcpy(name, o->via.str.ptr, o->via.str.size);
+        name[o->via.str.size] = '\0';
+        const char *verbs[2] = {NULL, NULL};
+        if (strcmp(name, "put") == 0) {
+            verbs[0] = "create";
+            verbs[1] = "update";
+        } else if (strcmp(name, "create") == 0) {
+            verbs[0] = "create";
+        } else if (strcmp(name, "update") == 0 || strcmp(name, "cas") == 0) {
+            verbs[0] = "update";
+        } else if (strcmp(name, "delete") == 0 || strcmp(name, "cdelete") == 0) {
+            verbs[0] = "delete";
+        } else {
+            return deny(caller, "batch", "unknown op in batch");
+        }
+        for (int k = 0; k < 2 && verbs[k]; k++) {
+            int rv = check_rule(caller, "batch", roles, kind, verbs[k]);
+            if (rv != 0)
+                return rv;
+        }
+    }
+    return 0;
+}
+
+int auth_authorize(const struct auth_method *m, const struct rp_identity *caller,
+                   const struct rbac_set *roles, const msgpack_object *args, bool exists,
+                   struct auth_grant *grant)
+{
+    memset(grant, 0, sizeof *grant);
+    if (m->anonymous)
+        return 0;
+    if (caller == NULL)
+        return deny(NULL, m->name, "a client certificate is required");
+    if (caller->system_role != RP_SYS_NONE) {
+        if ((m->system & AUTH_SYS(caller->system_role)) == 0)
+            return deny(caller, m->name,
+                        "not a method for the system role "
+                        "(see the method table in auth/auth.h)");
+        return 0;
+    }
+
+    /* A user. */
+    if (m->resource == NULL)
+        return deny(caller, m->name, "not available to user identities");
     bool with_secrets = false;
     rp_mp_get_bool(args, "with_secrets", &with_secrets);
     if (with_secrets)
-        return rp_err(RP_EDENIED, "access denied: user identities never receive secrets; use an "
-                                  "auth server's admin identity");
-    struct rp_buf b;
-    rp_buf_init(&b);
-    int rv = state_get(s->state, "user", id->name, &b, NULL);
-    rp_buf_free(&b);
-    if (rv == RP_ENOTFOUND)
-        return rp_err(RP_EDENIED, "access denied: user %s no longer exists", id->name);
-    if (rv != 0)
-        return rv;
-    struct rbac_role *roles[MAX_ROLES];
-    size_t n = 0;
-    for (size_t i = 0; i < id->n_groups && i < MAX_ROLES && rv == 0; i++) {
-        rv = auth_role_load(s, id->groups[i], &roles[n]);
-        if (rv == 0)
-            n++;
-        else if (rv == RP_ENOTFOUND)
-            rv = 0; /* a role deleted since the certificate was issued grants nothing */
+        return deny(caller, m->name,
+                    "user identities never receive secrets; use an auth server's admin identity");
+    if (strcmp(m->name, "batch") == 0)
+        return check_batch(caller, roles, args);
+    if (strcmp(m->name, "token_add") == 0) {
+        char type[16] = "";
+        const char *s;
+        size_t n;
+        if (rp_mp_get_str(args, "type", &s, &n) == 0 && n < sizeof type) {
+            memcpy(type, s, n);
+            type[n] = '\0';
+        }
+        if (strcmp(type, "node") != 0 && strcmp(type, "proxy") != 0)
+            return deny(caller, m->name,
+                        "users may create node and proxy join tokens only; auth tokens are for "
+                        "an auth server's admin identity");
     }
-    struct rbac_set *set = NULL;
-    char why[512] = "";
-    if (rv == 0)
-        rv = rbac_set_new(roles, n, NULL, &set);
-    if (rv == 0 && rbac_check_rule(set, resource, verb, why, sizeof why) != 0)
-        rv = rp_err(RP_EDENIED, "access denied: %s may not %s %s: %s", id->name, verb, resource,
-                    why);
-    rbac_set_free(set);
-    for (size_t i = 0; i < n; i++)
-        auth_role_release(s, roles[i]);
-    return rv;
+    char kind[64];
+    const char *resource = m->resource;
+    if (strcmp(resource, AUTH_RES_OF_REQUEST) == 0) {
+        if (!request_kind(args, kind, sizeof kind))
+            return deny(caller, m->name, "users must name the kind they ask for");
+        resource = kind;
+    }
+    if (strcmp(m->verb, "put") != 0)
+        return check_rule(caller, m->name, roles, resource, m->verb);
+    /* put: create for a new resource, update for an existing one. A user allowed only
+     * one of the two gets the write that fails if the other case holds by the time
+     * it applies, so a race with another writer cannot widen the right. */
+    char why[512];
+    bool can_create = roles && rbac_check_rule(roles, resource, "create", why, sizeof why) == 0;
+    bool can_update = roles && rbac_check_rule(roles, resource, "update", why, sizeof why) == 0;
+    if (can_create && can_update)
+        return 0;
+    if (exists && !can_update)
+        return check_rule(caller, m->name, roles, resource, "update");
+    if (!exists && !can_create)
+        return check_rule(caller, m->name, roles, resource, "create");
+    grant->write_op = can_create ? "create" : "update";
+    return 0;
 }

@@ -143,7 +143,7 @@ static int dial_auth(SSL_CTX *ctx, const char *addr, int timeout_ms, struct rp_c
         rp_conn_close(conn);
         return rp_err(RP_ETLS, "%s presented no usable certificate", addr);
     }
-    bool is_auth = rp_identity_has_group(&id, RP_ROLE_AUTH);
+    bool is_auth = rp_identity_is(&id, RP_SYS_AUTH);
     rp_identity_free(&id);
     if (!is_auth) {
         rp_conn_close(conn);

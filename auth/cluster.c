@@ -8,6 +8,7 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/locks.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
@@ -674,17 +675,20 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     }
     char *groups[1] = {(char *)role};
     struct rp_identity hid = {.name = host_id, .groups = groups, .n_groups = 1,
-                              .cluster = s->id.cluster_name};
-    /* Host identities are long-lived, renewed by CA rotation (Teleport does the same). */
-    if ((rv = auth_sign_identity(s, host_spki, &hid, sans, n_sans, 10L * 365 * 86400, &host_pem)) != 0)
+                              .cluster = s->id.cluster_name,
+                              .system_role = rp_system_role_from_name(role), .host_id = host_id};
+    /* Host identities are long-lived, renewed by CA rotation (Teleport does the same); a
+     * removed host is cut off by the lock on its host id, not by expiry. */
+    if ((rv = auth_sign_identity(s, host_spki, &hid, sans, n_sans, AUTH_HOST_TTL_S, &host_pem)) != 0)
         goto out;
     if (is_auth) {
         char *admin_groups[1] = {RP_ROLE_ADMIN};
         char admin_name[300];
         snprintf(admin_name, sizeof admin_name, "admin@%s", nodename);
         struct rp_identity aid = {.name = admin_name, .groups = admin_groups, .n_groups = 1,
-                                  .cluster = s->id.cluster_name};
-        if ((rv = auth_sign_identity(s, admin_spki, &aid, NULL, 0, 10L * 365 * 86400, &admin_pem)) != 0)
+                                  .cluster = s->id.cluster_name, .system_role = RP_SYS_ADMIN,
+                                  .host_id = host_id};
+        if ((rv = auth_sign_identity(s, admin_spki, &aid, NULL, 0, AUTH_ADMIN_TTL_S, &admin_pem)) != 0)
             goto out;
     }
 
@@ -803,6 +807,31 @@ static int name_by_id_cb(void *arg, const void *res, size_t len)
     return 0;
 }
 
+/* A lock on @host_id (no expiry): what removing an auth server leaves behind. */
+static int lock_removed_host(struct auth_server *s, const char *host_id, const char *by)
+{
+    char name[320], now[64], rid[33];
+    snprintf(name, sizeof name, "removed-auth-server-%s", host_id);
+    rp_format_time(rp_now_ms(), now, sizeof now);
+    struct rp_buf res;
+    msgpack_packer pk;
+    rp_buf_init(&res);
+    rp_mp_packer_init(&pk, &res);
+    pack_resource_head(&pk, AUTH_KIND_LOCK, "v2", name, 0);
+    msgpack_pack_map(&pk, 4);
+    rp_mp_pack_str(&pk, "target");
+    msgpack_pack_map(&pk, 1);
+    rp_mp_kv_str(&pk, "server_id", host_id);
+    rp_mp_kv_str(&pk, "message", "auth server removed from the cluster");
+    rp_mp_kv_str(&pk, "created_by", by);
+    rp_mp_kv_str(&pk, "created_at", now);
+    auth_new_rid(rid);
+    struct state_cmd c = {.op = "put", .rid = rid, .res = res.data, .res_len = res.len};
+    int rv = auth_propose_cmd(s, &c, NULL);
+    rp_buf_free(&res);
+    return rv;
+}
+
 int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
 {
     struct auth_server *s = r->srv;
@@ -828,6 +857,15 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
         return rp_err(RP_ENOTFOUND, "no member with raft id %llu", (unsigned long long)id);
     if (voters <= 1 && st.n_members <= 1)
         return rp_err(RP_EINVAL, "refusing to remove the last member of the cluster");
+    /* Before the removal, lock the member's host id: its Auth and Admin identities
+     * stop working everywhere at once and its Raft connections are refused, even if
+     * this leader is the one leaving and cannot write afterwards. */
+    struct name_by_id nb = {.id = id, .n = 0};
+    state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, name_by_id_cb, &nb, NULL);
+    for (unsigned i = 0; i < nb.n; i++) {
+        if ((rv = lock_removed_host(s, nb.names[i], r->caller ? r->caller->name : "?")) != 0)
+            return rp_err(rv, "locking host %s before its removal: %s", nb.names[i], rp_errmsg());
+    }
     /* Audited first: a leader that removes itself can no longer write through Raft
      * once the change commits (found by the Jepsen membership nemesis). A removal
      * that then fails is recorded as a second, failed event. */
@@ -855,8 +893,6 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
     /* Its record goes too, so that nobody forwards to it any more. If this server just
      * removed itself it no longer leads; the next leader keeps the stale record,
      * which only costs a failed probe in status. */
-    struct name_by_id nb = {.id = id, .n = 0};
-    state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, name_by_id_cb, &nb, NULL);
     for (unsigned i = 0; i < nb.n && auth_is_leader(s); i++) {
         struct rp_buf cmd;
         struct state_result sr;

@@ -1,61 +1,237 @@
 /* auth/dispatch.c: one request frame in, one answer out: parsing, the method
- * table, authorization and the call of the method's handler. */
+ * table (auth/authz.h), who is calling (membership, locks, forwarded identities),
+ * authorization, routing in the Raft group, and the call of the method's handler. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth/audit.h"
+#include "auth/authz.h"
 #include "auth/internal.h"
+#include "auth/locks.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
 #include "lib/util.h"
 
-/* ---- authorization ------------------------------------------------------ */
+/* ---- the method table ----------------------------------------------------- */
 
-enum access { ACCESS_ANON, ACCESS_READ, ACCESS_ALL };
-
-struct method {
-    const char *name;
-    enum access need;
-};
-
-static const struct method methods[] = {
-    {"ping", ACCESS_ANON},       {"join", ACCESS_ANON},      {"get", ACCESS_READ},
-    {"list", ACCESS_READ},       {"watch", ACCESS_READ},     {"member_status", ACCESS_READ},
-    {"status", ACCESS_READ},     {"put", ACCESS_ALL},        {"create", ACCESS_ALL},
-    {"update", ACCESS_ALL},      {"cas", ACCESS_ALL},        {"delete", ACCESS_ALL},
-    {"cdelete", ACCESS_ALL},     {"batch", ACCESS_ALL},      {"token_add", ACCESS_ALL},
-    {"member_rm", ACCESS_ALL},   {"events", ACCESS_ALL},     {"audit_append", ACCESS_ALL},
-    {"user_add", ACCESS_ALL},    {"user_update", ACCESS_ALL}, {"user_rm", ACCESS_ALL},
-    {"user_reset", ACCESS_ALL},  {"invite_redeem", ACCESS_ANON}, {"sign_host", ACCESS_ALL},
-    {"sign_user", ACCESS_ALL},   {"authenticate", ACCESS_ANON},
-};
-
-static enum access caller_access(const struct rp_identity *id)
+static int h_put(struct auth_req *r, struct rp_buf *out)
 {
-    if (id == NULL)
-        return ACCESS_ANON;
-    if (rp_identity_has_group(id, RP_ROLE_ADMIN) || rp_identity_has_group(id, RP_ROLE_AUTH))
-        return ACCESS_ALL;
-    if (rp_identity_has_group(id, RP_ROLE_PROXY) || rp_identity_has_group(id, RP_ROLE_NODE))
-        return ACCESS_READ;
-    return ACCESS_ANON;
+    return auth_h_write(r, r->write_op ? r->write_op : "put", out);
+}
+static int h_create(struct auth_req *r, struct rp_buf *out)
+{
+    return auth_h_write(r, "create", out);
+}
+static int h_update(struct auth_req *r, struct rp_buf *out)
+{
+    return auth_h_write(r, "update", out);
+}
+static int h_cas(struct auth_req *r, struct rp_buf *out)
+{
+    return auth_h_write(r, "cas", out);
+}
+static int h_delete(struct auth_req *r, struct rp_buf *out)
+{
+    return auth_h_write(r, "delete", out);
+}
+static int h_cdelete(struct auth_req *r, struct rp_buf *out)
+{
+    return auth_h_write(r, "cdelete", out);
+}
+static int h_batch(struct auth_req *r, struct rp_buf *out)
+{
+    return auth_h_write(r, "batch", out);
+}
+static int h_watch(struct auth_req *r, struct rp_buf *out)
+{
+    (void)out;
+    return auth_h_watch(r);
+}
+
+#define ANYONE .anonymous = true
+#define ADMINS .system = AUTH_SYS_ADMINS
+#define EVERY_SYSTEM .system = AUTH_SYS_ALL
+#define USERS(res, v) .resource = (res), .verb = (v)
+
+/* Every method of the auth API; auth/auth.h documents their arguments in this order.
+ * Node and Proxy identities read and watch what they serve from (secrets are kept
+ * from them by auth/secrets.c); everything that changes the cluster is for admins
+ * and for users whose roles' rules allow it. */
+static const struct auth_method methods[] = {
+    {"ping", auth_h_ping, ANYONE, .route = AUTH_ROUTE_LOCAL},
+    {"get", auth_h_get, EVERY_SYSTEM, USERS(AUTH_RES_OF_REQUEST, "read"),
+     .route = AUTH_ROUTE_READ},
+    {"list", auth_h_list, EVERY_SYSTEM, USERS(AUTH_RES_OF_REQUEST, "list"),
+     .route = AUTH_ROUTE_READ},
+    {"put", h_put, ADMINS, USERS(AUTH_RES_OF_REQUEST, "put"), .route = AUTH_ROUTE_LEADER,
+     .audit = "<kind>.created|updated"},
+    {"create", h_create, ADMINS, USERS(AUTH_RES_OF_REQUEST, "create"), .route = AUTH_ROUTE_LEADER,
+     .audit = "<kind>.created"},
+    {"update", h_update, ADMINS, USERS(AUTH_RES_OF_REQUEST, "update"), .route = AUTH_ROUTE_LEADER,
+     .audit = "<kind>.updated"},
+    {"cas", h_cas, ADMINS, USERS(AUTH_RES_OF_REQUEST, "update"), .route = AUTH_ROUTE_LEADER,
+     .audit = "<kind>.updated"},
+    {"delete", h_delete, ADMINS, USERS(AUTH_RES_OF_REQUEST, "delete"), .route = AUTH_ROUTE_LEADER,
+     .audit = "<kind>.deleted"},
+    {"cdelete", h_cdelete, ADMINS, USERS(AUTH_RES_OF_REQUEST, "delete"),
+     .route = AUTH_ROUTE_LEADER, .audit = "<kind>.deleted"},
+    {"batch", h_batch, ADMINS, USERS(AUTH_RES_OF_REQUEST, "put"), .route = AUTH_ROUTE_LEADER,
+     .audit = "<kind>.created|updated|deleted"},
+    {"watch", h_watch, .stream = true, EVERY_SYSTEM, .route = AUTH_ROUTE_LOCAL},
+    {"status", auth_h_status, EVERY_SYSTEM, USERS("cluster", "read"), .route = AUTH_ROUTE_LOCAL},
+    {"member_status", auth_h_member_status, EVERY_SYSTEM, USERS("cluster", "read"),
+     .route = AUTH_ROUTE_LOCAL},
+    {"token_add", auth_h_token_add, ADMINS, USERS("token", "create"), .route = AUTH_ROUTE_LEADER,
+     .audit = "join_token.create"},
+    {"join", auth_h_join, ANYONE, .route = AUTH_ROUTE_LEADER, .audit = "join_token.used"},
+    {"member_rm", auth_h_member_rm, ADMINS, .route = AUTH_ROUTE_LEADER,
+     .audit = "auth_server.remove"},
+    {"user_add", auth_h_user_add, ADMINS, USERS("user", "create"), .route = AUTH_ROUTE_LEADER,
+     .audit = "user.create"},
+    {"user_update", auth_h_user_update, ADMINS, USERS("user", "update"),
+     .route = AUTH_ROUTE_LEADER, .audit = "user.update"},
+    {"user_rm", auth_h_user_rm, ADMINS, USERS("user", "delete"), .route = AUTH_ROUTE_LEADER,
+     .audit = "user.delete"},
+    {"user_reset", auth_h_user_reset, ADMINS, USERS("user", "update"), .route = AUTH_ROUTE_LEADER,
+     .audit = "user.update"},
+    {"invite_redeem", auth_h_invite_redeem, ANYONE, .route = AUTH_ROUTE_LEADER,
+     .audit = "user.password_change"},
+    {"sign_user", auth_h_sign_user, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
+    {"authenticate", auth_h_authenticate, ANYONE, .route = AUTH_ROUTE_LEADER,
+     .audit = "user.login"},
+    {"sign_host", auth_h_sign_host, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
+    {"events", auth_h_events, ADMINS, USERS("event", "list"), .route = AUTH_ROUTE_READ},
+    {"audit_append", auth_h_audit_append, .system = AUTH_SYS(RP_SYS_AUTH),
+     .route = AUTH_ROUTE_LEADER, .audit = "<the events it carries>"},
+};
+
+#undef ANYONE
+#undef ADMINS
+#undef EVERY_SYSTEM
+#undef USERS
+
+const struct auth_method *auth_methods(size_t *n)
+{
+    *n = sizeof methods / sizeof methods[0];
+    return methods;
+}
+
+const struct auth_method *auth_method_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (strcmp(methods[i].name, name) == 0)
+            return &methods[i];
+    return NULL;
 }
 
 bool auth_caller_is_admin(const struct rp_identity *id)
 {
-    return caller_access(id) == ACCESS_ALL;
+    return rp_identity_is(id, RP_SYS_ADMIN) || rp_identity_is(id, RP_SYS_AUTH);
 }
 
-/* True unless the state says @host_id is no auth server of this cluster. */
-static bool auth_server_known(struct auth_server *s, const char *host_id)
+/* ---- who is calling --------------------------------------------------------- */
+
+struct any_cb {
+    bool any;
+};
+
+static int any_cb(void *arg, const void *res, size_t len)
 {
+    ((struct any_cb *)arg)->any = true;
+    return 1;
+}
+
+/* An auth server's identities (Auth, and the Admin identity tctl uses on its host)
+ * are good only while that host is a member: its auth_server record exists. A state
+ * with no record at all is a cluster still writing its bootstrap records. */
+static int check_member(struct auth_server *s, const struct rp_identity *id)
+{
+    if (!rp_identity_is(id, RP_SYS_AUTH) && !rp_identity_is(id, RP_SYS_ADMIN))
+        return 0;
     struct rp_buf rec;
     rp_buf_init(&rec);
-    int rv = state_get(s->state, AUTH_KIND_AUTH_SERVER, host_id, &rec, NULL);
+    int rv = state_get(s->state, AUTH_KIND_AUTH_SERVER, id->host_id, &rec, NULL);
     rp_buf_free(&rec);
+    if (rv == RP_ENOTFOUND) {
+        struct any_cb a = {false};
+        if (state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 1, any_cb, &a, NULL) == 0 && !a.any)
+            return 0;
+        return rp_err(RP_EDENIED, "access denied: auth server %s is not a member of this cluster",
+                      id->host_id);
+    }
+    if (rv != 0)
+        return rp_err(RP_EDENIED, "access denied: cannot check membership of %s: %s",
+                      id->host_id, rp_errmsg());
+    return 0;
+}
+
+/* A user must still exist (deleting a user cuts off its certificates at once); its
+ * roles are read as stored now, and a role deleted since the certificate was issued
+ * grants nothing. *@set is NULL for anyone who is not a user. */
+#define MAX_ROLES 64
+struct user_roles {
+    struct rbac_role *roles[MAX_ROLES];
+    size_t n;
+    struct rbac_set *set;
+};
+
+static int load_user_roles(struct auth_server *s, const struct rp_identity *id,
+                           struct user_roles *ur)
+{
+    memset(ur, 0, sizeof *ur);
+    if (id == NULL || id->system_role != RP_SYS_NONE)
+        return 0;
+    struct rp_buf b;
+    rp_buf_init(&b);
+    int rv = state_get(s->state, "user", id->name, &b, NULL);
+    rp_buf_free(&b);
+    if (rv == RP_ENOTFOUND)
+        return rp_err(RP_EDENIED, "access denied: user %s no longer exists", id->name);
+    if (rv != 0)
+        return rp_err(RP_EDENIED, "access denied: cannot read user %s: %s", id->name, rp_errmsg());
+    for (size_t i = 0; i < id->n_groups && ur->n < MAX_ROLES; i++) {
+        rv = auth_role_load(s, id->groups[i], &ur->roles[ur->n]);
+        if (rv == 0)
+            ur->n++;
+        else if (rv != RP_ENOTFOUND)
+            return rp_err(RP_EDENIED, "access denied: cannot read role %s: %s", id->groups[i],
+                          rp_errmsg());
+    }
+    rv = rbac_set_new(ur->roles, ur->n, NULL, &ur->set);
+    if (rv != 0)
+        return rp_err(RP_EDENIED, "access denied: %s", rp_errmsg());
+    return 0;
+}
+
+static void user_roles_free(struct auth_server *s, struct user_roles *ur)
+{
+    rbac_set_free(ur->set);
+    for (size_t i = 0; i < ur->n; i++)
+        auth_role_release(s, ur->roles[i]);
+    ur->n = 0;
+    ur->set = NULL;
+}
+
+/* Whether the resource a user's put names exists now (for create versus update). */
+static bool put_target_exists(struct auth_server *s, const msgpack_object *args)
+{
+    const msgpack_object *res = rp_mp_get(args, "res");
+    const msgpack_object *kind = rp_mp_get(res, "kind");
+    const msgpack_object *name = rp_mp_get(rp_mp_get(res, "metadata"), "name");
+    char k[64], n[256];
+    if (kind == NULL || name == NULL || kind->type != MSGPACK_OBJECT_STR ||
+        name->type != MSGPACK_OBJECT_STR || kind->via.str.size >= sizeof k ||
+        name->via.str.size >= sizeof n)
+        return false;
+    snprintf(k, sizeof k, "%.*s", (int)kind->via.str.size, kind->via.str.ptr);
+    snprintf(n, sizeof n, "%.*s", (int)name->via.str.size, name->via.str.ptr);
+    struct rp_buf b;
+    rp_buf_init(&b);
+    int rv = state_get(s->state, k, n, &b, NULL);
+    rp_buf_free(&b);
     return rv != RP_ENOTFOUND;
 }
 
@@ -68,6 +244,10 @@ static void audit_denial(struct auth_server *s, const struct rp_identity *caller
     struct audit_event e;
     audit_event_init(&e, "auth", "T3007W");
     audit_event_str(&e, "user", caller ? caller->name : "anonymous");
+    if (caller && caller->system_role != RP_SYS_NONE) {
+        audit_event_str(&e, "system_role", rp_system_role_name(caller->system_role));
+        audit_event_str(&e, "server_id", caller->host_id);
+    }
     audit_event_str(&e, "method", method);
     audit_event_str(&e, "addr.remote", remote);
     audit_event_bool(&e, "success", false);
@@ -129,13 +309,55 @@ static int identity_from_as(const msgpack_object *as, struct rp_identity *id, bo
     if (rp_mp_get_str(as, "route_cluster", &s, &n) == 0 &&
         (id->route_cluster = strndup(s, n)) == NULL)
         return rp_err(RP_ENOMEM, "_as");
+    /* A system identity travels typed, as its certificate said: role and host id. */
+    if (rp_mp_get(as, "sys") != NULL) {
+        char role[16];
+        if (auth_arg_str(as, "sys", role, sizeof role, true) != 0 ||
+            (id->system_role = rp_system_role_from_name(role)) == RP_SYS_NONE)
+            return rp_err(RP_EINVAL, "_as: sys must name a system role (Admin, Auth, Node, Proxy)");
+        if ((rv = rp_mp_get_strdup(as, "host_id", &id->host_id)) != 0 || id->host_id[0] == '\0')
+            return rp_err(RP_EINVAL, "_as: a system identity needs its host_id");
+    }
     return 0;
 }
 
-/* Serves one request frame; writes the answer into @out. Returns 1 if the
- * connection was turned into a watch stream (and is finished), 0 otherwise. */
-int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identity *caller,
-                       const struct rp_buf *frame, struct rp_buf *out)
+/* Refuses the request: logged, audited, answered. */
+static void refuse(struct auth_server *s, const struct rp_identity *caller, const char *remote,
+                   const char *method, struct rp_buf *out, int code)
+{
+    char why[512];
+    snprintf(why, sizeof why, "%s", rp_errmsg());
+    rp_warn("auth", "denied %s from %s (%s): %s", method, remote,
+            caller ? caller->name : "anonymous", why);
+    audit_denial(s, caller, remote, method, why);
+    auth_reply_error(out, code, why);
+}
+
+/* Runs the table's routing for @m: 1 if the request was forwarded or refused here
+ * (the answer is in @out), 0 to serve it on this server. */
+static int route(const struct auth_method *m, struct auth_req *r, struct rp_buf *out)
+{
+    int rv = 0;
+    if (m->route == AUTH_ROUTE_READ) {
+        rv = auth_route_read(r, out);
+        if (rv > 0)
+            return 1;
+    } else if (m->route == AUTH_ROUTE_LEADER && !auth_is_leader(r->srv)) {
+        /* A request a follower forwarded is never forwarded again: the sender retries
+         * once it knows the new leader. */
+        rv = r->from_peer ? rp_err(RP_ENOTLEADER, "not the leader") : auth_forward_req(r, out);
+        if (rv == 0)
+            return 1;
+    }
+    if (rv != 0) {
+        auth_reply_error(out, rv, rp_errmsg());
+        return 1;
+    }
+    return 0;
+}
+
+int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identity *conn_caller,
+                     const struct rp_buf *frame, struct rp_buf *out)
 {
     msgpack_unpacked msg;
     int rv = rp_mp_parse(frame->data, frame->len, &msg);
@@ -146,8 +368,10 @@ int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identit
     const msgpack_object *args = &msg.data;
     char m[32];
     struct rp_identity as_id;
-    bool as_used = false;
+    struct user_roles ur;
     memset(&as_id, 0, sizeof as_id);
+    memset(&ur, 0, sizeof ur);
+    int streamed = 0;
     if (args->type != MSGPACK_OBJECT_MAP) {
         auth_reply_error(out, RP_EINVAL, "request must be a map with a method \"m\"");
         goto done;
@@ -156,69 +380,58 @@ int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identit
         auth_reply_error(out, RP_EINVAL, rp_errmsg());
         goto done;
     }
-    /* The connection's own identity decides whether "_as" is believed; the
-     * identity it carries then decides what the request may do. */
-    bool peer = caller && rp_identity_has_group(caller, RP_ROLE_AUTH);
-    const char *remote = c->peer;
-    char as_addr[128];
-    const msgpack_object *as = rp_mp_get(args, "_as");
-    if (as != NULL) {
-        bool has_id = false;
-        if (!peer) {
-            audit_denial(s, caller, c->peer, m, "'_as' from a client that is not an auth server");
-            auth_reply_error(out, RP_EDENIED,
-                             "access denied: only auth servers may forward requests ('_as')");
-            goto done;
-        }
-        if (identity_from_as(as, &as_id, &has_id, as_addr, sizeof as_addr) != 0) {
-            auth_reply_error(out, RP_EINVAL, rp_errmsg());
-            goto done;
-        }
-        as_used = true;
-        remote = as_addr;
-    }
-    const struct method *meth = NULL;
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        if (strcmp(methods[i].name, m) == 0)
-            meth = &methods[i];
-    }
+    const struct auth_method *meth = auth_method_find(m);
     if (meth == NULL) {
         char msgbuf[96];
         snprintf(msgbuf, sizeof msgbuf, "unknown method '%s'", m);
         auth_reply_error(out, RP_EINVAL, msgbuf);
         goto done;
     }
-    /* An auth server's certificate is long-lived; once the server is removed from the
-     * cluster its record goes, and so does what its certificate may do here. */
-    if (caller && rp_identity_has_group(caller, RP_ROLE_AUTH) && !auth_server_known(s, caller->name)) {
-        rp_warn("auth", "denied %s from %s: auth server %s is not a member of this cluster", m,
-                c->peer, caller->name);
-        audit_denial(s, caller, c->peer, m, "auth server is not a member of the cluster");
-        auth_reply_error(out, RP_EDENIED, "access denied: this auth server is not a member of the cluster");
+    const char *remote = c->peer;
+    char why[512];
+    /* The connection's own identity first: a removed auth server, or any locked host
+     * or user, is refused whatever it asks and whoever it claims to speak for. */
+    if ((rv = check_member(s, conn_caller)) != 0 ||
+        (rv = auth_locks_check(s->locks, conn_caller, why, sizeof why)) != 0) {
+        refuse(s, conn_caller, remote, m, out, RP_EDENIED);
         goto done;
     }
-    struct rp_identity *conn_caller = caller;
-    if (as_used)
-        caller = as_id.name ? &as_id : NULL;
-    /* A user's identity: its roles' rules decide, request by request. */
-    if (caller_access(caller) < meth->need && auth_is_user_identity(caller) &&
-        meth->need != ACCESS_ANON) {
-        if (auth_authorize_user(s, caller, m, args) != 0) {
-            char why[512];
-            snprintf(why, sizeof why, "%s", rp_errmsg());
-            rp_warn("auth", "denied %s from %s (%s): %s", m, remote, caller->name, why);
-            audit_denial(s, caller, remote, m, why);
-            auth_reply_error(out, RP_EDENIED, why);
+    /* Only a current member's Auth identity may act on behalf of another caller: a
+     * follower forwarding a request names the original caller in "_as". */
+    bool peer = rp_identity_is(conn_caller, RP_SYS_AUTH);
+    struct rp_identity *caller = conn_caller;
+    char as_addr[128];
+    const msgpack_object *as = rp_mp_get(args, "_as");
+    if (as != NULL) {
+        bool has_id = false;
+        if (!peer) {
+            rp_err(RP_EDENIED, "access denied: only auth servers may forward requests ('_as')");
+            refuse(s, conn_caller, remote, m, out, RP_EDENIED);
             goto done;
         }
-    } else if (caller_access(caller) < meth->need) {
-        char msgbuf[256];
-        snprintf(msgbuf, sizeof msgbuf, "%s: %s is not allowed to call %s",
-                 caller ? "access denied" : "access denied (no client certificate)",
-                 caller ? caller->name : "anonymous", m);
-        rp_warn("auth", "denied %s from %s (%s)", m, remote, caller ? caller->name : "anonymous");
-        audit_denial(s, caller, remote, m, msgbuf);
-        auth_reply_error(out, RP_EDENIED, msgbuf);
+        if (identity_from_as(as, &as_id, &has_id, as_addr, sizeof as_addr) != 0) {
+            auth_reply_error(out, RP_EINVAL, rp_errmsg());
+            goto done;
+        }
+        remote = as_addr;
+        caller = has_id ? &as_id : NULL;
+        if ((rv = check_member(s, caller)) != 0 ||
+            (rv = auth_locks_check(s->locks, caller, why, sizeof why)) != 0) {
+            refuse(s, caller, remote, m, out, RP_EDENIED);
+            goto done;
+        }
+    }
+    struct auth_grant grant;
+    bool exists = false;
+    if ((rv = load_user_roles(s, caller, &ur)) != 0) {
+        refuse(s, caller, remote, m, out, RP_EDENIED);
+        goto done;
+    }
+    if (ur.set != NULL && meth->verb != NULL && strcmp(meth->verb, "put") == 0 &&
+        strcmp(meth->name, "batch") != 0)
+        exists = put_target_exists(s, args);
+    if (auth_authorize(meth, caller, ur.set, args, exists, &grant) != 0) {
+        refuse(s, caller, remote, m, out, RP_EDENIED);
         goto done;
     }
     struct auth_req r = {
@@ -227,60 +440,25 @@ int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identit
         .raw = frame->data,
         .raw_len = frame->len,
         .caller = caller,
-        .from_peer = conn_caller && rp_identity_has_group(conn_caller, RP_ROLE_AUTH),
+        .from_peer = peer,
         .conn = c,
         .remote = remote,
+        .method = meth,
+        .write_op = grant.write_op,
     };
+    if (route(meth, &r, out))
+        goto done;
     rp_err_clear();
-    if (strcmp(m, "watch") == 0) {
-        rv = auth_h_watch(&r);
-        msgpack_unpacked_destroy(&msg);
-        rp_identity_free(&as_id);
-        return 1;
+    rv = meth->handler(&r, out);
+    if (meth->stream) {
+        streamed = 1;
+        goto done;
     }
-    if (strcmp(m, "ping") == 0)
-        rv = auth_h_ping(&r, out);
-    else if (strcmp(m, "get") == 0)
-        rv = auth_h_get(&r, out);
-    else if (strcmp(m, "list") == 0)
-        rv = auth_h_list(&r, out);
-    else if (strcmp(m, "status") == 0)
-        rv = auth_h_status(&r, out);
-    else if (strcmp(m, "member_status") == 0)
-        rv = auth_h_member_status(&r, out);
-    else if (strcmp(m, "token_add") == 0)
-        rv = auth_h_token_add(&r, out);
-    else if (strcmp(m, "join") == 0)
-        rv = auth_h_join(&r, out);
-    else if (strcmp(m, "member_rm") == 0)
-        rv = auth_h_member_rm(&r, out);
-    else if (strcmp(m, "events") == 0)
-        rv = auth_h_events(&r, out);
-    else if (strcmp(m, "audit_append") == 0)
-        rv = auth_h_audit_append(&r, out);
-    else if (strcmp(m, "user_add") == 0)
-        rv = auth_h_user_add(&r, out);
-    else if (strcmp(m, "user_update") == 0)
-        rv = auth_h_user_update(&r, out);
-    else if (strcmp(m, "user_rm") == 0)
-        rv = auth_h_user_rm(&r, out);
-    else if (strcmp(m, "user_reset") == 0)
-        rv = auth_h_user_reset(&r, out);
-    else if (strcmp(m, "invite_redeem") == 0)
-        rv = auth_h_invite_redeem(&r, out);
-    else if (strcmp(m, "sign_host") == 0)
-        rv = auth_h_sign_host(&r, out);
-    else if (strcmp(m, "sign_user") == 0)
-        rv = auth_h_sign_user(&r, out);
-    else if (strcmp(m, "authenticate") == 0)
-        rv = auth_h_authenticate(&r, out);
-    else
-        rv = auth_h_write(&r, m, out);
     if (rv != 0)
         auth_reply_error(out, rv, rp_errmsg());
 done:
+    user_roles_free(s, &ur);
     msgpack_unpacked_destroy(&msg);
     rp_identity_free(&as_id);
-    return 0;
+    return streamed;
 }
-

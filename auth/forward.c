@@ -129,7 +129,8 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out)
         msgpack_pack_object(&pk, kv->val);
     }
     rp_mp_pack_str(&pk, "_as");
-    msgpack_pack_map(&pk, id ? 6 : 1);
+    bool sys = id && id->system_role != RP_SYS_NONE;
+    msgpack_pack_map(&pk, id ? (sys ? 8 : 6) : 1);
     rp_mp_kv_str(&pk, "addr", r->remote);
     if (id) {
         rp_mp_kv_str(&pk, "name", id->name);
@@ -143,6 +144,10 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out)
             rp_mp_pack_str(&pk, id->logins[i]);
         rp_mp_kv_str(&pk, "cluster", id->cluster);
         rp_mp_kv_str(&pk, "route_cluster", id->route_cluster);
+        if (sys) {
+            rp_mp_kv_str(&pk, "sys", rp_system_role_name(id->system_role));
+            rp_mp_kv_str(&pk, "host_id", id->host_id);
+        }
     }
     int rv = auth_forward(r->srv, req.data, req.len, out);
     rp_buf_free(&req);

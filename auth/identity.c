@@ -153,12 +153,13 @@ int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cf
              cfg->raft_listen_addr);
     const char *sans[3] = {cfg->nodename, api_host, raft_host};
     struct rp_identity hid = {.name = id->host_id, .groups = host_groups, .n_groups = 1,
-                              .cluster = id->cluster_name};
+                              .cluster = id->cluster_name, .system_role = RP_SYS_AUTH,
+                              .host_id = id->host_id};
     struct rp_identity aid = {.name = admin_name, .groups = admin_groups, .n_groups = 1,
-                              .cluster = id->cluster_name};
-    long ttl = 10L * 365 * 86400;
-    if ((rv = rp_tls_issue(ca_key, ca, host_key, &hid, sans, 3, ttl, &host)) != 0 ||
-        (rv = rp_tls_issue(ca_key, ca, admin_key, &aid, NULL, 0, ttl, &admin)) != 0)
+                              .cluster = id->cluster_name, .system_role = RP_SYS_ADMIN,
+                              .host_id = id->host_id};
+    if ((rv = rp_tls_issue(ca_key, ca, host_key, &hid, sans, 3, AUTH_HOST_TTL_S, &host)) != 0 ||
+        (rv = rp_tls_issue(ca_key, ca, admin_key, &aid, NULL, 0, AUTH_ADMIN_TTL_S, &admin)) != 0)
         goto out;
 
     /* The CA key goes to disk first, so that a crash before it reaches the
@@ -355,5 +356,58 @@ out:
     X509_free(ca);
     free(host_pub);
     free(admin_pub);
+    return rv;
+}
+
+/* ---- the local admin identity ------------------------------------------------- */
+
+int auth_admin_identity_renew(struct auth_server *s, bool force)
+{
+    char path[1200], key_file[1200];
+    key_path(path, sizeof path, s->data_dir, "admin.crt");
+    key_path(key_file, sizeof key_file, s->data_dir, "admin.key");
+    X509 *cert = NULL;
+    EVP_PKEY *key = NULL;
+    char *pub = NULL, *pem = NULL;
+    unsigned char spki[RP_TLS_P256_SPKI_LEN];
+    int rv = rp_tls_read_cert(path, &cert);
+    if (rv == 0 && !force) {
+        /* Renewed once half its life is gone, so a server that was down for a while
+         * still renews before tctl on its host finds the identity expired. */
+        struct rp_identity cur;
+        if (rp_identity_from_cert(cert, &cur) == 0) {
+            long long left = cur.not_after - (long long)(rp_now_ms() / 1000);
+            rp_identity_free(&cur);
+            if (left > AUTH_ADMIN_TTL_S / 2) {
+                X509_free(cert);
+                return 0;
+            }
+        }
+    }
+    X509_free(cert);
+    if ((rv = rp_tls_read_key(key_file, &key)) != 0 || (rv = rp_tls_pubkey_to_pem(key, &pub)) != 0 ||
+        (rv = rp_tls_pubkey_spki(pub, strlen(pub), spki)) != 0)
+        goto out;
+    char admin_name[300], *groups[1] = {RP_ROLE_ADMIN};
+    snprintf(admin_name, sizeof admin_name, "admin@%s", s->cfg->nodename);
+    struct rp_identity aid = {.name = admin_name,
+                              .groups = groups,
+                              .n_groups = 1,
+                              .cluster = s->id.cluster_name,
+                              .system_role = RP_SYS_ADMIN,
+                              .host_id = s->id.host_id};
+    if ((rv = auth_sign_identity(s, spki, &aid, NULL, 0, AUTH_ADMIN_TTL_S, &pem)) != 0)
+        goto out;
+    /* rp_write_file replaces the file atomically: tctl never reads half a certificate. */
+    rv = rp_write_file(path, pem, strlen(pem), 0644);
+    if (rv == 0)
+        rp_info("auth", "renewed the local admin identity (%s), valid %ld h", admin_name,
+                AUTH_ADMIN_TTL_S / 3600);
+out:
+    if (rv != 0)
+        rv = rp_err(rv, "renewing the admin identity: %s", rp_errmsg());
+    EVP_PKEY_free(key);
+    free(pub);
+    free(pem);
     return rv;
 }

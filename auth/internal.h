@@ -19,6 +19,10 @@
 #define AUTH_READ_TIMEOUT_MS 5000
 #define AUTH_IDLE_TIMEOUT_MS 300000
 #define AUTH_MAX_CONNS 1024
+/* Host identities (Auth, Node, Proxy) live long and are cut off by a lock on their host
+ * id; the local admin identity tctl uses lives hours and its server renews it. */
+#define AUTH_HOST_TTL_S (10L * 365 * 86400)
+#define AUTH_ADMIN_TTL_S (8L * 3600)
 
 /* This server's keys and certificates, as kept in data_dir/keys. */
 struct auth_identity {
@@ -90,6 +94,7 @@ struct auth_server {
     struct auth_issue_view *views[16];
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
+    struct auth_locks *locks; /* auth/locks.c */
 };
 
 /* A request being served: the decoded map and who sent it. */
@@ -102,6 +107,8 @@ struct auth_req {
     bool from_peer;   /* the connection is from another auth server */
     struct rp_conn *conn;
     const char *remote; /* the original client's address (forwarded: as the follower saw it) */
+    const struct auth_method *method; /* its row of the method table (auth/authz.h) */
+    const char *write_op; /* "put" by a user allowed one of create/update: that one */
 };
 
 /* Serves one request frame from connection @c (whose verified client identity is
@@ -111,7 +118,7 @@ struct auth_req {
 int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identity *caller,
                      const struct rp_buf *frame, struct rp_buf *out);
 
-/* True for identities with the Admin or Auth system role (auth/dispatch.c). */
+/* True for the Admin and Auth system identities (auth/dispatch.c). */
 bool auth_caller_is_admin(const struct rp_identity *id);
 
 /* auth/secrets.c: what a caller may read of a resource of @kind. */
@@ -160,11 +167,6 @@ struct rbac_role;
  * rbac_role_free it); RP_ENOTFOUND if there is none. */
 int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **role);
 void auth_role_release(struct auth_server *s, struct rbac_role *role);
-/* auth/authz.c: whether a user identity (no system role) may make this request: its
- * roles' rules decide. 0, or RP_EDENIED with the reason in rp_errmsg(). */
-int auth_authorize_user(struct auth_server *s, const struct rp_identity *id, const char *method,
-                        const msgpack_object *args);
-bool auth_is_user_identity(const struct rp_identity *id);
 int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
 struct auth_issue_view;
 void auth_issue_views_free(struct auth_server *s); /* at shutdown */
@@ -213,6 +215,10 @@ int auth_identity_load(struct auth_identity *id, const char *data_dir);
 int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
 int auth_identity_join(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
 void auth_identity_free(struct auth_identity *id);
+/* Re-issues data_dir/keys/admin.crt (same key, AUTH_ADMIN_TTL_S) once less than half
+ * its lifetime is left, or now with @force; signed with the CA in the state, so any
+ * member can do it for itself. */
+int auth_admin_identity_renew(struct auth_server *s, bool force);
 /* Writes the CA, the auth_server record and the cluster name to the state once this
  * bootstrap server leads (auth/cluster.c). */
 int auth_bootstrap_write(struct auth_server *s);

@@ -11,6 +11,7 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/locks.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -177,9 +178,17 @@ static void *duty_main(void *arg)
     struct auth_server *s = arg;
     uint64_t last_expire = 0, last_trim = 0;
     bool ssh_cas_ok = false;
+    uint64_t last_admin_renew = 0;
     while (!atomic_load(&s->stopping)) {
         struct timespec ts = {0, 200 * 1000000L};
         nanosleep(&ts, NULL);
+        /* Every member renews its own admin identity; it needs the CA from the state,
+         * so until the state has one this fails and is tried again. */
+        if (s->id.ca_key_pending == NULL && rp_mono_ms() - last_admin_renew >= 30000) {
+            last_admin_renew = rp_mono_ms();
+            if (auth_admin_identity_renew(s, false) != 0)
+                rp_warn("auth", "%s (will retry)", rp_errmsg());
+        }
         if (!auth_is_leader(s)) {
             ssh_cas_ok = false;
             continue;
@@ -240,6 +249,10 @@ static int peer_check(void *arg, const struct rp_identity *peer, uint64_t raft_i
                       const char *address, bool inbound)
 {
     struct auth_server *s = arg;
+    char why[512];
+    /* A removed member's host id is locked: its Raft connections are refused too. */
+    if (auth_locks_check(s->locks, peer, why, sizeof why) != 0)
+        return rp_err(RP_EDENIED, "raft peer %s at %s refused: %s", peer->name, address, why);
     struct raft_id_owner o = {.raft_id = raft_id, .found = false};
     state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, raft_id_owner_cb, &o, NULL);
     if (o.found && strcmp(o.host_id, peer->name) != 0)
@@ -324,6 +337,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     rv = state_open(&s->state, path, NULL);
     if (rv != 0)
         goto err;
+    if ((rv = auth_locks_new(&s->locks, s->state)) != 0)
+        goto err;
     snprintf(path, sizeof path, "%s/%s", s->data_dir, AUTH_RAFT_DIR);
     if ((rv = rp_mkdir_p(path, 0700)) != 0)
         goto err;
@@ -375,6 +390,7 @@ err:
         snprintf(msg, sizeof msg, "%s", rp_errmsg());
         if (s->listen_fd >= 0)
             close(s->listen_fd);
+        auth_locks_free(s->locks);
         if (s->state)
             state_close(s->state);
         free(s->fsm);
@@ -413,6 +429,7 @@ void auth_server_stop(struct auth_server *s)
     auth_forward_reset(s);
     if (atomic_load(&s->n_conns) == 0) {
         audit_free(s);
+        auth_locks_free(s->locks);
         state_close(s->state);
         free(s->fsm);
         SSL_CTX_free(s->api_ctx);

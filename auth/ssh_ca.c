@@ -316,8 +316,12 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
     if (tls_pub_pem[0]) {
         /* The X.509 identity of the host: CN host id, O its system role. */
         char *groups[1] = {role};
-        struct rp_identity hid = {
-            .name = host_id, .groups = groups, .n_groups = 1, .cluster = (char *)cluster};
+        struct rp_identity hid = {.name = host_id,
+                                  .groups = groups,
+                                  .n_groups = 1,
+                                  .cluster = (char *)cluster,
+                                  .system_role = rp_system_role_from_name(role),
+                                  .host_id = host_id};
         if ((rv = rp_tls_pubkey_spki(tls_pub_pem, strlen(tls_pub_pem), tls_spki)) != 0) {
             rv = rp_err(rv, "tls_pubkey: %s", rp_errmsg());
             goto out;

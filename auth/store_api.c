@@ -105,9 +105,7 @@ int auth_h_get(struct auth_req *r, struct rp_buf *out)
     if ((rv = auth_arg_str(r->args, "kind", kind, sizeof kind, true)) != 0 ||
         (rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0)
         return rv;
-    rv = auth_route_read(r, out);
-    if (rv != 0)
-        return rv < 0 ? rv : 0;
+    /* Routed by the method table (AUTH_ROUTE_READ) before this handler runs. */
     bool with_secrets = false;
     rp_mp_get_bool(r->args, "with_secrets", &with_secrets);
     enum auth_view view = auth_view_of(r->caller, kind, strlen(kind), with_secrets);
@@ -169,9 +167,7 @@ int auth_h_list(struct auth_req *r, struct rp_buf *out)
     rv = rp_mp_get_u64(r->args, "limit", &limit);
     if (rv == RP_EINVAL)
         return rv;
-    rv = auth_route_read(r, out);
-    if (rv != 0)
-        return rv < 0 ? rv : 0;
+    /* Routed by the method table (AUTH_ROUTE_READ) before this handler runs. */
     struct list_ctx lc = {.n = 0, .caller = r->caller};
     uint64_t rev = 0;
     rp_mp_get_bool(r->args, "with_secrets", &lc.with_secrets);

@@ -62,14 +62,23 @@ static int err_ctx(int code, const char *ctx)
 
 #define OID_TELEPORT_CLUSTER "1.3.9999.1.7"
 
+#define OID_SYSTEM_ROLE "1.3.9999.2.11"
+
 static pthread_once_t oid_once = PTHREAD_ONCE_INIT;
-static ASN1_OBJECT *oid_cluster;
+static ASN1_OBJECT *oid_cluster, *oid_system_role;
 
 /* Built once and only read afterwards: OBJ_txt2obj with no_name does not touch
  * OpenSSL's global object table, so nothing here needs a lock after the once. */
 static void oid_init(void)
 {
     oid_cluster = OBJ_txt2obj(OID_TELEPORT_CLUSTER, 1);
+    oid_system_role = OBJ_txt2obj(OID_SYSTEM_ROLE, 1);
+}
+
+static const ASN1_OBJECT *system_role_oid(void)
+{
+    pthread_once(&oid_once, oid_init);
+    return oid_system_role;
 }
 
 static const ASN1_OBJECT *cluster_oid(void)
@@ -146,7 +155,68 @@ void rp_identity_free(struct rp_identity *id)
     free(id->logins);
     free(id->cluster);
     free(id->route_cluster);
+    free(id->host_id);
     memset(id, 0, sizeof *id);
+}
+
+static const char *const system_role_names[] = {
+    [RP_SYS_NONE] = "",
+    [RP_SYS_ADMIN] = RP_ROLE_ADMIN,
+    [RP_SYS_AUTH] = RP_ROLE_AUTH,
+    [RP_SYS_NODE] = RP_ROLE_NODE,
+    [RP_SYS_PROXY] = RP_ROLE_PROXY,
+};
+#define N_SYSTEM_ROLES (sizeof system_role_names / sizeof system_role_names[0])
+
+const char *rp_system_role_name(enum rp_system_role role)
+{
+    return (unsigned)role < N_SYSTEM_ROLES ? system_role_names[role] : "";
+}
+
+enum rp_system_role rp_system_role_from_name(const char *name)
+{
+    for (unsigned i = 1; name != NULL && i < N_SYSTEM_ROLES; i++)
+        if (strcmp(name, system_role_names[i]) == 0)
+            return (enum rp_system_role)i;
+    return RP_SYS_NONE;
+}
+
+int rp_identity_is(const struct rp_identity *id, enum rp_system_role role)
+{
+    return id != NULL && role != RP_SYS_NONE && id->system_role == role;
+}
+
+static int strv_copy(char ***dst, size_t *n_dst, char *const *src, size_t n)
+{
+    *dst = NULL;
+    *n_dst = 0;
+    if (n == 0)
+        return 0;
+    if ((*dst = calloc(n, sizeof **dst)) == NULL)
+        return RP_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (((*dst)[i] = strdup(src[i])) == NULL)
+            return RP_ENOMEM;
+        (*n_dst)++;
+    }
+    return 0;
+}
+
+int rp_identity_copy(struct rp_identity *dst, const struct rp_identity *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->not_after = src->not_after;
+    dst->system_role = src->system_role;
+    if ((src->name && (dst->name = strdup(src->name)) == NULL) ||
+        (src->cluster && (dst->cluster = strdup(src->cluster)) == NULL) ||
+        (src->route_cluster && (dst->route_cluster = strdup(src->route_cluster)) == NULL) ||
+        (src->host_id && (dst->host_id = strdup(src->host_id)) == NULL) ||
+        strv_copy(&dst->groups, &dst->n_groups, src->groups, src->n_groups) != 0 ||
+        strv_copy(&dst->logins, &dst->n_logins, src->logins, src->n_logins) != 0) {
+        rp_identity_free(dst);
+        return rp_err(RP_ENOMEM, "copying an identity");
+    }
+    return 0;
 }
 
 int rp_identity_has_group(const struct rp_identity *id, const char *group)
@@ -368,6 +438,16 @@ static int check_identity(const struct rp_identity *id)
     if (id->route_cluster &&
         (rv = check_id_string("route cluster", id->route_cluster, strlen(id->route_cluster))) != 0)
         return rv;
+    if ((unsigned)id->system_role >= N_SYSTEM_ROLES)
+        return rp_err(RP_EINVAL, "identity has unknown system role %d", (int)id->system_role);
+    if (id->system_role != RP_SYS_NONE) {
+        if (id->host_id == NULL || id->host_id[0] == '\0')
+            return rp_err(RP_EINVAL, "system identity %s has no host id", id->name);
+        if ((rv = check_id_entry("host id", id->host_id, ID_STR_MAX)) != 0)
+            return rv;
+    } else if (id->host_id != NULL) {
+        return rp_err(RP_EINVAL, "identity %s has a host id but no system role", id->name);
+    }
     return 0;
 }
 
@@ -501,6 +581,7 @@ static const unsigned char OID_L[] = {0x55, 0x04, 0x07};                   /* 2.
 static const unsigned char OID_STREET[] = {0x55, 0x04, 0x09};              /* 2.5.4.9 */
 static const unsigned char OID_O[] = {0x55, 0x04, 0x0a};                   /* 2.5.4.10 */
 static const unsigned char OID_CLUSTER[] = {0x2b, 0xce, 0x0f, 0x01, 0x07}; /* 1.3.9999.1.7 */
+static const unsigned char OID_SYSROLE[] = {0x2b, 0xce, 0x0f, 0x02, 0x0b}; /* 1.3.9999.2.11 */
 static const unsigned char OID_SAN[] = {0x55, 0x1d, 0x11};                 /* 2.5.29.17 */
 static const unsigned char OID_AKID[] = {0x55, 0x1d, 0x23};                /* 2.5.29.35 */
 /* The extensions every leaf carries first, as add_leaf_exts made them with OpenSSL. */
@@ -593,6 +674,22 @@ static void put_subject(struct der *d, const struct rp_identity *id)
     if (id->cluster)
         put_rdn(d, OID_CLUSTER, sizeof OID_CLUSTER, id->cluster);
     der_end(d, name);
+}
+
+/* The system-role extension (non-critical, so that peers that do not know it still
+ * accept the certificate; they simply see no system rights in it). */
+static void put_system_role(struct der *d, const struct rp_identity *id)
+{
+    const char *role = rp_system_role_name(id->system_role);
+    size_t ext = der_begin(d, TAG_SEQUENCE);
+    der_tlv(d, TAG_OID, OID_SYSROLE, sizeof OID_SYSROLE);
+    size_t os = der_begin(d, TAG_OCTET_STRING);
+    size_t seq = der_begin(d, TAG_SEQUENCE);
+    der_tlv(d, TAG_UTF8STRING, role, strlen(role));
+    der_tlv(d, TAG_UTF8STRING, id->host_id, strlen(id->host_id));
+    der_end(d, seq);
+    der_end(d, os);
+    der_end(d, ext);
 }
 
 /* subjectAltName from @sans: an entry that parses as an IPv4/IPv6 address is an IP
@@ -714,6 +811,8 @@ static int leaf_der(EVP_PKEY *ca_key, X509 *ca_cert, const unsigned char *spki,
     der_end(d, akid);
     if (n_sans > 0 && (rv = put_sans(d, sans, n_sans)) != 0)
         return rv;
+    if (id->system_role != RP_SYS_NONE)
+        put_system_role(d, id);
     der_end(d, exts);
     der_end(d, x3);
     der_end(d, tbs);
@@ -903,6 +1002,63 @@ static int time_to_epoch(const ASN1_TIME *t, long long *out)
     return 0;
 }
 
+/* One UTF8String of the system-role extension, checked like a subject attribute. */
+static int sysrole_string(const ASN1_TYPE *t, const char *what, char **out)
+{
+    if (t == NULL || t->type != V_ASN1_UTF8STRING)
+        return rp_err(RP_EINVAL, "certificate system role extension: %s is not a UTF8String",
+                      what);
+    const ASN1_STRING *v = t->value.utf8string;
+    int n = ASN1_STRING_length(v);
+    if (n <= 0 || n > ID_STR_MAX)
+        return rp_err(RP_EINVAL, "certificate system role extension: %s is %d bytes, want 1..%d",
+                      what, n, ID_STR_MAX);
+    int rv = check_id_string(what, (const char *)ASN1_STRING_get0_data(v), (size_t)n);
+    if (rv != 0)
+        return err_ctx(rv, "certificate system role extension");
+    if ((*out = strndup((const char *)ASN1_STRING_get0_data(v), (size_t)n)) == NULL)
+        return rp_err(RP_ENOMEM, "certificate system role");
+    return 0;
+}
+
+/* The system role, from the 1.3.9999.2.11 extension alone: absent means a user. A
+ * certificate with two of them, or one that does not parse, is refused outright
+ * rather than read as a user. */
+static int read_system_role(X509 *cert, struct rp_identity *id)
+{
+    const ASN1_OBJECT *oid = system_role_oid();
+    if (oid == NULL)
+        return ssl_err(RP_ETLS, "OID " OID_SYSTEM_ROLE);
+    int idx = X509_get_ext_by_OBJ(cert, oid, -1);
+    if (idx < 0)
+        return 0;
+    if (X509_get_ext_by_OBJ(cert, oid, idx) >= 0)
+        return rp_err(RP_EINVAL, "certificate has more than one system role extension");
+    const ASN1_OCTET_STRING *os = X509_EXTENSION_get_data(X509_get_ext(cert, idx));
+    const unsigned char *p = ASN1_STRING_get0_data(os);
+    long len = ASN1_STRING_length(os);
+    const unsigned char *end = p + len;
+    STACK_OF(ASN1_TYPE) *seq = d2i_ASN1_SEQUENCE_ANY(NULL, &p, len);
+    char *role = NULL;
+    int rv = 0;
+    if (seq == NULL || p != end || sk_ASN1_TYPE_num(seq) != 2) {
+        ERR_clear_error();
+        rv = rp_err(RP_EINVAL, "certificate system role extension is not "
+                               "SEQUENCE { UTF8String role, UTF8String host_id }");
+        goto out;
+    }
+    if ((rv = sysrole_string(sk_ASN1_TYPE_value(seq, 0), "role", &role)) != 0 ||
+        (rv = sysrole_string(sk_ASN1_TYPE_value(seq, 1), "host id", &id->host_id)) != 0)
+        goto out;
+    id->system_role = rp_system_role_from_name(role);
+    if (id->system_role == RP_SYS_NONE)
+        rv = rp_err(RP_EINVAL, "certificate names unknown system role \"%s\"", role);
+out:
+    free(role);
+    sk_ASN1_TYPE_pop_free(seq, ASN1_TYPE_free);
+    return rv;
+}
+
 int rp_identity_from_cert(X509 *cert, struct rp_identity *out)
 {
     int rv = 0;
@@ -959,6 +1115,8 @@ int rp_identity_from_cert(X509 *cert, struct rp_identity *out)
         rv = rp_err(RP_EINVAL, "certificate subject has no CN");
         goto err;
     }
+    if ((rv = read_system_role(cert, &id)) != 0)
+        goto err;
     if ((rv = time_to_epoch(X509_get0_notAfter(cert), &id.not_after)) != 0)
         goto err;
     *out = id;

@@ -2,9 +2,15 @@
  *
  * Every internal connection is TLS 1.3 with both sides' certificates checked
  * against the cluster TLS CA. Keys are ECDSA P-256. An identity is encoded in
- * the certificate subject as Teleport does: CN = user or host id, O = roles or
- * system role, L = logins; the cluster name sits in the private-arc extension
- * 1.3.9999.1.7 and route-to-cluster in StreetAddress.
+ * the certificate subject as Teleport does: CN = user or host id, O = roles, L =
+ * logins; the cluster name sits in the private-arc attribute 1.3.9999.1.7 and
+ * route-to-cluster in StreetAddress.
+ *
+ * A system identity (Admin, Auth, Node, Proxy) is marked by an X.509 extension of its
+ * own, 1.3.9999.2.11, holding SEQUENCE { UTF8String role, UTF8String host_id }; it is
+ * never read from O. A user chooses the names of its roles (they travel in O), so no
+ * string in the subject can make a certificate a system identity: only the signer,
+ * by adding the extension, can.
  *
  * Objects returned here are the caller's: EVP_PKEY_free / X509_free /
  * SSL_CTX_free / rp_identity_free them. */
@@ -15,26 +21,46 @@
 #include <openssl/x509.h>
 #include <stddef.h>
 
-/* System roles carried in O for hosts. */
+/* Display names of the system roles (also written to O of system certificates, as
+ * Teleport does for host certificates; authorization never reads them from there). */
 #define RP_ROLE_AUTH "Auth"
 #define RP_ROLE_PROXY "Proxy"
 #define RP_ROLE_NODE "Node"
 #define RP_ROLE_ADMIN "Admin"
 
+/* What a certificate's holder is, from the system-role extension alone. */
+enum rp_system_role {
+    RP_SYS_NONE = 0, /* a user: name, roles (O), logins (L) */
+    RP_SYS_ADMIN,    /* an auth server's local administrator identity (tctl on that host) */
+    RP_SYS_AUTH,     /* an auth server */
+    RP_SYS_NODE,     /* a node agent */
+    RP_SYS_PROXY,    /* a proxy */
+};
+
 struct rp_identity {
     char *name;           /* CN: user name or host id */
-    char **groups;        /* O: roles, or the system role */
+    char **groups;        /* O: a user's roles (for system identities: display only) */
     size_t n_groups;
     char **logins;        /* L: logins (users) */
     size_t n_logins;
     char *cluster;        /* 1.3.9999.1.7 extension: the issuing cluster, NULL if absent */
     char *route_cluster;  /* StreetAddress: cluster to route to, NULL if absent */
     long long not_after;  /* seconds since the epoch (filled by rp_identity_from_cert) */
+    enum rp_system_role system_role; /* from the 1.3.9999.2.11 extension only */
+    char *host_id;        /* system identities: the host the identity belongs to */
 };
 
 void rp_identity_free(struct rp_identity *id);
-/* True if @id carries @group in O. */
+/* True if @id carries @group in O. Only meaningful for user identities' roles. */
 int rp_identity_has_group(const struct rp_identity *id, const char *group);
+/* True if @id is not NULL and is the system identity @role. */
+int rp_identity_is(const struct rp_identity *id, enum rp_system_role role);
+/* "Admin", "Auth", "Node", "Proxy"; "" for RP_SYS_NONE. */
+const char *rp_system_role_name(enum rp_system_role role);
+/* The system role named exactly @name ("Auth"...), or RP_SYS_NONE. */
+enum rp_system_role rp_system_role_from_name(const char *name);
+/* Deep copy of @src into @dst (rp_identity_free it). RP_ENOMEM. */
+int rp_identity_copy(struct rp_identity *dst, const struct rp_identity *src);
 
 /* A fresh ECDSA P-256 key, or NULL (rp_errmsg says why). */
 EVP_PKEY *rp_tls_keygen(void);
@@ -42,7 +68,8 @@ EVP_PKEY *rp_tls_keygen(void);
 /* Self-signed CA for @cluster (CN = @cluster), valid 10 years. */
 int rp_tls_ca_create(const char *cluster, EVP_PKEY **key_out, X509 **cert_out);
 
-/* Signs a certificate for @pubkey (EC P-256; other keys are refused) carrying @id,
+/* Signs a certificate for @pubkey (EC P-256; other keys are refused) carrying @id
+ * (a system identity, @id->system_role set, must name its @id->host_id),
  * valid from one minute ago for @ttl_s seconds, with the given DNS names / IP
  * addresses as subjectAltName (either may be NULL). Usable for both TLS client and
  * server auth. The CA key must be the EC key of @ca_cert. Built by the same code as

@@ -355,7 +355,7 @@ static int check_peer_identity(struct conn *c, raft_id id, const char *address)
     rv = rp_tls_peer_identity(c->ssl, &ident);
     if (rv != 0)
         return err_wrap(RP_EDENIED, "no usable certificate");
-    if (!rp_identity_has_group(&ident, RP_ROLE_AUTH)) {
+    if (!rp_identity_is(&ident, RP_SYS_AUTH)) {
         rv = rp_err(RP_EDENIED, "certificate (CN=%s) has no %s role", ident.name ? ident.name : "?",
                     RP_ROLE_AUTH);
         goto out;
@@ -584,7 +584,7 @@ static int inbound_identity_and_preamble(struct conn *c, uint64_t deadline)
     rv = rp_tls_peer_identity(c->ssl, &ident);
     if (rv != 0)
         return err_wrap(RP_EDENIED, "no usable certificate");
-    if (!rp_identity_has_group(&ident, RP_ROLE_AUTH)) {
+    if (!rp_identity_is(&ident, RP_SYS_AUTH)) {
         rv = rp_err(RP_EDENIED, "certificate (CN=%s) has no %s role", ident.name ? ident.name : "?",
                     RP_ROLE_AUTH);
         goto out;

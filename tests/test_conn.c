@@ -27,7 +27,10 @@ static SSL_CTX *sctx, *cctx;
 static void issue(const char *name, const char *role, EVP_PKEY **key, X509 **cert)
 {
     char *groups[] = {(char *)role};
-    struct rp_identity id = {.name = (char *)name, .groups = groups, .n_groups = 1};
+    struct rp_identity id = {.name = (char *)name, .groups = groups, .n_groups = 1,
+                             .system_role = rp_system_role_from_name(role)};
+    if (id.system_role != RP_SYS_NONE)
+        id.host_id = (char *)name;
     *key = rp_tls_keygen();
     cr_assert_not_null(*key);
     cr_assert_eq(rp_tls_issue(ca_key, ca, *key, &id, NULL, 0, 3600, cert), 0, "%s", rp_errmsg());

@@ -56,8 +56,12 @@ static SSL_CTX *ctx_with_foreign_cert(const char *role)
         /* Same cluster name as the real one: only the signature differs. */
         cr_assert_eq(rp_tls_ca_create(CL->cluster_name, &ca_key, &ca), 0, "%s", rp_errmsg());
         char *groups[] = {(char *)role};
-        struct rp_identity id = {
-            .name = "intruder", .groups = groups, .n_groups = 1, .cluster = CL->cluster_name};
+        struct rp_identity id = {.name = "intruder",
+                                 .groups = groups,
+                                 .n_groups = 1,
+                                 .cluster = CL->cluster_name,
+                                 .system_role = rp_system_role_from_name(role),
+                                 .host_id = "intruder"};
         const char *sans[] = {"127.0.0.1"};
         cr_assert_eq(rp_tls_issue(ca_key, ca, key, &id, sans, 1, 3600, &cert), 0, "%s",
                      rp_errmsg());
@@ -762,7 +766,8 @@ Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
     X509 *ca = read_cert(1, "ca.crt"), *cert = NULL;
     char *groups[] = {"Node"};
     struct rp_identity id = {.name = "node-7", .groups = groups, .n_groups = 1,
-                             .cluster = CL->cluster_name};
+                             .cluster = CL->cluster_name, .system_role = RP_SYS_NODE,
+                             .host_id = "node-7"};
     cr_assert_eq(rp_tls_issue(ca_key, ca, node_key, &id, NULL, 0, 3600, &cert), 0, "%s",
                  rp_errmsg());
     SSL_CTX *node = rp_tls_client_ctx(ca, cert, node_key);

@@ -37,7 +37,10 @@ void rt_pki_issue(struct rt_pki *p, const char *name, const char *role, EVP_PKEY
 {
     char *groups[] = {(char *)role};
     struct rp_identity id = {
-        .name = (char *)name, .groups = groups, .n_groups = 1, .cluster = "raft-test"};
+        .name = (char *)name, .groups = groups, .n_groups = 1, .cluster = "raft-test",
+        .system_role = rp_system_role_from_name(role)};
+    if (id.system_role != RP_SYS_NONE)
+        id.host_id = (char *)name;
     const char *sans[] = {"localhost", "127.0.0.1"};
     *key = rp_tls_keygen();
     cr_assert_not_null(*key, "%s", rp_errmsg());
