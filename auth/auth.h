@@ -9,35 +9,57 @@
  * and every answer is {"ok": true, ...results} or
  * {"ok": false, "code": "<rp_strerror name>", "error": "<message>"}.
  *
- * Methods (arguments -> results):
- *   ping      {}                               -> {cluster_name, server_id, ca_pin, leader_id,
- *                                                  auth_servers: [api addr...]}
- *   get       {kind, name, stale?}             -> {res, rev}
- *   list      {kind?, prefix?, limit?, stale?} -> {items: [res...], rev}
- *   put|create|update {res, rid}               -> {rev}
- *   cas       {res, rev, rid}                  -> {rev}        (conflict: current_rev)
- *   delete    {kind, name, rid}                -> {rev}
- *   cdelete   {kind, name, rev, rid}           -> {rev}
- *   batch     {ops: [cmd...], rid}             -> {rev}        (failure: failed_op)
- *   watch     {kinds?, prefix?, start_rev?}    -> a stream of {ev, rev, kind?, name?, res?}
- *             with ev one of init_put, init_done, put, delete, reinit
- *   status    {}                               -> tctl status document
- *   member_status {}                           -> this server's own Raft view
- *   token_add {type, ttl_ms}                   -> {token, type, expires, ca_pin}
- *   join      {token, type, host_id, nodename, raft_id, raft_addr, api_addr,
- *              host_pubkey, admin_pubkey}      -> {host_cert, admin_cert, ca_cert, cluster_name}
- *   member_rm {id}                             -> {}
- *   user_add  {name, roles[], logins?[], ttl_ms?} -> {token, expires, user}  (an invite)
- *   user_update {name, roles[]}                -> {}
- *   user_rm   {name}                           -> {}
- *   user_reset {name, ttl_ms?}                 -> {token, expires}         (a new invite)
- *   invite_redeem {token, password, totp_secret?, totp_code?} -> {}
- *   sign_user {user, ssh_pubkey, tls_pubkey?, ttl_ms?} -> {ssh_cert, expires, tls_cert?, tls_ca?}
- *   authenticate {user, password, totp_code?, ssh_pubkey, tls_pubkey?, ttl_ms?} -> the same
- *   sign_host {host_id, nodename, role, ssh_pubkey, principals?[], ttl_ms?, tls_pubkey?}
- *                                              -> {ssh_cert, tls_cert?, tls_ca?}
- *   events    {from?, to?, type?, user?, sid?, limit?, newest_first?, stale?} -> {items, rev}
- *   audit_append {rid, events[]}               -> {rev}   (auth servers only, to the leader)
+ * Methods, one row each of the method table in auth/dispatch.c (tests/test_auth_methods.c
+ * checks that this list and the table agree). "who" is who may call: anyone (also
+ * without a client certificate), system identities by role (admins = Admin and Auth),
+ * and users whose roles' rules allow (resource, verb), "kind" being the kind the
+ * request names. "route": local (any server), leader (followers forward), read
+ * (linearizable: the leader behind a barrier, unless "stale").
+ *
+ *   method        arguments -> results                               who                            route
+ *   ping          {} -> {cluster_name, server_id, ca_pin, leader_id,  anyone                         local
+ *                        auth_servers: [api addr...]}
+ *   get           {kind, name, stale?} -> {res, rev}                 every system role; (kind, read) read
+ *   list          {kind?, prefix?, limit?, stale?} -> {items, rev}   every system role; (kind, list) read
+ *   put           {res, rid} -> {rev}                                admins; (kind, create) for a    leader
+ *                                                                    new resource, (kind, update)
+ *                                                                    for an existing one
+ *   create        {res, rid} -> {rev}                                admins; (kind, create)          leader
+ *   update        {res, rid} -> {rev}                                admins; (kind, update)          leader
+ *   cas           {res, rev, rid} -> {rev} (conflict: current_rev)   admins; (kind, update)          leader
+ *   delete        {kind, name, rid} -> {rev}                         admins; (kind, delete)          leader
+ *   cdelete       {kind, name, rev, rid} -> {rev}                    admins; (kind, delete)          leader
+ *   batch         {ops: [cmd...], rid} -> {rev} (failure: failed_op) admins; each op as its write   leader
+ *                                                                    (put: create and update)
+ *   watch         {kinds?, prefix?, start_rev?} -> a stream of       every system role              local
+ *                 {ev, rev, kind?, name?, res?}, ev one of init_put,
+ *                 init_done, put, delete, reinit
+ *   status        {} -> tctl status document                         every system role;              local
+ *                                                                    (cluster, read)
+ *   member_status {} -> this server's own Raft view                  every system role;              local
+ *                                                                    (cluster, read)
+ *   token_add     {type, ttl_ms} -> {token, type, expires, ca_pin}   admins; (token, create) for     leader
+ *                                                                    node and proxy tokens only
+ *   join          {token, type, host_id, nodename, raft_id,          anyone (the token decides)      leader
+ *                  raft_addr, api_addr, host_pubkey, admin_pubkey}
+ *                 -> {host_cert, admin_cert, ca_cert, cluster_name}
+ *   member_rm     {id} -> {}                                         admins                          leader
+ *   user_add      {name, roles[], logins?[], ttl_ms?}                admins; (user, create)          leader
+ *                 -> {token, expires, user} (an invite)
+ *   user_update   {name, roles[]} -> {}                              admins; (user, update)          leader
+ *   user_rm       {name} -> {}                                       admins; (user, delete)          leader
+ *   user_reset    {name, ttl_ms?} -> {token, expires} (a new invite) admins; (user, update)          leader
+ *   invite_redeem {token, password, totp_secret?, totp_code?} -> {}  anyone (the invite decides)     leader
+ *   sign_user     {user, ssh_pubkey, tls_pubkey?, ttl_ms?}           admins                          leader
+ *                 -> {ssh_cert, expires, tls_cert?, tls_ca?}
+ *   authenticate  {user, password, totp_code?, ssh_pubkey,           anyone (the password decides)   leader
+ *                  tls_pubkey?, ttl_ms?} -> the same
+ *   sign_host     {host_id, nodename, role, ssh_pubkey,              admins                          leader
+ *                  principals?[], ttl_ms?, tls_pubkey?}
+ *                 -> {ssh_cert, tls_cert?, tls_ca?}
+ *   events        {from?, to?, type?, user?, sid?, limit?,           admins; (event, list)           read
+ *                  newest_first?, stale?} -> {items, rev}
+ *   audit_append  {rid, events[]} -> {rev}                           Auth                            leader
  *
  * ssh_pubkey is an authorized_keys line (Ed25519, ECDSA or RSA >= 2048 bits);
  * tls_pubkey a "PUBLIC KEY" PEM of a P-256 key with an uncompressed point.
@@ -50,10 +72,11 @@
  * and answers only once its cert.create event committed in the term it read under
  * (docs/design-decisions.md); else "not_leader", and the client retries.
  *
- * Authorization: a connection without a client certificate may only ping, join,
- * redeem an invite and authenticate; identities with the Admin or Auth system role
- * may do everything; Proxy and Node identities may read and watch; user identities
- * get what their roles' rules allow (auth/authz.c). */
+ * Authorization starts from the typed identity of the caller's certificate (lib/tls.h):
+ * no role name a user chooses grants a system right. Before any method, the caller is
+ * checked against the locks (auth/locks.h); an Auth or Admin identity must belong to a
+ * current member; a user must still exist. Only a member's Auth identity may forward a
+ * request on behalf of another caller ("_as"). Every denial is audited. */
 #ifndef RP_AUTH_H
 #define RP_AUTH_H
 
