@@ -435,6 +435,21 @@ Test(int_escalation, a_removed_auth_server_is_cut_off)
 {
     cluster_start(3);
     cr_assert(wait_until(15000, presets, NULL), "no preset roles");
+    /* Admin identities on disk live hours, not years. */
+    for (int i = 1; i <= 3; i++) {
+        char path[700];
+        X509 *c = NULL;
+        struct rp_identity aid;
+        snprintf(path, sizeof path, "%s/keys/admin.crt", CL->nodes[i].dir);
+        cr_assert_eq(rp_tls_read_cert(path, &c), 0);
+        cr_assert_eq(rp_identity_from_cert(c, &aid), 0);
+        cr_expect_eq(aid.system_role, RP_SYS_ADMIN);
+        long long left = aid.not_after - (long long)(rp_now_ms() / 1000);
+        cr_expect(left > 0 && left <= 8 * 3600 + 120, "node %d's admin identity lives %lld s", i,
+                  left);
+        rp_identity_free(&aid);
+        X509_free(c);
+    }
     /* Node 3's own identities, as its files hold them. */
     SSL_CTX *admin3 = node_admin_ctx(3);
     char msg[512];
