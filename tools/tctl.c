@@ -951,7 +951,9 @@ static int cmd_get(struct tctl *t, int argc, char **argv)
     }
     memcpy(kind, what, kl);
     kind[kl] = '\0';
-    snprintf(kind, sizeof kind, "%s", singular_kind(kind));
+    const char *singular = singular_kind(kind);
+    if (singular != kind)
+        snprintf(kind, sizeof kind, "%s", singular);
     if (slash)
         snprintf(name, sizeof name, "%s", slash + 1);
     if ((rv = connect_client(t)) != 0)
@@ -1148,7 +1150,9 @@ static int cmd_rm(struct tctl *t, int argc, char **argv)
     }
     char kind[64];
     snprintf(kind, sizeof kind, "%.*s", (int)(slash - what), what);
-    snprintf(kind, sizeof kind, "%s", singular_kind(kind));
+    const char *singular = singular_kind(kind);
+    if (singular != kind)
+        snprintf(kind, sizeof kind, "%s", singular);
     if ((rv = connect_client(t)) != 0)
         return rv;
     if (strcmp(kind, "user") == 0) /* a user's secrets go with it: the users API */
