@@ -76,7 +76,7 @@ Test(mp_map, nested_maps_count_their_own_entries)
     rp_mp_map_begin_map(&top, "spec", &spec);
     rp_mp_map_begin_map(&spec, "target", &target);
     for (int i = 0; i < 20; i++) { /* a map16 inside fixmaps: the shrink moves it */
-        char key[8];
+        char key[16];
         snprintf(key, sizeof key, "t%d", i);
         rp_mp_map_i64(&target, key, -i);
     }

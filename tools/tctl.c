@@ -1961,7 +1961,6 @@ int main(int argc, char **argv)
     struct tctl t = {.format = FMT_DEFAULT};
     int c;
     rp_log_set_level(RP_LOG_WARN);
-    rp_config_init(&t.cfg);
     /* The global flags before the command ('+': stop at the first word). */
     opterr = 0;
     while ((c = getopt_long(argc, argv, "+:" GLOBAL_SHORTS, global_opts, NULL)) != -1) {
@@ -2017,6 +2016,9 @@ int main(int argc, char **argv)
     vargv[0] = t.label;
     for (int i = 1; i < vargc; i++)
         vargv[i] = args[n_words + i - 1];
+    /* Every return above is a usage error and has nothing to free; the command
+     * loads the config into t.cfg when it connects. */
+    rp_config_init(&t.cfg);
     int rv = v->run(&t, vargc, vargv);
     free(vargv);
     auth_client_free(t.client);
