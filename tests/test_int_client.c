@@ -3,11 +3,16 @@
  * answers, with results the caller owns past the next call. */
 #include <criterion/criterion.h>
 #include <openssl/evp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth/client.h"
+#include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "lib/ssh_key.h"
@@ -175,5 +180,134 @@ Test(int_client, users_certificates_and_events)
     cr_assert_eq(auth_client_identity_name(c, who, sizeof who), 0);
     cr_assert_str_eq(who, "admin@auth1");
     auth_client_free(c);
+    cluster_pass();
+}
+
+/* A stand-in auth server that answers every request {ok, rev: 7, warnings: [...]}:
+ * what the real one answers to a write it keeps with reservations. It presents
+ * node 1's Auth certificate, so clients take it for a member. */
+struct warning_server {
+    SSL_CTX *ctx;
+    int lfd;
+    char addr[64];
+    atomic_bool stop;
+    pthread_t thread;
+    int requests;
+};
+
+static void *warning_server_main(void *arg)
+{
+    struct warning_server *w = arg;
+    while (!atomic_load(&w->stop)) {
+        struct pollfd pf = {.fd = w->lfd, .events = POLLIN};
+        if (poll(&pf, 1, 100) != 1)
+            continue;
+        int fd = accept(w->lfd, NULL, NULL);
+        struct rp_conn conn;
+        if (fd < 0 || rp_conn_accept(&conn, w->ctx, fd, 5000) != 0)
+            continue;
+        rp_conn_set_timeout(&conn, 5000);
+        struct rp_buf in, out;
+        rp_buf_init(&in);
+        rp_buf_init(&out);
+        while (rp_conn_read_frame(&conn, &in) == 0) {
+            msgpack_packer pk;
+            struct rp_mp_map m;
+            rp_buf_reset(&out);
+            rp_mp_packer_init(&pk, &out);
+            rp_mp_map_begin(&pk, &m);
+            rp_mp_map_bool(&m, "ok", true);
+            rp_mp_map_u64(&m, "rev", 7);
+            msgpack_packer *v = rp_mp_map_key(&m, "warnings");
+            msgpack_pack_array(v, 2);
+            rp_mp_pack_str(v, "spec.options.device_trust_mode: required is not enforced yet");
+            rp_mp_pack_str(v, "second warning");
+            rp_mp_map_end(&m);
+            w->requests++;
+            if (rp_conn_write_frame(&conn, out.data, out.len) != 0)
+                break;
+        }
+        rp_buf_free(&in);
+        rp_buf_free(&out);
+        rp_conn_close(&conn);
+    }
+    return NULL;
+}
+
+static void warning_server_start(struct warning_server *w, int node)
+{
+    char cert[700], key[700], ca[700];
+    snprintf(cert, sizeof cert, "%s/keys/host.crt", CL->nodes[node].dir);
+    snprintf(key, sizeof key, "%s/keys/host.key", CL->nodes[node].dir);
+    snprintf(ca, sizeof ca, "%s/keys/ca.crt", CL->nodes[node].dir);
+    X509 *c = NULL, *cac = NULL;
+    EVP_PKEY *k = NULL;
+    cr_assert(rp_tls_read_cert(cert, &c) == 0 && rp_tls_read_key(key, &k) == 0 &&
+                  rp_tls_read_cert(ca, &cac) == 0,
+              "%s", rp_errmsg());
+    memset(w, 0, sizeof *w);
+    w->ctx = rp_tls_server_ctx(cac, c, k, 0);
+    cr_assert_not_null(w->ctx);
+    X509_free(c);
+    X509_free(cac);
+    EVP_PKEY_free(k);
+    w->lfd = rp_listen_tcp("127.0.0.1:0", 8);
+    cr_assert_geq(w->lfd, 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_sock_local_addr(w->lfd, w->addr, sizeof w->addr), 0);
+    cr_assert_eq(pthread_create(&w->thread, NULL, warning_server_main, w), 0);
+}
+
+static void warning_server_stop(struct warning_server *w)
+{
+    atomic_store(&w->stop, true);
+    pthread_join(w->thread, NULL);
+    close(w->lfd);
+    SSL_CTX_free(w->ctx);
+}
+
+Test(int_client, write_warnings_reach_the_caller_and_tctl_create_prints_them)
+{
+    cluster_start(1);
+    struct warning_server w;
+    warning_server_start(&w, 1);
+
+    SSL_CTX *ctx = node_admin_ctx(1);
+    const char *addrs[1] = {w.addr};
+    struct auth_client *c = NULL;
+    cr_assert_eq(auth_client_new(&c, ctx, addrs, 1), 0);
+    SSL_CTX_free(ctx);
+    struct rp_buf res;
+    rp_buf_init(&res);
+    cr_assert_eq(auth_lock_encode(&(struct auth_lock_spec){.user = "u"}, "l", 1, &res), 0);
+    struct auth_write_result wr;
+    cr_assert_eq(auth_client_put(c, res.data, res.len, &wr), 0, "%s", rp_errmsg());
+    cr_assert_eq(wr.rev, 7);
+    cr_assert_eq(wr.n_warnings, 2);
+    cr_assert_str_eq(wr.warnings[0],
+                     "spec.options.device_trust_mode: required is not enforced yet");
+    cr_assert_str_eq(wr.warnings[1], "second warning");
+    auth_write_result_free(&wr);
+    rp_buf_free(&res);
+    auth_client_free(c);
+
+    /* tctl create: the outcome on stdout, each warning on stderr. */
+    char path[600], exe[600], srv[100];
+    static const char *const role = "kind: role\nversion: v7\nmetadata:\n  name: strict\n"
+                                    "spec:\n  allow:\n    logins: [root]\n";
+    snprintf(path, sizeof path, "%s/strict.yaml", CL->dir);
+    cr_assert_eq(rp_write_file(path, role, strlen(role), 0644), 0);
+    snprintf(exe, sizeof exe, "%s/tctl", CL->build);
+    snprintf(srv, sizeof srv, "--auth-server=%s", w.addr);
+    char *argv[] = {exe, "-c", CL->nodes[1].cfg, srv, "create", path, NULL};
+    struct cl_run r;
+    cl_run_argv(argv, 20000, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "role \"strict\" has been created") != NULL, "%s", r.out);
+    cr_assert(strstr(r.err, "warning: spec.options.device_trust_mode: required is not "
+                            "enforced yet\nwarning: second warning\n") != NULL,
+              "%s", r.err);
+    cl_run_free(&r);
+    cr_assert_geq(w.requests, 2);
+    warning_server_stop(&w);
     cluster_pass();
 }
