@@ -179,9 +179,11 @@ static void flags_init(struct flags *f, struct tctl *t, int argc, char **argv,
     f->t = t;
     f->argc = argc;
     f->argv = argv;
-    for (; own != NULL && own->name != NULL && n < ARRAY_LEN(f->opts) - 1 - ARRAY_LEN(global_opts);
-         own++)
+    for (; own != NULL && own->name != NULL; own++) {
+        if (n + ARRAY_LEN(global_opts) + 1 >= ARRAY_LEN(f->opts))
+            abort(); /* a command's table outgrew struct flags: a programming error */
         f->opts[n++] = *own;
+    }
     for (size_t i = 0; i < ARRAY_LEN(global_opts); i++)
         f->opts[n++] = global_opts[i];
     memset(&f->opts[n], 0, sizeof f->opts[n]);
@@ -201,6 +203,19 @@ static void bad_flag_name(const struct flags *f, char *out, size_t n)
     }
     size_t len = strcspn(arg, "=");
     snprintf(out, n, "%.*s", (int)len, arg);
+}
+
+/* True if @name ("--stale") is a long flag of the command: getopt refuses a known
+ * flag that takes no value when it is given one ("--stale=1"). */
+static bool flag_known(const struct flags *f, const char *name)
+{
+    if (strncmp(name, "--", 2) != 0)
+        return false;
+    for (const struct option *o = f->opts; o->name != NULL; o++) {
+        if (strcmp(o->name, name + 2) == 0)
+            return true;
+    }
+    return false;
 }
 
 /* The next flag of the command: its code (> 0), FLAGS_END when only positional
@@ -240,7 +255,8 @@ static int flags_next(struct flags *f)
             return FLAGS_BAD;
         case '?':
             bad_flag_name(f, name, sizeof name);
-            usage_error(t, "unknown flag %s", name);
+            usage_error(t, flag_known(f, name) ? "flag %s takes no value" : "unknown flag %s",
+                        name);
             return FLAGS_BAD;
         default:
             return c;
