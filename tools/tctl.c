@@ -282,6 +282,20 @@ static int flags_done(struct flags *f, int c, int min, int max, char ***args, in
     return -1;
 }
 
+/* The flag parsing of a command that has only the global flags: -1 to go on with
+ * @min..@max positional arguments in @args/@nargs, else the exit status. */
+static int no_own_flags(struct tctl *t, int argc, char **argv, int min, int max, char ***args,
+                        int *nargs)
+{
+    struct flags f;
+    int c;
+    flags_init(&f, t, argc, argv, NULL, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        /* flags_next handles every global flag; there are no others */
+    }
+    return flags_done(&f, c, min, max, args, nargs);
+}
+
 static int parse_format(struct tctl *t, const char *arg)
 {
     if (strcmp(arg, "json") == 0)
@@ -625,13 +639,9 @@ static int cmd_status(struct tctl *t, int argc, char **argv)
 
 static int cmd_members_rm(struct tctl *t, int argc, char **argv)
 {
-    struct flags f;
     char **args;
-    int c, nargs, rv;
-    flags_init(&f, t, argc, argv, NULL, NULL);
-    while ((c = flags_next(&f)) > 0) {
-    }
-    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0)
         return rv;
     char *end;
     unsigned long long id = strtoull(args[0], &end, 10);
@@ -819,13 +829,10 @@ static int cmd_tokens_ls(struct tctl *t, int argc, char **argv)
 
 static int cmd_tokens_rm(struct tctl *t, int argc, char **argv)
 {
-    struct flags f;
     char **args;
-    int c, nargs, rv;
-    flags_init(&f, t, argc, argv, NULL, NULL);
-    while ((c = flags_next(&f)) > 0) {
-    }
-    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0 || (rv = connect_client(t)) != 0)
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0 ||
+        (rv = connect_client(t)) != 0)
         return rv;
     if ((rv = auth_client_delete(t->client, AUTH_KIND_TOKEN, args[0], NULL)) != 0)
         return call_failed(t, rv);
@@ -1150,13 +1157,9 @@ static int delete_user(struct tctl *t, const char *name);
 
 static int cmd_rm(struct tctl *t, int argc, char **argv)
 {
-    struct flags f;
     char **args;
-    int c, nargs, rv;
-    flags_init(&f, t, argc, argv, NULL, NULL);
-    while ((c = flags_next(&f)) > 0) {
-    }
-    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0)
         return rv;
     const char *what = args[0];
     const char *slash = strchr(what, '/');
@@ -1349,13 +1352,10 @@ static int delete_user(struct tctl *t, const char *name)
 
 static int cmd_users_rm(struct tctl *t, int argc, char **argv)
 {
-    struct flags f;
     char **args;
-    int c, nargs, rv;
-    flags_init(&f, t, argc, argv, NULL, NULL);
-    while ((c = flags_next(&f)) > 0) {
-    }
-    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0 || (rv = connect_client(t)) != 0)
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0 ||
+        (rv = connect_client(t)) != 0)
         return rv;
     return delete_user(t, args[0]);
 }
@@ -1831,13 +1831,9 @@ static int cmd_locks_ls(struct tctl *t, int argc, char **argv)
 
 static int cmd_version(struct tctl *t, int argc, char **argv)
 {
-    struct flags f;
     char **args;
-    int c, nargs, rv;
-    flags_init(&f, t, argc, argv, NULL, NULL);
-    while ((c = flags_next(&f)) > 0) {
-    }
-    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 0, 0, &args, &nargs)) >= 0)
         return rv;
     printf("tctl 0.1.0\n");
     return 0;
