@@ -90,7 +90,7 @@
 
 /* ---- data_dir layout ---------------------------------------------------- */
 
-#define AUTH_KEYS_DIR "keys"
+/* AUTH_KEYS_DIR "keys": in auth/client.h (the local tools read the admin identity there) */
 #define AUTH_RAFT_DIR "raft"
 #define AUTH_STATE_DIR "state"
 
@@ -112,47 +112,8 @@ void auth_server_stop(struct auth_server *s);
 
 /* ---- the client ------------------------------------------------------- */
 
-struct auth_client;
-
-/* A client that talks to any of @addrs (and to every auth server it learns about
- * from ping), with the identity in @ctx. Takes a reference on @ctx. */
-int auth_client_new(struct auth_client **out, SSL_CTX *ctx, const char *const *addrs,
-                    size_t n_addrs);
-void auth_client_free(struct auth_client *c);
-/* Per-call deadline, covering retries across servers (default 15 s). */
-void auth_client_set_timeout(struct auth_client *c, int timeout_ms);
-/* Appends an encoded get / list request to @out (for auth_client_call). @prefix NULL
- * and @limit 0 mean none. */
-void auth_req_get(struct rp_buf *out, const char *kind, const char *name, bool stale,
-                  bool with_secrets);
-void auth_req_list(struct rp_buf *out, const char *kind, const char *prefix, uint64_t limit,
-                   bool stale, bool with_secrets);
-
-/* Makes the next call start at the first address given to auth_client_new (the
- * client otherwise stays on the server it last reached). */
-void auth_client_rewind(struct auth_client *c);
-
-/* Sends request @req (an encoded msgpack map) and waits for the answer, failing
- * over to the next server on connection errors and "not_leader"/"unavailable".
- * Returns 0 if the answer was {"ok": true}, else the answer's error code with
- * rp_errmsg() set to its message (or a transport error). *resp holds the decoded
- * answer when there was one (error answers too, e.g. for current_rev); the caller
- * always calls msgpack_unpacked_destroy(resp) afterwards, whatever the result. */
-int auth_client_call(struct auth_client *c, const void *req, size_t len, msgpack_unpacked *resp);
-
-/* Opens a dedicated connection for a watch stream on the first reachable server.
- * Then auth_watch_next reads one event map at a time (@ev: destroy it after each call). */
-struct auth_watch;
-int auth_client_watch(struct auth_client *c, const void *req, size_t len, struct auth_watch **out);
-int auth_watch_next(struct auth_watch *w, msgpack_unpacked *ev, int timeout_ms);
-void auth_watch_close(struct auth_watch *w);
-
-/* Loads the identity a local tool uses: @data_dir/keys/admin.{crt,key} and ca.crt. */
-int auth_load_admin_ctx(const char *data_dir, SSL_CTX **out);
-/* Loads an identity file pair (cert, key) and a CA file. */
-int auth_load_client_ctx(const char *cert, const char *key, const char *ca, SSL_CTX **out);
-
-/* A new request id: 16 random bytes as hex. */
-void auth_new_rid(char out[33]);
+/* The client (auth_client_*, typed calls per method) has its own header, which
+ * depends on lib/ only. */
+#include "auth/client.h"
 
 #endif

@@ -1,18 +1,27 @@
-/* auth/client.c: a client of the auth API that fails over between auth servers.
+/* auth/client.c: a client of the auth API that fails over between auth servers,
+ * and the typed calls built on it (auth/client.h).
  *
  * A client is used by one thread at a time. It keeps one connection open to
  * the server it last reached; on a connection error, "not_leader",
  * "unavailable" or "busy" it moves to the next server it knows, backing off
- * with jitter once it has tried them all, until the call's deadline. */
+ * with jitter once it has tried them all, until the call's deadline.
+ *
+ * Only lib/ is used here, so that tsh, the proxy and the agent can link the
+ * client without the server. */
+#include "auth/client.h"
+
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "auth/internal.h"
+#include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
+#include "lib/tls.h"
 #include "lib/util.h"
 
 #define CLIENT_MAX_ADDRS 16
@@ -92,33 +101,38 @@ void auth_req_get(struct rp_buf *out, const char *kind, const char *name, bool s
                   bool with_secrets)
 {
     msgpack_packer pk;
+    struct rp_mp_map m;
     rp_mp_packer_init(&pk, out);
-    msgpack_pack_map(&pk, 3 + stale + with_secrets);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "name", name);
+    rp_mp_map_begin(&pk, &m);
+    rp_mp_map_str(&m, "m", "get");
+    rp_mp_map_str(&m, "kind", kind);
+    rp_mp_map_str(&m, "name", name);
     if (stale)
-        rp_mp_kv_bool(&pk, "stale", true);
+        rp_mp_map_bool(&m, "stale", true);
     if (with_secrets)
-        rp_mp_kv_bool(&pk, "with_secrets", true);
+        rp_mp_map_bool(&m, "with_secrets", true);
+    rp_mp_map_end(&m);
 }
 
 void auth_req_list(struct rp_buf *out, const char *kind, const char *prefix, uint64_t limit,
                    bool stale, bool with_secrets)
 {
     msgpack_packer pk;
+    struct rp_mp_map m;
     rp_mp_packer_init(&pk, out);
-    msgpack_pack_map(&pk, 2 + (prefix != NULL) + (limit != 0) + stale + with_secrets);
-    rp_mp_kv_str(&pk, "m", "list");
-    rp_mp_kv_str(&pk, "kind", kind);
+    rp_mp_map_begin(&pk, &m);
+    rp_mp_map_str(&m, "m", "list");
+    if (kind)
+        rp_mp_map_str(&m, "kind", kind);
     if (prefix)
-        rp_mp_kv_str(&pk, "prefix", prefix);
+        rp_mp_map_str(&m, "prefix", prefix);
     if (limit)
-        rp_mp_kv_u64(&pk, "limit", limit);
+        rp_mp_map_u64(&m, "limit", limit);
     if (stale)
-        rp_mp_kv_bool(&pk, "stale", true);
+        rp_mp_map_bool(&m, "stale", true);
     if (with_secrets)
-        rp_mp_kv_bool(&pk, "with_secrets", true);
+        rp_mp_map_bool(&m, "with_secrets", true);
+    rp_mp_map_end(&m);
 }
 
 void auth_client_rewind(struct auth_client *c)
@@ -235,11 +249,12 @@ int auth_client_call(struct auth_client *c, const void *req, size_t len, msgpack
         }
         c->cur = (c->cur + 1) % c->n_addrs;
         if (++tried % c->n_addrs == 0) {
-            /* Every server tried once: wait a little (with jitter) before the next round. */
-            uint64_t jitter = (uint64_t)rand() % (backoff / 2 + 1);
+            /* Every server tried once: wait a little before the next round. The jitter
+             * comes from a per-process seed, so that clients turned away together do
+             * not all come back at the same moment. */
             if (rp_mono_ms() + backoff > deadline)
                 break;
-            sleep_ms(backoff + jitter);
+            sleep_ms(rp_jitter_ms(backoff));
             backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
         }
         if (rp_mono_ms() >= deadline)
@@ -259,8 +274,10 @@ static void learn_servers(struct auth_client *c)
     /* Not c->frame: the caller's answer still points into it. */
     rp_buf_init(&frame);
     rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "m", "ping");
+    struct rp_mp_map m;
+    rp_mp_map_begin(&pk, &m);
+    rp_mp_map_str(&m, "m", "ping");
+    rp_mp_map_end(&m);
     if (call_once(c, req.data, req.len, &resp, &frame, rp_mono_ms() + 2000) == 0) {
         const msgpack_object *a = rp_mp_get(&resp.data, "auth_servers");
         if (a && a->type == MSGPACK_OBJECT_ARRAY) {
@@ -348,4 +365,692 @@ int auth_load_admin_ctx(const char *data_dir, SSL_CTX **out)
     snprintf(key, sizeof key, "%s/%s/admin.key", data_dir, AUTH_KEYS_DIR);
     snprintf(ca, sizeof ca, "%s/%s/ca.crt", data_dir, AUTH_KEYS_DIR);
     return auth_load_client_ctx(cert, key, ca, out);
+}
+
+int auth_client_identity_name(const struct auth_client *c, char *out, size_t outlen)
+{
+    X509 *cert = SSL_CTX_get0_certificate(c->ctx);
+    if (cert == NULL)
+        return rp_err(RP_ENOTFOUND, "the client presents no certificate");
+    int n =
+        X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, out, (int)outlen);
+    if (n <= 0)
+        return rp_err(RP_ENOTFOUND, "the client certificate has no common name");
+    return 0;
+}
+
+/* ---- typed calls ---------------------------------------------------------- */
+
+void auth_reply_free(struct auth_reply *r)
+{
+    if (r->decoded)
+        msgpack_unpacked_destroy(&r->msg);
+    rp_buf_free(&r->bytes);
+    r->decoded = false;
+    r->doc = NULL;
+}
+
+/* Sends @req (freed here) and, on success, hands the answer to @out: the client's
+ * frame buffer, which the decoded answer points into, moves into the reply, so the
+ * reply outlives the next call without a copy. */
+static int call_reply(struct auth_client *c, struct rp_buf *req, struct auth_reply *out)
+{
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    int rv = auth_client_call(c, req->data, req->len, &resp);
+    rp_buf_free(req);
+    if (rv != 0) {
+        msgpack_unpacked_destroy(&resp);
+        return rv;
+    }
+    out->msg = resp;
+    out->decoded = true;
+    out->doc = &out->msg.data;
+    out->bytes = c->frame;
+    rp_buf_init(&c->frame);
+    return 0;
+}
+
+/* For answers read at once: sends @req (freed here); the caller destroys @resp. */
+static int call_simple(struct auth_client *c, struct rp_buf *req, msgpack_unpacked *resp)
+{
+    int rv = auth_client_call(c, req->data, req->len, resp);
+    rp_buf_free(req);
+    return rv;
+}
+
+/* Starts a request map for method @method in @req. */
+static void req_begin(struct rp_buf *req, msgpack_packer *pk, struct rp_mp_map *m,
+                      const char *method)
+{
+    rp_buf_init(req);
+    rp_mp_packer_init(pk, req);
+    rp_mp_map_begin(pk, m);
+    rp_mp_map_str(m, "m", method);
+}
+
+/* Copies string field @key of @map into @out; "" if absent. RP_EPROTO if it does
+ * not fit or is not a string. */
+static int copy_field(const msgpack_object *map, const char *key, char *out, size_t outlen)
+{
+    const char *s;
+    size_t n;
+    out[0] = '\0';
+    int rv = rp_mp_get_str(map, key, &s, &n);
+    if (rv == RP_ENOTFOUND)
+        return 0;
+    if (rv != 0 || n >= outlen || memchr(s, '\0', n) != NULL)
+        return rp_err(RP_EPROTO, "answer field '%s': expected a string of under %zu bytes", key,
+                      outlen);
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return 0;
+}
+
+/* A u64 field; 0 if absent, RP_EPROTO if of another type. */
+static int u64_field(const msgpack_object *map, const char *key, uint64_t *v)
+{
+    *v = 0;
+    int rv = rp_mp_get_u64(map, key, v);
+    if (rv == RP_ENOTFOUND)
+        return 0;
+    return rv != 0 ? rp_err(RP_EPROTO, "answer field '%s': %s", key, rp_errmsg()) : 0;
+}
+
+static int bool_field(const msgpack_object *map, const char *key, bool *v)
+{
+    *v = false;
+    int rv = rp_mp_get_bool(map, key, v);
+    if (rv == RP_ENOTFOUND)
+        return 0;
+    return rv != 0 ? rp_err(RP_EPROTO, "answer field '%s': %s", key, rp_errmsg()) : 0;
+}
+
+/* A malloc'd copy of string field @key (NULL if absent). */
+static int dup_field(const msgpack_object *map, const char *key, char **out)
+{
+    *out = NULL;
+    int rv = rp_mp_get_strdup(map, key, out);
+    if (rv == RP_ENOTFOUND)
+        return 0;
+    return rv != 0
+               ? rp_err(rv == RP_ENOMEM ? rv : RP_EPROTO, "answer field '%s': %s", key, rp_errmsg())
+               : 0;
+}
+
+static void pack_strings(msgpack_packer *pk, const char *const *items, size_t n)
+{
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        rp_mp_pack_str(pk, items[i]);
+}
+
+int auth_client_ping(struct auth_client *c, struct auth_ping *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "ping");
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    const msgpack_object *d = &resp.data;
+    if (rv != 0 ||
+        (rv = copy_field(d, "cluster_name", out->cluster_name, sizeof out->cluster_name)) != 0 ||
+        (rv = copy_field(d, "server_id", out->server_id, sizeof out->server_id)) != 0 ||
+        (rv = copy_field(d, "ca_pin", out->ca_pin, sizeof out->ca_pin)) != 0 ||
+        (rv = copy_field(d, "version", out->version, sizeof out->version)) != 0 ||
+        (rv = u64_field(d, "raft_id", &out->raft_id)) != 0 ||
+        (rv = u64_field(d, "leader_id", &out->leader_id)) != 0)
+        goto out;
+    /* Addresses beyond what fits are left out: the client needs one that answers. */
+    const msgpack_object *a = rp_mp_get(d, "auth_servers");
+    for (uint32_t i = 0; a && a->type == MSGPACK_OBJECT_ARRAY && i < a->via.array.size; i++) {
+        const msgpack_object *o = &a->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= sizeof out->auth_servers[0] ||
+            out->n_auth_servers == sizeof out->auth_servers / sizeof out->auth_servers[0])
+            continue;
+        memcpy(out->auth_servers[out->n_auth_servers], o->via.str.ptr, o->via.str.size);
+        out->auth_servers[out->n_auth_servers++][o->via.str.size] = '\0';
+    }
+out:
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_status(struct auth_client *c, struct auth_status *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "status");
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    const msgpack_object *d = &resp.data;
+    if (rv != 0 ||
+        (rv = copy_field(d, "cluster_name", out->cluster_name, sizeof out->cluster_name)) != 0 ||
+        (rv = copy_field(d, "ca_pin", out->ca_pin, sizeof out->ca_pin)) != 0 ||
+        (rv = u64_field(d, "leader_id", &out->leader_id)) != 0 ||
+        (rv = u64_field(d, "term", &out->term)) != 0)
+        goto out;
+    const msgpack_object *ms = rp_mp_get(d, "members");
+    if (ms == NULL || ms->type != MSGPACK_OBJECT_ARRAY || ms->via.array.size > AUTH_MAX_MEMBERS) {
+        rv = rp_err(RP_EPROTO, "status answer: expected an array of at most %d members",
+                    AUTH_MAX_MEMBERS);
+        goto out;
+    }
+    for (uint32_t i = 0; i < ms->via.array.size; i++) {
+        const msgpack_object *o = &ms->via.array.ptr[i];
+        struct auth_member *mb = &out->members[i];
+        if ((rv = u64_field(o, "id", &mb->id)) != 0 ||
+            (rv = copy_field(o, "address", mb->address, sizeof mb->address)) != 0 ||
+            (rv = copy_field(o, "api_address", mb->api_address, sizeof mb->api_address)) != 0 ||
+            (rv = copy_field(o, "role", mb->role, sizeof mb->role)) != 0 ||
+            (rv = copy_field(o, "state", mb->state, sizeof mb->state)) != 0 ||
+            (rv = u64_field(o, "last_applied", &mb->last_applied)) != 0 ||
+            (rv = bool_field(o, "reachable", &mb->reachable)) != 0 ||
+            (rv = u64_field(o, "disk_free", &mb->disk_free)) != 0)
+            goto out;
+        out->n_members++;
+    }
+out:
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_member_status(struct auth_client *c, struct auth_member_status *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "member_status");
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    const msgpack_object *d = &resp.data;
+    if (rv == 0)
+        rv = u64_field(d, "id", &out->id);
+    if (rv == 0)
+        rv = copy_field(d, "state", out->state, sizeof out->state);
+    if (rv == 0)
+        rv = bool_field(d, "ready", &out->ready);
+    if (rv == 0)
+        rv = u64_field(d, "term", &out->term);
+    if (rv == 0)
+        rv = u64_field(d, "leader_id", &out->leader_id);
+    if (rv == 0)
+        rv = u64_field(d, "last_applied", &out->last_applied);
+    if (rv == 0)
+        rv = u64_field(d, "commit_index", &out->commit_index);
+    if (rv == 0)
+        rv = u64_field(d, "last_index", &out->last_index);
+    if (rv == 0)
+        rv = u64_field(d, "disk_free", &out->disk_free);
+    if (rv == 0)
+        rv = u64_field(d, "disk_total", &out->disk_total);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_member_rm(struct auth_client *c, uint64_t id)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    req_begin(&req, &pk, &m, "member_rm");
+    rp_mp_map_u64(&m, "id", id);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_token_add(struct auth_client *c, const char *type, uint64_t ttl_ms,
+                          struct auth_token *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "token_add");
+    rp_mp_map_str(&m, "type", type);
+    if (ttl_ms != 0)
+        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    const msgpack_object *d = &resp.data;
+    if (rv == 0 && ((rv = copy_field(d, "token", out->token, sizeof out->token)) != 0 ||
+                    (rv = copy_field(d, "type", out->type, sizeof out->type)) != 0 ||
+                    (rv = copy_field(d, "ca_pin", out->ca_pin, sizeof out->ca_pin)) != 0 ||
+                    (rv = u64_field(d, "expires", &out->expires_ms)) != 0))
+        OPENSSL_cleanse(out->token, sizeof out->token);
+    if (rv == 0 && out->token[0] == '\0')
+        rv = rp_err(RP_EPROTO, "token_add answered without a token");
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_get(struct auth_client *c, const char *kind, const char *name, unsigned flags,
+                    struct auth_reply *out, const msgpack_object **res, uint64_t *rev)
+{
+    struct rp_buf req;
+    rp_buf_init(&req);
+    auth_req_get(&req, kind, name, flags & AUTH_READ_STALE, flags & AUTH_READ_SECRETS);
+    int rv = call_reply(c, &req, out);
+    if (rv != 0)
+        return rv;
+    const msgpack_object *r = rp_mp_get(out->doc, "res");
+    if (r == NULL || r->type != MSGPACK_OBJECT_MAP) {
+        auth_reply_free(out);
+        return rp_err(RP_EPROTO, "get %s/%s answered without a resource", kind, name);
+    }
+    if (res)
+        *res = r;
+    if (rev)
+        u64_field(out->doc, "rev", rev);
+    return 0;
+}
+
+int auth_client_list(struct auth_client *c, const char *kind, const char *prefix, uint64_t limit,
+                     unsigned flags, struct auth_reply *out, const msgpack_object **items,
+                     uint64_t *rev)
+{
+    struct rp_buf req;
+    rp_buf_init(&req);
+    auth_req_list(&req, kind, prefix, limit, flags & AUTH_READ_STALE, flags & AUTH_READ_SECRETS);
+    int rv = call_reply(c, &req, out);
+    if (rv != 0)
+        return rv;
+    const msgpack_object *a = rp_mp_get(out->doc, "items");
+    if (a == NULL || a->type != MSGPACK_OBJECT_ARRAY) {
+        auth_reply_free(out);
+        return rp_err(RP_EPROTO, "list answered without an array of items");
+    }
+    if (items)
+        *items = a;
+    if (rev)
+        u64_field(out->doc, "rev", rev);
+    return 0;
+}
+
+void auth_write_result_free(struct auth_write_result *w)
+{
+    for (size_t i = 0; i < w->n_warnings; i++)
+        free(w->warnings[i]);
+    free(w->warnings);
+    w->warnings = NULL;
+    w->n_warnings = 0;
+}
+
+/* The revision and warnings of a write's answer. */
+static int read_write_result(const msgpack_object *d, struct auth_write_result *out)
+{
+    memset(out, 0, sizeof *out);
+    int rv = u64_field(d, "rev", &out->rev);
+    const msgpack_object *w = rp_mp_get(d, "warnings");
+    if (rv != 0 || w == NULL || w->type == MSGPACK_OBJECT_NIL)
+        return rv;
+    if (w->type != MSGPACK_OBJECT_ARRAY)
+        return rp_err(RP_EPROTO, "answer field 'warnings': expected an array of strings");
+    out->warnings = calloc(w->via.array.size ? w->via.array.size : 1, sizeof *out->warnings);
+    if (out->warnings == NULL)
+        return rp_err(RP_ENOMEM, "warnings of a write");
+    for (uint32_t i = 0; i < w->via.array.size; i++) {
+        const msgpack_object *o = &w->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR) {
+            auth_write_result_free(out);
+            return rp_err(RP_EPROTO, "answer field 'warnings': expected an array of strings");
+        }
+        out->warnings[i] = strndup(o->via.str.ptr, o->via.str.size);
+        if (out->warnings[i] == NULL) {
+            auth_write_result_free(out);
+            return rp_err(RP_ENOMEM, "warnings of a write");
+        }
+        out->n_warnings++;
+    }
+    return 0;
+}
+
+static int write_resource(struct auth_client *c, const char *op, const void *res, size_t len,
+                          struct auth_write_result *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    char rid[33];
+    if (out)
+        memset(out, 0, sizeof *out);
+    auth_new_rid(rid);
+    req_begin(&req, &pk, &m, op);
+    rp_mp_map_raw(&m, "res", res, len);
+    rp_mp_map_str(&m, "rid", rid);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    if (rv == 0 && out)
+        rv = read_write_result(&resp.data, out);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_put(struct auth_client *c, const void *res, size_t len,
+                    struct auth_write_result *out)
+{
+    return write_resource(c, "put", res, len, out);
+}
+
+int auth_client_create(struct auth_client *c, const void *res, size_t len,
+                       struct auth_write_result *out)
+{
+    return write_resource(c, "create", res, len, out);
+}
+
+int auth_client_update(struct auth_client *c, const void *res, size_t len,
+                       struct auth_write_result *out)
+{
+    return write_resource(c, "update", res, len, out);
+}
+
+int auth_client_delete(struct auth_client *c, const char *kind, const char *name, uint64_t *rev)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    char rid[33];
+    auth_new_rid(rid);
+    req_begin(&req, &pk, &m, "delete");
+    rp_mp_map_str(&m, "kind", kind);
+    rp_mp_map_str(&m, "name", name);
+    rp_mp_map_str(&m, "rid", rid);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    if (rv == 0 && rev)
+        rv = u64_field(&resp.data, "rev", rev);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+/* Reads an invite answer (token, expires) into @out. */
+static int read_invite(int rv, msgpack_unpacked *resp, struct auth_invite *out)
+{
+    if (rv == 0 && ((rv = copy_field(&resp->data, "token", out->token, sizeof out->token)) != 0 ||
+                    (rv = u64_field(&resp->data, "expires", &out->expires_ms)) != 0))
+        OPENSSL_cleanse(out->token, sizeof out->token);
+    msgpack_unpacked_destroy(resp);
+    return rv;
+}
+
+int auth_client_user_add(struct auth_client *c, const char *name, const char *const *roles,
+                         size_t n_roles, const char *const *logins, size_t n_logins,
+                         uint64_t ttl_ms, struct auth_invite *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "user_add");
+    rp_mp_map_str(&m, "name", name);
+    if (ttl_ms != 0)
+        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
+    pack_strings(rp_mp_map_key(&m, "roles"), roles, n_roles);
+    if (n_logins > 0)
+        pack_strings(rp_mp_map_key(&m, "logins"), logins, n_logins);
+    rp_mp_map_end(&m);
+    return read_invite(call_simple(c, &req, &resp), &resp, out);
+}
+
+int auth_client_user_update(struct auth_client *c, const char *name, const char *const *roles,
+                            size_t n_roles)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    req_begin(&req, &pk, &m, "user_update");
+    rp_mp_map_str(&m, "name", name);
+    pack_strings(rp_mp_map_key(&m, "roles"), roles, n_roles);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_user_rm(struct auth_client *c, const char *name)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    req_begin(&req, &pk, &m, "user_rm");
+    rp_mp_map_str(&m, "name", name);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_user_reset(struct auth_client *c, const char *name, uint64_t ttl_ms,
+                           struct auth_invite *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "user_reset");
+    rp_mp_map_str(&m, "name", name);
+    if (ttl_ms != 0)
+        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
+    rp_mp_map_end(&m);
+    return read_invite(call_simple(c, &req, &resp), &resp, out);
+}
+
+void auth_certs_free(struct auth_certs *certs)
+{
+    free(certs->ssh_cert);
+    free(certs->tls_cert);
+    free(certs->tls_ca);
+    memset(certs, 0, sizeof *certs);
+}
+
+/* Reads the certificates of a sign answer; @want_tls: the X.509 ones must be there. */
+static int read_certs(const msgpack_object *d, bool want_tls, struct auth_certs *out)
+{
+    int rv;
+    if ((rv = dup_field(d, "ssh_cert", &out->ssh_cert)) != 0 ||
+        (rv = dup_field(d, "tls_cert", &out->tls_cert)) != 0 ||
+        (rv = dup_field(d, "tls_ca", &out->tls_ca)) != 0 ||
+        (rv = u64_field(d, "expires", &out->expires_ms)) != 0)
+        goto fail;
+    if (out->ssh_cert == NULL || (want_tls && (out->tls_cert == NULL || out->tls_ca == NULL))) {
+        rv = rp_err(RP_EPROTO, "the answer lacks the %s certificate",
+                    out->ssh_cert == NULL ? "SSH" : "X.509");
+        goto fail;
+    }
+    return 0;
+fail:
+    auth_certs_free(out);
+    return rv;
+}
+
+int auth_client_sign_user(struct auth_client *c, const char *user, const char *ssh_pubkey,
+                          const char *tls_pubkey, uint64_t ttl_ms, struct auth_certs *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "sign_user");
+    rp_mp_map_str(&m, "user", user);
+    if (ttl_ms != 0)
+        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
+    rp_mp_map_str(&m, "ssh_pubkey", ssh_pubkey);
+    if (tls_pubkey)
+        rp_mp_map_str(&m, "tls_pubkey", tls_pubkey);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    if (rv == 0)
+        rv = read_certs(&resp.data, tls_pubkey != NULL, out);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_sign_host(struct auth_client *c, const struct auth_host_sign *r,
+                          struct auth_certs *out)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked resp;
+    memset(out, 0, sizeof *out);
+    req_begin(&req, &pk, &m, "sign_host");
+    rp_mp_map_str(&m, "host_id", r->host_id);
+    rp_mp_map_str(&m, "nodename", r->nodename);
+    rp_mp_map_str(&m, "role", r->role);
+    if (r->ttl_ms != 0)
+        rp_mp_map_u64(&m, "ttl_ms", r->ttl_ms);
+    rp_mp_map_str(&m, "ssh_pubkey", r->ssh_pubkey);
+    if (r->n_principals > 0)
+        pack_strings(rp_mp_map_key(&m, "principals"), r->principals, r->n_principals);
+    if (r->tls_pubkey)
+        rp_mp_map_str(&m, "tls_pubkey", r->tls_pubkey);
+    rp_mp_map_end(&m);
+    int rv = call_simple(c, &req, &resp);
+    if (rv == 0)
+        rv = read_certs(&resp.data, r->tls_pubkey != NULL, out);
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+int auth_client_events(struct auth_client *c, const struct auth_events_query *q,
+                       struct auth_reply *out, const msgpack_object **items)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    req_begin(&req, &pk, &m, "events");
+    if (q->stale)
+        rp_mp_map_bool(&m, "stale", true);
+    if (q->limit)
+        rp_mp_map_u64(&m, "limit", q->limit);
+    if (q->from_ms)
+        rp_mp_map_u64(&m, "from", q->from_ms);
+    if (q->to_ms)
+        rp_mp_map_u64(&m, "to", q->to_ms);
+    if (q->type)
+        rp_mp_map_str(&m, "type", q->type);
+    if (q->user)
+        rp_mp_map_str(&m, "user", q->user);
+    if (q->sid)
+        rp_mp_map_str(&m, "sid", q->sid);
+    if (q->newest_first)
+        rp_mp_map_bool(&m, "newest_first", true);
+    rp_mp_map_end(&m);
+    int rv = call_reply(c, &req, out);
+    if (rv != 0)
+        return rv;
+    const msgpack_object *a = rp_mp_get(out->doc, "items");
+    if (a == NULL || a->type != MSGPACK_OBJECT_ARRAY) {
+        auth_reply_free(out);
+        return rp_err(RP_EPROTO, "events answered without an array of items");
+    }
+    if (items)
+        *items = a;
+    return 0;
+}
+
+/* ---- locks ---------------------------------------------------------------- */
+
+/* A lock field must say something and print on one line. */
+static int check_lock_field(const char *what, const char *s)
+{
+    if (s == NULL)
+        return 0;
+    size_t n = strlen(s);
+    if (n == 0)
+        return rp_err(RP_EINVAL, "lock %s is empty, expected a value", what);
+    if (n > 1024)
+        return rp_err(RP_EINVAL, "lock %s is %zu bytes long, at most 1024", what, n);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f)
+            return rp_err(RP_EINVAL, "lock %s holds a control character (byte %zu)", what, i);
+    }
+    return 0;
+}
+
+int auth_lock_encode(const struct auth_lock_spec *spec, const char *name, uint64_t now_ms,
+                     struct rp_buf *out)
+{
+    if (spec->user == NULL && spec->role == NULL && spec->login == NULL && spec->server_id == NULL)
+        return rp_err(RP_EINVAL, "a lock needs a target: a user, a role, a login or a server id");
+    int rv;
+    if ((rv = check_lock_field("user", spec->user)) != 0 ||
+        (rv = check_lock_field("role", spec->role)) != 0 ||
+        (rv = check_lock_field("login", spec->login)) != 0 ||
+        (rv = check_lock_field("server_id", spec->server_id)) != 0 ||
+        (rv = check_lock_field("message", spec->message)) != 0 ||
+        (rv = check_lock_field("name", name)) != 0)
+        return rv;
+    uint64_t expires = spec->ttl_ms ? now_ms + spec->ttl_ms : 0;
+    char created[40], until[40];
+    rp_format_time(now_ms, created, sizeof created);
+    rp_format_time(expires, until, sizeof until);
+
+    msgpack_packer pk;
+    struct rp_mp_map res, md, sp, target;
+    rp_mp_packer_init(&pk, out);
+    rp_mp_map_begin(&pk, &res);
+    rp_mp_map_str(&res, "kind", AUTH_KIND_LOCK);
+    rp_mp_map_str(&res, "version", "v2");
+    rp_mp_map_begin_map(&res, "metadata", &md);
+    rp_mp_map_str(&md, "name", name);
+    if (expires) /* the state layer deletes the lock then */
+        rp_mp_map_u64(&md, "expires", expires);
+    rp_mp_map_end(&md);
+    rp_mp_map_begin_map(&res, "spec", &sp);
+    rp_mp_map_begin_map(&sp, "target", &target);
+    if (spec->user)
+        rp_mp_map_str(&target, "user", spec->user);
+    if (spec->role)
+        rp_mp_map_str(&target, "role", spec->role);
+    if (spec->login)
+        rp_mp_map_str(&target, "login", spec->login);
+    if (spec->server_id)
+        rp_mp_map_str(&target, "server_id", spec->server_id);
+    rp_mp_map_end(&target);
+    if (spec->message)
+        rp_mp_map_str(&sp, "message", spec->message);
+    if (expires)
+        rp_mp_map_str(&sp, "expires", until);
+    if (spec->created_by && spec->created_by[0])
+        rp_mp_map_str(&sp, "created_by", spec->created_by);
+    rp_mp_map_str(&sp, "created_at", created);
+    rp_mp_map_end(&sp);
+    rp_mp_map_end(&res);
+    return 0;
+}
+
+int auth_client_lock_add(struct auth_client *c, const struct auth_lock_spec *spec, char name[37],
+                         struct auth_write_result *out)
+{
+    struct rp_buf res;
+    int rv = rp_uuid_v4(name);
+    if (rv != 0)
+        return rv;
+    rp_buf_init(&res);
+    rv = auth_lock_encode(spec, name, rp_now_ms(), &res);
+    if (rv == 0)
+        rv = auth_client_create(c, res.data, res.len, out);
+    rp_buf_free(&res);
+    return rv;
 }

@@ -1991,7 +1991,7 @@ static void usage(FILE *fp)
         fp,
         "usage: jepsen-run --workload=register|set|unique|watch --nemesis=LIST\n"
         "                  [--time=SECONDS (60)] [--nodes=3|5 (5)] [--rate=OPS_PER_S (100)]\n"
-        "                  [--concurrency=N (10)] [--seed=N (time)] [--name=NAME]\n"
+        "                  [--concurrency=N (10)] [--seed=N (random)] [--name=NAME]\n"
         "                  [--store=DIR (jepsen/store)] [--daemon=PATH] [--keep-data]\n"
         "LIST: none, all, or a comma-separated list of partition, kill, pause, membership,\n"
         "      clock (needs Debian's faketime) and truncate.\n"
@@ -2156,8 +2156,11 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    /* Without --seed, a seed of this process's own (two runs started in the same
+     * second must not share their schedule); it is recorded, so the run can be
+     * replayed with --seed. Kept below 2^53 so JSON readers hold it exactly. */
     if (!seed_set)
-        O.seed = (uint64_t)time(NULL);
+        O.seed = rp_rand_u64() >> 11;
     g_nem_rng = jepsen_mix64(O.seed) | 1;
     static char defname[64];
     if (O.name == NULL) {

@@ -64,6 +64,96 @@ void rp_mp_kv_raw(msgpack_packer *pk, const char *key, const void *raw, size_t n
     pk->callback(pk->data, raw, n);
 }
 
+void rp_mp_map_begin(msgpack_packer *pk, struct rp_mp_map *m)
+{
+    /* Only a packer of ours knows where its bytes go, and the count is patched there. */
+    m->pk = pk;
+    m->b = pk->callback == buf_write ? pk->data : NULL;
+    m->header_at = m->b != NULL ? m->b->len : 0;
+    m->count = 0;
+    static const char placeholder[5] = {(char)0xdf, 0, 0, 0, 0};
+    pk->callback(pk->data, placeholder, sizeof placeholder);
+}
+
+void rp_mp_map_begin_map(struct rp_mp_map *parent, const char *key, struct rp_mp_map *child)
+{
+    rp_mp_map_begin(rp_mp_map_key(parent, key), child);
+}
+
+msgpack_packer *rp_mp_map_key(struct rp_mp_map *m, const char *key)
+{
+    rp_mp_pack_str(m->pk, key);
+    m->count++;
+    return m->pk;
+}
+
+void rp_mp_map_str(struct rp_mp_map *m, const char *key, const char *val)
+{
+    rp_mp_pack_str(rp_mp_map_key(m, key), val);
+}
+
+void rp_mp_map_strn(struct rp_mp_map *m, const char *key, const char *val, size_t n)
+{
+    rp_mp_pack_strn(rp_mp_map_key(m, key), val, n);
+}
+
+void rp_mp_map_u64(struct rp_mp_map *m, const char *key, uint64_t val)
+{
+    msgpack_pack_uint64(rp_mp_map_key(m, key), val);
+}
+
+void rp_mp_map_i64(struct rp_mp_map *m, const char *key, int64_t val)
+{
+    msgpack_pack_int64(rp_mp_map_key(m, key), val);
+}
+
+void rp_mp_map_bool(struct rp_mp_map *m, const char *key, bool val)
+{
+    msgpack_packer *pk = rp_mp_map_key(m, key);
+    if (val)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+void rp_mp_map_raw(struct rp_mp_map *m, const char *key, const void *raw, size_t n)
+{
+    msgpack_packer *pk = rp_mp_map_key(m, key);
+    pk->callback(pk->data, raw, n);
+}
+
+uint32_t rp_mp_map_end(struct rp_mp_map *m)
+{
+    struct rp_buf *b = m->b;
+    /* An append that failed for memory left the buffer short: the message is
+     * broken anyway, and the parse on the other side says so. */
+    if (b == NULL || b->len < m->header_at + 5)
+        return m->count;
+    uint8_t *h = b->data + m->header_at;
+    size_t body = b->len - m->header_at - 5;
+    size_t header;
+    if (m->count <= 15) {
+        h[0] = (uint8_t)(0x80 | m->count);
+        header = 1;
+    } else if (m->count <= 0xffff) {
+        h[0] = 0xde;
+        h[1] = (uint8_t)(m->count >> 8);
+        h[2] = (uint8_t)m->count;
+        header = 3;
+    } else {
+        h[1] = (uint8_t)(m->count >> 24);
+        h[2] = (uint8_t)(m->count >> 16);
+        h[3] = (uint8_t)(m->count >> 8);
+        h[4] = (uint8_t)m->count;
+        header = 5;
+    }
+    if (header < 5) {
+        memmove(h + header, h + 5, body);
+        b->len -= 5 - header;
+    }
+    return m->count;
+}
+
 /* Reads a big-endian length of @width bytes. */
 static int read_len(struct rp_rd *r, int width, uint64_t *n)
 {

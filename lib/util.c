@@ -2,6 +2,7 @@
 #include "lib/util.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -98,14 +99,12 @@ void rp_format_time(uint64_t ms, char *out, size_t outlen)
     strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-int rp_random_hex(char *out, size_t n)
+/* Fills @p from the OS CSPRNG. */
+static int fill_random(void *p, size_t n)
 {
-    unsigned char raw[256];
-    if (n > sizeof raw)
-        return rp_err(RP_EINVAL, "random id of %zu bytes is too long", n);
     size_t got = 0;
     while (got < n) {
-        ssize_t r = getrandom(raw + got, n - got, 0);
+        ssize_t r = getrandom((char *)p + got, n - got, 0);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -113,6 +112,77 @@ int rp_random_hex(char *out, size_t n)
         }
         got += (size_t)r;
     }
+    return 0;
+}
+
+static pthread_mutex_t rand_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t rand_state;
+static pid_t rand_pid; /* the process that seeded rand_state; 0 = not yet */
+
+uint64_t rp_rand_u64(void)
+{
+    pthread_mutex_lock(&rand_mu);
+    /* A forked child inherits the parent's state: it would draw the parent's next
+     * numbers. The pid tells the child to take a seed of its own. */
+    pid_t pid = getpid();
+    if (rand_pid != pid) {
+        if (fill_random(&rand_state, sizeof rand_state) != 0) {
+            /* No getrandom (seccomp, an old kernel): clocks and pid still differ
+             * between processes, which is all jitter needs. */
+            rand_state = rp_now_ms() * 0x9e3779b97f4a7c15ull ^ rp_mono_ms() ^
+                         ((uint64_t)pid << 32) ^ (uint64_t)(uintptr_t)&pid;
+        }
+        rand_pid = pid;
+    }
+    rand_state += 0x9e3779b97f4a7c15ull;
+    uint64_t z = rand_state;
+    pthread_mutex_unlock(&rand_mu);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t rp_rand_below(uint64_t n)
+{
+    if (n == 0)
+        return 0;
+    /* Rejection sampling: a plain modulo would favour small values. */
+    uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    uint64_t v;
+    do {
+        v = rp_rand_u64();
+    } while (v >= limit);
+    return v % n;
+}
+
+uint64_t rp_jitter_ms(uint64_t base)
+{
+    return base + rp_rand_below(base / 2 + 1);
+}
+
+int rp_uuid_v4(char out[37])
+{
+    uint8_t u[16];
+    int rv = fill_random(u, sizeof u);
+    if (rv != 0)
+        return rv;
+    u[6] = (uint8_t)((u[6] & 0x0f) | 0x40); /* version 4 */
+    u[8] = (uint8_t)((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    snprintf(out, 37,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+             u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+             u[14], u[15]);
+    return 0;
+}
+
+int rp_random_hex(char *out, size_t n)
+{
+    unsigned char raw[256];
+    if (n > sizeof raw)
+        return rp_err(RP_EINVAL, "random id of %zu bytes is too long", n);
+    int rv = fill_random(raw, n);
+    if (rv != 0)
+        return rv;
     static const char hex[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {
         out[2 * i] = hex[raw[i] >> 4];

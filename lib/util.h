@@ -20,6 +20,20 @@ void rp_format_time(uint64_t ms, char *out, size_t outlen);
 /* @n random bytes from the OS CSPRNG as lower-case hex into @out (>= 2n+1). */
 int rp_random_hex(char *out, size_t n);
 
+/* Non-cryptographic random numbers for jitter and sampling: a splitmix64 stream
+ * seeded from getrandom the first time a process draws, and again in a child
+ * after fork, so that no two processes (and no two runs) back off on the same
+ * schedule. Thread-safe. Never use it for secrets: rp_random_hex is for those. */
+uint64_t rp_rand_u64(void);
+/* Uniform in [0, @n) (0 when @n is 0). */
+uint64_t rp_rand_below(uint64_t n);
+/* @base plus a uniform jitter in [0, @base / 2]: a backoff delay in ms. */
+uint64_t rp_jitter_ms(uint64_t base);
+
+/* A random (version 4) UUID, "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx", into @out, from
+ * the OS CSPRNG. RP_EIO if it gives no randomness. */
+int rp_uuid_v4(char out[37]);
+
 /* mkdir -p with @mode for each created component. */
 int rp_mkdir_p(const char *path, unsigned mode);
 /* Writes @n bytes to @path atomically (temp file in the same dir, fsync, rename) with @mode. */

@@ -1,12 +1,20 @@
 /* tools/tctl.c: the administrator's tool.
  *
- *   tctl [-c CONFIG] [--auth-server ADDR] COMMAND [--format=text|json]
+ *   tctl [-c CONFIG | -i IDENTITY --auth-server ADDR] COMMAND [flags]
  *
  * Run on an auth host with -c, it uses that host's admin identity from
  * data_dir and talks to the local auth server first, failing over to the
- * other members. */
+ * other members.
+ *
+ * Every command is one row of the verb table at the end of this file: its
+ * words, its synopsis and its help, and a handler that parses its own flags
+ * (getopt_long with the command's own option table, plus the global flags) and
+ * checks them before anything is dialed. The usage text is generated from the
+ * table, so a command cannot be missing from it. All calls to the auth service
+ * go through the typed client of auth/client.h. */
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +22,7 @@
 
 #include "auth/audit.h"
 #include "auth/auth.h"
+#include "auth/rbac.h"
 #include "lib/config.h"
 #include "lib/errors.h"
 #include "lib/json.h"
@@ -24,74 +33,329 @@
 #include "lib/util.h"
 #include "lib/yaml.h"
 #include "lib/yaml_mp.h"
-#include "auth/rbac.h"
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 enum format { FMT_DEFAULT, FMT_TEXT, FMT_JSON, FMT_YAML };
+
+struct verb;
 
 struct tctl {
     struct rp_config cfg;
     const char *config_path;
     const char *identity; /* -i: an identity file from tctl auth sign --format=file */
     const char *auth_server;
+    const struct verb *verb;
+    char label[64]; /* "tctl tokens add": how messages name the command */
     enum format format;
-    uint64_t ttl_ms;
-    const char *type;
-    bool stale, with_secrets, force;
-    const char *since, *until, *user;
-    const char *roles, *logins, *set_roles;
-    const char *sign_user, *sign_host, *sign_format, *out_path;
-    bool ttl_set;
-    uint64_t limit;
     struct auth_client *client;
 };
 
+/* A command: @words select it ("tokens add"), @synopsis shows its arguments and
+ * flags, @summary says in a line what it does, @help (may be NULL) more. @run gets
+ * argv[0] = the label and then every argument after the words. */
+struct verb {
+    const char *words;
+    const char *synopsis;
+    const char *summary;
+    const char *help;
+    int (*run)(struct tctl *t, int argc, char **argv);
+};
+
+static const struct verb verbs[];
+static const size_t n_verbs;
+
+/* ---- usage, generated from the verb table --------------------------------- */
+
+#define USAGE_COLUMN 34
+
+static void print_verb_line(FILE *f, const struct verb *v)
+{
+    char head[256];
+    int n =
+        snprintf(head, sizeof head, "  %s%s%s", v->words, v->synopsis[0] ? " " : "", v->synopsis);
+    if (n < USAGE_COLUMN - 1)
+        fprintf(f, "%-*s%s\n", USAGE_COLUMN, head, v->summary);
+    else
+        fprintf(f, "%s\n%*s%s\n", head, USAGE_COLUMN, "", v->summary);
+}
+
 static void usage(FILE *f)
 {
+    fprintf(f, "usage: tctl [-c CONFIG | -i IDENTITY --auth-server ADDR] COMMAND [flags]\n"
+               "\n"
+               "Commands:\n");
+    for (size_t i = 0; i < n_verbs; i++)
+        print_verb_line(f, &verbs[i]);
     fprintf(
-        f,
-        "usage: tctl [-c CONFIG] [--auth-server ADDR] COMMAND [flags]\n"
-        "\n"
-        "Commands:\n"
-        "  status                       cluster, CA pin, Raft members and their state\n"
-        "  tokens add --type=TYPE       create a join token (auth, node or proxy) [--ttl=30m]\n"
-        "  tokens ls                    list join tokens\n"
-        "  tokens rm TOKEN              delete a join token\n"
-        "  auth members ls              list the auth servers of the Raft group\n"
-        "  auth members rm ID           remove auth server ID from the Raft group\n"
-        "  get KIND[/NAME] | get all    print resources as YAML (--format=json|text)\n"
-        "                               [--stale] [--with-secrets: private keys and\n"
-        "                               password hashes too]\n"
-        "  create [-f] FILE.yaml        create the role, user and token resources of FILE\n"
-        "                               (-f: overwrite existing ones)\n"
-        "  rm KIND/NAME                 delete a role, user or token\n"
-        "  users add NAME --roles=R1,R2 [--logins=L1,L2] [--ttl=1h]\n"
-        "                               create a user; prints a one-time invite token\n"
-        "  users ls                     list users\n"
-        "  users rm NAME                delete a user\n"
-        "  users reset NAME [--ttl=1h]  drop the user's password and second factor; new invite\n"
-        "  users update NAME --set-roles=R1,R2\n"
-        "                               replace the user's roles\n"
-        "  auth export --type=TYPE      public CA keys: user (TrustedUserCAKeys line), host\n"
-        "                               (@cert-authority known_hosts line) or tls (PEM)\n"
-        "  auth sign --user=NAME|--host=NAME -o PATH [--format=openssh|file|tls] [--ttl=D]\n"
-        "                               a key with its certificates (openssh: PATH and\n"
-        "                               PATH-cert.pub; tls: PATH.key, PATH.crt, PATH.cas)\n"
-        "  events ls                    search the audit log [--since=1h|TIME] [--until=TIME]\n"
-        "                               [--type=EVENT] [--user=NAME] [--limit=N (1000)]\n"
-        "                               [--stale: this server's copy, no leader needed]\n"
-        "  version\n"
-        "\n"
-        "Flags:\n"
-        "  -c, --config FILE   the auth server's raftport.yaml (its data_dir holds the identity)\n"
-        "  -i, --identity FILE a user's identity file (tctl auth sign --format=file); needs\n"
-        "                      --auth-server; the user's roles decide what it may do\n"
-        "      --auth-server   address of an auth server (default: from the config)\n"
-        "      --format        text (default) or json\n");
+        f, "\n"
+           "Global flags (before or after the command):\n"
+           "  -c, --config FILE       the auth server's raftport.yaml (its data_dir holds the\n"
+           "                          identity)\n"
+           "  -i, --identity FILE     a user's identity file (tctl auth sign --format=file);\n"
+           "                          needs --auth-server; the user's roles decide what it may do\n"
+           "      --auth-server ADDR  address of an auth server (default: from the config)\n"
+           "  -d, --debug             log at debug level\n"
+           "  -h, --help              this text; after a command, that command's help\n"
+           "\n"
+           "Run 'tctl help COMMAND' for the flags of a command.\n");
 }
+
+static void verb_help(FILE *f, const struct verb *v)
+{
+    fprintf(f, "usage: tctl %s%s%s\n\n%s\n", v->words, v->synopsis[0] ? " " : "", v->synopsis,
+            v->summary);
+    if (v->help)
+        fprintf(f, "\n%s", v->help);
+}
+
+/* Prints "tctl WORDS: MESSAGE; usage: tctl WORDS SYNOPSIS" and returns 2, the exit
+ * status of a usage error. */
+static int usage_error(const struct tctl *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int usage_error(const struct tctl *t, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", t->label);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "; usage: tctl %s%s%s\n", t->verb->words, t->verb->synopsis[0] ? " " : "",
+            t->verb->synopsis);
+    return 2;
+}
+
+/* ---- flags ------------------------------------------------------------------ */
+
+/* Codes of the long-only flags; each command's table uses the ones it takes. */
+enum {
+    O_AUTH = 256,
+    O_FORMAT,
+    O_TTL,
+    O_TYPE,
+    O_STALE,
+    O_SINCE,
+    O_UNTIL,
+    O_USER,
+    O_LIMIT,
+    O_ROLES,
+    O_LOGINS,
+    O_SET_ROLES,
+    O_WITH_SECRETS,
+    O_HOST,
+    O_ROLE,
+    O_LOGIN,
+    O_SERVER_ID,
+    O_MESSAGE,
+};
+
+/* Accepted by every command, before it or among its own flags (as before the
+ * verb table, so that `tctl status -c FILE` keeps working). */
+static const struct option global_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"identity", required_argument, NULL, 'i'},
+    {"auth-server", required_argument, NULL, O_AUTH},
+    {"debug", no_argument, NULL, 'd'},
+    {"help", no_argument, NULL, 'h'},
+};
+#define GLOBAL_SHORTS "c:i:dh"
+
+enum { FLAGS_END = 0, FLAGS_HELP = -1, FLAGS_BAD = -2 };
+
+struct flags {
+    struct tctl *t;
+    int argc;
+    char **argv;
+    struct option opts[32];
+    char shorts[32];
+};
+
+/* Prepares parsing of a command's flags: its own table @own (ending with a zero
+ * row) and short flags @own_shorts (getopt syntax; may be NULL) plus the globals. */
+static void flags_init(struct flags *f, struct tctl *t, int argc, char **argv,
+                       const struct option *own, const char *own_shorts)
+{
+    size_t n = 0;
+    f->t = t;
+    f->argc = argc;
+    f->argv = argv;
+    for (; own != NULL && own->name != NULL; own++) {
+        if (n + ARRAY_LEN(global_opts) + 1 >= ARRAY_LEN(f->opts))
+            abort(); /* a command's table outgrew struct flags: a programming error */
+        f->opts[n++] = *own;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(global_opts); i++)
+        f->opts[n++] = global_opts[i];
+    memset(&f->opts[n], 0, sizeof f->opts[n]);
+    /* ':' first: a missing value is reported as such, not as an unknown flag. */
+    snprintf(f->shorts, sizeof f->shorts, ":%s%s", own_shorts ? own_shorts : "", GLOBAL_SHORTS);
+    optind = 0; /* glibc: start over, with the new option string */
+    opterr = 0; /* the messages are ours */
+}
+
+/* The flag that getopt could not take, as the user wrote it (without "=value"). */
+static void bad_flag_name(const struct flags *f, char *out, size_t n)
+{
+    const char *arg = optind > 0 && optind <= f->argc ? f->argv[optind - 1] : "";
+    if (optopt != 0 && (arg[0] != '-' || arg[1] != '-')) {
+        snprintf(out, n, "-%c", optopt);
+        return;
+    }
+    size_t len = strcspn(arg, "=");
+    snprintf(out, n, "%.*s", (int)len, arg);
+}
+
+/* True if @name ("--stale") is a long flag of the command: getopt refuses a known
+ * flag that takes no value when it is given one ("--stale=1"). */
+static bool flag_known(const struct flags *f, const char *name)
+{
+    if (strncmp(name, "--", 2) != 0)
+        return false;
+    for (const struct option *o = f->opts; o->name != NULL; o++) {
+        if (strcmp(o->name, name + 2) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The next flag of the command: its code (> 0), FLAGS_END when only positional
+ * arguments are left (from optind), FLAGS_HELP after printing the command's help,
+ * FLAGS_BAD after printing a usage error. Global flags are handled here. */
+static int flags_next(struct flags *f)
+{
+    struct tctl *t = f->t;
+    for (;;) {
+        int c = getopt_long(f->argc, f->argv, f->shorts, f->opts, NULL);
+        char name[64];
+        switch (c) {
+        case -1:
+            return FLAGS_END;
+        case 'c':
+            t->config_path = optarg;
+            break;
+        case 'i':
+            t->identity = optarg;
+            break;
+        case O_AUTH:
+            if (rp_check_hostport(optarg) != 0) {
+                fprintf(stderr, "%s: --auth-server: %s\n", t->label, rp_errmsg());
+                return FLAGS_BAD;
+            }
+            t->auth_server = optarg;
+            break;
+        case 'd':
+            rp_log_set_level(RP_LOG_DEBUG);
+            break;
+        case 'h':
+            verb_help(stdout, t->verb);
+            return FLAGS_HELP;
+        case ':':
+            bad_flag_name(f, name, sizeof name);
+            usage_error(t, "flag %s needs a value", name);
+            return FLAGS_BAD;
+        case '?':
+            bad_flag_name(f, name, sizeof name);
+            usage_error(t, flag_known(f, name) ? "flag %s takes no value" : "unknown flag %s",
+                        name);
+            return FLAGS_BAD;
+        default:
+            return c;
+        }
+    }
+}
+
+/* After a command's flag loop ended with @c: returns the exit status for help (0)
+ * or a usage error (2), or -1 to go on, with @args/@nargs the positional arguments,
+ * checked to number between @min and @max. */
+static int flags_done(struct flags *f, int c, int min, int max, char ***args, int *nargs)
+{
+    if (c == FLAGS_HELP)
+        return 0;
+    if (c == FLAGS_BAD)
+        return 2;
+    *args = f->argv + optind;
+    *nargs = f->argc - optind;
+    if (*nargs > max)
+        return usage_error(f->t, "unexpected argument '%s'", (*args)[max]);
+    if (*nargs < min)
+        return usage_error(f->t, "missing argument%s", min - *nargs > 1 ? "s" : "");
+    return -1;
+}
+
+/* The flag parsing of a command that has only the global flags: -1 to go on with
+ * @min..@max positional arguments in @args/@nargs, else the exit status. */
+static int no_own_flags(struct tctl *t, int argc, char **argv, int min, int max, char ***args,
+                        int *nargs)
+{
+    struct flags f;
+    int c;
+    flags_init(&f, t, argc, argv, NULL, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        /* flags_next handles every global flag; there are no others */
+    }
+    return flags_done(&f, c, min, max, args, nargs);
+}
+
+static int parse_format(struct tctl *t, const char *arg)
+{
+    if (strcmp(arg, "json") == 0)
+        t->format = FMT_JSON;
+    else if (strcmp(arg, "text") == 0)
+        t->format = FMT_TEXT;
+    else if (strcmp(arg, "yaml") == 0)
+        t->format = FMT_YAML;
+    else {
+        fprintf(stderr, "%s: --format=%s: expected text, json or yaml\n", t->label, arg);
+        return 2;
+    }
+    return 0;
+}
+
+static int parse_ttl(const struct tctl *t, const char *arg, uint64_t *ms)
+{
+    if (rp_parse_duration_ms(arg, ms) != 0) {
+        fprintf(stderr, "%s: --ttl: %s\n", t->label, rp_errmsg());
+        return 2;
+    }
+    return 0;
+}
+
+/* Splits "a,b,c" (at most 64 items, none empty) into @items, pointing into @buf.
+ * 0, or 2 after printing the error. */
+static int split_list(const char *flag, const char *list, char *buf, size_t buflen,
+                      const char *items[64], size_t *n)
+{
+    snprintf(buf, buflen, "%s", list);
+    *n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (*n == 64) {
+            fprintf(stderr, "tctl: %s: at most 64 items\n", flag);
+            return 2;
+        }
+        items[(*n)++] = tok;
+    }
+    if (*n == 0 || strlen(list) >= buflen || strstr(list, ",,") || list[0] == ',' ||
+        list[strlen(list) - 1] == ',') {
+        fprintf(stderr, "tctl: %s=%s: expected a comma-separated list without empty items\n", flag,
+                list);
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- connecting ------------------------------------------------------------- */
 
 static int fail(const char *what)
 {
     fprintf(stderr, "tctl: %s: %s\n", what, rp_errmsg());
+    return 1;
+}
+
+/* Prints a failed call as "tctl WHAT: message (code)"; returns 1. */
+static int call_failed(const struct tctl *t, int rv)
+{
+    fprintf(stderr, "%s: %s (%s)\n", t->label, rp_errmsg(), rp_strerror(rv));
     return 1;
 }
 
@@ -144,6 +408,7 @@ static int identity_ctx(const char *path, SSL_CTX **out)
     return rv;
 }
 
+/* Makes t->client from -i or -c. 0, or the exit status after printing why not. */
 static int connect_client(struct tctl *t)
 {
     SSL_CTX *ctx = NULL;
@@ -189,18 +454,7 @@ static int connect_client(struct tctl *t)
     return 0;
 }
 
-/* Sends a request built by the caller; prints the error and returns 1 on failure. */
-static int call(struct tctl *t, struct rp_buf *req, msgpack_unpacked *resp, const char *what)
-{
-    int rv = auth_client_call(t->client, req->data, req->len, resp);
-    rp_buf_free(req);
-    if (rv != 0) {
-        fprintf(stderr, "tctl: %s: %s (%s)\n", what, rp_errmsg(), rp_strerror(rv));
-        msgpack_unpacked_destroy(resp);
-        return 1;
-    }
-    return 0;
-}
+/* ---- printing --------------------------------------------------------------- */
 
 static void print_json(const msgpack_object *o)
 {
@@ -238,7 +492,7 @@ static void human_bytes(uint64_t b, char *out, size_t n)
         snprintf(out, n, "%.1f MiB", (double)b / (1ull << 20));
 }
 
-static int get_ca(struct tctl *t, const char *type, msgpack_unpacked *resp);
+/* ---- status ----------------------------------------------------------------- */
 
 /* The certificate authorities: type, algorithm, fingerprint, rotation state. A CA
  * that cannot be read is shown as such; status itself does not fail for it. */
@@ -247,12 +501,13 @@ static void print_ca_table(struct tctl *t)
     static const char *const types[] = {"tls", "user", "host"};
     printf("\n%-5s %-10s %-52s %s\n", "CA", "Algorithm", "Fingerprint", "Rotation");
     for (size_t i = 0; i < 3; i++) {
-        msgpack_unpacked resp;
-        if (get_ca(t, types[i], &resp) != 0) {
+        struct auth_reply reply;
+        const msgpack_object *res;
+        if (auth_client_get(t->client, AUTH_KIND_CA, types[i], 0, &reply, &res, NULL) != 0) {
             printf("%-5s %-10s %-52s %s\n", types[i], "-", "(not readable)", "-");
             continue;
         }
-        const msgpack_object *spec = rp_mp_get(rp_mp_get(&resp.data, "res"), "spec");
+        const msgpack_object *spec = rp_mp_get(res, "spec");
         const msgpack_object *keys = rp_mp_get(rp_mp_get(spec, "active_keys"), i ? "ssh" : "tls");
         char fp[128] = "-", alg[16] = "-", rot[32] = "standby";
         field(rp_mp_get(spec, "rotation"), "state", rot, sizeof rot);
@@ -287,158 +542,253 @@ static void print_ca_table(struct tctl *t)
             }
         }
         printf("%-5s %-10s %-52s %s\n", types[i], alg, fp, rot);
-        msgpack_unpacked_destroy(&resp);
+        auth_reply_free(&reply);
     }
 }
 
-static int cmd_status(struct tctl *t)
+static int show_status(struct tctl *t)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "m", "status");
-    if (call(t, &req, &resp, "status") != 0)
-        return 1;
-    const msgpack_object *st = &resp.data;
-    const msgpack_object *members = rp_mp_get(st, "members");
-    uint32_t nm = members && members->type == MSGPACK_OBJECT_ARRAY ? members->via.array.size : 0;
-    char b1[256], b2[128];
+    struct auth_status *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return fail("status");
+    int rv = auth_client_status(t->client, st);
+    if (rv != 0) {
+        free(st);
+        return call_failed(t, rv);
+    }
     if (t->format == FMT_JSON) {
         /* Exactly the documented fields, so that scripts can rely on them. */
         struct rp_buf doc;
+        msgpack_packer pk;
+        struct rp_mp_map m;
         rp_buf_init(&doc);
         rp_mp_packer_init(&pk, &doc);
-        msgpack_pack_map(&pk, 5);
-        rp_mp_kv_str(&pk, "cluster_name", field(st, "cluster_name", b1, sizeof b1));
-        rp_mp_kv_str(&pk, "ca_pin", field(st, "ca_pin", b2, sizeof b2));
-        rp_mp_kv_u64(&pk, "leader_id", ufield(st, "leader_id"));
-        rp_mp_kv_u64(&pk, "term", ufield(st, "term"));
-        rp_mp_pack_str(&pk, "members");
-        msgpack_pack_array(&pk, nm);
-        for (uint32_t i = 0; i < nm; i++) {
-            const msgpack_object *m = &members->via.array.ptr[i];
-            char a[128], r[32], s[32];
-            msgpack_pack_map(&pk, 5);
-            rp_mp_kv_u64(&pk, "id", ufield(m, "id"));
-            rp_mp_kv_str(&pk, "address", field(m, "address", a, sizeof a));
-            rp_mp_kv_str(&pk, "role", field(m, "role", r, sizeof r));
-            rp_mp_kv_str(&pk, "state", field(m, "state", s, sizeof s));
-            rp_mp_kv_u64(&pk, "last_applied", ufield(m, "last_applied"));
+        rp_mp_map_begin(&pk, &m);
+        rp_mp_map_str(&m, "cluster_name", st->cluster_name);
+        rp_mp_map_str(&m, "ca_pin", st->ca_pin);
+        rp_mp_map_u64(&m, "leader_id", st->leader_id);
+        rp_mp_map_u64(&m, "term", st->term);
+        msgpack_pack_array(rp_mp_map_key(&m, "members"), (uint32_t)st->n_members);
+        for (size_t i = 0; i < st->n_members; i++) {
+            const struct auth_member *mb = &st->members[i];
+            struct rp_mp_map mm;
+            rp_mp_map_begin(&pk, &mm);
+            rp_mp_map_u64(&mm, "id", mb->id);
+            rp_mp_map_str(&mm, "address", mb->address);
+            rp_mp_map_str(&mm, "role", mb->role);
+            rp_mp_map_str(&mm, "state", mb->state);
+            rp_mp_map_u64(&mm, "last_applied", mb->last_applied);
+            rp_mp_map_end(&mm);
         }
+        rp_mp_map_end(&m);
         msgpack_unpacked out;
         if (rp_mp_parse(doc.data, doc.len, &out) == 0) {
             print_json(&out.data);
             msgpack_unpacked_destroy(&out);
         }
         rp_buf_free(&doc);
-        msgpack_unpacked_destroy(&resp);
+        free(st);
         return 0;
     }
-    printf("Cluster:  %s\n", field(st, "cluster_name", b1, sizeof b1));
-    printf("CA pin:   %s\n", field(st, "ca_pin", b1, sizeof b1));
-    uint64_t leader = ufield(st, "leader_id");
-    if (leader)
-        printf("Leader:   %" PRIu64 " (term %" PRIu64 ")\n", leader, ufield(st, "term"));
+    printf("Cluster:  %s\n", st->cluster_name);
+    printf("CA pin:   %s\n", st->ca_pin);
+    if (st->leader_id)
+        printf("Leader:   %" PRIu64 " (term %" PRIu64 ")\n", st->leader_id, st->term);
     else
         printf("Leader:   none (term %" PRIu64 "): no quorum, or an election is running\n",
-               ufield(st, "term"));
+               st->term);
     printf("\n%-4s %-21s %-21s %-8s %-12s %-13s %s\n", "ID", "Raft address", "API address", "Role",
            "State", "Last applied", "Disk free");
-    for (uint32_t i = 0; i < nm; i++) {
-        const msgpack_object *m = &members->via.array.ptr[i];
-        char a[128], api[128], r[32], s[32], disk[32];
-        bool reachable = false;
-        rp_mp_get_bool(m, "reachable", &reachable);
-        if (reachable)
-            human_bytes(ufield(m, "disk_free"), disk, sizeof disk);
+    for (size_t i = 0; i < st->n_members; i++) {
+        const struct auth_member *mb = &st->members[i];
+        char disk[32];
+        if (mb->reachable)
+            human_bytes(mb->disk_free, disk, sizeof disk);
         else
             snprintf(disk, sizeof disk, "-");
-        printf("%-4" PRIu64 " %-21s %-21s %-8s %-12s %-13" PRIu64 " %s\n", ufield(m, "id"),
-               field(m, "address", a, sizeof a), field(m, "api_address", api, sizeof api),
-               field(m, "role", r, sizeof r), field(m, "state", s, sizeof s),
-               ufield(m, "last_applied"), disk);
+        printf("%-4" PRIu64 " %-21s %-21s %-8s %-12s %-13" PRIu64 " %s\n", mb->id, mb->address,
+               mb->api_address, mb->role, mb->state, mb->last_applied, disk);
     }
-    msgpack_unpacked_destroy(&resp);
+    free(st);
     print_ca_table(t);
     return 0;
 }
 
-static int cmd_tokens_add(struct tctl *t)
+static const struct option format_opts[] = {
+    {"format", required_argument, NULL, O_FORMAT},
+    {NULL, 0, NULL, 0},
+};
+
+/* tctl status, tctl auth members ls. */
+static int cmd_status(struct tctl *t, int argc, char **argv)
 {
-    if (t->type == NULL) {
-        fprintf(stderr, "tctl tokens add: --type is required (auth, node or proxy)\n");
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    flags_init(&f, t, argc, argv, format_opts, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_FORMAT && parse_format(t, optarg) != 0)
+            return 2;
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
+        return rv;
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    return show_status(t);
+}
+
+static int cmd_members_rm(struct tctl *t, int argc, char **argv)
+{
+    char **args;
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0)
+        return rv;
+    char *end;
+    unsigned long long id = strtoull(args[0], &end, 10);
+    if (args[0][0] == '\0' || *end != '\0' || id == 0) {
+        fprintf(stderr, "tctl auth members rm: '%s' is not a member id (a positive integer)\n",
+                args[0]);
         return 2;
     }
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "m", "token_add");
-    rp_mp_kv_str(&pk, "type", t->type);
-    rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_ms);
-    if (call(t, &req, &resp, "tokens add") != 0)
-        return 1;
-    char token[80], type[16], pin[96], when[40];
-    field(&resp.data, "token", token, sizeof token);
-    field(&resp.data, "type", type, sizeof type);
-    field(&resp.data, "ca_pin", pin, sizeof pin);
-    uint64_t expires = ufield(&resp.data, "expires");
-    rp_format_time(expires, when, sizeof when);
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    if ((rv = auth_client_member_rm(t->client, id)) != 0)
+        return call_failed(t, rv);
+    printf("Auth server %llu has been removed from the cluster.\n", id);
+    return 0;
+}
+
+/* ---- tokens ----------------------------------------------------------------- */
+
+static const char *advertised_server(const struct tctl *t)
+{
+    return t->auth_server
+               ? t->auth_server
+               : (t->cfg.auth_public_addr ? t->cfg.auth_public_addr : t->cfg.auth_listen_addr);
+}
+
+static int cmd_tokens_add(struct tctl *t, int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"type", required_argument, NULL, O_TYPE},
+        {"ttl", required_argument, NULL, O_TTL},
+        {"format", required_argument, NULL, O_FORMAT},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    const char *type = NULL;
+    uint64_t ttl = 30 * 60 * 1000;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_TYPE)
+            type = optarg;
+        if ((c == O_TTL && parse_ttl(t, optarg, &ttl) != 0) ||
+            (c == O_FORMAT && parse_format(t, optarg) != 0))
+            return 2;
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
+        return rv;
+    /* Checked here, so that a typo is named even when no auth server answers. */
+    if (type == NULL ||
+        (strcmp(type, "auth") != 0 && strcmp(type, "node") != 0 && strcmp(type, "proxy") != 0)) {
+        fprintf(stderr, "tctl tokens add: --type=%s: expected auth, node or proxy\n",
+                type ? type : "");
+        return 2;
+    }
+    if (ttl > 48ull * 3600 * 1000) {
+        fprintf(stderr, "tctl tokens add: --ttl: at most 48h\n");
+        return 2;
+    }
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_token tok;
+    if ((rv = auth_client_token_add(t->client, type, ttl, &tok)) != 0)
+        return call_failed(t, rv);
+    char when[40];
+    rp_format_time(tok.expires_ms, when, sizeof when);
     if (t->format == FMT_JSON) {
         struct rp_buf out;
         rp_buf_init(&out);
         rp_buf_append_str(&out, "{\"token\": ");
-        rp_json_str(&out, token, strlen(token));
+        rp_json_str(&out, tok.token, strlen(tok.token));
         rp_buf_append_str(&out, ", \"type\": ");
-        rp_json_str(&out, type, strlen(type));
+        rp_json_str(&out, tok.type, strlen(tok.type));
         rp_buf_printf(&out, ", \"expires\": \"%s\", \"ca_pin\": ", when);
-        rp_json_str(&out, pin, strlen(pin));
+        rp_json_str(&out, tok.ca_pin, strlen(tok.ca_pin));
         rp_buf_append_str(&out, "}\n");
         fwrite(out.data, 1, out.len, stdout);
+        OPENSSL_cleanse(out.data, out.cap);
         rp_buf_free(&out);
     } else {
-        char ttl[32];
-        const char *server = t->auth_server ? t->auth_server
-                                            : (t->cfg.auth_public_addr ? t->cfg.auth_public_addr
-                                                                       : t->cfg.auth_listen_addr);
-        rp_format_duration(t->ttl_ms, ttl, sizeof ttl);
-        printf("The invite token: %s\n", token);
-        printf("This token will expire in %s (at %s).\n\n", ttl, when);
-        if (strcmp(type, "auth") == 0) {
+        char ttl_s[32];
+        const char *server = advertised_server(t);
+        rp_format_duration(ttl, ttl_s, sizeof ttl_s);
+        printf("The invite token: %s\n", tok.token);
+        printf("This token will expire in %s (at %s).\n\n", ttl_s, when);
+        if (strcmp(tok.type, "auth") == 0) {
             printf("Run this on the new auth server, with its own raft id and addresses in its\n"
                    "config file, to join the cluster:\n\n");
             printf("> raftport start -c /path/to/raftport.yaml --token=%s --ca-pin=%s "
                    "--auth-server=%s\n",
-                   token, pin, server);
+                   tok.token, tok.ca_pin, server);
         } else {
-            printf("Give it to the new %s with the CA pin and an auth server address:\n\n", type);
-            printf("  token:       %s\n  ca_pin:      %s\n  auth_server: %s\n", token, pin, server);
+            printf("Give it to the new %s with the CA pin and an auth server address:\n\n",
+                   tok.type);
+            printf("  token:       %s\n  ca_pin:      %s\n  auth_server: %s\n", tok.token,
+                   tok.ca_pin, server);
         }
     }
-    msgpack_unpacked_destroy(&resp);
+    OPENSSL_cleanse(&tok, sizeof tok);
     return 0;
 }
 
-static int list_kind(struct tctl *t, const char *kind, msgpack_unpacked *resp)
+/* The read flags of the listing commands. */
+struct list_flags {
+    bool stale, with_secrets;
+};
+
+static unsigned read_flags(const struct list_flags *lf)
 {
-    struct rp_buf req;
-    rp_buf_init(&req);
-    auth_req_list(&req, kind, NULL, 0, t->stale, t->with_secrets);
-    return call(t, &req, resp, "list");
+    return (lf->stale ? AUTH_READ_STALE : 0) | (lf->with_secrets ? AUTH_READ_SECRETS : 0);
 }
 
-static int cmd_tokens_ls(struct tctl *t)
+/* Parses the flags of a listing command (--format, --stale) with no arguments. -1
+ * to go on, else the exit status. */
+static int list_cmd_flags(struct tctl *t, int argc, char **argv, struct list_flags *lf)
 {
-    msgpack_unpacked resp;
-    if (list_kind(t, "token", &resp) != 0)
-        return 1;
-    const msgpack_object *items = rp_mp_get(&resp.data, "items");
-    uint32_t n = items && items->type == MSGPACK_OBJECT_ARRAY ? items->via.array.size : 0;
+    static const struct option own[] = {
+        {"format", required_argument, NULL, O_FORMAT},
+        {"stale", no_argument, NULL, O_STALE},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs;
+    memset(lf, 0, sizeof *lf);
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_FORMAT && parse_format(t, optarg) != 0)
+            return 2;
+        if (c == O_STALE)
+            lf->stale = true;
+    }
+    return flags_done(&f, c, 0, 0, &args, &nargs);
+}
+
+static int cmd_tokens_ls(struct tctl *t, int argc, char **argv)
+{
+    struct list_flags lf;
+    int rv;
+    if ((rv = list_cmd_flags(t, argc, argv, &lf)) >= 0 || (rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_reply reply;
+    const msgpack_object *items;
+    if ((rv = auth_client_list(t->client, AUTH_KIND_TOKEN, NULL, 0, read_flags(&lf), &reply, &items,
+                               NULL)) != 0)
+        return call_failed(t, rv);
+    uint32_t n = items->via.array.size;
     struct rp_buf out;
     rp_buf_init(&out);
     if (t->format == FMT_JSON)
@@ -473,62 +823,96 @@ static int cmd_tokens_ls(struct tctl *t)
         rp_buf_append_str(&out, n ? "\n]\n" : "]\n");
     fwrite(out.data, 1, out.len, stdout);
     rp_buf_free(&out);
-    msgpack_unpacked_destroy(&resp);
+    auth_reply_free(&reply);
     return 0;
 }
 
-static int delete_resource(struct tctl *t, const char *kind, const char *name)
+static int cmd_tokens_rm(struct tctl *t, int argc, char **argv)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    char rid[33];
-    auth_new_rid(rid);
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "delete");
-    rp_mp_kv_str(&pk, "kind", kind);
-    rp_mp_kv_str(&pk, "name", name);
-    rp_mp_kv_str(&pk, "rid", rid);
-    if (call(t, &req, &resp, "rm") != 0)
-        return 1;
-    msgpack_unpacked_destroy(&resp);
+    char **args;
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0 ||
+        (rv = connect_client(t)) != 0)
+        return rv;
+    if ((rv = auth_client_delete(t->client, AUTH_KIND_TOKEN, args[0], NULL)) != 0)
+        return call_failed(t, rv);
+    printf("Token %s has been deleted.\n", args[0]);
     return 0;
 }
 
-static int cmd_members_rm(struct tctl *t, const char *id_s)
+/* ---- resources -------------------------------------------------------------- */
+
+/* Teleport accepts a kind's plural wherever it takes the kind. */
+static const char *const kind_plurals[][2] = {
+    {"locks", "lock"},
+    {"roles", "role"},
+    {"users", "user"},
+    {"tokens", "token"},
+    {"cert_authorities", "cert_authority"},
+    {"auth_servers", "auth_server"},
+};
+
+static const char *singular_kind(const char *kind)
 {
-    char *end;
-    unsigned long long id = strtoull(id_s, &end, 10);
-    if (*id_s == '\0' || *end != '\0' || id == 0) {
-        fprintf(stderr, "tctl auth members rm: '%s' is not a member id (a positive integer)\n",
-                id_s);
-        return 2;
+    for (size_t i = 0; i < ARRAY_LEN(kind_plurals); i++) {
+        if (strcmp(kind, kind_plurals[i][0]) == 0)
+            return kind_plurals[i][1];
     }
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 2);
-    rp_mp_kv_str(&pk, "m", "member_rm");
-    rp_mp_kv_u64(&pk, "id", id);
-    if (call(t, &req, &resp, "auth members rm") != 0)
-        return 1;
-    msgpack_unpacked_destroy(&resp);
-    printf("Auth server %llu has been removed from the cluster.\n", id);
-    return 0;
+    return kind;
+}
+
+/* "user=alice,role=dev" of a lock's spec.target into @out. */
+static void lock_target(const msgpack_object *spec, char *out, size_t n)
+{
+    static const char *const keys[] = {"user", "role", "login", "server_id"};
+    const msgpack_object *target = rp_mp_get(spec, "target");
+    size_t len = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
+        char v[256];
+        if (field(target, keys[i], v, sizeof v)[0] == '\0' || len >= n)
+            continue;
+        len += (size_t)snprintf(out + len, n - len, "%s%s=%s", len ? "," : "", keys[i], v);
+    }
+}
+
+/* The table of tctl locks ls / get locks --format=text: one lock a line. */
+static void print_lock_table(const msgpack_object *o)
+{
+    uint32_t n = o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : 1;
+    struct rp_buf out;
+    rp_buf_init(&out);
+    rp_buf_printf(&out, "%-36s %-32s %-30s %s\n", "ID", "Target", "Message", "Expires (UTC)");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *res = o->type == MSGPACK_OBJECT_ARRAY ? &o->via.array.ptr[i] : o;
+        const msgpack_object *spec = rp_mp_get(res, "spec");
+        char name[64], target[512], msg[512], when[40] = "never";
+        uint64_t expires = ufield(rp_mp_get(res, "metadata"), "expires");
+        if (expires)
+            rp_format_time(expires, when, sizeof when);
+        lock_target(spec, target, sizeof target);
+        field(spec, "message", msg, sizeof msg);
+        rp_buf_printf(&out, "%-36s %-32s %-30s %s\n",
+                      field(rp_mp_get(res, "metadata"), "name", name, sizeof name), target,
+                      msg[0] ? msg : "-", when);
+    }
+    fwrite(out.data, 1, out.len, stdout);
+    rp_buf_free(&out);
 }
 
 /* Prints resources (one object, or an array of them) as --format asks: YAML
  * documents (the default, what tctl create reads back), JSON, or a table. */
-static void print_resources(struct tctl *t, const msgpack_object *o, bool *first_doc)
+static void print_resources(struct tctl *t, const char *kind, const msgpack_object *o,
+                            bool *first_doc)
 {
     if (o == NULL)
         return;
     if (t->format == FMT_JSON) {
         print_json(o);
+        return;
+    }
+    if (t->format == FMT_TEXT && strcmp(kind, AUTH_KIND_LOCK) == 0) {
+        print_lock_table(o);
         return;
     }
     uint32_t n = o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : 1;
@@ -537,10 +921,10 @@ static void print_resources(struct tctl *t, const msgpack_object *o, bool *first
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object *res = o->type == MSGPACK_OBJECT_ARRAY ? &o->via.array.ptr[i] : o;
         if (t->format == FMT_TEXT) {
-            char kind[64], name[256];
+            char k[64], name[256];
             if (*first_doc)
                 rp_buf_printf(&out, "%-16s %s\n", "Kind", "Name");
-            rp_buf_printf(&out, "%-16s %s\n", field(res, "kind", kind, sizeof kind),
+            rp_buf_printf(&out, "%-16s %s\n", field(res, "kind", k, sizeof k),
                           field(rp_mp_get(res, "metadata"), "name", name, sizeof name));
         } else {
             rp_buf_append_str(&out, *first_doc ? "" : "---\n");
@@ -556,9 +940,31 @@ static void print_resources(struct tctl *t, const msgpack_object *o, bool *first
  * cluster. Certificate authorities and auth servers belong to the cluster that
  * made them and are left out. */
 static const char *const all_kinds[] = {"role", "user", "token", NULL};
+/* The kinds tctl create takes. */
+static const char *const create_kinds[] = {"role", "user", "token", AUTH_KIND_LOCK, NULL};
 
-static int cmd_get(struct tctl *t, const char *what)
+static int cmd_get(struct tctl *t, int argc, char **argv)
 {
+    static const struct option own[] = {
+        {"format", required_argument, NULL, O_FORMAT},
+        {"stale", no_argument, NULL, O_STALE},
+        {"with-secrets", no_argument, NULL, O_WITH_SECRETS},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    struct list_flags lf = {0};
+    char **args;
+    int c, nargs, rv;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_FORMAT && parse_format(t, optarg) != 0)
+            return 2;
+        lf.stale = lf.stale || c == O_STALE;
+        lf.with_secrets = lf.with_secrets || c == O_WITH_SECRETS;
+    }
+    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+        return rv;
+    const char *what = args[0];
     char kind[64], name[256] = "";
     const char *slash = strchr(what, '/');
     size_t kl = slash ? (size_t)(slash - what) : strlen(what);
@@ -568,19 +974,25 @@ static int cmd_get(struct tctl *t, const char *what)
     }
     memcpy(kind, what, kl);
     kind[kl] = '\0';
+    const char *singular = singular_kind(kind);
+    if (singular != kind)
+        snprintf(kind, sizeof kind, "%s", singular);
     if (slash)
         snprintf(name, sizeof name, "%s", slash + 1);
-    msgpack_unpacked resp;
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_reply reply;
+    const msgpack_object *items;
     bool first = true;
     if (strcmp(kind, "all") == 0 && !slash) {
         if (t->format == FMT_JSON)
             printf("[\n");
         for (size_t k = 0; all_kinds[k]; k++) {
-            if (list_kind(t, all_kinds[k], &resp) != 0)
-                return 1;
-            const msgpack_object *items = rp_mp_get(&resp.data, "items");
+            if ((rv = auth_client_list(t->client, all_kinds[k], NULL, 0, read_flags(&lf), &reply,
+                                       &items, NULL)) != 0)
+                return call_failed(t, rv);
             if (t->format == FMT_JSON) {
-                for (uint32_t i = 0; items && i < items->via.array.size; i++) {
+                for (uint32_t i = 0; i < items->via.array.size; i++) {
                     struct rp_buf j;
                     rp_buf_init(&j);
                     rp_json_from_mp(&j, &items->via.array.ptr[i], 2);
@@ -589,34 +1001,83 @@ static int cmd_get(struct tctl *t, const char *what)
                     rp_buf_free(&j);
                 }
             } else {
-                print_resources(t, items, &first);
+                print_resources(t, all_kinds[k], items, &first);
             }
-            msgpack_unpacked_destroy(&resp);
+            auth_reply_free(&reply);
         }
         if (t->format == FMT_JSON)
             printf("\n]\n");
         return 0;
     }
     if (name[0]) {
-        struct rp_buf req;
-        rp_buf_init(&req);
-        auth_req_get(&req, kind, name, t->stale, t->with_secrets);
-        if (call(t, &req, &resp, "get") != 0)
-            return 1;
-        print_resources(t, rp_mp_get(&resp.data, "res"), &first);
+        const msgpack_object *res;
+        if ((rv = auth_client_get(t->client, kind, name, read_flags(&lf), &reply, &res, NULL)) != 0)
+            return call_failed(t, rv);
+        print_resources(t, kind, res, &first);
     } else {
-        if (list_kind(t, kind, &resp) != 0)
-            return 1;
-        print_resources(t, rp_mp_get(&resp.data, "items"), &first);
+        if ((rv = auth_client_list(t->client, kind, NULL, 0, read_flags(&lf), &reply, &items,
+                                   NULL)) != 0)
+            return call_failed(t, rv);
+        print_resources(t, kind, items, &first);
     }
-    msgpack_unpacked_destroy(&resp);
+    auth_reply_free(&reply);
+    return 0;
+}
+
+/* Checks one document of tctl create: a kind it takes, a name, and for roles what
+ * the RBAC module says. 0, or 1 after printing the error with FILE:LINE. */
+static int check_document(const msgpack_object *doc, struct rp_ymp_lines *lines)
+{
+    const msgpack_object *kind = rp_mp_get(doc, "kind");
+    bool known = false;
+    for (size_t k = 0; create_kinds[k]; k++)
+        known = known || rp_mp_str_eq(kind, create_kinds[k]);
+    if (!known) {
+        char kb[64] = "";
+        field(doc, "kind", kb, sizeof kb);
+        rp_ymp_err(lines, RP_EINVAL, "kind",
+                   kb[0] ? "unknown kind '%s', expected role, user, token or lock"
+                         : "missing%s, expected role, user, token or lock",
+                   kb);
+        fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+        return 1;
+    }
+    if (rp_mp_get(rp_mp_get(doc, "metadata"), "name") == NULL) {
+        rp_ymp_err(lines, RP_EINVAL, "metadata.name", "missing, expected the name");
+        fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+        return 1;
+    }
+    if (rp_mp_str_eq(kind, "role")) {
+        struct rbac_role *role = NULL;
+        int rv = rbac_role_parse(doc, &role);
+        rbac_role_free(role);
+        if (rv != 0) {
+            rp_ymp_locate(lines, RP_EINVAL);
+            fprintf(stderr, "tctl create: %s\n", rp_errmsg());
+            return 1;
+        }
+    }
     return 0;
 }
 
 /* tctl create [-f] FILE: every document is checked (kind, and roles by the RBAC
  * module, with FILE:LINE in the message) before the first is sent. */
-static int cmd_create(struct tctl *t, const char *path)
+static int cmd_create(struct tctl *t, int argc, char **argv)
 {
+    static const struct option own[] = {
+        {"force", no_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    bool force = false;
+    flags_init(&f, t, argc, argv, own, "f");
+    while ((c = flags_next(&f)) > 0)
+        force = force || c == 'f';
+    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+        return rv;
+    const char *path = args[0];
     char *text = NULL;
     size_t len = 0;
     if (rp_read_file(path, RP_YAML_MAX_BYTES, &text, &len) != 0) {
@@ -625,13 +1086,17 @@ static int cmd_create(struct tctl *t, const char *path)
     }
     struct rp_ynode **docs = NULL;
     size_t n_docs = 0;
-    int rv = rp_yaml_parse_all(path, text, len, &docs, &n_docs);
+    rv = rp_yaml_parse_all(path, text, len, &docs, &n_docs);
     free(text);
     if (rv != 0) {
         fprintf(stderr, "tctl create: %s\n", rp_errmsg());
         return 1;
     }
     struct rp_buf *res = calloc(n_docs ? n_docs : 1, sizeof *res);
+    if (res == NULL) {
+        rp_yaml_docs_free(docs, n_docs);
+        return fail("create");
+    }
     int status = 0;
     size_t n_res = 0;
     for (size_t i = 0; i < n_docs && status == 0; i++) {
@@ -646,66 +1111,39 @@ static int cmd_create(struct tctl *t, const char *path)
             fprintf(stderr, "tctl create: %s\n", rp_errmsg());
             status = 1;
         } else {
-            const msgpack_object *kind = rp_mp_get(&u.data, "kind");
-            bool known = false;
-            for (size_t k = 0; all_kinds[k]; k++)
-                known = known || rp_mp_str_eq(kind, all_kinds[k]);
-            if (!known) {
-                char kb[64] = "";
-                field(&u.data, "kind", kb, sizeof kb);
-                rp_ymp_err(&lines, RP_EINVAL, "kind",
-                           kb[0] ? "unknown kind '%s', expected role, user or token"
-                                 : "missing%s, expected role, user or token",
-                           kb);
-                fprintf(stderr, "tctl create: %s\n", rp_errmsg());
-                status = 1;
-            } else if (rp_mp_get(rp_mp_get(&u.data, "metadata"), "name") == NULL) {
-                rp_ymp_err(&lines, RP_EINVAL, "metadata.name", "missing, expected the name");
-                fprintf(stderr, "tctl create: %s\n", rp_errmsg());
-                status = 1;
-            } else if (rp_mp_str_eq(kind, "role")) {
-                struct rbac_role *role = NULL;
-                if (rbac_role_parse(&u.data, &role) != 0) {
-                    rp_ymp_locate(&lines, RP_EINVAL);
-                    fprintf(stderr, "tctl create: %s\n", rp_errmsg());
-                    status = 1;
-                }
-                rbac_role_free(role);
-            }
+            status = check_document(&u.data, &lines);
             msgpack_unpacked_destroy(&u);
-            n_res++;
         }
+        n_res++;
         rp_ymp_lines_free(&lines);
     }
     rp_yaml_docs_free(docs, n_docs);
+    if (status == 0 && (rv = connect_client(t)) != 0)
+        status = rv;
     for (size_t i = 0; i < n_res && status == 0; i++) {
-        struct rp_buf req;
-        msgpack_packer pk;
-        msgpack_unpacked resp, u;
-        char rid[33], kind[64], name[256];
-        rp_mp_parse(res[i].data, res[i].len, &u);
-        field(&u.data, "kind", kind, sizeof kind);
-        field(rp_mp_get(&u.data, "metadata"), "name", name, sizeof name);
-        msgpack_unpacked_destroy(&u);
-        auth_new_rid(rid);
-        rp_buf_init(&req);
-        rp_mp_packer_init(&pk, &req);
-        msgpack_pack_map(&pk, 3);
-        rp_mp_kv_str(&pk, "m", t->force ? "put" : "create");
-        rp_mp_kv_raw(&pk, "res", res[i].data, res[i].len);
-        rp_mp_kv_str(&pk, "rid", rid);
-        rv = auth_client_call(t->client, req.data, req.len, &resp);
-        rp_buf_free(&req);
-        if (rv == RP_EEXISTS)
+        msgpack_unpacked u;
+        char kind[64] = "", name[256] = "";
+        if (rp_mp_parse(res[i].data, res[i].len, &u) == 0) {
+            field(&u.data, "kind", kind, sizeof kind);
+            field(rp_mp_get(&u.data, "metadata"), "name", name, sizeof name);
+            msgpack_unpacked_destroy(&u);
+        }
+        struct auth_write_result w;
+        rv = force ? auth_client_put(t->client, res[i].data, res[i].len, &w)
+                   : auth_client_create(t->client, res[i].data, res[i].len, &w);
+        if (rv == RP_EEXISTS) {
             fprintf(stderr, "tctl create: %s %s already exists: use -f to overwrite it\n", kind,
                     name);
-        else if (rv != 0)
+        } else if (rv != 0) {
             fprintf(stderr, "tctl create: %s %s: %s (%s)\n", kind, name, rp_errmsg(),
                     rp_strerror(rv));
-        else
-            printf("%s \"%s\" has been %s\n", kind, name,
-                   t->force ? "created or updated" : "created");
-        msgpack_unpacked_destroy(&resp);
+        } else {
+            printf("%s \"%s\" has been %s\n", kind, name, force ? "created or updated" : "created");
+            fflush(stdout);
+            for (size_t k = 0; k < w.n_warnings; k++)
+                fprintf(stderr, "warning: %s\n", w.warnings[k]);
+            auth_write_result_free(&w);
+        }
         if (rv != 0)
             status = 1;
     }
@@ -715,10 +1153,15 @@ static int cmd_create(struct tctl *t, const char *path)
     return status;
 }
 
-static int cmd_users(struct tctl *t, int nargs, char **args);
+static int delete_user(struct tctl *t, const char *name);
 
-static int cmd_rm(struct tctl *t, const char *what)
+static int cmd_rm(struct tctl *t, int argc, char **argv)
 {
+    char **args;
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0)
+        return rv;
+    const char *what = args[0];
     const char *slash = strchr(what, '/');
     if (slash == NULL || slash == what || slash[1] == '\0' || (size_t)(slash - what) >= 64) {
         fprintf(stderr, "tctl rm: expected KIND/NAME (e.g. role/dev), got '%s'\n", what);
@@ -726,131 +1169,217 @@ static int cmd_rm(struct tctl *t, const char *what)
     }
     char kind[64];
     snprintf(kind, sizeof kind, "%.*s", (int)(slash - what), what);
-    if (strcmp(kind, "user") == 0) {
-        char *args[] = {"users", "rm", (char *)slash + 1};
-        return cmd_users(t, 3, args);
-    }
-    int rv = delete_resource(t, kind, slash + 1);
-    if (rv == 0)
-        printf("%s \"%s\" has been deleted\n", kind, slash + 1);
-    return rv;
-}
-
-/* Packs "a,b,c" as an array of strings under @key; empty items are refused. */
-static int pack_list(msgpack_packer *pk, const char *key, const char *list, const char *flag)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", list);
-    const char *items[64];
-    size_t n = 0;
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n == 64) {
-            fprintf(stderr, "tctl: %s: at most 64 items\n", flag);
-            return 2;
-        }
-        items[n++] = tok;
-    }
-    if (n == 0 || strstr(list, ",,") || list[0] == ',' || list[strlen(list) - 1] == ',') {
-        fprintf(stderr, "tctl: %s=%s: expected a comma-separated list without empty items\n", flag,
-                list);
-        return 2;
-    }
-    rp_mp_pack_str(pk, key);
-    msgpack_pack_array(pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++)
-        rp_mp_pack_str(pk, items[i]);
+    const char *singular = singular_kind(kind);
+    if (singular != kind)
+        snprintf(kind, sizeof kind, "%s", singular);
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    if (strcmp(kind, "user") == 0) /* a user's secrets go with it: the users API */
+        return delete_user(t, slash + 1);
+    if ((rv = auth_client_delete(t->client, kind, slash + 1, NULL)) != 0)
+        return call_failed(t, rv);
+    printf("%s \"%s\" has been deleted\n", kind, slash + 1);
     return 0;
 }
 
-static void print_invite(struct tctl *t, const char *verb, const msgpack_object *resp,
+/* ---- users ------------------------------------------------------------------ */
+
+static void print_invite(struct tctl *t, const char *verb, const struct auth_invite *inv,
                          const char *user)
 {
-    char token[64];
-    uint64_t expires = ufield(resp, "expires");
-    uint64_t ttl_min = (expires > rp_now_ms() ? expires - rp_now_ms() + 30000 : 0) / 60000;
-    field(resp, "token", token, sizeof token);
+    uint64_t now = rp_now_ms();
+    uint64_t ttl_min = (inv->expires_ms > now ? inv->expires_ms - now + 30000 : 0) / 60000;
     if (t->format == FMT_JSON) {
         char when[40];
-        rp_format_time(expires, when, sizeof when);
-        printf("{\"user\": \"%s\", \"token\": \"%s\", \"expires\": \"%s\"}\n", user, token, when);
+        rp_format_time(inv->expires_ms, when, sizeof when);
+        printf("{\"user\": \"%s\", \"token\": \"%s\", \"expires\": \"%s\"}\n", user, inv->token,
+               when);
         return;
     }
     printf("User \"%s\" has been %s but requires a password. Share this invite token with the "
            "user to complete the setup; it can be used once, within %lluh%02llum:\n\n  %s\n",
            user, verb, (unsigned long long)(ttl_min / 60), (unsigned long long)(ttl_min % 60),
-           token);
+           inv->token);
 }
 
-static int cmd_users(struct tctl *t, int nargs, char **args)
+/* The invite TTL of users add / reset: 1h unless --ttl, which must be 1m..48h. */
+static int invite_ttl(const struct tctl *t, bool set, uint64_t *ttl)
 {
-    const char *sub = args[1], *name = nargs >= 3 ? args[2] : NULL;
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    uint64_t ttl = t->ttl_set ? t->ttl_ms : 3600 * 1000;
-    int rv = 0;
-    if (strcmp(sub, "add") == 0) {
-        msgpack_pack_map(&pk, 4 + (t->logins != NULL));
-        rp_mp_kv_str(&pk, "m", "user_add");
-        rp_mp_kv_str(&pk, "name", name);
-        rp_mp_kv_u64(&pk, "ttl_ms", ttl);
-        rv = pack_list(&pk, "roles", t->roles, "--roles");
-        if (rv == 0 && t->logins)
-            rv = pack_list(&pk, "logins", t->logins, "--logins");
-    } else if (strcmp(sub, "reset") == 0) {
-        msgpack_pack_map(&pk, 3);
-        rp_mp_kv_str(&pk, "m", "user_reset");
-        rp_mp_kv_str(&pk, "name", name);
-        rp_mp_kv_u64(&pk, "ttl_ms", ttl);
-    } else if (strcmp(sub, "update") == 0) {
-        msgpack_pack_map(&pk, 3);
-        rp_mp_kv_str(&pk, "m", "user_update");
-        rp_mp_kv_str(&pk, "name", name);
-        rv = pack_list(&pk, "roles", t->set_roles, "--set-roles");
-    } else { /* rm */
-        msgpack_pack_map(&pk, 2);
-        rp_mp_kv_str(&pk, "m", "user_rm");
-        rp_mp_kv_str(&pk, "name", name);
+    if (!set) {
+        *ttl = 3600 * 1000;
+        return 0;
     }
-    if (rv != 0) {
-        rp_buf_free(&req);
-        return rv;
+    if (*ttl < 60000 || *ttl > 48ull * 3600 * 1000) {
+        fprintf(stderr, "%s: --ttl: between 1m and 48h\n", t->label);
+        return 2;
     }
-    char what[32];
-    snprintf(what, sizeof what, "users %s", sub);
-    if (call(t, &req, &resp, what) != 0)
-        return 1;
-    if (strcmp(sub, "add") == 0)
-        print_invite(t, "created", &resp.data, name);
-    else if (strcmp(sub, "reset") == 0)
-        print_invite(t, "reset", &resp.data, name);
-    else if (strcmp(sub, "update") == 0)
-        printf("User %s has been updated: roles %s.\n", name, t->set_roles);
-    else
-        printf("User \"%s\" has been deleted.\n", name);
-    msgpack_unpacked_destroy(&resp);
     return 0;
 }
 
-static int cmd_users_ls(struct tctl *t)
+static int cmd_users_add(struct tctl *t, int argc, char **argv)
 {
-    msgpack_unpacked resp;
-    if (list_kind(t, "user", &resp) != 0)
-        return 1;
-    const msgpack_object *items = rp_mp_get(&resp.data, "items");
-    uint32_t n = items && items->type == MSGPACK_OBJECT_ARRAY ? items->via.array.size : 0;
+    static const struct option own[] = {
+        {"roles", required_argument, NULL, O_ROLES},
+        {"logins", required_argument, NULL, O_LOGINS},
+        {"ttl", required_argument, NULL, O_TTL},
+        {"format", required_argument, NULL, O_FORMAT},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    const char *roles = NULL, *logins = NULL;
+    uint64_t ttl = 0;
+    bool ttl_set = false;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        switch (c) {
+        case O_ROLES:
+            roles = optarg;
+            break;
+        case O_LOGINS:
+            logins = optarg;
+            break;
+        case O_TTL:
+            ttl_set = true;
+            if (parse_ttl(t, optarg, &ttl) != 0)
+                return 2;
+            break;
+        case O_FORMAT:
+            if (parse_format(t, optarg) != 0)
+                return 2;
+            break;
+        }
+    }
+    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+        return rv;
+    if (roles == NULL) {
+        fprintf(stderr, "tctl users add: --roles is required (e.g. --roles=access)\n");
+        return 2;
+    }
+    char rbuf[4096], lbuf[4096];
+    const char *role_v[64], *login_v[64];
+    size_t n_roles = 0, n_logins = 0;
+    if ((rv = invite_ttl(t, ttl_set, &ttl)) != 0 ||
+        (rv = split_list("--roles", roles, rbuf, sizeof rbuf, role_v, &n_roles)) != 0 ||
+        (logins &&
+         (rv = split_list("--logins", logins, lbuf, sizeof lbuf, login_v, &n_logins)) != 0) ||
+        (rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_invite inv;
+    if ((rv = auth_client_user_add(t->client, args[0], role_v, n_roles, login_v, n_logins, ttl,
+                                   &inv)) != 0)
+        return call_failed(t, rv);
+    print_invite(t, "created", &inv, args[0]);
+    OPENSSL_cleanse(&inv, sizeof inv);
+    return 0;
+}
+
+static int cmd_users_reset(struct tctl *t, int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"ttl", required_argument, NULL, O_TTL},
+        {"format", required_argument, NULL, O_FORMAT},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    uint64_t ttl = 0;
+    bool ttl_set = false;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_TTL) {
+            ttl_set = true;
+            if (parse_ttl(t, optarg, &ttl) != 0)
+                return 2;
+        }
+        if (c == O_FORMAT && parse_format(t, optarg) != 0)
+            return 2;
+    }
+    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0 ||
+        (rv = invite_ttl(t, ttl_set, &ttl)) != 0 || (rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_invite inv;
+    if ((rv = auth_client_user_reset(t->client, args[0], ttl, &inv)) != 0)
+        return call_failed(t, rv);
+    print_invite(t, "reset", &inv, args[0]);
+    OPENSSL_cleanse(&inv, sizeof inv);
+    return 0;
+}
+
+static int cmd_users_update(struct tctl *t, int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"set-roles", required_argument, NULL, O_SET_ROLES},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    const char *set_roles = NULL;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_SET_ROLES)
+            set_roles = optarg;
+    }
+    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+        return rv;
+    if (set_roles == NULL) {
+        fprintf(stderr, "tctl users update: --set-roles=R1,R2 is required\n");
+        return 2;
+    }
+    char rbuf[4096];
+    const char *role_v[64];
+    size_t n_roles = 0;
+    if ((rv = split_list("--set-roles", set_roles, rbuf, sizeof rbuf, role_v, &n_roles)) != 0 ||
+        (rv = connect_client(t)) != 0)
+        return rv;
+    if ((rv = auth_client_user_update(t->client, args[0], role_v, n_roles)) != 0)
+        return call_failed(t, rv);
+    printf("User %s has been updated: roles %s.\n", args[0], set_roles);
+    return 0;
+}
+
+static int delete_user(struct tctl *t, const char *name)
+{
+    int rv = auth_client_user_rm(t->client, name);
+    if (rv != 0)
+        return call_failed(t, rv);
+    printf("User \"%s\" has been deleted.\n", name);
+    return 0;
+}
+
+static int cmd_users_rm(struct tctl *t, int argc, char **argv)
+{
+    char **args;
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 1, 1, &args, &nargs)) >= 0 ||
+        (rv = connect_client(t)) != 0)
+        return rv;
+    return delete_user(t, args[0]);
+}
+
+static int cmd_users_ls(struct tctl *t, int argc, char **argv)
+{
+    struct list_flags lf;
+    int rv;
+    if ((rv = list_cmd_flags(t, argc, argv, &lf)) >= 0 || (rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_reply reply;
+    const msgpack_object *items;
+    if ((rv = auth_client_list(t->client, "user", NULL, 0, read_flags(&lf), &reply, &items,
+                               NULL)) != 0)
+        return call_failed(t, rv);
     if (t->format == FMT_JSON) {
         print_json(items);
-        msgpack_unpacked_destroy(&resp);
+        auth_reply_free(&reply);
         return 0;
     }
     struct rp_buf out;
     rp_buf_init(&out);
     rp_buf_printf(&out, "%-24s %s\n", "User", "Roles");
-    for (uint32_t i = 0; i < n; i++) {
+    for (uint32_t i = 0; i < items->via.array.size; i++) {
         const msgpack_object *it = &items->via.array.ptr[i];
         char name[160];
         field(rp_mp_get(it, "metadata"), "name", name, sizeof name);
@@ -866,31 +1395,46 @@ static int cmd_users_ls(struct tctl *t)
     }
     fwrite(out.data, 1, out.len, stdout);
     rp_buf_free(&out);
-    msgpack_unpacked_destroy(&resp);
+    auth_reply_free(&reply);
     return 0;
 }
 
-/* The CA resource cert_authority/@type (public parts). */
-static int get_ca(struct tctl *t, const char *type, msgpack_unpacked *resp)
-{
-    struct rp_buf req;
-    rp_buf_init(&req);
-    auth_req_get(&req, AUTH_KIND_CA, type, false, false);
-    return call(t, &req, resp, "auth export");
-}
+/* ---- auth export / sign --------------------------------------------------------- */
 
-static int cmd_auth_export(struct tctl *t)
+static int cmd_auth_export(struct tctl *t, int argc, char **argv)
 {
-    msgpack_unpacked resp;
-    const char *type = t->type;
-    if (get_ca(t, type, &resp) != 0)
-        return 1;
-    const msgpack_object *spec = rp_mp_get(rp_mp_get(&resp.data, "res"), "spec");
+    static const struct option own[] = {
+        {"type", required_argument, NULL, O_TYPE},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    const char *type = NULL;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_TYPE)
+            type = optarg;
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
+        return rv;
+    if (type == NULL || (strcmp(type, "user") && strcmp(type, "host") && strcmp(type, "tls"))) {
+        fprintf(stderr, "tctl auth export: --type=%s: expected user, host or tls\n",
+                type ? type : "");
+        return 2;
+    }
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_reply reply;
+    const msgpack_object *res;
+    if ((rv = auth_client_get(t->client, AUTH_KIND_CA, type, 0, &reply, &res, NULL)) != 0)
+        return call_failed(t, rv);
+    const msgpack_object *spec = rp_mp_get(res, "spec");
     const msgpack_object *keys =
         rp_mp_get(rp_mp_get(spec, "active_keys"), strcmp(type, "tls") == 0 ? "tls" : "ssh");
     char cluster[256];
     field(spec, "cluster_name", cluster, sizeof cluster);
-    int rv = 0;
+    rv = 0;
     for (uint32_t i = 0; keys && keys->type == MSGPACK_OBJECT_ARRAY && i < keys->via.array.size;
          i++) {
         const msgpack_object *k = &keys->via.array.ptr[i];
@@ -907,7 +1451,7 @@ static int cmd_auth_export(struct tctl *t)
     }
     if (rv != 0 || keys == NULL)
         fprintf(stderr, "tctl auth export: cert_authority/%s holds no %s key\n", type, type);
-    msgpack_unpacked_destroy(&resp);
+    auth_reply_free(&reply);
     return rv || keys == NULL;
 }
 
@@ -922,18 +1466,103 @@ static int write_out(const char *path, const char *data, unsigned mode)
     return 0;
 }
 
+/* Writes the key and certificates as @fmt says. 0, or 1 after printing why not. */
+static int write_identity(const char *fmt, const char *out_path, const char *priv,
+                          const char *tls_key, const struct auth_certs *certs)
+{
+    char path[4096];
+    struct rp_buf cert;
+    int rv;
+    rp_buf_init(&cert);
+    rp_buf_printf(&cert, "%s\n", certs->ssh_cert);
+    if (strcmp(fmt, "openssh") == 0) {
+        snprintf(path, sizeof path, "%s-cert.pub", out_path);
+        rv = write_out(out_path, priv, 0600) || write_out(path, (char *)cert.data, 0644);
+    } else if (strcmp(fmt, "file") == 0) {
+        /* One identity file: private key, SSH certificate, then for users the X.509
+         * certificate and the CA that signed it. */
+        struct rp_buf all;
+        rp_buf_init(&all);
+        rp_buf_printf(&all, "%s%s", priv, (char *)cert.data);
+        if (certs->tls_cert && certs->tls_ca)
+            rp_buf_printf(&all, "%s%s", certs->tls_cert, certs->tls_ca);
+        rp_buf_append(&all, "", 1);
+        rv = write_out(out_path, (char *)all.data, 0600);
+        OPENSSL_cleanse(all.data, all.cap);
+        rp_buf_free(&all);
+    } else { /* tls: PATH.key, PATH.crt, PATH.cas */
+        char a[4096], b[4096];
+        snprintf(path, sizeof path, "%s.key", out_path);
+        snprintf(a, sizeof a, "%s.crt", out_path);
+        snprintf(b, sizeof b, "%s.cas", out_path);
+        rv = write_out(path, tls_key, 0600) || write_out(a, certs->tls_cert, 0644) ||
+             write_out(b, certs->tls_ca, 0644);
+    }
+    rp_buf_free(&cert);
+    return rv;
+}
+
 /* tctl auth sign --user=NAME | --host=NAME: a fresh key (Ed25519; ECDSA P-256 when an
  * X.509 certificate is wanted too, the key type of the cluster's TLS) and its
  * certificates. */
-static int cmd_auth_sign(struct tctl *t)
+static int cmd_auth_sign(struct tctl *t, int argc, char **argv)
 {
-    const char *fmt = t->sign_format ? t->sign_format : "openssh";
-    bool user = t->user != NULL,
-         want_tls = strcmp(fmt, "tls") == 0 || (user && strcmp(fmt, "file") == 0);
-    const char *who = user ? t->user : t->sign_host;
+    static const struct option own[] = {
+        {"user", required_argument, NULL, O_USER}, {"host", required_argument, NULL, O_HOST},
+        {"out", required_argument, NULL, 'o'},     {"format", required_argument, NULL, O_FORMAT},
+        {"ttl", required_argument, NULL, O_TTL},   {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    const char *user = NULL, *host = NULL, *out_path = NULL, *fmt = "openssh";
+    uint64_t ttl = 0;
+    flags_init(&f, t, argc, argv, own, "o:");
+    while ((c = flags_next(&f)) > 0) {
+        switch (c) {
+        case O_USER:
+            user = optarg;
+            break;
+        case O_HOST:
+            host = optarg;
+            break;
+        case 'o':
+            out_path = optarg;
+            break;
+        case O_FORMAT:
+            fmt = optarg;
+            if (strcmp(fmt, "openssh") != 0 && strcmp(fmt, "file") != 0 &&
+                strcmp(fmt, "tls") != 0) {
+                fprintf(stderr, "tctl auth sign: --format=%s: expected openssh, file or tls\n",
+                        fmt);
+                return 2;
+            }
+            break;
+        case O_TTL:
+            if (parse_ttl(t, optarg, &ttl) != 0)
+                return 2;
+            break;
+        }
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
+        return rv;
+    if ((host == NULL) == (user == NULL)) {
+        fprintf(stderr, "tctl auth sign: give exactly one of --host=NAME or --user=NAME\n");
+        return 2;
+    }
+    if (out_path == NULL) {
+        fprintf(stderr,
+                "tctl auth sign: -o PATH is required (where the key and certificates go)\n");
+        return 2;
+    }
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    bool want_tls = strcmp(fmt, "tls") == 0 || (user && strcmp(fmt, "file") == 0);
+    const char *who = user ? user : host;
     EVP_PKEY *key = NULL;
     char *priv = NULL, *pub = NULL, *tls_pub = NULL, *tls_key = NULL;
-    int rv = 1;
+    struct auth_certs certs = {0};
+    rv = 1;
     if (want_tls) /* one ECDSA P-256 key serves SSH and the cluster's TLS */
         key = rp_tls_keygen();
     else if (rp_ssh_keygen(RP_SSH_KEY_ED25519, &key) != 0)
@@ -945,73 +1574,26 @@ static int cmd_auth_sign(struct tctl *t)
         fail("making a key");
         goto out;
     }
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
+    int crv;
     if (user) {
-        msgpack_pack_map(&pk, 3 + t->ttl_set + (tls_pub != NULL));
-        rp_mp_kv_str(&pk, "m", "sign_user");
-        rp_mp_kv_str(&pk, "user", t->user);
-        if (t->ttl_set)
-            rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_ms);
+        crv = auth_client_sign_user(t->client, user, pub, tls_pub, ttl, &certs);
     } else {
-        msgpack_pack_map(&pk, 6 + (tls_pub != NULL));
-        rp_mp_kv_str(&pk, "m", "sign_host");
-        rp_mp_kv_str(&pk, "host_id", t->sign_host);
-        rp_mp_kv_str(&pk, "nodename", t->sign_host);
-        rp_mp_kv_str(&pk, "role", "Node");
-        rp_mp_kv_u64(&pk, "ttl_ms", t->ttl_set ? t->ttl_ms : 8760ull * 3600 * 1000);
+        struct auth_host_sign req = {
+            .host_id = host,
+            .nodename = host,
+            .role = "Node",
+            .ssh_pubkey = pub,
+            .tls_pubkey = tls_pub,
+            .ttl_ms = ttl ? ttl : 8760ull * 3600 * 1000,
+        };
+        crv = auth_client_sign_host(t->client, &req, &certs);
     }
-    rp_mp_kv_str(&pk, "ssh_pubkey", pub);
-    if (tls_pub)
-        rp_mp_kv_str(&pk, "tls_pubkey", tls_pub);
-    if (call(t, &req, &resp, "auth sign") != 0)
+    if (crv != 0) {
+        call_failed(t, crv);
         goto out;
-    char path[4096];
-    struct rp_buf cert;
-    rp_buf_init(&cert);
-    const char *s;
-    size_t n;
-    rp_mp_get_str(&resp.data, "ssh_cert", &s, &n);
-    rp_buf_printf(&cert, "%.*s\n", (int)n, s);
-    rp_buf_append(&cert, "", 1);
-    printf("The %s certificates of %s were written to:\n", user ? "user" : "host", who);
-    if (strcmp(fmt, "openssh") == 0) {
-        snprintf(path, sizeof path, "%s-cert.pub", t->out_path);
-        rv = write_out(t->out_path, priv, 0600) || write_out(path, (char *)cert.data, 0644);
-    } else if (strcmp(fmt, "file") == 0) {
-        /* One identity file: private key, SSH certificate, then for users the X.509
-         * certificate and the CA that signed it. */
-        struct rp_buf all;
-        rp_buf_init(&all);
-        rp_buf_printf(&all, "%s%s", priv, (char *)cert.data);
-        const char *tc, *ca;
-        size_t tn, cn;
-        if (rp_mp_get_str(&resp.data, "tls_cert", &tc, &tn) == 0 &&
-            rp_mp_get_str(&resp.data, "tls_ca", &ca, &cn) == 0)
-            rp_buf_printf(&all, "%.*s%.*s", (int)tn, tc, (int)cn, ca);
-        rp_buf_append(&all, "", 1);
-        rv = write_out(t->out_path, (char *)all.data, 0600);
-        OPENSSL_cleanse(all.data, all.cap);
-        rp_buf_free(&all);
-    } else { /* tls: PATH.key, PATH.crt, PATH.cas */
-        char a[4096], b[4096];
-        const char *tc, *ca;
-        size_t tn, cn;
-        rp_mp_get_str(&resp.data, "tls_cert", &tc, &tn);
-        rp_mp_get_str(&resp.data, "tls_ca", &ca, &cn);
-        char *tcs = strndup(tc, tn), *cas = strndup(ca, cn);
-        snprintf(path, sizeof path, "%s.key", t->out_path);
-        snprintf(a, sizeof a, "%s.crt", t->out_path);
-        snprintf(b, sizeof b, "%s.cas", t->out_path);
-        rv = write_out(path, tls_key, 0600) || write_out(a, tcs, 0644) || write_out(b, cas, 0644);
-        free(tcs);
-        free(cas);
     }
-    rp_buf_free(&cert);
-    msgpack_unpacked_destroy(&resp);
+    printf("The %s certificates of %s were written to:\n", user ? "user" : "host", who);
+    rv = write_identity(fmt, out_path, priv, tls_key, &certs);
 out:
     if (priv) {
         OPENSSL_cleanse(priv, strlen(priv));
@@ -1021,11 +1603,14 @@ out:
         OPENSSL_cleanse(tls_key, strlen(tls_key));
         free(tls_key);
     }
+    auth_certs_free(&certs);
     free(pub);
     free(tls_pub);
     EVP_PKEY_free(key);
     return rv;
 }
+
+/* ---- events ----------------------------------------------------------------- */
 
 /* --since / --until: a duration back from now ("1h", "30m") or an RFC 3339 UTC
  * time ("2026-11-25T14:00:00Z"); 0 with *ms set, 2 after printing the error. */
@@ -1060,35 +1645,60 @@ static int parse_when(const char *flag, const char *s, uint64_t *ms)
     return 0;
 }
 
-static int cmd_events_ls(struct tctl *t)
+static int cmd_events_ls(struct tctl *t, int argc, char **argv)
 {
-    uint64_t from = 0, to = 0;
-    if ((t->since && parse_when("--since", t->since, &from) != 0) ||
-        (t->until && parse_when("--until", t->until, &to) != 0))
-        return 2;
-    struct rp_buf req;
-    msgpack_packer pk;
-    msgpack_unpacked resp;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 2 + (from != 0) + (to != 0) + (t->type != NULL) + (t->user != NULL) +
-                              t->stale);
-    rp_mp_kv_str(&pk, "m", "events");
-    if (t->stale)
-        rp_mp_kv_bool(&pk, "stale", true);
-    rp_mp_kv_u64(&pk, "limit", t->limit ? t->limit : 1000);
-    if (from)
-        rp_mp_kv_u64(&pk, "from", from);
-    if (to)
-        rp_mp_kv_u64(&pk, "to", to);
-    if (t->type)
-        rp_mp_kv_str(&pk, "type", t->type);
-    if (t->user)
-        rp_mp_kv_str(&pk, "user", t->user);
-    if (call(t, &req, &resp, "events ls") != 0)
-        return 1;
-    const msgpack_object *items = rp_mp_get(&resp.data, "items");
-    uint32_t n = items && items->type == MSGPACK_OBJECT_ARRAY ? items->via.array.size : 0;
+    static const struct option own[] = {
+        {"since", required_argument, NULL, O_SINCE},   {"until", required_argument, NULL, O_UNTIL},
+        {"type", required_argument, NULL, O_TYPE},     {"user", required_argument, NULL, O_USER},
+        {"limit", required_argument, NULL, O_LIMIT},   {"stale", no_argument, NULL, O_STALE},
+        {"format", required_argument, NULL, O_FORMAT}, {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    struct auth_events_query q = {.limit = 1000};
+    char *end;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        switch (c) {
+        case O_SINCE:
+            if (parse_when("--since", optarg, &q.from_ms) != 0)
+                return 2;
+            break;
+        case O_UNTIL:
+            if (parse_when("--until", optarg, &q.to_ms) != 0)
+                return 2;
+            break;
+        case O_TYPE:
+            q.type = optarg;
+            break;
+        case O_USER:
+            q.user = optarg;
+            break;
+        case O_LIMIT:
+            q.limit = strtoull(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || q.limit == 0 || q.limit > 10000) {
+                fprintf(stderr, "tctl: --limit=%s: expected a number of events from 1 to 10000\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case O_STALE:
+            q.stale = true;
+            break;
+        case O_FORMAT:
+            if (parse_format(t, optarg) != 0)
+                return 2;
+            break;
+        }
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0 || (rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_reply reply;
+    const msgpack_object *items;
+    if ((rv = auth_client_events(t->client, &q, &reply, &items)) != 0)
+        return call_failed(t, rv);
+    uint32_t n = items->via.array.size;
     struct rp_buf out;
     rp_buf_init(&out);
     if (t->format == FMT_JSON)
@@ -1109,11 +1719,11 @@ static int cmd_events_ls(struct tctl *t)
         rp_buf_printf(&out, "%-24s %-20s %-7s %-24s", when, field(ev, "event", type, sizeof type),
                       field(ev, "code", code, sizeof code), u[0] ? u : "-");
         /* Details: the event's other string and number fields, key=value. */
-        for (uint32_t k = 0; k < ev->via.map.size; k++) {
+        for (uint32_t k = 0; ev->type == MSGPACK_OBJECT_MAP && k < ev->via.map.size; k++) {
             const msgpack_object_kv *kv = &ev->via.map.ptr[k];
             static const char *skip[] = {"event", "code", "user", "time", "uid", "server_id"};
             bool skipped = kv->key.type != MSGPACK_OBJECT_STR;
-            for (size_t j = 0; !skipped && j < sizeof skip / sizeof skip[0]; j++)
+            for (size_t j = 0; !skipped && j < ARRAY_LEN(skip); j++)
                 skipped = rp_mp_str_eq(&kv->key, skip[j]);
             if (skipped)
                 continue;
@@ -1126,60 +1736,252 @@ static int cmd_events_ls(struct tctl *t)
         rp_buf_append_str(&out, n ? "\n]\n" : "]\n");
     fwrite(out.data, 1, out.len, stdout);
     rp_buf_free(&out);
-    msgpack_unpacked_destroy(&resp);
+    auth_reply_free(&reply);
     return 0;
+}
+
+/* ---- locks ------------------------------------------------------------------ */
+
+static int cmd_lock(struct tctl *t, int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"user", required_argument, NULL, O_USER},
+        {"role", required_argument, NULL, O_ROLE},
+        {"login", required_argument, NULL, O_LOGIN},
+        {"server-id", required_argument, NULL, O_SERVER_ID},
+        {"message", required_argument, NULL, O_MESSAGE},
+        {"ttl", required_argument, NULL, O_TTL},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    struct auth_lock_spec spec = {0};
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        switch (c) {
+        case O_USER:
+            spec.user = optarg;
+            break;
+        case O_ROLE:
+            spec.role = optarg;
+            break;
+        case O_LOGIN:
+            spec.login = optarg;
+            break;
+        case O_SERVER_ID:
+            spec.server_id = optarg;
+            break;
+        case O_MESSAGE:
+            spec.message = optarg;
+            break;
+        case O_TTL:
+            if (parse_ttl(t, optarg, &spec.ttl_ms) != 0)
+                return 2;
+            break;
+        }
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
+        return rv;
+    if (spec.user == NULL && spec.role == NULL && spec.login == NULL && spec.server_id == NULL)
+        return usage_error(t, "give at least one target: --user, --role, --login or --server-id");
+    /* The same checks the lock gets when it is built, before anything is dialed. */
+    struct rp_buf probe;
+    rp_buf_init(&probe);
+    rv = auth_lock_encode(&spec, "00000000-0000-4000-8000-000000000000", rp_now_ms(), &probe);
+    rp_buf_free(&probe);
+    if (rv != 0)
+        return usage_error(t, "%s", rp_errmsg());
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+    char who[256], name[37];
+    if (auth_client_identity_name(t->client, who, sizeof who) == 0)
+        spec.created_by = who;
+    struct auth_write_result w;
+    if ((rv = auth_client_lock_add(t->client, &spec, name, &w)) != 0)
+        return call_failed(t, rv);
+    printf("Created a lock with name \"%s\".\n", name);
+    fflush(stdout);
+    for (size_t k = 0; k < w.n_warnings; k++)
+        fprintf(stderr, "warning: %s\n", w.warnings[k]);
+    auth_write_result_free(&w);
+    return 0;
+}
+
+static int cmd_locks_ls(struct tctl *t, int argc, char **argv)
+{
+    struct list_flags lf;
+    int rv;
+    if ((rv = list_cmd_flags(t, argc, argv, &lf)) >= 0 || (rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_reply reply;
+    const msgpack_object *items;
+    if ((rv = auth_client_list(t->client, AUTH_KIND_LOCK, NULL, 0, read_flags(&lf), &reply, &items,
+                               NULL)) != 0)
+        return call_failed(t, rv);
+    bool first = true;
+    if (t->format == FMT_DEFAULT)
+        t->format = FMT_TEXT; /* a table unless asked otherwise */
+    print_resources(t, AUTH_KIND_LOCK, items, &first);
+    auth_reply_free(&reply);
+    return 0;
+}
+
+/* ---- version, help ---------------------------------------------------------- */
+
+static int cmd_version(struct tctl *t, int argc, char **argv)
+{
+    char **args;
+    int nargs, rv;
+    if ((rv = no_own_flags(t, argc, argv, 0, 0, &args, &nargs)) >= 0)
+        return rv;
+    printf("tctl 0.1.0\n");
+    return 0;
+}
+
+static const struct verb *find_verb(int nargs, char **args, int *n_words);
+
+static int cmd_help(struct tctl *t, int argc, char **argv)
+{
+    int n_words = 0;
+    const struct verb *v = argc > 1 ? find_verb(argc - 1, argv + 1, &n_words) : NULL;
+    if (argc > 1 && (v == NULL || n_words != argc - 1)) {
+        fprintf(stderr, "tctl help: no command '");
+        for (int i = 1; i < argc; i++)
+            fprintf(stderr, "%s%s", i > 1 ? " " : "", argv[i]);
+        fprintf(stderr, "'\n");
+        usage(stderr);
+        return 2;
+    }
+    if (v)
+        verb_help(stdout, v);
+    else
+        usage(stdout);
+    return 0;
+}
+
+/* ---- the verb table ------------------------------------------------------------ */
+
+static const struct verb verbs[] = {
+    {"status", "[--format=text|json]", "cluster, CA pin, Raft members and their state", NULL,
+     cmd_status},
+    {"tokens add", "--type=TYPE [--ttl=30m] [--format=text|json]",
+     "create a join token (auth, node or proxy)",
+     "The token joins one auth server, node or proxy; it expires after --ttl (at most 48h).\n",
+     cmd_tokens_add},
+    {"tokens ls", "[--format=text|json] [--stale]", "list join tokens", NULL, cmd_tokens_ls},
+    {"tokens rm", "TOKEN", "delete a join token", NULL, cmd_tokens_rm},
+    {"auth members ls", "[--format=text|json]", "list the auth servers of the Raft group", NULL,
+     cmd_status},
+    {"auth members rm", "ID", "remove auth server ID from the Raft group", NULL, cmd_members_rm},
+    {"auth export", "--type=user|host|tls", "the public keys of a certificate authority",
+     "user: a TrustedUserCAKeys line for sshd; host: an @cert-authority known_hosts line;\n"
+     "tls: the PEM certificate of the TLS CA.\n",
+     cmd_auth_export},
+    {"auth sign", "--user=NAME|--host=NAME -o PATH [--format=openssh|file|tls] [--ttl=D]",
+     "a fresh key with its certificates",
+     "openssh: PATH and PATH-cert.pub; file: one identity file for tctl -i (users);\n"
+     "tls: PATH.key, PATH.crt, PATH.cas.\n",
+     cmd_auth_sign},
+    {"get", "KIND[/NAME] | all [--format=yaml|json|text] [--stale] [--with-secrets]",
+     "print resources as YAML, or as JSON or a table",
+     "KIND may be plural, as in Teleport: roles, users, tokens, locks.\n"
+     "all: the roles, users and tokens, for tctl create -f on another cluster.\n"
+     "--stale: this server's copy, no leader needed.\n"
+     "--with-secrets: private keys and password hashes too (Admin only).\n",
+     cmd_get},
+    {"create", "[-f] FILE.yaml", "create the roles, users, tokens, locks of FILE",
+     "-f, --force: overwrite existing ones. Every document is checked before the first is\n"
+     "sent; warnings the auth server attaches are printed on stderr.\n",
+     cmd_create},
+    {"rm", "KIND/NAME", "delete a role, user, token or lock", NULL, cmd_rm},
+    {"users add", "NAME --roles=R1,R2 [--logins=L1,L2] [--ttl=1h] [--format=text|json]",
+     "create a user; prints a one-time invite token", NULL, cmd_users_add},
+    {"users ls", "[--format=text|json] [--stale]", "list users", NULL, cmd_users_ls},
+    {"users rm", "NAME", "delete a user", NULL, cmd_users_rm},
+    {"users reset", "NAME [--ttl=1h] [--format=text|json]",
+     "drop password and second factor; new invite", NULL, cmd_users_reset},
+    {"users update", "NAME --set-roles=R1,R2", "replace the user's roles", NULL, cmd_users_update},
+    {"events ls", "[--since=D|TIME] [--until=TIME] [--type=EVENT] [--user=NAME] [--limit=N]",
+     "search the audit log",
+     "--since: a duration back from now (1h) or a UTC time (2026-11-25T14:00:00Z).\n"
+     "--limit: at most N events (1..10000, default 1000).\n"
+     "--stale: this server's copy, no leader needed. --format=text|json.\n",
+     cmd_events_ls},
+    {"lock", "--user=NAME|--role=R|--login=L|--server-id=ID [--message=TEXT] [--ttl=D]",
+     "lock an identity out of the auth service",
+     "At least one target; with several, an identity must match all of them. --ttl: the\n"
+     "lock expires after D (e.g. 1h); without it, it holds until tctl rm lock/NAME.\n",
+     cmd_lock},
+    {"locks ls", "[--format=text|json|yaml] [--stale]", "list locks: target, message, expiry", NULL,
+     cmd_locks_ls},
+    {"version", "", "print the version", NULL, cmd_version},
+    {"help", "[COMMAND]", "this text, or a command's flags", NULL, cmd_help},
+};
+static const size_t n_verbs = ARRAY_LEN(verbs);
+
+/* The row whose words begin @args, the longest if several do; @n_words: how many
+ * arguments its words took. */
+static const struct verb *find_verb(int nargs, char **args, int *n_words)
+{
+    const struct verb *best = NULL;
+    for (size_t i = 0; i < n_verbs; i++) {
+        const char *w = verbs[i].words;
+        int k = 0;
+        while (k < nargs) {
+            size_t len = strlen(args[k]);
+            if (strncmp(w, args[k], len) != 0 || (w[len] != ' ' && w[len] != '\0'))
+                break;
+            w += len;
+            k++;
+            if (*w == '\0')
+                break;
+            w++;
+        }
+        if (*w == '\0' && k > 0 && (best == NULL || k > *n_words)) {
+            best = &verbs[i];
+            *n_words = k;
+        }
+    }
+    return best;
+}
+
+/* No row matched: names what was typed and lists the commands that start alike. */
+static int unknown_command(int nargs, char **args)
+{
+    fprintf(stderr, "tctl: unknown command '");
+    for (int i = 0; i < nargs && i < 3; i++)
+        fprintf(stderr, "%s%s", i ? " " : "", args[i]);
+    fprintf(stderr, "'\n");
+    size_t len = strlen(args[0]);
+    bool any = false;
+    for (size_t i = 0; i < n_verbs; i++) {
+        if (strncmp(verbs[i].words, args[0], len) == 0 && verbs[i].words[len] == ' ') {
+            if (!any)
+                fprintf(stderr, "Commands of '%s':\n", args[0]);
+            print_verb_line(stderr, &verbs[i]);
+            any = true;
+        }
+    }
+    if (!any)
+        usage(stderr);
+    return 2;
 }
 
 int main(int argc, char **argv)
 {
-    enum {
-        O_AUTH = 256,
-        O_FORMAT,
-        O_TTL,
-        O_TYPE,
-        O_STALE,
-        O_SINCE,
-        O_UNTIL,
-        O_USER,
-        O_LIMIT,
-        O_ROLES,
-        O_LOGINS,
-        O_SET_ROLES,
-        O_WITH_SECRETS,
-        O_SIGN_USER,
-        O_SIGN_HOST
-    };
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"auth-server", required_argument, NULL, O_AUTH},
-        {"format", required_argument, NULL, O_FORMAT},
-        {"ttl", required_argument, NULL, O_TTL},
-        {"type", required_argument, NULL, O_TYPE},
-        {"stale", no_argument, NULL, O_STALE},
-        {"since", required_argument, NULL, O_SINCE},
-        {"until", required_argument, NULL, O_UNTIL},
-        {"user", required_argument, NULL, O_USER},
-        {"limit", required_argument, NULL, O_LIMIT},
-        {"roles", required_argument, NULL, O_ROLES},
-        {"logins", required_argument, NULL, O_LOGINS},
-        {"set-roles", required_argument, NULL, O_SET_ROLES},
-        {"with-secrets", no_argument, NULL, O_WITH_SECRETS},
-        {"user", required_argument, NULL, O_USER},
-        {"host", required_argument, NULL, O_SIGN_HOST},
-        {"out", required_argument, NULL, 'o'},
-        {"debug", no_argument, NULL, 'd'},
-        {"force", no_argument, NULL, 'f'},
-        {"identity", required_argument, NULL, 'i'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    struct tctl t = {.format = FMT_DEFAULT, .ttl_ms = 30 * 60 * 1000};
+    struct tctl t = {.format = FMT_DEFAULT};
     int c;
     rp_log_set_level(RP_LOG_WARN);
-    while ((c = getopt_long(argc, argv, "c:fi:o:dh", opts, NULL)) != -1) {
+    /* The global flags before the command ('+': stop at the first word). */
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+:" GLOBAL_SHORTS, global_opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             t.config_path = optarg;
+            break;
+        case 'i':
+            t.identity = optarg;
             break;
         case O_AUTH:
             if (rp_check_hostport(optarg) != 0) {
@@ -1188,87 +1990,22 @@ int main(int argc, char **argv)
             }
             t.auth_server = optarg;
             break;
-        case O_FORMAT:
-            t.sign_format = optarg; /* auth sign takes openssh, file or tls */
-            if (strcmp(optarg, "openssh") == 0 || strcmp(optarg, "file") == 0 ||
-                strcmp(optarg, "tls") == 0)
-                break;
-            if (strcmp(optarg, "json") == 0)
-                t.format = FMT_JSON;
-            else if (strcmp(optarg, "text") == 0)
-                t.format = FMT_TEXT;
-            else if (strcmp(optarg, "yaml") == 0)
-                t.format = FMT_YAML;
-            else {
-                fprintf(stderr, "tctl: --format=%s: expected text, json or yaml\n", optarg);
-                return 2;
-            }
-            break;
-        case 'f':
-            t.force = true;
-            break;
-        case 'i':
-            t.identity = optarg;
-            break;
-        case O_TTL:
-            if (rp_parse_duration_ms(optarg, &t.ttl_ms) != 0) {
-                fprintf(stderr, "tctl: --ttl: %s\n", rp_errmsg());
-                return 2;
-            }
-            t.ttl_set = true;
-            break;
-        case O_TYPE:
-            t.type = optarg;
-            break;
-        case O_STALE:
-            t.stale = true;
-            break;
-        case O_SINCE:
-            t.since = optarg;
-            break;
-        case O_ROLES:
-            t.roles = optarg;
-            break;
-        case O_LOGINS:
-            t.logins = optarg;
-            break;
-        case O_SET_ROLES:
-            t.set_roles = optarg;
-            break;
-        case O_WITH_SECRETS:
-            t.with_secrets = true;
-            break;
-        case O_SIGN_HOST:
-            t.sign_host = optarg;
-            break;
-        case 'o':
-            t.out_path = optarg;
-            break;
-        case O_UNTIL:
-            t.until = optarg;
-            break;
-        case O_USER:
-            t.user = optarg;
-            break;
-        case O_LIMIT: {
-            char *end;
-            t.limit = strtoull(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || t.limit == 0 || t.limit > 10000) {
-                fprintf(stderr, "tctl: --limit=%s: expected a number of events from 1 to 10000\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        }
         case 'd':
             rp_log_set_level(RP_LOG_DEBUG);
             break;
         case 'h':
             usage(stdout);
             return 0;
-        default:
+        default: {
+            const char *arg = argv[optind - 1];
+            fprintf(stderr,
+                    "tctl: %s %.*s before the command (its flags go after it, e.g. tctl status "
+                    "--format=json)\n",
+                    c == ':' ? "a value is missing for" : "unknown flag", (int)strcspn(arg, "="),
+                    arg);
             usage(stderr);
             return 2;
+        }
         }
     }
     int nargs = argc - optind;
@@ -1277,133 +2014,25 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(args[0], "version") == 0) {
-        printf("tctl 0.1.0\n");
-        return 0;
-    }
-    int rv;
-    bool known = (strcmp(args[0], "status") == 0 && nargs == 1) ||
-                 (strcmp(args[0], "tokens") == 0 && nargs >= 2) ||
-                 (strcmp(args[0], "auth") == 0 && nargs >= 3 && strcmp(args[1], "members") == 0) ||
-                 (strcmp(args[0], "get") == 0 && nargs == 2) ||
-                 (strcmp(args[0], "create") == 0 && nargs == 2) ||
-                 (strcmp(args[0], "rm") == 0 && nargs == 2) ||
-                 (strcmp(args[0], "events") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
-                 (strcmp(args[0], "users") == 0 && nargs == 2 && strcmp(args[1], "ls") == 0) ||
-                 (strcmp(args[0], "auth") == 0 && nargs == 2 &&
-                  (strcmp(args[1], "export") == 0 || strcmp(args[1], "sign") == 0)) ||
-                 (strcmp(args[0], "users") == 0 && nargs == 3 &&
-                  (strcmp(args[1], "add") == 0 || strcmp(args[1], "rm") == 0 ||
-                   strcmp(args[1], "reset") == 0 || strcmp(args[1], "update") == 0));
-    if (!known) {
-        fprintf(stderr, "tctl: unknown command or wrong arguments: '%s'\n", args[0]);
-        usage(stderr);
-        return 2;
-    }
-    if (strcmp(args[0], "tokens") == 0 && strcmp(args[1], "add") == 0) {
-        /* Checked here too, so a typo is named even when no auth server answers. */
-        if (t.type == NULL || (strcmp(t.type, "auth") != 0 && strcmp(t.type, "node") != 0 &&
-                               strcmp(t.type, "proxy") != 0)) {
-            fprintf(stderr, "tctl tokens add: --type=%s: expected auth, node or proxy\n",
-                    t.type ? t.type : "");
-            return 2;
-        }
-        if (t.ttl_ms > 48ull * 3600 * 1000) {
-            fprintf(stderr, "tctl tokens add: --ttl: at most 48h\n");
-            return 2;
-        }
-    }
-    if (strcmp(args[0], "auth") == 0 && nargs == 4 && strcmp(args[2], "rm") == 0) {
-        char *end;
-        unsigned long long id = strtoull(args[3], &end, 10);
-        if (args[3][0] == '\0' || *end != '\0' || id == 0) {
-            fprintf(stderr, "tctl auth members rm: '%s' is not a member id (a positive integer)\n",
-                    args[3]);
-            return 2;
-        }
-    }
-    if (strcmp(args[0], "auth") == 0 && nargs == 2 && strcmp(args[1], "export") == 0 &&
-        (t.type == NULL ||
-         (strcmp(t.type, "user") && strcmp(t.type, "host") && strcmp(t.type, "tls")))) {
-        fprintf(stderr, "tctl auth export: --type=%s: expected user, host or tls\n",
-                t.type ? t.type : "");
-        return 2;
-    }
-    if (strcmp(args[0], "auth") == 0 && nargs == 2 && strcmp(args[1], "sign") == 0) {
-        if ((t.sign_host == NULL) == (t.user == NULL)) {
-            fprintf(stderr, "tctl auth sign: give exactly one of --host=NAME or --user=NAME\n");
-            return 2;
-        }
-        if (t.out_path == NULL) {
-            fprintf(stderr,
-                    "tctl auth sign: -o PATH is required (where the key and certificates go)\n");
-            return 2;
-        }
-    }
-    if (strcmp(args[0], "users") == 0 && nargs == 3) {
-        if (strcmp(args[1], "add") == 0 && t.roles == NULL) {
-            fprintf(stderr, "tctl users add: --roles is required (e.g. --roles=access)\n");
-            return 2;
-        }
-        if (strcmp(args[1], "update") == 0 && t.set_roles == NULL) {
-            fprintf(stderr, "tctl users update: --set-roles=R1,R2 is required\n");
-            return 2;
-        }
-        if ((strcmp(args[1], "add") == 0 || strcmp(args[1], "reset") == 0) && t.ttl_set &&
-            (t.ttl_ms < 60000 || t.ttl_ms > 48ull * 3600 * 1000)) {
-            fprintf(stderr, "tctl users %s: --ttl: between 1m and 48h\n", args[1]);
-            return 2;
-        }
-    }
-    if (strcmp(args[0], "events") == 0) {
-        uint64_t ms; /* flags checked before dialing, like the others */
-        if ((t.since && parse_when("--since", t.since, &ms) != 0) ||
-            (t.until && parse_when("--until", t.until, &ms) != 0))
-            return 2;
-    }
-    /* Only now: every return above is a usage error, and must not leak the config. */
+    int n_words = 0;
+    const struct verb *v = find_verb(nargs, args, &n_words);
+    if (v == NULL)
+        return unknown_command(nargs, args);
+    t.verb = v;
+    snprintf(t.label, sizeof t.label, "tctl %s", v->words);
+    /* The command sees its label as argv[0], then what follows its words. */
+    int vargc = nargs - n_words + 1;
+    char **vargv = calloc((size_t)vargc + 1, sizeof *vargv);
+    if (vargv == NULL)
+        return fail("arguments");
+    vargv[0] = t.label;
+    for (int i = 1; i < vargc; i++)
+        vargv[i] = args[n_words + i - 1];
+    /* Every return above is a usage error and has nothing to free; the command
+     * loads the config into t.cfg when it connects. */
     rp_config_init(&t.cfg);
-    if (connect_client(&t) != 0) {
-        rp_config_free(&t.cfg);
-        return 1;
-    }
-    if (strcmp(args[0], "status") == 0) {
-        rv = cmd_status(&t);
-    } else if (strcmp(args[0], "get") == 0) {
-        rv = cmd_get(&t, args[1]);
-    } else if (strcmp(args[0], "create") == 0) {
-        rv = cmd_create(&t, args[1]);
-    } else if (strcmp(args[0], "rm") == 0) {
-        rv = cmd_rm(&t, args[1]);
-    } else if (strcmp(args[0], "events") == 0) {
-        rv = cmd_events_ls(&t);
-    } else if (strcmp(args[0], "auth") == 0 && nargs == 2) {
-        rv = strcmp(args[1], "export") == 0 ? cmd_auth_export(&t) : cmd_auth_sign(&t);
-    } else if (strcmp(args[0], "users") == 0) {
-        rv = nargs == 2 ? cmd_users_ls(&t) : cmd_users(&t, nargs, args);
-    } else if (strcmp(args[0], "tokens") == 0) {
-        if (strcmp(args[1], "add") == 0 && nargs == 2)
-            rv = cmd_tokens_add(&t);
-        else if (strcmp(args[1], "ls") == 0 && nargs == 2)
-            rv = cmd_tokens_ls(&t);
-        else if (strcmp(args[1], "rm") == 0 && nargs == 3) {
-            rv = delete_resource(&t, "token", args[2]);
-            if (rv == 0)
-                printf("Token %s has been deleted.\n", args[2]);
-        } else {
-            fprintf(stderr, "tctl tokens: expected add --type=TYPE, ls, or rm TOKEN\n");
-            rv = 2;
-        }
-    } else {
-        if (strcmp(args[2], "rm") == 0 && nargs == 4)
-            rv = cmd_members_rm(&t, args[3]);
-        else if (strcmp(args[2], "ls") == 0 && nargs == 3)
-            rv = cmd_status(&t);
-        else {
-            fprintf(stderr, "tctl auth members: expected ls, or rm ID\n");
-            rv = 2;
-        }
-    }
+    int rv = v->run(&t, vargc, vargv);
+    free(vargv);
     auth_client_free(t.client);
     rp_config_free(&t.cfg);
     return rv;
