@@ -279,7 +279,7 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
     load_fails("auth_service:\n  enabled: yes\n  listen_adr: 127.0.0.1:3025\n",
                "3: unknown field 'listen_adr' in auth_service, expected one of: enabled, "
                "cluster_name, listen_addr, public_addr, min_free_disk, audit_retention, "
-               "max_login_attempts, lockout_duration, raft");
+               "max_login_attempts, lockout_duration, max_session_ttl, raft");
     load_fails("version: v3\nteleprot:\n  nodename: a\n",
                "2: unknown field 'teleprot' at the top level, expected one of: version, "
                "teleport, auth_service, proxy_service, ssh_service");
