@@ -19,6 +19,7 @@
  *                grant, in Teleport's spelling; spec.join_method one Teleport knows
  *                ("token" when absent); names of join_method token are secrets of
  *                at least 16 bytes
+ *   user_token   an invite or reset: expires within 48h, like a token
  *   lock         Teleport's lock v2: spec.target names at least one of user, role,
  *                login, server_id, node, access_request; spec.expires (RFC 3339)
  *                becomes metadata.expires so the lock goes away on time
@@ -546,6 +547,20 @@ static int admit_lock(const msgpack_object *res, const char *name, size_t name_l
     return pack_rewritten(res, &rw, canonical);
 }
 
+/* ---- invites ------------------------------------------------------------------------ */
+
+static int admit_invite(const msgpack_object *md, const char *name, size_t name_len)
+{
+    uint64_t expires, now = rp_now_ms();
+    bool given;
+    int rv = rp_name_check_secret("user_token name", name, name_len);
+    if (rv == 0)
+        rv = read_expires(md, &expires, &given);
+    if (rv == 0 && (!given || expires <= now || expires > now + TOKEN_MAX_TTL_MS))
+        rv = rp_err(RP_EINVAL, "metadata.expires: an invite must expire within 48h from now");
+    return rv;
+}
+
 /* ---- the entry point ------------------------------------------------------------------ */
 
 int auth_admit_resource(struct auth_server *s, const char *op, const msgpack_object *res,
@@ -586,9 +601,9 @@ int auth_admit_resource(struct auth_server *s, const char *op, const msgpack_obj
         return admit_token(res, name, name_len, canonical, warnings);
     if (rp_mp_str_eq(kind, "lock"))
         return admit_lock(res, name, name_len, canonical);
-    /* An invite's name is its secret. */
+    /* An invite's name is its secret, and like a join token it must expire. */
     if (rp_mp_str_eq(kind, "user_token"))
-        rv = rp_name_check_secret("user_token name", name, name_len);
+        rv = admit_invite(md, name, name_len);
     else if (rp_mp_str_eq(kind, "user"))
         rv = admit_user(s, res, name, name_len);
     else if (rp_mp_str_eq(kind, "user_secret"))

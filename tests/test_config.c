@@ -767,3 +767,16 @@ Test(config, random_mutations_never_crash, .timeout = 300)
     /* Some mutations land in comments or values that stay valid; most do not. */
     cr_log_info("seed %u: %d of 2000 mutations still loaded", seed, accepted);
 }
+
+Test(config, max_session_ttl_defaults_to_30h_and_takes_teleport_durations)
+{
+    struct rp_config c;
+    rp_config_init(&c);
+    cr_assert_eq(c.max_session_ttl_ms, 30ull * 3600 * 1000);
+    rp_config_free(&c);
+    load_ok(&c, "auth_service:\n  max_session_ttl: 8h30m\n");
+    cr_assert_eq(c.max_session_ttl_ms, (8ull * 60 + 30) * 60 * 1000);
+    rp_config_free(&c);
+    load_fails("auth_service:\n  max_session_ttl: 30s\n",
+               "2: auth_service.max_session_ttl: expected a duration of at least 1m, got '30s'");
+}

@@ -490,6 +490,10 @@ Test(int_admission, tokens_expire_in_30m_by_default_and_within_48h_at_most)
     /* A guessable secret. */
     res_yaml(&res, "kind: token\nversion: v2\nmetadata:\n  name: abc\nspec:\n  roles: [Node]\n");
     assert_refused_everywhere(&res, "a 3-byte token", "at least 16");
+    /* An invite written directly must expire too (else it would open the account forever). */
+    res_yaml(&res, "kind: user_token\nversion: v1\nmetadata:\n  name: "
+                   "dddddddddddddddd4444\nspec:\n  user: alice\n  type: invite\n");
+    assert_refused_everywhere(&res, "an invite without expiry", "invite must expire");
     /* tctl tokens add keeps to the same bounds. */
     char *out = NULL;
     cr_assert_neq(run_tctl(1, &out, "tokens", "add", "--type=node", "--ttl=49h", NULL), 0);
