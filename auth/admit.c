@@ -155,8 +155,8 @@ int auth_admit_role_name(const char *name, size_t n)
     const char *sys = rp_system_role(name, n);
     if (sys != NULL)
         return rp_err(RP_EINVAL,
-                      "role name '%.*s' is reserved: it is the system role %s in another case; "
-                      "choose another name",
+                      "role name '%.*s' is reserved: it names the system role %s (names are "
+                      "compared without case); choose another name",
                       (int)n, name, sys);
     return 0;
 }
