@@ -372,6 +372,9 @@ static int issue(struct auth_server *s, const char *user, const struct req_keys 
     uint64_t ttl = want_ttl_ms ? want_ttl_ms : USER_DEFAULT_TTL_MS;
     if (ttl > v->opt.max_session_ttl_ms)
         ttl = v->opt.max_session_ttl_ms;
+    /* The cluster's ceiling holds whatever the roles say. */
+    if (ttl > s->cfg->max_session_ttl_ms)
+        ttl = s->cfg->max_session_ttl_ms;
     uint64_t now = rp_now_ms() / 1000;
     out->expires_ms = (now + ttl / 1000) * 1000;
 

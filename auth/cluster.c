@@ -488,8 +488,11 @@ int auth_h_token_add(struct auth_req *r, struct rp_buf *out)
             r->caller ? r->caller->name : "?", (unsigned long long)(ttl / 1000));
     struct audit_event e;
     const char *role_name = type;
+    char label[AUTH_TOKEN_LABEL_LEN];
+    auth_token_label(token, strlen(token), label);
     audit_event_init(&e, "join_token.create", "TJT00I");
     audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
+    audit_event_str(&e, "token_name", label);
     audit_event_strs(&e, "roles", &role_name, 1);
     audit_event_str(&e, "join_method", "token");
     audit_event_u64(&e, "expires", expires);
@@ -519,10 +522,13 @@ static bool valid_host_id(const char *s)
  * answer to the caller (no oracle); the log says which. */
 /* "instance.join" (our code TJ001I, TJ001E when refused): a server or agent joined. */
 static void audit_join(struct auth_server *s, const char *nodename, const char *host_id,
-                       const char *role, const char *remote, const char *error)
+                       const char *role, const char *token, const char *remote, const char *error)
 {
     struct audit_event e;
+    char label[AUTH_TOKEN_LABEL_LEN];
+    auth_token_label(token, strlen(token), label);
     audit_event_init(&e, "instance.join", error ? "TJ001E" : "TJ001I");
+    audit_event_str(&e, "token_name", label);
     audit_event_str(&e, "nodename", nodename);
     audit_event_str(&e, "host_id", host_id);
     audit_event_str(&e, "role", role);
@@ -533,12 +539,18 @@ static void audit_join(struct auth_server *s, const char *nodename, const char *
     audit_emit(s, &e, error ? AUDIT_ASYNC : AUDIT_WAIT);
 }
 
-static int check_token(struct auth_server *s, const char *token, const char *role,
-                       const char *who)
+/* Checks the token: present, joining by join_method token, of @role, not expired;
+ * *@rev gets its revision, at which the join consumes it. Every failure is the
+ * same answer to the caller (no oracle), except a join method Raftport does not
+ * have, which only the token's holder can learn; the log says which, naming the
+ * token by its hash prefix only. */
+static int check_token(struct auth_server *s, const char *token, const char *role, const char *who,
+                       uint64_t *rev)
 {
     struct rp_buf res;
     msgpack_unpacked u;
     const char *why = NULL;
+    char method[32] = "";
     rp_buf_init(&res);
     int rv = rp_node_barrier(s->node, AUTH_READ_TIMEOUT_MS);
     if (rv != 0) {
@@ -546,30 +558,60 @@ static int check_token(struct auth_server *s, const char *token, const char *rol
         return rp_err(rv, "checking join token: %s", rp_errmsg());
     }
     if (state_get(s->state, AUTH_KIND_TOKEN, token, &res, NULL) != 0) {
-        why = "no such token";
+        why = "no such token (or already used)";
     } else if (rp_mp_parse(res.data, res.len, &u) != 0) {
         why = "stored token is malformed";
     } else {
         uint64_t expires = 0;
-        rp_mp_get_u64(rp_mp_get(&u.data, "metadata"), "expires", &expires);
-        const msgpack_object *roles = rp_mp_get(rp_mp_get(&u.data, "spec"), "roles");
+        const msgpack_object *md = rp_mp_get(&u.data, "metadata");
+        rp_mp_get_u64(md, "expires", &expires);
+        const msgpack_object *spec = rp_mp_get(&u.data, "spec");
+        const msgpack_object *roles = rp_mp_get(spec, "roles");
+        const msgpack_object *jm = rp_mp_get(spec, "join_method");
         bool has = false;
         if (roles && roles->type == MSGPACK_OBJECT_ARRAY) {
             for (uint32_t i = 0; i < roles->via.array.size; i++)
                 has = has || rp_mp_str_eq(&roles->via.array.ptr[i], role);
         }
-        if (expires != 0 && expires <= rp_now_ms())
+        if (rp_mp_get_u64(md, "revision", rev) != 0 || *rev == 0)
+            why = "stored token has no revision";
+        else if (expires == 0)
+            why = "token has no expiry"; /* only written before admission existed */
+        else if (expires <= rp_now_ms())
             why = "token expired";
         else if (!has)
             why = "token is of another type";
+        else if (jm != NULL && jm->type == MSGPACK_OBJECT_STR && !rp_mp_str_eq(jm, "token"))
+            snprintf(method, sizeof method, "%.*s",
+                     (int)(jm->via.str.size < 31 ? jm->via.str.size : 31), jm->via.str.ptr);
         msgpack_unpacked_destroy(&u);
     }
+    if (res.data)
+        OPENSSL_cleanse(res.data, res.cap);
     rp_buf_free(&res);
+    char label[AUTH_TOKEN_LABEL_LEN];
+    auth_token_label(token, strlen(token), label);
+    if (why == NULL && method[0]) {
+        rp_warn("auth", "join refused for %s: token %s has join method %s", who, label, method);
+        return rp_err(RP_EDENIED,
+                      "join refused: the token's join method is '%s'; Raftport joins only "
+                      "with join_method token",
+                      method);
+    }
     if (why != NULL) {
-        rp_warn("auth", "join refused for %s: %s", who, why);
-        return rp_err(RP_EDENIED, "join refused: the token is invalid, expired, or not for this role");
+        rp_warn("auth", "join refused for %s: token %s: %s", who, label, why);
+        return rp_err(RP_EDENIED, "join refused: the token is invalid, expired, already used, or "
+                                  "not for this role");
     }
     return 0;
+}
+
+/* Appends the op that consumes the join token: deleted at the revision checked, so
+ * of two joins racing with one token, only the first to commit succeeds. */
+static int append_consume(struct rp_buf *ops, const char *token, uint64_t rev)
+{
+    struct state_cmd c = {.op = "cdelete", .kind = AUTH_KIND_TOKEN, .name = token, .rev = rev};
+    return state_cmd_encode(&c, ops);
 }
 
 /* Extracts the host part of "host:port" into @out. */
@@ -628,8 +670,9 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
             return rp_err(RP_ENOTLEADER, "not the leader");
         return auth_forward_req(r, out);
     }
-    if ((rv = check_token(s, token, role, who)) != 0) {
-        audit_join(s, nodename, host_id, role, r->remote, rp_errmsg());
+    uint64_t token_rev = 0;
+    if ((rv = check_token(s, token, role, who, &token_rev)) != 0) {
+        audit_join(s, nodename, host_id, role, token, r->remote, rp_errmsg());
         return rv;
     }
 
@@ -692,22 +735,37 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
             goto out;
     }
 
-    if (is_auth && !already_member) {
-        struct rp_buf res, ops;
-        char rid[96];
-        msgpack_packer pk;
-        rp_buf_init(&res);
-        rp_buf_init(&ops);
-        rp_mp_packer_init(&pk, &res);
-        pack_auth_server(&pk, host_id, nodename, raft_id, raft_addr, api_addr);
+    /* The token is used up in the same Raft write that registers the joiner. */
+    struct rp_buf res, ops;
+    char rid[33];
+    uint32_t n_ops = 1;
+    rp_buf_init(&res);
+    rp_buf_init(&ops);
+    rv = append_consume(&ops, token, token_rev);
+    if (rv == 0 && is_auth && !already_member) {
+        msgpack_packer rpk;
+        rp_mp_packer_init(&rpk, &res);
+        pack_auth_server(&rpk, host_id, nodename, raft_id, raft_addr, api_addr);
         rv = append_put(&ops, &res);
-        snprintf(rid, sizeof rid, "join-%.36s-%llu", host_id, (unsigned long long)raft_id);
-        if (rv == 0)
-            rv = propose_puts(s, rid, &ops, 1);
-        rp_buf_free(&res);
-        rp_buf_free(&ops);
-        if (rv != 0)
-            goto out;
+        n_ops++;
+    }
+    auth_new_rid(rid);
+    if (rv == 0)
+        rv = propose_puts(s, rid, &ops, n_ops);
+    OPENSSL_cleanse(ops.data, ops.cap);
+    rp_buf_free(&res);
+    rp_buf_free(&ops);
+    if (rv == RP_ECONFLICT || rv == RP_ENOTFOUND) {
+        rp_warn("auth", "join refused for %s: its token was used meanwhile", who);
+        rv = rp_err(RP_EDENIED, "join refused: the token is invalid, expired, already used, or "
+                                "not for this role");
+        audit_join(s, nodename, host_id, role, token, r->remote, rp_errmsg());
+        goto out;
+    }
+    if (rv != 0)
+        goto out;
+
+    if (is_auth && !already_member) {
         /* One membership change at a time: wait out a promotion in flight. */
         uint64_t deadline = rp_mono_ms() + 15000;
         do {
@@ -724,7 +782,7 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     } else {
         rp_info("auth", "%s joined", who);
     }
-    audit_join(s, nodename, host_id, role, r->remote, NULL);
+    audit_join(s, nodename, host_id, role, token, r->remote, NULL);
 
     if ((ca_pem = strdup(s->id.ca_pem)) == NULL) {
         rv = rp_err(RP_ENOMEM, "CA PEM");

@@ -232,6 +232,44 @@ int auth_sign_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P2
                        const struct rp_identity *ident, const char *const *sans, size_t n_sans,
                        long ttl_s, char **pem_out);
 
+/* auth/admit.c: what a resource must be to enter the state through the API (every
+ * put, create, update, cas and each op of a batch). Warnings are what a write's
+ * answer carries in "warnings": the resource was admitted, but something about it
+ * deserves the writer's attention. */
+#define AUTH_MAX_WARNINGS 8
+#define AUTH_MAX_USER_ROLES 64
+#define AUTH_TOKEN_LABEL_LEN 24
+struct auth_warnings {
+    char *msg[AUTH_MAX_WARNINGS]; /* owned */
+    size_t n;
+};
+void auth_warnings_add(struct auth_warnings *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void auth_warnings_free(struct auth_warnings *w);
+/* Kind and name of an admitted resource (name empty if longer than 255 bytes). */
+struct auth_admitted {
+    char kind[64];
+    char name[256];
+};
+/* Checks @res (a resource map written by @op) by the rules of its kind and appends
+ * the form to store to @canonical (unchanged on error). 0, or RP_EINVAL /
+ * RP_ENOTFOUND with a message naming the field; a token's name never appears in
+ * it. @who (may be NULL) gets the kind and name; @warnings (may be NULL) gets
+ * warnings. */
+int auth_admit_resource(struct auth_server *s, const char *op, const msgpack_object *res,
+                        struct rp_buf *canonical, struct auth_admitted *who,
+                        struct auth_warnings *warnings);
+/* The name rules of users and roles alone, for handlers that build the resource
+ * themselves (auth/users.c): a role name that is no system role name in any case;
+ * a user name that is not an auth server's "admin@NODENAME". */
+int auth_admit_role_name(const char *name, size_t n);
+int auth_admit_user_name(struct auth_server *s, const char *name, size_t n);
+/* @roles: a non-empty array of existing role names, none a system role name. */
+int auth_admit_role_refs(struct auth_server *s, const msgpack_object *roles);
+/* "sha256:" and the first 8 hex digits of SHA-256(@token): how logs and audit
+ * events name a join token or invite without giving its value away. */
+void auth_token_label(const char *token, size_t n, char out[AUTH_TOKEN_LABEL_LEN]);
+
 /* Small parsing helpers for request arguments. */
 int auth_arg_str(const msgpack_object *args, const char *key, char *out, size_t outlen,
                  bool required);

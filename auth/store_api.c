@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "auth/audit.h"
@@ -193,70 +194,73 @@ int auth_h_list(struct auth_req *r, struct rp_buf *out)
     return rv;
 }
 
-/* Turns the request into a state command: the request map minus "m" is
- * almost a command already, but we rebuild it so only known fields travel. */
-static int build_command(struct auth_req *r, const char *op, struct rp_buf *cmd)
+/* What a write changed, for the audit log: kind and name of each resource. */
+#define WRITE_AUDIT_MAX 64
+struct write_log {
+    struct {
+        char op[8];
+        struct auth_admitted what;
+    } items[WRITE_AUDIT_MAX];
+    size_t n;
+};
+
+static void log_write(struct write_log *wl, const char *op, const char *kind, const char *name)
 {
-    char rid[80], kind[64], name[256];
-    struct state_cmd c = {.op = op};
-    struct rp_buf res, ops;
+    if (wl->n >= WRITE_AUDIT_MAX)
+        return;
+    snprintf(wl->items[wl->n].op, sizeof wl->items[wl->n].op, "%s", op);
+    snprintf(wl->items[wl->n].what.kind, sizeof wl->items[wl->n].what.kind, "%s", kind);
+    snprintf(wl->items[wl->n].what.name, sizeof wl->items[wl->n].what.name, "%s", name);
+    wl->n++;
+}
+
+static bool op_has_res(const char *op)
+{
+    return strcmp(op, "put") == 0 || strcmp(op, "create") == 0 || strcmp(op, "update") == 0 ||
+           strcmp(op, "cas") == 0;
+}
+
+static bool op_is_delete(const char *op)
+{
+    return strcmp(op, "delete") == 0 || strcmp(op, "cdelete") == 0;
+}
+
+/* One write (a request, or one op of a batch) as a state command appended to @cmd:
+ * only known fields travel, and a resource only in the form admission made of it.
+ * @rid is NULL inside a batch. */
+static int build_op(struct auth_req *r, const char *op, const msgpack_object *args, const char *rid,
+                    struct rp_buf *cmd, struct write_log *wl, struct auth_warnings *warnings)
+{
+    char kind[64], name[256];
+    struct state_cmd c = {.op = op, .rid = rid};
+    struct rp_buf res;
     int rv;
     rp_buf_init(&res);
-    rp_buf_init(&ops);
-    if ((rv = auth_arg_str(r->args, "rid", rid, sizeof rid, false)) != 0)
-        goto out;
-    if (rid[0] == '\0')
-        auth_new_rid(rid); /* not retry-safe, but a client that sends no rid never retries */
-    c.rid = rid;
-    if (strcmp(op, "put") == 0 || strcmp(op, "create") == 0 || strcmp(op, "update") == 0 ||
-        strcmp(op, "cas") == 0) {
-        const msgpack_object *o = rp_mp_get(r->args, "res");
+    if (op_has_res(op)) {
+        struct auth_admitted who;
+        const msgpack_object *o = rp_mp_get(args, "res");
         if (o == NULL || o->type != MSGPACK_OBJECT_MAP) {
             rv = rp_err(RP_EINVAL, "argument 'res' (a resource map) is required for %s", op);
             goto out;
         }
-        /* Roles are checked by the one RBAC module and stored in its canonical form
-         * (Teleport's defaults filled in), so every server reads them the same way. */
-        if (rp_mp_str_eq(rp_mp_get(o, "kind"), "role")) {
-            struct rbac_role *role = NULL;
-            if ((rv = rbac_role_parse(o, &role)) != 0) {
-                rv = rp_err(RP_EINVAL, "role: %s", rp_errmsg());
-                goto out;
-            }
-            rv = rbac_role_pack(role, &res);
-            rbac_role_free(role);
-        } else {
-            rv = rp_mp_pack_object(&res, o);
-        }
-        if (rv != 0)
+        if ((rv = auth_admit_resource(r->srv, op, o, &res, &who, warnings)) != 0)
             goto out;
+        log_write(wl, op, who.kind, who.name);
         c.res = res.data;
         c.res_len = res.len;
-    } else if (strcmp(op, "delete") == 0 || strcmp(op, "cdelete") == 0) {
-        if ((rv = auth_arg_str(r->args, "kind", kind, sizeof kind, true)) != 0 ||
-            (rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0)
+    } else if (op_is_delete(op)) {
+        if ((rv = auth_arg_str(args, "kind", kind, sizeof kind, true)) != 0 ||
+            (rv = auth_arg_str(args, "name", name, sizeof name, true)) != 0)
             goto out;
         c.kind = kind;
         c.name = name;
-    } else if (strcmp(op, "batch") == 0) {
-        const msgpack_object *o = rp_mp_get(r->args, "ops");
-        if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0) {
-            rv = rp_err(RP_EINVAL, "argument 'ops' (a non-empty array of commands) is required");
-            goto out;
-        }
-        for (uint32_t i = 0; i < o->via.array.size; i++) {
-            if ((rv = rp_mp_pack_object(&ops, &o->via.array.ptr[i])) != 0)
-                goto out;
-        }
-        c.ops = ops.data;
-        c.ops_len = ops.len;
-        c.n_ops = o->via.array.size;
+        log_write(wl, op, kind, name);
     } else {
         rv = rp_err(RP_EINVAL, "unknown write '%s'", op);
         goto out;
     }
     if (strcmp(op, "cas") == 0 || strcmp(op, "cdelete") == 0) {
-        rv = rp_mp_get_u64(r->args, "rev", &c.rev);
+        rv = rp_mp_get_u64(args, "rev", &c.rev);
         if (rv != 0) {
             rv = rp_err(RP_EINVAL, "argument 'rev' (expected revision) is required for %s", op);
             goto out;
@@ -264,40 +268,96 @@ static int build_command(struct auth_req *r, const char *op, struct rp_buf *cmd)
     }
     rv = state_cmd_encode(&c, cmd);
 out:
+    if (res.data)
+        OPENSSL_cleanse(res.data, res.cap); /* a token's name is its secret */
     rp_buf_free(&res);
+    return rv;
+}
+
+/* Turns the request into a state command. A batch is decoded op by op, so each of
+ * its resources is admitted exactly as a single write's would be. */
+static int build_command(struct auth_req *r, const char *op, struct rp_buf *cmd,
+                         struct write_log *wl, struct auth_warnings *warnings)
+{
+    char rid[80];
+    int rv;
+    if ((rv = auth_arg_str(r->args, "rid", rid, sizeof rid, false)) != 0)
+        return rv;
+    if (rid[0] == '\0')
+        auth_new_rid(rid); /* not retry-safe, but a client that sends no rid never retries */
+    if (strcmp(op, "batch") != 0)
+        return build_op(r, op, r->args, rid, cmd, wl, warnings);
+
+    const msgpack_object *o = rp_mp_get(r->args, "ops");
+    if (o == NULL || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0 ||
+        o->via.array.size > STATE_MAX_BATCH)
+        return rp_err(RP_EINVAL, "argument 'ops' (an array of 1-%d commands) is required",
+                      STATE_MAX_BATCH);
+    struct rp_buf ops;
+    rp_buf_init(&ops);
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *sub = &o->via.array.ptr[i];
+        char sub_op[16];
+        if (sub->type != MSGPACK_OBJECT_MAP) {
+            rv = rp_err(RP_EINVAL, "ops[%u]: expected a command map", i);
+            goto out;
+        }
+        if ((rv = auth_arg_str(sub, "op", sub_op, sizeof sub_op, true)) != 0) {
+            rv = rp_err(rv, "ops[%u]: %s", i, rp_errmsg());
+            goto out;
+        }
+        if (!op_has_res(sub_op) && !op_is_delete(sub_op)) {
+            rv = rp_err(RP_EINVAL,
+                        "ops[%u]: op '%s' cannot be batched, expected put, create, "
+                        "update, cas, delete or cdelete",
+                        i, sub_op);
+            goto out;
+        }
+        if ((rv = build_op(r, sub_op, sub, NULL, &ops, wl, warnings)) != 0) {
+            rv = rp_err(rv, "ops[%u]: %s", i, rp_errmsg());
+            goto out;
+        }
+    }
+    struct state_cmd c = {
+        .op = "batch", .rid = rid, .ops = ops.data, .ops_len = ops.len, .n_ops = o->via.array.size};
+    rv = state_cmd_encode(&c, cmd);
+out:
+    if (ops.data)
+        OPENSSL_cleanse(ops.data, ops.cap);
     rp_buf_free(&ops);
     return rv;
 }
 
 /* Writes of roles, users and tokens through the generic API (tctl create / rm) are
- * audited under Teleport's event names. */
-static void audit_write(struct auth_req *r, const char *op)
+ * audited under Teleport's event names. A token's name is its value: the event
+ * names it by a hash prefix (auth_token_label) only. */
+static void audit_write(struct auth_req *r, const char *op, const char *kind, const char *name)
 {
-    const msgpack_object *res = rp_mp_get(r->args, "res");
-    const msgpack_object *kind = res ? rp_mp_get(res, "kind") : rp_mp_get(r->args, "kind");
-    const msgpack_object *name =
-        res ? rp_mp_get(rp_mp_get(res, "metadata"), "name") : rp_mp_get(r->args, "name");
-    bool del = strcmp(op, "delete") == 0 || strcmp(op, "cdelete") == 0;
+    bool del = op_is_delete(op), create = strcmp(op, "create") == 0;
+    bool token = strcmp(kind, AUTH_KIND_TOKEN) == 0;
     const char *type = NULL, *code = NULL;
-    if (rp_mp_str_eq(kind, "role")) {
+    if (strcmp(kind, "role") == 0) {
         type = del ? "role.deleted" : "role.created";
         code = del ? "T9001I" : "T9000I";
-    } else if (rp_mp_str_eq(kind, "user")) {
-        type = del ? "user.delete" : strcmp(op, "create") == 0 ? "user.create" : "user.update";
-        code = del ? "T1004I" : strcmp(op, "create") == 0 ? "T1002I" : "T1003I";
-    } else if (rp_mp_str_eq(kind, "token")) {
+    } else if (strcmp(kind, "user") == 0) {
+        type = del ? "user.delete" : create ? "user.create" : "user.update";
+        code = del ? "T1004I" : create ? "T1002I" : "T1003I";
+    } else if (token) {
         type = del ? "join_token.delete" : "join_token.create";
         code = del ? "TJT01I" : "TJT00I";
     } else {
         return;
     }
     struct audit_event e;
-    char nm[256] = "";
-    if (name && name->type == MSGPACK_OBJECT_STR)
-        snprintf(nm, sizeof nm, "%.*s", (int)name->via.str.size, name->via.str.ptr);
+    char label[AUTH_TOKEN_LABEL_LEN];
     audit_event_init(&e, type, code);
     audit_event_str(&e, "user", r->caller ? r->caller->name : "?");
-    audit_event_str(&e, "name", nm);
+    if (token) {
+        auth_token_label(name, strlen(name), label);
+        audit_event_str(&e, "token_name", label);
+    } else {
+        audit_event_str(&e, "name", name);
+    }
     audit_event_str(&e, "addr.remote", r->remote);
     audit_emit(r->srv, &e, AUDIT_WAIT);
 }
@@ -311,13 +371,19 @@ int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
     }
     struct rp_buf cmd;
     struct state_result res;
+    struct auth_warnings warnings = {.n = 0};
+    struct write_log *wl = calloc(1, sizeof *wl);
+    if (wl == NULL)
+        return rp_err(RP_ENOMEM, "write log");
     rp_buf_init(&cmd);
-    int rv = build_command(r, op, &cmd);
+    int rv = build_command(r, op, &cmd, wl, &warnings);
     if (rv == 0)
         rv = auth_propose(r->srv, cmd.data, cmd.len, &res);
+    if (cmd.data)
+        OPENSSL_cleanse(cmd.data, cmd.cap);
     rp_buf_free(&cmd);
     if (rv != 0)
-        return rv;
+        goto out;
     msgpack_packer pk;
     if (res.code != 0) {
         rp_buf_reset(out);
@@ -329,23 +395,39 @@ int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
         rp_mp_kv_u64(&pk, "rev", res.revision);
         rp_mp_kv_u64(&pk, "current_rev", res.current_rev);
         rp_mp_kv_u64(&pk, "failed_op", res.failed_op);
-        return 0;
+        goto out;
     }
-    audit_write(r, op);
-    auth_reply_ok_begin(&pk, out, 2);
+    for (size_t i = 0; i < wl->n; i++)
+        audit_write(r, wl->items[i].op, wl->items[i].what.kind, wl->items[i].what.name);
+    auth_reply_ok_begin(&pk, out, warnings.n ? 3 : 2);
     rp_mp_kv_u64(&pk, "rev", res.revision);
     rp_mp_kv_u64(&pk, "changed", res.n_changed);
-    return 0;
+    if (warnings.n) {
+        rp_mp_pack_str(&pk, "warnings");
+        msgpack_pack_array(&pk, (uint32_t)warnings.n);
+        for (size_t i = 0; i < warnings.n; i++)
+            rp_mp_pack_str(&pk, warnings.msg[i]);
+    }
+out:
+    auth_warnings_free(&warnings);
+    OPENSSL_cleanse(wl, sizeof *wl);
+    free(wl);
+    return rv;
 }
 
 static const char *event_name(enum state_event_type t)
 {
     switch (t) {
-    case STATE_EV_INIT_PUT: return "init_put";
-    case STATE_EV_INIT_DONE: return "init_done";
-    case STATE_EV_PUT: return "put";
-    case STATE_EV_DELETE: return "delete";
-    case STATE_EV_REINIT: return "reinit";
+    case STATE_EV_INIT_PUT:
+        return "init_put";
+    case STATE_EV_INIT_DONE:
+        return "init_done";
+    case STATE_EV_PUT:
+        return "put";
+    case STATE_EV_DELETE:
+        return "delete";
+    case STATE_EV_REINIT:
+        return "reinit";
     }
     return "unknown";
 }

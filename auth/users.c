@@ -23,45 +23,16 @@
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
+#include "lib/names.h"
 #include "lib/password.h"
 #include "lib/totp.h"
 #include "lib/util.h"
 #include "state/state.h"
 
-#define USER_NAME_MAX 128
+#define USER_NAME_MAX RP_NAME_MAX
 #define INVITE_DEFAULT_TTL_MS (3600ull * 1000)
 #define INVITE_MAX_TTL_MS (48ull * 3600 * 1000)
 #define MAX_LIST 64 /* roles or logins given at once */
-
-/* 1-128 of [A-Za-z0-9._@+-], not starting with '-' or '.'. */
-static int check_user_name(const char *name)
-{
-    size_t n = strlen(name);
-    bool ok = n > 0 && n <= USER_NAME_MAX && name[0] != '-' && name[0] != '.';
-    for (size_t i = 0; ok && i < n; i++)
-        ok = isalnum((unsigned char)name[i]) || strchr("._@+-", name[i]) != NULL;
-    if (!ok)
-        return rp_err(RP_EINVAL,
-                      "user name '%.64s': expected 1-%d letters, digits or ._@+- "
-                      "(not starting with - or .)",
-                      name, USER_NAME_MAX);
-    return 0;
-}
-
-/* A login (Unix user name): 1-32 of [a-z0-9_.-], or a trait template {{...}}. */
-static int check_login(const char *l, size_t n)
-{
-    bool tmpl = n > 4 && memcmp(l, "{{", 2) == 0 && memcmp(l + n - 2, "}}", 2) == 0;
-    bool ok = n > 0 && (tmpl ? n <= 128 : n <= 32) && l[0] != '-';
-    for (size_t i = 0; ok && !tmpl && i < n; i++)
-        ok = islower((unsigned char)l[i]) || isdigit((unsigned char)l[i]) || strchr("_.-", l[i]);
-    if (!ok)
-        return rp_err(RP_EINVAL,
-                      "login '%.*s': expected a Unix user name (1-32 of a-z 0-9 _ . -) "
-                      "or a trait template like {{internal.logins}}",
-                      (int)(n > 40 ? 40 : n), l);
-    return 0;
-}
 
 /* An array argument of strings, each checked by @check (may be NULL). */
 static int arg_strs(const msgpack_object *args, const char *key, const msgpack_object **out,
@@ -83,26 +54,6 @@ static int arg_strs(const msgpack_object *args, const char *key, const msgpack_o
             return rv;
     }
     *out = a;
-    return 0;
-}
-
-/* Every role named in @roles exists. */
-static int check_roles_exist(struct auth_server *s, const msgpack_object *roles)
-{
-    for (uint32_t i = 0; roles && i < roles->via.array.size; i++) {
-        char name[256];
-        const msgpack_object *o = &roles->via.array.ptr[i];
-        snprintf(name, sizeof name, "%.*s", (int)o->via.str.size, o->via.str.ptr);
-        struct rp_buf b;
-        rp_buf_init(&b);
-        int rv = state_get(s->state, "role", name, &b, NULL);
-        rp_buf_free(&b);
-        if (rv == RP_ENOTFOUND)
-            return rp_err(RP_ENOTFOUND, "role '%s' does not exist (tctl get role lists them)",
-                          name);
-        if (rv != 0)
-            return rv;
-    }
     return 0;
 }
 
@@ -230,14 +181,15 @@ int auth_h_user_add(struct auth_req *r, struct rp_buf *out)
     uint64_t ttl;
     int rv;
     if ((rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0 ||
-        (rv = check_user_name(name)) != 0 || (rv = arg_strs(r->args, "roles", &roles, NULL)) != 0 ||
-        (rv = arg_strs(r->args, "logins", &logins, check_login)) != 0 ||
+        (rv = auth_admit_user_name(r->srv, name, strlen(name))) != 0 ||
+        (rv = arg_strs(r->args, "roles", &roles, NULL)) != 0 ||
+        (rv = arg_strs(r->args, "logins", &logins, rp_login_check)) != 0 ||
         (rv = invite_ttl(r->args, &ttl)) != 0)
         return rv;
     if (roles == NULL || roles->via.array.size == 0)
         return rp_err(RP_EINVAL, "a user needs at least one role (--roles)");
     LEADER_ONLY(r, out);
-    if ((rv = check_roles_exist(r->srv, roles)) != 0)
+    if ((rv = auth_admit_role_refs(r->srv, roles)) != 0)
         return rv;
     uint64_t now = rp_now_ms(), expires = now + ttl;
     struct rp_buf user, tok, ops;
@@ -300,13 +252,14 @@ int auth_h_user_update(struct auth_req *r, struct rp_buf *out)
     const msgpack_object *roles;
     int rv;
     if ((rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0 ||
-        (rv = check_user_name(name)) != 0 || (rv = arg_strs(r->args, "roles", &roles, NULL)) != 0)
+        (rv = auth_admit_user_name(r->srv, name, strlen(name))) != 0 ||
+        (rv = arg_strs(r->args, "roles", &roles, NULL)) != 0)
         return rv;
     if (roles == NULL || roles->via.array.size == 0)
         return rp_err(RP_EINVAL, "--set-roles needs at least one role");
     LEADER_ONLY(r, out);
     if ((rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS)) != 0 ||
-        (rv = check_roles_exist(r->srv, roles)) != 0)
+        (rv = auth_admit_role_refs(r->srv, roles)) != 0)
         return rv;
     struct rp_buf cur, res, ops;
     msgpack_unpacked u;
@@ -409,8 +362,9 @@ int auth_h_user_rm(struct auth_req *r, struct rp_buf *out)
 {
     char name[USER_NAME_MAX + 2];
     int rv;
-    if ((rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0 ||
-        (rv = check_user_name(name)) != 0)
+    /* No name rule here: a user stored under a name the rule now refuses (made by an
+     * older version) must still be removable. */
+    if ((rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0)
         return rv;
     LEADER_ONLY(r, out);
     if ((rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS)) != 0)
@@ -444,7 +398,8 @@ int auth_h_user_reset(struct auth_req *r, struct rp_buf *out)
     uint64_t ttl;
     int rv;
     if ((rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0 ||
-        (rv = check_user_name(name)) != 0 || (rv = invite_ttl(r->args, &ttl)) != 0)
+        (rv = auth_admit_user_name(r->srv, name, strlen(name))) != 0 ||
+        (rv = invite_ttl(r->args, &ttl)) != 0)
         return rv;
     LEADER_ONLY(r, out);
     if ((rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS)) != 0)

@@ -281,7 +281,9 @@ static void write_config(int i, const char *token, const char *pin, const char *
     struct node *n = &g_nodes[i];
     char tmp[PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", n->cfg);
-    FILE *f = fopen(tmp, "w");
+    /* It may hold a join token: owner-only from the start. */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (f == NULL) {
         msg("%s: %s", tmp, strerror(errno));
         exit(2);

@@ -95,6 +95,7 @@ void rp_config_init(struct rp_config *c)
     c->audit_retention_ms = 8760ull * 3600 * 1000; /* one year, as Teleport keeps events */
     c->max_login_attempts = 5;
     c->lockout_ms = 30 * 60 * 1000;
+    c->max_session_ttl_ms = 30ull * 3600 * 1000; /* Teleport's default max_session_ttl */
     c->raft_listen_addr = dup_or_die("0.0.0.0:3030");
     c->election_timeout_ms = 1000;
     c->heartbeat_timeout_ms = 100;
@@ -667,6 +668,7 @@ static const struct field auth_fields[] = {
     {.name = "audit_retention", .parse = parse_long_duration, .off = AT(audit_retention_ms)},
     {.name = "max_login_attempts", .parse = parse_unsigned, .off = AT(max_login_attempts)},
     {.name = "lockout_duration", .parse = parse_duration, .off = AT(lockout_ms)},
+    {.name = "max_session_ttl", .parse = parse_long_duration, .off = AT(max_session_ttl_ms)},
     {.name = "raft", .parse = parse_sub, .sub = &raft_section},
     {.name = NULL},
 };

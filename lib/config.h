@@ -19,6 +19,7 @@
  *     audit_retention: 8760h             # audit events older than this are dropped
  *     max_login_attempts: 5              # failed logins that lock a user ...
  *     lockout_duration: 30m              # ... for this long
+ *     max_session_ttl: 30h               # ceiling of user certificates, whatever roles say
  *     raft:
  *       id: 1
  *       listen_addr: 127.0.0.1:3030
@@ -73,6 +74,7 @@ struct rp_config {
     uint64_t audit_retention_ms; /* default one year */
     unsigned max_login_attempts; /* default 5 */
     unsigned lockout_ms;         /* default 30 minutes */
+    uint64_t max_session_ttl_ms; /* user certificate ceiling; default 30 hours */
     uint64_t raft_id;        /* required when auth is enabled */
     char *raft_listen_addr;  /* default 0.0.0.0:3030; must be an IPv4 "a.b.c.d:port" */
     unsigned election_timeout_ms;  /* default 1000 */

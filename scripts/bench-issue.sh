@@ -92,7 +92,8 @@ start_raftport
 # with them.
 wait_for 30 "$TCTL" -c "$DIR/auth1.yaml" get role/access ||
   die_with_logs "the preset role access did not appear" "$DIR"/auth*.log
-"$TCTL" -c "$DIR/auth1.yaml" users add "$USER_NAME" --roles=access --logins=root >"$DIR/user.txt" ||
+# The answer holds the user's invite token: owner-only.
+(umask 077; "$TCTL" -c "$DIR/auth1.yaml" users add "$USER_NAME" --roles=access --logins=root >"$DIR/user.txt") ||
   die_with_logs "tctl users add failed" "$DIR"/auth*.log
 # One issuance through tctl proves the whole path (user, roles, both CAs) before timing.
 wait_for 30 "$TCTL" -c "$DIR/auth1.yaml" auth sign --user="$USER_NAME" --format=file \

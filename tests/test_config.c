@@ -279,7 +279,7 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
     load_fails("auth_service:\n  enabled: yes\n  listen_adr: 127.0.0.1:3025\n",
                "3: unknown field 'listen_adr' in auth_service, expected one of: enabled, "
                "cluster_name, listen_addr, public_addr, min_free_disk, audit_retention, "
-               "max_login_attempts, lockout_duration, raft");
+               "max_login_attempts, lockout_duration, max_session_ttl, raft");
     load_fails("version: v3\nteleprot:\n  nodename: a\n",
                "2: unknown field 'teleprot' at the top level, expected one of: version, "
                "teleport, auth_service, proxy_service, ssh_service");
@@ -766,4 +766,17 @@ Test(config, random_mutations_never_crash, .timeout = 300)
     free(buf);
     /* Some mutations land in comments or values that stay valid; most do not. */
     cr_log_info("seed %u: %d of 2000 mutations still loaded", seed, accepted);
+}
+
+Test(config, max_session_ttl_defaults_to_30h_and_takes_teleport_durations)
+{
+    struct rp_config c;
+    rp_config_init(&c);
+    cr_assert_eq(c.max_session_ttl_ms, 30ull * 3600 * 1000);
+    rp_config_free(&c);
+    load_ok(&c, "auth_service:\n  max_session_ttl: 8h30m\n");
+    cr_assert_eq(c.max_session_ttl_ms, (8ull * 60 + 30) * 60 * 1000);
+    rp_config_free(&c);
+    load_fails("auth_service:\n  max_session_ttl: 30s\n",
+               "2: auth_service.max_session_ttl: expected a duration of at least 1m, got '30s'");
 }

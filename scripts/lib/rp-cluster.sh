@@ -53,6 +53,9 @@ die_with_logs() { # message, log files...
 # $2 $3: the join token and CA pin of a member that joins.
 rp_config() {
   local i=$1 token=${2:-} pin=${3:-}
+  # The config of a joining member holds its join token: readable by its owner only,
+  # from the moment the file exists (the subshell's umask, not a chmod afterwards).
+  ( umask 077
   {
     echo "version: v3"
     echo "teleport:"
@@ -77,7 +80,9 @@ rp_config() {
     echo "    listen_addr: 127.0.0.1:${RP_RAFT[$((i-1))]}"
     [ -z "${RP_EXTRA_RAFT_CONFIG:-}" ] || printf '%s\n' "$RP_EXTRA_RAFT_CONFIG"
   } > "$DIR/auth$i.yaml.tmp"
+  chmod 600 "$DIR/auth$i.yaml.tmp" # an older file of that name kept its mode
   mv "$DIR/auth$i.yaml.tmp" "$DIR/auth$i.yaml" # never a half-written config
+  )
 }
 
 rp_start_member() {

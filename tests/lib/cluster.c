@@ -315,7 +315,9 @@ void node_write_config(int i)
     const struct cl_opts *o = &CL->opts;
     char tmp[600];
     snprintf(tmp, sizeof tmp, "%s.tmp", n->cfg);
-    FILE *f = fopen(tmp, "w");
+    /* It may hold a join token: owner-only from the start, as scripts/lib does. */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     cr_assert_not_null(f, "%s: %s", tmp, strerror(errno));
     fprintf(f, "version: v3\n");
     fprintf(f, "teleport:\n");
