@@ -559,6 +559,7 @@ static int call(struct parser *ps, const char *at, const char *name)
         return perr_at(ps, at, "nested more than %d deep", PRED_MAX_DEPTH);
     if (!eat_token(ps, ")")) {
         do {
+            skip_space(ps);
             if (nargs == fn->nargs)
                 return perr_at(ps, ps->p, "%s takes %d argument%s", fn->name, fn->nargs,
                                fn->nargs == 1 ? "" : "s");
