@@ -426,7 +426,8 @@ static int add_node(struct parser *ps, const char *at, enum nkind kind, enum pty
     return (int)e->count++;
 }
 
-/* "..." (escapes \" \\ \n \t, other backslashes kept) or `...`, into *@out. */
+/* "..." or '...' (escapes of the quote, \\, \n and \t; other backslashes are kept) or
+ * `...` (raw), into *@out. */
 static int string_literal(struct parser *ps, char **out)
 {
     const char *open = ps->p;
@@ -440,7 +441,8 @@ static int string_literal(struct parser *ps, char **out)
             rv = perr_at(ps, open, "this string has no closing %c", q);
             break;
         }
-        if (q == '"' && ch == '\\' && strchr("\"\\nt", ps->p[1]) != NULL && ps->p[1] != '\0') {
+        if (q != '`' && ch == '\\' && ps->p[1] != '\0' &&
+            (ps->p[1] == q || strchr("\\nt", ps->p[1]) != NULL)) {
             char n = ps->p[1];
             ch = n == 'n' ? '\n' : n == 't' ? '\t' : n;
             ps->p++;
@@ -487,10 +489,16 @@ static bool dotted_name(struct parser *ps, char *out, size_t outlen)
 
 static int parse_or(struct parser *ps);
 
-/* labels["k"], labels.k, user.spec.traits["k"], user.spec.traits.k */
-static int variable(struct parser *ps, const char *at, const char *name, bool is_label)
+static bool is_quote(char ch)
 {
-    const char *prefix = is_label ? "labels" : "user.spec.traits";
+    return ch == '"' || ch == '\'' || ch == '`';
+}
+
+/* @prefix["k"] or @prefix.k: a label (labels) or a trait (user.spec.traits, and as in
+ * role templates external and internal). */
+static int variable(struct parser *ps, const char *at, const char *name, const char *prefix,
+                    bool is_label)
+{
     size_t plen = strlen(prefix);
     char *key = NULL;
     int rv;
@@ -503,7 +511,7 @@ static int variable(struct parser *ps, const char *at, const char *name, bool is
             return perr_at(ps, ps->p, "expected [\"key\"] after %s", prefix);
         ps->p++;
         skip_space(ps);
-        if (*ps->p != '"' && *ps->p != '`')
+        if (!is_quote(*ps->p))
             return perr_at(ps, ps->p, "expected a quoted key, as in %s[\"team\"]", prefix);
         if ((rv = string_literal(ps, &key)) != 0)
             return rv;
@@ -618,7 +626,7 @@ static int parse_primary(struct parser *ps)
         ps->depth--;
         return rv;
     }
-    if (*ps->p == '"' || *ps->p == '`') {
+    if (is_quote(*ps->p)) {
         char *s = NULL;
         if ((rv = string_literal(ps, &s)) != 0)
             return rv;
@@ -641,10 +649,14 @@ static int parse_primary(struct parser *ps)
             ps->e->n[rv].b = name[0] == 't';
         return rv;
     }
+    static const char *const trait_prefixes[] = {"user.spec.traits", "external", "internal"};
     if (strcmp(name, "labels") == 0 || strncmp(name, "labels.", 7) == 0)
-        return variable(ps, at, name, true);
-    if (strcmp(name, "user.spec.traits") == 0 || strncmp(name, "user.spec.traits.", 17) == 0)
-        return variable(ps, at, name, false);
+        return variable(ps, at, name, "labels", true);
+    for (size_t i = 0; i < 3; i++) {
+        size_t n = strlen(trait_prefixes[i]);
+        if (strncmp(name, trait_prefixes[i], n) == 0 && (name[n] == '\0' || name[n] == '.'))
+            return variable(ps, at, name, trait_prefixes[i], false);
+    }
     skip_space(ps);
     if (*ps->p == '(')
         return call(ps, at, name);

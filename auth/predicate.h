@@ -14,11 +14,14 @@
  *   compare  := primary (('==' | '!=') primary)?
  *   primary  := '(' expr ')' | STRING | 'true' | 'false' | variable | call
  *   variable := labels '[' STRING ']' | labels '.' NAME
- *             | user.spec.traits '[' STRING ']' | user.spec.traits '.' NAME
+ *             | TRAITS '[' STRING ']' | TRAITS '.' NAME
+ *   TRAITS   := user.spec.traits | external | internal   (the same traits, as in
+ *               role templates)
  *   call     := FUNCTION '(' expr (',' expr)* ')'
  *
- * STRING is "..." (escapes \" \\ \n \t; any other backslash stays as written, so a
- * regular expression needs no doubled backslashes) or `...` (raw). Spaces, tabs and
+ * STRING is "..." or '...' (escapes of the quote, \\, \n and \t; any other backslash
+ * stays as written, so a regular expression needs no doubled backslashes) or `...`
+ * (raw). Spaces, tabs and
  * newlines between tokens are ignored (YAML's `|` blocks span lines).
  *
  * Values are booleans, strings and lists of strings:

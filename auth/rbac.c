@@ -749,9 +749,11 @@ struct opts {
     int disconnect, x11, pin;               /* -1 unset, else 0/1 */
     uint32_t max_sessions, max_connections; /* 0 unset */
     int mfa;                                /* -1 unset, else enum rbac_mfa */
-    int device_trust;                       /* -1 unset, else index in device_trust_modes */
-    int lock;                               /* -1 unset, else 0 best_effort, 1 strict */
-    int rec_default, rec_ssh;               /* REC_*; rec_ssh -1 when unset */
+    int device_trust;     /* -1 unset, else index in device_trust_modes, or DEVICE_TRUST_UNKNOWN */
+    char *device_trust_s; /* ... as written */
+    int lock;             /* -1 unset, else 0 best_effort, 1 strict */
+    int rec_default, rec_ssh;        /* REC_*; rec_ssh -1 when unset */
+    char *rec_default_s, *rec_ssh_s; /* ... as written; NULL when not written */
     bool rec_desktop;
     struct extras rec_kept;        /* record_session fields we do not know */
     unsigned enhanced;             /* RBAC_ENHANCED_* */
@@ -788,6 +790,9 @@ static const char *const mfa_names[] = {"no",
 static const char *const device_trust_modes[] = {
     "", "off", "optional", "required", "required-for-humans", NULL};
 #define DEVICE_TRUST_REQUIRED 3
+/* A mode Raftport does not know (Teleport does not check the value: its own reference
+ * shows "optional|required|off") may mean "required", so it counts as that. */
+#define DEVICE_TRUST_UNKNOWN 5
 
 static void lsel_free(struct lsel *s)
 {
@@ -858,6 +863,9 @@ void rbac_role_free(struct rbac_role *role)
     extras_free(&role->opt.kept);
     extras_free(&role->opt.rec_kept);
     rp_buf_free(&role->opt.ssh_port_forwarding);
+    free(role->opt.device_trust_s);
+    free(role->opt.rec_default_s);
+    free(role->opt.rec_ssh_s);
     rp_buf_free(&role->opt.cert_extensions);
     strv_free(&role->unknown);
     strv_free(&role->unknown_fc);
@@ -1668,9 +1676,7 @@ static const struct sfield request_kube_resource_fields[] = {{"kind", &sch_str},
 static const struct schema sch_request_kube_resource = {K_MAP, request_kube_resource_fields};
 static const struct schema sch_request_kube_resources = {K_LIST, &sch_request_kube_resource};
 
-static const char *const reason_modes[] = {"optional", "required", NULL};
-static const struct schema sch_reason_mode = {K_ENUM, reason_modes};
-static const struct sfield reason_fields[] = {{"mode", &sch_reason_mode}, {NULL, NULL}};
+static const struct sfield reason_fields[] = {{"mode", &sch_str}, {NULL, NULL}};
 static const struct schema sch_reason = {K_MAP, reason_fields};
 
 static const struct sfield request_fields[] = {
@@ -2005,14 +2011,33 @@ static int o_mfa(struct pctx *c, const msgpack_object *v, void *dst, const struc
     return get_enum(c, v, mfa_names, &o->mfa);
 }
 
+/* Finds @str among the NULL-terminated @names: its index, or -1. */
+static int name_index(const char *const *names, const char *str)
+{
+    for (int i = 0; names[i] != NULL; i++)
+        if (strcmp(names[i], str) == 0)
+            return i;
+    return -1;
+}
+
+/* Any string is kept, as Teleport does; see DEVICE_TRUST_UNKNOWN. */
 static int o_device_trust(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
     struct opts *o = dst;
-    if (v->type == MSGPACK_OBJECT_BOOLEAN && !v->via.boolean) { /* YAML 1.1 "off" */
-        o->device_trust = 1;
-        return 0;
-    }
-    return get_enum(c, v, device_trust_modes, &o->device_trust);
+    char *str = NULL;
+    int rv;
+    if (v->type == MSGPACK_OBJECT_BOOLEAN && !v->via.boolean) /* YAML 1.1 "off" */
+        str = strdup("off");
+    else if ((rv = get_str(c, v, true, &str)) != 0)
+        return rv;
+    if (str == NULL)
+        return oom();
+    free(o->device_trust_s);
+    o->device_trust_s = str;
+    o->device_trust = name_index(device_trust_modes, str);
+    if (o->device_trust < 0)
+        o->device_trust = DEVICE_TRUST_UNKNOWN;
+    return 0;
 }
 
 /* ssh_port_forwarding: {local: {enabled: B}, remote: {enabled: B}}, v7's form of
@@ -2089,11 +2114,29 @@ static int o_enhanced(struct pctx *c, const msgpack_object *v, void *dst, const 
     return 0;
 }
 
+/* Any string is kept, as Teleport does; one that is not best_effort counts as strict,
+ * the mode that refuses a session it cannot record. */
 static int rec_mode(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
     static const char *const names[] = {"best_effort", "strict", NULL};
     struct opts *o = dst;
-    return get_enum(c, v, names, f->arg == 0 ? &o->rec_default : &o->rec_ssh);
+    char *str = NULL;
+    int rv = get_str(c, v, true, &str);
+    if (rv != 0)
+        return rv;
+    int mode = name_index(names, str);
+    if (mode < 0)
+        mode = str[0] == '\0' ? (f->arg == 0 ? REC_BEST_EFFORT : -1) : REC_STRICT;
+    if (f->arg == 0) {
+        free(o->rec_default_s);
+        o->rec_default_s = str;
+        o->rec_default = mode;
+    } else {
+        free(o->rec_ssh_s);
+        o->rec_ssh_s = str;
+        o->rec_ssh = mode;
+    }
+    return 0;
 }
 
 static int rec_desktop(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
@@ -2173,10 +2216,6 @@ static int o_cert_ext(struct pctx *c, const msgpack_object *v, void *dst, const 
     return sk.failed ? oom() : 0;
 }
 
-static const char *const cert_formats[] = {"standard", "oldssh", NULL};
-static const struct schema sch_cert_format = {K_ENUM, cert_formats};
-static const char *const request_strategies[] = {"optional", "note", "always", "reason", NULL};
-static const struct schema sch_request_access = {K_ENUM, request_strategies};
 static const char *const db_user_modes[] = {"off", "keep", "best_effort_drop", NULL};
 static const struct schema sch_db_user_mode = {K_ENUM, db_user_modes};
 static const struct sfield idp_saml_fields[] = {{"enabled", &sch_bool}, {NULL, NULL}};
@@ -2203,8 +2242,8 @@ static const struct field option_fields[] = {
     {"create_host_user_mode", o_host_user_mode, 0, NULL},
     {"max_connections", o_count, 1, NULL},
     {"enhanced_recording", o_enhanced, 0, NULL},
-    KEPT("cert_format", &sch_cert_format),
-    KEPT("request_access", &sch_request_access),
+    KEPT("cert_format", &sch_str),
+    KEPT("request_access", &sch_str),
     KEPT("request_prompt", &sch_str),
     KEPT("max_kubernetes_connections", &sch_int),
     KEPT("desktop_clipboard", &sch_bool),
@@ -2454,8 +2493,8 @@ static int pack_options(const struct opts *o, msgpack_packer *pk)
         msgpack_pack_uint32(kvl_add(&l, "max_connections"), o->max_connections);
     if (o->mfa >= 0)
         pack_str(kvl_add(&l, "require_session_mfa"), mfa_names[o->mfa]);
-    if (o->device_trust >= 0)
-        pack_str(kvl_add(&l, "device_trust_mode"), device_trust_modes[o->device_trust]);
+    if (o->device_trust_s != NULL)
+        pack_str(kvl_add(&l, "device_trust_mode"), o->device_trust_s);
     if (o->lock >= 0)
         pack_str(kvl_add(&l, "lock"), rec[o->lock]);
     if (o->host_user_mode >= 0)
@@ -2470,10 +2509,11 @@ static int pack_options(const struct opts *o, msgpack_packer *pk)
         if (o->enhanced & (1u << i))
             pack_str(ep, enh[i]);
 
-    pack_str(kvl_add(&r, "default"), rec[o->rec_default]);
+    pack_str(kvl_add(&r, "default"),
+             o->rec_default_s != NULL ? o->rec_default_s : rec[o->rec_default]);
     pack_bool(kvl_add(&r, "desktop"), o->rec_desktop);
-    if (o->rec_ssh >= 0)
-        pack_str(kvl_add(&r, "ssh"), rec[o->rec_ssh]);
+    if (o->rec_ssh_s != NULL)
+        pack_str(kvl_add(&r, "ssh"), o->rec_ssh_s);
     kvl_add_extras(&r, &o->rec_kept);
     rv |= kvl_pack(&r, kvl_add(&l, "record_session"));
     kvl_add_extras(&l, &o->kept);

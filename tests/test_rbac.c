@@ -822,14 +822,13 @@ Test(rbac_parse, wrong_types_name_the_field)
 
 Test(rbac_parse, unknown_values_of_known_fields_are_refused)
 {
-    expect_error(ROLE("r", "v7", "  options:\n    record_session: {ssh: always}\n"), 7,
-                 "spec.options.record_session.ssh",
+    expect_error(ROLE("r", "v7", "  options:\n    create_db_user_mode: drop\n"), 7,
+                 "spec.options.create_db_user_mode",
+                 "unknown value 'drop', expected one of: off, keep, best_effort_drop");
+    expect_error(ROLE("r", "v7", "  options:\n    lock: always\n"), 7, "spec.options.lock",
                  "unknown value 'always', expected one of: best_effort, strict");
-    expect_error(ROLE("r", "v7", "  options:\n    device_trust_mode: sometimes\n"), 7,
-                 "spec.options.device_trust_mode",
-                 "unknown value 'sometimes', expected one of: , off, optional, required");
-    expect_error(ROLE("r", "v7", "  options:\n    cert_format: pem\n"), 7,
-                 "spec.options.cert_format", "expected one of: standard, oldssh");
+    expect_error(ROLE("r", "v7", "  options:\n    device_trust_mode: [required]\n"), 7,
+                 "spec.options.device_trust_mode", "expected a string, found a list");
     expect_error(
         ROLE("r", "v7", "  options:\n    ssh_port_forwarding: {local: {enabled: maybe}}\n"), 7,
         "spec.options.ssh_port_forwarding.local.enabled", "expected true or false, found a string");
@@ -1342,6 +1341,35 @@ Test(rbac_unenforced, every_fail_closed_field_is_named)
     rbac_role_free(role);
 }
 
+/* Teleport does not check these values (its own reference shows
+ * "device_trust_mode: optional|required|off"): they are kept, and read the safe way. */
+Test(rbac_unenforced, unchecked_values_are_kept_and_read_restrictively)
+{
+    struct rbac_role *role =
+        role_from(ROLE("p", "v7",
+                       "  options:\n    device_trust_mode: optional|required|off\n"
+                       "    record_session:\n      default: best_effort|strict\n"
+                       "      ssh: always\n    cert_format: pem\n"
+                       "  allow:\n    logins: [root]\n    node_labels: {'*': '*'}\n"));
+    const char *fields[4];
+    cr_assert_eq(rbac_role_unenforced(role, fields, 4), 1);
+    cr_assert_str_eq(fields[0], "spec.options.device_trust_mode");
+    char *text = role_yaml(role);
+    cr_assert(strstr(text, "    device_trust_mode: \"optional|required|off\"\n") != NULL, "%s",
+              text);
+    cr_assert(strstr(text, "      default: \"best_effort|strict\"\n") != NULL, "%s", text);
+    cr_assert(strstr(text, "      ssh: always\n") != NULL, "%s", text);
+    cr_assert(strstr(text, "    cert_format: pem\n") != NULL, "%s", text);
+    free(text);
+    struct rbac_set *set = NULL;
+    struct rbac_options o;
+    cr_assert_eq(rbac_set_new(&role, 1, NULL, &set), 0);
+    rbac_options(set, &o);
+    cr_assert_eq(o.record_ssh, RBAC_RECORD_STRICT, "an unknown recording mode counts as strict");
+    rbac_set_free(set);
+    rbac_role_free(role);
+}
+
 Test(rbac_unenforced, holders_get_no_logins_and_the_reason)
 {
     struct loaded l;
@@ -1369,34 +1397,27 @@ struct pf_case {
     bool local, remote;
 };
 
-static const struct pf_case
-    pf_cases[] =
-        {
-            {"bare_role_allows_both", R_PF("a", "    forward_agent: false\n"), true, true},
-            {"local_only", R_PF("a", "    ssh_port_forwarding: {remote: {enabled: false}}\n"), true,
-             false},
-            {"remote_only", R_PF("a", "    ssh_port_forwarding: {local: {enabled: no}}\n"), false,
-             true},
-            {"legacy_false_alone_denies_both", R_PF("a", "    port_forwarding: false\n"), false,
-             false},
-            {"legacy_false_with_a_bare_role_allows", /* the legacy option is an OR */
-             R_PF("a", "    port_forwarding: false\n") "---\n" R_PF("b",
-                                                                    "    forward_agent: true\n"),
-             true, true},
-            {"any_role_disabling_a_direction_wins",
-             R_PF("a", "    ssh_port_forwarding: {local: {enabled: true}, remote: {enabled: "
-                       "true}}\n") "---\n" R_PF(
-                 "b", "    ssh_port_forwarding: {remote: {enabled: false}}\n"),
-             true, false},
-            {"legacy_true_overrides_ssh_port_forwarding",
-             R_PF("a", "    port_forwarding: true\n") "---\n" R_PF(
-                 "b",
-                 "    ssh_port_forwarding: {local: {enabled: false}, remote: {enabled: false}}\n"),
-             true, true},
-            {"explicit_enable_beats_legacy_false_of_another",
-             R_PF("a", "    port_forwarding: false\n") "---\n" R_PF(
-                 "b", "    ssh_port_forwarding: {local: {enabled: true}}\n"),
-             true, true},
+static const struct pf_case pf_cases[] = {
+    {"bare_role_allows_both", R_PF("a", "    forward_agent: false\n"), true, true},
+    {"local_only", R_PF("a", "    ssh_port_forwarding: {remote: {enabled: false}}\n"), true, false},
+    {"remote_only", R_PF("a", "    ssh_port_forwarding: {local: {enabled: no}}\n"), false, true},
+    {"legacy_false_alone_denies_both", R_PF("a", "    port_forwarding: false\n"), false, false},
+    {"legacy_false_with_a_bare_role_allows", /* the legacy option is an OR */
+     R_PF("a", "    port_forwarding: false\n") "---\n" R_PF("b", "    forward_agent: true\n"), true,
+     true},
+    {"any_role_disabling_a_direction_wins",
+     R_PF("a",
+          "    ssh_port_forwarding: {local: {enabled: true}, remote: {enabled: "
+          "true}}\n") "---\n" R_PF("b", "    ssh_port_forwarding: {remote: {enabled: false}}\n"),
+     true, false},
+    {"legacy_true_overrides_ssh_port_forwarding",
+     R_PF("a", "    port_forwarding: true\n") "---\n" R_PF(
+         "b", "    ssh_port_forwarding: {local: {enabled: false}, remote: {enabled: false}}\n"),
+     true, true},
+    {"explicit_enable_beats_legacy_false_of_another",
+     R_PF("a", "    port_forwarding: false\n") "---\n" R_PF(
+         "b", "    ssh_port_forwarding: {local: {enabled: true}}\n"),
+     true, true},
 };
 
 ParameterizedTestParameters(rbac_options, port_forwarding_directions)
@@ -1473,6 +1494,11 @@ static char *read_file(const char *path, size_t *len)
     return (char *)rp_buf_steal(&b, NULL);
 }
 
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
 /* The .yaml files of @dir, sorted; returns their count. */
 static size_t list_yaml(const char *dir, char names[][128], size_t max)
 {
@@ -1482,11 +1508,11 @@ static size_t list_yaml(const char *dir, char names[][128], size_t max)
     cr_assert_not_null(d, "%s", dir);
     while ((e = readdir(d)) != NULL && n < max) {
         size_t len = strlen(e->d_name);
-        if (len > 5 && strcmp(e->d_name + len - 5, ".yaml") == 0)
-            snprintf(names[n++], 128, "%s", e->d_name);
+        if (len > 5 && len < 128 && strcmp(e->d_name + len - 5, ".yaml") == 0)
+            memcpy(names[n++], e->d_name, len + 1);
     }
     closedir(d);
-    qsort(names, n, 128, (int (*)(const void *, const void *))strcmp);
+    qsort(names, n, 128, cmp_names);
     return n;
 }
 
