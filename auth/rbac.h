@@ -20,7 +20,9 @@
  *  - Regular expressions are POSIX extended (glibc regcomp) with RE2's shorthands
  *    translated: \d \D, \s \S \w \W \b \B, \n \t \r \f \v, and \d \s \w inside [...].
  *    (?flags) and (?:...) groups, lazy quantifiers (*? +? ??), backreferences and other
- *    escapes (\pL, \A, \z, \Q) are refused when the role is parsed.
+ *    escapes (\pL, \A, \z, \Q) are refused when the role is parsed, and so are
+ *    patterns longer than 1024 bytes or whose counted repetitions add up to more than
+ *    1000 (auth/predicate.h: pred_re_compile).
  *  - Rules: a role's deny rule matching (resource or '*', verb or '*') denies; else a
  *    matching allow rule allows. A rule with a `where` condition is kept but not
  *    evaluated here: in deny it applies unconditionally (fail closed), in allow it
@@ -42,13 +44,13 @@
  *    order, minus every role's expanded deny.logins.
  *  - Options combine to the most restrictive value: max_session_ttl the smallest set
  *    (RBAC_DEFAULT_SESSION_TTL_MS, 12h, when no role sets one); forward_agent,
- *    port_forwarding, permit_x11_forwarding, disconnect_expired_cert, pin_source_ip: OR
- *    (port_forwarding defaults to true in a role that does not set it, as in
- *    Teleport); ssh_file_copy: AND (default true); client_idle_timeout, max_sessions,
- *    max_connections: the smallest non-zero; record_session.ssh: strict wins;
+ *    permit_x11_forwarding, disconnect_expired_cert, pin_source_ip: OR; ssh_file_copy:
+ *    AND (default true); client_idle_timeout, max_sessions, max_connections: the
+ *    smallest non-zero; record_session.ssh: strict wins (a mode other than best_effort
+ *    or strict, which Teleport does not check, counts as strict);
  *    record_session.desktop: OR (default true); lock: strict wins;
- *    require_session_mfa: the strongest; enhanced_recording: the union.
- *
+ *    require_session_mfa: the strongest; enhanced_recording: the union; port
+ *    forwarding as below.
  *  - node_labels_expression (auth/predicate.h): in allow, a role admits a node only if
  *    its node_labels (when it has any) and its expression (when it has one) both do;
  *    in deny, node_labels or the expression matching is enough. An expression that
@@ -72,7 +74,8 @@
  *    them for the services that apply them);
  *  - failing closed: fields that restrict SSH access in a way Raftport does not
  *    enforce yet (rbac_role_unenforced): options.require_session_mfa other than no,
- *    options.device_trust_mode required or required-for-humans, options.pin_source_ip
+ *    options.device_trust_mode required, required-for-humans or a mode Raftport does
+ *    not know (Teleport does not check the value), options.pin_source_ip
  *    true, allow.require_session_join with a policy for SSH sessions, and any field
  *    Raftport does not know under spec, spec.options or spec.deny. The role loads; its
  *    holders get no logins and rbac_check_ssh refuses them, naming the field;
