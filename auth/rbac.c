@@ -988,7 +988,7 @@ struct kv {
 };
 
 struct kvl {
-    struct kv v[MAX_MAP_FIELDS];
+    struct kv v[MAX_MAP_FIELDS + 8]; /* + the defaults a version fills in */
     size_t n;
     bool failed;
 };
