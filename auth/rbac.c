@@ -7,6 +7,7 @@
  * matchers. Every check reads only the set, so checks never allocate or fail on a
  * user's data. */
 #include "auth/rbac.h"
+#include "auth/predicate.h"
 
 #include <ctype.h>
 #include <regex.h>
@@ -22,7 +23,7 @@
 #include "lib/yaml.h"
 #include "lib/yaml_mp.h"
 
-#define MAX_EXTRAS 24     /* preserved fields per map (metadata, allow, deny) */
+#define MAX_MAP_FIELDS 64 /* fields of one map of a role: known ones and kept ones */
 #define MAX_UNIX_LOGIN 32 /* Debian's useradd limit, as Teleport checks */
 #define MAX_NAME 253
 #define NS_PER_MS 1000000ull
@@ -156,7 +157,11 @@ static int edit_distance(const char *a, const char *b)
 
 struct pctx {
     struct rp_buf path;
-    int version; /* known once the top level was read; 0 before */
+    int version;            /* known once the top level was read; 0 before */
+    struct rbac_role *role; /* the role being read: where unknown fields are noted */
+    struct extras *keep;    /* where the map being walked keeps its extra fields */
+    bool restrictive;       /* inside spec, spec.options or spec.deny: an unknown field
+                             * there may restrict access, so it fails closed */
 };
 
 static int perr(struct pctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -319,186 +324,11 @@ static void go_duration_format(uint64_t ns, char out[96])
     }
 }
 
-/* ---- regular expressions ---------------------------------------------------------- */
-
-/* Translates the RE2-style pattern @re into a POSIX extended expression in @out
- * (NUL-terminated). Returns NULL, or a message naming the construct we refuse. */
-static const char *re2_to_ere(const char *re, struct rp_buf *out)
-{
-    bool in_class = false;
-    int rv = 0;
-    for (size_t i = 0; re[i] != '\0'; i++) {
-        char ch = re[i], next = re[i + 1];
-        if (in_class) {
-            if (ch == ']') {
-                in_class = false;
-                rv |= rp_buf_append(out, "]", 1);
-            } else if (ch == '[' && next == ':') {
-                const char *end = strstr(re + i + 2, ":]");
-                if (end == NULL)
-                    return "unterminated [:class:]";
-                size_t n = (size_t)(end + 2 - (re + i));
-                rv |= rp_buf_append(out, re + i, n);
-                i += n - 1;
-            } else if (ch == '\\') {
-                const char *rep = NULL;
-                char lit[2] = {next, 0};
-                switch (next) {
-                case 'd':
-                    rep = "0-9";
-                    break;
-                case 's':
-                    rep = " \t\n\r\f\v";
-                    break;
-                case 'w':
-                    rep = "A-Za-z0-9_";
-                    break;
-                case 'n':
-                    rep = "\n";
-                    break;
-                case 't':
-                    rep = "\t";
-                    break;
-                case 'r':
-                    rep = "\r";
-                    break;
-                case 'f':
-                    rep = "\f";
-                    break;
-                case 'v':
-                    rep = "\v";
-                    break;
-                case '\\':
-                    rep = "\\";
-                    break;
-                case ']':
-                case '-':
-                case '^':
-                case '[':
-                    return "escaped ']', '-', '^' or '[' inside [...] are not supported "
-                           "(put ']' first or '-' last instead)";
-                default:
-                    if (next == '\0' || isalnum((unsigned char)next))
-                        return "this escape inside [...] is not supported";
-                    rep = lit;
-                }
-                rv |= rp_buf_append_str(out, rep);
-                i++;
-            } else {
-                rv |= rp_buf_append(out, &ch, 1);
-            }
-            continue;
-        }
-        if (ch == '[') {
-            in_class = true;
-            rv |= rp_buf_append(out, "[", 1);
-            if (re[i + 1] == '^')
-                rv |= rp_buf_append(out, "^", 1), i++;
-            if (re[i + 1] == ']')
-                rv |= rp_buf_append(out, "]", 1), i++;
-        } else if (ch == '\\') {
-            switch (next) {
-            case 'd':
-                rv |= rp_buf_append_str(out, "[0-9]");
-                break;
-            case 'D':
-                rv |= rp_buf_append_str(out, "[^0-9]");
-                break;
-            case 's':
-            case 'S':
-            case 'w':
-            case 'W':
-            case 'b':
-            case 'B':
-                rv |= rp_buf_append(out, re + i, 2);
-                break;
-            case 'n':
-                rv |= rp_buf_append(out, "\n", 1);
-                break;
-            case 't':
-                rv |= rp_buf_append(out, "\t", 1);
-                break;
-            case 'r':
-                rv |= rp_buf_append(out, "\r", 1);
-                break;
-            case 'f':
-                rv |= rp_buf_append(out, "\f", 1);
-                break;
-            case 'v':
-                rv |= rp_buf_append(out, "\v", 1);
-                break;
-            case '\0':
-                return "a trailing backslash escapes nothing";
-            default:
-                if (isdigit((unsigned char)next))
-                    return "backreferences are not supported";
-                if (isalpha((unsigned char)next))
-                    return "this escape is not supported (only \\d \\D \\s \\S \\w \\W \\b "
-                           "\\B \\n \\t \\r \\f \\v and escaped punctuation)";
-                rv |= rp_buf_append(out, re + i, 2);
-            }
-            i++;
-        } else if (ch == '(' && next == '?') {
-            return "(?...) groups and flags are not supported";
-        } else if ((ch == '*' || ch == '+' || ch == '?' || ch == '}') && next == '?') {
-            return "lazy quantifiers (*? +? ?? {n,m}?) are not supported";
-        } else {
-            rv |= rp_buf_append(out, &ch, 1);
-        }
-    }
-    if (in_class)
-        return "missing ']' to close [...]";
-    rv |= rp_buf_append(out, "", 1);
-    return rv != 0 ? "out of memory" : NULL;
-}
-
-/* Compiles @pattern (RE2 style) into @re. On error returns -1 with the reason in @err. */
-static int re_compile(const char *pattern, bool nosub, regex_t *re, char *err, size_t errlen)
-{
-    struct rp_buf ere;
-    rp_buf_init(&ere);
-    const char *why = re2_to_ere(pattern, &ere);
-    if (why != NULL) {
-        snprintf(err, errlen, "%s", why);
-        rp_buf_free(&ere);
-        return -1;
-    }
-    int rc = regcomp(re, (const char *)ere.data, REG_EXTENDED | (nosub ? REG_NOSUB : 0));
-    rp_buf_free(&ere);
-    if (rc != 0) {
-        regerror(rc, NULL, err, errlen);
-        return -1;
-    }
-    return 0;
-}
-
 /* A label value between '^' and '$' is a regular expression. */
 static bool is_regex_value(const char *v)
 {
     size_t n = strlen(v);
     return n >= 2 && v[0] == '^' && v[n - 1] == '$';
-}
-
-/* Glob with '*' as its only special character (Teleport quotes everything else). */
-static bool glob_match(const char *pat, const char *s)
-{
-    const char *star = NULL, *resume = NULL;
-    while (*s != '\0') {
-        if (*pat == '*') {
-            star = pat++;
-            resume = s;
-        } else if (*pat == *s) {
-            pat++, s++;
-        } else if (star != NULL) {
-            pat = star + 1;
-            s = ++resume;
-        } else {
-            return false;
-        }
-    }
-    while (*pat == '*')
-        pat++;
-    return *pat == '\0';
 }
 
 /* ---- templates ---------------------------------------------------------------------- */
@@ -724,7 +554,7 @@ static int tmpl_parse(const char *v, struct tmpl *t, char *err, size_t errlen)
             }
             regex_t re;
             char why[200];
-            if (re_compile(t->re_src, false, &re, why, sizeof why) != 0) {
+            if (pred_re_compile(t->re_src, false, &re, why, sizeof why) != 0) {
                 snprintf(err, errlen,
                          "invalid regular expression '%.60s' in regexp.replace: %.150s", t->re_src,
                          why);
@@ -792,80 +622,6 @@ static const struct strv *traits_get(const struct traits *t, const char *name)
     return NULL;
 }
 
-/* Expands the replacement @repl ($1, ${1}, $$) for the match @m of @in. */
-static int expand_repl(struct rp_buf *b, const char *repl, const char *in, const regmatch_t *m,
-                       size_t nm)
-{
-    int rv = 0;
-    for (const char *p = repl; *p != '\0'; p++) {
-        if (*p != '$') {
-            rv |= rp_buf_append(b, p, 1);
-            continue;
-        }
-        if (p[1] == '$') {
-            rv |= rp_buf_append(b, "$", 1);
-            p++;
-            continue;
-        }
-        const char *name = p + 1, *end;
-        bool braced = *name == '{';
-        if (braced) {
-            name++;
-            end = strchr(name, '}');
-            if (end == NULL) { /* Go writes a lone '$' as is */
-                rv |= rp_buf_append(b, "$", 1);
-                continue;
-            }
-        } else {
-            end = name;
-            while (isalnum((unsigned char)*end) || *end == '_')
-                end++;
-            if (end == name) {
-                rv |= rp_buf_append(b, "$", 1);
-                continue;
-            }
-        }
-        /* Like Go: an all-digit name is a group number; other names (named groups,
-         * which POSIX lacks) expand to nothing. */
-        bool numeric = end > name;
-        size_t idx = 0;
-        for (const char *q = name; q < end; q++) {
-            numeric = numeric && isdigit((unsigned char)*q);
-            if (numeric && idx < 1000)
-                idx = idx * 10 + (size_t)(*q - '0');
-        }
-        if (numeric && idx < nm && m[idx].rm_so >= 0)
-            rv |= rp_buf_append(b, in + m[idx].rm_so, (size_t)(m[idx].rm_eo - m[idx].rm_so));
-        p = braced ? end : end - 1;
-    }
-    return rv;
-}
-
-/* Go's Regexp.ReplaceAllString over POSIX regexec. */
-static int replace_all(regex_t *re, const char *in, const char *repl, struct rp_buf *b)
-{
-    regmatch_t m[10];
-    size_t len = strlen(in), pos = 0;
-    int rv = 0;
-    while (pos <= len) {
-        if (regexec(re, in + pos, 10, m, pos > 0 ? REG_NOTBOL : 0) != 0)
-            break;
-        rv |= rp_buf_append(b, in + pos, (size_t)m[0].rm_so);
-        rv |= expand_repl(b, repl, in + pos, m, 10);
-        if (m[0].rm_eo == m[0].rm_so) {
-            if (pos + (size_t)m[0].rm_eo < len)
-                rv |= rp_buf_append(b, in + pos + m[0].rm_eo, 1);
-            pos += (size_t)m[0].rm_eo + 1;
-        } else {
-            pos += (size_t)m[0].rm_eo;
-        }
-    }
-    if (pos < len)
-        rv |= rp_buf_append(b, in + pos, len - pos);
-    rv |= rp_buf_append(b, "", 1);
-    return rv;
-}
-
 /* Appends the values @raw expands to under @traits to @out (nothing if a trait is
  * missing or every value is dropped). Returns 0 or RP_ENOMEM. */
 static int expand(const char *raw, const struct traits *traits, struct strv *out)
@@ -884,7 +640,7 @@ static int expand(const char *raw, const struct traits *traits, struct strv *out
     if (vals == NULL)
         goto out;
     if (t.fn == T_REGEXP_REPLACE) {
-        if (re_compile(t.re_src, false, &re, why, sizeof why) != 0)
+        if (pred_re_compile(t.re_src, false, &re, why, sizeof why) != 0)
             goto out;
         have_re = true;
     }
@@ -901,7 +657,7 @@ static int expand(const char *raw, const struct traits *traits, struct strv *out
         } else if (t.fn == T_REGEXP_REPLACE) {
             if (regexec(&re, v, 0, NULL, 0) != 0)
                 continue; /* no match: dropped */
-            rv |= replace_all(&re, v, t.repl, &b);
+            rv |= pred_regexp_replace(&re, v, t.repl, &b);
         } else {
             rv |= rp_buf_append(&b, v, strlen(v) + 1);
         }
@@ -950,25 +706,34 @@ struct lsel {
     bool set; /* written (possibly as {}), or filled in by a version default */
 };
 
+/* A field kept as written (checked for shape, not enforced), in canonical msgpack
+ * form: a known field Raftport has no use for yet, or a field it does not know. */
+struct extra {
+    char *name;
+    struct rp_buf raw;
+};
+
+struct extras {
+    struct extra *v;
+    size_t n, cap;
+};
+
 struct rule {
     struct strv resources, verbs;
     char *where; /* NULL if none */
-};
-
-/* A field we check for shape and keep, in canonical msgpack form. */
-struct extra {
-    const char *name; /* static */
-    struct rp_buf raw;
+    struct extras kept;
 };
 
 struct cond {
     struct strv logins;
     struct strv namespaces;
     struct lsel node_labels;
+    char *node_expr;             /* node_labels_expression as written; NULL if none */
+    struct pred_expr *node_pred; /* ... and parsed */
+    bool require_join_ssh;       /* require_session_join has a policy for SSH sessions */
     struct rule *rules;
     size_t n_rules, cap_rules;
-    struct extra extras[MAX_EXTRAS];
-    size_t n_extras;
+    struct extras kept;
 };
 
 enum { REC_BEST_EFFORT, REC_STRICT };
@@ -977,31 +742,57 @@ struct opts {
     bool ttl_set;
     uint64_t ttl_ns;
     uint64_t idle_ns; /* 0: unset or never */
-    bool forward_agent, port_forwarding, ssh_file_copy;
+    bool forward_agent, ssh_file_copy;
+    int port_forwarding;                    /* the legacy option: -1 unset, else 0/1 */
+    int pf_local, pf_remote;                /* ssh_port_forwarding: -1 unset, else 0/1 */
+    struct rp_buf ssh_port_forwarding;      /* canonical map; empty when unset */
     int disconnect, x11, pin;               /* -1 unset, else 0/1 */
     uint32_t max_sessions, max_connections; /* 0 unset */
     int mfa;                                /* -1 unset, else enum rbac_mfa */
-    int lock;                               /* -1 unset, else 0 best_effort, 1 strict */
-    int rec_default, rec_ssh;               /* REC_*; rec_ssh -1 when unset */
+    int device_trust;     /* -1 unset, else index in device_trust_modes, or DEVICE_TRUST_UNKNOWN */
+    char *device_trust_s; /* ... as written */
+    int lock;             /* -1 unset, else 0 best_effort, 1 strict */
+    int rec_default, rec_ssh;        /* REC_*; rec_ssh -1 when unset */
+    char *rec_default_s, *rec_ssh_s; /* ... as written; NULL when not written */
     bool rec_desktop;
+    struct extras rec_kept;        /* record_session fields we do not know */
     unsigned enhanced;             /* RBAC_ENHANCED_* */
     int host_user_mode;            /* -1 unset, else index in host_user_modes */
     struct rp_buf cert_extensions; /* canonical list; empty when unset */
+    struct extras kept;
 };
+
+#define MAX_UNENFORCED 8
 
 struct rbac_role {
     char *name;
     int version;
     bool kind_seen;
-    struct extra meta[MAX_EXTRAS];
-    size_t n_meta;
+    struct extras top_kept, meta, spec_kept;
     struct opts opt;
     struct cond allow, deny;
+    struct strv unknown;    /* paths of the fields Raftport does not know */
+    struct strv unknown_fc; /* those that may restrict access (options, deny, spec) */
+    const char *unenforced[MAX_UNENFORCED]; /* static names of known fail-closed fields */
+    size_t n_unenforced;
     struct rp_buf canonical;
 };
 
 static const char *const host_user_modes[] = {"off", "keep", "drop", "insecure-drop", NULL};
-static const char *const mfa_names[] = {"no", "yes", "hardware_key", "hardware_key_touch", NULL};
+static const char *const mfa_names[] = {"no",
+                                        "yes",
+                                        "hardware_key",
+                                        "hardware_key_touch",
+                                        "hardware_key_pin",
+                                        "hardware_key_touch_and_pin",
+                                        NULL};
+/* "required" and "required-for-humans" are the modes that restrict access. */
+static const char *const device_trust_modes[] = {
+    "", "off", "optional", "required", "required-for-humans", NULL};
+#define DEVICE_TRUST_REQUIRED 3
+/* A mode Raftport does not know (Teleport does not check the value: its own reference
+ * shows "optional|required|off") may mean "required", so it counts as that. */
+#define DEVICE_TRUST_UNKNOWN 5
 
 static void lsel_free(struct lsel *s)
 {
@@ -1013,10 +804,34 @@ static void lsel_free(struct lsel *s)
     memset(s, 0, sizeof(*s));
 }
 
-static void extras_free(struct extra *e, size_t n)
+static void extras_free(struct extras *x)
 {
-    for (size_t i = 0; i < n; i++)
-        rp_buf_free(&e[i].raw);
+    for (size_t i = 0; i < x->n; i++) {
+        free(x->v[i].name);
+        rp_buf_free(&x->v[i].raw);
+    }
+    free(x->v);
+    memset(x, 0, sizeof(*x));
+}
+
+/* A new entry named @name (@n bytes) in @x, its raw buffer empty; NULL when out of
+ * memory. */
+static struct extra *extras_add(struct extras *x, const char *name, size_t n)
+{
+    if (x->n == x->cap) {
+        size_t cap = x->cap == 0 ? 4 : x->cap * 2;
+        struct extra *v = realloc(x->v, cap * sizeof(*v));
+        if (v == NULL)
+            return NULL;
+        x->v = v;
+        x->cap = cap;
+    }
+    struct extra *e = &x->v[x->n];
+    if ((e->name = strndup(name, n)) == NULL)
+        return NULL;
+    rp_buf_init(&e->raw);
+    x->n++;
+    return e;
 }
 
 static void cond_free(struct cond *c)
@@ -1028,9 +843,12 @@ static void cond_free(struct cond *c)
         strv_free(&c->rules[i].resources);
         strv_free(&c->rules[i].verbs);
         free(c->rules[i].where);
+        extras_free(&c->rules[i].kept);
     }
     free(c->rules);
-    extras_free(c->extras, c->n_extras);
+    free(c->node_expr);
+    pred_free(c->node_pred);
+    extras_free(&c->kept);
     memset(c, 0, sizeof(*c));
 }
 
@@ -1039,8 +857,18 @@ void rbac_role_free(struct rbac_role *role)
     if (role == NULL)
         return;
     free(role->name);
-    extras_free(role->meta, role->n_meta);
+    extras_free(&role->top_kept);
+    extras_free(&role->meta);
+    extras_free(&role->spec_kept);
+    extras_free(&role->opt.kept);
+    extras_free(&role->opt.rec_kept);
+    rp_buf_free(&role->opt.ssh_port_forwarding);
+    free(role->opt.device_trust_s);
+    free(role->opt.rec_default_s);
+    free(role->opt.rec_ssh_s);
     rp_buf_free(&role->opt.cert_extensions);
+    strv_free(&role->unknown);
+    strv_free(&role->unknown_fc);
     cond_free(&role->allow);
     cond_free(&role->deny);
     rp_buf_free(&role->canonical);
@@ -1160,7 +988,7 @@ struct kv {
 };
 
 struct kvl {
-    struct kv v[48];
+    struct kv v[MAX_MAP_FIELDS + 8]; /* + the defaults a version fills in */
     size_t n;
     bool failed;
 };
@@ -1183,6 +1011,12 @@ static void kvl_add_raw(struct kvl *l, const char *key, const struct rp_buf *raw
 {
     msgpack_packer *pk = kvl_add(l, key);
     pk->callback(pk->data, (const char *)raw->data, raw->len);
+}
+
+static void kvl_add_extras(struct kvl *l, const struct extras *x)
+{
+    for (size_t i = 0; i < x->n; i++)
+        kvl_add_raw(l, x->v[i].name, &x->v[i].raw);
 }
 
 static int cmp_kv_entry(const void *a, const void *b)
@@ -1252,22 +1086,70 @@ static int pack_labels(msgpack_packer *pk, const struct lsel *s)
 struct field;
 typedef int (*field_fn)(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f);
 
+struct schema;
+
 struct field {
     const char *name;
     field_fn fn;
-    int arg; /* handler-specific */
+    int arg;                     /* handler-specific */
+    const struct schema *schema; /* f_kept: the shape of the kept value */
 };
 
-/* Walks the map @m: every key must name a field of @fields (a nil value counts as
- * absent). @what names the kind of key in messages ("field", "option"). */
+/* The known field of @fields closest to @key (a likely typo), or NULL. */
+static const char *closest_field(const struct field *fields, const char *key)
+{
+    const char *best = NULL;
+    int best_d = 3;
+    for (const struct field *g = fields; g->name != NULL; g++) {
+        int d = edit_distance(key, g->name);
+        if (d < best_d) {
+            best = g->name;
+            best_d = d;
+        }
+    }
+    return best;
+}
+
+/* Keeps the unknown field @v at the current path in @keep under @key (@n bytes), and
+ * notes its path (with a suggestion when it looks like a typo of one of @fields). */
+static int keep_unknown(struct pctx *c, const char *key, size_t n, const msgpack_object *v,
+                        const struct field *fields, struct extras *keep)
+{
+    char name[64], note[400];
+    struct extra *e = extras_add(keep, key, n);
+    msgpack_packer pk;
+    struct sink sk;
+    if (e == NULL)
+        return oom();
+    sink_init(&sk, &pk, &e->raw);
+    if (pack_sorted(&pk, v) != 0 || sk.failed)
+        return oom();
+    excerpt(key, n, name, sizeof name);
+    const char *best = closest_field(fields, name);
+    snprintf(note, sizeof note, "%s%s%s%s", rp_ymp_path_str(&c->path),
+             best != NULL ? " (did you mean " : "", best != NULL ? best : "",
+             best != NULL ? "?)" : "");
+    if (strv_push(&c->role->unknown, note) != 0 ||
+        (c->restrictive && strv_push(&c->role->unknown_fc, rp_ymp_path_str(&c->path)) != 0))
+        return oom();
+    return 0;
+}
+
+/* Walks the map @m, calling the handler of each key's field in @fields (a nil value
+ * counts as absent). A key no field names is kept in @keep, or refused when @keep is
+ * NULL. @what names the kind of key in messages ("field", "option"). */
 static int walk_map(struct pctx *c, const msgpack_object *m, const struct field *fields, void *dst,
-                    const char *what)
+                    struct extras *keep, const char *what)
 {
     char ex[128];
     int rv;
 
     if (m->type != MSGPACK_OBJECT_MAP)
         return perr(c, "expected a map, found %s", type_name(m));
+    if (m->via.map.size > MAX_MAP_FIELDS)
+        return perr(c, "%u fields is more than the %d a map of a role may hold", m->via.map.size,
+                    MAX_MAP_FIELDS);
+    struct extras *outer_keep = c->keep;
     for (uint32_t i = 0; i < m->via.map.size; i++) {
         const msgpack_object *k = &m->via.map.ptr[i].key;
         const msgpack_object *v = &m->via.map.ptr[i].val;
@@ -1284,25 +1166,27 @@ static int walk_map(struct pctx *c, const msgpack_object *m, const struct field 
         size_t old;
         if ((rv = push_key(c, k->via.str.ptr, k->via.str.size, &old)) != 0)
             return rv;
-        if (f->name == NULL) {
+        if (f->name == NULL && keep != NULL) {
+            if ((rv = keep_unknown(c, k->via.str.ptr, k->via.str.size, v, fields, keep)) != 0)
+                return rv;
+        } else if (f->name == NULL) {
             /* Suggest the closest name; list them all when nothing is close. */
             char key[64], list[300] = "";
             excerpt(k->via.str.ptr, k->via.str.size, key, sizeof key);
-            const char *best = NULL;
-            int best_d = 3;
-            for (const struct field *g = fields; g->name != NULL; g++) {
-                int d = edit_distance(key, g->name);
-                if (d < best_d)
-                    best = g->name, best_d = d;
+            const char *best = closest_field(fields, key);
+            for (const struct field *g = fields; g->name != NULL; g++)
                 if (strlen(list) + strlen(g->name) + 3 < sizeof list)
                     strcat(strcat(list, list[0] != '\0' ? ", " : ""), g->name);
-            }
             if (best != NULL)
                 return perr(c, "unknown %s '%s', did you mean '%s'?", what, key, best);
             return perr(c, "unknown %s '%s', expected one of: %s", what, key, list);
+        } else if (v->type != MSGPACK_OBJECT_NIL) {
+            c->keep = keep;
+            rv = f->fn(c, v, dst, f);
+            c->keep = outer_keep;
+            if (rv != 0)
+                return rv;
         }
-        if (v->type != MSGPACK_OBJECT_NIL && (rv = f->fn(c, v, dst, f)) != 0)
-            return rv;
         pop(c, old);
     }
     return 0;
@@ -1361,7 +1245,7 @@ static int check_label_value(struct pctx *c, const char *v)
         return check_template(c, v);
     if (is_regex_value(v)) {
         regex_t re;
-        if (re_compile(v, true, &re, why, sizeof why) != 0)
+        if (pred_re_compile(v, true, &re, why, sizeof why) != 0)
             return perr(c, "invalid regular expression '%s': %s",
                         excerpt(v, strlen(v), ex, sizeof ex), why);
         regfree(&re);
@@ -1369,8 +1253,10 @@ static int check_label_value(struct pctx *c, const char *v)
     return 0;
 }
 
-/* A label selector: {key: value or [values]}. */
-static int parse_labels(struct pctx *c, const msgpack_object *v, struct lsel *out)
+/* A label selector: {key: value or [values]}. @check_values: check regular
+ * expressions and templates in values (for the selectors Raftport enforces). */
+static int parse_labels(struct pctx *c, const msgpack_object *v, struct lsel *out,
+                        bool check_values)
 {
     char ex[128];
     int rv;
@@ -1422,7 +1308,7 @@ static int parse_labels(struct pctx *c, const msgpack_object *v, struct lsel *ou
             free(s);
             if (rv != 0)
                 return oom();
-            if ((rv = check_label_value(c, lk->vals.v[0])) != 0)
+            if (check_values && (rv = check_label_value(c, lk->vals.v[0])) != 0)
                 return rv;
         } else if (val->type == MSGPACK_OBJECT_ARRAY) {
             if (val->via.array.size > MAX_LABEL_VALUES)
@@ -1439,7 +1325,7 @@ static int parse_labels(struct pctx *c, const msgpack_object *v, struct lsel *ou
                 free(s);
                 if (rv != 0)
                     return oom();
-                if ((rv = check_label_value(c, lk->vals.v[lk->vals.n - 1])) != 0)
+                if (check_values && (rv = check_label_value(c, lk->vals.v[lk->vals.n - 1])) != 0)
                     return rv;
                 pop(c, old2);
             }
@@ -1455,9 +1341,368 @@ static int parse_labels(struct pctx *c, const msgpack_object *v, struct lsel *ou
     return 0;
 }
 
-/* ---- allow / deny ------------------------------------------------------------------------ */
+/* ---- kept fields: checked against a schema, written back in canonical form ---------- */
 
-enum extra_kind { X_LABELS, X_STRLIST, X_LIST, X_MAP };
+/* The shape of a field Raftport keeps without enforcing it. Known fields are checked
+ * (a wrong type names the path and the type expected); maps keep the keys they do not
+ * know, as written. */
+enum skind {
+    K_ANY,      /* anything YAML can hold */
+    K_STR,      /* a string */
+    K_BOOL,     /* true/false (or yes/no/on/off) */
+    K_INT,      /* an integer */
+    K_DURATION, /* "8h", "30m", "7d", or a number of nanoseconds */
+    K_STRLIST,  /* a list of strings */
+    K_STRMAP,   /* a map of names to a string or a list of strings */
+    K_LABELS,   /* a label selector: name -> value or list of values */
+    K_EXPR,     /* a label expression (auth/predicate.h) */
+    K_ENUM,     /* one of sub's NULL-terminated names, or "" */
+    K_MAP,      /* sub: the known fields, NULL-terminated */
+    K_LIST,     /* sub: the schema of each item */
+};
+
+struct schema {
+    enum skind kind;
+    const void *sub;
+};
+
+struct sfield {
+    const char *name;
+    const struct schema *s;
+};
+
+static int get_bool(struct pctx *c, const msgpack_object *v, bool *out);
+static int get_enum(struct pctx *c, const msgpack_object *v, const char *const *names, int *idx);
+
+static const struct schema sch_str = {K_STR, NULL}, sch_bool = {K_BOOL, NULL},
+                           sch_int = {K_INT, NULL}, sch_duration = {K_DURATION, NULL},
+                           sch_strlist = {K_STRLIST, NULL}, sch_strmap = {K_STRMAP, NULL},
+                           sch_labels = {K_LABELS, NULL}, sch_expr = {K_EXPR, NULL};
+
+/* Notes the field at the current path as unknown (with @suggest, a likely intended
+ * name, or NULL). */
+static int note_unknown(struct pctx *c, const char *suggest)
+{
+    char note[400];
+    snprintf(note, sizeof note, "%s%s%s%s", rp_ymp_path_str(&c->path),
+             suggest != NULL ? " (did you mean " : "", suggest != NULL ? suggest : "",
+             suggest != NULL ? "?)" : "");
+    if (strv_push(&c->role->unknown, note) != 0 ||
+        (c->restrictive && strv_push(&c->role->unknown_fc, rp_ymp_path_str(&c->path)) != 0))
+        return oom();
+    return 0;
+}
+
+static bool valid_duration(const char *s)
+{
+    uint64_t ns;
+    size_t n = strlen(s);
+    if (go_duration_parse(s, &ns) == NULL)
+        return true;
+    /* Access request durations also take days ("7d"). */
+    if (n < 2 || s[n - 1] != 'd')
+        return false;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (!isdigit((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
+static int schema_pack(struct pctx *c, const msgpack_object *v, const struct schema *s,
+                       msgpack_packer *pk);
+
+/* A map of known fields @fields; the keys it does not know are kept as written. */
+static int schema_pack_map(struct pctx *c, const msgpack_object *v, const struct sfield *fields,
+                           msgpack_packer *pk)
+{
+    char ex[128];
+    struct kvl l = {.n = 0};
+    struct strv names = {0}; /* the unknown keys, alive until packed */
+    int rv = 0;
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return perr(c, "expected a map, found %s", type_name(v));
+    if (v->via.map.size > MAX_MAP_FIELDS)
+        return perr(c, "%u fields is more than the %d a map of a role may hold", v->via.map.size,
+                    MAX_MAP_FIELDS);
+    for (uint32_t i = 0; i < v->via.map.size && rv == 0; i++) {
+        const msgpack_object *k = &v->via.map.ptr[i].key, *val = &v->via.map.ptr[i].val;
+        size_t old;
+        if (k->type != MSGPACK_OBJECT_STR) {
+            rv = perr(c, "map keys must be strings, found %s", type_name(k));
+            break;
+        }
+        for (uint32_t j = 0; j < i && rv == 0; j++)
+            if (cmp_keys(&v->via.map.ptr[j].key, k) == 0)
+                rv = perr(c, "duplicate key '%s'",
+                          excerpt(k->via.str.ptr, k->via.str.size, ex, sizeof ex));
+        if (rv != 0 || (rv = push_key(c, k->via.str.ptr, k->via.str.size, &old)) != 0)
+            break;
+        const struct sfield *f = fields;
+        while (f != NULL && f->name != NULL &&
+               !(strlen(f->name) == k->via.str.size &&
+                 memcmp(f->name, k->via.str.ptr, k->via.str.size) == 0))
+            f++;
+        if (f != NULL && f->name != NULL) {
+            msgpack_packer *fp = kvl_add(&l, f->name);
+            if (val->type == MSGPACK_OBJECT_NIL)
+                msgpack_pack_nil(fp);
+            else
+                rv = schema_pack(c, val, f->s, fp);
+        } else if ((rv = fields != NULL ? note_unknown(c, NULL) : 0) == 0) {
+            if (strv_pushn(&names, k->via.str.ptr, k->via.str.size) != 0)
+                rv = oom();
+            else if (pack_sorted(kvl_add(&l, names.v[names.n - 1]), val) != 0)
+                rv = oom();
+        }
+        if (rv == 0)
+            pop(c, old);
+    }
+    if (rv == 0 && kvl_pack(&l, pk) != 0)
+        rv = oom();
+    for (size_t i = 0; i < l.n; i++) /* entries left by an error */
+        rp_buf_free(&l.v[i].val);
+    strv_free(&names);
+    return rv;
+}
+
+/* Checks @v against @s and packs its canonical form into @pk. */
+static int schema_pack(struct pctx *c, const msgpack_object *v, const struct schema *s,
+                       msgpack_packer *pk)
+{
+    char ex[128];
+    char *str = NULL;
+    int rv = 0;
+    switch (s->kind) {
+    case K_ANY:
+        return pack_sorted(pk, v) != 0 ? oom() : 0;
+    case K_STR:
+        if (v->type != MSGPACK_OBJECT_STR)
+            return perr(c, "expected a string, found %s%s", type_name(v), quote_hint(v));
+        break;
+    case K_BOOL: {
+        bool b = false;
+        if ((rv = get_bool(c, v, &b)) != 0)
+            return rv;
+        pack_bool(pk, b);
+        return 0;
+    }
+    case K_INT:
+        if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+            v->type != MSGPACK_OBJECT_NEGATIVE_INTEGER)
+            return perr(c, "expected an integer, found %s", type_name(v));
+        break;
+    case K_DURATION:
+        if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            break;
+        if (v->type != MSGPACK_OBJECT_STR)
+            return perr(c, "expected a duration such as 8h, 30m or 7d, found %s", type_name(v));
+        if ((rv = get_str(c, v, true, &str)) != 0)
+            return rv;
+        if (!valid_duration(str))
+            rv = perr(c, "invalid duration '%s', expected a duration such as 8h, 30m or 7d",
+                      excerpt(str, strlen(str), ex, sizeof ex));
+        free(str);
+        if (rv != 0)
+            return rv;
+        break;
+    case K_STRLIST:
+        if (v->type != MSGPACK_OBJECT_ARRAY)
+            return perr(c, "expected a list of strings, found %s", type_name(v));
+        for (uint32_t i = 0; i < v->via.array.size; i++) {
+            size_t old;
+            if ((rv = push_index(c, i, &old)) != 0)
+                return rv;
+            if (v->via.array.ptr[i].type != MSGPACK_OBJECT_STR)
+                return perr(c, "expected a string, found %s%s", type_name(&v->via.array.ptr[i]),
+                            quote_hint(&v->via.array.ptr[i]));
+            pop(c, old);
+        }
+        break;
+    case K_STRMAP:
+        if (v->type != MSGPACK_OBJECT_MAP)
+            return perr(c, "expected a map of names to lists of strings, found %s", type_name(v));
+        for (uint32_t i = 0; i < v->via.map.size; i++) {
+            const msgpack_object *k = &v->via.map.ptr[i].key, *val = &v->via.map.ptr[i].val;
+            static const struct schema one = {K_STR, NULL};
+            size_t old;
+            if (k->type != MSGPACK_OBJECT_STR)
+                return perr(c, "map keys must be strings, found %s", type_name(k));
+            if ((rv = push_key(c, k->via.str.ptr, k->via.str.size, &old)) != 0)
+                return rv;
+            struct rp_buf scratch;
+            struct sink sk;
+            msgpack_packer sp;
+            rp_buf_init(&scratch);
+            sink_init(&sk, &sp, &scratch);
+            rv = schema_pack(c, val, val->type == MSGPACK_OBJECT_ARRAY ? &sch_strlist : &one, &sp);
+            rp_buf_free(&scratch);
+            if (rv != 0)
+                return rv;
+            pop(c, old);
+        }
+        return pack_sorted(pk, v) != 0 ? oom() : 0;
+    case K_LABELS: {
+        struct lsel sel = {0};
+        if ((rv = parse_labels(c, v, &sel, false)) == 0)
+            rv = pack_labels(pk, &sel);
+        lsel_free(&sel);
+        return rv;
+    }
+    case K_EXPR: {
+        struct pred_expr *e = NULL;
+        if ((rv = get_str(c, v, true, &str)) != 0)
+            return rv;
+        if (str[0] != '\0' && pred_parse(str, &e) != 0) {
+            char why[300];
+            snprintf(why, sizeof why, "%s", rp_errmsg());
+            rv = perr(c, "invalid label expression: %s", why);
+        }
+        pred_free(e);
+        free(str);
+        if (rv != 0)
+            return rv;
+        break;
+    }
+    case K_ENUM: {
+        int idx;
+        if (v->type == MSGPACK_OBJECT_STR && v->via.str.size == 0)
+            break;
+        if ((rv = get_enum(c, v, s->sub, &idx)) != 0)
+            return rv;
+        break;
+    }
+    case K_MAP:
+        return schema_pack_map(c, v, s->sub, pk);
+    case K_LIST:
+        if (v->type != MSGPACK_OBJECT_ARRAY)
+            return perr(c, "expected a list, found %s", type_name(v));
+        msgpack_pack_array(pk, v->via.array.size);
+        for (uint32_t i = 0; i < v->via.array.size; i++) {
+            size_t old;
+            if ((rv = push_index(c, i, &old)) != 0)
+                return rv;
+            if ((rv = schema_pack(c, &v->via.array.ptr[i], s->sub, pk)) != 0)
+                return rv;
+            pop(c, old);
+        }
+        return 0;
+    }
+    return pack_sorted(pk, v) != 0 ? oom() : 0;
+}
+
+/* A known field kept as written: checked against f->schema. */
+static int f_kept(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
+{
+    struct extra *e = extras_add(c->keep, f->name, strlen(f->name));
+    msgpack_packer pk;
+    struct sink sk;
+    if (e == NULL)
+        return oom();
+    sink_init(&sk, &pk, &e->raw);
+    int rv = schema_pack(c, v, f->schema, &pk);
+    if (rv == 0 && sk.failed)
+        rv = oom();
+    return rv;
+}
+
+/* The schemas of the fields of allow and deny that are kept. */
+static const struct sfield kube_resource_fields[] = {
+    {"kind", &sch_str},      {"name", &sch_str},      {"namespace", &sch_str},
+    {"verbs", &sch_strlist}, {"api_group", &sch_str}, {NULL, NULL},
+};
+static const struct schema sch_kube_resource = {K_MAP, kube_resource_fields};
+static const struct schema sch_kube_resources = {K_LIST, &sch_kube_resource};
+
+static const struct sfield db_permission_fields[] = {
+    {"match", &sch_labels}, {"permissions", &sch_strlist}, {NULL, NULL}};
+static const struct schema sch_db_permission = {K_MAP, db_permission_fields};
+static const struct schema sch_db_permissions = {K_LIST, &sch_db_permission};
+
+static const struct sfield spiffe_fields[] = {
+    {"path", &sch_str}, {"dns_sans", &sch_strlist}, {"ip_sans", &sch_strlist}, {NULL, NULL}};
+static const struct schema sch_spiffe_item = {K_MAP, spiffe_fields};
+static const struct schema sch_spiffe = {K_LIST, &sch_spiffe_item};
+
+static const struct sfield account_assignment_fields[] = {
+    {"account", &sch_str}, {"name", &sch_str}, {"permission_set", &sch_str}, {NULL, NULL}};
+static const struct schema sch_account_assignment = {K_MAP, account_assignment_fields};
+static const struct schema sch_account_assignments = {K_LIST, &sch_account_assignment};
+
+static const struct sfield github_permission_fields[] = {{"orgs", &sch_strlist}, {NULL, NULL}};
+static const struct schema sch_github_permission = {K_MAP, github_permission_fields};
+static const struct schema sch_github_permissions = {K_LIST, &sch_github_permission};
+
+static const struct sfield join_session_fields[] = {
+    {"name", &sch_str}, {"roles", &sch_strlist}, {"kinds", &sch_strlist}, {"modes", &sch_strlist},
+    {NULL, NULL},
+};
+static const struct schema sch_join_session = {K_MAP, join_session_fields};
+static const struct schema sch_join_sessions = {K_LIST, &sch_join_session};
+
+static const struct sfield require_join_fields[] = {
+    {"name", &sch_str},
+    {"filter", &sch_str},
+    {"kinds", &sch_strlist},
+    {"modes", &sch_strlist},
+    {"count", &sch_int},
+    {"on_leave", &sch_str},
+    {NULL, NULL},
+};
+static const struct schema sch_require_join = {K_MAP, require_join_fields};
+static const struct schema sch_require_joins = {K_LIST, &sch_require_join};
+
+static const struct sfield impersonate_fields[] = {
+    {"users", &sch_strlist}, {"roles", &sch_strlist}, {"where", &sch_str}, {NULL, NULL}};
+static const struct schema sch_impersonate = {K_MAP, impersonate_fields};
+
+static const struct sfield claim_mapping_fields[] = {
+    {"claim", &sch_str}, {"value", &sch_str}, {"roles", &sch_strlist}, {NULL, NULL}};
+static const struct schema sch_claim_mapping = {K_MAP, claim_mapping_fields};
+static const struct schema sch_claims_to_roles = {K_LIST, &sch_claim_mapping};
+
+static const struct sfield threshold_fields[] = {{"name", &sch_str},
+                                                 {"filter", &sch_str},
+                                                 {"approve", &sch_int},
+                                                 {"deny", &sch_int},
+                                                 {NULL, NULL}};
+static const struct schema sch_threshold = {K_MAP, threshold_fields};
+static const struct schema sch_thresholds = {K_LIST, &sch_threshold};
+
+static const struct sfield request_kube_resource_fields[] = {{"kind", &sch_str},
+                                                             {"name", &sch_str},
+                                                             {"namespace", &sch_str},
+                                                             {"api_group", &sch_str},
+                                                             {NULL, NULL}};
+static const struct schema sch_request_kube_resource = {K_MAP, request_kube_resource_fields};
+static const struct schema sch_request_kube_resources = {K_LIST, &sch_request_kube_resource};
+
+static const struct sfield reason_fields[] = {{"mode", &sch_str}, {NULL, NULL}};
+static const struct schema sch_reason = {K_MAP, reason_fields};
+
+static const struct sfield request_fields[] = {
+    {"roles", &sch_strlist},
+    {"claims_to_roles", &sch_claims_to_roles},
+    {"annotations", &sch_strmap},
+    {"thresholds", &sch_thresholds},
+    {"suggested_reviewers", &sch_strlist},
+    {"search_as_roles", &sch_strlist},
+    {"max_duration", &sch_duration},
+    {"kubernetes_resources", &sch_request_kube_resources},
+    {"reason", &sch_reason},
+    {NULL, NULL},
+};
+static const struct schema sch_request = {K_MAP, request_fields};
+
+static const struct sfield review_fields[] = {
+    {"roles", &sch_strlist},
+    {"claims_to_roles", &sch_claims_to_roles},
+    {"where", &sch_str},
+    {"preview_as_roles", &sch_strlist},
+    {NULL, NULL},
+};
+static const struct schema sch_review = {K_MAP, review_fields};
+
+/* ---- allow / deny ------------------------------------------------------------------------ */
 
 static int f_logins(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
@@ -1471,12 +1716,48 @@ static int f_namespaces(struct pctx *c, const msgpack_object *v, void *dst, cons
 
 static int f_node_labels(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
-    return parse_labels(c, v, &((struct cond *)dst)->node_labels);
+    return parse_labels(c, v, &((struct cond *)dst)->node_labels, true);
 }
 
-static int f_unsupported(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
+static int f_node_expr(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
-    return perr(c, "%s is not supported by Raftport; use node_labels", f->name);
+    struct cond *cd = dst;
+    char *src = NULL;
+    int rv = get_str(c, v, true, &src);
+    if (rv != 0)
+        return rv;
+    if (src[0] == '\0') { /* Teleport's "not set" */
+        free(src);
+        return 0;
+    }
+    if ((rv = pred_parse(src, &cd->node_pred)) != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", rp_errmsg());
+        free(src);
+        return rv == RP_EINVAL ? perr(c, "invalid label expression: %s", why) : rv;
+    }
+    cd->node_expr = src;
+    return 0;
+}
+
+/* Kept, and noted when a policy covers SSH sessions: moderated sessions do not exist
+ * yet, so such a role fails closed. */
+static int f_require_join(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
+{
+    struct cond *cd = dst;
+    int rv = f_kept(c, v, dst, f);
+    if (rv != 0)
+        return rv;
+    for (uint32_t i = 0; i < v->via.array.size; i++) {
+        const msgpack_object *kinds = rp_mp_get(&v->via.array.ptr[i], "kinds");
+        bool ssh =
+            kinds == NULL || kinds->type != MSGPACK_OBJECT_ARRAY || kinds->via.array.size == 0;
+        for (uint32_t j = 0; !ssh && j < kinds->via.array.size; j++)
+            ssh = rp_mp_str_eq(&kinds->via.array.ptr[j], "ssh") ||
+                  rp_mp_str_eq(&kinds->via.array.ptr[j], "*");
+        cd->require_join_ssh |= ssh;
+    }
+    return 0;
 }
 
 static int rule_resources(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
@@ -1497,14 +1778,12 @@ static int rule_where(struct pctx *c, const msgpack_object *v, void *dst, const 
     return get_str(c, v, false, &r->where);
 }
 
-static int rule_actions(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
-{
-    return perr(c, "rule actions are not supported by Raftport");
-}
-
 static const struct field rule_fields[] = {
-    {"resources", rule_resources, 0}, {"verbs", rule_verbs, 0}, {"where", rule_where, 0},
-    {"actions", rule_actions, 0},     {NULL, NULL, 0},
+    {"resources", rule_resources, 0, NULL},
+    {"verbs", rule_verbs, 0, NULL},
+    {"where", rule_where, 0, NULL},
+    {"actions", f_kept, 0, &sch_strlist},
+    {NULL, NULL, 0, NULL},
 };
 
 static int f_rules(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
@@ -1528,7 +1807,7 @@ static int f_rules(struct pctx *c, const msgpack_object *v, void *dst, const str
         }
         struct rule *r = &cd->rules[cd->n_rules++];
         memset(r, 0, sizeof(*r));
-        if ((rv = walk_map(c, &v->via.array.ptr[i], rule_fields, r, "rule field")) != 0)
+        if ((rv = walk_map(c, &v->via.array.ptr[i], rule_fields, r, &r->kept, "rule field")) != 0)
             return rv;
         if (r->resources.n == 0)
             return perr(c, "resources: missing, expected a list of resource kinds "
@@ -1541,77 +1820,56 @@ static int f_rules(struct pctx *c, const msgpack_object *v, void *dst, const str
     return 0;
 }
 
-/* Kept as written (checked for shape), not enforced. */
-static int f_extra(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
-{
-    struct cond *cd = dst;
-    struct extra *e;
-    msgpack_packer pk;
-    struct sink sk;
-    int rv = 0;
-
-    if (cd->n_extras == MAX_EXTRAS)
-        return perr(c, "too many fields");
-    e = &cd->extras[cd->n_extras++];
-    e->name = f->name;
-    rp_buf_init(&e->raw);
-    sink_init(&sk, &pk, &e->raw);
-    switch ((enum extra_kind)f->arg) {
-    case X_LABELS: {
-        struct lsel s = {0};
-        rv = parse_labels(c, v, &s);
-        if (rv == 0)
-            rv = pack_labels(&pk, &s);
-        lsel_free(&s);
-        break;
+#define KEPT(name, schema)                                                                         \
+    {                                                                                              \
+        name, f_kept, 0, schema                                                                    \
     }
-    case X_STRLIST: {
-        struct strv s = {0};
-        rv = parse_strlist(c, v, &s, true, false);
-        if (rv == 0)
-            pack_strv(&pk, &s);
-        strv_free(&s);
-        break;
-    }
-    case X_LIST:
-    case X_MAP: {
-        bool list = f->arg == X_LIST;
-        if (v->type != (list ? MSGPACK_OBJECT_ARRAY : MSGPACK_OBJECT_MAP))
-            return perr(c, "expected %s, found %s", list ? "a list" : "a map", type_name(v));
-        rv = pack_sorted(&pk, v);
-        break;
-    }
-    }
-    if (rv == 0 && sk.failed)
-        rv = oom();
-    return rv;
-}
 
 static const struct field cond_fields[] = {
-    {"logins", f_logins, 0},
-    {"node_labels", f_node_labels, 0},
-    {"rules", f_rules, 0},
-    {"namespaces", f_namespaces, 0},
-    {"node_labels_expression", f_unsupported, 0},
-    {"app_labels", f_extra, X_LABELS},
-    {"cluster_labels", f_extra, X_LABELS},
-    {"db_labels", f_extra, X_LABELS},
-    {"db_service_labels", f_extra, X_LABELS},
-    {"kubernetes_labels", f_extra, X_LABELS},
-    {"windows_desktop_labels", f_extra, X_LABELS},
-    {"kubernetes_groups", f_extra, X_STRLIST},
-    {"kubernetes_users", f_extra, X_STRLIST},
-    {"db_names", f_extra, X_STRLIST},
-    {"db_users", f_extra, X_STRLIST},
-    {"windows_desktop_logins", f_extra, X_STRLIST},
-    {"aws_role_arns", f_extra, X_STRLIST},
-    {"kubernetes_resources", f_extra, X_LIST},
-    {"join_sessions", f_extra, X_LIST},
-    {"require_session_join", f_extra, X_LIST},
-    {"impersonate", f_extra, X_MAP},
-    {"request", f_extra, X_MAP},
-    {"review_requests", f_extra, X_MAP},
-    {NULL, NULL, 0},
+    {"logins", f_logins, 0, NULL},
+    {"node_labels", f_node_labels, 0, NULL},
+    {"node_labels_expression", f_node_expr, 0, NULL},
+    {"rules", f_rules, 0, NULL},
+    {"namespaces", f_namespaces, 0, NULL},
+    {"require_session_join", f_require_join, 0, &sch_require_joins},
+    KEPT("app_labels", &sch_labels),
+    KEPT("cluster_labels", &sch_labels),
+    KEPT("db_labels", &sch_labels),
+    KEPT("db_service_labels", &sch_labels),
+    KEPT("kubernetes_labels", &sch_labels),
+    KEPT("windows_desktop_labels", &sch_labels),
+    KEPT("group_labels", &sch_labels),
+    KEPT("workload_identity_labels", &sch_labels),
+    KEPT("app_labels_expression", &sch_expr),
+    KEPT("cluster_labels_expression", &sch_expr),
+    KEPT("db_labels_expression", &sch_expr),
+    KEPT("db_service_labels_expression", &sch_expr),
+    KEPT("kubernetes_labels_expression", &sch_expr),
+    KEPT("windows_desktop_labels_expression", &sch_expr),
+    KEPT("group_labels_expression", &sch_expr),
+    KEPT("workload_identity_labels_expression", &sch_expr),
+    KEPT("kubernetes_groups", &sch_strlist),
+    KEPT("kubernetes_users", &sch_strlist),
+    KEPT("db_names", &sch_strlist),
+    KEPT("db_users", &sch_strlist),
+    KEPT("db_roles", &sch_strlist),
+    KEPT("windows_desktop_logins", &sch_strlist),
+    KEPT("aws_role_arns", &sch_strlist),
+    KEPT("azure_identities", &sch_strlist),
+    KEPT("gcp_service_accounts", &sch_strlist),
+    KEPT("host_groups", &sch_strlist),
+    KEPT("host_sudoers", &sch_strlist),
+    KEPT("desktop_groups", &sch_strlist),
+    KEPT("kubernetes_resources", &sch_kube_resources),
+    KEPT("db_permissions", &sch_db_permissions),
+    KEPT("spiffe", &sch_spiffe),
+    KEPT("account_assignments", &sch_account_assignments),
+    KEPT("github_permissions", &sch_github_permissions),
+    KEPT("join_sessions", &sch_join_sessions),
+    KEPT("impersonate", &sch_impersonate),
+    KEPT("request", &sch_request),
+    KEPT("review_requests", &sch_review),
+    {NULL, NULL, 0, NULL},
 };
 
 /* ---- options -------------------------------------------------------------------------- */
@@ -1753,6 +2011,69 @@ static int o_mfa(struct pctx *c, const msgpack_object *v, void *dst, const struc
     return get_enum(c, v, mfa_names, &o->mfa);
 }
 
+/* Finds @str among the NULL-terminated @names: its index, or -1. */
+static int name_index(const char *const *names, const char *str)
+{
+    for (int i = 0; names[i] != NULL; i++)
+        if (strcmp(names[i], str) == 0)
+            return i;
+    return -1;
+}
+
+/* Any string is kept, as Teleport does; see DEVICE_TRUST_UNKNOWN. */
+static int o_device_trust(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
+{
+    struct opts *o = dst;
+    char *str = NULL;
+    int rv;
+    if (v->type == MSGPACK_OBJECT_BOOLEAN && !v->via.boolean) /* YAML 1.1 "off" */
+        str = strdup("off");
+    else if ((rv = get_str(c, v, true, &str)) != 0)
+        return rv;
+    if (str == NULL)
+        return oom();
+    free(o->device_trust_s);
+    o->device_trust_s = str;
+    o->device_trust = name_index(device_trust_modes, str);
+    if (o->device_trust < 0)
+        o->device_trust = DEVICE_TRUST_UNKNOWN;
+    return 0;
+}
+
+/* ssh_port_forwarding: {local: {enabled: B}, remote: {enabled: B}}, v7's form of
+ * port_forwarding that tells the two directions apart. */
+static int o_ssh_port_forwarding(struct pctx *c, const msgpack_object *v, void *dst,
+                                 const struct field *f)
+{
+    static const struct sfield enabled_fields[] = {{"enabled", &sch_bool}, {NULL, NULL}};
+    static const struct schema sch_enabled = {K_MAP, enabled_fields};
+    static const struct sfield pf_fields[] = {
+        {"local", &sch_enabled}, {"remote", &sch_enabled}, {NULL, NULL}};
+    static const struct schema sch_pf = {K_MAP, pf_fields};
+    static const char *const directions[] = {"local", "remote"};
+    struct opts *o = dst;
+    msgpack_packer pk;
+    struct sink sk;
+    int rv;
+
+    rp_buf_reset(&o->ssh_port_forwarding);
+    sink_init(&sk, &pk, &o->ssh_port_forwarding);
+    if ((rv = schema_pack(c, v, &sch_pf, &pk)) != 0)
+        return rv;
+    if (sk.failed)
+        return oom();
+    for (int i = 0; i < 2; i++) {
+        const msgpack_object *enabled = rp_mp_get(rp_mp_get(v, directions[i]), "enabled");
+        bool b = true;
+        if (enabled == NULL || enabled->type == MSGPACK_OBJECT_NIL)
+            continue;
+        if ((rv = get_bool(c, enabled, &b)) != 0) /* checked above: cannot fail */
+            return rv;
+        *(i == 0 ? &o->pf_local : &o->pf_remote) = b;
+    }
+    return 0;
+}
+
 static int o_lock(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
     static const char *const names[] = {"best_effort", "strict", NULL};
@@ -1793,11 +2114,29 @@ static int o_enhanced(struct pctx *c, const msgpack_object *v, void *dst, const 
     return 0;
 }
 
+/* Any string is kept, as Teleport does; one that is not best_effort counts as strict,
+ * the mode that refuses a session it cannot record. */
 static int rec_mode(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
     static const char *const names[] = {"best_effort", "strict", NULL};
     struct opts *o = dst;
-    return get_enum(c, v, names, f->arg == 0 ? &o->rec_default : &o->rec_ssh);
+    char *str = NULL;
+    int rv = get_str(c, v, true, &str);
+    if (rv != 0)
+        return rv;
+    int mode = name_index(names, str);
+    if (mode < 0)
+        mode = str[0] == '\0' ? (f->arg == 0 ? REC_BEST_EFFORT : -1) : REC_STRICT;
+    if (f->arg == 0) {
+        free(o->rec_default_s);
+        o->rec_default_s = str;
+        o->rec_default = mode;
+    } else {
+        free(o->rec_ssh_s);
+        o->rec_ssh_s = str;
+        o->rec_ssh = mode;
+    }
+    return 0;
 }
 
 static int rec_desktop(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
@@ -1806,15 +2145,16 @@ static int rec_desktop(struct pctx *c, const msgpack_object *v, void *dst, const
 }
 
 static const struct field record_fields[] = {
-    {"default", rec_mode, 0},
-    {"ssh", rec_mode, 1},
-    {"desktop", rec_desktop, 0},
-    {NULL, NULL, 0},
+    {"default", rec_mode, 0, NULL},
+    {"ssh", rec_mode, 1, NULL},
+    {"desktop", rec_desktop, 0, NULL},
+    {NULL, NULL, 0, NULL},
 };
 
 static int o_record(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
-    return walk_map(c, v, record_fields, dst, "record_session field");
+    struct opts *o = dst;
+    return walk_map(c, v, record_fields, dst, &o->rec_kept, "record_session field");
 }
 
 /* cert_extensions: [{type: ssh, mode: extension, name: NAME, value: VALUE}] */
@@ -1876,24 +2216,46 @@ static int o_cert_ext(struct pctx *c, const msgpack_object *v, void *dst, const 
     return sk.failed ? oom() : 0;
 }
 
+static const char *const db_user_modes[] = {"off", "keep", "best_effort_drop", NULL};
+static const struct schema sch_db_user_mode = {K_ENUM, db_user_modes};
+static const struct sfield idp_saml_fields[] = {{"enabled", &sch_bool}, {NULL, NULL}};
+static const struct schema sch_idp_saml = {K_MAP, idp_saml_fields};
+static const struct sfield idp_fields[] = {{"saml", &sch_idp_saml}, {NULL, NULL}};
+static const struct schema sch_idp = {K_MAP, idp_fields};
+
 static const struct field option_fields[] = {
-    {"max_session_ttl", o_ttl, 0},
-    {"forward_agent", o_bool, B_FORWARD_AGENT},
-    {"port_forwarding", o_bool, B_PORT_FORWARDING},
-    {"ssh_file_copy", o_bool, B_FILE_COPY},
-    {"client_idle_timeout", o_idle, 0},
-    {"disconnect_expired_cert", o_bool, B_DISCONNECT},
-    {"max_sessions", o_count, 0},
-    {"permit_x11_forwarding", o_bool, B_X11},
-    {"require_session_mfa", o_mfa, 0},
-    {"lock", o_lock, 0},
-    {"record_session", o_record, 0},
-    {"pin_source_ip", o_bool, B_PIN},
-    {"cert_extensions", o_cert_ext, 0},
-    {"create_host_user_mode", o_host_user_mode, 0},
-    {"max_connections", o_count, 1},
-    {"enhanced_recording", o_enhanced, 0},
-    {NULL, NULL, 0},
+    {"max_session_ttl", o_ttl, 0, NULL},
+    {"forward_agent", o_bool, B_FORWARD_AGENT, NULL},
+    {"port_forwarding", o_bool, B_PORT_FORWARDING, NULL},
+    {"ssh_port_forwarding", o_ssh_port_forwarding, 0, NULL},
+    {"ssh_file_copy", o_bool, B_FILE_COPY, NULL},
+    {"client_idle_timeout", o_idle, 0, NULL},
+    {"disconnect_expired_cert", o_bool, B_DISCONNECT, NULL},
+    {"max_sessions", o_count, 0, NULL},
+    {"permit_x11_forwarding", o_bool, B_X11, NULL},
+    {"require_session_mfa", o_mfa, 0, NULL},
+    {"device_trust_mode", o_device_trust, 0, NULL},
+    {"lock", o_lock, 0, NULL},
+    {"record_session", o_record, 0, NULL},
+    {"pin_source_ip", o_bool, B_PIN, NULL},
+    {"cert_extensions", o_cert_ext, 0, NULL},
+    {"create_host_user_mode", o_host_user_mode, 0, NULL},
+    {"max_connections", o_count, 1, NULL},
+    {"enhanced_recording", o_enhanced, 0, NULL},
+    KEPT("cert_format", &sch_str),
+    KEPT("request_access", &sch_str),
+    KEPT("request_prompt", &sch_str),
+    KEPT("max_kubernetes_connections", &sch_int),
+    KEPT("desktop_clipboard", &sch_bool),
+    KEPT("desktop_directory_sharing", &sch_bool),
+    KEPT("create_host_user", &sch_bool),
+    KEPT("create_host_user_default_shell", &sch_str),
+    KEPT("create_desktop_user", &sch_bool),
+    KEPT("create_db_user", &sch_bool),
+    KEPT("create_db_user_mode", &sch_db_user_mode),
+    KEPT("mfa_verification_interval", &sch_duration),
+    KEPT("idp", &sch_idp),
+    {NULL, NULL, 0, NULL},
 };
 
 /* ---- metadata, spec, the resource ---------------------------------------------------------- */
@@ -1957,13 +2319,11 @@ static int m_extra(struct pctx *c, const msgpack_object *v, void *dst, const str
         if (bad_ns)
             return perr(c, "only the namespace 'default' exists");
     }
-    if (r->n_meta == MAX_EXTRAS)
-        return perr(c, "too many fields");
-    struct extra *e = &r->meta[r->n_meta++];
+    struct extra *e = extras_add(&r->meta, f->name, strlen(f->name));
     msgpack_packer pk;
     struct sink sk;
-    e->name = f->name;
-    rp_buf_init(&e->raw);
+    if (e == NULL)
+        return oom();
     sink_init(&sk, &pk, &e->raw);
     if (pack_sorted(&pk, v) != 0 || sk.failed)
         return oom();
@@ -1971,28 +2331,41 @@ static int m_extra(struct pctx *c, const msgpack_object *v, void *dst, const str
 }
 
 static const struct field meta_fields[] = {
-    {"name", m_name, 0},     {"description", m_extra, 0},
-    {"labels", m_extra, 1},  {"namespace", m_extra, 0},
-    {"expires", m_extra, 3}, {"revision", m_extra, 3},
-    {"id", m_extra, 2},      {NULL, NULL, 0},
+    {"name", m_name, 0, NULL},     {"description", m_extra, 0, NULL},
+    {"labels", m_extra, 1, NULL},  {"namespace", m_extra, 0, NULL},
+    {"expires", m_extra, 3, NULL}, {"revision", m_extra, 3, NULL},
+    {"id", m_extra, 2, NULL},      {NULL, NULL, 0, NULL},
 };
+
+/* Walks @v with c->restrictive set to @restrictive for the walk. */
+static int walk_section(struct pctx *c, const msgpack_object *v, const struct field *fields,
+                        void *dst, struct extras *keep, bool restrictive, const char *what)
+{
+    bool outer = c->restrictive;
+    c->restrictive = restrictive;
+    int rv = walk_map(c, v, fields, dst, keep, what);
+    c->restrictive = outer;
+    return rv;
+}
 
 static int s_options(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
-    return walk_map(c, v, option_fields, &((struct rbac_role *)dst)->opt, "option");
+    struct opts *o = &((struct rbac_role *)dst)->opt;
+    return walk_section(c, v, option_fields, o, &o->kept, true, "option");
 }
 
 static int s_cond(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
     struct rbac_role *r = dst;
-    return walk_map(c, v, cond_fields, f->arg == 0 ? &r->allow : &r->deny, "field");
+    struct cond *cd = f->arg == 0 ? &r->allow : &r->deny;
+    return walk_section(c, v, cond_fields, cd, &cd->kept, f->arg == 1, "field");
 }
 
 static const struct field spec_fields[] = {
-    {"options", s_options, 0},
-    {"allow", s_cond, 0},
-    {"deny", s_cond, 1},
-    {NULL, NULL, 0},
+    {"options", s_options, 0, NULL},
+    {"allow", s_cond, 0, NULL},
+    {"deny", s_cond, 1, NULL},
+    {NULL, NULL, 0, NULL},
 };
 
 static int t_kind(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
@@ -2035,17 +2408,21 @@ static int t_version(struct pctx *c, const msgpack_object *v, void *dst, const s
 
 static int t_metadata(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
-    return walk_map(c, v, meta_fields, dst, "metadata field");
+    return walk_section(c, v, meta_fields, dst, &((struct rbac_role *)dst)->meta, false,
+                        "metadata field");
 }
 
 static int t_spec(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
 {
-    return walk_map(c, v, spec_fields, dst, "field");
+    /* A field of spec Raftport does not know may be a new kind of restriction. */
+    return walk_section(c, v, spec_fields, dst, &((struct rbac_role *)dst)->spec_kept, true,
+                        "field");
 }
 
 static const struct field top_fields[] = {
-    {"kind", t_kind, 0},         {"sub_kind", t_sub_kind, 0}, {"version", t_version, 0},
-    {"metadata", t_metadata, 0}, {"spec", t_spec, 0},         {NULL, NULL, 0},
+    {"kind", t_kind, 0, NULL},       {"sub_kind", t_sub_kind, 0, NULL},
+    {"version", t_version, 0, NULL}, {"metadata", t_metadata, 0, NULL},
+    {"spec", t_spec, 0, NULL},       {NULL, NULL, 0, NULL},
 };
 
 static int pack_cond(const struct cond *cd, msgpack_packer *pk)
@@ -2063,19 +2440,18 @@ static int pack_cond(const struct cond *cd, msgpack_packer *pk)
         msgpack_pack_array(rp, cd->n_rules);
         for (size_t i = 0; i < cd->n_rules; i++) {
             const struct rule *r = &cd->rules[i];
-            msgpack_pack_map(rp, r->where != NULL ? 3 : 2);
-            pack_str(rp, "resources");
-            pack_strv(rp, &r->resources);
-            pack_str(rp, "verbs");
-            pack_strv(rp, &r->verbs);
-            if (r->where != NULL) {
-                pack_str(rp, "where");
-                pack_str(rp, r->where);
-            }
+            struct kvl rl = {.n = 0};
+            pack_strv(kvl_add(&rl, "resources"), &r->resources);
+            pack_strv(kvl_add(&rl, "verbs"), &r->verbs);
+            if (r->where != NULL)
+                pack_str(kvl_add(&rl, "where"), r->where);
+            kvl_add_extras(&rl, &r->kept);
+            rv |= kvl_pack(&rl, rp);
         }
     }
-    for (size_t i = 0; i < cd->n_extras; i++)
-        kvl_add_raw(&l, cd->extras[i].name, &cd->extras[i].raw);
+    if (cd->node_expr != NULL)
+        pack_str(kvl_add(&l, "node_labels_expression"), cd->node_expr);
+    kvl_add_extras(&l, &cd->kept);
     rv |= kvl_pack(&l, pk);
     return rv != 0 ? RP_ENOMEM : 0;
 }
@@ -2098,7 +2474,12 @@ static int pack_options(const struct opts *o, msgpack_packer *pk)
     if (o->idle_ns > 0)
         pack_duration(kvl_add(&l, "client_idle_timeout"), o->idle_ns);
     pack_bool(kvl_add(&l, "forward_agent"), o->forward_agent);
-    pack_bool(kvl_add(&l, "port_forwarding"), o->port_forwarding);
+    /* Only as written: a filled-in "port_forwarding: true" would, read back, override
+     * every role's ssh_port_forwarding (Teleport gives the legacy option precedence). */
+    if (o->port_forwarding >= 0)
+        pack_bool(kvl_add(&l, "port_forwarding"), o->port_forwarding);
+    if (o->ssh_port_forwarding.len > 0)
+        kvl_add_raw(&l, "ssh_port_forwarding", &o->ssh_port_forwarding);
     pack_bool(kvl_add(&l, "ssh_file_copy"), o->ssh_file_copy);
     if (o->disconnect >= 0)
         pack_bool(kvl_add(&l, "disconnect_expired_cert"), o->disconnect);
@@ -2112,6 +2493,8 @@ static int pack_options(const struct opts *o, msgpack_packer *pk)
         msgpack_pack_uint32(kvl_add(&l, "max_connections"), o->max_connections);
     if (o->mfa >= 0)
         pack_str(kvl_add(&l, "require_session_mfa"), mfa_names[o->mfa]);
+    if (o->device_trust_s != NULL)
+        pack_str(kvl_add(&l, "device_trust_mode"), o->device_trust_s);
     if (o->lock >= 0)
         pack_str(kvl_add(&l, "lock"), rec[o->lock]);
     if (o->host_user_mode >= 0)
@@ -2126,11 +2509,14 @@ static int pack_options(const struct opts *o, msgpack_packer *pk)
         if (o->enhanced & (1u << i))
             pack_str(ep, enh[i]);
 
-    pack_str(kvl_add(&r, "default"), rec[o->rec_default]);
+    pack_str(kvl_add(&r, "default"),
+             o->rec_default_s != NULL ? o->rec_default_s : rec[o->rec_default]);
     pack_bool(kvl_add(&r, "desktop"), o->rec_desktop);
-    if (o->rec_ssh >= 0)
-        pack_str(kvl_add(&r, "ssh"), rec[o->rec_ssh]);
+    if (o->rec_ssh_s != NULL)
+        pack_str(kvl_add(&r, "ssh"), o->rec_ssh_s);
+    kvl_add_extras(&r, &o->rec_kept);
     rv |= kvl_pack(&r, kvl_add(&l, "record_session"));
+    kvl_add_extras(&l, &o->kept);
     rv |= kvl_pack(&l, pk);
     return rv != 0 ? RP_ENOMEM : 0;
 }
@@ -2148,13 +2534,14 @@ static int role_pack(const struct rbac_role *role, struct rp_buf *out)
     snprintf(version, sizeof version, "v%d", role->version);
     pack_str(kvl_add(&top, "version"), version);
     pack_str(kvl_add(&meta, "name"), role->name);
-    for (size_t i = 0; i < role->n_meta; i++)
-        kvl_add_raw(&meta, role->meta[i].name, &role->meta[i].raw);
+    kvl_add_extras(&meta, &role->meta);
     rv |= kvl_pack(&meta, kvl_add(&top, "metadata"));
     rv |= pack_options(&role->opt, kvl_add(&spec, "options"));
     rv |= pack_cond(&role->allow, kvl_add(&spec, "allow"));
     rv |= pack_cond(&role->deny, kvl_add(&spec, "deny"));
+    kvl_add_extras(&spec, &role->spec_kept);
     rv |= kvl_pack(&spec, kvl_add(&top, "spec"));
+    kvl_add_extras(&top, &role->top_kept);
     rv |= kvl_pack(&top, &pk);
     return rv != 0 || sk.failed ? oom() : 0;
 }
@@ -2163,8 +2550,8 @@ static int role_pack(const struct rbac_role *role, struct rp_buf *out)
 
 static bool cond_has_extra(const struct cond *cd, const char *name)
 {
-    for (size_t i = 0; i < cd->n_extras; i++)
-        if (strcmp(cd->extras[i].name, name) == 0)
+    for (size_t i = 0; i < cd->kept.n; i++)
+        if (strcmp(cd->kept.v[i].name, name) == 0)
             return true;
     return false;
 }
@@ -2193,13 +2580,11 @@ static int apply_version_defaults(struct rbac_role *r)
     for (int i = 0; v3_wildcards[i] != NULL; i++) {
         if (cond_has_extra(&r->allow, v3_wildcards[i]))
             continue;
-        if (r->allow.n_extras == MAX_EXTRAS)
-            return oom();
-        struct extra *e = &r->allow.extras[r->allow.n_extras++];
+        struct extra *e = extras_add(&r->allow.kept, v3_wildcards[i], strlen(v3_wildcards[i]));
         msgpack_packer pk;
         struct sink sk;
-        e->name = v3_wildcards[i];
-        rp_buf_init(&e->raw);
+        if (e == NULL)
+            return oom();
         sink_init(&sk, &pk, &e->raw);
         msgpack_pack_map(&pk, 1);
         pack_str(&pk, "*");
@@ -2208,6 +2593,40 @@ static int apply_version_defaults(struct rbac_role *r)
             return oom();
     }
     return 0;
+}
+
+/* Notes the known fields of @r that restrict SSH access in a way Raftport does not
+ * enforce yet: a user holding @r is refused SSH access until it does. */
+static void note_unenforced(struct rbac_role *r)
+{
+    const struct opts *o = &r->opt;
+    if (o->mfa > RBAC_MFA_NO) /* per-session MFA does not exist yet */
+        r->unenforced[r->n_unenforced++] = "spec.options.require_session_mfa";
+    if (o->device_trust >= DEVICE_TRUST_REQUIRED) /* nor do trusted devices */
+        r->unenforced[r->n_unenforced++] = "spec.options.device_trust_mode";
+    if (o->pin > 0) /* certificates carry no source-address yet */
+        r->unenforced[r->n_unenforced++] = "spec.options.pin_source_ip";
+    if (r->allow.require_join_ssh) /* nor are there moderated sessions */
+        r->unenforced[r->n_unenforced++] = "spec.allow.require_session_join";
+}
+
+size_t rbac_role_unenforced(const struct rbac_role *role, const char **fields, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < role->n_unenforced; i++, n++)
+        if (n < max)
+            fields[n] = role->unenforced[i];
+    for (size_t i = 0; i < role->unknown_fc.n; i++, n++)
+        if (n < max)
+            fields[n] = role->unknown_fc.v[i];
+    return n;
+}
+
+size_t rbac_role_unknown(const struct rbac_role *role, const char **fields, size_t max)
+{
+    for (size_t i = 0; i < role->unknown.n && i < max; i++)
+        fields[i] = role->unknown.v[i];
+    return role->unknown.n;
 }
 
 /* Every string of the resource, key or value, must be printable as YAML (tctl get),
@@ -2256,8 +2675,12 @@ int rbac_role_parse(const msgpack_object *res, struct rbac_role **out)
     *out = NULL;
     if ((r = calloc(1, sizeof(*r))) == NULL)
         return oom();
+    c.role = r;
     r->opt = (struct opts){
-        .port_forwarding = true,
+        .port_forwarding = -1,
+        .pf_local = -1,
+        .pf_remote = -1,
+        .device_trust = -1,
         .ssh_file_copy = true,
         .disconnect = -1,
         .x11 = -1,
@@ -2276,7 +2699,7 @@ int rbac_role_parse(const msgpack_object *res, struct rbac_role **out)
         rv = rp_err(RP_EINVAL, "(role): expected the role resource to be a map, found %s",
                     type_name(res));
     else if ((rv = check_strings(&c, res, 0)) == 0)
-        rv = walk_map(&c, res, top_fields, r, "field");
+        rv = walk_map(&c, res, top_fields, r, &r->top_kept, "field");
     if (rv == 0 && !r->kind_seen)
         rv = rp_err(RP_EINVAL, "kind: missing, expected 'role'");
     if (rv == 0 && r->version == 0)
@@ -2286,6 +2709,8 @@ int rbac_role_parse(const msgpack_object *res, struct rbac_role **out)
         rv = rp_err(RP_EINVAL, "metadata.name: missing, expected the role's name");
     if (rv == 0)
         rv = apply_version_defaults(r);
+    if (rv == 0)
+        note_unenforced(r);
     if (rv == 0)
         rv = role_pack(r, &r->canonical);
     rp_buf_free(&c.path);
@@ -2372,6 +2797,7 @@ struct xrole {
 struct rbac_set {
     struct xrole *r;
     size_t n;
+    struct traits traits; /* what label expressions read */
 };
 
 static void xsel_free(struct xsel *s)
@@ -2399,6 +2825,7 @@ void rbac_set_free(struct rbac_set *set)
         xsel_free(&set->r[i].deny_nodes);
     }
     free(set->r);
+    traits_free(&set->traits);
     free(set);
 }
 
@@ -2486,7 +2913,7 @@ static int build_xsel(const struct rbac_role *role, const char *where, const str
             if (strcmp(v, "*") == 0) {
                 m->kind = M_ANY;
             } else if (is_regex_value(v)) {
-                if (re_compile(v, true, &m->re, why, sizeof why) != 0) {
+                if (pred_re_compile(v, true, &m->re, why, sizeof why) != 0) {
                     struct rp_buf path;
                     rp_buf_init(&path);
                     rp_ymp_path_key(&path, lk->key, strlen(lk->key));
@@ -2543,7 +2970,7 @@ int rbac_set_new(struct rbac_role *const *roles, size_t n_roles, const msgpack_o
         if (rv == 0)
             rv = build_xsel(roles[i], "deny", &roles[i]->deny.node_labels, &t, &x->deny_nodes);
     }
-    traits_free(&t);
+    set->traits = t; /* the set owns them now */
     if (rv != 0) {
         rbac_set_free(set);
         return rv;
@@ -2570,7 +2997,7 @@ static bool matcher_match(const struct matcher *m, const char *v)
     case M_EXACT:
         return strcmp(m->s, v) == 0;
     case M_GLOB:
-        return glob_match(m->s, v);
+        return pred_glob_match(m->s, v);
     default:
         return regexec(&m->re, v, 0, NULL, 0) == 0;
     }
@@ -2643,6 +3070,49 @@ static int deny_why(char *why, size_t why_len, const char *fmt, ...)
     return RP_EDENIED;
 }
 
+int rbac_set_ssh_refused(const struct rbac_set *set, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        const char *field = NULL;
+        if (rbac_role_unenforced(set->r[i].role, &field, 1) > 0)
+            return deny_why(why, why_len,
+                            "role '%s' sets %s, which restricts SSH access in a way Raftport "
+                            "does not enforce yet, so SSH access is refused to its holders",
+                            set->r[i].role->name, field);
+    }
+    return 0;
+}
+
+static const char *const *set_trait(const void *ctx, const char *name, size_t *n)
+{
+    const struct strv *v = traits_get(ctx, name);
+    *n = v != NULL ? v->n : 0;
+    return v != NULL ? (const char *const *)v->v : NULL;
+}
+
+/* @e evaluated for a node with @labels: 1, 0, or a negative error. */
+static int node_expr_eval(const struct rbac_set *set, const struct pred_expr *e,
+                          const struct rbac_label *labels, size_t n_labels)
+{
+    struct pred_env env = {
+        .labels = labels, .n_labels = n_labels, .trait = set_trait, .ctx = &set->traits};
+    return pred_eval(e, &env);
+}
+
+/* Does role @x's allow.node_labels and allow.node_labels_expression admit the node?
+ * Both must when both are set; an empty selector without an expression admits none. */
+static bool node_allowed(const struct rbac_set *set, const struct xrole *x,
+                         const struct rbac_label *labels, size_t n_labels)
+{
+    const struct pred_expr *e = x->role->allow.node_pred;
+    bool have_selector = x->allow_nodes.all || x->allow_nodes.n > 0;
+    if (have_selector && !sel_allows(&x->allow_nodes, labels, n_labels))
+        return false;
+    if (e != NULL)
+        return node_expr_eval(set, e, labels, n_labels) == 1; /* an error admits none */
+    return have_selector;
+}
+
 int rbac_check_ssh(const struct rbac_set *set, const char *login, const struct rbac_label *labels,
                    size_t n_labels, char *why, size_t why_len)
 {
@@ -2650,9 +3120,12 @@ int rbac_check_ssh(const struct rbac_set *set, const char *login, const struct r
     if (login == NULL || login[0] == '\0')
         return rp_err(RP_EINVAL, "login: expected a non-empty login");
     fmt_labels(labels, n_labels, lbl, sizeof lbl);
+    if (rbac_set_ssh_refused(set, why, why_len) != 0)
+        return RP_EDENIED;
 
     for (size_t i = 0; i < set->n; i++) {
         const struct xrole *x = &set->r[i];
+        const struct pred_expr *deny_expr = x->role->deny.node_pred;
         if (strv_has(&x->deny_logins, login))
             return deny_why(why, why_len, "role '%s' denies login '%s' (deny.logins)",
                             x->role->name, login);
@@ -2660,22 +3133,29 @@ int rbac_check_ssh(const struct rbac_set *set, const char *login, const struct r
             return deny_why(why, why_len,
                             "role '%s' denies access to nodes with labels %s (deny.node_labels)",
                             x->role->name, lbl);
+        /* An expression that cannot be evaluated denies: deny fails closed. */
+        if (deny_expr != NULL && node_expr_eval(set, deny_expr, labels, n_labels) != 0)
+            return deny_why(why, why_len,
+                            "role '%s' denies access to nodes with labels %s "
+                            "(deny.node_labels_expression)",
+                            x->role->name, lbl);
     }
-    const char *partial = NULL;
+    const struct rbac_role *partial = NULL;
     for (size_t i = 0; i < set->n; i++) {
         const struct xrole *x = &set->r[i];
         if (!strv_has(&x->allow_logins, login))
             continue;
-        if (sel_allows(&x->allow_nodes, labels, n_labels))
+        if (node_allowed(set, x, labels, n_labels))
             return 0;
         if (partial == NULL)
-            partial = x->role->name;
+            partial = x->role;
     }
     if (partial != NULL)
         return deny_why(why, why_len,
                         "no role allows login '%s' on a node with labels %s (role '%s' allows "
-                        "'%s' but its node_labels do not match)",
-                        login, lbl, partial, login);
+                        "'%s' but its node_labels%s do not match)",
+                        login, lbl, partial->name, login,
+                        partial->allow.node_pred != NULL ? " and node_labels_expression" : "");
     return deny_why(why, why_len, "no role allows login '%s' on a node with labels %s", login, lbl);
 }
 
@@ -2728,6 +3208,10 @@ int rbac_logins(const struct rbac_set *set, char ***out, size_t *n)
     struct strv res = {0};
     *out = NULL;
     *n = 0;
+    /* A role that fails closed grants no logins: the certificate's holder may not log
+     * in anywhere until Raftport enforces what the role asks. */
+    if (rbac_set_ssh_refused(set, NULL, 0) != 0)
+        return 0;
     for (size_t i = 0; i < set->n; i++) {
         const struct strv *allow = &set->r[i].allow_logins;
         for (size_t j = 0; j < allow->n; j++) {
@@ -2755,6 +3239,28 @@ void rbac_logins_free(char **logins, size_t n)
     free(logins);
 }
 
+/* Port forwarding in direction @remote (false: local). The legacy port_forwarding
+ * set to true in any role allows both directions (Teleport then ignores
+ * ssh_port_forwarding). Otherwise a direction that any role's ssh_port_forwarding
+ * disables is denied (the most restrictive wins), and it is allowed if some role
+ * allows it: by ssh_port_forwarding, by the legacy option, or by default (a role that
+ * sets neither allows both, as in Teleport). */
+static bool forwarding_allowed(const struct rbac_set *set, bool remote)
+{
+    bool allowed = false;
+    for (size_t i = 0; i < set->n; i++)
+        if (set->r[i].role->opt.port_forwarding == 1)
+            return true;
+    for (size_t i = 0; i < set->n; i++) {
+        const struct opts *o = &set->r[i].role->opt;
+        int dir = remote ? o->pf_remote : o->pf_local;
+        if (dir == 0)
+            return false;
+        allowed |= dir == 1 || (dir < 0 && o->port_forwarding != 0);
+    }
+    return allowed;
+}
+
 void rbac_options(const struct rbac_set *set, struct rbac_options *out)
 {
     uint64_t ttl = 0, idle = 0;
@@ -2775,7 +3281,6 @@ void rbac_options(const struct rbac_set *set, struct rbac_options *out)
             (out->max_connections == 0 || o->max_connections < out->max_connections))
             out->max_connections = o->max_connections;
         out->forward_agent |= o->forward_agent;
-        out->port_forwarding |= o->port_forwarding;
         out->ssh_file_copy &= o->ssh_file_copy;
         out->disconnect_expired_cert |= o->disconnect > 0;
         out->permit_x11_forwarding |= o->x11 > 0;
@@ -2792,6 +3297,8 @@ void rbac_options(const struct rbac_set *set, struct rbac_options *out)
             out->require_session_mfa = (enum rbac_mfa)o->mfa;
         out->enhanced_recording |= o->enhanced;
     }
+    out->port_forwarding = forwarding_allowed(set, false);
+    out->remote_port_forwarding = forwarding_allowed(set, true);
     /* Milliseconds, rounded up so that a sub-millisecond limit does not become "none". */
     out->max_session_ttl_ms =
         ttl > 0 ? (ttl + NS_PER_MS - 1) / NS_PER_MS : RBAC_DEFAULT_SESSION_TTL_MS;

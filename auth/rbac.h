@@ -20,7 +20,9 @@
  *  - Regular expressions are POSIX extended (glibc regcomp) with RE2's shorthands
  *    translated: \d \D, \s \S \w \W \b \B, \n \t \r \f \v, and \d \s \w inside [...].
  *    (?flags) and (?:...) groups, lazy quantifiers (*? +? ??), backreferences and other
- *    escapes (\pL, \A, \z, \Q) are refused when the role is parsed.
+ *    escapes (\pL, \A, \z, \Q) are refused when the role is parsed, and so are
+ *    patterns longer than 1024 bytes or whose counted repetitions add up to more than
+ *    1000 (auth/predicate.h: pred_re_compile).
  *  - Rules: a role's deny rule matching (resource or '*', verb or '*') denies; else a
  *    matching allow rule allows. A rule with a `where` condition is kept but not
  *    evaluated here: in deny it applies unconditionally (fail closed), in allow it
@@ -42,33 +44,63 @@
  *    order, minus every role's expanded deny.logins.
  *  - Options combine to the most restrictive value: max_session_ttl the smallest set
  *    (RBAC_DEFAULT_SESSION_TTL_MS, 12h, when no role sets one); forward_agent,
- *    port_forwarding, permit_x11_forwarding, disconnect_expired_cert, pin_source_ip: OR
- *    (port_forwarding defaults to true in a role that does not set it, as in
- *    Teleport); ssh_file_copy: AND (default true); client_idle_timeout, max_sessions,
- *    max_connections: the smallest non-zero; record_session.ssh: strict wins;
+ *    permit_x11_forwarding, disconnect_expired_cert, pin_source_ip: OR; ssh_file_copy:
+ *    AND (default true); client_idle_timeout, max_sessions, max_connections: the
+ *    smallest non-zero; record_session.ssh: strict wins (a mode other than best_effort
+ *    or strict, which Teleport does not check, counts as strict);
  *    record_session.desktop: OR (default true); lock: strict wins;
- *    require_session_mfa: the strongest; enhanced_recording: the union.
+ *    require_session_mfa: the strongest; enhanced_recording: the union; port
+ *    forwarding as below.
+ *  - node_labels_expression (auth/predicate.h): in allow, a role admits a node only if
+ *    its node_labels (when it has any) and its expression (when it has one) both do;
+ *    in deny, node_labels or the expression matching is enough. An expression that
+ *    cannot be evaluated admits nothing in allow and denies in deny.
+ *  - Port forwarding: the legacy port_forwarding: true in any role allows both
+ *    directions (Teleport then ignores ssh_port_forwarding). Otherwise a direction
+ *    that any role's ssh_port_forwarding disables is denied, and it is allowed if a
+ *    role allows it, explicitly or by default (a role that sets neither option allows
+ *    both). rbac_options.port_forwarding is the local direction (it decides the
+ *    certificate's permit-port-forwarding), remote_port_forwarding the remote one.
  *
  * The resource, as msgpack (lib/yaml_mp turns YAML into it):
  *   {kind: role, version: v3..v8, metadata: {name, description, labels, namespace,
  *    expires, revision}, spec: {options: {...}, allow: {...}, deny: {...}}}
- * allow/deny hold logins, node_labels, rules ({resources, verbs, where}) and
- * namespaces; the other Teleport conditions (app_labels, db_labels, kubernetes_labels,
- * cluster_labels, windows_desktop_labels, db_service_labels, kubernetes_groups,
- * kubernetes_users, kubernetes_resources, db_names, db_users, windows_desktop_logins,
- * aws_role_arns, impersonate, request, review_requests, join_sessions,
- * require_session_join) are checked for shape, kept and written back, but nothing
- * here enforces them. node_labels_expression, rule `actions`, and options not listed
- * in the facts (ssh_port_forwarding, cert_format, ...) are refused. Booleans in options
- * also accept "yes"/"no"/"true"/"false"/"on"/"off", which YAML 1.1 (Teleport) reads
- * as booleans. Durations are Go's ("8h", "30m", "1h30m", "1.5h", "90s"); 0 means unset.
+ * Every field of Teleport's role spec, v3 to v8, is accepted, in three classes:
+ *  - enforced here: allow/deny logins, node_labels, node_labels_expression, rules,
+ *    namespaces; options max_session_ttl, forward_agent, port_forwarding,
+ *    ssh_port_forwarding, ssh_file_copy, client_idle_timeout, disconnect_expired_cert,
+ *    max_sessions, max_connections, permit_x11_forwarding, lock, record_session,
+ *    enhanced_recording, create_host_user_mode, cert_extensions (rbac_options reports
+ *    them for the services that apply them);
+ *  - failing closed: fields that restrict SSH access in a way Raftport does not
+ *    enforce yet (rbac_role_unenforced): options.require_session_mfa other than no,
+ *    options.device_trust_mode required, required-for-humans or a mode Raftport does
+ *    not know (Teleport does not check the value), options.pin_source_ip
+ *    true, allow.require_session_join with a policy for SSH sessions, and any field
+ *    Raftport does not know under spec, spec.options or spec.deny. The role loads; its
+ *    holders get no logins and rbac_check_ssh refuses them, naming the field;
+ *  - kept: the fields of services Raftport does not have (kubernetes_*, db_*, app_*,
+ *    windows_desktop_*, group_*, cluster_labels, aws_role_arns, azure_identities,
+ *    gcp_service_accounts, host_groups, host_sudoers, desktop_groups, spiffe,
+ *    account_assignments, github_permissions, workload_identity_*, impersonate,
+ *    request, review_requests, join_sessions, the other *_labels_expression fields,
+ *    rule actions; options cert_format, request_access, request_prompt,
+ *    max_kubernetes_connections, desktop_clipboard, desktop_directory_sharing,
+ *    create_host_user, create_host_user_default_shell, create_desktop_user,
+ *    create_db_user, create_db_user_mode, mfa_verification_interval, idp) are checked
+ *    for type and written back as given (canonically ordered); a field Raftport does
+ *    not know is kept exactly as written (rbac_role_unknown lists them).
+ * Booleans also accept "yes"/"no"/"true"/"false"/"on"/"off", which YAML 1.1
+ * (Teleport) reads as booleans. Durations are Go's ("8h", "30m", "1h30m", "1.5h",
+ * "90s"); 0 means unset; access request durations also take days ("7d").
  *
  * Version defaults (filled in at parse, so they show in the canonical form): v3 roles
  * without allow.node_labels get {'*': '*'} if they have logins and {} otherwise, and
  * '*': '*' for app/kubernetes/db labels; every version gets forward_agent false,
- * port_forwarding true, ssh_file_copy true, record_session {default: best_effort,
- * desktop: true}, enhanced_recording [command, network]. max_session_ttl is left unset
- * (Teleport writes 30h there; leaving it unset keeps the 12h default of the options).
+ * ssh_file_copy true, record_session {default: best_effort, desktop: true},
+ * enhanced_recording [command, network]. port_forwarding is not filled in (see above),
+ * nor is max_session_ttl (Teleport writes 30h there; leaving it unset keeps the 12h
+ * default of the options).
  *
  * Errors: RP_EINVAL with rp_errmsg() = "PATH: what is wrong, what was expected", PATH
  * as lib/yaml_mp builds it ("spec.allow.node_labels.env"), so that rp_ymp_locate()
@@ -109,6 +141,16 @@ int rbac_role_pack(const struct rbac_role *role, struct rp_buf *out);
 /* Appends @role as the YAML document Teleport users expect (the canonical form). */
 int rbac_role_to_yaml(const struct rbac_role *role, struct rp_buf *out);
 
+/* How many fields of @role restrict SSH access in a way Raftport does not enforce yet
+ * (see above); the first @max of their paths ("spec.options.device_trust_mode") go to
+ * @fields, strings borrowed from @role or static. A user holding such a role is
+ * refused SSH access (rbac_check_ssh, rbac_logins); `tctl create` warns with these. */
+size_t rbac_role_unenforced(const struct rbac_role *role, const char **fields, size_t max);
+/* How many fields of @role Raftport does not know (kept as written); the first @max of
+ * their paths go to @fields, borrowed from @role, each followed by " (did you mean
+ * NAME?)" when it looks like a typo of a known field. */
+size_t rbac_role_unknown(const struct rbac_role *role, const char **fields, size_t max);
+
 /* The roles of one user with their traits expanded: what every check below reads. */
 struct rbac_set;
 
@@ -136,6 +178,11 @@ struct rbac_label {
 int rbac_check_ssh(const struct rbac_set *set, const char *login, const struct rbac_label *labels,
                    size_t n_labels, char *why, size_t why_len);
 
+/* Is SSH access refused to the whole set because a role of it fails closed? 0 if not;
+ * RP_EDENIED with the reason in @why ("role 'R' sets spec.options.device_trust_mode,
+ * which restricts SSH access in a way Raftport does not enforce yet, ..."). */
+int rbac_set_ssh_refused(const struct rbac_set *set, char *why, size_t why_len);
+
 /* May the user do @verb ("list", "read", ...) on resources of kind @resource ("role",
  * "token", ...)? 0 or RP_EDENIED with a reason naming the denying role and rule
  * ("role 'R' denies delete on role (deny.rules[0])") or "no role allows VERB on
@@ -144,14 +191,21 @@ int rbac_check_rule(const struct rbac_set *set, const char *resource, const char
                     size_t why_len);
 
 /* The logins (SSH principals) for the user's certificate, deduplicated, in the order of
- * the roles and of their lists. *@out is a malloc'd array of *@n malloc'd strings (NULL
- * and 0 when there are none): free with rbac_logins_free. */
+ * the roles and of their lists; none when rbac_set_ssh_refused refuses the set. *@out is a malloc'd
+ * array of *@n malloc'd strings (NULL and 0 when there are none): free with rbac_logins_free. */
 int rbac_logins(const struct rbac_set *set, char ***out, size_t *n);
 void rbac_logins_free(char **logins, size_t n);
 
 enum rbac_record_mode { RBAC_RECORD_BEST_EFFORT, RBAC_RECORD_STRICT };
 enum rbac_lock_mode { RBAC_LOCK_UNSET, RBAC_LOCK_BEST_EFFORT, RBAC_LOCK_STRICT };
-enum rbac_mfa { RBAC_MFA_NO, RBAC_MFA_YES, RBAC_MFA_HARDWARE_KEY, RBAC_MFA_HARDWARE_KEY_TOUCH };
+enum rbac_mfa {
+    RBAC_MFA_NO,
+    RBAC_MFA_YES,
+    RBAC_MFA_HARDWARE_KEY,
+    RBAC_MFA_HARDWARE_KEY_TOUCH,
+    RBAC_MFA_HARDWARE_KEY_PIN,
+    RBAC_MFA_HARDWARE_KEY_TOUCH_AND_PIN,
+};
 enum {
     RBAC_ENHANCED_COMMAND = 1,
     RBAC_ENHANCED_DISK = 2,
@@ -165,7 +219,8 @@ struct rbac_options {
     uint32_t max_sessions;           /* 0 = no limit */
     uint32_t max_connections;        /* 0 = no limit */
     bool forward_agent;
-    bool port_forwarding;
+    bool port_forwarding;        /* local forwarding: the permit-port-forwarding extension */
+    bool remote_port_forwarding; /* remote forwarding (ssh -R), for the SSH service */
     bool ssh_file_copy;
     bool disconnect_expired_cert;
     bool permit_x11_forwarding;
