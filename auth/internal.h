@@ -90,6 +90,7 @@ struct auth_server {
     struct auth_issue_view *views[16];
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
+    struct auth_login_guard *login; /* auth/login_guard.c: password-login limits */
 };
 
 /* A request being served: the decoded map and who sent it. */

@@ -11,6 +11,7 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/login_guard.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -180,6 +181,7 @@ static void *duty_main(void *arg)
     while (!atomic_load(&s->stopping)) {
         struct timespec ts = {0, 200 * 1000000L};
         nanosleep(&ts, NULL);
+        auth_login_guard_duty(s);
         if (!auth_is_leader(s)) {
             ssh_cas_ok = false;
             continue;
@@ -349,6 +351,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
         goto err;
     if ((rv = audit_start(s, cfg->audit_retention_ms)) != 0)
         goto err_node;
+    if ((rv = auth_login_guard_start(s)) != 0)
+        goto err_node;
 
     if (pthread_create(&s->accept_thread, NULL, accept_main, s) != 0) {
         rv = rp_err(RP_ENOMEM, "cannot start the accept thread");
@@ -366,6 +370,7 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     return 0;
 
 err_node:
+    auth_login_guard_free(s);
     audit_stop(s);
     audit_free(s);
     rp_node_stop(s->node);
@@ -412,6 +417,7 @@ void auth_server_stop(struct auth_server *s)
     rp_node_stop(s->node);
     auth_forward_reset(s);
     if (atomic_load(&s->n_conns) == 0) {
+        auth_login_guard_free(s);
         audit_free(s);
         state_close(s->state);
         free(s->fsm);

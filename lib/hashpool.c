@@ -120,8 +120,8 @@ int rp_hashpool_new(const struct rp_hashpool_config *cfg, struct rp_hashpool **o
         pthread_attr_destroy(&attr);
         if (rc != 0) {
             rp_hashpool_free(p);
-            return rp_err(RP_ENOMEM, "hash pool: cannot start worker %u of %u: %s", i + 1,
-                          workers, strerror(rc));
+            return rp_err(RP_ENOMEM, "hash pool: cannot start worker %u of %u: %s", i + 1, workers,
+                          strerror(rc));
         }
         p->n_workers++;
     }
@@ -175,8 +175,9 @@ int rp_hashpool_run(struct rp_hashpool *p, int (*fn)(void *arg), void *arg, unsi
     }
     if (p->queued >= p->queue_max && p->running + p->queued >= p->n_workers) {
         p->busy_full++;
-        rv = rp_err(RP_EBUSY, "server busy: %u password checks are already waiting; try again "
-                              "in a few seconds",
+        rv = rp_err(RP_EBUSY,
+                    "server busy: %u password checks are already waiting; try again "
+                    "in a few seconds",
                     p->queued);
         goto out;
     }
@@ -201,8 +202,9 @@ int rp_hashpool_run(struct rp_hashpool *p, int (*fn)(void *arg), void *arg, unsi
                 p->tail = prev;
             p->queued--;
             p->busy_late++;
-            rv = rp_err(RP_EBUSY, "server busy: the password check could not start within %u ms; "
-                                  "try again in a few seconds",
+            rv = rp_err(RP_EBUSY,
+                        "server busy: the password check could not start within %u ms; "
+                        "try again in a few seconds",
                         wait_ms);
             goto out;
         }

@@ -33,11 +33,11 @@ struct rp_hashpool_config {
 };
 
 struct rp_hashpool_stats {
-    uint64_t ran;        /* jobs that ran */
-    uint64_t busy_full;  /* refused: the queue was full */
-    uint64_t busy_late;  /* refused: not started within the deadline */
-    unsigned running;    /* now */
-    unsigned queued;     /* now */
+    uint64_t ran;       /* jobs that ran */
+    uint64_t busy_full; /* refused: the queue was full */
+    uint64_t busy_late; /* refused: not started within the deadline */
+    unsigned running;   /* now */
+    unsigned queued;    /* now */
     unsigned workers;
 };
 

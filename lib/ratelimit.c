@@ -38,7 +38,7 @@ struct rp_ratelimit {
     uint64_t full; /* burst * period_ms */
     uint64_t sip_k0, sip_k1;
     struct entry *entries;
-    int32_t *chains; /* n_chains heads */
+    int32_t *chains;   /* n_chains heads */
     uint32_t n_chains; /* a power of two */
     int32_t free_head; /* unused entries, linked through chain_next */
     int32_t mru, lru;  /* ends of the use list */
@@ -104,8 +104,7 @@ static uint64_t siphash(uint64_t k0, uint64_t k1, const uint8_t *p, size_t n)
 int rp_ratelimit_new(const struct rp_ratelimit_config *cfg, struct rp_ratelimit **out)
 {
     if (cfg->average < 1 || cfg->average > MAX_BURST)
-        return rp_err(RP_EINVAL, "rate limit average %u is outside 1..%u", cfg->average,
-                      MAX_BURST);
+        return rp_err(RP_EINVAL, "rate limit average %u is outside 1..%u", cfg->average, MAX_BURST);
     if (cfg->burst < 1 || cfg->burst > MAX_BURST)
         return rp_err(RP_EINVAL, "rate limit burst %u is outside 1..%u", cfg->burst, MAX_BURST);
     if (cfg->period_ms < 1 || cfg->period_ms > MAX_PERIOD_MS)
@@ -257,8 +256,7 @@ int rp_ratelimit_take(struct rp_ratelimit *rl, const char *key, uint64_t now_ms,
     memset(v, 0, sizeof *v);
     size_t n = key ? strnlen(key, RP_RATELIMIT_KEY_MAX) : 0;
     if (n == 0 || n == RP_RATELIMIT_KEY_MAX)
-        return rp_err(RP_EINVAL, "rate limit key must be 1 to %d bytes",
-                      RP_RATELIMIT_KEY_MAX - 1);
+        return rp_err(RP_EINVAL, "rate limit key must be 1 to %d bytes", RP_RATELIMIT_KEY_MAX - 1);
     pthread_mutex_lock(&rl->mu);
     struct entry *e = &rl->entries[entry_for(rl, key, n, now_ms)];
     refill(rl, e, now_ms);
