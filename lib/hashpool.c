@@ -35,6 +35,8 @@ struct job {
 struct rp_hashpool {
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* workers wait for jobs */
+    pthread_cond_t left_cv; /* rp_hashpool_free waits for the callers to leave */
+    unsigned callers;       /* threads inside rp_hashpool_run */
     struct job *head, *tail;
     unsigned queued, running;
     unsigned queue_max;
@@ -111,6 +113,7 @@ int rp_hashpool_new(const struct rp_hashpool_config *cfg, struct rp_hashpool **o
     p->nice = cfg->nice;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->work_cv, NULL);
+    pthread_cond_init(&p->left_cv, NULL);
     for (unsigned i = 0; i < workers; i++) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
@@ -142,10 +145,15 @@ void rp_hashpool_free(struct rp_hashpool *p)
     p->head = p->tail = NULL;
     p->queued = 0;
     pthread_cond_broadcast(&p->work_cv);
+    /* Refused callers still need the mutex to return, and running jobs need the
+     * workers: the pool goes only once every caller has left. */
+    while (p->callers > 0)
+        pthread_cond_wait(&p->left_cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
     for (unsigned i = 0; i < p->n_workers; i++)
         pthread_join(p->workers[i], NULL);
     pthread_cond_destroy(&p->work_cv);
+    pthread_cond_destroy(&p->left_cv);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
@@ -169,6 +177,7 @@ int rp_hashpool_run(struct rp_hashpool *p, int (*fn)(void *arg), void *arg, unsi
 
     int rv;
     pthread_mutex_lock(&p->mu);
+    p->callers++;
     if (p->stop) {
         rv = rp_err(RP_ECLOSED, "the hash pool is shutting down");
         goto out;
@@ -218,6 +227,8 @@ int rp_hashpool_run(struct rp_hashpool *p, int (*fn)(void *arg), void *arg, unsi
     else
         rv = 0;
 out:
+    if (--p->callers == 0 && p->stop)
+        pthread_cond_broadcast(&p->left_cv);
     pthread_mutex_unlock(&p->mu);
     pthread_cond_destroy(&j.cv);
     return rv;

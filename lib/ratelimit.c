@@ -45,6 +45,7 @@ struct rp_ratelimit {
     size_t size;
     uint64_t evicted_pending; /* refusals of evicted keys not reported yet */
     uint64_t evicted_last_report_ms;
+    bool evicted_ever_reported;
 };
 
 /* ---- SipHash-2-4 ------------------------------------------------------------- */
@@ -292,10 +293,12 @@ size_t rp_ratelimit_sweep(struct rp_ratelimit *rl, uint64_t now_ms,
             made++;
         }
     }
-    if (rl->evicted_pending > 0 && now_ms - rl->evicted_last_report_ms >= rl->cfg.report_ms) {
+    if (rl->evicted_pending > 0 &&
+        (!rl->evicted_ever_reported || now_ms - rl->evicted_last_report_ms >= rl->cfg.report_ms)) {
         report(arg, "", rl->evicted_pending);
         rl->evicted_pending = 0;
         rl->evicted_last_report_ms = now_ms;
+        rl->evicted_ever_reported = true;
         made++;
     }
     pthread_mutex_unlock(&rl->mu);
