@@ -154,16 +154,18 @@ void auth_login_guard_duty(struct auth_server *s)
         audit_throttled(s, "busy", NULL, NULL, atomic_exchange(&g->busy_unreported, 0));
         g->last_busy_report_ms = now;
     }
-    if (now - g->last_log_ms < REPORT_INTERVAL_MS)
+    /* One line a minute at most, the first one as soon as there is something to say. */
+    if (now - g->last_log_ms < REPORT_INTERVAL_MS ||
+        (atomic_load(&g->refused_address) | atomic_load(&g->refused_user) |
+         atomic_load(&g->refused_busy)) == 0)
         return;
     uint64_t a = atomic_exchange(&g->refused_address, 0);
     uint64_t u = atomic_exchange(&g->refused_user, 0);
     uint64_t b = atomic_exchange(&g->refused_busy, 0);
-    if (a || u || b)
-        rp_warn("auth",
-                "password logins refused in the last minute: %llu over the per-address limit, "
-                "%llu over the per-user limit, %llu busy (user.login.throttled events)",
-                (unsigned long long)a, (unsigned long long)u, (unsigned long long)b);
+    rp_warn("auth",
+            "password logins refused in the last minute: %llu over the per-address limit, "
+            "%llu over the per-user limit, %llu busy (user.login.throttled events)",
+            (unsigned long long)a, (unsigned long long)u, (unsigned long long)b);
     g->last_log_ms = now;
 }
 
