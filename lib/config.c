@@ -674,6 +674,7 @@ static const struct field auth_fields[] = {
     {.name = "audit_retention", .parse = parse_long_duration, .off = AT(audit_retention_ms)},
     {.name = "max_login_attempts", .parse = parse_unsigned, .off = AT(max_login_attempts)},
     {.name = "lockout_duration", .parse = parse_duration, .off = AT(lockout_ms)},
+    {.name = "raft", .parse = parse_sub, .sub = &raft_section},
     {.name = "password_hash_workers", .parse = parse_unsigned, .off = AT(password_hash_workers)},
     {.name = "password_hash_queue", .parse = parse_unsigned, .off = AT(password_hash_queue)},
     {.name = "password_hash_wait", .parse = parse_duration, .off = AT(password_hash_wait_ms)},
@@ -683,7 +684,6 @@ static const struct field auth_fields[] = {
      .off = AT(login_burst_per_address)},
     {.name = "login_rate_per_user", .parse = parse_unsigned, .off = AT(login_rate_per_user)},
     {.name = "login_burst_per_user", .parse = parse_unsigned, .off = AT(login_burst_per_user)},
-    {.name = "raft", .parse = parse_sub, .sub = &raft_section},
     {.name = NULL},
 };
 static const struct section auth_section = {"auth_service", auth_fields};
