@@ -616,7 +616,11 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
     if (!auth_is_leader(s)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward_req(r, out);
+        if ((rv = auth_login_forward_begin(s)) != 0)
+            return rv;
+        rv = auth_forward_req(r, out);
+        auth_login_forward_end(s);
+        return rv;
     }
     if (r->from_peer && (rv = auth_login_admit_address(s, r->remote)) != 0)
         return rv;

@@ -45,6 +45,7 @@ struct auth_login_guard {
     /* Refusals since the last log line (one a minute for the whole server). */
     atomic_uint_fast64_t refused_address, refused_user, refused_busy;
     atomic_uint_fast64_t busy_unreported;      /* busy refusals not in an event yet */
+    atomic_int forwarding;                     /* logins being forwarded to the leader */
     uint64_t last_log_ms, last_busy_report_ms; /* duty thread only */
 };
 
@@ -226,6 +227,25 @@ int auth_login_admit_user(struct auth_server *s, const char *user, const char *r
     }
     return rp_err(RP_EBUSY, "too many login attempts for this user; try again in %llu s",
                   (unsigned long long)(v.retry_after_ms + 999) / 1000);
+}
+
+int auth_login_forward_begin(struct auth_server *s)
+{
+    struct auth_login_guard *g = s->login;
+    if (atomic_fetch_add(&g->forwarding, 1) < AUTH_FWD_POOL / 2)
+        return 0;
+    atomic_fetch_sub(&g->forwarding, 1);
+    atomic_fetch_add(&g->refused_busy, 1);
+    atomic_fetch_add(&g->busy_unreported, 1);
+    return rp_err(RP_EBUSY,
+                  "server busy: %d logins are already being passed to the leader; try "
+                  "again in a few seconds",
+                  AUTH_FWD_POOL / 2);
+}
+
+void auth_login_forward_end(struct auth_server *s)
+{
+    atomic_fetch_sub(&s->login->forwarding, 1);
 }
 
 /* ---- the check ----------------------------------------------------------------- */

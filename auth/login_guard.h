@@ -45,6 +45,14 @@ int auth_login_admit_address(struct auth_server *s, const char *remote);
 /* The same for the user name @user (on the leader, which sees every attempt). */
 int auth_login_admit_user(struct auth_server *s, const char *user, const char *remote);
 
+/* A follower forwards logins to the leader over its pool of AUTH_FWD_POOL
+ * connections, each held while the leader checks the password (seconds, when its
+ * pool is busy). At most half of them may carry logins, so that a flood of logins
+ * through a follower leaves it room to forward writes. Returns 0 (then call
+ * auth_login_forward_end after forwarding) or RP_EBUSY. */
+int auth_login_forward_begin(struct auth_server *s);
+void auth_login_forward_end(struct auth_server *s);
+
 /* Checks @pw (@n bytes) against @hash on the hashing pool; @hash NULL (unknown
  * user, or no password set): against the dummy hash, and refused. Returns 0 on a
  * match; RP_EDENIED on a mismatch or an unusable stored hash; RP_EBUSY when the
