@@ -14,6 +14,7 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/login_guard.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/json.h"
@@ -519,8 +520,12 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
 
 /* ---- logging in ------------------------------------------------------------- */
 
-static void audit_login(struct auth_server *s, const char *user, const char *remote,
-                        const char *error)
+/* Every login that reached the password check is recorded, failures included,
+ * and the caller waits until the event is committed: a flood of failures then
+ * slows its senders down instead of overflowing the audit queue (rate limits and
+ * the hashing pool bound how many wait). */
+static int audit_login(struct auth_server *s, const char *user, const char *remote,
+                       const char *error)
 {
     struct audit_event e;
     audit_event_init(&e, "user.login", error ? "T1000W" : "T1000I");
@@ -529,7 +534,7 @@ static void audit_login(struct auth_server *s, const char *user, const char *rem
     audit_event_bool(&e, "success", error == NULL);
     audit_event_str(&e, "error", error);
     audit_event_str(&e, "addr.remote", remote);
-    audit_emit(s, &e, error ? AUDIT_ASYNC : AUDIT_WAIT);
+    return audit_emit(s, &e, AUDIT_WAIT);
 }
 
 /* Writes the lockout state (and TOTP step) back with a cas on the secret's revision;
@@ -585,7 +590,13 @@ static int save_secret(struct auth_server *s, const msgpack_object *secret, uint
 
 /* authenticate {user, password, totp_code?, ssh_pubkey, tls_pubkey?, ttl_ms?}: anonymous
  * callers log in. Wrong user, wrong password and wrong code are one answer; five
- * failures lock the user for 30 minutes, and the lock is replicated. */
+ * failures lock the user for 30 minutes, and the lock is replicated.
+ *
+ * Before any work, the source address (on the server the caller reached, and again
+ * on the leader, which sees every server's callers) and the user name must be
+ * within their rate limits; the password is then checked on the bounded hashing
+ * pool, an unknown user against a dummy hash (auth/login_guard.h). Refusals for
+ * the limits or a busy pool answer "busy" and are audited in summary. */
 int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
 {
     struct auth_server *s = r->srv;
@@ -597,15 +608,27 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
     if ((rv = auth_arg_str(r->args, "user", user, sizeof user, true)) != 0 ||
         (rv = auth_arg_str(r->args, "totp_code", code, sizeof code, false)) != 0)
         return rv;
-    if (rp_mp_get_str(r->args, "password", &pw, &pwn) != 0 || pwn == 0 || pwn > 1024)
-        return rp_err(RP_EINVAL, "argument 'password' is required");
+    if (rp_mp_get_str(r->args, "password", &pw, &pwn) != 0 || pwn == 0 ||
+        pwn > RP_PASSWORD_MAX_BYTES)
+        return rp_err(RP_EINVAL, "argument 'password' is required (1 to %d bytes)",
+                      RP_PASSWORD_MAX_BYTES);
     if (rp_mp_get_u64(r->args, "ttl_ms", &ttl) == RP_EINVAL || (ttl && ttl < 60000))
         return rp_err(RP_EINVAL, "ttl must be at least 1m");
+    if (!r->from_peer && (rv = auth_login_admit_address(s, r->remote)) != 0)
+        return rv;
     if (!auth_is_leader(s)) {
         if (r->from_peer)
             return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward_req(r, out);
+        if ((rv = auth_login_forward_begin(s)) != 0)
+            return rv;
+        rv = auth_forward_req(r, out);
+        auth_login_forward_end(s);
+        return rv;
     }
+    if (r->from_peer && (rv = auth_login_admit_address(s, r->remote)) != 0)
+        return rv;
+    if ((rv = auth_login_admit_user(s, user, r->remote)) != 0)
+        return rv;
     struct req_keys k;
     if ((rv = request_keys(r->args, &k)) != 0) {
         free(k.ssh);
@@ -633,11 +656,14 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
             hash = strndup(h, hn);
     }
     uint64_t locked_ms = rp_lockout_is_locked(&lk, now);
-    char pwbuf[1032];
-    snprintf(pwbuf, sizeof pwbuf, "%.*s", (int)pwn, pw);
+    int checked = 0;
     if (locked_ms) {
         why = "user is locked after too many failed logins";
-    } else if (rp_password_verify(pwbuf, pwn, hash) != 0) {
+    } else if ((checked = auth_login_verify(s, pw, pwn, hash)) == RP_EBUSY ||
+               checked == RP_ENOMEM) {
+        rv = checked; /* not checked at all: neither a failure to count nor to audit */
+        goto out;
+    } else if (checked != 0) {
         why = "invalid user name or password"; /* the same when the user does not exist */
     } else {
         const msgpack_object *spec = rp_mp_get(&su.data, "spec");
@@ -658,7 +684,6 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
             OPENSSL_cleanse(key, sizeof key);
         }
     }
-    OPENSSL_cleanse(pwbuf, sizeof pwbuf);
     if (why != NULL) {
         if (parsed && !locked_ms) {
             struct rp_lockout_policy pol = {s->cfg->max_login_attempts, s->cfg->lockout_ms};
@@ -667,7 +692,13 @@ int auth_h_authenticate(struct auth_req *r, struct rp_buf *out)
                 rp_warn("auth", "recording a failed login of %s: %s", user, rp_errmsg());
             if (locked)
                 rp_warn("auth", "user %s locked after %u failed logins", user, lk.failures);
+        } else if (!parsed) {
+            /* A known user's failure costs a Raft write (the lockout state); an
+             * unknown one costs a Raft round too, so the time taken does not say
+             * which names exist. */
+            rp_node_barrier(s->node, AUTH_READ_TIMEOUT_MS);
         }
+        /* A failure to commit is logged by the audit batcher, once per batch. */
         audit_login(s, user, r->remote, why);
         rv = locked_ms ? rp_err(RP_EDENIED, "%s; try again in %llu minutes", why,
                                 (unsigned long long)(locked_ms + 59999) / 60000)

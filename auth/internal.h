@@ -95,6 +95,7 @@ struct auth_server {
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
     struct auth_locks *locks; /* auth/locks.c */
+    struct auth_login_guard *login; /* auth/login_guard.c: password-login limits */
 };
 
 /* A request being served: the decoded map and who sent it. */

@@ -12,6 +12,7 @@
 #include "auth/audit.h"
 #include "auth/internal.h"
 #include "auth/locks.h"
+#include "auth/login_guard.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -189,6 +190,7 @@ static void *duty_main(void *arg)
             if (auth_admin_identity_renew(s, false) != 0)
                 rp_warn("auth", "%s (will retry)", rp_errmsg());
         }
+        auth_login_guard_duty(s);
         if (!auth_is_leader(s)) {
             ssh_cas_ok = false;
             continue;
@@ -364,6 +366,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
         goto err;
     if ((rv = audit_start(s, cfg->audit_retention_ms)) != 0)
         goto err_node;
+    if ((rv = auth_login_guard_start(s)) != 0)
+        goto err_node;
 
     if (pthread_create(&s->accept_thread, NULL, accept_main, s) != 0) {
         rv = rp_err(RP_ENOMEM, "cannot start the accept thread");
@@ -381,6 +385,7 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     return 0;
 
 err_node:
+    auth_login_guard_free(s);
     audit_stop(s);
     audit_free(s);
     rp_node_stop(s->node);
@@ -428,6 +433,7 @@ void auth_server_stop(struct auth_server *s)
     rp_node_stop(s->node);
     auth_forward_reset(s);
     if (atomic_load(&s->n_conns) == 0) {
+        auth_login_guard_free(s);
         audit_free(s);
         auth_locks_free(s->locks);
         state_close(s->state);

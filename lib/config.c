@@ -96,6 +96,13 @@ void rp_config_init(struct rp_config *c)
     c->max_login_attempts = 5;
     c->lockout_ms = 30 * 60 * 1000;
     c->max_session_ttl_ms = 30ull * 3600 * 1000; /* Teleport's default max_session_ttl */
+    c->password_hash_workers = 0;
+    c->password_hash_queue = 64;
+    c->password_hash_wait_ms = 2000;
+    c->login_rate_per_address = 20;
+    c->login_burst_per_address = 40;
+    c->login_rate_per_user = 10;
+    c->login_burst_per_user = 20;
     c->raft_listen_addr = dup_or_die("0.0.0.0:3030");
     c->election_timeout_ms = 1000;
     c->heartbeat_timeout_ms = 100;
@@ -670,6 +677,15 @@ static const struct field auth_fields[] = {
     {.name = "lockout_duration", .parse = parse_duration, .off = AT(lockout_ms)},
     {.name = "max_session_ttl", .parse = parse_long_duration, .off = AT(max_session_ttl_ms)},
     {.name = "raft", .parse = parse_sub, .sub = &raft_section},
+    {.name = "password_hash_workers", .parse = parse_unsigned, .off = AT(password_hash_workers)},
+    {.name = "password_hash_queue", .parse = parse_unsigned, .off = AT(password_hash_queue)},
+    {.name = "password_hash_wait", .parse = parse_duration, .off = AT(password_hash_wait_ms)},
+    {.name = "login_rate_per_address", .parse = parse_unsigned, .off = AT(login_rate_per_address)},
+    {.name = "login_burst_per_address",
+     .parse = parse_unsigned,
+     .off = AT(login_burst_per_address)},
+    {.name = "login_rate_per_user", .parse = parse_unsigned, .off = AT(login_rate_per_user)},
+    {.name = "login_burst_per_user", .parse = parse_unsigned, .off = AT(login_burst_per_user)},
     {.name = NULL},
 };
 static const struct section auth_section = {"auth_service", auth_fields};
@@ -865,6 +881,25 @@ int rp_config_validate(const struct rp_config *c)
                           c->max_login_attempts);
         if (c->lockout_ms < 1000 || c->lockout_ms > 7u * 24 * 3600 * 1000)
             return rp_err(RP_EINVAL, "auth_service.lockout_duration must be between 1s and 168h");
+        if (c->password_hash_workers > 64)
+            return rp_err(RP_EINVAL, "auth_service.password_hash_workers (%u) must be 1 to 64",
+                          c->password_hash_workers);
+        if (c->password_hash_queue == 0 || c->password_hash_queue > 100000)
+            return rp_err(RP_EINVAL, "auth_service.password_hash_queue (%u) must be 1 to 100000",
+                          c->password_hash_queue);
+        if (c->password_hash_wait_ms == 0 || c->password_hash_wait_ms > 60000)
+            return rp_err(RP_EINVAL, "auth_service.password_hash_wait must be between 1ms and 1m");
+        const struct {
+            const char *name;
+            unsigned v;
+        } login_limits[] = {{"login_rate_per_address", c->login_rate_per_address},
+                            {"login_burst_per_address", c->login_burst_per_address},
+                            {"login_rate_per_user", c->login_rate_per_user},
+                            {"login_burst_per_user", c->login_burst_per_user}};
+        for (size_t i = 0; i < sizeof login_limits / sizeof login_limits[0]; i++)
+            if (login_limits[i].v == 0 || login_limits[i].v > 1000000)
+                return rp_err(RP_EINVAL, "auth_service.%s (%u) must be 1 to 1000000",
+                              login_limits[i].name, login_limits[i].v);
         if (c->snapshot_trailing < c->snapshot_threshold)
             return rp_err(RP_EINVAL,
                           "auth_service.raft.snapshot_trailing (%u) must be at least "

@@ -20,6 +20,13 @@
  *     max_login_attempts: 5              # failed logins that lock a user ...
  *     lockout_duration: 30m              # ... for this long
  *     max_session_ttl: 30h               # ceiling of user certificates, whatever roles say
+ *     password_hash_workers: 2           # concurrent password checks (default min(2, cores))
+ *     password_hash_queue: 64            # checks waiting for a worker ...
+ *     password_hash_wait: 2s             # ... at most this long, then "busy"
+ *     login_rate_per_address: 20         # logins a minute per source address ...
+ *     login_burst_per_address: 40        # ... with bursts of this many
+ *     login_rate_per_user: 10            # logins a minute per user name ...
+ *     login_burst_per_user: 20           # ... with bursts of this many
  *     raft:
  *       id: 1
  *       listen_addr: 127.0.0.1:3030
@@ -75,6 +82,14 @@ struct rp_config {
     unsigned max_login_attempts; /* default 5 */
     unsigned lockout_ms;         /* default 30 minutes */
     uint64_t max_session_ttl_ms; /* user certificate ceiling; default 30 hours */
+    /* Password logins (auth/login_guard.c): the hashing pool and the rate limits. */
+    unsigned password_hash_workers;  /* default 0: min(2, cores); at most 64 */
+    unsigned password_hash_queue;    /* default 64; at most 100000 */
+    unsigned password_hash_wait_ms;  /* default 2000; 1 ms to 60 s */
+    unsigned login_rate_per_address; /* per minute, default 20 (Teleport's unauthenticated rate) */
+    unsigned login_burst_per_address;/* default 40 */
+    unsigned login_rate_per_user;    /* per minute, default 10 */
+    unsigned login_burst_per_user;   /* default 20 */
     uint64_t raft_id;        /* required when auth is enabled */
     char *raft_listen_addr;  /* default 0.0.0.0:3030; must be an IPv4 "a.b.c.d:port" */
     unsigned election_timeout_ms;  /* default 1000 */

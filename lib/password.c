@@ -26,13 +26,22 @@
  *
  * Verification parses the stored string itself, strictly, and checks the
  * parameters against the bounds in password.h before computing anything,
- * then compares digests with CRYPTO_memcmp. */
+ * then compares digests with CRYPTO_memcmp.
+ *
+ * Memory. argon2 allocates its m KiB on every call and frees it at the end. We
+ * give it an allocator of our own that maps the memory directly and unmaps it
+ * when done, so it goes back to the kernel at once whatever its size: through
+ * malloc, a block under glibc's mmap threshold (which adapts upwards to 32 MiB)
+ * could stay in an arena and keep the process's RSS up after the hash. All lanes
+ * are computed on the calling thread (threads = 1): the caller's bound on
+ * concurrent hashes is then also the bound on the cores they use. */
 #include "lib/password.h"
 
 #include <argon2.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "lib/buf.h"
 #include "lib/errors.h"
@@ -284,6 +293,65 @@ static int argon2_failure(int code, const char *what)
 
 /* ---- hash and verify ---------------------------------------------------- */
 
+static int map_memory(uint8_t **memory, size_t bytes)
+{
+    void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return ARGON2_MEMORY_ALLOCATION_ERROR;
+    *memory = m;
+    return ARGON2_OK;
+}
+
+static void unmap_memory(uint8_t *memory, size_t bytes)
+{
+    munmap(memory, bytes);
+}
+
+/* The raw argon2id digest of @pw under @pp and @salt, into @out (@outlen bytes). */
+static int argon2id_raw(const struct rp_password_params *pp, const char *pw, size_t n,
+                        const uint8_t *salt, size_t saltlen, uint8_t *out, size_t outlen,
+                        const char *what)
+{
+    argon2_context ctx = {
+        .out = out,
+        .outlen = (uint32_t)outlen,
+        .pwd = (uint8_t *)pw,
+        .pwdlen = (uint32_t)n,
+        .salt = (uint8_t *)salt,
+        .saltlen = (uint32_t)saltlen,
+        .t_cost = pp->t_cost,
+        .m_cost = pp->m_kib,
+        .lanes = pp->p_lanes,
+        .threads = 1,
+        .version = ARGON2_VERSION_13,
+        .allocate_cbk = map_memory,
+        .free_cbk = unmap_memory,
+        .flags = ARGON2_DEFAULT_FLAGS,
+    };
+    int code = argon2id_ctx(&ctx);
+    if (code != ARGON2_OK)
+        return argon2_failure(code, what);
+    return 0;
+}
+
+static void b64_append(char *out, size_t *pos, const uint8_t *p, size_t n)
+{
+    static const char digits[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint32_t acc = 0;
+    unsigned bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        acc = (acc << 8) | p[i];
+        bits += 8;
+        while (bits >= 6) {
+            bits -= 6;
+            out[(*pos)++] = digits[(acc >> bits) & 0x3F];
+        }
+    }
+    if (bits > 0)
+        out[(*pos)++] = digits[(acc << (6 - bits)) & 0x3F];
+}
+
 int rp_password_hash_params(const char *pw, size_t n, const struct rp_password_params *params,
                             char *out, size_t outlen)
 {
@@ -298,13 +366,24 @@ int rp_password_hash_params(const char *pw, size_t n, const struct rp_password_p
     if (outlen < need)
         return rp_err(RP_ETOOBIG, "password hash needs %zu bytes; the buffer holds %zu", need,
                       outlen);
-    uint8_t salt[RP_PASSWORD_SALT_BYTES];
+    uint8_t salt[RP_PASSWORD_SALT_BYTES], digest[RP_PASSWORD_HASH_BYTES];
     if (RAND_bytes(salt, sizeof salt) != 1)
         return rp_err(RP_EIO, "no randomness for the password salt (RAND_bytes failed)");
-    int code = argon2id_hash_encoded(params->t_cost, params->m_kib, params->p_lanes, pw, n, salt,
-                                     sizeof salt, RP_PASSWORD_HASH_BYTES, out, outlen);
-    if (code != ARGON2_OK)
-        return argon2_failure(code, "hashing password");
+    rv = argon2id_raw(params, pw, n, salt, sizeof salt, digest, sizeof digest, "hashing password");
+    if (rv != 0) {
+        OPENSSL_cleanse(digest, sizeof digest);
+        return rv;
+    }
+    /* libargon2's encoding: $argon2id$v=19$m=..,t=..,p=..$salt$hash, unpadded base64;
+     * argon2_encodedlen() above counted the same characters and the NUL. */
+    int head = snprintf(out, outlen, "$argon2id$v=19$m=%u,t=%u,p=%u$", params->m_kib,
+                        params->t_cost, params->p_lanes);
+    size_t pos = (size_t)head;
+    b64_append(out, &pos, salt, sizeof salt);
+    out[pos++] = '$';
+    b64_append(out, &pos, digest, sizeof digest);
+    out[pos] = '\0';
+    OPENSSL_cleanse(digest, sizeof digest);
     return 0;
 }
 
@@ -335,11 +414,11 @@ int rp_password_verify(const char *pw, size_t n, const char *encoded)
         return rp_err(RP_EDENIED, "password refused: %s", rp_errmsg());
 
     uint8_t got[HASH_MAX_BYTES];
-    int code = argon2id_hash_raw(ph.params.t_cost, ph.params.m_kib, ph.params.p_lanes, pw, n,
-                                 ph.salt, ph.salt_len, got, ph.hash_len);
-    if (code != ARGON2_OK) {
+    rv = argon2id_raw(&ph.params, pw, n, ph.salt, ph.salt_len, got, ph.hash_len,
+                      "verifying password");
+    if (rv != 0) {
         OPENSSL_cleanse(got, sizeof got);
-        return argon2_failure(code, "verifying password");
+        return rv;
     }
     int differ = CRYPTO_memcmp(got, ph.hash, ph.hash_len);
     OPENSSL_cleanse(got, sizeof got);

@@ -79,7 +79,12 @@ int rp_password_hash_params(const char *pw, size_t n, const struct rp_password_p
  *
  * @encoded may be NULL (the user does not exist): a hash with the default
  * parameters is still computed and RP_EDENIED returned, so that the time taken
- * does not tell which user names exist.
+ * does not tell which user names exist. (The auth service instead passes a dummy
+ * hash made at start, so that the parameters match its own.)
+ *
+ * Each call maps its argon2 memory (m KiB) and unmaps it before returning, and
+ * computes every lane on the calling thread: a caller that bounds the number of
+ * concurrent calls bounds both memory and cores (lib/hashpool.h).
  *
  * Returns 0 when the password matches; RP_EDENIED when it does not (or is
  * refused by the size/NUL check); RP_EINVAL when @encoded is not an argon2id

@@ -279,7 +279,9 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
     load_fails("auth_service:\n  enabled: yes\n  listen_adr: 127.0.0.1:3025\n",
                "3: unknown field 'listen_adr' in auth_service, expected one of: enabled, "
                "cluster_name, listen_addr, public_addr, min_free_disk, audit_retention, "
-               "max_login_attempts, lockout_duration, max_session_ttl, raft");
+               "max_login_attempts, lockout_duration, max_session_ttl, raft, password_hash_workers, "
+               "password_hash_queue, password_hash_wait, login_rate_per_address, "
+               "login_burst_per_address, login_rate_per_user, login_burst_per_user");
     load_fails("version: v3\nteleprot:\n  nodename: a\n",
                "2: unknown field 'teleprot' at the top level, expected one of: version, "
                "teleport, auth_service, proxy_service, ssh_service");
@@ -499,6 +501,46 @@ Test(config, validate_requires_raft_id_and_cluster_name_for_auth)
     rp_config_set(&c.auth_server, "10.0.0.1:3025");
     cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
     rp_config_free(&c);
+}
+
+Test(config, login_limits_have_defaults_and_bounds)
+{
+    struct rp_config c;
+    load_ok(&c, "auth_service:\n  cluster_name: a\n  raft: {id: 1}\n");
+    cr_assert_eq(c.password_hash_workers, 0, "default workers are chosen at start");
+    cr_assert_eq(c.password_hash_queue, 64);
+    cr_assert_eq(c.password_hash_wait_ms, 2000);
+    cr_assert_eq(c.login_rate_per_address, 20);
+    cr_assert_eq(c.login_burst_per_address, 40);
+    cr_assert_eq(c.login_rate_per_user, 10);
+    cr_assert_eq(c.login_burst_per_user, 20);
+    cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
+    rp_config_free(&c);
+
+    load_ok(&c, "auth_service:\n  cluster_name: a\n  raft: {id: 1}\n"
+                "  password_hash_workers: 4\n  password_hash_queue: 10\n"
+                "  password_hash_wait: 500ms\n  login_rate_per_address: 100\n"
+                "  login_burst_per_address: 200\n  login_rate_per_user: 5\n"
+                "  login_burst_per_user: 6\n");
+    cr_assert_eq(c.password_hash_workers, 4);
+    cr_assert_eq(c.password_hash_queue, 10);
+    cr_assert_eq(c.password_hash_wait_ms, 500);
+    cr_assert_eq(c.login_rate_per_address, 100);
+    cr_assert_eq(c.login_burst_per_address, 200);
+    cr_assert_eq(c.login_rate_per_user, 5);
+    cr_assert_eq(c.login_burst_per_user, 6);
+    cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
+    c.password_hash_workers = 65;
+    validate_fails(&c, "auth_service.password_hash_workers (65) must be 1 to 64");
+    c.password_hash_workers = 2;
+    c.password_hash_wait_ms = 61000;
+    validate_fails(&c, "auth_service.password_hash_wait must be between 1ms and 1m");
+    c.password_hash_wait_ms = 2000;
+    c.login_burst_per_user = 1000001;
+    validate_fails(&c, "auth_service.login_burst_per_user (1000001) must be 1 to 1000000");
+    rp_config_free(&c);
+    load_fails("auth_service:\n  login_rate_per_address: 0\n",
+               "2: auth_service.login_rate_per_address: expected a positive integer, got '0'");
 }
 
 Test(config, validate_requires_pin_and_auth_server_to_join)

@@ -1,6 +1,7 @@
 /* tests/test_password_totp.c: argon2id password hashes and the password policy,
  * TOTP (RFC 6238/4226 vectors, base32, window, replay, oathtool cross-check),
  * and the login lockout rules with their msgpack fields. */
+#include <argon2.h>
 #include <criterion/criterion.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -63,6 +64,22 @@ Test(password, hash_then_verify_round_trips_with_default_parameters)
     cr_assert_eq(pp.t_cost, RP_PASSWORD_T_COST);
     cr_assert_eq(pp.p_lanes, RP_PASSWORD_P_LANES);
     cr_assert_not(rp_password_needs_rehash(enc));
+}
+
+/* Hashes are encoded by our own code (argon2 runs with our allocator): libargon2's
+ * own verifier must accept them, and ours must accept libargon2's. */
+Test(password, hashes_interoperate_with_libargon2_encoding)
+{
+    char enc[RP_PASSWORD_ENCODED_MAX];
+    hash_str(PW, enc);
+    cr_assert_eq(argon2id_verify(enc, PW, strlen(PW)), ARGON2_OK, "libargon2 refused %s", enc);
+    char theirs[RP_PASSWORD_ENCODED_MAX];
+    const uint8_t salt[16] = "0123456789abcdef";
+    cr_assert_eq(argon2id_hash_encoded(1, 8192, 2, PW, strlen(PW), salt, sizeof salt, 32, theirs,
+                                       sizeof theirs),
+                 ARGON2_OK);
+    cr_assert_eq(verify_str(PW, theirs), 0, "%s: %s", theirs, rp_errmsg());
+    cr_assert_eq(verify_str("not the password!", theirs), RP_EDENIED);
 }
 
 Test(password, wrong_password_is_refused)
