@@ -115,6 +115,15 @@ void rp_frame_reader_next(struct rp_frame_reader *r, size_t keep_bytes)
         rp_buf_reset(&r->body);
 }
 
+size_t rp_frame_reader_need(const struct rp_frame_reader *r)
+{
+    if (r->failed != 0 || frame_ready(r))
+        return 0;
+    if (r->hdr_len < 4)
+        return 4 - r->hdr_len;
+    return r->want - r->body.len;
+}
+
 int rp_frame_reader_in_frame(const struct rp_frame_reader *r)
 {
     return r->hdr_len > 0 && !frame_ready(r);

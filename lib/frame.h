@@ -43,6 +43,10 @@ const struct rp_buf *rp_frame_reader_frame(const struct rp_frame_reader *r);
  * @keep_bytes is released, so one large frame does not pin memory on an idle
  * connection. */
 void rp_frame_reader_next(struct rp_frame_reader *r, size_t keep_bytes);
+/* Bytes that would complete the current header or body: what a reader that must
+ * not take bytes of the next frame may read now. 0 when a frame is ready or the
+ * reader failed. */
+size_t rp_frame_reader_need(const struct rp_frame_reader *r);
 /* True between the first header byte of a frame and the frame being ready. */
 int rp_frame_reader_in_frame(const struct rp_frame_reader *r);
 /* Bytes currently allocated for the body (what the reader costs in memory). */
