@@ -560,9 +560,11 @@ static void *watch_main(void *arg)
     struct rp_buf out;
     rp_buf_init(&out);
     struct rp_identity *caller = lc->has_cert ? &lc->ident : NULL;
-    auth_serve_frame(l->srv, &lc->c, caller, rp_frame_reader_frame(&lc->fr), &out);
+    if (auth_serve_frame(l->srv, &lc->c, caller, rp_frame_reader_frame(&lc->fr), &out) == 1)
+        lc->done = true; /* a watch stream ends with its connection */
+    else if (rp_conn_write_frame(&lc->c, out.data, out.len) != 0)
+        lc->done = true; /* refused before streaming (denied, bad arguments): answered */
     rp_buf_free(&out);
-    lc->done = true; /* a watch ends with its connection */
     give_back(l, lc);
     thread_exit(l, true);
     return NULL;
