@@ -186,8 +186,7 @@ static int watch_events(struct auth_listener *l, struct lconn *lc, uint32_t even
 {
     if (lc->epoll_events == events)
         return 0;
-    struct epoll_event ev = {.events = events,
-                             .data.u64 = (uint64_t)lc->gen << 32 | lc->idx};
+    struct epoll_event ev = {.events = events, .data.u64 = (uint64_t)lc->gen << 32 | lc->idx};
     int op = lc->epoll_events == 0 ? EPOLL_CTL_ADD : events == 0 ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
     if (epoll_ctl(l->epoll_fd, op, lc->fd, &ev) != 0)
         return rp_err(RP_EIO, "epoll_ctl: %s", strerror(errno));
@@ -237,7 +236,8 @@ static bool make_room(struct auth_listener *l, const struct rp_addr_key *k)
 {
     unsigned max_unauth = l->lim.max_total - l->lim.reserve;
     if (rp_addr_counts_get(&l->per_addr, k) >= l->lim.per_addr_max &&
-        !evict_oldest(l, k, "too many unauthenticated connections from this address; oldest closed"))
+        !evict_oldest(l, k,
+                      "too many unauthenticated connections from this address; oldest closed"))
         return false;
     if ((l->n_unauth >= max_unauth || l->n_open >= l->lim.max_total) &&
         !evict_oldest(l, NULL, "unauthenticated connections at the global cap; oldest closed"))
@@ -355,8 +355,8 @@ static void read_frames(struct auth_listener *l, struct lconn *lc)
         }
         size_t got;
         short events;
-        int rv = rp_conn_read_some(&lc->c, buf, need < sizeof buf ? need : sizeof buf, &got,
-                                   &events);
+        int rv =
+            rp_conn_read_some(&lc->c, buf, need < sizeof buf ? need : sizeof buf, &got, &events);
         if (rv == 1) {
             watch_events(l, lc, events == POLLOUT ? EPOLLOUT : EPOLLIN);
             return;

@@ -173,13 +173,14 @@ static void flush_locked(struct rp_refusal_log *l, uint64_t now, struct pending_
         char ip[64];
         rp_addr_key_format(&s->key, ip, sizeof ip);
         snprintf(lines[*n_lines].text, sizeof lines[*n_lines].text,
-                 "%u more %ss from %s refused since the last line about it (last: %s)",
-                 s->count, l->what, ip, s->reason);
+                 "%u more %ss from %s refused since the last line about it (last: %s)", s->count,
+                 l->what, ip, s->reason);
         (*n_lines)++;
         s->count = 0;
         s->window_start = now;
     }
-    if (l->other_count > 0 && now - l->other_start >= RP_REFUSAL_WINDOW_MS && *n_lines < max_lines) {
+    if (l->other_count > 0 && now - l->other_start >= RP_REFUSAL_WINDOW_MS &&
+        *n_lines < max_lines) {
         snprintf(lines[*n_lines].text, sizeof lines[*n_lines].text,
                  "%u %ss from up to %u other addresses refused since the last line about them",
                  l->other_count, l->what, l->other_addrs);
@@ -196,8 +197,8 @@ static void write_lines(struct rp_refusal_log *l, struct pending_line *lines, si
         rp_warn(l->component, "%s", lines[i].text);
 }
 
-void rp_refusal_log_note(struct rp_refusal_log *l, const struct rp_addr_key *k,
-                         const char *reason, uint64_t now_ms)
+void rp_refusal_log_note(struct rp_refusal_log *l, const struct rp_addr_key *k, const char *reason,
+                         uint64_t now_ms)
 {
     /* At most: the windows that ended (one per slot), the other-addresses line and
      * this refusal's own line; kept small by flushing often. */

@@ -33,7 +33,7 @@ struct rp_addr_counts {
     struct rp_addr_slot {
         struct rp_addr_key key;
         unsigned count; /* 0: free */
-    } *slots; /* owned; open addressing, capacity a power of two */
+    } * slots;          /* owned; open addressing, capacity a power of two */
     size_t cap;
     size_t used;
     size_t max_tracked;
@@ -78,8 +78,8 @@ void rp_refusal_log_init(struct rp_refusal_log *l, const char *component, const 
 void rp_refusal_log_destroy(struct rp_refusal_log *l);
 /* Records one refusal of a connection from @k because of @reason, at @now_ms
  * (monotonic). */
-void rp_refusal_log_note(struct rp_refusal_log *l, const struct rp_addr_key *k,
-                         const char *reason, uint64_t now_ms);
+void rp_refusal_log_note(struct rp_refusal_log *l, const struct rp_addr_key *k, const char *reason,
+                         uint64_t now_ms);
 /* Writes the counts of windows that have ended by @now_ms. */
 void rp_refusal_log_flush(struct rp_refusal_log *l, uint64_t now_ms);
 /* Lines written so far. */

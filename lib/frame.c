@@ -78,8 +78,7 @@ int rp_frame_reader_feed(struct rp_frame_reader *r, const uint8_t *p, size_t n, 
         if (len > r->limit) {
             r->failed = RP_ETOOBIG;
             *used = off;
-            return rp_err(RP_ETOOBIG, "frame of %u bytes exceeds the limit of %zu", len,
-                          r->limit);
+            return rp_err(RP_ETOOBIG, "frame of %u bytes exceeds the limit of %zu", len, r->limit);
         }
         r->want = len;
     }

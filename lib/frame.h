@@ -15,12 +15,12 @@
 #include "lib/buf.h"
 
 struct rp_frame_reader {
-    size_t limit;     /* largest body accepted */
+    size_t limit; /* largest body accepted */
     uint8_t hdr[4];
-    size_t hdr_len;   /* header bytes seen of the current frame */
-    uint32_t want;    /* body length announced (valid once hdr_len == 4) */
+    size_t hdr_len;     /* header bytes seen of the current frame */
+    uint32_t want;      /* body length announced (valid once hdr_len == 4) */
     struct rp_buf body; /* owned: the body so far; whole once a frame is ready */
-    int failed;       /* the stream broke (oversized / empty frame): no more frames */
+    int failed;         /* the stream broke (oversized / empty frame): no more frames */
 };
 
 /* Starts an empty reader accepting bodies of 1..@limit bytes (@limit <= UINT32_MAX). */

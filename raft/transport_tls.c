@@ -1237,8 +1237,8 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
          * goes first, then the oldest stranger of all. */
         bool room = true;
         if (rp_addr_counts_get(&tr->hs_per_addr, &key) >= MAX_HANDSHAKING_PER_ADDR)
-            room = evict_oldest_stranger(
-                tr, &key, "too many handshakes from this address; oldest closed");
+            room = evict_oldest_stranger(tr, &key,
+                                         "too many handshakes from this address; oldest closed");
         if (room && tr->n_handshaking >= MAX_HANDSHAKING)
             room = evict_oldest_stranger(tr, NULL, "handshake slots full; oldest stranger closed");
         if (!room || tr->n_conns >= MAX_CONNS) {

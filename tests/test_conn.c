@@ -616,7 +616,7 @@ Test(conn, concurrent_clients_echo_frames, .init = setup, .fini = teardown, .tim
 struct anon_pair {
     int lfd;
     char addr[64];
-    SSL_CTX *opt_sctx; /* server: client certificate optional */
+    SSL_CTX *opt_sctx;  /* server: client certificate optional */
     SSL_CTX *anon_cctx; /* client: no certificate */
     struct rp_conn srv, cli;
     int accept_rv;
@@ -683,8 +683,8 @@ static void anon_pair_close(struct anon_pair *p)
     SSL_CTX_free(p->anon_cctx);
 }
 
-Test(conn, peer_without_certificate_may_send_only_small_frames, .init = setup,
-     .fini = teardown, .timeout = 30)
+Test(conn, peer_without_certificate_may_send_only_small_frames, .init = setup, .fini = teardown,
+     .timeout = 30)
 {
     struct anon_pair p;
     anon_pair_open(&p, false);
@@ -715,8 +715,8 @@ Test(conn, peer_with_certificate_may_send_frames_up_to_the_full_limit, .init = s
     pair_close(&p);
 }
 
-Test(conn, server_handshake_and_reads_run_in_non_blocking_steps, .init = setup,
-     .fini = teardown, .timeout = 30)
+Test(conn, server_handshake_and_reads_run_in_non_blocking_steps, .init = setup, .fini = teardown,
+     .timeout = 30)
 {
     struct anon_pair p;
     anon_pair_open(&p, true);

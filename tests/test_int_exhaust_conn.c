@@ -69,8 +69,8 @@ static void assert_usable(int leader, const char *during)
     cr_assert_eq(cluster_leader_id_from(leader), lid, "%s: the leader lost its leadership", during);
     unsigned long rss = proc_rss_kib(CL->nodes[leader].pid);
     cr_assert_lt(rss, RSS_MAX_KIB, "%s: leader RSS %lu KiB", during, rss);
-    cr_log_info("%s: status+write in %llu ms, leader RSS %lu KiB", during,
-                (unsigned long long)took, rss);
+    cr_log_info("%s: status+write in %llu ms, leader RSS %lu KiB", during, (unsigned long long)took,
+                rss);
 }
 
 /* Holds the flood for a few seconds, checking usability twice. A kept flood is
@@ -155,8 +155,9 @@ Test(int_exhaust_conn, raft_port_lets_a_restarted_member_rejoin_under_floods)
     node_kill9(follower);
     node_restart(follower);
     uint64_t lid = cluster_wait_ready(leader, 3, 0, 20000);
-    cr_assert_eq(lid, CL->nodes[leader].raft_id, "the restarted member did not rejoin in time "
-                                                 "(or the leader changed)");
+    cr_assert_eq(lid, CL->nodes[leader].raft_id,
+                 "the restarted member did not rejoin in time "
+                 "(or the leader changed)");
     int other = 6 - leader - follower;
     node_kill9(other);
     assert_usable(leader, "after the member rejoined through the flood, the other one gone");

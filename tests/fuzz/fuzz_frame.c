@@ -31,8 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct rp_frame_reader r;
     rp_frame_reader_init(&r, limit);
-    size_t pos = 0;  /* bytes of @in taken by the reader */
-    size_t ref = 0;  /* reference decoder's position in @in */
+    size_t pos = 0; /* bytes of @in taken by the reader */
+    size_t ref = 0; /* reference decoder's position in @in */
     int failed = 0;
     while (pos < n) {
         seed = seed * 1103515245u + 12345u;

@@ -16,10 +16,10 @@
 #define FLOOD_SRC "127.0.0.2"
 
 struct flood {
-    int *fds;   /* -1 once closed */
-    SSL **ssl;  /* per connection, for floods that speak TLS; NULL otherwise */
+    int *fds;  /* -1 once closed */
+    SSL **ssl; /* per connection, for floods that speak TLS; NULL otherwise */
     SSL_CTX *ctx;
-    int n;      /* connections opened */
+    int n; /* connections opened */
     int cap;
     /* What flood_keep reopens (set by flood_idle / flood_stalled_tls). */
     char addr[64];
