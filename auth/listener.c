@@ -89,6 +89,7 @@ struct auth_listener {
     struct lconn **slots; /* max_total */
     unsigned n_open, n_unauth;
     uint64_t next_seq;
+    uint32_t next_gen;
     struct rp_addr_counts per_addr;
     struct rp_refusal_log refusals;
     uint64_t last_tick;
@@ -268,10 +269,9 @@ static void accept_one(struct auth_listener *l, int fd, const struct sockaddr_st
         close(fd);
         return;
     }
-    static uint32_t gen_counter;
     lc->l = l;
     lc->idx = idx;
-    lc->gen = ++gen_counter;
+    lc->gen = ++l->next_gen;
     lc->state = LC_FRESH;
     lc->fd = fd;
     lc->c.fd = -1;

@@ -12,6 +12,13 @@
  * with non-blocking I/O and poll(). Peers are a handful, so a thread each is
  * cheap and keeps every TLS call out of the loop thread.
  *
+ * Strangers cannot starve members: at most MAX_HANDSHAKING inbound connections
+ * handshake at once, MAX_HANDSHAKING_PER_ADDR of them from one address, each within
+ * the handshake deadline; when either cap is reached, the oldest handshake that has
+ * not yet shown an Auth certificate is closed to make room for the newcomer, so a
+ * member reconnecting always gets a slot. Refusals are logged once per address per
+ * minute with a count (lib/connlimit.h).
+ *
  * Threads tell the loop about progress through a list guarded by a mutex and a
  * uv_async_t; the loop alone invokes libraft's callbacks, creates uv handles and
  * joins finished threads. Closing writes to an eventfd every thread polls, so all
