@@ -48,6 +48,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rp_frame_reader_allocated(&r) > limit ||
             rp_frame_reader_allocated(&r) > 2 * body_taken + 4096)
             abort();
+        /* What a careful reader may read next: nothing once a frame is ready or the
+         * stream broke, otherwise exactly the rest of the header or body. */
+        size_t need = rp_frame_reader_need(&r);
+        if ((rv != 0) != (need == 0))
+            abort();
+        if (rv == 0 && need != (r.hdr_len < 4 ? 4 - r.hdr_len : r.want - r.body.len))
+            abort();
         if (rv < 0) {
             /* The reference must agree that the header at @ref is bad. */
             if (n - ref < 4)
