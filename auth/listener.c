@@ -200,8 +200,11 @@ static void refuse_note(struct auth_listener *l, const struct rp_addr_key *k, co
     rp_refusal_log_note(&l->refusals, k, why, rp_mono_ms());
 }
 
-/* The oldest unauthenticated connection held by the loop (from @k only, if not
- * NULL), or NULL. Connections with a worker cannot be taken back. */
+/* The unauthenticated connection held by the loop (from @k only, if not NULL) to
+ * close first, or NULL: one that never sent a byte before one that did (a real
+ * client sends its ClientHello at once, so an operator's handshake outlives a flood
+ * of idle sockets from its own machine), then the oldest. Connections with a
+ * worker cannot be taken back. */
 static struct lconn *oldest_unauth(struct auth_listener *l, const struct rp_addr_key *k)
 {
     struct lconn *best = NULL;
@@ -211,7 +214,10 @@ static struct lconn *oldest_unauth(struct auth_listener *l, const struct rp_addr
             continue;
         if (k != NULL && !rp_addr_key_equal(&lc->key, k))
             continue;
-        if (best == NULL || lc->seq < best->seq)
+        bool silent = lc->state == LC_FRESH;
+        bool best_silent = best != NULL && best->state == LC_FRESH;
+        if (best == NULL || (silent && !best_silent) ||
+            (silent == best_silent && lc->seq < best->seq))
             best = lc;
     }
     return best;

@@ -48,8 +48,9 @@ static void grow(struct flood *f, int more)
     f->cap = cap;
 }
 
-/* A non-blocking socket bound to FLOOD_SRC, connecting to @addr. -1 on failure. */
-static int connect_from_src(const char *addr)
+/* A non-blocking socket bound to @f's source address, connecting to @addr. -1 on
+ * failure. */
+static int connect_from_src(const struct flood *f, const char *addr)
 {
     struct sockaddr_storage dst;
     socklen_t dlen;
@@ -59,7 +60,7 @@ static int connect_from_src(const char *addr)
     if (fd < 0)
         return -1;
     struct sockaddr_in src = {.sin_family = AF_INET};
-    inet_pton(AF_INET, FLOOD_SRC, &src.sin_addr);
+    inet_pton(AF_INET, f->src[0] ? f->src : FLOOD_SRC, &src.sin_addr);
     if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0 ||
         (connect(fd, (struct sockaddr *)&dst, dlen) != 0 && errno != EINPROGRESS)) {
         close(fd);
@@ -93,7 +94,7 @@ static int open_many(struct flood *f, const char *addr, int n, const void *hello
     grow(f, n);
     int first = f->n;
     for (int i = 0; i < n; i++) {
-        int fd = connect_from_src(addr);
+        int fd = connect_from_src(f, addr);
         if (fd >= 0)
             f->fds[f->n++] = fd;
     }
@@ -145,7 +146,7 @@ static void *keeper_main(void *arg)
                 continue;
             if (f->fds[i] >= 0)
                 close(f->fds[i]);
-            f->fds[i] = connect_from_src(f->addr);
+            f->fds[i] = connect_from_src(f, f->addr);
             if (f->fds[i] >= 0 && wait_connected(f->fds[i], mono_ms() + 1000)) {
                 if (f->hello_len > 0)
                     send(f->fds[i], f->hello, f->hello_len, MSG_NOSIGNAL);
@@ -175,7 +176,7 @@ int flood_big_frames(struct flood *f, const char *addr, int n)
     grow(f, n);
     int ok = 0;
     for (int i = 0; i < n; i++) {
-        int fd = connect_from_src(addr);
+        int fd = connect_from_src(f, addr);
         if (fd < 0)
             continue;
         if (!wait_connected(fd, mono_ms() + 5000)) {

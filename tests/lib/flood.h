@@ -2,7 +2,8 @@
  * check a port stays usable under them (tests/test_int_exhaust_conn.c).
  *
  * Every socket is bound to 127.0.0.2 (loopback, but another address than the
- * cluster's 127.0.0.1), so the servers see one stranger. The server may close any
+ * cluster's 127.0.0.1), so the servers see one stranger, unless the flood's src
+ * names another address. The server may close any
  * of them (that is what the caps do); a flood only counts the ones it opened. */
 #ifndef RP_TESTS_FLOOD_H
 #define RP_TESTS_FLOOD_H
@@ -16,8 +17,9 @@
 #define FLOOD_SRC "127.0.0.2"
 
 struct flood {
-    int *fds;  /* -1 once closed */
-    SSL **ssl; /* per connection, for floods that speak TLS; NULL otherwise */
+    char src[32]; /* source address; "" for FLOOD_SRC */
+    int *fds;     /* -1 once closed */
+    SSL **ssl;    /* per connection, for floods that speak TLS; NULL otherwise */
     SSL_CTX *ctx;
     int n; /* connections opened */
     int cap;
