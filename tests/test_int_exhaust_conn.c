@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/conn.h"
 #include "lib/errors.h"
 #include "tests/lib/cluster.h"
 #include "tests/lib/flood.h"
@@ -146,6 +147,24 @@ Test(int_exhaust_conn, api_port_stays_usable_under_idle_stalled_and_big_frame_fl
     cr_assert_geq(n, 1, "no anonymous client got to announce its frame");
     hold(&f, leader, "400 anonymous 16 MiB frames on the API port");
     flood_close(&f);
+
+    /* Clients with a certificate may send 16 MiB frames, but what they announce is
+     * not reserved: 150 of them announcing 16 MiB and sending 4 KiB cost little. */
+    SSL_CTX *admin = node_admin_ctx(leader);
+    struct rp_conn *big = calloc(150, sizeof *big);
+    static uint8_t part[4096];
+    uint8_t hdr[4] = {0x01, 0x00, 0x00, 0x00};
+    for (int k = 0; k < 150; k++) {
+        cr_assert_eq(rp_conn_dial(&big[k], admin, target, 5000), 0, "%s", rp_errmsg());
+        cr_assert_eq(SSL_write(big[k].ssl, hdr, 4), 4);
+        cr_assert_eq(SSL_write(big[k].ssl, part, sizeof part), (int)sizeof part);
+    }
+    cl_sleep_ms(500);
+    assert_usable(leader, "150 admin clients half-way through 16 MiB frames");
+    for (int k = 0; k < 150; k++)
+        rp_conn_close(&big[k]);
+    free(big);
+    SSL_CTX_free(admin);
 
     assert_log_quiet(leader, log0);
     cr_assert(node_log_contains(leader, "auth API connection from 127.0.0.2 refused"),
