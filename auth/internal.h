@@ -9,6 +9,7 @@
 #include <stdbool.h>
 
 #include "auth/auth.h"
+#include "auth/listener.h"
 #include "lib/conn.h"
 #include "lib/tls.h"
 #include "raft/rp_raft.h"
@@ -18,7 +19,6 @@
 #define AUTH_APPLY_TIMEOUT_MS 10000
 #define AUTH_READ_TIMEOUT_MS 5000
 #define AUTH_IDLE_TIMEOUT_MS 300000
-#define AUTH_MAX_CONNS 1024
 /* Host identities (Auth, Node, Proxy) live long and are cut off by a lock on their host
  * id; the local admin identity tctl uses lives hours and its server renews it. */
 #define AUTH_HOST_TTL_S (10L * 365 * 86400)
@@ -56,14 +56,9 @@ struct auth_server {
     struct state *state;
     struct raft_fsm *fsm;
     struct rp_node *node;
-    int listen_fd;
-    pthread_t accept_thread;
+    struct auth_listener *api; /* the API port (auth/listener.c) */
     pthread_t duty_thread;
     atomic_bool stopping;
-    atomic_int n_conns;
-    pthread_mutex_t conns_mu;
-    pthread_cond_t conns_cv;
-    int conn_fds[AUTH_MAX_CONNS];
 
     pthread_mutex_t fwd_mu;
     /* The leader's API address as last looked up (under fwd_mu): good while the

@@ -1,5 +1,6 @@
-/* auth/server.c: the auth API server: start-up, the accept loop, one thread
- * per connection, request dispatch and authorization. */
+/* auth/server.c: the auth API server: start-up and shutdown, leader duties, the
+ * Raft peer check. Connections are handled by auth/listener.c, requests by
+ * auth/dispatch.c. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -58,118 +59,6 @@ int auth_arg_str(const msgpack_object *args, const char *key, char *out, size_t 
     memcpy(out, s, n);
     out[n] = '\0';
     return 0;
-}
-
-struct conn_arg {
-    struct auth_server *srv;
-    int fd;
-    int slot;
-};
-
-static void *conn_main(void *arg)
-{
-    struct conn_arg *ca = arg;
-    struct auth_server *s = ca->srv;
-    struct rp_conn c;
-    struct rp_identity ident;
-    struct rp_identity *caller = NULL;
-    struct rp_buf frame, out;
-    rp_buf_init(&frame);
-    rp_buf_init(&out);
-
-    int rv = rp_conn_accept(&c, s->api_ctx, ca->fd, AUTH_READ_TIMEOUT_MS);
-    if (rv != 0) {
-        rp_info("auth", "api connection refused: %s", rp_errmsg());
-        goto out;
-    }
-    if (rp_tls_peer_identity(c.ssl, &ident) == 0)
-        caller = &ident;
-    rp_conn_set_timeout(&c, AUTH_IDLE_TIMEOUT_MS);
-    while (!atomic_load(&s->stopping)) {
-        rv = rp_conn_read_frame(&c, &frame);
-        if (rv == RP_ECLOSED || rv == RP_ETIMEDOUT)
-            break;
-        if (rv != 0) {
-            /* Oversized or broken frame: say why once, then drop the connection. */
-            rp_warn("auth", "api connection %s: closing: %s", c.peer, rp_errmsg());
-            auth_reply_error(&out, rv, rp_errmsg());
-            rp_conn_set_timeout(&c, 1000);
-            rp_conn_write_frame(&c, out.data, out.len);
-            break;
-        }
-        if (auth_serve_frame(s, &c, caller, &frame, &out) == 1)
-            break;
-        if (rp_conn_write_frame(&c, out.data, out.len) != 0)
-            break;
-        /* Keep big answers from pinning memory for an idle connection. */
-        if (out.cap > (1u << 20))
-            rp_buf_free(&out);
-    }
-    if (caller)
-        rp_identity_free(caller);
-    rp_conn_close(&c);
-out:
-    rp_buf_free(&frame);
-    rp_buf_free(&out);
-    pthread_mutex_lock(&s->conns_mu);
-    s->conn_fds[ca->slot] = -1;
-    atomic_fetch_sub(&s->n_conns, 1);
-    pthread_cond_broadcast(&s->conns_cv);
-    pthread_mutex_unlock(&s->conns_mu);
-    free(ca);
-    return NULL;
-}
-
-static void *accept_main(void *arg)
-{
-    struct auth_server *s = arg;
-    while (!atomic_load(&s->stopping)) {
-        struct pollfd pfd = {.fd = s->listen_fd, .events = POLLIN};
-        int n = poll(&pfd, 1, 200);
-        if (n <= 0)
-            continue;
-        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                rp_warn("auth", "accept: %s", strerror(errno));
-            continue;
-        }
-        pthread_mutex_lock(&s->conns_mu);
-        int slot = -1;
-        for (int i = 0; i < AUTH_MAX_CONNS; i++) {
-            if (s->conn_fds[i] == -1) {
-                slot = i;
-                break;
-            }
-        }
-        if (slot < 0) {
-            pthread_mutex_unlock(&s->conns_mu);
-            rp_warn("auth", "refusing connection: %d connections already open", AUTH_MAX_CONNS);
-            close(fd);
-            continue;
-        }
-        s->conn_fds[slot] = fd;
-        atomic_fetch_add(&s->n_conns, 1);
-        pthread_mutex_unlock(&s->conns_mu);
-
-        struct conn_arg *ca = malloc(sizeof *ca);
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 256 * 1024);
-        if (ca == NULL || (ca->srv = s, ca->fd = fd, ca->slot = slot,
-                           pthread_create(&t, &attr, conn_main, ca) != 0)) {
-            free(ca);
-            close(fd);
-            pthread_mutex_lock(&s->conns_mu);
-            s->conn_fds[slot] = -1;
-            atomic_fetch_sub(&s->n_conns, 1);
-            pthread_mutex_unlock(&s->conns_mu);
-        }
-        pthread_attr_destroy(&attr);
-    }
-    return NULL;
 }
 
 /* Leader duties that need no client: writing the bootstrap records, proposing
@@ -290,25 +179,20 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     if (s == NULL)
         return rp_err(RP_ENOMEM, "auth server");
     s->cfg = cfg;
-    s->listen_fd = -1;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
-    pthread_mutex_init(&s->conns_mu, NULL);
-    pthread_cond_init(&s->conns_cv, NULL);
     pthread_mutex_init(&s->fwd_mu, NULL);
     pthread_mutex_init(&s->ca_mu, NULL);
     pthread_mutex_init(&s->roles_mu, NULL);
     pthread_mutex_init(&s->views_mu, NULL);
-    for (int i = 0; i < AUTH_MAX_CONNS; i++)
-        s->conn_fds[i] = -1;
 
     rv = rp_mkdir_p(s->data_dir, 0700);
     if (rv != 0)
         goto err;
     /* Take the ports before anything else, above all before joining: a server that
      * joined and then found its port taken would leave an unreachable member behind. */
-    s->listen_fd = rp_listen_tcp(cfg->auth_listen_addr, 128);
-    if (s->listen_fd < 0) {
-        rv = rp_err(s->listen_fd, "auth_service.listen_addr: %s", rp_errmsg());
+    rv = auth_listener_open(&s->api, cfg->auth_listen_addr, NULL);
+    if (rv != 0) {
+        rv = rp_err(rv, "auth_service.listen_addr: %s", rp_errmsg());
         goto err;
     }
     int probe = rp_listen_tcp(cfg->raft_listen_addr, 1);
@@ -369,21 +253,23 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     if ((rv = auth_login_guard_start(s)) != 0)
         goto err_node;
 
-    if (pthread_create(&s->accept_thread, NULL, accept_main, s) != 0) {
-        rv = rp_err(RP_ENOMEM, "cannot start the accept thread");
-        goto err_node;
-    }
+    if ((rv = auth_listener_start(s->api, s, s->api_ctx)) != 0)
+        goto err_api;
     if (pthread_create(&s->duty_thread, NULL, duty_main, s) != 0) {
-        atomic_store(&s->stopping, true);
-        pthread_join(s->accept_thread, NULL);
         rv = rp_err(RP_ENOMEM, "cannot start the duty thread");
-        goto err_node;
+        goto err_api;
     }
     rp_info("auth", "auth API listening on %s, raft peers on %s", cfg->auth_listen_addr,
             cfg->raft_listen_addr);
     *out = s;
     return 0;
 
+err_api:
+    atomic_store(&s->stopping, true);
+    if (auth_listener_stop(s->api, 5000) != 0) {
+        /* A request thread is stuck in the server: leave it all to the exiting process. */
+        return rv;
+    }
 err_node:
     auth_login_guard_free(s);
     audit_stop(s);
@@ -393,8 +279,7 @@ err:
     {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", rp_errmsg());
-        if (s->listen_fd >= 0)
-            close(s->listen_fd);
+        auth_listener_free(s->api);
         auth_locks_free(s->locks);
         if (s->state)
             state_close(s->state);
@@ -412,27 +297,15 @@ err:
 void auth_server_stop(struct auth_server *s)
 {
     atomic_store(&s->stopping, true);
-    pthread_join(s->accept_thread, NULL);
     pthread_join(s->duty_thread, NULL);
-    close(s->listen_fd);
-    /* Wake connection threads blocked in reads; they exit and free themselves. */
-    pthread_mutex_lock(&s->conns_mu);
-    for (int i = 0; i < AUTH_MAX_CONNS; i++) {
-        if (s->conn_fds[i] >= 0)
-            shutdown(s->conn_fds[i], SHUT_RDWR);
-    }
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += 5;
-    while (atomic_load(&s->n_conns) > 0) {
-        if (pthread_cond_clockwait(&s->conns_cv, &s->conns_mu, CLOCK_MONOTONIC, &dl) == ETIMEDOUT)
-            break;
-    }
-    pthread_mutex_unlock(&s->conns_mu);
+    /* Closes every connection and waits for requests in progress (watch streams
+     * see s->stopping and end). */
+    int busy = auth_listener_stop(s->api, 5000);
     audit_stop(s); /* flushes what is queued while Raft still runs */
     rp_node_stop(s->node);
     auth_forward_reset(s);
-    if (atomic_load(&s->n_conns) == 0) {
+    if (busy == 0) {
+        auth_listener_free(s->api);
         auth_login_guard_free(s);
         audit_free(s);
         auth_locks_free(s->locks);
@@ -450,7 +323,7 @@ void auth_server_stop(struct auth_server *s)
         auth_identity_free(&s->id);
         free(s);
     } else {
-        /* A connection thread is stuck; leave the memory to the exiting process. */
-        rp_warn("auth", "%d connections did not close in time", atomic_load(&s->n_conns));
+        /* A request thread is stuck; leave the memory to the exiting process. */
+        rp_warn("auth", "%d request threads did not finish in time", busy);
     }
 }

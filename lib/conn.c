@@ -317,6 +317,7 @@ static void conn_reset(struct rp_conn *c)
     c->fd = -1;
     c->ssl = NULL;
     c->max_frame = RP_FRAME_MAX;
+    c->max_read = 0;
     c->peer[0] = '\0';
 }
 
@@ -368,8 +369,11 @@ static int handshake(struct rp_conn *c, int is_server, int64_t deadline)
     }
 }
 
-/* Wraps @c->fd (non-blocking, connected) in TLS and completes the handshake. */
-static int conn_start_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server, int64_t deadline)
+static int conn_usable(struct rp_conn *c);
+static void conn_break(struct rp_conn *c);
+
+/* Wraps @c->fd (non-blocking, connected) in TLS, without handshaking yet. */
+static int conn_wrap_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server)
 {
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -384,15 +388,38 @@ static int conn_start_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server, int64_
         return rp_err(RP_ENOMEM, "%s: socket BIO failed", c->peer);
     }
     SSL_set_bio(c->ssl, b, b); /* takes @b */
-    /* One recv per request instead of two (record header, then body); nothing here
-     * polls the socket for frames, so data buffered in OpenSSL is never missed. */
+    if (is_server)
+        SSL_set_accept_state(c->ssl);
+    else
+        SSL_set_connect_state(c->ssl);
+    /* One recv per request instead of two (record header, then body). Whoever polls
+     * the socket for frames must first drain what OpenSSL buffered (rp_conn_pending). */
     SSL_set_read_ahead(c->ssl, 1);
-    int rv = handshake(c, is_server, deadline);
+    return 0;
+}
+
+/* The read limit once the handshake is done: a server keeps unauthenticated peers
+ * to small frames, so announcing a large one costs them a closed connection. */
+static void set_read_limit(struct rp_conn *c, int is_server)
+{
+    c->max_read = 0;
+    if (is_server && SSL_get0_peer_certificate(c->ssl) == NULL)
+        c->max_read = RP_FRAME_ANON_MAX;
+}
+
+/* Wraps @c->fd (non-blocking, connected) in TLS and completes the handshake. */
+static int conn_start_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server, int64_t deadline)
+{
+    int rv = conn_wrap_tls(c, ctx, is_server);
+    if (rv != 0)
+        return rv;
+    rv = handshake(c, is_server, deadline);
     if (rv != 0) {
         /* A failed handshake has sent its alert; no close_notify after it. */
         SSL_set_quiet_shutdown(c->ssl, 1);
         return rv;
     }
+    set_read_limit(c, is_server);
     if (set_nonblock(c->fd, 0) != 0)
         return rp_err(RP_EIO, "%s: fcntl: %s", c->peer, strerror(errno));
     return 0;
@@ -448,28 +475,34 @@ err:
     return rv;
 }
 
-int rp_conn_accept(struct rp_conn *c, SSL_CTX *ctx, int fd, int timeout_ms)
+/* Takes @fd into @c and makes it non-blocking. */
+static int conn_take_accepted(struct rp_conn *c, int fd)
 {
     conn_reset(c);
     c->fd = fd;
-    int rv;
     if (fd < 0)
         return rp_err(RP_EINVAL, "accept: bad descriptor %d", fd);
-    if (timeout_ms <= 0) {
-        rv = rp_err(RP_EINVAL, "accept: timeout %d ms must be positive", timeout_ms);
-        goto err;
-    }
-    int64_t deadline = mono_ms() + timeout_ms;
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
         format_sockaddr(&ss, c->peer, sizeof c->peer);
     else
         snprintf(c->peer, sizeof c->peer, "?");
-    if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 || set_nonblock(fd, 1) != 0) {
-        rv = rp_err(RP_EIO, "accept from %s: fcntl: %s", c->peer, strerror(errno));
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 || set_nonblock(fd, 1) != 0)
+        return rp_err(RP_EIO, "accept from %s: fcntl: %s", c->peer, strerror(errno));
+    return 0;
+}
+
+int rp_conn_accept(struct rp_conn *c, SSL_CTX *ctx, int fd, int timeout_ms)
+{
+    int rv = conn_take_accepted(c, fd);
+    if (rv != 0)
+        goto err;
+    if (timeout_ms <= 0) {
+        rv = rp_err(RP_EINVAL, "accept: timeout %d ms must be positive", timeout_ms);
         goto err;
     }
+    int64_t deadline = mono_ms() + timeout_ms;
     rv = conn_start_tls(c, ctx, 1, deadline);
     if (rv != 0)
         goto err;
@@ -477,6 +510,86 @@ int rp_conn_accept(struct rp_conn *c, SSL_CTX *ctx, int fd, int timeout_ms)
 err:
     rp_conn_close(c);
     return rv;
+}
+
+int rp_conn_accept_start(struct rp_conn *c, SSL_CTX *ctx, int fd)
+{
+    int rv = conn_take_accepted(c, fd);
+    if (rv == 0)
+        rv = conn_wrap_tls(c, ctx, 1);
+    if (rv != 0)
+        rp_conn_close(c);
+    return rv;
+}
+
+int rp_conn_handshake_step(struct rp_conn *c, short *events)
+{
+    *events = 0;
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        set_read_limit(c, SSL_is_server(c->ssl));
+        return 0;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        *events = POLLIN;
+        return 1;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        *events = POLLOUT;
+        return 1;
+    }
+    char why[256];
+    ssl_reason(c->ssl, why, sizeof why);
+    ERR_clear_error();
+    SSL_set_quiet_shutdown(c->ssl, 1);
+    return rp_err(RP_ETLS, "tls handshake with %s failed: %s", c->peer, why);
+}
+
+int rp_conn_read_some(struct rp_conn *c, void *p, size_t n, size_t *got, short *events)
+{
+    *got = 0;
+    *events = 0;
+    int rv = conn_usable(c);
+    if (rv != 0)
+        return rv;
+    ERR_clear_error();
+    errno = 0;
+    if (SSL_read_ex(c->ssl, p, n, got) == 1)
+        return 0;
+    int e = SSL_get_error(c->ssl, 0);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        ERR_clear_error();
+        *events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        return 1;
+    }
+    int eof = e == SSL_ERROR_ZERO_RETURN ||
+              (e == SSL_ERROR_SSL &&
+               ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+              (e == SSL_ERROR_SYSCALL && errno == 0);
+    char why[256];
+    ssl_reason(c->ssl, why, sizeof why);
+    ERR_clear_error();
+    conn_break(c);
+    if (eof)
+        return rp_err(RP_ECLOSED, "%s closed the connection", c->peer);
+    return rp_err(RP_EIO, "reading from %s: %s", c->peer, why);
+}
+
+int rp_conn_pending(struct rp_conn *c)
+{
+    return c != NULL && c->ssl != NULL && SSL_has_pending(c->ssl);
+}
+
+int rp_conn_set_blocking(struct rp_conn *c, int blocking)
+{
+    if (c == NULL || c->fd < 0)
+        return rp_err(RP_ECLOSED, "connection is closed");
+    if (set_nonblock(c->fd, !blocking) != 0)
+        return rp_err(RP_EIO, "%s: fcntl: %s", c->peer, strerror(errno));
+    return 0;
 }
 
 void rp_conn_close(struct rp_conn *c)
@@ -576,6 +689,9 @@ static int read_full(struct rp_conn *c, uint8_t *p, size_t n, int started)
     return 0;
 }
 
+/* Body bytes read per step before the buffer grows again. */
+#define READ_STEP (64u * 1024)
+
 int rp_conn_read_frame(struct rp_conn *c, struct rp_buf *out)
 {
     int rv = conn_usable(c);
@@ -587,6 +703,8 @@ int rp_conn_read_frame(struct rp_conn *c, struct rp_buf *out)
         return rv;
     uint32_t len = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | hdr[3];
     size_t max = c->max_frame ? c->max_frame : RP_FRAME_MAX;
+    if (c->max_read != 0 && c->max_read < max)
+        max = c->max_read;
     if (len == 0) {
         conn_break(c);
         return rp_err(RP_EINVAL, "%s sent an empty frame", c->peer);
@@ -596,13 +714,24 @@ int rp_conn_read_frame(struct rp_conn *c, struct rp_buf *out)
         return rp_err(RP_ETOOBIG, "%s sent a frame of %u bytes, limit %zu: connection closed",
                       c->peer, len, max);
     }
-    if ((rv = rp_buf_reserve(out, len)) != 0) {
-        conn_break(c);
-        return rv;
+    /* The buffer grows with what arrives (at most doubling), not with what was
+     * announced: a peer that announces 16 MiB and stalls holds little. */
+    while (out->len < len) {
+        size_t step = len - out->len;
+        size_t grow = out->len > READ_STEP ? out->len : READ_STEP;
+        if (step > grow)
+            step = grow;
+        if ((rv = rp_buf_reserve(out, step)) != 0) {
+            conn_break(c);
+            rp_buf_reset(out);
+            return rv;
+        }
+        if ((rv = read_full(c, out->data + out->len, step, 1)) != 0) {
+            rp_buf_reset(out);
+            return rv;
+        }
+        out->len += step;
     }
-    if ((rv = read_full(c, out->data, len, 1)) != 0)
-        return rv;
-    out->len = len;
     return 0;
 }
 

@@ -14,11 +14,16 @@
 #include "lib/buf.h"
 
 #define RP_FRAME_MAX (16u << 20)
+/* What a server reads from a peer that presented no client certificate: enough
+ * for the anonymous requests (join, authenticate, invite_redeem: a few public keys
+ * and names, under 2 KiB), small enough that thousands of such peers cost little. */
+#define RP_FRAME_ANON_MAX 8192u
 
 struct rp_conn {
     int fd;
     SSL *ssl;
-    size_t max_frame;
+    size_t max_frame;  /* frames written and read are 1..max_frame bytes */
+    size_t max_read;   /* if not 0, a lower limit for frames read (see rp_conn_accept) */
     char peer[64];     /* "ip:port", for messages */
 };
 
@@ -39,8 +44,29 @@ int rp_sock_local_addr(int fd, char *out, size_t outlen);
  * handshake completed: the client learns it on its first read. */
 int rp_conn_dial(struct rp_conn *c, SSL_CTX *ctx, const char *addr, int timeout_ms);
 /* Completes the server side of the handshake on an accepted socket (takes @fd, also
- * on failure). Same results as rp_conn_dial. */
+ * on failure). Same results as rp_conn_dial, except the read limit: a peer without
+ * a client certificate may send frames of at most RP_FRAME_ANON_MAX bytes
+ * (max_read), one with a verified certificate up to max_frame. */
 int rp_conn_accept(struct rp_conn *c, SSL_CTX *ctx, int fd, int timeout_ms);
+
+/* For event loops: the same in non-blocking steps. rp_conn_accept_start takes
+ * @fd (also on failure, when @c is left closed), makes it non-blocking and
+ * prepares TLS; rp_conn_handshake_step then advances the handshake: 0 when done
+ * (the read limit set as by rp_conn_accept), 1 when it waits for the socket
+ * (*@events: POLLIN or POLLOUT), RP_ETLS when it failed. The socket stays
+ * non-blocking until rp_conn_set_blocking. */
+int rp_conn_accept_start(struct rp_conn *c, SSL_CTX *ctx, int fd);
+int rp_conn_handshake_step(struct rp_conn *c, short *events);
+/* Non-blocking read of up to @n decrypted bytes: 0 with *@got > 0, 1 when it waits
+ * for the socket (*@events), RP_ECLOSED at the peer's end, RP_EIO (the connection is
+ * then broken as by a failed rp_conn_read_frame). */
+int rp_conn_read_some(struct rp_conn *c, void *p, size_t n, size_t *got, short *events);
+/* Bytes OpenSSL already holds for reading: a loop must drain them before it waits
+ * on the socket. */
+int rp_conn_pending(struct rp_conn *c);
+/* Switches the socket between blocking (for rp_conn_read_frame / _write_frame with
+ * timeouts) and non-blocking (for the calls above). */
+int rp_conn_set_blocking(struct rp_conn *c, int blocking);
 /* Sends close_notify if it can without blocking, frees and closes. Idempotent on a
  * struct that went through rp_conn_dial/rp_conn_accept (successful or not). */
 void rp_conn_close(struct rp_conn *c);
@@ -50,8 +76,9 @@ int rp_conn_set_timeout(struct rp_conn *c, int timeout_ms);
 
 /* Sends one frame of @n bytes (1..max_frame; RP_EINVAL for 0, RP_ETOOBIG above). */
 int rp_conn_write_frame(struct rp_conn *c, const void *p, size_t n);
-/* Reads one frame into @out (reset first). RP_ECLOSED on a clean EOF before a
- * frame, RP_ETOOBIG for an oversized one, RP_EINVAL for a zero-length one,
+/* Reads one frame into @out (reset first); @out grows with the bytes that arrive,
+ * not with the length announced. RP_ECLOSED on a clean EOF before a frame,
+ * RP_ETOOBIG for one above max_read/max_frame, RP_EINVAL for a zero-length one,
  * RP_ETIMEDOUT, RP_EIO otherwise (EOF mid-frame included).
  *
  * A timeout before the first byte of a frame leaves the connection usable. Any other

@@ -12,6 +12,13 @@
  * with non-blocking I/O and poll(). Peers are a handful, so a thread each is
  * cheap and keeps every TLS call out of the loop thread.
  *
+ * Strangers cannot starve members: at most MAX_HANDSHAKING inbound connections
+ * handshake at once, MAX_HANDSHAKING_PER_ADDR of them from one address, each within
+ * the handshake deadline; when either cap is reached, the oldest handshake that has
+ * not yet shown an Auth certificate is closed to make room for the newcomer, so a
+ * member reconnecting always gets a slot. Refusals are logged once per address per
+ * minute with a count (lib/connlimit.h).
+ *
  * Threads tell the loop about progress through a list guarded by a mutex and a
  * uv_async_t; the loop alone invokes libraft's callbacks, creates uv handles and
  * joins finished threads. Closing writes to an eventfd every thread polls, so all
@@ -44,6 +51,7 @@
 #include <openssl/x509.h>
 
 #include "lib/buf.h"
+#include "lib/connlimit.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/tls.h"
@@ -60,10 +68,9 @@
 #define LINGER_MS 10000 /* half-closed connection must finish within this */
 #define PUMP_BUF (64 * 1024)
 #define MAX_HANDSHAKING 32 /* inbound connections not yet past the preamble */
+#define MAX_HANDSHAKING_PER_ADDR 8 /* of those, from one address */
 #define MAX_CONNS 256
 #define THREAD_STACK (512 * 1024)
-#define REFUSE_LOG_WINDOW_MS 10000
-#define REFUSE_LOG_MAX 20
 #define PEER_ERR_SLOTS 32
 
 struct tr;
@@ -85,13 +92,18 @@ struct conn {
     char net_addr[80];            /* "ip:port" of the TCP peer, for messages */
 
     int hs_status; /* 0 or an RP_E* code; written before ev_hs is set */
+    struct rp_addr_key key; /* inbound: the peer's address, for the per-address cap */
+    uint64_t seq;           /* inbound: accept order, for evicting the oldest */
 
     /* Under tr->mu. */
+    bool proven;  /* inbound: showed a verified certificate with the Auth role */
+    bool evicted; /* inbound: closed by the loop to make room; not a refusal to log */
     bool ev_hs, ev_exit, in_notify;
     bool hs_taken; /* ev_hs already handed to the loop */
     struct conn *notify_next;
 
     /* Loop thread only. */
+    bool handshaking; /* inbound, counted in n_handshaking and hs_per_addr */
     bool take_hs, take_exit;
     struct conn *batch_next; /* notified batch being processed */
     struct conn *next;       /* all connections */
@@ -130,14 +142,14 @@ struct tr {
     struct conn *conns; /* loop only */
     unsigned n_conns;
     unsigned n_handshaking;
+    struct rp_addr_counts hs_per_addr; /* loop only: handshaking inbound per address */
+    uint64_t next_seq;
+    /* Refused and evicted inbound connections: one line per address per minute. */
+    struct rp_refusal_log refusals;
 
     pthread_mutex_t mu;
     struct conn *notify_head;
     struct conn *notify_tail;
-    /* Log rate limiting of refusals, under mu. */
-    uint64_t refuse_window_start;
-    unsigned refuse_logged;
-    unsigned refuse_suppressed;
     struct peer_err peer_errs[PEER_ERR_SLOTS];
 
     uint64_t n_accepted, n_refused, n_connected, n_connect_failed; /* atomics */
@@ -375,30 +387,11 @@ out:
     return rv;
 }
 
-/* Refusals are logged once per connection, but an endless stream of bad peers
- * must not flood the log: at most REFUSE_LOG_MAX lines per window. */
-static void log_refusal(struct tr *tr, const char *who, const char *why)
+/* A flood of strangers must not flood the log: refusals are counted per address
+ * and logged at most once a minute for each (lib/connlimit.h). */
+static void log_refusal(struct tr *tr, const struct rp_addr_key *key, const char *why)
 {
-    unsigned suppressed = 0;
-    bool print;
-    pthread_mutex_lock(&tr->mu);
-    uint64_t now = rp_mono_ms();
-    if (now - tr->refuse_window_start >= REFUSE_LOG_WINDOW_MS) {
-        suppressed = tr->refuse_suppressed;
-        tr->refuse_window_start = now;
-        tr->refuse_logged = 0;
-        tr->refuse_suppressed = 0;
-    }
-    print = tr->refuse_logged < REFUSE_LOG_MAX;
-    if (print)
-        tr->refuse_logged++;
-    else
-        tr->refuse_suppressed++;
-    pthread_mutex_unlock(&tr->mu);
-    if (suppressed > 0)
-        rp_warn("raft", "%u more refused raft peer connections were not logged", suppressed);
-    if (print)
-        rp_warn("raft", "raft peer %s: refused: %s", who, why);
+    rp_refusal_log_note(&tr->refusals, key, why, rp_mono_ms());
 }
 
 /* libraft retries a failed connect every second: log a failure only when it
@@ -589,6 +582,10 @@ static int inbound_identity_and_preamble(struct conn *c, uint64_t deadline)
                     RP_ROLE_AUTH);
         goto out;
     }
+    /* A member: from now on no stranger can evict this handshake. */
+    pthread_mutex_lock(&tr->mu);
+    c->proven = true;
+    pthread_mutex_unlock(&tr->mu);
 
     uint8_t fixed[PREAMBLE_FIXED];
     rv = tls_read_exact(c, fixed, sizeof fixed, deadline);
@@ -919,9 +916,12 @@ static void *conn_main(void *arg)
         rv = make_pair(c);
     if (c->inbound) {
         if (rv != 0) {
+            pthread_mutex_lock(&tr->mu);
+            bool evicted = c->evicted;
+            pthread_mutex_unlock(&tr->mu);
             stat_inc(&tr->n_refused);
-            if (rv != RP_ECLOSED)
-                log_refusal(tr, c->net_addr, rp_errmsg());
+            if (rv != RP_ECLOSED && !evicted)
+                log_refusal(tr, &c->key, rp_errmsg());
         }
     } else {
         if (rv != 0)
@@ -938,9 +938,12 @@ static void *conn_main(void *arg)
     if (c->ssl != NULL)
         SSL_free(c->ssl);
     c->ssl = NULL;
+    /* Under mu: the loop may be shutting this socket down to evict it. */
+    pthread_mutex_lock(&tr->mu);
     if (c->tcp_fd >= 0)
         close(c->tcp_fd);
     c->tcp_fd = -1;
+    pthread_mutex_unlock(&tr->mu);
     if (c->ux_fd >= 0)
         close(c->ux_fd);
     c->ux_fd = -1;
@@ -983,6 +986,46 @@ static struct uv_stream_s *make_stream(struct tr *tr, int fd)
     return (struct uv_stream_s *)p;
 }
 
+/* The inbound connection @c no longer counts as handshaking (done or evicted). */
+static void end_handshaking(struct tr *tr, struct conn *c)
+{
+    if (!c->handshaking)
+        return;
+    c->handshaking = false;
+    tr->n_handshaking--;
+    rp_addr_counts_remove(&tr->hs_per_addr, &c->key);
+}
+
+/* Closes the oldest inbound handshake that has not shown an Auth certificate
+ * (from @key only, if not NULL), to make room for a newcomer: strangers that stall
+ * can then never hold every slot against a member that reconnects. True if one
+ * was evicted. */
+static bool evict_oldest_stranger(struct tr *tr, const struct rp_addr_key *key, const char *why)
+{
+    struct conn *victim = NULL;
+    pthread_mutex_lock(&tr->mu);
+    for (struct conn *c = tr->conns; c != NULL; c = c->next) {
+        if (!c->handshaking || c->proven || c->evicted)
+            continue;
+        if (key != NULL && !rp_addr_key_equal(&c->key, key))
+            continue;
+        if (victim == NULL || c->seq < victim->seq)
+            victim = c;
+    }
+    if (victim != NULL) {
+        victim->evicted = true;
+        /* The thread closes tcp_fd under mu, so it is still open here. */
+        if (victim->tcp_fd >= 0)
+            shutdown(victim->tcp_fd, SHUT_RDWR);
+    }
+    pthread_mutex_unlock(&tr->mu);
+    if (victim == NULL)
+        return false;
+    end_handshaking(tr, victim);
+    log_refusal(tr, &victim->key, why);
+    return true;
+}
+
 static void deliver_handshake(struct tr *tr, struct conn *c)
 {
     struct uv_stream_s *stream;
@@ -990,7 +1033,7 @@ static void deliver_handshake(struct tr *tr, struct conn *c)
     c->lr_fd = -1;
 
     if (c->inbound) {
-        tr->n_handshaking--;
+        end_handshaking(tr, c);
         if (c->hs_status != 0)
             return;
         if (tr->closing || tr->accept_cb == NULL) {
@@ -1084,6 +1127,7 @@ static void on_async(uv_async_t *h)
             free(c);
         }
     }
+    rp_refusal_log_flush(&tr->refusals, rp_mono_ms());
     maybe_finish_close(tr);
 }
 
@@ -1095,6 +1139,8 @@ static void tr_free(struct tr *tr)
         close(tr->stop_fd);
     SSL_CTX_free(tr->server_ctx);
     SSL_CTX_free(tr->client_ctx);
+    rp_addr_counts_free(&tr->hs_per_addr);
+    rp_refusal_log_destroy(&tr->refusals);
     pthread_mutex_destroy(&tr->mu);
     free(tr);
 }
@@ -1178,6 +1224,7 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
         rp_error("raft", "raft listener: poll: %s", uv_strerror(status));
         return;
     }
+    rp_refusal_log_flush(&tr->refusals, rp_mono_ms());
     for (int i = 0; i < 64 && !tr->closing; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
@@ -1191,9 +1238,19 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
             return;
         }
         format_sockaddr((struct sockaddr *)&ss, len, who, sizeof who);
-        if (tr->n_handshaking >= MAX_HANDSHAKING || tr->n_conns >= MAX_CONNS) {
+        struct rp_addr_key key;
+        rp_addr_key_from_sockaddr((struct sockaddr *)&ss, len, &key);
+        /* Room for one more handshake: the oldest stranger from the same address
+         * goes first, then the oldest stranger of all. */
+        bool room = true;
+        if (rp_addr_counts_get(&tr->hs_per_addr, &key) >= MAX_HANDSHAKING_PER_ADDR)
+            room = evict_oldest_stranger(tr, &key,
+                                         "too many handshakes from this address; oldest closed");
+        if (room && tr->n_handshaking >= MAX_HANDSHAKING)
+            room = evict_oldest_stranger(tr, NULL, "handshake slots full; oldest stranger closed");
+        if (!room || tr->n_conns >= MAX_CONNS) {
             stat_inc(&tr->n_refused);
-            log_refusal(tr, who, "too many connections in progress");
+            log_refusal(tr, &key, "too many connections in progress");
             close(fd);
             continue;
         }
@@ -1204,16 +1261,20 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
             continue;
         }
         c->tcp_fd = fd;
+        c->key = key;
+        c->seq = tr->next_seq++;
         snprintf(c->net_addr, sizeof c->net_addr, "%s", who);
         set_tcp_options(fd);
         if (spawn(tr, c) != 0) {
             stat_inc(&tr->n_refused);
-            log_refusal(tr, who, rp_errmsg());
+            log_refusal(tr, &key, rp_errmsg());
             close(fd);
             free(c);
             continue;
         }
+        c->handshaking = true;
         tr->n_handshaking++;
+        rp_addr_counts_add(&tr->hs_per_addr, &key); /* at most MAX_HANDSHAKING addresses */
     }
 }
 
@@ -1349,10 +1410,18 @@ int rp_raft_tls_transport_init(struct raft_uv_transport *t, uv_loop_t *loop, SSL
         free(tr);
         return rv;
     }
+    if (rp_addr_counts_init(&tr->hs_per_addr, MAX_HANDSHAKING) != 0) {
+        close(tr->stop_fd);
+        free(tr);
+        return rp_err(RP_ENOMEM, "raft transport: out of memory");
+    }
     pthread_mutex_init(&tr->mu, NULL);
+    rp_refusal_log_init(&tr->refusals, "raft", "raft peer connection");
     rv = uv_async_init(loop, &tr->async, on_async);
     if (rv != 0) {
         close(tr->stop_fd);
+        rp_addr_counts_free(&tr->hs_per_addr);
+        rp_refusal_log_destroy(&tr->refusals);
         pthread_mutex_destroy(&tr->mu);
         free(tr);
         return rp_err(RP_EIO, "raft transport: uv_async_init: %s", uv_strerror(rv));

@@ -613,3 +613,147 @@ Test(conn, concurrent_clients_echo_frames, .init = setup, .fini = teardown, .tim
     cr_assert_eq(s.handled, N_CLIENTS);
     close(s.lfd);
 }
+
+/* ---- limits for peers without a certificate, and the non-blocking server steps ---- */
+
+struct anon_pair {
+    int lfd;
+    char addr[64];
+    SSL_CTX *opt_sctx;  /* server: client certificate optional */
+    SSL_CTX *anon_cctx; /* client: no certificate */
+    struct rp_conn srv, cli;
+    int accept_rv;
+    bool steps; /* accept with rp_conn_accept_start / rp_conn_handshake_step */
+};
+
+static void *anon_accept_main(void *arg)
+{
+    struct anon_pair *p = arg;
+    struct pollfd pf = {.fd = p->lfd, .events = POLLIN};
+    if (poll(&pf, 1, 5000) != 1) {
+        p->accept_rv = RP_ETIMEDOUT;
+        return NULL;
+    }
+    int fd = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (!p->steps) {
+        p->accept_rv = rp_conn_accept(&p->srv, p->opt_sctx, fd, 5000);
+        return NULL;
+    }
+    p->accept_rv = rp_conn_accept_start(&p->srv, p->opt_sctx, fd);
+    for (int i = 0; i < 100 && p->accept_rv == 0; i++) {
+        short ev;
+        int rv = rp_conn_handshake_step(&p->srv, &ev);
+        if (rv == 0)
+            return NULL;
+        if (rv < 0) {
+            p->accept_rv = rv;
+            return NULL;
+        }
+        struct pollfd sp = {.fd = p->srv.fd, .events = ev};
+        poll(&sp, 1, 100);
+    }
+    if (p->accept_rv == 0)
+        p->accept_rv = RP_ETIMEDOUT;
+    return NULL;
+}
+
+static void anon_pair_open(struct anon_pair *p, bool steps)
+{
+    memset(p, 0, sizeof *p);
+    p->steps = steps;
+    p->opt_sctx = rp_tls_server_ctx(ca, scert, skey, 0);
+    cr_assert_not_null(p->opt_sctx, "%s", rp_errmsg());
+    p->anon_cctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(p->anon_cctx, TLS1_3_VERSION);
+    SSL_CTX_set_verify(p->anon_cctx, SSL_VERIFY_NONE, NULL);
+    p->lfd = rp_listen_tcp("127.0.0.1:0", 8);
+    cr_assert_geq(p->lfd, 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_sock_local_addr(p->lfd, p->addr, sizeof p->addr), 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, anon_accept_main, p), 0);
+    cr_assert_eq(rp_conn_dial(&p->cli, p->anon_cctx, p->addr, 5000), 0, "%s", rp_errmsg());
+    join_within(th, 10);
+    cr_assert_eq(p->accept_rv, 0, "%s", rp_strerror(p->accept_rv));
+    cr_assert_eq(rp_conn_set_timeout(&p->cli, 5000), 0);
+}
+
+static void anon_pair_close(struct anon_pair *p)
+{
+    rp_conn_close(&p->cli);
+    rp_conn_close(&p->srv);
+    close(p->lfd);
+    SSL_CTX_free(p->opt_sctx);
+    SSL_CTX_free(p->anon_cctx);
+}
+
+Test(conn, peer_without_certificate_may_send_only_small_frames, .init = setup, .fini = teardown,
+     .timeout = 30)
+{
+    struct anon_pair p;
+    anon_pair_open(&p, false);
+    cr_assert_eq(p.srv.max_read, RP_FRAME_ANON_MAX);
+    cr_assert_eq(rp_conn_set_timeout(&p.srv, 5000), 0);
+    uint8_t *body = calloc(1, RP_FRAME_ANON_MAX);
+    cr_assert_eq(rp_conn_write_frame(&p.cli, body, RP_FRAME_ANON_MAX), 0, "%s", rp_errmsg());
+    struct rp_buf b;
+    rp_buf_init(&b);
+    cr_assert_eq(rp_conn_read_frame(&p.srv, &b), 0, "a frame at the limit: %s", rp_errmsg());
+    cr_assert_eq(b.len, RP_FRAME_ANON_MAX);
+    /* One byte more is refused from the header, without waiting for the body. */
+    raw_write(&p.cli, "\0\0\x20\x01", 4);
+    int64_t t0 = now_ms();
+    cr_assert_eq(rp_conn_read_frame(&p.srv, &b), RP_ETOOBIG);
+    cr_assert_lt(now_ms() - t0, 2000);
+    free(body);
+    rp_buf_free(&b);
+    anon_pair_close(&p);
+}
+
+Test(conn, peer_with_certificate_may_send_frames_up_to_the_full_limit, .init = setup,
+     .fini = teardown, .timeout = 30)
+{
+    struct pair p;
+    pair_open(&p);
+    cr_assert_eq(p.srv.max_read, 0, "no lower read limit for a verified client");
+    pair_close(&p);
+}
+
+Test(conn, server_handshake_and_reads_run_in_non_blocking_steps, .init = setup, .fini = teardown,
+     .timeout = 30)
+{
+    struct anon_pair p;
+    anon_pair_open(&p, true);
+    cr_assert_eq(p.srv.max_read, RP_FRAME_ANON_MAX, "the read limit is set by the last step");
+    uint8_t got[64];
+    size_t n = 0;
+    short ev;
+    /* Nothing sent yet: the read waits for the socket instead of blocking. */
+    cr_assert_eq(rp_conn_read_some(&p.srv, got, sizeof got, &n, &ev), 1);
+    cr_assert_eq(ev, POLLIN);
+    cr_assert_eq(rp_conn_write_frame(&p.cli, "hello", 5), 0);
+    size_t total = 0;
+    for (int i = 0; i < 50 && total < 9; i++) {
+        int rv = rp_conn_read_some(&p.srv, got + total, sizeof got - total, &n, &ev);
+        cr_assert_geq(rv, 0, "%s", rp_errmsg());
+        if (rv == 1) {
+            struct pollfd sp = {.fd = p.srv.fd, .events = ev};
+            poll(&sp, 1, 100);
+            continue;
+        }
+        total += n;
+    }
+    cr_assert_eq(total, 9);
+    cr_assert_eq(memcmp(got, "\0\0\0\x05hello", 9), 0);
+    /* The peer leaving shows as RP_ECLOSED. */
+    rp_conn_close(&p.cli);
+    int rv = 1;
+    for (int i = 0; i < 50 && rv == 1; i++) {
+        rv = rp_conn_read_some(&p.srv, got, sizeof got, &n, &ev);
+        if (rv == 1) {
+            struct pollfd sp = {.fd = p.srv.fd, .events = ev};
+            poll(&sp, 1, 100);
+        }
+    }
+    cr_assert_eq(rv, RP_ECLOSED, "%s", rp_errmsg());
+    anon_pair_close(&p);
+}

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "auth/auth.h"
@@ -158,6 +159,15 @@ static int cmd_start(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* The API port holds up to 1024 connections besides Raft peers, LMDB and logs:
+     * more than the usual soft limit of 1024 descriptors. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nofile) != 0)
+            rp_warn("main", "cannot raise the open-file limit to %llu",
+                    (unsigned long long)nofile.rlim_max);
+    }
 
     struct auth_server *srv;
     if (auth_server_start(&srv, &cfg) != 0) {

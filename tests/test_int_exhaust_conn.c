@@ -1,0 +1,223 @@
+/* tests/test_int_exhaust_conn.c: the API port and the Raft port stay usable while a
+ * stranger without a certificate floods them from one address (127.0.0.2): idle TCP
+ * connections, stalled TLS handshakes, anonymous clients announcing 16 MiB frames
+ * and trickling bytes. During each flood, `tctl status` and a write succeed, a
+ * restarted member rejoins, the leader keeps its leadership and stays under 200 MB
+ * resident, and its log grows by a few KiB at most. Deadlines here catch hangs. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/conn.h"
+#include "lib/errors.h"
+#include "tests/lib/cluster.h"
+#include "tests/lib/flood.h"
+
+#ifdef __SANITIZE_ADDRESS__
+/* ASan keeps freed memory in quarantine (256 MiB) and adds shadow memory: the bound
+ * then only catches growth with the announced frame sizes (400 x 16 MiB). */
+#define RSS_MAX_KIB (1024ul * 1024)
+#else
+#define RSS_MAX_KIB (200ul * 1024)
+#endif
+#define LOG_GROWTH_MAX 6144 /* bytes over a test that lasts under a minute */
+#define USABLE_MS 5000      /* what an operator would wait before calling it a hang */
+
+static void setup(void)
+{
+    cluster_setup();
+    flood_raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+}
+
+TestSuite(int_exhaust_conn, .init = setup, .fini = cluster_teardown, .timeout = 90);
+
+/* `tctl status` on node @i within USABLE_MS. */
+static int tctl_status_quick(int i)
+{
+    char tctl[600];
+    snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
+    char *argv[] = {tctl, "-c", CL->nodes[i].cfg, "status", NULL};
+    struct cl_run r;
+    int rv = cl_run_argv(argv, USABLE_MS, &r);
+    int status = r.status;
+    if (status != 0)
+        cr_log_error("tctl status on auth%d: exit %d: %s", i, status, r.err ? r.err : "");
+    cl_run_free(&r);
+    return rv != 0 ? -1 : status;
+}
+
+static int leader_index(void)
+{
+    uint64_t id = cluster_leader_id();
+    cr_assert_neq(id, 0, "no leader");
+    int i = node_by_raft_id(id);
+    cr_assert_neq(i, 0);
+    return i;
+}
+
+/* What must hold while a flood is on: the operator and writers get through, the
+ * leader keeps leading and stays small. */
+static void assert_usable(int leader, const char *during)
+{
+    static int n_writes;
+    uint64_t t0 = cl_now_ms();
+    cr_assert_eq(tctl_status_quick(leader), 0, "%s: tctl status failed", during);
+    char name[64];
+    snprintf(name, sizeof name, "flood-%d", n_writes++);
+    int rv = node_put(leader, "itest", name, name);
+    cr_assert_eq(rv, 0, "%s: write failed: %s %s", during, rp_strerror(rv), rp_errmsg());
+    uint64_t took = cl_now_ms() - t0;
+    cr_assert_lt(took, 2 * USABLE_MS, "%s: status and write took %llu ms", during,
+                 (unsigned long long)took);
+    uint64_t lid = CL->nodes[leader].raft_id;
+    cr_assert_eq(cluster_leader_id_from(leader), lid, "%s: the leader lost its leadership", during);
+    unsigned long rss = proc_rss_kib(CL->nodes[leader].pid);
+    cr_assert_lt(rss, RSS_MAX_KIB, "%s: leader RSS %lu KiB", during, rss);
+    cr_log_info("%s: status+write in %llu ms, leader RSS %lu KiB", during, (unsigned long long)took,
+                rss);
+}
+
+/* Holds the flood for a few seconds, checking usability twice. A kept flood is
+ * refilled by its thread; the others trickle a byte on every connection. */
+static void hold(struct flood *f, int leader, const char *during)
+{
+    for (int round = 0; round < 2; round++) {
+        if (f->keeping) {
+            cr_log_info("%s: %lu connections reopened so far", during,
+                        (unsigned long)atomic_load(&f->reopened));
+        } else {
+            int open = flood_trickle(f);
+            cr_log_info("%s: %d of %d flood connections still open", during, open, f->n);
+        }
+        assert_usable(leader, during);
+        cl_sleep_ms(1000);
+    }
+}
+
+static void assert_log_quiet(int leader, unsigned long log0)
+{
+    unsigned long grown = file_size(CL->nodes[leader].log) - log0;
+    cr_log_info("leader log grew by %lu bytes", grown);
+    cr_assert_leq(grown, LOG_GROWTH_MAX, "the leader's log grew by %lu bytes under the flood",
+                  grown);
+}
+
+Test(int_exhaust_conn, api_port_stays_usable_under_idle_stalled_and_big_frame_floods)
+{
+    cluster_start(3);
+    int leader = leader_index();
+    const char *target = CL->nodes[leader].api_addr;
+    assert_usable(leader, "before the flood");
+    unsigned long log0 = file_size(CL->nodes[leader].log);
+
+    struct flood f = {0};
+    int n = flood_idle(&f, target, 2000);
+    cr_assert_geq(n, 1900, "only %d idle connections opened", n);
+    flood_keep(&f);
+    hold(&f, leader, "2000 idle connections on the API port");
+    flood_close(&f);
+
+    n = flood_stalled_tls(&f, target, 200);
+    cr_assert_geq(n, 190, "only %d stalled handshakes opened", n);
+    flood_keep(&f);
+    hold(&f, leader, "200 stalled handshakes on the API port");
+    /* A member restarted meanwhile rejoins, and status (through the flooded port)
+     * shows it. */
+    int follower = leader == 1 ? 2 : 1;
+    node_kill9(follower);
+    node_restart(follower);
+    cr_assert_eq(cluster_wait_ready(leader, 3, 0, 20000), CL->nodes[leader].raft_id,
+                 "the restarted member did not rejoin in time (or the leader changed)");
+    flood_close(&f);
+
+    /* The same flood from the operator's own address: the idle sockets go first, so
+     * tctl's handshake (which sends at once) is not pushed out by them. */
+    snprintf(f.src, sizeof f.src, "127.0.0.1");
+    n = flood_idle(&f, target, 2000);
+    cr_assert_geq(n, 1900, "only %d idle connections opened", n);
+    flood_keep(&f);
+    hold(&f, leader, "2000 idle connections from the operator's address");
+    flood_close(&f);
+
+    n = flood_big_frames(&f, target, 400);
+    cr_log_info("%d of 400 anonymous clients announced a 16 MiB frame", n);
+    cr_assert_geq(n, 1, "no anonymous client got to announce its frame");
+    hold(&f, leader, "400 anonymous 16 MiB frames on the API port");
+    flood_close(&f);
+
+    /* Clients with a certificate may send 16 MiB frames, but what they announce is
+     * not reserved: 150 of them announcing 16 MiB and sending 4 KiB cost little. */
+    SSL_CTX *admin = node_admin_ctx(leader);
+    struct rp_conn *big = calloc(150, sizeof *big);
+    static uint8_t part[4096];
+    uint8_t hdr[4] = {0x01, 0x00, 0x00, 0x00};
+    for (int k = 0; k < 150; k++) {
+        cr_assert_eq(rp_conn_dial(&big[k], admin, target, 5000), 0, "%s", rp_errmsg());
+        cr_assert_eq(SSL_write(big[k].ssl, hdr, 4), 4);
+        cr_assert_eq(SSL_write(big[k].ssl, part, sizeof part), (int)sizeof part);
+    }
+    cl_sleep_ms(500);
+    assert_usable(leader, "150 admin clients half-way through 16 MiB frames");
+    for (int k = 0; k < 150; k++)
+        rp_conn_close(&big[k]);
+    free(big);
+    SSL_CTX_free(admin);
+
+    assert_log_quiet(leader, log0);
+    cr_assert(node_log_contains(leader, "auth API connection from 127.0.0.2 refused"),
+              "the refusals were not logged at all");
+    cluster_pass();
+}
+
+Test(int_exhaust_conn, raft_port_lets_a_restarted_member_rejoin_under_floods)
+{
+    cluster_start(3);
+    int leader = leader_index();
+    int follower = leader == 1 ? 2 : 1;
+    const char *target = CL->nodes[leader].raft_addr;
+    assert_usable(leader, "before the flood");
+    unsigned long log0 = file_size(CL->nodes[leader].log);
+
+    /* The attacker keeps 2000 idle connections and 200 stalled handshakes open,
+     * reopening each one the server closes. */
+    struct flood f = {0}, g = {0};
+    int n = flood_idle(&f, target, 2000);
+    cr_assert_geq(n, 1900, "only %d idle connections opened", n);
+    n = flood_stalled_tls(&g, target, 200);
+    cr_assert_geq(n, 190, "only %d stalled handshakes opened", n);
+    flood_keep(&f);
+    flood_keep(&g);
+    hold(&f, leader, "2000 idle and 200 stalled connections on the Raft port");
+
+    /* A member that restarts must get a handshake slot on the leader's Raft port:
+     * its answers to the leader travel on the connection it opens there. Once it is
+     * back, the other follower goes, so every commit needs those answers. */
+    node_kill9(follower);
+    node_restart(follower);
+    uint64_t lid = cluster_wait_ready(leader, 3, 0, 20000);
+    cr_assert_eq(lid, CL->nodes[leader].raft_id,
+                 "the restarted member did not rejoin in time "
+                 "(or the leader changed)");
+    int other = 6 - leader - follower;
+    node_kill9(other);
+    assert_usable(leader, "after the member rejoined through the flood, the other one gone");
+    node_restart(other);
+    cr_log_info("the attacker reopened %lu connections",
+                (unsigned long)(atomic_load(&f.reopened) + atomic_load(&g.reopened)));
+    flood_close(&f);
+    flood_close(&g);
+    cr_assert_eq(cluster_wait_ready(leader, 3, 0, 20000), CL->nodes[leader].raft_id);
+
+    n = flood_big_frames(&f, target, 400);
+    cr_log_info("%d of 400 certificate-less clients got past the TLS handshake", n);
+    hold(&f, leader, "400 certificate-less TLS clients on the Raft port");
+    flood_close(&f);
+
+    assert_log_quiet(leader, log0);
+    cr_assert(node_log_contains(leader, "raft peer connection from 127.0.0.2 refused"),
+              "the refusals were not logged at all");
+    cluster_pass();
+}
