@@ -73,6 +73,52 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TESTLIB_OBJS) $(BUILD)/libjepsen.a $(
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TESTLIB_OBJS) $(BUILD)/libjepsen.a $(BUILD)/libraftport.a $(LDLIBS) $(TEST_LIBS)
 
+# ---- fuzz targets (docs/fuzzing.md) -------------------------------------------------
+# Every tests/fuzz/fuzz_NAME.c is a libFuzzer target. `make fuzz` builds each with clang
+# into build-fuzz/ and runs it; `make test` replays their corpora through
+# $(BUILD)/tests/test_fuzz_replay, built like any test with $(CC): each target compiled
+# again with its entry points renamed and one Criterion test added (tests/fuzz/replay.h).
+FUZZ_SRCS  := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=%)
+FUZZ_REPLAY_OBJS := $(FUZZ_NAMES:%=$(BUILD)/obj/tests/fuzz/replay_%.o)
+
+$(BUILD)/obj/tests/fuzz/replay_%.o: tests/fuzz/fuzz_%.c tests/fuzz/replay.h
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $< (replay)")
+	$(Q)$(CC) $(ALL_CFLAGS) -include tests/fuzz/replay.h -DFUZZ_NAME=$* \
+	  -DLLVMFuzzerTestOneInput=fuzz_$*_one -DLLVMFuzzerInitialize=fuzz_$*_init -MMD -MP -c $< -o $@
+
+$(BUILD)/tests/test_fuzz_replay: $(BUILD)/obj/tests/test_fuzz_replay.o $(FUZZ_REPLAY_OBJS) $(TESTLIB_OBJS) $(BUILD)/libjepsen.a $(BUILD)/libraftport.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(FUZZ_REPLAY_OBJS) $(TESTLIB_OBJS) $(BUILD)/libjepsen.a $(BUILD)/libraftport.a $(LDLIBS) $(TEST_LIBS)
+
+# The libFuzzer binaries (only with BUILD=build-fuzz CC=clang, as `make fuzz` calls it).
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(BUILD)/libjepsen.a $(BUILD)/libraftport.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZ    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/libjepsen.a $(BUILD)/libraftport.a $(LDLIBS)
+
+# FUZZ_SECONDS per target; FUZZ_TARGETS picks some (default: all). A crash or a leak
+# leaves its input in tests/fuzz/crashes/NAME/ and fails. The corpus in the repository
+# is only read; `make fuzz-merge` adds what the last run found that adds coverage.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_BUILD   := build-fuzz
+FUZZ_CFLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+                -fno-sanitize-recover=undefined
+.PHONY: fuzz fuzz-build fuzz-merge
+fuzz-build:
+	@scripts/install-deps.sh fuzz
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang CFLAGS="$(FUZZ_CFLAGS)" \
+	  $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz/fuzz_%)
+
+fuzz: fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh run $(FUZZ_BUILD) $(FUZZ_TARGETS)
+
+fuzz-merge: fuzz-build
+	@scripts/fuzz.sh merge $(FUZZ_BUILD) $(FUZZ_TARGETS)
+
 # Each test binary runs on its own; integration tests find the daemons in $(BUILD).
 test: all
 	@RP_BUILD=$(abspath $(BUILD)) scripts/run-tests.sh $(TESTS)
@@ -104,9 +150,9 @@ demo-stop:
 	@scripts/demo.sh stop
 
 format:
-	clang-format -i $(wildcard */*.c */*.h tests/lib/*.c tests/lib/*.h)
+	clang-format -i $(wildcard */*.c */*.h tests/lib/*.c tests/lib/*.h tests/fuzz/*.c tests/fuzz/*.h)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

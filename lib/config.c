@@ -782,24 +782,45 @@ static void enable_present(const struct rp_ynode *root, const char *name, bool *
         *enabled = true;
 }
 
-int rp_config_load(struct rp_config *c, const char *path)
+/* Applies the parsed file @root (named @name in messages) to @c; @root stays the
+ * caller's. */
+static int load_tree(struct rp_config *c, const char *name, const struct rp_ynode *root)
 {
-    struct rp_ynode *root;
-    struct loader ld = {.c = c, .file = path};
+    struct loader ld = {.c = c, .file = name};
     int rv;
 
-    if ((rv = rp_yaml_parse_file(path, &root)) != 0)
-        return rv;
-    rp_config_set(&c->path, path);
     if ((rv = walk_section(&ld, &top_section, root, "")) != 0)
-        goto out;
+        return rv;
     enable_present(root, "auth_service", &c->auth_enabled);
     enable_present(root, "proxy_service", &c->proxy_enabled);
     enable_present(root, "ssh_service", &c->ssh_enabled);
     if (rp_ynode_get(rp_ynode_get(root, "auth_service"), "public_addr") != NULL)
         c->auth_public_addr_set = true;
     rp_config_finish(c);
-out:
+    return 0;
+}
+
+int rp_config_load(struct rp_config *c, const char *path)
+{
+    struct rp_ynode *root;
+    int rv;
+
+    if ((rv = rp_yaml_parse_file(path, &root)) != 0)
+        return rv;
+    rp_config_set(&c->path, path);
+    rv = load_tree(c, path, root);
+    rp_ynode_free(root);
+    return rv;
+}
+
+int rp_config_load_str(struct rp_config *c, const char *name, const char *text, size_t n)
+{
+    struct rp_ynode *root;
+    int rv;
+
+    if ((rv = rp_yaml_parse_str(name, text, n, &root)) != 0)
+        return rv;
+    rv = load_tree(c, name, root);
     rp_ynode_free(root);
     return rv;
 }

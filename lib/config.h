@@ -117,6 +117,9 @@ void rp_config_init(struct rp_config *c);
  * "FILE:LINE: what is wrong, what was expected". On error @c holds a mix of
  * defaults and values read, and is still valid to rp_config_free(). */
 int rp_config_load(struct rp_config *c, const char *path);
+/* The same from the @n bytes of YAML at @text, named @name in messages ("NAME:LINE:
+ * ..."); @c->path is left as it was. */
+int rp_config_load_str(struct rp_config *c, const char *name, const char *text, size_t n);
 /* Completes @c after flags were applied: re-derives auth_public_addr from
  * auth_listen_addr unless auth_public_addr_set. Call it before rp_config_validate()
  * when a flag may have changed auth_listen_addr. Allocation failure aborts. */

@@ -62,6 +62,23 @@ int rp_raft_tls_transport_set_bind_address(struct raft_uv_transport *t, const ch
 /* Deadline for connect + TLS handshake + preamble of one connection (default 5000 ms). */
 void rp_raft_tls_transport_set_handshake_timeout(struct raft_uv_transport *t, unsigned ms);
 
+/* The preamble an inbound peer sends after the TLS handshake (the format is in
+ * raft/transport_tls.c) holds the first bytes of a peer that Raftport parses; they are
+ * parsed by these pure functions, which tests and fuzzers call directly. The transport
+ * reads RP_RAFT_PREAMBLE_HEAD_LEN bytes, checks them with rp_raft_preamble_head (which
+ * says how many address bytes follow), reads those and checks them with
+ * rp_raft_preamble_addr. */
+#define RP_RAFT_PREAMBLE_HEAD_LEN 16
+#define RP_RAFT_PREAMBLE_ADDR_MAX 255
+/* Checks magic, version and the claimed raft id (neither 0 nor @self_id) and sets *@id
+ * and *@addr_len (1..RP_RAFT_PREAMBLE_ADDR_MAX). RP_EPROTO naming the bad field. */
+int rp_raft_preamble_head(const uint8_t head[RP_RAFT_PREAMBLE_HEAD_LEN], uint64_t self_id,
+                          uint64_t *id, size_t *addr_len);
+/* Checks the @n address bytes at @p (printable ASCII, "host:port" or "[v6]:port", port
+ * 1..65535) and copies them NUL-terminated into @addr. RP_EPROTO otherwise (@addr is
+ * then ""). */
+int rp_raft_preamble_addr(const uint8_t *p, size_t n, char addr[RP_RAFT_PREAMBLE_ADDR_MAX + 1]);
+
 /* Counters since init; readable from any thread. */
 struct rp_raft_transport_stats {
     uint64_t accepted;       /* inbound connections handed to libraft */

@@ -60,8 +60,8 @@
 #define PREAMBLE_MAGIC 0x52505246u /* "RPRF" */
 #define ACK_MAGIC 0x52505241u      /* "RPRA" */
 #define PREAMBLE_VERSION 1
-#define PREAMBLE_FIXED 16 /* magic + version + id + address length */
-#define ADDR_MAX 255
+#define PREAMBLE_FIXED RP_RAFT_PREAMBLE_HEAD_LEN /* magic + version + id + address length */
+#define ADDR_MAX RP_RAFT_PREAMBLE_ADDR_MAX
 #define ACK_LEN 5
 
 #define DEFAULT_HANDSHAKE_MS 5000
@@ -561,6 +561,56 @@ static bool printable(const uint8_t *p, size_t n)
     return true;
 }
 
+int rp_raft_preamble_head(const uint8_t head[RP_RAFT_PREAMBLE_HEAD_LEN], uint64_t self_id,
+                          uint64_t *id, size_t *addr_len)
+{
+    struct rp_rd rd;
+    uint32_t magic;
+    uint16_t version, alen;
+    uint64_t claimed;
+
+    rp_rd_init(&rd, head, RP_RAFT_PREAMBLE_HEAD_LEN);
+    int rv = rp_rd_be32(&rd, &magic);
+    if (rv == 0)
+        rv = rp_rd_be16(&rd, &version);
+    if (rv == 0)
+        rv = rp_rd_be64(&rd, &claimed);
+    if (rv == 0)
+        rv = rp_rd_be16(&rd, &alen);
+    if (rv != 0)
+        return rv;
+    if (magic != PREAMBLE_MAGIC)
+        return rp_err(RP_EPROTO, "bad preamble magic 0x%08x", magic);
+    if (version != PREAMBLE_VERSION)
+        return rp_err(RP_EPROTO, "unsupported preamble version %u", version);
+    if (claimed == 0 || claimed == self_id)
+        return rp_err(RP_EPROTO, "preamble claims invalid raft id %llu",
+                      (unsigned long long)claimed);
+    if (alen == 0 || alen > ADDR_MAX)
+        return rp_err(RP_EPROTO, "preamble address length %u out of range 1..%d", alen, ADDR_MAX);
+    *id = claimed;
+    *addr_len = alen;
+    return 0;
+}
+
+int rp_raft_preamble_addr(const uint8_t *p, size_t n, char addr[RP_RAFT_PREAMBLE_ADDR_MAX + 1])
+{
+    char host[ADDR_MAX + 1], port[8];
+
+    addr[0] = '\0';
+    if (n == 0 || n > ADDR_MAX)
+        return rp_err(RP_EPROTO, "preamble address length %zu out of range 1..%d", n, ADDR_MAX);
+    if (!printable(p, n))
+        return rp_err(RP_EPROTO, "preamble address is not printable");
+    memcpy(addr, p, n);
+    addr[n] = '\0';
+    if (split_hostport(addr, host, sizeof host, port, sizeof port) != 0) {
+        addr[0] = '\0';
+        return err_wrap(RP_EPROTO, "preamble");
+    }
+    return 0;
+}
+
 /* Inbound: identity first (before any claim is known), so nothing an
  * unauthorised peer sends is even parsed; then the preamble, then the caller's
  * check with the claimed id and address, then our reply. */
@@ -588,58 +638,20 @@ static int inbound_identity_and_preamble(struct conn *c, uint64_t deadline)
     pthread_mutex_unlock(&tr->mu);
 
     uint8_t fixed[PREAMBLE_FIXED];
-    rv = tls_read_exact(c, fixed, sizeof fixed, deadline);
-    if (rv != 0)
-        goto out;
-    struct rp_rd rd;
-    uint32_t magic;
-    uint16_t version, alen;
     uint64_t id;
-    rp_rd_init(&rd, fixed, sizeof fixed);
-    rv = rp_rd_be32(&rd, &magic);
+    size_t alen;
+    rv = tls_read_exact(c, fixed, sizeof fixed, deadline);
     if (rv == 0)
-        rv = rp_rd_be16(&rd, &version);
-    if (rv == 0)
-        rv = rp_rd_be64(&rd, &id);
-    if (rv == 0)
-        rv = rp_rd_be16(&rd, &alen);
+        rv = rp_raft_preamble_head(fixed, tr->id, &id, &alen);
     if (rv != 0)
         goto out;
-    if (magic != PREAMBLE_MAGIC) {
-        rv = rp_err(RP_EPROTO, "bad preamble magic 0x%08x", magic);
-        goto out;
-    }
-    if (version != PREAMBLE_VERSION) {
-        rv = rp_err(RP_EPROTO, "unsupported preamble version %u", version);
-        goto out;
-    }
-    if (id == 0 || id == tr->id) {
-        rv = rp_err(RP_EPROTO, "preamble claims invalid raft id %llu", (unsigned long long)id);
-        goto out;
-    }
-    if (alen == 0 || alen > ADDR_MAX) {
-        rv = rp_err(RP_EPROTO, "preamble address length %u out of range 1..%d", alen, ADDR_MAX);
-        goto out;
-    }
     uint8_t addr[ADDR_MAX];
     rv = tls_read_exact(c, addr, alen, deadline);
+    if (rv == 0)
+        rv = rp_raft_preamble_addr(addr, alen, c->peer_addr);
     if (rv != 0)
         goto out;
-    if (!printable(addr, alen)) {
-        rv = rp_err(RP_EPROTO, "preamble address is not printable");
-        goto out;
-    }
-    memcpy(c->peer_addr, addr, alen);
-    c->peer_addr[alen] = '\0';
     c->peer_id = id;
-    {
-        char host[ADDR_MAX + 1], port[8];
-        rv = split_hostport(c->peer_addr, host, sizeof host, port, sizeof port);
-        if (rv != 0) {
-            rv = err_wrap(RP_EPROTO, "preamble");
-            goto out;
-        }
-    }
     if (tr->check != NULL) {
         rp_err_clear();
         rv = tr->check(tr->check_arg, &ident, id, c->peer_addr, true);

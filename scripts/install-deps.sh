@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Raftport builds, tests and runs with.
 # Idempotent: prints nothing and touches nothing when everything is present.
+# `install-deps.sh fuzz` adds what `make fuzz` needs (clang and its libFuzzer runtime);
+# building and testing do not need them.
 set -euo pipefail
 
 pkgs=(
@@ -9,6 +11,9 @@ pkgs=(
   libcriterion-dev libyaml-dev libargon2-dev libssh-dev
   openssl iproute2 procps nftables faketime openssh-client openssh-server oathtool
 )
+if [ "${1:-}" = fuzz ]; then
+  pkgs+=(clang libclang-rt-14-dev llvm) # llvm: llvm-symbolizer, for readable crash stacks
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
