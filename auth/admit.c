@@ -408,11 +408,13 @@ static int admit_token(const msgpack_object *res, const char *name, size_t name_
                                      "(token, ec2, iam, github, kubernetes, ...)");
     }
     bool secret = strcmp(method_name, "token") == 0;
+    /* A short name is the writer's choice (Teleport's own examples use readable ones),
+     * but one worth a warning: it is the whole secret. */
     if (secret && name_len < TOKEN_SECRET_MIN)
-        return rp_err(RP_EINVAL,
-                      "token name (not shown: it is a secret): %zu bytes is too easy to guess for "
-                      "join_method token, expected at least %d (tctl tokens add makes one)",
-                      name_len, TOKEN_SECRET_MIN);
+        auth_warnings_add(warnings,
+                          "token name (not shown: it is a secret) is %zu bytes, easy to guess: "
+                          "at least %d random ones are safer (tctl tokens add makes 32)",
+                          name_len, TOKEN_SECRET_MIN);
     if (!secret)
         auth_warnings_add(warnings,
                           "token with join_method %s is kept, but Raftport joins only with "
@@ -593,6 +595,19 @@ int auth_admit_resource(struct auth_server *s, const char *op, const msgpack_obj
             return rv;
         if ((rv = rbac_role_parse(res, &role)) != 0)
             return rp_err(RP_EINVAL, "role: %s", rp_errmsg());
+        /* Fields that fail closed, and fields kept without meaning: said to whoever
+         * writes the role, since its holders will be refused or see no effect. */
+        const char *fields[16];
+        size_t n = rbac_role_unenforced(role, fields, 16);
+        for (size_t i = 0; i < n && i < 16; i++)
+            auth_warnings_add(warnings,
+                              "role %s: %s restricts SSH access in a way Raftport does not "
+                              "enforce yet: users holding this role are refused SSH access",
+                              rbac_role_name(role), fields[i]);
+        n = rbac_role_unknown(role, fields, 16);
+        for (size_t i = 0; i < n && i < 16; i++)
+            auth_warnings_add(warnings, "role %s: unknown field %s is kept as written",
+                              rbac_role_name(role), fields[i]);
         rv = rbac_role_pack(role, canonical);
         rbac_role_free(role);
         return rv;

@@ -14,7 +14,8 @@
  * without a client certificate), system identities by role (admins = Admin and Auth),
  * and users whose roles' rules allow (resource, verb), "kind" being the kind the
  * request names. "route": local (any server), leader (followers forward), read
- * (linearizable: the leader behind a barrier, unless "stale").
+ * (linearizable: the leader behind a barrier, unless "stale"), own (the method
+ * forwards to the leader itself, once the caller passed this server's rate limits).
  *
  *   method        arguments -> results                               who                            route
  *   ping          {} -> {cluster_name, server_id, ca_pin, leader_id,  anyone                         local
@@ -52,7 +53,7 @@
  *   invite_redeem {token, password, totp_secret?, totp_code?} -> {}  anyone (the invite decides)     leader
  *   sign_user     {user, ssh_pubkey, tls_pubkey?, ttl_ms?}           admins                          leader
  *                 -> {ssh_cert, expires, tls_cert?, tls_ca?}
- *   authenticate  {user, password, totp_code?, ssh_pubkey,           anyone (the password decides)   leader
+ *   authenticate  {user, password, totp_code?, ssh_pubkey,           anyone (the password decides)   own
  *                  tls_pubkey?, ttl_ms?} -> the same
  *   sign_host     {host_id, nodename, role, ssh_pubkey,              admins                          leader
  *                  principals?[], ttl_ms?, tls_pubkey?}

@@ -39,6 +39,8 @@ enum auth_route {
     AUTH_ROUTE_LOCAL,     /* any server answers from what it has */
     AUTH_ROUTE_LEADER,    /* followers forward it to the leader */
     AUTH_ROUTE_READ,      /* linearizable read: the leader behind a barrier, unless "stale" */
+    AUTH_ROUTE_OWN,       /* the handler forwards to the leader itself, after bounding what
+                             the caller may cost here (rate limits before a forward) */
 };
 
 struct auth_method {

@@ -14,6 +14,7 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "auth/locks.h"
 #include "auth/login_guard.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
@@ -33,6 +34,7 @@
 #define MAX_ROLES 64
 
 struct issued {
+    char ssh_refused[512]; /* why the SSH certificate grants no login ("" if it does) */
     char *ssh_cert;
     char *tls_cert;
     char *tls_ca;
@@ -199,6 +201,7 @@ struct auth_issue_view {
     struct rbac_options opt;
     char *roles_json;  /* the teleport-roles extension */
     char *traits_json; /* the teleport-traits extension */
+    char ssh_refused[512]; /* a role fails closed: why SSH access is refused ("" if not) */
 };
 
 static void view_free(struct auth_issue_view *v)
@@ -243,6 +246,8 @@ static int view_build(struct auth_server *s, const char *user, uint64_t changed,
     if (rv != 0)
         goto out;
     rbac_options(set, &v->opt);
+    if (rbac_set_ssh_refused(set, v->ssh_refused, sizeof v->ssh_refused) == 0)
+        v->ssh_refused[0] = '\0';
     snprintf(v->user, sizeof v->user, "%s", user);
     v->changed = changed;
     if ((v->role_names = calloc(uv.n_roles, sizeof *v->role_names)) == NULL) {
@@ -370,6 +375,16 @@ static int issue(struct auth_server *s, const char *user, const struct req_keys 
     int rv = view_get(s, user, &v);
     if (rv != 0)
         goto out;
+    /* A locked user, role or login gets no certificate, whoever asks for it. */
+    struct rp_identity subject = {.name = (char *)user,
+                                  .groups = v->role_names,
+                                  .n_groups = v->n_roles,
+                                  .logins = v->logins,
+                                  .n_logins = v->n_logins};
+    char why[512];
+    if ((rv = auth_locks_check(s->locks, &subject, why, sizeof why)) != 0)
+        goto out;
+    snprintf(out->ssh_refused, sizeof out->ssh_refused, "%s", v->ssh_refused);
     uint64_t ttl = want_ttl_ms ? want_ttl_ms : USER_DEFAULT_TTL_MS;
     if (ttl > v->opt.max_session_ttl_ms)
         ttl = v->opt.max_session_ttl_ms;
@@ -395,7 +410,9 @@ static int issue(struct auth_server *s, const char *user, const struct req_keys 
     struct rp_ssh_cert_opt exts[8];
     size_t ne = 0;
     exts[ne++] = (struct rp_ssh_cert_opt){"permit-pty", ""};
-    if (v->opt.port_forwarding)
+    /* OpenSSH's one flag covers both directions: given only when both are allowed, so a
+     * role that forbids remote forwarding is obeyed by stock sshd too. */
+    if (v->opt.port_forwarding && v->opt.remote_port_forwarding)
         exts[ne++] = (struct rp_ssh_cert_opt){"permit-port-forwarding", ""};
     if (v->opt.forward_agent)
         exts[ne++] = (struct rp_ssh_cert_opt){"permit-agent-forwarding", ""};
@@ -441,6 +458,8 @@ static int issue(struct auth_server *s, const char *user, const struct req_keys 
     audit_event_strs(&e, "roles", (const char *const *)v->role_names, v->n_roles);
     audit_event_strs(&e, "logins", (const char *const *)principals, np);
     audit_event_u64(&e, "ttl_s", ttl / 1000);
+    if (v->ssh_refused[0])
+        audit_event_str(&e, "ssh_refused", v->ssh_refused);
     audit_event_str(&e, "addr.remote", remote);
     /* No audit record, no certificate; and the roles read above must have been
      * current: @term is the leadership they were read under (0: read after a
@@ -459,8 +478,10 @@ out:
 static void reply_issued(struct rp_buf *out, const struct issued *c)
 {
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, c->tls_cert ? 4 : 2);
+    auth_reply_ok_begin(&pk, out, (c->tls_cert ? 4 : 2) + (c->ssh_refused[0] ? 1 : 0));
     rp_mp_kv_str(&pk, "ssh_cert", c->ssh_cert);
+    if (c->ssh_refused[0])
+        rp_mp_kv_str(&pk, "ssh_refused", c->ssh_refused);
     rp_mp_kv_u64(&pk, "expires", c->expires_ms);
     if (c->tls_cert) {
         rp_mp_kv_str(&pk, "tls_cert", c->tls_cert);

@@ -735,13 +735,19 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
             goto out;
     }
 
-    /* The token is used up in the same Raft write that registers the joiner. */
+    /* An auth token is used up in the same Raft write that registers the joiner: it
+     * makes a Raft member and an admin, so one token makes one. Node and proxy tokens
+     * are multi-use until they expire, as Teleport's are, so a fleet can join with one. */
     struct rp_buf res, ops;
     char rid[33];
-    uint32_t n_ops = 1;
+    uint32_t n_ops = 0;
     rp_buf_init(&res);
     rp_buf_init(&ops);
-    rv = append_consume(&ops, token, token_rev);
+    rv = 0;
+    if (is_auth) {
+        rv = append_consume(&ops, token, token_rev);
+        n_ops++;
+    }
     if (rv == 0 && is_auth && !already_member) {
         msgpack_packer rpk;
         rp_mp_packer_init(&rpk, &res);
@@ -750,7 +756,7 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         n_ops++;
     }
     auth_new_rid(rid);
-    if (rv == 0)
+    if (rv == 0 && n_ops > 0)
         rv = propose_puts(s, rid, &ops, n_ops);
     OPENSSL_cleanse(ops.data, ops.cap);
     rp_buf_free(&res);

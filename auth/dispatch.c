@@ -100,7 +100,7 @@ static const struct auth_method methods[] = {
     {"invite_redeem", auth_h_invite_redeem, ANYONE, .route = AUTH_ROUTE_LEADER,
      .audit = "user.password_change"},
     {"sign_user", auth_h_sign_user, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
-    {"authenticate", auth_h_authenticate, ANYONE, .route = AUTH_ROUTE_LEADER,
+    {"authenticate", auth_h_authenticate, ANYONE, .route = AUTH_ROUTE_OWN,
      .audit = "user.login"},
     {"sign_host", auth_h_sign_host, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
     {"events", auth_h_events, ADMINS, USERS("event", "list"), .route = AUTH_ROUTE_READ},

@@ -59,8 +59,9 @@
  *    directions (Teleport then ignores ssh_port_forwarding). Otherwise a direction
  *    that any role's ssh_port_forwarding disables is denied, and it is allowed if a
  *    role allows it, explicitly or by default (a role that sets neither option allows
- *    both). rbac_options.port_forwarding is the local direction (it decides the
- *    certificate's permit-port-forwarding), remote_port_forwarding the remote one.
+ *    both). rbac_options.port_forwarding is the local direction, remote_port_forwarding the
+ *    remote one; the certificate's permit-port-forwarding needs both (OpenSSH cannot
+ *    tell them apart).
  *
  * The resource, as msgpack (lib/yaml_mp turns YAML into it):
  *   {kind: role, version: v3..v8, metadata: {name, description, labels, namespace,

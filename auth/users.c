@@ -165,15 +165,6 @@ static int copy_str(const msgpack_object *map, const char *key, char *out, size_
     return 0;
 }
 
-#define LEADER_ONLY(r, out)                                                                        \
-    do {                                                                                           \
-        if (!auth_is_leader((r)->srv)) {                                                           \
-            if ((r)->from_peer)                                                                    \
-                return rp_err(RP_ENOTLEADER, "not the leader");                                    \
-            return auth_forward_req((r), (out));                                                   \
-        }                                                                                          \
-    } while (0)
-
 int auth_h_user_add(struct auth_req *r, struct rp_buf *out)
 {
     char name[USER_NAME_MAX + 2];
@@ -188,7 +179,6 @@ int auth_h_user_add(struct auth_req *r, struct rp_buf *out)
         return rv;
     if (roles == NULL || roles->via.array.size == 0)
         return rp_err(RP_EINVAL, "a user needs at least one role (--roles)");
-    LEADER_ONLY(r, out);
     if ((rv = auth_admit_role_refs(r->srv, roles)) != 0)
         return rv;
     uint64_t now = rp_now_ms(), expires = now + ttl;
@@ -257,7 +247,6 @@ int auth_h_user_update(struct auth_req *r, struct rp_buf *out)
         return rv;
     if (roles == NULL || roles->via.array.size == 0)
         return rp_err(RP_EINVAL, "--set-roles needs at least one role");
-    LEADER_ONLY(r, out);
     if ((rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS)) != 0 ||
         (rv = auth_admit_role_refs(r->srv, roles)) != 0)
         return rv;
@@ -366,7 +355,6 @@ int auth_h_user_rm(struct auth_req *r, struct rp_buf *out)
      * older version) must still be removable. */
     if ((rv = auth_arg_str(r->args, "name", name, sizeof name, true)) != 0)
         return rv;
-    LEADER_ONLY(r, out);
     if ((rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS)) != 0)
         return rv;
     struct rp_buf ops;
@@ -401,7 +389,6 @@ int auth_h_user_reset(struct auth_req *r, struct rp_buf *out)
         (rv = auth_admit_user_name(r->srv, name, strlen(name))) != 0 ||
         (rv = invite_ttl(r->args, &ttl)) != 0)
         return rv;
-    LEADER_ONLY(r, out);
     if ((rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS)) != 0)
         return rv;
     if (!exists(r->srv, "user", name))
@@ -455,7 +442,6 @@ int auth_h_invite_redeem(struct auth_req *r, struct rp_buf *out)
         return rv; /* says what the policy wants; nothing about the token */
     if ((secret_b32[0] != '\0') != (code[0] != '\0'))
         return rp_err(RP_EINVAL, "a second factor needs both totp_secret and totp_code");
-    LEADER_ONLY(r, out);
     if ((rv = rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS)) != 0)
         return rv;
 
