@@ -539,7 +539,9 @@ static int admit_lock(const msgpack_object *res, const char *name, size_t name_l
     if (se != NULL && se->type != MSGPACK_OBJECT_NIL) {
         if ((rv = time_field("spec.expires", se, &spec_expires)) != 0)
             return rv;
-        if (!given || spec_expires < expires)
+        /* The earlier of the two wins; spec.expires is RFC 3339 text, often whole
+         * seconds, so it wins only when it is earlier by more than its precision. */
+        if (!given || expires == 0 || spec_expires + 1000 <= expires)
             expires = spec_expires;
     }
     if (expires != 0 && expires <= now)

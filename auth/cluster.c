@@ -453,11 +453,6 @@ int auth_h_token_add(struct auth_req *r, struct rp_buf *out)
         return rv;
     if (ttl < 1000 || ttl > TOKEN_MAX_TTL_MS)
         return rp_err(RP_EINVAL, "token ttl must be between 1s and 48h");
-    if (!auth_is_leader(s)) {
-        if (r->from_peer)
-            return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward_req(r, out);
-    }
     if ((rv = rp_random_hex(token, 16)) != 0)
         return rv;
     uint64_t expires = rp_now_ms() + ttl;
@@ -665,11 +660,6 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     }
     snprintf(who, sizeof who, "%s (%s, type %s, from %s)", nodename, host_id, type, r->remote);
 
-    if (!auth_is_leader(s)) {
-        if (r->from_peer)
-            return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward_req(r, out);
-    }
     uint64_t token_rev = 0;
     if ((rv = check_token(s, token, role, who, &token_rev)) != 0) {
         audit_join(s, nodename, host_id, role, token, r->remote, rp_errmsg());
@@ -902,11 +892,6 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
     uint64_t id = 0;
     if (rp_mp_get_u64(r->args, "id", &id) != 0 || id == 0)
         return rp_err(RP_EINVAL, "argument 'id' (the member's raft id) is required");
-    if (!auth_is_leader(s)) {
-        if (r->from_peer)
-            return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward_req(r, out);
-    }
     struct rp_node_status st;
     int rv = rp_node_status(s->node, &st);
     if (rv != 0)

@@ -66,6 +66,7 @@ struct lconn {
     uint32_t epoll_events;
     uint64_t seq; /* accept order, for evicting the oldest */
     uint64_t deadline_ms;
+    uint64_t queued_ms; /* when its frame went to the work queue */
     struct rp_identity ident;
     struct rp_frame_reader fr;
     struct lconn *next; /* in a queue */
@@ -98,7 +99,10 @@ struct auth_listener {
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* work queue not empty, or stopping */
     pthread_cond_t idle_cv; /* busy went down */
-    struct lqueue work;     /* frames to serve */
+    struct lqueue work;     /* frames to serve from peers with a certificate */
+    struct lqueue work_anon; /* frames from anonymous peers (ping, join, logins) */
+    unsigned anon_serving;  /* workers busy with an anonymous frame */
+    uint64_t busy_count, busy_logged_ms; /* anonymous frames answered "busy" (under mu) */
     struct lqueue back;     /* connections handed back to the loop */
     unsigned busy;          /* workers and watch threads alive */
     unsigned n_watches;
@@ -113,6 +117,8 @@ void auth_listener_limits_default(struct auth_listener_limits *lim)
     lim->reserve = 128;
     lim->per_addr_max = 64;
     lim->workers = 16;
+    lim->anon_workers = 8;
+    lim->anon_wait_ms = 2000;
     lim->max_watches = 256;
     lim->handshake_ms = AUTH_READ_TIMEOUT_MS;
     lim->anon_idle_ms = 10000;
@@ -332,8 +338,9 @@ static void hand_to_worker(struct auth_listener *l, struct lconn *lc)
 {
     watch_events(l, lc, 0);
     lc->state = LC_AWAY;
+    lc->queued_ms = rp_mono_ms();
     pthread_mutex_lock(&l->mu);
-    queue_push(&l->work, lc);
+    queue_push(lc->has_cert ? &l->work : &l->work_anon, lc);
     pthread_cond_signal(&l->work_cv);
     pthread_mutex_unlock(&l->mu);
 }
@@ -646,6 +653,37 @@ static void serve_one(struct auth_listener *l, struct lconn *lc, struct rp_buf *
     give_back(l, lc);
 }
 
+/* An anonymous frame that waited longer than anon_wait_ms for a worker is answered
+ * "busy" unserved: under a flood of strangers the queue then drains at once instead
+ * of making every caller wait, and the caller knows to try again later. Logged once
+ * a minute with the count. */
+static void answer_busy(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
+{
+    if (rp_conn_set_blocking(&lc->c, 1) == 0 && rp_conn_set_timeout(&lc->c, 1000) == 0) {
+        auth_reply_error(out, RP_EBUSY,
+                         "busy: too many requests without a client certificate are waiting; "
+                         "try again in a moment");
+        if (rp_conn_write_frame(&lc->c, out->data, out->len) != 0)
+            lc->done = true;
+    } else {
+        lc->done = true;
+    }
+    uint64_t now = rp_mono_ms(), n = 0;
+    pthread_mutex_lock(&l->mu);
+    l->busy_count++;
+    if (now - l->busy_logged_ms >= 60000) {
+        n = l->busy_count;
+        l->busy_count = 0;
+        l->busy_logged_ms = now;
+    }
+    pthread_mutex_unlock(&l->mu);
+    if (n > 0)
+        rp_warn("auth", "%llu requests without a client certificate answered busy after waiting "
+                        "%u ms for a worker (logged at most once a minute)",
+                (unsigned long long)n, l->lim.anon_wait_ms);
+    give_back(l, lc);
+}
+
 static void *worker_main(void *arg)
 {
     struct auth_listener *l = arg;
@@ -653,18 +691,39 @@ static void *worker_main(void *arg)
     rp_buf_init(&out);
     for (;;) {
         pthread_mutex_lock(&l->mu);
-        while (l->work.head == NULL && !atomic_load(&l->stopping))
+        /* Anonymous frames (logins wait on the hashing pool, joins on Raft) may hold at
+         * most anon_workers workers at once: the rest stay free for callers with a
+         * certificate, so a flood of strangers never delays tctl or a forwarded write. */
+        for (;;) {
+            bool anon_ok = l->work_anon.head != NULL && l->anon_serving < l->lim.anon_workers;
+            if (l->work.head != NULL || anon_ok || atomic_load(&l->stopping))
+                break;
             pthread_cond_wait(&l->work_cv, &l->mu);
+        }
         struct lconn *lc = queue_pop(&l->work);
+        bool anon = false;
+        if (lc == NULL && (l->anon_serving < l->lim.anon_workers || atomic_load(&l->stopping))) {
+            lc = queue_pop(&l->work_anon);
+            anon = lc != NULL;
+            l->anon_serving += anon;
+        }
         pthread_mutex_unlock(&l->mu);
         if (lc == NULL)
             break; /* stopping and nothing queued */
         if (atomic_load(&l->stopping)) {
             lc->done = true;
             give_back(l, lc);
-            continue;
+        } else if (anon && rp_mono_ms() - lc->queued_ms > l->lim.anon_wait_ms) {
+            answer_busy(l, lc, &out);
+        } else {
+            serve_one(l, lc, &out);
         }
-        serve_one(l, lc, &out);
+        if (anon) {
+            pthread_mutex_lock(&l->mu);
+            l->anon_serving--;
+            pthread_cond_signal(&l->work_cv);
+            pthread_mutex_unlock(&l->mu);
+        }
     }
     rp_buf_free(&out);
     thread_exit(l, false);
@@ -684,6 +743,10 @@ int auth_listener_open(struct auth_listener **out, const char *addr,
         l->lim = *lim;
     else
         auth_listener_limits_default(&l->lim);
+    if (l->lim.anon_wait_ms == 0)
+        l->lim.anon_wait_ms = 2000;
+    if (l->lim.anon_workers == 0 || l->lim.anon_workers >= l->lim.workers)
+        l->lim.anon_workers = l->lim.workers > 1 ? l->lim.workers / 2 : 1;
     if (l->lim.max_total == 0 || l->lim.reserve >= l->lim.max_total || l->lim.workers == 0 ||
         l->lim.per_addr_max == 0) {
         free(l);

@@ -23,6 +23,10 @@ struct auth_listener_limits {
     unsigned reserve;      /* of those, kept for certificate holders (default 128) */
     unsigned per_addr_max; /* unauthenticated connections per address (default 64) */
     unsigned workers;      /* request-serving threads (default 16) */
+    unsigned anon_workers; /* of which at most this many serve anonymous frames at once
+                              (default 8; 0 or >= workers: half of them) */
+    unsigned anon_wait_ms; /* an anonymous frame waiting longer for a worker is answered
+                              "busy" unserved (default 2000) */
     unsigned max_watches;  /* watch streams at once, a thread each (default 256) */
     unsigned handshake_ms; /* TLS handshake deadline (default 5000) */
     unsigned anon_idle_ms; /* anonymous: a whole frame within this (default 10000) */

@@ -364,11 +364,6 @@ static void audit_write(struct auth_req *r, const char *op, const char *kind, co
 
 int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
 {
-    if (!auth_is_leader(r->srv)) {
-        if (r->from_peer)
-            return rp_err(RP_ENOTLEADER, "not the leader");
-        return auth_forward_req(r, out);
-    }
     struct rp_buf cmd;
     struct state_result res;
     struct auth_warnings warnings = {.n = 0};

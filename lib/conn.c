@@ -427,6 +427,12 @@ static int conn_start_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server, int64_
 
 int rp_conn_dial(struct rp_conn *c, SSL_CTX *ctx, const char *addr, int timeout_ms)
 {
+    return rp_conn_dial_from(c, ctx, NULL, addr, timeout_ms);
+}
+
+int rp_conn_dial_from(struct rp_conn *c, SSL_CTX *ctx, const char *src, const char *addr,
+                      int timeout_ms)
+{
     conn_reset(c);
     struct sockaddr_storage ss;
     socklen_t len;
@@ -445,6 +451,19 @@ int rp_conn_dial(struct rp_conn *c, SSL_CTX *ctx, const char *addr, int timeout_
     c->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (c->fd < 0)
         return rp_err(RP_EIO, "dial %s: socket: %s", addr, strerror(errno));
+    if (src != NULL) {
+        /* "host" or "host:port"; port 0 (or none) lets the kernel pick one. */
+        char with_port[80];
+        snprintf(with_port, sizeof with_port, strchr(src, ':') ? "%s" : "%s:0", src);
+        struct sockaddr_storage from;
+        socklen_t from_len;
+        if ((rv = rp_addr_parse(with_port, &from, &from_len)) != 0 ||
+            bind(c->fd, (struct sockaddr *)&from, from_len) != 0) {
+            rv = rp_err(RP_EIO, "dial %s from %s: %s", addr, src,
+                        rv != 0 ? rp_errmsg() : strerror(errno));
+            goto err;
+        }
+    }
     if (connect(c->fd, (struct sockaddr *)&ss, len) != 0) {
         if (errno != EINPROGRESS && errno != EINTR) {
             rv = rp_err(RP_EIO, "dial %s: %s", addr, strerror(errno));

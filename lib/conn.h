@@ -43,6 +43,9 @@ int rp_sock_local_addr(int fd, char *out, size_t outlen);
  * TLS 1.3 a server that refuses our client certificate does so after the client's
  * handshake completed: the client learns it on its first read. */
 int rp_conn_dial(struct rp_conn *c, SSL_CTX *ctx, const char *addr, int timeout_ms);
+/* rp_conn_dial from local address @src ("ip" or "ip:port"; NULL: any). */
+int rp_conn_dial_from(struct rp_conn *c, SSL_CTX *ctx, const char *src, const char *addr,
+                      int timeout_ms);
 /* Completes the server side of the handshake on an accepted socket (takes @fd, also
  * on failure). Same results as rp_conn_dial, except the read limit: a peer without
  * a client certificate may send frames of at most RP_FRAME_ANON_MAX bytes
