@@ -4,10 +4,11 @@
  * drives TLS handshakes and reads frames with non-blocking I/O on epoll, and
  * enforces deadlines and caps. A connection whose frame is complete leaves the
  * loop (its socket is taken out of epoll) and goes to a queue served by a fixed
- * pool of workers, which run auth_serve_frame with the socket blocking (a request
- * may wait up to 10 s on Raft) and write the answer; the worker then hands the
- * connection back to the loop. A watch stream keeps its thread for its life, so
- * watches run on threads of their own, at most max_watches of them.
+ * pool of workers, which run auth_serve_frame (a request may wait up to 10 s on
+ * Raft) and write the answer (rp_conn waits in poll() on the non-blocking socket);
+ * the worker reads the client's next request itself if it comes within LINGER_MS,
+ * and otherwise hands the connection back to the loop. A watch stream keeps its thread for its
+ * life, so watches run on threads of their own, at most max_watches of them.
  *
  * So a stranger costs an fd and a small struct until it sends bytes, a TLS object
  * while it handshakes (bounded by the caps), and never a thread. Counts, the
@@ -42,6 +43,7 @@
 #define READ_CHUNK 16384
 #define KEEP_FRAME_BYTES (64 * 1024)
 #define WORKER_STACK (512 * 1024)
+#define LINGER_MS 10 /* a worker waits this long for a client's next request */
 #define EV_LISTEN UINT64_MAX
 #define EV_WAKE (UINT64_MAX - 1)
 
@@ -112,7 +114,7 @@ void auth_listener_limits_default(struct auth_listener_limits *lim)
     lim->max_total = 1024;
     lim->reserve = 128;
     lim->per_addr_max = 64;
-    lim->workers = 16;
+    lim->workers = 64;
     lim->max_watches = 256;
     lim->handshake_ms = AUTH_READ_TIMEOUT_MS;
     lim->anon_idle_ms = 10000;
@@ -415,6 +417,12 @@ static void step_handshake(struct auth_listener *l, struct lconn *lc)
         conn_close(l, lc);
         return;
     }
+    /* The socket stays non-blocking; the threads' writes wait in poll() for at most
+     * this long (the loop never waits). */
+    if (rp_conn_set_timeout(&lc->c, WRITE_TIMEOUT_MS) != 0) {
+        conn_close(l, lc);
+        return;
+    }
     if (rp_tls_peer_identity(lc->c.ssl, &lc->ident) == 0) {
         lc->has_cert = true;
         set_unauth(l, lc, false);
@@ -463,12 +471,11 @@ static void take_back(struct auth_listener *l)
     struct lconn *lc;
     while ((lc = queue_pop(&q)) != NULL) {
         lc->epoll_events = 0;
-        if (lc->done || atomic_load(&l->stopping) || rp_conn_set_blocking(&lc->c, 0) != 0) {
+        if (lc->done || atomic_load(&l->stopping)) {
             conn_close(l, lc);
             continue;
         }
-        rp_frame_reader_next(&lc->fr, KEEP_FRAME_BYTES);
-        start_reading(l, lc);
+        start_reading(l, lc); /* the thread took the frame it served */
     }
 }
 
@@ -570,6 +577,7 @@ static void *watch_main(void *arg)
         lc->done = true; /* a watch stream ends with its connection */
     else if (rp_conn_write_frame(&lc->c, out.data, out.len) != 0)
         lc->done = true; /* refused before streaming (denied, bad arguments): answered */
+    rp_frame_reader_next(&lc->fr, KEEP_FRAME_BYTES);
     rp_buf_free(&out);
     give_back(l, lc);
     thread_exit(l, true);
@@ -619,27 +627,79 @@ static bool start_watch(struct auth_listener *l, struct lconn *lc, struct rp_buf
     return false;
 }
 
-static void serve_one(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
+/* After an answer to a client with a certificate: reads its next request on this
+ * thread if it arrives within LINGER_MS, so a client that
+ * sends requests back to back does not pay a trip through the loop for each. True
+ * when a whole frame is ready; false to hand the connection back (a frame begun
+ * here is kept in the reader and finished by the loop). */
+static bool next_frame_soon(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
 {
-    const struct rp_buf *frame = rp_frame_reader_frame(&lc->fr);
-    if (rp_conn_set_blocking(&lc->c, 1) != 0 ||
-        rp_conn_set_timeout(&lc->c, WRITE_TIMEOUT_MS) != 0) {
-        lc->done = true;
-        return;
-    }
-    if (frame_is_watch(frame)) {
-        if (start_watch(l, lc, out))
-            return; /* the watch thread has it now */
-    } else {
-        struct rp_identity *caller = lc->has_cert ? &lc->ident : NULL;
-        if (auth_serve_frame(l->srv, &lc->c, caller, frame, out) == 1) {
-            lc->done = true;
-            give_back(l, lc);
-            return;
+    if (!lc->has_cert || atomic_load(&l->stopping))
+        return false;
+    uint8_t buf[READ_CHUNK];
+    bool waited = false;
+    /* Poll before reading unless OpenSSL holds bytes already: the next request is
+     * rarely there the moment the answer went out. */
+    bool try_read = rp_conn_pending(&lc->c);
+    for (;;) {
+        if (!try_read) {
+            struct pollfd p = {.fd = lc->c.fd, .events = POLLIN};
+            if (waited || poll(&p, 1, LINGER_MS) <= 0)
+                return false;
+            waited = true;
         }
+        try_read = true;
+        size_t need = rp_frame_reader_need(&lc->fr);
+        size_t got;
+        short events;
+        int rv =
+            rp_conn_read_some(&lc->c, buf, need < sizeof buf ? need : sizeof buf, &got, &events);
+        if (rv == 1) {
+            try_read = false;
+            continue;
+        }
+        if (rv != 0) {
+            lc->done = true;
+            return false;
+        }
+        size_t used;
+        rv = rp_frame_reader_feed(&lc->fr, buf, got, &used);
+        if (rv < 0) {
+            rp_warn("auth", "api connection %s: closing: %s", lc->c.peer, rp_errmsg());
+            auth_reply_error(out, rv, rp_errmsg());
+            rp_conn_write_frame(&lc->c, out->data, out->len);
+            lc->done = true;
+            return false;
+        }
+        if (rv == 1)
+            return true;
     }
-    if (rp_conn_write_frame(&lc->c, out->data, out->len) != 0)
-        lc->done = true;
+}
+
+/* Serves the ready frame of @lc (and those that follow at once), then hands the
+ * connection back to the loop, or to a watch thread. */
+static void serve(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
+{
+    for (;;) {
+        const struct rp_buf *frame = rp_frame_reader_frame(&lc->fr);
+        if (frame_is_watch(frame)) {
+            if (start_watch(l, lc, out))
+                return; /* the watch thread has it now */
+        } else {
+            struct rp_identity *caller = lc->has_cert ? &lc->ident : NULL;
+            if (auth_serve_frame(l->srv, &lc->c, caller, frame, out) == 1) {
+                lc->done = true;
+                break;
+            }
+        }
+        if (rp_conn_write_frame(&lc->c, out->data, out->len) != 0) {
+            lc->done = true;
+            break;
+        }
+        rp_frame_reader_next(&lc->fr, KEEP_FRAME_BYTES);
+        if (!next_frame_soon(l, lc, out))
+            break;
+    }
     /* Keep big answers from pinning memory in an idle worker. */
     if (out->cap > KEEP_FRAME_BYTES)
         rp_buf_free(out);
@@ -664,7 +724,7 @@ static void *worker_main(void *arg)
             give_back(l, lc);
             continue;
         }
-        serve_one(l, lc, &out);
+        serve(l, lc, &out);
     }
     rp_buf_free(&out);
     thread_exit(l, false);
