@@ -22,7 +22,7 @@ struct auth_listener_limits {
     unsigned max_total;    /* connections open at once (default 1024) */
     unsigned reserve;      /* of those, kept for certificate holders (default 128) */
     unsigned per_addr_max; /* unauthenticated connections per address (default 64) */
-    unsigned workers;      /* request-serving threads (default 16) */
+    unsigned workers;      /* request-serving threads (default 64) */
     unsigned max_watches;  /* watch streams at once, a thread each (default 256) */
     unsigned handshake_ms; /* TLS handshake deadline (default 5000) */
     unsigned anon_idle_ms; /* anonymous: a whole frame within this (default 10000) */
