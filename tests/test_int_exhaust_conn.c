@@ -24,6 +24,8 @@
 #endif
 #define LOG_GROWTH_MAX 6144 /* bytes over a test that lasts under a minute */
 #define USABLE_MS 5000      /* what an operator would wait before calling it a hang */
+#define FDS_MAX 400         /* the leader's descriptors, whatever the flood opened */
+#define FDS_MAX 400         /* the leader's descriptors, whatever the flood opened */
 /* Floods must mostly connect (the kernel may drop SYNs while an accept queue is
  * full; they are retried within flood.c's 10 s): 1500 of 2000, 150 of 200. */
 
@@ -78,8 +80,12 @@ static void assert_usable(int leader, const char *during)
     cr_assert_eq(cluster_leader_id_from(leader), lid, "%s: the leader lost its leadership", during);
     unsigned long rss = proc_rss_kib(CL->nodes[leader].pid);
     cr_assert_lt(rss, RSS_MAX_KIB, "%s: leader RSS %lu KiB", during, rss);
-    cr_log_info("%s: status+write in %llu ms, leader RSS %lu KiB", during, (unsigned long long)took,
-                rss);
+    /* The caps hold: the flood does not get a descriptor per connection it opened
+     * (API: 64 unauthenticated per address; Raft: 8 handshakes per address). */
+    int fds = proc_fd_count(CL->nodes[leader].pid);
+    cr_assert_lt(fds, FDS_MAX, "%s: the leader holds %d descriptors", during, fds);
+    cr_log_info("%s: status+write in %llu ms, leader RSS %lu KiB, %d fds", during,
+                (unsigned long long)took, rss, fds);
 }
 
 /* Holds the flood for a few seconds, checking usability twice. A kept flood is
