@@ -12,6 +12,7 @@
 
 #include "lib/conn.h"
 #include "lib/errors.h"
+#include "lib/mp.h"
 #include "tests/lib/cluster.h"
 #include "tests/lib/flood.h"
 
@@ -63,8 +64,8 @@ static int leader_index(void)
 }
 
 /* What must hold while a flood is on: the operator and writers get through, the
- * leader keeps leading and stays small. */
-static void assert_usable(int leader, const char *during)
+ * leader keeps leading and stays small, and holds fewer than @fds_max descriptors. */
+static void assert_usable_fds(int leader, const char *during, int fds_max)
 {
     static int n_writes;
     uint64_t t0 = cl_now_ms();
@@ -83,9 +84,14 @@ static void assert_usable(int leader, const char *during)
     /* The caps hold: the flood does not get a descriptor per connection it opened
      * (API: 64 unauthenticated per address; Raft: 8 handshakes per address). */
     int fds = proc_fd_count(CL->nodes[leader].pid);
-    cr_assert_lt(fds, FDS_MAX, "%s: the leader holds %d descriptors", during, fds);
+    cr_assert_lt(fds, fds_max, "%s: the leader holds %d descriptors", during, fds);
     cr_log_info("%s: status+write in %llu ms, leader RSS %lu KiB, %d fds", during,
                 (unsigned long long)took, rss, fds);
+}
+
+static void assert_usable(int leader, const char *during)
+{
+    assert_usable_fds(leader, during, FDS_MAX);
 }
 
 /* Holds the flood for a few seconds, checking usability twice. A kept flood is
@@ -227,5 +233,79 @@ Test(int_exhaust_conn, raft_port_lets_a_restarted_member_rejoin_under_floods)
     assert_log_quiet(leader, log0);
     cr_assert(node_log_contains(leader, "raft peer connection from 127.0.0.2 refused"),
               "the refusals were not logged at all");
+    cluster_pass();
+}
+
+/* Sends a watch request for kind "wcap" on a new admin connection to node @i and
+ * reads the first answer: 0 with the connection open if the stream started, else
+ * the error code the server answered (the connection is then closed). */
+static int open_watch_conn(SSL_CTX *admin, int i, struct rp_conn *c, char *code, size_t codelen)
+{
+    code[0] = '\0';
+    int rv = rp_conn_dial(c, admin, CL->nodes[i].api_addr, 5000);
+    if (rv != 0)
+        return rv;
+    rp_conn_set_timeout(c, 5000);
+    struct rp_buf req, ans;
+    rp_buf_init(&req);
+    rp_buf_init(&ans);
+    msgpack_packer pk;
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, 2);
+    rp_mp_kv_str(&pk, "m", "watch");
+    msgpack_pack_str(&pk, 5);
+    msgpack_pack_str_body(&pk, "kinds", 5);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_str(&pk, 4);
+    msgpack_pack_str_body(&pk, "wcap", 4);
+    rv = rp_conn_write_frame(c, req.data, req.len);
+    if (rv == 0)
+        rv = rp_conn_read_frame(c, &ans);
+    if (rv == 0) {
+        msgpack_unpacked u;
+        bool ok = false;
+        cr_assert_eq(rp_mp_parse(ans.data, ans.len, &u), 0);
+        rp_mp_get_bool(&u.data, "ok", &ok);
+        cl_mp_str(&u.data, "code", code, codelen);
+        msgpack_unpacked_destroy(&u);
+        rv = ok ? 0 : rp_error_from_name(code);
+    }
+    rp_buf_free(&req);
+    rp_buf_free(&ans);
+    if (rv != 0)
+        rp_conn_close(c);
+    return rv;
+}
+
+Test(int_exhaust_conn, watch_streams_beyond_the_cap_are_answered_busy)
+{
+    cluster_start(1);
+    SSL_CTX *admin = node_admin_ctx(1);
+    enum { CAP = 256 };
+    struct rp_conn *w = calloc(CAP + 1, sizeof *w);
+    char code[64];
+    for (int k = 0; k < CAP; k++) {
+        int rv = open_watch_conn(admin, 1, &w[k], code, sizeof code);
+        cr_assert_eq(rv, 0, "watch %d: %s %s", k, rp_strerror(rv), code);
+    }
+    int rv = open_watch_conn(admin, 1, &w[CAP], code, sizeof code);
+    cr_assert_eq(rv, RP_EBUSY, "watch %d beyond the cap: %s", CAP + 1, rp_strerror(rv));
+    cr_assert_str_eq(code, "busy");
+    /* Requests other than watches are still served while every watch slot is taken. */
+    assert_usable_fds(1, "256 watch streams open", 2 * CAP + 100);
+    /* A stream that ends frees its slot. */
+    rp_conn_close(&w[0]);
+    uint64_t deadline = cl_now_ms() + 5000;
+    do {
+        rv = open_watch_conn(admin, 1, &w[0], code, sizeof code);
+        if (rv == 0)
+            break;
+        cl_sleep_ms(100);
+    } while (cl_now_ms() < deadline);
+    cr_assert_eq(rv, 0, "no watch slot came free after a stream ended: %s", code);
+    for (int k = 0; k < CAP; k++)
+        rp_conn_close(&w[k]);
+    free(w);
+    SSL_CTX_free(admin);
     cluster_pass();
 }
