@@ -105,7 +105,6 @@ struct auth_listener {
     unsigned busy;          /* workers and watch threads alive */
     unsigned n_watches;
 
-    atomic_uint stat_open, stat_unauth;
     atomic_ullong stat_accepted, stat_refused, stat_evicted, stat_timed_out;
 };
 
@@ -164,7 +163,6 @@ static void set_unauth(struct auth_listener *l, struct lconn *lc, bool unauth)
         rp_addr_counts_remove(&l->per_addr, &lc->key);
     }
     lc->unauth = unauth;
-    atomic_store(&l->stat_unauth, l->n_unauth);
 }
 
 static void conn_close(struct auth_listener *l, struct lconn *lc)
@@ -181,7 +179,6 @@ static void conn_close(struct auth_listener *l, struct lconn *lc)
     rp_frame_reader_free(&lc->fr);
     l->slots[lc->idx] = NULL;
     l->n_open--;
-    atomic_store(&l->stat_open, l->n_open);
     free(lc);
 }
 
@@ -289,7 +286,6 @@ static void accept_one(struct auth_listener *l, int fd, const struct sockaddr_st
     rp_frame_reader_init(&lc->fr, RP_FRAME_ANON_MAX);
     l->slots[idx] = lc;
     l->n_open++;
-    atomic_store(&l->stat_open, l->n_open);
     set_unauth(l, lc, true);
     atomic_fetch_add(&l->stat_accepted, 1);
     /* Nothing is allocated for TLS until the peer sends its first byte. */
@@ -825,6 +821,13 @@ int auth_listener_stop(struct auth_listener *l, int wait_ms)
         close(l->listen_fd);
         l->listen_fd = -1;
     }
+    rp_info("auth",
+            "auth API port closed: %llu connections accepted, %llu refused, %llu evicted, "
+            "%llu timed out",
+            (unsigned long long)atomic_load(&l->stat_accepted),
+            (unsigned long long)atomic_load(&l->stat_refused),
+            (unsigned long long)atomic_load(&l->stat_evicted),
+            (unsigned long long)atomic_load(&l->stat_timed_out));
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += wait_ms / 1000;
@@ -880,18 +883,4 @@ void auth_listener_free(struct auth_listener *l)
     pthread_cond_destroy(&l->idle_cv);
     pthread_mutex_destroy(&l->mu);
     free(l);
-}
-
-void auth_listener_stats(struct auth_listener *l, struct auth_listener_stats *out)
-{
-    memset(out, 0, sizeof *out);
-    out->open = atomic_load(&l->stat_open);
-    out->unauthenticated = atomic_load(&l->stat_unauth);
-    pthread_mutex_lock(&l->mu);
-    out->watches = l->n_watches;
-    pthread_mutex_unlock(&l->mu);
-    out->accepted = atomic_load(&l->stat_accepted);
-    out->refused = atomic_load(&l->stat_refused);
-    out->evicted = atomic_load(&l->stat_evicted);
-    out->timed_out = atomic_load(&l->stat_timed_out);
 }

@@ -45,11 +45,4 @@ int auth_listener_start(struct auth_listener *l, struct auth_server *s, SSL_CTX 
 int auth_listener_stop(struct auth_listener *l, int wait_ms);
 void auth_listener_free(struct auth_listener *l);
 
-/* Counters, for tests and status. */
-struct auth_listener_stats {
-    unsigned open, unauthenticated, watches;
-    unsigned long long accepted, refused, evicted, timed_out;
-};
-void auth_listener_stats(struct auth_listener *l, struct auth_listener_stats *out);
-
 #endif

@@ -3,7 +3,9 @@
  * connections, stalled TLS handshakes, anonymous clients announcing 16 MiB frames
  * and trickling bytes. During each flood, `tctl status` and a write succeed, a
  * restarted member rejoins, the leader keeps its leadership and stays under 200 MB
- * resident, and its log grows by a few KiB at most. Deadlines here catch hangs. */
+ * resident with a bounded number of descriptors, and its log grows by a few KiB at
+ * most. Watch streams, a thread each, are capped and the one too many is answered
+ * busy. Deadlines here catch hangs. */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
