@@ -4,10 +4,11 @@
  * drives TLS handshakes and reads frames with non-blocking I/O on epoll, and
  * enforces deadlines and caps. A connection whose frame is complete leaves the
  * loop (its socket is taken out of epoll) and goes to a queue served by a fixed
- * pool of workers, which run auth_serve_frame with the socket blocking (a request
- * may wait up to 10 s on Raft) and write the answer; the worker then hands the
- * connection back to the loop. A watch stream keeps its thread for its life, so
- * watches run on threads of their own, at most max_watches of them.
+ * pool of workers, which run auth_serve_frame (a request may wait up to 10 s on
+ * Raft) and write the answer (rp_conn waits in poll() on the non-blocking socket);
+ * the worker reads the client's next request itself if it comes within LINGER_MS,
+ * and otherwise hands the connection back to the loop. A watch stream keeps its thread for its
+ * life, so watches run on threads of their own, at most max_watches of them.
  *
  * So a stranger costs an fd and a small struct until it sends bytes, a TLS object
  * while it handshakes (bounded by the caps), and never a thread. Counts, the
@@ -42,6 +43,7 @@
 #define READ_CHUNK 16384
 #define KEEP_FRAME_BYTES (64 * 1024)
 #define WORKER_STACK (512 * 1024)
+#define LINGER_MS 10 /* a worker waits this long for a client's next request */
 #define EV_LISTEN UINT64_MAX
 #define EV_WAKE (UINT64_MAX - 1)
 
@@ -107,7 +109,6 @@ struct auth_listener {
     unsigned busy;          /* workers and watch threads alive */
     unsigned n_watches;
 
-    atomic_uint stat_open, stat_unauth;
     atomic_ullong stat_accepted, stat_refused, stat_evicted, stat_timed_out;
 };
 
@@ -116,7 +117,7 @@ void auth_listener_limits_default(struct auth_listener_limits *lim)
     lim->max_total = 1024;
     lim->reserve = 128;
     lim->per_addr_max = 64;
-    lim->workers = 16;
+    lim->workers = 64;
     lim->anon_workers = 8;
     lim->anon_wait_ms = 2000;
     lim->max_watches = 256;
@@ -168,7 +169,6 @@ static void set_unauth(struct auth_listener *l, struct lconn *lc, bool unauth)
         rp_addr_counts_remove(&l->per_addr, &lc->key);
     }
     lc->unauth = unauth;
-    atomic_store(&l->stat_unauth, l->n_unauth);
 }
 
 static void conn_close(struct auth_listener *l, struct lconn *lc)
@@ -185,7 +185,6 @@ static void conn_close(struct auth_listener *l, struct lconn *lc)
     rp_frame_reader_free(&lc->fr);
     l->slots[lc->idx] = NULL;
     l->n_open--;
-    atomic_store(&l->stat_open, l->n_open);
     free(lc);
 }
 
@@ -293,7 +292,6 @@ static void accept_one(struct auth_listener *l, int fd, const struct sockaddr_st
     rp_frame_reader_init(&lc->fr, RP_FRAME_ANON_MAX);
     l->slots[idx] = lc;
     l->n_open++;
-    atomic_store(&l->stat_open, l->n_open);
     set_unauth(l, lc, true);
     atomic_fetch_add(&l->stat_accepted, 1);
     /* Nothing is allocated for TLS until the peer sends its first byte. */
@@ -422,6 +420,12 @@ static void step_handshake(struct auth_listener *l, struct lconn *lc)
         conn_close(l, lc);
         return;
     }
+    /* The socket stays non-blocking; the threads' writes wait in poll() for at most
+     * this long (the loop never waits). */
+    if (rp_conn_set_timeout(&lc->c, WRITE_TIMEOUT_MS) != 0) {
+        conn_close(l, lc);
+        return;
+    }
     if (rp_tls_peer_identity(lc->c.ssl, &lc->ident) == 0) {
         lc->has_cert = true;
         set_unauth(l, lc, false);
@@ -470,12 +474,11 @@ static void take_back(struct auth_listener *l)
     struct lconn *lc;
     while ((lc = queue_pop(&q)) != NULL) {
         lc->epoll_events = 0;
-        if (lc->done || atomic_load(&l->stopping) || rp_conn_set_blocking(&lc->c, 0) != 0) {
+        if (lc->done || atomic_load(&l->stopping)) {
             conn_close(l, lc);
             continue;
         }
-        rp_frame_reader_next(&lc->fr, KEEP_FRAME_BYTES);
-        start_reading(l, lc);
+        start_reading(l, lc); /* the thread took the frame it served */
     }
 }
 
@@ -577,6 +580,7 @@ static void *watch_main(void *arg)
         lc->done = true; /* a watch stream ends with its connection */
     else if (rp_conn_write_frame(&lc->c, out.data, out.len) != 0)
         lc->done = true; /* refused before streaming (denied, bad arguments): answered */
+    rp_frame_reader_next(&lc->fr, KEEP_FRAME_BYTES);
     rp_buf_free(&out);
     give_back(l, lc);
     thread_exit(l, true);
@@ -626,27 +630,79 @@ static bool start_watch(struct auth_listener *l, struct lconn *lc, struct rp_buf
     return false;
 }
 
-static void serve_one(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
+/* After an answer to a client with a certificate: reads its next request on this
+ * thread if it arrives within LINGER_MS, so a client that
+ * sends requests back to back does not pay a trip through the loop for each. True
+ * when a whole frame is ready; false to hand the connection back (a frame begun
+ * here is kept in the reader and finished by the loop). */
+static bool next_frame_soon(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
 {
-    const struct rp_buf *frame = rp_frame_reader_frame(&lc->fr);
-    if (rp_conn_set_blocking(&lc->c, 1) != 0 ||
-        rp_conn_set_timeout(&lc->c, WRITE_TIMEOUT_MS) != 0) {
-        lc->done = true;
-        return;
-    }
-    if (frame_is_watch(frame)) {
-        if (start_watch(l, lc, out))
-            return; /* the watch thread has it now */
-    } else {
-        struct rp_identity *caller = lc->has_cert ? &lc->ident : NULL;
-        if (auth_serve_frame(l->srv, &lc->c, caller, frame, out) == 1) {
-            lc->done = true;
-            give_back(l, lc);
-            return;
+    if (!lc->has_cert || atomic_load(&l->stopping))
+        return false;
+    uint8_t buf[READ_CHUNK];
+    bool waited = false;
+    /* Poll before reading unless OpenSSL holds bytes already: the next request is
+     * rarely there the moment the answer went out. */
+    bool try_read = rp_conn_pending(&lc->c);
+    for (;;) {
+        if (!try_read) {
+            struct pollfd p = {.fd = lc->c.fd, .events = POLLIN};
+            if (waited || poll(&p, 1, LINGER_MS) <= 0)
+                return false;
+            waited = true;
         }
+        try_read = true;
+        size_t need = rp_frame_reader_need(&lc->fr);
+        size_t got;
+        short events;
+        int rv =
+            rp_conn_read_some(&lc->c, buf, need < sizeof buf ? need : sizeof buf, &got, &events);
+        if (rv == 1) {
+            try_read = false;
+            continue;
+        }
+        if (rv != 0) {
+            lc->done = true;
+            return false;
+        }
+        size_t used;
+        rv = rp_frame_reader_feed(&lc->fr, buf, got, &used);
+        if (rv < 0) {
+            rp_warn("auth", "api connection %s: closing: %s", lc->c.peer, rp_errmsg());
+            auth_reply_error(out, rv, rp_errmsg());
+            rp_conn_write_frame(&lc->c, out->data, out->len);
+            lc->done = true;
+            return false;
+        }
+        if (rv == 1)
+            return true;
     }
-    if (rp_conn_write_frame(&lc->c, out->data, out->len) != 0)
-        lc->done = true;
+}
+
+/* Serves the ready frame of @lc (and those that follow at once), then hands the
+ * connection back to the loop, or to a watch thread. */
+static void serve(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
+{
+    for (;;) {
+        const struct rp_buf *frame = rp_frame_reader_frame(&lc->fr);
+        if (frame_is_watch(frame)) {
+            if (start_watch(l, lc, out))
+                return; /* the watch thread has it now */
+        } else {
+            struct rp_identity *caller = lc->has_cert ? &lc->ident : NULL;
+            if (auth_serve_frame(l->srv, &lc->c, caller, frame, out) == 1) {
+                lc->done = true;
+                break;
+            }
+        }
+        if (rp_conn_write_frame(&lc->c, out->data, out->len) != 0) {
+            lc->done = true;
+            break;
+        }
+        rp_frame_reader_next(&lc->fr, KEEP_FRAME_BYTES);
+        if (!next_frame_soon(l, lc, out))
+            break;
+    }
     /* Keep big answers from pinning memory in an idle worker. */
     if (out->cap > KEEP_FRAME_BYTES)
         rp_buf_free(out);
@@ -659,7 +715,7 @@ static void serve_one(struct auth_listener *l, struct lconn *lc, struct rp_buf *
  * a minute with the count. */
 static void answer_busy(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
 {
-    if (rp_conn_set_blocking(&lc->c, 1) == 0 && rp_conn_set_timeout(&lc->c, 1000) == 0) {
+    if (rp_conn_set_timeout(&lc->c, 1000) == 0) {
         auth_reply_error(out, RP_EBUSY,
                          "busy: too many requests without a client certificate are waiting; "
                          "try again in a moment");
@@ -716,7 +772,7 @@ static void *worker_main(void *arg)
         } else if (anon && rp_mono_ms() - lc->queued_ms > l->lim.anon_wait_ms) {
             answer_busy(l, lc, &out);
         } else {
-            serve_one(l, lc, &out);
+            serve(l, lc, &out);
         }
         if (anon) {
             pthread_mutex_lock(&l->mu);
@@ -828,6 +884,13 @@ int auth_listener_stop(struct auth_listener *l, int wait_ms)
         close(l->listen_fd);
         l->listen_fd = -1;
     }
+    rp_info("auth",
+            "auth API port closed: %llu connections accepted, %llu refused, %llu evicted, "
+            "%llu timed out",
+            (unsigned long long)atomic_load(&l->stat_accepted),
+            (unsigned long long)atomic_load(&l->stat_refused),
+            (unsigned long long)atomic_load(&l->stat_evicted),
+            (unsigned long long)atomic_load(&l->stat_timed_out));
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += wait_ms / 1000;
@@ -883,18 +946,4 @@ void auth_listener_free(struct auth_listener *l)
     pthread_cond_destroy(&l->idle_cv);
     pthread_mutex_destroy(&l->mu);
     free(l);
-}
-
-void auth_listener_stats(struct auth_listener *l, struct auth_listener_stats *out)
-{
-    memset(out, 0, sizeof *out);
-    out->open = atomic_load(&l->stat_open);
-    out->unauthenticated = atomic_load(&l->stat_unauth);
-    pthread_mutex_lock(&l->mu);
-    out->watches = l->n_watches;
-    pthread_mutex_unlock(&l->mu);
-    out->accepted = atomic_load(&l->stat_accepted);
-    out->refused = atomic_load(&l->stat_refused);
-    out->evicted = atomic_load(&l->stat_evicted);
-    out->timed_out = atomic_load(&l->stat_timed_out);
 }

@@ -22,7 +22,7 @@ struct auth_listener_limits {
     unsigned max_total;    /* connections open at once (default 1024) */
     unsigned reserve;      /* of those, kept for certificate holders (default 128) */
     unsigned per_addr_max; /* unauthenticated connections per address (default 64) */
-    unsigned workers;      /* request-serving threads (default 16) */
+    unsigned workers;      /* request-serving threads (default 64) */
     unsigned anon_workers; /* of which at most this many serve anonymous frames at once
                               (default 8; 0 or >= workers: half of them) */
     unsigned anon_wait_ms; /* an anonymous frame waiting longer for a worker is answered
@@ -48,12 +48,5 @@ int auth_listener_start(struct auth_listener *l, struct auth_server *s, SSL_CTX 
  * be freed; otherwise it must be left to the exiting process). */
 int auth_listener_stop(struct auth_listener *l, int wait_ms);
 void auth_listener_free(struct auth_listener *l);
-
-/* Counters, for tests and status. */
-struct auth_listener_stats {
-    unsigned open, unauthenticated, watches;
-    unsigned long long accepted, refused, evicted, timed_out;
-};
-void auth_listener_stats(struct auth_listener *l, struct auth_listener_stats *out);
 
 #endif

@@ -318,6 +318,8 @@ static void conn_reset(struct rp_conn *c)
     c->ssl = NULL;
     c->max_frame = RP_FRAME_MAX;
     c->max_read = 0;
+    c->timeout_ms = 0;
+    c->nonblocking = 0;
     c->peer[0] = '\0';
 }
 
@@ -422,6 +424,7 @@ static int conn_start_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server, int64_
     set_read_limit(c, is_server);
     if (set_nonblock(c->fd, 0) != 0)
         return rp_err(RP_EIO, "%s: fcntl: %s", c->peer, strerror(errno));
+    c->nonblocking = 0;
     return 0;
 }
 
@@ -509,6 +512,7 @@ static int conn_take_accepted(struct rp_conn *c, int fd)
         snprintf(c->peer, sizeof c->peer, "?");
     if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 || set_nonblock(fd, 1) != 0)
         return rp_err(RP_EIO, "accept from %s: fcntl: %s", c->peer, strerror(errno));
+    c->nonblocking = 1;
     return 0;
 }
 
@@ -608,6 +612,7 @@ int rp_conn_set_blocking(struct rp_conn *c, int blocking)
         return rp_err(RP_ECLOSED, "connection is closed");
     if (set_nonblock(c->fd, !blocking) != 0)
         return rp_err(RP_EIO, "%s: fcntl: %s", c->peer, strerror(errno));
+    c->nonblocking = !blocking;
     return 0;
 }
 
@@ -641,6 +646,7 @@ int rp_conn_set_timeout(struct rp_conn *c, int timeout_ms)
     if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
         setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
         return rp_err(RP_EIO, "%s: setting timeout: %s", c->peer, strerror(errno));
+    c->timeout_ms = timeout_ms;
     return 0;
 }
 
@@ -665,6 +671,15 @@ static int conn_usable(struct rp_conn *c)
     return 0;
 }
 
+/* On a non-blocking socket, waits until the socket is ready for what SSL error @e
+ * asks, within the connection's timeout (as SO_RCVTIMEO / SO_SNDTIMEO do on a
+ * blocking one). 0 when ready, RP_ETIMEDOUT or RP_EIO. */
+static int wait_ssl(struct rp_conn *c, int e)
+{
+    int64_t deadline = c->timeout_ms > 0 ? mono_ms() + c->timeout_ms : INT64_MAX / 2;
+    return wait_fd(c->fd, e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN, deadline);
+}
+
 /* Reads exactly @n bytes. @started says whether part of the frame was already
  * read (an EOF or timeout then breaks the connection). */
 static int read_full(struct rp_conn *c, uint8_t *p, size_t n, int started)
@@ -680,8 +695,11 @@ static int read_full(struct rp_conn *c, uint8_t *p, size_t n, int started)
         }
         int e = SSL_get_error(c->ssl, 0);
         int mid = started || got > 0;
+        if ((e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) && c->nonblocking &&
+            wait_ssl(c, e) == 0)
+            continue;
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            /* SO_RCVTIMEO expired. Before any byte of a frame the connection is
+            /* The timeout expired. Before any byte of a frame the connection is
              * intact and the caller may read again; mid-frame it is not. */
             ERR_clear_error();
             if (mid)
@@ -756,20 +774,26 @@ int rp_conn_read_frame(struct rp_conn *c, struct rp_buf *out)
 
 static int write_all(struct rp_conn *c, const void *p, size_t n)
 {
-    ERR_clear_error();
-    errno = 0;
-    size_t w = 0;
-    if (SSL_write_ex(c->ssl, p, n, &w) == 1 && w == n)
-        return 0;
-    int e = SSL_get_error(c->ssl, 0);
-    char why[256];
-    ssl_reason(c->ssl, why, sizeof why);
-    ERR_clear_error();
-    /* A partly written record cannot be taken back: the stream is lost either way. */
-    conn_break(c);
-    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
-        return rp_err(RP_ETIMEDOUT, "writing to %s timed out", c->peer);
-    return rp_err(RP_EIO, "writing to %s: %s", c->peer, why);
+    for (;;) {
+        ERR_clear_error();
+        errno = 0;
+        size_t w = 0;
+        /* A retry after WANT_* passes the same buffer and length, as OpenSSL wants. */
+        if (SSL_write_ex(c->ssl, p, n, &w) == 1 && w == n)
+            return 0;
+        int e = SSL_get_error(c->ssl, 0);
+        if ((e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) && c->nonblocking &&
+            wait_ssl(c, e) == 0)
+            continue;
+        char why[256];
+        ssl_reason(c->ssl, why, sizeof why);
+        ERR_clear_error();
+        /* A partly written record cannot be taken back: the stream is lost either way. */
+        conn_break(c);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+            return rp_err(RP_ETIMEDOUT, "writing to %s timed out", c->peer);
+        return rp_err(RP_EIO, "writing to %s: %s", c->peer, why);
+    }
 }
 
 int rp_conn_write_frame(struct rp_conn *c, const void *p, size_t n)

@@ -24,6 +24,8 @@ struct rp_conn {
     SSL *ssl;
     size_t max_frame;  /* frames written and read are 1..max_frame bytes */
     size_t max_read;   /* if not 0, a lower limit for frames read (see rp_conn_accept) */
+    int timeout_ms;    /* as set by rp_conn_set_timeout (0: none) */
+    int nonblocking;   /* the socket is non-blocking: reads and writes wait with poll() */
     char peer[64];     /* "ip:port", for messages */
 };
 
@@ -67,8 +69,10 @@ int rp_conn_read_some(struct rp_conn *c, void *p, size_t n, size_t *got, short *
 /* Bytes OpenSSL already holds for reading: a loop must drain them before it waits
  * on the socket. */
 int rp_conn_pending(struct rp_conn *c);
-/* Switches the socket between blocking (for rp_conn_read_frame / _write_frame with
- * timeouts) and non-blocking (for the calls above). */
+/* Switches the socket between blocking and non-blocking. rp_conn_read_frame and
+ * rp_conn_write_frame work on both, with the same timeouts (on a non-blocking
+ * socket they wait in poll()), so a loop may hand a non-blocking connection to a
+ * thread that writes its answer without switching it. */
 int rp_conn_set_blocking(struct rp_conn *c, int blocking);
 /* Sends close_notify if it can without blocking, frees and closes. Idempotent on a
  * struct that went through rp_conn_dial/rp_conn_accept (successful or not). */

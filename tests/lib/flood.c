@@ -2,6 +2,7 @@
 #include "tests/lib/flood.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -255,6 +256,23 @@ unsigned long proc_rss_kib(int pid)
     }
     fclose(fp);
     return kib;
+}
+
+int proc_fd_count(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.')
+            n++;
+    }
+    closedir(d);
+    return n;
 }
 
 unsigned long file_size(const char *path)

@@ -56,6 +56,8 @@ void flood_close(struct flood *f);
 
 /* The resident set of process @pid in KiB (VmRSS), or 0. */
 unsigned long proc_rss_kib(int pid);
+/* How many descriptors process @pid holds, or -1. */
+int proc_fd_count(int pid);
 /* The size of file @path in bytes, or 0. */
 unsigned long file_size(const char *path);
 
