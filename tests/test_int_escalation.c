@@ -410,6 +410,12 @@ Test(int_escalation, a_lock_stops_the_next_request_and_its_removal_restores_it)
     cr_expect_eq(run_tctl(1, &out, "events", "ls", "--format=json", NULL), 0);
     cr_expect(strstr(out, "is locked") != NULL, "the refusal is not in the audit log");
     free(out);
+    /* Nobody gets a certificate for a locked user, not even an admin. */
+    char signed_path[600];
+    snprintf(signed_path, sizeof signed_path, "%s/ed-locked", CL->dir);
+    cr_expect_neq(run_tctl(1, &out, "auth", "sign", "--user=ed", "-o", signed_path, NULL), 0,
+                  "a certificate was issued for a locked user: %s", out);
+    free(out);
     cr_assert_eq(run_tctl(1, &out, "rm", "lock/lock-ed", NULL), 0, "%s", out);
     free(out);
     /* A follower checks against its own copy of the locks: it follows within moments. */
