@@ -203,8 +203,9 @@ const msgpack_object *rp_mp_get(const msgpack_object *map, const char *key)
     size_t klen = strlen(key);
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
+        /* msgpack-c leaves ptr NULL for an empty string: memcmp may not be given it. */
         if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
-            memcmp(k->via.str.ptr, key, klen) == 0)
+            (klen == 0 || memcmp(k->via.str.ptr, key, klen) == 0))
             return &map->via.map.ptr[i].val;
     }
     return NULL;
@@ -266,7 +267,7 @@ bool rp_mp_str_eq(const msgpack_object *o, const char *s)
 {
     size_t n = strlen(s);
     return o != NULL && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
-           memcmp(o->via.str.ptr, s, n) == 0;
+           (n == 0 || memcmp(o->via.str.ptr, s, n) == 0);
 }
 
 int rp_mp_pack_object(struct rp_buf *b, const msgpack_object *o)
