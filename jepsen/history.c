@@ -791,7 +791,8 @@ int jepsen_json_canonical(const struct jepsen_json *v, struct rp_buf *out)
     case JEPSEN_JSON_INT:
         return rp_buf_printf(out, "%" PRId64, v->u.i);
     case JEPSEN_JSON_FLOAT:
-        return rp_buf_printf(out, "%.17g", v->u.d);
+        /* -0.0 as "0": "-0" would read back as the integer 0, whose form is "0". */
+        return rp_buf_printf(out, "%.17g", v->u.d == 0 ? 0.0 : v->u.d);
     case JEPSEN_JSON_STRING:
         return rp_json_str(out, v->u.s, v->len);
     case JEPSEN_JSON_ARRAY:

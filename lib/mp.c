@@ -252,12 +252,14 @@ int rp_mp_get_strdup(const msgpack_object *map, const char *key, char **out)
     int rv = rp_mp_get_str(map, key, &s, &n);
     if (rv != 0)
         return rv;
-    if (memchr(s, '\0', n) != NULL)
+    /* n == 0: s may be NULL (msgpack-c's empty string), which memchr and memcpy may not get. */
+    if (n > 0 && memchr(s, '\0', n) != NULL)
         return rp_err(RP_EINVAL, "field '%s' contains a NUL byte", key);
     char *c = malloc(n + 1);
     if (c == NULL)
         return rp_err(RP_ENOMEM, "copying field '%s'", key);
-    memcpy(c, s, n);
+    if (n > 0)
+        memcpy(c, s, n);
     c[n] = '\0';
     *out = c;
     return 0;

@@ -71,7 +71,7 @@ for name in "$@"; do
     if [ "$crashes" -gt 0 ] || [ "$rc" -ne 0 ]; then
       failed+=("$name")
       # The sanitizer's or libFuzzer's own report of what went wrong.
-      grep -m1 -A40 -E '^==[0-9]+==ERROR|runtime error:|deadly signal|ALARM: working|out-of-memory' \
+      grep -m1 -A40 -E 'fuzz property does not hold|^==[0-9]+==ERROR|runtime error:|deadly signal|ALARM: working|out-of-memory' \
         "$work/log" | sed 's/^/  /' | head -45
       echo "  full log: $work/log"
     fi
