@@ -52,15 +52,17 @@ for name in "$@"; do
       find "$root/corpus/$name" -maxdepth 1 -type f -exec cp {} "$work/corpus/" \;
     fi
     seeds=$(count "$work/corpus")
+    start=$SECONDS
     "$bin" "${opts[@]}" "${dict[@]}" -max_total_time="$secs" \
       -artifact_prefix="$work/artifacts/" "$work/corpus" >"$work/log" 2>&1
     rc=$?
+    took=$((SECONDS - start))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1)
     added=$(sed -n 's/^stat::new_units_added: *//p' "$work/log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$work/log" | tail -1)
     crashes=$(count "$work/artifacts")
     printf 'fuzz %-16s %11s execs in %ss  %-20s %5s new inputs (from %s seeds)  %s crash(es)\n' \
-      "$name" "${execs:-?}" "$secs" "${cov:-cov: ?}" "${added:-?}" "$seeds" "$crashes"
+      "$name" "${execs:-?}" "$took" "${cov:-cov: ?}" "${added:-?}" "$seeds" "$crashes"
     if [ "$crashes" -gt 0 ]; then
       mkdir -p "$root/crashes/$name"
       for a in "$work/artifacts"/*; do
