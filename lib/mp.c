@@ -148,6 +148,12 @@ int rp_mp_validate(const void *data, size_t len)
                           "msgpack: value at offset %zu declares %llu bytes, only %zu left", at,
                           (unsigned long long)n, rp_rd_left(&r));
         rp_rd_skip(&r, (size_t)n);
+        /* msgpack-c refuses any container, even an empty one, once RP_MP_MAX_DEPTH (its
+         * stack size) are open: so does this check, or what it passes would not decode. */
+        bool container = (t >= 0x80 && t <= 0x9f) || (t >= 0xdc && t <= 0xdf);
+        if (container && depth == RP_MP_MAX_DEPTH)
+            return rp_err(RP_EINVAL, "msgpack: nesting deeper than %d at offset %zu",
+                          RP_MP_MAX_DEPTH, at);
         if (children > 0) {
             /* Every element takes at least one byte: refuse counts the bytes cannot hold. */
             if (children > rp_rd_left(&r))
@@ -161,9 +167,6 @@ int rp_mp_validate(const void *data, size_t len)
             if (elements > RP_MP_MAX_ELEMENTS)
                 return rp_err(RP_EINVAL, "msgpack: more than %u elements in one message",
                               RP_MP_MAX_ELEMENTS);
-            if (depth == RP_MP_MAX_DEPTH)
-                return rp_err(RP_EINVAL, "msgpack: nesting deeper than %d at offset %zu",
-                              RP_MP_MAX_DEPTH, at);
             pending[++depth] = children;
         }
     }
