@@ -676,14 +676,15 @@ static int parse_object(struct parser *p, struct jepsen_json *out)
         }
     }
     size_t n = p->n_members - base;
-    const char *dup = duplicate_member(p->members + base, n, &rv);
-    if (rv != 0)
-        return rv;
-    if (dup != NULL)
-        return rp_err(RP_EINVAL, "column %zu: member \"%.64s\" occurs twice in the object",
-                      open_col, dup);
     struct jepsen_json_member *members = NULL;
+    /* Only with members: before the first, p->members is NULL, and NULL + 0 is undefined. */
     if (n > 0) {
+        const char *dup = duplicate_member(p->members + base, n, &rv);
+        if (rv != 0)
+            return rv;
+        if (dup != NULL)
+            return rp_err(RP_EINVAL, "column %zu: member \"%.64s\" occurs twice in the object",
+                          open_col, dup);
         members = jepsen_arena_alloc(p->arena, n * sizeof *members);
         if (members == NULL)
             return rp_err(RP_ENOMEM, "out of memory storing an object of %zu members", n);
@@ -790,7 +791,8 @@ int jepsen_json_canonical(const struct jepsen_json *v, struct rp_buf *out)
     case JEPSEN_JSON_INT:
         return rp_buf_printf(out, "%" PRId64, v->u.i);
     case JEPSEN_JSON_FLOAT:
-        return rp_buf_printf(out, "%.17g", v->u.d);
+        /* -0.0 as "0": "-0" would read back as the integer 0, whose form is "0". */
+        return rp_buf_printf(out, "%.17g", v->u.d == 0 ? 0.0 : v->u.d);
     case JEPSEN_JSON_STRING:
         return rp_json_str(out, v->u.s, v->len);
     case JEPSEN_JSON_ARRAY:

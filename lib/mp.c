@@ -238,6 +238,12 @@ int rp_mp_validate(const void *data, size_t len)
                           "msgpack: value at offset %zu declares %llu bytes, only %zu left", at,
                           (unsigned long long)n, rp_rd_left(&r));
         rp_rd_skip(&r, (size_t)n);
+        /* msgpack-c refuses any container, even an empty one, once RP_MP_MAX_DEPTH (its
+         * stack size) are open: so does this check, or what it passes would not decode. */
+        bool container = (t >= 0x80 && t <= 0x9f) || (t >= 0xdc && t <= 0xdf);
+        if (container && depth == RP_MP_MAX_DEPTH)
+            return rp_err(RP_EINVAL, "msgpack: nesting deeper than %d at offset %zu",
+                          RP_MP_MAX_DEPTH, at);
         if (children > 0) {
             /* Every element takes at least one byte: refuse counts the bytes cannot hold. */
             if (children > rp_rd_left(&r))
@@ -251,9 +257,6 @@ int rp_mp_validate(const void *data, size_t len)
             if (elements > RP_MP_MAX_ELEMENTS)
                 return rp_err(RP_EINVAL, "msgpack: more than %u elements in one message",
                               RP_MP_MAX_ELEMENTS);
-            if (depth == RP_MP_MAX_DEPTH)
-                return rp_err(RP_EINVAL, "msgpack: nesting deeper than %d at offset %zu",
-                              RP_MP_MAX_DEPTH, at);
             pending[++depth] = children;
         }
     }
@@ -293,8 +296,9 @@ const msgpack_object *rp_mp_get(const msgpack_object *map, const char *key)
     size_t klen = strlen(key);
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
+        /* msgpack-c leaves ptr NULL for an empty string: memcmp may not be given it. */
         if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
-            memcmp(k->via.str.ptr, key, klen) == 0)
+            (klen == 0 || memcmp(k->via.str.ptr, key, klen) == 0))
             return &map->via.map.ptr[i].val;
     }
     return NULL;
@@ -341,12 +345,14 @@ int rp_mp_get_strdup(const msgpack_object *map, const char *key, char **out)
     int rv = rp_mp_get_str(map, key, &s, &n);
     if (rv != 0)
         return rv;
-    if (memchr(s, '\0', n) != NULL)
+    /* n == 0: s may be NULL (msgpack-c's empty string), which memchr and memcpy may not get. */
+    if (n > 0 && memchr(s, '\0', n) != NULL)
         return rp_err(RP_EINVAL, "field '%s' contains a NUL byte", key);
     char *c = malloc(n + 1);
     if (c == NULL)
         return rp_err(RP_ENOMEM, "copying field '%s'", key);
-    memcpy(c, s, n);
+    if (n > 0)
+        memcpy(c, s, n);
     c[n] = '\0';
     *out = c;
     return 0;
@@ -356,7 +362,7 @@ bool rp_mp_str_eq(const msgpack_object *o, const char *s)
 {
     size_t n = strlen(s);
     return o != NULL && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
-           memcmp(o->via.str.ptr, s, n) == 0;
+           (n == 0 || memcmp(o->via.str.ptr, s, n) == 0);
 }
 
 int rp_mp_pack_object(struct rp_buf *b, const msgpack_object *o)

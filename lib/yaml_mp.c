@@ -759,9 +759,6 @@ static int emit_map(struct emit *e, const msgpack_object *o, int ind, bool first
         const msgpack_object *v = &o->via.map.ptr[i].val;
         size_t old;
         if (k->type == MSGPACK_OBJECT_STR) {
-            /* libyaml reads implicit keys of up to 1024 characters only. */
-            if (k->via.str.size > 1000)
-                return emit_fail(e, "a map key longer than 1000 bytes has no YAML form here");
             old = rp_ymp_path_key(&e->path, k->via.str.ptr, k->via.str.size);
         } else {
             old = rp_ymp_path_key(&e->path, "?", 1);
@@ -772,8 +769,14 @@ static int emit_map(struct emit *e, const msgpack_object *o, int ind, bool first
             indent(e, ind);
         if (k->type == MSGPACK_OBJECT_MAP || k->type == MSGPACK_OBJECT_ARRAY)
             return emit_fail(e, "a map or list used as a map key has no YAML form here");
+        size_t key_at = e->out->len;
         if ((rv = emit_scalar(e, k)) != 0)
             return rv;
+        /* libyaml reads implicit keys of up to 1024 characters only, counted as written:
+         * quotes and escapes included. */
+        if (e->out->len - key_at > 1000)
+            return emit_fail(e, "a map key longer than 1000 bytes as written has no YAML form "
+                                "here");
         put(e, ":", 1);
         if (v->type == MSGPACK_OBJECT_MAP && is_block(v)) {
             put(e, "\n", 1);

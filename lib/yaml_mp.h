@@ -94,7 +94,8 @@ bool rp_ymp_str_ok(const char *s, size_t n);
 
 /* Appends @o as a block-style YAML document (ending in a newline, no "---") to @out.
  * Refuses (RP_EINVAL, message naming the path) binary and extension values, strings
- * that are not valid UTF-8 or hold NUL, and nesting deeper than RP_YAML_MAX_DEPTH.
+ * that are not valid UTF-8 or hold NUL, map keys longer than 1000 bytes as written
+ * (libyaml's limit for implicit keys), and nesting deeper than RP_YAML_MAX_DEPTH.
  * Non-string map keys are written as their scalar text (they read back as strings).
  * On error @out is back at its old length. */
 int rp_ymp_to_yaml(struct rp_buf *out, const msgpack_object *o);

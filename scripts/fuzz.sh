@@ -12,6 +12,9 @@
 #                                not (libFuzzer -merge=1); review them before committing.
 #
 # tests/fuzz/NAME.dict, if present, is given to the target as its dictionary.
+# tests/fuzz/pending.supp lists UBSan reports of known bugs whose fix is not in yet (each
+# with its reproducer in tests/fuzz/crashes/NAME/pending/), so that fuzzing gets past
+# them; every other sanitizer report ends the run.
 set -uo pipefail
 
 usage() {
@@ -27,6 +30,9 @@ root=tests/fuzz
 # Per input: a parser of outside bytes that needs longer than this, or more memory, is
 # itself a finding (a way to stall or exhaust the server).
 opts=(-timeout=25 -rss_limit_mb=1536 -print_final_stats=1)
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+[ -f "$root/pending.supp" ] && UBSAN_OPTIONS+=:suppressions=$root/pending.supp
+export UBSAN_OPTIONS
 
 count() { find "$1" -maxdepth 1 -type f 2>/dev/null | wc -l; }
 
@@ -46,15 +52,17 @@ for name in "$@"; do
       find "$root/corpus/$name" -maxdepth 1 -type f -exec cp {} "$work/corpus/" \;
     fi
     seeds=$(count "$work/corpus")
+    start=$SECONDS
     "$bin" "${opts[@]}" "${dict[@]}" -max_total_time="$secs" \
       -artifact_prefix="$work/artifacts/" "$work/corpus" >"$work/log" 2>&1
     rc=$?
+    took=$((SECONDS - start))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1)
     added=$(sed -n 's/^stat::new_units_added: *//p' "$work/log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$work/log" | tail -1)
     crashes=$(count "$work/artifacts")
     printf 'fuzz %-16s %11s execs in %ss  %-20s %5s new inputs (from %s seeds)  %s crash(es)\n' \
-      "$name" "${execs:-?}" "$secs" "${cov:-cov: ?}" "${added:-?}" "$seeds" "$crashes"
+      "$name" "${execs:-?}" "$took" "${cov:-cov: ?}" "${added:-?}" "$seeds" "$crashes"
     if [ "$crashes" -gt 0 ]; then
       mkdir -p "$root/crashes/$name"
       for a in "$work/artifacts"/*; do
@@ -65,7 +73,7 @@ for name in "$@"; do
     if [ "$crashes" -gt 0 ] || [ "$rc" -ne 0 ]; then
       failed+=("$name")
       # The sanitizer's or libFuzzer's own report of what went wrong.
-      grep -m1 -A40 -E '^==[0-9]+==ERROR|runtime error:|deadly signal|ALARM: working|out-of-memory' \
+      grep -m1 -A40 -E 'fuzz property does not hold|^==[0-9]+==ERROR|runtime error:|deadly signal|ALARM: working|out-of-memory' \
         "$work/log" | sed 's/^/  /' | head -45
       echo "  full log: $work/log"
     fi

@@ -36,6 +36,25 @@ static void check_lines(const struct rp_ymp_lines *lines)
     }
 }
 
+/* A key that may be written longer than 1000 bytes: an escape takes at most 4. */
+static bool has_long_key(const msgpack_object *o)
+{
+    if (o->type == MSGPACK_OBJECT_ARRAY) {
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            if (has_long_key(&o->via.array.ptr[i]))
+                return true;
+        }
+    } else if (o->type == MSGPACK_OBJECT_MAP) {
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object_kv *kv = &o->via.map.ptr[i];
+            if ((kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size > 250) ||
+                has_long_key(&kv->val))
+                return true;
+        }
+    }
+    return false;
+}
+
 static void check_round_trip(const struct rp_buf *mp)
 {
     msgpack_unpacked u;
@@ -45,10 +64,15 @@ static void check_round_trip(const struct rp_buf *mp)
     struct rp_buf text, again;
     rp_buf_init(&text);
     rp_buf_init(&again);
-    FUZZ_CHECK(rp_ymp_to_yaml(&text, &u.data) == 0);
-    FUZZ_CHECK(rp_ymp_parse_str("printed.yaml", (const char *)text.data, text.len, &again, NULL) ==
-               0);
-    FUZZ_CHECK(again.len == mp->len && memcmp(again.data, mp->data, mp->len) == 0);
+    /* The one refusal allowed: a key that libyaml accepted (in flow style, say) but that
+     * is too long, as written, for the block style it is printed in. */
+    if (rp_ymp_to_yaml(&text, &u.data) == 0) {
+        FUZZ_CHECK(
+            rp_ymp_parse_str("printed.yaml", (const char *)text.data, text.len, &again, NULL) == 0);
+        FUZZ_CHECK(again.len == mp->len && memcmp(again.data, mp->data, mp->len) == 0);
+    } else {
+        FUZZ_CHECK(has_long_key(&u.data));
+    }
     rp_buf_free(&text);
     rp_buf_free(&again);
     msgpack_unpacked_destroy(&u);
