@@ -22,7 +22,7 @@
  * (NUL-terminated). Returns NULL, or a message naming the construct we refuse. */
 static const char *re2_to_ere(const char *re, struct rp_buf *out)
 {
-    bool in_class = false;
+    bool in_class = false, in_count = false, after_quant = false;
     unsigned long repeats = 0;
     int rv = 0;
     for (size_t i = 0; re[i] != '\0'; i++) {
@@ -87,6 +87,15 @@ static const char *re2_to_ere(const char *re, struct rp_buf *out)
             }
             continue;
         }
+        /* A quantifier right after another ("a++", "a*{2}"): RE2 refuses it, and glibc's
+         * regcomp copies its tree for each, so twenty of them take gigabytes. */
+        bool quant = ch == '*' || ch == '+' || ch == '?' || (ch == '{' && isdigit((unsigned char)next));
+        if (quant && after_quant)
+            return "nested repetition operators (a++, a*{2}) are not supported";
+        bool closes_count = ch == '}' && in_count;
+        if (closes_count)
+            in_count = false;
+        after_quant = ch == '*' || ch == '+' || ch == '?' || closes_count;
         if (ch == '[') {
             in_class = true;
             rv |= rp_buf_append(out, "[", 1);
@@ -146,6 +155,7 @@ static const char *re2_to_ere(const char *re, struct rp_buf *out)
             if (lo > PRED_MAX_REPEAT || hi > PRED_MAX_REPEAT ||
                 (repeats += (lo > hi ? lo : hi)) > PRED_MAX_REPEAT)
                 return "counted repetitions ({n,m}) add up to more than 1000";
+            in_count = true;
             rv |= rp_buf_append(out, &ch, 1);
         } else if (ch == '(' && next == '?') {
             return "(?...) groups and flags are not supported";

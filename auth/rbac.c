@@ -86,7 +86,8 @@ static const char *excerpt(const char *s, size_t n, char *out, size_t outlen)
 {
     char tmp[128];
     size_t k = n < sizeof tmp - 1 ? n : sizeof tmp - 1;
-    memcpy(tmp, s, k);
+    if (k > 0) /* an empty msgpack string may come with a NULL pointer */
+        memcpy(tmp, s, k);
     tmp[k] = '\0';
     rp_yaml_excerpt(tmp, out, outlen);
     return out;
@@ -827,7 +828,8 @@ static struct extra *extras_add(struct extras *x, const char *name, size_t n)
         x->cap = cap;
     }
     struct extra *e = &x->v[x->n];
-    if ((e->name = strndup(name, n)) == NULL)
+    /* msgpack-c leaves the pointer of an empty string NULL. */
+    if ((e->name = strndup(n ? name : "", n)) == NULL)
         return NULL;
     rp_buf_init(&e->raw);
     x->n++;
