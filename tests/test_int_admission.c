@@ -25,19 +25,10 @@
 
 TestSuite(int_admission, .init = cluster_setup, .fini = cluster_teardown, .timeout = 240);
 
-static bool presets(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/access", NULL);
-    free(out);
-    return rv == 0;
-}
-
 static void start_one(void)
 {
     cluster_start(1);
-    cr_assert(wait_until(20000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_role("access", 20000), "no preset roles");
 }
 
 /* A resource from YAML text (printf-style) into @out. */
@@ -118,8 +109,7 @@ static void assert_refused_everywhere(const struct rp_buf *res, const char *what
 static int tctl_create_yaml(bool force, const char *yaml, char **err)
 {
     char path[600], tctl[600];
-    snprintf(path, sizeof path, "%s/res.yaml", CL->dir);
-    cr_assert_eq(rp_write_file(path, yaml, strlen(yaml), 0600), 0);
+    cl_write_file("res.yaml", yaml, path, sizeof path);
     snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
     char *argv[] = {
         tctl, "-c", CL->nodes[1].cfg, "create", force ? "-f" : path, force ? path : NULL, NULL};
@@ -524,8 +514,8 @@ Test(int_admission, tokens_expire_in_30m_by_default_and_within_48h_at_most)
 
 struct joiner {
     const char *token;
-    const char *type;  /* "node" or "auth" */
-    uint64_t raft_id;  /* auth joins: a spare at an address nobody listens on */
+    const char *type; /* "node" or "auth" */
+    uint64_t raft_id; /* auth joins: a spare at an address nobody listens on */
     char host_id[64];
     char *host_pub;
     char addr[64];

@@ -40,15 +40,6 @@ static void secret(const char *what, const char *value)
     S.what[S.n++] = what;
 }
 
-static bool presets(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/access", NULL);
-    free(out);
-    return rv == 0;
-}
-
 static void add_token(int via, const char *type, char *token, size_t n)
 {
     char *out = NULL, arg[32];
@@ -136,19 +127,6 @@ static void login(int i, const char *user, const char *password, char *code, siz
     EVP_PKEY_free(key);
 }
 
-/* The invite token: the last word of `tctl users add|reset` output. */
-static void invite_of(const char *out, char *tok, size_t n)
-{
-    const char *p = out + strlen(out);
-    while (p > out && (p[-1] == '\n' || p[-1] == ' '))
-        p--;
-    const char *end = p;
-    while (p > out && p[-1] != '\n' && p[-1] != ' ')
-        p--;
-    cr_assert(end - p == 32, "no invite token in: %s", out);
-    snprintf(tok, n, "%.*s", (int)(end - p), p);
-}
-
 static char *read_all(const char *path)
 {
     char *text = NULL;
@@ -175,7 +153,7 @@ static void assert_free_of_secrets(const char *where, const char *text)
 Test(int_secrets, no_token_invite_or_password_reaches_the_audit_log_or_the_logs)
 {
     cluster_start(3);
-    cr_assert(wait_until(20000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_role("access", 20000), "no preset roles");
     char code[64], *out = NULL;
     for (int i = 2; i <= 3; i++)
         secret("auth join token of a member", CL->nodes[i].token);
@@ -201,8 +179,7 @@ Test(int_secrets, no_token_invite_or_password_reaches_the_audit_log_or_the_logs)
              "kind: token\nversion: v2\nmetadata:\n  name: %s\nspec:\n  roles: [Node]\n"
              "  join_method: token\n",
              file_tok);
-    snprintf(path, sizeof path, "%s/token.yaml", CL->dir);
-    cr_assert_eq(rp_write_file(path, yaml, strlen(yaml), 0600), 0);
+    cl_write_file("token.yaml", yaml, path, sizeof path);
     cr_assert_eq(run_tctl(1, &out, "create", path, NULL), 0);
     free(out);
     snprintf(rm, sizeof rm, "token/%s", file_tok);
@@ -222,7 +199,7 @@ Test(int_secrets, no_token_invite_or_password_reaches_the_audit_log_or_the_logs)
     char inv1[40], inv2[40], inv3[40];
     cr_assert_eq(
         run_tctl(1, &out, "users", "add", "alice", "--roles=access", "--logins=alice", NULL), 0);
-    invite_of(out, inv1, sizeof inv1);
+    cl_invite_token(out, inv1, sizeof inv1);
     free(out);
     secret("invite", inv1);
     redeem(2, inv1, pw1, code, sizeof code);
@@ -234,13 +211,13 @@ Test(int_secrets, no_token_invite_or_password_reaches_the_audit_log_or_the_logs)
     login(3, "alice", pw1, code, sizeof code);
     cr_assert_str_eq(code, "", "login with the password set");
     cr_assert_eq(run_tctl(1, &out, "users", "reset", "alice", NULL), 0);
-    invite_of(out, inv2, sizeof inv2);
+    cl_invite_token(out, inv2, sizeof inv2);
     free(out);
     secret("reset invite", inv2);
     redeem(1, inv2, pw2, code, sizeof code);
     cr_assert_str_eq(code, "");
     cr_assert_eq(run_tctl(2, &out, "users", "add", "bob", "--roles=access", NULL), 0);
-    invite_of(out, inv3, sizeof inv3);
+    cl_invite_token(out, inv3, sizeof inv3);
     free(out);
     secret("unused invite", inv3);
     cr_assert_eq(run_tctl(1, &out, "users", "rm", "bob", NULL), 0);

@@ -18,19 +18,6 @@
 
 TestSuite(int_users, .init = cluster_setup, .fini = cluster_teardown, .timeout = 120);
 
-/* The invite token: the last non-empty line of `tctl users add|reset` output. */
-static void token_from(const char *out, char *tok, size_t n)
-{
-    const char *p = out + strlen(out);
-    while (p > out && (p[-1] == '\n' || p[-1] == ' '))
-        p--;
-    const char *end = p;
-    while (p > out && p[-1] != '\n' && p[-1] != ' ')
-        p--;
-    cr_assert(end - p == 32, "no invite token in: %s", out);
-    snprintf(tok, n, "%.*s", (int)(end - p), p);
-}
-
 /* invite_redeem on a connection without a client certificate; returns the
  * answer's code ("" when ok) in @code. */
 static void redeem(int i, const char *token, const char *password, const char *totp_secret,
@@ -82,19 +69,10 @@ static bool has_secret(int i, const char *user)
     return yes;
 }
 
-static bool presets_exist(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/editor", NULL);
-    free(out);
-    return rv == 0;
-}
-
 /* The preset roles (access, editor, auditor) follow the first election by a moment. */
 static void wait_presets(void)
 {
-    cr_assert(wait_until(15000, presets_exist, NULL), "the preset roles never appeared");
+    cr_assert(cl_wait_role("editor", 15000), "the preset roles never appeared");
 }
 
 Test(int_users, add_redeem_update_reset_rm_with_audit)
@@ -106,7 +84,7 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
     char *out = tctl_ok(2, "users", "add", "joe", "--roles=access", "--logins=root,ubuntu");
     cr_assert(strstr(out, "User \"joe\" has been created") != NULL, "%s", out);
     char tok[40];
-    token_from(out, tok, sizeof tok);
+    cl_invite_token(out, tok, sizeof tok);
     free(out);
     out = tctl_ok(1, "users", "ls", NULL, NULL, NULL);
     cr_assert(strstr(out, "joe") && strstr(out, "access"), "%s", out);
@@ -137,7 +115,7 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
 
     /* Reset: password gone, new invite, this time with a second factor. */
     out = tctl_ok(1, "users", "reset", "joe", NULL, NULL);
-    token_from(out, tok, sizeof tok);
+    cl_invite_token(out, tok, sizeof tok);
     free(out);
     cr_assert(!has_secret(1, "joe"), "reset must drop the password");
     uint8_t secret[20];
@@ -163,9 +141,9 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
 
     /* The audit log has each step, attributed. */
     out = tctl_ok(1, "events", "ls", "--format=json", NULL, NULL);
-    static const char *const want[] = {"\"user.create\"", "\"user.update\"", "\"user.delete\"",
-                                       "\"user.password_change\"", "\"admin@auth2\"",
-                                       "\"T1005W\""};
+    static const char *const want[] = {"\"user.create\"", "\"user.update\"",
+                                       "\"user.delete\"", "\"user.password_change\"",
+                                       "\"admin@auth2\"", "\"T1005W\""};
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
         cr_assert(strstr(out, want[k]) != NULL, "no %s in the audit log:\n%s", want[k], out);
     free(out);
@@ -194,7 +172,7 @@ Test(int_users, an_invite_is_redeemed_once_even_when_two_race)
         snprintf(name, sizeof name, "racer%d", round);
         char *out = tctl_ok(1, "users", "add", name, "--roles=access", NULL);
         struct race a = {.node = 1}, b = {.node = 2};
-        token_from(out, a.token, sizeof a.token);
+        cl_invite_token(out, a.token, sizeof a.token);
         free(out);
         snprintf(b.token, sizeof b.token, "%s", a.token);
         pthread_t ta, tb;
@@ -254,7 +232,7 @@ Test(int_users, password_login_totp_and_lockout_after_five_failures)
     wait_presets();
     char *out = tctl_ok(1, "users", "add", "carol", "--roles=access", "--logins=root");
     char tok[40], code[64];
-    token_from(out, tok, sizeof tok);
+    cl_invite_token(out, tok, sizeof tok);
     free(out);
     uint8_t secret[20];
     char b32[64], totp[8];

@@ -31,6 +31,7 @@
 #include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
+#include "lib/util.h"
 
 static struct cluster g_cluster;
 struct cluster *CL = &g_cluster;
@@ -640,6 +641,86 @@ static int run_tctl_quiet(int i, char **out, ...)
     int rc = run_tctl_v(i, out, true, ap);
     va_end(ap);
     return rc;
+}
+
+/* ---- users and their identities ------------------------------------------------------ */
+
+static bool role_exists(void *arg)
+{
+    char path[160], *out = NULL;
+    snprintf(path, sizeof path, "role/%s", (const char *)arg);
+    int rv = run_tctl(1, &out, "get", path, NULL);
+    free(out);
+    return rv == 0;
+}
+
+bool cl_wait_role(const char *name, int timeout_ms)
+{
+    return wait_until(timeout_ms, role_exists, (void *)name);
+}
+
+int cl_tctl_as(const char *user, char **out, ...)
+{
+    char tctl[600], id[600], srv[100];
+    char *argv[32];
+    int n = 0;
+    snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
+    snprintf(id, sizeof id, "%s/%s.id", CL->dir, user);
+    snprintf(srv, sizeof srv, "--auth-server=%s", CL->nodes[2].api_addr);
+    argv[n++] = tctl;
+    argv[n++] = "-i";
+    argv[n++] = id;
+    argv[n++] = srv;
+    va_list ap;
+    va_start(ap, out);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < 31)
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n] = NULL;
+    struct cl_run r;
+    cl_run_argv(argv, 20000, &r);
+    int st = r.status;
+    if (out) {
+        size_t len = strlen(r.out ? r.out : "") + strlen(r.err ? r.err : "") + 2;
+        *out = malloc(len);
+        cr_assert(*out != NULL);
+        snprintf(*out, len, "%s\n%s", r.out ? r.out : "", r.err ? r.err : "");
+    }
+    cl_run_free(&r);
+    return st;
+}
+
+void cl_make_identity(const char *user, const char *roles)
+{
+    char r[128], u[64], path[600], *out = NULL;
+    snprintf(r, sizeof r, "--roles=%s", roles);
+    snprintf(u, sizeof u, "--user=%s", user);
+    snprintf(path, sizeof path, "%s/%s.id", CL->dir, user);
+    cr_assert_eq(run_tctl(1, &out, "users", "add", user, r, NULL), 0, "users add %s: %s", user,
+                 out);
+    free(out);
+    cr_assert_eq(run_tctl(1, &out, "auth", "sign", u, "--format=file", "-o", path, NULL), 0,
+                 "auth sign %s: %s", user, out);
+    free(out);
+}
+
+void cl_invite_token(const char *out, char *tok, size_t n)
+{
+    const char *p = out + strlen(out);
+    while (p > out && (p[-1] == '\n' || p[-1] == ' '))
+        p--;
+    const char *end = p;
+    while (p > out && p[-1] != '\n' && p[-1] != ' ')
+        p--;
+    cr_assert(end - p == 32, "no invite token in: %s", out);
+    snprintf(tok, n, "%.*s", (int)(end - p), p);
+}
+
+void cl_write_file(const char *name, const char *text, char *path, size_t n)
+{
+    snprintf(path, n, "%s/%s", CL->dir, name);
+    cr_assert_eq(rp_write_file(path, text, strlen(text), 0600), 0, "%s", rp_errmsg());
 }
 
 /* ---- JSON --------------------------------------------------------------------------- */

@@ -138,6 +138,25 @@ void cl_run_free(struct cl_run *r);
  * when the exit code is not 0. */
 int run_tctl(int i, char **out, ...) __attribute__((sentinel));
 
+/* ---- users and their identities ------------------------------------------------------ */
+
+/* Polls `tctl get role/@name` on node 1 until it succeeds or @timeout_ms pass (the
+ * preset roles follow the first election by a moment). True if it did in time. */
+bool cl_wait_role(const char *name, int timeout_ms);
+/* Runs `tctl -i DIR/@user.id --auth-server=<node 2> ARGS... (NULL-terminated)`: as
+ * that user, through node 2 (a follower most of the time, so requests are forwarded).
+ * Returns the exit code; *out (if @out) gets stdout, a newline, then stderr (free it). */
+int cl_tctl_as(const char *user, char **out, ...) __attribute__((sentinel));
+/* `tctl users add @user --roles=@roles`, then `tctl auth sign --format=file` into
+ * DIR/@user.id, both on node 1 (for cl_tctl_as). Fails the test if either fails. */
+void cl_make_identity(const char *user, const char *roles);
+/* The invite token (32 characters) in `tctl users add|reset` output @out: its last
+ * word. Copied into @tok (@n bytes); fails the test if there is none. */
+void cl_invite_token(const char *out, char *tok, size_t n);
+/* Writes @text to DIR/@name (mode 0600); its path into @path (@n bytes). Fails the
+ * test if it cannot. */
+void cl_write_file(const char *name, const char *text, char *path, size_t n);
+
 /* ---- JSON (enough for tctl's output) ------------------------------------------------ */
 
 enum cl_jtype { CLJ_NULL, CLJ_BOOL, CLJ_NUM, CLJ_STR, CLJ_ARR, CLJ_OBJ };
