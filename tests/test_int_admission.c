@@ -28,7 +28,7 @@ TestSuite(int_admission, .init = cluster_setup, .fini = cluster_teardown, .timeo
 static void start_one(void)
 {
     cluster_start(1);
-    cr_assert(cl_wait_role("access", 20000), "no preset roles");
+    cr_assert(cl_wait_presets(20000), "no preset roles");
 }
 
 /* A resource from YAML text (printf-style) into @out. */
@@ -592,24 +592,12 @@ static void joiner_init(struct joiner *j, const char *token, const char *host_id
     EVP_PKEY_free(k);
 }
 
-static void add_token(const char *type_flag, char *token, size_t n)
-{
-    char *out = NULL;
-    cr_assert_eq(run_tctl(1, &out, "tokens", "add", type_flag, "--format=json", NULL), 0);
-    struct cl_json *j = cl_json_parse(out);
-    cr_assert_not_null(j, "%s", out);
-    snprintf(token, n, "%s", cl_json_str(j, "token"));
-    cl_json_free(j);
-    free(out);
-    cr_assert(token[0]);
-}
-
 /* Node and proxy tokens are multi-use until they expire, as Teleport's are. */
 Test(int_admission, a_node_token_joins_many_until_it_expires)
 {
     start_one();
     char token[64];
-    add_token("--type=node", token, sizeof token);
+    cl_add_token(1, "node", NULL, token, sizeof token);
     struct joiner a, b;
     joiner_init(&a, token, "host-a");
     joiner_init(&b, token, "host-b");
@@ -627,7 +615,7 @@ Test(int_admission, an_auth_token_is_used_once)
 {
     start_one();
     char token[64];
-    add_token("--type=auth", token, sizeof token);
+    cl_add_token(1, "auth", NULL, token, sizeof token);
     struct joiner a, b;
     joiner_init(&a, token, "host-a");
     joiner_init(&b, token, "host-b");
@@ -655,7 +643,7 @@ Test(int_admission, two_concurrent_joins_with_one_auth_token_only_one_succeeds)
      * would wait for the first one's promotion. */
     for (int round = 0; round < 1; round++) {
         char token[64];
-        add_token("--type=auth", token, sizeof token);
+        cl_add_token(1, "auth", NULL, token, sizeof token);
         struct joiner j[2];
         pthread_t th[2];
         char id[32];
@@ -773,10 +761,7 @@ Test(int_admission, user_certificates_never_outlive_max_session_ttl)
     free(err);
     cr_assert_eq(run_tctl(1, &out, "users", "add", "lee", "--roles=forever", NULL), 0);
     free(out);
-    EVP_PKEY *key = NULL;
-    char *pub = NULL;
-    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &key), 0);
-    cr_assert_eq(rp_ssh_pubkey_format(key, NULL, &pub), 0);
+    char *pub = cl_ssh_pubkey();
     struct rp_buf req;
     msgpack_packer pk;
     rp_buf_init(&req);
@@ -798,6 +783,5 @@ Test(int_admission, user_certificates_never_outlive_max_session_ttl)
               (unsigned long long)((expires - now) / 1000));
     rp_buf_free(&req);
     free(pub);
-    EVP_PKEY_free(key);
     cluster_pass();
 }

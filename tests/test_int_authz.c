@@ -14,7 +14,7 @@ TestSuite(int_authz, .init = cluster_setup, .fini = cluster_teardown, .timeout =
 Test(int_authz, roles_rules_decide_what_a_user_identity_may_do)
 {
     cluster_start(3);
-    cr_assert(cl_wait_role("editor", 15000), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     cl_make_identity("ed", "editor");
     cl_make_identity("acc", "access");
     char *err = NULL;
@@ -61,7 +61,7 @@ Test(int_authz, roles_rules_decide_what_a_user_identity_may_do)
 Test(int_authz, a_changed_role_applies_to_the_next_request)
 {
     cluster_start(1);
-    cr_assert(cl_wait_role("editor", 15000), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     static const char *const with =
         "kind: role\nversion: v7\nmetadata:\n  name: ops\nspec:\n  allow:\n    rules:\n"
         "    - resources: [user]\n      verbs: [list, read]\n";

@@ -106,7 +106,7 @@ static bool role_absent(const char *name)
 Test(int_escalation, an_editor_cannot_become_admin_by_any_route)
 {
     cluster_start(3);
-    cr_assert(cl_wait_role("editor", 15000), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     make_user("ed", "editor");
     SSL_CTX *ed = user_ctx("ed");
     char *out = NULL, path[700], msg[512];
@@ -248,7 +248,7 @@ static void host_id_of(int i, char *out, size_t n)
 Test(int_escalation, system_role_names_in_a_user_certificate_grant_nothing)
 {
     cluster_start(3);
-    cr_assert(cl_wait_role("editor", 15000), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     make_user("ed", "editor");
     char msg[512], host[128];
     host_id_of(1, host, sizeof host);
@@ -338,7 +338,7 @@ static bool ed_can_read(void *arg)
 Test(int_escalation, a_lock_stops_the_next_request_and_its_removal_restores_it)
 {
     cluster_start(3);
-    cr_assert(cl_wait_role("editor", 15000), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     make_user("ed", "editor");
     char *out = NULL;
     cr_assert_eq(cl_tctl_as("ed", &out, "get", "role/access", NULL), 0, "%s", out);
@@ -386,7 +386,7 @@ static bool refused_by_node1(void *arg)
 Test(int_escalation, a_removed_auth_server_is_cut_off)
 {
     cluster_start(3);
-    cr_assert(cl_wait_role("editor", 15000), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     /* Admin identities on disk live hours, not years. */
     for (int i = 1; i <= 3; i++) {
         char path[700];

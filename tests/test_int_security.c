@@ -361,20 +361,6 @@ static bool token_gone(void *arg)
     return !token_listed(arg);
 }
 
-static void add_token(const char *type, const char *ttl, char *token, size_t tlen)
-{
-    char *out = NULL, ttl_arg[32], type_arg[32];
-    snprintf(ttl_arg, sizeof ttl_arg, "--ttl=%s", ttl);
-    snprintf(type_arg, sizeof type_arg, "--type=%s", type);
-    cr_assert_eq(run_tctl(1, &out, "tokens", "add", type_arg, ttl_arg, "--format=json", NULL), 0);
-    struct cl_json *j = cl_json_parse(out);
-    cr_assert_not_null(j, "%s", out);
-    snprintf(token, tlen, "%s", cl_json_str(j, "token"));
-    cl_json_free(j);
-    free(out);
-    cr_assert(token[0]);
-}
-
 Test(int_security, expired_wrong_type_or_unknown_token_cannot_join)
 {
     cluster_start(3);
@@ -382,8 +368,8 @@ Test(int_security, expired_wrong_type_or_unknown_token_cannot_join)
     cr_assert_neq(leader, 0);
 
     char node_token[128], short_token[128];
-    add_token("node", "10m", node_token, sizeof node_token);
-    add_token("auth", "1s", short_token, sizeof short_token);
+    cl_add_token(1, "node", "10m", node_token, sizeof node_token);
+    cl_add_token(1, "auth", "1s", short_token, sizeof short_token);
 
     int i = assert_join_refused(node_token, NULL, "join refused");
     cr_assert(node_log_contains(leader, "token is of another type"),
@@ -402,7 +388,7 @@ Test(int_security, joiner_refuses_a_server_whose_ca_does_not_match_its_pin)
 {
     cluster_start(3);
     char token[128];
-    add_token("auth", "10m", token, sizeof token);
+    cl_add_token(1, "auth", "10m", token, sizeof token);
     /* A valid token, but the joiner pins another CA: it must not send it. */
     char pin[128];
     snprintf(pin, sizeof pin, "%s", CL->ca_pin);
@@ -721,7 +707,7 @@ Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
 {
     cluster_start(1);
     char token[64];
-    add_token("node", "10m", token, sizeof token);
+    cl_add_token(1, "node", "10m", token, sizeof token);
     struct rp_buf req, ans;
     msgpack_unpacked u;
     rp_buf_init(&req);
@@ -854,8 +840,8 @@ Test(int_security, a_node_registers_with_a_token_and_gets_its_ssh_host_certifica
     cluster_start(1);
     cr_assert(wait_until(15000, host_ca_exists, NULL), "the host SSH CA never appeared");
     char node_token[64], proxy_token[64];
-    add_token("node", "10m", node_token, sizeof node_token);
-    add_token("proxy", "10m", proxy_token, sizeof proxy_token);
+    cl_add_token(1, "node", "10m", node_token, sizeof node_token);
+    cl_add_token(1, "proxy", "10m", proxy_token, sizeof proxy_token);
     struct rp_buf ans;
     msgpack_unpacked u;
     EVP_PKEY *key = NULL;
