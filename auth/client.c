@@ -549,6 +549,14 @@ static int read_fields(const msgpack_object *map, const struct field *f, size_t 
     return rv;
 }
 
+/* Sends @k and reads the @n fields @f of its answer (which stays in @k until
+ * call_end). */
+static int call_fields(struct auth_client *c, struct call *k, const struct field *f, size_t n)
+{
+    int rv = call_send(c, k);
+    return rv != 0 ? rv : read_fields(&k->resp.data, f, n);
+}
+
 /* Field @key of the answer in @out if it is of @type; otherwise frees @out and
  * returns NULL (the caller says what was missing). */
 static const msgpack_object *reply_get(struct auth_reply *out, const char *key,
@@ -574,9 +582,7 @@ int auth_client_ping(struct auth_client *c, struct auth_ping *out)
         u64_f("raft_id", &out->raft_id),
         u64_f("leader_id", &out->leader_id),
     };
-    int rv = call_send(c, &k);
-    if (rv == 0)
-        rv = read_fields(&k.resp.data, f, sizeof f / sizeof f[0]);
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
     if (rv != 0)
         return call_end(&k, rv);
     /* Addresses beyond what fits are left out: the client needs one that answers. */
@@ -619,9 +625,7 @@ int auth_client_status(struct auth_client *c, struct auth_status *out)
         u64_f("leader_id", &out->leader_id),
         u64_f("term", &out->term),
     };
-    int rv = call_send(c, &k);
-    if (rv == 0)
-        rv = read_fields(&k.resp.data, f, sizeof f / sizeof f[0]);
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
     if (rv != 0)
         return call_end(&k, rv);
     const msgpack_object *ms = rp_mp_get(&k.resp.data, "members");
@@ -654,9 +658,7 @@ int auth_client_member_status(struct auth_client *c, struct auth_member_status *
         u64_f("disk_free", &out->disk_free),
         u64_f("disk_total", &out->disk_total),
     };
-    int rv = call_send(c, &k);
-    if (rv == 0)
-        rv = read_fields(&k.resp.data, f, sizeof f / sizeof f[0]);
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
     return call_end(&k, rv);
 }
 
@@ -682,8 +684,8 @@ int auth_client_token_add(struct auth_client *c, const char *type, uint64_t ttl_
         str_f("ca_pin", out->ca_pin, sizeof out->ca_pin),
         u64_f("expires", &out->expires_ms),
     };
-    int rv = call_send(c, &k);
-    if (rv == 0 && (rv = read_fields(&k.resp.data, f, sizeof f / sizeof f[0])) != 0)
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
+    if (rv != 0)
         OPENSSL_cleanse(out->token, sizeof out->token);
     if (rv == 0 && out->token[0] == '\0')
         rv = rp_err(RP_EPROTO, "token_add answered without a token");
@@ -824,8 +826,8 @@ static int call_invite(struct auth_client *c, struct call *k, struct auth_invite
         str_f("token", out->token, sizeof out->token),
         u64_f("expires", &out->expires_ms),
     };
-    int rv = call_send(c, k);
-    if (rv == 0 && (rv = read_fields(&k->resp.data, f, sizeof f / sizeof f[0])) != 0)
+    int rv = call_fields(c, k, f, sizeof f / sizeof f[0]);
+    if (rv != 0)
         OPENSSL_cleanse(out->token, sizeof out->token);
     return call_end(k, rv);
 }

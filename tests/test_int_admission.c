@@ -163,40 +163,33 @@ Test(int_admission, bad_names_are_refused_on_every_write_path)
     start_one();
     struct rp_buf res;
     rp_buf_init(&res);
+    /* Each place a name stands: the resource (with %s for the name), how a failure
+     * calls it, and what the refusal must name. A lock's target is a name too. */
+    static const struct {
+        const char *yaml, *what, *want;
+    } places[] = {
+        {"kind: user\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  roles: [access]\n",
+         "user name", "user name"},
+        {"kind: role\nversion: v7\nmetadata:\n  name: \"%s\"\nspec: {}\n", "role name", "name"},
+        {"kind: lock\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  target:\n    user: bob\n",
+         "lock name", "lock name"},
+        {"kind: node\nversion: v2\nmetadata:\n  name: \"%s\"\nspec: {}\n", "node name",
+         "node name"},
+        {"kind: token\nversion: v2\nmetadata:\n  name: \"%s0123456789abcdef\"\nspec:\n  roles: "
+         "[Node]\n",
+         "token name", "token name"},
+        {"kind: lock\nversion: v2\nmetadata:\n  name: l1\nspec:\n  target:\n    user: \"%s\"\n",
+         "lock target", "spec.target.user"},
+    };
     char what[128];
     for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
-        const char *n = bad_names[i];
-        res_yaml(&res,
-                 "kind: user\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  roles: "
-                 "[access]\n",
-                 n);
-        snprintf(what, sizeof what, "user name #%zu", i);
-        assert_refused_everywhere(&res, what, "user name");
-        res_yaml(&res, "kind: role\nversion: v7\nmetadata:\n  name: \"%s\"\nspec: {}\n", n);
-        snprintf(what, sizeof what, "role name #%zu", i);
-        assert_refused_everywhere(&res, what, "name");
-        res_yaml(&res,
-                 "kind: lock\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  target:\n    "
-                 "user: bob\n",
-                 n);
-        snprintf(what, sizeof what, "lock name #%zu", i);
-        assert_refused_everywhere(&res, what, "lock name");
-        res_yaml(&res, "kind: node\nversion: v2\nmetadata:\n  name: \"%s\"\nspec: {}\n", n);
-        snprintf(what, sizeof what, "node name #%zu", i);
-        assert_refused_everywhere(&res, what, "node name");
-        res_yaml(&res,
-                 "kind: token\nversion: v2\nmetadata:\n  name: \"%s0123456789abcdef\"\nspec:\n  "
-                 "roles: [Node]\n",
-                 n);
-        snprintf(what, sizeof what, "token name #%zu", i);
-        assert_refused_everywhere(&res, what, "token name");
-        /* A lock's target is a name too. */
-        res_yaml(&res,
-                 "kind: lock\nversion: v2\nmetadata:\n  name: l1\nspec:\n  target:\n    user: "
-                 "\"%s\"\n",
-                 n);
-        snprintf(what, sizeof what, "lock target #%zu", i);
-        assert_refused_everywhere(&res, what, "spec.target.user");
+        for (size_t k = 0; k < sizeof places / sizeof places[0]; k++) {
+            char yaml[4096];
+            snprintf(yaml, sizeof yaml, places[k].yaml, bad_names[i]);
+            res_yaml(&res, "%s", yaml);
+            snprintf(what, sizeof what, "%s #%zu", places[k].what, i);
+            assert_refused_everywhere(&res, what, places[k].want);
+        }
     }
     /* A login of a user resource is a Unix name or a trait template. */
     res_yaml(&res, "kind: user\nversion: v2\nmetadata:\n  name: carol\nspec:\n  roles: [access]\n"
