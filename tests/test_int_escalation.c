@@ -62,6 +62,20 @@ static int call(SSL_CTX *ctx, int i, const struct rp_buf *req, char *msg, size_t
     return rv;
 }
 
+/* The head of a resource: a map of four, kind, version, metadata {name}, then the
+ * key "spec", whose value the caller packs. */
+static void pack_res_head(msgpack_packer *pk, const char *kind, const char *version,
+                          const char *name)
+{
+    msgpack_pack_map(pk, 4);
+    rp_mp_kv_str(pk, "kind", kind);
+    rp_mp_kv_str(pk, "version", version);
+    rp_mp_pack_str(pk, "metadata");
+    msgpack_pack_map(pk, 1);
+    rp_mp_kv_str(pk, "name", name);
+    rp_mp_pack_str(pk, "spec");
+}
+
 /* A role resource request {m: @method, res: role @name with one rule}, or a batch. */
 static void role_req(struct rp_buf *b, const char *method, const char *name)
 {
@@ -78,13 +92,7 @@ static void role_req(struct rp_buf *b, const char *method, const char *name)
         rp_mp_kv_str(&pk, "op", "put");
         rp_mp_pack_str(&pk, "res");
     }
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", "role");
-    rp_mp_kv_str(&pk, "version", "v7");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "name", name);
-    rp_mp_pack_str(&pk, "spec");
+    pack_res_head(&pk, "role", "v7", name);
     msgpack_pack_map(&pk, 0);
 }
 
@@ -311,13 +319,7 @@ static void lock_req(struct rp_buf *b, const char *name, const char *key, const 
     msgpack_pack_map(&pk, 2);
     rp_mp_kv_str(&pk, "m", "put");
     rp_mp_pack_str(&pk, "res");
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", "lock");
-    rp_mp_kv_str(&pk, "version", "v2");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "name", name);
-    rp_mp_pack_str(&pk, "spec");
+    pack_res_head(&pk, "lock", "v2", name);
     msgpack_pack_map(&pk, 2);
     rp_mp_pack_str(&pk, "target");
     msgpack_pack_map(&pk, 1);
