@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth/client.h"
 #include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
@@ -362,14 +363,8 @@ static void rfc3339(uint64_t ms, char *out, size_t n)
 static int get_token(const char *name, msgpack_unpacked *u, struct rp_buf *keep)
 {
     struct rp_buf req;
-    msgpack_packer pk;
     rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", "token");
-    rp_mp_kv_str(&pk, "name", name);
-    rp_mp_kv_bool(&pk, "with_secrets", true);
+    auth_req_get(&req, "token", name, false, true);
     msgpack_unpacked resp;
     int rv = node_call(1, req.data, req.len, &resp, 0);
     rp_buf_free(&req);

@@ -240,17 +240,23 @@ static int get_ca_with_secrets(SSL_CTX *ctx, int node, char *msg, size_t n)
 }
 
 /* The host id of auth server @i (data_dir/keys/host_uuid or the certificate's CN). */
-static void host_id_of(int i, char *out, size_t n)
+/* The identity in auth server @i's certificate keys/@file; rp_identity_free it. */
+static void identity_of(int i, const char *file, struct rp_identity *id)
 {
     char path[700];
     X509 *c = NULL;
-    struct rp_identity id;
-    snprintf(path, sizeof path, "%s/keys/host.crt", CL->nodes[i].dir);
+    snprintf(path, sizeof path, "%s/keys/%s", CL->nodes[i].dir, file);
     cr_assert_eq(rp_tls_read_cert(path, &c), 0);
-    cr_assert_eq(rp_identity_from_cert(c, &id), 0);
+    cr_assert_eq(rp_identity_from_cert(c, id), 0);
+    X509_free(c);
+}
+
+static void host_id_of(int i, char *out, size_t n)
+{
+    struct rp_identity id;
+    identity_of(i, "host.crt", &id);
     snprintf(out, n, "%s", id.host_id);
     rp_identity_free(&id);
-    X509_free(c);
 }
 
 Test(int_escalation, system_role_names_in_a_user_certificate_grant_nothing)
@@ -391,18 +397,13 @@ Test(int_escalation, a_removed_auth_server_is_cut_off)
     cr_assert(cl_wait_presets(15000), "no preset roles");
     /* Admin identities on disk live hours, not years. */
     for (int i = 1; i <= 3; i++) {
-        char path[700];
-        X509 *c = NULL;
         struct rp_identity aid;
-        snprintf(path, sizeof path, "%s/keys/admin.crt", CL->nodes[i].dir);
-        cr_assert_eq(rp_tls_read_cert(path, &c), 0);
-        cr_assert_eq(rp_identity_from_cert(c, &aid), 0);
+        identity_of(i, "admin.crt", &aid);
         cr_expect_eq(aid.system_role, RP_SYS_ADMIN);
         long long left = aid.not_after - (long long)(rp_now_ms() / 1000);
         cr_expect(left > 0 && left <= 8 * 3600 + 120, "node %d's admin identity lives %lld s", i,
                   left);
         rp_identity_free(&aid);
-        X509_free(c);
     }
     /* Node 3's own identities, as its files hold them. */
     SSL_CTX *admin3 = node_admin_ctx(3);
