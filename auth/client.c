@@ -411,22 +411,46 @@ static int call_reply(struct auth_client *c, struct rp_buf *req, struct auth_rep
     return 0;
 }
 
-/* For answers read at once: sends @req (freed here); the caller destroys @resp. */
-static int call_simple(struct auth_client *c, struct rp_buf *req, msgpack_unpacked *resp)
+/* One typed call read at once: the request map being built and, once sent, the
+ * decoded answer. It stays where it was declared (the map points at the packer). */
+struct call {
+    struct rp_buf req;
+    msgpack_packer pk;
+    struct rp_mp_map m; /* add fields between call_begin and call_send */
+    msgpack_unpacked resp;
+};
+
+/* Starts the request map for @method; returns the map to add fields to. */
+static struct rp_mp_map *call_begin(struct call *k, const char *method)
 {
-    int rv = auth_client_call(c, req->data, req->len, resp);
-    rp_buf_free(req);
+    rp_buf_init(&k->req);
+    rp_mp_packer_init(&k->pk, &k->req);
+    rp_mp_map_begin(&k->pk, &k->m);
+    rp_mp_map_str(&k->m, "m", method);
+    return &k->m;
+}
+
+/* Ends and sends the request (freed here). The answer, or the error the server
+ * sent, is in @k->resp until call_end, whatever this returns. */
+static int call_send(struct auth_client *c, struct call *k)
+{
+    rp_mp_map_end(&k->m);
+    int rv = auth_client_call(c, k->req.data, k->req.len, &k->resp);
+    rp_buf_free(&k->req);
     return rv;
 }
 
-/* Starts a request map for method @method in @req. */
-static void req_begin(struct rp_buf *req, msgpack_packer *pk, struct rp_mp_map *m,
-                      const char *method)
+/* Frees the answer of @k and passes @rv through. */
+static int call_end(struct call *k, int rv)
 {
-    rp_buf_init(req);
-    rp_mp_packer_init(pk, req);
-    rp_mp_map_begin(pk, m);
-    rp_mp_map_str(m, "m", method);
+    msgpack_unpacked_destroy(&k->resp);
+    return rv;
+}
+
+/* Sends a call whose answer says nothing beyond success. */
+static int call_void(struct auth_client *c, struct call *k)
+{
+    return call_end(k, call_send(c, k));
 }
 
 /* Copies string field @key of @map into @out; "" if absent. RP_EPROTO if it does
@@ -485,27 +509,84 @@ static void pack_strings(msgpack_packer *pk, const char *const *items, size_t n)
         rp_mp_pack_str(pk, items[i]);
 }
 
+/* One field of an answer to read and where it goes: a string of under @size bytes
+ * into @str, or a number into @u64, or a flag into @flag. */
+struct field {
+    const char *key;
+    char *str;
+    size_t size;
+    uint64_t *u64;
+    bool *flag;
+};
+
+static struct field str_f(const char *key, char *str, size_t size)
+{
+    return (struct field){.key = key, .str = str, .size = size};
+}
+
+static struct field u64_f(const char *key, uint64_t *v)
+{
+    return (struct field){.key = key, .u64 = v};
+}
+
+static struct field bool_f(const char *key, bool *v)
+{
+    return (struct field){.key = key, .flag = v};
+}
+
+/* Reads the @n fields @f of @map in order; stops at the first that is malformed. */
+static int read_fields(const msgpack_object *map, const struct field *f, size_t n)
+{
+    int rv = 0;
+    for (size_t i = 0; i < n && rv == 0; i++) {
+        if (f[i].str)
+            rv = copy_field(map, f[i].key, f[i].str, f[i].size);
+        else if (f[i].u64)
+            rv = u64_field(map, f[i].key, f[i].u64);
+        else
+            rv = bool_field(map, f[i].key, f[i].flag);
+    }
+    return rv;
+}
+
+/* Sends @k and reads the @n fields @f of its answer (which stays in @k until
+ * call_end). */
+static int call_fields(struct auth_client *c, struct call *k, const struct field *f, size_t n)
+{
+    int rv = call_send(c, k);
+    return rv != 0 ? rv : read_fields(&k->resp.data, f, n);
+}
+
+/* Field @key of the answer in @out if it is of @type; otherwise frees @out and
+ * returns NULL (the caller says what was missing). */
+static const msgpack_object *reply_get(struct auth_reply *out, const char *key,
+                                       msgpack_object_type type)
+{
+    const msgpack_object *o = rp_mp_get(out->doc, key);
+    if (o != NULL && o->type == type)
+        return o;
+    auth_reply_free(out);
+    return NULL;
+}
+
 int auth_client_ping(struct auth_client *c, struct auth_ping *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "ping");
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    const msgpack_object *d = &resp.data;
-    if (rv != 0 ||
-        (rv = copy_field(d, "cluster_name", out->cluster_name, sizeof out->cluster_name)) != 0 ||
-        (rv = copy_field(d, "server_id", out->server_id, sizeof out->server_id)) != 0 ||
-        (rv = copy_field(d, "ca_pin", out->ca_pin, sizeof out->ca_pin)) != 0 ||
-        (rv = copy_field(d, "version", out->version, sizeof out->version)) != 0 ||
-        (rv = u64_field(d, "raft_id", &out->raft_id)) != 0 ||
-        (rv = u64_field(d, "leader_id", &out->leader_id)) != 0)
-        goto out;
+    call_begin(&k, "ping");
+    const struct field f[] = {
+        str_f("cluster_name", out->cluster_name, sizeof out->cluster_name),
+        str_f("server_id", out->server_id, sizeof out->server_id),
+        str_f("ca_pin", out->ca_pin, sizeof out->ca_pin),
+        str_f("version", out->version, sizeof out->version),
+        u64_f("raft_id", &out->raft_id),
+        u64_f("leader_id", &out->leader_id),
+    };
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
+    if (rv != 0)
+        return call_end(&k, rv);
     /* Addresses beyond what fits are left out: the client needs one that answers. */
-    const msgpack_object *a = rp_mp_get(d, "auth_servers");
+    const msgpack_object *a = rp_mp_get(&k.resp.data, "auth_servers");
     for (uint32_t i = 0; a && a->type == MSGPACK_OBJECT_ARRAY && i < a->via.array.size; i++) {
         const msgpack_object *o = &a->via.array.ptr[i];
         if (o->type != MSGPACK_OBJECT_STR || o->via.str.size >= sizeof out->auth_servers[0] ||
@@ -514,126 +595,101 @@ int auth_client_ping(struct auth_client *c, struct auth_ping *out)
         memcpy(out->auth_servers[out->n_auth_servers], o->via.str.ptr, o->via.str.size);
         out->auth_servers[out->n_auth_servers++][o->via.str.size] = '\0';
     }
-out:
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+    return call_end(&k, 0);
+}
+
+/* Reads one entry of a status answer's members. */
+static int read_member(const msgpack_object *o, struct auth_member *mb)
+{
+    const struct field f[] = {
+        u64_f("id", &mb->id),
+        str_f("address", mb->address, sizeof mb->address),
+        str_f("api_address", mb->api_address, sizeof mb->api_address),
+        str_f("role", mb->role, sizeof mb->role),
+        str_f("state", mb->state, sizeof mb->state),
+        u64_f("last_applied", &mb->last_applied),
+        bool_f("reachable", &mb->reachable),
+        u64_f("disk_free", &mb->disk_free),
+    };
+    return read_fields(o, f, sizeof f / sizeof f[0]);
 }
 
 int auth_client_status(struct auth_client *c, struct auth_status *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "status");
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    const msgpack_object *d = &resp.data;
-    if (rv != 0 ||
-        (rv = copy_field(d, "cluster_name", out->cluster_name, sizeof out->cluster_name)) != 0 ||
-        (rv = copy_field(d, "ca_pin", out->ca_pin, sizeof out->ca_pin)) != 0 ||
-        (rv = u64_field(d, "leader_id", &out->leader_id)) != 0 ||
-        (rv = u64_field(d, "term", &out->term)) != 0)
-        goto out;
-    const msgpack_object *ms = rp_mp_get(d, "members");
-    if (ms == NULL || ms->type != MSGPACK_OBJECT_ARRAY || ms->via.array.size > AUTH_MAX_MEMBERS) {
-        rv = rp_err(RP_EPROTO, "status answer: expected an array of at most %d members",
-                    AUTH_MAX_MEMBERS);
-        goto out;
+    call_begin(&k, "status");
+    const struct field f[] = {
+        str_f("cluster_name", out->cluster_name, sizeof out->cluster_name),
+        str_f("ca_pin", out->ca_pin, sizeof out->ca_pin),
+        u64_f("leader_id", &out->leader_id),
+        u64_f("term", &out->term),
+    };
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
+    if (rv != 0)
+        return call_end(&k, rv);
+    const msgpack_object *ms = rp_mp_get(&k.resp.data, "members");
+    if (ms == NULL || ms->type != MSGPACK_OBJECT_ARRAY || ms->via.array.size > AUTH_MAX_MEMBERS)
+        return call_end(&k,
+                        rp_err(RP_EPROTO, "status answer: expected an array of at most %d members",
+                               AUTH_MAX_MEMBERS));
+    for (uint32_t i = 0; i < ms->via.array.size && rv == 0; i++) {
+        rv = read_member(&ms->via.array.ptr[i], &out->members[i]);
+        if (rv == 0)
+            out->n_members++;
     }
-    for (uint32_t i = 0; i < ms->via.array.size; i++) {
-        const msgpack_object *o = &ms->via.array.ptr[i];
-        struct auth_member *mb = &out->members[i];
-        if ((rv = u64_field(o, "id", &mb->id)) != 0 ||
-            (rv = copy_field(o, "address", mb->address, sizeof mb->address)) != 0 ||
-            (rv = copy_field(o, "api_address", mb->api_address, sizeof mb->api_address)) != 0 ||
-            (rv = copy_field(o, "role", mb->role, sizeof mb->role)) != 0 ||
-            (rv = copy_field(o, "state", mb->state, sizeof mb->state)) != 0 ||
-            (rv = u64_field(o, "last_applied", &mb->last_applied)) != 0 ||
-            (rv = bool_field(o, "reachable", &mb->reachable)) != 0 ||
-            (rv = u64_field(o, "disk_free", &mb->disk_free)) != 0)
-            goto out;
-        out->n_members++;
-    }
-out:
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+    return call_end(&k, rv);
 }
 
 int auth_client_member_status(struct auth_client *c, struct auth_member_status *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "member_status");
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    const msgpack_object *d = &resp.data;
-    if (rv == 0)
-        rv = u64_field(d, "id", &out->id);
-    if (rv == 0)
-        rv = copy_field(d, "state", out->state, sizeof out->state);
-    if (rv == 0)
-        rv = bool_field(d, "ready", &out->ready);
-    if (rv == 0)
-        rv = u64_field(d, "term", &out->term);
-    if (rv == 0)
-        rv = u64_field(d, "leader_id", &out->leader_id);
-    if (rv == 0)
-        rv = u64_field(d, "last_applied", &out->last_applied);
-    if (rv == 0)
-        rv = u64_field(d, "commit_index", &out->commit_index);
-    if (rv == 0)
-        rv = u64_field(d, "last_index", &out->last_index);
-    if (rv == 0)
-        rv = u64_field(d, "disk_free", &out->disk_free);
-    if (rv == 0)
-        rv = u64_field(d, "disk_total", &out->disk_total);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+    call_begin(&k, "member_status");
+    const struct field f[] = {
+        u64_f("id", &out->id),
+        str_f("state", out->state, sizeof out->state),
+        bool_f("ready", &out->ready),
+        u64_f("term", &out->term),
+        u64_f("leader_id", &out->leader_id),
+        u64_f("last_applied", &out->last_applied),
+        u64_f("commit_index", &out->commit_index),
+        u64_f("last_index", &out->last_index),
+        u64_f("disk_free", &out->disk_free),
+        u64_f("disk_total", &out->disk_total),
+    };
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
+    return call_end(&k, rv);
 }
 
 int auth_client_member_rm(struct auth_client *c, uint64_t id)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
-    req_begin(&req, &pk, &m, "member_rm");
-    rp_mp_map_u64(&m, "id", id);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+    struct call k;
+    rp_mp_map_u64(call_begin(&k, "member_rm"), "id", id);
+    return call_void(c, &k);
 }
 
 int auth_client_token_add(struct auth_client *c, const char *type, uint64_t ttl_ms,
                           struct auth_token *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "token_add");
-    rp_mp_map_str(&m, "type", type);
+    struct rp_mp_map *m = call_begin(&k, "token_add");
+    rp_mp_map_str(m, "type", type);
     if (ttl_ms != 0)
-        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    const msgpack_object *d = &resp.data;
-    if (rv == 0 && ((rv = copy_field(d, "token", out->token, sizeof out->token)) != 0 ||
-                    (rv = copy_field(d, "type", out->type, sizeof out->type)) != 0 ||
-                    (rv = copy_field(d, "ca_pin", out->ca_pin, sizeof out->ca_pin)) != 0 ||
-                    (rv = u64_field(d, "expires", &out->expires_ms)) != 0))
+        rp_mp_map_u64(m, "ttl_ms", ttl_ms);
+    const struct field f[] = {
+        str_f("token", out->token, sizeof out->token),
+        str_f("type", out->type, sizeof out->type),
+        str_f("ca_pin", out->ca_pin, sizeof out->ca_pin),
+        u64_f("expires", &out->expires_ms),
+    };
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
+    if (rv != 0)
         OPENSSL_cleanse(out->token, sizeof out->token);
     if (rv == 0 && out->token[0] == '\0')
         rv = rp_err(RP_EPROTO, "token_add answered without a token");
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+    return call_end(&k, rv);
 }
 
 int auth_client_get(struct auth_client *c, const char *kind, const char *name, unsigned flags,
@@ -645,11 +701,9 @@ int auth_client_get(struct auth_client *c, const char *kind, const char *name, u
     int rv = call_reply(c, &req, out);
     if (rv != 0)
         return rv;
-    const msgpack_object *r = rp_mp_get(out->doc, "res");
-    if (r == NULL || r->type != MSGPACK_OBJECT_MAP) {
-        auth_reply_free(out);
+    const msgpack_object *r = reply_get(out, "res", MSGPACK_OBJECT_MAP);
+    if (r == NULL)
         return rp_err(RP_EPROTO, "get %s/%s answered without a resource", kind, name);
-    }
     if (res)
         *res = r;
     if (rev)
@@ -667,11 +721,9 @@ int auth_client_list(struct auth_client *c, const char *kind, const char *prefix
     int rv = call_reply(c, &req, out);
     if (rv != 0)
         return rv;
-    const msgpack_object *a = rp_mp_get(out->doc, "items");
-    if (a == NULL || a->type != MSGPACK_OBJECT_ARRAY) {
-        auth_reply_free(out);
+    const msgpack_object *a = reply_get(out, "items", MSGPACK_OBJECT_ARRAY);
+    if (a == NULL)
         return rp_err(RP_EPROTO, "list answered without an array of items");
-    }
     if (items)
         *items = a;
     if (rev)
@@ -720,23 +772,18 @@ static int read_write_result(const msgpack_object *d, struct auth_write_result *
 static int write_resource(struct auth_client *c, const char *op, const void *res, size_t len,
                           struct auth_write_result *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     char rid[33];
     if (out)
         memset(out, 0, sizeof *out);
     auth_new_rid(rid);
-    req_begin(&req, &pk, &m, op);
-    rp_mp_map_raw(&m, "res", res, len);
-    rp_mp_map_str(&m, "rid", rid);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
+    struct rp_mp_map *m = call_begin(&k, op);
+    rp_mp_map_raw(m, "res", res, len);
+    rp_mp_map_str(m, "rid", rid);
+    int rv = call_send(c, &k);
     if (rv == 0 && out)
-        rv = read_write_result(&resp.data, out);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+        rv = read_write_result(&k.resp.data, out);
+    return call_end(&k, rv);
 }
 
 int auth_client_put(struct auth_client *c, const void *res, size_t len,
@@ -759,98 +806,75 @@ int auth_client_update(struct auth_client *c, const void *res, size_t len,
 
 int auth_client_delete(struct auth_client *c, const char *kind, const char *name, uint64_t *rev)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     char rid[33];
     auth_new_rid(rid);
-    req_begin(&req, &pk, &m, "delete");
-    rp_mp_map_str(&m, "kind", kind);
-    rp_mp_map_str(&m, "name", name);
-    rp_mp_map_str(&m, "rid", rid);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
+    struct rp_mp_map *m = call_begin(&k, "delete");
+    rp_mp_map_str(m, "kind", kind);
+    rp_mp_map_str(m, "name", name);
+    rp_mp_map_str(m, "rid", rid);
+    int rv = call_send(c, &k);
     if (rv == 0 && rev)
-        rv = u64_field(&resp.data, "rev", rev);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+        rv = u64_field(&k.resp.data, "rev", rev);
+    return call_end(&k, rv);
 }
 
-/* Reads an invite answer (token, expires) into @out. */
-static int read_invite(int rv, msgpack_unpacked *resp, struct auth_invite *out)
+/* Sends @k and reads its invite answer (token, expires) into @out. */
+static int call_invite(struct auth_client *c, struct call *k, struct auth_invite *out)
 {
-    if (rv == 0 && ((rv = copy_field(&resp->data, "token", out->token, sizeof out->token)) != 0 ||
-                    (rv = u64_field(&resp->data, "expires", &out->expires_ms)) != 0))
+    const struct field f[] = {
+        str_f("token", out->token, sizeof out->token),
+        u64_f("expires", &out->expires_ms),
+    };
+    int rv = call_fields(c, k, f, sizeof f / sizeof f[0]);
+    if (rv != 0)
         OPENSSL_cleanse(out->token, sizeof out->token);
-    msgpack_unpacked_destroy(resp);
-    return rv;
+    return call_end(k, rv);
 }
 
 int auth_client_user_add(struct auth_client *c, const char *name, const char *const *roles,
                          size_t n_roles, const char *const *logins, size_t n_logins,
                          uint64_t ttl_ms, struct auth_invite *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "user_add");
-    rp_mp_map_str(&m, "name", name);
+    struct rp_mp_map *m = call_begin(&k, "user_add");
+    rp_mp_map_str(m, "name", name);
     if (ttl_ms != 0)
-        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
-    pack_strings(rp_mp_map_key(&m, "roles"), roles, n_roles);
+        rp_mp_map_u64(m, "ttl_ms", ttl_ms);
+    pack_strings(rp_mp_map_key(m, "roles"), roles, n_roles);
     if (n_logins > 0)
-        pack_strings(rp_mp_map_key(&m, "logins"), logins, n_logins);
-    rp_mp_map_end(&m);
-    return read_invite(call_simple(c, &req, &resp), &resp, out);
+        pack_strings(rp_mp_map_key(m, "logins"), logins, n_logins);
+    return call_invite(c, &k, out);
 }
 
 int auth_client_user_update(struct auth_client *c, const char *name, const char *const *roles,
                             size_t n_roles)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
-    req_begin(&req, &pk, &m, "user_update");
-    rp_mp_map_str(&m, "name", name);
-    pack_strings(rp_mp_map_key(&m, "roles"), roles, n_roles);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+    struct call k;
+    struct rp_mp_map *m = call_begin(&k, "user_update");
+    rp_mp_map_str(m, "name", name);
+    pack_strings(rp_mp_map_key(m, "roles"), roles, n_roles);
+    return call_void(c, &k);
 }
 
 int auth_client_user_rm(struct auth_client *c, const char *name)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
-    req_begin(&req, &pk, &m, "user_rm");
-    rp_mp_map_str(&m, "name", name);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+    struct call k;
+    rp_mp_map_str(call_begin(&k, "user_rm"), "name", name);
+    return call_void(c, &k);
 }
 
 int auth_client_user_reset(struct auth_client *c, const char *name, uint64_t ttl_ms,
                            struct auth_invite *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "user_reset");
-    rp_mp_map_str(&m, "name", name);
+    struct rp_mp_map *m = call_begin(&k, "user_reset");
+    rp_mp_map_str(m, "name", name);
     if (ttl_ms != 0)
-        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
-    rp_mp_map_end(&m);
-    return read_invite(call_simple(c, &req, &resp), &resp, out);
+        rp_mp_map_u64(m, "ttl_ms", ttl_ms);
+    return call_invite(c, &k, out);
 }
 
 void auth_certs_free(struct auth_certs *certs)
@@ -861,10 +885,14 @@ void auth_certs_free(struct auth_certs *certs)
     memset(certs, 0, sizeof *certs);
 }
 
-/* Reads the certificates of a sign answer; @want_tls: the X.509 ones must be there. */
-static int read_certs(const msgpack_object *d, bool want_tls, struct auth_certs *out)
+/* Sends the sign request @k and reads the certificates of its answer into @out;
+ * @want_tls: the X.509 ones must be there. */
+static int call_certs(struct auth_client *c, struct call *k, bool want_tls, struct auth_certs *out)
 {
-    int rv;
+    int rv = call_send(c, k);
+    if (rv != 0)
+        return call_end(k, rv);
+    const msgpack_object *d = &k->resp.data;
     if ((rv = dup_field(d, "ssh_cert", &out->ssh_cert)) != 0 ||
         (rv = dup_field(d, "tls_cert", &out->tls_cert)) != 0 ||
         (rv = dup_field(d, "tls_ca", &out->tls_ca)) != 0 ||
@@ -875,94 +903,74 @@ static int read_certs(const msgpack_object *d, bool want_tls, struct auth_certs 
                     out->ssh_cert == NULL ? "SSH" : "X.509");
         goto fail;
     }
-    return 0;
+    return call_end(k, 0);
 fail:
     auth_certs_free(out);
-    return rv;
+    return call_end(k, rv);
 }
 
 int auth_client_sign_user(struct auth_client *c, const char *user, const char *ssh_pubkey,
                           const char *tls_pubkey, uint64_t ttl_ms, struct auth_certs *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "sign_user");
-    rp_mp_map_str(&m, "user", user);
+    struct rp_mp_map *m = call_begin(&k, "sign_user");
+    rp_mp_map_str(m, "user", user);
     if (ttl_ms != 0)
-        rp_mp_map_u64(&m, "ttl_ms", ttl_ms);
-    rp_mp_map_str(&m, "ssh_pubkey", ssh_pubkey);
+        rp_mp_map_u64(m, "ttl_ms", ttl_ms);
+    rp_mp_map_str(m, "ssh_pubkey", ssh_pubkey);
     if (tls_pubkey)
-        rp_mp_map_str(&m, "tls_pubkey", tls_pubkey);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    if (rv == 0)
-        rv = read_certs(&resp.data, tls_pubkey != NULL, out);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+        rp_mp_map_str(m, "tls_pubkey", tls_pubkey);
+    return call_certs(c, &k, tls_pubkey != NULL, out);
 }
 
 int auth_client_sign_host(struct auth_client *c, const struct auth_host_sign *r,
                           struct auth_certs *out)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    msgpack_unpacked resp;
+    struct call k;
     memset(out, 0, sizeof *out);
-    req_begin(&req, &pk, &m, "sign_host");
-    rp_mp_map_str(&m, "host_id", r->host_id);
-    rp_mp_map_str(&m, "nodename", r->nodename);
-    rp_mp_map_str(&m, "role", r->role);
+    struct rp_mp_map *m = call_begin(&k, "sign_host");
+    rp_mp_map_str(m, "host_id", r->host_id);
+    rp_mp_map_str(m, "nodename", r->nodename);
+    rp_mp_map_str(m, "role", r->role);
     if (r->ttl_ms != 0)
-        rp_mp_map_u64(&m, "ttl_ms", r->ttl_ms);
-    rp_mp_map_str(&m, "ssh_pubkey", r->ssh_pubkey);
+        rp_mp_map_u64(m, "ttl_ms", r->ttl_ms);
+    rp_mp_map_str(m, "ssh_pubkey", r->ssh_pubkey);
     if (r->n_principals > 0)
-        pack_strings(rp_mp_map_key(&m, "principals"), r->principals, r->n_principals);
+        pack_strings(rp_mp_map_key(m, "principals"), r->principals, r->n_principals);
     if (r->tls_pubkey)
-        rp_mp_map_str(&m, "tls_pubkey", r->tls_pubkey);
-    rp_mp_map_end(&m);
-    int rv = call_simple(c, &req, &resp);
-    if (rv == 0)
-        rv = read_certs(&resp.data, r->tls_pubkey != NULL, out);
-    msgpack_unpacked_destroy(&resp);
-    return rv;
+        rp_mp_map_str(m, "tls_pubkey", r->tls_pubkey);
+    return call_certs(c, &k, r->tls_pubkey != NULL, out);
 }
 
 int auth_client_events(struct auth_client *c, const struct auth_events_query *q,
                        struct auth_reply *out, const msgpack_object **items)
 {
-    struct rp_buf req;
-    msgpack_packer pk;
-    struct rp_mp_map m;
-    req_begin(&req, &pk, &m, "events");
+    struct call k;
+    struct rp_mp_map *m = call_begin(&k, "events");
     if (q->stale)
-        rp_mp_map_bool(&m, "stale", true);
+        rp_mp_map_bool(m, "stale", true);
     if (q->limit)
-        rp_mp_map_u64(&m, "limit", q->limit);
+        rp_mp_map_u64(m, "limit", q->limit);
     if (q->from_ms)
-        rp_mp_map_u64(&m, "from", q->from_ms);
+        rp_mp_map_u64(m, "from", q->from_ms);
     if (q->to_ms)
-        rp_mp_map_u64(&m, "to", q->to_ms);
+        rp_mp_map_u64(m, "to", q->to_ms);
     if (q->type)
-        rp_mp_map_str(&m, "type", q->type);
+        rp_mp_map_str(m, "type", q->type);
     if (q->user)
-        rp_mp_map_str(&m, "user", q->user);
+        rp_mp_map_str(m, "user", q->user);
     if (q->sid)
-        rp_mp_map_str(&m, "sid", q->sid);
+        rp_mp_map_str(m, "sid", q->sid);
     if (q->newest_first)
-        rp_mp_map_bool(&m, "newest_first", true);
-    rp_mp_map_end(&m);
-    int rv = call_reply(c, &req, out);
+        rp_mp_map_bool(m, "newest_first", true);
+    rp_mp_map_end(m);
+    int rv = call_reply(c, &k.req, out);
     if (rv != 0)
         return rv;
-    const msgpack_object *a = rp_mp_get(out->doc, "items");
-    if (a == NULL || a->type != MSGPACK_OBJECT_ARRAY) {
-        auth_reply_free(out);
+    const msgpack_object *a = reply_get(out, "items", MSGPACK_OBJECT_ARRAY);
+    if (a == NULL)
         return rp_err(RP_EPROTO, "events answered without an array of items");
-    }
     if (items)
         *items = a;
     return 0;

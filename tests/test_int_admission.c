@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth/client.h"
 #include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
@@ -25,19 +26,10 @@
 
 TestSuite(int_admission, .init = cluster_setup, .fini = cluster_teardown, .timeout = 240);
 
-static bool presets(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/access", NULL);
-    free(out);
-    return rv == 0;
-}
-
 static void start_one(void)
 {
     cluster_start(1);
-    cr_assert(wait_until(20000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_presets(20000), "no preset roles");
 }
 
 /* A resource from YAML text (printf-style) into @out. */
@@ -118,8 +110,7 @@ static void assert_refused_everywhere(const struct rp_buf *res, const char *what
 static int tctl_create_yaml(bool force, const char *yaml, char **err)
 {
     char path[600], tctl[600];
-    snprintf(path, sizeof path, "%s/res.yaml", CL->dir);
-    cr_assert_eq(rp_write_file(path, yaml, strlen(yaml), 0600), 0);
+    cl_write_file("res.yaml", yaml, path, sizeof path);
     snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
     char *argv[] = {
         tctl, "-c", CL->nodes[1].cfg, "create", force ? "-f" : path, force ? path : NULL, NULL};
@@ -173,40 +164,33 @@ Test(int_admission, bad_names_are_refused_on_every_write_path)
     start_one();
     struct rp_buf res;
     rp_buf_init(&res);
+    /* Each place a name stands: the resource (with %s for the name), how a failure
+     * calls it, and what the refusal must name. A lock's target is a name too. */
+    static const struct {
+        const char *yaml, *what, *want;
+    } places[] = {
+        {"kind: user\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  roles: [access]\n",
+         "user name", "user name"},
+        {"kind: role\nversion: v7\nmetadata:\n  name: \"%s\"\nspec: {}\n", "role name", "name"},
+        {"kind: lock\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  target:\n    user: bob\n",
+         "lock name", "lock name"},
+        {"kind: node\nversion: v2\nmetadata:\n  name: \"%s\"\nspec: {}\n", "node name",
+         "node name"},
+        {"kind: token\nversion: v2\nmetadata:\n  name: \"%s0123456789abcdef\"\nspec:\n  roles: "
+         "[Node]\n",
+         "token name", "token name"},
+        {"kind: lock\nversion: v2\nmetadata:\n  name: l1\nspec:\n  target:\n    user: \"%s\"\n",
+         "lock target", "spec.target.user"},
+    };
     char what[128];
     for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
-        const char *n = bad_names[i];
-        res_yaml(&res,
-                 "kind: user\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  roles: "
-                 "[access]\n",
-                 n);
-        snprintf(what, sizeof what, "user name #%zu", i);
-        assert_refused_everywhere(&res, what, "user name");
-        res_yaml(&res, "kind: role\nversion: v7\nmetadata:\n  name: \"%s\"\nspec: {}\n", n);
-        snprintf(what, sizeof what, "role name #%zu", i);
-        assert_refused_everywhere(&res, what, "name");
-        res_yaml(&res,
-                 "kind: lock\nversion: v2\nmetadata:\n  name: \"%s\"\nspec:\n  target:\n    "
-                 "user: bob\n",
-                 n);
-        snprintf(what, sizeof what, "lock name #%zu", i);
-        assert_refused_everywhere(&res, what, "lock name");
-        res_yaml(&res, "kind: node\nversion: v2\nmetadata:\n  name: \"%s\"\nspec: {}\n", n);
-        snprintf(what, sizeof what, "node name #%zu", i);
-        assert_refused_everywhere(&res, what, "node name");
-        res_yaml(&res,
-                 "kind: token\nversion: v2\nmetadata:\n  name: \"%s0123456789abcdef\"\nspec:\n  "
-                 "roles: [Node]\n",
-                 n);
-        snprintf(what, sizeof what, "token name #%zu", i);
-        assert_refused_everywhere(&res, what, "token name");
-        /* A lock's target is a name too. */
-        res_yaml(&res,
-                 "kind: lock\nversion: v2\nmetadata:\n  name: l1\nspec:\n  target:\n    user: "
-                 "\"%s\"\n",
-                 n);
-        snprintf(what, sizeof what, "lock target #%zu", i);
-        assert_refused_everywhere(&res, what, "spec.target.user");
+        for (size_t k = 0; k < sizeof places / sizeof places[0]; k++) {
+            char yaml[4096];
+            snprintf(yaml, sizeof yaml, places[k].yaml, bad_names[i]);
+            res_yaml(&res, "%s", yaml);
+            snprintf(what, sizeof what, "%s #%zu", places[k].what, i);
+            assert_refused_everywhere(&res, what, places[k].want);
+        }
     }
     /* A login of a user resource is a Unix name or a trait template. */
     res_yaml(&res, "kind: user\nversion: v2\nmetadata:\n  name: carol\nspec:\n  roles: [access]\n"
@@ -379,14 +363,8 @@ static void rfc3339(uint64_t ms, char *out, size_t n)
 static int get_token(const char *name, msgpack_unpacked *u, struct rp_buf *keep)
 {
     struct rp_buf req;
-    msgpack_packer pk;
     rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", "token");
-    rp_mp_kv_str(&pk, "name", name);
-    rp_mp_kv_bool(&pk, "with_secrets", true);
+    auth_req_get(&req, "token", name, false, true);
     msgpack_unpacked resp;
     int rv = node_call(1, req.data, req.len, &resp, 0);
     rp_buf_free(&req);
@@ -524,8 +502,8 @@ Test(int_admission, tokens_expire_in_30m_by_default_and_within_48h_at_most)
 
 struct joiner {
     const char *token;
-    const char *type;  /* "node" or "auth" */
-    uint64_t raft_id;  /* auth joins: a spare at an address nobody listens on */
+    const char *type; /* "node" or "auth" */
+    uint64_t raft_id; /* auth joins: a spare at an address nobody listens on */
     char host_id[64];
     char *host_pub;
     char addr[64];
@@ -602,24 +580,12 @@ static void joiner_init(struct joiner *j, const char *token, const char *host_id
     EVP_PKEY_free(k);
 }
 
-static void add_token(const char *type_flag, char *token, size_t n)
-{
-    char *out = NULL;
-    cr_assert_eq(run_tctl(1, &out, "tokens", "add", type_flag, "--format=json", NULL), 0);
-    struct cl_json *j = cl_json_parse(out);
-    cr_assert_not_null(j, "%s", out);
-    snprintf(token, n, "%s", cl_json_str(j, "token"));
-    cl_json_free(j);
-    free(out);
-    cr_assert(token[0]);
-}
-
 /* Node and proxy tokens are multi-use until they expire, as Teleport's are. */
 Test(int_admission, a_node_token_joins_many_until_it_expires)
 {
     start_one();
     char token[64];
-    add_token("--type=node", token, sizeof token);
+    cl_add_token(1, "node", NULL, token, sizeof token);
     struct joiner a, b;
     joiner_init(&a, token, "host-a");
     joiner_init(&b, token, "host-b");
@@ -637,7 +603,7 @@ Test(int_admission, an_auth_token_is_used_once)
 {
     start_one();
     char token[64];
-    add_token("--type=auth", token, sizeof token);
+    cl_add_token(1, "auth", NULL, token, sizeof token);
     struct joiner a, b;
     joiner_init(&a, token, "host-a");
     joiner_init(&b, token, "host-b");
@@ -665,7 +631,7 @@ Test(int_admission, two_concurrent_joins_with_one_auth_token_only_one_succeeds)
      * would wait for the first one's promotion. */
     for (int round = 0; round < 1; round++) {
         char token[64];
-        add_token("--type=auth", token, sizeof token);
+        cl_add_token(1, "auth", NULL, token, sizeof token);
         struct joiner j[2];
         pthread_t th[2];
         char id[32];
@@ -783,10 +749,7 @@ Test(int_admission, user_certificates_never_outlive_max_session_ttl)
     free(err);
     cr_assert_eq(run_tctl(1, &out, "users", "add", "lee", "--roles=forever", NULL), 0);
     free(out);
-    EVP_PKEY *key = NULL;
-    char *pub = NULL;
-    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &key), 0);
-    cr_assert_eq(rp_ssh_pubkey_format(key, NULL, &pub), 0);
+    char *pub = cl_ssh_pubkey();
     struct rp_buf req;
     msgpack_packer pk;
     rp_buf_init(&req);
@@ -808,6 +771,5 @@ Test(int_admission, user_certificates_never_outlive_max_session_ttl)
               (unsigned long long)((expires - now) / 1000));
     rp_buf_free(&req);
     free(pub);
-    EVP_PKEY_free(key);
     cluster_pass();
 }

@@ -11,80 +11,42 @@
 
 TestSuite(int_authz, .init = cluster_setup, .fini = cluster_teardown, .timeout = 120);
 
-static bool presets(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/editor", NULL);
-    free(out);
-    return rv == 0;
-}
-
-/* tctl -i DIR/USER --auth-server NODE2 ARGS...; exit status, stderr in @err. */
-static int as_user(const char *user, char **err, const char *a1, const char *a2, const char *a3)
-{
-    char tctl[600], id[600], srv[100];
-    snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
-    snprintf(id, sizeof id, "%s/%s.id", CL->dir, user);
-    snprintf(srv, sizeof srv, "--auth-server=%s", CL->nodes[2].api_addr);
-    char *argv[] = {tctl, "-i", id, srv, (char *)a1, (char *)a2, (char *)a3, NULL};
-    struct cl_run r;
-    cl_run_argv(argv, 20000, &r);
-    int st = r.status;
-    if (err)
-        *err = strdup(r.err ? r.err : "");
-    cl_run_free(&r);
-    return st;
-}
-
-static void make_identity(const char *user, const char *roles)
-{
-    char r[128], u[64], path[600], *out = NULL;
-    snprintf(r, sizeof r, "--roles=%s", roles);
-    snprintf(u, sizeof u, "--user=%s", user);
-    snprintf(path, sizeof path, "%s/%s.id", CL->dir, user);
-    cr_assert_eq(run_tctl(1, &out, "users", "add", user, r, NULL), 0);
-    free(out);
-    cr_assert_eq(run_tctl(1, &out, "auth", "sign", u, "--format=file", "-o", path, NULL), 0);
-    free(out);
-}
-
 Test(int_authz, roles_rules_decide_what_a_user_identity_may_do)
 {
     cluster_start(3);
-    cr_assert(wait_until(15000, presets, NULL), "no preset roles");
-    make_identity("ed", "editor");
-    make_identity("acc", "access");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
+    cl_make_identity("ed", "editor");
+    cl_make_identity("acc", "access");
     char *err = NULL;
 
     /* The editor administers users and roles (through a follower: forwarded as ed). */
-    cr_assert_eq(as_user("ed", &err, "users", "ls", NULL), 0, "%s", err);
+    cr_assert_eq(cl_tctl_as("ed", &err, "users", "ls", NULL), 0, "%s", err);
     free(err);
-    cr_assert_eq(as_user("ed", &err, "get", "role/access", NULL), 0, "%s", err);
+    cr_assert_eq(cl_tctl_as("ed", &err, "get", "role/access", NULL), 0, "%s", err);
     free(err);
-    cr_assert_eq(as_user("ed", &err, "tokens", "add", "--type=node"), 0, "%s", err);
+    cr_assert_eq(cl_tctl_as("ed", &err, "tokens", "add", "--type=node", NULL), 0, "%s", err);
     free(err);
     /* ... but never reads secrets. */
-    cr_assert_neq(as_user("ed", &err, "tokens", "ls", NULL), 0);
+    cr_assert_neq(cl_tctl_as("ed", &err, "tokens", "ls", NULL), 0);
     cr_assert(strstr(err, "hold secrets") != NULL, "%s", err);
     free(err);
-    cr_assert_neq(as_user("ed", &err, "get", "user_secret/ed", "--with-secrets"), 0);
+    cr_assert_neq(cl_tctl_as("ed", &err, "get", "user_secret/ed", "--with-secrets", NULL), 0);
     free(err);
 
     /* access: no user administration, no cluster membership changes. */
-    cr_assert_neq(as_user("acc", &err, "users", "ls", NULL), 0);
+    cr_assert_neq(cl_tctl_as("acc", &err, "users", "ls", NULL), 0);
     cr_assert(strstr(err, "acc may not list user") != NULL, "%s", err);
     free(err);
-    cr_assert_neq(as_user("acc", &err, "users", "rm", "ed"), 0);
+    cr_assert_neq(cl_tctl_as("acc", &err, "users", "rm", "ed", NULL), 0);
     free(err);
-    cr_assert_neq(as_user("acc", &err, "auth", "members", "rm"), 0);
+    cr_assert_neq(cl_tctl_as("acc", &err, "auth", "members", "rm", NULL), 0);
     free(err);
 
     /* A deleted user's certificate opens nothing, even before it expires. */
     char *out = NULL;
     cr_assert_eq(run_tctl(1, &out, "users", "rm", "ed", NULL), 0);
     free(out);
-    cr_assert_neq(as_user("ed", &err, "get", "role/access", NULL), 0);
+    cr_assert_neq(cl_tctl_as("ed", &err, "get", "role/access", NULL), 0);
     cr_assert(strstr(err, "no longer exists") != NULL, "%s", err);
     free(err);
 
@@ -99,7 +61,7 @@ Test(int_authz, roles_rules_decide_what_a_user_identity_may_do)
 Test(int_authz, a_changed_role_applies_to_the_next_request)
 {
     cluster_start(1);
-    cr_assert(wait_until(15000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     static const char *const with =
         "kind: role\nversion: v7\nmetadata:\n  name: ops\nspec:\n  allow:\n    rules:\n"
         "    - resources: [user]\n      verbs: [list, read]\n";
@@ -111,18 +73,18 @@ Test(int_authz, a_changed_role_applies_to_the_next_request)
     cr_assert_eq(rp_write_file(path, with, strlen(with), 0644), 0);
     cr_assert_eq(run_tctl(1, &out, "create", path, NULL), 0);
     free(out);
-    make_identity("op", "ops");
+    cl_make_identity("op", "ops");
     /* as_user talks to node 2; this cluster has one node. */
     CL->nodes[2] = CL->nodes[1];
-    cr_assert_eq(as_user("op", &err, "users", "ls", NULL), 0, "%s", err);
+    cr_assert_eq(cl_tctl_as("op", &err, "users", "ls", NULL), 0, "%s", err);
     free(err);
     cr_assert_eq(rp_write_file(path, without, strlen(without), 0644), 0);
     cr_assert_eq(run_tctl(1, &out, "create", "-f", path, NULL), 0);
     free(out);
-    cr_assert_neq(as_user("op", &err, "users", "ls", NULL), 0, "the old role still applied");
+    cr_assert_neq(cl_tctl_as("op", &err, "users", "ls", NULL), 0, "the old role still applied");
     cr_assert(strstr(err, "op may not list user") != NULL, "%s", err);
     free(err);
-    cr_assert_eq(as_user("op", &err, "get", "role/ops", NULL), 0, "%s", err);
+    cr_assert_eq(cl_tctl_as("op", &err, "get", "role/ops", NULL), 0, "%s", err);
     free(err);
     memset(&CL->nodes[2], 0, sizeof CL->nodes[2]);
     cluster_pass();

@@ -22,49 +22,13 @@
 
 TestSuite(int_escalation, .init = cluster_setup, .fini = cluster_teardown, .timeout = 180);
 
-static bool presets(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/editor", NULL);
-    free(out);
-    return rv == 0;
-}
-
-/* tctl -i DIR/USER.id ARGS... against node 2 (a follower, most of the time: requests
- * are forwarded). Exit status; stderr+stdout in *@out. */
-static int as_user(const char *user, char **out, const char *a1, const char *a2, const char *a3,
-                   const char *a4)
-{
-    char tctl[600], id[600], srv[100];
-    snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
-    snprintf(id, sizeof id, "%s/%s.id", CL->dir, user);
-    snprintf(srv, sizeof srv, "--auth-server=%s", CL->nodes[2].api_addr);
-    char *argv[] = {tctl, "-i", id, srv, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
-    struct cl_run r;
-    cl_run_argv(argv, 20000, &r);
-    int st = r.status;
-    if (out) {
-        size_t n = strlen(r.out ? r.out : "") + strlen(r.err ? r.err : "") + 2;
-        *out = malloc(n);
-        snprintf(*out, n, "%s\n%s", r.out ? r.out : "", r.err ? r.err : "");
-    }
-    cl_run_free(&r);
-    return st;
-}
-
+/* A user with an identity file for cl_tctl_as and the same identity as PEM files
+ * (DIR/USER.crt, .key, .cas) for API calls of our own. */
 static void make_user(const char *user, const char *roles)
 {
-    char r[128], u[64], path[600], *out = NULL;
-    snprintf(r, sizeof r, "--roles=%s", roles);
+    char u[64], path[600], *out = NULL;
+    cl_make_identity(user, roles);
     snprintf(u, sizeof u, "--user=%s", user);
-    snprintf(path, sizeof path, "%s/%s.id", CL->dir, user);
-    cr_assert_eq(run_tctl(1, &out, "users", "add", user, r, NULL), 0, "%s", out);
-    free(out);
-    cr_assert_eq(run_tctl(1, &out, "auth", "sign", u, "--format=file", "-o", path, NULL), 0, "%s",
-                 out);
-    free(out);
-    /* The same identity as PEM files for API calls of our own. */
     snprintf(path, sizeof path, "%s/%s", CL->dir, user);
     cr_assert_eq(run_tctl(1, &out, "auth", "sign", u, "--format=tls", "-o", path, NULL), 0, "%s",
                  out);
@@ -98,10 +62,18 @@ static int call(SSL_CTX *ctx, int i, const struct rp_buf *req, char *msg, size_t
     return rv;
 }
 
-static void write_file(const char *name, const char *text, char *path, size_t n)
+/* The head of a resource: a map of four, kind, version, metadata {name}, then the
+ * key "spec", whose value the caller packs. */
+static void pack_res_head(msgpack_packer *pk, const char *kind, const char *version,
+                          const char *name)
 {
-    snprintf(path, n, "%s/%s", CL->dir, name);
-    cr_assert_eq(rp_write_file(path, text, strlen(text), 0600), 0, "%s", rp_errmsg());
+    msgpack_pack_map(pk, 4);
+    rp_mp_kv_str(pk, "kind", kind);
+    rp_mp_kv_str(pk, "version", version);
+    rp_mp_pack_str(pk, "metadata");
+    msgpack_pack_map(pk, 1);
+    rp_mp_kv_str(pk, "name", name);
+    rp_mp_pack_str(pk, "spec");
 }
 
 /* A role resource request {m: @method, res: role @name with one rule}, or a batch. */
@@ -120,19 +92,13 @@ static void role_req(struct rp_buf *b, const char *method, const char *name)
         rp_mp_kv_str(&pk, "op", "put");
         rp_mp_pack_str(&pk, "res");
     }
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", "role");
-    rp_mp_kv_str(&pk, "version", "v7");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "name", name);
-    rp_mp_pack_str(&pk, "spec");
+    pack_res_head(&pk, "role", "v7", name);
     msgpack_pack_map(&pk, 0);
 }
 
 static const char *const system_names[] = {
-    "Admin", "admin", "ADMIN", "aDmIn", "Auth", "auth", "AUTH", "Node", "node", "nODE",
-    "Proxy", "proxy", "PROXY",
+    "Admin", "admin", "ADMIN", "aDmIn", "Auth",  "auth",  "AUTH",
+    "Node",  "node",  "nODE",  "Proxy", "proxy", "PROXY",
 };
 #define N_SYSTEM_NAMES (sizeof system_names / sizeof system_names[0])
 
@@ -148,7 +114,7 @@ static bool role_absent(const char *name)
 Test(int_escalation, an_editor_cannot_become_admin_by_any_route)
 {
     cluster_start(3);
-    cr_assert(wait_until(15000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     make_user("ed", "editor");
     SSL_CTX *ed = user_ctx("ed");
     char *out = NULL, path[700], msg[512];
@@ -164,11 +130,11 @@ Test(int_escalation, an_editor_cannot_become_admin_by_any_route)
                  "    rules:\n    - resources: ['*']\n      verbs: ['*']\n",
                  name);
         snprintf(file, sizeof file, "role-%zu.yaml", i);
-        write_file(file, yaml, path, sizeof path);
-        cr_expect_neq(as_user("ed", &out, "create", path, NULL, NULL), 0,
+        cl_write_file(file, yaml, path, sizeof path);
+        cr_expect_neq(cl_tctl_as("ed", &out, "create", path, NULL), 0,
                       "tctl create of role %s succeeded: %s", name, out);
         free(out);
-        cr_expect_neq(as_user("ed", &out, "create", "-f", path, NULL), 0,
+        cr_expect_neq(cl_tctl_as("ed", &out, "create", "-f", path, NULL), 0,
                       "tctl create -f of role %s succeeded: %s", name, out);
         free(out);
         /* The API's writes, directly. */
@@ -189,34 +155,34 @@ Test(int_escalation, an_editor_cannot_become_admin_by_any_route)
         /* Giving itself such a role: users update, a user resource, an invite. */
         char set[64];
         snprintf(set, sizeof set, "--set-roles=editor,%s", name);
-        cr_expect_neq(as_user("ed", &out, "users", "update", "ed", set), 0,
+        cr_expect_neq(cl_tctl_as("ed", &out, "users", "update", "ed", set, NULL), 0,
                       "users update ed %s succeeded: %s", set, out);
         free(out);
         snprintf(yaml, sizeof yaml,
                  "kind: user\nversion: v2\nmetadata:\n  name: ed\nspec:\n  roles: [editor, %s]\n",
                  name);
         snprintf(file, sizeof file, "user-%zu.yaml", i);
-        write_file(file, yaml, path, sizeof path);
-        cr_expect_neq(as_user("ed", &out, "create", "-f", path, NULL), 0,
+        cl_write_file(file, yaml, path, sizeof path);
+        cr_expect_neq(cl_tctl_as("ed", &out, "create", "-f", path, NULL), 0,
                       "a user resource with role %s was accepted: %s", name, out);
         free(out);
         char roles[64];
         snprintf(roles, sizeof roles, "--roles=%s", name);
-        cr_expect_neq(as_user("ed", &out, "users", "add", "mallory", roles), 0,
+        cr_expect_neq(cl_tctl_as("ed", &out, "users", "add", "mallory", roles, NULL), 0,
                       "an invite with role %s was made: %s", name, out);
         free(out);
     }
 
     /* Auth join tokens are for admins: an editor gets none, so it cannot join. */
-    cr_expect_neq(as_user("ed", &out, "tokens", "add", "--type=auth", NULL), 0,
+    cr_expect_neq(cl_tctl_as("ed", &out, "tokens", "add", "--type=auth", NULL), 0,
                   "an editor made an auth token: %s", out);
     free(out);
-    cr_expect_eq(as_user("ed", &out, "tokens", "add", "--type=node", NULL), 0,
+    cr_expect_eq(cl_tctl_as("ed", &out, "tokens", "add", "--type=node", NULL), 0,
                  "an editor may still make node tokens: %s", out);
     free(out);
 
     /* The CA keys stay out of reach, and ed is still just an editor. */
-    cr_expect_neq(as_user("ed", &out, "get", "cert_authority/tls", "--with-secrets", NULL), 0);
+    cr_expect_neq(cl_tctl_as("ed", &out, "get", "cert_authority/tls", "--with-secrets", NULL), 0);
     free(out);
     rp_buf_free(&req);
     SSL_CTX_free(ed);
@@ -230,13 +196,7 @@ static void forge(const struct rp_identity *id, SSL_CTX **ctx)
     SSL_CTX *admin = node_admin_ctx(1);
     struct rp_buf req;
     rp_buf_init(&req);
-    msgpack_packer pk;
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", "cert_authority");
-    rp_mp_kv_str(&pk, "name", "tls");
-    rp_mp_kv_bool(&pk, "with_secrets", true);
+    auth_req_get(&req, "cert_authority", "tls", false, true);
     const char *addr = CL->nodes[1].api_addr;
     struct auth_client *c = NULL;
     cr_assert_eq(auth_client_new(&c, admin, &addr, 1), 0);
@@ -273,44 +233,44 @@ static int get_ca_with_secrets(SSL_CTX *ctx, int node, char *msg, size_t n)
 {
     struct rp_buf req;
     rp_buf_init(&req);
-    msgpack_packer pk;
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", "cert_authority");
-    rp_mp_kv_str(&pk, "name", "tls");
-    rp_mp_kv_bool(&pk, "with_secrets", true);
+    auth_req_get(&req, "cert_authority", "tls", false, true);
     int rv = call(ctx, node, &req, msg, n);
     rp_buf_free(&req);
     return rv;
 }
 
 /* The host id of auth server @i (data_dir/keys/host_uuid or the certificate's CN). */
-static void host_id_of(int i, char *out, size_t n)
+/* The identity in auth server @i's certificate keys/@file; rp_identity_free it. */
+static void identity_of(int i, const char *file, struct rp_identity *id)
 {
     char path[700];
     X509 *c = NULL;
-    struct rp_identity id;
-    snprintf(path, sizeof path, "%s/keys/host.crt", CL->nodes[i].dir);
+    snprintf(path, sizeof path, "%s/keys/%s", CL->nodes[i].dir, file);
     cr_assert_eq(rp_tls_read_cert(path, &c), 0);
-    cr_assert_eq(rp_identity_from_cert(c, &id), 0);
+    cr_assert_eq(rp_identity_from_cert(c, id), 0);
+    X509_free(c);
+}
+
+static void host_id_of(int i, char *out, size_t n)
+{
+    struct rp_identity id;
+    identity_of(i, "host.crt", &id);
     snprintf(out, n, "%s", id.host_id);
     rp_identity_free(&id);
-    X509_free(c);
 }
 
 Test(int_escalation, system_role_names_in_a_user_certificate_grant_nothing)
 {
     cluster_start(3);
-    cr_assert(wait_until(15000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     make_user("ed", "editor");
     char msg[512], host[128];
     host_id_of(1, host, sizeof host);
 
     /* A user "ed" whose certificate says O=Admin, O=Auth, O=Node, O=Proxy. */
     char *all[] = {"Admin", "Auth", "Node", "Proxy", "editor"};
-    struct rp_identity fake = {.name = "ed", .groups = all, .n_groups = 5,
-                               .cluster = CL->cluster_name};
+    struct rp_identity fake = {
+        .name = "ed", .groups = all, .n_groups = 5, .cluster = CL->cluster_name};
     SSL_CTX *ctx = NULL;
     forge(&fake, &ctx);
     cr_expect_neq(get_ca_with_secrets(ctx, 1, msg, sizeof msg), 0, "O=Admin read the CA keys");
@@ -324,8 +284,8 @@ Test(int_escalation, system_role_names_in_a_user_certificate_grant_nothing)
     /* A user named after an auth server's host id, with O=Auth, forwarding "as" an
      * admin from a made-up address: the forged audit record must not be written. */
     char *auth_group[] = {"Auth"};
-    struct rp_identity spoof = {.name = host, .groups = auth_group, .n_groups = 1,
-                                .cluster = CL->cluster_name};
+    struct rp_identity spoof = {
+        .name = host, .groups = auth_group, .n_groups = 1, .cluster = CL->cluster_name};
     forge(&spoof, &ctx);
     msgpack_packer pk;
     rp_buf_reset(&req);
@@ -365,13 +325,7 @@ static void lock_req(struct rp_buf *b, const char *name, const char *key, const 
     msgpack_pack_map(&pk, 2);
     rp_mp_kv_str(&pk, "m", "put");
     rp_mp_pack_str(&pk, "res");
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "kind", "lock");
-    rp_mp_kv_str(&pk, "version", "v2");
-    rp_mp_pack_str(&pk, "metadata");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "name", name);
-    rp_mp_pack_str(&pk, "spec");
+    pack_res_head(&pk, "lock", "v2", name);
     msgpack_pack_map(&pk, 2);
     rp_mp_pack_str(&pk, "target");
     msgpack_pack_map(&pk, 1);
@@ -384,7 +338,7 @@ static bool ed_can_read(void *arg)
 {
     (void)arg;
     char *out = NULL;
-    int rv = as_user("ed", &out, "get", "role/access", NULL, NULL);
+    int rv = cl_tctl_as("ed", &out, "get", "role/access", NULL);
     free(out);
     return rv == 0;
 }
@@ -392,10 +346,10 @@ static bool ed_can_read(void *arg)
 Test(int_escalation, a_lock_stops_the_next_request_and_its_removal_restores_it)
 {
     cluster_start(3);
-    cr_assert(wait_until(15000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     make_user("ed", "editor");
     char *out = NULL;
-    cr_assert_eq(as_user("ed", &out, "get", "role/access", NULL, NULL), 0, "%s", out);
+    cr_assert_eq(cl_tctl_as("ed", &out, "get", "role/access", NULL), 0, "%s", out);
     free(out);
     struct rp_buf req;
     rp_buf_init(&req);
@@ -404,7 +358,7 @@ Test(int_escalation, a_lock_stops_the_next_request_and_its_removal_restores_it)
     char msg[512];
     cr_assert_eq(call(admin, 1, &req, msg, sizeof msg), 0, "%s", msg);
     /* The next request, on any server (forwarded or not), is refused. */
-    cr_expect_neq(as_user("ed", &out, "get", "role/access", NULL, NULL), 0);
+    cr_expect_neq(cl_tctl_as("ed", &out, "get", "role/access", NULL), 0);
     cr_expect(strstr(out, "locked") != NULL && strstr(out, "security review") != NULL, "%s", out);
     free(out);
     cr_expect_eq(run_tctl(1, &out, "events", "ls", "--format=json", NULL), 0);
@@ -440,21 +394,16 @@ static bool refused_by_node1(void *arg)
 Test(int_escalation, a_removed_auth_server_is_cut_off)
 {
     cluster_start(3);
-    cr_assert(wait_until(15000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_presets(15000), "no preset roles");
     /* Admin identities on disk live hours, not years. */
     for (int i = 1; i <= 3; i++) {
-        char path[700];
-        X509 *c = NULL;
         struct rp_identity aid;
-        snprintf(path, sizeof path, "%s/keys/admin.crt", CL->nodes[i].dir);
-        cr_assert_eq(rp_tls_read_cert(path, &c), 0);
-        cr_assert_eq(rp_identity_from_cert(c, &aid), 0);
+        identity_of(i, "admin.crt", &aid);
         cr_expect_eq(aid.system_role, RP_SYS_ADMIN);
         long long left = aid.not_after - (long long)(rp_now_ms() / 1000);
         cr_expect(left > 0 && left <= 8 * 3600 + 120, "node %d's admin identity lives %lld s", i,
                   left);
         rp_identity_free(&aid);
-        X509_free(c);
     }
     /* Node 3's own identities, as its files hold them. */
     SSL_CTX *admin3 = node_admin_ctx(3);

@@ -40,45 +40,6 @@ static void secret(const char *what, const char *value)
     S.what[S.n++] = what;
 }
 
-static bool presets(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/access", NULL);
-    free(out);
-    return rv == 0;
-}
-
-static void add_token(int via, const char *type, char *token, size_t n)
-{
-    char *out = NULL, arg[32];
-    snprintf(arg, sizeof arg, "--type=%s", type);
-    cr_assert_eq(run_tctl(via, &out, "tokens", "add", arg, "--format=json", NULL), 0);
-    struct cl_json *j = cl_json_parse(out);
-    cr_assert_not_null(j, "%s", out);
-    snprintf(token, n, "%s", cl_json_str(j, "token"));
-    cl_json_free(j);
-    free(out);
-    cr_assert(token[0]);
-}
-
-/* An anonymous call to node @i; returns the answer's error code ("" when ok). */
-static void anon_call(int i, const struct rp_buf *req, char *code, size_t codelen)
-{
-    struct rp_buf ans;
-    msgpack_unpacked u;
-    rp_buf_init(&ans);
-    node_call_anon(i, req, &ans, &u);
-    bool ok = false;
-    rp_mp_get_bool(&u.data, "ok", &ok);
-    if (ok)
-        code[0] = '\0';
-    else
-        cl_mp_str(&u.data, "code", code, codelen);
-    msgpack_unpacked_destroy(&u);
-    rp_buf_free(&ans);
-}
-
 static void join_node(int i, const char *token, const char *host_id, char *code, size_t codelen)
 {
     EVP_PKEY *k = rp_tls_keygen();
@@ -95,58 +56,10 @@ static void join_node(int i, const char *token, const char *host_id, char *code,
     rp_mp_kv_str(&pk, "host_id", host_id);
     rp_mp_kv_str(&pk, "nodename", host_id);
     rp_mp_kv_str(&pk, "host_pubkey", pub);
-    anon_call(i, &req, code, codelen);
+    cl_anon_code(i, &req, code, codelen);
     rp_buf_free(&req);
     free(pub);
     EVP_PKEY_free(k);
-}
-
-static void redeem(int i, const char *token, const char *password, char *code, size_t codelen)
-{
-    struct rp_buf req;
-    msgpack_packer pk;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "m", "invite_redeem");
-    rp_mp_kv_str(&pk, "token", token);
-    rp_mp_kv_str(&pk, "password", password);
-    anon_call(i, &req, code, codelen);
-    rp_buf_free(&req);
-}
-
-static void login(int i, const char *user, const char *password, char *code, size_t codelen)
-{
-    EVP_PKEY *key = NULL;
-    char *pub = NULL;
-    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &key), 0);
-    cr_assert_eq(rp_ssh_pubkey_format(key, NULL, &pub), 0);
-    struct rp_buf req;
-    msgpack_packer pk;
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "authenticate");
-    rp_mp_kv_str(&pk, "user", user);
-    rp_mp_kv_str(&pk, "password", password);
-    rp_mp_kv_str(&pk, "ssh_pubkey", pub);
-    anon_call(i, &req, code, codelen);
-    rp_buf_free(&req);
-    free(pub);
-    EVP_PKEY_free(key);
-}
-
-/* The invite token: the last word of `tctl users add|reset` output. */
-static void invite_of(const char *out, char *tok, size_t n)
-{
-    const char *p = out + strlen(out);
-    while (p > out && (p[-1] == '\n' || p[-1] == ' '))
-        p--;
-    const char *end = p;
-    while (p > out && p[-1] != '\n' && p[-1] != ' ')
-        p--;
-    cr_assert(end - p == 32, "no invite token in: %s", out);
-    snprintf(tok, n, "%.*s", (int)(end - p), p);
 }
 
 static char *read_all(const char *path)
@@ -175,20 +88,20 @@ static void assert_free_of_secrets(const char *where, const char *text)
 Test(int_secrets, no_token_invite_or_password_reaches_the_audit_log_or_the_logs)
 {
     cluster_start(3);
-    cr_assert(wait_until(20000, presets, NULL), "no preset roles");
+    cr_assert(cl_wait_presets(20000), "no preset roles");
     char code[64], *out = NULL;
     for (int i = 2; i <= 3; i++)
         secret("auth join token of a member", CL->nodes[i].token);
 
     /* Join tokens: made through a follower and the leader, used, removed, guessed. */
     char node_tok[64], proxy_tok[64], file_tok[40], guess[40];
-    add_token(2, "node", node_tok, sizeof node_tok);
+    cl_add_token(2, "node", NULL, node_tok, sizeof node_tok);
     secret("node join token", node_tok);
     join_node(1, node_tok, "web-1", code, sizeof code);
     cr_assert_str_eq(code, "", "join with a fresh node token");
     join_node(3, node_tok, "web-2", code, sizeof code); /* node tokens are multi-use */
     cr_assert_str_eq(code, "", "a second join with the node token");
-    add_token(1, "proxy", proxy_tok, sizeof proxy_tok);
+    cl_add_token(1, "proxy", NULL, proxy_tok, sizeof proxy_tok);
     secret("proxy join token", proxy_tok);
     char rm[80];
     snprintf(rm, sizeof rm, "token/%s", proxy_tok);
@@ -201,8 +114,7 @@ Test(int_secrets, no_token_invite_or_password_reaches_the_audit_log_or_the_logs)
              "kind: token\nversion: v2\nmetadata:\n  name: %s\nspec:\n  roles: [Node]\n"
              "  join_method: token\n",
              file_tok);
-    snprintf(path, sizeof path, "%s/token.yaml", CL->dir);
-    cr_assert_eq(rp_write_file(path, yaml, strlen(yaml), 0600), 0);
+    cl_write_file("token.yaml", yaml, path, sizeof path);
     cr_assert_eq(run_tctl(1, &out, "create", path, NULL), 0);
     free(out);
     snprintf(rm, sizeof rm, "token/%s", file_tok);
@@ -222,25 +134,25 @@ Test(int_secrets, no_token_invite_or_password_reaches_the_audit_log_or_the_logs)
     char inv1[40], inv2[40], inv3[40];
     cr_assert_eq(
         run_tctl(1, &out, "users", "add", "alice", "--roles=access", "--logins=alice", NULL), 0);
-    invite_of(out, inv1, sizeof inv1);
+    cl_invite_token(out, inv1, sizeof inv1);
     free(out);
     secret("invite", inv1);
-    redeem(2, inv1, pw1, code, sizeof code);
+    cl_redeem_invite(2, inv1, pw1, NULL, NULL, code, sizeof code);
     cr_assert_str_eq(code, "", "redeeming the invite");
-    redeem(3, inv1, pw2, code, sizeof code); /* used: refused */
+    cl_redeem_invite(3, inv1, pw2, NULL, NULL, code, sizeof code); /* used: refused */
     cr_assert_str_neq(code, "");
-    login(2, "alice", typo, code, sizeof code);
+    cl_login(2, "alice", typo, NULL, code, sizeof code, NULL);
     cr_assert_str_neq(code, "");
-    login(3, "alice", pw1, code, sizeof code);
+    cl_login(3, "alice", pw1, NULL, code, sizeof code, NULL);
     cr_assert_str_eq(code, "", "login with the password set");
     cr_assert_eq(run_tctl(1, &out, "users", "reset", "alice", NULL), 0);
-    invite_of(out, inv2, sizeof inv2);
+    cl_invite_token(out, inv2, sizeof inv2);
     free(out);
     secret("reset invite", inv2);
-    redeem(1, inv2, pw2, code, sizeof code);
+    cl_redeem_invite(1, inv2, pw2, NULL, NULL, code, sizeof code);
     cr_assert_str_eq(code, "");
     cr_assert_eq(run_tctl(2, &out, "users", "add", "bob", "--roles=access", NULL), 0);
-    invite_of(out, inv3, sizeof inv3);
+    cl_invite_token(out, inv3, sizeof inv3);
     free(out);
     secret("unused invite", inv3);
     cr_assert_eq(run_tctl(1, &out, "users", "rm", "bob", NULL), 0);

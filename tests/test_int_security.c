@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "auth/client.h"
 #include "lib/buf.h"
 #include "lib/conn.h"
 #include "lib/errors.h"
@@ -360,20 +361,6 @@ static bool token_gone(void *arg)
     return !token_listed(arg);
 }
 
-static void add_token(const char *type, const char *ttl, char *token, size_t tlen)
-{
-    char *out = NULL, ttl_arg[32], type_arg[32];
-    snprintf(ttl_arg, sizeof ttl_arg, "--ttl=%s", ttl);
-    snprintf(type_arg, sizeof type_arg, "--type=%s", type);
-    cr_assert_eq(run_tctl(1, &out, "tokens", "add", type_arg, ttl_arg, "--format=json", NULL), 0);
-    struct cl_json *j = cl_json_parse(out);
-    cr_assert_not_null(j, "%s", out);
-    snprintf(token, tlen, "%s", cl_json_str(j, "token"));
-    cl_json_free(j);
-    free(out);
-    cr_assert(token[0]);
-}
-
 Test(int_security, expired_wrong_type_or_unknown_token_cannot_join)
 {
     cluster_start(3);
@@ -381,8 +368,8 @@ Test(int_security, expired_wrong_type_or_unknown_token_cannot_join)
     cr_assert_neq(leader, 0);
 
     char node_token[128], short_token[128];
-    add_token("node", "10m", node_token, sizeof node_token);
-    add_token("auth", "1s", short_token, sizeof short_token);
+    cl_add_token(1, "node", "10m", node_token, sizeof node_token);
+    cl_add_token(1, "auth", "1s", short_token, sizeof short_token);
 
     int i = assert_join_refused(node_token, NULL, "join refused");
     cr_assert(node_log_contains(leader, "token is of another type"),
@@ -401,7 +388,7 @@ Test(int_security, joiner_refuses_a_server_whose_ca_does_not_match_its_pin)
 {
     cluster_start(3);
     char token[128];
-    add_token("auth", "10m", token, sizeof token);
+    cl_add_token(1, "auth", "10m", token, sizeof token);
     /* A valid token, but the joiner pins another CA: it must not send it. */
     char pin[128];
     snprintf(pin, sizeof pin, "%s", CL->ca_pin);
@@ -720,7 +707,7 @@ Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
 {
     cluster_start(1);
     char token[64];
-    add_token("node", "10m", token, sizeof token);
+    cl_add_token(1, "node", "10m", token, sizeof token);
     struct rp_buf req, ans;
     msgpack_unpacked u;
     rp_buf_init(&req);
@@ -744,17 +731,12 @@ Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
     cr_assert(!frame_has(&ans, "PRIVATE KEY"), "the CA key went out without --with-secrets");
     msgpack_unpacked_destroy(&u);
     rp_buf_reset(&req);
-    msgpack_packer pk;
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_kv_str(&pk, "m", "get");
-    rp_mp_kv_str(&pk, "kind", "cert_authority");
-    rp_mp_kv_str(&pk, "name", "tls");
-    rp_mp_kv_bool(&pk, "with_secrets", true);
+    auth_req_get(&req, "cert_authority", "tls", false, true);
     call_as(admin, 1, &req, &ans, &u);
     cr_assert(frame_has(&ans, "PRIVATE KEY"), "with_secrets: the admin gets the CA key");
     /* With that key, mint a genuine Node identity of this cluster. */
-    const msgpack_object *tls = rp_mp_get(rp_mp_get(rp_mp_get(&u.data, "res"), "spec"), "active_keys");
+    const msgpack_object *tls =
+        rp_mp_get(rp_mp_get(rp_mp_get(&u.data, "res"), "spec"), "active_keys");
     tls = rp_mp_get(tls, "tls");
     cr_assert(tls && tls->type == MSGPACK_OBJECT_ARRAY && tls->via.array.size == 1);
     char *key_pem = NULL;
@@ -765,8 +747,11 @@ Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
     free(key_pem);
     X509 *ca = read_cert(1, "ca.crt"), *cert = NULL;
     char *groups[] = {"Node"};
-    struct rp_identity id = {.name = "node-7", .groups = groups, .n_groups = 1,
-                             .cluster = CL->cluster_name, .system_role = RP_SYS_NODE,
+    struct rp_identity id = {.name = "node-7",
+                             .groups = groups,
+                             .n_groups = 1,
+                             .cluster = CL->cluster_name,
+                             .system_role = RP_SYS_NODE,
                              .host_id = "node-7"};
     cr_assert_eq(rp_tls_issue(ca_key, ca, node_key, &id, NULL, 0, 3600, &cert), 0, "%s",
                  rp_errmsg());
@@ -782,7 +767,8 @@ Test(int_security, nodes_never_see_secrets_and_admins_only_when_they_ask)
     rp_buf_reset(&req);
     cl_req_get(&req, "token", token, false);
     call_as(node, 1, &req, &ans, &u);
-    cr_assert(rp_mp_str_eq(rp_mp_get(&u.data, "code"), "access_denied"), "a node read a join token");
+    cr_assert(rp_mp_str_eq(rp_mp_get(&u.data, "code"), "access_denied"),
+              "a node read a join token");
     msgpack_unpacked_destroy(&u);
     rp_buf_reset(&req);
     cl_req_simple(&req, "list");
@@ -854,8 +840,8 @@ Test(int_security, a_node_registers_with_a_token_and_gets_its_ssh_host_certifica
     cluster_start(1);
     cr_assert(wait_until(15000, host_ca_exists, NULL), "the host SSH CA never appeared");
     char node_token[64], proxy_token[64];
-    add_token("node", "10m", node_token, sizeof node_token);
-    add_token("proxy", "10m", proxy_token, sizeof proxy_token);
+    cl_add_token(1, "node", "10m", node_token, sizeof node_token);
+    cl_add_token(1, "proxy", "10m", proxy_token, sizeof proxy_token);
     struct rp_buf ans;
     msgpack_unpacked u;
     EVP_PKEY *key = NULL;
@@ -863,7 +849,8 @@ Test(int_security, a_node_registers_with_a_token_and_gets_its_ssh_host_certifica
 
     /* Wrong type: a proxy token does not make a node. */
     register_host(proxy_token, "node", "host-1", &ans, &u, &key);
-    cr_assert(rp_mp_str_eq(rp_mp_get(&u.data, "code"), "access_denied"), "a proxy token made a node");
+    cr_assert(rp_mp_str_eq(rp_mp_get(&u.data, "code"), "access_denied"),
+              "a proxy token made a node");
     msgpack_unpacked_destroy(&u);
     EVP_PKEY_free(key);
 
@@ -875,7 +862,8 @@ Test(int_security, a_node_registers_with_a_token_and_gets_its_ssh_host_certifica
     cl_mp_str(&u.data, "ssh_user_ca", user_ca, sizeof user_ca);
     cl_mp_str(&u.data, "ssh_host_ca", host_ca, sizeof host_ca);
     msgpack_unpacked_destroy(&u);
-    cr_assert(strncmp(user_ca, "ssh-ed25519 ", 12) == 0 && strncmp(host_ca, "ssh-ed25519 ", 12) == 0);
+    cr_assert(strncmp(user_ca, "ssh-ed25519 ", 12) == 0 &&
+              strncmp(host_ca, "ssh-ed25519 ", 12) == 0);
 
     /* The host certificate: signed by the host CA, for the node's key, with its names. */
     struct rp_ssh_cert cert;
@@ -886,12 +874,15 @@ Test(int_security, a_node_registers_with_a_token_and_gets_its_ssh_host_certifica
     enum rp_ssh_cert_verdict why;
     char want[128];
     snprintf(want, sizeof want, "web1.%s", CL->cluster_name);
+    cr_assert_eq(
+        rp_ssh_cert_check(&cert, host_ca_key, RP_SSH_CERT_HOST, (uint64_t)time(NULL), want, &why),
+        0, "%s", rp_errmsg());
     cr_assert_eq(rp_ssh_cert_check(&cert, host_ca_key, RP_SSH_CERT_HOST, (uint64_t)time(NULL),
-                                   want, &why), 0, "%s", rp_errmsg());
+                                   "10.1.2.3", &why),
+                 0, "%s", rp_errmsg());
     cr_assert_eq(rp_ssh_cert_check(&cert, host_ca_key, RP_SSH_CERT_HOST, (uint64_t)time(NULL),
-                                   "10.1.2.3", &why), 0, "%s", rp_errmsg());
-    cr_assert_eq(rp_ssh_cert_check(&cert, host_ca_key, RP_SSH_CERT_HOST, (uint64_t)time(NULL),
-                                   "host-1", &why), 0, "%s", rp_errmsg());
+                                   "host-1", &why),
+                 0, "%s", rp_errmsg());
     cr_assert_eq(EVP_PKEY_eq(cert.key, key), 1, "the certificate is for another key");
     cr_assert_str_eq(rp_ssh_cert_opt_find(cert.extensions, cert.n_extensions, "x-teleport-role"),
                      "Node");
@@ -902,7 +893,8 @@ Test(int_security, a_node_registers_with_a_token_and_gets_its_ssh_host_certifica
 
     /* The refusal is in the audit log. */
     char *out = NULL;
-    cr_assert_eq(run_tctl(1, &out, "events", "ls", "--type=instance.join", "--format=json", NULL), 0);
+    cr_assert_eq(run_tctl(1, &out, "events", "ls", "--type=instance.join", "--format=json", NULL),
+                 0);
     cr_assert(strstr(out, "\"TJ001E\"") && strstr(out, "\"TJ001I\""), "%s", out);
     free(out);
     rp_buf_free(&ans);

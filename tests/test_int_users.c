@@ -18,50 +18,6 @@
 
 TestSuite(int_users, .init = cluster_setup, .fini = cluster_teardown, .timeout = 120);
 
-/* The invite token: the last non-empty line of `tctl users add|reset` output. */
-static void token_from(const char *out, char *tok, size_t n)
-{
-    const char *p = out + strlen(out);
-    while (p > out && (p[-1] == '\n' || p[-1] == ' '))
-        p--;
-    const char *end = p;
-    while (p > out && p[-1] != '\n' && p[-1] != ' ')
-        p--;
-    cr_assert(end - p == 32, "no invite token in: %s", out);
-    snprintf(tok, n, "%.*s", (int)(end - p), p);
-}
-
-/* invite_redeem on a connection without a client certificate; returns the
- * answer's code ("" when ok) in @code. */
-static void redeem(int i, const char *token, const char *password, const char *totp_secret,
-                   const char *totp_code, char *code, size_t codelen)
-{
-    struct rp_buf req, ans;
-    msgpack_packer pk;
-    rp_buf_init(&req);
-    rp_buf_init(&ans);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, totp_secret ? 5 : 3);
-    rp_mp_kv_str(&pk, "m", "invite_redeem");
-    rp_mp_kv_str(&pk, "token", token);
-    rp_mp_kv_str(&pk, "password", password);
-    if (totp_secret) {
-        rp_mp_kv_str(&pk, "totp_secret", totp_secret);
-        rp_mp_kv_str(&pk, "totp_code", totp_code);
-    }
-    msgpack_unpacked u;
-    node_call_anon(i, &req, &ans, &u);
-    bool ok = false;
-    rp_mp_get_bool(&u.data, "ok", &ok);
-    if (ok)
-        code[0] = '\0';
-    else
-        cl_mp_str(&u.data, "code", code, codelen);
-    msgpack_unpacked_destroy(&u);
-    rp_buf_free(&req);
-    rp_buf_free(&ans);
-}
-
 static char *tctl_ok(int i, const char *a1, const char *a2, const char *a3, const char *a4,
                      const char *a5)
 {
@@ -82,19 +38,10 @@ static bool has_secret(int i, const char *user)
     return yes;
 }
 
-static bool presets_exist(void *arg)
-{
-    (void)arg;
-    char *out = NULL;
-    int rv = run_tctl(1, &out, "get", "role/editor", NULL);
-    free(out);
-    return rv == 0;
-}
-
 /* The preset roles (access, editor, auditor) follow the first election by a moment. */
 static void wait_presets(void)
 {
-    cr_assert(wait_until(15000, presets_exist, NULL), "the preset roles never appeared");
+    cr_assert(cl_wait_presets(15000), "the preset roles never appeared");
 }
 
 Test(int_users, add_redeem_update_reset_rm_with_audit)
@@ -106,7 +53,7 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
     char *out = tctl_ok(2, "users", "add", "joe", "--roles=access", "--logins=root,ubuntu");
     cr_assert(strstr(out, "User \"joe\" has been created") != NULL, "%s", out);
     char tok[40];
-    token_from(out, tok, sizeof tok);
+    cl_invite_token(out, tok, sizeof tok);
     free(out);
     out = tctl_ok(1, "users", "ls", NULL, NULL, NULL);
     cr_assert(strstr(out, "joe") && strstr(out, "access"), "%s", out);
@@ -120,13 +67,13 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
     cr_assert_neq(run_tctl(1, NULL, "users", "add", "bad/name", "--roles=access", NULL), 0);
 
     char code[64];
-    redeem(3, tok, "short", NULL, NULL, code, sizeof code);
+    cl_redeem_invite(3, tok, "short", NULL, NULL, code, sizeof code);
     cr_assert_str_eq(code, "invalid", "an 5-character password");
     cr_assert(!has_secret(1, "joe"));
-    redeem(3, tok, "correct horse battery", NULL, NULL, code, sizeof code);
+    cl_redeem_invite(3, tok, "correct horse battery", NULL, NULL, code, sizeof code);
     cr_assert_str_eq(code, "", "redeeming the invite: %s", code);
     cr_assert(has_secret(1, "joe"));
-    redeem(1, tok, "another good password", NULL, NULL, code, sizeof code);
+    cl_redeem_invite(1, tok, "another good password", NULL, NULL, code, sizeof code);
     cr_assert_str_eq(code, "access_denied", "a used invite must be refused");
 
     out = tctl_ok(1, "users", "update", "joe", "--set-roles=access,editor", NULL);
@@ -137,7 +84,7 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
 
     /* Reset: password gone, new invite, this time with a second factor. */
     out = tctl_ok(1, "users", "reset", "joe", NULL, NULL);
-    token_from(out, tok, sizeof tok);
+    cl_invite_token(out, tok, sizeof tok);
     free(out);
     cr_assert(!has_secret(1, "joe"), "reset must drop the password");
     uint8_t secret[20];
@@ -145,10 +92,10 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
     cr_assert_eq(rp_totp_generate_secret(secret), 0);
     cr_assert_eq(rp_base32_encode(secret, sizeof secret, b32, sizeof b32), 0);
     cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()), totp), 0);
-    redeem(2, tok, "correct horse battery staple", b32, "000000", code, sizeof code);
+    cl_redeem_invite(2, tok, "correct horse battery staple", b32, "000000", code, sizeof code);
     cr_assert(strcmp(code, "access_denied") == 0 || strcmp(totp, "000000") == 0,
               "a wrong one-time code: %s", code);
-    redeem(2, tok, "correct horse battery staple", b32, totp, code, sizeof code);
+    cl_redeem_invite(2, tok, "correct horse battery staple", b32, totp, code, sizeof code);
     cr_assert_str_eq(code, "", "redeeming with TOTP: %s", code);
     out = tctl_ok(1, "get", "user_secret/joe", "--with-secrets", NULL, NULL);
     cr_assert(strstr(out, "totp_secret") != NULL, "%s", out);
@@ -163,9 +110,9 @@ Test(int_users, add_redeem_update_reset_rm_with_audit)
 
     /* The audit log has each step, attributed. */
     out = tctl_ok(1, "events", "ls", "--format=json", NULL, NULL);
-    static const char *const want[] = {"\"user.create\"", "\"user.update\"", "\"user.delete\"",
-                                       "\"user.password_change\"", "\"admin@auth2\"",
-                                       "\"T1005W\""};
+    static const char *const want[] = {"\"user.create\"", "\"user.update\"",
+                                       "\"user.delete\"", "\"user.password_change\"",
+                                       "\"admin@auth2\"", "\"T1005W\""};
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
         cr_assert(strstr(out, want[k]) != NULL, "no %s in the audit log:\n%s", want[k], out);
     free(out);
@@ -181,7 +128,8 @@ struct race {
 static void *race_main(void *arg)
 {
     struct race *r = arg;
-    redeem(r->node, r->token, "a fine long password", NULL, NULL, r->code, sizeof r->code);
+    cl_redeem_invite(r->node, r->token, "a fine long password", NULL, NULL, r->code,
+                     sizeof r->code);
     return NULL;
 }
 
@@ -194,7 +142,7 @@ Test(int_users, an_invite_is_redeemed_once_even_when_two_race)
         snprintf(name, sizeof name, "racer%d", round);
         char *out = tctl_ok(1, "users", "add", name, "--roles=access", NULL);
         struct race a = {.node = 1}, b = {.node = 2};
-        token_from(out, a.token, sizeof a.token);
+        cl_invite_token(out, a.token, sizeof a.token);
         free(out);
         snprintf(b.token, sizeof b.token, "%s", a.token);
         pthread_t ta, tb;
@@ -209,83 +157,44 @@ Test(int_users, an_invite_is_redeemed_once_even_when_two_race)
     cluster_pass();
 }
 
-/* authenticate on a connection without a client certificate: the answer's code
- * ("" when ok) and, when ok, whether an SSH certificate came back. */
-static void login(int i, const char *user, const char *password, const char *totp, char *code,
-                  size_t codelen, bool *got_cert)
-{
-    EVP_PKEY *key = NULL;
-    char *pub = NULL;
-    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &key), 0);
-    cr_assert_eq(rp_ssh_pubkey_format(key, NULL, &pub), 0);
-    struct rp_buf req, ans;
-    msgpack_packer pk;
-    rp_buf_init(&req);
-    rp_buf_init(&ans);
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, totp ? 5 : 4);
-    rp_mp_kv_str(&pk, "m", "authenticate");
-    rp_mp_kv_str(&pk, "user", user);
-    rp_mp_kv_str(&pk, "password", password);
-    rp_mp_kv_str(&pk, "ssh_pubkey", pub);
-    if (totp)
-        rp_mp_kv_str(&pk, "totp_code", totp);
-    msgpack_unpacked u;
-    node_call_anon(i, &req, &ans, &u);
-    bool ok = false;
-    rp_mp_get_bool(&u.data, "ok", &ok);
-    char cert[16] = "";
-    *got_cert = ok && strncmp(cl_mp_str(&u.data, "ssh_cert", cert, sizeof cert), "ssh-ed25519-cer",
-                              15) == 0;
-    if (ok)
-        code[0] = '\0';
-    else
-        cl_mp_str(&u.data, "code", code, codelen);
-    msgpack_unpacked_destroy(&u);
-    rp_buf_free(&req);
-    rp_buf_free(&ans);
-    free(pub);
-    EVP_PKEY_free(key);
-}
-
 Test(int_users, password_login_totp_and_lockout_after_five_failures)
 {
     cluster_start(3);
     wait_presets();
     char *out = tctl_ok(1, "users", "add", "carol", "--roles=access", "--logins=root");
     char tok[40], code[64];
-    token_from(out, tok, sizeof tok);
+    cl_invite_token(out, tok, sizeof tok);
     free(out);
     uint8_t secret[20];
     char b32[64], totp[8];
     cr_assert_eq(rp_totp_generate_secret(secret), 0);
     cr_assert_eq(rp_base32_encode(secret, sizeof secret, b32, sizeof b32), 0);
     cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()), totp), 0);
-    redeem(1, tok, "carol's long password", b32, totp, code, sizeof code);
+    cl_redeem_invite(1, tok, "carol's long password", b32, totp, code, sizeof code);
     cr_assert_str_eq(code, "");
 
     bool cert;
     /* The code used at enrollment cannot be used again (replay). */
-    login(2, "carol", "carol's long password", totp, code, sizeof code, &cert);
+    cl_login(2, "carol", "carol's long password", totp, code, sizeof code, &cert);
     cr_assert_str_eq(code, "access_denied", "a replayed one-time code was accepted");
-    login(2, "carol", "carol's long password", NULL, code, sizeof code, &cert);
+    cl_login(2, "carol", "carol's long password", NULL, code, sizeof code, &cert);
     cr_assert_str_eq(code, "access_denied", "no second factor given, yet logged in");
     /* The next step's code works (a ±1 step window absorbs clock skew). */
     cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()) + 1, totp), 0);
-    login(3, "carol", "carol's long password", totp, code, sizeof code, &cert);
+    cl_login(3, "carol", "carol's long password", totp, code, sizeof code, &cert);
     cr_assert(code[0] == '\0' && cert, "a valid login failed: %s", code);
 
     /* Unknown user and wrong password: the same answer. */
-    login(1, "nobody", "whatever password", NULL, code, sizeof code, &cert);
+    cl_login(1, "nobody", "whatever password", NULL, code, sizeof code, &cert);
     cr_assert_str_eq(code, "access_denied");
     for (int k = 0; k < 5; k++) {
-        login(1 + k % 3, "carol", "not the password", totp, code, sizeof code, &cert);
+        cl_login(1 + k % 3, "carol", "not the password", totp, code, sizeof code, &cert);
         cr_assert_str_eq(code, "access_denied");
     }
     /* Locked, on every server: even the right password and a fresh code are refused. */
     cr_assert_eq(rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()) + 1, totp), 0);
     for (int i = 1; i <= 3; i++) {
-        login(i, "carol", "carol's long password", totp, code, sizeof code, &cert);
+        cl_login(i, "carol", "carol's long password", totp, code, sizeof code, &cert);
         cr_assert(!cert && strcmp(code, "access_denied") == 0, "node %d let a locked user in", i);
     }
     out = tctl_ok(1, "events", "ls", "--type=user.login", "--format=json", NULL);

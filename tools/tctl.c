@@ -296,6 +296,26 @@ static int no_own_flags(struct tctl *t, int argc, char **argv, int min, int max,
     return flags_done(&f, c, min, max, args, nargs);
 }
 
+/* The flag parsing of a command whose one own flag, --@name (code @code), takes a
+ * value: *@value gets it (NULL if not given); otherwise as no_own_flags. */
+static int one_value_flag(struct tctl *t, int argc, char **argv, const char *name, int code,
+                          const char **value, int min, int max, char ***args, int *nargs)
+{
+    const struct option own[] = {
+        {name, required_argument, NULL, code},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    int c;
+    *value = NULL;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == code)
+            *value = optarg;
+    }
+    return flags_done(&f, c, min, max, args, nargs);
+}
+
 static int parse_format(struct tctl *t, const char *arg)
 {
     if (strcmp(arg, "json") == 0)
@@ -777,17 +797,41 @@ static int list_cmd_flags(struct tctl *t, int argc, char **argv, struct list_fla
     return flags_done(&f, c, 0, 0, &args, &nargs);
 }
 
-static int cmd_tokens_ls(struct tctl *t, int argc, char **argv)
+/* The start of "<kind> ls": parses its flags, connects and lists every @kind
+ * resource into @reply (auth_reply_free it) and @items. -1 to go on, else the exit
+ * status. */
+static int list_all(struct tctl *t, int argc, char **argv, const char *kind,
+                    struct auth_reply *reply, const msgpack_object **items)
 {
     struct list_flags lf;
     int rv;
     if ((rv = list_cmd_flags(t, argc, argv, &lf)) >= 0 || (rv = connect_client(t)) != 0)
         return rv;
+    if ((rv = auth_client_list(t->client, kind, NULL, 0, read_flags(&lf), reply, items, NULL)) != 0)
+        return call_failed(t, rv);
+    return -1;
+}
+
+/* The end of a listing printed into @out: closes its JSON array of @n items when
+ * printing JSON, writes it to stdout and frees it and @reply. */
+static int print_listing(const struct tctl *t, struct rp_buf *out, uint32_t n,
+                         struct auth_reply *reply)
+{
+    if (t->format == FMT_JSON)
+        rp_buf_append_str(out, n ? "\n]\n" : "]\n");
+    fwrite(out->data, 1, out->len, stdout);
+    rp_buf_free(out);
+    auth_reply_free(reply);
+    return 0;
+}
+
+static int cmd_tokens_ls(struct tctl *t, int argc, char **argv)
+{
     struct auth_reply reply;
     const msgpack_object *items;
-    if ((rv = auth_client_list(t->client, AUTH_KIND_TOKEN, NULL, 0, read_flags(&lf), &reply, &items,
-                               NULL)) != 0)
-        return call_failed(t, rv);
+    int rv = list_all(t, argc, argv, AUTH_KIND_TOKEN, &reply, &items);
+    if (rv >= 0)
+        return rv;
     uint32_t n = items->via.array.size;
     struct rp_buf out;
     rp_buf_init(&out);
@@ -819,12 +863,7 @@ static int cmd_tokens_ls(struct tctl *t, int argc, char **argv)
             rp_buf_printf(&out, "%-34s %-6s %s\n", name, type, when);
         }
     }
-    if (t->format == FMT_JSON)
-        rp_buf_append_str(&out, n ? "\n]\n" : "]\n");
-    fwrite(out.data, 1, out.len, stdout);
-    rp_buf_free(&out);
-    auth_reply_free(&reply);
-    return 0;
+    return print_listing(t, &out, n, &reply);
 }
 
 static int cmd_tokens_rm(struct tctl *t, int argc, char **argv)
@@ -1202,6 +1241,17 @@ static void print_invite(struct tctl *t, const char *verb, const struct auth_inv
            inv->token);
 }
 
+/* The end of users add / reset: reports the failure @rv of the call, or prints the
+ * invite @inv; wipes the token either way. */
+static int finish_invite(struct tctl *t, int rv, const char *verb, struct auth_invite *inv,
+                         const char *user)
+{
+    if (rv == 0)
+        print_invite(t, verb, inv, user);
+    OPENSSL_cleanse(inv, sizeof *inv);
+    return rv != 0 ? call_failed(t, rv) : 0;
+}
+
 /* The invite TTL of users add / reset: 1h unless --ttl, which must be 1m..48h. */
 static int invite_ttl(const struct tctl *t, bool set, uint64_t *ttl)
 {
@@ -1267,12 +1317,8 @@ static int cmd_users_add(struct tctl *t, int argc, char **argv)
         (rv = connect_client(t)) != 0)
         return rv;
     struct auth_invite inv;
-    if ((rv = auth_client_user_add(t->client, args[0], role_v, n_roles, login_v, n_logins, ttl,
-                                   &inv)) != 0)
-        return call_failed(t, rv);
-    print_invite(t, "created", &inv, args[0]);
-    OPENSSL_cleanse(&inv, sizeof inv);
-    return 0;
+    rv = auth_client_user_add(t->client, args[0], role_v, n_roles, login_v, n_logins, ttl, &inv);
+    return finish_invite(t, rv, "created", &inv, args[0]);
 }
 
 static int cmd_users_reset(struct tctl *t, int argc, char **argv)
@@ -1301,29 +1347,17 @@ static int cmd_users_reset(struct tctl *t, int argc, char **argv)
         (rv = invite_ttl(t, ttl_set, &ttl)) != 0 || (rv = connect_client(t)) != 0)
         return rv;
     struct auth_invite inv;
-    if ((rv = auth_client_user_reset(t->client, args[0], ttl, &inv)) != 0)
-        return call_failed(t, rv);
-    print_invite(t, "reset", &inv, args[0]);
-    OPENSSL_cleanse(&inv, sizeof inv);
-    return 0;
+    rv = auth_client_user_reset(t->client, args[0], ttl, &inv);
+    return finish_invite(t, rv, "reset", &inv, args[0]);
 }
 
 static int cmd_users_update(struct tctl *t, int argc, char **argv)
 {
-    static const struct option own[] = {
-        {"set-roles", required_argument, NULL, O_SET_ROLES},
-        {NULL, 0, NULL, 0},
-    };
-    struct flags f;
     char **args;
-    int c, nargs, rv;
-    const char *set_roles = NULL;
-    flags_init(&f, t, argc, argv, own, NULL);
-    while ((c = flags_next(&f)) > 0) {
-        if (c == O_SET_ROLES)
-            set_roles = optarg;
-    }
-    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+    int nargs, rv;
+    const char *set_roles;
+    if ((rv = one_value_flag(t, argc, argv, "set-roles", O_SET_ROLES, &set_roles, 1, 1, &args,
+                             &nargs)) >= 0)
         return rv;
     if (set_roles == NULL) {
         fprintf(stderr, "tctl users update: --set-roles=R1,R2 is required\n");
@@ -1362,15 +1396,11 @@ static int cmd_users_rm(struct tctl *t, int argc, char **argv)
 
 static int cmd_users_ls(struct tctl *t, int argc, char **argv)
 {
-    struct list_flags lf;
-    int rv;
-    if ((rv = list_cmd_flags(t, argc, argv, &lf)) >= 0 || (rv = connect_client(t)) != 0)
-        return rv;
     struct auth_reply reply;
     const msgpack_object *items;
-    if ((rv = auth_client_list(t->client, "user", NULL, 0, read_flags(&lf), &reply, &items,
-                               NULL)) != 0)
-        return call_failed(t, rv);
+    int rv = list_all(t, argc, argv, "user", &reply, &items);
+    if (rv >= 0)
+        return rv;
     if (t->format == FMT_JSON) {
         print_json(items);
         auth_reply_free(&reply);
@@ -1403,20 +1433,10 @@ static int cmd_users_ls(struct tctl *t, int argc, char **argv)
 
 static int cmd_auth_export(struct tctl *t, int argc, char **argv)
 {
-    static const struct option own[] = {
-        {"type", required_argument, NULL, O_TYPE},
-        {NULL, 0, NULL, 0},
-    };
-    struct flags f;
     char **args;
-    int c, nargs, rv;
-    const char *type = NULL;
-    flags_init(&f, t, argc, argv, own, NULL);
-    while ((c = flags_next(&f)) > 0) {
-        if (c == O_TYPE)
-            type = optarg;
-    }
-    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
+    int nargs, rv;
+    const char *type;
+    if ((rv = one_value_flag(t, argc, argv, "type", O_TYPE, &type, 0, 0, &args, &nargs)) >= 0)
         return rv;
     if (type == NULL || (strcmp(type, "user") && strcmp(type, "host") && strcmp(type, "tls"))) {
         fprintf(stderr, "tctl auth export: --type=%s: expected user, host or tls\n",
@@ -1732,12 +1752,7 @@ static int cmd_events_ls(struct tctl *t, int argc, char **argv)
         }
         rp_buf_append_str(&out, "\n");
     }
-    if (t->format == FMT_JSON)
-        rp_buf_append_str(&out, n ? "\n]\n" : "]\n");
-    fwrite(out.data, 1, out.len, stdout);
-    rp_buf_free(&out);
-    auth_reply_free(&reply);
-    return 0;
+    return print_listing(t, &out, n, &reply);
 }
 
 /* ---- locks ------------------------------------------------------------------ */
@@ -1810,15 +1825,11 @@ static int cmd_lock(struct tctl *t, int argc, char **argv)
 
 static int cmd_locks_ls(struct tctl *t, int argc, char **argv)
 {
-    struct list_flags lf;
-    int rv;
-    if ((rv = list_cmd_flags(t, argc, argv, &lf)) >= 0 || (rv = connect_client(t)) != 0)
-        return rv;
     struct auth_reply reply;
     const msgpack_object *items;
-    if ((rv = auth_client_list(t->client, AUTH_KIND_LOCK, NULL, 0, read_flags(&lf), &reply, &items,
-                               NULL)) != 0)
-        return call_failed(t, rv);
+    int rv = list_all(t, argc, argv, AUTH_KIND_LOCK, &reply, &items);
+    if (rv >= 0)
+        return rv;
     bool first = true;
     if (t->format == FMT_DEFAULT)
         t->format = FMT_TEXT; /* a table unless asked otherwise */

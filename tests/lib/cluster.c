@@ -31,6 +31,8 @@
 #include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
+#include "lib/ssh_key.h"
+#include "lib/util.h"
 
 static struct cluster g_cluster;
 struct cluster *CL = &g_cluster;
@@ -640,6 +642,192 @@ static int run_tctl_quiet(int i, char **out, ...)
     int rc = run_tctl_v(i, out, true, ap);
     va_end(ap);
     return rc;
+}
+
+/* ---- users and their identities ------------------------------------------------------ */
+
+/* The preset roles, in the order the leader creates them (auth/ssh_ca.c), one write
+ * each: seeing the first is no promise that the others are there. */
+static const char *const preset_roles[] = {"access", "editor", "auditor"};
+
+static bool presets_exist(void *arg)
+{
+    (void)arg;
+    for (size_t k = 0; k < sizeof preset_roles / sizeof preset_roles[0]; k++) {
+        char path[64], *out = NULL;
+        snprintf(path, sizeof path, "role/%s", preset_roles[k]);
+        int rv = run_tctl(1, &out, "get", path, NULL);
+        free(out);
+        if (rv != 0)
+            return false;
+    }
+    return true;
+}
+
+bool cl_wait_presets(int timeout_ms)
+{
+    return wait_until(timeout_ms, presets_exist, NULL);
+}
+
+int cl_tctl_as(const char *user, char **out, ...)
+{
+    char tctl[600], id[600], srv[100];
+    char *argv[32];
+    int n = 0;
+    snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
+    snprintf(id, sizeof id, "%s/%s.id", CL->dir, user);
+    snprintf(srv, sizeof srv, "--auth-server=%s", CL->nodes[2].api_addr);
+    argv[n++] = tctl;
+    argv[n++] = "-i";
+    argv[n++] = id;
+    argv[n++] = srv;
+    va_list ap;
+    va_start(ap, out);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < 31)
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n] = NULL;
+    struct cl_run r;
+    cl_run_argv(argv, 20000, &r);
+    int st = r.status;
+    if (out) {
+        size_t len = strlen(r.out ? r.out : "") + strlen(r.err ? r.err : "") + 2;
+        *out = malloc(len);
+        cr_assert(*out != NULL);
+        snprintf(*out, len, "%s\n%s", r.out ? r.out : "", r.err ? r.err : "");
+    }
+    cl_run_free(&r);
+    return st;
+}
+
+void cl_make_identity(const char *user, const char *roles)
+{
+    char r[128], u[64], path[600], *out = NULL;
+    snprintf(r, sizeof r, "--roles=%s", roles);
+    snprintf(u, sizeof u, "--user=%s", user);
+    snprintf(path, sizeof path, "%s/%s.id", CL->dir, user);
+    cr_assert_eq(run_tctl(1, &out, "users", "add", user, r, NULL), 0, "users add %s: %s", user,
+                 out);
+    free(out);
+    cr_assert_eq(run_tctl(1, &out, "auth", "sign", u, "--format=file", "-o", path, NULL), 0,
+                 "auth sign %s: %s", user, out);
+    free(out);
+}
+
+void cl_invite_token(const char *out, char *tok, size_t n)
+{
+    const char *p = out + strlen(out);
+    while (p > out && (p[-1] == '\n' || p[-1] == ' '))
+        p--;
+    const char *end = p;
+    while (p > out && p[-1] != '\n' && p[-1] != ' ')
+        p--;
+    cr_assert(end - p == 32, "no invite token in: %s", out);
+    snprintf(tok, n, "%.*s", (int)(end - p), p);
+}
+
+void cl_write_file(const char *name, const char *text, char *path, size_t n)
+{
+    snprintf(path, n, "%s/%s", CL->dir, name);
+    cr_assert_eq(rp_write_file(path, text, strlen(text), 0600), 0, "%s", rp_errmsg());
+}
+
+void cl_add_token(int via, const char *type, const char *ttl, char *token, size_t n)
+{
+    char *out = NULL, type_arg[32], ttl_arg[32];
+    snprintf(type_arg, sizeof type_arg, "--type=%s", type);
+    snprintf(ttl_arg, sizeof ttl_arg, "--ttl=%s", ttl ? ttl : "");
+    cr_assert_eq(run_tctl(via, &out, "tokens", "add", type_arg, ttl ? ttl_arg : "--format=json",
+                          ttl ? "--format=json" : NULL, NULL),
+                 0);
+    struct cl_json *j = cl_json_parse(out);
+    cr_assert_not_null(j, "%s", out);
+    snprintf(token, n, "%s", cl_json_str(j, "token"));
+    cl_json_free(j);
+    free(out);
+    cr_assert(token[0]);
+}
+
+char *cl_ssh_pubkey(void)
+{
+    EVP_PKEY *key = NULL;
+    char *pub = NULL;
+    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &key), 0);
+    cr_assert_eq(rp_ssh_pubkey_format(key, NULL, &pub), 0);
+    EVP_PKEY_free(key);
+    return pub;
+}
+
+/* The error code of answer @d into @code ("" if it says ok); whether it says ok. */
+static bool answer_code(const msgpack_object *d, char *code, size_t codelen)
+{
+    bool ok = false;
+    rp_mp_get_bool(d, "ok", &ok);
+    if (ok)
+        code[0] = '\0';
+    else
+        cl_mp_str(d, "code", code, codelen);
+    return ok;
+}
+
+void cl_anon_code(int i, const struct rp_buf *req, char *code, size_t codelen)
+{
+    struct rp_buf ans;
+    msgpack_unpacked u;
+    rp_buf_init(&ans);
+    node_call_anon(i, req, &ans, &u);
+    answer_code(&u.data, code, codelen);
+    msgpack_unpacked_destroy(&u);
+    rp_buf_free(&ans);
+}
+
+void cl_redeem_invite(int i, const char *token, const char *password, const char *totp_secret,
+                      const char *totp_code, char *code, size_t codelen)
+{
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, totp_secret ? 5 : 3);
+    rp_mp_kv_str(&pk, "m", "invite_redeem");
+    rp_mp_kv_str(&pk, "token", token);
+    rp_mp_kv_str(&pk, "password", password);
+    if (totp_secret) {
+        rp_mp_kv_str(&pk, "totp_secret", totp_secret);
+        rp_mp_kv_str(&pk, "totp_code", totp_code);
+    }
+    cl_anon_code(i, &req, code, codelen);
+    rp_buf_free(&req);
+}
+
+void cl_login(int i, const char *user, const char *password, const char *totp, char *code,
+              size_t codelen, bool *got_cert)
+{
+    char *pub = cl_ssh_pubkey();
+    struct rp_buf req, ans;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_buf_init(&ans);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, totp ? 5 : 4);
+    rp_mp_kv_str(&pk, "m", "authenticate");
+    rp_mp_kv_str(&pk, "user", user);
+    rp_mp_kv_str(&pk, "password", password);
+    rp_mp_kv_str(&pk, "ssh_pubkey", pub);
+    if (totp)
+        rp_mp_kv_str(&pk, "totp_code", totp);
+    msgpack_unpacked u;
+    node_call_anon(i, &req, &ans, &u);
+    bool ok = answer_code(&u.data, code, codelen);
+    char cert[16] = "";
+    if (got_cert)
+        *got_cert = ok && strncmp(cl_mp_str(&u.data, "ssh_cert", cert, sizeof cert),
+                                  "ssh-ed25519-cer", 15) == 0;
+    msgpack_unpacked_destroy(&u);
+    rp_buf_free(&req);
+    rp_buf_free(&ans);
+    free(pub);
 }
 
 /* ---- JSON --------------------------------------------------------------------------- */

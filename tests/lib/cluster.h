@@ -138,6 +138,47 @@ void cl_run_free(struct cl_run *r);
  * when the exit code is not 0. */
 int run_tctl(int i, char **out, ...) __attribute__((sentinel));
 
+/* ---- users and their identities ------------------------------------------------------ */
+
+/* Polls `tctl get role/R` on node 1 for every preset role R (access, editor,
+ * auditor: the leader creates them a moment after the first election, one by one)
+ * until all are there or @timeout_ms pass. True if they were in time. */
+bool cl_wait_presets(int timeout_ms);
+/* Runs `tctl -i DIR/@user.id --auth-server=<node 2> ARGS... (NULL-terminated)`: as
+ * that user, through node 2 (a follower most of the time, so requests are forwarded).
+ * Returns the exit code; *out (if @out) gets stdout, a newline, then stderr (free it). */
+int cl_tctl_as(const char *user, char **out, ...) __attribute__((sentinel));
+/* `tctl users add @user --roles=@roles`, then `tctl auth sign --format=file` into
+ * DIR/@user.id, both on node 1 (for cl_tctl_as). Fails the test if either fails. */
+void cl_make_identity(const char *user, const char *roles);
+/* The invite token (32 characters) in `tctl users add|reset` output @out: its last
+ * word. Copied into @tok (@n bytes); fails the test if there is none. */
+void cl_invite_token(const char *out, char *tok, size_t n);
+/* Writes @text to DIR/@name (mode 0600); its path into @path (@n bytes). Fails the
+ * test if it cannot. */
+void cl_write_file(const char *name, const char *text, char *path, size_t n);
+
+/* `tctl tokens add --type=@type [--ttl=@ttl] --format=json` on node @via (@ttl NULL:
+ * the default); the token into @token (@n bytes). Fails the test if there is none. */
+void cl_add_token(int via, const char *type, const char *ttl, char *token, size_t n);
+/* A fresh Ed25519 public key in authorized_keys form, for requests that need one
+ * (the private half is dropped). Free it. */
+char *cl_ssh_pubkey(void);
+/* node_call_anon of @req on node @i, reduced to the answer's error code: "" when
+ * it says ok, else its "code" field, into @code (@codelen bytes). */
+void cl_anon_code(int i, const struct rp_buf *req, char *code, size_t codelen);
+/* invite_redeem of @token with @password (and, unless @totp_secret is NULL, that TOTP
+ * secret and its current @totp_code) as an anonymous caller of node @i; the answer's
+ * code ("" when ok) into @code. */
+void cl_redeem_invite(int i, const char *token, const char *password, const char *totp_secret,
+                      const char *totp_code, char *code, size_t codelen);
+
+/* authenticate (password login) of @user with @password (and TOTP code @totp unless
+ * NULL) and a fresh SSH key, as an anonymous caller of node @i: the answer's code
+ * ("" when ok) into @code and, if @got_cert, whether an SSH certificate came back. */
+void cl_login(int i, const char *user, const char *password, const char *totp, char *code,
+              size_t codelen, bool *got_cert);
+
 /* ---- JSON (enough for tctl's output) ------------------------------------------------ */
 
 enum cl_jtype { CLJ_NULL, CLJ_BOOL, CLJ_NUM, CLJ_STR, CLJ_ARR, CLJ_OBJ };
