@@ -724,6 +724,8 @@ static void answer_busy(struct auth_listener *l, struct lconn *lc, struct rp_buf
     } else {
         lc->done = true;
     }
+    /* The frame is answered: drop it, or the loop would hand it to a worker again. */
+    rp_frame_reader_next(&lc->fr, KEEP_FRAME_BYTES);
     uint64_t now = rp_mono_ms(), n = 0;
     pthread_mutex_lock(&l->mu);
     l->busy_count++;

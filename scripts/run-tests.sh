@@ -18,7 +18,7 @@ for t in "$@"; do
   timeout -k 10 "$TEST_TIMEOUT" "$t" --jobs="$jobs" >"$tmp/out" 2>&1; rc=$?
   [ "$rc" -eq 124 ] && echo "$name: timed out after ${TEST_TIMEOUT}s" >>"$tmp/out"
   out=$(cat "$tmp/out")
-  printf '%s\n' "$out" | grep -vE '^\[----\]|^\[RUN ' | tail -n 40
+  printf '%s\n' "$out" | grep -vE '^\[----\] *$|^\[RUN |^\[----\] Criterion' | tail -n 60
   line=$(printf '%s\n' "$out" | grep -E 'Synthesis: Tested:' | tail -1)
   p=$(printf '%s' "$line" | sed -nE 's/.*Passing: ([0-9]+).*/\1/p')
   f=$(printf '%s' "$line" | sed -nE 's/.*Failing: ([0-9]+).*/\1/p')
