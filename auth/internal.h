@@ -46,6 +46,8 @@ struct auth_fwd_conn {
 
 #define AUTH_FWD_POOL 8
 
+struct auth_ca_cache;
+
 struct auth_server {
     const struct rp_config *cfg;
     char data_dir[1024];
@@ -67,12 +69,7 @@ struct auth_server {
     char fwd_leader_addr[64];
     struct auth_fwd_conn fwd[AUTH_FWD_POOL];
 
-    /* Cached CA private key for signing (reloaded when the stored revision changes). */
-    pthread_mutex_t ca_mu;
-    EVP_PKEY *ca_key;
-    uint64_t ca_key_rev;
-    EVP_PKEY *ssh_ca_key[2]; /* user, host (auth/ssh_ca.c), by resource revision */
-    uint64_t ssh_ca_rev[2];
+    struct auth_ca_cache *ca; /* auth/ca_cache.c: CA private keys by revision */
     /* Parsed roles by name and revision (auth/certs.c), shared by reference count:
      * a role is parsed once per change, not once per request. */
     pthread_mutex_t roles_mu;

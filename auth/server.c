@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "auth/audit.h"
+#include "auth/ca_cache.h"
 #include "auth/internal.h"
 #include "auth/locks.h"
 #include "auth/login_guard.h"
@@ -181,9 +182,10 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     s->cfg = cfg;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
     pthread_mutex_init(&s->fwd_mu, NULL);
-    pthread_mutex_init(&s->ca_mu, NULL);
     pthread_mutex_init(&s->roles_mu, NULL);
     pthread_mutex_init(&s->views_mu, NULL);
+    if ((rv = auth_ca_cache_new(&s->ca)) != 0)
+        goto err;
 
     rv = rp_mkdir_p(s->data_dir, 0700);
     if (rv != 0)
@@ -288,6 +290,7 @@ err:
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
         auth_identity_free(&s->id);
+        auth_ca_cache_free(s->ca);
         free(s);
         rp_err(rv, "%s", msg);
     }
@@ -314,12 +317,10 @@ void auth_server_stop(struct auth_server *s)
         SSL_CTX_free(s->api_ctx);
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
-        EVP_PKEY_free(s->ca_key);
         for (size_t i = 0; i < sizeof s->roles / sizeof s->roles[0]; i++)
             rbac_role_free(s->roles[i].role);
         auth_issue_views_free(s);
-        EVP_PKEY_free(s->ssh_ca_key[0]);
-        EVP_PKEY_free(s->ssh_ca_key[1]);
+        auth_ca_cache_free(s->ca);
         auth_identity_free(&s->id);
         free(s);
     } else {

@@ -16,6 +16,7 @@
 #include <openssl/crypto.h>
 
 #include "auth/audit.h"
+#include "auth/ca_cache.h"
 #include "auth/internal.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
@@ -134,51 +135,7 @@ int auth_ssh_cas_ensure(struct auth_server *s)
 
 int auth_ssh_ca_key(struct auth_server *s, const char *type, EVP_PKEY **key)
 {
-    struct rp_buf b;
-    msgpack_unpacked u;
-    struct state_res_meta meta;
-    int slot = strcmp(type, "user") == 0 ? 0 : 1;
-    rp_buf_init(&b);
-    int rv = state_get(s->state, AUTH_KIND_CA, type, &b, NULL);
-    if (rv == RP_ENOTFOUND)
-        rv = rp_err(RP_EUNAVAILABLE, "the %s SSH CA does not exist yet", type);
-    /* Parsed keys are cached by the resource's revision (a parse is about 50 us). */
-    if (rv == 0 && (rv = state_resource_check(b.data, b.len, &meta)) == 0) {
-        pthread_mutex_lock(&s->ca_mu);
-        if (s->ssh_ca_key[slot] != NULL && s->ssh_ca_rev[slot] == meta.revision) {
-            EVP_PKEY_up_ref(s->ssh_ca_key[slot]);
-            *key = s->ssh_ca_key[slot];
-            pthread_mutex_unlock(&s->ca_mu);
-            OPENSSL_cleanse(b.data, b.cap);
-            rp_buf_free(&b);
-            return 0;
-        }
-        pthread_mutex_unlock(&s->ca_mu);
-    }
-    if (rv == 0 && (rv = rp_mp_parse(b.data, b.len, &u)) == 0) {
-        const msgpack_object *ssh =
-            rp_mp_get(rp_mp_get(rp_mp_get(&u.data, "spec"), "active_keys"), "ssh");
-        const char *pem;
-        size_t n;
-        if (ssh == NULL || ssh->type != MSGPACK_OBJECT_ARRAY || ssh->via.array.size == 0 ||
-            rp_mp_get_str(&ssh->via.array.ptr[0], "private_key", &pem, &n) != 0)
-            rv = rp_err(RP_EIO, "cert_authority/%s has no SSH private key", type);
-        else
-            rv = rp_ssh_privkey_parse(pem, n, key, NULL);
-        msgpack_unpacked_destroy(&u);
-        if (rv == 0) {
-            pthread_mutex_lock(&s->ca_mu);
-            EVP_PKEY_free(s->ssh_ca_key[slot]);
-            EVP_PKEY_up_ref(*key);
-            s->ssh_ca_key[slot] = *key;
-            s->ssh_ca_rev[slot] = meta.revision;
-            pthread_mutex_unlock(&s->ca_mu);
-        }
-    }
-    if (b.data)
-        OPENSSL_cleanse(b.data, b.cap);
-    rp_buf_free(&b);
-    return rv;
+    return auth_ca_cache_ssh_key(s->ca, s->state, type, key);
 }
 
 static void add_principal(char **list, size_t *n, size_t max, const char *fmt, const char *a,
