@@ -47,6 +47,7 @@ struct auth_fwd_conn {
 #define AUTH_FWD_POOL 8
 
 struct auth_ca_cache;
+struct auth_role_cache;
 
 struct auth_server {
     const struct rp_config *cfg;
@@ -70,16 +71,7 @@ struct auth_server {
     struct auth_fwd_conn fwd[AUTH_FWD_POOL];
 
     struct auth_ca_cache *ca; /* auth/ca_cache.c: CA private keys by revision */
-    /* Parsed roles by name and revision (auth/certs.c), shared by reference count:
-     * a role is parsed once per change, not once per request. */
-    pthread_mutex_t roles_mu;
-    struct auth_role_slot {
-        char name[128];
-        uint64_t rev;
-        struct rbac_role *role;
-        unsigned refs;
-        bool current; /* still the cached version of its name */
-    } roles[32];
+    struct auth_role_cache *roles; /* auth/role_cache.c: parsed roles, shared */
     /* What users' certificates say (auth/certs.c), computed once per change of any
      * resource (state_resources_changed) and shared by reference count. */
     pthread_mutex_t views_mu;
@@ -154,12 +146,13 @@ int auth_sign_host_ssh(struct auth_server *s, const char *host_id, const char *n
                        uint64_t ttl_ms, char **line, char ***principals_out, size_t *n_out);
 /* The user and host CA public keys as authorized_keys lines (free both). */
 int auth_ssh_ca_public_lines(struct auth_server *s, char **user_ca, char **host_ca);
-/* auth/certs.c */
+/* auth/role_cache.c */
 struct rbac_role;
 /* Stored role @name, parsed (shared: give it back with auth_role_release, never
  * rbac_role_free it); RP_ENOTFOUND if there is none. */
 int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **role);
 void auth_role_release(struct auth_server *s, struct rbac_role *role);
+/* auth/certs.c */
 int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
 struct auth_issue_view;
 void auth_issue_views_free(struct auth_server *s); /* at shutdown */

@@ -15,6 +15,7 @@
 #include "auth/internal.h"
 #include "auth/locks.h"
 #include "auth/login_guard.h"
+#include "auth/role_cache.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -182,9 +183,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     s->cfg = cfg;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
     pthread_mutex_init(&s->fwd_mu, NULL);
-    pthread_mutex_init(&s->roles_mu, NULL);
     pthread_mutex_init(&s->views_mu, NULL);
-    if ((rv = auth_ca_cache_new(&s->ca)) != 0)
+    if ((rv = auth_ca_cache_new(&s->ca)) != 0 || (rv = auth_role_cache_new(&s->roles)) != 0)
         goto err;
 
     rv = rp_mkdir_p(s->data_dir, 0700);
@@ -290,6 +290,7 @@ err:
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
         auth_identity_free(&s->id);
+        auth_role_cache_free(s->roles);
         auth_ca_cache_free(s->ca);
         free(s);
         rp_err(rv, "%s", msg);
@@ -317,8 +318,6 @@ void auth_server_stop(struct auth_server *s)
         SSL_CTX_free(s->api_ctx);
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
-        for (size_t i = 0; i < sizeof s->roles / sizeof s->roles[0]; i++)
-            rbac_role_free(s->roles[i].role);
         auth_issue_views_free(s);
         auth_ca_cache_free(s->ca);
         auth_identity_free(&s->id);
