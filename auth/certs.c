@@ -107,15 +107,15 @@ static int user_view_load(struct auth_server *s, const char *user, struct user_v
 struct auth_issue_view {
     char user[160];
     uint64_t changed;
-    unsigned refs; /* under views_mu */
-    bool current;  /* still in s->views */
+    unsigned refs; /* under auth_issue_cache.mu */
+    bool current;  /* still in auth_issue_cache.views */
     char **role_names;
     size_t n_roles;
     char **logins; /* after trait expansion; may be none */
     size_t n_logins;
     struct rbac_options opt;
-    char *roles_json;  /* the teleport-roles extension */
-    char *traits_json; /* the teleport-traits extension */
+    char *roles_json;      /* the teleport-roles extension */
+    char *traits_json;     /* the teleport-traits extension */
     char ssh_refused[512]; /* a role fails closed: why SSH access is refused ("" if not) */
 };
 
@@ -132,12 +132,32 @@ static void view_free(struct auth_issue_view *v)
     free(v);
 }
 
-void auth_issue_views_free(struct auth_server *s)
+/* The views of the users who asked for certificates lately, shared by reference
+ * count: a view stays while it is current (in views[]) or held. */
+#define ISSUE_CACHE_SLOTS 16
+struct auth_issue_cache {
+    pthread_mutex_t mu;
+    struct auth_issue_view *views[ISSUE_CACHE_SLOTS];
+};
+
+int auth_issue_cache_new(struct auth_issue_cache **out)
 {
-    for (size_t i = 0; i < sizeof s->views / sizeof s->views[0]; i++) {
-        view_free(s->views[i]);
-        s->views[i] = NULL;
-    }
+    struct auth_issue_cache *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return rp_err(RP_ENOMEM, "issuance cache");
+    pthread_mutex_init(&c->mu, NULL);
+    *out = c;
+    return 0;
+}
+
+void auth_issue_cache_free(struct auth_issue_cache *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < ISSUE_CACHE_SLOTS; i++)
+        view_free(c->views[i]);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
 }
 
 static int view_build(struct auth_server *s, const char *user, uint64_t changed,
@@ -205,21 +225,22 @@ out:
  * cached. Errors (no such user, no roles) are not cached. */
 static int view_get(struct auth_server *s, const char *user, struct auth_issue_view **out)
 {
-    const size_t n_slots = sizeof s->views / sizeof s->views[0];
+    struct auth_issue_cache *c = s->issued;
+    const size_t n_slots = ISSUE_CACHE_SLOTS;
     /* Read before the resources: a change landing meanwhile makes the view look older
      * than it is, never newer. */
     uint64_t changed = state_resources_changed(s->state);
-    pthread_mutex_lock(&s->views_mu);
+    pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < n_slots; i++) {
-        struct auth_issue_view *v = s->views[i];
+        struct auth_issue_view *v = c->views[i];
         if (v && v->changed == changed && strcmp(v->user, user) == 0) {
             v->refs++;
-            pthread_mutex_unlock(&s->views_mu);
+            pthread_mutex_unlock(&c->mu);
             *out = v;
             return 0;
         }
     }
-    pthread_mutex_unlock(&s->views_mu);
+    pthread_mutex_unlock(&c->mu);
     struct auth_issue_view *v = NULL;
     int rv = view_build(s, user, changed, &v);
     if (rv != 0)
@@ -227,31 +248,31 @@ static int view_get(struct auth_server *s, const char *user, struct auth_issue_v
     v->refs = 1;
     /* The slot: this user's older view, else an empty one, else one nobody holds
      * (outdated ones first). With every slot held, the view is simply not cached. */
-    pthread_mutex_lock(&s->views_mu);
+    pthread_mutex_lock(&c->mu);
     size_t pick = n_slots;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i] && strcmp(s->views[i]->user, user) == 0)
+        if (c->views[i] && strcmp(c->views[i]->user, user) == 0)
             pick = i;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i] == NULL)
+        if (c->views[i] == NULL)
             pick = i;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i]->refs == 0 && s->views[i]->changed != changed)
+        if (c->views[i]->refs == 0 && c->views[i]->changed != changed)
             pick = i;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i]->refs == 0)
+        if (c->views[i]->refs == 0)
             pick = i;
     if (pick < n_slots) {
-        struct auth_issue_view *old = s->views[pick];
+        struct auth_issue_view *old = c->views[pick];
         if (old) {
             old->current = false;
             if (old->refs == 0)
                 view_free(old);
         }
-        s->views[pick] = v;
+        c->views[pick] = v;
         v->current = true;
     }
-    pthread_mutex_unlock(&s->views_mu);
+    pthread_mutex_unlock(&c->mu);
     *out = v;
     return 0;
 }
@@ -260,9 +281,10 @@ static void view_release(struct auth_server *s, struct auth_issue_view *v)
 {
     if (v == NULL)
         return;
-    pthread_mutex_lock(&s->views_mu);
+    struct auth_issue_cache *c = s->issued;
+    pthread_mutex_lock(&c->mu);
     bool last = --v->refs == 0 && !v->current;
-    pthread_mutex_unlock(&s->views_mu);
+    pthread_mutex_unlock(&c->mu);
     if (last)
         view_free(v);
 }
@@ -442,8 +464,7 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
     uint64_t term = rp_node_read_term(r->srv->node);
     rv = term ? 0 : rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
     if (rv == 0)
-        rv = issue(r->srv, user, &k, ttl, r->caller ? r->caller->name : "?", r->remote,
-                   term, &c);
+        rv = issue(r->srv, user, &k, ttl, r->caller ? r->caller->name : "?", r->remote, term, &c);
     if (rv == 0) {
         reply_issued(out, &c);
         issued_free(&c);

@@ -48,6 +48,7 @@ struct auth_fwd_conn {
 
 struct auth_ca_cache;
 struct auth_role_cache;
+struct auth_issue_cache;
 
 struct auth_server {
     const struct rp_config *cfg;
@@ -72,10 +73,7 @@ struct auth_server {
 
     struct auth_ca_cache *ca; /* auth/ca_cache.c: CA private keys by revision */
     struct auth_role_cache *roles; /* auth/role_cache.c: parsed roles, shared */
-    /* What users' certificates say (auth/certs.c), computed once per change of any
-     * resource (state_resources_changed) and shared by reference count. */
-    pthread_mutex_t views_mu;
-    struct auth_issue_view *views[16];
+    struct auth_issue_cache *issued; /* auth/certs.c: what users' certificates say */
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
     struct auth_locks *locks; /* auth/locks.c */
@@ -154,8 +152,11 @@ int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **r
 void auth_role_release(struct auth_server *s, struct rbac_role *role);
 /* auth/certs.c */
 int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
-struct auth_issue_view;
-void auth_issue_views_free(struct auth_server *s); /* at shutdown */
+/* What users' certificates say, computed once per change of any resource
+ * (state_resources_changed) and shared by reference count: a burst of logins
+ * evaluates the roles once. new: 0 or RP_ENOMEM; free: NULL is fine. */
+int auth_issue_cache_new(struct auth_issue_cache **out);
+void auth_issue_cache_free(struct auth_issue_cache *c);
 int auth_h_authenticate(struct auth_req *r, struct rp_buf *out);
 /* auth/users.c */
 int auth_h_user_add(struct auth_req *r, struct rp_buf *out);

@@ -183,8 +183,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     s->cfg = cfg;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
     pthread_mutex_init(&s->fwd_mu, NULL);
-    pthread_mutex_init(&s->views_mu, NULL);
-    if ((rv = auth_ca_cache_new(&s->ca)) != 0 || (rv = auth_role_cache_new(&s->roles)) != 0)
+    if ((rv = auth_ca_cache_new(&s->ca)) != 0 || (rv = auth_role_cache_new(&s->roles)) != 0 ||
+        (rv = auth_issue_cache_new(&s->issued)) != 0)
         goto err;
 
     rv = rp_mkdir_p(s->data_dir, 0700);
@@ -290,6 +290,7 @@ err:
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
         auth_identity_free(&s->id);
+        auth_issue_cache_free(s->issued);
         auth_role_cache_free(s->roles);
         auth_ca_cache_free(s->ca);
         free(s);
@@ -318,7 +319,8 @@ void auth_server_stop(struct auth_server *s)
         SSL_CTX_free(s->api_ctx);
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
-        auth_issue_views_free(s);
+        auth_issue_cache_free(s->issued);
+        auth_role_cache_free(s->roles);
         auth_ca_cache_free(s->ca);
         auth_identity_free(&s->id);
         free(s);
