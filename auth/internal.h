@@ -37,15 +37,10 @@ struct auth_identity {
     bool bootstrapped_here;
 };
 
-struct auth_fwd_conn {
-    struct rp_conn conn;
-    char addr[64];
-    bool in_use;
-    bool open;
-};
-
+/* Connections a follower keeps to the leader (auth/forward.c). */
 #define AUTH_FWD_POOL 8
 
+struct auth_fwd_pool;
 struct auth_ca_cache;
 struct auth_role_cache;
 struct auth_issue_cache;
@@ -64,13 +59,7 @@ struct auth_server {
     pthread_t duty_thread;
     atomic_bool stopping;
 
-    pthread_mutex_t fwd_mu;
-    /* The leader's API address as last looked up (under fwd_mu): good while the
-     * leader and the auth_server records (state_resources_changed) stay the same. */
-    uint64_t fwd_leader_id, fwd_leader_changed;
-    char fwd_leader_addr[64];
-    struct auth_fwd_conn fwd[AUTH_FWD_POOL];
-
+    struct auth_fwd_pool *fwd; /* auth/forward.c: connections to the leader */
     struct auth_ca_cache *ca; /* auth/ca_cache.c: CA private keys by revision */
     struct auth_role_cache *roles; /* auth/role_cache.c: parsed roles, shared */
     struct auth_issue_cache *issued; /* auth/certs.c: what users' certificates say */
@@ -194,8 +183,11 @@ int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_b
 bool auth_is_leader(struct auth_server *s);
 /* API address ("ip:port") of the auth server with Raft id @id, from the state. */
 int auth_api_addr_of(struct auth_server *s, uint64_t id, char *out, size_t outlen);
-/* Closes pooled forwarding connections (on leader change / stop). */
-void auth_forward_reset(struct auth_server *s);
+/* The pool of connections auth_forward uses. new: 0 or RP_ENOMEM. reset closes the
+ * idle connections (on stop); free closes all (NULL is fine), none may be in use. */
+int auth_fwd_pool_new(struct auth_fwd_pool **out);
+void auth_fwd_pool_reset(struct auth_fwd_pool *p);
+void auth_fwd_pool_free(struct auth_fwd_pool *p);
 
 /* Identity files (auth/identity.c). */
 int auth_identity_load(struct auth_identity *id, const char *data_dir);

@@ -182,9 +182,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
         return rp_err(RP_ENOMEM, "auth server");
     s->cfg = cfg;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
-    pthread_mutex_init(&s->fwd_mu, NULL);
     if ((rv = auth_ca_cache_new(&s->ca)) != 0 || (rv = auth_role_cache_new(&s->roles)) != 0 ||
-        (rv = auth_issue_cache_new(&s->issued)) != 0)
+        (rv = auth_issue_cache_new(&s->issued)) != 0 || (rv = auth_fwd_pool_new(&s->fwd)) != 0)
         goto err;
 
     rv = rp_mkdir_p(s->data_dir, 0700);
@@ -290,6 +289,7 @@ err:
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
         auth_identity_free(&s->id);
+        auth_fwd_pool_free(s->fwd);
         auth_issue_cache_free(s->issued);
         auth_role_cache_free(s->roles);
         auth_ca_cache_free(s->ca);
@@ -308,7 +308,7 @@ void auth_server_stop(struct auth_server *s)
     int busy = auth_listener_stop(s->api, 5000);
     audit_stop(s); /* flushes what is queued while Raft still runs */
     rp_node_stop(s->node);
-    auth_forward_reset(s);
+    auth_fwd_pool_reset(s->fwd);
     if (busy == 0) {
         auth_listener_free(s->api);
         auth_login_guard_free(s);
@@ -319,6 +319,7 @@ void auth_server_stop(struct auth_server *s)
         SSL_CTX_free(s->api_ctx);
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
+        auth_fwd_pool_free(s->fwd);
         auth_issue_cache_free(s->issued);
         auth_role_cache_free(s->roles);
         auth_ca_cache_free(s->ca);
