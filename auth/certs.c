@@ -415,15 +415,17 @@ out:
 static void reply_issued(struct rp_buf *out, const struct issued *c)
 {
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, (c->tls_cert ? 4 : 2) + (c->ssh_refused[0] ? 1 : 0));
-    rp_mp_kv_str(&pk, "ssh_cert", c->ssh_cert);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "ssh_cert", c->ssh_cert);
     if (c->ssh_refused[0])
-        rp_mp_kv_str(&pk, "ssh_refused", c->ssh_refused);
-    rp_mp_kv_u64(&pk, "expires", c->expires_ms);
+        rp_mp_map_str(&m, "ssh_refused", c->ssh_refused);
+    rp_mp_map_u64(&m, "expires", c->expires_ms);
     if (c->tls_cert) {
-        rp_mp_kv_str(&pk, "tls_cert", c->tls_cert);
-        rp_mp_kv_str(&pk, "tls_ca", c->tls_ca);
+        rp_mp_map_str(&m, "tls_cert", c->tls_cert);
+        rp_mp_map_str(&m, "tls_ca", c->tls_ca);
     }
+    rp_mp_map_end(&m);
 }
 
 /* ssh_pubkey (an authorized_keys line) and, optional, tls_pubkey (a P-256 PEM). */

@@ -168,27 +168,26 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out)
         msgpack_pack_object(&pk, kv->key);
         msgpack_pack_object(&pk, kv->val);
     }
+    struct rp_mp_map as;
     rp_mp_pack_str(&pk, "_as");
-    bool sys = id && id->system_role != RP_SYS_NONE;
-    msgpack_pack_map(&pk, id ? (sys ? 8 : 6) : 1);
-    rp_mp_kv_str(&pk, "addr", r->remote);
+    rp_mp_map_begin(&pk, &as);
+    rp_mp_map_str(&as, "addr", r->remote);
     if (id) {
-        rp_mp_kv_str(&pk, "name", id->name);
-        rp_mp_pack_str(&pk, "groups");
-        msgpack_pack_array(&pk, (uint32_t)id->n_groups);
+        rp_mp_map_str(&as, "name", id->name);
+        msgpack_pack_array(rp_mp_map_key(&as, "groups"), (uint32_t)id->n_groups);
         for (size_t i = 0; i < id->n_groups; i++)
             rp_mp_pack_str(&pk, id->groups[i]);
-        rp_mp_pack_str(&pk, "logins");
-        msgpack_pack_array(&pk, (uint32_t)id->n_logins);
+        msgpack_pack_array(rp_mp_map_key(&as, "logins"), (uint32_t)id->n_logins);
         for (size_t i = 0; i < id->n_logins; i++)
             rp_mp_pack_str(&pk, id->logins[i]);
-        rp_mp_kv_str(&pk, "cluster", id->cluster);
-        rp_mp_kv_str(&pk, "route_cluster", id->route_cluster);
-        if (sys) {
-            rp_mp_kv_str(&pk, "sys", rp_system_role_name(id->system_role));
-            rp_mp_kv_str(&pk, "host_id", id->host_id);
+        rp_mp_map_str(&as, "cluster", id->cluster);
+        rp_mp_map_str(&as, "route_cluster", id->route_cluster);
+        if (id->system_role != RP_SYS_NONE) {
+            rp_mp_map_str(&as, "sys", rp_system_role_name(id->system_role));
+            rp_mp_map_str(&as, "host_id", id->host_id);
         }
     }
+    rp_mp_map_end(&as);
     int rv = auth_forward(r->srv, req.data, req.len, out);
     rp_buf_free(&req);
     return rv;

@@ -11,6 +11,7 @@
 #include "auth/auth.h"
 #include "auth/listener.h"
 #include "lib/conn.h"
+#include "lib/mp.h"
 #include "lib/tls.h"
 #include "raft/rp_raft.h"
 #include "state/state.h"
@@ -112,8 +113,18 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out);
 
 /* Answers. Each handler writes exactly one answer map into @out. */
 void auth_reply_error(struct rp_buf *out, int code, const char *msg);
-/* Starts an ok answer with @n_extra more key/value pairs to follow. */
-void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extra);
+/* Starts an ok answer in @out (emptied first): map @m, holding "ok": true so far,
+ * packed through @pk. The handler adds its entries to @m and closes it with
+ * rp_mp_map_end(@m), which writes the count of what was added. */
+void auth_reply_ok(struct rp_mp_map *m, msgpack_packer *pk, struct rp_buf *out);
+
+/* Starts resource map @res (kind, version, metadata.name, metadata.expires unless
+ * 0) and its "spec" map @spec, which the caller fills; auth_resource_end closes
+ * both (auth/cluster.c). */
+void auth_resource_begin(msgpack_packer *pk, struct rp_mp_map *res, struct rp_mp_map *spec,
+                         const char *kind, const char *version, const char *name,
+                         uint64_t expires);
+void auth_resource_end(struct rp_mp_map *res, struct rp_mp_map *spec);
 
 /* Reads need the leader unless the caller asked for a stale read: 1 if the request
  * was forwarded (the leader's answer is in @out), 0 to serve locally (after a

@@ -22,25 +22,6 @@
 #include "lib/mp.h"
 #include "lib/util.h"
 
-void auth_reply_error(struct rp_buf *out, int code, const char *msg)
-{
-    msgpack_packer pk;
-    rp_buf_reset(out);
-    rp_mp_packer_init(&pk, out);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_bool(&pk, "ok", false);
-    rp_mp_kv_str(&pk, "code", rp_strerror(code));
-    rp_mp_kv_str(&pk, "error", msg && *msg ? msg : rp_strerror(code));
-}
-
-void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extra)
-{
-    rp_buf_reset(out);
-    rp_mp_packer_init(pk, out);
-    msgpack_pack_map(pk, 1 + n_extra);
-    rp_mp_kv_bool(pk, "ok", true);
-}
-
 int auth_arg_str(const msgpack_object *args, const char *key, char *out, size_t outlen,
                  bool required)
 {

@@ -45,27 +45,29 @@ static int create_ca(struct auth_server *s, const char *type)
         rv = rp_ssh_fingerprint(key, fp, sizeof fp);
     if (rv == 0) {
         msgpack_packer pk;
+        struct rp_mp_map m, meta, spec, rotation, keys, active;
         rp_mp_packer_init(&pk, &res);
-        msgpack_pack_map(&pk, 4);
-        rp_mp_kv_str(&pk, "kind", AUTH_KIND_CA);
-        rp_mp_kv_str(&pk, "version", "v2");
-        rp_mp_pack_str(&pk, "metadata");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "name", type);
-        rp_mp_pack_str(&pk, "spec");
-        msgpack_pack_map(&pk, 4);
-        rp_mp_kv_str(&pk, "type", type);
-        rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
-        rp_mp_pack_str(&pk, "rotation");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "state", "standby");
-        rp_mp_pack_str(&pk, "active_keys");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_pack_str(&pk, "ssh");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 2);
-        rp_mp_kv_str(&pk, "public_key", pub);
-        rp_mp_kv_str(&pk, "private_key", priv);
+        rp_mp_map_begin(&pk, &m);
+        rp_mp_map_str(&m, "kind", AUTH_KIND_CA);
+        rp_mp_map_str(&m, "version", "v2");
+        rp_mp_map_begin_map(&m, "metadata", &meta);
+        rp_mp_map_str(&meta, "name", type);
+        rp_mp_map_end(&meta);
+        rp_mp_map_begin_map(&m, "spec", &spec);
+        rp_mp_map_str(&spec, "type", type);
+        rp_mp_map_str(&spec, "cluster_name", s->id.cluster_name);
+        rp_mp_map_begin_map(&spec, "rotation", &rotation);
+        rp_mp_map_str(&rotation, "state", "standby");
+        rp_mp_map_end(&rotation);
+        rp_mp_map_begin_map(&spec, "active_keys", &keys);
+        msgpack_pack_array(rp_mp_map_key(&keys, "ssh"), 1);
+        rp_mp_map_begin(&pk, &active);
+        rp_mp_map_str(&active, "public_key", pub);
+        rp_mp_map_str(&active, "private_key", priv);
+        rp_mp_map_end(&active);
+        rp_mp_map_end(&keys);
+        rp_mp_map_end(&spec);
+        rp_mp_map_end(&m);
         char rid[33];
         auth_new_rid(rid);
         struct state_cmd c = {.op = "create", .rid = rid, .res = res.data, .res_len = res.len};
@@ -302,12 +304,14 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
     if ((rv = audit_emit(s, &e, AUDIT_WAIT)) != 0)
         goto out; /* no audit record, no certificate */
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, tls_pem ? 3 : 1);
-    rp_mp_kv_str(&pk, "ssh_cert", line);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "ssh_cert", line);
     if (tls_pem) {
-        rp_mp_kv_str(&pk, "tls_cert", tls_pem);
-        rp_mp_kv_str(&pk, "tls_ca", ca_pem);
+        rp_mp_map_str(&m, "tls_cert", tls_pem);
+        rp_mp_map_str(&m, "tls_ca", ca_pem);
     }
+    rp_mp_map_end(&m);
 out:
     free(tls_pem);
     free(ca_pem);
