@@ -174,13 +174,14 @@ static int commit_batch(struct auth_audit *a, const struct rp_buf *events, uint3
                 rv = rp_err(sr.code, "%s", sr.message);
         } else {
             msgpack_packer pk;
+            struct rp_mp_map m;
             rp_mp_packer_init(&pk, &cmd);
-            msgpack_pack_map(&pk, 3);
-            rp_mp_kv_str(&pk, "m", "audit_append");
-            rp_mp_kv_str(&pk, "rid", rid);
-            rp_mp_pack_str(&pk, "events");
-            msgpack_pack_array(&pk, n);
+            rp_mp_map_begin(&pk, &m);
+            rp_mp_map_str(&m, "m", "audit_append");
+            rp_mp_map_str(&m, "rid", rid);
+            msgpack_pack_array(rp_mp_map_key(&m, "events"), n);
             rv = rp_buf_append(&cmd, events->data, events->len);
+            rp_mp_map_end(&m);
             rp_buf_reset(&ans);
             if (rv == 0)
                 rv = auth_forward(s, cmd.data, cmd.len, &ans);
@@ -481,8 +482,10 @@ int auth_h_audit_append(struct auth_req *r, struct rp_buf *out)
         rv = rp_err(sr.code, "%s", sr.message);
     if (rv == 0) {
         msgpack_packer pk;
-        auth_reply_ok_begin(&pk, out, 1);
-        rp_mp_kv_u64(&pk, "rev", sr.revision);
+        struct rp_mp_map m;
+        auth_reply_ok(&m, &pk, out);
+        rp_mp_map_u64(&m, "rev", sr.revision);
+        rp_mp_map_end(&m);
     }
     rp_buf_free(&packed);
     rp_buf_free(&cmd);
@@ -535,11 +538,12 @@ int auth_h_events(struct auth_req *r, struct rp_buf *out)
     rv = state_audit_query(r->srv->state, &q, events_cb, &ec, &rev);
     if (rv == 0) {
         msgpack_packer pk;
-        auth_reply_ok_begin(&pk, out, 2);
-        rp_mp_pack_str(&pk, "items");
-        msgpack_pack_array(&pk, ec.n);
+        struct rp_mp_map m;
+        auth_reply_ok(&m, &pk, out);
+        msgpack_pack_array(rp_mp_map_key(&m, "items"), ec.n);
         rp_buf_append(out, ec.items.data, ec.items.len);
-        rp_mp_kv_u64(&pk, "rev", rev);
+        rp_mp_map_u64(&m, "rev", rev);
+        rp_mp_map_end(&m);
     }
     rp_buf_free(&ec.items);
     return rv;

@@ -70,91 +70,6 @@ static void user_view_free(struct auth_server *s, struct user_view *v)
     rp_buf_free(&v->buf);
 }
 
-int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **role)
-{
-    struct rp_buf rb;
-    msgpack_unpacked ru;
-    struct state_res_meta meta;
-    rp_buf_init(&rb);
-    int rv = state_get(s->state, "role", name, &rb, NULL);
-    if (rv == 0)
-        rv = state_resource_check(rb.data, rb.len, &meta);
-    if (rv != 0) {
-        rp_buf_free(&rb);
-        return rv;
-    }
-    const size_t n_slots = sizeof s->roles / sizeof s->roles[0];
-    pthread_mutex_lock(&s->roles_mu);
-    for (size_t i = 0; i < n_slots; i++) {
-        struct auth_role_slot *e = &s->roles[i];
-        if (e->role && e->current && e->rev == meta.revision && strcmp(e->name, name) == 0) {
-            e->refs++;
-            *role = e->role;
-            pthread_mutex_unlock(&s->roles_mu);
-            rp_buf_free(&rb);
-            return 0;
-        }
-    }
-    pthread_mutex_unlock(&s->roles_mu);
-    if ((rv = rp_mp_parse(rb.data, rb.len, &ru)) == 0) {
-        rv = rbac_role_parse(&ru.data, role);
-        if (rv != 0)
-            rv = rp_err(RP_EIO, "stored role '%s': %s", name, rp_errmsg());
-        msgpack_unpacked_destroy(&ru);
-    }
-    rp_buf_free(&rb);
-    if (rv != 0 || strlen(name) >= sizeof s->roles[0].name)
-        return rv;
-    /* Cache it: the older version of this role goes once nobody holds it. */
-    pthread_mutex_lock(&s->roles_mu);
-    struct auth_role_slot *free_slot = NULL;
-    for (size_t i = 0; i < n_slots; i++) {
-        struct auth_role_slot *e = &s->roles[i];
-        if (e->role && e->current && strcmp(e->name, name) == 0) {
-            e->current = false;
-            if (e->refs == 0) {
-                rbac_role_free(e->role);
-                e->role = NULL;
-            }
-        }
-        if (free_slot == NULL && (e->role == NULL || (e->refs == 0 && e->current))) {
-            if (e->role)
-                rbac_role_free(e->role); /* evict an unused cached role */
-            e->role = NULL;
-            free_slot = e;
-        }
-    }
-    if (free_slot) {
-        snprintf(free_slot->name, sizeof free_slot->name, "%s", name);
-        free_slot->rev = meta.revision;
-        free_slot->role = *role;
-        free_slot->refs = 1;
-        free_slot->current = true;
-    }
-    pthread_mutex_unlock(&s->roles_mu);
-    return 0; /* not cached when every slot is in use: auth_role_release frees it */
-}
-
-void auth_role_release(struct auth_server *s, struct rbac_role *role)
-{
-    if (role == NULL)
-        return;
-    pthread_mutex_lock(&s->roles_mu);
-    for (size_t i = 0; i < sizeof s->roles / sizeof s->roles[0]; i++) {
-        struct auth_role_slot *e = &s->roles[i];
-        if (e->role == role) {
-            if (--e->refs == 0 && !e->current) {
-                rbac_role_free(e->role);
-                e->role = NULL;
-            }
-            pthread_mutex_unlock(&s->roles_mu);
-            return;
-        }
-    }
-    pthread_mutex_unlock(&s->roles_mu);
-    rbac_role_free(role);
-}
-
 static int user_view_load(struct auth_server *s, const char *user, struct user_view *v)
 {
     memset(v, 0, sizeof *v);
@@ -192,15 +107,15 @@ static int user_view_load(struct auth_server *s, const char *user, struct user_v
 struct auth_issue_view {
     char user[160];
     uint64_t changed;
-    unsigned refs; /* under views_mu */
-    bool current;  /* still in s->views */
+    unsigned refs; /* under auth_issue_cache.mu */
+    bool current;  /* still in auth_issue_cache.views */
     char **role_names;
     size_t n_roles;
     char **logins; /* after trait expansion; may be none */
     size_t n_logins;
     struct rbac_options opt;
-    char *roles_json;  /* the teleport-roles extension */
-    char *traits_json; /* the teleport-traits extension */
+    char *roles_json;      /* the teleport-roles extension */
+    char *traits_json;     /* the teleport-traits extension */
     char ssh_refused[512]; /* a role fails closed: why SSH access is refused ("" if not) */
 };
 
@@ -217,12 +132,32 @@ static void view_free(struct auth_issue_view *v)
     free(v);
 }
 
-void auth_issue_views_free(struct auth_server *s)
+/* The views of the users who asked for certificates lately, shared by reference
+ * count: a view stays while it is current (in views[]) or held. */
+#define ISSUE_CACHE_SLOTS 16
+struct auth_issue_cache {
+    pthread_mutex_t mu;
+    struct auth_issue_view *views[ISSUE_CACHE_SLOTS];
+};
+
+int auth_issue_cache_new(struct auth_issue_cache **out)
 {
-    for (size_t i = 0; i < sizeof s->views / sizeof s->views[0]; i++) {
-        view_free(s->views[i]);
-        s->views[i] = NULL;
-    }
+    struct auth_issue_cache *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return rp_err(RP_ENOMEM, "issuance cache");
+    pthread_mutex_init(&c->mu, NULL);
+    *out = c;
+    return 0;
+}
+
+void auth_issue_cache_free(struct auth_issue_cache *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < ISSUE_CACHE_SLOTS; i++)
+        view_free(c->views[i]);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
 }
 
 static int view_build(struct auth_server *s, const char *user, uint64_t changed,
@@ -290,21 +225,22 @@ out:
  * cached. Errors (no such user, no roles) are not cached. */
 static int view_get(struct auth_server *s, const char *user, struct auth_issue_view **out)
 {
-    const size_t n_slots = sizeof s->views / sizeof s->views[0];
+    struct auth_issue_cache *c = s->issued;
+    const size_t n_slots = ISSUE_CACHE_SLOTS;
     /* Read before the resources: a change landing meanwhile makes the view look older
      * than it is, never newer. */
     uint64_t changed = state_resources_changed(s->state);
-    pthread_mutex_lock(&s->views_mu);
+    pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < n_slots; i++) {
-        struct auth_issue_view *v = s->views[i];
+        struct auth_issue_view *v = c->views[i];
         if (v && v->changed == changed && strcmp(v->user, user) == 0) {
             v->refs++;
-            pthread_mutex_unlock(&s->views_mu);
+            pthread_mutex_unlock(&c->mu);
             *out = v;
             return 0;
         }
     }
-    pthread_mutex_unlock(&s->views_mu);
+    pthread_mutex_unlock(&c->mu);
     struct auth_issue_view *v = NULL;
     int rv = view_build(s, user, changed, &v);
     if (rv != 0)
@@ -312,31 +248,31 @@ static int view_get(struct auth_server *s, const char *user, struct auth_issue_v
     v->refs = 1;
     /* The slot: this user's older view, else an empty one, else one nobody holds
      * (outdated ones first). With every slot held, the view is simply not cached. */
-    pthread_mutex_lock(&s->views_mu);
+    pthread_mutex_lock(&c->mu);
     size_t pick = n_slots;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i] && strcmp(s->views[i]->user, user) == 0)
+        if (c->views[i] && strcmp(c->views[i]->user, user) == 0)
             pick = i;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i] == NULL)
+        if (c->views[i] == NULL)
             pick = i;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i]->refs == 0 && s->views[i]->changed != changed)
+        if (c->views[i]->refs == 0 && c->views[i]->changed != changed)
             pick = i;
     for (size_t i = 0; i < n_slots && pick == n_slots; i++)
-        if (s->views[i]->refs == 0)
+        if (c->views[i]->refs == 0)
             pick = i;
     if (pick < n_slots) {
-        struct auth_issue_view *old = s->views[pick];
+        struct auth_issue_view *old = c->views[pick];
         if (old) {
             old->current = false;
             if (old->refs == 0)
                 view_free(old);
         }
-        s->views[pick] = v;
+        c->views[pick] = v;
         v->current = true;
     }
-    pthread_mutex_unlock(&s->views_mu);
+    pthread_mutex_unlock(&c->mu);
     *out = v;
     return 0;
 }
@@ -345,9 +281,10 @@ static void view_release(struct auth_server *s, struct auth_issue_view *v)
 {
     if (v == NULL)
         return;
-    pthread_mutex_lock(&s->views_mu);
+    struct auth_issue_cache *c = s->issued;
+    pthread_mutex_lock(&c->mu);
     bool last = --v->refs == 0 && !v->current;
-    pthread_mutex_unlock(&s->views_mu);
+    pthread_mutex_unlock(&c->mu);
     if (last)
         view_free(v);
 }
@@ -478,15 +415,17 @@ out:
 static void reply_issued(struct rp_buf *out, const struct issued *c)
 {
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, (c->tls_cert ? 4 : 2) + (c->ssh_refused[0] ? 1 : 0));
-    rp_mp_kv_str(&pk, "ssh_cert", c->ssh_cert);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "ssh_cert", c->ssh_cert);
     if (c->ssh_refused[0])
-        rp_mp_kv_str(&pk, "ssh_refused", c->ssh_refused);
-    rp_mp_kv_u64(&pk, "expires", c->expires_ms);
+        rp_mp_map_str(&m, "ssh_refused", c->ssh_refused);
+    rp_mp_map_u64(&m, "expires", c->expires_ms);
     if (c->tls_cert) {
-        rp_mp_kv_str(&pk, "tls_cert", c->tls_cert);
-        rp_mp_kv_str(&pk, "tls_ca", c->tls_ca);
+        rp_mp_map_str(&m, "tls_cert", c->tls_cert);
+        rp_mp_map_str(&m, "tls_ca", c->tls_ca);
     }
+    rp_mp_map_end(&m);
 }
 
 /* ssh_pubkey (an authorized_keys line) and, optional, tls_pubkey (a P-256 PEM). */
@@ -527,8 +466,7 @@ int auth_h_sign_user(struct auth_req *r, struct rp_buf *out)
     uint64_t term = rp_node_read_term(r->srv->node);
     rv = term ? 0 : rp_node_barrier(r->srv->node, AUTH_READ_TIMEOUT_MS);
     if (rv == 0)
-        rv = issue(r->srv, user, &k, ttl, r->caller ? r->caller->name : "?", r->remote,
-                   term, &c);
+        rv = issue(r->srv, user, &k, ttl, r->caller ? r->caller->name : "?", r->remote, term, &c);
     if (rv == 0) {
         reply_issued(out, &c);
         issued_free(&c);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "auth/audit.h"
+#include "auth/ca_cache.h"
 #include "auth/internal.h"
 #include "auth/locks.h"
 #include "lib/errors.h"
@@ -20,30 +21,37 @@
 
 /* ---- resources ---------------------------------------------------------- */
 
-/* Starts a resource map; the caller then packs the spec value. */
-static void pack_resource_head(msgpack_packer *pk, const char *kind, const char *version,
-                               const char *name, uint64_t expires)
+void auth_resource_begin(msgpack_packer *pk, struct rp_mp_map *res, struct rp_mp_map *spec,
+                         const char *kind, const char *version, const char *name, uint64_t expires)
 {
-    msgpack_pack_map(pk, 4);
-    rp_mp_kv_str(pk, "kind", kind);
-    rp_mp_kv_str(pk, "version", version);
-    rp_mp_pack_str(pk, "metadata");
-    msgpack_pack_map(pk, expires ? 2 : 1);
-    rp_mp_kv_str(pk, "name", name);
+    struct rp_mp_map meta;
+    rp_mp_map_begin(pk, res);
+    rp_mp_map_str(res, "kind", kind);
+    rp_mp_map_str(res, "version", version);
+    rp_mp_map_begin_map(res, "metadata", &meta);
+    rp_mp_map_str(&meta, "name", name);
     if (expires)
-        rp_mp_kv_u64(pk, "expires", expires);
-    rp_mp_pack_str(pk, "spec");
+        rp_mp_map_u64(&meta, "expires", expires);
+    rp_mp_map_end(&meta);
+    rp_mp_map_begin_map(res, "spec", spec);
+}
+
+void auth_resource_end(struct rp_mp_map *res, struct rp_mp_map *spec)
+{
+    rp_mp_map_end(spec);
+    rp_mp_map_end(res);
 }
 
 static void pack_auth_server(msgpack_packer *pk, const char *host_id, const char *nodename,
                              uint64_t raft_id, const char *raft_addr, const char *api_addr)
 {
-    pack_resource_head(pk, AUTH_KIND_AUTH_SERVER, "v2", host_id, 0);
-    msgpack_pack_map(pk, 4);
-    rp_mp_kv_str(pk, "hostname", nodename);
-    rp_mp_kv_u64(pk, "raft_id", raft_id);
-    rp_mp_kv_str(pk, "raft_addr", raft_addr);
-    rp_mp_kv_str(pk, "api_addr", api_addr);
+    struct rp_mp_map res, spec;
+    auth_resource_begin(pk, &res, &spec, AUTH_KIND_AUTH_SERVER, "v2", host_id, 0);
+    rp_mp_map_str(&spec, "hostname", nodename);
+    rp_mp_map_u64(&spec, "raft_id", raft_id);
+    rp_mp_map_str(&spec, "raft_addr", raft_addr);
+    rp_mp_map_str(&spec, "api_addr", api_addr);
+    auth_resource_end(&res, &spec);
 }
 
 /* Proposes a batch of already-encoded "put" ops under request id @rid. */
@@ -73,6 +81,7 @@ int auth_bootstrap_write(struct auth_server *s)
     char *ca_pem = NULL, *key_pem = NULL;
     char rid[96];
     msgpack_packer pk;
+    struct rp_mp_map m, spec, keys, key;
     int rv;
     rp_buf_init(&ops);
     rp_buf_init(&res);
@@ -81,24 +90,24 @@ int auth_bootstrap_write(struct auth_server *s)
         goto out;
 
     rp_mp_packer_init(&pk, &res);
-    pack_resource_head(&pk, AUTH_KIND_CLUSTER_NAME, "v2", "cluster-name", 0);
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+    auth_resource_begin(&pk, &m, &spec, AUTH_KIND_CLUSTER_NAME, "v2", "cluster-name", 0);
+    rp_mp_map_str(&spec, "cluster_name", s->id.cluster_name);
+    auth_resource_end(&m, &spec);
     if ((rv = append_put(&ops, &res)) != 0)
         goto out;
 
     rp_buf_reset(&res);
-    pack_resource_head(&pk, AUTH_KIND_CA, "v2", "tls", 0);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "type", "tls");
-    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
-    rp_mp_pack_str(&pk, "active_keys");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_pack_str(&pk, "tls");
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_map(&pk, 2);
-    rp_mp_kv_str(&pk, "cert", ca_pem);
-    rp_mp_kv_str(&pk, "key", key_pem);
+    auth_resource_begin(&pk, &m, &spec, AUTH_KIND_CA, "v2", "tls", 0);
+    rp_mp_map_str(&spec, "type", "tls");
+    rp_mp_map_str(&spec, "cluster_name", s->id.cluster_name);
+    rp_mp_map_begin_map(&spec, "active_keys", &keys);
+    msgpack_pack_array(rp_mp_map_key(&keys, "tls"), 1);
+    rp_mp_map_begin(&pk, &key);
+    rp_mp_map_str(&key, "cert", ca_pem);
+    rp_mp_map_str(&key, "key", key_pem);
+    rp_mp_map_end(&key);
+    rp_mp_map_end(&keys);
+    auth_resource_end(&m, &spec);
     if ((rv = append_put(&ops, &res)) != 0)
         goto out;
 
@@ -154,63 +163,12 @@ int auth_expire_due(struct auth_server *s)
 
 /* ---- the CA ------------------------------------------------------------- */
 
-static int load_ca_key(struct auth_server *s, EVP_PKEY **out)
-{
-    struct rp_buf res;
-    uint64_t rev = 0;
-    msgpack_unpacked u;
-    rp_buf_init(&res);
-    int rv = state_get(s->state, AUTH_KIND_CA, "tls", &res, NULL);
-    if (rv != 0) {
-        rp_buf_free(&res);
-        return rp_err(RP_EUNAVAILABLE, "the cluster TLS CA is not in the state yet");
-    }
-    /* Cached by the resource's own revision: the key parses in about 0.4 ms. */
-    struct state_res_meta meta;
-    if (state_resource_check(res.data, res.len, &meta) == 0)
-        rev = meta.revision;
-    pthread_mutex_lock(&s->ca_mu);
-    if (s->ca_key != NULL && s->ca_key_rev == rev) {
-        EVP_PKEY_up_ref(s->ca_key);
-        *out = s->ca_key;
-        pthread_mutex_unlock(&s->ca_mu);
-        rp_buf_free(&res);
-        return 0;
-    }
-    pthread_mutex_unlock(&s->ca_mu);
-    rv = rp_mp_parse(res.data, res.len, &u);
-    if (rv == 0) {
-        const msgpack_object *keys = rp_mp_get(rp_mp_get(&u.data, "spec"), "active_keys");
-        const msgpack_object *tls = rp_mp_get(keys, "tls");
-        const char *pem;
-        size_t n;
-        EVP_PKEY *key = NULL;
-        if (tls == NULL || tls->type != MSGPACK_OBJECT_ARRAY || tls->via.array.size == 0)
-            rv = rp_err(RP_EINVAL, "cert_authority/tls has no active TLS key");
-        else if ((rv = rp_mp_get_str(&tls->via.array.ptr[0], "key", &pem, &n)) == 0)
-            rv = rp_tls_key_from_pem(pem, n, &key);
-        if (rv == 0) {
-            pthread_mutex_lock(&s->ca_mu);
-            EVP_PKEY_free(s->ca_key);
-            s->ca_key = key;
-            s->ca_key_rev = rev;
-            EVP_PKEY_up_ref(key);
-            *out = key;
-            pthread_mutex_unlock(&s->ca_mu);
-        }
-        msgpack_unpacked_destroy(&u);
-    }
-    OPENSSL_cleanse(res.data, res.cap);
-    rp_buf_free(&res);
-    return rv;
-}
-
 int auth_sign_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P256_SPKI_LEN],
                        const struct rp_identity *ident, const char *const *sans, size_t n_sans,
                        long ttl_s, char **pem_out)
 {
     EVP_PKEY *ca_key = NULL;
-    int rv = load_ca_key(s, &ca_key);
+    int rv = auth_ca_cache_tls_key(s->ca, s->state, &ca_key);
     if (rv != 0)
         return rv;
     rv = rp_tls_issue_pem(ca_key, s->id.ca_cert, spki, RP_TLS_P256_SPKI_LEN, ident, sans, n_sans,
@@ -258,17 +216,18 @@ int auth_h_ping(struct auth_req *r, struct rp_buf *out)
         return rv;
     state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 0, collect_addr_cb, &al, NULL);
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, 7);
-    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
-    rp_mp_kv_str(&pk, "server_id", s->id.host_id);
-    rp_mp_kv_u64(&pk, "raft_id", s->cfg->raft_id);
-    rp_mp_kv_str(&pk, "ca_pin", s->id.ca_pin);
-    rp_mp_kv_u64(&pk, "leader_id", st.leader_id);
-    rp_mp_kv_str(&pk, "version", AUTH_VERSION);
-    rp_mp_pack_str(&pk, "auth_servers");
-    msgpack_pack_array(&pk, al.n);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "cluster_name", s->id.cluster_name);
+    rp_mp_map_str(&m, "server_id", s->id.host_id);
+    rp_mp_map_u64(&m, "raft_id", s->cfg->raft_id);
+    rp_mp_map_str(&m, "ca_pin", s->id.ca_pin);
+    rp_mp_map_u64(&m, "leader_id", st.leader_id);
+    rp_mp_map_str(&m, "version", AUTH_VERSION);
+    msgpack_pack_array(rp_mp_map_key(&m, "auth_servers"), al.n);
     for (unsigned i = 0; i < al.n; i++)
         rp_mp_pack_str(&pk, al.addrs[i]);
+    rp_mp_map_end(&m);
     return 0;
 }
 
@@ -282,17 +241,19 @@ int auth_h_member_status(struct auth_req *r, struct rp_buf *out)
         return rv;
     rp_disk_free(s->data_dir, &free_b, &total_b);
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, 10);
-    rp_mp_kv_u64(&pk, "id", st.id);
-    rp_mp_kv_str(&pk, "state", rp_raft_state_name(st.state));
-    rp_mp_kv_bool(&pk, "ready", st.ready);
-    rp_mp_kv_u64(&pk, "term", st.term);
-    rp_mp_kv_u64(&pk, "leader_id", st.leader_id);
-    rp_mp_kv_u64(&pk, "last_applied", st.last_applied);
-    rp_mp_kv_u64(&pk, "commit_index", st.commit_index);
-    rp_mp_kv_u64(&pk, "last_index", st.last_index);
-    rp_mp_kv_u64(&pk, "disk_free", free_b);
-    rp_mp_kv_u64(&pk, "disk_total", total_b);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_u64(&m, "id", st.id);
+    rp_mp_map_str(&m, "state", rp_raft_state_name(st.state));
+    rp_mp_map_bool(&m, "ready", st.ready);
+    rp_mp_map_u64(&m, "term", st.term);
+    rp_mp_map_u64(&m, "leader_id", st.leader_id);
+    rp_mp_map_u64(&m, "last_applied", st.last_applied);
+    rp_mp_map_u64(&m, "commit_index", st.commit_index);
+    rp_mp_map_u64(&m, "last_index", st.last_index);
+    rp_mp_map_u64(&m, "disk_free", free_b);
+    rp_mp_map_u64(&m, "disk_total", total_b);
+    rp_mp_map_end(&m);
     return 0;
 }
 
@@ -315,8 +276,10 @@ static void *probe_main(void *arg)
     rp_buf_init(&req);
     rp_buf_init(&resp);
     rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "m", "member_status");
+    struct rp_mp_map m;
+    rp_mp_map_begin(&pk, &m);
+    rp_mp_map_str(&m, "m", "member_status");
+    rp_mp_map_end(&m);
     if (rp_conn_dial(&c, p->srv->peer_ctx, p->addr, PEER_STATUS_TIMEOUT_MS) != 0)
         goto out;
     rp_conn_set_timeout(&c, PEER_STATUS_TIMEOUT_MS);
@@ -399,28 +362,31 @@ int auth_h_status(struct auth_req *r, struct rp_buf *out)
     }
 
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, 5);
-    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
-    rp_mp_kv_str(&pk, "ca_pin", s->id.ca_pin);
-    rp_mp_kv_u64(&pk, "leader_id", leader);
-    rp_mp_kv_u64(&pk, "term", term);
-    rp_mp_pack_str(&pk, "members");
-    msgpack_pack_array(&pk, st.n_members);
+    struct rp_mp_map ans;
+    auth_reply_ok(&ans, &pk, out);
+    rp_mp_map_str(&ans, "cluster_name", s->id.cluster_name);
+    rp_mp_map_str(&ans, "ca_pin", s->id.ca_pin);
+    rp_mp_map_u64(&ans, "leader_id", leader);
+    rp_mp_map_u64(&ans, "term", term);
+    msgpack_pack_array(rp_mp_map_key(&ans, "members"), st.n_members);
     for (unsigned i = 0; i < st.n_members; i++) {
         const struct rp_member *m = &st.members[i];
         struct peer_probe *p = &probes[i];
         uint64_t applied = p->ok ? p->last_applied : m->match_index;
-        msgpack_pack_map(&pk, 8);
-        rp_mp_kv_u64(&pk, "id", m->id);
-        rp_mp_kv_str(&pk, "address", m->address);
-        rp_mp_kv_str(&pk, "role", rp_member_role_name(m->role));
-        rp_mp_kv_str(&pk, "state", p->ok ? p->state : "unreachable");
-        rp_mp_kv_u64(&pk, "last_applied", applied);
+        struct rp_mp_map e;
+        rp_mp_map_begin(&pk, &e);
+        rp_mp_map_u64(&e, "id", m->id);
+        rp_mp_map_str(&e, "address", m->address);
+        rp_mp_map_str(&e, "role", rp_member_role_name(m->role));
+        rp_mp_map_str(&e, "state", p->ok ? p->state : "unreachable");
+        rp_mp_map_u64(&e, "last_applied", applied);
         /* Extra fields for the text view; tctl's JSON keeps only the documented ones. */
-        rp_mp_kv_str(&pk, "api_address", m->id == st.id ? public_api_addr(s->cfg) : p->addr);
-        rp_mp_kv_u64(&pk, "disk_free", p->ok ? p->disk_free : 0);
-        rp_mp_kv_bool(&pk, "reachable", p->ok);
+        rp_mp_map_str(&e, "api_address", m->id == st.id ? public_api_addr(s->cfg) : p->addr);
+        rp_mp_map_u64(&e, "disk_free", p->ok ? p->disk_free : 0);
+        rp_mp_map_bool(&e, "reachable", p->ok);
+        rp_mp_map_end(&e);
     }
+    rp_mp_map_end(&ans);
     return 0;
 }
 
@@ -458,16 +424,16 @@ int auth_h_token_add(struct auth_req *r, struct rp_buf *out)
     uint64_t expires = rp_now_ms() + ttl;
     struct rp_buf res, cmd;
     msgpack_packer pk;
+    struct rp_mp_map m, spec;
     struct state_result sr;
     rp_buf_init(&res);
     rp_buf_init(&cmd);
     rp_mp_packer_init(&pk, &res);
-    pack_resource_head(&pk, AUTH_KIND_TOKEN, "v2", token, expires);
-    msgpack_pack_map(&pk, 2);
-    rp_mp_pack_str(&pk, "roles");
-    msgpack_pack_array(&pk, 1);
+    auth_resource_begin(&pk, &m, &spec, AUTH_KIND_TOKEN, "v2", token, expires);
+    msgpack_pack_array(rp_mp_map_key(&spec, "roles"), 1);
     rp_mp_pack_str(&pk, role);
-    rp_mp_kv_str(&pk, "join_method", "token");
+    rp_mp_map_str(&spec, "join_method", "token");
+    auth_resource_end(&m, &spec);
     auth_new_rid(rid);
     struct state_cmd c = {.op = "create", .rid = rid, .res = res.data, .res_len = res.len};
     rv = state_cmd_encode(&c, &cmd);
@@ -492,11 +458,12 @@ int auth_h_token_add(struct auth_req *r, struct rp_buf *out)
     audit_event_str(&e, "join_method", "token");
     audit_event_u64(&e, "expires", expires);
     audit_emit(s, &e, AUDIT_WAIT); /* a failure is logged by the audit log itself */
-    auth_reply_ok_begin(&pk, out, 4);
-    rp_mp_kv_str(&pk, "token", token);
-    rp_mp_kv_str(&pk, "type", type);
-    rp_mp_kv_u64(&pk, "expires", expires);
-    rp_mp_kv_str(&pk, "ca_pin", s->id.ca_pin);
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "token", token);
+    rp_mp_map_str(&m, "type", type);
+    rp_mp_map_u64(&m, "expires", expires);
+    rp_mp_map_str(&m, "ca_pin", s->id.ca_pin);
+    rp_mp_map_end(&m);
     return 0;
 }
 
@@ -814,16 +781,18 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
             (rv = auth_ssh_ca_public_lines(s, &user_ca, &host_ca)) != 0)
             goto out;
     }
-    auth_reply_ok_begin(&pk, out, ssh_cert ? 7 : 4);
-    rp_mp_kv_str(&pk, "host_cert", host_pem);
-    rp_mp_kv_str(&pk, "admin_cert", admin_pem);
-    rp_mp_kv_str(&pk, "ca_cert", ca_pem);
-    rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "host_cert", host_pem);
+    rp_mp_map_str(&m, "admin_cert", admin_pem);
+    rp_mp_map_str(&m, "ca_cert", ca_pem);
+    rp_mp_map_str(&m, "cluster_name", s->id.cluster_name);
     if (ssh_cert) {
-        rp_mp_kv_str(&pk, "ssh_cert", ssh_cert);
-        rp_mp_kv_str(&pk, "ssh_user_ca", user_ca);
-        rp_mp_kv_str(&pk, "ssh_host_ca", host_ca);
+        rp_mp_map_str(&m, "ssh_cert", ssh_cert);
+        rp_mp_map_str(&m, "ssh_user_ca", user_ca);
+        rp_mp_map_str(&m, "ssh_host_ca", host_ca);
     }
+    rp_mp_map_end(&m);
 out:
     free(ssh_cert);
     free(user_ca);
@@ -870,15 +839,16 @@ static int lock_removed_host(struct auth_server *s, const char *host_id, const c
     struct rp_buf res;
     msgpack_packer pk;
     rp_buf_init(&res);
+    struct rp_mp_map m, spec, target;
     rp_mp_packer_init(&pk, &res);
-    pack_resource_head(&pk, AUTH_KIND_LOCK, "v2", name, 0);
-    msgpack_pack_map(&pk, 4);
-    rp_mp_pack_str(&pk, "target");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_kv_str(&pk, "server_id", host_id);
-    rp_mp_kv_str(&pk, "message", "auth server removed from the cluster");
-    rp_mp_kv_str(&pk, "created_by", by);
-    rp_mp_kv_str(&pk, "created_at", now);
+    auth_resource_begin(&pk, &m, &spec, AUTH_KIND_LOCK, "v2", name, 0);
+    rp_mp_map_begin_map(&spec, "target", &target);
+    rp_mp_map_str(&target, "server_id", host_id);
+    rp_mp_map_end(&target);
+    rp_mp_map_str(&spec, "message", "auth server removed from the cluster");
+    rp_mp_map_str(&spec, "created_by", by);
+    rp_mp_map_str(&spec, "created_at", now);
+    auth_resource_end(&m, &spec);
     auth_new_rid(rid);
     struct state_cmd c = {.op = "put", .rid = rid, .res = res.data, .res_len = res.len};
     int rv = auth_propose_cmd(s, &c, NULL);
@@ -955,6 +925,8 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
         rp_buf_free(&cmd);
     }
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, 0);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_end(&m);
     return 0;
 }

@@ -321,6 +321,27 @@ static int identity_from_as(const msgpack_object *as, struct rp_identity *id, bo
     return 0;
 }
 
+void auth_reply_error(struct rp_buf *out, int code, const char *msg)
+{
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    rp_buf_reset(out);
+    rp_mp_packer_init(&pk, out);
+    rp_mp_map_begin(&pk, &m);
+    rp_mp_map_bool(&m, "ok", false);
+    rp_mp_map_str(&m, "code", rp_strerror(code));
+    rp_mp_map_str(&m, "error", msg && *msg ? msg : rp_strerror(code));
+    rp_mp_map_end(&m);
+}
+
+void auth_reply_ok(struct rp_mp_map *m, msgpack_packer *pk, struct rp_buf *out)
+{
+    rp_buf_reset(out);
+    rp_mp_packer_init(pk, out);
+    rp_mp_map_begin(pk, m);
+    rp_mp_map_bool(m, "ok", true);
+}
+
 /* Refuses the request: logged, audited, answered. */
 static void refuse(struct auth_server *s, const struct rp_identity *caller, const char *remote,
                    const char *method, struct rp_buf *out, int code)

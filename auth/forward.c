@@ -1,6 +1,8 @@
 /* auth/forward.c: followers pass writes and linearizable reads to the leader
  * over a small pool of mutually authenticated connections. */
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "auth/internal.h"
@@ -52,26 +54,64 @@ int auth_api_addr_of(struct auth_server *s, uint64_t id, char *out, size_t outle
     return 0;
 }
 
-void auth_forward_reset(struct auth_server *s)
+/* The connections to the leader, shared by the request threads of this follower. */
+struct auth_fwd_conn {
+    struct rp_conn conn;
+    char addr[64];
+    bool in_use; /* a request thread holds it (or is dialing it) */
+    bool open;
+};
+
+struct auth_fwd_pool {
+    pthread_mutex_t mu;
+    /* The leader's API address as last looked up: good while the leader and the
+     * auth_server records (state_resources_changed) stay the same. */
+    uint64_t leader_id, leader_changed;
+    char leader_addr[64];
+    struct auth_fwd_conn conn[AUTH_FWD_POOL];
+};
+
+int auth_fwd_pool_new(struct auth_fwd_pool **out)
 {
-    pthread_mutex_lock(&s->fwd_mu);
+    struct auth_fwd_pool *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return rp_err(RP_ENOMEM, "forwarding pool");
+    pthread_mutex_init(&p->mu, NULL);
+    *out = p;
+    return 0;
+}
+
+void auth_fwd_pool_reset(struct auth_fwd_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
     for (int i = 0; i < AUTH_FWD_POOL; i++) {
-        if (s->fwd[i].open && !s->fwd[i].in_use) {
-            rp_conn_close(&s->fwd[i].conn);
-            s->fwd[i].open = false;
+        if (p->conn[i].open && !p->conn[i].in_use) {
+            rp_conn_close(&p->conn[i].conn);
+            p->conn[i].open = false;
         }
     }
-    pthread_mutex_unlock(&s->fwd_mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void auth_fwd_pool_free(struct auth_fwd_pool *p)
+{
+    if (p == NULL)
+        return;
+    for (int i = 0; i < AUTH_FWD_POOL; i++)
+        if (p->conn[i].open)
+            rp_conn_close(&p->conn[i].conn);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
 }
 
 /* Takes an idle pooled connection to @addr, or reserves a slot for a new one.
  * Returns the slot, -1 if the pool is exhausted. *fresh says whether to dial. */
-static int pool_take(struct auth_server *s, const char *addr, bool *fresh)
+static int pool_take(struct auth_fwd_pool *p, const char *addr, bool *fresh)
 {
     int slot = -1;
-    pthread_mutex_lock(&s->fwd_mu);
+    pthread_mutex_lock(&p->mu);
     for (int i = 0; i < AUTH_FWD_POOL; i++) {
-        struct auth_fwd_conn *f = &s->fwd[i];
+        struct auth_fwd_conn *f = &p->conn[i];
         if (f->in_use)
             continue;
         if (f->open && strcmp(f->addr, addr) == 0) {
@@ -79,11 +119,11 @@ static int pool_take(struct auth_server *s, const char *addr, bool *fresh)
             *fresh = false;
             break;
         }
-        if (slot < 0 || (s->fwd[slot].open && !f->open))
+        if (slot < 0 || (p->conn[slot].open && !f->open))
             slot = i;
     }
     if (slot >= 0) {
-        struct auth_fwd_conn *f = &s->fwd[slot];
+        struct auth_fwd_conn *f = &p->conn[slot];
         f->in_use = true;
         if (f->open && strcmp(f->addr, addr) != 0) {
             rp_conn_close(&f->conn); /* an old leader's connection */
@@ -92,20 +132,20 @@ static int pool_take(struct auth_server *s, const char *addr, bool *fresh)
         *fresh = !f->open;
         snprintf(f->addr, sizeof f->addr, "%s", addr);
     }
-    pthread_mutex_unlock(&s->fwd_mu);
+    pthread_mutex_unlock(&p->mu);
     return slot;
 }
 
-static void pool_give(struct auth_server *s, int slot, bool keep)
+static void pool_give(struct auth_fwd_pool *p, int slot, bool keep)
 {
-    pthread_mutex_lock(&s->fwd_mu);
-    struct auth_fwd_conn *f = &s->fwd[slot];
+    pthread_mutex_lock(&p->mu);
+    struct auth_fwd_conn *f = &p->conn[slot];
     if (!keep && f->open) {
         rp_conn_close(&f->conn);
         f->open = false;
     }
     f->in_use = false;
-    pthread_mutex_unlock(&s->fwd_mu);
+    pthread_mutex_unlock(&p->mu);
 }
 
 int auth_forward_req(struct auth_req *r, struct rp_buf *out)
@@ -128,27 +168,26 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out)
         msgpack_pack_object(&pk, kv->key);
         msgpack_pack_object(&pk, kv->val);
     }
+    struct rp_mp_map as;
     rp_mp_pack_str(&pk, "_as");
-    bool sys = id && id->system_role != RP_SYS_NONE;
-    msgpack_pack_map(&pk, id ? (sys ? 8 : 6) : 1);
-    rp_mp_kv_str(&pk, "addr", r->remote);
+    rp_mp_map_begin(&pk, &as);
+    rp_mp_map_str(&as, "addr", r->remote);
     if (id) {
-        rp_mp_kv_str(&pk, "name", id->name);
-        rp_mp_pack_str(&pk, "groups");
-        msgpack_pack_array(&pk, (uint32_t)id->n_groups);
+        rp_mp_map_str(&as, "name", id->name);
+        msgpack_pack_array(rp_mp_map_key(&as, "groups"), (uint32_t)id->n_groups);
         for (size_t i = 0; i < id->n_groups; i++)
             rp_mp_pack_str(&pk, id->groups[i]);
-        rp_mp_pack_str(&pk, "logins");
-        msgpack_pack_array(&pk, (uint32_t)id->n_logins);
+        msgpack_pack_array(rp_mp_map_key(&as, "logins"), (uint32_t)id->n_logins);
         for (size_t i = 0; i < id->n_logins; i++)
             rp_mp_pack_str(&pk, id->logins[i]);
-        rp_mp_kv_str(&pk, "cluster", id->cluster);
-        rp_mp_kv_str(&pk, "route_cluster", id->route_cluster);
-        if (sys) {
-            rp_mp_kv_str(&pk, "sys", rp_system_role_name(id->system_role));
-            rp_mp_kv_str(&pk, "host_id", id->host_id);
+        rp_mp_map_str(&as, "cluster", id->cluster);
+        rp_mp_map_str(&as, "route_cluster", id->route_cluster);
+        if (id->system_role != RP_SYS_NONE) {
+            rp_mp_map_str(&as, "sys", rp_system_role_name(id->system_role));
+            rp_mp_map_str(&as, "host_id", id->host_id);
         }
     }
+    rp_mp_map_end(&as);
     int rv = auth_forward(r->srv, req.data, req.len, out);
     rp_buf_free(&req);
     return rv;
@@ -158,22 +197,23 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out)
  * and per change of the records, not once per forwarded request. */
 static int leader_addr(struct auth_server *s, uint64_t id, char *addr, size_t n)
 {
+    struct auth_fwd_pool *p = s->fwd;
     uint64_t changed = state_resources_changed(s->state);
-    pthread_mutex_lock(&s->fwd_mu);
-    bool hit = s->fwd_leader_id == id && s->fwd_leader_changed == changed;
+    pthread_mutex_lock(&p->mu);
+    bool hit = p->leader_id == id && p->leader_changed == changed;
     if (hit)
-        snprintf(addr, n, "%s", s->fwd_leader_addr);
-    pthread_mutex_unlock(&s->fwd_mu);
+        snprintf(addr, n, "%s", p->leader_addr);
+    pthread_mutex_unlock(&p->mu);
     if (hit)
         return 0;
     int rv = auth_api_addr_of(s, id, addr, n);
     if (rv != 0)
         return rv;
-    pthread_mutex_lock(&s->fwd_mu);
-    s->fwd_leader_id = id;
-    s->fwd_leader_changed = changed;
-    snprintf(s->fwd_leader_addr, sizeof s->fwd_leader_addr, "%s", addr);
-    pthread_mutex_unlock(&s->fwd_mu);
+    pthread_mutex_lock(&p->mu);
+    p->leader_id = id;
+    p->leader_changed = changed;
+    snprintf(p->leader_addr, sizeof p->leader_addr, "%s", addr);
+    pthread_mutex_unlock(&p->mu);
     return 0;
 }
 
@@ -189,14 +229,14 @@ int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_b
 
     for (int attempt = 0; attempt < 2; attempt++) {
         bool fresh;
-        int slot = pool_take(s, addr, &fresh);
+        int slot = pool_take(s->fwd, addr, &fresh);
         if (slot < 0)
             return rp_err(RP_EBUSY, "too many requests being forwarded to the leader");
-        struct auth_fwd_conn *f = &s->fwd[slot];
+        struct auth_fwd_conn *f = &s->fwd->conn[slot];
         if (fresh) {
             rv = rp_conn_dial(&f->conn, s->peer_ctx, addr, 3000);
             if (rv != 0) {
-                pool_give(s, slot, false);
+                pool_give(s->fwd, slot, false);
                 return rp_err(RP_EUNAVAILABLE, "forwarding to leader %s: %s", addr, rp_errmsg());
             }
             f->open = true;
@@ -204,14 +244,14 @@ int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_b
         }
         rv = rp_conn_write_frame(&f->conn, raw, len);
         if (rv != 0) {
-            pool_give(s, slot, false);
+            pool_give(s->fwd, slot, false);
             if (!fresh)
                 continue; /* the pooled connection had gone stale: nothing was sent */
             return rp_err(RP_EUNAVAILABLE, "forwarding to leader %s: %s", addr, rp_errmsg());
         }
         rv = rp_conn_read_frame(&f->conn, out);
         if (rv != 0) {
-            pool_give(s, slot, false);
+            pool_give(s->fwd, slot, false);
             if (!fresh && rv == RP_ECLOSED)
                 continue; /* closed before answering: the leader closed an idle connection */
             return rp_err(RP_EUNKNOWN,
@@ -219,7 +259,7 @@ int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_b
                           "applied; retry with the same request id",
                           addr, rp_errmsg());
         }
-        pool_give(s, slot, true);
+        pool_give(s->fwd, slot, true);
         return 0;
     }
     return rp_err(RP_EUNAVAILABLE, "forwarding to leader %s failed twice", addr);

@@ -11,6 +11,7 @@
 #include "auth/auth.h"
 #include "auth/listener.h"
 #include "lib/conn.h"
+#include "lib/mp.h"
 #include "lib/tls.h"
 #include "raft/rp_raft.h"
 #include "state/state.h"
@@ -37,14 +38,13 @@ struct auth_identity {
     bool bootstrapped_here;
 };
 
-struct auth_fwd_conn {
-    struct rp_conn conn;
-    char addr[64];
-    bool in_use;
-    bool open;
-};
-
+/* Connections a follower keeps to the leader (auth/forward.c). */
 #define AUTH_FWD_POOL 8
+
+struct auth_fwd_pool;
+struct auth_ca_cache;
+struct auth_role_cache;
+struct auth_issue_cache;
 
 struct auth_server {
     const struct rp_config *cfg;
@@ -60,33 +60,10 @@ struct auth_server {
     pthread_t duty_thread;
     atomic_bool stopping;
 
-    pthread_mutex_t fwd_mu;
-    /* The leader's API address as last looked up (under fwd_mu): good while the
-     * leader and the auth_server records (state_resources_changed) stay the same. */
-    uint64_t fwd_leader_id, fwd_leader_changed;
-    char fwd_leader_addr[64];
-    struct auth_fwd_conn fwd[AUTH_FWD_POOL];
-
-    /* Cached CA private key for signing (reloaded when the stored revision changes). */
-    pthread_mutex_t ca_mu;
-    EVP_PKEY *ca_key;
-    uint64_t ca_key_rev;
-    EVP_PKEY *ssh_ca_key[2]; /* user, host (auth/ssh_ca.c), by resource revision */
-    uint64_t ssh_ca_rev[2];
-    /* Parsed roles by name and revision (auth/certs.c), shared by reference count:
-     * a role is parsed once per change, not once per request. */
-    pthread_mutex_t roles_mu;
-    struct auth_role_slot {
-        char name[128];
-        uint64_t rev;
-        struct rbac_role *role;
-        unsigned refs;
-        bool current; /* still the cached version of its name */
-    } roles[32];
-    /* What users' certificates say (auth/certs.c), computed once per change of any
-     * resource (state_resources_changed) and shared by reference count. */
-    pthread_mutex_t views_mu;
-    struct auth_issue_view *views[16];
+    struct auth_fwd_pool *fwd; /* auth/forward.c: connections to the leader */
+    struct auth_ca_cache *ca; /* auth/ca_cache.c: CA private keys by revision */
+    struct auth_role_cache *roles; /* auth/role_cache.c: parsed roles, shared */
+    struct auth_issue_cache *issued; /* auth/certs.c: what users' certificates say */
     bool low_disk_warned;
     struct auth_audit *audit; /* auth/audit.c */
     struct auth_locks *locks; /* auth/locks.c */
@@ -136,8 +113,18 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out);
 
 /* Answers. Each handler writes exactly one answer map into @out. */
 void auth_reply_error(struct rp_buf *out, int code, const char *msg);
-/* Starts an ok answer with @n_extra more key/value pairs to follow. */
-void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extra);
+/* Starts an ok answer in @out (emptied first): map @m, holding "ok": true so far,
+ * packed through @pk. The handler adds its entries to @m and closes it with
+ * rp_mp_map_end(@m), which writes the count of what was added. */
+void auth_reply_ok(struct rp_mp_map *m, msgpack_packer *pk, struct rp_buf *out);
+
+/* Starts resource map @res (kind, version, metadata.name, metadata.expires unless
+ * 0) and its "spec" map @spec, which the caller fills; auth_resource_end closes
+ * both (auth/cluster.c). */
+void auth_resource_begin(msgpack_packer *pk, struct rp_mp_map *res, struct rp_mp_map *spec,
+                         const char *kind, const char *version, const char *name,
+                         uint64_t expires);
+void auth_resource_end(struct rp_mp_map *res, struct rp_mp_map *spec);
 
 /* Reads need the leader unless the caller asked for a stale read: 1 if the request
  * was forwarded (the leader's answer is in @out), 0 to serve locally (after a
@@ -157,15 +144,19 @@ int auth_sign_host_ssh(struct auth_server *s, const char *host_id, const char *n
                        uint64_t ttl_ms, char **line, char ***principals_out, size_t *n_out);
 /* The user and host CA public keys as authorized_keys lines (free both). */
 int auth_ssh_ca_public_lines(struct auth_server *s, char **user_ca, char **host_ca);
-/* auth/certs.c */
+/* auth/role_cache.c */
 struct rbac_role;
 /* Stored role @name, parsed (shared: give it back with auth_role_release, never
  * rbac_role_free it); RP_ENOTFOUND if there is none. */
 int auth_role_load(struct auth_server *s, const char *name, struct rbac_role **role);
 void auth_role_release(struct auth_server *s, struct rbac_role *role);
+/* auth/certs.c */
 int auth_h_sign_user(struct auth_req *r, struct rp_buf *out);
-struct auth_issue_view;
-void auth_issue_views_free(struct auth_server *s); /* at shutdown */
+/* What users' certificates say, computed once per change of any resource
+ * (state_resources_changed) and shared by reference count: a burst of logins
+ * evaluates the roles once. new: 0 or RP_ENOMEM; free: NULL is fine. */
+int auth_issue_cache_new(struct auth_issue_cache **out);
+void auth_issue_cache_free(struct auth_issue_cache *c);
 int auth_h_authenticate(struct auth_req *r, struct rp_buf *out);
 /* auth/users.c */
 int auth_h_user_add(struct auth_req *r, struct rp_buf *out);
@@ -203,8 +194,11 @@ int auth_forward(struct auth_server *s, const void *raw, size_t len, struct rp_b
 bool auth_is_leader(struct auth_server *s);
 /* API address ("ip:port") of the auth server with Raft id @id, from the state. */
 int auth_api_addr_of(struct auth_server *s, uint64_t id, char *out, size_t outlen);
-/* Closes pooled forwarding connections (on leader change / stop). */
-void auth_forward_reset(struct auth_server *s);
+/* The pool of connections auth_forward uses. new: 0 or RP_ENOMEM. reset closes the
+ * idle connections (on stop); free closes all (NULL is fine), none may be in use. */
+int auth_fwd_pool_new(struct auth_fwd_pool **out);
+void auth_fwd_pool_reset(struct auth_fwd_pool *p);
+void auth_fwd_pool_free(struct auth_fwd_pool *p);
 
 /* Identity files (auth/identity.c). */
 int auth_identity_load(struct auth_identity *id, const char *data_dir);

@@ -11,33 +11,16 @@
 #include <unistd.h>
 
 #include "auth/audit.h"
+#include "auth/ca_cache.h"
 #include "auth/internal.h"
 #include "auth/locks.h"
 #include "auth/login_guard.h"
+#include "auth/role_cache.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
 #include "lib/util.h"
-
-void auth_reply_error(struct rp_buf *out, int code, const char *msg)
-{
-    msgpack_packer pk;
-    rp_buf_reset(out);
-    rp_mp_packer_init(&pk, out);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_bool(&pk, "ok", false);
-    rp_mp_kv_str(&pk, "code", rp_strerror(code));
-    rp_mp_kv_str(&pk, "error", msg && *msg ? msg : rp_strerror(code));
-}
-
-void auth_reply_ok_begin(msgpack_packer *pk, struct rp_buf *out, uint32_t n_extra)
-{
-    rp_buf_reset(out);
-    rp_mp_packer_init(pk, out);
-    msgpack_pack_map(pk, 1 + n_extra);
-    rp_mp_kv_bool(pk, "ok", true);
-}
 
 int auth_arg_str(const msgpack_object *args, const char *key, char *out, size_t outlen,
                  bool required)
@@ -180,10 +163,9 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
         return rp_err(RP_ENOMEM, "auth server");
     s->cfg = cfg;
     snprintf(s->data_dir, sizeof s->data_dir, "%s", cfg->data_dir);
-    pthread_mutex_init(&s->fwd_mu, NULL);
-    pthread_mutex_init(&s->ca_mu, NULL);
-    pthread_mutex_init(&s->roles_mu, NULL);
-    pthread_mutex_init(&s->views_mu, NULL);
+    if ((rv = auth_ca_cache_new(&s->ca)) != 0 || (rv = auth_role_cache_new(&s->roles)) != 0 ||
+        (rv = auth_issue_cache_new(&s->issued)) != 0 || (rv = auth_fwd_pool_new(&s->fwd)) != 0)
+        goto err;
 
     rv = rp_mkdir_p(s->data_dir, 0700);
     if (rv != 0)
@@ -288,6 +270,10 @@ err:
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
         auth_identity_free(&s->id);
+        auth_fwd_pool_free(s->fwd);
+        auth_issue_cache_free(s->issued);
+        auth_role_cache_free(s->roles);
+        auth_ca_cache_free(s->ca);
         free(s);
         rp_err(rv, "%s", msg);
     }
@@ -303,7 +289,7 @@ void auth_server_stop(struct auth_server *s)
     int busy = auth_listener_stop(s->api, 5000);
     audit_stop(s); /* flushes what is queued while Raft still runs */
     rp_node_stop(s->node);
-    auth_forward_reset(s);
+    auth_fwd_pool_reset(s->fwd);
     if (busy == 0) {
         auth_listener_free(s->api);
         auth_login_guard_free(s);
@@ -314,12 +300,10 @@ void auth_server_stop(struct auth_server *s)
         SSL_CTX_free(s->api_ctx);
         SSL_CTX_free(s->raft_srv_ctx);
         SSL_CTX_free(s->peer_ctx);
-        EVP_PKEY_free(s->ca_key);
-        for (size_t i = 0; i < sizeof s->roles / sizeof s->roles[0]; i++)
-            rbac_role_free(s->roles[i].role);
-        auth_issue_views_free(s);
-        EVP_PKEY_free(s->ssh_ca_key[0]);
-        EVP_PKEY_free(s->ssh_ca_key[1]);
+        auth_fwd_pool_free(s->fwd);
+        auth_issue_cache_free(s->issued);
+        auth_role_cache_free(s->roles);
+        auth_ca_cache_free(s->ca);
         auth_identity_free(&s->id);
         free(s);
     } else {

@@ -16,6 +16,7 @@
 #include <openssl/crypto.h>
 
 #include "auth/audit.h"
+#include "auth/ca_cache.h"
 #include "auth/internal.h"
 #include "auth/rbac.h"
 #include "lib/errors.h"
@@ -44,27 +45,29 @@ static int create_ca(struct auth_server *s, const char *type)
         rv = rp_ssh_fingerprint(key, fp, sizeof fp);
     if (rv == 0) {
         msgpack_packer pk;
+        struct rp_mp_map m, meta, spec, rotation, keys, active;
         rp_mp_packer_init(&pk, &res);
-        msgpack_pack_map(&pk, 4);
-        rp_mp_kv_str(&pk, "kind", AUTH_KIND_CA);
-        rp_mp_kv_str(&pk, "version", "v2");
-        rp_mp_pack_str(&pk, "metadata");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "name", type);
-        rp_mp_pack_str(&pk, "spec");
-        msgpack_pack_map(&pk, 4);
-        rp_mp_kv_str(&pk, "type", type);
-        rp_mp_kv_str(&pk, "cluster_name", s->id.cluster_name);
-        rp_mp_pack_str(&pk, "rotation");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_kv_str(&pk, "state", "standby");
-        rp_mp_pack_str(&pk, "active_keys");
-        msgpack_pack_map(&pk, 1);
-        rp_mp_pack_str(&pk, "ssh");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 2);
-        rp_mp_kv_str(&pk, "public_key", pub);
-        rp_mp_kv_str(&pk, "private_key", priv);
+        rp_mp_map_begin(&pk, &m);
+        rp_mp_map_str(&m, "kind", AUTH_KIND_CA);
+        rp_mp_map_str(&m, "version", "v2");
+        rp_mp_map_begin_map(&m, "metadata", &meta);
+        rp_mp_map_str(&meta, "name", type);
+        rp_mp_map_end(&meta);
+        rp_mp_map_begin_map(&m, "spec", &spec);
+        rp_mp_map_str(&spec, "type", type);
+        rp_mp_map_str(&spec, "cluster_name", s->id.cluster_name);
+        rp_mp_map_begin_map(&spec, "rotation", &rotation);
+        rp_mp_map_str(&rotation, "state", "standby");
+        rp_mp_map_end(&rotation);
+        rp_mp_map_begin_map(&spec, "active_keys", &keys);
+        msgpack_pack_array(rp_mp_map_key(&keys, "ssh"), 1);
+        rp_mp_map_begin(&pk, &active);
+        rp_mp_map_str(&active, "public_key", pub);
+        rp_mp_map_str(&active, "private_key", priv);
+        rp_mp_map_end(&active);
+        rp_mp_map_end(&keys);
+        rp_mp_map_end(&spec);
+        rp_mp_map_end(&m);
         char rid[33];
         auth_new_rid(rid);
         struct state_cmd c = {.op = "create", .rid = rid, .res = res.data, .res_len = res.len};
@@ -134,51 +137,7 @@ int auth_ssh_cas_ensure(struct auth_server *s)
 
 int auth_ssh_ca_key(struct auth_server *s, const char *type, EVP_PKEY **key)
 {
-    struct rp_buf b;
-    msgpack_unpacked u;
-    struct state_res_meta meta;
-    int slot = strcmp(type, "user") == 0 ? 0 : 1;
-    rp_buf_init(&b);
-    int rv = state_get(s->state, AUTH_KIND_CA, type, &b, NULL);
-    if (rv == RP_ENOTFOUND)
-        rv = rp_err(RP_EUNAVAILABLE, "the %s SSH CA does not exist yet", type);
-    /* Parsed keys are cached by the resource's revision (a parse is about 50 us). */
-    if (rv == 0 && (rv = state_resource_check(b.data, b.len, &meta)) == 0) {
-        pthread_mutex_lock(&s->ca_mu);
-        if (s->ssh_ca_key[slot] != NULL && s->ssh_ca_rev[slot] == meta.revision) {
-            EVP_PKEY_up_ref(s->ssh_ca_key[slot]);
-            *key = s->ssh_ca_key[slot];
-            pthread_mutex_unlock(&s->ca_mu);
-            OPENSSL_cleanse(b.data, b.cap);
-            rp_buf_free(&b);
-            return 0;
-        }
-        pthread_mutex_unlock(&s->ca_mu);
-    }
-    if (rv == 0 && (rv = rp_mp_parse(b.data, b.len, &u)) == 0) {
-        const msgpack_object *ssh =
-            rp_mp_get(rp_mp_get(rp_mp_get(&u.data, "spec"), "active_keys"), "ssh");
-        const char *pem;
-        size_t n;
-        if (ssh == NULL || ssh->type != MSGPACK_OBJECT_ARRAY || ssh->via.array.size == 0 ||
-            rp_mp_get_str(&ssh->via.array.ptr[0], "private_key", &pem, &n) != 0)
-            rv = rp_err(RP_EIO, "cert_authority/%s has no SSH private key", type);
-        else
-            rv = rp_ssh_privkey_parse(pem, n, key, NULL);
-        msgpack_unpacked_destroy(&u);
-        if (rv == 0) {
-            pthread_mutex_lock(&s->ca_mu);
-            EVP_PKEY_free(s->ssh_ca_key[slot]);
-            EVP_PKEY_up_ref(*key);
-            s->ssh_ca_key[slot] = *key;
-            s->ssh_ca_rev[slot] = meta.revision;
-            pthread_mutex_unlock(&s->ca_mu);
-        }
-    }
-    if (b.data)
-        OPENSSL_cleanse(b.data, b.cap);
-    rp_buf_free(&b);
-    return rv;
+    return auth_ca_cache_ssh_key(s->ca, s->state, type, key);
 }
 
 static void add_principal(char **list, size_t *n, size_t max, const char *fmt, const char *a,
@@ -345,12 +304,14 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
     if ((rv = audit_emit(s, &e, AUDIT_WAIT)) != 0)
         goto out; /* no audit record, no certificate */
     msgpack_packer pk;
-    auth_reply_ok_begin(&pk, out, tls_pem ? 3 : 1);
-    rp_mp_kv_str(&pk, "ssh_cert", line);
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "ssh_cert", line);
     if (tls_pem) {
-        rp_mp_kv_str(&pk, "tls_cert", tls_pem);
-        rp_mp_kv_str(&pk, "tls_ca", ca_pem);
+        rp_mp_map_str(&m, "tls_cert", tls_pem);
+        rp_mp_map_str(&m, "tls_ca", ca_pem);
     }
+    rp_mp_map_end(&m);
 out:
     free(tls_pem);
     free(ca_pem);

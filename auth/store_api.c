@@ -125,9 +125,11 @@ int auth_h_get(struct auth_req *r, struct rp_buf *out)
         rv = auth_view_append(view, res.data, res.len, &shown);
     if (rv == 0) {
         msgpack_packer pk;
-        auth_reply_ok_begin(&pk, out, 2);
-        rp_mp_kv_raw(&pk, "res", shown.data, shown.len);
-        rp_mp_kv_u64(&pk, "rev", rev);
+        struct rp_mp_map m;
+        auth_reply_ok(&m, &pk, out);
+        rp_mp_map_raw(&m, "res", shown.data, shown.len);
+        rp_mp_map_u64(&m, "rev", rev);
+        rp_mp_map_end(&m);
     }
     if (res.data)
         OPENSSL_cleanse(res.data, res.cap);
@@ -184,11 +186,12 @@ int auth_h_list(struct auth_req *r, struct rp_buf *out)
                     lc.items.len);
     if (rv == 0) {
         msgpack_packer pk;
-        auth_reply_ok_begin(&pk, out, 2);
-        rp_mp_pack_str(&pk, "items");
-        msgpack_pack_array(&pk, lc.n);
+        struct rp_mp_map m;
+        auth_reply_ok(&m, &pk, out);
+        msgpack_pack_array(rp_mp_map_key(&m, "items"), lc.n);
         rp_buf_append(out, lc.items.data, lc.items.len);
-        rp_mp_kv_u64(&pk, "rev", rev);
+        rp_mp_map_u64(&m, "rev", rev);
+        rp_mp_map_end(&m);
     }
     rp_buf_free(&lc.items);
     return rv;
@@ -380,29 +383,31 @@ int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
     if (rv != 0)
         goto out;
     msgpack_packer pk;
+    struct rp_mp_map m;
     if (res.code != 0) {
         rp_buf_reset(out);
         rp_mp_packer_init(&pk, out);
-        msgpack_pack_map(&pk, 6);
-        rp_mp_kv_bool(&pk, "ok", false);
-        rp_mp_kv_str(&pk, "code", rp_strerror(res.code));
-        rp_mp_kv_str(&pk, "error", res.message[0] ? res.message : rp_strerror(res.code));
-        rp_mp_kv_u64(&pk, "rev", res.revision);
-        rp_mp_kv_u64(&pk, "current_rev", res.current_rev);
-        rp_mp_kv_u64(&pk, "failed_op", res.failed_op);
+        rp_mp_map_begin(&pk, &m);
+        rp_mp_map_bool(&m, "ok", false);
+        rp_mp_map_str(&m, "code", rp_strerror(res.code));
+        rp_mp_map_str(&m, "error", res.message[0] ? res.message : rp_strerror(res.code));
+        rp_mp_map_u64(&m, "rev", res.revision);
+        rp_mp_map_u64(&m, "current_rev", res.current_rev);
+        rp_mp_map_u64(&m, "failed_op", res.failed_op);
+        rp_mp_map_end(&m);
         goto out;
     }
     for (size_t i = 0; i < wl->n; i++)
         audit_write(r, wl->items[i].op, wl->items[i].what.kind, wl->items[i].what.name);
-    auth_reply_ok_begin(&pk, out, warnings.n ? 3 : 2);
-    rp_mp_kv_u64(&pk, "rev", res.revision);
-    rp_mp_kv_u64(&pk, "changed", res.n_changed);
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_u64(&m, "rev", res.revision);
+    rp_mp_map_u64(&m, "changed", res.n_changed);
     if (warnings.n) {
-        rp_mp_pack_str(&pk, "warnings");
-        msgpack_pack_array(&pk, (uint32_t)warnings.n);
+        msgpack_pack_array(rp_mp_map_key(&m, "warnings"), (uint32_t)warnings.n);
         for (size_t i = 0; i < warnings.n; i++)
             rp_mp_pack_str(&pk, warnings.msg[i]);
     }
+    rp_mp_map_end(&m);
 out:
     auth_warnings_free(&warnings);
     OPENSSL_cleanse(wl, sizeof *wl);
@@ -430,20 +435,18 @@ static const char *event_name(enum state_event_type t)
 static int send_event(struct rp_conn *c, const struct state_event *ev, struct rp_buf *out)
 {
     msgpack_packer pk;
+    struct rp_mp_map m;
     bool has_res = ev->type == STATE_EV_INIT_PUT || ev->type == STATE_EV_PUT;
-    bool has_name = has_res || ev->type == STATE_EV_DELETE;
-    rp_buf_reset(out);
-    rp_mp_packer_init(&pk, out);
-    msgpack_pack_map(&pk, 3 + (has_name ? 2 : 0) + (has_res ? 1 : 0));
-    rp_mp_kv_bool(&pk, "ok", true);
-    rp_mp_kv_str(&pk, "ev", event_name(ev->type));
-    rp_mp_kv_u64(&pk, "rev", ev->revision);
-    if (has_name) {
-        rp_mp_kv_str(&pk, "kind", ev->kind);
-        rp_mp_kv_str(&pk, "name", ev->name);
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "ev", event_name(ev->type));
+    rp_mp_map_u64(&m, "rev", ev->revision);
+    if (has_res || ev->type == STATE_EV_DELETE) {
+        rp_mp_map_str(&m, "kind", ev->kind);
+        rp_mp_map_str(&m, "name", ev->name);
     }
     if (has_res)
-        rp_mp_kv_raw(&pk, "res", ev->res.data, ev->res.len);
+        rp_mp_map_raw(&m, "res", ev->res.data, ev->res.len);
+    rp_mp_map_end(&m);
     return rp_conn_write_frame(c, out->data, out->len);
 }
 

@@ -57,18 +57,12 @@ static int arg_strs(const msgpack_object *args, const char *key, const msgpack_o
     return 0;
 }
 
-static void pack_head(msgpack_packer *pk, const char *kind, const char *name, uint64_t expires,
-                      uint32_t extra)
+/* auth_resource_begin with the version each kind of this file is stored at. */
+static void resource_begin(msgpack_packer *pk, struct rp_mp_map *res, struct rp_mp_map *spec,
+                           const char *kind, const char *name, uint64_t expires)
 {
-    msgpack_pack_map(pk, 4 + extra);
-    rp_mp_kv_str(pk, "kind", kind);
-    rp_mp_kv_str(pk, "version", strcmp(kind, "user") == 0 ? "v2" : "v1");
-    rp_mp_pack_str(pk, "metadata");
-    msgpack_pack_map(pk, expires ? 2 : 1);
-    rp_mp_kv_str(pk, "name", name);
-    if (expires)
-        rp_mp_kv_u64(pk, "expires", expires);
-    rp_mp_pack_str(pk, "spec");
+    auth_resource_begin(pk, res, spec, kind, strcmp(kind, "user") == 0 ? "v2" : "v1", name,
+                        expires);
 }
 
 static void pack_strs(msgpack_packer *pk, const msgpack_object *arr)
@@ -111,11 +105,12 @@ static int make_token(const char *user, const char *type, uint64_t expires, char
     if (rv != 0)
         return rv;
     msgpack_packer pk;
+    struct rp_mp_map m, spec;
     rp_mp_packer_init(&pk, res);
-    pack_head(&pk, "user_token", token, expires, 0);
-    msgpack_pack_map(&pk, 2);
-    rp_mp_kv_str(&pk, "user", user);
-    rp_mp_kv_str(&pk, "type", type);
+    resource_begin(&pk, &m, &spec, "user_token", token, expires);
+    rp_mp_map_str(&spec, "user", user);
+    rp_mp_map_str(&spec, "type", type);
+    auth_resource_end(&m, &spec);
     return 0;
 }
 
@@ -188,19 +183,18 @@ int auth_h_user_add(struct auth_req *r, struct rp_buf *out)
     rp_buf_init(&user);
     rp_buf_init(&tok);
     rp_buf_init(&ops);
+    struct rp_mp_map m, spec, traits, created_by;
     rp_mp_packer_init(&pk, &user);
-    pack_head(&pk, "user", name, 0, 0);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_pack_str(&pk, "roles");
-    pack_strs(&pk, roles);
-    rp_mp_pack_str(&pk, "traits");
-    msgpack_pack_map(&pk, 1);
-    rp_mp_pack_str(&pk, "logins");
-    pack_strs(&pk, logins);
-    rp_mp_pack_str(&pk, "created_by");
-    msgpack_pack_map(&pk, 2);
-    rp_mp_kv_u64(&pk, "time", now);
-    rp_mp_kv_str(&pk, "user", caller_name(r));
+    resource_begin(&pk, &m, &spec, "user", name, 0);
+    pack_strs(rp_mp_map_key(&spec, "roles"), roles);
+    rp_mp_map_begin_map(&spec, "traits", &traits);
+    pack_strs(rp_mp_map_key(&traits, "logins"), logins);
+    rp_mp_map_end(&traits);
+    rp_mp_map_begin_map(&spec, "created_by", &created_by);
+    rp_mp_map_u64(&created_by, "time", now);
+    rp_mp_map_str(&created_by, "user", caller_name(r));
+    rp_mp_map_end(&created_by);
+    auth_resource_end(&m, &spec);
     if ((rv = make_token(name, "invite", expires, token, &tok)) == 0 &&
         (rv = add_op(&ops, "create", &user, NULL, NULL, 0)) == 0 &&
         (rv = add_op(&ops, "create", &tok, NULL, NULL, 0)) == 0)
@@ -209,10 +203,11 @@ int auth_h_user_add(struct auth_req *r, struct rp_buf *out)
         rv = rp_err(RP_EEXISTS, "user '%s' already exists", name);
     if (rv == 0) {
         audit_user(r, "user.create", "T1002I", name, roles);
-        auth_reply_ok_begin(&pk, out, 3);
-        rp_mp_kv_str(&pk, "token", token);
-        rp_mp_kv_u64(&pk, "expires", expires);
-        rp_mp_kv_str(&pk, "user", name);
+        auth_reply_ok(&m, &pk, out);
+        rp_mp_map_str(&m, "token", token);
+        rp_mp_map_u64(&m, "expires", expires);
+        rp_mp_map_str(&m, "user", name);
+        rp_mp_map_end(&m);
     }
     rp_buf_free(&user);
     rp_buf_free(&tok);
@@ -295,7 +290,9 @@ int auth_h_user_update(struct auth_req *r, struct rp_buf *out)
         rv = rp_err(RP_ECONFLICT, "user '%s' changed meanwhile: try again", name);
     if (rv == 0) {
         audit_user(r, "user.update", "T1003I", name, roles);
-        auth_reply_ok_begin(&pk, out, 0);
+        struct rp_mp_map ans;
+        auth_reply_ok(&ans, &pk, out);
+        rp_mp_map_end(&ans);
     }
 out:
     rp_buf_free(&cur);
@@ -375,7 +372,9 @@ int auth_h_user_rm(struct auth_req *r, struct rp_buf *out)
     if (rv == 0) {
         audit_user(r, "user.delete", "T1004I", name, NULL);
         msgpack_packer pk;
-        auth_reply_ok_begin(&pk, out, 0);
+        struct rp_mp_map m;
+        auth_reply_ok(&m, &pk, out);
+        rp_mp_map_end(&m);
     }
     return rv;
 }
@@ -413,9 +412,11 @@ int auth_h_user_reset(struct auth_req *r, struct rp_buf *out)
     if (rv == 0) {
         audit_user(r, "user.update", "T1003I", name, NULL);
         msgpack_packer pk;
-        auth_reply_ok_begin(&pk, out, 2);
-        rp_mp_kv_str(&pk, "token", token);
-        rp_mp_kv_u64(&pk, "expires", expires);
+        struct rp_mp_map m;
+        auth_reply_ok(&m, &pk, out);
+        rp_mp_map_str(&m, "token", token);
+        rp_mp_map_u64(&m, "expires", expires);
+        rp_mp_map_end(&m);
     }
     rp_buf_free(&tok);
     rp_buf_free(&ops);
@@ -499,14 +500,15 @@ int auth_h_invite_redeem(struct auth_req *r, struct rp_buf *out)
     if (rv != 0)
         goto out;
     msgpack_packer pk;
+    struct rp_mp_map m, spec;
     rp_mp_packer_init(&pk, &sec);
-    pack_head(&pk, "user_secret", user, 0, 0);
-    msgpack_pack_map(&pk, secret_b32[0] ? 3 : 1);
-    rp_mp_kv_str(&pk, "password_hash", hash);
+    resource_begin(&pk, &m, &spec, "user_secret", user, 0);
+    rp_mp_map_str(&spec, "password_hash", hash);
     if (secret_b32[0]) {
-        rp_mp_kv_str(&pk, "totp_secret", secret_b32);
-        rp_mp_kv_u64(&pk, "totp_last_step", step);
+        rp_mp_map_str(&spec, "totp_secret", secret_b32);
+        rp_mp_map_u64(&spec, "totp_last_step", step);
     }
+    auth_resource_end(&m, &spec);
     /* The token goes at the revision read, in the same batch as the password. */
     if ((rv = add_op(&ops, "cdelete", NULL, "user_token", token, trev)) == 0 &&
         (rv = add_op(&ops, "put", &sec, NULL, NULL, 0)) == 0)
@@ -520,8 +522,9 @@ int auth_h_invite_redeem(struct auth_req *r, struct rp_buf *out)
         audit_event_bool(&e, "totp", secret_b32[0] != '\0');
         audit_event_str(&e, "addr.remote", r->remote);
         audit_emit(r->srv, &e, AUDIT_WAIT);
-        auth_reply_ok_begin(&pk, out, 1);
-        rp_mp_kv_str(&pk, "user", user);
+        auth_reply_ok(&m, &pk, out);
+        rp_mp_map_str(&m, "user", user);
+        rp_mp_map_end(&m);
     }
 out:
     OPENSSL_cleanse(hash, sizeof hash);
