@@ -32,8 +32,9 @@ static bool yaml_keys_ok(const msgpack_object *o, int depth)
         if (kv[i].key.type != MSGPACK_OBJECT_STR)
             return false;
         for (uint32_t j = 0; j < i; j++) {
-            if (kv[j].key.via.str.size == kv[i].key.via.str.size &&
-                memcmp(kv[j].key.via.str.ptr, kv[i].key.via.str.ptr, kv[i].key.via.str.size) == 0)
+            size_t n = kv[i].key.via.str.size; /* 0: the pointers may be NULL */
+            if (kv[j].key.via.str.size == n &&
+                (n == 0 || memcmp(kv[j].key.via.str.ptr, kv[i].key.via.str.ptr, n) == 0))
                 return false;
         }
         if (!yaml_keys_ok(&kv[i].val, depth + 1))
