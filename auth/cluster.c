@@ -688,7 +688,8 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         struct rp_identity aid = {.name = admin_name, .groups = admin_groups, .n_groups = 1,
                                   .cluster = s->id.cluster_name, .system_role = RP_SYS_ADMIN,
                                   .host_id = host_id};
-        if ((rv = auth_sign_identity(s, admin_spki, &aid, NULL, 0, AUTH_ADMIN_TTL_S, &admin_pem)) != 0)
+        if ((rv = auth_sign_identity(s, admin_spki, &aid, NULL, 0,
+                                     (long)(s->cfg->admin_identity_ttl_ms / 1000), &admin_pem)) != 0)
             goto out;
     }
 

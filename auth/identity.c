@@ -159,7 +159,8 @@ int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cf
                               .cluster = id->cluster_name, .system_role = RP_SYS_ADMIN,
                               .host_id = id->host_id};
     if ((rv = rp_tls_issue(ca_key, ca, host_key, &hid, sans, 3, AUTH_HOST_TTL_S, &host)) != 0 ||
-        (rv = rp_tls_issue(ca_key, ca, admin_key, &aid, NULL, 0, AUTH_ADMIN_TTL_S, &admin)) != 0)
+        (rv = rp_tls_issue(ca_key, ca, admin_key, &aid, NULL, 0,
+                           (long)(cfg->admin_identity_ttl_ms / 1000), &admin)) != 0)
         goto out;
 
     /* The CA key goes to disk first, so that a crash before it reaches the
@@ -363,6 +364,7 @@ out:
 
 int auth_admin_identity_renew(struct auth_server *s, bool force)
 {
+    long ttl_s = (long)(s->cfg->admin_identity_ttl_ms / 1000);
     char path[1200], key_file[1200];
     key_path(path, sizeof path, s->data_dir, "admin.crt");
     key_path(key_file, sizeof key_file, s->data_dir, "admin.key");
@@ -378,7 +380,9 @@ int auth_admin_identity_renew(struct auth_server *s, bool force)
         if (rp_identity_from_cert(cert, &cur) == 0) {
             long long left = cur.not_after - (long long)(rp_now_ms() / 1000);
             rp_identity_free(&cur);
-            if (left > AUTH_ADMIN_TTL_S / 2) {
+            /* Also renewed when it outlives the configured lifetime (the setting was
+             * lowered since it was issued). */
+            if (left > ttl_s / 2 && left <= ttl_s + 60) {
                 X509_free(cert);
                 return 0;
             }
@@ -396,13 +400,12 @@ int auth_admin_identity_renew(struct auth_server *s, bool force)
                               .cluster = s->id.cluster_name,
                               .system_role = RP_SYS_ADMIN,
                               .host_id = s->id.host_id};
-    if ((rv = auth_sign_identity(s, spki, &aid, NULL, 0, AUTH_ADMIN_TTL_S, &pem)) != 0)
+    if ((rv = auth_sign_identity(s, spki, &aid, NULL, 0, ttl_s, &pem)) != 0)
         goto out;
     /* rp_write_file replaces the file atomically: tctl never reads half a certificate. */
     rv = rp_write_file(path, pem, strlen(pem), 0644);
     if (rv == 0)
-        rp_info("auth", "renewed the local admin identity (%s), valid %ld h", admin_name,
-                AUTH_ADMIN_TTL_S / 3600);
+        rp_info("auth", "renewed the local admin identity (%s), valid %ld s", admin_name, ttl_s);
 out:
     if (rv != 0)
         rv = rp_err(rv, "renewing the admin identity: %s", rp_errmsg());

@@ -21,9 +21,9 @@
 #define AUTH_READ_TIMEOUT_MS 5000
 #define AUTH_IDLE_TIMEOUT_MS 300000
 /* Host identities (Auth, Node, Proxy) live long and are cut off by a lock on their host
- * id; the local admin identity tctl uses lives hours and its server renews it. */
+ * id; the local admin identity tctl uses lives auth_service.admin_identity_ttl (8h) and
+ * its server renews it. */
 #define AUTH_HOST_TTL_S (10L * 365 * 86400)
-#define AUTH_ADMIN_TTL_S (8L * 3600)
 
 /* This server's keys and certificates, as kept in data_dir/keys. */
 struct auth_identity {
@@ -205,7 +205,7 @@ int auth_identity_load(struct auth_identity *id, const char *data_dir);
 int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
 int auth_identity_join(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
 void auth_identity_free(struct auth_identity *id);
-/* Re-issues data_dir/keys/admin.crt (same key, AUTH_ADMIN_TTL_S) once less than half
+/* Re-issues data_dir/keys/admin.crt (same key, admin_identity_ttl) once less than half
  * its lifetime is left, or now with @force; signed with the CA in the state, so any
  * member can do it for itself. */
 int auth_admin_identity_renew(struct auth_server *s, bool force);

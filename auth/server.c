@@ -57,7 +57,10 @@ static void *duty_main(void *arg)
         nanosleep(&ts, NULL);
         /* Every member renews its own admin identity; it needs the CA from the state,
          * so until the state has one this fails and is tried again. */
-        if (s->id.ca_key_pending == NULL && rp_mono_ms() - last_admin_renew >= 30000) {
+        uint64_t renew_every = s->cfg->admin_identity_ttl_ms / 8 < 30000
+                                   ? s->cfg->admin_identity_ttl_ms / 8
+                                   : 30000;
+        if (s->id.ca_key_pending == NULL && rp_mono_ms() - last_admin_renew >= renew_every) {
             last_admin_renew = rp_mono_ms();
             if (auth_admin_identity_renew(s, false) != 0)
                 rp_warn("auth", "%s (will retry)", rp_errmsg());

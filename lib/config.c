@@ -96,6 +96,7 @@ void rp_config_init(struct rp_config *c)
     c->max_login_attempts = 5;
     c->lockout_ms = 30 * 60 * 1000;
     c->max_session_ttl_ms = 30ull * 3600 * 1000; /* Teleport's default max_session_ttl */
+    c->admin_identity_ttl_ms = 8ull * 3600 * 1000;
     c->password_hash_workers = 0;
     c->password_hash_queue = 64;
     c->password_hash_wait_ms = 2000;
@@ -487,6 +488,21 @@ static int parse_duration(struct loader *ld, const struct field *f, const char *
     return 0;
 }
 
+/* The local admin identity's lifetime: short (a stolen copy expires soon), but long
+ * enough for its server to renew it at half-life: 1m to 24h, in a uint64_t of ms. */
+static int parse_admin_ttl(struct loader *ld, const struct field *f, const char *path,
+                           const struct rp_ynode *v)
+{
+    uint64_t ms;
+    int rv = duration_ms(ld, path, v, &ms);
+    if (rv != 0)
+        return rv;
+    if (ms < 60000 || ms > 24ull * 3600 * 1000)
+        return type_error(ld, v, path, "a duration from 1m to 24h");
+    *(uint64_t *)field_ptr(ld, f) = ms;
+    return 0;
+}
+
 /* Durations of days or years (e.g. audit retention: 8760h), in a uint64_t of ms. */
 static int parse_long_duration(struct loader *ld, const struct field *f, const char *path,
                                const struct rp_ynode *v)
@@ -676,6 +692,7 @@ static const struct field auth_fields[] = {
     {.name = "max_login_attempts", .parse = parse_unsigned, .off = AT(max_login_attempts)},
     {.name = "lockout_duration", .parse = parse_duration, .off = AT(lockout_ms)},
     {.name = "max_session_ttl", .parse = parse_long_duration, .off = AT(max_session_ttl_ms)},
+    {.name = "admin_identity_ttl", .parse = parse_admin_ttl, .off = AT(admin_identity_ttl_ms)},
     {.name = "raft", .parse = parse_sub, .sub = &raft_section},
     {.name = "password_hash_workers", .parse = parse_unsigned, .off = AT(password_hash_workers)},
     {.name = "password_hash_queue", .parse = parse_unsigned, .off = AT(password_hash_queue)},
@@ -736,13 +753,17 @@ static const struct section top_section = {"", top_fields};
 
 static int unknown_field(struct loader *ld, const struct section *sec, const char *key, int line)
 {
-    char ex[200], names[300];
+    char ex[200], names[700];
     size_t o = 0;
 
     rp_yaml_excerpt(key, ex, sizeof(ex));
     names[0] = '\0';
-    for (const struct field *f = sec->fields; f->name != NULL; f++)
-        o += (size_t)snprintf(names + o, sizeof(names) - o, "%s%s", o ? ", " : "", f->name);
+    /* Stops at the buffer's end: snprintf returns what it would have written, and the
+     * offset must never pass the size it is subtracted from. */
+    for (const struct field *f = sec->fields; f->name != NULL && o < sizeof(names) - 1; f++) {
+        int n = snprintf(names + o, sizeof(names) - o, "%s%s", o ? ", " : "", f->name);
+        o = n < 0 ? sizeof(names) - 1 : o + (size_t)n;
+    }
     if (sec->path[0] == '\0')
         return rp_err(RP_EINVAL, "%s:%d: unknown field '%s' at the top level, expected one of: %s",
                       ld->file, line, ex, names);

@@ -20,6 +20,7 @@
  *     max_login_attempts: 5              # failed logins that lock a user ...
  *     lockout_duration: 30m              # ... for this long
  *     max_session_ttl: 30h               # ceiling of user certificates, whatever roles say
+ *     admin_identity_ttl: 8h             # the local admin identity (renewed at half-life)
  *     password_hash_workers: 2           # concurrent password checks (default min(2, cores))
  *     password_hash_queue: 64            # checks waiting for a worker ...
  *     password_hash_wait: 2s             # ... at most this long, then "busy"
@@ -82,6 +83,7 @@ struct rp_config {
     unsigned max_login_attempts; /* default 5 */
     unsigned lockout_ms;         /* default 30 minutes */
     uint64_t max_session_ttl_ms; /* user certificate ceiling; default 30 hours */
+    uint64_t admin_identity_ttl_ms; /* keys/admin.crt lifetime; default 8 hours, 1m to 24h */
     /* Password logins (auth/login_guard.c): the hashing pool and the rate limits. */
     unsigned password_hash_workers;  /* default 0: min(2, cores); at most 64 */
     unsigned password_hash_queue;    /* default 64; at most 100000 */

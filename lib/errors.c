@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static __thread char errmsg[512];
+static __thread char errmsg[1024];
 
 static const struct {
     int code;

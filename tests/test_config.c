@@ -279,7 +279,8 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
     load_fails("auth_service:\n  enabled: yes\n  listen_adr: 127.0.0.1:3025\n",
                "3: unknown field 'listen_adr' in auth_service, expected one of: enabled, "
                "cluster_name, listen_addr, public_addr, min_free_disk, audit_retention, "
-               "max_login_attempts, lockout_duration, max_session_ttl, raft, password_hash_workers, "
+               "max_login_attempts, lockout_duration, max_session_ttl, admin_identity_ttl, raft, "
+               "password_hash_workers, "
                "password_hash_queue, password_hash_wait, login_rate_per_address, "
                "login_burst_per_address, login_rate_per_user, login_burst_per_user");
     load_fails("version: v3\nteleprot:\n  nodename: a\n",

@@ -425,3 +425,58 @@ Test(int_escalation, a_removed_auth_server_is_cut_off)
     free(out);
     cluster_pass();
 }
+
+/* Not-after of node @i's keys/admin.crt, in seconds since the epoch. */
+static long long admin_not_after(int i)
+{
+    char path[700];
+    X509 *c = NULL;
+    struct rp_identity id;
+    long long t = 0;
+    snprintf(path, sizeof path, "%s/keys/admin.crt", CL->nodes[i].dir);
+    if (rp_tls_read_cert(path, &c) == 0 && rp_identity_from_cert(c, &id) == 0) {
+        t = id.not_after;
+        rp_identity_free(&id);
+    }
+    X509_free(c);
+    return t;
+}
+
+struct renewal {
+    long long after; /* wait for a not-after later than this */
+    long long max_left;
+};
+
+static bool admin_renewed(void *arg)
+{
+    struct renewal *r = arg;
+    long long t = admin_not_after(1);
+    return t > r->after && t - (long long)(rp_now_ms() / 1000) <= r->max_left;
+}
+
+/* With auth_service.admin_identity_ttl: 1m the server first cuts its 8 h identity down
+ * (the setting was lowered), then renews it at half-life, and tctl keeps working. */
+Test(int_escalation, the_admin_identity_is_renewed_by_its_server)
+{
+    cluster_start(1);
+    cr_assert(cl_wait_presets(15000), "no preset roles");
+    cr_assert_neq(node_term(1, 10000), -1, "auth1 did not stop");
+    FILE *f = fopen(CL->nodes[1].cfg, "a");
+    cr_assert_not_null(f);
+    fprintf(f, "  admin_identity_ttl: 1m\n");
+    fclose(f);
+    node_restart(1);
+    struct renewal r = {.after = 0, .max_left = 61};
+    r.after = admin_not_after(1) - 8 * 3600; /* any re-issue counts first */
+    cr_assert(wait_until(20000, admin_renewed, &r),
+              "the 8 h admin identity was not cut to the configured 1m");
+    long long first = admin_not_after(1);
+    r.after = first;
+    cr_assert(wait_until(60000, admin_renewed, &r), "the admin identity was not renewed before "
+                                                     "it expired");
+    char *out = NULL;
+    cr_assert_eq(run_tctl(1, &out, "status", NULL), 0, "tctl with the renewed identity: %s", out);
+    free(out);
+    cr_assert(node_log_contains(1, "renewed the local admin identity"));
+    cluster_pass();
+}
