@@ -400,6 +400,17 @@ static int conn_wrap_tls(struct rp_conn *c, SSL_CTX *ctx, int is_server)
     return 0;
 }
 
+/* Whether SSL error @e (from SSL_get_error) means the peer went away: a clean
+ * close_notify, an EOF without one, or a bare EOF on the socket. Reads the error queue
+ * and errno as the failed call left them. */
+static int ssl_error_is_eof(int e)
+{
+    return e == SSL_ERROR_ZERO_RETURN ||
+           (e == SSL_ERROR_SSL &&
+            ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+           (e == SSL_ERROR_SYSCALL && errno == 0);
+}
+
 /* The read limit once the handshake is done: a server keeps unauthenticated peers
  * to small frames, so announcing a large one costs them a closed connection. */
 static void set_read_limit(struct rp_conn *c, int is_server)
@@ -588,10 +599,7 @@ int rp_conn_read_some(struct rp_conn *c, void *p, size_t n, size_t *got, short *
         *events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
         return 1;
     }
-    int eof = e == SSL_ERROR_ZERO_RETURN ||
-              (e == SSL_ERROR_SSL &&
-               ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
-              (e == SSL_ERROR_SYSCALL && errno == 0);
+    int eof = ssl_error_is_eof(e);
     char why[256];
     ssl_reason(c->ssl, why, sizeof why);
     ERR_clear_error();
@@ -707,10 +715,7 @@ static int read_full(struct rp_conn *c, uint8_t *p, size_t n, int started)
             return rp_err(RP_ETIMEDOUT, "reading from %s timed out%s", c->peer,
                           mid ? " in the middle of a frame" : "");
         }
-        int eof = e == SSL_ERROR_ZERO_RETURN ||
-                  (e == SSL_ERROR_SSL &&
-                   ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
-                  (e == SSL_ERROR_SYSCALL && errno == 0);
+        int eof = ssl_error_is_eof(e);
         char why[256];
         ssl_reason(c->ssl, why, sizeof why);
         ERR_clear_error();
