@@ -17,50 +17,63 @@
  * (linearizable: the leader behind a barrier, unless "stale"), own (the method
  * forwards to the leader itself, once the caller passed this server's rate limits).
  *
- *   method        arguments -> results                               who                            route
- *   ping          {} -> {cluster_name, server_id, ca_pin, leader_id,  anyone                         local
- *                        auth_servers: [api addr...]}
- *   get           {kind, name, stale?} -> {res, rev}                 every system role; (kind, read) read
- *   list          {kind?, prefix?, limit?, stale?} -> {items, rev}   every system role; (kind, list) read
- *   put           {res, rid} -> {rev}                                admins; (kind, create) for a    leader
- *                                                                    new resource, (kind, update)
- *                                                                    for an existing one
- *   create        {res, rid} -> {rev}                                admins; (kind, create)          leader
- *   update        {res, rid} -> {rev}                                admins; (kind, update)          leader
- *   cas           {res, rev, rid} -> {rev} (conflict: current_rev)   admins; (kind, update)          leader
- *   delete        {kind, name, rid} -> {rev}                         admins; (kind, delete)          leader
- *   cdelete       {kind, name, rev, rid} -> {rev}                    admins; (kind, delete)          leader
- *   batch         {ops: [cmd...], rid} -> {rev} (failure: failed_op) admins; each op as its write   leader
- *                                                                    (put: create and update)
- *   watch         {kinds?, prefix?, start_rev?} -> a stream of       every system role              local
- *                 {ev, rev, kind?, name?, res?}, ev one of init_put,
- *                 init_done, put, delete, reinit
- *   status        {} -> tctl status document                         every system role;              local
- *                                                                    (cluster, read)
- *   member_status {} -> this server's own Raft view                  every system role;              local
- *                                                                    (cluster, read)
- *   token_add     {type, ttl_ms} -> {token, type, expires, ca_pin}   admins; (token, create) for     leader
- *                                                                    node and proxy tokens only
- *   join          {token, type, host_id, nodename, raft_id,          anyone (the token decides)      leader
- *                  raft_addr, api_addr, host_pubkey, admin_pubkey}
- *                 -> {host_cert, admin_cert, ca_cert, cluster_name}
- *   member_rm     {id} -> {}                                         admins                          leader
- *   user_add      {name, roles[], logins?[], ttl_ms?}                admins; (user, create)          leader
- *                 -> {token, expires, user} (an invite)
- *   user_update   {name, roles[]} -> {}                              admins; (user, update)          leader
- *   user_rm       {name} -> {}                                       admins; (user, delete)          leader
- *   user_reset    {name, ttl_ms?} -> {token, expires} (a new invite) admins; (user, update)          leader
- *   invite_redeem {token, password, totp_secret?, totp_code?} -> {}  anyone (the invite decides)     leader
- *   sign_user     {user, ssh_pubkey, tls_pubkey?, ttl_ms?}           admins                          leader
- *                 -> {ssh_cert, expires, tls_cert?, tls_ca?}
- *   authenticate  {user, password, totp_code?, ssh_pubkey,           anyone (the password decides)   own
- *                  tls_pubkey?, ttl_ms?} -> the same
- *   sign_host     {host_id, nodename, role, ssh_pubkey,              admins                          leader
- *                  principals?[], ttl_ms?, tls_pubkey?}
- *                 -> {ssh_cert, tls_cert?, tls_ca?}
- *   events        {from?, to?, type?, user?, sid?, limit?,           admins; (event, list)           read
- *                  newest_first?, stale?} -> {items, rev}
- *   audit_append  {rid, events[]} -> {rev}                           Auth                            leader
+ *   ping          {} -> {cluster_name, server_id, ca_pin, leader_id, auth_servers: [api addr...]}
+ *                 who: anyone; route: local
+ *   get           {kind, name, stale?} -> {res, rev}
+ *                 who: every system role; users (kind, read); route: read
+ *   list          {kind?, prefix?, limit?, stale?} -> {items, rev}
+ *                 who: every system role; users (kind, list); route: read
+ *   put           {res, rid} -> {rev}
+ *                 who: admins; users (kind, create) for a new resource, (kind, update) for an
+ *                 existing one; route: leader
+ *   create        {res, rid} -> {rev}
+ *                 who: admins; users (kind, create); route: leader
+ *   update        {res, rid} -> {rev}
+ *                 who: admins; users (kind, update); route: leader
+ *   cas           {res, rev, rid} -> {rev} (conflict: current_rev)
+ *                 who: admins; users (kind, update); route: leader
+ *   delete        {kind, name, rid} -> {rev}
+ *                 who: admins; users (kind, delete); route: leader
+ *   cdelete       {kind, name, rev, rid} -> {rev}
+ *                 who: admins; users (kind, delete); route: leader
+ *   batch         {ops: [cmd...], rid} -> {rev} (failure: failed_op)
+ *                 who: admins; users: each op as its write (put: create and update); route: leader
+ *   watch         {kinds?, prefix?, start_rev?} -> a stream of {ev, rev, kind?, name?, res?}, ev
+ *                 one of init_put, init_done, put, delete, reinit
+ *                 who: every system role; route: local
+ *   status        {} -> tctl status document
+ *                 who: every system role; users (cluster, read); route: local
+ *   member_status {} -> this server's own Raft view
+ *                 who: every system role; users (cluster, read); route: local
+ *   token_add     {type, ttl_ms} -> {token, type, expires, ca_pin}
+ *                 who: admins; users (token, create), node and proxy tokens only; route: leader
+ *   join          {token, type, host_id, nodename, raft_id, raft_addr, api_addr, host_pubkey,
+ *                 admin_pubkey} -> {host_cert, admin_cert, ca_cert, cluster_name}
+ *                 who: anyone (the token decides); route: leader
+ *   member_rm     {id} -> {}
+ *                 who: admins; route: leader
+ *   user_add      {name, roles[], logins?[], ttl_ms?} -> {token, expires, user} (an invite)
+ *                 who: admins; users (user, create); route: leader
+ *   user_update   {name, roles[]} -> {}
+ *                 who: admins; users (user, update); route: leader
+ *   user_rm       {name} -> {}
+ *                 who: admins; users (user, delete); route: leader
+ *   user_reset    {name, ttl_ms?} -> {token, expires} (a new invite)
+ *                 who: admins; users (user, update); route: leader
+ *   invite_redeem {token, password, totp_secret?, totp_code?} -> {}
+ *                 who: anyone (the invite decides); route: leader
+ *   sign_user     {user, ssh_pubkey, tls_pubkey?, ttl_ms?} -> {ssh_cert, expires, tls_cert?,
+ *                 tls_ca?, ssh_refused?}
+ *                 who: admins; route: leader
+ *   authenticate  {user, password, totp_code?, ssh_pubkey, tls_pubkey?, ttl_ms?} -> as sign_user
+ *                 who: anyone (the password decides); route: own
+ *   sign_host     {host_id, nodename, role, ssh_pubkey, principals?[], ttl_ms?, tls_pubkey?} ->
+ *                 {ssh_cert, tls_cert?, tls_ca?}
+ *                 who: admins; route: leader
+ *   events        {from?, to?, type?, user?, sid?, limit?, newest_first?, stale?} -> {items, rev}
+ *                 who: admins; users (event, list); route: read
+ *   audit_append  {rid, events[]} -> {rev}
+ *                 who: Auth; route: leader
  *
  * ssh_pubkey is an authorized_keys line (Ed25519, ECDSA or RSA >= 2048 bits);
  * tls_pubkey a "PUBLIC KEY" PEM of a P-256 key with an uncompressed point.

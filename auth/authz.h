@@ -27,7 +27,7 @@ struct rbac_set;
 #define AUTH_SYS(role) (1u << (role))
 #define AUTH_SYS_ADMINS (AUTH_SYS(RP_SYS_ADMIN) | AUTH_SYS(RP_SYS_AUTH))
 #define AUTH_SYS_ALL                                                                               \
-    (AUTH_SYS(RP_SYS_ADMIN) | AUTH_SYS(RP_SYS_AUTH) | AUTH_SYS(RP_SYS_NODE) |                     \
+    (AUTH_SYS(RP_SYS_ADMIN) | AUTH_SYS(RP_SYS_AUTH) | AUTH_SYS(RP_SYS_NODE) |                      \
      AUTH_SYS(RP_SYS_PROXY))
 
 /* auth_method.resource for methods whose resource is the kind the request names
@@ -51,13 +51,13 @@ struct auth_method {
     int (*handler)(struct auth_req *r, struct rp_buf *out);
     bool stream;
     /* Who may call. */
-    bool anonymous;        /* anyone, with or without a certificate */
-    unsigned system;       /* AUTH_SYS() bits of the system roles that may call it */
-    const char *resource;  /* users: the rule's resource (AUTH_RES_OF_REQUEST: the
-                              request's kind); NULL: not for user identities */
-    const char *verb;      /* users: the rule's verb ("put" decides create or update) */
+    bool anonymous;       /* anyone, with or without a certificate */
+    unsigned system;      /* AUTH_SYS() bits of the system roles that may call it */
+    const char *resource; /* users: the rule's resource (AUTH_RES_OF_REQUEST: the
+                             request's kind); NULL: not for user identities */
+    const char *verb;     /* users: the rule's verb ("put" decides create or update) */
     enum auth_route route;
-    const char *audit;     /* event type a successful call writes; NULL for reads */
+    const char *audit; /* event type a successful call writes; NULL for reads */
 };
 
 /* The table, in the order auth/auth.h lists it. */

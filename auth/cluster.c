@@ -58,8 +58,8 @@ static void pack_auth_server(msgpack_packer *pk, const char *host_id, const char
 static int propose_puts(struct auth_server *s, const char *rid, const struct rp_buf *ops,
                         uint32_t n_ops)
 {
-    struct state_cmd c = {.op = "batch", .rid = rid, .ops = ops->data, .ops_len = ops->len,
-                          .n_ops = n_ops};
+    struct state_cmd c = {
+        .op = "batch", .rid = rid, .ops = ops->data, .ops_len = ops->len, .n_ops = n_ops};
     return auth_propose_cmd(s, &c, NULL);
 }
 
@@ -612,7 +612,8 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     if (role == NULL)
         return rp_err(RP_EINVAL, "unknown join type '%s', expected auth, node or proxy", type);
     if (!valid_host_id(host_id) || !valid_host_id(nodename))
-        return rp_err(RP_EINVAL, "host_id and nodename may hold only letters, digits, '.', '-', '_'");
+        return rp_err(RP_EINVAL,
+                      "host_id and nodename may hold only letters, digits, '.', '-', '_'");
     bool is_auth = strcmp(type, "auth") == 0;
     if (is_auth) {
         if ((rv = auth_arg_str(r->args, "raft_addr", raft_addr, sizeof raft_addr, true)) != 0 ||
@@ -654,9 +655,9 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
             if (same_id && same_addr) {
                 already_member = true; /* a retried join whose answer was lost */
             } else if (same_id || same_addr) {
-                rv = rp_err(RP_EEXISTS, "raft id %llu or address %s is already used by member %llu (%s)",
-                            (unsigned long long)raft_id, raft_addr, (unsigned long long)m->id,
-                            m->address);
+                rv = rp_err(
+                    RP_EEXISTS, "raft id %llu or address %s is already used by member %llu (%s)",
+                    (unsigned long long)raft_id, raft_addr, (unsigned long long)m->id, m->address);
                 goto out;
             }
         }
@@ -674,22 +675,30 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
             sans[n_sans++] = raft_host;
     }
     char *groups[1] = {(char *)role};
-    struct rp_identity hid = {.name = host_id, .groups = groups, .n_groups = 1,
+    struct rp_identity hid = {.name = host_id,
+                              .groups = groups,
+                              .n_groups = 1,
                               .cluster = s->id.cluster_name,
-                              .system_role = rp_system_role_from_name(role), .host_id = host_id};
+                              .system_role = rp_system_role_from_name(role),
+                              .host_id = host_id};
     /* Host identities are long-lived, renewed by CA rotation (Teleport does the same); a
      * removed host is cut off by the lock on its host id, not by expiry. */
-    if ((rv = auth_sign_identity(s, host_spki, &hid, sans, n_sans, AUTH_HOST_TTL_S, &host_pem)) != 0)
+    if ((rv = auth_sign_identity(s, host_spki, &hid, sans, n_sans, AUTH_HOST_TTL_S, &host_pem)) !=
+        0)
         goto out;
     if (is_auth) {
         char *admin_groups[1] = {RP_ROLE_ADMIN};
         char admin_name[300];
         snprintf(admin_name, sizeof admin_name, "admin@%s", nodename);
-        struct rp_identity aid = {.name = admin_name, .groups = admin_groups, .n_groups = 1,
-                                  .cluster = s->id.cluster_name, .system_role = RP_SYS_ADMIN,
+        struct rp_identity aid = {.name = admin_name,
+                                  .groups = admin_groups,
+                                  .n_groups = 1,
+                                  .cluster = s->id.cluster_name,
+                                  .system_role = RP_SYS_ADMIN,
                                   .host_id = host_id};
         if ((rv = auth_sign_identity(s, admin_spki, &aid, NULL, 0,
-                                     (long)(s->cfg->admin_identity_ttl_ms / 1000), &admin_pem)) != 0)
+                                     (long)(s->cfg->admin_identity_ttl_ms / 1000), &admin_pem)) !=
+            0)
             goto out;
     }
 
@@ -741,8 +750,9 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         } while (rp_mono_ms() < deadline);
         if (rv != 0)
             goto out;
-        rp_info("auth", "auth server %s joined as spare %llu at %s; it becomes a voter once caught up",
-                who, (unsigned long long)raft_id, raft_addr);
+        rp_info("auth",
+                "auth server %s joined as spare %llu at %s; it becomes a voter once caught up", who,
+                (unsigned long long)raft_id, raft_addr);
     } else {
         rp_info("auth", "%s joined", who);
     }
@@ -760,16 +770,16 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         char extra_buf[16][256];
         size_t n_extra = 0;
         const msgpack_object *ap = rp_mp_get(r->args, "principals");
-        for (uint32_t i = 0; ap && ap->type == MSGPACK_OBJECT_ARRAY && i < ap->via.array.size &&
-                             n_extra < 16;
+        for (uint32_t i = 0;
+             ap && ap->type == MSGPACK_OBJECT_ARRAY && i < ap->via.array.size && n_extra < 16;
              i++) {
             const msgpack_object *o = &ap->via.array.ptr[i];
             if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253) {
                 rv = rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
                 goto out;
             }
-            snprintf(extra_buf[n_extra], sizeof extra_buf[n_extra], "%.*s",
-                     (int)o->via.str.size, o->via.str.ptr);
+            snprintf(extra_buf[n_extra], sizeof extra_buf[n_extra], "%.*s", (int)o->via.str.size,
+                     o->via.str.ptr);
             extra[n_extra] = extra_buf[n_extra];
             n_extra++;
         }
@@ -918,8 +928,8 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out)
         struct state_result sr;
         char rid[33];
         auth_new_rid(rid);
-        struct state_cmd c = {.op = "delete", .rid = rid, .kind = AUTH_KIND_AUTH_SERVER,
-                              .name = nb.names[i]};
+        struct state_cmd c = {
+            .op = "delete", .rid = rid, .kind = AUTH_KIND_AUTH_SERVER, .name = nb.names[i]};
         rp_buf_init(&cmd);
         if (state_cmd_encode(&c, &cmd) == 0)
             auth_propose(s, cmd.data, cmd.len, &sr);

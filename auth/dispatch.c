@@ -62,8 +62,7 @@ static int h_watch(struct auth_req *r, struct rp_buf *out)
  * and for users whose roles' rules allow it. */
 static const struct auth_method methods[] = {
     {"ping", auth_h_ping, ANYONE, .route = AUTH_ROUTE_LOCAL},
-    {"get", auth_h_get, EVERY_SYSTEM, USERS(AUTH_RES_OF_REQUEST, "read"),
-     .route = AUTH_ROUTE_READ},
+    {"get", auth_h_get, EVERY_SYSTEM, USERS(AUTH_RES_OF_REQUEST, "read"), .route = AUTH_ROUTE_READ},
     {"list", auth_h_list, EVERY_SYSTEM, USERS(AUTH_RES_OF_REQUEST, "list"),
      .route = AUTH_ROUTE_READ},
     {"put", h_put, ADMINS, USERS(AUTH_RES_OF_REQUEST, "put"), .route = AUTH_ROUTE_LEADER,
@@ -76,8 +75,8 @@ static const struct auth_method methods[] = {
      .audit = "<kind>.updated"},
     {"delete", h_delete, ADMINS, USERS(AUTH_RES_OF_REQUEST, "delete"), .route = AUTH_ROUTE_LEADER,
      .audit = "<kind>.deleted"},
-    {"cdelete", h_cdelete, ADMINS, USERS(AUTH_RES_OF_REQUEST, "delete"),
-     .route = AUTH_ROUTE_LEADER, .audit = "<kind>.deleted"},
+    {"cdelete", h_cdelete, ADMINS, USERS(AUTH_RES_OF_REQUEST, "delete"), .route = AUTH_ROUTE_LEADER,
+     .audit = "<kind>.deleted"},
     {"batch", h_batch, ADMINS, USERS(AUTH_RES_OF_REQUEST, "put"), .route = AUTH_ROUTE_LEADER,
      .audit = "<kind>.created|updated|deleted"},
     {"watch", h_watch, .stream = true, EVERY_SYSTEM, .route = AUTH_ROUTE_LOCAL},
@@ -91,8 +90,8 @@ static const struct auth_method methods[] = {
      .audit = "auth_server.remove"},
     {"user_add", auth_h_user_add, ADMINS, USERS("user", "create"), .route = AUTH_ROUTE_LEADER,
      .audit = "user.create"},
-    {"user_update", auth_h_user_update, ADMINS, USERS("user", "update"),
-     .route = AUTH_ROUTE_LEADER, .audit = "user.update"},
+    {"user_update", auth_h_user_update, ADMINS, USERS("user", "update"), .route = AUTH_ROUTE_LEADER,
+     .audit = "user.update"},
     {"user_rm", auth_h_user_rm, ADMINS, USERS("user", "delete"), .route = AUTH_ROUTE_LEADER,
      .audit = "user.delete"},
     {"user_reset", auth_h_user_reset, ADMINS, USERS("user", "update"), .route = AUTH_ROUTE_LEADER,
@@ -100,8 +99,7 @@ static const struct auth_method methods[] = {
     {"invite_redeem", auth_h_invite_redeem, ANYONE, .route = AUTH_ROUTE_LEADER,
      .audit = "user.password_change"},
     {"sign_user", auth_h_sign_user, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
-    {"authenticate", auth_h_authenticate, ANYONE, .route = AUTH_ROUTE_OWN,
-     .audit = "user.login"},
+    {"authenticate", auth_h_authenticate, ANYONE, .route = AUTH_ROUTE_OWN, .audit = "user.login"},
     {"sign_host", auth_h_sign_host, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
     {"events", auth_h_events, ADMINS, USERS("event", "list"), .route = AUTH_ROUTE_READ},
     {"audit_append", auth_h_audit_append, .system = AUTH_SYS(RP_SYS_AUTH),
@@ -163,8 +161,8 @@ static int check_member(struct auth_server *s, const struct rp_identity *id)
                       id->host_id);
     }
     if (rv != 0)
-        return rp_err(RP_EDENIED, "access denied: cannot check membership of %s: %s",
-                      id->host_id, rp_errmsg());
+        return rp_err(RP_EDENIED, "access denied: cannot check membership of %s: %s", id->host_id,
+                      rp_errmsg());
     return 0;
 }
 

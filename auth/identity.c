@@ -152,11 +152,17 @@ int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cf
              (int)(strrchr(cfg->raft_listen_addr, ':') - cfg->raft_listen_addr),
              cfg->raft_listen_addr);
     const char *sans[3] = {cfg->nodename, api_host, raft_host};
-    struct rp_identity hid = {.name = id->host_id, .groups = host_groups, .n_groups = 1,
-                              .cluster = id->cluster_name, .system_role = RP_SYS_AUTH,
+    struct rp_identity hid = {.name = id->host_id,
+                              .groups = host_groups,
+                              .n_groups = 1,
+                              .cluster = id->cluster_name,
+                              .system_role = RP_SYS_AUTH,
                               .host_id = id->host_id};
-    struct rp_identity aid = {.name = admin_name, .groups = admin_groups, .n_groups = 1,
-                              .cluster = id->cluster_name, .system_role = RP_SYS_ADMIN,
+    struct rp_identity aid = {.name = admin_name,
+                              .groups = admin_groups,
+                              .n_groups = 1,
+                              .cluster = id->cluster_name,
+                              .system_role = RP_SYS_ADMIN,
                               .host_id = id->host_id};
     if ((rv = rp_tls_issue(ca_key, ca, host_key, &hid, sans, 3, AUTH_HOST_TTL_S, &host)) != 0 ||
         (rv = rp_tls_issue(ca_key, ca, admin_key, &aid, NULL, 0,
@@ -234,8 +240,8 @@ static int join_once(const struct rp_config *cfg, const char *addr, const char *
     rp_mp_kv_str(&pk, "nodename", cfg->nodename);
     rp_mp_kv_u64(&pk, "raft_id", cfg->raft_id);
     rp_mp_kv_str(&pk, "raft_addr", cfg->raft_listen_addr);
-    rp_mp_kv_str(&pk, "api_addr", cfg->auth_public_addr ? cfg->auth_public_addr
-                                                         : cfg->auth_listen_addr);
+    rp_mp_kv_str(&pk, "api_addr",
+                 cfg->auth_public_addr ? cfg->auth_public_addr : cfg->auth_listen_addr);
     rp_mp_kv_str(&pk, "host_pubkey", host_pub);
     rp_mp_kv_str(&pk, "admin_pubkey", admin_pub);
     rv = rp_conn_write_frame(&c, req.data, req.len);
@@ -262,8 +268,7 @@ static int join_once(const struct rp_config *cfg, const char *addr, const char *
     return rv;
 }
 
-int auth_identity_join(struct auth_identity *id, const struct rp_config *cfg,
-                       const char *data_dir)
+int auth_identity_join(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir)
 {
     EVP_PKEY *host_key = rp_tls_keygen(), *admin_key = rp_tls_keygen();
     char *host_pub = NULL, *admin_pub = NULL, path[1200];
@@ -389,7 +394,8 @@ int auth_admin_identity_renew(struct auth_server *s, bool force)
         }
     }
     X509_free(cert);
-    if ((rv = rp_tls_read_key(key_file, &key)) != 0 || (rv = rp_tls_pubkey_to_pem(key, &pub)) != 0 ||
+    if ((rv = rp_tls_read_key(key_file, &key)) != 0 ||
+        (rv = rp_tls_pubkey_to_pem(key, &pub)) != 0 ||
         (rv = rp_tls_pubkey_spki(pub, strlen(pub), spki)) != 0)
         goto out;
     char admin_name[300], *groups[1] = {RP_ROLE_ADMIN};

@@ -50,9 +50,9 @@ struct auth_server {
     const struct rp_config *cfg;
     char data_dir[1024];
     struct auth_identity id;
-    SSL_CTX *api_ctx;     /* server side of the API: client certs optional */
-    SSL_CTX *raft_srv_ctx;/* server side of Raft peers: client certs required */
-    SSL_CTX *peer_ctx;    /* client side towards other auth servers (our Auth identity) */
+    SSL_CTX *api_ctx;      /* server side of the API: client certs optional */
+    SSL_CTX *raft_srv_ctx; /* server side of Raft peers: client certs required */
+    SSL_CTX *peer_ctx;     /* client side towards other auth servers (our Auth identity) */
     struct state *state;
     struct raft_fsm *fsm;
     struct rp_node *node;
@@ -60,13 +60,13 @@ struct auth_server {
     pthread_t duty_thread;
     atomic_bool stopping;
 
-    struct auth_fwd_pool *fwd; /* auth/forward.c: connections to the leader */
-    struct auth_ca_cache *ca; /* auth/ca_cache.c: CA private keys by revision */
-    struct auth_role_cache *roles; /* auth/role_cache.c: parsed roles, shared */
+    struct auth_fwd_pool *fwd;       /* auth/forward.c: connections to the leader */
+    struct auth_ca_cache *ca;        /* auth/ca_cache.c: CA private keys by revision */
+    struct auth_role_cache *roles;   /* auth/role_cache.c: parsed roles, shared */
     struct auth_issue_cache *issued; /* auth/certs.c: what users' certificates say */
     bool low_disk_warned;
-    struct auth_audit *audit; /* auth/audit.c */
-    struct auth_locks *locks; /* auth/locks.c */
+    struct auth_audit *audit;       /* auth/audit.c */
+    struct auth_locks *locks;       /* auth/locks.c */
     struct auth_login_guard *login; /* auth/login_guard.c: password-login limits */
 };
 
@@ -74,14 +74,14 @@ struct auth_server {
 struct auth_req {
     struct auth_server *srv;
     const msgpack_object *args;
-    const void *raw;   /* the request frame, for forwarding */
+    const void *raw; /* the request frame, for forwarding */
     size_t raw_len;
     struct rp_identity *caller; /* NULL: no client certificate */
-    bool from_peer;   /* the connection is from another auth server */
+    bool from_peer;             /* the connection is from another auth server */
     struct rp_conn *conn;
     const char *remote; /* the original client's address (forwarded: as the follower saw it) */
     const struct auth_method *method; /* its row of the method table (auth/authz.h) */
-    const char *write_op; /* "put" by a user allowed one of create/update: that one */
+    const char *write_op;             /* "put" by a user allowed one of create/update: that one */
 };
 
 /* Serves one request frame from connection @c (whose verified client identity is
@@ -122,8 +122,7 @@ void auth_reply_ok(struct rp_mp_map *m, msgpack_packer *pk, struct rp_buf *out);
  * 0) and its "spec" map @spec, which the caller fills; auth_resource_end closes
  * both (auth/cluster.c). */
 void auth_resource_begin(msgpack_packer *pk, struct rp_mp_map *res, struct rp_mp_map *spec,
-                         const char *kind, const char *version, const char *name,
-                         uint64_t expires);
+                         const char *kind, const char *version, const char *name, uint64_t expires);
 void auth_resource_end(struct rp_mp_map *res, struct rp_mp_map *spec);
 
 /* Reads need the leader unless the caller asked for a stale read: 1 if the request
@@ -181,8 +180,8 @@ int auth_h_member_rm(struct auth_req *r, struct rp_buf *out);
 /* Proposes @cmd through Raft on this (leader) server after the disk-space check. */
 int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct state_result *res);
 /* auth_propose, and the term this server appended and committed the entry in. */
-int auth_propose_term(struct auth_server *s, const void *cmd, size_t len,
-                      struct state_result *res, uint64_t *term);
+int auth_propose_term(struct auth_server *s, const void *cmd, size_t len, struct state_result *res,
+                      uint64_t *term);
 /* Encodes @c and proposes it (auth_propose); a command that applied with an error
  * (conflict, exists, ...) is returned as that error. @sr may be NULL. */
 struct state_cmd;
@@ -202,7 +201,8 @@ void auth_fwd_pool_free(struct auth_fwd_pool *p);
 
 /* Identity files (auth/identity.c). */
 int auth_identity_load(struct auth_identity *id, const char *data_dir);
-int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
+int auth_identity_bootstrap(struct auth_identity *id, const struct rp_config *cfg,
+                            const char *data_dir);
 int auth_identity_join(struct auth_identity *id, const struct rp_config *cfg, const char *data_dir);
 void auth_identity_free(struct auth_identity *id);
 /* Re-issues data_dir/keys/admin.crt (same key, admin_identity_ttl) once less than half

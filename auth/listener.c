@@ -99,14 +99,14 @@ struct auth_listener {
 
     /* Between the loop and the threads, under mu. */
     pthread_mutex_t mu;
-    pthread_cond_t work_cv; /* work queue not empty, or stopping */
-    pthread_cond_t idle_cv; /* busy went down */
-    struct lqueue work;     /* frames to serve from peers with a certificate */
-    struct lqueue work_anon; /* frames from anonymous peers (ping, join, logins) */
-    unsigned anon_serving;  /* workers busy with an anonymous frame */
+    pthread_cond_t work_cv;              /* work queue not empty, or stopping */
+    pthread_cond_t idle_cv;              /* busy went down */
+    struct lqueue work;                  /* frames to serve from peers with a certificate */
+    struct lqueue work_anon;             /* frames from anonymous peers (ping, join, logins) */
+    unsigned anon_serving;               /* workers busy with an anonymous frame */
     uint64_t busy_count, busy_logged_ms; /* anonymous frames answered "busy" (under mu) */
-    struct lqueue back;     /* connections handed back to the loop */
-    unsigned busy;          /* workers and watch threads alive */
+    struct lqueue back;                  /* connections handed back to the loop */
+    unsigned busy;                       /* workers and watch threads alive */
     unsigned n_watches;
 
     atomic_ullong stat_accepted, stat_refused, stat_evicted, stat_timed_out;
@@ -736,8 +736,9 @@ static void answer_busy(struct auth_listener *l, struct lconn *lc, struct rp_buf
     }
     pthread_mutex_unlock(&l->mu);
     if (n > 0)
-        rp_warn("auth", "%llu requests without a client certificate answered busy after waiting "
-                        "%u ms for a worker (logged at most once a minute)",
+        rp_warn("auth",
+                "%llu requests without a client certificate answered busy after waiting "
+                "%u ms for a worker (logged at most once a minute)",
                 (unsigned long long)n, l->lim.anon_wait_ms);
     give_back(l, lc);
 }

@@ -163,8 +163,8 @@ static bool lock_applies(const struct lock_entry *e, const struct rp_identity *i
         return false;
     if (e->server_id[0] && !(!user && strcmp(e->server_id, id->host_id) == 0))
         return false;
-    if (e->node[0] && !(!user && (strcmp(e->node, id->host_id) == 0 ||
-                                  strcmp(e->node, id->name) == 0)))
+    if (e->node[0] &&
+        !(!user && (strcmp(e->node, id->host_id) == 0 || strcmp(e->node, id->name) == 0)))
         return false;
     /* Access requests do not exist yet: a lock on one matches no identity today. */
     if (e->access_request[0])

@@ -89,7 +89,8 @@ static const char *re2_to_ere(const char *re, struct rp_buf *out)
         }
         /* A quantifier right after another ("a++", "a*{2}"): RE2 refuses it, and glibc's
          * regcomp copies its tree for each, so twenty of them take gigabytes. */
-        bool quant = ch == '*' || ch == '+' || ch == '?' || (ch == '{' && isdigit((unsigned char)next));
+        bool quant =
+            ch == '*' || ch == '+' || ch == '?' || (ch == '{' && isdigit((unsigned char)next));
         if (quant && after_quant)
             return "nested repetition operators (a++, a*{2}) are not supported";
         bool closes_count = ch == '}' && in_count;

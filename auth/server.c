@@ -57,9 +57,8 @@ static void *duty_main(void *arg)
         nanosleep(&ts, NULL);
         /* Every member renews its own admin identity; it needs the CA from the state,
          * so until the state has one this fails and is tried again. */
-        uint64_t renew_every = s->cfg->admin_identity_ttl_ms / 8 < 30000
-                                   ? s->cfg->admin_identity_ttl_ms / 8
-                                   : 30000;
+        uint64_t renew_every =
+            s->cfg->admin_identity_ttl_ms / 8 < 30000 ? s->cfg->admin_identity_ttl_ms / 8 : 30000;
         if (s->id.ca_key_pending == NULL && rp_mono_ms() - last_admin_renew >= renew_every) {
             last_admin_renew = rp_mono_ms();
             if (auth_admin_identity_renew(s, false) != 0)
@@ -260,26 +259,25 @@ err_node:
     audit_stop(s);
     audit_free(s);
     rp_node_stop(s->node);
-err:
-    {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", rp_errmsg());
-        auth_listener_free(s->api);
-        auth_locks_free(s->locks);
-        if (s->state)
-            state_close(s->state);
-        free(s->fsm);
-        SSL_CTX_free(s->api_ctx);
-        SSL_CTX_free(s->raft_srv_ctx);
-        SSL_CTX_free(s->peer_ctx);
-        auth_identity_free(&s->id);
-        auth_fwd_pool_free(s->fwd);
-        auth_issue_cache_free(s->issued);
-        auth_role_cache_free(s->roles);
-        auth_ca_cache_free(s->ca);
-        free(s);
-        rp_err(rv, "%s", msg);
-    }
+err : {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", rp_errmsg());
+    auth_listener_free(s->api);
+    auth_locks_free(s->locks);
+    if (s->state)
+        state_close(s->state);
+    free(s->fsm);
+    SSL_CTX_free(s->api_ctx);
+    SSL_CTX_free(s->raft_srv_ctx);
+    SSL_CTX_free(s->peer_ctx);
+    auth_identity_free(&s->id);
+    auth_fwd_pool_free(s->fwd);
+    auth_issue_cache_free(s->issued);
+    auth_role_cache_free(s->roles);
+    auth_ca_cache_free(s->ca);
+    free(s);
+    rp_err(rv, "%s", msg);
+}
     return rv;
 }
 

@@ -25,8 +25,8 @@ int auth_propose(struct auth_server *s, const void *cmd, size_t len, struct stat
     return auth_propose_term(s, cmd, len, res, NULL);
 }
 
-int auth_propose_term(struct auth_server *s, const void *cmd, size_t len,
-                      struct state_result *res, uint64_t *term)
+int auth_propose_term(struct auth_server *s, const void *cmd, size_t len, struct state_result *res,
+                      uint64_t *term)
 {
     uint64_t free_bytes = 0;
     if (rp_disk_free(s->data_dir, &free_bytes, NULL) == 0 && free_bytes < s->cfg->min_free_disk) {
@@ -47,8 +47,7 @@ int auth_propose_term(struct auth_server *s, const void *cmd, size_t len,
         return rv;
     memset(res, 0, sizeof *res);
     res->code = RP_EUNKNOWN;
-    rv = rp_node_apply_term(s->node, cmd, len, AUTH_APPLY_TIMEOUT_MS, copy_state_result, res,
-                            term);
+    rv = rp_node_apply_term(s->node, cmd, len, AUTH_APPLY_TIMEOUT_MS, copy_state_result, res, term);
     if (rv == RP_EUNKNOWN)
         return rp_err(RP_EUNKNOWN,
                       "leadership changed before the write was confirmed: it may or may not "
@@ -182,8 +181,9 @@ int auth_h_list(struct auth_req *r, struct rp_buf *out)
     rv = state_list(r->srv->state, kind[0] ? kind : NULL, prefix[0] ? prefix : NULL,
                     limit > 100000 ? 100000 : (unsigned)limit, list_cb, &lc, &rev);
     if (rv == 0 && lc.items.len > RP_FRAME_MAX - 4096)
-        rv = rp_err(RP_ETOOBIG, "answer of %zu bytes exceeds the frame limit: use a limit or prefix",
-                    lc.items.len);
+        rv =
+            rp_err(RP_ETOOBIG, "answer of %zu bytes exceeds the frame limit: use a limit or prefix",
+                   lc.items.len);
     if (rv == 0) {
         msgpack_packer pk;
         struct rp_mp_map m;

@@ -165,9 +165,11 @@ int jepsen_plot_latency(const struct jepsen_history *h, const char *title, struc
         double l = (double)(c->time - op->time) / 1e9;
         if (l <= 0)
             l = lmin;
-        const char *color = c->type == JEPSEN_OK ? "#2a2" : c->type == JEPSEN_FAIL ? "#d22" : "#f90";
-        rp_buf_printf(out, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"1.6\" fill=\"%s\"/>\n",
-                      X(op->time), Y(l), color);
+        const char *color = c->type == JEPSEN_OK     ? "#2a2"
+                            : c->type == JEPSEN_FAIL ? "#d22"
+                                                     : "#f90";
+        rp_buf_printf(out, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"1.6\" fill=\"%s\"/>\n", X(op->time),
+                      Y(l), color);
     }
 #undef X
 #undef Y

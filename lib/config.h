@@ -63,51 +63,51 @@ struct rp_config_label {
 };
 
 struct rp_config {
-    char *path;              /* file it came from (NULL when built from flags only) */
+    char *path; /* file it came from (NULL when built from flags only) */
     /* teleport: */
-    char *nodename;          /* default: gethostname() */
-    char *data_dir;          /* default: /var/lib/raftport */
-    char *auth_server;       /* host:port */
-    char *ca_pin;            /* "sha256:<64 hex>" */
-    char *join_token;        /* join_params.token_name */
-    char *log_severity;      /* default "INFO" */
+    char *nodename;     /* default: gethostname() */
+    char *data_dir;     /* default: /var/lib/raftport */
+    char *auth_server;  /* host:port */
+    char *ca_pin;       /* "sha256:<64 hex>" */
+    char *join_token;   /* join_params.token_name */
+    char *log_severity; /* default "INFO" */
     /* auth_service: */
     bool auth_enabled;
     char *cluster_name;
-    char *auth_listen_addr;  /* default 0.0.0.0:3025 */
-    char *auth_public_addr;  /* default: auth_listen_addr (0.0.0.0 replaced by 127.0.0.1,
-                              * [::] by [::1]) unless auth_public_addr_set */
-    bool auth_public_addr_set; /* public_addr came from the file (or a flag: set it then) */
-    uint64_t min_free_disk;  /* bytes; default 64 MiB */
-    uint64_t audit_retention_ms; /* default one year */
-    unsigned max_login_attempts; /* default 5 */
-    unsigned lockout_ms;         /* default 30 minutes */
-    uint64_t max_session_ttl_ms; /* user certificate ceiling; default 30 hours */
+    char *auth_listen_addr;         /* default 0.0.0.0:3025 */
+    char *auth_public_addr;         /* default: auth_listen_addr (0.0.0.0 replaced by 127.0.0.1,
+                                     * [::] by [::1]) unless auth_public_addr_set */
+    bool auth_public_addr_set;      /* public_addr came from the file (or a flag: set it then) */
+    uint64_t min_free_disk;         /* bytes; default 64 MiB */
+    uint64_t audit_retention_ms;    /* default one year */
+    unsigned max_login_attempts;    /* default 5 */
+    unsigned lockout_ms;            /* default 30 minutes */
+    uint64_t max_session_ttl_ms;    /* user certificate ceiling; default 30 hours */
     uint64_t admin_identity_ttl_ms; /* keys/admin.crt lifetime; default 8 hours, 1m to 24h */
     /* Password logins (auth/login_guard.c): the hashing pool and the rate limits. */
-    unsigned password_hash_workers;  /* default 0: min(2, cores); at most 64 */
-    unsigned password_hash_queue;    /* default 64; at most 100000 */
-    unsigned password_hash_wait_ms;  /* default 2000; 1 ms to 60 s */
-    unsigned login_rate_per_address; /* per minute, default 20 (Teleport's unauthenticated rate) */
-    unsigned login_burst_per_address;/* default 40 */
-    unsigned login_rate_per_user;    /* per minute, default 10 */
-    unsigned login_burst_per_user;   /* default 20 */
-    uint64_t raft_id;        /* required when auth is enabled */
-    char *raft_listen_addr;  /* default 0.0.0.0:3030; must be an IPv4 "a.b.c.d:port" */
-    unsigned election_timeout_ms;  /* default 1000 */
-    unsigned heartbeat_timeout_ms; /* default 100 */
-    unsigned snapshot_threshold;   /* default 1024 */
-    unsigned snapshot_trailing;    /* default 8192; must be >= threshold */
+    unsigned password_hash_workers;   /* default 0: min(2, cores); at most 64 */
+    unsigned password_hash_queue;     /* default 64; at most 100000 */
+    unsigned password_hash_wait_ms;   /* default 2000; 1 ms to 60 s */
+    unsigned login_rate_per_address;  /* per minute, default 20 (Teleport's unauthenticated rate) */
+    unsigned login_burst_per_address; /* default 40 */
+    unsigned login_rate_per_user;     /* per minute, default 10 */
+    unsigned login_burst_per_user;    /* default 20 */
+    uint64_t raft_id;                 /* required when auth is enabled */
+    char *raft_listen_addr;           /* default 0.0.0.0:3030; must be an IPv4 "a.b.c.d:port" */
+    unsigned election_timeout_ms;     /* default 1000 */
+    unsigned heartbeat_timeout_ms;    /* default 100 */
+    unsigned snapshot_threshold;      /* default 1024 */
+    unsigned snapshot_trailing;       /* default 8192; must be >= threshold */
     /* proxy_service / ssh_service. A service section present in the file turns the
      * service on unless it says "enabled: no"; an absent section leaves it off. */
     bool proxy_enabled;
-    char *web_listen_addr;   /* default 0.0.0.0:3080 */
-    char *tunnel_listen_addr;/* default 0.0.0.0:3024 */
-    char *proxy_listen_addr; /* proxy_service.listen_addr (SSH proxy); default 0.0.0.0:3023 */
-    char *proxy_public_addr; /* proxy_service.public_addr; NULL unless set */
+    char *web_listen_addr;    /* default 0.0.0.0:3080 */
+    char *tunnel_listen_addr; /* default 0.0.0.0:3024 */
+    char *proxy_listen_addr;  /* proxy_service.listen_addr (SSH proxy); default 0.0.0.0:3023 */
+    char *proxy_public_addr;  /* proxy_service.public_addr; NULL unless set */
     bool ssh_enabled;
-    char *ssh_listen_addr;   /* default 0.0.0.0:3022 */
-    char *ssh_public_addr;   /* ssh_service.public_addr; NULL unless set */
+    char *ssh_listen_addr;              /* default 0.0.0.0:3022 */
+    char *ssh_public_addr;              /* ssh_service.public_addr; NULL unless set */
     struct rp_config_label *ssh_labels; /* ssh_service.labels, in file order */
     size_t ssh_n_labels;
 };

@@ -22,11 +22,11 @@
 struct rp_conn {
     int fd;
     SSL *ssl;
-    size_t max_frame;  /* frames written and read are 1..max_frame bytes */
-    size_t max_read;   /* if not 0, a lower limit for frames read (see rp_conn_accept) */
-    int timeout_ms;    /* as set by rp_conn_set_timeout (0: none) */
-    int nonblocking;   /* the socket is non-blocking: reads and writes wait with poll() */
-    char peer[64];     /* "ip:port", for messages */
+    size_t max_frame; /* frames written and read are 1..max_frame bytes */
+    size_t max_read;  /* if not 0, a lower limit for frames read (see rp_conn_accept) */
+    int timeout_ms;   /* as set by rp_conn_set_timeout (0: none) */
+    int nonblocking;  /* the socket is non-blocking: reads and writes wait with poll() */
+    char peer[64];    /* "ip:port", for messages */
 };
 
 /* Parses "host:port" (IPv4 dotted quad, "localhost", or [v6]) into a sockaddr. */

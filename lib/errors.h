@@ -10,23 +10,23 @@
 
 enum {
     RP_OK = 0,
-    RP_ENOMEM = -1,      /* allocation failed */
-    RP_EINVAL = -2,      /* malformed input: frame, command, config, resource */
-    RP_EIO = -3,         /* local I/O failed (disk, socket) */
-    RP_ENOTFOUND = -4,   /* no such resource, member, token */
-    RP_EEXISTS = -5,     /* create of a present resource */
-    RP_ECONFLICT = -6,   /* compare-and-swap or conditional delete on a stale revision */
-    RP_ETIMEDOUT = -7,   /* deadline passed before an answer */
-    RP_ENOTLEADER = -8,  /* this server does not lead and could not forward */
-    RP_EUNKNOWN = -9,    /* the write may or may not have been applied (leadership lost) */
-    RP_EDENIED = -10,    /* the caller's identity is not allowed to do this */
-    RP_EPROTO = -11,     /* peer spoke a protocol we do not accept */
-    RP_ENOSPC = -12,     /* data_dir is too full to accept writes */
+    RP_ENOMEM = -1,        /* allocation failed */
+    RP_EINVAL = -2,        /* malformed input: frame, command, config, resource */
+    RP_EIO = -3,           /* local I/O failed (disk, socket) */
+    RP_ENOTFOUND = -4,     /* no such resource, member, token */
+    RP_EEXISTS = -5,       /* create of a present resource */
+    RP_ECONFLICT = -6,     /* compare-and-swap or conditional delete on a stale revision */
+    RP_ETIMEDOUT = -7,     /* deadline passed before an answer */
+    RP_ENOTLEADER = -8,    /* this server does not lead and could not forward */
+    RP_EUNKNOWN = -9,      /* the write may or may not have been applied (leadership lost) */
+    RP_EDENIED = -10,      /* the caller's identity is not allowed to do this */
+    RP_EPROTO = -11,       /* peer spoke a protocol we do not accept */
+    RP_ENOSPC = -12,       /* data_dir is too full to accept writes */
     RP_EUNAVAILABLE = -13, /* no auth server could be reached / no leader */
-    RP_ECLOSED = -14,    /* connection or object closed */
-    RP_ETOOBIG = -15,    /* frame or value larger than the limit */
-    RP_EBUSY = -16,      /* another change is in flight; retry later */
-    RP_ETLS = -17,       /* TLS handshake or certificate check failed */
+    RP_ECLOSED = -14,      /* connection or object closed */
+    RP_ETOOBIG = -15,      /* frame or value larger than the limit */
+    RP_EBUSY = -16,        /* another change is in flight; retry later */
+    RP_ETLS = -17,         /* TLS handshake or certificate check failed */
 };
 
 /* Stable lower-case name of @code ("not_found", "conflict", ...), used on the wire. */

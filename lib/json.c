@@ -92,9 +92,9 @@ static int emit(struct rp_buf *out, const msgpack_object *o, int indent, int dep
         return rp_json_str(out, o->via.str.ptr, o->via.str.size);
     case MSGPACK_OBJECT_BIN:
     case MSGPACK_OBJECT_EXT: {
-        const unsigned char *p = (const unsigned char *)(o->type == MSGPACK_OBJECT_BIN
-                                                             ? o->via.bin.ptr
-                                                             : o->via.ext.ptr);
+        const unsigned char *p =
+            (const unsigned char *)(o->type == MSGPACK_OBJECT_BIN ? o->via.bin.ptr
+                                                                  : o->via.ext.ptr);
         uint32_t n = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.size : o->via.ext.size;
         rv = rp_buf_append(out, "\"", 1);
         for (uint32_t i = 0; i < n && rv == 0; i++)

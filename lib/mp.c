@@ -193,7 +193,7 @@ int rp_mp_validate(const void *data, size_t len)
         uint8_t t;
         if (rp_rd_u8(&r, &t) != 0)
             return rp_err(RP_EINVAL, "msgpack truncated at offset %zu of %zu", at, len);
-        uint64_t n = 0;       /* payload bytes to skip */
+        uint64_t n = 0; /* payload bytes to skip */
         uint64_t children = 0;
         int rv = 0;
         if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
@@ -206,27 +206,81 @@ int rp_mp_validate(const void *data, size_t len)
             n = t & 0x1f;
         } else {
             switch (t) {
-            case 0xc4: case 0xd9: rv = read_len(&r, 1, &n); break;
-            case 0xc5: case 0xda: rv = read_len(&r, 2, &n); break;
-            case 0xc6: case 0xdb: rv = read_len(&r, 4, &n); break;
-            case 0xc7: rv = read_len(&r, 1, &n); n += 1; break;
-            case 0xc8: rv = read_len(&r, 2, &n); n += 1; break;
-            case 0xc9: rv = read_len(&r, 4, &n); n += 1; break;
-            case 0xca: n = 4; break;
-            case 0xcb: n = 8; break;
-            case 0xcc: case 0xd0: n = 1; break;
-            case 0xcd: case 0xd1: n = 2; break;
-            case 0xce: case 0xd2: n = 4; break;
-            case 0xcf: case 0xd3: n = 8; break;
-            case 0xd4: n = 2; break;
-            case 0xd5: n = 3; break;
-            case 0xd6: n = 5; break;
-            case 0xd7: n = 9; break;
-            case 0xd8: n = 17; break;
-            case 0xdc: rv = read_len(&r, 2, &children); break;
-            case 0xdd: rv = read_len(&r, 4, &children); break;
-            case 0xde: rv = read_len(&r, 2, &children); children *= 2; break;
-            case 0xdf: rv = read_len(&r, 4, &children); children *= 2; break;
+            case 0xc4:
+            case 0xd9:
+                rv = read_len(&r, 1, &n);
+                break;
+            case 0xc5:
+            case 0xda:
+                rv = read_len(&r, 2, &n);
+                break;
+            case 0xc6:
+            case 0xdb:
+                rv = read_len(&r, 4, &n);
+                break;
+            case 0xc7:
+                rv = read_len(&r, 1, &n);
+                n += 1;
+                break;
+            case 0xc8:
+                rv = read_len(&r, 2, &n);
+                n += 1;
+                break;
+            case 0xc9:
+                rv = read_len(&r, 4, &n);
+                n += 1;
+                break;
+            case 0xca:
+                n = 4;
+                break;
+            case 0xcb:
+                n = 8;
+                break;
+            case 0xcc:
+            case 0xd0:
+                n = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                n = 2;
+                break;
+            case 0xce:
+            case 0xd2:
+                n = 4;
+                break;
+            case 0xcf:
+            case 0xd3:
+                n = 8;
+                break;
+            case 0xd4:
+                n = 2;
+                break;
+            case 0xd5:
+                n = 3;
+                break;
+            case 0xd6:
+                n = 5;
+                break;
+            case 0xd7:
+                n = 9;
+                break;
+            case 0xd8:
+                n = 17;
+                break;
+            case 0xdc:
+                rv = read_len(&r, 2, &children);
+                break;
+            case 0xdd:
+                rv = read_len(&r, 4, &children);
+                break;
+            case 0xde:
+                rv = read_len(&r, 2, &children);
+                children *= 2;
+                break;
+            case 0xdf:
+                rv = read_len(&r, 4, &children);
+                children *= 2;
+                break;
             default:
                 return rp_err(RP_EINVAL, "msgpack: invalid type byte 0x%02x at offset %zu", t, at);
             }

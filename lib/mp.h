@@ -20,7 +20,7 @@
 /* A packer that appends to @b. */
 void rp_mp_packer_init(msgpack_packer *pk, struct rp_buf *b);
 
-void rp_mp_pack_str(msgpack_packer *pk, const char *s);     /* NULL packs nil */
+void rp_mp_pack_str(msgpack_packer *pk, const char *s); /* NULL packs nil */
 void rp_mp_pack_strn(msgpack_packer *pk, const char *s, size_t n);
 void rp_mp_kv_str(msgpack_packer *pk, const char *key, const char *val);
 void rp_mp_kv_u64(msgpack_packer *pk, const char *key, uint64_t val);

@@ -336,8 +336,7 @@ static int argon2id_raw(const struct rp_password_params *pp, const char *pw, siz
 
 static void b64_append(char *out, size_t *pos, const uint8_t *p, size_t n)
 {
-    static const char digits[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     uint32_t acc = 0;
     unsigned bits = 0;
     for (size_t i = 0; i < n; i++) {

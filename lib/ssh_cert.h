@@ -67,8 +67,8 @@ struct rp_ssh_cert {
     uint32_t type;  /* in: RP_SSH_CERT_USER or RP_SSH_CERT_HOST */
     uint8_t *nonce; /* in: NULL = 32 fresh random bytes */
     size_t nonce_len;
-    EVP_PKEY *key;                /* in: the subject public key, or: */
-    const uint8_t *key_blob;      /* in: its public blob, from rp_ssh_pubkey_blob_check */
+    EVP_PKEY *key;           /* in: the subject public key, or: */
+    const uint8_t *key_blob; /* in: its public blob, from rp_ssh_pubkey_blob_check */
     size_t key_blob_len;
     enum rp_ssh_keytype key_type; /* parse: the subject key's type */
     uint64_t serial;              /* in */

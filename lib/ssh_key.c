@@ -773,8 +773,7 @@ int rp_ssh_pubkey_blob_check(const uint8_t *p, size_t n, enum rp_ssh_keytype *ty
     return rv;
 }
 
-int rp_ssh_pubkey_parse_blob(const char *line, uint8_t **blob, size_t *n,
-                             enum rp_ssh_keytype *type)
+int rp_ssh_pubkey_parse_blob(const char *line, uint8_t **blob, size_t *n, enum rp_ssh_keytype *type)
 {
     int rv = rp_ssh_line_split(line, blob, n, NULL);
     if (rv != 0)

@@ -160,11 +160,8 @@ void rp_identity_free(struct rp_identity *id)
 }
 
 static const char *const system_role_names[] = {
-    [RP_SYS_NONE] = "",
-    [RP_SYS_ADMIN] = RP_ROLE_ADMIN,
-    [RP_SYS_AUTH] = RP_ROLE_AUTH,
-    [RP_SYS_NODE] = RP_ROLE_NODE,
-    [RP_SYS_PROXY] = RP_ROLE_PROXY,
+    [RP_SYS_NONE] = "",           [RP_SYS_ADMIN] = RP_ROLE_ADMIN, [RP_SYS_AUTH] = RP_ROLE_AUTH,
+    [RP_SYS_NODE] = RP_ROLE_NODE, [RP_SYS_PROXY] = RP_ROLE_PROXY,
 };
 #define N_SYSTEM_ROLES (sizeof system_role_names / sizeof system_role_names[0])
 
@@ -1006,8 +1003,7 @@ static int time_to_epoch(const ASN1_TIME *t, long long *out)
 static int sysrole_string(const ASN1_TYPE *t, const char *what, char **out)
 {
     if (t == NULL || t->type != V_ASN1_UTF8STRING)
-        return rp_err(RP_EINVAL, "certificate system role extension: %s is not a UTF8String",
-                      what);
+        return rp_err(RP_EINVAL, "certificate system role extension: %s is not a UTF8String", what);
     const ASN1_STRING *v = t->value.utf8string;
     int n = ASN1_STRING_length(v);
     if (n <= 0 || n > ID_STR_MAX)

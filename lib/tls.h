@@ -38,16 +38,16 @@ enum rp_system_role {
 };
 
 struct rp_identity {
-    char *name;           /* CN: user name or host id */
-    char **groups;        /* O: a user's roles (for system identities: display only) */
+    char *name;    /* CN: user name or host id */
+    char **groups; /* O: a user's roles (for system identities: display only) */
     size_t n_groups;
-    char **logins;        /* L: logins (users) */
+    char **logins; /* L: logins (users) */
     size_t n_logins;
-    char *cluster;        /* 1.3.9999.1.7 extension: the issuing cluster, NULL if absent */
-    char *route_cluster;  /* StreetAddress: cluster to route to, NULL if absent */
-    long long not_after;  /* seconds since the epoch (filled by rp_identity_from_cert) */
+    char *cluster;       /* 1.3.9999.1.7 extension: the issuing cluster, NULL if absent */
+    char *route_cluster; /* StreetAddress: cluster to route to, NULL if absent */
+    long long not_after; /* seconds since the epoch (filled by rp_identity_from_cert) */
     enum rp_system_role system_role; /* from the 1.3.9999.2.11 extension only */
-    char *host_id;        /* system identities: the host the identity belongs to */
+    char *host_id;                   /* system identities: the host the identity belongs to */
 };
 
 void rp_identity_free(struct rp_identity *id);

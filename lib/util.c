@@ -47,7 +47,8 @@ int rp_parse_duration_ms(const char *s, uint64_t *ms)
         } else if (*p == 'd') {
             mult = 86400000, p++;
         } else {
-            return rp_err(RP_EINVAL, "bad duration '%s': unknown unit, expected ms, s, m, h or d", s);
+            return rp_err(RP_EINVAL, "bad duration '%s': unknown unit, expected ms, s, m, h or d",
+                          s);
         }
         any_unit = true;
         if (v > (UINT64_MAX - total) / mult)
@@ -168,8 +169,7 @@ int rp_uuid_v4(char out[37])
         return rv;
     u[6] = (uint8_t)((u[6] & 0x0f) | 0x40); /* version 4 */
     u[8] = (uint8_t)((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
              u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
              u[14], u[15]);
     return 0;

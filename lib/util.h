@@ -12,8 +12,8 @@ int rp_parse_duration_ms(const char *s, uint64_t *ms);
 /* Formats @ms as "1h30m0s"/"250ms" into @out. */
 void rp_format_duration(uint64_t ms, char *out, size_t outlen);
 
-uint64_t rp_now_ms(void);        /* wall clock, ms since the epoch */
-uint64_t rp_mono_ms(void);       /* monotonic clock, ms */
+uint64_t rp_now_ms(void);  /* wall clock, ms since the epoch */
+uint64_t rp_mono_ms(void); /* monotonic clock, ms */
 /* "2026-11-25T11:40:00Z" (UTC) of @ms into @out (>= 32 bytes). */
 void rp_format_time(uint64_t ms, char *out, size_t outlen);
 
@@ -30,7 +30,8 @@ uint64_t rp_rand_below(uint64_t n);
 /* @base plus a uniform jitter in [0, @base / 2]: a backoff delay in ms. */
 uint64_t rp_jitter_ms(uint64_t base);
 
-/* A random (version 4) UUID, "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx", into @out, from
+/* A random (version 4) UUID, 36 characters in groups of 8-4-4-4-12 lower-case hex
+ * digits (the third group starts with 4, the fourth with 8, 9, a or b), into @out, from
  * the OS CSPRNG. RP_EIO if it gives no randomness. */
 int rp_uuid_v4(char out[37]);
 

@@ -15,9 +15,9 @@ struct rp_ynode {
     enum rp_ynode_type type;
     int line, col;
     /* scalar */
-    char *value;       /* NUL-terminated; never NULL for a scalar */
-    bool quoted;       /* written in quotes, as a block scalar (| or >) or tagged !!str:
-                        * a string, never null/bool/number-like */
+    char *value; /* NUL-terminated; never NULL for a scalar */
+    bool quoted; /* written in quotes, as a block scalar (| or >) or tagged !!str:
+                  * a string, never null/bool/number-like */
     /* map: keys[i] -> vals[i]; seq: vals[i] (keys NULL) */
     char **keys;
     int *key_lines;
@@ -45,7 +45,7 @@ int rp_yaml_parse_str(const char *name, const char *s, size_t n, struct rp_ynode
  * rp_yaml_docs_free() them. Nothing is returned on error. */
 int rp_yaml_parse_all(const char *name, const char *s, size_t n, struct rp_ynode ***docs,
                       size_t *n_docs);
-void rp_ynode_free(struct rp_ynode *node);   /* NULL is fine */
+void rp_ynode_free(struct rp_ynode *node); /* NULL is fine */
 void rp_yaml_docs_free(struct rp_ynode **docs, size_t n_docs);
 
 /* Map lookup (linear); NULL if @map is not a map or has no @key. */

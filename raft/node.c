@@ -208,8 +208,7 @@ static bool req_abandoned(struct node_req *q)
  * For REQ_STATUS, copies the status into @status_out. Consumes the caller's
  * reference. */
 static int req_submit_wait(struct rp_node *n, struct node_req *q, int timeout_ms, int timeout_rv,
-                           const char *what, struct rp_node_status *status_out,
-                           uint64_t *term_out)
+                           const char *what, struct rp_node_status *status_out, uint64_t *term_out)
 {
     int rv;
     /* From the loop thread (an FSM callback, copy_result) this would wait on
@@ -953,7 +952,8 @@ static int node_open(struct rp_node *n)
         /* raft_errmsg says why (e.g. which FSM feature the I/O lacks); the code alone
          * often reads "unknown error". */
         const char *why = raft_errmsg(r);
-        start_failed(n, raft_rv_to_rp(rv), "raft_init: %s", why && why[0] ? why : raft_strerror(rv));
+        start_failed(n, raft_rv_to_rp(rv), "raft_init: %s",
+                     why && why[0] ? why : raft_strerror(rv));
         goto err_loop;
     }
     n->raft_inited = true;

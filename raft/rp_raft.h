@@ -93,16 +93,16 @@ void rp_raft_tls_transport_stats(struct raft_uv_transport *t, struct rp_raft_tra
 struct rp_node;
 
 struct rp_node_config {
-    uint64_t id;                 /* > 0 */
-    const char *address;         /* Raft peer address "ip:port" (listen and advertise) */
-    const char *dir;             /* directory for raft segments (must exist) */
+    uint64_t id;         /* > 0 */
+    const char *address; /* Raft peer address "ip:port" (listen and advertise) */
+    const char *dir;     /* directory for raft segments (must exist) */
     unsigned election_timeout_ms;
     unsigned heartbeat_timeout_ms;
     unsigned snapshot_threshold;
     unsigned snapshot_trailing;
     SSL_CTX *server_ctx;
     SSL_CTX *client_ctx;
-    bool bootstrap;              /* pristine dir: bootstrap a cluster of one (ignored if not pristine) */
+    bool bootstrap; /* pristine dir: bootstrap a cluster of one (ignored if not pristine) */
     /* Called once, before raft_init, with the node's (not yet initialised) struct raft,
      * so the caller can build an FSM bound to it (state_fsm_init reads r->last_applied
      * during apply). Must return a struct raft_fsm that outlives the node. */
@@ -207,17 +207,17 @@ struct rp_member {
     uint64_t id;
     char address[64];
     enum rp_member_role role;
-    uint64_t match_index;   /* leader's view of replication (0 when not leader) */
+    uint64_t match_index; /* leader's view of replication (0 when not leader) */
 };
 
 #define RP_MAX_MEMBERS 16
 
 struct rp_node_status {
     uint64_t id;
-    int state;              /* RAFT_UNAVAILABLE, RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER */
-    bool ready;             /* leader whose post-election barrier has applied */
+    int state;  /* RAFT_UNAVAILABLE, RAFT_FOLLOWER, RAFT_CANDIDATE, RAFT_LEADER */
+    bool ready; /* leader whose post-election barrier has applied */
     uint64_t term;
-    uint64_t leader_id;     /* 0 if unknown */
+    uint64_t leader_id; /* 0 if unknown */
     char leader_address[64];
     uint64_t commit_index;
     uint64_t last_applied;
@@ -231,7 +231,7 @@ struct rp_node_status {
  * RP_ECLOSED when stopping, RP_ETIMEDOUT if the loop did not answer. */
 int rp_node_status(struct rp_node *n, struct rp_node_status *out);
 
-bool rp_node_is_leader(struct rp_node *n); /* cheap, possibly stale */
+bool rp_node_is_leader(struct rp_node *n);     /* cheap, possibly stale */
 uint64_t rp_node_leader_id(struct rp_node *n); /* the same: who leads, 0 if unknown */
 
 /* Counters of the node's peer transport (any thread, while the node runs). */

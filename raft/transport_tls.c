@@ -67,7 +67,7 @@
 #define DEFAULT_HANDSHAKE_MS 5000
 #define LINGER_MS 10000 /* half-closed connection must finish within this */
 #define PUMP_BUF (64 * 1024)
-#define MAX_HANDSHAKING 32 /* inbound connections not yet past the preamble */
+#define MAX_HANDSHAKING 32         /* inbound connections not yet past the preamble */
 #define MAX_HANDSHAKING_PER_ADDR 8 /* of those, from one address */
 #define MAX_CONNS 256
 #define THREAD_STACK (512 * 1024)
@@ -91,7 +91,7 @@ struct conn {
     char peer_addr[ADDR_MAX + 1]; /* raft address (claimed or dialled) */
     char net_addr[80];            /* "ip:port" of the TCP peer, for messages */
 
-    int hs_status; /* 0 or an RP_E* code; written before ev_hs is set */
+    int hs_status;          /* 0 or an RP_E* code; written before ev_hs is set */
     struct rp_addr_key key; /* inbound: the peer's address, for the per-address cap */
     uint64_t seq;           /* inbound: accept order, for evicting the oldest */
 

@@ -232,9 +232,8 @@ static const struct {
     const char *name;
     unsigned bit;
 } fields[] = {
-    {"op", F_OP},     {"rid", F_RID}, {"res", F_RES}, {"kind", F_KIND},
-    {"name", F_NAME}, {"rev", F_REV}, {"ops", F_OPS}, {"before", F_BEFORE},
-    {"events", F_EVENTS},
+    {"op", F_OP},   {"rid", F_RID}, {"res", F_RES},       {"kind", F_KIND},     {"name", F_NAME},
+    {"rev", F_REV}, {"ops", F_OPS}, {"before", F_BEFORE}, {"events", F_EVENTS},
 };
 
 static const struct {

@@ -104,12 +104,13 @@ void state_close(struct state *s);
 /* Outcome of one command. For batch, failed_op is the index of the first op
  * that failed (code != 0) and nothing was changed. */
 struct state_result {
-    int code;            /* 0, RP_EEXISTS, RP_ENOTFOUND, RP_ECONFLICT, RP_EINVAL */
-    uint64_t revision;   /* revision the command produced (or, on failure, the index it was applied at) */
-    uint64_t current_rev;/* on RP_ECONFLICT, RP_EEXISTS: the revision stored (0 if absent) */
-    uint32_t failed_op;  /* batch only */
-    uint32_t n_changed;  /* resources written or deleted */
-    char message[160];   /* human-readable detail on failure */
+    int code; /* 0, RP_EEXISTS, RP_ENOTFOUND, RP_ECONFLICT, RP_EINVAL */
+    uint64_t
+        revision; /* revision the command produced (or, on failure, the index it was applied at) */
+    uint64_t current_rev; /* on RP_ECONFLICT, RP_EEXISTS: the revision stored (0 if absent) */
+    uint32_t failed_op;   /* batch only */
+    uint32_t n_changed;   /* resources written or deleted */
+    char message[160];    /* human-readable detail on failure */
 };
 
 /* Applies the command @cmd at Raft index @index. Never fails for a bad command:
@@ -193,8 +194,10 @@ int state_next_expiry(struct state *s, uint64_t *expires_ms);
 /* Structural check of a resource; fills the borrowed pointers (they point into
  * @res). Message (rp_errmsg) names the field. */
 struct state_res_meta {
-    const char *kind; size_t kind_len;
-    const char *name; size_t name_len;
+    const char *kind;
+    size_t kind_len;
+    const char *name;
+    size_t name_len;
     uint64_t expires;
     uint64_t revision;
 };
@@ -215,7 +218,7 @@ enum state_event_type {
 
 struct state_event {
     enum state_event_type type;
-    uint64_t revision;   /* INIT_PUT: the resource's revision; see the types above for the rest */
+    uint64_t revision; /* INIT_PUT: the resource's revision; see the types above for the rest */
     char kind[64];
     char name[256];
     struct rp_buf res; /* resource bytes for INIT_PUT and PUT (owned by the event) */
@@ -228,10 +231,10 @@ void state_event_free(struct state_event *ev);
 struct state_watch_opts {
     const char *const *kinds; /* NULL or n_kinds == 0: every kind */
     size_t n_kinds;
-    const char *prefix;       /* name prefix, NULL = all */
-    uint64_t start_rev;       /* 0: init snapshot of the current state. Otherwise resume
-                                 after start_rev if the recent-event ring still covers it
-                                 (no INIT_PUTs, just INIT_DONE), else an init snapshot. */
+    const char *prefix; /* name prefix, NULL = all */
+    uint64_t start_rev; /* 0: init snapshot of the current state. Otherwise resume
+                           after start_rev if the recent-event ring still covers it
+                           (no INIT_PUTs, just INIT_DONE), else an init snapshot. */
 };
 struct state_watch;
 
@@ -241,7 +244,8 @@ struct state_watch;
  * of every revision it received in full, then REINIT with the last of those
  * revisions (the INIT_DONE revision if none), then RP_ECLOSED; it never gets
  * part of a revision. A restore (snapshot install) ends every watch the same way. */
-int state_watch_open(struct state *s, const struct state_watch_opts *opts, struct state_watch **out);
+int state_watch_open(struct state *s, const struct state_watch_opts *opts,
+                     struct state_watch **out);
 /* Waits up to @timeout_ms (-1 forever, 0 = do not wait) for the next event. 0 and
  * fills @ev; RP_ETIMEDOUT; RP_ECLOSED after REINIT has been returned or after
  * state_watch_cancel. One thread at a time per watch. */
@@ -262,13 +266,18 @@ void state_watch_close(struct state_watch *w);
 struct state_cmd {
     const char *op;
     const char *rid;
-    const void *res; size_t res_len;
+    const void *res;
+    size_t res_len;
     const char *kind;
     const char *name;
     uint64_t rev;
     uint64_t before;
-    const void *ops; size_t ops_len; uint32_t n_ops;
-    const void *events; size_t events_len; uint32_t n_events; /* audit: encoded maps back to back */
+    const void *ops;
+    size_t ops_len;
+    uint32_t n_ops;
+    const void *events;
+    size_t events_len;
+    uint32_t n_events; /* audit: encoded maps back to back */
 };
 int state_cmd_encode(const struct state_cmd *cmd, struct rp_buf *out);
 
@@ -287,11 +296,11 @@ int state_resource_with_revision(const void *res, size_t len, uint64_t rev, stru
 
 /* Named databases of the environment, in snapshot order. */
 enum {
-    STATE__DB_RES,    /* kind \0 name -> be64 revision, be64 expires, resource msgpack */
-    STATE__DB_EXP,    /* be64 expires, kind \0 name -> "" (only expires > 0) */
-    STATE__DB_RID,    /* rid -> be64 revision, encoded struct state_result */
-    STATE__DB_RIDREV, /* be64 revision, rid -> "" (to prune request ids by age) */
-    STATE__DB_META,   /* "applied_index" -> be64 */
+    STATE__DB_RES,       /* kind \0 name -> be64 revision, be64 expires, resource msgpack */
+    STATE__DB_EXP,       /* be64 expires, kind \0 name -> "" (only expires > 0) */
+    STATE__DB_RID,       /* rid -> be64 revision, encoded struct state_result */
+    STATE__DB_RIDREV,    /* be64 revision, rid -> "" (to prune request ids by age) */
+    STATE__DB_META,      /* "applied_index" -> be64 */
     STATE__DB_AUDIT,     /* be64 time, uid -> audit event (state/audit.c) */
     STATE__DB_AUDIT_IDX, /* 'T'|'U'|'S' value \0 be64 time, uid -> "" */
     STATE__N_DBS
@@ -307,11 +316,11 @@ struct state__ev {
     unsigned refs;
     enum state_event_type type; /* STATE_EV_PUT or STATE_EV_DELETE */
     uint64_t revision;
-    uint8_t *alloc;             /* owned; the resource is alloc[res_off .. res_off + res_len) */
+    uint8_t *alloc; /* owned; the resource is alloc[res_off .. res_off + res_len) */
     size_t res_off, res_len;
     uint8_t kind_len;
     uint16_t name_len;
-    char key[];                 /* kind \0 name \0 */
+    char key[]; /* kind \0 name \0 */
 };
 
 struct state__hub {
@@ -326,14 +335,14 @@ struct state__hub {
 struct state {
     MDB_env *env;
     MDB_dbi dbi[STATE__N_DBS];
-    struct state_opts opts;  /* defaults filled in */
+    struct state_opts opts; /* defaults filled in */
     char *dir;
-    _Atomic uint64_t applied; /* cached meta applied index (written by the loop thread) */
+    _Atomic uint64_t applied;           /* cached meta applied index (written by the loop thread) */
     _Atomic uint64_t resources_changed; /* see state_resources_changed */
-    struct raft *raft;        /* set by state_fsm_init */
-    bool async_checked;       /* fsm.c: snapshot mode decided (first apply) */
-    struct state_result last_result; /* what the FSM apply hands to raft */
-    MDB_txn *snap_txn;        /* read txn pinned by an in-flight snapshot (loop thread) */
+    struct raft *raft;                  /* set by state_fsm_init */
+    bool async_checked;                 /* fsm.c: snapshot mode decided (first apply) */
+    struct state_result last_result;    /* what the FSM apply hands to raft */
+    MDB_txn *snap_txn;                  /* read txn pinned by an in-flight snapshot (loop thread) */
     struct state__ev **pending; /* events of the entry being applied, published after commit */
     size_t n_pending, cap_pending;
     struct state__hub hub;
@@ -412,8 +421,8 @@ int state__read_applied(struct state *s, MDB_txn *txn, uint64_t *out);
 
 /* Events. state__ev_new takes ownership of @alloc (freed on failure too). */
 struct state__ev *state__ev_new(enum state_event_type type, uint64_t revision, const char *kind,
-                                size_t kind_len, const char *name, size_t name_len,
-                                uint8_t *alloc, size_t res_off, size_t res_len);
+                                size_t kind_len, const char *name, size_t name_len, uint8_t *alloc,
+                                size_t res_off, size_t res_len);
 void state__ev_free(struct state__ev *ev);
 int state__hub_init(struct state__hub *h, unsigned ring_cap, uint64_t applied);
 void state__hub_close(struct state__hub *h);

@@ -35,8 +35,8 @@
 #include "lib/errors.h"
 #include "lib/log.h"
 
-const char *const state__db_names[STATE__N_DBS] = {"res",  "exp",  "rid",      "ridrev",
-                                                     "meta", "audit", "audit_idx"};
+const char *const state__db_names[STATE__N_DBS] = {"res",  "exp",   "rid",      "ridrev",
+                                                   "meta", "audit", "audit_idx"};
 
 static const char applied_key[] = "applied_index";
 
@@ -311,8 +311,7 @@ static bool has_prefix(const uint8_t *p, size_t n, const uint8_t *pre, size_t pn
 /* The walk behind state_list and state_list_range: names of @kind that start with
  * @prefix and lie in [@from, @to) (NULL: unbounded). */
 static int list_impl(struct state *s, const char *kind, const char *prefix, const char *from,
-                     const char *to, unsigned limit, state_list_cb cb, void *arg,
-                     uint64_t *rev_out)
+                     const char *to, unsigned limit, state_list_cb cb, void *arg, uint64_t *rev_out)
 {
     uint8_t start[STATE__KEY_MAX], end[STATE__KEY_MAX];
     size_t start_len = 0, end_len = 0, kl = kind ? strlen(kind) : 0;
@@ -396,8 +395,7 @@ int state_list(struct state *s, const char *kind, const char *prefix, unsigned l
 }
 
 int state_list_range(struct state *s, const char *kind, const char *prefix, const char *from,
-                     const char *to, unsigned limit, state_list_cb cb, void *arg,
-                     uint64_t *rev_out)
+                     const char *to, unsigned limit, state_list_cb cb, void *arg, uint64_t *rev_out)
 {
     if (kind == NULL)
         return rp_err(RP_EINVAL, "a name range needs a kind");

@@ -30,7 +30,9 @@ enum caller {
 };
 
 static const char *const caller_names[C_N] = {
-    "anonymous", "Admin", "Auth", "Node", "Proxy", "editor", "access", "auditor", "user-with-role-Admin",
+    "anonymous", "Admin",   "Auth",
+    "Node",      "Proxy",   "editor",
+    "access",    "auditor", "user-with-role-Admin",
 };
 
 /* Per method, a request and what each caller gets ('y' allowed, 'n' denied), in the
@@ -266,8 +268,8 @@ Test(auth_methods, users_never_receive_secrets)
     msgpack_unpacked u;
     parse_args("{kind: cert_authority, name: user, with_secrets: true}", &b, &u);
     struct auth_grant g;
-    cr_expect_eq(auth_authorize(auth_method_find("get"), &c.id[C_EDITOR], c.set[C_EDITOR],
-                                &u.data, false, &g),
+    cr_expect_eq(auth_authorize(auth_method_find("get"), &c.id[C_EDITOR], c.set[C_EDITOR], &u.data,
+                                false, &g),
                  RP_EDENIED);
     cr_expect(strstr(rp_errmsg(), "secrets") != NULL, "%s", rp_errmsg());
     msgpack_unpacked_destroy(&u);

@@ -27,7 +27,9 @@ static SSL_CTX *sctx, *cctx;
 static void issue(const char *name, const char *role, EVP_PKEY **key, X509 **cert)
 {
     char *groups[] = {(char *)role};
-    struct rp_identity id = {.name = (char *)name, .groups = groups, .n_groups = 1,
+    struct rp_identity id = {.name = (char *)name,
+                             .groups = groups,
+                             .n_groups = 1,
                              .system_role = rp_system_role_from_name(role)};
     if (id.system_role != RP_SYS_NONE)
         id.host_id = (char *)name;

@@ -127,8 +127,9 @@ Test(int_audit, every_event_once_in_order_on_every_server_after_a_leader_change)
     /* Times never go backwards in the listing. */
     j = events_on(2, NULL, NULL);
     for (size_t k = 1; k < j->n; k++)
-        cr_assert(strcmp(cl_json_str(&j->items[k - 1], "time"), cl_json_str(&j->items[k], "time")) <= 0,
-                  "event %zu is older than event %zu", k, k - 1);
+        cr_assert(
+            strcmp(cl_json_str(&j->items[k - 1], "time"), cl_json_str(&j->items[k], "time")) <= 0,
+            "event %zu is older than event %zu", k, k - 1);
     cl_json_free(j);
     cluster_pass();
 }

@@ -473,7 +473,7 @@ Test(int_escalation, the_admin_identity_is_renewed_by_its_server)
     long long first = admin_not_after(1);
     r.after = first;
     cr_assert(wait_until(60000, admin_renewed, &r), "the admin identity was not renewed before "
-                                                     "it expired");
+                                                    "it expired");
     char *out = NULL;
     cr_assert_eq(run_tctl(1, &out, "status", NULL), 0, "tctl with the renewed identity: %s", out);
     free(out);

@@ -211,7 +211,7 @@ struct flood_result {
     int leader;
     int target; /* the node the clients called: the leader, or a follower */
     int denied, busy, other;
-    int dropped; /* connections the API port closed: over its per-address cap of strangers */
+    int dropped;        /* connections the API port closed: over its per-address cap of strangers */
     int denied_by_pool; /* "busy" answers that came from the hashing pool */
     int denied_by_queue; /* "busy" from the API port: waited too long for a worker */
     long rss_before, rss_max, log_growth;
@@ -286,9 +286,10 @@ static void run_flood(struct flood_result *res, bool via_follower, int n_sources
         } else if (strcmp(clients[k].code, "busy") == 0) {
             res->busy++;
             res->denied_by_pool += strstr(clients[k].error, "password check") != NULL;
-            res->denied_by_queue += strstr(clients[k].error, "without a client certificate") != NULL;
+            res->denied_by_queue +=
+                strstr(clients[k].error, "without a client certificate") != NULL;
         } else if (clients[k].code[0] == '\0' && (strncmp(clients[k].error, "exchange:", 9) == 0 ||
-                                                   strncmp(clients[k].error, "dial:", 5) == 0)) {
+                                                  strncmp(clients[k].error, "dial:", 5) == 0)) {
             /* 200 anonymous connections from one address: the listener keeps at most its
              * per-address cap of them and closes the oldest; also a bounded answer. */
             res->dropped++;

@@ -72,8 +72,7 @@ static int answer_logins(const msgpack_object *ans, char *out, size_t n)
     size_t len;
     X509 *x = NULL;
     struct rp_identity id;
-    if (rp_mp_get_str(ans, "tls_cert", &pem, &len) != 0 ||
-        rp_tls_cert_from_pem(pem, len, &x) != 0)
+    if (rp_mp_get_str(ans, "tls_cert", &pem, &len) != 0 || rp_tls_cert_from_pem(pem, len, &x) != 0)
         return RP_EPROTO;
     int rv = rp_identity_from_cert(x, &id);
     X509_free(x);
@@ -153,8 +152,7 @@ Test(int_issue, a_resumed_leader_never_signs_with_roles_changed_behind_it)
     char *out = NULL;
     write_role("gen-a", "login-a");
     write_role("gen-b", "login-b");
-    cr_assert_eq(run_tctl(1, &out, "users", "add", "alice", "--roles=gen-a", NULL), 0, "%s",
-                 out);
+    cr_assert_eq(run_tctl(1, &out, "users", "add", "alice", "--roles=gen-a", NULL), 0, "%s", out);
     free(out);
 
     atomic_bool stop = false;

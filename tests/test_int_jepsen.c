@@ -30,7 +30,8 @@ static int smoke_time(void)
 
 static bool leftovers(void)
 {
-    char *argv[] = {"sh", "-c", "ip netns list | grep rpj-; ip link show rpj-br0 2>/dev/null", NULL};
+    char *argv[] = {"sh", "-c", "ip netns list | grep rpj-; ip link show rpj-br0 2>/dev/null",
+                    NULL};
     struct cl_run r;
     cl_run_argv(argv, 10000, &r);
     bool any = r.out && r.out[0] != '\0';
@@ -83,7 +84,9 @@ static int run(const char *workload, const char *nemesis, const char *daemon, co
     if (r.status != 0) {
         size_t len = r.err ? strlen(r.err) : 0;
         fprintf(stderr, "%s: exit %d; stderr ends:\n%s\n", name, r.status,
-                len > 3000 ? r.err + len - 3000 : r.err ? r.err : "");
+                len > 3000 ? r.err + len - 3000
+                : r.err    ? r.err
+                           : "");
     }
     cr_assert(r.out && strstr(r.out, "jepsen-run ") && strstr(r.out, "valid="),
               "%s: no summary line on stdout: %s", name, r.out ? r.out : "");
@@ -117,10 +120,22 @@ static void smoke(const char *workload)
 
 TestSuite(jepsen_smoke, .init = setup, .timeout = 600);
 
-Test(jepsen_smoke, register) { smoke("register"); }
-Test(jepsen_smoke, set) { smoke("set"); }
-Test(jepsen_smoke, unique) { smoke("unique"); }
-Test(jepsen_smoke, watch) { smoke("watch"); }
+Test(jepsen_smoke, register)
+{
+    smoke("register");
+}
+Test(jepsen_smoke, set)
+{
+    smoke("set");
+}
+Test(jepsen_smoke, unique)
+{
+    smoke("unique");
+}
+Test(jepsen_smoke, watch)
+{
+    smoke("watch");
+}
 
 /* The harness proves itself: stale follower reads must be reported non-linearizable. */
 Test(jepsen_smoke, stale_reads_are_caught)

@@ -13,26 +13,25 @@
 
 TestSuite(int_resources, .init = cluster_setup, .fini = cluster_teardown, .timeout = 120);
 
-static const char *const role_dev =
-    "kind: role\n"
-    "version: v7\n"
-    "metadata:\n"
-    "  name: dev\n"
-    "  description: developers\n"
-    "spec:\n"
-    "  options:\n"
-    "    max_session_ttl: 8h\n"
-    "    forward_agent: true\n"
-    "  allow:\n"
-    "    logins: ['{{internal.logins}}', ubuntu]\n"
-    "    node_labels:\n"
-    "      env: [test, staging]\n"
-    "      team: '^dev-.*$'\n"
-    "    rules:\n"
-    "      - resources: [session]\n"
-    "        verbs: [list, read]\n"
-    "  deny:\n"
-    "    logins: [root]\n";
+static const char *const role_dev = "kind: role\n"
+                                    "version: v7\n"
+                                    "metadata:\n"
+                                    "  name: dev\n"
+                                    "  description: developers\n"
+                                    "spec:\n"
+                                    "  options:\n"
+                                    "    max_session_ttl: 8h\n"
+                                    "    forward_agent: true\n"
+                                    "  allow:\n"
+                                    "    logins: ['{{internal.logins}}', ubuntu]\n"
+                                    "    node_labels:\n"
+                                    "      env: [test, staging]\n"
+                                    "      team: '^dev-.*$'\n"
+                                    "    rules:\n"
+                                    "      - resources: [session]\n"
+                                    "        verbs: [list, read]\n"
+                                    "  deny:\n"
+                                    "    logins: [root]\n";
 
 static void write_tmp(const char *name, const char *text, char *path, size_t n)
 {
@@ -95,8 +94,9 @@ Test(int_resources, role_file_round_trip_errors_and_restore_on_an_empty_cluster)
         cl_run_free(&r);
     }
 
-    cr_assert_eq(run_tctl(1, &out, "users", "add", "alice", "--roles=dev,access",
-                          "--logins=alice", NULL), 0);
+    cr_assert_eq(
+        run_tctl(1, &out, "users", "add", "alice", "--roles=dev,access", "--logins=alice", NULL),
+        0);
     free(out);
     cr_assert_eq(run_tctl(1, &out, "tokens", "add", "--type=node", NULL), 0);
     free(out);
@@ -124,7 +124,8 @@ Test(int_resources, role_file_round_trip_errors_and_restore_on_an_empty_cluster)
         docs_a++;
     for (const char *p = again; (p = strstr(p, "\nkind: ")); p++)
         docs_b++;
-    cr_assert_eq(docs_a, docs_b, "get all: %zu documents before, %zu after restore", docs_a, docs_b);
+    cr_assert_eq(docs_a, docs_b, "get all: %zu documents before, %zu after restore", docs_a,
+                 docs_b);
     free(all);
     free(again);
     cluster_pass();

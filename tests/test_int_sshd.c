@@ -580,9 +580,11 @@ Test(sshd_tctl, exported_user_ca_and_signed_certificate_log_in_to_a_stock_sshd)
     cluster_start(1);
     cr_assert(wait_until(15000, preset_exists, NULL), "the preset role access never appeared");
     char *out = NULL;
-    cr_assert_eq(run_tctl(1, &out, "users", "add", "alice", "--roles=access", "--logins=root", NULL), 0);
+    cr_assert_eq(
+        run_tctl(1, &out, "users", "add", "alice", "--roles=access", "--logins=root", NULL), 0);
     free(out);
-    cr_assert_eq(run_tctl(1, &out, "users", "add", "bob", "--roles=access", "--logins=ubuntu", NULL), 0);
+    cr_assert_eq(
+        run_tctl(1, &out, "users", "add", "bob", "--roles=access", "--logins=ubuntu", NULL), 0);
     free(out);
     /* sshd trusts exactly what tctl exports. */
     cr_assert_eq(run_tctl(1, &out, "auth", "export", "--type=user", NULL), 0);

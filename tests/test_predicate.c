@@ -326,10 +326,11 @@ Test(predicate_limits, stacked_quantifiers_are_refused)
 {
     regex_t re;
     char why[200];
-    static const char *const bad[] = {"^a++$", "^a+++++++++++++++++++++$", "a**", "a?*", "a*{2}",
-                                      "a{2}{3}", "(a)?+"};
+    static const char *const bad[] = {
+        "^a++$", "^a+++++++++++++++++++++$", "a**", "a?*", "a*{2}", "a{2}{3}", "(a)?+"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        cr_assert_eq(pred_re_compile(bad[i], true, &re, why, sizeof why), -1, "%s compiled", bad[i]);
+        cr_assert_eq(pred_re_compile(bad[i], true, &re, why, sizeof why), -1, "%s compiled",
+                     bad[i]);
         cr_assert(strstr(why, "nested repetition") != NULL, "%s: %s", bad[i], why);
     }
     /* A quantifier on a group holding one is fine, as are escaped ones. */

@@ -33,8 +33,11 @@ static struct state_result apply_events(uint64_t index, const struct rp_buf *eve
 {
     char rid[32];
     snprintf(rid, sizeof rid, "a%llu", (unsigned long long)index);
-    struct state_cmd c = {.op = "audit", .rid = rid, .events = events->data,
-                          .events_len = events->len, .n_events = n};
+    struct state_cmd c = {.op = "audit",
+                          .rid = rid,
+                          .events = events->data,
+                          .events_len = events->len,
+                          .n_events = n};
     return sth_apply_cmd(index, c, NULL);
 }
 
@@ -104,8 +107,8 @@ Test(state_audit, queries_by_time_type_user_and_session)
     expect_uids(query((struct state_audit_query){.sid = "s1"}), "e2,e4");
     expect_uids(query((struct state_audit_query){.user = "bob", .type = "user.login"}), "");
     expect_uids(query((struct state_audit_query){.newest_first = true, .limit = 3}), "e10,e9,e8");
-    expect_uids(query((struct state_audit_query){.type = "user.login", .newest_first = true,
-                                                 .to_ms = 9000}),
+    expect_uids(query((struct state_audit_query){
+                    .type = "user.login", .newest_first = true, .to_ms = 9000}),
                 "e7,e5,e3,e1");
     expect_uids(query((struct state_audit_query){.user = "nobody"}), "");
     expect_uids(query((struct state_audit_query){.from_ms = 20000}), "");
@@ -142,8 +145,10 @@ Test(state_audit, malformed_events_are_refused_with_the_field_named)
     static const struct {
         const char *what, *want;
     } cases[] = {
-        {"no time", "events[0].time"},     {"no uid", "events[0].uid"},
-        {"empty type", "events[0].event"}, {"control char in user", "events[0].user"},
+        {"no time", "events[0].time"},
+        {"no uid", "events[0].uid"},
+        {"empty type", "events[0].event"},
+        {"control char in user", "events[0].user"},
         {"not a map", "events[0]: expected a map"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -182,9 +187,11 @@ Test(state_audit, audit_is_not_allowed_inside_a_batch)
     rp_buf_init(&ev);
     rp_buf_init(&sub);
     pack_event(&ev, 5, "x", "u", NULL, NULL);
-    struct state_cmd inner = {.op = "audit", .events = ev.data, .events_len = ev.len, .n_events = 1};
+    struct state_cmd inner = {
+        .op = "audit", .events = ev.data, .events_len = ev.len, .n_events = 1};
     cr_assert_eq(state_cmd_encode(&inner, &sub), 0);
-    struct state_cmd c = {.op = "batch", .rid = "b1", .ops = sub.data, .ops_len = sub.len, .n_ops = 1};
+    struct state_cmd c = {
+        .op = "batch", .rid = "b1", .ops = sub.data, .ops_len = sub.len, .n_ops = 1};
     rp_buf_init(&cmd);
     cr_assert_eq(state_cmd_encode(&c, &cmd), 0);
     struct state_result r = sth_apply_raw_to(sth_state, 3, cmd.data, cmd.len);

@@ -22,29 +22,38 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: raftport start -c FILE [flags]\n"
-            "       raftport version\n"
-            "\n"
-            "Flags of start (each overrides the configuration file):\n"
-            "  -c, --config FILE        configuration file (YAML)\n"
-            "      --roles LIST         roles to run; only 'auth' exists in this version\n"
-            "      --nodename NAME      teleport.nodename\n"
-            "      --data-dir DIR       teleport.data_dir\n"
-            "      --auth-server ADDR   teleport.auth_server: a member to join through\n"
-            "      --token TOKEN        teleport.join_params.token_name: join with this token\n"
-            "      --ca-pin PIN         teleport.ca_pin: sha256:<hex> of the cluster CA\n"
-            "      --cluster-name NAME  auth_service.cluster_name (bootstrap only)\n"
-            "      --listen-addr ADDR   auth_service.listen_addr (auth API)\n"
-            "      --raft-id N          auth_service.raft.id\n"
-            "      --raft-addr ADDR     auth_service.raft.listen_addr\n"
-            "  -d, --debug              log at DEBUG level\n");
+    fprintf(f, "usage: raftport start -c FILE [flags]\n"
+               "       raftport version\n"
+               "\n"
+               "Flags of start (each overrides the configuration file):\n"
+               "  -c, --config FILE        configuration file (YAML)\n"
+               "      --roles LIST         roles to run; only 'auth' exists in this version\n"
+               "      --nodename NAME      teleport.nodename\n"
+               "      --data-dir DIR       teleport.data_dir\n"
+               "      --auth-server ADDR   teleport.auth_server: a member to join through\n"
+               "      --token TOKEN        teleport.join_params.token_name: join with this token\n"
+               "      --ca-pin PIN         teleport.ca_pin: sha256:<hex> of the cluster CA\n"
+               "      --cluster-name NAME  auth_service.cluster_name (bootstrap only)\n"
+               "      --listen-addr ADDR   auth_service.listen_addr (auth API)\n"
+               "      --raft-id N          auth_service.raft.id\n"
+               "      --raft-addr ADDR     auth_service.raft.listen_addr\n"
+               "  -d, --debug              log at DEBUG level\n");
 }
 
 static int cmd_start(int argc, char **argv)
 {
-    enum { O_ROLES = 256, O_NODENAME, O_DATA_DIR, O_AUTH_SERVER, O_TOKEN, O_CA_PIN,
-           O_CLUSTER, O_LISTEN, O_RAFT_ID, O_RAFT_ADDR };
+    enum {
+        O_ROLES = 256,
+        O_NODENAME,
+        O_DATA_DIR,
+        O_AUTH_SERVER,
+        O_TOKEN,
+        O_CA_PIN,
+        O_CLUSTER,
+        O_LISTEN,
+        O_RAFT_ID,
+        O_RAFT_ADDR
+    };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"debug", no_argument, NULL, 'd'},
@@ -91,7 +100,9 @@ static int cmd_start(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:dh", opts, NULL)) != -1) {
         switch (c) {
-        case 'd': debug = true; break;
+        case 'd':
+            debug = true;
+            break;
         case O_ROLES:
             if (strcmp(optarg, "auth") != 0) {
                 fprintf(stderr, "raftport: --roles=%s: only the auth role exists in this version\n",
@@ -101,14 +112,30 @@ static int cmd_start(int argc, char **argv)
             }
             cfg.auth_enabled = true;
             break;
-        case O_NODENAME: rp_config_set(&cfg.nodename, optarg); break;
-        case O_DATA_DIR: rp_config_set(&cfg.data_dir, optarg); break;
-        case O_AUTH_SERVER: rp_config_set(&cfg.auth_server, optarg); break;
-        case O_TOKEN: rp_config_set(&cfg.join_token, optarg); break;
-        case O_CA_PIN: rp_config_set(&cfg.ca_pin, optarg); break;
-        case O_CLUSTER: rp_config_set(&cfg.cluster_name, optarg); break;
-        case O_LISTEN: rp_config_set(&cfg.auth_listen_addr, optarg); break;
-        case O_RAFT_ADDR: rp_config_set(&cfg.raft_listen_addr, optarg); break;
+        case O_NODENAME:
+            rp_config_set(&cfg.nodename, optarg);
+            break;
+        case O_DATA_DIR:
+            rp_config_set(&cfg.data_dir, optarg);
+            break;
+        case O_AUTH_SERVER:
+            rp_config_set(&cfg.auth_server, optarg);
+            break;
+        case O_TOKEN:
+            rp_config_set(&cfg.join_token, optarg);
+            break;
+        case O_CA_PIN:
+            rp_config_set(&cfg.ca_pin, optarg);
+            break;
+        case O_CLUSTER:
+            rp_config_set(&cfg.cluster_name, optarg);
+            break;
+        case O_LISTEN:
+            rp_config_set(&cfg.auth_listen_addr, optarg);
+            break;
+        case O_RAFT_ADDR:
+            rp_config_set(&cfg.raft_listen_addr, optarg);
+            break;
         case O_RAFT_ID: {
             char *end;
             unsigned long long v = strtoull(optarg, &end, 10);
@@ -120,7 +147,8 @@ static int cmd_start(int argc, char **argv)
             cfg.raft_id = v;
             break;
         }
-        default: break;
+        default:
+            break;
         }
     }
     rp_config_finish(&cfg);
@@ -140,8 +168,9 @@ static int cmd_start(int argc, char **argv)
     }
     if (cfg.auth_enabled && strncmp(cfg.raft_listen_addr, "0.0.0.0:", 8) == 0) {
         /* The Raft address is also what peers dial: it must name this host. */
-        fprintf(stderr, "raftport: auth_service.raft.listen_addr %s is not an address other "
-                        "auth servers can reach; give this host's IP address (e.g. 10.0.0.5:3030)\n",
+        fprintf(stderr,
+                "raftport: auth_service.raft.listen_addr %s is not an address other "
+                "auth servers can reach; give this host's IP address (e.g. 10.0.0.5:3030)\n",
                 cfg.raft_listen_addr);
         rp_config_free(&cfg);
         return 1;

@@ -36,9 +36,11 @@ void rt_pki_free(struct rt_pki *p)
 void rt_pki_issue(struct rt_pki *p, const char *name, const char *role, EVP_PKEY **key, X509 **cert)
 {
     char *groups[] = {(char *)role};
-    struct rp_identity id = {
-        .name = (char *)name, .groups = groups, .n_groups = 1, .cluster = "raft-test",
-        .system_role = rp_system_role_from_name(role)};
+    struct rp_identity id = {.name = (char *)name,
+                             .groups = groups,
+                             .n_groups = 1,
+                             .cluster = "raft-test",
+                             .system_role = rp_system_role_from_name(role)};
     if (id.system_role != RP_SYS_NONE)
         id.host_id = (char *)name;
     const char *sans[] = {"localhost", "127.0.0.1"};
