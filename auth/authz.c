@@ -47,8 +47,8 @@ static int check_rule(const struct rp_identity *caller, const char *method,
 /* A user's batch: each operation is checked as the write it is. "put" inside a batch
  * needs both create and update, since which one it turns out to be is decided only
  * when the batch applies. */
-static int check_batch(const struct rp_identity *caller, const struct rbac_set *roles,
-                       const msgpack_object *args)
+int auth_authorize_batch_ops(const struct rp_identity *caller, const struct rbac_set *roles,
+                             const msgpack_object *args)
 {
     const msgpack_object *ops = rp_mp_get(args, "ops");
     if (ops == NULL || ops->type != MSGPACK_OBJECT_ARRAY)
@@ -84,6 +84,19 @@ static int check_batch(const struct rp_identity *caller, const struct rbac_set *
     return 0;
 }
 
+/* Auth tokens make admins: users may ask for node and proxy tokens only. */
+int auth_authorize_token_type(const struct rp_identity *caller, const struct rbac_set *roles,
+                              const msgpack_object *args)
+{
+    (void)roles;
+    if (rp_mp_str_eq(rp_mp_get(args, "type"), "node") ||
+        rp_mp_str_eq(rp_mp_get(args, "type"), "proxy"))
+        return 0;
+    return deny(caller, "token_add",
+                "users may create node and proxy join tokens only; auth tokens are for an auth "
+                "server's admin identity");
+}
+
 int auth_authorize(const struct auth_method *m, const struct rp_identity *caller,
                    const struct rbac_set *roles, const msgpack_object *args, bool exists,
                    struct auth_grant *grant)
@@ -109,21 +122,13 @@ int auth_authorize(const struct auth_method *m, const struct rp_identity *caller
     if (with_secrets)
         return deny(caller, m->name,
                     "user identities never receive secrets; use an auth server's admin identity");
-    if (strcmp(m->name, "batch") == 0)
-        return check_batch(caller, roles, args);
-    if (strcmp(m->name, "token_add") == 0) {
-        char type[16] = "";
-        const char *s;
-        size_t n;
-        if (rp_mp_get_str(args, "type", &s, &n) == 0 && n < sizeof type) {
-            memcpy(type, s, n);
-            type[n] = '\0';
-        }
-        if (strcmp(type, "node") != 0 && strcmp(type, "proxy") != 0)
-            return deny(caller, m->name,
-                        "users may create node and proxy join tokens only; auth tokens are for "
-                        "an auth server's admin identity");
+    if (m->user_args != NULL) {
+        int rv = m->user_args(caller, roles, args);
+        if (rv != 0)
+            return rv;
     }
+    if (m->user_args_decide)
+        return 0;
     char kind[64];
     const char *resource = m->resource;
     if (strcmp(resource, AUTH_RES_OF_REQUEST) == 0) {

@@ -56,9 +56,20 @@ struct auth_method {
     const char *resource; /* users: the rule's resource (AUTH_RES_OF_REQUEST: the
                              request's kind); NULL: not for user identities */
     const char *verb;     /* users: the rule's verb ("put" decides create or update) */
+    /* users: a check of the request's arguments, run before the rule; with
+     * user_args_decide it is the whole check (a batch checks each of its ops). */
+    int (*user_args)(const struct rp_identity *caller, const struct rbac_set *roles,
+                     const msgpack_object *args);
+    bool user_args_decide;
     enum auth_route route;
     const char *audit; /* event type a successful call writes; NULL for reads */
 };
+
+/* Argument checks for auth_method.user_args (auth/authz.c). 0 or RP_EDENIED. */
+int auth_authorize_batch_ops(const struct rp_identity *caller, const struct rbac_set *roles,
+                             const msgpack_object *args);
+int auth_authorize_token_type(const struct rp_identity *caller, const struct rbac_set *roles,
+                              const msgpack_object *args);
 
 /* The table, in the order auth/auth.h lists it. */
 const struct auth_method *auth_methods(size_t *n);

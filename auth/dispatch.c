@@ -77,13 +77,15 @@ static const struct auth_method methods[] = {
      .audit = "<kind>.deleted"},
     {"cdelete", h_cdelete, ADMINS, USERS(AUTH_RES_OF_REQUEST, "delete"), .route = AUTH_ROUTE_LEADER,
      .audit = "<kind>.deleted"},
-    {"batch", h_batch, ADMINS, USERS(AUTH_RES_OF_REQUEST, "put"), .route = AUTH_ROUTE_LEADER,
+    {"batch", h_batch, ADMINS, USERS(AUTH_RES_OF_REQUEST, "put"),
+     .user_args = auth_authorize_batch_ops, .user_args_decide = true, .route = AUTH_ROUTE_LEADER,
      .audit = "<kind>.created|updated|deleted"},
     {"watch", h_watch, .stream = true, EVERY_SYSTEM, .route = AUTH_ROUTE_LOCAL},
     {"status", auth_h_status, EVERY_SYSTEM, USERS("cluster", "read"), .route = AUTH_ROUTE_LOCAL},
     {"member_status", auth_h_member_status, EVERY_SYSTEM, USERS("cluster", "read"),
      .route = AUTH_ROUTE_LOCAL},
-    {"token_add", auth_h_token_add, ADMINS, USERS("token", "create"), .route = AUTH_ROUTE_LEADER,
+    {"token_add", auth_h_token_add, ADMINS, USERS("token", "create"),
+     .user_args = auth_authorize_token_type, .route = AUTH_ROUTE_LEADER,
      .audit = "join_token.create"},
     {"join", auth_h_join, ANYONE, .route = AUTH_ROUTE_LEADER, .audit = "join_token.used"},
     {"member_rm", auth_h_member_rm, ADMINS, .route = AUTH_ROUTE_LEADER,
@@ -132,16 +134,6 @@ bool auth_caller_is_admin(const struct rp_identity *id)
 
 /* ---- who is calling --------------------------------------------------------- */
 
-struct any_cb {
-    bool any;
-};
-
-static int any_cb(void *arg, const void *res, size_t len)
-{
-    ((struct any_cb *)arg)->any = true;
-    return 1;
-}
-
 /* An auth server's identities (Auth, and the Admin identity tctl uses on its host)
  * are good only while that host is a member: its auth_server record exists. A state
  * with no record at all is a cluster still writing its bootstrap records. */
@@ -149,17 +141,10 @@ static int check_member(struct auth_server *s, const struct rp_identity *id)
 {
     if (!rp_identity_is(id, RP_SYS_AUTH) && !rp_identity_is(id, RP_SYS_ADMIN))
         return 0;
-    struct rp_buf rec;
-    rp_buf_init(&rec);
-    int rv = state_get(s->state, AUTH_KIND_AUTH_SERVER, id->host_id, &rec, NULL);
-    rp_buf_free(&rec);
-    if (rv == RP_ENOTFOUND) {
-        struct any_cb a = {false};
-        if (state_list(s->state, AUTH_KIND_AUTH_SERVER, NULL, 1, any_cb, &a, NULL) == 0 && !a.any)
-            return 0;
+    int rv = auth_locks_check_member(s->locks, id->host_id);
+    if (rv == RP_ENOTFOUND)
         return rp_err(RP_EDENIED, "access denied: auth server %s is not a member of this cluster",
                       id->host_id);
-    }
     if (rv != 0)
         return rp_err(RP_EDENIED, "access denied: cannot check membership of %s: %s", id->host_id,
                       rp_errmsg());
@@ -447,7 +432,7 @@ int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identit
         goto done;
     }
     if (ur.set != NULL && meth->verb != NULL && strcmp(meth->verb, "put") == 0 &&
-        strcmp(meth->name, "batch") != 0)
+        !meth->user_args_decide)
         exists = put_target_exists(s, args);
     if (auth_authorize(meth, caller, ur.set, args, exists, &grant) != 0) {
         refuse(s, caller, remote, m, out, RP_EDENIED);

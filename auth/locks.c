@@ -19,6 +19,7 @@
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "lib/util.h"
+#include "auth/auth.h"
 #include "state/state.h"
 
 #define LOCK_FIELD_MAX 256
@@ -37,6 +38,10 @@ struct auth_locks {
     uint64_t changed; /* state_resources_changed() the set was built at; 0: never built */
     struct lock_entry *entries;
     size_t n;
+    /* The host ids of the auth_server records, read with the locks: membership and
+     * locks are what cut an auth server's identities off. */
+    char (*members)[LOCK_FIELD_MAX];
+    size_t n_members;
 };
 
 int auth_locks_new(struct auth_locks **out, struct state *state)
@@ -56,6 +61,7 @@ void auth_locks_free(struct auth_locks *l)
         return;
     pthread_mutex_destroy(&l->mu);
     free(l->entries);
+    free(l->members);
     free(l);
 }
 
@@ -122,25 +128,75 @@ static int build_cb(void *arg, const void *res, size_t len)
     return 0;
 }
 
-/* Rebuilds the set if the state changed since; called with l->mu held. */
+struct members {
+    char (*names)[LOCK_FIELD_MAX];
+    size_t n, cap;
+    int rv;
+};
+
+static int member_cb(void *arg, const void *res, size_t len)
+{
+    struct members *m = arg;
+    struct state_res_meta meta;
+    if (state_resource_check(res, len, &meta) != 0 || meta.name_len >= LOCK_FIELD_MAX)
+        return 0;
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 8;
+        char(*v)[LOCK_FIELD_MAX] = realloc(m->names, cap * sizeof *v);
+        if (v == NULL) {
+            m->rv = rp_err(RP_ENOMEM, "member cache");
+            return 1;
+        }
+        m->names = v;
+        m->cap = cap;
+    }
+    memcpy(m->names[m->n], meta.name, meta.name_len);
+    m->names[m->n][meta.name_len] = '\0';
+    m->n++;
+    return 0;
+}
+
+/* Rebuilds the sets if the state changed since; called with l->mu held. */
 static int refresh(struct auth_locks *l)
 {
     uint64_t changed = state_resources_changed(l->state);
     if (l->changed != 0 && changed == l->changed)
         return 0;
     struct build b = {0};
+    struct members m = {0};
     int rv = state_list(l->state, AUTH_KIND_LOCK, NULL, 0, build_cb, &b, NULL);
     if (rv == 0)
         rv = b.rv;
+    if (rv == 0)
+        rv = state_list(l->state, AUTH_KIND_AUTH_SERVER, NULL, 0, member_cb, &m, NULL);
+    if (rv == 0)
+        rv = m.rv;
     if (rv != 0) {
         free(b.entries);
-        return rp_err(rv, "reading locks: %s", rp_errmsg());
+        free(m.names);
+        return rp_err(rv, "reading locks and members: %s", rp_errmsg());
     }
     free(l->entries);
+    free(l->members);
     l->entries = b.entries;
     l->n = b.n;
+    l->members = m.names;
+    l->n_members = m.n;
     l->changed = changed;
     return 0;
+}
+
+int auth_locks_check_member(struct auth_locks *l, const char *host_id)
+{
+    pthread_mutex_lock(&l->mu);
+    int rv = refresh(l);
+    bool found = l->n_members == 0; /* no record at all: bootstrap records not written yet */
+    for (size_t i = 0; rv == 0 && !found && i < l->n_members; i++)
+        found = strcmp(l->members[i], host_id) == 0;
+    pthread_mutex_unlock(&l->mu);
+    if (rv != 0)
+        return rv;
+    return found ? 0 : RP_ENOTFOUND;
 }
 
 static bool has(char *const *list, size_t n, const char *want)

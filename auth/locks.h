@@ -30,4 +30,9 @@ void auth_locks_free(struct auth_locks *l); /* NULL is fine */
  * refuse the request (a check that fails closes the door). Thread-safe. */
 int auth_locks_check(struct auth_locks *l, const struct rp_identity *id, char *why, size_t n);
 
+/* 0 if @host_id has an auth_server record, or if there is none at all yet (a cluster
+ * still writing its bootstrap records); RP_ENOTFOUND if it is no member. Any other code
+ * means the records could not be read. From the same cache as the locks. */
+int auth_locks_check_member(struct auth_locks *l, const char *host_id);
+
 #endif
