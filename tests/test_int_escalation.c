@@ -391,6 +391,25 @@ static bool refused_by_node1(void *arg)
     return rv == RP_EDENIED;
 }
 
+/* True if a line of node 1's or 2's log from the Raft transport names the lock left by
+ * a member's removal. */
+static bool raft_refused_removed(void *arg)
+{
+    (void)arg;
+    for (int i = 1; i <= 2; i++) {
+        FILE *f = fopen(CL->nodes[i].log, "r");
+        char line[2048];
+        bool hit = false;
+        while (f && !hit && fgets(line, sizeof line, f))
+            hit = strstr(line, "[raft]") && strstr(line, "(lock removed-auth-server-");
+        if (f)
+            fclose(f);
+        if (hit)
+            return true;
+    }
+    return false;
+}
+
 Test(int_escalation, a_removed_auth_server_is_cut_off)
 {
     cluster_start(3);
@@ -423,6 +442,10 @@ Test(int_escalation, a_removed_auth_server_is_cut_off)
     cr_expect_eq(run_tctl(1, &out, "get", "lock", "--format=json", NULL), 0);
     cr_expect(strstr(out, "removed-auth-server-") != NULL, "%s", out);
     free(out);
+    /* The removed server keeps trying its old peers: its Raft connections are refused
+     * for the lock (a line of the raft transport naming it). */
+    cr_expect(wait_until(30000, raft_refused_removed, NULL),
+              "no member refused the removed server's Raft connection for its lock");
     cluster_pass();
 }
 
