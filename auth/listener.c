@@ -349,6 +349,8 @@ static void reply_refusal(struct lconn *lc, int code, const char *msg)
     struct rp_buf out;
     rp_buf_init(&out);
     auth_reply_error(&out, code, msg);
+    /* On the loop thread: a peer that does not read must not hold it (1 ms at most). */
+    rp_conn_set_timeout(&lc->c, 1);
     rp_conn_write_frame(&lc->c, out.data, out.len);
     rp_buf_free(&out);
 }
@@ -721,6 +723,7 @@ static void answer_busy(struct auth_listener *l, struct lconn *lc, struct rp_buf
                          "try again in a moment");
         if (rp_conn_write_frame(&lc->c, out->data, out->len) != 0)
             lc->done = true;
+        rp_conn_set_timeout(&lc->c, WRITE_TIMEOUT_MS);
     } else {
         lc->done = true;
     }

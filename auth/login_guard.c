@@ -24,6 +24,8 @@
 
 #include "auth/audit.h"
 #include "auth/internal.h"
+#include "lib/conn.h"
+#include "lib/connlimit.h"
 #include "lib/errors.h"
 #include "lib/hashpool.h"
 #include "lib/log.h"
@@ -172,28 +174,24 @@ void auth_login_guard_duty(struct auth_server *s)
 
 /* ---- admission --------------------------------------------------------------- */
 
-/* The source of "ip:port" / "[ip6]:port" as a limiter key: the IPv4 address, or
- * the /64 of an IPv6 address (one host usually holds a whole /64). */
+/* The source of "ip:port" / "[ip6]:port" as a limiter key: the IPv4 address (also
+ * when it arrives IPv4-mapped on an IPv6 socket, which rp_addr_key_from_sockaddr
+ * undoes), or the /64 of an IPv6 address (one host usually holds a whole /64). */
 static void source_key(const char *remote, char *out, size_t outlen)
 {
-    char host[64];
-    const char *end;
-    if (remote[0] == '[' && (end = strchr(remote, ']')) != NULL) {
-        snprintf(host, sizeof host, "%.*s", (int)(end - remote - 1), remote + 1);
-        struct in6_addr a6;
-        if (inet_pton(AF_INET6, host, &a6) == 1) {
-            memset(a6.s6_addr + 8, 0, 8);
-            char net[INET6_ADDRSTRLEN];
-            inet_ntop(AF_INET6, &a6, net, sizeof net);
-            snprintf(out, outlen, "%s/64", net);
-            return;
-        }
-    } else if ((end = strrchr(remote, ':')) != NULL) {
-        snprintf(host, sizeof host, "%.*s", (int)(end - remote), remote);
-        snprintf(out, outlen, "%s", host);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    struct rp_addr_key k;
+    if (rp_addr_parse(remote, &ss, &len) != 0) {
+        snprintf(out, outlen, "%s", remote[0] ? remote : "?");
         return;
     }
-    snprintf(out, outlen, "%s", remote[0] ? remote : "?");
+    rp_addr_key_from_sockaddr((const struct sockaddr *)&ss, len, &k);
+    if (k.family == AF_INET6)
+        memset(k.ip + 8, 0, 8);
+    rp_addr_key_format(&k, out, outlen);
+    if (k.family == AF_INET6 && strlen(out) + 4 < outlen)
+        strcat(out, "/64");
 }
 
 int auth_login_admit_address(struct auth_server *s, const char *remote)
