@@ -198,19 +198,35 @@ int auth_h_list(struct auth_req *r, struct rp_buf *out)
 }
 
 /* What a write changed, for the audit log: kind and name of each resource. */
-#define WRITE_AUDIT_MAX 64
+/* The writes of one request, each audited once the command commits: a batch may hold
+ * STATE_MAX_BATCH ops, and every one gets its event, so the log grows as needed. */
 struct write_log {
-    struct {
+    struct write_item {
         char op[8];
         struct auth_admitted what;
-    } items[WRITE_AUDIT_MAX];
-    size_t n;
+    } * items;
+    size_t n, cap;
+    bool oom; /* an item could not be kept: the write is refused rather than unaudited */
 };
 
 static void log_write(struct write_log *wl, const char *op, const char *kind, const char *name)
 {
-    if (wl->n >= WRITE_AUDIT_MAX)
-        return;
+    if (wl->n == wl->cap) {
+        /* Not realloc: a token's name is its secret, and the old block is wiped. */
+        size_t cap = wl->cap ? wl->cap * 2 : 4;
+        struct write_item *v = malloc(cap * sizeof *v);
+        if (v == NULL) {
+            wl->oom = true;
+            return;
+        }
+        if (wl->n > 0)
+            memcpy(v, wl->items, wl->n * sizeof *v);
+        if (wl->items != NULL)
+            OPENSSL_cleanse(wl->items, wl->cap * sizeof *v);
+        free(wl->items);
+        wl->items = v;
+        wl->cap = cap;
+    }
     snprintf(wl->items[wl->n].op, sizeof wl->items[wl->n].op, "%s", op);
     snprintf(wl->items[wl->n].what.kind, sizeof wl->items[wl->n].what.kind, "%s", kind);
     snprintf(wl->items[wl->n].what.name, sizeof wl->items[wl->n].what.name, "%s", name);
@@ -370,11 +386,11 @@ int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
     struct rp_buf cmd;
     struct state_result res;
     struct auth_warnings warnings = {.n = 0};
-    struct write_log *wl = calloc(1, sizeof *wl);
-    if (wl == NULL)
-        return rp_err(RP_ENOMEM, "write log");
+    struct write_log log = {0}, *wl = &log;
     rp_buf_init(&cmd);
     int rv = build_command(r, op, &cmd, wl, &warnings);
+    if (rv == 0 && wl->oom)
+        rv = rp_err(RP_ENOMEM, "keeping the write's audit record");
     if (rv == 0)
         rv = auth_propose(r->srv, cmd.data, cmd.len, &res);
     if (cmd.data)
@@ -410,8 +426,9 @@ int auth_h_write(struct auth_req *r, const char *op, struct rp_buf *out)
     rp_mp_map_end(&m);
 out:
     auth_warnings_free(&warnings);
-    OPENSSL_cleanse(wl, sizeof *wl);
-    free(wl);
+    if (wl->items != NULL)
+        OPENSSL_cleanse(wl->items, wl->cap * sizeof *wl->items);
+    free(wl->items);
     return rv;
 }
 

@@ -773,3 +773,54 @@ Test(int_admission, user_certificates_never_outlive_max_session_ttl)
     free(pub);
     cluster_pass();
 }
+
+/* Every op of a batch is audited, however many there are (a batch may hold up to
+ * STATE_MAX_BATCH ops). */
+Test(int_admission, every_op_of_a_large_batch_is_audited)
+{
+    start_one();
+    enum { N_OPS = 100 };
+    struct rp_buf req;
+    msgpack_packer pk;
+    char rid[33], name[32];
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    auth_new_rid(rid);
+    msgpack_pack_map(&pk, 3);
+    rp_mp_kv_str(&pk, "m", "batch");
+    rp_mp_kv_str(&pk, "rid", rid);
+    rp_mp_pack_str(&pk, "ops");
+    msgpack_pack_array(&pk, N_OPS);
+    for (int i = 0; i < N_OPS; i++) {
+        snprintf(name, sizeof name, "bulk-role-%03d", i);
+        msgpack_pack_map(&pk, 2);
+        rp_mp_kv_str(&pk, "op", "put");
+        rp_mp_pack_str(&pk, "res");
+        msgpack_pack_map(&pk, 4);
+        rp_mp_kv_str(&pk, "kind", "role");
+        rp_mp_kv_str(&pk, "version", "v7");
+        rp_mp_pack_str(&pk, "metadata");
+        msgpack_pack_map(&pk, 1);
+        rp_mp_kv_str(&pk, "name", name);
+        rp_mp_pack_str(&pk, "spec");
+        msgpack_pack_map(&pk, 0);
+    }
+    msgpack_unpacked resp;
+    int rv = node_call(1, req.data, req.len, &resp, 0);
+    cr_assert_eq(rv, 0, "batch of %d roles: %s", N_OPS, rp_errmsg());
+    msgpack_unpacked_destroy(&resp);
+    rp_buf_free(&req);
+    char *out = NULL;
+    cr_assert_eq(run_tctl(1, &out, "events", "ls", "--type=role.created", "--format=json",
+                          "--limit=1000", NULL),
+                 0);
+    int found = 0;
+    for (int i = 0; i < N_OPS; i++) {
+        snprintf(name, sizeof name, "\"bulk-role-%03d\"", i);
+        found += strstr(out, name) != NULL;
+    }
+    free(out);
+    cr_assert_eq(found, N_OPS, "%d of the batch's %d role writes are in the audit log", found,
+                 N_OPS);
+    cluster_pass();
+}
