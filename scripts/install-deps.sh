@@ -8,8 +8,9 @@ set -euo pipefail
 pkgs=(
   build-essential pkg-config
   libraft-dev libuv1-dev libssl-dev liblmdb-dev libmsgpack-dev
-  libcriterion-dev libyaml-dev libargon2-dev libssh-dev
-  openssl iproute2 procps nftables faketime openssh-client openssh-server oathtool
+  libcriterion-dev libyaml-dev libargon2-dev libssh-dev libzstd-dev
+  openssl iproute2 procps nftables faketime openssh-client openssh-server openssh-sftp-server
+  oathtool asciinema
 )
 if [ "${1:-}" = fuzz ]; then
   pkgs+=(clang libclang-rt-14-dev llvm) # llvm: llvm-symbolizer, for readable crash stacks
