@@ -237,6 +237,7 @@ struct hb_worker {
     struct auth_client *c;
     pthread_barrier_t *start;
     int failures;
+    unsigned sent;
     char err[256];
 };
 
@@ -249,6 +250,35 @@ static void *hb_worker_main(void *arg)
             w->failures++;
             snprintf(w->err, sizeof w->err, "%s", rp_errmsg());
         }
+    }
+    return NULL;
+}
+
+/* Steady state: each node heartbeats every PACED_PERIOD_MS +-10 % for PACED_MS, so
+ * the 100 nodes send ~167 a second, what 10,000 agents heartbeating once a minute
+ * send (docs/presence.md, "Sizing"). */
+#define PACED_PERIOD_MS 600
+#define PACED_MS 6000
+
+static void *hb_paced_main(void *arg)
+{
+    struct hb_worker *w = arg;
+    pthread_barrier_wait(w->start);
+    uint64_t end = rp_mono_ms() + PACED_MS;
+    /* A random phase, then the period with jitter, as agents do. */
+    cl_sleep_ms((unsigned)(rp_rand_u64() % PACED_PERIOD_MS));
+    while (rp_mono_ms() < end) {
+        uint64_t t = rp_mono_ms();
+        if (heartbeat(w->c, w->n, NULL, 3600000, NULL, NULL) != 0) {
+            w->failures++;
+            snprintf(w->err, sizeof w->err, "%s", rp_errmsg());
+        }
+        w->sent++;
+        unsigned period =
+            PACED_PERIOD_MS * 9 / 10 + (unsigned)(rp_rand_u64() % (PACED_PERIOD_MS / 5 + 1));
+        uint64_t spent = rp_mono_ms() - t;
+        if (spent < period)
+            cl_sleep_ms((unsigned)(period - spent));
     }
     return NULL;
 }
@@ -305,6 +335,31 @@ Test(agent_api, concurrent_heartbeats_share_raft_entries)
     cr_expect_eq(failures, 0);
     cr_expect_lt(entries, total / 2, "%llu entries for %u heartbeats", (unsigned long long)entries,
                  total);
+
+    before = last_index(admin);
+    for (int i = 0; i < COALESCE_NODES; i++) {
+        w[i].failures = 0;
+        cr_assert_eq(pthread_create(&w[i].th, NULL, hb_paced_main, &w[i]), 0);
+    }
+    pthread_barrier_wait(&start);
+    t0 = rp_mono_ms();
+    unsigned sent = 0;
+    failures = 0;
+    for (int i = 0; i < COALESCE_NODES; i++) {
+        pthread_join(w[i].th, NULL);
+        sent += w[i].sent;
+        failures += w[i].failures;
+    }
+    elapsed = rp_mono_ms() - t0;
+    entries = last_index(admin) - before;
+    fprintf(stderr,
+            "steady state: %u heartbeats in %llu ms (%.0f/s) took %llu Raft entries (%.0f/s, "
+            "%.1f heartbeats per entry)\n",
+            sent, (unsigned long long)elapsed, sent * 1000.0 / (double)elapsed,
+            (unsigned long long)entries, entries * 1000.0 / (double)elapsed,
+            entries ? (double)sent / (double)entries : 0.0);
+    cr_expect_eq(failures, 0);
+    cr_expect_lt(entries, sent, "no heartbeat shared an entry at ~167 a second");
     for (int i = 0; i < COALESCE_NODES; i++) {
         auth_client_free(w[i].c);
         cl_node_id_free(&nodes[i]);
