@@ -40,12 +40,11 @@
 
 #define HB_MIN_TTL_MS 3000ull
 #define HB_MAX_TTL_MS 3600000ull
-#define HB_MAX_RES_BYTES (64u << 10) /* one presence resource */
-#define HB_BATCH_MAX_OPS 512         /* puts in one entry (STATE_MAX_BATCH is 1024) */
-#define HB_BATCH_MAX_BYTES (8u << 20)
-#define HB_GATHER_MS                                                                               \
-    50 /* how long the first heartbeat of an entry waits for others */ /* half of                  \
-                                                                          STATE_MAX_COMMAND */
+#define HB_MAX_RES_BYTES (64u << 10)  /* one presence resource */
+#define HB_BATCH_MAX_OPS 512          /* puts in one entry (STATE_MAX_BATCH is 1024) */
+#define HB_BATCH_MAX_BYTES (8u << 20) /* half of STATE_MAX_COMMAND */
+/* How long the first heartbeat of an entry waits for others to join it. */
+#define HB_GATHER_MS 20
 #define HB_MAX_LABELS 128                /* static labels (the state allows 256) */
 #define HB_MAX_CMD_LABELS 64             /* command labels */
 #define HB_LABEL_VALUE_MAX 1024          /* a label's value, or a command label's result */
@@ -80,10 +79,10 @@ static const char *shown(const msgpack_object *o, char *out, size_t n)
             unsigned char ch = (unsigned char)o->via.str.ptr[i];
             out[k++] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch;
         }
-    } else if (n > 5) {
-        memcpy(out, "(not", 4);
-        k = 4;
-        out[k++] = ')';
+    } else {
+        k = (size_t)snprintf(out, n, "%s", o == NULL ? "(none)" : "(not a string)");
+        if (k >= n)
+            k = n - 1;
     }
     out[k] = '\0';
     return out;
