@@ -436,6 +436,34 @@ Test(agent_api, emit_events_sets_server_id_and_refuses_a_type_a_node_does_not_em
     cr_assert_eq(auth_client_events(admin, &q, &r, &items), 0, "%s", rp_errmsg());
     cr_expect_eq(items->via.array.size, 0, "a refused call appended events");
     auth_reply_free(&r);
+
+    /* At most 256 events, each at most 64 KiB encoded. */
+    rp_buf_reset(&evs);
+    msgpack_pack_array(&pk, 257);
+    for (int i = 0; i < 257; i++)
+        pack_event(&pk, "exec", sid2, "x");
+    cr_expect_eq(auth_client_emit_events(c, evs.data, evs.len, NULL), RP_EINVAL,
+                 "257 events were taken");
+    rp_buf_reset(&evs);
+    msgpack_pack_array(&pk, 1);
+    struct rp_mp_map big;
+    rp_mp_map_begin(&pk, &big);
+    rp_mp_map_str(&big, "event", "exec");
+    rp_mp_map_u64(&big, "time", rp_now_ms());
+    rp_mp_map_str(&big, "sid", sid2);
+    char *blob = malloc(70000);
+    memset(blob, 'a', 69999);
+    blob[69999] = '\0';
+    rp_mp_map_str(&big, "command", blob);
+    rp_mp_map_end(&big);
+    free(blob);
+    cr_expect_eq(auth_client_emit_events(c, evs.data, evs.len, NULL), RP_ETOOBIG,
+                 "an event of 70 kB was taken");
+    cr_expect(strstr(rp_errmsg(), "events[0]") != NULL, "%s", rp_errmsg());
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(auth_client_events(admin, &q, &r, &items), 0, "%s", rp_errmsg());
+    cr_expect_eq(items->via.array.size, 0, "a refused call appended events");
+    auth_reply_free(&r);
     rp_buf_free(&evs);
     auth_client_free(c);
     auth_client_free(admin);
@@ -626,6 +654,57 @@ Test(agent_api, known_hosts_lists_nodes_whose_certificate_verifies_and_skips_the
     cl_node_id_free(&good);
     cl_node_id_free(&bad);
     cl_node_id_free(&plain);
+    cluster_pass();
+}
+
+/* ---- proxies
+ * ------------------------------------------------------------------------------------------ */
+
+Test(agent_api, a_proxy_heartbeats_kind_proxy_only_and_renews_its_own_certificates)
+{
+    cluster_start(1);
+    struct cl_node_id px;
+    cl_join_host(1, "proxy", NULL, "proxy-1", &px);
+    struct auth_client *c = cl_node_client(&px, 1), *admin = node_client(1);
+    struct node_opts as_proxy = {.kind = "proxy", .addr = "127.0.0.1:3080"};
+    cr_assert_eq(heartbeat(c, &px, &as_proxy, 60000, NULL, NULL), 0, "%s", rp_errmsg());
+    struct auth_reply r = {0};
+    cr_expect_eq(auth_client_get(admin, "proxy", px.host_id, 0, &r, NULL, NULL), 0, "%s",
+                 rp_errmsg());
+    auth_reply_free(&r);
+    cr_expect_eq(heartbeat(c, &px, NULL, 60000, NULL, NULL), RP_EDENIED,
+                 "a proxy published a node resource");
+
+    /* Straight to the leader: the node name comes from the connection's certificate. */
+    EVP_PKEY *k = rp_tls_keygen();
+    char *tls_pub = NULL;
+    cr_assert_eq(rp_tls_pubkey_to_pem(k, &tls_pub), 0);
+    struct auth_host_certs certs;
+    cr_assert_eq(auth_client_renew_host(c, px.ssh_pub, tls_pub, NULL, 0, &certs), 0, "%s",
+                 rp_errmsg());
+    X509 *x = NULL;
+    struct rp_identity id;
+    cr_assert_eq(rp_tls_cert_from_pem(certs.tls_cert, strlen(certs.tls_cert), &x), 0);
+    cr_assert_eq(rp_identity_from_cert(x, &id), 0, "%s", rp_errmsg());
+    cr_expect_eq(id.system_role, RP_SYS_PROXY);
+    cr_expect_str_eq(id.host_id, px.host_id);
+    rp_identity_free(&id);
+    X509_free(x);
+    struct rp_ssh_cert sc;
+    cr_assert_eq(rp_ssh_cert_parse_line(certs.ssh_cert, &sc, NULL), 0, "%s", rp_errmsg());
+    bool named = false;
+    for (size_t i = 0; i < sc.n_principals; i++)
+        named = named || strcmp(sc.principals[i], "proxy-1") == 0;
+    cr_expect(named, "the renewed SSH certificate lacks the node name of the join");
+    cr_expect_str_eq(rp_ssh_cert_opt_find(sc.extensions, sc.n_extensions, "x-teleport-role"),
+                     "Proxy");
+    rp_ssh_cert_free(&sc);
+    auth_host_certs_free(&certs);
+    free(tls_pub);
+    EVP_PKEY_free(k);
+    auth_client_free(c);
+    auth_client_free(admin);
+    cl_node_id_free(&px);
     cluster_pass();
 }
 

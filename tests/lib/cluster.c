@@ -1531,12 +1531,18 @@ void cl_writer_stop(struct cl_writer_stats *st)
 
 void cl_join_node(int via, const char *token, const char *nodename, struct cl_node_id *out)
 {
+    cl_join_host(via, "node", token, nodename, out);
+}
+
+void cl_join_host(int via, const char *type, const char *token, const char *nodename,
+                  struct cl_node_id *out)
+{
     char fresh[128], code[64];
     memset(out, 0, sizeof *out);
     cr_assert_eq(rp_uuid_v4(out->host_id), 0);
     snprintf(out->nodename, sizeof out->nodename, "%s", nodename);
     if (token == NULL) {
-        cl_add_token(1, "node", NULL, fresh, sizeof fresh);
+        cl_add_token(1, type, NULL, fresh, sizeof fresh);
         token = fresh;
     }
     EVP_PKEY *tls_key = rp_tls_keygen();
@@ -1556,7 +1562,7 @@ void cl_join_node(int via, const char *token, const char *nodename, struct cl_no
     rp_mp_map_begin(&pk, &m);
     rp_mp_map_str(&m, "m", "join");
     rp_mp_map_str(&m, "token", token);
-    rp_mp_map_str(&m, "type", "node");
+    rp_mp_map_str(&m, "type", type);
     rp_mp_map_str(&m, "host_id", out->host_id);
     rp_mp_map_str(&m, "nodename", nodename);
     rp_mp_map_str(&m, "host_pubkey", tls_pub);

@@ -197,6 +197,10 @@ struct cl_node_id {
  * so many nodes may share one): an anonymous join call with a fresh P-256 key and
  * Ed25519 host key, as the agent makes it. Fails the test if any step fails. */
 void cl_join_node(int via, const char *token, const char *nodename, struct cl_node_id *out);
+/* The same for a host of join type @type ("node" or "proxy"; @token NULL: a fresh
+ * token of that type). */
+void cl_join_host(int via, const char *type, const char *token, const char *nodename,
+                  struct cl_node_id *out);
 void cl_node_id_free(struct cl_node_id *n);
 /* A client with @n's identity bound to auth server @i (auth_client_free it). */
 struct auth_client *cl_node_client(const struct cl_node_id *n, int i);
