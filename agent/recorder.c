@@ -174,7 +174,22 @@ static uint64_t rec_time_us(struct agent_rec *rec)
     return t;
 }
 
-/* Appends one line built by @build to the chunk, within the cap. rec->mu held. */
+/* Counts the @before.. tail of the chunk against the cap, or takes it back out (and
+ * restores @carry to @saved) when the spool has no room for it. rec->mu held. */
+static int rec_commit(struct agent_rec *rec, size_t before, struct agent_cast_utf8 *carry,
+                      const struct agent_cast_utf8 *saved)
+{
+    int rv = spool_reserve(rec->r, rec->chunk.len - before);
+    if (rv != 0) {
+        rec->chunk.len = before;
+        if (carry != NULL)
+            *carry = *saved;
+    }
+    return rv;
+}
+
+/* Notes in the recording how many bytes were refused since the last line that went
+ * in, so that a gap is visible to whoever plays it. rec->mu held. */
 static int rec_add_marker_if_dropped(struct agent_rec *rec, uint64_t t_us)
 {
     char text[160];
@@ -184,13 +199,10 @@ static int rec_add_marker_if_dropped(struct agent_rec *rec, uint64_t t_us)
                      "raftport: %llu bytes of this session were not recorded (spool full or "
                      "not writable)",
                      (unsigned long long)rec->dropped_bytes);
-    size_t max = agent_cast_event_max_line((size_t)n);
-    int rv = spool_reserve(rec->r, max);
-    if (rv != 0)
-        return rv;
     size_t before = rec->chunk.len;
-    rv = agent_cast_event(&rec->chunk, t_us, AGENT_CAST_MARKER, NULL, text, (size_t)n);
-    spool_release(rec->r, max - (rec->chunk.len - before));
+    int rv = agent_cast_event(&rec->chunk, t_us, AGENT_CAST_MARKER, NULL, text, (size_t)n);
+    if (rv == 0)
+        rv = rec_commit(rec, before, NULL, NULL);
     if (rv == 0)
         rec->dropped_bytes = 0;
     return rv;
@@ -205,22 +217,21 @@ static int rec_record(struct agent_rec *rec, char code, struct agent_cast_utf8 *
     uint64_t t_us = rec_time_us(rec);
     while (n > 0) {
         size_t piece = n < AGENT_CAST_MAX_EVENT_DATA ? n : AGENT_CAST_MAX_EVENT_DATA;
-        size_t max = agent_cast_event_max_line(piece);
-        if (rec->chunk.len + max > CHUNK_HARD_MAX) {
+        if (rec->chunk.len + agent_cast_event_max_line(piece) > CHUNK_HARD_MAX) {
             /* The spool failed to take the last cuts: keep what is held, refuse more. */
             rv = rec_cut(rec);
             if (rv != 0)
                 break;
         }
-        rv = spool_reserve(rec->r, max);
-        if (rv != 0)
-            break;
         size_t before = rec->chunk.len;
         rv = rec_add_marker_if_dropped(rec, t_us);
+        if (rv != 0)
+            break;
+        size_t line_at = rec->chunk.len;
+        struct agent_cast_utf8 saved = *carry;
+        rv = agent_cast_event(&rec->chunk, t_us, code, carry, p, piece);
         if (rv == 0)
-            rv = agent_cast_event(&rec->chunk, t_us, code, carry, p, piece);
-        spool_release(rec->r,
-                      max - (rec->chunk.len - before > max ? max : rec->chunk.len - before));
+            rv = rec_commit(rec, line_at, carry, &saved);
         if (rv != 0)
             break;
         rec_lines_added(rec, before, now);
@@ -252,18 +263,15 @@ int agent_rec_input(struct agent_rec *rec, const void *p, size_t n)
 
 int agent_rec_resize(struct agent_rec *rec, unsigned cols, unsigned rows)
 {
-    char line[96];
     pthread_mutex_lock(&rec->mu);
     uint64_t now = rp_mono_ms();
-    int rv = spool_reserve(rec->r, sizeof line);
+    size_t before = rec->chunk.len;
+    int rv = agent_cast_resize(&rec->chunk, rec_time_us(rec), cols, rows);
+    if (rv == 0)
+        rv = rec_commit(rec, before, NULL, NULL);
     if (rv == 0) {
-        size_t before = rec->chunk.len;
-        rv = agent_cast_resize(&rec->chunk, rec_time_us(rec), cols, rows);
-        spool_release(rec->r, sizeof line - (rec->chunk.len - before));
-        if (rv == 0) {
-            rec_lines_added(rec, before, now);
-            rv = rec_maintain(rec, now);
-        }
+        rec_lines_added(rec, before, now);
+        rv = rec_maintain(rec, now);
     }
     pthread_mutex_unlock(&rec->mu);
     return rv;

@@ -796,9 +796,9 @@ out:
 }
 
 /* Sends chunk @seq of @ss. Returns 0 once sent, the upload function's error, or
- * another error (meta unreadable: the session is moved to quarantine). */
+ * another error; *@meta_lost when chunk 0 cannot be sent for want of metadata. */
 static int send_chunk(struct agent_recorder *r, struct spool_sess *ss, uint64_t seq, bool last,
-                      uint64_t *sent_bytes)
+                      uint64_t *sent_bytes, bool *meta_lost)
 {
     char path[PATH_MAX], *data = NULL, label[128];
     size_t len = 0;
@@ -832,8 +832,12 @@ static int send_chunk(struct agent_recorder *r, struct spool_sess *ss, uint64_t 
     if (seq == 0) {
         struct agent_spool_meta m;
         rv = read_meta(r, ss->sid, &m);
-        if (rv != 0)
+        if (rv != 0) {
+            /* Chunk 0 goes with the metadata auth lists it by; without it the session
+             * cannot be sent at all. */
+            *meta_lost = true;
             goto out;
+        }
         rv = agent_spool_meta_upload(&meta, &m);
         agent_spool_meta_free(&m);
         if (rv != 0)
@@ -909,7 +913,8 @@ void *spool_uploader_main(void *arg)
         uint64_t sent = 0;
         pthread_mutex_unlock(&r->mu);
 
-        int rv = send_chunk(r, ss, seq, last, &sent);
+        bool meta_lost = false;
+        int rv = send_chunk(r, ss, seq, last, &sent, &meta_lost);
         uint64_t leftover = 0;
         if (rv == 0 && last) {
             leftover = session_dir_bytes(r, ss->sid);
@@ -929,10 +934,14 @@ void *spool_uploader_main(void *arg)
                 free(ss);
                 ss = NULL;
             }
-        } else if (permanent_refusal(rv) && ++ss->refusals >= AGENT_REC_REFUSALS) {
+        } else if (meta_lost || (permanent_refusal(rv) && ++ss->refusals >= AGENT_REC_REFUSALS)) {
             char why[400];
-            snprintf(why, sizeof why, "auth refused chunk %llu %u times (%s): not retried",
-                     (unsigned long long)seq, ss->refusals, rp_errmsg());
+            if (meta_lost)
+                snprintf(why, sizeof why, "its metadata does not read back (%s): not sent",
+                         rp_errmsg());
+            else
+                snprintf(why, sizeof why, "auth refused chunk %llu %u times (%s): not retried",
+                         (unsigned long long)seq, ss->refusals, rp_errmsg());
             uint64_t bytes = session_dir_bytes(r, ss->sid);
             pthread_mutex_unlock(&r->mu);
             quarantine_session(r, ss->sid, why);
