@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -541,8 +540,12 @@ static void *flusher_main(void *arg)
         pthread_mutex_lock(&r->recs_mu);
         for (struct agent_rec *rec = r->recs; rec != NULL; rec = rec->next) {
             pthread_mutex_lock(&rec->mu);
-            if (rec_maintain(rec, rp_mono_ms()) != 0)
+            uint64_t now = rp_mono_ms();
+            if (rec_maintain(rec, now) != 0 && now - rec->warned_ms >= 10000) {
+                /* Retried every tick; said once per 10 s. */
                 rp_warn("recorder", "session %s: %s (retrying)", rec->sid, rp_errmsg());
+                rec->warned_ms = now;
+            }
             pthread_mutex_unlock(&rec->mu);
         }
         pthread_mutex_unlock(&r->recs_mu);
@@ -550,6 +553,90 @@ static void *flusher_main(void *arg)
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
+}
+
+/* The spool lock. A POSIX record lock, because it is not inherited by fork(): a
+ * session's child process that outlives a killed agent must not keep the restarted
+ * agent out of its spool. POSIX locks do not exclude their own process, so the spools
+ * this process holds are listed here too; and since closing any descriptor of the
+ * file drops the lock, a second recorder of this process is refused before it opens
+ * the file. */
+struct held_spool {
+    dev_t dev;
+    ino_t ino;
+    struct held_spool *next;
+};
+static pthread_mutex_t g_held_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct held_spool *g_held;
+
+static bool held_here(dev_t dev, ino_t ino)
+{
+    for (struct held_spool *h = g_held; h != NULL; h = h->next)
+        if (h->dev == dev && h->ino == ino)
+            return true;
+    return false;
+}
+
+static int spool_lock(struct agent_recorder *r)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    int rv = 0;
+    snprintf(path, sizeof path, "%s/.lock", r->dir);
+    pthread_mutex_lock(&g_held_mu);
+    if (stat(path, &st) == 0 && held_here(st.st_dev, st.st_ino)) {
+        rv = rp_err(RP_EBUSY, "recorder: spool %s is in use by this process", r->dir);
+        goto out;
+    }
+    r->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (r->lock_fd < 0 || fstat(r->lock_fd, &st) != 0) {
+        rv = rp_err(RP_EIO, "recorder: open %s: %s", path, strerror(errno));
+        goto out;
+    }
+    /* The lock dies with its process, so a spool whose lock is free has no writer:
+     * every session in it that has no end marker was cut short by a dead agent. */
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (fcntl(r->lock_fd, F_SETLK, &fl) != 0) {
+        rv = errno == EACCES || errno == EAGAIN
+                 ? rp_err(RP_EBUSY, "recorder: spool %s is in use by another process", r->dir)
+                 : rp_err(RP_EIO, "recorder: lock %s: %s", path, strerror(errno));
+        goto out;
+    }
+    struct held_spool *h = malloc(sizeof *h);
+    if (h == NULL) {
+        rv = rp_err(RP_ENOMEM, "recorder: out of memory");
+        goto out;
+    }
+    h->dev = st.st_dev;
+    h->ino = st.st_ino;
+    h->next = g_held;
+    g_held = h;
+    r->lock_dev = st.st_dev;
+    r->lock_ino = st.st_ino;
+    r->locked = true;
+out:
+    pthread_mutex_unlock(&g_held_mu);
+    return rv;
+}
+
+static void spool_unlock(struct agent_recorder *r)
+{
+    pthread_mutex_lock(&g_held_mu);
+    if (r->locked) {
+        for (struct held_spool **pp = &g_held; *pp != NULL; pp = &(*pp)->next) {
+            if ((*pp)->dev == r->lock_dev && (*pp)->ino == r->lock_ino) {
+                struct held_spool *h = *pp;
+                *pp = h->next;
+                free(h);
+                break;
+            }
+        }
+        r->locked = false;
+    }
+    if (r->lock_fd >= 0)
+        close(r->lock_fd);
+    r->lock_fd = -1;
+    pthread_mutex_unlock(&g_held_mu);
 }
 
 static void recorder_release(struct agent_recorder *r)
@@ -561,8 +648,7 @@ static void recorder_release(struct agent_recorder *r)
         ss = next;
     }
     spool_cctx_pool_free(r);
-    if (r->lock_fd >= 0)
-        close(r->lock_fd);
+    spool_unlock(r);
     pthread_mutex_destroy(&r->recs_mu);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->wake);
@@ -604,20 +690,9 @@ int agent_recorder_new(struct agent_recorder **out, const char *spool_dir, uint6
     rv = rp_mkdir_p(spool_dir, 0700);
     if (rv != 0)
         goto err;
-    snprintf(path, sizeof path, "%s/.lock", r->dir);
-    r->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (r->lock_fd < 0) {
-        rv = rp_err(RP_EIO, "recorder: open %s: %s", path, strerror(errno));
+    rv = spool_lock(r);
+    if (rv != 0)
         goto err;
-    }
-    /* The lock dies with its process, so a spool whose lock is free has no writer:
-     * every session in it that has no end marker was cut short by a dead agent. */
-    if (flock(r->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        rv = errno == EWOULDBLOCK
-                 ? rp_err(RP_EBUSY, "recorder: spool %s is in use by another process", r->dir)
-                 : rp_err(RP_EIO, "recorder: lock %s: %s", path, strerror(errno));
-        goto err;
-    }
     snprintf(path, sizeof path, "%s/quarantine", r->dir);
     if (mkdir(path, 0700) != 0 && errno != EEXIST) {
         rv = rp_err(RP_EIO, "recorder: mkdir %s: %s", path, strerror(errno));

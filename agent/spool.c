@@ -412,9 +412,10 @@ static int check_chunk(const uint8_t *z, size_t n, uint64_t seq, uint64_t *last_
 
 /* ---- quarantine ------------------------------------------------------------------ */
 
-/* Moves @path to spool/quarantine/<label>, logging @why. */
-static void quarantine(struct agent_recorder *r, const char *path, const char *label,
-                       const char *why)
+/* Moves @path to spool/quarantine/<label>, logging @why. Returns the bytes it held
+ * (a directory counts as its own size only). */
+static uint64_t quarantine(struct agent_recorder *r, const char *path, const char *label,
+                           const char *why)
 {
     char dst[PATH_MAX], suffix[9];
     struct stat st;
@@ -426,10 +427,11 @@ static void quarantine(struct agent_recorder *r, const char *path, const char *l
         rp_error("recorder", "spool: %s: %s; moving it to quarantine failed (%s): deleting it",
                  path, why, strerror(errno));
         unlink(path);
-        return;
+        return bytes;
     }
     rp_error("recorder", "spool: %s (%llu bytes): %s; moved to %s", path, (unsigned long long)bytes,
              why, dst);
+    return bytes;
 }
 
 /* Removes a finished session's directory. */
@@ -818,9 +820,12 @@ static int send_chunk(struct agent_recorder *r, struct spool_sess *ss, uint64_t 
         snprintf(why, sizeof why, "%s", rp_errmsg());
         free(data);
         data = NULL;
-        if (rp_file_exists(path))
-            quarantine(r, path, label, why);
-        else
+        if (rp_file_exists(path)) {
+            uint64_t moved = quarantine(r, path, label, why);
+            pthread_mutex_lock(&r->mu);
+            r->spool_bytes -= r->spool_bytes >= moved ? moved : r->spool_bytes;
+            pthread_mutex_unlock(&r->mu);
+        } else
             rp_error("recorder", "spool: session %s: chunk %llu is missing", ss->sid,
                      (unsigned long long)seq);
         rv = stand_in_chunk(r, ss, seq, why, &data, &len);
@@ -828,6 +833,9 @@ static int send_chunk(struct agent_recorder *r, struct spool_sess *ss, uint64_t 
             rv = rp_write_file(path, data, len, 0600);
         if (rv != 0)
             goto out;
+        pthread_mutex_lock(&r->mu);
+        r->spool_bytes += len;
+        pthread_mutex_unlock(&r->mu);
     }
     if (seq == 0) {
         struct agent_spool_meta m;

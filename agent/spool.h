@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "agent/asciicast.h"
 #include "agent/recorder.h"
@@ -47,6 +48,7 @@ struct agent_rec {
     uint64_t unflushed_since_ms; /* rp_mono_ms of the oldest line not in the part; 0: none */
     uint64_t last_t_us;
     uint64_t dropped_bytes; /* refused since the last line that was recorded */
+    uint64_t warned_ms;     /* rp_mono_ms of the flusher's last warning about it */
     struct agent_rec *next; /* in recorder.recs, under recorder.recs_mu */
 };
 
@@ -57,6 +59,9 @@ struct agent_recorder {
     void *upload_arg;
     struct agent_recorder_tuning tune;
     int lock_fd;
+    bool locked;
+    dev_t lock_dev; /* the lock file, in this process's list of held spools */
+    ino_t lock_ino;
 
     /* Lock order: recs_mu, then an agent_rec's mu, then mu. */
     pthread_mutex_t recs_mu;
