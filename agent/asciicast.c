@@ -139,7 +139,7 @@ static size_t append_body(struct rp_buf *b, struct agent_cast_utf8 *carry, const
                           size_t n, bool final)
 {
     uint8_t *start = b->data + b->len, *o = start;
-    size_t used;
+    size_t used, skip = 0;
 
     if (carry != NULL && carry->len > 0) {
         /* The carried bytes begin one character; join them with up to 3 bytes of @p,
@@ -155,19 +155,20 @@ static size_t append_body(struct rp_buf *b, struct agent_cast_utf8 *carry, const
             size_t rest = k + take - used;
             memmove(carry->tail, tmp + used, rest);
             carry->len = (uint8_t)rest;
-            p += n;
             n = 0;
         } else {
             carry->len = 0;
-            p += used - k;
-            n -= used - k;
+            skip = used - k;
         }
     }
-    if (n > 0) {
-        o = escape_into(o, p, n, n, final || carry == NULL, &used);
-        if (used < n) {
-            memcpy(carry->tail, p + used, n - used);
-            carry->len = (uint8_t)(n - used);
+    /* @p may be NULL when @n is 0 (a flush): no pointer arithmetic on it then. */
+    if (n > skip) {
+        const uint8_t *q = p + skip;
+        size_t m = n - skip;
+        o = escape_into(o, q, m, m, final || carry == NULL, &used);
+        if (used < m) {
+            memcpy(carry->tail, q + used, m - used);
+            carry->len = (uint8_t)(m - used);
         }
     }
     return (size_t)(o - start);

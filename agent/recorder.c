@@ -93,9 +93,79 @@ static int rec_write_part(struct agent_rec *rec)
     return 0;
 }
 
-/* Compresses the chunk being filled into <seq>.zst (written atomically and synced),
- * removes its part file and hands the chunk to the uploader. rec->mu held. On error
- * the lines stay in memory and the next attempt retries. */
+/* Writes @n bytes at @p to @path through a temp file and a rename, so that the name
+ * only ever holds a whole chunk (a dead writer leaves a temp file, which the next
+ * recorder deletes, and the part file, which it uses). Not synced: fsync of each chunk
+ * on the session's thread would cap what a session can print at a few hundred chunks
+ * a second on a loaded disk; rec_sync_chunks does it off that path within a tick. */
+static int write_unsynced(const char *path, const void *p, size_t n)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.w", path) >= (int)sizeof tmp)
+        return rp_err(RP_EINVAL, "path too long: %s", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return rp_err(errno_code(errno), "create %s: %s", tmp, strerror(errno));
+    const uint8_t *c = p;
+    while (n > 0) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return rp_err(errno_code(e), "write %s: %s", tmp, strerror(e));
+        }
+        c += w;
+        n -= (size_t)w;
+    }
+    if (close(fd) != 0 || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return rp_err(errno_code(e), "write %s: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+/* Syncs the chunk files of @rec written since the last call, and its directory (for
+ * the renames). Called without rec->mu (fsync takes milliseconds), by the one thread
+ * that may (the flusher while it holds recs_mu, or the session's owner at close). */
+static void rec_sync_chunks(struct agent_rec *rec)
+{
+    char path[PATH_MAX];
+    pthread_mutex_lock(&rec->mu);
+    uint64_t from = rec->synced_to, to = rec->seq;
+    pthread_mutex_unlock(&rec->mu);
+    if (from >= to)
+        return;
+    for (uint64_t seq = from; seq < to; seq++) {
+        if (spool_chunk_path(path, sizeof path, rec->r, rec->sid, seq, "zst") != 0)
+            continue;
+        /* Already sent and deleted: nothing to keep. */
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        if (fsync(fd) != 0)
+            rp_warn("recorder", "fsync %s: %s", path, strerror(errno));
+        close(fd);
+    }
+    if (spool_path(path, sizeof path, rec->r, rec->sid, NULL) == 0) {
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+            fsync(fd);
+            close(fd);
+        }
+    }
+    pthread_mutex_lock(&rec->mu);
+    if (rec->synced_to < to)
+        rec->synced_to = to;
+    pthread_mutex_unlock(&rec->mu);
+}
+
+/* Compresses the chunk being filled into <seq>.zst, removes its part file and hands
+ * the chunk to the uploader. rec->mu held. On error the lines stay in memory and the
+ * next attempt retries. */
 static int rec_cut(struct agent_rec *rec)
 {
     struct agent_recorder *r = rec->r;
@@ -114,9 +184,9 @@ static int rec_cut(struct agent_rec *rec)
         goto out;
     /* The cap was reserved for the lines; the compressed file is smaller, but the two
      * exist side by side for a moment, which the cap does not need to count. */
-    rv = rp_write_file(path, z.data, z.len, 0600);
+    rv = write_unsynced(path, z.data, z.len);
     if (rv != 0) {
-        rv = rp_err(RP_EIO, "session %s: %s", rec->sid, rp_errmsg());
+        rv = rp_err(rv, "session %s: %s", rec->sid, rp_errmsg());
         goto out;
     }
     if (rec->part_fd >= 0) {
@@ -454,6 +524,9 @@ int agent_rec_close(struct agent_rec *rec)
         rv = rec_add_marker_if_dropped(rec, t_us);
     if (rv == 0)
         rv = rec_cut(rec);
+    pthread_mutex_unlock(&rec->mu);
+    rec_sync_chunks(rec);
+    pthread_mutex_lock(&rec->mu);
     if (rv == 0)
         rv = spool_path(path, sizeof path, r, rec->sid, "end");
     if (rv == 0)
@@ -547,6 +620,7 @@ static void *flusher_main(void *arg)
                 rec->warned_ms = now;
             }
             pthread_mutex_unlock(&rec->mu);
+            rec_sync_chunks(rec);
         }
         pthread_mutex_unlock(&r->recs_mu);
         pthread_mutex_lock(&r->mu);
@@ -764,6 +838,7 @@ int agent_recorder_flush(struct agent_recorder *r, uint64_t deadline_ms)
         if (rec_cut(rec) != 0)
             rp_warn("recorder", "flush: session %s: %s", rec->sid, rp_errmsg());
         pthread_mutex_unlock(&rec->mu);
+        rec_sync_chunks(rec);
     }
     pthread_mutex_unlock(&r->recs_mu);
 

@@ -44,6 +44,7 @@ struct agent_rec {
     size_t part_written;         /* bytes of chunk already in <seq>.part */
     int part_fd;                 /* -1 until the part file is opened */
     uint64_t seq;                /* the chunk being filled */
+    uint64_t synced_to;          /* chunks below this are fsync()ed */
     uint64_t chunk_started_ms;   /* rp_mono_ms when its first line came */
     uint64_t unflushed_since_ms; /* rp_mono_ms of the oldest line not in the part; 0: none */
     uint64_t last_t_us;
