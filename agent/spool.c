@@ -500,9 +500,12 @@ struct dir_listing {
     uint64_t bytes;
 };
 
-/* Lists a session directory: chunk numbers, markers, and byte count; deletes temp
- * files a dead writer left and quarantines names that do not belong. */
-static int list_session(struct agent_recorder *r, const char *sid, struct dir_listing *l)
+/* Lists a session directory: chunk numbers, markers, and byte count. With @clean (no
+ * writer is left: start-up, or a session whose writer is gone), deletes temp files a
+ * dead writer left and quarantines names that do not belong; without, only counts
+ * bytes. */
+static int list_session(struct agent_recorder *r, const char *sid, bool clean,
+                        struct dir_listing *l)
 {
     char path[PATH_MAX];
     memset(l, 0, sizeof *l);
@@ -525,6 +528,10 @@ static int list_session(struct agent_recorder *r, const char *sid, struct dir_li
             continue;
         if (lstat(f, &st) != 0)
             continue;
+        if (!clean) {
+            l->bytes += (uint64_t)st.st_size;
+            continue;
+        }
         if (strstr(name, ".tmp.") != NULL && S_ISREG(st.st_mode)) {
             /* An atomic write that did not finish: its file never took the name. */
             unlink(f);
@@ -626,7 +633,7 @@ static int finish_session(struct agent_recorder *r, struct spool_sess *ss, uint6
     char path[PATH_MAX];
     int rv = finish_parts(r, ss->sid);
     if (rv == 0)
-        rv = list_session(r, ss->sid, &l);
+        rv = list_session(r, ss->sid, true, &l);
     if (rv != 0)
         return rv;
     if (!l.any_zst) {
@@ -712,7 +719,7 @@ int spool_scan(struct agent_recorder *r)
             quarantine(r, path, name, "not a session directory of the spool");
             continue;
         }
-        if (list_session(r, name, &l) != 0) {
+        if (list_session(r, name, true, &l) != 0) {
             rp_error("recorder", "spool: %s", rp_errmsg());
             continue;
         }
@@ -812,6 +819,20 @@ static int send_chunk(struct agent_recorder *r, struct spool_sess *ss, uint64_t 
     rp_buf_init(&meta);
     snprintf(label, sizeof label, "%s.%llu.zst", ss->sid, (unsigned long long)seq);
 
+    if (seq == 0) {
+        /* Chunk 0 goes with the metadata auth lists the recording by; without it the
+         * session cannot be sent at all. */
+        struct agent_spool_meta m;
+        rv = read_meta(r, ss->sid, &m);
+        if (rv != 0) {
+            *meta_lost = true;
+            goto out;
+        }
+        rv = agent_spool_meta_upload(&meta, &m);
+        agent_spool_meta_free(&m);
+        if (rv != 0)
+            goto out;
+    }
     rv = rp_read_file(path, 2 * AGENT_REC_MAX_COMPRESSED, &data, &len);
     if (rv == 0)
         rv = check_chunk((const uint8_t *)data, len, seq, &last_t);
@@ -836,20 +857,6 @@ static int send_chunk(struct agent_recorder *r, struct spool_sess *ss, uint64_t 
         pthread_mutex_lock(&r->mu);
         r->spool_bytes += len;
         pthread_mutex_unlock(&r->mu);
-    }
-    if (seq == 0) {
-        struct agent_spool_meta m;
-        rv = read_meta(r, ss->sid, &m);
-        if (rv != 0) {
-            /* Chunk 0 goes with the metadata auth lists it by; without it the session
-             * cannot be sent at all. */
-            *meta_lost = true;
-            goto out;
-        }
-        rv = agent_spool_meta_upload(&meta, &m);
-        agent_spool_meta_free(&m);
-        if (rv != 0)
-            goto out;
     }
     rv = r->upload(r->upload_arg, ss->sid, seq, data, len, last, meta.data, meta.len);
     if (rv == 0) {
@@ -879,7 +886,7 @@ static void cond_wait_ms(struct agent_recorder *r, uint64_t ms)
 static uint64_t session_dir_bytes(struct agent_recorder *r, const char *sid)
 {
     struct dir_listing l;
-    if (list_session(r, sid, &l) != 0)
+    if (list_session(r, sid, false, &l) != 0)
         return 0;
     return l.bytes;
 }
