@@ -3,9 +3,13 @@
  * One recorder per agent owns data_dir/spool. Each recorded session writes asciicast v2
  * lines (agent/asciicast.h) into a chunk; a chunk is cut when it holds about
  * AGENT_REC_CHUNK_BYTES or is AGENT_REC_CHUNK_MS old, compressed as one zstd frame and
- * written to the spool as its own file (fsync, rename). Between cuts, the lines of the
- * chunk being filled are appended to a part file at least every AGENT_REC_FLUSH_MS, so
- * an agent killed with SIGKILL loses at most that last stretch. An uploader thread
+ * written to the spool as its own file (temp file, rename; the flusher thread fsyncs it
+ * within a quarter of AGENT_REC_FLUSH_MS, off the session's path). Between cuts, the
+ * lines of the chunk being filled are appended to a part file at least every
+ * AGENT_REC_FLUSH_MS, so an agent killed with SIGKILL loses at most that last stretch
+ * (part files are not fsynced: a power cut may lose the last seconds of writeback).
+ * Every chunk carries zstd's content checksum, and whatever reads back damaged is
+ * quarantined, not sent. An uploader thread
  * sends the spooled chunks in order through the caller's upload function (one
  * `rec_put` each) and deletes each once sent; failures are retried with exponential
  * backoff and jitter. A recorder started on a spool that holds the files of an agent
