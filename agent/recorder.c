@@ -204,7 +204,13 @@ static int rec_cut(struct agent_rec *rec)
     pthread_mutex_unlock(&r->mu);
 
     rec->seq++;
-    rp_buf_reset(&rec->chunk);
+    /* A chunk cut by size comes from a session printing fast: keep its buffer for the
+     * next. One cut by time comes from a quiet session: give the memory back, so that
+     * a hundred idle sessions do not each hold a chunk's worth. */
+    if (rec->chunk.len >= r->tune.chunk_bytes)
+        rp_buf_reset(&rec->chunk);
+    else
+        rp_buf_free(&rec->chunk);
     rec->part_written = 0;
     rec->unflushed_since_ms = 0;
     rec->chunk_started_ms = 0;
