@@ -371,6 +371,18 @@ static char *title_of(const struct agent_rec_meta *m)
     return t;
 }
 
+/* Undoes the files agent_rec_open made for @sid (keeping the error message). */
+static void remove_new_session(struct agent_recorder *r, const char *sid)
+{
+    char path[PATH_MAX];
+    if (spool_chunk_path(path, sizeof path, r, sid, 0, "part") == 0)
+        unlink(path);
+    if (spool_path(path, sizeof path, r, sid, "meta") == 0)
+        unlink(path);
+    if (spool_path(path, sizeof path, r, sid, NULL) == 0)
+        rmdir(path);
+}
+
 int agent_rec_open(struct agent_recorder *r, const struct agent_rec_meta *meta,
                    struct agent_rec **out)
 {
@@ -482,17 +494,8 @@ int agent_rec_open(struct agent_recorder *r, const struct agent_rec_meta *meta,
     *out = rec;
     return 0;
 
-err_dir : {
-    int keep = rv;
-    char p2[PATH_MAX];
-    if (spool_chunk_path(p2, sizeof p2, r, meta->sid, 0, "part") == 0)
-        unlink(p2);
-    if (spool_path(p2, sizeof p2, r, meta->sid, "meta") == 0)
-        unlink(p2);
-    if (spool_path(p2, sizeof p2, r, meta->sid, NULL) == 0)
-        rmdir(p2);
-    rv = keep;
-}
+err_dir:
+    remove_new_session(r, meta->sid);
 err_reserved:
     spool_release(r, mb.len + rec->chunk.len);
 err_rec:
