@@ -102,7 +102,9 @@ void agent_recorder_tune(struct agent_recorder *r, const struct agent_recorder_t
 /* Stops the threads and frees @r, as a killed agent would stop: sessions still open
  * are neither closed nor flushed (their part files stay in the spool; the next
  * recorder finishes them). Their struct agent_rec are freed too: do not use them
- * after. Call agent_recorder_flush first for a graceful stop. NULL is ignored. */
+ * after. It waits for an upload in progress to return (the upload function's own
+ * deadline bounds that). Call agent_recorder_flush first for a graceful stop. NULL is
+ * ignored. */
 void agent_recorder_free(struct agent_recorder *r);
 /* Writes every open session's lines to the spool, then waits until the uploader has
  * sent every chunk it may send or until @deadline_ms (on the rp_mono_ms() clock),

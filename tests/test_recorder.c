@@ -444,6 +444,30 @@ struct part_wait {
     const char *sid, *needle;
 };
 
+/* Appends @text to the part file of @sid (there is one). */
+static void append_to_part(const char *sid, const char *text)
+{
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/%s", g_spool, sid);
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    struct dirent *e;
+    bool done = false;
+    while ((e = readdir(d)) != NULL && !done) {
+        if (strstr(e->d_name, ".part") == NULL)
+            continue;
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        FILE *f = fopen(path, "a");
+        cr_assert_not_null(f);
+        fputs(text, f);
+        fclose(f);
+        done = true;
+    }
+    closedir(d);
+    cr_assert(done, "no part file in %s", dir);
+}
+
 static bool part_wait_cond(void *arg)
 {
     struct part_wait *w = arg;
@@ -474,6 +498,8 @@ Test(recorder, recorder_freed_mid_session_is_finished_by_the_next_one)
     struct part_wait w = {sid, "the last words"};
     cr_assert(wait_until(part_wait_cond, &w, 5000), "the tail never reached the part file");
     agent_recorder_free(r); /* as if killed: no close, no flush */
+    /* Killed in the middle of a write: the part ends with a torn line. */
+    append_to_part(sid, "[9.25, \"o\", \"torn li");
 
     r = new_recorder(0);
     cr_assert_eq(agent_recorder_flush(r, rp_mono_ms() + 10000), 0, "%s", rp_errmsg());
@@ -791,5 +817,35 @@ Test(recorder, bad_session_ids_are_refused)
     cr_assert_eq(agent_rec_open(r, &m, &rec), RP_EINVAL);
     m = meta_of("0A5B7E2C-0000-4000-8000-000000000000");
     cr_assert_eq(agent_rec_open(r, &m, &rec), RP_EINVAL);
+    agent_recorder_free(r);
+}
+
+Test(recorder, a_close_that_cannot_write_is_finished_from_the_spool)
+{
+    struct agent_recorder *r = new_recorder(0);
+    struct agent_recorder_tuning by_size = fast;
+    by_size.chunk_ms = 60000;
+    agent_recorder_tune(r, &by_size);
+    char sid[37];
+    new_sid(sid);
+    struct agent_rec_meta m = meta_of(sid);
+    struct agent_rec *rec;
+    cr_assert_eq(agent_rec_open(r, &m, &rec), 0);
+    cr_assert_eq(agent_rec_output(rec, "reached the part\r\n", 18), 0);
+    struct part_wait w = {sid, "reached the part"};
+    cr_assert(wait_until(part_wait_cond, &w, 5000));
+    /* A directory where the chunk's temp file goes: the last chunk cannot be written. */
+    char trap[400];
+    snprintf(trap, sizeof trap, "%s/%s/0.zst.tmp.w", g_spool, sid);
+    cr_assert_eq(mkdir(trap, 0700), 0);
+    cr_assert_eq(agent_rec_close(rec), RP_EIO, "%s", rp_errmsg());
+    /* The uploader finishes it from what the spool holds, as a restart would. */
+    cr_assert_eq(agent_recorder_flush(r, rp_mono_ms() + 10000), 0, "%s", rp_errmsg());
+    cr_assert(complete_sid(sid));
+    struct rp_buf cast;
+    sink_assemble(sid, &cast);
+    assert_python_reads(&cast);
+    cr_assert(contains(&cast, "reached the part"));
+    rp_buf_free(&cast);
     agent_recorder_free(r);
 }
