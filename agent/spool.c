@@ -910,13 +910,13 @@ void *spool_uploader_main(void *arg)
             continue;
         }
         if (spool_sess_needs_finish(ss)) {
-            /* A close that failed: finish it from its files, as a restart would. */
+            /* A close that failed: finish it from its files, as a restart would. Only
+             * this thread finishes sessions, and the session stays "to finish" (so a
+             * flush keeps waiting for it) until finish_session marks it ended. */
             uint64_t bytes = 0;
-            ss->live = true; /* claimed: not picked again meanwhile */
             pthread_mutex_unlock(&r->mu);
             int rv = finish_session(r, ss, &bytes);
             pthread_mutex_lock(&r->mu);
-            ss->live = false;
             if (rv != 0) {
                 rp_error("recorder", "session %s: %s", ss->sid, rp_errmsg());
                 ss->broken = true;
