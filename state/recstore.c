@@ -1419,8 +1419,8 @@ int state__rec_snapshot_restore(struct state *s, const uint8_t *rec, size_t len)
     size_t want = (rec != NULL ? len + len / 2 : 0) + ((size_t)8 << 20);
     if (want > r->map_size) {
         if (want > r->map_max) {
-            rp_warn("state", "recordings snapshot of %zu MiB: raising the map ceiling from %zu MiB",
-                    len >> 20, r->map_max >> 20);
+            rp_warn("state", "recordings snapshot of %zu KiB: raising the map ceiling from %zu KiB",
+                    len >> 10, r->map_max >> 10);
             r->map_max = want;
         }
         if ((rv = grow_to(r, want)) < 0)
