@@ -106,6 +106,10 @@ static const struct auth_method methods[] = {
     {"events", auth_h_events, ADMINS, USERS("event", "list"), .route = AUTH_ROUTE_READ},
     {"audit_append", auth_h_audit_append, .system = AUTH_SYS(RP_SYS_AUTH),
      .route = AUTH_ROUTE_LEADER, .audit = "<the events it carries>"},
+    {"rec_put", auth_h_rec_put, .system = AUTH_SYS(RP_SYS_NODE), .route = AUTH_ROUTE_LEADER,
+     .audit = "session.upload (when the recording is complete)"},
+    {"rec_list", auth_h_rec_list, ADMINS, USERS("session", "list"), .route = AUTH_ROUTE_READ},
+    {"rec_get", auth_h_rec_get, ADMINS, USERS("session", "read"), .route = AUTH_ROUTE_READ},
 };
 
 #undef ANYONE

@@ -68,6 +68,9 @@ static const struct {
     {"sign_host", "{host_id: h, role: Node}", "nyynnnnnn"},
     {"events", "{}", "nyynnnyyn"},
     {"audit_append", "{rid: x, events: []}", "nnynnnnnn"},
+    {"rec_put", "{sid: 0b8e0c2a-8d5e-4f55-9a3c-1f2e3d4c5b6a, seq: 0, last: true}", "nnnynnnnn"},
+    {"rec_list", "{}", "nyynnnnyn"},
+    {"rec_get", "{sid: 0b8e0c2a-8d5e-4f55-9a3c-1f2e3d4c5b6a, seq: 0}", "nyynnnnyn"},
 };
 
 /* Flow YAML is also JSON-ish enough for lib/yaml_mp; parse it into msgpack. */
