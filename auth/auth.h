@@ -76,10 +76,10 @@
  *                 who: Auth; route: leader
  *   rec_put       {sid, seq, data, last, meta?} -> {stored}
  *                 who: Node; route: leader
- *   rec_list      {from?, to?, limit?} -> {items: [{sid, user, login, server_id, hostname,
+ *   rec_list      {from?, to?, limit?, stale?} -> {items: [{sid, user, login, server_id, hostname,
  *                 start, end?, chunks, bytes, complete}]}
  *                 who: admins; users (session, list); route: read
- *   rec_get       {sid, seq} -> {data, last, chunks, complete}
+ *   rec_get       {sid, seq, stale?} -> {data, last, chunks, complete}
  *                 who: admins; users (session, read); route: read
  *
  * rec_put stores chunk seq (0, 1, 2, ...) of session recording sid (a UUID) from

@@ -1035,6 +1035,8 @@ int auth_client_rec_list(struct auth_client *c, const struct auth_rec_query *q,
         rp_mp_map_u64(m, "to", q->to_ms);
     if (q != NULL && q->limit)
         rp_mp_map_u64(m, "limit", q->limit);
+    if (q != NULL && q->stale)
+        rp_mp_map_bool(m, "stale", true);
     rp_mp_map_end(m);
     int rv = call_reply(c, &k.req, out);
     if (rv != 0)
@@ -1047,13 +1049,15 @@ int auth_client_rec_list(struct auth_client *c, const struct auth_rec_query *q,
     return 0;
 }
 
-int auth_client_rec_get(struct auth_client *c, const char *sid, uint32_t seq,
+int auth_client_rec_get(struct auth_client *c, const char *sid, uint32_t seq, bool stale,
                         struct auth_reply *out, struct auth_rec_chunk *chunk)
 {
     struct call k;
     struct rp_mp_map *m = call_begin(&k, "rec_get");
     rp_mp_map_str(m, "sid", sid);
     rp_mp_map_u64(m, "seq", seq);
+    if (stale)
+        rp_mp_map_bool(m, "stale", true);
     rp_mp_map_end(m);
     int rv = call_reply(c, &k.req, out);
     if (rv != 0)

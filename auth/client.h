@@ -293,23 +293,26 @@ int auth_client_rec_put(struct auth_client *c, const char *sid, uint32_t seq, co
                         size_t len, bool last, const void *meta_mp, size_t meta_len, bool *stored);
 
 /* Recordings that started in [from_ms, to_ms) (0: unbounded), oldest first, at most
- * @limit (0: the server's default of 1000). @items points at the array in *@out. */
+ * @limit (0: the server's default of 1000); @stale: the answering server's own copy.
+ * @items points at the array in *@out. */
 struct auth_rec_query {
     uint64_t from_ms, to_ms;
     uint32_t limit;
+    bool stale;
 };
 int auth_client_rec_list(struct auth_client *c, const struct auth_rec_query *q,
                          struct auth_reply *out, const msgpack_object **items);
 
-/* Chunk @seq of @sid as uploaded: *@data/@len point into *@out; *@chunks is how many
- * chunks the recording has (see auth/auth.h), *@complete whether all are stored. */
+/* Chunk @seq of @sid as uploaded (@stale: from the answering server's own copy):
+ * @chunk->data/len point into *@out; chunks is how many chunks the recording has
+ * (see auth/auth.h), complete whether all are stored. */
 struct auth_rec_chunk {
     const void *data;
     size_t len;
     bool last, complete;
     uint32_t chunks;
 };
-int auth_client_rec_get(struct auth_client *c, const char *sid, uint32_t seq,
+int auth_client_rec_get(struct auth_client *c, const char *sid, uint32_t seq, bool stale,
                         struct auth_reply *out, struct auth_rec_chunk *chunk);
 
 /* ---- locks ---------------------------------------------------------------- */

@@ -1810,6 +1810,9 @@ static int cmd_recordings_ls(struct tctl *t, int argc, char **argv)
             q.limit = (uint32_t)v;
             break;
         }
+        case O_STALE:
+            q.stale = true;
+            break;
         case O_FORMAT:
             if (parse_format(t, optarg) != 0)
                 return 2;
@@ -1869,11 +1872,11 @@ static int cmd_recordings_ls(struct tctl *t, int argc, char **argv)
 
 /* Fetches chunk @seq into @plain (decompressed, appended). 0, RP_ENOTFOUND for a
  * chunk the cluster does not hold, or 1 after printing why not. */
-static int export_chunk(struct tctl *t, const char *sid, uint32_t seq, struct rp_buf *plain,
-                        struct auth_rec_chunk *ch)
+static int export_chunk(struct tctl *t, const char *sid, uint32_t seq, bool stale,
+                        struct rp_buf *plain, struct auth_rec_chunk *ch)
 {
     struct auth_reply reply;
-    int rv = auth_client_rec_get(t->client, sid, seq, &reply, ch);
+    int rv = auth_client_rec_get(t->client, sid, seq, stale, &reply, ch);
     if (rv == RP_ENOTFOUND && seq > 0)
         return rv;
     if (rv != 0)
@@ -1892,19 +1895,22 @@ static int cmd_recordings_export(struct tctl *t, int argc, char **argv)
     static const struct option own[] = {
         {"out", required_argument, NULL, 'o'},
         {"partial", no_argument, NULL, O_PARTIAL},
+        {"stale", no_argument, NULL, O_STALE},
         {NULL, 0, NULL, 0},
     };
     struct flags f;
     char **args;
     int c, nargs, rv;
     const char *path = NULL;
-    bool partial = false;
+    bool partial = false, stale = false;
     flags_init(&f, t, argc, argv, own, "o:");
     while ((c = flags_next(&f)) > 0) {
         if (c == 'o')
             path = optarg;
         else if (c == O_PARTIAL)
             partial = true;
+        else if (c == O_STALE)
+            stale = true;
     }
     if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
         return rv;
@@ -1923,7 +1929,7 @@ static int cmd_recordings_export(struct tctl *t, int argc, char **argv)
     struct rp_buf plain;
     struct auth_rec_chunk ch;
     rp_buf_init(&plain);
-    if ((rv = export_chunk(t, sid, 0, &plain, &ch)) != 0) {
+    if ((rv = export_chunk(t, sid, 0, stale, &plain, &ch)) != 0) {
         rp_buf_free(&plain);
         return rv == RP_ENOTFOUND ? 1 : rv;
     }
@@ -1937,7 +1943,7 @@ static int cmd_recordings_export(struct tctl *t, int argc, char **argv)
         return 1;
     }
     for (uint32_t seq = 1; seq < chunks; seq++) {
-        rv = export_chunk(t, sid, seq, &plain, &ch);
+        rv = export_chunk(t, sid, seq, stale, &plain, &ch);
         if (rv == RP_ENOTFOUND) {
             missing++;
             continue;
@@ -2140,13 +2146,16 @@ static const struct verb verbs[] = {
      cmd_lock},
     {"locks ls", "[--format=text|json|yaml] [--stale]", "list locks: target, message, expiry", NULL,
      cmd_locks_ls},
-    {"recordings ls", "[--since=D|TIME] [--until=TIME] [--limit=N] [--format=text|json]",
+    {"recordings ls", "[--since=D|TIME] [--until=TIME] [--limit=N] [--format=text|json] [--stale]",
      "list session recordings stored in the cluster",
-     "Oldest first, by start time. --limit: at most N (1..10000, default 1000).\n",
+     "Oldest first, by start time. --limit: at most N (1..10000, default 1000).\n"
+     "--stale: this server's copy, no leader needed.\n",
      cmd_recordings_ls},
-    {"recordings export", "SID [-o FILE] [--partial]", "write a recording as an asciicast v2 file",
+    {"recordings export", "SID [-o FILE] [--partial] [--stale]",
+     "write a recording as an asciicast v2 file",
      "FILE defaults to SID.cast (- for stdout); play it with asciinema play FILE.\n"
-     "A recording with chunks missing is refused unless --partial.\n",
+     "A recording with chunks missing is refused unless --partial.\n"
+     "--stale: from this server's copy, no leader needed.\n",
      cmd_recordings_export},
     {"version", "", "print the version", NULL, cmd_version},
     {"help", "[COMMAND]", "this text, or a command's flags", NULL, cmd_help},
