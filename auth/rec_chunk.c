@@ -475,6 +475,8 @@ int auth_rec_chunk_check(const void *data, size_t len, bool first, struct auth_r
     int rv = auth_rec_decompress(data, len, b);
     if (rv == 0)
         rv = auth_rec_lines_check((const char *)b->data + start, b->len - start, first, info);
+    if (rv != 0)
+        b->len = start;
     if (b == &own)
         rp_buf_free(&own);
     return rv;

@@ -42,7 +42,7 @@ int auth_rec_decompress(const void *data, size_t len, struct rp_buf *out);
 int auth_rec_lines_check(const char *p, size_t n, bool first, struct auth_rec_chunk_info *info);
 
 /* auth_rec_decompress, then auth_rec_lines_check: what rec_put accepts. @scratch
- * (may be NULL) receives the content (appended; reused by callers in a loop). */
+ * (may be NULL) receives the content (appended; unchanged on error). */
 int auth_rec_chunk_check(const void *data, size_t len, bool first, struct auth_rec_chunk_info *info,
                          struct rp_buf *scratch);
 
