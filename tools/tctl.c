@@ -1781,6 +1781,7 @@ static int cmd_recordings_ls(struct tctl *t, int argc, char **argv)
         {"until", required_argument, NULL, O_UNTIL},
         {"limit", required_argument, NULL, O_LIMIT},
         {"format", required_argument, NULL, O_FORMAT},
+        {"stale", no_argument, NULL, O_STALE},
         {NULL, 0, NULL, 0},
     };
     struct flags f;
