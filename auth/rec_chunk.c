@@ -325,10 +325,11 @@ static bool value(struct jcur *j, int depth)
     }
 }
 
-/* The header: an object with "version": 2 among its members. */
+/* The header: an object with "version": 2 and a positive "width" and "height" (what
+ * the asciicast v2 format requires; players size the terminal from them). */
 static bool header(struct jcur *j)
 {
-    bool version2 = false;
+    double version = 0, width = 0, height = 0;
     if (j->p >= j->end || *j->p != '{') {
         j->err = "the header, a JSON object";
         return false;
@@ -350,12 +351,17 @@ static bool header(struct jcur *j)
             }
             j->p++;
             ws(j);
-            if (strcmp(key, "version") == 0) {
-                double v;
-                if (j->p >= j->end || !((*j->p >= '0' && *j->p <= '9') || *j->p == '-') ||
-                    !number(j, &v))
+            double *num = strcmp(key, "version") == 0  ? &version
+                          : strcmp(key, "width") == 0  ? &width
+                          : strcmp(key, "height") == 0 ? &height
+                                                       : NULL;
+            if (num != NULL) {
+                if (j->p >= j->end || !((*j->p >= '0' && *j->p <= '9') || *j->p == '-')) {
+                    j->err = "a number for version, width and height";
                     return false;
-                version2 = v == 2.0;
+                }
+                if (!number(j, num))
+                    return false;
             } else if (!value(j, 1)) {
                 return false;
             }
@@ -372,8 +378,12 @@ static bool header(struct jcur *j)
             return false;
         }
     }
-    if (!version2) {
+    if (version != 2.0) {
         j->err = "a header with \"version\": 2";
+        return false;
+    }
+    if (!(width >= 1 && width <= 65535 && height >= 1 && height <= 65535)) {
+        j->err = "a header with \"width\" and \"height\" of 1 to 65535";
         return false;
     }
     return true;

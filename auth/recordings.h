@@ -3,7 +3,8 @@
  *
  * A chunk is one zstd frame whose content is asciicast v2 lines: UTF-8, each line
  * one JSON value ending in "\n". The first chunk (seq 0) starts with the header, a
- * JSON object whose "version" is 2; every other line is an event, a JSON array
+ * JSON object whose "version" is 2, with a "width" and "height" of 1 to 65535 (as
+ * the format requires); every other line is an event, a JSON array
  * [time (seconds, a non-negative number), code (string), data (string)]. So the
  * chunks of a recording, decompressed and concatenated in order, are the .cast
  * file players read.
