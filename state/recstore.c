@@ -68,7 +68,8 @@ static const char *const rec_db_names[REC_N_DBS] = {"chunks", "recs", "bystart",
 #define CHUNK_KEY (SID_BIN + 4)
 #define START_KEY (8 + SID_BIN)
 #define DEFAULT_MAP ((size_t)64 << 20)
-#define GROW_WAIT_MS 10000 /* longest growth waits for readers (a snapshot) */
+#define GROW_WAIT_MS 10000     /* longest a needed growth waits for readers (a snapshot) */
+#define GROW_EARLY_WAIT_MS 200 /* and one made ahead of need (API reads are short) */
 
 static const uint8_t snap_magic[8] = {'R', 'P', 'R', 'E', 'C', 'S', 'N', 'P'};
 static const uint8_t snap_end[8] = {'R', 'P', 'R', 'E', 'C', 'E', 'N', 'D'};
@@ -218,13 +219,18 @@ static void end_read(struct state__recstore *r, MDB_txn *txn)
 }
 
 /* Sets the map to @size. Only the loop thread writes, and it has no transaction
- * open here; readers are waited for (at most GROW_WAIT_MS: a snapshot being
- * serialised on the pool holds one; RP_EBUSY then, and Raft retries the entry). */
-static int set_map(struct state__recstore *r, size_t size)
+ * open here; readers are waited for, at most @wait_ms (a snapshot being serialised
+ * on the pool holds one for as long as that takes), else RP_EBUSY. */
+static int set_map(struct state__recstore *r, size_t size, unsigned wait_ms)
 {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += GROW_WAIT_MS / 1000;
+    until.tv_sec += wait_ms / 1000;
+    until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&r->mu);
     r->growing = true;
     while (r->readers > 0) {
@@ -232,8 +238,8 @@ static int set_map(struct state__recstore *r, size_t size)
             r->growing = false;
             pthread_cond_broadcast(&r->cv);
             pthread_mutex_unlock(&r->mu);
-            return rp_err(RP_EBUSY, "growing the recordings map: readers still open after %d ms",
-                          GROW_WAIT_MS);
+            return rp_err(RP_EBUSY, "growing the recordings map: readers still open after %u ms",
+                          wait_ms);
         }
     }
     int rc = mdb_env_set_mapsize(r->env, size);
@@ -249,9 +255,9 @@ static int set_map(struct state__recstore *r, size_t size)
     return 0;
 }
 
-/* Doubles the map until it is at least @want (capped at the ceiling). 0, or 1 if it
- * is already at the ceiling, or an error. */
-static int grow_to(struct state__recstore *r, size_t want)
+/* Doubles the map until it is at least @want (capped at the ceiling), waiting at
+ * most @wait_ms for readers. 0, or 1 if it is already at the ceiling, or an error. */
+static int grow_to(struct state__recstore *r, size_t want, unsigned wait_ms)
 {
     if (r->map_size >= r->map_max)
         return 1;
@@ -260,7 +266,7 @@ static int grow_to(struct state__recstore *r, size_t want)
         size = size > r->map_max / 2 ? r->map_max : size * 2;
     if (size == r->map_size)
         size = size > r->map_max / 2 ? r->map_max : size * 2;
-    return set_map(r, size);
+    return set_map(r, size, wait_ms);
 }
 
 /* Pages in use (the high-water mark), in bytes. */
@@ -995,13 +1001,19 @@ int state__rec_apply(struct state *s, uint64_t index, const struct state__cmd *c
                  (unsigned long long)index);
         return 0;
     }
-    /* Room for the chunk with B-tree overhead, before LMDB has to say so. */
+    /* Growing needs every reader out, and a snapshot being serialised holds one for
+     * as long as that takes (seconds for a large store). So the map grows early,
+     * once half of it is in use, and not while a snapshot is out: then MDB_MAP_FULL
+     * (which waits for the snapshot) needs the store to double during one snapshot. */
     const msgpack_object *data = c->op == STATE__OP_REC_PUT ? rp_mp_get(c->rec, "data") : NULL;
     size_t incoming = data != NULL ? data->via.bin.size : 0;
     size_t want = map_used(r) + 2 * incoming + ((size_t)1 << 20);
-    if (want > r->map_size / 10 * 9 && r->map_size < r->map_max) {
+    pthread_mutex_lock(&r->mu);
+    bool snapshot_out = r->snap_held;
+    pthread_mutex_unlock(&r->mu);
+    if (want > r->map_size / 2 && r->map_size < r->map_max && !snapshot_out) {
         /* Best effort: if readers hold it off, MDB_MAP_FULL below tries again. */
-        if (grow_to(r, want + want / 2) < 0)
+        if (grow_to(r, 2 * want, GROW_EARLY_WAIT_MS) < 0)
             rp_debug("state", "recordings map: %s", rp_errmsg());
     }
     for (;;) {
@@ -1012,7 +1024,7 @@ int state__rec_apply(struct state *s, uint64_t index, const struct state__cmd *c
             return rc;
         if (rc != MDB_MAP_FULL)
             return rec_lmdb_err(r, rc, "applying to the recordings store");
-        int g = grow_to(r, r->map_size * 2);
+        int g = grow_to(r, r->map_size * 2, GROW_WAIT_MS);
         if (g < 0)
             return g;
         if (g == 1) {
@@ -1158,7 +1170,9 @@ int state__rec_snap_pin(struct state *s)
         r->snap_txn = NULL;
         return rv;
     }
+    pthread_mutex_lock(&r->mu);
     r->snap_held = true;
+    pthread_mutex_unlock(&r->mu);
     return 0;
 }
 
@@ -1169,12 +1183,14 @@ void state__rec_snap_release(struct state *s)
         return;
     MDB_txn *txn = r->snap_txn;
     r->snap_txn = NULL;
-    if (r->snap_held) {
-        r->snap_held = false;
+    pthread_mutex_lock(&r->mu);
+    bool held = r->snap_held;
+    r->snap_held = false;
+    pthread_mutex_unlock(&r->mu);
+    if (held)
         end_read(r, txn);
-    } else {
+    else
         mdb_txn_abort(txn);
-    }
 }
 
 /* Walks database @i: counts with @p NULL, else writes its records at @p. */
@@ -1423,7 +1439,7 @@ int state__rec_snapshot_restore(struct state *s, const uint8_t *rec, size_t len)
                     len >> 10, r->map_max >> 10);
             r->map_max = want;
         }
-        if ((rv = grow_to(r, want)) < 0)
+        if ((rv = grow_to(r, want, GROW_WAIT_MS)) < 0)
             return rv;
     }
     for (;;) {
@@ -1446,7 +1462,7 @@ int state__rec_snapshot_restore(struct state *s, const uint8_t *rec, size_t len)
             break;
         if (r->map_max < r->map_size * 2)
             r->map_max = r->map_size * 2;
-        if ((rv = grow_to(r, r->map_size * 2)) < 0)
+        if ((rv = grow_to(r, r->map_size * 2, GROW_WAIT_MS)) < 0)
             return rv;
     }
     if (rc != 0)

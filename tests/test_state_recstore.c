@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lib/buf.h"
@@ -512,4 +513,48 @@ Test(state_recstore, a_snapshot_carries_the_recordings)
     free(snap);
     state_close(s2);
     state_close(s3);
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+Test(state_recstore, a_snapshot_of_64_mib_of_recordings_restores_into_a_small_map)
+{
+    static uint8_t d[STATE_REC_MAX_CHUNK];
+    const char *sids[] = {SID_A, SID_B, SID_C};
+    uint64_t index = 0;
+    for (int k = 0; k < 3; k++)
+        for (uint32_t seq = 0; seq < 22; seq++) {
+            random_bytes(d, sizeof d);
+            struct state_result r = put(++index, (struct put){.sid = sids[k],
+                                                              .seq = seq,
+                                                              .data = d,
+                                                              .len = sizeof d,
+                                                              .meta = seq == 0,
+                                                              .start = T0 + (uint64_t)k});
+            cr_assert_eq(r.n_changed, 1, "%s", r.message);
+        }
+    uint64_t t0 = mono_ms();
+    size_t len;
+    uint8_t *snap = take_snapshot(sth_state, &len);
+    uint64_t t1 = mono_ms();
+    char dir2[64];
+    sth_make_tmpdir(dir2);
+    struct state_opts o = {.rec_map_size = 1 << 20, .rec_map_max = 8 << 20};
+    struct state *s2 = sth_open_state_in(dir2, &o);
+    cr_assert_eq(restore(s2, snap, len), 0, "%s", rp_errmsg());
+    uint64_t t2 = mono_ms();
+    cr_log_info("recordings snapshot of %zu MiB: taken in %llu ms, restored in %llu ms", len >> 20,
+                (unsigned long long)(t1 - t0), (unsigned long long)(t2 - t1));
+    cr_assert_gt(len, 66u << 20);
+    assert_same_recordings(sth_state, s2);
+    struct state_rec_stats st;
+    cr_assert_eq(state_rec_stats(s2, &st), 0);
+    cr_assert_eq(st.bytes, 66ull * sizeof d);
+    free(snap);
+    state_close(s2);
 }
