@@ -1361,7 +1361,7 @@ static int walk_section(struct state__recstore *r, const uint8_t *rec, size_t le
 {
     struct rp_rd rd;
     const uint8_t *p;
-    uint32_t version, n_dbs;
+    uint32_t version = 0, n_dbs = 0;
     uint64_t counts[REC_N_DBS] = {0};
     rp_rd_init(&rd, rec, len - 8);
     if (rp_rd_bytes(&rd, sizeof snap_magic, &p) != 0 || memcmp(p, snap_magic, 8) != 0)
