@@ -449,3 +449,96 @@ Test(int_recordings, a_one_mib_chunk_goes_through_while_small_writes_keep_flowin
     free_recording(&r);
     cluster_pass();
 }
+
+/* Recording ids that `tctl recordings ls --stale --format=json` on node @i shows,
+ * into @out; false if tctl failed. */
+static bool stale_list(int i, char *out, size_t n)
+{
+    char *text = NULL;
+    out[0] = '\0';
+    char cfg[600], tctl[600];
+    snprintf(cfg, sizeof cfg, "%s", CL->nodes[i].cfg);
+    snprintf(tctl, sizeof tctl, "%s/tctl", CL->build);
+    char *argv[] = {tctl, "-c", cfg, "recordings", "ls", "--stale", "--format=json", NULL};
+    struct cl_run r;
+    if (cl_run_argv(argv, 20000, &r) != 0 || r.status != 0) {
+        cl_run_free(&r);
+        return false;
+    }
+    text = r.out;
+    struct cl_json *j = cl_json_parse(text);
+    bool ok = j != NULL && j->type == CLJ_ARR;
+    for (size_t k = 0; ok && k < j->n; k++) {
+        size_t len = strlen(out);
+        snprintf(out + len, n - len, "%s ", cl_json_str(&j->items[k], "sid"));
+    }
+    cl_json_free(j);
+    cl_run_free(&r);
+    return ok;
+}
+
+struct budget_poll {
+    int node;
+    const char *gone, *kept;
+};
+
+static bool member_evicted(void *arg)
+{
+    struct budget_poll *p = arg;
+    char list[1024];
+    return stale_list(p->node, list, sizeof list) && strstr(list, p->gone) == NULL &&
+           strstr(list, p->kept) != NULL;
+}
+
+Test(int_recordings, the_budget_drops_the_oldest_recording_on_every_member)
+{
+    cluster_start(3);
+    /* auth_service.recordings.max_size: 1MiB on every member (appended to the
+     * auth_service section the harness writes last), then a rolling restart. */
+    for (int i = 1; i <= 3; i++) {
+        FILE *f = fopen(CL->nodes[i].cfg, "a");
+        cr_assert_not_null(f);
+        fprintf(f, "  recordings:\n    max_size: 1MiB\n");
+        cr_assert_eq(fclose(f), 0);
+        node_term(i, 10000);
+        node_restart(i);
+        cr_assert_neq(cluster_wait_ready(0, 3, 0, 40000), 0, "after restarting auth%d", i);
+    }
+    struct auth_client *node = cl_node_identity_client(1, "node-budget");
+    struct recording a, b;
+    make_recording(&a);
+    make_recording(&b);
+    bool stored;
+    cr_assert_eq(put_chunk(node, &a, 0, &stored), 0, "%s", rp_errmsg());
+    cl_sleep_ms(5); /* b starts later than a */
+    cr_assert_eq(put_chunk(node, &b, 0, &stored), 0, "%s", rp_errmsg());
+    /* About 400 KiB compressed per chunk: a grows to ~800 KiB, then b's 400 KiB does
+     * not fit 1 MiB beside it, and a, the oldest, goes. */
+    size_t plain_len;
+    char *plain = hex_lines(800000, &plain_len);
+    struct rp_buf z;
+    rp_buf_init(&z);
+    compress_into(&z, plain, plain_len, 1);
+    cr_assert(z.len > 300000 && z.len < 500000, "%zu bytes", z.len);
+    cr_assert_eq(auth_client_rec_put(node, a.sid, 1, z.data, z.len, false, NULL, 0, &stored), 0,
+                 "%s", rp_errmsg());
+    cr_assert_eq(auth_client_rec_put(node, a.sid, 2, z.data, z.len, true, NULL, 0, &stored), 0,
+                 "%s", rp_errmsg());
+    char list[1024];
+    cr_assert(stale_list(1, list, sizeof list));
+    cr_assert(strstr(list, a.sid) != NULL && strstr(list, b.sid) != NULL, "%s", list);
+    cr_assert_eq(auth_client_rec_put(node, b.sid, 1, z.data, z.len, false, NULL, 0, &stored), 0,
+                 "%s", rp_errmsg());
+    cr_assert(stored);
+    for (int i = 1; i <= 3; i++) {
+        struct budget_poll p = {i, a.sid, b.sid};
+        cr_assert(wait_until(20000, member_evicted, &p), "auth%d dropped %s and kept %s", i, a.sid,
+                  b.sid);
+    }
+    auth_client_free(node);
+    free(plain);
+    rp_buf_free(&z);
+    free_recording(&a);
+    free_recording(&b);
+    cluster_pass();
+}
