@@ -84,6 +84,25 @@
  *   renew_host    {ssh_pubkey, tls_pubkey, principals?[]} -> {ssh_cert, tls_cert, ca_cert,
  *                 user_ca, host_ca}: the caller's own host certificates, re-issued for new keys
  *                 who: Node, Proxy; route: leader
+ *   rec_put       {sid, seq, data, last, meta?} -> {stored}
+ *                 who: Node; route: leader
+ *   rec_list      {from?, to?, limit?, stale?} -> {items: [{sid, user, login, server_id, hostname,
+ *                 start, end?, chunks, bytes, complete}]}
+ *                 who: admins; users (session, list); route: read
+ *   rec_get       {sid, seq, stale?} -> {data, last, chunks, complete}
+ *                 who: admins; users (session, read); route: read
+ *
+ * rec_put stores chunk seq (0, 1, 2, ...) of session recording sid (a UUID) from
+ * the calling node, whose host id the recording belongs to from its first chunk on:
+ * data is one zstd frame of asciicast v2 lines (auth/recordings.h), at most 1 MiB
+ * compressed and 8 MiB decompressed; meta, on chunk 0 only and required there, is
+ * {user, login, hostname, start (ms), cols, rows, interactive, command?}. A chunk
+ * stored before answers stored: false. no_space when it does not fit
+ * auth_service.recordings. rec_list lists recordings by start time (from <= start <
+ * to), end only once complete; rec_get returns one chunk as uploaded, with the
+ * number of chunks the recording has (known once its last chunk is stored, else the
+ * highest stored + 1) and whether all are stored. session.upload is audited when a
+ * recording becomes complete. docs/recordings.md.
  *
  * ssh_pubkey is an authorized_keys line (Ed25519, ECDSA or RSA >= 2048 bits);
  * tls_pubkey a "PUBLIC KEY" PEM of a P-256 key with an uncompressed point.

@@ -1053,6 +1053,108 @@ int auth_client_events(struct auth_client *c, const struct auth_events_query *q,
     return 0;
 }
 
+/* ---- session recordings --------------------------------------------------- */
+
+int auth_rec_meta_encode(const struct auth_rec_meta *m, struct rp_buf *out)
+{
+    msgpack_packer pk;
+    struct rp_mp_map map;
+    rp_mp_packer_init(&pk, out);
+    rp_mp_map_begin(&pk, &map);
+    rp_mp_map_str(&map, "user", m->user);
+    rp_mp_map_str(&map, "login", m->login);
+    rp_mp_map_str(&map, "hostname", m->hostname);
+    rp_mp_map_u64(&map, "start", m->start_ms);
+    rp_mp_map_u64(&map, "cols", m->cols);
+    rp_mp_map_u64(&map, "rows", m->rows);
+    rp_mp_map_bool(&map, "interactive", m->interactive);
+    if (m->command != NULL)
+        rp_mp_map_str(&map, "command", m->command);
+    rp_mp_map_end(&map);
+    return out->data == NULL ? rp_err(RP_ENOMEM, "encoding recording meta") : 0;
+}
+
+int auth_client_rec_put(struct auth_client *c, const char *sid, uint32_t seq, const void *data,
+                        size_t len, bool last, const void *meta_mp, size_t meta_len, bool *stored)
+{
+    if (sid == NULL || data == NULL || len == 0)
+        return rp_err(RP_EINVAL, "rec_put needs a session id and a chunk");
+    if (meta_mp != NULL && rp_mp_validate(meta_mp, meta_len) != 0)
+        return rp_err(RP_EINVAL, "rec_put: meta is not one msgpack object");
+    struct call k;
+    struct rp_mp_map *m = call_begin(&k, "rec_put");
+    rp_mp_map_str(m, "sid", sid);
+    rp_mp_map_u64(m, "seq", seq);
+    msgpack_pack_bin(rp_mp_map_key(m, "data"), len);
+    msgpack_pack_bin_body(&k.pk, data, len);
+    rp_mp_map_bool(m, "last", last);
+    if (meta_mp != NULL)
+        rp_mp_map_raw(m, "meta", meta_mp, meta_len);
+    int rv = call_send(c, &k);
+    if (rv == 0) {
+        bool s = false;
+        if (rp_mp_get_bool(&k.resp.data, "stored", &s) != 0)
+            rv = rp_err(RP_EPROTO, "rec_put answered without 'stored'");
+        else if (stored != NULL)
+            *stored = s;
+    }
+    return call_end(&k, rv);
+}
+
+int auth_client_rec_list(struct auth_client *c, const struct auth_rec_query *q,
+                         struct auth_reply *out, const msgpack_object **items)
+{
+    struct call k;
+    struct rp_mp_map *m = call_begin(&k, "rec_list");
+    if (q != NULL && q->from_ms)
+        rp_mp_map_u64(m, "from", q->from_ms);
+    if (q != NULL && q->to_ms)
+        rp_mp_map_u64(m, "to", q->to_ms);
+    if (q != NULL && q->limit)
+        rp_mp_map_u64(m, "limit", q->limit);
+    if (q != NULL && q->stale)
+        rp_mp_map_bool(m, "stale", true);
+    rp_mp_map_end(m);
+    int rv = call_reply(c, &k.req, out);
+    if (rv != 0)
+        return rv;
+    const msgpack_object *a = reply_get(out, "items", MSGPACK_OBJECT_ARRAY);
+    if (a == NULL)
+        return rp_err(RP_EPROTO, "rec_list answered without an array of items");
+    if (items)
+        *items = a;
+    return 0;
+}
+
+int auth_client_rec_get(struct auth_client *c, const char *sid, uint32_t seq, bool stale,
+                        struct auth_reply *out, struct auth_rec_chunk *chunk)
+{
+    struct call k;
+    struct rp_mp_map *m = call_begin(&k, "rec_get");
+    rp_mp_map_str(m, "sid", sid);
+    rp_mp_map_u64(m, "seq", seq);
+    if (stale)
+        rp_mp_map_bool(m, "stale", true);
+    rp_mp_map_end(m);
+    int rv = call_reply(c, &k.req, out);
+    if (rv != 0)
+        return rv;
+    memset(chunk, 0, sizeof *chunk);
+    uint64_t chunks = 0;
+    const msgpack_object *d = rp_mp_get(out->doc, "data");
+    if (d == NULL || d->type != MSGPACK_OBJECT_BIN ||
+        rp_mp_get_u64(out->doc, "chunks", &chunks) != 0 || chunks > UINT32_MAX ||
+        rp_mp_get_bool(out->doc, "last", &chunk->last) != 0) {
+        auth_reply_free(out);
+        return rp_err(RP_EPROTO, "rec_get answered without data, last and chunks");
+    }
+    rp_mp_get_bool(out->doc, "complete", &chunk->complete);
+    chunk->data = d->via.bin.ptr;
+    chunk->len = d->via.bin.size;
+    chunk->chunks = (uint32_t)chunks;
+    return 0;
+}
+
 /* ---- locks ---------------------------------------------------------------- */
 
 /* A lock field must say something and print on one line. */

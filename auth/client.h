@@ -315,6 +315,50 @@ struct auth_events_query {
 int auth_client_events(struct auth_client *c, const struct auth_events_query *q,
                        struct auth_reply *out, const msgpack_object **items);
 
+/* ---- session recordings --------------------------------------------------- */
+
+/* What a recording is of: rec_put's meta (chunk 0 only). */
+struct auth_rec_meta {
+    const char *user, *login, *hostname;
+    const char *command; /* NULL for a shell */
+    uint64_t start_ms;
+    uint32_t cols, rows;
+    bool interactive;
+};
+/* Appends @m as the msgpack map rec_put carries in "meta". */
+int auth_rec_meta_encode(const struct auth_rec_meta *m, struct rp_buf *out);
+
+/* Uploads chunk @seq of recording @sid (a Node identity's call): @data/@len is one
+ * zstd frame of asciicast v2 lines (auth/recordings.h); @meta_mp/@meta_len the
+ * encoded meta map on chunk 0 (NULL otherwise). *@stored (may be NULL) is false when
+ * the cluster held that chunk already: a retry is safe. RP_ENOSPC ("no_space") when
+ * the cluster's recordings budget or store cannot take it. */
+int auth_client_rec_put(struct auth_client *c, const char *sid, uint32_t seq, const void *data,
+                        size_t len, bool last, const void *meta_mp, size_t meta_len, bool *stored);
+
+/* Recordings that started in [from_ms, to_ms) (0: unbounded), oldest first, at most
+ * @limit (0: the server's default of 1000); @stale: the answering server's own copy.
+ * @items points at the array in *@out. */
+struct auth_rec_query {
+    uint64_t from_ms, to_ms;
+    uint32_t limit;
+    bool stale;
+};
+int auth_client_rec_list(struct auth_client *c, const struct auth_rec_query *q,
+                         struct auth_reply *out, const msgpack_object **items);
+
+/* Chunk @seq of @sid as uploaded (@stale: from the answering server's own copy):
+ * @chunk->data/len point into *@out; chunks is how many chunks the recording has
+ * (see auth/auth.h), complete whether all are stored. */
+struct auth_rec_chunk {
+    const void *data;
+    size_t len;
+    bool last, complete;
+    uint32_t chunks;
+};
+int auth_client_rec_get(struct auth_client *c, const char *sid, uint32_t seq, bool stale,
+                        struct auth_reply *out, struct auth_rec_chunk *chunk);
+
 /* ---- locks ---------------------------------------------------------------- */
 
 #define AUTH_KIND_LOCK "lock"

@@ -117,6 +117,10 @@ static const struct auth_method methods[] = {
      .audit = "<the events it carries>"},
     {"renew_host", auth_h_renew_host, .system = AUTH_SYS(RP_SYS_NODE) | AUTH_SYS(RP_SYS_PROXY),
      .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
+    {"rec_put", auth_h_rec_put, .system = AUTH_SYS(RP_SYS_NODE), .route = AUTH_ROUTE_LEADER,
+     .audit = "session.upload (when the recording is complete)"},
+    {"rec_list", auth_h_rec_list, ADMINS, USERS("session", "list"), .route = AUTH_ROUTE_READ},
+    {"rec_get", auth_h_rec_get, ADMINS, USERS("session", "read"), .route = AUTH_ROUTE_READ},
 };
 
 #undef ANYONE

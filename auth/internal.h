@@ -140,6 +140,12 @@ void auth_resource_end(struct rp_mp_map *res, struct rp_mp_map *spec);
  * barrier on the leader), <0 on error. */
 int auth_route_read(struct auth_req *r, struct rp_buf *out);
 int auth_h_audit_append(struct auth_req *r, struct rp_buf *out); /* auth/audit.c */
+/* auth/recordings.c: session recordings; the leader's trim (retention, budget),
+ * called about once a minute, proposes only when something is due. */
+int auth_h_rec_put(struct auth_req *r, struct rp_buf *out);
+int auth_h_rec_list(struct auth_req *r, struct rp_buf *out);
+int auth_h_rec_get(struct auth_req *r, struct rp_buf *out);
+int auth_rec_trim_due(struct auth_server *s);
 int auth_h_events(struct auth_req *r, struct rp_buf *out);
 /* auth/ssh_ca.c: the user and host SSH CAs (leader duty creates missing ones). */
 int auth_ssh_cas_ensure(struct auth_server *s);

@@ -88,6 +88,8 @@ static void *duty_main(void *arg)
             last_trim = now;
             if (audit_trim_due(s) != 0)
                 rp_warn("audit", "trimming old events: %s", rp_errmsg());
+            if (auth_rec_trim_due(s) != 0)
+                rp_warn("auth", "trimming recordings: %s", rp_errmsg());
         }
     }
     return NULL;
@@ -204,7 +206,12 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     snprintf(path, sizeof path, "%s/%s", s->data_dir, AUTH_STATE_DIR);
     if ((rv = rp_mkdir_p(path, 0700)) != 0)
         goto err;
-    rv = state_open(&s->state, path, NULL);
+    /* The recordings map's ceiling: twice the budget (LMDB keeps freed pages until
+     * no reader needs them, and copies on write) plus room for the index. */
+    struct state_opts so = {.rec_map_max = cfg->rec_max_map_size
+                                               ? cfg->rec_max_map_size
+                                               : 2 * cfg->rec_max_size + ((uint64_t)256 << 20)};
+    rv = state_open(&s->state, path, &so);
     if (rv != 0)
         goto err;
     if ((rv = auth_locks_new(&s->locks, s->state)) != 0 ||

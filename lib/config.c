@@ -93,6 +93,8 @@ void rp_config_init(struct rp_config *c)
     rp_config_finish(c);
     c->min_free_disk = 64ull << 20;
     c->audit_retention_ms = 8760ull * 3600 * 1000; /* one year, as Teleport keeps events */
+    c->rec_retention_ms = 720ull * 3600 * 1000;    /* 30 days */
+    c->rec_max_size = 2ull << 30;
     c->max_login_attempts = 5;
     c->lockout_ms = 30 * 60 * 1000;
     c->max_session_ttl_ms = 30ull * 3600 * 1000; /* Teleport's default max_session_ttl */
@@ -673,6 +675,14 @@ static const struct field raft_fields[] = {
 };
 static const struct section raft_section = {"auth_service.raft", raft_fields};
 
+static const struct field recordings_fields[] = {
+    {.name = "retention", .parse = parse_long_duration, .off = AT(rec_retention_ms)},
+    {.name = "max_size", .parse = parse_size, .off = AT(rec_max_size)},
+    {.name = "max_map_size", .parse = parse_size, .off = AT(rec_max_map_size)},
+    {.name = NULL},
+};
+static const struct section recordings_section = {"auth_service.recordings", recordings_fields};
+
 static const struct field auth_fields[] = {
     {.name = "enabled", .parse = parse_bool, .off = AT(auth_enabled)},
     {.name = "cluster_name",
@@ -703,6 +713,7 @@ static const struct field auth_fields[] = {
      .off = AT(login_burst_per_address)},
     {.name = "login_rate_per_user", .parse = parse_unsigned, .off = AT(login_rate_per_user)},
     {.name = "login_burst_per_user", .parse = parse_unsigned, .off = AT(login_burst_per_user)},
+    {.name = "recordings", .parse = parse_sub, .sub = &recordings_section},
     {.name = NULL},
 };
 static const struct section auth_section = {"auth_service", auth_fields};
@@ -918,6 +929,16 @@ int rp_config_validate(const struct rp_config *c)
         if (c->snapshot_threshold == 0)
             return rp_err(RP_EINVAL, "auth_service.raft.snapshot_threshold must be a positive "
                                      "integer");
+        if (c->rec_max_size < (1ull << 20) || c->rec_max_size > (1ull << 40))
+            return rp_err(RP_EINVAL,
+                          "auth_service.recordings.max_size (%llu bytes) must be 1MiB to 1TiB",
+                          (unsigned long long)c->rec_max_size);
+        if (c->rec_max_map_size != 0 && c->rec_max_map_size < c->rec_max_size + (64ull << 20))
+            return rp_err(RP_EINVAL,
+                          "auth_service.recordings.max_map_size (%llu bytes) must be at least "
+                          "max_size + 64MiB (%llu bytes), or left out (2 x max_size + 256MiB)",
+                          (unsigned long long)c->rec_max_map_size,
+                          (unsigned long long)(c->rec_max_size + (64ull << 20)));
         if (c->max_login_attempts == 0 || c->max_login_attempts > 1000)
             return rp_err(RP_EINVAL, "auth_service.max_login_attempts (%u) must be 1 to 1000",
                           c->max_login_attempts);

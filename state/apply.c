@@ -443,6 +443,11 @@ static int exec(struct apply *a, const struct state__cmd *c, struct state_result
         return state__audit_apply(a->s, a->txn, c->events, &res->n_changed);
     case STATE__OP_AUDIT_TRIM:
         return state__audit_trim(a->s, a->txn, c->before, &res->n_changed);
+    case STATE__OP_REC_PUT:
+    case STATE__OP_REC_TRIM:
+        /* Commits in the recordings environment before this transaction does:
+         * idempotent by design (state/recstore.c). */
+        return state__rec_apply(a->s, a->index, c, res);
     default:
         return exec_single(a, c, res);
     }

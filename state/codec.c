@@ -226,6 +226,7 @@ enum {
     F_OPS = 1 << 6,
     F_BEFORE = 1 << 7,
     F_EVENTS = 1 << 8,
+    F_REC = 1 << 9,
 };
 
 static const struct {
@@ -233,7 +234,7 @@ static const struct {
     unsigned bit;
 } fields[] = {
     {"op", F_OP},   {"rid", F_RID}, {"res", F_RES},       {"kind", F_KIND},     {"name", F_NAME},
-    {"rev", F_REV}, {"ops", F_OPS}, {"before", F_BEFORE}, {"events", F_EVENTS},
+    {"rev", F_REV}, {"ops", F_OPS}, {"before", F_BEFORE}, {"events", F_EVENTS}, {"rec", F_REC},
 };
 
 static const struct {
@@ -251,6 +252,8 @@ static const struct {
     {"expire", STATE__OP_EXPIRE, F_OP | F_RID | F_BEFORE},
     {"audit", STATE__OP_AUDIT, F_OP | F_RID | F_EVENTS},
     {"audit_trim", STATE__OP_AUDIT_TRIM, F_OP | F_RID | F_BEFORE},
+    {"rec_put", STATE__OP_REC_PUT, F_OP | F_RID | F_REC},
+    {"rec_trim", STATE__OP_REC_TRIM, F_OP | F_RID | F_REC},
 };
 
 static int parse_batch(const msgpack_object *arr, struct state__cmd *c, char *msg, size_t n)
@@ -284,7 +287,7 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
     if (is_nil(op) || op->type != MSGPACK_OBJECT_STR)
         return failf(msg, msglen,
                      "op: expected one of put, create, update, cas, delete, cdelete, batch, "
-                     "expire, audit, audit_trim");
+                     "expire, audit, audit_trim, rec_put, rec_trim");
     size_t k;
     for (k = 0; k < sizeof ops / sizeof ops[0]; k++) {
         if (rp_mp_str_eq(op, ops[k].name))
@@ -295,7 +298,8 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
                      (int)(op->via.str.size > 20 ? 20 : op->via.str.size), op->via.str.ptr);
     c->op = ops[k].op;
     if (in_batch && (c->op == STATE__OP_BATCH || c->op == STATE__OP_EXPIRE ||
-                     c->op == STATE__OP_AUDIT || c->op == STATE__OP_AUDIT_TRIM))
+                     c->op == STATE__OP_AUDIT || c->op == STATE__OP_AUDIT_TRIM ||
+                     c->op == STATE__OP_REC_PUT || c->op == STATE__OP_REC_TRIM))
         return failf(msg, msglen, "op: '%s' is not allowed inside a batch", ops[k].name);
 
     /* Only the fields this op uses: a misspelt or misplaced field is an error
@@ -325,7 +329,8 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
                          "rid: expected a request id of 1-64 bytes without control characters");
         c->rid = rid->via.str.ptr;
         c->rid_len = rid->via.str.size;
-    } else if (!in_batch && c->op != STATE__OP_EXPIRE && c->op != STATE__OP_AUDIT_TRIM) {
+    } else if (!in_batch && c->op != STATE__OP_EXPIRE && c->op != STATE__OP_AUDIT_TRIM &&
+               c->op != STATE__OP_REC_PUT && c->op != STATE__OP_REC_TRIM) {
         return failf(msg, msglen, "rid: missing (every %s needs a request id)", ops[k].name);
     }
 
@@ -374,6 +379,12 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
         c->events = events;
         break;
     }
+    case STATE__OP_REC_PUT:
+    case STATE__OP_REC_TRIM:
+        c->rec = rp_mp_get(o, "rec");
+        if ((rv = state__rec_check(c->op, c->rec, msg, msglen)) != 0)
+            return rv;
+        break;
     case STATE__OP_EXPIRE:
     case STATE__OP_AUDIT_TRIM: {
         const msgpack_object *before = rp_mp_get(o, "before");

@@ -85,6 +85,13 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
         rp_error("state", "snapshot: %s", mdb_strerror(rc));
         return RAFT_IOERR;
     }
+    /* The recordings as of the same applied index (both pinned between applies). */
+    if (state__rec_snap_pin(s) != 0) {
+        rp_error("state", "snapshot: %s", rp_errmsg());
+        mdb_txn_abort(s->snap_txn);
+        s->snap_txn = NULL;
+        return RAFT_IOERR;
+    }
     if (fsm->snapshot_async != NULL)
         return 0;
     /* Synchronous mode: the buffers are expected now. */
@@ -102,6 +109,8 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], 
     if (s->snap_txn == NULL)
         return RAFT_INVALID;
     int rv = state__snapshot_encode(s, s->snap_txn, &data, &len);
+    /* Released here, not at finalize: growing the recordings map waits for it. */
+    state__rec_snap_release(s);
     if (rv != 0) {
         rp_error("state", "snapshot: %s", rp_errmsg());
         return raft_code(rv);
@@ -132,6 +141,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
         mdb_txn_abort(s->snap_txn);
         s->snap_txn = NULL;
     }
+    state__rec_snap_release(s);
     return 0;
 }
 

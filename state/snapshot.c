@@ -13,7 +13,10 @@
  *
  * Restore reads it twice: first to check every length, every key and every
  * stored resource (nothing is written if anything is wrong), then to insert. The
- * records come sorted (checked), so inserting uses MDB_APPEND. */
+ * records come sorted (checked), so inserting uses MDB_APPEND.
+ *
+ * The recordings store (state/recstore.c) follows as a section of its own, with a
+ * trailer restore finds it by; a snapshot without one restores no recordings. */
 #define STATE_INTERNAL
 #include "state/state.h"
 
@@ -97,6 +100,10 @@ int state__snapshot_encode(struct state *s, MDB_txn *txn, void **out, size_t *le
             return rv;
         total += 1 + strlen(state__db_names[i]) + 8 + bytes;
     }
+    size_t main_len = total, rec_len;
+    if ((rv = state__rec_snapshot_size(s, &rec_len)) != 0)
+        return rv;
+    total += rec_len;
     uint8_t *buf = raft_malloc(total);
     if (buf == NULL)
         return rp_err(RP_ENOMEM, "allocating a snapshot of %zu bytes", total);
@@ -121,10 +128,12 @@ int state__snapshot_encode(struct state *s, MDB_txn *txn, void **out, size_t *le
         }
     }
     p = put64(p, fnv1a64(buf, (size_t)(p - buf)));
-    if ((size_t)(p - buf) != total) {
-        rv = rp_err(RP_EIO, "snapshot: wrote %zu bytes, expected %zu", (size_t)(p - buf), total);
+    if ((size_t)(p - buf) != main_len) {
+        rv = rp_err(RP_EIO, "snapshot: wrote %zu bytes, expected %zu", (size_t)(p - buf), main_len);
         goto err;
     }
+    if ((rv = state__rec_snapshot_write(s, p, rec_len)) != 0)
+        goto err;
     *out = buf;
     *len = total;
     return 0;
@@ -288,13 +297,18 @@ static int validate(const uint8_t *buf, size_t len, struct snap_db dbs[STATE__N_
     return 0;
 }
 
-int state__snapshot_restore(struct state *s, const void *data, size_t len)
+int state__snapshot_restore(struct state *s, const void *data, size_t all_len)
 {
-    const uint8_t *buf = data;
+    const uint8_t *buf = data, *rec;
     struct snap_db dbs[STATE__N_DBS];
     uint64_t applied = 0;
+    size_t len, rec_len;
     MDB_txn *txn;
-    int rc, rv = validate(buf, len, dbs, &applied);
+    int rc, rv = state__rec_snapshot_split(buf, all_len, &len, &rec, &rec_len);
+    if (rv == 0 && rec != NULL)
+        rv = state__rec_snapshot_check(rec, rec_len);
+    if (rv == 0)
+        rv = validate(buf, len, dbs, &applied);
     if (rv != 0)
         return rv;
 
@@ -321,6 +335,12 @@ int state__snapshot_restore(struct state *s, const void *data, size_t len)
             if ((rc = mdb_put(txn, s->dbi[i], &kv, &vv, MDB_APPEND)) != 0)
                 goto err;
         }
+    }
+    /* The recordings first: if the main commit then fails, the restore is retried
+     * whole; the other way round a main state could stand without its recordings. */
+    if ((rv = state__rec_snapshot_restore(s, rec, rec_len)) != 0) {
+        mdb_txn_abort(txn);
+        return rv;
     }
     if ((rc = mdb_txn_commit(txn)) != 0)
         return state__lmdb_err(rc, "restore");

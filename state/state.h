@@ -12,7 +12,7 @@
  * as opaque. A command is a msgpack map carried in one Raft log entry:
  *
  *   { "op": "put" | "create" | "update" | "cas" | "delete" | "cdelete" | "batch" | "expire"
- *           | "audit" | "audit_trim",
+ *           | "audit" | "audit_trim" | "rec_put" | "rec_trim",
  *     "rid": str,            client request id, 1..64 bytes (required except for expire)
  *     "res": resource,       put, create, update, cas
  *     "kind": str, "name": str,   delete, cdelete
@@ -21,9 +21,12 @@
  *                            all applied or none
  *     "before": u64 ms,      expire: delete everything whose expires is in (0, before);
  *                            audit_trim: drop audit events with time < before
- *     "events": [event...] } audit: append events to the audit log (state/audit.c):
+ *     "events": [event...],  audit: append events to the audit log (state/audit.c):
  *                            maps with "event" (type), "code", "uid", "time" (u64 ms > 0),
  *                            optional "user" and "sid" (indexed), any other fields
+ *     "rec": map }           rec_put, rec_trim: a session recording chunk, or a trim of
+ *                            the recordings store (see "Session recordings" below);
+ *                            rid optional
  *
  * The revision of a change is the Raft index of the entry that made it. A
  * retried command (same rid) returns the first result and changes nothing.
@@ -89,6 +92,11 @@ struct state_opts {
     unsigned watch_queue_len; /* events a watcher may fall behind by; 0 = 4096 */
     unsigned event_ring_len;  /* recent events kept for resuming watches; 0 = 8192 */
     unsigned rid_keep;        /* request ids remembered for this many revisions; 0 = 100000 */
+    /* The recordings store (dir/recordings, see "Session recordings"): its LMDB map
+     * starts at rec_map_size and doubles when full, up to rec_map_max. Local: they
+     * decide nothing another server must agree with. */
+    size_t rec_map_size; /* 0 = 64 MiB */
+    size_t rec_map_max;  /* 0 = STATE_REC_DEFAULT_MAP_MAX */
 };
 
 /* Opens (creating if needed) the environment in directory @dir (@opts may be NULL
@@ -205,6 +213,104 @@ int state_resource_check(const void *res, size_t len, struct state_res_meta *met
 
 /* Full validation of a command (what apply would accept), without applying it. */
 int state_command_check(const void *cmd, size_t len);
+
+/* ---- Session recordings (state/recstore.c) ------------------------------ */
+
+/* Recordings of SSH sessions live in a second LMDB environment, dir/recordings,
+ * so bulk data never grows the resource map. They change only through two
+ * commands, applied on the same path as every other command:
+ *
+ *   rec_put  "rec": { "sid": str (UUID), "seq": u64 < STATE_REC_MAX_SEQ,
+ *                     "server_id": str (the uploading host), "data": bin (one
+ *                     compressed chunk, 1..STATE_REC_MAX_CHUNK bytes, opaque here),
+ *                     "last": bool, "meta": map (seq 0 only, see struct
+ *                     state_rec_meta), "dur": u64 ms (offset of the chunk's last
+ *                     event from the start), "now": u64 ms (the leader's clock),
+ *                     "keep_ms": u64 (retention), "max_bytes": u64 (budget) }
+ *   rec_trim "rec": { "now", "keep_ms", "max_bytes" }
+ *
+ * Both enforce retention and budget with the values the command carries, never a
+ * local clock or setting, so every member drops the same recordings: those that
+ * started before now - keep_ms, then, oldest start first, as many as it takes for
+ * the stored bytes (compressed chunks) to fit max_bytes. rec_put never evicts the
+ * recording it adds to.
+ *
+ * rec_put outcomes (state_result): code 0 with n_changed 1 (stored) or 0 (that
+ * (sid, seq) was stored before: nothing changes); RP_EDENIED when another host
+ * started the recording; RP_EINVAL for a chunk past the last one; RP_ENOSPC when
+ * the chunk does not fit max_bytes even alone, or the map is at rec_map_max. The
+ * last one is the only local outcome (it depends on this member's disk layout):
+ * the member logs it and Raft carries on without the chunk there. */
+#define STATE_REC_MAX_SEQ 1000000u
+#define STATE_REC_MAX_CHUNK (1u << 20)
+#define STATE_REC_SID_LEN 36
+#define STATE_REC_DEFAULT_MAP_MAX ((size_t)8 << 30)
+#define STATE_REC_TEXT_MAX 255    /* user, login, hostname */
+#define STATE_REC_COMMAND_MAX 1024 /* meta.command */
+
+/* meta of chunk 0: what the recording is of. */
+struct state_rec_meta {
+    const char *user, *login, *hostname, *command; /* command may be NULL */
+    uint64_t start;                                /* ms since the epoch */
+    uint32_t cols, rows;                           /* at most 65535 each */
+    bool interactive;
+};
+
+struct state_rec_put {
+    const char *sid;       /* UUID text */
+    uint32_t seq;
+    const char *server_id; /* 1..63 bytes */
+    const void *data;
+    size_t len;
+    bool last;
+    const struct state_rec_meta *meta; /* seq 0 only; may be NULL */
+    uint64_t dur_ms;
+    uint64_t now_ms, keep_ms, max_bytes;
+};
+/* Append the rec_put / rec_trim command (no rid) to @out. RP_EINVAL for a field
+ * the command check would refuse, RP_ENOMEM. */
+int state_rec_put_encode(const struct state_rec_put *p, struct rp_buf *out);
+int state_rec_trim_encode(uint64_t now_ms, uint64_t keep_ms, uint64_t max_bytes,
+                          struct rp_buf *out);
+
+/* True for a UUID in its 36-character text form (either case). */
+bool state_rec_sid_ok(const char *sid, size_t n);
+
+/* The index entry of one recording. */
+struct state_rec_info {
+    char sid[STATE_REC_SID_LEN + 1]; /* lower case */
+    char server_id[64];
+    char user[STATE_REC_TEXT_MAX + 1], login[STATE_REC_TEXT_MAX + 1];
+    char hostname[STATE_REC_TEXT_MAX + 1];
+    char command[STATE_REC_COMMAND_MAX + 1];
+    bool has_meta;     /* chunk 0 (with meta) is stored */
+    uint64_t start;    /* meta.start, or the time of the first chunk stored until then */
+    uint64_t dur_ms;   /* the latest event offset any stored chunk reported */
+    uint64_t last_write;
+    uint32_t chunks;   /* chunks stored */
+    uint64_t bytes;    /* their compressed size */
+    bool has_last;     /* the last chunk is stored: last_seq is its seq */
+    uint32_t last_seq, max_seq;
+    bool complete;     /* has_last and every chunk 0..last_seq stored */
+    uint32_t cols, rows;
+    bool interactive;
+};
+/* RP_ENOTFOUND if @sid has no recording; RP_EINVAL if it is not a UUID. */
+int state_rec_info(struct state *s, const char *sid, struct state_rec_info *out);
+/* Calls @cb for each recording that started in [from_ms, to_ms) (to_ms 0: no bound),
+ * oldest first, at most @limit (0: all); non-zero from @cb stops and is returned. */
+typedef int (*state_rec_cb)(void *arg, const struct state_rec_info *info);
+int state_rec_list(struct state *s, uint64_t from_ms, uint64_t to_ms, unsigned limit,
+                   state_rec_cb cb, void *arg);
+/* Appends chunk @seq of @sid (as uploaded) to @data; @last (may be NULL) says if it
+ * is the last. RP_ENOTFOUND if that chunk is not stored. */
+int state_rec_chunk(struct state *s, const char *sid, uint32_t seq, struct rp_buf *data,
+                    bool *last);
+struct state_rec_stats {
+    uint64_t recordings, bytes; /* stored recordings, bytes of their chunks */
+    uint64_t map_size, map_max, map_used;
+};
+int state_rec_stats(struct state *s, struct state_rec_stats *out);
 
 /* ---- Watches ---------------------------------------------------------- */
 
@@ -346,6 +452,7 @@ struct state {
     struct state__ev **pending; /* events of the entry being applied, published after commit */
     size_t n_pending, cap_pending;
     struct state__hub hub;
+    struct state__recstore *rec; /* state/recstore.c */
 };
 
 enum state__op {
@@ -359,6 +466,8 @@ enum state__op {
     STATE__OP_EXPIRE,
     STATE__OP_AUDIT,
     STATE__OP_AUDIT_TRIM,
+    STATE__OP_REC_PUT,
+    STATE__OP_REC_TRIM,
 };
 
 /* A validated command; every pointer borrows from the parsed msgpack object. */
@@ -372,6 +481,7 @@ struct state__cmd {
     const msgpack_object *ops;    /* batch: array of validated sub-commands */
     uint64_t before;              /* expire, audit_trim */
     const msgpack_object *events; /* audit */
+    const msgpack_object *rec;    /* rec_put, rec_trim */
 };
 
 /* state/audit.c */
@@ -380,6 +490,32 @@ int state__audit_apply(struct state *s, MDB_txn *txn, const msgpack_object *even
                        uint32_t *n_written);
 int state__audit_trim(struct state *s, MDB_txn *txn, uint64_t before, uint32_t *n_deleted);
 int state__audit_check_record(bool idx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl);
+
+/* state/recstore.c. open/close: the environment in @dir (state_open, state_close;
+ * close syncs). check: the "rec" map of @op (codec). apply: a rec_put or rec_trim at
+ * @index, in its own transaction, committed before the caller commits the main one
+ * (see the top of recstore.c for why that is safe). */
+struct state__recstore;
+#define STATE__REC_DIR "recordings"
+int state__rec_open(struct state *s, const char *dir);
+void state__rec_close(struct state *s);
+int state__rec_check(enum state__op op, const msgpack_object *rec, char *msg, size_t msglen);
+int state__rec_apply(struct state *s, uint64_t index, const struct state__cmd *c,
+                     struct state_result *res);
+/* Snapshots: pin a read transaction of the recordings beside the main one (loop
+ * thread), release it (any thread; idempotent). The section written after the main
+ * snapshot: its size, then the bytes (exactly that many, from the pinned txn, or a
+ * fresh one when none is pinned). split: the recordings section at the end of a
+ * snapshot, if any (*@rec NULL: none, an older snapshot). check validates all of it;
+ * restore replaces the store with it (NULL: empty), after check. */
+int state__rec_snap_pin(struct state *s);
+void state__rec_snap_release(struct state *s);
+int state__rec_snapshot_size(struct state *s, size_t *len);
+int state__rec_snapshot_write(struct state *s, uint8_t *p, size_t len);
+int state__rec_snapshot_split(const uint8_t *buf, size_t len, size_t *main_len,
+                              const uint8_t **rec, size_t *rec_len);
+int state__rec_snapshot_check(const uint8_t *rec, size_t len);
+int state__rec_snapshot_restore(struct state *s, const uint8_t *rec, size_t len);
 
 bool state__kind_ok(const char *kind, size_t n);
 bool state__name_ok(const char *name, size_t n);

@@ -92,11 +92,13 @@ static int path_in(char *out, size_t n, const char *dir, const char *file)
  * down while it was open, then writes this boot's marker durably. */
 static int check_and_mark(const char *dir)
 {
-    char path[4096], data[4096], lock[4096], now[64], was[64];
+    char path[4096], data[4096], lock[4096], rdata[4096], rlock[4096], now[64], was[64];
     int rv;
     if ((rv = path_in(path, sizeof path, dir, MARKER)) != 0 ||
         (rv = path_in(data, sizeof data, dir, "data.mdb")) != 0 ||
-        (rv = path_in(lock, sizeof lock, dir, "lock.mdb")) != 0)
+        (rv = path_in(lock, sizeof lock, dir, "lock.mdb")) != 0 ||
+        (rv = path_in(rdata, sizeof rdata, dir, STATE__REC_DIR "/data.mdb")) != 0 ||
+        (rv = path_in(rlock, sizeof rlock, dir, STATE__REC_DIR "/lock.mdb")) != 0)
         return rv;
     boot_id(now, sizeof now);
 
@@ -111,7 +113,9 @@ static int check_and_mark(const char *dir)
                     "%s: the machine went down while the state was open (boot id %s, now %s); "
                     "discarding it, Raft rebuilds it from its snapshot and log",
                     dir, was[0] ? was : "?", now[0] ? now : "?");
-            if ((unlink(data) != 0 && errno != ENOENT) || (unlink(lock) != 0 && errno != ENOENT))
+            /* The recordings store goes with it (same durability, state/recstore.c). */
+            if ((unlink(data) != 0 && errno != ENOENT) || (unlink(lock) != 0 && errno != ENOENT) ||
+                (unlink(rdata) != 0 && errno != ENOENT) || (unlink(rlock) != 0 && errno != ENOENT))
                 return rp_err(RP_EIO, "removing %s: %s", data, strerror(errno));
         }
     }
@@ -212,11 +216,15 @@ int state_open(struct state **out, const char *dir, const struct state_opts *opt
     mdb_reader_check(s->env, &dead);
     if ((rv = open_dbs(s)) != 0)
         goto err_after_env;
-    if ((rv = state__hub_init(&s->hub, s->opts.event_ring_len, atomic_load(&s->applied))) != 0)
+    if ((rv = state__rec_open(s, dir)) != 0)
         goto err_after_env;
+    if ((rv = state__hub_init(&s->hub, s->opts.event_ring_len, atomic_load(&s->applied))) != 0)
+        goto err_after_rec;
     *out = s;
     return 0;
 
+err_after_rec:
+    state__rec_close(s);
 err_after_env:
     mdb_env_close(s->env);
 err:
@@ -237,6 +245,7 @@ void state_close(struct state *s)
         state__ev_free(s->pending[i]);
     free(s->pending);
     state__hub_close(&s->hub);
+    state__rec_close(s); /* synced before the marker goes */
     int rc = mdb_env_sync(s->env, 1);
     mdb_env_close(s->env);
     /* Only a synced environment may lose its marker. */

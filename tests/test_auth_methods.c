@@ -71,6 +71,9 @@ static const struct {
     {"heartbeat", "{res: {kind: node, metadata: {name: host-1}}, ttl_ms: 3000}", "nnnyynnnn"},
     {"emit_events", "{rid: x, events: []}", "nnnynnnnn"},
     {"renew_host", "{ssh_pubkey: x, tls_pubkey: y}", "nnnyynnnn"},
+    {"rec_put", "{sid: 0b8e0c2a-8d5e-4f55-9a3c-1f2e3d4c5b6a, seq: 0, last: true}", "nnnynnnnn"},
+    {"rec_list", "{}", "nyynnnnyn"},
+    {"rec_get", "{sid: 0b8e0c2a-8d5e-4f55-9a3c-1f2e3d4c5b6a, seq: 0}", "nyynnnnyn"},
 };
 
 /* Flow YAML is also JSON-ish enough for lib/yaml_mp; parse it into msgpack. */

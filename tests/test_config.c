@@ -282,7 +282,7 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
                "max_login_attempts, lockout_duration, max_session_ttl, admin_identity_ttl, raft, "
                "password_hash_workers, "
                "password_hash_queue, password_hash_wait, login_rate_per_address, "
-               "login_burst_per_address, login_rate_per_user, login_burst_per_user");
+               "login_burst_per_address, login_rate_per_user, login_burst_per_user, recordings");
     load_fails("version: v3\nteleprot:\n  nodename: a\n",
                "2: unknown field 'teleprot' at the top level, expected one of: version, "
                "teleport, auth_service, proxy_service, ssh_service");
@@ -502,6 +502,44 @@ Test(config, validate_requires_raft_id_and_cluster_name_for_auth)
     rp_config_set(&c.auth_server, "10.0.0.1:3025");
     cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
     rp_config_free(&c);
+}
+
+Test(config, recordings_have_defaults_and_bounds)
+{
+    struct rp_config c;
+    load_ok(&c, "auth_service:\n  cluster_name: a\n  raft: {id: 1}\n");
+    cr_assert_eq(c.rec_retention_ms, 720ull * 3600 * 1000, "30 days");
+    cr_assert_eq(c.rec_max_size, 2ull << 30);
+    cr_assert_eq(c.rec_max_map_size, 0, "derived from max_size");
+    cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
+    rp_config_free(&c);
+
+    load_ok(&c, "auth_service:\n  cluster_name: a\n  raft: {id: 1}\n  recordings:\n"
+                "    retention: 168h\n    max_size: 10GiB\n    max_map_size: 32GiB\n");
+    cr_assert_eq(c.rec_retention_ms, 168ull * 3600 * 1000);
+    cr_assert_eq(c.rec_max_size, 10ull << 30);
+    cr_assert_eq(c.rec_max_map_size, 32ull << 30);
+    cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
+    rp_config_free(&c);
+
+    load_ok(&c, "auth_service:\n  cluster_name: a\n  raft: {id: 1}\n  recordings:\n"
+                "    max_size: 100KiB\n");
+    validate_fails(&c, "auth_service.recordings.max_size (102400 bytes) must be 1MiB to 1TiB");
+    rp_config_free(&c);
+    load_ok(&c, "auth_service:\n  cluster_name: a\n  raft: {id: 1}\n  recordings:\n"
+                "    max_size: 1GiB\n    max_map_size: 1GiB\n");
+    validate_fails(&c, "auth_service.recordings.max_map_size (1073741824 bytes) must be at least "
+                       "max_size + 64MiB (1140850688 bytes), or left out (2 x max_size + 256MiB)");
+    rp_config_free(&c);
+    load_fails("auth_service:\n  recordings:\n    retention: 10s\n",
+               "3: auth_service.recordings.retention: expected a duration of at least 1m, got "
+               "'10s'");
+    load_fails("auth_service:\n  recordings:\n    max_size: lots\n",
+               "3: auth_service.recordings.max_size: expected a size like 64MB, 1GiB or 1048576 "
+               "(bytes), got 'lots'");
+    load_fails("auth_service:\n  recordings:\n    keep: 1h\n",
+               "3: unknown field 'keep' in auth_service.recordings, expected one of: retention, "
+               "max_size, max_map_size");
 }
 
 Test(config, login_limits_have_defaults_and_bounds)

@@ -12,6 +12,7 @@
  * checks them before anything is dialed. The usage text is generated from the
  * table, so a command cannot be missing from it. All calls to the auth service
  * go through the typed client of auth/client.h. */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -23,6 +24,7 @@
 #include "auth/audit.h"
 #include "auth/auth.h"
 #include "auth/rbac.h"
+#include "auth/recordings.h"
 #include "lib/config.h"
 #include "lib/errors.h"
 #include "lib/json.h"
@@ -148,6 +150,7 @@ enum {
     O_LOGIN,
     O_SERVER_ID,
     O_MESSAGE,
+    O_PARTIAL,
 };
 
 /* Accepted by every command, before it or among its own flags (as before the
@@ -1756,6 +1759,224 @@ static int cmd_events_ls(struct tctl *t, int argc, char **argv)
     return print_listing(t, &out, n, &reply);
 }
 
+/* ---- recordings --------------------------------------------------------------- */
+
+static void format_duration(uint64_t ms, char *out, size_t n)
+{
+    uint64_t s = ms / 1000;
+    if (s >= 3600)
+        snprintf(out, n, "%lluh%02llum%02llus", (unsigned long long)(s / 3600),
+                 (unsigned long long)(s / 60 % 60), (unsigned long long)(s % 60));
+    else if (s >= 60)
+        snprintf(out, n, "%llum%02llus", (unsigned long long)(s / 60),
+                 (unsigned long long)(s % 60));
+    else
+        snprintf(out, n, "%llu.%01llus", (unsigned long long)s,
+                 (unsigned long long)(ms % 1000 / 100));
+}
+
+static int cmd_recordings_ls(struct tctl *t, int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"since", required_argument, NULL, O_SINCE},
+        {"until", required_argument, NULL, O_UNTIL},
+        {"limit", required_argument, NULL, O_LIMIT},
+        {"format", required_argument, NULL, O_FORMAT},
+        {"stale", no_argument, NULL, O_STALE},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    struct auth_rec_query q = {0};
+    char *end;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        switch (c) {
+        case O_SINCE:
+            if (parse_when("--since", optarg, &q.from_ms) != 0)
+                return 2;
+            break;
+        case O_UNTIL:
+            if (parse_when("--until", optarg, &q.to_ms) != 0)
+                return 2;
+            break;
+        case O_LIMIT: {
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || v == 0 || v > 10000) {
+                fprintf(stderr,
+                        "tctl: --limit=%s: expected a number of recordings from 1 to 10000\n",
+                        optarg);
+                return 2;
+            }
+            q.limit = (uint32_t)v;
+            break;
+        }
+        case O_STALE:
+            q.stale = true;
+            break;
+        case O_FORMAT:
+            if (parse_format(t, optarg) != 0)
+                return 2;
+            if (t->format == FMT_YAML) {
+                fprintf(stderr, "%s: --format=yaml: expected text or json\n", t->label);
+                return 2;
+            }
+            break;
+        }
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0 || (rv = connect_client(t)) != 0)
+        return rv;
+    struct auth_reply reply;
+    const msgpack_object *items;
+    if ((rv = auth_client_rec_list(t->client, &q, &reply, &items)) != 0)
+        return call_failed(t, rv);
+    uint32_t n = items->via.array.size;
+    struct rp_buf out;
+    rp_buf_init(&out);
+    if (t->format == FMT_JSON)
+        rp_buf_append_str(&out, "[");
+    else
+        rp_buf_printf(&out, "%-36s %-16s %-12s %-20s %-24s %-11s %-9s %s\n", "ID", "User", "Login",
+                      "Node", "Started (UTC)", "Duration", "Size", "Complete");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *it = &items->via.array.ptr[i];
+        if (t->format == FMT_JSON) {
+            rp_buf_append_str(&out, i ? ",\n  " : "\n  ");
+            rp_json_from_mp(&out, it, 0);
+            continue;
+        }
+        char sid[40], user[64], login[40], host[64], server[64], when[40], dur[24], size[24];
+        const char *node = field(it, "hostname", host, sizeof host);
+        if (node[0] == '\0')
+            node = field(it, "server_id", server, sizeof server);
+        rp_format_time(ufield(it, "start"), when, sizeof when);
+        uint64_t endt = ufield(it, "end");
+        if (endt >= ufield(it, "start") && rp_mp_get(it, "end") != NULL)
+            format_duration(endt - ufield(it, "start"), dur, sizeof dur);
+        else
+            snprintf(dur, sizeof dur, "(active)");
+        uint64_t b = ufield(it, "bytes");
+        if (b < (1u << 20))
+            snprintf(size, sizeof size, "%.1f KiB", (double)b / 1024);
+        else
+            human_bytes(b, size, sizeof size);
+        bool complete = false;
+        rp_mp_get_bool(it, "complete", &complete);
+        const char *u = field(it, "user", user, sizeof user);
+        const char *l = field(it, "login", login, sizeof login);
+        rp_buf_printf(&out, "%-36s %-16s %-12s %-20s %-24s %-11s %-9s %s\n",
+                      field(it, "sid", sid, sizeof sid), u[0] ? u : "-", l[0] ? l : "-", node, when,
+                      dur, size, complete ? "yes" : "no");
+    }
+    return print_listing(t, &out, n, &reply);
+}
+
+/* Fetches chunk @seq into @plain (decompressed, appended). 0, RP_ENOTFOUND for a
+ * chunk the cluster does not hold, or 1 after printing why not. */
+static int export_chunk(struct tctl *t, const char *sid, uint32_t seq, bool stale,
+                        struct rp_buf *plain, struct auth_rec_chunk *ch)
+{
+    struct auth_reply reply;
+    int rv = auth_client_rec_get(t->client, sid, seq, stale, &reply, ch);
+    if (rv == RP_ENOTFOUND && seq > 0)
+        return rv;
+    if (rv != 0)
+        return call_failed(t, rv);
+    rv = auth_rec_decompress(ch->data, ch->len, plain);
+    auth_reply_free(&reply);
+    if (rv != 0) {
+        fprintf(stderr, "%s: chunk %u of %s: %s\n", t->label, seq, sid, rp_errmsg());
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_recordings_export(struct tctl *t, int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"out", required_argument, NULL, 'o'},
+        {"partial", no_argument, NULL, O_PARTIAL},
+        {"stale", no_argument, NULL, O_STALE},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    const char *path = NULL;
+    bool partial = false, stale = false;
+    flags_init(&f, t, argc, argv, own, "o:");
+    while ((c = flags_next(&f)) > 0) {
+        if (c == 'o')
+            path = optarg;
+        else if (c == O_PARTIAL)
+            partial = true;
+        else if (c == O_STALE)
+            stale = true;
+    }
+    if ((rv = flags_done(&f, c, 1, 1, &args, &nargs)) >= 0)
+        return rv;
+    const char *sid = args[0];
+    if (strlen(sid) != 36 || strspn(sid, "0123456789abcdefABCDEF-") != 36)
+        return usage_error(t, "'%s' is not a session id (a UUID)", sid);
+    char def[64];
+    if (path == NULL) {
+        snprintf(def, sizeof def, "%s.cast", sid);
+        path = def;
+    }
+    if ((rv = connect_client(t)) != 0)
+        return rv;
+
+    /* Chunk 0 holds the header and says how many chunks there are. */
+    struct rp_buf plain;
+    struct auth_rec_chunk ch;
+    rp_buf_init(&plain);
+    if ((rv = export_chunk(t, sid, 0, stale, &plain, &ch)) != 0) {
+        rp_buf_free(&plain);
+        return rv == RP_ENOTFOUND ? 1 : rv;
+    }
+    uint32_t chunks = ch.chunks, missing = 0;
+    if (!ch.complete && !partial) {
+        fprintf(stderr,
+                "%s: recording %s is incomplete (its node has not uploaded every chunk yet, or "
+                "some were lost); --partial exports the chunks the cluster holds\n",
+                t->label, sid);
+        rp_buf_free(&plain);
+        return 1;
+    }
+    for (uint32_t seq = 1; seq < chunks; seq++) {
+        rv = export_chunk(t, sid, seq, stale, &plain, &ch);
+        if (rv == RP_ENOTFOUND) {
+            missing++;
+            continue;
+        }
+        if (rv != 0) {
+            rp_buf_free(&plain);
+            return rv;
+        }
+    }
+    if (missing > 0)
+        fprintf(stderr, "%s: %u of %u chunks of %s are missing; exporting the rest\n", t->label,
+                missing, chunks, sid);
+    FILE *out = strcmp(path, "-") == 0 ? stdout : fopen(path, "w");
+    if (out == NULL) {
+        fprintf(stderr, "%s: %s: %s\n", t->label, path, strerror(errno));
+        rp_buf_free(&plain);
+        return 1;
+    }
+    bool ok = fwrite(plain.data, 1, plain.len, out) == plain.len;
+    ok = (out == stdout ? fflush(out) : fclose(out)) == 0 && ok;
+    if (!ok) {
+        fprintf(stderr, "%s: writing %s: %s\n", t->label, path, strerror(errno));
+        rp_buf_free(&plain);
+        return 1;
+    }
+    if (out != stdout)
+        fprintf(stderr, "wrote %s (%zu bytes, %u chunks)\n", path, plain.len, chunks - missing);
+    rp_buf_free(&plain);
+    return 0;
+}
+
 /* ---- locks ------------------------------------------------------------------ */
 
 static int cmd_lock(struct tctl *t, int argc, char **argv)
@@ -2326,6 +2547,17 @@ static const struct verb verbs[] = {
      "cluster's host CA and certifies its host key, for OpenSSH's known_hosts file; the\n"
      "others are named on stderr and left out.\n",
      cmd_nodes_ls},
+    {"recordings ls", "[--since=D|TIME] [--until=TIME] [--limit=N] [--format=text|json] [--stale]",
+     "list session recordings stored in the cluster",
+     "Oldest first, by start time. --limit: at most N (1..10000, default 1000).\n"
+     "--stale: this server's copy, no leader needed.\n",
+     cmd_recordings_ls},
+    {"recordings export", "SID [-o FILE] [--partial] [--stale]",
+     "write a recording as an asciicast v2 file",
+     "FILE defaults to SID.cast (- for stdout); play it with asciinema play FILE.\n"
+     "A recording with chunks missing is refused unless --partial.\n"
+     "--stale: from this server's copy, no leader needed.\n",
+     cmd_recordings_export},
     {"version", "", "print the version", NULL, cmd_version},
     {"help", "[COMMAND]", "this text, or a command's flags", NULL, cmd_help},
 };
