@@ -463,31 +463,41 @@ int auth_h_audit_append(struct auth_req *r, struct rp_buf *out)
     const msgpack_object *evs = rp_mp_get(r->args, "events");
     if (evs == NULL || evs->type != MSGPACK_OBJECT_ARRAY || evs->via.array.size == 0)
         return rp_err(RP_EINVAL, "argument 'events' (a non-empty array) is required");
-    struct rp_buf packed, cmd;
+    struct rp_buf packed;
+    uint64_t rev = 0;
     rp_buf_init(&packed);
-    rp_buf_init(&cmd);
     for (uint32_t i = 0; i < evs->via.array.size && rv == 0; i++)
         rv = rp_mp_pack_object(&packed, &evs->via.array.ptr[i]);
-    struct state_cmd c = {.op = "audit",
-                          .rid = rid,
-                          .events = packed.data,
-                          .events_len = packed.len,
-                          .n_events = evs->via.array.size};
-    struct state_result sr;
     if (rv == 0)
-        rv = state_cmd_encode(&c, &cmd);
-    if (rv == 0)
-        rv = auth_propose(r->srv, cmd.data, cmd.len, &sr);
-    if (rv == 0 && sr.code != 0)
-        rv = rp_err(sr.code, "%s", sr.message);
+        rv = audit_append_events(r->srv, rid, packed.data, packed.len, evs->via.array.size, &rev);
     if (rv == 0) {
         msgpack_packer pk;
         struct rp_mp_map m;
         auth_reply_ok(&m, &pk, out);
-        rp_mp_map_u64(&m, "rev", sr.revision);
+        rp_mp_map_u64(&m, "rev", rev);
         rp_mp_map_end(&m);
     }
     rp_buf_free(&packed);
+    return rv;
+}
+
+int audit_append_events(struct auth_server *s, const char *rid, const void *events, size_t len,
+                        uint32_t n, uint64_t *rev)
+{
+    if (!auth_is_leader(s))
+        return rp_err(RP_ENOTLEADER, "not the leader");
+    struct rp_buf cmd;
+    rp_buf_init(&cmd);
+    struct state_cmd c = {
+        .op = "audit", .rid = rid, .events = events, .events_len = len, .n_events = n};
+    struct state_result sr;
+    int rv = state_cmd_encode(&c, &cmd);
+    if (rv == 0)
+        rv = auth_propose(s, cmd.data, cmd.len, &sr);
+    if (rv == 0 && sr.code != 0)
+        rv = rp_err(sr.code, "%s", sr.message);
+    if (rv == 0)
+        *rev = sr.revision;
     rp_buf_free(&cmd);
     return rv;
 }

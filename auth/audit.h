@@ -72,6 +72,14 @@ void audit_free(struct auth_server *s);
 /* Leader duty: trims events older than the retention. Called about once a minute. */
 int audit_trim_due(struct auth_server *s);
 
+/* Appends @n events (encoded maps back to back in @events, each in the stored form:
+ * event, code, uid, time, ...) to the audit log in one Raft entry under request id
+ * @rid, on the leader: the path audit_append (events a follower gathered) and
+ * emit_events (a node's) share. *@rev gets the revision. RP_ENOTLEADER on a follower;
+ * RP_EINVAL with the state's message for an event it refuses. */
+int audit_append_events(struct auth_server *s, const char *rid, const void *events, size_t len,
+                        uint32_t n, uint64_t *rev);
+
 /* Counters for status and benchmarks. */
 struct audit_stats {
     uint64_t events, batches, dropped, failed;

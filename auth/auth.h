@@ -74,6 +74,16 @@
  *                 who: admins; users (event, list); route: read
  *   audit_append  {rid, events[]} -> {rev}
  *                 who: Auth; route: leader
+ *   heartbeat     {res, ttl_ms} -> {rev, expires}: presence of the caller's own host (a node
+ *                 resource, or proxy for a Proxy) named by its host id; expires = now + ttl_ms
+ *                 clamped to [3 s, 1 h]; heartbeats arriving together share one Raft entry
+ *                 who: Node, Proxy; route: leader
+ *   emit_events   {rid, events[]} -> {rev}: the node's audit events (at most 256, 64 KiB each,
+ *                 types a node emits), server_id set to the caller's host id
+ *                 who: Node; route: leader
+ *   renew_host    {ssh_pubkey, tls_pubkey, principals?[]} -> {ssh_cert, tls_cert, ca_cert,
+ *                 user_ca, host_ca}: the caller's own host certificates, re-issued for new keys
+ *                 who: Node, Proxy; route: leader
  *
  * ssh_pubkey is an authorized_keys line (Ed25519, ECDSA or RSA >= 2048 bits);
  * tls_pubkey a "PUBLIC KEY" PEM of a P-256 key with an uncompressed point.

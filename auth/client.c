@@ -943,6 +943,83 @@ int auth_client_sign_host(struct auth_client *c, const struct auth_host_sign *r,
     return call_certs(c, &k, r->tls_pubkey != NULL, out);
 }
 
+int auth_client_heartbeat(struct auth_client *c, const void *res, size_t len, uint64_t ttl_ms,
+                          uint64_t *rev, uint64_t *expires_ms)
+{
+    struct call k;
+    uint64_t r = 0, e = 0;
+    struct rp_mp_map *m = call_begin(&k, "heartbeat");
+    rp_mp_map_raw(m, "res", res, len);
+    rp_mp_map_u64(m, "ttl_ms", ttl_ms);
+    const struct field f[] = {u64_f("rev", &r), u64_f("expires", &e)};
+    int rv = call_fields(c, &k, f, sizeof f / sizeof f[0]);
+    if (rv == 0 && (r == 0 || e == 0))
+        rv = rp_err(RP_EPROTO, "heartbeat answered without its revision and expiry");
+    if (rv == 0 && rev)
+        *rev = r;
+    if (rv == 0 && expires_ms)
+        *expires_ms = e;
+    return call_end(&k, rv);
+}
+
+int auth_client_emit_events(struct auth_client *c, const void *events, size_t len, uint64_t *rev)
+{
+    struct call k;
+    char rid[33];
+    uint64_t r = 0;
+    auth_new_rid(rid);
+    struct rp_mp_map *m = call_begin(&k, "emit_events");
+    rp_mp_map_str(m, "rid", rid);
+    rp_mp_map_raw(m, "events", events, len);
+    const struct field f[] = {u64_f("rev", &r)};
+    int rv = call_fields(c, &k, f, 1);
+    if (rv == 0 && rev)
+        *rev = r;
+    return call_end(&k, rv);
+}
+
+void auth_host_certs_free(struct auth_host_certs *certs)
+{
+    free(certs->ssh_cert);
+    free(certs->tls_cert);
+    free(certs->ca_cert);
+    free(certs->user_ca);
+    free(certs->host_ca);
+    memset(certs, 0, sizeof *certs);
+}
+
+int auth_client_renew_host(struct auth_client *c, const char *ssh_pubkey,
+                           const char *tls_pubkey_pem, const char *const *principals,
+                           size_t n_principals, struct auth_host_certs *out)
+{
+    struct call k;
+    memset(out, 0, sizeof *out);
+    struct rp_mp_map *m = call_begin(&k, "renew_host");
+    rp_mp_map_str(m, "ssh_pubkey", ssh_pubkey);
+    rp_mp_map_str(m, "tls_pubkey", tls_pubkey_pem);
+    if (n_principals > 0)
+        pack_strings(rp_mp_map_key(m, "principals"), principals, n_principals);
+    int rv = call_send(c, &k);
+    if (rv != 0)
+        return call_end(&k, rv);
+    const msgpack_object *d = &k.resp.data;
+    if ((rv = dup_field(d, "ssh_cert", &out->ssh_cert)) != 0 ||
+        (rv = dup_field(d, "tls_cert", &out->tls_cert)) != 0 ||
+        (rv = dup_field(d, "ca_cert", &out->ca_cert)) != 0 ||
+        (rv = dup_field(d, "user_ca", &out->user_ca)) != 0 ||
+        (rv = dup_field(d, "host_ca", &out->host_ca)) != 0)
+        goto fail;
+    if (!out->ssh_cert || !out->tls_cert || !out->ca_cert || !out->user_ca || !out->host_ca) {
+        rv = rp_err(RP_EPROTO, "renew_host answered without ssh_cert, tls_cert, ca_cert, "
+                               "user_ca and host_ca");
+        goto fail;
+    }
+    return call_end(&k, 0);
+fail:
+    auth_host_certs_free(out);
+    return call_end(&k, rv);
+}
+
 int auth_client_events(struct auth_client *c, const struct auth_events_query *q,
                        struct auth_reply *out, const msgpack_object **items)
 {

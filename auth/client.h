@@ -266,6 +266,50 @@ struct auth_host_sign {
 int auth_client_sign_host(struct auth_client *c, const struct auth_host_sign *req,
                           struct auth_certs *out);
 
+/* ---- node agents and proxies ---------------------------------------------- */
+
+/* Presence of the calling host (Node: kind "node"; Proxy: kind "proxy"): @res is the
+ * whole resource (one encoded msgpack map of @len bytes, Teleport's v2 shape, see
+ * auth/auth.h "heartbeat") whose metadata.name is the caller's host id. The server
+ * sets metadata.expires to now + @ttl_ms, @ttl_ms clamped to [3 s, 1 h]. *@rev and
+ * *@expires_ms (each may be NULL) get the revision written and the expiry set.
+ * RP_EDENIED for another host's name or a kind that is not the caller's; RP_EINVAL,
+ * naming the field, for a malformed resource. */
+int auth_client_heartbeat(struct auth_client *c, const void *res, size_t len, uint64_t ttl_ms,
+                          uint64_t *rev, uint64_t *expires_ms);
+
+#define AUTH_EMIT_MAX_EVENTS 256
+#define AUTH_EMIT_MAX_EVENT_BYTES (64u << 10)
+
+/* Appends audit events of the calling node: @events is one encoded msgpack array of
+ * at most AUTH_EMIT_MAX_EVENTS maps (@len bytes), each with at least "event" (a type a
+ * node may emit, see auth/auth.h "emit_events") and "time" (ms), at most
+ * AUTH_EMIT_MAX_EVENT_BYTES encoded. The server sets server_id to the caller's host id
+ * (and uid, and code when absent). One request id per call: a retry after a lost
+ * answer appends once. @rev may be NULL. RP_EINVAL names the first event refused and
+ * what was expected; nothing is appended then. */
+int auth_client_emit_events(struct auth_client *c, const void *events, size_t len, uint64_t *rev);
+
+/* What renew_host returns: malloc'd strings, freed by auth_host_certs_free (harmless
+ * on a zeroed struct). */
+struct auth_host_certs {
+    char *ssh_cert; /* OpenSSH host certificate line for ssh_pubkey */
+    char *tls_cert; /* PEM: the caller's X.509 identity for tls_pubkey */
+    char *ca_cert;  /* PEM: the cluster's TLS CA */
+    char *user_ca;  /* every trusted user CA public key, authorized_keys lines, "\n"-joined */
+    char *host_ca;  /* the same for the host CA */
+};
+void auth_host_certs_free(struct auth_host_certs *certs);
+
+/* Re-issues the calling host's own certificates (same host id, system role and node
+ * name as its current X.509 certificate) for new keys: @ssh_pubkey an
+ * authorized_keys line, @tls_pubkey_pem a P-256 "PUBLIC KEY" PEM, @principals (may
+ * be NULL when @n_principals is 0) extra SSH principals (host names or addresses). For
+ * Node and Proxy identities only. On success the caller frees *@out. */
+int auth_client_renew_host(struct auth_client *c, const char *ssh_pubkey,
+                           const char *tls_pubkey_pem, const char *const *principals,
+                           size_t n_principals, struct auth_host_certs *out);
+
 /* ---- audit ---------------------------------------------------------------- */
 
 /* A search of the audit log; zero fields mean no filter. */

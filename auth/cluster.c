@@ -177,6 +177,22 @@ int auth_sign_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P2
     return rv;
 }
 
+int auth_sign_host_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P256_SPKI_LEN],
+                            const char *host_id, const char *role, const char *const *sans,
+                            size_t n_sans, long ttl_s, char **pem_out)
+{
+    char *groups[1] = {(char *)role};
+    struct rp_identity hid = {.name = (char *)host_id,
+                              .groups = groups,
+                              .n_groups = 1,
+                              .cluster = s->id.cluster_name,
+                              .system_role = rp_system_role_from_name(role),
+                              .host_id = (char *)host_id};
+    if (hid.system_role == RP_SYS_NONE)
+        return rp_err(RP_EINVAL, "role '%s': expected a system role", role);
+    return auth_sign_identity(s, spki, &hid, sans, n_sans, ttl_s, pem_out);
+}
+
 /* ---- ping and status ---------------------------------------------------- */
 
 struct addr_list {
@@ -599,7 +615,6 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     uint64_t raft_id = 0;
     int rv;
     char *ssh_cert = NULL, *user_ca = NULL, *host_ca = NULL;
-    EVP_PKEY *ssh_pub = NULL;
     if ((rv = auth_arg_str(r->args, "ssh_pubkey", ssh_pub_line, sizeof ssh_pub_line, false)) != 0)
         return rv;
     if ((rv = auth_arg_str(r->args, "token", token, sizeof token, true)) != 0 ||
@@ -674,17 +689,10 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
         if (strcmp(raft_host, api_host) != 0)
             sans[n_sans++] = raft_host;
     }
-    char *groups[1] = {(char *)role};
-    struct rp_identity hid = {.name = host_id,
-                              .groups = groups,
-                              .n_groups = 1,
-                              .cluster = s->id.cluster_name,
-                              .system_role = rp_system_role_from_name(role),
-                              .host_id = host_id};
     /* Host identities are long-lived, renewed by CA rotation (Teleport does the same); a
      * removed host is cut off by the lock on its host id, not by expiry. */
-    if ((rv = auth_sign_identity(s, host_spki, &hid, sans, n_sans, AUTH_HOST_TTL_S, &host_pem)) !=
-        0)
+    if ((rv = auth_sign_host_identity(s, host_spki, host_id, role, sans, n_sans, AUTH_HOST_TTL_S,
+                                      &host_pem)) != 0)
         goto out;
     if (is_auth) {
         char *admin_groups[1] = {RP_ROLE_ADMIN};
@@ -766,29 +774,9 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     /* Register-with-token for agents: their SSH host certificate and the CA public
      * keys come with the X.509 identity. */
     if (ssh_pub_line[0]) {
-        const char *extra[16];
-        char extra_buf[16][256];
-        size_t n_extra = 0;
-        const msgpack_object *ap = rp_mp_get(r->args, "principals");
-        for (uint32_t i = 0;
-             ap && ap->type == MSGPACK_OBJECT_ARRAY && i < ap->via.array.size && n_extra < 16;
-             i++) {
-            const msgpack_object *o = &ap->via.array.ptr[i];
-            if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253) {
-                rv = rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
-                goto out;
-            }
-            snprintf(extra_buf[n_extra], sizeof extra_buf[n_extra], "%.*s", (int)o->via.str.size,
-                     o->via.str.ptr);
-            extra[n_extra] = extra_buf[n_extra];
-            n_extra++;
-        }
-        if ((rv = rp_ssh_pubkey_parse(ssh_pub_line, &ssh_pub, NULL)) != 0) {
-            rv = rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
-            goto out;
-        }
-        if ((rv = auth_sign_host_ssh(s, host_id, nodename, role, ssh_pub, extra, n_extra,
-                                     365ull * 24 * 3600 * 1000, &ssh_cert, NULL, NULL)) != 0 ||
+        if ((rv = auth_issue_host_ssh(s, host_id, nodename, role, ssh_pub_line,
+                                      rp_mp_get(r->args, "principals"), AUTH_HOST_SSH_TTL_MS,
+                                      &ssh_cert, NULL, NULL)) != 0 ||
             (rv = auth_ssh_ca_public_lines(s, &user_ca, &host_ca)) != 0)
             goto out;
     }
@@ -808,7 +796,6 @@ out:
     free(ssh_cert);
     free(user_ca);
     free(host_ca);
-    EVP_PKEY_free(ssh_pub);
     free(host_pem);
     free(admin_pem);
     free(ca_pem);

@@ -1,6 +1,7 @@
 /* auth/dispatch.c: one request frame in, one answer out: parsing, the method
  * table (auth/authz.h), who is calling (membership, locks, forwarded identities),
  * authorization, routing in the Raft group, and the call of the method's handler. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,16 @@ static const struct auth_method methods[] = {
     {"events", auth_h_events, ADMINS, USERS("event", "list"), .route = AUTH_ROUTE_READ},
     {"audit_append", auth_h_audit_append, .system = AUTH_SYS(RP_SYS_AUTH),
      .route = AUTH_ROUTE_LEADER, .audit = "<the events it carries>"},
+    /* Node agents and proxies: their own presence, events and certificates only (the
+     * handlers hold each to its host id and kind, auth/agents.c). A heartbeat is not
+     * audited: 10,000 nodes heartbeat ~167 times a second, and a presence changes
+     * nothing a reader of the log asks about; a refused one is (auth_deny). */
+    {"heartbeat", auth_h_heartbeat, .system = AUTH_SYS(RP_SYS_NODE) | AUTH_SYS(RP_SYS_PROXY),
+     .route = AUTH_ROUTE_LEADER, .audit = "none (presence); refusals: auth"},
+    {"emit_events", auth_h_emit_events, .system = AUTH_SYS(RP_SYS_NODE), .route = AUTH_ROUTE_LEADER,
+     .audit = "<the events it carries>"},
+    {"renew_host", auth_h_renew_host, .system = AUTH_SYS(RP_SYS_NODE) | AUTH_SYS(RP_SYS_PROXY),
+     .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
 };
 
 #undef ANYONE
@@ -335,6 +346,21 @@ static void refuse(struct auth_server *s, const struct rp_identity *caller, cons
             caller ? caller->name : "anonymous", why);
     audit_denial(s, caller, remote, method, why);
     auth_reply_error(out, code, why);
+}
+
+int auth_deny(struct auth_req *r, const char *fmt, ...)
+{
+    char why[512];
+    int n = snprintf(why, sizeof why, "access denied: ");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + n, sizeof why - (size_t)n, fmt, ap);
+    va_end(ap);
+    rp_err(RP_EDENIED, "%s", why);
+    rp_warn("auth", "denied %s from %s (%s): %s", r->method->name, r->remote,
+            r->caller ? r->caller->name : "anonymous", why);
+    audit_denial(r->srv, r->caller, r->remote, r->method->name, why);
+    return rp_err(RP_EDENIED, "%s", why);
 }
 
 /* Runs the table's routing for @m: 1 if the request was forwarded or refused here

@@ -185,6 +185,12 @@ int auth_forward_req(struct auth_req *r, struct rp_buf *out)
         if (id->system_role != RP_SYS_NONE) {
             rp_mp_map_str(&as, "sys", rp_system_role_name(id->system_role));
             rp_mp_map_str(&as, "host_id", id->host_id);
+            /* What only the caller's certificate says, which the leader cannot see:
+             * renew_host re-issues a host's certificates under this name. */
+            char nodename[256];
+            if ((id->system_role == RP_SYS_NODE || id->system_role == RP_SYS_PROXY) &&
+                r->conn != NULL && auth_conn_nodename(r->conn, id, nodename, sizeof nodename) == 0)
+                rp_mp_map_str(&as, "nodename", nodename);
         }
     }
     rp_mp_map_end(&as);

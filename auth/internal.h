@@ -24,6 +24,10 @@
  * id; the local admin identity tctl uses lives auth_service.admin_identity_ttl (8h) and
  * its server renews it. */
 #define AUTH_HOST_TTL_S (10L * 365 * 86400)
+/* A host's SSH certificate from join and renew_host: a year (agents renew well before). */
+#define AUTH_HOST_SSH_TTL_MS (365ull * 24 * 3600 * 1000)
+/* Extra SSH principals a host may ask for (names or addresses it is reached by). */
+#define AUTH_HOST_MAX_EXTRA 32
 
 /* This server's keys and certificates, as kept in data_dir/keys. */
 struct auth_identity {
@@ -45,6 +49,7 @@ struct auth_fwd_pool;
 struct auth_ca_cache;
 struct auth_role_cache;
 struct auth_issue_cache;
+struct auth_presence;
 
 struct auth_server {
     const struct rp_config *cfg;
@@ -68,6 +73,7 @@ struct auth_server {
     struct auth_audit *audit;       /* auth/audit.c */
     struct auth_locks *locks;       /* auth/locks.c */
     struct auth_login_guard *login; /* auth/login_guard.c: password-login limits */
+    struct auth_presence *presence; /* auth/agents.c: heartbeats gathered into batches */
 };
 
 /* A request being served: the decoded map and who sent it. */
@@ -93,6 +99,10 @@ int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identit
 
 /* True for the Admin and Auth system identities (auth/dispatch.c). */
 bool auth_caller_is_admin(const struct rp_identity *id);
+/* For a handler that decides a denial the method table cannot (it depends on the
+ * arguments): logs and audits it as dispatch does its own ("auth", T3007W) and
+ * returns RP_EDENIED with "access denied: <message>" in rp_errmsg(). */
+int auth_deny(struct auth_req *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* auth/secrets.c: what a caller may read of a resource of @kind. */
 enum auth_view {
@@ -135,6 +145,13 @@ int auth_h_events(struct auth_req *r, struct rp_buf *out);
 int auth_ssh_cas_ensure(struct auth_server *s);
 int auth_ssh_ca_key(struct auth_server *s, const char *type, EVP_PKEY **key);
 int auth_h_sign_host(struct auth_req *r, struct rp_buf *out);
+/* A host's SSH certificate for @ssh_pubkey (an authorized_keys line) with the extra
+ * principals of @extra (a msgpack array of at most AUTH_HOST_MAX_EXTRA names; NULL or
+ * nil: none): the argument checks and signing join, sign_host and renew_host share.
+ * *@line, and *@principals_out as for auth_sign_host_ssh, are the caller's to free. */
+int auth_issue_host_ssh(struct auth_server *s, const char *host_id, const char *nodename,
+                        const char *role, const char *ssh_pubkey, const msgpack_object *extra,
+                        uint64_t ttl_ms, char **line, char ***principals_out, size_t *n_out);
 /* A host's SSH certificate: principals host id, hostid.cluster, node name,
  * nodename.cluster and @extra; extensions x-teleport-role and x-teleport-authority.
  * *@principals_out (if not NULL) gets the principals (free each and the array). */
@@ -221,6 +238,28 @@ int auth_expire_due(struct auth_server *s);
 int auth_sign_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P256_SPKI_LEN],
                        const struct rp_identity *ident, const char *const *sans, size_t n_sans,
                        long ttl_s, char **pem_out);
+
+/* The X.509 identity of a host: CN and host id @host_id, system role @role ("Node",
+ * "Proxy", "Auth"; also its O, as Teleport writes it), @sans as subjectAltName
+ * (auth_sign_identity). RP_EINVAL if @role names no system role. */
+int auth_sign_host_identity(struct auth_server *s, const unsigned char spki[RP_TLS_P256_SPKI_LEN],
+                            const char *host_id, const char *role, const char *const *sans,
+                            size_t n_sans, long ttl_s, char **pem_out);
+
+/* auth/agents.c: the methods node agents and proxies call. */
+int auth_h_heartbeat(struct auth_req *r, struct rp_buf *out);
+int auth_h_emit_events(struct auth_req *r, struct rp_buf *out);
+int auth_h_renew_host(struct auth_req *r, struct rp_buf *out);
+/* The gatherer of heartbeats (one per server). new: 0 or RP_ENOMEM; free: NULL is
+ * fine, and no heartbeat may be in progress. */
+int auth_presence_new(struct auth_presence **out);
+void auth_presence_free(struct auth_presence *p);
+/* The node name of the Node or Proxy identity @id whose certificate connection @c
+ * presented: the first subjectAltName that is neither its host id nor
+ * "<host id>.<cluster>" (join writes the node name first; sign_host writes the SSH
+ * principals, host id first), else the host id. Into @out (@n bytes). RP_ENOTFOUND
+ * without a peer certificate, RP_EINVAL for a name that does not fit. */
+int auth_conn_nodename(struct rp_conn *c, const struct rp_identity *id, char *out, size_t n);
 
 /* auth/admit.c: what a resource must be to enter the state through the API (every
  * put, create, update, cas and each op of a batch). Warnings are what a write's

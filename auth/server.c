@@ -207,7 +207,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     rv = state_open(&s->state, path, NULL);
     if (rv != 0)
         goto err;
-    if ((rv = auth_locks_new(&s->locks, s->state)) != 0)
+    if ((rv = auth_locks_new(&s->locks, s->state)) != 0 ||
+        (rv = auth_presence_new(&s->presence)) != 0)
         goto err;
     snprintf(path, sizeof path, "%s/%s", s->data_dir, AUTH_RAFT_DIR);
     if ((rv = rp_mkdir_p(path, 0700)) != 0)
@@ -264,6 +265,7 @@ err : {
     snprintf(msg, sizeof msg, "%s", rp_errmsg());
     auth_listener_free(s->api);
     auth_locks_free(s->locks);
+    auth_presence_free(s->presence);
     if (s->state)
         state_close(s->state);
     free(s->fsm);
@@ -296,6 +298,7 @@ void auth_server_stop(struct auth_server *s)
         auth_login_guard_free(s);
         audit_free(s);
         auth_locks_free(s->locks);
+        auth_presence_free(s->presence);
         state_close(s->state);
         free(s->fsm);
         SSL_CTX_free(s->api_ctx);

@@ -222,6 +222,39 @@ int auth_ssh_ca_public_lines(struct auth_server *s, char **user_ca, char **host_
     return 0;
 }
 
+int auth_issue_host_ssh(struct auth_server *s, const char *host_id, const char *nodename,
+                        const char *role, const char *ssh_pubkey, const msgpack_object *extra,
+                        uint64_t ttl_ms, char **line, char ***principals_out, size_t *n_out)
+{
+    const char *extras[AUTH_HOST_MAX_EXTRA];
+    char extra_buf[AUTH_HOST_MAX_EXTRA][256];
+    size_t n_extra = 0;
+    *line = NULL;
+    if (extra && extra->type != MSGPACK_OBJECT_NIL &&
+        (extra->type != MSGPACK_OBJECT_ARRAY || extra->via.array.size > AUTH_HOST_MAX_EXTRA))
+        return rp_err(RP_EINVAL, "principals: expected an array of at most %d names",
+                      AUTH_HOST_MAX_EXTRA);
+    for (uint32_t i = 0; extra && extra->type == MSGPACK_OBJECT_ARRAY && i < extra->via.array.size;
+         i++) {
+        const msgpack_object *o = &extra->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253 ||
+            memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL)
+            return rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
+        snprintf(extra_buf[n_extra], sizeof extra_buf[n_extra], "%.*s", (int)o->via.str.size,
+                 o->via.str.ptr);
+        extras[n_extra] = extra_buf[n_extra];
+        n_extra++;
+    }
+    EVP_PKEY *pub = NULL;
+    int rv = rp_ssh_pubkey_parse(ssh_pubkey, &pub, NULL);
+    if (rv != 0)
+        return rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
+    rv = auth_sign_host_ssh(s, host_id, nodename, role, pub, extras, n_extra, ttl_ms, line,
+                            principals_out, n_out);
+    EVP_PKEY_free(pub);
+    return rv;
+}
+
 /* sign_host {host_id, nodename, role, ssh_pubkey, principals?[], ttl_ms?, tls_pubkey?}
  *   -> {ssh_cert, tls_cert?, tls_ca?}
  * Principals: host id, hostid.cluster, node name, nodename.cluster and the extra
@@ -242,51 +275,24 @@ int auth_h_sign_host(struct auth_req *r, struct rp_buf *out)
     if (rp_mp_get_u64(r->args, "ttl_ms", &ttl) == RP_EINVAL || ttl < 60000 ||
         ttl > HOST_CERT_MAX_TTL_MS)
         return rp_err(RP_EINVAL, "ttl must be between 1m and 5 years");
-    const msgpack_object *extra = rp_mp_get(r->args, "principals");
-    if (extra && (extra->type != MSGPACK_OBJECT_ARRAY || extra->via.array.size > 32))
-        return rp_err(RP_EINVAL, "principals: expected an array of at most 32 names");
-    EVP_PKEY *pub = NULL;
     unsigned char tls_spki[RP_TLS_P256_SPKI_LEN];
     char **principals = NULL, *line = NULL, *tls_pem = NULL, *ca_pem = NULL;
     size_t np = 0;
-    const char *extras[32];
-    char extra_buf[32][256];
-    size_t n_extra = 0;
     char tls_pub_pem[2048];
-    const char *cluster = s->id.cluster_name;
     if ((rv = auth_arg_str(r->args, "tls_pubkey", tls_pub_pem, sizeof tls_pub_pem, false)) != 0)
         return rv;
-    for (uint32_t i = 0; extra && i < extra->via.array.size; i++) {
-        const msgpack_object *o = &extra->via.array.ptr[i];
-        if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253)
-            return rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
-        snprintf(extra_buf[n_extra], sizeof extra_buf[n_extra], "%.*s", (int)o->via.str.size,
-                 o->via.str.ptr);
-        extras[n_extra] = extra_buf[n_extra];
-        n_extra++;
-    }
-    if ((rv = rp_ssh_pubkey_parse(publine, &pub, NULL)) != 0) {
-        rv = rp_err(rv, "ssh_pubkey: %s", rp_errmsg());
-        goto out;
-    }
-    if ((rv = auth_sign_host_ssh(s, host_id, nodename, role, pub, extras, n_extra, ttl, &line,
-                                 &principals, &np)) != 0)
+    if ((rv = auth_issue_host_ssh(s, host_id, nodename, role, publine,
+                                  rp_mp_get(r->args, "principals"), ttl, &line, &principals,
+                                  &np)) != 0)
         goto out;
     if (tls_pub_pem[0]) {
-        /* The X.509 identity of the host: CN host id, O its system role. */
-        char *groups[1] = {role};
-        struct rp_identity hid = {.name = host_id,
-                                  .groups = groups,
-                                  .n_groups = 1,
-                                  .cluster = (char *)cluster,
-                                  .system_role = rp_system_role_from_name(role),
-                                  .host_id = host_id};
         if ((rv = rp_tls_pubkey_spki(tls_pub_pem, strlen(tls_pub_pem), tls_spki)) != 0) {
             rv = rp_err(rv, "tls_pubkey: %s", rp_errmsg());
             goto out;
         }
-        if ((rv = auth_sign_identity(s, tls_spki, &hid, (const char *const *)principals, np,
-                                     (long)(ttl / 1000), &tls_pem)) != 0)
+        if ((rv = auth_sign_host_identity(s, tls_spki, host_id, role,
+                                          (const char *const *)principals, np, (long)(ttl / 1000),
+                                          &tls_pem)) != 0)
             goto out;
         if ((ca_pem = strdup(s->id.ca_pem)) == NULL) {
             rv = rp_err(RP_ENOMEM, "CA PEM");
@@ -319,6 +325,5 @@ out:
         free(principals[i]);
     free(principals);
     free(line);
-    EVP_PKEY_free(pub);
     return rv;
 }

@@ -68,6 +68,9 @@ static const struct {
     {"sign_host", "{host_id: h, role: Node}", "nyynnnnnn"},
     {"events", "{}", "nyynnnyyn"},
     {"audit_append", "{rid: x, events: []}", "nnynnnnnn"},
+    {"heartbeat", "{res: {kind: node, metadata: {name: host-1}}, ttl_ms: 3000}", "nnnyynnnn"},
+    {"emit_events", "{rid: x, events: []}", "nnnynnnnn"},
+    {"renew_host", "{ssh_pubkey: x, tls_pubkey: y}", "nnnyynnnn"},
 };
 
 /* Flow YAML is also JSON-ish enough for lib/yaml_mp; parse it into msgpack. */
