@@ -29,8 +29,7 @@
 #include "lib/util.h"
 
 #define EVENT_QUEUE_MAX 10000 /* audit events waiting for auth; the oldest go first */
-#define EVENT_BATCH_MAX 256   /* emit_events takes at most 256 per call */
-#define EVENT_MAX_BYTES 65536
+#define EVENT_MAX_BYTES AUTH_EMIT_MAX_EVENT_BYTES
 
 struct queued_event {
     uint8_t *p;
@@ -103,29 +102,20 @@ int agent_emit(void *arg, const void *event, size_t len)
  * success. Called without the lock held. */
 static int send_batch(struct event_sender *s, struct auth_client *c)
 {
-    struct rp_buf req;
+    struct rp_buf arr;
     msgpack_packer pk;
-    char rid[33];
-    rp_buf_init(&req);
-    rp_mp_packer_init(&pk, &req);
-    auth_new_rid(rid);
+    rp_buf_init(&arr);
+    rp_mp_packer_init(&pk, &arr);
     pthread_mutex_lock(&s->mu);
-    size_t n = s->n < EVENT_BATCH_MAX ? s->n : EVENT_BATCH_MAX;
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "m", "emit_events");
-    rp_mp_kv_str(&pk, "rid", rid);
-    rp_mp_pack_str(&pk, "events");
+    size_t n = s->n < AUTH_EMIT_MAX_EVENTS ? s->n : AUTH_EMIT_MAX_EVENTS;
     msgpack_pack_array(&pk, (uint32_t)n);
     for (size_t i = 0; i < n; i++) {
         const struct queued_event *e = &s->q[(s->head + i) % EVENT_QUEUE_MAX];
-        rp_buf_append(&req, e->p, e->len);
+        rp_buf_append(&arr, e->p, e->len);
     }
     pthread_mutex_unlock(&s->mu);
-    msgpack_unpacked resp;
-    msgpack_unpacked_init(&resp);
-    int rv = auth_client_call(c, req.data, req.len, &resp);
-    msgpack_unpacked_destroy(&resp);
-    rp_buf_free(&req);
+    int rv = auth_client_emit_events(c, arr.data, arr.len, NULL);
+    rp_buf_free(&arr);
     if (rv != 0 && rv != RP_EINVAL && rv != RP_EDENIED && rv != RP_ETOOBIG)
         return rv; /* auth away: keep them for the next try */
     if (rv != 0)
@@ -386,7 +376,7 @@ static void renew(struct agent_run *a, const char *why)
     SSL_CTX_free(ctx);
     if (rv == 0) {
         auth_client_set_timeout(c, 10000);
-        rv = agent_ident_renew(&a->id, c);
+        rv = agent_ident_renew(&a->id, a->cfg, c);
     }
     auth_client_free(c);
     if (rv != 0) {

@@ -77,7 +77,7 @@ int agent_ident_ssh_lines(struct agent_ident *id, char **pub, char **cert);
 void agent_key_path(const char *data_dir, const char *file, char *out, size_t outlen);
 /* Re-issues the host certificates through renew_host with the same keys, stores them
  * and swaps them in. */
-int agent_ident_renew(struct agent_ident *id, struct auth_client *c);
+int agent_ident_renew(struct agent_ident *id, const struct rp_config *cfg, struct auth_client *c);
 
 /* ---- following auth (agent/follow.c) ------------------------------------------------- */
 

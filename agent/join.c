@@ -73,7 +73,7 @@ static int host_uuid(const char *data_dir, char out[40])
         for (size_t i = 0; ok && i < n; i++)
             ok = (i == 8 || i == 13 || i == 18 || i == 23)
                      ? buf[i] == '-'
-                     : strchr("0123456789abcdef", buf[i]) != NULL;
+                     : buf[i] != 0 && strchr("0123456789abcdef", buf[i]) != NULL;
         if (!ok) {
             free(buf);
             return rp_err(RP_EINVAL, "%s does not hold a UUID (36 lower-case characters)", path);
@@ -192,29 +192,29 @@ out:
     return rv;
 }
 
-/* Stores the certificates of a join or renew_host answer @ans (keys ssh_cert, tls or
- * host cert, ca_cert, user/host CA lines under the given names), after checking them
- * against @pin (NULL: the CA must be the one already stored) and our keys. */
-static int store_certs(struct agent_ident *id, const msgpack_object *ans, const char *tls_key,
-                       const char *user_ca_key, const char *host_ca_key, const char *pin,
+/* Stores the certificates of a join or renew_host answer (@certs: ssh_cert, the Node
+ * X.509 certificate PEM, the CA PEM, the user and host CA lines), after checking them
+ * against @pin (NULL on renewal: the server that answered was already trusted through
+ * our CA) and our keys. */
+struct answer_certs {
+    const char *ssh_cert, *tls_pem, *ca_pem, *user_ca, *host_ca;
+};
+
+static int store_certs(struct agent_ident *id, const struct answer_certs *ac, const char *pin,
                        EVP_PKEY *tls_priv, const char *ssh_pub, const char *cluster)
 {
-    const char *s;
-    size_t n;
     X509 *cert = NULL, *ca = NULL;
-    char *strs[4] = {NULL, NULL, NULL, NULL}; /* ssh_cert, user_ca, host_ca, ca pem */
-    const char *keys[3] = {"ssh_cert", user_ca_key, host_ca_key};
+    const char *strs[3] = {ac->ssh_cert, ac->user_ca, ac->host_ca};
     int rv = 0;
-    for (int i = 0; i < 3 && rv == 0; i++) {
-        if (rp_mp_get_str(ans, keys[i], &s, &n) != 0 || n == 0 || n > 16384 || memchr(s, 0, n))
-            rv = rp_err(RP_EPROTO, "the answer has no %s", keys[i]);
-        else if ((strs[i] = strndup(s, n)) == NULL)
-            rv = rp_err(RP_ENOMEM, "answer");
-    }
-    if (rv == 0 && (rp_mp_get_str(ans, tls_key, &s, &n) != 0 || rp_tls_cert_from_pem(s, n, &cert)))
-        rv = rp_err(RP_EPROTO, "the answer has no valid %s", tls_key);
-    if (rv == 0 && (rp_mp_get_str(ans, "ca_cert", &s, &n) != 0 || rp_tls_cert_from_pem(s, n, &ca)))
-        rv = rp_err(RP_EPROTO, "the answer has no valid ca_cert");
+    for (int i = 0; i < 3 && rv == 0; i++)
+        if (strs[i] == NULL || strs[i][0] == '\0' || strlen(strs[i]) > 65536)
+            rv = rp_err(RP_EPROTO, "the answer lacks an SSH certificate or CA key");
+    if (rv == 0 &&
+        (ac->tls_pem == NULL || rp_tls_cert_from_pem(ac->tls_pem, strlen(ac->tls_pem), &cert) != 0))
+        rv = rp_err(RP_EPROTO, "the answer has no valid X.509 certificate");
+    if (rv == 0 &&
+        (ac->ca_pem == NULL || rp_tls_cert_from_pem(ac->ca_pem, strlen(ac->ca_pem), &ca) != 0))
+        rv = rp_err(RP_EPROTO, "the answer has no valid CA certificate");
     if (rv == 0) {
         char got[96];
         if ((rv = rp_tls_ca_pin(ca, got, sizeof got)) == 0 && pin != NULL && strcmp(got, pin))
@@ -272,8 +272,6 @@ static int store_certs(struct agent_ident *id, const msgpack_object *ans, const 
         if (rv == 0)
             chmod(path, 0600);
     }
-    for (int i = 0; i < 4; i++)
-        free(strs[i]);
     X509_free(cert);
     X509_free(ca);
     return rv;
@@ -331,26 +329,36 @@ static int node_keys(struct agent_ident *id, EVP_PKEY **tls, char **tls_pub, cha
     return rv;
 }
 
-/* Extra principals of the SSH host certificate: the host of the address clients dial. */
-static void pack_principals(msgpack_packer *pk, const struct rp_config *cfg)
+/* Extra principals of the SSH host certificate: localhost and the host of the address
+ * clients dial, into @out (2 entries of 256 bytes). Returns the count. */
+static size_t principals(const struct rp_config *cfg, char out[2][256])
 {
     const char *addr = cfg->ssh_public_addr ? cfg->ssh_public_addr : cfg->ssh_listen_addr;
-    char host[256] = "";
     const char *colon = addr ? strrchr(addr, ':') : NULL;
-    if (colon != NULL && (size_t)(colon - addr) < sizeof host) {
-        size_t n = (size_t)(colon - addr);
-        if (n > 2 && addr[0] == '[') {
+    size_t n = 0;
+    snprintf(out[n++], 256, "localhost");
+    if (colon != NULL && (size_t)(colon - addr) < 256) {
+        size_t len = (size_t)(colon - addr);
+        if (len > 2 && addr[0] == '[') {
             addr++;
-            n -= 2;
+            len -= 2;
         }
-        memcpy(host, addr, n);
-        host[n] = '\0';
+        memcpy(out[n], addr, len);
+        out[n][len] = '\0';
+        if (out[n][0] && strcmp(out[n], "0.0.0.0") != 0 && strcmp(out[n], "::") != 0)
+            n++;
     }
-    bool useful = host[0] && strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0;
-    msgpack_pack_array(pk, useful ? 2 : 1);
-    rp_mp_pack_str(pk, "localhost");
-    if (useful)
-        rp_mp_pack_str(pk, host);
+    return n;
+}
+
+/* A NUL-terminated copy of the string @key of @map, or NULL. */
+static char *answer_str(const msgpack_object *map, const char *key)
+{
+    const char *s;
+    size_t n;
+    if (rp_mp_get_str(map, key, &s, &n) != 0 || n > 65536 || memchr(s, 0, n) != NULL)
+        return NULL;
+    return strndup(s, n);
 }
 
 static int do_join(struct agent_ident *id, const struct rp_config *cfg)
@@ -383,8 +391,12 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
     rp_mp_kv_str(&pk, "nodename", cfg->nodename);
     rp_mp_kv_str(&pk, "host_pubkey", tls_pub);
     rp_mp_kv_str(&pk, "ssh_pubkey", ssh_pub);
+    char extra[2][256];
+    size_t n_extra = principals(cfg, extra);
     rp_mp_pack_str(&pk, "principals");
-    pack_principals(&pk, cfg);
+    msgpack_pack_array(&pk, (uint32_t)n_extra);
+    for (size_t k = 0; k < n_extra; k++)
+        rp_mp_pack_str(&pk, extra[k]);
 
     /* Servers that cannot be reached, have no leader or are busy are tried in turn
      * until the deadline; anything else (a refused token, a wrong pin) is final. */
@@ -423,8 +435,13 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
     } else {
         memcpy(cluster, cn, cnn);
         cluster[cnn] = '\0';
-        rv = store_certs(id, &resp.data, "host_cert", "ssh_user_ca", "ssh_host_ca", cfg->ca_pin,
-                         tls, ssh_pub, cluster);
+        char *f[5] = {answer_str(&resp.data, "ssh_cert"), answer_str(&resp.data, "host_cert"),
+                      answer_str(&resp.data, "ca_cert"), answer_str(&resp.data, "ssh_user_ca"),
+                      answer_str(&resp.data, "ssh_host_ca")};
+        struct answer_certs ac = {f[0], f[1], f[2], f[3], f[4]};
+        rv = store_certs(id, &ac, cfg->ca_pin, tls, ssh_pub, cluster);
+        for (int k = 0; k < 5; k++)
+            free(f[k]);
     }
     msgpack_unpacked_destroy(&resp);
     if (rv == 0)
@@ -502,29 +519,23 @@ int agent_ident_ssh_lines(struct agent_ident *id, char **pub, char **cert)
     return 0;
 }
 
-int agent_ident_renew(struct agent_ident *id, struct auth_client *c)
+int agent_ident_renew(struct agent_ident *id, const struct rp_config *cfg, struct auth_client *c)
 {
     EVP_PKEY *tls = NULL;
     char *tls_pub = NULL, *ssh_pub = NULL;
-    struct rp_buf req;
-    msgpack_unpacked resp;
+    struct auth_host_certs hc = {0};
+    char extra[2][256];
+    size_t n_extra = principals(cfg, extra);
+    const char *pr[2] = {extra[0], extra[1]};
     int rv = node_keys(id, &tls, &tls_pub, &ssh_pub);
     if (rv != 0)
         return rv;
-    rp_buf_init(&req);
-    msgpack_packer pk;
-    rp_mp_packer_init(&pk, &req);
-    msgpack_pack_map(&pk, 3);
-    rp_mp_kv_str(&pk, "m", "renew_host");
-    rp_mp_kv_str(&pk, "ssh_pubkey", ssh_pub);
-    rp_mp_kv_str(&pk, "tls_pubkey", tls_pub);
-    msgpack_unpacked_init(&resp);
-    rv = auth_client_call(c, req.data, req.len, &resp);
-    if (rv == 0)
-        rv =
-            store_certs(id, &resp.data, "tls_cert", "user_ca", "host_ca", NULL, tls, ssh_pub, NULL);
-    msgpack_unpacked_destroy(&resp);
-    rp_buf_free(&req);
+    rv = auth_client_renew_host(c, ssh_pub, tls_pub, pr, n_extra, &hc);
+    if (rv == 0) {
+        struct answer_certs ac = {hc.ssh_cert, hc.tls_cert, hc.ca_cert, hc.user_ca, hc.host_ca};
+        rv = store_certs(id, &ac, NULL, tls, ssh_pub, NULL);
+    }
+    auth_host_certs_free(&hc);
     EVP_PKEY_free(tls);
     free(tls_pub);
     free(ssh_pub);

@@ -289,24 +289,12 @@ static int encode_node(struct agent_presence *p, struct rp_buf *out)
 
 static int heartbeat_once(struct agent_presence *p, struct auth_client *c, uint64_t ttl_ms)
 {
-    struct rp_buf res, req;
-    msgpack_unpacked resp;
+    struct rp_buf res;
     rp_buf_init(&res);
-    rp_buf_init(&req);
     int rv = encode_node(p, &res);
-    if (rv == 0) {
-        msgpack_packer pk;
-        rp_mp_packer_init(&pk, &req);
-        msgpack_pack_map(&pk, 3);
-        rp_mp_kv_str(&pk, "m", "heartbeat");
-        rp_mp_kv_raw(&pk, "res", res.data, res.len);
-        rp_mp_kv_u64(&pk, "ttl_ms", ttl_ms);
-        msgpack_unpacked_init(&resp);
-        rv = auth_client_call(c, req.data, req.len, &resp);
-        msgpack_unpacked_destroy(&resp);
-    }
+    if (rv == 0)
+        rv = auth_client_heartbeat(c, res.data, res.len, ttl_ms, NULL, NULL);
     rp_buf_free(&res);
-    rp_buf_free(&req);
     return rv;
 }
 

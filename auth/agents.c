@@ -242,6 +242,7 @@ static int check_host_key(const msgpack_object *key, const msgpack_object *cert)
     size_t blob_len = 0;
     struct rp_ssh_cert c;
     struct rp_buf cb;
+    enum rp_ssh_keytype key_type;
     int rv;
     if (key == NULL || key->type == MSGPACK_OBJECT_NIL) {
         if (cert != NULL && cert->type != MSGPACK_OBJECT_NIL)
@@ -251,7 +252,7 @@ static int check_host_key(const msgpack_object *key, const msgpack_object *cert)
     if (!text_ok(key, sizeof line - 1))
         return rp_err(RP_EINVAL, "spec.host_key: expected an authorized_keys line");
     snprintf(line, sizeof line, "%.*s", (int)key->via.str.size, key->via.str.ptr);
-    if ((rv = rp_ssh_pubkey_parse_blob(line, &blob, &blob_len, NULL)) != 0)
+    if ((rv = rp_ssh_pubkey_parse_blob(line, &blob, &blob_len, &key_type)) != 0)
         return rp_err(rv, "spec.host_key: %s", rp_errmsg());
     if (cert == NULL || cert->type == MSGPACK_OBJECT_NIL) {
         free(blob);
