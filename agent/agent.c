@@ -61,9 +61,12 @@ struct agent_run {
     struct event_sender events;
     const char *addrs[RP_CONFIG_MAX_AUTH_SERVERS + 1];
     size_t n_addrs;
-    atomic_bool changed; /* the cache changed since the main loop looked */
+    /* The cached CAs' digest, updated from the cache's thread after each change; a
+     * difference from a known digest asks the main loop to renew. */
+    pthread_mutex_t ca_mu;
     unsigned char ca_digest[32];
     bool ca_digest_known;
+    atomic_bool ca_changed;
     uint64_t renew_at_ms; /* wall clock */
     /* Recordings: one client, used by the recorder's upload thread (agent_upload). */
     pthread_mutex_t upload_mu;
@@ -336,12 +339,6 @@ static void plan_renewal(struct agent_run *a)
     rp_info("agent", "host certificates are renewed at %s", when);
 }
 
-static void on_cache_change(void *arg)
-{
-    struct agent_run *a = arg;
-    atomic_store(&a->changed, true);
-}
-
 /* SHA-256 of the cached cert_authority resources; false if none is cached. */
 static bool ca_digest(struct agent_run *a, unsigned char out[32])
 {
@@ -368,6 +365,21 @@ static bool ca_digest(struct agent_run *a, unsigned char out[32])
     return any;
 }
 
+/* Called by the cache after each change it applied (from the follower's thread). */
+static void on_cache_change(void *arg)
+{
+    struct agent_run *a = arg;
+    unsigned char d[32];
+    if (!ca_digest(a, d))
+        return;
+    pthread_mutex_lock(&a->ca_mu);
+    if (a->ca_digest_known && memcmp(d, a->ca_digest, 32) != 0)
+        atomic_store(&a->ca_changed, true);
+    memcpy(a->ca_digest, d, 32);
+    a->ca_digest_known = true;
+    pthread_mutex_unlock(&a->ca_mu);
+}
+
 static void renew(struct agent_run *a, const char *why)
 {
     SSL_CTX *ctx = agent_ident_ctx(&a->id, NULL);
@@ -392,18 +404,8 @@ static void renew(struct agent_run *a, const char *why)
 
 static void check_renewal(struct agent_run *a)
 {
-    if (atomic_exchange(&a->changed, false)) {
-        unsigned char d[32];
-        if (ca_digest(a, d)) {
-            bool differs = !a->ca_digest_known || memcmp(d, a->ca_digest, 32) != 0;
-            bool first = !a->ca_digest_known;
-            memcpy(a->ca_digest, d, 32);
-            a->ca_digest_known = true;
-            if (differs && !first)
-                renew(a, "a certificate authority changed (CA rotation): renewing the host "
-                         "certificates");
-        }
-    }
+    if (atomic_exchange(&a->ca_changed, false))
+        renew(a, "a certificate authority changed (CA rotation): renewing the host certificates");
     if (rp_now_ms() >= a->renew_at_ms)
         renew(a, "the host certificates reached 2/3 of their lifetime: renewing them");
 }
@@ -422,8 +424,9 @@ int agent_main(const struct rp_config *cfg, const char *version)
     }
     a->cfg = cfg;
     a->version = version;
-    atomic_init(&a->changed, false);
+    atomic_init(&a->ca_changed, false);
     pthread_mutex_init(&a->upload_mu, NULL);
+    pthread_mutex_init(&a->ca_mu, NULL);
     a->n_addrs = rp_config_auth_addrs(cfg, a->addrs, RP_CONFIG_MAX_AUTH_SERVERS + 1);
 
     /* Every thread started from here on inherits the mask: only sigtimedwait below
@@ -491,6 +494,7 @@ out_stop:
 out_ident:
     agent_ident_free(&a->id);
     pthread_mutex_destroy(&a->upload_mu);
+    pthread_mutex_destroy(&a->ca_mu);
     free(a);
     return code;
 }

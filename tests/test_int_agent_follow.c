@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/client.h"
+#include "lib/errors.h"
+#include "lib/mp.h"
 #include "lib/util.h"
 #include "tests/lib/agent_proc.h"
 #include "tests/lib/cluster.h"
@@ -116,6 +119,79 @@ Test(agent_follow, restarted_agent_serves_from_disk_and_backs_off_while_auth_is_
         cl_sleep_ms(200);
     cr_assert_gt(ag_log_count(1, "cache in step with auth"), before,
                  "the agent did not resync after auth returned");
+    ag_stop_all();
+    cluster_pass();
+}
+
+/* Packs @o (a map) with @key's value replaced by the result of @fn (or added). */
+static void pack_with(msgpack_packer *pk, const msgpack_object *o, const char *key,
+                      void (*fn)(msgpack_packer *pk, const msgpack_object *old))
+{
+    const msgpack_object *old = rp_mp_get(o, key);
+    msgpack_pack_map(pk, o->via.map.size + (old ? 0 : 1));
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        msgpack_pack_object(pk, o->via.map.ptr[i].key);
+        if (rp_mp_str_eq(&o->via.map.ptr[i].key, key))
+            fn(pk, old);
+        else
+            msgpack_pack_object(pk, o->via.map.ptr[i].val);
+    }
+    if (!old) {
+        rp_mp_pack_str(pk, key);
+        fn(pk, NULL);
+    }
+}
+
+static void new_trusted_keys(msgpack_packer *pk, const msgpack_object *old)
+{
+    (void)old;
+    char *line = cl_ssh_pubkey();
+    msgpack_pack_map(pk, 1);
+    rp_mp_pack_str(pk, "ssh");
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, 1);
+    rp_mp_kv_str(pk, "public_key", line);
+    free(line);
+}
+
+static void spec_with_new_keys(msgpack_packer *pk, const msgpack_object *old)
+{
+    pack_with(pk, old, "additional_trusted_keys", new_trusted_keys);
+}
+
+Test(agent_follow, a_changed_host_ca_renews_the_host_certificates)
+{
+    cluster_start(1);
+    start_agent();
+    char path[600], *before = NULL, *after = NULL;
+    size_t n;
+    snprintf(path, sizeof path, "%s/keys/ssh_host_key-cert.pub", AG[1].dir);
+    cr_assert_eq(rp_read_file(path, 65536, &before, &n), 0);
+
+    /* An admin adds a trusted key to the host CA, as a rotation does. */
+    struct auth_client *c = node_client(1);
+    struct auth_reply r = {0};
+    const msgpack_object *res = NULL;
+    cr_assert_eq(auth_client_get(c, "cert_authority", "host", AUTH_READ_SECRETS, &r, &res, NULL), 0,
+                 "%s", rp_errmsg());
+    struct rp_buf b;
+    msgpack_packer pk;
+    rp_buf_init(&b);
+    rp_mp_packer_init(&pk, &b);
+    pack_with(&pk, res, "spec", spec_with_new_keys);
+    cr_assert_eq(auth_client_put(c, b.data, b.len, NULL), 0, "%s", rp_errmsg());
+    rp_buf_free(&b);
+    auth_reply_free(&r);
+    auth_client_free(c);
+
+    bool ok = ag_wait_log(1, "CA rotation): renewing the host certificates: done", 20000);
+    if (!ok)
+        ag_print_log_tail(1, 30);
+    cr_assert(ok, "the agent did not renew after the host CA changed");
+    cr_assert_eq(rp_read_file(path, 65536, &after, &n), 0);
+    cr_assert_str_neq(before, after, "the host certificate file did not change");
+    free(before);
+    free(after);
     ag_stop_all();
     cluster_pass();
 }
