@@ -209,5 +209,15 @@ void ag_stop_all(void)
     for (int i = 1; i <= AG_MAX; i++)
         if (AG[i].used)
             ag_kill9(i);
+    /* An agent built with sanitizers (make asan) reports into its log. */
+    for (int i = 1; i <= AG_MAX; i++) {
+        if (!AG[i].used)
+            continue;
+        bool report = ag_log_contains(i, "AddressSanitizer") ||
+                      ag_log_contains(i, "LeakSanitizer") || ag_log_contains(i, "runtime error:");
+        if (report)
+            ag_print_log_tail(i, 60);
+        cr_assert_not(report, "agent %s logged a sanitizer report", AG[i].name);
+    }
     memset(AG, 0, sizeof AG);
 }

@@ -41,7 +41,8 @@ bool ag_wait_log(int i, const char *needle, int timeout_ms);
 /* How many times @needle occurs in the log. */
 int ag_log_count(int i, const char *needle);
 void ag_print_log_tail(int i, int lines);
-/* Kills every agent still running (SIGKILL). */
+/* Kills every agent still running (SIGKILL); fails the test if an agent's log holds
+ * a sanitizer report. */
 void ag_stop_all(void);
 
 #endif
