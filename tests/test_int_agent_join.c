@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 
 #include "tests/lib/agent_proc.h"
@@ -72,7 +73,12 @@ static bool node_listed(void *arg)
     }
     s->present = strstr(out, s->host_id) != NULL;
     s->has_static_label = strstr(out, "\"env\"") != NULL && strstr(out, "\"test\"") != NULL;
-    s->has_cmd_label = strstr(out, "\"arch\"") != NULL && strstr(out, "\"result\"") != NULL;
+    /* The command label's result is what `uname -m` prints, trimmed. */
+    struct utsname u;
+    char want[128];
+    uname(&u);
+    snprintf(want, sizeof want, "\"result\": \"%s\"", u.machine);
+    s->has_cmd_label = strstr(out, "\"arch\"") != NULL && strstr(out, want) != NULL;
     s->has_host_cert = strstr(out, "ssh-ed25519-cert-v01@openssh.com") != NULL;
     free(out);
     return s->present && s->has_cmd_label && s->has_static_label && s->has_host_cert;
