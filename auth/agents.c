@@ -12,15 +12,17 @@
  * second; each its own Raft entry would be ~167 fsyncs a second on every member.
  * They are unconditional puts of the caller's own resource, so none can fail
  * another: the leader queues them, and whichever heartbeat finds nobody proposing
- * proposes everything queued as one "batch" entry, while the heartbeats that
- * arrive meanwhile queue for the next one. No thread of its own: a waiter whose
- * batch is done hands the proposing to the first one still queued. Each waiter
- * answers with the revision of the entry that carried its put (docs/presence.md). */
+ * waits a moment for others (HB_GATHER_MS) and proposes everything queued as one
+ * "batch" entry, while the heartbeats that arrive meanwhile queue for the next one.
+ * No thread of its own: a waiter whose batch is done hands the proposing to the first
+ * one still queued. Each waiter answers with the revision of the entry that carried
+ * its put (docs/presence.md). */
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/x509v3.h>
 
@@ -38,9 +40,11 @@
 
 #define HB_MIN_TTL_MS 3000ull
 #define HB_MAX_TTL_MS 3600000ull
-#define HB_MAX_RES_BYTES (64u << 10)     /* one presence resource */
-#define HB_BATCH_MAX_OPS 512             /* puts in one entry (STATE_MAX_BATCH is 1024) */
-#define HB_BATCH_MAX_BYTES (8u << 20)    /* half of STATE_MAX_COMMAND */
+#define HB_MAX_RES_BYTES (64u << 10)  /* one presence resource */
+#define HB_BATCH_MAX_OPS 512          /* puts in one entry (STATE_MAX_BATCH is 1024) */
+#define HB_BATCH_MAX_BYTES (8u << 20) /* half of STATE_MAX_COMMAND */
+/* How long the first heartbeat of an entry waits for others to join it. */
+#define HB_GATHER_MS 20
 #define HB_MAX_LABELS 128                /* static labels (the state allows 256) */
 #define HB_MAX_CMD_LABELS 64             /* command labels */
 #define HB_LABEL_VALUE_MAX 1024          /* a label's value, or a command label's result */
@@ -75,10 +79,10 @@ static const char *shown(const msgpack_object *o, char *out, size_t n)
             unsigned char ch = (unsigned char)o->via.str.ptr[i];
             out[k++] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch;
         }
-    } else if (n > 5) {
-        memcpy(out, "(not", 4);
-        k = 4;
-        out[k++] = ')';
+    } else {
+        k = (size_t)snprintf(out, n, "%s", o == NULL ? "(none)" : "(not a string)");
+        if (k >= n)
+            k = n - 1;
     }
     out[k] = '\0';
     return out;
@@ -242,7 +246,6 @@ static int check_host_key(const msgpack_object *key, const msgpack_object *cert)
     size_t blob_len = 0;
     struct rp_ssh_cert c;
     struct rp_buf cb;
-    enum rp_ssh_keytype key_type;
     int rv;
     if (key == NULL || key->type == MSGPACK_OBJECT_NIL) {
         if (cert != NULL && cert->type != MSGPACK_OBJECT_NIL)
@@ -252,7 +255,8 @@ static int check_host_key(const msgpack_object *key, const msgpack_object *cert)
     if (!text_ok(key, sizeof line - 1))
         return rp_err(RP_EINVAL, "spec.host_key: expected an authorized_keys line");
     snprintf(line, sizeof line, "%.*s", (int)key->via.str.size, key->via.str.ptr);
-    if ((rv = rp_ssh_pubkey_parse_blob(line, &blob, &blob_len, &key_type)) != 0)
+    enum rp_ssh_keytype type;
+    if ((rv = rp_ssh_pubkey_parse_blob(line, &blob, &blob_len, &type)) != 0)
         return rp_err(rv, "spec.host_key: %s", rp_errmsg());
     if (cert == NULL || cert->type == MSGPACK_OBJECT_NIL) {
         free(blob);
@@ -380,7 +384,8 @@ static int admit_presence(const msgpack_object *res, bool is_node, uint64_t expi
  * is under the presence mutex. */
 struct hb_item {
     const struct rp_buf *op; /* the encoded put sub-command */
-    pthread_cond_t cv;       /* done, or its turn to propose */
+    uint64_t queued_ms;      /* monotonic */
+    pthread_cond_t cv;       /* done, its turn to propose, or a full entry to propose */
     bool done;
     int rv;
     uint64_t rev;
@@ -391,8 +396,9 @@ struct hb_item {
 struct auth_presence {
     pthread_mutex_t mu;
     struct hb_item *head, *tail;
+    uint32_t n_queued;
     bool proposing;
-    uint64_t heartbeats, entries; /* for the log line and docs/presence.md */
+    struct hb_item *gathering; /* the proposer while it waits out HB_GATHER_MS */
 };
 
 int auth_presence_new(struct auth_presence **out)
@@ -414,9 +420,28 @@ void auth_presence_free(struct auth_presence *p)
 }
 
 /* Proposes what is queued (up to one entry's worth) as one batch and answers its
- * waiters. Called and returns with p->mu held; drops it while proposing. */
-static void propose_queued(struct auth_server *s, struct auth_presence *p)
+ * waiters; @me is the caller's own heartbeat. Called and returns with p->mu held;
+ * drops it while proposing. First it lets heartbeats gather for up to HB_GATHER_MS
+ * after the oldest one queued (less once an entry's worth is there): at the steady
+ * rate of a large fleet a proposal takes a millisecond or two on a LAN, too short
+ * for heartbeats to meet, and the window bounds the entries a second to
+ * 1000 / HB_GATHER_MS whatever the fleet (docs/presence.md). */
+static void propose_queued(struct auth_server *s, struct auth_presence *p, struct hb_item *me)
 {
+    p->proposing = true;
+    p->gathering = me;
+    for (;;) {
+        uint64_t now = rp_mono_ms(), until = p->head->queued_ms + HB_GATHER_MS;
+        if (p->n_queued >= HB_BATCH_MAX_OPS || now >= until)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (until - now) * 1000000ull;
+        ts.tv_sec += (time_t)(ns / 1000000000ull);
+        ts.tv_nsec = (long)(ns % 1000000000ull);
+        pthread_cond_timedwait(&me->cv, &p->mu, &ts);
+    }
+    p->gathering = NULL;
     struct hb_item *batch = p->head, *last = p->head;
     uint32_t n = 1;
     size_t bytes = batch->op->len;
@@ -430,7 +455,7 @@ static void propose_queued(struct auth_server *s, struct auth_presence *p)
     if (p->head == NULL)
         p->tail = NULL;
     last->next = NULL;
-    p->proposing = true;
+    p->n_queued -= n;
     pthread_mutex_unlock(&p->mu);
 
     /* The ops' bytes belong to their waiters, which wait until done: safe to read
@@ -455,8 +480,6 @@ static void propose_queued(struct auth_server *s, struct auth_presence *p)
 
     pthread_mutex_lock(&p->mu);
     p->proposing = false;
-    p->entries++;
-    p->heartbeats += n;
     while (batch) {
         struct hb_item *next = batch->next;
         batch->rv = rv;
@@ -476,17 +499,23 @@ static void propose_queued(struct auth_server *s, struct auth_presence *p)
 static int put_gathered(struct auth_server *s, const struct rp_buf *op, uint64_t *rev)
 {
     struct auth_presence *p = s->presence;
-    struct hb_item it = {.op = op};
-    pthread_cond_init(&it.cv, NULL);
+    struct hb_item it = {.op = op, .queued_ms = rp_mono_ms()};
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&it.cv, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_mutex_lock(&p->mu);
     if (p->tail)
         p->tail->next = &it;
     else
         p->head = &it;
     p->tail = &it;
+    if (++p->n_queued >= HB_BATCH_MAX_OPS && p->gathering)
+        pthread_cond_signal(&p->gathering->cv); /* an entry's worth: no need to wait */
     while (!it.done) {
         if (!p->proposing)
-            propose_queued(s, p);
+            propose_queued(s, p, &it);
         else
             pthread_cond_wait(&it.cv, &p->mu);
     }

@@ -28,6 +28,7 @@
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/mp.h"
+#include "lib/ssh_cert.h"
 #include "lib/ssh_key.h"
 #include "lib/tls.h"
 #include "lib/util.h"
@@ -1823,6 +1824,399 @@ static int cmd_lock(struct tctl *t, int argc, char **argv)
     return 0;
 }
 
+/* ---- nodes ------------------------------------------------------------------ */
+
+/* The node resources read so far, pointing into the replies (each allocated once, so
+ * what points into it stays put). */
+struct node_set {
+    struct auth_reply **replies;
+    size_t n_replies;
+    const msgpack_object **nodes;
+    size_t n, cap;
+};
+
+static void node_set_free(struct node_set *ns)
+{
+    for (size_t i = 0; i < ns->n_replies; i++) {
+        auth_reply_free(ns->replies[i]);
+        free(ns->replies[i]);
+    }
+    free(ns->replies);
+    free(ns->nodes);
+    memset(ns, 0, sizeof *ns);
+}
+
+/* Keeps @res in @ns unless it expired before @now. */
+static int node_set_add(struct node_set *ns, const msgpack_object *res, uint64_t now)
+{
+    uint64_t exp = ufield(rp_mp_get(res, "metadata"), "expires");
+    if (exp != 0 && exp < now)
+        return 0; /* the leader expires it soon; a stale read may still hold it */
+    if (ns->n == ns->cap) {
+        size_t cap = ns->cap ? ns->cap * 2 : 64;
+        const msgpack_object **nodes = realloc(ns->nodes, cap * sizeof *nodes);
+        if (nodes == NULL)
+            return rp_err(RP_ENOMEM, "node listing");
+        ns->nodes = nodes;
+        ns->cap = cap;
+    }
+    ns->nodes[ns->n++] = res;
+    return 0;
+}
+
+/* A zeroed reply owned by @ns. */
+static struct auth_reply *node_set_reply(struct node_set *ns)
+{
+    struct auth_reply **rs = realloc(ns->replies, (ns->n_replies + 1) * sizeof *rs);
+    if (rs == NULL)
+        return NULL;
+    ns->replies = rs;
+    if ((rs[ns->n_replies] = calloc(1, sizeof **rs)) == NULL)
+        return NULL;
+    return rs[ns->n_replies++];
+}
+
+/* Name characters of host ids (join takes letters, digits, '.', '-', '_'). */
+static const char node_name_chars[] =
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-_";
+
+/* Lists the nodes whose name starts with @prefix into @ns, keeping those not expired
+ * at @now. A listing too big for one answer (thousands of nodes) is split by the next
+ * character of the name, as many times as needed. */
+static int list_nodes(struct tctl *t, const char *prefix, unsigned flags, uint64_t now,
+                      struct node_set *ns)
+{
+    const msgpack_object *items, *res;
+    struct auth_reply *reply = node_set_reply(ns);
+    if (reply == NULL)
+        return rp_err(RP_ENOMEM, "node listing");
+    int rv = auth_client_list(t->client, "node", prefix[0] ? prefix : NULL, 0, flags, reply, &items,
+                              NULL);
+    if (rv == 0) {
+        for (uint32_t i = 0; i < items->via.array.size && rv == 0; i++)
+            rv = node_set_add(ns, &items->via.array.ptr[i], now);
+        return rv;
+    }
+    if (rv != RP_ETOOBIG || strlen(prefix) >= 64)
+        return rv;
+    /* The node named exactly @prefix, then those with one more character. */
+    if (prefix[0] != '\0') {
+        auth_reply_free(reply);
+        rv = auth_client_get(t->client, "node", prefix, flags, reply, &res, NULL);
+        if (rv == 0)
+            rv = node_set_add(ns, res, now);
+        if (rv != 0 && rv != RP_ENOTFOUND)
+            return rv;
+    }
+    for (const char *c = node_name_chars; *c; c++) {
+        char sub[80];
+        snprintf(sub, sizeof sub, "%s%c", prefix, *c);
+        if ((rv = list_nodes(t, sub, flags, now, ns)) != 0)
+            return rv;
+    }
+    return 0;
+}
+
+static int node_cmp(const void *a, const void *b)
+{
+    const msgpack_object *x = *(const msgpack_object *const *)a;
+    const msgpack_object *y = *(const msgpack_object *const *)b;
+    char hx[256], hy[256], nx[256], ny[256];
+    int c = strcmp(field(rp_mp_get(x, "spec"), "hostname", hx, sizeof hx),
+                   field(rp_mp_get(y, "spec"), "hostname", hy, sizeof hy));
+    return c != 0 ? c
+                  : strcmp(field(rp_mp_get(x, "metadata"), "name", nx, sizeof nx),
+                           field(rp_mp_get(y, "metadata"), "name", ny, sizeof ny));
+}
+
+/* One label of a node: static (metadata.labels) or a command's last result. */
+struct node_label {
+    char name[256];
+    char value[1100];
+};
+
+static int label_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct node_label *)a)->name, ((const struct node_label *)b)->name);
+}
+
+/* The labels of @node, static and command labels together, sorted by name; the
+ * count (at most @max) is returned. */
+static size_t node_labels(const msgpack_object *node, struct node_label *out, size_t max)
+{
+    size_t n = 0;
+    const msgpack_object *labels = rp_mp_get(rp_mp_get(node, "metadata"), "labels");
+    const msgpack_object *cmd = rp_mp_get(rp_mp_get(node, "spec"), "cmd_labels");
+    for (int pass = 0; pass < 2; pass++) {
+        const msgpack_object *m = pass == 0 ? labels : cmd;
+        for (uint32_t i = 0; m && m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size && n < max;
+             i++) {
+            const msgpack_object_kv *kv = &m->via.map.ptr[i];
+            if (kv->key.type != MSGPACK_OBJECT_STR)
+                continue;
+            snprintf(out[n].name, sizeof out[n].name, "%.*s", (int)kv->key.via.str.size,
+                     kv->key.via.str.ptr);
+            const msgpack_object *v = pass == 0 ? &kv->val : rp_mp_get(&kv->val, "result");
+            out[n].value[0] = '\0';
+            if (v && v->type == MSGPACK_OBJECT_STR)
+                snprintf(out[n].value, sizeof out[n].value, "%.*s", (int)v->via.str.size,
+                         v->via.str.ptr);
+            n++;
+        }
+    }
+    qsort(out, n, sizeof *out, label_cmp);
+    return n;
+}
+
+#define NODE_MAX_LABELS 256
+
+static void print_nodes_text(const struct node_set *ns)
+{
+    struct node_label *labels = calloc(NODE_MAX_LABELS, sizeof *labels);
+    struct rp_buf out, lb;
+    rp_buf_init(&out);
+    rp_buf_init(&lb);
+    rp_buf_printf(&out, "%-24s %-36s %-21s %-30s %s\n", "Host", "UUID", "Address", "Labels",
+                  "Version");
+    for (size_t i = 0; labels && i < ns->n; i++) {
+        const msgpack_object *md = rp_mp_get(ns->nodes[i], "metadata");
+        const msgpack_object *spec = rp_mp_get(ns->nodes[i], "spec");
+        char host[256], uuid[256], addr[300], version[64];
+        size_t nl = node_labels(ns->nodes[i], labels, NODE_MAX_LABELS);
+        rp_buf_reset(&lb);
+        for (size_t k = 0; k < nl; k++)
+            rp_buf_printf(&lb, "%s%s=%s", k ? "," : "", labels[k].name, labels[k].value);
+        rp_buf_append(&lb, "", 1);
+        rp_buf_printf(&out, "%-24s %-36s %-21s %-30s %s\n",
+                      field(spec, "hostname", host, sizeof host),
+                      field(md, "name", uuid, sizeof uuid), field(spec, "addr", addr, sizeof addr),
+                      lb.data, field(spec, "version", version, sizeof version));
+    }
+    fwrite(out.data, 1, out.len, stdout);
+    rp_buf_free(&out);
+    rp_buf_free(&lb);
+    free(labels);
+}
+
+static void json_kv_str(struct rp_buf *out, const char *key, const char *val, bool first)
+{
+    rp_buf_append_str(out, first ? "" : ", ");
+    rp_json_str(out, key, strlen(key));
+    rp_buf_append_str(out, ": ");
+    rp_json_str(out, val, strlen(val));
+}
+
+static void print_nodes_json(const struct node_set *ns)
+{
+    struct node_label *labels = calloc(NODE_MAX_LABELS, sizeof *labels);
+    struct rp_buf out;
+    rp_buf_init(&out);
+    rp_buf_append_str(&out, "[");
+    for (size_t i = 0; labels && i < ns->n; i++) {
+        const msgpack_object *md = rp_mp_get(ns->nodes[i], "metadata");
+        const msgpack_object *spec = rp_mp_get(ns->nodes[i], "spec");
+        char buf[8192], when[40];
+        rp_buf_append_str(&out, i ? ",\n  {" : "\n  {");
+        json_kv_str(&out, "name", field(md, "name", buf, sizeof buf), true);
+        json_kv_str(&out, "hostname", field(spec, "hostname", buf, sizeof buf), false);
+        json_kv_str(&out, "addr", field(spec, "addr", buf, sizeof buf), false);
+        json_kv_str(&out, "version", field(spec, "version", buf, sizeof buf), false);
+        size_t nl = node_labels(ns->nodes[i], labels, NODE_MAX_LABELS);
+        rp_buf_append_str(&out, ", \"labels\": {");
+        for (size_t k = 0; k < nl; k++)
+            json_kv_str(&out, labels[k].name, labels[k].value, k == 0);
+        rp_buf_append_str(&out, "}");
+        const msgpack_object *cmd = rp_mp_get(spec, "cmd_labels");
+        if (cmd && cmd->type == MSGPACK_OBJECT_MAP) {
+            rp_buf_append_str(&out, ", \"cmd_labels\": ");
+            rp_json_from_mp(&out, cmd, 0);
+        }
+        uint64_t exp = ufield(md, "expires");
+        rp_format_time(exp, when, sizeof when);
+        json_kv_str(&out, "expires", exp ? when : "", false);
+        json_kv_str(&out, "host_key", field(spec, "host_key", buf, sizeof buf), false);
+        rp_buf_append_str(&out, "}");
+    }
+    rp_buf_append_str(&out, ns->n ? "\n]\n" : "]\n");
+    fwrite(out.data, 1, out.len, stdout);
+    rp_buf_free(&out);
+    free(labels);
+}
+
+/* The host CA's public keys (every key it trusts, as cert_authority/host holds them). */
+static int host_ca_keys(struct tctl *t, EVP_PKEY **keys, size_t max, size_t *n)
+{
+    struct auth_reply reply;
+    const msgpack_object *res;
+    *n = 0;
+    memset(&reply, 0, sizeof reply);
+    int rv = auth_client_get(t->client, AUTH_KIND_CA, "host", 0, &reply, &res, NULL);
+    if (rv != 0) {
+        auth_reply_free(&reply);
+        return rv;
+    }
+    const msgpack_object *spec = rp_mp_get(res, "spec");
+    static const char *const sets[] = {"active_keys", "additional_trusted_keys"};
+    for (size_t s = 0; s < 2; s++) {
+        const msgpack_object *ks = rp_mp_get(rp_mp_get(spec, sets[s]), "ssh");
+        for (uint32_t i = 0; ks && ks->type == MSGPACK_OBJECT_ARRAY && i < ks->via.array.size;
+             i++) {
+            char line[8192];
+            if (*n < max && field(&ks->via.array.ptr[i], "public_key", line, sizeof line)[0] &&
+                rp_ssh_pubkey_parse(line, &keys[*n], NULL) == 0)
+                (*n)++;
+        }
+    }
+    auth_reply_free(&reply);
+    if (*n == 0)
+        return rp_err(RP_ENOTFOUND, "cert_authority/host holds no SSH public key");
+    return 0;
+}
+
+/* Whether @node's host certificate is signed by one of @cas, names its host id, is
+ * valid now and certifies spec.host_key. 0, or an error saying why not. On success
+ * *@key_line is the host key line without comment (free it). */
+static int node_host_key(const msgpack_object *node, EVP_PKEY *const *cas, size_t n_cas,
+                         char **key_line)
+{
+    const msgpack_object *spec = rp_mp_get(node, "spec");
+    char host_id[256], key[8192], cert_line[8192];
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
+    struct rp_ssh_cert cert;
+    struct rp_buf cb;
+    *key_line = NULL;
+    field(rp_mp_get(node, "metadata"), "name", host_id, sizeof host_id);
+    if (!field(spec, "host_key", key, sizeof key)[0] ||
+        !field(spec, "host_cert", cert_line, sizeof cert_line)[0])
+        return rp_err(RP_ENOTFOUND, "it publishes no host key and certificate");
+    enum rp_ssh_keytype type;
+    int rv = rp_ssh_pubkey_parse_blob(key, &blob, &blob_len, &type);
+    if (rv != 0)
+        return rp_err(rv, "host_key: %s", rp_errmsg());
+    if ((rv = rp_ssh_cert_parse_line(cert_line, &cert, NULL)) != 0) {
+        free(blob);
+        return rp_err(rv, "host_cert: %s", rp_errmsg());
+    }
+    rv = RP_EDENIED;
+    char why[256] = "no host CA key";
+    for (size_t i = 0; i < n_cas && rv != 0; i++) {
+        rv =
+            rp_ssh_cert_check(&cert, cas[i], RP_SSH_CERT_HOST, (uint64_t)time(NULL), host_id, NULL);
+        if (rv != 0)
+            snprintf(why, sizeof why, "%s", rp_errmsg());
+    }
+    if (rv != 0) {
+        rv = rp_err(RP_EDENIED, "host_cert does not verify against the cluster's host CA: %s", why);
+        goto out;
+    }
+    rp_buf_init(&cb);
+    rv = rp_ssh_pubkey_to_blob(cert.key, &cb);
+    if (rv == 0 && (cb.len != blob_len || memcmp(cb.data, blob, blob_len) != 0))
+        rv = rp_err(RP_EDENIED, "host_cert certifies another key than host_key");
+    rp_buf_free(&cb);
+    if (rv == 0)
+        rv = rp_ssh_line_format(blob, blob_len, NULL, key_line);
+out:
+    rp_ssh_cert_free(&cert);
+    free(blob);
+    return rv;
+}
+
+/* known_hosts names of a node's address: "host" for port 22, "[host]:port" otherwise
+ * (OpenSSH's form for other ports). */
+static void known_hosts_addr(const char *addr, char *out, size_t n)
+{
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL) {
+        snprintf(out, n, "%s", addr);
+        return;
+    }
+    int hl = (int)(colon - addr);
+    const char *host = addr;
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host++;
+        hl -= 2;
+    }
+    if (strcmp(colon + 1, "22") == 0)
+        snprintf(out, n, "%.*s", hl, host);
+    else
+        snprintf(out, n, "[%.*s]:%s", hl, host, colon + 1);
+}
+
+static int print_nodes_known_hosts(struct tctl *t, const struct node_set *ns)
+{
+    EVP_PKEY *cas[16];
+    size_t n_cas = 0;
+    int rv = host_ca_keys(t, cas, 16, &n_cas);
+    if (rv != 0)
+        return call_failed(t, rv);
+    for (size_t i = 0; i < ns->n; i++) {
+        const msgpack_object *md = rp_mp_get(ns->nodes[i], "metadata");
+        const msgpack_object *spec = rp_mp_get(ns->nodes[i], "spec");
+        char host[256], uuid[256], addr[300], kh_addr[320];
+        char *key = NULL;
+        field(spec, "hostname", host, sizeof host);
+        field(md, "name", uuid, sizeof uuid);
+        if (node_host_key(ns->nodes[i], cas, n_cas, &key) != 0) {
+            fprintf(stderr, "%s: skipping node %s (%s): %s\n", t->label, host, uuid, rp_errmsg());
+            continue;
+        }
+        known_hosts_addr(field(spec, "addr", addr, sizeof addr), kh_addr, sizeof kh_addr);
+        printf("%s,%s%s%s %s\n", host, uuid, kh_addr[0] ? "," : "", kh_addr, key);
+        free(key);
+    }
+    for (size_t i = 0; i < n_cas; i++)
+        EVP_PKEY_free(cas[i]);
+    return 0;
+}
+
+static int cmd_nodes_ls(struct tctl *t, int argc, char **argv)
+{
+    static const struct option own[] = {
+        {"format", required_argument, NULL, O_FORMAT},
+        {"stale", no_argument, NULL, O_STALE},
+        {NULL, 0, NULL, 0},
+    };
+    struct flags f;
+    char **args;
+    int c, nargs, rv;
+    bool stale = false, known_hosts = false;
+    flags_init(&f, t, argc, argv, own, NULL);
+    while ((c = flags_next(&f)) > 0) {
+        if (c == O_FORMAT) {
+            known_hosts = strcmp(optarg, "known_hosts") == 0;
+            if (!known_hosts && (parse_format(t, optarg) != 0 || t->format == FMT_YAML)) {
+                if (t->format == FMT_YAML)
+                    fprintf(stderr, "%s: --format=yaml: expected text, json or known_hosts\n",
+                            t->label);
+                return 2;
+            }
+        }
+        if (c == O_STALE)
+            stale = true;
+    }
+    if ((rv = flags_done(&f, c, 0, 0, &args, &nargs)) >= 0 || (rv = connect_client(t)) != 0)
+        return rv;
+    struct node_set ns;
+    memset(&ns, 0, sizeof ns);
+    if ((rv = list_nodes(t, "", stale ? AUTH_READ_STALE : 0, rp_now_ms(), &ns)) != 0) {
+        node_set_free(&ns);
+        return call_failed(t, rv);
+    }
+    if (ns.n > 0)
+        qsort(ns.nodes, ns.n, sizeof *ns.nodes, node_cmp);
+    rv = 0;
+    if (known_hosts)
+        rv = print_nodes_known_hosts(t, &ns);
+    else if (t->format == FMT_JSON)
+        print_nodes_json(&ns);
+    else
+        print_nodes_text(&ns);
+    node_set_free(&ns);
+    return rv;
+}
+
 static int cmd_locks_ls(struct tctl *t, int argc, char **argv)
 {
     struct auth_reply reply;
@@ -1926,6 +2320,12 @@ static const struct verb verbs[] = {
      cmd_lock},
     {"locks ls", "[--format=text|json|yaml] [--stale]", "list locks: target, message, expiry", NULL,
      cmd_locks_ls},
+    {"nodes ls", "[--format=text|json|known_hosts] [--stale]",
+     "list live nodes: host, UUID, address, labels, version",
+     "known_hosts: a line per node whose published host certificate verifies against the\n"
+     "cluster's host CA and certifies its host key, for OpenSSH's known_hosts file; the\n"
+     "others are named on stderr and left out.\n",
+     cmd_nodes_ls},
     {"version", "", "print the version", NULL, cmd_version},
     {"help", "[COMMAND]", "this text, or a command's flags", NULL, cmd_help},
 };

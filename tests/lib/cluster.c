@@ -32,6 +32,7 @@
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "lib/ssh_key.h"
+#include "lib/tls.h"
 #include "lib/util.h"
 
 static struct cluster g_cluster;
@@ -1524,4 +1525,96 @@ void cl_writer_stop(struct cl_writer_stats *st)
     st->failed = g_writer.failed;
     snprintf(st->first_error, sizeof st->first_error, "%s", g_writer.first_error);
     st->acked = g_writer.acked;
+}
+
+/* ---- node identities ------------------------------------------------------------------ */
+
+void cl_join_node(int via, const char *token, const char *nodename, struct cl_node_id *out)
+{
+    cl_join_host(via, "node", token, nodename, out);
+}
+
+void cl_join_host(int via, const char *type, const char *token, const char *nodename,
+                  struct cl_node_id *out)
+{
+    char fresh[128], code[64];
+    memset(out, 0, sizeof *out);
+    cr_assert_eq(rp_uuid_v4(out->host_id), 0);
+    snprintf(out->nodename, sizeof out->nodename, "%s", nodename);
+    if (token == NULL) {
+        cl_add_token(1, type, NULL, fresh, sizeof fresh);
+        token = fresh;
+    }
+    EVP_PKEY *tls_key = rp_tls_keygen();
+    char *tls_pub = NULL;
+    cr_assert_not_null(tls_key, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_pubkey_to_pem(tls_key, &tls_pub), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &out->ssh_key), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_ssh_pubkey_format(out->ssh_key, NULL, &out->ssh_pub), 0, "%s", rp_errmsg());
+
+    struct rp_buf req, ans;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    msgpack_unpacked u;
+    rp_buf_init(&req);
+    rp_buf_init(&ans);
+    rp_mp_packer_init(&pk, &req);
+    rp_mp_map_begin(&pk, &m);
+    rp_mp_map_str(&m, "m", "join");
+    rp_mp_map_str(&m, "token", token);
+    rp_mp_map_str(&m, "type", type);
+    rp_mp_map_str(&m, "host_id", out->host_id);
+    rp_mp_map_str(&m, "nodename", nodename);
+    rp_mp_map_str(&m, "host_pubkey", tls_pub);
+    rp_mp_map_str(&m, "ssh_pubkey", out->ssh_pub);
+    rp_mp_map_end(&m);
+    /* The leader creates the SSH CAs a moment after the first election. */
+    uint64_t deadline = cl_now_ms() + 20000;
+    for (;;) {
+        node_call_anon(via, &req, &ans, &u);
+        if (answer_code(&u.data, code, sizeof code) ||
+            (strcmp(code, "unavailable") != 0 && strcmp(code, "not_leader") != 0) ||
+            cl_now_ms() > deadline)
+            break;
+        msgpack_unpacked_destroy(&u);
+        cl_sleep_ms(100);
+    }
+    cr_assert_str_empty(code, "join of %s: %s", nodename, code);
+    char *host_cert = NULL, *ca_cert = NULL;
+    cr_assert_eq(rp_mp_get_strdup(&u.data, "host_cert", &host_cert), 0);
+    cr_assert_eq(rp_mp_get_strdup(&u.data, "ca_cert", &ca_cert), 0);
+    cr_assert_eq(rp_mp_get_strdup(&u.data, "ssh_cert", &out->ssh_cert), 0);
+    cr_assert_eq(rp_mp_get_strdup(&u.data, "ssh_host_ca", &out->host_ca), 0);
+    msgpack_unpacked_destroy(&u);
+    X509 *cert = NULL, *ca = NULL;
+    cr_assert_eq(rp_tls_cert_from_pem(host_cert, strlen(host_cert), &cert), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_cert_from_pem(ca_cert, strlen(ca_cert), &ca), 0, "%s", rp_errmsg());
+    out->ctx = rp_tls_client_ctx(ca, cert, tls_key);
+    cr_assert_not_null(out->ctx, "%s", rp_errmsg());
+    X509_free(cert);
+    X509_free(ca);
+    EVP_PKEY_free(tls_key);
+    free(host_cert);
+    free(ca_cert);
+    free(tls_pub);
+    rp_buf_free(&req);
+    rp_buf_free(&ans);
+}
+
+void cl_node_id_free(struct cl_node_id *n)
+{
+    SSL_CTX_free(n->ctx);
+    EVP_PKEY_free(n->ssh_key);
+    free(n->ssh_pub);
+    free(n->ssh_cert);
+    free(n->host_ca);
+    memset(n, 0, sizeof *n);
+}
+
+struct auth_client *cl_node_client(const struct cl_node_id *n, int i)
+{
+    const char *addrs[1] = {CL->nodes[i].api_addr};
+    struct auth_client *c = NULL;
+    cr_assert_eq(auth_client_new(&c, n->ctx, addrs, 1), 0, "%s", rp_errmsg());
+    return c;
 }

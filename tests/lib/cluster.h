@@ -179,6 +179,32 @@ void cl_redeem_invite(int i, const char *token, const char *password, const char
 void cl_login(int i, const char *user, const char *password, const char *totp, char *code,
               size_t codelen, bool *got_cert);
 
+/* ---- node identities ------------------------------------------------------------------ */
+
+/* A node agent's identity, made through the real "join" method with a node token. */
+struct cl_node_id {
+    char host_id[40]; /* a fresh UUID */
+    char nodename[64];
+    SSL_CTX *ctx;      /* the Node X.509 identity (for auth_client_new) */
+    EVP_PKEY *ssh_key; /* its SSH host key (Ed25519) */
+    char *ssh_pub;     /* that key, an authorized_keys line */
+    char *ssh_cert;    /* its host certificate line, as join issued it */
+    char *host_ca;     /* the host CA public keys join returned */
+};
+
+/* Joins a node called @nodename through auth server @via with node token @token (NULL:
+ * a fresh one from `tctl tokens add --type=node` on node 1; node tokens are multi-use,
+ * so many nodes may share one): an anonymous join call with a fresh P-256 key and
+ * Ed25519 host key, as the agent makes it. Fails the test if any step fails. */
+void cl_join_node(int via, const char *token, const char *nodename, struct cl_node_id *out);
+/* The same for a host of join type @type ("node" or "proxy"; @token NULL: a fresh
+ * token of that type). */
+void cl_join_host(int via, const char *type, const char *token, const char *nodename,
+                  struct cl_node_id *out);
+void cl_node_id_free(struct cl_node_id *n);
+/* A client with @n's identity bound to auth server @i (auth_client_free it). */
+struct auth_client *cl_node_client(const struct cl_node_id *n, int i);
+
 /* ---- JSON (enough for tctl's output) ------------------------------------------------ */
 
 enum cl_jtype { CLJ_NULL, CLJ_BOOL, CLJ_NUM, CLJ_STR, CLJ_ARR, CLJ_OBJ };
