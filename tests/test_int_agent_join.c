@@ -56,43 +56,52 @@ static bool file_mode_is(const char *dir, const char *file, unsigned mode)
 
 struct node_seen {
     const char *host_id;
+    char host_key[256]; /* data_dir/keys/ssh_host_key.pub */
     bool present;
     bool has_cmd_label;
     bool has_static_label;
-    bool has_host_cert;
+    bool has_host_key;
 };
 
+/* `tctl nodes ls --format=json` lists the node with its static label, its command
+ * label holding what `uname -m` prints, and the SSH host key of its data_dir. */
 static bool node_listed(void *arg)
 {
     struct node_seen *s = arg;
     char *out = NULL;
-    s->present = s->has_cmd_label = s->has_static_label = s->has_host_cert = false;
-    if (run_tctl(1, &out, "get", "node", "--format=json", NULL) != 0) {
+    s->present = s->has_cmd_label = s->has_static_label = s->has_host_key = false;
+    if (run_tctl(1, &out, "nodes", "ls", "--format=json", NULL) != 0) {
         free(out);
         return false;
     }
-    s->present = strstr(out, s->host_id) != NULL;
-    s->has_static_label = strstr(out, "\"env\"") != NULL && strstr(out, "\"test\"") != NULL;
-    /* The command label's result is what `uname -m` prints, trimmed. */
-    struct utsname u;
-    char want[128];
-    uname(&u);
-    snprintf(want, sizeof want, "\"result\": \"%s\"", u.machine);
-    s->has_cmd_label = strstr(out, "\"arch\"") != NULL && strstr(out, want) != NULL;
-    s->has_host_cert = strstr(out, "ssh-ed25519-cert-v01@openssh.com") != NULL;
+    struct cl_json *j = cl_json_parse(out);
     free(out);
-    return s->present && s->has_cmd_label && s->has_static_label && s->has_host_cert;
+    cr_assert_not_null(j, "tctl nodes ls --format=json printed no JSON");
+    struct utsname u;
+    uname(&u);
+    for (size_t i = 0; j->type == CLJ_ARR && i < j->n; i++) {
+        const struct cl_json *n = &j->items[i];
+        if (strcmp(cl_json_str(n, "name"), s->host_id) != 0)
+            continue;
+        s->present = true;
+        s->has_static_label = strcmp(cl_json_str(cl_json_get(n, "labels"), "env"), "test") == 0;
+        const struct cl_json *arch = cl_json_get(cl_json_get(n, "cmd_labels"), "arch");
+        s->has_cmd_label = strcmp(cl_json_str(arch, "result"), u.machine) == 0;
+        s->has_host_key = strcmp(cl_json_str(n, "host_key"), s->host_key) == 0;
+    }
+    cl_json_free(j);
+    return s->present && s->has_cmd_label && s->has_static_label && s->has_host_key;
 }
 
 static bool node_gone(void *arg)
 {
     struct node_seen *s = arg;
     char *out = NULL;
-    if (run_tctl(1, &out, "get", "node", "--format=json", NULL) != 0) {
+    if (run_tctl(1, &out, "nodes", "ls", "--format=json", NULL) != 0) {
         free(out);
         return false;
     }
-    bool gone = strstr(out, s->host_id) == NULL;
+    bool gone = strstr(out, s->host_id) == NULL && strstr(out, "[") != NULL;
     free(out);
     return gone;
 }
@@ -173,13 +182,28 @@ Test(agent_join, presence_appears_with_labels_and_expires_after_kill9)
     cr_assert(ag_wait_log(1, "node agent running", 30000));
     read_host_id(1, host_id, sizeof host_id);
     struct node_seen s = {.host_id = host_id};
+    char path[700];
+    snprintf(path, sizeof path, "%s/keys/ssh_host_key.pub", AG[1].dir);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(s.host_key, sizeof s.host_key, f));
+    fclose(f);
+    s.host_key[strcspn(s.host_key, "\n")] = '\0';
     bool ok = wait_until(20000, node_listed, &s);
     if (!ok)
         ag_print_log_tail(1, 30);
     cr_assert(ok,
-              "node %s not listed with its labels and host certificate (present %d, static %d, "
-              "command %d, cert %d)",
-              host_id, s.present, s.has_static_label, s.has_cmd_label, s.has_host_cert);
+              "node %s not listed with its labels and host key (present %d, static %d, "
+              "command %d, host key %d)",
+              host_id, s.present, s.has_static_label, s.has_cmd_label, s.has_host_key);
+
+    /* The published host certificate is the host CA's, for the key of data_dir:
+     * known_hosts lists only nodes whose certificate checks against the host CA. */
+    char *kh = NULL;
+    cr_assert_eq(run_tctl(1, &kh, "nodes", "ls", "--format=known_hosts", NULL), 0);
+    cr_assert(strstr(kh, host_id) != NULL && strstr(kh, s.host_key) != NULL,
+              "known_hosts lacks the node's checked host key:\n%s", kh);
+    free(kh);
 
     /* heartbeat_period 1s: ttl 3s, then expiry removes it. */
     ag_kill9(1);
