@@ -5,6 +5,7 @@
  * stops. Every way a join can fail (bad token, expired token, wrong CA pin, no auth
  * server) ends the process with one clear line and a non-zero exit. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,7 @@ struct node_seen {
     bool has_cmd_label;
     bool has_static_label;
     bool has_host_key;
+    bool stuck_timed_out; /* the "stuck" label (if configured) reads "error" */
 };
 
 /* `tctl nodes ls --format=json` lists the node with its static label, its command
@@ -88,9 +90,12 @@ static bool node_listed(void *arg)
         const struct cl_json *arch = cl_json_get(cl_json_get(n, "cmd_labels"), "arch");
         s->has_cmd_label = strcmp(cl_json_str(arch, "result"), u.machine) == 0;
         s->has_host_key = strcmp(cl_json_str(n, "host_key"), s->host_key) == 0;
+        const struct cl_json *stuck = cl_json_get(cl_json_get(n, "cmd_labels"), "stuck");
+        s->stuck_timed_out = stuck == NULL || strcmp(cl_json_str(stuck, "result"), "error") == 0;
     }
     cl_json_free(j);
-    return s->present && s->has_cmd_label && s->has_static_label && s->has_host_key;
+    return s->present && s->has_cmd_label && s->has_static_label && s->has_host_key &&
+           s->stuck_timed_out;
 }
 
 static bool node_gone(void *arg)
@@ -167,6 +172,14 @@ Test(agent_join, join_stores_credentials_owner_only_and_restarts_without_token)
     read_host_id(1, again, sizeof again);
     cr_assert_str_eq(again, host_id, "the host id changed across a restart");
     cr_assert_eq(ag_log_count(1, "joined cluster"), 1, "the node joined a second time");
+    /* SIGINT stops it as SIGTERM does. */
+    kill(AG[1].pid, SIGINT);
+    uint64_t end = cl_now_ms() + 15000;
+    while (ag_alive(1) && cl_now_ms() < end)
+        cl_sleep_ms(20);
+    cr_assert_not(ag_alive(1), "SIGINT did not stop the agent");
+    cr_assert(WIFEXITED(AG[1].last_status) && WEXITSTATUS(AG[1].last_status) == 0);
+    cr_assert(ag_log_contains(1, "SIGINT: stopping"));
     ag_stop_all();
     cluster_pass();
 }
@@ -176,7 +189,11 @@ Test(agent_join, presence_appears_with_labels_and_expires_after_kill9)
     cluster_start(1);
     char token[128];
     cl_add_token(1, "node", NULL, token, sizeof token);
-    ag_prepare(1, token, NULL);
+    /* A command that never ends must cost its label, not the heartbeats. */
+    ag_prepare(1, token,
+               "  commands:\n"
+               "  - {name: arch, command: [uname, -m], period: 1s}\n"
+               "  - {name: stuck, command: [sleep, \"600\"], period: 1s}\n");
     ag_spawn(1);
     char host_id[64];
     cr_assert(ag_wait_log(1, "node agent running", 30000));
@@ -194,8 +211,10 @@ Test(agent_join, presence_appears_with_labels_and_expires_after_kill9)
         ag_print_log_tail(1, 30);
     cr_assert(ok,
               "node %s not listed with its labels and host key (present %d, static %d, "
-              "command %d, host key %d)",
-              host_id, s.present, s.has_static_label, s.has_cmd_label, s.has_host_key);
+              "command %d, host key %d, stuck command cut %d)",
+              host_id, s.present, s.has_static_label, s.has_cmd_label, s.has_host_key,
+              s.stuck_timed_out);
+    cr_assert(ag_log_contains(1, "command label stuck: sleep did not finish within 1000 ms"));
 
     /* The published host certificate is the host CA's, for the key of data_dir:
      * known_hosts lists only nodes whose certificate checks against the host CA. */

@@ -61,7 +61,8 @@ void ag_prepare(int i, const char *token, const char *extra_ssh)
     fprintf(f, "  log: {output: stderr, severity: INFO}\n");
     fprintf(f, "ssh_service:\n  enabled: yes\n  listen_addr: %s\n", a->ssh_addr);
     fprintf(f, "  labels: {env: test}\n");
-    fprintf(f, "  commands: [{name: arch, command: [uname, -m], period: 1s}]\n");
+    if (extra_ssh == NULL || strstr(extra_ssh, "commands:") == NULL)
+        fprintf(f, "  commands: [{name: arch, command: [uname, -m], period: 1s}]\n");
     fprintf(f, "  heartbeat_period: 1s\n  shutdown_grace: 2s\n");
     if (extra_ssh != NULL)
         fprintf(f, "%s", extra_ssh);
