@@ -25,6 +25,9 @@
 
 #define FIRST_BACKOFF_MS 250
 #define POLL_MS 500 /* how often a quiet stream looks at the stop flag */
+/* A stream quiet this long is probed: auth sends nothing on an idle stream, so a
+ * server that hangs (rather than closes) would otherwise hold the node forever. */
+#define PROBE_MS 60000
 
 struct agent_follow {
     struct agent_cache *cache;
@@ -112,13 +115,27 @@ static int follow_once(struct agent_follow *f, struct auth_client *c, bool *sync
     if ((rv = agent_cache_open(&staging, NULL)) != 0)
         goto out;
     size_t n_init = 0;
+    uint64_t last_heard = rp_mono_ms();
     while (!atomic_load(&f->stop)) {
         msgpack_unpacked ev;
         rv = auth_watch_next(w, &ev, POLL_MS);
         if (rv == RP_ETIMEDOUT) {
             msgpack_unpacked_destroy(&ev);
+            rv = 0;
+            if (rp_mono_ms() - last_heard < PROBE_MS)
+                continue;
+            struct auth_ping again;
+            if (auth_client_ping(c, &again) != 0 || strcmp(again.server_id, ping.server_id) != 0) {
+                rv = rp_err(RP_EUNAVAILABLE,
+                            "auth server %s stopped answering (a quiet stream "
+                            "probed by ping)",
+                            ping.server_id);
+                break;
+            }
+            last_heard = rp_mono_ms();
             continue;
         }
+        last_heard = rp_mono_ms();
         if (rv != 0) {
             msgpack_unpacked_destroy(&ev);
             rv = rp_err(rv, "watch stream: %s", rp_errmsg());

@@ -5,6 +5,7 @@
  * a restarted agent starts from the cache on disk and keeps trying with growing,
  * jittered delays, and catches up when auth returns. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,6 +193,26 @@ Test(agent_follow, a_changed_host_ca_renews_the_host_certificates)
     cr_assert_str_neq(before, after, "the host certificate file did not change");
     free(before);
     free(after);
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(agent_follow, stream_from_a_hung_auth_server_is_probed_and_replaced, .timeout = 240)
+{
+    cluster_start(3);
+    start_agent();
+    /* SIGSTOP keeps the server's sockets open: nothing tells the agent but its probe,
+     * after a minute of silence. The agent streams from node 1, first in its list. */
+    kill(CL->nodes[1].pid, SIGSTOP);
+    bool ok = ag_wait_log(1, "stopped answering (a quiet stream probed by ping)", 100000);
+    uint64_t deadline = cl_now_ms() + 30000;
+    while (ok && ag_log_count(1, "cache in step with auth") < 2 && cl_now_ms() < deadline)
+        cl_sleep_ms(100);
+    kill(CL->nodes[1].pid, SIGCONT);
+    if (!ok || ag_log_count(1, "cache in step with auth") < 2)
+        ag_print_log_tail(1, 30);
+    cr_assert(ok, "the agent never noticed its stream's server hung");
+    cr_assert_geq(ag_log_count(1, "cache in step with auth"), 2, "no new stream from the others");
     ag_stop_all();
     cluster_pass();
 }
