@@ -203,12 +203,14 @@ Test(agent_follow, stream_from_a_hung_auth_server_is_probed_and_replaced, .timeo
     start_agent();
     /* SIGSTOP keeps the server's sockets open: nothing tells the agent but its probe,
      * after a minute of silence. The agent streams from node 1, first in its list. */
-    kill(CL->nodes[1].pid, SIGSTOP);
+    pid_t hung = CL->nodes[1].pid;
+    cr_assert_gt(hung, 0, "auth node 1 is not running");
+    kill(hung, SIGSTOP);
     bool ok = ag_wait_log(1, "stopped answering (a quiet stream probed by ping)", 100000);
     uint64_t deadline = cl_now_ms() + 30000;
     while (ok && ag_log_count(1, "cache in step with auth") < 2 && cl_now_ms() < deadline)
         cl_sleep_ms(100);
-    kill(CL->nodes[1].pid, SIGCONT);
+    kill(hung, SIGCONT);
     if (!ok || ag_log_count(1, "cache in step with auth") < 2)
         ag_print_log_tail(1, 30);
     cr_assert(ok, "the agent never noticed its stream's server hung");
