@@ -320,20 +320,25 @@ static void services_stop(struct agent_run *a, struct services *sv, uint64_t gra
 
 /* ---- renewal ---------------------------------------------------------------------- */
 
-/* When to renew: at 2/3 of the shorter lifetime of the two certificates, moved by up
- * to +-1/30 of it, so that nodes joined together do not all renew together. */
+uint64_t agent_renew_time(uint64_t tls_after, uint64_t tls_before, uint64_t ssh_after,
+                          uint64_t ssh_before, uint64_t draw)
+{
+    uint64_t tl = tls_before > tls_after ? tls_before - tls_after : 0;
+    uint64_t sl = ssh_before > ssh_after ? ssh_before - ssh_after : 0;
+    bool tls_first = tl != 0 && (sl == 0 || tl < sl);
+    uint64_t after = tls_first ? tls_after : ssh_after;
+    uint64_t life = tls_first ? tl : sl;
+    uint64_t spread = life / 15; /* +-1/30 of the lifetime */
+    return after + life / 3 * 2 - spread / 2 + (spread ? draw % spread : 0);
+}
+
 static void plan_renewal(struct agent_run *a)
 {
     pthread_mutex_lock(&a->id.mu);
-    uint64_t t_after = a->id.tls_not_before_ms, t_before = a->id.tls_not_after_ms;
-    uint64_t s_after = a->id.ssh_valid_after_ms, s_before = a->id.ssh_valid_before_ms;
+    a->renew_at_ms =
+        agent_renew_time(a->id.tls_not_before_ms, a->id.tls_not_after_ms, a->id.ssh_valid_after_ms,
+                         a->id.ssh_valid_before_ms, rp_rand_u64());
     pthread_mutex_unlock(&a->id.mu);
-    uint64_t tl = t_before > t_after ? t_before - t_after : 0;
-    uint64_t sl = s_before > s_after ? s_before - s_after : 0;
-    uint64_t after = tl && (!sl || tl < sl) ? t_after : s_after;
-    uint64_t life = tl && (!sl || tl < sl) ? tl : sl;
-    uint64_t spread = life / 15;
-    a->renew_at_ms = after + life / 3 * 2 - spread / 2 + (spread ? rp_rand_below(spread) : 0);
     char when[40];
     rp_format_time(a->renew_at_ms, when, sizeof when);
     rp_info("agent", "host certificates are renewed at %s", when);

@@ -49,6 +49,13 @@ int agent_emit(void *arg, const void *event, size_t len);
 int agent_upload(void *arg, const char *sid, uint64_t seq, const void *data, size_t len, bool last,
                  const void *meta, size_t meta_len);
 
+/* When to renew certificates valid [@tls_after, @tls_before) and [@ssh_after,
+ * @ssh_before) (ms; a pair with before <= after is ignored): at 2/3 of the shorter
+ * lifetime, moved by up to +-1/30 of it by @draw (a random number), so that nodes that
+ * joined together do not renew together. */
+uint64_t agent_renew_time(uint64_t tls_after, uint64_t tls_before, uint64_t ssh_after,
+                          uint64_t ssh_before, uint64_t draw);
+
 /* ---- identity (agent/join.c) --------------------------------------------------------- */
 
 /* The node's credentials. Replaced whole on renewal; readers take the mutex. */

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "agent/agent.h"
 #include "agent/cache.h"
 #include "auth/client.h"
 #include "auth/locks.h"
@@ -468,4 +469,27 @@ Test(agent_cache, well_checksummed_payload_with_a_bad_item_is_refused_whole)
     rp_buf_free(&payload);
     rp_buf_free(&role);
     rp_buf_free(&file);
+}
+
+Test(agent_renewal, renews_at_two_thirds_of_the_shorter_lifetime_with_jitter)
+{
+    const uint64_t day = 86400000, year = 365 * day;
+    /* X.509 for 10 years, SSH for one: the SSH certificate decides. */
+    uint64_t lo = year / 3 * 2 - year / 30 - 1, hi = year / 3 * 2 + year / 30 + 1;
+    uint64_t min = UINT64_MAX, max = 0;
+    for (uint64_t draw = 0; draw < 5000; draw++) {
+        uint64_t t =
+            agent_renew_time(1000, 1000 + 10 * year, 1000, 1000 + year, draw * 2654435761u);
+        cr_assert(t >= 1000 + lo && t <= 1000 + hi, "renewal at %llu is outside 2/3 +- 1/30",
+                  (unsigned long long)t);
+        min = t < min ? t : min;
+        max = t > max ? t : max;
+    }
+    cr_assert_gt(max - min, year / 30, "the jitter does not spread renewals");
+    /* The X.509 one when it is the shorter. */
+    uint64_t t = agent_renew_time(0, 30 * day, 0, year, 0);
+    cr_assert(t >= 20 * day - day && t <= 20 * day + day, "%llu", (unsigned long long)t);
+    /* A certificate without a lifetime is ignored. */
+    t = agent_renew_time(5, 5, 0, 30 * day, 0);
+    cr_assert(t >= 19 * day && t <= 21 * day, "%llu", (unsigned long long)t);
 }
