@@ -286,3 +286,60 @@ Test(agent_join, unreachable_auth_server_fails_with_one_clear_line)
     free(line);
     cluster_pass();
 }
+
+struct label_value {
+    const char *host_id;
+    char seen[64];
+};
+
+/* The current result of the command label "clock" of the node, into ->seen. */
+static bool clock_label(void *arg)
+{
+    struct label_value *lv = arg;
+    char *out = NULL;
+    lv->seen[0] = '\0';
+    if (run_tctl(1, &out, "nodes", "ls", "--format=json", NULL) != 0) {
+        free(out);
+        return false;
+    }
+    struct cl_json *j = cl_json_parse(out);
+    free(out);
+    for (size_t i = 0; j && j->type == CLJ_ARR && i < j->n; i++) {
+        const struct cl_json *n = &j->items[i];
+        if (strcmp(cl_json_str(n, "name"), lv->host_id) == 0)
+            snprintf(lv->seen, sizeof lv->seen, "%s",
+                     cl_json_str(cl_json_get(cl_json_get(n, "cmd_labels"), "clock"), "result"));
+    }
+    cl_json_free(j);
+    return lv->seen[0] != '\0';
+}
+
+static char first_value[64];
+static bool clock_moved(void *arg)
+{
+    struct label_value *lv = arg;
+    return clock_label(lv) && strcmp(lv->seen, first_value) != 0;
+}
+
+Test(agent_join, a_changed_command_label_is_heartbeated_at_once)
+{
+    cluster_start(1);
+    char token[128];
+    cl_add_token(1, "node", NULL, token, sizeof token);
+    /* Heartbeats every hour: only the early heartbeat of a changed label can publish
+     * the clock's new second within the test. */
+    ag_prepare(1, token,
+               "  commands: [{name: clock, command: [date, \"+%s\"], period: 1s}]\n"
+               "  heartbeat_period: 1h\n");
+    ag_spawn(1);
+    cr_assert(ag_wait_log(1, "node agent running", 30000));
+    char host_id[64];
+    read_host_id(1, host_id, sizeof host_id);
+    struct label_value lv = {.host_id = host_id};
+    cr_assert(wait_until(10000, clock_label, &lv), "the node is not listed");
+    snprintf(first_value, sizeof first_value, "%s", lv.seen);
+    cr_assert(wait_until(10000, clock_moved, &lv),
+              "the label still reads %s: a changed result was not heartbeated early", lv.seen);
+    ag_stop_all();
+    cluster_pass();
+}

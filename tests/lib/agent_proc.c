@@ -63,7 +63,9 @@ void ag_prepare(int i, const char *token, const char *extra_ssh)
     fprintf(f, "  labels: {env: test}\n");
     if (extra_ssh == NULL || strstr(extra_ssh, "commands:") == NULL)
         fprintf(f, "  commands: [{name: arch, command: [uname, -m], period: 1s}]\n");
-    fprintf(f, "  heartbeat_period: 1s\n  shutdown_grace: 2s\n");
+    if (extra_ssh == NULL || strstr(extra_ssh, "heartbeat_period:") == NULL)
+        fprintf(f, "  heartbeat_period: 1s\n");
+    fprintf(f, "  shutdown_grace: 2s\n");
     if (extra_ssh != NULL)
         fprintf(f, "%s", extra_ssh);
     cr_assert_eq(fclose(f), 0);

@@ -26,8 +26,8 @@ struct ag_proc {
 extern struct ag_proc AG[AG_MAX + 1];
 
 /* Writes agent @i's config: every running auth node as auth_servers, the cluster's
- * CA pin, @token (NULL: none), heartbeat_period 1s, a static label env=test, a
- * command label arch (uname -m, every 1s) unless @extra_ssh has its own commands, then
+ * CA pin, @token (NULL: none), a static label env=test, heartbeat_period 1s and a
+ * command label arch (uname -m, every 1s) unless @extra_ssh sets its own, then
  * @extra_ssh (lines under ssh_service, each indented by two spaces; may be NULL). */
 void ag_prepare(int i, const char *token, const char *extra_ssh);
 pid_t ag_spawn(int i);
