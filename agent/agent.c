@@ -59,6 +59,7 @@ struct agent_run {
     struct agent_follow *follow;
     struct agent_presence *presence;
     struct event_sender events;
+    struct agent_authority authority; /* over cache; borrowed by the SSH server */
     const char *addrs[RP_CONFIG_MAX_AUTH_SERVERS + 1];
     size_t n_addrs;
     /* The cached CAs' digest, updated from the cache's thread after each change; a
@@ -286,17 +287,25 @@ int agent_upload(void *arg, const char *sid, uint64_t seq, const void *data, siz
  * are started and stopped; they are built apart from this file and wired in here:
  *
  * services_start, in this order:
- *   agent_recorder_new(&rec, "<data_dir>/spool", cfg->spool_max_size, agent_upload, a)
+ *   mkdir <data_dir>/spool (0700), then
+ *   agent_recorder_new(&rec, "<data_dir>/spool", a->cfg->spool_max_size, agent_upload, a)
+ *   (agent_upload has the type agent_rec_upload_fn), then
  *   agent_sshd_start(&sshd, &(struct agent_sshd_opts){
- *       listen addr cfg->ssh_listen_addr, host key path agent_key_path(data_dir,
- *       "ssh_host_key"), host_id a->id.host_id, nodename cfg->nodename, the authority
- *       agent_cache_authority(a->cache), the recorder rec, the audit sink
- *       agent_emit with arg &a->events, accept_env cfg->accept_env / n_accept_env,
- *       auth_deadline_ms cfg->auth_deadline_ms})
- * services_stop(a, grace_ms), in this order:
- *   agent_sshd_stop(sshd, grace_ms)            sessions end within the grace
- *   agent_recorder_flush(rec, now + grace_ms)  and their recordings are uploaded
- *   then the recorder is freed.
+ *       .listen_addr = a->cfg->ssh_listen_addr,
+ *       .host_key_path = agent_key_path(a->cfg->data_dir, "ssh_host_key", ...),
+ *       .host_id = a->id.host_id, .nodename = a->cfg->nodename,
+ *       .authority = &a->authority (agent_cache_authority(a->cache), kept in @a: the
+ *                    server borrows it),
+ *       .recording = a table over rec (agent_rec_open/output/input/resize/close),
+ *       .emit = agent_emit, .emit_arg = &a->events,
+ *       .accept_env = a->cfg->accept_env, .n_accept_env = a->cfg->n_accept_env,
+ *       .auth_deadline_ms = a->cfg->auth_deadline_ms})
+ * services_stop(a, sv, grace_ms), in this order:
+ *   agent_sshd_stop(sshd, grace_ms)                    sessions end within the grace
+ *   agent_recorder_flush(rec, rp_mono_ms() + grace_ms)  their recordings are uploaded
+ *   agent_recorder_free(rec)
+ * agent_main calls services_stop after presence and following stopped and before the
+ * audit sender stops, so the sessions' last events still reach auth.
  * Until they are wired in, the agent joins, follows auth and heartbeats its presence
  * without serving SSH. */
 struct services {
@@ -459,8 +468,8 @@ int agent_main(const struct rp_config *cfg, const char *version)
         rp_info("agent", "loaded the cache from disk: %zu resources at revision %llu",
                 agent_cache_count(a->cache, NULL), (unsigned long long)agent_cache_rev(a->cache));
     a->ca_digest_known = ca_digest(a, a->ca_digest);
-    struct agent_authority auth = agent_cache_authority(a->cache);
-    auth.on_change(auth.arg, on_cache_change, a);
+    a->authority = agent_cache_authority(a->cache);
+    a->authority.on_change(a->authority.arg, on_cache_change, a);
 
     if ((rv = events_start(&a->events, &a->id, a->addrs, a->n_addrs)) != 0 ||
         (rv = agent_follow_start(&a->follow, a->cache, &a->id, a->addrs, a->n_addrs,
