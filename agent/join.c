@@ -417,7 +417,7 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
                         JOIN_DEADLINE_MS / 1000, rp_errmsg());
             goto out;
         }
-        rp_warn("agent", "join via %s: %s; trying again", addr, rp_errmsg());
+        rp_debug("agent", "join via %s: %s; trying again", addr, rp_errmsg());
         i++;
         if (i % n_addrs == 0) {
             uint64_t d = rp_jitter_ms(backoff);

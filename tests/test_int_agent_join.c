@@ -34,14 +34,15 @@ static char *join_fails(const char *token, const char *pin, const char *auth, co
     cl_run_argv(argv, 60000, &r);
     cr_assert_neq(r.status, 0, "the join was expected to fail; stderr:\n%s", r.err);
     cr_assert_neq(r.status, -1, "raftport did not exit in time; stderr:\n%s", r.err);
-    /* One line on stderr (logs at INFO go to stderr too: keep only the last line). */
+    /* Exactly one line on stderr, and nothing on stdout. */
     char *err = r.err;
     size_t n = strlen(err);
     while (n > 0 && err[n - 1] == '\n')
         err[--n] = '\0';
-    char *last = strrchr(err, '\n');
-    char *line = strdup(last ? last + 1 : err);
-    cr_assert(strncmp(line, "raftport: ", 10) == 0, "last line is not raftport's: %s", line);
+    cr_assert_null(strchr(err, '\n'), "more than one line on stderr:\n%s", err);
+    cr_assert_str_empty(r.out);
+    char *line = strdup(err);
+    cr_assert(strncmp(line, "raftport: ", 10) == 0, "the line is not raftport's: %s", line);
     free(r.out);
     free(r.err);
     return line;
