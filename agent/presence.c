@@ -32,6 +32,9 @@
 #define COMMAND_MAX_MS 30000 /* a command label's deadline, at most */
 #define RESULT_MAX 1024      /* bytes of a result published */
 #define HEARTBEAT_MAX_BACKOFF_MS 30000
+/* One heartbeat's deadline, across auth servers: it also bounds how long a stop waits
+ * for a heartbeat in flight. */
+#define HEARTBEAT_CALL_MS 5000
 
 extern char **environ;
 
@@ -313,7 +316,7 @@ static void *hb_main(void *arg)
             auth_client_free(c);
             c = NULL;
             if (auth_client_new(&c, ctx, addrs, n_addrs) == 0)
-                auth_client_set_timeout(c, (int)(period < 10000 ? 10000 : period));
+                auth_client_set_timeout(c, HEARTBEAT_CALL_MS);
             generation = gen;
         }
         SSL_CTX_free(ctx);
