@@ -58,6 +58,17 @@ int auth_load_client_ctx(const char *cert, const char *key, const char *ca, SSL_
 /* A new request id: 16 random bytes as hex. */
 void auth_new_rid(char out[33]);
 
+/* One request @req (@len bytes) to @addr without a client certificate, for a host that
+ * holds only the cluster CA's @pin ("sha256:<hex>", as tctl prints it): the server's
+ * chain must hold the pinned CA, which must have signed its certificate, before
+ * anything is sent (else RP_ETLS naming both pins). The answer frame goes to @frame
+ * (rp_buf_init'ed; *@resp points into it and is destroyed by the caller whatever the
+ * result). Returns 0 if the answer said ok, the answer's error code and message if
+ * not, RP_EUNAVAILABLE if @addr could not be reached or went away, RP_EPROTO for a
+ * malformed answer. @timeout_ms bounds the dial (at most 3 s) and each read/write. */
+int auth_pinned_call(const char *addr, const char *pin, const void *req, size_t len, int timeout_ms,
+                     struct rp_buf *frame, msgpack_unpacked *resp);
+
 /* ---- the generic call ----------------------------------------------------- */
 
 /* Sends request @req (an encoded msgpack map) and waits for the answer, failing

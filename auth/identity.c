@@ -208,27 +208,8 @@ static int join_once(const struct rp_config *cfg, const char *addr, const char *
                      const char *host_pub, const char *admin_pub, msgpack_unpacked *resp,
                      struct rp_buf *frame)
 {
-    SSL_CTX *ctx = rp_tls_client_ctx_pinned();
-    struct rp_conn c;
     struct rp_buf req;
-    X509 *ca = NULL;
     int rv;
-    if (ctx == NULL)
-        return rp_err(RP_ETLS, "TLS context: %s", rp_errmsg());
-    rv = rp_conn_dial(&c, ctx, addr, 3000);
-    SSL_CTX_free(ctx);
-    if (rv != 0)
-        return rp_err(RP_EUNAVAILABLE, "cannot reach auth server %s: %s", addr, rp_errmsg());
-    /* Nothing secret travels before the server proved it holds a certificate of the
-     * CA the operator pinned. */
-    rv = rp_tls_check_pin(c.ssl, cfg->ca_pin, &ca);
-    if (rv != 0) {
-        rp_conn_close(&c);
-        return rp_err(RP_ETLS, "auth server %s: %s", addr, rp_errmsg());
-    }
-    X509_free(ca);
-    rp_conn_set_timeout(&c, 30000);
-
     msgpack_packer pk;
     rp_buf_init(&req);
     rp_mp_packer_init(&pk, &req);
@@ -244,27 +225,10 @@ static int join_once(const struct rp_config *cfg, const char *addr, const char *
                  cfg->auth_public_addr ? cfg->auth_public_addr : cfg->auth_listen_addr);
     rp_mp_kv_str(&pk, "host_pubkey", host_pub);
     rp_mp_kv_str(&pk, "admin_pubkey", admin_pub);
-    rv = rp_conn_write_frame(&c, req.data, req.len);
-    if (rv == 0)
-        rv = rp_conn_read_frame(&c, frame);
-    rp_conn_close(&c);
+    rv = auth_pinned_call(addr, cfg->ca_pin, req.data, req.len, 30000, frame, resp);
     rp_buf_free(&req);
     if (rv != 0)
-        return rp_err(RP_EUNAVAILABLE, "auth server %s: %s", addr, rp_errmsg());
-    if ((rv = rp_mp_parse(frame->data, frame->len, resp)) != 0)
-        return rp_err(RP_EPROTO, "auth server %s sent a malformed answer: %s", addr, rp_errmsg());
-    bool ok = false;
-    rp_mp_get_bool(&resp->data, "ok", &ok);
-    if (!ok) {
-        const char *code = "", *msg = "";
-        size_t cn = 0, mn = 0;
-        rp_mp_get_str(&resp->data, "code", &code, &cn);
-        rp_mp_get_str(&resp->data, "error", &msg, &mn);
-        char cbuf[32];
-        snprintf(cbuf, sizeof cbuf, "%.*s", (int)cn, code);
-        rv = rp_err(rp_error_from_name(cbuf), "%.*s", (int)mn, msg);
         msgpack_unpacked_destroy(resp);
-    }
     return rv;
 }
 

@@ -22,21 +22,13 @@
 #include "auth/auth.h"
 #include "state/state.h"
 
-#define LOCK_FIELD_MAX 256
-
-struct lock_entry {
-    char name[LOCK_FIELD_MAX];
-    char user[LOCK_FIELD_MAX], role[LOCK_FIELD_MAX], login[LOCK_FIELD_MAX];
-    char server_id[LOCK_FIELD_MAX], node[LOCK_FIELD_MAX], access_request[LOCK_FIELD_MAX];
-    char message[LOCK_FIELD_MAX];
-    uint64_t expires_ms; /* 0: never */
-};
+#define LOCK_FIELD_MAX AUTH_LOCK_FIELD_MAX
 
 struct auth_locks {
     struct state *state;
     pthread_mutex_t mu;
     uint64_t changed; /* state_resources_changed() the set was built at; 0: never built */
-    struct lock_entry *entries;
+    struct auth_lock *entries;
     size_t n;
     /* The host ids of the auth_server records, read with the locks: membership and
      * locks are what cut an auth server's identities off. */
@@ -65,19 +57,87 @@ void auth_locks_free(struct auth_locks *l)
     free(l);
 }
 
-static void copy_field(const msgpack_object *map, const char *key, char *out)
+/* Copies the string @key of @map into @out; false if it is present but not a string
+ * that fits (a NUL inside or too long). Absent: "" and true. */
+static bool copy_field(const msgpack_object *map, const char *key, char *out)
 {
     const char *s;
     size_t n;
     out[0] = '\0';
-    if (rp_mp_get_str(map, key, &s, &n) == 0 && n < LOCK_FIELD_MAX && memchr(s, '\0', n) == NULL) {
-        memcpy(out, s, n);
-        out[n] = '\0';
-    }
+    const msgpack_object *o = map ? rp_mp_get(map, key) : NULL;
+    if (o == NULL || o->type == MSGPACK_OBJECT_NIL)
+        return true;
+    if (rp_mp_get_str(map, key, &s, &n) != 0 || n >= LOCK_FIELD_MAX || memchr(s, '\0', n) != NULL)
+        return false;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return true;
+}
+
+int auth_lock_decode(const msgpack_object *res, struct auth_lock *e)
+{
+    memset(e, 0, sizeof *e);
+    if (res == NULL || res->type != MSGPACK_OBJECT_MAP)
+        return rp_err(RP_EINVAL, "lock: expected a map");
+    const msgpack_object *meta = rp_mp_get(res, "metadata");
+    const msgpack_object *spec = rp_mp_get(res, "spec");
+    const msgpack_object *target = spec ? rp_mp_get(spec, "target") : NULL;
+    copy_field(meta, "name", e->name);
+    if (target == NULL || target->type != MSGPACK_OBJECT_MAP)
+        return rp_err(RP_EINVAL, "lock %s: spec.target must be a map", e->name);
+    bool ok = copy_field(target, "user", e->user) && copy_field(target, "role", e->role) &&
+              copy_field(target, "login", e->login) &&
+              copy_field(target, "server_id", e->server_id) &&
+              copy_field(target, "node", e->node) &&
+              copy_field(target, "access_request", e->access_request);
+    if (!ok)
+        return rp_err(RP_EINVAL, "lock %s: a spec.target field is not a string of at most %d bytes",
+                      e->name, LOCK_FIELD_MAX - 1);
+    copy_field(spec, "message", e->message);
+    if (meta != NULL && rp_mp_get_u64(meta, "expires", &e->expires_ms) != 0)
+        e->expires_ms = 0;
+    if (!(e->user[0] || e->role[0] || e->login[0] || e->server_id[0] || e->node[0] ||
+          e->access_request[0]))
+        return rp_err(RP_EINVAL, "lock %s: spec.target sets no field", e->name);
+    return 0;
+}
+
+static bool has(const char *const *list, size_t n, const char *want)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i] != NULL && strcmp(list[i], want) == 0)
+            return true;
+    return false;
+}
+
+static bool same(const char *a, const char *b)
+{
+    return a != NULL && b != NULL && strcmp(a, b) == 0;
+}
+
+bool auth_lock_applies(const struct auth_lock *e, const struct auth_lock_subject *who,
+                       uint64_t now_ms)
+{
+    if (e->expires_ms != 0 && e->expires_ms <= now_ms)
+        return false;
+    if (e->user[0] && !same(e->user, who->user))
+        return false;
+    if (e->role[0] && !(who->user && has(who->roles, who->n_roles, e->role)))
+        return false;
+    if (e->login[0] && !(who->user && has(who->logins, who->n_logins, e->login)))
+        return false;
+    if (e->server_id[0] && !same(e->server_id, who->host_id))
+        return false;
+    if (e->node[0] && !same(e->node, who->host_id) && !same(e->node, who->host_name))
+        return false;
+    /* Access requests do not exist yet: a lock on one matches no identity today. */
+    if (e->access_request[0])
+        return false;
+    return true;
 }
 
 struct build {
-    struct lock_entry *entries;
+    struct auth_lock *entries;
     size_t n, cap;
     int rv;
 };
@@ -90,16 +150,9 @@ static int build_cb(void *arg, const void *res, size_t len)
     msgpack_unpacked u;
     if (rp_mp_parse(res, len, &u) != 0)
         return 0;
-    const msgpack_object *meta = rp_mp_get(&u.data, "metadata");
-    const msgpack_object *spec = rp_mp_get(&u.data, "spec");
-    const msgpack_object *target = spec ? rp_mp_get(spec, "target") : NULL;
-    if (target == NULL || target->type != MSGPACK_OBJECT_MAP) {
-        msgpack_unpacked_destroy(&u);
-        return 0;
-    }
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
-        struct lock_entry *e = realloc(b->entries, cap * sizeof *e);
+        struct auth_lock *e = realloc(b->entries, cap * sizeof *e);
         if (e == NULL) {
             msgpack_unpacked_destroy(&u);
             b->rv = rp_err(RP_ENOMEM, "lock cache");
@@ -108,21 +161,7 @@ static int build_cb(void *arg, const void *res, size_t len)
         b->entries = e;
         b->cap = cap;
     }
-    struct lock_entry *e = &b->entries[b->n];
-    memset(e, 0, sizeof *e);
-    copy_field(meta, "name", e->name);
-    copy_field(target, "user", e->user);
-    copy_field(target, "role", e->role);
-    copy_field(target, "login", e->login);
-    copy_field(target, "server_id", e->server_id);
-    copy_field(target, "node", e->node);
-    copy_field(target, "access_request", e->access_request);
-    copy_field(spec, "message", e->message);
-    rp_mp_get_u64(meta, "expires", &e->expires_ms);
-    /* A lock with an empty target would match everyone; the write path refuses it,
-     * and here it matches no one. */
-    if (e->user[0] || e->role[0] || e->login[0] || e->server_id[0] || e->node[0] ||
-        e->access_request[0])
+    if (auth_lock_decode(&u.data, &b->entries[b->n]) == 0)
         b->n++;
     msgpack_unpacked_destroy(&u);
     return 0;
@@ -199,47 +238,26 @@ int auth_locks_check_member(struct auth_locks *l, const char *host_id)
     return found ? 0 : RP_ENOTFOUND;
 }
 
-static bool has(char *const *list, size_t n, const char *want)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(list[i], want) == 0)
-            return true;
-    return false;
-}
-
-/* Every field the lock sets must match @id. */
-static bool lock_applies(const struct lock_entry *e, const struct rp_identity *id)
-{
-    bool user = id->system_role == RP_SYS_NONE;
-    if (e->user[0] && !(user && strcmp(e->user, id->name) == 0))
-        return false;
-    if (e->role[0] && !(user && has(id->groups, id->n_groups, e->role)))
-        return false;
-    if (e->login[0] && !(user && has(id->logins, id->n_logins, e->login)))
-        return false;
-    if (e->server_id[0] && !(!user && strcmp(e->server_id, id->host_id) == 0))
-        return false;
-    if (e->node[0] &&
-        !(!user && (strcmp(e->node, id->host_id) == 0 || strcmp(e->node, id->name) == 0)))
-        return false;
-    /* Access requests do not exist yet: a lock on one matches no identity today. */
-    if (e->access_request[0])
-        return false;
-    return true;
-}
-
 int auth_locks_check(struct auth_locks *l, const struct rp_identity *id, char *why, size_t n)
 {
     if (id == NULL)
         return 0;
     uint64_t now = rp_now_ms();
+    bool user = id->system_role == RP_SYS_NONE;
+    struct auth_lock_subject who = {
+        .user = user ? id->name : NULL,
+        .roles = (const char *const *)id->groups,
+        .n_roles = user ? id->n_groups : 0,
+        .logins = (const char *const *)id->logins,
+        .n_logins = user ? id->n_logins : 0,
+        .host_id = user ? NULL : id->host_id,
+        .host_name = user ? NULL : id->name,
+    };
     pthread_mutex_lock(&l->mu);
     int rv = refresh(l);
     for (size_t i = 0; rv == 0 && i < l->n; i++) {
-        const struct lock_entry *e = &l->entries[i];
-        if (e->expires_ms != 0 && e->expires_ms <= now)
-            continue;
-        if (lock_applies(e, id)) {
+        const struct auth_lock *e = &l->entries[i];
+        if (auth_lock_applies(e, &who, now)) {
             snprintf(why, n, "%s is locked (lock %s)%s%s", id->name, e->name,
                      e->message[0] ? ": " : "", e->message);
             rv = RP_EDENIED;

@@ -11,11 +11,57 @@
 #ifndef RP_AUTH_LOCKS_H
 #define RP_AUTH_LOCKS_H
 
+#include <msgpack.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "lib/tls.h"
 
 #define AUTH_KIND_LOCK "lock"
+
+/* ---- the matcher (pure: the auth API's cache and the node agent's cache share it) -- */
+
+#define AUTH_LOCK_FIELD_MAX 256
+
+/* One decoded lock. Empty strings are unset target fields. */
+struct auth_lock {
+    char name[AUTH_LOCK_FIELD_MAX];
+    char user[AUTH_LOCK_FIELD_MAX], role[AUTH_LOCK_FIELD_MAX], login[AUTH_LOCK_FIELD_MAX];
+    char server_id[AUTH_LOCK_FIELD_MAX], node[AUTH_LOCK_FIELD_MAX];
+    char access_request[AUTH_LOCK_FIELD_MAX];
+    char message[AUTH_LOCK_FIELD_MAX];
+    uint64_t expires_ms; /* metadata.expires; 0: never */
+};
+
+/* Decodes the lock resource @res (a msgpack map, Teleport's shape above). RP_EINVAL if
+ * it has no spec.target map or sets no target field (such a lock would match everyone;
+ * the write path refuses it, and a reader must not apply it). A field longer than
+ * AUTH_LOCK_FIELD_MAX - 1 bytes or holding a NUL reads as unset, except in a target,
+ * where it makes the lock RP_EINVAL too. */
+int auth_lock_decode(const msgpack_object *res, struct auth_lock *out);
+
+/* Who is asking: a user (@user set; its @roles; the @logins it holds or asks for) or
+ * a system identity (@user NULL; @host_id and @host_name its host). On a node agent a
+ * user's login also carries the node's @host_id: a lock on that node refuses it. */
+struct auth_lock_subject {
+    const char *user;
+    const char *const *roles;
+    size_t n_roles;
+    const char *const *logins;
+    size_t n_logins;
+    const char *host_id;   /* NULL: none */
+    const char *host_name; /* NULL: none */
+};
+
+/* True if @lock applies to @who at @now_ms: not expired, and every target field it
+ * sets matches (user: the user's name; role: one of its roles; login: one of its
+ * logins; server_id: the host id; node: the host id or host name). Locks on access
+ * requests match no one (they do not exist yet). */
+bool auth_lock_applies(const struct auth_lock *lock, const struct auth_lock_subject *who,
+                       uint64_t now_ms);
+
+/* ---- the auth server's cache ------------------------------------------------------ */
 
 struct state;
 struct auth_locks;

@@ -115,6 +115,33 @@ void rp_config_init(struct rp_config *c)
     c->tunnel_listen_addr = dup_or_die("0.0.0.0:3024");
     c->proxy_listen_addr = dup_or_die("0.0.0.0:3023");
     c->ssh_listen_addr = dup_or_die("0.0.0.0:3022");
+    c->heartbeat_period_ms = 60000;
+    c->shutdown_grace_ms = 30000;
+    c->spool_max_size = 256ull << 20;
+    c->auth_deadline_ms = 20000;
+    /* As OpenSSH's Debian default (AcceptEnv LANG LC_*). */
+    c->accept_env = calloc(3, sizeof *c->accept_env);
+    if (c->accept_env == NULL)
+        die_oom();
+    c->accept_env[0] = dup_or_die("LANG");
+    c->accept_env[1] = dup_or_die("LC_*");
+    c->n_accept_env = 2;
+}
+
+static void free_strings(char **v, size_t n)
+{
+    for (size_t i = 0; v != NULL && i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void free_commands(struct rp_config_command *cmds, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(cmds[i].name);
+        free_strings(cmds[i].argv, cmds[i].argc);
+    }
+    free(cmds);
 }
 
 static void free_labels(struct rp_config_label *labels, size_t n)
@@ -150,6 +177,9 @@ void rp_config_free(struct rp_config *c)
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
         free(*strings[i]);
     free_labels(c->ssh_labels, c->ssh_n_labels);
+    free_strings(c->auth_servers, c->n_auth_servers);
+    free_strings(c->accept_env, c->n_accept_env);
+    free_commands(c->ssh_commands, c->ssh_n_commands);
     memset(c, 0, sizeof(*c));
 }
 
@@ -623,6 +653,258 @@ done:
     return 0;
 }
 
+/* An environment variable name pattern: [A-Za-z_][A-Za-z0-9_]*, optionally ending in '*'. */
+static const char *check_env_pattern(const char *s)
+{
+    static const char *expected = "a variable name like LANG or a prefix pattern like LC_*";
+    size_t n = strlen(s);
+    if (n == 0 || n > 128)
+        return expected;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        bool alpha = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || ch == '_';
+        if (ch == '*' && i == n - 1 && i > 0)
+            continue;
+        if (!alpha && !(i > 0 && ch >= '0' && ch <= '9'))
+            return expected;
+    }
+    return NULL;
+}
+
+/* A list of scalars, each passing @check, at most @max of them, into a malloc'd
+ * array (*@out, *@n; replacing what was there). */
+static int parse_list(struct loader *ld, const char *path, const struct rp_ynode *v, size_t max,
+                      const char *(*check)(const char *), char ***out, size_t *n_out)
+{
+    char expected[200];
+    snprintf(expected, sizeof expected, "a list of at most %zu entries, each %s", max, check(""));
+    if (rp_ynode_is_null(v)) {
+        free_strings(*out, *n_out);
+        *out = NULL;
+        *n_out = 0;
+        return 0;
+    }
+    if (v->type != RP_Y_SEQ || v->n > max)
+        return type_error(ld, v, path, expected);
+    char **list = calloc(v->n + 1, sizeof *list);
+    if (list == NULL)
+        return rp_err(RP_ENOMEM, "%s: out of memory", ld->file);
+    for (size_t i = 0; i < v->n; i++) {
+        const struct rp_ynode *e = v->vals[i];
+        char sub[160];
+        snprintf(sub, sizeof sub, "%s[%zu]", path, i);
+        const char *why = NULL;
+        if (e->type != RP_Y_SCALAR || rp_ynode_is_null(e) || (why = check(e->value)) != NULL) {
+            free_strings(list, i);
+            return type_error(ld, e, sub, why ? why : check(""));
+        }
+        list[i] = dup_or_die(e->value);
+    }
+    free_strings(*out, *n_out);
+    *out = list;
+    *n_out = v->n;
+    return 0;
+}
+
+static int parse_auth_servers(struct loader *ld, const struct field *f, const char *path,
+                              const struct rp_ynode *v)
+{
+    return parse_list(ld, path, v, RP_CONFIG_MAX_AUTH_SERVERS, check_addr, &ld->c->auth_servers,
+                      &ld->c->n_auth_servers);
+}
+
+static int parse_accept_env(struct loader *ld, const struct field *f, const char *path,
+                            const struct rp_ynode *v)
+{
+    return parse_list(ld, path, v, RP_CONFIG_MAX_ACCEPT_ENV, check_env_pattern, &ld->c->accept_env,
+                      &ld->c->n_accept_env);
+}
+
+/* A duration from @min_ms to @max_ms into the uint64_t field. */
+static int duration_in(struct loader *ld, const struct field *f, const char *path,
+                       const struct rp_ynode *v, uint64_t min_ms, uint64_t max_ms,
+                       const char *range)
+{
+    uint64_t ms;
+    int rv = duration_ms(ld, path, v, &ms);
+    if (rv != 0)
+        return rv;
+    if (ms < min_ms || ms > max_ms)
+        return type_error(ld, v, path, range);
+    *(uint64_t *)field_ptr(ld, f) = ms;
+    return 0;
+}
+
+static int parse_heartbeat_period(struct loader *ld, const struct field *f, const char *path,
+                                  const struct rp_ynode *v)
+{
+    return duration_in(ld, f, path, v, 1000, 3600000, "a duration from 1s to 1h");
+}
+
+static int parse_shutdown_grace(struct loader *ld, const struct field *f, const char *path,
+                                const struct rp_ynode *v)
+{
+    return duration_in(ld, f, path, v, 1, 3600000, "a duration up to 1h");
+}
+
+static int parse_auth_deadline(struct loader *ld, const struct field *f, const char *path,
+                               const struct rp_ynode *v)
+{
+    return duration_in(ld, f, path, v, 1000, 600000, "a duration from 1s to 10m");
+}
+
+static int parse_spool_size(struct loader *ld, const struct field *f, const char *path,
+                            const struct rp_ynode *v)
+{
+    int rv = parse_size(ld, f, path, v);
+    if (rv == 0 && *(uint64_t *)field_ptr(ld, f) < (1u << 20))
+        return type_error(ld, v, path, "a size of at least 1MiB");
+    return rv;
+}
+
+static const char *check_command_name(const char *s)
+{
+    return label_name_ok(s) ? NULL
+                            : "a label name of 1 to 253 characters from A-Z a-z 0-9 / . _ : * -";
+}
+
+static const char *check_argv_item(const char *s)
+{
+    return strlen(s) <= 4096 ? NULL : "an argument of at most 4096 bytes";
+}
+
+/* One entry of ssh_service.commands: {name, command: [argv...], period}. */
+static int parse_command(struct loader *ld, const char *path, const struct rp_ynode *v,
+                         struct rp_config_command *out)
+{
+    static const char *expected = "a map with name, command (a list: the program and its "
+                                  "arguments) and period (optional, default 1m)";
+    char sub[200];
+    if (v->type != RP_Y_MAP)
+        return type_error(ld, v, path, expected);
+    memset(out, 0, sizeof *out);
+    out->period_ms = 60000;
+    for (size_t i = 0; i < v->n; i++) {
+        const char *key = v->keys[i];
+        const struct rp_ynode *val = v->vals[i];
+        snprintf(sub, sizeof sub, "%s.%s", path, key);
+        int rv = 0;
+        if (strcmp(key, "name") == 0) {
+            const char *why;
+            if (val->type != RP_Y_SCALAR || rp_ynode_is_null(val) ||
+                (why = check_command_name(val->value)) != NULL)
+                rv = type_error(ld, val, sub, check_command_name(""));
+            else
+                rp_config_set(&out->name, val->value);
+        } else if (strcmp(key, "command") == 0) {
+            rv = parse_list(ld, sub, val, 64, check_argv_item, &out->argv, &out->argc);
+            if (rv == 0 && out->argc == 0)
+                rv = type_error(ld, val, sub, "a list holding at least the program to run");
+        } else if (strcmp(key, "period") == 0) {
+            uint64_t ms;
+            rv = duration_ms(ld, sub, val, &ms);
+            if (rv == 0 && (ms < 1000 || ms > 24ull * 3600 * 1000))
+                rv = type_error(ld, val, sub, "a duration from 1s to 24h");
+            if (rv == 0)
+                out->period_ms = ms;
+        } else {
+            rv = rp_err(RP_EINVAL,
+                        "%s:%d: unknown field '%s' in %s, expected one of: name, command, period",
+                        ld->file, v->key_lines[i], key, path);
+        }
+        if (rv != 0)
+            return rv;
+    }
+    if (out->name == NULL || out->argv == NULL)
+        return type_error(ld, v, path, expected);
+    return 0;
+}
+
+static int parse_commands(struct loader *ld, const struct field *f, const char *path,
+                          const struct rp_ynode *v)
+{
+    struct rp_config_command *cmds = NULL;
+    size_t n = 0;
+    if (!rp_ynode_is_null(v)) {
+        if (v->type != RP_Y_SEQ || v->n > RP_CONFIG_MAX_COMMANDS)
+            return type_error(ld, v, path, "a list of at most 64 commands");
+        cmds = calloc(v->n + 1, sizeof *cmds);
+        if (cmds == NULL)
+            return rp_err(RP_ENOMEM, "%s: out of memory", ld->file);
+        for (; n < v->n; n++) {
+            char sub[160];
+            snprintf(sub, sizeof sub, "%s[%zu]", path, n);
+            int rv = parse_command(ld, sub, v->vals[n], &cmds[n]);
+            for (size_t j = 0; rv == 0 && j < n; j++)
+                if (strcmp(cmds[j].name, cmds[n].name) == 0)
+                    rv = rp_err(RP_EINVAL, "%s:%d: %s.name: '%s' is already the name of %s[%zu]",
+                                ld->file, v->vals[n]->line, sub, cmds[n].name, path, j);
+            if (rv != 0) {
+                free_commands(cmds, n + 1);
+                return rv;
+            }
+        }
+    }
+    free_commands(ld->c->ssh_commands, ld->c->ssh_n_commands);
+    ld->c->ssh_commands = cmds;
+    ld->c->ssh_n_commands = n;
+    return 0;
+}
+
+int rp_config_set_auth_servers(struct rp_config *c, const char *list)
+{
+    char **v = NULL;
+    size_t n = 0;
+    const char *p = list;
+    while (*p != '\0') {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char one[300];
+        if (len == 0 || len >= sizeof one || n == RP_CONFIG_MAX_AUTH_SERVERS) {
+            free_strings(v, n);
+            return rp_err(RP_EINVAL, "auth servers '%.200s': expected 1 to %d comma-separated %s",
+                          list, RP_CONFIG_MAX_AUTH_SERVERS, addr_expected);
+        }
+        memcpy(one, p, len);
+        one[len] = '\0';
+        if (check_addr(one) != NULL) {
+            char ex[280];
+            rp_yaml_excerpt(one, ex, sizeof ex);
+            free_strings(v, n);
+            return rp_err(RP_EINVAL, "auth server '%s': expected %s", ex, addr_expected);
+        }
+        char **grown = realloc(v, (n + 1) * sizeof *v);
+        if (grown == NULL)
+            die_oom();
+        v = grown;
+        v[n++] = dup_or_die(one);
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    if (n == 0)
+        return rp_err(RP_EINVAL, "auth servers: expected at least one %s", addr_expected);
+    free_strings(c->auth_servers, c->n_auth_servers);
+    c->auth_servers = v;
+    c->n_auth_servers = n;
+    return 0;
+}
+
+size_t rp_config_auth_addrs(const struct rp_config *c, const char **out, size_t max)
+{
+    size_t n = 0;
+    if (c->auth_server != NULL && n < max)
+        out[n++] = c->auth_server;
+    for (size_t i = 0; i < c->n_auth_servers && n < max; i++) {
+        bool dup = false;
+        for (size_t j = 0; j < n && !dup; j++)
+            dup = strcmp(out[j], c->auth_servers[i]) == 0;
+        if (!dup)
+            out[n++] = c->auth_servers[i];
+    }
+    return n;
+}
+
 static int walk_section(struct loader *ld, const struct section *sec, const struct rp_ynode *map,
                         const char *path);
 
@@ -654,6 +936,7 @@ static const struct field teleport_fields[] = {
     {.name = "nodename", .parse = parse_string, .off = AT(nodename), .check = check_nodename},
     {.name = "data_dir", .parse = parse_string, .off = AT(data_dir), .check = check_dir},
     {.name = "auth_server", .parse = parse_string, .off = AT(auth_server), .check = check_addr},
+    {.name = "auth_servers", .parse = parse_auth_servers},
     {.name = "ca_pin", .parse = parse_string, .off = AT(ca_pin), .check = check_ca_pin},
     {.name = "join_params", .parse = parse_sub, .sub = &join_section},
     {.name = "log", .parse = parse_sub, .sub = &log_section},
@@ -748,6 +1031,12 @@ static const struct field ssh_fields[] = {
      .off = AT(ssh_public_addr),
      .check = check_public_addr},
     {.name = "labels", .parse = parse_labels},
+    {.name = "commands", .parse = parse_commands},
+    {.name = "heartbeat_period", .parse = parse_heartbeat_period, .off = AT(heartbeat_period_ms)},
+    {.name = "shutdown_grace", .parse = parse_shutdown_grace, .off = AT(shutdown_grace_ms)},
+    {.name = "accept_env", .parse = parse_accept_env},
+    {.name = "spool_max_size", .parse = parse_spool_size, .off = AT(spool_max_size)},
+    {.name = "auth_deadline", .parse = parse_auth_deadline, .off = AT(auth_deadline_ms)},
     {.name = NULL},
 };
 static const struct section ssh_section = {"ssh_service", ssh_fields};
@@ -900,9 +1189,13 @@ int rp_config_validate(const struct rp_config *c)
     if (c->join_token != NULL && c->ca_pin == NULL)
         return rp_err(RP_EINVAL, "teleport.ca_pin is required with teleport.join_params."
                                  "token_name: a joining server checks the cluster's CA against it");
-    if (c->join_token != NULL && c->auth_server == NULL)
-        return rp_err(RP_EINVAL, "teleport.auth_server is required with teleport.join_params."
-                                 "token_name: it is the auth server to join through");
+    for (size_t i = 0; i < c->n_auth_servers; i++)
+        CHECK(check_field("teleport.auth_servers", c->auth_servers[i], check_addr));
+    bool knows_auth = c->auth_server != NULL || c->n_auth_servers > 0;
+    if (c->join_token != NULL && !knows_auth)
+        return rp_err(RP_EINVAL, "teleport.auth_server (or auth_servers) is required with "
+                                 "teleport.join_params.token_name: it is the auth server to join "
+                                 "through");
 
     if (c->auth_enabled) {
         if (c->raft_id == 0)
@@ -985,11 +1278,26 @@ int rp_config_validate(const struct rp_config *c)
                               "ssh_service.labels: label %zu: expected a name of 1 "
                               "to 253 characters from A-Z a-z 0-9 / . _ : * - and a value",
                               i);
+        for (size_t i = 0; i < c->ssh_n_commands; i++)
+            for (size_t j = 0; j < c->ssh_n_labels; j++)
+                if (strcmp(c->ssh_commands[i].name, c->ssh_labels[j].name) == 0)
+                    return rp_err(RP_EINVAL,
+                                  "ssh_service.commands[%zu].name: '%s' is also a static label in "
+                                  "ssh_service.labels; a label has one source",
+                                  i, c->ssh_commands[i].name);
+        if (c->heartbeat_period_ms < 1000 || c->heartbeat_period_ms > 3600000)
+            return rp_err(RP_EINVAL, "ssh_service.heartbeat_period must be between 1s and 1h");
+        if (c->auth_deadline_ms < 1000 || c->auth_deadline_ms > 600000)
+            return rp_err(RP_EINVAL, "ssh_service.auth_deadline must be between 1s and 10m");
+        if (c->shutdown_grace_ms > 3600000)
+            return rp_err(RP_EINVAL, "ssh_service.shutdown_grace must be at most 1h");
+        if (c->spool_max_size < (1u << 20))
+            return rp_err(RP_EINVAL, "ssh_service.spool_max_size must be at least 1MiB");
     }
     /* Proxies and nodes talk to auth; in a process without auth they must know where. */
-    if ((c->proxy_enabled || c->ssh_enabled) && !c->auth_enabled && c->auth_server == NULL)
-        return rp_err(RP_EINVAL, "teleport.auth_server is required when proxy_service or "
-                                 "ssh_service runs without auth_service");
+    if ((c->proxy_enabled || c->ssh_enabled) && !c->auth_enabled && !knows_auth)
+        return rp_err(RP_EINVAL, "teleport.auth_server (or auth_servers) is required when "
+                                 "proxy_service or ssh_service runs without auth_service");
 #undef CHECK
     return 0;
 }

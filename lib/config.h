@@ -7,6 +7,7 @@
  *     nodename: auth1
  *     data_dir: /var/lib/raftport
  *     auth_server: 127.0.0.1:3025        # an auth server to join through / talk to
+ *     auth_servers: [10.0.0.1:3025, 10.0.0.2:3025]  # more of them (agents fail over)
  *     ca_pin: sha256:...                 # pin of the cluster TLS CA (joining only)
  *     join_params: {token_name: <token>, method: token}
  *     log: {output: stderr, severity: INFO}
@@ -46,6 +47,12 @@
  *     listen_addr: 0.0.0.0:3022
  *     public_addr: node1.example.com:3022
  *     labels: {env: dev}
+ *     commands: [{name: arch, command: [uname, -m], period: 1m}]
+ *     heartbeat_period: 1m               # presence heartbeats (ttl: 3 periods)
+ *     shutdown_grace: 30s                # SIGTERM: sessions get this long to end
+ *     accept_env: [LANG, "LC_*"]         # environment a client may set
+ *     spool_max_size: 256MB              # recordings waiting for upload
+ *     auth_deadline: 20s                 # a connection must authenticate by then
  *
  * docs/configuration.md is the reference for every field.
  * Unknown fields are errors, not silently ignored. */
@@ -62,12 +69,26 @@ struct rp_config_label {
     char *value;
 };
 
+/* One command label: @argv run every @period_ms, its trimmed output the label's value. */
+struct rp_config_command {
+    char *name;
+    char **argv; /* NULL-terminated */
+    size_t argc;
+    uint64_t period_ms; /* default 1m, at least 1s */
+};
+
+#define RP_CONFIG_MAX_AUTH_SERVERS 16
+#define RP_CONFIG_MAX_COMMANDS 64
+#define RP_CONFIG_MAX_ACCEPT_ENV 64
+
 struct rp_config {
     char *path; /* file it came from (NULL when built from flags only) */
     /* teleport: */
-    char *nodename;     /* default: gethostname() */
-    char *data_dir;     /* default: /var/lib/raftport */
-    char *auth_server;  /* host:port */
+    char *nodename;      /* default: gethostname() */
+    char *data_dir;      /* default: /var/lib/raftport */
+    char *auth_server;   /* host:port */
+    char **auth_servers; /* teleport.auth_servers (and --auth-server=A,B), in order */
+    size_t n_auth_servers;
     char *ca_pin;       /* "sha256:<64 hex>" */
     char *join_token;   /* join_params.token_name */
     char *log_severity; /* default "INFO" */
@@ -114,7 +135,23 @@ struct rp_config {
     char *ssh_public_addr;              /* ssh_service.public_addr; NULL unless set */
     struct rp_config_label *ssh_labels; /* ssh_service.labels, in file order */
     size_t ssh_n_labels;
+    struct rp_config_command *ssh_commands; /* ssh_service.commands */
+    size_t ssh_n_commands;
+    uint64_t heartbeat_period_ms; /* default 1m; 1s to 1h */
+    uint64_t shutdown_grace_ms;   /* default 30s; up to 1h */
+    char **accept_env;            /* patterns (a trailing '*' matches any suffix) */
+    size_t n_accept_env;          /* default LANG, LC_* */
+    uint64_t spool_max_size;      /* bytes; default 256 MiB */
+    uint64_t auth_deadline_ms;    /* default 20s; 1s to 10m */
 };
+
+/* Replaces c->auth_servers with the comma-separated @list ("a:1,b:2"). RP_EINVAL
+ * naming the bad entry (the list is left as it was then). */
+int rp_config_set_auth_servers(struct rp_config *c, const char *list);
+/* Every auth server address the configuration names: auth_server first (if set),
+ * then auth_servers, without duplicates, into @out (at most @max, borrowed from @c).
+ * Returns the count. */
+size_t rp_config_auth_addrs(const struct rp_config *c, const char **out, size_t max);
 
 /* Defaults. Allocation failure aborts: a process that cannot allocate a few strings
  * at start-up has nothing better to do. */

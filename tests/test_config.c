@@ -294,15 +294,16 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
     load_fails("teleport:\n  join_params:\n    token: x\n",
                "3: unknown field 'token' in teleport.join_params, expected one of: token_name, "
                "method");
-    load_fails("teleport:\n  auth_servers: [a:1]\n",
-               "2: unknown field 'auth_servers' in teleport, expected one of: nodename, "
-               "data_dir, auth_server, ca_pin, join_params, log");
+    load_fails("teleport:\n  auth_serverz: [a:1]\n",
+               "2: unknown field 'auth_serverz' in teleport, expected one of: nodename, "
+               "data_dir, auth_server, auth_servers, ca_pin, join_params, log");
     load_fails("proxy_service:\n  labels: {a: b}\n",
                "2: unknown field 'labels' in proxy_service, expected one of: enabled, "
                "listen_addr, web_listen_addr, tunnel_listen_addr, public_addr");
-    load_fails("ssh_service:\n  commands: []\n",
-               "2: unknown field 'commands' in ssh_service, expected one of: enabled, "
-               "listen_addr, public_addr, labels");
+    load_fails("ssh_service:\n  command: []\n",
+               "2: unknown field 'command' in ssh_service, expected one of: enabled, "
+               "listen_addr, public_addr, labels, commands, heartbeat_period, shutdown_grace, "
+               "accept_env, spool_max_size, auth_deadline");
 }
 
 Test(config, wrong_types_name_the_field_and_value)
@@ -589,8 +590,8 @@ Test(config, validate_requires_pin_and_auth_server_to_join)
     validate_fails(&c, "teleport.ca_pin is required with teleport.join_params.token_name: a "
                        "joining server checks the cluster's CA against it");
     rp_config_set(&c.ca_pin, PIN);
-    validate_fails(&c, "teleport.auth_server is required with teleport.join_params.token_name: "
-                       "it is the auth server to join through");
+    validate_fails(&c, "teleport.auth_server (or auth_servers) is required with "
+                       "teleport.join_params.token_name: it is the auth server to join through");
     rp_config_set(&c.auth_server, "auth.example:3025");
     cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
     rp_config_free(&c);
@@ -641,8 +642,8 @@ Test(config, validate_requires_auth_server_for_proxy_or_node_without_auth)
 {
     struct rp_config c;
     load_ok(&c, "ssh_service:\n  labels: {env: dev}\n");
-    validate_fails(&c, "teleport.auth_server is required when proxy_service or ssh_service runs "
-                       "without auth_service");
+    validate_fails(&c, "teleport.auth_server (or auth_servers) is required when proxy_service "
+                       "or ssh_service runs without auth_service");
     rp_config_set(&c.auth_server, "proxy.example:3025");
     cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
     c.auth_enabled = true;
@@ -860,4 +861,130 @@ Test(config, max_session_ttl_defaults_to_30h_and_takes_teleport_durations)
     rp_config_free(&c);
     load_fails("auth_service:\n  max_session_ttl: 30s\n",
                "2: auth_service.max_session_ttl: expected a duration of at least 1m, got '30s'");
+}
+
+Test(config, node_agent_fields_have_their_defaults)
+{
+    struct rp_config c;
+    rp_config_init(&c);
+    cr_assert_eq(c.heartbeat_period_ms, 60000);
+    cr_assert_eq(c.shutdown_grace_ms, 30000);
+    cr_assert_eq(c.auth_deadline_ms, 20000);
+    cr_assert_eq(c.spool_max_size, 256ull << 20);
+    cr_assert_eq(c.n_accept_env, 2);
+    cr_assert_str_eq(c.accept_env[0], "LANG");
+    cr_assert_str_eq(c.accept_env[1], "LC_*");
+    cr_assert_eq(c.n_auth_servers, 0);
+    cr_assert_eq(c.ssh_n_commands, 0);
+    rp_config_free(&c);
+}
+
+Test(config, node_agent_fields_load_from_the_file)
+{
+    struct rp_config c;
+    load_ok(&c, "teleport:\n"
+                "  auth_servers: [10.0.0.1:3025, \"auth2.example:3025\"]\n"
+                "  join_params: {token_name: tok, method: token}\n"
+                "  ca_pin: " PIN "\n"
+                "ssh_service:\n"
+                "  labels: {env: dev}\n"
+                "  commands:\n"
+                "  - name: arch\n"
+                "    command: [uname, -m]\n"
+                "    period: 10s\n"
+                "  - name: up\n"
+                "    command: [uptime]\n"
+                "  heartbeat_period: 1s\n"
+                "  shutdown_grace: 5s\n"
+                "  accept_env: [LANG, TERM_PROGRAM, \"LC_*\"]\n"
+                "  spool_max_size: 64MB\n"
+                "  auth_deadline: 3s\n");
+    cr_assert(c.ssh_enabled);
+    cr_assert_eq(c.n_auth_servers, 2);
+    cr_assert_str_eq(c.auth_servers[1], "auth2.example:3025");
+    cr_assert_eq(c.ssh_n_commands, 2);
+    cr_assert_str_eq(c.ssh_commands[0].name, "arch");
+    cr_assert_eq(c.ssh_commands[0].argc, 2);
+    cr_assert_str_eq(c.ssh_commands[0].argv[1], "-m");
+    cr_assert_null(c.ssh_commands[0].argv[2]);
+    cr_assert_eq(c.ssh_commands[0].period_ms, 10000);
+    cr_assert_eq(c.ssh_commands[1].period_ms, 60000, "period defaults to 1m");
+    cr_assert_eq(c.heartbeat_period_ms, 1000);
+    cr_assert_eq(c.shutdown_grace_ms, 5000);
+    cr_assert_eq(c.n_accept_env, 3);
+    cr_assert_str_eq(c.accept_env[2], "LC_*");
+    cr_assert_eq(c.spool_max_size, 64000000);
+    cr_assert_eq(c.auth_deadline_ms, 3000);
+    cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
+    const char *addrs[8];
+    cr_assert_eq(rp_config_auth_addrs(&c, addrs, 8), 2);
+    rp_config_set(&c.auth_server, "10.0.0.1:3025");
+    cr_assert_eq(rp_config_auth_addrs(&c, addrs, 8), 2, "auth_server is not listed twice");
+    rp_config_free(&c);
+}
+
+Test(config, node_agent_fields_refuse_bad_values_with_the_field_named)
+{
+    load_fails("teleport:\n  auth_servers: [nope]\n",
+               "2: teleport.auth_servers[0]: expected host:port (IPv4 address, [IPv6 address] or "
+               "DNS name; port 1-65535), got 'nope'");
+    load_fails("teleport:\n  auth_servers: 10.0.0.1:3025\n",
+               "2: teleport.auth_servers: expected a list of at most 16 entries, each host:port "
+               "(IPv4 address, [IPv6 address] or DNS name; port 1-65535), got '10.0.0.1:3025'");
+    load_fails("ssh_service:\n  heartbeat_period: 100ms\n",
+               "2: ssh_service.heartbeat_period: expected a duration from 1s to 1h, got '100ms'");
+    load_fails("ssh_service:\n  auth_deadline: 1h\n",
+               "2: ssh_service.auth_deadline: expected a duration from 1s to 10m, got '1h'");
+    load_fails("ssh_service:\n  shutdown_grace: 2h\n",
+               "2: ssh_service.shutdown_grace: expected a duration up to 1h, got '2h'");
+    load_fails("ssh_service:\n  spool_max_size: 1000\n",
+               "2: ssh_service.spool_max_size: expected a size of at least 1MiB, got '1000'");
+    load_fails("ssh_service:\n  accept_env: [\"*\"]\n",
+               "2: ssh_service.accept_env[0]: expected a variable name like LANG or a prefix "
+               "pattern like LC_*, got '*'");
+    load_fails("ssh_service:\n  commands:\n  - name: a\n",
+               "3: ssh_service.commands[0]: expected "
+               "a map with name, command (a list: the program and its arguments) and period "
+               "(optional, default 1m), got a map");
+    load_fails("ssh_service:\n  commands:\n  - {name: a, command: []}\n",
+               "3: ssh_service.commands[0].command: expected a list holding at least the program "
+               "to run, got a list");
+    load_fails("ssh_service:\n  commands:\n  - {name: a, command: [x], period: 10ms}\n",
+               "3: ssh_service.commands[0].period: expected a duration from 1s to 24h, got '10ms'");
+    load_fails("ssh_service:\n  commands:\n  - {name: a, command: [x], every: 1m}\n",
+               "3: unknown field 'every' in ssh_service.commands[0], expected one of: name, "
+               "command, period");
+    load_fails("ssh_service:\n  commands:\n  - {name: a, command: [x]}\n  - {name: a, command: "
+               "[y]}\n",
+               "4: ssh_service.commands[1].name: 'a' is already the name of "
+               "ssh_service.commands[0]");
+    load_fails("ssh_service:\n  commands:\n  - {name: \"a b\", command: [x]}\n",
+               "3: ssh_service.commands[0].name: expected a label name of 1 to 253 characters "
+               "from A-Z a-z 0-9 / . _ : * -, got 'a b'");
+}
+
+Test(config, a_command_label_may_not_shadow_a_static_one)
+{
+    struct rp_config c;
+    load_ok(&c,
+            "teleport: {auth_server: 10.0.0.1:3025}\n"
+            "ssh_service:\n  labels: {arch: x}\n  commands: [{name: arch, command: [uname]}]\n");
+    validate_fails(&c, "ssh_service.commands[0].name: 'arch' is also a static label in "
+                       "ssh_service.labels; a label has one source");
+    rp_config_free(&c);
+}
+
+Test(config, auth_servers_from_a_flag_are_checked_one_by_one)
+{
+    struct rp_config c;
+    rp_config_init(&c);
+    cr_assert_eq(rp_config_set_auth_servers(&c, "127.0.0.1:1,127.0.0.1:2"), 0, "%s", rp_errmsg());
+    cr_assert_eq(c.n_auth_servers, 2);
+    cr_assert_str_eq(c.auth_servers[1], "127.0.0.1:2");
+    cr_assert_eq(rp_config_set_auth_servers(&c, "127.0.0.1:1,,x:2"), RP_EINVAL);
+    cr_assert_eq(rp_config_set_auth_servers(&c, "127.0.0.1:1,bad"), RP_EINVAL);
+    cr_assert_str_eq(rp_errmsg(), "auth server 'bad': expected host:port (IPv4 address, [IPv6 "
+                                  "address] or DNS name; port 1-65535)");
+    cr_assert_eq(c.n_auth_servers, 2, "a refused list leaves the old one");
+    rp_config_free(&c);
 }

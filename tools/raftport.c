@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "agent/agent.h"
 #include "auth/auth.h"
 #include "lib/config.h"
 #include "lib/errors.h"
@@ -27,10 +28,11 @@ static void usage(FILE *f)
                "\n"
                "Flags of start (each overrides the configuration file):\n"
                "  -c, --config FILE        configuration file (YAML)\n"
-               "      --roles LIST         roles to run; only 'auth' exists in this version\n"
+               "      --roles LIST         roles to run: auth or node (one per process)\n"
                "      --nodename NAME      teleport.nodename\n"
                "      --data-dir DIR       teleport.data_dir\n"
-               "      --auth-server ADDR   teleport.auth_server: a member to join through\n"
+               "      --auth-server ADDR   teleport.auth_server: a member to join through;\n"
+               "                           a node takes a list: HOST:PORT[,HOST:PORT...]\n"
                "      --token TOKEN        teleport.join_params.token_name: join with this token\n"
                "      --ca-pin PIN         teleport.ca_pin: sha256:<hex> of the cluster CA\n"
                "      --cluster-name NAME  auth_service.cluster_name (bootstrap only)\n"
@@ -104,13 +106,18 @@ static int cmd_start(int argc, char **argv)
             debug = true;
             break;
         case O_ROLES:
-            if (strcmp(optarg, "auth") != 0) {
-                fprintf(stderr, "raftport: --roles=%s: only the auth role exists in this version\n",
+            if (strcmp(optarg, "auth") == 0) {
+                cfg.auth_enabled = true;
+            } else if (strcmp(optarg, "node") == 0) {
+                cfg.ssh_enabled = true;
+            } else {
+                fprintf(stderr,
+                        "raftport: --roles=%s: expected auth or node (one role per process in "
+                        "this version)\n",
                         optarg);
                 rp_config_free(&cfg);
                 return 2;
             }
-            cfg.auth_enabled = true;
             break;
         case O_NODENAME:
             rp_config_set(&cfg.nodename, optarg);
@@ -119,7 +126,17 @@ static int cmd_start(int argc, char **argv)
             rp_config_set(&cfg.data_dir, optarg);
             break;
         case O_AUTH_SERVER:
-            rp_config_set(&cfg.auth_server, optarg);
+            if (strchr(optarg, ',') != NULL) {
+                /* A list: the node fails over between them; auth_server is the first. */
+                if (rp_config_set_auth_servers(&cfg, optarg) != 0) {
+                    fprintf(stderr, "raftport: --auth-server: %s\n", rp_errmsg());
+                    rp_config_free(&cfg);
+                    return 2;
+                }
+                rp_config_set(&cfg.auth_server, cfg.auth_servers[0]);
+            } else {
+                rp_config_set(&cfg.auth_server, optarg);
+            }
             break;
         case O_TOKEN:
             rp_config_set(&cfg.join_token, optarg);
@@ -160,11 +177,21 @@ static int cmd_start(int argc, char **argv)
     int level = rp_log_level_parse(cfg.log_severity ? cfg.log_severity : "info");
     rp_log_set_level(debug ? RP_LOG_DEBUG : level < 0 ? RP_LOG_INFO : (enum rp_log_level)level);
     rp_log_set_prefix(cfg.nodename);
-    if (cfg.proxy_enabled || cfg.ssh_enabled) {
-        fprintf(stderr, "raftport: proxy_service and ssh_service are not part of this version; "
-                        "set enabled: no\n");
+    if (cfg.proxy_enabled) {
+        fprintf(stderr, "raftport: proxy_service is not part of this version; set enabled: no\n");
         rp_config_free(&cfg);
         return 1;
+    }
+    if (cfg.ssh_enabled && cfg.auth_enabled) {
+        fprintf(stderr, "raftport: auth_service and ssh_service run in separate processes in "
+                        "this version: start one with --roles=auth and one with --roles=node\n");
+        rp_config_free(&cfg);
+        return 1;
+    }
+    if (cfg.ssh_enabled) {
+        int code = agent_main(&cfg, RAFTPORT_VERSION);
+        rp_config_free(&cfg);
+        return code;
     }
     if (cfg.auth_enabled && strncmp(cfg.raft_listen_addr, "0.0.0.0:", 8) == 0) {
         /* The Raft address is also what peers dial: it must name this host. */
@@ -176,7 +203,8 @@ static int cmd_start(int argc, char **argv)
         return 1;
     }
     if (!cfg.auth_enabled) {
-        fprintf(stderr, "raftport: no role enabled: set auth_service.enabled: yes\n");
+        fprintf(stderr, "raftport: no role enabled: set auth_service.enabled: yes or "
+                        "ssh_service.enabled: yes (or --roles=auth|node)\n");
         rp_config_free(&cfg);
         return 1;
     }

@@ -1,0 +1,514 @@
+/* agent/agent.c: the node agent's process: start, run, renew, stop.
+ *
+ * Order of start: identity (join once), cache (from disk), following auth, presence,
+ * then the SSH server and the recorder (services_start). Stop runs the other way:
+ * presence and following stop first (the node leaves no half-written state behind),
+ * then services_stop gives open sessions shutdown_grace to end and lets the recorder
+ * upload what it holds.
+ *
+ * Signals: SIGTERM and SIGINT are blocked in every thread and taken by the main
+ * thread with sigtimedwait, which also wakes once a second to renew certificates when
+ * they reach 2/3 of their lifetime (+- jitter) or when a cert_authority changed (a CA
+ * rotation: the new host CA must sign our host certificate). */
+#include "agent/agent.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "auth/client.h"
+#include "lib/errors.h"
+#include "lib/log.h"
+#include "lib/mp.h"
+#include "lib/util.h"
+
+#define EVENT_QUEUE_MAX 10000 /* audit events waiting for auth; the oldest go first */
+#define EVENT_MAX_BYTES AUTH_EMIT_MAX_EVENT_BYTES
+
+struct queued_event {
+    uint8_t *p;
+    size_t len;
+};
+
+/* Audit events of the SSH server on their way to auth (emit_events), sent by a
+ * thread of their own so that a session never waits for auth. */
+struct event_sender {
+    struct agent_ident *id;
+    const char *const *addrs;
+    size_t n_addrs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct queued_event *q; /* ring of EVENT_QUEUE_MAX */
+    size_t head, n;
+    uint64_t dropped;
+    bool stop;
+    pthread_t thread;
+};
+
+struct agent_run {
+    const struct rp_config *cfg;
+    const char *version;
+    struct agent_ident id;
+    struct agent_cache *cache;
+    struct agent_follow *follow;
+    struct agent_presence *presence;
+    struct event_sender events;
+    struct agent_authority authority; /* over cache; borrowed by the SSH server */
+    const char *addrs[RP_CONFIG_MAX_AUTH_SERVERS + 1];
+    size_t n_addrs;
+    /* The cached CAs' digest, updated from the cache's thread after each change; a
+     * difference from a known digest asks the main loop to renew. */
+    pthread_mutex_t ca_mu;
+    unsigned char ca_digest[32];
+    bool ca_digest_known;
+    atomic_bool ca_changed;
+    uint64_t renew_at_ms; /* wall clock */
+    /* Recordings: one client, used by the recorder's upload thread (agent_upload). */
+    pthread_mutex_t upload_mu;
+    struct auth_client *upload_client;
+    uint64_t upload_generation;
+};
+
+/* ---- audit events ------------------------------------------------------------------ */
+
+/* The audit sink of agent/sshd.h: copies @event (one msgpack map) into the queue.
+ * Never blocks on auth. Thread-safe. */
+int agent_emit(void *arg, const void *event, size_t len)
+{
+    struct event_sender *s = arg;
+    if (len == 0 || len > EVENT_MAX_BYTES)
+        return rp_err(RP_ETOOBIG, "audit event of %zu bytes (1 to %d)", len, EVENT_MAX_BYTES);
+    uint8_t *copy = malloc(len);
+    if (copy == NULL)
+        return rp_err(RP_ENOMEM, "audit event");
+    memcpy(copy, event, len);
+    pthread_mutex_lock(&s->mu);
+    if (s->n == EVENT_QUEUE_MAX) {
+        free(s->q[s->head].p);
+        s->head = (s->head + 1) % EVENT_QUEUE_MAX;
+        s->n--;
+        s->dropped++;
+    }
+    s->q[(s->head + s->n) % EVENT_QUEUE_MAX] = (struct queued_event){copy, len};
+    s->n++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* Sends up to EVENT_BATCH_MAX queued events in one emit_events; removes them on
+ * success. Called without the lock held. */
+static int send_batch(struct event_sender *s, struct auth_client *c)
+{
+    struct rp_buf arr;
+    msgpack_packer pk;
+    rp_buf_init(&arr);
+    rp_mp_packer_init(&pk, &arr);
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->n < AUTH_EMIT_MAX_EVENTS ? s->n : AUTH_EMIT_MAX_EVENTS;
+    msgpack_pack_array(&pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        const struct queued_event *e = &s->q[(s->head + i) % EVENT_QUEUE_MAX];
+        rp_buf_append(&arr, e->p, e->len);
+    }
+    pthread_mutex_unlock(&s->mu);
+    int rv = auth_client_emit_events(c, arr.data, arr.len, NULL);
+    rp_buf_free(&arr);
+    if (rv != 0 && rv != RP_EINVAL && rv != RP_EDENIED && rv != RP_ETOOBIG)
+        return rv; /* auth away: keep them for the next try */
+    if (rv != 0)
+        rp_warn("agent", "auth refused %zu audit events (%s); dropped", n, rp_errmsg());
+    /* Only the first n can have been sent: emit only appends, and drops from the
+     * head only when full, which may have dropped some of ours: take what is left. */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < n && s->n > 0; i++) {
+        free(s->q[s->head].p);
+        s->head = (s->head + 1) % EVENT_QUEUE_MAX;
+        s->n--;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static void *events_main(void *arg)
+{
+    struct event_sender *s = arg;
+    struct auth_client *c = NULL;
+    uint64_t generation = 0, backoff = 500;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->stop && s->n == 0)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (s->n == 0)
+            break; /* stopping with nothing left */
+        if (s->dropped > 0) {
+            rp_warn("agent",
+                    "%llu audit events were dropped: auth was away and the queue "
+                    "holds %d",
+                    (unsigned long long)s->dropped, EVENT_QUEUE_MAX);
+            s->dropped = 0;
+        }
+        bool stopping = s->stop;
+        pthread_mutex_unlock(&s->mu);
+        uint64_t gen;
+        SSL_CTX *ctx = agent_ident_ctx(s->id, &gen);
+        if (c == NULL || gen != generation) {
+            auth_client_free(c);
+            c = NULL;
+            if (auth_client_new(&c, ctx, s->addrs, s->n_addrs) == 0)
+                auth_client_set_timeout(c, 5000);
+            generation = gen;
+        }
+        SSL_CTX_free(ctx);
+        int rv = c ? send_batch(s, c) : RP_ENOMEM;
+        if (rv != 0) {
+            if (stopping) {
+                rp_warn("agent", "stopping with audit events auth did not take: %s", rp_errmsg());
+                pthread_mutex_lock(&s->mu);
+                break;
+            }
+            uint64_t d = rp_jitter_ms(backoff);
+            backoff = backoff * 2 > 30000 ? 30000 : backoff * 2;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += (time_t)(d / 1000);
+            ts.tv_nsec += (long)(d % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_mutex_lock(&s->mu);
+            if (!s->stop)
+                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            continue;
+        }
+        backoff = 500;
+        pthread_mutex_lock(&s->mu);
+    }
+    for (; s->n > 0; s->n--) {
+        free(s->q[s->head].p);
+        s->head = (s->head + 1) % EVENT_QUEUE_MAX;
+    }
+    pthread_mutex_unlock(&s->mu);
+    auth_client_free(c);
+    return NULL;
+}
+
+static int events_start(struct event_sender *s, struct agent_ident *id, const char *const *addrs,
+                        size_t n_addrs)
+{
+    memset(s, 0, sizeof *s);
+    s->id = id;
+    s->addrs = addrs;
+    s->n_addrs = n_addrs;
+    if ((s->q = calloc(EVENT_QUEUE_MAX, sizeof *s->q)) == NULL)
+        return rp_err(RP_ENOMEM, "audit queue");
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    if (pthread_create(&s->thread, NULL, events_main, s) != 0) {
+        free(s->q);
+        s->q = NULL;
+        return rp_err(RP_ENOMEM, "audit sender thread");
+    }
+    return 0;
+}
+
+/* Sends what is queued (one more try), then stops the sender. */
+static void events_stop(struct event_sender *s)
+{
+    if (s->q == NULL)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s->q);
+    s->q = NULL;
+}
+
+/* ---- recordings ---------------------------------------------------------------------- */
+
+/* The upload function of agent/recorder.h: one rec_put {sid, seq, data, last, meta?}.
+ * Returns 0 when auth stored the chunk (or had it already), else the error, for the
+ * recorder to retry later. Called from the recorder's thread. */
+int agent_upload(void *arg, const char *sid, uint64_t seq, const void *data, size_t len, bool last,
+                 const void *meta, size_t meta_len)
+{
+    struct agent_run *a = arg;
+    struct rp_buf req;
+    msgpack_packer pk;
+    rp_buf_init(&req);
+    rp_mp_packer_init(&pk, &req);
+    msgpack_pack_map(&pk, meta_len ? 6 : 5);
+    rp_mp_kv_str(&pk, "m", "rec_put");
+    rp_mp_kv_str(&pk, "sid", sid);
+    rp_mp_kv_u64(&pk, "seq", seq);
+    rp_mp_pack_str(&pk, "data");
+    msgpack_pack_bin(&pk, len);
+    msgpack_pack_bin_body(&pk, data, len);
+    rp_mp_kv_bool(&pk, "last", last);
+    if (meta_len)
+        rp_mp_kv_raw(&pk, "meta", meta, meta_len);
+    pthread_mutex_lock(&a->upload_mu);
+    uint64_t gen;
+    SSL_CTX *ctx = agent_ident_ctx(&a->id, &gen);
+    int rv = 0;
+    if (a->upload_client == NULL || gen != a->upload_generation) {
+        auth_client_free(a->upload_client);
+        a->upload_client = NULL;
+        if ((rv = auth_client_new(&a->upload_client, ctx, a->addrs, a->n_addrs)) == 0)
+            auth_client_set_timeout(a->upload_client, 15000);
+        a->upload_generation = gen;
+    }
+    SSL_CTX_free(ctx);
+    if (rv == 0) {
+        msgpack_unpacked resp;
+        msgpack_unpacked_init(&resp);
+        rv = auth_client_call(a->upload_client, req.data, req.len, &resp);
+        msgpack_unpacked_destroy(&resp);
+    }
+    pthread_mutex_unlock(&a->upload_mu);
+    rp_buf_free(&req);
+    return rv;
+}
+
+/* ---- the SSH server and the recorder -------------------------------------------------
+ *
+ * The one place where the SSH server (agent/sshd.h) and the recorder (agent/recorder.h)
+ * are started and stopped; they are built apart from this file and wired in here:
+ *
+ * services_start, in this order:
+ *   mkdir <data_dir>/spool (0700), then
+ *   agent_recorder_new(&rec, "<data_dir>/spool", a->cfg->spool_max_size, agent_upload, a)
+ *   (agent_upload has the type agent_rec_upload_fn), then
+ *   agent_sshd_start(&sshd, &(struct agent_sshd_opts){
+ *       .listen_addr = a->cfg->ssh_listen_addr,
+ *       .host_key_path = agent_key_path(a->cfg->data_dir, "ssh_host_key", ...),
+ *       .host_id = a->id.host_id, .nodename = a->cfg->nodename,
+ *       .authority = &a->authority (agent_cache_authority(a->cache), kept in @a: the
+ *                    server borrows it),
+ *       .recording = a table over rec (agent_rec_open/output/input/resize/close),
+ *       .emit = agent_emit, .emit_arg = &a->events,
+ *       .accept_env = a->cfg->accept_env, .n_accept_env = a->cfg->n_accept_env,
+ *       .auth_deadline_ms = a->cfg->auth_deadline_ms})
+ * services_stop(a, sv, grace_ms), in this order:
+ *   agent_sshd_stop(sshd, grace_ms)                    sessions end within the grace
+ *   agent_recorder_flush(rec, rp_mono_ms() + grace_ms)  their recordings are uploaded
+ *   agent_recorder_free(rec)
+ * agent_main calls services_stop after presence and following stopped and before the
+ * audit sender stops, so the sessions' last events still reach auth.
+ * Until they are wired in, the agent joins, follows auth and heartbeats its presence
+ * without serving SSH. */
+struct services {
+    void *sshd;     /* struct agent_sshd * */
+    void *recorder; /* struct agent_recorder * */
+};
+
+static int services_start(struct agent_run *a, struct services *sv)
+{
+    memset(sv, 0, sizeof *sv);
+    (void)a;
+    return 0;
+}
+
+static void services_stop(struct agent_run *a, struct services *sv, uint64_t grace_ms)
+{
+    (void)a;
+    (void)grace_ms;
+    memset(sv, 0, sizeof *sv);
+}
+
+/* ---- renewal ---------------------------------------------------------------------- */
+
+uint64_t agent_renew_time(uint64_t tls_after, uint64_t tls_before, uint64_t ssh_after,
+                          uint64_t ssh_before, uint64_t draw)
+{
+    uint64_t tl = tls_before > tls_after ? tls_before - tls_after : 0;
+    uint64_t sl = ssh_before > ssh_after ? ssh_before - ssh_after : 0;
+    bool tls_first = tl != 0 && (sl == 0 || tl < sl);
+    uint64_t after = tls_first ? tls_after : ssh_after;
+    uint64_t life = tls_first ? tl : sl;
+    uint64_t spread = life / 15; /* +-1/30 of the lifetime */
+    return after + life / 3 * 2 - spread / 2 + (spread ? draw % spread : 0);
+}
+
+static void plan_renewal(struct agent_run *a)
+{
+    pthread_mutex_lock(&a->id.mu);
+    a->renew_at_ms =
+        agent_renew_time(a->id.tls_not_before_ms, a->id.tls_not_after_ms, a->id.ssh_valid_after_ms,
+                         a->id.ssh_valid_before_ms, rp_rand_u64());
+    pthread_mutex_unlock(&a->id.mu);
+    char when[40];
+    rp_format_time(a->renew_at_ms, when, sizeof when);
+    rp_info("agent", "host certificates are renewed at %s", when);
+}
+
+/* SHA-256 of the cached cert_authority resources; false if none is cached. */
+static bool ca_digest(struct agent_run *a, unsigned char out[32])
+{
+    static const char *names[2] = {"host", "user"};
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool any = false;
+    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(md);
+        return false;
+    }
+    for (int i = 0; i < 2; i++) {
+        void *res = NULL;
+        size_t len = 0;
+        if (agent_cache_get(a->cache, "cert_authority", names[i], &res, &len) == 0) {
+            EVP_DigestUpdate(md, names[i], 5);
+            EVP_DigestUpdate(md, res, len);
+            any = true;
+            free(res);
+        }
+    }
+    unsigned int n = 0;
+    EVP_DigestFinal_ex(md, out, &n);
+    EVP_MD_CTX_free(md);
+    return any;
+}
+
+/* Called by the cache after each change it applied (from the follower's thread). */
+static void on_cache_change(void *arg)
+{
+    struct agent_run *a = arg;
+    unsigned char d[32];
+    if (!ca_digest(a, d))
+        return;
+    pthread_mutex_lock(&a->ca_mu);
+    if (a->ca_digest_known && memcmp(d, a->ca_digest, 32) != 0)
+        atomic_store(&a->ca_changed, true);
+    memcpy(a->ca_digest, d, 32);
+    a->ca_digest_known = true;
+    pthread_mutex_unlock(&a->ca_mu);
+}
+
+static void renew(struct agent_run *a, const char *why)
+{
+    SSL_CTX *ctx = agent_ident_ctx(&a->id, NULL);
+    struct auth_client *c = NULL;
+    int rv = auth_client_new(&c, ctx, a->addrs, a->n_addrs);
+    SSL_CTX_free(ctx);
+    if (rv == 0) {
+        auth_client_set_timeout(c, 10000);
+        rv = agent_ident_renew(&a->id, a->cfg, c);
+    }
+    auth_client_free(c);
+    if (rv != 0) {
+        /* Tried again a minute later (+- jitter), until it works. */
+        a->renew_at_ms = rp_now_ms() + rp_jitter_ms(60000);
+        rp_warn("agent", "%s: %s; trying again later", why, rp_errmsg());
+        return;
+    }
+    rp_info("agent", "%s: done", why);
+    plan_renewal(a);
+    agent_presence_kick(a->presence);
+}
+
+static void check_renewal(struct agent_run *a)
+{
+    if (atomic_exchange(&a->ca_changed, false))
+        renew(a, "a certificate authority changed (CA rotation): renewing the host certificates");
+    if (rp_now_ms() >= a->renew_at_ms)
+        renew(a, "the host certificates reached 2/3 of their lifetime: renewing them");
+}
+
+/* ---- main ------------------------------------------------------------------------------ */
+
+int agent_main(const struct rp_config *cfg, const char *version)
+{
+    struct agent_run *a = calloc(1, sizeof *a);
+    struct services sv = {0};
+    sigset_t sigs;
+    int rv, code = 1;
+    if (a == NULL) {
+        fprintf(stderr, "raftport: out of memory\n");
+        return 1;
+    }
+    a->cfg = cfg;
+    a->version = version;
+    atomic_init(&a->ca_changed, false);
+    pthread_mutex_init(&a->upload_mu, NULL);
+    pthread_mutex_init(&a->ca_mu, NULL);
+    a->n_addrs = rp_config_auth_addrs(cfg, a->addrs, RP_CONFIG_MAX_AUTH_SERVERS + 1);
+
+    /* Every thread started from here on inherits the mask: only sigtimedwait below
+     * takes the stop signals. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if ((rv = agent_ident_init(&a->id, cfg)) != 0) {
+        fprintf(stderr, "raftport: %s\n", rp_errmsg());
+        goto out_ident;
+    }
+    rp_info("agent", "node %s (%s) of cluster %s", cfg->nodename, a->id.host_id,
+            a->id.cluster_name);
+    rv = agent_cache_open(&a->cache, cfg->data_dir);
+    if (a->cache == NULL) {
+        fprintf(stderr, "raftport: %s\n", rp_errmsg());
+        goto out_ident;
+    }
+    if (rv != 0)
+        rp_warn("agent", "the cache on disk is not used: %s", rp_errmsg());
+    else if (agent_cache_from_disk(a->cache))
+        rp_info("agent", "loaded the cache from disk: %zu resources at revision %llu",
+                agent_cache_count(a->cache, NULL), (unsigned long long)agent_cache_rev(a->cache));
+    a->ca_digest_known = ca_digest(a, a->ca_digest);
+    a->authority = agent_cache_authority(a->cache);
+    a->authority.on_change(a->authority.arg, on_cache_change, a);
+
+    if ((rv = events_start(&a->events, &a->id, a->addrs, a->n_addrs)) != 0 ||
+        (rv = agent_follow_start(&a->follow, a->cache, &a->id, a->addrs, a->n_addrs,
+                                 AGENT_MAX_BACKOFF_MS)) != 0 ||
+        (rv = agent_presence_start(&a->presence, cfg, &a->id, a->cache, version)) != 0 ||
+        (rv = services_start(a, &sv)) != 0) {
+        fprintf(stderr, "raftport: starting the node agent: %s\n", rp_errmsg());
+        goto out_stop;
+    }
+    plan_renewal(a);
+    rp_info("agent", "node agent running");
+
+    int sig = 0;
+    while (sig <= 0) {
+        struct timespec ts = {1, 0};
+        sig = sigtimedwait(&sigs, NULL, &ts);
+        if (sig < 0 && errno != EAGAIN && errno != EINTR) {
+            rp_error("agent", "sigtimedwait: %s", strerror(errno));
+            break;
+        }
+        if (sig <= 0)
+            check_renewal(a);
+    }
+    rp_info("agent", "%s: stopping (sessions get %llu ms to end)",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)cfg->shutdown_grace_ms);
+    code = 0;
+out_stop:
+    agent_presence_stop(a->presence);
+    agent_follow_stop(a->follow);
+    services_stop(a, &sv, cfg->shutdown_grace_ms);
+    events_stop(&a->events);
+    auth_client_free(a->upload_client);
+    agent_cache_free(a->cache);
+    if (code == 0)
+        rp_info("agent", "stopped");
+out_ident:
+    agent_ident_free(&a->id);
+    pthread_mutex_destroy(&a->upload_mu);
+    pthread_mutex_destroy(&a->ca_mu);
+    free(a);
+    return code;
+}
