@@ -47,9 +47,10 @@ static int parse_roles(const char *json, struct sshd_grant *g, char *why, size_t
         return RP_EDENIED;
     }
     msgpack_unpacked u;
+    /* The unpacked strings point into @mp: it lives until the end. */
     rv = rp_mp_parse(mp.data, mp.len, &u);
-    rp_buf_free(&mp);
     if (rv != 0) {
+        rp_buf_free(&mp);
         snprintf(why, why_len, "certificate extension teleport-roles cannot be read");
         return RP_EDENIED;
     }
@@ -87,6 +88,7 @@ static int parse_roles(const char *json, struct sshd_grant *g, char *why, size_t
     rv = 0;
 out:
     msgpack_unpacked_destroy(&u);
+    rp_buf_free(&mp);
     return rv;
 }
 
