@@ -335,13 +335,15 @@ static void on_stop_signal(int sig)
 
 int main(int argc, char **argv)
 {
-    struct agent_sshd_opts o = {.listen_addr = "127.0.0.1:0", .nodename = "fixture-node",
+    struct agent_sshd_opts o = {.listen_addr = "127.0.0.1:0",
+                                .nodename = "fixture-node",
                                 .host_id = "00000000-0000-4000-8000-000000000001"};
     const char *port_file = NULL, *audit = NULL;
     const char *env[32];
     char *env_copy = NULL;
     uint64_t grace = 2000;
-    struct agent_sshd_recording rec = {NULL, rec_open, rec_output, rec_input, rec_resize, rec_close};
+    struct agent_sshd_recording rec = {NULL,      rec_open,   rec_output,
+                                       rec_input, rec_resize, rec_close};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL) {
@@ -395,8 +397,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sshd-fixture: %s: %s\n", audit, strerror(errno));
         return 1;
     }
-    struct agent_authority auth = {NULL, fx_user_cas, fx_role_set, fx_lock_check, fx_labels,
-                                   fx_on_change};
+    struct agent_authority auth = {NULL,          fx_user_cas, fx_role_set,
+                                   fx_lock_check, fx_labels,   fx_on_change};
     o.authority = &auth;
     o.emit = fx_emit;
     if (fx.rec_dir != NULL || fx.rec_fail)
@@ -406,6 +408,11 @@ int main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_stop_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigprocmask(SIG_UNBLOCK, &stop_signals, NULL);
     struct agent_sshd *s = NULL;
     if (agent_sshd_start(&s, &o) != 0)
         die("start");
