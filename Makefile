@@ -144,6 +144,11 @@ jepsen: all
 bench: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/rpbench
 	@BUILD=$(BUILD) scripts/bench.sh
 
+# The node's SSH server beside stock sshd (scripts/bench-ssh.sh says what is measured).
+.PHONY: bench-ssh
+bench-ssh: $(BUILD)/sshd-fixture
+	@BUILD=$(BUILD) scripts/bench-ssh.sh
+
 demo: all
 	@scripts/demo.sh start
 
