@@ -76,6 +76,7 @@ struct chan {
     bool client_close; /* the client closed the channel */
     bool done;         /* we closed the channel (or it is gone): free when reaped */
     bool eof_sent;
+    bool refused; /* its shell/exec/subsystem request was refused: close it */
 
     int in_fd;  /* client bytes go here (child stdin, socket, PTY master); -1 when closed */
     int out_fd; /* child stdout / socket / PTY master */
@@ -675,7 +676,7 @@ static int start_session(struct chan *h, enum sess_type type, const char *what)
     struct conn_state *cs = h->cs;
     struct agent_sshd *s = cs->s;
     char why[SSHD_WHY] = "";
-    if (h->type != T_NONE || h->done || cs->stop_seen)
+    if (type == T_NONE || h->type != T_NONE || h->done || cs->stop_seen)
         return -1;
     const char *command = type == T_SHELL ? NULL : what;
     if (type == T_SUBSYSTEM) {
@@ -869,21 +870,31 @@ static int on_pty_request(ssh_session ses, ssh_channel ch, const char *term, int
     return 0;
 }
 
+/* A refused shell, exec or subsystem leaves nothing to run on the channel: the loop
+ * closes it once the failure reply is out (OpenSSH's client waits for that close). */
+static int start_or_close(struct chan *h, enum sess_type type, const char *what)
+{
+    int rv = start_session(h, type, what);
+    if (rv != 0 && h->type == T_NONE)
+        h->refused = true;
+    return rv;
+}
+
 static int on_shell_request(ssh_session ses, ssh_channel ch, void *ud)
 {
-    return start_session(ud, T_SHELL, NULL);
+    return start_or_close(ud, T_SHELL, NULL);
 }
 
 static int on_exec_request(ssh_session ses, ssh_channel ch, const char *command, void *ud)
 {
     if (command == NULL || strlen(command) > MAX_COMMAND)
-        return -1;
-    return start_session(ud, T_EXEC, command);
+        return start_or_close(ud, T_NONE, NULL);
+    return start_or_close(ud, T_EXEC, command);
 }
 
 static int on_subsystem_request(ssh_session ses, ssh_channel ch, const char *name, void *ud)
 {
-    return start_session(ud, T_SUBSYSTEM, name ? name : "");
+    return start_or_close(ud, T_SUBSYSTEM, name ? name : "");
 }
 
 static int on_env_request(ssh_session ses, ssh_channel ch, const char *name, const char *value,
@@ -1338,6 +1349,11 @@ static void service_chan(struct chan *h)
     if (h->kind == CH_SESSION) {
         reap(h);
         if (h->type == T_NONE) {
+            if (h->refused && h->ch != NULL && ssh_channel_is_open(h->ch)) {
+                ssh_channel_send_eof(h->ch);
+                ssh_channel_close(h->ch);
+                h->done = true;
+            }
             if (h->client_close)
                 h->done = true;
             return;

@@ -83,6 +83,10 @@ static const char *role_prod = "kind: role\nversion: v7\nmetadata:\n  name: prod
                                "  allow:\n    logins: [root]\n    node_labels:\n      env: prod\n";
 static const char *role_denier = "kind: role\nversion: v7\nmetadata:\n  name: denier\nspec:\n"
                                  "  deny:\n    logins: [root]\n";
+static const char *role_strict =
+    "kind: role\nversion: v7\nmetadata:\n  name: strict\nspec:\n  options:\n"
+    "    record_session:\n      ssh: strict\n  allow:\n    logins: [root]\n"
+    "    node_labels:\n      '*': '*'\n";
 static const char *role_nocopy =
     "kind: role\nversion: v7\nmetadata:\n  name: nocopy\nspec:\n  options:\n"
     "    ssh_file_copy: false\n  allow:\n    logins: [root]\n    node_labels:\n"
@@ -100,7 +104,7 @@ static bool port_known(void *arg)
     return ok;
 }
 
-static void start_fixture(const char *deadline_ms)
+static void start_fixture(const char *deadline_ms, bool rec_fail)
 {
     char bin[512], host[512], cas[512], roles[512], locks[512], audit[512], recs[512], port[512],
         log[512];
@@ -113,6 +117,7 @@ static void start_fixture(const char *deadline_ms)
     path_of(recs, sizeof recs, "recs");
     path_of(port, sizeof port, "port");
     path_of(log, sizeof log, "fixture.log");
+    unlink(port); /* a restart must not read the last server's port */
     fixture_pid = fork();
     cr_assert(fixture_pid >= 0);
     if (fixture_pid == 0) {
@@ -121,8 +126,8 @@ static void start_fixture(const char *deadline_ms)
         dup2(fd, 2);
         execl(bin, bin, "--host-key", host, "--user-ca", cas, "--roles", roles, "--labels",
               "env=test", "--locks", locks, "--audit", audit, "--rec-dir", recs, "--accept-env",
-              "LC_*,RP_TEST_*", "--auth-deadline-ms", deadline_ms, "--grace-ms", "1000",
-              "--port-file", port, (char *)NULL);
+              "LC_*,RP_TEST_*", "--auth-deadline-ms", deadline_ms, "--grace-ms", "1500",
+              "--rec-fail", rec_fail ? "1" : "0", "--port-file", port, (char *)NULL);
         _exit(127);
     }
     cr_assert(wait_until(10000, port_known, NULL), "the fixture server did not start (see %s)",
@@ -143,6 +148,7 @@ static void setup(void)
     write_text("roles/prod.yaml", role_prod, 0644);
     write_text("roles/denier.yaml", role_denier, 0644);
     write_text("roles/nocopy.yaml", role_nocopy, 0644);
+    write_text("roles/strict.yaml", role_strict, 0644);
     write_text("locks", "", 0644);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &ca), 0);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &other_ca), 0);
@@ -158,7 +164,7 @@ static void setup(void)
     write_text("host", line, 0600);
     free(line);
     EVP_PKEY_free(host);
-    start_fixture("1500");
+    start_fixture("1500", false);
 }
 
 static void stop_fixture(void)
@@ -424,15 +430,14 @@ static bool rec_has_marker(void *arg)
     return system(cmd) == 0;
 }
 
-Test(sshd_agent, pty_session_runs_commands_through_a_terminal_and_is_recorded)
+/* `ssh -tt` with identity @name on a new pseudo-terminal of 100x30. */
+static pid_t spawn_pty_ssh(const char *name, int *master)
 {
-    mint_simple("alice", "alice", "root", "\"access\"");
     char key[512], certopt[600];
-    path_of(key, sizeof key, "alice");
+    path_of(key, sizeof key, name);
     snprintf(certopt, sizeof certopt, "CertificateFile=%s-cert.pub", key);
     struct winsize ws = {.ws_row = 30, .ws_col = 100};
-    int master = -1;
-    pid_t pid = forkpty(&master, NULL, NULL, &ws);
+    pid_t pid = forkpty(master, NULL, NULL, &ws);
     cr_assert(pid >= 0);
     if (pid == 0) {
         execlp("ssh", "ssh", "-tt", "-o", "UserKnownHostsFile=/dev/null", "-o",
@@ -441,6 +446,35 @@ Test(sshd_agent, pty_session_runs_commands_through_a_terminal_and_is_recorded)
                (char *)NULL);
         _exit(127);
     }
+    return pid;
+}
+
+/* Waits up to @ms for @pid to end, draining @master; its wait status, or -1. */
+static int wait_pty_ssh(pid_t pid, int master, int ms)
+{
+    int st = 0;
+    uint64_t end = cl_now_ms() + (uint64_t)ms;
+    pid_t w;
+    while ((w = waitpid(pid, &st, WNOHANG)) == 0 && cl_now_ms() < end) {
+        char buf[1024];
+        struct pollfd p = {master, POLLIN, 0};
+        if (poll(&p, 1, 100) == 1 && read(master, buf, sizeof buf) <= 0)
+            cl_sleep_ms(20);
+    }
+    if (w == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return st;
+}
+
+Test(sshd_agent, pty_session_runs_commands_through_a_terminal_and_is_recorded)
+{
+    mint_simple("alice", "alice", "root", "\"access\"");
+    int master = -1;
+    pid_t pid = spawn_pty_ssh("alice", &master);
+    struct winsize ws = {0};
     struct rp_buf acc;
     rp_buf_init(&acc);
     const char *cmd = "echo pty-$((6*7)); tty; stty size\n";
@@ -462,15 +496,8 @@ Test(sshd_agent, pty_session_runs_commands_through_a_terminal_and_is_recorded)
     cr_assert(read_until(master, &acc, "40 120", 5000), "resize not applied: %s", (char *)acc.data);
     const char *bye = "exit 3\n";
     cr_assert_eq(write(master, bye, strlen(bye)), (ssize_t)strlen(bye));
-    int st = 0;
-    uint64_t end = cl_now_ms() + 10000;
-    while (waitpid(pid, &st, WNOHANG) == 0 && cl_now_ms() < end) {
-        char buf[1024];
-        struct pollfd p = {master, POLLIN, 0};
-        if (poll(&p, 1, 100) == 1 && read(master, buf, sizeof buf) <= 0)
-            cl_sleep_ms(20);
-    }
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3, "ssh -tt ended with %d", st);
+    int st = wait_pty_ssh(pid, master, 10000);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 3, "ssh -tt ended with %d", st);
     close(master);
     rp_buf_free(&acc);
     expect_audit("\"event\":\"session.start\"", "\"size\":\"100:30\"", "\"interactive\":\"true\"");
@@ -852,4 +879,104 @@ Test(sshd_agent, session_runs_as_the_login_user_with_its_home_and_shell)
     /* A login without an account is refused. */
     mint_simple("ghost", "ghost", "nosuchuser42", "\"access\"");
     expect_refused("ghost", "nosuchuser42", "has no account on this node");
+}
+
+Test(sshd_agent, strict_recording_refuses_a_session_it_cannot_record)
+{
+    stop_fixture();
+    start_fixture("1500", true);
+    mint_simple("gina", "gina", "root", "\"strict\"");
+    mint_simple("alice", "alice", "root", "\"access\"");
+    int master = -1;
+    pid_t pid = spawn_pty_ssh("gina", &master);
+    int st = wait_pty_ssh(pid, master, 15000);
+    close(master);
+    cr_assert(st >= 0 && !(WIFEXITED(st) && WEXITSTATUS(st) == 0),
+              "a strict session ran unrecorded (status %d)", st);
+    expect_audit("\"event\":\"session.rejected\"", "record_session is strict", "\"user\":\"gina\"");
+    /* best_effort goes on, audited. */
+    pid = spawn_pty_ssh("alice", &master);
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    const char *cmd = "echo unrecorded-$((2*21)); exit 0\n";
+    cr_assert_eq(write(master, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+    cr_assert(read_until(master, &acc, "unrecorded-42", 10000), "best_effort session did not run");
+    st = wait_pty_ssh(pid, master, 10000);
+    close(master);
+    rp_buf_free(&acc);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+    expect_audit("\"event\":\"session.upload\"", "best_effort", "\"user\":\"alice\"");
+}
+
+Test(sshd_agent, graceful_stop_tells_pty_sessions_and_ends_them_after_the_grace)
+{
+    mint_simple("alice", "alice", "root", "\"access\"");
+    int master = -1;
+    pid_t pid = spawn_pty_ssh("alice", &master);
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    const char *cmd = "echo ready-$((40+2))\n";
+    cr_assert_eq(write(master, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+    cr_assert(read_until(master, &acc, "ready-42", 10000));
+    uint64_t t0 = cl_now_ms();
+    kill(fixture_pid, SIGTERM);
+    cr_assert(read_until(master, &acc, "shutting down", 5000), "no notice on the terminal: %s",
+              (char *)acc.data);
+    int st = wait_pty_ssh(pid, master, 10000);
+    uint64_t took = cl_now_ms() - t0;
+    close(master);
+    rp_buf_free(&acc);
+    cr_assert(st >= 0, "the session outlived the stop");
+    cr_assert(took >= 1000, "the session ended after %llu ms, before the 1500 ms grace",
+              (unsigned long long)took);
+    int fst = 0;
+    uint64_t end = cl_now_ms() + 10000;
+    pid_t w;
+    while ((w = waitpid(fixture_pid, &fst, WNOHANG)) == 0 && cl_now_ms() < end)
+        cl_sleep_ms(50);
+    cr_assert_eq(w, fixture_pid, "the server did not exit after its grace");
+    fixture_pid = -1;
+    cr_assert(WIFEXITED(fst) && WEXITSTATUS(fst) == 0);
+    expect_audit("\"event\":\"session.end\"", "\"user\":\"alice\"", NULL);
+}
+
+static bool agent_test_script(const char *key_for_agent, char *out, size_t n)
+{
+    char key[512], cert[600], akey[512], script[4096];
+    path_of(key, sizeof key, "alice");
+    snprintf(cert, sizeof cert, "%s-cert.pub", key);
+    path_of(akey, sizeof akey, key_for_agent);
+    snprintf(script, sizeof script,
+             "eval $(ssh-agent -s) >/dev/null; ssh-add -q %s 2>/dev/null; "
+             "ssh -A -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no "
+             "-o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR -i %s "
+             "-o CertificateFile=%s -p %s root@127.0.0.1 "
+             "'stat -c %%a \"$(dirname \"$SSH_AUTH_SOCK\")\"; ssh-add -l'; rc=$?; "
+             "kill $SSH_AGENT_PID; exit $rc",
+             akey, key, cert, port_s);
+    char *argv[] = {"/bin/sh", "-c", script, NULL};
+    struct cl_run r;
+    memset(&r, 0, sizeof r);
+    cl_run_argv(argv, 20000, &r);
+    snprintf(out, n, "%s", r.out ? r.out : "");
+    bool ok = r.status == 0;
+    cl_run_free(&r);
+    return ok;
+}
+
+Test(sshd_agent, agent_forwarding_reaches_the_clients_agent_through_a_private_socket)
+{
+    mint_simple("alice", "alice", "root", "\"access\"");
+    mint_simple("agentkey", "agentkey", "root", "\"access\"");
+    char fp[128] = "", *line = NULL, out[4096];
+    char *text = read_text("agentkey-cert.pub");
+    struct rp_ssh_cert c;
+    cr_assert_eq(rp_ssh_cert_parse_line(text, &c, &line), 0);
+    free(text);
+    cr_assert_eq(rp_ssh_fingerprint(c.key, fp, sizeof fp), 0);
+    rp_ssh_cert_free(&c);
+    free(line);
+    cr_assert(agent_test_script("agentkey", out, sizeof out), "ssh -A failed: %s", out);
+    cr_assert(strstr(out, "700\n") != NULL, "the agent socket's directory is not 0700: %s", out);
+    cr_assert(strstr(out, fp) != NULL, "the forwarded agent does not list %s: %s", fp, out);
 }
