@@ -178,6 +178,12 @@ static void stop_fixture(void)
         waitpid(fixture_pid, &st, 0);
         fixture_pid = -1;
     }
+    /* A sanitizer build of the server reports into its log: bring the report into the
+     * test's output, where the test runner fails the binary for it. */
+    char *log = read_text("fixture.log");
+    if (strstr(log, "Sanitizer") != NULL || strstr(log, "runtime error:") != NULL)
+        fprintf(stderr, "the server's log holds a sanitizer report:\n%s\n", log);
+    free(log);
 }
 
 static void teardown(void)
