@@ -39,6 +39,7 @@
 static char dir[256];
 static char port_s[16];
 static pid_t fixture_pid = -1;
+static const char *max_unauth = "64";
 static EVP_PKEY *ca, *other_ca;
 
 static void path_of(char *out, size_t n, const char *name)
@@ -87,6 +88,14 @@ static const char *role_strict =
     "kind: role\nversion: v7\nmetadata:\n  name: strict\nspec:\n  options:\n"
     "    record_session:\n      ssh: strict\n  allow:\n    logins: [root]\n"
     "    node_labels:\n      '*': '*'\n";
+static const char *role_idle =
+    "kind: role\nversion: v7\nmetadata:\n  name: idle\nspec:\n  options:\n"
+    "    client_idle_timeout: 2s\n  allow:\n    logins: [root]\n    node_labels:\n"
+    "      '*': '*'\n";
+static const char *role_expiring =
+    "kind: role\nversion: v7\nmetadata:\n  name: expiring\nspec:\n  options:\n"
+    "    disconnect_expired_cert: true\n  allow:\n    logins: [root]\n    node_labels:\n"
+    "      '*': '*'\n";
 static const char *role_nocopy =
     "kind: role\nversion: v7\nmetadata:\n  name: nocopy\nspec:\n  options:\n"
     "    ssh_file_copy: false\n  allow:\n    logins: [root]\n    node_labels:\n"
@@ -127,7 +136,8 @@ static void start_fixture(const char *deadline_ms, bool rec_fail)
         execl(bin, bin, "--host-key", host, "--user-ca", cas, "--roles", roles, "--labels",
               "env=test", "--locks", locks, "--audit", audit, "--rec-dir", recs, "--accept-env",
               "LC_*,RP_TEST_*", "--auth-deadline-ms", deadline_ms, "--grace-ms", "1500",
-              "--rec-fail", rec_fail ? "1" : "0", "--port-file", port, (char *)NULL);
+              "--rec-fail", rec_fail ? "1" : "0", "--max-unauth", max_unauth, "--port-file", port,
+              (char *)NULL);
         _exit(127);
     }
     cr_assert(wait_until(10000, port_known, NULL), "the fixture server did not start (see %s)",
@@ -149,6 +159,8 @@ static void setup(void)
     write_text("roles/denier.yaml", role_denier, 0644);
     write_text("roles/nocopy.yaml", role_nocopy, 0644);
     write_text("roles/strict.yaml", role_strict, 0644);
+    write_text("roles/idle.yaml", role_idle, 0644);
+    write_text("roles/expiring.yaml", role_expiring, 0644);
     write_text("locks", "", 0644);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &ca), 0);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &other_ca), 0);
@@ -985,4 +997,73 @@ Test(sshd_agent, agent_forwarding_reaches_the_clients_agent_through_a_private_so
     cr_assert(agent_test_script("agentkey", out, sizeof out), "ssh -A failed: %s", out);
     cr_assert(strstr(out, "700\n") != NULL, "the agent socket's directory is not 0700: %s", out);
     cr_assert(strstr(out, fp) != NULL, "the forwarded agent does not list %s: %s", fp, out);
+}
+
+/* Runs `sleep 30` as @name; returns how long until the server cut it (ms). */
+static uint64_t time_until_cut(const char *name)
+{
+    struct cl_run r;
+    uint64_t t0 = cl_now_ms();
+    client("ssh", name, &r, 20000, "root@127.0.0.1", "sleep 30", NULL);
+    uint64_t took = cl_now_ms() - t0;
+    cr_assert_neq(r.status, 0, "sleep 30 ended well after %llu ms", (unsigned long long)took);
+    cl_run_free(&r);
+    return took;
+}
+
+Test(sshd_agent, client_idle_timeout_closes_a_silent_session)
+{
+    mint_simple("ivan", "ivan", "root", "\"idle\"");
+    uint64_t took = time_until_cut("ivan");
+    cr_assert(took >= 1500 && took < 10000, "cut after %llu ms; client_idle_timeout is 2s",
+              (unsigned long long)took);
+    expect_audit("\"event\":\"client.disconnect\"", "client_idle_timeout", "\"user\":\"ivan\"");
+}
+
+Test(sshd_agent, disconnect_expired_cert_closes_the_session_when_the_certificate_expires)
+{
+    struct mint m = {.name = "judy",
+                     .user = "judy",
+                     .principals = "root",
+                     .roles = "\"expiring\"",
+                     .after_s = -60,
+                     .before_s = 4};
+    mint(&m);
+    uint64_t took = time_until_cut("judy");
+    cr_assert(took < 10000, "cut after %llu ms; the certificate expired after about 4 s",
+              (unsigned long long)took);
+    expect_audit("\"event\":\"client.disconnect\"", "certificate expired", "\"user\":\"judy\"");
+}
+
+Test(sshd_agent, connections_beyond_max_unauthenticated_are_closed_at_accept)
+{
+    stop_fixture();
+    max_unauth = "2";
+    start_fixture("3000", false);
+    int fds[3];
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atoi(port_s)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < 3; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_eq(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), 0);
+        cl_sleep_ms(200); /* accepted in order */
+    }
+    /* The third is closed at once; the first two get the server's banner. */
+    char buf[256];
+    struct pollfd p = {fds[2], POLLIN, 0};
+    cr_assert_eq(poll(&p, 1, 2000), 1);
+    cr_assert_eq(read(fds[2], buf, sizeof buf), 0, "the third connection was served");
+    for (int i = 0; i < 2; i++) {
+        struct pollfd q = {fds[i], POLLIN, 0};
+        cr_assert_eq(poll(&q, 1, 2000), 1);
+        ssize_t n = read(fds[i], buf, sizeof buf);
+        cr_assert(n > 4 && memcmp(buf, "SSH-", 4) == 0, "connection %d got no banner", i);
+    }
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    char *log = read_text("fixture.log");
+    cr_assert(strstr(log, "max_unauthenticated") != NULL, "no log line: %s", log);
+    free(log);
+    max_unauth = "64";
 }
