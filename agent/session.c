@@ -1025,8 +1025,18 @@ static ssh_channel on_channel_open_session(ssh_session ses, void *ud)
     if (!cs->authed || cs->stop_seen)
         return NULL;
     if (max > 0 && cs->n_sessions >= max) {
-        rp_warn(SSHD_LOG, "%s@%s from %s: session refused: %u open, max_sessions is %u", cs->g.user,
-                cs->login, cs->c->remote, cs->n_sessions, max);
+        char why[128];
+        snprintf(why, sizeof why, "%u sessions are open on this connection, max_sessions is %u",
+                 cs->n_sessions, max);
+        struct sshd_ev ev = {.event = "session.rejected",
+                             .code = "T1006W",
+                             .user = cs->g.user,
+                             .login = cs->login,
+                             .k = {"reason"},
+                             .v = {why}};
+        sshd_emit(cs->s, cs->c, &ev);
+        rp_warn(SSHD_LOG, "%s@%s from %s: session refused: %s", cs->g.user, cs->login,
+                cs->c->remote, why);
         return NULL;
     }
     struct chan *h = chan_new(cs, CH_SESSION);

@@ -4,8 +4,8 @@
  *              lock re-checks on the authority's changes, audit events;
  *   sshauth.c  the login decision from a certificate (pure: no libssh);
  *   session.c  one connection's thread: key exchange, authentication, channels,
- *              child processes and the pump;
- *   forward.c  direct-tcpip (ssh -L) and agent forwarding. */
+ *              child processes, the pump, direct-tcpip (ssh -L) and agent
+ *              forwarding (they share the channel pump and its structures). */
 #ifndef RP_AGENT_SSHD_INT_H
 #define RP_AGENT_SSHD_INT_H
 

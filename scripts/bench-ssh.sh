@@ -14,7 +14,7 @@
 #   BUILD        build directory (default build)
 #   N            session-open runs per server (default 50)
 #   SCP_MB       size of the copied file in MiB (default 1024)
-#   SCP_RUNS     scp runs per server, best kept (default 2)
+#   SCP_RUNS     scp runs per server, interleaved, best kept (default 3)
 #   SESSIONS     open sessions for the RSS figure (default 100)
 #   RP_SERVER    how our server is started; PORT, DIR (keys, roles) are set for it.
 #                Default: "$BUILD/sshd-fixture" over DIR's CA and roles. To bench the
@@ -25,7 +25,7 @@ set -euo pipefail
 BUILD=${BUILD:-build}
 N=${N:-50}
 SCP_MB=${SCP_MB:-1024}
-SCP_RUNS=${SCP_RUNS:-2}
+SCP_RUNS=${SCP_RUNS:-3}
 SESSIONS=${SESSIONS:-100}
 BUILD=$(cd "$BUILD" && pwd)
 
@@ -66,7 +66,7 @@ EOF
 OUR_PORT=$(free_port)
 export PORT=$OUR_PORT DIR
 RP_SERVER=${RP_SERVER:-"$BUILD/sshd-fixture --listen 127.0.0.1:\$PORT --host-key \$DIR/host_ours --user-ca \$DIR/ca.pub --roles \$DIR/roles --labels env=bench --log-level warn"}
-eval "$RP_SERVER" >"$DIR/ours.log" 2>&1 &
+eval "exec $RP_SERVER" >"$DIR/ours.log" 2>&1 &
 OUR_PID=$!
 pids+=("$OUR_PID")
 
@@ -134,21 +134,23 @@ read -r SSHD_MED SSHD_P90 <<<"$(stat_ms "$DIR/t_sshd")"
 
 # ---- 2. 1 GiB scp download --------------------------------------------------------------
 head -c "$((SCP_MB * 1024 * 1024))" /dev/urandom >"$DATA/src"
-best_scp() { # port -> best MB/s
-  local best=0
-  for _ in $(seq 1 "$SCP_RUNS"); do
-    rm -f "$DATA/dst"
-    local t0 t1
-    t0=$(now_us)
-    scp "${SSH_OPTS[@]}" -P "$1" "root@127.0.0.1:$DATA/src" "$DATA/dst"
-    t1=$(now_us)
-    cmp -s "$DATA/src" "$DATA/dst" || { echo "bench-ssh: scp from port $1 changed the file" >&2; exit 1; }
-    best=$(awk -v b="$best" -v mb="$SCP_MB" -v us=$((t1 - t0)) 'BEGIN {r = mb / (us / 1e6); print (r > b ? r : b)}')
-  done
-  echo "$best"
+scp_mbs() { # port -> MB/s of one download
+  rm -f "$DATA/dst"
+  local t0 t1
+  t0=$(now_us)
+  scp "${SSH_OPTS[@]}" -P "$1" "root@127.0.0.1:$DATA/src" "$DATA/dst"
+  t1=$(now_us)
+  cmp -s "$DATA/src" "$DATA/dst" || { echo "bench-ssh: scp from port $1 changed the file" >&2; exit 1; }
+  awk -v mb="$SCP_MB" -v us=$((t1 - t0)) 'BEGIN {print mb / (us / 1e6)}'
 }
-OURS_MBS=$(best_scp "$OUR_PORT")
-SSHD_MBS=$(best_scp "$SSHD_PORT")
+max() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
+# Interleaved, best of SCP_RUNS each: load from elsewhere hits both alike.
+OURS_MBS=0
+SSHD_MBS=0
+for _ in $(seq 1 "$SCP_RUNS"); do
+  OURS_MBS=$(max "$OURS_MBS" "$(scp_mbs "$OUR_PORT")")
+  SSHD_MBS=$(max "$SSHD_MBS" "$(scp_mbs "$SSHD_PORT")")
+done
 rm -f "$DATA/src" "$DATA/dst"
 
 # ---- 3. memory ------------------------------------------------------------------------------

@@ -96,6 +96,10 @@ static const char *role_expiring =
     "kind: role\nversion: v7\nmetadata:\n  name: expiring\nspec:\n  options:\n"
     "    disconnect_expired_cert: true\n  allow:\n    logins: [root]\n    node_labels:\n"
     "      '*': '*'\n";
+static const char *role_one =
+    "kind: role\nversion: v7\nmetadata:\n  name: one\nspec:\n  options:\n"
+    "    max_sessions: 1\n  allow:\n    logins: [root]\n    node_labels:\n"
+    "      '*': '*'\n";
 static const char *role_nocopy =
     "kind: role\nversion: v7\nmetadata:\n  name: nocopy\nspec:\n  options:\n"
     "    ssh_file_copy: false\n  allow:\n    logins: [root]\n    node_labels:\n"
@@ -160,6 +164,7 @@ static void setup(void)
     write_text("roles/nocopy.yaml", role_nocopy, 0644);
     write_text("roles/strict.yaml", role_strict, 0644);
     write_text("roles/idle.yaml", role_idle, 0644);
+    write_text("roles/one.yaml", role_one, 0644);
     write_text("roles/expiring.yaml", role_expiring, 0644);
     write_text("locks", "", 0644);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &ca), 0);
@@ -205,6 +210,8 @@ static void teardown(void)
     EVP_PKEY_free(other_ca);
     ca = other_ca = NULL;
     char cmd[600];
+    if (getenv("RP_KEEP_TMP"))
+        return;
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", dir);
@@ -1066,4 +1073,60 @@ Test(sshd_agent, connections_beyond_max_unauthenticated_are_closed_at_accept)
     cr_assert(strstr(log, "max_unauthenticated") != NULL, "no log line: %s", log);
     free(log);
     max_unauth = "64";
+}
+
+/* ssh -o @ctl -o @opt @flag root@... @command, in the background. */
+static pid_t spawn_ssh_bg(const char *name, const char *ctl, const char *opt, const char *flag,
+                          const char *command)
+{
+    char key[512], certopt[600];
+    path_of(key, sizeof key, name);
+    snprintf(certopt, sizeof certopt, "CertificateFile=%s-cert.pub", key);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        execlp("ssh", "ssh", "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+               "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-i", key,
+               "-o", certopt, "-p", port_s, "-o", ctl, "-o", opt, flag, "root@127.0.0.1", command,
+               (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+Test(sshd_agent, max_sessions_refuses_a_second_session_on_one_connection)
+{
+    mint_simple("kim", "kim", "root", "\"one\"");
+    char mux[512], ctl[600], flag[512], cmd[700];
+    path_of(mux, sizeof mux, "mux");
+    snprintf(ctl, sizeof ctl, "ControlPath=%s", mux);
+    path_of(flag, sizeof flag, "first-started");
+    pid_t master = spawn_ssh_bg("kim", ctl, "ControlMaster=yes", "-N", NULL);
+    uint64_t end = cl_now_ms() + 10000;
+    while (!rp_file_exists(mux) && cl_now_ms() < end)
+        cl_sleep_ms(50);
+    cr_assert(rp_file_exists(mux), "the control master did not start");
+    snprintf(cmd, sizeof cmd, "touch %s; sleep 30", flag);
+    pid_t first = spawn_ssh_bg("kim", ctl, "ControlMaster=no", "-T", cmd);
+    end = cl_now_ms() + 10000;
+    while (!rp_file_exists(flag) && cl_now_ms() < end)
+        cl_sleep_ms(50);
+    cr_assert(rp_file_exists(flag), "the first session did not start");
+    /* The mux client asks the master's connection for a second session; refused, it
+     * falls back to a connection of its own, where the command runs. */
+    struct cl_run r;
+    client("ssh", "kim", &r, 20000, "-o", ctl, "root@127.0.0.1", "echo second", NULL);
+    cl_run_free(&r);
+    kill(first, SIGKILL);
+    kill(master, SIGKILL);
+    waitpid(first, NULL, 0);
+    waitpid(master, NULL, 0);
+    expect_audit("\"event\":\"session.rejected\"", "max_sessions is 1", "\"user\":\"kim\"");
+    char *log = read_text("fixture.log");
+    size_t accepted = 0;
+    for (char *p = log; (p = strstr(p, "accepted kim@root")) != NULL; p++)
+        accepted++;
+    free(log);
+    cr_assert_eq(accepted, 2, "the second session should have needed a second connection");
 }
