@@ -82,7 +82,11 @@ struct chan {
     int out_fd; /* child stdout / socket / PTY master */
     int err_fd; /* child stderr (no PTY) */
     bool out_eof, err_eof, in_broken;
-    bool out_drained;    /* the last read of out_fd found nothing (EAGAIN) */
+    bool out_drained; /* the last read of out_fd found nothing (EAGAIN) */
+    /* What the last poll() said, so that the pump only touches fds that are ready
+     * (a read that finds nothing costs a syscall per loop). */
+    bool out_ready, err_ready, in_ready, pid_ready;
+    bool more_input;     /* libssh may hold client bytes for this channel */
     struct rp_buf inbuf; /* client bytes not yet written to in_fd */
     size_t inoff;
     struct rp_buf outpend; /* bytes read from a fd that libssh did not take yet */
@@ -966,6 +970,16 @@ static void on_signal(ssh_session ses, ssh_channel ch, const char *sig, void *ud
         }
 }
 
+/* Client bytes stay in libssh (0 consumed) until the pump has room for them: this
+ * only says that there are some, whichever libssh call happened to read them. */
+static int on_data(ssh_session ses, ssh_channel ch, void *data, uint32_t len, int is_stderr,
+                   void *ud)
+{
+    if (!is_stderr)
+        ((struct chan *)ud)->more_input = true;
+    return 0;
+}
+
 static void on_eof(ssh_session ses, ssh_channel ch, void *ud)
 {
     ((struct chan *)ud)->client_eof = true;
@@ -1003,6 +1017,7 @@ static void chan_set_callbacks(struct chan *h)
     memset(&h->cb, 0, sizeof h->cb);
     h->cb.userdata = h;
     h->cb.channel_eof_function = on_eof;
+    h->cb.channel_data_function = on_data;
     h->cb.channel_close_function = on_close;
     if (h->kind == CH_SESSION) {
         h->cb.channel_pty_request_function = on_pty_request;
@@ -1303,14 +1318,22 @@ static void pump_in(struct chan *h)
             chan_fail(h);
             return;
         }
-        if (n <= 0)
+        if (n <= 0) {
+            h->more_input = false;
             break;
+        }
+        /* Less than asked: libssh's buffer for the channel is empty (asking again
+         * would poll the socket for nothing). */
+        if ((size_t)n < sizeof buf)
+            h->more_input = false;
         h->rx += (uint64_t)n;
         cs->last_activity_mono = rp_mono_ms();
         if (rp_buf_append(&h->inbuf, buf, (size_t)n) != 0) {
             chan_fail(h);
             return;
         }
+        if (!h->more_input)
+            break;
     }
     if (h->client_eof && h->inoff == h->inbuf.len && h->in_fd >= 0 && !h->pty) {
         if (h->kind == CH_SESSION) {
@@ -1357,7 +1380,8 @@ static void service_chan(struct chan *h)
         return;
     }
     if (h->kind == CH_SESSION) {
-        reap(h);
+        if (h->pid_ready || h->pidfd < 0)
+            reap(h);
         if (h->type == T_NONE) {
             if (h->refused && h->ch != NULL && ssh_channel_is_open(h->ch)) {
                 ssh_channel_send_eof(h->ch);
@@ -1382,12 +1406,12 @@ static void service_chan(struct chan *h)
             return;
         }
     }
-    if (h->in_fd >= 0 || h->inbuf.len > 0 || !h->client_eof)
+    if (h->more_input || h->in_ready || (h->client_eof && h->in_fd >= 0))
         pump_in(h);
     h->out_drained = false;
-    if (h->out_fd >= 0 && !h->out_eof)
+    if (h->out_fd >= 0 && !h->out_eof && (h->out_ready || h->outpend.len > 0 || h->exited))
         pump_out(h, h->out_fd, false, &h->out_eof);
-    if (h->err_fd >= 0 && !h->err_eof)
+    if (h->err_fd >= 0 && !h->err_eof && (h->err_ready || h->outpend.len > 0 || h->exited))
         pump_out(h, h->err_fd, true, &h->err_eof);
     if (h->kind == CH_SESSION) {
         if (h->exited && h->pty && !h->out_eof && h->out_drained) {
@@ -1571,14 +1595,15 @@ static bool must_close(struct conn_state *cs, uint64_t now, int *timeout)
     return false;
 }
 
+enum { W_NONE, W_OUT, W_ERR, W_IN, W_PID };
+
 static void channel_loop(struct conn_state *cs)
 {
     struct sshd_conn *c = cs->c;
-    size_t cap = 16;
-    struct pollfd *p = malloc(cap * sizeof *p);
-    struct chan **owner = malloc(cap * sizeof *owner);
-    if (p == NULL || owner == NULL)
-        goto out;
+    size_t cap = 0;
+    struct pollfd *p = NULL;
+    struct chan **owner = NULL;
+    unsigned char *what = NULL;
     cs->last_activity_mono = rp_mono_ms();
     for (;;) {
         int timeout = 1000;
@@ -1594,29 +1619,38 @@ static void channel_loop(struct conn_state *cs)
             }
             break;
         }
-        size_t n = 0;
-        if (cap < 3 + (size_t)cs->n_chans * 4) {
-            cap = 3 + (size_t)cs->n_chans * 4 + 16;
-            struct pollfd *np = realloc(p, cap * sizeof *p);
+        size_t need = 3 + (size_t)cs->n_chans * 4;
+        if (cap < need) {
+            size_t ncap = need + 16;
+            struct pollfd *np = realloc(p, ncap * sizeof *p);
             if (np != NULL)
                 p = np;
-            struct chan **no = realloc(owner, cap * sizeof *owner);
+            struct chan **no = realloc(owner, ncap * sizeof *owner);
             if (no != NULL)
                 owner = no;
-            if (np == NULL || no == NULL)
+            unsigned char *nw = realloc(what, ncap);
+            if (nw != NULL)
+                what = nw;
+            if (np == NULL || no == NULL || nw == NULL)
                 break;
+            cap = ncap;
         }
-        int sfd = ssh_get_fd(cs->ses);
+        size_t n = 0;
         short sev = POLLIN;
         if (ssh_get_poll_flags(cs->ses) & SSH_WRITE_PENDING)
             sev |= POLLOUT;
-        p[n] = (struct pollfd){sfd, sev, 0};
-        owner[n++] = NULL;
+        p[n] = (struct pollfd){ssh_get_fd(cs->ses), sev, 0};
+        owner[n] = NULL;
+        what[n++] = W_NONE;
         p[n] = (struct pollfd){c->wake[0], POLLIN, 0};
-        owner[n++] = NULL;
+        owner[n] = NULL;
+        what[n++] = W_NONE;
+        size_t agent_at = 0;
         if (cs->agent_listen_fd >= 0) {
+            agent_at = n;
             p[n] = (struct pollfd){cs->agent_listen_fd, POLLIN, 0};
-            owner[n++] = NULL;
+            owner[n] = NULL;
+            what[n++] = W_NONE;
         }
         for (struct chan *h = cs->chans; h != NULL; h = h->next) {
             if (h->done || h->ch == NULL || h->opening)
@@ -1624,20 +1658,24 @@ static void channel_loop(struct conn_state *cs)
             bool open_window = ssh_channel_window_size(h->ch) > 0 && h->outpend.len == 0;
             if (h->out_fd >= 0 && !h->out_eof && open_window) {
                 p[n] = (struct pollfd){h->out_fd, POLLIN, 0};
-                owner[n++] = h;
+                owner[n] = h;
+                what[n++] = W_OUT;
             }
             if (h->in_fd >= 0 && !h->in_broken && h->inoff < h->inbuf.len) {
                 p[n] = (struct pollfd){h->in_fd, POLLOUT, 0};
-                owner[n++] = h;
+                owner[n] = h;
+                what[n++] = W_IN;
             }
             if (h->err_fd >= 0 && !h->err_eof && open_window) {
                 p[n] = (struct pollfd){h->err_fd, POLLIN, 0};
-                owner[n++] = h;
+                owner[n] = h;
+                what[n++] = W_ERR;
             }
             if (h->pid > 0 && !h->exited) {
                 if (h->pidfd >= 0) {
                     p[n] = (struct pollfd){h->pidfd, POLLIN, 0};
-                    owner[n++] = h;
+                    owner[n] = h;
+                    what[n++] = W_PID;
                 } else if (timeout > 50) {
                     timeout = 50; /* no pidfd: look for the exit now and then */
                 }
@@ -1651,21 +1689,33 @@ static void channel_loop(struct conn_state *cs)
             while (read(c->wake[0], drain, sizeof drain) > 0)
                 ;
         }
-        if (p[0].revents || (ssh_get_poll_flags(cs->ses) & SSH_WRITE_PENDING)) {
+        bool ssh_in = p[0].revents != 0;
+        if (ssh_in || (ssh_get_poll_flags(cs->ses) & SSH_WRITE_PENDING)) {
             if (ssh_event_dopoll(cs->ev, 0) == SSH_ERROR)
                 break;
         }
-        if (cs->agent_listen_fd >= 0 && n > 2 && p[2].fd == cs->agent_listen_fd && p[2].revents)
+        if (agent_at > 0 && p[agent_at].revents)
             agent_accept(cs);
-        for (struct chan *h = cs->chans; h != NULL; h = h->next)
+        for (size_t i = 0; i < n; i++) {
+            struct chan *h = owner[i];
+            if (h == NULL || p[i].revents == 0)
+                continue;
+            h->out_ready |= what[i] == W_OUT;
+            h->err_ready |= what[i] == W_ERR;
+            h->in_ready |= what[i] == W_IN;
+            h->pid_ready |= what[i] == W_PID;
+        }
+        for (struct chan *h = cs->chans; h != NULL; h = h->next) {
             service_chan(h);
+            h->out_ready = h->err_ready = h->in_ready = h->pid_ready = false;
+        }
         sweep(cs);
         if (!ssh_is_connected(cs->ses) || ssh_get_status(cs->ses) & (SSH_CLOSED | SSH_CLOSED_ERROR))
             break;
     }
-out:
     free(p);
     free(owner);
+    free(what);
 }
 
 /* ---- the connection ------------------------------------------------------------------ */
