@@ -17,7 +17,7 @@ TEST_LIBS := -lcriterion
 
 LIB_SRCS := $(wildcard lib/*.c raft/*.c state/*.c auth/*.c proxy/*.c agent/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
-TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/rpbench
+TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/rpbench $(BUILD)/sshd-fixture
 TESTLIB_SRCS := $(wildcard tests/lib/*.c)
 TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
@@ -143,6 +143,11 @@ jepsen: all
 .PHONY: bench
 bench: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/rpbench
 	@BUILD=$(BUILD) scripts/bench.sh
+
+# The node's SSH server beside stock sshd (scripts/bench-ssh.sh says what is measured).
+.PHONY: bench-ssh
+bench-ssh: $(BUILD)/sshd-fixture
+	@BUILD=$(BUILD) scripts/bench-ssh.sh
 
 demo: all
 	@scripts/demo.sh start
