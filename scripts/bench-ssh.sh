@@ -34,6 +34,7 @@ DATA=$(mktemp -d /dev/shm/rp-bench-ssh.XXXXXX 2>/dev/null || mktemp -d /tmp/rp-b
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   [ -f "$DIR/sshd.pid" ] && kill "$(cat "$DIR/sshd.pid")" 2>/dev/null || true
   rm -rf "$DIR" "$DATA"
 }
