@@ -34,6 +34,7 @@ DATA=$(mktemp -d /dev/shm/rp-bench-ssh.XXXXXX 2>/dev/null || mktemp -d /tmp/rp-b
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   [ -f "$DIR/sshd.pid" ] && kill "$(cat "$DIR/sshd.pid")" 2>/dev/null || true
   rm -rf "$DIR" "$DATA"
 }
@@ -174,14 +175,14 @@ open_sessions() { # port -> starts SESSIONS `sleep` sessions
 }
 count_sleeps() { pgrep -f -x "sleep 600" | wc -l; }
 open_sessions "$OUR_PORT"
-for _ in $(seq 1 300); do [ "$(count_sleeps)" -ge "$SESSIONS" ] && break; sleep 0.1; done
+for _ in $(seq 1 900); do [ "$(count_sleeps)" -ge "$SESSIONS" ] && break; sleep 0.1; done
 OURS_OPEN=$(count_sleeps)
 OURS_BUSY=$(rss_kb "$OUR_PID")
 OURS_THREADS=$(awk '/^Threads/ {print $2}' "/proc/$OUR_PID/status")
 pkill -9 -f -x "sleep 600" || true
 sleep 1
 open_sessions "$SSHD_PORT"
-for _ in $(seq 1 300); do [ "$(count_sleeps)" -ge "$SESSIONS" ] && break; sleep 0.1; done
+for _ in $(seq 1 900); do [ "$(count_sleeps)" -ge "$SESSIONS" ] && break; sleep 0.1; done
 SSHD_BUSY=$(pss_tree_kb "$SSHD_PID")
 pkill -9 -f -x "sleep 600" || true
 

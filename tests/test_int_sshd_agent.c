@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <stdarg.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -134,6 +135,8 @@ static void start_fixture(const char *deadline_ms, bool rec_fail)
     fixture_pid = fork();
     cr_assert(fixture_pid >= 0);
     if (fixture_pid == 0) {
+        /* A test that times out is killed: the server must not outlive it. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         dup2(fd, 1);
         dup2(fd, 2);
