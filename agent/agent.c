@@ -20,8 +20,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "agent/recorder.h"
+#include "agent/sshd.h"
 #include "auth/client.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -60,6 +63,7 @@ struct agent_run {
     struct agent_presence *presence;
     struct event_sender events;
     struct agent_authority authority; /* over cache; borrowed by the SSH server */
+    struct agent_recorder *services_recorder; /* set while the services run */
     const char *addrs[RP_CONFIG_MAX_AUTH_SERVERS + 1];
     size_t n_addrs;
     /* The cached CAs' digest, updated from the cache's thread after each change; a
@@ -283,47 +287,107 @@ int agent_upload(void *arg, const char *sid, uint64_t seq, const void *data, siz
 
 /* ---- the SSH server and the recorder -------------------------------------------------
  *
- * The one place where the SSH server (agent/sshd.h) and the recorder (agent/recorder.h)
- * are started and stopped; they are built apart from this file and wired in here:
- *
- * services_start, in this order:
- *   mkdir <data_dir>/spool (0700), then
- *   agent_recorder_new(&rec, "<data_dir>/spool", a->cfg->spool_max_size, agent_upload, a)
- *   (agent_upload has the type agent_rec_upload_fn), then
- *   agent_sshd_start(&sshd, &(struct agent_sshd_opts){
- *       .listen_addr = a->cfg->ssh_listen_addr,
- *       .host_key_path = agent_key_path(a->cfg->data_dir, "ssh_host_key", ...),
- *       .host_id = a->id.host_id, .nodename = a->cfg->nodename,
- *       .authority = &a->authority (agent_cache_authority(a->cache), kept in @a: the
- *                    server borrows it),
- *       .recording = a table over rec (agent_rec_open/output/input/resize/close),
- *       .emit = agent_emit, .emit_arg = &a->events,
- *       .accept_env = a->cfg->accept_env, .n_accept_env = a->cfg->n_accept_env,
- *       .auth_deadline_ms = a->cfg->auth_deadline_ms})
- * services_stop(a, sv, grace_ms), in this order:
- *   agent_sshd_stop(sshd, grace_ms)                    sessions end within the grace
- *   agent_recorder_flush(rec, rp_mono_ms() + grace_ms)  their recordings are uploaded
- *   agent_recorder_free(rec)
- * agent_main calls services_stop after presence and following stopped and before the
- * audit sender stops, so the sessions' last events still reach auth.
- * Until they are wired in, the agent joins, follows auth and heartbeats its presence
- * without serving SSH. */
+ * services_start: the spool directory (0700), the recorder over it (uploading through
+ * agent_upload), then the SSH server, which records interactive sessions through the
+ * table below and reports audit events into the event queue (agent_emit), so a session
+ * never waits for auth. services_stop runs after presence and following stopped and
+ * before the audit sender stops: sessions get the grace period to end, then the
+ * recorder uploads what they left in the spool. */
 struct services {
-    void *sshd;     /* struct agent_sshd * */
-    void *recorder; /* struct agent_recorder * */
+    struct agent_sshd *sshd;
+    struct agent_recorder *recorder;
+    struct agent_sshd_recording rec_table;
 };
+
+static int rec_open(void *arg, const struct agent_sshd_rec_meta *m, void **rec)
+{
+    struct agent_run *a = arg;
+    struct agent_rec_meta rm = {.sid = m->sid,
+                                .user = m->user,
+                                .login = m->login,
+                                .server_id = a->id.host_id,
+                                .hostname = m->hostname,
+                                .term = m->interactive ? "xterm" : NULL,
+                                .cols = m->cols > 0 ? (unsigned)m->cols : 80,
+                                .rows = m->rows > 0 ? (unsigned)m->rows : 24,
+                                .start_ms = m->start_ms,
+                                .interactive = m->interactive,
+                                .command = m->command};
+    return agent_rec_open(a->services_recorder, &rm, (struct agent_rec **)rec);
+}
+static int rec_output(void *rec, const void *p, size_t n)
+{
+    return agent_rec_output(rec, p, n);
+}
+static int rec_input(void *rec, const void *p, size_t n)
+{
+    return agent_rec_input(rec, p, n);
+}
+static int rec_resize(void *rec, int cols, int rows)
+{
+    return agent_rec_resize(rec, cols > 0 ? (unsigned)cols : 1, rows > 0 ? (unsigned)rows : 1);
+}
+static int rec_close(void *rec)
+{
+    return agent_rec_close(rec);
+}
 
 static int services_start(struct agent_run *a, struct services *sv)
 {
     memset(sv, 0, sizeof *sv);
-    (void)a;
+    char spool[1100], host_key[1100];
+    snprintf(spool, sizeof spool, "%s/spool", a->cfg->data_dir);
+    if (mkdir(spool, 0700) != 0 && errno != EEXIST)
+        return rp_err(RP_EIO, "cannot create the recordings spool %s: %s", spool, strerror(errno));
+    int rv = agent_recorder_new(&sv->recorder, spool, a->cfg->spool_max_size, agent_upload, a);
+    if (rv != 0)
+        return rv;
+    a->services_recorder = sv->recorder;
+    sv->rec_table = (struct agent_sshd_recording){.arg = a,
+                                                  .open = rec_open,
+                                                  .output = rec_output,
+                                                  .input = rec_input,
+                                                  .resize = rec_resize,
+                                                  .close = rec_close};
+    agent_key_path(a->cfg->data_dir, "ssh_host_key", host_key, sizeof host_key);
+    struct agent_sshd_opts o = {.listen_addr = a->cfg->ssh_listen_addr,
+                                .host_key_path = host_key,
+                                .host_id = a->id.host_id,
+                                .nodename = a->cfg->nodename,
+                                .authority = &a->authority,
+                                .recording = &sv->rec_table,
+                                .emit = agent_emit,
+                                .emit_arg = &a->events,
+                                .accept_env = (const char *const *)a->cfg->accept_env,
+                                .n_accept_env = a->cfg->n_accept_env,
+                                .auth_deadline_ms = a->cfg->auth_deadline_ms};
+    if ((rv = agent_sshd_start(&sv->sshd, &o)) != 0) {
+        agent_recorder_free(sv->recorder);
+        sv->recorder = NULL;
+        a->services_recorder = NULL;
+        return rv;
+    }
+    rp_info("agent", "SSH service listening on %s", a->cfg->ssh_listen_addr);
     return 0;
 }
 
 static void services_stop(struct agent_run *a, struct services *sv, uint64_t grace_ms)
 {
-    (void)a;
-    (void)grace_ms;
+    uint64_t deadline = rp_mono_ms() + grace_ms;
+    if (sv->sshd)
+        agent_sshd_stop(sv->sshd, grace_ms);
+    if (sv->recorder) {
+        /* Whatever the sessions took of the grace, the uploads get a few seconds: what
+         * stays in the spool is sent after the next start anyway. */
+        uint64_t floor = rp_mono_ms() + 5000;
+        if (agent_recorder_flush(sv->recorder, deadline > floor ? deadline : floor) != 0)
+            rp_warn("agent",
+                    "recordings not uploaded before stopping stay in the spool and are sent "
+                    "after the next start: %s",
+                    rp_errmsg());
+        agent_recorder_free(sv->recorder);
+    }
+    a->services_recorder = NULL;
     memset(sv, 0, sizeof *sv);
 }
 

@@ -73,6 +73,7 @@ struct chan {
     enum chan_kind kind;
     bool opening;      /* CH_AGENT: the open is not answered yet */
     bool client_eof;   /* the client sent EOF */
+    bool eof_drained;  /* ... and libssh holds none of the bytes sent before it */
     bool client_close; /* the client closed the channel */
     bool done;         /* we closed the channel (or it is gone): free when reaped */
     bool eof_sent;
@@ -1308,7 +1309,9 @@ static void pump_in(struct chan *h)
             h->inoff = 0;
             h->inbuf.len = 0;
         }
-        if (h->inbuf.len >= INBUF_CAP || h->client_eof)
+        /* Bytes the client sent just before its EOF can still sit in libssh (they may
+         * arrive in the same read as the EOF): read until it has none. */
+        if (h->inbuf.len >= INBUF_CAP || h->eof_drained)
             break;
         /* The child's side is full: leave the rest in libssh, the window closes. */
         if (h->inbuf.len > 0 && h->inoff == 0 && i > 0)
@@ -1320,6 +1323,7 @@ static void pump_in(struct chan *h)
         }
         if (n <= 0) {
             h->more_input = false;
+            h->eof_drained = h->client_eof;
             break;
         }
         /* Less than asked: libssh's buffer for the channel is empty (asking again
@@ -1335,7 +1339,7 @@ static void pump_in(struct chan *h)
         if (!h->more_input)
             break;
     }
-    if (h->client_eof && h->inoff == h->inbuf.len && h->in_fd >= 0 && !h->pty) {
+    if (h->eof_drained && h->inoff == h->inbuf.len && h->in_fd >= 0 && !h->pty) {
         if (h->kind == CH_SESSION) {
             close_fd(&h->in_fd); /* the child reads EOF */
         } else if (h->in_fd == h->out_fd) {
@@ -1406,7 +1410,8 @@ static void service_chan(struct chan *h)
             return;
         }
     }
-    if (h->more_input || h->in_ready || (h->client_eof && h->in_fd >= 0))
+    if (h->more_input || h->in_ready || (h->client_eof && !h->eof_drained) ||
+        (h->eof_drained && h->inoff < h->inbuf.len))
         pump_in(h);
     h->out_drained = false;
     if (h->out_fd >= 0 && !h->out_eof && (h->out_ready || h->outpend.len > 0 || h->exited))
@@ -1430,7 +1435,7 @@ static void service_chan(struct chan *h)
         ssh_channel_send_eof(h->ch);
         h->eof_sent = true;
     }
-    if (h->eof_sent && (h->client_eof || h->in_broken)) {
+    if (h->eof_sent && ((h->eof_drained && h->inoff == h->inbuf.len) || h->in_broken)) {
         ssh_channel_close(h->ch);
         chan_close_fds(h);
         h->done = true;
