@@ -14,12 +14,15 @@
  * /v3/kv/put, /v3/kv/range), over TLS 1.3 with a client certificate when the URL
  * is https, plain TCP when it is http.
  *
- * Operations (keys are "k<i>" with i uniform in [0, --keys)):
+ * The etcd side of scripts/bench.sh is tools/etcdbench (etcd's native gRPC client); this
+ * JSON-gateway client stays for the footnote that script prints with BENCH_ETCD_GATEWAY=1.
+ *
+ * Operations (keys are "<prefix><i>", "k<i>" by default, with i uniform in [0, --keys)):
  *   put        Raftport: put of {kind: bench, version: v1, metadata: {name: k<i>},
  *              spec: {value: <value-size bytes>}} with a fresh rid; etcd: kv/put.
  *   get        linearizable read of one key.
  *   get-stale  Raftport: get with stale: true; etcd: range with serializable: true.
- *   fill       writes every key once (k0 .. k<keys-1>, split between the threads),
+ *   fill       writes every key once (<prefix>0 .. <prefix><keys-1>, split between the threads),
  *              ignoring --duration, so that later gets find what they read.
  *   issue      Raftport only: sign_user {user: --user, ssh_pubkey, tls_pubkey}, the
  *              issuance of a user's SSH and X.509 certificates (auth/certs.c). Each
@@ -70,6 +73,7 @@
 #define HTTP_MAX_BODY (1u << 20)
 #define MAX_ERR_CODES 16
 #define MAX_RAFT_IDS 16
+#define MAX_KEY_PREFIX 8
 
 enum op { OP_PUT, OP_GET, OP_GET_STALE, OP_FILL, OP_ISSUE };
 enum system { SYS_RAFTPORT, SYS_ETCD };
@@ -88,6 +92,7 @@ struct bench {
     double warmup_s;
     size_t value_size;
     uint32_t keys;
+    const char *key_prefix; /* names are <key_prefix><i>: 1..MAX_KEY_PREFIX of [a-z0-9-] */
     struct endpoint endpoints[MAX_ENDPOINTS];
     size_t n_endpoints;
 
@@ -523,9 +528,9 @@ static char *base64(const void *p, size_t n)
 
 /* ---- one request of each kind ------------------------------------------------------------ */
 
-static void key_name(uint32_t i, char *out, size_t n)
+static void key_name(const struct bench *b, uint32_t i, char *out, size_t n)
 {
-    snprintf(out, n, "k%" PRIu32, i);
+    snprintf(out, n, "%s%" PRIu32, b->key_prefix, i);
 }
 
 /* Returns 0 on success; on failure records nothing and leaves the reason in @err. */
@@ -535,7 +540,7 @@ static int rp_request(struct worker *w, enum op op, uint32_t key, char *err, siz
     char name[24], rid[33];
     msgpack_packer pk;
     msgpack_unpacked resp;
-    key_name(key, name, sizeof name);
+    key_name(b, key, name, sizeof name);
     rp_buf_reset(&w->req);
     rp_mp_packer_init(&pk, &w->req);
     if (op == OP_PUT || op == OP_FILL) {
@@ -647,7 +652,7 @@ static int etcd_request(struct worker *w, enum op op, uint32_t key, struct rp_bu
                         struct rp_buf *body, char *err, size_t errlen)
 {
     char name[24];
-    key_name(key, name, sizeof name);
+    key_name(w->b, key, name, sizeof name);
     char *k64 = base64(name, strlen(name));
     if (k64 == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -1005,7 +1010,9 @@ static void usage(FILE *f)
                "      --duration S      measured seconds (default 10)\n"
                "      --warmup S        seconds run before measuring (default 1)\n"
                "      --value-size B    bytes per value (default 256)\n"
-               "      --keys K          key space k0..k<K-1> (default 10000)\n"
+               "      --keys K          key space <prefix>0..<prefix><K-1> (default 10000)\n"
+               "      --key-prefix P    key names' prefix, 1..8 of [a-z0-9-] (default k): a\n"
+               "                        separate key space, e.g. for large values\n"
                "      --user NAME       issue: the user whose certificates are signed (default\n"
                "                        bench; it must exist, with roles)\n");
 }
@@ -1044,7 +1051,8 @@ int main(int argc, char **argv)
         O_CACERT,
         O_CERT,
         O_KEY,
-        O_USER
+        O_USER,
+        O_KEY_PREFIX
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -1060,6 +1068,7 @@ int main(int argc, char **argv)
         {"cert", required_argument, NULL, O_CERT},
         {"key", required_argument, NULL, O_KEY},
         {"user", required_argument, NULL, O_USER},
+        {"key-prefix", required_argument, NULL, O_KEY_PREFIX},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1068,6 +1077,7 @@ int main(int argc, char **argv)
                       .warmup_s = 1,
                       .value_size = 256,
                       .keys = 10000,
+                      .key_prefix = "k",
                       .op_name = NULL,
                       .user = "bench"};
     const char *config_path = NULL, *endpoints = NULL, *etcd = NULL;
@@ -1152,6 +1162,15 @@ int main(int argc, char **argv)
                 return 2;
             }
             b.user = optarg;
+            break;
+        case O_KEY_PREFIX:
+            if (optarg[0] == '\0' || strlen(optarg) > MAX_KEY_PREFIX ||
+                strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(optarg)) {
+                fprintf(stderr, "rpbench: --key-prefix: expected 1..%d of a-z, 0-9 and -\n",
+                        MAX_KEY_PREFIX);
+                return 2;
+            }
+            b.key_prefix = optarg;
             break;
         case 'h':
             usage(stdout);
