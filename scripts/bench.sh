@@ -8,8 +8,10 @@
 #
 # Raftport is driven by tools/rpbench (msgpack over mutual TLS 1.3), etcd by
 # tools/etcdbench (etcd's own Go client, native gRPC over mutual TLS 1.3), with the
-# same value size, key space, client count and one connection per client on both
-# sides. Both clusters live in one temp dir (their data dirs share a file system and
+# same value size, key space and number of clients (requests in flight). Each Raftport
+# client has its own connection (its protocol has one request in flight per
+# connection); etcd's clients share up to 4 gRPC connections, which multiplex and
+# gave etcd its best figures. Both clusters live in one temp dir (their data dirs share a file system and
 # pay the same fsync costs), listen on free loopback ports, and are stopped on exit,
 # failure or interrupt. Settings (environment):
 #   BENCH_SECONDS     measured seconds per run (10)     BENCH_WARMUP  unmeasured seconds first (1)
@@ -19,7 +21,7 @@
 #   BENCH_BIG_CLIENTS "4": clients of the large-value put cells ("" for none)
 #   BENCH_BIG_VALUE_SIZE (1048576)  BENCH_BIG_KEYS (64): their own key space, keys big0..
 #   BENCH_TARGET      leader | all (client i talks to member i mod 3)   (leader)
-#   BENCH_ETCD_CONNS  gRPC connections etcd's clients share (default: one per client)
+#   BENCH_ETCD_CONNS  gRPC connections etcd's clients share, at most (4); 0: one per client
 #   BENCH_ETCD_GATEWAY 1: also run etcd's JSON gateway for the 256 B cells (a footnote)
 #   BENCH_OUT         the results directory (bench/results/<UTC date>, -2, -3... if taken)
 #   BENCH_TMPDIR      where the temp dir goes (/tmp)    BENCH_KEEP=1  keep it (logs, raw runs)
@@ -39,7 +41,7 @@ BIG_CLIENTS=${BENCH_BIG_CLIENTS-4}
 BIG_SIZE=${BENCH_BIG_VALUE_SIZE:-1048576}
 BIG_KEYS=${BENCH_BIG_KEYS:-64}
 TARGET=${BENCH_TARGET:-leader}
-ETCD_CONNS=${BENCH_ETCD_CONNS:-}
+ETCD_CONNS=${BENCH_ETCD_CONNS:-4}
 GATEWAY=${BENCH_ETCD_GATEWAY:-0}
 N=3
 
@@ -50,7 +52,8 @@ case "$TARGET" in leader|all) ;; *) usage_error "BENCH_TARGET must be leader or 
 for op in $OPS; do
   case "$op" in put|get|get-stale) ;; *) usage_error "BENCH_OPS: '$op' is not put, get or get-stale" ;; esac
 done
-for v in "$REPEAT" "$VSIZE" "$KEYS" "$BIG_SIZE" "$BIG_KEYS" $CLIENTS $BIG_CLIENTS ${ETCD_CONNS:-1}; do
+[[ "$ETCD_CONNS" =~ ^[0-9]+$ ]] || usage_error "BENCH_ETCD_CONNS: expected a number of connections, 0 for one per client"
+for v in "$REPEAT" "$VSIZE" "$KEYS" "$BIG_SIZE" "$BIG_KEYS" $CLIENTS $BIG_CLIENTS; do
   [[ "$v" =~ ^[1-9][0-9]*$ ]] || usage_error "'$v' is not a positive whole number (BENCH_* settings)"
 done
 [[ "$SECS" =~ ^[0-9]+(\.[0-9]+)?$ && "$WARMUP" =~ ^[0-9]+(\.[0-9]+)?$ ]] ||
@@ -298,7 +301,7 @@ run_raftport() {
 }
 run_etcd() {
   "$ETCDBENCH" --endpoints="$ETCD_EPS" "${ETCD_TLS_ARGS[@]}" --op="$1" --clients="$2" \
-    ${ETCD_CONNS:+--conns=$((ETCD_CONNS < $2 ? ETCD_CONNS : $2))} \
+    --conns=$((ETCD_CONNS > 0 && ETCD_CONNS < $2 ? ETCD_CONNS : $2)) \
     --duration="$SECS" --warmup="$WARMUP" --value-size="$3" --keys="$4" --key-prefix="$5"
 }
 run_etcd-gateway() {
@@ -329,12 +332,15 @@ run_etcd fill 16 "$VSIZE" "$KEYS" k >>"$DIR/fill.jsonl" ||
   die_with_logs "etcdbench fill failed" "$DIR"/etcd*.log
 check_fairness
 
-# The cells: "op clients value-size keys prefix".
-CELLS=()
+# The cells: "op clients value-size keys prefix". The large-value cells run after
+# every repetition of the others: they leave Raftport's state (and so each of its
+# snapshots) larger by their live values, which the small-value cells should not pay.
+SMALL_CELLS=()
 for op in $OPS; do
-  for c in $CLIENTS; do CELLS+=("$op $c $VSIZE $KEYS k"); done
+  for c in $CLIENTS; do SMALL_CELLS+=("$op $c $VSIZE $KEYS k"); done
 done
-for c in $BIG_CLIENTS; do CELLS+=("put $c $BIG_SIZE $BIG_KEYS big"); done
+BIG_CELLS=()
+for c in $BIG_CLIENTS; do BIG_CELLS+=("put $c $BIG_SIZE $BIG_KEYS big"); done
 
 # etcd keeps every revision until it is compacted, and its database is capped at 2 GB
 # by default: after a large-value run, compact away what it wrote (outside the
@@ -347,21 +353,28 @@ compact_etcd() {
   [ -n "$rev" ] && etcdctl_ compact --physical "$rev" >/dev/null 2>&1 || true
 }
 
-for rep in $(seq 1 "$REPEAT"); do
-  for i in "${!CELLS[@]}"; do
-    read -r op c size keys prefix <<<"${CELLS[$i]}"
-    # Alternate which system goes first, from cell to cell and from one repetition
-    # to the next, so that neither always runs on the other's leftovers.
-    if [ $(((rep + i) % 2)) -eq 1 ]; then order=(raftport etcd); else order=(etcd raftport); fi
-    for sys in "${order[@]}"; do
-      run_one "$sys" "$rep" "$op" "$c" "$size" "$keys" "$prefix"
-      [ "$sys" = etcd ] && [ "$size" -gt 65536 ] && compact_etcd
+# run_cells CELL...: every repetition of the cells given.
+run_cells() {
+  local rep i op c size keys prefix sys order
+  local cells=("$@")
+  for rep in $(seq 1 "$REPEAT"); do
+    for i in "${!cells[@]}"; do
+      read -r op c size keys prefix <<<"${cells[$i]}"
+      # Alternate which system goes first, from cell to cell and from one repetition
+      # to the next, so that neither always runs on the other's leftovers.
+      if [ $(((rep + i) % 2)) -eq 1 ]; then order=(raftport etcd); else order=(etcd raftport); fi
+      for sys in "${order[@]}"; do
+        run_one "$sys" "$rep" "$op" "$c" "$size" "$keys" "$prefix"
+        if [ "$sys" = etcd ] && [ "$size" -gt 65536 ]; then compact_etcd; fi
+      done
+      if [ "$GATEWAY" = 1 ] && [ "$size" -le 65536 ]; then
+        run_one etcd-gateway "$rep" "$op" "$c" "$size" "$keys" "$prefix"
+      fi
     done
-    if [ "$GATEWAY" = 1 ] && [ "$size" -le 65536 ]; then
-      run_one etcd-gateway "$rep" "$op" "$c" "$size" "$keys" "$prefix"
-    fi
   done
-done
+}
+[ ${#SMALL_CELLS[@]} -eq 0 ] || run_cells "${SMALL_CELLS[@]}"
+[ ${#BIG_CELLS[@]} -eq 0 ] || run_cells "${BIG_CELLS[@]}"
 fsync_check
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -382,7 +395,7 @@ HEADER="$DIR/header.md"
   echo "- 3 members each on 127.0.0.1, data dirs on the same file system; clients talk to: $TARGET."
   echo "- ${SECS} s measured per run after ${WARMUP} s of warm-up; $REPEAT repetitions of every cell. Values: $VSIZE B over keys k0..k$((KEYS - 1)) (written once before the runs, so every get finds its key); large values: $BIG_SIZE B over keys big0..big$((BIG_KEYS - 1))."
   echo "- Raftport: tools/rpbench, each client one thread with its own connection, msgpack over mutual TLS 1.3, one request in flight. Raft snapshot threshold/trailing: ${BENCH_RP_SNAPSHOT_THRESHOLD:-default}/${BENCH_RP_SNAPSHOT_TRAILING:-default}."
-  echo "- etcd: tools/etcdbench, etcd's clientv3 over native gRPC, mutual TLS 1.3, one request in flight per client; $( [ -n "$ETCD_CONNS" ] && echo "the clients share at most $ETCD_CONNS gRPC connections" || echo "one gRPC connection per client" ). etcd's defaults otherwise (heartbeat 100 ms, election 1 s, snapshot count 100000, request limit 1.5 MiB); compacted after each large-value run."
+  echo "- etcd: tools/etcdbench, etcd's clientv3 over native gRPC, mutual TLS 1.3, one request in flight per client; $( [ "$ETCD_CONNS" -gt 0 ] && echo "the clients share min(clients, $ETCD_CONNS) gRPC connections (gRPC multiplexes; etcd did best so, see docs/benchmarks.md)" || echo "one gRPC connection per client" ). etcd's defaults otherwise (heartbeat 100 ms, election 1 s, snapshot count 100000, request limit 1.5 MiB); compacted after each large-value run."
   echo
   echo "Checked on the running clusters:"
   echo
