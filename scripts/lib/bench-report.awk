@@ -269,7 +269,7 @@ function write_svg(    i, c, nops, ops, op, row) {
     printf "<style>text{font-family:sans-serif;font-size:11px;fill:#222}" \
         ".title{font-size:13px;font-weight:bold}.ytick{text-anchor:end}.xtick,.xlabel{text-anchor:middle}" \
         ".frame{fill:none;stroke:#888}.grid{stroke:#ddd;stroke-width:1}" \
-        ".line{fill:none;stroke-width:2}.whisker{stroke-width:1.5}" \
+        "path.line{fill:none;stroke-width:2}line.line{stroke-width:2}.whisker{stroke-width:1.5}" \
         ".raftport{stroke:#1f77b4;fill:#1f77b4}.etcd{stroke:#d62728;fill:#d62728}</style>\n" > SVG
     printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n" > SVG
     for (row = 1; row <= nops; row++) {
