@@ -5,8 +5,10 @@
  *
  * N threads each hold one persistent connection with one request in flight and
  * issue requests back to back for S seconds (after --warmup seconds that are not
- * counted). The result is one line of JSON: operations per second, latency
- * percentiles in microseconds, errors.
+ * counted). The result is one line of JSON: operations per second (requests that
+ * started in the window and were answered in it), latency percentiles in
+ * microseconds (every request that started in the window, also those answered after
+ * it: "late" counts them), errors.
  *
  * Against Raftport each thread has its own auth client (auth/auth.h) with the
  * admin identity of the config's data_dir, over mutual TLS 1.3. Against etcd each
@@ -119,9 +121,11 @@ struct worker {
     uint64_t rng;
     int setup_rv;
     char setup_err[256];
-    /* latencies of successful requests in the window, in microseconds */
+    /* latencies of the successful requests that started in the window, answered in it
+     * or after it, in microseconds; done: those answered inside the window */
     uint32_t *lat;
     size_t n_lat, cap_lat;
+    uint64_t done;
     uint64_t errors;
     char first_err[512];
     /* errors counted by code name (rp_strerror, or "no_certs" for issue) */
@@ -748,10 +752,12 @@ static void *worker_main(void *arg)
             uint64_t t0 = now_ns();
             int rv = b->sys == SYS_ETCD ? etcd_request(w, OP_FILL, k, &json, &body, err, sizeof err)
                                         : rp_request(w, OP_FILL, k, err, sizeof err);
-            if (rv == 0)
+            if (rv == 0) {
                 record_ok(w, now_ns() - t0);
-            else
+                w->done++;
+            } else {
                 record_err(w, err_code_name(rv), err);
+            }
         }
         w->fill_done_ns = now_ns();
         goto out;
@@ -767,13 +773,18 @@ static void *worker_main(void *arg)
                                       : rp_request(w, b->op, k, err, sizeof err);
         uint64_t t1 = now_ns();
         w->ok_all += rv == 0;
-        /* Count what started in the window and finished in it. */
-        if (t0 < b->measure_from_ns || t1 > b->measure_until_ns)
+        /* Throughput counts what started in the window and was answered in it. The
+         * latency figures take every request that started in the window, also one
+         * answered after it: a client kept waiting past the end keeps its wait in the
+         * percentiles instead of vanishing from them. */
+        if (t0 < b->measure_from_ns)
             continue;
-        if (rv == 0)
+        if (rv == 0) {
             record_ok(w, t1 - t0);
-        else
+            w->done += t1 <= b->measure_until_ns;
+        } else {
             record_err(w, err_code_name(rv), err);
+        }
     }
     if (b->op == OP_ISSUE)
         note_server(w);
@@ -804,10 +815,11 @@ static uint32_t percentile(const uint32_t *v, size_t n, double p)
 static void report(struct bench *b, struct worker *ws, double elapsed_s)
 {
     size_t total = 0;
-    uint64_t errors = 0;
+    uint64_t errors = 0, done = 0;
     const char *first_err = NULL;
     for (int i = 0; i < b->clients; i++) {
         total += ws[i].n_lat;
+        done += ws[i].done;
         errors += ws[i].errors;
         if (first_err == NULL && ws[i].errors > 0)
             first_err = ws[i].first_err;
@@ -828,14 +840,14 @@ static void report(struct bench *b, struct worker *ws, double elapsed_s)
     rp_buf_init(&out);
     rp_buf_printf(&out,
                   "{\"system\": \"%s\", \"op\": \"%s\", \"clients\": %d, \"duration_s\": %.3f, "
-                  "\"value_size\": %zu, \"keys\": %" PRIu32 ", \"ops\": %zu, "
+                  "\"value_size\": %zu, \"keys\": %" PRIu32 ", \"ops\": %" PRIu64 ", "
                   "\"ops_per_s\": %.1f, \"mean_us\": %.0f, \"p50_us\": %" PRIu32
                   ", \"p90_us\": %" PRIu32 ", \"p99_us\": %" PRIu32 ", \"max_us\": %" PRIu32
-                  ", \"errors\": %" PRIu64,
+                  ", \"errors\": %" PRIu64 ", \"late\": %" PRIu64,
                   b->sys == SYS_ETCD ? "etcd" : "raftport", b->op_name, b->clients, elapsed_s,
-                  b->value_size, b->keys, n, elapsed_s > 0 ? (double)n / elapsed_s : 0.0,
+                  b->value_size, b->keys, done, elapsed_s > 0 ? (double)done / elapsed_s : 0.0,
                   n ? sum / (double)n : 0.0, percentile(all, n, 0.50), percentile(all, n, 0.90),
-                  percentile(all, n, 0.99), n ? all[n - 1] : 0, errors);
+                  percentile(all, n, 0.99), n ? all[n - 1] : 0, errors, (uint64_t)n - done);
     if (b->op == OP_ISSUE) {
         uint64_t all_ok = 0;
         for (int i = 0; i < b->clients; i++)

@@ -20,8 +20,9 @@
 //
 // The result is one line of JSON with the same fields as rpbench's (ops/s, latency
 // percentiles in microseconds, errors), so that the bench script reads both alike.
-// Latency runs from sending a request to having its answer; only requests that
-// started and finished inside the measured window count.
+// Latency runs from sending a request to having its answer. ops/s counts the requests
+// that started and were answered inside the measured window; the latency percentiles
+// take every request that started in it, also those answered after it ("late").
 //
 // It is built by scripts/bench.sh with Debian's Go in GOPATH mode against
 // /usr/share/gocode (golang-etcd-server-dev), offline: nothing is downloaded.
@@ -48,7 +49,8 @@ import (
 )
 
 type worker struct {
-	lat       []uint32 // microseconds, successful requests inside the window
+	lat       []uint32 // microseconds: successful requests started in the window
+	done      uint64   // those of them answered inside the window
 	errors    uint64
 	firstErr  string
 	errCodes  map[string]uint64
@@ -215,6 +217,7 @@ func main() {
 						continue
 					}
 					w.lat = append(w.lat, uint32(time.Since(t0)/time.Microsecond))
+					w.done++
 				}
 				w.fillDone = time.Now()
 				return
@@ -241,7 +244,10 @@ func main() {
 					}
 				}
 				t1 := time.Now()
-				if t0.Before(from) || t1.After(until) {
+				// As rpbench: throughput counts what started in the window and was
+				// answered in it; the latencies take every request that started in
+				// it, also one answered after it.
+				if t0.Before(from) {
 					continue
 				}
 				if err != nil {
@@ -250,6 +256,9 @@ func main() {
 				}
 				us := t1.Sub(t0) / time.Microsecond
 				w.lat = append(w.lat, uint32(us))
+				if !t1.After(until) {
+					w.done++
+				}
 			}
 		}(i)
 	}
@@ -266,12 +275,13 @@ func main() {
 		elapsed = last.Sub(start).Seconds()
 	}
 	var all []uint32
-	var errors uint64
+	var errors, done uint64
 	firstErr := ""
 	codes := map[string]uint64{}
 	for i := range ws {
 		all = append(all, ws[i].lat...)
 		errors += ws[i].errors
+		done += ws[i].done
 		if firstErr == "" && ws[i].errors > 0 {
 			firstErr = ws[i].firstErr
 		}
@@ -291,7 +301,7 @@ func main() {
 		maxUs = all[n-1]
 	}
 	if elapsed > 0 {
-		opsPerS = float64(n) / elapsed
+		opsPerS = float64(done) / elapsed
 	}
 	tlsName := "none"
 	if tlsCfg != nil {
@@ -301,10 +311,11 @@ func main() {
 	var b strings.Builder
 	fmt.Fprintf(&b, "{\"system\": \"etcd\", \"op\": \"%s\", \"clients\": %d, \"duration_s\": %.3f, "+
 		"\"value_size\": %d, \"keys\": %d, \"ops\": %d, \"ops_per_s\": %.1f, \"mean_us\": %.0f, "+
-		"\"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, \"max_us\": %d, \"errors\": %d, "+
+		"\"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, \"max_us\": %d, \"errors\": %d, \"late\": %d, "+
 		"\"api\": \"grpc\", \"conns\": %d, \"tls\": \"%s\"",
-		*op, *clients, elapsed, *valueSize, *keys, n, opsPerS, mean,
+		*op, *clients, elapsed, *valueSize, *keys, done, opsPerS, mean,
 		percentile(all, 0.50), percentile(all, 0.90), percentile(all, 0.99), maxUs, errors,
+		uint64(n)-done,
 		*conns, tlsName)
 	if errors > 0 {
 		codesJSON, _ := json.Marshal(codes)
