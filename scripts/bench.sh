@@ -381,7 +381,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---- the results directory: JSON per cell, report.md, plot.svg ----------------------------
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
-git diff --quiet HEAD -- 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
+git diff --quiet HEAD -- . ':(exclude)bench/results' 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
 ETCD_VERSION=$(etcd --version | sed -n 's/^etcd Version: //p')
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 HEADER="$DIR/header.md"

@@ -812,6 +812,12 @@ static uint32_t percentile(const uint32_t *v, size_t n, double p)
     return v[i];
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void report(struct bench *b, struct worker *ws, double elapsed_s)
 {
     size_t total = 0;
@@ -836,18 +842,32 @@ static void report(struct bench *b, struct worker *ws, double elapsed_s)
         for (size_t i = 0; i < n; i++)
             sum += all[i];
     }
+    /* How evenly the clients were served: the fewest and the median answers one client
+     * had in the window (a server that serves some connections and leaves others
+     * waiting shows a minimum far below the median). */
+    uint64_t *per = malloc((size_t)b->clients * sizeof *per);
+    uint64_t per_min = 0, per_med = 0;
+    if (per != NULL) {
+        for (int i = 0; i < b->clients; i++)
+            per[i] = ws[i].done;
+        qsort(per, (size_t)b->clients, sizeof *per, cmp_u64);
+        per_min = per[0];
+        per_med = per[b->clients / 2];
+        free(per);
+    }
     struct rp_buf out;
     rp_buf_init(&out);
-    rp_buf_printf(&out,
-                  "{\"system\": \"%s\", \"op\": \"%s\", \"clients\": %d, \"duration_s\": %.3f, "
-                  "\"value_size\": %zu, \"keys\": %" PRIu32 ", \"ops\": %" PRIu64 ", "
-                  "\"ops_per_s\": %.1f, \"mean_us\": %.0f, \"p50_us\": %" PRIu32
-                  ", \"p90_us\": %" PRIu32 ", \"p99_us\": %" PRIu32 ", \"max_us\": %" PRIu32
-                  ", \"errors\": %" PRIu64 ", \"late\": %" PRIu64,
-                  b->sys == SYS_ETCD ? "etcd" : "raftport", b->op_name, b->clients, elapsed_s,
-                  b->value_size, b->keys, done, elapsed_s > 0 ? (double)done / elapsed_s : 0.0,
-                  n ? sum / (double)n : 0.0, percentile(all, n, 0.50), percentile(all, n, 0.90),
-                  percentile(all, n, 0.99), n ? all[n - 1] : 0, errors, (uint64_t)n - done);
+    rp_buf_printf(
+        &out,
+        "{\"system\": \"%s\", \"op\": \"%s\", \"clients\": %d, \"duration_s\": %.3f, "
+        "\"value_size\": %zu, \"keys\": %" PRIu32 ", \"ops\": %" PRIu64 ", "
+        "\"ops_per_s\": %.1f, \"mean_us\": %.0f, \"p50_us\": %" PRIu32 ", \"p90_us\": %" PRIu32
+        ", \"p99_us\": %" PRIu32 ", \"max_us\": %" PRIu32 ", \"errors\": %" PRIu64
+        ", \"late\": %" PRIu64 ", \"client_ops_min\": %" PRIu64 ", \"client_ops_median\": %" PRIu64,
+        b->sys == SYS_ETCD ? "etcd" : "raftport", b->op_name, b->clients, elapsed_s, b->value_size,
+        b->keys, done, elapsed_s > 0 ? (double)done / elapsed_s : 0.0, n ? sum / (double)n : 0.0,
+        percentile(all, n, 0.50), percentile(all, n, 0.90), percentile(all, n, 0.99),
+        n ? all[n - 1] : 0, errors, (uint64_t)n - done, per_min, per_med);
     if (b->op == OP_ISSUE) {
         uint64_t all_ok = 0;
         for (int i = 0; i < b->clients; i++)

@@ -290,6 +290,12 @@ func main() {
 		}
 	}
 	sort.Slice(all, func(a, b int) bool { return all[a] < all[b] })
+	// How evenly the clients were served, as rpbench reports it.
+	per := make([]uint64, len(ws))
+	for i := range ws {
+		per[i] = ws[i].done
+	}
+	sort.Slice(per, func(a, b int) bool { return per[a] < per[b] })
 	var sum float64
 	for _, v := range all {
 		sum += float64(v)
@@ -312,10 +318,11 @@ func main() {
 	fmt.Fprintf(&b, "{\"system\": \"etcd\", \"op\": \"%s\", \"clients\": %d, \"duration_s\": %.3f, "+
 		"\"value_size\": %d, \"keys\": %d, \"ops\": %d, \"ops_per_s\": %.1f, \"mean_us\": %.0f, "+
 		"\"p50_us\": %d, \"p90_us\": %d, \"p99_us\": %d, \"max_us\": %d, \"errors\": %d, \"late\": %d, "+
+		"\"client_ops_min\": %d, \"client_ops_median\": %d, "+
 		"\"api\": \"grpc\", \"conns\": %d, \"tls\": \"%s\"",
 		*op, *clients, elapsed, *valueSize, *keys, done, opsPerS, mean,
 		percentile(all, 0.50), percentile(all, 0.90), percentile(all, 0.99), maxUs, errors,
-		uint64(n)-done,
+		uint64(n)-done, per[0], per[len(per)/2],
 		*conns, tlsName)
 	if errors > 0 {
 		codesJSON, _ := json.Marshal(codes)
