@@ -3,8 +3,8 @@
 # on this machine, in the same run, and writes the results directory (docs/benchmarks.md):
 # one JSON file per cell, report.md (tables, targets met or not) and plot.svg.
 #
-#   make bench                                    the whole matrix, about 25 minutes
-#   BENCH_SECONDS=2 BENCH_REPEAT=1 scripts/bench.sh   a smoke run, about 3 minutes
+#   make bench                                    the whole matrix, about 12 minutes
+#   BENCH_SECONDS=2 BENCH_REPEAT=1 scripts/bench.sh   a smoke run, about 2 minutes
 #
 # Raftport is driven by tools/rpbench (msgpack over mutual TLS 1.3), etcd by
 # tools/etcdbench (etcd's own Go client, native gRPC over mutual TLS 1.3), with the

@@ -137,7 +137,7 @@ function starved(c,    lo) {
         return ""
     stats(c, "raftport", "cmin"); lo = S_MED
     stats(c, "raftport", "cmed")
-    if (lo * 10 >= S_MED)
+    if (lo > 0 && lo * 10 >= S_MED)
         return ""
     return sprintf(" (Raftport's least served client had %d answers, the median one %d)", lo, S_MED)
 }
