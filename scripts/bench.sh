@@ -11,9 +11,9 @@
 # same value size, key space and number of clients (requests in flight). Each Raftport
 # client has its own connection (its protocol has one request in flight per
 # connection); etcd's clients share up to 4 gRPC connections, which multiplex and
-# gave etcd its best figures. Both clusters live in one temp dir (their data dirs share a file system and
-# pay the same fsync costs), listen on free loopback ports, and are stopped on exit,
-# failure or interrupt. Settings (environment):
+# gave etcd its best figures. Both clusters live in one temp dir (their data dirs
+# share a file system and pay the same fsync costs), listen on free loopback ports,
+# and are stopped on exit, failure or interrupt. Settings (environment):
 #   BENCH_SECONDS     measured seconds per run (10)     BENCH_WARMUP  unmeasured seconds first (1)
 #   BENCH_REPEAT      repetitions of every cell (3)
 #   BENCH_OPS         "put get" (also: get-stale)       BENCH_CLIENTS "1 16 64 256"
