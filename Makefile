@@ -139,7 +139,10 @@ jepsen: all
 	@BUILD=$(BUILD) JEPSEN_TIME=$(JEPSEN_TIME) JEPSEN_RATE=$(JEPSEN_RATE) JEPSEN_NODES=$(JEPSEN_NODES) \
 	  JEPSEN_SEED=$(JEPSEN_SEED) scripts/jepsen-matrix.sh
 
-# Raftport beside etcd 3.4 on this machine (installs etcd-server): docs/benchmarks.md.
+# Raftport beside etcd 3.4 on this machine, about 12 minutes; not part of `make test`.
+# Installs etcd-server, etcd-client, golang-go and golang-etcd-server-dev when missing
+# and writes bench/results/<date>/ (report.md, plot.svg, a JSON file per cell):
+# docs/benchmarks.md. A smoke run: BENCH_SECONDS=2 BENCH_REPEAT=1 make bench.
 .PHONY: bench
 bench: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/rpbench
 	@BUILD=$(BUILD) scripts/bench.sh

@@ -5,8 +5,10 @@
  *
  * N threads each hold one persistent connection with one request in flight and
  * issue requests back to back for S seconds (after --warmup seconds that are not
- * counted). The result is one line of JSON: operations per second, latency
- * percentiles in microseconds, errors.
+ * counted). The result is one line of JSON: operations per second (requests that
+ * started in the window and were answered in it), latency percentiles in
+ * microseconds (every request that started in the window, also those answered after
+ * it: "late" counts them), errors.
  *
  * Against Raftport each thread has its own auth client (auth/auth.h) with the
  * admin identity of the config's data_dir, over mutual TLS 1.3. Against etcd each
@@ -14,12 +16,15 @@
  * /v3/kv/put, /v3/kv/range), over TLS 1.3 with a client certificate when the URL
  * is https, plain TCP when it is http.
  *
- * Operations (keys are "k<i>" with i uniform in [0, --keys)):
+ * The etcd side of scripts/bench.sh is tools/etcdbench (etcd's native gRPC client); this
+ * JSON-gateway client stays for the footnote that script prints with BENCH_ETCD_GATEWAY=1.
+ *
+ * Operations (keys are "<prefix><i>", "k<i>" by default, with i uniform in [0, --keys)):
  *   put        Raftport: put of {kind: bench, version: v1, metadata: {name: k<i>},
  *              spec: {value: <value-size bytes>}} with a fresh rid; etcd: kv/put.
  *   get        linearizable read of one key.
  *   get-stale  Raftport: get with stale: true; etcd: range with serializable: true.
- *   fill       writes every key once (k0 .. k<keys-1>, split between the threads),
+ *   fill       writes every key once (<prefix>0 .. <prefix><keys-1>, split between the threads),
  *              ignoring --duration, so that later gets find what they read.
  *   issue      Raftport only: sign_user {user: --user, ssh_pubkey, tls_pubkey}, the
  *              issuance of a user's SSH and X.509 certificates (auth/certs.c). Each
@@ -70,6 +75,7 @@
 #define HTTP_MAX_BODY (1u << 20)
 #define MAX_ERR_CODES 16
 #define MAX_RAFT_IDS 16
+#define MAX_KEY_PREFIX 8
 
 enum op { OP_PUT, OP_GET, OP_GET_STALE, OP_FILL, OP_ISSUE };
 enum system { SYS_RAFTPORT, SYS_ETCD };
@@ -88,6 +94,7 @@ struct bench {
     double warmup_s;
     size_t value_size;
     uint32_t keys;
+    const char *key_prefix; /* names are <key_prefix><i>: 1..MAX_KEY_PREFIX of [a-z0-9-] */
     struct endpoint endpoints[MAX_ENDPOINTS];
     size_t n_endpoints;
 
@@ -114,9 +121,11 @@ struct worker {
     uint64_t rng;
     int setup_rv;
     char setup_err[256];
-    /* latencies of successful requests in the window, in microseconds */
+    /* latencies of the successful requests that started in the window, answered in it
+     * or after it, in microseconds; done: those answered inside the window */
     uint32_t *lat;
     size_t n_lat, cap_lat;
+    uint64_t done;
     uint64_t errors;
     char first_err[512];
     /* errors counted by code name (rp_strerror, or "no_certs" for issue) */
@@ -523,9 +532,9 @@ static char *base64(const void *p, size_t n)
 
 /* ---- one request of each kind ------------------------------------------------------------ */
 
-static void key_name(uint32_t i, char *out, size_t n)
+static void key_name(const struct bench *b, uint32_t i, char *out, size_t n)
 {
-    snprintf(out, n, "k%" PRIu32, i);
+    snprintf(out, n, "%s%" PRIu32, b->key_prefix, i);
 }
 
 /* Returns 0 on success; on failure records nothing and leaves the reason in @err. */
@@ -535,7 +544,7 @@ static int rp_request(struct worker *w, enum op op, uint32_t key, char *err, siz
     char name[24], rid[33];
     msgpack_packer pk;
     msgpack_unpacked resp;
-    key_name(key, name, sizeof name);
+    key_name(b, key, name, sizeof name);
     rp_buf_reset(&w->req);
     rp_mp_packer_init(&pk, &w->req);
     if (op == OP_PUT || op == OP_FILL) {
@@ -647,7 +656,7 @@ static int etcd_request(struct worker *w, enum op op, uint32_t key, struct rp_bu
                         struct rp_buf *body, char *err, size_t errlen)
 {
     char name[24];
-    key_name(key, name, sizeof name);
+    key_name(w->b, key, name, sizeof name);
     char *k64 = base64(name, strlen(name));
     if (k64 == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -743,10 +752,12 @@ static void *worker_main(void *arg)
             uint64_t t0 = now_ns();
             int rv = b->sys == SYS_ETCD ? etcd_request(w, OP_FILL, k, &json, &body, err, sizeof err)
                                         : rp_request(w, OP_FILL, k, err, sizeof err);
-            if (rv == 0)
+            if (rv == 0) {
                 record_ok(w, now_ns() - t0);
-            else
+                w->done++;
+            } else {
                 record_err(w, err_code_name(rv), err);
+            }
         }
         w->fill_done_ns = now_ns();
         goto out;
@@ -762,13 +773,18 @@ static void *worker_main(void *arg)
                                       : rp_request(w, b->op, k, err, sizeof err);
         uint64_t t1 = now_ns();
         w->ok_all += rv == 0;
-        /* Count what started in the window and finished in it. */
-        if (t0 < b->measure_from_ns || t1 > b->measure_until_ns)
+        /* Throughput counts what started in the window and was answered in it. The
+         * latency figures take every request that started in the window, also one
+         * answered after it: a client kept waiting past the end keeps its wait in the
+         * percentiles instead of vanishing from them. */
+        if (t0 < b->measure_from_ns)
             continue;
-        if (rv == 0)
+        if (rv == 0) {
             record_ok(w, t1 - t0);
-        else
+            w->done += t1 <= b->measure_until_ns;
+        } else {
             record_err(w, err_code_name(rv), err);
+        }
     }
     if (b->op == OP_ISSUE)
         note_server(w);
@@ -796,13 +812,20 @@ static uint32_t percentile(const uint32_t *v, size_t n, double p)
     return v[i];
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static void report(struct bench *b, struct worker *ws, double elapsed_s)
 {
     size_t total = 0;
-    uint64_t errors = 0;
+    uint64_t errors = 0, done = 0;
     const char *first_err = NULL;
     for (int i = 0; i < b->clients; i++) {
         total += ws[i].n_lat;
+        done += ws[i].done;
         errors += ws[i].errors;
         if (first_err == NULL && ws[i].errors > 0)
             first_err = ws[i].first_err;
@@ -819,18 +842,32 @@ static void report(struct bench *b, struct worker *ws, double elapsed_s)
         for (size_t i = 0; i < n; i++)
             sum += all[i];
     }
+    /* How evenly the clients were served: the fewest and the median answers one client
+     * had in the window (a server that serves some connections and leaves others
+     * waiting shows a minimum far below the median). */
+    uint64_t *per = malloc((size_t)b->clients * sizeof *per);
+    uint64_t per_min = 0, per_med = 0;
+    if (per != NULL) {
+        for (int i = 0; i < b->clients; i++)
+            per[i] = ws[i].done;
+        qsort(per, (size_t)b->clients, sizeof *per, cmp_u64);
+        per_min = per[0];
+        per_med = per[b->clients / 2];
+        free(per);
+    }
     struct rp_buf out;
     rp_buf_init(&out);
-    rp_buf_printf(&out,
-                  "{\"system\": \"%s\", \"op\": \"%s\", \"clients\": %d, \"duration_s\": %.3f, "
-                  "\"value_size\": %zu, \"keys\": %" PRIu32 ", \"ops\": %zu, "
-                  "\"ops_per_s\": %.1f, \"mean_us\": %.0f, \"p50_us\": %" PRIu32
-                  ", \"p90_us\": %" PRIu32 ", \"p99_us\": %" PRIu32 ", \"max_us\": %" PRIu32
-                  ", \"errors\": %" PRIu64,
-                  b->sys == SYS_ETCD ? "etcd" : "raftport", b->op_name, b->clients, elapsed_s,
-                  b->value_size, b->keys, n, elapsed_s > 0 ? (double)n / elapsed_s : 0.0,
-                  n ? sum / (double)n : 0.0, percentile(all, n, 0.50), percentile(all, n, 0.90),
-                  percentile(all, n, 0.99), n ? all[n - 1] : 0, errors);
+    rp_buf_printf(
+        &out,
+        "{\"system\": \"%s\", \"op\": \"%s\", \"clients\": %d, \"duration_s\": %.3f, "
+        "\"value_size\": %zu, \"keys\": %" PRIu32 ", \"ops\": %" PRIu64 ", "
+        "\"ops_per_s\": %.1f, \"mean_us\": %.0f, \"p50_us\": %" PRIu32 ", \"p90_us\": %" PRIu32
+        ", \"p99_us\": %" PRIu32 ", \"max_us\": %" PRIu32 ", \"errors\": %" PRIu64
+        ", \"late\": %" PRIu64 ", \"client_ops_min\": %" PRIu64 ", \"client_ops_median\": %" PRIu64,
+        b->sys == SYS_ETCD ? "etcd" : "raftport", b->op_name, b->clients, elapsed_s, b->value_size,
+        b->keys, done, elapsed_s > 0 ? (double)done / elapsed_s : 0.0, n ? sum / (double)n : 0.0,
+        percentile(all, n, 0.50), percentile(all, n, 0.90), percentile(all, n, 0.99),
+        n ? all[n - 1] : 0, errors, (uint64_t)n - done, per_min, per_med);
     if (b->op == OP_ISSUE) {
         uint64_t all_ok = 0;
         for (int i = 0; i < b->clients; i++)
@@ -1005,7 +1042,9 @@ static void usage(FILE *f)
                "      --duration S      measured seconds (default 10)\n"
                "      --warmup S        seconds run before measuring (default 1)\n"
                "      --value-size B    bytes per value (default 256)\n"
-               "      --keys K          key space k0..k<K-1> (default 10000)\n"
+               "      --keys K          key space <prefix>0..<prefix><K-1> (default 10000)\n"
+               "      --key-prefix P    key names' prefix, 1..8 of [a-z0-9-] (default k): a\n"
+               "                        separate key space, e.g. for large values\n"
                "      --user NAME       issue: the user whose certificates are signed (default\n"
                "                        bench; it must exist, with roles)\n");
 }
@@ -1044,7 +1083,8 @@ int main(int argc, char **argv)
         O_CACERT,
         O_CERT,
         O_KEY,
-        O_USER
+        O_USER,
+        O_KEY_PREFIX
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -1060,6 +1100,7 @@ int main(int argc, char **argv)
         {"cert", required_argument, NULL, O_CERT},
         {"key", required_argument, NULL, O_KEY},
         {"user", required_argument, NULL, O_USER},
+        {"key-prefix", required_argument, NULL, O_KEY_PREFIX},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1068,6 +1109,7 @@ int main(int argc, char **argv)
                       .warmup_s = 1,
                       .value_size = 256,
                       .keys = 10000,
+                      .key_prefix = "k",
                       .op_name = NULL,
                       .user = "bench"};
     const char *config_path = NULL, *endpoints = NULL, *etcd = NULL;
@@ -1152,6 +1194,15 @@ int main(int argc, char **argv)
                 return 2;
             }
             b.user = optarg;
+            break;
+        case O_KEY_PREFIX:
+            if (optarg[0] == '\0' || strlen(optarg) > MAX_KEY_PREFIX ||
+                strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(optarg)) {
+                fprintf(stderr, "rpbench: --key-prefix: expected 1..%d of a-z, 0-9 and -\n",
+                        MAX_KEY_PREFIX);
+                return 2;
+            }
+            b.key_prefix = optarg;
             break;
         case 'h':
             usage(stdout);
