@@ -63,10 +63,9 @@ static void start_node_and_user(void)
 /* Runs `sh -c CMD` with a deadline; its exit code, *out its stdout (free it). */
 static int sh(const char *cmd, char **out, int timeout_ms)
 {
-    char *argv[] = {"sh", "-c", (char *)cmd, NULL};
+    char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
     struct cl_run r;
-    cr_assert_eq(cl_run_argv(argv, timeout_ms, &r), 0);
-    int st = r.status;
+    int st = cl_run_argv(argv, timeout_ms, &r);
     if (st != 0 && r.err && r.err[0])
         fprintf(stderr, "`%s` exited %d: %s\n", cmd, st, r.err);
     if (out)
