@@ -19,6 +19,7 @@
 #include <zstd.h>
 
 #include "agent/spool.h"
+#include "auth/client.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
@@ -251,21 +252,15 @@ out:
 
 int agent_spool_meta_upload(struct rp_buf *b, const struct agent_spool_meta *m)
 {
-    msgpack_packer pk;
-    struct rp_mp_map map;
-    rp_mp_packer_init(&pk, b);
-    rp_mp_map_begin(&pk, &map);
-    rp_mp_map_str(&map, "user", m->user);
-    rp_mp_map_str(&map, "login", m->login);
-    rp_mp_map_str(&map, "hostname", m->hostname);
-    rp_mp_map_u64(&map, "start", m->start_ms);
-    rp_mp_map_u64(&map, "cols", m->cols);
-    rp_mp_map_u64(&map, "rows", m->rows);
-    rp_mp_map_bool(&map, "interactive", m->interactive);
-    if (m->command != NULL)
-        rp_mp_map_str(&map, "command", m->command);
-    rp_mp_map_end(&map);
-    return b->data != NULL ? 0 : rp_err(RP_ENOMEM, "encoding the recording's metadata");
+    struct auth_rec_meta am = {.user = m->user,
+                               .login = m->login,
+                               .hostname = m->hostname,
+                               .command = m->command,
+                               .start_ms = m->start_ms,
+                               .cols = m->cols,
+                               .rows = m->rows,
+                               .interactive = m->interactive};
+    return auth_rec_meta_encode(&am, b);
 }
 
 static int read_meta(struct agent_recorder *r, const char *sid, struct agent_spool_meta *m)

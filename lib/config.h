@@ -95,16 +95,16 @@ struct rp_config {
     /* auth_service: */
     bool auth_enabled;
     char *cluster_name;
-    char *auth_listen_addr;         /* default 0.0.0.0:3025 */
-    char *auth_public_addr;         /* default: auth_listen_addr (0.0.0.0 replaced by 127.0.0.1,
-                                     * [::] by [::1]) unless auth_public_addr_set */
-    bool auth_public_addr_set;      /* public_addr came from the file (or a flag: set it then) */
-    uint64_t min_free_disk;         /* bytes; default 64 MiB */
-    uint64_t audit_retention_ms;    /* default one year */
+    char *auth_listen_addr;      /* default 0.0.0.0:3025 */
+    char *auth_public_addr;      /* default: auth_listen_addr (0.0.0.0 replaced by 127.0.0.1,
+                                  * [::] by [::1]) unless auth_public_addr_set */
+    bool auth_public_addr_set;   /* public_addr came from the file (or a flag: set it then) */
+    uint64_t min_free_disk;      /* bytes; default 64 MiB */
+    uint64_t audit_retention_ms; /* default one year */
     /* auth_service.recordings (docs/recordings.md): session recordings kept in the cluster. */
-    uint64_t rec_retention_ms; /* retention; default 30 days (720h), at least 1m */
-    uint64_t rec_max_size;     /* budget of stored chunks; default 2 GiB, 1 MiB to 1 TiB */
-    uint64_t rec_max_map_size; /* LMDB map ceiling; 0 (default): 2 x max_size + 256 MiB */
+    uint64_t rec_retention_ms;      /* retention; default 30 days (720h), at least 1m */
+    uint64_t rec_max_size;          /* budget of stored chunks; default 2 GiB, 1 MiB to 1 TiB */
+    uint64_t rec_max_map_size;      /* LMDB map ceiling; 0 (default): 2 x max_size + 256 MiB */
     unsigned max_login_attempts;    /* default 5 */
     unsigned lockout_ms;            /* default 30 minutes */
     uint64_t max_session_ttl_ms;    /* user certificate ceiling; default 30 hours */

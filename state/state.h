@@ -245,7 +245,7 @@ int state_command_check(const void *cmd, size_t len);
 #define STATE_REC_MAX_CHUNK (1u << 20)
 #define STATE_REC_SID_LEN 36
 #define STATE_REC_DEFAULT_MAP_MAX ((size_t)8 << 30)
-#define STATE_REC_TEXT_MAX 255    /* user, login, hostname */
+#define STATE_REC_TEXT_MAX 255     /* user, login, hostname */
 #define STATE_REC_COMMAND_MAX 1024 /* meta.command */
 
 /* meta of chunk 0: what the recording is of. */
@@ -257,7 +257,7 @@ struct state_rec_meta {
 };
 
 struct state_rec_put {
-    const char *sid;       /* UUID text */
+    const char *sid; /* UUID text */
     uint32_t seq;
     const char *server_id; /* 1..63 bytes */
     const void *data;
@@ -283,15 +283,15 @@ struct state_rec_info {
     char user[STATE_REC_TEXT_MAX + 1], login[STATE_REC_TEXT_MAX + 1];
     char hostname[STATE_REC_TEXT_MAX + 1];
     char command[STATE_REC_COMMAND_MAX + 1];
-    bool has_meta;     /* chunk 0 (with meta) is stored */
-    uint64_t start;    /* meta.start, or the time of the first chunk stored until then */
-    uint64_t dur_ms;   /* the latest event offset any stored chunk reported */
+    bool has_meta;   /* chunk 0 (with meta) is stored */
+    uint64_t start;  /* meta.start, or the time of the first chunk stored until then */
+    uint64_t dur_ms; /* the latest event offset any stored chunk reported */
     uint64_t last_write;
-    uint32_t chunks;   /* chunks stored */
-    uint64_t bytes;    /* their compressed size */
-    bool has_last;     /* the last chunk is stored: last_seq is its seq */
+    uint32_t chunks; /* chunks stored */
+    uint64_t bytes;  /* their compressed size */
+    bool has_last;   /* the last chunk is stored: last_seq is its seq */
     uint32_t last_seq, max_seq;
-    bool complete;     /* has_last and every chunk 0..last_seq stored */
+    bool complete; /* has_last and every chunk 0..last_seq stored */
     uint32_t cols, rows;
     bool interactive;
 };
@@ -512,8 +512,8 @@ int state__rec_snap_pin(struct state *s);
 void state__rec_snap_release(struct state *s);
 int state__rec_snapshot_size(struct state *s, size_t *len);
 int state__rec_snapshot_write(struct state *s, uint8_t *p, size_t len);
-int state__rec_snapshot_split(const uint8_t *buf, size_t len, size_t *main_len,
-                              const uint8_t **rec, size_t *rec_len);
+int state__rec_snapshot_split(const uint8_t *buf, size_t len, size_t *main_len, const uint8_t **rec,
+                              size_t *rec_len);
 int state__rec_snapshot_check(const uint8_t *rec, size_t len);
 int state__rec_snapshot_restore(struct state *s, const uint8_t *rec, size_t len);
 

@@ -35,15 +35,13 @@ static void start_node_and_user(void)
         ag_print_log_tail(1, 30);
     cr_assert(ok, "the agent did not start serving SSH");
 
-    cr_assert_eq(run_tctl(1, NULL, "users", "add", "alice", "--roles=access", "--logins=root",
-                          NULL),
-                 0);
+    cr_assert_eq(
+        run_tctl(1, NULL, "users", "add", "alice", "--roles=access", "--logins=root", NULL), 0);
     snprintf(key_path, sizeof key_path, "%s/alice", CL->dir);
     snprintf(cert_path, sizeof cert_path, "%s/alice-cert.pub", CL->dir);
     snprintf(known_hosts, sizeof known_hosts, "%s/known_hosts", CL->dir);
-    cr_assert_eq(run_tctl(1, NULL, "auth", "sign", "--user=alice", "--ttl=1h", "-o", key_path,
-                          NULL),
-                 0);
+    cr_assert_eq(
+        run_tctl(1, NULL, "auth", "sign", "--user=alice", "--ttl=1h", "-o", key_path, NULL), 0);
     /* The node's published host key, certified by the host CA: what ssh checks. */
     char *kh = NULL;
     for (int i = 0; i < 100; i++) {
@@ -263,8 +261,8 @@ Test(agent_e2e, a_recording_spooled_by_a_killed_agent_is_uploaded_after_restart)
 
     char ssh[2048], cmd[4096];
     ssh_cmd(ssh, sizeof ssh, key_path, cert_path, "-tt", "");
-    snprintf(cmd, sizeof cmd, "(sleep 1; echo 'echo kill9-marker-5'; sleep 60) | %s >/dev/null 2>&1",
-             ssh);
+    snprintf(cmd, sizeof cmd,
+             "(sleep 1; echo 'echo kill9-marker-5'; sleep 60) | %s >/dev/null 2>&1", ssh);
     char *argv[] = {"sh", "-c", cmd, NULL};
     pid_t client = fork();
     cr_assert_geq(client, 0);

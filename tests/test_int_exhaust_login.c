@@ -387,8 +387,17 @@ Test(int_exhaust_login, login_flood_for_unknown_users_leaves_the_leader_serving)
     bool limited = false;
     for (int k = 0; k < N_CLIENTS; k++)
         limited = limited || strstr(res.clients[k].error, "too many login attempts from 127.0.0.2");
-    cr_assert(limited, "no login was refused by the per-address limit");
+    /* The limit refuses what passes its burst of 40: on a loaded machine most logins may
+     * be answered busy by the API port first (no worker within 2 s), and then fewer than
+     * the burst reach the limit. When more did, it must have refused some. */
     int allowed = 40 + (int)(res.flood_ms * 20 / 60000) + 1;
+    int reached = N_CLIENTS - res.dropped - res.denied_by_queue;
+    if (reached > allowed)
+        cr_assert(limited, "%d logins reached the per-address limit but it refused none", reached);
+    else
+        cr_log_info("%d logins reached the per-address limit (the rest: busy or closed by the "
+                    "caps), within its burst",
+                    reached);
     cr_assert_leq(res.denied, allowed,
                   "%d logins from one address were checked in %llu ms; the burst is 40", res.denied,
                   (unsigned long long)res.flood_ms);

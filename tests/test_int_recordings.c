@@ -169,7 +169,8 @@ Test(int_recordings, an_uploaded_recording_is_listed_exported_played_and_outlive
 {
     cluster_set_snapshot(16, 16);
     cluster_start(3);
-    struct auth_client *node = cl_node_identity_client(1, "node-rec-1");
+    char host_id[40];
+    struct auth_client *node = cl_node_identity_client(1, "node-rec-1", host_id);
     struct recording r;
     make_recording(&r);
 
@@ -196,7 +197,7 @@ Test(int_recordings, an_uploaded_recording_is_listed_exported_played_and_outlive
     cr_assert_str_eq(cl_json_str(it, "user"), "alice");
     cr_assert_str_eq(cl_json_str(it, "login"), "root");
     cr_assert_str_eq(cl_json_str(it, "hostname"), "node-rec-1");
-    cr_assert_str_eq(cl_json_str(it, "server_id"), "node-rec-1");
+    cr_assert_str_eq(cl_json_str(it, "server_id"), host_id);
     cr_assert_eq(cl_json_u64(it, "chunks"), 3);
     cr_assert_eq(cl_json_get(it, "complete")->b, true);
     cr_assert_eq(cl_json_u64(it, "end") - cl_json_u64(it, "start"), 3500, "last event at 3.5 s");
@@ -274,14 +275,15 @@ Test(int_recordings, only_the_node_that_started_a_recording_may_upload_to_it)
 {
     cluster_start(3);
     cr_assert(cl_wait_presets(20000));
-    struct auth_client *node = cl_node_identity_client(1, "node-a");
-    struct auth_client *other = cl_node_identity_client(1, "node-b");
+    char host_a[40];
+    struct auth_client *node = cl_node_identity_client(1, "node-a", host_a);
+    struct auth_client *other = cl_node_identity_client(1, "node-b", NULL);
     struct recording r;
     make_recording(&r);
     bool stored;
     cr_assert_eq(put_chunk(node, &r, 0, &stored), 0, "%s", rp_errmsg());
     cr_assert_eq(put_chunk(other, &r, 1, &stored), RP_EDENIED, "another host: %s", rp_errmsg());
-    cr_assert(strstr(rp_errmsg(), "node-a") != NULL, "%s", rp_errmsg());
+    cr_assert(strstr(rp_errmsg(), host_a) != NULL, "%s", rp_errmsg());
 
     /* A user with the access preset: no rec_put (Node only), no listing (its rule on
      * sessions has a where clause, which grants nothing unconditionally). */
@@ -370,7 +372,7 @@ static char *hex_lines(size_t n, size_t *len)
 Test(int_recordings, a_one_mib_chunk_goes_through_while_small_writes_keep_flowing)
 {
     cluster_start(3);
-    struct auth_client *node = cl_node_identity_client(1, "node-big");
+    struct auth_client *node = cl_node_identity_client(1, "node-big", NULL);
     struct recording r;
     make_recording(&r);
     bool stored;
@@ -504,7 +506,7 @@ Test(int_recordings, the_budget_drops_the_oldest_recording_on_every_member)
         node_restart(i);
         cr_assert_neq(cluster_wait_ready(0, 3, 0, 40000), 0, "after restarting auth%d", i);
     }
-    struct auth_client *node = cl_node_identity_client(1, "node-budget");
+    struct auth_client *node = cl_node_identity_client(1, "node-budget", NULL);
     struct recording a, b;
     make_recording(&a);
     make_recording(&b);

@@ -1778,12 +1778,9 @@ static void format_duration(uint64_t ms, char *out, size_t n)
 static int cmd_recordings_ls(struct tctl *t, int argc, char **argv)
 {
     static const struct option own[] = {
-        {"since", required_argument, NULL, O_SINCE},
-        {"until", required_argument, NULL, O_UNTIL},
-        {"limit", required_argument, NULL, O_LIMIT},
-        {"format", required_argument, NULL, O_FORMAT},
-        {"stale", no_argument, NULL, O_STALE},
-        {NULL, 0, NULL, 0},
+        {"since", required_argument, NULL, O_SINCE}, {"until", required_argument, NULL, O_UNTIL},
+        {"limit", required_argument, NULL, O_LIMIT}, {"format", required_argument, NULL, O_FORMAT},
+        {"stale", no_argument, NULL, O_STALE},       {NULL, 0, NULL, 0},
     };
     struct flags f;
     char **args;

@@ -6,10 +6,10 @@
 
 #include "auth/client.h"
 
-/* Joins as node @host_id (also its nodename) through cluster node @via, and returns
- * a client presenting the Node certificate it got, bound to every running member's
- * API address (it fails over like any client). Fails the test on any error.
- * auth_client_free it. */
-struct auth_client *cl_node_identity_client(int via, const char *host_id);
+/* Joins as node @nodename (cl_join_node: a fresh host id, into @host_id unless NULL)
+ * through cluster node @via, and returns a client presenting the Node certificate it
+ * got, bound to every running member's API address (it fails over like any client).
+ * Fails the test on any error. auth_client_free it. */
+struct auth_client *cl_node_identity_client(int via, const char *nodename, char host_id[40]);
 
 #endif
