@@ -31,6 +31,8 @@
 #   SCP_MB      size of the copied file in MiB (default 1024)
 #   SCP_RUNS    scp runs per server, interleaved, best kept (default 3)
 #   SESSIONS    open sessions for the memory figure (default 100)
+#   ROUNDS      times the agent gets SESSIONS sessions opened and closed, its RSS
+#               printed after each (default 1; more tells reuse from a leak)
 #   PERF        a directory: `perf record` the agent during the session-open loop and
 #               the scp runs, reports written there (default: no profiling)
 #   BENCH_KEEP  1: keep the temp dir (configs, logs) instead of removing it
@@ -46,6 +48,7 @@ RUNS=${N:-50}
 SCP_MB=${SCP_MB:-1024}
 SCP_RUNS=${SCP_RUNS:-3}
 SESSIONS=${SESSIONS:-100}
+ROUNDS=${ROUNDS:-1}
 PERF=${PERF:-}
 case $RP_SERVER in agent | fixture) ;; *)
   echo "bench-ssh: RP_SERVER=$RP_SERVER: expected agent or fixture" >&2
@@ -312,8 +315,14 @@ perf_stop() { # label
   kill -INT "$PERF_PID" 2>/dev/null || true
   wait "$PERF_PID" 2>/dev/null || true
   PERF_PID=
-  perf report -i "$PERF/$1.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null |
-    head -n 120 >"$PERF/$1.txt" || true
+  # By program and library first (perf follows the agent's children too: the
+  # sessions' shells, sftp-server), then by function.
+  { perf report -i "$PERF/$1.data" --no-children -g none --sort comm,dso --stdio 2>/dev/null |
+      grep -v '^#' | grep . | head -n 25
+    echo
+    perf report -i "$PERF/$1.data" --no-children -g none --sort comm,dso,sym --stdio 2>/dev/null |
+      grep -v '^#' | grep . | head -n 60
+  } >"$PERF/$1.txt" || true
   log "profile of our server during $1: $PERF/$1.txt"
 }
 
@@ -431,6 +440,15 @@ end_sessions "$OUR_PID"
 wait_for 30 none_marked "$OUR_PID" || true
 settle
 OURS_AFTER_RSS=$(mem_of ours VmRSS)
+# Further rounds tell memory kept for reuse (allocator arenas, thread stacks) from a
+# leak: a leak grows round after round.
+for _ in $(seq 2 "$ROUNDS"); do
+  hold_sessions ours
+  end_sessions "$OUR_PID"
+  wait_for 30 none_marked "$OUR_PID" || true
+  settle
+  OURS_AFTER_RSS="$OURS_AFTER_RSS $(mem_of ours VmRSS)"
+done
 
 hold_sessions sshd
 SSHD_OPEN=$OPEN
@@ -466,6 +484,6 @@ row "memory, $SESSIONS sessions, RSS (MiB)" "$(mib "$OURS_BUSY_RSS")" "$(mib "$S
 row "memory, $SESSIONS sessions, PSS (MiB)" "$(mib "$OURS_BUSY_PSS")" "$(mib "$SSHD_BUSY_PSS")" "" "" ""
 echo "scp runs (MiB/s):$SCP_ALL"
 echo "$NAME: $OURS_OPEN sessions running (${OURS_LOGGED} logged by it), $OURS_THREADS threads;" \
-  "RSS $(mib "$OURS_AFTER_RSS") MiB once they ended. sshd: $SSHD_OPEN sessions running, $SSHD_PROCS sshd processes."
+  "RSS (MiB) once they ended: $(for k in $OURS_AFTER_RSS; do printf '%s ' "$(mib "$k")"; done)(per round). sshd: $SSHD_OPEN sessions running, $SSHD_PROCS sshd processes."
 echo "Negotiated: $NAME: $NEG_ours; sshd: $NEG_sshd"
 echo "Memory: $NAME counts its one process (the sessions' commands excluded); sshd sums its processes."
