@@ -330,6 +330,14 @@ perf_stop() { # label
 log "1. $RUNS session opens per server"
 : >"$DIR/t_ours"
 : >"$DIR/t_sshd"
+# CPU time of a server and of the children it reaped (sshd's per-connection processes,
+# either server's session shells), in clock ticks: steadier than wall time on a busy
+# machine.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13 + $14 + $15}'; }
+own_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; } # without children
+CPU0_ours=$(cpu_ticks "$OUR_PID")
+OWN0_ours=$(own_ticks "$OUR_PID")
+CPU0_sshd=$(cpu_ticks "$SSHD_PID")
 perf_start open
 for i in $(seq 1 "$RUNS"); do
   order="ours sshd"
@@ -341,6 +349,10 @@ for i in $(seq 1 "$RUNS"); do
     echo $((t1 - t0)) >>"$DIR/t_$which"
   done
 done
+sleep 0.5 # the last connection's processes reaped
+CPU_ours=$(($(cpu_ticks "$OUR_PID") - CPU0_ours))
+OWN_ours=$(($(own_ticks "$OUR_PID") - OWN0_ours))
+CPU_sshd=$(($(cpu_ticks "$SSHD_PID") - CPU0_sshd))
 perf_stop open
 stat_ms() { # file -> "median p90" in ms
   sort -n "$1" | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.9+0.999)]; printf "%.1f %.1f", m/1000, p/1000}'
@@ -467,6 +479,11 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 R_MED=$(ratio "$OURS_MED" "$SSHD_MED")
 R_P90=$(ratio "$OURS_P90" "$SSHD_P90")
 R_SCP=$(ratio "$OURS_MBS" "$SSHD_MBS")
+TCK=$(getconf CLK_TCK)
+per_open() { awk -v t="$1" -v hz="$TCK" -v n="$RUNS" 'BEGIN {printf "%.1f", t * 1000 / hz / n}'; }
+CPU_OURS_MS=$(per_open "$CPU_ours")
+CPU_SSHD_MS=$(per_open "$CPU_sshd")
+OWN_OURS_MS=$(per_open "$OWN_ours")
 NAME=agent
 [ "$RP_SERVER" = fixture ] && NAME=fixture
 row() { printf '%-40s %12s %12s %7s %-8s %s\n' "$@"; }
@@ -477,6 +494,7 @@ echo "$(nproc) CPUs; load average $LOAD_START at the start, $(cut -d' ' -f1-3 /p
 row "measure" "$NAME" "sshd" "ratio" "target" "verdict"
 row "session open + true, median (ms)" "$OURS_MED" "$SSHD_MED" "$R_MED" "<= 1.5" "$(verdict "$R_MED" "<=" 1.5)"
 row "session open + true, p90 (ms)" "$OURS_P90" "$SSHD_P90" "$R_P90" "<= 1.5" "$(verdict "$R_P90" "<=" 1.5)"
+row "server CPU per session open (ms)" "$CPU_OURS_MS" "$CPU_SSHD_MS" "$(ratio "$CPU_OURS_MS" "$CPU_SSHD_MS")" "" ""
 row "scp download, best (MiB/s)" "$OURS_MBS" "$SSHD_MBS" "$R_SCP" ">= 0.8" "$(verdict "$R_SCP" ">=" 0.8)"
 row "memory idle, RSS (MiB)" "$(mib "$OURS_IDLE_RSS")" "$(mib "$SSHD_IDLE_RSS")" "" "" ""
 row "memory idle, PSS (MiB)" "$(mib "$OURS_IDLE_PSS")" "$(mib "$SSHD_IDLE_PSS")" "" "" ""
@@ -485,5 +503,6 @@ row "memory, $SESSIONS sessions, PSS (MiB)" "$(mib "$OURS_BUSY_PSS")" "$(mib "$S
 echo "scp runs (MiB/s):$SCP_ALL"
 echo "$NAME: $OURS_OPEN sessions running (${OURS_LOGGED} logged by it), $OURS_THREADS threads;" \
   "RSS (MiB) once they ended: $(for k in $OURS_AFTER_RSS; do printf '%s ' "$(mib "$k")"; done)(per round). sshd: $SSHD_OPEN sessions running, $SSHD_PROCS sshd processes."
+echo "CPU per session open: the $NAME's own $OWN_OURS_MS ms of its $CPU_OURS_MS (the rest: the session's shell, run as root's login shell with its dotfiles); sshd's includes its shells too."
 echo "Negotiated: $NAME: $NEG_ours; sshd: $NEG_sshd"
 echo "Memory: $NAME counts its one process (the sessions' commands excluded); sshd sums its processes."
