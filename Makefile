@@ -149,7 +149,7 @@ bench: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/rpbench
 
 # The node's SSH server beside stock sshd (scripts/bench-ssh.sh says what is measured).
 .PHONY: bench-ssh
-bench-ssh: $(BUILD)/sshd-fixture
+bench-ssh: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/sshd-fixture
 	@BUILD=$(BUILD) scripts/bench-ssh.sh
 
 demo: all

@@ -1,57 +1,215 @@
 #!/usr/bin/env bash
-# make bench-ssh: the node's SSH server beside stock OpenSSH sshd, in one run.
+# make bench-ssh: the node agent's SSH server beside stock OpenSSH sshd, in one run.
 #
-# Both servers get the same Ed25519 host key type, certificate authentication (sshd:
-# TrustedUserCAKeys) and the same cipher (chacha20-poly1305@openssh.com); the client
-# is stock `ssh`/`scp` for both. Measured:
-#   - time to open a session and run `true` (N runs each, interleaved so that load
-#     from elsewhere hits both alike): median and p90;
-#   - a 1 GiB scp download (best of SCP_RUNS);
-#   - our server's RSS idle and with SESSIONS open sessions (sshd: the summed PSS of
-#     its processes, since it forks per connection).
+# By default the server measured is the real node agent: a throwaway auth cluster
+# (AUTH_N members, scripts/lib/rp-cluster.sh) on free loopback ports in a temp dir, a
+# node token, `raftport start --roles=node` joined with it, a role allowing login root
+# (file copy allowed), a user with that role, `tctl auth sign` for the key and
+# certificate, and known_hosts from `tctl nodes ls --format=known_hosts`. Stock sshd
+# beside it trusts the cluster's user CA (`tctl auth export --type=user` as
+# TrustedUserCAKeys) and presents an Ed25519 host key, like the agent. Both are
+# reached by the same stock ssh/scp client, with the same certificate, strict host key
+# checking, cipher (chacha20-poly1305@openssh.com) and key exchange (curve25519-sha256:
+# libssh 0.10 has no sntrup761x25519, which OpenSSH 9 prefers and which costs ~0.1 s
+# of CPU per connection on a loaded 2-core machine).
+#
+# Measured:
+#   1. time to open a session and run `true`: N runs per server, interleaved (the
+#      server that goes first alternates), median and p90; target: <= 1.5x sshd;
+#   2. a SCP_MB MiB scp download (SFTP protocol, OpenSSH >= 9), best of SCP_RUNS per
+#      server, interleaved; target: >= 0.8x sshd;
+#   3. memory: the agent process's RSS (and PSS) idle and with SESSIONS open sessions;
+#      sshd's, summed over its processes (it forks per connection). A session counts
+#      as open once its command (`sleep MARK`) runs under the server's process tree.
 #
 # Variables:
-#   BUILD        build directory (default build)
-#   N            session-open runs per server (default 50)
-#   SCP_MB       size of the copied file in MiB (default 1024)
-#   SCP_RUNS     scp runs per server, interleaved, best kept (default 3)
-#   SESSIONS     open sessions for the RSS figure (default 100)
-#   RP_SERVER    how our server is started; PORT, DIR (keys, roles) are set for it.
-#                Default: "$BUILD/sshd-fixture" over DIR's CA and roles. To bench the
-#                whole agent instead, start `raftport start --roles=node ...` here
-#                (with a user CA that trusts DIR/ca.pub) listening on $PORT.
+#   BUILD       build directory (default build)
+#   RP_SERVER   agent (default): the real node agent; fixture: build/sshd-fixture, the
+#               SSH server alone over a CA and roles from files (no auth cluster)
+#   AUTH_N      auth servers for the agent mode, 1 (default) or 3
+#   N           session-open runs per server (default 50)
+#   SCP_MB      size of the copied file in MiB (default 1024)
+#   SCP_RUNS    scp runs per server, interleaved, best kept (default 3)
+#   SESSIONS    open sessions for the memory figure (default 100)
+#   ROUNDS      times the agent gets SESSIONS sessions opened and closed, its RSS
+#               printed after each (default 1; more tells reuse from a leak)
+#   PERF        a directory: `perf record` the agent during the session-open loop and
+#               the scp runs, reports written there (default: no profiling)
+#   BENCH_KEEP  1: keep the temp dir (configs, logs) instead of removing it
+# On exit, failure or Ctrl-C every process the script started is stopped (by pid) and
+# the temp dirs are removed.
 set -euo pipefail
 
-BUILD=${BUILD:-build}
-N=${N:-50}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=$(cd "${BUILD:-build}" && pwd)
+RP_SERVER=${RP_SERVER:-agent}
+AUTH_N=${AUTH_N:-1}
+RUNS=${N:-50}
 SCP_MB=${SCP_MB:-1024}
 SCP_RUNS=${SCP_RUNS:-3}
 SESSIONS=${SESSIONS:-100}
-BUILD=$(cd "$BUILD" && pwd)
+ROUNDS=${ROUNDS:-1}
+PERF=${PERF:-}
+case $RP_SERVER in agent | fixture) ;; *)
+  echo "bench-ssh: RP_SERVER=$RP_SERVER: expected agent or fixture" >&2
+  exit 2
+  ;;
+esac
+case $AUTH_N in 1 | 3) ;; *)
+  echo "bench-ssh: AUTH_N=$AUTH_N: expected 1 or 3" >&2
+  exit 2
+  ;;
+esac
+
+log() { printf 'bench-ssh: %s\n' "$*" >&2; }
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 DIR=$(mktemp -d /tmp/rp-bench-ssh.XXXXXX)
+# The copied file lives in memory when it can, so the disk is not what is measured.
 DATA=$(mktemp -d /dev/shm/rp-bench-ssh.XXXXXX 2>/dev/null || mktemp -d /tmp/rp-bench-data.XXXXXX)
-pids=()
+PIDS=()         # servers (auth, agent, sshd), stopped in reverse order
+CLIENT_PIDS=()  # ssh clients holding sessions open
+PERF_PID=
+# The command of the held-open sessions: a number no other program on this shared
+# machine sleeps for, so they are told apart from everything else.
+MARK=$((7000000 + $$))
+
+# Pids under $1 (itself included) with their comm and args: "pid ppid comm args".
+tree_ps() {
+  ps -eo pid=,ppid=,comm=,args= | awk -v root="$1" '
+    { pid[NR] = $1; pp[NR] = $2; line[NR] = $0 }
+    END {
+      t[root] = 1
+      do { grew = 0
+        for (i = 1; i <= NR; i++) if (!(pid[i] in t) && (pp[i] in t)) { t[pid[i]] = 1; grew = 1 }
+      } while (grew)
+      for (i = 1; i <= NR; i++) if (pid[i] in t) print line[i]
+    }'
+}
+# Pids of the held-open sessions' commands under $1.
+marked_pids() { tree_ps "$1" | awk -v m="sleep $MARK" '$3 == "sleep" { a = $0; sub(/^ *[0-9]+ +[0-9]+ +[^ ]+ +/, "", a); if (a == m) print $1 }'; }
+count_marked() { marked_pids "$1" | wc -l; }
+
+end_sessions() { # server pid: ends the held-open sessions (clients, then their commands)
+  local p
+  for p in "${CLIENT_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${CLIENT_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  CLIENT_PIDS=()
+  # A command without a PTY outlives its dropped connection on sshd (it never
+  # writes, so nothing tells it); ours are ended here either way, by pid.
+  [ -n "${1:-}" ] || return 0
+  for p in $(marked_pids "$1"); do kill -9 "$p" 2>/dev/null || true; done
+}
+
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  local rc=$? i p
+  trap - EXIT INT TERM
+  [ -z "$PERF_PID" ] || kill -INT "$PERF_PID" 2>/dev/null || true
+  end_sessions "${OUR_PID:-}"
+  [ -z "${SSHD_PID:-}" ] || for p in $(marked_pids "$SSHD_PID"); do kill -9 "$p" 2>/dev/null || true; done
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
-  [ -f "$DIR/sshd.pid" ] && kill "$(cat "$DIR/sshd.pid")" 2>/dev/null || true
-  rm -rf "$DIR" "$DATA"
+  rm -rf "$DATA"
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $DIR"; else rm -rf "$DIR"; fi
+  exit "$rc"
 }
 trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib/rp-cluster.sh
+. "$ROOT/scripts/lib/rp-cluster.sh"
+RAFTPORT="$BUILD/raftport"
+TCTL="$BUILD/tctl"
+OUR_PORT=$(pick_ports 1)
+SSHD_PORT=$(pick_ports 1)
+while [ "$SSHD_PORT" = "$OUR_PORT" ]; do SSHD_PORT=$(pick_ports 1); done
 
-# ---- keys, certificate, role -----------------------------------------------------------
-ssh-keygen -q -t ed25519 -N '' -f "$DIR/ca" -C bench-ca
-ssh-keygen -q -t ed25519 -N '' -f "$DIR/host_ours" -C host
-ssh-keygen -q -t ed25519 -N '' -f "$DIR/host_sshd" -C host
-ssh-keygen -q -t ed25519 -N '' -f "$DIR/user" -C bench
-ssh-keygen -q -s "$DIR/ca" -I bench -n root -V -5m:+4h \
-  -O extension:teleport-roles='{"version":"v1","roles":["bench"]}' -O extension:teleport-traits='{}' \
-  "$DIR/user.pub"
-mkdir -p "$DIR/roles"
-cat >"$DIR/roles/bench.yaml" <<'EOF'
+# ---- our server: the agent and its cluster, or the fixture -------------------------------
+start_agent() {
+  local base i js token pin servers=""
+  base=$(pick_ports $((2 * AUTH_N)))
+  RP_API=() RP_RAFT=()
+  for ((i = 0; i < AUTH_N; i++)); do
+    RP_API+=($((base + i)))
+    RP_RAFT+=($((base + AUTH_N + i)))
+    servers="$servers, 127.0.0.1:$((base + i))"
+  done
+  # rp-cluster.sh counts members in N.
+  N=$AUTH_N start_raftport
+  tctl() { "$TCTL" -c "$DIR/auth1.yaml" "$@"; }
+
+  js=$(tctl tokens add --type=node --ttl=10m --format=json)
+  token=$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")
+  pin=$(sed -nE 's/.*"ca_pin": "([^"]+)".*/\1/p' <<<"$js")
+  { [ -n "$token" ] && [ -n "$pin" ]; } || die_with_logs "tokens add gave no token or ca_pin: $js"
+  ( umask 077
+    cat >"$DIR/node1.yaml" <<YAML
+version: v3
+teleport:
+  nodename: bench-node
+  data_dir: $DIR/node1
+  auth_servers: [${servers#, }]
+  ca_pin: $pin
+  join_params:
+    token_name: $token
+    method: token
+  log:
+    output: stderr
+    severity: INFO
+ssh_service:
+  enabled: yes
+  listen_addr: 127.0.0.1:$OUR_PORT
+  labels:
+    env: bench
+YAML
+  )
+  log "starting the node agent (SSH on 127.0.0.1:$OUR_PORT)"
+  "$RAFTPORT" start --roles=node -c "$DIR/node1.yaml" >>"$DIR/node1.log" 2>&1 </dev/null &
+  OUR_PID=$!
+  PIDS+=("$OUR_PID")
+  OUR_LOG="$DIR/node1.log"
+
+  cat >"$DIR/role.yaml" <<'YAML'
+kind: role
+version: v7
+metadata:
+  name: bench
+spec:
+  options:
+    ssh_file_copy: true
+  allow:
+    logins: [root]
+    node_labels:
+      '*': '*'
+YAML
+  tctl create "$DIR/role.yaml" >/dev/null
+  tctl users add bench --roles=bench >/dev/null
+  ( umask 077; tctl auth sign --user=bench --ttl=4h -o "$DIR/user" >/dev/null )
+  { [ -f "$DIR/user" ] && [ -f "$DIR/user-cert.pub" ]; } ||
+    die_with_logs "tctl auth sign wrote no $DIR/user and $DIR/user-cert.pub"
+  tctl auth export --type=user >"$DIR/user_ca.pub"
+
+  node_listed() { tctl nodes ls --format=known_hosts 2>/dev/null | grep -q "ssh-ed25519"; }
+  wait_for 30 grep -q "SSH server listening" "$OUR_LOG" ||
+    die_with_logs "the agent did not start its SSH server" "$OUR_LOG"
+  wait_for 30 node_listed || die_with_logs "the agent did not show in tctl nodes ls" "$OUR_LOG"
+  tctl nodes ls --format=known_hosts >"$DIR/known_hosts_ours"
+}
+
+start_fixture() {
+  ssh-keygen -q -t ed25519 -N '' -f "$DIR/ca" -C bench-ca
+  ssh-keygen -q -t ed25519 -N '' -f "$DIR/host_ours" -C host
+  ssh-keygen -q -t ed25519 -N '' -f "$DIR/user" -C bench
+  ssh-keygen -q -s "$DIR/ca" -I bench -n root -V -5m:+4h \
+    -O extension:teleport-roles='{"version":"v1","roles":["bench"]}' \
+    -O extension:teleport-traits='{}' "$DIR/user.pub"
+  cp "$DIR/ca.pub" "$DIR/user_ca.pub"
+  mkdir -p "$DIR/roles"
+  cat >"$DIR/roles/bench.yaml" <<'YAML'
 kind: role
 version: v7
 metadata:
@@ -61,28 +219,33 @@ spec:
     logins: [root]
     node_labels:
       '*': '*'
-EOF
+YAML
+  echo "[127.0.0.1]:$OUR_PORT $(cut -d' ' -f1-2 "$DIR/host_ours.pub")" >"$DIR/known_hosts_ours"
+  "$BUILD/sshd-fixture" --listen "127.0.0.1:$OUR_PORT" --host-key "$DIR/host_ours" \
+    --user-ca "$DIR/ca.pub" --roles "$DIR/roles" --labels env=bench --log-level info \
+    >"$DIR/fixture.log" 2>&1 </dev/null &
+  OUR_PID=$!
+  PIDS+=("$OUR_PID")
+  OUR_LOG="$DIR/fixture.log"
+}
 
-# ---- our server --------------------------------------------------------------------------
-OUR_PORT=$(free_port)
-export PORT=$OUR_PORT DIR
-RP_SERVER=${RP_SERVER:-"$BUILD/sshd-fixture --listen 127.0.0.1:\$PORT --host-key \$DIR/host_ours --user-ca \$DIR/ca.pub --roles \$DIR/roles --labels env=bench --log-level warn"}
-eval "exec $RP_SERVER" >"$DIR/ours.log" 2>&1 &
-OUR_PID=$!
-pids+=("$OUR_PID")
+if [ "$RP_SERVER" = agent ]; then start_agent; else start_fixture; fi
 
-# ---- stock sshd --------------------------------------------------------------------------
-SSHD_PORT=$(free_port)
+# ---- stock sshd ------------------------------------------------------------------------------
+ssh-keygen -q -t ed25519 -N '' -f "$DIR/host_sshd" -C host
+echo "[127.0.0.1]:$SSHD_PORT $(cut -d' ' -f1-2 "$DIR/host_sshd.pub")" >"$DIR/known_hosts_sshd"
 mkdir -p /run/sshd
 cat >"$DIR/sshd_config" <<EOF
 Port $SSHD_PORT
 ListenAddress 127.0.0.1
 HostKey $DIR/host_sshd
-TrustedUserCAKeys $DIR/ca.pub
+TrustedUserCAKeys $DIR/user_ca.pub
+AuthorizedKeysFile none
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
+UseDNS no
 PermitRootLogin yes
 StrictModes no
 Ciphers chacha20-poly1305@openssh.com
@@ -92,106 +255,254 @@ MaxStartups 200
 MaxSessions 200
 LogLevel ERROR
 EOF
-/usr/sbin/sshd -D -f "$DIR/sshd_config" -E "$DIR/sshd.log" &
+/usr/sbin/sshd -D -f "$DIR/sshd_config" -E "$DIR/sshd.log" </dev/null &
 SSHD_PID=$!
-pids+=("$SSHD_PID")
+PIDS+=("$SSHD_PID")
 
-SSH_OPTS=(-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes
-  -o BatchMode=yes -o LogLevel=ERROR -o Ciphers=chacha20-poly1305@openssh.com
-  -i "$DIR/user" -o CertificateFile="$DIR/user-cert.pub")
-
-wait_ssh() {
-  for _ in $(seq 1 100); do
-    ssh "${SSH_OPTS[@]}" -p "$1" root@127.0.0.1 true 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench-ssh: no SSH server answers on port $1" >&2
-  cat "$DIR/ours.log" "$DIR/sshd.log" >&2
-  exit 1
+# The same client options for both; only the port and the known_hosts file differ.
+client_opts() { # ours|sshd
+  COMMON=(-F /dev/null -o UserKnownHostsFile="$DIR/known_hosts_$1" -o StrictHostKeyChecking=yes
+    -o IdentitiesOnly=yes -o BatchMode=yes -o LogLevel=ERROR -o ConnectTimeout=20
+    -o Ciphers=chacha20-poly1305@openssh.com -o HostKeyAlgorithms=ssh-ed25519
+    -o KexAlgorithms=curve25519-sha256
+    -i "$DIR/user" -o CertificateFile="$DIR/user-cert.pub")
 }
-wait_ssh "$OUR_PORT"
-wait_ssh "$SSHD_PORT"
+client_opts ours
+SSH_ours=("${COMMON[@]}" -p "$OUR_PORT")
+SCP_ours=("${COMMON[@]}" -P "$OUR_PORT")
+client_opts sshd
+SSH_sshd=("${COMMON[@]}" -p "$SSHD_PORT")
+SCP_sshd=("${COMMON[@]}" -P "$SSHD_PORT")
+# shellcheck disable=SC2029 # the remote command is expanded here on purpose
+rssh() { # ours|sshd, the remote command
+  local w=$1; shift
+  if [ "$w" = ours ]; then ssh "${SSH_ours[@]}" root@127.0.0.1 "$@"; else ssh "${SSH_sshd[@]}" root@127.0.0.1 "$@"; fi
+}
+rscp() { # ours|sshd, scp's arguments
+  local w=$1; shift
+  if [ "$w" = ours ]; then scp "${SCP_ours[@]}" "$@"; else scp "${SCP_sshd[@]}" "$@"; fi
+}
+
+wait_for 30 rssh ours true || {
+  rssh ours true || true
+  die_with_logs "no SSH session on the $RP_SERVER (port $OUR_PORT)" "$OUR_LOG"
+}
+wait_for 30 rssh sshd true || {
+  rssh sshd true || true
+  die_with_logs "no SSH session on sshd (port $SSHD_PORT)" "$DIR/sshd.log"
+}
+log "both servers accept the certificate; sshd on $SSHD_PORT"
+negotiated() { # ours|sshd -> "kex, cipher, host key" as the client logged them
+  local -n o="SSH_$1"
+  ssh -o LogLevel=DEBUG1 "${o[@]}" root@127.0.0.1 true 2>&1 | awk '
+    /kex: algorithm:/ { k = $NF } /server->client cipher:/ { c = $(NF-4) } /Server host key:/ { h = $(NF-1) }
+    END { printf "kex %s, cipher %s, host key %s", k, c, h }'
+}
+NEG_ours=$(negotiated ours)
+NEG_sshd=$(negotiated sshd)
 
 now_us() { date +%s%6N; }
 
-# ---- 1. session open + `true` ---------------------------------------------------------------
+perf_start() { # label: profiles our server until perf_stop
+  [ -n "$PERF" ] || return 0
+  mkdir -p "$PERF"
+  perf record -g -F 499 -p "$OUR_PID" -o "$PERF/$1.data" >"$PERF/$1.record.log" 2>&1 &
+  PERF_PID=$!
+  sleep 0.5
+}
+perf_stop() { # label
+  [ -n "$PERF_PID" ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null || true
+  wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=
+  # By program and library first (perf follows the agent's children too: the
+  # sessions' shells, sftp-server), then by function.
+  { perf report -i "$PERF/$1.data" --no-children -g none --sort comm,dso --stdio 2>/dev/null |
+      grep -v '^#' | grep . | head -n 25
+    echo
+    perf report -i "$PERF/$1.data" --no-children -g none --sort comm,dso,sym --stdio 2>/dev/null |
+      grep -v '^#' | grep . | head -n 60
+  } >"$PERF/$1.txt" || true
+  log "profile of our server during $1: $PERF/$1.txt"
+}
+
+# ---- 1. session open + `true` ------------------------------------------------------------------
+log "1. $RUNS session opens per server"
 : >"$DIR/t_ours"
 : >"$DIR/t_sshd"
-for _ in $(seq 1 "$N"); do
-  for which in ours sshd; do
-    port=$OUR_PORT
-    [ "$which" = sshd ] && port=$SSHD_PORT
+# CPU time of a server and of the children it reaped (sshd's per-connection processes,
+# either server's session shells), in clock ticks: steadier than wall time on a busy
+# machine.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13 + $14 + $15}'; }
+own_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; } # without children
+CPU0_ours=$(cpu_ticks "$OUR_PID")
+OWN0_ours=$(own_ticks "$OUR_PID")
+CPU0_sshd=$(cpu_ticks "$SSHD_PID")
+perf_start open
+for i in $(seq 1 "$RUNS"); do
+  order="ours sshd"
+  [ $((i % 2)) = 0 ] && order="sshd ours"
+  for which in $order; do
     t0=$(now_us)
-    ssh "${SSH_OPTS[@]}" -p "$port" root@127.0.0.1 true
+    rssh "$which" true || die_with_logs "ssh true failed on $which" "$OUR_LOG"
     t1=$(now_us)
-    echo $(((t1 - t0))) >>"$DIR/t_$which"
+    echo $((t1 - t0)) >>"$DIR/t_$which"
   done
 done
+sleep 0.5 # the last connection's processes reaped
+CPU_ours=$(($(cpu_ticks "$OUR_PID") - CPU0_ours))
+OWN_ours=$(($(own_ticks "$OUR_PID") - OWN0_ours))
+CPU_sshd=$(($(cpu_ticks "$SSHD_PID") - CPU0_sshd))
+perf_stop open
 stat_ms() { # file -> "median p90" in ms
   sort -n "$1" | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.9+0.999)]; printf "%.1f %.1f", m/1000, p/1000}'
 }
 read -r OURS_MED OURS_P90 <<<"$(stat_ms "$DIR/t_ours")"
 read -r SSHD_MED SSHD_P90 <<<"$(stat_ms "$DIR/t_sshd")"
 
-# ---- 2. 1 GiB scp download --------------------------------------------------------------
+# ---- 2. scp download ---------------------------------------------------------------------------
+log "2. scp of $SCP_MB MiB, $SCP_RUNS runs per server"
 head -c "$((SCP_MB * 1024 * 1024))" /dev/urandom >"$DATA/src"
-scp_mbs() { # port -> MB/s of one download
+SRC_SUM=$(cksum <"$DATA/src")
+scp_mbs() { # ours|sshd -> MiB/s of one download
   rm -f "$DATA/dst"
   local t0 t1
   t0=$(now_us)
-  scp "${SSH_OPTS[@]}" -P "$1" "root@127.0.0.1:$DATA/src" "$DATA/dst"
+  rscp "$1" -q "root@127.0.0.1:$DATA/src" "$DATA/dst" ||
+    die_with_logs "scp from $1 failed" "$OUR_LOG"
   t1=$(now_us)
-  cmp -s "$DATA/src" "$DATA/dst" || { echo "bench-ssh: scp from port $1 changed the file" >&2; exit 1; }
-  awk -v mb="$SCP_MB" -v us=$((t1 - t0)) 'BEGIN {print mb / (us / 1e6)}'
+  [ "$(cksum <"$DATA/dst")" = "$SRC_SUM" ] || die_with_logs "scp from $1 changed the file"
+  awk -v mb="$SCP_MB" -v us=$((t1 - t0)) 'BEGIN {printf "%.1f", mb / (us / 1e6)}'
 }
 max() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
-# Interleaved, best of SCP_RUNS each: load from elsewhere hits both alike.
 OURS_MBS=0
 SSHD_MBS=0
-for _ in $(seq 1 "$SCP_RUNS"); do
-  OURS_MBS=$(max "$OURS_MBS" "$(scp_mbs "$OUR_PORT")")
-  SSHD_MBS=$(max "$SSHD_MBS" "$(scp_mbs "$SSHD_PORT")")
+SCP_ALL=""
+perf_start scp
+for i in $(seq 1 "$SCP_RUNS"); do
+  order="ours sshd"
+  [ $((i % 2)) = 0 ] && order="sshd ours"
+  for which in $order; do
+    v=$(scp_mbs "$which")
+    SCP_ALL="$SCP_ALL $which=$v"
+    if [ "$which" = ours ]; then OURS_MBS=$(max "$OURS_MBS" "$v"); else SSHD_MBS=$(max "$SSHD_MBS" "$v"); fi
+  done
 done
+perf_stop scp
 rm -f "$DATA/src" "$DATA/dst"
 
-# ---- 3. memory ------------------------------------------------------------------------------
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-pss_tree_kb() { # sum of Pss over a process and its descendants
-  local total=0 p
-  for p in $1 $(pgrep -P "$1" 2>/dev/null) $(for c in $(pgrep -P "$1" 2>/dev/null); do pgrep -P "$c"; done); do
-    local v
-    v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+# ---- 3. memory ---------------------------------------------------------------------------------
+log "3. memory idle and with $SESSIONS open sessions"
+kb_of() { # field (VmRSS from status, Pss from smaps_rollup) pid
+  if [ "$1" = VmRSS ]; then awk '/^VmRSS:/ {print $2}' "/proc/$2/status" 2>/dev/null || echo 0
+  else awk '/^Pss:/ {print $2}' "/proc/$2/smaps_rollup" 2>/dev/null || echo 0; fi
+}
+sshd_sum() { # field -> summed over sshd's processes (not the sessions' commands)
+  local total=0 p v
+  for p in $(tree_ps "$SSHD_PID" | awk '$3 == "sshd" {print $1}'); do
+    v=$(kb_of "$1" "$p")
     total=$((total + ${v:-0}))
   done
   echo "$total"
 }
-OURS_IDLE=$(rss_kb "$OUR_PID")
-SSHD_IDLE=$(pss_tree_kb "$SSHD_PID")
-open_sessions() { # port -> starts SESSIONS `sleep` sessions
-  for _ in $(seq 1 "$SESSIONS"); do
-    ssh "${SSH_OPTS[@]}" -p "$1" root@127.0.0.1 sleep 600 </dev/null >/dev/null 2>&1 &
-    pids+=("$!")
+mem_of() { # ours|sshd field
+  if [ "$1" = ours ]; then kb_of "$2" "$OUR_PID"; else sshd_sum "$2"; fi
+}
+server_pid() { if [ "$1" = ours ]; then echo "$OUR_PID"; else echo "$SSHD_PID"; fi; }
+
+# Opens SESSIONS sessions running `sleep MARK`, at most 16 connecting at a time (the
+# agent refuses connections beyond max_unauthenticated, 64 by default, and sshd drops
+# early beyond MaxStartups), and waits until every one's command runs; OPEN: how many.
+hold_sessions() { # ours|sshd
+  local root i
+  root=$(server_pid "$1")
+  for i in $(seq 1 "$SESSIONS"); do
+    rssh "$1" "sleep $MARK" </dev/null >/dev/null 2>>"$DIR/sessions_$1.err" &
+    CLIENT_PIDS+=("$!")
+    local deadline=$((SECONDS + 60))
+    while [ $((i - $(count_marked "$root"))) -ge 16 ]; do
+      [ $SECONDS -lt $deadline ] || die_with_logs "$1: sessions stopped opening at $i" "$DIR/sessions_$1.err" "$OUR_LOG"
+      sleep 0.05
+    done
+  done
+  local deadline=$((SECONDS + 120))
+  while OPEN=$(count_marked "$root") && [ "$OPEN" -lt "$SESSIONS" ]; do
+    [ $SECONDS -lt $deadline ] ||
+      die_with_logs "$1: only $OPEN of $SESSIONS sessions opened" "$DIR/sessions_$1.err" "$OUR_LOG"
+    sleep 0.2
   done
 }
-count_sleeps() { pgrep -f -x "sleep 600" | wc -l; }
-open_sessions "$OUR_PORT"
-for _ in $(seq 1 900); do [ "$(count_sleeps)" -ge "$SESSIONS" ] && break; sleep 0.1; done
-OURS_OPEN=$(count_sleeps)
-OURS_BUSY=$(rss_kb "$OUR_PID")
-OURS_THREADS=$(awk '/^Threads/ {print $2}' "/proc/$OUR_PID/status")
-pkill -9 -f -x "sleep 600" || true
-sleep 1
-open_sessions "$SSHD_PORT"
-for _ in $(seq 1 900); do [ "$(count_sleeps)" -ge "$SESSIONS" ] && break; sleep 0.1; done
-SSHD_BUSY=$(pss_tree_kb "$SSHD_PID")
-pkill -9 -f -x "sleep 600" || true
+none_marked() { [ "$(count_marked "$1")" = 0 ]; }
+settle() { sleep 2; } # lets the last session's allocations and the kernel's accounting land
 
+settle
+OURS_IDLE_RSS=$(mem_of ours VmRSS)
+OURS_IDLE_PSS=$(mem_of ours Pss)
+SSHD_IDLE_RSS=$(mem_of sshd VmRSS)
+SSHD_IDLE_PSS=$(mem_of sshd Pss)
+
+hold_sessions ours
+OURS_OPEN=$OPEN
+OURS_LOGGED=$(grep -c "exec sleep $MARK" "$OUR_LOG" || true)
+settle
+OURS_BUSY_RSS=$(mem_of ours VmRSS)
+OURS_BUSY_PSS=$(mem_of ours Pss)
+OURS_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$OUR_PID/status")
+end_sessions "$OUR_PID"
+wait_for 30 none_marked "$OUR_PID" || true
+settle
+OURS_AFTER_RSS=$(mem_of ours VmRSS)
+# Further rounds tell memory kept for reuse (allocator arenas, thread stacks) from a
+# leak: a leak grows round after round.
+for _ in $(seq 2 "$ROUNDS"); do
+  hold_sessions ours
+  end_sessions "$OUR_PID"
+  wait_for 30 none_marked "$OUR_PID" || true
+  settle
+  OURS_AFTER_RSS="$OURS_AFTER_RSS $(mem_of ours VmRSS)"
+done
+
+hold_sessions sshd
+SSHD_OPEN=$OPEN
+settle
+SSHD_BUSY_RSS=$(mem_of sshd VmRSS)
+SSHD_BUSY_PSS=$(mem_of sshd Pss)
+SSHD_PROCS=$(tree_ps "$SSHD_PID" | awk '$3 == "sshd"' | wc -l)
+end_sessions "$SSHD_PID"
+
+# ---- the table -----------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
+verdict() { # ratio op bound
+  awk -v r="$1" -v op="$2" -v b="$3" 'BEGIN {ok = (op == "<=" ? r <= b : r >= b); print (ok ? "met" : "not met")}'
+}
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+R_MED=$(ratio "$OURS_MED" "$SSHD_MED")
+R_P90=$(ratio "$OURS_P90" "$SSHD_P90")
+R_SCP=$(ratio "$OURS_MBS" "$SSHD_MBS")
+TCK=$(getconf CLK_TCK)
+per_open() { awk -v t="$1" -v hz="$TCK" -v n="$RUNS" 'BEGIN {printf "%.1f", t * 1000 / hz / n}'; }
+CPU_OURS_MS=$(per_open "$CPU_ours")
+CPU_SSHD_MS=$(per_open "$CPU_sshd")
+OWN_OURS_MS=$(per_open "$OWN_ours")
+NAME=agent
+[ "$RP_SERVER" = fixture ] && NAME=fixture
+row() { printf '%-40s %12s %12s %7s %-8s %s\n' "$@"; }
 echo
-echo "SSH server benchmark ($(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); N=$N, scp ${SCP_MB} MiB)"
-printf '%-34s %14s %14s %8s %s\n' "measure" "raftport" "sshd" "ratio" "target"
-printf '%-34s %14s %14s %8s %s\n' "session open + true, median (ms)" "$OURS_MED" "$SSHD_MED" "$(ratio "$OURS_MED" "$SSHD_MED")" "<= 1.5"
-printf '%-34s %14s %14s %8s %s\n' "session open + true, p90 (ms)" "$OURS_P90" "$SSHD_P90" "$(ratio "$OURS_P90" "$SSHD_P90")" ""
-printf '%-34s %14.0f %14.0f %8s %s\n' "scp download (MB/s)" "$OURS_MBS" "$SSHD_MBS" "$(ratio "$OURS_MBS" "$SSHD_MBS")" ">= 0.8"
-printf '%-34s %14s %14s %8s %s\n' "memory idle (KiB; sshd: PSS)" "$OURS_IDLE" "$SSHD_IDLE" "" ""
-printf '%-34s %14s %14s %8s %s\n' "memory, $SESSIONS sessions (KiB)" "$OURS_BUSY" "$SSHD_BUSY" "" "(ours: $OURS_OPEN open, $OURS_THREADS threads)"
+echo "Node SSH server benchmark: raftport $RP_SERVER$([ "$RP_SERVER" = agent ] && echo " ($AUTH_N auth server(s))") vs stock sshd ($(ssh -V 2>&1 | cut -d, -f1))"
+echo "$(nproc) CPUs; load average $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end;" \
+  "N=$RUNS, scp $SCP_MB MiB x $SCP_RUNS, $SESSIONS sessions"
+row "measure" "$NAME" "sshd" "ratio" "target" "verdict"
+row "session open + true, median (ms)" "$OURS_MED" "$SSHD_MED" "$R_MED" "<= 1.5" "$(verdict "$R_MED" "<=" 1.5)"
+row "session open + true, p90 (ms)" "$OURS_P90" "$SSHD_P90" "$R_P90" "<= 1.5" "$(verdict "$R_P90" "<=" 1.5)"
+row "server CPU per session open (ms)" "$CPU_OURS_MS" "$CPU_SSHD_MS" "$(ratio "$CPU_OURS_MS" "$CPU_SSHD_MS")" "" ""
+row "scp download, best (MiB/s)" "$OURS_MBS" "$SSHD_MBS" "$R_SCP" ">= 0.8" "$(verdict "$R_SCP" ">=" 0.8)"
+row "memory idle, RSS (MiB)" "$(mib "$OURS_IDLE_RSS")" "$(mib "$SSHD_IDLE_RSS")" "" "" ""
+row "memory idle, PSS (MiB)" "$(mib "$OURS_IDLE_PSS")" "$(mib "$SSHD_IDLE_PSS")" "" "" ""
+row "memory, $SESSIONS sessions, RSS (MiB)" "$(mib "$OURS_BUSY_RSS")" "$(mib "$SSHD_BUSY_RSS")" "" "" ""
+row "memory, $SESSIONS sessions, PSS (MiB)" "$(mib "$OURS_BUSY_PSS")" "$(mib "$SSHD_BUSY_PSS")" "" "" ""
+echo "scp runs (MiB/s):$SCP_ALL"
+echo "$NAME: $OURS_OPEN sessions running (${OURS_LOGGED} logged by it), $OURS_THREADS threads;" \
+  "RSS (MiB) once they ended: $(for k in $OURS_AFTER_RSS; do printf '%s ' "$(mib "$k")"; done)(per round). sshd: $SSHD_OPEN sessions running, $SSHD_PROCS sshd processes."
+echo "CPU per session open: the $NAME's own $OWN_OURS_MS ms of its $CPU_OURS_MS (the rest: the session's shell, run as root's login shell with its dotfiles); sshd's includes its shells too."
+echo "Negotiated: $NAME: $NEG_ours; sshd: $NEG_sshd"
+echo "Memory: $NAME counts its one process (the sessions' commands excluded); sshd sums its processes."
