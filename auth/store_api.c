@@ -42,12 +42,16 @@ int auth_propose_term(struct auth_server *s, const void *cmd, size_t len, struct
                       (unsigned long long)(s->cfg->min_free_disk >> 20));
     }
     s->low_disk_warned = false;
-    int rv = state_command_check(cmd, len);
+    /* Single-resource writes may share an entry with concurrent ones (group
+     * commit); the key keeps two writes of one resource apart. */
+    uint64_t key = 0;
+    int rv = state_command_key(cmd, len, &key);
     if (rv != 0)
         return rv;
     memset(res, 0, sizeof *res);
     res->code = RP_EUNKNOWN;
-    rv = rp_node_apply_term(s->node, cmd, len, AUTH_APPLY_TIMEOUT_MS, copy_state_result, res, term);
+    rv = rp_node_apply_grouped(s->node, cmd, len, key, AUTH_APPLY_TIMEOUT_MS, copy_state_result,
+                               res, term);
     if (rv == RP_EUNKNOWN)
         return rp_err(RP_EUNKNOWN,
                       "leadership changed before the write was confirmed: it may or may not "

@@ -57,6 +57,8 @@ struct node_req {
     /* apply */
     struct raft_apply apply;
     struct raft_buffer buf; /* owned until raft_apply takes it */
+    size_t cmd_len;         /* bytes of the command in buf (before the padding) */
+    uint64_t group_key;     /* 0: alone; else may share an entry with other keys */
     raft_term term;         /* the term the entry was appended in */
     void (*copy_result)(void *arg, void *fsm_result);
     void *copy_arg;
@@ -65,6 +67,23 @@ struct node_req {
     char address[ADDR_LEN];
     /* status */
     struct rp_node_status status;
+};
+
+/* One group entry in flight and the apply requests it answers, in member order. */
+struct apply_group {
+    struct raft_apply apply;
+    struct rp_node *n;
+    unsigned n_members;
+    struct node_req *members[];
+};
+
+/* The group being gathered while the loop drains its queue (loop thread). */
+struct group_build {
+    struct node_req **members; /* grouping.max_members slots */
+    struct raft_buffer *cmds;  /* the members' commands, for encode (as many slots) */
+    unsigned n;
+    size_t bytes;
+    struct node_req *large, *large_tail; /* commands too large to group, in arrival order */
 };
 
 /* One raft_barrier in flight and the callers it answers. */
@@ -91,6 +110,9 @@ struct rp_node {
     void *make_fsm_arg;
     rp_raft_peer_check_fn peer_check;
     void *peer_check_arg;
+    bool grouping_on;
+    struct rp_node_grouping grouping;
+    struct group_build gb;
 
     pthread_t thread;
     uv_loop_t loop;
@@ -680,6 +702,114 @@ static void dispatch(struct rp_node *n, struct node_req *q)
     }
 }
 
+/* ---- group commit ---------------------------------------------------------------- */
+
+static void on_group_done(struct raft_apply *req, int status, void *result)
+{
+    struct apply_group *g = req->data;
+    struct rp_node *n = g->n;
+    for (unsigned i = 0; i < g->n_members; i++) {
+        struct node_req *q = g->members[i];
+        if (status == 0)
+            req_finish(q, 0, n->grouping.member_result(n->grouping.arg, result, i), NULL);
+        else
+            req_finish(q, RP_EUNKNOWN, NULL, "entry submitted but its outcome is unknown: %s",
+                       raft_strerror(status));
+    }
+    free(g);
+}
+
+/* Appends the group gathered so far as one entry (a group of one goes as the
+ * plain command it is). */
+static void group_flush(struct rp_node *n)
+{
+    struct group_build *gb = &n->gb;
+    struct raft *r = &n->raft;
+    unsigned count = 0;
+    /* Callers that gave up are answered now, like dispatch does. */
+    for (unsigned i = 0; i < gb->n; i++) {
+        struct node_req *q = gb->members[i];
+        if (n->closing)
+            req_finish(q, RP_ECLOSED, NULL, "raft node %llu is stopping",
+                       (unsigned long long)n->id);
+        else if (req_abandoned(q))
+            req_finish(q, RP_ETIMEDOUT, NULL, "abandoned");
+        else
+            gb->members[count++] = q;
+    }
+    gb->n = 0;
+    gb->bytes = 0;
+    if (count == 0)
+        return;
+    if (count == 1) {
+        dispatch(n, gb->members[0]);
+        return;
+    }
+
+    struct apply_group *g = malloc(sizeof *g + count * sizeof g->members[0]);
+    struct raft_buffer *cmds = gb->cmds;
+    struct raft_buffer entry = {NULL, 0};
+    int rv = RP_ENOMEM;
+    const char *why = "out of memory";
+    if (g != NULL) {
+        for (unsigned i = 0; i < count; i++) {
+            cmds[i].base = gb->members[i]->buf.base;
+            cmds[i].len = gb->members[i]->cmd_len;
+        }
+        rv = n->grouping.encode(n->grouping.arg, cmds, count, &entry);
+        why = rv != 0 ? rp_errmsg() : NULL;
+    }
+    if (rv == 0) {
+        g->apply.data = g;
+        g->n = n;
+        g->n_members = count;
+        memcpy(g->members, gb->members, count * sizeof g->members[0]);
+        rv = raft_apply(r, &g->apply, &entry, 1, on_group_done);
+        if (rv != 0) {
+            raft_free(entry.base);
+            why = raft_errmsg(r);
+            rv = raft_rv_to_rp(rv);
+        }
+    }
+    if (rv != 0) {
+        for (unsigned i = 0; i < count; i++)
+            req_finish(gb->members[i], rv, NULL, "raft_apply of a group: %s", why);
+        free(g);
+        return;
+    }
+    /* The entry holds copies now: each member's own buffer is no longer needed. */
+    for (unsigned i = 0; i < count; i++) {
+        struct node_req *q = gb->members[i];
+        q->term = r->current_term;
+        raft_free(q->buf.base);
+        q->buf.base = NULL;
+        q->buf.len = 0;
+    }
+}
+
+/* Adds @q to the group being gathered, first appending the group if @q does not
+ * fit in it (its key already there, or no room). */
+static void group_add(struct rp_node *n, struct node_req *q)
+{
+    struct group_build *gb = &n->gb;
+    if (q->cmd_len > n->grouping.max_bytes) {
+        q->next = NULL;
+        if (gb->large_tail != NULL)
+            gb->large_tail->next = q;
+        else
+            gb->large = q;
+        gb->large_tail = q;
+        return;
+    }
+    bool fits = gb->n < n->grouping.max_members && gb->bytes + q->cmd_len <= n->grouping.max_bytes;
+    for (unsigned i = 0; fits && i < gb->n; i++)
+        fits = gb->members[i]->group_key != q->group_key;
+    if (!fits)
+        group_flush(n);
+    gb->members[gb->n++] = q;
+    gb->bytes += q->cmd_len;
+}
+
 /* ---- stopping ------------------------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h)
@@ -823,6 +953,17 @@ static void on_wake(uv_async_t *h)
     stop = n->stopping;
     pthread_mutex_unlock(&n->mu);
     for (; q != NULL; q = next) {
+        next = q->next;
+        if (q->type == REQ_APPLY && q->group_key != 0 && n->grouping_on)
+            group_add(n, q);
+        else
+            dispatch(n, q);
+    }
+    group_flush(n);
+    /* Large commands last: the small writes queued with them are appended first
+     * and so never wait for a large entry to be written, replicated and applied. */
+    struct group_build *gb = &n->gb;
+    for (q = gb->large, gb->large = gb->large_tail = NULL; q != NULL; q = next) {
         next = q->next;
         dispatch(n, q);
     }
@@ -1063,6 +1204,8 @@ static void node_free(struct rp_node *n)
         SSL_CTX_free(n->client_ctx);
     free(n->address);
     free(n->dir);
+    free(n->gb.members);
+    free(n->gb.cmds);
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->start_cond);
     free(n);
@@ -1093,9 +1236,27 @@ int rp_node_start(struct rp_node **out, const struct rp_node_config *cfg)
                       "raft snapshot trailing (%u) must be >= threshold (%u), threshold > 0",
                       cfg->snapshot_trailing, cfg->snapshot_threshold);
 
+    if (cfg->grouping != NULL &&
+        (cfg->grouping->encode == NULL || cfg->grouping->member_result == NULL ||
+         cfg->grouping->max_members < 2 || cfg->grouping->max_bytes == 0))
+        return rp_err(RP_EINVAL, "raft grouping needs encode, member_result, max_members >= 2 "
+                                 "and max_bytes > 0");
+
     n = calloc(1, sizeof *n);
     if (n == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
+    if (cfg->grouping != NULL) {
+        n->grouping_on = true;
+        n->grouping = *cfg->grouping;
+        n->gb.members = calloc(n->grouping.max_members, sizeof *n->gb.members);
+        n->gb.cmds = calloc(n->grouping.max_members, sizeof *n->gb.cmds);
+        if (n->gb.members == NULL || n->gb.cmds == NULL) {
+            free(n->gb.members);
+            free(n->gb.cmds);
+            free(n);
+            return rp_err(RP_ENOMEM, "out of memory");
+        }
+    }
     n->id = cfg->id;
     n->address = strdup(cfg->address);
     n->dir = strdup(cfg->dir);
@@ -1164,6 +1325,13 @@ int rp_node_apply_term(struct rp_node *n, const void *buf, size_t len, int timeo
                        void (*copy_result)(void *arg, void *fsm_result), void *arg,
                        uint64_t *term_out)
 {
+    return rp_node_apply_grouped(n, buf, len, 0, timeout_ms, copy_result, arg, term_out);
+}
+
+int rp_node_apply_grouped(struct rp_node *n, const void *buf, size_t len, uint64_t group_key,
+                          int timeout_ms, void (*copy_result)(void *arg, void *fsm_result),
+                          void *arg, uint64_t *term_out)
+{
     struct node_req *q = req_new(REQ_APPLY);
     if (q == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
@@ -1182,6 +1350,8 @@ int rp_node_apply_term(struct rp_node *n, const void *buf, size_t len, int timeo
         memcpy(q->buf.base, buf, len);
     memset((char *)q->buf.base + len, 0, padded - len);
     q->buf.len = padded;
+    q->cmd_len = len;
+    q->group_key = group_key;
     q->copy_result = copy_result;
     q->copy_arg = arg;
     return req_submit_wait(n, q, timeout_ms, RP_EUNKNOWN, "apply", NULL, term_out);

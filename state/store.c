@@ -236,6 +236,8 @@ void state_close(struct state *s)
     for (size_t i = 0; i < s->n_pending; i++)
         state__ev_free(s->pending[i]);
     free(s->pending);
+    free(s->group_res);
+    free(s->group_keys);
     state__hub_close(&s->hub);
     int rc = mdb_env_sync(s->env, 1);
     mdb_env_close(s->env);
