@@ -218,7 +218,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     snprintf(path, sizeof path, "%s/%s", s->data_dir, AUTH_STATE_DIR);
     if ((rv = rp_mkdir_p(path, 0700)) != 0)
         goto err;
-    rv = state_open(&s->state, path, NULL);
+    struct state_opts so = {.map_size = cfg->max_map_size};
+    rv = state_open(&s->state, path, &so);
     if (rv != 0)
         goto err;
     if ((rv = auth_locks_new(&s->locks, s->state)) != 0 ||

@@ -45,8 +45,10 @@ int auth_propose_term(struct auth_server *s, const void *cmd, size_t len, struct
     /* Single-resource writes may share an entry with concurrent ones (group
      * commit); the key keeps two writes of one resource apart. */
     uint64_t key = 0;
-    int rv = state_command_key(cmd, len, &key);
+    int rv = state_space_check(s->state, len);
     if (rv != 0)
+        return rv;
+    if ((rv = state_command_key(cmd, len, &key)) != 0)
         return rv;
     memset(res, 0, sizeof *res);
     res->code = RP_EUNKNOWN;

@@ -92,6 +92,7 @@ void rp_config_init(struct rp_config *c)
     c->auth_listen_addr = dup_or_die("0.0.0.0:3025");
     rp_config_finish(c);
     c->min_free_disk = 64ull << 20;
+    c->max_map_size = 8ull << 30;
     c->audit_retention_ms = 8760ull * 3600 * 1000; /* one year, as Teleport keeps events */
     c->max_login_attempts = 5;
     c->lockout_ms = 30 * 60 * 1000;
@@ -688,6 +689,7 @@ static const struct field auth_fields[] = {
      .off = AT(auth_public_addr),
      .check = check_public_addr},
     {.name = "min_free_disk", .parse = parse_size, .off = AT(min_free_disk)},
+    {.name = "max_map_size", .parse = parse_size, .off = AT(max_map_size)},
     {.name = "audit_retention", .parse = parse_long_duration, .off = AT(audit_retention_ms)},
     {.name = "max_login_attempts", .parse = parse_unsigned, .off = AT(max_login_attempts)},
     {.name = "lockout_duration", .parse = parse_duration, .off = AT(lockout_ms)},
@@ -942,6 +944,12 @@ int rp_config_validate(const struct rp_config *c)
             if (login_limits[i].v == 0 || login_limits[i].v > 1000000)
                 return rp_err(RP_EINVAL, "auth_service.%s (%u) must be 1 to 1000000",
                               login_limits[i].name, login_limits[i].v);
+        /* At least room for a few largest commands (16 MiB each); at most what a
+         * 64-bit address space reserves without trouble. */
+        if (c->max_map_size < (64ull << 20) || c->max_map_size > (16ull << 40))
+            return rp_err(RP_EINVAL,
+                          "auth_service.max_map_size (%llu bytes) must be 64MiB to 16TiB",
+                          (unsigned long long)c->max_map_size);
         if (c->snapshot_trailing < c->snapshot_threshold)
             return rp_err(RP_EINVAL,
                           "auth_service.raft.snapshot_trailing (%u) must be at least "

@@ -16,6 +16,7 @@
  *     listen_addr: 127.0.0.1:3025
  *     public_addr: 127.0.0.1:3025        # what others dial (default: listen_addr)
  *     min_free_disk: 256MB               # refuse writes below this
+ *     max_map_size: 8GiB                 # most the state database may hold
  *     audit_retention: 8760h             # audit events older than this are dropped
  *     max_login_attempts: 5              # failed logins that lock a user ...
  *     lockout_duration: 30m              # ... for this long
@@ -79,6 +80,7 @@ struct rp_config {
                                      * [::] by [::1]) unless auth_public_addr_set */
     bool auth_public_addr_set;      /* public_addr came from the file (or a flag: set it then) */
     uint64_t min_free_disk;         /* bytes; default 64 MiB */
+    uint64_t max_map_size;          /* bytes the state database may hold; default 8 GiB */
     uint64_t audit_retention_ms;    /* default one year */
     unsigned max_login_attempts;    /* default 5 */
     unsigned lockout_ms;            /* default 30 minutes */

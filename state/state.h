@@ -97,7 +97,9 @@
 struct state;
 
 struct state_opts {
-    size_t map_size;          /* LMDB map size; 0 = 1 GiB */
+    size_t map_size;          /* the most the environment may hold (max_map_size); 0 = 8 GiB. It is
+                                 reserved as address space only: the file grows with the data, so
+                                 the map never needs remapping (see store.c) */
     unsigned watch_queue_len; /* events a watcher may fall behind by; 0 = 4096 */
     unsigned event_ring_len;  /* recent events kept for resuming watches; 0 = 8192 */
     unsigned rid_keep;        /* request ids remembered for this many revisions; 0 = 100000 */
@@ -160,6 +162,13 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
  * this FSM's apply strips that padding before state_apply. */
 #define STATE_ENTRY_LEN(len) (((len) + 7) / 8 * 8)
 void state_fsm_init(struct raft_fsm *fsm, struct state *s, struct raft *r);
+
+/* Room for a command of @len bytes: RP_ENOSPC (the message names the ceiling)
+ * when the pages in use plus twice @len plus a reserve (1/16 of the map, at most
+ * 64 MiB) exceed the map size. Proposers check before proposing, so that a full
+ * map is refused with a clear error instead of failing apply (which Raft would
+ * retry for ever). Any thread. */
+int state_space_check(struct state *s, size_t len);
 
 /* Highest index applied (0 if none). */
 uint64_t state_applied_index(struct state *s);
