@@ -689,7 +689,6 @@ static const struct field auth_fields[] = {
      .off = AT(auth_public_addr),
      .check = check_public_addr},
     {.name = "min_free_disk", .parse = parse_size, .off = AT(min_free_disk)},
-    {.name = "max_map_size", .parse = parse_size, .off = AT(max_map_size)},
     {.name = "audit_retention", .parse = parse_long_duration, .off = AT(audit_retention_ms)},
     {.name = "max_login_attempts", .parse = parse_unsigned, .off = AT(max_login_attempts)},
     {.name = "lockout_duration", .parse = parse_duration, .off = AT(lockout_ms)},
@@ -705,6 +704,7 @@ static const struct field auth_fields[] = {
      .off = AT(login_burst_per_address)},
     {.name = "login_rate_per_user", .parse = parse_unsigned, .off = AT(login_rate_per_user)},
     {.name = "login_burst_per_user", .parse = parse_unsigned, .off = AT(login_burst_per_user)},
+    {.name = "max_map_size", .parse = parse_size, .off = AT(max_map_size)},
     {.name = NULL},
 };
 static const struct section auth_section = {"auth_service", auth_fields};
