@@ -40,6 +40,12 @@
 #define MAX_CATCH_UP_ROUNDS 100
 #define MAX_CATCH_UP_ROUND_MS 50000
 #define ADDR_LEN 64
+/* Entries of grouped writes in flight at once. While this many are appended
+ * and not yet applied, new writes gather into the next group instead of each
+ * becoming an entry: the group grows by as many writes as arrive during one
+ * commit. With nothing in flight a write goes at once, so a lone client waits
+ * for nobody. Two keep the disk and the followers busy while the next gathers. */
+#define GROUP_INFLIGHT_MAX 2
 
 enum req_type { REQ_APPLY, REQ_BARRIER, REQ_ADD, REQ_REMOVE, REQ_TRANSFER, REQ_STATUS };
 
@@ -53,6 +59,7 @@ struct node_req {
     int rv;
     char errmsg[200];
     struct node_req *next; /* queue link, then waiter-list link (loop) */
+    struct rp_node *node;  /* apply: set when submitted to libraft */
 
     /* apply */
     struct raft_apply apply;
@@ -113,6 +120,7 @@ struct rp_node {
     bool grouping_on;
     struct rp_node_grouping grouping;
     struct group_build gb;
+    unsigned group_inflight; /* grouped writes' entries appended, not yet answered (loop) */
 
     pthread_t thread;
     uv_loop_t loop;
@@ -526,6 +534,8 @@ static void reconcile(struct rp_node *n)
 static void on_apply_done(struct raft_apply *req, int status, void *result)
 {
     struct node_req *q = req->data;
+    if (q->group_key != 0)
+        q->node->group_inflight--;
     if (status == 0)
         req_finish(q, 0, result, NULL);
     else
@@ -653,12 +663,15 @@ static void dispatch(struct rp_node *n, struct node_req *q)
     switch (q->type) {
     case REQ_APPLY:
         q->apply.data = q;
+        q->node = n;
         q->term = r->current_term; /* a leader appends in its current term */
         rv = raft_apply(r, &q->apply, &q->buf, 1, on_apply_done);
         if (rv != 0) {
             req_finish(q, raft_rv_to_rp(rv), NULL, "raft_apply: %s", raft_errmsg(r));
             return;
         }
+        if (q->group_key != 0)
+            n->group_inflight++;
         q->buf.base = NULL; /* libraft owns it now */
         q->buf.len = 0;
         return;
@@ -708,6 +721,7 @@ static void on_group_done(struct raft_apply *req, int status, void *result)
 {
     struct apply_group *g = req->data;
     struct rp_node *n = g->n;
+    n->group_inflight--;
     for (unsigned i = 0; i < g->n_members; i++) {
         struct node_req *q = g->members[i];
         if (status == 0)
@@ -777,6 +791,7 @@ static void group_flush(struct rp_node *n)
         free(g);
         return;
     }
+    n->group_inflight++;
     /* The entry holds copies now: each member's own buffer is no longer needed. */
     for (unsigned i = 0; i < count; i++) {
         struct node_req *q = gb->members[i];
@@ -845,6 +860,10 @@ static void fail_outstanding(struct rp_node *n)
         n->barrier_inflight = NULL;
     }
     fail_list(&n->barrier_next, RP_ECLOSED, "raft node stopped");
+    for (unsigned i = 0; i < n->gb.n; i++)
+        req_finish(n->gb.members[i], RP_ECLOSED, NULL, "raft node stopped");
+    n->gb.n = 0;
+    n->gb.bytes = 0;
     pthread_mutex_lock(&n->mu);
     q = n->q_head;
     n->q_head = n->q_tail = NULL;
@@ -959,7 +978,9 @@ static void on_wake(uv_async_t *h)
         else
             dispatch(n, q);
     }
-    group_flush(n);
+    /* Otherwise the monitor appends the group once an entry in flight is done. */
+    if (n->group_inflight < GROUP_INFLIGHT_MAX)
+        group_flush(n);
     /* Large commands last: the small writes queued with them are appended first
      * and so never wait for a large entry to be written, replicated and applied. */
     struct group_build *gb = &n->gb;
@@ -977,6 +998,8 @@ static void on_monitor(uv_prepare_t *h)
     struct raft *r = &n->raft;
     if (n->raft_closing)
         return;
+    if (n->gb.n > 0 && n->group_inflight < GROUP_INFLIGHT_MAX)
+        group_flush(n);
     int state = raft_state(r);
     atomic_store(&n->is_leader, state == RAFT_LEADER);
     if (state == RAFT_LEADER) {
