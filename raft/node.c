@@ -46,6 +46,9 @@
  * commit. With nothing in flight a write goes at once, so a lone client waits
  * for nobody. Two keep the disk and the followers busy while the next gathers. */
 #define GROUP_INFLIGHT_MAX 2
+/* Large commands (above grouping.max_bytes) in flight at once: a small write
+ * waits behind this many large entries at most. */
+#define LARGE_INFLIGHT_MAX 1
 
 enum req_type { REQ_APPLY, REQ_BARRIER, REQ_ADD, REQ_REMOVE, REQ_TRANSFER, REQ_STATUS };
 
@@ -60,6 +63,7 @@ struct node_req {
     char errmsg[200];
     struct node_req *next; /* queue link, then waiter-list link (loop) */
     struct rp_node *node;  /* apply: set when submitted to libraft */
+    bool large;            /* apply: in the large lane (see struct group_build) */
 
     /* apply */
     struct raft_apply apply;
@@ -90,7 +94,10 @@ struct group_build {
     struct raft_buffer *cmds;  /* the members' commands, for encode (as many slots) */
     unsigned n;
     size_t bytes;
-    struct node_req *large, *large_tail; /* commands too large to group, in arrival order */
+    /* Commands too large to group, in arrival order, appended one at a time: a
+     * small write then waits behind one large entry at most, never a queue of them. */
+    struct node_req *large, *large_tail;
+    unsigned large_inflight;
 };
 
 /* One raft_barrier in flight and the callers it answers. */
@@ -534,7 +541,9 @@ static void reconcile(struct rp_node *n)
 static void on_apply_done(struct raft_apply *req, int status, void *result)
 {
     struct node_req *q = req->data;
-    if (q->group_key != 0)
+    if (q->large)
+        q->node->gb.large_inflight--;
+    else if (q->group_key != 0)
         q->node->group_inflight--;
     if (status == 0)
         req_finish(q, 0, result, NULL);
@@ -670,7 +679,9 @@ static void dispatch(struct rp_node *n, struct node_req *q)
             req_finish(q, raft_rv_to_rp(rv), NULL, "raft_apply: %s", raft_errmsg(r));
             return;
         }
-        if (q->group_key != 0)
+        if (q->large)
+            n->gb.large_inflight++;
+        else if (q->group_key != 0)
             n->group_inflight++;
         q->buf.base = NULL; /* libraft owns it now */
         q->buf.len = 0;
@@ -802,12 +813,26 @@ static void group_flush(struct rp_node *n)
     }
 }
 
+/* Appends the next large command unless one is in flight. */
+static void large_next(struct rp_node *n)
+{
+    struct group_build *gb = &n->gb;
+    while (gb->large_inflight < LARGE_INFLIGHT_MAX && gb->large != NULL) {
+        struct node_req *q = gb->large;
+        gb->large = q->next;
+        if (gb->large == NULL)
+            gb->large_tail = NULL;
+        dispatch(n, q); /* sets large_inflight once libraft took it */
+    }
+}
+
 /* Adds @q to the group being gathered, first appending the group if @q does not
  * fit in it (its key already there, or no room). */
 static void group_add(struct rp_node *n, struct node_req *q)
 {
     struct group_build *gb = &n->gb;
     if (q->cmd_len > n->grouping.max_bytes) {
+        q->large = true;
         q->next = NULL;
         if (gb->large_tail != NULL)
             gb->large_tail->next = q;
@@ -863,6 +888,8 @@ static void fail_outstanding(struct rp_node *n)
     for (unsigned i = 0; i < n->gb.n; i++)
         req_finish(n->gb.members[i], RP_ECLOSED, NULL, "raft node stopped");
     n->gb.n = 0;
+    fail_list(&n->gb.large, RP_ECLOSED, "raft node stopped");
+    n->gb.large_tail = NULL;
     n->gb.bytes = 0;
     pthread_mutex_lock(&n->mu);
     q = n->q_head;
@@ -981,13 +1008,8 @@ static void on_wake(uv_async_t *h)
     /* Otherwise the monitor appends the group once an entry in flight is done. */
     if (n->group_inflight < GROUP_INFLIGHT_MAX)
         group_flush(n);
-    /* Large commands last: the small writes queued with them are appended first
-     * and so never wait for a large entry to be written, replicated and applied. */
-    struct group_build *gb = &n->gb;
-    for (q = gb->large, gb->large = gb->large_tail = NULL; q != NULL; q = next) {
-        next = q->next;
-        dispatch(n, q);
-    }
+    /* Large commands after the small ones queued with them. */
+    large_next(n);
     if (stop)
         start_stop(n);
 }
@@ -1000,6 +1022,7 @@ static void on_monitor(uv_prepare_t *h)
         return;
     if (n->gb.n > 0 && n->group_inflight < GROUP_INFLIGHT_MAX)
         group_flush(n);
+    large_next(n);
     int state = raft_state(r);
     atomic_store(&n->is_leader, state == RAFT_LEADER);
     if (state == RAFT_LEADER) {

@@ -93,12 +93,14 @@ void rp_raft_tls_transport_stats(struct raft_uv_transport *t, struct rp_raft_tra
 struct rp_node;
 
 /* Group commit: apply requests queued together (rp_node_apply_grouped with a
- * non-zero key) become one entry. The loop takes every request queued since it
- * last looked, puts those with distinct keys together (up to max_members and
- * max_bytes of commands; a command above max_bytes goes alone, after the group,
- * so a large write never delays the small ones queued with it) and appends one
- * entry for them; libraft's disk I/O writes the entries appended together with
- * one write and sync. The FSM decodes the group and returns one result per member. */
+ * non-zero key) become one entry. The loop puts requests with distinct keys
+ * together (up to max_members and max_bytes of commands) and appends the group at
+ * once while fewer than 2 grouped entries are in flight, else when one of them is
+ * done: the group holds what arrived during a commit. A command above max_bytes
+ * goes alone, in a lane of its own with one entry in flight at most, so small
+ * writes wait behind one large entry at most. libraft's disk I/O writes entries
+ * appended together with one write and sync. The FSM decodes the group and
+ * returns one result per member. */
 struct rp_node_grouping {
     /* Builds one entry from @n (>= 2) commands (their bytes as given, unpadded)
      * into *@entry, raft_malloc'd and padded to a multiple of 8. 0 or RP_E*. */
