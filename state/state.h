@@ -460,6 +460,9 @@ uint64_t state__get_be64(const uint8_t *p);
  * @fmt ("prefix: message"); rp_err(code, "%s", rp_errmsg()) would format a
  * buffer into itself. */
 int state__err_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* state_space_check for any environment of state/ (the resources, the recordings):
+ * RP_ENOSPC naming the configuration @setting that raises the ceiling. */
+int state__env_space_check(MDB_env *env, size_t len, const char *setting);
 /* Maps an LMDB return code to RP_ENOSPC/RP_ENOMEM/RP_EIO with a message. */
 int state__lmdb_err(int rc, const char *what);
 /* Reads the applied index stored in @txn (0 if none). */

@@ -261,11 +261,11 @@ void state_close(struct state *s)
     free(s);
 }
 
-int state_space_check(struct state *s, size_t len)
+int state__env_space_check(MDB_env *env, size_t len, const char *setting)
 {
     MDB_envinfo info;
     MDB_stat st;
-    if (mdb_env_info(s->env, &info) != 0 || mdb_env_stat(s->env, &st) != 0)
+    if (mdb_env_info(env, &info) != 0 || mdb_env_stat(env, &st) != 0)
         return 0; /* no figures: let apply find out */
     uint64_t map = info.me_mapsize, reserve = map / 16;
     if (reserve > (64u << 20))
@@ -275,10 +275,16 @@ int state_space_check(struct state *s, size_t len)
     uint64_t used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
     if (used + 2 * (uint64_t)len + reserve > map)
         return rp_err(RP_ENOSPC,
-                      "the state database is full: %llu of %llu MiB used, a write of %zu bytes "
-                      "does not fit (raise auth_service.max_map_size)",
-                      (unsigned long long)(used >> 20), (unsigned long long)(map >> 20), len);
+                      "the database is full: %llu of %llu MiB used, a write of %zu bytes "
+                      "does not fit (raise %s)",
+                      (unsigned long long)(used >> 20), (unsigned long long)(map >> 20), len,
+                      setting);
     return 0;
+}
+
+int state_space_check(struct state *s, size_t len)
+{
+    return state__env_space_check(s->env, len, "auth_service.max_map_size");
 }
 
 uint64_t state_applied_index(struct state *s)
