@@ -70,6 +70,7 @@ struct auth_server {
     struct auth_role_cache *roles;   /* auth/role_cache.c: parsed roles, shared */
     struct auth_issue_cache *issued; /* auth/certs.c: what users' certificates say */
     bool low_disk_warned;
+    _Atomic uint64_t disk_ok_until; /* mono ms: free space was above min_free_disk, recheck then */
     struct auth_audit *audit;       /* auth/audit.c */
     struct auth_locks *locks;       /* auth/locks.c */
     struct auth_login_guard *login; /* auth/login_guard.c: password-login limits */

@@ -148,6 +148,20 @@ static struct raft_fsm *make_fsm(void *arg, struct raft *r)
     return s->fsm;
 }
 
+/* Group commit (struct rp_node_grouping): the state machine's "group" command. */
+static int group_encode(void *arg, const struct raft_buffer *cmds, unsigned n,
+                        struct raft_buffer *entry)
+{
+    (void)arg;
+    return state_group_encode(cmds, n, entry);
+}
+
+static void *group_member_result(void *arg, void *fsm_result, unsigned i)
+{
+    struct auth_server *s = arg;
+    return (void *)state_group_result(s->state, fsm_result, i);
+}
+
 static int make_contexts(struct auth_server *s)
 {
     s->api_ctx = rp_tls_server_ctx(s->id.ca_cert, s->id.host_cert, s->id.host_key, 0);
@@ -208,7 +222,8 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
         goto err;
     /* The recordings map's ceiling: twice the budget (LMDB keeps freed pages until
      * no reader needs them, and copies on write) plus room for the index. */
-    struct state_opts so = {.rec_map_max = cfg->rec_max_map_size
+    struct state_opts so = {.map_size = cfg->max_map_size,
+                            .rec_map_max = cfg->rec_max_map_size
                                                ? cfg->rec_max_map_size
                                                : 2 * cfg->rec_max_size + ((uint64_t)256 << 20)};
     rv = state_open(&s->state, path, &so);
@@ -221,6 +236,17 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
     if ((rv = rp_mkdir_p(path, 0700)) != 0)
         goto err;
 
+    /* 256 KiB of commands per group: a group is written, sent and applied as one,
+     * so a cap keeps one entry from holding up the next for long; a single write
+     * above it goes alone (after the small ones that arrived with it). */
+    static const struct rp_node_grouping grouping_tmpl = {
+        .encode = group_encode,
+        .member_result = group_member_result,
+        .max_members = 512,
+        .max_bytes = 256u << 10,
+    };
+    struct rp_node_grouping grouping = grouping_tmpl;
+    grouping.arg = s;
     struct rp_node_config nc = {
         .id = cfg->raft_id,
         .address = cfg->raft_listen_addr,
@@ -236,6 +262,7 @@ int auth_server_start(struct auth_server **out, const struct rp_config *cfg)
         .make_fsm_arg = s,
         .peer_check = peer_check,
         .peer_check_arg = s,
+        .grouping = &grouping,
     };
     rv = rp_node_start(&s->node, &nc);
     if (rv != 0)

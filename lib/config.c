@@ -92,6 +92,7 @@ void rp_config_init(struct rp_config *c)
     c->auth_listen_addr = dup_or_die("0.0.0.0:3025");
     rp_config_finish(c);
     c->min_free_disk = 64ull << 20;
+    c->max_map_size = 8ull << 30;
     c->audit_retention_ms = 8760ull * 3600 * 1000; /* one year, as Teleport keeps events */
     c->rec_retention_ms = 720ull * 3600 * 1000;    /* 30 days */
     c->rec_max_size = 2ull << 30;
@@ -997,6 +998,7 @@ static const struct field auth_fields[] = {
     {.name = "login_rate_per_user", .parse = parse_unsigned, .off = AT(login_rate_per_user)},
     {.name = "login_burst_per_user", .parse = parse_unsigned, .off = AT(login_burst_per_user)},
     {.name = "recordings", .parse = parse_sub, .sub = &recordings_section},
+    {.name = "max_map_size", .parse = parse_size, .off = AT(max_map_size)},
     {.name = NULL},
 };
 static const struct section auth_section = {"auth_service", auth_fields};
@@ -1256,6 +1258,12 @@ int rp_config_validate(const struct rp_config *c)
             if (login_limits[i].v == 0 || login_limits[i].v > 1000000)
                 return rp_err(RP_EINVAL, "auth_service.%s (%u) must be 1 to 1000000",
                               login_limits[i].name, login_limits[i].v);
+        /* At least room for a few largest commands (16 MiB each); at most what a
+         * 64-bit address space reserves without trouble. */
+        if (c->max_map_size < (64ull << 20) || c->max_map_size > (16ull << 40))
+            return rp_err(RP_EINVAL,
+                          "auth_service.max_map_size (%llu bytes) must be 64MiB to 16TiB",
+                          (unsigned long long)c->max_map_size);
         if (c->snapshot_trailing < c->snapshot_threshold)
             return rp_err(RP_EINVAL,
                           "auth_service.raft.snapshot_trailing (%u) must be at least "

@@ -17,6 +17,7 @@
  *     listen_addr: 127.0.0.1:3025
  *     public_addr: 127.0.0.1:3025        # what others dial (default: listen_addr)
  *     min_free_disk: 256MB               # refuse writes below this
+ *     max_map_size: 8GiB                 # most the state database may hold
  *     audit_retention: 8760h             # audit events older than this are dropped
  *     max_login_attempts: 5              # failed logins that lock a user ...
  *     lockout_duration: 30m              # ... for this long
@@ -105,6 +106,7 @@ struct rp_config {
     uint64_t rec_retention_ms;      /* retention; default 30 days (720h), at least 1m */
     uint64_t rec_max_size;          /* budget of stored chunks; default 2 GiB, 1 MiB to 1 TiB */
     uint64_t rec_max_map_size;      /* LMDB map ceiling; 0 (default): 2 x max_size + 256 MiB */
+    uint64_t max_map_size;          /* bytes the state database may hold; default 8 GiB */
     unsigned max_login_attempts;    /* default 5 */
     unsigned lockout_ms;            /* default 30 minutes */
     uint64_t max_session_ttl_ms;    /* user certificate ceiling; default 30 hours */

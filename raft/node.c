@@ -40,6 +40,15 @@
 #define MAX_CATCH_UP_ROUNDS 100
 #define MAX_CATCH_UP_ROUND_MS 50000
 #define ADDR_LEN 64
+/* Entries of grouped writes in flight at once. While this many are appended
+ * and not yet applied, new writes gather into the next group instead of each
+ * becoming an entry: the group grows by as many writes as arrive during one
+ * commit. With nothing in flight a write goes at once, so a lone client waits
+ * for nobody. Two keep the disk and the followers busy while the next gathers. */
+#define GROUP_INFLIGHT_MAX 2
+/* Large commands (above grouping.max_bytes) in flight at once: a small write
+ * waits behind this many large entries at most. */
+#define LARGE_INFLIGHT_MAX 1
 
 enum req_type { REQ_APPLY, REQ_BARRIER, REQ_ADD, REQ_REMOVE, REQ_TRANSFER, REQ_STATUS };
 
@@ -53,10 +62,14 @@ struct node_req {
     int rv;
     char errmsg[200];
     struct node_req *next; /* queue link, then waiter-list link (loop) */
+    struct rp_node *node;  /* apply: set when submitted to libraft */
+    bool large;            /* apply: in the large lane (see struct group_build) */
 
     /* apply */
     struct raft_apply apply;
     struct raft_buffer buf; /* owned until raft_apply takes it */
+    size_t cmd_len;         /* bytes of the command in buf (before the padding) */
+    uint64_t group_key;     /* 0: alone; else may share an entry with other keys */
     raft_term term;         /* the term the entry was appended in */
     void (*copy_result)(void *arg, void *fsm_result);
     void *copy_arg;
@@ -65,6 +78,26 @@ struct node_req {
     char address[ADDR_LEN];
     /* status */
     struct rp_node_status status;
+};
+
+/* One group entry in flight and the apply requests it answers, in member order. */
+struct apply_group {
+    struct raft_apply apply;
+    struct rp_node *n;
+    unsigned n_members;
+    struct node_req *members[];
+};
+
+/* The group being gathered while the loop drains its queue (loop thread). */
+struct group_build {
+    struct node_req **members; /* grouping.max_members slots */
+    struct raft_buffer *cmds;  /* the members' commands, for encode (as many slots) */
+    unsigned n;
+    size_t bytes;
+    /* Commands too large to group, in arrival order, appended one at a time: a
+     * small write then waits behind one large entry at most, never a queue of them. */
+    struct node_req *large, *large_tail;
+    unsigned large_inflight;
 };
 
 /* One raft_barrier in flight and the callers it answers. */
@@ -91,6 +124,10 @@ struct rp_node {
     void *make_fsm_arg;
     rp_raft_peer_check_fn peer_check;
     void *peer_check_arg;
+    bool grouping_on;
+    struct rp_node_grouping grouping;
+    struct group_build gb;
+    unsigned group_inflight; /* grouped writes' entries appended, not yet answered (loop) */
 
     pthread_t thread;
     uv_loop_t loop;
@@ -504,6 +541,10 @@ static void reconcile(struct rp_node *n)
 static void on_apply_done(struct raft_apply *req, int status, void *result)
 {
     struct node_req *q = req->data;
+    if (q->large)
+        q->node->gb.large_inflight--;
+    else if (q->group_key != 0)
+        q->node->group_inflight--;
     if (status == 0)
         req_finish(q, 0, result, NULL);
     else
@@ -631,12 +672,17 @@ static void dispatch(struct rp_node *n, struct node_req *q)
     switch (q->type) {
     case REQ_APPLY:
         q->apply.data = q;
+        q->node = n;
         q->term = r->current_term; /* a leader appends in its current term */
         rv = raft_apply(r, &q->apply, &q->buf, 1, on_apply_done);
         if (rv != 0) {
             req_finish(q, raft_rv_to_rp(rv), NULL, "raft_apply: %s", raft_errmsg(r));
             return;
         }
+        if (q->large)
+            n->gb.large_inflight++;
+        else if (q->group_key != 0)
+            n->group_inflight++;
         q->buf.base = NULL; /* libraft owns it now */
         q->buf.len = 0;
         return;
@@ -680,6 +726,130 @@ static void dispatch(struct rp_node *n, struct node_req *q)
     }
 }
 
+/* ---- group commit ---------------------------------------------------------------- */
+
+static void on_group_done(struct raft_apply *req, int status, void *result)
+{
+    struct apply_group *g = req->data;
+    struct rp_node *n = g->n;
+    n->group_inflight--;
+    for (unsigned i = 0; i < g->n_members; i++) {
+        struct node_req *q = g->members[i];
+        if (status == 0)
+            req_finish(q, 0, n->grouping.member_result(n->grouping.arg, result, i), NULL);
+        else
+            req_finish(q, RP_EUNKNOWN, NULL, "entry submitted but its outcome is unknown: %s",
+                       raft_strerror(status));
+    }
+    free(g);
+}
+
+/* Appends the group gathered so far as one entry (a group of one goes as the
+ * plain command it is). */
+static void group_flush(struct rp_node *n)
+{
+    struct group_build *gb = &n->gb;
+    struct raft *r = &n->raft;
+    unsigned count = 0;
+    /* Callers that gave up are answered now, like dispatch does. */
+    for (unsigned i = 0; i < gb->n; i++) {
+        struct node_req *q = gb->members[i];
+        if (n->closing)
+            req_finish(q, RP_ECLOSED, NULL, "raft node %llu is stopping",
+                       (unsigned long long)n->id);
+        else if (req_abandoned(q))
+            req_finish(q, RP_ETIMEDOUT, NULL, "abandoned");
+        else
+            gb->members[count++] = q;
+    }
+    gb->n = 0;
+    gb->bytes = 0;
+    if (count == 0)
+        return;
+    if (count == 1) {
+        dispatch(n, gb->members[0]);
+        return;
+    }
+
+    struct apply_group *g = malloc(sizeof *g + count * sizeof g->members[0]);
+    struct raft_buffer *cmds = gb->cmds;
+    struct raft_buffer entry = {NULL, 0};
+    int rv = RP_ENOMEM;
+    const char *why = "out of memory";
+    if (g != NULL) {
+        for (unsigned i = 0; i < count; i++) {
+            cmds[i].base = gb->members[i]->buf.base;
+            cmds[i].len = gb->members[i]->cmd_len;
+        }
+        rv = n->grouping.encode(n->grouping.arg, cmds, count, &entry);
+        why = rv != 0 ? rp_errmsg() : NULL;
+    }
+    if (rv == 0) {
+        g->apply.data = g;
+        g->n = n;
+        g->n_members = count;
+        memcpy(g->members, gb->members, count * sizeof g->members[0]);
+        rv = raft_apply(r, &g->apply, &entry, 1, on_group_done);
+        if (rv != 0) {
+            raft_free(entry.base);
+            why = raft_errmsg(r);
+            rv = raft_rv_to_rp(rv);
+        }
+    }
+    if (rv != 0) {
+        for (unsigned i = 0; i < count; i++)
+            req_finish(gb->members[i], rv, NULL, "raft_apply of a group: %s", why);
+        free(g);
+        return;
+    }
+    n->group_inflight++;
+    /* The entry holds copies now: each member's own buffer is no longer needed. */
+    for (unsigned i = 0; i < count; i++) {
+        struct node_req *q = gb->members[i];
+        q->term = r->current_term;
+        raft_free(q->buf.base);
+        q->buf.base = NULL;
+        q->buf.len = 0;
+    }
+}
+
+/* Appends the next large command unless one is in flight. */
+static void large_next(struct rp_node *n)
+{
+    struct group_build *gb = &n->gb;
+    while (gb->large_inflight < LARGE_INFLIGHT_MAX && gb->large != NULL) {
+        struct node_req *q = gb->large;
+        gb->large = q->next;
+        if (gb->large == NULL)
+            gb->large_tail = NULL;
+        dispatch(n, q); /* sets large_inflight once libraft took it */
+    }
+}
+
+/* Adds @q to the group being gathered, first appending the group if @q does not
+ * fit in it (its key already there, or no room). */
+static void group_add(struct rp_node *n, struct node_req *q)
+{
+    struct group_build *gb = &n->gb;
+    if (q->cmd_len > n->grouping.max_bytes) {
+        q->large = true;
+        q->next = NULL;
+        if (gb->large_tail != NULL)
+            gb->large_tail->next = q;
+        else
+            gb->large = q;
+        gb->large_tail = q;
+        return;
+    }
+    bool fits = gb->n < n->grouping.max_members && gb->bytes + q->cmd_len <= n->grouping.max_bytes;
+    for (unsigned i = 0; fits && i < gb->n; i++)
+        fits = gb->members[i]->group_key != q->group_key;
+    if (!fits)
+        group_flush(n);
+    gb->members[gb->n++] = q;
+    gb->bytes += q->cmd_len;
+}
+
 /* ---- stopping ------------------------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h)
@@ -715,6 +885,12 @@ static void fail_outstanding(struct rp_node *n)
         n->barrier_inflight = NULL;
     }
     fail_list(&n->barrier_next, RP_ECLOSED, "raft node stopped");
+    for (unsigned i = 0; i < n->gb.n; i++)
+        req_finish(n->gb.members[i], RP_ECLOSED, NULL, "raft node stopped");
+    n->gb.n = 0;
+    fail_list(&n->gb.large, RP_ECLOSED, "raft node stopped");
+    n->gb.large_tail = NULL;
+    n->gb.bytes = 0;
     pthread_mutex_lock(&n->mu);
     q = n->q_head;
     n->q_head = n->q_tail = NULL;
@@ -824,8 +1000,16 @@ static void on_wake(uv_async_t *h)
     pthread_mutex_unlock(&n->mu);
     for (; q != NULL; q = next) {
         next = q->next;
-        dispatch(n, q);
+        if (q->type == REQ_APPLY && q->group_key != 0 && n->grouping_on)
+            group_add(n, q);
+        else
+            dispatch(n, q);
     }
+    /* Otherwise the monitor appends the group once an entry in flight is done. */
+    if (n->group_inflight < GROUP_INFLIGHT_MAX)
+        group_flush(n);
+    /* Large commands after the small ones queued with them. */
+    large_next(n);
     if (stop)
         start_stop(n);
 }
@@ -836,6 +1020,9 @@ static void on_monitor(uv_prepare_t *h)
     struct raft *r = &n->raft;
     if (n->raft_closing)
         return;
+    if (n->gb.n > 0 && n->group_inflight < GROUP_INFLIGHT_MAX)
+        group_flush(n);
+    large_next(n);
     int state = raft_state(r);
     atomic_store(&n->is_leader, state == RAFT_LEADER);
     if (state == RAFT_LEADER) {
@@ -1063,6 +1250,8 @@ static void node_free(struct rp_node *n)
         SSL_CTX_free(n->client_ctx);
     free(n->address);
     free(n->dir);
+    free(n->gb.members);
+    free(n->gb.cmds);
     pthread_mutex_destroy(&n->mu);
     pthread_cond_destroy(&n->start_cond);
     free(n);
@@ -1093,9 +1282,27 @@ int rp_node_start(struct rp_node **out, const struct rp_node_config *cfg)
                       "raft snapshot trailing (%u) must be >= threshold (%u), threshold > 0",
                       cfg->snapshot_trailing, cfg->snapshot_threshold);
 
+    if (cfg->grouping != NULL &&
+        (cfg->grouping->encode == NULL || cfg->grouping->member_result == NULL ||
+         cfg->grouping->max_members < 2 || cfg->grouping->max_bytes == 0))
+        return rp_err(RP_EINVAL, "raft grouping needs encode, member_result, max_members >= 2 "
+                                 "and max_bytes > 0");
+
     n = calloc(1, sizeof *n);
     if (n == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
+    if (cfg->grouping != NULL) {
+        n->grouping_on = true;
+        n->grouping = *cfg->grouping;
+        n->gb.members = calloc(n->grouping.max_members, sizeof *n->gb.members);
+        n->gb.cmds = calloc(n->grouping.max_members, sizeof *n->gb.cmds);
+        if (n->gb.members == NULL || n->gb.cmds == NULL) {
+            free(n->gb.members);
+            free(n->gb.cmds);
+            free(n);
+            return rp_err(RP_ENOMEM, "out of memory");
+        }
+    }
     n->id = cfg->id;
     n->address = strdup(cfg->address);
     n->dir = strdup(cfg->dir);
@@ -1164,6 +1371,13 @@ int rp_node_apply_term(struct rp_node *n, const void *buf, size_t len, int timeo
                        void (*copy_result)(void *arg, void *fsm_result), void *arg,
                        uint64_t *term_out)
 {
+    return rp_node_apply_grouped(n, buf, len, 0, timeout_ms, copy_result, arg, term_out);
+}
+
+int rp_node_apply_grouped(struct rp_node *n, const void *buf, size_t len, uint64_t group_key,
+                          int timeout_ms, void (*copy_result)(void *arg, void *fsm_result),
+                          void *arg, uint64_t *term_out)
+{
     struct node_req *q = req_new(REQ_APPLY);
     if (q == NULL)
         return rp_err(RP_ENOMEM, "out of memory");
@@ -1182,6 +1396,8 @@ int rp_node_apply_term(struct rp_node *n, const void *buf, size_t len, int timeo
         memcpy(q->buf.base, buf, len);
     memset((char *)q->buf.base + len, 0, padded - len);
     q->buf.len = padded;
+    q->cmd_len = len;
+    q->group_key = group_key;
     q->copy_result = copy_result;
     q->copy_arg = arg;
     return req_submit_wait(n, q, timeout_ms, RP_EUNKNOWN, "apply", NULL, term_out);

@@ -92,6 +92,27 @@ void rp_raft_tls_transport_stats(struct raft_uv_transport *t, struct rp_raft_tra
 
 struct rp_node;
 
+/* Group commit: apply requests queued together (rp_node_apply_grouped with a
+ * non-zero key) become one entry. The loop puts requests with distinct keys
+ * together (up to max_members and max_bytes of commands) and appends the group at
+ * once while fewer than 2 grouped entries are in flight, else when one of them is
+ * done: the group holds what arrived during a commit. A command above max_bytes
+ * goes alone, in a lane of its own with one entry in flight at most, so small
+ * writes wait behind one large entry at most. libraft's disk I/O writes entries
+ * appended together with one write and sync. The FSM decodes the group and
+ * returns one result per member. */
+struct rp_node_grouping {
+    /* Builds one entry from @n (>= 2) commands (their bytes as given, unpadded)
+     * into *@entry, raft_malloc'd and padded to a multiple of 8. 0 or RP_E*. */
+    int (*encode)(void *arg, const struct raft_buffer *cmds, unsigned n, struct raft_buffer *entry);
+    /* The FSM result for member @i, given the entry's FSM result (loop thread, inside
+     * the raft_apply callback). */
+    void *(*member_result)(void *arg, void *fsm_result, unsigned i);
+    void *arg;
+    unsigned max_members; /* >= 2 */
+    size_t max_bytes;     /* commands in one group, in bytes */
+};
+
 struct rp_node_config {
     uint64_t id;         /* > 0 */
     const char *address; /* Raft peer address "ip:port" (listen and advertise) */
@@ -111,6 +132,8 @@ struct rp_node_config {
     /* Optional: see rp_raft_tls_transport_set_peer_check (NULL: Auth role suffices). */
     rp_raft_peer_check_fn peer_check;
     void *peer_check_arg;
+    /* Optional (NULL: every apply is its own entry); copied at start. */
+    const struct rp_node_grouping *grouping;
 };
 
 /* Starts the node on its own loop thread and returns once raft_start has run.
@@ -167,6 +190,14 @@ int rp_node_apply(struct rp_node *n, const void *buf, size_t len, int timeout_ms
 int rp_node_apply_term(struct rp_node *n, const void *buf, size_t len, int timeout_ms,
                        void (*copy_result)(void *arg, void *fsm_result), void *arg,
                        uint64_t *term_out);
+
+/* rp_node_apply_term for a command that may share an entry with others (group
+ * commit, see struct rp_node_grouping): @group_key 0 never shares; commands with
+ * equal keys never share one entry. Without grouping configured, the same as
+ * rp_node_apply_term. @copy_result receives the member's own result. */
+int rp_node_apply_grouped(struct rp_node *n, const void *buf, size_t len, uint64_t group_key,
+                          int timeout_ms, void (*copy_result)(void *arg, void *fsm_result),
+                          void *arg, uint64_t *term_out);
 
 /* The term of this server's leadership once its post-election barrier has applied
  * (every entry committed before the election is then applied here), else 0. Cheap

@@ -385,6 +385,111 @@ static int rid_prune(struct apply *a)
     return rv;
 }
 
+/* ---- Group commit --------------------------------------------------------- */
+
+static int group_reserve(struct state *s, unsigned n)
+{
+    if (n > s->cap_group_res) {
+        struct state_result *r = realloc(s->group_res, n * sizeof *r);
+        if (r == NULL)
+            return rp_err(RP_ENOMEM, "allocating the results of a group of %u", n);
+        s->group_res = r;
+        s->cap_group_res = n;
+    }
+    size_t cap = 16;
+    while (cap < 2 * (size_t)n)
+        cap *= 2;
+    if (cap > s->cap_group_keys) {
+        uint64_t *k = realloc(s->group_keys, cap * sizeof *k);
+        if (k == NULL)
+            return rp_err(RP_ENOMEM, "allocating the keys of a group of %u", n);
+        s->group_keys = k;
+        s->cap_group_keys = cap;
+    }
+    memset(s->group_keys, 0, s->cap_group_keys * sizeof *s->group_keys);
+    return 0;
+}
+
+/* Looks @key up in the open-addressing set of resources this group changed (at
+ * most half full); adds it when @add. True if it was there. */
+static bool group_key_seen(struct state *s, uint64_t key, bool add)
+{
+    size_t mask = s->cap_group_keys - 1;
+    for (size_t i = (size_t)key & mask;; i = (i + 1) & mask) {
+        if (s->group_keys[i] == key)
+            return true;
+        if (s->group_keys[i] == 0) {
+            if (add)
+                s->group_keys[i] = key;
+            return false;
+        }
+    }
+}
+
+/* Independent commands sharing one entry: each is checked, de-duplicated by its
+ * rid and applied on its own, and its outcome goes to s->group_res[i]. A member
+ * that fails writes nothing (exec_single changes nothing before its checks pass),
+ * so its neighbours are untouched and the transaction stays whole. Returns <0 only
+ * for LMDB/memory errors, which fail the entire entry (raft retries it). */
+static int exec_group(struct apply *a, const struct state__cmd *c, struct state_result *res)
+{
+    struct state *s = a->s;
+    const msgpack_object *arr = c->ops;
+    uint32_t n = arr->via.array.size;
+    int rv = group_reserve(s, n);
+    if (rv != 0)
+        return rv;
+    for (uint32_t i = 0; i < n; i++) {
+        struct state_result *mr = &s->group_res[i];
+        struct state__cmd m;
+        bool remembered = false;
+        memset(mr, 0, sizeof *mr);
+        mr->revision = a->index;
+        s->n_group_res = i + 1;
+        if (state__cmd_parse(&arr->via.array.ptr[i], false, &m, mr->message, sizeof mr->message) !=
+            0) {
+            mr->code = RP_EINVAL;
+            continue;
+        }
+        uint64_t key = state__cmd_key(&m);
+        if (key == 0) {
+            mr->code = RP_EINVAL;
+            set_msg(mr, "ops[%u]: a group holds only put, create, update, cas, delete and cdelete",
+                    i);
+            continue;
+        }
+        /* An earlier member may carry the same rid (a retry that raced its
+         * original): it recorded its result in this transaction, so this finds it. */
+        if ((rv = rid_lookup(s, a->txn, m.rid, m.rid_len, &remembered, mr)) != 0)
+            return rv;
+        if (remembered)
+            continue;
+        if (group_key_seen(s, key, false)) {
+            /* Not remembered under the rid: a retry with it may succeed. */
+            mr->code = RP_ECONFLICT;
+            set_msg(mr, "%.*s/%.*s was changed earlier in the same entry (revision %llu): retry",
+                    (int)m.meta.kind_len, m.meta.kind, (int)m.meta.name_len, m.meta.name,
+                    (unsigned long long)a->index);
+            continue;
+        }
+        if ((rv = exec_single(a, &m, mr)) != 0)
+            return rv;
+        if (mr->code == 0)
+            group_key_seen(s, key, true);
+        if ((rv = rid_record(a, m.rid, m.rid_len, mr)) != 0)
+            return rv;
+        res->n_changed += mr->n_changed;
+    }
+    return 0;
+}
+
+const struct state_result *state_group_result(struct state *s, const void *fsm_result, unsigned i)
+{
+    if (i < s->n_group_res)
+        return &s->group_res[i];
+    return fsm_result;
+}
+
 /* ---- Apply -------------------------------------------------------------- */
 
 /* An index at or below the applied one: libraft re-applying its log after a
@@ -448,6 +553,8 @@ static int exec(struct apply *a, const struct state__cmd *c, struct state_result
         /* Commits in the recordings environment before this transaction does:
          * idempotent by design (state/recstore.c). */
         return state__rec_apply(a->s, a->index, c, res);
+    case STATE__OP_GROUP:
+        return exec_group(a, c, res);
     default:
         return exec_single(a, c, res);
     }
@@ -464,6 +571,7 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
 
     memset(res, 0, sizeof *res);
     res->revision = index;
+    s->n_group_res = 0;
     if (index <= atomic_load(&s->applied))
         return apply_again(s, index, cmd, len, res);
 
@@ -532,6 +640,7 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
 err_after_txn:
     mdb_txn_abort(a.txn);
 err:
+    s->n_group_res = 0;
     drop_pending(s);
     if (parsed)
         msgpack_unpacked_destroy(&u);

@@ -254,6 +254,7 @@ static const struct {
     {"audit_trim", STATE__OP_AUDIT_TRIM, F_OP | F_RID | F_BEFORE},
     {"rec_put", STATE__OP_REC_PUT, F_OP | F_RID | F_REC},
     {"rec_trim", STATE__OP_REC_TRIM, F_OP | F_RID | F_REC},
+    {"group", STATE__OP_GROUP, F_OP | F_OPS},
 };
 
 static int parse_batch(const msgpack_object *arr, struct state__cmd *c, char *msg, size_t n)
@@ -287,7 +288,7 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
     if (is_nil(op) || op->type != MSGPACK_OBJECT_STR)
         return failf(msg, msglen,
                      "op: expected one of put, create, update, cas, delete, cdelete, batch, "
-                     "expire, audit, audit_trim, rec_put, rec_trim");
+                     "expire, audit, audit_trim, rec_put, rec_trim, group");
     size_t k;
     for (k = 0; k < sizeof ops / sizeof ops[0]; k++) {
         if (rp_mp_str_eq(op, ops[k].name))
@@ -299,7 +300,8 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
     c->op = ops[k].op;
     if (in_batch && (c->op == STATE__OP_BATCH || c->op == STATE__OP_EXPIRE ||
                      c->op == STATE__OP_AUDIT || c->op == STATE__OP_AUDIT_TRIM ||
-                     c->op == STATE__OP_REC_PUT || c->op == STATE__OP_REC_TRIM))
+                     c->op == STATE__OP_REC_PUT || c->op == STATE__OP_REC_TRIM ||
+                     c->op == STATE__OP_GROUP))
         return failf(msg, msglen, "op: '%s' is not allowed inside a batch", ops[k].name);
 
     /* Only the fields this op uses: a misspelt or misplaced field is an error
@@ -330,7 +332,8 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
         c->rid = rid->via.str.ptr;
         c->rid_len = rid->via.str.size;
     } else if (!in_batch && c->op != STATE__OP_EXPIRE && c->op != STATE__OP_AUDIT_TRIM &&
-               c->op != STATE__OP_REC_PUT && c->op != STATE__OP_REC_TRIM) {
+               c->op != STATE__OP_REC_PUT && c->op != STATE__OP_REC_TRIM &&
+               c->op != STATE__OP_GROUP) {
         return failf(msg, msglen, "rid: missing (every %s needs a request id)", ops[k].name);
     }
 
@@ -368,6 +371,16 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
             return failf(msg, msglen, "ops: missing (batch needs an array of commands)");
         if ((rv = parse_batch(arr, c, msg, msglen)) != 0)
             return rv;
+        break;
+    }
+    case STATE__OP_GROUP: {
+        /* Only the shape: each member is checked when it is applied, so a bad one
+         * fails alone (state/apply.c, exec_group). */
+        const msgpack_object *arr = rp_mp_get(o, "ops");
+        if (is_nil(arr) || arr->type != MSGPACK_OBJECT_ARRAY || arr->via.array.size == 0 ||
+            arr->via.array.size > STATE_MAX_GROUP)
+            return failf(msg, msglen, "ops: expected an array of 1-%u commands", STATE_MAX_GROUP);
+        c->ops = arr;
         break;
     }
     case STATE__OP_AUDIT: {
@@ -495,6 +508,87 @@ int state_command_check(const void *cmd, size_t len)
     msgpack_unpacked_destroy(&u);
     if (rv != 0)
         return rp_err(rv, "%s", msg);
+    return 0;
+}
+
+/* ---- Group commit ------------------------------------------------------- */
+
+uint64_t state__cmd_key(const struct state__cmd *c)
+{
+    switch (c->op) {
+    case STATE__OP_PUT:
+    case STATE__OP_CREATE:
+    case STATE__OP_UPDATE:
+    case STATE__OP_CAS:
+    case STATE__OP_DELETE:
+    case STATE__OP_CDELETE:
+        break;
+    default:
+        return 0;
+    }
+    /* FNV-1a over kind \0 name: deterministic, so every replica agrees on which
+     * members of a group collide (a false collision only fails a member with a
+     * retryable conflict, at odds of 2^-64). */
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < c->meta.kind_len; i++)
+        h = (h ^ (uint8_t)c->meta.kind[i]) * 0x100000001b3ull;
+    h *= 0x100000001b3ull; /* the \0 separator */
+    for (size_t i = 0; i < c->meta.name_len; i++)
+        h = (h ^ (uint8_t)c->meta.name[i]) * 0x100000001b3ull;
+    return h == 0 ? 1 : h;
+}
+
+int state_command_key(const void *cmd, size_t len, uint64_t *key)
+{
+    msgpack_unpacked u;
+    struct state__cmd c;
+    char msg[160];
+    *key = 0;
+    if (len > STATE_MAX_COMMAND)
+        return rp_err(RP_EINVAL, "command of %zu bytes exceeds the limit of %u", len,
+                      STATE_MAX_COMMAND);
+    int rv = rp_mp_parse(cmd, len, &u);
+    if (rv != 0)
+        return state__err_prefix(RP_EINVAL, "command");
+    rv = state__cmd_parse(&u.data, false, &c, msg, sizeof msg);
+    if (rv == 0)
+        *key = state__cmd_key(&c);
+    msgpack_unpacked_destroy(&u);
+    if (rv != 0)
+        return rp_err(rv, "%s", msg);
+    return 0;
+}
+
+int state_group_encode(const struct raft_buffer *cmds, unsigned n, struct raft_buffer *entry)
+{
+    /* {"op": "group", "ops": [members]}: a fixmap of 2, fixstrs, an array32. */
+    static const uint8_t head[] = {0x82, 0xa2, 'o',  'p', 0xa5, 'g', 'r', 'o',
+                                   'u',  'p',  0xa3, 'o', 'p',  's', 0xdd};
+    if (n == 0 || n > STATE_MAX_GROUP)
+        return rp_err(RP_EINVAL, "a group holds 1-%u commands, not %u", STATE_MAX_GROUP, n);
+    size_t len = sizeof head + 4;
+    for (unsigned i = 0; i < n; i++)
+        len += cmds[i].len;
+    if (len > STATE_MAX_COMMAND)
+        return rp_err(RP_EINVAL, "a group of %zu bytes exceeds the limit of %u", len,
+                      STATE_MAX_COMMAND);
+    size_t padded = STATE_ENTRY_LEN(len);
+    uint8_t *p = raft_malloc(padded);
+    if (p == NULL)
+        return rp_err(RP_ENOMEM, "out of memory for a group of %zu bytes", len);
+    memcpy(p, head, sizeof head);
+    size_t off = sizeof head;
+    p[off++] = (uint8_t)(n >> 24);
+    p[off++] = (uint8_t)(n >> 16);
+    p[off++] = (uint8_t)(n >> 8);
+    p[off++] = (uint8_t)n;
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(p + off, cmds[i].base, cmds[i].len);
+        off += cmds[i].len;
+    }
+    memset(p + off, 0, padded - off);
+    entry->base = p;
+    entry->len = padded;
     return 0;
 }
 

@@ -28,6 +28,17 @@
  *                            the recordings store (see "Session recordings" below);
  *                            rid optional
  *
+ *   { "op": "group", "ops": [command...] }   group commit: 1..STATE_MAX_GROUP
+ *                            independent put/create/update/cas/delete/cdelete commands,
+ *                            each with its own rid, applied in order in the entry's one
+ *                            transaction. Each gets its own result (state_group_result):
+ *                            a failing or malformed member changes nothing and fails
+ *                            alone; its neighbours apply. All share the entry's index as
+ *                            their revision, so a member whose resource an earlier member
+ *                            of the same group already changed fails with RP_ECONFLICT
+ *                            (two versions must never share a revision); the proposer
+ *                            never groups two writes of one resource (state_command_key).
+ *
  * The revision of a change is the Raft index of the entry that made it. A
  * retried command (same rid) returns the first result and changes nothing.
  * Apply never reads the clock: time enters only as the "before" field.
@@ -80,6 +91,7 @@
 #define STATE_MAX_COMMAND (16u << 20) /* bytes in one command (one Raft entry) */
 #define STATE_MAX_BATCH 1024          /* ops in one batch */
 #define STATE_MAX_AUDIT 1024          /* events in one audit command */
+#define STATE_MAX_GROUP 1024          /* members of one group */
 #define STATE_MAX_LABELS 256          /* labels on one resource */
 #define STATE_RID_MAX 64              /* bytes in a request id */
 #define STATE_KIND_MAX 63
@@ -88,7 +100,9 @@
 struct state;
 
 struct state_opts {
-    size_t map_size;          /* LMDB map size; 0 = 1 GiB */
+    size_t map_size;          /* the most the environment may hold (max_map_size); 0 = 8 GiB. It is
+                                 reserved as address space only: the file grows with the data, so
+                                 the map never needs remapping (see store.c) */
     unsigned watch_queue_len; /* events a watcher may fall behind by; 0 = 4096 */
     unsigned event_ring_len;  /* recent events kept for resuming watches; 0 = 8192 */
     unsigned rid_keep;        /* request ids remembered for this many revisions; 0 = 100000 */
@@ -156,6 +170,13 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
  * this FSM's apply strips that padding before state_apply. */
 #define STATE_ENTRY_LEN(len) (((len) + 7) / 8 * 8)
 void state_fsm_init(struct raft_fsm *fsm, struct state *s, struct raft *r);
+
+/* Room for a command of @len bytes: RP_ENOSPC (the message names the ceiling)
+ * when the pages in use plus twice @len plus a reserve (1/16 of the map, at most
+ * 64 MiB) exceed the map size. Proposers check before proposing, so that a full
+ * map is refused with a clear error instead of failing apply (which Raft would
+ * retry for ever). Any thread. */
+int state_space_check(struct state *s, size_t len);
 
 /* Highest index applied (0 if none). */
 uint64_t state_applied_index(struct state *s);
@@ -312,6 +333,23 @@ struct state_rec_stats {
 };
 int state_rec_stats(struct state *s, struct state_rec_stats *out);
 
+/* ---- Group commit ------------------------------------------------------ */
+
+/* state_command_check, and *@key: 0 if the command may not join a group (batch,
+ * expire, audit, audit_trim), else a non-zero hash of the resource it targets
+ * (kind \0 name): commands with different keys may share a group. */
+int state_command_key(const void *cmd, size_t len, uint64_t *key);
+/* Builds a group command from @n (2..STATE_MAX_GROUP) commands, each one whole
+ * command as checked by state_command_key with a non-zero key, into *@entry: a
+ * raft_malloc'd buffer (the caller owns it; raft_apply takes it) padded with zero
+ * bytes to STATE_ENTRY_LEN. The commands are borrowed. */
+int state_group_encode(const struct raft_buffer *cmds, unsigned n, struct raft_buffer *entry);
+/* The result of member @i of the entry whose FSM result is @fsm_result (what
+ * the FSM apply of a group hands to raft). For an entry that was not applied as
+ * a group (rejected whole, e.g. malformed), the entry's own result. Valid until
+ * the next apply: call from the raft_apply callback only. */
+const struct state_result *state_group_result(struct state *s, const void *fsm_result, unsigned i);
+
 /* ---- Watches ---------------------------------------------------------- */
 
 enum state_event_type {
@@ -449,6 +487,10 @@ struct state {
     bool async_checked;                 /* fsm.c: snapshot mode decided (first apply) */
     struct state_result last_result;    /* what the FSM apply hands to raft */
     MDB_txn *snap_txn;                  /* read txn pinned by an in-flight snapshot (loop thread) */
+    struct state_result *group_res;     /* group: one result per member of the last entry */
+    unsigned n_group_res, cap_group_res;
+    uint64_t *group_keys; /* group: hashes of the resources changed so far (open addressing) */
+    size_t cap_group_keys;
     struct state__ev **pending; /* events of the entry being applied, published after commit */
     size_t n_pending, cap_pending;
     struct state__hub hub;
@@ -468,6 +510,8 @@ enum state__op {
     STATE__OP_AUDIT_TRIM,
     STATE__OP_REC_PUT,
     STATE__OP_REC_TRIM,
+
+    STATE__OP_GROUP,
 };
 
 /* A validated command; every pointer borrows from the parsed msgpack object. */
@@ -478,7 +522,7 @@ struct state__cmd {
     const msgpack_object *res;    /* put, create, update, cas */
     struct state_res_meta meta;   /* kind/name (and expires for res) of the target */
     uint64_t rev;                 /* cas, cdelete */
-    const msgpack_object *ops;    /* batch: array of validated sub-commands */
+    const msgpack_object *ops;    /* batch: array of validated sub-commands; group: members */
     uint64_t before;              /* expire, audit_trim */
     const msgpack_object *events; /* audit */
     const msgpack_object *rec;    /* rec_put, rec_trim */
@@ -534,6 +578,9 @@ size_t state__res_key(uint8_t *key, const char *kind, size_t kind_len, const cha
 bool state__split_key(const uint8_t *key, size_t len, const char **kind, size_t *kind_len,
                       const char **name, size_t *name_len);
 
+/* The group key of a validated single-resource command (see state_command_key). */
+uint64_t state__cmd_key(const struct state__cmd *c);
+
 /* The length of the command in a Raft entry of @len bytes: the entry may end
  * with up to 7 zero bytes of padding (see state_fsm_init). Exactly one length in
  * [len - 7, len] can hold one whole msgpack object, so the answer is unique;
@@ -550,6 +597,9 @@ uint64_t state__get_be64(const uint8_t *p);
  * @fmt ("prefix: message"); rp_err(code, "%s", rp_errmsg()) would format a
  * buffer into itself. */
 int state__err_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* state_space_check for any environment of state/ (the resources, the recordings):
+ * RP_ENOSPC naming the configuration @setting that raises the ceiling. */
+int state__env_space_check(MDB_env *env, size_t len, const char *setting);
 /* Maps an LMDB return code to RP_ENOSPC/RP_ENOMEM/RP_EIO with a message. */
 int state__lmdb_err(int rc, const char *what);
 /* Reads the applied index stored in @txn (0 if none). */

@@ -20,7 +20,17 @@
  * Raft rebuilds it as above (snapshot + log, or the whole log when there is no
  * snapshot, since the log is only ever truncated behind a snapshot). One caveat
  * follows from skipping applied indexes: this directory must be wiped together
- * with the Raft directory, never alone. */
+ * with the Raft directory, never alone.
+ *
+ * Size. The map is opened at the ceiling (state_opts.map_size, the server's
+ * auth_service.max_map_size) from the start. Without MDB_WRITEMAP, LMDB writes
+ * pages with pwrite and only reads through the map, so the map is address space,
+ * not memory or disk: data.mdb grows page by page with the data. Growing the map
+ * in steps instead would mean mdb_env_set_mapsize, which LMDB allows only while
+ * no transaction of the process is open; our readers (64 API workers, watch
+ * streams, a snapshot's read transaction pinned across its serialisation on a
+ * thread-pool thread) would all need a lock the apply waits on. At the ceiling,
+ * proposers get RP_ENOSPC from state_space_check before anything is proposed. */
 #define STATE_INTERNAL
 #include "state/state.h"
 
@@ -180,7 +190,7 @@ int state_open(struct state **out, const char *dir, const struct state_opts *opt
     if (opts != NULL)
         s->opts = *opts;
     if (s->opts.map_size == 0)
-        s->opts.map_size = (size_t)1 << 30;
+        s->opts.map_size = (size_t)8 << 30;
     if (s->opts.watch_queue_len == 0)
         s->opts.watch_queue_len = 4096;
     if (s->opts.event_ring_len == 0)
@@ -244,6 +254,8 @@ void state_close(struct state *s)
     for (size_t i = 0; i < s->n_pending; i++)
         state__ev_free(s->pending[i]);
     free(s->pending);
+    free(s->group_res);
+    free(s->group_keys);
     state__hub_close(&s->hub);
     state__rec_close(s); /* synced before the marker goes */
     int rc = mdb_env_sync(s->env, 1);
@@ -256,6 +268,32 @@ void state_close(struct state *s)
         rp_warn("state", "%s: sync at close failed: %s", s->dir, mdb_strerror(rc));
     free(s->dir);
     free(s);
+}
+
+int state__env_space_check(MDB_env *env, size_t len, const char *setting)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(env, &info) != 0 || mdb_env_stat(env, &st) != 0)
+        return 0; /* no figures: let apply find out */
+    uint64_t map = info.me_mapsize, reserve = map / 16;
+    if (reserve > (64u << 20))
+        reserve = 64u << 20;
+    /* The last page used bounds what the tree holds (freed pages inside it are
+     * reused first), so this errs on the side of refusing early. */
+    uint64_t used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+    if (used + 2 * (uint64_t)len + reserve > map)
+        return rp_err(RP_ENOSPC,
+                      "the database is full: %llu of %llu MiB used, a write of %zu bytes "
+                      "does not fit (raise %s)",
+                      (unsigned long long)(used >> 20), (unsigned long long)(map >> 20), len,
+                      setting);
+    return 0;
+}
+
+int state_space_check(struct state *s, size_t len)
+{
+    return state__env_space_check(s->env, len, "auth_service.max_map_size");
 }
 
 uint64_t state_applied_index(struct state *s)

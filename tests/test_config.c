@@ -128,6 +128,7 @@ Test(config, defaults_are_set_by_init)
     cr_assert_str_eq(c.auth_listen_addr, "0.0.0.0:3025");
     cr_assert_str_eq(c.auth_public_addr, "127.0.0.1:3025");
     cr_assert_eq(c.min_free_disk, 64ull << 20);
+    cr_assert_eq(c.max_map_size, 8ull << 30);
     cr_assert_eq(c.raft_id, 0);
     cr_assert_str_eq(c.raft_listen_addr, "0.0.0.0:3030");
     cr_assert_eq(c.election_timeout_ms, 1000);
@@ -282,7 +283,8 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
                "max_login_attempts, lockout_duration, max_session_ttl, admin_identity_ttl, raft, "
                "password_hash_workers, "
                "password_hash_queue, password_hash_wait, login_rate_per_address, "
-               "login_burst_per_address, login_rate_per_user, login_burst_per_user, recordings");
+               "login_burst_per_address, login_rate_per_user, login_burst_per_user, recordings, "
+               "max_map_size");
     load_fails("version: v3\nteleprot:\n  nodename: a\n",
                "2: unknown field 'teleprot' at the top level, expected one of: version, "
                "teleport, auth_service, proxy_service, ssh_service");
@@ -572,6 +574,10 @@ Test(config, login_limits_have_defaults_and_bounds)
     cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
     c.password_hash_workers = 65;
     validate_fails(&c, "auth_service.password_hash_workers (65) must be 1 to 64");
+    c.password_hash_workers = 2;
+    c.max_map_size = 1ull << 20;
+    validate_fails(&c, "auth_service.max_map_size (1048576 bytes) must be 64MiB to 16TiB");
+    c.max_map_size = 8ull << 30;
     c.password_hash_workers = 2;
     c.password_hash_wait_ms = 61000;
     validate_fails(&c, "auth_service.password_hash_wait must be between 1ms and 1m");
