@@ -62,7 +62,7 @@ struct agent_run {
     struct agent_follow *follow;
     struct agent_presence *presence;
     struct event_sender events;
-    struct agent_authority authority; /* over cache; borrowed by the SSH server */
+    struct agent_authority authority;         /* over cache; borrowed by the SSH server */
     struct agent_recorder *services_recorder; /* set while the services run */
     const char *addrs[RP_CONFIG_MAX_AUTH_SERVERS + 1];
     size_t n_addrs;
@@ -312,7 +312,8 @@ static int rec_open(void *arg, const struct agent_sshd_rec_meta *m, void **rec)
                                 .rows = m->rows > 0 ? (unsigned)m->rows : 24,
                                 .start_ms = m->start_ms,
                                 .interactive = m->interactive,
-                                .command = m->command};
+                                .command = m->command,
+                                .record_input = m->record_input};
     return agent_rec_open(a->services_recorder, &rm, (struct agent_rec **)rec);
 }
 static int rec_output(void *rec, const void *p, size_t n)

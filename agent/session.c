@@ -797,7 +797,8 @@ static int start_session(struct chan *h, enum sess_type type, const char *what)
                                            .start_ms = h->start_ms,
                                            .cols = h->ws.ws_col,
                                            .rows = h->ws.ws_row,
-                                           .interactive = true};
+                                           .interactive = true,
+                                           .record_input = cs->g.opt.record_ssh_input};
         if (s->recording->open(s->recording->arg, &meta, &h->rec) != 0) {
             h->rec = NULL;
             if (!rec_failure_ok(h, "open")) {
@@ -1393,6 +1394,10 @@ static void pump_in(struct chan *h)
             return;
         }
         sftp_observe(h, true, buf, (size_t)n);
+        const struct agent_sshd_recording *r = cs->s->recording;
+        if (h->rec != NULL && r != NULL && cs->g.opt.record_ssh_input &&
+            r->input(h->rec, buf, (size_t)n) != 0 && !rec_failure_ok(h, "input"))
+            chan_hangup(h, "\r\nThe session recording cannot be written: the session ends.\r\n");
         if (!h->more_input)
             break;
     }

@@ -106,6 +106,11 @@ static const char *role_nocopy =
     "    ssh_file_copy: false\n  allow:\n    logins: [root]\n    node_labels:\n"
     "      '*': '*'\n";
 
+static const char *role_keys =
+    "kind: role\nversion: v7\nmetadata:\n  name: keys\nspec:\n  options:\n"
+    "    record_session:\n      ssh_input: true\n  allow:\n    logins: [root]\n"
+    "    node_labels:\n      '*': '*'\n";
+
 static bool port_known(void *arg)
 {
     char *p = read_text("port");
@@ -169,6 +174,7 @@ static void setup(void)
     write_text("roles/idle.yaml", role_idle, 0644);
     write_text("roles/one.yaml", role_one, 0644);
     write_text("roles/expiring.yaml", role_expiring, 0644);
+    write_text("roles/keys.yaml", role_keys, 0644);
     write_text("locks", "", 0644);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &ca), 0);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &other_ca), 0);
@@ -466,6 +472,13 @@ static bool read_until(int fd, struct rp_buf *acc, const char *needle, int ms)
     return false;
 }
 
+static bool rec_has(void *arg)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "grep -q '%s' %s/recs/*.out 2>/dev/null", (const char *)arg, dir);
+    return system(cmd) == 0;
+}
+
 static bool rec_has_marker(void *arg)
 {
     char cmd[600];
@@ -547,6 +560,52 @@ Test(sshd_agent, pty_session_runs_commands_through_a_terminal_and_is_recorded)
     expect_audit("\"event\":\"session.end\"", "\"user\":\"alice\"", NULL);
     expect_audit("\"event\":\"resize\"", "\"size\":\"120:40\"", NULL);
     cr_assert(wait_until(5000, rec_has_marker, NULL), "the recording lacks the output");
+}
+
+static bool recs_match(const char *pattern, const char *glob)
+{
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "grep -q '%s' %s/recs/%s 2>/dev/null", pattern, dir, glob);
+    return system(cmd) == 0;
+}
+
+static bool input_recorded(void *arg)
+{
+    return recs_match((const char *)arg, "*.in");
+}
+
+/* Runs a PTY session as @name that types a line holding @marker, then exits. */
+static void typed_session(const char *name, const char *marker)
+{
+    int master = -1;
+    pid_t pid = spawn_pty_ssh(name, &master);
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    char cmd[128], seen[64];
+    snprintf(cmd, sizeof cmd, "echo %s-$((20+22)); exit 0\n", marker);
+    snprintf(seen, sizeof seen, "%s-42", marker);
+    cr_assert_eq(write(master, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+    cr_assert(read_until(master, &acc, seen, 10000), "no output in: %s", (char *)acc.data);
+    int st = wait_pty_ssh(pid, master, 10000);
+    close(master);
+    rp_buf_free(&acc);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "ssh -tt ended with %d", st);
+}
+
+Test(sshd_agent, record_session_ssh_input_records_what_the_user_types_and_only_then)
+{
+    mint_simple("alice", "alice", "root", "\"access\"");
+    mint_simple("kate", "kate", "root", "\"keys\"");
+    typed_session("alice", "quiet");
+    /* The output is recorded; the keystrokes are not (no role asks). */
+    cr_assert(wait_until(5000, rec_has, "quiet-42"), "alice's output was not recorded");
+    cr_assert(!recs_match("quiet", "*.in"), "alice's input was recorded without ssh_input");
+    typed_session("kate", "typed");
+    /* What kate typed, as typed: the shell's expansion is in the output only. */
+    cr_assert(wait_until(5000, input_recorded, "echo typed-\\$((20+22)); exit 0"),
+              "kate's input was not recorded");
+    cr_assert(!recs_match("typed-42", "*.in"), "the input recording holds output");
+    cr_assert(wait_until(5000, rec_has, "typed-42"), "kate's output was not recorded");
 }
 
 /* ---- port forwarding -------------------------------------------------------------------- */
