@@ -62,7 +62,7 @@ struct agent_run {
     struct agent_follow *follow;
     struct agent_presence *presence;
     struct event_sender events;
-    struct agent_authority authority;         /* over cache; borrowed by the SSH server */
+    struct agent_authority authority; /* over cache; borrowed by the SSH server */
     struct agent_recorder *services_recorder; /* set while the services run */
     const char *addrs[RP_CONFIG_MAX_AUTH_SERVERS + 1];
     size_t n_addrs;
