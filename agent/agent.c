@@ -312,7 +312,8 @@ static int rec_open(void *arg, const struct agent_sshd_rec_meta *m, void **rec)
                                 .rows = m->rows > 0 ? (unsigned)m->rows : 24,
                                 .start_ms = m->start_ms,
                                 .interactive = m->interactive,
-                                .command = m->command};
+                                .command = m->command,
+                                .record_input = m->record_input};
     return agent_rec_open(a->services_recorder, &rm, (struct agent_rec **)rec);
 }
 static int rec_output(void *rec, const void *p, size_t n)

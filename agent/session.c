@@ -44,6 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/sftp_audit.h"
 #include "agent/sshd_int.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -116,6 +117,7 @@ struct chan {
     uint64_t tx, rx;
     uint64_t start_ms;
     bool stop_told;
+    struct sftp_audit *sftp; /* the sftp subsystem's file operations, observed */
 };
 
 struct conn_state {
@@ -422,6 +424,8 @@ static void chan_session_end_events(struct chan *h)
     else if (WIFSIGNALED(h->wstatus))
         code = 128 + WTERMSIG(h->wstatus);
     snprintf(status, sizeof status, "%d", code);
+    if (h->sftp != NULL)
+        sftp_audit_finish(h->sftp); /* transfers cut short */
     if (h->type == T_EXEC) {
         struct sshd_ev ev = {.event = "exec",
                              .code = code == 0 ? "T3002I" : "T3002E",
@@ -663,6 +667,53 @@ fail:
     return RP_EIO;
 }
 
+/* One file operation of an sftp channel (agent/sftp_audit.h) as an "sftp" event. */
+static void on_sftp_event(void *arg, const struct sftp_audit_event *e)
+{
+    struct chan *h = arg;
+    struct conn_state *cs = h->cs;
+    struct sshd_ev ev = {.event = "sftp",
+                         .code = e->error != NULL ? "TS001E" : "TS001I",
+                         .user = cs->g.user,
+                         .login = cs->login,
+                         .sid = h->sid};
+    size_t k = 0;
+    const char *keys[] = {"action", "path", "target_path", "flags", "attributes", "error"};
+    const char *vals[] = {e->action, e->path, e->target_path, e->flags, e->attributes, e->error};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (vals[i] != NULL) {
+            ev.k[k] = keys[i];
+            ev.v[k++] = vals[i];
+        }
+    if (e->has_bytes) {
+        ev.ik[0] = "bytes_read";
+        ev.iv[0] = (int64_t)e->bytes_read;
+        ev.ik[1] = "bytes_written";
+        ev.iv[1] = (int64_t)e->bytes_written;
+    }
+    sshd_emit(cs->s, cs->c, &ev);
+}
+
+/* Shows the sftp observer bytes already handed on; a stream it cannot read stops it,
+ * audited once (sftp-server ends such a session itself). */
+static void sftp_observe(struct chan *h, bool from_client, const void *p, size_t n)
+{
+    if (h->sftp == NULL || sftp_audit_feed(h->sftp, from_client, p, n) == 0)
+        return;
+    struct conn_state *cs = h->cs;
+    char why[SSHD_WHY];
+    snprintf(why, sizeof why, "file operations are no longer audited: %s", rp_errmsg());
+    struct sshd_ev ev = {.event = "sftp",
+                         .code = "TS001E",
+                         .user = cs->g.user,
+                         .login = cs->login,
+                         .sid = h->sid,
+                         .k = {"action", "error"},
+                         .v = {"audit_stopped", why}};
+    sshd_emit(cs->s, cs->c, &ev);
+    rp_warn(SSHD_LOG, "session %s of %s@%s: %s", h->sid, cs->g.user, cs->login, why);
+}
+
 static bool command_is_scp(const char *cmd)
 {
     while (*cmd == ' ' || *cmd == '\t')
@@ -746,7 +797,8 @@ static int start_session(struct chan *h, enum sess_type type, const char *what)
                                            .start_ms = h->start_ms,
                                            .cols = h->ws.ws_col,
                                            .rows = h->ws.ws_row,
-                                           .interactive = true};
+                                           .interactive = true,
+                                           .record_input = cs->g.opt.record_ssh_input};
         if (s->recording->open(s->recording->arg, &meta, &h->rec) != 0) {
             h->rec = NULL;
             if (!rec_failure_ok(h, "open")) {
@@ -801,6 +853,9 @@ static int start_session(struct chan *h, enum sess_type type, const char *what)
         h->type = T_NONE;
         return -1;
     }
+    if (type == T_SUBSYSTEM && cs->g.force_command == NULL &&
+        sftp_audit_new(&h->sftp, on_sftp_event, h, 0) != 0)
+        rp_warn(SSHD_LOG, "session %s: out of memory: its file operations are not audited", h->sid);
     char size[32];
     snprintf(size, sizeof size, "%u:%u", h->ws.ws_col, h->ws.ws_row);
     if (type == T_SUBSYSTEM) {
@@ -1282,6 +1337,8 @@ static void pump_out(struct chan *h, int fd, bool is_stderr, bool *eof)
         }
         h->tx += (uint64_t)n;
         cs->last_activity_mono = rp_mono_ms();
+        if (!is_stderr)
+            sftp_observe(h, false, buf, (size_t)n);
         const struct agent_sshd_recording *r = cs->s->recording;
         if (h->rec != NULL && r != NULL && r->output(h->rec, buf, (size_t)n) != 0 &&
             !rec_failure_ok(h, "output"))
@@ -1336,6 +1393,11 @@ static void pump_in(struct chan *h)
             chan_fail(h);
             return;
         }
+        sftp_observe(h, true, buf, (size_t)n);
+        const struct agent_sshd_recording *r = cs->s->recording;
+        if (h->rec != NULL && r != NULL && cs->g.opt.record_ssh_input &&
+            r->input(h->rec, buf, (size_t)n) != 0 && !rec_failure_ok(h, "input"))
+            chan_hangup(h, "\r\nThe session recording cannot be written: the session ends.\r\n");
         if (!h->more_input)
             break;
     }
@@ -1464,6 +1526,7 @@ static void sweep(struct conn_state *cs)
         free(h->env);
         free(h->command);
         free(h->original_command);
+        sftp_audit_free(h->sftp);
         rp_buf_free(&h->inbuf);
         rp_buf_free(&h->outpend);
         cs->n_chans--;

@@ -39,7 +39,8 @@ struct agent_sshd_rec_meta {
     const char *command;  /* NULL for a shell */
     uint64_t start_ms;    /* wall clock */
     int cols, rows;
-    bool interactive; /* true: a PTY session */
+    bool interactive;  /* true: a PTY session */
+    bool record_input; /* a role sets record_session.ssh_input: input is recorded too */
 };
 
 /* The recorder as the SSH server sees it: bound by the agent to agent/recorder.h,
@@ -53,8 +54,8 @@ struct agent_sshd_recording {
     int (*open)(void *arg, const struct agent_sshd_rec_meta *meta, void **rec);
     /* Bytes as the server sent them to the client. */
     int (*output)(void *rec, const void *p, size_t n);
-    /* Bytes the client typed. Not called: the role options (auth/rbac.h) carry no
-     * switch asking for input to be recorded, so only output is (see sshd.c). */
+    /* Bytes the client typed, as the server received them; called only for sessions
+     * opened with record_input. */
     int (*input)(void *rec, const void *p, size_t n);
     int (*resize)(void *rec, int cols, int rows);
     /* Ends the recording and releases @rec (also after a failed write). */

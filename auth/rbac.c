@@ -756,6 +756,7 @@ struct opts {
     int rec_default, rec_ssh;        /* REC_*; rec_ssh -1 when unset */
     char *rec_default_s, *rec_ssh_s; /* ... as written; NULL when not written */
     bool rec_desktop;
+    int rec_input;                 /* record_session.ssh_input (ours): -1 unset, else 0/1 */
     struct extras rec_kept;        /* record_session fields we do not know */
     unsigned enhanced;             /* RBAC_ENHANCED_* */
     int host_user_mode;            /* -1 unset, else index in host_user_modes */
@@ -2146,10 +2147,21 @@ static int rec_desktop(struct pctx *c, const msgpack_object *v, void *dst, const
     return get_bool(c, v, &((struct opts *)dst)->rec_desktop);
 }
 
+/* Raftport's own: Teleport has no switch to record what the user types. */
+static int rec_ssh_input(struct pctx *c, const msgpack_object *v, void *dst, const struct field *f)
+{
+    bool b = false;
+    int rv = get_bool(c, v, &b);
+    if (rv == 0)
+        ((struct opts *)dst)->rec_input = b;
+    return rv;
+}
+
 static const struct field record_fields[] = {
     {"default", rec_mode, 0, NULL},
     {"ssh", rec_mode, 1, NULL},
     {"desktop", rec_desktop, 0, NULL},
+    {"ssh_input", rec_ssh_input, 0, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2516,6 +2528,8 @@ static int pack_options(const struct opts *o, msgpack_packer *pk)
     pack_bool(kvl_add(&r, "desktop"), o->rec_desktop);
     if (o->rec_ssh_s != NULL)
         pack_str(kvl_add(&r, "ssh"), o->rec_ssh_s);
+    if (o->rec_input >= 0)
+        pack_bool(kvl_add(&r, "ssh_input"), o->rec_input);
     kvl_add_extras(&r, &o->rec_kept);
     rv |= kvl_pack(&r, kvl_add(&l, "record_session"));
     kvl_add_extras(&l, &o->kept);
@@ -2692,6 +2706,7 @@ int rbac_role_parse(const msgpack_object *res, struct rbac_role **out)
         .rec_default = REC_BEST_EFFORT,
         .rec_ssh = -1,
         .rec_desktop = true,
+        .rec_input = -1,
         .enhanced = RBAC_ENHANCED_COMMAND | RBAC_ENHANCED_NETWORK,
         .host_user_mode = -1,
     };
@@ -3288,6 +3303,7 @@ void rbac_options(const struct rbac_set *set, struct rbac_options *out)
         out->permit_x11_forwarding |= o->x11 > 0;
         out->pin_source_ip |= o->pin > 0;
         out->record_desktop |= o->rec_desktop;
+        out->record_ssh_input |= o->rec_input > 0;
         int ssh = o->rec_ssh >= 0 ? o->rec_ssh : o->rec_default;
         if (ssh == REC_STRICT)
             out->record_ssh = RBAC_RECORD_STRICT;

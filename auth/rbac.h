@@ -48,7 +48,9 @@
  *    AND (default true); client_idle_timeout, max_sessions, max_connections: the
  *    smallest non-zero; record_session.ssh: strict wins (a mode other than best_effort
  *    or strict, which Teleport does not check, counts as strict);
- *    record_session.desktop: OR (default true); lock: strict wins;
+ *    record_session.desktop: OR (default true); record_session.ssh_input (Raftport's
+ *    own, not Teleport's: PTY sessions record what the user types too): OR (default
+ *    false); lock: strict wins;
  *    require_session_mfa: the strongest; enhanced_recording: the union; port
  *    forwarding as below.
  *  - node_labels_expression (auth/predicate.h): in allow, a role admits a node only if
@@ -228,6 +230,7 @@ struct rbac_options {
     bool pin_source_ip;
     bool record_desktop;
     enum rbac_record_mode record_ssh;
+    bool record_ssh_input;    /* record_session.ssh_input (Raftport's own): keystrokes too */
     enum rbac_lock_mode lock; /* UNSET: the cluster's default applies */
     enum rbac_mfa require_session_mfa;
     unsigned enhanced_recording; /* RBAC_ENHANCED_* bits */

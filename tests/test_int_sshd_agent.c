@@ -106,6 +106,11 @@ static const char *role_nocopy =
     "    ssh_file_copy: false\n  allow:\n    logins: [root]\n    node_labels:\n"
     "      '*': '*'\n";
 
+static const char *role_keys =
+    "kind: role\nversion: v7\nmetadata:\n  name: keys\nspec:\n  options:\n"
+    "    record_session:\n      ssh_input: true\n  allow:\n    logins: [root]\n"
+    "    node_labels:\n      '*': '*'\n";
+
 static bool port_known(void *arg)
 {
     char *p = read_text("port");
@@ -169,6 +174,7 @@ static void setup(void)
     write_text("roles/idle.yaml", role_idle, 0644);
     write_text("roles/one.yaml", role_one, 0644);
     write_text("roles/expiring.yaml", role_expiring, 0644);
+    write_text("roles/keys.yaml", role_keys, 0644);
     write_text("locks", "", 0644);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &ca), 0);
     cr_assert_eq(rp_ssh_keygen(RP_SSH_KEY_ED25519, &other_ca), 0);
@@ -351,14 +357,29 @@ static bool audit_has(void *arg)
     return found;
 }
 
-static void expect_audit(const char *a, const char *b, const char *c)
+static void expect_audit4(const char *a, const char *b, const char *c, const char *d)
 {
-    struct audit_want w = {{a, b, c, NULL}};
+    struct audit_want w = {{a, b, c, d}};
     if (!wait_until(5000, audit_has, &w)) {
         char *text = read_text("audit.jsonl");
-        cr_assert_fail("no audit event with [%s] [%s] [%s]; the log:\n%s", a, b ? b : "",
-                       c ? c : "", text);
+        cr_assert_fail("no audit event with [%s] [%s] [%s] [%s]; the log:\n%s", a, b ? b : "",
+                       c ? c : "", d ? d : "", text);
     }
+}
+
+static void expect_audit(const char *a, const char *b, const char *c)
+{
+    expect_audit4(a, b, c, NULL);
+}
+
+/* An "sftp" event with `action` @action, `path` @path (under the test's directory)
+ * and @extra (a JSON fragment, or NULL). */
+static void expect_sftp(const char *action, const char *path, const char *extra)
+{
+    char a[64], p[700];
+    snprintf(a, sizeof a, "\"action\":\"%s\"", action);
+    snprintf(p, sizeof p, "\"path\":\"%s/%s\"", dir, path);
+    expect_audit4("\"event\":\"sftp\"", a, p, extra);
 }
 
 /* A refusal: ssh fails with 255, "Permission denied", and an auth event with @reason. */
@@ -451,6 +472,13 @@ static bool read_until(int fd, struct rp_buf *acc, const char *needle, int ms)
     return false;
 }
 
+static bool rec_has(void *arg)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "grep -q '%s' %s/recs/*.out 2>/dev/null", (const char *)arg, dir);
+    return system(cmd) == 0;
+}
+
 static bool rec_has_marker(void *arg)
 {
     char cmd[600];
@@ -532,6 +560,52 @@ Test(sshd_agent, pty_session_runs_commands_through_a_terminal_and_is_recorded)
     expect_audit("\"event\":\"session.end\"", "\"user\":\"alice\"", NULL);
     expect_audit("\"event\":\"resize\"", "\"size\":\"120:40\"", NULL);
     cr_assert(wait_until(5000, rec_has_marker, NULL), "the recording lacks the output");
+}
+
+static bool recs_match(const char *pattern, const char *glob)
+{
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "grep -q '%s' %s/recs/%s 2>/dev/null", pattern, dir, glob);
+    return system(cmd) == 0;
+}
+
+static bool input_recorded(void *arg)
+{
+    return recs_match((const char *)arg, "*.in");
+}
+
+/* Runs a PTY session as @name that types a line holding @marker, then exits. */
+static void typed_session(const char *name, const char *marker)
+{
+    int master = -1;
+    pid_t pid = spawn_pty_ssh(name, &master);
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    char cmd[128], seen[64];
+    snprintf(cmd, sizeof cmd, "echo %s-$((20+22)); exit 0\n", marker);
+    snprintf(seen, sizeof seen, "%s-42", marker);
+    cr_assert_eq(write(master, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+    cr_assert(read_until(master, &acc, seen, 10000), "no output in: %s", (char *)acc.data);
+    int st = wait_pty_ssh(pid, master, 10000);
+    close(master);
+    rp_buf_free(&acc);
+    cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "ssh -tt ended with %d", st);
+}
+
+Test(sshd_agent, record_session_ssh_input_records_what_the_user_types_and_only_then)
+{
+    mint_simple("alice", "alice", "root", "\"access\"");
+    mint_simple("kate", "kate", "root", "\"keys\"");
+    typed_session("alice", "quiet");
+    /* The output is recorded; the keystrokes are not (no role asks). */
+    cr_assert(wait_until(5000, rec_has, "quiet-42"), "alice's output was not recorded");
+    cr_assert(!recs_match("quiet", "*.in"), "alice's input was recorded without ssh_input");
+    typed_session("kate", "typed");
+    /* What kate typed, as typed: the shell's expansion is in the output only. */
+    cr_assert(wait_until(5000, input_recorded, "echo typed-\\$((20+22)); exit 0"),
+              "kate's input was not recorded");
+    cr_assert(!recs_match("typed-42", "*.in"), "the input recording holds output");
+    cr_assert(wait_until(5000, rec_has, "typed-42"), "kate's output was not recorded");
 }
 
 /* ---- port forwarding -------------------------------------------------------------------- */
@@ -721,6 +795,91 @@ Test(sshd_agent, scp_and_sftp_copy_100mib_both_ways_with_matching_sha256)
     fprintf(stderr, "100 MiB scp: up %llu ms, down %llu ms\n", (unsigned long long)t_up,
             (unsigned long long)t_down);
     expect_audit("\"event\":\"subsystem\"", "\"name\":\"sftp\"", "\"user\":\"alice\"");
+    /* Thousands of READs and WRITEs, one summary per file. */
+    expect_sftp("close", "big.scp-up", "\"bytes_written\":104857600");
+    expect_sftp("close", "big.scp-up", "\"bytes_read\":104857600");
+    expect_sftp("close", "big.sftp-up", "\"bytes_written\":104857600");
+    char *log = read_text("audit.jsonl");
+    size_t sftp_events = 0;
+    for (char *p = log; (p = strstr(p, "\"event\":\"sftp\"")) != NULL; p++)
+        sftp_events++;
+    free(log);
+    cr_assert(sftp_events < 40, "%zu sftp events for four copies of one file", sftp_events);
+}
+
+/* ---- file operations in the audit log ----------------------------------------------- */
+
+Test(sshd_agent, sftp_file_operations_are_audited_with_paths_and_byte_counts)
+{
+    mint_simple("alice", "alice", "root", "\"access\"");
+    char small[512], batch[4096], bpath[512];
+    path_of(small, sizeof small, "small");
+    char content[10000];
+    for (size_t i = 0; i < sizeof content; i++)
+        content[i] = (char)('a' + i % 26);
+    content[sizeof content - 1] = '\0';
+    write_text("small", content, 0644); /* 9999 bytes */
+    snprintf(batch, sizeof batch,
+             "mkdir %1$s/sub\n"
+             "put %1$s/small %1$s/sub/up\n"
+             "get %1$s/sub/up %1$s/down\n"
+             "rename %1$s/sub/up %1$s/sub/moved\n"
+             "chmod 600 %1$s/sub/moved\n"
+             "ln -s %1$s/sub/moved %1$s/sub/link\n"
+             "rm %1$s/sub/link\n"
+             "-rm %1$s/sub/nosuch\n"
+             "rm %1$s/sub/moved\n"
+             "rmdir %1$s/sub\n",
+             dir);
+    write_text("batch", batch, 0644);
+    path_of(bpath, sizeof bpath, "batch");
+    struct cl_run r;
+    cr_assert_eq(client("sftp", "alice", &r, 30000, "-b", bpath, "root@127.0.0.1", NULL), 0,
+                 "sftp: %s", r.err);
+    cl_run_free(&r);
+    expect_sftp("mkdir", "sub", "\"code\":\"TS001I\"");
+    expect_sftp("open", "sub/up", "\"flags\":\"write,create,truncate\"");
+    expect_sftp("close", "sub/up", "\"bytes_written\":9999");
+    expect_sftp("open", "sub/up", "\"flags\":\"read\"");
+    expect_sftp("close", "sub/up", "\"bytes_read\":9999");
+    char target[600];
+    snprintf(target, sizeof target, "\"target_path\":\"%s/sub/moved\"", dir);
+    expect_sftp("rename", "sub/up", target);
+    expect_sftp("setstat", "sub/moved", "mode=0600");
+    expect_sftp("symlink", "sub/link", target);
+    expect_sftp("remove", "sub/link", "\"user\":\"alice\"");
+    expect_sftp("remove", "sub/nosuch", "\"error\":\"no such file\"");
+    expect_sftp("remove", "sub/moved", "\"login\":\"root\"");
+    expect_sftp("rmdir", "sub", "\"sid\":");
+    /* Every event of the channel carries the session's id and the client's address. */
+    expect_sftp("rmdir", "sub", "\"addr.remote\":\"127.0.0.1:");
+}
+
+/* Since OpenSSH 9, scp speaks SFTP: the server cannot tell it from sftp, and its
+ * copies show as sftp events. */
+Test(sshd_agent, scp_copies_both_ways_are_audited_as_sftp_file_operations)
+{
+    mint_simple("alice", "alice", "root", "\"access\"");
+    char src[512], remote[700], down[512];
+    path_of(src, sizeof src, "roles/access.yaml");
+    path_of(down, sizeof down, "scp-down");
+    struct stat st;
+    cr_assert_eq(stat(src, &st), 0);
+    char bytes_w[64], bytes_r[64];
+    snprintf(bytes_w, sizeof bytes_w, "\"bytes_written\":%lld", (long long)st.st_size);
+    snprintf(bytes_r, sizeof bytes_r, "\"bytes_read\":%lld", (long long)st.st_size);
+    struct cl_run r;
+    snprintf(remote, sizeof remote, "root@127.0.0.1:%s/scp-up", dir);
+    cr_assert_eq(client("scp", "alice", &r, 20000, src, remote, NULL), 0, "scp up: %s", r.err);
+    cl_run_free(&r);
+    cr_assert_eq(client("scp", "alice", &r, 20000, remote, down, NULL), 0, "scp down: %s", r.err);
+    cl_run_free(&r);
+    /* scp opens without O_TRUNC and truncates to the size it sent (fsetstat). */
+    expect_sftp("open", "scp-up", "\"flags\":\"write,create\"");
+    expect_sftp("fsetstat", "scp-up", "size=");
+    expect_sftp("close", "scp-up", bytes_w);
+    expect_sftp("open", "scp-up", "\"flags\":\"read\"");
+    expect_sftp("close", "scp-up", bytes_r);
 }
 
 Test(sshd_agent, ssh_file_copy_false_refuses_sftp_and_scp)

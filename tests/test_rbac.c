@@ -673,6 +673,36 @@ Test(rbac_options, defaults_of_one_bare_role)
     cr_assert_eq(o.enhanced_recording, RBAC_ENHANCED_COMMAND | RBAC_ENHANCED_NETWORK);
 }
 
+Test(rbac_options, record_session_ssh_input_is_ours_off_by_default_and_any_role_turns_it_on)
+{
+    struct rbac_options o;
+    options_of(ROLE("bare", "v7", "  allow: {}\n"), &o);
+    cr_assert(!o.record_ssh_input);
+    options_of(R_OPT("a", "    record_session: {ssh: strict}\n") "---\n" R_OPT(
+                   "b", "    record_session:\n      ssh_input: true\n"),
+               &o);
+    cr_assert(o.record_ssh_input, "one role asking for input records it");
+    cr_assert_eq(o.record_ssh, RBAC_RECORD_STRICT);
+    /* A known field: it does not make the role fail closed, and it reads back. */
+    struct rbac_role *role = NULL;
+    const char *yaml = "kind: role\nversion: v7\nmetadata:\n  name: keys\nspec:\n  options:\n"
+                       "    record_session:\n      ssh_input: yes\n  allow:\n    logins: [root]\n";
+    cr_assert_eq(rbac_role_parse_yaml("t.yaml", yaml, strlen(yaml), &role), 0, "%s", rp_errmsg());
+    const char *fields[4];
+    cr_assert_eq(rbac_role_unenforced(role, fields, 4), 0);
+    struct rp_buf y;
+    rp_buf_init(&y);
+    cr_assert_eq(rbac_role_to_yaml(role, &y), 0);
+    rp_buf_append(&y, "", 1);
+    cr_assert(strstr((char *)y.data, "      ssh_input: true\n") != NULL, "%s", (char *)y.data);
+    rp_buf_free(&y);
+    rbac_role_free(role);
+    const char *bad = "kind: role\nversion: v7\nmetadata:\n  name: keys\nspec:\n  options:\n"
+                      "    record_session:\n      ssh_input: sometimes\n";
+    cr_assert_neq(rbac_role_parse_yaml("t.yaml", bad, strlen(bad), &role), 0);
+    cr_assert(strstr(rp_errmsg(), "record_session.ssh_input") != NULL, "%s", rp_errmsg());
+}
+
 /* ---- certificate logins ------------------------------------------------------------------- */
 
 Test(rbac_logins, union_of_allowed_minus_denied_after_traits)

@@ -13,7 +13,8 @@
  *   --locks     lines "user NAME", "role NAME" or "login NAME"; re-read when it
  *               changes, and then every open connection is re-checked
  *   --audit     each audit event as one JSON line
- *   --rec-dir   interactive sessions' output as DIR/SID.out (resizes as DIR/SID.resize)
+ *   --rec-dir   interactive sessions' output as DIR/SID.out (resizes as DIR/SID.resize;
+ *               input as DIR/SID.in when a role sets record_session.ssh_input)
  *   --rec-fail  every recording write fails (for record_session tests)
  *
  * Prints "listening PORT" on stdout once it accepts. SIGTERM or SIGINT: graceful
@@ -207,6 +208,7 @@ static int fx_emit(void *arg, const void *ev, size_t len)
 struct fx_rec {
     FILE *out;
     FILE *resize;
+    FILE *in; /* NULL: input is not recorded */
 };
 
 static int rec_open(void *arg, const struct agent_sshd_rec_meta *m, void **rec)
@@ -229,6 +231,15 @@ static int rec_open(void *arg, const struct agent_sshd_rec_meta *m, void **rec)
         free(r);
         return RP_EIO;
     }
+    if (m->record_input) {
+        snprintf(path, sizeof path, "%s/%s.in", fx.rec_dir, m->sid);
+        if ((r->in = fopen(path, "w")) == NULL) {
+            fclose(r->out);
+            fclose(r->resize);
+            free(r);
+            return RP_EIO;
+        }
+    }
     fprintf(r->resize, "%dx%d %s %s\n", m->cols, m->rows, m->user, m->login);
     *rec = r;
     return 0;
@@ -242,7 +253,10 @@ static int rec_output(void *rec, const void *p, size_t n)
 
 static int rec_input(void *rec, const void *p, size_t n)
 {
-    return 0;
+    struct fx_rec *r = rec;
+    if (r->in == NULL)
+        return rp_err(RP_EINVAL, "input recorded for a session opened without record_input");
+    return fwrite(p, 1, n, r->in) == n && fflush(r->in) == 0 ? 0 : RP_EIO;
 }
 
 static int rec_resize(void *rec, int cols, int rows)
@@ -257,6 +271,8 @@ static int rec_close(void *rec)
     struct fx_rec *r = rec;
     fclose(r->out);
     fclose(r->resize);
+    if (r->in != NULL)
+        fclose(r->in);
     free(r);
     return 0;
 }
