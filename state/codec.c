@@ -298,10 +298,10 @@ int state__cmd_parse(const msgpack_object *o, bool in_batch, struct state__cmd *
         return failf(msg, msglen, "op: unknown op '%.*s'",
                      (int)(op->via.str.size > 20 ? 20 : op->via.str.size), op->via.str.ptr);
     c->op = ops[k].op;
-    if (in_batch && (c->op == STATE__OP_BATCH || c->op == STATE__OP_EXPIRE ||
-                     c->op == STATE__OP_AUDIT || c->op == STATE__OP_AUDIT_TRIM ||
-                     c->op == STATE__OP_REC_PUT || c->op == STATE__OP_REC_TRIM ||
-                     c->op == STATE__OP_GROUP))
+    if (in_batch &&
+        (c->op == STATE__OP_BATCH || c->op == STATE__OP_EXPIRE || c->op == STATE__OP_AUDIT ||
+         c->op == STATE__OP_AUDIT_TRIM || c->op == STATE__OP_REC_PUT ||
+         c->op == STATE__OP_REC_TRIM || c->op == STATE__OP_GROUP))
         return failf(msg, msglen, "op: '%s' is not allowed inside a batch", ops[k].name);
 
     /* Only the fields this op uses: a misspelt or misplaced field is an error
