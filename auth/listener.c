@@ -6,9 +6,10 @@
  * loop (its socket is taken out of epoll) and goes to a queue served by a fixed
  * pool of workers, which run auth_serve_frame (a request may wait up to 10 s on
  * Raft) and write the answer (rp_conn waits in poll() on the non-blocking socket);
- * the worker reads the client's next request itself if it comes within LINGER_MS,
- * and otherwise hands the connection back to the loop. A watch stream keeps its thread for its
- * life, so watches run on threads of their own, at most max_watches of them.
+ * the worker reads the client's next request itself if it comes within LINGER_MS
+ * and no other connection waits for a worker, and otherwise hands the connection
+ * back to the loop (so clients are served in turn however many keep sending). A watch stream keeps
+ * its thread for its life, so watches run on threads of their own, at most max_watches of them.
  *
  * So a stranger costs an fd and a small struct until it sends bytes, a TLS object
  * while it handshakes (bounded by the caps), and never a thread. Counts, the
@@ -637,9 +638,21 @@ static bool start_watch(struct auth_listener *l, struct lconn *lc, struct rp_buf
  * sends requests back to back does not pay a trip through the loop for each. True
  * when a whole frame is ready; false to hand the connection back (a frame begun
  * here is kept in the reader and finished by the loop). */
+/* Are other connections' frames waiting for a worker? */
+static bool others_queued(struct auth_listener *l)
+{
+    pthread_mutex_lock(&l->mu);
+    bool queued = l->work.head != NULL;
+    pthread_mutex_unlock(&l->mu);
+    return queued;
+}
+
 static bool next_frame_soon(struct auth_listener *l, struct lconn *lc, struct rp_buf *out)
 {
-    if (!lc->has_cert || atomic_load(&l->stopping))
+    /* Lingering on one client is only for when nobody else waits: a client that sends
+     * its next request at once would otherwise keep its worker for good, and with more
+     * busy clients than workers the rest would never be served. */
+    if (!lc->has_cert || atomic_load(&l->stopping) || others_queued(l))
         return false;
     uint8_t buf[READ_CHUNK];
     bool waited = false;
