@@ -113,10 +113,8 @@ static int export_on_stale(int i, const char *sid, const char *path, bool stale)
     char *argv[] = {
         tctl, "-c", cfg, "recordings", "export", (char *)sid, o, stale ? "--stale" : NULL, NULL};
     struct cl_run r;
-    int rv = cl_run_argv(argv, 30000, &r);
-    int status = rv == 0 ? r.status : -1;
-    if (rv == 0)
-        cl_run_free(&r);
+    int status = cl_run_argv(argv, 30000, &r); /* the exit status, -1 if killed */
+    cl_run_free(&r);
     return status;
 }
 
