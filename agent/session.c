@@ -794,6 +794,8 @@ static int start_session(struct chan *h, enum sess_type type, const char *what)
                                            .login = cs->login,
                                            .hostname = s->nodename,
                                            .command = h->command,
+                                           .term = h->term,
+                                           .shell = cs->shell,
                                            .start_ms = h->start_ms,
                                            .cols = h->ws.ws_col,
                                            .rows = h->ws.ws_row,

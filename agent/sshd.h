@@ -37,6 +37,8 @@ struct agent_sshd_rec_meta {
     const char *login;    /* the Unix login */
     const char *hostname; /* this node's name */
     const char *command;  /* NULL for a shell */
+    const char *term;     /* the PTY's TERM as the client asked ("" if none) */
+    const char *shell;    /* the login's shell */
     uint64_t start_ms;    /* wall clock */
     int cols, rows;
     bool interactive;  /* true: a PTY session */

@@ -720,19 +720,11 @@ int auth_h_emit_events(struct auth_req *r, struct rp_buf *out)
         return rp_err(RP_EINVAL, "argument 'events': expected an array of 1-%d events",
                       EMIT_MAX_EVENTS);
     struct rp_buf packed;
-    uint64_t rev = 0;
     rp_buf_init(&packed);
     for (uint32_t i = 0; i < evs->via.array.size && rv == 0; i++)
         rv = admit_event(&evs->via.array.ptr[i], i, r->caller->host_id, &packed);
     if (rv == 0)
-        rv = audit_append_events(r->srv, rid, packed.data, packed.len, evs->via.array.size, &rev);
-    if (rv == 0) {
-        msgpack_packer pk;
-        struct rp_mp_map m;
-        auth_reply_ok(&m, &pk, out);
-        rp_mp_map_u64(&m, "rev", rev);
-        rp_mp_map_end(&m);
-    }
+        rv = audit_append_answer(r->srv, rid, &packed, evs->via.array.size, out);
     rp_buf_free(&packed);
     return rv;
 }

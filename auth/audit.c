@@ -464,12 +464,20 @@ int auth_h_audit_append(struct auth_req *r, struct rp_buf *out)
     if (evs == NULL || evs->type != MSGPACK_OBJECT_ARRAY || evs->via.array.size == 0)
         return rp_err(RP_EINVAL, "argument 'events' (a non-empty array) is required");
     struct rp_buf packed;
-    uint64_t rev = 0;
     rp_buf_init(&packed);
     for (uint32_t i = 0; i < evs->via.array.size && rv == 0; i++)
         rv = rp_mp_pack_object(&packed, &evs->via.array.ptr[i]);
     if (rv == 0)
-        rv = audit_append_events(r->srv, rid, packed.data, packed.len, evs->via.array.size, &rev);
+        rv = audit_append_answer(r->srv, rid, &packed, evs->via.array.size, out);
+    rp_buf_free(&packed);
+    return rv;
+}
+
+int audit_append_answer(struct auth_server *s, const char *rid, const struct rp_buf *events,
+                        uint32_t n, struct rp_buf *out)
+{
+    uint64_t rev = 0;
+    int rv = audit_append_events(s, rid, events->data, events->len, n, &rev);
     if (rv == 0) {
         msgpack_packer pk;
         struct rp_mp_map m;
@@ -477,7 +485,6 @@ int auth_h_audit_append(struct auth_req *r, struct rp_buf *out)
         rp_mp_map_u64(&m, "rev", rev);
         rp_mp_map_end(&m);
     }
-    rp_buf_free(&packed);
     return rv;
 }
 

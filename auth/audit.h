@@ -79,6 +79,10 @@ int audit_trim_due(struct auth_server *s);
  * RP_EINVAL with the state's message for an event it refuses. */
 int audit_append_events(struct auth_server *s, const char *rid, const void *events, size_t len,
                         uint32_t n, uint64_t *rev);
+/* The same for @n events packed in @events, answering the caller with {ok, rev} in @out:
+ * the end of both audit_append and emit_events. */
+int audit_append_answer(struct auth_server *s, const char *rid, const struct rp_buf *events,
+                        uint32_t n, struct rp_buf *out);
 
 /* Counters for status and benchmarks. */
 struct audit_stats {
