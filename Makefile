@@ -4,7 +4,7 @@
 
 CC       ?= cc
 BUILD    ?= build
-PKGS     := raft libuv openssl lmdb msgpack yaml-0.1 libargon2 libssh libzstd
+PKGS     := raft libuv openssl lmdb msgpack yaml-0.1 libargon2 libssh libzstd libnghttp2 libcurl libqrencode
 DEPS_OK  := $(shell scripts/install-deps.sh >&2 && echo ok)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -12,10 +12,10 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) -D_GNU_SOURCE -I. $(PKG_CFLAGS)
-LDLIBS   := $(PKG_LIBS) -lpthread
+LDLIBS   := $(PKG_LIBS) -lhttp_parser -lpthread
 TEST_LIBS := -lcriterion
 
-LIB_SRCS := $(wildcard lib/*.c raft/*.c state/*.c auth/*.c proxy/*.c agent/*.c)
+LIB_SRCS := $(wildcard lib/*.c raft/*.c state/*.c auth/*.c proxy/*.c agent/*.c tsh/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/rpbench $(BUILD)/sshd-fixture
 TESTLIB_SRCS := $(wildcard tests/lib/*.c)

@@ -15,8 +15,9 @@
 #include "lib/tls.h"
 #include "raft/rp_raft.h"
 #include "state/state.h"
+#include "lib/version.h"
 
-#define AUTH_VERSION "0.1.0"
+#define AUTH_VERSION rp_version_self()
 #define AUTH_APPLY_TIMEOUT_MS 10000
 #define AUTH_READ_TIMEOUT_MS 5000
 #define AUTH_IDLE_TIMEOUT_MS 300000

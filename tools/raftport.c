@@ -18,8 +18,9 @@
 #include "lib/config.h"
 #include "lib/errors.h"
 #include "lib/log.h"
+#include "lib/version.h"
 
-#define RAFTPORT_VERSION "0.1.0"
+#define RAFTPORT_VERSION rp_version_self()
 
 static void usage(FILE *f)
 {

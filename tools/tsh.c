@@ -3,10 +3,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/version.h"
+
 int main(int argc, char **argv)
 {
     if (argc >= 2 && (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0)) {
-        printf("tsh 0.1.0\n");
+        printf("tsh %s\n", rp_version_self());
         return 0;
     }
     fprintf(stderr, "usage: tsh version\n"
