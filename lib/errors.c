@@ -29,6 +29,7 @@ static const struct {
     {RP_ETOOBIG, "too_big"},
     {RP_EBUSY, "busy"},
     {RP_ETLS, "tls_error"},
+    {RP_EAGAIN, "again"},
 };
 
 const char *rp_strerror(int code)

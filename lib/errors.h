@@ -27,6 +27,7 @@ enum {
     RP_ETOOBIG = -15,      /* frame or value larger than the limit */
     RP_EBUSY = -16,        /* another change is in flight; retry later */
     RP_ETLS = -17,         /* TLS handshake or certificate check failed */
+    RP_EAGAIN = -18,       /* nothing available now on a non-blocking source; try later */
 };
 
 /* Stable lower-case name of @code ("not_found", "conflict", ...), used on the wire. */

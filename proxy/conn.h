@@ -1,0 +1,69 @@
+/* proxy/conn.h: a TLS connection accepted by the proxy, after the handshake, as the
+ * module chosen by its ALPN protocol sees it (proxy/web.c for http/1.1,
+ * proxy/tunnel.c for teleport-reversetunnel, proxy/dial.c for teleport-proxy-ssh).
+ *
+ * The connection belongs to one loop (proxy/loop.h); every function here is for that
+ * loop's thread only. Reads and writes never block: px_tls_write queues what the
+ * socket does not take at once and flushes it as the socket drains; the module bounds
+ * what it queues (px_tls_pending) and stops reading its own source while the queue is
+ * over its limit, which is how back-pressure crosses the proxy. */
+#ifndef RP_PROXY_CONN_H
+#define RP_PROXY_CONN_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "lib/tls.h"
+#include "proxy/loop.h"
+
+struct proxy;
+
+struct px_tls {
+    struct px_watch w; /* the socket; owned by proxy/conn.c */
+    SSL *ssl;
+    struct proxy *proxy;
+    char peer[64];               /* "a.b.c.d:port" of the client */
+    char alpn[32];               /* the protocol chosen */
+    struct rp_identity *ident;   /* the verified client certificate's identity, or NULL
+                                  * when the client sent none (web clients may not) */
+    /* Set by the module in its attach function: */
+    void *mod;                                /* the module's state for this connection */
+    void (*on_readable)(struct px_tls *c);    /* bytes (or EOF) can be read: px_tls_read */
+    void (*on_drained)(struct px_tls *c);     /* the write queue fell to 0 (NULL: not told) */
+    /* Called once when the connection ends, for any reason (peer closed, error,
+     * px_tls_close, proxy stopping): the module frees @mod. The px_tls is freed right
+     * after it returns. */
+    void (*on_close)(struct px_tls *c);
+    /* private to proxy/conn.c */
+    struct px_tls_priv *priv;
+};
+
+/* Reads decrypted bytes into @buf. Returns > 0 bytes read; 0 when the peer closed;
+ * RP_EAGAIN when nothing is available now (on_readable will be called again);
+ * another negative RP_E* on a TLS or socket error (the connection is then closing:
+ * return from the callback). */
+ssize_t px_tls_read(struct px_tls *c, void *buf, size_t n);
+/* Queues @n bytes and writes what the socket takes now. RP_ECLOSED if the connection
+ * is closing; RP_ENOMEM. */
+int px_tls_write(struct px_tls *c, const void *p, size_t n);
+/* Bytes queued and not yet taken by the socket. */
+size_t px_tls_pending(const struct px_tls *c);
+/* Stops (false) or resumes (true) on_readable calls: back-pressure towards the peer. */
+void px_tls_pause_reading(struct px_tls *c, bool paused);
+/* Flushes what is queued (for at most a few seconds), sends close_notify and closes;
+ * on_close is called (possibly later, on this loop). Safe from any of the module's
+ * callbacks; the module must not use @c after on_close. */
+void px_tls_close(struct px_tls *c);
+/* Closes at once without flushing (an abusive or broken peer). */
+void px_tls_abort(struct px_tls *c);
+
+/* The modules' attach functions, called by proxy/conn.c on the connection's loop once
+ * the handshake is done and the ALPN protocol is known. Each sets mod and the
+ * callbacks (or calls px_tls_close with a reason logged). */
+void px_web_attach(struct px_tls *c);    /* proxy/web.c: "http/1.1" (and no ALPN) */
+void px_tunnel_attach(struct px_tls *c); /* proxy/tunnel.c: "teleport-reversetunnel" */
+void px_dial_attach(struct px_tls *c);   /* proxy/dial.c: "teleport-proxy-ssh" */
+
+#endif

@@ -1,0 +1,34 @@
+/* proxy/tunnel.h: the proxy's side of agents' reverse tunnels.
+ *
+ * An agent dials the proxy (TLS, ALPN "teleport-reversetunnel", its Node X.509
+ * identity), and the connection then carries HTTP/2 with the proxy as the HTTP/2
+ * client (RFC 9113; the agent is the server): each session to the node is one CONNECT
+ * stream (RFC 9113 8.5), its DATA frames the raw SSH bytes, flow-controlled per stream.
+ * PING frames keep it alive. docs/design-decisions.md ("Reverse tunnels") says why.
+ * Tunnels live on the proxy's loops (proxy/loop.h); px_tunnels_dial may be called from
+ * any thread. */
+#ifndef RP_PROXY_TUNNEL_H
+#define RP_PROXY_TUNNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct proxy;
+struct px_tunnels;
+
+int px_tunnels_new(struct px_tunnels **out, struct proxy *p);
+/* Closes every tunnel. Call after the loops stopped. NULL is fine. */
+void px_tunnels_free(struct px_tunnels *t);
+/* True if the node @host_id has a live tunnel to this proxy. Thread-safe. */
+bool px_tunnels_has(struct px_tunnels *t, const char *host_id);
+/* Open tunnels. Thread-safe. */
+size_t px_tunnels_count(struct px_tunnels *t);
+/* Opens a stream to the SSH server of node @host_id through its tunnel. On success *@fd
+ * is the caller's end of a connected, non-blocking socket pair whose bytes are the
+ * stream's. RP_ENOTFOUND (no tunnel), RP_ETIMEDOUT, RP_EUNAVAILABLE (the agent refused
+ * or the tunnel died). Blocking up to @timeout_ms; any thread but a loop thread. */
+int px_tunnels_dial(struct px_tunnels *t, const char *host_id, const char *client_addr,
+                    int timeout_ms, int *fd);
+
+#endif
