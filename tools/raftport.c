@@ -34,6 +34,8 @@ static void usage(FILE *f)
                "      --data-dir DIR       teleport.data_dir\n"
                "      --auth-server ADDR   teleport.auth_server: a member to join through;\n"
                "                           a node takes a list: HOST:PORT[,HOST:PORT...]\n"
+               "      --proxy-server ADDR  teleport.proxy_server: a node reaches auth and serves\n"
+               "                           sessions through this proxy (reverse tunnel)\n"
                "      --token TOKEN        teleport.join_params.token_name: join with this token\n"
                "      --ca-pin PIN         teleport.ca_pin: sha256:<hex> of the cluster CA\n"
                "      --cluster-name NAME  auth_service.cluster_name (bootstrap only)\n"
@@ -55,7 +57,8 @@ static int cmd_start(int argc, char **argv)
         O_CLUSTER,
         O_LISTEN,
         O_RAFT_ID,
-        O_RAFT_ADDR
+        O_RAFT_ADDR,
+        O_PROXY_SERVER
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -70,6 +73,7 @@ static int cmd_start(int argc, char **argv)
         {"listen-addr", required_argument, NULL, O_LISTEN},
         {"raft-id", required_argument, NULL, O_RAFT_ID},
         {"raft-addr", required_argument, NULL, O_RAFT_ADDR},
+        {"proxy-server", required_argument, NULL, O_PROXY_SERVER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -119,6 +123,9 @@ static int cmd_start(int argc, char **argv)
                 rp_config_free(&cfg);
                 return 2;
             }
+            break;
+        case O_PROXY_SERVER:
+            rp_config_set(&cfg.proxy_server, optarg);
             break;
         case O_NODENAME:
             rp_config_set(&cfg.nodename, optarg);
