@@ -336,6 +336,12 @@ static int rec_close(void *rec)
     return agent_rec_close(rec);
 }
 
+/* The reverse tunnels' way into the SSH server (agent/tunnel.h). */
+static int serve_tunnelled(void *arg, int fd, const char *peer)
+{
+    return agent_sshd_serve_fd(arg, fd, peer);
+}
+
 static int services_start(struct agent_run *a, struct services *sv)
 {
     memset(sv, 0, sizeof *sv);
@@ -379,7 +385,8 @@ static int services_start(struct agent_run *a, struct services *sv)
          * not discovered from presence yet: the agent's cache does not follow "proxy". */
         const char *proxies[1] = {a->cfg->proxy_server};
         struct agent_tunnels_opts to = {.id = &a->id,
-                                        .sshd = sv->sshd,
+                                        .serve = serve_tunnelled,
+                                        .serve_arg = sv->sshd,
                                         .keepalive_ms = a->cfg->keep_alive_interval_ms,
                                         .proxies = proxies,
                                         .n_proxies = 1};

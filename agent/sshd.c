@@ -374,8 +374,9 @@ int agent_sshd_serve_fd(struct agent_sshd *s, int fd, const char *peer)
                     "refused %u tunnelled connection(s) (latest from %s): %u connections have "
                     "not authenticated yet (max_unauthenticated)",
                     refused, remote, s->max_unauthenticated);
-        return rp_err(RP_EBUSY, "%u SSH connections have not authenticated yet "
-                                "(max_unauthenticated): try again later",
+        return rp_err(RP_EBUSY,
+                      "%u SSH connections have not authenticated yet "
+                      "(max_unauthenticated): try again later",
                       s->max_unauthenticated);
     }
     /* libssh does blocking I/O on its session's socket. */

@@ -59,6 +59,7 @@ struct tstream {
     bool read_eof; /* the SSH server's side ended: END_STREAM sent */
     bool peer_eof; /* the proxy ended its side: shut our writes once pend is out */
     bool wr_shut;
+    bool draining;      /* the stream closed with bytes still for the socket: written, then freed */
     struct rp_buf pend; /* from the proxy, not yet taken by the socket */
     struct tstream *prev, *next;
 };
@@ -84,7 +85,8 @@ struct tunnel {
 
 struct agent_tunnels {
     struct agent_ident *id;
-    struct agent_sshd *sshd;
+    int (*serve)(void *arg, int fd, const char *peer);
+    void *serve_arg;
     uint64_t keepalive_ms;
     int wake[2]; /* readable once stopping; never drained, so it wakes every thread */
     atomic_bool stop;
@@ -124,12 +126,23 @@ static void buf_drop_front(struct rp_buf *b, size_t n)
     b->len -= n;
 }
 
-/* Writes what the stream holds from the proxy to its socket; consumes (reopens the
- * proxy's window by) what was taken. After the proxy's END_STREAM and once all is
- * written, shuts the socket's write side. */
-static void stream_flush(struct tstream *s)
+/* Reopens the proxy's windows by @n bytes taken by the socket: the stream's and the
+ * connection's, or the connection's alone once the stream closed. */
+static void consumed(struct tstream *s, size_t n)
+{
+    if (s->draining)
+        nghttp2_session_consume_connection(s->t->h2, n);
+    else
+        nghttp2_session_consume(s->t->h2, s->id, n);
+}
+
+/* Writes what the stream holds from the proxy to its socket; consumes what was taken.
+ * After the proxy's END_STREAM and once all is written, shuts the socket's write side.
+ * Returns true if it freed a draining stream (the caller must not touch @s then). */
+static bool stream_flush(struct tstream *s)
 {
     size_t off = 0;
+    bool dead = false;
     while (s->fd >= 0 && off < s->pend.len) {
         ssize_t n = send(s->fd, s->pend.data + off, s->pend.len - off, MSG_NOSIGNAL);
         if (n > 0) {
@@ -141,18 +154,27 @@ static void stream_flush(struct tstream *s)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         /* The SSH server closed its end: nobody will read the rest. */
-        nghttp2_submit_rst_stream(s->t->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
-        off = s->pend.len;
+        dead = true;
         break;
     }
+    if (dead) {
+        if (!s->draining)
+            nghttp2_submit_rst_stream(s->t->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+        off = s->pend.len;
+    }
     if (off > 0) {
-        nghttp2_session_consume(s->t->h2, s->id, off);
+        consumed(s, off);
         buf_drop_front(&s->pend, off);
+    }
+    if (s->draining && s->pend.len == 0) {
+        stream_free(s);
+        return true;
     }
     if (s->peer_eof && s->pend.len == 0 && !s->wr_shut && s->fd >= 0) {
         shutdown(s->fd, SHUT_WR);
         s->wr_shut = true;
     }
+    return false;
 }
 
 /* The body of the stream's response: what the SSH server writes to its end. */
@@ -207,8 +229,8 @@ static int on_request(struct tunnel *t, struct tstream *s)
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
         return submit_refusal(t, s, "503", "out of sockets");
-    /* agent_sshd_serve_fd owns sp[1] from here, also when it fails. */
-    int rv = agent_sshd_serve_fd(t->owner->sshd, sp[1], s->client[0] ? s->client : NULL);
+    /* The SSH server owns sp[1] from here, also when it fails. */
+    int rv = t->owner->serve(t->owner->serve_arg, sp[1], s->client[0] ? s->client : NULL);
     if (rv != 0) {
         close(sp[0]);
         return submit_refusal(t, s, "503", rp_errmsg());
@@ -266,7 +288,7 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *f, const uint8_t 
     } else if (namelen == 10 && memcmp(name, ":authority", 10) == 0) {
         dst = s->authority;
         cap = sizeof s->authority;
-    } else if (namelen == 16 && memcmp(name, "x-raftport-client", 16) == 0) {
+    } else if (namelen == 17 && memcmp(name, "x-raftport-client", 17) == 0) {
         dst = s->client;
         cap = sizeof s->client;
     }
@@ -321,13 +343,21 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const u
 
 static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t code, void *ud)
 {
-    (void)code;
     (void)ud;
     struct tstream *s = nghttp2_session_get_stream_user_data(h2, id);
-    if (s != NULL) {
-        nghttp2_session_set_stream_user_data(h2, id, NULL);
+    if (s == NULL)
+        return 0;
+    nghttp2_session_set_stream_user_data(h2, id, NULL);
+    s->draining = true;
+    if (code != NGHTTP2_NO_ERROR || s->fd < 0) {
+        /* Reset: what the socket did not take is dropped, its window given back. */
+        consumed(s, s->pend.len);
         stream_free(s);
+        return 0;
     }
+    /* A clean end: the last bytes still reach the SSH server, then the socket closes. */
+    s->peer_eof = true;
+    stream_flush(s);
     return 0;
 }
 
@@ -620,7 +650,7 @@ static int serve(struct tunnel *t)
         pfd[n++] = (struct pollfd){o->wake[0], POLLIN, 0};
         for (struct tstream *s = t->streams; s != NULL; s = s->next) {
             short ev = 0;
-            if (s->fd >= 0 && s->deferred && !s->read_eof)
+            if (s->fd >= 0 && s->deferred && !s->read_eof && !s->draining)
                 ev |= POLLIN;
             if (s->fd >= 0 && s->pend.len > 0)
                 ev |= POLLOUT;
@@ -643,9 +673,9 @@ static int serve(struct tunnel *t)
         /* Streams first: a stream freed by pump_in must not be looked at after it. */
         for (size_t i = 2; pr > 0 && i < n; i++) {
             struct tstream *s = who[i];
-            if (pfd[i].revents & (POLLOUT | POLLERR | POLLHUP))
-                stream_flush(s);
-            if ((pfd[i].revents & (POLLIN | POLLERR | POLLHUP)) && s->deferred) {
+            if ((pfd[i].revents & (POLLOUT | POLLERR | POLLHUP)) && stream_flush(s))
+                continue; /* freed */
+            if ((pfd[i].revents & (POLLIN | POLLERR | POLLHUP)) && s->deferred && !s->draining) {
                 s->deferred = false;
                 nghttp2_session_resume_data(t->h2, s->id);
             }
@@ -727,7 +757,7 @@ static void *tunnel_main(void *arg)
 int agent_tunnels_start(struct agent_tunnels **out, const struct agent_tunnels_opts *o)
 {
     *out = NULL;
-    if (o->id == NULL || o->sshd == NULL || o->n_proxies == 0 ||
+    if (o->id == NULL || o->serve == NULL || o->n_proxies == 0 ||
         o->n_proxies > AGENT_TUNNEL_MAX_PROXIES)
         return rp_err(RP_EINVAL,
                       "reverse tunnels: an identity, an SSH server and 1 to %d proxies "
@@ -737,7 +767,8 @@ int agent_tunnels_start(struct agent_tunnels **out, const struct agent_tunnels_o
     if (ts == NULL)
         return rp_err(RP_ENOMEM, "reverse tunnels");
     ts->id = o->id;
-    ts->sshd = o->sshd;
+    ts->serve = o->serve;
+    ts->serve_arg = o->serve_arg;
     ts->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 30000;
     atomic_init(&ts->stop, false);
     atomic_init(&ts->n_up, 0);

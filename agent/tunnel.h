@@ -22,7 +22,6 @@
 #include <stdint.h>
 
 #include "agent/agent.h"
-#include "agent/sshd.h"
 
 #define AGENT_TUNNEL_ALPN "teleport-reversetunnel"
 /* Most tunnels one agent keeps (one per proxy). */
@@ -31,8 +30,13 @@
 #define AGENT_TUNNEL_MAX_BACKOFF_MS 60000
 
 struct agent_tunnels_opts {
-    struct agent_ident *id;     /* the node's identity: its TLS context, its host id */
-    struct agent_sshd *sshd;    /* sessions go there; must outlive the tunnels */
+    struct agent_ident *id; /* the node's identity: its TLS context, its host id */
+    /* Takes the connected socket @fd of one session (owned from here, closed on failure)
+     * for the SSH server; @peer is the client's address from the proxy (may be NULL).
+     * The agent binds it to agent_sshd_serve_fd. Called on the tunnel's thread; must
+     * not block for long. A negative RP_E* refuses the stream (503, rp_errmsg()). */
+    int (*serve)(void *arg, int fd, const char *peer);
+    void *serve_arg;
     uint64_t keepalive_ms;      /* PING period; 0: 30 s */
     const char *const *proxies; /* "HOST:PORT" of each proxy's tunnel address */
     size_t n_proxies;           /* 1 .. AGENT_TUNNEL_MAX_PROXIES */

@@ -31,4 +31,15 @@ size_t px_tunnels_count(struct px_tunnels *t);
 int px_tunnels_dial(struct px_tunnels *t, const char *host_id, const char *client_addr,
                     int timeout_ms, int *fd);
 
+/* ---- for proxy/conn.c and tests --------------------------------------------------------- */
+
+/* px_tunnel_attach (proxy/conn.h) with the registry given rather than the proxy's: the
+ * connection @c must carry a Node identity (else it is closed, logged); it then
+ * registers as that node's newest tunnel. Loop thread of @c. */
+struct px_tls;
+void px_tunnel_attach_to(struct px_tls *c, struct px_tunnels *t);
+/* The PING period of tunnels attached from now on (default: the proxy's
+ * teleport.keep_alive_interval, 30 s); a tunnel closes after 3 unanswered. */
+void px_tunnels_set_keepalive(struct px_tunnels *t, uint64_t ms);
+
 #endif
