@@ -381,15 +381,16 @@ static int services_start(struct agent_run *a, struct services *sv)
         return rv;
     }
     if (a->cfg->proxy_server != NULL) {
-        /* Tunnels to the proxy named in the configuration. Proxies of the cluster are
-         * not discovered from presence yet: the agent's cache does not follow "proxy". */
+        /* A tunnel to the proxy named in the configuration at first; then one to each
+         * proxy of the cluster, as listed through it. */
         const char *proxies[1] = {a->cfg->proxy_server};
         struct agent_tunnels_opts to = {.id = &a->id,
                                         .serve = serve_tunnelled,
                                         .serve_arg = sv->sshd,
                                         .keepalive_ms = a->cfg->keep_alive_interval_ms,
                                         .proxies = proxies,
-                                        .n_proxies = 1};
+                                        .n_proxies = 1,
+                                        .discover_via = a->cfg->proxy_server};
         if ((rv = agent_tunnels_start(&sv->tunnels, &to)) != 0) {
             agent_sshd_stop(sv->sshd, 0);
             sv->sshd = NULL;

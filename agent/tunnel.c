@@ -32,8 +32,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "auth/client.h"
 #include "lib/buf.h"
 #include "lib/errors.h"
+#include "lib/mp.h"
 #include "lib/log.h"
 #include "lib/tls.h"
 #include "lib/util.h"
@@ -68,7 +70,8 @@ struct tunnel {
     struct agent_tunnels *owner;
     char addr[280];
     pthread_t thread;
-    bool thread_started;
+    int wake[2];      /* readable once this tunnel stops; never drained */
+    atomic_bool stop; /* the agent stops, or discovery dropped this proxy */
     /* One connection's state (reset by each dial): */
     int fd;
     SSL *ssl;
@@ -85,13 +88,20 @@ struct tunnel {
 
 struct agent_tunnels {
     struct agent_ident *id;
+    char *discover_via; /* auth address (the proxy) to list proxies through; NULL: none */
+    uint64_t discover_ms;
+    pthread_t discoverer;
+    bool discovering;
+    char **initial; /* the configured proxies: used while discovery finds none */
+    size_t n_initial;
+    pthread_mutex_t mu; /* tunnels[] and n (the discoverer changes them) */
     int (*serve)(void *arg, int fd, const char *peer);
     void *serve_arg;
     uint64_t keepalive_ms;
-    int wake[2]; /* readable once stopping; never drained, so it wakes every thread */
+    int wake[2]; /* readable once stopping (wakes the discoverer); never drained */
     atomic_bool stop;
     atomic_size_t n_up;
-    struct tunnel tunnels[AGENT_TUNNEL_MAX_PROXIES];
+    struct tunnel *tunnels[AGENT_TUNNEL_MAX_PROXIES];
     size_t n;
 };
 
@@ -399,7 +409,7 @@ static int dial(struct tunnel *t)
             fd = -1;
             continue;
         }
-        struct pollfd p[2] = {{fd, POLLOUT, 0}, {t->owner->wake[0], POLLIN, 0}};
+        struct pollfd p[2] = {{fd, POLLOUT, 0}, {t->wake[0], POLLIN, 0}};
         uint64_t now = rp_mono_ms();
         int n = poll(p, 2, now < deadline ? (int)(deadline - now) : 0);
         int soerr = 0;
@@ -448,7 +458,7 @@ static int dial(struct tunnel *t)
             break;
         }
         struct pollfd p[2] = {{fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, 0},
-                              {t->owner->wake[0], POLLIN, 0}};
+                              {t->wake[0], POLLIN, 0}};
         uint64_t now = rp_mono_ms();
         if (now >= deadline || poll(p, 2, (int)(deadline - now)) <= 0 || p[1].revents) {
             rv = rp_err(RP_ETIMEDOUT, "TLS with proxy %s: no handshake within %d ms", t->addr,
@@ -621,7 +631,7 @@ static int serve(struct tunnel *t)
     struct pollfd *pfd = NULL;
     struct tstream **who = NULL;
     size_t cap = 0;
-    while (!atomic_load(&o->stop)) {
+    while (!atomic_load(&t->stop)) {
         if ((rv = pump_out(t)) != 0)
             break;
         if (!nghttp2_session_want_read(t->h2) && !nghttp2_session_want_write(t->h2) &&
@@ -647,7 +657,7 @@ static int serve(struct tunnel *t)
         }
         size_t n = 0;
         pfd[n++] = (struct pollfd){t->fd, (short)(POLLIN | (t->want_write ? POLLOUT : 0)), 0};
-        pfd[n++] = (struct pollfd){o->wake[0], POLLIN, 0};
+        pfd[n++] = (struct pollfd){t->wake[0], POLLIN, 0};
         for (struct tstream *s = t->streams; s != NULL; s = s->next) {
             short ev = 0;
             if (s->fd >= 0 && s->deferred && !s->read_eof && !s->draining)
@@ -696,7 +706,7 @@ static int serve(struct tunnel *t)
             t->next_ping_mono = now + o->keepalive_ms;
         }
     }
-    if (atomic_load(&o->stop) && t->h2 != NULL) {
+    if (atomic_load(&t->stop) && t->h2 != NULL) {
         /* A polite end: the proxy learns at once that this tunnel is gone. */
         nghttp2_session_terminate_session(t->h2, NGHTTP2_NO_ERROR);
         pump_out(t);
@@ -707,15 +717,15 @@ static int serve(struct tunnel *t)
     return rv;
 }
 
-/* Waits @ms or until the agent stops. */
-static void nap(struct agent_tunnels *o, uint64_t ms)
+/* Waits @ms or until *@stop (with @wake_fd readable). */
+static void nap(atomic_bool *stop, int wake_fd, uint64_t ms)
 {
     uint64_t until = rp_mono_ms() + ms;
-    while (!atomic_load(&o->stop)) {
+    while (!atomic_load(stop)) {
         uint64_t now = rp_mono_ms();
         if (now >= until)
             return;
-        struct pollfd p = {o->wake[0], POLLIN, 0};
+        struct pollfd p = {wake_fd, POLLIN, 0};
         poll(&p, 1, (int)(until - now));
     }
 }
@@ -725,29 +735,179 @@ static void *tunnel_main(void *arg)
     struct tunnel *t = arg;
     struct agent_tunnels *o = t->owner;
     uint64_t backoff = AGENT_TUNNEL_MIN_BACKOFF_MS;
-    while (!atomic_load(&o->stop)) {
+    while (!atomic_load(&t->stop)) {
         int rv = dial(t);
         if (rv == 0) {
             uint64_t started = rp_mono_ms();
             rv = serve(t);
             connection_close(t);
-            if (atomic_load(&o->stop))
+            if (atomic_load(&t->stop))
                 break;
             /* A tunnel that held for a while was healthy: start the backoff over. */
             if (rp_mono_ms() - started > 2 * o->keepalive_ms ||
                 rp_mono_ms() - started > AGENT_TUNNEL_MAX_BACKOFF_MS)
                 backoff = AGENT_TUNNEL_MIN_BACKOFF_MS;
         }
-        if (atomic_load(&o->stop))
+        if (atomic_load(&t->stop))
             break;
         uint64_t delay = rp_jitter_ms(backoff);
         if (delay > AGENT_TUNNEL_MAX_BACKOFF_MS)
             delay = AGENT_TUNNEL_MAX_BACKOFF_MS;
         rp_warn(LOG, "reverse tunnel to %s: %s; dialling again in %llu ms", t->addr,
                 rv != 0 ? rp_errmsg() : "closed", (unsigned long long)delay);
-        nap(o, delay);
+        nap(&t->stop, t->wake[0], delay);
         backoff =
             backoff * 2 > AGENT_TUNNEL_MAX_BACKOFF_MS ? AGENT_TUNNEL_MAX_BACKOFF_MS : backoff * 2;
+    }
+    return NULL;
+}
+
+/* ---- the set of tunnels ------------------------------------------------------------------ */
+
+/* Starts a tunnel to @addr. Under ts->mu. */
+static int tunnel_add(struct agent_tunnels *ts, const char *addr)
+{
+    if (ts->n == AGENT_TUNNEL_MAX_PROXIES)
+        return rp_err(RP_ETOOBIG, "more than %d proxies: %s gets no tunnel",
+                      AGENT_TUNNEL_MAX_PROXIES, addr);
+    if (strlen(addr) >= sizeof((struct tunnel *)0)->addr)
+        return rp_err(RP_EINVAL, "proxy address %.64s...: too long", addr);
+    struct tunnel *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return rp_err(RP_ENOMEM, "reverse tunnel to %s", addr);
+    t->owner = ts;
+    t->fd = -1;
+    rp_buf_init(&t->out);
+    atomic_init(&t->stop, false);
+    snprintf(t->addr, sizeof t->addr, "%s", addr);
+    if (pipe2(t->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        free(t);
+        return rp_err(RP_EIO, "reverse tunnel to %s: pipe: %s", addr, strerror(errno));
+    }
+    if (pthread_create(&t->thread, NULL, tunnel_main, t) != 0) {
+        close(t->wake[0]);
+        close(t->wake[1]);
+        free(t);
+        return rp_err(RP_ENOMEM, "reverse tunnel to %s: no thread", addr);
+    }
+    ts->tunnels[ts->n++] = t;
+    return 0;
+}
+
+/* Stops and frees @t (no longer in ts->tunnels). */
+static void tunnel_end(struct tunnel *t)
+{
+    atomic_store(&t->stop, true);
+    char b = 1;
+    if (write(t->wake[1], &b, 1) < 0) {
+        /* non-blocking, one byte is enough: a full pipe already wakes */
+    }
+    pthread_join(t->thread, NULL);
+    rp_buf_free(&t->out);
+    close(t->wake[0]);
+    close(t->wake[1]);
+    free(t);
+}
+
+/* Makes the tunnels those to the @n addresses of @want: starts the missing, ends the
+ * others. */
+static void reconcile(struct agent_tunnels *ts, char **want, size_t n)
+{
+    struct tunnel *gone[AGENT_TUNNEL_MAX_PROXIES];
+    size_t n_gone = 0;
+    pthread_mutex_lock(&ts->mu);
+    for (size_t i = 0; i < ts->n;) {
+        bool keep = false;
+        for (size_t j = 0; j < n && !keep; j++)
+            keep = strcmp(ts->tunnels[i]->addr, want[j]) == 0;
+        if (keep) {
+            i++;
+            continue;
+        }
+        rp_info(LOG, "proxy %s is no longer in the cluster's proxies: closing its tunnel",
+                ts->tunnels[i]->addr);
+        gone[n_gone++] = ts->tunnels[i];
+        ts->tunnels[i] = ts->tunnels[--ts->n];
+    }
+    for (size_t j = 0; j < n; j++) {
+        bool have = false;
+        for (size_t i = 0; i < ts->n && !have; i++)
+            have = strcmp(ts->tunnels[i]->addr, want[j]) == 0;
+        if (!have) {
+            rp_info(LOG, "proxy %s found in the cluster's proxies: opening a tunnel to it",
+                    want[j]);
+            if (tunnel_add(ts, want[j]) != 0)
+                rp_warn(LOG, "%s", rp_errmsg());
+        }
+    }
+    pthread_mutex_unlock(&ts->mu);
+    for (size_t i = 0; i < n_gone; i++)
+        tunnel_end(gone[i]);
+}
+
+/* The tunnel addresses of the proxies in @items (an array of proxy resources):
+ * spec.tunnel_addr of each, else none from it. Returns the count (at most @max);
+ * each string is malloc'd. */
+static size_t proxy_addrs(const msgpack_object *items, char **out, size_t max)
+{
+    size_t n = 0;
+    if (items == NULL || items->type != MSGPACK_OBJECT_ARRAY)
+        return 0;
+    for (uint32_t i = 0; i < items->via.array.size && n < max; i++) {
+        const msgpack_object *spec = rp_mp_get(&items->via.array.ptr[i], "spec");
+        const char *a = NULL;
+        size_t al = 0;
+        if (spec == NULL || rp_mp_get_str(spec, "tunnel_addr", &a, &al) != 0 || al == 0 ||
+            al >= 280 || memchr(a, ':', al) == NULL || memchr(a, '\0', al) != NULL)
+            continue;
+        bool dup = false;
+        for (size_t j = 0; j < n && !dup; j++)
+            dup = strlen(out[j]) == al && memcmp(out[j], a, al) == 0;
+        if (!dup && (out[n] = strndup(a, al)) != NULL)
+            n++;
+    }
+    return n;
+}
+
+/* At start and every discover_ms: lists the cluster's proxies (through the configured
+ * proxy, as every auth call of an agent in proxy mode) and keeps one tunnel to each;
+ * while the list is empty, the configured proxies are used; while it cannot be had,
+ * the tunnels stay as they are. */
+static void *discover_main(void *arg)
+{
+    struct agent_tunnels *ts = arg;
+    for (bool first = true; !atomic_load(&ts->stop); first = false) {
+        if (!first)
+            nap(&ts->stop, ts->wake[0], ts->discover_ms);
+        if (atomic_load(&ts->stop))
+            break;
+        SSL_CTX *ctx = agent_ident_ctx(ts->id, NULL);
+        struct auth_client *c = NULL;
+        const char *addrs[1] = {ts->discover_via};
+        char *found[AGENT_TUNNEL_MAX_PROXIES];
+        size_t n = 0;
+        bool listed = false;
+        if (ctx != NULL && auth_client_new(&c, ctx, addrs, 1) == 0) {
+            auth_client_set_timeout(c, 10000);
+            struct auth_reply reply;
+            const msgpack_object *items = NULL;
+            if (auth_client_list(c, "proxy", NULL, 0, 0, &reply, &items, NULL) == 0) {
+                n = proxy_addrs(items, found, AGENT_TUNNEL_MAX_PROXIES);
+                listed = true;
+                auth_reply_free(&reply);
+            } else {
+                rp_debug(LOG, "listing the cluster's proxies: %s", rp_errmsg());
+            }
+        }
+        auth_client_free(c);
+        SSL_CTX_free(ctx);
+        /* Not asked (auth or the proxy away): the tunnels stay as they are. */
+        if (n > 0)
+            reconcile(ts, found, n);
+        else if (listed)
+            reconcile(ts, ts->initial, ts->n_initial);
+        for (size_t i = 0; i < n; i++)
+            free(found[i]);
     }
     return NULL;
 }
@@ -764,34 +924,46 @@ int agent_tunnels_start(struct agent_tunnels **out, const struct agent_tunnels_o
                       "are required (got %zu proxies)",
                       AGENT_TUNNEL_MAX_PROXIES, o->n_proxies);
     struct agent_tunnels *ts = calloc(1, sizeof *ts);
-    if (ts == NULL)
+    if (ts == NULL || (ts->initial = calloc(o->n_proxies, sizeof *ts->initial)) == NULL) {
+        free(ts);
         return rp_err(RP_ENOMEM, "reverse tunnels");
+    }
     ts->id = o->id;
     ts->serve = o->serve;
     ts->serve_arg = o->serve_arg;
     ts->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 30000;
+    ts->discover_ms = o->discover_ms ? o->discover_ms : AGENT_TUNNEL_DISCOVER_MS;
     atomic_init(&ts->stop, false);
     atomic_init(&ts->n_up, 0);
+    pthread_mutex_init(&ts->mu, NULL);
     if (pipe2(ts->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        pthread_mutex_destroy(&ts->mu);
+        free(ts->initial);
         free(ts);
         return rp_err(RP_EIO, "reverse tunnels: pipe: %s", strerror(errno));
     }
-    for (size_t i = 0; i < o->n_proxies; i++) {
-        struct tunnel *t = &ts->tunnels[i];
-        t->owner = ts;
-        t->fd = -1;
-        rp_buf_init(&t->out);
-        if (strlen(o->proxies[i]) >= sizeof t->addr) {
-            agent_tunnels_stop(ts);
-            return rp_err(RP_EINVAL, "proxy address %.64s...: too long", o->proxies[i]);
-        }
-        snprintf(t->addr, sizeof t->addr, "%s", o->proxies[i]);
-        ts->n++;
-        if (pthread_create(&t->thread, NULL, tunnel_main, t) != 0) {
-            agent_tunnels_stop(ts);
-            return rp_err(RP_ENOMEM, "reverse tunnels: no thread");
-        }
-        t->thread_started = true;
+    int rv = 0;
+    for (size_t i = 0; i < o->n_proxies && rv == 0; i++) {
+        if ((ts->initial[i] = strdup(o->proxies[i])) == NULL)
+            rv = rp_err(RP_ENOMEM, "reverse tunnels");
+        else
+            ts->n_initial++;
+    }
+    pthread_mutex_lock(&ts->mu);
+    for (size_t i = 0; i < ts->n_initial && rv == 0; i++)
+        rv = tunnel_add(ts, ts->initial[i]);
+    pthread_mutex_unlock(&ts->mu);
+    if (rv == 0 && o->discover_via != NULL) {
+        if ((ts->discover_via = strdup(o->discover_via)) == NULL)
+            rv = rp_err(RP_ENOMEM, "reverse tunnels");
+        else if (pthread_create(&ts->discoverer, NULL, discover_main, ts) != 0)
+            rv = rp_err(RP_ENOMEM, "reverse tunnels: no thread for discovery");
+        else
+            ts->discovering = true;
+    }
+    if (rv != 0) {
+        agent_tunnels_stop(ts);
+        return rv;
     }
     *out = ts;
     return 0;
@@ -809,14 +981,19 @@ void agent_tunnels_stop(struct agent_tunnels *ts)
     atomic_store(&ts->stop, true);
     char b = 1;
     if (write(ts->wake[1], &b, 1) < 0) {
-        /* The pipe is non-blocking and holds one byte at most: nothing to do. */
+        /* non-blocking, one byte is enough: a full pipe already wakes */
     }
-    for (size_t i = 0; i < ts->n; i++) {
-        if (ts->tunnels[i].thread_started)
-            pthread_join(ts->tunnels[i].thread, NULL);
-        rp_buf_free(&ts->tunnels[i].out);
-    }
+    if (ts->discovering)
+        pthread_join(ts->discoverer, NULL);
+    /* The discoverer is gone: nobody else changes the set now. */
+    for (size_t i = 0; i < ts->n; i++)
+        tunnel_end(ts->tunnels[i]);
+    for (size_t i = 0; i < ts->n_initial; i++)
+        free(ts->initial[i]);
+    free(ts->initial);
+    free(ts->discover_via);
     close(ts->wake[0]);
     close(ts->wake[1]);
+    pthread_mutex_destroy(&ts->mu);
     free(ts);
 }

@@ -10,6 +10,9 @@
  * HTTP/2 flow control, or answers 503 with the reason in `x-raftport-error`.
  * docs/design-decisions.md ("Reverse tunnels") says why HTTP/2 and not SSH channels.
  *
+ * The set of proxies is discovered from the cluster's `proxy` presence resources
+ * (spec.tunnel_addr), listed through the configured proxy.
+ *
  * Each tunnel runs on a thread of its own (an agent has a few proxies, not
  * thousands). A tunnel pings every keepalive period and closes after 3 unanswered
  * pings; a lost tunnel is dialled again after a jittered exponential backoff from 1 s
@@ -28,6 +31,8 @@
 #define AGENT_TUNNEL_MAX_PROXIES 16
 #define AGENT_TUNNEL_MIN_BACKOFF_MS 1000
 #define AGENT_TUNNEL_MAX_BACKOFF_MS 60000
+/* How often the cluster's proxies are listed (discovery). */
+#define AGENT_TUNNEL_DISCOVER_MS 10000
 
 struct agent_tunnels_opts {
     struct agent_ident *id; /* the node's identity: its TLS context, its host id */
@@ -40,6 +45,12 @@ struct agent_tunnels_opts {
     uint64_t keepalive_ms;      /* PING period; 0: 30 s */
     const char *const *proxies; /* "HOST:PORT" of each proxy's tunnel address */
     size_t n_proxies;           /* 1 .. AGENT_TUNNEL_MAX_PROXIES */
+    /* Discovery: the auth address (in proxy mode, the proxy itself) through which the
+     * cluster's `proxy` presence resources are listed every discover_ms (0:
+     * AGENT_TUNNEL_DISCOVER_MS); the agent then keeps one tunnel to each one's
+     * spec.tunnel_addr, and to @proxies while none is found. NULL: @proxies only. */
+    const char *discover_via;
+    uint64_t discover_ms;
 };
 
 struct agent_tunnels;
