@@ -174,12 +174,33 @@ void px_tunnels_set_keepalive(struct px_tunnels *t, uint64_t ms)
     t->keepalive_ms = ms ? ms : 30000;
 }
 
+static void stream_free(struct pstream *s);
+
 void px_tunnels_free(struct px_tunnels *r)
 {
     if (r == NULL)
         return;
-    /* The tunnels themselves belong to their connections, which the proxy closes
-     * (on_close) before or after this: nothing here may touch them. */
+    /* The loops stopped (and are freed): no thread touches a tunnel any more, and their
+     * watches and timers must not be touched either. What each tunnel holds of its own
+     * (streams, socket pairs, the HTTP/2 session) goes; its px_tls is the proxy core's,
+     * detached here so that nothing calls into us later. */
+    for (size_t b = 0; b < BUCKETS; b++) {
+        struct ptun *t = r->buckets[b];
+        while (t != NULL) {
+            struct ptun *next = t->bucket_next;
+            while (t->streams != NULL) {
+                t->streams->watched = false;
+                stream_free(t->streams);
+            }
+            nghttp2_session_del(t->h2);
+            t->c->mod = NULL;
+            t->c->on_readable = NULL;
+            t->c->on_drained = NULL;
+            t->c->on_close = NULL;
+            free(t);
+            t = next;
+        }
+    }
     pthread_mutex_destroy(&r->mu);
     free(r);
 }

@@ -18,7 +18,9 @@ struct proxy;
 struct px_tunnels;
 
 int px_tunnels_new(struct px_tunnels **out, struct proxy *p);
-/* Closes every tunnel. Call after the loops stopped. NULL is fine. */
+/* Frees every tunnel's own state (streams, their socket pairs, the HTTP/2 sessions) and
+ * detaches it from its px_tls, which stays the proxy core's to close. Call after the
+ * loops stopped. NULL is fine. */
 void px_tunnels_free(struct px_tunnels *t);
 /* True if the node @host_id has a live tunnel to this proxy. Thread-safe. */
 bool px_tunnels_has(struct px_tunnels *t, const char *host_id);

@@ -169,6 +169,17 @@ static void proxy_start(struct proxy_side *ps, struct pki *pki, uint64_t keepali
     pthread_create(&ps->acceptor, NULL, acceptor_main, ps);
 }
 
+/* Stops the acceptor and the loops, then frees the tunnels left (as the proxy does). */
+static void proxy_stop(struct proxy_side *ps)
+{
+    shutdown(ps->lfd, SHUT_RDWR);
+    pthread_join(ps->acceptor, NULL);
+    close(ps->lfd);
+    px_loops_stop(ps->ls);
+    px_tunnels_free(ps->reg);
+    SSL_CTX_free(ps->server);
+}
+
 /* ---- the agent's side: an echo service for the SSH server ------------------------------- */
 
 static atomic_int served;
@@ -364,6 +375,8 @@ Test(px_tunnel, twenty_concurrent_sessions_share_one_tunnel)
         cr_assert(c[i].ok, "session %d echoed its 256 KiB intact", i);
     cr_assert_eq(atomic_load(&served), 20);
     cr_assert_eq(px_tunnels_count(ps.reg), 1, "all over one tunnel");
+    /* The proxy stops with the tunnel still open: its state is freed, nothing dangles. */
+    proxy_stop(&ps);
     agent_tunnels_stop(as.tunnels);
 }
 
