@@ -49,14 +49,19 @@ static int free_port(void)
 
 static struct {
     pid_t pid;
-    char cfg[600], log[600], web[64];
+    char cfg[600], log[600], web[64], tunnel[64];
 } PX;
 
-static void proxy_prepare(const char *token)
+/* A proxy serving tunnels on its web port, or on a port of their own when @own_port. */
+static void proxy_prepare(const char *token, bool own_port)
 {
     snprintf(PX.cfg, sizeof PX.cfg, "%s/proxy1.yaml", CL->dir);
     snprintf(PX.log, sizeof PX.log, "%s/proxy1.log", CL->dir);
     snprintf(PX.web, sizeof PX.web, "127.0.0.1:%d", free_port());
+    if (own_port)
+        snprintf(PX.tunnel, sizeof PX.tunnel, "127.0.0.1:%d", free_port());
+    else
+        snprintf(PX.tunnel, sizeof PX.tunnel, "%s", PX.web);
     FILE *f = fopen(PX.cfg, "w");
     cr_assert_not_null(f);
     fprintf(f,
@@ -67,7 +72,7 @@ static void proxy_prepare(const char *token)
             "  log: {output: stderr, severity: INFO}\n"
             "proxy_service:\n  enabled: yes\n  web_listen_addr: %s\n  tunnel_listen_addr: %s\n"
             "  listen_addr: 127.0.0.1:%d\n",
-            CL->dir, CL->nodes[1].api_addr, CL->ca_pin, token, PX.web, PX.web, free_port());
+            CL->dir, CL->nodes[1].api_addr, CL->ca_pin, token, PX.web, PX.tunnel, free_port());
     cr_assert_eq(fclose(f), 0);
 }
 
@@ -339,13 +344,13 @@ static void ssh_cmd(char *out, size_t n, const char *remote)
 
 /* ---- the scenario ------------------------------------------------------------------------- */
 
-static void start_all(void)
+static void start_with(bool tunnel_port)
 {
     cluster_start(1);
     char ptoken[128], ntoken[128];
     cl_add_token(1, "proxy", NULL, ptoken, sizeof ptoken);
     cl_add_token(1, "node", NULL, ntoken, sizeof ntoken);
-    proxy_prepare(ptoken);
+    proxy_prepare(ptoken, tunnel_port);
     proxy_spawn();
     bool ok = proxy_wait_log("serving on", 1, 30000);
     if (!ok)
@@ -354,7 +359,9 @@ static void start_all(void)
 
     ag_prepare_proxy(1, ntoken, PX.web, "1s", NULL);
     ag_spawn(1);
-    ok = ag_wait_log(1, "reverse tunnel to", 30000) && ag_wait_log(1, "established", 30000);
+    char established[128];
+    snprintf(established, sizeof established, "reverse tunnel to %s established", PX.tunnel);
+    ok = ag_wait_log(1, established, 30000);
     if (!ok) {
         ag_print_log_tail(1, 40);
         print_file_tail(PX.log);
@@ -394,6 +401,11 @@ static void start_all(void)
     cl_write_file("known_hosts", kh, p, sizeof p);
     free(kh);
     forwarder_start();
+}
+
+static void start_all(void)
+{
+    start_with(false);
 }
 
 static void stop_all(void)
@@ -458,6 +470,12 @@ Test(int_tunnel, a_node_joined_through_the_proxy_is_reached_through_its_tunnel)
     cr_assert_eq(atomic_load(&dial_failures), 0);
     cr_assert_eq(ag_log_count(1, "established"), 1, "all of it over one tunnel");
     cr_assert(!ag_log_contains(1, "refused stream"), "no stream was refused");
+
+    /* SIGTERM: the agent closes its tunnel and exits cleanly. */
+    int status = ag_term(1, 20000);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the agent stopped cleanly (%d)",
+              status);
+    cr_assert(proxy_wait_log(") closed", 1, 5000), "the proxy saw the tunnel close");
     stop_all();
 }
 
@@ -503,5 +521,20 @@ Test(int_tunnel, a_certificate_that_is_not_a_node_cannot_open_a_tunnel)
     SSL_CTX_free(ctx);
     cr_assert(proxy_wait_log("refused a reverse tunnel", 1, 5000),
               "the refusal is logged with its reason");
+    stop_all();
+}
+
+Test(int_tunnel, a_proxy_with_its_own_tunnel_port_is_found_through_its_presence)
+{
+    /* proxy_server names the web port, which does not take tunnels here: the agent
+     * learns the tunnel port from the proxy's presence (listed through the proxy). */
+    start_with(true);
+    cr_assert(ag_log_contains(1, "found in the cluster's proxies"),
+              "the tunnel address came from discovery");
+    char ssh[2048], *out = NULL;
+    ssh_cmd(ssh, sizeof ssh, "echo found");
+    cr_assert_eq(sh(ssh, &out, 30000), 0);
+    cr_assert_str_eq(out, "found\n");
+    free(out);
     stop_all();
 }
