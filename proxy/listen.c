@@ -179,28 +179,6 @@ __attribute__((weak)) int px_tunnels_dial(struct px_tunnels *t, const char *host
     return rp_err(RP_ENOTFOUND, "node %s has no reverse tunnel to this proxy", host_id);
 }
 
-__attribute__((weak)) int px_web_start(struct proxy *p)
-{
-    (void)p;
-    return 0;
-}
-
-__attribute__((weak)) void px_web_stop(struct proxy *p)
-{
-    (void)p;
-}
-
-__attribute__((weak)) int px_sshjump_start(struct proxy *p)
-{
-    (void)p;
-    return 0;
-}
-
-__attribute__((weak)) void px_sshjump_stop(struct proxy *p)
-{
-    (void)p;
-}
-
 /* ---- the pending list ------------------------------------------------------------------- */
 
 static void unlist_locked(struct px_listen *o, struct pending *pd)
