@@ -342,6 +342,31 @@ static void ssh_cmd(char *out, size_t n, const char *remote)
              key_path, cert_path, known_hosts, host_id, fwd_port, remote);
 }
 
+/* True once auth holds an exec event of the node whose addr.remote is the client's
+ * address as the proxy saw it (the forwarder dials from 127.0.0.1): the node's audit
+ * went through the proxy to auth, and the tunnel told the node who the client was. */
+static bool exec_event_names_the_client(void *arg)
+{
+    (void)arg;
+    char *out = NULL;
+    if (run_tctl(1, &out, "events", "ls", "--format=json", NULL) != 0) {
+        free(out);
+        return false;
+    }
+    /* One event per line. */
+    bool found = false;
+    for (char *line = strtok(out, "\n"); line != NULL && !found; line = strtok(NULL, "\n")) {
+        const char *p = strstr(line, "\"addr.remote\"");
+        if (strstr(line, "\"exec\"") == NULL || strstr(line, host_id) == NULL || p == NULL)
+            continue;
+        p += strlen("\"addr.remote\"");
+        p += strspn(p, ": ");
+        found = strncmp(p, "\"127.0.0.1:", 11) == 0;
+    }
+    free(out);
+    return found;
+}
+
 /* ---- the scenario ------------------------------------------------------------------------- */
 
 static void start_with(bool tunnel_port)
@@ -444,6 +469,8 @@ Test(int_tunnel, a_node_joined_through_the_proxy_is_reached_through_its_tunnel)
     free(out);
     ssh_cmd(ssh, sizeof ssh, "false");
     cr_assert_eq(sh(ssh, NULL, 30000), 1, "the remote exit code comes back");
+    cr_assert(wait_until(15000, exec_event_names_the_client, NULL),
+              "the session's audit reached auth and names the client's address");
 
     /* 20 sessions at once over the one tunnel, each its own output. */
     char cmd[8192] = "", one[2100];
