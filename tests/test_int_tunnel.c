@@ -437,6 +437,7 @@ static void stop_all(void)
 {
     ag_stop_all();
     proxy_kill9();
+    cr_assert_eq(file_count(PX.log, "Sanitizer"), 0, "the proxy's log holds a sanitizer report");
     SSL_CTX_free(alice_ctx);
     alice_ctx = NULL;
     cluster_pass();
