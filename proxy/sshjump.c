@@ -202,8 +202,8 @@ static void audit_auth_refusal(struct jstate *cs, const char *user, const char *
                      .k = {"reason", "error", "method", "teleport_user"},
                      .v = {why, why, "publickey", user ? user : ""}};
     jump_emit(cs, &ev);
-    rp_warn(JUMP_LOG, "refused %s from %s (user %s): %s", cs->login, cs->c->remote,
-            user && user[0] ? user : "?", why);
+    rp_warn(JUMP_LOG, "refused %s from %s (user %s): %s", cs->login[0] ? cs->login : "?",
+            cs->c->remote, user && user[0] ? user : "?", why);
 }
 
 static void audit_rejected(struct jstate *cs, const char *target, const char *why)
