@@ -71,6 +71,7 @@ struct jconn;
 
 struct px_sshjump {
     char *listen_addr, *host_key_path, *server_id, *hostname;
+    char fingerprint[128]; /* of the host key, for the log */
     struct agent_authority authority;
     px_sshjump_route_fn route;
     void *route_arg;
@@ -1185,6 +1186,15 @@ static int load_host_key(struct px_sshjump *s)
         ssh_key_free(key);
         return rp_err(RP_EINVAL, "SSH host key %s: expected an Ed25519 key", s->host_key_path);
     }
+    /* Its fingerprint goes to the log: what users compare `ssh` prompts with. */
+    unsigned char *hash = NULL;
+    size_t hash_len = 0;
+    if (ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hash_len) == 0) {
+        char *fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hash_len);
+        snprintf(s->fingerprint, sizeof s->fingerprint, "%s", fp ? fp : "");
+        ssh_string_free_char(fp);
+        ssh_clean_pubkey_hash(&hash);
+    }
     s->bind = ssh_bind_new();
     if (s->bind == NULL) {
         ssh_key_free(key);
@@ -1252,7 +1262,8 @@ int px_sshjump_start_opts(struct px_sshjump **out, const struct px_sshjump_opts 
         goto fail;
     }
     s->listener_running = true;
-    rp_info(JUMP_LOG, "SSH jump host listening on %s (port %d)", s->listen_addr, s->port);
+    rp_info(JUMP_LOG, "SSH jump host listening on %s (port %d), host key %s", s->listen_addr,
+            s->port, s->fingerprint);
     *out = s;
     return 0;
 fail:
