@@ -303,6 +303,13 @@ static int on_auth_pubkey(ssh_session ses, const char *user, struct ssh_key_stru
         .not_after = cs->g.valid_before == RP_SSH_CERT_FOREVER ? 0 : (long long)cs->g.valid_before,
         .system_role = RP_SYS_NONE};
     cs->authed = true;
+    /* Out of the unauthenticated count now, not after this dispatch returns: a
+     * direct-tcpip open that came with the authentication is routed (a dial of up to
+     * dial_timeout_ms) before it does, and the watchdog must not cut it meanwhile. */
+    pthread_mutex_lock(&cs->s->mu);
+    cs->c->authed = true;
+    cs->s->n_unauth--;
+    pthread_mutex_unlock(&cs->s->mu);
     rp_info(JUMP_LOG, "accepted %s (as %s) from %s (certificate serial %llu)", cs->g.user,
             cs->login, cs->c->remote, (unsigned long long)cs->g.serial);
     return SSH_AUTH_SUCCESS;
@@ -870,10 +877,6 @@ static void *conn_main(void *arg)
         }
         goto teardown;
     }
-    pthread_mutex_lock(&s->mu);
-    c->authed = true;
-    s->n_unauth--;
-    pthread_mutex_unlock(&s->mu);
     ssh_set_blocking(cs->ses, 0);
     channel_loop(cs);
     if (cs->close_reason[0] != '\0') {
