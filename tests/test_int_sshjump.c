@@ -417,6 +417,11 @@ static void foreign_certificate(char *key, char *cert, size_t n)
     EVP_PKEY_free(k);
 }
 
+static bool lock_cached(void *arg)
+{
+    return agent_cache_count(J.cache, "lock") > 0;
+}
+
 Test(sshjump, refusals_at_the_jump_host_name_their_reason)
 {
     start_all();
@@ -475,6 +480,17 @@ Test(sshjump, refusals_at_the_jump_host_name_their_reason)
     cr_assert_str_eq(r.out, "");
     cl_run_free(&r);
     cr_assert(event_has("T1006W"));
+
+    /* A lock on the user: refused at the jump host itself. */
+    cr_assert_eq(
+        run_tctl(1, NULL, "lock", "--user=alice", "--ttl=10m", "--message=investigating", NULL), 0);
+    cr_assert(wait_until(10000, lock_cached, NULL), "the lock never reached the jump host");
+    ssh_config("alice.ssh_config", alice_key, alice_cert, cfg, sizeof cfg);
+    st = ssh_jump(cfg, "alice", dest, "echo hi", &r);
+    cr_assert_neq(st, 0);
+    cr_assert_str_eq(r.out, "");
+    cl_run_free(&r);
+    cr_assert(event_has("alice is locked"));
 
     stop_jump_host();
     ag_stop_all();
