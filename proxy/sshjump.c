@@ -149,6 +149,9 @@ struct jstate {
     unsigned n_chans;
     uint64_t next_lock_check;
     char close_reason[WHY * 2];
+    /* The pump's scratch buffer. Not thread-local: static TLS is reserved in every
+     * thread of the process, whose stacks are small (256 KiB for the hash pool's). */
+    char *io;
     bool disconnect; /* close the connection, telling the client close_reason */
 };
 
@@ -530,7 +533,7 @@ static void chan_fail(struct jchan *h)
 /* node -> client, within the client's window. */
 static void pump_out(struct jchan *h)
 {
-    static __thread char buf[IO_CHUNK];
+    char *buf = h->cs->io;
     if (h->outpend.len > 0) {
         uint32_t w = ssh_channel_window_size(h->ch);
         size_t n = h->outpend.len < w ? h->outpend.len : w;
@@ -550,7 +553,7 @@ static void pump_out(struct jchan *h)
         uint32_t w = ssh_channel_window_size(h->ch);
         if (w == 0 || (i > 0 && (ssh_get_poll_flags(h->cs->ses) & SSH_WRITE_PENDING)))
             return;
-        ssize_t n = read(h->fd, buf, w < sizeof buf ? w : sizeof buf);
+        ssize_t n = read(h->fd, buf, w < IO_CHUNK ? w : IO_CHUNK);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
             h->fd_eof = true;
             return;
@@ -575,7 +578,7 @@ static void pump_out(struct jchan *h)
 /* client -> node, through a bounded buffer. */
 static void pump_in(struct jchan *h)
 {
-    static __thread char buf[IO_CHUNK];
+    char *buf = h->cs->io;
     for (int i = 0; i < 64; i++) {
         if (h->inoff < h->inbuf.len && !h->in_broken) {
             ssize_t n = write(h->fd, h->inbuf.data + h->inoff, h->inbuf.len - h->inoff);
@@ -592,7 +595,7 @@ static void pump_in(struct jchan *h)
             break;
         if (h->inbuf.len > 0 && h->inoff == 0 && i > 0)
             break; /* the node's side is full: the rest stays in libssh */
-        int n = ssh_channel_read_nonblocking(h->ch, buf, sizeof buf, 0);
+        int n = ssh_channel_read_nonblocking(h->ch, buf, IO_CHUNK, 0);
         if (n == SSH_ERROR) {
             chan_fail(h);
             return;
@@ -604,7 +607,7 @@ static void pump_in(struct jchan *h)
             h->eof_drained = h->client_eof;
             break;
         }
-        if ((size_t)n < sizeof buf)
+        if ((size_t)n < IO_CHUNK)
             h->more_input = false;
         h->rx += (uint64_t)n;
         if (rp_buf_append(&h->inbuf, buf, (size_t)n) != 0) {
@@ -629,8 +632,7 @@ static void service_session(struct jchan *h)
     }
     /* What the client sends on a refused session is read and dropped, so that its
      * window never blocks the connection. */
-    static __thread char sink[IO_CHUNK];
-    while (h->more_input && ssh_channel_read_nonblocking(h->ch, sink, sizeof sink, 0) > 0)
+    while (h->more_input && ssh_channel_read_nonblocking(h->ch, cs->io, IO_CHUNK, 0) > 0)
         ;
     h->more_input = false;
     if (!h->refuse || h->refused)
@@ -843,6 +845,11 @@ static void *conn_main(void *arg)
     cs->c = c;
     cs->s = s;
     cs->ses = c->ses;
+    cs->io = malloc(IO_CHUNK);
+    if (cs->io == NULL) {
+        free(cs);
+        goto unregister;
+    }
 
     ssh_set_auth_methods(cs->ses, SSH_AUTH_METHOD_PUBLICKEY);
     cs->scb.userdata = cs;
@@ -901,6 +908,7 @@ teardown:
         ssh_event_free(cs->ev);
     }
     sshd_grant_free(&cs->g);
+    free(cs->io);
     free(cs);
 unregister:
     pthread_mutex_lock(&s->mu);
@@ -1051,7 +1059,9 @@ static void accept_one(struct px_sshjump *s)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
+    /* Static TLS of everything linked into the process is carved out of each thread's
+     * stack (about 210 KiB in raftport today): 512 KiB leaves libssh enough. */
+    pthread_attr_setstacksize(&attr, 512 * 1024);
     pthread_t t;
     int err = pthread_create(&t, &attr, conn_main, c);
     pthread_attr_destroy(&attr);

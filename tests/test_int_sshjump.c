@@ -21,7 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "agent/agent.h"
@@ -136,6 +140,7 @@ static struct {
     struct node_route route;
     struct px_sshjump *jump;
     char known_hosts[600];
+    int port; /* the jump host's */
 } J;
 
 static bool cache_ready(void *arg)
@@ -192,6 +197,7 @@ static void start_jump_host(void)
                                 .emit = collect_event,
                                 .auth_deadline_ms = 5000};
     cr_assert_eq(px_sshjump_start_opts(&J.jump, &o), 0, "%s", rp_errmsg());
+    J.port = px_sshjump_port(J.jump);
 
     /* known_hosts: the jump host's key (the one its join gave it) and the nodes'
      * published keys as tctl lists them. */
@@ -209,7 +215,7 @@ static void start_jump_host(void)
     cr_assert(strstr(kh, "ssh-ed25519"), "tctl nodes ls --format=known_hosts listed no node");
     size_t len = strlen(pub) + strlen(kh) + 64;
     char *text = malloc(len);
-    snprintf(text, len, "[127.0.0.1]:%d %s\n%s", px_sshjump_port(J.jump), pub, kh);
+    snprintf(text, len, "[127.0.0.1]:%d %s\n%s", J.port, pub, kh);
     cl_write_file("known_hosts", text, J.known_hosts, sizeof J.known_hosts);
     free(text);
     free(pub);
@@ -219,6 +225,7 @@ static void start_jump_host(void)
 static void stop_jump_host(void)
 {
     px_sshjump_stop(J.jump);
+    J.jump = NULL;
     agent_follow_stop(J.follow);
     agent_cache_free(J.cache);
     agent_ident_free(&J.id);
@@ -294,7 +301,7 @@ static int ssh_jump(const char *cfg, const char *jump_user, const char *dest, co
                     struct cl_run *r)
 {
     char jump[128];
-    snprintf(jump, sizeof jump, "%s@127.0.0.1:%d", jump_user, px_sshjump_port(J.jump));
+    snprintf(jump, sizeof jump, "%s@127.0.0.1:%d", jump_user, J.port);
     char *argv[] = {"/usr/bin/ssh", "-F", (char *)cfg, "-J", jump, (char *)dest, (char *)cmd, NULL};
     return cl_run_argv(argv, 30000, r);
 }
@@ -339,7 +346,7 @@ Test(sshjump, ssh_J_with_the_users_certificate_runs_a_command_on_the_node)
     snprintf(cmd, sizeof cmd,
              "head -c 67108864 /dev/urandom > %s && sha256sum < %s | cut -d' ' -f1 && "
              "/usr/bin/ssh -F %s -J alice@127.0.0.1:%d %s 'sha256sum | cut -d\" \" -f1' < %s",
-             data, data, cfg, px_sshjump_port(J.jump), dest, data);
+             data, data, cfg, J.port, dest, data);
     char *sh_up[] = {"/bin/sh", "-c", cmd, NULL};
     uint64_t t0 = cl_now_ms();
     st = cl_run_argv(sh_up, 120000, &r);
@@ -352,7 +359,7 @@ Test(sshjump, ssh_J_with_the_users_certificate_runs_a_command_on_the_node)
     snprintf(cmd, sizeof cmd,
              "/usr/bin/ssh -F %s -J alice@127.0.0.1:%d %s 'cat %s' | sha256sum | cut -d' ' -f1; "
              "sha256sum < %s | cut -d' ' -f1",
-             cfg, px_sshjump_port(J.jump), dest, data, data);
+             cfg, J.port, dest, data, data);
     char *sh_down[] = {"/bin/sh", "-c", cmd, NULL};
     t0 = cl_now_ms();
     st = cl_run_argv(sh_down, 120000, &r);
@@ -366,7 +373,7 @@ Test(sshjump, ssh_J_with_the_users_certificate_runs_a_command_on_the_node)
 
     /* A shell or command on the proxy itself is refused with a message. */
     char port[16];
-    snprintf(port, sizeof port, "%d", px_sshjump_port(J.jump));
+    snprintf(port, sizeof port, "%d", J.port);
     char *argv[] = {"/usr/bin/ssh", "-F", cfg, "-p", port, "alice@127.0.0.1", "echo hi", NULL};
     st = cl_run_argv(argv, 30000, &r);
     cr_assert_eq(st, 1, "a command on the jump host was not refused (%d): %s", st, r.out);
@@ -497,6 +504,149 @@ Test(sshjump, refusals_at_the_jump_host_name_their_reason)
     cluster_pass();
 }
 
+/* ---- the same through a real proxy process (`raftport start --roles=proxy`) ---------- */
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+              getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static pid_t proxy_pid;
+static char proxy_log[600];
+
+static bool proxy_log_has(void *needle)
+{
+    char *text = NULL;
+    size_t n = 0;
+    if (rp_read_file(proxy_log, 16 << 20, &text, &n) != 0)
+        return false;
+    bool found = strstr(text, needle) != NULL;
+    free(text);
+    return found;
+}
+
+/* A proxy joined with a proxy token, its jump host on 127.0.0.1:@jump_port. */
+static void start_proxy_process(int jump_port, char *data_dir, size_t n)
+{
+    char token[128], cfg_text[2048], cfg[600], exe[600];
+    cl_add_token(1, "proxy", NULL, token, sizeof token);
+    snprintf(data_dir, n, "%s/proxy1", CL->dir);
+    snprintf(cfg_text, sizeof cfg_text,
+             "version: v3\nteleport:\n  nodename: proxy1\n  data_dir: %s\n"
+             "  auth_servers: [%s]\n  ca_pin: %s\n"
+             "  join_params: {token_name: %s, method: token}\n"
+             "proxy_service:\n  enabled: yes\n  web_listen_addr: 127.0.0.1:%d\n"
+             "  tunnel_listen_addr: 127.0.0.1:%d\n  listen_addr: 127.0.0.1:%d\n",
+             data_dir, CL->nodes[1].api_addr, CL->ca_pin, token, free_port(), free_port(),
+             jump_port);
+    cl_write_file("proxy1.yaml", cfg_text, cfg, sizeof cfg);
+    snprintf(proxy_log, sizeof proxy_log, "%s/proxy1.log", CL->dir);
+    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
+    int fd = open(proxy_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    cr_assert(fd >= 0);
+    fflush(NULL);
+    proxy_pid = fork();
+    if (proxy_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        char *argv[] = {"raftport", "start", "--roles=proxy", "-c", cfg, NULL};
+        execv(exe, argv);
+        _exit(127);
+    }
+    close(fd);
+    cr_assert(proxy_pid > 0);
+    bool up = wait_until(30000, proxy_log_has, "SSH jump host listening");
+    if (!up) {
+        char *text = NULL;
+        size_t len = 0;
+        rp_read_file(proxy_log, 1 << 20, &text, &len);
+        fprintf(stderr, "---- %s ----\n%s\n", proxy_log, text ? text : "");
+        free(text);
+    }
+    cr_assert(up, "the proxy did not start its jump host");
+}
+
+static void stop_proxy_process(void)
+{
+    if (proxy_pid > 0) {
+        kill(proxy_pid, SIGTERM);
+        int st = 0;
+        for (int i = 0; i < 100 && waitpid(proxy_pid, &st, WNOHANG) == 0; i++)
+            cl_sleep_ms(100);
+        kill(proxy_pid, SIGKILL);
+        waitpid(proxy_pid, &st, 0);
+        proxy_pid = 0;
+    }
+}
+
+static bool node_routable(void *cfg)
+{
+    struct cl_run r;
+    char dest[96];
+    snprintf(dest, sizeof dest, "root@%s", AG[1].name);
+    bool ok = ssh_jump(cfg, "alice", dest, "echo hi", &r) == 0 && strcmp(r.out, "hi\n") == 0;
+    cl_run_free(&r);
+    return ok;
+}
+
+Test(sshjump, through_the_proxy_process_ssh_J_reaches_the_node_by_its_routes)
+{
+    start_all();
+    /* The in-process jump host only gave the known_hosts file its shape: this test's
+     * jump host is the proxy's own, with the key of the proxy's join. */
+    stop_jump_host();
+    int port = free_port();
+    char dir[600], pubpath[700];
+    start_proxy_process(port, dir, sizeof dir);
+    agent_key_path(dir, "ssh_host_key.pub", pubpath, sizeof pubpath);
+    char *pub = read_all(pubpath);
+    char *kh = NULL;
+    cr_assert_eq(run_tctl(1, &kh, "nodes", "ls", "--format=known_hosts", NULL), 0);
+    size_t len = strlen(pub) + strlen(kh) + 64;
+    char *text = malloc(len);
+    snprintf(text, len, "[127.0.0.1]:%d %s\n%s", port, pub, kh);
+    cl_write_file("known_hosts", text, J.known_hosts, sizeof J.known_hosts);
+    free(text);
+    free(pub);
+    free(kh);
+    J.port = port;
+
+    struct cl_run r;
+    char key[600], cert[600], cfg[600], dest[96];
+    user_paths("alice", key, cert, sizeof key);
+    ssh_config("alice.ssh_config", key, cert, cfg, sizeof cfg);
+    /* The proxy learns the node from its presence: poll until it routes. */
+    cr_assert(wait_until(30000, node_routable, cfg), "ssh -J through the proxy never reached %s",
+              AG[1].name);
+    snprintf(dest, sizeof dest, "root@%s", AG[1].name);
+    int st = ssh_jump(cfg, "alice", dest, "exit 7", &r);
+    cr_assert_eq(st, 7, "the node's exit code did not come through (%d): %s", st, r.err);
+    cl_run_free(&r);
+    /* route.c's refusals, as the user sees them. */
+    st = ssh_jump(cfg, "alice", "root@nosuchnode", "echo hi", &r);
+    cr_assert_neq(st, 0);
+    cr_assert(strstr(r.err, "raftport proxy: cannot reach nosuchnode:22"), "stderr: %s", r.err);
+    cl_run_free(&r);
+    char bob_key[600], bob_cert[600];
+    user_paths("bob", bob_key, bob_cert, sizeof bob_key);
+    ssh_config("bob.ssh_config", bob_key, bob_cert, cfg, sizeof cfg);
+    st = ssh_jump(cfg, "bob", dest, "echo hi", &r);
+    cr_assert_neq(st, 0);
+    cr_assert(strstr(r.err, "raftport proxy: cannot reach node1:22"), "stderr: %s", r.err);
+    cr_assert_str_eq(r.out, "");
+    cl_run_free(&r);
+    stop_proxy_process();
+    ag_stop_all();
+    cluster_pass();
+}
 /* ---- bounds, without a cluster: a fixture authority that trusts no CA -------------------- */
 
 static int no_cas(void *arg, EVP_PKEY ***keys, size_t *n)
