@@ -72,6 +72,9 @@ struct node_route {
     const struct agent_authority *authority;
     char hostname[64];
     char addr[64];
+    /* "holder": a socket of the test that accepts nothing and never closes, so that
+     * only the jump host can end a tunnel to it. */
+    char holder_addr[64];
 };
 
 static int dial_tcp(const char *addr, int *fd)
@@ -104,6 +107,8 @@ static int route_one_node(void *arg, const struct rp_identity *user, const char 
     char *colon = strrchr(host, ':');
     if (colon != NULL)
         *colon = '\0';
+    if (strcmp(host, "holder") == 0 && nr->holder_addr[0] != '\0')
+        return dial_tcp(nr->holder_addr, fd);
     if (strcmp(host, nr->hostname) != 0)
         return rp_err(RP_ENOTFOUND, "no node named \"%s\": `tsh ls` lists the nodes you may reach",
                       host);
@@ -424,6 +429,11 @@ static void foreign_certificate(char *key, char *cert, size_t n)
     EVP_PKEY_free(k);
 }
 
+static bool no_connections(void *arg)
+{
+    return px_sshjump_connections(J.jump) == 0;
+}
+
 static bool lock_cached(void *arg)
 {
     return agent_cache_count(J.cache, "lock") > 0;
@@ -488,11 +498,39 @@ Test(sshjump, refusals_at_the_jump_host_name_their_reason)
     cl_run_free(&r);
     cr_assert(event_has("T1006W"));
 
-    /* A lock on the user: refused at the jump host itself. */
+    /* A lock on the user closes alice's open tunnel (to a socket only the jump host can
+     * end), then refuses her at the jump host itself. */
+    int holder = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in hsa = {.sin_family = AF_INET};
+    hsa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t hlen = sizeof hsa;
+    cr_assert(bind(holder, (struct sockaddr *)&hsa, sizeof hsa) == 0 && listen(holder, 8) == 0 &&
+              getsockname(holder, (struct sockaddr *)&hsa, &hlen) == 0);
+    snprintf(J.route.holder_addr, sizeof J.route.holder_addr, "127.0.0.1:%d", ntohs(hsa.sin_port));
+    ssh_config("alice.ssh_config", alice_key, alice_cert, cfg, sizeof cfg);
+    char hold_cmd[1600], jport[16];
+    snprintf(jport, sizeof jport, "%d", J.port);
+    snprintf(hold_cmd, sizeof hold_cmd,
+             "sleep 60 | exec /usr/bin/ssh -F %s -W holder:1 -p %s alice@127.0.0.1 >/dev/null", cfg,
+             jport);
+    pid_t holder_pid = fork();
+    if (holder_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        setpgid(0, 0);
+        execl("/bin/sh", "sh", "-c", hold_cmd, (char *)NULL);
+        _exit(127);
+    }
+    cr_assert(holder_pid > 0);
+    cr_assert(wait_until(15000, event_has_pred, "holder:1"), "the holding tunnel never opened");
     cr_assert_eq(
         run_tctl(1, NULL, "lock", "--user=alice", "--ttl=10m", "--message=investigating", NULL), 0);
     cr_assert(wait_until(10000, lock_cached, NULL), "the lock never reached the jump host");
-    ssh_config("alice.ssh_config", alice_key, alice_cert, cfg, sizeof cfg);
+    cr_assert(wait_until(5000, no_connections, NULL),
+              "the jump host kept a locked user's connection open");
+    cr_assert(event_has("client.disconnect"));
+    kill(-holder_pid, SIGKILL);
+    waitpid(holder_pid, NULL, 0);
+    close(holder);
     st = ssh_jump(cfg, "alice", dest, "echo hi", &r);
     cr_assert_neq(st, 0);
     cr_assert_str_eq(r.out, "");
