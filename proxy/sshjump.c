@@ -57,6 +57,10 @@
 #define MAX_USER 255
 #define REFUSED_LOG_EVERY_MS 10000
 #define LOCK_RECHECK_MS 1000
+/* An authenticated connection with no channel this long is closed: a jump host's
+ * connections exist for their tunnels, and the connection cap must not fill up with
+ * forgotten ones. */
+#define IDLE_NO_CHANNEL_MS (5 * 60 * 1000)
 /* Client bytes held for a node that does not read: past this the channel is not read
  * and the client's window closes. */
 #define INBUF_CAP (512 * 1024)
@@ -148,6 +152,7 @@ struct jstate {
     struct jchan *chans;
     unsigned n_chans;
     uint64_t next_lock_check;
+    uint64_t last_busy_mono; /* the last time a channel was open */
     char close_reason[WHY * 2];
     /* The pump's scratch buffer. Not thread-local: static TLS is reserved in every
      * thread of the process, whose stacks are small (256 KiB for the hash pool's). */
@@ -723,6 +728,14 @@ static bool must_close(struct jstate *cs)
         return true;
     }
     uint64_t now = rp_mono_ms();
+    if (cs->n_chans > 0)
+        cs->last_busy_mono = now;
+    else if (now - cs->last_busy_mono >= IDLE_NO_CHANNEL_MS) {
+        snprintf(cs->close_reason, sizeof cs->close_reason,
+                 "raftport proxy: no channel for %d s: closing (this is a jump host: use ssh -J)",
+                 IDLE_NO_CHANNEL_MS / 1000);
+        return true;
+    }
     if (now >= cs->next_lock_check) {
         cs->next_lock_check = now + LOCK_RECHECK_MS;
         char why[WHY];
@@ -744,6 +757,7 @@ static void channel_loop(struct jstate *cs)
     struct jchan **owner = NULL;
     unsigned char *what = NULL;
     cs->next_lock_check = rp_mono_ms() + LOCK_RECHECK_MS;
+    cs->last_busy_mono = rp_mono_ms();
     for (;;) {
         if (must_close(cs))
             break;

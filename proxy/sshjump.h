@@ -30,9 +30,9 @@
  * thread each is affordable. Of them at most max_unauthenticated (64) may be
  * unauthenticated; each has auth_deadline_ms to authenticate (libssh 0.10 never
  * answers a bad signature, so without it a client could hang a thread forever) and
- * at most 10 authentication attempts. A connection has at most 64 channels. Locks are
- * re-checked every second on authenticated connections: a lock that applies
- * disconnects them. */
+ * at most 10 authentication attempts. A connection has at most 64 channels, and one
+ * without any channel for 5 minutes is closed. Locks are re-checked every second on
+ * authenticated connections: a lock that applies disconnects them. */
 #ifndef RP_PROXY_SSHJUMP_H
 #define RP_PROXY_SSHJUMP_H
 
