@@ -39,6 +39,7 @@
 #include "proxy/sshjump.h"
 #include "tests/lib/agent_proc.h"
 #include "tests/lib/cluster.h"
+#include "tests/lib/proxy_proc.h"
 
 /* ---- audit events the jump host emitted (msgpack maps, searched as bytes) ------------- */
 
@@ -544,87 +545,6 @@ Test(sshjump, refusals_at_the_jump_host_name_their_reason)
 
 /* ---- the same through a real proxy process (`raftport start --roles=proxy`) ---------- */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-              getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static pid_t proxy_pid;
-static char proxy_log[600];
-
-static bool proxy_log_has(void *needle)
-{
-    char *text = NULL;
-    size_t n = 0;
-    if (rp_read_file(proxy_log, 16 << 20, &text, &n) != 0)
-        return false;
-    bool found = strstr(text, needle) != NULL;
-    free(text);
-    return found;
-}
-
-/* A proxy joined with a proxy token, its jump host on 127.0.0.1:@jump_port. */
-static void start_proxy_process(int jump_port, char *data_dir, size_t n)
-{
-    char token[128], cfg_text[2048], cfg[600], exe[600];
-    cl_add_token(1, "proxy", NULL, token, sizeof token);
-    snprintf(data_dir, n, "%s/proxy1", CL->dir);
-    snprintf(cfg_text, sizeof cfg_text,
-             "version: v3\nteleport:\n  nodename: proxy1\n  data_dir: %s\n"
-             "  auth_servers: [%s]\n  ca_pin: %s\n"
-             "  join_params: {token_name: %s, method: token}\n"
-             "proxy_service:\n  enabled: yes\n  web_listen_addr: 127.0.0.1:%d\n"
-             "  tunnel_listen_addr: 127.0.0.1:%d\n  listen_addr: 127.0.0.1:%d\n",
-             data_dir, CL->nodes[1].api_addr, CL->ca_pin, token, free_port(), free_port(),
-             jump_port);
-    cl_write_file("proxy1.yaml", cfg_text, cfg, sizeof cfg);
-    snprintf(proxy_log, sizeof proxy_log, "%s/proxy1.log", CL->dir);
-    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
-    int fd = open(proxy_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    cr_assert(fd >= 0);
-    fflush(NULL);
-    proxy_pid = fork();
-    if (proxy_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        char *argv[] = {"raftport", "start", "--roles=proxy", "-c", cfg, NULL};
-        execv(exe, argv);
-        _exit(127);
-    }
-    close(fd);
-    cr_assert(proxy_pid > 0);
-    bool up = wait_until(30000, proxy_log_has, "SSH jump host listening");
-    if (!up) {
-        char *text = NULL;
-        size_t len = 0;
-        rp_read_file(proxy_log, 1 << 20, &text, &len);
-        fprintf(stderr, "---- %s ----\n%s\n", proxy_log, text ? text : "");
-        free(text);
-    }
-    cr_assert(up, "the proxy did not start its jump host");
-}
-
-static void stop_proxy_process(void)
-{
-    if (proxy_pid > 0) {
-        kill(proxy_pid, SIGTERM);
-        int st = 0;
-        for (int i = 0; i < 100 && waitpid(proxy_pid, &st, WNOHANG) == 0; i++)
-            cl_sleep_ms(100);
-        kill(proxy_pid, SIGKILL);
-        waitpid(proxy_pid, &st, 0);
-        proxy_pid = 0;
-    }
-}
-
 static bool node_routable(void *cfg)
 {
     struct cl_run r;
@@ -641,10 +561,17 @@ Test(sshjump, through_the_proxy_process_ssh_J_reaches_the_node_by_its_routes)
     /* The in-process jump host only gave the known_hosts file its shape: this test's
      * jump host is the proxy's own, with the key of the proxy's join. */
     stop_jump_host();
-    int port = free_port();
-    char dir[600], pubpath[700];
-    start_proxy_process(port, dir, sizeof dir);
-    agent_key_path(dir, "ssh_host_key.pub", pubpath, sizeof pubpath);
+    char token[128];
+    cl_add_token(1, "proxy", NULL, token, sizeof token);
+    px_prepare(1, token, NULL);
+    px_spawn(1);
+    bool up = px_wait_ready(1, 30000) && px_wait_log(1, "SSH jump host listening", 10000);
+    if (!up)
+        px_print_log_tail(1, 30);
+    cr_assert(up, "the proxy did not start its jump host");
+    int port = atoi(strrchr(PX[1].ssh_addr, ':') + 1);
+    char pubpath[700];
+    agent_key_path(PX[1].dir, "ssh_host_key.pub", pubpath, sizeof pubpath);
     char *pub = read_all(pubpath);
     char *kh = NULL;
     cr_assert_eq(run_tctl(1, &kh, "nodes", "ls", "--format=known_hosts", NULL), 0);
@@ -681,7 +608,7 @@ Test(sshjump, through_the_proxy_process_ssh_J_reaches_the_node_by_its_routes)
     cr_assert(strstr(r.err, "raftport proxy: cannot reach node1:22"), "stderr: %s", r.err);
     cr_assert_str_eq(r.out, "");
     cl_run_free(&r);
-    stop_proxy_process();
+    px_stop_all();
     ag_stop_all();
     cluster_pass();
 }
