@@ -162,12 +162,14 @@ struct jstate {
 
 /* ---- audit ------------------------------------------------------------------------ */
 
+/* A proxy emits only its refusals (auth accepts "auth" and "session.rejected" from a
+ * Proxy identity): what a tunnel carries is the user's session with the node, which the
+ * node audits itself. Tunnels opened and closed go to the log. */
+
 struct jev {
     const char *event, *code;
     const char *k[6];
     const char *v[6];
-    const char *ik[2];
-    int64_t iv[2];
 };
 
 static void jump_emit(struct jstate *cs, const struct jev *ev)
@@ -196,8 +198,6 @@ static void jump_emit(struct jstate *cs, const struct jev *ev)
     rp_mp_map_str(&m, "login", cs->login);
     for (size_t i = 0; i < 6 && ev->k[i] != NULL; i++)
         rp_mp_map_str(&m, ev->k[i], ev->v[i] ? ev->v[i] : "");
-    for (size_t i = 0; i < 2 && ev->ik[i] != NULL; i++)
-        rp_mp_map_i64(&m, ev->ik[i], ev->iv[i]);
     rp_mp_map_end(&m);
     if (b.data != NULL && s->emit(s->emit_arg, b.data, b.len) != 0)
         rp_warn(JUMP_LOG, "audit event %s could not be emitted: %s", ev->event, rp_errmsg());
@@ -510,8 +510,6 @@ static int on_message(ssh_session ses, ssh_message msg, void *ud)
                 h->fd = fd;
                 snprintf(h->target, sizeof h->target, "%s", target);
                 chan_set_callbacks(h);
-                struct jev ev = {.event = "port", .code = "T3003I", .k = {"addr"}, .v = {target}};
-                jump_emit(cs, &ev);
                 rp_info(JUMP_LOG, "%s from %s: tunnel to %s", cs->g.user, cs->c->remote, target);
                 return 0;
             }
@@ -692,13 +690,11 @@ static void sweep(struct jstate *cs)
         }
         if (h->fd >= 0) {
             close(h->fd);
-            struct jev ev = {.event = "session.data",
-                             .code = "T2006I",
-                             .k = {"addr"},
-                             .v = {h->target},
-                             .ik = {"tx", "rx"},
-                             .iv = {(int64_t)h->tx, (int64_t)h->rx}};
-            jump_emit(cs, &ev);
+            rp_info(JUMP_LOG,
+                    "%s from %s: tunnel to %s closed (%llu bytes to the client, %llu "
+                    "from it)",
+                    cs->g.user, cs->c->remote, h->target, (unsigned long long)h->tx,
+                    (unsigned long long)h->rx);
         }
         rp_buf_free(&h->inbuf);
         rp_buf_free(&h->outpend);
@@ -903,11 +899,6 @@ static void *conn_main(void *arg)
     if (cs->close_reason[0] != '\0') {
         rp_info(JUMP_LOG, "closing %s from %s: %s", cs->g.user, c->remote, cs->close_reason);
         ssh_session_set_disconnect_message(cs->ses, cs->close_reason);
-        struct jev ev = {.event = "client.disconnect",
-                         .code = "T3006I",
-                         .k = {"reason"},
-                         .v = {cs->close_reason}};
-        jump_emit(cs, &ev);
     }
     close_all(cs);
     /* The disconnect message is small: let it go out before the socket closes, but
