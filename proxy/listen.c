@@ -190,16 +190,9 @@ __attribute__((weak)) void px_web_stop(struct proxy *p)
     (void)p;
 }
 
-__attribute__((weak)) int px_sshjump_start(struct proxy *p)
-{
-    (void)p;
-    return 0;
-}
-
-__attribute__((weak)) void px_sshjump_stop(struct proxy *p)
-{
-    (void)p;
-}
+/* No weak px_sshjump_start/stop: proxy/sshjump_proxy.c defines them, and a weak
+ * default here would satisfy proxy.c's reference so that the static link might never
+ * take that archive member. */
 
 /* ---- the pending list ------------------------------------------------------------------- */
 
