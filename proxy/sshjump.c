@@ -256,7 +256,9 @@ static int on_auth_pubkey(ssh_session ses, const char *user, struct ssh_key_stru
 {
     struct jstate *cs = ud;
     char why[WHY];
-    snprintf(cs->login, sizeof cs->login, "%s", user ? user : "");
+    /* Only a name that passes valid_user is ever quoted (logs, audit). */
+    bool user_ok = user != NULL && valid_user(user);
+    snprintf(cs->login, sizeof cs->login, "%s", user_ok ? user : "(invalid)");
     if (state != SSH_PUBLICKEY_STATE_NONE && state != SSH_PUBLICKEY_STATE_VALID)
         return SSH_AUTH_DENIED;
     if (++cs->auth_attempts > MAX_AUTH_ATTEMPTS) {
@@ -264,7 +266,7 @@ static int on_auth_pubkey(ssh_session ses, const char *user, struct ssh_key_stru
             audit_auth_refusal(cs, NULL, "too many authentication attempts");
         return SSH_AUTH_DENIED;
     }
-    if (user == NULL || !valid_user(user)) {
+    if (!user_ok) {
         audit_auth_refusal(cs, NULL, "the user name is empty, too long or not printable");
         return SSH_AUTH_DENIED;
     }
@@ -467,13 +469,15 @@ static int on_message(ssh_session ses, ssh_message msg, void *ud)
     int port = ssh_message_channel_request_open_destination_port(msg);
     struct px_sshjump *s = cs->s;
     char target[300], why[WHY];
-    snprintf(target, sizeof target, "%.255s:%d", host ? host : "", port);
+    /* Only a host that passes valid_host is ever quoted (logs, audit, the client). */
+    bool host_ok = valid_host(host);
+    snprintf(target, sizeof target, "%.255s:%d", host_ok ? host : "(invalid host)", port);
     /* Refusing with an SSH disconnect tells the client why (OpenSSH prints it); a
      * bare open failure would not. Other channels of the connection must not pay
      * for it, so then only this one is refused. */
     bool alone = open_channels(cs) == 0;
     int rv;
-    if (!valid_host(host) || port <= 0 || port > 65535) {
+    if (!host_ok || port <= 0 || port > 65535) {
         snprintf(why, sizeof why, "the destination %s is not HOST:PORT", target);
         rv = RP_EINVAL;
     } else if (atomic_load(&cs->c->stop)) {
