@@ -44,6 +44,12 @@ void px_listen_stats(struct px_listen *l, struct px_listen_stats *out);
 
 /* ---- the process (proxy/proxy.c) ------------------------------------------------------- */
 
+/* The cluster TLS CA (borrowed; valid while the proxy runs). */
+X509 *proxy_ca(struct proxy *p);
+/* A reference on the proxy's own client TLS context (SSL_CTX_free it). */
+SSL_CTX *proxy_client_ctx(struct proxy *p);
+/* The proxy's data_dir key file paths. */
+void proxy_key_path(struct proxy *p, const char *file, char *out, size_t outlen);
 /* The auth servers the configuration names. */
 size_t proxy_auth_addrs(struct proxy *p, const char *const **out);
 

@@ -179,21 +179,6 @@ __attribute__((weak)) int px_tunnels_dial(struct px_tunnels *t, const char *host
     return rp_err(RP_ENOTFOUND, "node %s has no reverse tunnel to this proxy", host_id);
 }
 
-__attribute__((weak)) int px_web_start(struct proxy *p)
-{
-    (void)p;
-    return 0;
-}
-
-__attribute__((weak)) void px_web_stop(struct proxy *p)
-{
-    (void)p;
-}
-
-/* No weak px_sshjump_start/stop: proxy/sshjump_proxy.c defines them, and a weak
- * default here would satisfy proxy.c's reference so that the static link might never
- * take that archive member. */
-
 /* ---- the pending list ------------------------------------------------------------------- */
 
 static void unlist_locked(struct px_listen *o, struct pending *pd)

@@ -62,27 +62,6 @@ int proxy_run_blocking(struct proxy *p, void (*fn)(void *arg), void *arg);
  * on auth. Thread-safe. */
 int proxy_emit(struct proxy *p, const void *event, size_t len);
 
-/* The cluster TLS CA (borrowed; valid while the proxy runs). */
-X509 *proxy_ca(struct proxy *p);
-/* A reference on the proxy's own client TLS context, its Proxy identity (SSL_CTX_free
- * it). */
-SSL_CTX *proxy_client_ctx(struct proxy *p);
-/* The path of @file under the proxy's data_dir/keys (node.crt, node.key: its X.509
- * identity; ca.crt; ssh_host_key, ssh_host_key.pub, ssh_host_key-cert.pub: its SSH host
- * key and certificate; user_ca.pub, host_ca.pub) into @out. */
-void proxy_key_path(struct proxy *p, const char *file, char *out, size_t outlen);
-
-/* ---- optional services ---------------------------------------------------------------- */
-
-/* Started by proxy_main once the loops run, in this order, and stopped in the reverse
- * order before the loops stop: the web API's own state (proxy/web.c) and the SSH jump
- * listener (proxy/sshjump.c). A start that fails stops the proxy with its message.
- * Weak defaults (proxy/listen.c) do nothing, for a build without the module. */
-int px_web_start(struct proxy *p);
-void px_web_stop(struct proxy *p);
-int px_sshjump_start(struct proxy *p);
-void px_sshjump_stop(struct proxy *p);
-
 /* ---- routing (proxy/route.c) ------------------------------------------------------------ */
 
 /* A node a session may go to, found in the cache. Strings owned by the struct. */

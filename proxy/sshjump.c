@@ -1306,7 +1306,7 @@ size_t px_sshjump_connections(struct px_sshjump *j)
     return n;
 }
 
-void px_sshjump_close(struct px_sshjump *s)
+void px_sshjump_stop(struct px_sshjump *s)
 {
     if (s == NULL)
         return;

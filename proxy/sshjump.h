@@ -76,14 +76,17 @@ struct px_sshjump_opts {
 
 /* Loads the host key, binds, starts the listener thread. Strings of @o are copied,
  * the authority's and callbacks' args borrowed. *@out is the caller's, released by
- * px_sshjump_close. */
+ * px_sshjump_stop. */
 int px_sshjump_start_opts(struct px_sshjump **out, const struct px_sshjump_opts *o);
 
-/* The proxy process's jump host is started and stopped through the hooks of
- * proxy/proxy.h, px_sshjump_start(p) and px_sshjump_stop(p) (proxy/sshjump_proxy.c):
- * proxy_service.listen_addr, the host key of the proxy's join (keys/ssh_host_key),
- * trust from proxy_cache(p), routes through proxy_route_find (login NULL) and
- * proxy_route_dial, audit through proxy_emit, the auth deadline of proxy_config(p). */
+/* The jump host of the proxy @p (proxy/sshjump_proxy.c): trust from proxy_cache(p),
+ * routes through proxy_route_find (login NULL: any login the roles allow on the node)
+ * and proxy_route_dial, audit through proxy_emit, the auth deadline of
+ * proxy_config(p). @listen_addr: proxy_service.listen_addr (NULL: 0.0.0.0:3023);
+ * @host_key_path: the Ed25519 host key of the proxy's join (keys/ssh_host_key).
+ * Released by px_sshjump_stop. */
+int px_sshjump_start(struct px_sshjump **out, struct proxy *p, const char *listen_addr,
+                     const char *host_key_path);
 
 /* The port it listens on (useful with port 0). */
 int px_sshjump_port(const struct px_sshjump *j);
@@ -92,6 +95,6 @@ size_t px_sshjump_connections(struct px_sshjump *j);
 
 /* Stops accepting, closes every connection (their tunnels with them) and waits for
  * their threads; frees @j (NULL is fine). */
-void px_sshjump_close(struct px_sshjump *j);
+void px_sshjump_stop(struct px_sshjump *j);
 
 #endif

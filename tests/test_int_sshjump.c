@@ -231,7 +231,7 @@ static void start_jump_host(void)
 
 static void stop_jump_host(void)
 {
-    px_sshjump_close(J.jump);
+    px_sshjump_stop(J.jump);
     J.jump = NULL;
     agent_follow_stop(J.follow);
     agent_cache_free(J.cache);
@@ -725,7 +725,7 @@ Test(sshjump_bounds, the_auth_deadline_cuts_an_idle_unauthenticated_client)
     cr_assert(took >= 1400, "cut after %llu ms, before the deadline", (unsigned long long)took);
     close(fd);
     cr_assert(wait_until(3000, event_has_pred, "authentication did not finish within 1500 ms"));
-    px_sshjump_close(j);
+    px_sshjump_stop(j);
 }
 
 static bool conns_are(void *arg)
@@ -756,5 +756,5 @@ Test(sshjump_bounds, unauthenticated_connections_beyond_the_cap_are_closed_at_on
     close(again);
     for (int i = 1; i < 4; i++)
         close(fds[i]);
-    px_sshjump_close(j);
+    px_sshjump_stop(j);
 }
