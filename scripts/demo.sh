@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Starts (or stops) a local 3-node auth cluster and one node agent on 127.0.0.1.
+# Starts (or stops) a local 3-node auth cluster, a proxy and one node agent on 127.0.0.1.
 #   scripts/demo.sh start   configs in demo/auth<N>.yaml, pids in demo/auth<N>.pid,
-#                           logs in demo/auth<N>.log, data in demo/auth<N>/; the node
-#                           agent's in demo/node1.{yaml,pid,log} and demo/node1/; a user
-#                           named after the current Unix user, with its key and
-#                           certificate in demo/<user> and demo/<user>-cert.pub
+#                           logs in demo/auth<N>.log, data in demo/auth<N>/; the proxy's
+#                           in demo/proxy.{yaml,pid,log} and demo/proxy/ (web 3080, tunnels
+#                           3024, SSH jump host 3023); the node agent's in
+#                           demo/node1.{yaml,pid,log} and demo/node1/: it joins through the
+#                           proxy and is reached through its reverse tunnel; a user named
+#                           after the current Unix user, with that login, its generated
+#                           password in demo/<user>.password (0600)
 #   scripts/demo.sh stop
 # Running start twice is harmless: members already running are left alone.
 set -euo pipefail
@@ -16,7 +19,11 @@ API_PORTS=(3025 3125 3225)
 RAFT_PORTS=(3030 3130 3230)
 TCTL="$BUILD/tctl"
 
-NODE_PORT=3022
+WEB_PORT=3080
+TUNNEL_PORT=3024
+JUMP_PORT=3023
+PROXY=127.0.0.1:$WEB_PORT
+TSH="$BUILD/tsh"
 ME=$(id -un)
 
 # Alive and not a zombie (kill -0 succeeds on a zombie that nobody reaped yet).
@@ -56,26 +63,67 @@ start_member() {
   echo $! > "$DEMO/auth$i.pid"
 }
 
-# The node agent joins with a node token on its first start (the token then stays
-# unused in its config: the agent has its credentials in demo/node1/).
+token_and_pin() { # $1: token type; prints "TOKEN PIN"
+  local js
+  js=$("$TCTL" -c "$DEMO/auth1.yaml" tokens add --type="$1" --ttl=10m --format=json)
+  printf '%s %s\n' "$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")" \
+    "$(sed -nE 's/.*"ca_pin": "([^"]+)".*/\1/p' <<<"$js")"
+}
+
+# The proxy joins with a proxy token on its first start (the token then stays unused
+# in its config: the proxy has its credentials in demo/proxy/).
+start_proxy() {
+  if running proxy; then return 0; fi
+  for p in $WEB_PORT $TUNNEL_PORT $JUMP_PORT; do
+    if port_busy "$p"; then
+      echo "demo: port $p on 127.0.0.1 is taken by another program; stop it or run make demo-stop" >&2
+      exit 1
+    fi
+  done
+  if [ ! -f "$DEMO/proxy.yaml" ]; then
+    local token pin
+    read -r token pin < <(token_and_pin proxy)
+    ( umask 077
+      cat >"$DEMO/proxy.yaml" <<YAML
+version: v3
+teleport:
+  nodename: proxy
+  data_dir: $DEMO/proxy
+  auth_servers: [127.0.0.1:${API_PORTS[0]}, 127.0.0.1:${API_PORTS[1]}, 127.0.0.1:${API_PORTS[2]}]
+  ca_pin: $pin
+  join_params:
+    token_name: $token
+    method: token
+  log:
+    output: stderr
+    severity: INFO
+proxy_service:
+  enabled: yes
+  web_listen_addr: 127.0.0.1:$WEB_PORT
+  tunnel_listen_addr: 127.0.0.1:$TUNNEL_PORT
+  listen_addr: 127.0.0.1:$JUMP_PORT
+  public_addr: 127.0.0.1:$WEB_PORT
+YAML
+    )
+  fi
+  nohup "$BUILD/raftport" start --roles=proxy -c "$DEMO/proxy.yaml" >>"$DEMO/proxy.log" 2>&1 </dev/null &
+  echo $! > "$DEMO/proxy.pid"
+}
+
+# The node agent joins through the proxy with a node token and keeps a reverse tunnel
+# to it: it listens on no port of its own.
 start_node() {
   if running node1; then return 0; fi
-  if port_busy "$NODE_PORT"; then
-    echo "demo: port $NODE_PORT on 127.0.0.1 is taken by another program; stop it or run make demo-stop" >&2
-    exit 1
-  fi
   if [ ! -f "$DEMO/node1.yaml" ]; then
-    local js token pin
-    js=$("$TCTL" -c "$DEMO/auth1.yaml" tokens add --type=node --ttl=10m --format=json)
-    token=$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")
-    pin=$(sed -nE 's/.*"ca_pin": "([^"]+)".*/\1/p' <<<"$js")
+    local token pin
+    read -r token pin < <(token_and_pin node)
     ( umask 077
       cat >"$DEMO/node1.yaml" <<YAML
 version: v3
 teleport:
   nodename: node1
   data_dir: $DEMO/node1
-  auth_servers: [127.0.0.1:${API_PORTS[0]}, 127.0.0.1:${API_PORTS[1]}, 127.0.0.1:${API_PORTS[2]}]
+  proxy_server: $PROXY
   ca_pin: $pin
   join_params:
     token_name: $token
@@ -85,7 +133,6 @@ teleport:
     severity: INFO
 ssh_service:
   enabled: yes
-  listen_addr: 127.0.0.1:$NODE_PORT
   labels:
     env: demo
   commands:
@@ -99,16 +146,34 @@ YAML
   echo $! > "$DEMO/node1.pid"
 }
 
+proxy_listed() { "$TCTL" -c "$DEMO/auth1.yaml" get proxy 2>/dev/null | grep -q 'hostname: proxy'; }
 node_listed() { "$TCTL" -c "$DEMO/auth1.yaml" nodes ls --format=json | grep -q '"hostname": "node1"'; }
 
-# A user whose login is the current Unix user, and a key and certificate for it.
+# A user whose login is the current Unix user, with the roles to reach nodes (access)
+# and to replay recordings (auditor), and a generated password in demo/<user>.password
+# (0600), set by redeeming the user's invite through the proxy. A run after the first
+# keeps the user and its password.
 demo_user() {
-  if ! "$TCTL" -c "$DEMO/auth1.yaml" get "user/$ME" >/dev/null 2>&1; then
-    "$TCTL" -c "$DEMO/auth1.yaml" users add "$ME" --roles=access --logins="$ME" >/dev/null
+  if [ -s "$DEMO/$ME.password" ] && "$TCTL" -c "$DEMO/auth1.yaml" get "user/$ME" >/dev/null 2>&1; then
+    return 0
   fi
-  ( umask 077; "$TCTL" -c "$DEMO/auth1.yaml" auth sign --user="$ME" --ttl=8h -o "$DEMO/$ME" >/dev/null )
-  "$TCTL" -c "$DEMO/auth1.yaml" nodes ls --format=known_hosts >"$DEMO/known_hosts"
+  "$TCTL" -c "$DEMO/auth1.yaml" users rm "$ME" >/dev/null 2>&1 || true
+  local out invite
+  out=$("$TCTL" -c "$DEMO/auth1.yaml" users add "$ME" --roles=access,auditor --logins="$ME,root")
+  invite=$(grep -oE '[0-9a-f]{32,}' <<<"$out" | head -n 1)
+  if [ -z "$invite" ]; then
+    echo "demo: tctl users add printed no invite token:" >&2; echo "$out" >&2; exit 1
+  fi
+  ( umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$DEMO/$ME.password" )
+  if ! "$TSH" login --proxy="$PROXY" --user="$ME" --ca-pin="$(ca_pin)" --invite="$invite" --no-otp \
+      <"$DEMO/$ME.password" >/dev/null; then
+    echo "demo: setting the password of $ME through the proxy failed (see $DEMO/proxy.log)" >&2
+    exit 1
+  fi
+  "$TSH" logout --proxy="$PROXY" >/dev/null 2>&1 || true
 }
+
+ca_pin() { "$TCTL" -c "$DEMO/auth1.yaml" status | sed -nE 's/^CA pin(s)?:[[:space:]]*(sha256:[0-9a-f]+).*/\2/p' | head -n 1; }
 
 any_status() {
   for i in $(seq 1 $N); do "$TCTL" -c "$DEMO/auth$i.yaml" status >/dev/null 2>&1 && return 0; done
@@ -136,6 +201,10 @@ start() {
     "$TCTL" -c "$DEMO/auth1.yaml" status >&2 || true
     exit 1
   fi
+  start_proxy
+  if ! wait_for 30 proxy_listed; then
+    die_with_logs "the proxy did not show in tctl get proxy within 30s" "$DEMO/proxy.log"
+  fi
   start_node
   if ! wait_for 30 node_listed; then
     die_with_logs "the node agent did not show in tctl nodes ls within 30s" "$DEMO/node1.log"
@@ -145,22 +214,32 @@ start() {
   echo
   "$TCTL" -c "$DEMO/auth1.yaml" nodes ls
   echo
-  echo "The demo cluster and node1 run in the background. Try:"
-  echo "  ssh -i $DEMO/$ME -o CertificateFile=$DEMO/$ME-cert.pub -o UserKnownHostsFile=$DEMO/known_hosts -p $NODE_PORT $ME@127.0.0.1 echo hi"
+  echo "The demo cluster, its proxy ($PROXY) and node1 (through its reverse tunnel) run in"
+  echo "the background. User $ME has the password in $DEMO/$ME.password. Try:"
+  echo "  $TSH login --proxy=$PROXY --user=$ME --ca-pin=$(ca_pin) < $DEMO/$ME.password"
+  echo "  $TSH ls"
+  echo "  $TSH ssh $ME@node1 echo hi"
+  echo "  $TSH ssh $ME@node1            # a shell; its recording: $TSH recordings ls, $TSH play ID"
+  echo "  $TSH scp README.md $ME@node1:/tmp/README.md && $TSH scp $ME@node1:/tmp/README.md /tmp/back.md"
   echo "  $TCTL -c $DEMO/auth1.yaml events ls"
   echo "  $TCTL -c $DEMO/auth1.yaml recordings ls"
   echo "  $TCTL -c $DEMO/auth1.yaml nodes ls --format=json"
   echo "Stop it with: make demo-stop"
 }
 
-stop() {
-  if running node1; then
-    kill -TERM "$(cat "$DEMO/node1.pid")" 2>/dev/null || true
-    pid=$(cat "$DEMO/node1.pid")
+stop_proc() { # $1: node1 or proxy
+  if running "$1"; then
+    kill -TERM "$(cat "$DEMO/$1.pid")" 2>/dev/null || true
+    pid=$(cat "$DEMO/$1.pid")
     wait_for 40 bash -c "! kill -0 $pid 2>/dev/null || grep -q '^State:[[:space:]]*Z' /proc/$pid/status" ||
       kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$DEMO/node1.pid"
+  rm -f "$DEMO/$1.pid"
+}
+
+stop() {
+  stop_proc node1
+  stop_proc proxy
   for i in $(seq 1 $N); do
     if running "$i"; then kill -TERM "$(cat "$DEMO/auth$i.pid")" 2>/dev/null || true; fi
   done
