@@ -304,11 +304,26 @@ Test(proxy, joins_with_a_proxy_token_and_heartbeats_its_presence)
     cr_assert_eq(rp_identity_from_cert(SSL_get0_peer_certificate(ssl), &id), 0);
     cr_assert_eq(id.system_role, RP_SYS_PROXY);
     rp_identity_free(&id);
-    tls_close(ssl);
-    SSL_CTX_free(ctx);
-    /* SIGTERM stops it cleanly. */
+    /* SIGTERM stops it cleanly, also while it holds connections in every state: this
+     * TLS one waiting for its dial frame, a silent TCP one, and a pass-through to auth
+     * (under AddressSanitizer, px_stop_all then finds no leak report in its log). */
+    int silent = tcp_connect_from(NULL, PX[1].web_addr);
+    char alpn[128];
+    int an = snprintf(alpn + 1, sizeof alpn - 1, "teleport-auth@%s", CL->cluster_name);
+    alpn[0] = (char)an;
+    SSL_CTX *pctx = client_ctx(NULL, (const unsigned char *)alpn, (size_t)an + 1);
+    const char *addrs[1] = {PX[1].web_addr};
+    struct auth_client *c = NULL;
+    struct auth_ping ping;
+    cr_assert_eq(auth_client_new(&c, pctx, addrs, 1), 0);
+    cr_assert_eq(auth_client_ping(c, &ping), 0, "ping through the pass-through: %s", rp_errmsg());
     int st = px_term(1, 10000);
     cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+    auth_client_free(c);
+    SSL_CTX_free(pctx);
+    close(silent);
+    tls_close(ssl);
+    SSL_CTX_free(ctx);
     cluster_pass();
 }
 
