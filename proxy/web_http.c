@@ -80,14 +80,16 @@ static int on_url(http_parser *hp, const char *at, size_t n)
 static int on_header_field(http_parser *hp, const char *at, size_t n)
 {
     struct px_http *h = of(hp);
-    if (count_head(h, n + 4)) /* ": " and CRLF */
-        return 1;
     if (h->field_done) { /* a new header begins */
         if (++h->n_headers > PX_WEB_HEADERS_MAX)
             return refuse(h, 431, "the request has more than 40 header lines");
+        if (count_head(h, 4)) /* ": " and CRLF */
+            return 1;
         h->field_len = 0;
         h->field_done = false;
     }
+    if (count_head(h, n))
+        return 1;
     for (size_t i = 0; i < n && h->field_len + 1 < sizeof h->field; i++)
         h->field[h->field_len++] = (char)tolower((unsigned char)at[i]);
     h->field[h->field_len] = '\0';
