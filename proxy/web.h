@@ -62,7 +62,8 @@ struct px_http {
     size_t field_len;
     bool field_done; /* the name is complete: value bytes follow */
     size_t path_len;
-    int err_status; /* 400, 413, 414, 431 */
+    char expect[16]; /* the Expect header's value, cut */
+    int err_status;  /* 400, 413, 414, 431 */
     char err_msg[160];
     struct px_web_req req;
 };

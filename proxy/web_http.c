@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "lib/errors.h"
 #include "proxy/web.h"
@@ -54,6 +55,7 @@ static void reset_request(struct px_http *h)
     h->req.version[0] = '\0';
     h->req.version_too_long = false;
     h->req.expect_continue = false;
+    h->expect[0] = '\0';
     h->req.keep_alive = false;
     h->req.body.len = 0;
 }
@@ -119,8 +121,9 @@ static int on_header_value(http_parser *hp, const char *at, size_t n)
     if (strcmp(h->field, "x-raftport-version") == 0) {
         append_bounded(h->req.version, sizeof h->req.version, at, n, &h->req.version_too_long);
     } else if (strcmp(h->field, "expect") == 0) {
-        if (n == 12 && strncasecmp(at, "100-continue", 12) == 0)
-            h->req.expect_continue = true;
+        bool too_long = false;
+        append_bounded(h->expect, sizeof h->expect, at, n, &too_long);
+        h->req.expect_continue = !too_long && strcasecmp(h->expect, "100-continue") == 0;
     }
     return 0;
 }

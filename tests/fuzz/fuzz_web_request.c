@@ -42,8 +42,8 @@ static void serve(const struct px_web_req *req)
                                       "203.0.113.7:51000", &mp, user, sizeof user);
             FUZZ_CHECK(strlen(user) < sizeof user);
         } else if (ep == PX_WEB_INVITE_REDEEM) {
-            rv = px_web_invite_request((const char *)req->body.data, req->body.len,
-                                       "invite_redeem", "203.0.113.7:51000", &mp);
+            rv = px_web_invite_request((const char *)req->body.data, req->body.len, "invite_redeem",
+                                       "203.0.113.7:51000", &mp);
         }
         FUZZ_CHECK(rv == 0 || rv == RP_EINVAL);
         if (rv == 0 && mp.len > 0) {
