@@ -546,3 +546,35 @@ Test(proxy_web, an_oversized_head_gets_431_and_the_proxy_keeps_serving)
     px_stop_all();
     cluster_pass();
 }
+
+Test(proxy_web, docs_curl_examples_work)
+{
+    start_proxy();
+    cr_assert(cl_wait_presets(15000));
+    char tok[64];
+    add_user("alice", tok, sizeof tok);
+    char proxy[80], ca[600], token[80], work[600];
+    snprintf(proxy, sizeof proxy, "PROXY=%s", PX[1].web_addr);
+    snprintf(ca, sizeof ca, "CA=%s/keys/ca.crt", PX[1].dir);
+    snprintf(token, sizeof token, "TOKEN=%s", tok);
+    snprintf(work, sizeof work, "%s/curl-work", CL->dir);
+    cr_assert_eq(rp_mkdir_p(work, 0700), 0);
+    char workenv[620];
+    snprintf(workenv, sizeof workenv, "WORK=%s", work);
+    char *const argv[] = {"/usr/bin/env",
+                          proxy,
+                          ca,
+                          token,
+                          "PASSWORD=docs example password",
+                          workenv,
+                          "bash",
+                          "tests/fixtures/web-api-curl.sh",
+                          NULL};
+    struct cl_run r;
+    cl_run_argv(argv, 60000, &r);
+    cr_expect_eq(r.status, 0, "the examples of docs/web-api.md failed:\n%s\n%s", r.out, r.err);
+    cr_expect(strstr(r.out, "ok") != NULL, "%s", r.out);
+    cl_run_free(&r);
+    px_stop_all();
+    cluster_pass();
+}
