@@ -12,12 +12,17 @@
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <jansson.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth/client.h"
+#include "lib/conn.h"
 #include "lib/errors.h"
 #include "lib/mp.h"
 #include "lib/tls.h"
@@ -575,6 +580,94 @@ Test(proxy_web, docs_curl_examples_work)
     cr_expect_eq(r.status, 0, "the examples of docs/web-api.md failed:\n%s\n%s", r.out, r.err);
     cr_expect(strstr(r.out, "ok") != NULL, "%s", r.out);
     cl_run_free(&r);
+    px_stop_all();
+    cluster_pass();
+}
+
+/* A raw TLS connection to proxy 1 offering http/1.1 (no client certificate). */
+static SSL *raw_tls(SSL_CTX **ctx_out)
+{
+    char path[600];
+    X509 *ca = NULL;
+    snprintf(path, sizeof path, "%s/keys/ca.crt", CL->nodes[1].dir);
+    cr_assert_eq(rp_tls_read_cert(path, &ca), 0, "%s", rp_errmsg());
+    SSL_CTX *ctx = rp_tls_client_ctx(ca, NULL, NULL);
+    cr_assert_not_null(ctx, "%s", rp_errmsg());
+    X509_free(ca);
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    cr_assert_eq(rp_addr_parse(PX[1].web_addr, &ss, &len), 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    cr_assert_eq(SSL_connect(ssl), 1, "TLS to the proxy failed");
+    *ctx_out = ctx;
+    return ssl;
+}
+
+static void raw_free(SSL *ssl, SSL_CTX *ctx)
+{
+    int fd = SSL_get_fd(ssl);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+}
+
+/* Reads from @ssl until @n answers (by their Content-Length) are in @buf or @ms pass. */
+static int read_answers(SSL *ssl, char *buf, size_t cap, int n, int ms)
+{
+    size_t got = 0;
+    int done = 0;
+    uint64_t until = cl_now_ms() + (uint64_t)ms;
+    while (done < n && cl_now_ms() < until && got + 1 < cap) {
+        struct pollfd p = {SSL_get_fd(ssl), POLLIN, 0};
+        if (SSL_pending(ssl) == 0 && poll(&p, 1, 200) <= 0)
+            continue;
+        int k = SSL_read(ssl, buf + got, (int)(cap - 1 - got));
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+        buf[got] = '\0';
+        done = 0;
+        for (const char *h = buf; (h = strstr(h, "HTTP/1.1 ")) != NULL; h++) {
+            const char *cl = strstr(h, "Content-Length: "), *end = strstr(h, "\r\n\r\n");
+            if (cl == NULL || end == NULL || (size_t)(end + 4 - buf) + (size_t)atoi(cl + 16) > got)
+                break;
+            done++;
+        }
+    }
+    return done;
+}
+
+Test(proxy_web, keep_alive_serves_pipelined_requests_in_order_and_idle_connections_close)
+{
+    start_proxy();
+    SSL_CTX *ctx;
+    SSL *ssl = raw_tls(&ctx);
+    static const char two[] = "GET /webapi/ping HTTP/1.1\r\nHost: p\r\n\r\n"
+                              "GET /webapi/nosuch HTTP/1.1\r\nHost: p\r\n\r\n";
+    cr_assert_eq(SSL_write(ssl, two, sizeof two - 1), (int)(sizeof two - 1));
+    char buf[16384];
+    cr_assert_eq(read_answers(ssl, buf, sizeof buf, 2, 10000), 2, "answers: %s", buf);
+    char *first = strstr(buf, "HTTP/1.1 200 OK"), *second = strstr(buf, "HTTP/1.1 404");
+    cr_expect(first != NULL && second != NULL && first < second, "out of order: %s", buf);
+    cr_expect(strstr(buf, "Connection: keep-alive") != NULL);
+
+    /* The same connection, idle: closed by the proxy after 60 s (not before 50). */
+    uint64_t t0 = cl_now_ms();
+    bool closed = false;
+    while (!closed && cl_now_ms() - t0 < 90000) {
+        struct pollfd p = {SSL_get_fd(ssl), POLLIN, 0};
+        if (poll(&p, 1, 1000) > 0)
+            closed = SSL_read(ssl, buf, sizeof buf) <= 0;
+    }
+    uint64_t idle = cl_now_ms() - t0;
+    cr_expect(closed, "an idle connection was kept %llu ms", (unsigned long long)idle);
+    cr_expect(idle >= 50000, "closed after %llu ms of idleness", (unsigned long long)idle);
+    raw_free(ssl, ctx);
     px_stop_all();
     cluster_pass();
 }
