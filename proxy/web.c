@@ -89,6 +89,15 @@ static void emit_refusal(struct proxy *p, const char *type, const char *user, co
     struct rp_mp_map m;
     rp_buf_init(&ev);
     rp_mp_packer_init(&pk, &ev);
+    /* The user name comes from an anonymous body: auth refuses control characters in
+     * indexed fields (and would refuse the whole batch), so they become '?'. */
+    char who[256] = "";
+    for (size_t i = 0; user != NULL && user[i] != '\0' && i + 1 < sizeof who; i++) {
+        unsigned char ch = (unsigned char)user[i];
+        who[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+        who[i + 1] = '\0';
+    }
+    user = who;
     rp_mp_map_begin(&pk, &m);
     rp_mp_map_str(&m, "event", type);
     rp_mp_map_u64(&m, "time", rp_now_ms());
