@@ -118,6 +118,7 @@ struct px_listen {
         uint64_t last_ms;
     } garbage_log[GARBAGE_LOG_SLOTS];
     atomic_uint_fast64_t accepted, evicted, garbage, no_alpn, hs_failed, passthrough;
+    struct pipe *pipes; /* every pass-through connection (mu) */
     /* open pass-through connections per client address (mu) */
     struct addr_count *pipe_addrs[PIPE_ADDR_BUCKETS];
     size_t n_pipes;
@@ -418,6 +419,7 @@ struct half {
 };
 
 struct pipe {
+    struct pipe *prev, *next; /* owner->pipes */
     struct px_loop *loop;
     struct px_listen *owner;
     struct px_watch cw, aw; /* client, auth */
@@ -489,6 +491,14 @@ static void pipe_close(struct pipe *pp)
         close(pp->aw.fd);
     free(pp->c2a.buf);
     free(pp->a2c.buf);
+    pthread_mutex_lock(&pp->owner->mu);
+    if (pp->prev)
+        pp->prev->next = pp->next;
+    else
+        pp->owner->pipes = pp->next;
+    if (pp->next)
+        pp->next->prev = pp->prev;
+    pthread_mutex_unlock(&pp->owner->mu);
     pipe_release(pp->owner, pp->ip);
     px_loop_conn_del(pp->loop);
     free(pp);
@@ -694,6 +704,12 @@ static void start_passthrough(struct pending *pd)
     atomic_fetch_add(&o->passthrough, 1);
     pp->loop = l;
     pp->owner = o;
+    pthread_mutex_lock(&o->mu);
+    pp->next = o->pipes;
+    if (o->pipes)
+        o->pipes->prev = pp;
+    o->pipes = pp;
+    pthread_mutex_unlock(&o->mu);
     pp->cw.fd = fd;
     pp->cw.on_event = pipe_client_event;
     pp->aw.fd = -1;
@@ -1115,6 +1131,20 @@ void px_listen_stop(struct px_listen *o)
         if (o->ls[k].fd >= 0)
             close(o->ls[k].fd);
         o->ls[k].fd = -1;
+    }
+}
+
+void px_listen_close_all(struct px_listen *o)
+{
+    if (o == NULL)
+        return;
+    for (;;) {
+        pthread_mutex_lock(&o->mu);
+        struct pipe *pp = o->pipes;
+        pthread_mutex_unlock(&o->mu);
+        if (pp == NULL)
+            return;
+        pipe_close(pp);
     }
 }
 
