@@ -62,6 +62,8 @@
  *                 who: admins; users (user, update); route: leader
  *   invite_redeem {token, password, totp_secret?, totp_code?} -> {}
  *                 who: anyone (the invite decides); route: leader
+ *   invite_info   {token, stale?} -> {user, expires}: whose invite a token is
+ *                 who: anyone (the invite decides); route: read
  *   sign_user     {user, ssh_pubkey, tls_pubkey?, ttl_ms?} -> {ssh_cert, expires, tls_cert?,
  *                 tls_ca?, ssh_refused?}
  *                 who: admins; route: leader

@@ -101,6 +101,7 @@ static const struct auth_method methods[] = {
      .audit = "user.update"},
     {"invite_redeem", auth_h_invite_redeem, ANYONE, .route = AUTH_ROUTE_LEADER,
      .audit = "user.password_change"},
+    {"invite_info", auth_h_invite_info, ANYONE, .route = AUTH_ROUTE_READ},
     {"sign_user", auth_h_sign_user, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
     {"authenticate", auth_h_authenticate, ANYONE, .route = AUTH_ROUTE_OWN, .audit = "user.login"},
     {"sign_host", auth_h_sign_host, ADMINS, .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},

@@ -318,6 +318,8 @@ static void do_auth_call(struct web_job *j, const char *method)
             if (strcmp(rp_strerror(k), cbuf) == 0)
                 e = k;
         px_web_auth_failure(e, mbuf, &j->ans);
+    } else if (j->ep == PX_WEB_INVITE_INFO) {
+        px_web_invite_info_answer(&u.data, &j->ans);
     } else if (j->ep == PX_WEB_LOGIN) {
         void *host_ca, *user_ca;
         size_t host_n, user_n;
@@ -464,6 +466,9 @@ static void job_run(void *arg)
     case PX_WEB_INVITE_REDEEM:
         do_auth_call(j, "invite_redeem");
         break;
+    case PX_WEB_INVITE_INFO:
+        do_auth_call(j, "invite_info");
+        break;
     case PX_WEB_NODES:
         do_nodes(j);
         break;
@@ -560,6 +565,11 @@ static void handle_request(struct web_conn *w)
             px_web_answer_error(&a, rv == RP_EINVAL ? 400 : 503, "%s", rp_errmsg());
             emit_refusal(p, "user.login", j->user, w->addr, a.status == 400 ? rp_errmsg() : "busy",
                          NULL, 0);
+            goto answer;
+        }
+    } else if (ep == PX_WEB_INVITE_INFO) {
+        if ((rv = px_web_invite_info_request(req->path, w->addr, &j->req)) != 0) {
+            px_web_answer_error(&a, 400, "%s", rp_errmsg());
             goto answer;
         }
     } else if (ep == PX_WEB_INVITE_REDEEM) {

@@ -89,6 +89,7 @@ enum px_web_endpoint {
     PX_WEB_PING,          /* GET /webapi/ping */
     PX_WEB_LOGIN,         /* POST /webapi/ssh/certs */
     PX_WEB_INVITE_REDEEM, /* PUT /webapi/invite */
+    PX_WEB_INVITE_INFO,   /* GET /webapi/invite/TOKEN */
     PX_WEB_NODES,         /* GET /webapi/nodes: a user certificate required */
 };
 
@@ -141,6 +142,14 @@ int px_web_login_request(const char *body, size_t n, const char *method, const c
  * totp_code?, client_addr}. */
 int px_web_invite_request(const char *body, size_t n, const char *method, const char *client_addr,
                           struct rp_buf *out);
+
+/* The token of GET /webapi/invite/TOKEN (@path) turned into auth's invite_info request
+ * {token, client_addr}. RP_EINVAL when the token is not letters, digits, '-' or '_' (1 to
+ * 64 of them). */
+int px_web_invite_info_request(const char *path, const char *client_addr, struct rp_buf *out);
+/* invite_info's answer {user, expires} as {"user", "expires" (RFC 3339),
+ * "second_factor"}. */
+int px_web_invite_info_answer(const msgpack_object *ans, struct px_web_answer *a);
 
 /* Turns a failed auth call (its code @rv and message @msg) into the client's answer. */
 void px_web_auth_failure(int rv, const char *msg, struct px_web_answer *a);

@@ -163,9 +163,21 @@ static const struct {
     {"/webapi/nodes", HTTP_GET, "GET", PX_WEB_NODES},
 };
 
+#define INVITE_PREFIX "/webapi/invite/"
+
 enum px_web_endpoint px_web_route(unsigned method, const char *path, struct px_web_answer *a)
 {
     size_t len = strcspn(path, "?#");
+    /* The one route with a parameter: the token is checked by
+     * px_web_invite_info_request. */
+    if (len > strlen(INVITE_PREFIX) && strncmp(path, INVITE_PREFIX, strlen(INVITE_PREFIX)) == 0) {
+        if (method == HTTP_GET)
+            return PX_WEB_INVITE_INFO;
+        px_web_answer_error(a, 405, "/webapi/invite/TOKEN takes GET, not %s",
+                            http_method_str((enum http_method)method));
+        a->allow = "GET";
+        return PX_WEB_NONE;
+    }
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strlen(routes[i].path) != len || strncmp(routes[i].path, path, len) != 0)
             continue;
@@ -179,7 +191,7 @@ enum px_web_endpoint px_web_route(unsigned method, const char *path, struct px_w
     }
     px_web_answer_error(a, 404,
                         "no such endpoint: the web API serves /webapi/ping, /webapi/ssh/certs, "
-                        "/webapi/invite and /webapi/nodes");
+                        "/webapi/invite, /webapi/invite/TOKEN and /webapi/nodes");
     return PX_WEB_NONE;
 }
 
@@ -426,6 +438,46 @@ int px_web_invite_request(const char *body, size_t n, const char *method, const 
 out:
     json_decref(o);
     return rv;
+}
+
+int px_web_invite_info_request(const char *path, const char *client_addr, struct rp_buf *out)
+{
+    const char *tok = path + strlen(INVITE_PREFIX);
+    size_t n = strcspn(tok, "?#");
+    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+    if (strncmp(path, INVITE_PREFIX, strlen(INVITE_PREFIX)) != 0 || n == 0 || n > 64 ||
+        strspn(tok, ok) != n)
+        return rp_err(RP_EINVAL, "an invite token is 1 to 64 letters, digits, '-' or '_', as "
+                                 "tctl users add prints it");
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    rp_mp_packer_init(&pk, out);
+    rp_mp_map_begin(&pk, &m);
+    rp_mp_map_strn(&m, "token", tok, n);
+    rp_mp_map_str(&m, "client_addr", client_addr);
+    rp_mp_map_end(&m);
+    return 0;
+}
+
+int px_web_invite_info_answer(const msgpack_object *ans, struct px_web_answer *a)
+{
+    json_ready();
+    const char *user;
+    size_t n;
+    uint64_t expires = 0;
+    if (rp_mp_get_str(ans, "user", &user, &n) != 0) {
+        px_web_answer_error(a, 503, "the auth service answered without a user");
+        return RP_EPROTO;
+    }
+    rp_mp_get_u64(ans, "expires", &expires);
+    char when[40] = "";
+    if (expires != 0)
+        rp_format_time(expires, when, sizeof when);
+    json_t *j = json_object();
+    jset(j, "user", jstrn(user, n));
+    jset(j, "expires", json_string(when));
+    jset(j, "second_factor", json_string("optional"));
+    return answer_json(a, j);
 }
 
 /* ---- auth's answers ------------------------------------------------------------------- */

@@ -63,6 +63,7 @@ static const struct {
     {"user_rm", "{name: bob}", "nyynnynnn"},
     {"user_reset", "{name: bob}", "nyynnynnn"},
     {"invite_redeem", "{token: x, password: y}", "yyyyyyyyy"},
+    {"invite_info", "{token: x}", "yyyyyyyyy"},
     {"sign_user", "{user: bob}", "nyynnnnnn"},
     {"authenticate", "{user: bob, password: y}", "yyyyyyyyy"},
     {"sign_host", "{host_id: h, role: Node}", "nyynnnnnn"},

@@ -342,11 +342,26 @@ Test(proxy_web, invite_then_login_gives_certificates_that_list_nodes)
     cr_assert(cl_wait_presets(15000));
     char tok[64];
     add_user("alice", tok, sizeof tok);
+    /* Whose invite it is, before the password is set (tsh login --invite says it). */
+    struct resp info;
+    char path[128];
+    snprintf(path, sizeof path, "/webapi/invite/%s", tok);
+    http("127.0.0.12", "GET", path, NULL, NULL, NULL, &info);
+    cr_expect_eq(info.status, 200, "%.*s", (int)info.body.len, info.body.data);
+    cr_expect_str_eq(jstr(info.json, "user"), "alice");
+    cr_expect_eq(strlen(jstr(info.json, "expires")), 20);
+    resp_free(&info);
+    http("127.0.0.12", "GET", "/webapi/invite/not-a-token", NULL, NULL, NULL, &info);
+    cr_expect_eq(info.status, 401);
+    resp_free(&info);
     cr_expect_eq(redeem("127.0.0.12", "not-a-token", "a long enough password", NULL, NULL), 401,
                  "a made-up invite");
     cr_assert_eq(redeem("127.0.0.12", tok, "a long enough password", NULL, NULL), 200);
     cr_expect_eq(redeem("127.0.0.12", tok, "a long enough password", NULL, NULL), 401,
                  "an invite is used once");
+    http("127.0.0.12", "GET", path, NULL, NULL, NULL, &info);
+    cr_expect_eq(info.status, 401, "a used invite still says whose it was");
+    resp_free(&info);
 
     struct resp r;
     char *key = NULL;

@@ -218,6 +218,9 @@ Test(web_api, routes_name_the_endpoint_or_answer_404_and_405)
     cr_expect_eq(px_web_route(HTTP_POST, "/webapi/ssh/certs", &a), PX_WEB_LOGIN);
     cr_expect_eq(px_web_route(HTTP_PUT, "/webapi/invite", &a), PX_WEB_INVITE_REDEEM);
     cr_expect_eq(px_web_route(HTTP_GET, "/webapi/nodes", &a), PX_WEB_NODES);
+    cr_expect_eq(px_web_route(HTTP_GET, "/webapi/invite/abc-_1", &a), PX_WEB_INVITE_INFO);
+    cr_expect_eq(px_web_route(HTTP_POST, "/webapi/invite/abc", &a), PX_WEB_NONE);
+    cr_expect_eq(a.status, 405);
     cr_expect_eq(px_web_route(HTTP_GET, "/webapi/pingx", &a), PX_WEB_NONE);
     cr_expect_eq(a.status, 404);
     cr_expect_eq(px_web_route(HTTP_GET, "/webapi/ssh/certs", &a), PX_WEB_NONE);
@@ -574,4 +577,26 @@ Test(web_api, nodes_are_filtered_by_roles_deny_first_and_by_locks)
         rp_buf_free(&b[i]);
     }
     rbac_role_free(v.roles[0]);
+}
+
+Test(web_api, an_invite_token_in_the_path_is_checked_before_auth_sees_it)
+{
+    struct rp_buf mp;
+    rp_buf_init(&mp);
+    cr_assert_eq(px_web_invite_info_request("/webapi/invite/Ab9-_x?q=1", "198.51.100.4:1", &mp), 0,
+                 "%s", rp_errmsg());
+    msgpack_unpacked u;
+    cr_assert_eq(rp_mp_parse(mp.data, mp.len, &u), 0);
+    const char *s;
+    size_t n;
+    cr_expect(rp_mp_get_str(&u.data, "token", &s, &n) == 0 && n == 6 && !memcmp(s, "Ab9-_x", 6));
+    msgpack_unpacked_destroy(&u);
+    static const char *const bad[] = {"/webapi/invite/a%2Fb", "/webapi/invite/a.b",
+                                      "/webapi/invite/a b", "/webapi/invite/?x"};
+    for (size_t i = 0; i < 4; i++) {
+        rp_buf_reset(&mp);
+        cr_expect_eq(px_web_invite_info_request(bad[i], "198.51.100.4:1", &mp), RP_EINVAL, "%s",
+                     bad[i]);
+    }
+    rp_buf_free(&mp);
 }

@@ -41,6 +41,23 @@ static void serve(const struct px_web_req *req)
             rv = px_web_login_request((const char *)req->body.data, req->body.len, "authenticate",
                                       "203.0.113.7:51000", &mp, user, sizeof user);
             FUZZ_CHECK(strlen(user) < sizeof user);
+        } else if (ep == PX_WEB_INVITE_INFO) {
+            rv = px_web_invite_info_request(req->path, "203.0.113.7:51000", &mp);
+            if (rv == 0) {
+                /* Only the documented characters reach auth. */
+                msgpack_unpacked u;
+                const char *s;
+                size_t n;
+                FUZZ_CHECK(rp_mp_parse(mp.data, mp.len, &u) == 0);
+                FUZZ_CHECK(rp_mp_get_str(&u.data, "token", &s, &n) == 0 && n >= 1 && n <= 64);
+                for (size_t i = 0; i < n; i++)
+                    FUZZ_CHECK(strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                      "0123456789-_",
+                                      s[i]) != NULL &&
+                               s[i] != '\0');
+                msgpack_unpacked_destroy(&u);
+                rp_buf_reset(&mp);
+            }
         } else if (ep == PX_WEB_INVITE_REDEEM) {
             rv = px_web_invite_request((const char *)req->body.data, req->body.len, "invite_redeem",
                                        "203.0.113.7:51000", &mp);
@@ -54,7 +71,8 @@ static void serve(const struct px_web_req *req)
             const char *s;
             size_t n;
             FUZZ_CHECK(rp_mp_get_str(&u.data, "client_addr", &s, &n) == 0);
-            FUZZ_CHECK(rp_mp_get_str(&u.data, "password", &s, &n) == 0 && n > 0);
+            FUZZ_CHECK(ep == PX_WEB_INVITE_INFO ||
+                       (rp_mp_get_str(&u.data, "password", &s, &n) == 0 && n > 0));
             msgpack_unpacked_destroy(&u);
         } else if (rv != 0) {
             px_web_answer_error(&a, 400, "%s", rp_errmsg());
