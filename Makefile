@@ -4,7 +4,7 @@
 
 CC       ?= cc
 BUILD    ?= build
-PKGS     := raft libuv openssl lmdb msgpack yaml-0.1 libargon2 libssh libzstd libnghttp2 libcurl libqrencode
+PKGS     := raft libuv openssl lmdb msgpack yaml-0.1 libargon2 libssh libzstd libnghttp2 libcurl libqrencode jansson
 DEPS_OK  := $(shell scripts/install-deps.sh >&2 && echo ok)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)

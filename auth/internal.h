@@ -188,6 +188,7 @@ int auth_h_user_update(struct auth_req *r, struct rp_buf *out);
 int auth_h_user_rm(struct auth_req *r, struct rp_buf *out);
 int auth_h_user_reset(struct auth_req *r, struct rp_buf *out);
 int auth_h_invite_redeem(struct auth_req *r, struct rp_buf *out);
+int auth_h_invite_info(struct auth_req *r, struct rp_buf *out);
 
 /* Handlers (auth/store_api.c, auth/cluster.c). Return 0 when @out holds the answer;
  * a negative code means "answer with this error and rp_errmsg()". */

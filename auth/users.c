@@ -423,6 +423,42 @@ int auth_h_user_reset(struct auth_req *r, struct rp_buf *out)
     return rv;
 }
 
+/* invite_info {token}: whose invite a token is, so that a client can name the user
+ * before the password is set (the proxy's GET /webapi/invite/TOKEN, for tsh login
+ * --invite). Anonymous: holding the token is the right to know; an unknown, used or
+ * expired token gets invite_redeem's one answer. */
+int auth_h_invite_info(struct auth_req *r, struct rp_buf *out)
+{
+    char token[40], user[USER_NAME_MAX + 2] = "";
+    struct rp_buf tb;
+    msgpack_unpacked tu;
+    uint64_t trev = 0, expires = 0;
+    int rv = auth_arg_str(r->args, "token", token, sizeof token, true);
+    if (rv != 0)
+        return rv;
+    rp_buf_init(&tb);
+    rv = read_res(r->srv, "user_token", token, &tb, &tu, &trev);
+    if (rv == 0) {
+        rp_mp_get_u64(rp_mp_get(&tu.data, "metadata"), "expires", &expires);
+        if ((expires != 0 && expires <= rp_now_ms()) ||
+            copy_str(rp_mp_get(&tu.data, "spec"), "user", user, sizeof user) != 0)
+            rv = RP_ENOTFOUND;
+        msgpack_unpacked_destroy(&tu);
+    }
+    rp_buf_free(&tb);
+    if (rv == RP_ENOTFOUND)
+        return rp_err(RP_EDENIED, "the invite token is invalid, expired or already used");
+    if (rv != 0)
+        return rv;
+    msgpack_packer pk;
+    struct rp_mp_map m;
+    auth_reply_ok(&m, &pk, out);
+    rp_mp_map_str(&m, "user", user);
+    rp_mp_map_u64(&m, "expires", expires);
+    rp_mp_map_end(&m);
+    return 0;
+}
+
 /* invite_redeem {token, password, totp_secret?, totp_code?}: anonymous callers
  * (the user has no certificate yet). Every failure looks the same to the caller
  * as far as the token goes: invalid, expired and used tokens are one answer. */

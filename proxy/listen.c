@@ -142,15 +142,9 @@ struct px_listen {
 
 /* ---- module defaults ------------------------------------------------------------------- */
 
-/* Until proxy/web.c is linked in, this keeps the proxy whole: a connection for the web
- * API is refused, said in the log. Its own (strong) definition replaces it. (The
- * reverse tunnels' defaults are gone: proxy/tunnel.c defines them, and a weak default
- * in libraftport.a could keep its object out of the link.) */
-__attribute__((weak)) void px_web_attach(struct px_tls *c)
-{
-    rp_warn("proxy", "%s: the web API is not part of this build; closing", c->peer);
-    px_tls_close(c);
-}
+/* No weak defaults for the modules: proxy/web.c and proxy/tunnel.c define their entry
+ * points, and a weak default in libraftport.a would satisfy the reference from this
+ * file, so the linker would never take the module's object out of the archive. */
 
 /* ---- the pending list ------------------------------------------------------------------- */
 
