@@ -50,7 +50,7 @@ struct call {
     bool too_big;
     X509 *cluster_ca; /* from w->ca_path (the caller's copy; freed at the end) */
     char host[TSH_NAME_MAX];
-    char verify_error[512]; /* why our own verification refused the proxy */
+    char verify_error[1024]; /* why our own verification refused the proxy */
 };
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
