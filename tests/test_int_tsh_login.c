@@ -445,8 +445,8 @@ Test(tsh_login, invite_sets_password_enrols_totp_from_the_qr_secret_and_logs_in)
     free(out);
     free(err);
     /* The invite is spent. */
-    cr_assert_eq(tsh("another long password\n", "", &out, &err, "login", proxy_flag, "--user=dave",
-                     invite, NULL),
+    cr_assert_eq(tsh("another long password\n123456\n", "", &out, &err, "login", proxy_flag,
+                     "--user=dave", invite, NULL),
                  1);
     cr_assert(strstr(err, "invalid, expired or already used"), "%s", err);
     free(out);
