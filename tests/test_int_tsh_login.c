@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -582,5 +583,103 @@ Test(tsh_login, recorded_session_is_listed_and_played_through_the_proxy)
     free(err);
     px_stop_all();
     ag_stop_all();
+    cluster_pass();
+}
+
+/* ---- on a terminal --------------------------------------------------------------------- */
+
+/* tsh on a pseudo-terminal: the child's pid, the master side in *@fd. */
+static pid_t tsh_on_pty(int *fd, char *const argv[])
+{
+    pid_t pid = forkpty(fd, NULL, NULL, NULL);
+    cr_assert_geq(pid, 0, "forkpty: %s", strerror(errno));
+    if (pid == 0) {
+        setenv("RAFTPORT_HOME", home, 1);
+        setenv("TERM", "dumb", 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void type_on(int fd, const char *text)
+{
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+}
+
+static int wait_exit(pid_t pid, int ms)
+{
+    int status = -1;
+    uint64_t deadline = rp_mono_ms() + (uint64_t)ms;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (rp_mono_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        cl_sleep_ms(50);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+Test(tsh_login, terminal_password_is_not_echoed_and_an_expired_login_is_offered_again)
+{
+    start_cluster_and_proxy(NULL);
+    flags();
+    add_user("hana", "access", "hana long password", NULL);
+    char bin[700];
+    snprintf(bin, sizeof bin, "%s/tsh", CL->build);
+    char *login[] = {bin, "login", proxy_flag, "--user=hana", pin_flag, NULL};
+    int fd;
+    pid_t pid = tsh_on_pty(&fd, login);
+    static char buf[65536];
+    size_t len = 0;
+    buf[0] = '\0';
+    cr_assert(
+        read_until(fd, buf, sizeof buf, &len, "Enter password for Raftport user hana:", 20000),
+        "no password prompt: %s", buf);
+    type_on(fd, "hana long password\r");
+    /* second_factor "optional": tsh asks, Enter means none. */
+    cr_assert(read_until(fd, buf, sizeof buf, &len, "press Enter if you have none", 20000),
+              "no code prompt: %s", buf);
+    type_on(fd, "\r");
+    cr_assert(read_until(fd, buf, sizeof buf, &len, "Logged in as:       hana", 30000),
+              "no login: %s", buf);
+    cr_assert_eq(wait_exit(pid, 10000), 0);
+    close(fd);
+    cr_assert_null(strstr(buf, "hana long password"), "the password was echoed: %s", buf);
+
+    /* Expire the profile: tsh status on the terminal offers to log in again. */
+    char path[800];
+    snprintf(path, sizeof path, "%s/%s.yaml", home, PX[1].web_addr);
+    char *yaml = NULL;
+    size_t yn;
+    cr_assert_eq(rp_read_file(path, 1 << 16, &yaml, &yn), 0);
+    char *vb = strstr(yaml, "valid_before: \"");
+    cr_assert_not_null(vb);
+    memcpy(vb + 15, "2020-01-01T00:00:00Z", 20);
+    cr_assert_eq(rp_write_file(path, yaml, yn, 0600), 0);
+    free(yaml);
+    char *ls[] = {bin, "ls", NULL};
+    pid = tsh_on_pty(&fd, ls);
+    len = 0;
+    buf[0] = '\0';
+    cr_assert(read_until(fd, buf, sizeof buf, &len, "Log in again now? [Y/n]", 20000),
+              "no offer to log in again: %s", buf);
+    cr_assert(strstr(buf, "your certificate expired at 2020-01-01T00:00:00Z: run tsh login"), "%s",
+              buf);
+    type_on(fd, "y\r");
+    cr_assert(
+        read_until(fd, buf, sizeof buf, &len, "Enter password for Raftport user hana:", 20000),
+        "no password prompt: %s", buf);
+    type_on(fd, "hana long password\r");
+    cr_assert(read_until(fd, buf, sizeof buf, &len, "press Enter if you have none", 20000), "%s",
+              buf);
+    type_on(fd, "\r");
+    cr_assert(read_until(fd, buf, sizeof buf, &len, "Node Name", 30000),
+              "ls did not run after the new login: %s", buf);
+    cr_assert_eq(wait_exit(pid, 10000), 0);
+    close(fd);
+    px_stop_all();
     cluster_pass();
 }

@@ -606,9 +606,13 @@ static int login_invite(const struct tsh_globals *g, const char *proxy, const ch
                 printf("Waiting %llu s for the next code of your authenticator to log in...\n",
                        (unsigned long long)(wait + 999) / 1000);
                 fflush(stdout);
-                struct timespec ts = {(time_t)(wait / 1000),
-                                      (long)(wait % 1000) * 1000000L + 50000000L};
-                while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+                /* Past the step boundary by a little, in case our clock and the
+                 * step arithmetic round differently. */
+                uint64_t until = rp_mono_ms() + wait + 100;
+                while (rp_totp_step(rp_now_ms()) <= used && rp_mono_ms() < until + 2000) {
+                    uint64_t left = until > rp_mono_ms() ? until - rp_mono_ms() : 100;
+                    struct timespec ts = {(time_t)(left / 1000), (long)(left % 1000) * 1000000L};
+                    nanosleep(&ts, NULL);
                 }
             }
             rp_totp_code(secret, sizeof secret, rp_totp_step(rp_now_ms()), next);
