@@ -41,7 +41,7 @@ static volatile sig_atomic_t echo_off;
 static void restore_echo_and_die(int sig)
 {
     if (echo_off)
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_termios);
+        tcsetattr(STDIN_FILENO, TCSANOW, &saved_termios);
     signal(sig, SIG_DFL);
     raise(sig);
 }
@@ -71,13 +71,12 @@ static int read_line(const char *prompt, char *out, size_t outlen, bool secret)
 {
     if (!isatty(STDIN_FILENO))
         return read_one_line(out, outlen);
-    fprintf(stderr, "%s", prompt);
-    fflush(stderr);
-    if (!secret)
-        return read_one_line(out, outlen);
     struct termios quiet;
-    if (tcgetattr(STDIN_FILENO, &saved_termios) != 0)
+    if (!secret || tcgetattr(STDIN_FILENO, &saved_termios) != 0) {
+        fprintf(stderr, "%s", prompt);
+        fflush(stderr);
         return read_one_line(out, outlen);
+    }
     quiet = saved_termios;
     quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHONL);
     quiet.c_lflag |= ICANON;
@@ -86,9 +85,13 @@ static int read_line(const char *prompt, char *out, size_t outlen, bool secret)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     echo_off = 1;
-    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    /* Echo goes off before the prompt shows: what is typed as soon as it appears must
+     * not be echoed. TCSANOW keeps what was typed ahead. */
+    tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+    fprintf(stderr, "%s", prompt);
+    fflush(stderr);
     int rv = read_one_line(out, outlen);
-    tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_termios);
+    tcsetattr(STDIN_FILENO, TCSANOW, &saved_termios);
     echo_off = 0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
