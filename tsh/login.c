@@ -380,6 +380,12 @@ static int do_login(struct login_ctx *lc, const char *user, const char *password
         goto out;
     }
     tsh_status_print(stdout, &loaded, true);
+    const char *refused = jstr(a, "ssh_refused");
+    if (refused != NULL && refused[0] != '\0')
+        fprintf(stderr,
+                "WARNING: your certificate grants no SSH login: %s (ask an administrator to fix "
+                "your roles)\n",
+                refused);
     status = 0;
 out:
     EVP_PKEY_free(ssh_key);
