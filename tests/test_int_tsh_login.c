@@ -484,6 +484,30 @@ Test(tsh_login, version_warning_names_the_versions_and_skip_version_check_silenc
     cr_assert_null(strstr(err, "WARNING"), "%s", err);
     free(out);
     free(err);
+    /* A proxy two majors ahead (RAFTPORT_VERSION_OVERRIDE; --skip-version-check lets it
+     * follow the older auth): this tsh is older than its min_client_version. */
+    char token[128];
+    cl_add_token(1, "proxy", NULL, token, sizeof token);
+    px_prepare(2, token, NULL);
+    const char *args[] = {"--skip-version-check", NULL};
+    const char *env[] = {"RAFTPORT_VERSION_OVERRIDE=2.0.0", NULL};
+    px_spawn_with(2, args, env);
+    bool ready = px_wait_ready(2, 40000);
+    if (!ready)
+        px_print_log_tail(2, 30);
+    cr_assert(ready, "the 2.0.0 proxy did not start");
+    char proxy2[96];
+    snprintf(proxy2, sizeof proxy2, "--proxy=%s", PX[2].web_addr);
+    tsh("erin long password\n", "", &out, &err, "login", proxy2, "--user=erin", pin_flag, NULL);
+    cr_assert(strstr(err, "Minimum client version supported by the server is 1.0.0 but you are "
+                          "using 0.1.0."),
+              "%s", err);
+    cr_assert(strstr(err, "Please upgrade tsh to 1.0.0 or newer or use the --skip-version-check "
+                          "flag to bypass this check."),
+              "%s", err);
+    free(out);
+    free(err);
+
     /* The same version: no warning, and the login works. */
     cr_assert_eq(tsh("erin long password\n", "", &out, &err, "login", proxy_flag, "--user=erin",
                      pin_flag, NULL),
