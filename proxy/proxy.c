@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -568,6 +569,43 @@ static void *heartbeat_main(void *arg)
     return NULL;
 }
 
+/* ---- renewal ------------------------------------------------------------------------------ */
+
+/* When the host certificates are renewed: at 2/3 of the shorter lifetime, spread. */
+static uint64_t plan_renewal(struct proxy *p)
+{
+    pthread_mutex_lock(&p->id.mu);
+    uint64_t at =
+        agent_renew_time(p->id.tls_not_before_ms, p->id.tls_not_after_ms, p->id.ssh_valid_after_ms,
+                         p->id.ssh_valid_before_ms, rp_rand_u64());
+    pthread_mutex_unlock(&p->id.mu);
+    char when[40];
+    rp_format_time(at, when, sizeof when);
+    rp_info("proxy", "host certificates are renewed at %s", when);
+    return at;
+}
+
+/* Renews the host certificates (renew_host, same keys); returns the next renewal time.
+ * Borrowed clients of the old identity are dropped as they come back (generation). The
+ * listeners keep serving the certificate they loaded, which stays valid far longer. */
+static uint64_t renew(struct proxy *p)
+{
+    struct auth_client *c = NULL;
+    uint64_t gen;
+    int rv = client_take(p, &c, &gen);
+    if (rv == 0) {
+        auth_client_set_timeout(c, 10000);
+        rv = agent_ident_renew(&p->id, p->cfg, c);
+        auth_client_free(c);
+    }
+    if (rv != 0) {
+        rp_warn("proxy", "renewing the host certificates: %s; trying again in a minute",
+                rp_errmsg());
+        return rp_now_ms() + rp_jitter_ms(60000);
+    }
+    return plan_renewal(p);
+}
+
 /* ---- start and stop ----------------------------------------------------------------------- */
 
 /* Pings auth (failing over until PING_DEADLINE_MS) and applies the version rule. */
@@ -718,6 +756,15 @@ int proxy_main(const struct rp_config *cfg)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Every tunnel and session is a descriptor (two for a session): 10,000 tunnels are
+     * far over the usual soft limit of 1024. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nofile) != 0)
+            rp_warn("proxy", "cannot raise the open-file limit to %llu",
+                    (unsigned long long)nofile.rlim_max);
+    }
 
     int code = 0;
     if (proxy_start(p) != 0) {
@@ -727,8 +774,16 @@ int proxy_main(const struct rp_config *cfg)
         rp_info("proxy", "proxy %s (%s) of cluster %s serving on %s (tunnels %s), version %s",
                 cfg->nodename, p->id.host_id, p->cluster_name, px_listen_web_addr(p->listen),
                 p->tunnel_addr, rp_version_self());
-        int sig = 0;
-        sigwait(&set, &sig);
+        uint64_t renew_at = plan_renewal(p);
+        int sig;
+        for (;;) {
+            struct timespec second = {1, 0};
+            sig = sigtimedwait(&set, NULL, &second);
+            if (sig > 0)
+                break;
+            if (rp_now_ms() >= renew_at)
+                renew_at = renew(p);
+        }
         rp_info("proxy", "signal %d: stopping", sig);
     }
     proxy_free(p);
