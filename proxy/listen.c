@@ -129,15 +129,11 @@ struct px_listen {
 
 /* ---- module defaults ------------------------------------------------------------------- */
 
-/* Until proxy/web.c and proxy/tunnel.c are linked in, these keep the proxy whole: a
- * connection for a module that is not there is refused, said in the log. The modules'
- * own (strong) definitions replace them. */
-__attribute__((weak)) void px_web_attach(struct px_tls *c)
-{
-    rp_warn("proxy", "%s: the web API is not part of this build; closing", c->peer);
-    px_tls_close(c);
-}
-
+/* Until proxy/tunnel.c is linked in, these keep the proxy whole: a connection for a
+ * module that is not there is refused, said in the log. A weak default must not stay
+ * once the module exists: the linker takes a member out of libraftport.a only for a
+ * symbol nothing defines yet, so a weak default would keep the module out of the
+ * binary (px_web_attach has none for that reason: proxy/web.c is always there). */
 __attribute__((weak)) void px_tunnel_attach(struct px_tls *c)
 {
     rp_warn("proxy", "%s: reverse tunnels are not part of this build; closing", c->peer);

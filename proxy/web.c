@@ -296,19 +296,34 @@ out:
     rp_buf_free(&ans);
 }
 
-/* The proxy's view for px_web_nodes: roles and locks from its cache, tunnels live. */
+/* The proxy's view for px_web_nodes: roles, traits and locks from its cache, tunnels
+ * live. */
 struct nodes_view {
     struct agent_cache *cache;
     struct proxy *p;
+    const char *user;
 };
 
+/* The user's roles expanded with the user's traits as the cache has them now (the X.509
+ * certificate carries none): a user deleted since the login sees nothing. */
 static int view_role_set(void *arg, const char *const *roles, size_t n_roles, struct rbac_set **out,
                          char *why, size_t why_len)
 {
     struct nodes_view *v = arg;
-    struct agent_authority au = agent_cache_authority(v->cache);
-    /* The X.509 certificate carries no traits; its logins are already expanded. */
-    return au.role_set(au.arg, roles, n_roles, NULL, out, why, why_len);
+    void *ures = NULL;
+    size_t ulen = 0;
+    msgpack_unpacked uu;
+    if (agent_cache_get(v->cache, "user", v->user, &ures, &ulen) != 0 ||
+        rp_mp_parse(ures, ulen, &uu) != 0) {
+        free(ures);
+        snprintf(why, why_len, "user '%s' is not known to the cluster (deleted?)", v->user);
+        return RP_EDENIED;
+    }
+    const msgpack_object *traits = rp_mp_get(rp_mp_get(&uu.data, "spec"), "traits");
+    int rv = agent_cache_role_set(v->cache, roles, n_roles, traits, out, why, why_len);
+    msgpack_unpacked_destroy(&uu);
+    free(ures);
+    return rv;
 }
 
 static int view_lock_check(void *arg, const char *user, const char *const *roles, size_t n_roles,
@@ -326,51 +341,61 @@ static bool view_has_tunnel(void *arg, const char *host_id)
     return t != NULL && px_tunnels_has(t, host_id);
 }
 
-/* The size of agent/cache.h's file header, before the payload agent_cache_encode
- * writes: {rev, saved, items: [[kind, name, res bin]...]}. */
-#define CACHE_HEADER_BYTES 56
+/* Copies of the cached node resources (agent_cache_each lends them under the cache's
+ * lock, so they are copied out and checked after). */
+struct node_copies {
+    struct rp_buf *res;
+    size_t n, cap;
+};
 
-/* GET /webapi/nodes on a worker: the node resources of a snapshot of the cache (taken
- * whole, so the cache is not held while roles are checked), filtered for the caller. */
+static int copy_node(void *arg, const char *name, const void *res, size_t len)
+{
+    struct node_copies *nc = arg;
+    (void)name;
+    if (nc->n == nc->cap) {
+        size_t cap = nc->cap ? nc->cap * 2 : 64;
+        struct rp_buf *v = realloc(nc->res, cap * sizeof *v);
+        if (v == NULL)
+            return rp_err(RP_ENOMEM, "listing nodes");
+        nc->res = v;
+        nc->cap = cap;
+    }
+    rp_buf_init(&nc->res[nc->n]);
+    if (rp_buf_append(&nc->res[nc->n], res, len) != 0)
+        return rp_err(RP_ENOMEM, "listing nodes");
+    nc->n++;
+    return 0;
+}
+
+/* GET /webapi/nodes on a worker: the cached nodes, filtered for the caller. */
 static void do_nodes(struct web_job *j)
 {
     struct agent_cache *cache = proxy_cache(j->p);
-    struct rp_buf enc;
-    msgpack_unpacked all, *each = NULL;
+    struct node_copies nc = {0};
+    msgpack_unpacked *each = NULL;
     const msgpack_object **nodes = NULL;
     size_t n = 0;
-    rp_buf_init(&enc);
-    msgpack_unpacked_init(&all);
     if (cache == NULL) {
         px_web_answer_error(&j->ans, 503, "the proxy has not loaded the cluster's state yet");
+        return;
+    }
+    if (agent_cache_each(cache, "node", copy_node, &nc) != 0) {
+        px_web_answer_error(&j->ans, 503, "%s", rp_errmsg());
         goto out;
     }
-    if (agent_cache_encode(cache, &enc) != 0 || enc.len < CACHE_HEADER_BYTES ||
-        rp_mp_parse(enc.data + CACHE_HEADER_BYTES, enc.len - CACHE_HEADER_BYTES, &all) != 0) {
-        px_web_answer_error(&j->ans, 503, "the proxy's cache could not be read: %s", rp_errmsg());
-        goto out;
-    }
-    const msgpack_object *items = rp_mp_get(&all.data, "items");
-    size_t max = items && items->type == MSGPACK_OBJECT_ARRAY ? items->via.array.size : 0;
-    nodes = calloc(max ? max : 1, sizeof *nodes);
-    each = calloc(max ? max : 1, sizeof *each);
+    nodes = calloc(nc.n ? nc.n : 1, sizeof *nodes);
+    each = calloc(nc.n ? nc.n : 1, sizeof *each);
     if (nodes == NULL || each == NULL) {
         px_web_answer_error(&j->ans, 503, "out of memory listing nodes");
         goto out;
     }
-    for (size_t i = 0; i < max; i++) {
-        const msgpack_object *it = &items->via.array.ptr[i];
-        if (it->type != MSGPACK_OBJECT_ARRAY || it->via.array.size != 3 ||
-            !rp_mp_str_eq(&it->via.array.ptr[0], "node") ||
-            it->via.array.ptr[2].type != MSGPACK_OBJECT_BIN)
-            continue;
-        const msgpack_object *res = &it->via.array.ptr[2];
-        if (rp_mp_parse(res->via.bin.ptr, res->via.bin.size, &each[n]) != 0)
+    for (size_t i = 0; i < nc.n; i++) {
+        if (rp_mp_parse(nc.res[i].data, nc.res[i].len, &each[n]) != 0)
             continue;
         nodes[n] = &each[n].data;
         n++;
     }
-    struct nodes_view view = {cache, j->p};
+    struct nodes_view view = {cache, j->p, j->ident.name};
     struct px_web_nodes_src src = {
         .arg = &view,
         .role_set = view_role_set,
@@ -383,8 +408,9 @@ out:
         msgpack_unpacked_destroy(&each[i]);
     free(each);
     free(nodes);
-    msgpack_unpacked_destroy(&all);
-    rp_buf_free(&enc);
+    for (size_t i = 0; i < nc.n; i++)
+        rp_buf_free(&nc.res[i]);
+    free(nc.res);
 }
 
 static void job_run(void *arg)

@@ -7,6 +7,9 @@
  * otp_token, ttl in nanoseconds, host_signers); unknown fields in a body are ignored,
  * as Teleport's clients send more than Raftport reads. */
 #include <jansson.h>
+#include <malloc.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +22,29 @@
 #include "lib/util.h"
 #include "lib/version.h"
 #include "proxy/web.h"
+
+/* jansson copies the strings it parses: those of a login hold a password. Its memory
+ * is wiped when freed (the whole process's jansson use is this file's). */
+static void json_wipe_free(void *p)
+{
+    if (p != NULL) {
+        OPENSSL_cleanse(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+static void json_alloc_init(void)
+{
+    json_set_alloc_funcs(malloc, json_wipe_free);
+}
+
+/* Every function here that uses jansson calls this first, so the allocator is set
+ * before any thread allocates with it. */
+static void json_ready(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, json_alloc_init);
+}
 
 /* ---- answers ------------------------------------------------------------------------- */
 
@@ -43,6 +69,7 @@ void px_web_answer_json(struct px_web_answer *a, const char *json, size_t n)
 
 void px_web_answer_error(struct px_web_answer *a, int status, const char *fmt, ...)
 {
+    json_ready();
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -216,6 +243,7 @@ static const char *port_of(const char *addr)
 
 int px_web_ping(const struct px_web_info *info, struct px_web_answer *a)
 {
+    json_ready();
     char min[32], ssh_public[300] = "";
     rp_version_min_client(info->server_version, min, sizeof min);
     if (info->ssh_public_addr != NULL) {
@@ -254,6 +282,7 @@ int px_web_ping(const struct px_web_info *info, struct px_web_answer *a)
 /* The object in @body, or NULL with the reason in @why. */
 static json_t *parse_object(const char *body, size_t n, char *why, size_t why_len)
 {
+    json_ready();
     json_error_t err;
     if (n == 0) {
         snprintf(why, why_len, "the request needs a JSON object as its body");
@@ -450,6 +479,7 @@ int px_web_login_answer(const msgpack_object *ans, const char *user, const char 
                         const void *host_ca, size_t host_ca_len, const void *user_ca,
                         size_t user_ca_len, struct px_web_answer *a)
 {
+    json_ready();
     const char *ssh_cert, *tls_cert = NULL, *tls_ca = NULL, *refused = NULL;
     size_t ssh_n, tls_n = 0, ca_n = 0, refused_n = 0;
     uint64_t expires = 0;
@@ -571,6 +601,7 @@ static bool node_visible(const struct px_web_nodes_src *src, const struct rbac_s
 int px_web_nodes(const struct px_web_nodes_src *src, const struct rp_identity *user,
                  const msgpack_object *const *nodes, size_t n, struct px_web_answer *a)
 {
+    json_ready();
     char why[512];
     struct rbac_set *set = NULL;
     if (src->role_set(src->arg, (const char *const *)user->groups, user->n_groups, &set, why,

@@ -11,7 +11,7 @@ pkgs=(
   libcriterion-dev libyaml-dev libargon2-dev libssh-dev libzstd-dev
   libnghttp2-dev libcurl4-openssl-dev libqrencode-dev libhttp-parser-dev libjansson-dev tmux
   openssl iproute2 procps nftables faketime openssh-client openssh-server openssh-sftp-server
-  oathtool asciinema
+  oathtool asciinema jq
 )
 if [ "${1:-}" = fuzz ]; then
   pkgs+=(clang libclang-rt-14-dev llvm) # llvm: llvm-symbolizer, for readable crash stacks
