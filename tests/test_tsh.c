@@ -331,6 +331,21 @@ Test(tsh_labels, malformed_filters_are_refused)
     cr_assert_eq(tsh_label_filter_parse("k=v", &f), RP_EINVAL);
 }
 
+Test(tsh_labels, names_from_nodes_lose_their_control_characters)
+{
+    char out[64];
+    tsh_printable("web\x1b]0;owned\x07-1", out, sizeof out);
+    cr_assert_str_eq(out, "web?]0;owned?-1");
+    tsh_printable("a\xc2\x9b"
+                  "31mb\x7f",
+                  out, sizeof out);
+    cr_assert_str_eq(out, "a?31mb?", "C1 CSI and DEL are replaced");
+    tsh_printable("z\xc3\xa9 \xe2\x9f\xb5", out, sizeof out);
+    cr_assert_str_eq(out, "z\xc3\xa9 \xe2\x9f\xb5", "printable UTF-8 stays");
+    tsh_printable("abcdef", out, 4);
+    cr_assert_str_eq(out, "abc");
+}
+
 /* ---- QR codes ----------------------------------------------------------------------- */
 
 #define FULL "\xE2\x96\x88"

@@ -51,6 +51,24 @@ bool tsh_labels_match(const struct tsh_label_filter *f, json_t *labels)
     return true;
 }
 
+void tsh_printable(const char *in, char *out, size_t outlen)
+{
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)in;
+    while (*p != '\0' && o + 1 < outlen) {
+        if (*p < 0x20 || *p == 0x7f) {
+            out[o++] = '?';
+            p++;
+        } else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+            out[o++] = '?'; /* C1 controls (U+0080..U+009F), CSI among them */
+            p += 2;
+        } else {
+            out[o++] = (char)*p++;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* Columns on a terminal: UTF-8 continuation bytes take none. */
 static size_t display_width(const char *s)
 {
@@ -60,8 +78,11 @@ static size_t display_width(const char *s)
     return w;
 }
 
-static void pad(struct rp_buf *b, const char *s, size_t width)
+/* @s made printable, then blanks up to @width columns. */
+static void pad(struct rp_buf *b, const char *raw, size_t width)
 {
+    char s[TSH_NAME_MAX * 4];
+    tsh_printable(raw, s, sizeof s);
     rp_buf_append_str(b, s);
     for (size_t w = display_width(s); w < width; w++)
         rp_buf_append_str(b, " ");
@@ -86,9 +107,12 @@ static void labels_text(json_t *labels, struct rp_buf *out)
             keys[j - 1] = t;
         }
     }
-    for (size_t i = 0; i < n; i++)
-        rp_buf_printf(out, "%s%s=%s", i ? "," : "", keys[i],
-                      json_string_value(json_object_get(labels, keys[i])));
+    for (size_t i = 0; i < n; i++) {
+        char key[TSH_NAME_MAX], value[TSH_NAME_MAX * 4];
+        tsh_printable(keys[i], key, sizeof key);
+        tsh_printable(json_string_value(json_object_get(labels, keys[i])), value, sizeof value);
+        rp_buf_printf(out, "%s%s=%s", i ? "," : "", key, value);
+    }
     rp_buf_append(out, "", 1);
 }
 
@@ -180,8 +204,10 @@ int tsh_cmd_ls(int argc, char **argv, const struct tsh_globals *gin)
         json_decref(arr);
     } else if (format == LS_NAMES) {
         for (i = 0; i < n; i++) {
-            const char *h = json_string_value(json_object_get(nodes[i], "hostname"));
-            rp_buf_printf(&out, "%s\n", h ? h : "");
+            char h[TSH_NAME_MAX * 4];
+            tsh_printable(json_string_value(json_object_get(nodes[i], "hostname")) ?: "", h,
+                          sizeof h);
+            rp_buf_printf(&out, "%s\n", h);
         }
     } else {
         /* Two passes: widths first, so the columns line up as Teleport's do. */

@@ -53,6 +53,7 @@ static const char *mp_str(const msgpack_object *o, const char *key, char *buf, s
     if (rp_mp_get_str(o, key, &s, &len) != 0 || s == NULL)
         len = 0;
     snprintf(buf, n, "%.*s", (int)len, s ? s : "");
+    tsh_printable(buf, buf, n); /* a node's name on the user's terminal: no escapes */
     return buf;
 }
 

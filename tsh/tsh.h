@@ -277,6 +277,11 @@ enum tsh_play_format { TSH_PLAY_PTY, TSH_PLAY_JSON, TSH_PLAY_ASCIICAST };
 int tsh_play_cast(const char *cast, size_t len, enum tsh_play_format format, double speed,
                   FILE *out);
 
+/* Copies @in to @out (at most @outlen - 1 bytes) with control characters (C0, DEL and
+ * C1) replaced by '?': names that nodes publish are shown on the user's terminal, and
+ * must not carry escape sequences to it. */
+void tsh_printable(const char *in, char *out, size_t outlen);
+
 /* A tsh ls label filter: "k=v,k2=v2" (every pair must match). */
 #define TSH_MAX_LABEL_FILTERS 16
 struct tsh_label_filter {
