@@ -2,6 +2,7 @@
  *
  * status reads only local files: it works without the proxy, and shows an expired
  * certificate as EXPIRED instead of failing, so that the user sees what to renew. */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,31 @@ static json_t *status_json(const struct tsh_profile *p)
                      "ca_pin", p->ca_pin);
 }
 
+/* The profiles of the other proxies in @home, after the current one (@current). */
+static void print_others(const char *home, const char *current)
+{
+    DIR *d = opendir(home);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n <= 5 || strcmp(e->d_name + n - 5, ".yaml") != 0 || n - 5 >= TSH_NAME_MAX)
+            continue;
+        char proxy[TSH_NAME_MAX];
+        snprintf(proxy, sizeof proxy, "%.*s", (int)(n - 5), e->d_name);
+        if (strcmp(proxy, current) == 0)
+            continue;
+        struct tsh_profile p;
+        int rv = tsh_profile_load(home, proxy, &p);
+        if (rv != 0 && rv != RP_EDENIED)
+            continue;
+        printf("\n");
+        tsh_status_print(stdout, &p, false);
+    }
+    closedir(d);
+}
+
 enum { O_FORMAT = 256 };
 
 int tsh_cmd_status(int argc, char **argv, const struct tsh_globals *gin)
@@ -99,6 +125,7 @@ int tsh_cmd_status(int argc, char **argv, const struct tsh_globals *gin)
         json_decref(wrap);
     } else {
         tsh_status_print(stdout, &p, true);
+        print_others(g.home, p.proxy);
     }
     /* An expired certificate is what status is for showing; the exit status says so
      * too, for scripts. */
