@@ -216,7 +216,8 @@ static void issued_free(struct issued *is)
     rp_identity_free(&is->id);
 }
 
-static int check_issued(struct login_ctx *lc, const char *user, json_t *a, struct issued *is)
+static int check_issued(struct login_ctx *lc, const char *user, EVP_PKEY *tls_key, json_t *a,
+                        struct issued *is)
 {
     json_t *signer = json_array_get(json_object_get(a, "host_signers"), 0);
     const char *tls = jstr(a, "tls_cert"), *ssh = jstr(a, "cert");
@@ -224,6 +225,12 @@ static int check_issued(struct login_ctx *lc, const char *user, json_t *a, struc
     if (tls == NULL || ssh == NULL || ca_pem == NULL || jfirst(signer, "authorized_keys") == NULL)
         return rp_err(RP_EPROTO, "the proxy's answer lacks cert, tls_cert or host_signers[0] "
                                  "(tls_certs, authorized_keys)");
+    /* One line of our key's certificate type: it goes to a file ssh reads as such. */
+    const char *want_type = "ssh-ed25519-cert-v01@openssh.com ";
+    if (strncmp(ssh, want_type, strlen(want_type)) != 0 || strpbrk(ssh, "\r\n") != NULL ||
+        strlen(ssh) > 16000)
+        return rp_err(RP_EPROTO, "the proxy's SSH certificate is not one ssh-ed25519-cert-v01 "
+                                 "line");
     int rv;
     if ((rv = rp_tls_cert_from_pem(tls, strlen(tls), &is->cert)) != 0 ||
         (rv = rp_tls_cert_from_pem(ca_pem, strlen(ca_pem), &is->ca)) != 0)
@@ -232,6 +239,9 @@ static int check_issued(struct login_ctx *lc, const char *user, json_t *a, struc
     if (ca_key == NULL || X509_verify(is->cert, ca_key) != 1)
         return rp_err(RP_ETLS, "the certificate the proxy returned is not signed by the cluster "
                                "CA it returned with it");
+    if (X509_check_private_key(is->cert, tls_key) != 1)
+        return rp_err(RP_EPROTO, "the X.509 certificate the proxy returned is not for the key "
+                                 "tsh sent");
     if ((rv = rp_tls_ca_pin(is->ca, is->ca_pin, sizeof is->ca_pin)) != 0)
         return rv;
     const char *want = lc->w.ca_pin != NULL ? lc->w.ca_pin : lc->have_old ? lc->old.ca_pin : NULL;
@@ -353,7 +363,7 @@ static int do_login(struct login_ctx *lc, const char *user, const char *password
         fprintf(stderr, "tsh login: %s\n", rp_errmsg());
         goto out;
     }
-    if ((rv = check_issued(lc, user, a, &is)) != 0) {
+    if ((rv = check_issued(lc, user, tls_key, a, &is)) != 0) {
         fprintf(stderr, "tsh login: %s\n", rp_errmsg());
         goto out;
     }
