@@ -178,6 +178,14 @@ Test(tsh_login, password_login_status_ls_by_role_config_expiry_and_logout)
     free(out);
     free(err);
 
+    /* The first contact without a pin: the proxy's certificate is the cluster CA's,
+     * which the system roots do not know; the error says what to pass. */
+    cr_assert_eq(
+        tsh("alice long password\n", "", &out, &err, "login", proxy_flag, "--user=alice", NULL), 1);
+    cr_assert(strstr(err, "--ca-pin") && strstr(err, "tctl status"), "%s", err);
+    free(out);
+    free(err);
+
     /* A wrong password: refused, and nothing written. */
     cr_assert_eq(tsh("not the password\n", "", &out, &err, "login", proxy_flag, "--user=alice",
                      pin_flag, NULL),
@@ -507,6 +515,14 @@ Test(tsh_login, version_warning_names_the_versions_and_skip_version_check_silenc
                      pin_flag, NULL),
                  0, "%s", err);
     cr_assert_null(strstr(err, "WARNING"), "%s", err);
+    free(out);
+    free(err);
+    /* --insecure works, and says what it costs. */
+    cr_assert_eq(tsh("erin long password\n", "", &out, &err, "login", proxy_flag, "--user=erin",
+                     "--insecure", NULL),
+                 0, "%s", err);
+    cr_assert(strstr(err, "WARNING: --insecure: the proxy's certificate is not checked"), "%s",
+              err);
     free(out);
     free(err);
     px_stop_all();

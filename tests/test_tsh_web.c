@@ -83,6 +83,7 @@ static void setup(void)
     snprintf(ca_path, sizeof ca_path, "%s/ca.pem", dir);
     issue(ca_key, ca, "proxy", RP_SYS_PROXY);
     issue(ca_key, ca, "node", RP_SYS_NODE);
+    issue(other_key, other, "foreign", RP_SYS_PROXY);
     EVP_PKEY_free(ca_key);
     EVP_PKEY_free(other_key);
     X509_free(ca);
@@ -213,6 +214,16 @@ Test(tsh_web, system_roots_refuse_the_cluster_ca_and_say_what_to_pass)
     struct tsh_ping p;
     cr_assert_eq(tsh_web_ping(&w, &p), RP_ETLS);
     cr_assert(strstr(rp_errmsg(), "--ca-pin") && strstr(rp_errmsg(), "--insecure"), "%s",
+              rp_errmsg());
+}
+
+Test(tsh_web, proxy_of_another_ca_is_refused_with_a_profile_ca)
+{
+    serve("foreign");
+    struct tsh_web w = {.proxy = proxy_addr, .ca_path = ca_path};
+    struct tsh_ping p;
+    cr_assert_eq(tsh_web_ping(&w, &p), RP_ETLS);
+    cr_assert(strstr(rp_errmsg(), "verifies neither against the cluster CA of the profile"), "%s",
               rp_errmsg());
 }
 
