@@ -35,6 +35,7 @@
 #include "lib/util.h"
 #include "lib/version.h"
 #include "proxy/internal.h"
+#include "proxy/sshjump.h"
 #include "proxy/tunnel.h"
 
 #define WORKERS 16
@@ -67,6 +68,7 @@ struct proxy {
     struct agent_follow *follow;
     struct px_loops *loops;
     struct px_tunnels *tunnels;
+    struct px_sshjump *sshjump; /* listen_addr (3023): ssh -J */
     struct px_listen *listen;
     bool loops_started;
     char web_addr[300];    /* what presence announces */
@@ -679,6 +681,8 @@ static void bg_stop(struct proxy *p)
 
 static void proxy_free(struct proxy *p)
 {
+    /* First: its connections route through the tunnels and the cache. */
+    px_sshjump_stop(p->sshjump);
     if (p->loops_started)
         px_listen_stop(p->listen);
     px_loops_stop(p->loops);
@@ -702,6 +706,15 @@ static void proxy_free(struct proxy *p)
     pthread_cond_destroy(&p->bg_cv);
 }
 
+/* A stop hook of the loops: ends the connections they still hold (the modules free
+ * their state in on_close). */
+static void close_on_stop(void *arg)
+{
+    struct proxy *p = arg;
+    px_tls_close_all(p->loops);
+    px_listen_close_all(p->listen);
+}
+
 /* Everything up to serving; the message of a failure is in rp_errmsg(). */
 static int proxy_start(struct proxy *p)
 {
@@ -723,10 +736,16 @@ static int proxy_start(struct proxy *p)
         return rv;
     if ((rv = start_threads(p)) != 0)
         return rv;
-    if ((rv = px_loops_new(&p->loops, 0)) != 0 || (rv = px_tunnels_new(&p->tunnels, p)) != 0 ||
-        (rv = px_listen_start(p, &p->listen)) != 0 || (rv = px_loops_start(p->loops)) != 0)
+    if ((rv = px_loops_new(&p->loops, 0)) != 0 ||
+        (rv = px_loops_on_stop(p->loops, close_on_stop, p)) != 0 ||
+        (rv = px_tunnels_new(&p->tunnels, p)) != 0 || (rv = px_listen_start(p, &p->listen)) != 0 ||
+        (rv = px_loops_start(p->loops)) != 0)
         return rv;
     p->loops_started = true;
+    char host_key[1200];
+    proxy_key_path(p, "ssh_host_key", host_key, sizeof host_key);
+    if ((rv = px_sshjump_start(&p->sshjump, p, p->cfg->proxy_listen_addr, host_key)) != 0)
+        return rv;
     presence_addrs(p);
     if (pthread_create(&p->hb_thread, NULL, heartbeat_main, p) != 0)
         return rp_err(RP_ENOMEM, "cannot start the heartbeat");

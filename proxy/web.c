@@ -34,6 +34,9 @@
 #include "proxy/web.h"
 
 #define WEB_READ_CHUNK 16384
+#define WEB_READS_PER_CALL 4
+#define WEB_LINGER_MS 2000
+#define WEB_LINGER_BYTES (256u << 10)
 #define WEB_WRITE_HIGH (1u << 20) /* queued answer bytes above which reading pauses */
 #define WEB_RATE_CAPACITY 65536   /* source addresses tracked */
 #define WEB_RATE_REPORT_MS 60000  /* one throttling event per address per minute */
@@ -48,6 +51,8 @@ struct web_conn {
     struct px_timer idle;
     bool busy;     /* a worker is answering the current request */
     bool closing;  /* the last answer is out; no more requests */
+    bool draining; /* refused: the answer is out, what the client still sends is dropped */
+    size_t drained;
     char addr[64]; /* the client's "ip:port" */
     char ip[64];   /* the rate limit's key */
 };
@@ -84,6 +89,15 @@ static void emit_refusal(struct proxy *p, const char *type, const char *user, co
     struct rp_mp_map m;
     rp_buf_init(&ev);
     rp_mp_packer_init(&pk, &ev);
+    /* The user name comes from an anonymous body: auth refuses control characters in
+     * indexed fields (and would refuse the whole batch), so they become '?'. */
+    char who[256] = "";
+    for (size_t i = 0; user != NULL && user[i] != '\0' && i + 1 < sizeof who; i++) {
+        unsigned char ch = (unsigned char)user[i];
+        who[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+        who[i + 1] = '\0';
+    }
+    user = who;
     rp_mp_map_begin(&pk, &m);
     rp_mp_map_str(&m, "event", type);
     rp_mp_map_u64(&m, "time", rp_now_ms());
@@ -170,6 +184,27 @@ static void on_idle(struct px_timer *t)
     px_tls_close(w->c);
 }
 
+/* The end of a refused connection's grace period (see linger). */
+static void on_linger_end(struct px_timer *t)
+{
+    struct web_conn *w = (struct web_conn *)((char *)t - offsetof(struct web_conn, idle));
+    if (w->c != NULL)
+        px_tls_close(w->c);
+}
+
+/* After refusing a request the client may still be sending (the rest of a head, a body
+ * declared too large): closing at once would reset the connection, and the client's
+ * stack would drop our answer with it. So the answer goes out, what arrives is read and
+ * dropped for a moment (WEB_LINGER_MS, at most WEB_LINGER_BYTES), then the connection
+ * closes. */
+static void linger(struct web_conn *w)
+{
+    w->closing = true;
+    w->draining = true;
+    px_tls_pause_reading(w->c, false);
+    px_timer_arm(w->loop, &w->idle, WEB_LINGER_MS, on_linger_end);
+}
+
 static void send_answer(struct web_conn *w, struct px_web_answer *a)
 {
     struct rp_buf out;
@@ -179,9 +214,15 @@ static void send_answer(struct web_conn *w, struct px_web_answer *a)
     if (px_web_answer_format(a, &out) != 0 || px_tls_write(w->c, out.data, out.len) != 0)
         a->close = true;
     rp_buf_free(&out);
+    /* The body may hold a password; an idle connection keeps no buffer. */
     if (w->http.req.body.data)
-        OPENSSL_cleanse(w->http.req.body.data, w->http.req.body.len);
+        OPENSSL_cleanse(w->http.req.body.data, w->http.req.body.cap);
+    rp_buf_free(&w->http.req.body);
     if (a->close) {
+        if (a->status >= 400 && w->http.state == PX_HTTP_ERROR) {
+            linger(w);
+            return;
+        }
         w->closing = true;
         px_tls_close(w->c);
         return;
@@ -578,22 +619,39 @@ static void process(struct web_conn *w)
         }
         break; /* more bytes needed */
     }
-    /* Keep only what the parser has not taken. */
-    if (w->in_off > 0) {
+    /* Keep only what the parser has not taken; an idle connection keeps no buffer. */
+    if (w->in_off > 0 && w->in.data != NULL) {
         size_t left = w->in.len - w->in_off;
         memmove(w->in.data, w->in.data + w->in_off, left);
+        OPENSSL_cleanse(w->in.data + left, w->in.cap - left);
         w->in.len = left;
         w->in_off = 0;
     }
+    if (w->in.len == 0 && w->in.data != NULL)
+        rp_buf_free(&w->in);
 }
 
 static void on_readable(struct px_tls *c)
 {
     struct web_conn *w = c->mod;
     char buf[WEB_READ_CHUNK];
-    while (w->c != NULL && !w->closing) {
-        /* One request at a time: bytes of the next one wait in the socket. */
-        if (w->busy || w->in.len - w->in_off > 0) {
+    while (w->draining && w->c != NULL) {
+        ssize_t n = px_tls_read(c, buf, sizeof buf);
+        if (n == RP_EAGAIN)
+            return;
+        w->drained += n > 0 ? (size_t)n : 0;
+        if (n <= 0 || w->drained > WEB_LINGER_BYTES) {
+            w->draining = false;
+            px_tls_close(c);
+            return;
+        }
+    }
+    /* A few reads per call, so that a client pipelining without end does not hold the
+     * loop: what is left waits in the socket (or in the SSL, which conn.c re-kicks). */
+    for (int reads = 0; reads < WEB_READS_PER_CALL && w->c != NULL && !w->closing; reads++) {
+        /* One request at a time: bytes of the next one wait in the socket. Answers the
+         * client does not read stop its requests too. */
+        if (w->busy || w->in.len - w->in_off > 0 || px_tls_pending(c) > WEB_WRITE_HIGH) {
             px_tls_pause_reading(c, true);
             return;
         }

@@ -187,7 +187,11 @@ int px_web_check_version(const struct px_web_req *req, const char *server, struc
 {
     if (req->version[0] == '\0' && !req->version_too_long)
         return 0;
-    const char *client = req->version_too_long ? "(longer than 39 bytes)" : req->version;
+    char trimmed[sizeof req->version];
+    snprintf(trimmed, sizeof trimmed, "%s", req->version);
+    for (size_t n = strlen(trimmed); n > 0 && (trimmed[n - 1] == ' ' || trimmed[n - 1] == '\t');)
+        trimmed[--n] = '\0';
+    const char *client = req->version_too_long ? "(longer than 39 bytes)" : trimmed;
     enum rp_version_verdict v = rp_version_check_client(server, client);
     if (v == RP_VERSION_OK)
         return 0;
@@ -290,8 +294,10 @@ static json_t *parse_object(const char *body, size_t n, char *why, size_t why_le
     }
     json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &err);
     if (j == NULL) {
-        snprintf(why, why_len, "the body is not valid JSON (line %d, column %d: %s)", err.line,
-                 err.column, err.text);
+        /* Not jansson's text: it quotes the input near the error, which may be a
+         * password, and the message goes to the audit log. */
+        snprintf(why, why_len, "the body is not valid JSON (line %d, column %d)", err.line,
+                 err.column);
         return NULL;
     }
     if (!json_is_object(j)) {

@@ -243,6 +243,9 @@ Test(web_api, a_newer_major_or_too_old_client_gets_400_naming_the_rule)
     cr_expect_eq(px_web_check_version(&r, "5.1.0", &a), 0, "no header: curl and browsers pass");
     snprintf(r.version, sizeof r.version, "5.0.3");
     cr_expect_eq(px_web_check_version(&r, "5.1.0", &a), 0);
+    snprintf(r.version, sizeof r.version, "5.0.3 \t");
+    cr_expect_eq(px_web_check_version(&r, "5.1.0", &a), 0,
+                 "trailing white space is not part of it");
     snprintf(r.version, sizeof r.version, "4.9.0");
     cr_expect_eq(px_web_check_version(&r, "5.1.0", &a), 0, "one major behind is served");
     snprintf(r.version, sizeof r.version, "6.0.0");
