@@ -49,6 +49,14 @@ $(BUILD)/%: $(BUILD)/obj/tools/%.o $(BUILD)/libraftport.a
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libraftport.a $(LDLIBS)
 
+# tsh links its own objects directly: tools/tsh.c has weak definitions of the commands
+# (for a build without some part of tsh), and an archive member is never pulled in to
+# replace a weak definition.
+TSH_OBJS := $(filter $(BUILD)/obj/tsh/%,$(LIB_OBJS))
+$(BUILD)/tsh: $(BUILD)/obj/tools/tsh.o $(TSH_OBJS) $(BUILD)/libraftport.a
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TSH_OBJS) $(BUILD)/libraftport.a $(LDLIBS)
+
 # A test-only daemon whose followers answer reads without asking the leader: the
 # Jepsen harness must report it non-linearizable (tests/test_jepsen_smoke.c).
 $(BUILD)/obj/stale/%.o: %.c
