@@ -4,7 +4,7 @@
 
 CC       ?= cc
 BUILD    ?= build
-PKGS     := raft libuv openssl lmdb msgpack yaml-0.1 libargon2 libssh libzstd libnghttp2 libcurl libqrencode
+PKGS     := raft libuv openssl lmdb msgpack yaml-0.1 libargon2 libssh libzstd libnghttp2 libcurl libqrencode jansson
 DEPS_OK  := $(shell scripts/install-deps.sh >&2 && echo ok)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -48,6 +48,14 @@ $(BUILD)/libraftport.a: $(LIB_OBJS)
 $(BUILD)/%: $(BUILD)/obj/tools/%.o $(BUILD)/libraftport.a
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libraftport.a $(LDLIBS)
+
+# tsh links its own objects directly: tools/tsh.c has weak definitions of the commands
+# (for a build without some part of tsh), and an archive member is never pulled in to
+# replace a weak definition.
+TSH_OBJS := $(filter $(BUILD)/obj/tsh/%,$(LIB_OBJS))
+$(BUILD)/tsh: $(BUILD)/obj/tools/tsh.o $(TSH_OBJS) $(BUILD)/libraftport.a
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TSH_OBJS) $(BUILD)/libraftport.a $(LDLIBS)
 
 # A test-only daemon whose followers answer reads without asking the leader: the
 # Jepsen harness must report it non-linearizable (tests/test_jepsen_smoke.c).
