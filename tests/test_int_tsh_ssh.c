@@ -194,3 +194,121 @@ Test(tsh_ssh, a_node_with_another_host_key_is_refused)
     ag_stop_all();
     cluster_pass();
 }
+
+/* ---- scp ------------------------------------------------------------------------------ */
+
+static int sh(const char *cmd, char **out, int timeout_ms)
+{
+    char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
+    struct cl_run r;
+    int st = cl_run_argv(argv, timeout_ms, &r);
+    if (st != 0 && r.err && r.err[0])
+        fprintf(stderr, "`%s` exited %d: %s\n", cmd, st, r.err);
+    if (out)
+        *out = r.out, r.out = NULL;
+    cl_run_free(&r);
+    return st;
+}
+
+/* An SFTP copy over a fresh authenticated connection; the copy's result. */
+static int scp_run(bool upload, const char *src, const char *dst, bool recursive)
+{
+    struct tsh_ssh_opts o = opts_for(NULL);
+    int fd = connect_node();
+    ssh_session s = NULL;
+    int rv = tsh_ssh_connect(fd, &o.auth, &s);
+    cr_assert_eq(rv, 0, "%s", rp_errmsg());
+    struct tsh_scp_opts so = {.recursive = recursive, .progress_fd = -1};
+    const char *srcs[] = {src};
+    rv = upload ? tsh_scp_upload(s, srcs, 1, dst, &so) : tsh_scp_download(s, srcs, 1, dst, &so);
+    tsh_ssh_close(s);
+    close(fd);
+    return rv;
+}
+
+static unsigned mode_of(const char *path)
+{
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+    return st.st_mode & 07777;
+}
+
+Test(tsh_ssh, scp_copies_trees_both_ways_with_their_modes)
+{
+    start_node_and_user();
+    char cmd[8192], src[700], up[700], down[700], p[800];
+    snprintf(src, sizeof src, "%s/tree", CL->dir);
+    snprintf(up, sizeof up, "%s/up", CL->dir);
+    snprintf(down, sizeof down, "%s/down", CL->dir);
+    snprintf(cmd, sizeof cmd,
+             "set -e; mkdir -p %s/sub/deeper %s/empty; echo alpha > %s/a.txt; chmod 640 %s/a.txt;"
+             "head -c 300000 /dev/urandom > %s/sub/b.bin; chmod 755 %s/sub/b.bin;"
+             "echo gamma > %s/sub/deeper/c; : > %s/zero",
+             src, src, src, src, src, src, src, src);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0);
+
+    /* The node's side of this test is the same machine: "up" is a path on the node. */
+    cr_assert_eq(scp_run(true, src, up, false), RP_EINVAL, "a directory needs -r");
+    cr_assert(strstr(rp_errmsg(), "-r"), "the error says to use -r: %s", rp_errmsg());
+    cr_assert_eq(scp_run(true, src, up, true), 0, "%s", rp_errmsg());
+    snprintf(cmd, sizeof cmd, "diff -r %s %s", src, up);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0, "the uploaded tree differs");
+    snprintf(p, sizeof p, "%s/a.txt", up);
+    cr_assert_eq(mode_of(p), 0640);
+    snprintf(p, sizeof p, "%s/sub/b.bin", up);
+    cr_assert_eq(mode_of(p), 0755);
+
+    cr_assert_eq(scp_run(false, up, down, true), 0, "%s", rp_errmsg());
+    snprintf(cmd, sizeof cmd, "diff -r %s %s", src, down);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0, "the downloaded tree differs");
+    snprintf(p, sizeof p, "%s/a.txt", down);
+    cr_assert_eq(mode_of(p), 0640);
+    snprintf(p, sizeof p, "%s/sub/b.bin", down);
+    cr_assert_eq(mode_of(p), 0755);
+
+    /* Into an existing directory: the file keeps its name. */
+    snprintf(p, sizeof p, "%s/a.txt", src);
+    cr_assert_eq(scp_run(false, p, down, false), 0, "%s", rp_errmsg());
+    cr_assert_eq(scp_run(true, p, up, false), 0, "%s", rp_errmsg());
+
+    snprintf(p, sizeof p, "%s/no-such-file", CL->dir);
+    cr_assert_eq(scp_run(false, p, down, false), RP_ENOTFOUND);
+    cr_assert(strstr(rp_errmsg(), "no-such-file"), "the error names the file: %s", rp_errmsg());
+    ag_stop_all();
+    cluster_pass();
+}
+
+static double secs_since(uint64_t start_ms)
+{
+    return (double)(rp_mono_ms() - start_ms) / 1000.0;
+}
+
+Test(tsh_ssh, scp_of_100_mib_keeps_every_byte)
+{
+    start_node_and_user();
+    char cmd[4096], a[700], b[700], c[700];
+    snprintf(a, sizeof a, "%s/big", CL->dir);
+    snprintf(b, sizeof b, "%s/big.up", CL->dir);
+    snprintf(c, sizeof c, "%s/big.down", CL->dir);
+    snprintf(cmd, sizeof cmd, "head -c %d /dev/urandom > %s", 100 << 20, a);
+    cr_assert_eq(sh(cmd, NULL, 60000), 0);
+    uint64_t t0 = rp_mono_ms();
+    cr_assert_eq(scp_run(true, a, b, false), 0, "%s", rp_errmsg());
+    double up_s = secs_since(t0);
+    t0 = rp_mono_ms();
+    cr_assert_eq(scp_run(false, b, c, false), 0, "%s", rp_errmsg());
+    double down_s = secs_since(t0);
+    cr_log_info("100 MiB: upload %.2f s (%.0f MiB/s), download %.2f s (%.0f MiB/s)", up_s,
+                100 / up_s, down_s, 100 / down_s);
+    fprintf(stderr, "100 MiB: upload %.2f s (%.0f MiB/s), download %.2f s (%.0f MiB/s)\n", up_s,
+            100 / up_s, down_s, 100 / down_s);
+    char *out = NULL;
+    snprintf(cmd, sizeof cmd, "sha256sum < %s; sha256sum < %s; sha256sum < %s", a, b, c);
+    cr_assert_eq(sh(cmd, &out, 60000), 0);
+    char *l2 = strchr(out, '\n') + 1, *l3 = strchr(l2, '\n') + 1;
+    cr_assert_eq(strncmp(out, l2, 64), 0, "the upload's sha256 differs");
+    cr_assert_eq(strncmp(out, l3, 64), 0, "the download's sha256 differs");
+    free(out);
+    ag_stop_all();
+    cluster_pass();
+}
