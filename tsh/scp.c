@@ -29,6 +29,7 @@
 #include "lib/errors.h"
 #include "lib/util.h"
 #include "tsh/ssh.h"
+#include "tsh/tsh.h"
 
 #define CHUNK (64 * 1024)
 #define INFLIGHT 32
@@ -1058,4 +1059,126 @@ void tsh_scp_spec_free(struct tsh_scp_spec *s)
     free(s->host);
     free(s->path);
     memset(s, 0, sizeof *s);
+}
+
+/* ---- tsh scp -------------------------------------------------------------------------- */
+
+int tsh_cmd_scp(int argc, char **argv, const struct tsh_globals *gin)
+{
+    static const struct option own[] = {{NULL, 0, NULL, 0}};
+    struct tsh_globals g = *gin;
+    struct tsh_flags fl;
+    struct tsh_scp_opts o = {.progress_fd = 2};
+    int port = 0, c;
+    tsh_flags_init(&fl, &g, argc, argv, own, "rpqP:", false);
+    while ((c = tsh_flags_next(&fl)) > 0) {
+        switch (c) {
+        case 'r':
+            o.recursive = true;
+            break;
+        case 'p':
+            o.preserve_times = true;
+            break;
+        case 'q':
+            o.quiet = true;
+            break;
+        case 'P': {
+            char *end = NULL;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || v < 1 || v > 65535)
+                return tsh_usage_error(&fl, "-P %s: expected a port (1-65535)", optarg);
+            port = (int)v;
+            break;
+        }
+        default:
+            return tsh_usage_error(&fl, "unexpected flag");
+        }
+    }
+    char **args = NULL;
+    int nargs = 0;
+    int done = tsh_flags_done(&fl, c, 2, -1, &args, &nargs);
+    if (done >= 0)
+        return done;
+    int n_specs = nargs;
+    struct tsh_scp_spec *specs = calloc((size_t)n_specs, sizeof *specs);
+    const char **paths = calloc((size_t)n_specs, sizeof *paths);
+    int rc = 2;
+    if (specs == NULL || paths == NULL) {
+        rc = 1;
+        goto out;
+    }
+    for (int i = 0; i < n_specs; i++) {
+        if (tsh_scp_spec_parse(args[i], &specs[i]) != 0) {
+            rc = tsh_usage_error(&fl, "%s", rp_errmsg());
+            goto out;
+        }
+        paths[i] = specs[i].path;
+    }
+    /* Either every source is on one node and the destination is local (download), or
+     * the sources are local and the destination is on a node (upload). */
+    struct tsh_scp_spec *dst = &specs[n_specs - 1];
+    bool upload = dst->host != NULL;
+    struct tsh_scp_spec *remote = upload ? dst : &specs[0];
+    for (int i = 0; i < n_specs - 1; i++) {
+        bool src_remote = specs[i].host != NULL;
+        if (upload && src_remote) {
+            rc = tsh_usage_error(&fl, "copies between two nodes are not supported: copy to a "
+                                      "local file first");
+            goto out;
+        }
+        if (!upload && !src_remote) {
+            rc = tsh_usage_error(&fl, "neither '%s' nor '%s' is on a node ([LOGIN@]NODE:PATH)",
+                                 args[i], args[n_specs - 1]);
+            goto out;
+        }
+        if (!upload && (strcmp(specs[i].host, remote->host) != 0 ||
+                        (specs[i].login == NULL) != (remote->login == NULL) ||
+                        (specs[i].login != NULL && strcmp(specs[i].login, remote->login) != 0))) {
+            rc = tsh_usage_error(&fl, "all sources must be on the same node as the first");
+            goto out;
+        }
+    }
+    struct tsh_profile p;
+    if (tsh_require_profile(&g, "tsh scp", &p) != 0) {
+        rc = 1;
+        goto out;
+    }
+    const char *login =
+        remote->login != NULL ? remote->login : (p.n_logins > 0 ? p.logins[0] : NULL);
+    if (login == NULL) {
+        fprintf(stderr, "tsh scp: no login given and your roles list none: use "
+                        "LOGIN@NODE:PATH (tsh status shows your logins)\n");
+        goto out;
+    }
+    char target[600];
+    tsh_ssh_target(remote->host, port, target, sizeof target);
+    struct tsh_dial_answer ans;
+    int fd = -1;
+    if (tsh_dial(&p, target, login, &ans, &fd) != 0) {
+        fprintf(stderr, "tsh scp: %s\n", rp_errmsg());
+        rc = 1;
+        goto out;
+    }
+    struct tsh_ssh_auth auth = {.login = login,
+                                .host = remote->host,
+                                .key_path = p.key_path,
+                                .cert_path = p.cert_path,
+                                .host_key = ans.host_key};
+    ssh_session s = NULL;
+    int rv = tsh_ssh_connect(fd, &auth, &s);
+    if (rv == 0)
+        rv = upload ? tsh_scp_upload(s, paths, (size_t)n_specs - 1, dst->path, &o)
+                    : tsh_scp_download(s, paths, (size_t)n_specs - 1, dst->path, &o);
+    if (rv != 0)
+        fprintf(stderr, "tsh scp: %s\n", rp_errmsg());
+    tsh_ssh_close(s);
+    close(fd);
+    tsh_dial_answer_free(&ans);
+    rc = rv == 0 ? 0 : 1;
+out:
+    for (int i = 0; specs != NULL && i < n_specs; i++)
+        tsh_scp_spec_free(&specs[i]);
+    free(specs);
+    free(paths);
+    return rc;
 }

@@ -37,6 +37,7 @@
 #include "lib/ssh_key.h"
 #include "lib/util.h"
 #include "tsh/ssh.h"
+#include "tsh/tsh.h"
 
 #define IO_CHUNK (64 * 1024)
 #define MAX_CONNS 128 /* forwarded connections (-L and agent) open at once */
@@ -1041,4 +1042,160 @@ out:
     }
     free(r);
     return rv;
+}
+
+/* ---- tsh ssh -------------------------------------------------------------------------- */
+
+/* The login to use: -l, else login@, else the profile's first. */
+static const char *pick_login(const char *flag, const char *at, const struct tsh_profile *p)
+{
+    if (flag != NULL)
+        return flag;
+    if (at != NULL)
+        return at;
+    return p->n_logins > 0 ? p->logins[0] : NULL;
+}
+
+int tsh_ssh_target(const char *node, int port, char *out, size_t n)
+{
+    if (port > 0 && strchr(node, ':') == NULL)
+        snprintf(out, n, "%s:%d", node, port);
+    else
+        snprintf(out, n, "%s", node);
+    return strlen(node) + 8 < n ? 0 : rp_err(RP_EINVAL, "node name too long");
+}
+
+int tsh_cmd_ssh(int argc, char **argv, const struct tsh_globals *gin)
+{
+    static const struct option own[] = {{NULL, 0, NULL, 0}};
+    struct tsh_globals g = *gin;
+    struct tsh_flags f;
+    const char *login_flag = NULL;
+    int port = 0, n_t = 0;
+    bool no_tty = false, agent = false;
+    struct tsh_fwd *fwds = NULL;
+    size_t n_fwds = 0;
+    int c, rc = 2;
+    tsh_flags_init(&f, &g, argc, argv, own, "l:p:tTAL:", true);
+    while ((c = tsh_flags_next(&f)) > 0) {
+        switch (c) {
+        case 'l':
+            login_flag = optarg;
+            break;
+        case 'p':
+            if (parse_port(optarg, strlen(optarg), &port) != 0) {
+                rc = tsh_usage_error(&f, "-p %s: expected a port (1-65535)", optarg);
+                goto out;
+            }
+            break;
+        case 't':
+            n_t++;
+            break;
+        case 'T':
+            no_tty = true;
+            break;
+        case 'A':
+            agent = true;
+            break;
+        case 'L': {
+            struct tsh_fwd *nf = realloc(fwds, (n_fwds + 1) * sizeof *fwds);
+            if (nf == NULL) {
+                rc = 1;
+                goto out;
+            }
+            fwds = nf;
+            if (tsh_fwd_parse(optarg, &fwds[n_fwds]) != 0) {
+                rc = tsh_usage_error(&f, "%s", rp_errmsg());
+                goto out;
+            }
+            n_fwds++;
+            break;
+        }
+        default:
+            rc = tsh_usage_error(&f, "unexpected flag");
+            goto out;
+        }
+    }
+    char **args = NULL;
+    int nargs = 0;
+    int done = tsh_flags_done(&f, c, 1, -1, &args, &nargs);
+    if (done >= 0) {
+        rc = done;
+        goto out;
+    }
+    /* [login@]node */
+    char node[512], *at_login = NULL;
+    snprintf(node, sizeof node, "%s", args[0]);
+    char *at = strrchr(node, '@');
+    char *host = node;
+    if (at != NULL) {
+        *at = '\0';
+        at_login = node;
+        host = at + 1;
+    }
+    if (host[0] == '\0' || (at_login != NULL && at_login[0] == '\0')) {
+        rc = tsh_usage_error(&f, "'%s': expected [LOGIN@]NODE", args[0]);
+        goto out;
+    }
+    /* The remote command: the remaining words, joined as ssh joins them. */
+    struct rp_buf cmd;
+    rp_buf_init(&cmd);
+    for (int i = 1; i < nargs; i++) {
+        if (i > 1)
+            rp_buf_append(&cmd, " ", 1);
+        rp_buf_append_str(&cmd, args[i]);
+    }
+    rp_buf_append(&cmd, "", 1);
+
+    struct tsh_profile p;
+    if (tsh_require_profile(&g, "tsh ssh", &p) != 0) {
+        rc = TSH_EXIT_CONN;
+        rp_buf_free(&cmd);
+        goto out;
+    }
+    const char *login = pick_login(login_flag, at_login, &p);
+    if (login == NULL) {
+        fprintf(stderr, "tsh ssh: no login given and your roles list none: use -l LOGIN or "
+                        "LOGIN@NODE (tsh status shows your logins)\n");
+        rc = 2;
+        rp_buf_free(&cmd);
+        goto out;
+    }
+    char target[600];
+    tsh_ssh_target(host, port, target, sizeof target);
+    struct tsh_dial_answer ans;
+    int fd = -1;
+    if (tsh_dial(&p, target, login, &ans, &fd) != 0) {
+        fprintf(stderr, "tsh ssh: %s\n", rp_errmsg());
+        rc = TSH_EXIT_CONN;
+        rp_buf_free(&cmd);
+        goto out;
+    }
+    struct tsh_ssh_opts o = {
+        .auth = {.login = login,
+                 .host = host,
+                 .key_path = p.key_path,
+                 .cert_path = p.cert_path,
+                 .host_key = ans.host_key},
+        .command = nargs > 1 ? (const char *)cmd.data : NULL,
+        .tty = no_tty ? TSH_TTY_NO : n_t >= 2 ? TSH_TTY_FORCE : n_t == 1 ? TSH_TTY_YES : TSH_TTY_AUTO,
+        .fwds = fwds,
+        .n_fwds = n_fwds,
+        .forward_agent = agent,
+        .in_fd = 0,
+        .out_fd = 1,
+        .err_fd = 2,
+    };
+    int code = TSH_EXIT_CONN;
+    if (tsh_ssh_session_run(fd, &o, &code) != 0) {
+        fprintf(stderr, "tsh ssh: %s\n", rp_errmsg());
+        code = TSH_EXIT_CONN;
+    }
+    close(fd);
+    tsh_dial_answer_free(&ans);
+    rp_buf_free(&cmd);
+    rc = code;
+out:
+    free(fwds);
+    return rc;
 }

@@ -148,6 +148,10 @@ int tsh_scp_upload(ssh_session s, const char *const *src, size_t n_src, const ch
 int tsh_scp_download(ssh_session s, const char *const *src, size_t n_src, const char *dst,
                      const struct tsh_scp_opts *o);
 
+/* The dial target for @node and an optional @port (0: none): "node" or "node:port".
+ * RP_EINVAL when it does not fit @n bytes. */
+int tsh_ssh_target(const char *node, int port, char *out, size_t n);
+
 /* ---- command-line entry points (tools/tsh.c's verb table) ----------------------------- */
 
 struct tsh_globals;
