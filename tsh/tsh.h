@@ -31,6 +31,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define TSH_NAME_MAX 256
 #define TSH_PATH_MAX 1024
@@ -256,6 +257,38 @@ int tsh_login_interactive(const struct tsh_globals *g, const char *proxy, const 
                           uint64_t ttl_ms);
 
 /* ---- small helpers shared by the commands ---------------------------------------- */
+
+/* Prints @p as tsh status does (Teleport's layout: "> Profile URL:", "Logged in as:",
+ * ...; "EXPIRED" when valid_before has passed). @current marks the active profile. */
+void tsh_status_print(FILE *f, const struct tsh_profile *p, bool current);
+
+/* Appends @text as a QR code drawn with half-block characters (two module rows per
+ * line, a quiet zone of two modules; light modules drawn, dark ones blank, as
+ * qrencode -t UTF8 does). RP_EINVAL if the text does not fit a QR code. */
+struct rp_buf;
+int tsh_qr_render(const char *text, struct rp_buf *out);
+
+/* Writes the asciicast v2 text @cast (@len bytes) to @out: TSH_PLAY_PTY the output
+ * events at the recorded pace divided by @speed, idle gaps cut to 2 s;
+ * TSH_PLAY_JSON {"header": {...}, "events": [{"time", "type", "data"}...]};
+ * TSH_PLAY_ASCIICAST the text itself. RP_EINVAL naming the line that is not asciicast
+ * v2; RP_EIO if @out fails. */
+enum tsh_play_format { TSH_PLAY_PTY, TSH_PLAY_JSON, TSH_PLAY_ASCIICAST };
+int tsh_play_cast(const char *cast, size_t len, enum tsh_play_format format, double speed,
+                  FILE *out);
+
+/* A tsh ls label filter: "k=v,k2=v2" (every pair must match). */
+#define TSH_MAX_LABEL_FILTERS 16
+struct tsh_label_filter {
+    size_t n;
+    char keys[TSH_MAX_LABEL_FILTERS][TSH_NAME_MAX];
+    char values[TSH_MAX_LABEL_FILTERS][TSH_NAME_MAX];
+};
+/* Parses @arg into @f (appending to what is there). RP_EINVAL naming the bad item
+ * (no '=', empty key, too many, too long). */
+int tsh_label_filter_parse(const char *arg, struct tsh_label_filter *f);
+/* True when the JSON object @labels has every key of @f with its value. */
+bool tsh_labels_match(const struct tsh_label_filter *f, json_t *labels);
 
 /* Reads one line from the terminal without echo (prompting with @prompt on stderr),
  * or, when stdin is not a terminal, one line from stdin (no prompt). The newline is
