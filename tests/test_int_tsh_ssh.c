@@ -312,3 +312,264 @@ Test(tsh_ssh, scp_of_100_mib_keeps_every_byte)
     ag_stop_all();
     cluster_pass();
 }
+
+/* ---- PTY sessions --------------------------------------------------------------------- */
+
+/* Reads @master into @acc until @needle shows up (true) or @ms pass. */
+static bool read_until(int master, struct rp_buf *acc, const char *needle, int ms)
+{
+    uint64_t end = rp_mono_ms() + (uint64_t)ms;
+    for (;;) {
+        if (acc->len > 0 && memmem(acc->data, acc->len, needle, strlen(needle)) != NULL)
+            return true;
+        uint64_t now = rp_mono_ms();
+        if (now >= end)
+            return false;
+        struct pollfd p = {master, POLLIN, 0};
+        if (poll(&p, 1, (int)(end - now)) <= 0)
+            continue;
+        char buf[4096];
+        ssize_t n = read(master, buf, sizeof buf);
+        if (n <= 0)
+            return acc->len > 0 && memmem(acc->data, acc->len, needle, strlen(needle)) != NULL;
+        rp_buf_append(acc, buf, (size_t)n);
+    }
+}
+
+static void type_line(int master, const char *line)
+{
+    cr_assert_eq(write(master, line, strlen(line)), (ssize_t)strlen(line));
+}
+
+/* A child on a new pseudo-terminal that runs an interactive tsh session (what `tsh ssh
+ * node` does with a terminal) and says afterwards whether its terminal was restored. */
+static pid_t spawn_pty_session(int *master, const struct winsize *ws)
+{
+    pid_t pid = forkpty(master, NULL, NULL, ws);
+    cr_assert_neq(pid, -1, "forkpty: %s", strerror(errno));
+    if (pid == 0) {
+        struct termios before, after;
+        tcgetattr(0, &before);
+        setenv("TERM", "xterm", 1);
+        struct tsh_ssh_opts o = opts_for(NULL);
+        o.in_fd = 0, o.out_fd = 1, o.err_fd = 2;
+        int fd = connect_node();
+        int code = 255;
+        int rv = tsh_ssh_session_run(fd, &o, &code);
+        tcgetattr(0, &after);
+        bool restored = before.c_lflag == after.c_lflag && before.c_iflag == after.c_iflag &&
+                        before.c_oflag == after.c_oflag;
+        dprintf(1, "\nsession-ended rv=%d %s\n", rv, restored ? "TTY-RESTORED" : "TTY-RAW");
+        _exit(rv == 0 ? code : 250);
+    }
+    return pid;
+}
+
+static bool slave_is_cooked(int master)
+{
+    int fd = open(ptsname(master), O_RDWR | O_NOCTTY);
+    cr_assert_geq(fd, 0);
+    struct termios t;
+    cr_assert_eq(tcgetattr(fd, &t), 0);
+    close(fd);
+    return (t.c_lflag & ICANON) && (t.c_lflag & ECHO);
+}
+
+Test(tsh_ssh, a_pty_session_is_raw_resizes_and_restores_the_terminal)
+{
+    start_node_and_user();
+    struct winsize ws = {.ws_row = 30, .ws_col = 100};
+    int master = -1;
+    pid_t pid = spawn_pty_session(&master, &ws);
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    type_line(master, "stty size; echo mark-$((6*7))\r");
+    cr_assert(read_until(master, &acc, "mark-42", 20000), "no answer from the remote shell: %.*s",
+              (int)acc.len, acc.data);
+    cr_assert(memmem(acc.data, acc.len, "30 100", 6), "the remote PTY has the local size: %.*s",
+              (int)acc.len, acc.data);
+    cr_assert(!slave_is_cooked(master), "the local terminal is in raw mode during the session");
+
+    struct winsize ws2 = {.ws_row = 41, .ws_col = 132};
+    ioctl(master, TIOCSWINSZ, &ws2); /* the kernel sends SIGWINCH to the session */
+    bool resized = false;
+    for (int i = 0; i < 50 && !resized; i++) {
+        rp_buf_reset(&acc);
+        type_line(master, "stty size\r");
+        resized = read_until(master, &acc, "41 132", 300);
+    }
+    cr_assert(resized, "a resize reaches the remote PTY: %.*s", (int)acc.len, acc.data);
+
+    type_line(master, "exit 3\r");
+    cr_assert(read_until(master, &acc, "session-ended", 20000), "the session did not end: %.*s",
+              (int)acc.len, acc.data);
+    cr_assert(read_until(master, &acc, "TTY-RESTORED", 2000), "the terminal was not restored: %.*s",
+              (int)acc.len, acc.data);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3, "the shell's exit code is tsh's (%d)", st);
+    close(master);
+    rp_buf_free(&acc);
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(tsh_ssh, a_signal_during_a_pty_session_restores_the_terminal)
+{
+    start_node_and_user();
+    struct winsize ws = {.ws_row = 24, .ws_col = 80};
+    int master = -1;
+    pid_t pid = spawn_pty_session(&master, &ws);
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    type_line(master, "echo up-$((1+1))\r");
+    cr_assert(read_until(master, &acc, "up-2", 20000), "no answer from the remote shell");
+    cr_assert(!slave_is_cooked(master), "the local terminal is in raw mode during the session");
+    kill(pid, SIGTERM);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "tsh dies of the signal (%d)", st);
+    cr_assert(slave_is_cooked(master), "SIGTERM left the terminal in raw mode");
+    close(master);
+    rp_buf_free(&acc);
+    ag_stop_all();
+    cluster_pass();
+}
+
+/* ---- forwarding ----------------------------------------------------------------------- */
+
+static int listen_any(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(listen(fd, 8), 0);
+    socklen_t sl = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &sl);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+static int free_port(void)
+{
+    int port;
+    close(listen_any(&port));
+    return port;
+}
+
+/* A process that echoes every connection on @lfd back, upper-cased. */
+static pid_t spawn_echo_server(int lfd)
+{
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        for (;;) {
+            int c = accept(lfd, NULL, NULL);
+            if (c < 0)
+                _exit(0);
+            char buf[4096];
+            ssize_t n;
+            while ((n = read(c, buf, sizeof buf)) > 0) {
+                for (ssize_t i = 0; i < n; i++)
+                    buf[i] = (char)(buf[i] >= 'a' && buf[i] <= 'z' ? buf[i] - 32 : buf[i]);
+                if (write(c, buf, (size_t)n) != n)
+                    break;
+            }
+            close(c);
+        }
+    }
+    return pid;
+}
+
+Test(tsh_ssh, local_forwarding_reaches_a_port_behind_the_node)
+{
+    start_node_and_user();
+    int echo_port, lfd = listen_any(&echo_port);
+    pid_t echo = spawn_echo_server(lfd);
+    close(lfd);
+    int fwd_port = free_port();
+    char spec[128];
+    snprintf(spec, sizeof spec, "%d:127.0.0.1:%d", fwd_port, echo_port);
+    struct tsh_fwd fwd;
+    cr_assert_eq(tsh_fwd_parse(spec, &fwd), 0, "%s", rp_errmsg());
+    int in[2];
+    cr_assert_eq(pipe(in), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(in[1]);
+        struct tsh_ssh_opts o = opts_for("cat > /dev/null");
+        o.in_fd = in[0], o.out_fd = 1, o.err_fd = 2;
+        o.fwds = &fwd, o.n_fwds = 1;
+        int fd = connect_node();
+        int code = 255;
+        int rv = tsh_ssh_session_run(fd, &o, &code);
+        _exit(rv == 0 ? code : 250);
+    }
+    close(in[0]);
+    /* The listener is up before the session starts; the channel opens per connection. */
+    int c = -1;
+    for (int i = 0; i < 200 && c < 0; i++) {
+        c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)fwd_port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        if (connect(c, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            close(c);
+            c = -1;
+            cl_sleep_ms(50);
+        }
+    }
+    cr_assert_geq(c, 0, "nothing listens on the forwarded port %d", fwd_port);
+    const char *msg = "through the tunnel";
+    cr_assert_eq(write(c, msg, strlen(msg)), (ssize_t)strlen(msg));
+    shutdown(c, SHUT_WR);
+    char got[128] = {0};
+    size_t off = 0;
+    struct pollfd p = {c, POLLIN, 0};
+    while (off < sizeof got - 1 && poll(&p, 1, 10000) > 0) {
+        ssize_t n = read(c, got + off, sizeof got - 1 - off);
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    close(c);
+    cr_assert_str_eq(got, "THROUGH THE TUNNEL", "the echo came back through -L and EOF ended it");
+    close(in[1]); /* the remote cat ends, and with it the session */
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the session ended cleanly (%d)", st);
+    kill(echo, SIGKILL);
+    waitpid(echo, NULL, 0);
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(tsh_ssh, agent_forwarding_lets_the_node_use_the_local_agent)
+{
+    start_node_and_user();
+    char cmd[4096], sock[700], key[700];
+    snprintf(sock, sizeof sock, "%s/agent.sock", CL->dir);
+    snprintf(key, sizeof key, "%s/agentkey", CL->dir);
+    snprintf(cmd, sizeof cmd,
+             "ssh-keygen -q -t ed25519 -N '' -C forwarded-agent-key -f %s && "
+             "ssh-agent -a %s -t 300 > %s/agent.env && SSH_AUTH_SOCK=%s ssh-add -q %s",
+             key, sock, CL->dir, sock, key);
+    cr_assert_eq(sh(cmd, NULL, 20000), 0);
+    setenv("SSH_AUTH_SOCK", sock, 1);
+    struct tsh_ssh_opts o = opts_for(NULL);
+    o.forward_agent = true;
+    int code = -1;
+    char *out, *err;
+    cr_assert_eq(exec_on_node("ssh-add -l", &o, &code, &out, &err), 0, "%s", rp_errmsg());
+    cr_assert_eq(code, 0, "ssh-add -l on the node failed: %s", err);
+    cr_assert(strstr(out, "forwarded-agent-key"), "the node sees the local agent's key: %s", out);
+    free(out), free(err);
+    o.forward_agent = false;
+    cr_assert_eq(exec_on_node("ssh-add -l", &o, &code, &out, &err), 0, "%s", rp_errmsg());
+    cr_assert_neq(code, 0, "without -A the node has no agent");
+    free(out), free(err);
+    snprintf(cmd, sizeof cmd, ". %s/agent.env > /dev/null; ssh-agent -k > /dev/null", CL->dir);
+    sh(cmd, NULL, 10000);
+    ag_stop_all();
+    cluster_pass();
+}

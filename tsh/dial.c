@@ -73,8 +73,9 @@ int tsh_dial_frame(const char *target, const char *login, struct rp_buf *out)
     if (body.data == NULL)
         rv = rp_err(RP_ENOMEM, "dial frame");
     else if (body.len > DIAL_FRAME_MAX)
-        rv = rp_err(RP_ETOOBIG, "the dial frame for '%.64s' is %zu bytes (at most %d): the "
-                                "target or login is too long",
+        rv = rp_err(RP_ETOOBIG,
+                    "the dial frame for '%.64s' is %zu bytes (at most %d): the "
+                    "target or login is too long",
                     target, body.len, DIAL_FRAME_MAX);
     else if (rp_buf_put_be32(out, (uint32_t)body.len) != 0 ||
              rp_buf_append(out, body.data, body.len) != 0)
@@ -90,7 +91,8 @@ static int refusal(const char *target, const char *code, const char *error)
         int rv;
         const char *what;
     } t[] = {
-        {"not_found", RP_ENOTFOUND, "node '%s' not found: run tsh ls to see the nodes you can reach"},
+        {"not_found", RP_ENOTFOUND,
+         "node '%s' not found: run tsh ls to see the nodes you can reach"},
         {"ambiguous", RP_EINVAL,
          "node name '%s' matches several nodes: use the host id or address tsh ls shows"},
         {"access_denied", RP_EDENIED,
@@ -529,8 +531,7 @@ int tsh_dial(const struct tsh_profile *p, const char *target, const char *login,
     const struct rp_buf *body = rp_frame_reader_frame(&fr);
     if ((rv = tsh_dial_parse_answer(target, body->data, body->len, ans)) != 0)
         goto out;
-    if ((rv = tsh_verify_host_cert(known_hosts, ans->host_id, ans->host_key, ans->host_cert)) !=
-        0)
+    if ((rv = tsh_verify_host_cert(known_hosts, ans->host_id, ans->host_key, ans->host_cert)) != 0)
         goto out;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
         rv = rp_err(RP_EIO, "socketpair: %s", strerror(errno));
@@ -678,8 +679,9 @@ int tsh_cmd_proxy_ssh(int argc, char **argv, const struct tsh_globals *gin)
     if (tsh_require_profile(&g, "tsh proxy ssh", &p) != 0)
         return 1;
     if (cluster != NULL && strcmp(cluster, p.cluster) != 0) {
-        fprintf(stderr, "tsh proxy ssh: cluster '%s' is not the cluster of this profile ('%s'): "
-                        "log in to its proxy with tsh login --proxy=...\n",
+        fprintf(stderr,
+                "tsh proxy ssh: cluster '%s' is not the cluster of this profile ('%s'): "
+                "log in to its proxy with tsh login --proxy=...\n",
                 cluster, p.cluster);
         return 1;
     }

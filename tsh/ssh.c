@@ -1178,7 +1178,10 @@ int tsh_cmd_ssh(int argc, char **argv, const struct tsh_globals *gin)
                  .cert_path = p.cert_path,
                  .host_key = ans.host_key},
         .command = nargs > 1 ? (const char *)cmd.data : NULL,
-        .tty = no_tty ? TSH_TTY_NO : n_t >= 2 ? TSH_TTY_FORCE : n_t == 1 ? TSH_TTY_YES : TSH_TTY_AUTO,
+        .tty = no_tty     ? TSH_TTY_NO
+               : n_t >= 2 ? TSH_TTY_FORCE
+               : n_t == 1 ? TSH_TTY_YES
+                          : TSH_TTY_AUTO,
         .fwds = fwds,
         .n_fwds = n_fwds,
         .forward_agent = agent,
