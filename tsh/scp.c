@@ -128,8 +128,13 @@ static int sftp_pump(struct sftp *f, bool *progress)
             return sftp_broken(f);
         if (n <= 0)
             break;
-        if (f->in_off > 0 && f->in_off == f->in.len)
-            f->in_off = f->in.len = 0;
+        /* Parsed answers are dropped before more bytes come in: the buffer holds at
+         * most the answers in flight, never the whole transfer. */
+        if (f->in_off > 0) {
+            memmove(f->in.data, f->in.data + f->in_off, f->in.len - f->in_off);
+            f->in.len -= f->in_off;
+            f->in_off = 0;
+        }
         if (rp_buf_append(&f->in, buf, (size_t)n) != 0)
             return rp_err(RP_ENOMEM, "SFTP answer buffer");
         *progress = true;

@@ -165,6 +165,11 @@ static int connect_with_callbacks(int fd, const struct tsh_ssh_auth *a, ssh_call
         ssh_key_free(id);
         return rp_err(RP_ENOMEM, "ssh_new");
     }
+    /* Small packets (SFTP requests, window adjustments, keystrokes) must not wait for
+     * the peer's delayed ACK: on a TCP fd (a direct connection) Nagle goes off. A
+     * socketpair from tsh_dial refuses the option, which is fine. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     long timeout = CONNECT_TIMEOUT_S;
     int no = 0;
     socket_t sfd = fd;
