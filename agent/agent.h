@@ -9,7 +9,8 @@
  * data_dir (0700):
  *   host_uuid                      this node's host id (UUID v4)
  *   keys/ (0700)                   every file 0600
- *     node.key, node.crt           the X.509 identity (system role Node)
+ *     node.key, node.crt           the X.509 identity (system role Node; in a proxy's
+ *                                  data_dir the same files hold its Proxy identity)
  *     ca.crt                       the cluster TLS CA
  *     ssh_host_key                 the SSH host key (OpenSSH format, Ed25519)
  *     ssh_host_key.pub             its public line
@@ -29,6 +30,7 @@
 
 #include "agent/cache.h"
 #include "lib/config.h"
+#include "lib/tls.h"
 
 struct auth_client;
 
@@ -69,12 +71,18 @@ struct agent_ident {
     SSL_CTX *ctx;   /* client context with node.crt/key and ca.crt */
     uint64_t tls_not_before_ms, tls_not_after_ms;
     uint64_t ssh_valid_after_ms, ssh_valid_before_ms;
-    uint64_t generation; /* bumped by each renewal */
+    uint64_t generation;      /* bumped by each renewal */
+    enum rp_system_role role; /* RP_SYS_NODE, or RP_SYS_PROXY for a proxy */
 };
 
 /* Ensures @cfg->data_dir holds a joined identity (joining with the token if it does
  * not yet) and loads it into @id. One clear message in rp_errmsg() on failure. */
 int agent_ident_init(struct agent_ident *id, const struct rp_config *cfg);
+/* The same for the system role @role (RP_SYS_NODE or RP_SYS_PROXY): a proxy joins with
+ * a proxy token, and asks for its names (localhost, 127.0.0.1, the hosts of its public
+ * and listening addresses) as SSH principals and X.509 SANs. */
+int agent_ident_init_as(struct agent_ident *id, const struct rp_config *cfg,
+                        enum rp_system_role role);
 void agent_ident_free(struct agent_ident *id);
 /* A reference to the current TLS context (SSL_CTX_free it) and its generation. */
 SSL_CTX *agent_ident_ctx(struct agent_ident *id, uint64_t *generation);
@@ -91,6 +99,14 @@ int agent_ident_renew(struct agent_ident *id, const struct rp_config *cfg, struc
 struct agent_follow;
 int agent_follow_start(struct agent_follow **out, struct agent_cache *cache, struct agent_ident *id,
                        const char *const *addrs, size_t n_addrs, uint64_t max_backoff_ms);
+/* The same, following @kinds (a list that outlives the follower; each kept by the
+ * cache, agent_cache_kind_ok). */
+int agent_follow_start_kinds(struct agent_follow **out, struct agent_cache *cache,
+                             struct agent_ident *id, const char *const *addrs, size_t n_addrs,
+                             uint64_t max_backoff_ms, const char *const *kinds, size_t n_kinds);
+/* What a proxy follows: node, proxy, user, role, cert_authority, lock, cluster_name. */
+#define AGENT_FOLLOW_PROXY_N_KINDS 7
+extern const char *const agent_follow_proxy_kinds[AGENT_FOLLOW_PROXY_N_KINDS];
 void agent_follow_stop(struct agent_follow *f); /* NULL is fine */
 
 /* ---- presence (agent/presence.c) ----------------------------------------------------- */

@@ -64,7 +64,9 @@ struct agent_cache {
     size_t n_watchers;
 };
 
-static const char *const kinds_kept[] = {"cert_authority", "role", "lock", "cluster_name"};
+/* A node follows the first four; a proxy all of them (agent_follow_proxy_kinds). */
+static const char *const kinds_kept[] = {"cert_authority", "role",  "lock", "cluster_name",
+                                         "node",           "proxy", "user"};
 
 bool agent_cache_kind_ok(const char *kind)
 {
@@ -698,7 +700,6 @@ static int a_role_set(void *arg, const char *const *roles, size_t n_roles, const
                       struct rbac_set **out, char *why, size_t why_len)
 {
     struct agent_cache *c = arg;
-    struct rbac_role **parsed = NULL;
     struct rp_buf traits;
     msgpack_unpacked tu;
     bool have_traits = false;
@@ -719,25 +720,45 @@ static int a_role_set(void *arg, const char *const *roles, size_t n_roles, const
             return rp_err(RP_EINVAL, "%s", why);
         }
     }
-    if (n_roles > 0 && (parsed = calloc(n_roles, sizeof *parsed)) == NULL) {
-        rv = rp_err(RP_ENOMEM, "role set");
-        goto out;
-    }
+    rv = agent_cache_role_set(c, roles, n_roles, have_traits ? &tu.data : NULL, out, why, why_len);
+    if (have_traits)
+        msgpack_unpacked_destroy(&tu);
+    rp_buf_free(&traits);
+    return rv;
+}
+
+int agent_cache_role_set(struct agent_cache *c, const char *const *roles, size_t n_roles,
+                         const msgpack_object *traits, struct rbac_set **out, char *why,
+                         size_t why_len)
+{
+    struct rbac_role **parsed = NULL;
+    int rv = 0;
+    *out = NULL;
+    if (n_roles > 0 && (parsed = calloc(n_roles, sizeof *parsed)) == NULL)
+        return rp_err(RP_ENOMEM, "role set");
     pthread_mutex_lock(&c->mu);
     for (size_t i = 0; rv == 0 && i < n_roles; i++)
         rv = role_locked(c, roles[i], &parsed[i]);
     /* Built under the lock: the parsed roles it borrows are retired, never freed,
      * while the cache lives. */
     if (rv == 0)
-        rv = rbac_set_new(parsed, n_roles, have_traits ? &tu.data : NULL, out);
+        rv = rbac_set_new(parsed, n_roles, traits, out);
     pthread_mutex_unlock(&c->mu);
     if (rv != 0)
         snprintf(why, why_len, "%s", rp_errmsg());
-out:
-    if (have_traits)
-        msgpack_unpacked_destroy(&tu);
-    rp_buf_free(&traits);
     free(parsed);
+    return rv;
+}
+
+int agent_cache_each(struct agent_cache *c, const char *kind,
+                     int (*fn)(void *arg, const char *name, const void *res, size_t len), void *arg)
+{
+    int rv = 0;
+    pthread_mutex_lock(&c->mu);
+    for (size_t i = 0; rv == 0 && i < c->n; i++)
+        if (kind == NULL || strcmp(c->items[i].kind, kind) == 0)
+            rv = fn(arg, c->items[i].name, c->items[i].res, c->items[i].len);
+    pthread_mutex_unlock(&c->mu);
     return rv;
 }
 

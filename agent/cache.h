@@ -77,6 +77,20 @@ size_t agent_cache_count(struct agent_cache *c, const char *kind);
 int agent_cache_get(struct agent_cache *c, const char *kind, const char *name, void **res,
                     size_t *len);
 
+/* Calls @fn for every item of @kind (NULL: all) with the item's name and resource
+ * (borrowed for the call), under the cache's lock: @fn must not call into the cache.
+ * Stops at the first non-zero return of @fn and returns it. */
+int agent_cache_each(struct agent_cache *c, const char *kind,
+                     int (*fn)(void *arg, const char *name, const void *res, size_t len),
+                     void *arg);
+
+/* The role set (auth/rbac.h) of a user holding @roles with @traits (a msgpack map of
+ * trait -> [values], or NULL), from the cached roles; what the authority's role_set
+ * does with a certificate's JSON traits. RP_ENOTFOUND naming a role not cached. */
+int agent_cache_role_set(struct agent_cache *c, const char *const *roles, size_t n_roles,
+                         const msgpack_object *traits, struct rbac_set **out, char *why,
+                         size_t why_len);
+
 /* This node's labels (what the authority's labels function answers). Copies @l. */
 int agent_cache_set_labels(struct agent_cache *c, const struct agent_labels *l);
 

@@ -35,13 +35,18 @@ struct agent_follow {
     char (*addrs)[64];
     size_t n_addrs;
     uint64_t max_backoff_ms;
+    const char *const *kinds; /* static lists: the node's, or the proxy's */
+    size_t n_kinds;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     atomic_bool stop;
 };
 
+/* What a node follows; a proxy follows agent_follow_proxy_kinds. */
 static const char *const watched[] = {"cert_authority", "role", "lock", "cluster_name"};
+const char *const agent_follow_proxy_kinds[AGENT_FOLLOW_PROXY_N_KINDS] = {
+    "cert_authority", "role", "lock", "cluster_name", "node", "proxy", "user"};
 
 /* Waits @ms or until stop; true if stopping. */
 static bool wait_or_stop(struct agent_follow *f, uint64_t ms)
@@ -105,9 +110,9 @@ static int follow_once(struct agent_follow *f, struct auth_client *c, bool *sync
     msgpack_pack_map(&pk, 2);
     rp_mp_kv_str(&pk, "m", "watch");
     rp_mp_pack_str(&pk, "kinds");
-    msgpack_pack_array(&pk, sizeof watched / sizeof watched[0]);
-    for (size_t i = 0; i < sizeof watched / sizeof watched[0]; i++)
-        rp_mp_pack_str(&pk, watched[i]);
+    msgpack_pack_array(&pk, (uint32_t)f->n_kinds);
+    for (size_t i = 0; i < f->n_kinds; i++)
+        rp_mp_pack_str(&pk, f->kinds[i]);
     rv = auth_client_watch(c, req.data, req.len, &w);
     rp_buf_free(&req);
     if (rv != 0)
@@ -242,6 +247,14 @@ static void *follow_main(void *arg)
 int agent_follow_start(struct agent_follow **out, struct agent_cache *cache, struct agent_ident *id,
                        const char *const *addrs, size_t n_addrs, uint64_t max_backoff_ms)
 {
+    return agent_follow_start_kinds(out, cache, id, addrs, n_addrs, max_backoff_ms, watched,
+                                    sizeof watched / sizeof watched[0]);
+}
+
+int agent_follow_start_kinds(struct agent_follow **out, struct agent_cache *cache,
+                             struct agent_ident *id, const char *const *addrs, size_t n_addrs,
+                             uint64_t max_backoff_ms, const char *const *kinds, size_t n_kinds)
+{
     struct agent_follow *f = calloc(1, sizeof *f);
     *out = NULL;
     if (f == NULL || n_addrs == 0 || n_addrs > RP_CONFIG_MAX_AUTH_SERVERS ||
@@ -254,6 +267,8 @@ int agent_follow_start(struct agent_follow **out, struct agent_cache *cache, str
     f->n_addrs = n_addrs;
     f->cache = cache;
     f->id = id;
+    f->kinds = kinds;
+    f->n_kinds = n_kinds;
     f->max_backoff_ms = max_backoff_ms ? max_backoff_ms : AGENT_MAX_BACKOFF_MS;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);

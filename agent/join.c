@@ -30,6 +30,8 @@
 /* How long a join keeps retrying auth servers that do not answer (or have no
  * leader) before it gives up with "cannot reach". */
 #define JOIN_DEADLINE_MS 10000
+/* Names a proxy asks to be certified for (auth takes at most 8). */
+#define PROXY_MAX_NAMES 6
 
 void agent_key_path(const char *data_dir, const char *file, char *out, size_t outlen)
 {
@@ -102,8 +104,9 @@ static uint64_t asn1_ms(const ASN1_TIME *t)
     return (uint64_t)timegm(&tm) * 1000;
 }
 
-/* Checks the X.509 certificate @cert against @ca and our @host_id and key. */
-static int check_node_cert(X509 *cert, X509 *ca, EVP_PKEY *key, const char *host_id)
+/* Checks the X.509 certificate @cert against @ca and our @host_id, key and role. */
+static int check_node_cert(X509 *cert, X509 *ca, EVP_PKEY *key, const char *host_id,
+                           enum rp_system_role role)
 {
     struct rp_identity who;
     EVP_PKEY *ca_pub = X509_get0_pubkey(ca);
@@ -114,8 +117,9 @@ static int check_node_cert(X509 *cert, X509 *ca, EVP_PKEY *key, const char *host
     int rv = rp_identity_from_cert(cert, &who);
     if (rv != 0)
         return rv;
-    if (who.system_role != RP_SYS_NODE || who.host_id == NULL || strcmp(who.host_id, host_id) != 0)
-        rv = rp_err(RP_ETLS, "the node certificate is not a Node identity of host %s", host_id);
+    if (who.system_role != role || who.host_id == NULL || strcmp(who.host_id, host_id) != 0)
+        rv = rp_err(RP_ETLS, "the host certificate is not a %s identity of host %s",
+                    rp_system_role_name(role), host_id);
     rp_identity_free(&who);
     return rv;
 }
@@ -152,7 +156,7 @@ static int load_ident(struct agent_ident *id)
     agent_key_path(id->data_dir, "ca.crt", path, sizeof path);
     if ((rv = rp_tls_read_cert(path, &ca)) != 0)
         goto out;
-    if ((rv = check_node_cert(cert, ca, key, id->host_id)) != 0 ||
+    if ((rv = check_node_cert(cert, ca, key, id->host_id, id->role)) != 0 ||
         (rv = read_key_text(id->data_dir, "ssh_host_key.pub", &pub)) != 0 ||
         (rv = read_key_text(id->data_dir, "ssh_host_key-cert.pub", &sshcert)) != 0 ||
         (rv = read_key_text(id->data_dir, "cluster_name", &cluster)) != 0 ||
@@ -221,7 +225,7 @@ static int store_certs(struct agent_ident *id, const struct answer_certs *ac, co
             rv = rp_err(RP_ETLS, "the join answer carries CA %s, expected the pinned %s", got, pin);
     }
     if (rv == 0)
-        rv = check_node_cert(cert, ca, tls_priv, id->host_id);
+        rv = check_node_cert(cert, ca, tls_priv, id->host_id, id->role);
     if (rv == 0) {
         /* The SSH certificate must certify our host key. */
         struct rp_ssh_cert sc;
@@ -329,6 +333,44 @@ static int node_keys(struct agent_ident *id, EVP_PKEY **tls, char **tls_pub, cha
     return rv;
 }
 
+/* Appends the host of "host:port" @addr to @out (unless it is a wildcard, empty, or
+ * already there). */
+static void add_host_of(const char *addr, char out[][256], size_t *n, size_t max)
+{
+    const char *colon = addr ? strrchr(addr, ':') : NULL;
+    if (colon == NULL || *n >= max || (size_t)(colon - addr) >= 256)
+        return;
+    size_t len = (size_t)(colon - addr);
+    if (len > 2 && addr[0] == '[') {
+        addr++;
+        len -= 2;
+    }
+    char host[256];
+    memcpy(host, addr, len);
+    host[len] = '\0';
+    if (host[0] == '\0' || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
+        return;
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(out[i], host) == 0)
+            return;
+    snprintf(out[(*n)++], 256, "%s", host);
+}
+
+/* A proxy's names, for its SSH host certificate and (auth adds them as SANs) its X.509
+ * certificate, which is the default web certificate: localhost, 127.0.0.1 and the hosts
+ * of its public and listening addresses, into @out. Returns the count. */
+static size_t proxy_principals(const struct rp_config *cfg, char out[PROXY_MAX_NAMES][256])
+{
+    size_t n = 0;
+    snprintf(out[n++], 256, "localhost");
+    snprintf(out[n++], 256, "127.0.0.1");
+    add_host_of(cfg->proxy_public_addr, out, &n, PROXY_MAX_NAMES);
+    add_host_of(cfg->web_listen_addr, out, &n, PROXY_MAX_NAMES);
+    add_host_of(cfg->tunnel_listen_addr, out, &n, PROXY_MAX_NAMES);
+    add_host_of(cfg->proxy_listen_addr, out, &n, PROXY_MAX_NAMES);
+    return n;
+}
+
 /* Extra principals of the SSH host certificate: localhost and the host of the address
  * clients dial, into @out (2 entries of 256 bytes). Returns the count. */
 static size_t principals(const struct rp_config *cfg, char out[2][256])
@@ -351,6 +393,15 @@ static size_t principals(const struct rp_config *cfg, char out[2][256])
     return n;
 }
 
+/* The extra principals of @id's role into @out. */
+static size_t role_principals(const struct agent_ident *id, const struct rp_config *cfg,
+                              char out[PROXY_MAX_NAMES][256])
+{
+    if (id->role == RP_SYS_PROXY)
+        return proxy_principals(cfg, out);
+    return principals(cfg, out);
+}
+
 /* A NUL-terminated copy of the string @key of @map, or NULL. */
 static char *answer_str(const msgpack_object *map, const char *key)
 {
@@ -370,10 +421,13 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
     struct rp_buf req, frame;
     msgpack_unpacked resp;
     int rv;
+    const char *type = id->role == RP_SYS_PROXY ? "proxy" : "node";
     if (cfg->join_token == NULL)
-        return rp_err(RP_EINVAL, "this node has not joined a cluster yet: give a join token "
-                                 "(--token or teleport.join_params.token_name, from `tctl "
-                                 "tokens add --type=node`)");
+        return rp_err(RP_EINVAL,
+                      "this %s has not joined a cluster yet: give a join token "
+                      "(--token or teleport.join_params.token_name, from `tctl "
+                      "tokens add --type=%s`)",
+                      type, type);
     if (cfg->ca_pin == NULL || n_addrs == 0)
         return rp_err(RP_EINVAL, "joining needs the CA pin (--ca-pin) and an auth server "
                                  "(--auth-server)");
@@ -386,13 +440,13 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
     msgpack_pack_map(&pk, 8);
     rp_mp_kv_str(&pk, "m", "join");
     rp_mp_kv_str(&pk, "token", cfg->join_token);
-    rp_mp_kv_str(&pk, "type", "node");
+    rp_mp_kv_str(&pk, "type", type);
     rp_mp_kv_str(&pk, "host_id", id->host_id);
     rp_mp_kv_str(&pk, "nodename", cfg->nodename);
     rp_mp_kv_str(&pk, "host_pubkey", tls_pub);
     rp_mp_kv_str(&pk, "ssh_pubkey", ssh_pub);
-    char extra[2][256];
-    size_t n_extra = principals(cfg, extra);
+    char extra[PROXY_MAX_NAMES][256];
+    size_t n_extra = role_principals(id, cfg, extra);
     rp_mp_pack_str(&pk, "principals");
     msgpack_pack_array(&pk, (uint32_t)n_extra);
     for (size_t k = 0; k < n_extra; k++)
@@ -445,7 +499,8 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
     }
     msgpack_unpacked_destroy(&resp);
     if (rv == 0)
-        rp_info("agent", "joined cluster %s as node %s (%s)", cluster, cfg->nodename, id->host_id);
+        rp_info("agent", "joined cluster %s as %s %s (%s)", cluster, type, cfg->nodename,
+                id->host_id);
 out:
     OPENSSL_cleanse(req.data, req.cap);
     rp_buf_free(&req);
@@ -458,10 +513,17 @@ out:
 
 int agent_ident_init(struct agent_ident *id, const struct rp_config *cfg)
 {
+    return agent_ident_init_as(id, cfg, RP_SYS_NODE);
+}
+
+int agent_ident_init_as(struct agent_ident *id, const struct rp_config *cfg,
+                        enum rp_system_role role)
+{
     char path[1200];
     int rv;
     memset(id, 0, sizeof *id);
     pthread_mutex_init(&id->mu, NULL);
+    id->role = role;
     if (strlen(cfg->data_dir) >= sizeof id->data_dir)
         return rp_err(RP_EINVAL, "teleport.data_dir is too long");
     snprintf(id->data_dir, sizeof id->data_dir, "%s", cfg->data_dir);
@@ -524,9 +586,11 @@ int agent_ident_renew(struct agent_ident *id, const struct rp_config *cfg, struc
     EVP_PKEY *tls = NULL;
     char *tls_pub = NULL, *ssh_pub = NULL;
     struct auth_host_certs hc = {0};
-    char extra[2][256];
-    size_t n_extra = principals(cfg, extra);
-    const char *pr[2] = {extra[0], extra[1]};
+    char extra[PROXY_MAX_NAMES][256];
+    size_t n_extra = role_principals(id, cfg, extra);
+    const char *pr[PROXY_MAX_NAMES];
+    for (size_t k = 0; k < n_extra; k++)
+        pr[k] = extra[k];
     int rv = node_keys(id, &tls, &tls_pub, &ssh_pub);
     if (rv != 0)
         return rv;

@@ -287,7 +287,7 @@ static int check_spec(const msgpack_object *spec, const msgpack_object *labels, 
 {
     static const char *const fields[] = {"addr",       "public_addr", "hostname",  "version",
                                          "cmd_labels", "host_key",    "host_cert", "rotation",
-                                         "use_tunnel", NULL};
+                                         "use_tunnel", "tunnel_addr", NULL};
     if (spec == NULL || spec->type != MSGPACK_OBJECT_MAP)
         return rp_err(RP_EINVAL, "spec: expected a map {addr, hostname, version, ...}");
     int rv = check_keys(spec, "spec", fields);
@@ -313,6 +313,10 @@ static int check_spec(const msgpack_object *spec, const msgpack_object *labels, 
     const msgpack_object *rot = rp_mp_get(spec, "rotation");
     if (rot != NULL && rot->type != MSGPACK_OBJECT_NIL && rot->type != MSGPACK_OBJECT_MAP)
         return rp_err(RP_EINVAL, "spec.rotation: expected a map");
+    /* A proxy's reverse tunnel address, which agents discover proxies by. */
+    const msgpack_object *taddr = rp_mp_get(spec, "tunnel_addr");
+    if (taddr != NULL && taddr->type != MSGPACK_OBJECT_NIL && (is_node || !hostport_ok(taddr)))
+        return rp_err(RP_EINVAL, "spec.tunnel_addr: expected host:port, on a proxy only");
     const msgpack_object *tun = rp_mp_get(spec, "use_tunnel");
     if (tun != NULL && tun->type != MSGPACK_OBJECT_NIL && tun->type != MSGPACK_OBJECT_BOOLEAN)
         return rp_err(RP_EINVAL, "spec.use_tunnel: expected a boolean");

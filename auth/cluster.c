@@ -592,6 +592,9 @@ static int append_consume(struct rp_buf *ops, const char *token, uint64_t rev)
     return state_cmd_encode(&c, ops);
 }
 
+/* SANs a joining proxy may ask for (auth/agents' principals, the first this many). */
+#define JOIN_PROXY_MAX_SANS 8
+
 /* Extracts the host part of "host:port" into @out. */
 static void host_of(const char *addr, char *out, size_t outlen)
 {
@@ -679,9 +682,29 @@ int auth_h_join(struct auth_req *r, struct rp_buf *out)
     }
 
     char api_host[64], raft_host[64];
-    const char *sans[4];
+    /* A proxy's X.509 certificate is also the default web certificate clients check by
+     * host name: its SANs are the names it asks for (its principals), which only a
+     * proxy token holder may choose. Nodes' and auth servers' names are fixed. */
+    char proxy_names[JOIN_PROXY_MAX_SANS][254];
+    const char *sans[4 + JOIN_PROXY_MAX_SANS];
     size_t n_sans = 0;
     sans[n_sans++] = nodename;
+    if (strcmp(type, "proxy") == 0) {
+        const msgpack_object *pr = rp_mp_get(r->args, "principals");
+        for (uint32_t i = 0; pr != NULL && pr->type == MSGPACK_OBJECT_ARRAY &&
+                             i < pr->via.array.size && i < JOIN_PROXY_MAX_SANS;
+             i++) {
+            const msgpack_object *o = &pr->via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size > 253 ||
+                memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL) {
+                rv = rp_err(RP_EINVAL, "principals[%u]: expected a host name or address", i);
+                goto out;
+            }
+            snprintf(proxy_names[i], sizeof proxy_names[i], "%.*s", (int)o->via.str.size,
+                     o->via.str.ptr);
+            sans[n_sans++] = proxy_names[i];
+        }
+    }
     if (is_auth) {
         host_of(api_addr, api_host, sizeof api_host);
         host_of(raft_addr, raft_host, sizeof raft_host);

@@ -154,6 +154,15 @@ static void free_labels(struct rp_config_label *labels, size_t n)
     free(labels);
 }
 
+static void free_keypairs(struct rp_config_keypair *kp, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(kp[i].key_file);
+        free(kp[i].cert_file);
+    }
+    free(kp);
+}
+
 void rp_config_free(struct rp_config *c)
 {
     char **strings[] = {
@@ -181,6 +190,7 @@ void rp_config_free(struct rp_config *c)
     free_strings(c->auth_servers, c->n_auth_servers);
     free_strings(c->accept_env, c->n_accept_env);
     free_commands(c->ssh_commands, c->ssh_n_commands);
+    free_keypairs(c->https_keypairs, c->n_https_keypairs);
     memset(c, 0, sizeof(*c));
 }
 
@@ -852,6 +862,60 @@ static int parse_commands(struct loader *ld, const struct field *f, const char *
     return 0;
 }
 
+static int parse_keypair(struct loader *ld, const char *path, const struct rp_ynode *v,
+                         struct rp_config_keypair *out)
+{
+    static const char *expected = "a map with key_file and cert_file (PEM file paths)";
+    char sub[200];
+    if (v->type != RP_Y_MAP)
+        return type_error(ld, v, path, expected);
+    for (size_t i = 0; i < v->n; i++) {
+        const char *key = v->keys[i];
+        const struct rp_ynode *val = v->vals[i];
+        char **dst = strcmp(key, "key_file") == 0    ? &out->key_file
+                     : strcmp(key, "cert_file") == 0 ? &out->cert_file
+                                                     : NULL;
+        snprintf(sub, sizeof sub, "%s.%s", path, key);
+        if (dst == NULL)
+            return rp_err(RP_EINVAL,
+                          "%s:%d: unknown field '%s' in %s, expected one of: key_file, cert_file",
+                          ld->file, v->key_lines[i], key, path);
+        if (val->type != RP_Y_SCALAR || rp_ynode_is_null(val) || check_dir(val->value) != NULL)
+            return type_error(ld, val, sub, "a file path");
+        rp_config_set(dst, val->value);
+    }
+    if (out->key_file == NULL || out->cert_file == NULL)
+        return type_error(ld, v, path, expected);
+    return 0;
+}
+
+static int parse_keypairs(struct loader *ld, const struct field *f, const char *path,
+                          const struct rp_ynode *v)
+{
+    struct rp_config_keypair *kp = NULL;
+    size_t n = 0;
+    if (!rp_ynode_is_null(v)) {
+        if (v->type != RP_Y_SEQ || v->n > RP_CONFIG_MAX_KEYPAIRS)
+            return type_error(ld, v, path, "a list of at most 8 {key_file, cert_file} maps");
+        kp = calloc(v->n + 1, sizeof *kp);
+        if (kp == NULL)
+            return rp_err(RP_ENOMEM, "%s: out of memory", ld->file);
+        for (; n < v->n; n++) {
+            char sub[160];
+            snprintf(sub, sizeof sub, "%s[%zu]", path, n);
+            int rv = parse_keypair(ld, sub, v->vals[n], &kp[n]);
+            if (rv != 0) {
+                free_keypairs(kp, n + 1);
+                return rv;
+            }
+        }
+    }
+    free_keypairs(ld->c->https_keypairs, ld->c->n_https_keypairs);
+    ld->c->https_keypairs = kp;
+    ld->c->n_https_keypairs = n;
+    return 0;
+}
+
 int rp_config_set_auth_servers(struct rp_config *c, const char *list)
 {
     char **v = NULL;
@@ -1021,6 +1085,7 @@ static const struct field proxy_fields[] = {
      .parse = parse_string,
      .off = AT(proxy_public_addr),
      .check = check_public_addr},
+    {.name = "https_keypairs", .parse = parse_keypairs},
     {.name = NULL},
 };
 static const struct section proxy_section = {"proxy_service", proxy_fields};

@@ -43,6 +43,9 @@
  *     web_listen_addr: 0.0.0.0:3080
  *     tunnel_listen_addr: 0.0.0.0:3024
  *     public_addr: proxy.example.com:3080
+ *     https_keypairs:                    # the web certificate (default: one from the
+ *       - key_file: /etc/raftport/web.key  # cluster CA for the proxy's names)
+ *         cert_file: /etc/raftport/web.crt
  *   ssh_service:
  *     enabled: no
  *     listen_addr: 0.0.0.0:3022
@@ -78,7 +81,14 @@ struct rp_config_command {
     uint64_t period_ms; /* default 1m, at least 1s */
 };
 
+/* One proxy_service.https_keypairs entry: a PEM private key and its certificate chain. */
+struct rp_config_keypair {
+    char *key_file;
+    char *cert_file;
+};
+
 #define RP_CONFIG_MAX_AUTH_SERVERS 16
+#define RP_CONFIG_MAX_KEYPAIRS 8
 #define RP_CONFIG_MAX_COMMANDS 64
 #define RP_CONFIG_MAX_ACCEPT_ENV 64
 
@@ -132,6 +142,11 @@ struct rp_config {
     char *tunnel_listen_addr; /* default 0.0.0.0:3024 */
     char *proxy_listen_addr;  /* proxy_service.listen_addr (SSH proxy); default 0.0.0.0:3023 */
     char *proxy_public_addr;  /* proxy_service.public_addr; NULL unless set */
+    struct rp_config_keypair *https_keypairs; /* proxy_service.https_keypairs */
+    size_t n_https_keypairs;
+    /* --skip-version-check: a proxy or agent starts even against an auth server on an
+     * older major version (lib/version.h). Flag only, as in Teleport. */
+    bool skip_version_check;
     bool ssh_enabled;
     char *ssh_listen_addr;              /* default 0.0.0.0:3022 */
     char *ssh_public_addr;              /* ssh_service.public_addr; NULL unless set */

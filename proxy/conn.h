@@ -24,14 +24,14 @@ struct px_tls {
     struct px_watch w; /* the socket; owned by proxy/conn.c */
     SSL *ssl;
     struct proxy *proxy;
-    char peer[64];               /* "a.b.c.d:port" of the client */
-    char alpn[32];               /* the protocol chosen */
-    struct rp_identity *ident;   /* the verified client certificate's identity, or NULL
-                                  * when the client sent none (web clients may not) */
+    char peer[64];             /* "a.b.c.d:port" of the client */
+    char alpn[32];             /* the protocol chosen */
+    struct rp_identity *ident; /* the verified client certificate's identity, or NULL
+                                * when the client sent none (web clients may not) */
     /* Set by the module in its attach function: */
-    void *mod;                                /* the module's state for this connection */
-    void (*on_readable)(struct px_tls *c);    /* bytes (or EOF) can be read: px_tls_read */
-    void (*on_drained)(struct px_tls *c);     /* the write queue fell to 0 (NULL: not told) */
+    void *mod;                             /* the module's state for this connection */
+    void (*on_readable)(struct px_tls *c); /* bytes (or EOF) can be read: px_tls_read */
+    void (*on_drained)(struct px_tls *c);  /* the write queue fell to 0 (NULL: not told) */
     /* Called once when the connection ends, for any reason (peer closed, error,
      * px_tls_close, proxy stopping): the module frees @mod. The px_tls is freed right
      * after it returns. */
@@ -58,6 +58,29 @@ void px_tls_pause_reading(struct px_tls *c, bool paused);
 void px_tls_close(struct px_tls *c);
 /* Closes at once without flushing (an abusive or broken peer). */
 void px_tls_abort(struct px_tls *c);
+
+/* ---- accepting (proxy/listen.c; tests) ------------------------------------------------ */
+
+/* Called once the server handshake of @c ended, on its loop. @rv 0: c->alpn and c->ident
+ * are set and the callee attaches a module (sets mod and the callbacks) or closes @c.
+ * @rv < 0: the handshake failed or @c was aborted before it finished (the reason is in
+ * rp_errmsg()); @c is freed right after the callback returns and on_close is never
+ * called. */
+typedef void (*px_tls_handshake_fn)(struct px_tls *c, int rv, void *arg);
+
+/* Starts the TLS server handshake of the accepted, non-blocking socket @fd (taken in
+ * every case: closed on failure) with @ctx on loop @l (the caller's thread), which must
+ * end within @deadline_ms. @peer is the client's address for logs. The SSL's app data
+ * is the px_tls, so @ctx's callbacks (ALPN selection) find it and, through
+ * px_tls_handshake_arg, @arg. *@out (may be NULL) is set before the handshake is first
+ * tried. RP_ENOMEM, RP_ETLS. The SSL is in SSL_MODE_RELEASE_BUFFERS: an idle
+ * connection holds no record buffers. */
+int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, const char *peer,
+                  uint64_t deadline_ms, px_tls_handshake_fn done, void *arg, struct px_tls **out);
+/* The @arg given to px_tls_accept. */
+void *px_tls_handshake_arg(const struct px_tls *c);
+/* True while the handshake has not finished. */
+bool px_tls_in_handshake(const struct px_tls *c);
 
 /* The modules' attach functions, called by proxy/conn.c on the connection's loop once
  * the handshake is done and the ALPN protocol is known. Each sets mod and the

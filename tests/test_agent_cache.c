@@ -136,7 +136,7 @@ Test(agent_cache, refuses_kinds_it_does_not_keep_and_resources_that_do_not_match
     struct rp_buf b;
     rp_buf_init(&b);
     cr_assert_eq(rbac_preset_pack("access", &b), 0);
-    cr_assert_eq(agent_cache_put(c, "user", "access", b.data, b.len), RP_EINVAL);
+    cr_assert_eq(agent_cache_put(c, "token", "access", b.data, b.len), RP_EINVAL);
     cr_assert(strstr(rp_errmsg(), "not one the node cache keeps") != NULL, "%s", rp_errmsg());
     cr_assert_eq(agent_cache_put(c, "role", "other", b.data, b.len), RP_EINVAL);
     cr_assert(strstr(rp_errmsg(), "metadata.name") != NULL, "%s", rp_errmsg());

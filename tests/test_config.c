@@ -301,7 +301,7 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
                "data_dir, auth_server, auth_servers, ca_pin, join_params, log");
     load_fails("proxy_service:\n  labels: {a: b}\n",
                "2: unknown field 'labels' in proxy_service, expected one of: enabled, "
-               "listen_addr, web_listen_addr, tunnel_listen_addr, public_addr");
+               "listen_addr, web_listen_addr, tunnel_listen_addr, public_addr, https_keypairs");
     load_fails("ssh_service:\n  command: []\n",
                "2: unknown field 'command' in ssh_service, expected one of: enabled, "
                "listen_addr, public_addr, labels, commands, heartbeat_period, shutdown_grace, "

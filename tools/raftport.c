@@ -19,6 +19,7 @@
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/version.h"
+#include "proxy/proxy.h"
 
 #define RAFTPORT_VERSION rp_version_self()
 
@@ -29,7 +30,7 @@ static void usage(FILE *f)
                "\n"
                "Flags of start (each overrides the configuration file):\n"
                "  -c, --config FILE        configuration file (YAML)\n"
-               "      --roles LIST         roles to run: auth or node (one per process)\n"
+               "      --roles LIST         roles to run: auth, node or proxy (one per process)\n"
                "      --nodename NAME      teleport.nodename\n"
                "      --data-dir DIR       teleport.data_dir\n"
                "      --auth-server ADDR   teleport.auth_server: a member to join through;\n"
@@ -40,6 +41,8 @@ static void usage(FILE *f)
                "      --listen-addr ADDR   auth_service.listen_addr (auth API)\n"
                "      --raft-id N          auth_service.raft.id\n"
                "      --raft-addr ADDR     auth_service.raft.listen_addr\n"
+               "      --skip-version-check start even if the auth server runs an older major\n"
+               "                           version (proxy and node)\n"
                "  -d, --debug              log at DEBUG level\n");
 }
 
@@ -55,7 +58,8 @@ static int cmd_start(int argc, char **argv)
         O_CLUSTER,
         O_LISTEN,
         O_RAFT_ID,
-        O_RAFT_ADDR
+        O_RAFT_ADDR,
+        O_SKIP_VERSION
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -70,6 +74,7 @@ static int cmd_start(int argc, char **argv)
         {"listen-addr", required_argument, NULL, O_LISTEN},
         {"raft-id", required_argument, NULL, O_RAFT_ID},
         {"raft-addr", required_argument, NULL, O_RAFT_ADDR},
+        {"skip-version-check", no_argument, NULL, O_SKIP_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -111,10 +116,12 @@ static int cmd_start(int argc, char **argv)
                 cfg.auth_enabled = true;
             } else if (strcmp(optarg, "node") == 0) {
                 cfg.ssh_enabled = true;
+            } else if (strcmp(optarg, "proxy") == 0) {
+                cfg.proxy_enabled = true;
             } else {
                 fprintf(stderr,
-                        "raftport: --roles=%s: expected auth or node (one role per process in "
-                        "this version)\n",
+                        "raftport: --roles=%s: expected auth, node or proxy (one role per "
+                        "process in this version)\n",
                         optarg);
                 rp_config_free(&cfg);
                 return 2;
@@ -144,6 +151,9 @@ static int cmd_start(int argc, char **argv)
             break;
         case O_CA_PIN:
             rp_config_set(&cfg.ca_pin, optarg);
+            break;
+        case O_SKIP_VERSION:
+            cfg.skip_version_check = true;
             break;
         case O_CLUSTER:
             rp_config_set(&cfg.cluster_name, optarg);
@@ -178,10 +188,16 @@ static int cmd_start(int argc, char **argv)
     int level = rp_log_level_parse(cfg.log_severity ? cfg.log_severity : "info");
     rp_log_set_level(debug ? RP_LOG_DEBUG : level < 0 ? RP_LOG_INFO : (enum rp_log_level)level);
     rp_log_set_prefix(cfg.nodename);
-    if (cfg.proxy_enabled) {
-        fprintf(stderr, "raftport: proxy_service is not part of this version; set enabled: no\n");
+    if (cfg.proxy_enabled && (cfg.auth_enabled || cfg.ssh_enabled)) {
+        fprintf(stderr, "raftport: proxy_service runs in a process of its own in this version: "
+                        "start it with --roles=proxy and the other services separately\n");
         rp_config_free(&cfg);
         return 1;
+    }
+    if (cfg.proxy_enabled) {
+        int code = proxy_main(&cfg);
+        rp_config_free(&cfg);
+        return code;
     }
     if (cfg.ssh_enabled && cfg.auth_enabled) {
         fprintf(stderr, "raftport: auth_service and ssh_service run in separate processes in "
