@@ -32,9 +32,8 @@ int tsh_global_flag(struct tsh_globals *g, const char *label, int code, const ch
     switch (code) {
     case TSH_OPT_PROXY:
         if (rp_check_hostport(arg) != 0 || tsh_check_proxy_name(arg) != 0) {
-            fprintf(stderr,
-                    "%s: --proxy=%s: %s (expected HOST:PORT, e.g. proxy.example.com:3080)\n", label,
-                    arg, rp_errmsg());
+            fprintf(stderr, "%s: --proxy=%s: %s (e.g. proxy.example.com:3080)\n", label, arg,
+                    rp_errmsg());
             return 2;
         }
         g->proxy = arg;

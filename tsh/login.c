@@ -332,12 +332,18 @@ static int do_login(struct login_ctx *lc, const char *user, const char *password
     if (ttl_ms > 0)
         json_object_set_new(req, "ttl", json_integer((json_int_t)(ttl_ms * 1000000)));
     rv = tsh_web_call(&lc->w, "POST", "/webapi/ssh/certs", req, &a, NULL);
+    if (rv == RP_EDENIED && strstr(rp_errmsg(), "code") != NULL && (otp == NULL || !otp[0])) {
+        fprintf(stderr,
+                "tsh login: %s (proxy %s, user %s): give the code of your authenticator app when "
+                "asked, or on the line after the password on standard input\n",
+                rp_errmsg(), lc->proxy, user);
+        goto out;
+    }
     if (rv == RP_EDENIED) {
         fprintf(stderr,
                 "tsh login: %s (proxy %s, user %s): check the user name, password%s; an "
                 "administrator can reset them with tctl users reset %s\n",
-                rp_errmsg(), lc->proxy, user,
-                strcmp(lc->ping.second_factor, "otp") == 0 ? " and code" : "", user);
+                rp_errmsg(), lc->proxy, user, otp != NULL && otp[0] ? " and code" : "", user);
         goto out;
     }
     if (rv != 0) {
@@ -417,6 +423,30 @@ static int read_otp(const char *what, char *code, size_t codelen)
     return 0;
 }
 
+/* "optional" (Teleport's word when each user may or may not have enrolled a second
+ * factor): the proxy cannot say whether this user has one, so tsh asks, and an empty
+ * answer (or the end of standard input after the password) means none. */
+static int read_optional_otp(char *code, size_t codelen)
+{
+    int rv = tsh_read_line("Enter the 6-digit code of your authenticator app (press Enter if "
+                           "you have none): ",
+                           code, codelen);
+    if (rv == RP_EIO) {
+        code[0] = '\0';
+        return 0;
+    }
+    if (rv != 0) {
+        fprintf(stderr, "tsh login: reading the code: %s\n", rp_errmsg());
+        return 1;
+    }
+    if (code[0] != '\0' && !six_digits(code)) {
+        fprintf(stderr,
+                "tsh login: the code must be 6 digits, as your authenticator app shows it\n");
+        return 1;
+    }
+    return 0;
+}
+
 int tsh_login_interactive(const struct tsh_globals *g, const char *proxy, const char *user,
                           uint64_t ttl_ms)
 {
@@ -441,8 +471,13 @@ int tsh_login_interactive(const struct tsh_globals *g, const char *proxy, const 
         return 1;
     }
     int rv = 1;
-    if (strcmp(lc.ping.second_factor, "otp") == 0 && read_otp("", otp, sizeof otp) != 0)
+    if (strcmp(lc.ping.second_factor, "otp") == 0 || strcmp(lc.ping.second_factor, "on") == 0) {
+        if (read_otp("", otp, sizeof otp) != 0)
+            goto out;
+    } else if (strcmp(lc.ping.second_factor, "off") != 0 &&
+               read_optional_otp(otp, sizeof otp) != 0) {
         goto out;
+    }
     rv = do_login(&lc, user, password, otp, ttl_ms);
 out:
     OPENSSL_cleanse(password, sizeof password);
@@ -495,7 +530,7 @@ static int login_invite(const struct tsh_globals *g, const char *proxy, const ch
         return 1;
     snprintf(second_factor, sizeof second_factor, "%s", lc.ping.second_factor);
     snprintf(path, sizeof path, "/webapi/invite/%s", token);
-    rv = tsh_web_call(&lc.w, "GET", path, NULL, &info, NULL);
+    rv = g->user != NULL ? RP_ENOTFOUND : tsh_web_call(&lc.w, "GET", path, NULL, &info, NULL);
     if (rv == 0) {
         const char *u = jstr(info, "user"), *sf = jstr(info, "second_factor");
         if (u != NULL)
@@ -503,7 +538,10 @@ static int login_invite(const struct tsh_globals *g, const char *proxy, const ch
         if (sf != NULL)
             snprintf(second_factor, sizeof second_factor, "%s", sf);
     } else if (g->user == NULL) {
-        fprintf(stderr, "tsh login: the invite: %s\n", rp_errmsg());
+        fprintf(stderr,
+                "tsh login: the proxy does not say whose invite this is (%s): pass --user=NAME, "
+                "the name tctl users add was given\n",
+                rp_errmsg());
         goto out;
     }
     if (g->user != NULL) {
@@ -529,7 +567,8 @@ static int login_invite(const struct tsh_globals *g, const char *proxy, const ch
     req = json_pack("{s:s, s:s}", "token", token, "password", password);
     if (req == NULL)
         goto out;
-    bool otp = strcmp(second_factor, "otp") == 0;
+    /* "optional": each user chooses; an invite enrols one, as the issue asks. */
+    bool otp = strcmp(second_factor, "off") != 0;
     if (otp) {
         if (rp_totp_generate_secret(secret) != 0 ||
             rp_base32_encode(secret, sizeof secret, secret_b32, sizeof secret_b32) != 0 ||
