@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -31,6 +32,7 @@
 #include "tests/lib/agent_proc.h"
 #include "tests/lib/cluster.h"
 #include "tsh/ssh.h"
+#include "tsh/tsh.h"
 
 TestSuite(tsh_ssh, .init = cluster_setup, .fini = cluster_teardown, .timeout = 300);
 
@@ -599,6 +601,266 @@ Test(tsh_ssh, agent_forwarding_lets_the_node_use_the_local_agent)
     free(out), free(err);
     snprintf(cmd, sizeof cmd, ". %s/agent.env > /dev/null; ssh-agent -k > /dev/null", CL->dir);
     sh(cmd, NULL, 10000);
+    ag_stop_all();
+    cluster_pass();
+}
+
+/* ---- through a real proxy, with tsh itself -------------------------------------------- */
+
+static pid_t proxy_pid;
+static char proxy_web[64], tsh_home_dir[700], proxy_log[700];
+
+static bool proxy_log_has(const char *needle)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (rp_read_file(proxy_log, 64 << 20, &text, &len) != 0)
+        return false;
+    bool found = strstr(text, needle) != NULL;
+    free(text);
+    return found;
+}
+
+static void print_proxy_log(void)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (rp_read_file(proxy_log, 64 << 20, &text, &len) == 0)
+        fprintf(stderr, "---- %s ----\n%s\n", proxy_log, len > 6000 ? text + len - 6000 : text);
+    free(text);
+}
+
+/* `raftport start --roles=proxy`, joined with a proxy token, its web port on loopback. */
+static void start_proxy(void)
+{
+    char token[128], cfg[700], exe[700];
+    cl_add_token(1, "proxy", NULL, token, sizeof token);
+    snprintf(proxy_web, sizeof proxy_web, "127.0.0.1:%d", free_port());
+    snprintf(cfg, sizeof cfg, "%s/proxy1.yaml", CL->dir);
+    snprintf(proxy_log, sizeof proxy_log, "%s/proxy1.log", CL->dir);
+    FILE *f = fopen(cfg, "w");
+    cr_assert(f);
+    fprintf(f, "version: v3\nteleport:\n  nodename: proxy1\n  data_dir: %s/proxy1\n", CL->dir);
+    fprintf(f, "  auth_servers: [%s]\n  ca_pin: %s\n", CL->nodes[1].api_addr, CL->ca_pin);
+    fprintf(f, "  join_params: {token_name: %s, method: token}\n", token);
+    fprintf(f, "  log: {output: stderr, severity: INFO}\n");
+    fprintf(f, "proxy_service:\n  enabled: yes\n  web_listen_addr: %s\n", proxy_web);
+    fprintf(f, "  listen_addr: 127.0.0.1:%d\n  tunnel_listen_addr: 127.0.0.1:%d\n", free_port(),
+            free_port());
+    fclose(f);
+    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
+    int fd = open(proxy_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    cr_assert_geq(fd, 0);
+    pid_t parent = getpid();
+    fflush(NULL);
+    proxy_pid = fork();
+    if (proxy_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        dup2(devnull, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close_range(3, ~0U, 0);
+        char *argv[] = {"raftport", "start", "--roles=proxy", "-c", cfg, NULL};
+        execv(exe, argv);
+        _exit(127);
+    }
+    close(fd);
+    bool up = false;
+    for (int i = 0; i < 300 && !up; i++) {
+        up = proxy_log_has("serving on") && proxy_log_has("cache");
+        if (!up)
+            cl_sleep_ms(100);
+    }
+    if (!up)
+        print_proxy_log();
+    cr_assert(up, "the proxy did not start serving");
+}
+
+static void stop_proxy(void)
+{
+    if (proxy_pid > 0) {
+        kill(proxy_pid, SIGKILL);
+        waitpid(proxy_pid, NULL, 0);
+        proxy_pid = 0;
+    }
+}
+
+/* alice's profile for the proxy, as tsh login would leave it (design §5), made from
+ * tctl auth sign (SSH key and certificate, X.509 key and certificate) and tctl auth
+ * export (the host CA). */
+static void make_profile(void)
+{
+    snprintf(tsh_home_dir, sizeof tsh_home_dir, "%s/tsh-home", CL->dir);
+    struct tsh_profile p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.proxy, sizeof p.proxy, "%s", proxy_web);
+    snprintf(p.user, sizeof p.user, "alice");
+    snprintf(p.cluster, sizeof p.cluster, "%s", CL->cluster_name);
+    snprintf(p.ca_pin, sizeof p.ca_pin, "%.90s", CL->ca_pin);
+    snprintf(p.logins[0], sizeof p.logins[0], "root");
+    p.n_logins = 1;
+    p.valid_before_ms = rp_now_ms() + 3600 * 1000;
+    cr_assert_eq(tsh_profile_set_paths(&p, tsh_home_dir), 0, "%s", rp_errmsg());
+    cr_assert_eq(tsh_profile_save(&p), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_mkdir_p(p.dir, 0700), 0);
+    char tls[800], cmd[16384];
+    snprintf(tls, sizeof tls, "%s/alice-tls", CL->dir);
+    cr_assert_eq(
+        run_tctl(1, NULL, "auth", "sign", "--user=alice", "--ttl=1h", "-o", p.key_path, NULL), 0);
+    cr_assert_eq(run_tctl(1, NULL, "auth", "sign", "--user=alice", "--ttl=1h", "--format=tls", "-o",
+                          tls, NULL),
+                 0);
+    char *hostca = NULL;
+    cr_assert_eq(run_tctl(1, &hostca, "auth", "export", "--type=host", NULL), 0);
+    cr_assert_eq(rp_write_file(p.known_hosts_path, hostca, strlen(hostca), 0600), 0);
+    free(hostca);
+    snprintf(cmd, sizeof cmd,
+             "set -e; mkdir -p $(dirname %s); cp %s.crt %s; cp %s.key %s; cp %s.cas %s; "
+             "ssh-keygen -y -f %s > %s; chmod 600 %s/* %s/cas/*",
+             p.ca_path, tls, p.x509_path, tls, p.tls_key_path, tls, p.ca_path, p.key_path,
+             p.pub_path, p.dir, p.dir);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0);
+    struct tsh_profile back;
+    cr_assert_eq(tsh_profile_load(tsh_home_dir, NULL, &back), 0, "%s", rp_errmsg());
+}
+
+/* Runs the tsh binary with the profile home, stdin from /dev/null; exit code. */
+static int tsh(char **out, char **err, const char *args)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "RAFTPORT_HOME=%s %s/tsh %s < /dev/null", tsh_home_dir, CL->build,
+             args);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    struct cl_run r;
+    int st = cl_run_argv(argv, 120000, &r);
+    if (out)
+        *out = r.out, r.out = NULL;
+    if (err)
+        *err = r.err, r.err = NULL;
+    cl_run_free(&r);
+    return st;
+}
+
+static void start_all_with_proxy(void)
+{
+    start_node_and_user();
+    start_proxy();
+    make_profile();
+}
+
+Test(tsh_ssh, tsh_ssh_through_the_proxy_runs_commands_with_their_exit_codes)
+{
+    start_all_with_proxy();
+    char *out = NULL, *err = NULL;
+    int st = -1;
+    /* The node's name as tsh ls shows it: the agent's nodename. */
+    for (int i = 0; i < 100; i++) {
+        free(out), free(err);
+        st = tsh(&out, &err, "ssh root@node1 echo hi");
+        if (st == 0 || !strstr(err, "not found"))
+            break;
+        cl_sleep_ms(200); /* the proxy's cache has not seen the node yet */
+    }
+    if (st != 0)
+        print_proxy_log();
+    cr_assert_eq(st, 0, "tsh ssh failed (%d): %s", st, err);
+    cr_assert_str_eq(out, "hi\n");
+    free(out), free(err);
+    cr_assert_eq(tsh(&out, &err, "ssh node1 false"), 1,
+                 "false exits 1 (the login defaults to "
+                 "the profile's first): %s",
+                 err);
+    free(out), free(err);
+    cr_assert_eq(tsh(&out, &err, "ssh -l root node1 'echo out; echo err >&2; exit 7'"), 7);
+    cr_assert_str_eq(out, "out\n");
+    cr_assert_str_eq(err, "err\n");
+    free(out), free(err);
+
+    cr_assert_eq(tsh(&out, &err, "ssh root@no-such-node true"), 255);
+    cr_assert(strstr(err, "no-such-node") && strstr(err, "tsh ls"),
+              "an unknown node is named with what to do: %s", err);
+    free(out), free(err);
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(tsh_ssh, tsh_scp_through_the_proxy_copies_both_ways)
+{
+    start_all_with_proxy();
+    char cmd[8192], args[8192], src[700], back[700];
+    snprintf(src, sizeof src, "%s/tree", CL->dir);
+    snprintf(back, sizeof back, "%s/back", CL->dir);
+    snprintf(cmd, sizeof cmd,
+             "set -e; mkdir -p %s/sub; echo one > %s/one; chmod 600 %s/one; "
+             "head -c 5000000 /dev/urandom > %s/sub/blob; mkdir %s",
+             src, src, src, src, back);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0);
+    char *out = NULL, *err = NULL;
+    int st = -1;
+    snprintf(args, sizeof args, "scp -r %s root@node1:%s/up", src, CL->dir);
+    for (int i = 0; i < 100; i++) {
+        free(out), free(err);
+        st = tsh(&out, &err, args);
+        if (st == 0 || !strstr(err, "not found"))
+            break;
+        cl_sleep_ms(200);
+    }
+    cr_assert_eq(st, 0, "tsh scp upload failed: %s", err);
+    free(out), free(err);
+    snprintf(args, sizeof args, "scp -r node1:%s/up %s/", CL->dir, back);
+    cr_assert_eq(tsh(&out, &err, args), 0, "tsh scp download failed: %s", err);
+    free(out), free(err);
+    snprintf(cmd, sizeof cmd, "diff -r %s %s/up && diff -r %s %s/up", src, CL->dir, src, back);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0, "the copies differ from the source");
+    char p[800];
+    snprintf(p, sizeof p, "%s/up/one", back);
+    cr_assert_eq(mode_of(p), 0600);
+    snprintf(args, sizeof args, "scp node1:%s/nothing-here %s/", CL->dir, back);
+    cr_assert_eq(tsh(&out, &err, args), 1);
+    cr_assert(strstr(err, "nothing-here"), "the failure names the file: %s", err);
+    free(out), free(err);
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(tsh_ssh, stock_ssh_goes_through_tsh_proxy_ssh)
+{
+    start_all_with_proxy();
+    char kh[700], cmd[8192];
+    struct tsh_profile p;
+    cr_assert_eq(tsh_profile_load(tsh_home_dir, NULL, &p), 0, "%s", rp_errmsg());
+    /* Stock ssh cannot check a libssh node's host certificate (no @cert-authority for
+     * plain host keys): the node's key, pinned, as tsh config arranges. */
+    snprintf(kh, sizeof kh, "%s/pinned_known_hosts", CL->dir);
+    FILE *f = fopen(kh, "w");
+    fprintf(f, "node1.%s %s\n", CL->cluster_name, host_key);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "ssh -F /dev/null -i %s -o CertificateFile=%s -o IdentitiesOnly=yes -o BatchMode=yes "
+             "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes "
+             "-o 'ProxyCommand=env RAFTPORT_HOME=%s %s/tsh proxy ssh --cluster=%s %%r@%%h:%%p' "
+             "root@node1.%s echo via-proxy-command",
+             p.key_path, p.cert_path, kh, tsh_home_dir, CL->build, CL->cluster_name,
+             CL->cluster_name);
+    char *out = NULL;
+    int st = -1;
+    for (int i = 0; i < 100; i++) {
+        free(out);
+        out = NULL;
+        st = sh(cmd, &out, 60000);
+        if (st == 0)
+            break;
+        cl_sleep_ms(200);
+    }
+    cr_assert_eq(st, 0, "stock ssh with tsh proxy ssh failed");
+    cr_assert_str_eq(out, "via-proxy-command\n");
+    free(out);
+    stop_proxy();
     ag_stop_all();
     cluster_pass();
 }
