@@ -864,3 +864,90 @@ Test(tsh_ssh, stock_ssh_goes_through_tsh_proxy_ssh)
     ag_stop_all();
     cluster_pass();
 }
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Figures for the issue's targets, printed, not asserted (the machine is shared):
+ * TSH_BENCH_MB=1024 build/tests/test_int_tsh_ssh --filter='*figures*'. Skipped
+ * unless TSH_BENCH_MB is set. */
+Test(tsh_ssh, figures_through_the_proxy)
+{
+    const char *mbs = getenv("TSH_BENCH_MB");
+    if (mbs == NULL)
+        cr_skip_test("set TSH_BENCH_MB to measure");
+    int mb = atoi(mbs);
+    start_all_with_proxy();
+    char *out = NULL, *err = NULL;
+    for (int i = 0; i < 100 && tsh(&out, &err, "ssh root@node1 true") != 0; i++) {
+        free(out), free(err);
+        cl_sleep_ms(200);
+    }
+    free(out), free(err);
+    char host[64], kh[700], ssh[8192];
+    snprintf(host, sizeof host, "%s", AG[1].ssh_addr);
+    char *colon = strrchr(host, ':');
+    *colon = '\0';
+    snprintf(kh, sizeof kh, "%s/known_hosts", CL->dir);
+    FILE *f = fopen(kh, "w");
+    fprintf(f, "[%s]:%s %s\n", host, colon + 1, host_key);
+    fclose(f);
+    snprintf(ssh, sizeof ssh,
+             "ssh -F /dev/null -i %s -o CertificateFile=%s -o IdentitiesOnly=yes -o BatchMode=yes "
+             "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o "
+             "KexAlgorithms=curve25519-sha256 -p %s root@%s true",
+             key_path, cert_path, kh, colon + 1, host);
+    enum { RUNS = 20 };
+    double t_tsh[RUNS], t_ssh[RUNS];
+    for (int i = 0; i < RUNS; i++) {
+        uint64_t t0 = rp_mono_ms();
+        cr_assert_eq(tsh(NULL, NULL, "ssh root@node1 true"), 0);
+        t_tsh[i] = secs_since(t0);
+        t0 = rp_mono_ms();
+        cr_assert_eq(sh(ssh, NULL, 30000), 0);
+        t_ssh[i] = secs_since(t0);
+    }
+    qsort(t_tsh, RUNS, sizeof t_tsh[0], cmp_double);
+    qsort(t_ssh, RUNS, sizeof t_ssh[0], cmp_double);
+    fprintf(stderr,
+            "FIGURE session open+true: tsh ssh via proxy median %.0f ms; stock ssh direct to "
+            "the node median %.0f ms (%.2fx)\n",
+            t_tsh[RUNS / 2] * 1000, t_ssh[RUNS / 2] * 1000, t_tsh[RUNS / 2] / t_ssh[RUNS / 2]);
+
+    char cmd[8192], a[700], b[700], c[700], d[700], args[4096];
+    snprintf(a, sizeof a, "%s/big", CL->dir);
+    snprintf(b, sizeof b, "%s/big.up", CL->dir);
+    snprintf(c, sizeof c, "%s/big.down", CL->dir);
+    snprintf(d, sizeof d, "%s/big.stock", CL->dir);
+    snprintf(cmd, sizeof cmd, "head -c %dM /dev/urandom > %s", mb, a);
+    cr_assert_eq(sh(cmd, NULL, 300000), 0);
+    double best_up = 1e9, best_down = 1e9, best_stock = 1e9;
+    for (int i = 0; i < 3; i++) {
+        uint64_t t0 = rp_mono_ms();
+        snprintf(args, sizeof args, "scp -q %s root@node1:%s", a, b);
+        cr_assert_eq(tsh(NULL, NULL, args), 0);
+        double up = secs_since(t0);
+        t0 = rp_mono_ms();
+        snprintf(args, sizeof args, "scp -q root@node1:%s %s", b, c);
+        cr_assert_eq(tsh(NULL, NULL, args), 0);
+        double down = secs_since(t0);
+        double stock = stock_scp(b, d);
+        best_up = up < best_up ? up : best_up;
+        best_down = down < best_down ? down : best_down;
+        best_stock = stock > 0 && stock < best_stock ? stock : best_stock;
+    }
+    fprintf(stderr,
+            "FIGURE %d MiB best of 3: tsh scp via proxy upload %.2f s (%.0f MiB/s), download %.2f "
+            "s (%.0f MiB/s); stock scp download direct to the node %.2f s (%.0f MiB/s); "
+            "download ratio %.2fx\n",
+            mb, best_up, mb / best_up, best_down, mb / best_down, best_stock, mb / best_stock,
+            best_stock / best_down);
+    snprintf(cmd, sizeof cmd, "cmp %s %s && cmp %s %s", a, b, a, c);
+    cr_assert_eq(sh(cmd, NULL, 120000), 0, "the copies differ");
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
