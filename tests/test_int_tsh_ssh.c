@@ -865,6 +865,130 @@ Test(tsh_ssh, stock_ssh_goes_through_tsh_proxy_ssh)
     cluster_pass();
 }
 
+/* Waits until the proxy's cache knows node1 (tsh ssh stops saying "not found"). */
+static void wait_node_routable(void)
+{
+    char *out = NULL, *err = NULL;
+    int st = -1;
+    for (int i = 0; i < 100; i++) {
+        st = tsh(&out, &err, "ssh root@node1 true");
+        bool retry = st != 0 && strstr(err, "not found") != NULL;
+        free(out), free(err);
+        if (!retry)
+            break;
+        cl_sleep_ms(200);
+    }
+    if (st != 0)
+        print_proxy_log();
+    cr_assert_eq(st, 0, "node1 never became reachable through the proxy");
+}
+
+Test(tsh_ssh, tsh_ssh_interactive_through_the_proxy_on_a_pseudo_terminal)
+{
+    start_all_with_proxy();
+    wait_node_routable();
+    struct winsize ws = {.ws_row = 33, .ws_col = 111};
+    int master = -1;
+    char exe[700];
+    snprintf(exe, sizeof exe, "%s/tsh", CL->build);
+    pid_t pid = forkpty(&master, NULL, NULL, &ws);
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        setenv("RAFTPORT_HOME", tsh_home_dir, 1);
+        setenv("TERM", "xterm", 1);
+        execl(exe, "tsh", "ssh", "root@node1", (char *)NULL);
+        _exit(127);
+    }
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    type_line(master, "stty size; echo via-$((40+2))\r");
+    cr_assert(read_until(master, &acc, "via-42", 20000), "no answer from the remote shell: %.*s",
+              (int)acc.len, acc.data);
+    cr_assert(memmem(acc.data, acc.len, "33 111", 6), "the remote PTY has the local size: %.*s",
+              (int)acc.len, acc.data);
+    cr_assert(!slave_is_cooked(master), "tsh put the terminal in raw mode");
+    type_line(master, "exit 5\r");
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 5, "the shell's exit code is tsh's (%d)", st);
+    cr_assert(slave_is_cooked(master), "tsh restored the terminal");
+    close(master);
+    rp_buf_free(&acc);
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(tsh_ssh, tsh_ssh_forwards_a_local_port_through_the_proxy)
+{
+    start_all_with_proxy();
+    wait_node_routable();
+    int echo_port, lfd = listen_any(&echo_port);
+    pid_t echo = spawn_echo_server(lfd);
+    close(lfd);
+    int fwd_port = free_port();
+    char cmd[8192];
+    /* The session lives while the remote sleep runs; the forwarding is used meanwhile. */
+    snprintf(cmd, sizeof cmd, "RAFTPORT_HOME=%s %s/tsh ssh -L %d:127.0.0.1:%d root@node1 sleep 20",
+             tsh_home_dir, CL->build, fwd_port, echo_port);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int c = -1;
+    for (int i = 0; i < 200 && c < 0; i++) {
+        c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)fwd_port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        if (connect(c, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            close(c);
+            c = -1;
+            cl_sleep_ms(50);
+        }
+    }
+    cr_assert_geq(c, 0, "tsh ssh -L never listened on %d", fwd_port);
+    const char *msg = "proxy and node";
+    cr_assert_eq(write(c, msg, strlen(msg)), (ssize_t)strlen(msg));
+    shutdown(c, SHUT_WR);
+    char got[128] = {0};
+    size_t off = 0;
+    struct pollfd pf = {c, POLLIN, 0};
+    while (off < sizeof got - 1 && poll(&pf, 1, 10000) > 0) {
+        ssize_t n = read(c, got + off, sizeof got - 1 - off);
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    close(c);
+    cr_assert_str_eq(got, "PROXY AND NODE");
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    kill(echo, SIGKILL);
+    waitpid(echo, NULL, 0);
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(tsh_ssh, a_login_the_roles_do_not_allow_is_refused_with_a_reason)
+{
+    start_all_with_proxy();
+    wait_node_routable();
+    char *out = NULL, *err = NULL;
+    int st = tsh(&out, &err, "ssh nobody@node1 echo should-not-run");
+    cr_assert_eq(st, 255, "tsh's own failure exits 255 (%d): %s", st, err);
+    cr_assert_eq(strstr(out, "should-not-run"), NULL);
+    cr_assert(strstr(err, "nobody") || strstr(err, "denied"), "the refusal says why: %s", err);
+    free(out), free(err);
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
