@@ -57,6 +57,13 @@ $(BUILD)/tsh: $(BUILD)/obj/tools/tsh.o $(TSH_OBJS) $(BUILD)/libraftport.a
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TSH_OBJS) $(BUILD)/libraftport.a $(LDLIBS)
 
+# The same for raftport: proxy/listen.c has weak defaults of the proxy's modules (web
+# API, tunnels) that the modules' objects must replace.
+DAEMON_OBJS := $(filter $(BUILD)/obj/proxy/% $(BUILD)/obj/agent/%,$(LIB_OBJS))
+$(BUILD)/raftport: $(BUILD)/obj/tools/raftport.o $(DAEMON_OBJS) $(BUILD)/libraftport.a
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(DAEMON_OBJS) $(BUILD)/libraftport.a $(LDLIBS)
+
 # A test-only daemon whose followers answer reads without asking the leader: the
 # Jepsen harness must report it non-linearizable (tests/test_jepsen_smoke.c).
 $(BUILD)/obj/stale/%.o: %.c
@@ -64,7 +71,7 @@ $(BUILD)/obj/stale/%.o: %.c
 	@$(if $(Q),echo "  CC      $< (stale reads)")
 	$(Q)$(CC) $(ALL_CFLAGS) -DRP_TEST_STALE_READS -MMD -MP -c $< -o $@
 
-$(BUILD)/raftport-stale: $(BUILD)/obj/stale/tools/raftport.o $(BUILD)/obj/stale/auth/store_api.o $(BUILD)/libraftport.a
+$(BUILD)/raftport-stale: $(BUILD)/obj/stale/tools/raftport.o $(BUILD)/obj/stale/auth/store_api.o $(DAEMON_OBJS) $(BUILD)/libraftport.a
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -587,31 +587,38 @@ int auth_h_heartbeat(struct auth_req *r, struct rp_buf *out)
 
 /* ---- emit_events ------------------------------------------------------------------------ */
 
-/* The event types a node agent emits, with Teleport's code for each (used when the
- * event carries none). */
+/* The event types a node agent or a proxy emits, with Teleport's code for each (used
+ * when the event carries none). A proxy reports only its own refusals: sessions it
+ * would not route, and web logins it refused before asking auth (over its rate limit,
+ * malformed), so a user.login from a proxy must say success: false; successful logins
+ * are audited by auth itself. */
+enum { EMIT_NODE = 1, EMIT_PROXY = 2 };
 static const struct {
     const char *type, *code;
+    unsigned who;
 } node_events[] = {
-    {"session.start", "T2000I"},
-    {"session.end", "T2004I"},
-    {"session.data", "T2006I"},
-    {"session.rejected", "T1006W"},
-    {"exec", "T3002I"},
-    {"subsystem", "T3001I"},
-    {"scp", "T3004I"},
-    {"sftp", "TS001I"},
-    {"port", "T3003I"},
-    {"auth", "T3007W"},
-    {"session.upload", "T2005I"},
-    {"resize", "T2002I"},
-    {"x11-forward", "T3008I"},
-    {"client.disconnect", "T3006I"},
+    {"session.start", "T2000I", EMIT_NODE},
+    {"session.end", "T2004I", EMIT_NODE},
+    {"session.data", "T2006I", EMIT_NODE},
+    {"session.rejected", "T1006W", EMIT_NODE | EMIT_PROXY},
+    {"exec", "T3002I", EMIT_NODE},
+    {"subsystem", "T3001I", EMIT_NODE},
+    {"scp", "T3004I", EMIT_NODE},
+    {"sftp", "TS001I", EMIT_NODE},
+    {"port", "T3003I", EMIT_NODE},
+    {"auth", "T3007W", EMIT_NODE | EMIT_PROXY},
+    {"session.upload", "T2005I", EMIT_NODE},
+    {"resize", "T2002I", EMIT_NODE},
+    {"x11-forward", "T3008I", EMIT_NODE},
+    {"client.disconnect", "T3006I", EMIT_NODE | EMIT_PROXY},
+    {"user.login", "T1000W", EMIT_PROXY},
+    {"user.login.throttled", "T1001W", EMIT_PROXY},
 };
 
-static const char *node_event_code(const msgpack_object *type)
+static const char *node_event_code(const msgpack_object *type, unsigned who)
 {
     for (size_t i = 0; i < sizeof node_events / sizeof node_events[0]; i++)
-        if (rp_mp_str_eq(type, node_events[i].type))
+        if ((node_events[i].who & who) && rp_mp_str_eq(type, node_events[i].type))
             return node_events[i].code;
     return NULL;
 }
@@ -628,7 +635,7 @@ static bool key_is(const msgpack_object *k, const char *const *names)
 /* Checks event @i of a node and appends the stored form to @out: the node's fields,
  * with server_id its host id, a fresh uid, and code (Teleport's for the type when
  * absent). */
-static int admit_event(const msgpack_object *ev, uint32_t i, const char *host_id,
+static int admit_event(const msgpack_object *ev, uint32_t i, const char *host_id, unsigned who,
                        struct rp_buf *out)
 {
     static const char *const once[] = {"event", "time", "code", "user", "sid", NULL};
@@ -638,18 +645,26 @@ static int admit_event(const msgpack_object *ev, uint32_t i, const char *host_id
         return rp_err(RP_EINVAL, "events[%u]: expected a map of at most %d fields", i,
                       EMIT_MAX_FIELDS);
     const msgpack_object *type = rp_mp_get(ev, "event");
-    const char *code = node_event_code(type);
+    const char *code = node_event_code(type, who);
     if (code == NULL) {
         char list[512] = "";
         size_t len = 0;
         for (size_t j = 0; j < sizeof node_events / sizeof node_events[0]; j++)
-            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", j ? ", " : "",
-                                    node_events[j].type);
+            if (node_events[j].who & who)
+                len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "",
+                                        node_events[j].type);
         return rp_err(RP_EINVAL,
-                      "events[%u].event: '%s' is not an event a node emits, expected "
+                      "events[%u].event: '%s' is not an event a %s emits, expected "
                       "one of %s",
-                      i, shown(type, sk, sizeof sk), list);
+                      i, shown(type, sk, sizeof sk), who == EMIT_PROXY ? "proxy" : "node", list);
     }
+    bool success = false;
+    if (who == EMIT_PROXY && rp_mp_str_eq(type, "user.login") &&
+        (rp_mp_get_bool(ev, "success", &success) != 0 || success))
+        return rp_err(RP_EINVAL,
+                      "events[%u].success: a proxy reports only the logins it refused "
+                      "(success: false); auth audits the others",
+                      i);
     const msgpack_object *t = rp_mp_get(ev, "time");
     if (t == NULL || t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 == 0)
         return rp_err(RP_EINVAL, "events[%u].time: expected a time in ms since the epoch (> 0)", i);
@@ -726,7 +741,9 @@ int auth_h_emit_events(struct auth_req *r, struct rp_buf *out)
     struct rp_buf packed;
     rp_buf_init(&packed);
     for (uint32_t i = 0; i < evs->via.array.size && rv == 0; i++)
-        rv = admit_event(&evs->via.array.ptr[i], i, r->caller->host_id, &packed);
+        rv = admit_event(&evs->via.array.ptr[i], i, r->caller->host_id,
+                         rp_identity_is(r->caller, RP_SYS_PROXY) ? EMIT_PROXY : EMIT_NODE,
+                         &packed);
     if (rv == 0)
         rv = audit_append_answer(r->srv, rid, &packed, evs->via.array.size, out);
     rp_buf_free(&packed);

@@ -79,8 +79,10 @@
  *                 clamped to [3 s, 1 h]; heartbeats arriving together share one Raft entry
  *                 who: Node, Proxy; route: leader
  *   emit_events   {rid, events[]} -> {rev}: the node's audit events (at most 256, 64 KiB each,
- *                 types a node emits), server_id set to the caller's host id
- *                 who: Node; route: leader
+ *                 types a node emits), server_id set to the caller's host id; a proxy's
+ *                 own refusals (session.rejected, auth, client.disconnect, user.login with
+ *                 success false, user.login.throttled)
+ *                 who: Node, Proxy; route: leader
  *   renew_host    {ssh_pubkey, tls_pubkey, principals?[]} -> {ssh_cert, tls_cert, ca_cert,
  *                 user_ca, host_ca}: the caller's own host certificates, re-issued for new keys
  *                 who: Node, Proxy; route: leader
@@ -91,6 +93,11 @@
  *                 who: admins; users (session, list); route: read
  *   rec_get       {sid, seq, stale?} -> {data, last, chunks, complete}
  *                 who: admins; users (session, read); route: read
+ *
+ * Any method called by a Proxy identity may carry "client_addr" ("ip:port"): the address
+ * of the web client the proxy calls for (authenticate, invite_redeem through the web
+ * API), which then stands for the caller's address in rate limits, logs and audit
+ * events. From any other caller it is ignored.
  *
  * rec_put stores chunk seq (0, 1, 2, ...) of session recording sid (a UUID) from
  * the calling node, whose host id the recording belongs to from its first chunk on:

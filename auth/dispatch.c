@@ -113,8 +113,8 @@ static const struct auth_method methods[] = {
      * nothing a reader of the log asks about; a refused one is (auth_deny). */
     {"heartbeat", auth_h_heartbeat, .system = AUTH_SYS(RP_SYS_NODE) | AUTH_SYS(RP_SYS_PROXY),
      .route = AUTH_ROUTE_LEADER, .audit = "none (presence); refusals: auth"},
-    {"emit_events", auth_h_emit_events, .system = AUTH_SYS(RP_SYS_NODE), .route = AUTH_ROUTE_LEADER,
-     .audit = "<the events it carries>"},
+    {"emit_events", auth_h_emit_events, .system = AUTH_SYS(RP_SYS_NODE) | AUTH_SYS(RP_SYS_PROXY),
+     .route = AUTH_ROUTE_LEADER, .audit = "<the events it carries>"},
     {"renew_host", auth_h_renew_host, .system = AUTH_SYS(RP_SYS_NODE) | AUTH_SYS(RP_SYS_PROXY),
      .route = AUTH_ROUTE_LEADER, .audit = "cert.create"},
     {"rec_put", auth_h_rec_put, .system = AUTH_SYS(RP_SYS_NODE), .route = AUTH_ROUTE_LEADER,
@@ -390,6 +390,17 @@ static int route(const struct auth_method *m, struct auth_req *r, struct rp_buf 
     return 0;
 }
 
+/* An address as a client's socket shows it: printable, no spaces, with a port. */
+static bool client_addr_ok(const char *a)
+{
+    if (a[0] == '\0' || strrchr(a, ':') == NULL)
+        return false;
+    for (const char *p = a; *p; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+            return false;
+    return true;
+}
+
 int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identity *conn_caller,
                      const struct rp_buf *frame, struct rp_buf *out)
 {
@@ -454,6 +465,19 @@ int auth_serve_frame(struct auth_server *s, struct rp_conn *c, struct rp_identit
             refuse(s, caller, remote, m, out, RP_EDENIED);
             goto done;
         }
+    }
+    /* A proxy calls on behalf of the web clients it serves (a login through the web API):
+     * it names the client's address so that per-address limits and the audit log see
+     * the client. Anyone else naming one is not believed. */
+    char client_addr[64];
+    if (rp_identity_is(caller, RP_SYS_PROXY) && rp_mp_get(args, "client_addr") != NULL) {
+        if (auth_arg_str(args, "client_addr", client_addr, sizeof client_addr, true) != 0 ||
+            !client_addr_ok(client_addr)) {
+            auth_reply_error(out, RP_EINVAL,
+                             "client_addr: expected the client's \"ip:port\" or \"[ip6]:port\"");
+            goto done;
+        }
+        remote = client_addr;
     }
     struct auth_grant grant;
     bool exists = false;

@@ -102,7 +102,7 @@ struct px_listen {
     size_t n_pending;
     struct pending *local[MAX_LOOPS]; /* each loop's pending connections (its thread only) */
     struct {
-        char ip[64];
+        char ip[66]; /* a kind letter, then the address */
         uint64_t last_ms;
     } garbage_log[GARBAGE_LOG_SLOTS];
     atomic_uint_fast64_t accepted, evicted, garbage, no_alpn, hs_failed, passthrough;
@@ -287,9 +287,12 @@ static void pending_end(struct pending *pd)
 
 /* ---- refusing garbage --------------------------------------------------------------------- */
 
-/* True (and remembers it) if garbage from @ip was not logged within the last minute. */
-static bool garbage_log_due(struct px_listen *o, const char *ip)
+/* True (and remembers it) if a refusal of @kind from @ip was not logged within the last
+ * minute. */
+static bool garbage_log_due(struct px_listen *o, char kind, const char *raw_ip)
 {
+    char ip[66];
+    snprintf(ip, sizeof ip, "%c%s", kind, raw_ip);
     uint64_t now = rp_mono_ms();
     bool due = true;
     pthread_mutex_lock(&o->mu);
@@ -386,7 +389,7 @@ static bool garbage(struct pending *pd, const uint8_t *buf, size_t n)
     if (maybe)
         return false;
     atomic_fetch_add(&o->garbage, 1);
-    if (garbage_log_due(o, pd->ip))
+    if (garbage_log_due(o, 'g', pd->ip))
         rp_warn("proxy", "%s: %s on the TLS port %s; refused (logged once a minute per address)",
                 pd->peer, what, pd->lst->addr);
     refuse(pd, answer);
@@ -690,7 +693,7 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
         i += 1 + len;
     }
     atomic_fetch_add(&pd->owner->no_alpn, 1);
-    if (garbage_log_due(pd->owner, pd->ip))
+    if (garbage_log_due(pd->owner, 'a', pd->ip))
         rp_warn("proxy",
                 "%s: no ALPN protocol this port serves (%s) was offered; refused with "
                 "a TLS alert",
@@ -752,7 +755,7 @@ static void peek_event(struct px_watch *w, uint32_t events)
     }
     if (rv != 0) {
         atomic_fetch_add(&pd->owner->garbage, 1);
-        if (garbage_log_due(pd->owner, pd->ip))
+        if (garbage_log_due(pd->owner, 'g', pd->ip))
             rp_warn("proxy", "%s: %s; refused", pd->peer, rp_errmsg());
         refuse(pd, NULL);
         return;

@@ -69,7 +69,7 @@ static const struct {
     {"events", "{}", "nyynnnyyn"},
     {"audit_append", "{rid: x, events: []}", "nnynnnnnn"},
     {"heartbeat", "{res: {kind: node, metadata: {name: host-1}}, ttl_ms: 3000}", "nnnyynnnn"},
-    {"emit_events", "{rid: x, events: []}", "nnnynnnnn"},
+    {"emit_events", "{rid: x, events: []}", "nnnyynnnn"},
     {"renew_host", "{ssh_pubkey: x, tls_pubkey: y}", "nnnyynnnn"},
     {"rec_put", "{sid: 0b8e0c2a-8d5e-4f55-9a3c-1f2e3d4c5b6a, seq: 0, last: true}", "nnnynnnnn"},
     {"rec_list", "{}", "nyynnnnyn"},

@@ -50,7 +50,7 @@ struct call {
     bool too_big;
     X509 *cluster_ca; /* from w->ca_path (the caller's copy; freed at the end) */
     char host[TSH_NAME_MAX];
-    char verify_error[512]; /* why our own verification refused the proxy */
+    char verify_error[1024]; /* why our own verification refused the proxy */
 };
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
@@ -243,8 +243,13 @@ int tsh_web_call(const struct tsh_web *w, const char *method, const char *path, 
         return rp_err(RP_ENOMEM, "libcurl: cannot start a request");
     }
     long timeout = w->timeout_ms > 0 ? w->timeout_ms : 15000;
-    snprintf(hdr, sizeof hdr, "X-Raftport-Version: %s", rp_version_self());
-    headers = curl_slist_append(headers, hdr);
+    /* Ping goes without our version, so that the proxy answers whatever it is and tsh
+     * can warn as Teleport's does; every other request carries it and the proxy
+     * applies its rule (ISSUE12-DESIGN.md §4). */
+    if (strcmp(path, "/webapi/ping") != 0) {
+        snprintf(hdr, sizeof hdr, "X-Raftport-Version: %s", rp_version_self());
+        headers = curl_slist_append(headers, hdr);
+    }
     headers = curl_slist_append(headers, "Accept: application/json");
     if (body != NULL) {
         sent = json_dumps(body, JSON_COMPACT);
