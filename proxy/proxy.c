@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -723,6 +724,15 @@ int proxy_main(const struct rp_config *cfg)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Every tunnel and session is a descriptor (two for a session): 10,000 tunnels are
+     * far over the usual soft limit of 1024. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nofile) != 0)
+            rp_warn("proxy", "cannot raise the open-file limit to %llu",
+                    (unsigned long long)nofile.rlim_max);
+    }
 
     int code = 0;
     if (proxy_start(p) != 0) {
