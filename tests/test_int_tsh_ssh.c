@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -31,6 +30,7 @@
 #include "lib/util.h"
 #include "tests/lib/agent_proc.h"
 #include "tests/lib/cluster.h"
+#include "tests/lib/proxy_proc.h"
 #include "tsh/ssh.h"
 #include "tsh/tsh.h"
 
@@ -607,85 +607,30 @@ Test(tsh_ssh, agent_forwarding_lets_the_node_use_the_local_agent)
 
 /* ---- through a real proxy, with tsh itself -------------------------------------------- */
 
-static pid_t proxy_pid;
-static char proxy_web[64], tsh_home_dir[700], proxy_log[700];
-
-static bool proxy_log_has(const char *needle)
-{
-    char *text = NULL;
-    size_t len = 0;
-    if (rp_read_file(proxy_log, 64 << 20, &text, &len) != 0)
-        return false;
-    bool found = strstr(text, needle) != NULL;
-    free(text);
-    return found;
-}
+static char proxy_web[64], tsh_home_dir[700];
 
 static void print_proxy_log(void)
 {
-    char *text = NULL;
-    size_t len = 0;
-    if (rp_read_file(proxy_log, 64 << 20, &text, &len) == 0)
-        fprintf(stderr, "---- %s ----\n%s\n", proxy_log, len > 6000 ? text + len - 6000 : text);
-    free(text);
+    px_print_log_tail(1, 60);
 }
 
-/* `raftport start --roles=proxy`, joined with a proxy token, its web port on loopback. */
+/* `raftport start --roles=proxy`, joined with a proxy token (tests/lib/proxy_proc.h). */
 static void start_proxy(void)
 {
-    char token[128], cfg[700], exe[700];
+    char token[128];
     cl_add_token(1, "proxy", NULL, token, sizeof token);
-    snprintf(proxy_web, sizeof proxy_web, "127.0.0.1:%d", free_port());
-    snprintf(cfg, sizeof cfg, "%s/proxy1.yaml", CL->dir);
-    snprintf(proxy_log, sizeof proxy_log, "%s/proxy1.log", CL->dir);
-    FILE *f = fopen(cfg, "w");
-    cr_assert(f);
-    fprintf(f, "version: v3\nteleport:\n  nodename: proxy1\n  data_dir: %s/proxy1\n", CL->dir);
-    fprintf(f, "  auth_servers: [%s]\n  ca_pin: %s\n", CL->nodes[1].api_addr, CL->ca_pin);
-    fprintf(f, "  join_params: {token_name: %s, method: token}\n", token);
-    fprintf(f, "  log: {output: stderr, severity: INFO}\n");
-    fprintf(f, "proxy_service:\n  enabled: yes\n  web_listen_addr: %s\n", proxy_web);
-    fprintf(f, "  listen_addr: 127.0.0.1:%d\n  tunnel_listen_addr: 127.0.0.1:%d\n", free_port(),
-            free_port());
-    fclose(f);
-    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
-    int fd = open(proxy_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    cr_assert_geq(fd, 0);
-    pid_t parent = getpid();
-    fflush(NULL);
-    proxy_pid = fork();
-    if (proxy_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        dup2(devnull, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close_range(3, ~0U, 0);
-        char *argv[] = {"raftport", "start", "--roles=proxy", "-c", cfg, NULL};
-        execv(exe, argv);
-        _exit(127);
-    }
-    close(fd);
-    bool up = false;
-    for (int i = 0; i < 300 && !up; i++) {
-        up = proxy_log_has("serving on") && proxy_log_has("cache");
-        if (!up)
-            cl_sleep_ms(100);
-    }
+    px_prepare(1, token, NULL);
+    px_spawn(1);
+    bool up = px_wait_ready(1, 30000);
     if (!up)
         print_proxy_log();
     cr_assert(up, "the proxy did not start serving");
+    snprintf(proxy_web, sizeof proxy_web, "%s", PX[1].web_addr);
 }
 
 static void stop_proxy(void)
 {
-    if (proxy_pid > 0) {
-        kill(proxy_pid, SIGKILL);
-        waitpid(proxy_pid, NULL, 0);
-        proxy_pid = 0;
-    }
+    px_stop_all();
 }
 
 /* alice's profile for the proxy, as tsh login would leave it (design §5), made from
