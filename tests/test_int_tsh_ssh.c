@@ -934,6 +934,29 @@ Test(tsh_ssh, a_login_the_roles_do_not_allow_is_refused_with_a_reason)
     cluster_pass();
 }
 
+Test(tsh_ssh, stock_ssh_with_tsh_config_reaches_a_node)
+{
+    start_all_with_proxy();
+    wait_node_routable();
+    char cfg[700], cmd[8192];
+    char *out = NULL, *err = NULL;
+    cr_assert_eq(tsh(&out, &err, "config"), 0, "tsh config failed: %s", err);
+    snprintf(cfg, sizeof cfg, "%s/ssh_config", CL->dir);
+    cr_assert_eq(rp_write_file(cfg, out, strlen(out), 0600), 0);
+    free(out), free(err);
+    snprintf(cmd, sizeof cmd,
+             "RAFTPORT_HOME=%s ssh -F %s -o BatchMode=yes root@node1.%s echo via-tsh-config",
+             tsh_home_dir, cfg, CL->cluster_name);
+    out = NULL;
+    int st = sh(cmd, &out, 60000);
+    cr_assert_eq(st, 0, "stock ssh with the tsh config block failed");
+    cr_assert_str_eq(out, "via-tsh-config\n");
+    free(out);
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -637,6 +638,63 @@ static int relay_stdio(int fd)
     }
 }
 
+/* Records @key_line (verified against the host CA just before) for the name ssh looks
+ * up (@host, or [host]:port for another port than 22) in the profile's known_hosts, so
+ * that a stock ssh through `tsh proxy ssh` can check the node's plain host key: libssh
+ * nodes cannot present host certificates, so @cert-authority alone never matches. The
+ * file is rewritten atomically under a lock (concurrent ssh sessions), a line for the
+ * same name replaced. */
+static int remember_host_key(const struct tsh_profile *p, const char *host, const char *port,
+                             const char *key_line)
+{
+    char name[700], lock[TSH_PATH_MAX + 8];
+    if (port != NULL && strcmp(port, "22") != 0)
+        snprintf(name, sizeof name, "[%s]:%s", host, port);
+    else
+        snprintf(name, sizeof name, "%s", host);
+    if (strpbrk(name, " \t\r\n") != NULL)
+        return rp_err(RP_EINVAL, "host name '%s' holds blanks", name);
+    snprintf(lock, sizeof lock, "%s.lock", p->known_hosts_path);
+    int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lfd < 0 || flock(lfd, LOCK_EX) != 0) {
+        if (lfd >= 0)
+            close(lfd);
+        return rp_err(RP_EIO, "cannot lock %s: %s", lock, strerror(errno));
+    }
+    char *old = NULL;
+    size_t old_len = 0;
+    struct rp_buf out;
+    rp_buf_init(&out);
+    int rv = rp_read_file(p->known_hosts_path, 16 << 20, &old, &old_len);
+    if (rv == RP_ENOTFOUND || (rv != 0 && !rp_file_exists(p->known_hosts_path)))
+        rv = 0;
+    size_t nl = strlen(name);
+    bool present = false;
+    for (const char *l = old; rv == 0 && l != NULL && *l != '\0';) {
+        const char *end = strchr(l, '\n');
+        size_t len = end != NULL ? (size_t)(end - l) : strlen(l);
+        bool same_name = len > nl && strncmp(l, name, nl) == 0 && l[nl] == ' ';
+        if (same_name && strlen(key_line) == len - nl - 1 &&
+            strncmp(l + nl + 1, key_line, len - nl - 1) == 0)
+            present = true;
+        if (!same_name) {
+            rp_buf_append(&out, l, len);
+            rp_buf_append(&out, "\n", 1);
+        }
+        l = end != NULL ? end + 1 : NULL;
+    }
+    if (rv == 0 && !present) {
+        rp_buf_printf(&out, "%s %s\n", name, key_line);
+        if (out.data == NULL || rp_write_file(p->known_hosts_path, out.data, out.len, 0600) != 0)
+            rv = rp_err(RP_EIO, "cannot update %s: %s", p->known_hosts_path, rp_errmsg());
+    }
+    free(old);
+    rp_buf_free(&out);
+    flock(lfd, LOCK_UN);
+    close(lfd);
+    return rv;
+}
+
 int tsh_cmd_proxy_ssh(int argc, char **argv, const struct tsh_globals *gin)
 {
     enum { O_CLUSTER = 300 };
@@ -685,6 +743,8 @@ int tsh_cmd_proxy_ssh(int argc, char **argv, const struct tsh_globals *gin)
                 cluster, p.cluster);
         return 1;
     }
+    char ssh_host[600];
+    snprintf(ssh_host, sizeof ssh_host, "%s", host);
     /* ssh's host is "node.CLUSTER" under tsh config's Host pattern: the node is the
      * part before the cluster's name. */
     size_t hl = strlen(host), cl = strlen(p.cluster);
@@ -702,6 +762,9 @@ int tsh_cmd_proxy_ssh(int argc, char **argv, const struct tsh_globals *gin)
         fprintf(stderr, "tsh proxy ssh: %s\n", rp_errmsg());
         return 1;
     }
+    if (remember_host_key(&p, ssh_host, port, ans.host_key) != 0)
+        fprintf(stderr, "tsh proxy ssh: warning: %s (ssh may not recognise the node's key)\n",
+                rp_errmsg());
     signal(SIGPIPE, SIG_IGN);
     int rv = relay_stdio(fd);
     if (rv != 0)
