@@ -46,6 +46,8 @@
 #define ANSWER_FRAME_MAX (64 * 1024)
 #define DIAL_TIMEOUT_S 30
 #define PUMP_CHUNK (64 * 1024)
+/* After our side ended: how long the proxy gets to end its side. */
+#define PUMP_LINGER_MS 2000
 static const unsigned char ALPN_PROXY_SSH[] = "\x12teleport-proxy-ssh";
 
 void tsh_dial_answer_free(struct tsh_dial_answer *a)
@@ -410,7 +412,7 @@ static void *pump_main(void *arg)
         if (local_eof && tls_len == 0 && !close_sent) {
             SSL_shutdown(ssl); /* close_notify: our half ends */
             close_sent = true;
-            linger_until = rp_mono_ms() + 5000;
+            linger_until = rp_mono_ms() + PUMP_LINGER_MS;
         }
         if (local_eof && tls_eof && tls_len == 0 && loc_len == 0)
             break;
@@ -440,6 +442,58 @@ static void *pump_main(void *arg)
     close(pm->local_fd);
     free(pm);
     return NULL;
+}
+
+/* The pump threads of this process by the caller's fd, so that tsh_dial_close can wait
+ * for the TLS connection's end: a process that exits while its pump is inside
+ * SSL_free would leave OpenSSL half torn down. */
+#define MAX_PUMPS 8
+static pthread_mutex_t pumps_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    bool used;
+    int fd;
+    pthread_t th;
+} pumps[MAX_PUMPS];
+
+static bool pump_register(int fd, pthread_t th)
+{
+    bool ok = false;
+    pthread_mutex_lock(&pumps_mu);
+    for (int i = 0; i < MAX_PUMPS && !ok; i++) {
+        if (!pumps[i].used) {
+            pumps[i].used = true;
+            pumps[i].fd = fd;
+            pumps[i].th = th;
+            ok = true;
+        }
+    }
+    pthread_mutex_unlock(&pumps_mu);
+    return ok;
+}
+
+void tsh_dial_close(int fd)
+{
+    if (fd < 0)
+        return;
+    bool found = false;
+    pthread_t th;
+    pthread_mutex_lock(&pumps_mu);
+    for (int i = 0; i < MAX_PUMPS && !found; i++) {
+        if (pumps[i].used && pumps[i].fd == fd) {
+            pumps[i].used = false;
+            th = pumps[i].th;
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&pumps_mu);
+    close(fd); /* the pump sees our end close and ends the TLS connection */
+    if (!found)
+        return;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += PUMP_LINGER_MS / 1000 + 1;
+    if (pthread_timedjoin_np(th, NULL, &until) != 0)
+        pthread_detach(th);
 }
 
 /* ---- tsh_dial ------------------------------------------------------------------------- */
@@ -548,16 +602,14 @@ int tsh_dial(const struct tsh_profile *p, const char *target, const char *login,
     }
     *pm = (struct pump){.ssl = ssl, .tls_fd = tcp, .local_fd = sp[1]};
     pthread_t th;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     /* The pump never takes a signal meant for the session (SIGWINCH, SIGINT...). */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    int prc = pthread_create(&th, &attr, pump_main, pm);
+    int prc = pthread_create(&th, NULL, pump_main, pm);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
+    if (prc == 0 && !pump_register(sp[0], th))
+        pthread_detach(th); /* more dials than slots: this one is not waited for */
     if (prc != 0) {
         free(pm);
         rv = rp_err(RP_EIO, "cannot start the connection thread: %s", strerror(prc));
@@ -769,7 +821,7 @@ int tsh_cmd_proxy_ssh(int argc, char **argv, const struct tsh_globals *gin)
     int rv = relay_stdio(fd);
     if (rv != 0)
         fprintf(stderr, "tsh proxy ssh: %s\n", rp_errmsg());
-    close(fd);
+    tsh_dial_close(fd);
     tsh_dial_answer_free(&ans);
     return rv == 0 ? 0 : 1;
 }

@@ -1177,7 +1177,7 @@ int tsh_cmd_scp(int argc, char **argv, const struct tsh_globals *gin)
     if (rv != 0)
         fprintf(stderr, "tsh scp: %s\n", rp_errmsg());
     tsh_ssh_close(s);
-    close(fd);
+    tsh_dial_close(fd);
     tsh_dial_answer_free(&ans);
     rc = rv == 0 ? 0 : 1;
 out:

@@ -1199,7 +1199,7 @@ int tsh_cmd_ssh(int argc, char **argv, const struct tsh_globals *gin)
         fprintf(stderr, "tsh ssh: %s\n", rp_errmsg());
         code = TSH_EXIT_CONN;
     }
-    close(fd);
+    tsh_dial_close(fd);
     tsh_dial_answer_free(&ans);
     rp_buf_free(&cmd);
     rc = code;
