@@ -349,21 +349,24 @@ static void *pump_main(void *arg)
         broken = true;
     uint64_t linger_until = 0;
     while (!broken) {
-        /* TLS -> local */
+        /* TLS -> local: records (16 KiB at most each) gathered into one write. */
         if (!tls_eof && loc_off == loc_len) {
-            int r = SSL_read(ssl, to_local, PUMP_CHUNK);
+            loc_off = loc_len = 0;
             read_wants_write = false;
-            if (r > 0) {
-                loc_len = (size_t)r;
-                loc_off = 0;
-            } else {
+            while (loc_len + 16384 <= PUMP_CHUNK) {
+                int r = SSL_read(ssl, to_local + loc_len, (int)(PUMP_CHUNK - loc_len));
+                if (r > 0) {
+                    loc_len += (size_t)r;
+                    continue;
+                }
                 int e = SSL_get_error(ssl, r);
-                if (e == SSL_ERROR_WANT_WRITE)
+                if (e == SSL_ERROR_WANT_WRITE) {
                     read_wants_write = true;
-                else if (e != SSL_ERROR_WANT_READ) {
+                } else if (e != SSL_ERROR_WANT_READ) {
                     tls_eof = true; /* close_notify, or the connection ended */
                     ERR_clear_error();
                 }
+                break;
             }
         }
         while (loc_off < loc_len) {

@@ -102,7 +102,6 @@ static int sftp_broken(struct sftp *f)
  * window), answers out of it. *@progress says whether anything moved. */
 static int sftp_pump(struct sftp *f, bool *progress)
 {
-    static char buf[CHUNK];
     while (f->out_off < f->out.len) {
         uint32_t w = ssh_channel_window_size(f->ch);
         size_t n = f->out.len - f->out_off;
@@ -120,23 +119,25 @@ static int sftp_pump(struct sftp *f, bool *progress)
     }
     if (f->out_off == f->out.len)
         f->out_off = f->out.len = 0;
+    /* Parsed answers are dropped before more bytes come in: the buffer holds at most
+     * the answers in flight, never the whole transfer. */
+    if (f->in_off > 0) {
+        memmove(f->in.data, f->in.data + f->in_off, f->in.len - f->in_off);
+        f->in.len -= f->in_off;
+        f->in_off = 0;
+    }
     for (int i = 0; i < 16; i++) {
-        int n = ssh_channel_read_nonblocking(f->ch, buf, sizeof buf, 0);
+        /* Straight into the answer buffer: one copy less per byte. */
+        if (rp_buf_reserve(&f->in, CHUNK) != 0)
+            return rp_err(RP_ENOMEM, "SFTP answer buffer");
+        int n = ssh_channel_read_nonblocking(f->ch, f->in.data + f->in.len, CHUNK, 0);
         if (n == SSH_EOF)
             return rp_err(RP_EIO, "the node's sftp-server ended the SFTP session");
         if (n == SSH_ERROR)
             return sftp_broken(f);
         if (n <= 0)
             break;
-        /* Parsed answers are dropped before more bytes come in: the buffer holds at
-         * most the answers in flight, never the whole transfer. */
-        if (f->in_off > 0) {
-            memmove(f->in.data, f->in.data + f->in_off, f->in.len - f->in_off);
-            f->in.len -= f->in_off;
-            f->in_off = 0;
-        }
-        if (rp_buf_append(&f->in, buf, (size_t)n) != 0)
-            return rp_err(RP_ENOMEM, "SFTP answer buffer");
+        f->in.len += (size_t)n;
         *progress = true;
     }
     return 0;
@@ -560,7 +561,6 @@ static int download_file(struct sftp *f, const char *rpath, const struct attrs *
     struct req q[INFLIGHT + 1];
     int nq = 0;
     uint64_t next = 0, eof_at = UINT64_MAX;
-    bool write_failed = false;
     for (;;) {
         /* Up to the size we were told, many at once; past it (a file that grew, or no
          * size), one at a time until the server says EOF. */
@@ -594,7 +594,7 @@ static int download_file(struct sftp *f, const char *rpath, const struct attrs *
                             r.len);
                 break;
             }
-            if (!write_failed && pwrite(fd, p, n, (off_t)r.off) != (ssize_t)n) {
+            if (pwrite(fd, p, n, (off_t)r.off) != (ssize_t)n) {
                 rv = rp_err(RP_EIO, "cannot write %s: %s", lpath, strerror(errno));
                 break;
             }
@@ -656,23 +656,33 @@ static int upload_file(struct sftp *f, const char *lpath, const struct stat *st,
     int nq = 0;
     uint64_t next = 0;
     bool at_eof = false;
-    static char buf[CHUNK];
     for (;;) {
         while (rv == 0 && !at_eof && nq < INFLIGHT) {
-            ssize_t n = pread(fd, buf, sizeof buf, (off_t)next);
-            if (n < 0) {
-                rv = rp_err(RP_EIO, "cannot read %s: %s", lpath, strerror(errno));
-                break;
-            }
-            if (n == 0) {
-                at_eof = true;
-                break;
-            }
+            /* The request is built around the file's bytes, read in place. */
             uint32_t id;
             size_t at = req_begin(f, FXP_WRITE, &id);
             put_str(f, h, hl);
             rp_buf_put_be64(&f->out, next);
-            put_str(f, buf, (size_t)n);
+            size_t len_at = f->out.len;
+            rp_buf_put_be32(&f->out, 0);
+            if (rp_buf_reserve(&f->out, CHUNK) != 0) {
+                rv = rp_err(RP_ENOMEM, "SFTP request");
+                break;
+            }
+            ssize_t n = pread(fd, f->out.data + f->out.len, CHUNK, (off_t)next);
+            if (n <= 0) {
+                f->out.len = at; /* no request after all */
+                f->next_id--;
+                if (n < 0)
+                    rv = rp_err(RP_EIO, "cannot read %s: %s", lpath, strerror(errno));
+                at_eof = true;
+                break;
+            }
+            f->out.len += (size_t)n;
+            f->out.data[len_at] = (uint8_t)(n >> 24);
+            f->out.data[len_at + 1] = (uint8_t)(n >> 16);
+            f->out.data[len_at + 2] = (uint8_t)(n >> 8);
+            f->out.data[len_at + 3] = (uint8_t)n;
             rv = req_end(f, at);
             q[nq++] = (struct req){id, next, (uint32_t)n};
             next += (uint64_t)n;
