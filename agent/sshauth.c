@@ -32,6 +32,9 @@ void sshd_grant_free(struct sshd_grant *g)
     free(g->roles);
     free(g->traits_json);
     free(g->force_command);
+    for (size_t i = 0; i < g->n_principals; i++)
+        free(g->principals[i]);
+    free(g->principals);
     memset(g, 0, sizeof *g);
 }
 
@@ -205,9 +208,14 @@ static int check_ca(const struct sshd_decide_in *in, const struct rp_ssh_cert *c
     }
     enum rp_ssh_cert_verdict best = RP_SSH_CERT_WRONG_CA;
     bool ok = false;
+    /* A jump host's user name may be the Teleport user (the key id): then any
+     * principal will do, and the CA, type and validity are still checked. */
+    const char *principal = in->login;
+    if (in->login_may_be_key_id && cert->key_id != NULL && strcmp(cert->key_id, in->login) == 0)
+        principal = NULL;
     for (size_t i = 0; i < n_cas; i++) {
         enum rp_ssh_cert_verdict v = RP_SSH_CERT_WRONG_CA;
-        if (!ok && rp_ssh_cert_check(cert, cas[i], RP_SSH_CERT_USER, in->now_s, in->login, &v) == 0)
+        if (!ok && rp_ssh_cert_check(cert, cas[i], RP_SSH_CERT_USER, in->now_s, principal, &v) == 0)
             ok = true;
         else if (!ok && verdict_rank(v) >= verdict_rank(best))
             best = v;
@@ -298,7 +306,23 @@ int sshd_lock_recheck(const struct agent_authority *a, const struct sshd_grant *
     return rv;
 }
 
-int sshd_decide(const struct sshd_decide_in *in, struct sshd_grant *out, char *why, size_t why_len)
+static int copy_principals(const struct rp_ssh_cert *cert, struct sshd_grant *g)
+{
+    if (cert->n_principals == 0)
+        return 0;
+    g->principals = calloc(cert->n_principals, sizeof *g->principals);
+    if (g->principals == NULL)
+        return RP_ENOMEM;
+    for (size_t i = 0; i < cert->n_principals; i++) {
+        if ((g->principals[i] = strdup(cert->principals[i])) == NULL)
+            return RP_ENOMEM;
+        g->n_principals++;
+    }
+    return 0;
+}
+
+int sshd_cert_decide(const struct sshd_decide_in *in, struct sshd_grant *out, char *why,
+                     size_t why_len)
 {
     memset(out, 0, sizeof *out);
     why[0] = '\0';
@@ -362,13 +386,30 @@ int sshd_decide(const struct sshd_decide_in *in, struct sshd_grant *out, char *w
         rv = RP_ENOMEM;
         goto out;
     }
-    rv = check_roles(in, out, why, why_len);
-    if (rv != 0)
+    if (copy_principals(&cert, out) != 0) {
+        snprintf(why, why_len, "out of memory");
+        rv = RP_ENOMEM;
         goto out;
-    out->permit_port_forwarding = cert_pf && out->opt.port_forwarding;
-    out->permit_agent_forwarding = cert_agent && out->opt.forward_agent;
-    rv = sshd_lock_recheck(in->authority, out, in->login, in->host_id, why, why_len);
+    }
+    /* What the certificate permits; sshd_decide narrows these by the roles. */
+    out->permit_port_forwarding = cert_pf;
+    out->permit_agent_forwarding = cert_agent;
 out:
     rp_ssh_cert_free(&cert);
     return rv;
+}
+
+int sshd_decide(const struct sshd_decide_in *in, struct sshd_grant *out, char *why, size_t why_len)
+{
+    int rv = sshd_cert_decide(in, out, why, why_len);
+    if (rv != 0)
+        return rv;
+    bool cert_pf = out->permit_port_forwarding, cert_agent = out->permit_agent_forwarding;
+    out->permit_port_forwarding = out->permit_agent_forwarding = false;
+    rv = check_roles(in, out, why, why_len);
+    if (rv != 0)
+        return rv;
+    out->permit_port_forwarding = cert_pf && out->opt.port_forwarding;
+    out->permit_agent_forwarding = cert_agent && out->opt.forward_agent;
+    return sshd_lock_recheck(in->authority, out, in->login, in->host_id, why, why_len);
 }

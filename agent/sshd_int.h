@@ -40,6 +40,8 @@ struct sshd_grant {
     char *force_command;          /* NULL if none */
     uint64_t valid_before;        /* seconds since the epoch (RP_SSH_CERT_FOREVER: never) */
     uint64_t serial;
+    char **principals; /* the certificate's (the user's logins) */
+    size_t n_principals;
 };
 void sshd_grant_free(struct sshd_grant *g);
 
@@ -51,6 +53,10 @@ struct sshd_decide_in {
     const char *cert_b64;  /* the whole offered blob, base64 */
     const struct sockaddr_storage *peer;
     uint64_t now_s;
+    /* A jump host (proxy/sshjump.c): the SSH user name is the Teleport user, so
+     * @login may also equal the certificate's key id instead of one of its
+     * principals. False on a node. */
+    bool login_may_be_key_id;
 };
 
 /* Decides whether the offered key may log in as @in->login. 0 and *@out filled, or
@@ -58,6 +64,14 @@ struct sshd_decide_in {
  * in @why. out->user is set whenever the certificate parsed, for the audit of a
  * refusal too; sshd_grant_free *@out in both cases. */
 int sshd_decide(const struct sshd_decide_in *in, struct sshd_grant *out, char *why, size_t why_len);
+
+/* The checks of the certificate alone, the first half of sshd_decide, shared with
+ * the proxy's jump host: a certificate (no plain key), its shape, a trusted user CA,
+ * type, validity, @in->login among its principals, critical options, the
+ * teleport-roles extension (parsed into out->roles, not resolved), traits. Nothing
+ * about a node (labels, the roles' logins) or locks. Same results as sshd_decide. */
+int sshd_cert_decide(const struct sshd_decide_in *in, struct sshd_grant *out, char *why,
+                     size_t why_len);
 
 /* Re-checks locks for an accepted grant: 0, or non-zero with the reason in @why. */
 int sshd_lock_recheck(const struct agent_authority *a, const struct sshd_grant *g,

@@ -397,7 +397,7 @@ static void frame_ready(struct dial *d)
     d->body = NULL;
     const struct rp_identity *user = d->c->ident;
     if (rv != 0) {
-        refuse(d, user, NULL, NULL, "not_found", rp_errmsg());
+        refuse(d, user, NULL, NULL, "version", rp_errmsg());
         return;
     }
     if (req.version[0] != '\0') {
@@ -464,7 +464,7 @@ static void frame_readable(struct px_tls *c)
                 char why[160];
                 snprintf(why, sizeof why, "a dial frame of %u bytes: expected 1..%d",
                          (unsigned)d->want, PX_DIAL_MAX_FRAME);
-                refuse(d, c->ident, NULL, NULL, "not_found", why);
+                refuse(d, c->ident, NULL, NULL, "version", why);
                 return;
             }
             if ((d->body = malloc(d->want)) == NULL) {

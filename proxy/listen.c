@@ -54,6 +54,12 @@
 #define AUTH_CONNECT_MS 3000
 /* Bytes the pass-through reads at once (kept only while the other side is slow). */
 #define PIPE_CHUNK 16384
+/* Pass-through connections at once, per client address and in all. Auth sees them all
+ * coming from the proxy's address, so its own per-address bounds cannot tell one client
+ * of the proxy from another: the proxy bounds them per client. */
+#define PIPE_PER_ADDR 256
+#define PIPE_MAX 20000
+#define PIPE_ADDR_BUCKETS 4096
 
 struct px_listen;
 
@@ -89,6 +95,12 @@ struct pending {
     struct px_tls *tls;
 };
 
+struct addr_count {
+    struct addr_count *next;
+    char ip[64];
+    unsigned n;
+};
+
 struct px_listen {
     struct proxy *p;
     SSL_CTX *ctx;
@@ -106,6 +118,9 @@ struct px_listen {
         uint64_t last_ms;
     } garbage_log[GARBAGE_LOG_SLOTS];
     atomic_uint_fast64_t accepted, evicted, garbage, no_alpn, hs_failed, passthrough;
+    /* open pass-through connections per client address (mu) */
+    struct addr_count *pipe_addrs[PIPE_ADDR_BUCKETS];
+    size_t n_pipes;
     /* stopping: listener watches removed by each loop */
     pthread_mutex_t stop_mu;
     pthread_cond_t stop_cv;
@@ -416,8 +431,55 @@ struct pipe {
     size_t n_addrs, tried;
     bool connected;
     char peer[64];
+    char ip[64];
     char auth[64];
 };
+
+static size_t addr_bucket(const char *ip)
+{
+    size_t h = 5381;
+    for (; *ip; ip++)
+        h = h * 33 + (unsigned char)*ip;
+    return h % PIPE_ADDR_BUCKETS;
+}
+
+/* Counts one more pipe of @ip; false (nothing counted) over a bound. */
+static bool pipe_admit(struct px_listen *o, const char *ip)
+{
+    bool ok = false;
+    pthread_mutex_lock(&o->mu);
+    struct addr_count **pp = &o->pipe_addrs[addr_bucket(ip)];
+    while (*pp != NULL && strcmp((*pp)->ip, ip) != 0)
+        pp = &(*pp)->next;
+    if (o->n_pipes < PIPE_MAX && (*pp == NULL || (*pp)->n < PIPE_PER_ADDR)) {
+        if (*pp == NULL && (*pp = calloc(1, sizeof **pp)) != NULL)
+            snprintf((*pp)->ip, sizeof(*pp)->ip, "%s", ip);
+        if (*pp != NULL) {
+            (*pp)->n++;
+            o->n_pipes++;
+            ok = true;
+        }
+    }
+    pthread_mutex_unlock(&o->mu);
+    return ok;
+}
+
+static void pipe_release(struct px_listen *o, const char *ip)
+{
+    pthread_mutex_lock(&o->mu);
+    struct addr_count **pp = &o->pipe_addrs[addr_bucket(ip)];
+    while (*pp != NULL && strcmp((*pp)->ip, ip) != 0)
+        pp = &(*pp)->next;
+    if (*pp != NULL) {
+        o->n_pipes--;
+        if (--(*pp)->n == 0) {
+            struct addr_count *gone = *pp;
+            *pp = gone->next;
+            free(gone);
+        }
+    }
+    pthread_mutex_unlock(&o->mu);
+}
 
 static void pipe_close(struct pipe *pp)
 {
@@ -431,6 +493,7 @@ static void pipe_close(struct pipe *pp)
         close(pp->aw.fd);
     free(pp->c2a.buf);
     free(pp->a2c.buf);
+    pipe_release(pp->owner, pp->ip);
     px_loop_conn_del(pp->loop);
     free(pp);
 }
@@ -602,6 +665,15 @@ static void pipe_connect_next(struct pipe *pp)
 /* Turns the pending @pd (a ClientHello offering teleport-auth@) into a pipe. */
 static void start_passthrough(struct pending *pd)
 {
+    if (!pipe_admit(pd->owner, pd->ip)) {
+        if (garbage_log_due(pd->owner, 'p', pd->ip))
+            rp_warn("proxy",
+                    "%s: pass-through to auth refused: %d connections from this address (or "
+                    "%d in all) are open",
+                    pd->peer, PIPE_PER_ADDR, PIPE_MAX);
+        refuse(pd, NULL);
+        return;
+    }
     struct pipe *pp = calloc(1, sizeof *pp);
     int fd = pd->fd;
     px_watch_del(&pd->w);
@@ -610,9 +682,13 @@ static void start_passthrough(struct pending *pd)
     /* No longer pending: the auth server authenticates it (the pipe's loop keeps the
      * connection's count). */
     px_loop_conn_add(l);
-    if (pp != NULL)
-        snprintf(pp->peer, sizeof pp->peer, "%s", pd->peer);
     struct px_listen *o = pd->owner;
+    if (pp != NULL) {
+        snprintf(pp->peer, sizeof pp->peer, "%s", pd->peer);
+        snprintf(pp->ip, sizeof pp->ip, "%s", pd->ip);
+    } else {
+        pipe_release(o, pd->ip);
+    }
     pending_free(pd);
     if (pp == NULL) {
         close(fd);
@@ -1064,6 +1140,12 @@ void px_listen_free(struct px_listen *o)
             pd = next;
         }
     }
+    for (size_t b = 0; b < PIPE_ADDR_BUCKETS; b++)
+        while (o->pipe_addrs[b] != NULL) {
+            struct addr_count *next = o->pipe_addrs[b]->next;
+            free(o->pipe_addrs[b]);
+            o->pipe_addrs[b] = next;
+        }
     SSL_CTX_free(o->ctx);
     pthread_mutex_destroy(&o->mu);
     pthread_mutex_destroy(&o->stop_mu);

@@ -36,6 +36,7 @@
 #include "lib/util.h"
 #include "lib/version.h"
 #include "proxy/internal.h"
+#include "proxy/sshjump.h"
 #include "proxy/tunnel.h"
 
 #define WORKERS 16
@@ -68,6 +69,7 @@ struct proxy {
     struct agent_follow *follow;
     struct px_loops *loops;
     struct px_tunnels *tunnels;
+    struct px_sshjump *sshjump; /* listen_addr (3023): ssh -J */
     struct px_listen *listen;
     bool loops_started;
     char web_addr[300];    /* what presence announces */
@@ -574,6 +576,43 @@ static void *heartbeat_main(void *arg)
     return NULL;
 }
 
+/* ---- renewal ------------------------------------------------------------------------------ */
+
+/* When the host certificates are renewed: at 2/3 of the shorter lifetime, spread. */
+static uint64_t plan_renewal(struct proxy *p)
+{
+    pthread_mutex_lock(&p->id.mu);
+    uint64_t at =
+        agent_renew_time(p->id.tls_not_before_ms, p->id.tls_not_after_ms, p->id.ssh_valid_after_ms,
+                         p->id.ssh_valid_before_ms, rp_rand_u64());
+    pthread_mutex_unlock(&p->id.mu);
+    char when[40];
+    rp_format_time(at, when, sizeof when);
+    rp_info("proxy", "host certificates are renewed at %s", when);
+    return at;
+}
+
+/* Renews the host certificates (renew_host, same keys); returns the next renewal time.
+ * Borrowed clients of the old identity are dropped as they come back (generation). The
+ * listeners keep serving the certificate they loaded, which stays valid far longer. */
+static uint64_t renew(struct proxy *p)
+{
+    struct auth_client *c = NULL;
+    uint64_t gen;
+    int rv = client_take(p, &c, &gen);
+    if (rv == 0) {
+        auth_client_set_timeout(c, 10000);
+        rv = agent_ident_renew(&p->id, p->cfg, c);
+        auth_client_free(c);
+    }
+    if (rv != 0) {
+        rp_warn("proxy", "renewing the host certificates: %s; trying again in a minute",
+                rp_errmsg());
+        return rp_now_ms() + rp_jitter_ms(60000);
+    }
+    return plan_renewal(p);
+}
+
 /* ---- start and stop ----------------------------------------------------------------------- */
 
 /* Pings auth (failing over until PING_DEADLINE_MS) and applies the version rule. */
@@ -647,6 +686,8 @@ static void bg_stop(struct proxy *p)
 
 static void proxy_free(struct proxy *p)
 {
+    /* First: its connections route through the tunnels and the cache. */
+    px_sshjump_stop(p->sshjump);
     if (p->loops_started)
         px_listen_stop(p->listen);
     px_loops_stop(p->loops);
@@ -695,6 +736,10 @@ static int proxy_start(struct proxy *p)
         (rv = px_listen_start(p, &p->listen)) != 0 || (rv = px_loops_start(p->loops)) != 0)
         return rv;
     p->loops_started = true;
+    char host_key[1200];
+    proxy_key_path(p, "ssh_host_key", host_key, sizeof host_key);
+    if ((rv = px_sshjump_start(&p->sshjump, p, p->cfg->proxy_listen_addr, host_key)) != 0)
+        return rv;
     presence_addrs(p);
     if (pthread_create(&p->hb_thread, NULL, heartbeat_main, p) != 0)
         return rp_err(RP_ENOMEM, "cannot start the heartbeat");
@@ -742,8 +787,16 @@ int proxy_main(const struct rp_config *cfg)
         rp_info("proxy", "proxy %s (%s) of cluster %s serving on %s (tunnels %s), version %s",
                 cfg->nodename, p->id.host_id, p->cluster_name, px_listen_web_addr(p->listen),
                 p->tunnel_addr, rp_version_self());
-        int sig = 0;
-        sigwait(&set, &sig);
+        uint64_t renew_at = plan_renewal(p);
+        int sig;
+        for (;;) {
+            struct timespec second = {1, 0};
+            sig = sigtimedwait(&set, NULL, &second);
+            if (sig > 0)
+                break;
+            if (rp_now_ms() >= renew_at)
+                renew_at = renew(p);
+        }
         rp_info("proxy", "signal %d: stopping", sig);
     }
     proxy_free(p);

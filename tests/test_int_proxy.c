@@ -365,6 +365,21 @@ Test(proxy, garbage_and_unknown_alpn_and_missing_certificates_are_refused_clearl
     rp_buf_free(&ans);
     tls_close(ssl);
 
+    /* A frame over 4096 bytes is refused before its body is read. */
+    ssl = tls_connect(ctx, NULL, why, sizeof why);
+    cr_assert_not_null(ssl, "%s", why);
+    cr_assert_eq(SSL_write(ssl, "\x00\x10\x00\x00", 4), 4);
+    uint8_t h[4];
+    ssl_read_exact(ssl, h, 4);
+    uint32_t alen = (uint32_t)h[2] << 8 | h[3];
+    cr_assert(h[0] == 0 && h[1] == 0 && alen > 0 && alen < sizeof buf);
+    ssl_read_exact(ssl, buf, alen);
+    cr_assert_eq(rp_mp_parse(buf, alen, &u), 0);
+    cr_assert_str_eq(field(&u.data, "code"), "version");
+    cr_assert(strstr(field(&u.data, "error"), "1..4096") != NULL, "%s", field(&u.data, "error"));
+    msgpack_unpacked_destroy(&u);
+    tls_close(ssl);
+
     /* And `openssl s_client` offering teleport-proxy-ssh, without a certificate, gets
      * the same: it sends nothing the proxy can take as a dial, and is closed. */
     char exe_connect[128];
