@@ -25,6 +25,7 @@
 
 #include "agent/recorder.h"
 #include "agent/sshd.h"
+#include "agent/tunnel.h"
 #include "auth/client.h"
 #include "lib/errors.h"
 #include "lib/log.h"
@@ -295,6 +296,7 @@ int agent_upload(void *arg, const char *sid, uint64_t seq, const void *data, siz
  * recorder uploads what they left in the spool. */
 struct services {
     struct agent_sshd *sshd;
+    struct agent_tunnels *tunnels; /* proxy mode: reverse tunnels into sshd */
     struct agent_recorder *recorder;
     struct agent_sshd_recording rec_table;
 };
@@ -334,6 +336,12 @@ static int rec_close(void *rec)
     return agent_rec_close(rec);
 }
 
+/* The reverse tunnels' way into the SSH server (agent/tunnel.h). */
+static int serve_tunnelled(void *arg, int fd, const char *peer)
+{
+    return agent_sshd_serve_fd(arg, fd, peer);
+}
+
 static int services_start(struct agent_run *a, struct services *sv)
 {
     memset(sv, 0, sizeof *sv);
@@ -352,7 +360,10 @@ static int services_start(struct agent_run *a, struct services *sv)
                                                   .resize = rec_resize,
                                                   .close = rec_close};
     agent_key_path(a->cfg->data_dir, "ssh_host_key", host_key, sizeof host_key);
+    /* In proxy mode the node listens on TCP only when the file asks for it. */
+    bool tunnel_only = a->cfg->proxy_server != NULL && !a->cfg->ssh_listen_addr_set;
     struct agent_sshd_opts o = {.listen_addr = a->cfg->ssh_listen_addr,
+                                .no_listener = tunnel_only,
                                 .host_key_path = host_key,
                                 .host_id = a->id.host_id,
                                 .nodename = a->cfg->nodename,
@@ -369,15 +380,43 @@ static int services_start(struct agent_run *a, struct services *sv)
         a->services_recorder = NULL;
         return rv;
     }
-    rp_info("agent", "SSH service listening on %s", a->cfg->ssh_listen_addr);
+    if (a->cfg->proxy_server != NULL) {
+        /* A tunnel to the proxy named in the configuration at first; then one to each
+         * proxy of the cluster, as listed through it. */
+        const char *proxies[1] = {a->cfg->proxy_server};
+        struct agent_tunnels_opts to = {.id = &a->id,
+                                        .serve = serve_tunnelled,
+                                        .serve_arg = sv->sshd,
+                                        .keepalive_ms = a->cfg->keep_alive_interval_ms,
+                                        .proxies = proxies,
+                                        .n_proxies = 1,
+                                        .discover_via = a->cfg->proxy_server};
+        if ((rv = agent_tunnels_start(&sv->tunnels, &to)) != 0) {
+            agent_sshd_stop(sv->sshd, 0);
+            sv->sshd = NULL;
+            agent_recorder_free(sv->recorder);
+            sv->recorder = NULL;
+            a->services_recorder = NULL;
+            return rv;
+        }
+    }
+    if (tunnel_only)
+        rp_info("agent", "SSH service reachable through reverse tunnels to %s only",
+                a->cfg->proxy_server);
+    else
+        rp_info("agent", "SSH service listening on %s", a->cfg->ssh_listen_addr);
     return 0;
 }
 
 static void services_stop(struct agent_run *a, struct services *sv, uint64_t grace_ms)
 {
     uint64_t deadline = rp_mono_ms() + grace_ms;
+    /* Sessions that came through a tunnel carry their bytes through it: the tunnels
+     * stay up while the SSH server gives sessions their grace (refusing new ones), and
+     * close after. */
     if (sv->sshd)
         agent_sshd_stop(sv->sshd, grace_ms);
+    agent_tunnels_stop(sv->tunnels);
     if (sv->recorder) {
         /* Whatever the sessions took of the grace, the uploads get a few seconds: what
          * stays in the spool is sent after the next start anyway. */

@@ -73,6 +73,9 @@ struct agent_ident {
     uint64_t ssh_valid_after_ms, ssh_valid_before_ms;
     uint64_t generation;      /* bumped by each renewal */
     enum rp_system_role role; /* RP_SYS_NODE, or RP_SYS_PROXY for a proxy */
+    /* Proxy mode (teleport.proxy_server): ctx offers ALPN "teleport-auth@" so that the
+     * proxy passes every auth connection through to auth. */
+    bool via_proxy;
 };
 
 /* Ensures @cfg->data_dir holds a joined identity (joining with the token if it does

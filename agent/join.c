@@ -166,6 +166,8 @@ static int load_ident(struct agent_ident *id)
         rv = rp_err(RP_ETLS, "TLS context: %s", rp_errmsg());
         goto out;
     }
+    if (id->via_proxy && (rv = auth_ctx_set_alpn(ctx, AUTH_ALPN_VIA_PROXY)) != 0)
+        goto out;
     pthread_mutex_lock(&id->mu);
     SSL_CTX_free(id->ctx);
     free(id->ssh_pub);
@@ -430,7 +432,7 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
                       type, type);
     if (cfg->ca_pin == NULL || n_addrs == 0)
         return rp_err(RP_EINVAL, "joining needs the CA pin (--ca-pin) and an auth server "
-                                 "(--auth-server)");
+                                 "(--auth-server) or a proxy (--proxy-server)");
     if ((rv = node_keys(id, &tls, &tls_pub, &ssh_pub)) != 0)
         return rv;
     rp_buf_init(&req);
@@ -458,7 +460,8 @@ static int do_join(struct agent_ident *id, const struct rp_config *cfg)
     size_t i = 0;
     for (;;) {
         const char *addr = addrs[i % n_addrs];
-        rv = auth_pinned_call(addr, cfg->ca_pin, req.data, req.len, 15000, &frame, &resp);
+        rv = auth_pinned_call_alpn(addr, cfg->proxy_server ? AUTH_ALPN_VIA_PROXY : NULL,
+                                   cfg->ca_pin, req.data, req.len, 15000, &frame, &resp);
         if (rv == 0)
             break;
         msgpack_unpacked_destroy(&resp);
@@ -527,6 +530,7 @@ int agent_ident_init_as(struct agent_ident *id, const struct rp_config *cfg,
     if (strlen(cfg->data_dir) >= sizeof id->data_dir)
         return rp_err(RP_EINVAL, "teleport.data_dir is too long");
     snprintf(id->data_dir, sizeof id->data_dir, "%s", cfg->data_dir);
+    id->via_proxy = cfg->proxy_server != NULL;
     snprintf(path, sizeof path, "%s/%s", cfg->data_dir, AGENT_KEYS_DIR);
     if ((rv = rp_mkdir_p(path, 0700)) != 0 || (rv = chmod(cfg->data_dir, 0700)) != 0) {
         rv = rp_err(RP_EIO, "cannot create %s (mode 0700): %s", path,

@@ -263,6 +263,10 @@ static int encode_node(struct agent_presence *p, struct rp_buf *out)
     rp_mp_map_end(&meta);
     rp_mp_map_begin_map(&m, "spec", &spec);
     rp_mp_map_str(&spec, "addr", p->addr);
+    /* A node in proxy mode is reached through its reverse tunnels (spec.addr is "" unless
+     * ssh_service.listen_addr was set too). */
+    if (cfg->proxy_server != NULL)
+        rp_mp_map_bool(&spec, "use_tunnel", true);
     rp_mp_map_str(&spec, "hostname", cfg->nodename);
     rp_mp_map_str(&spec, "version", p->version);
     rp_mp_map_begin_map(&spec, "cmd_labels", &cmd_labels);
@@ -366,7 +370,9 @@ int agent_presence_start(struct agent_presence **out, const struct rp_config *cf
     /* The address others dial: public_addr, else listen_addr with a wildcard host
      * replaced by loopback (a node that wants to be reached from elsewhere says so). */
     const char *a = cfg->ssh_public_addr ? cfg->ssh_public_addr : cfg->ssh_listen_addr;
-    if (strncmp(a, "0.0.0.0:", 8) == 0)
+    if (cfg->proxy_server != NULL && !cfg->ssh_listen_addr_set && cfg->ssh_public_addr == NULL)
+        p->addr[0] = '\0'; /* tunnel only: nothing to dial directly */
+    else if (strncmp(a, "0.0.0.0:", 8) == 0)
         snprintf(p->addr, sizeof p->addr, "127.0.0.1:%s", a + 8);
     else if (strncmp(a, "[::]:", 5) == 0)
         snprintf(p->addr, sizeof p->addr, "[::1]:%s", a + 5);

@@ -117,8 +117,11 @@ int sshd_source_address_match(const char *list, const struct sockaddr_storage *p
 {
     int fam;
     uint8_t addr[16];
-    peer_bytes(peer, &fam, addr);
     *match = false;
+    /* A tunnelled connection whose client address is unknown matches no list. */
+    if (peer->ss_family != AF_INET && peer->ss_family != AF_INET6)
+        return 0;
+    peer_bytes(peer, &fam, addr);
     const char *p = list;
     while (*p != '\0') {
         const char *end = strchr(p, ',');

@@ -207,71 +207,61 @@ static void format_addr(const struct sockaddr_storage *sa, char *out, size_t n)
     snprintf(out, n, "%s:%d", host, port);
 }
 
-static void accept_one(struct agent_sshd *s)
+/* Counts a refusal at the max_unauthenticated cap; true if the caller should log
+ * now (one line per REFUSED_LOG_EVERY_MS), with the refusals since the last line in
+ * *@refused. Called with s->mu held. */
+static bool count_refusal(struct agent_sshd *s, unsigned *refused)
 {
-    struct sockaddr_storage peer;
-    socklen_t plen = sizeof peer;
-    int fd = accept4(s->listen_fd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC);
-    if (fd < 0)
-        return; /* EAGAIN, or the client gave up: nothing to do */
-    pthread_mutex_lock(&s->mu);
-    bool full = s->n_unauth >= s->max_unauthenticated;
-    bool log_now = false;
-    unsigned refused = 0;
-    if (full) {
-        s->refused_since_log++;
-        uint64_t now = rp_mono_ms();
-        if (s->refused_log_mono == 0 || now - s->refused_log_mono >= REFUSED_LOG_EVERY_MS) {
-            log_now = true;
-            refused = s->refused_since_log;
-            s->refused_since_log = 0;
-            s->refused_log_mono = now;
-        }
-    }
-    pthread_mutex_unlock(&s->mu);
-    if (full) {
-        char addr[80];
-        format_addr(&peer, addr, sizeof addr);
-        close(fd);
-        if (log_now)
-            rp_warn(SSHD_LOG,
-                    "refused %u connection(s) at accept (latest from %s): %u connections have "
-                    "not authenticated yet (max_unauthenticated)",
-                    refused, addr, s->max_unauthenticated);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    s->refused_since_log++;
+    uint64_t now = rp_mono_ms();
+    if (s->refused_log_mono != 0 && now - s->refused_log_mono < REFUSED_LOG_EVERY_MS)
+        return false;
+    *refused = s->refused_since_log;
+    s->refused_since_log = 0;
+    s->refused_log_mono = now;
+    return true;
+}
+
+/* Hands the connected socket @fd (owned from here, closed on failure) to a libssh
+ * session and a thread of its own. @peer is the client's address as far as it is
+ * known (AF_UNSPEC when not: source-address options then refuse), @remote and @local
+ * its text for logs and audit. The caller checked the max_unauthenticated cap. */
+static int serve_socket(struct agent_sshd *s, int fd, const struct sockaddr_storage *peer,
+                        const char *remote, const char *local)
+{
     struct sshd_conn *c = calloc(1, sizeof *c);
     if (c == NULL) {
         close(fd);
-        return;
+        return rp_err(RP_ENOMEM, "SSH connection from %s", remote);
     }
     c->srv = s;
     c->fd = fd;
-    c->peer = peer;
+    c->peer = *peer;
     c->accepted_mono = rp_mono_ms();
-    format_addr(&peer, c->remote, sizeof c->remote);
-    struct sockaddr_storage local;
-    socklen_t llen = sizeof local;
-    if (getsockname(fd, (struct sockaddr *)&local, &llen) == 0)
-        format_addr(&local, c->local, sizeof c->local);
+    snprintf(c->remote, sizeof c->remote, "%s", remote);
+    snprintf(c->local, sizeof c->local, "%s", local);
     if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        int err = errno;
         close(fd);
         free(c);
-        return;
+        return rp_err(RP_EIO, "SSH connection from %s: pipe: %s", remote, strerror(err));
     }
     c->ses = ssh_new();
-    if (c->ses == NULL || ssh_bind_accept_fd(s->bind, c->ses, fd) != SSH_OK) {
-        rp_warn(SSHD_LOG, "connection from %s: libssh could not take it: %s", c->remote,
-                c->ses ? ssh_get_error(s->bind) : "out of memory");
+    /* The listener thread and tunnel threads both hand sockets to the one bind. */
+    pthread_mutex_lock(&s->bind_mu);
+    int ok = c->ses != NULL && ssh_bind_accept_fd(s->bind, c->ses, fd) == SSH_OK;
+    pthread_mutex_unlock(&s->bind_mu);
+    if (!ok) {
+        int rv = rp_err(RP_EIO, "connection from %s: libssh could not take it: %s", c->remote,
+                        c->ses ? ssh_get_error(s->bind) : "out of memory");
+        rp_warn(SSHD_LOG, "%s", rp_errmsg());
         if (c->ses != NULL)
             ssh_free(c->ses);
         close(fd);
         close(c->wake[0]);
         close(c->wake[1]);
         free(c);
-        return;
+        return rv;
     }
     pthread_mutex_lock(&s->mu);
     c->next = s->conns;
@@ -298,7 +288,104 @@ static void accept_one(struct agent_sshd *s)
         atomic_store(&c->stop, true);
         shutdown(fd, SHUT_RDWR);
         sshd_conn_main(c);
+        return rp_err(RP_ENOMEM, "SSH connection from %s: no thread for it", remote);
     }
+    return 0;
+}
+
+static void accept_one(struct agent_sshd *s)
+{
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    int fd = accept4(s->listen_fd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC);
+    if (fd < 0)
+        return; /* EAGAIN, or the client gave up: nothing to do */
+    pthread_mutex_lock(&s->mu);
+    bool full = s->n_unauth >= s->max_unauthenticated;
+    unsigned refused = 0;
+    bool log_now = full && count_refusal(s, &refused);
+    pthread_mutex_unlock(&s->mu);
+    char remote[80], local[80] = "";
+    format_addr(&peer, remote, sizeof remote);
+    if (full) {
+        close(fd);
+        if (log_now)
+            rp_warn(SSHD_LOG,
+                    "refused %u connection(s) at accept (latest from %s): %u connections have "
+                    "not authenticated yet (max_unauthenticated)",
+                    refused, remote, s->max_unauthenticated);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_storage la;
+    socklen_t llen = sizeof la;
+    if (getsockname(fd, (struct sockaddr *)&la, &llen) == 0)
+        format_addr(&la, local, sizeof local);
+    serve_socket(s, fd, &peer, remote, local);
+}
+
+/* "a.b.c.d:port" or "[v6]:port" into @out (AF_UNSPEC if it is neither). */
+static void parse_peer(const char *text, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof *out);
+    char host[64];
+    const char *colon = strrchr(text, ':');
+    if (colon == NULL || (size_t)(colon - text) >= sizeof host)
+        return;
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = '\0';
+    char *end = NULL;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (end == colon + 1 || *end != '\0' || port > 65535)
+        return;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)out;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)out;
+    size_t hl = strlen(host);
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+    } else if (hl > 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        if (inet_pton(AF_INET6, host + 1, &s6->sin6_addr) == 1) {
+            s6->sin6_family = AF_INET6;
+            s6->sin6_port = htons((uint16_t)port);
+        }
+    }
+}
+
+int agent_sshd_serve_fd(struct agent_sshd *s, int fd, const char *peer)
+{
+    const char *remote = peer != NULL && peer[0] != '\0' ? peer : "tunnel";
+    pthread_mutex_lock(&s->mu);
+    bool stopping = s->stopping;
+    bool full = s->n_unauth >= s->max_unauthenticated;
+    unsigned refused = 0;
+    bool log_now = !stopping && full && count_refusal(s, &refused);
+    pthread_mutex_unlock(&s->mu);
+    if (stopping) {
+        close(fd);
+        return rp_err(RP_ECLOSED, "the SSH server is stopping");
+    }
+    if (full) {
+        close(fd);
+        if (log_now)
+            rp_warn(SSHD_LOG,
+                    "refused %u tunnelled connection(s) (latest from %s): %u connections have "
+                    "not authenticated yet (max_unauthenticated)",
+                    refused, remote, s->max_unauthenticated);
+        return rp_err(RP_EBUSY,
+                      "%u SSH connections have not authenticated yet "
+                      "(max_unauthenticated): try again later",
+                      s->max_unauthenticated);
+    }
+    /* libssh does blocking I/O on its session's socket. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    struct sockaddr_storage ss;
+    parse_peer(remote, &ss);
+    return serve_socket(s, fd, &ss, remote, "tunnel");
 }
 
 /* Shuts down the sockets of connections past the authentication deadline; returns
@@ -328,6 +415,7 @@ static void *listener_main(void *arg)
     struct agent_sshd *s = arg;
     for (;;) {
         int timeout = enforce_deadlines(s);
+        /* No listening socket (a tunnel-only node): poll skips a negative fd. */
         struct pollfd p[2] = {{s->listen_fd, POLLIN, 0}, {s->wake[0], POLLIN, 0}};
         int n = poll(p, 2, timeout);
         if (n < 0 && errno != EINTR)
@@ -410,6 +498,7 @@ static void free_server(struct agent_sshd *s)
         close(s->wake[1]);
     }
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->bind_mu);
     pthread_cond_destroy(&s->cond);
     free(s);
 }
@@ -430,6 +519,7 @@ int agent_sshd_start(struct agent_sshd **out, const struct agent_sshd_opts *o)
     s->listen_fd = -1;
     s->wake[0] = s->wake[1] = -1;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->bind_mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->authority = o->authority;
     s->recording = o->recording;
@@ -490,7 +580,7 @@ int agent_sshd_start(struct agent_sshd **out, const struct agent_sshd_opts *o)
         rv = rp_err(RP_EIO, "agent_sshd_start: pipe: %s", strerror(errno));
         goto fail;
     }
-    rv = bind_listener(s);
+    rv = o->no_listener ? 0 : bind_listener(s);
     if (rv != 0)
         goto fail;
     /* A client that disconnects while we write must not kill the agent. */
@@ -510,7 +600,10 @@ int agent_sshd_start(struct agent_sshd **out, const struct agent_sshd_opts *o)
         goto fail;
     }
     s->listener_running = true;
-    rp_info(SSHD_LOG, "SSH server listening on %s (port %d)", s->listen_addr, s->port);
+    if (o->no_listener)
+        rp_info(SSHD_LOG, "SSH server serving reverse tunnels only (no TCP listener)");
+    else
+        rp_info(SSHD_LOG, "SSH server listening on %s (port %d)", s->listen_addr, s->port);
     *out = s;
     return 0;
 
@@ -537,7 +630,8 @@ void agent_sshd_stop(struct agent_sshd *s, uint64_t grace_ms)
     wake_fd(s->wake[1]);
     if (s->listener_running)
         pthread_join(s->listener, NULL);
-    close(s->listen_fd);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
     s->listen_fd = -1;
     pthread_mutex_lock(&s->mu);
     while (s->n_conns > 0) {

@@ -66,6 +66,8 @@ struct agent_sshd_recording {
 
 struct agent_sshd_opts {
     const char *listen_addr;   /* "HOST:PORT" ("[::]:3022"); NULL: "0.0.0.0:3022"; port 0: any */
+    bool no_listener;          /* no TCP listener: connections come only through
+                                * agent_sshd_serve_fd (a node behind a reverse tunnel) */
     const char *host_key_path; /* the Ed25519 host key, OpenSSH private key format */
     const char *host_id;       /* this node's UUID: audit server_id, locks on the node */
     const char *nodename;      /* audit server_hostname, recordings */
@@ -88,6 +90,14 @@ struct agent_sshd;
  * @opts are copied; the authority and recording tables are borrowed. On success
  * *@out is the caller's, released by agent_sshd_stop. */
 int agent_sshd_start(struct agent_sshd **out, const struct agent_sshd_opts *opts);
+
+/* Serves the connected stream socket @fd (owned from here: closed on every failure)
+ * exactly as a connection accepted by the listener: the same max_unauthenticated cap,
+ * authentication deadline, sessions and audit. @peer is the client's address as
+ * "ip:port" (from the reverse tunnel, for audit and the source-address option; NULL
+ * or unparsable: "tunnel", which source-address never matches). Any thread.
+ * RP_EBUSY at the cap, RP_ECLOSED while stopping, RP_ENOMEM/RP_EIO. */
+int agent_sshd_serve_fd(struct agent_sshd *s, int fd, const char *peer);
 
 /* The port the server listens on (useful with port 0). */
 int agent_sshd_port(const struct agent_sshd *s);

@@ -101,6 +101,7 @@ struct agent_sshd {
     int port;
     int wake[2]; /* wakes the listener thread (stop) */
     ssh_bind bind;
+    pthread_mutex_t bind_mu; /* ssh_bind_accept_fd from the listener and from tunnels */
     pthread_t listener;
     bool listener_running;
 

@@ -294,7 +294,14 @@ static int check_spec(const msgpack_object *spec, const msgpack_object *labels, 
     if (rv != 0)
         return rv;
     const msgpack_object *addr = rp_mp_get(spec, "addr");
-    if ((addr != NULL || is_node) && !hostport_ok(addr))
+    const msgpack_object *tun = rp_mp_get(spec, "use_tunnel");
+    if (tun != NULL && tun->type != MSGPACK_OBJECT_NIL && tun->type != MSGPACK_OBJECT_BOOLEAN)
+        return rp_err(RP_EINVAL, "spec.use_tunnel: expected a boolean");
+    /* A node reached only through its reverse tunnels has no address to dial. */
+    bool tunnel_only = is_node && tun != NULL && tun->type == MSGPACK_OBJECT_BOOLEAN &&
+                       tun->via.boolean && addr != NULL && addr->type == MSGPACK_OBJECT_STR &&
+                       addr->via.str.size == 0;
+    if (!tunnel_only && (addr != NULL || is_node) && !hostport_ok(addr))
         return rp_err(RP_EINVAL, "spec.addr: expected the address the %s serves on, host:port",
                       is_node ? "node's SSH server" : "proxy");
     const msgpack_object *pub = rp_mp_get(spec, "public_addr");
@@ -317,9 +324,6 @@ static int check_spec(const msgpack_object *spec, const msgpack_object *labels, 
     const msgpack_object *taddr = rp_mp_get(spec, "tunnel_addr");
     if (taddr != NULL && taddr->type != MSGPACK_OBJECT_NIL && (is_node || !hostport_ok(taddr)))
         return rp_err(RP_EINVAL, "spec.tunnel_addr: expected host:port, on a proxy only");
-    const msgpack_object *tun = rp_mp_get(spec, "use_tunnel");
-    if (tun != NULL && tun->type != MSGPACK_OBJECT_NIL && tun->type != MSGPACK_OBJECT_BOOLEAN)
-        return rp_err(RP_EINVAL, "spec.use_tunnel: expected a boolean");
     return 0;
 }
 

@@ -68,6 +68,17 @@ void auth_new_rid(char out[33]);
  * malformed answer. @timeout_ms bounds the dial (at most 3 s) and each read/write. */
 int auth_pinned_call(const char *addr, const char *pin, const void *req, size_t len, int timeout_ms,
                      struct rp_buf *frame, msgpack_unpacked *resp);
+/* The same, offering the ALPN protocol @alpn (NULL: none) in the ClientHello: an agent
+ * joining through a proxy offers "teleport-auth@" (AUTH_ALPN_VIA_PROXY), which the proxy
+ * passes through to auth untouched. */
+int auth_pinned_call_alpn(const char *addr, const char *alpn, const char *pin, const void *req,
+                          size_t len, int timeout_ms, struct rp_buf *frame,
+                          msgpack_unpacked *resp);
+/* The ALPN protocol that makes a proxy pass a connection through to auth (design: the
+ * proxy reads it from the ClientHello and terminates nothing). */
+#define AUTH_ALPN_VIA_PROXY "teleport-auth@"
+/* Sets @alpn as the only protocol @ctx offers. RP_ETLS. */
+int auth_ctx_set_alpn(SSL_CTX *ctx, const char *alpn);
 
 /* ---- the generic call ----------------------------------------------------- */
 

@@ -12,8 +12,28 @@
 #include "lib/mp.h"
 #include "lib/tls.h"
 
+int auth_ctx_set_alpn(SSL_CTX *ctx, const char *alpn)
+{
+    unsigned char wire[256];
+    size_t n = strlen(alpn);
+    if (n == 0 || n > 255)
+        return rp_err(RP_EINVAL, "ALPN protocol \"%s\": expected 1 to 255 bytes", alpn);
+    wire[0] = (unsigned char)n;
+    memcpy(wire + 1, alpn, n);
+    /* OpenSSL's inverted convention: 0 is success. */
+    if (SSL_CTX_set_alpn_protos(ctx, wire, (unsigned)n + 1) != 0)
+        return rp_err(RP_ETLS, "cannot offer ALPN protocol %s", alpn);
+    return 0;
+}
+
 int auth_pinned_call(const char *addr, const char *pin, const void *req, size_t len, int timeout_ms,
                      struct rp_buf *frame, msgpack_unpacked *resp)
+{
+    return auth_pinned_call_alpn(addr, NULL, pin, req, len, timeout_ms, frame, resp);
+}
+
+int auth_pinned_call_alpn(const char *addr, const char *alpn, const char *pin, const void *req,
+                          size_t len, int timeout_ms, struct rp_buf *frame, msgpack_unpacked *resp)
 {
     SSL_CTX *ctx = rp_tls_client_ctx_pinned();
     struct rp_conn c;
@@ -22,6 +42,10 @@ int auth_pinned_call(const char *addr, const char *pin, const void *req, size_t 
     msgpack_unpacked_init(resp);
     if (ctx == NULL)
         return rp_err(RP_ETLS, "TLS context: %s", rp_errmsg());
+    if (alpn != NULL && (rv = auth_ctx_set_alpn(ctx, alpn)) != 0) {
+        SSL_CTX_free(ctx);
+        return rv;
+    }
     rv = rp_conn_dial(&c, ctx, addr, timeout_ms < 3000 ? timeout_ms : 3000);
     SSL_CTX_free(ctx);
     if (rv != 0)

@@ -116,6 +116,7 @@ void rp_config_init(struct rp_config *c)
     c->tunnel_listen_addr = dup_or_die("0.0.0.0:3024");
     c->proxy_listen_addr = dup_or_die("0.0.0.0:3023");
     c->ssh_listen_addr = dup_or_die("0.0.0.0:3022");
+    c->keep_alive_interval_ms = 30000;
     c->heartbeat_period_ms = 60000;
     c->shutdown_grace_ms = 30000;
     c->spool_max_size = 256ull << 20;
@@ -171,6 +172,7 @@ void rp_config_free(struct rp_config *c)
         &c->data_dir,
         &c->auth_server,
         &c->ca_pin,
+        &c->proxy_server,
         &c->join_token,
         &c->log_severity,
         &c->cluster_name,
@@ -758,6 +760,23 @@ static int parse_shutdown_grace(struct loader *ld, const struct field *f, const 
     return duration_in(ld, f, path, v, 1, 3600000, "a duration up to 1h");
 }
 
+static int parse_keep_alive(struct loader *ld, const struct field *f, const char *path,
+                            const struct rp_ynode *v)
+{
+    return duration_in(ld, f, path, v, 1000, 3600000, "a duration from 1s to 1h");
+}
+
+/* ssh_service.listen_addr, remembering that the file set it (proxy mode listens only
+ * then). */
+static int parse_ssh_listen(struct loader *ld, const struct field *f, const char *path,
+                            const struct rp_ynode *v)
+{
+    int rv = parse_string(ld, f, path, v);
+    if (rv == 0)
+        ld->c->ssh_listen_addr_set = true;
+    return rv;
+}
+
 static int parse_auth_deadline(struct loader *ld, const struct field *f, const char *path,
                                const struct rp_ynode *v)
 {
@@ -958,6 +977,11 @@ int rp_config_set_auth_servers(struct rp_config *c, const char *list)
 size_t rp_config_auth_addrs(const struct rp_config *c, const char **out, size_t max)
 {
     size_t n = 0;
+    if (c->proxy_server != NULL && c->auth_server == NULL && c->n_auth_servers == 0) {
+        if (max > 0)
+            out[n++] = c->proxy_server;
+        return n;
+    }
     if (c->auth_server != NULL && n < max)
         out[n++] = c->auth_server;
     for (size_t i = 0; i < c->n_auth_servers && n < max; i++) {
@@ -1003,6 +1027,8 @@ static const struct field teleport_fields[] = {
     {.name = "auth_server", .parse = parse_string, .off = AT(auth_server), .check = check_addr},
     {.name = "auth_servers", .parse = parse_auth_servers},
     {.name = "ca_pin", .parse = parse_string, .off = AT(ca_pin), .check = check_ca_pin},
+    {.name = "proxy_server", .parse = parse_string, .off = AT(proxy_server), .check = check_addr},
+    {.name = "keep_alive_interval", .parse = parse_keep_alive, .off = AT(keep_alive_interval_ms)},
     {.name = "join_params", .parse = parse_sub, .sub = &join_section},
     {.name = "log", .parse = parse_sub, .sub = &log_section},
     {.name = NULL},
@@ -1092,7 +1118,10 @@ static const struct section proxy_section = {"proxy_service", proxy_fields};
 
 static const struct field ssh_fields[] = {
     {.name = "enabled", .parse = parse_bool, .off = AT(ssh_enabled)},
-    {.name = "listen_addr", .parse = parse_string, .off = AT(ssh_listen_addr), .check = check_addr},
+    {.name = "listen_addr",
+     .parse = parse_ssh_listen,
+     .off = AT(ssh_listen_addr),
+     .check = check_addr},
     {.name = "public_addr",
      .parse = parse_string,
      .off = AT(ssh_public_addr),
@@ -1258,11 +1287,22 @@ int rp_config_validate(const struct rp_config *c)
                                  "token_name: a joining server checks the cluster's CA against it");
     for (size_t i = 0; i < c->n_auth_servers; i++)
         CHECK(check_field("teleport.auth_servers", c->auth_servers[i], check_addr));
-    bool knows_auth = c->auth_server != NULL || c->n_auth_servers > 0;
+    CHECK(check_optional("teleport.proxy_server", c->proxy_server, check_addr));
+    bool names_auth = c->auth_server != NULL || c->n_auth_servers > 0;
+    if (c->proxy_server != NULL && names_auth)
+        return rp_err(RP_EINVAL, "teleport.proxy_server and teleport.auth_server (or "
+                                 "auth_servers) exclude each other: an agent reaches auth either "
+                                 "directly or through the proxy");
+    if (c->proxy_server != NULL && (c->auth_enabled || c->proxy_enabled))
+        return rp_err(RP_EINVAL, "teleport.proxy_server is for node agents (ssh_service); "
+                                 "auth and proxy servers name auth_server instead");
+    if (c->keep_alive_interval_ms < 1000 || c->keep_alive_interval_ms > 3600000)
+        return rp_err(RP_EINVAL, "teleport.keep_alive_interval must be between 1s and 1h");
+    bool knows_auth = names_auth || c->proxy_server != NULL;
     if (c->join_token != NULL && !knows_auth)
-        return rp_err(RP_EINVAL, "teleport.auth_server (or auth_servers) is required with "
-                                 "teleport.join_params.token_name: it is the auth server to join "
-                                 "through");
+        return rp_err(RP_EINVAL, "teleport.auth_server (or auth_servers, or proxy_server) is "
+                                 "required with teleport.join_params.token_name: it is the auth "
+                                 "server (or proxy) to join through");
 
     if (c->auth_enabled) {
         if (c->raft_id == 0)

@@ -9,6 +9,9 @@
  *     auth_server: 127.0.0.1:3025        # an auth server to join through / talk to
  *     auth_servers: [10.0.0.1:3025, 10.0.0.2:3025]  # more of them (agents fail over)
  *     ca_pin: sha256:...                 # pin of the cluster TLS CA (joining only)
+ *     proxy_server: proxy.example.com:3080  # agents: reach auth and serve sessions
+ *                                        # through this proxy (no auth_server then)
+ *     keep_alive_interval: 30s           # reverse tunnels: PING period (3 missed: closed)
  *     join_params: {token_name: <token>, method: token}
  *     log: {output: stderr, severity: INFO}
  *   auth_service:
@@ -101,6 +104,11 @@ struct rp_config {
     char **auth_servers; /* teleport.auth_servers (and --auth-server=A,B), in order */
     size_t n_auth_servers;
     char *ca_pin;       /* "sha256:<64 hex>" */
+    /* teleport.proxy_server (and --proxy-server): an agent in proxy mode reaches auth
+     * through this proxy (ALPN teleport-auth@) and serves SSH over a reverse tunnel to
+     * it. Excludes auth_server/auth_servers. */
+    char *proxy_server;
+    uint64_t keep_alive_interval_ms; /* teleport.keep_alive_interval; default 30s, 1s..1h */
     char *join_token;   /* join_params.token_name */
     char *log_severity; /* default "INFO" */
     /* auth_service: */
@@ -149,6 +157,8 @@ struct rp_config {
     bool skip_version_check;
     bool ssh_enabled;
     char *ssh_listen_addr;              /* default 0.0.0.0:3022 */
+    bool ssh_listen_addr_set;           /* listen_addr came from the file: an agent in
+                                         * proxy mode listens on TCP only then */
     char *ssh_public_addr;              /* ssh_service.public_addr; NULL unless set */
     struct rp_config_label *ssh_labels; /* ssh_service.labels, in file order */
     size_t ssh_n_labels;
@@ -167,7 +177,8 @@ struct rp_config {
 int rp_config_set_auth_servers(struct rp_config *c, const char *list);
 /* Every auth server address the configuration names: auth_server first (if set),
  * then auth_servers, without duplicates, into @out (at most @max, borrowed from @c).
- * Returns the count. */
+ * In proxy mode (proxy_server set, no auth server named) the one address is
+ * proxy_server: auth is reached through the proxy's pass-through. Returns the count. */
 size_t rp_config_auth_addrs(const struct rp_config *c, const char **out, size_t max);
 
 /* Defaults. Allocation failure aborts: a process that cannot allocate a few strings

@@ -129,54 +129,14 @@ struct px_listen {
 
 /* ---- module defaults ------------------------------------------------------------------- */
 
-/* Until proxy/web.c and proxy/tunnel.c are linked in, these keep the proxy whole: a
- * connection for a module that is not there is refused, said in the log. The modules'
- * own (strong) definitions replace them. */
+/* Until proxy/web.c is linked in, this keeps the proxy whole: a connection for the web
+ * API is refused, said in the log. Its own (strong) definition replaces it. (The
+ * reverse tunnels' defaults are gone: proxy/tunnel.c defines them, and a weak default
+ * in libraftport.a could keep its object out of the link.) */
 __attribute__((weak)) void px_web_attach(struct px_tls *c)
 {
     rp_warn("proxy", "%s: the web API is not part of this build; closing", c->peer);
     px_tls_close(c);
-}
-
-__attribute__((weak)) void px_tunnel_attach(struct px_tls *c)
-{
-    rp_warn("proxy", "%s: reverse tunnels are not part of this build; closing", c->peer);
-    px_tls_close(c);
-}
-
-__attribute__((weak)) int px_tunnels_new(struct px_tunnels **out, struct proxy *p)
-{
-    (void)p;
-    *out = NULL;
-    return 0;
-}
-
-__attribute__((weak)) void px_tunnels_free(struct px_tunnels *t)
-{
-    (void)t;
-}
-
-__attribute__((weak)) bool px_tunnels_has(struct px_tunnels *t, const char *host_id)
-{
-    (void)t;
-    (void)host_id;
-    return false;
-}
-
-__attribute__((weak)) size_t px_tunnels_count(struct px_tunnels *t)
-{
-    (void)t;
-    return 0;
-}
-
-__attribute__((weak)) int px_tunnels_dial(struct px_tunnels *t, const char *host_id,
-                                          const char *client_addr, int timeout_ms, int *fd)
-{
-    (void)t;
-    (void)client_addr;
-    (void)timeout_ms;
-    (void)fd;
-    return rp_err(RP_ENOTFOUND, "node %s has no reverse tunnel to this proxy", host_id);
 }
 
 /* ---- the pending list ------------------------------------------------------------------- */

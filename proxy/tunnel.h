@@ -18,7 +18,9 @@ struct proxy;
 struct px_tunnels;
 
 int px_tunnels_new(struct px_tunnels **out, struct proxy *p);
-/* Closes every tunnel. Call after the loops stopped. NULL is fine. */
+/* Frees every tunnel's own state (streams, their socket pairs, the HTTP/2 sessions) and
+ * detaches it from its px_tls, which stays the proxy core's to close. Call after the
+ * loops stopped. NULL is fine. */
 void px_tunnels_free(struct px_tunnels *t);
 /* True if the node @host_id has a live tunnel to this proxy. Thread-safe. */
 bool px_tunnels_has(struct px_tunnels *t, const char *host_id);
@@ -30,5 +32,16 @@ size_t px_tunnels_count(struct px_tunnels *t);
  * or the tunnel died). Blocking up to @timeout_ms; any thread but a loop thread. */
 int px_tunnels_dial(struct px_tunnels *t, const char *host_id, const char *client_addr,
                     int timeout_ms, int *fd);
+
+/* ---- for proxy/conn.c and tests --------------------------------------------------------- */
+
+/* px_tunnel_attach (proxy/conn.h) with the registry given rather than the proxy's: the
+ * connection @c must carry a Node identity (else it is closed, logged); it then
+ * registers as that node's newest tunnel. Loop thread of @c. */
+struct px_tls;
+void px_tunnel_attach_to(struct px_tls *c, struct px_tunnels *t);
+/* The PING period of tunnels attached from now on (default: the proxy's
+ * teleport.keep_alive_interval, 30 s); a tunnel closes after 3 unanswered. */
+void px_tunnels_set_keepalive(struct px_tunnels *t, uint64_t ms);
 
 #endif

@@ -298,7 +298,8 @@ Test(config, unknown_fields_are_errors_naming_the_alternatives)
                "method");
     load_fails("teleport:\n  auth_serverz: [a:1]\n",
                "2: unknown field 'auth_serverz' in teleport, expected one of: nodename, "
-               "data_dir, auth_server, auth_servers, ca_pin, join_params, log");
+               "data_dir, auth_server, auth_servers, ca_pin, proxy_server, keep_alive_interval, "
+               "join_params, log");
     load_fails("proxy_service:\n  labels: {a: b}\n",
                "2: unknown field 'labels' in proxy_service, expected one of: enabled, "
                "listen_addr, web_listen_addr, tunnel_listen_addr, public_addr, https_keypairs");
@@ -596,8 +597,9 @@ Test(config, validate_requires_pin_and_auth_server_to_join)
     validate_fails(&c, "teleport.ca_pin is required with teleport.join_params.token_name: a "
                        "joining server checks the cluster's CA against it");
     rp_config_set(&c.ca_pin, PIN);
-    validate_fails(&c, "teleport.auth_server (or auth_servers) is required with "
-                       "teleport.join_params.token_name: it is the auth server to join through");
+    validate_fails(&c, "teleport.auth_server (or auth_servers, or proxy_server) is required with "
+                       "teleport.join_params.token_name: it is the auth server (or proxy) to join "
+                       "through");
     rp_config_set(&c.auth_server, "auth.example:3025");
     cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
     rp_config_free(&c);
@@ -993,4 +995,48 @@ Test(config, auth_servers_from_a_flag_are_checked_one_by_one)
                                   "address] or DNS name; port 1-65535)");
     cr_assert_eq(c.n_auth_servers, 2, "a refused list leaves the old one");
     rp_config_free(&c);
+}
+
+/* ---- proxy mode (teleport.proxy_server) ----------------------------------------------- */
+
+Test(config, proxy_server_replaces_auth_servers_for_a_node)
+{
+    struct rp_config c;
+    load_ok(&c, "teleport:\n  proxy_server: proxy.example.com:3080\n  ca_pin: " PIN "\n"
+                "  join_params: {token_name: abcdef0123456789}\n"
+                "  keep_alive_interval: 5s\n"
+                "ssh_service: {labels: {env: prod}}\n");
+    cr_assert_eq(rp_config_validate(&c), 0, "%s", rp_errmsg());
+    cr_assert_str_eq(c.proxy_server, "proxy.example.com:3080");
+    cr_assert_eq(c.keep_alive_interval_ms, 5000);
+    cr_assert(!c.ssh_listen_addr_set, "no listen_addr in the file: a tunnel-only node");
+    const char *addrs[4];
+    cr_assert_eq(rp_config_auth_addrs(&c, addrs, 4), 1, "auth is reached through the proxy");
+    cr_assert_str_eq(addrs[0], "proxy.example.com:3080");
+    rp_config_free(&c);
+
+    load_ok(&c, "teleport: {proxy_server: 'p:3080'}\nssh_service: {listen_addr: '0.0.0.0:3022'}\n");
+    cr_assert(c.ssh_listen_addr_set, "a listen_addr in the file is remembered");
+    cr_assert_eq(c.keep_alive_interval_ms, 30000, "30 s by default");
+    rp_config_free(&c);
+}
+
+Test(config, proxy_server_excludes_auth_servers_and_other_roles)
+{
+    struct rp_config c;
+    load_ok(&c, "teleport: {proxy_server: 'p:3080', auth_server: 'a:3025'}\nssh_service: {}\n");
+    validate_fails(&c, "teleport.proxy_server and teleport.auth_server (or auth_servers) exclude "
+                       "each other: an agent reaches auth either directly or through the proxy");
+    rp_config_free(&c);
+
+    load_ok(&c, "teleport: {proxy_server: 'p:3080'}\nproxy_service: {}\n");
+    validate_fails(&c, "teleport.proxy_server is for node agents (ssh_service); auth and proxy "
+                       "servers name auth_server instead");
+    rp_config_free(&c);
+
+    load_fails("teleport: {proxy_server: 'nope'}\n",
+               "1: teleport.proxy_server: expected host:port (IPv4 address, [IPv6 address] or DNS "
+               "name; port 1-65535), got 'nope'");
+    load_fails("teleport: {keep_alive_interval: 500ms}\n",
+               "1: teleport.keep_alive_interval: expected a duration from 1s to 1h, got '500ms'");
 }

@@ -35,6 +35,8 @@ static void usage(FILE *f)
                "      --data-dir DIR       teleport.data_dir\n"
                "      --auth-server ADDR   teleport.auth_server: a member to join through;\n"
                "                           a node takes a list: HOST:PORT[,HOST:PORT...]\n"
+               "      --proxy-server ADDR  teleport.proxy_server: a node reaches auth and serves\n"
+               "                           sessions through this proxy (reverse tunnel)\n"
                "      --token TOKEN        teleport.join_params.token_name: join with this token\n"
                "      --ca-pin PIN         teleport.ca_pin: sha256:<hex> of the cluster CA\n"
                "      --cluster-name NAME  auth_service.cluster_name (bootstrap only)\n"
@@ -59,6 +61,7 @@ static int cmd_start(int argc, char **argv)
         O_LISTEN,
         O_RAFT_ID,
         O_RAFT_ADDR,
+        O_PROXY_SERVER,
         O_SKIP_VERSION
     };
     static const struct option opts[] = {
@@ -74,6 +77,7 @@ static int cmd_start(int argc, char **argv)
         {"listen-addr", required_argument, NULL, O_LISTEN},
         {"raft-id", required_argument, NULL, O_RAFT_ID},
         {"raft-addr", required_argument, NULL, O_RAFT_ADDR},
+        {"proxy-server", required_argument, NULL, O_PROXY_SERVER},
         {"skip-version-check", no_argument, NULL, O_SKIP_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -126,6 +130,9 @@ static int cmd_start(int argc, char **argv)
                 rp_config_free(&cfg);
                 return 2;
             }
+            break;
+        case O_PROXY_SERVER:
+            rp_config_set(&cfg.proxy_server, optarg);
             break;
         case O_NODENAME:
             rp_config_set(&cfg.nodename, optarg);

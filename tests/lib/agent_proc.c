@@ -33,7 +33,8 @@ static int loopback_port(void)
     return ntohs(sa.sin_port);
 }
 
-void ag_prepare(int i, const char *token, const char *extra_ssh)
+static void prepare(int i, const char *token, const char *extra_ssh, const char *proxy_server,
+                    const char *keep_alive)
 {
     cr_assert(i >= 1 && i <= AG_MAX);
     struct ag_proc *a = &AG[i];
@@ -51,15 +52,24 @@ void ag_prepare(int i, const char *token, const char *extra_ssh)
     cr_assert_not_null(f, "%s: %s", a->cfg, strerror(errno));
     fchmod(fileno(f), 0600);
     fprintf(f, "version: v3\nteleport:\n  nodename: %s\n  data_dir: %s\n", a->name, a->dir);
-    fprintf(f, "  auth_servers:\n");
-    for (int n = 1; n <= CL_MAX_NODES; n++)
-        if (CL->nodes[n].used)
-            fprintf(f, "  - %s\n", CL->nodes[n].api_addr);
+    if (proxy_server != NULL) {
+        fprintf(f, "  proxy_server: %s\n", proxy_server);
+        if (keep_alive != NULL)
+            fprintf(f, "  keep_alive_interval: %s\n", keep_alive);
+    } else {
+        fprintf(f, "  auth_servers:\n");
+        for (int n = 1; n <= CL_MAX_NODES; n++)
+            if (CL->nodes[n].used)
+                fprintf(f, "  - %s\n", CL->nodes[n].api_addr);
+    }
     fprintf(f, "  ca_pin: %s\n", CL->ca_pin);
     if (token != NULL)
         fprintf(f, "  join_params: {token_name: %s, method: token}\n", token);
     fprintf(f, "  log: {output: stderr, severity: INFO}\n");
-    fprintf(f, "ssh_service:\n  enabled: yes\n  listen_addr: %s\n", a->ssh_addr);
+    fprintf(f, "ssh_service:\n  enabled: yes\n");
+    /* In proxy mode the node listens only if told to: tests reach it through the tunnel. */
+    if (proxy_server == NULL)
+        fprintf(f, "  listen_addr: %s\n", a->ssh_addr);
     fprintf(f, "  labels: {env: test}\n");
     if (extra_ssh == NULL || strstr(extra_ssh, "commands:") == NULL)
         fprintf(f, "  commands: [{name: arch, command: [uname, -m], period: 1s}]\n");
@@ -69,6 +79,17 @@ void ag_prepare(int i, const char *token, const char *extra_ssh)
     if (extra_ssh != NULL)
         fprintf(f, "%s", extra_ssh);
     cr_assert_eq(fclose(f), 0);
+}
+
+void ag_prepare(int i, const char *token, const char *extra_ssh)
+{
+    prepare(i, token, extra_ssh, NULL, NULL);
+}
+
+void ag_prepare_proxy(int i, const char *token, const char *proxy_server, const char *keep_alive,
+                      const char *extra_ssh)
+{
+    prepare(i, token, extra_ssh, proxy_server, keep_alive);
 }
 
 pid_t ag_spawn(int i)

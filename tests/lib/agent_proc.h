@@ -30,6 +30,12 @@ extern struct ag_proc AG[AG_MAX + 1];
  * command label arch (uname -m, every 1s) unless @extra_ssh sets its own, then
  * @extra_ssh (lines under ssh_service, each indented by two spaces; may be NULL). */
 void ag_prepare(int i, const char *token, const char *extra_ssh);
+/* The same for an agent in proxy mode: teleport.proxy_server @proxy_server instead of
+ * auth servers (join, auth calls and sessions all go through the proxy),
+ * keep_alive_interval @keep_alive (e.g. "1s"; NULL: the default), and no
+ * ssh_service.listen_addr (a tunnel-only node) unless @extra_ssh sets one. */
+void ag_prepare_proxy(int i, const char *token, const char *proxy_server, const char *keep_alive,
+                      const char *extra_ssh);
 pid_t ag_spawn(int i);
 void ag_kill9(int i);
 /* SIGTERM, then the wait status within @timeout_ms (-1: killed after the timeout). */
