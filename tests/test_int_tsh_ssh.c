@@ -287,10 +287,10 @@ static double secs_since(uint64_t start_ms)
 
 /* Stock scp (SFTP, OpenSSH >= 9) with alice's certificate to the same node: the
  * figure tsh scp is compared with. Seconds it took, or -1. */
-static double stock_scp(const char *from, const char *to)
+static double stock_scp_to(int agent, const char *from, const char *to)
 {
     char host[64], kh[700], cmd[4096];
-    snprintf(host, sizeof host, "%s", AG[1].ssh_addr);
+    snprintf(host, sizeof host, "%s", AG[agent].ssh_addr);
     char *colon = strrchr(host, ':');
     *colon = '\0';
     snprintf(kh, sizeof kh, "%s/known_hosts", CL->dir);
@@ -328,7 +328,7 @@ Test(tsh_ssh, scp_of_100_mib_keeps_every_byte)
     t0 = rp_mono_ms();
     cr_assert_eq(scp_run(false, b, c, false), 0, "%s", rp_errmsg());
     double down_s = secs_since(t0);
-    double stock_s = stock_scp(b, d);
+    double stock_s = stock_scp_to(1, b, d);
     fprintf(stderr,
             "%d MiB: tsh scp upload %.2f s (%.0f MiB/s), download %.2f s (%.0f MiB/s); stock scp "
             "download from the same node %.2f s (%.0f MiB/s)\n",
@@ -957,6 +957,98 @@ Test(tsh_ssh, stock_ssh_with_tsh_config_reaches_a_node)
     cluster_pass();
 }
 
+/* ---- a node behind a reverse tunnel --------------------------------------------------- */
+
+/* Reads the host key line of the node with address @addr (AG[i].ssh_addr) from tctl
+ * nodes ls --format=known_hosts into host_key. */
+static void read_host_key(const char *addr)
+{
+    char *kh = NULL;
+    char port_form[80];
+    const char *colon = strrchr(addr, ':');
+    snprintf(port_form, sizeof port_form, "[%.*s]:%s", (int)(colon - addr), addr, colon + 1);
+    for (int i = 0; i < 100; i++) {
+        free(kh);
+        kh = NULL;
+        cr_assert_eq(run_tctl(1, &kh, "nodes", "ls", "--format=known_hosts", NULL), 0);
+        if (strstr(kh, port_form))
+            break;
+        cl_sleep_ms(200);
+    }
+    char *line = strstr(kh, port_form);
+    cr_assert(line, "tctl nodes ls --format=known_hosts does not list %s: %s", port_form, kh);
+    char *k = strstr(line, "ssh-ed25519");
+    size_t n = strcspn(k, "\r\n");
+    memcpy(host_key, k, n);
+    host_key[n] = '\0';
+    free(kh);
+}
+
+/* An auth server, a proxy, node1 reachable only through its reverse tunnel (teleport.
+ * proxy_server, no listener), alice's profile; with @with_direct also node2, a direct
+ * node (the baseline for stock ssh). */
+static void start_all_with_tunnel(bool with_direct)
+{
+    cluster_start(1);
+    cr_assert(cl_wait_presets(20000));
+    start_proxy();
+    char token[128];
+    cl_add_token(1, "node", NULL, token, sizeof token);
+    ag_prepare_proxy(1, token, PX[1].web_addr, "1s", NULL);
+    ag_spawn(1);
+    char established[128];
+    snprintf(established, sizeof established, "reverse tunnel to %s established",
+             PX[1].tunnel_addr);
+    bool ok = ag_wait_log(1, established, 30000);
+    if (!ok) {
+        ag_print_log_tail(1, 40);
+        print_proxy_log();
+    }
+    cr_assert(ok, "node1 did not open its reverse tunnel");
+    cr_assert_eq(
+        run_tctl(1, NULL, "users", "add", "alice", "--roles=access", "--logins=root", NULL), 0);
+    snprintf(key_path, sizeof key_path, "%s/alice", CL->dir);
+    snprintf(cert_path, sizeof cert_path, "%s/alice-cert.pub", CL->dir);
+    cr_assert_eq(
+        run_tctl(1, NULL, "auth", "sign", "--user=alice", "--ttl=1h", "-o", key_path, NULL), 0);
+    if (with_direct) {
+        cl_add_token(1, "node", NULL, token, sizeof token);
+        ag_prepare(2, token, NULL);
+        ag_spawn(2);
+        cr_assert(ag_wait_log(2, "SSH service listening", 30000), "node2 did not start");
+        read_host_key(AG[2].ssh_addr);
+    }
+    make_profile();
+}
+
+Test(tsh_ssh, tsh_ssh_and_scp_reach_a_node_behind_its_tunnel)
+{
+    start_all_with_tunnel(false);
+    wait_node_routable();
+    char *out = NULL, *err = NULL;
+    cr_assert_eq(tsh(&out, &err, "ssh root@node1 'echo tunnelled; exit 3'"), 3, "%s", err);
+    cr_assert_str_eq(out, "tunnelled\n");
+    free(out), free(err);
+
+    char cmd[8192], args[4096], a[700], b[700], c[700];
+    snprintf(a, sizeof a, "%s/t.bin", CL->dir);
+    snprintf(b, sizeof b, "%s/t.up", CL->dir);
+    snprintf(c, sizeof c, "%s/t.down", CL->dir);
+    snprintf(cmd, sizeof cmd, "head -c 20000000 /dev/urandom > %s", a);
+    cr_assert_eq(sh(cmd, NULL, 30000), 0);
+    snprintf(args, sizeof args, "scp %s root@node1:%s", a, b);
+    cr_assert_eq(tsh(&out, &err, args), 0, "upload through the tunnel: %s", err);
+    free(out), free(err);
+    snprintf(args, sizeof args, "scp root@node1:%s %s", b, c);
+    cr_assert_eq(tsh(&out, &err, args), 0, "download through the tunnel: %s", err);
+    free(out), free(err);
+    snprintf(cmd, sizeof cmd, "cmp %s %s && cmp %s %s", a, b, a, c);
+    cr_assert_eq(sh(cmd, NULL, 30000), 0, "the copies through the tunnel differ");
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -964,23 +1056,20 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* Figures for the issue's targets, printed, not asserted (the machine is shared):
- * TSH_BENCH_MB=1024 build/tests/test_int_tsh_ssh --filter='*figures*'. Skipped
- * unless TSH_BENCH_MB is set. */
-Test(tsh_ssh, figures_through_the_proxy)
+ * tsh through the proxy to @node (direct or tunnelled) beside stock ssh/scp straight to
+ * the direct node node1 (AG[@direct]). */
+static void print_figures(const char *node, int direct, int mb, const char *label)
 {
-    const char *mbs = getenv("TSH_BENCH_MB");
-    if (mbs == NULL)
-        cr_skip_test("set TSH_BENCH_MB to measure");
-    int mb = atoi(mbs);
-    start_all_with_proxy();
+    char args[4096];
+    snprintf(args, sizeof args, "ssh root@%s true", node);
     char *out = NULL, *err = NULL;
-    for (int i = 0; i < 100 && tsh(&out, &err, "ssh root@node1 true") != 0; i++) {
+    for (int i = 0; i < 100 && tsh(&out, &err, args) != 0; i++) {
         free(out), free(err);
         cl_sleep_ms(200);
     }
     free(out), free(err);
     char host[64], kh[700], ssh[8192];
-    snprintf(host, sizeof host, "%s", AG[1].ssh_addr);
+    snprintf(host, sizeof host, "%s", AG[direct].ssh_addr);
     char *colon = strrchr(host, ':');
     *colon = '\0';
     snprintf(kh, sizeof kh, "%s/known_hosts", CL->dir);
@@ -996,7 +1085,7 @@ Test(tsh_ssh, figures_through_the_proxy)
     double t_tsh[RUNS], t_ssh[RUNS];
     for (int i = 0; i < RUNS; i++) {
         uint64_t t0 = rp_mono_ms();
-        cr_assert_eq(tsh(NULL, NULL, "ssh root@node1 true"), 0);
+        cr_assert_eq(tsh(NULL, NULL, args), 0);
         t_tsh[i] = secs_since(t0);
         t0 = rp_mono_ms();
         cr_assert_eq(sh(ssh, NULL, 30000), 0);
@@ -1005,11 +1094,12 @@ Test(tsh_ssh, figures_through_the_proxy)
     qsort(t_tsh, RUNS, sizeof t_tsh[0], cmp_double);
     qsort(t_ssh, RUNS, sizeof t_ssh[0], cmp_double);
     fprintf(stderr,
-            "FIGURE session open+true: tsh ssh via proxy median %.0f ms; stock ssh direct to "
-            "the node median %.0f ms (%.2fx)\n",
-            t_tsh[RUNS / 2] * 1000, t_ssh[RUNS / 2] * 1000, t_tsh[RUNS / 2] / t_ssh[RUNS / 2]);
+            "FIGURE %s: session open+true: tsh ssh median %.0f ms; stock ssh direct to a node "
+            "median %.0f ms (%.2fx)\n",
+            label, t_tsh[RUNS / 2] * 1000, t_ssh[RUNS / 2] * 1000,
+            t_tsh[RUNS / 2] / t_ssh[RUNS / 2]);
 
-    char cmd[8192], a[700], b[700], c[700], d[700], args[4096];
+    char cmd[8192], a[700], b[700], c[700], d[700];
     snprintf(a, sizeof a, "%s/big", CL->dir);
     snprintf(b, sizeof b, "%s/big.up", CL->dir);
     snprintf(c, sizeof c, "%s/big.down", CL->dir);
@@ -1019,26 +1109,49 @@ Test(tsh_ssh, figures_through_the_proxy)
     double best_up = 1e9, best_down = 1e9, best_stock = 1e9;
     for (int i = 0; i < 3; i++) {
         uint64_t t0 = rp_mono_ms();
-        snprintf(args, sizeof args, "scp -q %s root@node1:%s", a, b);
+        snprintf(args, sizeof args, "scp -q %s root@%s:%s", a, node, b);
         cr_assert_eq(tsh(NULL, NULL, args), 0);
         double up = secs_since(t0);
         t0 = rp_mono_ms();
-        snprintf(args, sizeof args, "scp -q root@node1:%s %s", b, c);
+        snprintf(args, sizeof args, "scp -q root@%s:%s %s", node, b, c);
         cr_assert_eq(tsh(NULL, NULL, args), 0);
         double down = secs_since(t0);
-        double stock = stock_scp(b, d);
+        double stock = stock_scp_to(direct, b, d);
         best_up = up < best_up ? up : best_up;
         best_down = down < best_down ? down : best_down;
         best_stock = stock > 0 && stock < best_stock ? stock : best_stock;
     }
     fprintf(stderr,
-            "FIGURE %d MiB best of 3: tsh scp via proxy upload %.2f s (%.0f MiB/s), download %.2f "
-            "s (%.0f MiB/s); stock scp download direct to the node %.2f s (%.0f MiB/s); "
-            "download ratio %.2fx\n",
-            mb, best_up, mb / best_up, best_down, mb / best_down, best_stock, mb / best_stock,
-            best_stock / best_down);
+            "FIGURE %s: %d MiB best of 3: tsh scp upload %.2f s (%.0f MiB/s), download %.2f s "
+            "(%.0f MiB/s); stock scp download direct to a node %.2f s (%.0f MiB/s); download "
+            "ratio %.2fx\n",
+            label, mb, best_up, mb / best_up, best_down, mb / best_down, best_stock,
+            mb / best_stock, best_stock / best_down);
     snprintf(cmd, sizeof cmd, "cmp %s %s && cmp %s %s", a, b, a, c);
     cr_assert_eq(sh(cmd, NULL, 120000), 0, "the copies differ");
+}
+
+/* TSH_BENCH_MB=1024 build/tests/test_int_tsh_ssh --filter='*figures*' (skipped unless
+ * TSH_BENCH_MB is set). */
+Test(tsh_ssh, figures_through_the_proxy)
+{
+    const char *mbs = getenv("TSH_BENCH_MB");
+    if (mbs == NULL)
+        cr_skip_test("set TSH_BENCH_MB to measure");
+    start_all_with_proxy();
+    print_figures("node1", 1, atoi(mbs), "proxy, direct node");
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
+Test(tsh_ssh, figures_through_a_tunnel)
+{
+    const char *mbs = getenv("TSH_BENCH_MB");
+    if (mbs == NULL)
+        cr_skip_test("set TSH_BENCH_MB to measure");
+    start_all_with_tunnel(true);
+    print_figures("node1", 2, atoi(mbs), "proxy and tunnel");
     stop_proxy();
     ag_stop_all();
     cluster_pass();
