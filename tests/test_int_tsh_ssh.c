@@ -957,6 +957,49 @@ Test(tsh_ssh, stock_ssh_with_tsh_config_reaches_a_node)
     cluster_pass();
 }
 
+Test(tsh_ssh, tsh_scp_shows_progress_on_a_terminal_and_not_elsewhere)
+{
+    start_all_with_proxy();
+    wait_node_routable();
+    char cmd[4096], src[700], dst[700], exe[700];
+    snprintf(src, sizeof src, "%s/progress-source.bin", CL->dir);
+    snprintf(dst, sizeof dst, "root@node1:%s/progress-copy.bin", CL->dir);
+    snprintf(cmd, sizeof cmd, "head -c 3000000 /dev/urandom > %s", src);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0);
+    snprintf(exe, sizeof exe, "%s/tsh", CL->build);
+    int master = -1;
+    struct winsize ws = {.ws_row = 24, .ws_col = 100};
+    pid_t pid = forkpty(&master, NULL, NULL, &ws);
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        setenv("RAFTPORT_HOME", tsh_home_dir, 1);
+        execl(exe, "tsh", "scp", src, dst, (char *)NULL);
+        _exit(127);
+    }
+    struct rp_buf acc;
+    rp_buf_init(&acc);
+    read_until(master, &acc, "MiB/s", 20000);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    read_until(master, &acc, "\n", 500);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "tsh scp failed: %.*s", (int)acc.len,
+              acc.data);
+    cr_assert(memmem(acc.data, acc.len, "100%", 4) &&
+                  memmem(acc.data, acc.len, "progress-source", 15),
+              "a terminal shows the file and its progress: %.*s", (int)acc.len, acc.data);
+    close(master);
+    rp_buf_free(&acc);
+
+    char *out = NULL, *err = NULL;
+    snprintf(cmd, sizeof cmd, "scp %s %s", src, dst);
+    cr_assert_eq(tsh(&out, &err, cmd), 0);
+    cr_assert_str_eq(err, "", "no progress when stderr is not a terminal");
+    free(out), free(err);
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
 /* ---- a node behind a reverse tunnel --------------------------------------------------- */
 
 /* Reads the host key line of the node with address @addr (AG[i].ssh_addr) from tctl
