@@ -224,9 +224,9 @@ void tsh_ssh_close(ssh_session s)
     if (s == NULL)
         return;
     /* libssh 0.10 leaves a user-supplied fd open after ssh_disconnect (the caller owns
-     * it); a session freed without a disconnect would close it behind our back. */
-    if (ssh_is_connected(s))
-        ssh_disconnect(s);
+     * it); a session freed without a disconnect would close it behind our back, also
+     * after a failed handshake. */
+    ssh_disconnect(s);
     ssh_free(s);
 }
 
