@@ -248,11 +248,19 @@ Test(tsh_ssh, scp_copies_trees_both_ways_with_their_modes)
              "echo gamma > %s/sub/deeper/c; : > %s/zero",
              src, src, src, src, src, src, src, src);
     cr_assert_eq(sh(cmd, NULL, 10000), 0);
+    /* A link to its own directory: followed, the copy would never end. */
+    snprintf(p, sizeof p, "%s/sub/loop", src);
+    cr_assert_eq(symlink(".", p), 0);
 
     /* The node's side of this test is the same machine: "up" is a path on the node. */
     cr_assert_eq(scp_run(true, src, up, false), RP_EINVAL, "a directory needs -r");
     cr_assert(strstr(rp_errmsg(), "-r"), "the error says to use -r: %s", rp_errmsg());
     cr_assert_eq(scp_run(true, src, up, true), 0, "%s", rp_errmsg());
+    snprintf(p, sizeof p, "%s/sub/loop", up);
+    struct stat lst;
+    cr_assert_neq(lstat(p, &lst), 0, "links inside a tree are skipped");
+    snprintf(p, sizeof p, "%s/sub/loop", src);
+    unlink(p);
     snprintf(cmd, sizeof cmd, "diff -r %s %s", src, up);
     cr_assert_eq(sh(cmd, NULL, 10000), 0, "the uploaded tree differs");
     snprintf(p, sizeof p, "%s/a.txt", up);
@@ -260,6 +268,8 @@ Test(tsh_ssh, scp_copies_trees_both_ways_with_their_modes)
     snprintf(p, sizeof p, "%s/sub/b.bin", up);
     cr_assert_eq(mode_of(p), 0755);
 
+    snprintf(p, sizeof p, "%s/sub/loop", up);
+    cr_assert_eq(symlink(".", p), 0); /* the same on the node's side, for the download */
     cr_assert_eq(scp_run(false, up, down, true), 0, "%s", rp_errmsg());
     snprintf(cmd, sizeof cmd, "diff -r %s %s", src, down);
     cr_assert_eq(sh(cmd, NULL, 10000), 0, "the downloaded tree differs");

@@ -34,7 +34,8 @@
 #define CHUNK (64 * 1024)
 #define INFLIGHT 32
 #define MAX_PACKET (256 * 1024 + 1024)
-#define MAX_DEPTH 64 /* directory nesting a recursive copy follows */
+#define MAX_DEPTH 64          /* directory nesting a recursive copy follows */
+#define MAX_ENTRIES (1 << 20) /* names of one remote directory held at once */
 
 enum {
     FXP_INIT = 1,
@@ -807,6 +808,18 @@ static int download_dir(struct sftp *f, const char *rpath, const struct attrs *a
                 break;
             if (!safe_entry_name((const char *)np, nl))
                 continue;
+            /* Links inside a tree are not followed (a link to "." would make the copy
+             * endless), as OpenSSH's sftp get -r does. */
+            if ((ea.flags & ATTR_PERMISSIONS) && S_ISLNK(ea.perm)) {
+                dprintf(2, "tsh scp: %s/%.*s is a symbolic link on the node: skipped\n", rpath,
+                        (int)nl, (const char *)np);
+                continue;
+            }
+            if (n_names >= MAX_ENTRIES) {
+                rv = rp_err(RP_ETOOBIG, "%s: more than %d entries in one directory", rpath,
+                            MAX_ENTRIES);
+                break;
+            }
             char **nn = realloc(names, (n_names + 1) * sizeof *names);
             if (nn == NULL) {
                 rv = rp_err(RP_ENOMEM, "directory listing");
@@ -894,6 +907,13 @@ static int upload_path(struct sftp *f, const char *lpath, const char *rpath, int
         if (!safe_entry_name(e->d_name, strlen(e->d_name)))
             continue;
         char *lp = path_join(lpath, e->d_name), *rp = path_join(rpath, e->d_name);
+        struct stat lst;
+        if (lp != NULL && lstat(lp, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+            dprintf(2, "tsh scp: %s is a symbolic link: skipped\n", lp);
+            free(lp);
+            free(rp);
+            continue;
+        }
         int erv = lp != NULL && rp != NULL ? upload_path(f, lp, rp, depth + 1)
                                            : rp_err(RP_ENOMEM, "path");
         free(lp);
