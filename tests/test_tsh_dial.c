@@ -279,4 +279,5 @@ Test(tsh_dial, scp_arguments_are_local_or_on_a_node_as_with_scp)
     tsh_scp_spec_free(&s);
     cr_assert_eq(tsh_scp_spec_parse("@node1:/x", &s), RP_EINVAL);
     cr_assert_eq(tsh_scp_spec_parse("root@:/x", &s), RP_EINVAL);
+    cr_assert_null(s.login, "nothing is left to free after a refusal");
 }

@@ -1077,8 +1077,10 @@ int tsh_scp_spec_parse(const char *arg, struct tsh_scp_spec *out)
         out->login = strndup(arg, (size_t)(at - arg));
         host = at + 1;
     }
-    if (host == colon)
+    if (host == colon) {
+        tsh_scp_spec_free(out);
         return rp_err(RP_EINVAL, "%s: the node name before ':' is empty", arg);
+    }
     out->host = strndup(host, (size_t)(colon - host));
     out->path = strdup(colon + 1);
     if (out->host == NULL || out->path == NULL || (at != NULL && out->login == NULL)) {

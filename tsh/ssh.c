@@ -304,6 +304,8 @@ int tsh_fwd_parse(const char *spec, struct tsh_fwd *out)
     if (fl[i + 1] == 0 || fl[i + 1] >= sizeof out->host)
         return rp_err(RP_EINVAL, "-L %s: the destination host is empty or too long", spec);
     copy_host(out->host, sizeof out->host, f[i + 1], fl[i + 1]);
+    if (out->host[0] == '\0')
+        return rp_err(RP_EINVAL, "-L %s: the destination host is empty", spec);
     if (parse_port(f[i + 2], fl[i + 2], &out->rport) != 0)
         return rp_err(RP_EINVAL, "-L %s: '%.*s' is not a port (1-65535)", spec, (int)fl[i + 2],
                       f[i + 2]);
