@@ -13,12 +13,10 @@
 #include <openssl/ssl.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,120 +29,32 @@
 #include "lib/util.h"
 #include "tests/lib/agent_proc.h"
 #include "tests/lib/cluster.h"
+#include "tests/lib/proxy_proc.h"
 
 TestSuite(int_tunnel, .init = cluster_setup, .fini = cluster_teardown, .timeout = 240);
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof sa;
-    cr_assert(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-              getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-/* ---- the proxy process ------------------------------------------------------------------ */
-
-static struct {
-    pid_t pid;
-    char cfg[600], log[600], web[64], tunnel[64];
-} PX;
-
-/* A proxy serving tunnels on its web port, or on a port of their own when @own_port. */
+/* Proxy 1, serving tunnels on its web port (as `proxy_server: HOST:3080` needs when
+ * nothing is discovered), or on a port of their own when @own_port. */
 static void proxy_prepare(const char *token, bool own_port)
 {
-    snprintf(PX.cfg, sizeof PX.cfg, "%s/proxy1.yaml", CL->dir);
-    snprintf(PX.log, sizeof PX.log, "%s/proxy1.log", CL->dir);
-    snprintf(PX.web, sizeof PX.web, "127.0.0.1:%d", free_port());
-    if (own_port)
-        snprintf(PX.tunnel, sizeof PX.tunnel, "127.0.0.1:%d", free_port());
-    else
-        snprintf(PX.tunnel, sizeof PX.tunnel, "%s", PX.web);
-    FILE *f = fopen(PX.cfg, "w");
-    cr_assert_not_null(f);
-    fprintf(f,
-            "version: v3\nteleport:\n  nodename: proxy1\n  data_dir: %s/proxy1\n"
-            "  auth_servers: [%s]\n  ca_pin: %s\n"
-            "  join_params: {token_name: %s, method: token}\n"
-            "  keep_alive_interval: 1s\n"
-            "  log: {output: stderr, severity: INFO}\n"
-            "proxy_service:\n  enabled: yes\n  web_listen_addr: %s\n  tunnel_listen_addr: %s\n"
-            "  listen_addr: 127.0.0.1:%d\n",
-            CL->dir, CL->nodes[1].api_addr, CL->ca_pin, token, PX.web, PX.tunnel, free_port());
-    cr_assert_eq(fclose(f), 0);
-}
-
-static void proxy_spawn(void)
-{
-    char exe[600];
-    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
-    int fd = open(PX.log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    cr_assert(fd >= 0);
-    dprintf(fd, "==== harness: starting proxy1 ====\n");
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close_range(3, ~0U, 0);
-        char *argv[] = {"raftport", "start", "--roles=proxy", "-c", PX.cfg, NULL};
-        execv(exe, argv);
-        _exit(127);
-    }
-    close(fd);
-    cr_assert(pid > 0);
-    PX.pid = pid;
-}
-
-static void proxy_kill9(void)
-{
-    if (PX.pid > 0) {
-        kill(PX.pid, SIGKILL);
-        waitpid(PX.pid, NULL, 0);
-        PX.pid = 0;
+    px_prepare(1, token, NULL); /* picks the addresses */
+    if (!own_port) {
+        char extra[128];
+        snprintf(extra, sizeof extra, "  tunnel_listen_addr: %s\n", PX[1].web_addr);
+        px_prepare(1, token, extra);
+        snprintf(PX[1].tunnel_addr, sizeof PX[1].tunnel_addr, "%s", PX[1].web_addr);
     }
 }
 
-static int file_count(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    char line[4096];
-    int n = 0;
-    while (fgets(line, sizeof line, f) != NULL)
-        if (strstr(line, needle) != NULL)
-            n++;
-    fclose(f);
-    return n;
-}
-
-static bool proxy_wait_log(const char *needle, int count, int timeout_ms)
+static bool proxy_wait_count(const char *needle, int count, int timeout_ms)
 {
     uint64_t until = rp_mono_ms() + (uint64_t)timeout_ms;
     while (rp_mono_ms() < until) {
-        if (file_count(PX.log, needle) >= count)
+        if (px_log_count(1, needle) >= count)
             return true;
         cl_sleep_ms(50);
     }
     return false;
-}
-
-static void print_file_tail(const char *path)
-{
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "tail -n 40 %s >&2", path);
-    if (system(cmd) != 0)
-        fprintf(stderr, "(no log %s)\n", path);
 }
 
 /* ---- alice, and the forwarder that speaks the dial frame -------------------------------- */
@@ -182,7 +92,7 @@ static SSL_CTX *tls_ctx_of(const char *base, const char *alpn)
  * connection carries the node's SSH stream. */
 static int dial_through_proxy(const char *target, struct rp_conn *c, char *why, size_t n)
 {
-    int rv = rp_conn_dial(c, alice_ctx, PX.web, 5000);
+    int rv = rp_conn_dial(c, alice_ctx, PX[1].web_addr, 5000);
     if (rv != 0) {
         snprintf(why, n, "dial: %s", rp_errmsg());
         return rv;
@@ -376,20 +286,21 @@ static void start_with(bool tunnel_port)
     cl_add_token(1, "proxy", NULL, ptoken, sizeof ptoken);
     cl_add_token(1, "node", NULL, ntoken, sizeof ntoken);
     proxy_prepare(ptoken, tunnel_port);
-    proxy_spawn();
-    bool ok = proxy_wait_log("serving on", 1, 30000);
+    px_spawn(1);
+    bool ok = px_wait_ready(1, 30000);
     if (!ok)
-        print_file_tail(PX.log);
+        px_print_log_tail(1, 40);
     cr_assert(ok, "the proxy did not start");
 
-    ag_prepare_proxy(1, ntoken, PX.web, "1s", NULL);
+    ag_prepare_proxy(1, ntoken, PX[1].web_addr, "1s", NULL);
     ag_spawn(1);
     char established[128];
-    snprintf(established, sizeof established, "reverse tunnel to %s established", PX.tunnel);
+    snprintf(established, sizeof established, "reverse tunnel to %s established",
+             PX[1].tunnel_addr);
     ok = ag_wait_log(1, established, 30000);
     if (!ok) {
         ag_print_log_tail(1, 40);
-        print_file_tail(PX.log);
+        px_print_log_tail(1, 40);
     }
     cr_assert(ok, "the agent joined through the proxy and opened its tunnel");
     char path[700];
@@ -436,8 +347,7 @@ static void start_all(void)
 static void stop_all(void)
 {
     ag_stop_all();
-    proxy_kill9();
-    cr_assert_eq(file_count(PX.log, "Sanitizer"), 0, "the proxy's log holds a sanitizer report");
+    px_stop_all();
     SSL_CTX_free(alice_ctx);
     alice_ctx = NULL;
     cluster_pass();
@@ -463,7 +373,7 @@ Test(int_tunnel, a_node_joined_through_the_proxy_is_reached_through_its_tunnel)
     int st = sh(ssh, &out, 30000);
     if (st != 0) {
         ag_print_log_tail(1, 30);
-        print_file_tail(PX.log);
+        px_print_log_tail(1, 40);
     }
     cr_assert_eq(st, 0, "ssh through the tunnel failed");
     cr_assert_str_eq(out, "hi\n");
@@ -503,17 +413,18 @@ Test(int_tunnel, a_node_joined_through_the_proxy_is_reached_through_its_tunnel)
     int status = ag_term(1, 20000);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the agent stopped cleanly (%d)",
               status);
-    cr_assert(proxy_wait_log(") closed", 1, 5000), "the proxy saw the tunnel close");
+    cr_assert(px_wait_log(1, ") closed", 5000), "the proxy saw the tunnel close");
     stop_all();
 }
 
 Test(int_tunnel, the_tunnel_comes_back_after_the_proxy_is_killed_and_restarted)
 {
     start_all();
-    proxy_kill9();
+    px_kill9(1);
     cr_assert(ag_wait_log(1, "dialling again", 15000), "the agent noticed the tunnel died");
-    proxy_spawn();
-    cr_assert(proxy_wait_log("serving on", 2, 30000), "the proxy restarted");
+    px_spawn(1);
+    cr_assert(px_wait_ready(1, 30000) && proxy_wait_count("serving on", 2, 30000),
+              "the proxy restarted");
     /* Backoff 1 s, 2 s, 4 s ... (+ up to half): back well within 20 s. */
     bool back = false;
     uint64_t until = rp_mono_ms() + 20000;
@@ -539,7 +450,7 @@ Test(int_tunnel, a_certificate_that_is_not_a_node_cannot_open_a_tunnel)
     snprintf(base, sizeof base, "%s/alice-tls", CL->dir);
     SSL_CTX *ctx = tls_ctx_of(base, "teleport-reversetunnel");
     struct rp_conn c;
-    cr_assert_eq(rp_conn_dial(&c, ctx, PX.web, 5000), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_conn_dial(&c, ctx, PX[1].web_addr, 5000), 0, "%s", rp_errmsg());
     rp_conn_set_timeout(&c, 5000);
     struct rp_buf b;
     rp_buf_init(&b);
@@ -547,7 +458,7 @@ Test(int_tunnel, a_certificate_that_is_not_a_node_cannot_open_a_tunnel)
     rp_buf_free(&b);
     rp_conn_close(&c);
     SSL_CTX_free(ctx);
-    cr_assert(proxy_wait_log("refused a reverse tunnel", 1, 5000),
+    cr_assert(px_wait_log(1, "refused a reverse tunnel", 5000),
               "the refusal is logged with its reason");
     stop_all();
 }
