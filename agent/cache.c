@@ -143,6 +143,13 @@ static void add_ca_keys(struct agent_cache *c, const msgpack_object *keys)
     }
 }
 
+/* Whether the derived views read items of @kind: a proxy's cache changes with every
+ * node heartbeat, and those need no rebuild. */
+static bool views_read(const char *kind)
+{
+    return strcmp(kind, "cert_authority") == 0 || strcmp(kind, "lock") == 0;
+}
+
 /* Rebuilds the user CA keys and the decoded locks from the items; with c->mu held. */
 static void rebuild_views(struct agent_cache *c)
 {
@@ -484,7 +491,8 @@ int agent_cache_put_rev(struct agent_cache *c, const char *kind, const char *nam
     if (rv == 0) {
         if (rev > c->rev)
             c->rev = rev;
-        rebuild_views(c);
+        if (views_read(kind))
+            rebuild_views(c);
         rv = persist(c);
     }
     pthread_mutex_unlock(&c->mu);
@@ -511,7 +519,8 @@ int agent_cache_delete(struct agent_cache *c, const char *kind, const char *name
     if (rev > c->rev)
         c->rev = rev;
     if (it != NULL || c->dirty) {
-        rebuild_views(c);
+        if (views_read(kind))
+            rebuild_views(c);
         rv = persist(c);
     }
     pthread_mutex_unlock(&c->mu);

@@ -10,6 +10,7 @@
  * px_tls_close/abort: it is marked, and run when the event handler unwinds or, outside
  * any handler, from a timer of 0 ms. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -41,11 +42,39 @@ struct px_tls_priv {
     struct px_timer kick;     /* 0 ms: deferred finish, or buffered plaintext to deliver */
     px_tls_handshake_fn hs_done;
     void *hs_arg;
-    struct px_tls *c; /* back to the connection, for the timers */
+    struct px_tls *c;                /* back to the connection, for the timers */
+    struct px_tls_priv *prev, *next; /* every connection (all_mu) */
     /* the write queue: bytes [off, len) of wbuf; freed when empty */
     uint8_t *wbuf;
     size_t off, len, cap;
 };
+
+/* Every connection, so that a stopping proxy can end those its loops still hold. */
+static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct px_tls_priv *all_head;
+
+static void all_add(struct px_tls_priv *pv)
+{
+    pthread_mutex_lock(&all_mu);
+    pv->prev = NULL;
+    pv->next = all_head;
+    if (all_head)
+        all_head->prev = pv;
+    all_head = pv;
+    pthread_mutex_unlock(&all_mu);
+}
+
+static void all_del(struct px_tls_priv *pv)
+{
+    pthread_mutex_lock(&all_mu);
+    if (pv->prev)
+        pv->prev->next = pv->next;
+    else
+        all_head = pv->next;
+    if (pv->next)
+        pv->next->prev = pv->prev;
+    pthread_mutex_unlock(&all_mu);
+}
 
 static struct px_tls *of_watch(struct px_watch *w)
 {
@@ -113,6 +142,7 @@ static void finish(struct px_tls *c)
     } else if (c->on_close != NULL) {
         c->on_close(c);
     }
+    all_del(pv);
     SSL_free(c->ssl);
     close(c->w.fd);
     if (c->ident != NULL) {
@@ -464,6 +494,7 @@ int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, cons
         return rv;
     }
     px_loop_conn_add(l);
+    all_add(pv);
     px_timer_arm(l, &pv->deadline, deadline_ms, deadline_fire);
     if (out != NULL)
         *out = c;
@@ -471,6 +502,27 @@ int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, cons
      * but from a timer, so that the callback never runs inside this call. */
     px_timer_arm(l, &pv->kick, 0, kick_fire);
     return 0;
+}
+
+void px_tls_close_all(struct px_loops *ls)
+{
+    for (;;) {
+        struct px_tls *c = NULL;
+        pthread_mutex_lock(&all_mu);
+        for (struct px_tls_priv *pv = all_head; pv != NULL && c == NULL; pv = pv->next)
+            for (unsigned i = 0; i < px_loops_count(ls) && c == NULL; i++)
+                if (pv->c->w.loop == px_loops_get(ls, i))
+                    c = pv->c;
+        pthread_mutex_unlock(&all_mu);
+        if (c == NULL)
+            return;
+        if (!c->priv->dead) {
+            c->priv->dead = true;
+            c->priv->end_rv = RP_ECLOSED;
+            rp_err(RP_ECLOSED, "the proxy is stopping");
+        }
+        finish(c);
+    }
 }
 
 void *px_tls_handshake_arg(const struct px_tls *c)

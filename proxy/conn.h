@@ -77,6 +77,11 @@ typedef void (*px_tls_handshake_fn)(struct px_tls *c, int rv, void *arg);
  * connection holds no record buffers. */
 int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, const char *peer,
                   uint64_t deadline_ms, px_tls_handshake_fn done, void *arg, struct px_tls **out);
+/* Ends every connection still held by a loop of @ls, as px_tls_abort would (the
+ * handshake callback or on_close is called, then the connection is freed). Only from a
+ * stop hook of @ls (px_loops_on_stop): the loop threads have ended. */
+void px_tls_close_all(struct px_loops *ls);
+
 /* The @arg given to px_tls_accept. */
 void *px_tls_handshake_arg(const struct px_tls *c);
 /* True while the handshake has not finished. */

@@ -50,7 +50,9 @@ struct dial {
     uint8_t *out; /* client -> node bytes the node has not taken yet */
     size_t out_off, out_len;
     bool client_eof, node_eof, node_shut;
-    bool closed; /* the TLS connection ended while a worker held the dial */
+    /* Set by whichever of the connection's end and a worker that could not deliver its
+     * result comes first while a worker holds the dial; the second frees it. */
+    atomic_bool orphan;
     char peer[64];
 };
 
@@ -309,8 +311,9 @@ static void client_closed(struct px_tls *c)
 {
     struct dial *d = c->mod;
     if (d->state == D_WORKING) {
-        d->closed = true; /* the worker's result frees it */
         d->c = NULL;
+        if (atomic_exchange(&d->orphan, true))
+            dial_free(d); /* the worker gave up on it already */
         return;
     }
     dial_free(d);
@@ -332,7 +335,7 @@ static void job_done(void *arg)
 {
     struct dial_job *j = arg;
     struct dial *d = j->d;
-    if (d->closed) {
+    if (atomic_load(&d->orphan)) {
         dial_free(d);
         job_free(j);
         return;
@@ -382,8 +385,13 @@ static void job_run(void *arg)
         j->rv = proxy_route_dial(j->p, &j->route, j->client, DIAL_TIMEOUT_MS, &j->fd);
     if (j->rv != 0)
         snprintf(j->error, sizeof j->error, "%s", rp_errmsg());
-    if (px_loop_post(j->loop, job_done, j) != 0)
-        job_free(j); /* the proxy is stopping: the dial goes with its loop */
+    if (px_loop_post(j->loop, job_done, j) != 0) {
+        /* The proxy is stopping: its loops no longer run. The dial's frame timer is
+         * off and its node socket not watched, so it may be freed here. */
+        if (atomic_exchange(&j->d->orphan, true))
+            dial_free(j->d);
+        job_free(j);
+    }
 }
 
 /* ---- the frame ------------------------------------------------------------------------- */

@@ -31,6 +31,9 @@ int px_listen_start(struct proxy *p, struct px_listen **out);
 /* Stops accepting (each loop drops its watches, then the listening sockets are closed);
  * call while the loops run. Connections stay. NULL is fine. */
 void px_listen_stop(struct px_listen *l);
+/* Closes every teleport-auth@ pass-through connection: from a stop hook of the loops
+ * (px_loops_on_stop), once their threads ended. NULL is fine. */
+void px_listen_close_all(struct px_listen *l);
 /* Frees @l (and what was still pending) once the loops stopped. NULL is fine. */
 void px_listen_free(struct px_listen *l);
 /* The address the web listener is bound to (with the real port when 0 was asked). */

@@ -19,6 +19,7 @@
  * loop by id, which the loop looks up in its own list: the evicted connection may have
  * finished meanwhile, and then the id is simply not found. */
 #include <errno.h>
+#include <netdb.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -101,9 +102,20 @@ struct addr_count {
     unsigned n;
 };
 
+/* An auth server of the pass-through, resolved at start. */
+struct auth_target {
+    char name[64]; /* as configured */
+    struct sockaddr_storage sa;
+    socklen_t len;
+};
+
+#define MAX_AUTH_TARGETS 32
+
 struct px_listen {
     struct proxy *p;
     SSL_CTX *ctx;
+    struct auth_target auth[MAX_AUTH_TARGETS];
+    size_t n_auth;
     struct listener ls[2];
     size_t n_ls;
     unsigned n_loops;
@@ -118,6 +130,7 @@ struct px_listen {
         uint64_t last_ms;
     } garbage_log[GARBAGE_LOG_SLOTS];
     atomic_uint_fast64_t accepted, evicted, garbage, no_alpn, hs_failed, passthrough;
+    struct pipe *pipes; /* every pass-through connection (mu) */
     /* open pass-through connections per client address (mu) */
     struct addr_count *pipe_addrs[PIPE_ADDR_BUCKETS];
     size_t n_pipes;
@@ -382,13 +395,13 @@ struct half {
 };
 
 struct pipe {
+    struct pipe *prev, *next; /* owner->pipes */
     struct px_loop *loop;
     struct px_listen *owner;
     struct px_watch cw, aw; /* client, auth */
     struct px_timer connect_timer;
     struct half c2a, a2c;
-    const char *const *addrs;
-    size_t n_addrs, tried;
+    size_t tried; /* owner->auth tried so far */
     bool connected;
     char peer[64];
     char ip[64];
@@ -453,6 +466,14 @@ static void pipe_close(struct pipe *pp)
         close(pp->aw.fd);
     free(pp->c2a.buf);
     free(pp->a2c.buf);
+    pthread_mutex_lock(&pp->owner->mu);
+    if (pp->prev)
+        pp->prev->next = pp->next;
+    else
+        pp->owner->pipes = pp->next;
+    if (pp->next)
+        pp->next->prev = pp->prev;
+    pthread_mutex_unlock(&pp->owner->mu);
     pipe_release(pp->owner, pp->ip);
     px_loop_conn_del(pp->loop);
     free(pp);
@@ -590,20 +611,14 @@ static void pipe_connect_next(struct pipe *pp)
     if (pp->aw.fd >= 0)
         close(pp->aw.fd);
     pp->aw.fd = -1;
-    while (pp->tried < pp->n_addrs) {
-        const char *addr = pp->addrs[pp->tried++];
-        struct sockaddr_storage ss;
-        socklen_t len;
-        snprintf(pp->auth, sizeof pp->auth, "%s", addr);
-        if (rp_addr_parse(addr, &ss, &len) != 0) {
-            rp_warn("proxy", "pass-through: auth server address %s: %s", addr, rp_errmsg());
-            continue;
-        }
-        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    while (pp->tried < pp->owner->n_auth) {
+        const struct auth_target *t = &pp->owner->auth[pp->tried++];
+        snprintf(pp->auth, sizeof pp->auth, "%s", t->name);
+        int fd = socket(t->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
             continue;
-        if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
-            rp_info("proxy", "%s: pass-through: auth server %s: %s", pp->peer, addr,
+        if (connect(fd, (const struct sockaddr *)&t->sa, t->len) != 0 && errno != EINPROGRESS) {
+            rp_info("proxy", "%s: pass-through: auth server %s: %s", pp->peer, t->name,
                     strerror(errno));
             close(fd);
             continue;
@@ -658,10 +673,15 @@ static void start_passthrough(struct pending *pd)
     atomic_fetch_add(&o->passthrough, 1);
     pp->loop = l;
     pp->owner = o;
+    pthread_mutex_lock(&o->mu);
+    pp->next = o->pipes;
+    if (o->pipes)
+        o->pipes->prev = pp;
+    o->pipes = pp;
+    pthread_mutex_unlock(&o->mu);
     pp->cw.fd = fd;
     pp->cw.on_event = pipe_client_event;
     pp->aw.fd = -1;
-    pp->n_addrs = proxy_auth_addrs(o->p, &pp->addrs);
     if (px_watch_add(l, &pp->cw, 0) != 0) {
         pp->cw.loop = NULL;
         pipe_close(pp);
@@ -971,6 +991,44 @@ static void watch_listeners_on(struct px_listen *o, unsigned li)
     }
 }
 
+/* Resolves the configured auth servers once (the loops must not block on DNS): every
+ * address of each, in order. A name that does not resolve is left out, with a warning. */
+static void resolve_auth(struct px_listen *o)
+{
+    const char *const *addrs;
+    size_t n = proxy_auth_addrs(o->p, &addrs);
+    for (size_t i = 0; i < n && o->n_auth < MAX_AUTH_TARGETS; i++) {
+        char host[256], port[8];
+        const char *colon = strrchr(addrs[i], ':');
+        size_t hl = colon ? (size_t)(colon - addrs[i]) : 0;
+        const char *h = addrs[i];
+        if (hl > 2 && h[0] == '[' && h[hl - 1] == ']') {
+            h++;
+            hl -= 2;
+        }
+        if (colon == NULL || hl == 0 || hl >= sizeof host || strlen(colon + 1) >= sizeof port)
+            continue;
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+        snprintf(port, sizeof port, "%s", colon + 1);
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+        int g = getaddrinfo(host, port, &hints, &res);
+        if (g != 0) {
+            rp_warn("proxy", "pass-through: auth server %s does not resolve (%s); left out",
+                    addrs[i], gai_strerror(g));
+            continue;
+        }
+        for (struct addrinfo *ai = res; ai != NULL && o->n_auth < MAX_AUTH_TARGETS;
+             ai = ai->ai_next) {
+            struct auth_target *t = &o->auth[o->n_auth++];
+            snprintf(t->name, sizeof t->name, "%s", addrs[i]);
+            memcpy(&t->sa, ai->ai_addr, ai->ai_addrlen);
+            t->len = ai->ai_addrlen;
+        }
+        freeaddrinfo(res);
+    }
+}
+
 static int listener_open(struct px_listen *o, struct listener *lst, const char *addr)
 {
     lst->owner = o;
@@ -1002,6 +1060,7 @@ int px_listen_start(struct proxy *p, struct px_listen **out)
     pthread_cond_init(&o->stop_cv, NULL);
     o->n_loops = px_loops_count(proxy_loops(p));
     *out = o; /* from here px_listen_free cleans up */
+    resolve_auth(o);
     if ((o->ctx = build_ctx(p)) == NULL)
         return rp_errmsg()[0] ? RP_ETLS : rp_err(RP_ETLS, "web TLS context");
     bool shared = strcmp(cfg->tunnel_listen_addr, cfg->web_listen_addr) == 0;
@@ -1079,6 +1138,20 @@ void px_listen_stop(struct px_listen *o)
         if (o->ls[k].fd >= 0)
             close(o->ls[k].fd);
         o->ls[k].fd = -1;
+    }
+}
+
+void px_listen_close_all(struct px_listen *o)
+{
+    if (o == NULL)
+        return;
+    for (;;) {
+        pthread_mutex_lock(&o->mu);
+        struct pipe *pp = o->pipes;
+        pthread_mutex_unlock(&o->mu);
+        if (pp == NULL)
+            return;
+        pipe_close(pp);
     }
 }
 

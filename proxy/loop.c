@@ -52,9 +52,16 @@ struct px_loop {
     bool closed;
 };
 
+#define STOP_HOOKS 8
+
 struct px_loops {
     unsigned n;
     struct px_loop *loops[LOOP_MAX];
+    struct {
+        void (*fn)(void *arg);
+        void *arg;
+    } hooks[STOP_HOOKS];
+    unsigned n_hooks;
 };
 
 static __thread struct px_loop *current_loop;
@@ -424,10 +431,22 @@ void px_loops_stop(struct px_loops *ls)
         ssize_t n = write(l->wake.fd, &one, sizeof one);
         (void)n;
     }
-    for (unsigned i = 0; i < ls->n; i++) {
+    for (unsigned i = 0; i < ls->n; i++)
         if (ls->loops[i]->started)
             pthread_join(ls->loops[i]->thread, NULL);
+    for (unsigned k = 0; k < ls->n_hooks; k++)
+        ls->hooks[k].fn(ls->hooks[k].arg);
+    for (unsigned i = 0; i < ls->n; i++)
         loop_free(ls->loops[i]);
-    }
     free(ls);
+}
+
+int px_loops_on_stop(struct px_loops *ls, void (*fn)(void *arg), void *arg)
+{
+    if (ls->n_hooks == STOP_HOOKS)
+        return rp_err(RP_ENOSPC, "at most %d stop hooks", STOP_HOOKS);
+    ls->hooks[ls->n_hooks].fn = fn;
+    ls->hooks[ls->n_hooks].arg = arg;
+    ls->n_hooks++;
+    return 0;
 }

@@ -74,8 +74,12 @@ void px_loop_conn_del(struct px_loop *l);
 /* Starts one thread per loop. */
 int px_loops_start(struct px_loops *ls);
 /* Stops the threads (posted functions still queued are dropped: each post owner must
- * tolerate that), joins them and frees the loops. Watches are not closed: their owners
- * close them before or after. NULL is fine. */
+ * tolerate that), joins them, runs the stop hooks, and frees the loops. Watches are not
+ * closed: their owners close them before or in a stop hook. NULL is fine. */
 void px_loops_stop(struct px_loops *ls);
+/* Registers @fn(@arg) to run in px_loops_stop once the loop threads ended and before the
+ * loops are freed (in the caller's thread, in the order registered): where owners close
+ * what their loops still hold (watches, timers). At most 8. RP_ENOSPC beyond. */
+int px_loops_on_stop(struct px_loops *ls, void (*fn)(void *arg), void *arg);
 
 #endif

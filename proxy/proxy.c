@@ -711,6 +711,15 @@ static void proxy_free(struct proxy *p)
     pthread_cond_destroy(&p->bg_cv);
 }
 
+/* A stop hook of the loops: ends the connections they still hold (the modules free
+ * their state in on_close). */
+static void close_on_stop(void *arg)
+{
+    struct proxy *p = arg;
+    px_tls_close_all(p->loops);
+    px_listen_close_all(p->listen);
+}
+
 /* Everything up to serving; the message of a failure is in rp_errmsg(). */
 static int proxy_start(struct proxy *p)
 {
@@ -732,8 +741,10 @@ static int proxy_start(struct proxy *p)
         return rv;
     if ((rv = start_threads(p)) != 0)
         return rv;
-    if ((rv = px_loops_new(&p->loops, 0)) != 0 || (rv = px_tunnels_new(&p->tunnels, p)) != 0 ||
-        (rv = px_listen_start(p, &p->listen)) != 0 || (rv = px_loops_start(p->loops)) != 0)
+    if ((rv = px_loops_new(&p->loops, 0)) != 0 ||
+        (rv = px_loops_on_stop(p->loops, close_on_stop, p)) != 0 ||
+        (rv = px_tunnels_new(&p->tunnels, p)) != 0 || (rv = px_listen_start(p, &p->listen)) != 0 ||
+        (rv = px_loops_start(p->loops)) != 0)
         return rv;
     p->loops_started = true;
     char host_key[1200];
