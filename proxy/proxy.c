@@ -14,6 +14,7 @@
  * callers borrow one from a small pool. */
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -187,6 +188,10 @@ int px_tcp_connect(const char *addr, int timeout_ms, int *fd_out)
         int err = 0;
         socklen_t el = sizeof err;
         if (pr == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0) {
+            /* SSH sends small packets (SFTP requests, window adjustments) that must not
+             * wait for the node's delayed ACK (40 ms each with Nagle on). */
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             freeaddrinfo(res);
             *fd_out = fd;
             return 0;

@@ -9,11 +9,16 @@
 #include "lib/errors.h"
 #include "tsh/tsh.h"
 
-/* Host certificates of every key type Raftport nodes may have, newest first. */
+/* Host certificates of every key type Raftport nodes may have, newest first; then the
+ * plain keys: a node on libssh 0.10 cannot present a host certificate, and
+ * `tsh proxy ssh` records its plain key (once its published certificate verified
+ * against the host CA) in the same known_hosts file. */
 #define HOST_KEY_ALGORITHMS                                                                        \
     "ssh-ed25519-cert-v01@openssh.com,ecdsa-sha2-nistp256-cert-v01@openssh.com,"                   \
     "ecdsa-sha2-nistp384-cert-v01@openssh.com,ecdsa-sha2-nistp521-cert-v01@openssh.com,"           \
-    "rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com"
+    "rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com,"                         \
+    "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,"        \
+    "rsa-sha2-256"
 
 /* ssh_config quotes: a path with blanks stays one argument. */
 static void quoted(FILE *f, const char *s)
