@@ -525,8 +525,10 @@ static uint64_t step_of_code(const uint8_t *secret, const char *code)
     return 0;
 }
 
+/* @no_otp: set only the password (a cluster whose second factor is "optional" allows
+ * it; scripts such as the demo use it). */
 static int login_invite(const struct tsh_globals *g, const char *proxy, const char *token,
-                        uint64_t ttl_ms)
+                        uint64_t ttl_ms, bool no_otp)
 {
     struct login_ctx lc;
     char user[TSH_NAME_MAX] = "", second_factor[16], path[256];
@@ -588,6 +590,13 @@ static int login_invite(const struct tsh_globals *g, const char *proxy, const ch
         goto out;
     /* "optional": each user chooses; an invite enrols one, as the issue asks. */
     bool otp = strcmp(second_factor, "off") != 0;
+    if (no_otp && strcmp(second_factor, "optional") != 0 && otp) {
+        fprintf(stderr, "tsh login: --no-otp: the cluster requires a second factor (%s); "
+                        "enrol one instead\n",
+                second_factor);
+        goto out;
+    }
+    otp = otp && !no_otp;
     if (otp) {
         if (rp_totp_generate_secret(secret) != 0 ||
             rp_base32_encode(secret, sizeof secret, secret_b32, sizeof secret_b32) != 0 ||
@@ -659,13 +668,14 @@ out:
 
 /* ---- the commands --------------------------------------------------------------------- */
 
-enum { O_TTL = 256, O_INVITE };
+enum { O_TTL = 256, O_INVITE, O_NO_OTP };
 
 int tsh_cmd_login(int argc, char **argv, const struct tsh_globals *gin)
 {
     static const struct option own[] = {
         {"ttl", required_argument, NULL, O_TTL},
         {"invite", required_argument, NULL, O_INVITE},
+        {"no-otp", no_argument, NULL, O_NO_OTP},
         {NULL, 0, NULL, 0},
     };
     struct tsh_globals g = *gin;
@@ -674,6 +684,7 @@ int tsh_cmd_login(int argc, char **argv, const struct tsh_globals *gin)
     int c, nargs, rv;
     uint64_t ttl_ms = 0;
     const char *invite = NULL;
+    bool no_otp = false;
     tsh_flags_init(&f, &g, argc, argv, own, NULL, false);
     while ((c = tsh_flags_next(&f)) > 0) {
         if (c == O_TTL) {
@@ -684,6 +695,8 @@ int tsh_cmd_login(int argc, char **argv, const struct tsh_globals *gin)
             }
         } else if (c == O_INVITE) {
             invite = optarg;
+        } else if (c == O_NO_OTP) {
+            no_otp = true;
         }
     }
     if ((rv = tsh_flags_done(&f, c, 0, 0, &args, &nargs)) >= 0)
@@ -695,8 +708,10 @@ int tsh_cmd_login(int argc, char **argv, const struct tsh_globals *gin)
     if (proxy == NULL)
         return tsh_usage_error(&f, "--proxy=HOST:PORT is needed (the proxy's web address, e.g. "
                                    "proxy.example.com:3080)");
+    if (no_otp && invite == NULL)
+        return tsh_usage_error(&f, "--no-otp goes with --invite=TOKEN");
     if (invite != NULL)
-        return login_invite(&g, proxy, invite, ttl_ms);
+        return login_invite(&g, proxy, invite, ttl_ms, no_otp);
     return tsh_login_interactive(&g, proxy, g.user, ttl_ms);
 }
 
