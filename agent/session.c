@@ -121,6 +121,10 @@ struct chan {
 };
 
 struct conn_state {
+    /* Scratch for the pumps (one at a time, on this connection's thread); here rather
+     * than thread-local, so that threads which never pump (the auth servers' hashing
+     * pool, in the same binary) do not each carry it as static TLS. */
+    char io[IO_CHUNK];
     struct sshd_conn *c;
     struct agent_sshd *s;
     ssh_session ses;
@@ -1294,7 +1298,7 @@ static void chan_fail(struct chan *h)
 static void pump_out(struct chan *h, int fd, bool is_stderr, bool *eof)
 {
     struct conn_state *cs = h->cs;
-    static __thread char buf[IO_CHUNK];
+    char *buf = cs->io;
     if (h->outpend.len > 0) {
         uint32_t w = ssh_channel_window_size(h->ch);
         size_t n = h->outpend.len < w ? h->outpend.len : w;
@@ -1315,7 +1319,7 @@ static void pump_out(struct chan *h, int fd, bool is_stderr, bool *eof)
         uint32_t w = ssh_channel_window_size(h->ch);
         if (w == 0 || (ssh_get_poll_flags(cs->ses) & SSH_WRITE_PENDING && i > 0))
             return;
-        size_t want = w < sizeof buf ? w : sizeof buf;
+        size_t want = w < IO_CHUNK ? w : IO_CHUNK;
         ssize_t n = read(fd, buf, want);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
             *eof = true; /* EIO on a PTY master: the terminal hung up */
@@ -1354,7 +1358,7 @@ static void pump_out(struct chan *h, int fd, bool is_stderr, bool *eof)
 static void pump_in(struct chan *h)
 {
     struct conn_state *cs = h->cs;
-    static __thread char buf[IO_CHUNK];
+    char *buf = cs->io;
     for (int i = 0; i < 64; i++) {
         if (h->inoff < h->inbuf.len && h->in_fd >= 0 && !h->in_broken) {
             ssize_t n = write(h->in_fd, h->inbuf.data + h->inoff, h->inbuf.len - h->inoff);
@@ -1375,7 +1379,7 @@ static void pump_in(struct chan *h)
         /* The child's side is full: leave the rest in libssh, the window closes. */
         if (h->inbuf.len > 0 && h->inoff == 0 && i > 0)
             break;
-        int n = ssh_channel_read_nonblocking(h->ch, buf, sizeof buf, 0);
+        int n = ssh_channel_read_nonblocking(h->ch, buf, IO_CHUNK, 0);
         if (n == SSH_ERROR) {
             chan_fail(h);
             return;
@@ -1387,7 +1391,7 @@ static void pump_in(struct chan *h)
         }
         /* Less than asked: libssh's buffer for the channel is empty (asking again
          * would poll the socket for nothing). */
-        if ((size_t)n < sizeof buf)
+        if ((size_t)n < IO_CHUNK)
             h->more_input = false;
         h->rx += (uint64_t)n;
         cs->last_activity_mono = rp_mono_ms();

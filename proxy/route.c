@@ -100,13 +100,13 @@ static int find_cb(void *arg, const char *name, const void *res, size_t len)
     return 0;
 }
 
-/* The node's labels: metadata.labels and the results of spec.cmd_labels, strings
- * borrowed from @res. */
-static size_t node_labels(const msgpack_object *res, struct rbac_label *out, size_t max)
+/* The node's labels: metadata.labels and the results of spec.cmd_labels, copied into
+ * @text (MAX_LABELS pairs of 256 bytes, the caller's) and pointed to by @out. */
+static size_t node_labels(const msgpack_object *res, struct rbac_label *out, size_t max,
+                          char (*text)[2][256])
 {
     size_t n = 0;
     const msgpack_object *labels = rp_mp_get(rp_mp_get(res, "metadata"), "labels");
-    static __thread char text[MAX_LABELS][2][256];
     if (labels != NULL && labels->type == MSGPACK_OBJECT_MAP)
         for (uint32_t i = 0; i < labels->via.map.size && n < max; i++) {
             str_into(&labels->via.map.ptr[i].key, text[n][0], 256);
@@ -140,6 +140,8 @@ static int check_access(struct proxy *p, const struct rp_identity *user, const c
     msgpack_unpacked uu;
     bool have_user = false;
     struct rbac_set *set = NULL;
+    char(*text)[2][256] = NULL; /* the node's labels: 64 KiB, on the heap as workers' stacks
+                                 * are small */
     int rv;
 
     if (login != NULL) {
@@ -169,7 +171,12 @@ static int check_access(struct proxy *p, const struct rp_identity *user, const c
         goto out;
     }
     struct rbac_label labels[MAX_LABELS];
-    size_t n_labels = node_labels(res, labels, MAX_LABELS);
+    text = malloc(sizeof(char[MAX_LABELS][2][256]));
+    if (text == NULL) {
+        rv = rp_err(RP_ENOMEM, "no memory for the node's labels");
+        goto out;
+    }
+    size_t n_labels = node_labels(res, labels, MAX_LABELS, text);
     const char *allowed_login = login;
     if (login != NULL) {
         rv = rbac_check_ssh(set, login, labels, n_labels, why, sizeof why);
@@ -192,6 +199,7 @@ static int check_access(struct proxy *p, const struct rp_identity *user, const c
     if (rv != 0)
         rv = rp_err(RP_EDENIED, "%s", why[0] ? why : "the locks could not be read");
 out:
+    free(text);
     rbac_set_free(set);
     if (have_user)
         msgpack_unpacked_destroy(&uu);
