@@ -682,12 +682,11 @@ static void make_profile(void)
     cr_assert_eq(tsh_profile_load(tsh_home_dir, NULL, &back), 0, "%s", rp_errmsg());
 }
 
-/* Runs the tsh binary with the profile home, stdin from /dev/null; exit code. */
-static int tsh(char **out, char **err, const char *args)
+/* Runs the tsh binary with the profile home and standard input from @in; exit code. */
+static int tsh_in(char **out, char **err, const char *args, const char *in)
 {
     char cmd[8192];
-    snprintf(cmd, sizeof cmd, "RAFTPORT_HOME=%s %s/tsh %s < /dev/null", tsh_home_dir, CL->build,
-             args);
+    snprintf(cmd, sizeof cmd, "RAFTPORT_HOME=%s %s/tsh %s < %s", tsh_home_dir, CL->build, args, in);
     char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     struct cl_run r;
     int st = cl_run_argv(argv, 120000, &r);
@@ -697,6 +696,11 @@ static int tsh(char **out, char **err, const char *args)
         *err = r.err, r.err = NULL;
     cl_run_free(&r);
     return st;
+}
+
+static int tsh(char **out, char **err, const char *args)
+{
+    return tsh_in(out, err, args, "/dev/null");
 }
 
 static void start_all_with_proxy(void)
@@ -1097,6 +1101,60 @@ Test(tsh_ssh, tsh_ssh_and_scp_reach_a_node_behind_its_tunnel)
     free(out), free(err);
     snprintf(cmd, sizeof cmd, "cmp %s %s && cmp %s %s", a, b, a, c);
     cr_assert_eq(sh(cmd, NULL, 30000), 0, "the copies through the tunnel differ");
+    stop_proxy();
+    ag_stop_all();
+    cluster_pass();
+}
+
+/* The whole path as a new user takes it: an invite redeemed with tsh login (password
+ * on standard input), a login, then tsh ssh and tsh scp to a node behind its tunnel,
+ * all with the profile tsh login wrote. */
+Test(tsh_ssh, a_new_user_logs_in_with_tsh_and_works_on_a_tunnelled_node)
+{
+    start_all_with_tunnel(false);
+    wait_node_routable();
+    char *out = NULL, *err = NULL;
+    cr_assert_eq(run_tctl(1, &out, "users", "add", "bob", "--roles=access", "--logins=root", NULL),
+                 0);
+    char token[128] = "";
+    for (char *p = out; *p != '\0' && token[0] == '\0'; p++) {
+        size_t n = strspn(p, "0123456789abcdef");
+        if (n >= 32 && n < sizeof token) {
+            memcpy(token, p, n);
+            token[n] = '\0';
+        }
+        p += n > 0 ? n - 1 : 0;
+    }
+    free(out);
+    cr_assert(token[0], "tctl users add printed no invite token");
+    char pw[700], args[4096];
+    snprintf(pw, sizeof pw, "%s/bob.password", CL->dir);
+    cr_assert_eq(rp_write_file(pw, "correct-horse-battery\n", 22, 0600), 0);
+    snprintf(tsh_home_dir, sizeof tsh_home_dir, "%s/bob-home", CL->dir);
+    snprintf(args, sizeof args, "login --proxy=%s --user=bob --ca-pin=%s --invite=%s --no-otp",
+             PX[1].web_addr, CL->ca_pin, token);
+    int st = tsh_in(&out, &err, args, pw);
+    cr_assert_eq(st, 0, "tsh login --invite failed (%d): %s%s", st, out, err);
+    free(out), free(err);
+    snprintf(args, sizeof args, "login --proxy=%s --user=bob", PX[1].web_addr);
+    st = tsh_in(&out, &err, args, pw);
+    cr_assert_eq(st, 0, "tsh login failed (%d): %s%s", st, out, err);
+    free(out), free(err);
+
+    cr_assert_eq(tsh(&out, &err, "ssh root@node1 echo hi"), 0, "%s", err);
+    cr_assert_str_eq(out, "hi\n");
+    free(out), free(err);
+    cr_assert_eq(tsh(&out, &err, "ssh root@node1 false"), 1, "%s", err);
+    free(out), free(err);
+    snprintf(args, sizeof args, "scp %s root@node1:%s/pw.there", pw, CL->dir);
+    cr_assert_eq(tsh(&out, &err, args), 0, "%s", err);
+    free(out), free(err);
+    snprintf(args, sizeof args, "scp root@node1:%s/pw.there %s/pw.back", CL->dir, CL->dir);
+    cr_assert_eq(tsh(&out, &err, args), 0, "%s", err);
+    free(out), free(err);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cmp %s %s/pw.back", pw, CL->dir);
+    cr_assert_eq(sh(cmd, NULL, 10000), 0, "the file came back changed");
     stop_proxy();
     ag_stop_all();
     cluster_pass();
