@@ -80,10 +80,18 @@ static const struct verb verbs[] = {
      "Only nodes with every given label value are shown; nodes reached through a reverse\n"
      "tunnel show the address \"\xE2\x9F\xB5 Tunnel\".\n",
      tsh_cmd_ls},
-    {"ssh", "[-l LOGIN] [-p PORT] [-t] [-A] [-L [ADDR:]PORT:HOST:PORT] [LOGIN@]NODE [COMMAND...]",
+    {"ssh",
+     "[-l LOGIN] [-p PORT] [-t|-tt|-T] [-A] [-L [ADDR:]PORT:HOST:PORT]... [LOGIN@]NODE "
+     "[COMMAND...]",
      "open a shell or run a command on a node through the proxy",
-     "The remote command's exit status is tsh's own.\n", tsh_cmd_ssh},
-    {"scp", "[-r] [-q] SOURCE... DEST", "copy files to or from a node ([LOGIN@]NODE:PATH)", NULL,
+     "The remote command's exit status is tsh's own (128+N when it died of signal N);\n"
+     "tsh's own failures exit 255. -t asks for a terminal for a command (-tt even without a\n"
+     "local one), -T never; -A forwards $SSH_AUTH_SOCK; -L may be repeated.\n",
+     tsh_cmd_ssh},
+    {"scp", "[-r] [-p] [-q] [-P PORT] SOURCE... DEST",
+     "copy files to or from a node ([LOGIN@]NODE:PATH)",
+     "-r: directories; -p: keep modification times too (modes are always kept); -q: no\n"
+     "progress bar; -P: the node's SSH port. Exits 1 when any file failed (each is named).\n",
      tsh_cmd_scp},
     {"proxy ssh", "[--cluster=NAME] [LOGIN@]NODE[:PORT]",
      "connect stdin/stdout to a node's SSH server (OpenSSH's ProxyCommand)",
