@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -591,10 +592,25 @@ Test(tsh_ssh, agent_forwarding_lets_the_node_use_the_local_agent)
     char cmd[4096], sock[700], key[700];
     snprintf(sock, sizeof sock, "%s/agent.sock", CL->dir);
     snprintf(key, sizeof key, "%s/agentkey", CL->dir);
+    /* A real ssh-agent in the foreground, as our child: it dies with the test. */
+    pid_t parent = getpid();
+    pid_t agent = fork();
+    cr_assert_neq(agent, -1);
+    if (agent == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 1);
+        execlp("ssh-agent", "ssh-agent", "-D", "-a", sock, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 100 && access(sock, F_OK) != 0; i++)
+        cl_sleep_ms(50);
     snprintf(cmd, sizeof cmd,
              "ssh-keygen -q -t ed25519 -N '' -C forwarded-agent-key -f %s && "
-             "ssh-agent -a %s -t 300 > %s/agent.env && SSH_AUTH_SOCK=%s ssh-add -q %s",
-             key, sock, CL->dir, sock, key);
+             "SSH_AUTH_SOCK=%s ssh-add -q %s",
+             key, sock, key);
     cr_assert_eq(sh(cmd, NULL, 20000), 0);
     setenv("SSH_AUTH_SOCK", sock, 1);
     struct tsh_ssh_opts o = opts_for(NULL);
@@ -609,8 +625,8 @@ Test(tsh_ssh, agent_forwarding_lets_the_node_use_the_local_agent)
     cr_assert_eq(exec_on_node("ssh-add -l", &o, &code, &out, &err), 0, "%s", rp_errmsg());
     cr_assert_neq(code, 0, "without -A the node has no agent");
     free(out), free(err);
-    snprintf(cmd, sizeof cmd, ". %s/agent.env > /dev/null; ssh-agent -k > /dev/null", CL->dir);
-    sh(cmd, NULL, 10000);
+    kill(agent, SIGKILL);
+    waitpid(agent, NULL, 0);
     ag_stop_all();
     cluster_pass();
 }
