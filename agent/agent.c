@@ -521,6 +521,29 @@ static void renew(struct agent_run *a, const char *why)
     agent_presence_kick(a->presence);
 }
 
+/* The version rule towards auth, when an auth server answers within a few seconds: a
+ * node whose auth servers are all down still starts (it serves from its cache), and
+ * meets the rule through its certificates' renewal and following later. */
+static int check_auth_version(struct agent_run *a)
+{
+    SSL_CTX *ctx = agent_ident_ctx(&a->id, NULL);
+    struct auth_client *c = NULL;
+    struct auth_ping ping;
+    int rv = auth_client_new(&c, ctx, a->addrs, a->n_addrs);
+    SSL_CTX_free(ctx);
+    if (rv == 0) {
+        auth_client_set_timeout(c, 5000);
+        rv = auth_client_ping(c, &ping);
+    }
+    auth_client_free(c);
+    if (rv != 0) {
+        rp_warn("agent", "no auth server answered (%s): the version rule is not checked now",
+                rp_errmsg());
+        return 0;
+    }
+    return agent_version_gate("node", ping.version, a->cfg->skip_version_check);
+}
+
 static void check_renewal(struct agent_run *a)
 {
     if (atomic_exchange(&a->ca_changed, false))
@@ -562,6 +585,10 @@ int agent_main(const struct rp_config *cfg, const char *version)
     }
     rp_info("agent", "node %s (%s) of cluster %s", cfg->nodename, a->id.host_id,
             a->id.cluster_name);
+    if ((rv = check_auth_version(a)) != 0) {
+        fprintf(stderr, "raftport: %s\n", rp_errmsg());
+        goto out_ident;
+    }
     rv = agent_cache_open(&a->cache, cfg->data_dir);
     if (a->cache == NULL) {
         fprintf(stderr, "raftport: %s\n", rp_errmsg());

@@ -97,6 +97,12 @@ void agent_key_path(const char *data_dir, const char *file, char *out, size_t ou
  * and swaps them in. */
 int agent_ident_renew(struct agent_ident *id, const struct rp_config *cfg, struct auth_client *c);
 
+/* The version rule of a proxy or agent (@what: "proxy", "node") towards an auth server
+ * of @auth_version (lib/version.h): 0 when they are compatible, or when @skip (a
+ * warning is logged then); else RP_EPROTO saying what to upgrade or which flag runs
+ * anyway. */
+int agent_version_gate(const char *what, const char *auth_version, bool skip);
+
 /* ---- following auth (agent/follow.c) ------------------------------------------------- */
 
 struct agent_follow;

@@ -26,6 +26,7 @@
 #include "lib/ssh_key.h"
 #include "lib/tls.h"
 #include "lib/util.h"
+#include "lib/version.h"
 
 /* How long a join keeps retrying auth servers that do not answer (or have no
  * leader) before it gives up with "cannot reach". */
@@ -613,4 +614,26 @@ int agent_ident_renew(struct agent_ident *id, const struct rp_config *cfg, struc
         return rp_err(rv, "renewing the host certificates: %s", rp_errmsg());
     rp_info("agent", "renewed the host certificates of %s", id->host_id);
     return 0;
+}
+
+/* ---- the version rule towards auth ----------------------------------------------------- */
+
+int agent_version_gate(const char *what, const char *auth_version, bool skip)
+{
+    const char *self = rp_version_self();
+    enum rp_version_verdict v = rp_version_check_auth(self, auth_version);
+    if (v == RP_VERSION_OK)
+        return 0;
+    char why[300];
+    rp_version_explain(v, self, auth_version, why, sizeof why);
+    if (skip) {
+        rp_warn(what, "%s; starting anyway (--skip-version-check)", why);
+        return 0;
+    }
+    if (v == RP_VERSION_TOO_OLD)
+        return rp_err(RP_EPROTO,
+                      "auth server version %s is older than this %s's %s: upgrade auth "
+                      "first, or start with --skip-version-check",
+                      auth_version, what, self);
+    return rp_err(RP_EPROTO, "%s: start with --skip-version-check to run anyway", why);
 }

@@ -629,22 +629,7 @@ static int check_auth_version(struct proxy *p)
     client_give(p, c, gen);
     if (rv != 0)
         return rp_err(rv, "no auth server answered: %s", rp_errmsg());
-    const char *self = rp_version_self();
-    enum rp_version_verdict v = rp_version_check_auth(self, ping.version);
-    if (v == RP_VERSION_OK)
-        return 0;
-    char why[300];
-    rp_version_explain(v, self, ping.version, why, sizeof why);
-    if (p->cfg->skip_version_check) {
-        rp_warn("proxy", "%s; starting anyway (--skip-version-check)", why);
-        return 0;
-    }
-    if (v == RP_VERSION_TOO_OLD)
-        return rp_err(RP_EPROTO,
-                      "auth server version %s is older than this proxy's %s: upgrade auth "
-                      "first, or start with --skip-version-check",
-                      ping.version, self);
-    return rp_err(RP_EPROTO, "%s: start with --skip-version-check to run anyway", why);
+    return agent_version_gate("proxy", ping.version, p->cfg->skip_version_check);
 }
 
 static int load_ca(struct proxy *p)

@@ -344,3 +344,29 @@ Test(agent_join, a_changed_command_label_is_heartbeated_at_once)
     ag_stop_all();
     cluster_pass();
 }
+
+Test(agent_join, an_auth_server_on_an_older_major_stops_the_node_unless_skip_version_check)
+{
+    /* Auth announces our own version (major 0); the node runs as 1.0.0. */
+    cluster_start(1);
+    cr_assert(cl_wait_presets(20000));
+    char token[128];
+    cl_add_token(1, "node", NULL, token, sizeof token);
+    ag_prepare(1, token, NULL);
+    static const char *const env[] = {"RAFTPORT_VERSION_OVERRIDE=1.0.0", NULL};
+    ag_spawn_with(1, NULL, env);
+    uint64_t until = cl_now_ms() + 40000;
+    while (ag_alive(1) && cl_now_ms() < until)
+        cl_sleep_ms(50);
+    cr_assert_not(ag_alive(1), "the node kept running against an older auth");
+    cr_assert(WIFEXITED(AG[1].last_status) && WEXITSTATUS(AG[1].last_status) != 0);
+    cr_assert(ag_log_contains(1, "is older than this node's 1.0.0"), "the refusal names both");
+    cr_assert(ag_log_contains(1, "--skip-version-check"));
+    static const char *const skip[] = {"--skip-version-check", NULL};
+    ag_spawn_with(1, skip, env);
+    cr_assert(ag_wait_log(1, "node agent running", 30000),
+              "--skip-version-check did not let the node start");
+    cr_assert(ag_log_contains(1, "starting anyway"));
+    ag_stop_all();
+    cluster_pass();
+}

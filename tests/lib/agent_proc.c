@@ -94,7 +94,17 @@ void ag_prepare_proxy(int i, const char *token, const char *proxy_server, const 
 
 pid_t ag_spawn(int i)
 {
+    return ag_spawn_with(i, NULL, NULL);
+}
+
+pid_t ag_spawn_with(int i, const char *const *args, const char *const *env)
+{
     struct ag_proc *a = &AG[i];
+    char *argv[24] = {"raftport", "start", "--roles=node", "-c", a->cfg};
+    size_t n = 5;
+    for (int k = 0; args != NULL && args[k] != NULL && n < 23; k++)
+        argv[n++] = (char *)args[k];
+    argv[n] = NULL;
     char exe[600];
     snprintf(exe, sizeof exe, "%s/raftport", CL->build);
     int fd = open(a->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -115,7 +125,8 @@ pid_t ag_spawn(int i)
         dup2(fd, 1);
         dup2(fd, 2);
         close_range(3, ~0U, 0);
-        char *argv[] = {"raftport", "start", "--roles=node", "-c", a->cfg, NULL};
+        for (int k = 0; env != NULL && env[k] != NULL; k++)
+            putenv((char *)env[k]);
         execv(exe, argv);
         _exit(127);
     }

@@ -37,6 +37,9 @@ void ag_prepare(int i, const char *token, const char *extra_ssh);
 void ag_prepare_proxy(int i, const char *token, const char *proxy_server, const char *keep_alive,
                       const char *extra_ssh);
 pid_t ag_spawn(int i);
+/* ag_spawn with @args (NULL-terminated extra flags; may be NULL) and @env
+ * (NULL-terminated "NAME=VALUE" added to the agent's environment; may be NULL). */
+pid_t ag_spawn_with(int i, const char *const *args, const char *const *env);
 void ag_kill9(int i);
 /* SIGTERM, then the wait status within @timeout_ms (-1: killed after the timeout). */
 int ag_term(int i, int timeout_ms);
