@@ -13,6 +13,8 @@
  * WEB_WRITE_HIGH before reading pauses, and PX_WEB_IDLE_MS without a complete
  * request closes it. Requests without a client certificate are rate limited per
  * source address (20 a minute, bursts of 40), as Teleport limits its web API. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -22,6 +24,7 @@
 #include <string.h>
 
 #include "agent/cache.h"
+#include "lib/connlimit.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/mp.h"
@@ -55,7 +58,62 @@ struct web_conn {
     size_t drained;
     char addr[64]; /* the client's "ip:port" */
     char ip[64];   /* the rate limit's key */
+    bool counted;  /* holds a place in the connection caps (no client certificate) */
+    struct rp_addr_key key;
 };
+
+/* ---- connection caps --------------------------------------------------------------------- */
+
+/* Open web connections without a client certificate, per source address and in all,
+ * across every loop: past the handshake, a stranger's idle keep-alive connections are
+ * still memory the proxy holds (the handshake caps of proxy/listen.c end there). */
+static pthread_mutex_t caps_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct rp_addr_counts caps;
+static size_t caps_total;
+static bool caps_ready;
+
+/* Takes a place for @w; false (and logged once a minute per address) when a cap is
+ * reached. */
+static bool caps_take(struct web_conn *w)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    socklen_t len = 0;
+    if (inet_pton(AF_INET, w->ip, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        len = sizeof *s4;
+    } else if (inet_pton(AF_INET6, w->ip, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        len = sizeof *s6;
+    }
+    rp_addr_key_from_sockaddr((struct sockaddr *)&ss, len, &w->key);
+    bool ok = false;
+    pthread_mutex_lock(&caps_mu);
+    if (!caps_ready && rp_addr_counts_init(&caps, PX_WEB_CONNS_MAX) == 0)
+        caps_ready = true;
+    if (caps_ready && caps_total < PX_WEB_CONNS_MAX &&
+        rp_addr_counts_get(&caps, &w->key) < PX_WEB_CONNS_PER_ADDR &&
+        rp_addr_counts_add(&caps, &w->key) == 0) {
+        caps_total++;
+        ok = true;
+    }
+    pthread_mutex_unlock(&caps_mu);
+    w->counted = ok;
+    return ok;
+}
+
+static void caps_give(struct web_conn *w)
+{
+    if (!w->counted)
+        return;
+    pthread_mutex_lock(&caps_mu);
+    rp_addr_counts_remove(&caps, &w->key);
+    caps_total--;
+    pthread_mutex_unlock(&caps_mu);
+    w->counted = false;
+}
 
 /* ---- rate limit and audit --------------------------------------------------------------- */
 
@@ -699,6 +757,7 @@ static void on_close(struct px_tls *c)
     c->mod = NULL;
     w->c = NULL;
     px_timer_cancel(&w->idle);
+    caps_give(w);
     conn_unref(w);
 }
 
@@ -735,5 +794,26 @@ void px_web_attach(struct px_tls *c)
     c->on_readable = on_readable;
     c->on_drained = on_drained;
     c->on_close = on_close;
+    if (c->ident == NULL && !caps_take(w)) {
+        static const char body[] = "{\"error\": {\"message\": \"too many open connections from "
+                                   "your address: close idle ones or present a certificate\"}}\n";
+        char head[160];
+        int n = snprintf(head, sizeof head,
+                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                         "Connection: close\r\nContent-Length: %zu\r\n\r\n",
+                         sizeof body - 1);
+        static _Atomic uint64_t last_log_ms;
+        uint64_t now = rp_mono_ms(), last = atomic_load(&last_log_ms);
+        if (now - last >= 60000 && atomic_compare_exchange_strong(&last_log_ms, &last, now))
+            rp_warn("proxy",
+                    "web client %s: over %u connections from its address or %u in all "
+                    "without a certificate; refused (logged once a minute)",
+                    c->peer, PX_WEB_CONNS_PER_ADDR, PX_WEB_CONNS_MAX);
+        w->closing = true;
+        px_tls_write(c, head, (size_t)n);
+        px_tls_write(c, body, sizeof body - 1);
+        px_tls_close(c);
+        return;
+    }
     px_timer_arm(w->loop, &w->idle, PX_WEB_IDLE_MS, on_idle);
 }

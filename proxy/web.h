@@ -30,6 +30,8 @@
 #define PX_WEB_RATE_PERIOD_MS 60000 /* ... per minute on average, per source address, */
 #define PX_WEB_RATE_BURST 40        /* ... in bursts of at most this many */
 #define PX_WEB_AUTH_TIMEOUT_MS 15000
+#define PX_WEB_CONNS_PER_ADDR 64 /* open connections without a certificate, per address ... */
+#define PX_WEB_CONNS_MAX 4096    /* ... and in all */
 
 /* ---- one request off the wire (proxy/web_http.c) ----------------------------------- */
 

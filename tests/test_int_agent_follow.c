@@ -60,7 +60,8 @@ Test(agent_follow, tctl_lock_reaches_the_node_cache_within_seconds)
     cr_assert(wait_until(5000, cache_holds, &n), "the lock did not reach the node's cache in 5 s");
     cr_log_info("lock reached the node cache file in %llu ms",
                 (unsigned long long)(cl_now_ms() - t0));
-    cr_assert(ag_log_contains(1, "cache: lock/"));
+    /* The file is written before the change is logged: wait for the line too. */
+    cr_assert(ag_wait_log(1, "cache: lock/", 5000));
     ag_stop_all();
     cluster_pass();
 }

@@ -29,6 +29,7 @@
 #include "lib/totp.h"
 #include "lib/util.h"
 #include "tests/lib/cluster.h"
+#include "proxy/web.h"
 #include "tests/lib/proxy_proc.h"
 
 static void teardown(void)
@@ -746,6 +747,42 @@ Test(proxy_web, requests_with_a_user_certificate_are_not_rate_limited)
     raw_free(ssl, ctx);
     free(cc.cert);
     free(cc.key);
+    px_stop_all();
+    cluster_pass();
+}
+
+Test(proxy_web, idle_connections_without_a_certificate_are_capped_per_address)
+{
+    start_proxy();
+    enum { N = PX_WEB_CONNS_PER_ADDR };
+    SSL *held[N];
+    SSL_CTX *ctxs[N];
+    for (int i = 0; i < N; i++)
+        held[i] = raw_tls(&ctxs[i]);
+    /* One more from the same address: answered 503 and closed, not kept. */
+    SSL_CTX *ctx;
+    SSL *extra = raw_tls(&ctx);
+    char buf[4096];
+    cr_assert_eq(read_answers(extra, buf, sizeof buf, 1, 10000), 1, "no answer: %s", buf);
+    cr_expect(strstr(buf, "HTTP/1.1 503") && strstr(buf, "too many open connections"), "%s", buf);
+    raw_free(extra, ctx);
+    /* A place freed is a place taken again. */
+    raw_free(held[0], ctxs[0]);
+    bool served = false;
+    for (int attempt = 0; attempt < 50 && !served; attempt++) {
+        SSL *again = raw_tls(&ctx);
+        static const char ping[] = "GET /webapi/ping HTTP/1.1\r\nHost: p\r\n\r\n";
+        SSL_write(again, ping, sizeof ping - 1);
+        served = read_answers(again, buf, sizeof buf, 1, 10000) == 1 &&
+                 strstr(buf, "HTTP/1.1 200") != NULL;
+        raw_free(again, ctx);
+        if (!served)
+            cl_sleep_ms(100); /* the proxy sees the close on its loop */
+    }
+    cr_expect(served, "after one connection closed, a new one was still refused: %s", buf);
+    for (int i = 1; i < N; i++)
+        raw_free(held[i], ctxs[i]);
+    cr_expect(px_alive(1));
     px_stop_all();
     cluster_pass();
 }
