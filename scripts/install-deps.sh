@@ -9,9 +9,9 @@ pkgs=(
   build-essential pkg-config
   libraft-dev libuv1-dev libssl-dev liblmdb-dev libmsgpack-dev
   libcriterion-dev libyaml-dev libargon2-dev libssh-dev libzstd-dev
-  libnghttp2-dev libcurl4-openssl-dev libqrencode-dev libhttp-parser-dev libjansson-dev tmux
+  libnghttp2-dev libcurl4-openssl-dev libqrencode-dev libhttp-parser-dev libjansson-dev
   openssl iproute2 procps nftables faketime openssh-client openssh-server openssh-sftp-server
-  oathtool asciinema jq
+  oathtool asciinema jq curl
 )
 if [ "${1:-}" = fuzz ]; then
   pkgs+=(clang libclang-rt-14-dev llvm) # llvm: llvm-symbolizer, for readable crash stacks
