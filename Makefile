@@ -157,7 +157,7 @@ bench: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/rpbench
 
 # The node's SSH server beside stock sshd (scripts/bench-ssh.sh says what is measured).
 .PHONY: bench-ssh
-bench-ssh: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/sshd-fixture
+bench-ssh: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/sshd-fixture $(BUILD)/tunnel-load
 	@BUILD=$(BUILD) scripts/bench-ssh.sh
 
 demo: all
