@@ -750,7 +750,10 @@ proxy_part() {
 perf_start_pid() { # label pid: profiles that process (and its children) until perf_stop
   [ -n "$PERF" ] || return 0
   mkdir -p "$PERF"
-  perf record -g -F 499 -p "$2" -o "$PERF/$1.data" >"$PERF/$1.record.log" 2>&1 &
+  # PERF_ALL=1: the whole machine (tsh is a new process each run), else the given pids.
+  local target=(-p "$2")
+  [ "${PERF_ALL:-0}" = 1 ] && target=(-a)
+  perf record -g -F 499 "${target[@]}" -o "$PERF/$1.data" >"$PERF/$1.record.log" 2>&1 &
   PERF_PID=$!
   sleep 0.5
 }
