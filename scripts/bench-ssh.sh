@@ -616,7 +616,7 @@ proxy_part() {
   log "proxy a. $PROXY_RUNS session opens: tsh ssh through the proxy and tunnel, ssh to sshd"
   : >"$DIR/t_tsh"
   : >"$DIR/t_sshd2"
-  local i which order t0 t1 v
+  local i which order t0 t1 v s0 s1 s2 c
   PX_CPU0=$(cpu_ticks "$PX_PID")
   TN_CPU0=$(cpu_ticks "$TN_PID")
   perf_start_pid tsh-open "$PX_PID,$TN_PID"
@@ -657,14 +657,31 @@ proxy_part() {
     [ $((i % 2)) = 0 ] && order="sshd tsh"
     for which in $order; do
       rm -f "$DATA/dst"
+      s0=$(cpu_ticks "$PX_PID")
+      s1=$(cpu_ticks "$TN_PID")
+      s2=$(cpu_ticks "$SSHD_PID")
       t0=$(now_us)
       if [ "$which" = tsh ]; then
-        "$TSH" scp "root@bench-tunnel:$DATA/src" "$DATA/dst" </dev/null >/dev/null 2>"$DIR/tsh-scp.err" ||
+        /usr/bin/time -f '%U %S' -o "$DIR/client.cpu" "$TSH" scp "root@bench-tunnel:$DATA/src" "$DATA/dst" \
+          </dev/null >/dev/null 2>"$DIR/tsh-scp.err" ||
           die_with_logs "tsh scp failed" "$DIR/tsh-scp.err" "$DIR/proxy1.log" "$DIR/tnode.log"
       else
-        rscp sshd -q "root@127.0.0.1:$DATA/src" "$DATA/dst" || die_with_logs "scp from sshd failed"
+        /usr/bin/time -f '%U %S' -o "$DIR/client.cpu" scp "${SCP_sshd[@]}" -q "root@127.0.0.1:$DATA/src" "$DATA/dst" ||
+          die_with_logs "scp from sshd failed"
       fi
       t1=$(now_us)
+      sleep 0.3 # the session's processes reaped, their CPU time counted
+      # CPU seconds of each part of the path (servers with the children they reaped:
+      # sftp-server, sshd's per-connection processes), summed over the runs.
+      c=$(awk '{print $1 + $2}' "$DIR/client.cpu")
+      if [ "$which" = tsh ]; then
+        CPU_TSH=$(awk -v a="${CPU_TSH:-0}" -v c="$c" 'BEGIN {print a + c}')
+        CPU_PX=$((${CPU_PX:-0} + $(cpu_ticks "$PX_PID") - s0))
+        CPU_TN=$((${CPU_TN:-0} + $(cpu_ticks "$TN_PID") - s1))
+      else
+        CPU_SCP=$(awk -v a="${CPU_SCP:-0}" -v c="$c" 'BEGIN {print a + c}')
+        CPU_SSHD=$((${CPU_SSHD:-0} + $(cpu_ticks "$SSHD_PID") - s2))
+      fi
       # The checksum once per side (it costs seconds of CPU per GiB).
       if { [ "$which" = tsh ] && [ $checked_tsh = 0 ]; } || { [ "$which" = sshd ] && [ $checked_sshd = 0 ]; }; then
         [ "$(cksum <"$DATA/dst")" = "$SRC_SUM" ] || die_with_logs "scp via $which changed the file"
@@ -741,6 +758,9 @@ proxy_part() {
   echo "scp runs (MiB/s):$PX_SCP_ALL"
   echo "CPU per session open: proxy $(awk -v t="$PX_CPU" -v hz="$tck" -v n="$PROXY_RUNS" 'BEGIN {printf "%.1f", t * 1000 / hz / n}') ms," \
     "tunnelled agent (with the session's shell) $(awk -v t="$TN_CPU" -v hz="$tck" -v n="$PROXY_RUNS" 'BEGIN {printf "%.1f", t * 1000 / hz / n}') ms, tsh itself $TSH_CPU_MS ms."
+  per_gib() { awk -v v="$1" -v hz="$2" -v n="$SCP_RUNS" -v mb="$SCP_MB" 'BEGIN {printf "%.2f", v / hz / n / (mb / 1024)}'; }
+  echo "CPU seconds per GiB copied: tsh $(per_gib "$CPU_TSH" 1), proxy $(per_gib "$CPU_PX" "$tck"), tunnelled agent with sftp-server $(per_gib "$CPU_TN" "$tck");" \
+    "scp $(per_gib "$CPU_SCP" 1), sshd with sftp-server $(per_gib "$CPU_SSHD" "$tck")."
   echo "Proxy RSS (MiB): $(mib "$PX_BEFORE_RSS") with $TUNNEL_WARM tunnels, $(mib "$PX_AFTER_RSS") with $((TUNNEL_WARM + TUNNELS)), $(mib "$PX_HELD_RSS") after ${TUNNEL_HOLD} s;" \
     "PSS $(mib "$PX_BEFORE_PSS") -> $(mib "$PX_AFTER_PSS"); $PX_THREADS threads, $PX_FDS descriptors."
   echo "Tunnels the proxy logged as open: $PX_TUNNELS_HELD after the hold (the bench's tunnelled node included)." \
