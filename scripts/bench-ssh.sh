@@ -723,7 +723,9 @@ proxy_part() {
   PX_FDS=$(find "/proc/$PX_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
   # Held through several of the proxy's PINGs (every 5 s; 3 missed close a tunnel): the
   # tunnels stay registered only if they are answered.
-  sleep "$TUNNEL_HOLD"
+  # (In the background: a TERM to the script is then handled at once, not after it.)
+  sleep "$TUNNEL_HOLD" &
+  wait $!
   PX_HELD_RSS=$(kb_of VmRSS "$PX_PID")
   PX_TUNNELS_HELD=$(proxy_tunnels)
   kill -TERM "$TL_PID"
