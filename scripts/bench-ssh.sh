@@ -22,6 +22,24 @@
 #      sshd's, summed over its processes (it forks per connection). A session counts
 #      as open once its command (`sleep MARK`) runs under the server's process tree.
 #
+# Then (PROXY=1, the default; agent mode only) the path users take, beside the same stock
+# ssh/scp to the same sshd: a proxy joined to the cluster (`raftport start --roles=proxy`,
+# its own web, tunnel and SSH ports), a second node agent with `proxy_server` and no
+# listener (reached only through its reverse tunnel), a user `benchp` with a password
+# (invite redeemed by `tsh login --invite --no-otp`), `tsh login` (profile in the temp
+# dir), and:
+#   a. `tsh ssh root@bench-tunnel true` against `ssh ... true` to sshd: PROXY_N runs each,
+#      interleaved, median and p90; target: <= 2x;
+#   b. `tsh scp root@bench-tunnel:FILE .` against `scp` from sshd, SCP_MB MiB, best of
+#      SCP_RUNS, interleaved, cksum compared on the first copy of each; target: >= 0.7x;
+#      the CPU seconds per GiB of each process on either path are printed;
+#   c. the proxy's memory per idle reverse tunnel: build/tunnel-load signs
+#      TUNNEL_WARM + TUNNELS Node identities through auth (the admin identity of
+#      auth1's data dir), opens TUNNEL_WARM tunnels, then (baseline: the proxy's RSS and
+#      PSS) TUNNELS more, which it holds answering the proxy's PINGs (every 5 s here);
+#      the proxy's log must count them all, and must still after TUNNEL_HOLD seconds;
+#      (RSS after - RSS before) / TUNNELS; target: <= 64 KiB.
+#
 # Variables:
 #   BUILD       build directory (default build)
 #   RP_SERVER   agent (default): the real node agent; fixture: build/sshd-fixture, the
@@ -36,6 +54,13 @@
 #   PERF        a directory: `perf record` the agent during the session-open loop and
 #               the scp runs, reports written there (default: no profiling)
 #   BENCH_KEEP  1: keep the temp dir (configs, logs) instead of removing it
+#   DIRECT      0: skip the agent-beside-sshd part (1-3 above; default 1)
+#   PROXY       0: skip the proxy part (default 1)
+#   PROXY_N     session-open runs of the proxy part (default N)
+#   TUNNELS     idle tunnels measured (default 2000); TUNNEL_WARM opened before the
+#               baseline (default 50); TUNNEL_HOLD seconds they are held (default 20)
+#   PERF_ALL    1: with PERF, the proxy part profiles the whole machine (tsh is a new
+#               process each run), else the proxy and the tunnelled agent
 # On exit, failure or Ctrl-C every process the script started is stopped (by pid) and
 # the temp dirs are removed.
 set -euo pipefail
