@@ -17,7 +17,7 @@ TEST_LIBS := -lcriterion
 
 LIB_SRCS := $(wildcard lib/*.c raft/*.c state/*.c auth/*.c proxy/*.c agent/*.c tsh/*.c)
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
-TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/rpbench $(BUILD)/sshd-fixture
+TOOLS    := $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/rpbench $(BUILD)/sshd-fixture $(BUILD)/tunnel-load
 TESTLIB_SRCS := $(wildcard tests/lib/*.c)
 TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(BUILD)/obj/%.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
@@ -157,7 +157,7 @@ bench: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/rpbench
 
 # The node's SSH server beside stock sshd (scripts/bench-ssh.sh says what is measured).
 .PHONY: bench-ssh
-bench-ssh: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/sshd-fixture
+bench-ssh: $(BUILD)/raftport $(BUILD)/tctl $(BUILD)/tsh $(BUILD)/sshd-fixture $(BUILD)/tunnel-load
 	@BUILD=$(BUILD) scripts/bench-ssh.sh
 
 demo: all

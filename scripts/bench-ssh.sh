@@ -22,6 +22,24 @@
 #      sshd's, summed over its processes (it forks per connection). A session counts
 #      as open once its command (`sleep MARK`) runs under the server's process tree.
 #
+# Then (PROXY=1, the default; agent mode only) the path users take, beside the same stock
+# ssh/scp to the same sshd: a proxy joined to the cluster (`raftport start --roles=proxy`,
+# its own web, tunnel and SSH ports), a second node agent with `proxy_server` and no
+# listener (reached only through its reverse tunnel), a user `benchp` with a password
+# (invite redeemed by `tsh login --invite --no-otp`), `tsh login` (profile in the temp
+# dir), and:
+#   a. `tsh ssh root@bench-tunnel true` against `ssh ... true` to sshd: PROXY_N runs each,
+#      interleaved, median and p90; target: <= 2x;
+#   b. `tsh scp root@bench-tunnel:FILE .` against `scp` from sshd, SCP_MB MiB, best of
+#      SCP_RUNS, interleaved, cksum compared on the first copy of each; target: >= 0.7x;
+#      the CPU seconds per GiB of each process on either path are printed;
+#   c. the proxy's memory per idle reverse tunnel: build/tunnel-load signs
+#      TUNNEL_WARM + TUNNELS Node identities through auth (the admin identity of
+#      auth1's data dir), opens TUNNEL_WARM tunnels, then (baseline: the proxy's RSS and
+#      PSS) TUNNELS more, which it holds answering the proxy's PINGs (every 5 s here);
+#      the proxy's log must count them all, and must still after TUNNEL_HOLD seconds;
+#      (RSS after - RSS before) / TUNNELS; target: <= 64 KiB.
+#
 # Variables:
 #   BUILD       build directory (default build)
 #   RP_SERVER   agent (default): the real node agent; fixture: build/sshd-fixture, the
@@ -36,6 +54,13 @@
 #   PERF        a directory: `perf record` the agent during the session-open loop and
 #               the scp runs, reports written there (default: no profiling)
 #   BENCH_KEEP  1: keep the temp dir (configs, logs) instead of removing it
+#   DIRECT      0: skip the agent-beside-sshd part (1-3 above; default 1)
+#   PROXY       0: skip the proxy part (default 1)
+#   PROXY_N     session-open runs of the proxy part (default N)
+#   TUNNELS     idle tunnels measured (default 2000); TUNNEL_WARM opened before the
+#               baseline (default 50); TUNNEL_HOLD seconds they are held (default 20)
+#   PERF_ALL    1: with PERF, the proxy part profiles the whole machine (tsh is a new
+#               process each run), else the proxy and the tunnelled agent
 # On exit, failure or Ctrl-C every process the script started is stopped (by pid) and
 # the temp dirs are removed.
 set -euo pipefail
@@ -50,6 +75,12 @@ SCP_RUNS=${SCP_RUNS:-3}
 SESSIONS=${SESSIONS:-100}
 ROUNDS=${ROUNDS:-1}
 PERF=${PERF:-}
+DIRECT=${DIRECT:-1}
+PROXY=${PROXY:-1}
+PROXY_RUNS=${PROXY_N:-$RUNS}
+TUNNELS=${TUNNELS:-2000}
+TUNNEL_WARM=${TUNNEL_WARM:-50}
+TUNNEL_HOLD=${TUNNEL_HOLD:-20}
 case $RP_SERVER in agent | fixture) ;; *)
   echo "bench-ssh: RP_SERVER=$RP_SERVER: expected agent or fixture" >&2
   exit 2
@@ -326,6 +357,26 @@ perf_stop() { # label
   log "profile of our server during $1: $PERF/$1.txt"
 }
 
+# ---- helpers of both parts ----------------------------------------------------------------
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13 + $14 + $15}'; }
+own_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; } # without children
+stat_ms() { # file -> "median p90" in ms
+  sort -n "$1" | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.9+0.999)]; printf "%.1f %.1f", m/1000, p/1000}'
+}
+max() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
+kb_of() { # field (VmRSS from status, Pss from smaps_rollup) pid
+  if [ "$1" = VmRSS ]; then awk '/^VmRSS:/ {print $2}' "/proc/$2/status" 2>/dev/null || echo 0
+  else awk '/^Pss:/ {print $2}' "/proc/$2/smaps_rollup" 2>/dev/null || echo 0; fi
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
+verdict() { # ratio op bound
+  awk -v r="$1" -v op="$2" -v b="$3" 'BEGIN {ok = (op == "<=" ? r <= b : r >= b); print (ok ? "met" : "not met")}'
+}
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+settle() { sleep 2; } # lets the last session's allocations and the kernel's accounting land
+
+# ---- the direct part: the agent beside sshd (DIRECT=1) ------------------------------------
+direct_part() {
 # ---- 1. session open + `true` ------------------------------------------------------------------
 log "1. $RUNS session opens per server"
 : >"$DIR/t_ours"
@@ -333,8 +384,6 @@ log "1. $RUNS session opens per server"
 # CPU time of a server and of the children it reaped (sshd's per-connection processes,
 # either server's session shells), in clock ticks: steadier than wall time on a busy
 # machine.
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13 + $14 + $15}'; }
-own_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; } # without children
 CPU0_ours=$(cpu_ticks "$OUR_PID")
 OWN0_ours=$(own_ticks "$OUR_PID")
 CPU0_sshd=$(cpu_ticks "$SSHD_PID")
@@ -354,9 +403,6 @@ CPU_ours=$(($(cpu_ticks "$OUR_PID") - CPU0_ours))
 OWN_ours=$(($(own_ticks "$OUR_PID") - OWN0_ours))
 CPU_sshd=$(($(cpu_ticks "$SSHD_PID") - CPU0_sshd))
 perf_stop open
-stat_ms() { # file -> "median p90" in ms
-  sort -n "$1" | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; p=a[int(NR*0.9+0.999)]; printf "%.1f %.1f", m/1000, p/1000}'
-}
 read -r OURS_MED OURS_P90 <<<"$(stat_ms "$DIR/t_ours")"
 read -r SSHD_MED SSHD_P90 <<<"$(stat_ms "$DIR/t_sshd")"
 
@@ -374,7 +420,6 @@ scp_mbs() { # ours|sshd -> MiB/s of one download
   [ "$(cksum <"$DATA/dst")" = "$SRC_SUM" ] || die_with_logs "scp from $1 changed the file"
   awk -v mb="$SCP_MB" -v us=$((t1 - t0)) 'BEGIN {printf "%.1f", mb / (us / 1e6)}'
 }
-max() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b ? a : b)}'; }
 OURS_MBS=0
 SSHD_MBS=0
 SCP_ALL=""
@@ -393,10 +438,6 @@ rm -f "$DATA/src" "$DATA/dst"
 
 # ---- 3. memory ---------------------------------------------------------------------------------
 log "3. memory idle and with $SESSIONS open sessions"
-kb_of() { # field (VmRSS from status, Pss from smaps_rollup) pid
-  if [ "$1" = VmRSS ]; then awk '/^VmRSS:/ {print $2}' "/proc/$2/status" 2>/dev/null || echo 0
-  else awk '/^Pss:/ {print $2}' "/proc/$2/smaps_rollup" 2>/dev/null || echo 0; fi
-}
 sshd_sum() { # field -> summed over sshd's processes (not the sessions' commands)
   local total=0 p v
   for p in $(tree_ps "$SSHD_PID" | awk '$3 == "sshd" {print $1}'); do
@@ -433,7 +474,6 @@ hold_sessions() { # ours|sshd
   done
 }
 none_marked() { [ "$(count_marked "$1")" = 0 ]; }
-settle() { sleep 2; } # lets the last session's allocations and the kernel's accounting land
 
 settle
 OURS_IDLE_RSS=$(mem_of ours VmRSS)
@@ -471,11 +511,6 @@ SSHD_PROCS=$(tree_ps "$SSHD_PID" | awk '$3 == "sshd"' | wc -l)
 end_sessions "$SSHD_PID"
 
 # ---- the table -----------------------------------------------------------------------------
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
-verdict() { # ratio op bound
-  awk -v r="$1" -v op="$2" -v b="$3" 'BEGIN {ok = (op == "<=" ? r <= b : r >= b); print (ok ? "met" : "not met")}'
-}
-mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 R_MED=$(ratio "$OURS_MED" "$SSHD_MED")
 R_P90=$(ratio "$OURS_P90" "$SSHD_P90")
 R_SCP=$(ratio "$OURS_MBS" "$SSHD_MBS")
@@ -506,3 +541,273 @@ echo "$NAME: $OURS_OPEN sessions running (${OURS_LOGGED} logged by it), $OURS_TH
 echo "CPU per session open: the $NAME's own $OWN_OURS_MS ms of its $CPU_OURS_MS (the rest: the session's shell, run as root's login shell with its dotfiles); sshd's includes its shells too."
 echo "Negotiated: $NAME: $NEG_ours; sshd: $NEG_sshd"
 echo "Memory: $NAME counts its one process (the sessions' commands excluded); sshd sums its processes."
+}
+if [ "$DIRECT" = 1 ]; then direct_part; fi
+
+# ---- the proxy part: tsh through the proxy and a reverse tunnel beside ssh to sshd (PROXY=1) -----
+# A proxy joined to the bench's cluster (its own web, tunnel and SSH ports) and a second
+# node agent that has no listener and is reached only through its reverse tunnel to that
+# proxy; a user with a password (invite redeemed with tsh, --no-otp) logged in with tsh
+# (profile in $DIR/tsh-home). The proxy's keep_alive_interval is 5 s so that the tunnels
+# held for the memory figure have answered several PINGs when they are counted.
+start_proxy() {
+  local base js token pin tok
+  base=$(pick_ports 3)
+  PX_WEB=127.0.0.1:$base
+  PX_TUN=127.0.0.1:$((base + 1))
+  PX_SSH=127.0.0.1:$((base + 2))
+  js=$(tctl tokens add --type=proxy --ttl=10m --format=json)
+  token=$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")
+  pin=$(sed -nE 's/.*"ca_pin": "([^"]+)".*/\1/p' <<<"$js")
+  { [ -n "$token" ] && [ -n "$pin" ]; } || die_with_logs "tokens add gave no token or ca_pin: $js"
+  ( umask 077
+    cat >"$DIR/proxy1.yaml" <<YAML
+version: v3
+teleport:
+  nodename: bench-proxy
+  data_dir: $DIR/proxy1
+  auth_servers: [$(printf '127.0.0.1:%s, ' "${RP_API[@]}" | sed 's/, $//')]
+  ca_pin: $pin
+  join_params: {token_name: $token, method: token}
+  keep_alive_interval: 5s
+  log: {output: stderr, severity: INFO}
+proxy_service:
+  enabled: yes
+  web_listen_addr: $PX_WEB
+  tunnel_listen_addr: $PX_TUN
+  listen_addr: $PX_SSH
+YAML
+  )
+  log "starting the proxy (web $PX_WEB, tunnels $PX_TUN)"
+  "$RAFTPORT" start --roles=proxy -c "$DIR/proxy1.yaml" >>"$DIR/proxy1.log" 2>&1 </dev/null &
+  PX_PID=$!
+  PIDS+=("$PX_PID")
+  wait_for 60 grep -q "serving on" "$DIR/proxy1.log" ||
+    die_with_logs "the proxy did not start" "$DIR/proxy1.log"
+
+  js=$(tctl tokens add --type=node --ttl=10m --format=json)
+  token=$(sed -nE 's/.*"token": "([^"]+)".*/\1/p' <<<"$js")
+  ( umask 077
+    cat >"$DIR/tnode.yaml" <<YAML
+version: v3
+teleport:
+  nodename: bench-tunnel
+  data_dir: $DIR/tnode
+  proxy_server: $PX_WEB
+  ca_pin: $pin
+  join_params: {token_name: $token, method: token}
+  log: {output: stderr, severity: INFO}
+ssh_service:
+  enabled: yes
+  labels: {env: bench}
+YAML
+  )
+  log "starting a node agent reached only through its reverse tunnel"
+  "$RAFTPORT" start --roles=node -c "$DIR/tnode.yaml" >>"$DIR/tnode.log" 2>&1 </dev/null &
+  TN_PID=$!
+  PIDS+=("$TN_PID")
+  wait_for 60 grep -q "reverse tunnel to $PX_TUN established" "$DIR/tnode.log" ||
+    die_with_logs "the tunnelled node opened no tunnel to $PX_TUN" "$DIR/tnode.log" "$DIR/proxy1.log"
+
+  tok=$(tctl users add benchp --roles=bench --logins=root | grep -oE '[0-9a-f]{32}' | tail -n 1)
+  [ -n "$tok" ] || die_with_logs "tctl users add printed no invite token"
+  ( umask 077; head -c 18 /dev/urandom | base64 >"$DIR/benchp.password" )
+  export RAFTPORT_HOME="$DIR/tsh-home"
+  TSH="$BUILD/tsh"
+  "$TSH" login --proxy="$PX_WEB" --user=benchp --ca-pin="$pin" --invite="$tok" --no-otp \
+    <"$DIR/benchp.password" >"$DIR/tsh-login.log" 2>&1 ||
+    die_with_logs "tsh login --invite failed" "$DIR/tsh-login.log" "$DIR/proxy1.log"
+  "$TSH" login --proxy="$PX_WEB" --user=benchp --ca-pin="$pin" <"$DIR/benchp.password" \
+    >>"$DIR/tsh-login.log" 2>&1 || die_with_logs "tsh login failed" "$DIR/tsh-login.log"
+  wait_for 60 "$TSH" ssh root@bench-tunnel true || {
+    "$TSH" ssh root@bench-tunnel true || true
+    die_with_logs "no tsh ssh session through the proxy" "$DIR/proxy1.log" "$DIR/tnode.log"
+  }
+  log "tsh ssh root@bench-tunnel works through the proxy and the tunnel"
+}
+
+# Reverse tunnels the proxy holds, from its log: registered minus closed (the log says
+# each; the proxy has no other figure for it).
+proxy_tunnels() {
+  local opened closed
+  opened=$(grep -c "reverse tunnel of node .* from " "$DIR/proxy1.log" || true)
+  closed=$(grep -cE "reverse tunnel of node .* closed$|tunnel of node .* (replaced|ended|closed by)" "$DIR/proxy1.log" || true)
+  echo $((opened - closed))
+}
+
+proxy_part() {
+  start_proxy
+  # (a) session open + true
+  log "proxy a. $PROXY_RUNS session opens: tsh ssh through the proxy and tunnel, ssh to sshd"
+  : >"$DIR/t_tsh"
+  : >"$DIR/t_sshd2"
+  local i which order t0 t1 v s0 s1 s2 c
+  PX_CPU0=$(cpu_ticks "$PX_PID")
+  TN_CPU0=$(cpu_ticks "$TN_PID")
+  perf_start_pid tsh-open "$PX_PID,$TN_PID"
+  for i in $(seq 1 "$PROXY_RUNS"); do
+    order="tsh sshd"
+    [ $((i % 2)) = 0 ] && order="sshd tsh"
+    for which in $order; do
+      t0=$(now_us)
+      if [ "$which" = tsh ]; then
+        "$TSH" ssh root@bench-tunnel true || die_with_logs "tsh ssh true failed" "$DIR/proxy1.log" "$DIR/tnode.log"
+      else
+        rssh sshd true || die_with_logs "ssh true failed on sshd" "$DIR/sshd.log"
+      fi
+      t1=$(now_us)
+      echo $((t1 - t0)) >>"$DIR/t_$([ "$which" = tsh ] && echo tsh || echo sshd2)"
+    done
+  done
+  perf_stop tsh-open
+  PX_CPU=$(($(cpu_ticks "$PX_PID") - PX_CPU0))
+  TN_CPU=$(($(cpu_ticks "$TN_PID") - TN_CPU0))
+  read -r TSH_MED TSH_P90 <<<"$(stat_ms "$DIR/t_tsh")"
+  read -r SSHD2_MED SSHD2_P90 <<<"$(stat_ms "$DIR/t_sshd2")"
+  # What one tsh ssh costs on the client side (CPU of tsh itself, user + system), over
+  # 10 runs: /usr/bin/time counts in 10 ms steps.
+  TSH_CPU_MS=$( { /usr/bin/time -f '%U %S' sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do "$1" ssh root@bench-tunnel true || exit 1; done' sh "$TSH"; } 2>&1 >/dev/null |
+    tail -n 1 | awk '{printf "%.1f", ($1 + $2) * 1000 / 10}')
+
+  # (b) scp download
+  log "proxy b. scp of $SCP_MB MiB, $SCP_RUNS runs each: tsh scp through proxy and tunnel, scp from sshd"
+  head -c "$((SCP_MB * 1024 * 1024))" /dev/urandom >"$DATA/src"
+  SRC_SUM=$(cksum <"$DATA/src")
+  TSH_MBS=0
+  SSHD2_MBS=0
+  PX_SCP_ALL=""
+  local checked_tsh=0 checked_sshd=0
+  perf_start_pid tsh-scp "$PX_PID,$TN_PID"
+  for i in $(seq 1 "$SCP_RUNS"); do
+    order="tsh sshd"
+    [ $((i % 2)) = 0 ] && order="sshd tsh"
+    for which in $order; do
+      rm -f "$DATA/dst"
+      s0=$(cpu_ticks "$PX_PID")
+      s1=$(cpu_ticks "$TN_PID")
+      s2=$(cpu_ticks "$SSHD_PID")
+      t0=$(now_us)
+      if [ "$which" = tsh ]; then
+        /usr/bin/time -f '%U %S' -o "$DIR/client.cpu" "$TSH" scp "root@bench-tunnel:$DATA/src" "$DATA/dst" \
+          </dev/null >/dev/null 2>"$DIR/tsh-scp.err" ||
+          die_with_logs "tsh scp failed" "$DIR/tsh-scp.err" "$DIR/proxy1.log" "$DIR/tnode.log"
+      else
+        /usr/bin/time -f '%U %S' -o "$DIR/client.cpu" scp "${SCP_sshd[@]}" -q "root@127.0.0.1:$DATA/src" "$DATA/dst" ||
+          die_with_logs "scp from sshd failed"
+      fi
+      t1=$(now_us)
+      sleep 0.3 # the session's processes reaped, their CPU time counted
+      # CPU seconds of each part of the path (servers with the children they reaped:
+      # sftp-server, sshd's per-connection processes), summed over the runs.
+      c=$(awk '{print $1 + $2}' "$DIR/client.cpu")
+      if [ "$which" = tsh ]; then
+        CPU_TSH=$(awk -v a="${CPU_TSH:-0}" -v c="$c" 'BEGIN {print a + c}')
+        CPU_PX=$((${CPU_PX:-0} + $(cpu_ticks "$PX_PID") - s0))
+        CPU_TN=$((${CPU_TN:-0} + $(cpu_ticks "$TN_PID") - s1))
+      else
+        CPU_SCP=$(awk -v a="${CPU_SCP:-0}" -v c="$c" 'BEGIN {print a + c}')
+        CPU_SSHD=$((${CPU_SSHD:-0} + $(cpu_ticks "$SSHD_PID") - s2))
+      fi
+      # The checksum once per side (it costs seconds of CPU per GiB).
+      if { [ "$which" = tsh ] && [ $checked_tsh = 0 ]; } || { [ "$which" = sshd ] && [ $checked_sshd = 0 ]; }; then
+        [ "$(cksum <"$DATA/dst")" = "$SRC_SUM" ] || die_with_logs "scp via $which changed the file"
+        if [ "$which" = tsh ]; then checked_tsh=1; else checked_sshd=1; fi
+      fi
+      v=$(awk -v mb="$SCP_MB" -v us=$((t1 - t0)) 'BEGIN {printf "%.1f", mb / (us / 1e6)}')
+      PX_SCP_ALL="$PX_SCP_ALL $which=$v"
+      if [ "$which" = tsh ]; then TSH_MBS=$(max "$TSH_MBS" "$v"); else SSHD2_MBS=$(max "$SSHD2_MBS" "$v"); fi
+    done
+  done
+  perf_stop tsh-scp
+  rm -f "$DATA/src" "$DATA/dst"
+
+  # (c) memory per idle tunnel
+  log "proxy c. the proxy's memory with $TUNNEL_WARM, then $((TUNNEL_WARM + TUNNELS)) idle tunnels"
+  local want
+  "$BUILD/tunnel-load" --data-dir="$DIR/auth1" --auth="127.0.0.1:${RP_API[0]}" --proxy="$PX_TUN" \
+    --tunnels="$TUNNELS" --warm="$TUNNEL_WARM" >"$DIR/tload.out" 2>"$DIR/tload.err" </dev/null &
+  TL_PID=$!
+  CLIENT_PIDS+=("$TL_PID")
+  PX_T0=$(proxy_tunnels)
+  want=$((PX_T0 + TUNNEL_WARM))
+  tunnels_are() { [ "$(proxy_tunnels)" -ge "$1" ]; }
+  wait_for 300 grep -q "warm $TUNNEL_WARM open" "$DIR/tload.out" ||
+    die_with_logs "tunnel-load did not open its first $TUNNEL_WARM tunnels" "$DIR/tload.err" "$DIR/tload.out" "$DIR/proxy1.log"
+  wait_for 30 tunnels_are "$want" || die_with_logs "the proxy logged $(proxy_tunnels) tunnels, not $want" "$DIR/proxy1.log"
+  settle
+  PX_BEFORE_RSS=$(kb_of VmRSS "$PX_PID")
+  PX_BEFORE_PSS=$(kb_of Pss "$PX_PID")
+  kill -USR1 "$TL_PID"
+  want=$((PX_T0 + TUNNEL_WARM + TUNNELS))
+  wait_for 600 grep -qE "^tunnel-load: $((TUNNEL_WARM + TUNNELS)) open" "$DIR/tload.out" ||
+    die_with_logs "tunnel-load did not open its $TUNNELS tunnels" "$DIR/tload.err" "$DIR/tload.out" "$DIR/proxy1.log"
+  wait_for 60 tunnels_are "$want" || die_with_logs "the proxy logged $(proxy_tunnels) tunnels, not $want" "$DIR/proxy1.log"
+  settle
+  PX_AFTER_RSS=$(kb_of VmRSS "$PX_PID")
+  PX_AFTER_PSS=$(kb_of Pss "$PX_PID")
+  PX_THREADS=$(awk '/^Threads:/ {print $2}' "/proc/$PX_PID/status")
+  PX_FDS=$(find "/proc/$PX_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+  # Held through several of the proxy's PINGs (every 5 s; 3 missed close a tunnel): the
+  # tunnels stay registered only if they are answered.
+  # (In the background: a TERM to the script is then handled at once, not after it.)
+  sleep "$TUNNEL_HOLD" &
+  wait $!
+  PX_HELD_RSS=$(kb_of VmRSS "$PX_PID")
+  PX_TUNNELS_HELD=$(proxy_tunnels)
+  [ "$PX_TUNNELS_HELD" -ge "$want" ] ||
+    log "WARNING: the proxy lost tunnels while they were held: $PX_TUNNELS_HELD of $want left (see $DIR/tload.out)"
+  kill -TERM "$TL_PID"
+  wait "$TL_PID" || true
+  TL_SUMMARY=$(grep "still open" "$DIR/tload.out" || echo "tunnel-load printed no summary")
+  TL_SIGNED=$(grep "identities signed" "$DIR/tload.err" || true)
+  TL_OPENED=$(grep -E "^tunnel-load: $((TUNNEL_WARM + TUNNELS)) open" "$DIR/tload.out" || true)
+  PER_RSS=$(awk -v a="$PX_AFTER_RSS" -v b="$PX_BEFORE_RSS" -v n="$TUNNELS" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
+  PER_PSS=$(awk -v a="$PX_AFTER_PSS" -v b="$PX_BEFORE_PSS" -v n="$TUNNELS" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
+  PER_HELD=$(awk -v a="$PX_HELD_RSS" -v b="$PX_BEFORE_RSS" -v n="$TUNNELS" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
+
+  local r_med r_p90 r_scp kib_rss kib_pss kib_held tck
+  r_med=$(ratio "$TSH_MED" "$SSHD2_MED")
+  r_p90=$(ratio "$TSH_P90" "$SSHD2_P90")
+  r_scp=$(ratio "$TSH_MBS" "$SSHD2_MBS")
+  kib_rss=$(awk -v b="$PER_RSS" 'BEGIN {printf "%.1f", b / 1024}')
+  kib_pss=$(awk -v b="$PER_PSS" 'BEGIN {printf "%.1f", b / 1024}')
+  kib_held=$(awk -v b="$PER_HELD" 'BEGIN {printf "%.1f", b / 1024}')
+  tck=$(getconf CLK_TCK)
+  echo
+  echo "Proxy, tsh and tunnels: tsh through raftport proxy + reverse tunnel vs stock ssh/scp to stock sshd ($(ssh -V 2>&1 | cut -d, -f1))"
+  echo "$(nproc) CPUs; load average $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end;" \
+    "N=$PROXY_RUNS, scp $SCP_MB MiB x $SCP_RUNS, $TUNNELS idle tunnels (after $TUNNEL_WARM)"
+  prow() { printf '%-44s %12s %12s %7s %-9s %s\n' "$@"; }
+  prow "measure" "tsh+proxy" "ssh/sshd" "ratio" "target" "verdict"
+  prow "session open + true, median (ms)" "$TSH_MED" "$SSHD2_MED" "$r_med" "<= 2" "$(verdict "$r_med" "<=" 2)"
+  prow "session open + true, p90 (ms)" "$TSH_P90" "$SSHD2_P90" "$r_p90" "<= 2" "$(verdict "$r_p90" "<=" 2)"
+  prow "scp download, best (MiB/s)" "$TSH_MBS" "$SSHD2_MBS" "$r_scp" ">= 0.7" "$(verdict "$r_scp" ">=" 0.7)"
+  prow "proxy memory per idle tunnel, RSS (KiB)" "$kib_rss" "" "" "<= 64" "$(awk -v k="$kib_rss" 'BEGIN {print (k <= 64 ? "met" : "not met")}')"
+  prow "proxy memory per idle tunnel, PSS (KiB)" "$kib_pss" "" "" "" ""
+  prow "  the same after ${TUNNEL_HOLD} s of PINGs, RSS (KiB)" "$kib_held" "" "" "" ""
+  echo "scp runs (MiB/s):$PX_SCP_ALL"
+  echo "CPU per session open: proxy $(awk -v t="$PX_CPU" -v hz="$tck" -v n="$PROXY_RUNS" 'BEGIN {printf "%.1f", t * 1000 / hz / n}') ms," \
+    "tunnelled agent (with the session's shell) $(awk -v t="$TN_CPU" -v hz="$tck" -v n="$PROXY_RUNS" 'BEGIN {printf "%.1f", t * 1000 / hz / n}') ms, tsh itself $TSH_CPU_MS ms."
+  per_gib() { awk -v v="$1" -v hz="$2" -v n="$SCP_RUNS" -v mb="$SCP_MB" 'BEGIN {printf "%.2f", v / hz / n / (mb / 1024)}'; }
+  echo "CPU seconds per GiB copied: tsh $(per_gib "$CPU_TSH" 1), proxy $(per_gib "$CPU_PX" "$tck"), tunnelled agent with sftp-server $(per_gib "$CPU_TN" "$tck");" \
+    "scp $(per_gib "$CPU_SCP" 1), sshd with sftp-server $(per_gib "$CPU_SSHD" "$tck")."
+  echo "Proxy RSS (MiB): $(mib "$PX_BEFORE_RSS") with $TUNNEL_WARM tunnels, $(mib "$PX_AFTER_RSS") with $((TUNNEL_WARM + TUNNELS)), $(mib "$PX_HELD_RSS") after ${TUNNEL_HOLD} s;" \
+    "PSS $(mib "$PX_BEFORE_PSS") -> $(mib "$PX_AFTER_PSS"); $PX_THREADS threads, $PX_FDS descriptors."
+  echo "Tunnels the proxy logged as open: $PX_TUNNELS_HELD after the hold (the bench's tunnelled node included)." \
+    "${TL_SIGNED#tunnel-load: }; ${TL_OPENED#tunnel-load: }; ${TL_SUMMARY#tunnel-load: }."
+}
+
+perf_start_pid() { # label pid: profiles that process (and its children) until perf_stop
+  [ -n "$PERF" ] || return 0
+  mkdir -p "$PERF"
+  # PERF_ALL=1: the whole machine (tsh is a new process each run), else the given pids.
+  local target=(-p "$2")
+  [ "${PERF_ALL:-0}" = 1 ] && target=(-a)
+  perf record -g -F 499 "${target[@]}" -o "$PERF/$1.data" >"$PERF/$1.record.log" 2>&1 &
+  PERF_PID=$!
+  sleep 0.5
+}
+
+if [ "$PROXY" = 1 ]; then
+  if [ "$RP_SERVER" = agent ]; then proxy_part; else log "the proxy part needs RP_SERVER=agent: skipped"; fi
+fi
