@@ -746,8 +746,7 @@ int auth_h_emit_events(struct auth_req *r, struct rp_buf *out)
     rp_buf_init(&packed);
     for (uint32_t i = 0; i < evs->via.array.size && rv == 0; i++)
         rv = admit_event(&evs->via.array.ptr[i], i, r->caller->host_id,
-                         rp_identity_is(r->caller, RP_SYS_PROXY) ? EMIT_PROXY : EMIT_NODE,
-                         &packed);
+                         rp_identity_is(r->caller, RP_SYS_PROXY) ? EMIT_PROXY : EMIT_NODE, &packed);
     if (rv == 0)
         rv = audit_append_answer(r->srv, rid, &packed, evs->via.array.size, out);
     rp_buf_free(&packed);

@@ -72,8 +72,7 @@ int auth_pinned_call(const char *addr, const char *pin, const void *req, size_t 
  * joining through a proxy offers "teleport-auth@" (AUTH_ALPN_VIA_PROXY), which the proxy
  * passes through to auth untouched. */
 int auth_pinned_call_alpn(const char *addr, const char *alpn, const char *pin, const void *req,
-                          size_t len, int timeout_ms, struct rp_buf *frame,
-                          msgpack_unpacked *resp);
+                          size_t len, int timeout_ms, struct rp_buf *frame, msgpack_unpacked *resp);
 /* The ALPN protocol that makes a proxy pass a connection through to auth (design: the
  * proxy reads it from the ClientHello and terminates nothing). */
 #define AUTH_ALPN_VIA_PROXY "teleport-auth@"

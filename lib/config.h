@@ -103,14 +103,14 @@ struct rp_config {
     char *auth_server;   /* host:port */
     char **auth_servers; /* teleport.auth_servers (and --auth-server=A,B), in order */
     size_t n_auth_servers;
-    char *ca_pin;       /* "sha256:<64 hex>" */
+    char *ca_pin; /* "sha256:<64 hex>" */
     /* teleport.proxy_server (and --proxy-server): an agent in proxy mode reaches auth
      * through this proxy (ALPN teleport-auth@) and serves SSH over a reverse tunnel to
      * it. Excludes auth_server/auth_servers. */
     char *proxy_server;
     uint64_t keep_alive_interval_ms; /* teleport.keep_alive_interval; default 30s, 1s..1h */
-    char *join_token;   /* join_params.token_name */
-    char *log_severity; /* default "INFO" */
+    char *join_token;                /* join_params.token_name */
+    char *log_severity;              /* default "INFO" */
     /* auth_service: */
     bool auth_enabled;
     char *cluster_name;

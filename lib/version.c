@@ -56,8 +56,9 @@ static void pick_self(void)
         if (self_version == NULL)
             self_version = RP_VERSION;
     } else {
-        fprintf(stderr, "warning: RAFTPORT_VERSION_OVERRIDE='%.40s' is not MAJOR.MINOR.PATCH; "
-                        "announcing %s\n",
+        fprintf(stderr,
+                "warning: RAFTPORT_VERSION_OVERRIDE='%.40s' is not MAJOR.MINOR.PATCH; "
+                "announcing %s\n",
                 o, RP_VERSION);
     }
 }

@@ -32,9 +32,9 @@ void rp_version_min_client(const char *server, char *out, unsigned outlen);
 
 enum rp_version_verdict {
     RP_VERSION_OK = 0,
-    RP_VERSION_TOO_OLD,   /* the peer is more than one major behind */
-    RP_VERSION_TOO_NEW,   /* the peer is on a newer major */
-    RP_VERSION_UNPARSED,  /* the peer's version did not parse */
+    RP_VERSION_TOO_OLD,  /* the peer is more than one major behind */
+    RP_VERSION_TOO_NEW,  /* the peer is on a newer major */
+    RP_VERSION_UNPARSED, /* the peer's version did not parse */
 };
 /* How a server of version @server judges a client of version @client. */
 enum rp_version_verdict rp_version_check_client(const char *server, const char *client);
@@ -42,7 +42,7 @@ enum rp_version_verdict rp_version_check_client(const char *server, const char *
  * older major is RP_VERSION_TOO_OLD; a newer major than self+1 is RP_VERSION_TOO_NEW. */
 enum rp_version_verdict rp_version_check_auth(const char *self, const char *auth);
 /* A sentence for a verdict (for logs and errors), naming both versions, into @out. */
-void rp_version_explain(enum rp_version_verdict v, const char *ours, const char *theirs,
-                        char *out, unsigned outlen);
+void rp_version_explain(enum rp_version_verdict v, const char *ours, const char *theirs, char *out,
+                        unsigned outlen);
 
 #endif

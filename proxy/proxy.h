@@ -79,7 +79,8 @@ void px_route_free(struct px_route *r);
  * ":PORT" after a hostname or host id is ignored) and checks that @user may reach it
  * as @login (roles: node labels and logins, deny first; locks on the user, its roles,
  * the login and the node). RP_ENOTFOUND "no node named ...", RP_EINVAL "... names N
- * nodes: use the host id", RP_EDENIED (roles or a lock refuse; the message says which; the caller audits it). */
+ * nodes: use the host id", RP_EDENIED (roles or a lock refuse; the message says which; the caller
+ * audits it). */
 int proxy_route_find(struct proxy *p, const struct rp_identity *user, const char *login,
                      const char *target, struct px_route *out);
 /* Opens a byte stream to the node of @r: its reverse tunnel if it has one to this proxy,

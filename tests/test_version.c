@@ -20,8 +20,8 @@ Test(version, well_formed_versions_parse)
 
 Test(version, malformed_versions_are_refused_with_the_expected_form)
 {
-    static const char *const bad[] = {"", "1", "1.2", "1.2.", "a.b.c", "1.2.3x", "1..3",
-                                      "99999999.0.0", "-1.0.0", " 1.0.0"};
+    static const char *const bad[] = {"",       "1",    "1.2",          "1.2.",   "a.b.c",
+                                      "1.2.3x", "1..3", "99999999.0.0", "-1.0.0", " 1.0.0"};
     struct rp_version v;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cr_expect_eq(rp_version_parse(bad[i], &v), RP_EINVAL, "'%s' parsed", bad[i]);

@@ -591,8 +591,9 @@ static int login_invite(const struct tsh_globals *g, const char *proxy, const ch
     /* "optional": each user chooses; an invite enrols one, as the issue asks. */
     bool otp = strcmp(second_factor, "off") != 0;
     if (no_otp && strcmp(second_factor, "optional") != 0 && otp) {
-        fprintf(stderr, "tsh login: --no-otp: the cluster requires a second factor (%s); "
-                        "enrol one instead\n",
+        fprintf(stderr,
+                "tsh login: --no-otp: the cluster requires a second factor (%s); "
+                "enrol one instead\n",
                 second_factor);
         goto out;
     }
