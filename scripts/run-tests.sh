@@ -8,7 +8,23 @@ set -uo pipefail
 # stdout cannot stall the run; a binary that hangs is stopped after TEST_TIMEOUT s.
 TEST_TIMEOUT=${TEST_TIMEOUT:-900}
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+janitor=
+trap 'rm -rf "$tmp"; [ -n "$janitor" ] && kill "$janitor" 2>/dev/null' EXIT
+
+# The tests' SSH sessions run as root, and bash sources root's ~/.bashrc for commands
+# that come over SSH. Where that runs `pyenv init` (these machines install Python with
+# pyenv), each shell takes pyenv's rehash lock for a moment; a session a test kills in
+# that moment leaves the lock behind, and every later shell then waits 60 s for it and
+# prints an error. A lock older than 10 s is such a leftover: remove it while tests run.
+pyenv_lock="${PYENV_ROOT:-$HOME/.pyenv}/shims/.pyenv-shim"
+if [ -d "$(dirname "$pyenv_lock")" ]; then
+  ( while sleep 2; do
+      if [ -e "$pyenv_lock" ] && [ $(($(date +%s) - $(stat -c %Y "$pyenv_lock" 2>/dev/null || date +%s))) -gt 10 ]; then
+        rm -f "$pyenv_lock"
+      fi
+    done ) &
+  janitor=$!
+fi
 passed=0; failed=0; bad=()
 for t in "$@"; do
   name=$(basename "$t")
