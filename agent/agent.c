@@ -32,29 +32,6 @@
 #include "lib/mp.h"
 #include "lib/util.h"
 
-#define EVENT_QUEUE_MAX 10000 /* audit events waiting for auth; the oldest go first */
-#define EVENT_MAX_BYTES AUTH_EMIT_MAX_EVENT_BYTES
-
-struct queued_event {
-    uint8_t *p;
-    size_t len;
-};
-
-/* Audit events of the SSH server on their way to auth (emit_events), sent by a
- * thread of their own so that a session never waits for auth. */
-struct event_sender {
-    struct agent_ident *id;
-    const char *const *addrs;
-    size_t n_addrs;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct queued_event *q; /* ring of EVENT_QUEUE_MAX */
-    size_t head, n;
-    uint64_t dropped;
-    bool stop;
-    pthread_t thread;
-};
-
 struct agent_run {
     const struct rp_config *cfg;
     const char *version;
@@ -62,7 +39,7 @@ struct agent_run {
     struct agent_cache *cache;
     struct agent_follow *follow;
     struct agent_presence *presence;
-    struct event_sender events;
+    struct agent_events *events;
     struct agent_authority authority;         /* over cache; borrowed by the SSH server */
     struct agent_recorder *services_recorder; /* set while the services run */
     const char *addrs[RP_CONFIG_MAX_AUTH_SERVERS + 1];
@@ -79,166 +56,6 @@ struct agent_run {
     struct auth_client *upload_client;
     uint64_t upload_generation;
 };
-
-/* ---- audit events ------------------------------------------------------------------ */
-
-/* The audit sink of agent/sshd.h: copies @event (one msgpack map) into the queue.
- * Never blocks on auth. Thread-safe. */
-int agent_emit(void *arg, const void *event, size_t len)
-{
-    struct event_sender *s = arg;
-    if (len == 0 || len > EVENT_MAX_BYTES)
-        return rp_err(RP_ETOOBIG, "audit event of %zu bytes (1 to %d)", len, EVENT_MAX_BYTES);
-    uint8_t *copy = malloc(len);
-    if (copy == NULL)
-        return rp_err(RP_ENOMEM, "audit event");
-    memcpy(copy, event, len);
-    pthread_mutex_lock(&s->mu);
-    if (s->n == EVENT_QUEUE_MAX) {
-        free(s->q[s->head].p);
-        s->head = (s->head + 1) % EVENT_QUEUE_MAX;
-        s->n--;
-        s->dropped++;
-    }
-    s->q[(s->head + s->n) % EVENT_QUEUE_MAX] = (struct queued_event){copy, len};
-    s->n++;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    return 0;
-}
-
-/* Sends up to EVENT_BATCH_MAX queued events in one emit_events; removes them on
- * success. Called without the lock held. */
-static int send_batch(struct event_sender *s, struct auth_client *c)
-{
-    struct rp_buf arr;
-    msgpack_packer pk;
-    rp_buf_init(&arr);
-    rp_mp_packer_init(&pk, &arr);
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->n < AUTH_EMIT_MAX_EVENTS ? s->n : AUTH_EMIT_MAX_EVENTS;
-    msgpack_pack_array(&pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) {
-        const struct queued_event *e = &s->q[(s->head + i) % EVENT_QUEUE_MAX];
-        rp_buf_append(&arr, e->p, e->len);
-    }
-    pthread_mutex_unlock(&s->mu);
-    int rv = auth_client_emit_events(c, arr.data, arr.len, NULL);
-    rp_buf_free(&arr);
-    if (rv != 0 && rv != RP_EINVAL && rv != RP_EDENIED && rv != RP_ETOOBIG)
-        return rv; /* auth away: keep them for the next try */
-    if (rv != 0)
-        rp_warn("agent", "auth refused %zu audit events (%s); dropped", n, rp_errmsg());
-    /* Only the first n can have been sent: emit only appends, and drops from the
-     * head only when full, which may have dropped some of ours: take what is left. */
-    pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; i < n && s->n > 0; i++) {
-        free(s->q[s->head].p);
-        s->head = (s->head + 1) % EVENT_QUEUE_MAX;
-        s->n--;
-    }
-    pthread_mutex_unlock(&s->mu);
-    return 0;
-}
-
-static void *events_main(void *arg)
-{
-    struct event_sender *s = arg;
-    struct auth_client *c = NULL;
-    uint64_t generation = 0, backoff = 500;
-    pthread_mutex_lock(&s->mu);
-    for (;;) {
-        while (!s->stop && s->n == 0)
-            pthread_cond_wait(&s->cv, &s->mu);
-        if (s->n == 0)
-            break; /* stopping with nothing left */
-        if (s->dropped > 0) {
-            rp_warn("agent",
-                    "%llu audit events were dropped: auth was away and the queue "
-                    "holds %d",
-                    (unsigned long long)s->dropped, EVENT_QUEUE_MAX);
-            s->dropped = 0;
-        }
-        bool stopping = s->stop;
-        pthread_mutex_unlock(&s->mu);
-        uint64_t gen;
-        SSL_CTX *ctx = agent_ident_ctx(s->id, &gen);
-        if (c == NULL || gen != generation) {
-            auth_client_free(c);
-            c = NULL;
-            if (auth_client_new(&c, ctx, s->addrs, s->n_addrs) == 0)
-                auth_client_set_timeout(c, 5000);
-            generation = gen;
-        }
-        SSL_CTX_free(ctx);
-        int rv = c ? send_batch(s, c) : RP_ENOMEM;
-        if (rv != 0) {
-            if (stopping) {
-                rp_warn("agent", "stopping with audit events auth did not take: %s", rp_errmsg());
-                pthread_mutex_lock(&s->mu);
-                break;
-            }
-            uint64_t d = rp_jitter_ms(backoff);
-            backoff = backoff * 2 > 30000 ? 30000 : backoff * 2;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += (time_t)(d / 1000);
-            ts.tv_nsec += (long)(d % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_mutex_lock(&s->mu);
-            if (!s->stop)
-                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-            continue;
-        }
-        backoff = 500;
-        pthread_mutex_lock(&s->mu);
-    }
-    for (; s->n > 0; s->n--) {
-        free(s->q[s->head].p);
-        s->head = (s->head + 1) % EVENT_QUEUE_MAX;
-    }
-    pthread_mutex_unlock(&s->mu);
-    auth_client_free(c);
-    return NULL;
-}
-
-static int events_start(struct event_sender *s, struct agent_ident *id, const char *const *addrs,
-                        size_t n_addrs)
-{
-    memset(s, 0, sizeof *s);
-    s->id = id;
-    s->addrs = addrs;
-    s->n_addrs = n_addrs;
-    if ((s->q = calloc(EVENT_QUEUE_MAX, sizeof *s->q)) == NULL)
-        return rp_err(RP_ENOMEM, "audit queue");
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
-    if (pthread_create(&s->thread, NULL, events_main, s) != 0) {
-        free(s->q);
-        s->q = NULL;
-        return rp_err(RP_ENOMEM, "audit sender thread");
-    }
-    return 0;
-}
-
-/* Sends what is queued (one more try), then stops the sender. */
-static void events_stop(struct event_sender *s)
-{
-    if (s->q == NULL)
-        return;
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cv);
-    free(s->q);
-    s->q = NULL;
-}
 
 /* ---- recordings ---------------------------------------------------------------------- */
 
@@ -370,7 +187,7 @@ static int services_start(struct agent_run *a, struct services *sv)
                                 .authority = &a->authority,
                                 .recording = &sv->rec_table,
                                 .emit = agent_emit,
-                                .emit_arg = &a->events,
+                                .emit_arg = a->events,
                                 .accept_env = (const char *const *)a->cfg->accept_env,
                                 .n_accept_env = a->cfg->n_accept_env,
                                 .auth_deadline_ms = a->cfg->auth_deadline_ms};
@@ -603,7 +420,7 @@ int agent_main(const struct rp_config *cfg, const char *version)
     a->authority = agent_cache_authority(a->cache);
     a->authority.on_change(a->authority.arg, on_cache_change, a);
 
-    if ((rv = events_start(&a->events, &a->id, a->addrs, a->n_addrs)) != 0 ||
+    if ((rv = agent_events_start(&a->events, "agent", &a->id, a->addrs, a->n_addrs)) != 0 ||
         (rv = agent_follow_start(&a->follow, a->cache, &a->id, a->addrs, a->n_addrs,
                                  AGENT_MAX_BACKOFF_MS)) != 0 ||
         (rv = agent_presence_start(&a->presence, cfg, &a->id, a->cache, version)) != 0 ||
@@ -632,7 +449,7 @@ out_stop:
     agent_presence_stop(a->presence);
     agent_follow_stop(a->follow);
     services_stop(a, &sv, cfg->shutdown_grace_ms);
-    events_stop(&a->events);
+    agent_events_stop(a->events);
     auth_client_free(a->upload_client);
     agent_cache_free(a->cache);
     if (code == 0)

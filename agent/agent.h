@@ -44,8 +44,18 @@ int agent_main(const struct rp_config *cfg, const char *version);
 
 /* ---- what the agent hands the SSH server and the recorder (agent/agent.c) --------------- */
 
-/* The audit sink of agent/sshd.h (arg: the agent's event sender): queues one event (a
- * msgpack map of at most 64 KiB) for emit_events; never blocks on auth. */
+/* Audit events on their way to auth (agent/events.c), for the agent and the proxy: a
+ * queue of at most 10,000 events drained by a thread of its own that calls
+ * emit_events with @id's identity on @addrs (borrowed until stop), backing off with
+ * jitter while auth is away. @who tags its log lines. */
+struct agent_events;
+struct agent_ident;
+int agent_events_start(struct agent_events **out, const char *who, struct agent_ident *id,
+                       const char *const *addrs, size_t n_addrs);
+/* Sends what is queued (one more try), then stops the sender. NULL is fine. */
+void agent_events_stop(struct agent_events *s);
+/* The audit sink of agent/sshd.h (arg: a struct agent_events): queues one event (a
+ * msgpack map of at most 64 KiB) for emit_events; never blocks on auth. Thread-safe. */
 int agent_emit(void *arg, const void *event, size_t len);
 /* The upload function of agent/recorder.h (arg: the agent): one rec_put. */
 int agent_upload(void *arg, const char *sid, uint64_t seq, const void *data, size_t len, bool last,

@@ -42,19 +42,12 @@
 #define WORKERS 16
 #define WORK_QUEUE_MAX 1024
 #define CLIENT_POOL_MAX (WORKERS + 4)
-#define EVENT_QUEUE_MAX 10000
-#define EVENT_MAX_BYTES AUTH_EMIT_MAX_EVENT_BYTES
 /* How long start-up waits for the first auth server to answer ping. */
 #define PING_DEADLINE_MS 15000
 
 struct job {
     void (*fn)(void *arg);
     void *arg;
-};
-
-struct event {
-    uint8_t *p;
-    size_t len;
 };
 
 struct proxy {
@@ -90,16 +83,14 @@ struct proxy {
     uint64_t client_gen[CLIENT_POOL_MAX];
     size_t n_clients;
 
-    /* audit events, and the heartbeat: one thread each, woken by @bg_cv */
+    struct agent_events *events; /* audit events on their way to auth */
+
+    /* the heartbeat's thread, woken by @bg_cv */
     pthread_mutex_t bg_mu;
     pthread_cond_t bg_cv;
     bool bg_stop;
-    struct event *events; /* ring of EVENT_QUEUE_MAX */
-    size_t ev_head, n_events;
-    uint64_t ev_dropped;
-    bool emit_refused_logged;
-    pthread_t emit_thread, hb_thread;
-    bool emit_started, hb_started;
+    pthread_t hb_thread;
+    bool hb_started;
 };
 
 /* ---- accessors ------------------------------------------------------------------------- */
@@ -358,60 +349,9 @@ int proxy_auth_call(struct proxy *p, const char *method, const void *req, size_t
 
 int proxy_emit(struct proxy *p, const void *event, size_t len)
 {
-    if (len == 0 || len > EVENT_MAX_BYTES)
-        return rp_err(RP_ETOOBIG, "audit event of %zu bytes (1 to %d)", len, EVENT_MAX_BYTES);
-    uint8_t *copy = malloc(len);
-    if (copy == NULL)
-        return rp_err(RP_ENOMEM, "audit event");
-    memcpy(copy, event, len);
-    pthread_mutex_lock(&p->bg_mu);
-    if (p->n_events == EVENT_QUEUE_MAX) {
-        /* Auth is away long enough to fill the queue: the oldest go first. */
-        free(p->events[p->ev_head].p);
-        p->ev_head = (p->ev_head + 1) % EVENT_QUEUE_MAX;
-        p->n_events--;
-        p->ev_dropped++;
-    }
-    p->events[(p->ev_head + p->n_events) % EVENT_QUEUE_MAX] = (struct event){copy, len};
-    p->n_events++;
-    pthread_cond_broadcast(&p->bg_cv);
-    pthread_mutex_unlock(&p->bg_mu);
-    return 0;
-}
-
-/* Sends up to AUTH_EMIT_MAX_EVENTS queued events; drops them once auth answered (also
- * when it refused them: a refusal will not change on retry). */
-static int send_events(struct proxy *p, struct auth_client *c)
-{
-    struct rp_buf arr;
-    msgpack_packer pk;
-    rp_buf_init(&arr);
-    rp_mp_packer_init(&pk, &arr);
-    pthread_mutex_lock(&p->bg_mu);
-    size_t n = p->n_events < AUTH_EMIT_MAX_EVENTS ? p->n_events : AUTH_EMIT_MAX_EVENTS;
-    msgpack_pack_array(&pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) {
-        const struct event *e = &p->events[(p->ev_head + i) % EVENT_QUEUE_MAX];
-        rp_buf_append(&arr, e->p, e->len);
-    }
-    pthread_mutex_unlock(&p->bg_mu);
-    int rv = auth_client_emit_events(c, arr.data, arr.len, NULL);
-    rp_buf_free(&arr);
-    if (rv != 0 && rv != RP_EINVAL && rv != RP_EDENIED && rv != RP_ETOOBIG)
-        return rv;
-    if (rv != 0 && !p->emit_refused_logged) {
-        rp_warn("proxy", "auth refused %zu audit events of this proxy (%s); dropped", n,
-                rp_errmsg());
-        p->emit_refused_logged = true;
-    }
-    pthread_mutex_lock(&p->bg_mu);
-    for (size_t i = 0; i < n && p->n_events > 0; i++) {
-        free(p->events[p->ev_head].p);
-        p->ev_head = (p->ev_head + 1) % EVENT_QUEUE_MAX;
-        p->n_events--;
-    }
-    pthread_mutex_unlock(&p->bg_mu);
-    return 0;
+    if (p->events == NULL)
+        return rp_err(RP_ECLOSED, "the proxy's audit sender is not running");
+    return agent_emit(p->events, event, len);
 }
 
 /* Waits on bg_cv until @ms pass or stop; bg_mu held. */
@@ -427,53 +367,6 @@ static void bg_wait(struct proxy *p, uint64_t ms)
     }
     if (!p->bg_stop)
         pthread_cond_timedwait(&p->bg_cv, &p->bg_mu, &ts);
-}
-
-static void *emit_main(void *arg)
-{
-    struct proxy *p = arg;
-    uint64_t backoff = 500;
-    pthread_setname_np(pthread_self(), "px-emit");
-    pthread_mutex_lock(&p->bg_mu);
-    for (;;) {
-        while (!p->bg_stop && p->n_events == 0)
-            pthread_cond_wait(&p->bg_cv, &p->bg_mu);
-        if (p->n_events == 0)
-            break;
-        if (p->ev_dropped > 0) {
-            rp_warn("proxy", "%llu audit events were dropped while auth was away",
-                    (unsigned long long)p->ev_dropped);
-            p->ev_dropped = 0;
-        }
-        bool stopping = p->bg_stop;
-        pthread_mutex_unlock(&p->bg_mu);
-        struct auth_client *c = NULL;
-        uint64_t gen;
-        int rv = client_take(p, &c, &gen);
-        if (rv == 0) {
-            auth_client_set_timeout(c, 5000);
-            rv = send_events(p, c);
-            client_give(p, c, gen);
-        }
-        pthread_mutex_lock(&p->bg_mu);
-        if (rv == 0) {
-            backoff = 500;
-            continue;
-        }
-        if (stopping) {
-            rp_warn("proxy", "stopping with %zu audit events auth did not take: %s", p->n_events,
-                    rp_errmsg());
-            break;
-        }
-        bg_wait(p, rp_jitter_ms(backoff));
-        backoff = backoff * 2 > 30000 ? 30000 : backoff * 2;
-    }
-    for (; p->n_events > 0; p->n_events--) {
-        free(p->events[p->ev_head].p);
-        p->ev_head = (p->ev_head + 1) % EVENT_QUEUE_MAX;
-    }
-    pthread_mutex_unlock(&p->bg_mu);
-    return NULL;
 }
 
 /* ---- presence ------------------------------------------------------------------------------ */
@@ -642,18 +535,14 @@ static int load_ca(struct proxy *p)
 static int start_threads(struct proxy *p)
 {
     p->jobs = calloc(WORK_QUEUE_MAX, sizeof *p->jobs);
-    p->events = calloc(EVENT_QUEUE_MAX, sizeof *p->events);
-    if (p->jobs == NULL || p->events == NULL)
+    if (p->jobs == NULL)
         return rp_err(RP_ENOMEM, "proxy queues");
     for (size_t i = 0; i < WORKERS; i++) {
         if (pthread_create(&p->workers[i], NULL, worker_main, p) != 0)
             return rp_err(RP_ENOMEM, "cannot start worker threads");
         p->n_workers++;
     }
-    if (pthread_create(&p->emit_thread, NULL, emit_main, p) != 0)
-        return rp_err(RP_ENOMEM, "cannot start the audit sender");
-    p->emit_started = true;
-    return 0;
+    return agent_events_start(&p->events, "proxy", &p->id, p->addrs, p->n_addrs);
 }
 
 static void bg_stop(struct proxy *p)
@@ -664,9 +553,9 @@ static void bg_stop(struct proxy *p)
     pthread_mutex_unlock(&p->bg_mu);
     if (p->hb_started)
         pthread_join(p->hb_thread, NULL);
-    if (p->emit_started)
-        pthread_join(p->emit_thread, NULL);
-    p->hb_started = p->emit_started = false;
+    p->hb_started = false;
+    agent_events_stop(p->events);
+    p->events = NULL;
 }
 
 static void proxy_free(struct proxy *p)
@@ -688,7 +577,6 @@ static void proxy_free(struct proxy *p)
         agent_ident_free(&p->id);
     X509_free(p->ca);
     free(p->jobs);
-    free(p->events);
     pthread_mutex_destroy(&p->work_mu);
     pthread_cond_destroy(&p->work_cv);
     pthread_mutex_destroy(&p->client_mu);
