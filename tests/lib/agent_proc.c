@@ -99,85 +99,24 @@ pid_t ag_spawn(int i)
 
 pid_t ag_spawn_with(int i, const char *const *args, const char *const *env)
 {
-    struct ag_proc *a = &AG[i];
-    char *argv[24] = {"raftport", "start", "--roles=node", "-c", a->cfg};
-    size_t n = 5;
-    for (int k = 0; args != NULL && args[k] != NULL && n < 23; k++)
-        argv[n++] = (char *)args[k];
-    argv[n] = NULL;
-    char exe[600];
-    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
-    int fd = open(a->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    cr_assert(fd >= 0, "%s: %s", a->log, strerror(errno));
-    dprintf(fd, "==== harness: starting agent %s ====\n", a->name);
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        dup2(devnull, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close_range(3, ~0U, 0);
-        for (int k = 0; env != NULL && env[k] != NULL; k++)
-            putenv((char *)env[k]);
-        execv(exe, argv);
-        _exit(127);
-    }
-    close(fd);
-    cr_assert(pid > 0, "fork: %s", strerror(errno));
-    a->pid = pid;
-    return pid;
+    char name[64];
+    snprintf(name, sizeof name, "agent %s", AG[i].name);
+    return cl_spawn_daemon(&AG[i].d, "--roles=node", AG[i].cfg, AG[i].log, name, args, env);
 }
 
 bool ag_alive(int i)
 {
-    struct ag_proc *a = &AG[i];
-    if (a->pid <= 0)
-        return false;
-    int st;
-    if (waitpid(a->pid, &st, WNOHANG) == a->pid) {
-        a->last_status = st;
-        a->pid = 0;
-        return false;
-    }
-    return true;
+    return cl_daemon_alive(&AG[i].d);
 }
 
 void ag_kill9(int i)
 {
-    struct ag_proc *a = &AG[i];
-    if (a->pid <= 0)
-        return;
-    kill(a->pid, SIGKILL);
-    waitpid(a->pid, &a->last_status, 0);
-    a->pid = 0;
+    cl_daemon_kill9(&AG[i].d);
 }
 
 int ag_term(int i, int timeout_ms)
 {
-    struct ag_proc *a = &AG[i];
-    if (a->pid <= 0)
-        return a->last_status;
-    kill(a->pid, SIGTERM);
-    uint64_t end = cl_now_ms() + (uint64_t)timeout_ms;
-    while (cl_now_ms() < end) {
-        int st;
-        if (waitpid(a->pid, &st, WNOHANG) == a->pid) {
-            a->pid = 0;
-            a->last_status = st;
-            return st;
-        }
-        cl_sleep_ms(20);
-    }
-    ag_kill9(i);
-    return -1;
+    return cl_daemon_term(&AG[i].d, timeout_ms);
 }
 
 static char *read_log(int i)

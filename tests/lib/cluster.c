@@ -1618,3 +1618,85 @@ struct auth_client *cl_node_client(const struct cl_node_id *n, int i)
     cr_assert_eq(auth_client_new(&c, n->ctx, addrs, 1), 0, "%s", rp_errmsg());
     return c;
 }
+
+/* ---- daemons next to the cluster (node agents, proxies) ------------------------------ */
+
+pid_t cl_spawn_daemon(struct cl_daemon *d, const char *role, const char *cfg, const char *log,
+                      const char *name, const char *const *args, const char *const *env)
+{
+    char *argv[24] = {"raftport", "start", (char *)role, "-c", (char *)cfg};
+    size_t n = 5;
+    for (int k = 0; args != NULL && args[k] != NULL && n < 23; k++)
+        argv[n++] = (char *)args[k];
+    argv[n] = NULL;
+    char exe[600];
+    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    cr_assert(fd >= 0, "%s: %s", log, strerror(errno));
+    dprintf(fd, "==== harness: starting %s ====\n", name);
+    pid_t parent = getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        dup2(devnull, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close_range(3, ~0U, 0);
+        for (int k = 0; env != NULL && env[k] != NULL; k++)
+            putenv((char *)env[k]);
+        execv(exe, argv);
+        _exit(127);
+    }
+    close(fd);
+    cr_assert(pid > 0, "fork: %s", strerror(errno));
+    d->pid = pid;
+    return pid;
+}
+
+bool cl_daemon_alive(struct cl_daemon *d)
+{
+    if (d->pid <= 0)
+        return false;
+    int st;
+    if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+        d->last_status = st;
+        d->pid = 0;
+        return false;
+    }
+    return true;
+}
+
+void cl_daemon_kill9(struct cl_daemon *d)
+{
+    if (d->pid <= 0)
+        return;
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, &d->last_status, 0);
+    d->pid = 0;
+}
+
+int cl_daemon_term(struct cl_daemon *d, int timeout_ms)
+{
+    if (d->pid <= 0)
+        return d->last_status;
+    kill(d->pid, SIGTERM);
+    uint64_t end = cl_now_ms() + (uint64_t)timeout_ms;
+    while (cl_now_ms() < end) {
+        int st;
+        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
+            d->pid = 0;
+            d->last_status = st;
+            return st;
+        }
+        cl_sleep_ms(20);
+    }
+    cl_daemon_kill9(d);
+    return -1;
+}

@@ -324,4 +324,22 @@ struct cl_writer_stats {
 void cl_writer_start(int i, const char *prefix);
 void cl_writer_stop(struct cl_writer_stats *st);
 
+/* ---- daemons next to the cluster (tests/lib/agent_proc.h, tests/lib/proxy_proc.h) ---- */
+
+/* A raftport process a test started: its pid (0: not running) and its last wait status. */
+struct cl_daemon {
+    pid_t pid;
+    int last_status;
+};
+/* Starts `$RP_BUILD/raftport start @role -c @cfg` plus @args (NULL-terminated; may be
+ * NULL) with @env ("NAME=VALUE", NULL-terminated; may be NULL) added to its
+ * environment, stdout and stderr appended to @log after a harness line naming @name.
+ * It dies with the test process. */
+pid_t cl_spawn_daemon(struct cl_daemon *d, const char *role, const char *cfg, const char *log,
+                      const char *name, const char *const *args, const char *const *env);
+bool cl_daemon_alive(struct cl_daemon *d);
+void cl_daemon_kill9(struct cl_daemon *d);
+/* SIGTERM, then the wait status within @timeout_ms (-1: killed after the timeout). */
+int cl_daemon_term(struct cl_daemon *d, int timeout_ms);
+
 #endif

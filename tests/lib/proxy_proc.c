@@ -73,41 +73,9 @@ void px_prepare(int i, const char *token, const char *extra_proxy)
 
 pid_t px_spawn_with(int i, const char *const *args, const char *const *env)
 {
-    struct px_proc *x = &PX[i];
-    char exe[600];
-    snprintf(exe, sizeof exe, "%s/raftport", CL->build);
-    int fd = open(x->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    cr_assert(fd >= 0, "%s: %s", x->log, strerror(errno));
-    dprintf(fd, "==== harness: starting proxy %s ====\n", x->name);
-    char *argv[16] = {"raftport", "start", "--roles=proxy", "-c", x->cfg};
-    int n = 5;
-    for (int k = 0; args != NULL && args[k] != NULL && n < 15; k++)
-        argv[n++] = (char *)args[k];
-    argv[n] = NULL;
-    pid_t parent = getpid();
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        for (int k = 0; env != NULL && env[k] != NULL; k++)
-            putenv((char *)env[k]);
-        int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        dup2(devnull, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close_range(3, ~0U, 0);
-        execv(exe, argv);
-        _exit(127);
-    }
-    close(fd);
-    cr_assert(pid > 0, "fork: %s", strerror(errno));
-    x->pid = pid;
-    return pid;
+    char name[64];
+    snprintf(name, sizeof name, "proxy %s", PX[i].name);
+    return cl_spawn_daemon(&PX[i].d, "--roles=proxy", PX[i].cfg, PX[i].log, name, args, env);
 }
 
 pid_t px_spawn(int i)
@@ -117,46 +85,17 @@ pid_t px_spawn(int i)
 
 bool px_alive(int i)
 {
-    struct px_proc *x = &PX[i];
-    if (x->pid <= 0)
-        return false;
-    int st;
-    if (waitpid(x->pid, &st, WNOHANG) == x->pid) {
-        x->last_status = st;
-        x->pid = 0;
-        return false;
-    }
-    return true;
+    return cl_daemon_alive(&PX[i].d);
 }
 
 void px_kill9(int i)
 {
-    struct px_proc *x = &PX[i];
-    if (x->pid <= 0)
-        return;
-    kill(x->pid, SIGKILL);
-    waitpid(x->pid, &x->last_status, 0);
-    x->pid = 0;
+    cl_daemon_kill9(&PX[i].d);
 }
 
 int px_term(int i, int timeout_ms)
 {
-    struct px_proc *x = &PX[i];
-    if (x->pid <= 0)
-        return x->last_status;
-    kill(x->pid, SIGTERM);
-    uint64_t end = cl_now_ms() + (uint64_t)timeout_ms;
-    while (cl_now_ms() < end) {
-        int st;
-        if (waitpid(x->pid, &st, WNOHANG) == x->pid) {
-            x->pid = 0;
-            x->last_status = st;
-            return st;
-        }
-        cl_sleep_ms(20);
-    }
-    px_kill9(i);
-    return -1;
+    return cl_daemon_term(&PX[i].d, timeout_ms);
 }
 
 static char *read_log(int i)

@@ -14,12 +14,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "tests/lib/cluster.h"
+
 #define PX_MAX 4
 
 struct px_proc {
     bool used;
-    pid_t pid; /* 0: not running */
-    int last_status;
+    union { /* the process, as tests/lib/cluster.h's helpers and the tests see it */
+        struct cl_daemon d;
+        struct {
+            pid_t pid; /* 0: not running */
+            int last_status;
+        };
+    };
     char name[32];
     char dir[512], cfg[512], log[512];
     char web_addr[64];    /* proxy_service.web_listen_addr, 127.0.0.1:PORT */
