@@ -33,6 +33,7 @@ enum state { ST_HANDSHAKE, ST_OPEN, ST_CLOSING };
 struct px_tls_priv {
     enum state state;
     bool paused;
+    bool corked;              /* px_tls_cork: writes only queue */
     bool dead;                /* finish() is due */
     bool write_wants_in;      /* SSL_write needs the socket readable */
     bool read_wants_out;      /* SSL_read needs the socket writable */
@@ -47,6 +48,9 @@ struct px_tls_priv {
     /* the write queue: bytes [off, len) of wbuf; freed when empty */
     uint8_t *wbuf;
     size_t off, len, cap;
+    /* px_tls_move: what runs on the new loop once the connection is watched there */
+    void (*moved)(struct px_tls *c, void *arg);
+    void *moved_arg;
 };
 
 /* Every connection, so that a stopping proxy can end those its loops still hold. */
@@ -192,13 +196,10 @@ static bool flush(struct px_tls *c)
     return true;
 }
 
-int px_tls_write(struct px_tls *c, const void *p, size_t n)
+/* Appends @n bytes to the write queue (compacting or growing it). */
+static int enqueue(struct px_tls *c, const uint8_t *p, size_t n)
 {
     struct px_tls_priv *pv = c->priv;
-    if (pv->dead || pv->state != ST_OPEN)
-        return rp_err(RP_ECLOSED, "connection from %s is closing", c->peer);
-    if (n == 0)
-        return 0;
     if (pv->off > 0 && pv->off == pv->len)
         pv->off = pv->len = 0;
     if (pv->len + n > pv->cap) {
@@ -222,10 +223,67 @@ int px_tls_write(struct px_tls *c, const void *p, size_t n)
     }
     memcpy(pv->wbuf + pv->len, p, n);
     pv->len += n;
-    if (!flush(c))
-        return rp_err(RP_ECLOSED, "connection from %s failed", c->peer);
+    return 0;
+}
+
+int px_tls_write(struct px_tls *c, const void *p, size_t n)
+{
+    struct px_tls_priv *pv = c->priv;
+    const uint8_t *b = p;
+    if (pv->dead || pv->state != ST_OPEN)
+        return rp_err(RP_ECLOSED, "connection from %s is closing", c->peer);
+    /* With nothing queued, the caller's bytes go to SSL_write as they are: a bulk
+     * stream is copied into the queue only when the socket is full. A record SSL_write
+     * could not send whole is retried later from the queue with the same bytes (the
+     * moving-buffer mode allows the new address). */
+    if (pv->corked)
+        return enqueue(c, b, n);
+    pv->write_wants_in = false;
+    while (n > 0 && pv->len == pv->off) {
+        int chunk = n > WRITE_CHUNK ? WRITE_CHUNK : (int)n;
+        ERR_clear_error();
+        int w = SSL_write(c->ssl, b, chunk);
+        if (w > 0) {
+            b += w;
+            n -= (size_t)w;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, w);
+        if (e == SSL_ERROR_WANT_READ)
+            pv->write_wants_in = true;
+        else if (e != SSL_ERROR_WANT_WRITE) {
+            rp_debug("proxy", "%s: TLS write failed (SSL error %d, %s)", c->peer, e,
+                     strerror(errno));
+            mark_dead(c, RP_EIO);
+            return rp_err(RP_ECLOSED, "connection from %s failed", c->peer);
+        }
+        break;
+    }
+    if (n > 0) {
+        if (enqueue(c, b, n) != 0)
+            return RP_ENOMEM;
+        if (!flush(c))
+            return rp_err(RP_ECLOSED, "connection from %s failed", c->peer);
+    }
     update_events(c);
     return 0;
+}
+
+void px_tls_cork(struct px_tls *c)
+{
+    c->priv->corked = true;
+}
+
+void px_tls_uncork(struct px_tls *c)
+{
+    struct px_tls_priv *pv = c->priv;
+    if (!pv->corked)
+        return;
+    pv->corked = false;
+    if (pv->dead || pv->state != ST_OPEN || pv->len == pv->off)
+        return;
+    if (flush(c))
+        update_events(c);
 }
 
 size_t px_tls_pending(const struct px_tls *c)
@@ -281,6 +339,66 @@ void px_tls_pause_reading(struct px_tls *c, bool paused)
     update_events(c);
     if (!paused && pv->busy == 0 && SSL_has_pending(c->ssl))
         px_timer_arm(c->w.loop, &pv->kick, 0, kick_fire);
+}
+
+/* ---- moving to another loop ----------------------------------------------------- */
+
+static void move_arrive(void *arg)
+{
+    struct px_tls *c = arg;
+    struct px_tls_priv *pv = c->priv;
+    struct px_loop *l = px_loop_current();
+    if (px_watch_add(l, &c->w, 0) != 0) {
+        pv->dead = true; /* not watched: finish() only drops what it holds */
+        pv->end_rv = RP_EIO;
+        finish(c);
+        return;
+    }
+    void (*moved)(struct px_tls *, void *) = pv->moved;
+    pv->moved = NULL;
+    pv->busy++;
+    moved(c, pv->moved_arg);
+    pv->busy--;
+    if (pv->dead) {
+        finish(c);
+        return;
+    }
+    update_events(c);
+    if (pv->state == ST_OPEN && !pv->paused && c->on_readable != NULL && SSL_has_pending(c->ssl))
+        px_timer_arm(c->w.loop, &pv->kick, 0, kick_fire);
+}
+
+int px_tls_move(struct px_tls *c, struct px_loop *to, void (*moved)(struct px_tls *c, void *arg),
+                void *arg)
+{
+    struct px_tls_priv *pv = c->priv;
+    struct px_loop *from = c->w.loop;
+    if (pv->dead || pv->state != ST_OPEN || pv->busy > 0 || from == NULL)
+        return rp_err(RP_EINVAL, "connection from %s cannot move now (closing or in a callback)",
+                      c->peer);
+    if (to == from) {
+        moved(c, arg);
+        return 0;
+    }
+    px_timer_cancel(&pv->kick);
+    px_timer_cancel(&pv->deadline);
+    px_watch_del(&c->w);
+    px_loop_conn_del(from);
+    px_loop_conn_add(to);
+    pv->moved = moved;
+    pv->moved_arg = arg;
+    /* In transit no loop watches it; w.loop names the new loop so that a proxy stopping
+     * meanwhile still finds it (px_tls_close_all) when the posted arrival is dropped. */
+    c->w.loop = to;
+    if (px_loop_post(to, move_arrive, c) != 0) {
+        px_loop_conn_del(to);
+        px_loop_conn_add(from);
+        px_watch_add(from, &c->w, 0); /* sets w.loop back, for the end below */
+        pv->moved = NULL;
+        mark_dead(c, RP_ECLOSED);
+        return rp_err(RP_ECLOSED, "connection from %s: the proxy is stopping", c->peer);
+    }
+    return 0;
 }
 
 /* ---- closing -------------------------------------------------------------------- */

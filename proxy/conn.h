@@ -48,10 +48,24 @@ ssize_t px_tls_read(struct px_tls *c, void *buf, size_t n);
 /* Queues @n bytes and writes what the socket takes now. RP_ECLOSED if the connection
  * is closing; RP_ENOMEM. */
 int px_tls_write(struct px_tls *c, const void *p, size_t n);
+/* Between px_tls_cork and px_tls_uncork, px_tls_write only queues, and uncork writes
+ * the queue: many small writes (HTTP/2 frames, pieces of them) leave in full TLS
+ * records rather than a record each. */
+void px_tls_cork(struct px_tls *c);
+void px_tls_uncork(struct px_tls *c);
 /* Bytes queued and not yet taken by the socket. */
 size_t px_tls_pending(const struct px_tls *c);
 /* Stops (false) or resumes (true) on_readable calls: back-pressure towards the peer. */
 void px_tls_pause_reading(struct px_tls *c, bool paused);
+/* Hands @c to loop @to (proxy/loop.h): it leaves its loop now, and on @to's thread,
+ * once watched there, @moved(@c, @arg) runs; from then on only @to's thread may touch
+ * @c. What was queued and what the peer sent meanwhile are kept. From @c's loop thread,
+ * outside @c's own callbacks (e.g. from a posted function), while @c is open. On
+ * RP_ECLOSED (the proxy is stopping) @c is closing and @moved never runs; RP_EINVAL
+ * when @c is closing or in a callback (nothing changed). With @to being @c's loop,
+ * @moved runs at once. */
+int px_tls_move(struct px_tls *c, struct px_loop *to, void (*moved)(struct px_tls *c, void *arg),
+                void *arg);
 /* Flushes what is queued (for at most a few seconds), sends close_notify and closes;
  * on_close is called (possibly later, on this loop). Safe from any of the module's
  * callbacks; the module must not use @c after on_close. */

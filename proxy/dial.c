@@ -7,9 +7,15 @@
  * carries the bytes both ways untouched: the SSH session stays end to end between the
  * client and the node.
  *
- * The byte pump runs on the connection's loop, with back-pressure both ways: bytes from
- * the node are read only while the TLS write queue is under PUMP_QUEUE_MAX, bytes from
- * the client only while the node socket takes them (at most one chunk is held). */
+ * A node reached through its reverse tunnel: the client's connection moves to the
+ * tunnel's loop (px_tls_move) and is joined to the tunnel's stream there
+ * (px_tunnel_stream_join): bytes go between the two TLS connections with no socket or
+ * thread between them, and the stream's HTTP/2 window is the back-pressure.
+ *
+ * A node reached over TCP: the byte pump runs on the connection's loop, with
+ * back-pressure both ways: bytes from the node are read only while the TLS write queue
+ * is under PUMP_QUEUE_MAX, bytes from the client only while the node socket takes them
+ * (at most one chunk is held). */
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,13 +32,14 @@
 #include "lib/version.h"
 #include "proxy/dial.h"
 #include "proxy/internal.h"
+#include "proxy/tunnel.h"
 
 #define FRAME_DEADLINE_MS 10000
 #define DIAL_TIMEOUT_MS 10000
 #define PUMP_CHUNK 16384
 #define PUMP_QUEUE_MAX (256 * 1024)
 
-enum dial_state { D_FRAME, D_WORKING, D_PUMP };
+enum dial_state { D_FRAME, D_WORKING, D_MOVING, D_PUMP };
 
 struct dial {
     struct px_tls *c;
@@ -50,6 +57,9 @@ struct dial {
     uint8_t *out; /* client -> node bytes the node has not taken yet */
     size_t out_off, out_len;
     bool client_eof, node_eof, node_shut;
+    /* or the node's tunnel stream (ours to end), and whether it is joined yet */
+    struct px_tunnel_stream *stream;
+    bool joined;
     /* Set by whichever of the connection's end and a worker that could not deliver its
      * result comes first while a worker holds the dial; the second frees it. */
     atomic_bool orphan;
@@ -71,6 +81,7 @@ struct dial_job {
     char error[512];
     struct px_route route;
     int fd;
+    struct px_tunnel_stream *stream;
 };
 
 /* ---- frames -------------------------------------------------------------------------- */
@@ -236,6 +247,13 @@ static void client_readable(struct px_tls *c)
     struct dial *d = c->mod;
     if (d->state != D_PUMP)
         return;
+    if (d->stream != NULL) {
+        if (d->joined)
+            px_tunnel_stream_client_readable(d->stream, c);
+        else
+            px_tls_pause_reading(c, true);
+        return;
+    }
     while (d->out_len == d->out_off && !d->client_eof) {
         if (d->out == NULL && (d->out = malloc(PUMP_CHUNK)) == NULL) {
             px_tls_close(c);
@@ -303,8 +321,14 @@ static void node_event(struct px_watch *w, uint32_t events)
 static void client_drained(struct px_tls *c)
 {
     struct dial *d = c->mod;
-    if (d->state == D_PUMP)
-        node_events(d);
+    if (d->state != D_PUMP)
+        return;
+    if (d->stream != NULL) {
+        if (d->joined)
+            px_tunnel_stream_client_drained(d->stream);
+        return;
+    }
+    node_events(d);
 }
 
 static void client_closed(struct px_tls *c)
@@ -315,6 +339,13 @@ static void client_closed(struct px_tls *c)
         if (atomic_exchange(&d->orphan, true))
             dial_free(d); /* the worker gave up on it already */
         return;
+    }
+    if (d->stream != NULL) {
+        if (d->joined)
+            px_tunnel_stream_client_closed(d->stream);
+        else
+            px_tunnel_stream_drop(d->stream);
+        d->stream = NULL;
     }
     dial_free(d);
 }
@@ -327,7 +358,22 @@ static void job_free(struct dial_job *j)
     px_route_free(&j->route);
     if (j->fd >= 0)
         close(j->fd);
+    px_tunnel_stream_drop(j->stream);
     free(j);
+}
+
+/* On the tunnel's loop, where the client's connection now is: joins the two. */
+static void moved_to_tunnel(struct px_tls *c, void *arg)
+{
+    struct dial *d = arg;
+    d->loop = c->w.loop;
+    d->state = D_PUMP;
+    if (px_tunnel_stream_join(d->stream, c) != 0) {
+        rp_info("proxy", "%s: %s", d->peer, rp_errmsg());
+        px_tls_close(c);
+        return;
+    }
+    d->joined = true;
 }
 
 /* On the loop: answers the client and starts the pump. */
@@ -364,7 +410,19 @@ static void job_done(void *arg)
     rp_buf_free(&b);
     rp_info("proxy", "%s: %s -> %s (%s) as %s%s", d->peer, j->user.name, j->route.hostname,
             j->route.host_id, j->has_login ? j->login : "(any login)",
-            j->route.tunnel ? " through its tunnel" : "");
+            j->stream != NULL ? " through its tunnel" : "");
+    if (j->stream != NULL) {
+        d->stream = j->stream;
+        j->stream = NULL;
+        job_free(j);
+        d->state = D_MOVING;
+        if (px_tls_move(d->c, px_tunnel_stream_loop(d->stream), moved_to_tunnel, d) != 0) {
+            rp_warn("proxy", "%s: %s", d->peer, rp_errmsg());
+            d->state = D_PUMP;
+            px_tls_close(d->c);
+        }
+        return;
+    }
     d->nw.fd = j->fd;
     j->fd = -1;
     d->nw.on_event = node_event;
@@ -382,7 +440,7 @@ static void job_run(void *arg)
     struct dial_job *j = arg;
     j->rv = proxy_route_find(j->p, &j->user, j->has_login ? j->login : NULL, j->target, &j->route);
     if (j->rv == 0)
-        j->rv = proxy_route_dial(j->p, &j->route, j->client, DIAL_TIMEOUT_MS, &j->fd);
+        j->rv = proxy_route_open(j->p, &j->route, j->client, DIAL_TIMEOUT_MS, &j->fd, &j->stream);
     if (j->rv != 0)
         snprintf(j->error, sizeof j->error, "%s", rp_errmsg());
     if (px_loop_post(j->loop, job_done, j) != 0) {

@@ -89,5 +89,11 @@ int proxy_route_find(struct proxy *p, const struct rp_identity *user, const char
  * the original client's address, passed to the node for its audit events. */
 int proxy_route_dial(struct proxy *p, const struct px_route *r, const char *client_addr,
                      int timeout_ms, int *fd);
+/* proxy_route_dial for a caller on the proxy's loops (proxy/dial.c): through a tunnel
+ * the result is a stream to join to the client's connection (*@stream, *@fd = -1;
+ * proxy/tunnel.h), else a socket (*@fd, *@stream = NULL). */
+struct px_tunnel_stream;
+int proxy_route_open(struct proxy *p, const struct px_route *r, const char *client_addr,
+                     int timeout_ms, int *fd, struct px_tunnel_stream **stream);
 
 #endif

@@ -268,12 +268,16 @@ int proxy_route_find(struct proxy *p, const struct rp_identity *user, const char
     return rv;
 }
 
-int proxy_route_dial(struct proxy *p, const struct px_route *r, const char *client_addr,
-                     int timeout_ms, int *fd)
+static int route_dial(struct proxy *p, const struct px_route *r, const char *client_addr,
+                      int timeout_ms, int *fd, struct px_tunnel_stream **stream)
 {
     struct px_tunnels *t = proxy_tunnels(p);
+    *fd = -1;
+    if (stream != NULL)
+        *stream = NULL;
     if (px_tunnels_has(t, r->host_id)) {
-        int rv = px_tunnels_dial(t, r->host_id, client_addr, timeout_ms, fd);
+        int rv = stream != NULL ? px_tunnels_open(t, r->host_id, client_addr, timeout_ms, stream)
+                                : px_tunnels_dial(t, r->host_id, client_addr, timeout_ms, fd);
         if (rv == 0 || r->addr[0] == '\0')
             return rv;
         rp_info("proxy", "node %s: tunnel dial failed (%s); trying %s directly", r->host_id,
@@ -288,4 +292,16 @@ int proxy_route_dial(struct proxy *p, const struct px_route *r, const char *clie
     if (rv != 0)
         return rp_err(rv, "node %s (%s): %s", r->hostname, r->host_id, rp_errmsg());
     return 0;
+}
+
+int proxy_route_dial(struct proxy *p, const struct px_route *r, const char *client_addr,
+                     int timeout_ms, int *fd)
+{
+    return route_dial(p, r, client_addr, timeout_ms, fd, NULL);
+}
+
+int proxy_route_open(struct proxy *p, const struct px_route *r, const char *client_addr,
+                     int timeout_ms, int *fd, struct px_tunnel_stream **stream)
+{
+    return route_dial(p, r, client_addr, timeout_ms, fd, stream);
 }

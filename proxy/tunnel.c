@@ -68,6 +68,11 @@ struct dial_req {
     uint64_t seq; /* the tunnel it was meant for */
     char client[80];
     struct px_tunnels *reg;
+    /* px_tunnels_open: no socket pair; the stream is joined to a client connection
+     * (px_tunnel_stream_join) on the tunnel's loop. */
+    bool joined_mode;
+    struct px_loop *loop;   /* the tunnel's loop */
+    struct pstream *stream; /* joined mode, on the tunnel's loop only: NULL once it ended */
 };
 
 struct pstream {
@@ -81,6 +86,13 @@ struct pstream {
     bool answered, deferred, read_eof, peer_eof, wr_shut;
     bool draining;      /* the stream closed with bytes still for the socket: written, then freed */
     struct rp_buf pend; /* from the agent, not yet taken by the socket */
+    /* Joined mode (px_tunnels_open): the agent's bytes go straight into the client's
+     * TLS connection and the client's are read straight into DATA frames. */
+    struct dial_req *handle; /* the caller's handle (this stream holds a reference) */
+    struct px_tls *client;   /* once joined; NULL before and once it closed */
+    bool client_gone;        /* the client closed or was never joined: drop what comes */
+    size_t unconsumed;       /* given to the client's queue; window not reopened yet */
+    bool corked;             /* the client is corked until the tunnel's read ends */
     struct pstream *prev, *next;
 };
 
@@ -96,6 +108,7 @@ struct ptun {
     bool closing;
     struct pstream *streams;
     size_t n_streams;
+    bool any_corked; /* a joined client was corked while reading the agent's frames */
     struct ptun *bucket_next; /* registry, under reg->mu */
 };
 
@@ -190,6 +203,7 @@ void px_tunnels_free(struct px_tunnels *r)
             struct ptun *next = t->bucket_next;
             while (t->streams != NULL) {
                 t->streams->watched = false;
+                t->streams->client = NULL; /* the core ends the connection itself */
                 stream_free(t->streams);
             }
             nghttp2_session_del(t->h2);
@@ -298,6 +312,18 @@ static void stream_free(struct pstream *s)
                    "the tunnel closed the stream before the node answered");
         req_release(s->req);
     }
+    if (s->handle != NULL) {
+        struct dial_req *h = s->handle;
+        if (s->corked && s->client != NULL)
+            px_tls_uncork(s->client);
+        /* Bytes the client never took still count against the tunnel's window. */
+        if (s->unconsumed + s->pend.len > 0)
+            nghttp2_session_consume_connection(t->h2, s->unconsumed + s->pend.len);
+        h->stream = NULL;
+        if (s->client != NULL && !s->wr_shut)
+            px_tls_close(s->client); /* what it was sent is flushed first */
+        req_release(h);
+    }
     rp_buf_free(&s->pend);
     free(s);
 }
@@ -323,10 +349,63 @@ static void consumed(struct pstream *s, size_t n)
         nghttp2_session_consume(s->t->h2, s->id, n);
 }
 
+/* Joined mode: reopens the agent's window by what the client's connection took, as
+ * long as its queue is short (else when it drains: px_tunnel_stream_client_drained). */
+static void joined_settle(struct pstream *s)
+{
+    if (s->unconsumed > 0 && s->client != NULL && px_tls_pending(s->client) < OUT_HIGH) {
+        consumed(s, s->unconsumed);
+        s->unconsumed = 0;
+    }
+}
+
+/* Joined mode's stream_flush: what waited for the client goes to its connection; the
+ * node's end of the stream ends the client's connection once that is written. Returns
+ * true if it freed the stream. */
+static bool joined_flush(struct pstream *s)
+{
+    if (s->client_gone) {
+        consumed(s, s->pend.len + s->unconsumed);
+        s->unconsumed = 0;
+        rp_buf_free(&s->pend);
+        rp_buf_init(&s->pend);
+        if (s->draining) {
+            stream_free(s);
+            return true;
+        }
+        return false;
+    }
+    if (s->client == NULL)
+        return false; /* not joined yet: the bytes wait, bounded by the stream's window */
+    if (s->pend.len > 0) {
+        size_t n = s->pend.len;
+        if (px_tls_write(s->client, s->pend.data, n) == 0)
+            s->unconsumed += n;
+        else
+            consumed(s, n); /* the client is closing: its on_close resets the stream */
+        rp_buf_free(&s->pend);
+        rp_buf_init(&s->pend);
+    }
+    joined_settle(s);
+    if (s->peer_eof && !s->wr_shut) {
+        s->wr_shut = true;
+        px_tls_close(s->client);
+    }
+    if (s->draining) {
+        consumed(s, s->unconsumed);
+        s->unconsumed = 0;
+        stream_free(s);
+        return true;
+    }
+    return false;
+}
+
 /* Writes what the agent sent to the socket pair; consumes what it took. Returns true
  * if it freed a draining stream (the caller must not touch @s then). */
 static bool stream_flush(struct pstream *s)
 {
+    if (s->handle != NULL)
+        return joined_flush(s);
     size_t off = 0;
     bool dead = false;
     while (s->w.fd >= 0 && off < s->pend.len) {
@@ -398,6 +477,30 @@ static ssize_t body_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t l
         /* Nothing flows before the agent accepted (the caller does not have its end). */
         s->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
+    }
+    if (s->handle != NULL) {
+        /* Joined: the client's bytes are read straight into the frame. */
+        if (s->client == NULL) {
+            if (s->client_gone)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
+            s->deferred = true;
+            return NGHTTP2_ERR_DEFERRED;
+        }
+        ssize_t n = px_tls_read(s->client, buf, len);
+        if (n > 0)
+            return n;
+        if (n == RP_EAGAIN) {
+            s->deferred = true;
+            px_tls_pause_reading(s->client, false);
+            return NGHTTP2_ERR_DEFERRED;
+        }
+        if (n == 0) {
+            s->read_eof = true;
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            px_tls_pause_reading(s->client, true);
+            return 0;
+        }
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the client failed: reset */
     }
     for (;;) {
         ssize_t n = read(s->w.fd, buf, len);
@@ -490,8 +593,25 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const u
     (void)flags;
     (void)ud;
     struct pstream *s = nghttp2_session_get_stream_user_data(h2, id);
-    if (s == NULL || s->w.fd < 0 || !s->answered) {
+    if (s == NULL || !s->answered || s->client_gone || (s->handle == NULL && s->w.fd < 0)) {
         nghttp2_session_consume(h2, id, len);
+        return 0;
+    }
+    if (s->client != NULL && s->pend.len == 0) {
+        /* Joined: straight into the client's TLS connection, corked until the read of
+         * the agent's bytes ends (uncork_clients), so that DATA frames cut by TLS
+         * records leave as full records. */
+        if (!s->corked) {
+            px_tls_cork(s->client);
+            s->corked = true;
+            s->t->any_corked = true;
+        }
+        if (px_tls_write(s->client, data, len) != 0) {
+            nghttp2_session_consume(h2, id, len); /* closing: its on_close resets */
+            return 0;
+        }
+        s->unconsumed += len;
+        joined_settle(s);
         return 0;
     }
     if (rp_buf_append(&s->pend, data, len) != 0)
@@ -508,6 +628,15 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t code, void 
         return 0;
     nghttp2_session_set_stream_user_data(h2, id, NULL);
     s->draining = true;
+    if (s->handle != NULL) {
+        if (code != NGHTTP2_NO_ERROR)
+            stream_free(s); /* reset: the client's connection ends */
+        else {
+            s->peer_eof = true;
+            joined_flush(s); /* delivered, then freed (at once if the client is gone) */
+        }
+        return 0;
+    }
     if (code != NGHTTP2_NO_ERROR || s->w.fd < 0 || !s->watched) {
         /* Reset: what the socket did not take is dropped, its window given back. */
         consumed(s, s->pend.len);
@@ -528,6 +657,9 @@ static void pump_out(struct ptun *t)
 {
     if (t->closing)
         return;
+    /* Frames are gathered (corked) and leave in full TLS records: a DATA frame is its
+     * payload plus a 9-byte header, and written alone each would cost two records. */
+    px_tls_cork(t->c);
     while (px_tls_pending(t->c) < OUT_HIGH) {
         const uint8_t *p;
         ssize_t n = nghttp2_session_mem_send(t->h2, &p);
@@ -535,6 +667,7 @@ static void pump_out(struct ptun *t)
             rp_warn(LOG, "tunnel of node %s (%s): HTTP/2: %s", t->host_id, t->c->peer,
                     nghttp2_strerror((int)n));
             t->closing = true;
+            px_tls_uncork(t->c);
             px_tls_abort(t->c);
             return;
         }
@@ -542,14 +675,32 @@ static void pump_out(struct ptun *t)
             break;
         if (px_tls_write(t->c, p, (size_t)n) != 0) {
             t->closing = true;
+            px_tls_uncork(t->c);
             return; /* the connection is closing; on_close follows */
         }
     }
+    px_tls_uncork(t->c);
     if (!nghttp2_session_want_read(t->h2) && !nghttp2_session_want_write(t->h2)) {
         rp_info(LOG, "tunnel of node %s (%s) ended by the agent", t->host_id, t->c->peer);
         t->closing = true;
         px_tls_close(t->c);
     }
+}
+
+/* Writes what joined clients were given while the agent's frames were read. */
+static void uncork_clients(struct ptun *t)
+{
+    if (!t->any_corked)
+        return;
+    t->any_corked = false;
+    for (struct pstream *s = t->streams; s != NULL; s = s->next)
+        if (s->corked) {
+            s->corked = false;
+            if (s->client != NULL) {
+                px_tls_uncork(s->client);
+                joined_settle(s);
+            }
+        }
 }
 
 static void on_readable(struct px_tls *c)
@@ -566,6 +717,7 @@ static void on_readable(struct px_tls *c)
             else
                 rp_warn(LOG, "tunnel of node %s (%s): %s", t->host_id, c->peer, rp_errmsg());
             t->closing = true;
+            uncork_clients(t);
             px_tls_close(c);
             return;
         }
@@ -574,6 +726,7 @@ static void on_readable(struct px_tls *c)
             rp_warn(LOG, "tunnel of node %s (%s): bad HTTP/2: %s", t->host_id, c->peer,
                     nghttp2_strerror((int)used));
             t->closing = true;
+            uncork_clients(t);
             px_tls_abort(c);
             return;
         }
@@ -584,6 +737,7 @@ static void on_readable(struct px_tls *c)
             break;
         }
     }
+    uncork_clients(t);
     pump_out(t);
 }
 
@@ -743,6 +897,13 @@ static void dial_on_loop(void *arg)
     q->loop_fd = -1;
     s->w.on_event = on_stream_event;
     s->req = q;
+    if (q->joined_mode) {
+        pthread_mutex_lock(&q->mu);
+        q->refs++; /* the stream's own, until it ends */
+        pthread_mutex_unlock(&q->mu);
+        s->handle = q;
+        q->stream = s;
+    }
     rp_buf_init(&s->pend);
     char authority[64];
     snprintf(authority, sizeof authority, "%s:22", t->host_id);
@@ -770,17 +931,23 @@ static void dial_on_loop(void *arg)
         return;
     }
     s->id = id;
-    if (px_watch_add(t->c->w.loop, &s->w, 0) == 0)
-        s->watched = true;
+    if (q->joined_mode || px_watch_add(t->c->w.loop, &s->w, 0) == 0)
+        s->watched = !q->joined_mode;
     else
         nghttp2_submit_rst_stream(t->h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
     pump_out(t);
 }
 
-int px_tunnels_dial(struct px_tunnels *reg, const char *host_id, const char *client_addr,
-                    int timeout_ms, int *fd)
+/* Opens a CONNECT stream to @host_id's newest tunnel and waits for the agent's answer:
+ * with @joined a stream for px_tunnel_stream_join (*@out, a reference), else one
+ * pumped to a socket pair (*@fd, the caller's end). */
+static int tunnels_dial(struct px_tunnels *reg, const char *host_id, const char *client_addr,
+                        int timeout_ms, bool joined, int *fd, struct dial_req **out)
 {
-    *fd = -1;
+    if (fd != NULL)
+        *fd = -1;
+    if (out != NULL)
+        *out = NULL;
     if (host_id == NULL || strlen(host_id) >= sizeof((struct dial_req *)0)->host_id)
         return rp_err(RP_EINVAL, "host id: expected a node's UUID");
     pthread_mutex_lock(&reg->mu);
@@ -791,10 +958,10 @@ int px_tunnels_dial(struct px_tunnels *reg, const char *host_id, const char *cli
     if (t == NULL)
         return rp_err(RP_ENOTFOUND, "node %s has no reverse tunnel to this proxy", host_id);
     struct dial_req *q = calloc(1, sizeof *q);
-    int sp[2];
+    int sp[2] = {-1, -1};
     if (q == NULL)
         return rp_err(RP_ENOMEM, "dial through the tunnel of node %s", host_id);
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sp) != 0) {
+    if (!joined && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sp) != 0) {
         free(q);
         return rp_err(RP_EIO, "dial through the tunnel of node %s: socketpair: %s", host_id,
                       strerror(errno));
@@ -806,12 +973,15 @@ int px_tunnels_dial(struct px_tunnels *reg, const char *host_id, const char *cli
     q->reg = reg;
     q->loop_fd = sp[1];
     q->seq = seq;
+    q->joined_mode = joined;
+    q->loop = loop;
     snprintf(q->host_id, sizeof q->host_id, "%s", host_id);
     snprintf(q->client, sizeof q->client, "%s", client_addr ? client_addr : "");
     if (px_loop_post(loop, dial_on_loop, q) != 0) {
         q->refs = 1;
         req_release(q);
-        close(sp[0]);
+        if (sp[0] >= 0)
+            close(sp[0]);
         return rp_err(RP_EUNAVAILABLE, "node %s: the proxy is stopping", host_id);
     }
     struct timespec until;
@@ -829,15 +999,135 @@ int px_tunnels_dial(struct px_tunnels *reg, const char *host_id, const char *cli
     if (result == 1)
         q->abandoned = true;
     pthread_mutex_unlock(&q->mu);
-    req_release(q);
     if (result == 0) {
-        *fd = sp[0];
+        if (joined) {
+            *out = q; /* our reference becomes the caller's */
+        } else {
+            req_release(q);
+            *fd = sp[0];
+        }
         return 0;
     }
+    req_release(q);
     /* Our end closed: the loop sees EOF and ends the stream if it opened one. */
-    close(sp[0]);
+    if (sp[0] >= 0)
+        close(sp[0]);
     if (result == 1)
         return rp_err(RP_ETIMEDOUT, "node %s did not answer through its tunnel within %d ms",
                       host_id, timeout_ms);
     return rp_err(result, "%s", why);
+}
+
+int px_tunnels_dial(struct px_tunnels *reg, const char *host_id, const char *client_addr,
+                    int timeout_ms, int *fd)
+{
+    return tunnels_dial(reg, host_id, client_addr, timeout_ms, false, fd, NULL);
+}
+
+/* ---- streams joined to a client connection --------------------------------------------- */
+
+int px_tunnels_open(struct px_tunnels *reg, const char *host_id, const char *client_addr,
+                    int timeout_ms, struct px_tunnel_stream **out)
+{
+    struct dial_req *q;
+    int rv = tunnels_dial(reg, host_id, client_addr, timeout_ms, true, NULL, &q);
+    *out = rv == 0 ? (struct px_tunnel_stream *)q : NULL;
+    return rv;
+}
+
+struct px_loop *px_tunnel_stream_loop(const struct px_tunnel_stream *h)
+{
+    return ((const struct dial_req *)h)->loop;
+}
+
+int px_tunnel_stream_join(struct px_tunnel_stream *h, struct px_tls *c)
+{
+    struct dial_req *q = (struct dial_req *)h;
+    struct pstream *s = q->stream;
+    if (px_loop_current() != q->loop || c->w.loop != q->loop)
+        return rp_err(RP_EINVAL, "a tunnel stream joins a connection on the tunnel's loop only");
+    if (s == NULL)
+        return rp_err(RP_EUNAVAILABLE, "node %s: its tunnel closed before the session started",
+                      q->host_id);
+    struct ptun *t = s->t;
+    s->client = c;
+    if (joined_flush(s))
+        return 0; /* the node had ended already: delivered, the client is closing */
+    /* The frame source asked for bytes before there was a client: let it read. */
+    px_tls_pause_reading(c, !s->deferred);
+    pump_out(t);
+    return 0;
+}
+
+void px_tunnel_stream_client_readable(struct px_tunnel_stream *h, struct px_tls *c)
+{
+    struct dial_req *q = (struct dial_req *)h;
+    struct pstream *s = q->stream;
+    /* Read only when a DATA frame wants bytes (body_read resumes reading on EAGAIN):
+     * the agent's window is the back-pressure towards the client. */
+    px_tls_pause_reading(c, true);
+    if (s == NULL || s->client != c)
+        return;
+    if (s->deferred && s->answered && !s->draining && !s->read_eof) {
+        s->deferred = false;
+        nghttp2_session_resume_data(s->t->h2, s->id);
+        pump_out(s->t);
+    }
+}
+
+void px_tunnel_stream_client_drained(struct px_tunnel_stream *h)
+{
+    struct dial_req *q = (struct dial_req *)h;
+    struct pstream *s = q->stream;
+    if (s == NULL || s->unconsumed == 0)
+        return;
+    joined_settle(s);
+    pump_out(s->t); /* the WINDOW_UPDATE */
+}
+
+/* The client is gone (or never came): what the agent sends is dropped and the stream
+ * reset, unless it ended already. */
+static void client_gone(struct dial_req *q)
+{
+    struct pstream *s = q->stream;
+    if (s == NULL)
+        return;
+    struct ptun *t = s->t;
+    int32_t id = s->id;
+    bool ended = s->read_eof && s->peer_eof;
+    if (s->corked && s->client != NULL)
+        px_tls_uncork(s->client);
+    s->corked = false;
+    s->client = NULL;
+    s->client_gone = true;
+    if (!joined_flush(s) && !ended)
+        nghttp2_submit_rst_stream(t->h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+    pump_out(t);
+}
+
+void px_tunnel_stream_client_closed(struct px_tunnel_stream *h)
+{
+    struct dial_req *q = (struct dial_req *)h;
+    client_gone(q);
+    req_release(q);
+}
+
+static void drop_on_loop(void *arg)
+{
+    struct dial_req *q = arg;
+    client_gone(q);
+    req_release(q);
+}
+
+void px_tunnel_stream_drop(struct px_tunnel_stream *h)
+{
+    struct dial_req *q = (struct dial_req *)h;
+    if (q == NULL)
+        return;
+    if (px_loop_current() == q->loop) {
+        drop_on_loop(q);
+        return;
+    }
+    if (px_loop_post(q->loop, drop_on_loop, q) != 0)
+        req_release(q); /* stopping: px_tunnels_free ends the stream */
 }

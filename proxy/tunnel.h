@@ -33,6 +33,34 @@ size_t px_tunnels_count(struct px_tunnels *t);
 int px_tunnels_dial(struct px_tunnels *t, const char *host_id, const char *client_addr,
                     int timeout_ms, int *fd);
 
+/* A stream through a tunnel that the node accepted, to be joined to a client's TLS
+ * connection on the tunnel's loop: the node's bytes are written straight into the
+ * connection and the client's read straight into DATA frames, with no socket pair and
+ * no thread between them (proxy/dial.c). */
+struct px_tunnel_stream;
+struct px_loop;
+struct px_tls;
+/* px_tunnels_dial, but *@out is a joinable stream (the caller's reference: it ends with
+ * px_tunnel_stream_join then px_tunnel_stream_client_closed, or px_tunnel_stream_drop).
+ * What the node sends before the join waits in the stream, within its window. */
+int px_tunnels_open(struct px_tunnels *t, const char *host_id, const char *client_addr,
+                    int timeout_ms, struct px_tunnel_stream **out);
+/* The loop @h lives on: the client connection must be moved there (px_tls_move). */
+struct px_loop *px_tunnel_stream_loop(const struct px_tunnel_stream *h);
+/* On that loop: bytes flow between the stream and @c from now on. The caller keeps @c's
+ * callbacks and forwards on_readable, on_drained and on_close to the three functions
+ * below. When the node ends the stream, @c is closed (px_tls_close) once what it was
+ * sent is written. RP_EUNAVAILABLE if the tunnel closed meanwhile (close @c, then
+ * px_tunnel_stream_client_closed as usual). */
+int px_tunnel_stream_join(struct px_tunnel_stream *h, struct px_tls *c);
+void px_tunnel_stream_client_readable(struct px_tunnel_stream *h, struct px_tls *c);
+void px_tunnel_stream_client_drained(struct px_tunnel_stream *h);
+/* @c's on_close: the stream is reset unless it ended, and @h released. */
+void px_tunnel_stream_client_closed(struct px_tunnel_stream *h);
+/* Releases a stream never joined (any thread): the node's session is reset. NULL is
+ * fine. */
+void px_tunnel_stream_drop(struct px_tunnel_stream *h);
+
 /* ---- for proxy/conn.c and tests --------------------------------------------------------- */
 
 /* px_tunnel_attach (proxy/conn.h) with the registry given rather than the proxy's: the
