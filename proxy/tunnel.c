@@ -108,7 +108,7 @@ struct ptun {
     bool closing;
     struct pstream *streams;
     size_t n_streams;
-    bool any_corked; /* a joined client was corked while reading the agent's frames */
+    bool any_corked;          /* a joined client was corked while reading the agent's frames */
     struct ptun *bucket_next; /* registry, under reg->mu */
 };
 

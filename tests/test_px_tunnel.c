@@ -200,12 +200,14 @@ static void proxy_stop(struct proxy_side *ps)
 /* ---- the agent's side: an echo service for the SSH server ------------------------------- */
 
 static atomic_int served;
+static atomic_int echoing; /* echo threads running */
 static atomic_bool refuse_streams;
 static char last_peer[80];
 
 static void *echo_main(void *arg)
 {
     int fd = (int)(intptr_t)arg;
+    atomic_fetch_add(&echoing, 1);
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
     char buf[32768];
@@ -222,6 +224,7 @@ static void *echo_main(void *arg)
     }
 out:
     close(fd);
+    atomic_fetch_sub(&echoing, 1);
     return NULL;
 }
 
@@ -532,6 +535,283 @@ Test(px_tunnel, a_newer_tunnel_of_the_same_node_takes_the_sessions)
     SSL_free(stale);
     close(fd);
     SSL_CTX_free(ctx);
+    proxy_stop(&ps);
+    pki_free(&pki);
+}
+
+/* ---- a client connection joined to a stream, as proxy/dial.c joins tsh's --------------- */
+
+struct joined {
+    struct px_tunnel_stream *h;
+    atomic_bool joined, closed;
+};
+
+static void j_readable(struct px_tls *c)
+{
+    struct joined *j = c->mod;
+    px_tunnel_stream_client_readable(j->h, c);
+}
+
+static void j_drained(struct px_tls *c)
+{
+    struct joined *j = c->mod;
+    px_tunnel_stream_client_drained(j->h);
+}
+
+static void j_closed(struct px_tls *c)
+{
+    struct joined *j = c->mod;
+    if (atomic_load(&j->joined))
+        px_tunnel_stream_client_closed(j->h);
+    else
+        px_tunnel_stream_drop(j->h);
+    atomic_store(&j->closed, true);
+}
+
+static void j_moved(struct px_tls *c, void *arg)
+{
+    struct joined *j = arg;
+    cr_assert_eq(px_loop_current(), px_tunnel_stream_loop(j->h), "moved to the tunnel's loop");
+    if (px_tunnel_stream_join(j->h, c) == 0)
+        atomic_store(&j->joined, true);
+    else
+        px_tls_close(c);
+}
+
+static void j_move(void *arg)
+{
+    struct px_tls *c = arg;
+    struct joined *j = c->mod;
+    if (px_tls_move(c, px_tunnel_stream_loop(j->h), j_moved, j) != 0)
+        px_tls_close(c);
+}
+
+static void j_handshake(struct px_tls *c, int rv, void *arg)
+{
+    if (rv != 0)
+        return;
+    c->mod = arg;
+    c->on_readable = j_readable;
+    c->on_drained = j_drained;
+    c->on_close = j_closed;
+    px_tls_pause_reading(c, true);
+    /* Not from inside the connection's own callback: from a posted function. */
+    px_loop_post(px_loop_current(), j_move, c);
+}
+
+struct j_accept {
+    struct proxy_side *ps;
+    int fd;
+    struct joined *j;
+};
+
+static void j_accept_on_loop(void *arg)
+{
+    struct j_accept *a = arg;
+    px_tls_accept(px_loop_current(), NULL, a->fd, a->ps->server, "192.0.2.50:1", 5000, j_handshake,
+                  a->j, NULL);
+    free(a);
+}
+
+/* Opens a joined stream to the node and a TLS client connected to it through a socket
+ * pair, accepted on the loop that is NOT the tunnel's (so that the connection moves).
+ * Returns the client's SSL over a non-blocking *@fd. */
+static SSL *joined_client(struct proxy_side *ps, SSL_CTX *cctx, struct joined *j, int *fd)
+{
+    memset(j, 0, sizeof *j);
+    /* As in the proxy process: a client gone mid-write is an error return. */
+    signal(SIGPIPE, SIG_IGN);
+    cr_assert_eq(px_tunnels_open(ps->reg, HOST_ID, "198.51.100.77:7", 5000, &j->h), 0, "%s",
+                 rp_errmsg());
+    struct px_loop *tl = px_tunnel_stream_loop(j->h);
+    struct px_loop *other =
+        px_loops_get(ps->ls, 0) == tl ? px_loops_get(ps->ls, 1) : px_loops_get(ps->ls, 0);
+    int sp[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    fcntl(sp[1], F_SETFL, fcntl(sp[1], F_GETFL) | O_NONBLOCK);
+    struct j_accept *a = malloc(sizeof *a);
+    *a = (struct j_accept){.ps = ps, .fd = sp[1], .j = j};
+    cr_assert_eq(px_loop_post(other, j_accept_on_loop, a), 0);
+    SSL *ssl = SSL_new(cctx);
+    SSL_set_fd(ssl, sp[0]);
+    cr_assert_eq(SSL_connect(ssl), 1, "the client's handshake");
+    fcntl(sp[0], F_SETFL, fcntl(sp[0], F_GETFL) | O_NONBLOCK);
+    *fd = sp[0];
+    WAIT_FOR(atomic_load(&j->joined) || atomic_load(&j->closed), 5000);
+    cr_assert(atomic_load(&j->joined), "the client's connection joined the stream");
+    return ssl;
+}
+
+/* echo_roundtrip over a non-blocking TLS client: @n pattern bytes out, the same back,
+ * read slowly when @slow; then close_notify both ways when @finish. */
+static bool ssl_echo(SSL *ssl, int fd, size_t n, unsigned seed, bool slow, bool finish)
+{
+    size_t sent = 0, got = 0, chunk = 0;
+    uint8_t out[16384], in[16384];
+    uint64_t deadline = rp_mono_ms() + 60000;
+    while (got < n && rp_mono_ms() < deadline) {
+        struct pollfd p = {fd, (short)(POLLIN | (sent < n ? POLLOUT : 0)), 0};
+        poll(&p, 1, 50);
+        if (sent < n) {
+            if (chunk == 0) { /* a retried SSL_write must offer the same bytes */
+                chunk = n - sent < sizeof out ? n - sent : sizeof out;
+                for (size_t i = 0; i < chunk; i++)
+                    out[i] = pattern(sent + i, seed);
+            }
+            int w = SSL_write(ssl, out, (int)chunk);
+            if (w > 0) {
+                sent += (size_t)w;
+                chunk = 0;
+            }
+        }
+        for (;;) {
+            int r = SSL_read(ssl, in, slow ? 512 : (int)sizeof in);
+            if (r <= 0) {
+                int e = SSL_get_error(ssl, r);
+                if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                    fprintf(stderr, "ssl_echo: end after %zu of %zu bytes\n", got, n);
+                    return false;
+                }
+                break;
+            }
+            for (int i = 0; i < r; i++)
+                if (in[i] != pattern(got + (size_t)i, seed)) {
+                    fprintf(stderr, "ssl_echo: byte %zu differs\n", got + (size_t)i);
+                    return false;
+                }
+            got += (size_t)r;
+            if (slow) {
+                struct timespec ts = {0, 200000L};
+                nanosleep(&ts, NULL);
+                break;
+            }
+        }
+    }
+    if (got != n) {
+        fprintf(stderr, "ssl_echo: %zu of %zu bytes back in time\n", got, n);
+        return false;
+    }
+    if (!finish)
+        return true;
+    /* Our end: close_notify; the node's echo ends in turn, and the proxy's close_notify
+     * is the end of the stream. */
+    SSL_shutdown(ssl);
+    while (rp_mono_ms() < deadline) {
+        struct pollfd p = {fd, POLLIN, 0};
+        poll(&p, 1, 50);
+        int r = SSL_read(ssl, in, sizeof in);
+        if (r > 0)
+            return false; /* nothing more was due */
+        int e = SSL_get_error(ssl, r);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return true;
+        if (e != SSL_ERROR_WANT_READ) {
+            fprintf(stderr, "ssl_echo: the end was not a close_notify (SSL error %d)\n", e);
+            return false;
+        }
+    }
+    return false;
+}
+
+Test(px_tunnel, a_joined_client_moves_to_the_tunnels_loop_and_its_bytes_flow_both_ways)
+{
+    struct pki pki;
+    struct proxy_side ps;
+    struct agent_side as;
+    pki_new(&pki);
+    proxy_start(&ps, &pki, 30000);
+    agent_start(&as, &pki, ps.port, 30000);
+    WAIT_FOR(px_tunnels_has(ps.reg, HOST_ID), 10000);
+    SSL_CTX *cctx = node_ctx(&pki, "client-1");
+    struct joined j;
+    int fd;
+    SSL *ssl = joined_client(&ps, cctx, &j, &fd);
+    cr_assert(ssl_echo(ssl, fd, 8 << 20, 21, false, true),
+              "8 MiB echoed intact, then close_notify both ways");
+    WAIT_FOR(atomic_load(&j.closed) && atomic_load(&echoing) == 0, 5000);
+    cr_assert(atomic_load(&j.closed), "the proxy closed the client once the node ended");
+    cr_assert_eq(atomic_load(&echoing), 0, "the node's session ended");
+    cr_assert_str_eq(last_peer, "198.51.100.77:7", "the client's address reached the node");
+    SSL_free(ssl);
+    close(fd);
+
+    /* A reader slower than the writer: the stream's window holds the bytes back. */
+    ssl = joined_client(&ps, cctx, &j, &fd);
+    cr_assert(ssl_echo(ssl, fd, 1 << 20, 22, true, true), "1 MiB through a slow reader intact");
+    SSL_free(ssl);
+    close(fd);
+    WAIT_FOR(atomic_load(&j.closed), 5000);
+    SSL_CTX_free(cctx);
+    agent_stop(&as, &ps);
+    proxy_stop(&ps);
+    pki_free(&pki);
+}
+
+Test(px_tunnel, a_joined_client_that_goes_away_ends_the_nodes_session)
+{
+    struct pki pki;
+    struct proxy_side ps;
+    struct agent_side as;
+    pki_new(&pki);
+    proxy_start(&ps, &pki, 30000);
+    agent_start(&as, &pki, ps.port, 30000);
+    WAIT_FOR(px_tunnels_has(ps.reg, HOST_ID), 10000);
+    SSL_CTX *cctx = node_ctx(&pki, "client-2");
+    struct joined j;
+    int fd;
+    SSL *ssl = joined_client(&ps, cctx, &j, &fd);
+    cr_assert(ssl_echo(ssl, fd, 64 << 10, 23, false, false));
+    /* Gone without a word, mid-session, with bytes of ours still in flight. */
+    uint8_t junk[4096] = {0};
+    SSL_write(ssl, junk, sizeof junk);
+    SSL_free(ssl);
+    close(fd);
+    WAIT_FOR(atomic_load(&j.closed) && atomic_load(&echoing) == 0, 10000);
+    cr_assert(atomic_load(&j.closed), "the proxy saw the client go");
+    cr_assert_eq(atomic_load(&echoing), 0, "the node's side of the stream was ended");
+    /* The tunnel still serves. */
+    ssl = joined_client(&ps, cctx, &j, &fd);
+    cr_assert(ssl_echo(ssl, fd, 100000, 24, false, true), "the next session works");
+    SSL_free(ssl);
+    close(fd);
+    WAIT_FOR(atomic_load(&j.closed), 5000);
+    SSL_CTX_free(cctx);
+    agent_stop(&as, &ps);
+    proxy_stop(&ps);
+    pki_free(&pki);
+}
+
+Test(px_tunnel, the_tunnel_going_away_closes_its_joined_clients)
+{
+    struct pki pki;
+    struct proxy_side ps;
+    struct agent_side as;
+    pki_new(&pki);
+    proxy_start(&ps, &pki, 30000);
+    agent_start(&as, &pki, ps.port, 30000);
+    WAIT_FOR(px_tunnels_has(ps.reg, HOST_ID), 10000);
+    SSL_CTX *cctx = node_ctx(&pki, "client-3");
+    struct joined j;
+    int fd;
+    SSL *ssl = joined_client(&ps, cctx, &j, &fd);
+    cr_assert(ssl_echo(ssl, fd, 32 << 10, 25, false, false));
+    agent_stop(&as, &ps);
+    /* The client reads the end (close_notify or EOF), not a hang. */
+    uint64_t until = rp_mono_ms() + 10000;
+    int e = SSL_ERROR_WANT_READ;
+    uint8_t buf[1024];
+    while (e == SSL_ERROR_WANT_READ && rp_mono_ms() < until) {
+        struct pollfd p = {fd, POLLIN, 0};
+        poll(&p, 1, 50);
+        int r = SSL_read(ssl, buf, sizeof buf);
+        e = r > 0 ? SSL_ERROR_WANT_READ : SSL_get_error(ssl, r);
+    }
+    cr_assert_neq(e, SSL_ERROR_WANT_READ, "the client's connection ended with the tunnel");
+    WAIT_FOR(atomic_load(&j.closed), 5000);
+    cr_assert(atomic_load(&j.closed));
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(cctx);
     proxy_stop(&ps);
     pki_free(&pki);
 }
