@@ -583,6 +583,8 @@ int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, cons
         close(fd);
         return rp_err(RP_ENOMEM, "TLS connection from %s", peer);
     }
+    SSL_set_read_ahead(ssl, 1);
+    SSL_set_default_read_buffer_len(ssl, 64 * 1024);
     SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                           SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (SSL_set_fd(ssl, fd) != 1) {
