@@ -523,40 +523,66 @@ static int pump_in(struct tunnel *t)
     }
 }
 
-/* Serializes frames (while less than OUT_HIGH waits) and writes what TLS takes. */
+/* Corks or uncorks the TLS socket. */
+static void cork(struct tunnel *t, bool on)
+{
+    int v = on;
+    setsockopt(t->fd, IPPROTO_TCP, TCP_CORK, &v, sizeof v);
+}
+
+/* Serializes frames (while less than OUT_HIGH waits) and writes what TLS takes. TLS
+ * writes a record (16 KiB at most) at a time: while a burst of them is written the
+ * socket is corked, so that the kernel sends them in full-sized segments, not one
+ * segment (and one wakeup of the proxy) per record. */
 static int pump_out(struct tunnel *t)
 {
+    int records = 0, rv = 0;
+    bool corked = false;
     for (;;) {
         while (t->out.len - t->out_off < OUT_HIGH) {
             const uint8_t *p;
             ssize_t n = nghttp2_session_mem_send(t->h2, &p);
-            if (n < 0)
-                return rp_err(RP_EPROTO, "HTTP/2: %s", nghttp2_strerror((int)n));
+            if (n < 0) {
+                rv = rp_err(RP_EPROTO, "HTTP/2: %s", nghttp2_strerror((int)n));
+                goto out;
+            }
             if (n == 0)
                 break;
             if (t->out_off > 0 && t->out_off == t->out.len) {
                 rp_buf_reset(&t->out);
                 t->out_off = 0;
             }
-            if (rp_buf_append(&t->out, p, (size_t)n) != 0)
-                return rp_err(RP_ENOMEM, "tunnel output");
+            if (rp_buf_append(&t->out, p, (size_t)n) != 0) {
+                rv = rp_err(RP_ENOMEM, "tunnel output");
+                goto out;
+            }
         }
         if (t->out_off == t->out.len) {
             rp_buf_reset(&t->out);
             t->out_off = 0;
             t->want_write = false;
-            return 0;
+            goto out;
         }
         size_t left = t->out.len - t->out_off;
+        if (records == 1 && !corked) {
+            cork(t, true);
+            corked = true;
+        }
         int r =
             SSL_write(t->ssl, t->out.data + t->out_off, left > INT32_MAX ? INT32_MAX : (int)left);
         if (r <= 0) {
-            ssize_t rv = ssl_error(t, r, "writing to the proxy");
-            t->want_write = rv == RP_EAGAIN;
-            return rv == RP_EAGAIN ? 0 : (int)rv;
+            ssize_t e = ssl_error(t, r, "writing to the proxy");
+            t->want_write = e == RP_EAGAIN;
+            rv = e == RP_EAGAIN ? 0 : (int)e;
+            goto out;
         }
+        records++;
         t->out_off += (size_t)r;
     }
+out:
+    if (corked)
+        cork(t, false);
+    return rv;
 }
 
 static int session_new(struct tunnel *t)

@@ -46,6 +46,8 @@
 #define ANSWER_FRAME_MAX (64 * 1024)
 #define DIAL_TIMEOUT_S 30
 #define PUMP_CHUNK (64 * 1024)
+#define TLS_READ_BUF (128 * 1024)
+#define TLS_RECORD_MAX 16384
 /* After our side ended: how long the proxy gets to end its side. */
 #define PUMP_LINGER_MS 2000
 static const unsigned char ALPN_PROXY_SSH[] = "\x12teleport-proxy-ssh";
@@ -353,7 +355,7 @@ static void *pump_main(void *arg)
         if (!tls_eof && loc_off == loc_len) {
             loc_off = loc_len = 0;
             read_wants_write = false;
-            while (loc_len + 16384 <= PUMP_CHUNK) {
+            while (loc_len + TLS_RECORD_MAX <= PUMP_CHUNK) {
                 int r = SSL_read(ssl, to_local + loc_len, (int)(PUMP_CHUNK - loc_len));
                 if (r > 0) {
                     loc_len += (size_t)r;
@@ -395,6 +397,12 @@ static void *pump_main(void *arg)
             }
         }
         write_wants_read = write_wants_write = false;
+        /* TLS writes a record (16 KiB at most) per write(): a burst of them leaves in
+         * full-sized segments while the socket is corked, not one segment (and one
+         * wakeup of the proxy) per record. */
+        bool corked = tls_len - tls_off > TLS_RECORD_MAX;
+        if (corked)
+            setsockopt(pm->tls_fd, IPPROTO_TCP, TCP_CORK, &(int){1}, sizeof(int));
         while (tls_off < tls_len) {
             int w = SSL_write(ssl, to_tls + tls_off, (int)(tls_len - tls_off));
             if (w > 0) {
@@ -410,6 +418,8 @@ static void *pump_main(void *arg)
                 broken = true;
             break;
         }
+        if (corked)
+            setsockopt(pm->tls_fd, IPPROTO_TCP, TCP_CORK, &(int){0}, sizeof(int));
         if (tls_off == tls_len)
             tls_off = tls_len = 0;
         if (local_eof && tls_len == 0 && !close_sent) {
@@ -422,7 +432,8 @@ static void *pump_main(void *arg)
         /* Our side is gone and the proxy has not ended its side in a while: stop. */
         if (close_sent && rp_mono_ms() > linger_until)
             break;
-        if (SSL_pending(ssl) > 0 && loc_len == 0 && !tls_eof)
+        /* Records already read (read-ahead) do not make the socket readable. */
+        if (SSL_has_pending(ssl) && loc_len == 0 && !tls_eof)
             continue;
         struct pollfd p[2];
         p[0] = (struct pollfd){pm->tls_fd, 0, 0};
@@ -544,6 +555,11 @@ int tsh_dial(const struct tsh_profile *p, const char *target, const char *login,
     if (inet_pton(AF_INET, host, &a4) != 1 && inet_pton(AF_INET6, host, &a6) != 1)
         SSL_set_tlsext_host_name(ssl, host);
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* One read() takes every record that has arrived (up to TLS_READ_BUF bytes), not
+     * a header and then a body for each: a bulk copy's records come in bursts. The
+     * buffer is sized before the handshake allocates it. */
+    SSL_set_default_read_buffer_len(ssl, TLS_READ_BUF);
+    SSL_set_read_ahead(ssl, 1);
     if (SSL_connect(ssl) != 1) {
         long vr = SSL_get_verify_result(ssl);
         rv = rp_err(RP_ETLS, "TLS to the proxy %s failed: %s%s%s", p->proxy, tls_reason(),

@@ -33,9 +33,12 @@
 
 #define CHUNK (64 * 1024)
 #define INFLIGHT 32
+#define REQ_BATCH 8 /* read requests sent together (a download) */
 #define MAX_PACKET (256 * 1024 + 1024)
 #define MAX_DEPTH 64          /* directory nesting a recursive copy follows */
 #define MAX_ENTRIES (1 << 20) /* names of one remote directory held at once */
+#define IN_ROOM (8 * CHUNK)   /* the answer buffer's size in a transfer */
+#define WAIT_MS 1000          /* one wait for the node; the loop around it goes on */
 
 enum {
     FXP_INIT = 1,
@@ -99,9 +102,9 @@ static int sftp_broken(struct sftp *f)
     return rp_err(RP_EIO, "the SFTP channel broke: %s", ssh_get_error(f->s));
 }
 
-/* Moves bytes both ways without blocking: requests into the channel (within the
- * window), answers out of it. *@progress says whether anything moved. */
-static int sftp_pump(struct sftp *f, bool *progress)
+/* Writes queued requests into the channel, as far as its window and the socket take
+ * them without blocking. *@progress says whether anything moved. */
+static int sftp_flush(struct sftp *f, bool *progress)
 {
     while (f->out_off < f->out.len) {
         uint32_t w = ssh_channel_window_size(f->ch);
@@ -120,17 +123,34 @@ static int sftp_pump(struct sftp *f, bool *progress)
     }
     if (f->out_off == f->out.len)
         f->out_off = f->out.len = 0;
-    /* Parsed answers are dropped before more bytes come in: the buffer holds at most
-     * the answers in flight, never the whole transfer. */
-    if (f->in_off > 0) {
+    return 0;
+}
+
+/* Room for CHUNK more answer bytes at the end of f->in (answers are read straight into
+ * it: one copy less per byte). Parsed answers are dropped only when the room runs out,
+ * so that the part of an answer still coming is moved once per IN_ROOM bytes, not
+ * after every answer; the buffer holds at most the answers in flight, never the
+ * whole transfer. */
+static int sftp_in_room(struct sftp *f)
+{
+    if (f->in_off > 0 && (f->in_off == f->in.len || f->in.cap - f->in.len < CHUNK)) {
         memmove(f->in.data, f->in.data + f->in_off, f->in.len - f->in_off);
         f->in.len -= f->in_off;
         f->in_off = 0;
     }
+    if (rp_buf_reserve(&f->in, f->in.cap < IN_ROOM ? IN_ROOM - f->in.len : CHUNK) != 0)
+        return rp_err(RP_ENOMEM, "SFTP answer buffer");
+    return 0;
+}
+
+/* Takes answer bytes the channel has without blocking. *@progress says whether any
+ * came. */
+static int sftp_read_some(struct sftp *f, bool *progress)
+{
     for (int i = 0; i < 16; i++) {
-        /* Straight into the answer buffer: one copy less per byte. */
-        if (rp_buf_reserve(&f->in, CHUNK) != 0)
-            return rp_err(RP_ENOMEM, "SFTP answer buffer");
+        int rv = sftp_in_room(f);
+        if (rv != 0)
+            return rv;
         int n = ssh_channel_read_nonblocking(f->ch, f->in.data + f->in.len, CHUNK, 0);
         if (n == SSH_EOF)
             return rp_err(RP_EIO, "the node's sftp-server ended the SFTP session");
@@ -145,16 +165,41 @@ static int sftp_pump(struct sftp *f, bool *progress)
 }
 
 /* Waits for the session socket (with a deadline that only catches hangs) and lets
- * libssh read it. */
+ * libssh read it: while requests wait for the channel's window or the socket. */
 static int sftp_wait(struct sftp *f)
 {
     short ev = POLLIN;
     if (ssh_get_poll_flags(f->s) & SSH_WRITE_PENDING)
         ev |= POLLOUT;
     struct pollfd p = {ssh_get_fd(f->s), ev, 0};
-    int rc = poll(&p, 1, 1000);
+    int rc = poll(&p, 1, WAIT_MS);
     if (rc < 0 && errno != EINTR)
         return rp_err(RP_EIO, "poll: %s", strerror(errno));
+    if (!ssh_is_connected(f->s))
+        return sftp_broken(f);
+    return 0;
+}
+
+/* Waits inside libssh (up to WAIT_MS, a deadline that only catches hangs) until the
+ * channel holds answer bytes, and takes them: when no request waits to be written (the
+ * wait does not end when the peer's window reopens). libssh reads its socket 4 KiB
+ * per poll, so a 32 KiB SSH packet is whole only after several reads; waiting inside
+ * it costs one poll and one read per 4 KiB, where a poll of ours before each
+ * non-blocking read (which polls too) doubled the polls. */
+static int sftp_read_wait(struct sftp *f)
+{
+    int rv = sftp_in_room(f);
+    if (rv != 0)
+        return rv;
+    int n = ssh_channel_read_timeout(f->ch, f->in.data + f->in.len, CHUNK, 0, WAIT_MS);
+    if (n == SSH_ERROR)
+        return sftp_broken(f);
+    if (n > 0) {
+        f->in.len += (size_t)n;
+        return 0;
+    }
+    if (ssh_channel_is_eof(f->ch))
+        return rp_err(RP_EIO, "the node's sftp-server ended the SFTP session");
     if (!ssh_is_connected(f->s))
         return sftp_broken(f);
     return 0;
@@ -190,7 +235,7 @@ static int sftp_take(struct sftp *f)
     return 1;
 }
 
-/* Waits for the next answer. */
+/* Waits for the next answer, writing queued requests meanwhile. */
 static int sftp_next(struct sftp *f)
 {
     for (;;) {
@@ -198,9 +243,16 @@ static int sftp_next(struct sftp *f)
         if (rv != 0)
             return rv < 0 ? rv : 0;
         bool progress = false;
-        if ((rv = sftp_pump(f, &progress)) != 0)
+        if ((rv = sftp_flush(f, &progress)) != 0)
             return rv;
-        if (!progress && sftp_take(f) == 0 && (rv = sftp_wait(f)) != 0)
+        if (f->out_off == f->out.len) {
+            if ((rv = sftp_read_wait(f)) != 0)
+                return rv;
+            continue;
+        }
+        if ((rv = sftp_read_some(f, &progress)) != 0)
+            return rv;
+        if (!progress && (rv = sftp_wait(f)) != 0)
             return rv;
     }
 }
@@ -564,8 +616,12 @@ static int download_file(struct sftp *f, const char *rpath, const struct attrs *
     uint64_t next = 0, eof_at = UINT64_MAX;
     for (;;) {
         /* Up to the size we were told, many at once; past it (a file that grew, or no
-         * size), one at a time until the server says EOF. */
-        while (rv == 0 && nq < INFLIGHT && next < eof_at && (next < size || nq == 0)) {
+         * size), one at a time until the server says EOF. Requests go out REQ_BATCH at
+         * a time: each message crosses the proxy, the tunnel and the node's SSH server
+         * and wakes each of them, so one request per answer cost all of them a wakeup
+         * per 64 KiB copied. */
+        bool top_up = nq <= INFLIGHT - REQ_BATCH || next >= size;
+        while (rv == 0 && top_up && nq < INFLIGHT && next < eof_at && (next < size || nq == 0)) {
             rv = send_read(f, h, hl, next, CHUNK, q, &nq);
             next += CHUNK;
         }
