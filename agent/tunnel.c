@@ -47,6 +47,7 @@
 #define CONN_WINDOW (4 << 20)     /* ... and all streams together */
 #define OUT_HIGH (256 << 10)      /* TLS bytes queued before we stop producing frames */
 #define READ_CHUNK (16 << 10)
+#define STREAM_SOCK_BUF (1 << 20) /* the SSH server's send buffer towards us */
 #define MAX_MISSED_PINGS 3
 #define HEADER_MAX 256 /* longest header value we keep */
 
@@ -239,6 +240,12 @@ static int on_request(struct tunnel *t, struct tstream *s)
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
         return submit_refusal(t, s, "503", "out of sockets");
+    /* Room for the SSH server to run ahead of this thread (it writes a 32 KiB packet
+     * at a time): this thread then finds several packets per wakeup and sends them in
+     * one corked burst, and the SSH server waits for room less often. What the socket
+     * holds is bounded by the SSH channel's window all the same. */
+    int sndbuf = STREAM_SOCK_BUF;
+    setsockopt(sp[1], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     /* The SSH server owns sp[1] from here, also when it fails. */
     int rv = t->owner->serve(t->owner->serve_arg, sp[1], s->client[0] ? s->client : NULL);
     if (rv != 0) {
