@@ -495,6 +495,9 @@ struct state {
     size_t n_pending, cap_pending;
     struct state__hub hub;
     struct state__recstore *rec; /* state/recstore.c */
+    int fd;                      /* data.mdb (LMDB's descriptor, not ours to close) */
+    uint64_t disk_reserved;      /* bytes of data.mdb with blocks allocated (loop thread) */
+    atomic_bool disk_short;      /* the last allocation failed: writes are refused */
 };
 
 enum state__op {
@@ -600,6 +603,10 @@ int state__err_prefix(int code, const char *fmt, ...) __attribute__((format(prin
 /* state_space_check for any environment of state/ (the resources, the recordings):
  * RP_ENOSPC naming the configuration @setting that raises the ceiling. */
 int state__env_space_check(MDB_env *env, size_t len, const char *setting);
+/* Allocates the blocks of data.mdb up to the last page in use + @extra + a margin
+ * (see state/store.c, "Size"), so that no store into the map meets a hole when the
+ * disk is full. 0, RP_ENOSPC or RP_EIO (and state_space_check then refuses writes). */
+int state__disk_reserve(struct state *s, uint64_t extra);
 /* Maps an LMDB return code to RP_ENOSPC/RP_ENOMEM/RP_EIO with a message. */
 int state__lmdb_err(int rc, const char *what);
 /* Reads the applied index stored in @txn (0 if none). */
