@@ -467,11 +467,17 @@ struct state__ev {
     char key[]; /* kind \0 name \0 */
 };
 
+/* Resource bytes the ring of recent events may hold, besides its count: with 1 MiB
+ * values its 8192 events held 8 GiB. Older events are dropped first, and a watch
+ * resuming from before them starts over from a fresh read, as after the count. */
+#define STATE__RING_BYTES (64u << 20)
+
 struct state__hub {
     pthread_mutex_t mu;
     struct state_watch *watchers; /* doubly linked through prev/next */
     struct state__ev **ring;      /* recent events, oldest at ring_head */
     unsigned ring_cap, ring_head, ring_len;
+    size_t ring_bytes;   /* resource bytes the ring's events hold (at most STATE__RING_BYTES) */
     uint64_t ring_floor; /* every event with a revision above this is in the ring */
     uint64_t published;  /* index of the last entry published */
 };

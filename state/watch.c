@@ -141,6 +141,7 @@ static void ring_clear(struct state__hub *h)
         ev_unref(h->ring[(h->ring_head + i) % h->ring_cap]);
     h->ring_len = 0;
     h->ring_head = 0;
+    h->ring_bytes = 0;
 }
 
 void state__hub_close(struct state__hub *h)
@@ -246,17 +247,21 @@ void state__hub_publish(struct state *s, struct state__ev **evs, size_t n, uint6
         struct state__ev *ev = evs[i];
         for (struct state_watch *w = h->watchers; w != NULL; w = w->next)
             deliver(w, ev);
-        /* The ring takes over the reference apply had. */
-        if (h->ring_len == h->ring_cap) {
+        /* The ring takes over the reference apply had, dropping its oldest events
+         * while it is full by count or by bytes. */
+        while (h->ring_len > 0 &&
+               (h->ring_len == h->ring_cap || h->ring_bytes + ev->res_len > STATE__RING_BYTES)) {
             struct state__ev *old = h->ring[h->ring_head];
             if (old->revision > h->ring_floor)
                 h->ring_floor = old->revision;
+            h->ring_bytes -= old->res_len;
             ev_unref(old);
             h->ring_head = (h->ring_head + 1) % h->ring_cap;
             h->ring_len--;
         }
         h->ring[(h->ring_head + h->ring_len) % h->ring_cap] = ev;
         h->ring_len++;
+        h->ring_bytes += ev->res_len;
     }
     h->published = index;
     pthread_mutex_unlock(&h->mu);
