@@ -501,9 +501,14 @@ struct state {
     size_t n_pending, cap_pending;
     struct state__hub hub;
     struct state__recstore *rec; /* state/recstore.c */
-    int fd;                      /* data.mdb (LMDB's descriptor, not ours to close) */
-    uint64_t disk_reserved;      /* bytes of data.mdb with blocks allocated (loop thread) */
-    atomic_bool disk_short;      /* the last allocation failed: writes are refused */
+    /* fsm.c: libraft's snapshot settings as configured, and the bytes and entries
+     * applied since the last snapshot (loop thread). */
+    unsigned cfg_threshold, cfg_trailing;
+    uint64_t log_bytes, log_entries;
+    bool log_budget_hit;
+    int fd;                 /* data.mdb (LMDB's descriptor, not ours to close) */
+    uint64_t disk_reserved; /* bytes of data.mdb with blocks allocated (loop thread) */
+    atomic_bool disk_short; /* the last allocation failed: writes are refused */
 };
 
 enum state__op {
