@@ -469,7 +469,8 @@ struct state__ev {
 
 /* Resource bytes the ring of recent events may hold, besides its count: with 1 MiB
  * values its 8192 events held 8 GiB. Older events are dropped first, and a watch
- * resuming from before them starts over from a fresh read, as after the count. */
+ * resuming from before them starts over from a fresh read, as after the count. A
+ * watcher's queue holds at most as many bytes (then it overflows: REINIT). */
 #define STATE__RING_BYTES (64u << 20)
 
 struct state__hub {
