@@ -22,7 +22,7 @@ struct auth_listener_limits {
     unsigned max_total;    /* connections open at once (default 1024) */
     unsigned reserve;      /* of those, kept for certificate holders (default 128) */
     unsigned per_addr_max; /* unauthenticated connections per address (default 64) */
-    unsigned workers;      /* request-serving threads (default 64) */
+    unsigned workers;      /* request-serving threads (default 256) */
     unsigned anon_workers; /* of which at most this many serve anonymous frames at once
                               (default 8; 0 or >= workers: half of them) */
     unsigned anon_wait_ms; /* an anonymous frame waiting longer for a worker is answered

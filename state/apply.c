@@ -560,6 +560,21 @@ static int exec(struct apply *a, const struct state__cmd *c, struct state_result
     }
 }
 
+/* A bound on what one entry's transaction adds to the file after its last page in
+ * use: its bytes twice (a value's overflow pages, and the tree it lands in), and
+ * for each resource it changes, the leaf and branch pages copied on write in the
+ * resource, expiry and request-id trees (8 pages). Expiry and trimming delete what
+ * they find, freeing about as many pages as they copy: the margin covers them. */
+static uint64_t apply_growth(const struct state__cmd *c, size_t len)
+{
+    uint64_t items = 1;
+    if (c != NULL && (c->op == STATE__OP_BATCH || c->op == STATE__OP_GROUP))
+        items = c->ops->via.array.size;
+    else if (c != NULL && c->op == STATE__OP_AUDIT)
+        items = c->events->via.array.size;
+    return 2 * (uint64_t)len + items * (32u << 10);
+}
+
 int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
                 struct state_result *res)
 {
@@ -592,6 +607,10 @@ int state_apply(struct state *s, uint64_t index, const void *cmd, size_t len,
         valid = res->code == 0;
     }
 
+    /* The blocks this transaction may store into are allocated first (MDB_WRITEMAP:
+     * see state/store.c, "Size"): a full disk fails the apply here, and Raft retries. */
+    if ((rv = state__disk_reserve(s, apply_growth(valid ? &c : NULL, len))) != 0)
+        goto err;
     if ((rc = mdb_txn_begin(s->env, NULL, 0, &a.txn)) != 0) {
         rv = state__lmdb_err(rc, "starting the apply transaction");
         goto err;

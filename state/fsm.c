@@ -48,6 +48,57 @@ static int raft_code(int rv)
 
 static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs);
 
+/* libraft keeps in memory every entry since its last snapshot, and snapshot_trailing
+ * entries before it, both counted in entries: with 1 MiB entries the defaults (8192
+ * and 8192) are 16 GiB per member. Once the entries applied since the last snapshot
+ * hold LOG_BYTES_BUDGET, the threshold drops to 1 so that libraft snapshots after
+ * this apply, and that snapshot keeps as many trailing entries as hold the same
+ * budget at the average entry size (at least MIN_TRAILING). The next snapshot
+ * restores both settings. libraft reads them when it decides to snapshot and when
+ * the snapshot completes, on this thread. */
+#define LOG_BYTES_BUDGET ((uint64_t)512 << 20)
+#define MIN_TRAILING 64
+
+static void log_budget_note(struct state *s, size_t len)
+{
+    struct raft *r = s->raft;
+    if (s->cfg_threshold == 0) {
+        s->cfg_threshold = r->snapshot.threshold;
+        s->cfg_trailing = r->snapshot.trailing;
+    }
+    s->log_bytes += len;
+    s->log_entries++;
+    if (s->log_budget_hit || s->log_bytes < LOG_BYTES_BUDGET)
+        return;
+    s->log_budget_hit = true;
+    uint64_t keep = LOG_BYTES_BUDGET / (s->log_bytes / s->log_entries + 1);
+    if (keep < MIN_TRAILING)
+        keep = MIN_TRAILING;
+    if (keep > s->cfg_trailing)
+        keep = s->cfg_trailing;
+    rp_info("state",
+            "%llu MiB of entries since the last snapshot: snapshotting now, keeping %llu "
+            "trailing entries",
+            (unsigned long long)(s->log_bytes >> 20), (unsigned long long)keep);
+    raft_set_snapshot_threshold(r, 1);
+    raft_set_snapshot_trailing(r, (unsigned)keep);
+}
+
+/* A snapshot starts: count afresh, and put back what log_budget_note lowered (the
+ * trailing setting only after this snapshot, which it was lowered for). */
+static void log_budget_reset(struct state *s)
+{
+    if (s->cfg_threshold == 0)
+        return;
+    if (s->log_budget_hit)
+        raft_set_snapshot_threshold(s->raft, s->cfg_threshold);
+    else
+        raft_set_snapshot_trailing(s->raft, s->cfg_trailing);
+    s->log_budget_hit = false;
+    s->log_bytes = 0;
+    s->log_entries = 0;
+}
+
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     struct state *s = fsm->data;
@@ -65,6 +116,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
                  rp_errmsg());
         return raft_code(rv);
     }
+    log_budget_note(s, buf->len);
     *result = &s->last_result;
     return 0;
 }
@@ -79,6 +131,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
     *n_bufs = 0;
     if (s->snap_txn != NULL)
         return RAFT_BUSY;
+    log_budget_reset(s);
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->snap_txn);
     if (rc != 0) {
         s->snap_txn = NULL;

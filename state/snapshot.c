@@ -312,6 +312,11 @@ int state__snapshot_restore(struct state *s, const void *data, size_t all_len)
     if (rv != 0)
         return rv;
 
+    /* The new contents land on pages past the old ones (pages freed by the drops are
+     * reused only after the commit), and with MDB_WRITEMAP their blocks must be
+     * allocated first (state/store.c, "Size"): a full disk fails the restore here. */
+    if ((rv = state__disk_reserve(s, 3 * (uint64_t)len)) != 0)
+        return rv;
     /* Everything checked: replace the contents in one transaction. */
     if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
         return state__lmdb_err(rc, "restore");

@@ -467,11 +467,18 @@ struct state__ev {
     char key[]; /* kind \0 name \0 */
 };
 
+/* Resource bytes the ring of recent events may hold, besides its count: with 1 MiB
+ * values its 8192 events held 8 GiB. Older events are dropped first, and a watch
+ * resuming from before them starts over from a fresh read, as after the count. A
+ * watcher's queue holds at most as many bytes (then it overflows: REINIT). */
+#define STATE__RING_BYTES (64u << 20)
+
 struct state__hub {
     pthread_mutex_t mu;
     struct state_watch *watchers; /* doubly linked through prev/next */
     struct state__ev **ring;      /* recent events, oldest at ring_head */
     unsigned ring_cap, ring_head, ring_len;
+    size_t ring_bytes;   /* resource bytes the ring's events hold (at most STATE__RING_BYTES) */
     uint64_t ring_floor; /* every event with a revision above this is in the ring */
     uint64_t published;  /* index of the last entry published */
 };
@@ -495,6 +502,14 @@ struct state {
     size_t n_pending, cap_pending;
     struct state__hub hub;
     struct state__recstore *rec; /* state/recstore.c */
+    /* fsm.c: libraft's snapshot settings as configured, and the bytes and entries
+     * applied since the last snapshot (loop thread). */
+    unsigned cfg_threshold, cfg_trailing;
+    uint64_t log_bytes, log_entries;
+    bool log_budget_hit;
+    int fd;                 /* data.mdb (LMDB's descriptor, not ours to close) */
+    uint64_t disk_reserved; /* bytes of data.mdb with blocks allocated (loop thread) */
+    atomic_bool disk_short; /* the last allocation failed: writes are refused */
 };
 
 enum state__op {
@@ -600,6 +615,10 @@ int state__err_prefix(int code, const char *fmt, ...) __attribute__((format(prin
 /* state_space_check for any environment of state/ (the resources, the recordings):
  * RP_ENOSPC naming the configuration @setting that raises the ceiling. */
 int state__env_space_check(MDB_env *env, size_t len, const char *setting);
+/* Allocates the blocks of data.mdb up to the last page in use + @extra + a margin
+ * (see state/store.c, "Size"), so that no store into the map meets a hole when the
+ * disk is full. 0, RP_ENOSPC or RP_EIO (and state_space_check then refuses writes). */
+int state__disk_reserve(struct state *s, uint64_t extra);
 /* Maps an LMDB return code to RP_ENOSPC/RP_ENOMEM/RP_EIO with a message. */
 int state__lmdb_err(int rc, const char *what);
 /* Reads the applied index stored in @txn (0 if none). */

@@ -23,19 +23,31 @@
  * with the Raft directory, never alone.
  *
  * Size. The map is opened at the ceiling (state_opts.map_size, the server's
- * auth_service.max_map_size) from the start. Without MDB_WRITEMAP, LMDB writes
- * pages with pwrite and only reads through the map, so the map is address space,
- * not memory or disk: data.mdb grows page by page with the data. Growing the map
- * in steps instead would mean mdb_env_set_mapsize, which LMDB allows only while
- * no transaction of the process is open; our readers (64 API workers, watch
- * streams, a snapshot's read transaction pinned across its serialisation on a
- * thread-pool thread) would all need a lock the apply waits on. At the ceiling,
- * proposers get RP_ENOSPC from state_space_check before anything is proposed. */
+ * auth_service.max_map_size) from the start, with MDB_WRITEMAP: a commit changes
+ * pages in the map in place and costs no system call, where pwrite of every dirty
+ * page cost a third of a member's CPU under writes (ext4 walks each large folio's
+ * buffers for a 4 KiB write). Growing the map in steps instead would mean
+ * mdb_env_set_mapsize, which LMDB allows only while no transaction of the process
+ * is open; our readers (64 API workers, watch streams, a snapshot's read
+ * transaction pinned across its serialisation on a thread-pool thread) would all
+ * need a lock the apply waits on.
+ *
+ * With MDB_WRITEMAP, LMDB sizes data.mdb to the map: a sparse file, whose holes
+ * take no disk. A store into a hole of the map allocates a block at the page
+ * fault, and with the disk full that fault is SIGBUS, not an error code. So the
+ * blocks are allocated ahead of LMDB (state__disk_reserve, posix_fallocate): up to
+ * the last page in use plus what the next entry can add plus a margin (an eighth
+ * of the data, from 256 KiB to 64 MiB), checked before every apply transaction.
+ * LMDB never stores past that point, and a disk too full to allocate fails the
+ * apply with RP_ENOSPC (Raft retries the entry, as it did when pwrite failed) and
+ * makes state_space_check refuse writes. At the ceiling, proposers get RP_ENOSPC
+ * from state_space_check before anything is proposed. */
 #define STATE_INTERNAL
 #include "state/state.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,12 +228,19 @@ int state_open(struct state **out, const char *dir, const struct state_opts *opt
         goto err_after_env;
     }
     /* MDB_NOTLS: read transactions are handed between threads (snapshots, watch
-     * streams) and a thread may hold several. MDB_NOSYNC: see the top of this file. */
-    rc = mdb_env_open(s->env, dir, MDB_NOTLS | MDB_NOSYNC | MDB_NORDAHEAD, 0600);
+     * streams) and a thread may hold several. MDB_NOSYNC and MDB_WRITEMAP: see the
+     * top of this file. */
+    rc = mdb_env_open(s->env, dir, MDB_NOTLS | MDB_NOSYNC | MDB_NORDAHEAD | MDB_WRITEMAP, 0600);
     if (rc != 0) {
         rv = state__lmdb_err(rc, dir);
         goto err_after_env;
     }
+    if ((rc = mdb_env_get_fd(s->env, &s->fd)) != 0) {
+        rv = state__lmdb_err(rc, dir);
+        goto err_after_env;
+    }
+    if ((rv = state__disk_reserve(s, 0)) != 0)
+        goto err_after_env;
     int dead = 0;
     mdb_reader_check(s->env, &dead);
     if ((rv = open_dbs(s)) != 0)
@@ -293,7 +312,59 @@ int state__env_space_check(MDB_env *env, size_t len, const char *setting)
 
 int state_space_check(struct state *s, size_t len)
 {
+    if (atomic_load(&s->disk_short))
+        return rp_err(RP_ENOSPC,
+                      "the disk holding %s is full: no room to grow the state database; "
+                      "writes are refused until space is freed",
+                      s->dir);
     return state__env_space_check(s->env, len, "auth_service.max_map_size");
+}
+
+/* The bytes the next transaction may add after the last page in use, besides
+ * @extra: an eighth of the data, at least 256 KiB and at most 64 MiB. */
+static uint64_t reserve_margin(uint64_t used)
+{
+    uint64_t m = used / 8;
+    if (m < (256u << 10))
+        m = 256u << 10;
+    if (m > (64u << 20))
+        m = 64u << 20;
+    return m;
+}
+
+int state__disk_reserve(struct state *s, uint64_t extra)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    int rc;
+    if ((rc = mdb_env_info(s->env, &info)) != 0 || (rc = mdb_env_stat(s->env, &st)) != 0)
+        return state__lmdb_err(rc, "reading the state database's size");
+    uint64_t map = info.me_mapsize, psize = st.ms_psize;
+    uint64_t used = ((uint64_t)info.me_last_pgno + 1) * psize;
+    if (s->disk_reserved < used)
+        s->disk_reserved = used; /* every page up to the last in use has been written */
+    uint64_t margin = reserve_margin(used);
+    uint64_t need = used + extra + margin;
+    if (need > map)
+        need = map; /* past the map LMDB itself refuses (MDB_MAP_FULL) */
+    if (need <= s->disk_reserved)
+        return 0;
+    /* Allocate twice the margin at once: one call per margin's worth of growth. */
+    uint64_t want = need + margin;
+    want = (want + (64u << 10) - 1) / (64u << 10) * (64u << 10);
+    if (want > map)
+        want = map;
+    int err = posix_fallocate(s->fd, (off_t)s->disk_reserved, (off_t)(want - s->disk_reserved));
+    if (err == 0) {
+        s->disk_reserved = want;
+        atomic_store(&s->disk_short, false);
+        return 0;
+    }
+    if (!atomic_exchange(&s->disk_short, true))
+        rp_error("state", "%s: cannot allocate %llu MiB for the state database: %s", s->dir,
+                 (unsigned long long)((want - s->disk_reserved) >> 20), strerror(err));
+    return rp_err(err == ENOSPC ? RP_ENOSPC : RP_EIO,
+                  "allocating disk for the state database in %s: %s", s->dir, strerror(err));
 }
 
 uint64_t state_applied_index(struct state *s)

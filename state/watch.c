@@ -53,6 +53,7 @@ struct state_watch {
     /* Under the hub mutex. */
     struct state__ev **q;
     unsigned q_cap, q_head, q_len;
+    size_t q_bytes;     /* resource bytes of the queued events (at most STATE__RING_BYTES) */
     uint64_t skip_upto; /* events at or below this revision are already covered */
     bool overflowed;
     bool cancelled;
@@ -141,6 +142,7 @@ static void ring_clear(struct state__hub *h)
         ev_unref(h->ring[(h->ring_head + i) % h->ring_cap]);
     h->ring_len = 0;
     h->ring_head = 0;
+    h->ring_bytes = 0;
 }
 
 void state__hub_close(struct state__hub *h)
@@ -198,12 +200,14 @@ static void q_push(struct state_watch *w, struct state__ev *ev)
 {
     w->q[(w->q_head + w->q_len) % w->q_cap] = ev;
     w->q_len++;
+    w->q_bytes += ev->res_len;
     ev->refs++;
 }
 
 static void q_clear(struct state_watch *w)
 {
     while (w->q_len > 0) {
+        w->q_bytes -= w->q[w->q_head]->res_len;
         ev_unref(w->q[w->q_head]);
         w->q_head = (w->q_head + 1) % w->q_cap;
         w->q_len--;
@@ -218,6 +222,7 @@ static void overflow(struct state_watch *w, uint64_t rev)
         unsigned last = (w->q_head + w->q_len - 1) % w->q_cap;
         if (w->q[last]->revision < rev)
             break;
+        w->q_bytes -= w->q[last]->res_len;
         ev_unref(w->q[last]);
         w->q_len--;
     }
@@ -229,7 +234,9 @@ static void deliver(struct state_watch *w, struct state__ev *ev)
 {
     if (w->overflowed || w->cancelled || ev->revision <= w->skip_upto || !matches(w, ev))
         return;
-    if (w->q_len == w->q_cap) {
+    /* Full by count, or by bytes: a watcher that falls behind by 64 MiB of resources
+     * starts over, as one behind by watch_queue_len events does. */
+    if (w->q_len == w->q_cap || w->q_bytes + ev->res_len > STATE__RING_BYTES) {
         overflow(w, ev->revision);
         return;
     }
@@ -246,17 +253,21 @@ void state__hub_publish(struct state *s, struct state__ev **evs, size_t n, uint6
         struct state__ev *ev = evs[i];
         for (struct state_watch *w = h->watchers; w != NULL; w = w->next)
             deliver(w, ev);
-        /* The ring takes over the reference apply had. */
-        if (h->ring_len == h->ring_cap) {
+        /* The ring takes over the reference apply had, dropping its oldest events
+         * while it is full by count or by bytes. */
+        while (h->ring_len > 0 &&
+               (h->ring_len == h->ring_cap || h->ring_bytes + ev->res_len > STATE__RING_BYTES)) {
             struct state__ev *old = h->ring[h->ring_head];
             if (old->revision > h->ring_floor)
                 h->ring_floor = old->revision;
+            h->ring_bytes -= old->res_len;
             ev_unref(old);
             h->ring_head = (h->ring_head + 1) % h->ring_cap;
             h->ring_len--;
         }
         h->ring[(h->ring_head + h->ring_len) % h->ring_cap] = ev;
         h->ring_len++;
+        h->ring_bytes += ev->res_len;
     }
     h->published = index;
     pthread_mutex_unlock(&h->mu);
@@ -333,12 +344,15 @@ static bool try_resume(struct state_watch *w, uint64_t start_rev)
     if (start_rev == 0 || start_rev < h->ring_floor)
         return false;
     unsigned n = 0;
+    size_t bytes = 0;
     for (unsigned i = 0; i < h->ring_len; i++) {
         struct state__ev *ev = h->ring[(h->ring_head + i) % h->ring_cap];
-        if (ev->revision > start_rev && matches(w, ev))
+        if (ev->revision > start_rev && matches(w, ev)) {
             n++;
+            bytes += ev->res_len;
+        }
     }
-    if (n > w->q_cap)
+    if (n > w->q_cap || bytes > STATE__RING_BYTES)
         return false;
     for (unsigned i = 0; i < h->ring_len; i++) {
         struct state__ev *ev = h->ring[(h->ring_head + i) % h->ring_cap];
@@ -618,6 +632,7 @@ int state_watch_next(struct state_watch *w, struct state_event *ev, int timeout_
             struct state__ev *e = w->q[w->q_head];
             w->q_head = (w->q_head + 1) % w->q_cap;
             w->q_len--;
+            w->q_bytes -= e->res_len;
             w->delivered = e->revision;
             rv = fill(ev, e->type, e->revision, e->key, e->kind_len, e->key + e->kind_len + 1,
                       e->name_len, e->alloc ? e->alloc + e->res_off : NULL, e->res_len);

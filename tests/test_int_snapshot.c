@@ -177,3 +177,34 @@ Test(int_snapshot, whole_cluster_kill9_after_compaction_keeps_every_acked_write)
     }
     cluster_pass();
 }
+
+/* libraft keeps every entry since its last snapshot in memory, and counts entries,
+ * not bytes: at the default threshold (8192) 1 MiB values would hold 8 GiB. Once the
+ * entries since the last snapshot hold 512 MiB, every member snapshots (state/fsm.c,
+ * log_budget_note): here after about 128 writes of 4 MiB, far below 8192 entries. */
+Test(int_snapshot, large_entries_bring_the_snapshot_forward, .timeout = 120)
+{
+    cluster_start(3);
+    int li = node_by_raft_id(cluster_leader_id());
+    size_t big = 4u << 20;
+    char *val = malloc(big + 1);
+    cr_assert_not_null(val);
+    memset(val, 'b', big);
+    val[big] = '\0';
+    struct auth_client *c = node_client(li);
+    int rv = 0;
+    for (int k = 0; k < 160 && rv == 0; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "big-%d", k % 16);
+        rv = cl_put(c, "blob", name, val);
+    }
+    auth_client_free(c);
+    free(val);
+    cr_assert_eq(rv, 0, "put of 4 MiB: %s (%s)", rp_errmsg(), rp_strerror(rv));
+    for (int i = 1; i <= 3; i++) {
+        cr_assert_gt(snapshot_files(i), 0, "auth%d took no snapshot after 640 MiB of entries", i);
+        cr_assert(node_log_contains(i, "since the last snapshot: snapshotting now"),
+                  "auth%d did not snapshot for the bytes of its log", i);
+    }
+    cluster_pass();
+}

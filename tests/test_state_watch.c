@@ -611,3 +611,65 @@ Test(state_watch, a_concurrent_writer_and_watchers_see_every_revision_once_in_or
     for (uint64_t i = N_WRITES / 2 + 1; i <= N_WRITES; i++)
         cr_assert_eq(resumed.seen[i], from_start.seen[i], "revision %llu", (unsigned long long)i);
 }
+
+/* The ring of recent events is bounded by the bytes its resources hold, not only by
+ * its count: with 1 MiB values the default 8192 events held 8 GiB. 100 puts of 1 MiB
+ * leave the newest 64 MiB of them: resuming within those replays, from before them
+ * starts over from an init snapshot. */
+Test(state_watch, the_ring_keeps_at_most_64_mib_of_resources)
+{
+    size_t big = 1u << 20;
+    char *spec = malloc(big + 1);
+    cr_assert_not_null(spec);
+    memset(spec, 'v', big);
+    spec[big] = '\0';
+    for (uint64_t i = 1; i <= 100; i++)
+        sth_put(i, "blob", "big", spec);
+    free(spec);
+    struct state_event ev;
+    state_event_init(&ev);
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 95);
+    expect(w, &ev, STATE_EV_INIT_DONE, 95, NULL, NULL);
+    for (uint64_t r = 96; r <= 100; r++)
+        expect(w, &ev, STATE_EV_PUT, r, "blob", "big");
+    state_watch_close(w);
+    w = watch(sth_state, NULL, 0, NULL, 30);
+    expect(w, &ev, STATE_EV_INIT_PUT, 100, "blob", "big");
+    expect(w, &ev, STATE_EV_INIT_DONE, 100, NULL, NULL);
+    expect_nothing(w, &ev);
+    state_event_free(&ev);
+    state_watch_close(w);
+}
+
+/* A watcher's queue is bounded by bytes too: one that reads nothing while 100 puts of
+ * 1 MiB are applied gets the first 63 (64 MiB, with the rest of each resource) and then
+ * REINIT, instead of holding 100 MiB. */
+Test(state_watch, a_watcher_behind_by_64_mib_starts_over)
+{
+    size_t big = 1u << 20;
+    char *spec = malloc(big + 1);
+    cr_assert_not_null(spec);
+    memset(spec, 'v', big);
+    spec[big] = '\0';
+    struct state_watch *w = watch(sth_state, NULL, 0, NULL, 0);
+    struct state_event ev;
+    state_event_init(&ev);
+    expect(w, &ev, STATE_EV_INIT_DONE, 0, NULL, NULL);
+    for (uint64_t i = 1; i <= 100; i++)
+        sth_put(i, "blob", "big", spec);
+    free(spec);
+    uint64_t last = 0;
+    for (;;) {
+        cr_assert_eq(state_watch_next(w, &ev, 2000), 0, "%s", rp_errmsg());
+        if (ev.type != STATE_EV_PUT)
+            break;
+        cr_assert_eq(ev.revision, last + 1);
+        last = ev.revision;
+    }
+    cr_assert_eq(ev.type, STATE_EV_REINIT, "type %d", ev.type);
+    cr_assert_eq(ev.revision, last);
+    cr_assert(last >= 32 && last < 64, "%llu events of 1 MiB were queued",
+              (unsigned long long)last);
+    state_event_free(&ev);
+    state_watch_close(w);
+}

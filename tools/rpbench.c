@@ -3,15 +3,19 @@
  *   rpbench -c CONFIG --op=OP --clients=N --duration=S [flags]
  *   rpbench --etcd=URL[,URL...] [--cacert=F --cert=F --key=F] --op=OP --clients=N ...
  *
- * N threads each hold one persistent connection with one request in flight and
+ * N clients each hold one persistent connection with one request in flight and
  * issue requests back to back for S seconds (after --warmup seconds that are not
  * counted). The result is one line of JSON: operations per second (requests that
  * started in the window and were answered in it), latency percentiles in
  * microseconds (every request that started in the window, also those answered after
  * it: "late" counts them), errors.
  *
- * Against Raftport each thread has its own auth client (auth/auth.h) with the
- * admin identity of the config's data_dir, over mutual TLS 1.3. Against etcd each
+ * Against Raftport the clients use the admin identity of the config's data_dir, over
+ * mutual TLS 1.3. put, get and get-stale run on --loop-threads threads (2) that each
+ * drive their share of the clients' connections from an epoll loop, as etcd's Go
+ * client drives its clients from goroutines (see loop_main); fill, issue and
+ * --loop-threads=0 run a thread per client, each with its own auth client
+ * (auth/auth.h). Against etcd each
  * thread speaks HTTP/1.1 keep-alive to etcd's v3 gRPC-JSON gateway (POST
  * /v3/kv/put, /v3/kv/range), over TLS 1.3 with a client certificate when the URL
  * is https, plain TCP when it is http.
@@ -52,6 +56,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +66,7 @@
 #include "lib/config.h"
 #include "lib/conn.h"
 #include "lib/errors.h"
+#include "lib/frame.h"
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/mp.h"
@@ -107,6 +113,9 @@ struct bench {
     SSL_CTX *etcd_ctx;
     char *etcd_value_b64; /* base64 of the value, NUL-terminated */
 
+    /* Event-loop mode: this many threads share the clients (0: a thread per client). */
+    int loop_threads;
+
     /* Run control: set by the main thread between the two barriers. */
     pthread_barrier_t ready, go;
     uint64_t measure_from_ns, measure_until_ns;
@@ -141,6 +150,11 @@ struct worker {
     uint64_t ok_all; /* successful requests, warm-up and stragglers included */
     /* fill: when this worker wrote its last key */
     uint64_t fill_done_ns;
+    /* event-loop mode (see loop_main): the client's own connection and answer */
+    struct rp_conn conn;
+    bool conn_open, in_flight;
+    uint64_t sent_ns;
+    struct rp_frame_reader fr;
     /* clients */
     struct auth_client *rp;
     struct http_conn *http;
@@ -537,13 +551,12 @@ static void key_name(const struct bench *b, uint32_t i, char *out, size_t n)
     snprintf(out, n, "%s%" PRIu32, b->key_prefix, i);
 }
 
-/* Returns 0 on success; on failure records nothing and leaves the reason in @err. */
-static int rp_request(struct worker *w, enum op op, uint32_t key, char *err, size_t errlen)
+/* Encodes the request of @op on key @key into w->req. */
+static void build_rp_request(struct worker *w, enum op op, uint32_t key)
 {
     struct bench *b = w->b;
     char name[24], rid[33];
     msgpack_packer pk;
-    msgpack_unpacked resp;
     key_name(b, key, name, sizeof name);
     rp_buf_reset(&w->req);
     rp_mp_packer_init(&pk, &w->req);
@@ -571,6 +584,13 @@ static int rp_request(struct worker *w, enum op op, uint32_t key, char *err, siz
         if (op == OP_GET_STALE)
             rp_mp_kv_bool(&pk, "stale", true);
     }
+}
+
+/* Returns 0 on success; on failure records nothing and leaves the reason in @err. */
+static int rp_request(struct worker *w, enum op op, uint32_t key, char *err, size_t errlen)
+{
+    msgpack_unpacked resp;
+    build_rp_request(w, op, key);
     int rv = auth_client_call(w->rp, w->req.data, w->req.len, &resp);
     if (rv != 0)
         snprintf(err, errlen, "%s: %s", rp_strerror(rv), rp_errmsg());
@@ -791,6 +811,222 @@ static void *worker_main(void *arg)
 out:
     rp_buf_free(&json);
     rp_buf_free(&body);
+    return NULL;
+}
+
+/* ---- event-loop mode ------------------------------------------------------------------------ */
+
+/* Against Raftport, put/get/get-stale run on --loop-threads threads (2 by default)
+ * that each drive their share of the clients from one epoll loop, as etcd's Go client
+ * drives its clients from goroutines: each client still has its own connection and one
+ * request in flight, but 256 clients no longer cost 256 threads switching on the
+ * machine that also runs the servers (a thread per client spent a third of its CPU in
+ * the scheduler). The timing rules are those of worker_main. No failover: a request
+ * that fails counts as an error and the client reconnects to its endpoint. */
+struct loop {
+    struct bench *b;
+    struct worker *ws; /* every client; this loop drives idx % n == k */
+    int k, n;
+    pthread_t thread;
+};
+
+static int loop_dial(struct worker *w)
+{
+    struct bench *b = w->b;
+    const struct endpoint *ep = &b->endpoints[w->idx % b->n_endpoints];
+    int rv = rp_conn_dial(&w->conn, b->rp_ctx, ep->addr, CALL_TIMEOUT_MS);
+    if (rv != 0)
+        return rv;
+    w->conn_open = true;
+    rp_frame_reader_init(&w->fr, RP_FRAME_MAX);
+    /* Writes of a request wait in poll() if the socket is full (never, with one small
+     * request in flight); reads are driven by epoll. */
+    if ((rv = rp_conn_set_blocking(&w->conn, 0)) != 0 ||
+        (rv = rp_conn_set_timeout(&w->conn, CALL_TIMEOUT_MS)) != 0)
+        return rv;
+    return 0;
+}
+
+static void loop_close(struct worker *w)
+{
+    if (w->conn_open)
+        rp_conn_close(&w->conn);
+    w->conn_open = false;
+    w->in_flight = false;
+    rp_frame_reader_free(&w->fr);
+}
+
+/* Sends the client's next request. 0, or an error after which the client reconnects. */
+static int loop_send(struct worker *w, int ep_fd)
+{
+    int rv = 0;
+    if (!w->conn_open) {
+        if ((rv = loop_dial(w)) != 0)
+            return rv;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = w};
+        if (epoll_ctl(ep_fd, EPOLL_CTL_ADD, w->conn.fd, &ev) != 0)
+            return rp_err(RP_EIO, "epoll_ctl: %s", strerror(errno));
+    }
+    build_rp_request(w, w->b->op, next_key(w));
+    w->sent_ns = now_ns();
+    if ((rv = rp_conn_write_frame(&w->conn, w->req.data, w->req.len)) != 0)
+        return rv;
+    w->in_flight = true;
+    return 0;
+}
+
+/* One answer has arrived whole in w->fr: 0 for ok, else its error code. */
+static int loop_answer(struct worker *w, char *err, size_t errlen)
+{
+    msgpack_unpacked resp;
+    const struct rp_buf *f = rp_frame_reader_frame(&w->fr);
+    int rv = rp_mp_parse(f->data, f->len, &resp);
+    bool ok = false;
+    if (rv != 0) {
+        snprintf(err, errlen, "malformed answer: %s", rp_errmsg());
+        return RP_EPROTO;
+    }
+    if (resp.data.type != MSGPACK_OBJECT_MAP || rp_mp_get_bool(&resp.data, "ok", &ok) != 0) {
+        rv = RP_EPROTO;
+        snprintf(err, errlen, "answer without an \"ok\" field");
+    } else if (!ok) {
+        const char *code = "", *msg = "";
+        size_t cn = 0, mn = 0;
+        char cbuf[32];
+        rp_mp_get_str(&resp.data, "code", &code, &cn);
+        rp_mp_get_str(&resp.data, "error", &msg, &mn);
+        snprintf(cbuf, sizeof cbuf, "%.*s", (int)cn, code);
+        rv = rp_error_from_name(cbuf);
+        snprintf(err, errlen, "%s: %.*s", cbuf, (int)mn, msg);
+    }
+    msgpack_unpacked_destroy(&resp);
+    return rv;
+}
+
+/* Counts a finished request the way worker_main does. */
+static void loop_record(struct worker *w, int rv, uint64_t t1, const char *err)
+{
+    struct bench *b = w->b;
+    w->ok_all += rv == 0;
+    if (w->sent_ns < b->measure_from_ns)
+        return;
+    if (rv == 0) {
+        record_ok(w, t1 - w->sent_ns);
+        w->done += t1 <= b->measure_until_ns;
+    } else {
+        record_err(w, err_code_name(rv), err);
+    }
+}
+
+/* Reads what the client's socket holds. 1 once an answer is whole, 0 when it waits
+ * for more, <0 when the connection broke. */
+static int loop_read(struct worker *w)
+{
+    uint8_t buf[16384];
+    for (;;) {
+        size_t need = rp_frame_reader_need(&w->fr);
+        size_t got, used;
+        short events;
+        int rv =
+            rp_conn_read_some(&w->conn, buf, need < sizeof buf ? need : sizeof buf, &got, &events);
+        if (rv == 1)
+            return 0;
+        if (rv != 0)
+            return rv;
+        rv = rp_frame_reader_feed(&w->fr, buf, got, &used);
+        if (rv < 0)
+            return rv;
+        if (rv == 1)
+            return 1;
+    }
+}
+
+static void *loop_main(void *arg)
+{
+    struct loop *lp = arg;
+    struct bench *b = lp->b;
+    char err[512];
+    int ep_fd = epoll_create1(EPOLL_CLOEXEC);
+    for (int i = lp->k; i < b->clients; i += lp->n) {
+        struct worker *w = &lp->ws[i];
+        rp_buf_init(&w->req);
+        rp_buf_init(&w->issue_req);
+        w->setup_rv = ep_fd < 0 ? RP_EIO : loop_dial(w);
+        if (w->setup_rv != 0) {
+            snprintf(w->setup_err, sizeof w->setup_err, "%s", rp_errmsg());
+            continue;
+        }
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = w};
+        if (epoll_ctl(ep_fd, EPOLL_CTL_ADD, w->conn.fd, &ev) != 0) {
+            w->setup_rv = RP_EIO;
+            snprintf(w->setup_err, sizeof w->setup_err, "epoll_ctl: %s", strerror(errno));
+        }
+    }
+    pthread_barrier_wait(&b->ready);
+    pthread_barrier_wait(&b->go);
+    int active = 0;
+    for (int i = lp->k; i < b->clients && b->measure_until_ns != 0; i += lp->n) {
+        struct worker *w = &lp->ws[i];
+        if (loop_send(w, ep_fd) != 0) {
+            record_err(w, err_code_name(RP_EUNAVAILABLE), rp_errmsg());
+            loop_close(w);
+            continue;
+        }
+        active++;
+    }
+    struct epoll_event evs[64];
+    while (active > 0) {
+        int n = epoll_wait(ep_fd, evs, 64, 1000);
+        uint64_t now = now_ns();
+        for (int e = 0; e < n; e++) {
+            struct worker *w = evs[e].data.ptr;
+            if (!w->in_flight)
+                continue;
+            /* OpenSSL may hold a whole answer after the read that ended the last one. */
+            int rv;
+            while ((rv = loop_read(w)) == 1) {
+                uint64_t t1 = now_ns();
+                int arv = loop_answer(w, err, sizeof err);
+                loop_record(w, arv, t1, err);
+                rp_frame_reader_next(&w->fr, 65536);
+                w->in_flight = false;
+                if (t1 >= b->measure_until_ns) {
+                    active--;
+                    break;
+                }
+                if ((rv = loop_send(w, ep_fd)) != 0)
+                    break;
+            }
+            if (rv < 0) {
+                /* Broken (reading the answer or sending the next request): count it,
+                 * reconnect and go on with one request in flight. */
+                snprintf(err, sizeof err, "%s", rp_errmsg());
+                loop_record(w, RP_EUNAVAILABLE, now_ns(), err);
+                epoll_ctl(ep_fd, EPOLL_CTL_DEL, w->conn.fd, NULL);
+                loop_close(w);
+                if (now_ns() >= b->measure_until_ns || loop_send(w, ep_fd) != 0) {
+                    if (now_ns() < b->measure_until_ns)
+                        record_err(w, err_code_name(RP_EUNAVAILABLE), rp_errmsg());
+                    loop_close(w);
+                    active--;
+                }
+            }
+        }
+        /* A request unanswered for CALL_TIMEOUT_MS fails, as auth_client_call's would. */
+        for (int i = lp->k; i < b->clients && n == 0; i += lp->n) {
+            struct worker *w = &lp->ws[i];
+            if (w->in_flight && now - w->sent_ns > (uint64_t)CALL_TIMEOUT_MS * 1000000u) {
+                loop_record(w, RP_ETIMEDOUT, now, "no answer in time");
+                epoll_ctl(ep_fd, EPOLL_CTL_DEL, w->conn.fd, NULL);
+                loop_close(w);
+                active--;
+            }
+        }
+    }
+    for (int i = lp->k; i < b->clients; i += lp->n)
+        loop_close(&lp->ws[i]);
+    if (ep_fd >= 0)
+        close(ep_fd);
     return NULL;
 }
 
@@ -1046,7 +1282,10 @@ static void usage(FILE *f)
                "      --key-prefix P    key names' prefix, 1..8 of [a-z0-9-] (default k): a\n"
                "                        separate key space, e.g. for large values\n"
                "      --user NAME       issue: the user whose certificates are signed (default\n"
-               "                        bench; it must exist, with roles)\n");
+               "                        bench; it must exist, with roles)\n"
+               "      --loop-threads T  Raftport put/get/get-stale: T threads drive all the\n"
+               "                        clients from epoll loops (default 2); 0: a thread per\n"
+               "                        client, through the auth client library\n");
 }
 
 static int parse_double(const char *s, double *out)
@@ -1084,7 +1323,8 @@ int main(int argc, char **argv)
         O_CERT,
         O_KEY,
         O_USER,
-        O_KEY_PREFIX
+        O_KEY_PREFIX,
+        O_LOOP_THREADS
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -1101,6 +1341,7 @@ int main(int argc, char **argv)
         {"key", required_argument, NULL, O_KEY},
         {"user", required_argument, NULL, O_USER},
         {"key-prefix", required_argument, NULL, O_KEY_PREFIX},
+        {"loop-threads", required_argument, NULL, O_LOOP_THREADS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1110,6 +1351,7 @@ int main(int argc, char **argv)
                       .value_size = 256,
                       .keys = 10000,
                       .key_prefix = "k",
+                      .loop_threads = 2,
                       .op_name = NULL,
                       .user = "bench"};
     const char *config_path = NULL, *endpoints = NULL, *etcd = NULL;
@@ -1175,6 +1417,13 @@ int main(int argc, char **argv)
             break;
         case O_ENDPOINTS:
             endpoints = optarg;
+            break;
+        case O_LOOP_THREADS:
+            if (parse_ulong(optarg, 0, 64, &ul) != 0) {
+                fprintf(stderr, "rpbench: --loop-threads: expected 0..64\n");
+                return 2;
+            }
+            b.loop_threads = (int)ul;
             break;
         case O_ETCD:
             etcd = optarg;
@@ -1276,8 +1525,15 @@ int main(int argc, char **argv)
     struct worker *ws = calloc((size_t)b.clients, sizeof *ws);
     if (ws == NULL)
         goto out_value;
-    pthread_barrier_init(&b.ready, NULL, (unsigned)b.clients + 1);
-    pthread_barrier_init(&b.go, NULL, (unsigned)b.clients + 1);
+    bool looped = b.sys == SYS_RAFTPORT && b.loop_threads > 0 &&
+                  (b.op == OP_PUT || b.op == OP_GET || b.op == OP_GET_STALE);
+    int n_loops = looped ? (b.loop_threads < b.clients ? b.loop_threads : b.clients) : 0;
+    struct loop *loops = looped ? calloc((size_t)n_loops, sizeof *loops) : NULL;
+    if (looped && loops == NULL)
+        goto out_value;
+    int n_threads = looped ? n_loops : b.clients;
+    pthread_barrier_init(&b.ready, NULL, (unsigned)n_threads + 1);
+    pthread_barrier_init(&b.go, NULL, (unsigned)n_threads + 1);
     int started = 0;
     for (int i = 0; i < b.clients; i++) {
         ws[i].b = &b;
@@ -1285,10 +1541,19 @@ int main(int argc, char **argv)
         ws[i].rng = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1) ^ (uint64_t)now_ns();
         if (ws[i].rng == 0)
             ws[i].rng = 1;
+    }
+    for (int i = 0; i < n_threads; i++) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setstacksize(&attr, 256 * 1024);
-        if (pthread_create(&ws[i].thread, &attr, worker_main, &ws[i]) != 0) {
+        int crv;
+        if (looped) {
+            loops[i] = (struct loop){.b = &b, .ws = ws, .k = i, .n = n_loops};
+            crv = pthread_create(&loops[i].thread, &attr, loop_main, &loops[i]);
+        } else {
+            crv = pthread_create(&ws[i].thread, &attr, worker_main, &ws[i]);
+        }
+        if (crv != 0) {
             pthread_attr_destroy(&attr);
             fprintf(stderr, "rpbench: cannot start client thread %d\n", i);
             /* The barriers count every client: we cannot run short-handed. */
@@ -1312,7 +1577,8 @@ int main(int argc, char **argv)
         b.measure_until_ns = 0; /* workers stop at once */
     pthread_barrier_wait(&b.go);
     for (int i = 0; i < started; i++)
-        pthread_join(ws[i].thread, NULL);
+        pthread_join(looped ? loops[i].thread : ws[i].thread, NULL);
+    free(loops);
 
     if (setup_failed) {
         fprintf(stderr, "rpbench: %d of %d clients could not connect; nothing measured\n",
