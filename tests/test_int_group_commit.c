@@ -136,6 +136,7 @@ Test(int_group_commit, concurrent_writes_share_entries_and_each_gets_its_answer)
         auth_reply_free(&r);
     }
     auth_client_free(c);
+    cluster_pass();
 }
 
 Test(int_group_commit, small_writes_go_through_beside_large_ones)
@@ -175,4 +176,5 @@ Test(int_group_commit, small_writes_go_through_beside_large_ones)
               "the 1 MiB value reads back whole");
     auth_reply_free(&r);
     auth_client_free(c);
+    cluster_pass();
 }
