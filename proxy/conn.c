@@ -341,6 +341,20 @@ void px_tls_pause_reading(struct px_tls *c, bool paused)
         px_timer_arm(c->w.loop, &pv->kick, 0, kick_fire);
 }
 
+/* Once our handlers returned: ends @c if it was marked dead, else watches what it now
+ * waits for, and delivers plaintext the SSL holds (epoll cannot report it). */
+static void after_callbacks(struct px_tls *c)
+{
+    struct px_tls_priv *pv = c->priv;
+    if (pv->dead) {
+        finish(c);
+        return;
+    }
+    update_events(c);
+    if (pv->state == ST_OPEN && !pv->paused && c->on_readable != NULL && SSL_has_pending(c->ssl))
+        px_timer_arm(c->w.loop, &pv->kick, 0, kick_fire);
+}
+
 /* ---- moving to another loop ----------------------------------------------------- */
 
 static void move_arrive(void *arg)
@@ -359,13 +373,7 @@ static void move_arrive(void *arg)
     pv->busy++;
     moved(c, pv->moved_arg);
     pv->busy--;
-    if (pv->dead) {
-        finish(c);
-        return;
-    }
-    update_events(c);
-    if (pv->state == ST_OPEN && !pv->paused && c->on_readable != NULL && SSL_has_pending(c->ssl))
-        px_timer_arm(c->w.loop, &pv->kick, 0, kick_fire);
+    after_callbacks(c);
 }
 
 int px_tls_move(struct px_tls *c, struct px_loop *to, void (*moved)(struct px_tls *c, void *arg),
@@ -559,13 +567,7 @@ static void on_event(struct px_watch *w, uint32_t events)
     pv->busy--;
     if (pv->busy > 0)
         return;
-    if (pv->dead) {
-        finish(c);
-        return;
-    }
-    update_events(c);
-    if (pv->state == ST_OPEN && !pv->paused && c->on_readable != NULL && SSL_has_pending(c->ssl))
-        px_timer_arm(c->w.loop, &pv->kick, 0, kick_fire);
+    after_callbacks(c);
 }
 
 /* ---- accepting ------------------------------------------------------------------ */

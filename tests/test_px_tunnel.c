@@ -713,19 +713,41 @@ static bool ssl_echo(SSL *ssl, int fd, size_t n, unsigned seed, bool slow, bool 
     return false;
 }
 
-Test(px_tunnel, a_joined_client_moves_to_the_tunnels_loop_and_its_bytes_flow_both_ways)
-{
+/* A proxy side, an agent whose tunnel is up, and a client TLS context. */
+struct rig {
     struct pki pki;
     struct proxy_side ps;
     struct agent_side as;
-    pki_new(&pki);
-    proxy_start(&ps, &pki, 30000);
-    agent_start(&as, &pki, ps.port, 30000);
-    WAIT_FOR(px_tunnels_has(ps.reg, HOST_ID), 10000);
-    SSL_CTX *cctx = node_ctx(&pki, "client-1");
+    SSL_CTX *cctx;
+    bool agent_stopped;
+};
+
+static void rig_start(struct rig *r, const char *client_name)
+{
+    memset(r, 0, sizeof *r);
+    pki_new(&r->pki);
+    proxy_start(&r->ps, &r->pki, 30000);
+    agent_start(&r->as, &r->pki, r->ps.port, 30000);
+    WAIT_FOR(px_tunnels_has(r->ps.reg, HOST_ID), 10000);
+    r->cctx = node_ctx(&r->pki, client_name);
+}
+
+static void rig_stop(struct rig *r)
+{
+    SSL_CTX_free(r->cctx);
+    if (!r->agent_stopped)
+        agent_stop(&r->as, &r->ps);
+    proxy_stop(&r->ps);
+    pki_free(&r->pki);
+}
+
+Test(px_tunnel, a_joined_client_moves_to_the_tunnels_loop_and_its_bytes_flow_both_ways)
+{
+    struct rig r;
+    rig_start(&r, "client-1");
     struct joined j;
     int fd;
-    SSL *ssl = joined_client(&ps, cctx, &j, &fd);
+    SSL *ssl = joined_client(&r.ps, r.cctx, &j, &fd);
     cr_assert(ssl_echo(ssl, fd, 8 << 20, 21, false, true),
               "8 MiB echoed intact, then close_notify both ways");
     WAIT_FOR(atomic_load(&j.closed) && atomic_load(&echoing) == 0, 5000);
@@ -736,30 +758,21 @@ Test(px_tunnel, a_joined_client_moves_to_the_tunnels_loop_and_its_bytes_flow_bot
     close(fd);
 
     /* A reader slower than the writer: the stream's window holds the bytes back. */
-    ssl = joined_client(&ps, cctx, &j, &fd);
+    ssl = joined_client(&r.ps, r.cctx, &j, &fd);
     cr_assert(ssl_echo(ssl, fd, 1 << 20, 22, true, true), "1 MiB through a slow reader intact");
     SSL_free(ssl);
     close(fd);
     WAIT_FOR(atomic_load(&j.closed), 5000);
-    SSL_CTX_free(cctx);
-    agent_stop(&as, &ps);
-    proxy_stop(&ps);
-    pki_free(&pki);
+    rig_stop(&r);
 }
 
 Test(px_tunnel, a_joined_client_that_goes_away_ends_the_nodes_session)
 {
-    struct pki pki;
-    struct proxy_side ps;
-    struct agent_side as;
-    pki_new(&pki);
-    proxy_start(&ps, &pki, 30000);
-    agent_start(&as, &pki, ps.port, 30000);
-    WAIT_FOR(px_tunnels_has(ps.reg, HOST_ID), 10000);
-    SSL_CTX *cctx = node_ctx(&pki, "client-2");
+    struct rig r;
+    rig_start(&r, "client-2");
     struct joined j;
     int fd;
-    SSL *ssl = joined_client(&ps, cctx, &j, &fd);
+    SSL *ssl = joined_client(&r.ps, r.cctx, &j, &fd);
     cr_assert(ssl_echo(ssl, fd, 64 << 10, 23, false, false));
     /* Gone without a word, mid-session, with bytes of ours still in flight. */
     uint8_t junk[4096] = {0};
@@ -770,32 +783,24 @@ Test(px_tunnel, a_joined_client_that_goes_away_ends_the_nodes_session)
     cr_assert(atomic_load(&j.closed), "the proxy saw the client go");
     cr_assert_eq(atomic_load(&echoing), 0, "the node's side of the stream was ended");
     /* The tunnel still serves. */
-    ssl = joined_client(&ps, cctx, &j, &fd);
+    ssl = joined_client(&r.ps, r.cctx, &j, &fd);
     cr_assert(ssl_echo(ssl, fd, 100000, 24, false, true), "the next session works");
     SSL_free(ssl);
     close(fd);
     WAIT_FOR(atomic_load(&j.closed), 5000);
-    SSL_CTX_free(cctx);
-    agent_stop(&as, &ps);
-    proxy_stop(&ps);
-    pki_free(&pki);
+    rig_stop(&r);
 }
 
 Test(px_tunnel, the_tunnel_going_away_closes_its_joined_clients)
 {
-    struct pki pki;
-    struct proxy_side ps;
-    struct agent_side as;
-    pki_new(&pki);
-    proxy_start(&ps, &pki, 30000);
-    agent_start(&as, &pki, ps.port, 30000);
-    WAIT_FOR(px_tunnels_has(ps.reg, HOST_ID), 10000);
-    SSL_CTX *cctx = node_ctx(&pki, "client-3");
+    struct rig r;
+    rig_start(&r, "client-3");
     struct joined j;
     int fd;
-    SSL *ssl = joined_client(&ps, cctx, &j, &fd);
+    SSL *ssl = joined_client(&r.ps, r.cctx, &j, &fd);
     cr_assert(ssl_echo(ssl, fd, 32 << 10, 25, false, false));
-    agent_stop(&as, &ps);
+    agent_stop(&r.as, &r.ps);
+    r.agent_stopped = true;
     /* The client reads the end (close_notify or EOF), not a hang. */
     uint64_t until = rp_mono_ms() + 10000;
     int e = SSL_ERROR_WANT_READ;
@@ -803,17 +808,15 @@ Test(px_tunnel, the_tunnel_going_away_closes_its_joined_clients)
     while (e == SSL_ERROR_WANT_READ && rp_mono_ms() < until) {
         struct pollfd p = {fd, POLLIN, 0};
         poll(&p, 1, 50);
-        int r = SSL_read(ssl, buf, sizeof buf);
-        e = r > 0 ? SSL_ERROR_WANT_READ : SSL_get_error(ssl, r);
+        int got = SSL_read(ssl, buf, sizeof buf);
+        e = got > 0 ? SSL_ERROR_WANT_READ : SSL_get_error(ssl, got);
     }
     cr_assert_neq(e, SSL_ERROR_WANT_READ, "the client's connection ended with the tunnel");
     WAIT_FOR(atomic_load(&j.closed), 5000);
     cr_assert(atomic_load(&j.closed));
     SSL_free(ssl);
     close(fd);
-    SSL_CTX_free(cctx);
-    proxy_stop(&ps);
-    pki_free(&pki);
+    rig_stop(&r);
 }
 
 /* ---- memory ------------------------------------------------------------------------------ */
