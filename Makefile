@@ -53,9 +53,11 @@ $(BUILD)/%: $(BUILD)/obj/tools/%.o $(BUILD)/libraftport.a
 # (for a build without some part of tsh), and an archive member is never pulled in to
 # replace a weak definition.
 TSH_OBJS := $(filter $(BUILD)/obj/tsh/%,$(LIB_OBJS))
-$(BUILD)/tsh: $(BUILD)/obj/tools/tsh.o $(TSH_OBJS) $(BUILD)/libraftport.a
+# tools/tsh_io.c defines poll/recv/send (tsh/tlsfd.h): it is linked into build/tsh
+# alone, never archived.
+$(BUILD)/tsh: $(BUILD)/obj/tools/tsh.o $(BUILD)/obj/tools/tsh_io.o $(TSH_OBJS) $(BUILD)/libraftport.a
 	@$(if $(Q),echo "  LINK    $@")
-	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(TSH_OBJS) $(BUILD)/libraftport.a $(LDLIBS)
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/obj/tools/tsh_io.o $(TSH_OBJS) $(BUILD)/libraftport.a $(LDLIBS)
 
 # A test-only daemon whose followers answer reads without asking the leader: the
 # Jepsen harness must report it non-linearizable (tests/test_jepsen_smoke.c).

@@ -40,6 +40,7 @@
 #include "lib/util.h"
 #include "lib/version.h"
 #include "tsh/ssh.h"
+#include "tsh/tlsfd.h"
 #include "tsh/tsh.h"
 
 #define DIAL_FRAME_MAX 4096
@@ -487,7 +488,7 @@ static bool pump_register(int fd, pthread_t th)
 
 void tsh_dial_close(int fd)
 {
-    if (fd < 0)
+    if (fd < 0 || tsh_tlsfd_close(fd, PUMP_LINGER_MS))
         return;
     bool found = false;
     pthread_t th;
@@ -512,8 +513,17 @@ void tsh_dial_close(int fd)
 
 /* ---- tsh_dial ------------------------------------------------------------------------- */
 
+static int dial(const struct tsh_profile *p, const char *target, const char *login, bool pump,
+                struct tsh_dial_answer *ans, int *fd);
+
 int tsh_dial(const struct tsh_profile *p, const char *target, const char *login,
              struct tsh_dial_answer *ans, int *fd)
+{
+    return dial(p, target, login, false, ans, fd);
+}
+
+static int dial(const struct tsh_profile *p, const char *target, const char *login, bool pump,
+                struct tsh_dial_answer *ans, int *fd)
 {
     memset(ans, 0, sizeof *ans);
     *fd = -1;
@@ -607,6 +617,14 @@ int tsh_dial(const struct tsh_profile *p, const char *target, const char *login,
         goto out;
     if ((rv = tsh_verify_host_cert(known_hosts, ans->host_id, ans->host_key, ans->host_cert)) != 0)
         goto out;
+    if (!pump && tsh_tlsfd_enabled()) {
+        /* libssh reads the TLS connection in this thread (tsh/tlsfd.h). */
+        if ((rv = tsh_tlsfd_open(ssl, tcp, fd)) != 0)
+            goto out;
+        ssl = NULL;
+        tcp = -1;
+        goto out;
+    }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
         rv = rp_err(RP_EIO, "socketpair: %s", strerror(errno));
         goto out;
@@ -829,7 +847,8 @@ int tsh_cmd_proxy_ssh(int argc, char **argv, const struct tsh_globals *gin)
         snprintf(target, sizeof target, "%s", host);
     struct tsh_dial_answer ans;
     int fd = -1;
-    if (tsh_dial(&p, target, login, &ans, &fd) != 0) {
+    /* The socketpair and its thread: ssh reads our stdin and stdout, not libssh. */
+    if (dial(&p, target, login, true, &ans, &fd) != 0) {
         fprintf(stderr, "tsh proxy ssh: %s\n", rp_errmsg());
         return 1;
     }
