@@ -445,6 +445,11 @@ static int dial(struct tunnel *t)
         ERR_clear_error();
         return rp_err(RP_ENOMEM, "proxy %s: TLS setup failed", t->addr);
     }
+    if (rp_tls_gather_writes(ssl, fd) != 0) {
+        SSL_free(ssl);
+        close(fd);
+        return rp_err(RP_ENOMEM, "proxy %s: TLS setup failed", t->addr);
+    }
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                           SSL_MODE_RELEASE_BUFFERS);
     int rv = 0;
@@ -530,21 +535,12 @@ static int pump_in(struct tunnel *t)
     }
 }
 
-/* Corks or uncorks the TLS socket. */
-static void cork(struct tunnel *t, bool on)
-{
-    int v = on;
-    setsockopt(t->fd, IPPROTO_TCP, TCP_CORK, &v, sizeof v);
-}
-
-/* Serializes frames (while less than OUT_HIGH waits) and writes what TLS takes. TLS
- * writes a record (16 KiB at most) at a time: while a burst of them is written the
- * socket is corked, so that the kernel sends them in full-sized segments, not one
- * segment (and one wakeup of the proxy) per record. */
+/* Serializes frames (while less than OUT_HIGH waits) and writes what TLS takes. The
+ * records of a burst are gathered and sent together at the end (rp_tls_gather_writes),
+ * not one send() (and one wakeup of the proxy) per 16 KiB record. */
 static int pump_out(struct tunnel *t)
 {
-    int records = 0, rv = 0;
-    bool corked = false;
+    int rv = 0;
     for (;;) {
         while (t->out.len - t->out_off < OUT_HIGH) {
             const uint8_t *p;
@@ -571,10 +567,6 @@ static int pump_out(struct tunnel *t)
             goto out;
         }
         size_t left = t->out.len - t->out_off;
-        if (records == 1 && !corked) {
-            cork(t, true);
-            corked = true;
-        }
         int r =
             SSL_write(t->ssl, t->out.data + t->out_off, left > INT32_MAX ? INT32_MAX : (int)left);
         if (r <= 0) {
@@ -583,12 +575,16 @@ static int pump_out(struct tunnel *t)
             rv = e == RP_EAGAIN ? 0 : (int)e;
             goto out;
         }
-        records++;
         t->out_off += (size_t)r;
     }
 out:
-    if (corked)
-        cork(t, false);
+    if (rv == 0) {
+        int p = rp_tls_gather_push(t->ssl);
+        if (p < 0)
+            rv = rp_err(RP_EIO, "writing to the proxy %s: %s", t->addr, strerror(errno));
+        else if (p == 0)
+            t->want_write = true;
+    }
     return rv;
 }
 

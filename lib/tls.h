@@ -143,4 +143,21 @@ int rp_tls_check_pin(SSL *ssl, const char *pin, X509 **ca_out);
  * rp_tls_check_pin instead). */
 int rp_tls_peer_identity(SSL *ssl, struct rp_identity *out);
 
+/* ---- tls_gather.c: records sent together -------------------------------------------- */
+
+/* Ciphertext gathered for one send(). */
+#define RP_TLS_GATHER_BYTES (64 * 1024)
+
+/* Makes @ssl (set up on socket @fd by SSL_set_fd, not yet handshaken) seal its records
+ * into a buffer that goes out in one send() when it fills or at rp_tls_gather_push,
+ * instead of one send() per record. The buffer is allocated only while records wait.
+ * 0 or RP_ENOMEM. */
+int rp_tls_gather_writes(SSL *ssl, int fd);
+/* Sends what the socket takes of the gathered records: 1 all went, 0 the socket is full
+ * (poll for writing and push again), -1 the connection failed (errno says why). Call it
+ * after every burst of SSL_write. */
+int rp_tls_gather_push(SSL *ssl);
+/* Bytes gathered and not yet sent: while non-zero, wait for the socket to be writable. */
+size_t rp_tls_gather_held(SSL *ssl);
+
 #endif

@@ -21,13 +21,13 @@
 
 #include "lib/errors.h"
 #include "lib/log.h"
+#include "lib/tls.h"
 #include "proxy/conn.h"
 
 /* How long a closing connection may take to flush what it queued. */
 #define CLOSE_FLUSH_MS 5000
 /* The largest record payload SSL_write is given at once. */
 #define WRITE_CHUNK 16384
-#define GATHER_BYTES (64 * 1024) /* ciphertext gathered for one send() */
 
 enum state { ST_HANDSHAKE, ST_OPEN, ST_CLOSING };
 
@@ -163,137 +163,17 @@ static void finish(struct px_tls *c)
 
 /* ---- writing -------------------------------------------------------------------- */
 
-/* The SSL writes its records into a gathering BIO, and push() sends what it holds once
- * a write is done: a burst of DATA frames for one client leaves in one send() of up to
- * GATHER_BYTES instead of one per 16 KiB record (on loopback each send() also wakes the
- * receiver). The buffer is allocated when records wait and freed once they are sent,
- * so an idle connection holds none. OpenSSL flushes the BIO itself after handshake
- * flights and alerts. Reading stays on the socket BIO SSL_set_fd made. */
-struct gather {
-    int fd;
-    uint8_t *buf; /* GATHER_BYTES, or NULL while nothing waits */
-    size_t off, len;
-};
-
-/* Sends what @g holds. 1 when all went, 0 when the socket is full, -1 on an error. */
-static int gather_send(struct gather *g)
-{
-    while (g->len > g->off) {
-        ssize_t w = send(g->fd, g->buf + g->off, g->len - g->off, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return errno == EAGAIN ? 0 : -1;
-        g->off += (size_t)w;
-    }
-    free(g->buf);
-    g->buf = NULL;
-    g->off = g->len = 0;
-    return 1;
-}
-
-static int gather_write(BIO *b, const char *p, int n)
-{
-    struct gather *g = BIO_get_data(b);
-    BIO_clear_retry_flags(b);
-    if (g->buf != NULL && g->len == GATHER_BYTES) {
-        int s = gather_send(g);
-        if (s < 0)
-            return -1;
-        if (s == 0 && g->off == 0) {
-            BIO_set_retry_write(b);
-            return -1;
-        }
-        if (s == 0) { /* make room: move the unsent tail to the front */
-            memmove(g->buf, g->buf + g->off, g->len - g->off);
-            g->len -= g->off;
-            g->off = 0;
-        }
-    }
-    if (g->buf == NULL && (g->buf = malloc(GATHER_BYTES)) == NULL)
-        return -1;
-    size_t room = GATHER_BYTES - g->len, take = (size_t)n < room ? (size_t)n : room;
-    memcpy(g->buf + g->len, p, take);
-    g->len += take;
-    return (int)take;
-}
-
-static long gather_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-    struct gather *g = BIO_get_data(b);
-    (void)num;
-    (void)ptr;
-    switch (cmd) {
-    case BIO_CTRL_FLUSH: {
-        BIO_clear_retry_flags(b);
-        int s = gather_send(g);
-        if (s == 0)
-            BIO_set_retry_write(b);
-        return s > 0 ? 1 : -1;
-    }
-    case BIO_CTRL_WPENDING:
-        return (long)(g->len - g->off);
-    case BIO_C_GET_FD:
-        if (ptr != NULL)
-            *(int *)ptr = g->fd;
-        return g->fd;
-    default:
-        return 0;
-    }
-}
-
-static int gather_destroy(BIO *b)
-{
-    struct gather *g = BIO_get_data(b);
-    if (g != NULL) {
-        free(g->buf);
-        free(g);
-    }
-    BIO_set_data(b, NULL);
-    return 1;
-}
-
-static BIO_METHOD *gather_method;
-static pthread_once_t gather_once = PTHREAD_ONCE_INIT;
-
-static void gather_method_init(void)
-{
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "gathered writes");
-    if (m != NULL && BIO_meth_set_write(m, gather_write) == 1 &&
-        BIO_meth_set_ctrl(m, gather_ctrl) == 1 && BIO_meth_set_destroy(m, gather_destroy) == 1)
-        gather_method = m;
-    else
-        BIO_meth_free(m);
-}
-
-static int gather_writes(SSL *ssl, int fd)
-{
-    pthread_once(&gather_once, gather_method_init);
-    struct gather *g = calloc(1, sizeof *g);
-    BIO *b = gather_method != NULL ? BIO_new(gather_method) : NULL;
-    if (g == NULL || b == NULL) {
-        free(g);
-        BIO_free(b);
-        return RP_ENOMEM;
-    }
-    g->fd = fd;
-    BIO_set_data(b, g);
-    BIO_set_init(b, 1);
-    SSL_set0_wbio(ssl, b); /* drops the socket BIO's write reference; it still reads */
-    return 0;
-}
-
-/* Ciphertext gathered and not yet sent. */
+/* Records are gathered and sent together (rp_tls_gather_writes): a burst of DATA frames
+ * for one client leaves in one send(), not one per 16 KiB record. */
 static size_t held(const struct px_tls *c)
 {
-    return (size_t)BIO_wpending(SSL_get_wbio(c->ssl));
+    return rp_tls_gather_held(c->ssl);
 }
 
 /* Sends the gathered records the socket takes now. False if the connection failed. */
 static bool push(struct px_tls *c)
 {
-    BIO *w = SSL_get_wbio(c->ssl);
-    if (BIO_wpending(w) == 0 || BIO_flush(w) > 0 || BIO_should_retry(w))
+    if (rp_tls_gather_push(c->ssl) >= 0)
         return true;
     rp_debug("proxy", "%s: TLS write failed (%s)", c->peer, strerror(errno));
     mark_dead(c, RP_EIO);
@@ -736,7 +616,7 @@ int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, cons
         close(fd);
         return rp_err(RP_ETLS, "SSL_set_fd for %s", peer);
     }
-    if (gather_writes(ssl, fd) != 0) {
+    if (rp_tls_gather_writes(ssl, fd) != 0) {
         free(c);
         free(pv);
         SSL_free(ssl);
