@@ -38,6 +38,7 @@
 #include "lib/mp.h"
 #include "lib/log.h"
 #include "lib/tls.h"
+#include "lib/tunnel_h2.h"
 #include "lib/util.h"
 
 #define LOG "tunnel"
@@ -599,6 +600,7 @@ static int session_new(struct tunnel *t)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(cb, rp_tunnel_h2_frame_len);
     if (nghttp2_option_new(&opt) != 0) {
         nghttp2_session_callbacks_del(cb);
         return rp_err(RP_ENOMEM, "HTTP/2 session");
@@ -613,6 +615,7 @@ static int session_new(struct tunnel *t)
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, RP_TUNNEL_FRAME_MAX},
         {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, 0},
     };
     if (nghttp2_submit_settings(t->h2, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) != 0 ||
