@@ -3,10 +3,11 @@
  *
  * TLS to the proxy's web port with ALPN teleport-proxy-ssh and the profile's user
  * certificate; one dial frame out, one answer frame back; after an ok answer the TLS
- * stream is the node's SSH byte stream. libssh wants a plain fd, so the caller gets
- * one end of a socketpair and a detached thread copies bytes between the other end
- * and the TLS connection, both ways, passing each side's end of stream on (TLS
- * close_notify <-> shutdown(SHUT_WR)).
+ * stream is the node's SSH byte stream. libssh wants a plain fd: build/tsh hands it a
+ * tlsfd (tsh/tlsfd.h), which libssh reads and writes in this thread. `tsh proxy ssh`
+ * (and a program built without tools/tsh_io.c) gets one end of a socketpair instead,
+ * and a thread copies bytes between the other end and the TLS connection, both ways,
+ * passing each side's end of stream on (TLS close_notify <-> shutdown(SHUT_WR)).
  *
  * The node's host key is only trusted once the host certificate it published
  * verifies against the cluster's host CA from the profile (keys/<proxy>/known_hosts)

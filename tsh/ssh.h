@@ -55,16 +55,18 @@ int tsh_verify_host_cert(const char *known_hosts_text, const char *host_id, cons
  * profile @p: TLS with ALPN teleport-proxy-ssh and the profile's user certificate,
  * the proxy's certificate checked against the cluster CA, the dial frame, the answer,
  * and the node's published host certificate verified against the profile's host CA.
- * On success *@fd is one end of a socketpair carrying the node's SSH byte stream (a
- * thread bridges the other end to the TLS connection until either side closes; the
- * caller ends it with tsh_dial_close) and @ans holds what the proxy said. Errors name the target
+ * On success *@fd carries the node's SSH byte stream for libssh: in build/tsh a tlsfd
+ * (tsh/tlsfd.h: libssh's poll/recv/send on it are served from the TLS connection in
+ * this thread); in a program without tools/tsh_io.c, one end of a socketpair whose
+ * other end a thread bridges to the TLS connection. The caller ends it with
+ * tsh_dial_close; @ans holds what the proxy said. Errors name the target
  * and what to do: RP_ENOTFOUND "node 'x' not found: run tsh ls", RP_EDENIED, RP_ETLS, ... */
 int tsh_dial(const struct tsh_profile *p, const char *target, const char *login,
              struct tsh_dial_answer *ans, int *fd);
 
-/* Closes @fd from tsh_dial and waits (a few seconds at most) for its thread to end the
- * TLS connection, so that the process does not exit under it. Any other fd is only
- * closed. */
+/* Closes @fd from tsh_dial: sends what is queued and close_notify, and waits (a few
+ * seconds at most) for the proxy's end (or for the bridging thread to finish), so that
+ * the process does not exit under the TLS connection. Any other fd is only closed. */
 void tsh_dial_close(int fd);
 
 /* ---- ssh.c: the SSH client ------------------------------------------------------------ */
