@@ -295,8 +295,12 @@ ssize_t tsh_tlsfd_recv(int fd, void *buf, size_t len, int flags)
         return 0;
     int n = len > INT_MAX ? INT_MAX : (int)len;
     int r = (flags & MSG_PEEK) ? SSL_peek(t->ssl, buf, n) : SSL_read(t->ssl, buf, n);
-    if (r > 0)
+    if (r > 0) {
+        /* OpenSSL may have read the socket ahead: whether a whole record waits is no
+         * longer known, and poll must look (SSL_peek) before it waits on the socket. */
+        t->starved = false;
         return r;
+    }
     ssl_failed(t, r, true);
     if (t->eof)
         return 0;
