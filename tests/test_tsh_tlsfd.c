@@ -37,6 +37,7 @@
 #define OUT_CAP MiB               /* queued bytes at which a tlsfd stops polling writable */
 #define STEP_MS 10000             /* deadline of one step that should take milliseconds */
 #define SMALL_SOCKBUF (32 * 1024) /* socket buffers that make a send queue form quickly */
+#define MAX_TLSFDS 8              /* tlsfds open at once (tsh/tlsfd.c) */
 
 /* ---- libc behind counters ------------------------------------------------------------- */
 
@@ -58,15 +59,22 @@ static const struct tsh_tlsfd_libc counting_libc = {counting_poll, counting_recv
 
 /* ---- the connection: tsh's end as a tlsfd, the proxy's end as a blocking SSL ---------- */
 
+/* One TLS connection over loopback TCP: tsh's end and the proxy's. */
+struct conn {
+    SSL *server, *client; /* client: until tsh_tlsfd_open takes it */
+    int server_fd, client_tcp, fd;
+    int accept_rc;
+};
+
 struct fx {
     EVP_PKEY *ca_key, *key;
     X509 *ca;
     SSL_CTX *server_ctx, *client_ctx;
-    int lfd, server_fd, client_tcp, fd;
-    SSL *server, *client; /* client: until tsh_tlsfd_open takes it */
-    int accept_rc;
-    int go[2];   /* a byte here lets the peer thread start */
-    int pipe[2]; /* an ordinary descriptor pair for the tests that need one */
+    int lfd;
+    struct conn c;                     /* the connection of the test */
+    struct conn extra[MAX_TLSFDS + 1]; /* more, for the registry's limit */
+    int go[2];                         /* a byte here lets the peer thread start */
+    int pipe[2];                       /* an ordinary descriptor pair for the tests that need one */
     pthread_t peer;
     bool peer_running;
     /* the peer thread's job */
@@ -90,7 +98,10 @@ static struct fx F;
 static void fx_init_disabled(void)
 {
     memset(&F, 0, sizeof F);
-    F.lfd = F.server_fd = F.client_tcp = F.fd = -1;
+    F.lfd = -1;
+    for (int i = 0; i <= MAX_TLSFDS; i++)
+        F.extra[i] = (struct conn){.server_fd = -1, .client_tcp = -1, .fd = -1};
+    F.c = F.extra[0];
     F.go[0] = F.go[1] = F.pipe[0] = F.pipe[1] = -1;
     F.mismatch_at = -1;
     cr_assert_eq(pipe2(F.go, O_CLOEXEC), 0);
@@ -130,25 +141,36 @@ static void go_signal(void)
     }
 }
 
+static void conn_free(struct conn *c)
+{
+    SSL_free(c->server);
+    SSL_free(c->client);
+    if (c->server_fd >= 0)
+        close(c->server_fd);
+    if (c->client_tcp >= 0)
+        close(c->client_tcp);
+    *c = (struct conn){.server_fd = -1, .client_tcp = -1, .fd = -1};
+}
+
 static void fx_fini(void)
 {
     /* A tlsfd closed with no linger closes the TCP socket: a peer blocked on its
      * end sees the connection end. shutdown() covers a peer that never got so far. */
-    if (F.fd >= 0 && tsh_tlsfd_is(F.fd))
-        tsh_tlsfd_close(F.fd, 0);
+    if (F.c.fd >= 0 && tsh_tlsfd_is(F.c.fd))
+        tsh_tlsfd_close(F.c.fd, 0);
+    for (int i = 0; i <= MAX_TLSFDS; i++)
+        if (F.extra[i].fd >= 0 && tsh_tlsfd_is(F.extra[i].fd))
+            tsh_tlsfd_close(F.extra[i].fd, 0);
     if (F.peer_running) {
         go_signal();
-        if (F.server_fd >= 0)
-            shutdown(F.server_fd, SHUT_RDWR);
+        if (F.c.server_fd >= 0)
+            shutdown(F.c.server_fd, SHUT_RDWR);
         pthread_join(F.peer, NULL);
         F.peer_running = false;
     }
-    SSL_free(F.server);
-    SSL_free(F.client);
-    if (F.server_fd >= 0)
-        close(F.server_fd);
-    if (F.client_tcp >= 0)
-        close(F.client_tcp);
+    conn_free(&F.c);
+    for (int i = 0; i <= MAX_TLSFDS; i++)
+        conn_free(&F.extra[i]);
     if (F.lfd >= 0)
         close(F.lfd);
     for (int i = 0; i < 2; i++) {
@@ -168,66 +190,79 @@ static void fx_fini(void)
 
 static void *accept_main(void *arg)
 {
-    (void)arg;
-    F.accept_rc = SSL_accept(F.server);
+    struct conn *c = arg;
+    c->accept_rc = SSL_accept(c->server);
     return NULL;
 }
 
-/* Connects tsh's end to the proxy's over loopback TCP and TLS 1.3, without registering
- * it. @sockbuf > 0 makes the client's send and the server's receive buffers that small. */
+/* Connects a new tsh end to the proxy's listening socket over TCP and TLS 1.3 into @c,
+ * without registering it. @sockbuf > 0 makes the client's send buffer that small. */
+static void conn_connect(struct conn *c, int sockbuf)
+{
+    struct sockaddr_in a;
+    socklen_t alen = sizeof a;
+    cr_assert_eq(getsockname(F.lfd, (struct sockaddr *)&a, &alen), 0);
+    c->client_tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(c->client_tcp, 0);
+    if (sockbuf > 0)
+        cr_assert_eq(setsockopt(c->client_tcp, SOL_SOCKET, SO_SNDBUF, &sockbuf, sizeof sockbuf), 0);
+    cr_assert_eq(connect(c->client_tcp, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
+                 strerror(errno));
+    c->server_fd = accept4(F.lfd, NULL, NULL, SOCK_CLOEXEC);
+    cr_assert_geq(c->server_fd, 0, "accept: %s", strerror(errno));
+    /* The proxy's end never blocks for ever, whatever the tlsfd does. */
+    struct timeval tv = {20, 0};
+    setsockopt(c->server_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->server_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+    c->server = SSL_new(F.server_ctx);
+    cr_assert_not_null(c->server);
+    cr_assert_eq(SSL_set_fd(c->server, c->server_fd), 1);
+    cr_assert_eq(rp_tls_gather_writes(c->server, c->server_fd), 0, "%s", rp_errmsg());
+    c->client = SSL_new(F.client_ctx);
+    cr_assert_not_null(c->client);
+    cr_assert_eq(SSL_set_fd(c->client, c->client_tcp), 1);
+    SSL_set_default_read_buffer_len(c->client, TLS_READ_BUF); /* as tsh/dial.c */
+    SSL_set_read_ahead(c->client, 1);
+
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, accept_main, c), 0);
+    int rc = SSL_connect(c->client);
+    if (rc != 1)
+        shutdown(c->server_fd, SHUT_RDWR);
+    pthread_join(th, NULL);
+    cr_assert_eq(rc, 1, "client handshake failed (%d)", SSL_get_error(c->client, rc));
+    cr_assert_eq(c->accept_rc, 1, "server handshake failed");
+    cr_assert_eq(SSL_version(c->client), TLS1_3_VERSION);
+}
+
+/* Registers @c's tsh end as a tlsfd (which then owns its SSL and socket). */
+static void conn_open(struct conn *c)
+{
+    cr_assert_eq(tsh_tlsfd_open(c->client, c->client_tcp, &c->fd), 0, "%s", rp_errmsg());
+    c->client = NULL;
+    c->client_tcp = -1;
+}
+
+/* The proxy listens on 127.0.0.1 (an ephemeral port) and F.c is connected to it.
+ * @sockbuf > 0 makes the client's send and the server's receive buffers that small. */
 static void pair_connect(int sockbuf)
 {
     F.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(F.lfd, 0);
-    if (sockbuf > 0)
+    if (sockbuf > 0) /* accepted sockets inherit it */
         cr_assert_eq(setsockopt(F.lfd, SOL_SOCKET, SO_RCVBUF, &sockbuf, sizeof sockbuf), 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     cr_assert_eq(bind(F.lfd, (struct sockaddr *)&a, sizeof a), 0, "bind: %s", strerror(errno));
-    cr_assert_eq(listen(F.lfd, 1), 0);
-    socklen_t alen = sizeof a;
-    cr_assert_eq(getsockname(F.lfd, (struct sockaddr *)&a, &alen), 0);
-
-    F.client_tcp = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(F.client_tcp, 0);
-    if (sockbuf > 0)
-        cr_assert_eq(setsockopt(F.client_tcp, SOL_SOCKET, SO_SNDBUF, &sockbuf, sizeof sockbuf), 0);
-    cr_assert_eq(connect(F.client_tcp, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
-                 strerror(errno));
-    F.server_fd = accept4(F.lfd, NULL, NULL, SOCK_CLOEXEC);
-    cr_assert_geq(F.server_fd, 0, "accept: %s", strerror(errno));
-    /* The proxy's end never blocks for ever, whatever the tlsfd does. */
-    struct timeval tv = {20, 0};
-    setsockopt(F.server_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(F.server_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-
-    F.server = SSL_new(F.server_ctx);
-    cr_assert_not_null(F.server);
-    cr_assert_eq(SSL_set_fd(F.server, F.server_fd), 1);
-    cr_assert_eq(rp_tls_gather_writes(F.server, F.server_fd), 0, "%s", rp_errmsg());
-    F.client = SSL_new(F.client_ctx);
-    cr_assert_not_null(F.client);
-    cr_assert_eq(SSL_set_fd(F.client, F.client_tcp), 1);
-    SSL_set_default_read_buffer_len(F.client, TLS_READ_BUF);
-    SSL_set_read_ahead(F.client, 1);
-
-    pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, accept_main, NULL), 0);
-    int rc = SSL_connect(F.client);
-    if (rc != 1)
-        shutdown(F.server_fd, SHUT_RDWR);
-    pthread_join(th, NULL);
-    cr_assert_eq(rc, 1, "client handshake failed (%d)", SSL_get_error(F.client, rc));
-    cr_assert_eq(F.accept_rc, 1, "server handshake failed");
-    cr_assert_eq(SSL_version(F.client), TLS1_3_VERSION);
+    cr_assert_eq(listen(F.lfd, MAX_TLSFDS + 2), 0);
+    conn_connect(&F.c, sockbuf);
 }
 
-/* pair_connect, then tsh's end becomes the tlsfd F.fd (which owns the SSL and socket). */
+/* pair_connect, then tsh's end becomes the tlsfd F.c.fd. */
 static void pair_open(int sockbuf)
 {
     pair_connect(sockbuf);
-    cr_assert_eq(tsh_tlsfd_open(F.client, F.client_tcp, &F.fd), 0, "%s", rp_errmsg());
-    F.client = NULL;
-    F.client_tcp = -1;
+    conn_open(&F.c);
 }
 
 static uint8_t *random_bytes(size_t n)
@@ -242,9 +277,9 @@ static uint8_t *random_bytes(size_t n)
 static void peer_write(const uint8_t *p, size_t n)
 {
     while (n > 0) {
-        int w = SSL_write(F.server, p, n > 64 * 1024 ? 64 * 1024 : (int)n);
-        cr_assert_gt(w, 0, "the proxy's SSL_write failed (%d)", SSL_get_error(F.server, w));
-        cr_assert_eq(rp_tls_gather_push(F.server), 1);
+        int w = SSL_write(F.c.server, p, n > 64 * 1024 ? 64 * 1024 : (int)n);
+        cr_assert_gt(w, 0, "the proxy's SSL_write failed (%d)", SSL_get_error(F.c.server, w));
+        cr_assert_eq(rp_tls_gather_push(F.c.server), 1);
         p += w;
         n -= (size_t)w;
     }
@@ -272,15 +307,15 @@ static void *peer_sender(void *arg)
     size_t off = 0;
     while (off < F.len) {
         size_t n = F.len - off > 64 * 1024 ? 64 * 1024 : F.len - off;
-        int w = SSL_write(F.server, F.src + off, (int)n);
-        if (w <= 0 || rp_tls_gather_push(F.server) != 1) {
-            F.ssl_error = w <= 0 ? SSL_get_error(F.server, w) : SSL_ERROR_SYSCALL;
+        int w = SSL_write(F.c.server, F.src + off, (int)n);
+        if (w <= 0 || rp_tls_gather_push(F.c.server) != 1) {
+            F.ssl_error = w <= 0 ? SSL_get_error(F.c.server, w) : SSL_ERROR_SYSCALL;
             return NULL;
         }
         off += (size_t)w;
     }
     F.wrote_all = true;
-    F.shut_down = SSL_shutdown(F.server) >= 0;
+    F.shut_down = SSL_shutdown(F.c.server) >= 0;
     return NULL;
 }
 
@@ -299,9 +334,9 @@ static void *peer_reader(void *arg)
     if (buf == NULL)
         return NULL;
     for (;;) {
-        int r = SSL_read(F.server, buf, (int)F.read_size);
+        int r = SSL_read(F.c.server, buf, (int)F.read_size);
         if (r <= 0) {
-            F.ssl_error = SSL_get_error(F.server, r);
+            F.ssl_error = SSL_get_error(F.c.server, r);
             F.zero_return = F.ssl_error == SSL_ERROR_ZERO_RETURN;
             break;
         }
@@ -317,11 +352,11 @@ static void *peer_reader(void *arg)
     free(buf);
     ERR_clear_error();
     if (F.zero_return && F.answer_close)
-        F.shut_down = SSL_shutdown(F.server) >= 0;
+        F.shut_down = SSL_shutdown(F.c.server) >= 0;
     if (F.zero_return && F.wait_fin) {
-        struct pollfd p = {F.server_fd, POLLIN, 0};
+        struct pollfd p = {F.c.server_fd, POLLIN, 0};
         char c;
-        F.saw_fin = poll(&p, 1, 30000) == 1 && recv(F.server_fd, &c, 1, 0) == 0;
+        F.saw_fin = poll(&p, 1, 30000) == 1 && recv(F.c.server_fd, &c, 1, 0) == 0;
     }
     return NULL;
 }
@@ -333,12 +368,12 @@ static size_t read_to_end(const uint8_t *expect, size_t len)
     uint8_t buf[LIBSSH_READ];
     size_t got = 0, reads = 0;
     for (;;) {
-        struct pollfd p = {F.fd, POLLIN, 0};
+        struct pollfd p = {F.c.fd, POLLIN, 0};
         int rc = tsh_tlsfd_poll(&p, 1, STEP_MS);
         cr_assert_eq(rc, 1, "the tlsfd was not readable within %d ms after %zu bytes", STEP_MS,
                      got);
         cr_assert(p.revents & POLLIN);
-        ssize_t n = tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0);
+        ssize_t n = tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0);
         reads++;
         cr_assert_geq(n, 0, "recv failed after POLLIN: %s", strerror(errno));
         if (n == 0)
@@ -383,20 +418,20 @@ Test(tlsfd, recv_never_blocks_and_says_eagain_until_bytes_are_decrypted, .init =
     char buf[LIBSSH_READ];
     uint64_t t0 = rp_mono_ms();
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), -1);
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), -1);
     cr_assert_eq(errno, EAGAIN);
     cr_assert_lt(rp_mono_ms() - t0, 2000, "recv blocked");
-    struct pollfd p = {F.fd, POLLIN, 0};
+    struct pollfd p = {F.c.fd, POLLIN, 0};
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 0), 0, "nothing was sent, yet the tlsfd polls readable");
 
     peer_write((const uint8_t *)"hello, tsh", 10);
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, STEP_MS), 1);
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, 5, MSG_PEEK), 5, "MSG_PEEK returns what waits");
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, 5, MSG_PEEK), 5, "MSG_PEEK returns what waits");
     cr_assert_eq(memcmp(buf, "hello", 5), 0);
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), 10, "a peek leaves the bytes");
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), 10, "a peek leaves the bytes");
     cr_assert_eq(memcmp(buf, "hello, tsh", 10), 0);
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), -1);
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), -1);
     cr_assert_eq(errno, EAGAIN);
 
     errno = 0;
@@ -411,13 +446,11 @@ Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_ini
      .timeout = 30)
 {
     pair_connect(0);
-    int tcp = F.client_tcp;
-    cr_assert_eq(tsh_tlsfd_open(F.client, F.client_tcp, &F.fd), 0, "%s", rp_errmsg());
-    F.client = NULL;
-    F.client_tcp = -1;
+    int tcp = F.c.client_tcp;
+    conn_open(&F.c);
     char buf[LIBSSH_READ];
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), -1, "nothing was sent yet");
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), -1, "nothing was sent yet");
     cr_assert_eq(errno, EAGAIN);
 
     /* Two full records in one send; wait for them on the TCP socket itself, so that
@@ -433,11 +466,11 @@ Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_ini
 
     /* recv without a poll first: SSL_read reads both records ahead and serves the first. */
     for (size_t off = 0; off < 16384; off += sizeof buf) {
-        cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
+        cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
         cr_assert_eq(memcmp(buf, data + off, sizeof buf), 0);
     }
     /* The second record waits in OpenSSL, not in the socket: the tlsfd is readable. */
-    struct pollfd p = {F.fd, POLLIN, 0};
+    struct pollfd p = {F.c.fd, POLLIN, 0};
     uint64_t t0 = rp_mono_ms();
     int rc = tsh_tlsfd_poll(&p, 1, 2000);
     uint64_t took = rp_mono_ms() - t0;
@@ -445,7 +478,7 @@ Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_ini
                  rc, (unsigned long long)took);
     cr_assert(p.revents & POLLIN);
     for (size_t off = 16384; off < len; off += sizeof buf) {
-        cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
+        cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
         cr_assert_eq(memcmp(buf, data + off, sizeof buf), 0);
     }
 }
@@ -464,7 +497,7 @@ Test(tlsfd, send_takes_everything_and_pollout_stops_at_1_mib_queued_until_the_pr
 
     const size_t chunk = 64 * 1024;
     size_t sent = 0;
-    struct pollfd p = {F.fd, POLLOUT, 0};
+    struct pollfd p = {F.c.fd, POLLOUT, 0};
     for (;;) {
         cr_assert_lt(sent, F.len, "the tlsfd stayed writable with nothing read for %zu bytes",
                      sent);
@@ -473,7 +506,7 @@ Test(tlsfd, send_takes_everything_and_pollout_stops_at_1_mib_queued_until_the_pr
         if (rc == 0)
             break;
         cr_assert(p.revents & POLLOUT);
-        cr_assert_eq(tsh_tlsfd_send(F.fd, F.src + sent, chunk), (ssize_t)chunk);
+        cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + sent, chunk), (ssize_t)chunk);
         sent += chunk;
     }
     cr_log_info("POLLOUT stopped after %zu bytes sent to a proxy that reads nothing", sent);
@@ -484,7 +517,7 @@ Test(tlsfd, send_takes_everything_and_pollout_stops_at_1_mib_queued_until_the_pr
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 200), 0, "writable while the proxy still reads nothing");
 
     /* send accepts everything even beyond the cap: libssh never sees a short write. */
-    cr_assert_eq(tsh_tlsfd_send(F.fd, F.src + sent, 3 * chunk), (ssize_t)(3 * chunk));
+    cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + sent, 3 * chunk), (ssize_t)(3 * chunk));
     sent += 3 * chunk;
 
     go_signal(); /* the proxy starts reading, slowly */
@@ -494,12 +527,12 @@ Test(tlsfd, send_takes_everything_and_pollout_stops_at_1_mib_queued_until_the_pr
         cr_assert_eq(rc, 1, "not writable again within %d ms while the proxy reads", STEP_MS);
         cr_assert(p.revents & POLLOUT);
         size_t n = F.len - sent < chunk ? F.len - sent : chunk;
-        cr_assert_eq(tsh_tlsfd_send(F.fd, F.src + sent, n), (ssize_t)n);
+        cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + sent, n), (ssize_t)n);
         sent += n;
         waits++;
     }
     uint64_t t0 = rp_mono_ms();
-    cr_assert(tsh_tlsfd_close(F.fd, 30000), "the tlsfd was not registered");
+    cr_assert(tsh_tlsfd_close(F.c.fd, 30000), "the tlsfd was not registered");
     uint64_t took = rp_mono_ms() - t0;
     join_peer();
     cr_assert_not(F.go_timeout);
@@ -524,14 +557,14 @@ Test(tlsfd, close_notify_reads_as_end_of_stream_after_all_data, .init = fx_init,
     const size_t len = 20000;
     const uint8_t *data = random_bytes(len);
     peer_write(data, len);
-    cr_assert_geq(SSL_shutdown(F.server), 0);
+    cr_assert_geq(SSL_shutdown(F.c.server), 0);
     read_to_end(data, len);
     /* The end stays the end: polled again it is readable and reads 0. */
-    struct pollfd p = {F.fd, POLLIN, 0};
+    struct pollfd p = {F.c.fd, POLLIN, 0};
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 0), 1);
     cr_assert(p.revents & POLLIN);
     char c;
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, &c, 1, 0), 0);
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, &c, 1, 0), 0);
 }
 
 Test(tlsfd, tcp_close_without_close_notify_reads_as_end_of_stream, .init = fx_init, .fini = fx_fini,
@@ -542,10 +575,10 @@ Test(tlsfd, tcp_close_without_close_notify_reads_as_end_of_stream, .init = fx_in
     const uint8_t *data = random_bytes(len);
     peer_write(data, len);
     /* The proxy's process dies: no close_notify, the kernel ends the connection. */
-    SSL_free(F.server);
-    F.server = NULL;
-    close(F.server_fd);
-    F.server_fd = -1;
+    SSL_free(F.c.server);
+    F.c.server = NULL;
+    close(F.c.server_fd);
+    F.c.server_fd = -1;
     read_to_end(data, len);
 }
 
@@ -561,17 +594,17 @@ Test(tlsfd, close_flushes_the_queue_sends_close_notify_and_returns_within_linger
     F.wait_fin = true; /* the proxy never sends its own close_notify */
     start_peer(peer_reader);
     for (size_t off = 0; off < F.len; off += 64 * 1024)
-        cr_assert_eq(tsh_tlsfd_send(F.fd, F.src + off, 64 * 1024), 64 * 1024);
-    struct pollfd p = {F.fd, POLLOUT, 0};
+        cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + off, 64 * 1024), 64 * 1024);
+    struct pollfd p = {F.c.fd, POLLOUT, 0};
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 0), 0, "over 1 MiB should be queued here");
     cr_assert(tsh_tlsfd_any());
 
     go_signal();
     const int linger = 1500;
     uint64_t t0 = rp_mono_ms();
-    cr_assert(tsh_tlsfd_close(F.fd, linger), "the tlsfd was not registered");
+    cr_assert(tsh_tlsfd_close(F.c.fd, linger), "the tlsfd was not registered");
     uint64_t took = rp_mono_ms() - t0;
-    cr_assert_not(tsh_tlsfd_is(F.fd));
+    cr_assert_not(tsh_tlsfd_is(F.c.fd));
     cr_assert_not(tsh_tlsfd_any());
     join_peer();
     cr_assert_not(F.go_timeout);
@@ -587,6 +620,24 @@ Test(tlsfd, close_flushes_the_queue_sends_close_notify_and_returns_within_linger
                 (unsigned long long)took, linger);
 }
 
+Test(tlsfd, close_returns_within_linger_when_the_proxy_reads_nothing, .init = fx_init,
+     .fini = fx_fini, .timeout = 30)
+{
+    pair_open(SMALL_SOCKBUF);
+    const size_t len = 3 * MiB;
+    const uint8_t *data = random_bytes(len);
+    for (size_t off = 0; off < len; off += 64 * 1024)
+        cr_assert_eq(tsh_tlsfd_send(F.c.fd, data + off, 64 * 1024), 64 * 1024);
+    /* The queue can never drain: close gives up at its linger and still frees it all. */
+    const int linger = 500;
+    uint64_t t0 = rp_mono_ms();
+    cr_assert(tsh_tlsfd_close(F.c.fd, linger));
+    uint64_t took = rp_mono_ms() - t0;
+    cr_assert_not(tsh_tlsfd_any());
+    cr_assert_lt(took, (uint64_t)linger + 2000, "close took %llu ms with a linger of %d ms",
+                 (unsigned long long)took, linger);
+}
+
 Test(tlsfd, close_of_an_ordinary_descriptor_returns_false_and_leaves_it_open, .init = fx_init,
      .fini = fx_fini, .timeout = 30)
 {
@@ -600,7 +651,7 @@ Test(tlsfd, close_of_an_ordinary_descriptor_returns_false_and_leaves_it_open, .i
     cr_assert_eq(write(F.pipe[1], "x", 1), 1);
     cr_assert_eq(read(F.pipe[0], &c, 1), 1);
     cr_assert_eq(c, 'x', "the pipe no longer works");
-    cr_assert(tsh_tlsfd_is(F.fd), "the tlsfd itself was touched");
+    cr_assert(tsh_tlsfd_is(F.c.fd), "the tlsfd itself was touched");
     cr_assert_not(tsh_tlsfd_close(-1, 0));
 }
 
@@ -618,7 +669,7 @@ Test(tlsfd, poll_mixing_a_tlsfd_and_a_pipe_reports_each_ones_readiness, .init = 
 
     /* only the pipe */
     cr_assert_eq(write(F.pipe[1], "x", 1), 1);
-    p[0] = (struct pollfd){F.fd, POLLIN, 0};
+    p[0] = (struct pollfd){F.c.fd, POLLIN, 0};
     p[1] = (struct pollfd){F.pipe[0], POLLIN, 0};
     cr_assert_eq(tsh_tlsfd_poll(p, 2, STEP_MS), 1);
     cr_assert_eq(p[0].revents, 0, "the tlsfd polled %#x with nothing sent", p[0].revents);
@@ -627,17 +678,17 @@ Test(tlsfd, poll_mixing_a_tlsfd_and_a_pipe_reports_each_ones_readiness, .init = 
 
     /* only the tlsfd */
     peer_write(block, sizeof block);
-    p[0] = (struct pollfd){F.fd, POLLIN, 0};
+    p[0] = (struct pollfd){F.c.fd, POLLIN, 0};
     p[1] = (struct pollfd){F.pipe[0], POLLIN, 0};
     cr_assert_eq(tsh_tlsfd_poll(p, 2, STEP_MS), 1);
     cr_assert(p[0].revents & POLLIN);
     cr_assert_eq(p[1].revents, 0, "the empty pipe polled %#x", p[1].revents);
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), LIBSSH_READ);
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), LIBSSH_READ);
     cr_assert_eq(memcmp(buf, block, LIBSSH_READ), 0);
 
     /* both: decrypted bytes still wait in the tlsfd, and the pipe has a byte */
     cr_assert_eq(write(F.pipe[1], "y", 1), 1);
-    p[0] = (struct pollfd){F.fd, POLLIN, 0};
+    p[0] = (struct pollfd){F.c.fd, POLLIN, 0};
     p[1] = (struct pollfd){F.pipe[0], POLLIN, 0};
     cr_assert_eq(tsh_tlsfd_poll(p, 2, STEP_MS), 2);
     cr_assert(p[0].revents & POLLIN);
@@ -645,7 +696,7 @@ Test(tlsfd, poll_mixing_a_tlsfd_and_a_pipe_reports_each_ones_readiness, .init = 
     cr_assert_eq(read(F.pipe[0], buf, 1), 1);
 
     /* the tlsfd alone again: its waiting bytes answer at once, the pipe is not waited for */
-    p[0] = (struct pollfd){F.fd, POLLIN, 0};
+    p[0] = (struct pollfd){F.c.fd, POLLIN, 0};
     p[1] = (struct pollfd){F.pipe[0], POLLIN, 0};
     uint64_t t0 = rp_mono_ms();
     cr_assert_eq(tsh_tlsfd_poll(p, 2, STEP_MS), 1);
@@ -654,7 +705,7 @@ Test(tlsfd, poll_mixing_a_tlsfd_and_a_pipe_reports_each_ones_readiness, .init = 
     cr_assert_eq(p[1].revents, 0);
     cr_assert_lt(took, STEP_MS / 2, "poll waited %llu ms though the tlsfd had bytes",
                  (unsigned long long)took);
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, buf, sizeof buf, 0), LIBSSH_READ);
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), LIBSSH_READ);
     cr_assert_eq(memcmp(buf, block + LIBSSH_READ, LIBSSH_READ), 0);
 }
 
@@ -663,7 +714,7 @@ Test(tlsfd, poll_with_nothing_ready_returns_0_after_the_timeout, .init = fx_init
 {
     pair_open(0);
     cr_assert_eq(pipe2(F.pipe, O_CLOEXEC), 0);
-    struct pollfd p[2] = {{F.fd, POLLIN, 0}, {F.pipe[0], POLLIN, 0}};
+    struct pollfd p[2] = {{F.c.fd, POLLIN, 0}, {F.pipe[0], POLLIN, 0}};
     uint64_t t0 = rp_mono_ms();
     int rc = tsh_tlsfd_poll(p, 2, 300);
     uint64_t mixed_ms = rp_mono_ms() - t0;
@@ -673,13 +724,34 @@ Test(tlsfd, poll_with_nothing_ready_returns_0_after_the_timeout, .init = fx_init
     cr_assert_eq(re1, 0);
     cr_assert_lt(mixed_ms, 3000, "a 300 ms poll took %llu ms", (unsigned long long)mixed_ms);
 
-    struct pollfd one = {F.fd, POLLIN, 0};
+    struct pollfd one = {F.c.fd, POLLIN, 0};
     t0 = rp_mono_ms();
     rc = tsh_tlsfd_poll(&one, 1, 300);
     uint64_t alone_ms = rp_mono_ms() - t0;
     cr_assert_eq(rc, 0);
     cr_assert_eq(one.revents, 0);
     cr_assert_lt(alone_ms, 3000, "a 300 ms poll took %llu ms", (unsigned long long)alone_ms);
+}
+
+Test(tlsfd, poll_sets_larger_than_16_are_translated_too, .init = fx_init, .fini = fx_fini,
+     .timeout = 30)
+{
+    pair_open(0);
+    cr_assert_eq(pipe2(F.pipe, O_CLOEXEC), 0);
+    struct pollfd p[20];
+    for (int i = 0; i < 19; i++)
+        p[i] = (struct pollfd){F.pipe[0], POLLIN, 0};
+    p[19] = (struct pollfd){F.c.fd, POLLIN, 0};
+    cr_assert_eq(tsh_tlsfd_poll(p, 20, 100), 0);
+    peer_write((const uint8_t *)"twenty", 6);
+    /* No timeout: only the tlsfd's readiness may end this poll. */
+    cr_assert_eq(tsh_tlsfd_poll(p, 20, -1), 1);
+    for (int i = 0; i < 19; i++)
+        cr_assert_eq(p[i].revents, 0, "entry %d (the empty pipe) polled %#x", i, p[i].revents);
+    cr_assert(p[19].revents & POLLIN);
+    char buf[8];
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), 6);
+    cr_assert_eq(memcmp(buf, "twenty", 6), 0);
 }
 
 /* ---- 6: a proxy that vanished ------------------------------------------------------------ */
@@ -695,7 +767,7 @@ static void send_until_epipe(void)
     size_t accepted = 0;
     for (;;) {
         errno = 0;
-        n = tsh_tlsfd_send(F.fd, block, sizeof block);
+        n = tsh_tlsfd_send(F.c.fd, block, sizeof block);
         if (n < 0)
             break;
         cr_assert_gt(n, 0);
@@ -704,27 +776,27 @@ static void send_until_epipe(void)
             /* Records went out before the socket failed: a socket's short count, after
              * which the connection is failed for good. */
             errno = 0;
-            n = tsh_tlsfd_send(F.fd, block, sizeof block);
+            n = tsh_tlsfd_send(F.c.fd, block, sizeof block);
             cr_assert_eq(n, -1, "a short send (the connection failed) then accepted %zd", n);
             break;
         }
         cr_assert_lt(rp_mono_ms(), until, "send still accepted bytes %d ms after the proxy left",
                      STEP_MS);
-        struct pollfd p = {F.fd, POLLOUT, 0};
+        struct pollfd p = {F.c.fd, POLLOUT, 0};
         cr_assert_geq(tsh_tlsfd_poll(&p, 1, 50), 0); /* drives the queue into the socket */
     }
     cr_assert_eq(errno, EPIPE, "send failed with %s, not EPIPE", strerror(errno));
     cr_log_info("send failed after %zu bytes were accepted", accepted);
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_send(F.fd, block, 1), -1, "a failed tlsfd stays failed");
+    cr_assert_eq(tsh_tlsfd_send(F.c.fd, block, 1), -1, "a failed tlsfd stays failed");
     cr_assert_eq(errno, EPIPE);
-    struct pollfd p = {F.fd, POLLIN | POLLOUT, 0};
+    struct pollfd p = {F.c.fd, POLLIN | POLLOUT, 0};
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, STEP_MS), 1);
     cr_assert(p.revents & POLLIN, "the end of the stream polls readable");
     char c;
-    cr_assert_eq(tsh_tlsfd_recv(F.fd, &c, 1, 0), 0);
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, &c, 1, 0), 0);
     uint64_t t0 = rp_mono_ms();
-    cr_assert(tsh_tlsfd_close(F.fd, 5000));
+    cr_assert(tsh_tlsfd_close(F.c.fd, 5000));
     cr_assert_lt(rp_mono_ms() - t0, 2500, "closing a failed connection waited for it");
 }
 
@@ -733,11 +805,11 @@ Test(tlsfd, send_after_the_proxy_reset_fails_with_epipe_without_sigpipe, .init =
 {
     pair_open(0);
     struct linger lg = {1, 0}; /* close() sends a reset */
-    cr_assert_eq(setsockopt(F.server_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    SSL_free(F.server);
-    F.server = NULL;
-    close(F.server_fd);
-    F.server_fd = -1;
+    cr_assert_eq(setsockopt(F.c.server_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    SSL_free(F.c.server);
+    F.c.server = NULL;
+    close(F.c.server_fd);
+    F.c.server_fd = -1;
     send_until_epipe();
 }
 
@@ -745,10 +817,10 @@ Test(tlsfd, send_after_the_proxy_closed_fails_with_epipe_without_sigpipe, .init 
      .fini = fx_fini, .timeout = 30)
 {
     pair_open(0);
-    SSL_free(F.server);
-    F.server = NULL;
-    close(F.server_fd); /* a plain end of file; what tsh sends next is answered by a reset */
-    F.server_fd = -1;
+    SSL_free(F.c.server);
+    F.c.server = NULL;
+    close(F.c.server_fd); /* a plain end of file; what tsh sends next is answered by a reset */
+    F.c.server_fd = -1;
     send_until_epipe();
 }
 
@@ -761,20 +833,18 @@ Test(tlsfd, the_registry_knows_open_tlsfds_and_forgets_closed_ones, .init = fx_i
     cr_assert_not(tsh_tlsfd_any());
     cr_assert_not(tsh_tlsfd_is(0));
     pair_connect(0);
-    int tcp = F.client_tcp;
+    int tcp = F.c.client_tcp;
     cr_assert_not(tsh_tlsfd_is(tcp));
-    cr_assert_eq(tsh_tlsfd_open(F.client, F.client_tcp, &F.fd), 0, "%s", rp_errmsg());
-    F.client = NULL;
-    F.client_tcp = -1;
+    conn_open(&F.c);
     cr_assert(tsh_tlsfd_any());
-    cr_assert(tsh_tlsfd_is(F.fd));
-    cr_assert_neq(F.fd, tcp, "libssh gets a descriptor of its own, not the TCP socket");
+    cr_assert(tsh_tlsfd_is(F.c.fd));
+    cr_assert_neq(F.c.fd, tcp, "libssh gets a descriptor of its own, not the TCP socket");
     cr_assert_not(tsh_tlsfd_is(tcp));
     cr_assert_not(tsh_tlsfd_is(-1));
-    cr_assert(tsh_tlsfd_close(F.fd, 0));
-    cr_assert_not(tsh_tlsfd_is(F.fd));
+    cr_assert(tsh_tlsfd_close(F.c.fd, 0));
+    cr_assert_not(tsh_tlsfd_is(F.c.fd));
     cr_assert_not(tsh_tlsfd_any());
-    cr_assert_not(tsh_tlsfd_close(F.fd, 0), "a tlsfd closes once");
+    cr_assert_not(tsh_tlsfd_close(F.c.fd, 0), "a tlsfd closes once");
 }
 
 Test(tlsfd, open_refuses_until_an_interposer_enabled_tlsfds, .init = fx_init_disabled,
@@ -783,14 +853,45 @@ Test(tlsfd, open_refuses_until_an_interposer_enabled_tlsfds, .init = fx_init_dis
     cr_assert_not(tsh_tlsfd_enabled());
     pair_connect(0);
     int fd = -1;
-    cr_assert_eq(tsh_tlsfd_open(F.client, F.client_tcp, &fd), RP_EIO);
+    cr_assert_eq(tsh_tlsfd_open(F.c.client, F.c.client_tcp, &fd), RP_EIO);
     cr_assert_eq(fd, -1);
     cr_assert_not(tsh_tlsfd_any());
     /* Nothing was taken: the SSL still works on its socket (and fx_fini frees both). */
     peer_write((const uint8_t *)"still mine", 10);
     char buf[16];
-    int r = SSL_read(F.client, buf, sizeof buf);
+    int r = SSL_read(F.c.client, buf, sizeof buf);
     cr_assert_eq(r, 10);
     cr_assert_eq(memcmp(buf, "still mine", 10), 0);
-    cr_assert_eq(fcntl(F.client_tcp, F_GETFD) != -1, true);
+    cr_assert_eq(fcntl(F.c.client_tcp, F_GETFD) != -1, true);
+}
+
+Test(tlsfd, open_refuses_a_ninth_tlsfd_and_leaves_it_to_its_caller, .init = fx_init,
+     .fini = fx_fini, .timeout = 60)
+{
+    pair_open(0);
+    for (int i = 0; i < MAX_TLSFDS - 1; i++) {
+        conn_connect(&F.extra[i], 0);
+        conn_open(&F.extra[i]);
+        cr_assert(tsh_tlsfd_is(F.extra[i].fd));
+        cr_assert_neq(F.extra[i].fd, F.c.fd);
+    }
+    struct conn *ninth = &F.extra[MAX_TLSFDS - 1];
+    conn_connect(ninth, 0);
+    int fd = -1;
+    cr_assert_eq(tsh_tlsfd_open(ninth->client, ninth->client_tcp, &fd), RP_EIO);
+    cr_assert_eq(fd, -1);
+    /* Nothing was taken: the refused SSL still works on its socket. */
+    cr_assert_eq(SSL_write(ninth->server, "ninth", 5), 5);
+    cr_assert_eq(rp_tls_gather_push(ninth->server), 1);
+    char buf[8];
+    cr_assert_eq(SSL_read(ninth->client, buf, sizeof buf), 5);
+    cr_assert_eq(memcmp(buf, "ninth", 5), 0);
+    /* A closed tlsfd frees its slot; the others stay registered. */
+    cr_assert(tsh_tlsfd_close(F.extra[0].fd, 0));
+    F.extra[0].fd = -1;
+    conn_open(ninth);
+    cr_assert(tsh_tlsfd_is(ninth->fd));
+    cr_assert(tsh_tlsfd_is(F.c.fd));
+    for (int i = 1; i < MAX_TLSFDS - 1; i++)
+        cr_assert(tsh_tlsfd_is(F.extra[i].fd));
 }
