@@ -423,6 +423,10 @@ Test(tlsfd, recv_never_blocks_and_says_eagain_until_bytes_are_decrypted, .init =
     cr_assert_lt(rp_mono_ms() - t0, 2000, "recv blocked");
     struct pollfd p = {F.c.fd, POLLIN, 0};
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 0), 0, "nothing was sent, yet the tlsfd polls readable");
+    p = (struct pollfd){F.c.fd, POLLIN | POLLOUT, 0};
+    cr_assert_eq(tsh_tlsfd_poll(&p, 1, STEP_MS), 1);
+    cr_assert_eq(p.revents, POLLOUT, "an idle tlsfd is writable only (revents %#x)", p.revents);
+    p = (struct pollfd){F.c.fd, POLLIN, 0};
 
     peer_write((const uint8_t *)"hello, tsh", 10);
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, STEP_MS), 1);
@@ -481,6 +485,33 @@ Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_ini
         cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
         cr_assert_eq(memcmp(buf, data + off, sizeof buf), 0);
     }
+}
+
+Test(tlsfd, bytes_read_ahead_before_open_are_served_by_the_first_poll, .init = fx_init,
+     .fini = fx_fini, .timeout = 30)
+{
+    /* tsh_dial reads the proxy's answer with SSL_read before it registers the
+     * connection; the SSH server's first bytes may already sit behind it. */
+    pair_connect(0);
+    static const char answer[] = "dial answer", banner[] = "SSH-2.0-node\r\n";
+    cr_assert_eq(SSL_write(F.c.server, answer, sizeof answer - 1), (int)sizeof answer - 1);
+    cr_assert_eq(SSL_write(F.c.server, banner, sizeof banner - 1), (int)sizeof banner - 1);
+    cr_assert_eq(rp_tls_gather_push(F.c.server), 1); /* both records in one send */
+    char buf[64];
+    cr_assert_eq(SSL_read(F.c.client, buf, sizeof buf), (int)sizeof answer - 1);
+    cr_assert_eq(memcmp(buf, answer, sizeof answer - 1), 0);
+    cr_assert(SSL_has_pending(F.c.client), "the banner's record was read ahead with the answer");
+    conn_open(&F.c);
+    struct pollfd p = {F.c.fd, POLLIN, 0};
+    uint64_t t0 = rp_mono_ms();
+    int rc = tsh_tlsfd_poll(&p, 1, STEP_MS);
+    uint64_t took = rp_mono_ms() - t0;
+    cr_assert_eq(rc, 1, "the banner did not poll readable");
+    cr_assert(p.revents & POLLIN);
+    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), (ssize_t)sizeof banner - 1);
+    cr_assert_eq(memcmp(buf, banner, sizeof banner - 1), 0);
+    /* The record was in OpenSSL's buffer: poll must not have waited on the socket. */
+    cr_assert_lt(took, STEP_MS / 2, "poll took %llu ms", (unsigned long long)took);
 }
 
 /* ---- 2: writing --------------------------------------------------------------------------- */
