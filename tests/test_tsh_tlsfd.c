@@ -669,6 +669,40 @@ Test(tlsfd, close_returns_within_linger_when_the_proxy_reads_nothing, .init = fx
                  (unsigned long long)took, linger);
 }
 
+static atomic_bool stop_streaming;
+
+/* Peer thread: sends as fast as it can until stop_streaming or the connection fails. */
+static void *peer_streamer(void *arg)
+{
+    (void)arg;
+    static uint8_t block[64 * 1024];
+    while (!atomic_load(&stop_streaming)) {
+        int w = SSL_write(F.c.server, block, sizeof block);
+        if (w <= 0 || rp_tls_gather_push(F.c.server) != 1)
+            break;
+    }
+    return NULL;
+}
+
+Test(tlsfd, close_returns_within_linger_while_the_proxy_keeps_sending, .init = fx_init,
+     .fini = fx_fini, .timeout = 60)
+{
+    pair_open(0);
+    start_peer(peer_streamer);
+    uint64_t t0 = rp_mono_ms();
+    bool ok = tsh_tlsfd_close(F.c.fd, 300);
+    uint64_t took = rp_mono_ms() - t0;
+    atomic_store(&stop_streaming, true);
+    join_peer();
+    cr_log_info("close while the proxy streams took %llu ms (linger 300 ms)",
+                (unsigned long long)took);
+    cr_assert(ok);
+    /* close reads and drops what comes until the proxy's close_notify, but only for
+     * its linger: a proxy that keeps sending does not hold it. */
+    cr_assert_lt(took, 300 + 2000, "close took %llu ms with a linger of 300 ms",
+                 (unsigned long long)took);
+}
+
 Test(tlsfd, close_of_an_ordinary_descriptor_returns_false_and_leaves_it_open, .init = fx_init,
      .fini = fx_fini, .timeout = 30)
 {
