@@ -263,6 +263,8 @@ bool tsh_tlsfd_close(int fd, int linger_ms)
         while (s == 0) { /* ours is sent: read (and drop) until theirs arrives */
             char sink[4096];
             int r = SSL_read(t->ssl, sink, sizeof sink);
+            if (r > 0 && rp_mono_ms() >= until)
+                break; /* a proxy that keeps sending does not hold us past the linger */
             if (r > 0)
                 continue;
             int e = SSL_get_error(t->ssl, r);
@@ -295,8 +297,12 @@ ssize_t tsh_tlsfd_recv(int fd, void *buf, size_t len, int flags)
         return 0;
     int n = len > INT_MAX ? INT_MAX : (int)len;
     int r = (flags & MSG_PEEK) ? SSL_peek(t->ssl, buf, n) : SSL_read(t->ssl, buf, n);
-    if (r > 0)
+    if (r > 0) {
+        /* OpenSSL may have read the socket ahead: whether a whole record waits is no
+         * longer known, and poll must look (SSL_peek) before it waits on the socket. */
+        t->starved = false;
         return r;
+    }
     ssl_failed(t, r, true);
     if (t->eof)
         return 0;
