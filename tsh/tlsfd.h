@@ -57,10 +57,11 @@ bool tsh_tlsfd_is(int fd);
  * socket is polled in its place only when that is not already so. */
 int tsh_tlsfd_poll(struct pollfd *fds, nfds_t n, int timeout);
 /* recv() and send() on a tlsfd (tsh_tlsfd_is(fd) must hold). recv never blocks: it
- * returns decrypted bytes, 0 at the end of the stream, or -1 with EAGAIN (nothing
- * decrypted yet) or ECONNRESET. send takes all @len bytes (what the socket does not
- * take at once is queued and sent as it drains), or -1 with EPIPE once the connection
- * failed. */
+ * returns decrypted bytes, 0 at the end of the stream (close_notify, or the connection
+ * ended or failed in any way), or -1 with EAGAIN (nothing decrypted yet). send takes
+ * all @len bytes (what the socket does not take at once is queued and sent as it
+ * drains); once the connection failed it returns what it wrote before the failure, and
+ * -1 with EPIPE from then on, as a socket does. */
 ssize_t tsh_tlsfd_recv(int fd, void *buf, size_t len, int flags);
 ssize_t tsh_tlsfd_send(int fd, const void *buf, size_t len);
 
