@@ -9,9 +9,10 @@
  * their order does not matter. Everything else (open, stat, mkdir, readdir) is one
  * request and its answer.
  *
- * Bounds: every answer is measured before it is taken (at most MAX_PACKET bytes, the
- * server's own limit), and the bytes held for the server are at most INFLIGHT
- * requests, so a misbehaving node cannot make tsh hold more. */
+ * Bounds: every answer is measured before it is taken (at most TSH_SFTP_MAX_PACKET
+ * bytes, the server's own limit), and the bytes held for the server are at most
+ * INFLIGHT requests, so a misbehaving node cannot make tsh hold more. The answers are
+ * decoded by tsh/sftp_wire.c, which has a fuzz target. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -28,13 +29,13 @@
 #include "lib/buf.h"
 #include "lib/errors.h"
 #include "lib/util.h"
+#include "tsh/sftp_wire.h"
 #include "tsh/ssh.h"
 #include "tsh/tsh.h"
 
 #define CHUNK (64 * 1024)
 #define INFLIGHT 32
-#define REQ_BATCH 8 /* read requests sent together (a download) */
-#define MAX_PACKET (256 * 1024 + 1024)
+#define REQ_BATCH 8           /* read requests sent together (a download) */
 #define MAX_DEPTH 64          /* directory nesting a recursive copy follows */
 #define MAX_ENTRIES (1 << 20) /* names of one remote directory held at once */
 #define IN_ROOM (8 * CHUNK)   /* the answer buffer's size in a transfer */
@@ -42,7 +43,7 @@
 
 enum {
     FXP_INIT = 1,
-    FXP_VERSION = 2,
+    FXP_VERSION = TSH_SFTP_VERSION,
     FXP_OPEN = 3,
     FXP_CLOSE = 4,
     FXP_READ = 5,
@@ -55,27 +56,18 @@ enum {
     FXP_READDIR = 12,
     FXP_MKDIR = 14,
     FXP_STAT = 17,
-    FXP_STATUS = 101,
-    FXP_HANDLE = 102,
-    FXP_DATA = 103,
-    FXP_NAME = 104,
-    FXP_ATTRS = 105,
+    FXP_STATUS = TSH_SFTP_STATUS,
+    FXP_HANDLE = TSH_SFTP_HANDLE,
+    FXP_DATA = TSH_SFTP_DATA,
+    FXP_NAME = TSH_SFTP_NAME,
+    FXP_ATTRS = TSH_SFTP_ATTRS,
 };
 enum { FX_OK = 0, FX_EOF = 1, FX_NO_SUCH_FILE = 2, FX_PERMISSION_DENIED = 3 };
 enum { FXF_READ = 1, FXF_WRITE = 2, FXF_CREAT = 8, FXF_TRUNC = 0x10 };
 enum {
-    ATTR_SIZE = 1,
-    ATTR_UIDGID = 2,
-    ATTR_PERMISSIONS = 4,
-    ATTR_ACMODTIME = 8,
-    ATTR_EXTENDED = 0x80000000u,
-};
-
-struct attrs {
-    uint32_t flags;
-    uint64_t size;
-    uint32_t perm;
-    uint32_t atime, mtime;
+    ATTR_SIZE = TSH_SFTP_ATTR_SIZE,
+    ATTR_PERMISSIONS = TSH_SFTP_ATTR_PERMISSIONS,
+    ATTR_ACMODTIME = TSH_SFTP_ATTR_ACMODTIME,
 };
 
 struct sftp {
@@ -209,30 +201,15 @@ static int sftp_read_wait(struct sftp *f)
  * more bytes are needed, an error for an answer that breaks the protocol. */
 static int sftp_take(struct sftp *f)
 {
-    size_t avail = f->in.len - f->in_off;
-    if (avail < 5)
-        return 0;
-    const uint8_t *p = f->in.data + f->in_off;
-    uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-    if (len < 1 || len > MAX_PACKET)
-        return rp_err(RP_EPROTO, "the node's SFTP server sent a packet of %u bytes (at most %d)",
-                      len, MAX_PACKET);
-    if (avail < 4 + (size_t)len)
-        return 0;
-    f->type = p[4];
-    f->in_off += 4 + (size_t)len;
-    if (f->type == FXP_VERSION) {
-        f->id = 0;
-        f->body = p + 5;
-        f->body_len = len - 1;
-        return 1;
+    struct tsh_sftp_packet pk;
+    int rv = tsh_sftp_take(f->in.data, f->in.len, &f->in_off, &pk);
+    if (rv == 1) {
+        f->type = pk.type;
+        f->id = pk.id;
+        f->body = pk.body;
+        f->body_len = pk.body_len;
     }
-    if (len < 5)
-        return rp_err(RP_EPROTO, "the node's SFTP server sent a packet without a request id");
-    f->id = (uint32_t)p[5] << 24 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 8 | p[8];
-    f->body = p + 9;
-    f->body_len = len - 5;
-    return 1;
+    return rv;
 }
 
 /* Waits for the next answer, writing queued requests meanwhile. */
@@ -291,7 +268,7 @@ static void put_str(struct sftp *f, const void *p, size_t n)
     rp_buf_append(&f->out, p, n);
 }
 
-static void put_attrs(struct sftp *f, const struct attrs *a)
+static void put_attrs(struct sftp *f, const struct tsh_sftp_attrs *a)
 {
     rp_buf_put_be32(&f->out, a->flags);
     if (a->flags & ATTR_SIZE)
@@ -302,46 +279,6 @@ static void put_attrs(struct sftp *f, const struct attrs *a)
         rp_buf_put_be32(&f->out, a->atime);
         rp_buf_put_be32(&f->out, a->mtime);
     }
-}
-
-static int get_str(struct rp_rd *r, const uint8_t **p, size_t *n)
-{
-    uint32_t len;
-    if (rp_rd_be32(r, &len) != 0 || rp_rd_bytes(r, len, p) != 0)
-        return rp_err(RP_EPROTO, "the node's SFTP server sent a truncated string");
-    *n = len;
-    return 0;
-}
-
-static int get_attrs(struct rp_rd *r, struct attrs *a)
-{
-    memset(a, 0, sizeof a[0]);
-    uint32_t u32;
-    if (rp_rd_be32(r, &a->flags) != 0)
-        goto bad;
-    if ((a->flags & ATTR_SIZE) && rp_rd_be64(r, &a->size) != 0)
-        goto bad;
-    if ((a->flags & ATTR_UIDGID) && (rp_rd_be32(r, &u32) != 0 || rp_rd_be32(r, &u32) != 0))
-        goto bad;
-    if ((a->flags & ATTR_PERMISSIONS) && rp_rd_be32(r, &a->perm) != 0)
-        goto bad;
-    if ((a->flags & ATTR_ACMODTIME) &&
-        (rp_rd_be32(r, &a->atime) != 0 || rp_rd_be32(r, &a->mtime) != 0))
-        goto bad;
-    if (a->flags & ATTR_EXTENDED) {
-        uint32_t n;
-        if (rp_rd_be32(r, &n) != 0 || n > 1024)
-            goto bad;
-        for (uint32_t i = 0; i < 2 * n; i++) {
-            const uint8_t *p;
-            size_t l;
-            if (get_str(r, &p, &l) != 0)
-                goto bad;
-        }
-    }
-    return 0;
-bad:
-    return rp_err(RP_EPROTO, "the node's SFTP server sent malformed file attributes");
 }
 
 static const char *status_text(uint32_t code)
@@ -368,9 +305,7 @@ static const char *status_text(uint32_t code)
  * a protocol error. */
 static int answer_status(struct sftp *f, uint32_t *code)
 {
-    struct rp_rd r;
-    rp_rd_init(&r, f->body, f->body_len);
-    if (f->type != FXP_STATUS || rp_rd_be32(&r, code) != 0)
+    if (f->type != FXP_STATUS || tsh_sftp_decode_status(f->body, f->body_len, code) != 0)
         return rp_err(RP_EPROTO,
                       "the node's SFTP server answered with packet type %u where a "
                       "status was expected",
@@ -413,7 +348,7 @@ static int expect_ok(struct sftp *f, const char *what, const char *path)
     return rv;
 }
 
-static int r_stat(struct sftp *f, uint8_t type, const char *path, struct attrs *a)
+static int r_stat(struct sftp *f, uint8_t type, const char *path, struct tsh_sftp_attrs *a)
 {
     uint32_t id;
     size_t at = req_begin(f, type, &id);
@@ -423,22 +358,20 @@ static int r_stat(struct sftp *f, uint8_t type, const char *path, struct attrs *
         return rv;
     if (f->type != FXP_ATTRS)
         return status_error(f, "stat", path);
-    struct rp_rd r;
-    rp_rd_init(&r, f->body, f->body_len);
-    return get_attrs(&r, a);
+    return tsh_sftp_decode_attrs(f->body, f->body_len, a);
 }
 
 /* Opens @path (file with @pflags, or a directory when @dir); *@h gets the handle
  * (malloc'd). */
 static int r_open(struct sftp *f, const char *path, bool dir, uint32_t pflags,
-                  const struct attrs *a, char **h, size_t *hl)
+                  const struct tsh_sftp_attrs *a, char **h, size_t *hl)
 {
     uint32_t id;
     size_t at = req_begin(f, dir ? FXP_OPENDIR : FXP_OPEN, &id);
     put_str(f, path, strlen(path));
     if (!dir) {
         rp_buf_put_be32(&f->out, pflags);
-        struct attrs none = {0};
+        struct tsh_sftp_attrs none = {0};
         put_attrs(f, a != NULL ? a : &none);
     }
     int rv = call(f, at, id);
@@ -446,13 +379,9 @@ static int r_open(struct sftp *f, const char *path, bool dir, uint32_t pflags,
         return rv;
     if (f->type != FXP_HANDLE)
         return status_error(f, dir ? "cannot list" : "cannot open", path);
-    struct rp_rd r;
     const uint8_t *p;
-    rp_rd_init(&r, f->body, f->body_len);
-    if ((rv = get_str(&r, &p, hl)) != 0)
+    if ((rv = tsh_sftp_decode_handle(f->body, f->body_len, &p, hl)) != 0)
         return rv;
-    if (*hl == 0 || *hl > 256)
-        return rp_err(RP_EPROTO, "the node's SFTP server sent a handle of %zu bytes", *hl);
     *h = malloc(*hl);
     if (*h == NULL)
         return rp_err(RP_ENOMEM, "handle");
@@ -471,7 +400,7 @@ static int r_close(struct sftp *f, char *h, size_t hl, const char *path)
 }
 
 static int r_setstat(struct sftp *f, const char *h, size_t hl, const char *path,
-                     const struct attrs *a)
+                     const struct tsh_sftp_attrs *a)
 {
     uint32_t id;
     size_t at = req_begin(f, h != NULL ? FXP_FSETSTAT : FXP_SETSTAT, &id);
@@ -489,7 +418,7 @@ static int r_mkdir(struct sftp *f, const char *path, uint32_t perm)
     uint32_t id;
     size_t at = req_begin(f, FXP_MKDIR, &id);
     put_str(f, path, strlen(path));
-    struct attrs a = {.flags = ATTR_PERMISSIONS, .perm = perm};
+    struct tsh_sftp_attrs a = {.flags = ATTR_PERMISSIONS, .perm = perm};
     put_attrs(f, &a);
     int rv = call(f, at, id);
     if (rv != 0)
@@ -498,7 +427,7 @@ static int r_mkdir(struct sftp *f, const char *path, uint32_t perm)
     if ((rv = answer_status(f, &code)) != 0 || code == FX_OK)
         return rv;
     /* sftp-server says "failure" for an existing directory: look before failing. */
-    struct attrs st;
+    struct tsh_sftp_attrs st;
     if (r_stat(f, FXP_STAT, path, &st) == 0 && (st.flags & ATTR_PERMISSIONS) && S_ISDIR(st.perm))
         return 0;
     return rp_err(RP_EIO, "cannot create directory %s on the node", path);
@@ -593,7 +522,7 @@ static int send_read(struct sftp *f, const char *h, size_t hl, uint64_t off, uin
 }
 
 /* Copies the remote file @rpath (attributes @a) to the local @lpath. */
-static int download_file(struct sftp *f, const char *rpath, const struct attrs *a,
+static int download_file(struct sftp *f, const char *rpath, const struct tsh_sftp_attrs *a,
                          const char *lpath)
 {
     char *h = NULL;
@@ -640,11 +569,9 @@ static int download_file(struct sftp *f, const char *rpath, const struct attrs *
         struct req r = q[i];
         q[i] = q[--nq];
         if (f->type == FXP_DATA) {
-            struct rp_rd rd;
             const uint8_t *p;
             size_t n;
-            rp_rd_init(&rd, f->body, f->body_len);
-            if ((rv = get_str(&rd, &p, &n)) != 0)
+            if ((rv = tsh_sftp_decode_data(f->body, f->body_len, &p, &n)) != 0)
                 break;
             if (n == 0 || n > r.len) {
                 rv = rp_err(RP_EPROTO, "the node's SFTP server sent %zu bytes for a read of %u", n,
@@ -701,7 +628,7 @@ static int upload_file(struct sftp *f, const char *lpath, const struct stat *st,
         return rp_err(RP_EIO, "cannot read %s: %s", lpath, strerror(errno));
     char *h = NULL;
     size_t hl = 0;
-    struct attrs a = {.flags = ATTR_PERMISSIONS, .perm = st->st_mode & 07777};
+    struct tsh_sftp_attrs a = {.flags = ATTR_PERMISSIONS, .perm = st->st_mode & 07777};
     int rv = r_open(f, rpath, false, FXF_WRITE | FXF_CREAT | FXF_TRUNC, &a, &h, &hl);
     if (rv != 0) {
         close(fd);
@@ -819,8 +746,8 @@ static bool safe_entry_name(const char *n, size_t len)
 
 static int download_path(struct sftp *f, const char *rpath, const char *lpath, int depth);
 
-static int download_dir(struct sftp *f, const char *rpath, const struct attrs *a, const char *lpath,
-                        int depth)
+static int download_dir(struct sftp *f, const char *rpath, const struct tsh_sftp_attrs *a,
+                        const char *lpath, int depth)
 {
     if (depth > MAX_DEPTH)
         return rp_err(RP_EINVAL, "%s: directories nest deeper than %d", rpath, MAX_DEPTH);
@@ -848,25 +775,23 @@ static int download_dir(struct sftp *f, const char *rpath, const struct attrs *a
                 rv = status_error(f, "cannot list", rpath);
             break;
         }
-        struct rp_rd r;
-        uint32_t count;
-        rp_rd_init(&r, f->body, f->body_len);
-        if (rp_rd_be32(&r, &count) != 0) {
-            rv = rp_err(RP_EPROTO, "the node's SFTP server sent a malformed directory listing");
+        struct tsh_sftp_names it;
+        if ((rv = tsh_sftp_names_begin(&it, f->body, f->body_len)) != 0)
             break;
-        }
-        for (uint32_t i = 0; i < count && rv == 0; i++) {
-            const uint8_t *np, *lp;
-            size_t nl, ll;
-            struct attrs ea;
-            if ((rv = get_str(&r, &np, &nl)) != 0 || (rv = get_str(&r, &lp, &ll)) != 0 ||
-                (rv = get_attrs(&r, &ea)) != 0)
+        for (;;) {
+            struct tsh_sftp_name e;
+            int got = tsh_sftp_names_next(&it, &e);
+            if (got <= 0) {
+                rv = got;
                 break;
+            }
+            const uint8_t *np = e.name;
+            size_t nl = e.name_len;
             if (!safe_entry_name((const char *)np, nl))
                 continue;
             /* Links inside a tree are not followed (a link to "." would make the copy
              * endless), as OpenSSH's sftp get -r does. */
-            if ((ea.flags & ATTR_PERMISSIONS) && S_ISLNK(ea.perm)) {
+            if ((e.attrs.flags & ATTR_PERMISSIONS) && S_ISLNK(e.attrs.perm)) {
                 dprintf(2, "tsh scp: %s/%.*s is a symbolic link on the node: skipped\n", rpath,
                         (int)nl, (const char *)np);
                 continue;
@@ -923,7 +848,7 @@ static int download_dir(struct sftp *f, const char *rpath, const struct attrs *a
 
 static int download_path(struct sftp *f, const char *rpath, const char *lpath, int depth)
 {
-    struct attrs a;
+    struct tsh_sftp_attrs a;
     int rv = r_stat(f, FXP_STAT, rpath, &a);
     if (rv != 0)
         return rv;
@@ -983,7 +908,7 @@ static int upload_path(struct sftp *f, const char *lpath, const char *rpath, int
         }
     }
     closedir(d);
-    struct attrs a = {.flags = ATTR_PERMISSIONS, .perm = st.st_mode & 07777};
+    struct tsh_sftp_attrs a = {.flags = ATTR_PERMISSIONS, .perm = st.st_mode & 07777};
     if (f->o->preserve_times) {
         a.flags |= ATTR_ACMODTIME;
         a.atime = (uint32_t)st.st_atime;
@@ -1060,7 +985,7 @@ int tsh_scp_upload(ssh_session s, const char *const *src, size_t n_src, const ch
         return rv;
     }
     const char *rdst = dst[0] ? dst : ".";
-    struct attrs a;
+    struct tsh_sftp_attrs a;
     bool dst_is_dir =
         r_stat(&f, FXP_STAT, rdst, &a) == 0 && (a.flags & ATTR_PERMISSIONS) && S_ISDIR(a.perm);
     if (n_src > 1 && !dst_is_dir) {
