@@ -446,7 +446,7 @@ static int dial(struct tunnel *t)
         ERR_clear_error();
         return rp_err(RP_ENOMEM, "proxy %s: TLS setup failed", t->addr);
     }
-    if (rp_tls_gather_writes(ssl, fd) != 0) {
+    if (rp_tls_gather_writes(ssl, fd, RP_TLS_GATHER_BYTES) != 0) {
         SSL_free(ssl);
         close(fd);
         return rp_err(RP_ENOMEM, "proxy %s: TLS setup failed", t->addr);
@@ -552,11 +552,7 @@ static int pump_out(struct tunnel *t)
             }
             if (n == 0)
                 break;
-            if (t->out_off > 0 && t->out_off == t->out.len) {
-                rp_buf_reset(&t->out);
-                t->out_off = 0;
-            }
-            if (rp_buf_append(&t->out, p, (size_t)n) != 0) {
+            if (rp_buf_queue(&t->out, &t->out_off, p, (size_t)n) != 0) {
                 rv = rp_err(RP_ENOMEM, "tunnel output");
                 goto out;
             }

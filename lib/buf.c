@@ -56,6 +56,18 @@ int rp_buf_append(struct rp_buf *b, const void *p, size_t n)
     return 0;
 }
 
+int rp_buf_queue(struct rp_buf *b, size_t *off, const void *p, size_t n)
+{
+    if (*off == b->len) {
+        b->len = *off = 0;
+    } else if (*off > 0 && b->len + n > b->cap) {
+        memmove(b->data, b->data + *off, b->len - *off);
+        b->len -= *off;
+        *off = 0;
+    }
+    return rp_buf_append(b, p, n);
+}
+
 int rp_buf_append_str(struct rp_buf *b, const char *s)
 {
     return rp_buf_append(b, s, strlen(s));

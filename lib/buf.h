@@ -24,6 +24,10 @@ int rp_buf_append_str(struct rp_buf *b, const char *s);
 int rp_buf_printf(struct rp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int rp_buf_put_be32(struct rp_buf *b, uint32_t v);
 int rp_buf_put_be64(struct rp_buf *b, uint64_t v);
+/* A write queue whose first *@off bytes were already sent: appends @n bytes. Once all
+ * was sent the queue starts over at the front; when the bytes do not fit, the unsent
+ * rest moves to the front before the buffer grows. 0 or RP_ENOMEM (nothing appended). */
+int rp_buf_queue(struct rp_buf *b, size_t *off, const void *p, size_t n);
 /* Hands the bytes to the caller (free() them) and leaves @b empty. */
 uint8_t *rp_buf_steal(struct rp_buf *b, size_t *len);
 

@@ -148,11 +148,12 @@ int rp_tls_peer_identity(SSL *ssl, struct rp_identity *out);
 /* Ciphertext gathered for one send(). */
 #define RP_TLS_GATHER_BYTES (64 * 1024)
 
-/* Makes @ssl (set up on socket @fd by SSL_set_fd, not yet handshaken) seal its records
- * into a buffer that goes out in one send() when it fills or at rp_tls_gather_push,
- * instead of one send() per record. The buffer is allocated only while records wait.
- * 0 or RP_ENOMEM. */
-int rp_tls_gather_writes(SSL *ssl, int fd);
+/* Makes @ssl (set up on socket @fd by SSL_set_fd) seal its records into a buffer of
+ * @bytes that goes out in one send() when it fills or at rp_tls_gather_push, instead of
+ * one send() per record; the buffer is allocated only while records wait. With @bytes
+ * 0 each record is sent at once. Either way the socket is written with MSG_NOSIGNAL: a
+ * peer that vanished fails the write instead of raising SIGPIPE. 0 or RP_ENOMEM. */
+int rp_tls_gather_writes(SSL *ssl, int fd, size_t bytes);
 /* Sends what the socket takes of the gathered records: 1 all went, 0 the socket is full
  * (poll for writing and push again), -1 the connection failed (errno says why). Call it
  * after every burst of SSL_write. */

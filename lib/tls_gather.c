@@ -3,8 +3,10 @@
  * OpenSSL writes each record (16 KiB at most) to its BIO as soon as it is sealed; with
  * a socket BIO that is one send() per record, and on loopback each send() also runs
  * the receiver's side of TCP and wakes it. Under the SSL's write side this BIO keeps
- * the records in a buffer of RP_TLS_GATHER_BYTES and sends them in one call when the
- * buffer fills or the owner pushes (after each burst of writes). The buffer exists
+ * the records in a buffer (RP_TLS_GATHER_BYTES for the proxy and the agent) and sends
+ * them in one call when the buffer fills or the owner pushes (after each burst of
+ * writes). With a size of 0 it sends each record at once, as a socket BIO would, but
+ * with MSG_NOSIGNAL. The buffer exists
  * only while records wait, so an idle connection holds none. OpenSSL flushes the BIO
  * itself after handshake flights and alerts. Reading stays on the socket BIO that
  * SSL_set_fd made. */
@@ -22,7 +24,8 @@
 
 struct gather {
     int fd;
-    uint8_t *buf; /* RP_TLS_GATHER_BYTES, or NULL while nothing waits */
+    size_t size;  /* bytes gathered before a send; 0: each record is sent at once */
+    uint8_t *buf; /* @size bytes, or NULL while nothing waits */
     size_t off, len;
 };
 
@@ -47,7 +50,13 @@ static int gather_write(BIO *b, const char *p, int n)
 {
     struct gather *g = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    if (g->buf != NULL && g->len == RP_TLS_GATHER_BYTES) {
+    if (g->size == 0) {
+        ssize_t w = send(g->fd, p, (size_t)n, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EAGAIN || errno == EINTR))
+            BIO_set_retry_write(b);
+        return (int)w;
+    }
+    if (g->buf != NULL && g->len == g->size) {
         int s = gather_send(g);
         if (s < 0)
             return -1;
@@ -61,9 +70,9 @@ static int gather_write(BIO *b, const char *p, int n)
             g->off = 0;
         }
     }
-    if (g->buf == NULL && (g->buf = malloc(RP_TLS_GATHER_BYTES)) == NULL)
+    if (g->buf == NULL && (g->buf = malloc(g->size)) == NULL)
         return -1;
-    size_t room = RP_TLS_GATHER_BYTES - g->len;
+    size_t room = g->size - g->len;
     size_t take = (size_t)n < room ? (size_t)n : room;
     memcpy(g->buf + g->len, p, take);
     g->len += take;
@@ -117,7 +126,7 @@ static void gather_method_init(void)
         BIO_meth_free(m);
 }
 
-int rp_tls_gather_writes(SSL *ssl, int fd)
+int rp_tls_gather_writes(SSL *ssl, int fd, size_t bytes)
 {
     pthread_once(&gather_once, gather_method_init);
     struct gather *g = calloc(1, sizeof *g);
@@ -128,6 +137,7 @@ int rp_tls_gather_writes(SSL *ssl, int fd)
         return rp_err(RP_ENOMEM, "TLS write buffer");
     }
     g->fd = fd;
+    g->size = bytes;
     BIO_set_data(b, g);
     BIO_set_init(b, 1);
     SSL_set0_wbio(ssl, b); /* drops the socket BIO's write reference; it still reads */

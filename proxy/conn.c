@@ -19,6 +19,7 @@
 
 #include <openssl/err.h>
 
+#include "lib/buf.h"
 #include "lib/errors.h"
 #include "lib/log.h"
 #include "lib/tls.h"
@@ -46,9 +47,9 @@ struct px_tls_priv {
     void *hs_arg;
     struct px_tls *c;                /* back to the connection, for the timers */
     struct px_tls_priv *prev, *next; /* every connection (all_mu) */
-    /* the write queue: bytes [off, len) of wbuf; freed when empty */
-    uint8_t *wbuf;
-    size_t off, len, cap;
+    /* the write queue: bytes [off, wq.len) of wq; freed when empty */
+    struct rp_buf wq;
+    size_t off;
     /* px_tls_move: what runs on the new loop once the connection is watched there */
     void (*moved)(struct px_tls *c, void *arg);
     void *moved_arg;
@@ -154,7 +155,7 @@ static void finish(struct px_tls *c)
         rp_identity_free(c->ident);
         free(c->ident);
     }
-    free(pv->wbuf);
+    rp_buf_free(&pv->wq);
     free(pv);
     free(c);
     if (l != NULL)
@@ -185,12 +186,12 @@ static bool flush(struct px_tls *c)
 {
     struct px_tls_priv *pv = c->priv;
     pv->write_wants_in = false;
-    while (pv->len > pv->off) {
-        size_t n = pv->len - pv->off;
+    while (pv->wq.len > pv->off) {
+        size_t n = pv->wq.len - pv->off;
         if (n > WRITE_CHUNK)
             n = WRITE_CHUNK;
         ERR_clear_error();
-        int w = SSL_write(c->ssl, pv->wbuf + pv->off, (int)n);
+        int w = SSL_write(c->ssl, pv->wq.data + pv->off, (int)n);
         if (w > 0) {
             pv->off += (size_t)w;
             continue;
@@ -206,42 +207,18 @@ static bool flush(struct px_tls *c)
         mark_dead(c, RP_EIO);
         return false;
     }
-    if (pv->off == pv->len) {
-        free(pv->wbuf);
-        pv->wbuf = NULL;
-        pv->off = pv->len = pv->cap = 0;
+    if (pv->off == pv->wq.len) {
+        rp_buf_free(&pv->wq);
+        pv->off = 0;
     }
     return push(c);
 }
 
-/* Appends @n bytes to the write queue (compacting or growing it). */
+/* Appends @n bytes to the write queue. Compacting it is safe:
+ * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets a retried write come from another address. */
 static int enqueue(struct px_tls *c, const uint8_t *p, size_t n)
 {
-    struct px_tls_priv *pv = c->priv;
-    if (pv->off > 0 && pv->off == pv->len)
-        pv->off = pv->len = 0;
-    if (pv->len + n > pv->cap) {
-        /* Compacting is safe: SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets a retried write
-         * come from another address. */
-        if (pv->off > 0) {
-            memmove(pv->wbuf, pv->wbuf + pv->off, pv->len - pv->off);
-            pv->len -= pv->off;
-            pv->off = 0;
-        }
-        if (pv->len + n > pv->cap) {
-            size_t cap = pv->cap ? pv->cap : 4096;
-            while (cap < pv->len + n)
-                cap *= 2;
-            uint8_t *b = realloc(pv->wbuf, cap);
-            if (b == NULL)
-                return rp_err(RP_ENOMEM, "write queue of %zu bytes", cap);
-            pv->wbuf = b;
-            pv->cap = cap;
-        }
-    }
-    memcpy(pv->wbuf + pv->len, p, n);
-    pv->len += n;
-    return 0;
+    return rp_buf_queue(&c->priv->wq, &c->priv->off, p, n);
 }
 
 int px_tls_write(struct px_tls *c, const void *p, size_t n)
@@ -257,7 +234,7 @@ int px_tls_write(struct px_tls *c, const void *p, size_t n)
     if (pv->corked)
         return enqueue(c, b, n);
     pv->write_wants_in = false;
-    while (n > 0 && pv->len == pv->off) {
+    while (n > 0 && pv->wq.len == pv->off) {
         int chunk = n > WRITE_CHUNK ? WRITE_CHUNK : (int)n;
         ERR_clear_error();
         int w = SSL_write(c->ssl, b, chunk);
@@ -300,7 +277,7 @@ void px_tls_uncork(struct px_tls *c)
     if (!pv->corked)
         return;
     pv->corked = false;
-    if (pv->dead || pv->state != ST_OPEN || pv->len == pv->off)
+    if (pv->dead || pv->state != ST_OPEN || pv->wq.len == pv->off)
         return;
     if (flush(c))
         update_events(c);
@@ -308,7 +285,7 @@ void px_tls_uncork(struct px_tls *c)
 
 size_t px_tls_pending(const struct px_tls *c)
 {
-    return c->priv->len - c->priv->off;
+    return c->priv->wq.len - c->priv->off;
 }
 
 /* ---- reading -------------------------------------------------------------------- */
@@ -470,7 +447,7 @@ void px_tls_close(struct px_tls *c)
     px_timer_arm(c->w.loop, &pv->deadline, CLOSE_FLUSH_MS, deadline_fire);
     if (!flush(c))
         return;
-    if (pv->len == pv->off && held(c) == 0) {
+    if (pv->wq.len == pv->off && held(c) == 0) {
         send_close_notify(c);
         return;
     }
@@ -485,7 +462,7 @@ static void update_events(struct px_tls *c)
     if (pv->dead || c->w.loop == NULL)
         return;
     uint32_t ev = 0;
-    bool queued = pv->len > pv->off || held(c) > 0;
+    bool queued = pv->wq.len > pv->off || held(c) > 0;
     switch (pv->state) {
     case ST_HANDSHAKE:
         return; /* set by the handshake step itself */
@@ -565,9 +542,9 @@ static void on_event(struct px_watch *w, uint32_t events)
         handshake_step(c);
     } else if (!pv->dead) {
         if ((events & EPOLLOUT) || pv->write_wants_in) {
-            bool had = pv->len > pv->off;
+            bool had = pv->wq.len > pv->off;
             pv->read_wants_out = false;
-            if (flush(c) && had && pv->len == pv->off && pv->state == ST_OPEN &&
+            if (flush(c) && had && pv->wq.len == pv->off && pv->state == ST_OPEN &&
                 c->on_drained != NULL)
                 c->on_drained(c);
         }
@@ -580,7 +557,7 @@ static void on_event(struct px_watch *w, uint32_t events)
         if (!pv->dead && pv->state == ST_CLOSING) {
             if (events & (EPOLLHUP | EPOLLERR))
                 mark_dead(c, RP_ECLOSED);
-            else if (flush(c) && pv->len == pv->off && held(c) == 0)
+            else if (flush(c) && pv->wq.len == pv->off && held(c) == 0)
                 send_close_notify(c);
         }
     }
@@ -598,30 +575,22 @@ int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, cons
     struct px_tls *c = calloc(1, sizeof *c);
     struct px_tls_priv *pv = calloc(1, sizeof *pv);
     SSL *ssl = SSL_new(ctx);
+    int rv = RP_ENOMEM;
     if (c == NULL || pv == NULL || ssl == NULL) {
-        free(c);
-        free(pv);
-        SSL_free(ssl);
-        close(fd);
-        return rp_err(RP_ENOMEM, "TLS connection from %s", peer);
+        rp_err(rv, "TLS connection from %s", peer);
+        goto fail;
     }
     SSL_set_read_ahead(ssl, 1);
     SSL_set_default_read_buffer_len(ssl, 64 * 1024);
     SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                           SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (SSL_set_fd(ssl, fd) != 1) {
-        free(c);
-        free(pv);
-        SSL_free(ssl);
-        close(fd);
-        return rp_err(RP_ETLS, "SSL_set_fd for %s", peer);
+        rv = rp_err(RP_ETLS, "SSL_set_fd for %s", peer);
+        goto fail;
     }
-    if (rp_tls_gather_writes(ssl, fd) != 0) {
-        free(c);
-        free(pv);
-        SSL_free(ssl);
-        close(fd);
-        return rp_err(RP_ENOMEM, "TLS write buffer for %s", peer);
+    if (rp_tls_gather_writes(ssl, fd, RP_TLS_GATHER_BYTES) != 0) {
+        rp_err(rv, "TLS write buffer for %s", peer);
+        goto fail;
     }
     SSL_set_app_data(ssl, c);
     c->ssl = ssl;
@@ -634,14 +603,8 @@ int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, cons
     pv->state = ST_HANDSHAKE;
     pv->hs_done = done;
     pv->hs_arg = arg;
-    int rv = px_watch_add(l, &c->w, EPOLLIN);
-    if (rv != 0) {
-        SSL_free(ssl);
-        close(fd);
-        free(pv);
-        free(c);
-        return rv;
-    }
+    if ((rv = px_watch_add(l, &c->w, EPOLLIN)) != 0)
+        goto fail;
     px_loop_conn_add(l);
     all_add(pv);
     px_timer_arm(l, &pv->deadline, deadline_ms, deadline_fire);
@@ -651,6 +614,12 @@ int px_tls_accept(struct px_loop *l, struct proxy *p, int fd, SSL_CTX *ctx, cons
      * but from a timer, so that the callback never runs inside this call. */
     px_timer_arm(l, &pv->kick, 0, kick_fire);
     return 0;
+fail:
+    SSL_free(ssl);
+    close(fd);
+    free(pv);
+    free(c);
+    return rv;
 }
 
 void px_tls_close_all(struct px_loops *ls)

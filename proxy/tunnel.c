@@ -934,10 +934,13 @@ static void dial_on_loop(void *arg)
         return;
     }
     s->id = id;
-    if (q->joined_mode || px_watch_add(t->c->w.loop, &s->w, 0) == 0)
-        s->watched = !q->joined_mode;
-    else
-        nghttp2_submit_rst_stream(t->h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
+    /* A joined stream has no socket pair to watch: the client's connection is its end. */
+    if (!q->joined_mode) {
+        if (px_watch_add(t->c->w.loop, &s->w, 0) == 0)
+            s->watched = true;
+        else
+            nghttp2_submit_rst_stream(t->h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
+    }
     pump_out(t);
 }
 

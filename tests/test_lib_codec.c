@@ -58,6 +58,38 @@ Test(buf, grows_and_formats)
     free(p);
 }
 
+Test(buf, a_queue_keeps_its_unsent_bytes_in_order_and_reuses_its_room)
+{
+    struct rp_buf q;
+    rp_buf_init(&q);
+    size_t off = 0;
+    cr_assert_eq(rp_buf_queue(&q, &off, "abcdefgh", 8), 0);
+    off = 8; /* all sent: the next bytes start over at the front */
+    cr_assert_eq(rp_buf_queue(&q, &off, "ij", 2), 0);
+    cr_assert_eq(off, 0);
+    cr_assert_eq(q.len, 2);
+    cr_assert(memcmp(q.data, "ij", 2) == 0);
+    size_t cap = q.cap;
+    /* Part sent, and what comes does not fit: the unsent rest moves to the front. */
+    uint8_t fill[256];
+    memset(fill, 'x', sizeof fill);
+    cr_assert_eq(rp_buf_queue(&q, &off, fill, cap - q.len), 0);
+    cr_assert_eq(q.len, cap);
+    off = 2; /* "ij" sent */
+    cr_assert_eq(rp_buf_queue(&q, &off, "yz", 2), 0);
+    cr_assert_eq(off, 0);
+    cr_assert_eq(q.cap, cap, "the sent bytes' room was reused, not grown");
+    cr_assert_eq(q.data[0], 'x');
+    cr_assert(memcmp(q.data + q.len - 2, "yz", 2) == 0);
+    /* Nothing sent and no room: it grows, keeping every byte. */
+    cr_assert_eq(rp_buf_queue(&q, &off, fill, sizeof fill), 0);
+    cr_assert_gt(q.cap, cap);
+    cr_assert_eq(q.data[0], 'x');
+    cr_assert(memcmp(q.data + cap - 2, "yz", 2) == 0);
+    cr_assert_eq(q.len, cap + sizeof fill);
+    rp_buf_free(&q);
+}
+
 Test(msgpack, round_trips_through_parse)
 {
     struct rp_buf b;

@@ -2,8 +2,9 @@
  * socket, over a real TLS 1.3 connection on a real loopback TCP connection.
  *
  * The test binary has no interposer (tools/tsh_io.c is linked into build/tsh alone), so
- * each test enables tlsfds itself with libc's poll/recv/send behind counting wrappers
- * and calls tsh_tlsfd_poll/_recv/_send as the interposer would for libssh. The "tsh"
+ * each test enables tlsfds itself with libc's poll behind a counting wrapper (the reads
+ * of tsh's socket are counted on its read BIO) and calls tsh_tlsfd_poll/_recv/_send as
+ * the interposer would for libssh. The "tsh"
  * end is a client SSL set up as tsh/dial.c does (read ahead, 128 KiB read buffer); the
  * "proxy" end is a blocking server SSL whose records are gathered as the proxy's are
  * (rp_tls_gather_writes, which also sends with MSG_NOSIGNAL), driven step by step from
@@ -49,13 +50,15 @@ static int counting_poll(struct pollfd *fds, nfds_t n, int timeout)
     return poll(fds, n, timeout);
 }
 
-static ssize_t counting_recv(int fd, void *buf, size_t len, int flags)
+/* Counts the reads OpenSSL makes of tsh's socket (its read BIO's calls). */
+static long counting_read(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
+                          int ret, size_t *processed)
 {
-    atomic_fetch_add(&real_recvs, 1);
-    return recv(fd, buf, len, flags);
+    (void)b, (void)argp, (void)len, (void)argi, (void)argl, (void)processed;
+    if (oper == BIO_CB_READ)
+        atomic_fetch_add(&real_recvs, 1);
+    return (oper & BIO_CB_RETURN) ? ret : 1;
 }
-
-static const struct tsh_tlsfd_libc counting_libc = {counting_poll, counting_recv, send};
 
 /* ---- the connection: tsh's end as a tlsfd, the proxy's end as a blocking SSL ---------- */
 
@@ -130,7 +133,7 @@ static void fx_init_disabled(void)
 static void fx_init(void)
 {
     fx_init_disabled();
-    tsh_tlsfd_enable(&counting_libc);
+    tsh_tlsfd_enable(counting_poll);
 }
 
 static void go_signal(void)
@@ -156,10 +159,10 @@ static void fx_fini(void)
 {
     /* A tlsfd closed with no linger closes the TCP socket: a peer blocked on its
      * end sees the connection end. shutdown() covers a peer that never got so far. */
-    if (F.c.fd >= 0 && tsh_tlsfd_is(F.c.fd))
+    if (F.c.fd >= 0 && tsh_tlsfd_get(F.c.fd) != NULL)
         tsh_tlsfd_close(F.c.fd, 0);
     for (int i = 0; i <= MAX_TLSFDS; i++)
-        if (F.extra[i].fd >= 0 && tsh_tlsfd_is(F.extra[i].fd))
+        if (F.extra[i].fd >= 0 && tsh_tlsfd_get(F.extra[i].fd) != NULL)
             tsh_tlsfd_close(F.extra[i].fd, 0);
     if (F.peer_running) {
         go_signal();
@@ -218,12 +221,14 @@ static void conn_connect(struct conn *c, int sockbuf)
     c->server = SSL_new(F.server_ctx);
     cr_assert_not_null(c->server);
     cr_assert_eq(SSL_set_fd(c->server, c->server_fd), 1);
-    cr_assert_eq(rp_tls_gather_writes(c->server, c->server_fd), 0, "%s", rp_errmsg());
+    cr_assert_eq(rp_tls_gather_writes(c->server, c->server_fd, RP_TLS_GATHER_BYTES), 0, "%s",
+                 rp_errmsg());
     c->client = SSL_new(F.client_ctx);
     cr_assert_not_null(c->client);
     cr_assert_eq(SSL_set_fd(c->client, c->client_tcp), 1);
     SSL_set_default_read_buffer_len(c->client, TLS_READ_BUF); /* as tsh/dial.c */
     SSL_set_read_ahead(c->client, 1);
+    BIO_set_callback_ex(SSL_get_rbio(c->client), counting_read);
 
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, accept_main, c), 0);
@@ -373,7 +378,7 @@ static size_t read_to_end(const uint8_t *expect, size_t len)
         cr_assert_eq(rc, 1, "the tlsfd was not readable within %d ms after %zu bytes", STEP_MS,
                      got);
         cr_assert(p.revents & POLLIN);
-        ssize_t n = tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0);
+        ssize_t n = tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0);
         reads++;
         cr_assert_geq(n, 0, "recv failed after POLLIN: %s", strerror(errno));
         if (n == 0)
@@ -418,7 +423,7 @@ Test(tlsfd, recv_never_blocks_and_says_eagain_until_bytes_are_decrypted, .init =
     char buf[LIBSSH_READ];
     uint64_t t0 = rp_mono_ms();
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), -1);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0), -1);
     cr_assert_eq(errno, EAGAIN);
     cr_assert_lt(rp_mono_ms() - t0, 2000, "recv blocked");
     struct pollfd p = {F.c.fd, POLLIN, 0};
@@ -430,20 +435,17 @@ Test(tlsfd, recv_never_blocks_and_says_eagain_until_bytes_are_decrypted, .init =
 
     peer_write((const uint8_t *)"hello, tsh", 10);
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, STEP_MS), 1);
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, 5, MSG_PEEK), 5, "MSG_PEEK returns what waits");
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, 5, MSG_PEEK), 5,
+                 "MSG_PEEK returns what waits");
     cr_assert_eq(memcmp(buf, "hello", 5), 0);
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), 10, "a peek leaves the bytes");
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0), 10,
+                 "a peek leaves the bytes");
     cr_assert_eq(memcmp(buf, "hello, tsh", 10), 0);
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), -1);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0), -1);
     cr_assert_eq(errno, EAGAIN);
 
-    errno = 0;
-    cr_assert_eq(tsh_tlsfd_recv(F.go[0], buf, sizeof buf, 0), -1, "a pipe is no tlsfd");
-    cr_assert_eq(errno, EBADF);
-    errno = 0;
-    cr_assert_eq(tsh_tlsfd_send(F.go[0], buf, 1), -1);
-    cr_assert_eq(errno, EBADF);
+    cr_assert_null(tsh_tlsfd_get(F.go[0]), "a pipe is no tlsfd");
 }
 
 Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_init, .fini = fx_fini,
@@ -454,7 +456,8 @@ Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_ini
     conn_open(&F.c);
     char buf[LIBSSH_READ];
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), -1, "nothing was sent yet");
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0), -1,
+                 "nothing was sent yet");
     cr_assert_eq(errno, EAGAIN);
 
     /* Two full records in one send; wait for them on the TCP socket itself, so that
@@ -470,7 +473,8 @@ Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_ini
 
     /* recv without a poll first: SSL_read reads both records ahead and serves the first. */
     for (size_t off = 0; off < 16384; off += sizeof buf) {
-        cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
+        cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0),
+                     (ssize_t)sizeof buf);
         cr_assert_eq(memcmp(buf, data + off, sizeof buf), 0);
     }
     /* The second record waits in OpenSSL, not in the socket: the tlsfd is readable. */
@@ -482,7 +486,8 @@ Test(tlsfd, poll_reports_a_record_that_a_recv_already_read_ahead, .init = fx_ini
                  rc, (unsigned long long)took);
     cr_assert(p.revents & POLLIN);
     for (size_t off = 16384; off < len; off += sizeof buf) {
-        cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), (ssize_t)sizeof buf);
+        cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0),
+                     (ssize_t)sizeof buf);
         cr_assert_eq(memcmp(buf, data + off, sizeof buf), 0);
     }
 }
@@ -508,7 +513,8 @@ Test(tlsfd, bytes_read_ahead_before_open_are_served_by_the_first_poll, .init = f
     uint64_t took = rp_mono_ms() - t0;
     cr_assert_eq(rc, 1, "the banner did not poll readable");
     cr_assert(p.revents & POLLIN);
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), (ssize_t)sizeof banner - 1);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0),
+                 (ssize_t)sizeof banner - 1);
     cr_assert_eq(memcmp(buf, banner, sizeof banner - 1), 0);
     /* The record was in OpenSSL's buffer: poll must not have waited on the socket. */
     cr_assert_lt(took, STEP_MS / 2, "poll took %llu ms", (unsigned long long)took);
@@ -537,7 +543,7 @@ Test(tlsfd, send_takes_everything_and_pollout_stops_at_1_mib_queued_until_the_pr
         if (rc == 0)
             break;
         cr_assert(p.revents & POLLOUT);
-        cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + sent, chunk), (ssize_t)chunk);
+        cr_assert_eq(tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), F.src + sent, chunk), (ssize_t)chunk);
         sent += chunk;
     }
     cr_log_info("POLLOUT stopped after %zu bytes sent to a proxy that reads nothing", sent);
@@ -548,7 +554,8 @@ Test(tlsfd, send_takes_everything_and_pollout_stops_at_1_mib_queued_until_the_pr
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 200), 0, "writable while the proxy still reads nothing");
 
     /* send accepts everything even beyond the cap: libssh never sees a short write. */
-    cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + sent, 3 * chunk), (ssize_t)(3 * chunk));
+    cr_assert_eq(tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), F.src + sent, 3 * chunk),
+                 (ssize_t)(3 * chunk));
     sent += 3 * chunk;
 
     go_signal(); /* the proxy starts reading, slowly */
@@ -558,7 +565,7 @@ Test(tlsfd, send_takes_everything_and_pollout_stops_at_1_mib_queued_until_the_pr
         cr_assert_eq(rc, 1, "not writable again within %d ms while the proxy reads", STEP_MS);
         cr_assert(p.revents & POLLOUT);
         size_t n = F.len - sent < chunk ? F.len - sent : chunk;
-        cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + sent, n), (ssize_t)n);
+        cr_assert_eq(tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), F.src + sent, n), (ssize_t)n);
         sent += n;
         waits++;
     }
@@ -595,7 +602,7 @@ Test(tlsfd, close_notify_reads_as_end_of_stream_after_all_data, .init = fx_init,
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 0), 1);
     cr_assert(p.revents & POLLIN);
     char c;
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, &c, 1, 0), 0);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), &c, 1, 0), 0);
 }
 
 Test(tlsfd, tcp_close_without_close_notify_reads_as_end_of_stream, .init = fx_init, .fini = fx_fini,
@@ -625,7 +632,7 @@ Test(tlsfd, close_flushes_the_queue_sends_close_notify_and_returns_within_linger
     F.wait_fin = true; /* the proxy never sends its own close_notify */
     start_peer(peer_reader);
     for (size_t off = 0; off < F.len; off += 64 * 1024)
-        cr_assert_eq(tsh_tlsfd_send(F.c.fd, F.src + off, 64 * 1024), 64 * 1024);
+        cr_assert_eq(tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), F.src + off, 64 * 1024), 64 * 1024);
     struct pollfd p = {F.c.fd, POLLOUT, 0};
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, 0), 0, "over 1 MiB should be queued here");
     cr_assert(tsh_tlsfd_any());
@@ -635,7 +642,7 @@ Test(tlsfd, close_flushes_the_queue_sends_close_notify_and_returns_within_linger
     uint64_t t0 = rp_mono_ms();
     cr_assert(tsh_tlsfd_close(F.c.fd, linger), "the tlsfd was not registered");
     uint64_t took = rp_mono_ms() - t0;
-    cr_assert_not(tsh_tlsfd_is(F.c.fd));
+    cr_assert_not(tsh_tlsfd_get(F.c.fd) != NULL);
     cr_assert_not(tsh_tlsfd_any());
     join_peer();
     cr_assert_not(F.go_timeout);
@@ -658,7 +665,7 @@ Test(tlsfd, close_returns_within_linger_when_the_proxy_reads_nothing, .init = fx
     const size_t len = 3 * MiB;
     const uint8_t *data = random_bytes(len);
     for (size_t off = 0; off < len; off += 64 * 1024)
-        cr_assert_eq(tsh_tlsfd_send(F.c.fd, data + off, 64 * 1024), 64 * 1024);
+        cr_assert_eq(tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), data + off, 64 * 1024), 64 * 1024);
     /* The queue can never drain: close gives up at its linger and still frees it all. */
     const int linger = 500;
     uint64_t t0 = rp_mono_ms();
@@ -716,7 +723,7 @@ Test(tlsfd, close_of_an_ordinary_descriptor_returns_false_and_leaves_it_open, .i
     cr_assert_eq(write(F.pipe[1], "x", 1), 1);
     cr_assert_eq(read(F.pipe[0], &c, 1), 1);
     cr_assert_eq(c, 'x', "the pipe no longer works");
-    cr_assert(tsh_tlsfd_is(F.c.fd), "the tlsfd itself was touched");
+    cr_assert((tsh_tlsfd_get(F.c.fd) != NULL), "the tlsfd itself was touched");
     cr_assert_not(tsh_tlsfd_close(-1, 0));
 }
 
@@ -748,7 +755,7 @@ Test(tlsfd, poll_mixing_a_tlsfd_and_a_pipe_reports_each_ones_readiness, .init = 
     cr_assert_eq(tsh_tlsfd_poll(p, 2, STEP_MS), 1);
     cr_assert(p[0].revents & POLLIN);
     cr_assert_eq(p[1].revents, 0, "the empty pipe polled %#x", p[1].revents);
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), LIBSSH_READ);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0), LIBSSH_READ);
     cr_assert_eq(memcmp(buf, block, LIBSSH_READ), 0);
 
     /* both: decrypted bytes still wait in the tlsfd, and the pipe has a byte */
@@ -770,7 +777,7 @@ Test(tlsfd, poll_mixing_a_tlsfd_and_a_pipe_reports_each_ones_readiness, .init = 
     cr_assert_eq(p[1].revents, 0);
     cr_assert_lt(took, STEP_MS / 2, "poll waited %llu ms though the tlsfd had bytes",
                  (unsigned long long)took);
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), LIBSSH_READ);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0), LIBSSH_READ);
     cr_assert_eq(memcmp(buf, block + LIBSSH_READ, LIBSSH_READ), 0);
 }
 
@@ -815,7 +822,7 @@ Test(tlsfd, poll_sets_larger_than_16_are_translated_too, .init = fx_init, .fini 
         cr_assert_eq(p[i].revents, 0, "entry %d (the empty pipe) polled %#x", i, p[i].revents);
     cr_assert(p[19].revents & POLLIN);
     char buf[8];
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, buf, sizeof buf, 0), 6);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), buf, sizeof buf, 0), 6);
     cr_assert_eq(memcmp(buf, "twenty", 6), 0);
 }
 
@@ -832,7 +839,7 @@ static void send_until_epipe(void)
     size_t accepted = 0;
     for (;;) {
         errno = 0;
-        n = tsh_tlsfd_send(F.c.fd, block, sizeof block);
+        n = tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), block, sizeof block);
         if (n < 0)
             break;
         cr_assert_gt(n, 0);
@@ -841,7 +848,7 @@ static void send_until_epipe(void)
             /* Records went out before the socket failed: a socket's short count, after
              * which the connection is failed for good. */
             errno = 0;
-            n = tsh_tlsfd_send(F.c.fd, block, sizeof block);
+            n = tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), block, sizeof block);
             cr_assert_eq(n, -1, "a short send (the connection failed) then accepted %zd", n);
             break;
         }
@@ -853,13 +860,14 @@ static void send_until_epipe(void)
     cr_assert_eq(errno, EPIPE, "send failed with %s, not EPIPE", strerror(errno));
     cr_log_info("send failed after %zu bytes were accepted", accepted);
     errno = 0;
-    cr_assert_eq(tsh_tlsfd_send(F.c.fd, block, 1), -1, "a failed tlsfd stays failed");
+    cr_assert_eq(tsh_tlsfd_send(tsh_tlsfd_get(F.c.fd), block, 1), -1,
+                 "a failed tlsfd stays failed");
     cr_assert_eq(errno, EPIPE);
     struct pollfd p = {F.c.fd, POLLIN | POLLOUT, 0};
     cr_assert_eq(tsh_tlsfd_poll(&p, 1, STEP_MS), 1);
     cr_assert(p.revents & POLLIN, "the end of the stream polls readable");
     char c;
-    cr_assert_eq(tsh_tlsfd_recv(F.c.fd, &c, 1, 0), 0);
+    cr_assert_eq(tsh_tlsfd_recv(tsh_tlsfd_get(F.c.fd), &c, 1, 0), 0);
     uint64_t t0 = rp_mono_ms();
     cr_assert(tsh_tlsfd_close(F.c.fd, 5000));
     cr_assert_lt(rp_mono_ms() - t0, 2500, "closing a failed connection waited for it");
@@ -896,18 +904,18 @@ Test(tlsfd, the_registry_knows_open_tlsfds_and_forgets_closed_ones, .init = fx_i
 {
     cr_assert(tsh_tlsfd_enabled());
     cr_assert_not(tsh_tlsfd_any());
-    cr_assert_not(tsh_tlsfd_is(0));
+    cr_assert_not(tsh_tlsfd_get(0) != NULL);
     pair_connect(0);
     int tcp = F.c.client_tcp;
-    cr_assert_not(tsh_tlsfd_is(tcp));
+    cr_assert_not(tsh_tlsfd_get(tcp) != NULL);
     conn_open(&F.c);
     cr_assert(tsh_tlsfd_any());
-    cr_assert(tsh_tlsfd_is(F.c.fd));
+    cr_assert(tsh_tlsfd_get(F.c.fd) != NULL);
     cr_assert_neq(F.c.fd, tcp, "libssh gets a descriptor of its own, not the TCP socket");
-    cr_assert_not(tsh_tlsfd_is(tcp));
-    cr_assert_not(tsh_tlsfd_is(-1));
+    cr_assert_not(tsh_tlsfd_get(tcp) != NULL);
+    cr_assert_not(tsh_tlsfd_get(-1) != NULL);
     cr_assert(tsh_tlsfd_close(F.c.fd, 0));
-    cr_assert_not(tsh_tlsfd_is(F.c.fd));
+    cr_assert_not(tsh_tlsfd_get(F.c.fd) != NULL);
     cr_assert_not(tsh_tlsfd_any());
     cr_assert_not(tsh_tlsfd_close(F.c.fd, 0), "a tlsfd closes once");
 }
@@ -937,7 +945,7 @@ Test(tlsfd, open_refuses_a_ninth_tlsfd_and_leaves_it_to_its_caller, .init = fx_i
     for (int i = 0; i < MAX_TLSFDS - 1; i++) {
         conn_connect(&F.extra[i], 0);
         conn_open(&F.extra[i]);
-        cr_assert(tsh_tlsfd_is(F.extra[i].fd));
+        cr_assert(tsh_tlsfd_get(F.extra[i].fd) != NULL);
         cr_assert_neq(F.extra[i].fd, F.c.fd);
     }
     struct conn *ninth = &F.extra[MAX_TLSFDS - 1];
@@ -955,8 +963,8 @@ Test(tlsfd, open_refuses_a_ninth_tlsfd_and_leaves_it_to_its_caller, .init = fx_i
     cr_assert(tsh_tlsfd_close(F.extra[0].fd, 0));
     F.extra[0].fd = -1;
     conn_open(ninth);
-    cr_assert(tsh_tlsfd_is(ninth->fd));
-    cr_assert(tsh_tlsfd_is(F.c.fd));
+    cr_assert(tsh_tlsfd_get(ninth->fd) != NULL);
+    cr_assert(tsh_tlsfd_get(F.c.fd) != NULL);
     for (int i = 1; i < MAX_TLSFDS - 1; i++)
-        cr_assert(tsh_tlsfd_is(F.extra[i].fd));
+        cr_assert(tsh_tlsfd_get(F.extra[i].fd) != NULL);
 }

@@ -6,18 +6,16 @@
  * SSL_peek could decrypt the next one from what was read ahead; only when neither
  * holds does the TCP socket itself go into the poll.
  *
- * Writing: send() writes TLS records straight from libssh's buffer; what the socket
- * does not take is queued here (the tlsfd then stays writable until 1 MiB waits) and
- * written whenever the tlsfd is polled or sent to again. SSL_MODE_ENABLE_PARTIAL_WRITE
- * and SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER let a record that was cut short be retried
- * from the queue's copy of the same bytes.
- *
- * The socket's writes go through a BIO that sends with MSG_NOSIGNAL: a proxy that
- * vanishes makes the write fail, not the process die of SIGPIPE. */
+ * Writing: send() seals TLS records straight from libssh's buffer; lib/tls_gather.c's
+ * BIO sends each at once, with MSG_NOSIGNAL (a proxy that vanishes makes the write
+ * fail, not the process die of SIGPIPE). What the socket does not take at once is
+ * queued here (the tlsfd then stays writable until 1 MiB waits) and written
+ * whenever the tlsfd is polled or sent to again. SSL_MODE_ENABLE_PARTIAL_WRITE and
+ * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER let a record that was cut short be retried from
+ * the queue's copy of the same bytes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -27,7 +25,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lib/buf.h"
 #include "lib/errors.h"
+#include "lib/tls.h"
 #include "lib/util.h"
 #include "tsh/tlsfd.h"
 
@@ -35,12 +35,12 @@
 #define MAX_TLSFDS 8
 #define SMALL_POLL 16 /* poll sets up to this size are translated on the stack */
 
-struct tlsfd {
+struct tsh_tlsfd {
     int fd;  /* what libssh holds */
     int tcp; /* the connection to the proxy, non-blocking */
     SSL *ssl;
-    uint8_t *out; /* plaintext accepted from send() and not yet in a record */
-    size_t out_off, out_len, out_size;
+    struct rp_buf out;   /* plaintext accepted from send() and not yet sealed ... */
+    size_t out_off;      /* ... from this offset on */
     bool tcp_readable;   /* the last poll saw the socket readable: SSL_peek may progress */
     bool starved;        /* what was read ahead ends in a partial record */
     bool eof;            /* close_notify, or the connection ended: recv gives 0 */
@@ -49,21 +49,19 @@ struct tlsfd {
     bool wr_wants_read;  /* OpenSSL must read before it can write on */
 };
 
-static struct tsh_tlsfd_libc libc;
-static bool enabled;
+static int (*libc_poll)(struct pollfd *fds, nfds_t n, int timeout);
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct tlsfd *reg[MAX_TLSFDS];
+static struct tsh_tlsfd *reg[MAX_TLSFDS];
 static atomic_int reg_n;
 
-void tsh_tlsfd_enable(const struct tsh_tlsfd_libc *l)
+void tsh_tlsfd_enable(int (*poll_fn)(struct pollfd *fds, nfds_t n, int timeout))
 {
-    libc = *l;
-    enabled = true;
+    libc_poll = poll_fn;
 }
 
 bool tsh_tlsfd_enabled(void)
 {
-    return enabled;
+    return libc_poll != NULL;
 }
 
 bool tsh_tlsfd_any(void)
@@ -71,11 +69,11 @@ bool tsh_tlsfd_any(void)
     return atomic_load_explicit(&reg_n, memory_order_acquire) > 0;
 }
 
-static struct tlsfd *find(int fd)
+struct tsh_tlsfd *tsh_tlsfd_get(int fd)
 {
     if (fd < 0 || !tsh_tlsfd_any())
         return NULL;
-    struct tlsfd *t = NULL;
+    struct tsh_tlsfd *t = NULL;
     pthread_mutex_lock(&reg_mu);
     for (int i = 0; i < MAX_TLSFDS && t == NULL; i++)
         if (reg[i] != NULL && reg[i]->fd == fd)
@@ -84,107 +82,71 @@ static struct tlsfd *find(int fd)
     return t;
 }
 
-bool tsh_tlsfd_is(int fd)
-{
-    return find(fd) != NULL;
-}
-
-/* ---- a socket BIO that never raises SIGPIPE ------------------------------------------- */
-
-static int bio_write(BIO *b, const char *p, int n)
-{
-    int fd = (int)(intptr_t)BIO_get_data(b);
-    BIO_clear_retry_flags(b);
-    ssize_t w = libc.send(fd, p, (size_t)n, MSG_NOSIGNAL);
-    if (w < 0 && (errno == EAGAIN || errno == EINTR))
-        BIO_set_retry_write(b);
-    return (int)w;
-}
-
-static int bio_read(BIO *b, char *p, int n)
-{
-    int fd = (int)(intptr_t)BIO_get_data(b);
-    BIO_clear_retry_flags(b);
-    ssize_t r = libc.recv(fd, p, (size_t)n, 0);
-    if (r < 0 && (errno == EAGAIN || errno == EINTR))
-        BIO_set_retry_read(b);
-    return (int)r;
-}
-
-static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-    (void)b;
-    (void)num;
-    (void)ptr;
-    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
-}
-
-static BIO_METHOD *bio_method;
-static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
-
-static void bio_method_init(void)
-{
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tsh tcp");
-    if (m != NULL && BIO_meth_set_write(m, bio_write) == 1 && BIO_meth_set_read(m, bio_read) == 1 &&
-        BIO_meth_set_ctrl(m, bio_ctrl) == 1)
-        bio_method = m;
-    else
-        BIO_meth_free(m);
-}
-
 /* ---- open and close ------------------------------------------------------------------- */
+
+/* Takes @t out of the registry; false if it was not there. */
+static bool unregister(struct tsh_tlsfd *t)
+{
+    bool found = false;
+    pthread_mutex_lock(&reg_mu);
+    for (int i = 0; i < MAX_TLSFDS && !found; i++) {
+        if (reg[i] == t) {
+            reg[i] = NULL;
+            atomic_fetch_sub_explicit(&reg_n, 1, memory_order_release);
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&reg_mu);
+    return found;
+}
 
 int tsh_tlsfd_open(SSL *ssl, int tcp, int *fd)
 {
-    int sp[2];
-    pthread_once(&bio_once, bio_method_init);
-    if (!enabled || bio_method == NULL)
+    if (!tsh_tlsfd_enabled())
         return rp_err(RP_EIO, "the in-process TLS transport is not available");
-    struct tlsfd *t = calloc(1, sizeof *t);
-    BIO *bio = BIO_new(bio_method);
-    if (t == NULL || bio == NULL) {
-        free(t);
-        BIO_free(bio);
+    struct tsh_tlsfd *t = calloc(1, sizeof *t);
+    if (t == NULL)
         return rp_err(RP_ENOMEM, "tlsfd");
-    }
     /* libssh needs a descriptor of its own: a socket whose peer is gone already. */
+    int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
         int e = errno;
         free(t);
-        BIO_free(bio);
         return rp_err(RP_EIO, "socketpair: %s", strerror(e));
     }
     close(sp[1]);
+    *t = (struct tsh_tlsfd){.fd = sp[0], .tcp = tcp, .ssl = ssl};
+    rp_buf_init(&t->out);
     int slot = -1;
     pthread_mutex_lock(&reg_mu);
     for (int i = 0; i < MAX_TLSFDS && slot < 0; i++)
         if (reg[i] == NULL)
             slot = i;
     if (slot >= 0) {
-        t->fd = sp[0];
-        t->tcp = tcp;
-        t->ssl = ssl;
         reg[slot] = t;
         atomic_fetch_add_explicit(&reg_n, 1, memory_order_release);
     }
     pthread_mutex_unlock(&reg_mu);
-    if (slot < 0) {
+    int rv = 0;
+    if (slot < 0)
+        rv = rp_err(RP_EIO, "more than %d connections to the proxy at once", MAX_TLSFDS);
+    /* Each record goes out as it is sealed (libssh's own buffer is the burst); the BIO
+     * gives the MSG_NOSIGNAL writes. */
+    else if ((rv = rp_tls_gather_writes(ssl, tcp, 0)) != 0)
+        unregister(t);
+    if (rv != 0) {
         close(sp[0]);
         free(t);
-        BIO_free(bio);
-        return rp_err(RP_EIO, "more than %d connections to the proxy at once", MAX_TLSFDS);
+        return rv;
     }
     fcntl(tcp, F_SETFL, fcntl(tcp, F_GETFL) | O_NONBLOCK);
-    BIO_set_data(bio, (void *)(intptr_t)tcp);
-    BIO_set_init(bio, 1);
-    SSL_set_bio(ssl, bio, bio); /* one reference, for both directions */
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     *fd = sp[0];
     return 0;
 }
 
 /* What a failed SSL call means for @t. */
-static void ssl_failed(struct tlsfd *t, int r, bool reading)
+static void ssl_failed(struct tsh_tlsfd *t, int r, bool reading)
 {
     int e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ) {
@@ -206,51 +168,65 @@ static void ssl_failed(struct tlsfd *t, int r, bool reading)
         t->broken = true;
 }
 
-static void flush(struct tlsfd *t)
+/* Seals @n bytes into records; returns how many were taken before OpenSSL asked to
+ * wait (or the connection failed: t->broken). */
+static size_t seal(struct tsh_tlsfd *t, const uint8_t *p, size_t n)
 {
+    size_t done = 0;
     t->wr_wants_read = false;
-    while (t->out_off < t->out_len && !t->broken) {
-        size_t n = t->out_len - t->out_off;
-        int w = SSL_write(t->ssl, t->out + t->out_off, n > INT_MAX ? INT_MAX : (int)n);
+    while (done < n && !t->broken) {
+        size_t left = n - done;
+        int w = SSL_write(t->ssl, p + done, left > INT_MAX ? INT_MAX : (int)left);
         if (w <= 0) {
             ssl_failed(t, w, false);
             break;
         }
-        t->out_off += (size_t)w;
+        done += (size_t)w;
     }
-    if (t->out_off == t->out_len || t->broken)
-        t->out_off = t->out_len = 0;
+    return done;
+}
+
+/* Sends the gathered records the socket takes now. */
+static void push(struct tsh_tlsfd *t)
+{
+    if (!t->broken && rp_tls_gather_push(t->ssl) < 0)
+        t->broken = t->eof = true;
+}
+
+/* Bytes accepted from send() and not yet on the socket. */
+static size_t queued(struct tsh_tlsfd *t)
+{
+    return t->out.len - t->out_off + rp_tls_gather_held(t->ssl);
+}
+
+static void flush(struct tsh_tlsfd *t)
+{
+    t->out_off += seal(t, t->out.data + t->out_off, t->out.len - t->out_off);
+    if (t->out_off == t->out.len || t->broken)
+        t->out_off = t->out.len = 0;
+    push(t);
 }
 
 /* Polls @t's socket for @events until @until_ms (monotonic); false once it passed. */
-static bool wait_socket(struct tlsfd *t, short events, uint64_t until_ms)
+static bool wait_socket(struct tsh_tlsfd *t, short events, uint64_t until_ms)
 {
     uint64_t now = rp_mono_ms();
     if (now >= until_ms)
         return false;
     struct pollfd p = {t->tcp, events, 0};
-    int rc = libc.poll(&p, 1, (int)(until_ms - now));
+    int rc = libc_poll(&p, 1, (int)(until_ms - now));
     return rc > 0 || (rc < 0 && errno == EINTR);
 }
 
 bool tsh_tlsfd_close(int fd, int linger_ms)
 {
-    struct tlsfd *t = NULL;
-    pthread_mutex_lock(&reg_mu);
-    for (int i = 0; i < MAX_TLSFDS && t == NULL; i++) {
-        if (reg[i] != NULL && reg[i]->fd == fd) {
-            t = reg[i];
-            reg[i] = NULL;
-            atomic_fetch_sub_explicit(&reg_n, 1, memory_order_release);
-        }
-    }
-    pthread_mutex_unlock(&reg_mu);
-    if (t == NULL)
+    struct tsh_tlsfd *t = tsh_tlsfd_get(fd);
+    if (t == NULL || !unregister(t))
         return false;
     uint64_t until = rp_mono_ms() + (uint64_t)linger_ms;
-    while (t->out_len > 0 && !t->broken) {
+    while (queued(t) > 0 && !t->broken) {
         flush(t);
-        if (t->out_len > 0 && !wait_socket(t, t->wr_wants_read ? POLLIN : POLLOUT, until))
+        if (queued(t) > 0 && !wait_socket(t, t->wr_wants_read ? POLLIN : POLLOUT, until))
             break;
     }
     /* close_notify, then the proxy's own end (as the socketpair thread waited for it):
@@ -277,20 +253,15 @@ bool tsh_tlsfd_close(int fd, int linger_ms)
     SSL_free(t->ssl);
     close(t->tcp);
     close(t->fd);
-    free(t->out);
+    rp_buf_free(&t->out);
     free(t);
     return true;
 }
 
 /* ---- recv, send, poll ----------------------------------------------------------------- */
 
-ssize_t tsh_tlsfd_recv(int fd, void *buf, size_t len, int flags)
+ssize_t tsh_tlsfd_recv(struct tsh_tlsfd *t, void *buf, size_t len, int flags)
 {
-    struct tlsfd *t = find(fd);
-    if (t == NULL) {
-        errno = EBADF;
-        return -1;
-    }
     if (len == 0)
         return 0;
     if (t->eof && SSL_pending(t->ssl) == 0)
@@ -310,65 +281,28 @@ ssize_t tsh_tlsfd_recv(int fd, void *buf, size_t len, int flags)
     return -1;
 }
 
-ssize_t tsh_tlsfd_send(int fd, const void *buf, size_t len)
+ssize_t tsh_tlsfd_send(struct tsh_tlsfd *t, const void *buf, size_t len)
 {
-    struct tlsfd *t = find(fd);
-    if (t == NULL) {
-        errno = EBADF;
-        return -1;
-    }
     if (t->broken) {
         errno = EPIPE;
         return -1;
     }
-    size_t done = 0;
-    if (t->out_len == 0) {
-        t->wr_wants_read = false;
-        while (done < len) {
-            size_t n = len - done;
-            int w = SSL_write(t->ssl, (const uint8_t *)buf + done, n > INT_MAX ? INT_MAX : (int)n);
-            if (w <= 0) {
-                ssl_failed(t, w, false);
-                break;
-            }
-            done += (size_t)w;
-        }
-        if (t->broken) {
-            errno = EPIPE;
-            return done > 0 ? (ssize_t)done : -1;
-        }
+    size_t done = t->out.len == t->out_off ? seal(t, buf, len) : 0;
+    if (!t->broken && done < len &&
+        rp_buf_queue(&t->out, &t->out_off, (const uint8_t *)buf + done, len - done) != 0) {
+        errno = ENOMEM;
+        return done > 0 ? (ssize_t)done : -1;
     }
-    if (done == len)
-        return (ssize_t)len;
-    size_t rest = len - done;
-    if (t->out_off > 0 && t->out_off == t->out_len)
-        t->out_off = t->out_len = 0;
-    if (t->out_len + rest > t->out_size) {
-        if (t->out_off > 0) {
-            memmove(t->out, t->out + t->out_off, t->out_len - t->out_off);
-            t->out_len -= t->out_off;
-            t->out_off = 0;
-        }
-        if (t->out_len + rest > t->out_size) {
-            size_t size = t->out_size ? t->out_size : 64 * 1024;
-            while (size < t->out_len + rest)
-                size *= 2;
-            uint8_t *p = realloc(t->out, size);
-            if (p == NULL) {
-                errno = ENOMEM;
-                return done > 0 ? (ssize_t)done : -1;
-            }
-            t->out = p;
-            t->out_size = size;
-        }
+    push(t);
+    if (t->broken && done < len) {
+        errno = EPIPE;
+        return done > 0 ? (ssize_t)done : -1;
     }
-    memcpy(t->out + t->out_len, (const uint8_t *)buf + done, rest);
-    t->out_len += rest;
     return (ssize_t)len;
 }
 
 /* What @t is ready for among @events, decrypting the next record if it may. */
-static short ready(struct tlsfd *t, short events)
+static short ready(struct tsh_tlsfd *t, short events)
 {
     short r = 0;
     if (events & POLLIN) {
@@ -383,34 +317,36 @@ static short ready(struct tlsfd *t, short events)
         if (t->eof || SSL_pending(t->ssl) > 0)
             r |= POLLIN;
     }
-    if ((events & POLLOUT) && (t->broken || t->out_len - t->out_off < OUT_CAP))
+    if ((events & POLLOUT) && (t->broken || queued(t) < OUT_CAP))
         r |= POLLOUT;
     return r;
 }
 
 /* The socket events @t needs polled to make progress on @events. */
-static short needs(struct tlsfd *t, short events)
+static short needs(struct tsh_tlsfd *t, short events)
 {
     short e = 0;
     if (((events & POLLIN) && !t->eof) || t->wr_wants_read)
         e |= POLLIN;
-    if (t->out_len > t->out_off || t->rd_wants_write)
+    if (queued(t) > 0 || t->rd_wants_write)
         e |= POLLOUT;
     return e;
 }
 
 static int remaining_ms(int timeout, uint64_t start)
 {
-    if (timeout < 0)
-        return -1;
+    if (timeout <= 0)
+        return timeout < 0 ? -1 : 0;
     uint64_t spent = rp_mono_ms() - start;
     return spent >= (uint64_t)timeout ? 0 : timeout - (int)spent;
 }
 
 int tsh_tlsfd_poll(struct pollfd *fds, nfds_t n, int timeout)
 {
+    if (!tsh_tlsfd_any())
+        return libc_poll(fds, n, timeout);
     struct pollfd small[SMALL_POLL], *real = small;
-    struct tlsfd *tsmall[SMALL_POLL], **ts = tsmall;
+    struct tsh_tlsfd *tsmall[SMALL_POLL], **ts = tsmall;
     if (n > SMALL_POLL) {
         real = malloc(n * sizeof *real);
         ts = malloc(n * sizeof *ts);
@@ -423,10 +359,11 @@ int tsh_tlsfd_poll(struct pollfd *fds, nfds_t n, int timeout)
     }
     bool all_ours = true;
     for (nfds_t i = 0; i < n; i++) {
-        ts[i] = find(fds[i].fd);
+        ts[i] = tsh_tlsfd_get(fds[i].fd);
         all_ours = all_ours && ts[i] != NULL;
     }
-    uint64_t start = rp_mono_ms();
+    /* The clock is read only for a wait that has a time limit. */
+    uint64_t start = timeout > 0 ? rp_mono_ms() : 0;
     int rc;
     for (;;) {
         int nready = 0;
@@ -446,12 +383,12 @@ int tsh_tlsfd_poll(struct pollfd *fds, nfds_t n, int timeout)
                 real[i] = (struct pollfd){e ? ts[i]->tcp : -1, e, 0};
             }
         }
-        rc = libc.poll(real, n, nready > 0 ? 0 : remaining_ms(timeout, start));
+        rc = libc_poll(real, n, nready > 0 ? 0 : remaining_ms(timeout, start));
         if (rc < 0)
             break;
         nready = 0;
         for (nfds_t i = 0; i < n; i++) {
-            struct tlsfd *t = ts[i];
+            struct tsh_tlsfd *t = ts[i];
             if (t == NULL) {
                 fds[i].revents = real[i].revents;
             } else {

@@ -27,42 +27,40 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-/* libc's own functions, which the interposer found with dlsym(RTLD_NEXT). */
-struct tsh_tlsfd_libc {
-    int (*poll)(struct pollfd *fds, nfds_t n, int timeout);
-    ssize_t (*recv)(int fd, void *buf, size_t len, int flags);
-    ssize_t (*send)(int fd, const void *buf, size_t len, int flags);
-};
+struct tsh_tlsfd;
 
-/* Called once by the interposer (before main): from then on tsh_dial hands out tlsfds. */
-void tsh_tlsfd_enable(const struct tsh_tlsfd_libc *libc);
+/* Called once by the interposer (before main) with libc's own poll(): from then on
+ * tsh_dial hands out tlsfds. */
+void tsh_tlsfd_enable(int (*libc_poll)(struct pollfd *fds, nfds_t n, int timeout));
 bool tsh_tlsfd_enabled(void);
 
-/* Registers the connected, handshaken @ssl on TCP socket @tcp (ownership of both
- * passes here on success) and stores the descriptor libssh is to use in *@fd.
- * 0, or RP_EIO / RP_ENOMEM (nothing taken). */
+/* Registers the connected, handshaken @ssl, set up on TCP socket @tcp by SSL_set_fd
+ * (ownership of both passes here on success), and stores the descriptor libssh is to
+ * use in *@fd. Its records are then sent with MSG_NOSIGNAL (rp_tls_gather_writes).
+ * 0, or RP_EIO / RP_ENOMEM (nothing taken, @ssl unchanged). */
 int tsh_tlsfd_open(SSL *ssl, int tcp, int *fd);
 /* If @fd is a tlsfd: sends what is still queued, then close_notify, waits up to
  * @linger_ms for the proxy's own end, frees everything and returns true. False (and
  * nothing done) for any other descriptor. */
 bool tsh_tlsfd_close(int fd, int linger_ms);
 
-/* True while any tlsfd is open: the interposer's fast path skips the registry. */
+/* True while any tlsfd is open. */
 bool tsh_tlsfd_any(void);
-/* True if @fd is a tlsfd. */
-bool tsh_tlsfd_is(int fd);
+/* The tlsfd behind @fd, or NULL (at once, without a lock, while none is open). */
+struct tsh_tlsfd *tsh_tlsfd_get(int fd);
 
 /* poll() over a set that may hold tlsfds: a tlsfd is readable while decrypted bytes or
  * the end of the stream wait, writable while less than 1 MiB is queued; the TCP
- * socket is polled in its place only when that is not already so. */
+ * socket is polled in its place only when that is not already so. While no tlsfd is
+ * open it is libc's poll(). */
 int tsh_tlsfd_poll(struct pollfd *fds, nfds_t n, int timeout);
-/* recv() and send() on a tlsfd (tsh_tlsfd_is(fd) must hold). recv never blocks: it
- * returns decrypted bytes, 0 at the end of the stream (close_notify, or the connection
- * ended or failed in any way), or -1 with EAGAIN (nothing decrypted yet). send takes
- * all @len bytes (what the socket does not take at once is queued and sent as it
- * drains); once the connection failed it returns what it wrote before the failure, and
- * -1 with EPIPE from then on, as a socket does. */
-ssize_t tsh_tlsfd_recv(int fd, void *buf, size_t len, int flags);
-ssize_t tsh_tlsfd_send(int fd, const void *buf, size_t len);
+/* recv() and send() on a tlsfd. recv never blocks: it returns decrypted bytes, 0 at
+ * the end of the stream (close_notify, or the connection ended or failed in any way),
+ * or -1 with EAGAIN (nothing decrypted yet). send takes all @len bytes (what the socket
+ * does not take at once is queued and sent as it drains); once the connection failed
+ * it returns what it wrote before the failure, and -1 with EPIPE from then on, as a
+ * socket does. */
+ssize_t tsh_tlsfd_recv(struct tsh_tlsfd *t, void *buf, size_t len, int flags);
+ssize_t tsh_tlsfd_send(struct tsh_tlsfd *t, const void *buf, size_t len);
 
 #endif
